@@ -1,0 +1,114 @@
+"""Command line: check-config, passwd, setup (python -m greenservers COMMAND)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+from .passwords import hash_password
+from .settings import DECLARATIONS, GROUPS, SettingsError
+from .store import ConfigFileError, ConfigStore
+
+UNPRIVILEGED = {"ip_http_port": "8080", "ip_https_port": "8443", "ip_snmp_port": "1161", "ip_tftp_port": "1069", "ip_ntp_port": "1123"}
+
+
+def check_config(store: ConfigStore) -> int:
+    try:
+        settings = store.load()
+    except SettingsError as exc:
+        print(f"{store.path}: invalid configuration:", file=sys.stderr)
+        for name, message in exc.errors.items():
+            print(f"  {name}: {message}", file=sys.stderr)
+        return 1
+    except ConfigFileError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    exists = "" if store.path.exists() else " (missing: all defaults)"
+    print(f"# effective settings of {store.path}{exists}")
+    for warning in settings.warnings:
+        print(f"# warning: {warning}")
+    view = settings.public_view()
+    for group, title in GROUPS.items():
+        print(f"\n# {title}")
+        for setting in DECLARATIONS:
+            if setting.group == group:
+                value = view[setting.name]
+                if setting.secret:
+                    shown = "(set)" if value["set"] else ("(generated at first start)" if settings.raw[setting.name] is not None and setting.name == "ldap_password" else "(not set)")
+                else:
+                    shown = repr(value) if not isinstance(value, bool) else str(value).lower()
+                print(f"{setting.name} = {shown}")
+    return 0
+
+
+def passwd(store: ConfigStore) -> int:
+    if sys.stdin.isatty():
+        first = getpass.getpass("New admin password: ")
+        if getpass.getpass("Again: ") != first:
+            print("the passwords differ; nothing changed", file=sys.stderr)
+            return 1
+    else:
+        first = sys.stdin.readline().rstrip("\r\n")
+    try:
+        store.update({"admin_password_hash": hash_password(first)})
+    except (ValueError, ConfigFileError) as exc:
+        print(f"password not set: {exc}", file=sys.stderr)
+        return 1
+    print(f"admin password set in {store.path}")
+    return 0
+
+
+def can_bind_low_ports() -> bool:
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            if int(f.read()) <= 69:
+                return True
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << 10))  # CAP_NET_BIND_SERVICE
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def setup(store: ConfigStore) -> int:
+    """First start: the configuration file, data folders and certificate."""
+    from .tls import CertificateError, ensure_certificate
+
+    if not store.path.exists():
+        overrides = {} if can_bind_low_ports() else UNPRIVILEGED
+        store.create(overrides)
+        print(f"greenservers: created {store.path} with every setting and its default")
+        if overrides:
+            print("greenservers: not root: using unprivileged ports " + ", ".join(f"{k} = {v}" for k, v in overrides.items()))
+    rc = check_config(store) if "-v" in sys.argv else 0
+    try:
+        settings = store.ensure_generated()
+        (settings.data_path / "tftp").mkdir(parents=True, exist_ok=True)
+        pair = ensure_certificate(settings)
+    except (SettingsError, ConfigFileError, CertificateError) as exc:
+        print(f"greenservers: {exc}", file=sys.stderr)
+        return 1
+    print(f"greenservers: data in {settings.data_path}; TLS certificate {pair.cert_path}")
+    return rc
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m greenservers")
+    parser.add_argument("--config", help="configuration file (default: $GREENSERVERS_CONFIG or ./greenservers.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check-config", help="validate the file and print the effective settings")
+    sub.add_parser("passwd", help="set the admin password (read from standard input)")
+    sub.add_parser("setup", help="first start: create the file, data folders and certificate")
+    args = parser.parse_args(argv)
+    store = ConfigStore(args.config)
+    return {"check-config": check_config, "passwd": passwd, "setup": setup}[args.command](store)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

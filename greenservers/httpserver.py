@@ -1,0 +1,180 @@
+"""The HTTP and HTTPS servers: gevent's pywsgi behind one process-wide gate.
+
+Every accepted connection asks the shared ConnectionGate first. Over a cap,
+plain HTTP gets a canned `503` with `Retry-After` and TLS connections are
+closed before any handshake: turning a connection away costs one send, never
+a request parse or a TLS handshake, so it cannot slow the ones being served.
+
+Slow clients cannot hold slots: the request line and headers must arrive
+within HEADER_TIMEOUT (a total deadline, so a drip-feeding slow-loris does
+not reset it), an idle keep-alive connection is closed after
+KEEPALIVE_TIMEOUT, a TLS handshake must finish within HANDSHAKE_TIMEOUT and
+each read or write of a body within IO_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+
+import gevent
+from gevent import pywsgi
+from gevent.pool import Group
+from gunicorn.workers.ggevent import PyWSGIHandler
+
+from .proto.http import ConnectionGate, redirect_target
+
+HEADER_TIMEOUT = 10.0
+KEEPALIVE_TIMEOUT = 15.0
+HANDSHAKE_TIMEOUT = 10.0
+IO_TIMEOUT = 30.0
+MAX_REJECTING = 256  # rejections being written at once; beyond, close at once
+
+REJECT_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Retry-After: 1\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 35\r\n"
+    b"Connection: close\r\n\r\n"
+    b"Too many connections; retry later.\n"
+)
+
+log = logging.getLogger("greenservers.http")
+
+
+class HeaderTimeout(gevent.Timeout):
+    """The client did not send a complete request head in time."""
+
+
+class CappedHandler(PyWSGIHandler):
+    """gunicorn's pywsgi handler (its access log) with deadlines on the request head."""
+
+    _requests_seen = 0
+
+    def handle_one_request(self):
+        limit = HEADER_TIMEOUT if self._requests_seen == 0 else KEEPALIVE_TIMEOUT
+        self._requests_seen += 1
+        self._head_timer = HeaderTimeout.start_new(limit)
+        try:
+            return super().handle_one_request()
+        finally:
+            self._head_timer.close()
+
+    def read_request(self, raw_requestline):
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._head_timer.close()  # the head is in: the application runs without it
+
+    def get_environ(self):
+        env = super().get_environ()
+        try:
+            env["greenservers.local_addr"] = self.socket.getsockname()[0]
+        except OSError:
+            env["greenservers.local_addr"] = ""
+        return env
+
+
+class CappedWSGIServer(pywsgi.WSGIServer):
+    """One listening socket; connections admitted by the shared gate."""
+
+    def __init__(self, listener, application, gate: ConnectionGate, sensors, tls_holder=None, **kwargs):
+        super().__init__(listener, application, handler_class=CappedHandler, **kwargs)
+        self.gate = gate
+        self.sensors = sensors
+        self.tls_holder = tls_holder
+        self.connections = Group()
+        self.rejecting = Group()
+        if tls_holder is not None:
+            self.environ["wsgi.url_scheme"] = "https"
+            self.environ["HTTPS"] = "on"
+
+    def do_handle(self, client, address):
+        refused = self.gate.admit()
+        if refused is not None:
+            self.sensors.add(f"http_rejected_{refused}")
+            if self.tls_holder is None and len(self.rejecting) < MAX_REJECTING:
+                self.rejecting.spawn(_write_503, client)
+            else:
+                _close(client)
+            return
+        self.sensors.add("http_connections_accepted")
+        self.sensors.set("http_connections_open", self.gate.open)
+        self.connections.spawn(self._serve, client, address)
+
+    def _serve(self, client, address):
+        try:
+            if self.tls_holder is not None:
+                client.settimeout(HANDSHAKE_TIMEOUT)
+                client = self.tls_holder.context.wrap_socket(client, server_side=True)
+            client.settimeout(IO_TIMEOUT)
+            self.handle(client, address)
+        except (HeaderTimeout, socket.timeout):
+            self.sensors.add("http_timeouts")
+        except (ssl.SSLError, ConnectionError, OSError):
+            pass  # a peer that vanished or spoke no TLS: close silently
+        except Exception:
+            log.exception("error serving %s", address)
+        finally:
+            _close(client)
+            self.gate.release()
+            self.sensors.set("http_connections_open", self.gate.open)
+
+    def stop_gracefully(self, timeout: float) -> None:
+        """Stop accepting; let requests in flight finish for up to `timeout` seconds."""
+        self.close()
+        self.connections.join(timeout=timeout)
+        self.connections.kill(block=False)
+        self.rejecting.kill(block=False)
+
+
+def _close(sock) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def _write_503(client) -> None:
+    """Answer 503, then drain a little so the close does not reset the answer away."""
+    try:
+        client.settimeout(1.0)
+        client.sendall(REJECT_503)
+        client.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and client.recv(65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        _close(client)
+
+
+def https_redirect(app, runtime):
+    """WSGI middleware of the plain-HTTP servers: 301/308 to HTTPS when it is on."""
+
+    def application(environ, start_response):
+        settings = runtime.settings
+        https = settings.ip_https_port
+        if settings.http_redirect_https and https:
+            local = environ.get("greenservers.local_addr", "")
+            if local.startswith("::ffff:"):
+                local = local[7:]
+            port = next((b.port for b in https if b.is_wildcard or b.host == local), https[0].port)
+            target = redirect_target(
+                environ.get("REQUEST_METHOD", "GET"),
+                environ.get("PATH_INFO", "/"),
+                environ.get("QUERY_STRING", ""),
+                environ.get("HTTP_HOST"),
+                local or "localhost",
+                port,
+            )
+            if target is not None:
+                runtime.sensors.add("http_redirects")
+                start_response(target.status, [("Location", target.location), ("Content-Length", "0"), ("Cache-Control", "no-store")])
+                return [b""]
+        return app(environ, start_response)
+
+    return application

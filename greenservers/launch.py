@@ -1,0 +1,43 @@
+"""Master-side hooks used by gunicorn.conf.py (the master is not monkey-patched).
+
+The master checks the configuration once before forking, so a bad file
+stops the start with its reasons. SIGHUP is forwarded to the worker, which
+re-reads the file itself: gunicorn's own reload would start a second worker
+that cannot bind the ports the first one holds, and exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from .settings import SettingsError
+from .store import ConfigFileError, ConfigStore
+
+
+def check_config_or_exit() -> None:
+    store = ConfigStore()
+    try:
+        settings = store.load()
+    except (SettingsError, ConfigFileError) as exc:
+        reasons = exc.errors.items() if isinstance(exc, SettingsError) else [("file", str(exc))]
+        for name, message in reasons:
+            print(f"greenservers: {store.path}: {name}: {message}", file=sys.stderr)
+        sys.exit(1)
+    for warning in settings.warnings:
+        print(f"greenservers: {store.path}: {warning}", file=sys.stderr)
+
+
+def on_starting(arbiter) -> None:
+    check_config_or_exit()
+
+    def forward_hup():
+        arbiter.log.info("SIGHUP: asking the worker to re-read %s", ConfigStore().path)
+        for pid in list(arbiter.WORKERS):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
+    arbiter.handle_hup = forward_hup

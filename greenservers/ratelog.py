@@ -1,0 +1,44 @@
+"""Rate-limited logging for anything a remote peer can trigger.
+
+One line per (kind, source) per interval; what was suppressed meanwhile is
+reported as a count on the next line, so a flood cannot fill the disk and
+the administrator still learns how much happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+MAX_TRACKED = 4096  # sources remembered at once; beyond it the oldest are forgotten
+
+
+class RateLimitedLog:
+    def __init__(self, logger: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[tuple, list] = {}  # key -> [time of last line, suppressed count]
+
+    def warning(self, kind: str, source: str, message: str, *args) -> bool:
+        """Log unless this (kind, source) logged within the interval; True when logged."""
+        return self._log(logging.WARNING, kind, source, message, args)
+
+    def info(self, kind: str, source: str, message: str, *args) -> bool:
+        return self._log(logging.INFO, kind, source, message, args)
+
+    def _log(self, level: int, kind: str, source: str, message: str, args: tuple) -> bool:
+        now = self.clock()
+        key = (kind, source)
+        entry = self._last.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return False
+        suppressed = entry[1] if entry else 0
+        if entry is None and len(self._last) >= MAX_TRACKED:
+            self._last.pop(next(iter(self._last)))
+        self._last[key] = [now, 0]
+        suffix = f" ({suppressed} more since the last line)" if suppressed else ""
+        self.logger.log(level, "%s: " + message + suffix, source, *args)
+        return True

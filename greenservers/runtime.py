@@ -1,0 +1,131 @@
+"""Process-wide state shared by the web application and every server.
+
+One Runtime per process (workers = 1): the current settings (replaced whole
+on a change, so a reader never sees half of one), the sensors, the TLS
+context, and the state of each binding. Servers read `runtime.settings` at
+the moment they need a value, which is how changes that need no rebind
+apply without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .sensors import SENSORS, SensorRegistry
+from .settings import BINDING_SETTINGS, BY_NAME, Settings
+from .store import ConfigStore
+
+log = logging.getLogger("greenservers")
+
+SERVICE_OF_SETTING = {
+    "ip_http_port": "http",
+    "ip_https_port": "https",
+    "ip_snmp_port": "snmp",
+    "ip_tftp_port": "tftp",
+    "ip_ntp_port": "ntp",
+    "ip_ldap_port": "ldap",
+    "ip_ldaps_port": "ldaps",
+}
+
+
+@dataclass
+class BindingState:
+    address: str
+    state: str  # "serving", "not implemented", or the error that kept it from binding
+
+
+@dataclass
+class ChangeResult:
+    settings: Settings
+    changed: list[str]
+    needs_restart: list[str] = field(default_factory=list)
+
+
+class Runtime:
+    def __init__(self, store: ConfigStore, settings: Settings | None = None, sensors: SensorRegistry = SENSORS):
+        self.store = store
+        self.settings = settings if settings is not None else store.load()
+        self.sensors = sensors
+        self.tls = None  # TLSContextHolder, set by the worker
+        self.bindings: dict[str, list[BindingState]] = {}
+        self.started = time.time()
+        self.pending_restart: set[str] = set()
+        self.rebinder: Callable[[Settings], None] | None = None  # set when live rebinding exists
+        self._observers: list[Callable[[Settings, Settings], None]] = []
+
+    def observe(self, callback: Callable[[Settings, Settings], None]) -> None:
+        """Call `callback(old, new)` after every applied change."""
+        self._observers.append(callback)
+
+    def apply(self, new: Settings) -> list[str]:
+        """Make `new` the current settings; returns the names that changed."""
+        old, self.settings = self.settings, new
+        changed = old.changed_names(new)
+        for callback in self._observers:
+            try:
+                callback(old, new)
+            except Exception:  # one observer's bug must not stop the others
+                log.exception("settings observer failed")
+        return changed
+
+    def update(self, changes: dict[str, Any]) -> ChangeResult:
+        """Validate, write and apply `changes` (all or nothing; raises SettingsError)."""
+        proposed = self.settings.with_changes(changes)
+        rebind = [n for n in self.settings.changed_names(proposed) if BY_NAME[n].rebind]
+        if rebind and self.rebinder is not None:
+            self.rebinder(proposed)  # raises BindError: nothing written, old sockets serve on
+            rebind = []
+        written = self.store.update(changes)
+        changed = self.apply(written)
+        self.pending_restart.update(rebind)
+        return ChangeResult(written, changed, rebind)
+
+    def reload_from_file(self) -> ChangeResult:
+        """Re-read the file (SIGHUP); an invalid file raises and changes nothing."""
+        new = self.store.load()
+        rebind = [n for n in self.settings.changed_names(new) if BY_NAME[n].rebind]
+        if rebind and self.rebinder is not None:
+            self.rebinder(new)
+            rebind = []
+        changed = self.apply(new)
+        self.pending_restart.update(rebind)
+        return ChangeResult(new, changed, rebind)
+
+    def health(self) -> dict[str, Any]:
+        services: dict[str, Any] = {}
+        for setting in BINDING_SETTINGS:
+            name = SERVICE_OF_SETTING[setting.name]
+            states = self.bindings.get(setting.name)
+            if states is None:
+                states = [BindingState(b.display, "not implemented yet") for b in getattr(self.settings, setting.name)]
+            services[name] = {
+                "setting": setting.name,
+                "on": bool(states),
+                "bindings": [{"address": s.address, "state": s.state} for s in states],
+            }
+        return {
+            "status": "ok",
+            "uptime_seconds": int(time.time() - self.started),
+            "services": services,
+            "restart_needed_for": sorted(self.pending_restart),
+        }
+
+
+_current: Runtime | None = None
+
+
+def current() -> Runtime:
+    """The process's runtime; made from the configuration file on first use."""
+    global _current
+    if _current is None:
+        _current = Runtime(ConfigStore())
+    return _current
+
+
+def install(runtime: Runtime) -> Runtime:
+    global _current
+    _current = runtime
+    return runtime

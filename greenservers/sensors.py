@@ -1,0 +1,142 @@
+"""The one sensor registry: every counter and gauge, declared once.
+
+Each sensor has a name (used by /api/sensors and /metrics), a fixed index
+under the sensors subtree (its SNMP OID, listed in the MIB file under
+deploy/mibs/), a kind (counter: only grows, Counter32 on SNMP; gauge: a
+level, Gauge32) and a description. Services count with
+`SENSORS.add("tftp_bytes_sent", n)`; gauges read a function when asked.
+Adding a sensor is one line in DECLARED below.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+# 32473 is the IANA enterprise number reserved for documentation (RFC 5612);
+# a deployment with its own number changes this one line and the MIB file.
+ENTERPRISE_OID = (1, 3, 6, 1, 4, 1, 32473)
+PRODUCT_OID = ENTERPRISE_OID + (1,)
+SENSORS_OID = PRODUCT_OID + (1,)
+
+_STARTED = time.monotonic()
+
+
+@dataclass(frozen=True)
+class Sensor:
+    name: str
+    index: int
+    kind: str  # "counter" | "gauge"
+    description: str
+    read: Callable[[], int] | None = None  # gauges computed on demand
+
+    @property
+    def oid(self) -> tuple[int, ...]:
+        return SENSORS_OID + (self.index, 0)
+
+
+def _process_uptime_cs() -> int:
+    return int((time.monotonic() - _STARTED) * 100)
+
+
+def _process_cpu_cs() -> int:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return int((usage.ru_utime + usage.ru_stime) * 100)
+
+
+def _process_rss_kib() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _load_avg_x100() -> int:
+    return int(os.getloadavg()[0] * 100)
+
+
+def _mem_available_kib() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+C, G = "counter", "gauge"
+DECLARED: tuple[Sensor, ...] = (
+    # process and machine
+    Sensor("process_uptime_centiseconds", 1, G, "Time since this process started, in hundredths of a second.", _process_uptime_cs),
+    Sensor("process_cpu_centiseconds", 2, C, "CPU time (user + system) used by this process, in hundredths of a second.", _process_cpu_cs),
+    Sensor("process_resident_kib", 3, G, "Resident memory of this process, in KiB.", _process_rss_kib),
+    Sensor("machine_load1_x100", 4, G, "The machine's 1-minute load average, times 100.", _load_avg_x100),
+    Sensor("machine_mem_available_kib", 5, G, "The machine's available memory, in KiB.", _mem_available_kib),
+    Sensor("process_open_fds", 6, G, "File descriptors open in this process.", _open_fds),
+    # HTTP / HTTPS
+    Sensor("http_connections_open", 10, G, "HTTP(S) connections open now, all bindings together."),
+    Sensor("http_connections_accepted", 11, C, "HTTP(S) connections accepted and served."),
+    Sensor("http_rejected_max_conn", 12, C, "HTTP(S) connections turned away by http_max_conn."),
+    Sensor("http_rejected_max_conn_rate", 13, C, "HTTP(S) connections turned away by http_max_conn_rate."),
+    Sensor("http_timeouts", 14, C, "HTTP(S) connections closed for a slow or idle client (header, keep-alive or TLS handshake timeout)."),
+    Sensor("http_redirects", 15, C, "Plain-HTTP requests redirected to HTTPS."),
+    # TFTP
+    Sensor("tftp_transfers_active", 20, G, "TFTP transfers in progress."),
+    Sensor("tftp_transfers_done", 21, C, "TFTP transfers completed."),
+    Sensor("tftp_transfers_failed", 22, C, "TFTP transfers failed or refused."),
+    Sensor("tftp_bytes_sent", 23, C, "Bytes of file data sent over TFTP (Counter32 wraps at 4 GiB)."),
+    # NTP
+    Sensor("ntp_requests_answered", 30, C, "NTP requests answered."),
+    Sensor("ntp_requests_refused", 31, C, "NTP requests dropped or answered with a kiss-o'-death (malformed, not mode 3, rate limited)."),
+    # LDAP
+    Sensor("ldap_connections_open", 40, G, "LDAP connections open now."),
+    Sensor("ldap_binds_failed", 41, C, "LDAP binds refused (wrong credentials, anonymous, plain bind refused)."),
+    Sensor("ldap_searches", 42, C, "LDAP search requests served."),
+    # SNMP
+    Sensor("snmp_requests_answered", 50, C, "SNMP requests answered."),
+    Sensor("snmp_rejected_address", 51, C, "SNMP requests dropped: source not in snmp_trusted."),
+    Sensor("snmp_rejected_community", 52, C, "SNMP requests dropped: wrong community."),
+    Sensor("snmp_rejected_version", 53, C, "SNMP requests dropped: not SNMP v1 (v2c, v3) or not decodable."),
+)
+
+
+class SensorRegistry:
+    """Current values of the declared sensors; counting is a dict update, cheap on hot paths."""
+
+    def __init__(self, declared: tuple[Sensor, ...] = DECLARED):
+        self.declared = declared
+        self.by_name = {s.name: s for s in declared}
+        assert len({s.index for s in declared}) == len(declared), "sensor indexes must be unique"
+        self._values = {s.name: 0 for s in declared if s.read is None}
+
+    def add(self, name: str, amount: int = 1) -> None:
+        self._values[name] += amount
+
+    def set(self, name: str, value: int) -> None:
+        self._values[name] = value
+
+    def value(self, name: str) -> int:
+        sensor = self.by_name[name]
+        return sensor.read() if sensor.read else self._values[name]
+
+    def snapshot(self) -> list[dict]:
+        return [
+            {"name": s.name, "oid": ".".join(map(str, s.oid)), "kind": s.kind, "value": self.value(s.name), "description": s.description}
+            for s in self.declared
+        ]
+
+
+SENSORS = SensorRegistry()

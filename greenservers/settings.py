@@ -1,0 +1,320 @@
+"""Every setting, declared once (like gunicorn's config.py).
+
+A declaration gives the name, the group it is shown in, the default, a pure
+validator (raw value -> typed value, or ValueError quoting the bad value),
+the description shown on the Ports page and by check-config, whether a
+change needs the listening sockets to be redone, and whether it is a secret
+(never shown, logged or answered by the API).
+
+`Settings` is an immutable, fully validated set of values. Every write goes
+through `Settings.with_changes`, which validates all fields and the rules
+between them and refuses the whole change if any field is bad.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .portspec import Binding, PortSpecError, parse_bindings
+
+
+class SettingsError(ValueError):
+    """One or more fields are invalid: `errors` maps a setting name to its message."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = dict(errors)
+        super().__init__("; ".join(f"{name}: {msg}" for name, msg in self.errors.items()))
+
+
+# -- pure validators: raw (TOML / JSON / form) value -> typed value ---------
+
+
+def _bindings(raw: Any) -> tuple[Binding, ...]:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    try:
+        return parse_bindings(raw)
+    except PortSpecError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], int]:
+    def validate(raw: Any) -> int:
+        if isinstance(raw, str) and re.fullmatch(r"\s*\d+\s*", raw):
+            raw = int(raw)
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ValueError(f"{raw!r} is not a whole number")
+        if not low <= raw <= high:
+            raise ValueError(f"{raw!r} is out of range {low}..{high}")
+        return raw
+
+    return validate
+
+
+_TRUE = {"true", "on", "yes", "1"}
+_FALSE = {"false", "off", "no", "0", ""}
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+        return raw.strip().lower() in _TRUE
+    raise ValueError(f"{raw!r} is not true or false")
+
+
+def _text(max_len: int, allow_empty: bool = True) -> Callable[[Any], str]:
+    def validate(raw: Any) -> str:
+        if not isinstance(raw, str):
+            raise ValueError(f"{raw!r} is not text")
+        if not allow_empty and not raw:
+            raise ValueError("must not be empty")
+        if len(raw) > max_len:
+            raise ValueError(f"{raw[:20]!r}... is longer than {max_len} characters")
+        if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+            raise ValueError(f"{raw!r} contains control characters")
+        return raw
+
+    return validate
+
+
+def _community(raw: Any) -> str:
+    value = _text(64, allow_empty=False)(raw)
+    if not value.isascii() or " " in value:
+        raise ValueError("must be printable ASCII without spaces")
+    return value
+
+
+def _secret(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("is not text")
+    if not 1 <= len(raw) <= 128 or any(ord(c) < 32 for c in raw):
+        raise ValueError("must be 1 to 128 printable characters")
+    return raw
+
+
+def _addresses(raw: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    if not isinstance(raw, str):
+        raise ValueError(f"{raw!r} is not a space-separated list of addresses")
+    networks = []
+    for token in raw.split():
+        try:
+            networks.append(ipaddress.ip_network(token, strict=False))
+        except ValueError:
+            raise ValueError(f"{token!r} is not an IPv4 or IPv6 address (DNS names are not accepted)") from None
+    return tuple(networks)
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def _host(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"{raw!r} is not an address or a host name")
+    value = raw.strip()
+    if not value:
+        return ""
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(value) or value.replace(".", "").isdigit():
+        raise ValueError(f"{raw!r} is neither an IP address nor a valid DNS name")
+    return value
+
+
+_DN_PART = re.compile(r"\s*[A-Za-z][A-Za-z0-9-]*\s*=\s*[^,=+<>#;\\\"]+")
+
+
+def _dn(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError(f"{raw!r} is not a DN like dc=pbx")
+    if not all(_DN_PART.fullmatch(part) for part in raw.split(",")):
+        raise ValueError(f"{raw!r} is not a DN like dc=pbx or ou=phonebook,dc=example,dc=com")
+    return ",".join(part.strip().replace(" = ", "=") for part in raw.split(","))
+
+
+def _path(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"{raw!r} is not a path")
+    if "\0" in raw:
+        raise ValueError("contains a NUL byte")
+    return raw
+
+
+def _password_hash(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("is not a password hash")
+    if raw and not raw.startswith("scrypt$"):
+        raise ValueError("is not a password hash made by 'python -m greenservers passwd'")
+    return raw
+
+
+# -- declarations ------------------------------------------------------------
+
+GENERATED = object()  # default of a secret made once at first start
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    group: str
+    default: Any
+    validate: Callable[[Any], Any]
+    description: str
+    rebind: bool = False
+    secret: bool = False
+    transport: str | None = None  # "tcp"/"udp" for binding lists
+    on_ports_page: bool = True
+
+    @property
+    def is_bindings(self) -> bool:
+        return self.transport is not None
+
+
+GROUPS = {
+    "http": "HTTP / HTTPS",
+    "snmp": "SNMP",
+    "tftp": "TFTP",
+    "ntp": "NTP",
+    "ldap": "LDAP",
+    "system": "System",
+}
+
+DECLARATIONS: tuple[Setting, ...] = (
+    Setting("ip_http_port", "http", "80", _bindings, "HTTP bindings (TCP): admin interface, API and provisioning.", rebind=True, transport="tcp"),
+    Setting("ip_https_port", "http", "443", _bindings, "HTTPS bindings (TCP, TLS 1.2 and newer).", rebind=True, transport="tcp"),
+    Setting("http_max_conn_rate", "http", 100, _int_in(1, 100_000), "New HTTP(S) connections accepted per second, all bindings together; more are turned away (503)."),
+    Setting("http_max_conn", "http", 1000, _int_in(1, 100_000), "HTTP(S) connections open at a time, all bindings together; more are turned away (503)."),
+    Setting("http_redirect_https", "http", False, _bool, "Redirect plain-HTTP requests to HTTPS (only where an HTTPS binding exists; /prov/, /healthz and ACME challenges are exempt)."),
+    Setting("ip_snmp_port", "snmp", "161", _bindings, "SNMP v1 agent bindings (UDP).", rebind=True, transport="udp"),
+    Setting("snmp_trusted", "snmp", "", _addresses, "Addresses or networks (IPv4/IPv6, space separated, no DNS names) allowed to query; empty: nobody."),
+    Setting("snmp_community", "snmp", "public", _community, "The read community.", secret=True),
+    Setting("snmp_contact", "snmp", "", _text(255), "sysContact: who looks after this system."),
+    Setting("snmp_name", "snmp", "", _text(255), "sysName; empty: the host name."),
+    Setting("snmp_location", "snmp", "", _text(255), "sysLocation: where this system stands."),
+    Setting("ip_tftp_port", "tftp", "69", _bindings, "TFTP provisioning bindings (UDP).", rebind=True, transport="udp"),
+    Setting("tftp_write", "tftp", False, _bool, "Allow TFTP write requests (new files under uploads/ only, e.g. phones' logs)."),
+    Setting("ip_ntp_port", "ntp", "123", _bindings, "NTP server bindings (UDP); empty: no NTP server, phones are given ntp_server.", rebind=True, transport="udp"),
+    Setting("ntp_server", "ntp", "", _host, "External NTP server (IP or DNS name) given to phones when ip_ntp_port is empty."),
+    Setting("ntp_local_stratum", "ntp", 0, _int_in(0, 15), "Serve the local clock at this stratum even when it is not synchronised (like chrony's 'local stratum'); 0: off, answer 'unsynchronised' instead."),
+    Setting("ip_ldap_port", "ldap", "2389", _bindings, "LDAP address book bindings (TCP, StartTLS offered).", rebind=True, transport="tcp"),
+    Setting("ip_ldaps_port", "ldap", "2636", _bindings, "LDAP over TLS bindings (TCP).", rebind=True, transport="tcp"),
+    Setting("ldap_base", "ldap", "dc=pbx", _dn, "The address book's base DN."),
+    Setting("ldap_user", "ldap", "phonebook", _text(64, allow_empty=False), "The user phones bind with (bare name, or as cn=NAME under the base DN)."),
+    Setting("ldap_password", "ldap", GENERATED, _secret, "The password phones bind with (generated at first start).", secret=True),
+    Setting("ldap_anonymous", "ldap", False, _bool, "Allow anonymous searches."),
+    Setting("ldap_plain_bind", "ldap", True, _bool, "Allow password binds over plain LDAP (many phones cannot do TLS)."),
+    Setting("data_dir", "system", "data", _path, "Folder of the TFTP root (tftp/), the address book and the TLS files; relative to the configuration file.", rebind=True),
+    Setting("tls_cert", "system", "", _path, "PEM certificate (chain) for HTTPS and LDAPS; empty: a self-signed one is generated into data_dir."),
+    Setting("tls_key", "system", "", _path, "PEM private key of tls_cert."),
+    Setting("admin_password_hash", "system", "", _password_hash, "Hash of the admin password; set with 'python -m greenservers passwd'.", secret=True, on_ports_page=False),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in DECLARATIONS}
+BINDING_SETTINGS: tuple[Setting, ...] = tuple(s for s in DECLARATIONS if s.is_bindings)
+
+
+def generate_secret() -> str:
+    return secrets.token_urlsafe(18)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A complete, validated set of values; read attributes by setting name."""
+
+    raw: dict[str, Any]
+    values: dict[str, Any]
+    base_dir: Path
+    warnings: tuple[str, ...] = field(default=())
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any], base_dir: Path | str = ".") -> "Settings":
+        """Validate a mapping read from the file; missing keys take defaults."""
+        errors: dict[str, str] = {}
+        warnings = [f"unknown setting {key!r} ignored" for key in raw if key not in BY_NAME]
+        merged: dict[str, Any] = {}
+        values: dict[str, Any] = {}
+        for setting in DECLARATIONS:
+            value = raw.get(setting.name, setting.default)
+            merged[setting.name] = value
+            if value is GENERATED:
+                values[setting.name] = None
+                continue
+            try:
+                values[setting.name] = setting.validate(value)
+            except ValueError as exc:
+                errors[setting.name] = str(exc)
+        errors.update(_cross_checks(values, errors))
+        if errors:
+            raise SettingsError(errors)
+        return cls(merged, values, Path(base_dir), tuple(warnings))
+
+    def with_changes(self, changes: dict[str, Any]) -> "Settings":
+        """All-or-nothing: a new Settings with `changes`, or SettingsError per field."""
+        unknown = {k: "no such setting" for k in changes if k not in BY_NAME}
+        if unknown:
+            raise SettingsError(unknown)
+        raw = {k: v for k, v in self.raw.items() if v is not GENERATED}
+        raw.update(changes)
+        return Settings.from_raw(raw, self.base_dir)
+
+    def changed_names(self, other: "Settings") -> list[str]:
+        return [s.name for s in DECLARATIONS if self.raw.get(s.name) != other.raw.get(s.name)]
+
+    def needs_rebind(self, other: "Settings") -> bool:
+        return any(BY_NAME[n].rebind for n in self.changed_names(other))
+
+    # -- derived values --------------------------------------------------
+
+    def resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    @property
+    def data_path(self) -> Path:
+        return self.resolve(self.values["data_dir"]).resolve()
+
+    def public_view(self) -> dict[str, Any]:
+        """Values safe to show: secrets replaced by whether they are set."""
+        view: dict[str, Any] = {}
+        for setting in DECLARATIONS:
+            if setting.secret:
+                view[setting.name] = {"set": bool(self.values.get(setting.name))}
+            else:
+                value = self.raw[setting.name]
+                view[setting.name] = value
+        return view
+
+
+def _cross_checks(values: dict[str, Any], already: Iterable[str]) -> dict[str, str]:
+    """Rules between settings: no two binding lists of one transport may overlap."""
+    errors: dict[str, str] = {}
+    seen: dict[str, list[tuple[str, Binding]]] = {"tcp": [], "udp": []}
+    for setting in BINDING_SETTINGS:
+        if setting.name in already or setting.name not in values:
+            continue
+        for binding in values[setting.name]:
+            for other_name, other in seen[setting.transport]:
+                if other.covers(binding) and setting.name not in errors:
+                    errors[setting.name] = (
+                        f"{str(binding)!r} overlaps {str(other)!r} of {other_name} ({setting.transport.upper()} port {binding.port} is taken)"
+                    )
+            seen[setting.transport].append((setting.name, binding))
+    if (values.get("tls_cert") or "") and not (values.get("tls_key") or ""):
+        # a PEM file can hold both; only an empty key with an empty cert is the default
+        pass
+    if (values.get("tls_key") or "") and not (values.get("tls_cert") or ""):
+        errors.setdefault("tls_cert", "tls_key is set but tls_cert is empty")
+    return errors

@@ -1,0 +1,140 @@
+"""The global configuration file: TOML read and written with tomlkit.
+
+An administrator's comments and layout survive every rewrite, because only
+the changed values are replaced in the parsed document. Writes are atomic:
+a temporary file in the same folder is written, fsynced and renamed over the
+old one, so a crash at any point leaves either the old or the new file.
+The file holds secrets, so it is written with mode 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+import tomlkit.exceptions
+
+from .settings import DECLARATIONS, GENERATED, GROUPS, Settings, SettingsError, generate_secret
+
+CONFIG_ENV = "GREENSERVERS_CONFIG"
+DEFAULT_FILE = "greenservers.toml"
+
+
+class ConfigFileError(ValueError):
+    """The file cannot be read or is not valid TOML; the message says where."""
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_FILE).absolute()
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` so that readers see the old or the new file only."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _toml_value(value: Any) -> Any:
+    return value
+
+
+class ConfigStore:
+    """Reads and atomically rewrites one configuration file."""
+
+    def __init__(self, path: Path | str | None = None):
+        self.path = Path(path).absolute() if path else default_config_path()
+        self._lock = threading.Lock()
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def read_document(self) -> tomlkit.TOMLDocument:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return tomlkit.document()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigFileError(f"{self.path}: cannot read: {exc}") from None
+        try:
+            return tomlkit.parse(text)
+        except tomlkit.exceptions.ParseError as exc:
+            raise ConfigFileError(f"{self.path}: not valid TOML: {exc}") from None
+
+    def load(self) -> Settings:
+        """The effective settings of the file (defaults for what it lacks)."""
+        document = self.read_document()
+        raw = {key: _plain(value) for key, value in document.items()}
+        nested = [key for key, value in raw.items() if isinstance(value, dict)]
+        if nested:
+            raise SettingsError({key: "tables are not used; write settings at the top level" for key in nested})
+        return Settings.from_raw(raw, self.base_dir)
+
+    def update(self, changes: dict[str, Any]) -> Settings:
+        """Validate `changes` against the file's current content and write them, all or nothing."""
+        with self._lock:
+            document = self.read_document()
+            current = Settings.from_raw({k: _plain(v) for k, v in document.items()}, self.base_dir)
+            new = current.with_changes(changes)
+            for name, value in changes.items():
+                if name in document:
+                    document[name] = _toml_value(value)
+                else:
+                    document.add(name, _toml_value(value))
+            atomic_write(self.path, tomlkit.dumps(document).encode("utf-8"))
+            return new
+
+    def ensure_generated(self) -> Settings:
+        """Give generated secrets (ldap_password) a value once and keep it in the file."""
+        settings = self.load()
+        missing = {s.name: generate_secret() for s in DECLARATIONS if settings.raw.get(s.name) is GENERATED}
+        return self.update(missing) if missing else settings
+
+    def create(self, overrides: dict[str, Any] | None = None) -> Settings:
+        """Write a new file holding every setting, each with its description as a comment."""
+        overrides = dict(overrides or {})
+        document = tomlkit.document()
+        document.add(tomlkit.comment("greenservers configuration. Every setting is listed with its default."))
+        document.add(tomlkit.comment("Check it with: python -m greenservers check-config"))
+        for group, title in GROUPS.items():
+            document.add(tomlkit.nl())
+            document.add(tomlkit.comment(f"--- {title} ---"))
+            for setting in DECLARATIONS:
+                if setting.group != group:
+                    continue
+                value = overrides.get(setting.name, setting.default)
+                if value is GENERATED:
+                    value = generate_secret()
+                document.add(tomlkit.comment(setting.description))
+                document.add(setting.name, value)
+        settings = Settings.from_raw({k: _plain(v) for k, v in document.items()}, self.base_dir)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, tomlkit.dumps(document).encode("utf-8"))
+        return settings
+
+
+def _plain(value: Any) -> Any:
+    """tomlkit items -> plain Python values."""
+    unwrap = getattr(value, "unwrap", None)
+    return unwrap() if unwrap else value

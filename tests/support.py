@@ -1,0 +1,140 @@
+"""Test helpers: free ports, and the real service started as gunicorn in a subprocess.
+
+Readiness is the worker's "greenservers serving:" log line (or the process's
+exit), never a sleep. Every process started is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import tomlkit
+
+REPO = Path(__file__).resolve().parent.parent
+BINDING_KEYS = ("ip_http_port", "ip_https_port", "ip_snmp_port", "ip_tftp_port", "ip_ntp_port", "ip_ldap_port", "ip_ldaps_port")
+READY_LINE = "greenservers serving:"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free on all IPv4 and IPv6 addresses for `kind` (and, for safety, the other kind)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET6, kind) as s:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", 0))
+            port = s.getsockname()[1]
+        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+        try:
+            with socket.socket(socket.AF_INET6, other) as s:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                s.bind(("::", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def free_udp_port() -> int:
+    return free_port(socket.SOCK_DGRAM)
+
+
+class ServiceProcess:
+    """greenservers run exactly as in production: gunicorn -c gunicorn.conf.py app:app."""
+
+    def __init__(self, directory: Path, settings: dict, env: dict | None = None):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.directory / "greenservers.toml"
+        full = {key: "" for key in BINDING_KEYS}
+        full.update(settings)
+        self.settings = full
+        self.config_path.write_text(tomlkit.dumps(full))
+        self.env = dict(os.environ, GREENSERVERS_CONFIG=str(self.config_path), **(env or {}))
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    # -- life cycle -------------------------------------------------------
+
+    def start(self, timeout: float = 30.0, expect_ready: bool = True) -> "ServiceProcess":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "app:app"],
+            cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if expect_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if READY_LINE in line:
+                self._ready.set()
+        self._ready.set()  # the process ended: stop waiting
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        if not self._ready.wait(timeout) or self.proc.poll() is not None:
+            raise AssertionError("service did not start:\n" + self.log)
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        return self.proc.wait(timeout)
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.log}")
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def signal_master(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        except ProcessLookupError:
+            pass
+
+    # -- addresses -------------------------------------------------------
+
+    def port(self, key: str) -> int:
+        """The first port of a binding setting (tests bind plain ports or [addr]:port)."""
+        token = str(self.settings[key]).split()[0]
+        return int(token.rsplit(":", 1)[-1])
+
+    def url(self, path: str = "/", scheme: str = "http", host: str = "127.0.0.1") -> str:
+        key = "ip_https_port" if scheme == "https" else "ip_http_port"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port(key)}{path}"
+
+    @property
+    def cert_path(self) -> Path:
+        return self.directory / "data" / "tls" / "selfsigned.crt"
