@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+
 from flask import Flask, current_app
 
 from .. import runtime as runtime_module
+
+
+def _secret_key(runtime) -> bytes:
+    """The session-signing key, made once and kept in data_dir (mode 0600)."""
+    path = runtime.settings.data_path / "session.key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(key)
+        return key
 
 
 def create_app(runtime=None) -> Flask:
     app = Flask(__name__)
     app.config["GREENSERVERS_RUNTIME"] = runtime
     app.config["MAX_CONTENT_LENGTH"] = 8 * 1024 * 1024
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = "Strict"
+    app.secret_key = _secret_key(runtime or runtime_module.current())
 
     from . import api, prov, ui
 
