@@ -15,6 +15,7 @@ each read or write of a body within IO_TIMEOUT.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import time
@@ -26,10 +27,15 @@ from gunicorn.workers.ggevent import PyWSGIHandler
 
 from .proto.http import ConnectionGate, redirect_target
 
-HEADER_TIMEOUT = 10.0
-KEEPALIVE_TIMEOUT = 15.0
-HANDSHAKE_TIMEOUT = 10.0
-IO_TIMEOUT = 30.0
+def _seconds(name: str, default: float) -> float:
+    """A timeout, overridable from the environment (tuning, and short ones in tests)."""
+    return float(os.environ.get(f"GREENSERVERS_HTTP_{name}", default))
+
+
+HEADER_TIMEOUT = _seconds("HEADER_TIMEOUT", 10.0)
+KEEPALIVE_TIMEOUT = _seconds("KEEPALIVE_TIMEOUT", 15.0)
+HANDSHAKE_TIMEOUT = _seconds("HANDSHAKE_TIMEOUT", 10.0)
+IO_TIMEOUT = _seconds("IO_TIMEOUT", 30.0)
 MAX_REJECTING = 256  # rejections being written at once; beyond, close at once
 
 REJECT_503 = (

@@ -19,9 +19,9 @@ import re
 import socket
 from dataclasses import dataclass
 
-_PORT_ONLY = re.compile(r"\d+")
-_IPV4_AND_PORT = re.compile(r"([0-9.]+):(\d+)")
-_BRACKETED_AND_PORT = re.compile(r"\[([^\]]+)\]:(\d+)")
+_PORT_ONLY = re.compile(r"[0-9]+")
+_IPV4_AND_PORT = re.compile(r"([0-9.]+):([0-9]+)")
+_BRACKETED_AND_PORT = re.compile(r"\[([^\]]+)\]:([0-9]+)")
 
 
 class PortSpecError(ValueError):
@@ -71,7 +71,7 @@ class Binding:
 
 
 def _port(token: str, text: str) -> int:
-    if not text.isdigit() or len(text) > 5 or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or not 1 <= int(text) <= 65535:
         raise PortSpecError(f"{token!r}: the port must be a number from 1 to 65535")
     return int(text)
 

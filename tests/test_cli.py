@@ -1,0 +1,65 @@
+"""python -m greenservers check-config / passwd / setup."""
+
+import os
+import subprocess
+import sys
+
+import tomlkit
+
+from greenservers.passwords import verify_password
+from support import REPO
+
+
+def run(args, config, stdin=None, env=None):
+    return subprocess.run([sys.executable, "-m", "greenservers", *args], cwd=REPO, input=stdin, capture_output=True, text=True,
+                          env=dict(os.environ, GREENSERVERS_CONFIG=str(config), **(env or {})), timeout=60)
+
+
+def test_check_config_prints_effective_settings_without_secrets(tmp_path):
+    config = tmp_path / "g.toml"
+    config.write_text('ip_http_port = "8080"\nsnmp_community = "topsecret"\n')
+    result = run(["check-config"], config)
+    assert result.returncode == 0, result.stderr
+    assert "ip_http_port = '8080'" in result.stdout and "http_max_conn = 1000" in result.stdout
+    assert "snmp_community = (set)" in result.stdout and "topsecret" not in result.stdout
+
+
+def test_check_config_gives_every_reason_and_exit_1(tmp_path):
+    config = tmp_path / "g.toml"
+    config.write_text('ip_http_port = "80 x"\nhttp_max_conn = -3\nsnmp_trusted = "nms.local"\n')
+    result = run(["check-config"], config)
+    assert result.returncode == 1
+    for expected in ("ip_http_port: 'x'", "http_max_conn: -3 is out of range", "snmp_trusted: 'nms.local'"):
+        assert expected in result.stderr
+
+
+def test_check_config_reports_broken_toml(tmp_path):
+    config = tmp_path / "g.toml"
+    config.write_text("ip_http_port = \n")
+    result = run(["check-config"], config)
+    assert result.returncode == 1 and "not valid TOML" in result.stderr
+
+
+def test_passwd_stores_only_a_salted_hash(tmp_path):
+    config = tmp_path / "g.toml"
+    config.write_text("# keep me\n")
+    result = run(["passwd"], config, stdin="correct horse\n")
+    assert result.returncode == 0, result.stderr
+    text = config.read_text()
+    stored = tomlkit.parse(text)["admin_password_hash"]
+    assert "correct horse" not in text and text.startswith("# keep me")
+    assert verify_password("correct horse", stored) and not verify_password("wrong", stored)
+    assert run(["passwd"], config, stdin="correct horse\n").returncode == 0
+    assert tomlkit.parse(config.read_text())["admin_password_hash"] != stored  # new salt
+
+
+def test_setup_as_ordinary_user_writes_unprivileged_ports(tmp_path):
+    config = tmp_path / "g.toml"
+    script = "import greenservers.__main__ as m; m.can_bind_low_ports = lambda: False; raise SystemExit(m.main(['setup']))"
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                            env=dict(os.environ, GREENSERVERS_CONFIG=str(config)), timeout=60)
+    assert result.returncode == 0, result.stderr
+    document = tomlkit.parse(config.read_text())
+    assert (document["ip_http_port"], document["ip_https_port"], document["ip_snmp_port"], document["ip_tftp_port"], document["ip_ntp_port"]) == ("8080", "8443", "1161", "1069", "1123")
+    assert "unprivileged ports" in result.stdout
+    assert (tmp_path / "data" / "tls" / "selfsigned.crt").exists() and (tmp_path / "data" / "tftp").is_dir()

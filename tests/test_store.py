@@ -1,0 +1,140 @@
+"""The configuration file: comments survive rewrites; writes are atomic."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import tomlkit
+
+from greenservers.settings import SettingsError
+from greenservers.store import ConfigFileError, ConfigStore
+
+HAND_WRITTEN = textwrap.dedent(
+    """\
+    # Our PBX in room 4 -- ask Maria before changing ports!
+    ip_http_port = "8080"   # the old switch blocks 80
+
+    # caps agreed with the network team
+    http_max_conn = 200
+    """
+)
+
+
+def test_missing_file_means_defaults(tmp_path):
+    settings = ConfigStore(tmp_path / "none.toml").load()
+    assert settings.http_max_conn == 1000 and settings.ip_http_port[0].port == 80
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path):
+    path = tmp_path / "etc" / "g.toml"
+    path.parent.mkdir()
+    path.write_text('data_dir = "var"\n')
+    assert ConfigStore(path).load().data_path == (tmp_path / "etc" / "var").resolve()
+
+
+def test_comments_survive_a_rewrite(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(HAND_WRITTEN)
+    store = ConfigStore(path)
+    store.update({"http_max_conn": 300, "snmp_community": "private"})
+    text = path.read_text()
+    assert "# Our PBX in room 4 -- ask Maria before changing ports!" in text
+    assert '"8080"   # the old switch blocks 80' in text
+    assert "# caps agreed with the network team\nhttp_max_conn = 300" in text
+    assert 'snmp_community = "private"' in text
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_invalid_change_writes_nothing(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(HAND_WRITTEN)
+    with pytest.raises(SettingsError) as info:
+        ConfigStore(path).update({"http_max_conn": 5, "ip_http_port": "nope"})
+    assert "ip_http_port" in info.value.errors
+    assert path.read_text() == HAND_WRITTEN
+
+
+def test_broken_toml_is_reported_with_its_place(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text('ip_http_port = "80\n')
+    with pytest.raises(ConfigFileError) as info:
+        ConfigStore(path).load()
+    assert "not valid TOML" in str(info.value) and "line 1" in str(info.value)
+
+
+def test_created_file_lists_every_setting_with_a_comment(tmp_path):
+    store = ConfigStore(tmp_path / "g.toml")
+    store.create({"ip_http_port": "8080"})
+    document = tomlkit.parse((tmp_path / "g.toml").read_text())
+    from greenservers.settings import DECLARATIONS
+
+    assert [s.name for s in DECLARATIONS if s.name not in document] == []
+    assert document["ip_http_port"] == "8080" and len(document["ldap_password"]) >= 16
+    assert "# The read community." in (tmp_path / "g.toml").read_text()
+
+
+def test_generated_password_is_kept(tmp_path):
+    store = ConfigStore(tmp_path / "g.toml")
+    first = store.ensure_generated().ldap_password
+    assert first and store.ensure_generated().ldap_password == first
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace", "write"])
+def test_failure_at_any_step_leaves_the_old_file(tmp_path, monkeypatch, failing):
+    path = tmp_path / "g.toml"
+    path.write_text(HAND_WRITTEN)
+
+    def boom(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    if failing == "write":
+        real_fdopen = os.fdopen
+
+        def fdopen(fd, *args, **kwargs):
+            handle = real_fdopen(fd, *args, **kwargs)
+            handle.write = boom
+            return handle
+
+        monkeypatch.setattr(os, "fdopen", fdopen)
+    else:
+        monkeypatch.setattr(os, failing, boom)
+    with pytest.raises(OSError):
+        ConfigStore(path).update({"http_max_conn": 300})
+    monkeypatch.undo()
+    assert path.read_text() == HAND_WRITTEN
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.toml"]
+
+
+WRITER = textwrap.dedent(
+    """\
+    import sys
+    from greenservers.store import ConfigStore
+    store = ConfigStore(sys.argv[1])
+    n = 1
+    print("ready", flush=True)
+    while True:
+        n = n % 99999 + 1
+        store.update({"http_max_conn": n, "snmp_location": "x" * (n % 5000)})
+    """
+)
+
+
+def test_killed_writer_leaves_old_or_new_never_partial(tmp_path):
+    """SIGKILL a process rewriting the file in a loop, many times: the file always parses whole."""
+    path = tmp_path / "g.toml"
+    path.write_text(HAND_WRITTEN)
+    for round_ in range(15):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline().strip() == "ready"
+        for _ in range(200 + 37 * round_):  # let it get into the middle of some write
+            if path.stat().st_size < 0:
+                break
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+        text = path.read_text()
+        settings = ConfigStore(path).load()
+        assert text.startswith("# Our PBX in room 4")
+        assert len(settings.snmp_location) == settings.http_max_conn % 5000 or text == HAND_WRITTEN
