@@ -37,6 +37,9 @@ def create_app(runtime=None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(ui.bp)
     app.register_blueprint(prov.bp)
+    from . import addressbook
+
+    app.register_blueprint(addressbook.bp)
     return app
 
 

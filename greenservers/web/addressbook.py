@@ -1,0 +1,274 @@
+"""The address book over HTTP: the /api/addressbook JSON API and the /addressbook admin page.
+
+Both are thin: every rule (validation, all-or-nothing import, search) lives
+in greenservers.addressbook; this module maps it to HTTP status codes
+(400 with per-field or per-row messages, 404, 413) and to a page.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
+
+from ..addressbook import (
+    FIELDS,
+    MAX_IMPORT_BYTES,
+    NUMBER_FIELDS,
+    ContactError,
+    ContactNotFound,
+    ImportRejected,
+    addressbook_for,
+)
+from . import get_runtime
+from .auth import admin_required
+
+bp = Blueprint("addressbook", __name__)
+
+MAX_LIST = 1000  # the page shows at most this many rows; the API pages with ?limit=&offset=
+FIELD_LABELS = {
+    "first_name": "First name",
+    "last_name": "Last name",
+    "display_name": "Display name",
+    "company": "Company",
+    "work": "Work",
+    "mobile": "Mobile",
+    "home": "Home",
+    "extension": "Extension",
+    "email": "E-mail",
+}
+
+
+def _book():
+    return addressbook_for(get_runtime())
+
+
+def _int_arg(name: str, default: int | None) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ContactError({name: f"{name} must be a whole number of 0 or more, not {raw[:32]!r}"})
+    return value
+
+
+def _invalid(exc: ContactError):
+    return jsonify(error="invalid contact", errors=exc.errors), 400
+
+
+def _rejected(exc: ImportRejected):
+    return jsonify(error="nothing imported", errors=exc.errors, total_errors=exc.total), 400
+
+
+def _csv_body() -> str | ImportRejected:
+    """The request's CSV text: the raw body, or the `file` of a form upload."""
+    upload = request.files.get("file")
+    data = upload.read(MAX_IMPORT_BYTES + 1) if upload is not None else request.get_data(cache=False)
+    if len(data) > MAX_IMPORT_BYTES:
+        return ImportRejected([{"row": 0, "field": "", "message": f"the file is larger than {MAX_IMPORT_BYTES} bytes"}])
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return ImportRejected([{"row": 0, "field": "", "message": f"the file is not UTF-8 text (byte {exc.start})"}])
+
+
+# -- JSON API ------------------------------------------------------------------
+
+
+@bp.get("/api/addressbook")
+@admin_required
+def list_contacts():
+    """All contacts (or those matching ?q=), ordered by id; ?offset= and ?limit= page through them."""
+    try:
+        offset = _int_arg("offset", 0)
+        limit = _int_arg("limit", None)
+    except ContactError as exc:
+        return _invalid(exc)
+    book = _book()
+    q = request.args.get("q", "").strip()
+    if q:
+        found = book.search(q, limit=offset + (limit if limit is not None else len(book)))
+    else:
+        found = book.contacts()
+    end = None if limit is None else offset + limit
+    response = jsonify([c.as_dict() for c in found[offset:end]])
+    response.headers["X-Total-Count"] = str(len(found))
+    return response
+
+
+@bp.post("/api/addressbook")
+@admin_required
+def add_contact():
+    fields = request.get_json(silent=True)
+    if not isinstance(fields, dict):
+        return jsonify(error="send one contact as a JSON object", errors={"contact": "the body is not a JSON object"}), 400
+    try:
+        contact = _book().add(fields)
+    except ContactError as exc:
+        return _invalid(exc)
+    response = jsonify(contact.as_dict())
+    response.status_code = 201
+    response.headers["Location"] = url_for(".get_contact", contact_id=contact.id)
+    return response
+
+
+@bp.get("/api/addressbook/<int:contact_id>")
+@admin_required
+def get_contact(contact_id: int):
+    contact = _book().get(contact_id)
+    if contact is None:
+        return jsonify(error=f"no contact {contact_id}"), 404
+    return jsonify(contact.as_dict())
+
+
+@bp.put("/api/addressbook/<int:contact_id>")
+@admin_required
+def change_contact(contact_id: int):
+    """Change the fields given (others keep their values; "" clears one)."""
+    fields = request.get_json(silent=True)
+    if not isinstance(fields, dict):
+        return jsonify(error="send the fields as a JSON object", errors={"contact": "the body is not a JSON object"}), 400
+    try:
+        contact = _book().change(contact_id, fields)
+    except ContactNotFound:
+        return jsonify(error=f"no contact {contact_id}"), 404
+    except ContactError as exc:
+        return _invalid(exc)
+    return jsonify(contact.as_dict())
+
+
+@bp.delete("/api/addressbook/<int:contact_id>")
+@admin_required
+def delete_contact(contact_id: int):
+    if not _book().delete(contact_id):
+        return jsonify(error=f"no contact {contact_id}"), 404
+    return jsonify(deleted=contact_id)
+
+
+@bp.post("/api/addressbook/import")
+@admin_required
+def import_contacts():
+    """CSV with a header row; all rows are added, or none (400 lists each problem by row and field).
+
+    ?replace=1 makes the file replace the whole address book (still all or nothing).
+    """
+    text = _csv_body()
+    if isinstance(text, ImportRejected):
+        return _rejected(text)
+    replace = request.args.get("replace", "").lower() in ("1", "true", "yes", "on")
+    try:
+        count = _book().import_csv(text, replace=replace)
+    except ImportRejected as exc:
+        return _rejected(exc)
+    return jsonify(imported=count, total=len(_book()))
+
+
+@bp.get("/api/addressbook/export")
+@admin_required
+def export_contacts():
+    return Response(
+        _book().export_csv(),
+        mimetype="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="addressbook.csv"', "Cache-Control": "no-store"},
+    )
+
+
+# -- the admin page ----------------------------------------------------------------
+# Forms post to the views below; admin_required checks their CSRF token. Success
+# redirects back to the page (303, so a reload does not post again); a refusal
+# renders the page again with the messages and the values typed (400).
+
+
+def _render(status: int = 200, form: dict | None = None, errors: dict | None = None, editing: int | None = None, import_rejected: ImportRejected | None = None):
+    book = _book()
+    q = request.args.get("q", "").strip()
+    contacts = book.search(q, limit=MAX_LIST) if q else book.contacts()[:MAX_LIST]
+    if editing is None and form is None and request.args.get("edit", "").isdigit():
+        contact = book.get(int(request.args["edit"]))
+        if contact is not None:
+            editing, form = contact.id, contact.fields()
+    page = render_template(
+        "addressbook.html",
+        contacts=contacts,
+        total=len(book),
+        q=q,
+        fields=FIELDS,
+        numbers=NUMBER_FIELDS,
+        labels=FIELD_LABELS,
+        max_list=MAX_LIST,
+        form=form or {},
+        errors=errors or {},
+        editing=editing,
+        import_errors=import_rejected.errors if import_rejected else [],
+        import_total=import_rejected.total if import_rejected else 0,
+    )
+    return page, status
+
+
+def _form_fields() -> dict[str, str]:
+    return {field: request.form.get(field, "") for field in FIELDS}
+
+
+def _back(message: str):
+    flash(message, "ok")
+    return redirect(url_for(".page"), code=303)
+
+
+@bp.before_request
+def _allow_large_imports():
+    # The app-wide body limit is smaller; this must be set before the form is parsed
+    # (admin_required parses it for the CSRF token).
+    if request.endpoint in ("addressbook.import_contacts", "addressbook.page_import"):
+        request.max_content_length = MAX_IMPORT_BYTES + 64 * 1024  # room for the multipart framing
+
+
+@bp.get("/addressbook")
+@admin_required
+def page():
+    return _render()
+
+
+@bp.post("/addressbook/add")
+@admin_required
+def page_add():
+    try:
+        contact = _book().add(_form_fields())
+    except ContactError as exc:
+        return _render(400, form=_form_fields(), errors=exc.errors)
+    return _back(f"Added {contact.name}.")
+
+
+@bp.post("/addressbook/<int:contact_id>")
+@admin_required
+def page_change(contact_id: int):
+    try:
+        contact = _book().change(contact_id, _form_fields())
+    except ContactNotFound:
+        return _back(f"Contact {contact_id} no longer exists.")
+    except ContactError as exc:
+        return _render(400, form=_form_fields(), errors=exc.errors, editing=contact_id)
+    return _back(f"Saved {contact.name}.")
+
+
+@bp.post("/addressbook/<int:contact_id>/delete")
+@admin_required
+def page_delete(contact_id: int):
+    contact = _book().get(contact_id)
+    if contact is None or not _book().delete(contact_id):
+        return _back(f"Contact {contact_id} was already deleted.")
+    return _back(f"Deleted {contact.name}.")
+
+
+@bp.post("/addressbook/import")
+@admin_required
+def page_import():
+    text = _csv_body()
+    if isinstance(text, ImportRejected):
+        return _render(400, import_rejected=text)
+    try:
+        count = _book().import_csv(text, replace=request.form.get("replace") == "1")
+    except ImportRejected as exc:
+        return _render(400, import_rejected=exc)
+    return _back(f"Imported {count} contact{'' if count == 1 else 's'}.")
