@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 
 from .. import runtime as runtime_module
 
@@ -24,6 +24,30 @@ def _secret_key(runtime) -> bytes:
         return key
 
 
+# No scripts, no frames, no foreign origins: the pages are plain forms and one stylesheet.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+NO_STORE_EXEMPT = ("/static/", "/prov/")  # cacheable; everything else may hold admin data
+
+
+def _add_security_headers(app: Flask) -> None:
+    @app.after_request
+    def security_headers(response):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if "Cache-Control" not in response.headers and not request.path.startswith(NO_STORE_EXEMPT):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+
 def create_app(runtime=None) -> Flask:
     app = Flask(__name__)
     app.config["GREENSERVERS_RUNTIME"] = runtime
@@ -32,8 +56,10 @@ def create_app(runtime=None) -> Flask:
     app.config["SESSION_COOKIE_SAMESITE"] = "Strict"
     app.secret_key = _secret_key(runtime or runtime_module.current())
 
-    from . import api, prov, ui
+    from . import api, auth, prov, ui
 
+    auth.init_app(app)
+    _add_security_headers(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ui.bp)
     app.register_blueprint(prov.bp)

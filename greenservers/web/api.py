@@ -1,14 +1,116 @@
-"""The JSON API blueprint: health check (no auth) and, behind auth, settings and sensors."""
+"""The JSON API blueprint: health check (no auth) and, behind auth, the Ports settings.
+
+GET /api/settings/ports answers the Ports page's settings as
+`Settings.public_view()` (secrets as {"set": true|false}). PUT takes a JSON
+object with any subset of them: all of it is applied, or (400, one message
+per field) none of it. The 200 answer is the effective settings; the names
+that take effect only after a restart are in the `X-Restart-Needed` header.
+A secret sent back as {"set": ...} (as GET shows it) means "unchanged", so a
+script may GET, edit and PUT the whole object.
+
+`apply_settings_changes` is the one way the web interface changes settings
+(the page uses it too): runtime.update, then one audit entry.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from typing import Any
 
+from flask import Blueprint, jsonify, request
+
+from ..audit import AuditLog, masked_changes
+from ..runtime import ChangeResult
+from ..settings import BY_NAME, DECLARATIONS, SettingsError
+from ..store import ConfigFileError
 from . import get_runtime
+from .auth import ADMIN_USER, admin_required, auth_method
 
 bp = Blueprint("api", __name__)
+
+PORTS_SETTINGS = tuple(s.name for s in DECLARATIONS if s.on_ports_page)
+VIA = {"session": "web page", "basic": "API (HTTP Basic)"}
+
+
+class ChangeRefused(Exception):
+    """A change that was not applied: `errors` maps a setting (or "_file") to why; `status` the HTTP code."""
+
+    def __init__(self, errors: dict[str, str], status: int = 400):
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors, self.status = errors, status
+
+
+def apply_settings_changes(changes: dict[str, Any], via: str, note: str = "") -> ChangeResult:
+    """Apply `changes` all or nothing, audit them; ChangeRefused when nothing was written."""
+    from ..binder import BindError  # only live rebinding raises it
+
+    runtime = get_runtime()
+    old = runtime.settings
+    try:
+        result = runtime.update(changes)
+    except SettingsError as exc:
+        raise ChangeRefused(exc.errors) from None
+    except BindError as exc:
+        raise ChangeRefused({exc.setting: str(exc)}) from None
+    except ConfigFileError as exc:
+        raise ChangeRefused({"_file": str(exc)}, status=409) from None
+    if result.changed:
+        AuditLog.for_settings(old).record(
+            ADMIN_USER, request.remote_addr or "-", via, masked_changes(old.raw, result.settings.raw, result.changed), note
+        )
+    return result
+
+
+def ports_view(settings) -> dict[str, Any]:
+    view = settings.public_view()
+    return {name: view[name] for name in PORTS_SETTINGS}
+
+
+def _changes_from_json(body: Any, current) -> dict[str, Any]:
+    """The JSON object as setting changes: unknown and non-Ports fields refused, no-ops dropped."""
+    if not isinstance(body, dict):
+        raise ChangeRefused({"_body": "expected a JSON object of settings, e.g. {\"http_max_conn\": 500}"})
+    errors: dict[str, str] = {}
+    changes: dict[str, Any] = {}
+    for name, value in body.items():
+        setting = BY_NAME.get(name)
+        if setting is None:
+            errors[name] = "no such setting"
+        elif not setting.on_ports_page:
+            errors[name] = "cannot be changed here"
+        elif setting.secret and isinstance(value, dict):
+            continue  # {"set": ...} as GET shows it: unchanged
+        else:
+            if setting.is_bindings and isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # keep binding lists as strings in the file
+            if value != current.raw.get(name):
+                changes[name] = value
+    if errors:
+        raise ChangeRefused(errors)
+    return changes
 
 
 @bp.get("/healthz")
 def healthz():
     return jsonify(get_runtime().health())
+
+
+@bp.get("/api/settings/ports")
+@admin_required
+def get_ports():
+    return jsonify(ports_view(get_runtime().settings))
+
+
+@bp.put("/api/settings/ports")
+@admin_required
+def put_ports():
+    if not request.is_json:
+        return jsonify(error="send the settings as JSON (Content-Type: application/json)"), 415
+    try:
+        changes = _changes_from_json(request.get_json(silent=True), get_runtime().settings)
+        result = apply_settings_changes(changes, VIA.get(auth_method(), "API")) if changes else None
+    except ChangeRefused as exc:
+        return jsonify(error="invalid settings; nothing was changed", errors=exc.errors), exc.status
+    response = jsonify(ports_view(get_runtime().settings))
+    if result is not None and result.needs_restart:
+        response.headers["X-Restart-Needed"] = " ".join(result.needs_restart)
+    return response

@@ -1,21 +1,154 @@
-"""Admin authentication: HTTP Basic for scripts, a session cookie for browsers.
+"""Admin authentication and form safety: login session, HTTP Basic, CSRF, login rate limit.
 
-`admin_required` protects every admin-facing view. Until an admin password
-is set, protected views answer with instructions (never an open form that
-anyone could claim).
+Browsers log in with the form at /login and then carry a signed session
+cookie (HttpOnly, SameSite=Strict, Secure when the request came over HTTPS,
+expires after SESSION_MAX_AGE; changing the password ends every session).
+Scripts send HTTP Basic (user "admin") on the same endpoints.
+
+`admin_required` protects every admin-facing view:
+  - no admin password set yet: instructions to run `python -m greenservers
+    passwd` (503), never an open form that the first visitor could claim;
+  - not authenticated: browsers asking for HTML are sent to the login page,
+    everything else gets 401 with a Basic challenge;
+  - an unsafe method (POST, PUT, DELETE, ...) must carry the CSRF token when
+    the request is authenticated by the session cookie, or when its body is
+    one a cross-site HTML form can send (form, multipart, text/plain), so a
+    browser's cached credentials cannot be used by another site.
+
+Other blueprints use `csrf_field()` inside every <form method="post"> (it is
+a template global) and `check_csrf()` in views that are not behind
+`admin_required`. Failed logins (form or Basic) are limited per client
+address (IPv6: per /64): after LOGIN_LIMIT failures within LOGIN_WINDOW
+seconds the address gets 429 without its password being checked; failures
+are logged rate-limited, never with the password tried.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import functools
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+import time
+from typing import Callable
 
-from flask import jsonify, request, session
+from flask import (
+    Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session, url_for,
+)
+from flask.sessions import SecureCookieSessionInterface
+from markupsafe import Markup
 
 from ..passwords import verify_password
+from ..ratelog import RateLimitedLog
 from . import get_runtime
 
 ADMIN_USER = "admin"
+LOGIN_LIMIT = 5  # failed logins per address ...
+LOGIN_WINDOW = 60.0  # ... within this many seconds
+MAX_TRACKED_ADDRESSES = 4096
+SESSION_MAX_AGE = 8 * 3600
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# bodies a cross-site <form> can send without a CORS preflight
+FORM_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+PASSWD_COMMAND = "python -m greenservers passwd"
+
+log = logging.getLogger("greenservers.web.auth")
+bp = Blueprint("auth", __name__)
+
+
+# -- failed-login limiter ----------------------------------------------------
+
+
+def client_key(address: str | None) -> str:
+    """The unit a limit applies to: the IPv4 address, or the IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address((address or "").split("%")[0])
+    except ValueError:
+        return address or "-"
+    if ip.version == 6 and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class FailedLoginLimiter:
+    """At most `limit` failures per key within `window` seconds; bounded memory."""
+
+    def __init__(self, limit: int = LOGIN_LIMIT, window: float = LOGIN_WINDOW, clock: Callable[[], float] = time.monotonic):
+        self.limit, self.window, self.clock = limit, window, clock
+        self._failures: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
+
+    def _recent(self, key: str) -> collections.deque | None:
+        times = self._failures.get(key)
+        if times is None:
+            return None
+        cutoff = self.clock() - self.window
+        while times and times[0] <= cutoff:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+            return None
+        return times
+
+    def retry_after(self, key: str) -> float:
+        """Seconds until `key` may try again; 0 when it may now."""
+        times = self._recent(key)
+        if times is None or len(times) < self.limit:
+            return 0.0
+        return max(0.0, times[0] + self.window - self.clock())
+
+    def failed(self, key: str) -> int:
+        """Note one failure; the number within the window."""
+        times = self._recent(key)
+        if times is None:
+            if len(self._failures) >= MAX_TRACKED_ADDRESSES:
+                self._failures.popitem(last=False)
+            times = self._failures[key] = collections.deque(maxlen=self.limit)
+        times.append(self.clock())
+        self._failures.move_to_end(key)
+        return len(times)
+
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+
+def _state() -> dict:
+    """Per-app auth state (limiter, rate-limited log, verified-credentials cache)."""
+    return current_app.extensions["greenservers_auth"]
+
+
+def _client() -> str:
+    return request.remote_addr or "-"
+
+
+def _note_failure(how: str) -> None:
+    key = client_key(_client())
+    count = _state()["limiter"].failed(key)
+    _state()["ratelog"].warning("login-failed", _client(), "failed admin login (%s); %d within %ds", how, count, int(LOGIN_WINDOW))
+    if count >= LOGIN_LIMIT:
+        _state()["ratelog"].warning("login-blocked", key, "%d failed admin logins within %ds: refusing logins from here for a while", count, int(LOGIN_WINDOW))
+
+
+def _too_many(wait: float):
+    seconds = max(1, int(wait + 0.999))
+    message = f"too many failed logins from your address; try again in {seconds} s"
+    if wants_html():
+        response = current_app.make_response((render_template("login.html", error=message, next_url=_safe_next(), user=ADMIN_USER), 429))
+    else:
+        response = jsonify(error=message)
+        response.status_code = 429
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+# -- credentials ---------------------------------------------------------------
 
 
 def _basic_credentials() -> tuple[str, str] | None:
@@ -29,29 +162,223 @@ def _basic_credentials() -> tuple[str, str] | None:
     return user, password
 
 
+def _password_ok(password: str, stored: str) -> bool:
+    """verify_password, remembering recent successes: scrypt is slow on purpose and
+    a script sending Basic on every request must not stall the whole process."""
+    cache: collections.OrderedDict = _state()["verified"]
+    key = hmac.new(_state()["cache_key"], f"{stored}\0{password}".encode(), hashlib.sha256).digest()
+    if key in cache:
+        return True
+    if not verify_password(password, stored):
+        return False
+    cache[key] = True
+    while len(cache) > 8:
+        cache.popitem(last=False)
+    return True
+
+
+def _fingerprint(stored: str) -> str:
+    """Ties a session to the password hash: a new password ends old sessions."""
+    return hmac.new(current_app.secret_key, stored.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _session_admin(stored: str) -> bool:
+    if session.get("admin") != ADMIN_USER or session.get("pw") != _fingerprint(stored):
+        return False
+    return time.time() - float(session.get("since", 0)) < SESSION_MAX_AGE
+
+
 def current_admin() -> str | None:
-    """The authenticated admin's name for this request, or None."""
+    """The authenticated admin's name for this request, or None (counts no failures)."""
     stored = get_runtime().settings.admin_password_hash
     if not stored:
         return None
-    if session.get("admin") == ADMIN_USER:
+    if _session_admin(stored):
         return ADMIN_USER
     creds = _basic_credentials()
-    if creds and creds[0] == ADMIN_USER and verify_password(creds[1], stored):
+    if creds and creds[0] == ADMIN_USER and _password_ok(creds[1], stored):
         return ADMIN_USER
     return None
 
 
-def admin_required(view):
+def auth_method() -> str:
+    """How this request was authenticated: "session", "basic" or "" (for the audit log)."""
+    return g.get("greenservers_auth_via", "")
+
+
+def wants_html() -> bool:
+    """A browser asking for a page (not a script, not the JSON API)."""
+    if request.path.startswith("/api/"):
+        return False
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
+
+
+# -- CSRF ----------------------------------------------------------------------
+
+
+def csrf_token() -> str:
+    """This session's CSRF token (made on first use)."""
+    token = session.get("csrf")
+    if not token:
+        token = session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+def csrf_field() -> Markup:
+    """The hidden form field carrying the CSRF token: put it in every POST form."""
+    return Markup('<input type="hidden" name="%s" value="%s">') % (CSRF_FIELD, csrf_token())
+
+
+def csrf_valid() -> bool:
+    expected = session.get("csrf")
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None and request.mimetype in FORM_CONTENT_TYPES:
+        sent = request.form.get(CSRF_FIELD)
+    return bool(expected and sent and hmac.compare_digest(str(sent), str(expected)))
+
+
+def check_csrf() -> None:
+    """Abort with 403 unless the request carries this session's CSRF token."""
+    if not csrf_valid():
+        _state()["ratelog"].warning("csrf", _client(), "%s %s refused: missing or wrong CSRF token", request.method, request.path)
+        abort(403, description="The form was out of date or did not come from this site (CSRF token missing or wrong). Reload the page and try again.")
+
+
+def csrf_protect(view):
+    """Decorator form of `check_csrf` for unsafe methods (admin_required already does it)."""
+
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        if not get_runtime().settings.admin_password_hash:
-            return jsonify(error="no admin password is set; run: python -m greenservers passwd"), 503
-        if current_admin() is None:
+        if request.method not in SAFE_METHODS:
+            check_csrf()
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _needs_csrf(via: str) -> bool:
+    if request.method in SAFE_METHODS:
+        return False
+    return via == "session" or request.mimetype in FORM_CONTENT_TYPES
+
+
+# -- the decorator -------------------------------------------------------------
+
+
+def no_password_response():
+    message = f"no admin password is set; run: {PASSWD_COMMAND}"
+    if wants_html():
+        return render_template("setup_needed.html", command=PASSWD_COMMAND), 503
+    return jsonify(error=message), 503
+
+
+def admin_required(view):
+    """Let the view run only for the authenticated admin (see the module docstring)."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        stored = get_runtime().settings.admin_password_hash
+        if not stored:
+            return no_password_response()
+        via = ""
+        if _session_admin(stored):
+            via = "session"
+        else:
+            creds = _basic_credentials()
+            if creds is not None:
+                wait = _state()["limiter"].retry_after(client_key(_client()))
+                if wait:
+                    return _too_many(wait)
+                if creds[0] == ADMIN_USER and _password_ok(creds[1], stored):
+                    via = "basic"
+                else:
+                    _note_failure("HTTP Basic")
+        if not via:
+            if wants_html():
+                return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
             response = jsonify(error="authentication required")
             response.status_code = 401
             response.headers["WWW-Authenticate"] = 'Basic realm="greenservers", charset="UTF-8"'
             return response
+        g.greenservers_auth_via = via
+        if _needs_csrf(via):
+            check_csrf()
         return view(*args, **kwargs)
 
     return wrapper
+
+
+# -- login and logout ----------------------------------------------------------
+
+
+def _safe_next() -> str:
+    """Where to go after login: a path on this site only (never //host or a URL)."""
+    target = request.values.get("next", "") or ""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target or any(ord(c) < 32 for c in target):
+        return url_for("ui.settings_ports")
+    return target
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    stored = get_runtime().settings.admin_password_hash
+    if not stored:
+        return no_password_response()
+    if request.method == "GET":
+        if _session_admin(stored):
+            return redirect(_safe_next())
+        return render_template("login.html", next_url=_safe_next(), user=ADMIN_USER)
+    check_csrf()
+    key = client_key(_client())
+    wait = _state()["limiter"].retry_after(key)
+    if wait:
+        return _too_many(wait)
+    user = request.form.get("username", ADMIN_USER)
+    password = request.form.get("password", "")
+    if user != ADMIN_USER or not _password_ok(password, stored):
+        _note_failure("login form")
+        return render_template("login.html", error="Wrong user name or password.", next_url=_safe_next(), user=user[:64]), 401
+    _state()["limiter"].succeeded(key)
+    session.clear()
+    session.permanent = True
+    session.update(admin=ADMIN_USER, pw=_fingerprint(stored), since=time.time(), csrf=secrets.token_urlsafe(32))
+    log.info("admin logged in from %s", _client())
+    return redirect(_safe_next(), code=303)
+
+
+@bp.post("/logout")
+def logout():
+    check_csrf()
+    session.clear()
+    return redirect(url_for("auth.login"), code=303)
+
+
+# -- wiring ----------------------------------------------------------------------
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session with the Secure flag set when the request came over HTTPS."""
+
+    def get_cookie_secure(self, app) -> bool:
+        return bool(app.config.get("SESSION_COOKIE_SECURE")) or request.is_secure
+
+
+def init_app(app) -> None:
+    """Register the login views, the session interface and the template helpers."""
+    app.config["SESSION_COOKIE_NAME"] = "greenservers_session"
+    app.config["PERMANENT_SESSION_LIFETIME"] = SESSION_MAX_AGE
+    app.session_interface = SessionInterface()
+    app.extensions["greenservers_auth"] = {
+        "limiter": FailedLoginLimiter(),
+        "ratelog": RateLimitedLog(log, interval=LOGIN_WINDOW),
+        "verified": collections.OrderedDict(),
+        "cache_key": secrets.token_bytes(32),
+    }
+    app.jinja_env.globals.update(csrf_field=csrf_field, csrf_token=csrf_token)
+
+    @app.context_processor
+    def _auth_context():
+        stored = get_runtime().settings.admin_password_hash
+        return {"logged_in": bool(stored) and _session_admin(stored)}
+
+    app.register_blueprint(bp)

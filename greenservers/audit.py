@@ -1,0 +1,123 @@
+"""The audit log: every settings change, appended to data_dir/audit.log.
+
+One JSON object per line: when (UTC, ISO 8601), who, from which address,
+through which way (web form, API), and for each changed setting the old and
+the new value. Secret settings are masked before anything is written, so
+the file (and the page that shows it) never holds a password or community.
+
+The file is only ever appended to (O_APPEND, one write per entry, mode
+0600); reading takes the tail only, so a long history costs nothing to show.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .settings import BY_NAME
+
+AUDIT_FILE = "audit.log"
+TAIL_BYTES = 256 * 1024  # how much of the file's end is read to show recent entries
+MAX_VALUE_CHARS = 500  # a value longer than this is shortened in the entry
+
+log = logging.getLogger("greenservers.audit")
+
+
+def mask(name: str, value: Any) -> Any:
+    """The value as it may be written down: secrets become "(set)" / "(not set)"."""
+    setting = BY_NAME.get(name)
+    if setting is not None and setting.secret:
+        return "(set)" if value else "(not set)"
+    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+        return value[:MAX_VALUE_CHARS] + "..."
+    return value
+
+
+def masked_changes(old: dict[str, Any], new: dict[str, Any], names: Iterable[str]) -> list[dict[str, Any]]:
+    """[{setting, old, new}] for `names`, secrets masked (a changed secret reads "(changed)")."""
+    changes = []
+    for name in names:
+        before, after = mask(name, old.get(name)), mask(name, new.get(name))
+        setting = BY_NAME.get(name)
+        if setting is not None and setting.secret and after == "(set)":
+            after = "(changed)"
+        changes.append({"setting": name, "old": before, "new": after})
+    return changes
+
+
+def describe(changes: list[dict[str, Any]]) -> str:
+    """One line for the application log: "a: 1 -> 2, b: (set) -> (changed)"."""
+    return ", ".join(f"{c['setting']}: {_short(c['old'])} -> {_short(c['new'])}" for c in changes)
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False) if not isinstance(value, str) or value.startswith("(") else repr(value)
+
+
+@dataclass
+class AuditEntry:
+    time: str
+    who: str
+    address: str
+    via: str
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+
+class AuditLog:
+    """Append-only audit file; `recent()` gives the newest entries first."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_settings(cls, settings) -> "AuditLog":
+        return cls(settings.data_path / AUDIT_FILE)
+
+    def record(self, who: str, address: str, via: str, changes: list[dict[str, Any]], note: str = "") -> AuditEntry:
+        """Append one entry (changes already masked by `masked_changes`) and log it."""
+        entry = AuditEntry(
+            time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            who=who, address=address or "-", via=via, changes=changes, note=note,
+        )
+        line = json.dumps(entry.__dict__, ensure_ascii=False, default=str) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode("utf-8"))
+            finally:
+                os.close(fd)
+        log.info("settings changed by %s from %s via %s: %s%s", who, entry.address, via, describe(changes) or "-", f" ({note})" if note else "")
+        return entry
+
+    def recent(self, limit: int = 50) -> list[AuditEntry]:
+        """The newest `limit` entries, newest first (unreadable lines are skipped)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - TAIL_BYTES))
+                tail = f.read()
+        except FileNotFoundError:
+            return []
+        lines = tail.splitlines()
+        if len(tail) == TAIL_BYTES and size > TAIL_BYTES:
+            lines = lines[1:]  # the first line is probably cut
+        entries = []
+        for raw in reversed(lines):
+            try:
+                data = json.loads(raw)
+                entries.append(AuditEntry(**{k: data.get(k, "") for k in AuditEntry.__dataclass_fields__}))
+            except (ValueError, TypeError):
+                continue
+            if len(entries) >= limit:
+                break
+        return entries

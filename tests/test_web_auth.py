@@ -1,0 +1,279 @@
+"""Admin authentication with Flask's test client: login form, HTTP Basic, CSRF, rate limit, headers.
+
+`WebFixture` (used by the other test_web_* modules too) builds a Runtime on a
+fresh configuration file in a temporary folder and the app around it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from pathlib import Path
+
+import pytest
+
+from greenservers.passwords import hash_password
+from greenservers.runtime import Runtime
+from greenservers.store import ConfigStore
+from greenservers.web import create_app
+from greenservers.web.auth import LOGIN_LIMIT, LOGIN_WINDOW
+
+PASSWORD = "correct horse battery"
+PASSWORD_HASH = hash_password(PASSWORD)
+HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def basic(user: str = "admin", password: str = PASSWORD) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no CSRF field in the page"
+    return match.group(1)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class WebFixture:
+    """A Runtime on a fresh configuration file, the app, and a test client."""
+
+    def __init__(self, directory: Path, settings: dict | None = None, password: bool = True):
+        self.directory = directory
+        self.store = ConfigStore(directory / "greenservers.toml")
+        values = {"admin_password_hash": PASSWORD_HASH} if password else {}
+        values.update(settings or {})
+        self.store.create(values)
+        self.runtime = Runtime(self.store, self.store.ensure_generated())
+        self.app = create_app(self.runtime)
+        self.app.config["TESTING"] = True
+        self.client = self.app.test_client()
+        self.clock = FakeClock()
+        self.app.extensions["greenservers_auth"]["limiter"].clock = self.clock
+
+    @property
+    def config_text(self) -> str:
+        return self.store.path.read_text()
+
+    def login(self, client=None, password: str = PASSWORD, address: str = "127.0.0.1"):
+        client = client or self.client
+        page = client.get("/login", headers=HTML, environ_base={"REMOTE_ADDR": address})
+        return client.post(
+            "/login",
+            data={"csrf_token": csrf_of(page.text), "username": "admin", "password": password, "next": "/settings/ports"},
+            headers=HTML, environ_base={"REMOTE_ADDR": address},
+        )
+
+    def page_token(self) -> str:
+        return csrf_of(self.client.get("/settings/ports", headers=HTML).text)
+
+
+@pytest.fixture
+def web(tmp_path):
+    return WebFixture(tmp_path)
+
+
+# -- no password yet -----------------------------------------------------------------
+
+
+def test_without_a_password_admin_pages_show_instructions_not_a_form(tmp_path):
+    web = WebFixture(tmp_path, password=False)
+    for path in ("/settings/ports", "/login"):
+        page = web.client.get(path, headers=HTML)
+        assert page.status_code == 503
+        assert "python -m greenservers passwd" in page.text
+        assert "<form" not in page.text.replace('class="logout"', "")
+        assert 'type="password"' not in page.text
+    api = web.client.get("/api/settings/ports", headers=basic())
+    assert api.status_code == 503 and "python -m greenservers passwd" in api.json["error"]
+    posted = web.client.post("/login", data={"username": "admin", "password": "anything"}, headers=HTML)
+    assert posted.status_code == 503
+    assert web.runtime.settings.admin_password_hash == ""
+
+
+# -- who gets in --------------------------------------------------------------------
+
+
+def test_healthz_needs_no_auth(web):
+    answer = web.client.get("/healthz")
+    assert answer.status_code == 200 and answer.json["status"] == "ok"
+
+
+def test_browser_without_session_is_sent_to_login(web):
+    answer = web.client.get("/settings/ports", headers=HTML)
+    assert answer.status_code == 302
+    assert answer.location == "/login?next=/settings/ports"
+
+
+def test_scripts_without_auth_get_401_with_basic_challenge(web):
+    for path in ("/settings/ports", "/api/settings/ports"):
+        answer = web.client.get(path)
+        assert answer.status_code == 401
+        assert answer.headers["WWW-Authenticate"].startswith("Basic ")
+    # a browser asking the API still gets JSON, not a login redirect
+    assert web.client.get("/api/settings/ports", headers=HTML).status_code == 401
+    assert web.client.put("/api/settings/ports", json={"http_max_conn": 5}).status_code == 401
+    assert web.runtime.settings.http_max_conn == 1000
+
+
+def test_basic_auth_wrong_and_right(web):
+    assert web.client.get("/api/settings/ports", headers=basic(password="wrong")).status_code == 401
+    assert web.client.get("/api/settings/ports", headers=basic(user="root")).status_code == 401
+    assert web.client.get("/api/settings/ports", headers={"Authorization": "Basic !!!"}).status_code == 401
+    assert web.client.get("/api/settings/ports", headers=basic()).status_code == 200
+    assert web.client.get("/settings/ports", headers=basic()).status_code == 200
+
+
+def test_login_form_sets_a_safe_session_cookie(web):
+    wrong = web.login(password="wrong")
+    assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 302
+    right = web.login()
+    assert right.status_code == 303 and right.location == "/settings/ports"
+    cookie = right.headers["Set-Cookie"]
+    assert cookie.startswith("greenservers_session=")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "Secure" not in cookie  # plain HTTP: a Secure cookie would never come back
+    page = web.client.get("/settings/ports", headers=HTML)
+    assert page.status_code == 200 and "Settings › Ports" in page.text
+
+
+def test_session_cookie_is_secure_over_https(tmp_path):
+    web = WebFixture(tmp_path)
+    web.client = web.app.test_client()
+    page = web.client.get("/login", headers=HTML, base_url="https://localhost")
+    answer = web.client.post(
+        "/login", base_url="https://localhost", headers=HTML,
+        data={"csrf_token": csrf_of(page.text), "username": "admin", "password": PASSWORD},
+    )
+    assert answer.status_code == 303
+    cookie = answer.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+def test_login_redirect_stays_on_this_site(web):
+    page = web.client.get("/login", headers=HTML)
+    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+        web.client.get("/login", headers=HTML)
+        answer = web.client.post("/login", headers=HTML, data={"csrf_token": csrf_of(page.text), "username": "admin", "password": PASSWORD, "next": target})
+        assert answer.status_code == 303
+        assert answer.location == "/settings/ports", target
+        web.client.post("/logout", data={"csrf_token": csrf_of(web.client.get("/settings/ports", headers=HTML).text)})
+        page = web.client.get("/login", headers=HTML)
+
+
+def test_login_without_csrf_token_is_refused(web):
+    web.client.get("/login", headers=HTML)
+    answer = web.client.post("/login", data={"username": "admin", "password": PASSWORD}, headers=HTML)
+    assert answer.status_code == 403
+    assert "CSRF" in answer.text
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 302
+
+
+def test_logout_needs_csrf_and_ends_the_session(web):
+    web.login()
+    assert web.client.post("/logout").status_code == 403
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 200
+    answer = web.client.post("/logout", data={"csrf_token": web.page_token()})
+    assert answer.status_code == 303
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 302
+
+
+def test_a_new_password_ends_existing_sessions(web):
+    web.login()
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 200
+    web.runtime.update({"admin_password_hash": hash_password("another one")})
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 302
+
+
+# -- failed-login rate limit ------------------------------------------------------------
+
+
+def test_failed_logins_are_limited_per_address_and_logged(web, caplog):
+    caplog.set_level(logging.INFO, logger="greenservers")
+    for _ in range(LOGIN_LIMIT):
+        assert web.login(password="guess-1", address="192.0.2.7").status_code == 401
+    blocked = web.login(address="192.0.2.7")  # even the right password is not checked now
+    assert blocked.status_code == 429
+    assert int(blocked.headers["Retry-After"]) >= 1
+    assert "too many failed logins" in blocked.text
+    # HTTP Basic from that address is refused the same way
+    assert web.client.get("/api/settings/ports", headers=basic(), environ_base={"REMOTE_ADDR": "192.0.2.7"}).status_code == 429
+    # another address is not affected
+    other = web.app.test_client()
+    assert web.login(client=other, address="192.0.2.8").status_code == 303
+    # the log names the address and never the password tried
+    log_text = caplog.text
+    assert "192.0.2.7" in log_text and "failed admin login" in log_text
+    assert "refusing logins" in log_text
+    assert "guess-1" not in log_text and PASSWORD not in log_text
+    # the window passes: the address may try again
+    web.clock.now += LOGIN_WINDOW + 1
+    assert web.login(address="192.0.2.7").status_code == 303
+
+
+def test_failed_basic_auth_counts_towards_the_limit(web):
+    for _ in range(LOGIN_LIMIT):
+        answer = web.client.get("/api/settings/ports", headers=basic(password="nope"), environ_base={"REMOTE_ADDR": "2001:db8::1"})
+        assert answer.status_code == 401
+    # the same IPv6 /64 is one client
+    answer = web.client.get("/api/settings/ports", headers=basic(), environ_base={"REMOTE_ADDR": "2001:db8::2"})
+    assert answer.status_code == 429
+    assert web.client.get("/api/settings/ports", headers=basic(), environ_base={"REMOTE_ADDR": "2001:db8:1::1"}).status_code == 200
+
+
+# -- CSRF on admin form posts ---------------------------------------------------------------
+
+
+def test_form_post_without_or_with_wrong_csrf_token_is_refused(web):
+    web.login()
+    before = web.config_text
+    for data in ({"http_max_conn": "5"}, {"http_max_conn": "5", "csrf_token": "forged"}):
+        answer = web.client.post("/settings/ports", data=data, headers=HTML)
+        assert answer.status_code == 403
+    assert web.runtime.settings.http_max_conn == 1000
+    assert web.config_text == before
+
+
+def test_form_post_with_basic_credentials_still_needs_the_token(web):
+    """A browser that cached Basic credentials must not let another site post forms."""
+    answer = web.client.post("/settings/ports", data={"http_max_conn": "5"}, headers=basic())
+    assert answer.status_code == 403
+    assert web.runtime.settings.http_max_conn == 1000
+
+
+def test_api_put_with_session_cookie_needs_the_csrf_header(web):
+    web.login()
+    assert web.client.put("/api/settings/ports", json={"http_max_conn": 5}).status_code == 403
+    assert web.runtime.settings.http_max_conn == 1000
+    answer = web.client.put("/api/settings/ports", json={"http_max_conn": 5}, headers={"X-CSRF-Token": web.page_token()})
+    assert answer.status_code == 200 and web.runtime.settings.http_max_conn == 5
+
+
+# -- headers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/login", "/settings/ports", "/api/settings/ports", "/no-such-page"])
+def test_security_headers_on_every_response(web, path):
+    answer = web.client.get(path, headers=HTML)
+    assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
+    assert answer.headers["X-Frame-Options"] == "DENY"
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert answer.headers["Referrer-Policy"] == "no-referrer"
+    assert answer.headers["Cache-Control"] == "no-store"
+
+
+def test_stylesheet_is_served_and_cacheable(web):
+    answer = web.client.get("/static/style.css")
+    assert answer.status_code == 200 and answer.mimetype == "text/css"
+    assert answer.headers.get("Cache-Control") != "no-store"
+    answer.close()
