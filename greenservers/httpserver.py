@@ -74,12 +74,16 @@ class CappedHandler(PyWSGIHandler):
         finally:
             self._head_timer.close()  # the head is in: the application runs without it
 
+    _local_addr = None
+
     def get_environ(self):
         env = super().get_environ()
-        try:
-            env["greenservers.local_addr"] = self.socket.getsockname()[0]
-        except OSError:
-            env["greenservers.local_addr"] = ""
+        if self._local_addr is None:  # once per connection, not per request
+            try:
+                self._local_addr = self.socket.getsockname()[0]
+            except OSError:
+                self._local_addr = ""
+        env["greenservers.local_addr"] = self._local_addr
         return env
 
 
