@@ -85,13 +85,10 @@ def list_contacts():
         offset = _int_arg("offset", 0)
         limit = _int_arg("limit", None)
     except ContactError as exc:
-        return _invalid(exc)
+        return jsonify(error="invalid query", errors=exc.errors), 400
     book = _book()
     q = request.args.get("q", "").strip()
-    if q:
-        found = book.search(q, limit=offset + (limit if limit is not None else len(book)))
-    else:
-        found = book.contacts()
+    found = book.search(q, limit=len(book)) if q else book.contacts()
     end = None if limit is None else offset + limit
     response = jsonify([c.as_dict() for c in found[offset:end]])
     response.headers["X-Total-Count"] = str(len(found))
@@ -101,7 +98,7 @@ def list_contacts():
 @bp.post("/api/addressbook")
 @admin_required
 def add_contact():
-    fields = request.get_json(silent=True)
+    fields = request.get_json(force=True, silent=True)  # a missing Content-Type is forgiven
     if not isinstance(fields, dict):
         return jsonify(error="send one contact as a JSON object", errors={"contact": "the body is not a JSON object"}), 400
     try:
@@ -127,7 +124,7 @@ def get_contact(contact_id: int):
 @admin_required
 def change_contact(contact_id: int):
     """Change the fields given (others keep their values; "" clears one)."""
-    fields = request.get_json(silent=True)
+    fields = request.get_json(force=True, silent=True)
     if not isinstance(fields, dict):
         return jsonify(error="send the fields as a JSON object", errors={"contact": "the body is not a JSON object"}), 400
     try:

@@ -1,0 +1,57 @@
+"""The address book in the real service (gunicorn + gevent worker), driven by curl and requests."""
+
+from __future__ import annotations
+
+import subprocess
+
+import requests
+
+from greenservers.addressbook import AddressBook
+from greenservers.passwords import hash_password
+from support import free_port
+
+PASSWORD = "s3cret phone book"
+
+
+def curl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "--silent", "--show-error", "--max-time", "20", "--user", f"admin:{PASSWORD}", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_import_search_export_through_the_running_service(service, tmp_path):
+    svc = service({"ip_http_port": f"127.0.0.1:{free_port()}", "admin_password_hash": hash_password(PASSWORD)})
+    api = svc.url("/api/addressbook")
+    rows = ["first_name,last_name,company,work,mobile,extension,email"]
+    rows += [f"First{i},Last{i},Company {i % 7},+49 30 {i:07d},0171 {i:07d},{100 + i},user{i}@example.com" for i in range(1000)]
+    csv_file = tmp_path / "book.csv"
+    csv_file.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    # curl, as an administrator's script would send it: all or nothing.
+    bad = tmp_path / "bad.csv"
+    bad.write_text("last_name,work\nGood,1\nBad,phone\n", encoding="utf-8")
+    refused = curl("--write-out", "\n%{http_code}", "-H", "Content-Type: text/csv", "--data-binary", f"@{bad}", f"{api}/import")
+    assert refused.stdout.rstrip().endswith("400") and '"row":3' in refused.stdout.replace(" ", "")
+    done = curl("--fail", "-H", "Content-Type: text/csv", "--data-binary", f"@{csv_file}", f"{api}/import")
+    assert done.returncode == 0, done.stderr
+    assert '"imported":1000' in done.stdout.replace(" ", "")
+
+    auth = ("admin", PASSWORD)
+    found = requests.get(api, params={"q": "0049-30-000-0777"}, auth=auth, timeout=10).json()
+    assert [c["last_name"] for c in found] == ["Last777"]
+    assert requests.get(api, auth=auth, timeout=10).status_code == 200
+    assert requests.get(api, timeout=10).status_code == 401
+
+    exported = curl("--fail", f"{api}/export")
+    assert exported.returncode == 0 and exported.stdout.splitlines() == ["first_name,last_name,display_name,company,work,mobile,home,extension,email"] + [
+        f"First{i},Last{i},,Company {i % 7},+49 30 {i:07d},0171 {i:07d},,{100 + i},user{i}@example.com" for i in range(1000)
+    ]
+
+    # The service keeps the contacts in data_dir; a change made to that file by
+    # another process (here: this test) is seen by the service at once.
+    outside = AddressBook(svc.directory / "data" / "addressbook.sqlite3")
+    try:
+        assert len(outside.contacts()) == 1000
+        outside.add({"display_name": "Added Elsewhere", "extension": "999"})
+    finally:
+        outside.close()
+    found = requests.get(api, params={"q": "elsewhere"}, auth=auth, timeout=10).json()
+    assert [c["display_name"] for c in found] == ["Added Elsewhere"]
