@@ -56,8 +56,13 @@ def describe(changes: list[dict[str, Any]]) -> str:
     return ", ".join(f"{c['setting']}: {_short(c['old'])} -> {_short(c['new'])}" for c in changes)
 
 
+MASKS = frozenset({"(set)", "(not set)", "(changed)"})
+
+
 def _short(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False) if not isinstance(value, str) or value.startswith("(") else repr(value)
+    if isinstance(value, str) and value in MASKS:
+        return value
+    return repr(value) if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 @dataclass
