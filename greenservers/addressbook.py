@@ -53,7 +53,8 @@ MAX_EMAIL = 254  # RFC 5321 path limit
 _NUMBER_RE = re.compile(r"\+?[0-9 ()./\-]+")
 _NON_DIGITS = re.compile(r"[^0-9]+")
 _EXTENSION_RE = re.compile(r"[0-9*#]+")
-_EMAIL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)+")
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+_EMAIL_RE = re.compile(rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~.\-]+@{_DNS_LABEL}(?:\.{_DNS_LABEL})+")
 # A cell starting with one of these is a formula to a spreadsheet (CSV injection).
 _FORMULA_STARTS = ("=", "+", "-", "@")
 
@@ -439,7 +440,8 @@ class AddressBook:
             self._notice_external_change()
             kept = 0 if replace else len(self._by_id)
             if kept + len(rows) > MAX_CONTACTS:
-                raise ImportRejected([{"row": 0, "field": "", "message": f"the address book would hold {kept + len(rows)} contacts; the limit is {MAX_CONTACTS}"}])
+                message = f"the address book would hold {kept + len(rows)} contacts; the limit is {MAX_CONTACTS}"
+                raise ImportRejected([{"row": 0, "field": "", "message": message}])
             last_id = max(self._by_id, default=0)
             with self._transaction():
                 if replace:

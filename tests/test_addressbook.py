@@ -20,7 +20,10 @@ def book(tmp_path):
     b.close()
 
 
-ANNA = {"first_name": "Anna", "last_name": "Müller", "company": "Acme", "work": "+49 (30) 1234-567", "mobile": "0171 555 0100", "extension": "201", "email": "anna@example.com"}
+ANNA = {
+    "first_name": "Anna", "last_name": "Müller", "company": "Acme", "work": "+49 (30) 1234-567",
+    "mobile": "0171 555 0100", "extension": "201", "email": "anna@example.com",
+}
 
 
 # -- add, get, change, delete -------------------------------------------------------
@@ -361,4 +364,5 @@ def test_import_100000_contacts(book, capsys):
     searched = time.perf_counter() - started
     assert [c.last_name for c in found] == ["Last99999"]
     with capsys.disabled():
-        print(f"\n[addressbook] import of {count} contacts ({len(text) / 1e6:.1f} MB): {imported:.2f} s; one number search: {searched * 1000:.1f} ms")
+        print(f"\n[addressbook] import of {count} contacts ({len(text) / 1e6:.1f} MB): {imported:.2f} s;"
+              f" one number search: {searched * 1000:.1f} ms")

@@ -14,7 +14,8 @@ PASSWORD = "s3cret phone book"
 
 
 def curl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["curl", "--silent", "--show-error", "--max-time", "20", "--user", f"admin:{PASSWORD}", *args], capture_output=True, text=True, timeout=30)
+    command = ["curl", "--silent", "--show-error", "--max-time", "20", "--user", f"admin:{PASSWORD}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
 
 
 def test_import_search_export_through_the_running_service(service, tmp_path):
@@ -33,6 +34,7 @@ def test_import_search_export_through_the_running_service(service, tmp_path):
     done = curl("--fail", "-H", "Content-Type: text/csv", "--data-binary", f"@{csv_file}", f"{api}/import")
     assert done.returncode == 0, done.stderr
     assert '"imported":1000' in done.stdout.replace(" ", "")
+    svc.wait_for_log("address book: imported 1000 contacts")
 
     auth = ("admin", PASSWORD)
     found = requests.get(api, params={"q": "0049-30-000-0777"}, auth=auth, timeout=10).json()
@@ -41,7 +43,8 @@ def test_import_search_export_through_the_running_service(service, tmp_path):
     assert requests.get(api, timeout=10).status_code == 401
 
     exported = curl("--fail", f"{api}/export")
-    assert exported.returncode == 0 and exported.stdout.splitlines() == ["first_name,last_name,display_name,company,work,mobile,home,extension,email"] + [
+    assert exported.returncode == 0
+    assert exported.stdout.splitlines() == ["first_name,last_name,display_name,company,work,mobile,home,extension,email"] + [
         f"First{i},Last{i},,Company {i % 7},+49 30 {i:07d},0171 {i:07d},,{100 + i},user{i}@example.com" for i in range(1000)
     ]
 

@@ -50,7 +50,10 @@ def book(app_and_book):
     return app_and_book[1]
 
 
-ANNA = {"first_name": "Anna", "last_name": "Müller", "company": "Acme", "work": "+49 (30) 1234-567", "extension": "201", "email": "anna@example.com"}
+ANNA = {
+    "first_name": "Anna", "last_name": "Müller", "company": "Acme", "work": "+49 (30) 1234-567",
+    "extension": "201", "email": "anna@example.com",
+}
 
 ENDPOINTS = [
     ("GET", "/api/addressbook"),
@@ -254,7 +257,8 @@ BROWSER = {"Accept": "text/html"}
 def browser(client):
     """A test client logged in through the login form; `.token` is its CSRF token."""
     login_page = client.get("/login", headers=BROWSER).get_data(as_text=True)
-    response = client.post("/login", data={"csrf_token": TOKEN_RE.search(login_page)[1], "username": "admin", "password": PASSWORD}, headers=BROWSER)
+    form = {"csrf_token": TOKEN_RE.search(login_page)[1], "username": "admin", "password": PASSWORD}
+    response = client.post("/login", data=form, headers=BROWSER)
     assert response.status_code == 303
     client.token = TOKEN_RE.search(client.get("/addressbook", headers=BROWSER).get_data(as_text=True))[1]
     return client
@@ -275,7 +279,12 @@ def test_page_add_contact(browser, book):
 
 def test_page_forms_need_the_csrf_token(browser, book):
     anna = book.add(ANNA)
-    for path, data in (("/addressbook/add", {"last_name": "X"}), (f"/addressbook/{anna.id}/delete", {}), (f"/addressbook/{anna.id}", {"last_name": "X"})):
+    posts = (
+        ("/addressbook/add", {"last_name": "X"}),
+        (f"/addressbook/{anna.id}/delete", {}),
+        (f"/addressbook/{anna.id}", {"last_name": "X"}),
+    )
+    for path, data in posts:
         for token in (None, "forged"):
             form = dict(data, **({"csrf_token": token} if token else {}))
             assert browser.post(path, data=form, headers=BROWSER).status_code == 403, (path, token)
@@ -288,7 +297,8 @@ def test_page_forms_need_the_csrf_token(browser, book):
 
 
 def test_page_add_invalid_shows_the_messages_and_keeps_the_values(browser, book):
-    response = browser.post("/addressbook/add", data={"last_name": "Keep me", "work": "call me", "csrf_token": browser.token}, headers=BROWSER)
+    form = {"last_name": "Keep me", "work": "call me", "csrf_token": browser.token}
+    response = browser.post("/addressbook/add", data=form, headers=BROWSER)
     assert response.status_code == 400
     html = response.get_data(as_text=True)
     assert 'value="Keep me"' in html and 'id="e-work"' in html and "is not a phone number" in html

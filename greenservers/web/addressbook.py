@@ -7,6 +7,8 @@ in greenservers.addressbook; this module maps it to HTTP status codes
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
 
 from ..addressbook import (
@@ -22,6 +24,7 @@ from . import get_runtime
 from .auth import admin_required
 
 bp = Blueprint("addressbook", __name__)
+log = logging.getLogger("greenservers.addressbook")
 
 MAX_LIST = 1000  # the page shows at most this many rows; the API pages with ?limit=&offset=
 FIELD_LABELS = {
@@ -39,6 +42,11 @@ FIELD_LABELS = {
 
 def _book():
     return addressbook_for(get_runtime())
+
+
+def _note(action: str, what: str) -> None:
+    """One log line per change: ids and counts only, never the personal data itself."""
+    log.info("address book: %s %s (admin from %s)", action, what, request.remote_addr or "-")
 
 
 def _int_arg(name: str, default: int | None) -> int | None:
@@ -105,6 +113,7 @@ def add_contact():
         contact = _book().add(fields)
     except ContactError as exc:
         return _invalid(exc)
+    _note("added", f"contact {contact.id}")
     response = jsonify(contact.as_dict())
     response.status_code = 201
     response.headers["Location"] = url_for(".get_contact", contact_id=contact.id)
@@ -133,6 +142,7 @@ def change_contact(contact_id: int):
         return jsonify(error=f"no contact {contact_id}"), 404
     except ContactError as exc:
         return _invalid(exc)
+    _note("changed", f"contact {contact.id}")
     return jsonify(contact.as_dict())
 
 
@@ -141,6 +151,7 @@ def change_contact(contact_id: int):
 def delete_contact(contact_id: int):
     if not _book().delete(contact_id):
         return jsonify(error=f"no contact {contact_id}"), 404
+    _note("deleted", f"contact {contact_id}")
     return jsonify(deleted=contact_id)
 
 
@@ -159,6 +170,7 @@ def import_contacts():
         count = _book().import_csv(text, replace=replace)
     except ImportRejected as exc:
         return _rejected(exc)
+    _note("replaced with" if replace else "imported", f"{count} contacts")
     return jsonify(imported=count, total=len(_book()))
 
 
@@ -178,7 +190,13 @@ def export_contacts():
 # renders the page again with the messages and the values typed (400).
 
 
-def _render(status: int = 200, form: dict | None = None, errors: dict | None = None, editing: int | None = None, import_rejected: ImportRejected | None = None):
+def _render(
+    status: int = 200,
+    form: dict | None = None,
+    errors: dict | None = None,
+    editing: int | None = None,
+    import_rejected: ImportRejected | None = None,
+):
     book = _book()
     q = request.args.get("q", "").strip()
     contacts = book.search(q, limit=MAX_LIST) if q else book.contacts()[:MAX_LIST]
@@ -234,6 +252,7 @@ def page_add():
         contact = _book().add(_form_fields())
     except ContactError as exc:
         return _render(400, form=_form_fields(), errors=exc.errors)
+    _note("added", f"contact {contact.id}")
     return _back(f"Added {contact.name}.")
 
 
@@ -246,6 +265,7 @@ def page_change(contact_id: int):
         return _back(f"Contact {contact_id} no longer exists.")
     except ContactError as exc:
         return _render(400, form=_form_fields(), errors=exc.errors, editing=contact_id)
+    _note("changed", f"contact {contact.id}")
     return _back(f"Saved {contact.name}.")
 
 
@@ -255,6 +275,7 @@ def page_delete(contact_id: int):
     contact = _book().get(contact_id)
     if contact is None or not _book().delete(contact_id):
         return _back(f"Contact {contact_id} was already deleted.")
+    _note("deleted", f"contact {contact_id}")
     return _back(f"Deleted {contact.name}.")
 
 
@@ -264,8 +285,10 @@ def page_import():
     text = _csv_body()
     if isinstance(text, ImportRejected):
         return _render(400, import_rejected=text)
+    replace = request.form.get("replace") == "1"
     try:
-        count = _book().import_csv(text, replace=request.form.get("replace") == "1")
+        count = _book().import_csv(text, replace=replace)
     except ImportRejected as exc:
         return _render(400, import_rejected=exc)
+    _note("replaced with" if replace else "imported", f"{count} contacts")
     return _back(f"Imported {count} contact{'' if count == 1 else 's'}.")
