@@ -1,7 +1,62 @@
-"""Phone provisioning over HTTP(S): /prov/<path>, the same files as TFTP."""
+"""Phone provisioning over HTTP(S): GET /prov/<path> serves exactly what TFTP would.
+
+No authentication, like TFTP: phones fetch these before they know any
+credentials. Names resolve through greenservers.provisioning (the same
+checks, files and templates); templates are rendered with the HTTP
+request's host as `server` (validated: an IP address or a DNS name, else the
+local address the request came in on). Refusals answer 404/403/500 and are
+logged rate-limited with the client's address.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import ipaddress
+import logging
+import mimetypes
+import re
+
+from flask import Blueprint, Response, request, send_file
+
+from .. import provisioning
+from ..ratelog import RateLimitedLog
+from . import get_runtime
 
 bp = Blueprint("prov", __name__)
+log = logging.getLogger("greenservers.prov")
+ratelog = RateLimitedLog(log)
+
+_DNS_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def request_server() -> str:
+    """The host the phone used to reach us (without port or brackets), if it is a sane one."""
+    host = request.host
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if _DNS_NAME.fullmatch(host):
+        return host
+    return request.environ.get("SERVER_NAME", "")
+
+
+def _media_type(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+@bp.get("/prov/<path:name>")
+def provision(name: str):
+    runtime = get_runtime()
+    client = request.remote_addr or "?"
+    try:
+        content = provisioning.provide(runtime.settings, name, request_server())
+    except provisioning.ProvisioningError as exc:
+        ratelog.warning("prov-refused", client, "GET /prov/%s refused: %s", name, exc.message)
+        return Response(f"{exc.message}\n", status=exc.http_status, mimetype="text/plain")
+    if content.path is not None:
+        return send_file(content.path, mimetype=_media_type(name), conditional=True, etag=True)
+    return Response(content.data, mimetype=_media_type(name), headers={"Cache-Control": "no-store"})

@@ -1,0 +1,242 @@
+"""The TFTP provisioning server's gevent shell: sockets, greenlets, limits and logging.
+
+Each `ip_tftp_port` socket gets a listener greenlet that reads requests with
+recvmsg (the binder enabled IP_PKTINFO/IPV6_RECVPKTINFO, so a wildcard
+socket learns the local address each request came in on). An admitted
+request gets its own greenlet and its own ephemeral UDP socket, bound to
+that local address and connected to the client (a new transfer ID, RFC 1350
+§4); the protocol itself is greenservers.proto.tftp's state machines, the file
+names and templates are greenservers.provisioning's. Transfers are limited
+per client address (`tftp_max_per_client`) and in total (`tftp_max_transfers`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import time
+from collections import Counter
+
+import gevent
+from gevent.pool import Group
+
+from . import provisioning
+from .proto import tftp as proto
+from .ratelog import RateLimitedLog
+from .service import Service
+
+MAX_REQUEST = 1024  # an RRQ/WRQ with its options; longer ones are truncated and refused
+RECV_SIZE = proto.MAX_BLKSIZE + 4
+ANCILLARY_SIZE = socket.CMSG_SPACE(32)
+
+
+def _local_address(ancillary, sock_family: int, bound_host: str) -> tuple[str, int]:
+    """(local address, interface index) of a datagram from its IP_PKTINFO / IPV6_PKTINFO."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == socket.IP_PKTINFO and len(data) >= 12:
+            return socket.inet_ntop(socket.AF_INET, data[8:12]), int.from_bytes(data[:4], "little")
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
+            return socket.inet_ntop(socket.AF_INET6, data[:16]), int.from_bytes(data[16:20], "little")
+    return bound_host, 0
+
+
+def _plain(host: str) -> str:
+    """An IPv4-mapped IPv6 address (dual-stack socket) as plain IPv4."""
+    address = ipaddress.ip_address(host.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped) if mapped else host
+
+
+class FileSource:
+    """A served file, read with pread (no shared file offset)."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        self.size = os.fstat(self.fd).st_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class UploadSink:
+    """provisioning.Upload with its refusals turned into TFTP errors (the machine's Sink)."""
+
+    def __init__(self, upload: provisioning.Upload):
+        self.upload = upload
+
+    def write(self, data: bytes) -> None:
+        self.upload.write(data)
+
+    def commit(self) -> None:
+        try:
+            self.upload.commit()
+        except provisioning.ProvisioningError as exc:
+            raise proto.TftpError(exc.message, exc.tftp_code) from None
+
+    def abort(self) -> None:
+        self.upload.abort()
+
+
+class TftpService(Service):
+    name = "tftp"
+
+    def __init__(self, runtime):
+        super().__init__(runtime)
+        self.ratelog = RateLimitedLog(self.log)
+        self.per_client: Counter[str] = Counter()
+        self.active = 0
+
+    def make_server(self, bound):
+        return TftpListener(self, bound)
+
+    # -- requests -----------------------------------------------------------
+
+    def handle_request(self, datagram: bytes, local: tuple[str, int], peer, listener: "TftpListener") -> None:
+        client = _plain(peer[0])
+        try:
+            request = proto.parse_request(datagram)
+        except proto.TftpError as exc:
+            self.ratelog.warning("bad-request", client, "refused: %s", exc.message)
+            listener.sock.sendto(exc.datagram(), peer)
+            self.runtime.sensors.add("tftp_transfers_failed")
+            return
+        settings = self.runtime.settings
+        if self.active >= settings.tftp_max_transfers or self.per_client[client] >= settings.tftp_max_per_client:
+            self.ratelog.warning("busy", client, "refused %s: too many transfers (%d in all, %d from this client)",
+                                 request.filename, self.active, self.per_client[client])
+            listener.sock.sendto(proto.encode_error(0, "server busy, retry later"), peer)
+            self.runtime.sensors.add("tftp_transfers_failed")
+            return
+        self.active += 1
+        self.per_client[client] += 1
+        self.runtime.sensors.set("tftp_transfers_active", self.active)
+        listener.transfers.spawn(self._transfer, request, local, peer, client, listener.sock.family)
+
+    def _transfer(self, request, local, peer, client: str, family: int) -> None:
+        sock = machine = resource = None
+        try:
+            sock = self._transfer_socket(local, peer, family)
+            machine, resource = self._start(request, local, client)
+            self._run(sock, machine)
+        except proto.TftpError as exc:
+            self.ratelog.warning("refused", client, "%s %s refused: %s", "WRQ" if request.write else "RRQ", request.filename, exc.message)
+            self._send_quietly(sock, exc.datagram())
+        except OSError as exc:  # the peer vanished (ICMP unreachable) or a socket of ours failed
+            self.log.debug("%s: transfer of %s ended: %s", client, request.filename, exc)
+        except Exception:
+            self.log.exception("%s: transfer of %s failed", client, request.filename)
+            self._send_quietly(sock, proto.encode_error(0, "internal error"))
+        finally:
+            self._finish(request, client, sock, machine, resource)
+
+    def _transfer_socket(self, local, peer, family: int) -> socket.socket:
+        host, interface = _plain(local[0]), local[1]
+        if ":" not in host:  # IPv4, possibly reached through a dual-stack [::] socket
+            family, peer = socket.AF_INET, (_plain(peer[0]), peer[1])
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind((host, 0, 0, interface) if family == socket.AF_INET6 else (host, 0))
+        sock.connect(peer)
+        return sock
+
+    def _start(self, request, local, client: str):
+        """The machine for a request and the resource to release after it."""
+        settings = self.runtime.settings
+        limits = proto.Limits()
+        try:
+            if request.write:
+                if not settings.tftp_write:
+                    raise proto.AccessViolation("writing is disabled (tftp_write)")
+                negotiated = proto.negotiate(request, None, limits)
+                sink = UploadSink(provisioning.Upload(provisioning.upload_target(settings, request.filename)))
+                self.ratelog.info("upload", client, "upload of %s started", request.filename)
+                return proto.WriteTransfer(sink, negotiated, limits, netascii=request.mode == "netascii"), sink
+            content = provisioning.provide(settings, request.filename, _plain(local[0]))
+        except provisioning.ProvisioningError as exc:
+            raise proto.TftpError(exc.message, exc.tftp_code) from None
+        resource = source = FileSource(content.path) if content.path else proto.BytesSource(content.data)
+        if request.mode == "netascii":
+            source = proto.NetasciiSource(source)
+        return proto.ReadTransfer(source, proto.negotiate(request, source.size, limits), limits), resource
+
+    def _run(self, sock: socket.socket, machine: proto.Transfer) -> None:
+        out = machine.start(time.monotonic())
+        while True:
+            for datagram in out:
+                sock.send(datagram)
+            if machine.finished:
+                return
+            wait = machine.deadline - time.monotonic()
+            if wait <= 0:
+                out = machine.timeout(time.monotonic())
+                continue
+            sock.settimeout(wait)
+            try:
+                datagram = sock.recv(RECV_SIZE)
+            except socket.timeout:
+                out = machine.timeout(time.monotonic())
+                continue
+            out = machine.receive(datagram, time.monotonic())
+
+    def _finish(self, request, client: str, sock, machine, resource) -> None:
+        self.active -= 1
+        self.per_client[client] -= 1
+        if self.per_client[client] <= 0:
+            del self.per_client[client]
+        sensors = self.runtime.sensors
+        sensors.set("tftp_transfers_active", self.active)
+        done = machine is not None and machine.state is proto.State.DONE
+        sensors.add("tftp_transfers_done" if done else "tftp_transfers_failed")
+        if isinstance(machine, proto.ReadTransfer):
+            sensors.add("tftp_bytes_sent", machine.bytes_sent)
+        if machine is not None and machine.failure and not machine.peer_vanished:
+            self.ratelog.warning("failed", client, "transfer of %s failed: %s", request.filename, machine.failure)
+        elif done and request.write:
+            self.ratelog.info("uploaded", client, "upload of %s complete (%d bytes)", request.filename, machine.bytes_received)
+        if isinstance(resource, FileSource):
+            resource.close()
+        elif isinstance(resource, UploadSink):
+            resource.abort()  # after a commit only the (already removed) temporary file is concerned
+        if sock is not None:
+            sock.close()
+
+    @staticmethod
+    def _send_quietly(sock, datagram: bytes) -> None:
+        try:
+            if sock is not None:
+                sock.send(datagram)
+        except OSError:
+            pass
+
+
+class TftpListener:
+    """One bound `ip_tftp_port` socket: reads requests and starts transfers."""
+
+    def __init__(self, service: TftpService, bound):
+        self.service, self.bound, self.sock = service, bound, bound.sock
+        self.transfers = Group()
+        self.greenlet = None
+
+    def start(self) -> None:
+        self.sock.settimeout(None)  # the binder left it non-blocking: gevent would raise EAGAIN instead of waiting
+        self.greenlet = gevent.spawn(self._serve)
+
+    def stop(self, timeout: float | None = None) -> None:
+        if self.greenlet is not None:
+            self.greenlet.kill(timeout=timeout)
+        self.transfers.kill(timeout=timeout)
+
+    def _serve(self) -> None:
+        bound_host = self.bound.binding.host
+        while True:
+            try:
+                datagram, ancillary, _flags, peer = self.sock.recvmsg(MAX_REQUEST, ANCILLARY_SIZE)
+                local = _local_address(ancillary, self.sock.family, bound_host)
+                self.service.handle_request(datagram, local, peer, self)
+            except OSError as exc:  # e.g. a send to a vanished peer; the socket itself stays usable
+                self.service.log.debug("tftp listener %s: %s", self.bound.address, exc)
+            except Exception:
+                self.service.log.exception("tftp listener %s: request failed", self.bound.address)
