@@ -16,6 +16,10 @@ from .binder import Bound
 
 # binding setting -> "module:Class"; a setting absent here is not served yet
 SERVICES: dict[str, str] = {
+    "ip_ldap_port": "greenservers.ldap:LdapService",
+    "ip_ldaps_port": "greenservers.ldap:LdapService",
+    "ip_snmp_port": "greenservers.snmp:SnmpService",
+    "ip_tftp_port": "greenservers.tftp:TftpService",
 }
 
 

@@ -200,6 +200,8 @@ DECLARATIONS: tuple[Setting, ...] = (
     Setting("snmp_location", "snmp", "", _text(255), "sysLocation: where this system stands."),
     Setting("ip_tftp_port", "tftp", "69", _bindings, "TFTP provisioning bindings (UDP).", rebind=True, transport="udp"),
     Setting("tftp_write", "tftp", False, _bool, "Allow TFTP write requests (new files under uploads/ only, e.g. phones' logs)."),
+    Setting("tftp_max_transfers", "tftp", 500, _int_in(1, 100_000), "TFTP transfers in progress at a time, all clients together; more are refused (the phone retries)."),
+    Setting("tftp_max_per_client", "tftp", 8, _int_in(1, 100_000), "TFTP transfers in progress at a time from one address; more are refused."),
     Setting("ip_ntp_port", "ntp", "123", _bindings, "NTP server bindings (UDP); empty: no NTP server, phones are given ntp_server.", rebind=True, transport="udp"),
     Setting("ntp_server", "ntp", "", _host, "External NTP server (IP or DNS name) given to phones when ip_ntp_port is empty."),
     Setting("ntp_local_stratum", "ntp", 0, _int_in(0, 15), "Serve the local clock at this stratum even when it is not synchronised (like chrony's 'local stratum'); 0: off, answer 'unsynchronised' instead."),
