@@ -66,6 +66,9 @@ def create_app(runtime=None) -> Flask:
     from . import addressbook
 
     app.register_blueprint(addressbook.bp)
+    from . import sensors
+
+    app.register_blueprint(sensors.bp)
     return app
 
 

@@ -1,0 +1,103 @@
+"""The SNMP v1 agent's gevent shell: one DatagramServer per ip_snmp_port socket.
+
+Each datagram is handled right in the socket's read callback (spawn=None):
+the agent (greenservers.proto.snmp) never blocks, so no greenlet is made
+per datagram and the kernel's receive buffer is the only queue. The shell
+reads the current settings at each datagram (snmp_trusted and
+snmp_community apply without restart), sends the reply from the address
+the request came to (a wildcard socket on a multi-homed host must not
+answer from another address), and logs every dropped request rate-limited,
+one line per source and reason per minute with the count.
+"""
+
+from __future__ import annotations
+
+import errno
+import platform
+import socket
+import time
+
+from gevent.server import DatagramServer
+
+from . import __version__
+from .proto import snmp as core
+from .ratelog import RateLimitedLog
+from .service import Service
+
+READ_SIZE = core.MAX_REQUEST + 1  # one octet more than decodable, so an oversized datagram shows
+ANCILLARY_SIZE = socket.CMSG_SPACE(20) * 2  # IPV6_PKTINFO (20) and/or IP_PKTINFO (12)
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Python < 3.13 lacks the name; 8 on Linux
+PKTINFO_KINDS = {(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO), (socket.IPPROTO_IP, IP_PKTINFO)}
+LOG_INTERVAL = 60.0
+
+DROP_MESSAGES = {
+    core.UNTRUSTED: "SNMP request dropped: address not in snmp_trusted",
+    core.BAD_COMMUNITY: "SNMP request dropped: wrong community",
+    core.BAD_VERSION: "SNMP request dropped: %s (this agent speaks v1 only)",
+    core.MALFORMED: "SNMP datagram dropped: %s",
+}
+
+
+class SnmpServer(DatagramServer):
+    def __init__(self, bound, service: "SnmpService"):
+        super().__init__(bound.sock, spawn=None)
+        self.service = service
+        self.reply_from_destination = bound.binding.host in ("0.0.0.0", "::")
+
+    def do_read(self):
+        try:
+            data, ancillary, flags, address = self._socket.recvmsg(READ_SIZE, ANCILLARY_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                return None  # ICMP errors of earlier replies surface here: a vanished peer
+            raise
+        return data, address, ancillary
+
+    def handle(self, data: bytes, address, ancillary) -> None:
+        service = self.service
+        try:
+            outcome = service.agent.handle(data, address[0], time.monotonic(), service.runtime.settings)
+        except Exception:
+            service.log.exception("SNMP: error handling a datagram from %s; serving on", address[0])
+            return
+        if outcome.reply is not None:
+            self._reply(outcome.reply, address, ancillary)
+        else:
+            message = DROP_MESSAGES[outcome.verdict]
+            args = (outcome.detail,) if "%s" in message else ()
+            service.ratelog.warning(outcome.verdict, _shown(address[0]), message, *args)
+
+    def _reply(self, reply: bytes, address, ancillary) -> None:
+        pktinfo = [item for item in ancillary if (item[0], item[1]) in PKTINFO_KINDS][:1]
+        try:
+            if self.reply_from_destination and pktinfo:
+                try:
+                    self._socket.sendmsg([reply], pktinfo, 0, address)
+                    return
+                except OSError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.ENOBUFS):
+                        raise
+                    # a kernel that refuses this pktinfo: let routing pick the source address
+            self._socket.sendto(reply, address)
+        except OSError:
+            pass  # a full send buffer or a vanished peer: UDP replies may be lost
+
+
+def _shown(host: str) -> str:
+    """An IPv4 client on a dual-stack socket logged as the IPv4 address the administrator knows."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+class SnmpService(Service):
+    name = "snmp"
+
+    def __init__(self, runtime):
+        super().__init__(runtime)
+        self.ratelog = RateLimitedLog(self.log, LOG_INTERVAL)
+        descr = f"greenservers {__version__} SNMP v1 agent on {platform.system()} {platform.release()} {platform.machine()}"
+        self.agent = core.Agent(runtime.sensors, time.monotonic(), socket.gethostname(), descr)
+
+    def make_server(self, bound) -> SnmpServer:
+        return SnmpServer(bound, self)
