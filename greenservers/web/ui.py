@@ -276,8 +276,8 @@ def upload_certificate():
         for path in (cert_path, key_path):
             path.unlink(missing_ok=True)
         return _render(400, cert_error=str(exc))
-    if runtime.tls is not None:
-        runtime.tls.replace(pair)
+    if runtime.tls is not None and runtime.tls.pair.cert_path != pair.cert_path:
+        runtime.tls.replace(pair)  # new connections use it (the runtime may have done so already)
     keep = {cert_path.resolve(), key_path.resolve()}
     for name in ("tls_cert", "tls_key"):
         if getattr(settings, name):

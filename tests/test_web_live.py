@@ -1,0 +1,66 @@
+"""Changes through the API apply to the running service without a restart (real gunicorn process)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import requests
+
+from support import free_port
+from test_web_auth import PASSWORD, PASSWORD_HASH
+
+AUTH = ("admin", PASSWORD)
+
+
+def _request_on(sock: socket.socket) -> bytes:
+    """One keep-alive GET /healthz on an open connection; the status line."""
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\r\n", 1)[0]
+
+
+def _status_of_new_connection(port: int) -> int:
+    with requests.Session() as session:
+        return session.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code
+
+
+def _wait_for_status(port: int, status: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        seen = _status_of_new_connection(port)
+        if seen == status:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"expected {status}, last saw {seen}")
+
+
+def test_changed_connection_cap_applies_without_restart(service):
+    svc = service({"ip_http_port": f"127.0.0.1:{free_port()}", "admin_password_hash": PASSWORD_HASH})
+    port = svc.port("ip_http_port")
+    workers = svc.worker_pids
+    api = svc.url("/api/settings/ports")
+
+    assert requests.put(api, json={"http_max_conn": 1}, auth=AUTH, timeout=5).status_code == 200
+    _wait_for_status(port, 200)  # the PUT's own connection has been released
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as held:
+        assert _request_on(held) == b"HTTP/1.1 200 OK"  # admitted, kept alive: the one slot is taken
+        assert _status_of_new_connection(port) == 503
+
+    _wait_for_status(port, 200)
+    assert requests.put(api, json={"http_max_conn": 2}, auth=AUTH, timeout=5).json()["http_max_conn"] == 2
+    _wait_for_status(port, 200)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as held:
+        assert _request_on(held) == b"HTTP/1.1 200 OK"
+        assert _status_of_new_connection(port) == 200  # the raised cap admits a second one
+
+    assert svc.worker_pids == workers  # same worker: nothing was restarted
+    assert "http_max_conn = 2" in svc.config_path.read_text()
+    svc.wait_for_log("settings changed by admin from 127.0.0.1 via API (HTTP Basic): http_max_conn: 1 -> 2")
