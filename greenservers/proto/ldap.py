@@ -1,0 +1,1554 @@
+"""The LDAPv3 address-book server, sans-IO: bytes in, response bytes and events out.
+
+Theory of operation
+-------------------
+`LdapSession.receive(data)` appends bytes to a bounded buffer, cuts complete
+LDAPMessages off it (RFC 4511 §4.1.1, BER framing in ber.py), and answers
+each one in order. It returns a list of outputs: `bytes` to send, and events
+the shell acts on — `BindFailed` (count, log, delay), `Searched` (count),
+`StartTLS` (wrap the socket now, after sending what came before), `Close`
+(send what came before, then close; `reason` is set for a peer's fault).
+The session never reads a clock except through the `clock` it is given
+(used for the client's time limit), and imports no socket, ssl or time.
+
+Operations (dispatch map OPERATIONS, fallback `_unknown_operation`):
+- Bind (§4.2, RFC 4513 §5.1): simple only; `ldap_user` as a bare name or as
+  cn=/uid=NAME under the base; an anonymous bind succeeds (clients read the
+  Root DSE after it) but its searches are refused with
+  insufficientAccessRights unless anonymous reading is allowed; a password
+  over a plain connection refused when plain binds are off
+  (confidentialityRequired); SASL -> authMethodNotSupported.
+- Search (§4.5): Root DSE (base "", scope base, allowed before a bind), the
+  base entry and one inetOrgPerson entry per contact; base/one/subtree
+  scopes; every filter choice (§4.5.1.7) with three-valued logic; names
+  match case-insensitively, phone numbers regardless of formatting (spaces,
+  dashes, dots, brackets, "+" = "00"); requested attributes with "*", "+",
+  "1.1" and case-insensitive names; size limit (client's and the server's)
+  and time limit -> sizeLimitExceeded/timeLimitExceeded after the entries
+  found so far; paged results (RFC 2696) and server-side sorting (RFC 2891).
+- Compare (§4.10), Abandon (§4.11), Unbind (§4.3), Extended (§4.12):
+  StartTLS (RFC 4511 §4.14; refused when already on TLS or with more
+  messages pending) and Who am I? (RFC 4532).
+- Add/Delete/Modify/ModifyDN -> unwillingToPerform (a read-only directory).
+- Anything else, or a malformed message -> Notice of Disconnection with
+  protocolError (§4.1.1, §4.4.1), then Close.
+
+Searches are served from a `Directory`: an immutable snapshot of the address
+book with its entries pre-encoded and indexes for the lookups phones make
+(sorted keys for equality and prefix, one joined string per attribute for
+substrings, a number index with a suffix key). `DirectoryCache` rebuilds it
+when the address book's version or the base DN changes.
+
+Session state machine (TRANSITIONS): ANONYMOUS -bind ok-> BOUND,
+BOUND -bind failed-> ANONYMOUS, any -unbind/fatal error-> CLOSED.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import unicodedata
+from array import array
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from . import ber
+from .ber import BerError, Incomplete
+
+# -- result codes (RFC 4511 §4.1.9, Appendix A) ---------------------------------
+
+SUCCESS = 0
+OPERATIONS_ERROR = 1
+PROTOCOL_ERROR = 2
+TIME_LIMIT_EXCEEDED = 3
+SIZE_LIMIT_EXCEEDED = 4
+COMPARE_FALSE = 5
+COMPARE_TRUE = 6
+AUTH_METHOD_NOT_SUPPORTED = 7
+ADMIN_LIMIT_EXCEEDED = 11
+UNAVAILABLE_CRITICAL_EXTENSION = 12
+CONFIDENTIALITY_REQUIRED = 13
+NO_SUCH_ATTRIBUTE = 16
+INAPPROPRIATE_MATCHING = 18
+NO_SUCH_OBJECT = 32
+INVALID_DN_SYNTAX = 34
+INAPPROPRIATE_AUTHENTICATION = 48
+INVALID_CREDENTIALS = 49
+INSUFFICIENT_ACCESS_RIGHTS = 50
+UNWILLING_TO_PERFORM = 53
+
+# -- protocol op tags (RFC 4511 §4.2-§4.12, [APPLICATION n]) --------------------
+
+BIND_REQUEST, BIND_RESPONSE = 0x60, 0x61
+UNBIND_REQUEST = 0x42
+SEARCH_REQUEST, SEARCH_RESULT_ENTRY, SEARCH_RESULT_DONE = 0x63, 0x64, 0x65
+MODIFY_REQUEST, MODIFY_RESPONSE = 0x66, 0x67
+ADD_REQUEST, ADD_RESPONSE = 0x68, 0x69
+DEL_REQUEST, DEL_RESPONSE = 0x4A, 0x6B
+MODDN_REQUEST, MODDN_RESPONSE = 0x6C, 0x6D
+COMPARE_REQUEST, COMPARE_RESPONSE = 0x6E, 0x6F
+ABANDON_REQUEST = 0x50
+EXTENDED_REQUEST, EXTENDED_RESPONSE = 0x77, 0x78
+CONTROLS_TAG = 0xA0
+
+# filter choices (§4.5.1.7)
+F_AND, F_OR, F_NOT, F_EQ, F_SUB, F_GE, F_LE, F_PRESENT, F_APPROX, F_EXT = 0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0x87, 0xA8, 0xA9
+
+SCOPE_BASE, SCOPE_ONE, SCOPE_SUB = 0, 1, 2
+
+OID_STARTTLS = "1.3.6.1.4.1.1466.20037"
+OID_WHOAMI = "1.3.6.1.4.1.4203.1.11.3"
+OID_NOTICE_OF_DISCONNECTION = "1.3.6.1.4.1.1466.20036"
+OID_PAGED_RESULTS = "1.2.840.113556.1.4.319"
+OID_SORT_REQUEST = "1.2.840.113556.1.4.473"
+OID_SORT_RESPONSE = "1.2.840.113556.1.4.474"
+OID_MANAGE_DSA_IT = "2.16.840.1.113730.3.4.2"
+SUPPORTED_CONTROLS = (OID_PAGED_RESULTS, OID_SORT_REQUEST, OID_MANAGE_DSA_IT)
+SUPPORTED_EXTENSIONS = (OID_STARTTLS, OID_WHOAMI)
+
+# -- limits -------------------------------------------------------------------
+
+MAX_MESSAGE = 256 * 1024  # a phone's request is < 1 KiB; this leaves room for long filters
+MAX_FILTER_DEPTH = 32
+MAX_FILTER_ITEMS = 512
+MAX_REQUESTED_ATTRIBUTES = 128
+MAX_CONTROLS = 16
+MAX_SORT_KEYS = 8
+MAX_PAGED_SEARCHES = 8  # open paged searches per connection; the oldest is dropped
+SERVER_SIZE_LIMIT = 500  # entries per search (per page for paged searches), like slapd's default
+SERVER_TIME_LIMIT = 10.0  # seconds per search
+TIME_CHECK_EVERY = 64  # entries between clock reads
+
+# -- session states and their table -----------------------------------------
+
+ANONYMOUS, BOUND, CLOSED = "anonymous", "bound", "closed"
+EV_BIND_OK, EV_BIND_ANONYMOUS, EV_BIND_FAILED, EV_UNBIND, EV_FATAL = "bind ok", "anonymous bind", "bind failed", "unbind", "fatal"
+ANONYMOUS_BIND = -1  # internal: the bind was anonymous (answered as success)
+TRANSITIONS = {
+    (ANONYMOUS, EV_BIND_OK): BOUND,
+    (ANONYMOUS, EV_BIND_ANONYMOUS): ANONYMOUS,
+    (BOUND, EV_BIND_ANONYMOUS): ANONYMOUS,
+    (ANONYMOUS, EV_BIND_FAILED): ANONYMOUS,
+    (BOUND, EV_BIND_OK): BOUND,
+    (BOUND, EV_BIND_FAILED): ANONYMOUS,
+    (ANONYMOUS, EV_UNBIND): CLOSED,
+    (BOUND, EV_UNBIND): CLOSED,
+    (ANONYMOUS, EV_FATAL): CLOSED,
+    (BOUND, EV_FATAL): CLOSED,
+}
+
+
+ANONYMOUS_REFUSED = "anonymous searches are not allowed: bind with the address book's user and password"
+
+
+class LdapError(Exception):
+    """An operation fails with `result_code` (the session answers it; the connection stays)."""
+
+    def __init__(self, result_code: int, message: str = "", matched_dn: str = ""):
+        super().__init__(message)
+        self.result_code = result_code
+        self.matched_dn = matched_dn
+
+
+# -- events for the shell -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BindFailed:
+    name: str
+    result_code: int
+
+
+@dataclass(frozen=True)
+class Searched:
+    entries: int
+
+
+@dataclass(frozen=True)
+class StartTLS:
+    """Send everything before this event, then start TLS (server side) on the socket."""
+
+
+@dataclass(frozen=True)
+class Close:
+    """Send everything before this event, then close; `reason` is set when the peer misbehaved."""
+
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The settings a session obeys, read by the shell at each use."""
+
+    base: str = "dc=pbx"
+    user: str = "phonebook"
+    password: str | None = None
+    anonymous: bool = False
+    plain_bind: bool = True
+    size_limit: int = SERVER_SIZE_LIMIT
+    time_limit: float = SERVER_TIME_LIMIT
+    max_message: int = MAX_MESSAGE
+
+
+# -- schema: attribute types, aliases, normalization ----------------------------
+
+K_NAME, K_NUMBER, K_OCLASS = "name", "number", "objectclass"
+
+# key (lower-case canonical name) -> (canonical spelling, kind)
+ATTRIBUTE_TYPES: dict[str, tuple[str, str]] = {
+    "objectclass": ("objectClass", K_OCLASS),
+    "cn": ("cn", K_NAME),
+    "sn": ("sn", K_NAME),
+    "givenname": ("givenName", K_NAME),
+    "displayname": ("displayName", K_NAME),
+    "telephonenumber": ("telephoneNumber", K_NUMBER),
+    "mobile": ("mobile", K_NUMBER),
+    "homephone": ("homePhone", K_NUMBER),
+    "ipphone": ("ipPhone", K_NUMBER),
+    "mail": ("mail", K_NAME),
+    "o": ("o", K_NAME),
+    "uid": ("uid", K_NAME),
+    "dc": ("dc", K_NAME),
+    "ou": ("ou", K_NAME),
+}
+ALIASES = {
+    "commonname": "cn", "2.5.4.3": "cn",
+    "surname": "sn", "2.5.4.4": "sn",
+    "gn": "givenname", "2.5.4.42": "givenname",
+    "2.16.840.1.113730.3.1.241": "displayname",
+    "2.5.4.20": "telephonenumber",
+    "mobiletelephonenumber": "mobile", "0.9.2342.19200300.100.1.41": "mobile",
+    "hometelephonenumber": "homephone", "0.9.2342.19200300.100.1.20": "homephone",
+    "1.2.840.113556.1.4.721": "ipphone",
+    "rfc822mailbox": "mail", "0.9.2342.19200300.100.1.3": "mail",
+    "organizationname": "o", "company": "o", "2.5.4.10": "o",
+    "userid": "uid", "0.9.2342.19200300.100.1.1": "uid",
+    "domaincomponent": "dc", "0.9.2342.19200300.100.1.25": "dc",
+    "organizationalunitname": "ou", "2.5.4.11": "ou",
+    "2.5.4.0": "objectclass",
+}
+NUMBER_KEYS = tuple(k for k, (_, kind) in ATTRIBUTE_TYPES.items() if kind == K_NUMBER)
+INDEXED_KEYS = ("cn", "sn", "givenname", "displayname", "o", "mail") + NUMBER_KEYS
+PERSON_CLASSES = ("top", "person", "organizationalPerson", "inetOrgPerson")
+PERSON_CLASSES_FOLDED = tuple(c.lower() for c in PERSON_CLASSES)
+TRIGRAM = 3  # substring pieces this long or longer are looked up in the trigram index
+
+# matching rules an extensible filter may name (RFC 4517 §4.2): -> how values compare
+RULE_DEFAULT, RULE_EXACT, RULE_SUBSTRING = "default", "exact", "substring"
+MATCHING_RULES = {
+    "2.5.13.2": RULE_DEFAULT, "caseignorematch": RULE_DEFAULT,
+    "1.3.6.1.4.1.1466.109.114.2": RULE_DEFAULT, "caseignoreia5match": RULE_DEFAULT,
+    "2.5.13.20": RULE_DEFAULT, "telephonenumbermatch": RULE_DEFAULT,
+    "2.5.13.0": RULE_DEFAULT, "objectidentifiermatch": RULE_DEFAULT,
+    "2.5.13.5": RULE_EXACT, "caseexactmatch": RULE_EXACT,
+    "1.3.6.1.4.1.1466.109.114.1": RULE_EXACT, "caseexactia5match": RULE_EXACT,
+    "2.5.13.17": RULE_EXACT, "octetstringmatch": RULE_EXACT,
+    "2.5.13.4": RULE_SUBSTRING, "caseignoresubstringsmatch": RULE_SUBSTRING,
+    "2.5.13.21": RULE_SUBSTRING, "telephonenumbersubstringsmatch": RULE_SUBSTRING,
+}
+ORDERING_RULES = {"2.5.13.3", "caseignoreorderingmatch", "2.5.13.6", "caseexactorderingmatch"}
+
+
+def attribute_key(description: str) -> str | None:
+    """The schema key of an attribute description ("CN;lang-de" -> "cn"), None if unknown."""
+    name = description.split(";", 1)[0].strip().lower()
+    name = ALIASES.get(name, name)
+    return name if name in ATTRIBUTE_TYPES else None
+
+
+def fold_name(text: str) -> str:
+    """caseIgnoreMatch form: NFKC, case-folded, runs of spaces collapsed (RFC 4518 §2.6.1)."""
+    if text.isascii():  # the common case, ten times cheaper
+        return " ".join(text.lower().split())
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def fold_loose(text: str) -> str:
+    """The approximate-match form of a name: one Soundex code per word, accents removed.
+
+    "Jon Muller" ~ "john müller" (RFC 4511 leaves approxMatch to the server; like
+    OpenLDAP's, every word of the assertion must sound like a word of the value).
+    """
+    decomposed = unicodedata.normalize("NFKD", fold_name(text))
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(_soundex(word) for word in plain.split())
+
+
+_SOUNDEX = {c: d for letters, d in (("bfpv", "1"), ("cgjkqsxz", "2"), ("dt", "3"), ("l", "4"), ("mn", "5"), ("r", "6")) for c in letters}
+
+
+def _soundex(word: str) -> str:
+    letters = [c for c in word if "a" <= c <= "z"]
+    if not letters:
+        return word
+    code, last = letters[0], _SOUNDEX.get(letters[0], "")
+    for c in letters[1:]:
+        digit = _SOUNDEX.get(c, "")
+        if digit and digit != last:
+            code += digit
+        if c not in "hw":
+            last = digit
+    return (code + "000")[:4]
+
+
+def approx_match(value_code: str, assertion_code: str) -> bool:
+    words = value_code.split()
+    return all(word in words for word in assertion_code.split())
+
+
+_NUMBER_FORMATTING = str.maketrans("", "", " \t-.()[]/")
+
+
+def fold_number(text: str) -> str:
+    """Phone-number form: formatting removed, a leading '+' written '00' ("+49 (30) 12-3" -> "00493012 3")."""
+    stripped = text.strip().translate(_NUMBER_FORMATTING)
+    return "00" + stripped[1:] if stripped.startswith("+") else stripped.lower()
+
+
+def same_number(a: str, b: str) -> bool:
+    """Folded numbers equal, or a national number (0301234567) equal to an international one (0049301234567)."""
+    if a == b:
+        return True
+    if len(a) < len(b):
+        a, b = b, a
+    # a: the longer; international form "00" + country code (1-3 digits) + national number without its 0
+    if a.startswith("00") and b.startswith("0") and not b.startswith("00") and len(b) >= 6:
+        return a.endswith(b[1:]) and 1 <= len(a) - 2 - (len(b) - 1) <= 3
+    return False
+
+
+FOLDERS: dict[str, Callable[[str], str]] = {K_NAME: fold_name, K_NUMBER: fold_number, K_OCLASS: fold_name}
+
+
+def fold_for(key: str) -> Callable[[str], str]:
+    return FOLDERS[ATTRIBUTE_TYPES[key][1]]
+
+
+# -- distinguished names (RFC 4514) ---------------------------------------------
+
+_DN_SPECIAL = set(',+"\\<>;=')
+_NEEDS_ESCAPE = re.compile(r'[,+"\\<>;=\0]|^[ #]| $')
+
+
+class DnError(ValueError):
+    result_code = INVALID_DN_SYNTAX
+
+
+def escape_rdn_value(value: str) -> str:
+    if not _NEEDS_ESCAPE.search(value):
+        return value
+    out = []
+    for i, ch in enumerate(value):
+        if ch in _DN_SPECIAL or (ch in " #" and i == 0) or (ch == " " and i == len(value) - 1):
+            out.append("\\" + ch)
+        elif ch == "\0":
+            out.append("\\00")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def parse_dn(dn: str) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """Normalized DN: a tuple of RDNs, each a sorted tuple of (attribute key, folded value)."""
+    if not dn.strip():
+        return ()
+    rdns: list[tuple[tuple[str, str], ...]] = []
+    avas: list[tuple[str, str]] = []
+    i, n = 0, len(dn)
+    while True:
+        # attribute type
+        j = dn.find("=", i)
+        if j < 0:
+            raise DnError(f"no '=' in {dn!r}")
+        name = dn[i:j].strip().lower()
+        if not name:
+            raise DnError(f"empty attribute type in {dn!r}")
+        name = ALIASES.get(name, name)
+        i = j + 1
+        value: list[str] = []
+        raw_bytes = bytearray()
+        quoted = False
+        while i < n and dn[i] == " ":
+            i += 1
+        if i < n and dn[i] == '"':
+            quoted = True
+            i += 1
+        while i < n:
+            ch = dn[i]
+            if quoted and ch == '"':
+                quoted = False
+                i += 1
+                continue
+            if not quoted and ch in ",+;":
+                break
+            if ch == "\\":
+                if i + 1 >= n:
+                    raise DnError(f"dangling escape in {dn!r}")
+                pair = dn[i + 1:i + 3]
+                if len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair):
+                    raw_bytes.append(int(pair, 16))
+                    i += 3
+                    continue
+                ch = dn[i + 1]
+                i += 1
+            if raw_bytes:
+                value.append(raw_bytes.decode("utf-8", "replace"))
+                raw_bytes.clear()
+            value.append(ch)
+            i += 1
+        if raw_bytes:
+            value.append(raw_bytes.decode("utf-8", "replace"))
+        if quoted:
+            raise DnError(f"unterminated quote in {dn!r}")
+        folder = fold_for(name) if name in ATTRIBUTE_TYPES else fold_name
+        avas.append((name, folder("".join(value))))
+        if i >= n or dn[i] in ",;":
+            rdns.append(tuple(sorted(avas)))
+            avas = []
+            if i >= n:
+                break
+        i += 1
+    return tuple(rdns)
+
+
+# -- entries --------------------------------------------------------------------
+
+
+def encode_attribute(name: str, values: Iterable[str]) -> bytes:
+    """PartialAttribute (§4.1.7): SEQUENCE { type, SET OF value }."""
+    return ber.tlv(0x30, ber.octets(name) + ber.tlv(0x31, b"".join(ber.octets(v) for v in values)))
+
+
+class Entry:
+    """One directory entry with its values folded for matching; attributes are encoded on first use."""
+
+    __slots__ = ("dn", "ndn", "values", "folded", "_encoded", "_encoded_all", "_encoded_dn")
+
+    def __init__(self, dn: str, values: dict[str, tuple[str, ...]], ndn=None, folded=None):
+        self.dn = dn
+        self.ndn = parse_dn(dn) if ndn is None else ndn
+        if folded is None:
+            values = {k: v for k, v in values.items() if v}
+            folded = {k: tuple(FOLDERS[ATTRIBUTE_TYPES[k][1]](x) for x in v) for k, v in values.items()}
+        self.values = values
+        self.folded = folded
+        self._encoded: dict[str, bytes] | None = None
+        self._encoded_all: bytes | None = None
+        self._encoded_dn: bytes | None = None
+
+    @property
+    def encoded(self) -> dict[str, bytes]:
+        if self._encoded is None:
+            self._encoded = {k: encode_attribute(ATTRIBUTE_TYPES[k][0], v) for k, v in self.values.items()}
+        return self._encoded
+
+    @property
+    def encoded_all(self) -> bytes:
+        if self._encoded_all is None:
+            self._encoded_all = b"".join(self.encoded.values())
+        return self._encoded_all
+
+    @property
+    def encoded_dn(self) -> bytes:
+        if self._encoded_dn is None:
+            self._encoded_dn = ber.octets(self.dn)
+        return self._encoded_dn
+
+
+_PERSON_NAME_KEYS = (("givenname", "first_name"), ("mail", "email"), ("o", "company"))
+_PERSON_NUMBER_KEYS = (("telephonenumber", "work"), ("mobile", "mobile"), ("homephone", "home"), ("ipphone", "extension"))
+
+
+def contact_values(contact) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """inetOrgPerson attributes of a contact (the address book's Contact), and their folded forms."""
+    first, last = contact.first_name.strip(), contact.last_name.strip()
+    name = contact.display_name.strip() or " ".join(p for p in (first, last) if p) or contact.company.strip() or str(contact.id)
+    folded_name = fold_name(name)
+    uid = str(contact.id)
+    values = {"objectclass": PERSON_CLASSES, "cn": (name,), "sn": (last or name,), "displayname": (name,), "uid": (uid,)}
+    folded = {"objectclass": PERSON_CLASSES_FOLDED, "cn": (folded_name,), "sn": (fold_name(last) if last else folded_name,),
+              "displayname": (folded_name,), "uid": (uid.lower(),)}
+    for key, attr in _PERSON_NAME_KEYS:
+        value = getattr(contact, attr).strip()
+        if value:
+            values[key] = (value,)
+            folded[key] = (fold_name(value),)
+    for key, attr in _PERSON_NUMBER_KEYS:
+        value = getattr(contact, attr).strip()
+        if value:
+            values[key] = (value,)
+            folded[key] = (fold_number(value),)
+    return values, folded
+
+
+def base_entry_values(base_ndn) -> dict[str, tuple[str, ...]]:
+    """The base entry: its RDN's attribute and an object class that allows it."""
+    if not base_ndn:
+        return {"objectclass": ("top",)}
+    classes = {"dc": ("top", "domain"), "ou": ("top", "organizationalUnit"), "o": ("top", "organization")}
+    values: dict[str, tuple[str, ...]] = {}
+    for key, _ in base_ndn[0]:
+        values["objectclass"] = classes.get(key, ("top", "extensibleObject"))
+    return values
+
+
+class Directory:
+    """An immutable snapshot: the Root DSE, the base entry, the contacts' entries and their indexes."""
+
+    def __init__(self, base: str, contacts: Iterable, version: int = 0):
+        self.base = base
+        self.version = version
+        self.base_ndn = parse_dn(base)
+        contacts = list(contacts)
+        pairs = [contact_values(c) for c in contacts]
+        seen: dict[str, int] = {}
+        for _, f in pairs:
+            seen[f["cn"][0]] = seen.get(f["cn"][0], 0) + 1
+        entries = []
+        base_ndn = self.base_ndn
+        for v, f in pairs:
+            folded_cn = f["cn"][0]
+            rdn = "cn=" + escape_rdn_value(v["cn"][0])
+            if seen[folded_cn] > 1:  # same name twice: add the id so every DN stays unique
+                uid = v["uid"][0]
+                rdn += "+uid=" + escape_rdn_value(uid)
+                ndn = ((("cn", folded_cn), ("uid", f["uid"][0])),) + base_ndn
+            else:
+                ndn = ((("cn", folded_cn),),) + base_ndn
+            entries.append(Entry(f"{rdn},{base}", v, ndn, f))
+        self.entries: list[Entry] = entries
+        self.by_ndn = {e.ndn: e for e in entries}
+        base_values = base_entry_values(self.base_ndn)
+        if self.base_ndn:
+            for key, _ in self.base_ndn[0]:
+                if key in ATTRIBUTE_TYPES:
+                    base_values[key] = (_rdn_raw_value(base, key),)
+        self.base_entry = Entry(base, base_values)
+        self.root_dse = RootDSE(base)
+        self._build_indexes()
+
+    def _build_indexes(self) -> None:
+        # per attribute: sorted (folded value, entry index) for equality/prefix, and one
+        # "\n"-joined string of the folded values for substrings (str.find is C-fast)
+        self.sorted_keys: dict[str, list[str]] = {}
+        self.sorted_ids: dict[str, list[int]] = {}
+        self.haystack: dict[str, str] = {}
+        self.hay_starts: dict[str, list[int]] = {}
+        self.hay_ids: dict[str, list[int]] = {}
+        self.number_suffix: dict[str, list[int]] = {}  # last 6 digits of any number -> entry ids
+        self._trigrams: dict[str, dict[str, array]] = {}  # built on the first substring search of a key
+        for key in INDEXED_KEYS:
+            pairs = [(v, i) for i, e in enumerate(self.entries) for v in e.folded.get(key, ())]
+            pairs.sort()
+            self.sorted_keys[key] = [p[0] for p in pairs]
+            self.sorted_ids[key] = [p[1] for p in pairs]
+            pairs.sort(key=lambda p: p[1])
+            starts, pos = [], 0
+            for value, _ in pairs:
+                starts.append(pos)
+                pos += len(value) + 1
+            self.haystack[key] = "\n" + "\n".join(p[0] for p in pairs) + "\n"
+            self.hay_starts[key] = starts
+            self.hay_ids[key] = [p[1] for p in pairs]
+            if ATTRIBUTE_TYPES[key][1] == K_NUMBER:
+                for value, i in pairs:
+                    self.number_suffix.setdefault(value[-6:], []).append(i)
+
+    # -- candidate lookups (None: cannot narrow, scan everything) --------------
+
+    def equal_ids(self, key: str, value: str) -> list[int]:
+        if ATTRIBUTE_TYPES[key][1] == K_NUMBER:
+            return self.number_suffix.get(value[-6:], [])
+        keys = self.sorted_keys[key]
+        lo = bisect_left(keys, value)
+        hi = bisect_right(keys, value, lo)
+        return self.sorted_ids[key][lo:hi]
+
+    def prefix_ids(self, key: str, prefix: str) -> list[int]:
+        keys = self.sorted_keys[key]
+        lo = bisect_left(keys, prefix)
+        hi = bisect_left(keys, prefix + "\U0010ffff", lo)
+        return self.sorted_ids[key][lo:hi]
+
+    def trigram_ids(self, key: str, piece: str) -> array:
+        """Entries whose `key` holds every trigram of `piece`'s rarest two (a superset; verified later)."""
+        index = self._trigrams.get(key)
+        if index is None:
+            index = self._trigrams[key] = {}
+            for value, i in zip(self.sorted_keys[key], self.sorted_ids[key]):
+                for gram in {value[j:j + TRIGRAM] for j in range(len(value) - TRIGRAM + 1)}:
+                    postings = index.get(gram)
+                    if postings is None:
+                        postings = index[gram] = array("i")
+                    postings.append(i)
+        lists = sorted((index.get(piece[j:j + TRIGRAM], _NO_IDS) for j in range(len(piece) - TRIGRAM + 1)), key=len)
+        if len(lists) == 1 or not lists[0]:
+            return lists[0]
+        second = set(lists[1])
+        return array("i", (i for i in lists[0] if i in second))
+
+    def contains_ids(self, key: str, piece: str, final: bool) -> list[int]:
+        hay, starts, ids = self.haystack[key], self.hay_starts[key], self.hay_ids[key]
+        needle = piece + "\n" if final else piece
+        out = []
+        find = hay.find
+        pos = find(needle, 1)
+        count = len(starts)
+        while pos >= 0:
+            index = bisect_right(starts, pos - 1) - 1
+            out.append(ids[index])
+            nxt = starts[index + 1] if index + 1 < count else len(hay)
+            pos = find(needle, nxt + 1)
+        return out
+
+    def candidates(self, f) -> set[int] | None:
+        op = f[0]
+        if op == F_AND:
+            best = None
+            for child in f[1]:
+                found = self.candidates(child)
+                if found is not None and (best is None or len(found) < len(best)):
+                    best = found
+            return best
+        if op == F_OR:
+            union: set[int] = set()
+            for child in f[1]:
+                found = self.candidates(child)
+                if found is None:
+                    return None
+                union |= found
+            return union
+        key = f[1] if op in (F_EQ, F_SUB) else None
+        if key not in self.sorted_keys:
+            return None
+        if op == F_EQ:
+            return set(self.equal_ids(key, f[2]))
+        initial, anys, final = f[2], f[3], f[4]
+        if initial:
+            return set(self.prefix_ids(key, initial))
+        pieces = [(a, False) for a in anys] + ([(final, True)] if final else [])
+        if not pieces:
+            return None
+        piece, is_final = max(pieces, key=lambda p: len(p[0]))
+        if len(piece) >= TRIGRAM:
+            return set(self.trigram_ids(key, piece))
+        return set(self.contains_ids(key, piece, is_final))
+
+
+_NO_IDS = array("i")
+
+
+def _rdn_raw_value(dn: str, key: str) -> str:
+    first = dn.split(",", 1)[0]
+    name, _, value = first.partition("=")
+    return value.strip().replace("\\", "")
+
+
+class RootDSE(Entry):
+    """The Root DSE (RFC 4512 §5.1): what the server supports, readable before a bind."""
+
+    __slots__ = ("operational",)
+
+    def __init__(self, base: str):
+        super().__init__("", {"objectclass": ("top",)})
+        extra = [
+            encode_attribute("namingContexts", [base]),
+            encode_attribute("supportedLDAPVersion", ["3"]),
+            encode_attribute("supportedExtension", SUPPORTED_EXTENSIONS),
+            encode_attribute("supportedControl", SUPPORTED_CONTROLS),
+            encode_attribute("supportedSASLMechanisms", []),
+            encode_attribute("vendorName", ["greenservers"]),
+        ]
+        self._encoded_all = self.encoded["objectclass"] + b"".join(extra)
+        self.operational = {
+            "namingcontexts": extra[0], "supportedldapversion": extra[1], "supportedextension": extra[2],
+            "supportedcontrol": extra[3], "supportedsaslmechanisms": extra[4], "vendorname": extra[5],
+        }
+
+
+class DirectoryCache:
+    """The current Directory, rebuilt when the address book's version or the base changes.
+
+    `run(build, *args)` runs the rebuild; the shell passes one that uses a thread, so a
+    large address book does not stall the other connections while it is indexed.
+    """
+
+    def __init__(self, version: Callable[[], int], contacts: Callable[[], list]):
+        self._version, self._contacts = version, contacts
+        self.directory: Directory | None = None
+
+    def stale(self, base: str) -> bool:
+        directory = self.directory
+        return directory is None or directory.version != self._version() or directory.base != base
+
+    def current(self, base: str, run: Callable = lambda build, *args: build(*args)) -> Directory:
+        version = self._version()
+        directory = self.directory
+        if directory is None or directory.version != version or directory.base != base:
+            directory = self.directory = run(Directory, base, self._contacts(), version)
+        return directory
+
+
+# -- filters: decode (§4.5.1.7) and compile to a three-valued predicate ----------
+
+
+def _text(data: bytes, start: int, stop: int) -> str:
+    return data[start:stop].decode("utf-8", "replace")
+
+
+def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budget: list[int]):
+    """A filter as a tuple: (F_AND, [..]), (F_EQ, key, folded value, raw), (F_SUB, key, initial, anys, final), ..."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise BerError(f"filter has more than {MAX_FILTER_ITEMS} items")
+    if depth > MAX_FILTER_DEPTH:
+        raise BerError(f"filter nested deeper than {MAX_FILTER_DEPTH}")
+    if tag in (F_AND, F_OR):
+        items = [decode_filter(data, t, s, e, depth + 1, budget) for t, s, e in ber.children(data, start, stop)]
+        if not items:  # RFC 4526 absolute true/false
+            return (F_AND, []) if tag == F_AND else (F_OR, [])
+        return (tag, items)
+    if tag == F_NOT:
+        t, s, e = ber.read_header(data, start, stop)
+        if e != stop:
+            raise BerError("not: more than one filter")
+        return (F_NOT, decode_filter(data, t, s, e, depth + 1, budget))
+    if tag == F_PRESENT:
+        return (F_PRESENT, attribute_key(_text(data, start, stop)))
+    if tag in (F_EQ, F_GE, F_LE, F_APPROX):
+        s1, e1 = ber.expect(data, start, stop, ber.OCTET_STRING, "attributeDesc")
+        s2, e2 = ber.expect(data, e1, stop, ber.OCTET_STRING, "assertionValue")
+        if e2 != stop:
+            raise BerError("trailing bytes in attribute value assertion")
+        key = attribute_key(_text(data, s1, e1))
+        raw = _text(data, s2, e2)
+        if key is None:
+            return (tag, None, raw, raw)
+        folded = fold_loose(raw) if tag == F_APPROX and ATTRIBUTE_TYPES[key][1] == K_NAME else fold_for(key)(raw)
+        return (tag, key, folded, raw)
+    if tag == F_SUB:
+        s1, e1 = ber.expect(data, start, stop, ber.OCTET_STRING, "attributeDesc")
+        s2, e2 = ber.expect(data, e1, stop, 0x30, "substrings")
+        key = attribute_key(_text(data, s1, e1))
+        folder = fold_for(key) if key else fold_name
+        initial, anys, final = "", [], ""
+        parts = ber.children(data, s2, e2)
+        if not parts:
+            raise BerError("substrings filter without substrings")
+        for index, (t, s, e) in enumerate(parts):
+            piece = _text(data, s, e)
+            piece = folder(piece) if not (key and ATTRIBUTE_TYPES[key][1] == K_NUMBER) or t == 0x80 else piece.translate(_NUMBER_FORMATTING)
+            if t == 0x80 and index == 0:
+                initial = piece
+            elif t == 0x81:
+                if piece:
+                    anys.append(piece)
+            elif t == 0x82 and index == len(parts) - 1:
+                final = piece
+            else:
+                raise BerError(f"substring choice 0x{t:02x} out of place")
+        return (F_SUB, key, initial, tuple(anys), final)
+    if tag == F_EXT:
+        rule = key = None
+        value, dn_attributes = "", False
+        for t, s, e in ber.children(data, start, stop):
+            if t == 0x81:
+                rule = _text(data, s, e).strip().lower()
+            elif t == 0x82:
+                key = _text(data, s, e)
+            elif t == 0x83:
+                value = _text(data, s, e)
+            elif t == 0x84:
+                dn_attributes = ber.read_boolean(data, s, e)
+            else:
+                raise BerError(f"extensible match: unexpected tag 0x{t:02x}")
+        if rule is None and key is None:
+            raise BerError("extensible match needs a matching rule or a type")
+        resolved = attribute_key(key) if key is not None else None
+        return (F_EXT, rule, resolved, value, dn_attributes, key is not None)
+    raise BerError(f"unknown filter choice 0x{tag:02x}")
+
+
+def _substring_match(value: str, initial: str, anys: tuple, final: str) -> bool:
+    pos, end = 0, len(value)
+    if initial:
+        if not value.startswith(initial):
+            return False
+        pos = len(initial)
+    if final:
+        if not value.endswith(final) or end - len(final) < pos:
+            return False
+        end -= len(final)
+    for piece in anys:
+        found = value.find(piece, pos, end)
+        if found < 0:
+            return False
+        pos = found + len(piece)
+    return True
+
+
+def _always(result):
+    return lambda entry: result
+
+
+def compile_filter(f) -> Callable[[Entry], bool | None]:
+    """A predicate entry -> True / False / None (Undefined, RFC 4511 §4.5.1.7)."""
+    op = f[0]
+    if op == F_AND:
+        parts = [compile_filter(c) for c in f[1]]
+
+        def match_and(entry):
+            result = True
+            for part in parts:
+                r = part(entry)
+                if r is False:
+                    return False
+                if r is None:
+                    result = None
+            return result
+        return match_and
+    if op == F_OR:
+        parts = [compile_filter(c) for c in f[1]]
+
+        def match_or(entry):
+            result = False
+            for part in parts:
+                r = part(entry)
+                if r:
+                    return True
+                if r is None:
+                    result = None
+            return result
+        return match_or
+    if op == F_NOT:
+        inner = compile_filter(f[1])
+
+        def match_not(entry):
+            r = inner(entry)
+            return None if r is None else not r
+        return match_not
+    if op == F_PRESENT:
+        key = f[1]
+        if key is None:
+            return _always(False)
+        if key == "objectclass":
+            return _always(True)
+        return lambda entry: key in entry.values
+    if op == F_EXT:
+        return _compile_extensible(*f[1:])
+    key = f[1]
+    if key is None:
+        return _always(None)
+    kind = ATTRIBUTE_TYPES[key][1]
+    empty: tuple = ()
+    if op == F_SUB:
+        initial, anys, final = f[2], f[3], f[4]
+        return lambda entry: any(_substring_match(v, initial, anys, final) for v in entry.folded.get(key, empty))
+    value = f[2]
+    if op == F_EQ or (op == F_APPROX and kind != K_NAME):
+        if kind == K_NUMBER:
+            return lambda entry: any(same_number(v, value) for v in entry.folded.get(key, empty))
+        return lambda entry: value in entry.folded.get(key, empty)
+    if op == F_APPROX:
+        return lambda entry: any(approx_match(fold_loose(v), value) for v in entry.folded.get(key, empty))
+    if op == F_GE:
+        return lambda entry: any(v >= value for v in entry.folded.get(key, empty))
+    return lambda entry: any(v <= value for v in entry.folded.get(key, empty))  # F_LE
+
+
+def _compile_extensible(rule, key, value, dn_attributes, has_type):
+    """Extensible match (§4.5.1.7.7): a known rule compares like equality (or exactly, or as substrings)."""
+    how = MATCHING_RULES.get(rule, None) if rule is not None else RULE_DEFAULT
+    if how is None or (has_type and key is None):
+        return _always(None)  # unknown rule or attribute type: Undefined
+
+    def test(k: str, raw_values: tuple, folded_values: tuple) -> bool:
+        if how == RULE_EXACT:
+            return value in raw_values
+        if how == RULE_SUBSTRING:
+            needle = fold_for(k)(value)
+            return any(needle in v for v in folded_values)
+        needle = fold_for(k)(value)
+        if ATTRIBUTE_TYPES[k][1] == K_NUMBER:
+            return any(same_number(v, needle) for v in folded_values)
+        return needle in folded_values
+
+    def match(entry):
+        keys = [key] if key else list(entry.values)
+        for k in keys:
+            if k in entry.values and test(k, entry.values[k], entry.folded[k]):
+                return True
+        if dn_attributes:
+            for rdn in entry.ndn:
+                for k, folded in rdn:
+                    if (key is None or k == key) and k in ATTRIBUTE_TYPES and test(k, (folded,), (folded,)):
+                        return True
+        return False
+    return match
+
+
+# -- requests -------------------------------------------------------------------
+
+
+@dataclass
+class SearchRequest:
+    base: str
+    scope: int
+    size_limit: int
+    time_limit: int
+    types_only: bool
+    filter: tuple
+    attributes: list[str]
+    filter_bytes: bytes  # identifies the search for a paged continuation
+
+
+def decode_search(data: bytes, start: int, stop: int) -> SearchRequest:
+    s, e = ber.expect(data, start, stop, ber.OCTET_STRING, "baseObject")
+    base = _text(data, s, e)
+    s, e2 = ber.expect(data, e, stop, ber.ENUMERATED, "scope")
+    scope = ber.read_integer(data, s, e2)
+    s, e3 = ber.expect(data, e2, stop, ber.ENUMERATED, "derefAliases")
+    s, e4 = ber.expect(data, e3, stop, ber.INTEGER, "sizeLimit")
+    size_limit = ber.read_integer(data, s, e4)
+    s, e5 = ber.expect(data, e4, stop, ber.INTEGER, "timeLimit")
+    time_limit = ber.read_integer(data, s, e5)
+    s, e6 = ber.expect(data, e5, stop, ber.BOOLEAN, "typesOnly")
+    types_only = ber.read_boolean(data, s, e6)
+    tag, fs, fe = ber.read_header(data, e6, stop)
+    flt = decode_filter(data, tag, fs, fe, 0, [MAX_FILTER_ITEMS])
+    s, e7 = ber.expect(data, fe, stop, 0x30, "attributes")
+    attributes = []
+    for t, a, b in ber.children(data, s, e7):
+        if t != ber.OCTET_STRING:
+            raise BerError("attribute selector is not an OCTET STRING")
+        attributes.append(_text(data, a, b))
+    if len(attributes) > MAX_REQUESTED_ATTRIBUTES:
+        raise BerError(f"more than {MAX_REQUESTED_ATTRIBUTES} attributes requested")
+    if scope not in (SCOPE_BASE, SCOPE_ONE, SCOPE_SUB) or size_limit < 0 or time_limit < 0:
+        raise BerError("scope or limits out of range")
+    return SearchRequest(base, scope, size_limit, time_limit, types_only, flt, attributes, data[e:fe] + data[s:e7])
+
+
+@dataclass(frozen=True)
+class Control:
+    oid: str
+    critical: bool
+    value: bytes | None
+
+
+def decode_controls(data: bytes, start: int, stop: int) -> list[Control]:
+    controls = []
+    for tag, s, e in ber.children(data, start, stop):
+        if tag != 0x30:
+            raise BerError("control is not a SEQUENCE")
+        parts = ber.children(data, s, e)
+        if not parts or parts[0][0] != ber.OCTET_STRING:
+            raise BerError("control without a controlType")
+        oid = _text(data, parts[0][1], parts[0][2])
+        critical, value = False, None
+        for t, a, b in parts[1:]:
+            if t == ber.BOOLEAN:
+                critical = ber.read_boolean(data, a, b)
+            elif t == ber.OCTET_STRING:
+                value = data[a:b]
+            else:
+                raise BerError("control: unexpected element")
+        controls.append(Control(oid, critical, value))
+    if len(controls) > MAX_CONTROLS:
+        raise BerError(f"more than {MAX_CONTROLS} controls")
+    return controls
+
+
+def decode_paged(value: bytes | None) -> tuple[int, bytes]:
+    """RFC 2696 realSearchControlValue: SEQUENCE { size INTEGER, cookie OCTET STRING }."""
+    if value is None:
+        raise LdapError(PROTOCOL_ERROR, "paged results control without a value")
+    s, e = ber.expect(value, 0, len(value), 0x30, "paged results")
+    a, b = ber.expect(value, s, e, ber.INTEGER, "page size")
+    c, d = ber.expect(value, b, e, ber.OCTET_STRING, "cookie")
+    return ber.read_integer(value, a, b), value[c:d]
+
+
+def decode_sort(value: bytes | None) -> list[tuple[str, str | None, bool]]:
+    """RFC 2891 SortKeyList: SEQUENCE OF SEQUENCE { type, [0] orderingRule OPTIONAL, [1] reverse DEFAULT FALSE }."""
+    if value is None:
+        raise LdapError(PROTOCOL_ERROR, "sort control without a value")
+    s, e = ber.expect(value, 0, len(value), 0x30, "sort keys")
+    keys = []
+    for tag, a, b in ber.children(value, s, e):
+        if tag != 0x30:
+            raise BerError("sort key is not a SEQUENCE")
+        parts = ber.children(value, a, b)
+        if not parts or parts[0][0] != ber.OCTET_STRING:
+            raise BerError("sort key without an attribute type")
+        attr, rule, reverse = _text(value, parts[0][1], parts[0][2]), None, False
+        for t, x, y in parts[1:]:
+            if t == 0x80:
+                rule = _text(value, x, y).lower()
+            elif t == 0x81:
+                reverse = ber.read_boolean(value, x, y)
+            else:
+                raise BerError("sort key: unexpected element")
+        keys.append((attr, rule, reverse))
+    if not keys or len(keys) > MAX_SORT_KEYS:
+        raise LdapError(PROTOCOL_ERROR, f"1 to {MAX_SORT_KEYS} sort keys")
+    return keys
+
+
+# -- responses --------------------------------------------------------------------
+
+
+def message(message_id: int, op: bytes, controls: bytes = b"") -> bytes:
+    return ber.tlv(0x30, ber.integer(message_id) + op + controls)
+
+
+def result(tag: int, code: int, diagnostic: str = "", matched_dn: str = "", extra: bytes = b"") -> bytes:
+    return ber.tlv(tag, ber.enumerated(code) + ber.octets(matched_dn) + ber.octets(diagnostic) + extra)
+
+
+def encode_control(oid: str, value: bytes) -> bytes:
+    return ber.tlv(0x30, ber.octets(oid) + ber.octets(value))
+
+
+def notice_of_disconnection(code: int, diagnostic: str) -> bytes:
+    """Unsolicited notification (§4.4.1): messageID 0, the server is closing the connection."""
+    return message(0, result(EXTENDED_RESPONSE, code, diagnostic, extra=ber.octets(OID_NOTICE_OF_DISCONNECTION, 0x8A)))
+
+
+_WRITE_RESPONSES = {MODIFY_REQUEST: MODIFY_RESPONSE, ADD_REQUEST: ADD_RESPONSE, DEL_REQUEST: DEL_RESPONSE, MODDN_REQUEST: MODDN_RESPONSE}
+
+
+@dataclass
+class Selection:
+    """Which attributes a search returns (§4.5.1.8)."""
+
+    all_user: bool
+    operational: bool
+    keys: list[tuple[str, str | None]]  # (key, requested spelling when it was an alias)
+    names: set[str]  # lower-case requested names (for Root DSE operational attributes)
+    types_only: bool
+
+    @classmethod
+    def of(cls, requested: list[str], types_only: bool) -> "Selection":
+        lowered = [r.strip().lower() for r in requested]
+        all_user = not requested or "*" in lowered
+        if lowered and all(r == "1.1" for r in lowered):
+            return cls(False, False, [], set(), types_only)
+        keys: list[tuple[str, str | None]] = []
+        for raw, low in zip(requested, lowered):
+            key = attribute_key(low)
+            if key is not None and key not in (k for k, _ in keys):
+                name = low.split(";", 1)[0]
+                alias = raw.split(";", 1)[0] if name not in ATTRIBUTE_TYPES else None
+                keys.append((key, alias))
+        return cls(all_user, "+" in lowered, keys, set(lowered), types_only)
+
+    def encode(self, entry: Entry) -> bytes:
+        if self.all_user and not self.types_only and not any(alias for _, alias in self.keys):
+            return entry.encoded_all
+        if isinstance(entry, RootDSE):
+            parts = [entry.encoded_all] if (self.all_user or self.operational) else [
+                v for k, v in entry.operational.items() if k in self.names]
+            if not (self.all_user or self.operational) and "objectclass" in self.names:
+                parts.insert(0, entry.encoded["objectclass"])
+            return b"".join(parts)
+        if self.types_only:
+            keys = list(entry.values) if self.all_user else [k for k, _ in self.keys]
+            return b"".join(encode_attribute(ATTRIBUTE_TYPES[k][0], ()) for k in keys if k in entry.values)
+        parts = []
+        if self.all_user:
+            parts.append(entry.encoded_all)
+            for key, alias in self.keys:
+                if alias and key in entry.values:
+                    parts.append(encode_attribute(alias, entry.values[key]))
+            return b"".join(parts)
+        for key, alias in self.keys:
+            if key in entry.encoded:
+                parts.append(encode_attribute(alias, entry.values[key]) if alias else entry.encoded[key])
+        return b"".join(parts)
+
+
+@dataclass
+class PagedSearch:
+    identity: bytes
+    results: list[Entry]
+    position: int
+    size_exceeded: bool
+    sort_control: bytes
+    message_id: int
+
+
+# -- failed-bind throttle and connection caps (pure bookkeeping for the shell) ----
+
+
+class BindThrottle:
+    """Per-address delay before a failed bind is answered: doubles per recent failure, capped."""
+
+    def __init__(self, first: float = 0.25, cap: float = 8.0, forget_after: float = 600.0, max_addresses: int = 10000):
+        self.first, self.cap, self.forget_after, self.max_addresses = first, cap, forget_after, max_addresses
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def failed(self, address: str, now: float) -> float:
+        count, last = self._failures.pop(address, (0, now))
+        if now - last > self.forget_after:
+            count = 0
+        count += 1
+        if len(self._failures) >= self.max_addresses:
+            self._failures.pop(next(iter(self._failures)))
+        self._failures[address] = (count, now)
+        return min(self.cap, self.first * 2 ** (count - 1))
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)
+
+
+class ConnectionCaps:
+    """Connections open per client address and in total, both bounded."""
+
+    def __init__(self, per_client: int, total: int):
+        self.per_client, self.total = per_client, total
+        self.open = 0
+        self._by_address: dict[str, int] = {}
+
+    def admit(self, address: str) -> bool:
+        if self.open >= self.total or self._by_address.get(address, 0) >= self.per_client:
+            return False
+        self.open += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
+        return True
+
+    def open_from(self, address: str) -> int:
+        return self._by_address.get(address, 0)
+
+    def release(self, address: str) -> None:
+        self.open -= 1
+        left = self._by_address.get(address, 1) - 1
+        if left > 0:
+            self._by_address[address] = left
+        else:
+            self._by_address.pop(address, None)
+
+
+# -- the session ------------------------------------------------------------------
+
+
+class FatalProtocolError(Exception):
+    """The connection must end with a Notice of Disconnection (§4.1.1)."""
+
+
+class LdapSession:
+    """One client connection's LDAP state; feed it bytes, send what it returns."""
+
+    def __init__(self, policy: Callable[[], Policy], directory: Callable[[str], Directory],
+                 clock: Callable[[], float], tls: bool = False):
+        self.policy = policy
+        self.directory = directory
+        self.clock = clock
+        self.tls = tls
+        self.state = ANONYMOUS
+        self.bound_dn = ""
+        self._buffer = bytearray()
+        self._paged: dict[bytes, PagedSearch] = {}
+        self._cookies = 0
+        self._started = 0.0  # clock reading when the current search began
+
+    @property
+    def closed(self) -> bool:
+        return self.state == CLOSED
+
+    def _transition(self, event: str) -> None:
+        self.state = TRANSITIONS[(self.state, event)]
+
+    def tls_started(self) -> None:
+        self.tls = True
+
+    # -- framing -------------------------------------------------------------
+
+    def receive(self, data: bytes) -> list:
+        """Answer every complete message in `data` (plus what was buffered)."""
+        if self.state == CLOSED:
+            return []
+        self._buffer += data
+        out: list = []
+        max_message = self.policy().max_message
+        messages: list[bytes] = []
+        try:
+            while self._buffer:
+                try:
+                    total = ber.frame_length(self._buffer)
+                except Incomplete:
+                    break
+                if self._buffer[0] != 0x30:
+                    raise BerError(f"message starts with tag 0x{self._buffer[0]:02x}, not SEQUENCE")
+                if total > max_message:
+                    raise BerError(f"message of {total} bytes is over the limit of {max_message}")
+                if len(self._buffer) < total:
+                    break
+                messages.append(bytes(self._buffer[:total]))
+                del self._buffer[:total]
+        except BerError as exc:
+            return self._fatal(out, str(exc))
+        # abandon requests (§4.11) take effect on the messages queued with them
+        abandoned = self._abandoned_ids(messages)
+        for index, raw in enumerate(messages):
+            try:
+                self._handle(raw, out, pending=index + 1 < len(messages) or bool(self._buffer), abandoned=abandoned)
+            except (BerError, FatalProtocolError) as exc:
+                return self._fatal(out, str(exc))
+            if self.state == CLOSED or any(isinstance(o, StartTLS) for o in out[-1:]):
+                break
+        return out
+
+    def _fatal(self, out: list, reason: str) -> list:
+        out.append(notice_of_disconnection(PROTOCOL_ERROR, reason))
+        out.append(Close(reason))
+        if self.state != CLOSED:
+            self._transition(EV_FATAL)
+        self._buffer.clear()
+        return out
+
+    def _abandoned_ids(self, messages: list[bytes]) -> set[int]:
+        ids = set()
+        for raw in messages:
+            if len(raw) > 4 and ABANDON_REQUEST in raw:
+                try:
+                    _, s, e = ber.read_header(raw, 0, len(raw))
+                    a, b = ber.expect(raw, s, e, ber.INTEGER, "messageID")
+                    tag, c, d = ber.read_header(raw, b, e)
+                    if tag == ABANDON_REQUEST:
+                        ids.add(ber.read_integer(raw, c, d))
+                except BerError:
+                    pass  # reported when the message itself is handled
+        return ids
+
+    def _handle(self, raw: bytes, out: list, pending: bool, abandoned: set[int]) -> None:
+        _, s, e = ber.read_header(raw, 0, len(raw))
+        a, b = ber.expect(raw, s, e, ber.INTEGER, "messageID")
+        message_id = ber.read_integer(raw, a, b)
+        if not 0 <= message_id <= 0x7FFFFFFF:
+            raise BerError("messageID out of range")
+        tag, op_start, op_end = ber.read_header(raw, b, e)
+        controls: list[Control] = []
+        if op_end < e:
+            t, c, d = ber.read_header(raw, op_end, e)
+            if t != CONTROLS_TAG or d != e:
+                raise BerError("unexpected element after the protocolOp")
+            controls = decode_controls(raw, c, d)
+        if message_id == 0 or (message_id in abandoned and tag != ABANDON_REQUEST):
+            if message_id == 0:
+                raise BerError("messageID 0 is reserved for unsolicited notifications")
+            return  # abandoned before it ran: no response at all (§4.11)
+        handler = OPERATIONS.get(tag, LdapSession._unknown_operation)
+        handler(self, message_id, tag, raw, op_start, op_end, controls, out, pending)
+
+    # -- operations ------------------------------------------------------------
+
+    def _unknown_operation(self, message_id, tag, raw, start, stop, controls, out, pending):
+        raise FatalProtocolError(f"unknown protocolOp tag 0x{tag:02x}")
+
+    def _bind(self, message_id, tag, raw, start, stop, controls, out, pending):
+        a, b = ber.expect(raw, start, stop, ber.INTEGER, "version")
+        version = ber.read_integer(raw, a, b)
+        c, d = ber.expect(raw, b, stop, ber.OCTET_STRING, "name")
+        name = _text(raw, c, d)
+        auth_tag, x, y = ber.read_header(raw, d, stop)
+        policy = self.policy()
+        self._paged.clear()
+        code, diagnostic = self._check_bind(policy, version, name, auth_tag, raw[x:y])
+        if code == ANONYMOUS_BIND:
+            code = SUCCESS
+            self._transition(EV_BIND_ANONYMOUS)
+        elif code == SUCCESS:
+            self._transition(EV_BIND_OK)
+        else:
+            self._transition(EV_BIND_FAILED)
+            self.bound_dn = ""
+            out.append(BindFailed(name, code))
+        out.append(message(message_id, result(BIND_RESPONSE, code, diagnostic)))
+
+    def _check_bind(self, policy: Policy, version: int, name: str, auth_tag: int, credentials: bytes) -> tuple[int, str]:
+        if version not in (2, 3):
+            return PROTOCOL_ERROR, "only LDAPv3 (and v2) binds"
+        if auth_tag != 0x80:
+            return AUTH_METHOD_NOT_SUPPORTED, "only simple binds"
+        if not name and not credentials:
+            # an anonymous bind succeeds so clients can read the Root DSE; reading the
+            # address book anonymously is refused at the search unless policy.anonymous
+            self.bound_dn = ""
+            return ANONYMOUS_BIND, ""
+        if not credentials:
+            return UNWILLING_TO_PERFORM, "unauthenticated bind (a name without a password) refused"
+        if not self.tls and not policy.plain_bind:
+            return CONFIDENTIALITY_REQUIRED, "use StartTLS or LDAPS before sending a password"
+        expected = policy.password or ""
+        name_ok = self._is_user(policy, name)
+        password_ok = bool(expected) and hmac.compare_digest(credentials, expected.encode())
+        if name_ok and password_ok:
+            self.bound_dn = f"cn={escape_rdn_value(policy.user)},{policy.base}" if "=" not in policy.user else policy.user
+            return SUCCESS, ""
+        return INVALID_CREDENTIALS, ""
+
+    @staticmethod
+    def _is_user(policy: Policy, name: str) -> bool:
+        user = policy.user
+        if "=" in user:
+            try:
+                return parse_dn(name) == parse_dn(user)
+            except DnError:
+                return False
+        if fold_name(name) == fold_name(user):
+            return True
+        try:
+            ndn = parse_dn(name)
+            base = parse_dn(policy.base)
+        except DnError:
+            return False
+        wanted = fold_name(user)
+        return len(ndn) == len(base) + 1 and ndn[1:] == base and ndn[0] in ((("cn", wanted),), (("uid", wanted),))
+
+    def _unbind(self, message_id, tag, raw, start, stop, controls, out, pending):
+        self._transition(EV_UNBIND)
+        out.append(Close(None))
+
+    def _abandon(self, message_id, tag, raw, start, stop, controls, out, pending):
+        target = ber.read_integer(raw, start, stop)
+        for cookie, paged in list(self._paged.items()):
+            if paged.message_id == target:
+                del self._paged[cookie]
+
+    def _write(self, message_id, tag, raw, start, stop, controls, out, pending):
+        out.append(message(message_id, result(_WRITE_RESPONSES[tag], UNWILLING_TO_PERFORM, "the address book is read-only over LDAP")))
+
+    def _extended(self, message_id, tag, raw, start, stop, controls, out, pending):
+        a, b = ber.expect(raw, start, stop, 0x80, "requestName")
+        oid = _text(raw, a, b)
+        if oid == OID_STARTTLS:
+            if self.tls:
+                code, diagnostic = OPERATIONS_ERROR, "TLS is already on"
+            elif pending:
+                code, diagnostic = OPERATIONS_ERROR, "other operations are outstanding"
+            else:
+                out.append(message(message_id, result(EXTENDED_RESPONSE, SUCCESS, extra=ber.octets(OID_STARTTLS, 0x8A))))
+                out.append(StartTLS())
+                return
+            out.append(message(message_id, result(EXTENDED_RESPONSE, code, diagnostic, extra=ber.octets(OID_STARTTLS, 0x8A))))
+            return
+        if oid == OID_WHOAMI:
+            authz = f"dn:{self.bound_dn}" if self.state == BOUND and self.bound_dn else ""
+            out.append(message(message_id, result(EXTENDED_RESPONSE, SUCCESS, extra=ber.octets(authz, 0x8B))))
+            return
+        out.append(message(message_id, result(EXTENDED_RESPONSE, PROTOCOL_ERROR, f"unsupported extended operation {oid}")))
+
+    def _may_read(self, policy: Policy) -> bool:
+        return self.state == BOUND or policy.anonymous
+
+    def _compare(self, message_id, tag, raw, start, stop, controls, out, pending):
+        a, b = ber.expect(raw, start, stop, ber.OCTET_STRING, "entry")
+        dn = _text(raw, a, b)
+        c, d = ber.expect(raw, b, stop, 0x30, "ava")
+        x, y = ber.expect(raw, c, d, ber.OCTET_STRING, "attributeDesc")
+        p, q = ber.expect(raw, y, d, ber.OCTET_STRING, "assertionValue")
+        policy = self.policy()
+        try:
+            if not self._may_read(policy):
+                raise LdapError(INSUFFICIENT_ACCESS_RIGHTS, ANONYMOUS_REFUSED)
+            directory = self.directory(policy.base)
+            entry = self._find_entry(directory, dn)
+            key = attribute_key(_text(raw, x, y))
+            if key is None or key not in entry.values:
+                raise LdapError(NO_SUCH_ATTRIBUTE, "")
+            predicate = compile_filter((F_EQ, key, fold_for(key)(_text(raw, p, q)), ""))
+            code, diagnostic = (COMPARE_TRUE if predicate(entry) else COMPARE_FALSE), ""
+        except LdapError as exc:
+            code, diagnostic = exc.result_code, str(exc)
+        out.append(message(message_id, result(COMPARE_RESPONSE, code, diagnostic)))
+
+    def _find_entry(self, directory: Directory, dn: str) -> Entry:
+        try:
+            ndn = parse_dn(dn)
+        except DnError as exc:
+            raise LdapError(INVALID_DN_SYNTAX, str(exc)) from None
+        if ndn == directory.base_ndn:
+            return directory.base_entry
+        entry = directory.by_ndn.get(ndn)
+        if entry is None:
+            raise LdapError(NO_SUCH_OBJECT, "", directory.base if ndn[1:] == directory.base_ndn else "")
+        return entry
+
+    # -- search ---------------------------------------------------------------
+
+    def _search(self, message_id, tag, raw, start, stop, controls, out, pending):
+        request = decode_search(raw, start, stop)
+        policy = self.policy()
+        response_controls = b""
+        try:
+            entries, response_controls, code, diagnostic = self._run_search(message_id, request, controls, policy)
+        except LdapError as exc:
+            if exc.result_code == INSUFFICIENT_ACCESS_RIGHTS:
+                out.append(BindFailed("", INSUFFICIENT_ACCESS_RIGHTS))  # an anonymous read: counted and slowed like a bad bind
+            out.append(message(message_id, result(SEARCH_RESULT_DONE, exc.result_code, str(exc), exc.matched_dn)))
+            out.append(Searched(0))
+            return
+        selection = Selection.of(request.attributes, request.types_only)
+        head = ber.integer(message_id)
+        chunks = []
+        for entry in entries:
+            body = entry.encoded_dn + ber.tlv(0x30, selection.encode(entry))
+            chunks.append(ber.tlv(0x30, head + ber.tlv(SEARCH_RESULT_ENTRY, body)))
+        if response_controls:
+            response_controls = ber.tlv(CONTROLS_TAG, response_controls)
+        chunks.append(message(message_id, result(SEARCH_RESULT_DONE, code, diagnostic), response_controls))
+        out.append(b"".join(chunks))
+        out.append(Searched(len(entries)))
+
+    def _run_search(self, message_id: int, request: SearchRequest, controls: list[Control], policy: Policy):
+        """(entries to send, response controls, resultCode, diagnostic) or LdapError."""
+        paged = sort = None
+        for control in controls:
+            if control.oid == OID_PAGED_RESULTS:
+                paged = decode_paged(control.value)
+            elif control.oid == OID_SORT_REQUEST:
+                sort = (decode_sort(control.value), control.critical, control.value)
+            elif control.critical and control.oid not in SUPPORTED_CONTROLS:
+                raise LdapError(UNAVAILABLE_CRITICAL_EXTENSION, f"control {control.oid} is not supported")
+        try:
+            ndn = parse_dn(request.base)
+        except DnError as exc:
+            raise LdapError(INVALID_DN_SYNTAX, str(exc)) from None
+        directory = self.directory(policy.base)
+        if not ndn and request.scope == SCOPE_BASE:
+            # the Root DSE: readable before a bind, so clients can find StartTLS (RFC 4513 §3.1.1)
+            matches = [directory.root_dse] if compile_filter(request.filter)(directory.root_dse) else []
+            return matches, b"", SUCCESS, ""
+        if not self._may_read(policy):
+            raise LdapError(INSUFFICIENT_ACCESS_RIGHTS, ANONYMOUS_REFUSED)
+        if paged is not None:
+            return self._paged_search(message_id, request, paged, sort, directory, policy)
+        size_limit = min(request.size_limit or policy.size_limit, policy.size_limit)
+        matches = self._matching(directory, ndn, request)
+        sort_control = b""
+        if sort is not None:
+            matches, sort_control = self._sort(matches, sort)
+        code, diagnostic = SUCCESS, ""
+        if len(matches) > size_limit:
+            matches = matches[:size_limit]
+            code, diagnostic = SIZE_LIMIT_EXCEEDED, ""
+        matches, timed_out = self._within_time(matches, request, policy)
+        if timed_out:
+            code, diagnostic = TIME_LIMIT_EXCEEDED, ""
+        return matches, sort_control, code, diagnostic
+
+    def _within_time(self, matches: list[Entry], request: SearchRequest, policy: Policy) -> tuple[list[Entry], bool]:
+        """Cut the result where the time limit ran out (the clock is read every TIME_CHECK_EVERY entries)."""
+        limit = min(request.time_limit or policy.time_limit, policy.time_limit)
+        started = self._started
+        for index in range(0, len(matches), TIME_CHECK_EVERY):
+            if self.clock() - started > limit:
+                return matches[:index], True
+        return matches, False
+
+    def _matching(self, directory: Directory, ndn, request: SearchRequest) -> list[Entry]:
+        self._started = self.clock()
+        scope, base_ndn = request.scope, directory.base_ndn
+        predicate = compile_filter(request.filter)
+        include_base = False
+        search_contacts = False
+        if ndn == base_ndn:
+            include_base = scope != SCOPE_ONE
+            search_contacts = scope != SCOPE_BASE
+        elif ndn == base_ndn[len(base_ndn) - len(ndn):] and len(ndn) < len(base_ndn):
+            # an ancestor of the base (e.g. "" or dc=com): subtree covers all, one-level its child
+            if scope == SCOPE_BASE:
+                raise LdapError(NO_SUCH_OBJECT, "", "")
+            include_base = scope == SCOPE_SUB or len(base_ndn) - len(ndn) == 1
+            search_contacts = scope == SCOPE_SUB
+        else:
+            entry = directory.by_ndn.get(ndn)
+            if entry is None:
+                matched = directory.base if ndn[len(ndn) - len(base_ndn):] == base_ndn else ""
+                raise LdapError(NO_SUCH_OBJECT, "", matched)
+            return [entry] if scope != SCOPE_ONE and predicate(entry) else []
+        matches = [directory.base_entry] if include_base and predicate(directory.base_entry) else []
+        if search_contacts:
+            ids = directory.candidates(request.filter)
+            entries = directory.entries
+            if ids is None:
+                matches.extend(e for e in entries if predicate(e))
+            else:
+                matches.extend(entries[i] for i in sorted(ids) if predicate(entries[i]))
+        return matches
+
+    def _sort(self, matches: list[Entry], sort) -> tuple[list[Entry], bytes]:
+        keys, critical, _ = sort
+        resolved = []
+        for attr, rule, reverse in keys:
+            key = attribute_key(attr)
+            if key is None or (rule is not None and rule not in ORDERING_RULES):
+                code = NO_SUCH_ATTRIBUTE if key is None else INAPPROPRIATE_MATCHING
+                if critical:
+                    raise LdapError(UNAVAILABLE_CRITICAL_EXTENSION, f"cannot sort by {attr}")
+                return matches, encode_control(OID_SORT_RESPONSE, ber.sequence(ber.enumerated(code)))
+            resolved.append((key, reverse))
+        ordered = list(matches)
+        for key, reverse in reversed(resolved):  # stable sorts, least significant key first
+            present = [e for e in ordered if key in e.folded]
+            absent = [e for e in ordered if key not in e.folded]
+            present.sort(key=lambda e: min(e.folded[key]), reverse=reverse)
+            # entries without the attribute sort after all others (RFC 2891 §2.2)
+            ordered = absent + present if reverse else present + absent
+        return ordered, encode_control(OID_SORT_RESPONSE, ber.sequence(ber.enumerated(SUCCESS)))
+
+    def _paged_search(self, message_id, request, paged_value, sort, directory, policy):
+        """RFC 2696: the whole result is computed (and sorted) once; pages are cut from it."""
+        page_size, cookie = paged_value
+        identity = request.base.lower().encode() + bytes([request.scope]) + request.filter_bytes
+        sort_value = sort[2] if sort else b""
+        if cookie:
+            state = self._paged.get(cookie)
+            if state is None or state.identity != identity:
+                raise LdapError(UNWILLING_TO_PERFORM, "paged results cookie is invalid")
+            if page_size == 0:  # the client gives up on the rest (RFC 2696 §3)
+                del self._paged[cookie]
+                return [], encode_control(OID_PAGED_RESULTS, ber.sequence(ber.integer(0), ber.octets(b""))), SUCCESS, ""
+            state.message_id = message_id
+            self._started = self.clock()
+        else:
+            if page_size == 0:
+                return [], encode_control(OID_PAGED_RESULTS, ber.sequence(ber.integer(0), ber.octets(b""))), SUCCESS, ""
+            matches = self._matching(directory, parse_dn(request.base), request)
+            sort_control = b""
+            if sort is not None:
+                matches, sort_control = self._sort(matches, sort)
+            exceeded = bool(request.size_limit) and len(matches) > request.size_limit
+            if exceeded:
+                matches = matches[:request.size_limit]
+            self._cookies += 1
+            cookie = str(self._cookies).encode()
+            if len(self._paged) >= MAX_PAGED_SEARCHES:
+                self._paged.pop(next(iter(self._paged)))
+            state = self._paged[cookie] = PagedSearch(identity, matches, 0, exceeded, sort_control, message_id)
+        size = min(page_size, policy.size_limit)
+        page = state.results[state.position:state.position + size]
+        page, timed_out = self._within_time(page, request, policy)
+        state.position += len(page)
+        done = state.position >= len(state.results) or timed_out
+        if done:
+            self._paged.pop(cookie, None)
+        code = TIME_LIMIT_EXCEEDED if timed_out else (SIZE_LIMIT_EXCEEDED if done and state.size_exceeded else SUCCESS)
+        control = encode_control(OID_PAGED_RESULTS, ber.sequence(ber.integer(len(state.results)), ber.octets(b"" if done else cookie)))
+        return page, control + (state.sort_control if sort is not None else b""), code, ""
+
+
+OPERATIONS: dict[int, Callable] = {
+    BIND_REQUEST: LdapSession._bind,
+    UNBIND_REQUEST: LdapSession._unbind,
+    SEARCH_REQUEST: LdapSession._search,
+    COMPARE_REQUEST: LdapSession._compare,
+    ABANDON_REQUEST: LdapSession._abandon,
+    EXTENDED_REQUEST: LdapSession._extended,
+    MODIFY_REQUEST: LdapSession._write,
+    ADD_REQUEST: LdapSession._write,
+    DEL_REQUEST: LdapSession._write,
+    MODDN_REQUEST: LdapSession._write,
+}

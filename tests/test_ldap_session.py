@@ -1,0 +1,622 @@
+"""The LDAP session without sockets: golden vectors from OpenLDAP clients, every operation, limits, bad input."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+import ldap_wire as w
+from greenservers.addressbook import Contact, fold, number_key
+from greenservers.proto import ber, ldap
+from vectors.ldap_capture import CONTACTS as CAPTURE_CONTACTS
+from vectors.ldap_vectors import CAPTURED
+
+PASSWORD = "secret"
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0, step: float = 0.0):
+        self.now, self.step = now, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+CONTACTS = [
+    Contact(1, "John", "Smith", "", "ACME", "+49 30 1234567", "0171 555", "", "201", "john@example.org"),
+    Contact(2, "Anna", "Müller", "", "", "030-99887766", "", "", "202", ""),
+    Contact(3, "Jonas", "Schmitt", "", "Widgets", "", "+49 171 555", "", "", ""),
+    Contact(4, "", "", "Reception", "ACME", "(030) 111.222", "", "0041 44 123 45 67", "100", ""),
+    Contact(5, "John", "Smith", "", "Other", "", "", "", "", ""),
+    Contact(6, "", "", "", "Plumbers, Inc.", "555-0100", "", "", "", ""),
+]
+
+
+class Harness:
+    def __init__(self, contacts=CONTACTS, **policy):
+        self.policy = ldap.Policy(password=PASSWORD, **policy)
+        self.directory = ldap.Directory("dc=pbx", contacts)
+        self.clock = Clock()
+        self.session = ldap.LdapSession(lambda: self.policy, lambda base: self.directory, self.clock)
+
+    def send(self, data: bytes) -> list:
+        return self.session.receive(data)
+
+    def answers(self, data: bytes) -> list[w.Response]:
+        return w.parse_responses(b"".join(x for x in self.send(data) if isinstance(x, bytes)))
+
+    def bind(self, name: str = "cn=phonebook,dc=pbx", password: str = PASSWORD) -> w.Response:
+        return self.answers(w.bind(1, name, password))[0]
+
+    def search(self, *args, **kwargs) -> tuple[list[w.Response], w.Response]:
+        responses = self.answers(w.search(2, *args, **kwargs))
+        return responses[:-1], responses[-1]
+
+
+def bound(**policy) -> Harness:
+    h = Harness(**policy)
+    assert h.bind().code == 0
+    return h
+
+
+def names(entries) -> list[str]:
+    return [e.dn for e in entries]
+
+
+# -- golden vectors from ldapsearch, ldapwhoami, ldapcompare, ldapmodify -----------
+
+
+def replay(name: str) -> tuple[list, list[w.Response]]:
+    """Answer every captured message of one client run; (all outputs, parsed responses)."""
+    directory = ldap.Directory("dc=pbx", CAPTURE_CONTACTS)
+    session = ldap.LdapSession(lambda: ldap.Policy(password=PASSWORD), lambda base: directory, Clock())
+    outputs = []
+    for hex_message in CAPTURED[name]:
+        outputs += session.receive(bytes.fromhex(hex_message))
+    return outputs, w.parse_responses(b"".join(x for x in outputs if isinstance(x, bytes)))
+
+
+def entries_of(responses):
+    return [r for r in responses if r.tag == ldap.SEARCH_RESULT_ENTRY]
+
+
+def done_of(responses):
+    return [r for r in responses if r.tag == ldap.SEARCH_RESULT_DONE][-1]
+
+
+def test_vector_root_dse():
+    outputs, responses = replay("root_dse")
+    (entry,) = entries_of(responses)
+    assert entry.dn == ""
+    assert entry.attributes["namingContexts"] == ["dc=pbx"]
+    assert entry.attributes["supportedLDAPVersion"] == ["3"]
+    assert ldap.OID_STARTTLS in entry.attributes["supportedExtension"]
+    assert {ldap.OID_PAGED_RESULTS, ldap.OID_SORT_REQUEST} <= set(entry.attributes["supportedControl"])
+    assert isinstance(outputs[-1], ldap.Close) and outputs[-1].reason is None  # the unbind
+
+
+def test_vector_anonymous_search_is_refused_and_reported():
+    outputs, responses = replay("anonymous_search")
+    assert responses[0].code == 0  # the anonymous bind itself (clients read the Root DSE after it)
+    assert done_of(responses).code == ldap.INSUFFICIENT_ACCESS_RIGHTS
+    assert not entries_of(responses)
+    assert ldap.BindFailed("", ldap.INSUFFICIENT_ACCESS_RIGHTS) in outputs
+
+
+def test_vector_bare_user_name_binds_and_one_level_lists_contacts_without_attributes():
+    _, responses = replay("bare_user_bind")
+    assert responses[0].code == 0
+    entries = entries_of(responses)
+    assert len(entries) == 3 and all(e.attributes == {} for e in entries)  # "1.1": no attributes
+
+
+def test_vector_wrong_password():
+    outputs, responses = replay("wrong_password")
+    assert responses[0].code == ldap.INVALID_CREDENTIALS
+    assert ldap.BindFailed("cn=phonebook,dc=pbx", ldap.INVALID_CREDENTIALS) in outputs
+
+
+def test_vector_yealink_name_filter():
+    _, responses = replay("yealink_name")
+    entries = entries_of(responses)
+    assert names(entries) == ["cn=John Smith,dc=pbx", "cn=Jonas Schmitt,dc=pbx"]
+    john = entries[0].attributes
+    # "company" is an alias of o, answered under the name asked for
+    assert john == {"cn": ["John Smith"], "sn": ["Smith"], "givenName": ["John"], "company": ["ACME"],
+                    "telephoneNumber": ["+49 30 1234567"], "mobile": ["0171 555"], "ipPhone": ["201"]}
+    assert done_of(responses).code == 0
+
+
+def test_vector_yealink_number_filter_matches_any_formatting():
+    _, responses = replay("yealink_number")
+    assert names(entries_of(responses)) == ["cn=John Smith,dc=pbx"]
+
+
+def test_vector_snom_filters():
+    _, responses = replay("snom_name")
+    assert names(entries_of(responses)) == ["cn=John Smith,dc=pbx"]  # Schmitt has no telephoneNumber
+    _, responses = replay("snom_number")  # "030 1234567": the national form of +49 30 1234567
+    assert names(entries_of(responses)) == ["cn=John Smith,dc=pbx"]
+
+
+def test_vector_gigaset_filters():
+    _, responses = replay("gigaset_name")
+    assert [e.attributes["displayName"] for e in entries_of(responses)] == [["John Smith"]]
+    _, responses = replay("gigaset_number")  # 0171-555 is John's mobile "0171 555", not Jonas' +49 171 555
+    assert names(entries_of(responses)) == ["cn=John Smith,dc=pbx", "cn=Jonas Schmitt,dc=pbx"]
+
+
+def test_vector_substring_and_every_filter_type():
+    _, responses = replay("substring_any")
+    assert names(entries_of(responses)) == ["cn=John Smith,dc=pbx", "cn=Jonas Schmitt,dc=pbx"]
+    _, responses = replay("all_filter_types")
+    (entry,) = entries_of(responses)
+    assert entry.dn == "cn=John Smith,dc=pbx"
+    assert entry.attributes["objectClass"] == ["top", "person", "organizationalPerson", "inetOrgPerson"]
+    assert entry.attributes["mail"] == ["john@example.org"] and entry.attributes["o"] == ["ACME"]
+
+
+def test_vector_paged_search_returns_everything_in_pages():
+    _, responses = replay("paged")
+    entries = entries_of(responses)
+    assert len(entries) == 3 and len({e.dn for e in entries}) == 3
+    dones = [r for r in responses if r.tag == ldap.SEARCH_RESULT_DONE]
+    assert [w.paged_cookie(d.controls[ldap.OID_PAGED_RESULTS])[1] != b"" for d in dones] == [True, False]
+
+
+def test_vector_sorted():
+    _, responses = replay("sorted")
+    assert [e.attributes["sn"][0] for e in entries_of(responses)] == ["Müller", "Schmitt", "Smith"]
+    assert done_of(responses).controls[ldap.OID_SORT_RESPONSE] == b"\x30\x03\x0a\x01\x00"
+
+
+def test_vector_size_limit():
+    _, responses = replay("size_limit")
+    assert len(entries_of(responses)) == 1
+    assert done_of(responses).code == ldap.SIZE_LIMIT_EXCEEDED
+
+
+def test_vector_types_only():
+    _, responses = replay("types_only")
+    (entry,) = entries_of(responses)
+    assert "telephoneNumber" in entry.attributes and all(v == [] for v in entry.attributes.values())
+
+
+def test_vector_whoami_compare_modify():
+    _, responses = replay("whoami")
+    assert responses[1].code == 0 and responses[1].value == b"dn:cn=phonebook,dc=pbx"
+    _, responses = replay("compare")
+    assert responses[1].tag == ldap.COMPARE_RESPONSE and responses[1].code == ldap.COMPARE_TRUE
+    _, responses = replay("modify")
+    assert responses[1].tag == ldap.MODIFY_RESPONSE and responses[1].code == ldap.UNWILLING_TO_PERFORM
+
+
+# -- bind ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["phonebook", "PhoneBook", "cn=phonebook,dc=pbx", "CN=Phonebook, DC=PBX", "uid=phonebook,dc=pbx"])
+def test_bind_names_accepted(name):
+    assert Harness().bind(name).code == 0
+
+
+@pytest.mark.parametrize("name, password, code", [
+    ("phonebook", "wrong", ldap.INVALID_CREDENTIALS),
+    ("cn=phonebook,dc=other", PASSWORD, ldap.INVALID_CREDENTIALS),
+    ("cn=phonebook,ou=x,dc=pbx", PASSWORD, ldap.INVALID_CREDENTIALS),
+    ("someone", PASSWORD, ldap.INVALID_CREDENTIALS),
+    ("phonebook", "", ldap.UNWILLING_TO_PERFORM),  # unauthenticated bind (RFC 4513 §5.1.2)
+])
+def test_bind_refusals(name, password, code):
+    h = Harness()
+    assert h.bind(name, password).code == code
+    _, done = h.search()
+    assert done.code == ldap.INSUFFICIENT_ACCESS_RIGHTS
+
+
+def test_failed_bind_drops_an_earlier_successful_one():
+    h = bound()
+    assert h.bind("phonebook", "wrong").code == ldap.INVALID_CREDENTIALS
+    assert h.search()[1].code == ldap.INSUFFICIENT_ACCESS_RIGHTS
+
+
+def test_plain_password_bind_refused_when_plain_binds_are_off_but_allowed_after_starttls():
+    h = Harness(plain_bind=False)
+    assert h.bind().code == ldap.CONFIDENTIALITY_REQUIRED
+    outputs = h.send(w.extended(3, ldap.OID_STARTTLS))
+    assert isinstance(outputs[-1], ldap.StartTLS)
+    h.session.tls_started()
+    assert h.bind().code == 0
+
+
+def test_anonymous_reading_when_allowed():
+    h = Harness(anonymous=True)
+    entries, done = h.search("(cn=john*)")
+    assert done.code == 0 and len(entries) == 2
+
+
+def test_sasl_and_bad_version():
+    h = Harness()
+    sasl = w.message(1, ber.tlv(0x60, ber.integer(3) + ber.octets("") + ber.tlv(0xA3, ber.octets("EXTERNAL"))))
+    assert h.answers(sasl)[0].code == ldap.AUTH_METHOD_NOT_SUPPORTED
+    assert h.answers(w.bind(1, "phonebook", PASSWORD, version=4))[0].code == ldap.PROTOCOL_ERROR
+    assert h.answers(w.bind(1, "phonebook", PASSWORD, version=2))[0].code == 0
+
+
+def test_no_password_configured_means_no_bind_succeeds():
+    h = Harness()
+    h.policy = replace(h.policy, password=None)
+    assert h.bind("phonebook", "anything").code == ldap.INVALID_CREDENTIALS
+
+
+# -- search: scopes, filters, attributes ---------------------------------------------
+
+
+def test_scopes():
+    h = bound()
+    entries, done = h.search(scope=0)
+    assert names(entries) == ["dc=pbx"]
+    entries, _ = h.search(scope=1)
+    assert len(entries) == len(CONTACTS) and "dc=pbx" not in names(entries)
+    entries, _ = h.search(scope=2)
+    assert len(entries) == len(CONTACTS) + 1
+    entries, _ = h.search(base="cn=Reception,dc=pbx", scope=0)
+    assert names(entries) == ["cn=Reception,dc=pbx"]
+    entries, _ = h.search(base="cn=reception, DC=PBX", scope=1)
+    assert entries == []
+
+
+def test_unknown_bases():
+    h = bound()
+    _, done = h.search(base="cn=nobody,dc=pbx")
+    assert (done.code, done.matched_dn) == (ldap.NO_SUCH_OBJECT, "dc=pbx")
+    _, done = h.search(base="dc=example,dc=com")
+    assert done.code == ldap.NO_SUCH_OBJECT
+    _, done = h.search(base="cn=a=b=,,")
+    assert done.code == ldap.INVALID_DN_SYNTAX
+
+
+def test_duplicate_names_get_unique_dns_and_special_characters_are_escaped():
+    h = bound()
+    entries, _ = h.search("(cn=John Smith)")
+    assert names(entries) == ["cn=John Smith+uid=1,dc=pbx", "cn=John Smith+uid=5,dc=pbx"]
+    entries, _ = h.search("(o=plumbers, inc.)")
+    assert names(entries) == ["cn=Plumbers\\, Inc.,dc=pbx"]
+    entries, _ = h.search(base="cn=Plumbers\\2C Inc.,dc=pbx", scope=0)
+    assert len(entries) == 1
+    assert len({e.dn for e in h.search(scope=1)[0]}) == len(CONTACTS)
+
+
+@pytest.mark.parametrize("filter_text, expected", [
+    ("(cn=JOHN SMITH)", {1, 5}),
+    ("(sn=müller)", {2}),
+    ("(sn=MÜLLER)", {2}),
+    ("(sn~=muller)", {2}),
+    ("(cn=jo*)", {1, 3, 5}),
+    ("(cn=*SMI*)", {1, 5}),
+    ("(cn=*mitt)", {3}),
+    ("(cn=j*s*t)", {3}),
+    ("(cn=j*n*smith)", {1, 5}),
+    ("(givenName=*)", {1, 2, 3, 5}),
+    ("(!(givenName=*))", {4, 6}),
+    ("(&(givenName=john)(o=acme))", {1}),
+    ("(|(o=widgets)(cn=reception))", {3, 4}),
+    ("(sn>=smith)", {1, 5}),
+    ("(sn<=m)", set()),
+    ("(sn<=n)", {2}),
+    ("(telephoneNumber=+49 30 1234567)", {1}),
+    ("(telephoneNumber=0049301234567)", {1}),
+    ("(telephoneNumber=+49-30-123 45 67)", {1}),
+    ("(telephoneNumber=030 1234567)", {1}),
+    ("(telephoneNumber=030111222)", {4}),
+    ("(telephoneNumber=(030) 111-222)", {4}),
+    ("(homePhone=+41441234567)", {4}),
+    ("(telephoneNumber=030*)", {2, 4}),
+    ("(telephoneNumber=+4930*)", {1}),
+    ("(telephoneNumber=*1234567)", {1}),
+    ("(telephoneNumber=*88-77*)", {2}),
+    ("(mobile=+49171555)", {1, 3}),  # 0171 555 is the national form of +49 171 555
+    ("(ipPhone=201)", {1}),
+    ("(|(telephoneNumber=0171555)(mobile=0171555)(homePhone=0171555))", {1, 3}),
+    ("(mail=JOHN@EXAMPLE.ORG)", {1}),
+    ("(objectClass=inetOrgPerson)", {1, 2, 3, 4, 5, 6}),
+    ("(cn:caseExactMatch:=Reception)", {4}),
+    ("(cn:caseExactMatch:=reception)", set()),
+    ("(cn:2.5.13.2:=reception)", {4}),
+    ("(:caseIgnoreMatch:=widgets)", {3}),
+    ("(givenName:dn:=reception)", set()),
+    ("(cn:dn:=reception)", {4}),
+    ("(cn:unknownRule:=reception)", set()),
+    ("(nosuchattribute=x)", set()),
+    ("(!(nosuchattribute=x))", set()),  # NOT of Undefined is Undefined (RFC 4511 §4.5.1.7)
+    ("(|(nosuchattribute=x)(cn=reception))", {4}),
+    ("(&)", {1, 2, 3, 4, 5, 6}),  # absolute true (RFC 4526)
+    ("(|)", set()),
+    ("(CN=reception)", {4}),
+    ("(commonName=reception)", {4}),
+    ("(2.5.4.3=reception)", {4}),
+    ("(cn;lang-de=reception)", {4}),
+])
+def test_filters(filter_text, expected):
+    h = bound()
+    entries, done = h.search(filter_text, scope=1, attributes=["uid"])
+    assert done.code == 0
+    assert {int(e.attributes["uid"][0]) for e in entries} == expected
+
+
+def test_folding_agrees_with_the_address_book():
+    for text in ["Müller", "JOHN  Smith", "ǅemal", "ＡＢＣ"]:
+        assert ldap.fold_name(text) == " ".join(fold(text).split())
+    for number in ["+49 (30) 123-4", "0049 30 1234", "030.1234", "[030] 1234"]:
+        assert ldap.fold_number(number) == number_key(number)
+
+
+def test_requested_attributes():
+    h = bound()
+    (entry,), _ = h.search("(cn=reception)", attributes=["CN", "telephonenumber", "nonsense"])
+    assert entry.attributes == {"cn": ["Reception"], "telephoneNumber": ["(030) 111.222"]}
+    (entry,), _ = h.search("(cn=reception)", attributes=["1.1"])
+    assert entry.attributes == {}
+    (entry,), _ = h.search("(cn=reception)", attributes=["*"])
+    assert set(entry.attributes) == {"objectClass", "cn", "sn", "displayName", "telephoneNumber", "homePhone", "ipPhone", "o", "uid"}
+    (entry,), _ = h.search("(cn=reception)", attributes=["*", "company"])
+    assert entry.attributes["company"] == ["ACME"] and entry.attributes["o"] == ["ACME"]
+    (entry,), _ = h.search("(cn=reception)", attributes=["sn"], types_only=True)
+    assert entry.attributes == {"sn": []}
+
+
+def test_entries_are_inetorgperson_mapped_from_contacts():
+    h = bound()
+    (entry,), _ = h.search("(uid=1)", attributes=["*"])
+    assert entry.attributes == {
+        "objectClass": ["top", "person", "organizationalPerson", "inetOrgPerson"],
+        "cn": ["John Smith"], "sn": ["Smith"], "givenName": ["John"], "displayName": ["John Smith"],
+        "telephoneNumber": ["+49 30 1234567"], "mobile": ["0171 555"], "ipPhone": ["201"],
+        "mail": ["john@example.org"], "o": ["ACME"], "uid": ["1"],
+    }
+
+
+def test_root_dse_before_bind_and_selected_attributes():
+    h = Harness()
+    (entry,), done = h.search(base="", scope=0, attributes=["namingContexts"])
+    assert done.code == 0 and entry.attributes == {"namingContexts": ["dc=pbx"]}
+
+
+# -- limits --------------------------------------------------------------------------
+
+
+def many(count: int) -> list[Contact]:
+    return [Contact(i, f"Person{i:05d}", f"Name{i:05d}", "", "", f"+1 555 {i:07d}", "", "", "", "") for i in range(1, count + 1)]
+
+
+def test_client_size_limit_returns_entries_so_far():
+    h = Harness(contacts=many(50))
+    h.bind()
+    entries, done = h.search("(sn=name*)", size_limit=7)
+    assert len(entries) == 7 and done.code == ldap.SIZE_LIMIT_EXCEEDED
+    entries, done = h.search("(sn=name0001*)", size_limit=10)
+    assert len(entries) == 10 and done.code == 0  # exactly the limit is not exceeded
+
+
+def test_server_size_limit():
+    h = Harness(contacts=many(30), size_limit=20)
+    h.bind()
+    entries, done = h.search("(sn=*)", scope=1)
+    assert len(entries) == 20 and done.code == ldap.SIZE_LIMIT_EXCEEDED
+    entries, done = h.search("(sn=*)", scope=1, size_limit=100)
+    assert len(entries) == 20 and done.code == ldap.SIZE_LIMIT_EXCEEDED
+
+
+def test_time_limit_with_a_fake_clock():
+    h = Harness(contacts=many(1000))
+    h.bind()
+    h.clock.step = 0.5  # every clock read advances half a second
+    entries, done = h.search("(sn=*)", scope=1, time_limit=1, size_limit=1000)
+    assert done.code == ldap.TIME_LIMIT_EXCEEDED and 0 < len(entries) < 1000
+
+
+def test_paged_results_cover_everything_once_and_sort_across_pages():
+    h = Harness(contacts=many(45))
+    h.bind()
+    seen, cookie, pages = [], b"", 0
+    while True:
+        responses = h.answers(w.search(10 + pages, "(objectClass=person)", scope=1, attributes=["sn"],
+                                       controls=[w.paged(10, cookie), w.sort("-sn")]))
+        seen += [e.attributes["sn"][0] for e in responses[:-1]]
+        done = responses[-1]
+        assert done.code == 0 and done.controls[ldap.OID_SORT_RESPONSE] == b"\x30\x03\x0a\x01\x00"
+        estimate, cookie = w.paged_cookie(done.controls[ldap.OID_PAGED_RESULTS])
+        assert estimate == 45
+        pages += 1
+        if not cookie:
+            break
+    assert pages == 5 and seen == sorted((f"Name{i:05d}" for i in range(1, 46)), reverse=True)
+
+
+def test_paged_results_bypass_the_server_limit_but_not_the_clients():
+    h = Harness(contacts=many(30), size_limit=20)
+    h.bind()
+    entries, done = h.search(scope=1, controls=[w.paged(100)])
+    assert len(entries) == 20 and w.paged_cookie(done.controls[ldap.OID_PAGED_RESULTS])[1]  # capped page, more to come
+    h = Harness(contacts=many(30))
+    h.bind()
+    entries, done = h.search(scope=1, size_limit=25, controls=[w.paged(100)])
+    assert len(entries) == 25 and done.code == ldap.SIZE_LIMIT_EXCEEDED
+
+
+def test_paged_cookie_errors_and_abandon():
+    h = Harness(contacts=many(30))
+    h.bind()
+    _, done = h.search(scope=1, controls=[w.paged(10)])
+    _, cookie = w.paged_cookie(done.controls[ldap.OID_PAGED_RESULTS])
+    _, other = h.search("(cn=x*)", scope=1, controls=[w.paged(10, cookie)])
+    assert other.code == ldap.UNWILLING_TO_PERFORM  # a cookie belongs to its own search
+    _, stop = h.search(scope=1, controls=[w.paged(0, cookie)])
+    assert stop.code == 0 and w.paged_cookie(stop.controls[ldap.OID_PAGED_RESULTS])[1] == b""
+    _, gone = h.search(scope=1, controls=[w.paged(10, cookie)])
+    assert gone.code == ldap.UNWILLING_TO_PERFORM
+    # abandon (§4.11) of the message that holds a paged search forgets it
+    _, done = h.search(scope=1, controls=[w.paged(10)])
+    _, cookie = w.paged_cookie(done.controls[ldap.OID_PAGED_RESULTS])
+    assert h.send(w.message(5, ber.integer(2, 0x50))) == []
+    assert h.search(scope=1, controls=[w.paged(10, cookie)])[1].code == ldap.UNWILLING_TO_PERFORM
+
+
+def test_abandon_of_a_queued_search_suppresses_its_answer():
+    h = bound()
+    responses = h.answers(w.search(7, "(cn=*)") + w.message(8, ber.integer(7, 0x50)) + w.search(9, "(cn=reception)"))
+    assert {r.message_id for r in responses} == {9}
+
+
+def test_sort_by_unknown_attribute():
+    h = bound()
+    entries, done = h.search(scope=1, controls=[w.sort("nonsense")])
+    assert done.code == 0 and len(entries) == len(CONTACTS)
+    assert done.controls[ldap.OID_SORT_RESPONSE] == b"\x30\x03\x0a\x01\x10"  # noSuchAttribute
+    _, done = h.search(scope=1, controls=[w.sort("nonsense", critical=True)])
+    assert done.code == ldap.UNAVAILABLE_CRITICAL_EXTENSION
+
+
+def test_unknown_critical_control_refused_noncritical_ignored():
+    h = bound()
+    _, done = h.search(controls=[w.control("1.2.3.4", critical=True)])
+    assert done.code == ldap.UNAVAILABLE_CRITICAL_EXTENSION
+    _, done = h.search(controls=[w.control("1.2.3.4")])
+    assert done.code == 0
+
+
+# -- extended operations, writes, unknown operations ---------------------------------
+
+
+def test_starttls_refused_when_already_tls_or_with_pending_messages():
+    h = Harness()
+    outputs = h.send(w.extended(1, ldap.OID_STARTTLS) + w.search(2, base="", scope=0))
+    assert not any(isinstance(o, ldap.StartTLS) for o in outputs)
+    responses = w.parse_responses(b"".join(o for o in outputs if isinstance(o, bytes)))
+    assert responses[0].code == ldap.OPERATIONS_ERROR and responses[0].name == ldap.OID_STARTTLS
+    outputs = h.send(w.extended(3, ldap.OID_STARTTLS))
+    assert w.parse_responses(outputs[0])[0].code == 0 and isinstance(outputs[1], ldap.StartTLS)
+    h.session.tls_started()
+    assert h.answers(w.extended(4, ldap.OID_STARTTLS))[0].code == ldap.OPERATIONS_ERROR
+
+
+def test_unknown_extended_operation():
+    assert Harness().answers(w.extended(1, "1.2.3.4"))[0].code == ldap.PROTOCOL_ERROR
+
+
+@pytest.mark.parametrize("op, response_tag", [
+    (ber.tlv(0x68, ber.octets("cn=x,dc=pbx") + ber.sequence()), ldap.ADD_RESPONSE),
+    (ber.octets("cn=Reception,dc=pbx", 0x4A), ldap.DEL_RESPONSE),
+    (ber.tlv(0x66, ber.octets("cn=Reception,dc=pbx") + ber.sequence()), ldap.MODIFY_RESPONSE),
+    (ber.tlv(0x6C, ber.octets("cn=Reception,dc=pbx") + ber.octets("cn=Desk") + ber.boolean(True)), ldap.MODDN_RESPONSE),
+])
+def test_writes_are_refused(op, response_tag):
+    (response,) = bound().answers(w.message(3, op))
+    assert (response.tag, response.code) == (response_tag, ldap.UNWILLING_TO_PERFORM)
+
+
+def test_compare_results():
+    h = bound()
+
+    def compare(dn, attr, value):
+        return w.message(4, ber.tlv(0x6E, ber.octets(dn) + ber.sequence(ber.octets(attr), ber.octets(value))))
+    assert h.answers(compare("cn=Reception,dc=pbx", "ipPhone", "100"))[0].code == ldap.COMPARE_TRUE
+    assert h.answers(compare("cn=Reception,dc=pbx", "ipPhone", "101"))[0].code == ldap.COMPARE_FALSE
+    assert h.answers(compare("cn=Reception,dc=pbx", "mobile", "1"))[0].code == ldap.NO_SUCH_ATTRIBUTE
+    assert h.answers(compare("cn=Nobody,dc=pbx", "cn", "1"))[0].code == ldap.NO_SUCH_OBJECT
+
+
+def assert_disconnected(outputs, why: str):
+    assert isinstance(outputs[-1], ldap.Close) and why in outputs[-1].reason
+    (notice,) = w.parse_responses(outputs[-2])
+    assert (notice.message_id, notice.code, notice.name) == (0, ldap.PROTOCOL_ERROR, ldap.OID_NOTICE_OF_DISCONNECTION)
+
+
+def test_unknown_operation_disconnects_with_a_notice():
+    h = Harness()
+    assert_disconnected(h.send(w.message(1, ber.tlv(0x7F & 0x5E, b""))), "unknown protocolOp")
+    assert h.session.closed and h.send(w.search(2)) == []
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"\x04\x03abc", "not SEQUENCE"),
+    (b"\x30\x80\x02\x01\x01", "indefinite"),
+    (b"\x30\x84\x00\xa0\x00\x00", "over the limit"),  # a 10 MB message: refused from its header
+    (w.message(0, b"\x42\x00"), "messageID 0"),
+    (b"\x30\x07\x02\x01\x01\x63\x02\x04\x05", "runs past"),
+    (b"\x30\x05\x02\x01\x01\x60\x00", "truncated"),
+    (w.message(1, b"\x42\x00", b"\x04\x00"), "after the protocolOp"),
+])
+def test_malformed_messages_disconnect(data, why):
+    assert_disconnected(Harness().send(data), why)
+
+
+def test_deeply_nested_and_oversized_filters():
+    deep = "(!" * 40 + "(cn=x)" + ")" * 40
+    assert_disconnected(bound().send(w.search(2, deep)), "deeper")
+    wide = "(|" + "(cn=x)" * 600 + ")"
+    assert_disconnected(bound().send(w.search(2, wide)), "items")
+
+
+def test_truncated_message_waits_then_completes():
+    h = bound()
+    data = w.search(2, "(cn=reception)")
+    assert h.send(data[:1]) == [] and h.send(data[1:5]) == []
+    responses = w.parse_responses(h.send(data[5:])[0])
+    assert responses[0].dn == "cn=Reception,dc=pbx"
+
+
+def test_random_bytes_never_raise():
+    rng = random.Random(7)
+    for _ in range(300):
+        h = Harness()
+        h.bind()
+        for output in h.send(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80)))):
+            assert isinstance(output, (bytes, ldap.Close, ldap.Searched, ldap.BindFailed, ldap.StartTLS))
+
+
+def test_mutated_valid_requests_never_raise():
+    rng = random.Random(11)
+    valid = [bytes.fromhex(x) for messages in CAPTURED.values() for x in messages]
+    for _ in range(1500):
+        data = bytearray(rng.choice(valid))
+        for _ in range(rng.randrange(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        h = bound()
+        h.send(bytes(data))
+
+
+# -- directory, throttle, caps ------------------------------------------------------------
+
+
+def test_directory_cache_rebuilds_only_on_change():
+    version = [1]
+    built = []
+    cache = ldap.DirectoryCache(lambda: version[0], lambda: CONTACTS)
+    run = lambda build, *args: built.append(args) or build(*args)  # noqa: E731
+    first = cache.current("dc=pbx", run)
+    assert cache.current("dc=pbx", run) is first and len(built) == 1
+    version[0] = 2
+    assert cache.stale("dc=pbx")
+    assert cache.current("dc=pbx", run) is not first and len(built) == 2
+    assert cache.current("ou=book,dc=example", run).base_entry.dn == "ou=book,dc=example"
+
+
+def test_bind_throttle_doubles_and_forgets():
+    throttle = ldap.BindThrottle(first=0.25, cap=2.0, forget_after=60)
+    assert [throttle.failed("10.0.0.1", 0) for _ in range(5)] == [0.25, 0.5, 1.0, 2.0, 2.0]
+    assert throttle.failed("10.0.0.2", 0) == 0.25
+    assert throttle.failed("10.0.0.1", 1000) == 0.25
+    small = ldap.BindThrottle(max_addresses=2)
+    for address in ("a", "b", "c"):
+        small.failed(address, 0)
+    assert len(small._failures) == 2
+
+
+def test_connection_caps():
+    caps = ldap.ConnectionCaps(per_client=2, total=3)
+    assert [caps.admit("a"), caps.admit("a"), caps.admit("a"), caps.admit("b"), caps.admit("c")] == [True, True, False, True, False]
+    caps.release("a")
+    assert caps.admit("c") and caps.open == 3
