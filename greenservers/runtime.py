@@ -10,12 +10,13 @@ apply without a restart.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .sensors import SENSORS, SensorRegistry
-from .settings import BINDING_SETTINGS, BY_NAME, Settings
+from .settings import BINDING_SETTINGS, BY_NAME, Settings, SettingsError
 from .store import ConfigStore
 
 log = logging.getLogger("greenservers")
@@ -53,7 +54,10 @@ class Runtime:
         self.bindings: dict[str, list[BindingState]] = {}
         self.started = time.time()
         self.pending_restart: set[str] = set()
-        self.rebinder: Callable[[Settings], None] | None = None  # set when live rebinding exists
+        # set by the worker: rebinder(new) binds what `new` adds and returns an undo; raises BindError
+        self.rebinder: Callable[[Settings], Callable[[], None]] | None = None
+        self.binding_errors: dict[str, str] = {}  # a refused SIGHUP: setting -> why
+        self._lock = threading.RLock()
         self._observers: list[Callable[[Settings, Settings], None]] = []
 
     def observe(self, callback: Callable[[Settings, Settings], None]) -> None:
@@ -72,27 +76,65 @@ class Runtime:
         return changed
 
     def update(self, changes: dict[str, Any]) -> ChangeResult:
-        """Validate, write and apply `changes` (all or nothing; raises SettingsError)."""
-        proposed = self.settings.with_changes(changes)
-        rebind = [n for n in self.settings.changed_names(proposed) if BY_NAME[n].rebind]
-        if rebind and self.rebinder is not None:
-            self.rebinder(proposed)  # raises BindError: nothing written, old sockets serve on
-            rebind = []
-        written = self.store.update(changes)
-        changed = self.apply(written)
-        self.pending_restart.update(rebind)
-        return ChangeResult(written, changed, rebind)
+        """Validate, rebind, write and apply `changes`, all or nothing.
+
+        Raises SettingsError (a bad value, or a certificate that cannot be used)
+        or BindError (a new binding cannot be bound); then nothing changed: the
+        old bindings serve on and the file keeps its content.
+        """
+        with self._lock:
+            proposed = self.settings.with_changes(changes)
+            self._check_certificate(proposed)
+            undo = self._rebind(proposed)
+            try:
+                written = self.store.update(changes)
+            except BaseException:
+                undo()
+                raise
+            return self._applied(written)
 
     def reload_from_file(self) -> ChangeResult:
-        """Re-read the file (SIGHUP); an invalid file raises and changes nothing."""
-        new = self.store.load()
-        rebind = [n for n in self.settings.changed_names(new) if BY_NAME[n].rebind]
+        """Re-read the file (SIGHUP); an invalid file or a failed bind raises and changes nothing."""
+        with self._lock:
+            new = self.store.load()
+            self._check_certificate(new)
+            try:
+                self._rebind(new)
+            except Exception as exc:
+                self.binding_errors = {getattr(exc, "setting", "?"): str(exc)}
+                raise
+            return self._applied(new, reload_certificate=True)
+
+    def _check_certificate(self, proposed: Settings) -> None:
+        if self.tls is None:
+            return
+        if (proposed.tls_cert, proposed.tls_key, proposed.data_dir) == (self.settings.tls_cert, self.settings.tls_key, self.settings.data_dir):
+            return
+        from .tls import CertificateError, ensure_certificate
+
+        try:
+            ensure_certificate(proposed)
+        except CertificateError as exc:
+            raise SettingsError({"tls_cert": str(exc)}) from None
+
+    def _rebind(self, proposed: Settings) -> Callable[[], None]:
+        rebind = [n for n in self.settings.changed_names(proposed) if BY_NAME[n].rebind and BY_NAME[n].is_bindings]
         if rebind and self.rebinder is not None:
-            self.rebinder(new)
-            rebind = []
+            return self.rebinder(proposed)
+        return lambda: None
+
+    def _applied(self, new: Settings, reload_certificate: bool = False) -> ChangeResult:
+        old = self.settings
+        cert_changed = (new.tls_cert, new.tls_key, new.data_dir) != (old.tls_cert, old.tls_key, old.data_dir)
+        pending = [n for n in old.changed_names(new) if BY_NAME[n].is_bindings] if self.rebinder is None else []
         changed = self.apply(new)
-        self.pending_restart.update(rebind)
-        return ChangeResult(new, changed, rebind)
+        self.binding_errors = {}
+        if self.tls is not None and (cert_changed or reload_certificate):
+            from .tls import ensure_certificate
+
+            self.tls.replace(ensure_certificate(new))
+        self.pending_restart.update(pending)
+        return ChangeResult(new, changed, pending)
 
     def health(self) -> dict[str, Any]:
         services: dict[str, Any] = {}
@@ -101,6 +143,8 @@ class Runtime:
             states = self.bindings.get(setting.name)
             if states is None:
                 states = [BindingState(b.display, "not implemented yet") for b in getattr(self.settings, setting.name)]
+            if setting.name in self.binding_errors:
+                states = states + [BindingState("(new)", self.binding_errors[setting.name])]
             services[name] = {
                 "setting": setting.name,
                 "on": bool(states),

@@ -6,9 +6,16 @@ before anything serves, then serves HTTP and HTTPS side by side behind one
 connection gate and starts the UDP/TCP services. A bind failure exits with
 gunicorn's boot-error code, so the master stops at once with our message.
 
-SIGHUP (forwarded by the master, see greenservers.launch) re-reads the
-configuration file: a bad file is logged and ignored; the service never
-exits because of it.
+Port changes apply live (`rebind`, called by Runtime.update for the API and
+the Ports page, and on SIGHUP — forwarded by the master, see
+greenservers.launch — after a hand edit of the file): new bindings are bound
+first and start serving, removed ones stop accepting (HTTP requests in
+flight finish), unchanged ones are not touched, so their connections and
+transfers carry on. If any new binding cannot be bound, nothing changes and
+the old ones serve on; a bad hand edit is logged and ignored, the service
+never exits because of it. The worker binds every port itself, so ports
+below 1024 need root or CAP_NET_BIND_SERVICE (the capability model; the
+master binds nothing).
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ class GreenWorker(GeventWorker):
                 self.log.warning("%s: %s", store.path, warning)
             self.runtime = runtime_module.install(Runtime(store, settings))
             self.runtime.tls = TLSContextHolder(ensure_certificate(settings))
-            plan = binder.plan_for(settings, set(HTTP_SETTINGS) | set(SERVICES))
+            self.served_settings = set(HTTP_SETTINGS) | set(SERVICES)
+            plan = binder.plan_for(settings, self.served_settings)
             self.bound = binder.bind_all(plan)
         except (SettingsError, ConfigFileError, CertificateError, BindError, OSError) as exc:
             self.log.error("%s", exc)
@@ -69,6 +77,7 @@ class GreenWorker(GeventWorker):
         self.servers: list[tuple[Bound, object]] = []
         for bound in self.bound:
             self._start(bound)
+        runtime.rebinder = self.rebind
         gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload_config))
         self.log.info("greenservers serving: %s", ", ".join(f"{b.setting}={b.address}" for b in self.bound) or "nothing")
         while self.alive:
@@ -77,16 +86,69 @@ class GreenWorker(GeventWorker):
         self._stop_all()
 
     def _start(self, bound: Bound):
-        states = self.runtime.bindings.setdefault(bound.setting, [])
         if bound.setting in HTTP_SETTINGS:
             server = self._http_server(bound)
         else:
-            service = self._service_for(bound.setting)
-            server = service.make_server(bound)
+            server = self._service_for(bound.setting).make_server(bound)
         server.start()
         self.servers.append((bound, server))
-        states.append(BindingState(bound.address, "serving"))
+        self._publish_states()
         return server
+
+    def _stop(self, bound: Bound, server, timeout: float = 1.0) -> None:
+        """Stop accepting on one binding; HTTP requests in flight finish on their own."""
+        self.servers.remove((bound, server))
+        if isinstance(server, CappedWSGIServer):
+            server.close()
+        else:
+            server.stop(timeout=timeout)
+        bound.close()
+        self._publish_states()
+
+    def _publish_states(self) -> None:
+        states: dict[str, list[BindingState]] = {}
+        for bound, _ in self.servers:
+            states.setdefault(bound.setting, []).append(BindingState(bound.address, "serving"))
+        self.runtime.bindings = states
+
+    def rebind(self, new_settings) -> "callable":
+        """Make the listening sockets match `new_settings`, all or nothing (see module docstring).
+
+        Unchanged bindings are left alone. New ones are bound before old ones
+        close, except where a new one needs the very port of an old one: that
+        old one closes first and is bound again if the new one fails.
+        """
+        old_settings = self.runtime.settings
+        wanted = binder.plan_for(new_settings, self.served_settings)
+        current = {(b.setting, b.transport, b.binding): (b, srv) for b, srv in self.servers}
+        to_add = [item for item in wanted if item not in current]
+        to_remove = [pair for key, pair in current.items() if key not in set(wanted)]
+
+        def blocks(old: Bound, item) -> bool:
+            return old.transport == item[1] and old.binding.covers(item[2])
+
+        waiting = [item for item in to_add if any(blocks(old, item) for old, _ in to_remove)]
+        blockers = [(old, srv) for old, srv in to_remove if any(blocks(old, item) for item in waiting)]
+        fresh = binder.bind_all([item for item in to_add if item not in waiting])  # BindError: nothing changed
+        for old, srv in blockers:
+            self._stop(old, srv)
+        try:
+            fresh += binder.bind_all(waiting)
+        except BindError:
+            for bound in fresh:
+                bound.close()
+            for old, _ in blockers:  # put back what was closed for the attempt
+                self._start(Bound(old.setting, old.transport, old.binding, binder.open_socket(old.binding, old.transport)))
+            raise
+        for bound in fresh:
+            self._start(bound)
+        for old, srv in to_remove:
+            if (old, srv) not in blockers:
+                self._stop(old, srv)
+        if to_add or to_remove:
+            self.log.info("bindings changed: +%s -%s", ", ".join(f"{b.setting}={b.address}" for b in fresh) or "none",
+                          ", ".join(f"{o.setting}={o.address}" for o, _ in to_remove) or "none")
+        return lambda: self.rebind(old_settings)
 
     def _http_server(self, bound: Bound):
         tls = self.runtime.tls if bound.setting == "ip_https_port" else None
@@ -109,11 +171,10 @@ class GreenWorker(GeventWorker):
             self.log.error("SIGHUP: bindings not changed, the old ones keep serving: %s", exc)
             return
         self.log.info("SIGHUP: configuration reloaded; changed: %s", ", ".join(result.changed) or "nothing")
-        if result.needs_restart:
-            self.log.warning("SIGHUP: %s changed; takes effect after restart", ", ".join(result.needs_restart))
 
     def _stop_all(self):
         deadline = time.monotonic() + self.cfg.graceful_timeout
+        self.runtime.rebinder = None
         for bound, server in self.servers:
             if isinstance(server, CappedWSGIServer):
                 server.close()

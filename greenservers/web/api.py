@@ -50,7 +50,7 @@ def apply_settings_changes(changes: dict[str, Any], via: str, note: str = "") ->
     except SettingsError as exc:
         raise ChangeRefused(exc.errors) from None
     except BindError as exc:
-        raise ChangeRefused({exc.setting: str(exc)}) from None
+        raise ChangeRefused({exc.setting: str(exc)}, status=409) from None
     except ConfigFileError as exc:
         raise ChangeRefused({"_file": str(exc)}, status=409) from None
     if result.changed:
