@@ -265,12 +265,30 @@ class Content:
     def path(self) -> Path | None:
         return None if self.found.template else self.found.path
 
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else self.found.path.stat().st_size
+
 
 def provide(settings, name: str, server: str) -> Content:
     found = lookup(settings, name)
     if found.template is None:
         return Content(found)
     return Content(found, render(settings, found, server))
+
+
+class FileReader:
+    """A served file, read with pread (no shared file offset); the TFTP read machine's Source."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        self.size = os.fstat(self.fd).st_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 # -- uploads ---------------------------------------------------------------------
@@ -325,6 +343,8 @@ class Upload:
     def abort(self) -> None:
         self._close()
         self._remove_temp()
+
+    close = abort  # after a commit there is nothing left to remove
 
     def _close(self) -> None:
         if self.fd is not None:

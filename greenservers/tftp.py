@@ -13,7 +13,6 @@ per client address (`tftp_max_per_client`) and in total (`tftp_max_transfers`).
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import time
 from collections import Counter
@@ -48,37 +47,14 @@ def _plain(host: str) -> str:
     return str(mapped) if mapped else host
 
 
-class FileSource:
-    """A served file, read with pread (no shared file offset)."""
-
-    def __init__(self, path):
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        self.size = os.fstat(self.fd).st_size
-
-    def read(self, offset: int, length: int) -> bytes:
-        return os.pread(self.fd, length, offset)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class UploadSink:
-    """provisioning.Upload with its refusals turned into TFTP errors (the machine's Sink)."""
-
-    def __init__(self, upload: provisioning.Upload):
-        self.upload = upload
-
-    def write(self, data: bytes) -> None:
-        self.upload.write(data)
+class UploadSink(provisioning.Upload):
+    """An upload as the write machine's Sink: a refused commit becomes its TFTP error."""
 
     def commit(self) -> None:
         try:
-            self.upload.commit()
+            super().commit()
         except provisioning.ProvisioningError as exc:
             raise proto.TftpError(exc.message, exc.tftp_code) from None
-
-    def abort(self) -> None:
-        self.upload.abort()
 
 
 class TftpService(Service):
@@ -111,17 +87,30 @@ class TftpService(Service):
             listener.sock.sendto(proto.encode_error(0, "server busy, retry later"), peer)
             self.runtime.sensors.add("tftp_transfers_failed")
             return
-        self.active += 1
-        self.per_client[client] += 1
-        self.runtime.sensors.set("tftp_transfers_active", self.active)
+        self._hold(client, +1)
         listener.transfers.spawn(self._transfer, request, local, peer, client, listener.sock.family)
+
+    def _hold(self, client: str, change: int) -> None:
+        """Count a transfer slot in (+1) or out (-1), for the limits and the sensor."""
+        self.active += change
+        self.per_client[client] += change
+        if self.per_client[client] <= 0:
+            del self.per_client[client]
+        self.runtime.sensors.set("tftp_transfers_active", self.active)
 
     def _transfer(self, request, local, peer, client: str, family: int) -> None:
         sock = machine = resource = None
+        holding = [True]
+
+        def release_slot():  # early once only courtesy retransmissions remain (a write's dally)
+            if holding:
+                holding.clear()
+                self._hold(client, -1)
+
         try:
             sock = self._transfer_socket(local, peer, family)
             machine, resource = self._start(request, local, client)
-            self._run(sock, machine)
+            self._run(sock, machine, release_slot)
         except proto.TftpError as exc:
             self.ratelog.warning("refused", client, "%s %s refused: %s", "WRQ" if request.write else "RRQ", request.filename, exc.message)
             self._send_quietly(sock, exc.datagram())
@@ -131,6 +120,7 @@ class TftpService(Service):
             self.log.exception("%s: transfer of %s failed", client, request.filename)
             self._send_quietly(sock, proto.encode_error(0, "internal error"))
         finally:
+            release_slot()
             self._finish(request, client, sock, machine, resource)
 
     def _transfer_socket(self, local, peer, family: int) -> socket.socket:
@@ -151,24 +141,28 @@ class TftpService(Service):
                 if not settings.tftp_write:
                     raise proto.AccessViolation("writing is disabled (tftp_write)")
                 negotiated = proto.negotiate(request, None, limits)
-                sink = UploadSink(provisioning.Upload(provisioning.upload_target(settings, request.filename)))
+                sink = UploadSink(provisioning.upload_target(settings, request.filename))
                 self.ratelog.info("upload", client, "upload of %s started", request.filename)
                 return proto.WriteTransfer(sink, negotiated, limits, netascii=request.mode == "netascii"), sink
             content = provisioning.provide(settings, request.filename, _plain(local[0]))
         except provisioning.ProvisioningError as exc:
             raise proto.TftpError(exc.message, exc.tftp_code) from None
-        resource = source = FileSource(content.path) if content.path else proto.BytesSource(content.data)
+        if request.mode == "netascii" and content.size > proto.MAX_NETASCII_BYTES:
+            raise proto.AccessViolation(f"netascii is for text files up to {proto.MAX_NETASCII_BYTES} bytes; use octet")
+        resource = source = provisioning.FileReader(content.path) if content.path else proto.BytesSource(content.data)
         if request.mode == "netascii":
             source = proto.NetasciiSource(source)
         return proto.ReadTransfer(source, proto.negotiate(request, source.size, limits), limits), resource
 
-    def _run(self, sock: socket.socket, machine: proto.Transfer) -> None:
+    def _run(self, sock: socket.socket, machine: proto.Transfer, settled) -> None:
         out = machine.start(time.monotonic())
         while True:
             for datagram in out:
                 sock.send(datagram)
             if machine.finished:
                 return
+            if machine.state is proto.State.DALLYING:
+                settled()
             wait = machine.deadline - time.monotonic()
             if wait <= 0:
                 out = machine.timeout(time.monotonic())
@@ -182,12 +176,7 @@ class TftpService(Service):
             out = machine.receive(datagram, time.monotonic())
 
     def _finish(self, request, client: str, sock, machine, resource) -> None:
-        self.active -= 1
-        self.per_client[client] -= 1
-        if self.per_client[client] <= 0:
-            del self.per_client[client]
         sensors = self.runtime.sensors
-        sensors.set("tftp_transfers_active", self.active)
         done = machine is not None and machine.state is proto.State.DONE
         sensors.add("tftp_transfers_done" if done else "tftp_transfers_failed")
         if isinstance(machine, proto.ReadTransfer):
@@ -196,10 +185,8 @@ class TftpService(Service):
             self.ratelog.warning("failed", client, "transfer of %s failed: %s", request.filename, machine.failure)
         elif done and request.write:
             self.ratelog.info("uploaded", client, "upload of %s complete (%d bytes)", request.filename, machine.bytes_received)
-        if isinstance(resource, FileSource):
+        if resource is not None:  # a file closed; an upload's temporary file removed (after a commit: nothing)
             resource.close()
-        elif isinstance(resource, UploadSink):
-            resource.abort()  # after a commit only the (already removed) temporary file is concerned
         if sock is not None:
             sock.close()
 
@@ -237,6 +224,8 @@ class TftpListener:
                 local = _local_address(ancillary, self.sock.family, bound_host)
                 self.service.handle_request(datagram, local, peer, self)
             except OSError as exc:  # e.g. a send to a vanished peer; the socket itself stays usable
+                if self.sock.fileno() < 0:
+                    return  # closed under us: the binding is going away
                 self.service.log.debug("tftp listener %s: %s", self.bound.address, exc)
             except Exception:
                 self.service.log.exception("tftp listener %s: request failed", self.bound.address)

@@ -185,6 +185,11 @@ def test_tsize_option_reports_the_size_for_reads_and_checks_it_for_writes():
         t.negotiate(t.parse_request(too_big), None, LIMITS)
 
 
+def test_tsize_is_left_out_for_an_empty_file():
+    """curl 7.88 treats "tsize 0" in an OACK as an illegal operation (so it cannot fetch an empty file from in.tftpd)."""
+    assert t.negotiate(t.parse_request(v.CURL_RRQ[0]), 0, LIMITS).oack == {"blksize": "512", "timeout": "6"}
+
+
 def test_netascii_tsize_is_the_converted_size():
     machine = read_machine(b"a\nb\n", rrq(mode="netascii", tsize=0))
     assert oack_options(machine.start(0.0)[0]) == {"tsize": "6"}

@@ -70,6 +70,7 @@ MIN_BLKSIZE = 8
 MAX_BLKSIZE = 65464  # RFC 2348: the largest that fits a UDP datagram
 MAX_WINDOWSIZE = 64  # bounds the burst one ACK can cause
 MAX_TIMEOUT = 255
+MAX_NETASCII_BYTES = 16 * 1024 * 1024  # converting needs one pass over the file: text files only
 BLOCK_MODULO = 1 << 16
 MODES = ("octet", "netascii")
 
@@ -226,7 +227,7 @@ def _tsize(result: Negotiated, value: str, request: Request, size: int | None, l
         if announced > limits.upload_max_bytes:
             raise DiskFull(f"upload of {announced} bytes is over the limit of {limits.upload_max_bytes}")
         result.oack["tsize"] = str(announced)
-    elif size is not None:
+    elif size:  # curl refuses "tsize 0" in an OACK as invalid; RFC 2347 lets us leave the option out
         result.oack["tsize"] = str(size)
 
 
@@ -284,6 +285,9 @@ class BytesSource:
 
     def read(self, offset: int, length: int) -> bytes:
         return self.data[offset:offset + length]
+
+    def close(self) -> None:
+        pass
 
 
 class NetasciiSource:
