@@ -1,0 +1,157 @@
+"""The LDAP shell in-process on port 0 (gevent sockets): idle timeout, StartTLS, caps, throttle, sensors, bugs."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+from gevent import ssl as gssl
+
+import ldap_wire as w
+from greenservers import ldap as shell
+from greenservers.addressbook import addressbook_for
+from greenservers.proto import ldap
+from greenservers.sensors import SensorRegistry
+from greenservers.settings import Settings
+from greenservers.tls import ensure_certificate
+
+PASSWORD = "shell-secret"
+
+
+@pytest.fixture
+def served(tmp_path):
+    settings = Settings.from_raw({"ldap_password": PASSWORD, "data_dir": str(tmp_path / "data")}, tmp_path)
+    pair = ensure_certificate(settings)
+    # gevent's SSLContext: this process is not monkey-patched (the worker is, DESIGN.md §7)
+    context = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(pair.cert_path), str(pair.key_path))
+    runtime = SimpleNamespace(settings=settings, sensors=SensorRegistry(), tls=SimpleNamespace(context=context, pair=pair))
+    addressbook_for(runtime).add({"display_name": "Reception", "extension": "9"})
+    service = shell.LdapService(runtime)
+    servers = []
+
+    def start(setting: str = "ip_ldap_port"):
+        listener = gsocket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        server = service.make_server(SimpleNamespace(sock=listener, setting=setting))
+        server.start()
+        servers.append(server)
+        return listener.getsockname()[1]
+
+    yield service, runtime, start
+    for server in servers:
+        server.stop(timeout=1)
+
+
+def connect(port: int):
+    return gsocket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def read_until_done(sock) -> list[w.Response]:
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return w.parse_responses(data)
+        data += chunk
+        responses = w.parse_responses(data) if _complete(data) else []
+        if responses and responses[-1].tag != ldap.SEARCH_RESULT_ENTRY:
+            return responses
+
+
+def _complete(data: bytes) -> bool:
+    pos = 0
+    while pos < len(data):
+        try:
+            size = ldap.ber.frame_length(data[pos:])
+        except ldap.ber.Incomplete:
+            return False
+        pos += size
+    return pos == len(data)
+
+
+def test_search_and_sensors(served):
+    service, runtime, start = served
+    port = start()
+    sock = connect(port)
+    sock.sendall(w.bind(1, "phonebook", PASSWORD))
+    assert read_until_done(sock)[0].code == 0
+    assert runtime.sensors.value("ldap_connections_open") == 1
+    sock.sendall(w.search(2, "(ipPhone=9)", attributes=["cn"]))
+    responses = read_until_done(sock)
+    assert responses[0].attributes == {"cn": ["Reception"]}
+    assert runtime.sensors.value("ldap_searches") == 1
+    sock.sendall(w.unbind(3))
+    assert sock.recv(10) == b""
+    sock.close()
+    gevent.sleep(0.01)  # let the server greenlet finish its cleanup
+    assert runtime.sensors.value("ldap_connections_open") == 0
+
+
+def test_idle_connection_is_closed(served):
+    service, runtime, start = served
+    service.idle_timeout = 0.2
+    sock = connect(start())
+    sock.settimeout(5)
+    assert sock.recv(10) == b""  # closed by the server, well before the client's 5 s
+
+
+def test_failed_binds_are_counted_and_throttled_per_address(served):
+    service, runtime, start = served
+    service.throttle.first = 0.01  # keep the test quick; the doubling is tested without sockets
+    sock = connect(start())
+    for message_id in (1, 2):
+        sock.sendall(w.bind(message_id, "phonebook", "wrong"))
+        assert read_until_done(sock)[0].code == ldap.INVALID_CREDENTIALS
+    assert runtime.sensors.value("ldap_binds_failed") == 2
+    assert service.throttle._failures["127.0.0.1"][0] == 2
+
+
+def test_starttls_then_search_and_ldaps(served):
+    service, runtime, start = served
+    client_context = gssl.SSLContext(gssl.PROTOCOL_TLS_CLIENT)
+    client_context.load_verify_locations(cafile=str(runtime.tls.pair.cert_path))
+    sock = connect(start())
+    sock.sendall(w.extended(1, ldap.OID_STARTTLS))
+    assert read_until_done(sock)[0].code == 0
+    tls = client_context.wrap_socket(sock, server_hostname="localhost")
+    tls.sendall(w.bind(2, "phonebook", PASSWORD) + w.search(3, "(cn=rec*)", attributes=["1.1"]))
+    responses = read_until_done(tls)
+    responses += read_until_done(tls) if len(responses) < 3 else []
+    assert [r.code for r in responses if r.tag != ldap.SEARCH_RESULT_ENTRY] == [0, 0]
+    tls.sendall(w.extended(4, ldap.OID_STARTTLS))
+    assert read_until_done(tls)[0].code == ldap.OPERATIONS_ERROR
+    tls.close()
+    ldaps = client_context.wrap_socket(connect(start("ip_ldaps_port")), server_hostname="127.0.0.1")
+    ldaps.sendall(w.search(1, base="", scope=0, attributes=["supportedExtension"]))
+    assert ldap.OID_STARTTLS in read_until_done(ldaps)[0].attributes["supportedExtension"]
+    ldaps.close()
+
+
+def test_connection_cap_per_address(served):
+    service, runtime, start = served
+    service.caps = ldap.ConnectionCaps(per_client=2, total=10)
+    port = start()
+    held = [connect(port), connect(port)]
+    gevent.sleep(0.05)  # let the server admit both before the third arrives
+    third = connect(port)
+    assert third.recv(10) == b""
+    for sock in held + [third]:
+        sock.close()
+
+
+def test_a_bug_is_logged_and_the_server_keeps_serving(served, caplog, monkeypatch):
+    service, runtime, start = served
+    port = start()
+    monkeypatch.setitem(ldap.OPERATIONS, ldap.SEARCH_REQUEST, lambda *args: 1 / 0)
+    sock = connect(port)
+    sock.sendall(w.search(1, base="", scope=0))
+    assert sock.recv(10) == b""
+    assert "LDAP connection from 127.0.0.1 failed" in caplog.text
+    monkeypatch.undo()
+    sock = connect(port)
+    sock.sendall(w.search(1, base="", scope=0))
+    assert read_until_done(sock)[-1].code == 0
