@@ -18,6 +18,7 @@ from .binder import Bound
 SERVICES: dict[str, str] = {
     "ip_ldap_port": "greenservers.ldap:LdapService",
     "ip_ldaps_port": "greenservers.ldap:LdapService",
+    "ip_ntp_port": "greenservers.ntp:NtpService",
     "ip_snmp_port": "greenservers.snmp:SnmpService",
     "ip_tftp_port": "greenservers.tftp:TftpService",
 }

@@ -1,0 +1,361 @@
+"""NTP server core, sans-IO: request bytes + receive time + clock state in, reply bytes or None out.
+
+Theory of operation
+-------------------
+The phones are SNTP clients (RFC 4330, now folded into RFC 5905 §14): they
+send one 48-byte mode-3 packet and compute their offset from four times:
+T1 = their transmit time (which we echo back as "origin"), T2 = our receive
+time, T3 = our transmit time and T4 = their receive time (RFC 5905 §8). So:
+
+* origin (RFC 5905 §7.3) is the client's transmit timestamp copied *byte for
+  byte*. Clients (chronyd randomises it) match the answer on these 8 bytes;
+  a float round trip (ntplib) breaks that.
+* T2 is taken as the datagram arrives (the shell passes the kernel's
+  receive timestamp) and T3 as late as possible: `transmit_clock()` is
+  called as the very last step of building the reply.
+* The header says what our clock is worth (RFC 5905 §7.3, §11.2): leap
+  indicator, stratum, precision, root delay, root dispersion, reference ID
+  and reference time. `server_state()` derives them from a snapshot of the
+  kernel clock (adjtimex: synchronised or not, leap second pending, maximum
+  error) and, when the local time daemon can tell (chronyc tracking), its
+  upstream's stratum, reference and root distance. An unsynchronised kernel
+  clock is answered with leap indicator 3 (alarm) and stratum 16, which
+  clients refuse, unless `ntp_local_stratum` asks to serve the local clock
+  anyway at that stratum (like chrony's `local stratum`, reference ID
+  127.127.1.1).
+
+Abuse (RFC 5905 §7.4, §9.2; RFC 8633 §3 "mode 6 and 7"):
+
+* Only mode 3 (client) is answered, versions 3 and 4, the version echoed.
+  Control (6) and private (7, the monlist amplifier) requests, other modes,
+  packets shorter than 48 bytes, and lengths an RFC 7822 extension field
+  chain cannot have are dropped. The answer is always 48 bytes, never larger
+  than the request, so the server cannot amplify.
+* A per-client rate limiter (chrony's `ratelimit`): a token bucket per
+  client address (IPv6 per /64, so one host cannot dodge it by rotating
+  addresses), in bounded memory (least recently seen clients forgotten). A
+  client over its limit gets a Kiss-o'-Death `RATE` packet (stratum 0, LI 3,
+  the timestamps carrying no time, as ntpd does) at most once per
+  KOD_INTERVAL and is otherwise ignored; its requests while limited keep
+  the bucket empty, so a flood stays silenced until it slows down.
+
+Nothing here imports a socket, gevent or time: the shell (greenservers/ntp.py)
+passes the clock readings in, and tests drive it with a fake clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 (NTP era 0) to 1970-01-01
+PACKET_LEN = 48
+MAX_REQUEST_LEN = 1024  # a header, extension fields and a MAC fit well within
+SUPPORTED_VERSIONS = frozenset({3, 4})
+
+MODE_CLIENT, MODE_SERVER, MODE_CONTROL, MODE_PRIVATE = 3, 4, 6, 7
+LEAP_NONE, LEAP_INSERT, LEAP_DELETE, LEAP_ALARM = 0, 1, 2, 3
+STRATUM_KOD, MAX_STRATUM, STRATUM_UNSYNCHRONISED = 0, 15, 16
+PHI = 15e-6  # RFC 5905 §7.2: frequency tolerance, seconds of dispersion per second
+LOCAL_REFERENCE_ID = bytes([127, 127, 1, 1])  # chrony's and ntpd's "local clock" reference
+UNKNOWN_REFERENCE_ID = bytes(4)
+KISS_RATE = b"RATE"
+# synchronised, but no daemon says to what: claim a modest stratum, so a
+# client that also has a better source prefers it
+STRATUM_WHEN_UPSTREAM_UNKNOWN = 4
+
+# rate limiter (per client address; IPv6 per /64)
+RATE_PER_SECOND = 1.0  # sustained requests a client may make
+BURST = 16  # requests a client may make at once (a phone's boot burst, several phones behind one NAT)
+KOD_INTERVAL = 8.0  # seconds between two KoD packets to one limited client
+KOD_MIN_POLL = 4  # log2 seconds a KoD asks the client to wait at least
+MAX_CLIENTS = 8192  # clients remembered at once (about 1 MB)
+
+_HEADER = struct.Struct("!BBbbII4sQ8sQ")  # everything up to the transmit timestamp
+_TIMESTAMP = struct.Struct("!Q")
+
+
+# -- number formats (RFC 5905 §6) -------------------------------------------------
+
+
+def ntp_timestamp(unix_ns: int) -> int:
+    """NTP 64-bit timestamp (32.32 fixed point, era wraps in 2036) of a Unix time in ns."""
+    seconds, nanoseconds = divmod(unix_ns, 1_000_000_000)
+    return (((seconds + NTP_UNIX_OFFSET) & 0xFFFFFFFF) << 32) | ((nanoseconds << 32) // 1_000_000_000)
+
+
+def unix_ns(ntp: int) -> int:
+    """Unix time in ns of an NTP timestamp (RFC 4330 §3: top bit clear means era 1, from 2036)."""
+    seconds = ntp >> 32
+    if not seconds & 0x80000000:
+        seconds += 1 << 32
+    return (seconds - NTP_UNIX_OFFSET) * 1_000_000_000 + (((ntp & 0xFFFFFFFF) * 1_000_000_000) >> 32)
+
+
+def ntp_short(seconds: float) -> int:
+    """NTP short format (16.16 fixed point), clamped to its range."""
+    return max(0, min(0xFFFFFFFF, int(seconds * 65536 + 0.5)))
+
+
+# -- what our clock is worth ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelClock:
+    """A snapshot of the kernel clock discipline (adjtimex/ntp_adjtime)."""
+
+    synchronised: bool  # STA_UNSYNC clear and the state is not TIME_ERROR
+    leap: int  # LEAP_NONE, LEAP_INSERT (STA_INS) or LEAP_DELETE (STA_DEL)
+    max_error: float  # seconds; the daemon's root distance, growing 500 ppm by itself
+    read_at_ns: int  # Unix time of the snapshot
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """What the local time daemon says about the source the kernel clock follows."""
+
+    stratum: int  # the stratum the daemon itself serves: the upstream's plus one
+    reference_id: bytes
+    reference_time_ns: int
+    root_delay: float
+    root_dispersion: float
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """The header fields every answer carries until the next snapshot."""
+
+    leap: int
+    stratum: int
+    precision: int  # log2 seconds
+    root_delay: float
+    root_dispersion: float
+    reference_id: bytes
+    reference_time: int  # NTP timestamp; 0: never synchronised
+
+    @property
+    def synchronised(self) -> bool:
+        return self.leap != LEAP_ALARM and self.stratum < STRATUM_UNSYNCHRONISED
+
+
+def server_state(kernel: KernelClock, upstream: Upstream | None, local_stratum: int, precision: int) -> ServerState:
+    """Derive the header fields from the clock snapshot (see the module docstring)."""
+    now_ns = kernel.read_at_ns
+    if kernel.synchronised and upstream is not None and 1 <= upstream.stratum <= MAX_STRATUM:
+        age = max(0.0, (now_ns - upstream.reference_time_ns) / 1e9)
+        return ServerState(
+            kernel.leap, upstream.stratum, precision, upstream.root_delay,
+            upstream.root_dispersion + PHI * age, upstream.reference_id, ntp_timestamp(upstream.reference_time_ns),
+        )
+    if kernel.synchronised:
+        # the kernel's maximum error is the root distance the daemon last set, plus its growth
+        return ServerState(
+            kernel.leap, STRATUM_WHEN_UPSTREAM_UNKNOWN, precision, 0.0, kernel.max_error,
+            UNKNOWN_REFERENCE_ID, ntp_timestamp(now_ns),
+        )
+    if local_stratum:
+        return ServerState(LEAP_NONE, local_stratum, precision, 0.0, 0.0, LOCAL_REFERENCE_ID, ntp_timestamp(now_ns))
+    return ServerState(LEAP_ALARM, STRATUM_UNSYNCHRONISED, precision, 0.0, 0.0, UNKNOWN_REFERENCE_ID, 0)
+
+
+def parse_chronyc_tracking(text: str) -> Upstream | None:
+    """The Upstream from `chronyc -c tracking` output; None if chronyd is not synchronised.
+
+    Fields: ref ID (hex), ref name, stratum, ref time (Unix s), offsets (4),
+    skew, root delay, root dispersion, update interval, leap status.
+    """
+    fields = text.strip().split(",")
+    if len(fields) < 14 or fields[13] == "Not synchronised":
+        return None
+    try:
+        reference_id = bytes.fromhex(fields[0].rjust(8, "0"))
+        stratum = int(fields[2])
+        seconds, _, fraction = fields[3].partition(".")
+        reference_time_ns = int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9])
+        root_delay, root_dispersion = float(fields[10]), float(fields[11])
+    except ValueError:
+        return None
+    if len(reference_id) != 4 or not 1 <= stratum <= MAX_STRATUM:
+        return None
+    return Upstream(stratum, reference_id, reference_time_ns, root_delay, root_dispersion)
+
+
+# -- requests ----------------------------------------------------------------------
+
+
+class NtpRefusal(Exception):
+    """A request not answered normally; `kiss_code` is the wire reference ID of a KoD, None: dropped."""
+
+    def __init__(self, reason: str, kiss_code: bytes | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.kiss_code = kiss_code
+
+
+@dataclass(frozen=True)
+class Request:
+    version: int
+    mode: int
+    poll: int
+    transmit: bytes  # the client's transmit timestamp, 8 raw bytes
+
+
+def parse_request(data: bytes) -> Request:
+    """Split the header; raises NtpRefusal (drop) for anything but a well-formed v3/v4 packet."""
+    if len(data) < PACKET_LEN:
+        raise NtpRefusal(f"short packet ({len(data)} bytes)")
+    if len(data) > MAX_REQUEST_LEN or len(data) % 4:
+        raise NtpRefusal(f"malformed packet ({len(data)} bytes)")
+    version, mode = (data[0] >> 3) & 7, data[0] & 7
+    poll = struct.unpack_from("!b", data, 2)[0]
+    return Request(version, mode, poll, bytes(data[40:48]))
+
+
+Outcome = enum.Enum("Outcome", "ANSWERED KISSED DROPPED")
+
+
+@dataclass(frozen=True)
+class Result:
+    """What to do with one request: send `reply` (if any); `reason` says why when refused."""
+
+    outcome: Outcome
+    reply: bytes | None = None
+    reason: str = ""
+
+
+# -- rate limiting -------------------------------------------------------------------
+
+
+def client_key(address: str) -> str:
+    """The rate-limit identity of a peer: its IPv4 address, or its IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+Verdict = enum.Enum("Verdict", "ANSWER KISS DROP")
+
+# (within its rate, a KoD is due) -> what the client gets
+LIMIT_TABLE = {
+    (True, True): Verdict.ANSWER,
+    (True, False): Verdict.ANSWER,
+    (False, True): Verdict.KISS,
+    (False, False): Verdict.DROP,
+}
+
+
+class RateLimiter:
+    """Token bucket per client in bounded memory; `check(key, now)` gives the Verdict.
+
+    Every request takes a token, answered or not, and the bucket may go as
+    far into debt as it can hold: a client sending faster than the rate
+    stays limited; one that slows down is answered again after at most
+    2 * burst / rate seconds.
+    """
+
+    def __init__(self, rate: float = RATE_PER_SECOND, burst: int = BURST, kod_interval: float = KOD_INTERVAL,
+                 max_clients: int = MAX_CLIENTS):
+        self.rate, self.burst, self.kod_interval, self.max_clients = rate, burst, kod_interval, max_clients
+        self._clients: OrderedDict[str, list[float]] = OrderedDict()  # key -> [tokens, last seen, next KoD at]
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def check(self, key: str, now: float) -> Verdict:
+        entry = self._clients.get(key)
+        if entry is None:
+            if len(self._clients) >= self.max_clients:
+                self._clients.popitem(last=False)  # forget the least recently seen client
+            entry = self._clients[key] = [float(self.burst), now, now]
+        else:
+            self._clients.move_to_end(key)
+            entry[0] = min(float(self.burst), entry[0] + max(0.0, now - entry[1]) * self.rate)
+            entry[1] = now
+        entry[0] = max(-float(self.burst), entry[0] - 1.0)
+        kod_due = now >= entry[2]
+        verdict = LIMIT_TABLE[(entry[0] >= 0.0, kod_due)]
+        if verdict is Verdict.KISS:
+            entry[2] = now + self.kod_interval
+        return verdict
+
+
+# -- answers -----------------------------------------------------------------------
+
+
+def _li_vn_mode(leap: int, version: int, mode: int) -> int:
+    return (leap << 6) | (version << 3) | mode
+
+
+def build_reply(request: Request, state: ServerState, received_ns: int, transmit_clock: Callable[[], int]) -> bytes:
+    """The mode-4 answer (RFC 5905 §7.3); `transmit_clock()` (Unix ns) is read last."""
+    header = _HEADER.pack(
+        _li_vn_mode(state.leap, request.version, MODE_SERVER), state.stratum, request.poll, state.precision,
+        ntp_short(state.root_delay), ntp_short(state.root_dispersion), state.reference_id, state.reference_time,
+        request.transmit, ntp_timestamp(received_ns),
+    )
+    return header + _TIMESTAMP.pack(ntp_timestamp(transmit_clock()))
+
+
+def build_kiss(request: Request, state: ServerState, code: bytes) -> bytes:
+    """A Kiss-o'-Death (RFC 5905 §7.4): stratum 0, LI 3, the code as reference ID, no time in it."""
+    return _HEADER.pack(
+        _li_vn_mode(LEAP_ALARM, request.version, MODE_SERVER), STRATUM_KOD, max(request.poll, KOD_MIN_POLL),
+        state.precision, 0, 0, code, 0, request.transmit, int.from_bytes(request.transmit, "big"),
+    ) + request.transmit
+
+
+def _answer_client(request: Request, client: str, limiter: RateLimiter | None, now: float) -> None:
+    """Mode 3: check the version and the client's rate; returns normally when it is to be answered."""
+    if request.version not in SUPPORTED_VERSIONS:
+        raise NtpRefusal(f"unsupported version {request.version}")
+    if limiter is None:
+        return
+    verdict = limiter.check(client_key(client), now)
+    if verdict is Verdict.KISS:
+        raise NtpRefusal("rate limited, kiss-o'-death sent", KISS_RATE)
+    if verdict is Verdict.DROP:
+        raise NtpRefusal("rate limited")
+
+
+def _refuse_mode(request: Request, client: str, limiter: RateLimiter | None, now: float) -> None:
+    """The named fallback: every mode but 3 is dropped unanswered."""
+    raise NtpRefusal(MODE_NAMES.get(request.mode, f"mode {request.mode}") + " request")
+
+
+MODE_NAMES = {0: "reserved (mode 0)", 1: "symmetric active (mode 1)", 2: "symmetric passive (mode 2)",
+              4: "server (mode 4)", 5: "broadcast (mode 5)", MODE_CONTROL: "control (mode 6)",
+              MODE_PRIVATE: "private (mode 7)"}
+MODE_HANDLERS = {MODE_CLIENT: _answer_client}
+
+
+class NtpResponder:
+    """Answers requests; holds only the rate limiter's state."""
+
+    def __init__(self, limiter: RateLimiter | None = None):
+        self.limiter = limiter if limiter is not None else RateLimiter()
+
+    def respond(self, data: bytes, client: str, received_ns: int, state: ServerState, now: float,
+                transmit_clock: Callable[[], int]) -> Result:
+        """One datagram from `client` (address text) received at `received_ns` (Unix ns).
+
+        `now` is a monotonic time for the rate limiter; `transmit_clock()`
+        returns the Unix time in ns and is called as late as possible.
+        """
+        try:
+            request = parse_request(data)
+            MODE_HANDLERS.get(request.mode, _refuse_mode)(request, client, self.limiter, now)
+        except NtpRefusal as refusal:
+            if refusal.kiss_code is None:
+                return Result(Outcome.DROPPED, None, refusal.reason)
+            return Result(Outcome.KISSED, build_kiss(request, state, refusal.kiss_code), refusal.reason)
+        return Result(Outcome.ANSWERED, build_reply(request, state, received_ns, transmit_clock))
