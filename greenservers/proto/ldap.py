@@ -45,7 +45,9 @@ BOUND -bind failed-> ANONYMOUS, any -unbind/fatal error-> CLOSED.
 
 from __future__ import annotations
 
+import heapq
 import hmac
+import itertools
 import re
 import unicodedata
 from array import array
@@ -423,7 +425,7 @@ def encode_attribute(name: str, values: Iterable[str]) -> bytes:
 class Entry:
     """One directory entry with its values folded for matching; attributes are encoded on first use."""
 
-    __slots__ = ("dn", "ndn", "values", "folded", "_encoded", "_encoded_all", "_encoded_dn")
+    __slots__ = ("dn", "ndn", "values", "folded", "_encoded", "_encoded_all", "_encoded_dn", "_bodies")
 
     def __init__(self, dn: str, values: dict[str, tuple[str, ...]], ndn=None, folded=None):
         self.dn = dn
@@ -436,6 +438,7 @@ class Entry:
         self._encoded: dict[str, bytes] | None = None
         self._encoded_all: bytes | None = None
         self._encoded_dn: bytes | None = None
+        self._bodies: dict[tuple, bytes] | None = None  # SearchResultEntry bodies by selection key
 
     @property
     def encoded(self) -> dict[str, bytes]:
@@ -602,38 +605,47 @@ class Directory:
             pos = find(needle, nxt + 1)
         return out
 
-    def candidates(self, f) -> set[int] | None:
+    def candidates(self, f) -> tuple[set[int] | None, bool]:
+        """(entry ids that may match, whether exactly those match); (None, False): scan everything.
+
+        Exact lookups (a name's equality or prefix, a number's prefix) need no
+        verification; the others (number equality by suffix, trigrams, AND) are
+        supersets that the compiled filter checks.
+        """
         op = f[0]
         if op == F_AND:
             best = None
             for child in f[1]:
-                found = self.candidates(child)
+                found, _ = self.candidates(child)
                 if found is not None and (best is None or len(found) < len(best)):
                     best = found
-            return best
+            return best, False
         if op == F_OR:
             union: set[int] = set()
+            exact = True
             for child in f[1]:
-                found = self.candidates(child)
+                found, child_exact = self.candidates(child)
                 if found is None:
-                    return None
+                    return None, False
                 union |= found
-            return union
+                exact = exact and child_exact
+            return union, exact
         key = f[1] if op in (F_EQ, F_SUB) else None
         if key not in self.sorted_keys:
-            return None
+            return None, False
+        is_number = ATTRIBUTE_TYPES[key][1] == K_NUMBER
         if op == F_EQ:
-            return set(self.equal_ids(key, f[2]))
+            return set(self.equal_ids(key, f[2])), not is_number
         initial, anys, final = f[2], f[3], f[4]
         if initial:
-            return set(self.prefix_ids(key, initial))
+            return set(self.prefix_ids(key, initial)), not anys and not final
         pieces = [(a, False) for a in anys] + ([(final, True)] if final else [])
         if not pieces:
-            return None
+            return None, False
         piece, is_final = max(pieces, key=lambda p: len(p[0]))
         if len(piece) >= TRIGRAM:
-            return set(self.trigram_ids(key, piece))
-        return set(self.contains_ids(key, piece, is_final))
+            return set(self.trigram_ids(key, piece)), False
+        return set(self.contains_ids(key, piece, is_final)), len(pieces) == 1
 
 
 _NO_IDS = array("i")
@@ -1028,6 +1040,7 @@ class Selection:
     keys: list[tuple[str, str | None]]  # (key, requested spelling when it was an alias)
     names: set[str]  # lower-case requested names (for Root DSE operational attributes)
     types_only: bool
+    key: tuple = ()  # (requested attributes, types only): what an entry's encoded body is cached under
 
     @classmethod
     def of(cls, requested: list[str], types_only: bool) -> "Selection":
@@ -1067,6 +1080,12 @@ class Selection:
             if key in entry.encoded:
                 parts.append(encode_attribute(alias, entry.values[key]) if alias else entry.encoded[key])
         return b"".join(parts)
+
+
+# Selections by request, shared by all sessions (phones repeat the same attribute list)
+_SELECTIONS: dict[tuple, Selection] = {}
+MAX_SELECTIONS = 256
+MAX_BODIES_PER_ENTRY = 4  # encoded SearchResultEntry bodies an entry keeps, one per attribute selection
 
 
 @dataclass
@@ -1390,12 +1409,20 @@ class LdapSession:
             out.append(message(message_id, result(SEARCH_RESULT_DONE, exc.result_code, str(exc), exc.matched_dn)))
             out.append(Searched(0))
             return
-        selection = Selection.of(request.attributes, request.types_only)
+        selection = self._selection(request)
         head = ber.integer(message_id)
+        tlv = ber.tlv
         chunks = []
         for entry in entries:
-            body = entry.encoded_dn + ber.tlv(0x30, selection.encode(entry))
-            chunks.append(ber.tlv(0x30, head + ber.tlv(SEARCH_RESULT_ENTRY, body)))
+            cache = entry._bodies
+            body = cache.get(selection.key) if cache is not None else None
+            if body is None:
+                body = tlv(SEARCH_RESULT_ENTRY, entry.encoded_dn + tlv(0x30, selection.encode(entry)))
+                if cache is None:
+                    cache = entry._bodies = {}
+                if len(cache) < MAX_BODIES_PER_ENTRY:
+                    cache[selection.key] = body
+            chunks.append(tlv(0x30, head + body))
         if response_controls:
             response_controls = ber.tlv(CONTROLS_TAG, response_controls)
         chunks.append(message(message_id, result(SEARCH_RESULT_DONE, code, diagnostic), response_controls))
@@ -1426,7 +1453,8 @@ class LdapSession:
         if paged is not None:
             return self._paged_search(message_id, request, paged, sort, directory, policy)
         size_limit = min(request.size_limit or policy.size_limit, policy.size_limit)
-        matches = self._matching(directory, ndn, request)
+        # one more than the limit tells "exceeded" apart; a sorted result needs every match
+        matches = self._matching(directory, ndn, request, None if sort is not None else size_limit + 1)
         sort_control = b""
         if sort is not None:
             matches, sort_control = self._sort(matches, sort)
@@ -1439,6 +1467,17 @@ class LdapSession:
             code, diagnostic = TIME_LIMIT_EXCEEDED, ""
         return matches, sort_control, code, diagnostic
 
+    def _selection(self, request: SearchRequest) -> "Selection":
+        key = (tuple(request.attributes), request.types_only)
+        selection = _SELECTIONS.get(key)
+        if selection is None:
+            selection = Selection.of(request.attributes, request.types_only)
+            selection.key = key
+            if len(_SELECTIONS) >= MAX_SELECTIONS:
+                _SELECTIONS.pop(next(iter(_SELECTIONS)))
+            _SELECTIONS[key] = selection
+        return selection
+
     def _within_time(self, matches: list[Entry], request: SearchRequest, policy: Policy) -> tuple[list[Entry], bool]:
         """Cut the result where the time limit ran out (the clock is read every TIME_CHECK_EVERY entries)."""
         limit = min(request.time_limit or policy.time_limit, policy.time_limit)
@@ -1448,7 +1487,8 @@ class LdapSession:
                 return matches[:index], True
         return matches, False
 
-    def _matching(self, directory: Directory, ndn, request: SearchRequest) -> list[Entry]:
+    def _matching(self, directory: Directory, ndn, request: SearchRequest, limit: int | None = None) -> list[Entry]:
+        """Entries in scope that match the filter, in directory order; at most `limit` (None: all)."""
         self._started = self.clock()
         scope, base_ndn = request.scope, directory.base_ndn
         predicate = compile_filter(request.filter)
@@ -1471,12 +1511,25 @@ class LdapSession:
             return [entry] if scope != SCOPE_ONE and predicate(entry) else []
         matches = [directory.base_entry] if include_base and predicate(directory.base_entry) else []
         if search_contacts:
-            ids = directory.candidates(request.filter)
+            ids, exact = directory.candidates(request.filter)
             entries = directory.entries
             if ids is None:
-                matches.extend(e for e in entries if predicate(e))
+                candidates = iter(entries)
+            elif limit is not None and limit < len(ids) // 4:
+                candidates = (entries[i] for i in heapq.nsmallest(limit if exact else len(ids), ids))
             else:
-                matches.extend(entries[i] for i in sorted(ids) if predicate(entries[i]))
+                candidates = (entries[i] for i in sorted(ids))
+            if exact:
+                matches.extend(candidates if limit is None else itertools.islice(candidates, max(0, limit - len(matches))))
+            elif limit is None:
+                matches.extend(e for e in candidates if predicate(e))
+            else:
+                # a phone's search stops at its size limit: verify only as many candidates as needed
+                for entry in candidates:
+                    if len(matches) >= limit:
+                        break
+                    if predicate(entry):
+                        matches.append(entry)
         return matches
 
     def _sort(self, matches: list[Entry], sort) -> tuple[list[Entry], bytes]:

@@ -1,0 +1,336 @@
+"""LDAP benchmark: greenservers vs OpenLDAP slapd (back_mdb, eq+sub indexes), side by side on loopback.
+
+Both are loaded with the same contacts (greenservers through AddressBook,
+slapd with slapadd from a temp slapd.conf) and asked the same phone-like
+mix over one bound connection per client: 50 % name prefix
+`(|(cn=X*)(sn=X*))`, 20 % substring `(|(cn=*X*)(sn=*X*))`, 30 % number
+`(|(telephoneNumber=N)(mobile=N)(homePhone=N))`, size limit 50 (a phone's
+"max hits"), attributes cn sn telephoneNumber mobile. Modes: sequential
+(one request in flight) and 8 connections in flight, over plain LDAP and
+after StartTLS. Runs alternate between the servers; the figures are medians
+of the runs (searches per second, median and p99 latency). Then p99 with
+100,000 contacts, sequential, plain.
+
+    python bench/ldap_bench.py [--contacts 10000] [--runs 3] [--seconds 4] [--big 100000]
+
+Writes bench/results/ldap.json. Stops everything it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import random
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "tests"),
+                str(Path(__file__).resolve().parent.parent)]
+
+import ldap_wire as w  # noqa: E402
+from common import free_port, stop, wait_tcp, write_results  # noqa: E402
+from greenservers.addressbook import AddressBook  # noqa: E402
+from greenservers.proto import ber  # noqa: E402
+from support import ServiceProcess  # noqa: E402
+
+PASSWORD = "bench-secret"
+ATTRIBUTES = ["cn", "sn", "telephoneNumber", "mobile"]
+SIZE_LIMIT = 50
+SYLLABLES = ["an", "ber", "chri", "da", "el", "fen", "gus", "han", "ing", "jo", "kal", "lin", "mar", "nor", "ol", "pet",
+             "ras", "sch", "tor", "ul", "ven", "wal", "xa", "yo", "zim", "mann", "son", "er", "ke", "ti"]
+
+
+# -- the data -------------------------------------------------------------------------
+
+
+def make_contacts(count: int, seed: int = 1) -> list[dict]:
+    rng = random.Random(seed)
+
+    def name(parts: int) -> str:
+        return "".join(rng.choice(SYLLABLES) for _ in range(parts)).capitalize()
+
+    firsts = [name(2) for _ in range(300)]
+    rows = []
+    for i in range(count):
+        rows.append({
+            "first_name": rng.choice(firsts), "last_name": name(rng.randint(2, 3)), "display_name": "", "company": "",
+            "work": f"+49 30 {1000000 + i}", "mobile": f"+49 171 {2000000 + i}" if i % 3 == 0 else "",
+            "home": f"+49 89 {3000000 + i}" if i % 7 == 0 else "", "extension": "", "email": "",
+        })
+    return rows
+
+
+def ldif(rows: list[dict]) -> str:
+    out = ["dn: dc=pbx\nobjectClass: top\nobjectClass: domain\ndc: pbx\n"]
+    seen: set[str] = set()
+    for i, row in enumerate(rows, 1):
+        cn = f"{row['first_name']} {row['last_name']}"
+        rdn = f"cn={cn}" if cn.lower() not in seen else f"cn={cn}+uid={i}"
+        seen.add(cn.lower())
+        lines = [f"dn: {rdn},dc=pbx", "objectClass: inetOrgPerson", f"cn: {cn}", f"sn: {row['last_name']}",
+                 f"givenName: {row['first_name']}", f"displayName: {cn}", f"uid: {i}", f"telephoneNumber: {row['work']}"]
+        if row["mobile"]:
+            lines.append(f"mobile: {row['mobile']}")
+        if row["home"]:
+            lines.append(f"homePhone: {row['home']}")
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
+
+
+def make_queries(rows: list[dict], count: int, seed: int = 2) -> list[bytes]:
+    """The phone-like mix, encoded once (message id 2 for all; each connection has one request in flight)."""
+    rng = random.Random(seed)
+    queries = []
+    for _ in range(count):
+        row = rng.choice(rows)
+        kind = rng.random()
+        if kind < 0.5:
+            typed = rng.choice([row["first_name"], row["last_name"]])[: rng.randint(2, 5)]
+            text = f"(|(cn={typed}*)(sn={typed}*))"
+        elif kind < 0.7:
+            last = row["last_name"]
+            start = rng.randint(1, max(1, len(last) - 4))
+            typed = last[start:start + rng.randint(3, 4)]
+            text = f"(|(cn=*{typed}*)(sn=*{typed}*))"
+        else:
+            number = rng.choice([n for n in (row["work"], row["mobile"], row["home"]) if n]).replace(" ", "")
+            text = f"(|(telephoneNumber={number})(mobile={number})(homePhone={number}))"
+        queries.append(w.search(2, text, attributes=ATTRIBUTES, size_limit=SIZE_LIMIT))
+    return queries
+
+
+# -- the servers ---------------------------------------------------------------------------
+
+
+def start_project(directory: Path, rows: list[dict]) -> tuple[ServiceProcess, int]:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    book = AddressBook(directory / "data" / "addressbook.sqlite3")
+    book.import_csv(out.getvalue())
+    book.close()
+    port = free_port()
+    proc = ServiceProcess(directory, {"ip_ldap_port": f"127.0.0.1:{port}", "ldap_password": PASSWORD})
+    proc.start(timeout=60)
+    return proc, port
+
+
+SLAPD_CONF = """\
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+modulepath /usr/lib/ldap
+moduleload back_mdb
+pidfile {dir}/slapd.pid
+argsfile {dir}/slapd.args
+TLSCertificateFile {cert}
+TLSCertificateKeyFile {key}
+sizelimit 500
+database mdb
+suffix "dc=pbx"
+rootdn "cn=phonebook,dc=pbx"
+rootpw {password}
+directory {dir}/db
+maxsize 4294967296
+index objectClass eq
+index cn,sn,givenName,displayName eq,sub
+index telephoneNumber,mobile,homePhone eq,sub
+access to * by * read
+"""
+
+
+def start_reference(directory: Path, rows: list[dict], cert: Path, key: Path) -> tuple[subprocess.Popen, int]:
+    (directory / "db").mkdir(parents=True)
+    conf = directory / "slapd.conf"
+    conf.write_text(SLAPD_CONF.format(dir=directory, cert=cert, key=key, password=PASSWORD))
+    (directory / "data.ldif").write_text(ldif(rows))
+    subprocess.run(["slapadd", "-q", "-f", str(conf), "-l", str(directory / "data.ldif")], check=True, capture_output=True)
+    port = free_port()
+    proc = subprocess.Popen(["slapd", "-d", "0", "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_tcp(port)
+    return proc, port
+
+
+# -- the client -----------------------------------------------------------------------------
+
+
+def read_message(sock, buffer: bytearray) -> bytes:
+    while True:
+        try:
+            size = ber.frame_length(buffer)
+            if len(buffer) >= size:
+                message = bytes(buffer[:size])
+                del buffer[:size]
+                return message
+        except ber.Incomplete:
+            pass
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buffer += chunk
+
+
+def op_tag(message: bytes) -> int:
+    _, s, e = ber.read_header(message, 0, len(message))
+    _, _, b = ber.read_header(message, s, e)
+    return message[b]
+
+
+def open_connection(port: int, tls: bool, cafile: Path):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buffer = bytearray()
+    if tls:
+        sock.sendall(w.extended(1, "1.3.6.1.4.1.1466.20037"))
+        read_message(sock, buffer)
+        context = ssl.create_default_context(cafile=str(cafile))
+        context.check_hostname = False
+        sock = context.wrap_socket(sock)
+    sock.sendall(w.bind(1, "cn=phonebook,dc=pbx", PASSWORD))
+    assert op_tag(read_message(sock, buffer)) == 0x61
+    return sock, buffer
+
+
+def client(port: int, tls: bool, cafile: Path, queries: list[bytes], offset: int, deadline: float,
+           latencies: list[float], entries: list[int]) -> None:
+    sock, buffer = open_connection(port, tls, cafile)
+    index, found = offset, 0
+    try:
+        while time.perf_counter() < deadline:
+            request = queries[index % len(queries)]
+            index += 1
+            started = time.perf_counter()
+            sock.sendall(request)
+            while op_tag(read_message(sock, buffer)) != 0x65:  # until SearchResultDone
+                found += 1
+            latencies.append(time.perf_counter() - started)
+    finally:
+        entries.append(found)
+        sock.close()
+
+
+def run_load(port: int, tls: bool, cafile: Path, queries: list[bytes], in_flight: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    entries: list[int] = []
+    deadline = time.perf_counter() + seconds
+    threads = [threading.Thread(target=client, args=(port, tls, cafile, queries, i * 997, deadline, latencies, entries))
+               for i in range(in_flight)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 60)
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "rate": len(latencies) / elapsed,
+        "median_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "entries_per_search": sum(entries) / max(1, len(latencies)),
+    }
+
+
+def check_same_answers(project_port: int, reference_port: int, cafile: Path, queries: list[bytes]) -> float:
+    """Fraction of the queries both servers answer with the same number of entries (a sanity check)."""
+    same = 0
+    for query in queries:
+        counts = []
+        for port in (project_port, reference_port):
+            sock, buffer = open_connection(port, False, cafile)
+            sock.sendall(query)
+            n = 0
+            while op_tag(read_message(sock, buffer)) != 0x65:
+                n += 1
+            sock.close()
+            counts.append(n)
+        same += counts[0] == counts[1]
+    return same / len(queries)
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def fmt(value: float, unit: str) -> str:
+    return f"{value:,.0f} {unit}" if unit == "/s" else f"{value:.2f} {unit}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contacts", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--big", type=int, default=100_000)
+    args = parser.parse_args()
+
+    rows = make_contacts(args.contacts)
+    queries = make_queries(rows, 5000)
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="ldap-bench-") as tmp:
+        tmp = Path(tmp)
+        project, project_port = start_project(tmp / "project", rows)
+        reference = None
+        try:
+            cert = project.cert_path
+            key = cert.with_suffix(".key")
+            reference, reference_port = start_reference(tmp / "slapd", rows, cert, key)
+            for port in (project_port, reference_port):  # warm up: index builds, caches
+                run_load(port, False, cert, queries, 1, 1.0)
+            agreement = check_same_answers(project_port, reference_port, cert, queries[:200])
+            print(f"same number of entries as slapd for {agreement:.0%} of 200 queries")
+            modes = [(False, 1), (False, 8), (True, 1), (True, 8)]
+            measured: dict[tuple, dict[str, list[dict]]] = {m: {"project": [], "reference": []} for m in modes}
+            for run in range(args.runs):
+                for tls, in_flight in modes:
+                    order = [("project", project_port), ("reference", reference_port)]
+                    for name, port in (order if run % 2 == 0 else order[::-1]):
+                        measured[(tls, in_flight)][name].append(run_load(port, tls, cert, queries, in_flight, args.seconds))
+            for (tls, in_flight), by_server in measured.items():
+                label = f"{'StartTLS' if tls else 'plain'}, {'sequential' if in_flight == 1 else f'{in_flight} in flight'}"
+                for key_name, unit, figure in (("rate", "/s", "searches per second"), ("median_ms", "ms", "median latency"),
+                                               ("p99_ms", "ms", "p99 latency")):
+                    ours = statistics.median(r[key_name] for r in by_server["project"])
+                    theirs = statistics.median(r[key_name] for r in by_server["reference"])
+                    spread = [round(min(r[key_name] for r in by_server["project"]), 2), round(max(r[key_name] for r in by_server["project"]), 2)]
+                    results.append({"figure": f"{figure}, {label} ({args.contacts:,} contacts)", "project": fmt(ours, unit),
+                                    "reference": fmt(theirs, unit), "ratio": f"{ours / theirs:.2f}", "unit": unit, "spread": spread})
+        finally:
+            stop(project.proc)
+            if reference is not None:
+                stop(reference)
+        if args.big:
+            big_rows = make_contacts(args.big, seed=3)
+            big_queries = make_queries(big_rows, 5000, seed=4)
+            project, project_port = start_project(tmp / "project-big", big_rows)
+            reference = None
+            try:
+                reference, reference_port = start_reference(tmp / "slapd-big", big_rows, project.cert_path, project.cert_path.with_suffix(".key"))
+                for port in (project_port, reference_port):
+                    run_load(port, False, project.cert_path, big_queries, 1, 2.0)
+                ours = [run_load(project_port, False, project.cert_path, big_queries, 1, args.seconds) for _ in range(args.runs)]
+                theirs = [run_load(reference_port, False, project.cert_path, big_queries, 1, args.seconds) for _ in range(args.runs)]
+                for key_name, unit, figure in (("rate", "/s", "searches per second"), ("p99_ms", "ms", "p99 latency")):
+                    a = statistics.median(r[key_name] for r in ours)
+                    b = statistics.median(r[key_name] for r in theirs)
+                    results.append({"figure": f"{figure}, plain, sequential ({args.big:,} contacts)", "project": fmt(a, unit),
+                                    "reference": fmt(b, unit), "ratio": f"{a / b:.2f}", "unit": unit,
+                                    "spread": [round(min(r[key_name] for r in ours), 2), round(max(r[key_name] for r in ours), 2)]})
+            finally:
+                stop(project.proc)
+                if reference is not None:
+                    stop(reference)
+    write_results("ldap", results)
+
+
+if __name__ == "__main__":
+    main()
