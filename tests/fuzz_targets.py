@@ -179,6 +179,29 @@ def fuzz_ldap(data: bytes) -> None:
 HAVE_NTP = importlib.util.find_spec("greenservers.proto.ntp") is not None
 
 
+def fuzz_ntp(data: bytes) -> None:
+    from greenservers.proto import ntp
+
+    # the first octet picks the client (a few IPv4 and IPv6 peers share one limiter) and the clock state
+    selector = data[0] if data else 0
+    client = ("127.0.0.1", "192.0.2.7", "2001:db8::1", "::ffff:10.0.0.1", "fe80::1%lo")[selector % 5]
+    kernel = ntp.KernelClock(bool(selector & 8), (selector >> 4) % 3, ((selector >> 6) + 1) * 0.25, 1_700_000_000 * 10**9)
+    state = ntp.server_state(kernel, None, (selector >> 4) % 16, -20)
+    now = NOW
+    for datagram in parts(data[1:]):
+        now += 0.05
+        result = _NTP_RESPONDER.respond(datagram, client, 1_700_000_000 * 10**9, state, now, lambda: 1_700_000_000 * 10**9 + 1)
+        if result.reply is not None:
+            assert len(result.reply) == ntp.PACKET_LEN <= len(datagram)  # never amplifies
+            assert result.reply[24:32] == datagram[40:48]  # origin copied verbatim
+    # the clock state from `chronyc -c tracking` output must always give an encodable header
+    upstream = ntp.parse_chronyc_tracking(data[1:].decode("utf-8", "replace"))
+    if upstream is not None:
+        synced = ntp.server_state(ntp.KernelClock(True, 0, 0.1, 1_700_000_000 * 10**9), upstream, 0, -20)
+        assert len(ntp.build_reply(ntp.parse_request(bytes([0x23]) + bytes(47)), synced, 0, lambda: 0)) == ntp.PACKET_LEN
+    assert len(_NTP_RESPONDER.limiter) <= ntp.MAX_CLIENTS
+
+
 # -- port bindings, settings, HTTP decisions --------------------------------------------------
 
 
@@ -213,6 +236,11 @@ TARGETS = {
     "ldap": fuzz_ldap,
     "settings": fuzz_settings,
 }
+if HAVE_NTP:
+    from greenservers.proto.ntp import NtpResponder
+
+    _NTP_RESPONDER = NtpResponder()
+    TARGETS["ntp"] = fuzz_ntp
 
 
 # -- seeds: real-client traffic ---------------------------------------------------------------
@@ -240,5 +268,8 @@ def seeds() -> dict[str, list[bytes]]:
     result = {"snmp": snmp_seeds, "tftp": tftp_seeds, "ber": ber_seeds, "ldap": ldap_seeds, "settings": settings_seeds}
     if HAVE_NTP:
         from vectors.ntp_vectors import REQUESTS as NTP_REQUESTS
-        result["ntp"] = [bytes.fromhex(h) for h in NTP_REQUESTS.values()]
+        requests = [bytes.fromhex(h) for h in NTP_REQUESTS.values()]
+        result["ntp"] = [bytes([i * 37 % 256]) + SEPARATOR.join(requests[i:] + requests[:i]) for i in range(len(requests))]
+        result["ntp"] += [b"C0A80001,192.168.0.1,2,1700000000.123456789,0.000001,0.000002,0.000003,-1.5,0.01,0.02,0.015,0.001,64.0,Normal",
+                          b"7F7F0101,,10,1700000000.5,0,0,0,0,0,0,0,0,0,Not synchronised"]
     return result

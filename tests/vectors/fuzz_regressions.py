@@ -7,6 +7,12 @@ The datagrams of one conversation are joined by fuzz_targets.SEPARATOR (fefd).
 """
 
 REGRESSIONS: dict[str, list[tuple[str, str]]] = {
+    "ntp": [
+        ("chronyc tracking with a root delay of nan: ntp_short raised ValueError (int(nan)) in build_reply; "
+         "fixed: parse_chronyc_tracking refuses non-finite or out-of-range delays",
+         "0043304138303030312c3139322e3136382e302e312c322c313730303030303030302e3132333435363738392c302e3030303030312c30"
+         "2e3030303030322c302e3030303030332c2d312e352c302e30312c302e30322c6e616e2c302e3030312c36342e302c4e6f726d616c"),
+    ],
 }
 
 HOSTILE: dict[str, list[tuple[str, str]]] = {
