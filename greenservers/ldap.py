@@ -118,10 +118,13 @@ class LdapService(Service):
         session = proto.LdapSession(self.policy, self.directory, time.monotonic, tls=tls_first)
         sensors = self.runtime.sensors
         while True:
-            sock.settimeout(self.idle_timeout)
-            data = sock.recv(RECV_SIZE)
-            if not data:
-                return
+            if session.backlog:  # pipelined messages beyond one batch: answer them before reading more
+                data = b""
+            else:
+                sock.settimeout(self.idle_timeout)
+                data = sock.recv(RECV_SIZE)
+                if not data:
+                    return
             for item in session.receive(data):
                 if isinstance(item, bytes):
                     sock.sendall(item)

@@ -620,3 +620,14 @@ def test_connection_caps():
     assert [caps.admit("a"), caps.admit("a"), caps.admit("a"), caps.admit("b"), caps.admit("c")] == [True, True, False, True, False]
     caps.release("a")
     assert caps.admit("c") and caps.open == 3
+
+
+def test_pipelined_requests_are_answered_in_bounded_batches():
+    h = bound()
+    data = b"".join(w.search(10 + i, "(cn=reception)", attributes=["cn"]) for i in range(40))
+    answered = [r.message_id for r in h.answers(data) if r.tag == ldap.SEARCH_RESULT_DONE]
+    assert len(answered) == ldap.MAX_BATCH and h.session.backlog
+    while h.session.backlog:
+        answered += [r.message_id for r in h.answers(b"") if r.tag == ldap.SEARCH_RESULT_DONE]
+    assert answered == list(range(10, 50))
+    assert not h.session.backlog

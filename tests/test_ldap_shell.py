@@ -155,3 +155,18 @@ def test_a_bug_is_logged_and_the_server_keeps_serving(served, caplog, monkeypatc
     sock = connect(port)
     sock.sendall(w.search(1, base="", scope=0))
     assert read_until_done(sock)[-1].code == 0
+
+
+def test_pipelined_searches_beyond_one_batch_are_all_answered(served):
+    service, runtime, start = served
+    sock = connect(start())
+    sock.sendall(w.bind(1, "phonebook", PASSWORD) + b"".join(w.search(10 + i, "(ipPhone=9)", attributes=["1.1"]) for i in range(40)))
+    data, done = b"", []
+    while len(done) < 40:
+        chunk = sock.recv(65536)
+        assert chunk
+        data += chunk
+        if _complete(data):
+            done = [r.message_id for r in w.parse_responses(data) if r.tag == ldap.SEARCH_RESULT_DONE]
+    assert done == list(range(10, 50))
+    sock.close()

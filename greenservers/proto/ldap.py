@@ -121,6 +121,7 @@ MAX_PAGED_SEARCHES = 8  # open paged searches per connection; the oldest is drop
 SERVER_SIZE_LIMIT = 500  # entries per search (per page for paged searches), like slapd's default
 SERVER_TIME_LIMIT = 10.0  # seconds per search
 TIME_CHECK_EVERY = 64  # entries between clock reads
+MAX_BATCH = 16  # messages answered per receive() call: bounds the output held in memory at once
 
 # -- session states and their table -----------------------------------------
 
@@ -1193,7 +1194,7 @@ class LdapSession:
         max_message = self.policy().max_message
         messages: list[bytes] = []
         try:
-            while self._buffer:
+            while self._buffer and len(messages) < MAX_BATCH:
                 try:
                     total = ber.frame_length(self._buffer)
                 except Incomplete:
@@ -1218,6 +1219,18 @@ class LdapSession:
             if self.state == CLOSED or any(isinstance(o, StartTLS) for o in out[-1:]):
                 break
         return out
+
+    @property
+    def backlog(self) -> bool:
+        """True when a complete message waits in the buffer: call `receive(b"")` before reading more."""
+        if self.state == CLOSED:
+            return False
+        try:
+            return len(self._buffer) >= ber.frame_length(self._buffer)
+        except Incomplete:
+            return False
+        except BerError:
+            return True  # the next receive() answers it with a Notice of Disconnection
 
     def _fatal(self, out: list, reason: str) -> list:
         out.append(notice_of_disconnection(PROTOCOL_ERROR, reason))
