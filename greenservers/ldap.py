@@ -99,8 +99,10 @@ class LdapService(Service):
         sensors.set("ldap_connections_open", self.caps.open)
         try:
             self._serve(sock, peer, tls_first)
-        except (ssl.SSLError, socket.timeout, ConnectionError, OSError):
-            pass  # vanished, silent or non-TLS peer: close quietly
+        except ssl.SSLError as exc:  # a client that speaks no (or bad) TLS: its fault, logged rate-limited
+            self.peer_log.warning("tls", peer, "LDAP TLS failed: %s", exc.reason or exc)
+        except (socket.timeout, ConnectionError, OSError):
+            pass  # vanished or silent peer: close quietly
         except Exception:
             self.log.exception("LDAP connection from %s failed", peer)
         finally:

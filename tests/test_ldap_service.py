@@ -315,3 +315,15 @@ def test_many_idle_connections_are_capped_and_others_still_answered(svc):
         for sock in opened:
             sock.close()
     assert_still_answering(svc)
+
+
+def test_plain_ldap_on_the_ldaps_port_is_dropped_and_logged(svc):
+    with socket.create_connection(("127.0.0.1", svc.port("ip_ldaps_port")), timeout=10) as sock:
+        sock.sendall(w.bind(1, "phonebook", PASSWORD))
+        try:
+            while sock.recv(100):  # a TLS alert perhaps, then the close
+                pass
+        except ConnectionError:
+            pass
+    svc.wait_for_log("LDAP TLS failed")
+    assert_still_answering(svc)
