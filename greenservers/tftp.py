@@ -13,6 +13,7 @@ per client address (`tftp_max_per_client`) and in total (`tftp_max_transfers`).
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import time
 from collections import Counter
@@ -30,11 +31,12 @@ RECV_SIZE = proto.MAX_BLKSIZE + 4
 ANCILLARY_SIZE = socket.CMSG_SPACE(32)
 
 
-def _local_address(ancillary, sock_family: int, bound_host: str) -> tuple[str, int]:
+def _local_address(ancillary, bound_host: str) -> tuple[str, int]:
     """(local address, interface index) of a datagram from its IP_PKTINFO / IPV6_PKTINFO."""
     for level, kind, data in ancillary:
         if level == socket.IPPROTO_IP and kind == socket.IP_PKTINFO and len(data) >= 12:
-            return socket.inet_ntop(socket.AF_INET, data[8:12]), int.from_bytes(data[:4], "little")
+            # ipi_spec_dst: the local address to answer from (also right for a broadcast request)
+            return socket.inet_ntop(socket.AF_INET, data[4:8]), int.from_bytes(data[:4], "little")
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
             return socket.inet_ntop(socket.AF_INET6, data[:16]), int.from_bytes(data[16:20], "little")
     return bound_host, 0
@@ -155,25 +157,41 @@ class TftpService(Service):
         return proto.ReadTransfer(source, proto.negotiate(request, source.size, limits), limits), resource
 
     def _run(self, sock: socket.socket, machine: proto.Transfer, settled) -> None:
-        out = machine.start(time.monotonic())
+        # The per-packet loop of a boot storm. A gevent wait (watcher, timer, two switches)
+        # costs more than the protocol work, so the connected socket is first read and written
+        # directly (it is non-blocking); after one yield to the other transfers the answer has
+        # usually arrived, and only then does the loop really wait.
+        clock, fd, read, write = time.monotonic, sock.fileno(), os.read, os.write
+        out = machine.start(clock())
         while True:
             for datagram in out:
-                sock.send(datagram)
+                try:
+                    write(fd, datagram)
+                except BlockingIOError:
+                    sock.send(datagram)
             if machine.finished:
                 return
             if machine.state is proto.State.DALLYING:
                 settled()
-            wait = machine.deadline - time.monotonic()
-            if wait <= 0:
-                out = machine.timeout(time.monotonic())
-                continue
-            sock.settimeout(wait)
             try:
-                datagram = sock.recv(RECV_SIZE)
-            except socket.timeout:
-                out = machine.timeout(time.monotonic())
-                continue
-            out = machine.receive(datagram, time.monotonic())
+                datagram = read(fd, RECV_SIZE)
+            except BlockingIOError:
+                gevent.sleep(0)
+                try:
+                    datagram = read(fd, RECV_SIZE)
+                except BlockingIOError:
+                    wait = machine.deadline - clock()
+                    if wait <= 0:
+                        out = machine.timeout(clock())
+                        continue
+                    sock.settimeout(wait)
+                    try:
+                        datagram = sock.recv(RECV_SIZE)
+                    except socket.timeout:
+                        out = machine.timeout(clock())
+                        continue
+            now = clock()
+            out = machine.receive(datagram, now) + machine.timeout(now)  # a stream of stray packets must not stall retransmission
 
     def _finish(self, request, client: str, sock, machine, resource) -> None:
         sensors = self.runtime.sensors
@@ -221,7 +239,7 @@ class TftpListener:
         while True:
             try:
                 datagram, ancillary, _flags, peer = self.sock.recvmsg(MAX_REQUEST, ANCILLARY_SIZE)
-                local = _local_address(ancillary, self.sock.family, bound_host)
+                local = _local_address(ancillary, bound_host)
                 self.service.handle_request(datagram, local, peer, self)
             except OSError as exc:  # e.g. a send to a vanished peer; the socket itself stays usable
                 if self.sock.fileno() < 0:

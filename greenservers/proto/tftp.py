@@ -56,8 +56,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tftpy.TftpPacketFactory import TftpPacketFactory
-from tftpy.TftpPacketTypes import TftpPacketACK, TftpPacketDAT, TftpPacketERR, TftpPacketOACK
+from tftpy.TftpPacketTypes import (
+    TftpPacketACK, TftpPacketDAT, TftpPacketERR, TftpPacketOACK, TftpPacketRRQ, TftpPacketWRQ,
+)
 from tftpy.TftpShared import TftpException
 
 # tftpy logs every ERROR packet it decodes at level ERROR: a peer could flood the log through it.
@@ -117,14 +118,24 @@ class OptionRefused(TftpError):
 
 # -- packets (tftpy classes only) -------------------------------------------
 
-_FACTORY = TftpPacketFactory()
+# opcode -> tftpy class; what tftpy's TftpPacketFactory.parse() does, minus its eager
+# debug-string formatting, which cost a third of the per-packet time in a boot storm
+PACKET_CLASSES = {
+    OP_RRQ: TftpPacketRRQ, OP_WRQ: TftpPacketWRQ, OP_DATA: TftpPacketDAT,
+    OP_ACK: TftpPacketACK, OP_ERROR: TftpPacketERR, OP_OACK: TftpPacketOACK,
+}
 _MALFORMED = (TftpException, UnicodeDecodeError, struct.error, ValueError)
 
 
 def decode(datagram: bytes):
     """A tftpy packet object; raises IllegalOperation on anything malformed."""
+    packet_class = PACKET_CLASSES.get(int.from_bytes(datagram[:2], "big")) if len(datagram) > 2 else None
+    if packet_class is None:
+        raise IllegalOperation("malformed packet: too short or unknown opcode")
+    packet = packet_class()
+    packet.buffer = datagram
     try:
-        return _FACTORY.parse(datagram)
+        return packet.decode()
     except _MALFORMED as exc:
         raise IllegalOperation(f"malformed packet: {exc}") from None
 
@@ -391,6 +402,7 @@ class Transfer:
         self.retries = 0
         self.failure: str | None = None  # why it failed, for the log
         self.peer_vanished = False  # failed by timeouts or the peer's own ERROR: nothing to log loudly
+        self._handlers = {key: getattr(self, name) for key, name in self.TABLE.items()}  # bound once: a hot path
 
     @property
     def finished(self) -> bool:
@@ -410,8 +422,7 @@ class Transfer:
         return self._dispatch(Event.TIMEOUT, None, now)
 
     def _dispatch(self, event: Event, packet, now: float) -> list[bytes]:
-        handler = self.TABLE.get((self.state, event), "_on_unexpected")
-        return getattr(self, handler)(packet, now)
+        return self._handlers.get((self.state, event), self._on_unexpected)(packet, now)
 
     def _on_unexpected(self, packet, now: float) -> list[bytes]:
         if self.finished:

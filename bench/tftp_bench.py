@@ -1,0 +1,208 @@
+"""TFTP: greenservers' TFTP service and tftpd-hpa (in.tftpd) side by side on loopback, alternated.
+
+Both servers serve the same folder (a 10 MiB and a 2 MiB random file), each
+started fresh on a free loopback port: greenservers as in production
+(gunicorn, one worker), in.tftpd in the foreground (`-L -s ROOT -a
+127.0.0.1:PORT`); both are stopped by PID at the end.
+
+Figures (medians of RUNS alternated runs; every downloaded file is checked
+by size and SHA-256):
+
+1. One 10 MiB download with atftp at blksize 1428 (lock-step, RFC 2348).
+2. The same with windowsize 16 (RFC 7440). in.tftpd does not offer
+   windowsize, so for it this is again a lock-step download.
+3. One 10 MiB download with curl --tftp-blksize 1428.
+4. Boot storm: STORM clients started at once, each fetching the 2 MiB file
+   with tftp-hpa (`tftp -m binary`: no options, 512-byte blocks, as a phone
+   without option support) -- total time until the last one has it.
+5. The same storm with atftp at blksize 1428.
+
+The clients run on the same cores as the servers, so the storm figures
+include the clients' own CPU (BENCH_CLIENT_NICE=N runs the storm clients
+under `nice -n N`, for both servers alike). greenservers is run with tftp_max_per_client
+raised to the storm size because every client here comes from 127.0.0.1.
+Target (issue 5): windowsize download >= 2x in.tftpd's best single
+download rate; the storm no slower than in.tftpd. Results: bench/results/tftp.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, free_port, median_spread, stop, write_results
+
+RUNS = int(os.environ.get("BENCH_RUNS", 5))
+STORM_RUNS = int(os.environ.get("BENCH_STORM_RUNS", 3))
+STORM = int(os.environ.get("BENCH_STORM", 100))
+BIG, SMALL = 10 * 1024 * 1024, 2 * 1024 * 1024
+NICE = os.environ.get("BENCH_CLIENT_NICE", "").split() and ["nice", "-n", os.environ["BENCH_CLIENT_NICE"]]
+
+
+def free_udp_port() -> int:
+    return free_port(socket.SOCK_DGRAM)
+
+
+# -- the two servers -------------------------------------------------------------------------
+
+
+def start_project(port: int, directory: Path, root: Path) -> subprocess.Popen:
+    config = directory / "greenservers.toml"
+    data = directory / "data"
+    data.mkdir()
+    os.symlink(root, data / "tftp")
+    config.write_text(
+        f'ip_http_port = ""\nip_https_port = ""\nip_snmp_port = ""\nip_tftp_port = "127.0.0.1:{port}"\n'
+        f'ip_ntp_port = ""\nip_ldap_port = ""\nip_ldaps_port = ""\ndata_dir = "{data}"\n'
+        f"tftp_max_per_client = {STORM * 2}\ntftp_max_transfers = {STORM * 2}\n"
+    )
+    env = dict(os.environ, GREENSERVERS_CONFIG=str(config))
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "app:app"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_tftp(port, proc)
+    return proc
+
+
+def start_reference(port: int, directory: Path, root: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(["in.tftpd", "-L", "-s", str(root), "-a", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_tftp(port, proc)
+    return proc
+
+
+def wait_tftp(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Poll with an RRQ for a missing file until an ERROR comes back."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            sock.sendto(b"\x00\x01no-such-file\x00octet\x00", ("127.0.0.1", port))
+            try:
+                if sock.recvfrom(600)[0][:2] == b"\x00\x05":
+                    return
+            except OSError:
+                time.sleep(0.05)
+    raise RuntimeError(f"no TFTP answer on 127.0.0.1:{port}")
+
+
+# -- clients -------------------------------------------------------------------------------------
+
+
+def atftp(port: int, name: str, out: str, *options: str) -> list[str]:
+    cmd = ["atftp", "-g", "-r", name, "-l", out]
+    for option in options:
+        cmd += ["--option", option]
+    return cmd + ["127.0.0.1", str(port)]
+
+
+SINGLE = {
+    "10 MiB, atftp blksize 1428": lambda port, out: atftp(port, "big.bin", out, "blksize 1428"),
+    "10 MiB, atftp blksize 1428 windowsize 16": lambda port, out: atftp(port, "big.bin", out, "blksize 1428", "windowsize 16"),
+    "10 MiB, curl --tftp-blksize 1428": lambda port, out: ["curl", "-sS", "--tftp-blksize", "1428", "-o", out, f"tftp://127.0.0.1:{port}/big.bin"],
+}
+STORMS = {
+    "tftp-hpa, 512-byte blocks": lambda port, out: ["tftp", "-m", "binary", "127.0.0.1", str(port), "-c", "get", "small.bin", out],
+    "atftp blksize 1428": lambda port, out: atftp(port, "small.bin", out, "blksize 1428"),
+}
+
+
+def timed_download(command: list[str], out: Path, expected: str) -> float:
+    out.unlink(missing_ok=True)
+    start = time.perf_counter()
+    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, check=True)
+    elapsed = time.perf_counter() - start
+    if hashlib.sha256(out.read_bytes()).hexdigest() != expected:
+        raise RuntimeError(f"corrupt download: {' '.join(command)}")
+    return elapsed
+
+
+def timed_storm(make_command, port: int, folder: Path, expected: str) -> float:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    outs = [folder / f"{i}.bin" for i in range(STORM)]
+    start = time.perf_counter()
+    procs = [subprocess.Popen(NICE + make_command(port, str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for out in outs]
+    try:
+        for proc in procs:
+            proc.wait(timeout=180)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    elapsed = time.perf_counter() - start
+    bad = [out.name for out in outs if not out.exists() or hashlib.sha256(out.read_bytes()).hexdigest() != expected]
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {STORM} storm downloads incomplete or corrupt")
+    return elapsed
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.chmod(tmp, 0o755)  # in.tftpd started as root serves as "nobody"
+        root = tmp / "root"
+        root.mkdir()
+        big, small = os.urandom(BIG), os.urandom(SMALL)
+        (root / "big.bin").write_bytes(big)
+        (root / "small.bin").write_bytes(small)
+        expected = {"big": hashlib.sha256(big).hexdigest(), "small": hashlib.sha256(small).hexdigest()}
+        (tmp / "project").mkdir()
+        servers = {}
+        try:
+            servers["project"] = (start_project(project_port := free_udp_port(), tmp / "project", root), project_port)
+            servers["reference"] = (start_reference(reference_port := free_udp_port(), tmp, root), reference_port)
+            times: dict[tuple[str, str], list[float]] = {}
+            for run in range(RUNS):
+                for figure, make in SINGLE.items():
+                    for who in (("project", "reference") if run % 2 == 0 else ("reference", "project")):
+                        port = servers[who][1]
+                        out = tmp / f"single-{who}.bin"
+                        times.setdefault((figure, who), []).append(timed_download(make(port, str(out)), out, expected["big"]))
+            for run in range(STORM_RUNS):
+                for figure, make in STORMS.items():
+                    for who in (("project", "reference") if run % 2 == 0 else ("reference", "project")):
+                        elapsed = timed_storm(make, servers[who][1], tmp / f"storm-{who}", expected["small"])
+                        times.setdefault((f"storm: {STORM} x 2 MiB, {figure}", who), []).append(elapsed)
+                        print(f"storm {figure} {who}: {elapsed:.2f} s", file=sys.stderr)
+        finally:
+            for proc, _ in servers.values():
+                stop(proc)
+    rows = []
+    for figure in list(SINGLE) + [f"storm: {STORM} x 2 MiB, {name}" for name in STORMS]:
+        project, p_low, p_high = median_spread(times[(figure, "project")])
+        reference, r_low, r_high = median_spread(times[(figure, "reference")])
+        if figure.startswith("storm"):
+            rows.append({"figure": figure + " (s, lower is better)", "project": f"{project:.2f}", "reference": f"{reference:.2f}",
+                         "ratio": f"{reference / project:.2f}", "unit": "s total; ratio = in.tftpd time / ours",
+                         "spread": {"project": [p_low, p_high], "reference": [r_low, r_high]}})
+        else:
+            rows.append({"figure": figure + " (MB/s)", "project": f"{BIG / project / 1e6:.1f}", "reference": f"{BIG / reference / 1e6:.1f}",
+                         "ratio": f"{reference / project:.2f}", "unit": "MB/s; ratio = ours / in.tftpd",
+                         "spread": {"project": [p_low, p_high], "reference": [r_low, r_high]}})
+    best_reference = min(statistics_median(times[(f, "reference")]) for f in SINGLE)  # in.tftpd's best client/option set
+    window = statistics_median(times[("10 MiB, atftp blksize 1428 windowsize 16", "project")])
+    rows.append({"figure": "windowsize 16 vs in.tftpd's best single download", "project": f"{BIG / window / 1e6:.1f}",
+                 "reference": f"{BIG / best_reference / 1e6:.1f}", "ratio": f"{best_reference / window:.2f}", "unit": "MB/s (target ratio >= 2)",
+                 "spread": {}})
+    write_results("tftp", rows)
+
+
+def statistics_median(values: list[float]) -> float:
+    return median_spread(values)[0]
+
+
+if __name__ == "__main__":
+    main()
