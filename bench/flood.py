@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Flood isolation: while one service is flooded, a legitimate client of every service measures p99 latency and lost answers.
+
+    python bench/flood.py [--seconds 10] [--only http,snmp,...]
+
+One greenservers process with every service on 127.0.0.1 (bench/services.py).
+First an idle phase (the probes alone), then one phase per flood; the flood
+runs in its own process (so the probes' timing is not skewed by its loop) and
+every flood is bounded in count and in time:
+
+  http  new TCP connections at 10 x http_max_conn_rate, each sending a GET and closing
+        (a keep-alive client connected before the flood keeps being served)
+  snmp  GetRequests from an untrusted source (127.0.0.2; snmp_trusted is 127.0.0.1) at full speed
+  ntp   mode-3 requests from one source (127.0.0.4) at full speed: its rate limit answers a KoD now and then
+  ldap  1,000 idle connections (from 127.0.2.1-8: the per-address cap is 256), held for the phase
+  tftp  a read-request storm for a real file from 64 sources (127.0.3.x) that never acknowledge,
+        so every admitted transfer retransmits until it gives up
+
+The probes (services.py) send 20 requests/s each with a 1 s timeout. Target:
+under every flood, the *other* services' p99 < 50 ms and nothing lost. The
+flooded service's own probe is reported too (marked), not judged: turning a
+flood away is its job. Results: bench/results/flood.json and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import services  # noqa: E402
+from common import RESULTS, machine  # noqa: E402
+
+TARGET_P99_MS = 50.0
+HTTP_MAX_CONN_RATE = 100
+MAX_DATAGRAMS = 3_000_000  # any UDP flood stops after this many, whatever the time
+LDAP_IDLE = 1000
+TFTP_SOURCES = 64
+
+
+# -- the floods (each runs in a child process until `seconds` pass or its count is reached) ----
+
+
+def flood_http(port: int, seconds: float, counter) -> None:
+    rate = 10 * HTTP_MAX_CONN_RATE
+    request = b"GET /healthz HTTP/1.1\r\nHost: flood\r\n\r\n"
+    start = time.monotonic()
+    sent = 0
+    while sent < rate * seconds:
+        due = start + sent / rate
+        now = time.monotonic()
+        if now > start + seconds + 1:
+            break
+        if due > now:
+            time.sleep(due - now)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+                sock.sendall(request)
+        except OSError:
+            pass
+        sent += 1
+    counter.value = sent
+
+
+def _datagram_flood(port: int, source: str, payload_of, seconds: float, counter) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    deadline = time.monotonic() + seconds
+    sent = 0
+    while sent < MAX_DATAGRAMS:
+        for _ in range(256):
+            try:
+                sock.send(payload_of(sent))
+            except (BlockingIOError, ConnectionRefusedError):
+                pass  # a full send buffer or an ICMP error: keep going, the flood is the point
+            sent += 1
+        if time.monotonic() >= deadline:
+            break
+    sock.close()
+    counter.value = sent
+
+
+def flood_snmp(port: int, seconds: float, counter) -> None:
+    _datagram_flood(port, "127.0.0.2", lambda n: services.SNMP_GET_UPTIME, seconds, counter)
+
+
+def flood_ntp(port: int, seconds: float, counter) -> None:
+    _datagram_flood(port, "127.0.0.4", lambda n: services.NTP_REQUEST[:40] + n.to_bytes(8, "big"), seconds, counter)
+
+
+def flood_tftp(port: int, seconds: float, counter) -> None:
+    request = b"\x00\x01" + services.PROBE_FILE.encode() + b"\x00octet\x00"
+    socks = []
+    for i in range(TFTP_SOURCES):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((f"127.0.3.{i + 1}", 0))
+        sock.setblocking(False)
+        socks.append(sock)
+    deadline = time.monotonic() + seconds
+    sent = 0
+    while sent < MAX_DATAGRAMS and time.monotonic() < deadline:
+        for sock in socks:
+            try:
+                sock.sendto(request, ("127.0.0.1", port))
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+            sent += 1
+    for sock in socks:
+        sock.close()
+    counter.value = sent
+
+
+def flood_ldap(port: int, seconds: float, counter) -> None:
+    services.raise_fd_limit(LDAP_IDLE + 512)
+    held = []
+    deadline = time.monotonic() + seconds
+    for i in range(LDAP_IDLE):
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((f"127.0.2.{i % 8 + 1}", 0))
+            sock.settimeout(2.0)
+            sock.connect(("127.0.0.1", port))
+            held.append(sock)
+        except OSError:
+            sock.close()
+        if time.monotonic() >= deadline:
+            break
+    counter.value = len(held)
+    time.sleep(max(0.0, deadline - time.monotonic()))
+    alive = 0
+    for sock in held:  # how many the server still holds open (not closed on us) at the end
+        sock.setblocking(False)
+        try:
+            alive += sock.recv(1) != b""
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+        sock.close()
+    counter.value = alive
+
+
+FLOODS = {
+    "http": (flood_http, f"{10 * HTTP_MAX_CONN_RATE} new connections/s (10 x http_max_conn_rate)"),
+    "snmp": (flood_snmp, "untrusted source at full speed"),
+    "ntp": (flood_ntp, "one source at full speed"),
+    "ldap": (flood_ldap, f"{LDAP_IDLE} idle connections"),
+    "tftp": (flood_tftp, f"read-request storm from {TFTP_SOURCES} sources, never acknowledged"),
+}
+UNIT = {"http": "connections", "snmp": "datagrams", "ntp": "datagrams", "ldap": "connections held to the end", "tftp": "requests"}
+
+
+def measure(server: services.Greenservers, flood: str | None, seconds: float) -> dict:
+    """One phase: the flood (if any) in a child process, the probes here, both for `seconds`."""
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("q", 0)
+    child = None
+    if flood:
+        function, _ = FLOODS[flood]
+        child = context.Process(target=function, args=(server.ports[flood], seconds + 1.0, counter), daemon=True)
+        child.start()
+        time.sleep(1.0)  # the flood reaches full strength (and the idle connections are open) before we measure
+    try:
+        probes = services.run_probes(server, seconds)
+    finally:
+        if child is not None:
+            child.join(seconds + 30)
+            if child.is_alive():
+                child.terminate()
+                child.join(5)
+    return {"probes": probes, "flood_count": counter.value if flood else 0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    parser.add_argument("--only", default="", help="comma-separated floods (default: all)")
+    args = parser.parse_args()
+    services.raise_fd_limit(8192)  # the server inherits it: 1,000 LDAP connections plus the TFTP storm's sockets
+    floods = [f for f in (args.only.split(",") if args.only else FLOODS)]
+    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "seconds": args.seconds,
+               "target_p99_ms": TARGET_P99_MS, "cases": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = services.start_greenservers(Path(tmp), {"http_max_conn_rate": HTTP_MAX_CONN_RATE})
+        try:
+            results["services"] = [s for s in services.PROBES if server.has(s)]
+            services.run_probes(server, 1.0)  # warm-up: first requests load templates, build the directory
+            phases = [None] + [f for f in floods if server.has(f)]
+            for flood in phases:
+                label = "none (idle)" if flood is None else f"{flood}: {FLOODS[flood][1]}"
+                print(f"-- flood: {label}", flush=True)
+                phase = measure(server, flood, args.seconds)
+                verdict_ok = all(p["lost"] == 0 and p["p99_ms"] < TARGET_P99_MS
+                                 for name, p in phase["probes"].items() if name != flood)
+                case = {"flood": label, "flooded": flood, "flood_count": phase["flood_count"],
+                        "flood_unit": UNIT.get(flood, ""), "probes": phase["probes"], "target_met": verdict_ok,
+                        "worker_rss_mb": round(services.rss_mb(server.worker_pid), 1),
+                        "worker_fds": services.open_fds(server.worker_pid)}
+                results["cases"].append(case)
+                for name, p in phase["probes"].items():
+                    mark = " (flooded)" if name == flood else ""
+                    print(f"   {name:5}{mark:10} p99 {p['p99_ms']:7.2f} ms  median {p['median_ms']} ms  lost {p['lost']:3}"
+                          f" {p['lost_reasons'] or ''}", flush=True)
+                if flood:
+                    print(f"   flood sent: {phase['flood_count']:,} {UNIT[flood]}; target {'met' if verdict_ok else 'MISSED'}", flush=True)
+            log = server.proc.log
+        finally:
+            server.stop()
+    results["log_tracebacks"] = log.count("Traceback")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "flood.json").write_text(json.dumps(results, indent=2))
+    print(table(results))
+    return 0 if all(c["target_met"] for c in results["cases"]) else 1
+
+
+def table(results: dict) -> str:
+    names = results["services"]
+    lines = [f"\nflood isolation — {results['date']} — {results['machine']} — p99 / lost per legitimate client "
+             f"(target p99 < {results['target_p99_ms']:.0f} ms, 0 lost; * = the flooded service itself)",
+             "| flood | " + " | ".join(names) + " | flood sent |", "|---" * (len(names) + 2) + "|"]
+    for case in results["cases"]:
+        cells = []
+        for name in names:
+            p = case["probes"].get(name)
+            star = "*" if name == case["flooded"] else ""
+            cells.append("—" if p is None else f"{p['p99_ms']:.1f} ms / {p['lost']}{star}")
+        sent = f"{case['flood_count']:,} {case['flood_unit']}" if case["flooded"] else ""
+        lines.append(f"| {case['flood']} | " + " | ".join(cells) + f" | {sent} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

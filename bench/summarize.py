@@ -1,0 +1,124 @@
+"""Merges the benchmarks' JSON (bench/results/<name>.json) into ONE table: summary.json and summary.md.
+
+Usage (bench/run calls it):  python bench/summarize.py [--since UNIX_TIME] [--runs N] [NAME ...]
+
+NAME: the comparison benchmarks to merge (default: every results file with rows).
+The Markdown is what the README's performance section pastes: the date, the
+machine (cores, CPU model), the comparison table (figure, project, reference,
+ratio = project / reference, medians and the min-max spread of the runs),
+then the memory, flood-isolation, soak and fuzzing figures when those were
+measured in the same run (their files newer than --since).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from common import RESULTS, machine
+
+SPECIAL = ("summary", "fuzz", "flood", "memory", "soak")
+
+
+def number(value) -> str:
+    if isinstance(value, (int, float)):
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def spread_text(spread) -> tuple[str, str]:
+    """(project spread, reference spread) as 'min–max' texts; benchmarks give a dict of pairs or one pair."""
+    if isinstance(spread, dict):
+        return tuple("–".join(number(v) for v in spread.get(side) or []) for side in ("project", "reference"))
+    if isinstance(spread, (list, tuple)) and spread:
+        return "–".join(number(v) for v in spread), ""
+    return "", ""
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def fresh(name: str, since: float) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    if not path.exists() or path.stat().st_mtime < since:
+        return None
+    return json.loads(path.read_text())
+
+
+def comparison_rows(names: list[str]) -> list[dict]:
+    rows = []
+    for name in names:
+        data = load(name)
+        if not data:
+            continue
+        for row in data.get("rows", []):
+            project_spread, reference_spread = spread_text(row.get("spread"))
+            rows.append({"benchmark": name, "figure": row["figure"], "project": row["project"], "reference": row["reference"],
+                         "ratio": row["ratio"], "project_spread": project_spread, "reference_spread": reference_spread,
+                         "unit": row.get("unit", "")})
+    return rows
+
+
+def markdown(summary: dict) -> str:
+    lines = [f"Measured {summary['date']} on {summary['machine']}, loopback, {summary['runs']} alternated runs per comparison "
+             "(medians; min–max of the runs in brackets; ratio = project / reference).", ""]
+    lines += ["| benchmark | figure | greenservers | reference | ratio |", "|---|---|---|---|---|"]
+    for row in summary["rows"]:
+        project = row["project"] + (f" ({row['project_spread']})" if row["project_spread"] else "")
+        reference = row["reference"] + (f" ({row['reference_spread']})" if row["reference_spread"] else "")
+        lines.append(f"| {row['benchmark']} | {row['figure']} | {project} | {reference} | {row['ratio']} |")
+    memory = summary.get("memory")
+    if memory:
+        lines += ["", "Resident memory of the worker (all services on):", "", "| state | RSS |", "|---|---|"]
+        lines += [f"| {row['state']} | {row['rss_mb']:.1f} MiB |" for row in memory["rows"]]
+    flood = summary.get("flood")
+    if flood:
+        lines += ["", f"Flood isolation: p99 latency and lost answers of a legitimate client of each other service "
+                  f"(target: p99 < {flood['target_p99_ms']} ms, nothing lost):", "",
+                  "| flood | " + " | ".join(flood["services"]) + " |", "|---" * (len(flood["services"]) + 1) + "|"]
+        for case in flood["cases"]:
+            cells = []
+            for service in flood["services"]:
+                probe = case["probes"].get(service)
+                cells.append("—" if probe is None else f"{probe['p99_ms']:.1f} ms, {probe['lost']} lost")
+            lines.append(f"| {case['flood']} | " + " | ".join(cells) + " |")
+    soak = summary.get("soak")
+    if soak:
+        lines += ["", f"Soak: {soak['minutes']} min of mixed traffic from the real clients ({soak['requests']:,} requests, "
+                  f"{soak['failures']} failed): RSS {soak['rss_start_mb']:.1f} → {soak['rss_end_mb']:.1f} MiB "
+                  f"({soak['rss_growth_pct']:+.1f} %), open fds {soak['fds_start']} → {soak['fds_end']} (max {soak['fds_max']}), "
+                  f"unexpected log lines: {soak['unexpected_log_lines']}."]
+    fuzz = summary.get("fuzz")
+    if fuzz:
+        parts = [f"{t['target']} {t['inputs']:,}" + ("" if t["verdict"] == "ok" else f" {t['verdict']}") for t in fuzz["targets"]]
+        lines += ["", "Fuzzing (atheris, inputs per target, no crash, hang or memory growth unless noted): " + ", ".join(parts) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("names", nargs="*")
+    parser.add_argument("--since", type=float, default=0.0)
+    parser.add_argument("--runs", default="5")
+    args = parser.parse_args()
+    names = args.names or sorted(p.stem for p in RESULTS.glob("*.json") if p.stem not in SPECIAL)
+    summary = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "runs": args.runs, "rows": comparison_rows(names)}
+    for extra in ("memory", "flood", "soak", "fuzz"):
+        data = fresh(extra, args.since)
+        if data:
+            summary[extra] = data
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2))
+    text = markdown(summary)
+    (RESULTS / "summary.md").write_text(text)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
