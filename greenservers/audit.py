@@ -100,7 +100,8 @@ class AuditLog:
                 os.write(fd, line.encode("utf-8"))
             finally:
                 os.close(fd)
-        log.info("settings changed by %s from %s via %s: %s%s", who, entry.address, via, describe(changes) or "-", f" ({note})" if note else "")
+        suffix = f" ({note})" if note else ""
+        log.info("settings changed by %s from %s via %s: %s%s", who, entry.address, via, describe(changes) or "-", suffix)
         return entry
 
     def recent(self, limit: int = 50) -> list[AuditEntry]:

@@ -132,7 +132,8 @@ def test_ports_page_in_a_real_browser(service, browser):
     wait_for(browser, (By.ID, "http_max_conn"))
     assert browser.find_element(By.NAME, "http_max_conn").get_attribute("value") == "321"
     assert browser.find_element(By.NAME, "ip_tftp_port").get_attribute("value") == f"127.0.0.1:{tftp_port} [::1]:{tftp_port}"
-    assert ("Saved; takes effect after restart" in browser.find_element(By.ID, "tftp").text) == ("ip_tftp_port" in health["restart_needed_for"])
+    pending_shown = "Saved; takes effect after restart" in browser.find_element(By.ID, "tftp").text
+    assert pending_shown == ("ip_tftp_port" in health["restart_needed_for"])
     document = tomlkit.parse(svc.config_path.read_text())
     assert document["http_max_conn"] == 321
     assert document["ip_tftp_port"] == f"127.0.0.1:{tftp_port} [::1]:{tftp_port}"

@@ -163,7 +163,8 @@ def test_login_redirect_stays_on_this_site(web):
     page = web.client.get("/login", headers=HTML)
     for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
         web.client.get("/login", headers=HTML)
-        answer = web.client.post("/login", headers=HTML, data={"csrf_token": csrf_of(page.text), "username": "admin", "password": PASSWORD, "next": target})
+        form = {"csrf_token": csrf_of(page.text), "username": "admin", "password": PASSWORD, "next": target}
+        answer = web.client.post("/login", headers=HTML, data=form)
         assert answer.status_code == 303
         assert answer.location == "/settings/ports", target
         web.client.post("/logout", data={"csrf_token": csrf_of(web.client.get("/settings/ports", headers=HTML).text)})

@@ -41,25 +41,43 @@ def _wait_for_status(port: int, status: int, timeout: float = 10.0) -> None:
     raise AssertionError(f"expected {status}, last saw {seen}")
 
 
+def _put(url: str, changes: dict, timeout: float = 10.0) -> requests.Response:
+    """PUT, retried while the cap of one turns it away (a just-closed connection may still hold the slot)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with requests.Session() as session:
+            answer = session.put(url, json=changes, auth=AUTH, timeout=5)
+        if answer.status_code != 503 or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.05)
+
+
+def _held_connection(port: int, timeout: float = 10.0) -> socket.socket:
+    """A connection the gate admitted and that stays open (keep-alive); retried while a slot is
+    still held by a connection the client already closed but the server has not yet noticed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if _request_on(sock) == b"HTTP/1.1 200 OK":
+            return sock
+        sock.close()
+        time.sleep(0.05)
+    raise AssertionError("no connection admitted")
+
+
 def test_changed_connection_cap_applies_without_restart(service):
     svc = service({"ip_http_port": f"127.0.0.1:{free_port()}", "admin_password_hash": PASSWORD_HASH})
     port = svc.port("ip_http_port")
     workers = svc.worker_pids
     api = svc.url("/api/settings/ports")
 
-    assert requests.put(api, json={"http_max_conn": 1}, auth=AUTH, timeout=5).status_code == 200
-    _wait_for_status(port, 200)  # the PUT's own connection has been released
+    assert _put(api, {"http_max_conn": 1}).status_code == 200
+    with _held_connection(port):  # the one slot is taken ...
+        assert _status_of_new_connection(port) == 503  # ... so a second connection is turned away
 
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as held:
-        assert _request_on(held) == b"HTTP/1.1 200 OK"  # admitted, kept alive: the one slot is taken
-        assert _status_of_new_connection(port) == 503
-
-    _wait_for_status(port, 200)
-    assert requests.put(api, json={"http_max_conn": 2}, auth=AUTH, timeout=5).json()["http_max_conn"] == 2
-    _wait_for_status(port, 200)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as held:
-        assert _request_on(held) == b"HTTP/1.1 200 OK"
-        assert _status_of_new_connection(port) == 200  # the raised cap admits a second one
+    assert _put(api, {"http_max_conn": 2}).json()["http_max_conn"] == 2
+    with _held_connection(port):
+        _wait_for_status(port, 200)  # the raised cap admits a second one (under 1 this never succeeds)
 
     assert svc.worker_pids == workers  # same worker: nothing was restarted
     assert "http_max_conn = 2" in svc.config_path.read_text()

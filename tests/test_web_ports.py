@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import io
 import json
 import logging
 import re
@@ -19,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from greenservers.audit import AUDIT_FILE
 from greenservers.settings import DECLARATIONS, GROUPS
 from greenservers.tls import TLSContextHolder, ensure_certificate
-from test_web_auth import HTML, WebFixture, csrf_of
+from test_web_auth import HTML, WebFixture
 
 COMMUNITY = "c0mmunity-s3cret"
 LDAP_PASSWORD = "ldap-pa55word-s3cret"
@@ -203,7 +204,10 @@ def test_changes_are_audited_and_shown_latest_first(web):
 def make_cert(days: int = 30, expired: bool = False, name: str = "pbx.example.org"):
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
-    start, end = (now - datetime.timedelta(days=60), now - datetime.timedelta(days=1)) if expired else (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days))
+    if expired:
+        start, end = now - datetime.timedelta(days=60), now - datetime.timedelta(days=1)
+    else:
+        start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     cert = (
         x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
@@ -216,10 +220,9 @@ def make_cert(days: int = 30, expired: bool = False, name: str = "pbx.example.or
 
 
 def upload(web, cert: bytes, key: bytes, follow: bool = False):
-    import io
-
     data = {"csrf_token": web.page_token(), "cert_file": (io.BytesIO(cert), "chain.pem"), "key_file": (io.BytesIO(key), "key.pem")}
-    return web.client.post("/settings/ports/certificate", data=data, headers=HTML, content_type="multipart/form-data", follow_redirects=follow)
+    return web.client.post("/settings/ports/certificate", data=data, headers=HTML, content_type="multipart/form-data",
+                           follow_redirects=follow)
 
 
 @pytest.fixture
@@ -284,9 +287,7 @@ def test_certificate_may_be_pasted(web_tls):
 def test_certificate_upload_needs_csrf(web_tls):
     cert, key = make_cert()
     web = web_tls
-    import io
-
-    answer = web.client.post("/settings/ports/certificate", data={"cert_file": (io.BytesIO(cert), "c.pem"), "key_file": (io.BytesIO(key), "k.pem")},
-                             headers=HTML, content_type="multipart/form-data")
+    files = {"cert_file": (io.BytesIO(cert), "c.pem"), "key_file": (io.BytesIO(key), "k.pem")}
+    answer = web.client.post("/settings/ports/certificate", data=files, headers=HTML, content_type="multipart/form-data")
     assert answer.status_code == 403
     assert web.runtime.tls.pair.self_signed

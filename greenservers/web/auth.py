@@ -133,7 +133,9 @@ def _note_failure(how: str) -> None:
     count = _state()["limiter"].failed(key)
     _state()["ratelog"].warning("login-failed", _client(), "failed admin login (%s); %d within %ds", how, count, int(LOGIN_WINDOW))
     if count >= LOGIN_LIMIT:
-        _state()["ratelog"].warning("login-blocked", key, "%d failed admin logins within %ds: refusing logins from here for a while", count, int(LOGIN_WINDOW))
+        _state()["ratelog"].warning(
+            "login-blocked", key, "%d failed admin logins within %ds: refusing logins from here for a while", count, int(LOGIN_WINDOW)
+        )
 
 
 def _too_many(wait: float):
@@ -241,7 +243,8 @@ def check_csrf() -> None:
     """Abort with 403 unless the request carries this session's CSRF token."""
     if not csrf_valid():
         _state()["ratelog"].warning("csrf", _client(), "%s %s refused: missing or wrong CSRF token", request.method, request.path)
-        abort(403, description="The form was out of date or did not come from this site (CSRF token missing or wrong). Reload the page and try again.")
+        abort(403, description="The form was out of date or did not come from this site (CSRF token missing or wrong). "
+                               "Reload the page and try again.")
 
 
 def csrf_protect(view):

@@ -271,7 +271,8 @@ def upload_certificate():
     try:
         pair = ensure_certificate(settings.with_changes(changes))
         server_context(pair)  # loads in OpenSSL before anything switches over
-        apply_settings_changes(changes, VIA.get(auth_method(), "web page"), note=f"certificate {leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}")
+        note = f"certificate {leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}"
+        apply_settings_changes(changes, VIA.get(auth_method(), "web page"), note=note)
     except (CertificateError, ChangeRefused) as exc:
         for path in (cert_path, key_path):
             path.unlink(missing_ok=True)
