@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import sys
 import time
 from collections import Counter
 
@@ -36,9 +37,9 @@ def _local_address(ancillary, bound_host: str) -> tuple[str, int]:
     for level, kind, data in ancillary:
         if level == socket.IPPROTO_IP and kind == socket.IP_PKTINFO and len(data) >= 12:
             # ipi_spec_dst: the local address to answer from (also right for a broadcast request)
-            return socket.inet_ntop(socket.AF_INET, data[4:8]), int.from_bytes(data[:4], "little")
+            return socket.inet_ntop(socket.AF_INET, data[4:8]), int.from_bytes(data[:4], sys.byteorder)
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
-            return socket.inet_ntop(socket.AF_INET6, data[:16]), int.from_bytes(data[16:20], "little")
+            return socket.inet_ntop(socket.AF_INET6, data[:16]), int.from_bytes(data[16:20], sys.byteorder)
     return bound_host, 0
 
 

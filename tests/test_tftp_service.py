@@ -8,6 +8,7 @@ for what the clients cannot send (traversal names, aborted uploads).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import socket
@@ -142,6 +143,12 @@ def test_http_prov_serves_what_tftp_serves(tftp, tmp_path):
         assert sha(response.read()) == sha(tftp.files["big.bin"])
     with urllib.request.urlopen(tftp.url("/prov/0004f2abcdef.cfg", host="::1"), timeout=10) as response:
         assert response.read().startswith(b"ntp=::1 ldap=::1:")
+    # a Host header that is neither an address nor a DNS name is not put into a phone's configuration
+    connection = http.client.HTTPConnection("127.0.0.1", tftp.port("ip_http_port"), timeout=10)
+    connection.request("GET", "/prov/0004f2abcdef.cfg", headers={"Host": "bad_host!name"})
+    body = connection.getresponse().read()
+    connection.close()
+    assert b"bad_host" not in body and body.startswith(b"ntp="), body  # the server's own name instead
     for path, status in [("/prov/..%2fsecret.txt", 403), ("/prov/leak.txt", 403), ("/prov/nothing.cfg", 404), ("/prov/broken.cfg", 500)]:
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(tftp.url(path), timeout=10)

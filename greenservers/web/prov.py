@@ -4,7 +4,7 @@ No authentication, like TFTP: phones fetch these before they know any
 credentials. Names resolve through greenservers.provisioning (the same
 checks, files and templates); templates are rendered with the HTTP
 request's host as `server` (validated: an IP address or a DNS name, else the
-local address the request came in on). Refusals answer 404/403/500 and are
+server's own name, SERVER_NAME). Refusals answer 404/403/500 and are
 logged rate-limited with the client's address.
 """
 
