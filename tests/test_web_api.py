@@ -132,3 +132,11 @@ def test_put_is_audited_with_who_when_and_where(web):
     assert entry["who"] == "admin" and entry["address"] == "2001:db8::7" and entry["via"] == "API (HTTP Basic)"
     assert entry["changes"] == [{"setting": "http_max_conn_rate", "old": 100, "new": 50}]
     assert entry["time"].endswith("+00:00")
+
+
+def test_put_writes_numbers_and_switches_as_toml_types(web):
+    answer = put(web, {"http_max_conn": "500", "tftp_write": "true", "ntp_local_stratum": 10})
+    assert answer.status_code == 200
+    assert answer.json["http_max_conn"] == 500 and answer.json["tftp_write"] is True
+    document = tomlkit.parse(web.config_text)
+    assert document["http_max_conn"] == 500 and document["tftp_write"] is True and document["ntp_local_stratum"] == 10

@@ -65,6 +65,19 @@ def ports_view(settings) -> dict[str, Any]:
     return {name: view[name] for name in PORTS_SETTINGS}
 
 
+def canonical(setting, value: Any) -> Any:
+    """The value as it is written to the file: numbers and switches as TOML integers and
+    booleans (a form or a script may send "500" or "true"); anything else as given."""
+    if isinstance(setting.default, (bool, int)) and not setting.is_bindings:
+        try:
+            return setting.validate(value)
+        except ValueError:
+            return value  # runtime.update reports it with the field's message
+    if setting.is_bindings and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # binding lists stay strings in the file
+    return value
+
+
 def _changes_from_json(body: Any, current) -> dict[str, Any]:
     """The JSON object as setting changes: unknown and non-Ports fields refused, no-ops dropped."""
     if not isinstance(body, dict):
@@ -80,9 +93,8 @@ def _changes_from_json(body: Any, current) -> dict[str, Any]:
         elif setting.secret and isinstance(value, dict):
             continue  # {"set": ...} as GET shows it: unchanged
         else:
-            if setting.is_bindings and isinstance(value, int) and not isinstance(value, bool):
-                value = str(value)  # keep binding lists as strings in the file
-            if value != current.raw.get(name):
+            value = canonical(setting, value)
+            if value != current.raw.get(name) or type(value) is not type(current.raw.get(name)):
                 changes[name] = value
     if errors:
         raise ChangeRefused(errors)

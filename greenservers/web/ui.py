@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from ..settings import DECLARATIONS, GROUPS, Setting
 from ..store import atomic_write
 from ..tls import CertificateError, check_pem, ensure_certificate, server_context
 from . import get_runtime
-from .api import VIA, ChangeRefused, apply_settings_changes
+from .api import VIA, ChangeRefused, apply_settings_changes, canonical
 from .auth import admin_required, auth_method, wants_html
 
 bp = Blueprint("ui", __name__)
@@ -102,15 +101,14 @@ def _changes_from_form(form, current) -> dict[str, Any]:
         if kind == "bool":
             if setting.name not in shown_bools:
                 continue
-            value: Any = setting.name in form
+            value = setting.name in form
         elif setting.name not in form:
             continue
         else:
             value = form[setting.name]
             if kind == "secret" and value == "":
                 continue  # empty: keep the current secret
-            if kind == "int" and re.fullmatch(r"\s*\d{1,9}\s*", value):
-                value = int(value)
+            value = canonical(setting, value)
         if kind != "secret" and _shown(value) == _shown(current.raw.get(setting.name)):
             continue
         changes[setting.name] = value
