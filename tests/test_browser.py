@@ -115,6 +115,9 @@ def test_ports_page_in_a_real_browser(service, browser):
     assert error.find_element(By.XPATH, "..").find_element(By.NAME, "ip_tftp_port").get_attribute("aria-invalid") == "true"
     assert "Nothing was saved" in browser.find_element(By.CSS_SELECTOR, ".flash.error").text
     assert tomlkit.parse(svc.config_path.read_text())["ip_tftp_port"] == f"127.0.0.1:{tftp_port}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", error)
+    browser.save_screenshot(str(ARTIFACTS / "ports-page-inline-error.png"))
 
     # good changes: a cap (in effect at once) and a port list (after restart)
     set_field(browser, "ip_tftp_port", f"127.0.0.1:{tftp_port} [::1]:{tftp_port}")
@@ -139,7 +142,6 @@ def test_ports_page_in_a_real_browser(service, browser):
     assert document["ip_tftp_port"] == f"127.0.0.1:{tftp_port} [::1]:{tftp_port}"
     assert "http_max_conn" in browser.find_element(By.ID, "audit").text
 
-    ARTIFACTS.mkdir(exist_ok=True)
     screenshot(browser, ARTIFACTS / "ports-page.png", 1100)
     screenshot(browser, ARTIFACTS / "ports-page-phone.png", 390, 844)
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), "page wider than a phone screen"
