@@ -50,7 +50,8 @@ import ipaddress
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from functools import cached_property
+from typing import Callable, NamedTuple
 
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 (NTP era 0) to 1970-01-01
 PACKET_LEN = 48
@@ -76,6 +77,7 @@ KOD_MIN_POLL = 4  # log2 seconds a KoD asks the client to wait at least
 MAX_CLIENTS = 8192  # clients remembered at once (about 1 MB)
 
 _HEADER = struct.Struct("!BBbbII4sQ8sQ")  # everything up to the transmit timestamp
+_STATE = struct.Struct("!bII4sQ")  # precision .. reference time: the clock's part of the header
 _TIMESTAMP = struct.Struct("!Q")
 
 
@@ -141,6 +143,12 @@ class ServerState:
     def synchronised(self) -> bool:
         return self.leap != LEAP_ALARM and self.stratum < STRATUM_UNSYNCHRONISED
 
+    @cached_property
+    def packed(self) -> bytes:
+        """Bytes 3..23 of every answer (precision .. reference time): packed once per snapshot."""
+        return _STATE.pack(self.precision, ntp_short(self.root_delay), ntp_short(self.root_dispersion),
+                           self.reference_id, self.reference_time)
+
 
 def server_state(kernel: KernelClock, upstream: Upstream | None, local_stratum: int, precision: int) -> ServerState:
     """Derive the header fields from the clock snapshot (see the module docstring)."""
@@ -181,6 +189,8 @@ def parse_chronyc_tracking(text: str) -> Upstream | None:
         return None
     if len(reference_id) != 4 or not 1 <= stratum <= MAX_STRATUM:
         return None
+    if not (0.0 <= root_delay < 65536.0 and 0.0 <= root_dispersion < 65536.0):  # nan/inf would break ntp_short
+        return None
     return Upstream(stratum, reference_id, reference_time_ns, root_delay, root_dispersion)
 
 
@@ -196,8 +206,7 @@ class NtpRefusal(Exception):
         self.kiss_code = kiss_code
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     version: int
     mode: int
     poll: int
@@ -210,16 +219,14 @@ def parse_request(data: bytes) -> Request:
         raise NtpRefusal(f"short packet ({len(data)} bytes)")
     if len(data) > MAX_REQUEST_LEN or len(data) % 4:
         raise NtpRefusal(f"malformed packet ({len(data)} bytes)")
-    version, mode = (data[0] >> 3) & 7, data[0] & 7
-    poll = struct.unpack_from("!b", data, 2)[0]
-    return Request(version, mode, poll, bytes(data[40:48]))
+    first, poll = data[0], data[2]
+    return Request((first >> 3) & 7, first & 7, poll - 256 if poll > 127 else poll, bytes(data[40:48]))
 
 
 Outcome = enum.Enum("Outcome", "ANSWERED KISSED DROPPED")
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     """What to do with one request: send `reply` (if any); `reason` says why when refused."""
 
     outcome: Outcome
@@ -231,16 +238,21 @@ class Result:
 
 
 def client_key(address: str) -> str:
-    """The rate-limit identity of a peer: its IPv4 address, or its IPv6 /64."""
+    """The rate-limit identity of a peer: its IPv4 address, or its IPv6 /64.
+
+    `address` is the text the socket layer gives, canonical already, so an
+    IPv4 address is used as it is (parsing it would cost more than the rest
+    of the answer).
+    """
+    if ":" not in address:
+        return address
     try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
     except ValueError:
         return address
-    if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return ip.packed[:8].hex() + "/64"
 
 
 Verdict = enum.Enum("Verdict", "ANSWER KISS DROP")
@@ -298,11 +310,8 @@ def _li_vn_mode(leap: int, version: int, mode: int) -> int:
 
 def build_reply(request: Request, state: ServerState, received_ns: int, transmit_clock: Callable[[], int]) -> bytes:
     """The mode-4 answer (RFC 5905 §7.3); `transmit_clock()` (Unix ns) is read last."""
-    header = _HEADER.pack(
-        _li_vn_mode(state.leap, request.version, MODE_SERVER), state.stratum, request.poll, state.precision,
-        ntp_short(state.root_delay), ntp_short(state.root_dispersion), state.reference_id, state.reference_time,
-        request.transmit, ntp_timestamp(received_ns),
-    )
+    header = (bytes((_li_vn_mode(state.leap, request.version, MODE_SERVER), state.stratum, request.poll & 0xFF))
+              + state.packed + request.transmit + _TIMESTAMP.pack(ntp_timestamp(received_ns)))
     return header + _TIMESTAMP.pack(ntp_timestamp(transmit_clock()))
 
 
