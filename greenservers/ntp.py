@@ -114,9 +114,8 @@ def query_chronyc():
 class ClockWatch:
     """The current ServerState, rebuilt at most once a second from the kernel and the upstream."""
 
-    def __init__(self, runtime, precision: int):
-        self.runtime = runtime
-        self.precision = precision
+    def __init__(self, runtime, precision: int, log):
+        self.runtime, self.precision, self.log = runtime, precision, log
         self.upstream = None
         self.kernel_synchronised = False
         self._state = None
@@ -134,8 +133,11 @@ class ClockWatch:
     def watch_upstream(self) -> None:
         """Greenlet: ask chronyc now and then, only while the kernel says it is synchronised."""
         while True:
-            self.current(time.monotonic())
-            self.upstream = query_chronyc() if self.kernel_synchronised else None
+            try:
+                self.current(time.monotonic())
+                self.upstream = query_chronyc() if self.kernel_synchronised else None
+            except Exception:  # a bug: keep serving with what we know
+                self.log.exception("NTP: reading the upstream failed")
             gevent.sleep(UPSTREAM_INTERVAL)
 
 
@@ -179,7 +181,7 @@ class NtpService(Service):
     def __init__(self, runtime):
         super().__init__(runtime)
         self.responder = NtpResponder()
-        self.clock = ClockWatch(runtime, measure_precision())
+        self.clock = ClockWatch(runtime, measure_precision(), self.log)
         self.peer_log = RateLimitedLog(self.log)
         self._watcher = gevent.spawn(self.clock.watch_upstream)
 

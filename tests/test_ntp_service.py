@@ -102,7 +102,9 @@ def test_chronyd_accepts_the_server_with_a_small_offset(server, tmp_path):
 def test_ntplib(server, host, version):
     response = ntplib.NTPClient().request(host, port=server.port("ip_ntp_port"), version=version, timeout=5)
     assert response.version == version and response.mode == 4
-    assert abs(response.offset) < 0.010
+    # same clock on both ends: the offset is within 10 ms, plus at most half the round trip a loaded
+    # machine may add (RFC 5905 §8: the error of an offset is bounded by half the delay)
+    assert abs(response.offset) < 0.010 + response.delay / 2
     assert response.leap != 3 and 1 <= response.stratum <= 15
     if expected_stratum() > 0:
         assert response.stratum == LOCAL_STRATUM and response.ref_id == 0x7F7F0101
@@ -196,10 +198,10 @@ def test_sntp_and_ntpdate_on_port_123_in_a_network_namespace(tmp_path):
         code, out, err = results[f"{name}/8"]
         assert code == 0, err
         # e.g. "2026-11-26 11:35:05.856567 (+0000) -0.002633 +/- 0.003485 127.0.0.1 s8 no-leap"
-        found = re.search(r"\) ([-+][0-9.]+) \+/- [0-9.]+ \S+ s(\d+) ", out)
-        assert found and abs(float(found.group(1))) < 0.010, out
+        found = re.search(r"\) ([-+][0-9.]+) \+/- ([0-9.]+) \S+ s(\d+) ", out)
+        assert found and abs(float(found.group(1))) < 0.010 + float(found.group(2)), out
         if expected_stratum() > 0:
-            assert found.group(2) == str(LOCAL_STRATUM)
+            assert found.group(3) == str(LOCAL_STRATUM)
         # with ntp_local_stratum off, the clients trust us exactly when the kernel clock is synchronised
         code, out, err = results[f"{name}/0"]
         if read_kernel_clock().synchronised:
