@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Resident memory of the greenservers worker: idle, and with 100,000 contacts in the address book.
+
+    python bench/memory.py [--contacts 100000]
+
+Two fresh starts with every service on loopback (bench/services.py):
+1. a small address book: RSS right after the start, and after one request
+   to each service (the first requests load templates and build caches);
+2. CONTACTS contacts imported through greenservers.addressbook.AddressBook
+   into the data dir before the start: RSS after the start, after one
+   search (the LDAP directory snapshot is built on first use), and after a
+   few phone-like searches of every kind (prefix, substring -- which builds
+   the trigram index -- and number).
+RSS is VmRSS of the worker process (/proc/PID/status). Results: bench/results/memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import random
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import services  # noqa: E402
+from common import RESULTS, machine  # noqa: E402
+
+SYLLABLES = ["an", "ber", "chri", "da", "el", "fen", "gus", "han", "ing", "jo", "kal", "lin", "mar", "nor", "ol", "pet",
+             "ras", "sch", "tor", "ul", "ven", "wal", "xa", "yo", "zim", "mann", "son", "er", "ke", "ti"]
+SEARCHES = ["(|(cn=Jo*)(sn=Jo*))", "(|(cn=*mann*)(sn=*mann*))", "(|(cn=*ber*)(sn=*ber*))", "(sn=Schmitt)",
+            "(|(telephoneNumber=+4930 1004711)(mobile=+4930 1004711))", "(|(cn=Ma*)(sn=Ma*))", "(displayName=*son*)",
+            "(|(telephoneNumber=*4711)(mobile=*4711))"]
+
+
+def contacts_csv(count: int, seed: int = 1) -> str:
+    rng = random.Random(seed)
+
+    def name(parts: int) -> str:
+        return "".join(rng.choice(SYLLABLES) for _ in range(parts)).capitalize()
+
+    firsts = [name(2) for _ in range(300)]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["first_name", "last_name", "company", "work", "mobile", "home", "email"])
+    for i in range(count):
+        last = name(rng.randint(2, 3))
+        writer.writerow([rng.choice(firsts), last, f"{name(2)} GmbH" if i % 5 == 0 else "", f"+49 30 {1000000 + i}",
+                         f"+49 171 {2000000 + i}" if i % 3 == 0 else "", f"+49 89 {3000000 + i}" if i % 7 == 0 else "",
+                         f"{last.lower()}{i}@example.org" if i % 4 == 0 else ""])
+    return out.getvalue()
+
+
+def ldap_search(port: int, filters: list[str]) -> int:
+    """Bind, run each search (size limit 50, like a phone), return the entries seen."""
+    probe = services.LdapProbe(port)
+    entries = 0
+    try:
+        probe._connect()
+        for message_id, text in enumerate(filters, 2):
+            probe.sock.settimeout(120)  # the first search of a big book builds the directory
+            probe.sock.sendall(services.ldap_wire.search(message_id, text, attributes=["cn", "telephoneNumber"], size_limit=50))
+            while True:
+                total = None
+                try:
+                    total = services.ber.frame_length(probe.buffer)
+                except services.ber.Incomplete:
+                    pass
+                if total is not None and len(probe.buffer) >= total:
+                    message, probe.buffer = probe.buffer[:total], probe.buffer[total:]
+                    tag = services.ldap_wire.parse_responses(message)[0].tag
+                    if tag == 0x64:
+                        entries += 1
+                    if tag == 0x65:
+                        break
+                    continue
+                chunk = probe.sock.recv(65536)
+                if not chunk:
+                    raise RuntimeError("LDAP connection closed")
+                probe.buffer += chunk
+    finally:
+        probe.close()
+    return entries
+
+
+def settle_rss(pid: int, seconds: float = 1.0) -> float:
+    time.sleep(seconds)  # let the worker finish what it was doing (not a readiness wait: the service is up)
+    return round(services.rss_mb(pid), 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contacts", type=int, default=100_000)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        server = services.start_greenservers(Path(tmp) / "idle")
+        try:
+            pid = server.worker_pid
+            rows.append({"state": "idle, every service on, just started", "rss_mb": settle_rss(pid)})
+            services.run_probes(server, 1.0, interval=0.2)
+            rows.append({"state": "idle, after a few requests to each service", "rss_mb": settle_rss(pid)})
+        finally:
+            server.stop()
+
+        print(f"importing {args.contacts:,} contacts ...", flush=True)
+        started = time.monotonic()
+        server = services.start_greenservers(Path(tmp) / "big", contacts_csv=contacts_csv(args.contacts), timeout=300)
+        imported_in = time.monotonic() - started
+        try:
+            pid = server.worker_pid
+            rows.append({"state": f"{args.contacts:,} contacts, just started", "rss_mb": settle_rss(pid)})
+            first = time.monotonic()
+            ldap_search(server.ports["ldap"], SEARCHES[:1])
+            first_search_s = time.monotonic() - first
+            rows.append({"state": f"{args.contacts:,} contacts, after the first LDAP search (directory built)",
+                         "rss_mb": settle_rss(pid), "seconds": round(first_search_s, 2)})
+            found = ldap_search(server.ports["ldap"], SEARCHES * 2)
+            rows.append({"state": f"{args.contacts:,} contacts, after {len(SEARCHES) * 2} searches of every kind (indexes built)",
+                         "rss_mb": settle_rss(pid), "entries_returned": found})
+        finally:
+            server.stop()
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "contacts": args.contacts,
+              "import_and_start_s": round(imported_in, 1), "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "memory.json").write_text(json.dumps(result, indent=2))
+    print(f"\nworker resident memory — {result['date']} — {result['machine']}")
+    for row in rows:
+        extra = f"  (first search took {row['seconds']} s)" if "seconds" in row else ""
+        print(f"{row['state']:80} {row['rss_mb']:8.1f} MiB{extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    socket.setdefaulttimeout(None)
+    sys.exit(main())
