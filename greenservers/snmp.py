@@ -42,23 +42,39 @@ class SnmpServer(DatagramServer):
     def __init__(self, bound, service: "SnmpService"):
         super().__init__(bound.sock, spawn=None)
         self.service = service
+        # a wildcard socket must learn each datagram's destination to answer from it
         self.reply_from_destination = bound.binding.host in ("0.0.0.0", "::")
+        self._receive = self._receive_with_destination if self.reply_from_destination else self._receive_plain
+
+    def _receive_plain(self):
+        data, address = self._socket.recvfrom(READ_SIZE)
+        return data, address, ()
+
+    def _receive_with_destination(self):
+        data, ancillary, _flags, address = self._socket.recvmsg(READ_SIZE, ANCILLARY_SIZE)
+        return data, address, ancillary
 
     def do_read(self):
-        try:
-            data, ancillary, flags, address = self._socket.recvmsg(READ_SIZE, ANCILLARY_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                return None  # ICMP errors of earlier replies surface here: a vanished peer
-            raise
-        return data, address, ancillary
+        """The next datagram from a trusted source; untrusted ones are dropped here, before any parsing."""
+        admits, runtime, ratelog = self.service.agent.admits, self.service.runtime, self.service.ratelog
+        for _ in range(self.max_accept):  # bounded: a flood cannot keep the loop from other work
+            try:
+                data, address, ancillary = self._receive()
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    return None  # ICMP errors of earlier replies surface here: a vanished peer
+                raise
+            if admits(address[0], runtime.settings):
+                return data, address, ancillary
+            ratelog.warning(core.UNTRUSTED, _shown(address[0]), DROP_MESSAGES[core.UNTRUSTED])
+        return None
 
     def handle(self, data: bytes, address, ancillary) -> None:
         service = self.service
         try:
-            outcome = service.agent.handle(data, address[0], time.monotonic(), service.runtime.settings)
+            outcome = service.agent.respond(data, time.monotonic(), service.runtime.settings)
         except Exception:
             service.log.exception("SNMP: error handling a datagram from %s; serving on", address[0])
             return

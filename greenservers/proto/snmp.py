@@ -389,15 +389,28 @@ class Agent:
         self.sys_descr = sys_descr.encode()
         self.view = MibView(system_group() + sensor_objects(sensors.declared))
         self.trust = TrustFilter()
+        self._trust_settings, self._trusted = None, ()
         self.settings = None
         self._community = b""
         self._bindings_cache: dict[tuple[int, bytes], tuple[tuple[int, ...], ...]] = {}
 
     def handle(self, datagram: bytes, host: str, now: float, settings) -> Outcome:
         """The outcome of one datagram from `host`; counted in the sensors. Bugs propagate to the shell."""
-        if not self.trust.allows(host, settings.snmp_trusted):
-            self.sensors.add("snmp_rejected_address")
+        if not self.admits(host, settings):
             return Outcome(UNTRUSTED)
+        return self.respond(datagram, now, settings)
+
+    def admits(self, host: str, settings) -> bool:
+        """Step 1 alone (a shell may run it before anything else): is `host` trusted? A refusal is counted."""
+        if settings is not self._trust_settings:
+            self._trust_settings, self._trusted = settings, settings.snmp_trusted
+        if self.trust.allows(host, self._trusted):
+            return True
+        self.sensors.add("snmp_rejected_address")
+        return False
+
+    def respond(self, datagram: bytes, now: float, settings) -> Outcome:
+        """Steps 2-6 for a datagram from an admitted source."""
         try:
             reply = self._answer(datagram, now, settings)
         except Dropped as dropped:

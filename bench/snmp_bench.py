@@ -1,0 +1,217 @@
+"""SNMP: greenservers' v1 agent and net-snmp's snmpd side by side on loopback, alternated.
+
+Figures (medians of RUNS alternated runs; each server freshly started on a
+free loopback port with its own temporary configuration):
+
+1. GET throughput, 16 requests in flight: a GetRequest for sysUpTime.0 (a
+   value both agents compute at each request), the request-id changed for
+   every request, for DURATION seconds after a warm-up.
+2. Server CPU per answered GET (CPU time of the serving process, from schedstat,
+   over the throughput run / requests answered).
+3. Server CPU per dropped datagram from an untrusted source (127.0.0.2,
+   not in snmp_trusted / not allowed by snmpd's rocommunity): bursts of
+   BURST datagrams, each burst followed by a trusted GET whose answer
+   proves the burst was read (so the socket buffer never overflows).
+
+The load generator is this process (Python, one socket, pre-encoded
+requests); its own CPU use is printed so a client-bound figure shows.
+Target (issue 4): GET rate >= 0.5 x snmpd's; a drop >= 10x cheaper than a
+served GET. Results: bench/results/snmp.json.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, free_port, median_spread, stop, write_results
+
+RUNS = int(os.environ.get("BENCH_RUNS", 5))
+DURATION = float(os.environ.get("BENCH_DURATION", 3.0))
+IN_FLIGHT = 16
+DROPS = int(os.environ.get("BENCH_DROPS", 20000))
+BURST = 200
+UNTRUSTED_SOURCE = "127.0.0.2"
+
+# snmpget -v1 -c public AGENT .1.3.6.1.2.1.1.3.0 (request-id at offset 17..20, 4 octets)
+GET_UPTIME = bytes.fromhex("302902010004067075626c6963a01c020400000000020100020100300e300c06082b060102010103000500")
+REQUEST_ID_AT = GET_UPTIME.index(bytes.fromhex("020400000000")) + 2
+
+
+def requests_with_ids(count: int) -> list[bytes]:
+    head, tail = GET_UPTIME[:REQUEST_ID_AT], GET_UPTIME[REQUEST_ID_AT + 4:]
+    return [head + (0x01000000 + i).to_bytes(4, "big") + tail for i in range(count)]
+
+
+REQUESTS = requests_with_ids(65536)
+
+
+# -- the two servers -------------------------------------------------------------------------
+
+
+def start_project(port: int, directory: Path) -> tuple[subprocess.Popen, int]:
+    config = directory / "greenservers.toml"
+    config.write_text(
+        f'ip_http_port = ""\nip_https_port = ""\nip_snmp_port = "127.0.0.1:{port}"\nip_tftp_port = ""\n'
+        f'ip_ntp_port = ""\nip_ldap_port = ""\nip_ldaps_port = ""\nsnmp_trusted = "127.0.0.1"\nsnmp_community = "public"\n'
+        f'data_dir = "{directory / "data"}"\n'
+    )
+    env = dict(os.environ, GREENSERVERS_CONFIG=str(config))
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "app:app"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_snmp(port, proc)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    return proc, int(workers[0])
+
+
+def start_reference(port: int, directory: Path) -> tuple[subprocess.Popen, int]:
+    config = directory / "snmpd.conf"
+    config.write_text("rocommunity public 127.0.0.1\nsysDescr reference\nsysContact bench\nsysLocation loopback\n")
+    env = dict(os.environ, MIBS="", MIBDIRS=str(directory), SNMP_PERSISTENT_DIR=str(directory / "persist"))
+    proc = subprocess.Popen(["/usr/sbin/snmpd", "-f", "-Lf", "/dev/null", "-C", "-c", str(config), f"udp:127.0.0.1:{port}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_snmp(port, proc)
+    return proc, proc.pid
+
+
+def wait_snmp(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            try:
+                sock.send(REQUESTS[0])
+                if sock.recv(2048):
+                    return
+            except OSError:
+                time.sleep(0.05)
+    raise RuntimeError(f"no SNMP answer on 127.0.0.1:{port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of `pid`, in ns resolution (schedstat; /proc/PID/stat counts 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9
+
+
+# -- the measurements ------------------------------------------------------------------------
+
+
+def get_throughput(port: int, seconds: float) -> tuple[int, float, float, int]:
+    """(answers, wall seconds, client CPU seconds, timeouts) with IN_FLIGHT requests outstanding."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(0.5)
+        send, recv, requests = sock.send, sock.recv, REQUESTS
+        sent = answered = timeouts = 0
+        for _ in range(IN_FLIGHT):
+            send(requests[sent & 0xFFFF])
+            sent += 1
+        cpu0, start = time.process_time(), time.perf_counter()
+        deadline = start + seconds
+        while True:
+            try:
+                recv(2048)
+            except TimeoutError:  # a datagram was lost: put IN_FLIGHT back in the air
+                timeouts += 1
+                for _ in range(IN_FLIGHT):
+                    send(requests[sent & 0xFFFF])
+                    sent += 1
+                continue
+            answered += 1
+            if answered & 0xFF == 0 and time.perf_counter() >= deadline:
+                break
+            send(requests[sent & 0xFFFF])
+            sent += 1
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+        sock.settimeout(0.2)
+        try:
+            while True:  # drain what is still in flight
+                recv(2048)
+        except TimeoutError:
+            pass
+    return answered, wall, cpu, timeouts
+
+
+def drop_cost(port: int, server_pid: int, count: int, get_cpu: float) -> float:
+    """Server CPU seconds per untrusted datagram dropped (the barrier GETs' share, `get_cpu` each, taken out)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as barrier:
+        flood.bind((UNTRUSTED_SOURCE, 0))
+        flood.connect(("127.0.0.1", port))
+        barrier.connect(("127.0.0.1", port))
+        barrier.settimeout(2.0)
+        before = cpu_seconds(server_pid)
+        for burst in range(count // BURST):
+            for i in range(BURST):
+                flood.send(REQUESTS[i])
+            barrier.send(REQUESTS[burst & 0xFFFF])
+            barrier.recv(2048)
+        spent = cpu_seconds(server_pid) - before
+    bursts = count // BURST
+    return max(0.0, spent - bursts * get_cpu) / (bursts * BURST)
+
+
+def measure(name: str, directory: Path) -> dict:
+    port = free_port(socket.SOCK_DGRAM)
+    proc, pid = (start_project if name == "project" else start_reference)(port, directory)
+    try:
+        get_throughput(port, 1.0)  # warm-up (and the agent's request cache)
+        cpu0 = cpu_seconds(pid)
+        answered, wall, client_cpu, timeouts = get_throughput(port, DURATION)
+        server_cpu = cpu_seconds(pid) - cpu0
+        per_drop = drop_cost(port, pid, DROPS, server_cpu / answered)
+    finally:
+        stop(proc)
+    return {"rate": answered / wall, "get_cpu_us": server_cpu / answered * 1e6, "drop_cpu_us": per_drop * 1e6,
+            "client_busy": client_cpu / wall, "timeouts": timeouts}
+
+
+def main() -> None:
+    results: dict[str, list[dict]] = {"project": [], "reference": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in range(RUNS):
+            for name in ("project", "reference") if run % 2 == 0 else ("reference", "project"):
+                directory = Path(tmp) / f"{name}{run}"
+                directory.mkdir()
+                results[name].append(measure(name, directory))
+                r = results[name][-1]
+                print(f"run {run + 1}/{RUNS} {name:9}: {r['rate']:8.0f} GET/s, {r['get_cpu_us']:6.1f} us CPU/GET, "
+                      f"{r['drop_cpu_us']:5.2f} us CPU/drop, client busy {r['client_busy']:.0%}, timeouts {r['timeouts']}", flush=True)
+
+    def figure(key: str) -> tuple[tuple, tuple]:
+        return median_spread([r[key] for r in results["project"]]), median_spread([r[key] for r in results["reference"]])
+
+    rate_p, rate_r = figure("rate")
+    get_p, get_r = figure("get_cpu_us")
+    drop_p, drop_r = figure("drop_cpu_us")
+    busy_p, busy_r = figure("client_busy")
+    write_results("snmp", [
+        {"figure": f"SNMP v1 GET/s, {IN_FLIGHT} in flight (higher is better)", "project": f"{rate_p[0]:.0f}", "reference": f"{rate_r[0]:.0f}",
+         "ratio": f"{rate_p[0] / rate_r[0]:.2f}", "spread": {"project": rate_p[1:], "reference": rate_r[1:]}},
+        {"figure": "server CPU us per answered GET (lower is better)", "project": f"{get_p[0]:.1f}", "reference": f"{get_r[0]:.1f}",
+         "ratio": f"{get_p[0] / get_r[0]:.2f}", "spread": {"project": get_p[1:], "reference": get_r[1:]}},
+        {"figure": "server CPU us per untrusted datagram dropped (lower is better)", "project": f"{drop_p[0]:.2f}", "reference": f"{drop_r[0]:.2f}",
+         "ratio": f"{drop_p[0] / drop_r[0]:.2f}", "spread": {"project": drop_p[1:], "reference": drop_r[1:]}},
+        {"figure": "served GET / dropped datagram CPU (project; target >= 10)", "project": f"{get_p[0] / drop_p[0]:.1f}",
+         "reference": f"{get_r[0] / drop_r[0]:.1f}", "ratio": "", "spread": {}},
+        {"figure": "load generator busy (1.00 = client-bound)", "project": f"{busy_p[0]:.2f}", "reference": f"{busy_r[0]:.2f}",
+         "ratio": "", "spread": {}},
+    ])
+
+
+if __name__ == "__main__":
+    main()
