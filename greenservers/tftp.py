@@ -237,7 +237,11 @@ class TftpListener:
 
     def _serve(self) -> None:
         bound_host = self.bound.binding.host
+        served = 0
         while True:
+            served += 1
+            if served % 64 == 0:  # a socket that always has data never blocks: yield, or a storm starves every other service
+                gevent.sleep(0)
             try:
                 datagram, ancillary, _flags, peer = self.sock.recvmsg(MAX_REQUEST, ANCILLARY_SIZE)
                 local = _local_address(ancillary, bound_host)
