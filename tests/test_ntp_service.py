@@ -168,10 +168,25 @@ def test_flood_gets_kod_then_silence_while_another_source_is_answered(server):
 # -- standard port 123 in a private network namespace --------------------------------------
 
 NAMESPACE_PROBE = r"""
-import json, subprocess, sys
+import json, socket, subprocess, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 from support import ServiceProcess
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+# second addresses: a wildcard socket must answer from the address asked, or a connected client never sees it
+subprocess.run(["ip", "addr", "add", "10.9.8.7/32", "dev", "lo"], check=True)
+subprocess.run(["ip", "-6", "addr", "add", "fd00::7/128", "dev", "lo", "nodad"], check=True)
+
+def connected_query(family, source, host):
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.bind((source, 0))  # so the route back to us has another source address than the one asked
+        sock.connect((host, 123))
+        sock.send(bytes([0x23]) + bytes(39) + b"ALIASED!")
+        try:
+            return sock.recv(2048)[24:32].decode()
+        except OSError as exc:
+            return repr(exc)
+
 results = {}
 for local_stratum in (8, 0):
     svc = ServiceProcess(f"{sys.argv[3]}/svc{local_stratum}", {"ip_ntp_port": "123", "ntp_local_stratum": local_stratum})
@@ -181,6 +196,9 @@ for local_stratum in (8, 0):
                            "ntpdate": ["ntpdate", "-q", "-t", "2", "127.0.0.1"]}.items():
             done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
             results[f"{name}/{local_stratum}"] = [done.returncode, done.stdout, done.stderr]
+        if local_stratum:
+            results["aliases"] = [connected_query(socket.AF_INET, "127.0.0.1", "10.9.8.7"),
+                                  connected_query(socket.AF_INET6, "::1", "fd00::7")]
     finally:
         svc.stop()
 print(json.dumps(results))
@@ -194,6 +212,7 @@ def test_sntp_and_ntpdate_on_port_123_in_a_network_namespace(tmp_path):
                           capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["aliases"] == ["ALIASED!", "ALIASED!"]
     for name in ("sntp", "sntp6", "ntpdate"):
         code, out, err = results[f"{name}/8"]
         assert code == 0, err
