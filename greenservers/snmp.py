@@ -45,14 +45,17 @@ class SnmpServer(DatagramServer):
         # a wildcard socket must learn each datagram's destination to answer from it
         self.reply_from_destination = bound.binding.host in ("0.0.0.0", "::")
         self._receive = self._receive_with_destination if self.reply_from_destination else self._receive_plain
+        self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
 
     def _receive_plain(self):
-        data, address = self._socket.recvfrom(READ_SIZE)
-        return data, address, ()
+        # into a buffer kept for the server: a dropped datagram then costs no allocation
+        size, address = self._socket.recvfrom_into(self._buffer)
+        return self._view[:size], address, ()
 
     def _receive_with_destination(self):
-        data, ancillary, _flags, address = self._socket.recvmsg(READ_SIZE, ANCILLARY_SIZE)
-        return data, address, ancillary
+        size, ancillary, _flags, address = self._socket.recvmsg_into([self._buffer], ANCILLARY_SIZE)
+        return self._view[:size], address, ancillary
 
     def do_read(self):
         """The next datagram from a trusted source; untrusted ones are dropped here, before any parsing."""
@@ -67,7 +70,7 @@ class SnmpServer(DatagramServer):
                     return None  # ICMP errors of earlier replies surface here: a vanished peer
                 raise
             if admits(address[0], runtime.settings):
-                return data, address, ancillary
+                return bytes(data), address, ancillary
             ratelog.warning(core.UNTRUSTED, _shown(address[0]), DROP_MESSAGES[core.UNTRUSTED])
         return None
 

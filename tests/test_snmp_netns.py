@@ -1,0 +1,97 @@
+"""The SNMP agent on a dual-stack wildcard binding ("PORT"), in a private network namespace.
+
+A wildcard socket is not loopback-only, so this runs the real service
+inside `unshare -rn` (a network namespace of its own holding only `lo`).
+It shows what only a wildcard socket exercises: an IPv4 client arrives as
+::ffff:a.b.c.d and matches its IPv4 entry of snmp_trusted (and is logged
+by its IPv4 address), and every reply leaves from the address the request
+was sent to (a connected client socket accepts nothing else), for IPv4 and
+IPv6 alike.
+
+The test runs this file as a script inside the namespace; the script
+prints one JSON line of findings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+GET_SYSDESCR = "302902010004067075626c6963a01c02040c19c76b020100020100300e300c06082b060102010101000500"
+
+pytestmark = pytest.mark.real_client
+
+
+def test_dual_stack_wildcard_binding_in_a_private_network_namespace(tmp_path):
+    result = subprocess.run(["unshare", "-rn", sys.executable, str(Path(__file__).resolve()), str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, cwd=HERE.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["binding"] == f"[::]:{found['port']}"
+    assert found["mapped_ipv4_answered"], found
+    assert found["reply_from"] == {"127.0.0.5": True, "fd00::5": True}, found
+    assert found["snmpget_127.0.0.5"].startswith('"greenservers '), found
+    assert found["untrusted_ipv4_answered"] is False
+    assert found["untrusted_logged_as_ipv4"], found["log"]
+    assert "Traceback" not in found["log"]
+
+
+# -- the script run inside the namespace -------------------------------------------------------
+
+
+def _ask(family: int, source: str | None, target: tuple, timeout: float = 2.0) -> bytes | None:
+    """One GET from a *connected* socket: a reply from any other address than `target` is never received."""
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        if source:
+            sock.bind((source, 0))
+        sock.connect(target)
+        sock.settimeout(timeout)
+        sock.send(bytes.fromhex(GET_SYSDESCR))
+        try:
+            return sock.recv(2048)
+        except TimeoutError:
+            return None
+
+
+def probe(directory: Path) -> dict:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    for address in ("fd00::5/128", "fd00::6/128"):
+        subprocess.run(["ip", "-6", "addr", "add", address, "dev", "lo", "nodad"], check=True)
+    sys.path.insert(0, str(HERE))
+    from support import ServiceProcess, free_udp_port
+
+    port = free_udp_port()
+    svc = ServiceProcess(directory, {"ip_snmp_port": str(port), "snmp_trusted": "127.0.0.0/29 ::1 fd00::/16"})
+    svc.start()
+    try:
+        found: dict = {"port": port, "binding": svc.wait_for_log("greenservers serving:").split("ip_snmp_port=")[1].split(",")[0].strip()}
+        found["mapped_ipv4_answered"] = _ask(socket.AF_INET, "127.0.0.1", ("127.0.0.1", port)) is not None
+        found["reply_from"] = {
+            "127.0.0.5": _ask(socket.AF_INET, None, ("127.0.0.5", port)) is not None,
+            # from fd00::6: routing alone would answer from the client's own address
+            "fd00::5": _ask(socket.AF_INET6, "fd00::6", ("fd00::5", port)) is not None,
+        }
+        snmpget = subprocess.run(["snmpget", "-v1", "-c", "public", "-Oqv", f"127.0.0.5:{port}", ".1.3.6.1.2.1.1.1.0"],
+                                 capture_output=True, text=True, env=dict(os.environ, MIBS=""), timeout=30)
+        found["snmpget_127.0.0.5"] = snmpget.stdout.strip() or snmpget.stderr
+        found["untrusted_ipv4_answered"] = _ask(socket.AF_INET, "127.0.0.9", ("127.0.0.1", port), timeout=0.5) is not None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "127.0.0.9: SNMP request dropped" not in svc.log:
+            time.sleep(0.02)
+        found["untrusted_logged_as_ipv4"] = "] 127.0.0.9: SNMP request dropped: address not in snmp_trusted" in svc.log
+        found["log"] = svc.log
+        return found
+    finally:
+        svc.stop()
+
+
+if __name__ == "__main__":
+    print(json.dumps(probe(Path(sys.argv[1]))))
