@@ -631,3 +631,54 @@ def test_pipelined_requests_are_answered_in_bounded_batches():
         answered += [r.message_id for r in h.answers(b"") if r.tag == ldap.SEARCH_RESULT_DONE]
     assert answered == list(range(10, 50))
     assert not h.session.backlog
+
+
+def test_indexed_lookups_agree_with_evaluating_every_entry():
+    """The index only narrows: for random filters, the entries found equal a full scan's."""
+    rng = random.Random(5)
+    syllables = ["an", "ber", "jo", "mül", "ler", "sch", "mit", "ke", "ö", "ti", "han"]
+    contacts = [Contact(i, "".join(rng.choices(syllables, k=2)).title(), "".join(rng.choices(syllables, k=rng.randint(1, 3))).title(),
+                        "", rng.choice(["", "ACME", "Widgets"]), rng.choice(["", f"+49 30 {rng.randint(100, 999)}-{i}"]),
+                        rng.choice(["", f"0171 {rng.randint(10000, 99999)}"]), "", str(i), "") for i in range(1, 301)]
+    directory = ldap.Directory("dc=pbx", contacts)
+    numbers = [c.work for c in contacts if c.work] + [c.mobile for c in contacts if c.mobile]
+
+    def item() -> str:
+        kind = rng.randrange(6)
+        attr = rng.choice(["cn", "sn", "givenName", "o"])
+        text = "".join(rng.choices(syllables, k=rng.randint(1, 2)))
+        if kind == 0:
+            return f"({attr}={text[:rng.randint(1, 4)]}*)"
+        if kind == 1:
+            return f"({attr}=*{text[rng.randint(0, 1):][:rng.randint(1, 4)]}*)"
+        if kind == 2:
+            return f"({attr}=*{text})"
+        if kind == 3:
+            number = rng.choice(numbers)
+            return f"({rng.choice(['telephoneNumber', 'mobile'])}={number})"
+        if kind == 4:
+            number = rng.choice(numbers).replace(" ", "")
+            return f"(telephoneNumber={number[:rng.randint(2, 8)]}*)"
+        return f"({attr}={text[:2]}*{text[2:]}*)"
+
+    def random_filter(depth: int = 0) -> str:
+        if depth < 2 and rng.random() < 0.4:
+            op = rng.choice("&|!")
+            if op == "!":
+                return f"(!{random_filter(depth + 1)})"
+            return f"({op}{''.join(random_filter(depth + 1) for _ in range(rng.randint(1, 3)))})"
+        return item()
+
+    for _ in range(400):
+        text = random_filter()
+        encoded = w.encode_filter(text)
+        tag, s, e = ber.read_header(encoded, 0, len(encoded))
+        flt = ldap.decode_filter(encoded, tag, s, e, 0, [ldap.MAX_FILTER_ITEMS])
+        request = ldap.SearchRequest("dc=pbx", ldap.SCOPE_ONE, 0, 0, False, flt, [], b"")
+        session = ldap.LdapSession(lambda: ldap.Policy(), lambda base: directory, Clock())
+        found = session._matching(directory, directory.base_ndn, request)
+        predicate = ldap.compile_filter(flt)
+        assert {e.dn for e in found} == {e.dn for e in directory.entries if predicate(e)}, text
+        assert len(found) == len({e.dn for e in found}), text
+        limited = session._matching(directory, directory.base_ndn, request, limit=3)
+        assert len(limited) == min(3, len(found)) and {e.dn for e in limited} <= {e.dn for e in found}, text

@@ -45,7 +45,6 @@ BOUND -bind failed-> ANONYMOUS, any -unbind/fatal error-> CLOSED.
 
 from __future__ import annotations
 
-import heapq
 import hmac
 import itertools
 import re
@@ -53,7 +52,7 @@ import unicodedata
 from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from . import ber
 from .ber import BerError, Incomplete
@@ -236,6 +235,7 @@ INDEXED_KEYS = ("cn", "sn", "givenname", "displayname", "o", "mail") + NUMBER_KE
 PERSON_CLASSES = ("top", "person", "organizationalPerson", "inetOrgPerson")
 PERSON_CLASSES_FOLDED = tuple(c.lower() for c in PERSON_CLASSES)
 TRIGRAM = 3  # substring pieces this long or longer are looked up in the trigram index
+EAGER_TRIGRAM_KEYS = ("cn", "sn")  # the names phones search with "*typed*"; others are indexed on first use
 
 # matching rules an extensible filter may name (RFC 4517 §4.2): -> how values compare
 RULE_DEFAULT, RULE_EXACT, RULE_SUBSTRING = "default", "exact", "substring"
@@ -558,25 +558,30 @@ class Directory:
             if ATTRIBUTE_TYPES[key][1] == K_NUMBER:
                 for value, i in pairs:
                     self.number_suffix.setdefault(value[-6:], []).append(i)
+        # per key, each entry's folded values joined by "\n" (a substring check is one `in`)
+        self.columns = {key: ["\n".join(e.folded.get(key, ())) for e in self.entries] for key in INDEXED_KEYS}
+        for key in EAGER_TRIGRAM_KEYS:  # built with the rest (off the event loop), not at the first search
+            self.trigram_postings(key)
 
-    # -- candidate lookups (None: cannot narrow, scan everything) --------------
+    # -- candidate lookups: lazy, so a search that stops at its size limit pays only for what it used --
 
-    def equal_ids(self, key: str, value: str) -> list[int]:
+    def _range(self, key: str, lo: int, hi: int) -> tuple[Iterator[int], int]:
+        return map(self.sorted_ids[key].__getitem__, range(lo, hi)), hi - lo
+
+    def equal_ids(self, key: str, value: str) -> tuple[Iterator[int], int]:
         if ATTRIBUTE_TYPES[key][1] == K_NUMBER:
-            return self.number_suffix.get(value[-6:], [])
+            ids = self.number_suffix.get(value[-6:], [])
+            return iter(ids), len(ids)
         keys = self.sorted_keys[key]
         lo = bisect_left(keys, value)
-        hi = bisect_right(keys, value, lo)
-        return self.sorted_ids[key][lo:hi]
+        return self._range(key, lo, bisect_right(keys, value, lo))
 
-    def prefix_ids(self, key: str, prefix: str) -> list[int]:
+    def prefix_ids(self, key: str, prefix: str) -> tuple[Iterator[int], int]:
         keys = self.sorted_keys[key]
         lo = bisect_left(keys, prefix)
-        hi = bisect_left(keys, prefix + "\U0010ffff", lo)
-        return self.sorted_ids[key][lo:hi]
+        return self._range(key, lo, bisect_left(keys, prefix + "\U0010ffff", lo))
 
-    def trigram_ids(self, key: str, piece: str) -> array:
-        """Entries whose `key` holds every trigram of `piece`'s rarest two (a superset; verified later)."""
+    def trigram_postings(self, key: str) -> dict[str, array]:
         index = self._trigrams.get(key)
         if index is None:
             index = self._trigrams[key] = {}
@@ -586,67 +591,75 @@ class Directory:
                     if postings is None:
                         postings = index[gram] = array("i")
                     postings.append(i)
-        lists = sorted((index.get(piece[j:j + TRIGRAM], _NO_IDS) for j in range(len(piece) - TRIGRAM + 1)), key=len)
-        if len(lists) == 1 or not lists[0]:
-            return lists[0]
-        second = set(lists[1])
-        return array("i", (i for i in lists[0] if i in second))
+        return index
 
-    def contains_ids(self, key: str, piece: str, final: bool) -> list[int]:
+    def trigram_ids(self, key: str, piece: str) -> tuple[Iterator[int], int]:
+        """Entries holding the rarest trigram of `piece` (a superset: verified by the filter)."""
+        index = self.trigram_postings(key)
+        rarest = min((index.get(piece[j:j + TRIGRAM], _NO_IDS) for j in range(len(piece) - TRIGRAM + 1)), key=len)
+        return iter(rarest), len(rarest)
+
+    def contains_ids(self, key: str, piece: str, final: bool) -> Iterator[int]:
+        """Entries whose `key` contains `piece` (at the end when `final`): a scan of the joined values."""
         hay, starts, ids = self.haystack[key], self.hay_starts[key], self.hay_ids[key]
         needle = piece + "\n" if final else piece
-        out = []
         find = hay.find
         pos = find(needle, 1)
         count = len(starts)
         while pos >= 0:
             index = bisect_right(starts, pos - 1) - 1
-            out.append(ids[index])
+            yield ids[index]
             nxt = starts[index + 1] if index + 1 < count else len(hay)
             pos = find(needle, nxt + 1)
-        return out
 
-    def candidates(self, f) -> tuple[set[int] | None, bool]:
-        """(entry ids that may match, whether exactly those match); (None, False): scan everything.
+    def candidates(self, f) -> tuple[Iterator[int] | None, bool, int]:
+        """(entry ids that may match, whether exactly those match, about how many); None: scan everything.
 
         Exact lookups (a name's equality or prefix, a number's prefix) need no
         verification; the others (number equality by suffix, trigrams, AND) are
-        supersets that the compiled filter checks.
+        supersets that the compiled filter checks. An id may come more than once.
         """
         op = f[0]
         if op == F_AND:
-            best = None
+            best: tuple = (None, False, 0)
             for child in f[1]:
-                found, _ = self.candidates(child)
-                if found is not None and (best is None or len(found) < len(best)):
-                    best = found
-            return best, False
+                ids, _, size = self.candidates(child)
+                if ids is not None and (best[0] is None or size < best[2]):
+                    best = (ids, False, size)
+            return best
         if op == F_OR:
-            union: set[int] = set()
-            exact = True
+            parts, exact, total = [], True, 0
             for child in f[1]:
-                found, child_exact = self.candidates(child)
-                if found is None:
-                    return None, False
-                union |= found
+                ids, child_exact, size = self.candidates(child)
+                if ids is None:
+                    return None, False, 0
+                parts.append(ids)
                 exact = exact and child_exact
-            return union, exact
+                total += size
+            return itertools.chain.from_iterable(parts), exact, total
         key = f[1] if op in (F_EQ, F_SUB) else None
         if key not in self.sorted_keys:
-            return None, False
+            return None, False, 0
         is_number = ATTRIBUTE_TYPES[key][1] == K_NUMBER
         if op == F_EQ:
-            return set(self.equal_ids(key, f[2])), not is_number
+            ids, size = self.equal_ids(key, f[2])
+            return ids, not is_number, size
         initial, anys, final = f[2], f[3], f[4]
         if initial:
-            return set(self.prefix_ids(key, initial)), not anys and not final
+            ids, size = self.prefix_ids(key, initial)
+            return ids, not anys and not final, size
         pieces = [(a, False) for a in anys] + ([(final, True)] if final else [])
         if not pieces:
-            return None, False
+            return None, False, 0
         piece, is_final = max(pieces, key=lambda p: len(p[0]))
         if len(piece) >= TRIGRAM:
-            return set(self.trigram_ids(key, piece)), False
-        return set(self.contains_ids(key, piece, is_final)), len(pieces) == 1
+            ids, size = self.trigram_ids(key, piece)
+            if len(pieces) == 1 and not is_final:
+                # "*typed*": checked here with one `in` per candidate, which makes the lookup exact
+                column = self.columns[key]
+                return (i for i in ids if piece in column[i]), True, size
+            return ids, False, size
+        return self.contains_ids(key, piece, is_final), len(pieces) == 1, len(self.entries)
 
 
 _NO_IDS = array("i")
@@ -1524,25 +1537,30 @@ class LdapSession:
             return [entry] if scope != SCOPE_ONE and predicate(entry) else []
         matches = [directory.base_entry] if include_base and predicate(directory.base_entry) else []
         if search_contacts:
-            ids, exact = directory.candidates(request.filter)
+            ids, exact, _ = directory.candidates(request.filter)
             entries = directory.entries
+            limit = len(entries) + 1 if limit is None else limit
+            if len(matches) >= limit:
+                return matches
             if ids is None:
-                candidates = iter(entries)
-            elif limit is not None and limit < len(ids) // 4:
-                candidates = (entries[i] for i in heapq.nsmallest(limit if exact else len(ids), ids))
-            else:
-                candidates = (entries[i] for i in sorted(ids))
-            if exact:
-                matches.extend(candidates if limit is None else itertools.islice(candidates, max(0, limit - len(matches))))
-            elif limit is None:
-                matches.extend(e for e in candidates if predicate(e))
-            else:
-                # a phone's search stops at its size limit: verify only as many candidates as needed
-                for entry in candidates:
-                    if len(matches) >= limit:
-                        break
+                for entry in entries:
                     if predicate(entry):
                         matches.append(entry)
+                        if len(matches) >= limit:
+                            break
+                return matches
+            # index order (alphabetical for name lookups); stops at the size limit, so a
+            # phone's search for a common prefix costs what it returns, not what exists
+            seen: set[int] = set()
+            for i in ids:
+                if i in seen:
+                    continue
+                seen.add(i)
+                entry = entries[i]
+                if exact or predicate(entry):
+                    matches.append(entry)
+                    if len(matches) >= limit:
+                        break
         return matches
 
     def _sort(self, matches: list[Entry], sort) -> tuple[list[Entry], bytes]:
