@@ -12,7 +12,7 @@ Figures (medians of RUNS alternated runs):
 1. Queries per second with 16 requests in flight, for DURATION seconds after
    a warm-up. The requests come from SOURCES different loopback addresses in
    turn (127.1.x.y, set per datagram with IP_PKTINFO), as from a building
-   of phones: from one address our per-client rate limit (1/s, burst 16)
+   of phones: from one address our per-client rate limit (8/s, burst 64)
    would rightly silence the benchmark. Our limiter forgets the least
    recently seen of more than 8192 clients, so this is its slowest path.
 2. Server CPU microseconds per answer (schedstat of the serving process).

@@ -232,11 +232,12 @@ def test_kod_packet_fields():
 
 
 def test_limited_client_gets_another_kod_only_after_the_interval():
-    clock, responder = FakeClock(), ntp.NtpResponder()
-    flood(responder, "192.0.2.66", 100, clock)
-    clock.mono += ntp.KOD_INTERVAL / 2
-    assert set(flood(responder, "192.0.2.66", 10, clock)) == {ntp.Outcome.DROPPED}
-    clock.mono += ntp.KOD_INTERVAL / 2
+    clock = FakeClock()
+    responder = ntp.NtpResponder(ntp.RateLimiter(rate=1.0, burst=16, kod_interval=8.0))
+    assert flood(responder, "192.0.2.66", 100, clock).count(ntp.Outcome.KISSED) == 1  # in debt: -16 tokens
+    clock.mono += 4.0  # -12
+    assert set(flood(responder, "192.0.2.66", 10, clock)) == {ntp.Outcome.DROPPED}  # floor: -16
+    clock.mono += 4.0  # -12, and 8 s since the KoD
     assert flood(responder, "192.0.2.66", 2, clock) == [ntp.Outcome.KISSED, ntp.Outcome.DROPPED]
 
 
