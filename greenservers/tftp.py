@@ -68,9 +68,14 @@ class TftpService(Service):
         self.ratelog = RateLimitedLog(self.log)
         self.per_client: Counter[str] = Counter()
         self.active = 0
+        self.transfers = Group()  # all listeners': a transfer outlives its listener (a port change)
 
     def make_server(self, bound):
         return TftpListener(self, bound)
+
+    def close(self) -> None:
+        """At shutdown: end the transfers still running (their uploads are aborted)."""
+        self.transfers.kill(timeout=1)
 
     # -- requests -----------------------------------------------------------
 
@@ -91,7 +96,7 @@ class TftpService(Service):
             self.runtime.sensors.add("tftp_transfers_failed")
             return
         self._hold(client, +1)
-        listener.transfers.spawn(self._transfer, request, local, peer, client, listener.sock.family)
+        self.transfers.spawn(self._transfer, request, local, peer, client, listener.sock.family)
 
     def _hold(self, client: str, change: int) -> None:
         """Count a transfer slot in (+1) or out (-1), for the limits and the sensor."""
@@ -223,7 +228,6 @@ class TftpListener:
 
     def __init__(self, service: TftpService, bound):
         self.service, self.bound, self.sock = service, bound, bound.sock
-        self.transfers = Group()
         self.greenlet = None
 
     def start(self) -> None:
@@ -231,9 +235,9 @@ class TftpListener:
         self.greenlet = gevent.spawn(self._serve)
 
     def stop(self, timeout: float | None = None) -> None:
+        """Stop taking requests; transfers in flight carry on over their own sockets."""
         if self.greenlet is not None:
             self.greenlet.kill(timeout=timeout)
-        self.transfers.kill(timeout=timeout)
 
     def _serve(self) -> None:
         bound_host = self.bound.binding.host
