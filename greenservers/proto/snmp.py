@@ -56,7 +56,7 @@ import bisect
 import hmac
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from pyasn1.codec.ber import decoder as ber_decoder
@@ -182,19 +182,18 @@ class Envelope:
     bindings: bytes  # the whole VarBindList TLV
 
 
-def skim_version(datagram: bytes) -> int:
-    """The `version` field of a Message (RFC 1157 §4.1, RFC 1901, RFC 3412 §6)."""
+def skim_version(datagram: bytes) -> tuple[int, int]:
+    """The `version` field of a Message (RFC 1157 §4.1, RFC 1901, RFC 3412 §6) and where the rest starts."""
     tag, start, stop = _tlv(datagram, 0, len(datagram))
     if tag != TAG_SEQUENCE or stop != len(datagram):
         raise Dropped(MALFORMED, "not an SNMP message")
-    version, _, _ = _integer(datagram, start, stop, "version", 2)
-    return version
+    version, _, after = _integer(datagram, start, stop, "version", 2)
+    return version, after
 
 
-def skim_envelope(datagram: bytes) -> Envelope:
+def skim_envelope(datagram: bytes, pos: int) -> Envelope:
+    """The rest of a v1 message after its version field (which starts at `pos`)."""
     end = len(datagram)
-    _, pos, _ = _tlv(datagram, 0, end)
-    _, _, pos = _integer(datagram, pos, end, "version", 2)
     tag, start, pos = _tlv(datagram, pos, end)
     if tag != TAG_OCTETS:
         raise Dropped(MALFORMED, "bad community")
@@ -282,9 +281,14 @@ VALUE_ENCODERS: dict[str, Callable[[Any], bytes]] = {
 }
 
 
+SMALL_INTEGERS = [encode_integer(i) for i in range(256)]  # error-status and error-index, ready-made
+
+
 def encode_response(community: bytes, request_id: bytes, status: int, index: int, bindings: bytes) -> bytes:
     """A whole v1 Message carrying a GetResponse-PDU; `request_id` and `bindings` are encoded TLVs."""
-    pdu = _tlv_out(PDU_RESPONSE, request_id + encode_integer(status) + encode_integer(index) + bindings)
+    small = SMALL_INTEGERS
+    pdu = _tlv_out(PDU_RESPONSE, request_id + (small[status] if status < 256 else encode_integer(status))
+                   + (small[index] if index < 256 else encode_integer(index)) + bindings)
     return _tlv_out(TAG_SEQUENCE, b"\x02\x01\x00" + _tlv_out(TAG_OCTETS, community) + pdu)
 
 
@@ -297,6 +301,10 @@ class MibObject:
     name: str
     syntax: str  # a key of VALUE_ENCODERS
     read: Callable[["Agent", float], Any]
+    oid_tlv: bytes = field(init=False, repr=False)  # encoded once: the name part of every binding
+
+    def __post_init__(self):
+        object.__setattr__(self, "oid_tlv", encode_oid(self.oid))
 
 
 def system_group() -> list[MibObject]:
@@ -422,12 +430,12 @@ class Agent:
     def _answer(self, datagram: bytes, now: float, settings) -> bytes:
         if len(datagram) > MAX_REQUEST:
             raise Dropped(MALFORMED, f"datagram of {len(datagram)} octets is over {MAX_REQUEST}")
-        version = skim_version(datagram)
+        version, after_version = skim_version(datagram)
         if version != 0:
             raise Dropped(BAD_VERSION, {1: "SNMP v2c", 3: "SNMP v3"}.get(version, f"SNMP version field {version}") + " is not answered")
         if settings is not self.settings:
             self.settings, self._community = settings, settings.snmp_community.encode()
-        envelope = skim_envelope(datagram)
+        envelope = skim_envelope(datagram, after_version)
         if not hmac.compare_digest(envelope.community, self._community):
             raise Dropped(BAD_COMMUNITY, "wrong community")
         handler = PDU_HANDLERS.get(envelope.pdu_tag, Agent._unsupported_pdu)
@@ -458,7 +466,7 @@ class Agent:
     # -- PDU handlers: requested OIDs -> encoded VarBindList, or SnmpError ------
 
     def _binding(self, obj: MibObject, now: float) -> bytes:
-        return _tlv_out(TAG_SEQUENCE, encode_oid(obj.oid) + VALUE_ENCODERS[obj.syntax](obj.read(self, now)))
+        return _tlv_out(TAG_SEQUENCE, obj.oid_tlv + VALUE_ENCODERS[obj.syntax](obj.read(self, now)))
 
     def _get(self, oids, now: float) -> bytes:
         parts = []
