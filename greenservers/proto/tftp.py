@@ -479,6 +479,11 @@ class ReadTransfer(Transfer):
     def _send_window(self, now: float) -> list[bytes]:
         first, last = self.acked + 1, min(self.acked + self.windowsize, self.last_block)
         offset = (first - 1) * self.blksize
+        self.deadline = now + self.rto
+        if first == last:  # lock-step, the common case (windowsize 1)
+            data = self.source.read(offset, self.blksize)
+            self.sent, self.bytes_sent = last, self.bytes_sent + len(data)
+            return [encode_data(first, data)]
         chunk = self.source.read(offset, (last - first + 1) * self.blksize)
         datagrams = []
         for block in range(first, last + 1):
@@ -487,7 +492,6 @@ class ReadTransfer(Transfer):
             datagrams.append(encode_data(block, data))
             self.bytes_sent += len(data)
         self.sent = last
-        self.deadline = now + self.rto
         return datagrams
 
     def _block_of(self, wire: int) -> int | None:
