@@ -10,8 +10,11 @@ datagrams (`receive(datagram, now)`) and clock ticks (`timeout(now)` once
 socket, a file or the clock: the file content comes from an injected
 `Source` (size + `read(offset, length)`), an upload goes to an injected
 `Sink` (`write`, `commit`, `abort`). Packets are encoded and decoded with
-tftpy's packet classes only (tftpy's `parse()` raises TftpException,
-UnicodeDecodeError or struct.error on bad input: all become "malformed").
+tftpy's packet classes only, picked by opcode as tftpy's factory does; their
+decode() raises TftpException, UnicodeDecodeError or struct.error on bad
+input, and all of them become IllegalOperation ("malformed"). tftpy cannot
+decode an empty option value (RFC 2090's "multicast"): such a request is
+served without its options.
 
 Options (RFC 2347 OACK) understood here:
 - blksize (RFC 2348): 8..65464 octets; larger requests are lowered to our maximum.
