@@ -35,6 +35,7 @@ STATE_CACHE_SECONDS = 1.0
 UPSTREAM_INTERVAL = 64.0
 CHRONYC_TIMEOUT = 3.0
 RECV_SIZE = 2048  # more than proto.ntp.MAX_REQUEST_LEN, so an oversized datagram is seen as such
+LOG_LINES_PER_SECOND = 5  # refusals logged, all peers together (spoofed sources are endless)
 # Linux values; Python 3.11's socket module lacks the names
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -183,6 +184,7 @@ class NtpService(Service):
         self.responder = NtpResponder()
         self.clock = ClockWatch(runtime, measure_precision(), self.log)
         self.peer_log = RateLimitedLog(self.log)
+        self._log_second, self._log_lines = 0, 0
         self._watcher = gevent.spawn(self.clock.watch_upstream)
 
     def make_server(self, bound):
@@ -209,7 +211,7 @@ class NtpService(Service):
             sensors.add("ntp_requests_answered", 1)
         else:
             sensors.add("ntp_requests_refused", 1)
-            self.peer_log.warning("ntp " + result.reason, address[0], "NTP request refused: %s", result.reason)
+            self._log_refusal(int(now), address[0], result.reason)
         if result.reply is None:
             return
         try:
@@ -218,6 +220,12 @@ class NtpService(Service):
             pass  # the send buffer is full: a lost reply, as on the wire
         except OSError as exc:
             self.peer_log.warning("ntp send", address[0], "NTP reply not sent: %s", exc)
+
+    def _log_refusal(self, second: int, peer: str, reason: str) -> None:
+        if second != self._log_second:
+            self._log_second, self._log_lines = second, 0
+        if self._log_lines < LOG_LINES_PER_SECOND:
+            self._log_lines += self.peer_log.warning("ntp " + reason, peer, "NTP request refused: %s", reason)
 
     def close(self) -> None:
         self._watcher.kill(block=False)

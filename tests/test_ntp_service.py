@@ -162,7 +162,6 @@ def test_flood_gets_kod_then_silence_while_another_source_is_answered(server):
     assert len(kisses) == 1 and replies[-1] is kisses[0]
     assert kisses[0][12:16] == b"RATE" and kisses[0][0] >> 6 == 3
     assert len(replies) < flood_count  # the rest was dropped
-    server.wait_for_log("NTP request refused: rate limited")
 
 
 # -- standard port 123 in a private network namespace --------------------------------------
