@@ -45,6 +45,7 @@ BOUND -bind failed-> ANONYMOUS, any -unbind/fatal error-> CLOSED.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import itertools
 import re
@@ -415,12 +416,17 @@ def parse_dn(dn: str) -> tuple[tuple[tuple[str, str], ...], ...]:
     return tuple(rdns)
 
 
+# phones search the same base every time; a DN is immutable, so its parse can be shared
+parse_dn_cached = functools.lru_cache(maxsize=1024)(parse_dn)
+
+
 # -- entries --------------------------------------------------------------------
 
 
 def encode_attribute(name: str, values: Iterable[str]) -> bytes:
     """PartialAttribute (§4.1.7): SEQUENCE { type, SET OF value }."""
-    return ber.tlv(0x30, ber.octets(name) + ber.tlv(0x31, b"".join(ber.octets(v) for v in values)))
+    tlv = ber.tlv
+    return tlv(0x30, tlv(0x04, name.encode()) + tlv(0x31, b"".join([tlv(0x04, v.encode()) for v in values])))
 
 
 class Entry:
@@ -1090,9 +1096,10 @@ class Selection:
                 if alias and key in entry.values:
                     parts.append(encode_attribute(alias, entry.values[key]))
             return b"".join(parts)
+        values = entry.values
         for key, alias in self.keys:
-            if key in entry.encoded:
-                parts.append(encode_attribute(alias, entry.values[key]) if alias else entry.encoded[key])
+            if key in values:  # encoded here, not via entry.encoded: only what is asked for
+                parts.append(encode_attribute(alias or ATTRIBUTE_TYPES[key][0], values[key]))
         return b"".join(parts)
 
 
@@ -1466,7 +1473,7 @@ class LdapSession:
             elif control.critical and control.oid not in SUPPORTED_CONTROLS:
                 raise LdapError(UNAVAILABLE_CRITICAL_EXTENSION, f"control {control.oid} is not supported")
         try:
-            ndn = parse_dn(request.base)
+            ndn = parse_dn_cached(request.base)
         except DnError as exc:
             raise LdapError(INVALID_DN_SYNTAX, str(exc)) from None
         directory = self.directory(policy.base)
@@ -1600,7 +1607,7 @@ class LdapSession:
         else:
             if page_size == 0:
                 return [], encode_control(OID_PAGED_RESULTS, ber.sequence(ber.integer(0), ber.octets(b""))), SUCCESS, ""
-            matches = self._matching(directory, parse_dn(request.base), request)
+            matches = self._matching(directory, parse_dn_cached(request.base), request)
             sort_control = b""
             if sort is not None:
                 matches, sort_control = self._sort(matches, sort)
