@@ -78,8 +78,9 @@ class SnmpServer(DatagramServer):
         service = self.service
         try:
             outcome = service.agent.respond(data, time.monotonic(), service.runtime.settings)
-        except Exception:
-            service.log.exception("SNMP: error handling a datagram from %s; serving on", address[0])
+        except Exception:  # a bug: keep serving; the traceback at most once a minute per source
+            if service.ratelog.warning("bug", _shown(address[0]), "SNMP: error handling a datagram; serving on"):
+                service.log.exception("SNMP: the error was")
             return
         if outcome.reply is not None:
             self._reply(outcome.reply, address, ancillary)

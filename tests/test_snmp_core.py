@@ -247,11 +247,20 @@ def test_live_sensors_read_their_function():
 # -- tooBig and the encoder -----------------------------------------------------------
 
 
-def test_reply_over_the_limit_is_toobig_with_no_bindings(agent):
-    request = build_request([SYS + (1, 0)] * 40)  # 40 x sysDescr: well over MAX_RESPONSE
+def test_reply_over_the_limit_is_toobig_with_the_request_echoed(agent):
+    request = build_request([SYS + (1, 0)] * 40)  # 40 x sysDescr: a reply well over MAX_RESPONSE, a request under it
     outcome = agent.handle(request, "127.0.0.1", 101, make_settings())
     _, rid, status, index, bindings = decode_reply(outcome.reply)
-    assert (rid, status, index, bindings) == (7, snmp.TOO_BIG, 0, [])
+    assert (rid, status, index) == (7, snmp.TOO_BIG, 0)
+    assert [oid for oid, _ in bindings] == [SYS + (1, 0)] * 40
+    assert len(outcome.reply) <= snmp.MAX_RESPONSE
+
+
+def test_toobig_with_no_bindings_when_even_the_echo_would_not_fit(agent):
+    request = build_request([SYS + (1, 0)] * 120)
+    outcome = agent.handle(request, "127.0.0.1", 101, make_settings())
+    _, _, status, index, bindings = decode_reply(outcome.reply)
+    assert (status, index, bindings) == (snmp.TOO_BIG, 0, [])
     assert len(outcome.reply) <= snmp.MAX_RESPONSE
 
 

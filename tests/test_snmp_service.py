@@ -18,7 +18,7 @@ import requests
 
 from greenservers.passwords import hash_password
 from greenservers.proto.snmp import mib_name
-from greenservers.sensors import DECLARED, SENSORS_OID
+from greenservers.sensors import DECLARED
 from support import ServiceProcess, free_port, free_udp_port
 from test_snmp_core import bad_inputs
 from vectors.snmp_requests import REQUESTS
@@ -27,7 +27,6 @@ pytestmark = pytest.mark.real_client
 
 PASSWORD = "snmp-test-admin-pw"
 SYSDESCR = ".1.3.6.1.2.1.1.1.0"
-SENSOR_PREFIX = "." + ".".join(map(str, SENSORS_OID)) + "."
 CLIENT_ENV = dict(os.environ, MIBS="")  # numeric output only; no MIB files loaded by the clients
 QUICK = ["-t", "0.5", "-r", "0"]  # for calls that are expected to time out
 

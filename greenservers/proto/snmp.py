@@ -7,12 +7,12 @@ or ends it with a verdict (the verdict names the sensor that counts it and
 the log line the shell writes, rate-limited):
 
 1. **Source address** against `snmp_trusted`, before a single byte of the
-   datagram is looked at (RFC 1157 §3.2.6 leaves authentication to the
-   agent; an address list is what phones' monitoring needs). An IPv4 client
+   datagram is looked at (RFC 1157 §3.2.5 leaves the access policy to the
+   agent; an address list is what a phone system's monitoring needs). An IPv4 client
    on a dual-stack socket arrives as ``::ffff:a.b.c.d`` and matches its IPv4
    entry. The answer per source is cached until `snmp_trusted` changes, so a
    flood from an untrusted address costs one dict lookup.  -> UNTRUSTED
-2. **Size**: more than MAX_REQUEST octets is not decoded (RFC 1157 §4.1
+2. **Size**: more than MAX_REQUEST octets is not decoded (RFC 1157 §4
    only requires 484).  -> MALFORMED
 3. **Envelope skim**: the Message SEQUENCE, `version` and `community`
    (RFC 1157 §4.1) are read with a strict definite-length TLV walker. A
@@ -26,18 +26,19 @@ the log line the shell writes, rate-limited):
    kept in a bounded cache keyed by those exact octets, so a poller asking
    the same OIDs every interval (the common case) skips the ~200 us decode.
    Only the request-id differs between such requests, and it is copied to
-   the reply verbatim.
+   the reply verbatim. More than MAX_BINDINGS variables cannot fit in any
+   reply: tooBig at once, without the (then ~60 ms) decode.
 5. **Dispatch** by PDU tag through PDU_HANDLERS (GetRequest §4.1.2,
    GetNextRequest §4.1.3, SetRequest §4.1.5); any other PDU (a GetResponse
    or Trap sent to us, a v2 PDU in a v1 message) goes to the named fallback
    `_unsupported_pdu`.  -> MALFORMED
-   More than MAX_BINDINGS variables cannot fit in any reply: tooBig at once,
-   without the (then ~60 ms) decode.
 6. **Reply**: a GetResponse-PDU. Errors are exceptions that carry their
-   wire errorStatus (SnmpError): noSuchName (2) with the index of the first
-   failing variable and the request's bindings echoed unchanged, readOnly
-   (4) for a SET of an existing object (this agent is read-only), tooBig (1)
-   with no bindings when the reply would exceed MAX_RESPONSE (§4.1.2 (3)).
+   wire errorStatus (SnmpError) and are answered with the request's
+   bindings echoed unchanged ("of identical form", §4.1.2): noSuchName (2)
+   with the index of the first failing variable, readOnly (4) for a SET of
+   an existing object (this agent is read-only), tooBig (1) with index 0
+   when the reply would exceed MAX_RESPONSE (§4.1.2 (3); if even the echo
+   would not fit, with no bindings at all).
 
 The reply encoder is a small BER writer for exactly the types this agent
 sends (INTEGER, OCTET STRING, OBJECT IDENTIFIER, NULL, Counter, Gauge,
@@ -70,7 +71,7 @@ V1 = api.PROTOCOL_MODULES[api.SNMP_VERSION_1]
 
 MAX_REQUEST = 8192  # octets decoded at most (gevent's own UDP read size)
 MAX_RESPONSE = 1472  # octets sent at most: one Ethernet frame, like net-snmp's default
-MAX_BINDINGS = 128  # more can never fit in MAX_RESPONSE (each of ours takes >= 12 octets): tooBig, undecoded
+MAX_BINDINGS = 128  # more objects than MAX_RESPONSE can hold (each binding we send is >= 15 octets): tooBig, undecoded
 MAX_CACHED_REQUESTS = 1024
 MAX_CACHED_SOURCES = 4096
 
@@ -269,6 +270,7 @@ def encode_oid(oid: tuple[int, ...]) -> bytes:
 
 
 NULL = bytes((TAG_NULL, 0))
+EMPTY_BINDINGS = bytes((TAG_SEQUENCE, 0))
 
 # the SNMP type of a MIB value -> its BER encoder (RFC 1155 §3.2.3)
 VALUE_ENCODERS: dict[str, Callable[[Any], bytes]] = {
@@ -446,7 +448,9 @@ class Agent:
             bindings, status, index = envelope.bindings, error.status, error.index
         reply = encode_response(envelope.community, envelope.request_id, status, index, bindings)
         if len(reply) > MAX_RESPONSE:
-            reply = encode_response(envelope.community, envelope.request_id, TooBig.status, 0, _tlv_out(TAG_SEQUENCE, b""))
+            reply = encode_response(envelope.community, envelope.request_id, TooBig.status, 0, envelope.bindings)
+        if len(reply) > MAX_RESPONSE:
+            reply = encode_response(envelope.community, envelope.request_id, TooBig.status, 0, EMPTY_BINDINGS)
         return reply
 
     def _requested_oids(self, envelope: Envelope, datagram: bytes) -> tuple[tuple[int, ...], ...]:
@@ -487,9 +491,10 @@ class Agent:
         return _tlv_out(TAG_SEQUENCE, b"".join(parts))
 
     def _set(self, oids, now: float) -> bytes:
-        for index, oid in enumerate(oids, 1):
-            raise (ReadOnly if self.view.get(oid) is not None else NoSuchName)(index)
-        return _tlv_out(TAG_SEQUENCE, b"")
+        """Nothing is writable, so the first variable fails (RFC 1157 §4.1.5): readOnly if it exists, else noSuchName."""
+        if not oids:
+            return EMPTY_BINDINGS
+        raise (ReadOnly if self.view.get(oids[0]) is not None else NoSuchName)(1)
 
     def _unsupported_pdu(self, oids, now: float) -> bytes:
         raise Dropped(MALFORMED, "not a GetRequest, GetNextRequest or SetRequest PDU")
