@@ -6,6 +6,9 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from vectors.ntp_vectors import CHRONYD_REPLY_TO_NTPLIB_V4, REQUESTS
 
 from greenservers.proto import ntp
@@ -278,3 +281,18 @@ def test_dropped_modes_do_not_use_the_limiter():
     for _ in range(100):
         responder.respond(MODE7_MONLIST, "192.0.2.66", NOW_NS, SYNCED, clock.mono, clock.transmit)
     assert flood(responder, "192.0.2.66", 1, clock) == [ntp.Outcome.ANSWERED]
+
+
+# -- any bytes at all -----------------------------------------------------------------
+
+
+@hypothesis_settings(max_examples=400, deadline=None)
+@given(data=st.one_of(st.binary(max_size=200), st.binary(min_size=48, max_size=48)), client=st.sampled_from(
+    ["192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1", "fe80::1%lo", "not an address"]))
+def test_any_datagram_is_answered_by_the_rules_or_dropped(data, client):
+    result = ntp.NtpResponder().respond(data, client, NOW_NS, SYNCED, 0.0, lambda: NOW_NS)
+    answerable = 48 <= len(data) <= ntp.MAX_REQUEST_LEN and len(data) % 4 == 0 and data[0] & 7 == 3 \
+        and (data[0] >> 3) & 7 in (3, 4)
+    assert (result.outcome is ntp.Outcome.ANSWERED) == answerable
+    if result.reply is not None:
+        assert len(result.reply) == 48 <= len(data) and result.reply[24:32] == data[40:48]

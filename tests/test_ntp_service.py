@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -226,3 +227,20 @@ def test_sntp_and_ntpdate_on_port_123_in_a_network_namespace(tmp_path):
             assert code == 0, err
         else:
             assert code != 0 and "stratum too high" in err, (out, err)
+
+
+def test_ntp_local_stratum_change_applies_without_restart(service):
+    port = free_udp_port()
+    svc = service({"ip_ntp_port": f"127.0.0.1:{port}", "ntp_local_stratum": 8})
+    first = ntplib.NTPClient().request("127.0.0.1", port=port, version=4, timeout=5).stratum
+    svc.config_path.write_text(svc.config_path.read_text().replace("ntp_local_stratum = 8", "ntp_local_stratum = 9"))
+    svc.signal_master(signal.SIGHUP)
+    assert "ntp_local_stratum" in svc.wait_for_log("SIGHUP: configuration reloaded")
+    expected = 9 if not read_kernel_clock().synchronised else first  # a synchronised clock ignores the setting
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the clock state is rebuilt at most once a second
+        stratum = ntplib.NTPClient().request("127.0.0.1", port=port, version=4, timeout=5).stratum
+        if stratum == expected:
+            break
+        time.sleep(0.2)
+    assert stratum == expected
