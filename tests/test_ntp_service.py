@@ -89,7 +89,7 @@ def test_adjtimex_struct_layout_matches_the_kernel():
 
 def test_chronyd_accepts_the_server_with_a_small_offset(server, tmp_path):
     conf = tmp_path / "chrony.conf"
-    conf.write_text(f"pidfile {tmp_path}/chronyd.pid\ncmdport 0\n")
+    conf.write_text(f"pidfile {tmp_path}/chronyd.pid\nport 0\ncmdport 0\nbindcmdaddress /\n")  # no clash with a system chronyd
     port = server.port("ip_ntp_port")
     result = subprocess.run(["chronyd", "-f", str(conf), "-Q", "-t", "20", f"server 127.0.0.1 port {port} iburst"],
                             capture_output=True, text=True, timeout=30)
