@@ -21,8 +21,10 @@ The clients run on the same cores as the servers, so the storm figures
 include the clients' own CPU (BENCH_CLIENT_NICE=N runs the storm clients
 under `nice -n N`, for both servers alike). greenservers is run with tftp_max_per_client
 raised to the storm size because every client here comes from 127.0.0.1.
-Target (issue 5): windowsize download >= 2x in.tftpd's best single
-download rate; the storm no slower than in.tftpd. Results: bench/results/tftp.json.
+Ratios are project / reference of the figure's unit (as bench/summarize.py
+shows them). Target (issue 5): windowsize download >= 2x in.tftpd's best
+single download rate; the storm no slower than in.tftpd.
+Results: bench/results/tftp.json.
 """
 
 from __future__ import annotations
@@ -182,26 +184,29 @@ def main() -> None:
                 stop(proc)
     rows = []
     for figure in list(SINGLE) + [f"storm: {STORM} x 2 MiB, {name}" for name in STORMS]:
-        project, p_low, p_high = median_spread(times[(figure, "project")])
-        reference, r_low, r_high = median_spread(times[(figure, "reference")])
-        if figure.startswith("storm"):
-            rows.append({"figure": figure + " (s, lower is better)", "project": f"{project:.2f}", "reference": f"{reference:.2f}",
-                         "ratio": f"{reference / project:.2f}", "unit": "s total; ratio = in.tftpd time / ours",
-                         "spread": {"project": [p_low, p_high], "reference": [r_low, r_high]}})
-        else:
-            rows.append({"figure": figure + " (MB/s)", "project": f"{BIG / project / 1e6:.1f}", "reference": f"{BIG / reference / 1e6:.1f}",
-                         "ratio": f"{reference / project:.2f}", "unit": "MB/s; ratio = ours / in.tftpd",
-                         "spread": {"project": [p_low, p_high], "reference": [r_low, r_high]}})
-    best_reference = min(statistics_median(times[(f, "reference")]) for f in SINGLE)  # in.tftpd's best client/option set
-    window = statistics_median(times[("10 MiB, atftp blksize 1428 windowsize 16", "project")])
-    rows.append({"figure": "windowsize 16 vs in.tftpd's best single download", "project": f"{BIG / window / 1e6:.1f}",
-                 "reference": f"{BIG / best_reference / 1e6:.1f}", "ratio": f"{best_reference / window:.2f}", "unit": "MB/s (target ratio >= 2)",
-                 "spread": {}})
+        project, reference = times[(figure, "project")], times[(figure, "reference")]
+        if figure.startswith("storm"):  # seconds: lower is better
+            rows.append({"figure": figure + " (s, lower is better)", "project": f"{median(project):.2f}",
+                         "reference": f"{median(reference):.2f}", "ratio": f"{median(project) / median(reference):.2f}",
+                         "unit": "s", "spread": {"project": [min(project), max(project)], "reference": [min(reference), max(reference)]}})
+        else:  # rates: higher is better
+            rows.append({"figure": figure + " (MB/s, higher is better)", "project": f"{rate(median(project)):.1f}",
+                         "reference": f"{rate(median(reference)):.1f}", "ratio": f"{median(reference) / median(project):.2f}",
+                         "unit": "MB/s", "spread": {"project": [rate(max(project)), rate(min(project))],
+                                                    "reference": [rate(max(reference)), rate(min(reference))]}})
+    best_reference = min(median(times[(f, "reference")]) for f in SINGLE)  # in.tftpd's best client/option set
+    window = median(times[("10 MiB, atftp blksize 1428 windowsize 16", "project")])
+    rows.append({"figure": "windowsize 16 vs in.tftpd's best single download (MB/s; target ratio >= 2)", "project": f"{rate(window):.1f}",
+                 "reference": f"{rate(best_reference):.1f}", "ratio": f"{best_reference / window:.2f}", "unit": "MB/s", "spread": {}})
     write_results("tftp", rows)
 
 
-def statistics_median(values: list[float]) -> float:
+def median(values: list[float]) -> float:
     return median_spread(values)[0]
+
+
+def rate(seconds: float) -> float:
+    return BIG / seconds / 1e6
 
 
 if __name__ == "__main__":
