@@ -181,6 +181,8 @@ def measure(name: str, directory: Path) -> dict:
 
 
 def main() -> None:
+    # the machine's other work skews the rates; the CPU-per-request figures hold up better
+    print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
     results: dict[str, list[dict]] = {"project": [], "reference": []}
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(RUNS):
@@ -211,6 +213,7 @@ def main() -> None:
         {"figure": "load generator busy (1.00 = client-bound)", "project": f"{busy_p[0]:.2f}", "reference": f"{busy_r[0]:.2f}",
          "ratio": "", "spread": {}},
     ])
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
