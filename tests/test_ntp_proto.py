@@ -118,6 +118,8 @@ def test_timestamp_formats():
     assert abs(ntp.unix_ns(ntp.ntp_timestamp(after_2036)) - after_2036) <= 1
     assert ntp.ntp_short(1.5) == 0x00018000
     assert ntp.ntp_short(1e9) == 0xFFFFFFFF and ntp.ntp_short(-1) == 0
+    assert ntp.ntp_short(float("nan")) == ntp.ntp_short(float("inf")) == 0xFFFFFFFF
+    assert ntp.ntp_short(65535.9999999) == 0xFFFFFFFF
 
 
 # -- honest stratum ---------------------------------------------------------------------

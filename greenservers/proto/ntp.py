@@ -101,7 +101,9 @@ def unix_ns(ntp: int) -> int:
 
 
 def ntp_short(seconds: float) -> int:
-    """NTP short format (16.16 fixed point), clamped to its range."""
+    """NTP short format (16.16 fixed point), clamped to its range; not a number: the largest."""
+    if not seconds < 65536.0:  # also NaN: an unknown error is as bad as it gets
+        return 0xFFFFFFFF
     return max(0, min(0xFFFFFFFF, int(seconds * 65536 + 0.5)))
 
 
