@@ -82,18 +82,20 @@ def open_socket(binding: Binding, transport: str) -> socket.socket:
         raise
 
 
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not export it
+
+
 def _enable_pktinfo(sock: socket.socket, family: int) -> None:
     """Ask for each datagram's local address (a wildcard socket must answer from it)."""
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-            if hasattr(socket, "IP_PKTINFO"):
-                try:
-                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_PKTINFO, 1)
-                except OSError:
-                    pass
+            try:  # IPv4 clients of a dual-stack socket
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            except OSError:
+                pass
         else:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_PKTINFO, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     except (OSError, AttributeError):
         pass
 
