@@ -327,3 +327,34 @@ def test_plain_ldap_on_the_ldaps_port_is_dropped_and_logged(svc):
             pass
     svc.wait_for_log("LDAP TLS failed")
     assert_still_answering(svc)
+
+
+def set_settings(svc, changes: dict) -> None:
+    response = requests.put(f"http://127.0.0.1:{svc.port('ip_http_port')}/api/settings/ports", json=changes,
+                            auth=("admin", ADMIN_PASSWORD), timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def test_plain_binds_off_and_anonymous_on_apply_without_restart(svc):
+    set_settings(svc, {"ldap_plain_bind": False, "ldap_anonymous": True})
+    try:
+        result = ldapsearch(svc, "-LLL", "(cn=reception)", "cn")
+        assert result.returncode == ldap.CONFIDENTIALITY_REQUIRED, result.stderr
+        result = ldapsearch(svc, "-ZZ", "-LLL", "(cn=reception)", "cn", host="localhost")
+        assert result.returncode == 0 and dns(result) == ["cn=Reception,dc=pbx"], result.stderr
+        result = ldapsearch(svc, "-LLL", "(cn=reception)", "cn", bind=False)  # anonymous reading allowed now
+        assert result.returncode == 0 and dns(result) == ["cn=Reception,dc=pbx"], result.stderr
+    finally:
+        set_settings(svc, {"ldap_plain_bind": True, "ldap_anonymous": False})
+    assert_still_answering(svc)
+
+
+def test_a_new_base_dn_applies_without_restart(svc):
+    set_settings(svc, {"ldap_base": "ou=Phones,dc=example,dc=com"})
+    try:
+        result = subprocess.run(["ldapsearch", "-x", "-H", url(svc), "-D", "cn=phonebook,ou=phones,dc=example,dc=com", "-w", PASSWORD,
+                                 "-b", "dc=example,dc=com", "-LLL", "(ipPhone=9)", "1.1"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0 and dns(result) == ["cn=Reception,ou=Phones,dc=example,dc=com"], result.stderr
+    finally:
+        set_settings(svc, {"ldap_base": "dc=pbx"})
+    assert_still_answering(svc)
