@@ -98,6 +98,7 @@ class LdapService(Service):
             return
         sensors.set("ldap_connections_open", self.caps.open)
         try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers go out whole; no Nagle delay
             self._serve(sock, peer, tls_first)
         except ssl.SSLError as exc:  # a client that speaks no (or bad) TLS: its fault, logged rate-limited
             self.peer_log.warning("tls", peer, "LDAP TLS failed: %s", exc.reason or exc)
