@@ -3,8 +3,11 @@
 Theory of operation
 -------------------
 `LdapSession.receive(data)` appends bytes to a bounded buffer, cuts complete
-LDAPMessages off it (RFC 4511 §4.1.1, BER framing in ber.py), and answers
-each one in order. It returns a list of outputs: `bytes` to send, and events
+LDAPMessages off it (RFC 4511 §4.1.1, BER framing in ber.py; a length over
+`Policy.max_message` is refused from the header), and answers up to
+MAX_BATCH of them in order (`backlog` tells the shell to call again before
+reading more, so pipelined requests cannot pile up answers in memory).
+It returns a list of outputs: `bytes` to send, and events
 the shell acts on — `BindFailed` (count, log, delay), `Searched` (count),
 `StartTLS` (wrap the socket now, after sending what came before), `Close`
 (send what came before, then close; `reason` is set for a peer's fault).
@@ -34,10 +37,17 @@ Operations (dispatch map OPERATIONS, fallback `_unknown_operation`):
   protocolError (§4.1.1, §4.4.1), then Close.
 
 Searches are served from a `Directory`: an immutable snapshot of the address
-book with its entries pre-encoded and indexes for the lookups phones make
-(sorted keys for equality and prefix, one joined string per attribute for
-substrings, a number index with a suffix key). `DirectoryCache` rebuilds it
-when the address book's version or the base DN changes.
+book (entries with folded values; attributes encoded on first use and each
+entry's answer cached per attribute selection) with indexes for the lookups
+phones make: sorted folded values for equality and prefix, trigram postings
+for "*typed*", one joined string per attribute for short substrings, and
+the last six digits of every number (a national number equals its
+international form: 030 1234567 = +49 30 1234567). Lookups are lazy and
+stop at the size limit, so a common prefix costs what is returned, not what
+exists; results come in index order (alphabetical for name lookups). Exact
+lookups skip verification; the rest are checked by the compiled filter.
+`DirectoryCache` rebuilds the snapshot when the address book's version or
+the base DN changes (the shell runs the rebuild in a thread).
 
 Session state machine (TRANSITIONS): ANONYMOUS -bind ok-> BOUND,
 BOUND -bind failed-> ANONYMOUS, any -unbind/fatal error-> CLOSED.
