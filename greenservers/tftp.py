@@ -12,6 +12,7 @@ per client address (`tftp_max_per_client`) and in total (`tftp_max_transfers`).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -30,12 +31,15 @@ from .service import Service
 MAX_REQUEST = 1024  # an RRQ/WRQ with its options; longer ones are truncated and refused
 RECV_SIZE = proto.MAX_BLKSIZE + 4
 ANCILLARY_SIZE = socket.CMSG_SPACE(32)
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not export it
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux 4.18+: one send, many datagrams
+UDP_MAX_SEGMENTS = 64
 
 
 def _local_address(ancillary, bound_host: str) -> tuple[str, int]:
     """(local address, interface index) of a datagram from its IP_PKTINFO / IPV6_PKTINFO."""
     for level, kind, data in ancillary:
-        if level == socket.IPPROTO_IP and kind == socket.IP_PKTINFO and len(data) >= 12:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
             # ipi_spec_dst: the local address to answer from (also right for a broadcast request)
             return socket.inet_ntop(socket.AF_INET, data[4:8]), int.from_bytes(data[:4], sys.byteorder)
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
@@ -69,6 +73,7 @@ class TftpService(Service):
         self.per_client: Counter[str] = Counter()
         self.active = 0
         self.transfers = Group()  # all listeners': a transfer outlives its listener (a port change)
+        self.segmentation = True  # UDP GSO works until the kernel says otherwise
 
     def make_server(self, bound):
         return TftpListener(self, bound)
@@ -170,11 +175,14 @@ class TftpService(Service):
         clock, fd, read, write = time.monotonic, sock.fileno(), os.read, os.write
         out = machine.start(clock())
         while True:
-            for datagram in out:
-                try:
-                    write(fd, datagram)
-                except BlockingIOError:
-                    sock.send(datagram)
+            if len(out) > 1 and self.segmentation:
+                self._send_segmented(sock, out)
+            else:
+                for datagram in out:
+                    try:
+                        write(fd, datagram)
+                    except BlockingIOError:
+                        sock.send(datagram)
             if machine.finished:
                 return
             if machine.state is proto.State.DALLYING:
@@ -198,6 +206,23 @@ class TftpService(Service):
                         continue
             now = clock()
             out = machine.receive(datagram, now) + machine.timeout(now)  # a stream of stray packets must not stall retransmission
+
+    def _send_segmented(self, sock: socket.socket, datagrams: list[bytes]) -> None:
+        """A window of DATA in one system call (UDP GSO): all but the last datagram are full size."""
+        size = len(datagrams[0])
+        per_call = max(1, min(UDP_MAX_SEGMENTS, 65000 // size))
+        try:
+            for start in range(0, len(datagrams), per_call):
+                sock.sendmsg([b"".join(datagrams[start:start + per_call])],
+                             [(socket.SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))])
+        except OSError as exc:  # this window cannot be segmented (blksize over the MTU, no checksum offload...)
+            if exc.errno not in (errno.EMSGSIZE, errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                raise
+            if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):  # the kernel has no UDP GSO at all
+                self.segmentation = False
+                self.log.info("UDP segmentation offload unavailable (%s); windows go one datagram at a time", exc)
+            for datagram in datagrams[start:]:
+                sock.send(datagram)
 
     def _finish(self, request, client: str, sock, machine, resource) -> None:
         sensors = self.runtime.sensors

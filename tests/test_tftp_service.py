@@ -77,6 +77,8 @@ CLIENTS = {
     "curl-blksize": lambda host, port, name, out: ["curl", "-sS", "-g", "--tftp-blksize", "1428", "-o", out, f"tftp://{url_host(host)}:{port}/{name}"],
     "atftp-blksize": lambda host, port, name, out: ["atftp", "-g", "-r", name, "-l", out, "--option", "blksize 1428", host, str(port)],
     "atftp-windowsize": lambda host, port, name, out: ["atftp", "-g", "-r", name, "-l", out, "--option", "windowsize 8", host, str(port)],
+    "atftp-largest": lambda host, port, name, out: ["atftp", "-g", "-r", name, "-l", out, "--option", "blksize 65464", "--option", "windowsize 4",
+                                                    host, str(port)],
     "tftp-hpa": lambda host, port, name, out: ["tftp", "-6" if ":" in host else "-4", "-m", "binary", host, str(port), "-c", "get", name, out],
 }
 
@@ -296,6 +298,13 @@ try:
             reply, source = sock.recvfrom(1000)
             sock.sendto(b"\x00\x04\x00\x01", source)
             results[host] = [source[0], reply[4:].decode()]
+    # a window cannot go out as one segmented (GSO) send when blksize exceeds the MTU: one datagram at a time
+    (root / "window.bin").write_bytes(bytes(range(256)) * 400)
+    subprocess.run(["ip", "link", "set", "lo", "mtu", "1280"], check=True)
+    out = svc.directory / "window.out"
+    subprocess.run(["atftp", "-g", "-r", "window.bin", "-l", str(out), "--option", "blksize 1428", "--option", "windowsize 8",
+                    "127.0.0.1", "69"], capture_output=True, timeout=30)
+    results["small-mtu window"] = out.read_bytes() == (root / "window.bin").read_bytes()
 finally:
     svc.stop()
 print(json.dumps(results))
@@ -310,3 +319,4 @@ def test_wildcard_binding_answers_from_the_address_the_request_came_to(tmp_path)
     results = json.loads(result.stdout.strip().splitlines()[-1])
     for host in ("127.0.0.1", "127.0.0.2", "::1", "::2"):
         assert results[host] == [host, f"server={host} ntp=ntp.example.org"], results
+    assert results["small-mtu window"] is True
