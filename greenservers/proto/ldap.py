@@ -1116,7 +1116,7 @@ class Selection:
 # Selections by request, shared by all sessions (phones repeat the same attribute list)
 _SELECTIONS: dict[tuple, Selection] = {}
 MAX_SELECTIONS = 256
-MAX_BODIES_PER_ENTRY = 4  # encoded SearchResultEntry bodies an entry keeps, one per attribute selection
+MAX_BODIES_PER_ENTRY = 2  # encoded answers an entry keeps (a phone asks with one or two attribute lists)
 
 
 @dataclass
