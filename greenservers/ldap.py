@@ -89,7 +89,7 @@ class LdapService(Service):
     # -- connections ---------------------------------------------------------
 
     def handle(self, tls_first: bool, sock, address) -> None:
-        peer = address[0]
+        peer = address[0].removeprefix("::ffff:")  # an IPv4 client of a dual-stack socket is that IPv4 address
         sensors = self.runtime.sensors
         if not self.caps.admit(peer):
             self.peer_log.warning("cap", peer, "LDAP connection refused: %d open from this address, %d in total",
