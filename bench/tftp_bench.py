@@ -10,7 +10,8 @@ by size and SHA-256):
 
 1. One 10 MiB download with atftp at blksize 1428 (lock-step, RFC 2348).
 2. The same with windowsize 16 (RFC 7440). in.tftpd does not offer
-   windowsize, so for it this is again a lock-step download.
+   windowsize, so for it this is again a lock-step download; greenservers
+   sends each window of 16 DATA packets with one segmented send (UDP GSO).
 3. One 10 MiB download with curl --tftp-blksize 1428.
 4. Boot storm: STORM clients started at once, each fetching the 2 MiB file
    with tftp-hpa (`tftp -m binary`: no options, 512-byte blocks, as a phone
