@@ -358,3 +358,19 @@ def test_a_new_base_dn_applies_without_restart(svc):
     finally:
         set_settings(svc, {"ldap_base": "dc=pbx"})
     assert_still_answering(svc)
+
+
+def test_python_ldap3_client_over_ldaps_with_paging(svc):
+    """A second, independent client implementation (ldap3: its own BER decoder and TLS handling)."""
+    import ssl
+
+    import ldap3
+
+    tls = ldap3.Tls(ca_certs_file=str(svc.cert_path), validate=ssl.CERT_REQUIRED)
+    server = ldap3.Server("localhost", port=svc.port("ip_ldaps_port"), use_ssl=True, tls=tls, get_info=ldap3.DSA)
+    with ldap3.Connection(server, "phonebook", PASSWORD, auto_bind=True) as connection:
+        assert "dc=pbx" in server.info.naming_contexts
+        entries = list(connection.extend.standard.paged_search("dc=pbx", "(sn=Krüger4*)", attributes=["sn", "telephoneNumber"],
+                                                               paged_size=4, generator=True))
+        assert sorted(e["attributes"]["sn"][0] for e in entries) == sorted(["Krüger4"] + [f"Krüger{n}" for n in range(40, 50)])
+        assert connection.search("dc=pbx", "(cn=reception)", attributes=["ipPhone"]) and connection.entries[0].ipPhone.value == "9"
