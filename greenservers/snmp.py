@@ -36,6 +36,7 @@ DROP_MESSAGES = {
     core.BAD_VERSION: "SNMP request dropped: %s (this agent speaks v1 only)",
     core.MALFORMED: "SNMP datagram dropped: %s",
 }
+UNTRUSTED_MESSAGE = DROP_MESSAGES[core.UNTRUSTED]
 
 
 class SnmpServer(DatagramServer):
@@ -51,18 +52,19 @@ class SnmpServer(DatagramServer):
     def _receive_plain(self):
         # into a buffer kept for the server: a dropped datagram then costs no allocation
         size, address = self._socket.recvfrom_into(self._buffer)
-        return self._view[:size], address, ()
+        return size, address, ()
 
     def _receive_with_destination(self):
         size, ancillary, _flags, address = self._socket.recvmsg_into([self._buffer], ANCILLARY_SIZE)
-        return self._view[:size], address, ancillary
+        return size, address, ancillary
 
     def do_read(self):
         """The next datagram from a trusted source; untrusted ones are dropped here, before any parsing."""
-        admits, runtime, ratelog = self.service.agent.admits, self.service.runtime, self.service.ratelog
+        admits, runtime, ratelog, receive = self.service.agent.admits, self.service.runtime, self.service.ratelog, self._receive
+        shown = _shown if self.socket.family == socket.AF_INET6 else str
         for _ in range(self.max_accept):  # bounded: a flood cannot keep the loop from other work
             try:
-                data, address, ancillary = self._receive()
+                size, address, ancillary = receive()
             except (BlockingIOError, InterruptedError):
                 return None
             except OSError as exc:
@@ -70,8 +72,8 @@ class SnmpServer(DatagramServer):
                     return None  # ICMP errors of earlier replies surface here: a vanished peer
                 raise
             if admits(address[0], runtime.settings):
-                return bytes(data), address, ancillary
-            ratelog.warning(core.UNTRUSTED, _shown(address[0]), DROP_MESSAGES[core.UNTRUSTED])
+                return self._view[:size].tobytes(), address, ancillary
+            ratelog.warning(core.UNTRUSTED, shown(address[0]), UNTRUSTED_MESSAGE)
         return None
 
     def handle(self, data: bytes, address, ancillary) -> None:

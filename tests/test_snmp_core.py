@@ -208,7 +208,7 @@ def test_trust_cache_is_bounded():
     networks = (ipaddress.ip_network("10.0.0.0/8"),)
     for i in range(snmp.MAX_CACHED_SOURCES + 10):
         trust.allows(f"11.0.{i // 256}.{i % 256}", networks)
-    assert len(trust._answers) <= snmp.MAX_CACHED_SOURCES
+    assert len(trust.answers) <= snmp.MAX_CACHED_SOURCES
 
 
 # -- sensors: Counter32 and Gauge32 ---------------------------------------------------

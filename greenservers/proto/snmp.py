@@ -360,17 +360,17 @@ class TrustFilter:
 
     def __init__(self):
         self._networks: tuple = ()
-        self._answers: dict[str, bool] = {}
+        self.answers: dict[str, bool] = {}  # for `networks` only
 
     def allows(self, host: str, networks: tuple) -> bool:
         if networks is not self._networks:
-            self._networks, self._answers = networks, {}
-        answer = self._answers.get(host)
+            self._networks, self.answers = networks, {}
+        answer = self.answers.get(host)
         if answer is None:
             answer = address_in(host, networks)
-            if len(self._answers) >= MAX_CACHED_SOURCES:
-                self._answers.clear()
-            self._answers[host] = answer
+            if len(self.answers) >= MAX_CACHED_SOURCES:
+                self.answers.clear()
+            self.answers[host] = answer
         return answer
 
 
@@ -412,12 +412,15 @@ class Agent:
 
     def admits(self, host: str, settings) -> bool:
         """Step 1 alone (a shell may run it before anything else): is `host` trusted? A refusal is counted."""
-        if settings is not self._trust_settings:
-            self._trust_settings, self._trusted = settings, settings.snmp_trusted
-        if self.trust.allows(host, self._trusted):
-            return True
-        self.sensors.add("snmp_rejected_address")
-        return False
+        # the hot path of a flood is this one dict lookup
+        answer = self.trust.answers.get(host) if settings is self._trust_settings else None
+        if answer is None:
+            if settings is not self._trust_settings:
+                self._trust_settings, self._trusted = settings, settings.snmp_trusted
+            answer = self.trust.allows(host, self._trusted)
+        if not answer:
+            self.sensors.add("snmp_rejected_address")
+        return answer
 
     def respond(self, datagram: bytes, now: float, settings) -> Outcome:
         """Steps 2-6 for a datagram from an admitted source."""
