@@ -1,4 +1,4 @@
-"""The SNMP agent on a dual-stack wildcard binding ("PORT"), in a private network namespace.
+"""The SNMP agent on wildcard bindings ("PORT" dual-stack, "0.0.0.0:PORT"), in a private network namespace.
 
 A wildcard socket is not loopback-only, so this runs the real service
 inside `unshare -rn` (a network namespace of its own holding only `lo`).
@@ -37,7 +37,7 @@ def test_dual_stack_wildcard_binding_in_a_private_network_namespace(tmp_path):
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found["binding"] == f"[::]:{found['port']}"
     assert found["mapped_ipv4_answered"], found
-    assert found["reply_from"] == {"127.0.0.5": True, "fd00::5": True}, found
+    assert found["reply_from"] == {"127.0.0.5": True, "fd00::5": True, "127.0.0.5 via 0.0.0.0": True}, found
     assert found["snmpget_127.0.0.5"].startswith('"greenservers '), found
     assert found["untrusted_ipv4_answered"] is False
     assert found["untrusted_logged_as_ipv4"], found["log"]
@@ -68,8 +68,8 @@ def probe(directory: Path) -> dict:
     sys.path.insert(0, str(HERE))
     from support import ServiceProcess, free_udp_port
 
-    port = free_udp_port()
-    svc = ServiceProcess(directory, {"ip_snmp_port": str(port), "snmp_trusted": "127.0.0.0/29 ::1 fd00::/16"})
+    port, ipv4_port = free_udp_port(), free_udp_port()
+    svc = ServiceProcess(directory, {"ip_snmp_port": f"{port} 0.0.0.0:{ipv4_port}", "snmp_trusted": "127.0.0.0/29 ::1 fd00::/16"})
     svc.start()
     try:
         found: dict = {"port": port, "binding": svc.wait_for_log("greenservers serving:").split("ip_snmp_port=")[1].split(",")[0].strip()}
@@ -78,6 +78,7 @@ def probe(directory: Path) -> dict:
             "127.0.0.5": _ask(socket.AF_INET, None, ("127.0.0.5", port)) is not None,
             # from fd00::6: routing alone would answer from the client's own address
             "fd00::5": _ask(socket.AF_INET6, "fd00::6", ("fd00::5", port)) is not None,
+            "127.0.0.5 via 0.0.0.0": _ask(socket.AF_INET, None, ("127.0.0.5", ipv4_port)) is not None,
         }
         snmpget = subprocess.run(["snmpget", "-v1", "-c", "public", "-Oqv", f"127.0.0.5:{port}", ".1.3.6.1.2.1.1.1.0"],
                                  capture_output=True, text=True, env=dict(os.environ, MIBS=""), timeout=30)
