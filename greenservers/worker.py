@@ -39,6 +39,7 @@ from .store import ConfigFileError, ConfigStore
 from .tls import CertificateError, TLSContextHolder, ensure_certificate
 
 HTTP_SETTINGS = ("ip_http_port", "ip_https_port")
+WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR: the master stops instead of respawning
 
 
 def _attach_to_gunicorn_log(gunicorn_log) -> None:
@@ -67,13 +68,17 @@ class GreenWorker(GeventWorker):
             self.bound = binder.bind_all(plan)
         except (SettingsError, ConfigFileError, CertificateError, BindError, OSError) as exc:
             self.log.error("%s", exc)
-            sys.exit(self.WORKER_BOOT_ERROR if hasattr(self, "WORKER_BOOT_ERROR") else 3)
+            sys.exit(WORKER_BOOT_ERROR)
+        try:  # a broken service module stops the start once, not a respawn loop
+            self.services = {path: load_service_class(path)(self.runtime) for path in sorted(set(SERVICES.values()))}
+        except Exception:
+            self.log.exception("a service could not be loaded")
+            sys.exit(WORKER_BOOT_ERROR)
         super().load_wsgi()
 
     def run(self):
         runtime = self.runtime
         self.gate = ConnectionGate(lambda: (runtime.settings.http_max_conn, runtime.settings.http_max_conn_rate), time.monotonic)
-        self.services = {}
         self.servers: list[tuple[Bound, object]] = []
         for bound in self.bound:
             self._start(bound)
@@ -156,10 +161,7 @@ class GreenWorker(GeventWorker):
         return CappedWSGIServer(bound.sock, app, self.gate, self.runtime.sensors, tls_holder=tls, log=self.log, error_log=self.log)
 
     def _service_for(self, setting: str):
-        path = SERVICES[setting]
-        if path not in self.services:
-            self.services[path] = load_service_class(path)(self.runtime)
-        return self.services[path]
+        return self.services[SERVICES[setting]]
 
     def reload_config(self):
         try:
