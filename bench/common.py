@@ -43,6 +43,35 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
+def wait_udp_answer(port: int, proc: subprocess.Popen, request: bytes, what: str, timeout: float = 30.0) -> None:
+    """Until a UDP server on 127.0.0.1:port answers `request` (raises if it exits or stays silent)."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            try:
+                sock.send(request)
+                if sock.recv(2048):
+                    return
+            except OSError:
+                time.sleep(0.05)
+    raise RuntimeError(f"no {what} answer on 127.0.0.1:{port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of `pid`, in ns resolution (schedstat; /proc/PID/stat counts 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9
+
+
 def median_spread(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 

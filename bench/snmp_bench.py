@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, free_port, median_spread, stop, write_results
+from common import REPO, cpu_seconds, free_port, median_spread, stop, wait_udp_answer, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = float(os.environ.get("BENCH_DURATION", 3.0))
@@ -80,31 +80,7 @@ def start_reference(port: int, directory: Path) -> tuple[subprocess.Popen, int]:
 
 
 def wait_snmp(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect(("127.0.0.1", port))
-        sock.settimeout(0.2)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            try:
-                sock.send(REQUESTS[0])
-                if sock.recv(2048):
-                    return
-            except OSError:
-                time.sleep(0.05)
-    raise RuntimeError(f"no SNMP answer on 127.0.0.1:{port}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of `pid`, in ns resolution (schedstat; /proc/PID/stat counts 10 ms ticks)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError):
-            pass  # a thread that ended meanwhile
-    return total / 1e9
+    wait_udp_answer(port, proc, REQUESTS[0], "SNMP", timeout)
 
 
 # -- the measurements ------------------------------------------------------------------------

@@ -55,10 +55,6 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(dir_fd)
 
 
-def _toml_value(value: Any) -> Any:
-    return value
-
-
 class ConfigStore:
     """Reads and atomically rewrites one configuration file."""
 
@@ -99,9 +95,9 @@ class ConfigStore:
             new = current.with_changes(changes)
             for name, value in changes.items():
                 if name in document:
-                    document[name] = _toml_value(value)
+                    document[name] = value
                 else:
-                    document.add(name, _toml_value(value))
+                    document.add(name, value)
             atomic_write(self.path, tomlkit.dumps(document).encode("utf-8"))
             return new
 

@@ -8,7 +8,6 @@ import subprocess
 import threading
 import time
 
-import pytest
 
 from greenservers.passwords import hash_password
 from support import free_port, free_udp_port

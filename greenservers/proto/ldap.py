@@ -1603,8 +1603,9 @@ class LdapSession:
     def _paged_search(self, message_id, request, paged_value, sort, directory, policy):
         """RFC 2696: the whole result is computed (and sorted) once; pages are cut from it."""
         page_size, cookie = paged_value
-        identity = request.base.lower().encode() + bytes([request.scope]) + request.filter_bytes
         sort_value = sort[2] if sort else b""
+        # a cookie continues only the very search it came from, sort order included
+        identity = request.base.lower().encode() + bytes([request.scope]) + request.filter_bytes + sort_value
         if cookie:
             state = self._paged.get(cookie)
             if state is None or state.identity != identity:
