@@ -95,6 +95,19 @@ def setup(store: ConfigStore) -> int:
         print(f"greenservers: {exc}", file=sys.stderr)
         return 1
     print(f"greenservers: data in {settings.data_path}; TLS certificate {pair.cert_path}")
+    if not settings.admin_password_hash and sys.stdin.isatty():
+        # first start at a terminal: ask here, so a newcomer needs no third command
+        print("greenservers: no admin password is set yet (user 'admin'); choose one now, or press Enter to skip")
+        try:
+            first = getpass.getpass("New admin password: ")
+            again = getpass.getpass("Again: ") if first else ""
+        except (EOFError, KeyboardInterrupt):
+            first = again = ""
+        if first and again == first:
+            store.update({"admin_password_hash": hash_password(first)})
+            print("greenservers: admin password set")
+        else:
+            print("greenservers: skipped; set it later with: python -m greenservers passwd")
     return rc
 
 

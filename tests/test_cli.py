@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import tomlkit
 
@@ -63,3 +64,38 @@ def test_setup_as_ordinary_user_writes_unprivileged_ports(tmp_path):
     assert (document["ip_http_port"], document["ip_https_port"], document["ip_snmp_port"], document["ip_tftp_port"], document["ip_ntp_port"]) == ("8080", "8443", "1161", "1069", "1123")
     assert "unprivileged ports" in result.stdout
     assert (tmp_path / "data" / "tls" / "selfsigned.crt").exists() and (tmp_path / "data" / "tftp").is_dir()
+
+
+def test_setup_at_a_terminal_asks_for_the_admin_password(tmp_path):
+    """./serve's first start at a terminal sets the admin password: no third command needed."""
+    import pty
+    import select
+
+    config = tmp_path / "g.toml"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: setup on a terminal
+        os.chdir(REPO)
+        os.environ["GREENSERVERS_CONFIG"] = str(config)
+        os.execv(sys.executable, [sys.executable, "-m", "greenservers", "setup"])
+    screen = b""
+
+    def read_until(text: bytes):
+        nonlocal screen
+        deadline = time.monotonic() + 60
+        while text not in screen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 1)[0]:
+                try:
+                    screen += os.read(fd, 4096)
+                except OSError:
+                    break
+        assert text in screen, screen
+
+    read_until(b"New admin password: ")
+    os.write(fd, b"first-pw-1\n")
+    read_until(b"Again: ")
+    os.write(fd, b"first-pw-1\n")
+    read_until(b"admin password set")
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0 and b"first-pw-1" not in screen
+    assert verify_password("first-pw-1", tomlkit.parse(config.read_text())["admin_password_hash"])
