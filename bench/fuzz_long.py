@@ -89,7 +89,10 @@ def main() -> int:
         if proc.returncode != 0:
             print("\n".join(text.splitlines()[-40:]))
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    (OUT.parent / "fuzz.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "targets": results}, indent=2))
+    summary = OUT.parent / "fuzz.json"
+    earlier = json.loads(summary.read_text())["targets"] if summary.exists() else []
+    merged = {row["target"]: row for row in earlier + results}  # a run of some targets keeps the others' last results
+    summary.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "targets": list(merged.values())}, indent=2))
     return 1 if failed else 0
 
 
