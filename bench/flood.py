@@ -9,7 +9,7 @@ runs in its own process (so the probes' timing is not skewed by its loop) and
 every flood is bounded in count and in time:
 
   http  new TCP connections at 10 x http_max_conn_rate, each sending a GET and closing
-        (a keep-alive client connected before the flood keeps being served)
+        (the cap is process-wide, so the HTTP probe's own new connection is refused too)
   snmp  GetRequests from an untrusted source (127.0.0.2; snmp_trusted is 127.0.0.1) at full speed
   ntp   mode-3 requests from one source (127.0.0.4) at full speed: its rate limit answers a KoD now and then
   ldap  1,000 idle connections (from 127.0.2.1-8: the per-address cap is 256), held for the phase

@@ -86,7 +86,8 @@ def markdown(summary: dict) -> str:
             cells = []
             for service in flood["services"]:
                 probe = case["probes"].get(service)
-                cells.append("—" if probe is None else f"{probe['p99_ms']:.1f} ms, {probe['lost']} lost")
+                own = " (flooded itself, not judged)" if service == case.get("flooded") else ""
+                cells.append("—" if probe is None else f"{probe['p99_ms']:.1f} ms, {probe['lost']} lost{own}")
             lines.append(f"| {case['flood']} | " + " | ".join(cells) + " |")
     soak = summary.get("soak")
     if soak:
