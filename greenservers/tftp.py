@@ -32,6 +32,8 @@ MAX_REQUEST = 1024  # an RRQ/WRQ with its options; longer ones are truncated and
 RECV_SIZE = proto.MAX_BLKSIZE + 4
 ANCILLARY_SIZE = socket.CMSG_SPACE(32)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not export it
+REQUEST_RATE = 1000.0  # requests handled per second, all listeners together (see pace_requests)
+REQUEST_BURST = 256.0
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux 4.18+: one send, many datagrams
 UDP_MAX_SEGMENTS = 64
 
@@ -74,9 +76,26 @@ class TftpService(Service):
         self.active = 0
         self.transfers = Group()  # all listeners': a transfer outlives its listener (a port change)
         self.segmentation = True  # UDP GSO works until the kernel says otherwise
+        self.tokens, self.tokens_at = float(REQUEST_BURST), time.monotonic()
 
     def make_server(self, bound):
         return TftpListener(self, bound)
+
+    def pace_requests(self) -> None:
+        """At most REQUEST_RATE requests a second (burst REQUEST_BURST), all listeners together.
+
+        A read-request storm otherwise starts transfers back to back for as long
+        as it lasts and every other service waits; paced, the excess waits in the
+        socket's buffer (and is dropped by the kernel when that is full), and a
+        boot storm of a few hundred phones still starts within a fraction of a second.
+        """
+        now = time.monotonic()
+        self.tokens = min(REQUEST_BURST, self.tokens + (now - self.tokens_at) * REQUEST_RATE)
+        self.tokens_at = now
+        if self.tokens < 1.0:
+            gevent.sleep((1.0 - self.tokens) / REQUEST_RATE)
+            self.tokens, self.tokens_at = 1.0, time.monotonic()
+        self.tokens -= 1.0
 
     def close(self) -> None:
         """At shutdown: end the transfers still running (their uploads are aborted)."""
@@ -271,6 +290,7 @@ class TftpListener:
             served += 1
             if served % 64 == 0:  # a socket that always has data never blocks: yield, or a storm starves every other service
                 gevent.sleep(0)
+            self.service.pace_requests()
             try:
                 datagram, ancillary, _flags, peer = self.sock.recvmsg(MAX_REQUEST, ANCILLARY_SIZE)
                 local = _local_address(ancillary, bound_host)
