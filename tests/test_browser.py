@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 import tomlkit
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -55,10 +56,27 @@ def set_field(driver, name: str, value: str) -> None:
     field.send_keys(value)
 
 
+def _replaced(element):
+    """Condition: `element`'s page has been replaced by a new one."""
+
+    def check(_driver) -> bool:
+        try:
+            element.is_enabled()
+            return False
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:  # chromedriver, mid-navigation, says so in other words
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+
+    return check
+
+
 def click_and_wait_for_new_page(driver, button) -> None:
     old_page = driver.find_element(By.TAG_NAME, "html")
     button.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(old_page))
+    WebDriverWait(driver, 10).until(_replaced(old_page))
 
 
 def submit_section(driver, section: str) -> None:
