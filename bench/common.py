@@ -9,11 +9,31 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+
+
+BINDINGS_OFF = {key: "" for key in ("ip_http_port", "ip_https_port", "ip_snmp_port", "ip_tftp_port",
+                                     "ip_ntp_port", "ip_ldap_port", "ip_ldaps_port")}
+
+
+def start_greenservers(directory: Path, settings: dict, app: str = "app:app") -> subprocess.Popen:
+    """greenservers as in production (gunicorn -c gunicorn.conf.py), every binding off but those in `settings`."""
+    import tomlkit
+
+    config = directory / "greenservers.toml"
+    config.write_text(tomlkit.dumps({**BINDINGS_OFF, **settings}))
+    env = dict(os.environ, GREENSERVERS_CONFIG=str(config), PYTHONPATH=f"{REPO / 'bench'}:{REPO}")
+    return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), app],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def worker_pid(master: subprocess.Popen) -> int:
+    return int(subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout.split()[0])
 
 
 def free_port(kind=socket.SOCK_STREAM) -> int:

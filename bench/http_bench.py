@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO, free_port, median_spread, stop, wait_tcp, write_results
+from common import REPO, free_port, median_spread, start_greenservers, stop, wait_tcp, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = os.environ.get("BENCH_DURATION", "5s")
@@ -22,14 +22,8 @@ CONNECTIONS = 50
 
 
 def start_project(port: int, directory: Path) -> subprocess.Popen:
-    config = directory / "greenservers.toml"
-    config.write_text(
-        f'ip_http_port = "127.0.0.1:{port}"\nip_https_port = ""\nip_snmp_port = ""\nip_tftp_port = ""\n'
-        f'ip_ntp_port = ""\nip_ldap_port = ""\nip_ldaps_port = ""\nhttp_max_conn = 1000\nhttp_max_conn_rate = 100\n'
-    )
-    env = dict(os.environ, GREENSERVERS_CONFIG=str(config), PYTHONPATH=f"{REPO / 'bench'}:{REPO}")
-    return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "hello_app:app"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return start_greenservers(directory, {"ip_http_port": f"127.0.0.1:{port}", "http_max_conn": 1000, "http_max_conn_rate": 100},
+                              app="hello_app:app")
 
 
 def start_reference(port: int) -> subprocess.Popen:

@@ -32,12 +32,11 @@ import socket
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, cpu_seconds, free_port, median_spread, stop, wait_udp_answer, write_results
+from common import cpu_seconds, free_port, median_spread, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = float(os.environ.get("BENCH_DURATION", 3.0))
@@ -61,17 +60,9 @@ SOURCE_CMSG = [[(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("@i4s4s", 0, bytes([
 
 
 def start_project(port: int, directory: Path) -> tuple[subprocess.Popen, int]:
-    config = directory / "greenservers.toml"
-    config.write_text(
-        f'ip_http_port = ""\nip_https_port = ""\nip_snmp_port = ""\nip_tftp_port = ""\nip_ldap_port = ""\n'
-        f'ip_ldaps_port = ""\nip_ntp_port = "127.0.0.1:{port}"\nntp_local_stratum = 8\ndata_dir = "{directory / "data"}"\n'
-    )
-    env = dict(os.environ, GREENSERVERS_CONFIG=str(config))
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "app:app"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_greenservers(directory, {"ip_ntp_port": f"127.0.0.1:{port}", "ntp_local_stratum": 8, "data_dir": str(directory / "data")})
     wait_ntp(port, proc)
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    return proc, int(workers[0])
+    return proc, worker_pid(proc)
 
 
 def start_reference(port: int, directory: Path) -> tuple[subprocess.Popen, int]:

@@ -24,12 +24,11 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, cpu_seconds, free_port, median_spread, stop, wait_udp_answer, write_results
+from common import cpu_seconds, free_port, median_spread, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = float(os.environ.get("BENCH_DURATION", 3.0))
@@ -55,18 +54,10 @@ REQUESTS = requests_with_ids(65536)
 
 
 def start_project(port: int, directory: Path) -> tuple[subprocess.Popen, int]:
-    config = directory / "greenservers.toml"
-    config.write_text(
-        f'ip_http_port = ""\nip_https_port = ""\nip_snmp_port = "127.0.0.1:{port}"\nip_tftp_port = ""\n'
-        f'ip_ntp_port = ""\nip_ldap_port = ""\nip_ldaps_port = ""\nsnmp_trusted = "127.0.0.1"\nsnmp_community = "public"\n'
-        f'data_dir = "{directory / "data"}"\n'
-    )
-    env = dict(os.environ, GREENSERVERS_CONFIG=str(config))
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "app:app"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_greenservers(directory, {"ip_snmp_port": f"127.0.0.1:{port}", "snmp_trusted": "127.0.0.1",
+                                          "snmp_community": "public", "data_dir": str(directory / "data")})
     wait_snmp(port, proc)
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    return proc, int(workers[0])
+    return proc, worker_pid(proc)
 
 
 def start_reference(port: int, directory: Path) -> tuple[subprocess.Popen, int]:

@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, free_port, median_spread, stop, write_results
+from common import free_port, median_spread, start_greenservers, stop, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 STORM_RUNS = int(os.environ.get("BENCH_STORM_RUNS", 3))
@@ -57,19 +57,16 @@ def free_udp_port() -> int:
 
 
 def start_project(port: int, directory: Path, root: Path) -> subprocess.Popen:
-    config = directory / "greenservers.toml"
     data = directory / "data"
     data.mkdir()
     os.symlink(root, data / "tftp")
-    config.write_text(
-        f'ip_http_port = ""\nip_https_port = ""\nip_snmp_port = ""\nip_tftp_port = "127.0.0.1:{port}"\n'
-        f'ip_ntp_port = ""\nip_ldap_port = ""\nip_ldaps_port = ""\ndata_dir = "{data}"\n'
-        f"tftp_max_per_client = {STORM * 2}\ntftp_max_transfers = {STORM * 2}\n"
-    )
-    env = dict(os.environ, GREENSERVERS_CONFIG=str(config))
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "app:app"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_tftp(port, proc)
+    proc = start_greenservers(directory, {"ip_tftp_port": f"127.0.0.1:{port}", "data_dir": str(data),
+                                          "tftp_max_per_client": STORM * 2, "tftp_max_transfers": STORM * 2})
+    try:
+        wait_tftp(port, proc)
+    except RuntimeError:
+        stop(proc)  # never leave a server behind
+        raise
     return proc
 
 
