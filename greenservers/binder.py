@@ -14,7 +14,6 @@ CAP_NET_BIND_SERVICE on the process (see deploy/greenservers.service).
 from __future__ import annotations
 
 import errno
-import os
 import socket
 from dataclasses import dataclass
 
@@ -128,7 +127,3 @@ def plan_for(settings, setting_names=None) -> list[tuple[str, str, Binding]]:
         for binding in getattr(settings, setting.name):
             plan.append((setting.name, setting.transport, binding))
     return plan
-
-
-def describe_os_error(exc: OSError) -> str:
-    return exc.strerror or os.strerror(exc.errno or 0)

@@ -9,17 +9,15 @@ apply without a restart.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .sensors import SENSORS, SensorRegistry
-from .settings import BINDING_SETTINGS, BY_NAME, Settings, SettingsError
+from .settings import BINDING_SETTINGS, Settings, SettingsError
 from .store import ConfigStore
 
-log = logging.getLogger("greenservers")
 
 SERVICE_OF_SETTING = {
     "ip_http_port": "http",
@@ -58,22 +56,11 @@ class Runtime:
         self.rebinder: Callable[[Settings], Callable[[], None]] | None = None
         self.binding_errors: dict[str, str] = {}  # a refused SIGHUP: setting -> why
         self._lock = threading.RLock()
-        self._observers: list[Callable[[Settings, Settings], None]] = []
-
-    def observe(self, callback: Callable[[Settings, Settings], None]) -> None:
-        """Call `callback(old, new)` after every applied change."""
-        self._observers.append(callback)
 
     def apply(self, new: Settings) -> list[str]:
         """Make `new` the current settings; returns the names that changed."""
         old, self.settings = self.settings, new
-        changed = old.changed_names(new)
-        for callback in self._observers:
-            try:
-                callback(old, new)
-            except Exception:  # one observer's bug must not stop the others
-                log.exception("settings observer failed")
-        return changed
+        return old.changed_names(new)
 
     def update(self, changes: dict[str, Any]) -> ChangeResult:
         """Validate, rebind, write and apply `changes`, all or nothing.
@@ -108,7 +95,7 @@ class Runtime:
     def _check_certificate(self, proposed: Settings) -> None:
         if self.tls is None:
             return
-        if (proposed.tls_cert, proposed.tls_key, proposed.data_dir) == (self.settings.tls_cert, self.settings.tls_key, self.settings.data_dir):
+        if proposed.certificate_source == self.settings.certificate_source:
             return
         from .tls import CertificateError, ensure_certificate
 
@@ -118,15 +105,14 @@ class Runtime:
             raise SettingsError({"tls_cert": str(exc)}) from None
 
     def _rebind(self, proposed: Settings) -> Callable[[], None]:
-        rebind = [n for n in self.settings.changed_names(proposed) if BY_NAME[n].rebind and BY_NAME[n].is_bindings]
-        if rebind and self.rebinder is not None:
+        if self.rebinder is not None and self.settings.changed_bindings(proposed):
             return self.rebinder(proposed)
         return lambda: None
 
     def _applied(self, new: Settings, reload_certificate: bool = False) -> ChangeResult:
         old = self.settings
-        cert_changed = (new.tls_cert, new.tls_key, new.data_dir) != (old.tls_cert, old.tls_key, old.data_dir)
-        pending = [n for n in old.changed_names(new) if BY_NAME[n].is_bindings] if self.rebinder is None else []
+        cert_changed = new.certificate_source != old.certificate_source
+        pending = old.changed_bindings(new) if self.rebinder is None else []
         changed = self.apply(new)
         self.binding_errors = {}
         if self.tls is not None and (cert_changed or reload_certificate):

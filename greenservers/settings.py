@@ -275,8 +275,14 @@ class Settings:
     def changed_names(self, other: "Settings") -> list[str]:
         return [s.name for s in DECLARATIONS if self.raw.get(s.name) != other.raw.get(s.name)]
 
-    def needs_rebind(self, other: "Settings") -> bool:
-        return any(BY_NAME[n].rebind for n in self.changed_names(other))
+    def changed_bindings(self, other: "Settings") -> list[str]:
+        """The binding-list settings that differ: what a change must rebind."""
+        return [n for n in self.changed_names(other) if BY_NAME[n].is_bindings]
+
+    @property
+    def certificate_source(self) -> tuple[str, str, str]:
+        """What decides the certificate in use (the generated one lives in data_dir)."""
+        return self.tls_cert, self.tls_key, self.data_dir
 
     # -- derived values --------------------------------------------------
 

@@ -99,8 +99,8 @@ def test_with_changes_is_all_or_nothing():
     assert base.http_max_conn == 1000
     changed = base.with_changes({"http_max_conn": 5})
     assert changed.http_max_conn == 5 and base.changed_names(changed) == ["http_max_conn"]
-    assert not base.needs_rebind(changed)
-    assert base.needs_rebind(base.with_changes({"ip_http_port": "8081"}))
+    assert base.changed_bindings(changed) == []
+    assert base.changed_bindings(base.with_changes({"ip_http_port": "8081", "http_max_conn": 5})) == ["ip_http_port"]
 
 
 def test_unknown_keys_warn():

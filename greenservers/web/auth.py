@@ -190,19 +190,6 @@ def _session_admin(stored: str) -> bool:
     return time.time() - float(session.get("since", 0)) < SESSION_MAX_AGE
 
 
-def current_admin() -> str | None:
-    """The authenticated admin's name for this request, or None (counts no failures)."""
-    stored = get_runtime().settings.admin_password_hash
-    if not stored:
-        return None
-    if _session_admin(stored):
-        return ADMIN_USER
-    creds = _basic_credentials()
-    if creds and creds[0] == ADMIN_USER and _password_ok(creds[1], stored):
-        return ADMIN_USER
-    return None
-
-
 def auth_method() -> str:
     """How this request was authenticated: "session", "basic" or "" (for the audit log)."""
     return g.get("greenservers_auth_via", "")
