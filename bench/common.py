@@ -92,6 +92,18 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def alternated(run: int) -> tuple[str, str]:
+    """The order of the two servers in run `run`: project first in even runs, so neither always goes first."""
+    return ("project", "reference") if run % 2 == 0 else ("reference", "project")
+
+
+def ratio_row(figure: str, project: list[float], reference: list[float], digits: int = 0) -> dict:
+    """One table row: the medians, their ratio (project / reference) and the spread of the runs."""
+    p, r = median_spread(project), median_spread(reference)
+    return {"figure": figure, "project": f"{p[0]:.{digits}f}", "reference": f"{r[0]:.{digits}f}",
+            "ratio": f"{p[0] / r[0]:.2f}", "spread": {"project": p[1:], "reference": r[1:]}}
+
+
 def median_spread(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 

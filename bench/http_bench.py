@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO, free_port, median_spread, start_greenservers, stop, wait_tcp, write_results
+from common import REPO, alternated, free_port, ratio_row, start_greenservers, stop, wait_tcp, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = os.environ.get("BENCH_DURATION", "5s")
@@ -46,7 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = {"project": [], "reference": []}
         for run in range(RUNS):
-            for name in ("project", "reference") if run % 2 == 0 else ("reference", "project"):
+            for name in alternated(run):
                 port = free_port()
                 proc = start_project(port, Path(tmp)) if name == "project" else start_reference(port)
                 try:
@@ -55,15 +55,12 @@ def main() -> None:
                     results[name].append(wrk(port))
                 finally:
                     stop(proc)
-        p_rps = median_spread([r for r, _ in results["project"]])
-        r_rps = median_spread([r for r, _ in results["reference"]])
-        p_p99 = median_spread([p for _, p in results["project"]])
-        r_p99 = median_spread([p for _, p in results["reference"]])
+        def column(index: int, name: str) -> list[float]:
+            return [result[index] for result in results[name]]
+
         write_results("http", [
-            {"figure": f"HTTP requests/s, {CONNECTIONS} keep-alive conns (higher is better)", "project": f"{p_rps[0]:.0f}", "reference": f"{r_rps[0]:.0f}",
-             "ratio": f"{p_rps[0] / r_rps[0]:.2f}", "spread": {"project": p_rps[1:], "reference": r_rps[1:]}},
-            {"figure": "HTTP p99 latency ms (lower is better)", "project": f"{p_p99[0]:.2f}", "reference": f"{r_p99[0]:.2f}",
-             "ratio": f"{p_p99[0] / r_p99[0]:.2f}", "spread": {"project": p_p99[1:], "reference": r_p99[1:]}},
+            ratio_row(f"HTTP requests/s, {CONNECTIONS} keep-alive conns (higher is better)", column(0, "project"), column(0, "reference")),
+            ratio_row("HTTP p99 latency ms (lower is better)", column(1, "project"), column(1, "reference"), 2),
         ])
 
 

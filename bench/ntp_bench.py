@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_seconds, free_port, median_spread, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
+from common import alternated, cpu_seconds, free_port, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = float(os.environ.get("BENCH_DURATION", 3.0))
@@ -172,7 +172,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {"project": [], "reference": []}
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(RUNS):
-            for name in ("project", "reference") if run % 2 == 0 else ("reference", "project"):
+            for name in alternated(run):
                 directory = Path(tmp) / f"{name}{run}"
                 directory.mkdir()
                 results[name].append(measure(name, directory))
@@ -182,10 +182,7 @@ def main() -> None:
                       f"RTT {r['round_trip_us']:5.1f} us, client busy {r['client_busy']:.0%}, timeouts {r['timeouts']}", flush=True)
 
     def row(key: str, figure: str, digits: int = 0) -> dict:
-        p = median_spread([r[key] for r in results["project"]])
-        c = median_spread([r[key] for r in results["reference"]])
-        return {"figure": figure, "project": f"{p[0]:.{digits}f}", "reference": f"{c[0]:.{digits}f}",
-                "ratio": f"{p[0] / c[0]:.2f}", "spread": {"project": p[1:], "reference": c[1:]}}
+        return ratio_row(figure, [r[key] for r in results["project"]], [r[key] for r in results["reference"]], digits)
 
     write_results("ntp", [
         row("rate", f"NTP queries/s, {IN_FLIGHT} in flight (higher is better)"),

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_seconds, free_port, median_spread, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
+from common import alternated, cpu_seconds, free_port, median_spread, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = float(os.environ.get("BENCH_DURATION", 3.0))
@@ -153,7 +153,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {"project": [], "reference": []}
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(RUNS):
-            for name in ("project", "reference") if run % 2 == 0 else ("reference", "project"):
+            for name in alternated(run):
                 directory = Path(tmp) / f"{name}{run}"
                 directory.mkdir()
                 results[name].append(measure(name, directory))
@@ -161,20 +161,16 @@ def main() -> None:
                 print(f"run {run + 1}/{RUNS} {name:9}: {r['rate']:8.0f} GET/s, {r['get_cpu_us']:6.1f} us CPU/GET, "
                       f"{r['drop_cpu_us']:5.2f} us CPU/drop, client busy {r['client_busy']:.0%}, timeouts {r['timeouts']}", flush=True)
 
-    def figure(key: str) -> tuple[tuple, tuple]:
-        return median_spread([r[key] for r in results["project"]]), median_spread([r[key] for r in results["reference"]])
+    def values(key: str) -> tuple[list[float], list[float]]:
+        return [r[key] for r in results["project"]], [r[key] for r in results["reference"]]
 
-    rate_p, rate_r = figure("rate")
-    get_p, get_r = figure("get_cpu_us")
-    drop_p, drop_r = figure("drop_cpu_us")
-    busy_p, busy_r = figure("client_busy")
+    get_p, get_r = (median_spread(v) for v in values("get_cpu_us"))
+    drop_p, drop_r = (median_spread(v) for v in values("drop_cpu_us"))
+    busy_p, busy_r = (median_spread(v) for v in values("client_busy"))
     write_results("snmp", [
-        {"figure": f"SNMP v1 GET/s, {IN_FLIGHT} in flight (higher is better)", "project": f"{rate_p[0]:.0f}", "reference": f"{rate_r[0]:.0f}",
-         "ratio": f"{rate_p[0] / rate_r[0]:.2f}", "spread": {"project": rate_p[1:], "reference": rate_r[1:]}},
-        {"figure": "server CPU us per answered GET (lower is better)", "project": f"{get_p[0]:.1f}", "reference": f"{get_r[0]:.1f}",
-         "ratio": f"{get_p[0] / get_r[0]:.2f}", "spread": {"project": get_p[1:], "reference": get_r[1:]}},
-        {"figure": "server CPU us per untrusted datagram dropped (lower is better)", "project": f"{drop_p[0]:.2f}", "reference": f"{drop_r[0]:.2f}",
-         "ratio": f"{drop_p[0] / drop_r[0]:.2f}", "spread": {"project": drop_p[1:], "reference": drop_r[1:]}},
+        ratio_row(f"SNMP v1 GET/s, {IN_FLIGHT} in flight (higher is better)", *values("rate")),
+        ratio_row("server CPU us per answered GET (lower is better)", *values("get_cpu_us"), 1),
+        ratio_row("server CPU us per untrusted datagram dropped (lower is better)", *values("drop_cpu_us"), 2),
         {"figure": "served GET / dropped datagram CPU (project; target >= 10)", "project": f"{get_p[0] / drop_p[0]:.1f}",
          "reference": f"{get_r[0] / drop_r[0]:.1f}", "ratio": "", "spread": {}},
         {"figure": "load generator busy (1.00 = client-bound)", "project": f"{busy_p[0]:.2f}", "reference": f"{busy_r[0]:.2f}",

@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import free_port, median_spread, start_greenservers, stop, write_results
+from common import alternated, free_port, median_spread, start_greenservers, stop, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 STORM_RUNS = int(os.environ.get("BENCH_STORM_RUNS", 3))
@@ -167,13 +167,13 @@ def main() -> None:
             times: dict[tuple[str, str], list[float]] = {}
             for run in range(RUNS):
                 for figure, make in SINGLE.items():
-                    for who in (("project", "reference") if run % 2 == 0 else ("reference", "project")):
+                    for who in alternated(run):
                         port = servers[who][1]
                         out = tmp / f"single-{who}.bin"
                         times.setdefault((figure, who), []).append(timed_download(make(port, str(out)), out, expected["big"]))
             for run in range(STORM_RUNS):
                 for figure, make in STORMS.items():
-                    for who in (("project", "reference") if run % 2 == 0 else ("reference", "project")):
+                    for who in alternated(run):
                         elapsed = timed_storm(make, servers[who][1], tmp / f"storm-{who}", expected["small"])
                         times.setdefault((f"storm: {STORM} x 2 MiB, {figure}", who), []).append(elapsed)
                         print(f"storm {figure} {who}: {elapsed:.2f} s", file=sys.stderr)
