@@ -97,6 +97,21 @@ def alternated(run: int) -> tuple[str, str]:
     return ("project", "reference") if run % 2 == 0 else ("reference", "project")
 
 
+def collect(runs: int, measure, describe) -> dict[str, list]:
+    """`measure(name, directory)` of both servers, alternated, `runs` times; each result printed with `describe`."""
+    import tempfile
+
+    results: dict[str, list] = {"project": [], "reference": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in range(runs):
+            for name in alternated(run):
+                directory = Path(tmp) / f"{name}{run}"
+                directory.mkdir()
+                results[name].append(measure(name, directory))
+                print(f"run {run + 1}/{runs} {name:9}: {describe(results[name][-1])}", flush=True)
+    return results
+
+
 def ratio_row(figure: str, project: list[float], reference: list[float], digits: int = 0) -> dict:
     """One table row: the medians, their ratio (project / reference) and the spread of the runs."""
     p, r = median_spread(project), median_spread(reference)

@@ -32,11 +32,10 @@ import socket
 import statistics
 import struct
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from common import alternated, cpu_seconds, free_port, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
+from common import collect, cpu_seconds, free_port, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = float(os.environ.get("BENCH_DURATION", 3.0))
@@ -169,17 +168,10 @@ def measure(name: str, directory: Path) -> dict:
 
 
 def main() -> None:
-    results: dict[str, list[dict]] = {"project": [], "reference": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for run in range(RUNS):
-            for name in alternated(run):
-                directory = Path(tmp) / f"{name}{run}"
-                directory.mkdir()
-                results[name].append(measure(name, directory))
-                r = results[name][-1]
-                print(f"run {run + 1}/{RUNS} {name:9}: {r['rate']:8.0f} q/s, {r['cpu_us']:5.1f} us CPU/answer, "
-                      f"T3-T2 {r['delay_loaded_us']:6.1f} us loaded / {r['delay_serial_us']:5.1f} us serial, "
-                      f"RTT {r['round_trip_us']:5.1f} us, client busy {r['client_busy']:.0%}, timeouts {r['timeouts']}", flush=True)
+    results = collect(RUNS, measure, lambda r: (
+        f"{r['rate']:8.0f} q/s, {r['cpu_us']:5.1f} us CPU/answer, "
+        f"T3-T2 {r['delay_loaded_us']:6.1f} us loaded / {r['delay_serial_us']:5.1f} us serial, "
+        f"RTT {r['round_trip_us']:5.1f} us, client busy {r['client_busy']:.0%}, timeouts {r['timeouts']}"))
 
     def row(key: str, figure: str, digits: int = 0) -> dict:
         return ratio_row(figure, [r[key] for r in results["project"]], [r[key] for r in results["reference"]], digits)

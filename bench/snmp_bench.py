@@ -24,11 +24,10 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from common import alternated, cpu_seconds, free_port, median_spread, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
+from common import collect, cpu_seconds, free_port, median_spread, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = float(os.environ.get("BENCH_DURATION", 3.0))
@@ -150,16 +149,9 @@ def measure(name: str, directory: Path) -> dict:
 def main() -> None:
     # the machine's other work skews the rates; the CPU-per-request figures hold up better
     print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
-    results: dict[str, list[dict]] = {"project": [], "reference": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for run in range(RUNS):
-            for name in alternated(run):
-                directory = Path(tmp) / f"{name}{run}"
-                directory.mkdir()
-                results[name].append(measure(name, directory))
-                r = results[name][-1]
-                print(f"run {run + 1}/{RUNS} {name:9}: {r['rate']:8.0f} GET/s, {r['get_cpu_us']:6.1f} us CPU/GET, "
-                      f"{r['drop_cpu_us']:5.2f} us CPU/drop, client busy {r['client_busy']:.0%}, timeouts {r['timeouts']}", flush=True)
+    results = collect(RUNS, measure, lambda r: (
+        f"{r['rate']:8.0f} GET/s, {r['get_cpu_us']:6.1f} us CPU/GET, "
+        f"{r['drop_cpu_us']:5.2f} us CPU/drop, client busy {r['client_busy']:.0%}, timeouts {r['timeouts']}"))
 
     def values(key: str) -> tuple[list[float], list[float]]:
         return [r[key] for r in results["project"]], [r[key] for r in results["reference"]]
