@@ -80,7 +80,9 @@ class ConfigStore:
 
     def load(self) -> Settings:
         """The effective settings of the file (defaults for what it lacks)."""
-        document = self.read_document()
+        return self._settings_of(self.read_document())
+
+    def _settings_of(self, document: tomlkit.TOMLDocument) -> Settings:
         raw = {key: _plain(value) for key, value in document.items()}
         nested = [key for key, value in raw.items() if isinstance(value, dict)]
         if nested:
@@ -91,7 +93,7 @@ class ConfigStore:
         """Validate `changes` against the file's current content and write them, all or nothing."""
         with self._lock:
             document = self.read_document()
-            current = Settings.from_raw({k: _plain(v) for k, v in document.items()}, self.base_dir)
+            current = self._settings_of(document)
             new = current.with_changes(changes)
             for name, value in changes.items():
                 if name in document:
@@ -124,7 +126,7 @@ class ConfigStore:
                     value = generate_secret()
                 document.add(tomlkit.comment(setting.description))
                 document.add(setting.name, value)
-        settings = Settings.from_raw({k: _plain(v) for k, v in document.items()}, self.base_dir)
+        settings = self._settings_of(document)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, tomlkit.dumps(document).encode("utf-8"))
         return settings
