@@ -130,12 +130,21 @@ PACKET_CLASSES = {
 _MALFORMED = (TftpException, UnicodeDecodeError, struct.error, ValueError)
 
 
-def decode(datagram: bytes):
-    """A tftpy packet object; raises IllegalOperation on anything malformed."""
-    packet_class = PACKET_CLASSES.get(int.from_bytes(datagram[:2], "big")) if len(datagram) > 2 else None
+def decode(datagram: bytes, reusable: dict | None = None):
+    """A tftpy packet object; raises IllegalOperation on anything malformed.
+
+    `reusable` (opcode -> packet object) lets a transfer decode into the same few objects
+    instead of new ones per datagram; the caller must be done with a packet before the next.
+    """
+    opcode = datagram[1] if len(datagram) > 2 and datagram[0] == 0 else None
+    packet_class = PACKET_CLASSES.get(opcode)
     if packet_class is None:
         raise IllegalOperation("malformed packet: too short or unknown opcode")
-    packet = packet_class()
+    packet = reusable.get(opcode) if reusable is not None else None
+    if packet is None:
+        packet = packet_class()
+        if reusable is not None:
+            reusable[opcode] = packet
     packet.buffer = datagram
     try:
         return packet.decode()
@@ -143,8 +152,9 @@ def decode(datagram: bytes):
         raise IllegalOperation(f"malformed packet: {exc}") from None
 
 
-def encode_data(block: int, data: bytes) -> bytes:
-    packet = TftpPacketDAT()
+def encode_data(block: int, data: bytes, packet: TftpPacketDAT | None = None) -> bytes:
+    """A DATA datagram; a sender may pass its own packet object to fill (one per transfer, not per block)."""
+    packet = packet or TftpPacketDAT()
     packet.blocknumber = block % BLOCK_MODULO
     packet.data = data
     return packet.encode().buffer
@@ -375,6 +385,8 @@ class State(enum.Enum):
     DONE = "done"
     FAILED = "failed"
 
+    __hash__ = object.__hash__  # identity, in C: the dispatch table is looked up per packet, and Enum hashes in Python
+
 
 class Event(enum.Enum):
     DATA = "DATA"
@@ -384,9 +396,12 @@ class Event(enum.Enum):
     OTHER = "unexpected packet"
     MALFORMED = "malformed packet"
 
+    __hash__ = object.__hash__
+
 
 EVENT_OF_OPCODE = {OP_DATA: Event.DATA, OP_ACK: Event.ACK, OP_ERROR: Event.ERROR}
 FINISHED = (State.DONE, State.FAILED)
+STREAMING = (State.SENDING, State.RECEIVING)  # the states a transfer spends its packets in
 
 
 class Transfer:
@@ -406,6 +421,7 @@ class Transfer:
         self.failure: str | None = None  # why it failed, for the log
         self.peer_vanished = False  # failed by timeouts or the peer's own ERROR: nothing to log loudly
         self._handlers = {key: getattr(self, name) for key, name in self.TABLE.items()}  # bound once: a hot path
+        self._packets: dict = {}  # decode()'s reusable packet objects: no handler keeps a packet
 
     @property
     def finished(self) -> bool:
@@ -413,7 +429,7 @@ class Transfer:
 
     def receive(self, datagram: bytes, now: float) -> list[bytes]:
         try:
-            packet = decode(datagram)
+            packet = decode(datagram, self._packets)
             event = EVENT_OF_OPCODE.get(packet.opcode, Event.OTHER)
         except IllegalOperation:
             packet, event = None, Event.MALFORMED
@@ -471,6 +487,7 @@ class ReadTransfer(Transfer):
         self.acked = 0  # highest block the client acknowledged
         self.sent = 0  # highest block sent
         self.bytes_sent = 0
+        self._data_packet = TftpPacketDAT()
 
     def start(self, now: float) -> list[bytes]:
         if self.oack:
@@ -486,13 +503,13 @@ class ReadTransfer(Transfer):
         if first == last:  # lock-step, the common case (windowsize 1)
             data = self.source.read(offset, self.blksize)
             self.sent, self.bytes_sent = last, self.bytes_sent + len(data)
-            return [encode_data(first, data)]
+            return [encode_data(first, data, self._data_packet)]
         chunk = self.source.read(offset, (last - first + 1) * self.blksize)
         datagrams = []
         for block in range(first, last + 1):
             start = (block - first) * self.blksize
             data = chunk[start:start + self.blksize]
-            datagrams.append(encode_data(block, data))
+            datagrams.append(encode_data(block, data, self._data_packet))
             self.bytes_sent += len(data)
         self.sent = last
         return datagrams
