@@ -12,9 +12,7 @@ per client address (`tftp_max_per_client`) and in total (`tftp_max_transfers`).
 
 from __future__ import annotations
 
-import errno
 import ipaddress
-import os
 import socket
 import sys
 import time
@@ -27,15 +25,13 @@ from . import provisioning
 from .proto import tftp as proto
 from .ratelog import RateLimitedLog
 from .service import Service
+from .tftp_transfer import Segmentation, SendBatch, TransferDriver, transfer_socket
 
 MAX_REQUEST = 1024  # an RRQ/WRQ with its options; longer ones are truncated and refused
-RECV_SIZE = proto.MAX_BLKSIZE + 4
 ANCILLARY_SIZE = socket.CMSG_SPACE(32)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not export it
 REQUEST_RATE = 1000.0  # requests handled per second, all listeners together (see pace_requests)
 REQUEST_BURST = 256.0
-UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux 4.18+: one send, many datagrams
-UDP_MAX_SEGMENTS = 64
 
 
 def _local_address(ancillary, bound_host: str) -> tuple[str, int]:
@@ -75,7 +71,8 @@ class TftpService(Service):
         self.per_client: Counter[str] = Counter()
         self.active = 0
         self.transfers = Group()  # all listeners': a transfer outlives its listener (a port change)
-        self.segmentation = True  # UDP GSO works until the kernel says otherwise
+        self.segmentation = Segmentation(self.log)
+        self.send_batch = SendBatch()
         self.tokens, self.tokens_at = float(REQUEST_BURST), time.monotonic()
 
     def make_server(self, bound):
@@ -142,7 +139,7 @@ class TftpService(Service):
         try:
             sock = self._transfer_socket(local, peer, family)
             machine, resource = self._start(request, local, client)
-            self._run(sock, machine, release_slot)
+            TransferDriver(sock, machine, self.segmentation, self.send_batch, release_slot).run()
         except proto.TftpError as exc:
             self.ratelog.warning("refused", client, "%s %s refused: %s", "WRQ" if request.write else "RRQ", request.filename, exc.message)
             self._send_quietly(sock, exc.datagram())
@@ -155,14 +152,12 @@ class TftpService(Service):
             release_slot()
             self._finish(request, client, sock, machine, resource)
 
-    def _transfer_socket(self, local, peer, family: int) -> socket.socket:
+    @staticmethod
+    def _transfer_socket(local, peer, family: int):
         host, interface = _plain(local[0]), local[1]
         if ":" not in host:  # IPv4, possibly reached through a dual-stack [::] socket
             family, peer = socket.AF_INET, (_plain(peer[0]), peer[1])
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.bind((host, 0, 0, interface) if family == socket.AF_INET6 else (host, 0))
-        sock.connect(peer)
-        return sock
+        return transfer_socket(family, (host, 0, 0, interface) if family == socket.AF_INET6 else (host, 0), peer)
 
     def _start(self, request, local, client: str):
         """The machine for a request and the resource to release after it."""
@@ -185,63 +180,6 @@ class TftpService(Service):
         if request.mode == "netascii":
             source = proto.NetasciiSource(source)
         return proto.ReadTransfer(source, proto.negotiate(request, source.size, limits), limits), resource
-
-    def _run(self, sock: socket.socket, machine: proto.Transfer, settled) -> None:
-        # The per-packet loop of a boot storm. A gevent wait (watcher, timer, two switches)
-        # costs more than the protocol work, so the connected socket is first read and written
-        # directly (it is non-blocking); after one yield to the other transfers the answer has
-        # usually arrived, and only then does the loop really wait.
-        clock, fd, read, write = time.monotonic, sock.fileno(), os.read, os.write
-        out = machine.start(clock())
-        while True:
-            if len(out) > 1 and self.segmentation:
-                self._send_segmented(sock, out)
-            else:
-                for datagram in out:
-                    try:
-                        write(fd, datagram)
-                    except BlockingIOError:
-                        sock.send(datagram)
-            if machine.finished:
-                return
-            if machine.state is proto.State.DALLYING:
-                settled()
-            try:
-                datagram = read(fd, RECV_SIZE)
-            except BlockingIOError:
-                gevent.sleep(0)
-                try:
-                    datagram = read(fd, RECV_SIZE)
-                except BlockingIOError:
-                    wait = machine.deadline - clock()
-                    if wait <= 0:
-                        out = machine.timeout(clock())
-                        continue
-                    sock.settimeout(wait)
-                    try:
-                        datagram = sock.recv(RECV_SIZE)
-                    except socket.timeout:
-                        out = machine.timeout(clock())
-                        continue
-            now = clock()
-            out = machine.receive(datagram, now) + machine.timeout(now)  # a stream of stray packets must not stall retransmission
-
-    def _send_segmented(self, sock: socket.socket, datagrams: list[bytes]) -> None:
-        """A window of DATA in one system call (UDP GSO): all but the last datagram are full size."""
-        size = len(datagrams[0])
-        per_call = max(1, min(UDP_MAX_SEGMENTS, 65000 // size))
-        try:
-            for start in range(0, len(datagrams), per_call):
-                sock.sendmsg([b"".join(datagrams[start:start + per_call])],
-                             [(socket.SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))])
-        except OSError as exc:  # this window cannot be segmented (blksize over the MTU, no checksum offload...)
-            if exc.errno not in (errno.EMSGSIZE, errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
-                raise
-            if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):  # the kernel has no UDP GSO at all
-                self.segmentation = False
-                self.log.info("UDP segmentation offload unavailable (%s); windows go one datagram at a time", exc)
-            for datagram in datagrams[start:]:
-                sock.send(datagram)
 
     def _finish(self, request, client: str, sock, machine, resource) -> None:
         sensors = self.runtime.sensors
