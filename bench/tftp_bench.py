@@ -17,10 +17,16 @@ by size and SHA-256):
    with tftp-hpa (`tftp -m binary`: no options, 512-byte blocks, as a phone
    without option support) -- total time until the last one has it.
 5. The same storm with atftp at blksize 1428.
+6. and 7. The same two storms with the server on one core and the clients
+   on another (taskset; in.tftpd's forked children inherit its CPU).
 
-The clients run on the same cores as the servers, so the storm figures
-include the clients' own CPU (BENCH_CLIENT_NICE=N runs the storm clients
-under `nice -n N`, for both servers alike). greenservers is run with tftp_max_per_client
+In 4 and 5 the 100 client processes share both cores with the server, as
+they never do in a real deployment (phones are other machines), and the
+figure includes the clients' own CPU: in.tftpd's process per client runs on
+both cores beside its clients, greenservers' one process on one. 6 and 7 give
+each server one core of its own and the clients the other: that compares
+the servers. (BENCH_CLIENT_NICE=N runs the storm clients under `nice -n N`,
+for both servers alike.) greenservers is run with tftp_max_per_client
 raised to the storm size because every client here comes from 127.0.0.1.
 Ratios are project / reference of the figure's unit (as bench/summarize.py
 shows them). Target (issue 5): windowsize download >= 2x in.tftpd's best
@@ -40,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import alternated, free_port, median_spread, start_greenservers, stop, write_results
+from common import alternated, free_port, median_spread, start_greenservers, stop, worker_pid, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 STORM_RUNS = int(os.environ.get("BENCH_STORM_RUNS", 3))
@@ -109,10 +115,24 @@ SINGLE = {
     "10 MiB, atftp blksize 1428 windowsize 16": lambda port, out: atftp(port, "big.bin", out, "blksize 1428", "windowsize 16"),
     "10 MiB, curl --tftp-blksize 1428": lambda port, out: ["curl", "-sS", "--tftp-blksize", "1428", "-o", out, f"tftp://127.0.0.1:{port}/big.bin"],
 }
-STORMS = {
+STORM_CLIENTS = {
     "tftp-hpa, 512-byte blocks": lambda port, out: ["tftp", "-m", "binary", "127.0.0.1", str(port), "-c", "get", "small.bin", out],
     "atftp blksize 1428": lambda port, out: atftp(port, "small.bin", out, "blksize 1428"),
 }
+CPUS = sorted(os.sched_getaffinity(0))
+PINNED = len(CPUS) >= 2
+SERVER_CPU, CLIENT_CPU, ALL_CPUS = str(CPUS[0]), str(CPUS[-1]), ",".join(map(str, CPUS))
+STORMS = [(name, False) for name in STORM_CLIENTS] + [(name, True) for name in STORM_CLIENTS if PINNED]
+
+
+def storm_figure(name: str, pinned: bool) -> str:
+    return f"storm: {STORM} x 2 MiB, {name}" + (", server and clients on a core each" if pinned else "")
+
+
+def pin(pids: list[int], cpus: str) -> None:
+    """Every thread of these processes onto `cpus` (children forked later inherit it)."""
+    for pid in pids:
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], stdout=subprocess.DEVNULL, check=True)
 
 
 def timed_download(command: list[str], out: Path, expected: str) -> float:
@@ -125,12 +145,13 @@ def timed_download(command: list[str], out: Path, expected: str) -> float:
     return elapsed
 
 
-def timed_storm(make_command, port: int, folder: Path, expected: str) -> float:
+def timed_storm(make_command, port: int, folder: Path, expected: str, prefix: list[str] = []) -> float:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     outs = [folder / f"{i}.bin" for i in range(STORM)]
     start = time.perf_counter()
-    procs = [subprocess.Popen(NICE + make_command(port, str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for out in outs]
+    procs = [subprocess.Popen(prefix + NICE + make_command(port, str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for out in outs]
     try:
         for proc in procs:
             proc.wait(timeout=180)
@@ -172,16 +193,25 @@ def main() -> None:
                         out = tmp / f"single-{who}.bin"
                         times.setdefault((figure, who), []).append(timed_download(make(port, str(out)), out, expected["big"]))
             for run in range(STORM_RUNS):
-                for figure, make in STORMS.items():
+                for name, pinned in STORMS:
                     for who in alternated(run):
-                        elapsed = timed_storm(make, servers[who][1], tmp / f"storm-{who}", expected["small"])
-                        times.setdefault((f"storm: {STORM} x 2 MiB, {figure}", who), []).append(elapsed)
-                        print(f"storm {figure} {who}: {elapsed:.2f} s", file=sys.stderr)
+                        proc, port = servers[who]
+                        pids = [proc.pid] + ([worker_pid(proc)] if who == "project" else [])
+                        if pinned:
+                            pin(pids, SERVER_CPU)
+                        try:
+                            elapsed = timed_storm(STORM_CLIENTS[name], port, tmp / f"storm-{who}", expected["small"],
+                                                  ["taskset", "-c", CLIENT_CPU] if pinned else [])
+                        finally:
+                            if pinned:
+                                pin(pids, ALL_CPUS)
+                        times.setdefault((storm_figure(name, pinned), who), []).append(elapsed)
+                        print(f"{storm_figure(name, pinned)} {who}: {elapsed:.2f} s", file=sys.stderr)
         finally:
             for proc, _ in servers.values():
                 stop(proc)
     rows = []
-    for figure in list(SINGLE) + [f"storm: {STORM} x 2 MiB, {name}" for name in STORMS]:
+    for figure in list(SINGLE) + [storm_figure(name, pinned) for name, pinned in STORMS]:
         project, reference = times[(figure, "project")], times[(figure, "reference")]
         if figure.startswith("storm"):  # seconds: lower is better
             rows.append({"figure": figure + " (s, lower is better)", "project": f"{median(project):.2f}",
