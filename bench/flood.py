@@ -15,6 +15,8 @@ every flood is bounded in count and in time:
   ldap  1,000 idle connections (from 127.0.2.1-8: the per-address cap is 256), held for the phase
   tftp  a read-request storm for a real file from 64 sources (127.0.3.x) that never acknowledge,
         so every admitted transfer retransmits until it gives up
+  tftp-boot  a boot storm: 100 phones (127.0.4.x) each fetching a 2 MiB file in lock-step
+        (512-byte blocks) as fast as they can, and again, for the phase
 
 The probes (services.py) send 20 requests/s each with a 1 s timeout. Target:
 under every flood, the *other* services' p99 < 50 ms and nothing lost. The
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import socket
 import sys
 import tempfile
@@ -43,6 +46,8 @@ HTTP_MAX_CONN_RATE = 100
 MAX_DATAGRAMS = 3_000_000  # any UDP flood stops after this many, whatever the time
 LDAP_IDLE = 1000
 TFTP_SOURCES = 64
+BOOT_PHONES = 100
+BOOT_FILE, BOOT_FILE_SIZE = "firmware.bin", 2 * 1024 * 1024
 
 
 # -- the floods (each runs in a child process until `seconds` pass or its count is reached) ----
@@ -119,6 +124,47 @@ def flood_tftp(port: int, seconds: float, counter) -> None:
     counter.value = sent
 
 
+def flood_tftp_boot(port: int, seconds: float, counter) -> None:
+    """BOOT_PHONES lock-step downloads at once, each started again when it ends; counts the DATA acknowledged."""
+    import selectors
+
+    request = b"\x00\x01" + BOOT_FILE.encode() + b"\x00octet\x00"
+    selector = selectors.DefaultSelector()
+
+    def start(phone: int) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((f"127.0.4.{phone + 1}", 0))
+        sock.setblocking(False)
+        sock.sendto(request, ("127.0.0.1", port))
+        selector.register(sock, selectors.EVENT_READ, phone)
+
+    for phone in range(BOOT_PHONES):
+        start(phone)
+    deadline = time.monotonic() + seconds
+    acked = 0
+    while time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=0.2):
+            sock, phone = key.fileobj, key.data
+            try:
+                datagram, peer = sock.recvfrom(1024)
+            except OSError:
+                continue
+            if datagram[:2] != b"\x00\x03":  # an ERROR (busy): try again with a new transfer
+                selector.unregister(sock)
+                sock.close()
+                start(phone)
+                continue
+            sock.sendto(b"\x00\x04" + datagram[2:4], peer)
+            acked += 1
+            if len(datagram) < 516:  # the last block: this phone boots again
+                selector.unregister(sock)
+                sock.close()
+                start(phone)
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()
+    counter.value = acked
+
+
 def flood_ldap(port: int, seconds: float, counter) -> None:
     services.raise_fd_limit(LDAP_IDLE + 512)
     held = []
@@ -155,8 +201,11 @@ FLOODS = {
     "ntp": (flood_ntp, "one source at full speed"),
     "ldap": (flood_ldap, f"{LDAP_IDLE} idle connections"),
     "tftp": (flood_tftp, f"read-request storm from {TFTP_SOURCES} sources, never acknowledged"),
+    "tftp-boot": (flood_tftp_boot, f"boot storm: {BOOT_PHONES} phones fetching 2 MiB in lock-step, again and again"),
 }
-UNIT = {"http": "connections", "snmp": "datagrams", "ntp": "datagrams", "ldap": "connections held to the end", "tftp": "requests"}
+UNIT = {"http": "connections", "snmp": "datagrams", "ntp": "datagrams", "ldap": "connections held to the end", "tftp": "requests",
+        "tftp-boot": "blocks acknowledged"}
+SERVICE_OF_FLOOD = {"tftp-boot": "tftp"}  # a flood is named after the service it floods, unless listed here
 
 
 def measure(server: services.Greenservers, flood: str | None, seconds: float) -> dict:
@@ -166,7 +215,8 @@ def measure(server: services.Greenservers, flood: str | None, seconds: float) ->
     child = None
     if flood:
         function, _ = FLOODS[flood]
-        child = context.Process(target=function, args=(server.ports[flood], seconds + 1.0, counter), daemon=True)
+        port = server.ports[SERVICE_OF_FLOOD.get(flood, flood)]
+        child = context.Process(target=function, args=(port, seconds + 1.0, counter), daemon=True)
         child.start()
         time.sleep(1.0)  # the flood reaches full strength (and the idle connections are open) before we measure
     try:
@@ -191,23 +241,25 @@ def main() -> int:
                "target_p99_ms": TARGET_P99_MS, "cases": []}
     with tempfile.TemporaryDirectory() as tmp:
         server = services.start_greenservers(Path(tmp), {"http_max_conn_rate": HTTP_MAX_CONN_RATE})
+        (Path(tmp) / "data" / "tftp" / BOOT_FILE).write_bytes(os.urandom(BOOT_FILE_SIZE))
         try:
             results["services"] = [s for s in services.PROBES if server.has(s)]
             services.run_probes(server, 1.0)  # warm-up: first requests load templates, build the directory
-            phases = [None] + [f for f in floods if server.has(f)]
+            phases = [None] + [f for f in floods if server.has(SERVICE_OF_FLOOD.get(f, f))]
             for flood in phases:
                 label = "none (idle)" if flood is None else f"{flood}: {FLOODS[flood][1]}"
                 print(f"-- flood: {label}", flush=True)
                 phase = measure(server, flood, args.seconds)
+                flooded = SERVICE_OF_FLOOD.get(flood, flood)
                 verdict_ok = all(p["lost"] == 0 and p["p99_ms"] < TARGET_P99_MS
-                                 for name, p in phase["probes"].items() if name != flood)
-                case = {"flood": label, "flooded": flood, "flood_count": phase["flood_count"],
+                                 for name, p in phase["probes"].items() if name != flooded)
+                case = {"flood": label, "flooded": flooded, "flood_count": phase["flood_count"],
                         "flood_unit": UNIT.get(flood, ""), "probes": phase["probes"], "target_met": verdict_ok,
                         "worker_rss_mb": round(services.rss_mb(server.worker_pid), 1),
                         "worker_fds": services.open_fds(server.worker_pid)}
                 results["cases"].append(case)
                 for name, p in phase["probes"].items():
-                    mark = " (flooded)" if name == flood else ""
+                    mark = " (flooded)" if name == flooded else ""
                     print(f"   {name:5}{mark:10} p99 {p['p99_ms']:7.2f} ms  median {p['median_ms']} ms  lost {p['lost']:3}"
                           f" {p['lost_reasons'] or ''}", flush=True)
                 if flood:
