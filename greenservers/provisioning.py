@@ -44,6 +44,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from .ratelog import RateLimitedLog
+from .store import remove_orphans
 
 log = logging.getLogger("greenservers.provisioning")
 ratelog = RateLimitedLog(log)
@@ -326,12 +327,20 @@ def upload_target(settings, name: str) -> Path:
     return target
 
 
+PARTIAL_UPLOAD = re.compile(r"\.partial-(?P<pid>\d+)-[0-9a-f]+")
+
+
+def remove_orphan_uploads(settings) -> list[str]:
+    """Partial uploads whose process is gone (a crash mid-upload): removed, so none is ever left behind."""
+    return remove_orphans(tftp_root(settings) / UPLOAD_DIR, PARTIAL_UPLOAD)
+
+
 class Upload:
     """A new file written to a hidden temporary name and linked into place only when complete."""
 
     def __init__(self, target: Path):
         self.target = target
-        self.temp = target.with_name(f".partial-{secrets.token_hex(8)}")
+        self.temp = target.with_name(f".partial-{os.getpid()}-{secrets.token_hex(8)}")
         self.fd: int | None = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
 
     def write(self, data: bytes) -> None:

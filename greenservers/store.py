@@ -4,12 +4,15 @@ An administrator's comments and layout survive every rewrite, because only
 the changed values are replaced in the parsed document. Writes are atomic:
 a temporary file in the same folder is written, fsynced and renamed over the
 old one, so a crash at any point leaves either the old or the new file.
-The file holds secrets, so it is written with mode 0600.
+The file holds secrets, so it is written with mode 0600. A temporary file
+is named after the process writing it, so one left by a crashed process is
+recognised and removed (`remove_orphans`) when the file is next opened.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -55,12 +58,45 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(dir_fd)
 
 
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_orphans(folder: Path, pattern: re.Pattern) -> list[str]:
+    """Remove the files of `folder` whose names match `pattern` and whose writer (group "pid") is gone.
+
+    Files of live processes are left alone, so this is safe while other writers
+    (a CLI command beside the service) work in the same folder. Returns the names removed.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match and entry.is_file(follow_symlinks=False) and process_gone(int(match["pid"])):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 class ConfigStore:
     """Reads and atomically rewrites one configuration file."""
 
     def __init__(self, path: Path | str | None = None):
         self.path = Path(path).absolute() if path else default_config_path()
         self._lock = threading.Lock()
+        remove_orphans(self.path.parent, re.compile(re.escape(f".{self.path.name}.") + r"(?P<pid>\d+)\.\d+\.tmp"))
 
     @property
     def base_dir(self) -> Path:

@@ -74,6 +74,9 @@ class TftpService(Service):
         self.segmentation = Segmentation(self.log)
         self.send_batch = SendBatch()
         self.tokens, self.tokens_at = float(REQUEST_BURST), time.monotonic()
+        removed = provisioning.remove_orphan_uploads(runtime.settings)
+        if removed:
+            self.log.warning("removed %d partial upload(s) left by a process that ended mid-upload", len(removed))
 
     def make_server(self, bound):
         return TftpListener(self, bound)

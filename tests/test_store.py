@@ -138,3 +138,15 @@ def test_killed_writer_leaves_old_or_new_never_partial(tmp_path):
         settings = ConfigStore(path).load()
         assert text.startswith("# Our PBX in room 4")
         assert len(settings.snmp_location) == settings.http_max_conn % 5000 or text == HAND_WRITTEN
+
+
+def test_temporary_files_of_ended_writers_are_removed_and_live_ones_kept(tmp_path):
+    path = tmp_path / "g.toml"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f".g.toml.{int(ended.stdout)}.140.tmp"
+    live = tmp_path / f".g.toml.{os.getpid()}.140.tmp"  # a writer at work right now
+    other = tmp_path / f".other.toml.{int(ended.stdout)}.140.tmp"  # not this file's
+    for temp in (orphan, live, other):
+        temp.write_text("half")
+    ConfigStore(path)
+    assert not orphan.exists() and live.exists() and other.exists()

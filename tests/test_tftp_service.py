@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -320,3 +321,23 @@ def test_wildcard_binding_answers_from_the_address_the_request_came_to(tmp_path)
     for host in ("127.0.0.1", "127.0.0.2", "::1", "::2"):
         assert results[host] == [host, f"server={host} ntp=ntp.example.org"], results
     assert results["small-mtu window"] is True
+
+
+@pytest.mark.real_client
+def test_partial_upload_of_a_killed_worker_is_removed_by_the_next(service):
+    port = free_udp_port()
+    svc = service({"ip_tftp_port": f"127.0.0.1:{port}", "tftp_write": True})
+    uploads = svc.directory / "data" / "tftp" / "uploads"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(b"\x00\x02phone.log\x00octet\x00", ("127.0.0.1", port))
+        reply, tid = sock.recvfrom(100)
+        assert reply == b"\x00\x04\x00\x00"
+        sock.sendto(b"\x00\x03\x00\x01" + b"a" * 512, tid)
+        assert sock.recvfrom(100)[0] == b"\x00\x04\x00\x01"
+    assert [n for n in os.listdir(uploads) if n.startswith(".partial-")]  # mid-upload
+    [worker] = svc.worker_pids
+    os.kill(worker, signal.SIGKILL)  # a crash: nothing gets to abort the upload
+    svc.wait_for_log("removed 1 partial upload(s) left by a process that ended mid-upload", timeout=30)
+    assert svc.worker_pids != [worker]
+    assert os.listdir(uploads) == []
