@@ -224,17 +224,23 @@ def test_upload_accepted_when_enabled_and_never_overwrites(writable, tmp_path, h
     assert not [n for n in os.listdir(uploads) if n.startswith(".")]
 
 
+def upload_first_block(sock: socket.socket, port: int, name: bytes):
+    """WRQ `name` and one full DATA block, both acknowledged; the server's transfer ID."""
+    sock.settimeout(5)
+    sock.sendto(b"\x00\x02" + name + b"\x00octet\x00", ("127.0.0.1", port))
+    reply, tid = sock.recvfrom(100)
+    assert reply == b"\x00\x04\x00\x00"
+    sock.sendto(b"\x00\x03\x00\x01" + b"a" * 512, tid)
+    assert sock.recvfrom(100)[0] == b"\x00\x04\x00\x01"
+    return tid
+
+
 @pytest.mark.real_client
 def test_aborted_and_oversized_uploads_leave_no_file(writable):
     uploads = writable.directory / "data" / "tftp" / "uploads"
     port = writable.port("ip_tftp_port")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(5)
-        sock.sendto(b"\x00\x02aborted.log\x00octet\x00", ("127.0.0.1", port))
-        reply, tid = sock.recvfrom(100)
-        assert reply == b"\x00\x04\x00\x00"
-        sock.sendto(b"\x00\x03\x00\x01" + b"a" * 512, tid)
-        assert sock.recvfrom(100)[0] == b"\x00\x04\x00\x01"
+        tid = upload_first_block(sock, port, b"aborted.log")
         sock.sendto(b"\x00\x05\x00\x00gave up\x00", tid)
     reply, _ = exchange("127.0.0.1", port, b"\x00\x02huge.log\x00octet\x00tsize\x00999999999\x00")
     assert reply[:4] == b"\x00\x05\x00\x03"
@@ -329,12 +335,7 @@ def test_partial_upload_of_a_killed_worker_is_removed_by_the_next(service):
     svc = service({"ip_tftp_port": f"127.0.0.1:{port}", "tftp_write": True})
     uploads = svc.directory / "data" / "tftp" / "uploads"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(5)
-        sock.sendto(b"\x00\x02phone.log\x00octet\x00", ("127.0.0.1", port))
-        reply, tid = sock.recvfrom(100)
-        assert reply == b"\x00\x04\x00\x00"
-        sock.sendto(b"\x00\x03\x00\x01" + b"a" * 512, tid)
-        assert sock.recvfrom(100)[0] == b"\x00\x04\x00\x01"
+        upload_first_block(sock, port, b"phone.log")
     assert [n for n in os.listdir(uploads) if n.startswith(".partial-")]  # mid-upload
     [worker] = svc.worker_pids
     os.kill(worker, signal.SIGKILL)  # a crash: nothing gets to abort the upload
