@@ -7,6 +7,8 @@ the file (and the page that shows it) never holds a password or community.
 
 The file is only ever appended to (O_APPEND, one write per entry, mode
 0600); reading takes the tail only, so a long history costs nothing to show.
+Its size is bounded: past ROTATE_BYTES it becomes audit.log.1 (the older
+ones move to .2 ... .KEEP_ROTATED, the oldest is dropped), as logrotate would.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .settings import BY_NAME
 AUDIT_FILE = "audit.log"
 TAIL_BYTES = 256 * 1024  # how much of the file's end is read to show recent entries
 MAX_VALUE_CHARS = 500  # a value longer than this is shortened in the entry
+ROTATE_BYTES = 4 * 1024 * 1024  # tens of thousands of changes per file
+KEEP_ROTATED = 3
 
 log = logging.getLogger("greenservers.audit")
 
@@ -95,6 +99,7 @@ class AuditLog:
         line = json.dumps(entry.__dict__, ensure_ascii=False, default=str) + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._rotate_if_full()
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, line.encode("utf-8"))
@@ -103,6 +108,19 @@ class AuditLog:
         suffix = f" ({note})" if note else ""
         log.info("settings changed by %s from %s via %s: %s%s", who, entry.address, via, describe(changes) or "-", suffix)
         return entry
+
+    def _rotate_if_full(self) -> None:
+        try:
+            if self.path.stat().st_size < ROTATE_BYTES:
+                return
+        except FileNotFoundError:
+            return
+        for number in range(KEEP_ROTATED - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{number}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{number + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        log.info("audit log rotated: %s.1 holds the previous %d bytes", self.path.name, ROTATE_BYTES)
 
     def recent(self, limit: int = 50) -> list[AuditEntry]:
         """The newest `limit` entries, newest first (unreadable lines are skipped)."""
