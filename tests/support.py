@@ -7,6 +7,7 @@ exit), never a sleep. Every process started is stopped by its PID.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,20 +23,35 @@ BINDING_KEYS = ("ip_http_port", "ip_https_port", "ip_snmp_port", "ip_tftp_port",
 READY_LINE = "greenservers serving:"
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return range(low, high + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free on all IPv4 and IPv6 addresses for `kind` (and, for safety, the other kind)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET6, kind) as s:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            s.bind(("::", 0))
-            port = s.getsockname()[1]
-        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+    """A port free on all IPv4 and IPv6 addresses for `kind` (and, for safety, the other kind).
+
+    Picked outside the kernel's ephemeral range, and never twice in one test run: between
+    the pick and the service's own bind, an outgoing socket (a client, a TFTP transfer)
+    could otherwise be given the same port by the kernel.
+    """
+    ephemeral = _ephemeral_range()
+    candidates = [p for p in range(10000, 32768) if p not in ephemeral and p not in _handed_out]
+    for port in random.sample(candidates, min(200, len(candidates))):
         try:
-            with socket.socket(socket.AF_INET6, other) as s:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                s.bind(("::", port))
+            for either in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET6, either) as s:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                    s.bind(("::", port))
         except OSError:
             continue
+        _handed_out.add(port)
         return port
     raise RuntimeError("no free port")
 
