@@ -116,13 +116,15 @@ class TransferDriver:
                 return
             now = time.monotonic()
             out = machine.receive(datagram, now)
-            if machine.deadline is not None and now >= machine.deadline:  # strays must not stall retransmission
-                out += machine.timeout(now)
-            if len(out) == 1 and machine.state in proto.STREAMING:
+            overdue = machine.timeout(now)  # a stream of stray packets must not stall retransmission
+            if overdue:
+                out += overdue
+            streaming = machine.state in proto.STREAMING
+            if len(out) == 1 and streaming:
                 self.batch.add(self, out[0])
             else:  # a window (one segmented send), or a last word that must leave before the socket closes
                 self._send(out)
-            if self.backlog or machine.state not in proto.STREAMING:
+            if self.backlog or not streaming:
                 self.hand_over()
         except BaseException as exc:  # noqa: BLE001 -- nothing may escape into the hub; the greenlet re-raises it
             self.failure = exc
@@ -147,13 +149,7 @@ class TransferDriver:
         if len(datagrams) > 1 and self.segmentation.available:
             sent = self._send_segmented(datagrams)
         else:
-            sent = 0
-            try:
-                for datagram in datagrams:
-                    self.sock.send(datagram)
-                    sent += 1
-            except BlockingIOError:
-                pass
+            sent = self._send_one_by_one(datagrams, 0)
         self.backlog.extend(datagrams[sent:])
         self.backlog.extend(later)
 
@@ -174,12 +170,17 @@ class TransferDriver:
                 raise
             if exc.errno in NO_SEGMENTATION:
                 self.segmentation.unavailable(exc)
-            try:
-                while sent < len(datagrams):
-                    self.sock.send(datagrams[sent])
-                    sent += 1
-            except BlockingIOError:
-                pass
+            return self._send_one_by_one(datagrams, sent)
+        return sent
+
+    def _send_one_by_one(self, datagrams: list[bytes], sent: int) -> int:
+        """Send datagrams[sent:] until the socket buffer refuses one; how many are sent in all."""
+        try:
+            while sent < len(datagrams):
+                self.sock.send(datagrams[sent])
+                sent += 1
+        except BlockingIOError:
+            pass
         return sent
 
     def _flush_backlog(self) -> None:
@@ -197,7 +198,6 @@ class TransferDriver:
                 continue
             backlog, self.backlog = self.backlog, []
             self._send(backlog)
-
 
 
 class SendBatch:
