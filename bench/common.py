@@ -63,6 +63,16 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
+def drain(sock: socket.socket, quiet: float = 0.2) -> None:
+    """Read and drop the answers still in flight after a load run, until none comes for `quiet` seconds."""
+    sock.settimeout(quiet)
+    try:
+        while True:
+            sock.recv(2048)
+    except TimeoutError:
+        pass
+
+
 def wait_udp_answer(port: int, proc: subprocess.Popen, request: bytes, what: str, timeout: float = 30.0) -> None:
     """Until a UDP server on 127.0.0.1:port answers `request` (raises if it exits or stays silent)."""
     deadline = time.monotonic() + timeout

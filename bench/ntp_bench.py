@@ -35,7 +35,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import collect, cpu_seconds, free_port, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
+from common import collect, cpu_seconds, drain, free_port, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = float(os.environ.get("BENCH_DURATION", 3.0))
@@ -126,12 +126,7 @@ def throughput(port: int, seconds: float, in_flight: int) -> tuple[int, float, f
             sendmsg([REQUESTS[i]], SOURCE_CMSG[i], 0, address)
             sent += 1
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
-        sock.settimeout(0.2)
-        try:
-            while True:  # drain what is still in flight
-                recv(2048)
-        except TimeoutError:
-            pass
+        drain(sock)
     return answered, wall, cpu, timeouts, delays
 
 

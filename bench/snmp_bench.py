@@ -27,7 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import collect, cpu_seconds, free_port, median_spread, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
+from common import collect, cpu_seconds, drain, free_port, median_spread, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = float(os.environ.get("BENCH_DURATION", 3.0))
@@ -104,12 +104,7 @@ def get_throughput(port: int, seconds: float) -> tuple[int, float, float, int]:
             send(requests[sent & 0xFFFF])
             sent += 1
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
-        sock.settimeout(0.2)
-        try:
-            while True:  # drain what is still in flight
-                recv(2048)
-        except TimeoutError:
-            pass
+        drain(sock)
     return answered, wall, cpu, timeouts
 
 
