@@ -138,6 +138,11 @@ def flood_tftp_boot(port: int, seconds: float, counter) -> None:
         sock.sendto(request, ("127.0.0.1", port))
         selector.register(sock, selectors.EVENT_READ, phone)
 
+    def restart(sock: socket.socket, phone: int) -> None:
+        selector.unregister(sock)
+        sock.close()
+        start(phone)
+
     for phone in range(BOOT_PHONES):
         start(phone)
     deadline = time.monotonic() + seconds
@@ -150,16 +155,12 @@ def flood_tftp_boot(port: int, seconds: float, counter) -> None:
             except OSError:
                 continue
             if datagram[:2] != b"\x00\x03":  # an ERROR (busy): try again with a new transfer
-                selector.unregister(sock)
-                sock.close()
-                start(phone)
+                restart(sock, phone)
                 continue
             sock.sendto(b"\x00\x04" + datagram[2:4], peer)
             acked += 1
             if len(datagram) < 516:  # the last block: this phone boots again
-                selector.unregister(sock)
-                sock.close()
-                start(phone)
+                restart(sock, phone)
     for key in list(selector.get_map().values()):
         key.fileobj.close()
     counter.value = acked
