@@ -14,7 +14,9 @@ on a busy machine a burst of wake-ups costs the kernel fewer inter-processor
 interrupts than the same wake-ups spread out (100-phone boot storm on 2 cores:
 5.9 s sent one by one, 5.05 s batched). A window of more than BURST_BYTES
 leaves in bursts a loop turn apart, so that a client's receive buffer is not
-overrun (atftp at blksize 65464, windowsize 4, lost each window's tail).
+overrun (atftp at blksize 65464, windowsize 4, lost each window's tail). The
+bursts are PACE_SECONDS apart, about the wire time of a burst: a turn of the
+loop alone is microseconds on loopback, too little for a client to read.
 
 The socket is a plain non-blocking one (not gevent's), because nothing may
 block or switch inside a hub callback.
@@ -40,6 +42,7 @@ UDP_MAX_SEGMENTS = 64
 NO_SEGMENTATION = (errno.ENOPROTOOPT, errno.EOPNOTSUPP)  # the kernel has no UDP GSO at all
 NOT_THIS_WINDOW = (errno.EMSGSIZE, errno.EINVAL, errno.EIO) + NO_SEGMENTATION
 BURST_BYTES = 64 * 1024  # at most this much of a window at once: a default receive buffer (208 KiB) holds it
+PACE_SECONDS = 0.001  # between bursts: 64 KiB a millisecond is about 500 Mbit/s, as a wire would pace it
 
 
 def transfer_socket(family: int, local: tuple, peer: tuple) -> _socket.socket:
@@ -75,6 +78,7 @@ class TransferDriver:
         self.sock, self.fd, self.machine = sock, sock.fileno(), machine
         self.segmentation, self.batch, self.settled = segmentation, batch, settled
         self.backlog: list[bytes] = []  # datagrams a full socket buffer refused, sent by the greenlet
+        self.paced: list[bytes] = []  # the rest of a big window, sent by the greenlet after PACE_SECONDS
         self.failure: BaseException | None = None  # raised in the callback, re-raised in the greenlet
         self.wake = Event()
         self.watcher = None
@@ -89,6 +93,11 @@ class TransferDriver:
                     raise self.failure
                 if self.backlog:
                     self._flush_backlog()
+                    continue
+                if self.paced:
+                    gevent.sleep(PACE_SECONDS)
+                    paced, self.paced = self.paced, []
+                    self._send(paced)
                     continue
                 if machine.finished:
                     return
@@ -124,7 +133,7 @@ class TransferDriver:
                 self.batch.add(self, out[0])
             else:  # a window (one segmented send), or a last word that must leave before the socket closes
                 self._send(out)
-            if self.backlog or not streaming:
+            if self.backlog or self.paced or not streaming:
                 self.hand_over()
         except BaseException as exc:  # noqa: BLE001 -- nothing may escape into the hub; the greenlet re-raises it
             self.failure = exc
@@ -136,22 +145,20 @@ class TransferDriver:
         self.wake.set()
 
     def _send(self, datagrams: list[bytes]) -> None:
-        """Send without blocking; what the socket buffer refuses goes to the backlog."""
+        """Send without blocking; what the socket buffer refuses goes to the backlog. (Nothing new
+        comes while a window is paced: the fast path is stopped until the greenlet has sent it all.)"""
         if not datagrams:
             return
         if len(datagrams) > 1 and len(datagrams[0]) * len(datagrams) > BURST_BYTES:
             # a window bigger than a client's receive buffer would lose its tail every time:
-            # the rest leaves after a turn of the loop, while the client reads
+            # the rest leaves in paced bursts, while the client reads
             per_burst = max(1, BURST_BYTES // len(datagrams[0]))
-            datagrams, later = datagrams[:per_burst], datagrams[per_burst:]
-        else:
-            later = []
+            datagrams, self.paced = datagrams[:per_burst], datagrams[per_burst:]
         if len(datagrams) > 1 and self.segmentation.available:
             sent = self._send_segmented(datagrams)
         else:
             sent = self._send_one_by_one(datagrams, 0)
         self.backlog.extend(datagrams[sent:])
-        self.backlog.extend(later)
 
     def _send_segmented(self, datagrams: list[bytes]) -> int:
         """A window of DATA in as few system calls as UDP GSO allows (all but the last datagram are full size)."""
