@@ -28,7 +28,11 @@ each server one core of its own and the clients the other: that compares
 the servers. (BENCH_CLIENT_NICE=N runs the storm clients under `nice -n N`,
 for both servers alike.) greenservers is run with tftp_max_per_client
 raised to the storm size because every client here comes from 127.0.0.1.
-Ratios are project / reference of the figure's unit (as bench/summarize.py
+For the storms where clients and server share the cores, the whole machine's
+CPU time during the storm (/proc/stat, both cores) is also given, split into
+kernel (system, irq, softirq), user and idle: where the time goes, as the
+kernel's work per packet is the same for both servers and the interpreter's
+is not. Ratios are project / reference of the figure's unit (as bench/summarize.py
 shows them). Target (issue 5): windowsize download >= 2x in.tftpd's best
 single download rate; the storm no slower than in.tftpd.
 Results: bench/results/tftp.json.
@@ -129,6 +133,24 @@ def storm_figure(name: str, pinned: bool) -> str:
     return f"storm: {STORM} x 2 MiB, {name}" + (", server and clients on a core each" if pinned else "")
 
 
+def cpu_figure(name: str, kind: str) -> str:
+    return f"storm, {name}: whole machine's {kind} CPU"
+
+
+CPU_KINDS = {"kernel": (2, 5, 6), "user": (0, 1), "idle": (3, 4)}  # /proc/stat columns: user nice system idle iowait irq softirq
+
+
+def machine_cpu() -> list[float]:
+    """Seconds of CPU time since boot, all cores, per /proc/stat column."""
+    with open("/proc/stat") as stat:
+        return [int(ticks) / os.sysconf("SC_CLK_TCK") for ticks in stat.readline().split()[1:]]
+
+
+def cpu_split(before: list[float], after: list[float]) -> dict[str, float]:
+    spent = [b - a for a, b in zip(before, after)]
+    return {kind: sum(spent[column] for column in columns) for kind, columns in CPU_KINDS.items()}
+
+
 def pin(pids: list[int], cpus: str) -> None:
     """Every thread of these processes onto `cpus` (children forked later inherit it)."""
     for pid in pids:
@@ -199,6 +221,7 @@ def main() -> None:
                         pids = [proc.pid] + ([worker_pid(proc)] if who == "project" else [])
                         if pinned:
                             pin(pids, SERVER_CPU)
+                        before = machine_cpu()
                         try:
                             elapsed = timed_storm(STORM_CLIENTS[name], port, tmp / f"storm-{who}", expected["small"],
                                                   ["taskset", "-c", CLIENT_CPU] if pinned else [])
@@ -206,6 +229,9 @@ def main() -> None:
                             if pinned:
                                 pin(pids, ALL_CPUS)
                         times.setdefault((storm_figure(name, pinned), who), []).append(elapsed)
+                        if not pinned:
+                            for kind, seconds in cpu_split(before, machine_cpu()).items():
+                                times.setdefault((cpu_figure(name, kind), who), []).append(seconds)
                         print(f"{storm_figure(name, pinned)} {who}: {elapsed:.2f} s", file=sys.stderr)
         finally:
             for proc, _ in servers.values():
@@ -222,6 +248,12 @@ def main() -> None:
                          "reference": f"{rate(median(reference)):.1f}", "ratio": f"{median(reference) / median(project):.2f}",
                          "unit": "MB/s", "spread": {"project": [rate(max(project)), rate(min(project))],
                                                     "reference": [rate(max(reference)), rate(min(reference))]}})
+    for name in STORM_CLIENTS:
+        for kind in CPU_KINDS:
+            project, reference = times[(cpu_figure(name, kind), "project")], times[(cpu_figure(name, kind), "reference")]
+            rows.append({"figure": cpu_figure(name, kind) + " (s, both cores)", "project": f"{median(project):.2f}",
+                         "reference": f"{median(reference):.2f}", "ratio": f"{median(project) / max(median(reference), 0.01):.2f}",
+                         "unit": "s", "spread": {"project": [min(project), max(project)], "reference": [min(reference), max(reference)]}})
     best_reference = min(median(times[(f, "reference")]) for f in SINGLE)  # in.tftpd's best client/option set
     window = median(times[("10 MiB, atftp blksize 1428 windowsize 16", "project")])
     rows.append({"figure": "windowsize 16 vs in.tftpd's best single download (MB/s; target ratio >= 2)", "project": f"{rate(window):.1f}",
