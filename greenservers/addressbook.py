@@ -5,7 +5,9 @@ owns one SQLite connection (WAL, busy timeout) behind a lock, and an
 in-memory copy of every contact, ordered by id. Readers (the LDAP server,
 the JSON API, the admin page) read that copy; every write goes to SQLite in
 one transaction first, then updates the copy, bumps `version` and calls the
-subscribers, so a change is visible to LDAP searches at once.
+subscribers, so a change is visible to LDAP searches at once. A change
+committed by another process (the CLI) is noticed when the copy is next read,
+and the copy is reloaded off the event loop (greenservers/offload.py).
 
 Validation is per field and all-or-nothing: `ContactError.errors` maps each
 bad field to a message naming it. CSV import (header row) is validated as a
@@ -32,6 +34,8 @@ import unicodedata
 from dataclasses import dataclass, fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from .offload import run_off_loop
 
 log = logging.getLogger("greenservers.addressbook")
 
@@ -481,6 +485,7 @@ class AddressBook:
         self._search_keys[contact.id] = (names, numbers)
 
     def _reload(self) -> None:
+        """Read every contact again (the caller holds the lock; 100,000 take most of a second)."""
         self._by_id = {}
         self._search_keys = {}
         for contact in self._select():
@@ -491,7 +496,7 @@ class AddressBook:
         """Reload when another connection (another process) committed since we last looked."""
         data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
         if data_version != self._data_version:
-            self._reload()
+            run_off_loop(self._reload)
             self._version += 1  # subscribers hear of in-process changes only
 
     def _changed(self) -> None:

@@ -9,8 +9,8 @@ certificate (`runtime.tls.context`, read per connection), `BindFailed` is
 counted, logged (rate-limited) and answered only after a per-address delay,
 `Close` ends the connection. Connections are capped per client address and
 in total, and a connection idle for `idle_timeout` seconds is closed. The
-address book is indexed in a worker thread when it changed, so a large
-rebuild does not stall other connections.
+address book is indexed off the event loop (greenservers/offload.py) when
+it changed, so a large rebuild does not stall other connections.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from gevent.lock import Semaphore
 from gevent.server import StreamServer
 
 from .addressbook import addressbook_for
+from .offload import run_off_loop
 from .proto import ldap as proto
 from .ratelog import RateLimitedLog
 from .service import Service
@@ -36,25 +37,6 @@ HANDSHAKE_TIMEOUT = 10.0
 MAX_PER_CLIENT = 256  # a NAT can hide many phones behind one address
 MAX_TOTAL = 4096
 RECV_SIZE = 65536
-
-
-BUILD_SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
-
-
-def _build_in_thread(build, *args):
-    """Index a (large) address book in a thread without starving the event loop.
-
-    The thread holds the GIL in 5 ms slices by default, and the event loop
-    waits a slice each time it releases the GIL for a system call, so every
-    other service slows down by tens of milliseconds per request; shorter
-    slices while the build runs keep their latency low.
-    """
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(BUILD_SWITCH_INTERVAL)
-    try:
-        return gevent.get_hub().threadpool.apply(build, args)
-    finally:
-        sys.setswitchinterval(previous)
 
 
 def _total_cap() -> int:
@@ -113,7 +95,21 @@ class LdapService(Service):
         if not cache.stale(base):
             return cache.directory
         with self._rebuild:  # one rebuild at a time; the others wait for its result
-            return cache.current(base, run=_build_in_thread)
+            return cache.current(base, run=run_off_loop, retire=self._retire)
+
+    def _retire(self, old: proto.Directory) -> None:
+        holder = [old]
+        del old
+        gevent.spawn(self._dismantle, holder)
+
+    @staticmethod
+    def _dismantle(holder: list) -> None:
+        """Free a replaced snapshot in steps between other greenlets' turns, once nothing else uses it."""
+        directory = holder.pop()
+        if sys.getrefcount(directory) > 2:  # this name and getrefcount's argument: someone still reads it
+            return  # it is freed whole when they let go
+        for _ in directory.dismantle():
+            gevent.sleep(0)
 
     # -- connections ---------------------------------------------------------
 

@@ -1,0 +1,105 @@
+"""Heavy work off the event loop: the thread, the interpreter settings while it runs and after,
+the address book's index sorted in slices, and a replaced index freed in steps."""
+
+from __future__ import annotations
+
+import gc
+import random
+import sys
+import time
+
+import gevent
+import pytest
+
+from greenservers import offload
+from greenservers.addressbook import Contact
+from greenservers.proto import ldap
+
+
+def contacts(count: int) -> list[Contact]:
+    rng = random.Random(count)
+    return [Contact(id=i + 1, first_name=rng.choice(["Ann", "Bo", "Cy"]), last_name=f"Name{rng.randrange(10**6)}",
+                    work=f"+49 30 {1000000 + i}") for i in range(count)]
+
+
+def test_outside_the_gevent_worker_the_work_runs_here():
+    import threading
+    assert offload.run_off_loop(threading.get_ident) == threading.get_ident()
+
+
+@pytest.fixture
+def as_in_the_worker(monkeypatch):
+    monkeypatch.setattr(offload.monkey, "is_module_patched", lambda name: name == "threading")
+    interval = sys.getswitchinterval()
+    yield
+    assert sys.getswitchinterval() == interval and gc.isenabled()
+
+
+def test_in_the_worker_it_runs_in_a_pool_thread_without_the_collector(as_in_the_worker):
+    import threading
+
+    def observe():
+        return threading.get_ident(), gc.isenabled(), sys.getswitchinterval()
+
+    thread, collecting, interval = offload.run_off_loop(observe)
+    assert thread != threading.get_ident() and not collecting and interval == offload.SWITCH_INTERVAL
+
+
+def test_overlapping_work_restores_the_settings_once_the_last_ends(as_in_the_worker):
+    seen = []
+
+    def work(seconds):
+        time.sleep(seconds)  # in the pool thread: the hub goes on meanwhile
+        return gc.isenabled()
+
+    first = gevent.spawn(offload.run_off_loop, work, 0.2)
+    second = gevent.spawn(offload.run_off_loop, work, 0.05)
+    second.join()
+    seen.append(gc.isenabled())  # the first is still running
+    first.join()
+    assert seen == [False] and first.value is False and second.value is False
+
+
+def test_an_error_in_the_work_is_raised_and_the_settings_restored(as_in_the_worker):
+    with pytest.raises(ZeroDivisionError):
+        offload.run_off_loop(lambda: 1 / 0)
+
+
+@pytest.mark.parametrize("size", [0, 1, ldap.SORT_SLICE, ldap.SORT_SLICE + 1, 5 * ldap.SORT_SLICE + 17])
+def test_sorting_in_slices_sorts(size):
+    rng = random.Random(size)
+    items = [(rng.choice("abc") * rng.randrange(1, 4), rng.randrange(size + 1)) for _ in range(size)]
+    assert ldap.sorted_in_slices(list(items)) == sorted(items)
+
+
+def test_a_replaced_directory_is_handed_over_and_dismantled_to_nothing():
+    book = contacts(300)
+    version = [1]
+    retired = []
+    cache = ldap.DirectoryCache(lambda: version[0], lambda: book)
+    first = cache.current("dc=pbx", retire=retired.append)
+    assert cache.current("dc=pbx", retire=retired.append) is first and retired == []
+    first.trigram_postings("cn")
+    version[0] = 2
+    second = cache.current("dc=pbx", retire=retired.append)
+    assert second is not first and retired == [first]
+    steps = sum(1 for _ in first.dismantle(per_step=64))
+    assert steps >= 300 // 64  # a slice at a time
+    assert not first.entries and not first.by_ndn and not first.haystack and not any(first.sorted_keys.values())
+    assert len(second.entries) == 300  # the new one is untouched
+
+
+def test_the_ldap_shell_frees_a_replaced_directory_only_when_nothing_else_holds_it():
+    from greenservers.ldap import LdapService
+    directory = ldap.Directory("dc=pbx", contacts(50), 1)
+    reader = directory  # a search still using it
+    gevent.spawn(LdapService._dismantle, [directory]).join()
+    assert len(reader.entries) == 50
+    del reader
+    gevent.spawn(LdapService._dismantle, [directory]).join()
+    assert len(directory.entries) == 50  # the test itself holds it: still left alone
+    holder = [directory]
+    del directory
+    kept = holder[0].entries
+    gevent.spawn(LdapService._dismantle, holder).join()
+    assert kept == []  # emptied in place
