@@ -74,8 +74,9 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {row['benchmark']} | {row['figure']} | {project} | {reference} | {row['ratio']} |")
     memory = summary.get("memory")
     if memory:
-        lines += ["", "Resident memory of the worker (all services on):", "", "| state | RSS |", "|---|---|"]
-        lines += [f"| {row['state']} | {row['rss_mb']:.1f} MiB |" for row in memory["rows"]]
+        lines += ["", "Resident memory of the worker (all services on), and the other services' latency while the address book is indexed:",
+                  "", "| state | RSS | meanwhile: worst p99 (max) of http, snmp, tftp, ntp; lost |", "|---|---|---|"]
+        lines += [f"| {row['state']} | {row['rss_mb']:.1f} MiB | {meanwhile(row)} |" for row in memory["rows"]]
     flood = summary.get("flood")
     if flood:
         lines += ["", f"Flood isolation: p99 latency and lost answers of a legitimate client of each other service "
@@ -99,6 +100,15 @@ def markdown(summary: dict) -> str:
         parts = [f"{t['target']} {t['inputs']:,}" + ("" if t["verdict"] == "ok" else f" {t['verdict']}") for t in fuzz["targets"]]
         lines += ["", "Fuzzing (atheris, inputs per target, no crash, hang or memory growth unless noted): " + ", ".join(parts) + "."]
     return "\n".join(lines) + "\n"
+
+
+def meanwhile(row: dict) -> str:
+    probes = row.get("other_services_meanwhile")
+    if not probes:
+        return ""
+    worst = max(probes.values(), key=lambda probe: probe["p99_ms"])
+    lost = sum(probe["lost"] for probe in probes.values())
+    return f"{worst['p99_ms']:.1f} ms ({max(p['max_ms'] for p in probes.values()):.1f} ms); {lost} lost, during {row['seconds']} s"
 
 
 def main() -> None:
