@@ -385,7 +385,7 @@ class AddressBook:
             return found
 
     def export_csv(self) -> str:
-        return to_csv(self.contacts())
+        return run_off_loop(to_csv, self.contacts())  # 100,000 contacts: about 0.2 s of work
 
     # -- writing ---------------------------------------------------------------
 
@@ -439,26 +439,31 @@ class AddressBook:
         With `replace`, the imported rows replace the whole address book. Raises
         ImportRejected (nothing changed) listing the problems by row and field.
         """
-        rows = parse_csv(text)  # validated outside the lock: readers go on meanwhile
+        rows = run_off_loop(parse_csv, text)  # validated outside the lock: readers go on meanwhile
         with self._lock:
             self._notice_external_change()
             kept = 0 if replace else len(self._by_id)
             if kept + len(rows) > MAX_CONTACTS:
                 message = f"the address book would hold {kept + len(rows)} contacts; the limit is {MAX_CONTACTS}"
                 raise ImportRejected([{"row": 0, "field": "", "message": message}])
-            last_id = max(self._by_id, default=0)
-            with self._transaction():
-                if replace:
-                    self._db.execute("DELETE FROM contacts")
-                self._db.executemany(_INSERT, ([row[f] for f in FIELDS] for row in rows))
-            if replace:
-                self._reload()
-            else:
-                for contact in self._select("WHERE id > ?", (last_id,)):
-                    self._remember(contact)
+            run_off_loop(self._insert, rows, replace)
             self._changed()
         self._notify()
         return len(rows)
+
+    def _insert(self, rows: list[dict], replace: bool) -> None:
+        """The rows into SQLite in one transaction, then into the copy (the caller holds the lock;
+        100,000 rows take about a second, off the event loop)."""
+        last_id = max(self._by_id, default=0)
+        with self._transaction():
+            if replace:
+                self._db.execute("DELETE FROM contacts")
+            self._db.executemany(_INSERT, ([row[f] for f in FIELDS] for row in rows))
+        if replace:
+            self._reload()
+        else:
+            for contact in self._select("WHERE id > ?", (last_id,)):
+                self._remember(contact)
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         """Call `callback()` after each committed change (from the thread that made it)."""

@@ -332,3 +332,15 @@ def test_page_import_upload(browser, book):
     replace = {"csrf_token": browser.token, "replace": "1", "file": (io.BytesIO(b"last_name\nC\n"), "book.csv")}
     assert browser.post("/addressbook/import", data=replace, content_type="multipart/form-data", headers=BROWSER).status_code == 303
     assert [c.last_name for c in book.contacts()] == ["C"]
+
+
+@pytest.mark.parametrize("count", [0, 1, 999, 1000, 1001, 2500])
+def test_the_contact_list_is_encoded_in_slices_exactly_as_jsonify_would(count):
+    from flask import Flask, jsonify
+
+    from greenservers.addressbook import Contact
+    from greenservers.web.addressbook import _json_list
+
+    contacts = [Contact(id=i + 1, first_name=f'Jörg "{i}"', work=f"+49 {i}") for i in range(count)]
+    with Flask(__name__).app_context():
+        assert _json_list(contacts) == jsonify([c.as_dict() for c in contacts]).get_data(as_text=True)

@@ -163,3 +163,17 @@ def test_ports_page_in_a_real_browser(service, browser):
     screenshot(browser, ARTIFACTS / "ports-page.png", 1100)
     screenshot(browser, ARTIFACTS / "ports-page-phone.png", 390, 844)
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), "page wider than a phone screen"
+
+    # the address book page (rendered off the event loop in this request's context): a contact added
+    # through the form, its flash message shown once
+    browser.get(base + "/addressbook")
+    wait_for(browser, (By.ID, "f-display_name"))
+    set_field(browser, "display_name", "Browser Added")
+    set_field(browser, "extension", "4711")
+    submit_section(browser, "add")
+    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".flash")] == ["Added Browser Added."]
+    assert "4711" in browser.find_element(By.ID, "contacts").text
+    browser.refresh()
+    wait_for(browser, (By.ID, "f-display_name"))
+    assert browser.find_elements(By.CSS_SELECTOR, ".flash") == []
+    assert "Browser Added" in browser.find_element(By.ID, "contacts").text

@@ -7,9 +7,11 @@ in greenservers.addressbook; this module maps it to HTTP status codes
 
 from __future__ import annotations
 
+import json
 import logging
+from functools import partial
 
-from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, copy_current_request_context, flash, jsonify, redirect, render_template, request, url_for
 
 from ..addressbook import (
     FIELDS,
@@ -20,6 +22,7 @@ from ..addressbook import (
     ImportRejected,
     addressbook_for,
 )
+from ..offload import run_off_loop
 from . import get_runtime
 from .auth import admin_required
 
@@ -98,9 +101,18 @@ def list_contacts():
     q = request.args.get("q", "").strip()
     found = book.search(q, limit=len(book)) if q else book.contacts()
     end = None if limit is None else offset + limit
-    response = jsonify([c.as_dict() for c in found[offset:end]])
-    response.headers["X-Total-Count"] = str(len(found))
-    return response
+    body = run_off_loop(_json_list, found[offset:end])  # 100,000 contacts: about 0.3 s of work
+    return Response(body, mimetype="application/json", headers={"X-Total-Count": str(len(found))})
+
+
+JSON_SLICE = 1000  # contacts encoded per json.dumps call: one C call holds the GIL, 100,000 held it 0.2 s
+
+
+def _json_list(contacts: list) -> str:
+    """The contacts as a JSON array, encoded a slice at a time so a pool thread yields the GIL between slices."""
+    slices = (json.dumps([c.as_dict() for c in contacts[i:i + JSON_SLICE]], sort_keys=True, separators=(",", ":"))[1:-1]
+              for i in range(0, len(contacts), JSON_SLICE))  # as Flask's jsonify writes it
+    return "[" + ",".join(slices) + "]\n"
 
 
 @bp.post("/api/addressbook")
@@ -204,7 +216,8 @@ def _render(
         contact = book.get(int(request.args["edit"]))
         if contact is not None:
             editing, form = contact.id, contact.fields()
-    page = render_template(
+    # a thousand rows take Jinja about 70 ms: rendered off the event loop, in this request's context
+    page = run_off_loop(copy_current_request_context(partial(render_template,
         "addressbook.html",
         contacts=contacts,
         total=len(book),
@@ -218,7 +231,7 @@ def _render(
         editing=editing,
         import_errors=import_rejected.errors if import_rejected else [],
         import_total=import_rejected.total if import_rejected else 0,
-    )
+    )))
     return page, status
 
 
