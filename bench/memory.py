@@ -13,7 +13,8 @@ Two fresh starts with every service on loopback (bench/services.py):
    the trigram index -- and number). While the first search builds the
    directory, a client of every other service measures its latency; and
    again while the next search rebuilds it after one contact was changed
-   (by another process, as the CLI or a second worker would).
+   (by another process, as the CLI or a second worker would); and while
+   half as many contacts again are imported through the web API.
 RSS is VmRSS of the worker process (/proc/PID/status). Results: bench/results/memory.json.
 """
 
@@ -25,6 +26,7 @@ import io
 import json
 import random
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -35,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import services  # noqa: E402
 from common import RESULTS, machine  # noqa: E402
+from greenservers.passwords import hash_password  # noqa: E402
+
+ADMIN_PASSWORD = "bench admin password"
 
 SYLLABLES = ["an", "ber", "chri", "da", "el", "fen", "gus", "han", "ing", "jo", "kal", "lin", "mar", "nor", "ol", "pet",
              "ras", "sch", "tor", "ul", "ven", "wal", "xa", "yo", "zim", "mann", "son", "er", "ke", "ti"]
@@ -94,6 +99,24 @@ def ldap_search(port: int, filters: list[str]) -> int:
     return entries
 
 
+def web_import_while_probing(server, csv_path: Path, count: int) -> dict:
+    """`count` more contacts through the JSON API with curl, as an administrator's script would,
+    while a client of every other service measures its latency."""
+    during: dict = {}
+    probing = threading.Thread(target=lambda: during.update(services.run_probes(server, 6.0, services=OTHERS)))
+    probing.start()
+    started = time.monotonic()
+    done = subprocess.run(["curl", "-sS", "--fail", "--max-time", "120", "--user", f"admin:{ADMIN_PASSWORD}", "-H", "Content-Type: text/csv",
+                           "--data-binary", f"@{csv_path}", f"http://127.0.0.1:{server.ports['http']}/api/addressbook/import"],
+                          capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    probing.join(60)
+    if done.returncode != 0 or f'"imported":{count}' not in done.stdout.replace(" ", ""):
+        raise RuntimeError(f"web import failed: {done.stdout} {done.stderr}")
+    return {"state": f"{count:,} more contacts imported through the web API", "rss_mb": settle_rss(server.worker_pid),
+            "seconds": round(seconds, 2), "other_services_meanwhile": during}
+
+
 def search_while_probing(server, state: str) -> dict:
     """One LDAP search (which may have to build the directory first), timed, while a client of
     every other service measures its latency."""
@@ -139,7 +162,8 @@ def main() -> int:
 
         print(f"importing {args.contacts:,} contacts ...", flush=True)
         started = time.monotonic()
-        server = services.start_greenservers(Path(tmp) / "big", contacts_csv=contacts_csv(args.contacts), timeout=300)
+        server = services.start_greenservers(Path(tmp) / "big", contacts_csv=contacts_csv(args.contacts), timeout=300,
+                                             extra={"admin_password_hash": hash_password(ADMIN_PASSWORD)})
         imported_in = time.monotonic() - started
         try:
             pid = server.worker_pid
@@ -152,6 +176,9 @@ def main() -> int:
             found = ldap_search(server.ports["ldap"], SEARCHES * 2)
             rows.append({"state": f"{args.contacts:,} contacts, after {len(SEARCHES) * 2} searches of every kind (indexes built)",
                          "rss_mb": settle_rss(pid), "entries_returned": found})
+            more = Path(tmp) / "more.csv"
+            more.write_text(contacts_csv(args.contacts // 2, seed=2), encoding="utf-8")
+            rows.append(web_import_while_probing(server, more, args.contacts // 2))
         finally:
             server.stop()
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "contacts": args.contacts,
@@ -160,7 +187,7 @@ def main() -> int:
     (RESULTS / "memory.json").write_text(json.dumps(result, indent=2))
     print(f"\nworker resident memory — {result['date']} — {result['machine']}")
     for row in rows:
-        extra = f"  (the search took {row['seconds']} s)" if "seconds" in row else ""
+        extra = f"  (took {row['seconds']} s)" if "seconds" in row else ""
         print(f"{row['state']:80} {row['rss_mb']:8.1f} MiB{extra}")
         for name, probe in row.get("other_services_meanwhile", {}).items():
             print(f"    meanwhile {name:5} p99 {probe['p99_ms']:7.1f} ms, max {probe['max_ms']} ms, lost {probe['lost']}")
