@@ -46,12 +46,13 @@ passes the clock readings in, and tests drive it with a fake clock.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, NamedTuple
+
+from .peers import client_key
 
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 (NTP era 0) to 1970-01-01
 PACKET_LEN = 48
@@ -239,24 +240,6 @@ class Result(NamedTuple):
 
 
 # -- rate limiting -------------------------------------------------------------------
-
-
-def client_key(address: str) -> str:
-    """The rate-limit identity of a peer: its IPv4 address, or its IPv6 /64.
-
-    `address` is the text the socket layer gives, canonical already, so an
-    IPv4 address is used as it is (parsing it would cost more than the rest
-    of the answer).
-    """
-    if ":" not in address:
-        return address
-    try:
-        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
-    except ValueError:
-        return address
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return ip.packed[:8].hex() + "/64"
 
 
 Verdict = enum.Enum("Verdict", "ANSWER KISS DROP")

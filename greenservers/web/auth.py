@@ -30,7 +30,6 @@ import collections
 import functools
 import hashlib
 import hmac
-import ipaddress
 import logging
 import secrets
 import time
@@ -43,6 +42,7 @@ from flask.sessions import SecureCookieSessionInterface
 from markupsafe import Markup
 
 from ..passwords import verify_password
+from ..proto.peers import client_key
 from ..ratelog import RateLimitedLog
 from . import get_runtime
 
@@ -63,19 +63,6 @@ bp = Blueprint("auth", __name__)
 
 
 # -- failed-login limiter ----------------------------------------------------
-
-
-def client_key(address: str | None) -> str:
-    """The unit a limit applies to: the IPv4 address, or the IPv6 /64."""
-    try:
-        ip = ipaddress.ip_address((address or "").split("%")[0])
-    except ValueError:
-        return address or "-"
-    if ip.version == 6 and ip.ipv4_mapped:
-        return str(ip.ipv4_mapped)
-    if ip.version == 6:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
 
 
 class FailedLoginLimiter:
