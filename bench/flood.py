@@ -8,8 +8,9 @@ First an idle phase (the probes alone), then one phase per flood; the flood
 runs in its own process (so the probes' timing is not skewed by its loop) and
 every flood is bounded in count and in time:
 
-  http  new TCP connections at 10 x http_max_conn_rate, each sending a GET and closing
-        (the cap is process-wide, so the HTTP probe's own new connection is refused too)
+  http  new TCP connections from one source (127.0.0.5) at 10 x http_max_conn_rate, each
+        sending a GET and closing (the cap is process-wide, but the gate keeps a spare share
+        of it for the other clients, such as the HTTP probe)
   snmp  GetRequests from an untrusted source (127.0.0.2; snmp_trusted is 127.0.0.1) at full speed
   ntp   mode-3 requests from one source (127.0.0.4) at full speed: its rate limit answers a KoD now and then
   ldap  1,000 idle connections (from 127.0.2.1-8: the per-address cap is 256), held for the phase
@@ -66,7 +67,7 @@ def flood_http(port: int, seconds: float, counter) -> None:
         if due > now:
             time.sleep(due - now)
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0, source_address=("127.0.0.5", 0)) as sock:
                 sock.sendall(request)
         except OSError:
             pass

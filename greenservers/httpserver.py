@@ -4,6 +4,8 @@ Every accepted connection asks the shared ConnectionGate first. Over a cap,
 plain HTTP gets a canned `503` with `Retry-After` and TLS connections are
 closed before any handshake: turning a connection away costs one send, never
 a request parse or a TLS handshake, so it cannot slow the ones being served.
+When every slot is taken, the gate may name an idle connection of the
+client holding most of them: it is shut down, and the newcomer takes its slot.
 
 Slow clients cannot hold slots: the request line and headers must arrive
 within HEADER_TIMEOUT (a total deadline, so a drip-feeding slow-loris does
@@ -25,7 +27,9 @@ from gevent import pywsgi
 from gevent.pool import Group
 from gunicorn.workers.ggevent import PyWSGIHandler
 
-from .proto.http import ConnectionGate, redirect_target
+from .proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
+from .proto.peers import client_key
+from .ratelog import RateLimitedLog
 
 def _seconds(name: str, default: float) -> float:
     """A timeout, overridable from the environment (tuning, and short ones in tests)."""
@@ -54,14 +58,33 @@ class HeaderTimeout(gevent.Timeout):
     """The client did not send a complete request head in time."""
 
 
+class Connection:
+    """An admitted connection, as the gate knows it: closed from outside to make room for another client."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def close_for_room(self) -> None:
+        """Its greenlet reads end-of-file (or a TLS error) and ends the connection the usual way."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class CappedHandler(PyWSGIHandler):
-    """gunicorn's pywsgi handler (its access log) with deadlines on the request head."""
+    """gunicorn's pywsgi handler (its access log) with deadlines on the request head; it tells
+    the gate when its connection waits for a request and when it is serving one."""
 
     _requests_seen = 0
+    connection: Connection | None = None
 
     def handle_one_request(self):
         limit = HEADER_TIMEOUT if self._requests_seen == 0 else KEEPALIVE_TIMEOUT
         self._requests_seen += 1
+        self.server.gate.waiting(self.connection)
         self._head_timer = HeaderTimeout.start_new(limit)
         try:
             return super().handle_one_request()
@@ -73,6 +96,7 @@ class CappedHandler(PyWSGIHandler):
             return super().read_request(raw_requestline)
         finally:
             self._head_timer.close()  # the head is in: the application runs without it
+            self.server.gate.serving(self.connection)
 
     _local_addr = None
 
@@ -97,12 +121,21 @@ class CappedWSGIServer(pywsgi.WSGIServer):
         self.tls_holder = tls_holder
         self.connections = Group()
         self.rejecting = Group()
+        self.room_log = RateLimitedLog(log)
         if tls_holder is not None:
             self.environ["wsgi.url_scheme"] = "https"
             self.environ["HTTPS"] = "on"
 
     def do_handle(self, client, address):
-        refused = self.gate.admit()
+        source, connection = client_key(address[0]), Connection(client)
+        refused = self.gate.admit(source, connection)
+        if refused == OVER_MAX_CONN:
+            crowded_out = self.gate.make_room(source)  # one client holding most slots gives up an idle one
+            if crowded_out is not None:
+                crowded_out.close_for_room()
+                self.room_log.info("room", "", "HTTP: an idle connection of the client holding most of http_max_conn "
+                                   "was closed to let another client in")
+                refused = self.gate.admit(source, connection)
         if refused is not None:
             self.sensors.add(f"http_rejected_{refused}")
             if self.tls_holder is None and len(self.rejecting) < MAX_REJECTING:
@@ -112,15 +145,17 @@ class CappedWSGIServer(pywsgi.WSGIServer):
             return
         self.sensors.add("http_connections_accepted")
         self.sensors.set("http_connections_open", self.gate.open)
-        self.connections.spawn(self._serve, client, address)
+        self.connections.spawn(self._serve, client, address, connection)
 
-    def _serve(self, client, address):
+    def _serve(self, client, address, connection: Connection):
         try:
             if self.tls_holder is not None:
                 client.settimeout(HANDSHAKE_TIMEOUT)
                 client = self.tls_holder.context.wrap_socket(client, server_side=True)
             client.settimeout(IO_TIMEOUT)
-            self.handle(client, address)
+            handler = self.handler_class(client, address, self)
+            handler.connection = connection
+            handler.handle()
         except (HeaderTimeout, socket.timeout):
             self.sensors.add("http_timeouts")
         except (ssl.SSLError, ConnectionError, OSError):
@@ -129,7 +164,7 @@ class CappedWSGIServer(pywsgi.WSGIServer):
             log.exception("error serving %s", address)
         finally:
             _close(client)
-            self.gate.release()
+            self.gate.release(connection)
             self.sensors.set("http_connections_open", self.gate.open)
 
     def stop_gracefully(self, timeout: float) -> None:

@@ -21,33 +21,96 @@ def gate(max_conn=1000, rate=100):
 
 def test_open_connections_are_capped_and_released():
     g, clock, _ = gate(max_conn=20)
-    assert [g.admit() for _ in range(20)] == [None] * 20
-    assert g.admit() == OVER_MAX_CONN
-    g.release()
-    assert g.admit() is None and g.open == 20
+    connections = [object() for _ in range(22)]
+    assert [g.admit("192.0.2.1", c) for c in connections[:20]] == [None] * 20
+    assert g.admit("192.0.2.1", connections[20]) == OVER_MAX_CONN
+    assert g.make_room("192.0.2.1") is None  # one client alone meets exactly the cap
+    g.release(connections[3])
+    g.release(connections[3])  # twice: once counted
+    assert g.admit("192.0.2.1", connections[21]) is None and g.open == 20
 
 
 def test_rate_allows_a_one_second_burst_then_the_rate():
     g, clock, _ = gate(rate=10)
     results = []
     for _ in range(100):
-        results.append(g.admit())
-        g.release()
+        connection = object()
+        results.append(g.admit("192.0.2.1", connection))
+        g.release(connection)
     assert results.count(None) == 10 and results.count(OVER_MAX_CONN_RATE) == 90
     admitted = 0
     for _ in range(300):  # 3 seconds, a try every 10 ms
         clock.now += 0.01
-        if g.admit() is None:
+        connection = object()
+        if g.admit("192.0.2.1", connection) is None:
             admitted += 1
-            g.release()
-    assert 29 <= admitted <= 31
+            g.release(connection)
+    assert 29 <= admitted <= 31  # one client alone meets exactly the rate
 
 
 def test_limits_are_read_at_each_admission():
     g, clock, limits = gate(max_conn=1)
-    assert g.admit() is None and g.admit() == OVER_MAX_CONN
+    assert g.admit("192.0.2.1", 1) is None and g.admit("192.0.2.1", 2) == OVER_MAX_CONN
     limits["max_conn"] = 2
-    assert g.admit() is None
+    assert g.admit("192.0.2.1", 2) is None
+
+
+def test_a_client_flooding_the_rate_leaves_a_spare_share_to_the_others():
+    g, clock, _ = gate(rate=100)
+    flood = newcomers = 0
+    for step in range(25):  # 5 seconds: the flood tries every millisecond, two other clients in turn every 200 ms
+        for _ in range(200):
+            clock.now += 0.001
+            flood += g.admit("192.0.2.66", object()) is None
+        newcomers += g.admit(f"198.51.100.{step % 2}", object()) is None
+    assert newcomers == 25  # every one of the others' connections, while...
+    assert 100 * 5 <= flood <= 100 * 6  # ...the flood gets the rate (and the first second's burst), never the spare
+    assert g.admit("198.51.100.7", object()) is None  # a client new to the gate too
+
+
+def test_the_spare_share_is_only_for_clients_admitted_rarely_lately():
+    g, clock, _ = gate(rate=20)  # spare: 2 a second
+    for n in range(20):
+        assert g.admit("192.0.2.66", n) is None
+    assert g.admit("192.0.2.66", "x") == OVER_MAX_CONN_RATE
+    assert [g.admit("198.51.100.1", n) for n in range(100, 103)] == [None, None, OVER_MAX_CONN_RATE]  # 2 a second at most
+    clock.now += 2.5  # the windows have moved on: all are newcomers again, and the bucket is full
+    assert g.admit("198.51.100.1", "y") is None
+
+
+def test_a_client_holding_most_slots_gives_up_an_idle_one_to_another_client():
+    g, clock, _ = gate(max_conn=10)
+    hog = [object() for _ in range(8)]
+    for connection in hog:
+        assert g.admit("192.0.2.66", connection) is None
+    for connection in hog[:5]:
+        g.serving(connection)  # these have a request: never closed to make room
+    other = [object() for _ in range(4)]
+    assert g.admit("198.51.100.1", other[0]) is None and g.admit("198.51.100.1", other[1]) is None
+    assert g.admit("198.51.100.2", other[2]) == OVER_MAX_CONN
+    assert g.make_room("192.0.2.66") is None  # the hog itself gets nothing from itself
+    assert g.make_room("198.51.100.2") is hog[5]  # the oldest idle one of the client holding most
+    assert g.open == 9 and g.admit("198.51.100.2", other[2]) is None
+    g.release(hog[5])  # the shell closes it later: not counted twice
+    assert g.open == 10
+    g.waiting(hog[0])  # its response is done: it waits for the next request, now the newest idle one
+    given = []
+    for n in range(3):
+        given.append(g.make_room("198.51.100.3"))
+        g.admit("198.51.100.3", n)
+    assert given == [hog[6], hog[7], None]  # 5 of 10 left with the hog: not more than half
+    assert g.open == 10
+
+
+def test_bookkeeping_is_bounded_by_what_is_open_and_the_rate():
+    g, clock, _ = gate(max_conn=50, rate=1000)
+    for n in range(100_000):
+        clock.now += 0.0005
+        connection = (n,)
+        if g.admit(f"10.{n % 250}.{n % 199}.{n % 7}", connection) is None:
+            g.release(connection)
+    assert g.open == 0 and not g._source_of and not g._open_from and not g._waiting
+    assert len(g._admitted_now) + len(g._admitted_before) <= 2 * (1000 + 100) * 2
 
 
 @pytest.mark.parametrize(

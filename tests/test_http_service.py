@@ -163,6 +163,51 @@ def test_max_conn_rate_10_a_burst_of_100_gets_about_10_per_second(service):
     assert 10 * elapsed - 12 <= served <= 10 * elapsed + 12, (served, elapsed)
 
 
+def _healthz_code(url_host: str, port: int) -> str:
+    return curl("-g", "-o", "/dev/null", "-w", "%{http_code}", f"http://{url_host}:{port}/healthz").stdout
+
+
+def test_a_client_holding_every_slot_gives_an_idle_one_to_another_client(service):
+    svc = service({"ip_http_port": str(free_port()), "http_max_conn": 20, "http_max_conn_rate": 10000})
+    port = svc.port("ip_http_port")
+    hog = [_connect(port) for _ in range(20)]  # 127.0.0.1: connected, no request yet
+    try:
+        hog[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")  # served in accept order: all 20 are in
+        assert _read_response(hog[-1]).startswith(b"HTTP/1.1 200")
+        assert _healthz_code("127.0.0.1", port) == "503"  # the same client gets nothing from itself
+        assert _healthz_code("[::1]", port) == "200"  # another client: the hog's oldest idle connection made room
+        assert _read_some(hog[0], 5) == b""
+        assert all(_read_some(s, 0.05) is None for s in hog[1:])  # the others stay open
+    finally:
+        for s in hog:
+            s.close()
+
+
+def test_a_client_flooding_the_rate_does_not_shut_out_another_client(service):
+    svc = service({"ip_http_port": str(free_port()), "http_max_conn_rate": 100})
+    port = svc.port("ip_http_port")
+    stop_at = time.monotonic() + 4.0
+
+    def flood(_):
+        codes = []
+        while time.monotonic() < stop_at and len(codes) < 20_000:
+            with _connect(port) as s:
+                s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                codes.append(_read_some(s, 5)[:12])
+        return codes
+
+    with ThreadPoolExecutor(3) as pool:
+        flooding = pool.map(flood, range(3))
+        other = []
+        while time.monotonic() < stop_at - 0.5:  # about 3 a second from ::1, while 127.0.0.1 floods
+            other.append(_healthz_code("[::1]", port))
+            time.sleep(0.3)  # the pace of the other client, not a wait for readiness
+        flood_codes = [code for codes in flooding for code in codes]
+    assert len(other) >= 5 and other == ["200"] * len(other)
+    served = flood_codes.count(b"HTTP/1.1 200") + flood_codes.count(b"HTTP/1.0 200")
+    assert served < len(flood_codes) / 2 and served <= 100 * 4 + 100 + 10  # the flood met the rate, and only it
+
+
 def test_tls_connection_over_the_cap_is_closed_and_caps_are_process_wide(service):
     svc = service({"ip_http_port": str(free_port()), "ip_https_port": str(free_port()), "http_max_conn": 5, "http_max_conn_rate": 10000})
     held = [_connect(svc.port("ip_http_port")) for _ in range(5)]

@@ -4,7 +4,15 @@ ConnectionGate: every HTTP and HTTPS binding shares one gate. A connection
 is admitted only while fewer than `max_conn` are open and the token bucket
 of `max_conn_rate` new connections per second (burst: one second's worth)
 has a token. The limits are read at each admission, so a settings change
-applies to the next connection.
+applies to the next connection. One client (an IPv4 address or IPv6 /64)
+flooding either cap must not shut the others out:
+- when the bucket is empty, a client admitted fewer than `max_conn_rate / 10`
+  times (at least once) in the last one to two seconds may still come in,
+  from a spare bucket of that rate: the flooding client never can;
+- when every slot is taken, a client holding more than half of them gives
+  up its oldest connection that waits for a request (idle keep-alive, a
+  request head or TLS handshake still coming) to another client.
+A single client alone meets exactly the two caps.
 
 redirect_target: where a plain-HTTP request goes when http_redirect_https
 is on: 301 for GET/HEAD, 308 otherwise (keeps the method and body), the same
@@ -29,33 +37,108 @@ OVER_MAX_CONN_RATE = "max_conn_rate"
 
 
 class ConnectionGate:
+    """Admits connections under the two caps, fairly between clients. A client is a `client_key`
+    (an IPv4 address or an IPv6 /64); a connection is any hashable handle the shell chooses."""
+
     def __init__(self, limits: Callable[[], tuple[int, int]], clock: Callable[[], float]):
         """`limits()` gives (max_conn, max_conn_rate) now; `clock()` a monotonic time in seconds."""
         self.limits = limits
         self.clock = clock
         self.open = 0
         self._tokens: float | None = None
+        self._spare = 0.0
         self._last = 0.0
+        self._source_of: dict = {}  # open connection -> its client
+        self._open_from: dict[str, int] = {}
+        self._waiting: dict[str, dict] = {}  # client -> its connections waiting for a request, oldest first
+        self._admitted_now: dict[str, int] = {}  # admissions per client in this window and the one before
+        self._admitted_before: dict[str, int] = {}
+        self._window_start = 0.0
 
-    def admit(self) -> str | None:
-        """ADMITTED (None), or the name of the cap that turns this connection away."""
+    def admit(self, source: str, connection) -> str | None:
+        """ADMITTED (None), or the name of the cap that turns this connection away. An admitted
+        connection counts as waiting for a request until `serving`."""
         max_conn, rate = self.limits()
-        now = self.clock()
-        if self._tokens is None:
-            self._tokens, self._last = float(rate), now
-        else:
-            self._tokens = min(float(rate), self._tokens + (now - self._last) * rate)
-            self._last = now
+        self._refill(rate)
         if self.open >= max_conn:
             return OVER_MAX_CONN
-        if self._tokens < 1.0:
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+        elif self._spare >= 1.0 and self._admitted(source) < _spare_rate(rate):
+            self._spare -= 1.0  # a client that has had (next to) nothing lately, while another takes the rate
+        else:
             return OVER_MAX_CONN_RATE
-        self._tokens -= 1.0
+        self._admitted_now[source] = self._admitted_now.get(source, 0) + 1
         self.open += 1
+        self._open_from[source] = self._open_from.get(source, 0) + 1
+        self._source_of[connection] = source
+        self._waiting.setdefault(source, {})[connection] = None
         return ADMITTED
 
-    def release(self) -> None:
+    def make_room(self, source: str):
+        """When every slot is taken: a connection to close so that `source` can have its slot.
+
+        Only a client holding more than half the open connections gives one up, and only one that
+        waits for a request (idle keep-alive, a request head or a TLS handshake still coming), its
+        oldest; it is released here. None: nothing to give, `source` is turned away."""
+        if self.open < self.limits()[0] or not self._open_from:
+            return None
+        heaviest = max(self._open_from, key=self._open_from.__getitem__)
+        if heaviest == source or self._open_from[heaviest] * 2 <= self.open or not self._waiting.get(heaviest):
+            return None
+        victim = next(iter(self._waiting[heaviest]))
+        self.release(victim)
+        return victim
+
+    def waiting(self, connection) -> None:
+        """`connection` waits for its next request: it may be closed to make room."""
+        source = self._source_of.get(connection)
+        if source is not None:
+            self._waiting.setdefault(source, {})[connection] = None
+
+    def serving(self, connection) -> None:
+        """`connection` has a request: it is not closed to make room until it waits again."""
+        source = self._source_of.get(connection)
+        if source is not None:
+            self._waiting.get(source, {}).pop(connection, None)
+
+    def release(self, connection) -> None:
+        """`connection` is closed (again: nothing happens)."""
+        source = self._source_of.pop(connection, None)
+        if source is None:
+            return
         self.open -= 1
+        left = self._open_from[source] - 1
+        if left:
+            self._open_from[source] = left
+        else:
+            del self._open_from[source]
+        waiting = self._waiting.get(source)
+        if waiting is not None:
+            waiting.pop(connection, None)
+            if not waiting:
+                del self._waiting[source]
+
+    def _refill(self, rate: int) -> None:
+        now = self.clock()
+        if self._tokens is None:
+            self._tokens, self._spare, self._last, self._window_start = float(rate), _spare_rate(rate), now, now
+        else:
+            elapsed = now - self._last
+            self._tokens = min(float(rate), self._tokens + elapsed * rate)
+            self._spare = min(_spare_rate(rate), self._spare + elapsed * _spare_rate(rate))
+            self._last = now
+        if now - self._window_start >= 1.0:  # who was admitted lately: this second and the one before
+            self._admitted_before = self._admitted_now if now - self._window_start < 2.0 else {}
+            self._admitted_now, self._window_start = {}, now
+
+    def _admitted(self, source: str) -> int:
+        return self._admitted_now.get(source, 0) + self._admitted_before.get(source, 0)
+
+
+def _spare_rate(rate: int) -> float:
+    """New connections a second, beyond max_conn_rate, for clients other than the one taking it."""
+    return max(1.0, rate / 10)
 
 
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
