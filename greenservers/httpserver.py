@@ -151,7 +151,11 @@ class CappedWSGIServer(pywsgi.WSGIServer):
         try:
             if self.tls_holder is not None:
                 client.settimeout(HANDSHAKE_TIMEOUT)
-                client = self.tls_holder.context.wrap_socket(client, server_side=True)
+                # the TLS socket takes the connection's place before the handshake, so that a
+                # handshake never started can be shut down to make room
+                client = self.tls_holder.context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+                connection.sock = client
+                client.do_handshake()
             client.settimeout(IO_TIMEOUT)
             handler = self.handler_class(client, address, self)
             handler.connection = connection

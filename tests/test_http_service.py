@@ -183,6 +183,24 @@ def test_a_client_holding_every_slot_gives_an_idle_one_to_another_client(service
             s.close()
 
 
+def test_a_tls_handshake_never_started_makes_room_too(service):
+    svc = service({"ip_https_port": str(free_port()), "http_max_conn": 5, "http_max_conn_rate": 10000})
+    port = svc.port("ip_https_port")
+    hog = [_connect(port) for _ in range(4)]  # TCP connected, no ClientHello: waiting for the handshake
+    context = ssl.create_default_context(cafile=str(svc.cert_path))
+    last = context.wrap_socket(_connect(port), server_hostname="localhost")
+    try:
+        last.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")  # served in accept order: all 5 are in
+        assert _read_response(last).startswith(b"HTTP/1.1 200")
+        code = curl("-g", "--cacert", str(svc.cert_path), "-o", "/dev/null", "-w", "%{http_code}", f"https://[::1]:{port}/healthz")
+        assert code.stdout == "200", code.stderr
+        assert _read_some(hog[0], 5) == b""  # the oldest of the hog's waiting connections made room
+        assert all(_read_some(s, 0.05) is None for s in hog[1:])
+    finally:
+        for s in hog + [last]:
+            s.close()
+
+
 def test_a_client_flooding_the_rate_does_not_shut_out_another_client(service):
     svc = service({"ip_http_port": str(free_port()), "http_max_conn_rate": 100})
     port = svc.port("ip_http_port")
