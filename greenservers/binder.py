@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from dataclasses import dataclass
 
 from .portspec import Binding
@@ -82,6 +83,24 @@ def open_socket(binding: Binding, transport: str) -> socket.socket:
 
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not export it
+PKTINFO_KINDS = {(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO), (socket.IPPROTO_IP, IP_PKTINFO)}
+
+
+def pktinfo_of(ancillary) -> list:
+    """The IP_PKTINFO / IPV6_PKTINFO item of a datagram's ancillary data (as a list of at most
+    one, ready for sendmsg): a reply sent with it leaves from the address the request came to."""
+    return [item for item in ancillary if (item[0], item[1]) in PKTINFO_KINDS][:1]
+
+
+def local_address(ancillary, bound_host: str) -> tuple[str, int]:
+    """(local address, interface index) a datagram came in on, from its pktinfo; else the bound host."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            # ipi_spec_dst: the local address to answer from (also right for a broadcast request)
+            return socket.inet_ntop(socket.AF_INET, data[4:8]), int.from_bytes(data[:4], sys.byteorder)
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
+            return socket.inet_ntop(socket.AF_INET6, data[:16]), int.from_bytes(data[16:20], sys.byteorder)
+    return bound_host, 0
 
 
 def _enable_pktinfo(sock: socket.socket, family: int) -> None:

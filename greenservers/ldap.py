@@ -29,6 +29,7 @@ from gevent.server import StreamServer
 from .addressbook import addressbook_for
 from .offload import run_off_loop
 from .proto import ldap as proto
+from .proto.peers import plain_address
 from .ratelog import RateLimitedLog
 from .service import Service
 
@@ -114,7 +115,7 @@ class LdapService(Service):
     # -- connections ---------------------------------------------------------
 
     def handle(self, tls_first: bool, sock, address) -> None:
-        peer = address[0].removeprefix("::ffff:")  # an IPv4 client of a dual-stack socket is that IPv4 address
+        peer = plain_address(address[0])
         sensors = self.runtime.sensors
         if not self.caps.admit(peer):
             self.peer_log.warning("cap", peer, "LDAP connection refused: %d open from this address, %d in total",

@@ -26,6 +26,7 @@ import time
 import gevent
 from gevent.server import DatagramServer
 
+from .binder import PKTINFO_KINDS
 from .proto.ntp import (LEAP_DELETE, LEAP_INSERT, LEAP_NONE, KernelClock, NtpResponder, Outcome,
                         parse_chronyc_tracking, server_state)
 from .ratelog import RateLimitedLog
@@ -38,7 +39,6 @@ RECV_SIZE = 2048  # more than proto.ntp.MAX_REQUEST_LEN, so an oversized datagra
 LOG_LINES_PER_SECOND = 5  # refusals logged, all peers together (spoofed sources are endless)
 # Linux values; Python 3.11's socket module lacks the names
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 ANCILLARY_SIZE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)
 _TIMESPEC = struct.Struct("@qq")
 # adjtimex status bits and states (linux/timex.h)
@@ -166,7 +166,7 @@ class NtpServer(DatagramServer):
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
                 seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
                 received_ns = seconds * 1_000_000_000 + nanoseconds
-            elif self.wildcard and (level, kind) in ((socket.IPPROTO_IP, IP_PKTINFO), (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)):
+            elif self.wildcard and (level, kind) in PKTINFO_KINDS:
                 pktinfo.append((level, kind, payload))
         return data, address, received_ns or time.time_ns(), pktinfo
 
@@ -189,14 +189,7 @@ class NtpService(Service):
 
     def make_server(self, bound):
         sock = bound.sock
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        if bound.binding.family == socket.AF_INET:
-            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        elif not bound.binding.v6only:
-            try:  # IPv4 on a dual-stack socket
-                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            except OSError:
-                pass
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # (the binder asked for each datagram's local address)
         return NtpServer(sock, self, wildcard=bound.binding.host in ("0.0.0.0", "::", ""))
 
     def answer(self, sock, data: bytes, address, received_ns: int, pktinfo: list) -> None:

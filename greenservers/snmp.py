@@ -20,14 +20,14 @@ import time
 from gevent.server import DatagramServer
 
 from . import __version__
+from .binder import pktinfo_of
 from .proto import snmp as core
+from .proto.peers import plain_address
 from .ratelog import RateLimitedLog
 from .service import Service
 
 READ_SIZE = core.MAX_REQUEST + 1  # one octet more than decodable, so an oversized datagram shows
 ANCILLARY_SIZE = socket.CMSG_SPACE(20) * 2  # IPV6_PKTINFO (20) and/or IP_PKTINFO (12)
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Python < 3.13 lacks the name; 8 on Linux
-PKTINFO_KINDS = {(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO), (socket.IPPROTO_IP, IP_PKTINFO)}
 LOG_INTERVAL = 60.0
 
 DROP_MESSAGES = {
@@ -61,7 +61,7 @@ class SnmpServer(DatagramServer):
     def do_read(self):
         """The next datagram from a trusted source; untrusted ones are dropped here, before any parsing."""
         admits, runtime, ratelog, receive = self.service.agent.admits, self.service.runtime, self.service.ratelog, self._receive
-        shown = _shown if self.socket.family == socket.AF_INET6 else str
+        shown = plain_address if self.socket.family == socket.AF_INET6 else str
         for _ in range(self.max_accept):  # bounded: a flood cannot keep the loop from other work
             try:
                 size, address, ancillary = receive()
@@ -81,7 +81,7 @@ class SnmpServer(DatagramServer):
         try:
             outcome = service.agent.respond(data, time.monotonic(), service.runtime.settings)
         except Exception:  # a bug: keep serving; the traceback at most once a minute per source
-            if service.ratelog.warning("bug", _shown(address[0]), "SNMP: error handling a datagram; serving on"):
+            if service.ratelog.warning("bug", plain_address(address[0]), "SNMP: error handling a datagram; serving on"):
                 service.log.exception("SNMP: the error was")
             return
         if outcome.reply is not None:
@@ -89,10 +89,10 @@ class SnmpServer(DatagramServer):
         else:
             message = DROP_MESSAGES[outcome.verdict]
             args = (outcome.detail,) if "%s" in message else ()
-            service.ratelog.warning(outcome.verdict, _shown(address[0]), message, *args)
+            service.ratelog.warning(outcome.verdict, plain_address(address[0]), message, *args)
 
     def _reply(self, reply: bytes, address, ancillary) -> None:
-        pktinfo = [item for item in ancillary if (item[0], item[1]) in PKTINFO_KINDS][:1]
+        pktinfo = pktinfo_of(ancillary)
         try:
             if self.reply_from_destination and pktinfo:
                 try:
@@ -105,11 +105,6 @@ class SnmpServer(DatagramServer):
             self._socket.sendto(reply, address)
         except OSError:
             pass  # a full send buffer or a vanished peer: UDP replies may be lost
-
-
-def _shown(host: str) -> str:
-    """An IPv4 client on a dual-stack socket logged as the IPv4 address the administrator knows."""
-    return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
 class SnmpService(Service):

@@ -12,9 +12,7 @@ per client address (`tftp_max_per_client`) and in total (`tftp_max_transfers`).
 
 from __future__ import annotations
 
-import ipaddress
 import socket
-import sys
 import time
 from collections import Counter
 
@@ -22,34 +20,17 @@ import gevent
 from gevent.pool import Group
 
 from . import provisioning
+from .binder import local_address
 from .proto import tftp as proto
+from .proto.peers import plain_address
 from .ratelog import RateLimitedLog
 from .service import Service
 from .tftp_transfer import Segmentation, SendBatch, TransferDriver, transfer_socket
 
 MAX_REQUEST = 1024  # an RRQ/WRQ with its options; longer ones are truncated and refused
 ANCILLARY_SIZE = socket.CMSG_SPACE(32)
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not export it
 REQUEST_RATE = 1000.0  # requests handled per second, all listeners together (see pace_requests)
 REQUEST_BURST = 256.0
-
-
-def _local_address(ancillary, bound_host: str) -> tuple[str, int]:
-    """(local address, interface index) of a datagram from its IP_PKTINFO / IPV6_PKTINFO."""
-    for level, kind, data in ancillary:
-        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
-            # ipi_spec_dst: the local address to answer from (also right for a broadcast request)
-            return socket.inet_ntop(socket.AF_INET, data[4:8]), int.from_bytes(data[:4], sys.byteorder)
-        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
-            return socket.inet_ntop(socket.AF_INET6, data[:16]), int.from_bytes(data[16:20], sys.byteorder)
-    return bound_host, 0
-
-
-def _plain(host: str) -> str:
-    """An IPv4-mapped IPv6 address (dual-stack socket) as plain IPv4."""
-    address = ipaddress.ip_address(host.split("%")[0])
-    mapped = getattr(address, "ipv4_mapped", None)
-    return str(mapped) if mapped else host
 
 
 class UploadSink(provisioning.Upload):
@@ -104,7 +85,7 @@ class TftpService(Service):
     # -- requests -----------------------------------------------------------
 
     def handle_request(self, datagram: bytes, local: tuple[str, int], peer, listener: "TftpListener") -> None:
-        client = _plain(peer[0])
+        client = plain_address(peer[0])
         try:
             request = proto.parse_request(datagram)
         except proto.TftpError as exc:
@@ -157,9 +138,9 @@ class TftpService(Service):
 
     @staticmethod
     def _transfer_socket(local, peer, family: int):
-        host, interface = _plain(local[0]), local[1]
+        host, interface = plain_address(local[0]), local[1]
         if ":" not in host:  # IPv4, possibly reached through a dual-stack [::] socket
-            family, peer = socket.AF_INET, (_plain(peer[0]), peer[1])
+            family, peer = socket.AF_INET, (plain_address(peer[0]), peer[1])
         return transfer_socket(family, (host, 0, 0, interface) if family == socket.AF_INET6 else (host, 0), peer)
 
     def _start(self, request, local, client: str):
@@ -174,7 +155,7 @@ class TftpService(Service):
                 sink = UploadSink(provisioning.upload_target(settings, request.filename))
                 self.ratelog.info("upload", client, "upload of %s started", request.filename)
                 return proto.WriteTransfer(sink, negotiated, limits, netascii=request.mode == "netascii"), sink
-            content = provisioning.provide(settings, request.filename, _plain(local[0]))
+            content = provisioning.provide(settings, request.filename, plain_address(local[0]))
         except provisioning.ProvisioningError as exc:
             raise proto.TftpError(exc.message, exc.tftp_code) from None
         if request.mode == "netascii" and content.size > proto.MAX_NETASCII_BYTES:
@@ -234,7 +215,7 @@ class TftpListener:
             self.service.pace_requests()
             try:
                 datagram, ancillary, _flags, peer = self.sock.recvmsg(MAX_REQUEST, ANCILLARY_SIZE)
-                local = _local_address(ancillary, bound_host)
+                local = local_address(ancillary, bound_host)
                 self.service.handle_request(datagram, local, peer, self)
             except OSError as exc:  # e.g. a send to a vanished peer; the socket itself stays usable
                 if self.sock.fileno() < 0:

@@ -63,7 +63,7 @@ def busy_socket(peer) -> BusySocket:
 def start_driver(machine, client: gsocket.socket, batch: SendBatch | None = None, busy: bool = False):
     peer = client.getsockname()
     sock = busy_socket(peer) if busy else transfer_socket(socket.AF_INET, ("127.0.0.1", 0), peer)
-    driver = TransferDriver(sock, machine, Segmentation(logging.getLogger("test")), batch or SendBatch(), lambda: settled.append(1))
+    driver = TransferDriver(sock, machine, Segmentation(logging.getLogger("test")), batch or SendBatch(), lambda: None)
     return gevent.spawn(driver.run), sock
 
 

@@ -27,3 +27,9 @@ def client_key(address: str | None) -> str:
     if ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return f"{ipaddress.IPv6Address(ip.packed[:8] + bytes(8))}/64"
+
+
+def plain_address(host: str) -> str:
+    """An IPv4 client of a dual-stack socket (`::ffff:192.0.2.1`) as the IPv4 address the
+    administrator knows; any other address as it is."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
