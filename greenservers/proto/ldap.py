@@ -570,24 +570,24 @@ class Directory:
         # per attribute: sorted (folded value, entry index) for equality/prefix, and one
         # "\n"-joined string of the folded values for substrings (str.find is C-fast)
         self.sorted_keys: dict[str, list[str]] = {}
-        self.sorted_ids: dict[str, list[int]] = {}
+        self.sorted_ids: dict[str, array] = {}  # entry ids as 4-byte ints: a list held an int object each
         self.haystack: dict[str, str] = {}
-        self.hay_starts: dict[str, list[int]] = {}
-        self.hay_ids: dict[str, list[int]] = {}
+        self.hay_starts: dict[str, array] = {}
+        self.hay_ids: dict[str, array] = {}
         self.number_suffix: dict[str, list[int]] = {}  # last 6 digits of any number -> entry ids
         self._trigrams: dict[str, dict[str, array]] = {}  # built on the first substring search of a key
         for key in INDEXED_KEYS:
             pairs = sorted_in_slices([(v, i) for i, e in enumerate(self.entries) for v in e.folded.get(key, ())])
             self.sorted_keys[key] = [p[0] for p in pairs]
-            self.sorted_ids[key] = [p[1] for p in pairs]
+            self.sorted_ids[key] = array("i", [p[1] for p in pairs])
             pairs.sort(key=lambda p: p[1])
-            starts, pos = [], 0
+            starts, pos = array("q"), 0
             for value, _ in pairs:
                 starts.append(pos)
                 pos += len(value) + 1
             self.haystack[key] = "\n" + "\n".join(p[0] for p in pairs) + "\n"
             self.hay_starts[key] = starts
-            self.hay_ids[key] = [p[1] for p in pairs]
+            self.hay_ids[key] = array("i", [p[1] for p in pairs])
             if ATTRIBUTE_TYPES[key][1] == K_NUMBER:
                 for value, i in pairs:
                     self.number_suffix.setdefault(value[-6:], []).append(i)
