@@ -61,10 +61,10 @@ class HeaderTimeout(gevent.Timeout):
 class Connection:
     """An admitted connection, as the gate knows it: closed from outside to make room for another client."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("sock", "source")
 
-    def __init__(self, sock):
-        self.sock = sock
+    def __init__(self, sock, source: str):
+        self.sock, self.source = sock, source
 
     def close_for_room(self) -> None:
         """Its greenlet reads end-of-file (or a TLS error) and ends the connection the usual way."""
@@ -127,14 +127,15 @@ class CappedWSGIServer(pywsgi.WSGIServer):
             self.environ["HTTPS"] = "on"
 
     def do_handle(self, client, address):
-        source, connection = client_key(address[0]), Connection(client)
+        source = client_key(address[0])
+        connection = Connection(client, source)
         refused = self.gate.admit(source, connection)
         if refused == OVER_MAX_CONN:
             crowded_out = self.gate.make_room(source)  # one client holding most slots gives up an idle one
             if crowded_out is not None:
                 crowded_out.close_for_room()
-                self.room_log.info("room", "", "HTTP: an idle connection of the client holding most of http_max_conn "
-                                   "was closed to let another client in")
+                self.room_log.info("room", crowded_out.source, "holds most of http_max_conn: its idle HTTP connections "
+                                   "are closed to let other clients in")
                 refused = self.gate.admit(source, connection)
         if refused is not None:
             self.sensors.add(f"http_rejected_{refused}")

@@ -1,4 +1,5 @@
-"""Runs CPU-heavy work off the event loop: indexing or reloading a large address book.
+"""Runs CPU-heavy work off the event loop: what a large address book costs (import, export,
+listing, the admin page, reloading it and indexing it for LDAP).
 
 In the gevent worker such work goes to a thread of the hub's pool, so the
 other services keep answering while it runs. A thread alone is not enough:

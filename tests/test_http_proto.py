@@ -137,3 +137,32 @@ def test_exempt_paths_are_not_redirected(path):
 
 def test_split_host():
     assert split_host("[::1]:8080") == "[::1]" and split_host("[::1") is None and split_host("h:xx") is None
+
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_client_holding_more_than_half_is_always_found(seed):
+    """Against a search of every client, through random admissions and releases."""
+    import random
+    rng = random.Random(seed)
+    g, clock, _ = gate(max_conn=12, rate=10**6)
+    open_now: list = []
+    for step in range(3000):
+        clock.now += 0.001
+        if open_now and rng.random() < 0.45:
+            g.release(open_now.pop(rng.randrange(len(open_now))))
+            continue
+        source = f"192.0.2.{rng.choice([1, 1, 1, 2, 2, 3, 4])}"
+        connection = (source, step)
+        if g.admit(source, connection) is None:
+            open_now.append(connection)
+            continue
+        counts = {s: sum(1 for c in open_now if c[0] == s) for s in {c[0] for c in open_now}}
+        majority = [s for s, n in counts.items() if n * 2 > len(open_now) and s != source]
+        victim = g.make_room(source)
+        assert (victim is not None) == bool(majority), (step, counts, source)
+        if victim is not None:
+            assert victim[0] == majority[0]
+            open_now.remove(victim)
+            assert g.admit(source, connection) is None
+            open_now.append(connection)

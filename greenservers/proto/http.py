@@ -50,6 +50,7 @@ class ConnectionGate:
         self._last = 0.0
         self._source_of: dict = {}  # open connection -> its client
         self._open_from: dict[str, int] = {}
+        self._heaviest = ""  # the client that last overtook the one holding most
         self._waiting: dict[str, dict] = {}  # client -> its connections waiting for a request, oldest first
         self._admitted_now: dict[str, int] = {}  # admissions per client in this window and the one before
         self._admitted_before: dict[str, int] = {}
@@ -70,7 +71,9 @@ class ConnectionGate:
             return OVER_MAX_CONN_RATE
         self._admitted_now[source] = self._admitted_now.get(source, 0) + 1
         self.open += 1
-        self._open_from[source] = self._open_from.get(source, 0) + 1
+        held = self._open_from[source] = self._open_from.get(source, 0) + 1
+        if held > self._open_from.get(self._heaviest, 0):
+            self._heaviest = source
         self._source_of[connection] = source
         self._waiting.setdefault(source, {})[connection] = None
         return ADMITTED
@@ -81,10 +84,13 @@ class ConnectionGate:
         Only a client holding more than half the open connections gives one up, and only one that
         waits for a request (idle keep-alive, a request head or a TLS handshake still coming), its
         oldest; it is released here. None: nothing to give, `source` is turned away."""
-        if self.open < self.limits()[0] or not self._open_from:
+        if self.open < self.limits()[0]:
             return None
-        heaviest = max(self._open_from, key=self._open_from.__getitem__)
-        if heaviest == source or self._open_from[heaviest] * 2 <= self.open or not self._waiting.get(heaviest):
+        # A client holding more than half of a full gate is the one that last overtook the others:
+        # at its last admission any other held less than the rest, so less than it. No search of
+        # every client, then, however many connections arrive while the gate is full.
+        heaviest = self._heaviest
+        if heaviest == source or self._open_from.get(heaviest, 0) * 2 <= self.open or not self._waiting.get(heaviest):
             return None
         victim = next(iter(self._waiting[heaviest]))
         self.release(victim)
