@@ -189,8 +189,8 @@ GROUPS = {
 DECLARATIONS: tuple[Setting, ...] = (
     Setting("ip_http_port", "http", "80", _bindings, "HTTP bindings (TCP): admin interface, API and provisioning.", rebind=True, transport="tcp"),
     Setting("ip_https_port", "http", "443", _bindings, "HTTPS bindings (TCP, TLS 1.2 and newer).", rebind=True, transport="tcp"),
-    Setting("http_max_conn_rate", "http", 100, _int_in(1, 100_000), "New HTTP(S) connections accepted per second, all bindings together; more are turned away (503)."),
-    Setting("http_max_conn", "http", 1000, _int_in(1, 100_000), "HTTP(S) connections open at a time, all bindings together; more are turned away (503)."),
+    Setting("http_max_conn_rate", "http", 100, _int_in(1, 100_000), "New HTTP(S) connections accepted per second, all bindings together; more are turned away (503), but a tenth more is kept for clients other than one using it all."),
+    Setting("http_max_conn", "http", 1000, _int_in(1, 100_000), "HTTP(S) connections open at a time, all bindings together; more are turned away (503), unless a client holding over half gives up an idle one."),
     Setting("http_redirect_https", "http", False, _bool, "Redirect plain-HTTP requests to HTTPS (only where an HTTPS binding exists; /prov/, /healthz and ACME challenges are exempt)."),
     Setting("ip_snmp_port", "snmp", "161", _bindings, "SNMP v1 agent bindings (UDP).", rebind=True, transport="udp"),
     Setting("snmp_trusted", "snmp", "", _addresses, "Addresses or networks (IPv4/IPv6, space separated, no DNS names) allowed to query; empty: nobody."),
