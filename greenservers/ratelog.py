@@ -28,6 +28,13 @@ class RateLimitedLog:
     def info(self, kind: str, source: str, message: str, *args) -> bool:
         return self._log(logging.INFO, kind, source, message, args)
 
+    def suppressed(self, kind: str, source: str, count: int) -> None:
+        """`count` more occurrences of a (kind, source) just logged or suppressed, counted without
+        a call each (a flood handled in a batch); reported with its next line."""
+        entry = self._last.get((kind, source))
+        if entry is not None:
+            entry[1] += count
+
     def _log(self, level: int, kind: str, source: str, message: str, args: tuple) -> bool:
         now = self.clock()
         key = (kind, source)

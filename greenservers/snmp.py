@@ -62,19 +62,36 @@ class SnmpServer(DatagramServer):
         """The next datagram from a trusted source; untrusted ones are dropped here, before any parsing."""
         admits, runtime, ratelog, receive = self.service.agent.admits, self.service.runtime, self.service.ratelog, self._receive
         shown = plain_address if self.socket.family == socket.AF_INET6 else str
-        for _ in range(self.max_accept):  # bounded: a flood cannot keep the loop from other work
-            try:
-                size, address, ancillary = receive()
-            except (BlockingIOError, InterruptedError):
-                return None
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    return None  # ICMP errors of earlier replies surface here: a vanished peer
-                raise
-            if admits(address[0], runtime.settings):
-                return self._view[:size].tobytes(), address, ancillary
-            ratelog.warning(core.UNTRUSTED, shown(address[0]), UNTRUSTED_MESSAGE)
-        return None
+        refused, again = None, 0  # the untrusted source just seen, and how often it came again since
+        try:
+            for _ in range(self.max_accept):  # bounded: a flood cannot keep the loop from other work
+                try:
+                    size, address, ancillary = receive()
+                except (BlockingIOError, InterruptedError):
+                    return None
+                except OSError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                        return None  # ICMP errors of earlier replies surface here: a vanished peer
+                    raise
+                host = address[0]
+                if host == refused:  # a flood from one source: counted, not looked up again
+                    again += 1
+                    continue
+                if admits(host, runtime.settings):
+                    return self._view[:size].tobytes(), address, ancillary
+                if again:
+                    self._count_refused(refused, again, shown)
+                refused, again = host, 0
+                ratelog.warning(core.UNTRUSTED, shown(host), UNTRUSTED_MESSAGE)
+            return None
+        finally:
+            if again:
+                self._count_refused(refused, again, shown)
+
+    def _count_refused(self, host: str, count: int, shown) -> None:
+        """What admits() and the log would have counted for `count` more datagrams from `host`."""
+        self.service.runtime.sensors.add("snmp_rejected_address", count)
+        self.service.ratelog.suppressed(core.UNTRUSTED, shown(host), count)
 
     def handle(self, data: bytes, address, ancillary) -> None:
         service = self.service

@@ -92,6 +92,22 @@ def test_untrusted_flood_is_counted_and_logged_once(agent_server, caplog):
     assert lines == ["127.0.0.2: SNMP request dropped: address not in snmp_trusted"]
 
 
+def test_an_untrusted_burst_is_counted_whole_though_handled_in_a_batch(agent_server, caplog):
+    service, port = agent_server
+    caplog.set_level(logging.WARNING, logger="greenservers.snmp")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
+        flood.bind(("127.0.0.2", 0))
+        for _ in range(300):  # at once: the server reads them many per turn of its loop
+            flood.sendto(GET, ("127.0.0.1", port))
+    assert ask(port, GET) is not None  # read after the burst: every datagram of it was handled
+    assert service.runtime.sensors.value("snmp_rejected_address") == 300
+    service.ratelog.interval = 0  # the next one is logged, with how many were held back
+    assert ask(port, GET, source="127.0.0.2", timeout=0.2) is None
+    lines = [r.getMessage() for r in caplog.records if "address not in snmp_trusted" in r.getMessage()]
+    assert lines == ["127.0.0.2: SNMP request dropped: address not in snmp_trusted",
+                     "127.0.0.2: SNMP request dropped: address not in snmp_trusted (299 more since the last line)"]
+
+
 def test_every_bad_datagram_leaves_the_server_answering(agent_server, caplog):
     service, port = agent_server
     caplog.set_level(logging.WARNING, logger="greenservers.snmp")
