@@ -134,6 +134,7 @@ class CappedWSGIServer(pywsgi.WSGIServer):
             crowded_out = self.gate.make_room(source)  # one client holding most slots gives up an idle one
             if crowded_out is not None:
                 crowded_out.close_for_room()
+                self.sensors.add("http_crowded_out")
                 self.room_log.info("room", crowded_out.source, "holds most of http_max_conn: its idle HTTP connections "
                                    "are closed to let other clients in")
                 refused = self.gate.admit(source, connection)

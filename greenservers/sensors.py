@@ -93,6 +93,7 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("http_rejected_max_conn_rate", 13, C, "HTTP(S) connections turned away by http_max_conn_rate."),
     Sensor("http_timeouts", 14, C, "HTTP(S) connections closed for a slow or idle client (header, keep-alive or TLS handshake timeout)."),
     Sensor("http_redirects", 15, C, "Plain-HTTP requests redirected to HTTPS."),
+    Sensor("http_crowded_out", 16, C, "Idle HTTP(S) connections closed to let another client in, their client holding over half of http_max_conn."),
     # TFTP
     Sensor("tftp_transfers_active", 20, G, "TFTP transfers in progress."),
     Sensor("tftp_transfers_done", 21, C, "TFTP transfers completed."),

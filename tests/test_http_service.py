@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from greenservers.passwords import hash_password
 from support import free_port
 
 
@@ -168,7 +169,8 @@ def _healthz_code(url_host: str, port: int) -> str:
 
 
 def test_a_client_holding_every_slot_gives_an_idle_one_to_another_client(service):
-    svc = service({"ip_http_port": str(free_port()), "http_max_conn": 20, "http_max_conn_rate": 10000})
+    svc = service({"ip_http_port": str(free_port()), "http_max_conn": 20, "http_max_conn_rate": 10000,
+                   "admin_password_hash": hash_password("crowd admin")})
     port = svc.port("ip_http_port")
     hog = [_connect(port) for _ in range(20)]  # 127.0.0.1: connected, no request yet
     try:
@@ -178,6 +180,9 @@ def test_a_client_holding_every_slot_gives_an_idle_one_to_another_client(service
         assert _healthz_code("[::1]", port) == "200"  # another client: the hog's oldest idle connection made room
         assert _read_some(hog[0], 5) == b""
         assert all(_read_some(s, 0.05) is None for s in hog[1:])  # the others stay open
+        sensors = curl("-g", "--user", "admin:crowd admin", f"http://[::1]:{port}/api/sensors")  # the slot ::1 freed
+        counted = {row["name"]: row["value"] for row in json.loads(sensors.stdout)["sensors"]}
+        assert counted["http_crowded_out"] == 1 and counted["http_rejected_max_conn"] == 1
     finally:
         for s in hog:
             s.close()
