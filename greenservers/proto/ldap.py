@@ -580,10 +580,11 @@ class Directory:
         self.number_suffix: dict[str, list[int]] = {}  # last 6 digits of any number -> entry ids
         self._trigrams: dict[str, dict[str, array]] = {}  # built on the first substring search of a key
         for key in INDEXED_KEYS:
-            pairs = sorted_in_slices([(v, i) for i, e in enumerate(self.entries) for v in e.folded.get(key, ())])
-            self.sorted_keys[key] = [p[0] for p in pairs]
-            self.sorted_ids[key] = array("i", [p[1] for p in pairs])
-            pairs.sort(key=lambda p: p[1])
+            pairs = [(v, i) for i, e in enumerate(self.entries) for v in e.folded.get(key, ())]  # in entry order
+            by_value = sorted_in_slices(pairs)
+            self.sorted_keys[key] = [p[0] for p in by_value]
+            self.sorted_ids[key] = array("i", [p[1] for p in by_value])
+            del by_value
             starts, pos = array("q"), 0
             for value, _ in pairs:
                 starts.append(pos)
