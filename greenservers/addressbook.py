@@ -29,7 +29,6 @@ import logging
 import re
 import sqlite3
 import threading
-import time
 import unicodedata
 from dataclasses import dataclass, fields as dataclass_fields
 from pathlib import Path
@@ -288,8 +287,6 @@ def parse_csv(text: str, max_rows: int = MAX_CONTACTS) -> list[dict[str, str]]:
             except ContactError as exc:
                 for field, message in exc.errors.items():
                     problem(row_number, field, message)
-            if row_number % 2000 == 0:
-                time.sleep(0)  # under gevent: let LDAP and HTTP requests run during a long import
     except csv.Error as exc:
         problem(row_number, "", f"not CSV: {exc}")
     if total_errors:
