@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .offload import run_off_loop
+from .offload import build_off_loop, run_off_loop
 
 log = logging.getLogger("greenservers.addressbook")
 
@@ -436,14 +436,14 @@ class AddressBook:
         With `replace`, the imported rows replace the whole address book. Raises
         ImportRejected (nothing changed) listing the problems by row and field.
         """
-        rows = run_off_loop(parse_csv, text)  # validated outside the lock: readers go on meanwhile
+        rows = build_off_loop(parse_csv, text)  # validated outside the lock: readers go on meanwhile
         with self._lock:
             self._notice_external_change()
             kept = 0 if replace else len(self._by_id)
             if kept + len(rows) > MAX_CONTACTS:
                 message = f"the address book would hold {kept + len(rows)} contacts; the limit is {MAX_CONTACTS}"
                 raise ImportRejected([{"row": 0, "field": "", "message": message}])
-            run_off_loop(self._insert, rows, replace)
+            build_off_loop(self._insert, rows, replace)
             self._changed()
         self._notify()
         return len(rows)
@@ -498,7 +498,7 @@ class AddressBook:
         """Reload when another connection (another process) committed since we last looked."""
         data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
         if data_version != self._data_version:
-            run_off_loop(self._reload)
+            build_off_loop(self._reload)
             self._version += 1  # subscribers hear of in-process changes only
 
     def _changed(self) -> None:

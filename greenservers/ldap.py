@@ -27,7 +27,7 @@ from gevent.lock import Semaphore
 from gevent.server import StreamServer
 
 from .addressbook import addressbook_for
-from .offload import run_off_loop
+from .offload import build_off_loop
 from .proto import ldap as proto
 from .proto.peers import plain_address
 from .ratelog import RateLimitedLog
@@ -97,7 +97,7 @@ class LdapService(Service):
         if not cache.stale(base):
             return cache.directory
         with self._rebuild:  # one rebuild at a time; the others wait for its result
-            return cache.current(base, run=run_off_loop, retire=self._retire)
+            return cache.current(base, run=build_off_loop, retire=self._retire)
 
     def _retire(self, old: proto.Directory) -> None:
         holder = [old]

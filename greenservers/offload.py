@@ -8,12 +8,14 @@ other services keep answering while it runs. A thread alone is not enough:
   slice each time it releases the GIL for a system call, so every other
   request slowed down by tens of milliseconds; 0.5 ms slices while the work
   runs keep their latency low;
-- the work makes millions of objects, and each full collection of the
-  cyclic garbage collector among them held the GIL for up to 170 ms (a dozen
-  during a 100,000-contact build). The collector is off while work runs, and
-  what it made is then moved straight to the oldest generation (freeze,
-  unfreeze) instead of being scanned by the young ones on its way there;
-  nothing is exempt from later collections.
+- work that makes millions of objects (`build_off_loop`: indexing, reading
+  the whole book, an import) met full collections of the cyclic garbage
+  collector, each holding the GIL for up to 170 ms (a dozen during a
+  100,000-contact build). The collector is off while it runs, and what it
+  made is then moved straight to the oldest generation (freeze, unfreeze)
+  instead of being scanned by the young ones on its way there; nothing is
+  exempt from later collections. Lighter work (an export, a page) leaves the
+  collector alone.
 
 Outside the gevent worker (the CLI, tests of the web app) the work simply runs.
 """
@@ -28,39 +30,57 @@ from gevent import monkey
 
 SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
 
-# pieces of work in threads now: the last to finish restores the interpreter's settings
-# (only greenlets of the hub's thread change these, without yielding in between)
+# Pieces of work in threads now (and those of them building): the last to finish restores the
+# interpreter's settings. Only greenlets of the hub's thread change these, without yielding between.
 _running = 0
-_saved: tuple[float, bool] = (0.005, True)
+_building = 0
+_saved_interval = 0.005
+_collecting = True
 
 
 def run_off_loop(function, *args):
     """function(*args) in a pool thread if this is the gevent worker (the caller's greenlet waits), else here."""
+    return _off_loop(function, args, building=False)
+
+
+def build_off_loop(function, *args):
+    """The same, for work that makes millions of objects (indexing, reading the whole book):
+    the cyclic collector is paused meanwhile, and what the work made goes to the oldest generation."""
+    return _off_loop(function, args, building=True)
+
+
+def _off_loop(function, args: tuple, building: bool):
     if not monkey.is_module_patched("threading"):
         return function(*args)
-    _begin()
+    _begin(building)
     try:
         return gevent.get_hub().threadpool.apply(function, args)
     finally:
-        _end()
+        _end(building)
 
 
-def _begin() -> None:
-    global _running, _saved
+def _begin(building: bool) -> None:
+    global _running, _building, _saved_interval, _collecting
     if _running == 0:
-        _saved = (sys.getswitchinterval(), gc.isenabled())
+        _saved_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
-        gc.disable()
     _running += 1
+    if building:
+        if _building == 0:
+            _collecting = gc.isenabled()
+            gc.disable()
+        _building += 1
 
 
-def _end() -> None:
-    global _running
+def _end(building: bool) -> None:
+    global _running, _building
+    if building:
+        _building -= 1
+        if _building == 0:
+            gc.freeze()  # what the work made, and all else, to the oldest generation without a scan
+            gc.unfreeze()
+            if _collecting:
+                gc.enable()
     _running -= 1
     if _running == 0:
-        gc.freeze()  # what the work made, and all else, to the oldest generation without a scan
-        gc.unfreeze()
-        interval, collecting = _saved
-        if collecting:
-            gc.enable()
-        sys.setswitchinterval(interval)
+        sys.setswitchinterval(_saved_interval)

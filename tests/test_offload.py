@@ -35,13 +35,15 @@ def as_in_the_worker(monkeypatch):
     assert sys.getswitchinterval() == interval and gc.isenabled()
 
 
-def test_in_the_worker_it_runs_in_a_pool_thread_without_the_collector(as_in_the_worker):
+def test_in_the_worker_it_runs_in_a_pool_thread_with_short_gil_slices(as_in_the_worker):
     import threading
 
     def observe():
         return threading.get_ident(), gc.isenabled(), sys.getswitchinterval()
 
     thread, collecting, interval = offload.run_off_loop(observe)
+    assert thread != threading.get_ident() and collecting and interval == offload.SWITCH_INTERVAL
+    thread, collecting, interval = offload.build_off_loop(observe)  # millions of objects: without the collector
     assert thread != threading.get_ident() and not collecting and interval == offload.SWITCH_INTERVAL
 
 
@@ -50,19 +52,27 @@ def test_overlapping_work_restores_the_settings_once_the_last_ends(as_in_the_wor
 
     def work(seconds):
         time.sleep(seconds)  # in the pool thread: the hub goes on meanwhile
-        return gc.isenabled()
+        return gc.isenabled(), sys.getswitchinterval()
 
-    first = gevent.spawn(offload.run_off_loop, work, 0.2)
-    second = gevent.spawn(offload.run_off_loop, work, 0.05)
-    second.join()
-    seen.append(gc.isenabled())  # the first is still running
-    first.join()
-    assert seen == [False] and first.value is False and second.value is False
+    building = gevent.spawn(offload.build_off_loop, work, 0.3)
+    light = gevent.spawn(offload.run_off_loop, work, 0.05)
+    light.join()
+    seen.append((gc.isenabled(), sys.getswitchinterval()))  # the build is still running
+    building.join()
+    assert seen == [(False, offload.SWITCH_INTERVAL)]
+    assert building.value == (False, offload.SWITCH_INTERVAL) and light.value == (False, offload.SWITCH_INTERVAL)
+    light = gevent.spawn(offload.run_off_loop, work, 0.3)
+    building = gevent.spawn(offload.build_off_loop, work, 0.05)
+    building.join()
+    seen.append((gc.isenabled(), sys.getswitchinterval()))  # the build is over, the light work is not
+    light.join()
+    assert seen[1] == (True, offload.SWITCH_INTERVAL)
 
 
-def test_an_error_in_the_work_is_raised_and_the_settings_restored(as_in_the_worker):
+@pytest.mark.parametrize("kind", ["run_off_loop", "build_off_loop"])
+def test_an_error_in_the_work_is_raised_and_the_settings_restored(as_in_the_worker, kind):
     with pytest.raises(ZeroDivisionError):
-        offload.run_off_loop(lambda: 1 / 0)
+        getattr(offload, kind)(lambda: 1 / 0)
 
 
 @pytest.mark.parametrize("size", [0, 1, ldap.SORT_SLICE, ldap.SORT_SLICE + 1, 5 * ldap.SORT_SLICE + 17])
