@@ -8,6 +8,8 @@ First an idle phase (the probes alone), then one phase per flood; the flood
 runs in its own process (so the probes' timing is not skewed by its loop) and
 every flood is bounded in count and in time:
 
+  http-login  wrong admin passwords over HTTP Basic from 200 addresses (127.0.6.x, each
+        refused after 5 failures), 4 at a time: every guess is a 50 ms scrypt check
   http  new TCP connections from one source (127.0.0.5) at 10 x http_max_conn_rate, each
         sending a GET and closing (the cap is process-wide, but the gate keeps a spare share
         of it for the other clients, such as the HTTP probe)
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import services  # noqa: E402
 from common import RESULTS, machine  # noqa: E402
+from greenservers.passwords import hash_password  # noqa: E402
 
 TARGET_P99_MS = 50.0
 HTTP_MAX_CONN_RATE = 100
@@ -49,6 +52,8 @@ LDAP_IDLE = 1000
 TFTP_SOURCES = 64
 BOOT_PHONES = 100
 BOOT_FILE, BOOT_FILE_SIZE = "firmware.bin", 2 * 1024 * 1024
+LOGIN_SOURCES, LOGIN_GUESSES = 200, 5  # 5: the failed logins an address may make before it is refused a while
+ADMIN_PASSWORD = "the flood bench's admin password"
 
 
 # -- the floods (each runs in a child process until `seconds` pass or its count is reached) ----
@@ -73,6 +78,37 @@ def flood_http(port: int, seconds: float, counter) -> None:
             pass
         sent += 1
     counter.value = sent
+
+
+def flood_http_login(port: int, seconds: float, counter) -> None:
+    """Password guessing spread over LOGIN_SOURCES addresses (each is blocked after a few failures):
+    Basic credentials with a wrong password, 4 at a time, each a new connection."""
+    import base64
+    import threading
+    request = (b"GET /api/sensors HTTP/1.1\r\nHost: flood\r\nConnection: close\r\nAuthorization: Basic "
+               + base64.b64encode(b"admin:not the password") + b"\r\n\r\n")
+    deadline, lock, sent = time.monotonic() + seconds, threading.Lock(), [0]
+
+    def guesser(first: int) -> None:
+        for n in range(first, LOGIN_SOURCES * LOGIN_GUESSES, 4):
+            if time.monotonic() >= deadline:
+                return
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5.0,
+                                              source_address=(f"127.0.6.{1 + n % LOGIN_SOURCES}", 0)) as sock:
+                    sock.sendall(request)
+                    sock.recv(100)
+            except OSError:
+                pass
+            with lock:
+                sent[0] += 1
+
+    threads = [threading.Thread(target=guesser, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counter.value = sent[0]
 
 
 def _datagram_flood(port: int, source: str, payload_of, seconds: float, counter) -> None:
@@ -199,15 +235,16 @@ def flood_ldap(port: int, seconds: float, counter) -> None:
 
 FLOODS = {
     "http": (flood_http, f"{10 * HTTP_MAX_CONN_RATE} new connections/s (10 x http_max_conn_rate)"),
+    "http-login": (flood_http_login, f"admin password guessing from {LOGIN_SOURCES} addresses, 4 at a time"),
     "snmp": (flood_snmp, "untrusted source at full speed"),
     "ntp": (flood_ntp, "one source at full speed"),
     "ldap": (flood_ldap, f"{LDAP_IDLE} idle connections"),
     "tftp": (flood_tftp, f"read-request storm from {TFTP_SOURCES} sources, never acknowledged"),
     "tftp-boot": (flood_tftp_boot, f"boot storm: {BOOT_PHONES} phones fetching 2 MiB in lock-step, again and again"),
 }
-UNIT = {"http": "connections", "snmp": "datagrams", "ntp": "datagrams", "ldap": "connections held to the end", "tftp": "requests",
+UNIT = {"http": "connections", "http-login": "wrong passwords", "snmp": "datagrams", "ntp": "datagrams", "ldap": "connections held to the end", "tftp": "requests",
         "tftp-boot": "blocks acknowledged"}
-SERVICE_OF_FLOOD = {"tftp-boot": "tftp"}  # a flood is named after the service it floods, unless listed here
+SERVICE_OF_FLOOD = {"tftp-boot": "tftp", "http-login": "http"}  # a flood is named after the service it floods, unless listed here
 
 
 def measure(server: services.Greenservers, flood: str | None, seconds: float) -> dict:
@@ -242,7 +279,8 @@ def main() -> int:
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "seconds": args.seconds,
                "target_p99_ms": TARGET_P99_MS, "cases": []}
     with tempfile.TemporaryDirectory() as tmp:
-        server = services.start_greenservers(Path(tmp), {"http_max_conn_rate": HTTP_MAX_CONN_RATE})
+        server = services.start_greenservers(Path(tmp), {"http_max_conn_rate": HTTP_MAX_CONN_RATE,
+                                                         "admin_password_hash": hash_password(ADMIN_PASSWORD)})
         (Path(tmp) / "data" / "tftp" / BOOT_FILE).write_bytes(os.urandom(BOOT_FILE_SIZE))
         try:
             results["services"] = [s for s in services.PROBES if server.has(s)]
