@@ -16,9 +16,9 @@ it changed, so a large rebuild does not stall other connections.
 from __future__ import annotations
 
 import resource
-import sys
 import socket
 import ssl
+import sys
 import time
 from functools import partial
 

@@ -13,10 +13,10 @@ the loop has handled every socket that was ready. Each DATA wakes a client, and
 on a busy machine a burst of wake-ups costs the kernel fewer inter-processor
 interrupts than the same wake-ups spread out (100-phone boot storm on 2 cores:
 5.9 s sent one by one, 5.05 s batched). A window of more than BURST_BYTES
-leaves in bursts a loop turn apart, so that a client's receive buffer is not
-overrun (atftp at blksize 65464, windowsize 4, lost each window's tail). The
-bursts are PACE_SECONDS apart, about the wire time of a burst: a turn of the
-loop alone is microseconds on loopback, too little for a client to read.
+leaves in bursts PACE_SECONDS apart, about the wire time of a burst, so that a
+client's receive buffer is not overrun (atftp at blksize 65464, windowsize 4,
+lost each window's tail); a turn of the loop alone is microseconds on
+loopback, too little for a client in another process to read.
 
 The socket is a plain non-blocking one (not gevent's), because nothing may
 block or switch inside a hub callback.
