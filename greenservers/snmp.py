@@ -90,7 +90,7 @@ class SnmpServer(DatagramServer):
 
     def _count_refused(self, host: str, count: int, shown) -> None:
         """What admits() and the log would have counted for `count` more datagrams from `host`."""
-        self.service.runtime.sensors.add("snmp_rejected_address", count)
+        self.service.agent.refused(count)
         self.service.ratelog.suppressed(core.UNTRUSTED, shown(host), count)
 
     def handle(self, data: bytes, address, ancillary) -> None:

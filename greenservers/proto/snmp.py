@@ -419,8 +419,12 @@ class Agent:
                 self._trust_settings, self._trusted = settings, settings.snmp_trusted
             answer = self.trust.allows(host, self._trusted)
         if not answer:
-            self.sensors.add("snmp_rejected_address")
+            self.refused(1)
         return answer
+
+    def refused(self, count: int) -> None:
+        """Count `count` datagrams from an untrusted source (a shell may count a run of them at once)."""
+        self.sensors.add("snmp_rejected_address", count)
 
     def respond(self, datagram: bytes, now: float, settings) -> Outcome:
         """Steps 2-6 for a datagram from an admitted source."""
