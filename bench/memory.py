@@ -99,35 +99,30 @@ def ldap_search(port: int, filters: list[str]) -> int:
     return entries
 
 
-def web_import_while_probing(server, csv_path: Path, count: int) -> dict:
-    """`count` more contacts through the JSON API with curl, as an administrator's script would,
-    while a client of every other service measures its latency."""
+def while_probing(server, state: str, action) -> dict:
+    """`action()`, timed, while a client of every other service measures its latency; the row of `state`."""
     during: dict = {}
     probing = threading.Thread(target=lambda: during.update(services.run_probes(server, 6.0, services=OTHERS)))
     probing.start()
     started = time.monotonic()
-    done = subprocess.run(["curl", "-sS", "--fail", "--max-time", "120", "--user", f"admin:{ADMIN_PASSWORD}", "-H", "Content-Type: text/csv",
-                           "--data-binary", f"@{csv_path}", f"http://127.0.0.1:{server.ports['http']}/api/addressbook/import"],
-                          capture_output=True, text=True)
-    seconds = time.monotonic() - started
-    probing.join(60)
-    if done.returncode != 0 or f'"imported":{count}' not in done.stdout.replace(" ", ""):
-        raise RuntimeError(f"web import failed: {done.stdout} {done.stderr}")
-    return {"state": f"{count:,} more contacts imported through the web API", "rss_mb": settle_rss(server.worker_pid),
-            "seconds": round(seconds, 2), "other_services_meanwhile": during}
-
-
-def search_while_probing(server, state: str) -> dict:
-    """One LDAP search (which may have to build the directory first), timed, while a client of
-    every other service measures its latency."""
-    during: dict = {}
-    probing = threading.Thread(target=lambda: during.update(services.run_probes(server, 6.0, services=OTHERS)))
-    probing.start()
-    started = time.monotonic()
-    ldap_search(server.ports["ldap"], SEARCHES[:1])
+    action()
     seconds = time.monotonic() - started
     probing.join(60)
     return {"state": state, "rss_mb": settle_rss(server.worker_pid), "seconds": round(seconds, 2), "other_services_meanwhile": during}
+
+
+def web_import(server, csv_path: Path, count: int) -> None:
+    """`count` more contacts through the JSON API with curl, as an administrator's script would."""
+    done = subprocess.run(["curl", "-sS", "--fail", "--max-time", "120", "--user", f"admin:{ADMIN_PASSWORD}", "-H", "Content-Type: text/csv",
+                           "--data-binary", f"@{csv_path}", f"http://127.0.0.1:{server.ports['http']}/api/addressbook/import"],
+                          capture_output=True, text=True)
+    if done.returncode != 0 or f'"imported":{count}' not in done.stdout.replace(" ", ""):
+        raise RuntimeError(f"web import failed: {done.stdout} {done.stderr}")
+
+
+def first_search(server) -> None:
+    """One LDAP search (which may have to build the directory first)."""
+    ldap_search(server.ports["ldap"], SEARCHES[:1])
 
 
 def change_one_contact(book_path: Path) -> None:
@@ -169,16 +164,18 @@ def main() -> int:
             pid = server.worker_pid
             rows.append({"state": f"{args.contacts:,} contacts, just started", "rss_mb": settle_rss(pid)})
             # while the directory is built off the event loop, the other services keep answering: measured
-            rows.append(search_while_probing(server, f"{args.contacts:,} contacts, after the first LDAP search (directory built)"))
+            rows.append(while_probing(server, f"{args.contacts:,} contacts, after the first LDAP search (directory built)",
+                                      lambda: first_search(server)))
             change_one_contact(Path(tmp) / "big" / "data" / "addressbook.sqlite3")
-            rows.append(search_while_probing(server, f"{args.contacts:,} contacts, after one was changed and the next search "
-                                                     "rebuilt the directory"))
+            rows.append(while_probing(server, f"{args.contacts:,} contacts, after one was changed and the next search "
+                                              "rebuilt the directory", lambda: first_search(server)))
             found = ldap_search(server.ports["ldap"], SEARCHES * 2)
             rows.append({"state": f"{args.contacts:,} contacts, after {len(SEARCHES) * 2} searches of every kind (indexes built)",
                          "rss_mb": settle_rss(pid), "entries_returned": found})
             more = Path(tmp) / "more.csv"
             more.write_text(contacts_csv(args.contacts // 2, seed=2), encoding="utf-8")
-            rows.append(web_import_while_probing(server, more, args.contacts // 2))
+            rows.append(while_probing(server, f"{args.contacts // 2:,} more contacts imported through the web API",
+                                      lambda: web_import(server, more, args.contacts // 2)))
         finally:
             server.stop()
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "contacts": args.contacts,

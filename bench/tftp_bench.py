@@ -245,9 +245,7 @@ def main() -> None:
     for figure in list(SINGLE) + [storm_figure(name, pinned) for name, pinned in STORMS]:
         project, reference = times[(figure, "project")], times[(figure, "reference")]
         if figure.startswith("storm"):  # seconds: lower is better
-            rows.append({"figure": figure + " (s, lower is better)", "project": f"{median(project):.2f}",
-                         "reference": f"{median(reference):.2f}", "ratio": f"{median(project) / median(reference):.2f}",
-                         "unit": "s", "spread": {"project": [min(project), max(project)], "reference": [min(reference), max(reference)]}})
+            rows.append(seconds_row(figure + " (s, lower is better)", project, reference))
         else:  # rates: higher is better
             rows.append({"figure": figure + " (MB/s, higher is better)", "project": f"{rate(median(project)):.1f}",
                          "reference": f"{rate(median(reference)):.1f}", "ratio": f"{median(reference) / median(project):.2f}",
@@ -255,15 +253,20 @@ def main() -> None:
                                                     "reference": [rate(max(reference)), rate(min(reference))]}})
     for name in LOCK_STEP_STORMS:
         for kind in CPU_KINDS:
-            project, reference = times[(cpu_figure(name, kind), "project")], times[(cpu_figure(name, kind), "reference")]
-            rows.append({"figure": cpu_figure(name, kind) + " (s, both cores)", "project": f"{median(project):.2f}",
-                         "reference": f"{median(reference):.2f}", "ratio": f"{median(project) / max(median(reference), 0.01):.2f}",
-                         "unit": "s", "spread": {"project": [min(project), max(project)], "reference": [min(reference), max(reference)]}})
+            figure = cpu_figure(name, kind)
+            rows.append(seconds_row(figure + " (s, both cores)", times[(figure, "project")], times[(figure, "reference")]))
     best_reference = min(median(times[(f, "reference")]) for f in SINGLE)  # in.tftpd's best client/option set
     window = median(times[("10 MiB, atftp blksize 1428 windowsize 16", "project")])
     rows.append({"figure": "windowsize 16 vs in.tftpd's best single download (MB/s; target ratio >= 2)", "project": f"{rate(window):.1f}",
                  "reference": f"{rate(best_reference):.1f}", "ratio": f"{best_reference / window:.2f}", "unit": "MB/s", "spread": {}})
     write_results("tftp", rows)
+
+
+def seconds_row(figure: str, project: list[float], reference: list[float]) -> dict:
+    """A row in seconds: medians, their ratio (idle CPU may be near zero for in.tftpd) and the spread."""
+    return {"figure": figure, "project": f"{median(project):.2f}", "reference": f"{median(reference):.2f}",
+            "ratio": f"{median(project) / max(median(reference), 0.01):.2f}", "unit": "s",
+            "spread": {"project": [min(project), max(project)], "reference": [min(reference), max(reference)]}}
 
 
 def median(values: list[float]) -> float:
