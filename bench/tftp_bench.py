@@ -19,6 +19,9 @@ by size and SHA-256):
 5. The same storm with atftp at blksize 1428.
 6. The same storm with atftp at blksize 1428 and windowsize 16, as phones
    that implement RFC 7440 would fetch (in.tftpd ignores the option: lock-step).
+   The same storm is also run against bench/tftp_floor.py: a bare Python
+   lock-step loop (epoll, no gevent, no checks), the lower bound of any Python
+   server on this machine.
 7. and 8. The two lock-step storms (4, 5) with the server on one core and the
    clients on another (taskset; in.tftpd's forked children inherit its CPU).
 
@@ -89,6 +92,16 @@ def start_reference(port: int, directory: Path, root: Path) -> subprocess.Popen:
     return proc
 
 
+def start_floor(port: int, root: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("tftp_floor.py")), str(port), str(root)])
+    try:
+        wait_tftp(port, proc)
+    except RuntimeError:
+        stop(proc)
+        raise
+    return proc
+
+
 def wait_tftp(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     """Poll with an RRQ for a missing file until an ERROR comes back."""
     deadline = time.monotonic() + timeout
@@ -132,6 +145,15 @@ CPUS = sorted(os.sched_getaffinity(0))
 PINNED = len(CPUS) >= 2
 SERVER_CPU, CLIENT_CPU, ALL_CPUS = str(CPUS[0]), str(CPUS[-1]), ",".join(map(str, CPUS))
 STORMS = [(name, False) for name in STORM_CLIENTS] + [(name, True) for name in LOCK_STEP_STORMS if PINNED]
+FLOOR_STORM = "tftp-hpa, 512-byte blocks"  # the storm bench/tftp_floor.py also runs (it has no options)
+
+
+def storm_servers(run: int, name: str, pinned: bool) -> list[str]:
+    """Who runs this storm in this run; the floor takes each place in turn, so none always goes first."""
+    order = list(alternated(run))
+    if name == FLOOR_STORM and not pinned:
+        order.insert(run % 3, "floor")
+    return order
 
 
 def storm_figure(name: str, pinned: bool) -> str:
@@ -172,12 +194,12 @@ def timed_download(command: list[str], out: Path, expected: str) -> float:
     return elapsed
 
 
-def timed_storm(make_command, port: int, folder: Path, expected: str, prefix: list[str] = []) -> float:
+def timed_storm(make_command, port: int, folder: Path, expected: str, prefix: tuple[str, ...] = ()) -> float:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     outs = [folder / f"{i}.bin" for i in range(STORM)]
     start = time.perf_counter()
-    procs = [subprocess.Popen(prefix + NICE + make_command(port, str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [subprocess.Popen([*prefix, *NICE, *make_command(port, str(out))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for out in outs]
     try:
         for proc in procs:
@@ -212,6 +234,7 @@ def main() -> None:
         try:
             servers["project"] = (start_project(project_port := free_udp_port(), tmp / "project", root), project_port)
             servers["reference"] = (start_reference(reference_port := free_udp_port(), tmp, root), reference_port)
+            servers["floor"] = (start_floor(floor_port := free_udp_port(), root), floor_port)
             times: dict[tuple[str, str], list[float]] = {}
             for run in range(RUNS):
                 for figure, make in SINGLE.items():
@@ -221,7 +244,7 @@ def main() -> None:
                         times.setdefault((figure, who), []).append(timed_download(make(port, str(out)), out, expected["big"]))
             for run in range(STORM_RUNS):
                 for name, pinned in STORMS:
-                    for who in alternated(run):
+                    for who in storm_servers(run, name, pinned):
                         proc, port = servers[who]
                         pids = [proc.pid] + ([worker_pid(proc)] if who == "project" else [])
                         if pinned:
@@ -229,12 +252,12 @@ def main() -> None:
                         before = machine_cpu()
                         try:
                             elapsed = timed_storm(STORM_CLIENTS[name], port, tmp / f"storm-{who}", expected["small"],
-                                                  ["taskset", "-c", CLIENT_CPU] if pinned else [])
+                                                  ("taskset", "-c", CLIENT_CPU) if pinned else ())
                         finally:
                             if pinned:
                                 pin(pids, ALL_CPUS)
                         times.setdefault((storm_figure(name, pinned), who), []).append(elapsed)
-                        if not pinned and name in LOCK_STEP_STORMS:
+                        if not pinned and name in LOCK_STEP_STORMS and who != "floor":
                             for kind, seconds in cpu_split(before, machine_cpu()).items():
                                 times.setdefault((cpu_figure(name, kind), who), []).append(seconds)
                         print(f"{storm_figure(name, pinned)} {who}: {elapsed:.2f} s", file=sys.stderr)
@@ -251,6 +274,9 @@ def main() -> None:
                          "reference": f"{rate(median(reference)):.1f}", "ratio": f"{median(reference) / median(project):.2f}",
                          "unit": "MB/s", "spread": {"project": [rate(max(project)), rate(min(project))],
                                                     "reference": [rate(max(reference)), rate(min(reference))]}})
+    floor = storm_figure(FLOOR_STORM, False)
+    rows.append(seconds_row(f"{floor}: bench/tftp_floor.py, the least a Python server can do, vs in.tftpd (s, lower is better)",
+                            times[(floor, "floor")], times[(floor, "reference")]))
     for name in LOCK_STEP_STORMS:
         for kind in CPU_KINDS:
             figure = cpu_figure(name, kind)
