@@ -1,9 +1,10 @@
 """TFTP: greenservers' TFTP service and tftpd-hpa (in.tftpd) side by side on loopback, alternated.
 
-Both servers serve the same folder (a 10 MiB and a 2 MiB random file), each
+greenservers and in.tftpd serve the same folder (a 10 MiB and a 2 MiB random file), each
 started fresh on a free loopback port: greenservers as in production
 (gunicorn, one worker), in.tftpd in the foreground (`-L -s ROOT -a
-127.0.0.1:PORT`); both are stopped by PID at the end.
+127.0.0.1:PORT`); so does bench/tftp_floor.py, for one storm (below). All are
+stopped by PID at the end.
 
 Figures (medians of RUNS alternated runs; every downloaded file is checked
 by size and SHA-256):
@@ -16,12 +17,12 @@ by size and SHA-256):
 4. Boot storm: STORM clients started at once, each fetching the 2 MiB file
    with tftp-hpa (`tftp -m binary`: no options, 512-byte blocks, as a phone
    without option support) -- total time until the last one has it.
+   This storm is also run against bench/tftp_floor.py: a bare Python
+   lock-step loop (epoll, no gevent, no checks), the lower bound of any Python
+   server on this machine.
 5. The same storm with atftp at blksize 1428.
 6. The same storm with atftp at blksize 1428 and windowsize 16, as phones
    that implement RFC 7440 would fetch (in.tftpd ignores the option: lock-step).
-   The same storm is also run against bench/tftp_floor.py: a bare Python
-   lock-step loop (epoll, no gevent, no checks), the lower bound of any Python
-   server on this machine.
 7. and 8. The two lock-step storms (4, 5) with the server on one core and the
    clients on another (taskset; in.tftpd's forked children inherit its CPU).
 
@@ -77,23 +78,22 @@ def start_project(port: int, directory: Path, root: Path) -> subprocess.Popen:
     os.symlink(root, data / "tftp")
     proc = start_greenservers(directory, {"ip_tftp_port": f"127.0.0.1:{port}", "data_dir": str(data),
                                           "tftp_max_per_client": STORM * 2, "tftp_max_transfers": STORM * 2})
-    try:
-        wait_tftp(port, proc)
-    except RuntimeError:
-        stop(proc)  # never leave a server behind
-        raise
-    return proc
+    return ready(proc, port)
 
 
 def start_reference(port: int, directory: Path, root: Path) -> subprocess.Popen:
     proc = subprocess.Popen(["in.tftpd", "-L", "-s", str(root), "-a", f"127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_tftp(port, proc)
-    return proc
+    return ready(proc, port)
 
 
 def start_floor(port: int, root: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("tftp_floor.py")), str(port), str(root)])
+    return ready(proc, port)
+
+
+def ready(proc: subprocess.Popen, port: int) -> subprocess.Popen:
+    """`proc` once it answers TFTP on 127.0.0.1:port; stopped, never left behind, if it does not."""
     try:
         wait_tftp(port, proc)
     except RuntimeError:
