@@ -346,6 +346,23 @@ def test_filters(filter_text, expected):
     assert {int(e.attributes["uid"][0]) for e in entries} == expected
 
 
+def test_soundex_codes_and_each_value_folded_once_for_approximate_matching(monkeypatch):
+    words = ("Robert", "Rupert", "Ashcraft", "Tymczak", "Pfister", "Honeyman", "Lloyd", "Jon Müller", "1234", "Hhh")
+    assert [ldap.fold_loose(word) for word in words] == [
+        "r163", "r163", "a261", "t522", "p236", "h555", "l300", "j500 m460", "1234", "h000"]
+    h = bound()
+    folded = []
+    real = ldap.padded_sounds
+    monkeypatch.setattr(ldap, "padded_sounds", lambda value: folded.append(value) or real(value))
+    text = "(|(cn~=jon smit)" + "(cn~=zzyzx)" * 50 + "(sn~=myller))"
+    entries, done = h.search(text, scope=1)
+    assert done.code == 0 and sorted(e.dn for e in entries) == ["cn=Anna Müller,dc=pbx", "cn=John Smith+uid=1,dc=pbx",
+                                                                 "cn=John Smith+uid=5,dc=pbx"]
+    assert len(folded) == len(set(folded)) <= 2 * len(CONTACTS)  # each cn and sn value once, not once per item
+    h.search(text, scope=1)
+    assert len(folded) == len(set(folded))  # and not again
+
+
 def test_folding_agrees_with_the_address_book():
     for text in ["Müller", "JOHN  Smith", "ǅemal", "ＡＢＣ"]:
         assert ldap.fold_name(text) == " ".join(fold(text).split())

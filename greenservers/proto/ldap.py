@@ -284,32 +284,62 @@ def fold_loose(text: str) -> str:
 
     "Jon Muller" ~ "john müller" (RFC 4511 leaves approxMatch to the server; like
     OpenLDAP's, every word of the assertion must sound like a word of the value).
+    Each pass over the text is one C call (translate, a regular expression), so
+    a long value costs microseconds, not a Python step per character.
     """
-    decomposed = unicodedata.normalize("NFKD", fold_name(text))
-    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return " ".join(_soundex(word) for word in plain.split())
+    folded = fold_name(text)
+    if not folded.isascii():
+        folded = unicodedata.normalize("NFKD", folded)  # "ü" -> "u" + a combining mark, dropped below
+    words = folded.split()
+    spaced = " ".join(words)
+    letters = _NOT_A_TO_Z.sub("", spaced).split(" ")  # per word, only a-z ("" if none)
+    codes = []
+    for word, plain in zip(words, letters):
+        if plain:
+            codes.append(_soundex(plain))
+        else:  # digits, CJK...: the word itself, without its accents
+            codes.append("".join([ch for ch in word if not unicodedata.combining(ch)]))
+    return " ".join(codes)
 
 
 _SOUNDEX = {c: d for letters, d in (("bfpv", "1"), ("cgjkqsxz", "2"), ("dt", "3"), ("l", "4"), ("mn", "5"), ("r", "6")) for c in letters}
+# vowels (and y) separate equal digits ("0" here, never written), h and w do not, so they are removed
+_SOUNDEX_DIGITS = str.maketrans({c: _SOUNDEX.get(c, "" if c in "hw" else "0") for c in "abcdefghijklmnopqrstuvwxyz"})
+_NOT_A_TO_Z = re.compile(r"[^a-z ]+")
 
 
-def _soundex(word: str) -> str:
-    letters = [c for c in word if "a" <= c <= "z"]
-    if not letters:
-        return word
-    code, last = letters[0], _SOUNDEX.get(letters[0], "")
-    for c in letters[1:]:
-        digit = _SOUNDEX.get(c, "")
-        if digit and digit != last:
-            code += digit
-        if c not in "hw":
+def _soundex(letters: str) -> str:
+    """American Soundex of a word of a-z: its first letter and up to three digits."""
+    digits = letters.translate(_SOUNDEX_DIGITS)
+    code, last, rest = letters[0], "0", digits
+    if letters[0] not in "hw":  # the first letter stands for its own digit
+        last, rest = digits[0], digits[1:]
+    for digit in rest:
+        if digit != last:
+            if digit != "0":
+                code += digit
+                if len(code) == 4:
+                    return code
             last = digit
     return (code + "000")[:4]
 
 
-def approx_match(value_code: str, assertion_code: str) -> bool:
-    words = value_code.split()
-    return all(word in words for word in assertion_code.split())
+@functools.lru_cache(maxsize=1024)
+def sound_codes(assertion: str) -> tuple[str, ...]:
+    """The distinct codes an approximate assertion needs, each padded to be found in `padded_sounds` of a value."""
+    return tuple(dict.fromkeys(f" {code} " for code in fold_loose(assertion).split()))
+
+
+def padded_sounds(value: str) -> str:
+    """A value's codes as " c1 c2 ... ": a code is one of its words exactly when " code " is in it."""
+    return f" {fold_loose(value)} "
+
+
+def approx_match(value_sounds: str, codes: tuple[str, ...]) -> bool:
+    for code in codes:
+        if code not in value_sounds:
+            return False
+    return True
 
 
 _NUMBER_FORMATTING = str.maketrans("", "", " \t-.()[]/")
@@ -579,6 +609,7 @@ class Directory:
         self.hay_ids: dict[str, array] = {}
         self.number_suffix: dict[str, list[int]] = {}  # last 6 digits of any number -> entry ids
         self._trigrams: dict[str, dict[str, array]] = {}  # built on the first substring search of a key
+        self._sounds: dict[str, str] = {}  # folded value -> padded_sounds(value), filled by approximate matches
         for key in INDEXED_KEYS:
             pairs = [(v, i) for i, e in enumerate(self.entries) for v in e.folded.get(key, ())]  # in entry order
             by_value = sorted_in_slices(pairs)
@@ -603,7 +634,7 @@ class Directory:
     def dismantle(self, per_step: int = DISMANTLE_STEP) -> Iterator[None]:
         """Empty this snapshot a slice at a time, yielding between slices, for a caller that holds
         the only reference: dropping 100,000 entries at once is one deallocation of about 100 ms."""
-        containers = [self.by_ndn, self.number_suffix, *self._trigrams.values(), self._trigrams, self.entries,
+        containers = [self.by_ndn, self.number_suffix, *self._trigrams.values(), self._trigrams, self._sounds, self.entries,
                       *self.sorted_keys.values(), *self.sorted_ids.values(), *self.hay_starts.values(),
                       *self.hay_ids.values(), *self.columns.values()]
         for container in containers:
@@ -651,6 +682,13 @@ class Directory:
         index = self.trigram_postings(key)
         rarest = min((index.get(piece[j:j + TRIGRAM], _NO_IDS) for j in range(len(piece) - TRIGRAM + 1)), key=len)
         return iter(rarest), len(rarest)
+
+    def sounds(self, value: str) -> str:
+        """`padded_sounds(value)` for approximate matching, computed once per distinct value."""
+        code = self._sounds.get(value)
+        if code is None:
+            code = self._sounds[value] = padded_sounds(value)
+        return code
 
     def contains_ids(self, key: str, piece: str, final: bool) -> Iterator[int]:
         """Entries whose `key` contains `piece` (at the end when `final`): a scan of the joined values."""
@@ -809,7 +847,7 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
         raw = _text(data, s2, e2)
         if key is None:
             return (tag, None, raw, raw)
-        folded = fold_loose(raw) if tag == F_APPROX and ATTRIBUTE_TYPES[key][1] == K_NAME else fold_for(key)(raw)
+        folded = sound_codes(raw) if tag == F_APPROX and ATTRIBUTE_TYPES[key][1] == K_NAME else fold_for(key)(raw)
         return (tag, key, folded, raw)
     if tag == F_SUB:
         s1, e1 = ber.expect(data, start, stop, ber.OCTET_STRING, "attributeDesc")
@@ -876,11 +914,16 @@ def _always(result):
     return lambda entry: result
 
 
-def compile_filter(f) -> Callable[[Entry], bool | None]:
-    """A predicate entry -> True / False / None (Undefined, RFC 4511 §4.5.1.7)."""
+def compile_filter(f, sounds: Callable[[str], str] = padded_sounds) -> Callable[[Entry], bool | None]:
+    """A predicate entry -> True / False / None (Undefined, RFC 4511 §4.5.1.7).
+
+    Everything that depends only on the filter is computed here, once; what depends
+    on a value is folded with the entry (or, for approximate matching, by `sounds`,
+    which a Directory answers from a cache: once per value, not per evaluation).
+    """
     op = f[0]
     if op == F_AND:
-        parts = [compile_filter(c) for c in f[1]]
+        parts = [compile_filter(c, sounds) for c in f[1]]
 
         def match_and(entry):
             result = True
@@ -893,7 +936,7 @@ def compile_filter(f) -> Callable[[Entry], bool | None]:
             return result
         return match_and
     if op == F_OR:
-        parts = [compile_filter(c) for c in f[1]]
+        parts = [compile_filter(c, sounds) for c in f[1]]
 
         def match_or(entry):
             result = False
@@ -906,7 +949,7 @@ def compile_filter(f) -> Callable[[Entry], bool | None]:
             return result
         return match_or
     if op == F_NOT:
-        inner = compile_filter(f[1])
+        inner = compile_filter(f[1], sounds)
 
         def match_not(entry):
             r = inner(entry)
@@ -926,19 +969,47 @@ def compile_filter(f) -> Callable[[Entry], bool | None]:
         return _always(None)
     kind = ATTRIBUTE_TYPES[key][1]
     empty: tuple = ()
+    # loops, not any(generator): a generator made per value checked would cost more than the check
     if op == F_SUB:
         initial, anys, final = f[2], f[3], f[4]
-        return lambda entry: any(_substring_match(v, initial, anys, final) for v in entry.folded.get(key, empty))
+
+        def match_substrings(entry):
+            for v in entry.folded.get(key, empty):
+                if _substring_match(v, initial, anys, final):
+                    return True
+            return False
+        return match_substrings
     value = f[2]
     if op == F_EQ or (op == F_APPROX and kind != K_NAME):
         if kind == K_NUMBER:
-            return lambda entry: any(same_number(v, value) for v in entry.folded.get(key, empty))
+            def match_number(entry):
+                for v in entry.folded.get(key, empty):
+                    if same_number(v, value):
+                        return True
+                return False
+            return match_number
         return lambda entry: value in entry.folded.get(key, empty)
-    if op == F_APPROX:
-        return lambda entry: any(approx_match(fold_loose(v), value) for v in entry.folded.get(key, empty))
+    if op == F_APPROX:  # value: the assertion's codes (sound_codes)
+        def match_approx(entry):
+            for v in entry.folded.get(key, empty):
+                if approx_match(sounds(v), value):
+                    return True
+            return False
+        return match_approx
     if op == F_GE:
-        return lambda entry: any(v >= value for v in entry.folded.get(key, empty))
-    return lambda entry: any(v <= value for v in entry.folded.get(key, empty))  # F_LE
+        def match_ge(entry):
+            for v in entry.folded.get(key, empty):
+                if v >= value:
+                    return True
+            return False
+        return match_ge
+
+    def match_le(entry):
+        for v in entry.folded.get(key, empty):
+            if v <= value:
+                return True
+        return False
+    return match_le
 
 
 def _compile_extensible(rule, key, value, dn_attributes, has_type):
@@ -946,27 +1017,32 @@ def _compile_extensible(rule, key, value, dn_attributes, has_type):
     how = MATCHING_RULES.get(rule, None) if rule is not None else RULE_DEFAULT
     if how is None or (has_type and key is None):
         return _always(None)  # unknown rule or attribute type: Undefined
+    needles = {kind: folder(value) for kind, folder in FOLDERS.items()}  # the assertion folded for each kind, once
 
     def test(k: str, raw_values: tuple, folded_values: tuple) -> bool:
         if how == RULE_EXACT:
             return value in raw_values
+        kind = ATTRIBUTE_TYPES[k][1]
+        needle = needles[kind]
         if how == RULE_SUBSTRING:
-            needle = fold_for(k)(value)
             return any(needle in v for v in folded_values)
-        needle = fold_for(k)(value)
-        if ATTRIBUTE_TYPES[k][1] == K_NUMBER:
+        if kind == K_NUMBER:
             return any(same_number(v, needle) for v in folded_values)
         return needle in folded_values
 
     def match(entry):
-        keys = [key] if key else list(entry.values)
-        for k in keys:
-            if k in entry.values and test(k, entry.values[k], entry.folded[k]):
+        if key:
+            if key in entry.values and test(key, entry.values[key], entry.folded[key]):
                 return True
+        else:
+            folded = entry.folded
+            for k, raw_values in entry.values.items():
+                if test(k, raw_values, folded[k]):
+                    return True
         if dn_attributes:
             for rdn in entry.ndn:
-                for k, folded in rdn:
-                    if (key is None or k == key) and k in ATTRIBUTE_TYPES and test(k, (folded,), (folded,)):
+                for k, folded_value in rdn:
+                    if (key is None or k == key) and k in ATTRIBUTE_TYPES and test(k, (folded_value,), (folded_value,)):
                         return True
         return False
     return match
@@ -1531,7 +1607,7 @@ class LdapSession:
         directory = self.directory(policy.base)
         if not ndn and request.scope == SCOPE_BASE:
             # the Root DSE: readable before a bind, so clients can find StartTLS (RFC 4513 §3.1.1)
-            matches = [directory.root_dse] if compile_filter(request.filter)(directory.root_dse) else []
+            matches = [directory.root_dse] if compile_filter(request.filter, directory.sounds)(directory.root_dse) else []
             return matches, b"", SUCCESS, ""
         if not self._may_read(policy):
             raise LdapError(INSUFFICIENT_ACCESS_RIGHTS, ANONYMOUS_REFUSED)
@@ -1576,7 +1652,7 @@ class LdapSession:
         """Entries in scope that match the filter, in directory order; at most `limit` (None: all)."""
         self._started = self.clock()
         scope, base_ndn = request.scope, directory.base_ndn
-        predicate = compile_filter(request.filter)
+        predicate = compile_filter(request.filter, directory.sounds)
         include_base = False
         search_contacts = False
         if ndn == base_ndn:
