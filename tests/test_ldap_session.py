@@ -577,6 +577,40 @@ def test_deeply_nested_and_oversized_filters():
     assert_disconnected(bound().send(w.search(2, wide)), "items")
 
 
+@pytest.mark.parametrize("over, at_limit", [
+    # every item costs one; a substring filter one per piece, an approximate match one per word,
+    # an extensible match without a type one per attribute type (14), plus two for the DN
+    ("(|" + "(cn=x)" * 511 + "(cn=y))", "(|" + "(cn=x)" * 510 + "(cn=y))"),
+    ("(|" + "(cn=*a*b*c*d)" * 127 + "(cn=*a*b*c*d*e))", "(|" + "(cn=*a*b*c*d)" * 127 + "(cn=*a*b*c))"),
+    ("(|" + "(cn~=al bo ci di)" * 127 + "(cn~=al bo ci di e))", "(|" + "(cn~=al bo ci di)" * 127 + "(cn~=al bo c))"),
+    ("(|" + "(:dn:2.5.13.2:=x)" * 31 + "(:2.5.13.2:=x)(cn=x)(cn=y))", "(|" + "(:dn:2.5.13.2:=x)" * 31 + "(:2.5.13.2:=x)(cn=x))"),
+])
+def test_filter_items_count_what_checking_an_entry_costs(over, at_limit):
+    h = bound()
+    _, done = h.search(at_limit, attributes=["1.1"])
+    assert done.code == 0
+    assert_disconnected(bound().send(w.search(2, over)), "more than 512 items")
+
+
+def test_an_assertion_value_or_piece_over_1_kib_is_refused():
+    for text in ("(cn=" + "x" * 1025 + ")", "(cn=*" + "x" * 1025 + "*)", "(:2.5.13.2:=" + "x" * 1025 + ")", "(sn~=" + "x" * 1025 + ")"):
+        assert_disconnected(bound().send(w.search(2, text)), "over the limit of 1024")
+    _, done = bound().search("(cn=" + "x" * 1024 + ")")
+    assert done.code == 0
+
+
+def test_lists_in_a_request_are_refused_at_the_first_element_over_their_limit():
+    many_attributes = w.search(2, attributes=[""] * 20000)
+    assert_disconnected(bound().send(many_attributes), "more than 128 attributes")
+    many_controls = w.search(2, controls=[w.control("1.2.3")] * 20000)
+    assert_disconnected(bound().send(many_controls), "more than 16 controls")
+    h = bound()
+    many_keys = w.control("1.2.840.113556.1.4.473", ber.sequence(*[ber.sequence(ber.octets("sn"))] * 20000))
+    _, done = h.search(controls=[many_keys])
+    assert done.code == ldap.PROTOCOL_ERROR and "sort keys" in done.diagnostic  # a search error: the connection stays
+    assert h.search("(cn=reception)")[1].code == 0
+
+
 def test_truncated_message_waits_then_completes():
     h = bound()
     data = w.search(2, "(cn=reception)")

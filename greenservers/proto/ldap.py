@@ -124,7 +124,8 @@ SUPPORTED_EXTENSIONS = (OID_STARTTLS, OID_WHOAMI)
 
 MAX_MESSAGE = 256 * 1024  # a phone's request is < 1 KiB; this leaves room for long filters
 MAX_FILTER_DEPTH = 32
-MAX_FILTER_ITEMS = 512
+MAX_FILTER_ITEMS = 512  # filter items, substring pieces and approximate-match words together
+MAX_ASSERTION = 1024  # bytes in one assertion value or substring piece (a contact's values have at most 254 characters)
 MAX_REQUESTED_ATTRIBUTES = 128
 MAX_CONTROLS = 16
 MAX_SORT_KEYS = 8
@@ -820,14 +821,18 @@ def _text(data: bytes, start: int, stop: int) -> str:
 
 
 def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budget: list[int]):
-    """A filter as a tuple: (F_AND, [..]), (F_EQ, key, folded value, raw), (F_SUB, key, initial, anys, final), ..."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise BerError(f"filter has more than {MAX_FILTER_ITEMS} items")
+    """A filter as a tuple: (F_AND, [..]), (F_EQ, key, folded value, raw), (F_SUB, key, initial, anys, final), ...
+
+    `budget` is what is left of MAX_FILTER_ITEMS: every item takes one, a substring
+    filter one per piece and an approximate match one per word, so what one entry
+    costs to check stays bounded, and so does decoding a 256 KiB filter.
+    """
+    _spend(budget, 1)
     if depth > MAX_FILTER_DEPTH:
         raise BerError(f"filter nested deeper than {MAX_FILTER_DEPTH}")
     if tag in (F_AND, F_OR):
-        items = [decode_filter(data, t, s, e, depth + 1, budget) for t, s, e in ber.children(data, start, stop)]
+        children = ber.children(data, start, stop, budget[0] + 1, _TOO_MANY_ITEMS)
+        items = [decode_filter(data, t, s, e, depth + 1, budget) for t, s, e in children]
         if not items:  # RFC 4526 absolute true/false
             return (F_AND, []) if tag == F_AND else (F_OR, [])
         return (tag, items)
@@ -844,22 +849,23 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
         if e2 != stop:
             raise BerError("trailing bytes in attribute value assertion")
         key = attribute_key(_text(data, s1, e1))
-        raw = _text(data, s2, e2)
+        raw = _assertion(data, s2, e2)
         if key is None:
             return (tag, None, raw, raw)
-        folded = sound_codes(raw) if tag == F_APPROX and ATTRIBUTE_TYPES[key][1] == K_NAME else fold_for(key)(raw)
-        return (tag, key, folded, raw)
+        if tag == F_APPROX and ATTRIBUTE_TYPES[key][1] == K_NAME:
+            return _spent((tag, key, sound_codes(raw), raw), budget)
+        return (tag, key, fold_for(key)(raw), raw)
     if tag == F_SUB:
         s1, e1 = ber.expect(data, start, stop, ber.OCTET_STRING, "attributeDesc")
         s2, e2 = ber.expect(data, e1, stop, 0x30, "substrings")
         key = attribute_key(_text(data, s1, e1))
         folder = fold_for(key) if key else fold_name
         initial, anys, final = "", [], ""
-        parts = ber.children(data, s2, e2)
+        parts = ber.children(data, s2, e2, budget[0] + 1, _TOO_MANY_ITEMS)
         if not parts:
             raise BerError("substrings filter without substrings")
         for index, (t, s, e) in enumerate(parts):
-            piece = _text(data, s, e)
+            piece = _assertion(data, s, e)
             piece = folder(piece) if not (key and ATTRIBUTE_TYPES[key][1] == K_NUMBER) or t == 0x80 else piece.translate(_NUMBER_FORMATTING)
             if t == 0x80 and index == 0:
                 initial = piece
@@ -870,17 +876,17 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
                 final = piece
             else:
                 raise BerError(f"substring choice 0x{t:02x} out of place")
-        return (F_SUB, key, initial, tuple(anys), final)
+        return _spent((F_SUB, key, initial, tuple(anys), final), budget)
     if tag == F_EXT:
         rule = key = None
         value, dn_attributes = "", False
-        for t, s, e in ber.children(data, start, stop):
+        for t, s, e in ber.children(data, start, stop, 4, "extensible match: more than four elements"):
             if t == 0x81:
                 rule = _text(data, s, e).strip().lower()
             elif t == 0x82:
                 key = _text(data, s, e)
             elif t == 0x83:
-                value = _text(data, s, e)
+                value = _assertion(data, s, e)
             elif t == 0x84:
                 dn_attributes = ber.read_boolean(data, s, e)
             else:
@@ -888,8 +894,43 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
         if rule is None and key is None:
             raise BerError("extensible match needs a matching rule or a type")
         resolved = attribute_key(key) if key is not None else None
-        return (F_EXT, rule, resolved, value, dn_attributes, key is not None)
+        return _spent((F_EXT, rule, resolved, value, dn_attributes, key is not None), budget)
     raise BerError(f"unknown filter choice 0x{tag:02x}")
+
+
+_TOO_MANY_ITEMS = f"filter has more than {MAX_FILTER_ITEMS} items (substring pieces, approximate words and untyped extensible matches count more)"
+
+
+def _spend(budget: list[int], units: int) -> None:
+    budget[0] -= units
+    if budget[0] < 0:
+        raise BerError(_TOO_MANY_ITEMS)
+
+
+def _spent(item: tuple, budget: list[int]) -> tuple:
+    _spend(budget, item_units(item) - 1)  # its first unit was spent when it was begun
+    return item
+
+
+def item_units(f) -> int:
+    """What checking one entry against the filter item `f` costs (AND, OR and NOT: 1 each, besides
+    their items): a substring filter a unit per piece, an approximate match one per word, an
+    extensible match without a type one per attribute type it tries, and two for the DN's values."""
+    op = f[0]
+    if op == F_SUB:
+        return max(1, bool(f[2]) + len(f[3]) + bool(f[4]))
+    if op == F_APPROX and isinstance(f[2], tuple):
+        return max(1, len(f[2]))
+    if op == F_EXT:
+        _, _, key, _, dn_attributes, has_type = f
+        return (1 if key or has_type else len(ATTRIBUTE_TYPES)) + (2 if dn_attributes else 0)
+    return 1
+
+
+def _assertion(data: bytes, start: int, stop: int) -> str:
+    if stop - start > MAX_ASSERTION:
+        raise BerError(f"assertion value of {stop - start} bytes is over the limit of {MAX_ASSERTION}")
+    return _text(data, start, stop)
 
 
 def _substring_match(value: str, initial: str, anys: tuple, final: str) -> bool:
@@ -1079,12 +1120,10 @@ def decode_search(data: bytes, start: int, stop: int) -> SearchRequest:
     flt = decode_filter(data, tag, fs, fe, 0, [MAX_FILTER_ITEMS])
     s, e7 = ber.expect(data, fe, stop, 0x30, "attributes")
     attributes = []
-    for t, a, b in ber.children(data, s, e7):
+    for t, a, b in ber.children(data, s, e7, MAX_REQUESTED_ATTRIBUTES, f"more than {MAX_REQUESTED_ATTRIBUTES} attributes requested"):
         if t != ber.OCTET_STRING:
             raise BerError("attribute selector is not an OCTET STRING")
         attributes.append(_text(data, a, b))
-    if len(attributes) > MAX_REQUESTED_ATTRIBUTES:
-        raise BerError(f"more than {MAX_REQUESTED_ATTRIBUTES} attributes requested")
     if scope not in (SCOPE_BASE, SCOPE_ONE, SCOPE_SUB) or size_limit < 0 or time_limit < 0:
         raise BerError("scope or limits out of range")
     return SearchRequest(base, scope, size_limit, time_limit, types_only, flt, attributes, data[e:fe] + data[s:e7])
@@ -1099,10 +1138,10 @@ class Control:
 
 def decode_controls(data: bytes, start: int, stop: int) -> list[Control]:
     controls = []
-    for tag, s, e in ber.children(data, start, stop):
+    for tag, s, e in ber.children(data, start, stop, MAX_CONTROLS, f"more than {MAX_CONTROLS} controls"):
         if tag != 0x30:
             raise BerError("control is not a SEQUENCE")
-        parts = ber.children(data, s, e)
+        parts = ber.children(data, s, e, 3, "control: more than three elements")
         if not parts or parts[0][0] != ber.OCTET_STRING:
             raise BerError("control without a controlType")
         oid = _text(data, parts[0][1], parts[0][2])
@@ -1115,8 +1154,6 @@ def decode_controls(data: bytes, start: int, stop: int) -> list[Control]:
             else:
                 raise BerError("control: unexpected element")
         controls.append(Control(oid, critical, value))
-    if len(controls) > MAX_CONTROLS:
-        raise BerError(f"more than {MAX_CONTROLS} controls")
     return controls
 
 
@@ -1136,10 +1173,14 @@ def decode_sort(value: bytes | None) -> list[tuple[str, str | None, bool]]:
         raise LdapError(PROTOCOL_ERROR, "sort control without a value")
     s, e = ber.expect(value, 0, len(value), 0x30, "sort keys")
     keys = []
-    for tag, a, b in ber.children(value, s, e):
+    try:
+        listed = ber.children(value, s, e, MAX_SORT_KEYS)
+    except ber.TooMany:
+        listed = []  # refused below, as a search error
+    for tag, a, b in listed:
         if tag != 0x30:
             raise BerError("sort key is not a SEQUENCE")
-        parts = ber.children(value, a, b)
+        parts = ber.children(value, a, b, 3, "sort key: more than three elements")
         if not parts or parts[0][0] != ber.OCTET_STRING:
             raise BerError("sort key without an attribute type")
         attr, rule, reverse = _text(value, parts[0][1], parts[0][2]), None, False
@@ -1151,7 +1192,7 @@ def decode_sort(value: bytes | None) -> list[tuple[str, str | None, bool]]:
             else:
                 raise BerError("sort key: unexpected element")
         keys.append((attr, rule, reverse))
-    if not keys or len(keys) > MAX_SORT_KEYS:
+    if not keys:
         raise LdapError(PROTOCOL_ERROR, f"1 to {MAX_SORT_KEYS} sort keys")
     return keys
 
