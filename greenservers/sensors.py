@@ -106,6 +106,11 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("ldap_connections_open", 40, G, "LDAP connections open now."),
     Sensor("ldap_binds_failed", 41, C, "LDAP binds refused (wrong credentials, anonymous, plain bind refused)."),
     Sensor("ldap_searches", 42, C, "LDAP search requests served."),
+    Sensor("ldap_searches_time_limited", 43, C, "LDAP searches ended by their time limit (the client's or the server's), answered with the entries found so far."),
+    Sensor("ldap_searches_delayed", 44, C, "LDAP searches that waited behind another client's, their own client having used more recent search time."),
+    Sensor("ldap_searches_busy", 45, C, "LDAP searches refused as busy: too many in progress from their client or in total."),
+    Sensor("ldap_searches_running", 46, G, "LDAP searches in progress now."),
+    Sensor("ldap_longest_hold_microseconds", 49, G, "The longest time one piece of LDAP work (a slice of a search, or answering received messages) held the event loop since the start, in microseconds."),
     # SNMP
     Sensor("snmp_requests_answered", 50, C, "SNMP requests answered."),
     Sensor("snmp_rejected_address", 51, C, "SNMP requests dropped: source not in snmp_trusted."),

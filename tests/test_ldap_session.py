@@ -35,6 +35,18 @@ CONTACTS = [
 ]
 
 
+def run_searches(outputs: list) -> list:
+    """The outputs with each SearchCursor run to its end (in slices of the cursor's own clock), as the shell does."""
+    done = []
+    for item in outputs:
+        if isinstance(item, ldap.SearchCursor):
+            while not item.done:
+                done += item.run(item.clock() + 0.002)
+        else:
+            done.append(item)
+    return done
+
+
 class Harness:
     def __init__(self, contacts=CONTACTS, **policy):
         self.policy = ldap.Policy(password=PASSWORD, **policy)
@@ -43,7 +55,11 @@ class Harness:
         self.session = ldap.LdapSession(lambda: self.policy, lambda base: self.directory, self.clock)
 
     def send(self, data: bytes) -> list:
-        return self.session.receive(data)
+        """Everything the session answers to `data`, the backlog included (as the shell would send it)."""
+        outputs = run_searches(self.session.receive(data))
+        while self.session.backlog and not any(isinstance(o, ldap.Close) for o in outputs):
+            outputs += run_searches(self.session.receive(b""))
+        return outputs
 
     def answers(self, data: bytes) -> list[w.Response]:
         return w.parse_responses(b"".join(x for x in self.send(data) if isinstance(x, bytes)))
@@ -75,7 +91,7 @@ def replay(name: str) -> tuple[list, list[w.Response]]:
     session = ldap.LdapSession(lambda: ldap.Policy(password=PASSWORD), lambda base: directory, Clock())
     outputs = []
     for hex_message in CAPTURED[name]:
-        outputs += session.receive(bytes.fromhex(hex_message))
+        outputs += run_searches(session.receive(bytes.fromhex(hex_message)))
     return outputs, w.parse_responses(b"".join(x for x in outputs if isinstance(x, bytes)))
 
 
@@ -434,6 +450,164 @@ def test_time_limit_with_a_fake_clock():
     assert done.code == ldap.TIME_LIMIT_EXCEEDED and 0 < len(entries) < 1000
 
 
+EXPENSIVE = "(|" + "(cn~=zzyzx)" * 100 + "(sn=*7))"  # a scan, each entry checked against 101 items
+
+
+def start_search(h: Harness, *args, **kwargs) -> ldap.SearchCursor:
+    (cursor,) = [o for o in h.session.receive(w.search(2, *args, **kwargs)) if isinstance(o, ldap.SearchCursor)]
+    return cursor
+
+
+def test_a_search_runs_in_slices_that_end_when_the_clock_passes_their_end():
+    h = Harness(contacts=many(2000))
+    h.bind()
+    h.clock.step = 0.0001  # every clock read: 0.1 ms
+    cursor = start_search(h, EXPENSIVE, scope=1, size_limit=500)
+    slices, outputs = 0, []
+    while not cursor.done:
+        until = h.clock.now + 0.002
+        outputs += cursor.run(until)
+        slices += 1
+        assert cursor.done or until <= h.clock.now <= until + 0.0002  # ended at the first look past its end
+    assert slices > 50  # 2,000 entries of 101 items: not in one go
+    responses = w.parse_responses(b"".join(o for o in outputs if isinstance(o, bytes)))
+    assert [r.tag for r in responses] == [ldap.SEARCH_RESULT_ENTRY] * 200 + [ldap.SEARCH_RESULT_DONE]
+    assert responses[-1].code == 0 and outputs[-1] == ldap.Searched(200)
+    # the same entries as one unsliced run
+    again = start_search(h, EXPENSIVE, scope=1, size_limit=500).run(float("inf"))
+    assert b"".join(o for o in again if isinstance(o, bytes)) == b"".join(o for o in outputs if isinstance(o, bytes))
+
+
+def test_entries_are_sent_as_they_are_found():
+    h = Harness(contacts=many(2000))
+    h.bind()
+    h.clock.step = 0.0001
+    cursor = start_search(h, EXPENSIVE, scope=1)
+    first = cursor.run(h.clock.now + 0.002)
+    assert not cursor.done and first and all(r.tag == ldap.SEARCH_RESULT_ENTRY for r in w.parse_responses(b"".join(first)))
+
+
+@pytest.mark.parametrize("client_limit, server_limit", [(1, 10.0), (0, 1.0), (5, 1.0)])
+def test_the_time_limit_ends_matching_with_what_was_found(client_limit, server_limit):
+    """The client's limit or the server's, whichever is shorter, counted from the request's arrival (RFC 4511 §4.5.1.5)."""
+    h = Harness(contacts=many(2000), time_limit=server_limit)
+    h.bind()
+    h.clock.step = 0.001
+    started = h.clock.now
+    cursor = start_search(h, EXPENSIVE, scope=1, size_limit=500, time_limit=client_limit)
+    outputs = []
+    while not cursor.done:
+        outputs += cursor.run(h.clock.now + 0.002)
+    responses = w.parse_responses(b"".join(o for o in outputs if isinstance(o, bytes)))
+    assert responses[-1].code == ldap.TIME_LIMIT_EXCEEDED
+    assert 0 < len(responses) - 1 < 200 and outputs[-1] == ldap.Searched(len(responses) - 1, True)
+    assert h.clock.now - started < 1.01  # it stopped at the limit, not after the whole search
+
+
+def test_a_sorted_search_cut_by_its_time_limit_sends_what_was_found_sorted():
+    h = Harness(contacts=many(2000))
+    h.bind()
+    h.clock.step = 0.001
+    cursor = start_search(h, EXPENSIVE, scope=1, time_limit=1, attributes=["sn"], controls=[w.sort("-sn")])
+    outputs = []
+    while not cursor.done:
+        outputs += cursor.run(h.clock.now + 0.002)
+    responses = w.parse_responses(b"".join(o for o in outputs if isinstance(o, bytes)))
+    surnames = [r.attributes["sn"][0] for r in responses[:-1]]
+    assert responses[-1].code == ldap.TIME_LIMIT_EXCEEDED and 0 < len(surnames) < 200
+    assert surnames == sorted(surnames, reverse=True)
+
+
+def test_a_paged_search_cut_by_its_time_limit_ends_without_a_cookie():
+    h = Harness(contacts=many(2000))
+    h.bind()
+    h.clock.step = 0.001
+    cursor = start_search(h, EXPENSIVE, scope=1, time_limit=1, controls=[w.paged(10)])
+    outputs = []
+    while not cursor.done:
+        outputs += cursor.run(h.clock.now + 0.002)
+    responses = w.parse_responses(b"".join(o for o in outputs if isinstance(o, bytes)))
+    assert responses[-1].code == ldap.TIME_LIMIT_EXCEEDED and len(responses) - 1 == 10
+    assert w.paged_cookie(responses[-1].controls[ldap.OID_PAGED_RESULTS])[1] == b"" and not h.session._paged
+
+
+def test_a_search_refused_as_busy_answers_at_once():
+    h = bound()
+    cursor = start_search(h, "(cn=*)")
+    outputs = cursor.refuse(ldap.BUSY, "too many searches in progress; try again")
+    assert cursor.done and outputs[-1] == ldap.Searched(0)
+    (done,) = w.parse_responses(outputs[0])
+    assert (done.tag, done.code) == (ldap.SEARCH_RESULT_DONE, ldap.BUSY)
+
+
+def test_sorting_in_slices_is_stable_and_puts_entries_without_the_key_last():
+    rng = random.Random(4)
+    contacts = [Contact(i, "", rng.choice(["Ann", "Bob", "Cy", ""]), "", rng.choice(["ACME", "Widgets", ""]), f"+1 555 {i:07d}",
+                        "", "", "", "") for i in range(1, 3001)]
+    directory = ldap.Directory("dc=pbx", contacts)
+    for keys in ([("o", False)], [("o", True)], [("o", False), ("sn", True)], [("sn", True), ("o", False), ("uid", False)]):
+        expected = list(directory.entries)
+        for key, reverse in reversed(keys):  # the definition: one stable sort per key, least significant first
+            present = sorted((e for e in expected if key in e.folded), key=lambda e: min(e.folded[key]), reverse=reverse)
+            absent = [e for e in expected if key not in e.folded]
+            expected = absent + present if reverse else present + absent
+        result: list = []
+        steps = sum(1 for _ in ldap.sort_steps(list(directory.entries), keys, result))
+        assert [e.dn for e in result] == [e.dn for e in expected], keys
+        assert steps >= 3 * len(keys)  # slices, not one call
+
+
+# -- fair shares of search time -------------------------------------------------------
+
+
+def test_the_client_that_used_the_least_search_time_goes_first():
+    fair = ldap.FairShare(half_life=10.0)
+    heavy, light = fair.start("10.0.0.1"), fair.start("10.0.0.2")
+    fair.charge("10.0.0.1", 5.0, now=100.0)  # the heavy client has used 5 s of search time
+    fair.want(heavy)
+    fair.want(light)  # arrives after
+    assert fair.next(100.0) is light and fair.delayed == 1 and heavy.delayed
+    assert fair.next(100.0) is heavy and fair.next(100.0) is None
+    # among equals, the first to arrive
+    first, second = fair.start("10.0.0.3"), fair.start("10.0.0.4")
+    fair.want(first)
+    fair.want(second)
+    assert fair.next(100.0) is first
+
+
+def test_search_time_used_is_forgotten_by_half_every_half_life():
+    fair = ldap.FairShare(half_life=10.0)
+    fair.charge("a", 8.0, now=0.0)
+    assert fair.usage("a", 0.0) == 8.0 and fair.usage("a", 10.0) == 4.0 and fair.usage("a", 30.0) == 1.0
+    fair.charge("a", 1.0, now=10.0)
+    assert fair.usage("a", 10.0) == 5.0
+    a, b = fair.start("a"), fair.start("b")
+    fair.charge("b", 4.0, now=10.0)
+    fair.want(a)
+    fair.want(b)
+    assert fair.next(10.0) is b  # b has used less (4 s against 5 s)
+    fair.want(b)
+    assert fair.next(1000.0) is a  # long after, both near nothing: the first to arrive
+
+
+def test_searches_in_progress_are_capped_per_client_and_in_total():
+    fair = ldap.FairShare(per_client=2, total=3)
+    a1, a2 = fair.start("a"), fair.start("a")
+    assert a1 and a2 and fair.start("a") is None and fair.running_from("a") == 2
+    b1 = fair.start("b")
+    assert b1 and fair.start("c") is None and fair.running == 3
+    fair.want(a1)
+    fair.end(a1)  # ended while waiting (its connection closed): no longer chosen
+    assert fair.next(0.0) is None and fair.start("c") is not None
+
+
+def test_the_clients_remembered_are_bounded():
+    fair = ldap.FairShare(max_clients=3)
+    for n in range(10):
+        fair.charge(f"10.0.0.{n}", 1.0, now=float(n))
+    assert len(fair._usage) == 3 and fair.usage("10.0.0.9", 9.0) == 1.0 and fair.usage("10.0.0.0", 9.0) == 0.0
+
+
 def test_paged_results_cover_everything_once_and_sort_across_pages():
     h = Harness(contacts=many(45))
     h.bind()
@@ -675,13 +849,24 @@ def test_connection_caps():
 
 def test_pipelined_requests_are_answered_in_bounded_batches():
     h = bound()
-    data = b"".join(w.search(10 + i, "(cn=reception)", attributes=["cn"]) for i in range(40))
-    answered = [r.message_id for r in h.answers(data) if r.tag == ldap.SEARCH_RESULT_DONE]
-    assert len(answered) == ldap.MAX_BATCH and h.session.backlog
+    binds = b"".join(w.bind(10 + i, "cn=phonebook,dc=pbx", PASSWORD) for i in range(40))
+    answered = [r.message_id for r in w.parse_responses(b"".join(h.session.receive(binds)))]
+    assert answered == list(range(10, 10 + ldap.MAX_BATCH)) and h.session.backlog
     while h.session.backlog:
-        answered += [r.message_id for r in h.answers(b"") if r.tag == ldap.SEARCH_RESULT_DONE]
+        answered += [r.message_id for r in w.parse_responses(b"".join(h.session.receive(b"")))]
     assert answered == list(range(10, 50))
-    assert not h.session.backlog
+    # a search ends the batch: the shell runs its cursor before the messages after it are answered
+    searches = b"".join(w.search(100 + i, "(cn=reception)", attributes=["cn"]) for i in range(40))
+    outputs = h.session.receive(searches)
+    assert isinstance(outputs[-1], ldap.SearchCursor) and sum(isinstance(o, ldap.SearchCursor) for o in outputs) == 1
+    assert h.session.backlog
+    outputs = run_searches(outputs)
+    while h.session.backlog:
+        outputs += run_searches(h.session.receive(b""))
+    done = [r.message_id for r in w.parse_responses(b"".join(x for x in outputs if isinstance(x, bytes)))
+            if r.tag == ldap.SEARCH_RESULT_DONE]
+    assert done == list(range(100, 140))
+    assert not h.session.backlog and h.session.held == 0
 
 
 def test_indexed_lookups_agree_with_evaluating_every_entry():
@@ -725,11 +910,13 @@ def test_indexed_lookups_agree_with_evaluating_every_entry():
         encoded = w.encode_filter(text)
         tag, s, e = ber.read_header(encoded, 0, len(encoded))
         flt = ldap.decode_filter(encoded, tag, s, e, 0, [ldap.MAX_FILTER_ITEMS])
-        request = ldap.SearchRequest("dc=pbx", ldap.SCOPE_ONE, 0, 0, False, flt, [], b"")
-        session = ldap.LdapSession(lambda: ldap.Policy(), lambda base: directory, Clock())
-        found = session._matching(directory, directory.base_ndn, request)
-        predicate = ldap.compile_filter(flt)
+        predicate = ldap.compile_filter(flt, directory.sounds)
+        found: list = []
+        for _ in ldap.find_entries(directory, [], True, flt, predicate, found):
+            pass
         assert {e.dn for e in found} == {e.dn for e in directory.entries if predicate(e)}, text
         assert len(found) == len({e.dn for e in found}), text
-        limited = session._matching(directory, directory.base_ndn, request, limit=3)
+        limited: list = []
+        for _ in ldap.find_entries(directory, [], True, flt, predicate, limited, limit=3):
+            pass
         assert len(limited) == min(3, len(found)) and {e.dn for e in limited} <= {e.dn for e in found}, text

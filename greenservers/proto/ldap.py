@@ -62,6 +62,7 @@ import itertools
 import re
 import unicodedata
 from array import array
+from collections import deque
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -89,6 +90,7 @@ INVALID_DN_SYNTAX = 34
 INAPPROPRIATE_AUTHENTICATION = 48
 INVALID_CREDENTIALS = 49
 INSUFFICIENT_ACCESS_RIGHTS = 50
+BUSY = 51
 UNWILLING_TO_PERFORM = 53
 
 # -- protocol op tags (RFC 4511 §4.2-§4.12, [APPLICATION n]) --------------------
@@ -132,8 +134,8 @@ MAX_SORT_KEYS = 8
 MAX_PAGED_SEARCHES = 8  # open paged searches per connection; the oldest is dropped
 SERVER_SIZE_LIMIT = 500  # entries per search (per page for paged searches), like slapd's default
 SERVER_TIME_LIMIT = 10.0  # seconds per search
-TIME_CHECK_EVERY = 64  # entries between clock reads
 MAX_BATCH = 16  # messages answered per receive() call: bounds the output held in memory at once
+MAX_BATCH_BYTES = 64 * 1024  # and their bytes: decoding is bounded per call too
 
 # -- session states and their table -----------------------------------------
 
@@ -178,6 +180,7 @@ class BindFailed:
 @dataclass(frozen=True)
 class Searched:
     entries: int
+    time_limited: bool = False  # ended by its time limit (timeLimitExceeded)
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,7 @@ INDEXED_KEYS = ("cn", "sn", "givenname", "displayname", "o", "mail") + NUMBER_KE
 PERSON_CLASSES = ("top", "person", "organizationalPerson", "inetOrgPerson")
 PERSON_CLASSES_FOLDED = tuple(c.lower() for c in PERSON_CLASSES)
 TRIGRAM = 3  # substring pieces this long or longer are looked up in the trigram index
-EAGER_TRIGRAM_KEYS = ("cn", "sn")  # the names phones search with "*typed*"; others are indexed on first use
+TRIGRAM_KEYS = ("cn", "sn")  # the names phones search with "*typed*"; other keys' substrings are scanned
 
 # matching rules an extensible filter may name (RFC 4517 §4.2): -> how values compare
 RULE_DEFAULT, RULE_EXACT, RULE_SUBSTRING = "default", "exact", "substring"
@@ -609,7 +612,7 @@ class Directory:
         self.hay_starts: dict[str, array] = {}
         self.hay_ids: dict[str, array] = {}
         self.number_suffix: dict[str, list[int]] = {}  # last 6 digits of any number -> entry ids
-        self._trigrams: dict[str, dict[str, array]] = {}  # built on the first substring search of a key
+        self._trigrams: dict[str, dict[str, array]] = {}  # for TRIGRAM_KEYS
         self._sounds: dict[str, str] = {}  # folded value -> padded_sounds(value), filled by approximate matches
         for key in INDEXED_KEYS:
             pairs = [(v, i) for i, e in enumerate(self.entries) for v in e.folded.get(key, ())]  # in entry order
@@ -629,7 +632,7 @@ class Directory:
                     self.number_suffix.setdefault(value[-6:], []).append(i)
         # per key, each entry's folded values joined by "\n" (a substring check is one `in`)
         self.columns = {key: ["\n".join(e.folded.get(key, ())) for e in self.entries] for key in INDEXED_KEYS}
-        for key in EAGER_TRIGRAM_KEYS:  # built with the rest (off the event loop), not at the first search
+        for key in TRIGRAM_KEYS:  # built with the rest (off the event loop), not at the first search
             self.trigram_postings(key)
 
     def dismantle(self, per_step: int = DISMANTLE_STEP) -> Iterator[None]:
@@ -667,6 +670,7 @@ class Directory:
         return self._range(key, lo, bisect_left(keys, prefix + "\U0010ffff", lo))
 
     def trigram_postings(self, key: str) -> dict[str, array]:
+        """Per trigram, the ids of entries whose `key` holds it (built with the directory, off the event loop)."""
         index = self._trigrams.get(key)
         if index is None:
             index = self._trigrams[key] = {}
@@ -680,9 +684,31 @@ class Directory:
 
     def trigram_ids(self, key: str, piece: str) -> tuple[Iterator[int], int]:
         """Entries holding the rarest trigram of `piece` (a superset: verified by the filter)."""
-        index = self.trigram_postings(key)
+        index = self._trigrams[key]
         rarest = min((index.get(piece[j:j + TRIGRAM], _NO_IDS) for j in range(len(piece) - TRIGRAM + 1)), key=len)
         return iter(rarest), len(rarest)
+
+    def contains_ids(self, key: str, piece: str, final: bool) -> Iterator[int]:
+        """Entries whose `key` contains `piece` (at the end when `final`): a scan of the joined values,
+        FIND_WINDOW characters per call, with NO_ENTRY between windows (a point to look at the clock)."""
+        if "\n" in piece:  # no value holds one; the joined values do, between values
+            return
+        hay, starts, ids = self.haystack[key], self.hay_starts[key], self.hay_ids[key]
+        needle = piece + "\n" if final else piece
+        find, size, count = hay.find, len(hay), len(starts)
+        pos = 1
+        while pos < size:
+            window_end = min(size, pos + FIND_WINDOW + len(needle))
+            found = find(needle, pos, window_end)
+            if found < 0:
+                if window_end == size:
+                    return
+                pos = window_end - len(needle) + 1  # a match across the window's end is in the next one
+                yield NO_ENTRY
+                continue
+            index = bisect_right(starts, found - 1) - 1
+            yield ids[index]
+            pos = (starts[index + 1] if index + 1 < count else size) + 1  # the next value
 
     def sounds(self, value: str) -> str:
         """`padded_sounds(value)` for approximate matching, computed once per distinct value."""
@@ -691,25 +717,13 @@ class Directory:
             code = self._sounds[value] = padded_sounds(value)
         return code
 
-    def contains_ids(self, key: str, piece: str, final: bool) -> Iterator[int]:
-        """Entries whose `key` contains `piece` (at the end when `final`): a scan of the joined values."""
-        hay, starts, ids = self.haystack[key], self.hay_starts[key], self.hay_ids[key]
-        needle = piece + "\n" if final else piece
-        find = hay.find
-        pos = find(needle, 1)
-        count = len(starts)
-        while pos >= 0:
-            index = bisect_right(starts, pos - 1) - 1
-            yield ids[index]
-            nxt = starts[index + 1] if index + 1 < count else len(hay)
-            pos = find(needle, nxt + 1)
-
     def candidates(self, f) -> tuple[Iterator[int] | None, bool, int]:
         """(entry ids that may match, whether exactly those match, about how many); None: scan everything.
 
         Exact lookups (a name's equality or prefix, a number's prefix) need no
         verification; the others (number equality by suffix, trigrams, AND) are
-        supersets that the compiled filter checks. An id may come more than once.
+        supersets that the compiled filter checks. An id may come more than once;
+        NO_ENTRY (-1) stands for a stretch of work that found none.
         """
         op = f[0]
         if op == F_AND:
@@ -744,17 +758,19 @@ class Directory:
         if not pieces:
             return None, False, 0
         piece, is_final = max(pieces, key=lambda p: len(p[0]))
-        if len(piece) >= TRIGRAM:
+        if len(piece) >= TRIGRAM and key in self._trigrams:
             ids, size = self.trigram_ids(key, piece)
             if len(pieces) == 1 and not is_final:
                 # "*typed*": checked here with one `in` per candidate, which makes the lookup exact
                 column = self.columns[key]
-                return (i for i in ids if piece in column[i]), True, size
+                return (i if piece in column[i] else NO_ENTRY for i in ids), True, size
             return ids, False, size
         return self.contains_ids(key, piece, is_final), len(pieces) == 1, len(self.entries)
 
 
 _NO_IDS = array("i")
+NO_ENTRY = -1  # in a lookup's ids: no entry, but time passed (the search may end its slice here)
+FIND_WINDOW = 1 << 16  # characters of joined values searched per call: about 50 us
 
 
 def _rdn_raw_value(dn: str, key: str) -> str:
@@ -925,6 +941,15 @@ def item_units(f) -> int:
         _, _, key, _, dn_attributes, has_type = f
         return (1 if key or has_type else len(ATTRIBUTE_TYPES)) + (2 if dn_attributes else 0)
     return 1
+
+
+def filter_units(f) -> int:
+    """What checking one entry against filter `f` costs, in the units MAX_FILTER_ITEMS counts."""
+    if f[0] in (F_AND, F_OR):
+        return 1 + sum(filter_units(c) for c in f[1])
+    if f[0] == F_NOT:
+        return 1 + filter_units(f[1])
+    return item_units(f)
 
 
 def _assertion(data: bytes, start: int, stop: int) -> str:
@@ -1288,6 +1313,277 @@ class PagedSearch:
     message_id: int
 
 
+# -- search execution: a resumable cursor, run in slices ---------------------------
+
+MATCH_STEP_UNITS = 64  # filter units checked between two yields (about 10-60 us)
+SORT_STEP = 1024  # entries sorted by one call, or merged, between two yields
+EMIT_STEP = 32  # entries encoded between two yields
+
+
+class TimeUp(Exception):
+    """Thrown into a search's steps (once) when its time limit has passed."""
+
+
+class SearchCursor:
+    """A search in progress, to be run a slice at a time until it is `done`.
+
+    `run(until)` does the search's work until the clock reaches `until` and
+    returns what to send: SearchResultEntry bytes as they are found (or, for a
+    sorted or paged search, as they are encoded), then the SearchResultDone and
+    a `Searched` event. The shell calls it again, one slice per turn, so no
+    search holds the event loop longer than a slice plus one unit of work, and
+    several searches share it in whatever order the shell chooses (FairShare).
+
+    The work is a generator (`steps`) that yields between small units of work:
+    True where the search may stop for its time limit, False where it may not
+    (in the middle of a sort). When the clock passes `deadline` (the client's
+    time limit or the server's, from the request's arrival), TimeUp is thrown
+    into the steps at the next such point, and they finish with the entries
+    found so far and timeLimitExceeded (RFC 4511 §4.5.1.5, §4.1.9).
+    """
+
+    def __init__(self, message_id: int, clock: Callable[[], float], deadline: float):
+        self.message_id = message_id
+        self.clock = clock
+        self.deadline = deadline
+        self.done = False
+        self.time_limited = False
+        self.sent = 0  # entries sent
+        self.out: list = []  # filled by the steps, emptied by run()
+        self.steps: Iterator[bool] = iter(())
+
+    def run(self, until: float) -> list:
+        """Work until the clock reaches `until` (at least one step); what to send, in order."""
+        steps, clock = self.steps, self.clock
+        try:
+            while True:
+                interruptible = next(steps)
+                now = clock()
+                if interruptible and now >= self.deadline and not self.time_limited:
+                    self.time_limited = True
+                    steps.throw(TimeUp())
+                if now >= until:
+                    break
+        except StopIteration:
+            self.done = True
+        out, self.out = self.out, []
+        return out
+
+    def refuse(self, code: int, diagnostic: str) -> list:
+        """End the search before it ran (the server is too busy): its SearchResultDone."""
+        self.steps.close()
+        self.done = True
+        return [message(self.message_id, result(SEARCH_RESULT_DONE, code, diagnostic)), Searched(0)]
+
+
+def resolve_scope(directory: "Directory", ndn, scope: int) -> tuple[list[Entry], bool]:
+    """(entries to check besides the contacts, whether to search the contacts) for a search's base and scope."""
+    base_ndn = directory.base_ndn
+    if ndn == base_ndn:
+        return ([directory.base_entry] if scope != SCOPE_ONE else []), scope != SCOPE_BASE
+    if ndn == base_ndn[len(base_ndn) - len(ndn):] and len(ndn) < len(base_ndn):
+        # an ancestor of the base (e.g. "" or dc=com): subtree covers all, one-level its child
+        if scope == SCOPE_BASE:
+            raise LdapError(NO_SUCH_OBJECT, "", "")
+        include_base = scope == SCOPE_SUB or len(base_ndn) - len(ndn) == 1
+        return ([directory.base_entry] if include_base else []), scope == SCOPE_SUB
+    entry = directory.by_ndn.get(ndn)
+    if entry is None:
+        matched = directory.base if ndn[len(ndn) - len(base_ndn):] == base_ndn else ""
+        raise LdapError(NO_SUCH_OBJECT, "", matched)
+    return ([entry] if scope != SCOPE_ONE else []), False
+
+
+def find_entries(directory: "Directory", first: list[Entry], contacts: bool, flt, predicate, found: list[Entry],
+                 limit: int | None = None) -> Iterator[None]:
+    """Append to `found` the entries of `first`, then of the contacts (if `contacts`), that match;
+    stop at `limit`. Yields between small units of work (MATCH_STEP_UNITS filter units).
+
+    Contacts come from the directory's indexes when the filter allows (in index order,
+    alphabetical for name lookups; exact lookups skip the filter), else from a scan.
+    """
+    stride = max(1, MATCH_STEP_UNITS // filter_units(flt))
+    for entry in first:
+        if predicate(entry):
+            found.append(entry)
+    if not contacts or (limit is not None and len(found) >= limit):
+        return
+    entries = directory.entries
+    ids, exact, _ = directory.candidates(flt)
+    if ids is None:
+        ids, exact = range(len(entries)), False
+    seen = bytearray(len(entries))  # an id may come more than once
+    countdown = stride
+    for i in ids:
+        countdown -= 1
+        if countdown <= 0:
+            countdown = stride
+            yield
+        if i < 0 or seen[i]:  # NO_ENTRY: a window of a scan that found none
+            continue
+        seen[i] = 1
+        entry = entries[i]
+        if exact or predicate(entry):
+            found.append(entry)
+            if limit is not None and len(found) >= limit:
+                return
+
+
+def sort_steps(entries: list[Entry], keys: list[tuple[str, bool]], result: list[Entry]) -> Iterator[bool]:
+    """Sort `entries` into `result` by `keys` [(attribute key, reverse)], SORT_STEP entries per step.
+
+    One stable pass per key, least significant first; an entry without the key
+    sorts after all others (before them when reversed: RFC 2891 §2.2). Each pass
+    sorts slices of indexes by one call each and merges them (heapq.merge is
+    stable: of equal values, the earlier slice's come first).
+    """
+    ordered = entries
+    for key, reverse in reversed(keys):
+        present, absent, values = [], [], []
+        for start in range(0, len(ordered), SORT_STEP):
+            for entry in ordered[start:start + SORT_STEP]:
+                folded = entry.folded.get(key)
+                if folded:
+                    present.append(entry)
+                    values.append(min(folded))
+                else:
+                    absent.append(entry)
+            yield False
+        runs = []
+        for start in range(0, len(present), SORT_STEP):
+            run = list(range(start, min(start + SORT_STEP, len(present))))
+            run.sort(key=values.__getitem__, reverse=reverse)
+            runs.append(run)
+            yield False
+        merged: list[Entry] = []
+        for count, index in enumerate(heapq.merge(*runs, key=values.__getitem__, reverse=reverse), 1):
+            merged.append(present[index])
+            if count % SORT_STEP == 0:
+                yield False
+        ordered = absent + merged if reverse else merged + absent
+    result[:] = ordered
+
+
+def encode_entries(message_id: int, selection: "Selection", entries: Iterable[Entry]) -> bytes:
+    """SearchResultEntry messages; each entry's encoded body is cached per attribute selection."""
+    head = ber.integer(message_id)
+    tlv = ber.tlv
+    chunks = []
+    for entry in entries:
+        cache = entry._bodies
+        body = cache.get(selection.key) if cache is not None else None
+        if body is None:
+            body = tlv(SEARCH_RESULT_ENTRY, entry.encoded_dn + tlv(0x30, selection.encode(entry)))
+            if cache is None:
+                cache = entry._bodies = {}
+            if len(cache) < MAX_BODIES_PER_ENTRY:
+                cache[selection.key] = body
+        chunks.append(tlv(0x30, head + body))
+    return b"".join(chunks)
+
+
+# -- fair shares of search time, and buffered bytes (pure bookkeeping for the shell) ----
+
+MAX_SEARCHES_PER_CLIENT = 4  # searches in progress per client (IPv4 address or IPv6 /64)
+MAX_SEARCHES = 32  # in total: each holds its filter and, sorted or paged, every match
+USAGE_HALF_LIFE = 10.0  # seconds: how fast a client's search time is forgotten
+USAGE_GRAIN = 0.01  # seconds: usages compared in these (a phone's search takes about 0.2 ms)
+MAX_CLIENTS_REMEMBERED = 10000
+
+
+@dataclass(eq=False)
+class SearchTicket:
+    """A search admitted by FairShare; `turn` is the shell's handle to wake it."""
+
+    client: str
+    turn: object = None
+    delayed: bool = False
+    arrival: int = 0
+
+
+class FairShare:
+    """Which search runs its next slice, so one client's expensive searches cannot starve others' cheap ones.
+
+    Slices run one at a time (the shell's gate). Each client has a usage: the slice
+    time its searches used, halving every `half_life` seconds. Of the searches
+    waiting for a slice, the one whose client has the least usage goes first (the
+    earliest among equals, to USAGE_GRAIN), so a client that has used much recent search time
+    waits behind the others, and a phone that has used none goes next. When a
+    search is passed over for another client's it counts once in `delayed`.
+    Searches in progress are capped per client and in total (`start` refuses).
+    """
+
+    def __init__(self, per_client: int = MAX_SEARCHES_PER_CLIENT, total: int = MAX_SEARCHES,
+                 half_life: float = USAGE_HALF_LIFE, max_clients: int = MAX_CLIENTS_REMEMBERED):
+        self.per_client, self.total, self.half_life, self.max_clients = per_client, total, half_life, max_clients
+        self.running = 0
+        self.delayed = 0
+        self._running_by_client: dict[str, int] = {}
+        self._usage: dict[str, tuple[float, float]] = {}  # client -> (seconds, when)
+        self._waiting: list[SearchTicket] = []  # in order of arrival
+        self._arrivals = 0
+
+    def start(self, client: str) -> SearchTicket | None:
+        """A ticket for a new search, or None when its client or the server has too many in progress."""
+        if self.running >= self.total or self._running_by_client.get(client, 0) >= self.per_client:
+            return None
+        self.running += 1
+        self._running_by_client[client] = self._running_by_client.get(client, 0) + 1
+        return SearchTicket(client)
+
+    def end(self, ticket: SearchTicket) -> None:
+        if ticket in self._waiting:
+            self._waiting.remove(ticket)
+        self.running -= 1
+        left = self._running_by_client.get(ticket.client, 1) - 1
+        if left > 0:
+            self._running_by_client[ticket.client] = left
+        else:
+            self._running_by_client.pop(ticket.client, None)
+
+    def want(self, ticket: SearchTicket) -> None:
+        """The ticket's search waits for its next slice."""
+        self._arrivals += 1
+        ticket.arrival = self._arrivals
+        self._waiting.append(ticket)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def running_from(self, client: str) -> int:
+        return self._running_by_client.get(client, 0)
+
+    def usage(self, client: str, now: float) -> float:
+        seconds, when = self._usage.get(client, (0.0, now))
+        return seconds * 0.5 ** ((now - when) / self.half_life)
+
+    def next(self, now: float) -> SearchTicket | None:
+        """The waiting ticket to run now (removed from the waiting), or None."""
+        if not self._waiting:
+            return None
+        usage = {ticket.client: 0 for ticket in self._waiting}
+        for client in usage:  # in grains: clients that used about as little (phones) go in order of arrival
+            usage[client] = int(self.usage(client, now) / USAGE_GRAIN)
+        chosen = min(self._waiting, key=lambda t: (usage[t.client], t.arrival))
+        for ticket in self._waiting:
+            if ticket is chosen:
+                break
+            if ticket.client != chosen.client and not ticket.delayed:  # passed over for a lighter client
+                ticket.delayed = True
+                self.delayed += 1
+        self._waiting.remove(chosen)
+        return chosen
+
+    def charge(self, client: str, seconds: float, now: float) -> None:
+        """A slice of `seconds` ran for `client`."""
+        total = self.usage(client, now) + seconds
+        self._usage.pop(client, None)
+        if len(self._usage) >= self.max_clients:
+            self._usage.pop(next(iter(self._usage)))  # the client charged longest ago
+        self._usage[client] = (total, now)
+
+
 # -- failed-bind throttle and connection caps (pure bookkeeping for the shell) ----
 
 
@@ -1358,9 +1654,10 @@ class LdapSession:
         self.state = ANONYMOUS
         self.bound_dn = ""
         self._buffer = bytearray()
+        self._queue: deque[bytes] = deque()  # messages cut from the buffer, not answered yet
+        self._abandoned: set[int] = set()  # message ids abandoned by a request queued with them
         self._paged: dict[bytes, PagedSearch] = {}
         self._cookies = 0
-        self._started = 0.0  # clock reading when the current search began
 
     @property
     def closed(self) -> bool:
@@ -1372,50 +1669,90 @@ class LdapSession:
     def tls_started(self) -> None:
         self.tls = True
 
+    def close(self) -> None:
+        """The connection is gone: give back what this session held."""
+        if self.state != CLOSED:
+            self._transition(EV_FATAL)
+        self._drop_input()
+
     # -- framing -------------------------------------------------------------
 
     def receive(self, data: bytes) -> list:
-        """Answer every complete message in `data` (plus what was buffered)."""
+        """Answer the complete messages in `data` (plus what was buffered), up to MAX_BATCH of them.
+
+        A search ends the list as a `SearchCursor` for the shell to run; the
+        messages after it wait (`backlog`) until the shell calls again.
+        """
         if self.state == CLOSED:
             return []
-        self._buffer += data
+        if data:
+            self._buffer += data
         out: list = []
-        max_message = self.policy().max_message
-        messages: list[bytes] = []
-        try:
-            while self._buffer and len(messages) < MAX_BATCH:
+        handled = handled_bytes = 0
+        while handled < MAX_BATCH and handled_bytes < MAX_BATCH_BYTES:
+            if not self._queue:
                 try:
-                    total = ber.frame_length(self._buffer)
-                except Incomplete:
+                    self._frame()
+                except BerError as exc:
+                    return self._fatal(out, str(exc))
+                if not self._queue:
                     break
-                if self._buffer[0] != 0x30:
-                    raise BerError(f"message starts with tag 0x{self._buffer[0]:02x}, not SEQUENCE")
-                if total > max_message:
-                    raise BerError(f"message of {total} bytes is over the limit of {max_message}")
-                if len(self._buffer) < total:
-                    break
-                messages.append(bytes(self._buffer[:total]))
-                del self._buffer[:total]
-        except BerError as exc:
-            return self._fatal(out, str(exc))
-        # abandon requests (§4.11) take effect on the messages queued with them
-        abandoned = self._abandoned_ids(messages)
-        for index, raw in enumerate(messages):
+            raw = self._queue.popleft()
+            handled += 1
+            handled_bytes += len(raw)
             try:
-                self._handle(raw, out, pending=index + 1 < len(messages) or bool(self._buffer), abandoned=abandoned)
+                self._handle(raw, out, pending=bool(self._queue or self._buffer))
             except (BerError, FatalProtocolError) as exc:
                 return self._fatal(out, str(exc))
-            if self.state == CLOSED or any(isinstance(o, StartTLS) for o in out[-1:]):
+            if self.state == CLOSED or (out and isinstance(out[-1], (StartTLS, SearchCursor))):
                 break
         return out
 
     @property
+    def held(self) -> int:
+        """Bytes of input held between calls: the unfinished message and those waiting to be answered."""
+        return len(self._buffer) + sum(len(raw) for raw in self._queue)
+
+    def _frame(self) -> None:
+        """Cut up to MAX_BATCH complete messages off the buffer into the queue (a message
+        over the limit is refused from its header)."""
+        limit = self.policy().max_message
+        buffer = self._buffer
+        view = memoryview(buffer)
+        pos, size, frames = 0, len(buffer), []
+        try:
+            while pos < size and len(frames) < MAX_BATCH:
+                try:
+                    total = ber.frame_length(view[pos:pos + 6])
+                except Incomplete:
+                    break
+                if buffer[pos] != 0x30:
+                    raise BerError(f"message starts with tag 0x{buffer[pos]:02x}, not SEQUENCE")
+                if total > limit:
+                    raise BerError(f"message of {total} bytes is over the limit of {limit}")
+                if pos + total > size:
+                    break
+                frames.append(bytes(view[pos:pos + total]))
+                pos += total
+        finally:
+            view.release()
+        if pos == size:
+            self._buffer = bytearray()  # not the emptied one: it would keep its size
+        elif pos:
+            del buffer[:pos]
+        self._queue.extend(frames)
+        # abandon requests (§4.11) take effect on the messages queued with them
+        self._abandoned = self._abandoned_ids(frames)
+
+    @property
     def backlog(self) -> bool:
-        """True when a complete message waits in the buffer: call `receive(b"")` before reading more."""
+        """True when a complete message waits: call `receive(b"")` before reading more."""
         if self.state == CLOSED:
             return False
+        if self._queue:
+            return True
         try:
-            return len(self._buffer) >= ber.frame_length(self._buffer)
+            return len(self._buffer) >= ber.frame_length(self._buffer[:6])
         except Incomplete:
             return False
         except BerError:
@@ -1426,8 +1763,13 @@ class LdapSession:
         out.append(Close(reason))
         if self.state != CLOSED:
             self._transition(EV_FATAL)
-        self._buffer.clear()
+        self._drop_input()
         return out
+
+    def _drop_input(self) -> None:
+        self._buffer = bytearray()
+        self._queue.clear()
+        self._paged.clear()
 
     def _abandoned_ids(self, messages: list[bytes]) -> set[int]:
         ids = set()
@@ -1443,7 +1785,7 @@ class LdapSession:
                     pass  # reported when the message itself is handled
         return ids
 
-    def _handle(self, raw: bytes, out: list, pending: bool, abandoned: set[int]) -> None:
+    def _handle(self, raw: bytes, out: list, pending: bool) -> None:
         _, s, e = ber.read_header(raw, 0, len(raw))
         a, b = ber.expect(raw, s, e, ber.INTEGER, "messageID")
         message_id = ber.read_integer(raw, a, b)
@@ -1456,7 +1798,7 @@ class LdapSession:
             if t != CONTROLS_TAG or d != e:
                 raise BerError("unexpected element after the protocolOp")
             controls = decode_controls(raw, c, d)
-        if message_id == 0 or (message_id in abandoned and tag != ABANDON_REQUEST):
+        if message_id == 0 or (message_id in self._abandoned and tag != ABANDON_REQUEST):
             if message_id == 0:
                 raise BerError("messageID 0 is reserved for unsolicited notifications")
             return  # abandoned before it ran: no response at all (§4.11)
@@ -1601,38 +1943,18 @@ class LdapSession:
 
     def _search(self, message_id, tag, raw, start, stop, controls, out, pending):
         request = decode_search(raw, start, stop)
-        policy = self.policy()
-        response_controls = b""
         try:
-            entries, response_controls, code, diagnostic = self._run_search(message_id, request, controls, policy)
+            cursor = self._start_search(message_id, request, controls, self.policy())
         except LdapError as exc:
             if exc.result_code == INSUFFICIENT_ACCESS_RIGHTS:
                 out.append(BindFailed("", INSUFFICIENT_ACCESS_RIGHTS))  # an anonymous read: counted and slowed like a bad bind
             out.append(message(message_id, result(SEARCH_RESULT_DONE, exc.result_code, str(exc), exc.matched_dn)))
             out.append(Searched(0))
             return
-        selection = self._selection(request)
-        head = ber.integer(message_id)
-        tlv = ber.tlv
-        chunks = []
-        for entry in entries:
-            cache = entry._bodies
-            body = cache.get(selection.key) if cache is not None else None
-            if body is None:
-                body = tlv(SEARCH_RESULT_ENTRY, entry.encoded_dn + tlv(0x30, selection.encode(entry)))
-                if cache is None:
-                    cache = entry._bodies = {}
-                if len(cache) < MAX_BODIES_PER_ENTRY:
-                    cache[selection.key] = body
-            chunks.append(tlv(0x30, head + body))
-        if response_controls:
-            response_controls = ber.tlv(CONTROLS_TAG, response_controls)
-        chunks.append(message(message_id, result(SEARCH_RESULT_DONE, code, diagnostic), response_controls))
-        out.append(b"".join(chunks))
-        out.append(Searched(len(entries)))
+        out.append(cursor)
 
-    def _run_search(self, message_id: int, request: SearchRequest, controls: list[Control], policy: Policy):
-        """(entries to send, response controls, resultCode, diagnostic) or LdapError."""
+    def _start_search(self, message_id: int, request: SearchRequest, controls: list[Control], policy: Policy) -> SearchCursor:
+        """The search as a cursor whose steps do the work, or LdapError for what is refused at once."""
         paged = sort = None
         for control in controls:
             if control.oid == OID_PAGED_RESULTS:
@@ -1646,28 +1968,159 @@ class LdapSession:
         except DnError as exc:
             raise LdapError(INVALID_DN_SYNTAX, str(exc)) from None
         directory = self.directory(policy.base)
+        time_limit = min(request.time_limit or policy.time_limit, policy.time_limit)
+        cursor = SearchCursor(message_id, self.clock, self.clock() + time_limit)
+        selection = self._selection(request)
+        predicate = compile_filter(request.filter, directory.sounds)
         if not ndn and request.scope == SCOPE_BASE:
             # the Root DSE: readable before a bind, so clients can find StartTLS (RFC 4513 §3.1.1)
-            matches = [directory.root_dse] if compile_filter(request.filter, directory.sounds)(directory.root_dse) else []
-            return matches, b"", SUCCESS, ""
+            cursor.steps = self._search_steps(cursor, directory, [directory.root_dse], False, request.filter, predicate,
+                                              selection, None, None, b"")
+            return cursor
         if not self._may_read(policy):
             raise LdapError(INSUFFICIENT_ACCESS_RIGHTS, ANONYMOUS_REFUSED)
-        if paged is not None:
-            return self._paged_search(message_id, request, paged, sort, directory, policy)
-        size_limit = min(request.size_limit or policy.size_limit, policy.size_limit)
+        sort_keys, sort_control = self._sort_keys(sort) if sort is not None else (None, b"")
+        if paged is None:
+            first, contacts = resolve_scope(directory, ndn, request.scope)
+            size_limit = min(request.size_limit or policy.size_limit, policy.size_limit)
+            cursor.steps = self._search_steps(cursor, directory, first, contacts, request.filter, predicate, selection,
+                                              size_limit, sort_keys, sort_control)
+            return cursor
+        # paged results (RFC 2696): the whole result is found (and sorted) once; pages are cut from it
+        page_size, cookie = paged
+        # a cookie continues only the very search it came from, sort order included
+        identity = request.base.lower().encode() + bytes([request.scope]) + request.filter_bytes + (sort[2] if sort else b"")
+        if cookie:
+            state = self._paged.get(cookie)
+            if state is None or state.identity != identity:
+                raise LdapError(UNWILLING_TO_PERFORM, "paged results cookie is invalid")
+            if page_size == 0:  # the client gives up on the rest (RFC 2696 §3)
+                del self._paged[cookie]
+            state.message_id = message_id
+        elif page_size != 0:
+            first, contacts = resolve_scope(directory, ndn, request.scope)
+            cursor.steps = self._paged_steps(cursor, directory, first, contacts, request, predicate, selection, sort_keys,
+                                             sort_control, page_size, identity, sort is not None, policy)
+            return cursor
+        if page_size == 0:
+            cursor.steps = self._done_steps(cursor, SUCCESS, encode_control(
+                OID_PAGED_RESULTS, ber.sequence(ber.integer(0), ber.octets(b""))))
+            return cursor
+        cursor.steps = self._page_steps(cursor, state, cookie, page_size, selection, sort is not None, policy, False)
+        return cursor
+
+    def _search_steps(self, cursor: SearchCursor, directory: Directory, first: list[Entry], contacts: bool, flt, predicate,
+                      selection: Selection, size_limit: int | None, sort_keys, sort_control: bytes) -> Iterator[bool]:
+        """Find, then (sorted) send; unsorted entries are sent as they are found. Stops at the size limit."""
+        found: list[Entry] = []
+        timed_out = False
+        stream = sort_keys is None
         # one more than the limit tells "exceeded" apart; a sorted result needs every match
-        matches = self._matching(directory, ndn, request, None if sort is not None else size_limit + 1)
-        sort_control = b""
-        if sort is not None:
-            matches, sort_control = self._sort(matches, sort)
-        code, diagnostic = SUCCESS, ""
-        if len(matches) > size_limit:
-            matches = matches[:size_limit]
-            code, diagnostic = SIZE_LIMIT_EXCEEDED, ""
-        matches, timed_out = self._within_time(matches, request, policy)
-        if timed_out:
-            code, diagnostic = TIME_LIMIT_EXCEEDED, ""
-        return matches, sort_control, code, diagnostic
+        finder = find_entries(directory, first, contacts, flt, predicate, found,
+                              None if not stream or size_limit is None else size_limit + 1)
+        try:
+            for _ in finder:
+                if stream and len(found) > cursor.sent:
+                    self._send_found(cursor, selection, found, size_limit)
+                yield True
+        except TimeUp:
+            timed_out = True
+            finder.close()
+        exceeded = size_limit is not None and len(found) > size_limit
+        if stream:
+            self._send_found(cursor, selection, found, size_limit)
+        else:
+            ordered: list[Entry] = []
+            yield from sort_steps(found, sort_keys, ordered)
+            del found
+            try:
+                yield from self._send_steps(cursor, selection, ordered[:size_limit])
+            except TimeUp:
+                timed_out = True
+        code = TIME_LIMIT_EXCEEDED if timed_out else SIZE_LIMIT_EXCEEDED if exceeded else SUCCESS
+        self._finish(cursor, code, sort_control)
+
+    @staticmethod
+    def _send_found(cursor: SearchCursor, selection: Selection, found: list[Entry], size_limit: int | None) -> None:
+        end = len(found) if size_limit is None else min(len(found), size_limit)
+        if end > cursor.sent:
+            cursor.out.append(encode_entries(cursor.message_id, selection, found[cursor.sent:end]))
+            cursor.sent = end
+
+    @staticmethod
+    def _send_steps(cursor: SearchCursor, selection: Selection, entries: list[Entry]) -> Iterator[bool]:
+        for start in range(0, len(entries), EMIT_STEP):
+            chunk = entries[start:start + EMIT_STEP]
+            cursor.out.append(encode_entries(cursor.message_id, selection, chunk))
+            cursor.sent += len(chunk)
+            yield True
+
+    @staticmethod
+    def _finish(cursor: SearchCursor, code: int, controls: bytes) -> None:
+        cursor.out.append(message(cursor.message_id, result(SEARCH_RESULT_DONE, code, ""),
+                                  ber.tlv(CONTROLS_TAG, controls) if controls else b""))
+        cursor.out.append(Searched(cursor.sent, code == TIME_LIMIT_EXCEEDED))
+
+    def _done_steps(self, cursor: SearchCursor, code: int, controls: bytes) -> Iterator[bool]:
+        self._finish(cursor, code, controls)
+        yield False
+
+    def _paged_steps(self, cursor: SearchCursor, directory: Directory, first: list[Entry], contacts: bool,
+                     request: SearchRequest, predicate, selection: Selection, sort_keys, sort_control: bytes,
+                     page_size: int, identity: bytes, sorted_request: bool, policy: Policy) -> Iterator[bool]:
+        """The first page: every match found (and sorted) and kept for the pages after it."""
+        found: list[Entry] = []
+        timed_out = False
+        limit = request.size_limit + 1 if request.size_limit and sort_keys is None else None
+        finder = find_entries(directory, first, contacts, request.filter, predicate, found, limit)
+        try:
+            for _ in finder:
+                yield True
+        except TimeUp:
+            timed_out = True
+            finder.close()
+        if sort_keys is not None:
+            ordered: list[Entry] = []
+            yield from sort_steps(found, sort_keys, ordered)
+            found = ordered
+        exceeded = bool(request.size_limit) and len(found) > request.size_limit
+        if exceeded:
+            del found[request.size_limit:]
+        self._cookies += 1
+        cookie = str(self._cookies).encode()
+        if len(self._paged) >= MAX_PAGED_SEARCHES:
+            self._paged.pop(next(iter(self._paged)))
+        state = self._paged[cookie] = PagedSearch(identity, found, 0, exceeded, sort_control, cursor.message_id)
+        yield from self._page_steps(cursor, state, cookie, page_size, selection, sorted_request, policy, timed_out)
+
+    def _page_steps(self, cursor: SearchCursor, state: PagedSearch, cookie: bytes, page_size: int, selection: Selection,
+                    sorted_request: bool, policy: Policy, timed_out: bool) -> Iterator[bool]:
+        size = min(page_size, policy.size_limit)
+        try:
+            yield from self._send_steps(cursor, selection, state.results[state.position:state.position + size])
+        except TimeUp:
+            timed_out = True
+        state.position += cursor.sent
+        done = state.position >= len(state.results) or timed_out
+        if done:
+            self._paged.pop(cookie, None)
+        code = TIME_LIMIT_EXCEEDED if timed_out else (SIZE_LIMIT_EXCEEDED if done and state.size_exceeded else SUCCESS)
+        control = encode_control(OID_PAGED_RESULTS, ber.sequence(ber.integer(len(state.results)), ber.octets(b"" if done else cookie)))
+        self._finish(cursor, code, control + (state.sort_control if sorted_request else b""))
+
+    def _sort_keys(self, sort) -> tuple[list[tuple[str, bool]] | None, bytes]:
+        """(attribute keys with their direction, the sort response control); None: sent unsorted (RFC 2891 §2.2)."""
+        keys, critical, _ = sort
+        resolved = []
+        for attr, rule, reverse in keys:
+            key = attribute_key(attr)
+            if key is None or (rule is not None and rule not in ORDERING_RULES):
+                code = NO_SUCH_ATTRIBUTE if key is None else INAPPROPRIATE_MATCHING
+                if critical:
+                    raise LdapError(UNAVAILABLE_CRITICAL_EXTENSION, f"cannot sort by {attr}")
+                return None, encode_control(OID_SORT_RESPONSE, ber.sequence(ber.enumerated(code)))
+            resolved.append((key, reverse))
+        return resolved, encode_control(OID_SORT_RESPONSE, ber.sequence(ber.enumerated(SUCCESS)))
 
     def _selection(self, request: SearchRequest) -> "Selection":
         key = (tuple(request.attributes), request.types_only)
@@ -1679,126 +2132,6 @@ class LdapSession:
                 _SELECTIONS.pop(next(iter(_SELECTIONS)))
             _SELECTIONS[key] = selection
         return selection
-
-    def _within_time(self, matches: list[Entry], request: SearchRequest, policy: Policy) -> tuple[list[Entry], bool]:
-        """Cut the result where the time limit ran out (the clock is read every TIME_CHECK_EVERY entries)."""
-        limit = min(request.time_limit or policy.time_limit, policy.time_limit)
-        started = self._started
-        for index in range(0, len(matches), TIME_CHECK_EVERY):
-            if self.clock() - started > limit:
-                return matches[:index], True
-        return matches, False
-
-    def _matching(self, directory: Directory, ndn, request: SearchRequest, limit: int | None = None) -> list[Entry]:
-        """Entries in scope that match the filter, in directory order; at most `limit` (None: all)."""
-        self._started = self.clock()
-        scope, base_ndn = request.scope, directory.base_ndn
-        predicate = compile_filter(request.filter, directory.sounds)
-        include_base = False
-        search_contacts = False
-        if ndn == base_ndn:
-            include_base = scope != SCOPE_ONE
-            search_contacts = scope != SCOPE_BASE
-        elif ndn == base_ndn[len(base_ndn) - len(ndn):] and len(ndn) < len(base_ndn):
-            # an ancestor of the base (e.g. "" or dc=com): subtree covers all, one-level its child
-            if scope == SCOPE_BASE:
-                raise LdapError(NO_SUCH_OBJECT, "", "")
-            include_base = scope == SCOPE_SUB or len(base_ndn) - len(ndn) == 1
-            search_contacts = scope == SCOPE_SUB
-        else:
-            entry = directory.by_ndn.get(ndn)
-            if entry is None:
-                matched = directory.base if ndn[len(ndn) - len(base_ndn):] == base_ndn else ""
-                raise LdapError(NO_SUCH_OBJECT, "", matched)
-            return [entry] if scope != SCOPE_ONE and predicate(entry) else []
-        matches = [directory.base_entry] if include_base and predicate(directory.base_entry) else []
-        if search_contacts:
-            ids, exact, _ = directory.candidates(request.filter)
-            entries = directory.entries
-            limit = len(entries) + 1 if limit is None else limit
-            if len(matches) >= limit:
-                return matches
-            if ids is None:
-                for entry in entries:
-                    if predicate(entry):
-                        matches.append(entry)
-                        if len(matches) >= limit:
-                            break
-                return matches
-            # index order (alphabetical for name lookups); stops at the size limit, so a
-            # phone's search for a common prefix costs what it returns, not what exists
-            seen: set[int] = set()
-            for i in ids:
-                if i in seen:
-                    continue
-                seen.add(i)
-                entry = entries[i]
-                if exact or predicate(entry):
-                    matches.append(entry)
-                    if len(matches) >= limit:
-                        break
-        return matches
-
-    def _sort(self, matches: list[Entry], sort) -> tuple[list[Entry], bytes]:
-        keys, critical, _ = sort
-        resolved = []
-        for attr, rule, reverse in keys:
-            key = attribute_key(attr)
-            if key is None or (rule is not None and rule not in ORDERING_RULES):
-                code = NO_SUCH_ATTRIBUTE if key is None else INAPPROPRIATE_MATCHING
-                if critical:
-                    raise LdapError(UNAVAILABLE_CRITICAL_EXTENSION, f"cannot sort by {attr}")
-                return matches, encode_control(OID_SORT_RESPONSE, ber.sequence(ber.enumerated(code)))
-            resolved.append((key, reverse))
-        ordered = list(matches)
-        for key, reverse in reversed(resolved):  # stable sorts, least significant key first
-            present = [e for e in ordered if key in e.folded]
-            absent = [e for e in ordered if key not in e.folded]
-            present.sort(key=lambda e: min(e.folded[key]), reverse=reverse)
-            # entries without the attribute sort after all others (RFC 2891 §2.2)
-            ordered = absent + present if reverse else present + absent
-        return ordered, encode_control(OID_SORT_RESPONSE, ber.sequence(ber.enumerated(SUCCESS)))
-
-    def _paged_search(self, message_id, request, paged_value, sort, directory, policy):
-        """RFC 2696: the whole result is computed (and sorted) once; pages are cut from it."""
-        page_size, cookie = paged_value
-        sort_value = sort[2] if sort else b""
-        # a cookie continues only the very search it came from, sort order included
-        identity = request.base.lower().encode() + bytes([request.scope]) + request.filter_bytes + sort_value
-        if cookie:
-            state = self._paged.get(cookie)
-            if state is None or state.identity != identity:
-                raise LdapError(UNWILLING_TO_PERFORM, "paged results cookie is invalid")
-            if page_size == 0:  # the client gives up on the rest (RFC 2696 §3)
-                del self._paged[cookie]
-                return [], encode_control(OID_PAGED_RESULTS, ber.sequence(ber.integer(0), ber.octets(b""))), SUCCESS, ""
-            state.message_id = message_id
-            self._started = self.clock()
-        else:
-            if page_size == 0:
-                return [], encode_control(OID_PAGED_RESULTS, ber.sequence(ber.integer(0), ber.octets(b""))), SUCCESS, ""
-            matches = self._matching(directory, parse_dn_cached(request.base), request)
-            sort_control = b""
-            if sort is not None:
-                matches, sort_control = self._sort(matches, sort)
-            exceeded = bool(request.size_limit) and len(matches) > request.size_limit
-            if exceeded:
-                matches = matches[:request.size_limit]
-            self._cookies += 1
-            cookie = str(self._cookies).encode()
-            if len(self._paged) >= MAX_PAGED_SEARCHES:
-                self._paged.pop(next(iter(self._paged)))
-            state = self._paged[cookie] = PagedSearch(identity, matches, 0, exceeded, sort_control, message_id)
-        size = min(page_size, policy.size_limit)
-        page = state.results[state.position:state.position + size]
-        page, timed_out = self._within_time(page, request, policy)
-        state.position += len(page)
-        done = state.position >= len(state.results) or timed_out
-        if done:
-            self._paged.pop(cookie, None)
-        code = TIME_LIMIT_EXCEEDED if timed_out else (SIZE_LIMIT_EXCEEDED if done and state.size_exceeded else SUCCESS)
-        control = encode_control(OID_PAGED_RESULTS, ber.sequence(ber.integer(len(state.results)), ber.octets(b"" if done else cookie)))
-        return page, control + (state.sort_control if sort is not None else b""), code, ""
 
 
 OPERATIONS: dict[int, Callable] = {
