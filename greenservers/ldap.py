@@ -14,8 +14,9 @@ Searches never hold the event loop for long: a `SearchGate` runs one slice
 `FairShare` chooses (the client that used the least recent search time
 first), and lets the loop poll and serve whatever is ready between two
 slices. Searches in progress are capped per client and in total (the rest
-are answered busy). Connections are capped per client and in total, and a
-connection idle for `idle_timeout` seconds is closed. A client is an
+are answered busy). Connections are capped per client and in total, the
+bytes of unfinished messages are capped across connections (BufferBudget),
+and a connection idle for `idle_timeout` seconds is closed. A client is an
 IPv4 address or an IPv6 /64. The address book is indexed off the event loop
 (greenservers/offload.py) when it changed, so a large rebuild does not stall
 other connections.
@@ -130,6 +131,7 @@ class LdapService(Service):
         self.throttle = proto.BindThrottle()
         self.fair = proto.FairShare()
         self.gate = SearchGate(self.fair)
+        self.buffers = proto.BufferBudget()
         self.peer_log = RateLimitedLog(self.log)
         self.idle_timeout = IDLE_TIMEOUT
         self.longest_hold = 0.0
@@ -209,10 +211,10 @@ class LdapService(Service):
             sock.close()
             return
         sensors.set("ldap_connections_open", self.caps.open)
-        session = proto.LdapSession(self.policy, self.directory, time.monotonic, tls=tls_first)
+        session = proto.LdapSession(self.policy, self.directory, time.monotonic, tls=tls_first, client=client, buffers=self.buffers)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers go out whole; no Nagle delay
-            self._serve(sock, session, client, peer, tls_first)
+            self._serve(sock, session, peer, tls_first)
         except ssl.SSLError as exc:  # a client that speaks no (or bad) TLS: its fault, logged rate-limited
             self.peer_log.warning("tls", peer, "LDAP TLS failed: %s", exc.reason or exc)
         except (socket.timeout, ConnectionError, OSError):
@@ -224,12 +226,13 @@ class LdapService(Service):
             session.close()
             self.caps.release(client)
             sensors.set("ldap_connections_open", self.caps.open)
+            sensors.set("ldap_buffered_bytes", self.buffers.held)
 
     def _start_tls(self, sock):
         sock.settimeout(HANDSHAKE_TIMEOUT)
         return self.runtime.tls.context.wrap_socket(sock, server_side=True)
 
-    def _serve(self, sock, session: proto.LdapSession, client: str, peer: str, tls_first: bool) -> None:
+    def _serve(self, sock, session: proto.LdapSession, peer: str, tls_first: bool) -> None:
         if tls_first:
             sock = self._start_tls(sock)
         sensors = self.runtime.sensors
@@ -244,9 +247,10 @@ class LdapService(Service):
             started = time.monotonic()
             items = session.receive(data)
             self._held(time.monotonic() - started)
+            sensors.set("ldap_buffered_bytes", self.buffers.held)
             for item in items:
                 if isinstance(item, proto.SearchCursor):
-                    if self._search(item, sock, client, peer):
+                    if self._search(item, sock, session.client, peer):
                         return
                     continue
                 sock = self._act(item, sock, session, peer)
@@ -270,7 +274,10 @@ class LdapService(Service):
             sock = self._start_tls(sock)
             session.tls_started()
         elif isinstance(item, proto.Close):
-            if item.reason:
+            if item.oversize:
+                sensors.add("ldap_oversize_closed")
+                self.peer_log.warning("oversize", peer, "LDAP connection closed: %s", item.reason)
+            elif item.reason:
                 self.peer_log.warning("protocol", peer, "LDAP protocol error, disconnected: %s", item.reason)
             return None
         return sock

@@ -29,6 +29,7 @@ import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
 from . import binder, runtime as runtime_module
+from .allocator import return_large_blocks
 from .binder import BindError, Bound
 from .httpserver import CappedWSGIServer, https_redirect
 from .proto.http import ConnectionGate
@@ -56,6 +57,7 @@ class GreenWorker(GeventWorker):
 
     def load_wsgi(self):
         _attach_to_gunicorn_log(self.log)
+        return_large_blocks()  # connections' large buffers go back to the system when freed
         try:
             store = ConfigStore()
             settings = store.ensure_generated()

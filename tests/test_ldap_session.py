@@ -785,6 +785,68 @@ def test_lists_in_a_request_are_refused_at_the_first_element_over_their_limit():
     assert h.search("(cn=reception)")[1].code == 0
 
 
+def test_before_a_bind_a_message_over_8_kib_is_refused_from_its_header():
+    h = Harness()
+    outputs = h.send(b"\x30\x83\x03\xff\xfb")  # a header announcing 255 KiB, before any bind
+    assert isinstance(outputs[-1], ldap.Close) and outputs[-1].oversize and "before a bind" in outputs[-1].reason
+    assert h.session.closed and h.session.held == 0
+    # what clients send before binding fits: a bind with a long DN and password, StartTLS, the Root DSE
+    h = Harness()
+    long_name = "cn=" + "x" * 3000 + ",dc=pbx"
+    assert h.bind(long_name, "p" * 3000).code == ldap.INVALID_CREDENTIALS
+    assert h.answers(w.search(3, base="", scope=0, attributes=["supportedExtension"] * 100))[-1].code == 0
+    assert h.bind().code == 0
+    _, done = h.search("(|" + ("(cn=" + "x" * 1000 + ")") * 100 + ")")  # 100 KiB once bound
+    assert done.code == 0
+    assert h.bind("cn=phonebook,dc=pbx", "wrong").code == ldap.INVALID_CREDENTIALS  # not bound any more: small again
+    assert isinstance(h.send(w.search(4, "(cn=" + "x" * 9000 + ")"))[-1], ldap.Close)
+
+
+def test_a_bind_and_a_large_search_sent_together_are_both_answered():
+    h = Harness()
+    responses = h.answers(w.bind(1, "cn=phonebook,dc=pbx", PASSWORD) + w.search(2, "(|" + ("(cn=" + "x" * 1000 + ")") * 20 + ")"))
+    assert [(r.tag, r.code) for r in responses] == [(ldap.BIND_RESPONSE, 0), (ldap.SEARCH_RESULT_DONE, 0)]
+
+
+def test_the_buffer_budget_caps_unfinished_input_in_total_and_per_client():
+    budget = ldap.BufferBudget(total=100, per_client=60)
+    a, b, c = object(), object(), object()
+    assert budget.hold(a, "10.0.0.1", 50) and budget.hold(b, "10.0.0.2", 40)
+    assert not budget.hold(c, "10.0.0.3", 20) and budget.held == 110  # over the total: refused
+    budget.release(c)
+    assert not budget.hold(c, "10.0.0.1", 20)  # over its client's share
+    budget.release(c)
+    assert budget.hold(a, "10.0.0.1", 10)  # shrinking is always fine
+    assert budget.hold(c, "10.0.0.3", 40) and budget.held == 90
+    for holder in (a, b, c):
+        budget.release(holder)
+    assert budget.held == 0 and not budget._by_client and not budget._by_holder
+
+
+def test_a_session_over_the_buffer_budget_is_closed_busy_and_gives_its_bytes_back():
+    budget = ldap.BufferBudget(total=150_000, per_client=150_000)
+    directory = ldap.Directory("dc=pbx", CONTACTS)
+    policy = ldap.Policy(password=PASSWORD)
+    sessions = [ldap.LdapSession(lambda: policy, lambda base: directory, Clock(), client=f"10.0.0.{n}", buffers=budget)
+                for n in range(3)]
+    big = w.search(2, "(|" + ("(cn=" + "x" * 1000 + ")") * 200 + ")")
+    for session in sessions[:2]:
+        assert session.receive(w.bind(1, "phonebook", PASSWORD))[-1]
+        assert session.receive(big[:70_000]) == [] and session.held == 70_000
+    assert budget.held == 140_000
+    sessions[2].receive(w.bind(1, "phonebook", PASSWORD))
+    outputs = sessions[2].receive(big[:70_000])
+    assert isinstance(outputs[-1], ldap.Close) and outputs[-1].oversize and sessions[2].closed
+    (notice,) = w.parse_responses(outputs[-2])
+    assert notice.name == ldap.OID_NOTICE_OF_DISCONNECTION and notice.code == ldap.BUSY
+    assert budget.held == 140_000  # the refused one holds nothing
+    outputs = run_searches(sessions[0].receive(big[70_000:]))  # the message completes: answered, nothing held
+    assert w.parse_responses(b"".join(o for o in outputs if isinstance(o, bytes)))[-1].code == 0
+    assert sessions[0].held == 0 and budget.held == 70_000
+    sessions[1].close()
+    assert budget.held == 0
+
+
 def test_truncated_message_waits_then_completes():
     h = bound()
     data = w.search(2, "(cn=reception)")

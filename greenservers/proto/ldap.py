@@ -125,6 +125,7 @@ SUPPORTED_EXTENSIONS = (OID_STARTTLS, OID_WHOAMI)
 # -- limits -------------------------------------------------------------------
 
 MAX_MESSAGE = 256 * 1024  # a phone's request is < 1 KiB; this leaves room for long filters
+MAX_UNBOUND_MESSAGE = 8 * 1024  # before a bind: a bind with a long DN and password, StartTLS, the Root DSE search
 MAX_FILTER_DEPTH = 32
 MAX_FILTER_ITEMS = 512  # filter items, substring pieces and approximate-match words together
 MAX_ASSERTION = 1024  # bytes in one assertion value or substring piece (a contact's values have at most 254 characters)
@@ -193,6 +194,7 @@ class Close:
     """Send everything before this event, then close; `reason` is set when the peer misbehaved."""
 
     reason: str | None = None
+    oversize: bool = False  # a message over the size limit, or more unfinished input than the server holds
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,7 @@ class Policy:
     size_limit: int = SERVER_SIZE_LIMIT
     time_limit: float = SERVER_TIME_LIMIT
     max_message: int = MAX_MESSAGE
+    max_unbound_message: int = MAX_UNBOUND_MESSAGE
 
 
 # -- schema: attribute types, aliases, normalization ----------------------------
@@ -1584,6 +1587,42 @@ class FairShare:
         self._usage[client] = (total, now)
 
 
+MAX_BUFFERED = 16 * 1024 * 1024  # bytes of unfinished messages held across all connections
+MAX_BUFFERED_PER_CLIENT = 4 * 1024 * 1024
+
+
+class BufferBudget:
+    """Bytes that sessions hold between reads (unfinished messages), capped in total and per client."""
+
+    def __init__(self, total: int = MAX_BUFFERED, per_client: int = MAX_BUFFERED_PER_CLIENT):
+        self.total, self.per_client = total, per_client
+        self.held = 0
+        self._by_holder: dict[object, tuple[str, int]] = {}
+        self._by_client: dict[str, int] = {}
+
+    def hold(self, holder: object, client: str, size: int) -> bool:
+        """`holder` now holds `size` bytes; False if that grew past a cap (the holder is then refused)."""
+        _, before = self._by_holder.get(holder, (client, 0))
+        grew = size > before
+        self._set(holder, client, size)
+        return not grew or (self.held <= self.total and self._by_client.get(client, 0) <= self.per_client)
+
+    def release(self, holder: object) -> None:
+        client, _ = self._by_holder.get(holder, ("", 0))
+        self._set(holder, client, 0)
+
+    def _set(self, holder: object, client: str, size: int) -> None:
+        _, before = self._by_holder.pop(holder, (client, 0))
+        self.held += size - before
+        by_client = self._by_client.get(client, 0) + size - before
+        if by_client > 0:
+            self._by_client[client] = by_client
+        else:
+            self._by_client.pop(client, None)
+        if size:
+            self._by_holder[holder] = (client, size)
+
+
 # -- failed-bind throttle and connection caps (pure bookkeeping for the shell) ----
 
 
@@ -1642,15 +1681,25 @@ class FatalProtocolError(Exception):
     """The connection must end with a Notice of Disconnection (§4.1.1)."""
 
 
+class TooLarge(BerError):
+    """A message longer than the session accepts now, refused from its header."""
+
+
 class LdapSession:
-    """One client connection's LDAP state; feed it bytes, send what it returns."""
+    """One client connection's LDAP state; feed it bytes, send what it returns.
+
+    `client` names the connection's client (IPv4 address or IPv6 /64) for `buffers`,
+    the budget of bytes held across all connections (None: not capped).
+    """
 
     def __init__(self, policy: Callable[[], Policy], directory: Callable[[str], Directory],
-                 clock: Callable[[], float], tls: bool = False):
+                 clock: Callable[[], float], tls: bool = False, client: str = "-", buffers: BufferBudget | None = None):
         self.policy = policy
         self.directory = directory
         self.clock = clock
         self.tls = tls
+        self.client = client
+        self.buffers = buffers
         self.state = ANONYMOUS
         self.bound_dn = ""
         self._buffer = bytearray()
@@ -1694,7 +1743,7 @@ class LdapSession:
                 try:
                     self._frame()
                 except BerError as exc:
-                    return self._fatal(out, str(exc))
+                    return self._fatal(out, str(exc), oversize=isinstance(exc, TooLarge))
                 if not self._queue:
                     break
             raw = self._queue.popleft()
@@ -1706,6 +1755,10 @@ class LdapSession:
                 return self._fatal(out, str(exc))
             if self.state == CLOSED or (out and isinstance(out[-1], (StartTLS, SearchCursor))):
                 break
+        if self.buffers is not None and not self.buffers.hold(self, self.client, self.held):
+            if out and isinstance(out[-1], SearchCursor):
+                out.pop()  # not run: the connection ends here
+            return self._fatal(out, "the server holds too much unfinished input; try again later", code=BUSY, oversize=True)
         return out
 
     @property
@@ -1714,9 +1767,13 @@ class LdapSession:
         return len(self._buffer) + sum(len(raw) for raw in self._queue)
 
     def _frame(self) -> None:
-        """Cut up to MAX_BATCH complete messages off the buffer into the queue (a message
-        over the limit is refused from its header)."""
-        limit = self.policy().max_message
+        """Cut up to MAX_BATCH complete messages off the buffer into the queue.
+
+        Before a successful bind a message may be only `max_unbound_message` long, and
+        a longer one is refused from its header, before its bytes arrive.
+        """
+        policy = self.policy()
+        limit = policy.max_message if self.state == BOUND else policy.max_unbound_message
         buffer = self._buffer
         view = memoryview(buffer)
         pos, size, frames = 0, len(buffer), []
@@ -1729,7 +1786,10 @@ class LdapSession:
                 if buffer[pos] != 0x30:
                     raise BerError(f"message starts with tag 0x{buffer[pos]:02x}, not SEQUENCE")
                 if total > limit:
-                    raise BerError(f"message of {total} bytes is over the limit of {limit}")
+                    if frames and self.state != BOUND:
+                        break  # a bind before it may allow it: answered first
+                    raise TooLarge(f"message of {total} bytes is over the limit of {limit} bytes"
+                                   + ("" if self.state == BOUND else " before a bind"))
                 if pos + total > size:
                     break
                 frames.append(bytes(view[pos:pos + total]))
@@ -1758,9 +1818,9 @@ class LdapSession:
         except BerError:
             return True  # the next receive() answers it with a Notice of Disconnection
 
-    def _fatal(self, out: list, reason: str) -> list:
-        out.append(notice_of_disconnection(PROTOCOL_ERROR, reason))
-        out.append(Close(reason))
+    def _fatal(self, out: list, reason: str, code: int = PROTOCOL_ERROR, oversize: bool = False) -> list:
+        out.append(notice_of_disconnection(code, reason))
+        out.append(Close(reason, oversize))
         if self.state != CLOSED:
             self._transition(EV_FATAL)
         self._drop_input()
@@ -1770,6 +1830,8 @@ class LdapSession:
         self._buffer = bytearray()
         self._queue.clear()
         self._paged.clear()
+        if self.buffers is not None:
+            self.buffers.release(self)
 
     def _abandoned_ids(self, messages: list[bytes]) -> set[int]:
         ids = set()
