@@ -154,3 +154,25 @@ class ServiceProcess:
     @property
     def cert_path(self) -> Path:
         return self.directory / "data" / "tls" / "selfsigned.crt"
+
+    def sensors(self, admin_password: str) -> dict[str, int]:
+        """Every sensor's value, from /api/sensors on the plain HTTP binding."""
+        import requests
+
+        body = requests.get(self.url("/api/sensors"), auth=("admin", admin_password), timeout=10).json()
+        return {row["name"]: row["value"] for row in body["sensors"]}
+
+
+def ldap_service(directory: Path, contacts_csv: str, ldap_password: str, admin_password: str, ldaps: bool = False) -> ServiceProcess:
+    """The service with `contacts_csv` in its address book: LDAP (IPv4 and IPv6, LDAPS too if asked) and HTTP on 127.0.0.1."""
+    from greenservers.addressbook import AddressBook
+    from greenservers.passwords import hash_password
+
+    book = AddressBook(Path(directory) / "data" / "addressbook.sqlite3")
+    book.import_csv(contacts_csv)
+    book.close()
+    settings = {"ip_ldap_port": str(free_port()), "ip_http_port": f"127.0.0.1:{free_port()}", "ldap_password": ldap_password,
+                "admin_password_hash": hash_password(admin_password)}
+    if ldaps:
+        settings["ip_ldaps_port"] = str(free_port())
+    return ServiceProcess(directory, settings).start()

@@ -18,10 +18,8 @@ import pytest
 import requests
 
 import ldap_wire as w
-from greenservers.addressbook import AddressBook
-from greenservers.passwords import hash_password
 from greenservers.proto import ldap
-from support import ServiceProcess, free_port
+from support import ldap_service
 
 pytestmark = pytest.mark.real_client
 
@@ -35,17 +33,8 @@ EXPENSIVE = "(|" + "(:dn:2.5.13.4:=zzyzx)" * 31 + "(sn=*7))"
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ldap-attacks")
-    book = AddressBook(directory / "data" / "addressbook.sqlite3")
-    book.import_csv("first_name,last_name,work\n" + "".join(f"Person{i},Name{i:05d},+1 555 {i:07d}\n" for i in range(COUNT)))
-    book.close()
-    proc = ServiceProcess(directory, {
-        "ip_ldap_port": str(free_port()),  # IPv4 and IPv6
-        "ip_http_port": f"127.0.0.1:{free_port()}",
-        "ldap_password": PASSWORD,
-        "admin_password_hash": hash_password(ADMIN_PASSWORD),
-    })
-    proc.start()
+    book = "first_name,last_name,work\n" + "".join(f"Person{i},Name{i:05d},+1 555 {i:07d}\n" for i in range(COUNT))
+    proc = ldap_service(tmp_path_factory.mktemp("ldap-attacks"), book, PASSWORD, ADMIN_PASSWORD)
     yield proc
     proc.stop()
 
@@ -59,8 +48,7 @@ def ldapsearch(svc, *args: str, host: str = "127.0.0.1", wait: bool = True):
 
 
 def sensors(svc) -> dict[str, int]:
-    body = requests.get(f"http://127.0.0.1:{svc.port('ip_http_port')}/api/sensors", auth=("admin", ADMIN_PASSWORD), timeout=10).json()
-    return {row["name"]: row["value"] for row in body["sensors"]}
+    return svc.sensors(ADMIN_PASSWORD)
 
 
 def wait_for(condition, what: str, timeout: float = 30.0):
