@@ -773,6 +773,18 @@ def test_an_assertion_value_or_piece_over_1_kib_is_refused():
     assert done.code == 0
 
 
+def test_assertion_bytes_count_as_filter_items_and_long_names_are_refused():
+    long_values = "(|" + ("(cn=" + "x" * 992 + ")") * 15 + "(cn=y)" * 31  # 1 + 15 x (1 + 992 // 32) + 31 = 512
+    _, done = bound().search(long_values + ")")
+    assert done.code == 0
+    assert_disconnected(bound().send(w.search(2, long_values + "(cn=z))")), "more than 512 items")
+    assert_disconnected(bound().send(w.search(2, f"({'c' * 257}=x)")), "over the limit of 256")
+    assert_disconnected(bound().send(w.search(2, attributes=["x" * 257])), "over the limit of 256")
+    _, done = bound().search(base="cn=" + "x" * 1100 + ",dc=pbx")  # parsing a DN is a step per character
+    assert done.code == ldap.INVALID_DN_SYNTAX and "over the limit of 1024" in done.diagnostic
+    assert Harness().bind("cn=" + "x" * 1100 + ",dc=pbx", PASSWORD).code == ldap.INVALID_CREDENTIALS
+
+
 def test_lists_in_a_request_are_refused_at_the_first_element_over_their_limit():
     many_attributes = w.search(2, attributes=[""] * 20000)
     assert_disconnected(bound().send(many_attributes), "more than 128 attributes")
@@ -796,16 +808,16 @@ def test_before_a_bind_a_message_over_8_kib_is_refused_from_its_header():
     assert h.bind(long_name, "p" * 3000).code == ldap.INVALID_CREDENTIALS
     assert h.answers(w.search(3, base="", scope=0, attributes=["supportedExtension"] * 100))[-1].code == 0
     assert h.bind().code == 0
-    _, done = h.search("(|" + ("(cn=" + "x" * 1000 + ")") * 100 + ")")  # 100 KiB once bound
+    _, done = h.search("(cn=x)", controls=[w.control("1.2.3.4", b"x" * 100_000)])  # 100 KiB once bound
     assert done.code == 0
     assert h.bind("cn=phonebook,dc=pbx", "wrong").code == ldap.INVALID_CREDENTIALS  # not bound any more: small again
-    assert isinstance(h.send(w.search(4, "(cn=" + "x" * 9000 + ")"))[-1], ldap.Close)
+    assert isinstance(h.send(w.search(4, controls=[w.control("1.2.3.4", b"x" * 9000)]))[-1], ldap.Close)
 
 
 def test_a_bind_and_a_large_search_sent_together_are_both_answered():
     h = Harness()
-    responses = h.answers(w.bind(1, "cn=phonebook,dc=pbx", PASSWORD) + w.search(2, "(|" + ("(cn=" + "x" * 1000 + ")") * 20 + ")"))
-    assert [(r.tag, r.code) for r in responses] == [(ldap.BIND_RESPONSE, 0), (ldap.SEARCH_RESULT_DONE, 0)]
+    responses = h.answers(w.bind(1, "cn=phonebook,dc=pbx", PASSWORD) + w.search(2, "(cn=reception)", attributes=["1.1"], controls=[w.control("1.2.3.4", b"x" * 20_000)]))
+    assert [(r.tag, r.code) for r in responses] == [(ldap.BIND_RESPONSE, 0), (ldap.SEARCH_RESULT_ENTRY, None), (ldap.SEARCH_RESULT_DONE, 0)]
 
 
 def test_the_buffer_budget_caps_unfinished_input_in_total_and_per_client():
@@ -829,7 +841,7 @@ def test_a_session_over_the_buffer_budget_is_closed_busy_and_gives_its_bytes_bac
     policy = ldap.Policy(password=PASSWORD)
     sessions = [ldap.LdapSession(lambda: policy, lambda base: directory, Clock(), client=f"10.0.0.{n}", buffers=budget)
                 for n in range(3)]
-    big = w.search(2, "(|" + ("(cn=" + "x" * 1000 + ")") * 200 + ")")
+    big = w.search(2, "(cn=reception)", controls=[w.control("1.2.3.4", b"x" * 200_000)])  # an unknown control, ignored
     for session in sessions[:2]:
         assert session.receive(w.bind(1, "phonebook", PASSWORD))[-1]
         assert session.receive(big[:70_000]) == [] and session.held == 70_000
@@ -974,11 +986,11 @@ def test_indexed_lookups_agree_with_evaluating_every_entry():
         flt = ldap.decode_filter(encoded, tag, s, e, 0, [ldap.MAX_FILTER_ITEMS])
         predicate = ldap.compile_filter(flt, directory.sounds)
         found: list = []
-        for _ in ldap.find_entries(directory, [], True, flt, predicate, found):
+        for _ in ldap.find_entries(directory, [], True, flt, found):
             pass
         assert {e.dn for e in found} == {e.dn for e in directory.entries if predicate(e)}, text
         assert len(found) == len({e.dn for e in found}), text
         limited: list = []
-        for _ in ldap.find_entries(directory, [], True, flt, predicate, limited, limit=3):
+        for _ in ldap.find_entries(directory, [], True, flt, limited, limit=3):
             pass
         assert len(limited) == min(3, len(found)) and {e.dn for e in limited} <= {e.dn for e in found}, text

@@ -129,6 +129,9 @@ MAX_UNBOUND_MESSAGE = 8 * 1024  # before a bind: a bind with a long DN and passw
 MAX_FILTER_DEPTH = 32
 MAX_FILTER_ITEMS = 512  # filter items, substring pieces and approximate-match words together
 MAX_ASSERTION = 1024  # bytes in one assertion value or substring piece (a contact's values have at most 254 characters)
+ASSERTION_UNIT = 32  # bytes of assertion values that count as one more filter item (folding them costs)
+MAX_DESCRIPTION = 256  # bytes in an attribute description or a matching rule's name
+MAX_DN = 1024  # characters in a DN a request names: parsing one is a step per character
 MAX_REQUESTED_ATTRIBUTES = 128
 MAX_CONTROLS = 16
 MAX_SORT_KEYS = 8
@@ -291,8 +294,8 @@ def fold_loose(text: str) -> str:
 
     "Jon Muller" ~ "john müller" (RFC 4511 leaves approxMatch to the server; like
     OpenLDAP's, every word of the assertion must sound like a word of the value).
-    Each pass over the text is one C call (translate, a regular expression), so
-    a long value costs microseconds, not a Python step per character.
+    Each pass over the text is one C call (translate, a regular expression, groupby),
+    so a long value costs microseconds, not a Python step per character.
     """
     folded = fold_name(text)
     if not folded.isascii():
@@ -304,8 +307,8 @@ def fold_loose(text: str) -> str:
     for word, plain in zip(words, letters):
         if plain:
             codes.append(_soundex(plain))
-        else:  # digits, CJK...: the word itself, without its accents
-            codes.append("".join([ch for ch in word if not unicodedata.combining(ch)]))
+        else:  # digits, CJK...: the word's letters and digits (accents and punctuation dropped)
+            codes.append(_NOT_A_LETTER_OR_DIGIT.sub("", word) or word)
     return " ".join(codes)
 
 
@@ -313,6 +316,7 @@ _SOUNDEX = {c: d for letters, d in (("bfpv", "1"), ("cgjkqsxz", "2"), ("dt", "3"
 # vowels (and y) separate equal digits ("0" here, never written), h and w do not, so they are removed
 _SOUNDEX_DIGITS = str.maketrans({c: _SOUNDEX.get(c, "" if c in "hw" else "0") for c in "abcdefghijklmnopqrstuvwxyz"})
 _NOT_A_TO_Z = re.compile(r"[^a-z ]+")
+_NOT_A_LETTER_OR_DIGIT = re.compile(r"\W+")  # combining marks are not word characters either
 
 
 def _soundex(letters: str) -> str:
@@ -321,7 +325,7 @@ def _soundex(letters: str) -> str:
     code, last, rest = letters[0], "0", digits
     if letters[0] not in "hw":  # the first letter stands for its own digit
         last, rest = digits[0], digits[1:]
-    for digit in rest:
+    for digit, _ in itertools.groupby(rest):  # a run of one digit counts once: "bbbb..." is one step, not one per letter
         if digit != last:
             if digit != "0":
                 code += digit
@@ -405,6 +409,8 @@ def parse_dn(dn: str) -> tuple[tuple[tuple[str, str], ...], ...]:
     """Normalized DN: a tuple of RDNs, each a sorted tuple of (attribute key, folded value)."""
     if not dn.strip():
         return ()
+    if len(dn) > MAX_DN:
+        raise DnError(f"DN of {len(dn)} characters is over the limit of {MAX_DN}")
     rdns: list[tuple[tuple[str, str], ...]] = []
     avas: list[tuple[str, str]] = []
     i, n = 0, len(dn)
@@ -842,9 +848,9 @@ def _text(data: bytes, start: int, stop: int) -> str:
 def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budget: list[int]):
     """A filter as a tuple: (F_AND, [..]), (F_EQ, key, folded value, raw), (F_SUB, key, initial, anys, final), ...
 
-    `budget` is what is left of MAX_FILTER_ITEMS: every item takes one, a substring
-    filter one per piece and an approximate match one per word, so what one entry
-    costs to check stays bounded, and so does decoding a 256 KiB filter.
+    `budget` is what is left of MAX_FILTER_ITEMS: every item takes what checking an
+    entry against it costs (item_units), and every ASSERTION_UNIT bytes of assertion
+    values one more (folding them), so both checking an entry and decoding stay bounded.
     """
     _spend(budget, 1)
     if depth > MAX_FILTER_DEPTH:
@@ -861,14 +867,14 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
             raise BerError("not: more than one filter")
         return (F_NOT, decode_filter(data, t, s, e, depth + 1, budget))
     if tag == F_PRESENT:
-        return (F_PRESENT, attribute_key(_text(data, start, stop)))
+        return (F_PRESENT, attribute_key(_description(data, start, stop)))
     if tag in (F_EQ, F_GE, F_LE, F_APPROX):
         s1, e1 = ber.expect(data, start, stop, ber.OCTET_STRING, "attributeDesc")
         s2, e2 = ber.expect(data, e1, stop, ber.OCTET_STRING, "assertionValue")
         if e2 != stop:
             raise BerError("trailing bytes in attribute value assertion")
-        key = attribute_key(_text(data, s1, e1))
-        raw = _assertion(data, s2, e2)
+        key = attribute_key(_description(data, s1, e1))
+        raw = _assertion(data, s2, e2, budget)
         if key is None:
             return (tag, None, raw, raw)
         if tag == F_APPROX and ATTRIBUTE_TYPES[key][1] == K_NAME:
@@ -877,14 +883,14 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
     if tag == F_SUB:
         s1, e1 = ber.expect(data, start, stop, ber.OCTET_STRING, "attributeDesc")
         s2, e2 = ber.expect(data, e1, stop, 0x30, "substrings")
-        key = attribute_key(_text(data, s1, e1))
+        key = attribute_key(_description(data, s1, e1))
         folder = fold_for(key) if key else fold_name
         initial, anys, final = "", [], ""
         parts = ber.children(data, s2, e2, budget[0] + 1, _TOO_MANY_ITEMS)
         if not parts:
             raise BerError("substrings filter without substrings")
         for index, (t, s, e) in enumerate(parts):
-            piece = _assertion(data, s, e)
+            piece = _assertion(data, s, e, budget)
             piece = folder(piece) if not (key and ATTRIBUTE_TYPES[key][1] == K_NUMBER) or t == 0x80 else piece.translate(_NUMBER_FORMATTING)
             if t == 0x80 and index == 0:
                 initial = piece
@@ -901,11 +907,11 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
         value, dn_attributes = "", False
         for t, s, e in ber.children(data, start, stop, 4, "extensible match: more than four elements"):
             if t == 0x81:
-                rule = _text(data, s, e).strip().lower()
+                rule = _description(data, s, e).strip().lower()
             elif t == 0x82:
-                key = _text(data, s, e)
+                key = _description(data, s, e)
             elif t == 0x83:
-                value = _assertion(data, s, e)
+                value = _assertion(data, s, e, budget)
             elif t == 0x84:
                 dn_attributes = ber.read_boolean(data, s, e)
             else:
@@ -917,7 +923,8 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
     raise BerError(f"unknown filter choice 0x{tag:02x}")
 
 
-_TOO_MANY_ITEMS = f"filter has more than {MAX_FILTER_ITEMS} items (substring pieces, approximate words and untyped extensible matches count more)"
+_TOO_MANY_ITEMS = (f"filter has more than {MAX_FILTER_ITEMS} items (substring pieces, approximate words, untyped extensible "
+                   f"matches and every {ASSERTION_UNIT} bytes of values count too)")
 
 
 def _spend(budget: list[int], units: int) -> None:
@@ -955,9 +962,16 @@ def filter_units(f) -> int:
     return item_units(f)
 
 
-def _assertion(data: bytes, start: int, stop: int) -> str:
+def _assertion(data: bytes, start: int, stop: int, budget: list[int]) -> str:
     if stop - start > MAX_ASSERTION:
         raise BerError(f"assertion value of {stop - start} bytes is over the limit of {MAX_ASSERTION}")
+    _spend(budget, (stop - start) // ASSERTION_UNIT)
+    return _text(data, start, stop)
+
+
+def _description(data: bytes, start: int, stop: int) -> str:
+    if stop - start > MAX_DESCRIPTION:
+        raise BerError(f"attribute description or rule of {stop - start} bytes is over the limit of {MAX_DESCRIPTION}")
     return _text(data, start, stop)
 
 
@@ -1151,7 +1165,7 @@ def decode_search(data: bytes, start: int, stop: int) -> SearchRequest:
     for t, a, b in ber.children(data, s, e7, MAX_REQUESTED_ATTRIBUTES, f"more than {MAX_REQUESTED_ATTRIBUTES} attributes requested"):
         if t != ber.OCTET_STRING:
             raise BerError("attribute selector is not an OCTET STRING")
-        attributes.append(_text(data, a, b))
+        attributes.append(_description(data, a, b))
     if scope not in (SCOPE_BASE, SCOPE_ONE, SCOPE_SUB) or size_limit < 0 or time_limit < 0:
         raise BerError("scope or limits out of range")
     return SearchRequest(base, scope, size_limit, time_limit, types_only, flt, attributes, data[e:fe] + data[s:e7])
@@ -1211,10 +1225,10 @@ def decode_sort(value: bytes | None) -> list[tuple[str, str | None, bool]]:
         parts = ber.children(value, a, b, 3, "sort key: more than three elements")
         if not parts or parts[0][0] != ber.OCTET_STRING:
             raise BerError("sort key without an attribute type")
-        attr, rule, reverse = _text(value, parts[0][1], parts[0][2]), None, False
+        attr, rule, reverse = _description(value, parts[0][1], parts[0][2]), None, False
         for t, x, y in parts[1:]:
             if t == 0x80:
-                rule = _text(value, x, y).lower()
+                rule = _description(value, x, y).lower()
             elif t == 0x81:
                 reverse = ber.read_boolean(value, x, y)
             else:
@@ -1397,14 +1411,15 @@ def resolve_scope(directory: "Directory", ndn, scope: int) -> tuple[list[Entry],
     return ([entry] if scope != SCOPE_ONE else []), False
 
 
-def find_entries(directory: "Directory", first: list[Entry], contacts: bool, flt, predicate, found: list[Entry],
+def find_entries(directory: "Directory", first: list[Entry], contacts: bool, flt, found: list[Entry],
                  limit: int | None = None) -> Iterator[None]:
-    """Append to `found` the entries of `first`, then of the contacts (if `contacts`), that match;
-    stop at `limit`. Yields between small units of work (MATCH_STEP_UNITS filter units).
+    """Append to `found` the entries of `first`, then of the contacts (if `contacts`), that match
+    filter `flt`; stop at `limit`. Yields between small units of work (MATCH_STEP_UNITS filter units).
 
     Contacts come from the directory's indexes when the filter allows (in index order,
     alphabetical for name lookups; exact lookups skip the filter), else from a scan.
     """
+    predicate = compile_filter(flt, directory.sounds)  # here, in the search's first slice
     stride = max(1, MATCH_STEP_UNITS // filter_units(flt))
     for entry in first:
         if predicate(entry):
@@ -1980,7 +1995,7 @@ class LdapSession:
                 raise LdapError(INSUFFICIENT_ACCESS_RIGHTS, ANONYMOUS_REFUSED)
             directory = self.directory(policy.base)
             entry = self._find_entry(directory, dn)
-            key = attribute_key(_text(raw, x, y))
+            key = attribute_key(_description(raw, x, y))
             if key is None or key not in entry.values:
                 raise LdapError(NO_SUCH_ATTRIBUTE, "")
             predicate = compile_filter((F_EQ, key, fold_for(key)(_text(raw, p, q)), ""))
@@ -2033,11 +2048,10 @@ class LdapSession:
         time_limit = min(request.time_limit or policy.time_limit, policy.time_limit)
         cursor = SearchCursor(message_id, self.clock, self.clock() + time_limit)
         selection = self._selection(request)
-        predicate = compile_filter(request.filter, directory.sounds)
         if not ndn and request.scope == SCOPE_BASE:
             # the Root DSE: readable before a bind, so clients can find StartTLS (RFC 4513 §3.1.1)
-            cursor.steps = self._search_steps(cursor, directory, [directory.root_dse], False, request.filter, predicate,
-                                              selection, None, None, b"")
+            cursor.steps = self._search_steps(cursor, directory, [directory.root_dse], False, request.filter, selection,
+                                              None, None, b"")
             return cursor
         if not self._may_read(policy):
             raise LdapError(INSUFFICIENT_ACCESS_RIGHTS, ANONYMOUS_REFUSED)
@@ -2045,8 +2059,8 @@ class LdapSession:
         if paged is None:
             first, contacts = resolve_scope(directory, ndn, request.scope)
             size_limit = min(request.size_limit or policy.size_limit, policy.size_limit)
-            cursor.steps = self._search_steps(cursor, directory, first, contacts, request.filter, predicate, selection,
-                                              size_limit, sort_keys, sort_control)
+            cursor.steps = self._search_steps(cursor, directory, first, contacts, request.filter, selection, size_limit,
+                                              sort_keys, sort_control)
             return cursor
         # paged results (RFC 2696): the whole result is found (and sorted) once; pages are cut from it
         page_size, cookie = paged
@@ -2061,7 +2075,7 @@ class LdapSession:
             state.message_id = message_id
         elif page_size != 0:
             first, contacts = resolve_scope(directory, ndn, request.scope)
-            cursor.steps = self._paged_steps(cursor, directory, first, contacts, request, predicate, selection, sort_keys,
+            cursor.steps = self._paged_steps(cursor, directory, first, contacts, request, selection, sort_keys,
                                              sort_control, page_size, identity, sort is not None, policy)
             return cursor
         if page_size == 0:
@@ -2071,14 +2085,14 @@ class LdapSession:
         cursor.steps = self._page_steps(cursor, state, cookie, page_size, selection, sort is not None, policy, False)
         return cursor
 
-    def _search_steps(self, cursor: SearchCursor, directory: Directory, first: list[Entry], contacts: bool, flt, predicate,
+    def _search_steps(self, cursor: SearchCursor, directory: Directory, first: list[Entry], contacts: bool, flt,
                       selection: Selection, size_limit: int | None, sort_keys, sort_control: bytes) -> Iterator[bool]:
         """Find, then (sorted) send; unsorted entries are sent as they are found. Stops at the size limit."""
         found: list[Entry] = []
         timed_out = False
         stream = sort_keys is None
         # one more than the limit tells "exceeded" apart; a sorted result needs every match
-        finder = find_entries(directory, first, contacts, flt, predicate, found,
+        finder = find_entries(directory, first, contacts, flt, found,
                               None if not stream or size_limit is None else size_limit + 1)
         try:
             for _ in finder:
@@ -2128,13 +2142,13 @@ class LdapSession:
         yield False
 
     def _paged_steps(self, cursor: SearchCursor, directory: Directory, first: list[Entry], contacts: bool,
-                     request: SearchRequest, predicate, selection: Selection, sort_keys, sort_control: bytes,
+                     request: SearchRequest, selection: Selection, sort_keys, sort_control: bytes,
                      page_size: int, identity: bytes, sorted_request: bool, policy: Policy) -> Iterator[bool]:
         """The first page: every match found (and sorted) and kept for the pages after it."""
         found: list[Entry] = []
         timed_out = False
         limit = request.size_limit + 1 if request.size_limit and sort_keys is None else None
-        finder = find_entries(directory, first, contacts, request.filter, predicate, found, limit)
+        finder = find_entries(directory, first, contacts, request.filter, found, limit)
         try:
             for _ in finder:
                 yield True
