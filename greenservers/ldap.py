@@ -50,7 +50,8 @@ MAX_PER_CLIENT = 256  # a NAT can hide many phones behind one address
 MAX_TOTAL = 4096
 RECV_SIZE = 65536
 DISMANTLE_PAUSE = 0.001  # seconds between the steps that free a replaced directory
-DISMANTLE_WAIT = 0.5  # seconds between looks at whether a search still reads a replaced directory
+DISMANTLE_WAIT = 1.0  # seconds between looks at whether a search still reads a replaced directory
+DISMANTLE_PATIENCE = 600.0  # seconds it waits for them (a client's paged search may go on)
 SLICE = 0.002  # seconds one search runs before the event loop serves the others
 
 
@@ -187,8 +188,8 @@ class LdapService(Service):
     def _dismantle(holder: list) -> None:
         """Free a replaced snapshot in steps between other greenlets' turns, once nothing else uses it."""
         directory = holder.pop()
-        # searches in progress may still read it (within their time limit): wait for them
-        for _ in range(int(4 * proto.SERVER_TIME_LIMIT / DISMANTLE_WAIT)):
+        # searches in progress, and paged results a client still reads, hold it: wait for them
+        for _ in range(int(DISMANTLE_PATIENCE / DISMANTLE_WAIT)):
             if sys.getrefcount(directory) <= 2:  # this name and getrefcount's argument
                 break
             gevent.sleep(DISMANTLE_WAIT)

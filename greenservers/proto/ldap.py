@@ -1323,7 +1323,8 @@ MAX_BODIES_PER_ENTRY = 2  # encoded answers an entry keeps (a phone asks with on
 @dataclass
 class PagedSearch:
     identity: bytes
-    results: list[Entry]
+    results: array  # ids, for entry_of (entry_getter)
+    entry_of: Callable[[int], Entry]
     position: int
     size_exceeded: bool
     sort_control: bytes
@@ -1383,6 +1384,7 @@ class SearchCursor:
                     break
         except StopIteration:
             self.done = True
+            self.steps = iter(())  # its frame refers to this cursor: no cycle left for the collector
         out, self.out = self.out, []
         return out
 
@@ -1411,22 +1413,33 @@ def resolve_scope(directory: "Directory", ndn, scope: int) -> tuple[list[Entry],
     return ([entry] if scope != SCOPE_ONE else []), False
 
 
-def find_entries(directory: "Directory", first: list[Entry], contacts: bool, flt, found: list[Entry],
+def entry_getter(directory: "Directory", first: list[Entry]) -> Callable[[int], Entry]:
+    """The entry of a search's id: a contact's index in the directory, or len(contacts) + k for first[k].
+
+    A search keeps what it found as ids in an array('i'): 4 bytes each, and not a
+    list the cyclic collector walks (a young list of 100,000 entries made every
+    collection visit each of them, scattered in memory: 50 ms)."""
+    entries, count = directory.entries, len(directory.entries)
+    return lambda i: entries[i] if i < count else first[i - count]
+
+
+def find_entries(directory: "Directory", first: list[Entry], contacts: bool, flt, found: array,
                  limit: int | None = None) -> Iterator[None]:
-    """Append to `found` the entries of `first`, then of the contacts (if `contacts`), that match
-    filter `flt`; stop at `limit`. Yields between small units of work (MATCH_STEP_UNITS filter units).
+    """Append to `found` the ids (entry_getter) of the entries of `first`, then of the contacts (if
+    `contacts`), that match filter `flt`; stop at `limit`. Yields between small units of work
+    (MATCH_STEP_UNITS filter units).
 
     Contacts come from the directory's indexes when the filter allows (in index order,
     alphabetical for name lookups; exact lookups skip the filter), else from a scan.
     """
     predicate = compile_filter(flt, directory.sounds)  # here, in the search's first slice
     stride = max(1, MATCH_STEP_UNITS // filter_units(flt))
-    for entry in first:
+    entries = directory.entries
+    for k, entry in enumerate(first):
         if predicate(entry):
-            found.append(entry)
+            found.append(len(entries) + k)
     if not contacts or (limit is not None and len(found) >= limit):
         return
-    entries = directory.entries
     ids, exact, _ = directory.candidates(flt)
     if ids is None:
         ids, exact = range(len(entries)), False
@@ -1440,42 +1453,36 @@ def find_entries(directory: "Directory", first: list[Entry], contacts: bool, flt
         if i < 0 or seen[i]:  # NO_ENTRY: a window of a scan that found none
             continue
         seen[i] = 1
-        entry = entries[i]
-        if exact or predicate(entry):
-            found.append(entry)
+        if exact or predicate(entries[i]):
+            found.append(i)
             if limit is not None and len(found) >= limit:
                 return
 
 
-def sort_steps(entries: list[Entry], keys: list[tuple[str, bool]], result: list[Entry]) -> Iterator[bool]:
-    """Sort `entries` into `result` by `keys` [(attribute key, reverse)], SORT_STEP entries per step.
+def sort_steps(ids: array, keys: list[tuple[str, bool]], entry_of: Callable[[int], Entry], result: array) -> Iterator[bool]:
+    """Sort the entries of `ids` into `result` by `keys` [(attribute key, reverse)], SORT_STEP entries per step.
 
     One stable pass per key, least significant first; an entry without the key
     sorts after all others (before them when reversed: RFC 2891 §2.2). Each pass
-    sorts slices of indexes by one call each and merges them (heapq.merge is
-    stable: of equal values, the earlier slice's come first).
+    sorts slices by one call each and merges them (heapq.merge is stable: of equal
+    values, the earlier slice's come first).
     """
-    ordered = entries
+    ordered = ids
     for key, reverse in reversed(keys):
-        present, absent, values = [], [], []
+        def value(i: int, key=key) -> str:
+            return min(entry_of(i).folded[key])
+        present, absent = array("i"), array("i")
         for start in range(0, len(ordered), SORT_STEP):
-            for entry in ordered[start:start + SORT_STEP]:
-                folded = entry.folded.get(key)
-                if folded:
-                    present.append(entry)
-                    values.append(min(folded))
-                else:
-                    absent.append(entry)
+            for i in ordered[start:start + SORT_STEP]:
+                (present if key in entry_of(i).folded else absent).append(i)
             yield False
         runs = []
         for start in range(0, len(present), SORT_STEP):
-            run = list(range(start, min(start + SORT_STEP, len(present))))
-            run.sort(key=values.__getitem__, reverse=reverse)
-            runs.append(run)
+            runs.append(array("i", sorted(present[start:start + SORT_STEP], key=value, reverse=reverse)))
             yield False
-        merged: list[Entry] = []
-        for count, index in enumerate(heapq.merge(*runs, key=values.__getitem__, reverse=reverse), 1):
-            merged.append(present[index])
+        merged = array("i")
+        for count, i in enumerate(heapq.merge(*runs, key=value, reverse=reverse), 1):
+            merged.append(i)
             if count % SORT_STEP == 0:
                 yield False
         ordered = absent + merged if reverse else merged + absent
@@ -2088,7 +2095,8 @@ class LdapSession:
     def _search_steps(self, cursor: SearchCursor, directory: Directory, first: list[Entry], contacts: bool, flt,
                       selection: Selection, size_limit: int | None, sort_keys, sort_control: bytes) -> Iterator[bool]:
         """Find, then (sorted) send; unsorted entries are sent as they are found. Stops at the size limit."""
-        found: list[Entry] = []
+        found = array("i")
+        entry_of = entry_getter(directory, first)
         timed_out = False
         stream = sort_keys is None
         # one more than the limit tells "exceeded" apart; a sorted result needs every match
@@ -2097,37 +2105,37 @@ class LdapSession:
         try:
             for _ in finder:
                 if stream and len(found) > cursor.sent:
-                    self._send_found(cursor, selection, found, size_limit)
+                    self._send_found(cursor, selection, found, entry_of, size_limit)
                 yield True
         except TimeUp:
             timed_out = True
             finder.close()
         exceeded = size_limit is not None and len(found) > size_limit
         if stream:
-            self._send_found(cursor, selection, found, size_limit)
+            self._send_found(cursor, selection, found, entry_of, size_limit)
         else:
-            ordered: list[Entry] = []
-            yield from sort_steps(found, sort_keys, ordered)
+            ordered = array("i")
+            yield from sort_steps(found, sort_keys, entry_of, ordered)
             del found
             try:
-                yield from self._send_steps(cursor, selection, ordered[:size_limit])
+                yield from self._send_steps(cursor, selection, ordered[:size_limit], entry_of)
             except TimeUp:
                 timed_out = True
         code = TIME_LIMIT_EXCEEDED if timed_out else SIZE_LIMIT_EXCEEDED if exceeded else SUCCESS
         self._finish(cursor, code, sort_control)
 
     @staticmethod
-    def _send_found(cursor: SearchCursor, selection: Selection, found: list[Entry], size_limit: int | None) -> None:
+    def _send_found(cursor: SearchCursor, selection: Selection, found: array, entry_of, size_limit: int | None) -> None:
         end = len(found) if size_limit is None else min(len(found), size_limit)
         if end > cursor.sent:
-            cursor.out.append(encode_entries(cursor.message_id, selection, found[cursor.sent:end]))
+            cursor.out.append(encode_entries(cursor.message_id, selection, map(entry_of, found[cursor.sent:end])))
             cursor.sent = end
 
     @staticmethod
-    def _send_steps(cursor: SearchCursor, selection: Selection, entries: list[Entry]) -> Iterator[bool]:
-        for start in range(0, len(entries), EMIT_STEP):
-            chunk = entries[start:start + EMIT_STEP]
-            cursor.out.append(encode_entries(cursor.message_id, selection, chunk))
+    def _send_steps(cursor: SearchCursor, selection: Selection, ids: array, entry_of) -> Iterator[bool]:
+        for start in range(0, len(ids), EMIT_STEP):
+            chunk = ids[start:start + EMIT_STEP]
+            cursor.out.append(encode_entries(cursor.message_id, selection, map(entry_of, chunk)))
             cursor.sent += len(chunk)
             yield True
 
@@ -2145,7 +2153,8 @@ class LdapSession:
                      request: SearchRequest, selection: Selection, sort_keys, sort_control: bytes,
                      page_size: int, identity: bytes, sorted_request: bool, policy: Policy) -> Iterator[bool]:
         """The first page: every match found (and sorted) and kept for the pages after it."""
-        found: list[Entry] = []
+        found = array("i")
+        entry_of = entry_getter(directory, first)
         timed_out = False
         limit = request.size_limit + 1 if request.size_limit and sort_keys is None else None
         finder = find_entries(directory, first, contacts, request.filter, found, limit)
@@ -2156,8 +2165,8 @@ class LdapSession:
             timed_out = True
             finder.close()
         if sort_keys is not None:
-            ordered: list[Entry] = []
-            yield from sort_steps(found, sort_keys, ordered)
+            ordered = array("i")
+            yield from sort_steps(found, sort_keys, entry_of, ordered)
             found = ordered
         exceeded = bool(request.size_limit) and len(found) > request.size_limit
         if exceeded:
@@ -2166,14 +2175,14 @@ class LdapSession:
         cookie = str(self._cookies).encode()
         if len(self._paged) >= MAX_PAGED_SEARCHES:
             self._paged.pop(next(iter(self._paged)))
-        state = self._paged[cookie] = PagedSearch(identity, found, 0, exceeded, sort_control, cursor.message_id)
+        state = self._paged[cookie] = PagedSearch(identity, found, entry_of, 0, exceeded, sort_control, cursor.message_id)
         yield from self._page_steps(cursor, state, cookie, page_size, selection, sorted_request, policy, timed_out)
 
     def _page_steps(self, cursor: SearchCursor, state: PagedSearch, cookie: bytes, page_size: int, selection: Selection,
                     sorted_request: bool, policy: Policy, timed_out: bool) -> Iterator[bool]:
         size = min(page_size, policy.size_limit)
         try:
-            yield from self._send_steps(cursor, selection, state.results[state.position:state.position + size])
+            yield from self._send_steps(cursor, selection, state.results[state.position:state.position + size], state.entry_of)
         except TimeUp:
             timed_out = True
         state.position += cursor.sent
