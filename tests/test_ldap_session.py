@@ -505,18 +505,28 @@ def test_the_time_limit_ends_matching_with_what_was_found(client_limit, server_l
     assert h.clock.now - started < 1.01  # it stopped at the limit, not after the whole search
 
 
-def test_a_sorted_search_cut_by_its_time_limit_sends_what_was_found_sorted():
+@pytest.mark.parametrize("critical", [False, True])
+def test_a_sort_the_time_limit_cuts_is_given_up(critical):
+    """RFC 2891: the entries found so far go unsorted with sortResult timeLimitExceeded, none if the control was critical."""
     h = Harness(contacts=many(2000))
     h.bind()
     h.clock.step = 0.001
-    cursor = start_search(h, EXPENSIVE, scope=1, time_limit=1, attributes=["sn"], controls=[w.sort("-sn")])
+    cursor = start_search(h, EXPENSIVE, scope=1, time_limit=1, attributes=["sn"], controls=[w.sort("-sn", critical=critical)])
     outputs = []
     while not cursor.done:
         outputs += cursor.run(h.clock.now + 0.002)
     responses = w.parse_responses(b"".join(o for o in outputs if isinstance(o, bytes)))
     surnames = [r.attributes["sn"][0] for r in responses[:-1]]
-    assert responses[-1].code == ldap.TIME_LIMIT_EXCEEDED and 0 < len(surnames) < 200
-    assert surnames == sorted(surnames, reverse=True)
+    assert responses[-1].code == ldap.TIME_LIMIT_EXCEEDED
+    assert responses[-1].controls[ldap.OID_SORT_RESPONSE] == b"\x30\x03\x0a\x01\x03"
+    if critical:
+        assert surnames == []
+    else:
+        assert 0 < len(surnames) < 200 and surnames == sorted(surnames)  # as found: in the directory's order
+    # a sort that finished in time is sent sorted even if sending it runs out of time
+    h.clock.step = 0.0
+    _, done = h.search("(sn=*7)", scope=1, time_limit=1, attributes=["sn"], controls=[w.sort("-sn")])
+    assert done.code == 0 and done.controls[ldap.OID_SORT_RESPONSE] == b"\x30\x03\x0a\x01\x00"
 
 
 def test_a_paged_search_cut_by_its_time_limit_ends_without_a_cookie():

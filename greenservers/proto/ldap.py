@@ -1353,11 +1353,13 @@ class SearchCursor:
     several searches share it in whatever order the shell chooses (FairShare).
 
     The work is a generator (`steps`) that yields between small units of work:
-    True where the search may stop for its time limit, False where it may not
-    (in the middle of a sort). When the clock passes `deadline` (the client's
-    time limit or the server's, from the request's arrival), TimeUp is thrown
-    into the steps at the next such point, and they finish with the entries
-    found so far and timeLimitExceeded (RFC 4511 §4.5.1.5, §4.1.9).
+    True where the search may stop for its time limit, False where it may not.
+    When the clock passes `deadline` (the client's time limit or the server's,
+    from the request's arrival), TimeUp is thrown into the steps at the next such
+    point, and they finish with the entries found so far and timeLimitExceeded
+    (RFC 4511 §4.5.1.5, §4.1.9); a sort not finished by then is given up, and
+    the entries go unsorted with sortResult timeLimitExceeded (RFC 2891 §1.2),
+    or not at all if the sort control was critical.
     """
 
     def __init__(self, message_id: int, clock: Callable[[], float], deadline: float):
@@ -1460,7 +1462,8 @@ def find_entries(directory: "Directory", first: list[Entry], contacts: bool, flt
 
 
 def sort_steps(ids: array, keys: list[tuple[str, bool]], entry_of: Callable[[int], Entry], result: array) -> Iterator[bool]:
-    """Sort the entries of `ids` into `result` by `keys` [(attribute key, reverse)], SORT_STEP entries per step.
+    """Sort the entries of `ids` into `result` by `keys` [(attribute key, reverse)], SORT_STEP entries per step
+    (`result` stays empty if the steps are stopped before the end).
 
     One stable pass per key, least significant first; an entry without the key
     sorts after all others (before them when reversed: RFC 2891 §2.2). Each pass
@@ -1475,16 +1478,16 @@ def sort_steps(ids: array, keys: list[tuple[str, bool]], entry_of: Callable[[int
         for start in range(0, len(ordered), SORT_STEP):
             for i in ordered[start:start + SORT_STEP]:
                 (present if key in entry_of(i).folded else absent).append(i)
-            yield False
+            yield True
         runs = []
         for start in range(0, len(present), SORT_STEP):
             runs.append(array("i", sorted(present[start:start + SORT_STEP], key=value, reverse=reverse)))
-            yield False
+            yield True
         merged = array("i")
         for count, i in enumerate(heapq.merge(*runs, key=value, reverse=reverse), 1):
             merged.append(i)
             if count % SORT_STEP == 0:
-                yield False
+                yield True
         ordered = absent + merged if reverse else merged + absent
     result[:] = ordered
 
@@ -2058,16 +2061,17 @@ class LdapSession:
         if not ndn and request.scope == SCOPE_BASE:
             # the Root DSE: readable before a bind, so clients can find StartTLS (RFC 4513 §3.1.1)
             cursor.steps = self._search_steps(cursor, directory, [directory.root_dse], False, request.filter, selection,
-                                              None, None, b"")
+                                              None, None, b"", False)
             return cursor
         if not self._may_read(policy):
             raise LdapError(INSUFFICIENT_ACCESS_RIGHTS, ANONYMOUS_REFUSED)
         sort_keys, sort_control = self._sort_keys(sort) if sort is not None else (None, b"")
+        critical_sort = sort is not None and sort[1]
         if paged is None:
             first, contacts = resolve_scope(directory, ndn, request.scope)
             size_limit = min(request.size_limit or policy.size_limit, policy.size_limit)
             cursor.steps = self._search_steps(cursor, directory, first, contacts, request.filter, selection, size_limit,
-                                              sort_keys, sort_control)
+                                              sort_keys, sort_control, critical_sort)
             return cursor
         # paged results (RFC 2696): the whole result is found (and sorted) once; pages are cut from it
         page_size, cookie = paged
@@ -2083,7 +2087,7 @@ class LdapSession:
         elif page_size != 0:
             first, contacts = resolve_scope(directory, ndn, request.scope)
             cursor.steps = self._paged_steps(cursor, directory, first, contacts, request, selection, sort_keys,
-                                             sort_control, page_size, identity, sort is not None, policy)
+                                             sort_control, critical_sort, page_size, identity, sort is not None, policy)
             return cursor
         if page_size == 0:
             cursor.steps = self._done_steps(cursor, SUCCESS, encode_control(
@@ -2093,7 +2097,8 @@ class LdapSession:
         return cursor
 
     def _search_steps(self, cursor: SearchCursor, directory: Directory, first: list[Entry], contacts: bool, flt,
-                      selection: Selection, size_limit: int | None, sort_keys, sort_control: bytes) -> Iterator[bool]:
+                      selection: Selection, size_limit: int | None, sort_keys, sort_control: bytes,
+                      critical_sort: bool) -> Iterator[bool]:
         """Find, then (sorted) send; unsorted entries are sent as they are found. Stops at the size limit."""
         found = array("i")
         entry_of = entry_getter(directory, first)
@@ -2114,8 +2119,8 @@ class LdapSession:
         if stream:
             self._send_found(cursor, selection, found, entry_of, size_limit)
         else:
-            ordered = array("i")
-            yield from sort_steps(found, sort_keys, entry_of, ordered)
+            ordered, sort_control, timed_out = yield from self._sorted(found, sort_keys, entry_of, sort_control,
+                                                                       critical_sort, timed_out)
             del found
             try:
                 yield from self._send_steps(cursor, selection, ordered[:size_limit], entry_of)
@@ -2123,6 +2128,19 @@ class LdapSession:
                 timed_out = True
         code = TIME_LIMIT_EXCEEDED if timed_out else SIZE_LIMIT_EXCEEDED if exceeded else SUCCESS
         self._finish(cursor, code, sort_control)
+
+    @staticmethod
+    def _sorted(found: array, sort_keys, entry_of, sort_control: bytes, critical: bool, timed_out: bool):
+        """Steps that sort `found` unless the time is up: (the ids to send, the sort control, timed out)."""
+        ordered = array("i")
+        if not timed_out:
+            try:
+                yield from sort_steps(found, sort_keys, entry_of, ordered)
+                return ordered, sort_control, False
+            except TimeUp:
+                pass
+        unsorted = encode_control(OID_SORT_RESPONSE, ber.sequence(ber.enumerated(TIME_LIMIT_EXCEEDED)))
+        return (array("i") if critical else found), unsorted, True
 
     @staticmethod
     def _send_found(cursor: SearchCursor, selection: Selection, found: array, entry_of, size_limit: int | None) -> None:
@@ -2150,7 +2168,7 @@ class LdapSession:
         yield False
 
     def _paged_steps(self, cursor: SearchCursor, directory: Directory, first: list[Entry], contacts: bool,
-                     request: SearchRequest, selection: Selection, sort_keys, sort_control: bytes,
+                     request: SearchRequest, selection: Selection, sort_keys, sort_control: bytes, critical_sort: bool,
                      page_size: int, identity: bytes, sorted_request: bool, policy: Policy) -> Iterator[bool]:
         """The first page: every match found (and sorted) and kept for the pages after it."""
         found = array("i")
@@ -2165,9 +2183,8 @@ class LdapSession:
             timed_out = True
             finder.close()
         if sort_keys is not None:
-            ordered = array("i")
-            yield from sort_steps(found, sort_keys, entry_of, ordered)
-            found = ordered
+            found, sort_control, timed_out = yield from self._sorted(found, sort_keys, entry_of, sort_control,
+                                                                     critical_sort, timed_out)
         exceeded = bool(request.size_limit) and len(found) > request.size_limit
         if exceeded:
             del found[request.size_limit:]
