@@ -1334,7 +1334,7 @@ class PagedSearch:
 # -- search execution: a resumable cursor, run in slices ---------------------------
 
 MATCH_STEP_UNITS = 64  # filter units checked between two yields (about 10-60 us)
-SORT_STEP = 1024  # entries sorted by one call, or merged, between two yields
+SORT_STEP = 256  # entries partitioned, sorted by one call, or merged between two yields (about 0.3 ms)
 EMIT_STEP = 32  # entries encoded between two yields
 
 
