@@ -6,7 +6,7 @@ StreamServers. Each connection runs one greenlet that feeds received bytes
 to a sans-IO `LdapSession` (greenservers/proto/ldap.py) and acts on what it
 returns: bytes are sent, `StartTLS` wraps the socket with the current
 certificate (`runtime.tls.context`, read per connection), `BindFailed` is
-counted, logged (rate-limited) and answered only after a per-address delay,
+counted, logged (rate-limited) and answered only after a per-client delay,
 `Close` ends the connection, and a `SearchCursor` is run in slices.
 
 Searches never hold the event loop for long: a `SearchGate` runs one slice
@@ -257,11 +257,11 @@ class LdapService(Service):
                     if self._search(item, sock, session.client, peer):
                         return
                     continue
-                sock = self._act(item, sock, session, peer)
+                sock = self._act(item, sock, session, session.client, peer)
                 if sock is None:
                     return
 
-    def _act(self, item, sock, session: proto.LdapSession, peer: str):
+    def _act(self, item, sock, session: proto.LdapSession | None, client: str, peer: str):
         """Do what one output says; the socket to go on with (another after StartTLS), None to close."""
         sensors = self.runtime.sensors
         if isinstance(item, bytes):
@@ -273,7 +273,7 @@ class LdapService(Service):
         elif isinstance(item, proto.BindFailed):
             sensors.add("ldap_binds_failed")
             self.peer_log.warning("bind", peer, "LDAP bind as %r refused (resultCode %d)", item.name[:80], item.result_code)
-            gevent.sleep(self.throttle.failed(peer, time.monotonic()))
+            gevent.sleep(self.throttle.failed(client, time.monotonic()))
         elif isinstance(item, proto.StartTLS):
             sock = self._start_tls(sock)
             session.tls_started()
@@ -301,7 +301,7 @@ class LdapService(Service):
         try:
             while True:
                 for item in outputs:
-                    if self._act(item, sock, None, peer) is None:
+                    if self._act(item, sock, None, client, peer) is None:
                         return True
                 if cursor.done:
                     return False

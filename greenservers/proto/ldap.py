@@ -2,17 +2,24 @@
 
 Theory of operation
 -------------------
-`LdapSession.receive(data)` appends bytes to a bounded buffer, cuts complete
+`LdapSession.receive(data)` appends bytes to a buffer, cuts complete
 LDAPMessages off it (RFC 4511 §4.1.1, BER framing in ber.py; a length over
-`Policy.max_message` is refused from the header), and answers up to
+`Policy.max_message`, or before a successful bind over the much smaller
+`max_unbound_message`, is refused from the header), and answers up to
 MAX_BATCH of them in order (`backlog` tells the shell to call again before
-reading more, so pipelined requests cannot pile up answers in memory).
+reading more, so pipelined requests cannot pile up answers in memory). The
+bytes it holds between calls count against a `BufferBudget` shared by all
+sessions; past it, the connection is closed.
 It returns a list of outputs: `bytes` to send, and events
 the shell acts on — `BindFailed` (count, log, delay), `Searched` (count),
 `StartTLS` (wrap the socket now, after sending what came before), `Close`
-(send what came before, then close; `reason` is set for a peer's fault).
-The session never reads a clock except through the `clock` it is given
-(used for the client's time limit), and imports no socket, ssl or time.
+(send what came before, then close; `reason` is set for a peer's fault),
+and last, for a search, a `SearchCursor`: the shell runs it a slice at a
+time (`run(until)`), sending what each slice returns, and calls `receive`
+again when it is done. `FairShare` is the bookkeeping that orders the slices
+of all searches (the client that used the least search time first) and caps
+how many run. The session never reads a clock except through the `clock` it
+is given (used for time limits), and imports no socket, ssl or time.
 
 Operations (dispatch map OPERATIONS, fallback `_unknown_operation`):
 - Bind (§4.2, RFC 4513 §5.1): simple only; `ldap_user` as a bare name or as
@@ -27,8 +34,10 @@ Operations (dispatch map OPERATIONS, fallback `_unknown_operation`):
   match case-insensitively, phone numbers regardless of formatting (spaces,
   dashes, dots, brackets, "+" = "00"); requested attributes with "*", "+",
   "1.1" and case-insensitive names; size limit (client's and the server's)
-  and time limit -> sizeLimitExceeded/timeLimitExceeded after the entries
-  found so far; paged results (RFC 2696) and server-side sorting (RFC 2891).
+  and time limit (enforced while the search runs) -> sizeLimitExceeded /
+  timeLimitExceeded after the entries found so far; paged results (RFC 2696)
+  and server-side sorting (RFC 2891). Filters are limited in units that
+  measure what checking an entry and decoding the request cost (MAX_FILTER_ITEMS).
 - Compare (§4.10), Abandon (§4.11), Unbind (§4.3), Extended (§4.12):
   StartTLS (RFC 4511 §4.14; refused when already on TLS or with more
   messages pending) and Who am I? (RFC 4532).
@@ -40,12 +49,15 @@ Searches are served from a `Directory`: an immutable snapshot of the address
 book (entries with folded values; attributes encoded on first use and each
 entry's answer cached per attribute selection) with indexes for the lookups
 phones make: sorted folded values for equality and prefix, trigram postings
-for "*typed*", one joined string per attribute for short substrings, and
-the last six digits of every number (a national number equals its
-international form: 030 1234567 = +49 30 1234567). Lookups are lazy and
-stop at the size limit, so a common prefix costs what is returned, not what
-exists; results come in index order (alphabetical for name lookups). Exact
-lookups skip verification; the rest are checked by the compiled filter.
+of cn and sn for "*typed*", one joined string per attribute for other
+substrings (scanned a window at a time), and the last six digits of every
+number (a national number equals its international form: 030 1234567 =
++49 30 1234567). Lookups are lazy and stop at the size limit, so a common
+prefix costs what is returned, not what exists; results come in index order
+(alphabetical for name lookups). Exact lookups skip verification; the rest
+are checked by the compiled filter, whose approximate matches read each
+value's Soundex codes from the directory's cache. A search keeps what it
+found as ids in an array (`entry_getter`), not as a list of entries.
 `DirectoryCache` rebuilds the snapshot when the address book's version or
 the base DN changes (the shell runs the rebuild in a thread).
 
