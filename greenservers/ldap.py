@@ -64,13 +64,17 @@ def _total_cap() -> int:
 class SearchGate:
     """Runs searches' slices one at a time, in FairShare's order, with a turn of the event loop between two.
 
-    One greenlet (the dispatcher) runs every slice: a connection's greenlet hands
-    its cursor over with `run()` and gets the slice's outputs back to send. After
-    each slice the dispatcher waits for a zero timer of lower priority than the
-    sockets' watchers, so the loop polls and serves every ready request (an NTP
-    query, a phone's search arriving) before the next slice. Handing the turn to
+    After each slice the loop must poll and serve every ready request (an NTP
+    query, a phone's search arriving) before the next slice runs: a zero timer of
+    lower priority than the sockets' watchers marks that turn. Handing the turn to
     the next greenlet directly would not: gevent runs up to 50 ready callbacks
     before it polls again.
+
+    When no slice is running or waiting, and the loop has turned since the last
+    one, a connection's greenlet runs its slice itself (a phone's search, done in
+    one slice, costs no hand-over). Otherwise `run()` queues the search, and one
+    greenlet (the dispatcher) runs the slices one after the other and hands each
+    slice's outputs back to the greenlet that sends them.
     """
 
     def __init__(self, fair: proto.FairShare, slice_seconds: float = SLICE, clock=time.monotonic):
@@ -78,11 +82,18 @@ class SearchGate:
         self.slice_seconds = slice_seconds
         self.clock = clock
         self.longest = 0.0  # the most CPU time a slice took so far, in seconds
+        self._busy = False  # a slice runs, or the loop has not turned since the last one
         self._work = Event()
         self._dispatcher: gevent.Greenlet | None = None
 
     def run(self, ticket: proto.SearchTicket, cursor: proto.SearchCursor) -> list:
         """Wait for the search's turn; one slice of `cursor`; what it produced."""
+        if not self._busy and not self.fair.waiting:
+            self._busy = True
+            try:
+                return self._slice(ticket, cursor)
+            finally:
+                self._turn_the_loop()
         waiter = Waiter()
         ticket.turn = (waiter, cursor)
         self.fair.want(ticket)
@@ -91,36 +102,46 @@ class SearchGate:
         self._work.set()
         return waiter.get()
 
+    def _slice(self, ticket: proto.SearchTicket, cursor: proto.SearchCursor) -> list:
+        started, cpu = self.clock(), time.thread_time()
+        try:
+            return cursor.run(started + self.slice_seconds)
+        finally:
+            now = self.clock()
+            self.fair.charge(ticket.client, now - started, now)
+            self.longest = max(self.longest, time.thread_time() - cpu)
+
+    def _turn_the_loop(self) -> None:
+        """Busy until the loop has polled and served what is ready (a timer of lower priority than the sockets')."""
+        timer = gevent.get_hub().loop.timer(0.0, priority=-1)  # libev runs pending watchers by priority
+        timer.start(self._turned, timer)
+
+    def _turned(self, timer) -> None:
+        timer.close()
+        self._busy = False
+        if self.fair.waiting:
+            self._work.set()
+
     def _dispatch(self) -> None:
         hub = gevent.get_hub()
         while True:
+            self._work.wait()
+            self._work.clear()
+            if self._busy:
+                continue  # _turned() wakes it
             ticket = self.fair.next(self.clock())
             if ticket is None:
-                self._work.clear()
-                self._work.wait()
                 continue
             waiter, cursor = ticket.turn
             ticket.turn = None
-            started, cpu = self.clock(), time.thread_time()
+            self._busy = True
             try:
-                outputs = cursor.run(started + self.slice_seconds)
+                outputs = self._slice(ticket, cursor)
             except Exception as exc:  # a bug: the connection's greenlet reports it
                 hub.loop.run_callback(waiter.throw, type(exc), exc, exc.__traceback__)
             else:
                 hub.loop.run_callback(waiter.switch, outputs)
-            now = self.clock()
-            self.fair.charge(ticket.client, now - started, now)
-            self.longest = max(self.longest, time.thread_time() - cpu)
-            _pass_the_loop(hub)
-
-
-def _pass_the_loop(hub) -> None:
-    """Wait for one turn of the event loop in which every ready socket is served first."""
-    timer = hub.loop.timer(0.0, priority=-1)  # libev runs pending watchers by priority: sockets' (0) first
-    try:
-        hub.wait(timer)
-    finally:
-        timer.close()
+            self._turn_the_loop()
 
 
 class LdapService(Service):
