@@ -22,10 +22,10 @@ every flood is bounded in count and in time:
         (512-byte blocks) as fast as they can, and again, for the phase
   ldap-filters  the costliest searches that fit the request limits, against 100,000 contacts
         (imported for the phase, the small book put back after it), from 8 bound connections
-        (127.0.9.1-4, two each) at once, one search after another: 31 untyped extensible
-        matches on every attribute and the DN, 511 distinct approximate matches, 127 substring
-        filters of four pieces (each a scan of the joined names), 400 approximate matches under
-        30 nested NOTs, 510 ordering matches, 15 values of 1 KiB non-ASCII (decoding), and every
+        (127.0.9.1-4, two each) at once, one search after another: 15 untyped extensible
+        matches on every attribute and the DN, 255 distinct approximate matches, 63 substring
+        filters of four pieces (each a scan of the joined names), 200 approximate matches under
+        30 nested NOTs, 254 ordering matches, 7 values of 1 KiB non-ASCII (decoding), and every
         contact sorted by 8 keys in pages of 500; half with a 1 s time limit, half with the
         server's. The LDAP server's sensors after the phase are printed too.
 
@@ -247,14 +247,14 @@ def flood_ldap(port: int, seconds: float, counter) -> None:
 
 
 def expensive_ldap_searches() -> list[tuple[str, dict]]:
-    """The costliest searches within the limits (512 filter units, depth 32, 1 KiB values): (name, ldap_wire.search arguments)."""
-    ext = "(|" + "(:dn:2.5.13.4:=zzyzx)" * 31 + "(cn~=zzyzx))"  # 1 + 31 x (14 attributes + 2 for the DN) + 1 units
+    """The costliest searches within the limits (256 filter units, depth 32, 1 KiB values): (name, ldap_wire.search arguments)."""
+    ext = "(|" + "(:dn:2.5.13.4:=zzyzx)" * 15 + "(cn~=zzyzx))"  # 1 + 15 x (14 attributes + 2 for the DN) + 1 units
     attrs = ["cn", "sn", "givenName", "displayName", "o", "mail"]
-    approx = "(|" + "".join(f"({attrs[i % 6]}~=q{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}x)" for i in range(511)) + ")"
-    substrings = "(|" + "(cn=*a*e*r*n*)" * 127 + ")"
-    nested = "(!" * 30 + "(|" + "(sn~=zzyzx)" * 400 + ")" + ")" * 30
-    ordering = "(|" + "(cn>=zzzz)(sn<=a)" * 255 + ")"
-    decoding = "(|" + ("(cn:2.5.13.2:=" + "ä" * 496 + ")") * 15 + ")"
+    approx = "(|" + "".join(f"({attrs[i % 6]}~=q{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}x)" for i in range(255)) + ")"
+    substrings = "(|" + "(cn=*a*e*r*n*)" * 63 + ")"
+    nested = "(!" * 30 + "(|" + "(sn~=zzyzx)" * 200 + ")" + ")" * 30
+    ordering = "(|" + "(cn>=zzzz)(sn<=a)" * 127 + ")"
+    decoding = "(|" + ("(cn:2.5.13.2:=" + "ä" * 496 + ")") * 7 + ")"
     everyone = services.ldap_wire.sort("sn", "-cn", "givenName", "-o", "mail", "telephoneNumber", "-mobile", "uid")
     return [("extensible", {"filter_text": ext}), ("approximate", {"filter_text": approx}),
             ("substrings", {"filter_text": substrings}), ("nested", {"filter_text": nested}),
