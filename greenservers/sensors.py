@@ -70,6 +70,21 @@ def _mem_available_kib() -> int:
     return 0
 
 
+_certificate_expiry: list[float] = []  # the served certificate's notAfter (POSIX time), set by greenservers.tls
+
+
+def watch_certificate_expiry(not_after) -> None:
+    """The certificate served from now on expires at `not_after` (an aware datetime)."""
+    _certificate_expiry[:] = [not_after.timestamp()]
+
+
+def _certificate_days_left() -> int:
+    """Whole days left (0 in its last day and once expired: a Gauge32 has no negative values)."""
+    if not _certificate_expiry:
+        return 0
+    return max(0, int((_certificate_expiry[0] - time.time()) // 86400))
+
+
 def _open_fds() -> int:
     try:
         return len(os.listdir("/proc/self/fd"))
@@ -111,6 +126,10 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("snmp_rejected_address", 51, C, "SNMP requests dropped: source not in snmp_trusted."),
     Sensor("snmp_rejected_community", 52, C, "SNMP requests dropped: wrong community."),
     Sensor("snmp_rejected_version", 53, C, "SNMP requests dropped: not SNMP v1 (v2c, v3) or not decodable."),
+    # certificates (HTTPS and LDAPS)
+    Sensor("tls_certificate_days_left", 60, G, "Whole days until the served HTTPS/LDAPS certificate expires (the earliest of its ECDSA and RSA chains); 0 in its last day or once expired.", _certificate_days_left),
+    Sensor("acme_certificates_issued", 61, C, "Certificates obtained from the ACME authority (each key type counts; renewals included)."),
+    Sensor("acme_attempts_failed", 62, C, "ACME issuance or renewal attempts that failed (retried later; the working certificate stays)."),
 )
 
 

@@ -19,6 +19,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
 
 from .portspec import Binding, PortSpecError, parse_bindings
 
@@ -147,6 +148,65 @@ def _path(raw: Any) -> str:
     return raw
 
 
+def _dns_name_reason(name: str) -> str | None:
+    """Why `name` cannot be in a publicly trusted certificate ordered over http-01, or None."""
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return f"{name!r} is an IP address; give DNS names (http-01 certificates name hosts, not addresses)"
+    except ValueError:
+        pass
+    if "*" in name:
+        return f"{name!r} is a wildcard; wildcard certificates need the dns-01 challenge, and only http-01 is offered"
+    if not _HOSTNAME.fullmatch(name) or name.endswith("."):
+        return f"{name!r} is not a DNS name (letters, digits, hyphens; dot-separated labels of at most 63 characters)"
+    if "." not in name:
+        return f"{name!r} is not a fully qualified DNS name (like pbx.example.com)"
+    if name.rsplit(".", 1)[1].isdigit():
+        return f"{name!r} is not a DNS name: its last label is a number"
+    return None
+
+
+MAX_ACME_NAMES = 100  # what public authorities accept in one certificate
+
+
+def _dns_names(raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, str):
+        raise ValueError(f"{raw!r} is not a space-separated list of DNS names")
+    names = tuple(dict.fromkeys(token.lower() for token in raw.split()))
+    for name in names:
+        reason = _dns_name_reason(name)
+        if reason:
+            raise ValueError(reason)
+    if len(names) > MAX_ACME_NAMES:
+        raise ValueError(f"{len(names)} names; a certificate holds at most {MAX_ACME_NAMES}")
+    return names
+
+
+_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@(?P<domain>[^@\s]{1,253})")
+
+
+def _email(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"{raw!r} is not an e-mail address")
+    value = raw.strip()
+    if not value:
+        return ""
+    match = _EMAIL.fullmatch(value)
+    if match is None or _dns_name_reason(match["domain"].lower()) is not None or ".." in value:
+        raise ValueError(f"{raw[:80]!r} is not an e-mail address like admin@example.com")
+    return value
+
+
+def _https_url(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"{raw!r} is not a URL")
+    value = raw.strip()
+    parts = urlsplit(value) if len(value) <= 2000 and not any(ord(c) <= 32 for c in value) else None
+    if parts is None or parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"{raw[:80]!r} is not an https:// URL (ACME directories are served over HTTPS only)")
+    return value
+
+
 def _password_hash(raw: Any) -> str:
     if not isinstance(raw, str):
         raise ValueError("is not a password hash")
@@ -158,6 +218,7 @@ def _password_hash(raw: Any) -> str:
 # -- declarations ------------------------------------------------------------
 
 GENERATED = object()  # default of a secret made once at first start
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 
 
 @dataclass(frozen=True)
@@ -183,6 +244,7 @@ GROUPS = {
     "tftp": "TFTP",
     "ntp": "NTP",
     "ldap": "LDAP",
+    "acme": "Certificates (ACME)",
     "system": "System",
 }
 
@@ -212,6 +274,10 @@ DECLARATIONS: tuple[Setting, ...] = (
     Setting("ldap_password", "ldap", GENERATED, _secret, "The password phones bind with (generated at first start).", secret=True),
     Setting("ldap_anonymous", "ldap", False, _bool, "Allow anonymous searches."),
     Setting("ldap_plain_bind", "ldap", True, _bool, "Allow password binds over plain LDAP (many phones cannot do TLS)."),
+    Setting("acme_domains", "acme", "", _dns_names, "DNS names (space separated) to get a trusted certificate for from the ACME authority (e.g. Let's Encrypt) with the http-01 challenge: port 80 of each name must reach an HTTP binding. Empty: off. Once issued, it is served instead of an uploaded certificate."),
+    Setting("acme_email", "acme", "", _email, "Contact address given to the ACME authority (expiry warnings, policy changes); may be empty."),
+    Setting("acme_directory", "acme", LETS_ENCRYPT_DIRECTORY, _https_url, "The ACME authority's directory URL (https). Default: Let's Encrypt's production directory."),
+    Setting("acme_ca_bundle", "acme", "", _path, "PEM file of the CA certificates the ACME authority's own HTTPS is checked against (a private authority such as step-ca); empty: the system's trust store."),
     Setting("data_dir", "system", "data", _path, "Folder of the TFTP root (tftp/), the address book and the TLS files; relative to the configuration file.", rebind=True),
     Setting("tls_cert", "system", "", _path, "PEM certificate (chain) for HTTPS and LDAPS; empty: a self-signed one is generated into data_dir."),
     Setting("tls_key", "system", "", _path, "PEM private key of tls_cert."),
@@ -280,9 +346,9 @@ class Settings:
         return [n for n in self.changed_names(other) if BY_NAME[n].is_bindings]
 
     @property
-    def certificate_source(self) -> tuple[str, str, str]:
-        """What decides the certificate in use (the generated one lives in data_dir)."""
-        return self.tls_cert, self.tls_key, self.data_dir
+    def certificate_source(self) -> tuple[str, str, str, bool]:
+        """What decides the certificate in use (the generated and the ACME ones live in data_dir)."""
+        return self.tls_cert, self.tls_key, self.data_dir, bool(self.acme_domains)
 
     # -- derived values --------------------------------------------------
 
@@ -325,4 +391,6 @@ def _cross_checks(values: dict[str, Any], already: Iterable[str]) -> dict[str, s
         pass
     if (values.get("tls_key") or "") and not (values.get("tls_cert") or ""):
         errors.setdefault("tls_cert", "tls_key is set but tls_cert is empty")
+    if values.get("acme_domains") and "ip_http_port" in values and not values["ip_http_port"] and "acme_domains" not in errors:
+        errors["acme_domains"] = "needs an HTTP binding (ip_http_port, port 80 as seen from the internet) to answer the http-01 challenge"
     return errors
