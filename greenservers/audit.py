@@ -1,4 +1,4 @@
-"""The audit log: every settings change, appended to data_dir/audit.log.
+"""The audit log: every settings change (and every certificate ACME issues), appended to data_dir/audit.log.
 
 One JSON object per line: when (UTC, ISO 8601), who, from which address,
 through which way (web form, API), and for each changed setting the old and
@@ -106,7 +106,10 @@ class AuditLog:
             finally:
                 os.close(fd)
         suffix = f" ({note})" if note else ""
-        log.info("settings changed by %s from %s via %s: %s%s", who, entry.address, via, describe(changes) or "-", suffix)
+        if changes:
+            log.info("settings changed by %s from %s via %s: %s%s", who, entry.address, via, describe(changes), suffix)
+        else:  # an event the service recorded by itself (a certificate issued by ACME)
+            log.info("audit: %s (by %s via %s)", note or "-", who, via)
         return entry
 
     def _rotate_if_full(self) -> None:

@@ -7,6 +7,12 @@ a request parse or a TLS handshake, so it cannot slow the ones being served.
 When every slot is taken, the gate may name an idle connection of the
 client holding most of them: it is shut down, and the newcomer takes its slot.
 
+A plain-HTTP connection turned away while an ACME http-01 validation is
+under way gets its request line read first (at most CHALLENGE_PEEK_BYTES,
+within CHALLENGE_PEEK_TIMEOUT, among the MAX_REJECTING refusals being
+written): a token being validated is answered, anything else gets the 503.
+Outside a validation a refusal stays one send.
+
 Slow clients cannot hold slots: the request line and headers must arrive
 within HEADER_TIMEOUT (a total deadline, so a drip-feeding slow-loris does
 not reset it), an idle keep-alive connection is closed after
@@ -27,6 +33,7 @@ from gevent import pywsgi
 from gevent.pool import Group
 from gunicorn.workers.ggevent import PyWSGIHandler
 
+from .proto.acme import challenge_answer, http_response, request_target
 from .proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
 from .proto.peers import client_key
 from .ratelog import RateLimitedLog
@@ -41,6 +48,8 @@ KEEPALIVE_TIMEOUT = _seconds("KEEPALIVE_TIMEOUT", 15.0)
 HANDSHAKE_TIMEOUT = _seconds("HANDSHAKE_TIMEOUT", 10.0)
 IO_TIMEOUT = _seconds("IO_TIMEOUT", 30.0)
 MAX_REJECTING = 256  # rejections being written at once; beyond, close at once
+CHALLENGE_PEEK_BYTES = 2048  # a validation's request line fits many times over
+CHALLENGE_PEEK_TIMEOUT = 2.0
 
 REJECT_503 = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
@@ -114,11 +123,13 @@ class CappedHandler(PyWSGIHandler):
 class CappedWSGIServer(pywsgi.WSGIServer):
     """One listening socket; connections admitted by the shared gate."""
 
-    def __init__(self, listener, application, gate: ConnectionGate, sensors, tls_holder=None, **kwargs):
+    def __init__(self, listener, application, gate: ConnectionGate, sensors, tls_holder=None, challenges=None, **kwargs):
+        """`challenges()`: the ACME http-01 tokens being validated now (plain HTTP only)."""
         super().__init__(listener, application, handler_class=CappedHandler, **kwargs)
         self.gate = gate
         self.sensors = sensors
         self.tls_holder = tls_holder
+        self.challenges = challenges or dict
         self.connections = Group()
         self.rejecting = Group()
         self.room_log = RateLimitedLog(log)
@@ -141,7 +152,11 @@ class CappedWSGIServer(pywsgi.WSGIServer):
         if refused is not None:
             self.sensors.add(f"http_rejected_{refused}")
             if self.tls_holder is None and len(self.rejecting) < MAX_REJECTING:
-                self.rejecting.spawn(_write_503, client)
+                pending = self.challenges()
+                if pending:
+                    self.rejecting.spawn(_answer_challenge_or_503, client, pending)
+                else:
+                    self.rejecting.spawn(_write_503, client)
             else:
                 _close(client)
             return
@@ -188,11 +203,33 @@ def _close(sock) -> None:
         pass
 
 
-def _write_503(client) -> None:
-    """Answer 503, then drain a little so the close does not reset the answer away."""
+def _answer_challenge_or_503(client, pending) -> None:
+    """A refused connection during an ACME validation: the challenge answer if that is what it
+    asks for (the authority's check must not fail because the caps are full), else the 503."""
+    head = b""
+    try:
+        client.settimeout(CHALLENGE_PEEK_TIMEOUT)
+        deadline = time.monotonic() + CHALLENGE_PEEK_TIMEOUT
+        while b"\n" not in head and len(head) < CHALLENGE_PEEK_BYTES and time.monotonic() < deadline:
+            data = client.recv(CHALLENGE_PEEK_BYTES - len(head))
+            if not data:
+                break
+            head += data
+    except OSError:
+        pass
+    target = request_target(head)
+    answer = challenge_answer(target[0], target[1], pending) if target else None
+    if answer is None or not answer[0].startswith("200"):
+        _write_503(client)
+        return
+    _write_503(client, http_response(answer[0], answer[1], head_only=target[0] == "HEAD"))
+
+
+def _write_503(client, answer: bytes = REJECT_503) -> None:
+    """Answer 503 (or `answer`), then drain a little so the close does not reset the answer away."""
     try:
         client.settimeout(1.0)
-        client.sendall(REJECT_503)
+        client.sendall(answer)
         client.shutdown(socket.SHUT_WR)
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline and client.recv(65536):
@@ -203,10 +240,16 @@ def _write_503(client) -> None:
         _close(client)
 
 
-def https_redirect(app, runtime):
-    """WSGI middleware of the plain-HTTP servers: 301/308 to HTTPS when it is on."""
+def plain_http_app(app, runtime):
+    """WSGI middleware of the plain-HTTP servers: ACME http-01 answers, then 301/308 to HTTPS when it is on."""
 
     def application(environ, start_response):
+        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")
+        acme = runtime.acme
+        answer = challenge_answer(method, path, acme.pending if acme is not None else {})
+        if answer is not None:
+            start_response(answer[0], [("Content-Type", "text/plain"), ("Content-Length", str(len(answer[1]))), ("Cache-Control", "no-store")])
+            return [b""] if method == "HEAD" else [answer[1]]
         settings = runtime.settings
         https = settings.ip_https_port
         if settings.http_redirect_https and https:

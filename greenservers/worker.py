@@ -3,7 +3,7 @@
 gunicorn's master binds nothing (`bind = []` in gunicorn.conf.py); this one
 gevent worker binds every socket of every service through the binder,
 before anything serves, then serves HTTP and HTTPS side by side behind one
-connection gate and starts the UDP/TCP services. A bind failure exits with
+connection gate, starts the UDP/TCP services and the ACME manager. A bind failure exits with
 gunicorn's boot-error code, so the master stops at once with our message.
 
 Port changes apply live (`rebind`, called by Runtime.update for the API and
@@ -30,7 +30,8 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from . import binder, runtime as runtime_module
 from .binder import BindError, Bound
-from .httpserver import CappedWSGIServer, https_redirect
+from .acme import AcmeManager
+from .httpserver import CappedWSGIServer, plain_http_app
 from .proto.http import ConnectionGate
 from .runtime import BindingState, Runtime
 from .service import SERVICES, load_service_class
@@ -63,6 +64,7 @@ class GreenWorker(GeventWorker):
                 self.log.warning("%s: %s", store.path, warning)
             self.runtime = runtime_module.install(Runtime(store, settings))
             self.runtime.tls = TLSContextHolder(ensure_certificate(settings))
+            self.runtime.acme = AcmeManager(self.runtime)
             self.served_settings = set(HTTP_SETTINGS) | set(SERVICES)
             plan = binder.plan_for(settings, self.served_settings)
             self.bound = binder.bind_all(plan)
@@ -83,6 +85,7 @@ class GreenWorker(GeventWorker):
         for bound in self.bound:
             self._start(bound)
         runtime.rebinder = self.rebind
+        runtime.acme.start()
         gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload_config))
         self.log.info("greenservers serving: %s", ", ".join(f"{b.setting}={b.address}" for b in self.bound) or "nothing")
         while self.alive:
@@ -156,9 +159,12 @@ class GreenWorker(GeventWorker):
         return lambda: self.rebind(old_settings)
 
     def _http_server(self, bound: Bound):
-        tls = self.runtime.tls if bound.setting == "ip_https_port" else None
-        app = self.wsgi if tls else https_redirect(self.wsgi, self.runtime)
-        return CappedWSGIServer(bound.sock, app, self.gate, self.runtime.sensors, tls_holder=tls, log=self.log, error_log=self.log)
+        if bound.setting == "ip_https_port":
+            return CappedWSGIServer(bound.sock, self.wsgi, self.gate, self.runtime.sensors, tls_holder=self.runtime.tls,
+                                    log=self.log, error_log=self.log)
+        acme = self.runtime.acme
+        return CappedWSGIServer(bound.sock, plain_http_app(self.wsgi, self.runtime), self.gate, self.runtime.sensors,
+                                challenges=lambda: acme.pending, log=self.log, error_log=self.log)
 
     def _service_for(self, setting: str):
         return self.services[SERVICES[setting]]
@@ -177,6 +183,7 @@ class GreenWorker(GeventWorker):
     def _stop_all(self):
         deadline = time.monotonic() + self.cfg.graceful_timeout
         self.runtime.rebinder = None
+        self.runtime.acme.stop()
         for bound, server in self.servers:
             if isinstance(server, CappedWSGIServer):
                 server.close()

@@ -130,16 +130,27 @@ def _ntp_for_phones(settings) -> str:
     return value or "none: set ntp_server or turn the NTP server on"
 
 
+def _when(iso: str | None) -> str:
+    if not iso:
+        return ""
+    return datetime.datetime.fromisoformat(iso).astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _certificate_info(runtime) -> dict[str, Any] | None:
-    pair = getattr(runtime.tls, "pair", None)
-    if pair is None:
+    """The Certificate section: what is served, from where, and ACME's state (runtime.certificate_view)."""
+    view = runtime.certificate_view()
+    if view is None:
         return None
-    return {
-        "subject": pair.subject,
-        "not_after": pair.not_after.strftime("%Y-%m-%d %H:%M UTC"),
-        "self_signed": pair.self_signed,
-        "path": str(pair.cert_path),
-    }
+    settings = runtime.settings
+    for chain in view["chains"]:
+        chain["until"] = _when(chain["not_after"])
+    acme = view.get("acme")
+    if acme is not None:
+        for key in ("last_attempt", "last_success", "next_check"):
+            acme[key + "_shown"] = _when(acme[key])
+    view["uploaded_set"] = bool(settings.tls_cert)
+    view["acme_on"] = bool(settings.acme_domains)
+    return view
 
 
 def _render(status: int = 200, form: dict | None = None, errors: dict | None = None, cert_error: str = ""):
