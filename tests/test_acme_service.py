@@ -162,3 +162,183 @@ def test_issuance_for_two_names_is_trusted_by_https_and_ldap_without_restart(ser
     assert svc.worker_pids == workers
 
 
+
+
+def tls_connection(port: int, root: Path, name: str) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(root))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return context.wrap_socket(sock, server_hostname=name)
+
+
+def serial_of(tls: ssl.SSLSocket) -> str:
+    return f"{x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number:x}"
+
+
+def http_get_on(tls: ssl.SSLSocket, name: str) -> bytes:
+    """One keep-alive request on an open connection; its status line."""
+    tls.sendall(f"GET /healthz HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += tls.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += tls.recv(65536)
+    return head.split(b"\r\n", 1)[0]
+
+
+def test_renewal_is_served_without_restart_and_open_connections_carry_on(service, pebble, tmp_path):
+    import ldap_wire as w
+    from test_ldap_shell import read_until_done
+
+    # pebble issues certificates valid for 30 s: renewal is due after 20 s (a third of the lifetime left)
+    svc, ca = acme_service(service, pebble, validity_seconds=30, env={"GREENSERVERS_HTTP_KEEPALIVE_TIMEOUT": "120"})
+    workers = svc.worker_pids
+    first = wait_for(svc, issued, "the first certificates")
+    first_serials = {c["serial"] for c in first["chains"]}
+    root = write_root(ca, tmp_path)
+
+    https = tls_connection(svc.port("ip_https_port"), root, NAMES[0])
+    assert http_get_on(https, NAMES[0]) == b"HTTP/1.1 200 OK" and serial_of(https) in first_serials
+    ldaps = tls_connection(svc.port("ip_ldaps_port"), root, NAMES[1])
+    ldaps.sendall(w.bind(1, "phonebook", LDAP_PASSWORD))
+    assert [r.code for r in read_until_done(ldaps)] == [0]
+
+    renewed = wait_for(svc, lambda c: issued(c) and not first_serials & {ch["serial"] for ch in c["chains"]}, "the renewed certificates", 90)
+    assert renewed["acme"]["last_result"] == "issued" and renewed["acme"]["last_error"] == ""
+    with tls_connection(svc.port("ip_https_port"), root, NAMES[0]) as fresh:  # new connections: the new certificate
+        assert serial_of(fresh) in {c["serial"] for c in renewed["chains"]} | set(_later_serials(svc))
+    with tls_connection(svc.port("ip_ldaps_port"), root, NAMES[1]) as fresh:
+        assert serial_of(fresh) not in first_serials
+
+    # the connections opened before carry on, with the certificate they began with
+    assert http_get_on(https, NAMES[0]) == b"HTTP/1.1 200 OK" and serial_of(https) in first_serials
+    ldaps.sendall(w.search(2, base="dc=pbx", scope=0, attributes=["1.1"]))
+    assert read_until_done(ldaps)[-1].code == 0
+    https.close()
+    ldaps.close()
+
+    audit = (svc.directory / "data" / "audit.log").read_text()
+    assert "renewed" in audit and "less than a third of its lifetime left" in audit
+    assert svc.worker_pids == workers
+
+
+def _later_serials(svc) -> list[str]:
+    """Serials served now (a second renewal may have come between two looks)."""
+    return [c["serial"] for c in health(svc)["certificate"]["chains"]]
+
+
+def test_authority_down_keeps_the_working_certificate_shows_the_error_and_retries_later(service, pebble, tmp_path):
+    svc, ca = acme_service(service, pebble)
+    first = wait_for(svc, issued, "the certificates")
+    root = write_root(ca, tmp_path)
+    ca.stop_pebble()
+
+    answer = requests.put(svc.url("/api/settings/ports"), auth=AUTH, timeout=10, json={"acme_domains": " ".join(NAMES + ("new.acme.test",))})
+    assert answer.status_code == 200
+    failed = wait_for(svc, lambda c: c["acme"]["failures_in_a_row"] >= 1, "the failed attempt", 60)
+    acme = failed["acme"]
+    assert acme["last_result"] == "failed" and f"cannot reach {ca.directory}" in acme["last_error"]
+    assert failed["source"] == "ACME" and failed["chains"] == first["chains"]  # the working certificate stays
+    assert curl_https(svc, root, NAMES[0]).stdout == "200 0"
+    # the retry is a minute later, not at once
+    from datetime import datetime
+    wait = datetime.fromisoformat(acme["next_check"]) - datetime.fromisoformat(acme["last_attempt"])
+    assert 55 <= wait.total_seconds() <= 65, acme
+    assert "retrying after 1 failed attempt" in acme["next_check_reason"]
+    page = requests.get(svc.url("/settings/ports"), auth=AUTH, timeout=10).text
+    assert 'id="acme-error"' in page and "cannot reach" in page
+    failures = [line for line in svc.lines if "ordering a certificate for" in line and "failed" in line]
+    assert len(failures) == 1, failures  # logged once
+    assert health(svc)["certificate"]["acme"]["failures_in_a_row"] == 1  # still one: nothing retried meanwhile
+
+
+def test_a_failing_challenge_leaves_the_certificate_in_use_and_names_the_name(service, pebble, tmp_path):
+    # every name answers 127.0.0.1 but this one, whose address nothing listens on: its validation fails
+    http_port = free_port()
+    ca = pebble(http_port)
+    ca.point_name_at("elsewhere.acme.test", "127.0.0.2")
+    svc = service({
+        "ip_http_port": f"127.0.0.1:{http_port}", "ip_https_port": f"127.0.0.1:{free_port()}",
+        "acme_domains": "pbx.acme.test elsewhere.acme.test", "acme_directory": ca.directory, "acme_ca_bundle": str(ca.bundle),
+    })
+    failed = wait_for(svc, lambda c: c["acme"]["failures_in_a_row"] >= 1, "the failed attempt")
+    assert failed["source"] == "self-signed" and failed["days_left"] > 700
+    assert failed["acme"]["last_error"].startswith("validation failed: elsewhere.acme.test")
+    assert not list((svc.directory / "data" / "tls" / "acme").glob("*.crt"))  # nothing half-stored
+
+
+def test_challenge_gets_through_when_the_connection_caps_are_full(service, pebble, tmp_path):
+    from test_web_live import _held_connection
+
+    svc, ca = acme_service(service, pebble, env={"GREENSERVERS_HTTP_KEEPALIVE_TIMEOUT": "120"}, acme_domains="", http_max_conn=1)
+    port = svc.port("ip_http_port")
+    with _held_connection(port):  # the only slot is taken: other connections are turned away
+        assert _get(port, "/healthz").startswith(b"HTTP/1.1 503")
+        assert _get(port, "/.well-known/acme-challenge/no-such-token").startswith(b"HTTP/1.1 503")  # no validation: no way in
+        svc.settings["acme_domains"] = " ".join(NAMES)  # turned on by a hand edit and SIGHUP: the API is behind the caps too
+        svc.config_path.write_text(svc.config_path.read_text().replace('acme_domains = ""', f'acme_domains = "{" ".join(NAMES)}"'))
+        svc.signal_master(1)
+        svc.wait_for_log("new HTTPS and LDAPS connections use it now", timeout=ISSUE_TIMEOUT)
+    assert ca.validations() >= 2
+    deadline = time.monotonic() + 10
+    while (answer := requests.get(svc.url("/api/sensors"), auth=AUTH, timeout=10)).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the held connection's slot is freed when the server notices the close
+    sensors = {s["name"]: s["value"] for s in answer.json()["sensors"]}
+    assert sensors["http_rejected_max_conn"] >= 2 + ca.validations()  # pebble's checks came in through the refusal
+    deadline = time.monotonic() + 10
+    while (answer := _get(port, "/.well-known/acme-challenge/no-such-token")).startswith(b"HTTP/1.1 503") and time.monotonic() < deadline:
+        time.sleep(0.05)  # the cap of one: the connection just closed may still hold the slot
+    assert answer.startswith(b"HTTP/1.1 404")  # admitted: a token not being validated is not found
+
+
+def _get(port: int, path: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_bad_acme_settings_are_refused_with_a_400_naming_the_field(service, tmp_path):
+    svc = service({"ip_http_port": f"127.0.0.1:{free_port()}", "admin_password_hash": PASSWORD_HASH})
+    (tmp_path / "not-pem.txt").write_text("hello\n")
+    for changes, reason in (({"acme_domains": "pbx.example.com 192.0.2.7"}, "is an IP address"),
+                            ({"acme_domains": "*.example.com"}, "wildcard"),
+                            ({"acme_email": "admin-at-example.com"}, "not an e-mail address"),
+                            ({"acme_directory": "http://ca.example/directory"}, "https://"),
+                            ({"acme_ca_bundle": str(tmp_path / "missing.pem")}, "cannot be read"),
+                            ({"acme_ca_bundle": str(tmp_path / "not-pem.txt")}, "no PEM certificate")):
+        answer = requests.put(svc.url("/api/settings/ports"), auth=AUTH, json=changes, timeout=10)
+        assert answer.status_code == 400, changes
+        (field,) = changes
+        assert list(answer.json()["errors"]) == [field] and reason in answer.json()["errors"][field]
+    assert "acme_" not in svc.config_path.read_text()  # nothing written
+
+
+def test_uploaded_certificate_serves_until_acme_has_one_and_again_when_acme_is_off(service, pebble, tmp_path):
+    from test_tls_files import make_pair
+
+    cert, key = make_pair()
+    (tmp_path / "up.crt").write_bytes(cert)
+    (tmp_path / "up.key").write_bytes(key)
+    svc, ca = acme_service(service, pebble, tls_cert=str(tmp_path / "up.crt"), tls_key=str(tmp_path / "up.key"))
+    wait_for(svc, issued, "the ACME certificates")
+    page = requests.get(svc.url("/settings/ports"), auth=AUTH, timeout=10).text
+    assert "The uploaded certificate is kept and serves again if ACME is turned off" in page
+    assert requests.put(svc.url("/api/settings/ports"), auth=AUTH, json={"acme_domains": ""}, timeout=10).status_code == 200
+    certificate = health(svc)["certificate"]
+    assert certificate["source"] == "uploaded" and certificate["chains"][0]["subject"] == "CN=pbx.test"
+
+
+def test_the_generated_pair_gives_rsa_or_ecdsa_by_the_clients_signature_algorithms(service):
+    svc = service({"ip_https_port": f"127.0.0.1:{free_port()}", "ip_ldap_port": f"127.0.0.1:{free_port()}",
+                   "ip_ldaps_port": f"127.0.0.1:{free_port()}"})
+    for sigalgs, kind in (("RSA-PSS+SHA256:RSA+SHA256", "RSA"), ("ECDSA+SHA256", "ECDSA")):
+        for port, starttls in ((svc.port("ip_https_port"), False), (svc.port("ip_ldaps_port"), False), (svc.port("ip_ldap_port"), True)):
+            leaf = served_leaf(port, "localhost", sigalgs, starttls)
+            assert kind_of(leaf) == kind and leaf.issuer == leaf.subject, (port, sigalgs)
+    # a client that takes both (curl, browsers) gets ECDSA: the generated ECDSA certificate verifies it
+    assert subprocess.run(["curl", "-sS", "--cacert", str(svc.cert_path), "-o", "/dev/null", svc.url("/healthz", "https")],
+                          capture_output=True, timeout=30).returncode == 0
