@@ -41,7 +41,8 @@ from gevent.event import Event
 from .audit import AuditLog
 from .offload import run_off_loop
 from .proto import acme as core
-from .tls import ACME_CURRENT, CertificateError, acme_certificate, acme_folder, check_pem, dns_names, new_private_key, private_key_pem, server_context
+from .tls import (ACME_CURRENT, CertificateError, acme_certificate, acme_current, acme_files, acme_folder, check_pem, dns_names,
+                  new_private_key, private_key_pem, server_context)
 
 log = logging.getLogger("greenservers.acme")
 
@@ -127,13 +128,17 @@ class AcmeManager:
         return OrderRequest(settings.acme_domains, settings.acme_email, settings.acme_directory, bundle, acme_folder(settings.data_path))
 
     def held(self, request: OrderRequest) -> dict[str, core.Held]:
-        """The ACME certificates on disk, per key type, as proto.acme.plan needs them."""
-        current = _read_current(request.folder)
-        pair = acme_certificate(request.folder.parent.parent)
+        """The ACME certificates on disk, per key type, as proto.acme.plan needs them (the leaves
+        only: their keys were checked when they were stored, and are again when they are served)."""
+        from cryptography import x509
+
         held = {}
-        for chain in pair.chains if pair else ():
-            meta = current.get("chains", {}).get(chain.kind, {})
-            held[chain.kind] = core.Held(frozenset(chain.names), meta.get("directory", ""), chain.not_before, chain.not_after)
+        for kind, files in acme_current(request.folder).get("chains", {}).items():
+            try:
+                leaf = x509.load_pem_x509_certificates(acme_files(request.folder, files)[0].read_bytes())[0]
+            except (OSError, ValueError):
+                continue  # unreadable: ordered again
+            held[kind] = core.Held(frozenset(dns_names(leaf)), str(files.get("directory", "")), leaf.not_valid_before_utc, leaf.not_valid_after_utc)
         return held
 
     def _turn(self) -> float:
@@ -276,14 +281,6 @@ def _write_private(path: Path, data: bytes) -> None:
     atomic_write(path, data, mode=0o600)
 
 
-def _read_current(folder: Path) -> dict:
-    try:
-        current = json.loads((folder / ACME_CURRENT).read_text())
-        return current if isinstance(current, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def _account(acme_client, net, request: OrderRequest) -> None:
     """Register the account (once per directory; the key is kept) and make `net` sign as it."""
     from acme import errors, messages
@@ -392,14 +389,14 @@ def _store(request: OrderRequest, kind: str, cert_pem: bytes, key_pem: bytes) ->
     stem = f"{kind.lower()}-{stamp}"
     _write_private(request.folder / f"{stem}.key", key_pem)
     _write_private(request.folder / f"{stem}.crt", cert_pem)
-    current = _read_current(request.folder)
+    current = acme_current(request.folder)
     chains = current.setdefault("chains", {})
     old = chains.get(kind, {})
     chains[kind] = {"cert": f"{stem}.crt", "key": f"{stem}.key", "directory": request.directory, "names": list(request.names)}
     _write_private(request.folder / ACME_CURRENT, json.dumps(current, indent=1).encode())
-    for name in (old.get("cert"), old.get("key")):
-        if name:
-            (request.folder / Path(name).name).unlink(missing_ok=True)
+    if old:
+        for path in acme_files(request.folder, old):
+            path.unlink(missing_ok=True)
 
 
 def fetch_renewal_info(request: OrderRequest) -> dict | None:
@@ -413,9 +410,8 @@ def fetch_renewal_info(request: OrderRequest) -> dict | None:
     except KeyError:
         return None
     answers = {}
-    current = _read_current(request.folder)
-    for kind, files in current.get("chains", {}).items():
-        leaf = x509.load_pem_x509_certificates((request.folder / Path(files["cert"]).name).read_bytes())[0]
+    for kind, files in acme_current(request.folder).get("chains", {}).items():
+        leaf = x509.load_pem_x509_certificates(acme_files(request.folder, files)[0].read_bytes())[0]
         aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
         response = net.get(f"{base.rstrip('/')}/{core.certificate_id(aki, leaf.serial_number)}", content_type="application/json")
         retry_after = response.headers.get("Retry-After", "")

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .offload import run_off_loop
 from .sensors import SENSORS, SensorRegistry
 from .settings import BINDING_SETTINGS, Settings, SettingsError
 from .store import ConfigStore
@@ -106,7 +107,7 @@ class Runtime:
         if proposed.certificate_source == self.settings.certificate_source:
             return
         try:
-            ensure_certificate(proposed)
+            run_off_loop(ensure_certificate, proposed)  # a custom RSA key's check alone takes 40 ms
         except CertificateError as exc:
             raise SettingsError({"tls_cert": str(exc)}) from None
 
@@ -124,7 +125,7 @@ class Runtime:
         if self.tls is not None and (cert_changed or reload_certificate):
             from .tls import ensure_certificate
 
-            self.tls.replace(ensure_certificate(new))
+            self.tls.replace(run_off_loop(ensure_certificate, new))
         if self.acme is not None and any(name.startswith("acme_") or name == "data_dir" for name in changed):
             self.acme.reconfigure()
         self.pending_restart.update(pending)

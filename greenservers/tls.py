@@ -115,8 +115,12 @@ def dns_names(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(san.get_values_for_type(x509.DNSName)) + tuple(str(a) for a in san.get_values_for_type(x509.IPAddress))
 
 
-def check_pem(cert_pem: bytes, key_pem: bytes, now: datetime.datetime | None = None, label: str = "certificate") -> tuple[x509.Certificate, list[x509.Certificate]]:
-    """Parse a PEM chain and key; refuse expired, not-yet-valid or mismatched ones."""
+def check_pem(cert_pem: bytes, key_pem: bytes, now: datetime.datetime | None = None, label: str = "certificate",
+              own_key: bool = False) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    """Parse a PEM chain and key; refuse expired, not-yet-valid or mismatched ones.
+
+    `own_key`: a key this service made (generated, or ordered by ACME and checked then): its RSA
+    consistency check, 40 ms of CPU, is skipped; it must still match the certificate."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
@@ -124,7 +128,7 @@ def check_pem(cert_pem: bytes, key_pem: bytes, now: datetime.datetime | None = N
         raise CertificateError(f"{label}: not a PEM certificate ({exc})") from None
     leaf = chain[0]
     try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
+        key = serialization.load_pem_private_key(key_pem, password=None, unsafe_skip_rsa_key_validation=own_key)
     except TypeError:
         raise CertificateError(f"{label}: the private key is encrypted; give an unencrypted key") from None
     except ValueError as exc:
@@ -147,9 +151,9 @@ def _read(path: Path, what: str) -> bytes:
         raise CertificateError(f"{what} {path}: cannot be read: {exc.strerror or exc}") from None
 
 
-def load_chain(cert_path: Path, key_path: Path, label: str, key_label: str | None = None) -> Chain:
+def load_chain(cert_path: Path, key_path: Path, label: str, key_label: str | None = None, own_key: bool = False) -> Chain:
     """A chain from its files, checked (check_pem)."""
-    leaf, _ = check_pem(_read(cert_path, label), _read(key_path, key_label or label), label=f"{label} {cert_path}")
+    leaf, _ = check_pem(_read(cert_path, label), _read(key_path, key_label or label), label=f"{label} {cert_path}", own_key=own_key)
     return Chain(key_kind(leaf.public_key()), cert_path, key_path, leaf.subject.rfc4514_string(), leaf.issuer.rfc4514_string(),
                  dns_names(leaf), leaf.serial_number, leaf.not_valid_before_utc, leaf.not_valid_after_utc)
 
@@ -198,10 +202,10 @@ def _self_signed(data_dir: Path) -> CertificatePair:
     for kind in ("ECDSA", "RSA"):
         cert_path, key_path = self_signed_paths(data_dir, kind)
         try:
-            chains.append(load_chain(cert_path, key_path, "generated certificate"))
+            chains.append(load_chain(cert_path, key_path, "generated certificate", own_key=True))
         except CertificateError:
             generate_self_signed(cert_path, key_path, kind=kind)
-            chains.append(load_chain(cert_path, key_path, "generated certificate"))
+            chains.append(load_chain(cert_path, key_path, "generated certificate", own_key=True))
     return CertificatePair(SELF_SIGNED, tuple(chains))
 
 
@@ -209,21 +213,32 @@ def acme_folder(data_dir: Path) -> Path:
     return data_dir.joinpath(*ACME_FOLDER)
 
 
-def acme_certificate(data_dir: Path) -> CertificatePair | None:
-    """The ACME certificates in use, or None when there are none (yet) that can be used."""
-    folder = acme_folder(data_dir)
+def acme_current(folder: Path) -> dict:
+    """current.json of the ACME folder: {"chains": {kind: {"cert", "key", "directory", "names"}}}; {} when absent."""
     try:
         current = json.loads((folder / ACME_CURRENT).read_text())
     except FileNotFoundError:
-        return None
+        return {}
     except (OSError, ValueError) as exc:
         log.error("%s: cannot be read, the ACME certificates are not used: %s", folder / ACME_CURRENT, exc)
-        return None
+        return {}
+    chains = current.get("chains") if isinstance(current, dict) else None
+    return current if isinstance(chains, dict) and all(isinstance(f, dict) for f in chains.values()) else {}
+
+
+def acme_files(folder: Path, files: dict) -> tuple[Path, Path]:
+    """The certificate and key files of one entry of current.json, inside `folder` whatever it says."""
+    return folder / Path(str(files.get("cert"))).name, folder / Path(str(files.get("key"))).name
+
+
+def acme_certificate(data_dir: Path) -> CertificatePair | None:
+    """The ACME certificates in use, or None when there are none (yet) that can be used."""
+    folder = acme_folder(data_dir)
     chains = []
-    for kind, files in sorted(current.get("chains", {}).items()):
+    for kind, files in sorted(acme_current(folder).get("chains", {}).items()):
         try:
-            chains.append(load_chain(folder / Path(files["cert"]).name, folder / Path(files["key"]).name, f"ACME {kind} certificate"))
-        except (CertificateError, KeyError, TypeError) as exc:
+            chains.append(load_chain(*acme_files(folder, files), f"ACME {kind} certificate", own_key=True))
+        except CertificateError as exc:
             log.warning("%s", exc)  # expired or damaged: the others (or the fallback) serve
     return CertificatePair(ACME, tuple(chains)) if chains else None
 
