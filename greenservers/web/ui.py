@@ -25,7 +25,7 @@ from ..audit import AuditLog
 from ..runtime import SERVICE_OF_SETTING
 from ..settings import DECLARATIONS, GROUPS, Setting
 from ..store import atomic_write
-from ..tls import CertificateError, check_pem, ensure_certificate, server_context
+from ..tls import ACME, CertificateError, check_pem, ensure_certificate, server_context
 from . import get_runtime
 from .api import VIA, ChangeRefused, apply_settings_changes, canonical
 from .auth import admin_required, auth_method, wants_html
@@ -293,6 +293,10 @@ def upload_certificate():
         if getattr(settings, name):
             keep.add(settings.resolve(getattr(settings, name)).resolve())  # the previous pair, for going back by hand
     _remove_old_uploads(tls_dir, keep)
-    flash(f"Certificate installed: {leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}. "
-          "New HTTPS and LDAPS connections use it now.", "ok")
+    if pair.source == ACME:
+        flash(f"Certificate stored: {leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}. "
+              "The ACME certificate comes first while acme_domains is set; this one serves when ACME is turned off.", "warning")
+    else:
+        flash(f"Certificate installed: {leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}. "
+              "New HTTPS and LDAPS connections use it now.", "ok")
     return redirect(url_for("ui.settings_ports"), code=303)
