@@ -168,6 +168,9 @@ class AcmeManager:
         issued, error = run_off_loop(order_certificates, request, plan.renew, self.pending)
         if issued:
             self._install(request, issued, plan)
+            for kind in issued:
+                self._windows.pop(kind, None)  # that window was the old certificate's
+            self._ari_next = None  # ask about the new ones at the next look
         if error:
             status.failures += 1
             status.last_result, status.last_error = "failed", error

@@ -136,10 +136,13 @@ class PebbleCA:
         _stop(self.pebble)
         _stop(self.dns)
 
-    def _management(self, path: str) -> bytes:
+    def _get(self, url: str) -> bytes:
         context = ssl.create_default_context(cafile=str(self.bundle))
-        with urllib.request.urlopen(f"https://127.0.0.1:{self.management_port}{path}", context=context, timeout=10) as answer:
+        with urllib.request.urlopen(url, context=context, timeout=10) as answer:
             return answer.read()
+
+    def _management(self, path: str) -> bytes:
+        return self._get(f"https://127.0.0.1:{self.management_port}{path}")
 
     def root_pem(self) -> bytes:
         """The root the issued certificates chain to (a new one each time pebble starts)."""
@@ -165,3 +168,81 @@ def _stop(proc: subprocess.Popen | None) -> None:
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(5)
+
+
+class RenewalInfo:
+    """ACME Renewal Information (RFC 9773) for pebble 2.4, which has none: an HTTPS server on
+    loopback whose directory is pebble's plus `renewalInfo`, answered here.
+
+    Every other resource of the directory is pebble's own URL, so accounts, orders and
+    certificates still come from pebble. A certificate ID is checked as a CA would: its
+    authorityKeyIdentifier part must be the identifier of pebble's intermediate. The first
+    serials asked about get `first_window(now)`; any later one a window in a month."""
+
+    def __init__(self, ca: PebbleCA, first_window):
+        import http.server
+        import threading
+
+        self.ca = ca
+        self.first_window = first_window
+        self.asked: list[int] = []  # serials, in the order asked about
+        self.first_serials: set[int] = set()
+        front = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path == "/dir":
+                    directory = json.loads(ca._get(ca.directory))
+                    directory["renewalInfo"] = f"https://127.0.0.1:{front.port}/renewal-info"
+                    return self._json(200, directory)
+                answer = front.answer(self.path)
+                if answer is None:
+                    return self._json(404, {"type": "urn:ietf:params:acme:error:malformed", "detail": "unknown certificate"})
+                return self._json(200, answer, retry_after="21600")
+
+            def _json(self, status, body, retry_after=None):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if retry_after:
+                    self.send_header("Retry-After", retry_after)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(ca.folder / "pebble-cert.pem"), str(ca.folder / "pebble-key.pem"))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def directory(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    def answer(self, path: str):
+        import base64
+
+        prefix = "/renewal-info/"
+        if not path.startswith(prefix) or path.count(".") != 1:
+            return None
+        aki_part, serial_part = path[len(prefix):].split(".")
+        unb64 = lambda text: base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))  # noqa: E731
+        intermediate = x509.load_pem_x509_certificate(self.ca._management("/intermediates/0"))
+        if unb64(aki_part) != intermediate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest:
+            return None
+        serial = int.from_bytes(unb64(serial_part), "big", signed=True)
+        self.asked.append(serial)
+        if len(self.first_serials) < 2:
+            self.first_serials.add(serial)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        start, end = self.first_window(now) if serial in self.first_serials else (now + datetime.timedelta(days=30), now + datetime.timedelta(days=31))
+        return {"suggestedWindow": {"start": start.isoformat().replace("+00:00", "Z"), "end": end.isoformat().replace("+00:00", "Z")}}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -130,6 +130,8 @@ def test_issuance_for_two_names_is_trusted_by_https_and_ldap_without_restart(ser
 
     for chain in cert["chains"]:
         assert set(chain["names"]) == set(NAMES) and "Pebble" in chain["issuer"]
+    renewal_info = wait_for(svc, lambda c: c["acme"]["state"] == "waiting", "the next check planned")["acme"]["renewal_info"]
+    assert renewal_info == "not offered by this authority"  # pebble 2.4 has no ARI: the lifetime rule alone
     for name in NAMES:
         assert curl_https(svc, root, name).stdout == "200 0"
         starttls = ldapsearch(root, f"ldap://{name}:{svc.port('ip_ldap_port')}", "-ZZ")
@@ -342,3 +344,31 @@ def test_the_generated_pair_gives_rsa_or_ecdsa_by_the_clients_signature_algorith
     # a client that takes both (curl, browsers) gets ECDSA: the generated ECDSA certificate verifies it
     assert subprocess.run(["curl", "-sS", "--cacert", str(svc.cert_path), "-o", "/dev/null", svc.url("/healthz", "https")],
                           capture_output=True, timeout=30).returncode == 0
+
+
+def test_a_renewal_window_from_the_authority_brings_renewal_forward(service, pebble, tmp_path):
+    """ARI (RFC 9773): pebble's certificates last five years, so only the window can make this renewal."""
+    from datetime import timedelta
+
+    from pebble_ca import RenewalInfo
+
+    http_port = free_port()
+    ca = pebble(http_port)
+    ari = RenewalInfo(ca, lambda now: (now - timedelta(minutes=2), now - timedelta(minutes=1)))  # passed: renew now
+    try:
+        svc = service({"ip_http_port": f"127.0.0.1:{http_port}", "ip_https_port": f"127.0.0.1:{free_port()}",
+                       "acme_domains": " ".join(NAMES), "acme_directory": ari.directory, "acme_ca_bundle": str(ca.bundle)})
+        audit = svc.directory / "data" / "audit.log"
+        wait_for(svc, lambda c: audit.exists() and "renewed" in audit.read_text(), "the renewal ARI asked for")
+        renewed = health(svc)["certificate"]  # read after the audit entry: the renewed certificates are served
+        first = {s for s in ari.first_serials}
+        assert len(first) == 2 and not first & {int(c["serial"], 16) for c in renewed["chains"]}
+        assert "inside the renewal window the authority suggests (ARI)" in (svc.directory / "data" / "audit.log").read_text()
+        # the new certificates are asked about too, get a window a month out, and are kept
+        later = wait_for(svc, lambda c: c["acme"]["renewal_info"] == "offered" and len(c["acme"]["renewal_windows"]) == 2
+                         and set(ari.asked) - first, "ARI asked about the new certificates")
+        assert {c["serial"] for c in later["chains"]} == {c["serial"] for c in renewed["chains"]}
+        assert later["acme"]["state"] == "waiting" and later["acme"]["last_result"] == "issued"
+        assert (svc.directory / "data" / "audit.log").read_text().count("renewed") == 1
+    finally:
+        ari.stop()
