@@ -285,7 +285,9 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _account(acme_client, net, request: OrderRequest) -> None:
-    """Register the account (once per directory; the key is kept) and make `net` sign as it."""
+    """Make `net` sign as this key's account at the directory: registered when the authority does
+    not know the key (a first order, or an authority that forgot it), found again when it does
+    (RFC 8555 §7.3.1: the same key's newAccount answers 200 and its URL); its contact kept current."""
     from acme import errors, messages
 
     path = request.folder / "account.json"
@@ -293,20 +295,17 @@ def _account(acme_client, net, request: OrderRequest) -> None:
         accounts = json.loads(path.read_text())
     except (OSError, ValueError):
         accounts = {}
-    known = accounts.get(request.directory)
-    contact = (f"mailto:{request.email}",) if request.email else ()
-    if known and tuple(known.get("contact", ())) == contact:
-        net.account = messages.RegistrationResource(uri=known["uri"], body=messages.Registration())
-        return
-    registration = messages.NewRegistration.from_data(email=request.email or None, terms_of_service_agreed=True)
+    contact = [f"mailto:{request.email}"] if request.email else []
     try:
-        uri = acme_client.new_account(registration).uri
-    except errors.ConflictError as exists:  # this key already has an account there
+        uri = acme_client.new_account(messages.NewRegistration.from_data(email=request.email or None, terms_of_service_agreed=True)).uri
+    except errors.ConflictError as exists:
         uri = exists.location
         net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
-        acme_client.update_registration(net.account, messages.Registration(contact=contact))
-    accounts[request.directory] = {"uri": uri, "contact": list(contact)}
-    _write_private(path, json.dumps(accounts, indent=1).encode())
+        if accounts.get(request.directory, {}).get("contact") != contact:
+            acme_client.update_registration(net.account, messages.Registration(contact=tuple(contact)))
+    if accounts.get(request.directory) != {"uri": uri, "contact": contact}:
+        accounts[request.directory] = {"uri": uri, "contact": contact}
+        _write_private(path, json.dumps(accounts, indent=1).encode())
 
 
 def _account_key(folder: Path):

@@ -372,3 +372,22 @@ def test_a_renewal_window_from_the_authority_brings_renewal_forward(service, peb
         assert (svc.directory / "data" / "audit.log").read_text().count("renewed") == 1
     finally:
         ari.stop()
+
+
+def test_an_authority_that_forgot_the_account_gets_it_registered_again(service, pebble, tmp_path):
+    svc, ca = acme_service(service, pebble)
+    wait_for(svc, issued, "the certificates")
+    accounts = svc.directory / "data" / "tls" / "acme" / "account.json"
+    first_account = json.loads(accounts.read_text())[ca.directory]["uri"]
+    ca.stop_pebble()
+    ca.start()  # a new pebble on the same ports: it knows no account (and has a new root)
+
+    more = NAMES + ("more.acme.test",)
+    answer = requests.put(svc.url("/api/settings/ports"), auth=AUTH, timeout=10,
+                          json={"acme_domains": " ".join(more), "acme_email": "pbx-admin@acme.test"})
+    assert answer.status_code == 200
+    cert = wait_for(svc, lambda c: issued(c) and all(set(ch["names"]) == set(more) for ch in c["chains"]), "certificates for three names")
+    assert cert["acme"]["failures_in_a_row"] == 0
+    account = json.loads(accounts.read_text())[ca.directory]
+    assert account["uri"] != first_account and account["contact"] == ["mailto:pbx-admin@acme.test"]
+    assert curl_https(svc, write_root(ca, tmp_path), "more.acme.test").stdout == "200 0"
