@@ -163,6 +163,12 @@ def test_ports_page_in_a_real_browser(service, browser):
     screenshot(browser, ARTIFACTS / "ports-page.png", 1100)
     screenshot(browser, ARTIFACTS / "ports-page-phone.png", 390, 844)
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), "page wider than a phone screen"
+    # the Certificate section: the generated pair, one row per key type, and the order of precedence
+    assert browser.find_element(By.ID, "cert-source").text == "self-signed"
+    rows = browser.find_element(By.ID, "cert-chains").text
+    assert "ECDSA" in rows and "RSA" in rows and "Served in this order" in browser.find_element(By.ID, "certificate").text
+    browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.ID, "certificate"))
+    browser.save_screenshot(str(ARTIFACTS / "ports-page-certificate.png"))
 
     # the address book page (rendered off the event loop in this request's context): a contact added
     # through the form, its flash message shown once
