@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 
+from .files import use_private_umask
 from .settings import SettingsError
 from .store import ConfigFileError, ConfigStore
 
@@ -30,6 +31,7 @@ def check_config_or_exit() -> None:
 
 
 def on_starting(arbiter) -> None:
+    use_private_umask()  # inherited by the worker: SQLite's -wal/-shm and anything else made without a mode
     check_config_or_exit()
 
     def forward_hup():

@@ -4,7 +4,8 @@ An administrator's comments and layout survive every rewrite, because only
 the changed values are replaced in the parsed document. Writes are atomic:
 a temporary file in the same folder is written, fsynced and renamed over the
 old one, so a crash at any point leaves either the old or the new file.
-The file holds secrets, so it is written with mode 0600. A temporary file
+The file holds secrets, so it is written with mode 0600, and it keeps
+its owner and group (a command run as root beside the service). A temporary file
 is named after the process writing it, so one left by a crashed process is
 recognised and removed (`remove_orphans`) when the file is next opened.
 """
@@ -20,6 +21,7 @@ from typing import Any
 import tomlkit
 import tomlkit.exceptions
 
+from .files import keep_owner, make_private_dir, open_private, replacement_owner
 from .settings import DECLARATIONS, GENERATED, GROUPS, Settings, SettingsError, generate_secret
 
 CONFIG_ENV = "GREENSERVERS_CONFIG"
@@ -34,13 +36,19 @@ def default_config_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV) or DEFAULT_FILE).absolute()
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` so that readers see the old or the new file only."""
+def atomic_write(path: Path, data: bytes) -> os.stat_result:
+    """Replace `path` with `data` so that readers see the old or the new file only; the stat of the new one.
+
+    The new file is private (0600) and keeps the owner and group of the one it replaces
+    (greenservers.files: a non-root process refuses to replace another user's file).
+    """
     path = Path(path)
+    replaced = replacement_owner(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    fd = open_private(tmp, os.O_WRONLY, exclusive=True)
     try:
         with os.fdopen(fd, "wb") as out:
+            keep_owner(out.fileno(), replaced)
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
@@ -51,11 +59,13 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         except FileNotFoundError:
             pass
         raise
+    written = os.stat(path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return written
 
 
 def process_gone(pid: int) -> bool:
@@ -163,7 +173,7 @@ class ConfigStore:
                 document.add(tomlkit.comment(setting.description))
                 document.add(setting.name, value)
         settings = self._settings_of(document)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         atomic_write(self.path, tomlkit.dumps(document).encode("utf-8"))
         return settings
 

@@ -30,6 +30,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from . import binder, runtime as runtime_module
 from .binder import BindError, Bound
+from .files import tighten_install
 from .httpserver import CappedWSGIServer, https_redirect
 from .proto.http import ConnectionGate
 from .runtime import BindingState, Runtime
@@ -61,6 +62,9 @@ class GreenWorker(GeventWorker):
             settings = store.ensure_generated()
             for warning in settings.warnings:
                 self.log.warning("%s: %s", store.path, warning)
+            tightened = tighten_install(store.path, settings.data_path)
+            if tightened.changed or tightened.not_ours:
+                self.log.warning("%s and %s: %s", store.path, settings.data_path, tightened.summary())
             self.runtime = runtime_module.install(Runtime(store, settings))
             self.runtime.tls = TLSContextHolder(ensure_certificate(settings))
             self.served_settings = set(HTTP_SETTINGS) | set(SERVICES)

@@ -63,8 +63,9 @@ def free_udp_port() -> int:
 class ServiceProcess:
     """greenservers run exactly as in production: gunicorn -c gunicorn.conf.py app:app."""
 
-    def __init__(self, directory: Path, settings: dict, env: dict | None = None):
+    def __init__(self, directory: Path, settings: dict, env: dict | None = None, umask: int = -1):
         self.directory = Path(directory)
+        self.umask = umask  # -1: the test's own
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path = self.directory / "greenservers.toml"
         full = {key: "" for key in BINDING_KEYS}
@@ -83,7 +84,7 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "app:app"],
             cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
+            start_new_session=True, umask=self.umask,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
