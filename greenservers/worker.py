@@ -7,8 +7,9 @@ connection gate and starts the UDP/TCP services. A bind failure exits with
 gunicorn's boot-error code, so the master stops at once with our message.
 
 Port changes apply live (`rebind`, called by Runtime.update for the API and
-the Ports page, and on SIGHUP — forwarded by the master, see
-greenservers.launch — after a hand edit of the file): new bindings are bound
+the Ports page, and when the file was changed by another process: noticed by
+`watch_config_file` within a second, or on SIGHUP, forwarded by the master,
+see greenservers.launch): new bindings are bound
 first and start serving, removed ones stop accepting (HTTP requests in
 flight finish), unchanged ones are not touched, so their connections and
 transfers carry on. If any new binding cannot be bound, nothing changes and
@@ -36,7 +37,7 @@ from .proto.http import ConnectionGate
 from .runtime import BindingState, Runtime
 from .service import SERVICES, load_service_class
 from .settings import SettingsError
-from .store import ConfigFileError, ConfigStore
+from .store import ChangeWatch, ConfigFileError, ConfigStore
 from .tls import CertificateError, TLSContextHolder, ensure_certificate
 
 HTTP_SETTINGS = ("ip_http_port", "ip_https_port")
@@ -87,7 +88,8 @@ class GreenWorker(GeventWorker):
         for bound in self.bound:
             self._start(bound)
         runtime.rebinder = self.rebind
-        gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload_config))
+        gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload_config, "SIGHUP"))
+        self.watcher = gevent.spawn(self.watch_config_file)
         self.log.info("greenservers serving: %s", ", ".join(f"{b.setting}={b.address}" for b in self.bound) or "nothing")
         while self.alive:
             self.notify()
@@ -167,20 +169,39 @@ class GreenWorker(GeventWorker):
     def _service_for(self, setting: str):
         return self.services[SERVICES[setting]]
 
-    def reload_config(self):
+    def reload_config(self, cause: str):
         try:
             result = self.runtime.reload_from_file()
         except (SettingsError, ConfigFileError) as exc:
-            self.log.error("SIGHUP: configuration not reloaded, the running settings stay: %s", exc)
+            self.log.error("%s: configuration not reloaded, the running settings stay: %s", cause, exc)
             return
         except BindError as exc:
-            self.log.error("SIGHUP: bindings not changed, the old ones keep serving: %s", exc)
+            self.log.error("%s: bindings not changed, the old ones keep serving: %s", cause, exc)
             return
-        self.log.info("SIGHUP: configuration reloaded; changed: %s", ", ".join(result.changed) or "nothing")
+        self.log.info("%s: configuration reloaded; changed: %s", cause, ", ".join(result.changed) or "nothing")
+
+    def watch_config_file(self):
+        """Apply what another process writes into the file (`passwd`, `setup`, a hand edit), as SIGHUP would.
+
+        Why the server looks rather than the command telling it: a command would need the
+        server's PID and the right to signal it (root beside a service user, `docker exec`,
+        another container sharing the volume), or a control socket to secure; a stat of one
+        file twice a second costs microseconds and also catches hand edits and any future
+        command. The store's ChangeWatch decides when a change is complete enough to read.
+        """
+        watch = ChangeWatch(self.runtime.store)
+        while self.alive:
+            gevent.sleep(watch.POLL_SECONDS)
+            change = watch.poll()
+            if change == watch.CHANGED:
+                self.reload_config("configuration file changed")
+            elif change == watch.GONE:
+                self.log.warning("%s is gone; the running settings stay until it is back", self.runtime.store.path)
 
     def _stop_all(self):
         deadline = time.monotonic() + self.cfg.graceful_timeout
         self.runtime.rebinder = None
+        self.watcher.kill(block=False)
         for bound, server in self.servers:
             if isinstance(server, CappedWSGIServer):
                 server.close()

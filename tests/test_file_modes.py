@@ -27,8 +27,7 @@ import tomlkit
 from greenservers import audit
 from greenservers.audit import AuditLog
 from greenservers.passwords import verify_password
-from greenservers.store import ConfigStore
-from support import REPO, ServiceProcess, free_port, free_udp_port
+from support import ServiceProcess, free_port, free_udp_port, run_cli as cli
 from test_web_auth import PASSWORD, PASSWORD_HASH, csrf_of
 from test_web_ports import make_cert
 
@@ -54,11 +53,6 @@ def assert_private(*roots: Path) -> dict[str, str]:
              if mode != ("0o700" if os.path.isdir(path) else "0o600")}
     assert not loose, f"not private: {loose}"
     return found
-
-
-def cli(args: list[str], config: Path, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "greenservers", *args], cwd=REPO, input=stdin, capture_output=True, text=True,
-                          env=dict(os.environ, GREENSERVERS_CONFIG=str(config)), timeout=60)
 
 
 @pytest.fixture
