@@ -22,7 +22,9 @@ master binds nothing).
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 
@@ -31,7 +33,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from . import binder, runtime as runtime_module
 from .binder import BindError, Bound
-from .files import tighten_install
+from .files import tighten_install, user_name
 from .httpserver import CappedWSGIServer, https_redirect
 from .proto.http import ConnectionGate
 from .runtime import BindingState, Runtime
@@ -42,6 +44,21 @@ from .tls import CertificateError, TLSContextHolder, ensure_certificate
 
 HTTP_SETTINGS = ("ip_http_port", "ip_https_port")
 WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR: the master stops instead of respawning
+
+
+def admin_page_url(settings, hostname: str) -> str | None:
+    """Where an administrator opens the Ports page: the first HTTPS binding (else HTTP).
+
+    A binding on every address is named by this host's name (the self-signed certificate
+    holds it); one on a single address by that address; the scheme's own port is left out.
+    """
+    for scheme, bindings, default_port in (("https", settings.ip_https_port, 443), ("http", settings.ip_http_port, 80)):
+        if bindings:
+            binding = bindings[0]
+            host = hostname if binding.is_wildcard else binding.display.rsplit(":", 1)[0]
+            port = "" if binding.port == default_port else f":{binding.port}"
+            return f"{scheme}://{host}{port}/settings/ports"
+    return None
 
 
 def _attach_to_gunicorn_log(gunicorn_log) -> None:
@@ -90,7 +107,8 @@ class GreenWorker(GeventWorker):
         runtime.rebinder = self.rebind
         gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload_config, "SIGHUP"))
         self.watcher = gevent.spawn(self.watch_config_file)
-        self.log.info("greenservers serving: %s", ", ".join(f"{b.setting}={b.address}" for b in self.bound) or "nothing")
+        self.log.info("greenservers serving: %s; %s", ", ".join(f"{b.setting}={b.address}" for b in self.bound) or "nothing",
+                      self._where_to_go())
         while self.alive:
             self.notify()
             gevent.sleep(1.0)
@@ -179,6 +197,19 @@ class GreenWorker(GeventWorker):
             self.log.error("%s: bindings not changed, the old ones keep serving: %s", cause, exc)
             return
         self.log.info("%s: configuration reloaded; changed: %s", cause, ", ".join(result.changed) or "nothing")
+        if "admin_password_hash" in result.changed:
+            self.log.info("%s", self._where_to_go())
+
+    def _where_to_go(self) -> str:
+        """The admin page's URL on this host and whether its password is set (how to set it if not)."""
+        settings = self.runtime.settings
+        url = admin_page_url(settings, socket.gethostname())
+        where = f"admin page: {url}" if url else "admin page: none (no HTTP or HTTPS binding)"
+        if settings.admin_password_hash:
+            return f"{where} (user admin)"
+        command = f"{sys.executable} -m greenservers --config {self.runtime.store.path} passwd"
+        who = "" if os.geteuid() == 0 else f" (as {user_name(os.geteuid())} or root)"
+        return f"{where}; no admin password is set yet: run `{command}`{who}, the running server takes it within a second"
 
     def watch_config_file(self):
         """Apply what another process writes into the file (`passwd`, `setup`, a hand edit), as SIGHUP would.
