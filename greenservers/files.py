@@ -96,10 +96,11 @@ def make_private_dir(path: Path | str) -> Path:
             os.mkdir(folder, PRIVATE_DIR)
         except FileExistsError:
             continue  # made meanwhile by another process
-        if _as_root():
-            parent = os.stat(folder.parent)
-            if (parent.st_uid, parent.st_gid) != (0, 0):
-                os.chown(folder, parent.st_uid, parent.st_gid, follow_symlinks=False)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            _take_owner_of(fd, os.stat(folder.parent))
+        finally:
+            os.close(fd)
     if not path.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(path))
     return path
