@@ -6,7 +6,8 @@ the new value. Secret settings are masked before anything is written, so
 the file (and the page that shows it) never holds a password or community.
 
 The file is only ever appended to (O_APPEND, one write per entry, mode
-0600; its rotations keep the mode); reading takes the tail only, so a long history costs nothing to show.
+0600, which its rotations keep); reading takes the tail only, so a long
+history costs nothing to show.
 Its size is bounded: past ROTATE_BYTES it becomes audit.log.1 (the older
 ones move to .2 ... .KEEP_ROTATED, the oldest is dropped), as logrotate would.
 """

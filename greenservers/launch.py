@@ -2,9 +2,10 @@
 
 The master checks the configuration once before forking, so a bad file
 stops the start with its reasons. It sets the private umask the worker
-inherits, and rewords gunicorn's empty "Listening at:" line. SIGHUP is forwarded to the worker, which
-re-reads the file itself: gunicorn's own reload would start a second worker
-that cannot bind the ports the first one holds, and exit.
+inherits and rewords gunicorn's empty "Listening at:" line. SIGHUP is
+forwarded to the worker, which re-reads the file itself: gunicorn's own
+reload would start a second worker that cannot bind the ports the first one
+holds, and exit.
 """
 
 from __future__ import annotations
