@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import select
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -218,6 +220,8 @@ def test_passwd_as_another_user_refuses_to_take_the_file_and_names_its_owner(as_
             os._exit(0)
     os.close(writer)
     with os.fdopen(reader) as pipe:
+        if not select.select([pipe], [], [], 60)[0]:
+            os.kill(pid, signal.SIGKILL)
         code, _, message = pipe.read().partition("\n")
     os.waitpid(pid, 0)
     assert code == "1", message
