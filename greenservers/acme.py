@@ -39,7 +39,9 @@ import gevent
 from gevent.event import Event
 
 from .audit import AuditLog
+from .files import PRIVATE_DIR, make_private_dir
 from .offload import run_off_loop
+from .store import atomic_write
 from .proto import acme as core
 from .tls import (ACME_CURRENT, CertificateError, acme_certificate, acme_current, acme_files, acme_folder, check_pem, dns_names,
                   new_private_key, private_key_pem, server_context)
@@ -274,14 +276,12 @@ def _client(request: OrderRequest, account_key=None):
 
 
 def _private_folder(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
+    make_private_dir(folder)
+    os.chmod(folder, PRIVATE_DIR)  # made before the service kept its folders private: tightened
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    from .store import atomic_write
-
-    atomic_write(path, data, mode=0o600)
+    atomic_write(path, data)  # 0600, atomic
 
 
 def _account(acme_client, net, request: OrderRequest) -> None:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from .files import make_private_dir
 from .sensors import watch_certificate_expiry
 from .store import atomic_write
 
@@ -187,9 +188,9 @@ def generate_self_signed(cert_path: Path, key_path: Path, hostname: str | None =
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(key_path, private_key_pem(key), mode=0o600)
-    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    make_private_dir(cert_path.parent)
+    atomic_write(key_path, private_key_pem(key))
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def self_signed_paths(data_dir: Path, kind: str = "ECDSA") -> tuple[Path, Path]:
