@@ -105,10 +105,11 @@ class ServiceProcess:
     def wait_exit(self, timeout: float = 15.0) -> int:
         return self.proc.wait(timeout)
 
-    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+    def wait_for_log(self, text: str, timeout: float = 10.0, since: int = 0) -> str:
+        """The first line holding `text` (among the lines from number `since` on)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in list(self.lines):
+            for line in self.lines[since:]:
                 if text in line:
                     return line
             time.sleep(0.02)
