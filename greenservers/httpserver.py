@@ -38,7 +38,7 @@ from gunicorn.workers.ggevent import PyWSGIHandler
 
 from .proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
 from .proto.peers import client_key
-from .ratelog import RateLimitedLog
+from .ratelog import RateLimitedLog, printable
 
 def _seconds(name: str, default: float) -> float:
     """A timeout, overridable from the environment (tuning, and short ones in tests)."""
@@ -68,15 +68,7 @@ REJECT_503 = (
 )
 
 log = logging.getLogger("greenservers.http")
-SAMPLE_CHARS = 100  # of a peer's bytes quoted in a log line
 TLS_RECORD = "\x16\x03"  # how a TLS ClientHello starts
-
-
-def printable_sample(text: str, limit: int = SAMPLE_CHARS) -> str:
-    """`text` cut to `limit` characters, control and non-ASCII characters escaped: one log line, no forged ones."""
-    cut = text[:limit]
-    shown = "".join(c if c.isascii() and c.isprintable() else ascii(c)[1:-1] for c in cut)
-    return shown + ("..." if len(text) > limit else "")
 
 
 class HeaderTimeout(gevent.Timeout):
@@ -132,12 +124,12 @@ class CappedHandler(PyWSGIHandler):
         reason = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
         tls_on_plain = self.server.tls_holder is None and (self.requestline or "").startswith(TLS_RECORD)
         hint = " (a TLS handshake sent to the plain-HTTP port: use https://)" if tls_on_plain else ""
-        self._peer_line("bad HTTP request, answered 400%s: %s", hint, printable_sample(reason))
+        self._peer_line("bad HTTP request, answered 400%s: %s", hint, printable(reason))
         return "400", REJECT_400
 
     def log_error(self, msg, *args):
         """gevent's way to log what a client did wrong, should it use it elsewhere: the same rate-limited line."""
-        self._peer_line("%s", printable_sample(msg % args if args else msg))
+        self._peer_line("%s", printable(msg % args if args else msg))
 
     def _peer_line(self, message: str, *args) -> None:
         """A line the client caused: rate-limited per client, at INFO, without the socket's repr."""

@@ -259,6 +259,52 @@ def test_api_put_with_session_cookie_needs_the_csrf_header(web):
     assert answer.status_code == 200 and web.runtime.settings.http_max_conn == 5
 
 
+def test_a_view_added_later_is_guarded_without_saying_so(tmp_path):
+    """The check is not per view: a new route that changes state needs the token like every form."""
+    web = WebFixture(tmp_path)
+    calls = []
+    web.app.add_url_rule("/later", "later", lambda: calls.append(1) or "done", methods=["POST", "DELETE"])
+    for method in ("POST", "DELETE"):
+        for headers in ({}, basic(), {**basic(), "Content-Type": "application/json"}):
+            assert web.client.open("/later", method=method, headers=headers, data="{}").status_code == 403
+    web.login()
+    assert web.client.post("/later", data={"csrf_token": web.page_token()}).status_code == 200
+    assert calls == [1]
+
+
+def test_until_a_password_is_set_nothing_changes_state(tmp_path):
+    web = WebFixture(tmp_path, password=False)
+    web.app.add_url_rule("/later", "later", lambda: "done", methods=["POST"])
+    assert web.client.post("/later").status_code == 503
+    assert web.client.post("/logout").status_code == 503
+
+
+@pytest.mark.parametrize(("origin", "host", "same"), [
+    ("https://pbx.example:8443", "pbx.example:8443", True),
+    ("https://PBX.example:443", "pbx.example", True),
+    ("https://pbx.example", "pbx.example:443", True),
+    ("https://[::1]:8443", "[::1]:8443", True),
+    ("http://pbx.example:8443", "pbx.example:8443", False),
+    ("https://pbx.example:8444", "pbx.example:8443", False),
+    ("https://pbx.example.evil.example", "pbx.example", False),
+    ("null", "pbx.example", False),
+])
+def test_origin_is_compared_as_scheme_host_and_port(web, origin, host, same):
+    answer = web.client.put("/api/settings/ports", json={"http_max_conn": 7}, base_url=f"https://{host}",
+                            headers={**basic(), "Origin": origin})
+    assert answer.status_code == (200 if same else 403), answer.text
+    assert (web.runtime.settings.http_max_conn == 7) == same
+
+
+def test_an_api_body_is_checked_whatever_carries_the_token(web):
+    web.login()
+    token = {"X-CSRF-Token": web.page_token()}
+    answer = web.client.put("/api/settings/ports", data='{"http_max_conn": 7}', headers={**token, "Content-Type": "text/plain"})
+    assert answer.status_code == 415 and "application/json" in answer.json["error"]
+    assert web.runtime.settings.http_max_conn == 1000
+    assert web.client.put("/api/settings/ports", json={"http_max_conn": 7}, headers=token).status_code == 200
+
+
 # -- headers ------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from ..runtime import ChangeResult
 from ..settings import BY_NAME, DECLARATIONS, SettingsError
 from ..store import ConfigFileError
 from . import get_runtime
-from .auth import ADMIN_USER, admin_required, auth_method
+from .auth import ADMIN_USER, JSON_BODY, admin_required, auth_method, takes
 
 bp = Blueprint("api", __name__)
 
@@ -114,9 +114,8 @@ def get_ports():
 
 @bp.put("/api/settings/ports")
 @admin_required
+@takes(JSON_BODY)
 def put_ports():
-    if not request.is_json:
-        return jsonify(error="send the settings as JSON (Content-Type: application/json)"), 415
     try:
         changes = _changes_from_json(request.get_json(silent=True), get_runtime().settings)
         result = apply_settings_changes(changes, VIA.get(auth_method(), "API")) if changes else None
