@@ -136,6 +136,11 @@ class ConfigStore:
         """The effective settings of the file (defaults for what it lacks)."""
         return self._settings_of(self.read_document())
 
+    def value_in_file(self, name: str, default: Any = None) -> Any:
+        """One setting's value as the file has it now (`default` when it has none), unvalidated."""
+        document = self.read_document()
+        return _plain(document[name]) if name in document else default
+
     def _settings_of(self, document: tomlkit.TOMLDocument) -> Settings:
         raw = {key: _plain(value) for key, value in document.items()}
         nested = [key for key, value in raw.items() if isinstance(value, dict)]

@@ -7,12 +7,14 @@ fresh configuration file in a temporary folder and the app around it.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 from pathlib import Path
 
 import pytest
 
+from greenservers.audit import AUDIT_FILE
 from greenservers.passwords import hash_password
 from greenservers.runtime import Runtime
 from greenservers.store import ConfigStore
@@ -193,6 +195,100 @@ def test_a_new_password_ends_existing_sessions(web):
     assert web.client.get("/settings/ports", headers=HTML).status_code == 200
     web.runtime.update({"admin_password_hash": hash_password("another one")})
     assert web.client.get("/settings/ports", headers=HTML).status_code == 302
+
+
+def _copy_of_session(web):
+    """Another client holding a copy of web.client's session cookie (as a thief would)."""
+    thief = web.app.test_client()
+    thief.set_cookie("greenservers_session", web.client.get_cookie("greenservers_session").value)
+    return thief
+
+
+def test_logout_ends_the_session_on_the_server_not_only_in_this_browser(web):
+    web.login()
+    thief = _copy_of_session(web)
+    assert thief.get("/settings/ports", headers=HTML).status_code == 200
+    assert web.client.post("/logout", data={"csrf_token": web.page_token()}).status_code == 303
+    assert thief.get("/settings/ports", headers=HTML).status_code == 302
+    assert thief.get("/api/settings/ports").status_code == 401
+    assert len(web.app.extensions["greenservers_auth"]["sessions"]) == 0
+
+
+def test_changing_the_password_on_the_page_ends_every_other_session(web):
+    other = web.app.test_client()
+    web.login(client=other)
+    web.login()
+    thief = _copy_of_session(web)
+    form = {"csrf_token": web.page_token(), "current_password": PASSWORD, "new_password": "a new one", "new_password_again": "a new one"}
+    answer = web.client.post("/settings/password", data=form, headers=HTML)
+    assert answer.status_code == 303 and answer.location == "/settings/ports"
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 200  # the changer stays, with a new session
+    for client in (other, thief):
+        assert client.get("/settings/ports", headers=HTML).status_code == 302
+    script = web.app.test_client()  # HTTP Basic, no session
+    assert script.get("/api/settings/ports", headers=basic()).status_code == 401
+    assert script.get("/api/settings/ports", headers=basic(password="a new one")).status_code == 200
+    audit = json.loads((web.runtime.settings.data_path / AUDIT_FILE).read_text().splitlines()[-1])
+    assert audit["changes"] == [{"setting": "admin_password_hash", "old": "(set)", "new": "(changed)"}] and audit["via"] == "web page"
+    assert "a new one" not in web.config_text
+
+
+@pytest.mark.parametrize(("form", "field"), [
+    ({"current_password": "wrong", "new_password": "n", "new_password_again": "n"}, "current_password"),
+    ({"current_password": PASSWORD, "new_password": "n", "new_password_again": "m"}, "new_password_again"),
+    ({"current_password": PASSWORD, "new_password": "", "new_password_again": ""}, "new_password"),
+])
+def test_a_refused_password_change_changes_nothing(web, form, field):
+    web.login()
+    before = web.config_text
+    answer = web.client.post("/settings/password", data={"csrf_token": web.page_token(), **form}, headers=HTML)
+    assert answer.status_code == 400 and f'id="e-{field}"' in answer.text
+    assert PASSWORD not in answer.text and "wrong" not in answer.text.replace("is wrong", "")
+    assert web.config_text == before
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 200
+
+
+def test_the_password_api_checks_the_current_one_and_counts_failures(web):
+    url = "/api/settings/password"
+    for _ in range(LOGIN_LIMIT):
+        answer = web.client.put(url, json={"current_password": "guess", "new_password": "mine now"}, headers=basic())
+        assert answer.status_code == 400 and "current_password" in answer.json["errors"]
+    assert web.client.put(url, json={"current_password": PASSWORD, "new_password": "x"}, headers=basic()).status_code == 429
+    web.clock.now += LOGIN_WINDOW + 1
+    answer = web.client.put(url, json={"current_password": PASSWORD, "new_password": "mine now"}, headers=basic())
+    assert answer.status_code == 200 and answer.json == {"changed": True, "sessions_ended": True}
+    assert web.client.get("/api/settings/ports", headers=basic(password="mine now")).status_code == 200
+    assert "mine now" not in web.config_text
+
+
+def test_a_password_set_in_the_file_by_passwd_ends_every_session_without_a_reload(web):
+    web.login()
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 200
+    ConfigStore(web.store.path).update({"admin_password_hash": hash_password("from the shell")})  # as the CLI does
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 302
+    script = web.app.test_client()
+    assert script.get("/api/settings/ports", headers=basic(password="from the shell")).status_code == 200
+    assert script.get("/api/settings/ports", headers=basic()).status_code == 401
+    # a file broken by a hand edit keeps the password in force
+    web.store.path.write_text(web.config_text + "\nnot toml at all\n")
+    assert script.get("/api/settings/ports", headers=basic(password="from the shell")).status_code == 200
+
+
+def test_admin_sessions_are_bounded_and_end_with_age_password_or_close():
+    from greenservers.web.sessions import AdminSessions
+
+    clock = FakeClock()
+    sessions = AdminSessions(max_age=100, limit=3, clock=clock)
+    first, second, third = (sessions.open("fp") for _ in range(3))
+    assert all(sessions.valid(sid, "fp") for sid in (first, second, third))
+    assert sessions.valid(first, "fp")  # now the most recently used: the second goes first
+    fourth = sessions.open("fp")
+    assert len(sessions) == 3 and not sessions.valid(second, "fp") and sessions.valid(first, "fp")
+    assert not sessions.valid(third, "another password") and not sessions.valid(third, "fp")
+    sessions.close(fourth)
+    assert not sessions.valid(fourth, "fp") and not sessions.valid(None, "fp") and not sessions.valid(["x"], "fp")
+    clock.now += 100
+    assert not sessions.valid(first, "fp") and len(sessions) == 0
 
 
 # -- failed-login rate limit ------------------------------------------------------------

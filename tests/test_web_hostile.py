@@ -1,5 +1,8 @@
 """The admin interface attacked as issue 15's review did: the real service, curl over HTTPS.
 
+Sessions (item 6): a session cookie copied before logout, or kept across a new password (set
+on the page or with `python -m greenservers passwd`) or a restart, no longer logs anyone in.
+
 Cross-site requests (item 2): a browser that cached the admin's Basic credentials sends them
 with whatever another site makes it send: a form post (urlencoded, multipart, text/plain),
 `fetch` in no-cors mode or `sendBeacon` (text/plain, or no Content-Type at all), each with
@@ -10,12 +13,15 @@ the scripts of the README keep working.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import sys
 
 import pytest
 
 from support import free_port
-from test_web_auth import PASSWORD, PASSWORD_HASH
+from test_web_auth import PASSWORD, PASSWORD_HASH, csrf_of
 
 EVIL = "https://evil.example"
 FORM_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x")
@@ -139,3 +145,72 @@ def test_the_readme_scripts_keep_working(admin, tmp_path):
     assert admin("DELETE", f"/api/addressbook/{dora}")[0] == 200
     # without credentials, still 401 first
     assert admin("POST", "/api/addressbook", "-H", "Content-Type: application/json", "--data-binary", "{}", auth=False)[0] == 401
+
+
+# -- sessions (item 6): real cookies in curl's cookie jars ---------------------------------------
+
+
+HTML = ("-H", "Accept: text/html")
+
+
+def log_in(admin: Admin, jar, password: str = PASSWORD) -> None:
+    _, page = admin("GET", "/login", "-c", str(jar), "-b", str(jar), *HTML, auth=False)
+    code, _ = admin("POST", "/login", "-c", str(jar), "-b", str(jar), *HTML, "--data-urlencode", f"csrf_token={csrf_of(page)}",
+                    "--data-urlencode", "username=admin", "--data-urlencode", f"password={password}", auth=False)
+    assert code == 303
+
+
+def logged_in(admin: Admin, jar) -> bool:
+    code, _ = admin("GET", "/settings/ports", "-b", str(jar), *HTML, auth=False)
+    assert code in (200, 302)
+    return code == 200
+
+
+def post_form(admin: Admin, jar, path: str, **fields: str) -> int:
+    _, page = admin("GET", "/settings/ports", "-b", str(jar), *HTML, auth=False)
+    args = ["-b", str(jar), "-c", str(jar), *HTML, "--data-urlencode", f"csrf_token={csrf_of(page)}"]
+    for name, value in fields.items():
+        args += ["--data-urlencode", f"{name}={value}"]
+    return admin("POST", path, *args, auth=False)[0]
+
+
+def test_a_cookie_copied_before_logout_no_longer_works(admin, tmp_path):
+    jar, stolen = tmp_path / "jar", tmp_path / "stolen"
+    log_in(admin, jar)
+    shutil.copy(jar, stolen)
+    assert "greenservers_session" in stolen.read_text()
+    assert logged_in(admin, jar) and logged_in(admin, stolen)
+    assert post_form(admin, jar, "/logout") == 303
+    assert not logged_in(admin, stolen) and not logged_in(admin, jar)
+    assert admin("GET", "/api/settings/ports", "-b", str(stolen), auth=False)[0] == 401
+
+
+def test_passwd_in_the_shell_ends_every_session_at_once(admin, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    log_in(admin, first)
+    log_in(admin, second)
+    passwd = subprocess.run([sys.executable, "-m", "greenservers", "passwd"], input="from the shell\n", capture_output=True,
+                            text=True, env=dict(os.environ, GREENSERVERS_CONFIG=str(admin.svc.config_path)), timeout=60)
+    assert passwd.returncode == 0, passwd.stderr
+    assert not logged_in(admin, first) and not logged_in(admin, second)  # no SIGHUP needed
+    admin.svc.wait_for_log("the admin password was changed in")
+    assert admin("GET", "/api/settings/ports")[0] == 401
+    code, _ = admin("GET", "/api/settings/ports", "-u", "admin:from the shell", auth=False)
+    assert code == 200
+    log_in(admin, first, password="from the shell")
+    assert logged_in(admin, first)
+
+
+def test_a_new_password_on_the_page_ends_the_other_sessions_and_a_restart_ends_all(admin, tmp_path):
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    log_in(admin, mine)
+    log_in(admin, other)
+    code = post_form(admin, mine, "/settings/password", current_password=PASSWORD, new_password="paged anew",
+                     new_password_again="paged anew")
+    assert code == 303
+    assert logged_in(admin, mine) and not logged_in(admin, other)
+    admin.svc.stop()
+    admin.svc.start()
+    assert not logged_in(admin, mine)  # sessions live in the process only: nothing brings one back
+    log_in(admin, mine, password="paged anew")
+    assert logged_in(admin, mine)

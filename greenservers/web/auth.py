@@ -1,8 +1,11 @@
 """Admin authentication and form safety: login session, HTTP Basic, CSRF, login rate limit.
 
 Browsers log in with the form at /login and then carry a signed session
-cookie (HttpOnly, SameSite=Strict, Secure when the request came over HTTPS,
-expires after SESSION_MAX_AGE; changing the password ends every session).
+cookie (HttpOnly, SameSite=Strict, Secure when the request came over HTTPS)
+that names a session open on the server (greenservers.web.sessions): logout
+closes it, so a copy of the cookie is worthless afterwards; it ends after
+SESSION_MAX_AGE, and a new admin password (from the page, the API, or
+`python -m greenservers passwd` in the file) ends every session.
 Scripts send HTTP Basic (user "admin") on the same endpoints.
 
 `admin_required` protects every admin-facing view:
@@ -58,10 +61,11 @@ from gevent.lock import BoundedSemaphore
 from markupsafe import Markup
 
 from ..offload import run_off_loop
-from ..passwords import verify_password
+from ..passwords import MAX_PASSWORD, hash_password, verify_password
 from ..proto.peers import client_key
 from ..ratelog import RateLimitedLog, printable
 from . import get_runtime
+from .sessions import AdminSessions
 
 ADMIN_USER = "admin"
 LOGIN_LIMIT = 5  # failed logins per address ...
@@ -188,15 +192,62 @@ def _password_ok(password: str, stored: str) -> bool:
     return True
 
 
+def stored_hash() -> str:
+    """The admin password hash in force (re-read from the file when it changed: see Runtime)."""
+    return get_runtime().current_admin_password_hash()
+
+
 def _fingerprint(stored: str) -> str:
     """Ties a session to the password hash: a new password ends old sessions."""
     return hmac.new(current_app.secret_key, stored.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _session_admin(stored: str) -> bool:
-    if session.get("admin") != ADMIN_USER or session.get("pw") != _fingerprint(stored):
-        return False
-    return time.time() - float(session.get("since", 0)) < SESSION_MAX_AGE
+    return session.get("admin") == ADMIN_USER and _state()["sessions"].valid(session.get("sid"), _fingerprint(stored))
+
+
+def begin_session(stored: str) -> None:
+    """Log this browser in: a new session on the server, a new cookie naming it and a new CSRF token."""
+    _state()["sessions"].close(session.get("sid"))
+    session.clear()
+    session.permanent = True
+    session.update(admin=ADMIN_USER, sid=_state()["sessions"].open(_fingerprint(stored)), csrf=secrets.token_urlsafe(32))
+
+
+def end_every_session() -> None:
+    """After the password changed: no session stays (each would fail its fingerprint anyway)."""
+    _state()["sessions"].close_all()
+
+
+class PasswordRefused(Exception):
+    """A password change that was not made: `errors` maps a field to why; `status` is 400 or 429."""
+
+    def __init__(self, errors: dict[str, str], status: int = 400):
+        super().__init__("; ".join(errors.values()))
+        self.errors, self.status = errors, status
+
+
+def new_password_hash(current, new, again=None) -> str:
+    """The hash of the new admin password, once the current one is right (checked as a login is,
+    failures counted against the address) and the new one is usable (twice the same when `again`
+    is given). Raises PasswordRefused; no message holds a password."""
+    wait = _state()["limiter"].retry_after(client_key(_client()))
+    if wait:
+        raise PasswordRefused({"current_password": f"too many failed logins from your address; try again in {max(1, int(wait + 0.999))} s"}, 429)
+    errors = {}
+    if not isinstance(new, str) or not new:
+        errors["new_password"] = "the new password must not be empty"
+    elif len(new) > MAX_PASSWORD:
+        errors["new_password"] = f"the new password is longer than {MAX_PASSWORD} characters"
+    elif again is not None and again != new:
+        errors["new_password_again"] = "the two new passwords differ"
+    if not isinstance(current, str) or not _password_ok(current, stored_hash()):
+        _note_failure("password change")
+        errors["current_password"] = "the current password is wrong"
+    if errors:
+        raise PasswordRefused(errors)
+    with _state()["verifying"]:  # scrypt, like a check: one at a time, off the event loop
+        return run_off_loop(hash_password, new)
 
 
 def auth_method() -> str:
@@ -326,7 +377,7 @@ def admin_required(view):
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        stored = get_runtime().settings.admin_password_hash
+        stored = stored_hash()
         if not stored:
             return no_password_response()
         via = ""
@@ -370,7 +421,7 @@ def _safe_next() -> str:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    stored = get_runtime().settings.admin_password_hash
+    stored = stored_hash()
     if not stored:
         return no_password_response()
     if request.method == "GET":
@@ -387,15 +438,14 @@ def login():
         _note_failure("login form")
         return render_template("login.html", error="Wrong user name or password.", next_url=_safe_next(), user=user[:64]), 401
     _state()["limiter"].succeeded(key)
-    session.clear()
-    session.permanent = True
-    session.update(admin=ADMIN_USER, pw=_fingerprint(stored), since=time.time(), csrf=secrets.token_urlsafe(32))
+    begin_session(stored)
     log.info("admin logged in from %s", _client())
     return redirect(_safe_next(), code=303)
 
 
 @bp.post("/logout")
 def logout():
+    _state()["sessions"].close(session.get("sid"))
     session.clear()
     return redirect(url_for("auth.login"), code=303)
 
@@ -421,6 +471,7 @@ def init_app(app) -> None:
         "verified": collections.OrderedDict(),
         "cache_key": secrets.token_bytes(32),
         "verifying": BoundedSemaphore(1),  # one password check at a time: the other core stays with the event loop
+        "sessions": AdminSessions(SESSION_MAX_AGE),
     }
     app.jinja_env.globals.update(csrf_field=csrf_field, csrf_token=csrf_token)
 
@@ -429,14 +480,14 @@ def init_app(app) -> None:
         view = current_app.view_functions.get(request.endpoint)
         if view is None or getattr(view, "greenservers_admin", False) or request.method in SAFE_METHODS:
             return None
-        if not get_runtime().settings.admin_password_hash:
+        if not stored_hash():
             return no_password_response()  # nothing changes state before there is an admin
         check_state_change("")
         return None
 
     @app.context_processor
     def _auth_context():
-        stored = get_runtime().settings.admin_password_hash
+        stored = stored_hash()
         return {"logged_in": bool(stored) and _session_admin(stored)}
 
     app.register_blueprint(bp)
