@@ -349,8 +349,13 @@ def test_clients_bad_bytes_are_logged_rate_limited_at_info_without_the_socket(se
         for _ in range(30):  # bad requests inside a good TLS connection
             assert _send_and_drain(https, data, tls=True).startswith(b"HTTP/1.1 400 ")
     assert curl("-o", "/dev/null", "-w", "%{http_code}", svc.url("/healthz")).stdout == "200"
+    # a refused name cannot forge a line in the log (a CR overwrites the line shown on a terminal)
+    forged = "/prov/x%0D[2026-01-01%2000:00:00%20+0000]%20[1]%20[INFO]%20all%20clear%1B[2K"
+    assert curl("-g", "-o", "/dev/null", "-w", "%{http_code}", svc.url(forged)).stdout == "403"
+    svc.wait_for_log("GET /prov/x\\r[2026-01-01 00:00:00 +0000] [1] [INFO] all clear\\x1b[2K refused")
     svc.wait_for_log("TLS handshake failed")
     lines = svc.lines[before:]
+    assert not any("\r" in line or "\x1b" in line for line in svc.lines), lines
     peer_lines = [line for line in lines if "bad HTTP request" in line or "TLS handshake failed" in line]
     assert 3 <= len(peer_lines) <= 4, "\n".join(lines)  # one per kind and server (a minute apart at most)
     assert all("[INFO]" in line and "127.0.0.1: " in line for line in peer_lines), peer_lines
