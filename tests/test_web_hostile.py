@@ -145,6 +145,12 @@ def test_the_readme_scripts_keep_working(admin, tmp_path):
     assert admin("DELETE", f"/api/addressbook/{dora}")[0] == 200
     # without credentials, still 401 first
     assert admin("POST", "/api/addressbook", "-H", "Content-Type: application/json", "--data-binary", "{}", auth=False)[0] == 401
+    # README, admin interface: a new password through the API
+    code, body = admin("PUT", "/api/settings/password", "-H", "Content-Type: application/json",
+                       "-d", json.dumps({"current_password": PASSWORD, "new_password": "NEW pass"}))
+    assert code == 200, body
+    assert admin("GET", "/api/settings/ports")[0] == 401
+    assert admin("GET", "/api/settings/ports", "-u", "admin:NEW pass", auth=False)[0] == 200
 
 
 # -- sessions (item 6): real cookies in curl's cookie jars ---------------------------------------
