@@ -5,17 +5,10 @@ on a change, so a reader never sees half of one), the sensors, the TLS
 context, and the state of each binding. Servers read `runtime.settings` at
 the moment they need a value, which is how changes that need no rebind
 apply without a restart.
-
-The admin password is the one setting taken from the file again without a
-SIGHUP (`current_admin_password_hash`, one stat per admin request): a
-password set with `python -m greenservers passwd` takes effect, and ends
-every admin session, at the next request.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,9 +16,8 @@ from typing import Any, Callable
 
 from .sensors import SENSORS, SensorRegistry
 from .settings import BINDING_SETTINGS, Settings, SettingsError
-from .store import ConfigFileError, ConfigStore
+from .store import ConfigStore
 
-log = logging.getLogger("greenservers.config")
 
 SERVICE_OF_SETTING = {
     "ip_http_port": "http",
@@ -64,33 +56,6 @@ class Runtime:
         self.rebinder: Callable[[Settings], Callable[[], None]] | None = None
         self.binding_errors: dict[str, str] = {}  # a refused SIGHUP: setting -> why
         self._lock = threading.RLock()
-        self._file_seen = self._file_state()
-
-    def _file_state(self) -> tuple | None:
-        """What tells that the configuration file changed: its inode, size and modification time."""
-        try:
-            stat = os.stat(self.store.path)
-        except OSError:
-            return None
-        return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-    def current_admin_password_hash(self) -> str:
-        """The admin password hash, taken from the file again when the file changed since the last
-        look (see the module docstring). A file that cannot be read, or holds no valid hash,
-        leaves the running one in place (SIGHUP says why)."""
-        seen = self._file_state()
-        if seen is not None and seen != self._file_seen:
-            self._file_seen = seen
-            with self._lock:
-                try:
-                    value = self.store.value_in_file("admin_password_hash", "")
-                    new = self.settings.with_changes({"admin_password_hash": value})
-                except (ConfigFileError, SettingsError):
-                    return self.settings.admin_password_hash
-                if new.admin_password_hash != self.settings.admin_password_hash:
-                    self.apply(new)
-                    log.info("the admin password was changed in %s: every admin session has ended", self.store.path)
-        return self.settings.admin_password_hash
 
     def apply(self, new: Settings) -> list[str]:
         """Make `new` the current settings; returns the names that changed."""

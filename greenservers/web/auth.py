@@ -193,8 +193,8 @@ def _password_ok(password: str, stored: str) -> bool:
 
 
 def stored_hash() -> str:
-    """The admin password hash in force (re-read from the file when it changed: see Runtime)."""
-    return get_runtime().current_admin_password_hash()
+    """The admin password hash in force (the worker applies one set in the file by passwd within a second)."""
+    return get_runtime().settings.admin_password_hash
 
 
 def _fingerprint(stored: str) -> str:
