@@ -59,4 +59,4 @@ def provision(name: str):
         return Response(f"{exc.message}\n", status=exc.http_status, mimetype="text/plain")
     if content.path is not None:
         return send_file(content.path, mimetype=_media_type(name), conditional=True, etag=True)
-    return Response(content.data, mimetype=_media_type(name), headers={"Cache-Control": "no-store"})
+    return Response(content.data, mimetype=content.media_type or _media_type(name), headers={"Cache-Control": "no-store"})
