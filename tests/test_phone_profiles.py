@@ -152,5 +152,5 @@ def test_secrets_are_escaped_in_xml(settings):
 
 
 def test_filters_use_each_vendors_placeholder(settings):
-    assert "(cn=$VALUE*)" in text(settings, "spa504G.cfg") and "%" not in text(settings, "spa504G.cfg").split("LDAP_Display")[0]
+    assert "(cn=$VALUE*)" in text(settings, "spa504G.cfg") and "(cn=%)" in text(settings, "cfg.xml") and "%" not in text(settings, "spa504G.cfg").split("LDAP_Display")[0]
     assert "(|(telephoneNumber=%)(mobile=%)(homePhone=%)(ipPhone=%))" in text(settings, "snomD785.htm")

@@ -41,16 +41,17 @@ NUMBER_ATTRIBUTES = ("telephoneNumber", "mobile", "homePhone", "ipPhone")
 MAX_HITS = 50
 
 
-def name_filter(placeholder: str) -> str:
-    """Names starting with what the user typed. Phones that add their own "*" send "mar**",
-    which LDAP clients encode as the same prefix search."""
-    return "(|" + "".join(f"({a}={placeholder}*)" for a in NAME_ATTRIBUTES) + ")"
+def name_filter(placeholder: str, phone_adds_wildcard: bool) -> str:
+    """Names starting with what the user typed. Where the vendor documents `%` as "starting with the
+    entered prefix", the phone puts "typed*" in its place: a "*" of ours would make "typed**", which
+    OpenLDAP's client library refuses as a bad filter. Cisco's $VALUE is the text alone."""
+    wildcard = "" if phone_adds_wildcard else "*"
+    return "(|" + "".join(f"({a}={placeholder}{wildcard})" for a in NAME_ATTRIBUTES) + ")"
 
 
 def number_filter(placeholder: str) -> str:
-    """The number equal to what was typed or came in, in any formatting (our server compares
-    numbers without spaces, dashes and brackets, "+" as "00", national = international form);
-    incoming-caller lookups need exactly that."""
+    """The number that was typed or came in, in any formatting (our server compares numbers without
+    spaces, dashes and brackets, "+" as "00"; equal numbers also national = international form)."""
     return "(|" + "".join(f"({a}={placeholder})" for a in NUMBER_ATTRIBUTES) + ")"
 
 
@@ -72,7 +73,8 @@ class Vendor:
     label: str
     files: tuple[StockFile, ...]
     transports: tuple[str, ...]  # LDAP transports the phones can use: "starttls", "ldaps", "plain"; () = no phone book
-    placeholder: str = "%"
+    placeholder: str = "%"  # what the phone replaces by what was typed
+    phone_adds_wildcard: bool = True  # "%" becomes "typed*" (the vendors' "starting with the entered prefix")
     user_agent: str = ""  # regex with a (?P<model>) group
     models: dict = field(default_factory=dict)  # model code in a file name -> model
     unconfirmed: tuple[str, ...] = ()
@@ -161,7 +163,7 @@ VENDORS: tuple[Vendor, ...] = (
         files=(StockFile(r"spa(?P<model>\d{3}\w*)\.cfg", "cisco/spa.xml.j2", XML,
                          tuple(f"spa{m}.cfg" for m in CISCO_MODELS), "model"),),
         transports=("plain",),
-        placeholder="$VALUE",
+        placeholder="$VALUE", phone_adds_wildcard=False,
         user_agent=r"(?:Cisco|Linksys)/(?P<model>SPA\d+\w*)",
         unconfirmed=("LDAP_Server with host:port", "the attr:(filter) form of the name filters",
                      "LDAP_Search_Item_3 / LDAP_Item_3_Filter for numbers", "User-Agent form"),
@@ -267,7 +269,7 @@ def phonebook(vendor: Vendor, settings, server: str, port_for) -> dict:
         "host": server, "url": f"{scheme}://{host}" if transport else "", "url_with_port": f"{scheme}://{host}:{port}" if transport else "",
         "base": settings.ldap_base, "user": settings.ldap_user, "user_dn": f"cn={settings.ldap_user},{settings.ldap_base}",
         "password": settings.ldap_password or "",
-        "name_filter": name_filter(p), "number_filter": number_filter(p),
+        "name_filter": name_filter(p, vendor.phone_adds_wildcard), "number_filter": number_filter(p),
         "name_attributes": NAME_ATTRIBUTES, "number_attributes": NUMBER_ATTRIBUTES, "max_hits": MAX_HITS,
     }
 
