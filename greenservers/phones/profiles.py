@@ -78,6 +78,7 @@ class Vendor:
     phone_adds_wildcard: bool = True  # "%" becomes "typed*" (the vendors' "starting with the entered prefix")
     user_agent: str = ""  # regex with a (?P<model>) group
     models: dict = field(default_factory=dict)  # model code in a file name -> model
+    confirmed: tuple[str, ...] = ()  # what a vendor document confirms, and which
     unconfirmed: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -110,8 +111,14 @@ VENDORS: tuple[Vendor, ...] = (
         transports=("starttls", "ldaps", "plain"),
         user_agent=r"Yealink\s+(?:SIP[-_])?(?P<model>[A-Z]+\d+[A-Z]*)",
         models={k.zfill(3): v for k, v in YEALINK_MODELS.items()},
+        confirmed=("local_time.summer_time 0/1/2, dst_time_type 1 (by week), start_time/end_time month/week(5 = last)/"
+                   "weekday(1 Monday .. 7 Sunday)/hour, offset_time in minutes, time_zone as +h[:mm]: Yealink Administrator's "
+                   "Guide for SIP-T2/T4/T5 Series (DST configuration, AutoDST attributes)",
+                   "name filter % = the entered prefix: Yealink Administrator's Guide (LDAP)"),
         unconfirmed=("ldap.* keys (ldap.tls_mode 0/1/2 in particular), directory_setting.ldap.enable, "
-                     "search_in_dialing.ldap.enable", "boot file include lines", "User-Agent form"),
+                     "search_in_dialing.ldap.enable", "time_zone_name taking the IANA name (Yealink's own list names "
+                     "'Country(City)'; the rules are given explicitly with summer_time = 1)", "boot file include lines",
+                     "User-Agent form"),
     ),
     Vendor(
         "snom", "Snom D7xx",
@@ -119,6 +126,9 @@ VENDORS: tuple[Vendor, ...] = (
                          tuple(f"snom{m}.htm" for m in SNOM_MODELS), "model"),),
         transports=("ldaps", "plain"),
         user_agent=r"snom(?P<model>D\d{3}\w*)",
+        confirmed=("filters with %, the filters during call (10.1.27 and later): service.snom.com, LDAP Directory",
+                   "<settings><phone-settings> with `timezone` codes such as ITA+1: Gigaset's wiki for its Snom-format "
+                   "desk phones (not Snom's own)"),
         unconfirmed=("ldap_over_tls", "ldap_name_attributes / ldap_number_attributes / ldap_display_name value forms",
                      "the timezone codes (a third-party list)", "User-Agent form"),
     ),
@@ -131,6 +141,9 @@ VENDORS: tuple[Vendor, ...] = (
         ),
         transports=("ldaps", "plain"),
         user_agent=r"Polycom[A-Za-z]*-(?P<model>[A-Za-z]+_\d+)",
+        confirmed=("tcpIpApp.sntp.address, gmtOffset in seconds, daylightSavings.enable / fixedDayEnable / start|stop.month, "
+                   ".date (1, 8, 15, 22 = n-th weekday), .dayOfWeek (1 Sunday .. 7 Saturday), .dayOfWeek.lastInMonth, "
+                   ".time in hours: Polycom SoundPoint IP / UC Software Administrator's Guides",),
         unconfirmed=("dir.corp.* keys (transport TLS as LDAPS in particular)", "feature.corporateDirectory.enabled",
                      "tcpIpApp.sntp.address.overrideDHCP", "a missing file in CONFIG_FILES (hence the stock per-phone file)",
                      "User-Agent form"),
@@ -145,6 +158,9 @@ VENDORS: tuple[Vendor, ...] = (
         ),
         transports=("ldaps", "plain"),
         user_agent=r"Grandstream Model HW (?P<model>[A-Z]+\d+\w*)",
+        confirmed=("LDAP or LDAPS (no StartTLS), server, port, base, user, password, name and number filters with % as the "
+                   "entered prefix, version 3, name and number attributes, display: Grandstream GRP26xx, GXV, DP750 "
+                   "Administration Guides", "self-defined time zone as a POSIX string: Grandstream UCM guide"),
         unconfirmed=("every P-value number (P30, P64 = customize, P246, P143, P144, P8020-P8037, P1526)",
                      "P8027 = 3 for LDAP version 3", "the order in which cfg<mac>, cfg<model> and cfg.xml apply",
                      "User-Agent form"),
@@ -166,6 +182,9 @@ VENDORS: tuple[Vendor, ...] = (
         transports=("plain",),
         placeholder="$VALUE", phone_adds_wildcard=False,
         user_agent=r"(?:Cisco|Linksys)/(?P<model>SPA\d+\w*)",
+        confirmed=("Daylight_Saving_Time_Rule start=m/d/w/HH:mm:ss;end=...;save=... (day -1 = last, weekday 1 Monday .. 7 "
+                   "Sunday), Time_Zone, LDAP Search Item 3 / Item 3 Filter, LDAP Display Attrs a=/n=/t=p: Cisco SPA300/SPA500 "
+                   "Administration Guide",),
         unconfirmed=("LDAP_Server with host:port", "the attr:(filter) form of the name filters",
                      "LDAP_Search_Item_3 / LDAP_Item_3_Filter for numbers", "User-Agent form"),
     ),
@@ -187,6 +206,7 @@ VENDORS: tuple[Vendor, ...] = (
         files=(StockFile(r"(?P<mac>[0-9a-f]{12})\.xml", "gigaset/provisioning.xml.j2", XML, ("{mac}.xml",)),),
         transports=(),  # time only until its LDAP keys are confirmed
         user_agent=r"Gigaset (?P<model>N\d{3}\w*)",
+        confirmed=("<provisioning version=\"1.1\" productID=\"e2\"><nvm><param name value/>: Gigaset's wiki (N610/N670/N870)",),
         unconfirmed=("DmGlobal.0.NtpServer", "DmGlobal.0.TimeZone taking the IANA name", "User-Agent form"),
     ),
 )
