@@ -96,3 +96,15 @@ def test_every_snom_code_matches_the_zones_standard_offset():
 
 def test_zone_without_snom_code():
     assert tz.forms(tz.load("Asia/Kathmandu"))["snom"] == ""
+
+
+def test_the_tzdata_package_serves_where_the_system_has_no_zoneinfo():
+    import zoneinfo
+
+    saved = zoneinfo.TZPATH
+    zoneinfo.reset_tzpath(to=[])
+    try:
+        assert tz.load("America/Argentina/Buenos_Aires").posix == "<-03>3"
+        assert tz.load("Europe/Berlin").posix == "CET-1CEST,M3.5.0,M10.5.0/3"
+    finally:
+        zoneinfo.reset_tzpath(to=saved)
