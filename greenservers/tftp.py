@@ -56,6 +56,7 @@ class TftpService(Service):
         self.segmentation = Segmentation(self.log)
         self.send_batch = SendBatch()
         self.tokens, self.tokens_at = float(REQUEST_BURST), time.monotonic()
+        seen.registry_for(runtime)  # the record of phones read now, before its sensor is first asked for
         removed = provisioning.remove_orphan_uploads(runtime.settings)
         if removed:
             self.log.warning("removed %d partial upload(s) left by a process that ended mid-upload", len(removed))

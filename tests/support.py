@@ -80,6 +80,7 @@ class ServiceProcess:
     # -- life cycle -------------------------------------------------------
 
     def start(self, timeout: float = 30.0, expect_ready: bool = True) -> "ServiceProcess":
+        self._ready.clear()  # a restart waits for the new process's ready line
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "app:app"],
             cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

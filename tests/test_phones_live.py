@@ -94,6 +94,7 @@ def svc(tmp_path_factory):
         "ip_ldap_port": both(free_port()), "ip_ldaps_port": both(free_port()),
         "ldap_base": BASE, "ldap_password": LDAP_PASSWORD, "phone_timezone": "Europe/Berlin",
         "admin_password_hash": PASSWORD_HASH, "tftp_max_per_client": 50,
+        "ip_snmp_port": f"127.0.0.1:{free_udp_port()}", "snmp_trusted": "127.0.0.1",
     })
     proc.start()
     proc.fetched = {}  # (name, host) -> bytes, from the first test
@@ -408,6 +409,9 @@ def test_the_phones_page_shows_the_fetches_in_chromium(svc, tmp_path):
     assert api["seen_last_24h"] == len(api["phones"])
     sensors = requests.get(svc.url("/api/sensors", "https"), auth=("admin", PASSWORD), verify=str(svc.cert_path), timeout=10).json()
     assert {s["name"]: s["value"] for s in sensors["sensors"]}["phones_seen_24h"] == len(api["phones"])
+    snmp = subprocess.run(["snmpget", "-v1", "-c", "public", "-Oqv", f"127.0.0.1:{svc.port('ip_snmp_port')}", "1.3.6.1.4.1.32473.1.1.70.0"],
+                          capture_output=True, text=True, timeout=30)
+    assert snmp.stdout.strip() == str(len(api["phones"])), snmp.stderr
 
     driver = start_chromium(tmp_path / "chromium-profile")
     try:
@@ -435,3 +439,20 @@ def test_the_phones_page_shows_the_fetches_in_chromium(svc, tmp_path):
         assert "Forgotten" in driver.find_element(By.CSS_SELECTOR, ".flash").text
     finally:
         driver.quit()
+
+
+@pytest.mark.real_client
+def test_the_record_of_phones_survives_a_restart(svc):
+    def phones():
+        body = requests.get(svc.url("/api/phones", "https"), auth=("admin", PASSWORD), verify=str(svc.cert_path), timeout=10).json()
+        return sorted((p["id"], p["last_seen"], len(p["files"])) for p in body["phones"])
+
+    before = phones()
+    assert before and "7c2f80abcdef" not in {p[0] for p in before}  # forgotten on the page
+    svc.stop()
+    assert (svc.directory / "data" / "phones.json").stat().st_mode & 0o777 == 0o600
+    svc.start()
+    assert phones() == before
+    snmp = subprocess.run(["snmpget", "-v1", "-c", "public", "-Oqv", f"127.0.0.1:{svc.port('ip_snmp_port')}", "1.3.6.1.4.1.32473.1.1.70.0"],
+                          capture_output=True, text=True, timeout=30)
+    assert snmp.stdout.strip() == str(len(before)), snmp.stderr

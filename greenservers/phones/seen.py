@@ -217,7 +217,11 @@ def save_all() -> None:
 
 
 def seen_last_day() -> int:
-    """For the sensor: phones of the process's data_dir seen in the last 24 hours."""
+    """For the sensor: phones of the process's data_dir seen in the last 24 hours. It is read in event-loop
+    callbacks (SNMP), where nothing may block: a record not loaded yet (the worker loads it at start) counts 0."""
     from .. import runtime
 
-    return registry_for(runtime._current).seen_since(DAY) if runtime._current is not None else 0
+    if runtime._current is None:
+        return 0
+    registry = _registries.get(runtime._current.settings.data_path / FILE_NAME)
+    return registry.seen_since(DAY) if registry is not None else 0
