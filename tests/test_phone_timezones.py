@@ -1,10 +1,14 @@
-"""Unit tests of greenservers.phones.timezones: tzdata footers read and parsed, every vendor form (no sockets)."""
+"""Unit tests of greenservers.phones.timezones: tzdata footers read and parsed, every vendor form; hypothesis on the
+parser and on the record of phones (no sockets)."""
 
 from __future__ import annotations
 
-import pytest
+from collections import OrderedDict
 
-from greenservers.phones import timezones as tz
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from greenservers.phones import seen, timezones as tz
 
 
 def test_footer_of_the_system_tzdata_files():
@@ -108,3 +112,28 @@ def test_the_tzdata_package_serves_where_the_system_has_no_zoneinfo():
         assert tz.load("Europe/Berlin").posix == "CET-1CEST,M3.5.0,M10.5.0/3"
     finally:
         zoneinfo.reset_tzpath(to=saved)
+
+
+
+POSIX_ALPHABET = "CESTIMJ<>+-,./:0123456789"
+
+
+@hsettings(max_examples=1500, deadline=None)
+@given(st.one_of(st.text(POSIX_ALPHABET, max_size=60), st.text(max_size=40)))
+def test_any_text_parses_or_is_refused_with_a_clear_error(text):
+    try:
+        zone = tz.parse_posix(text)
+    except tz.TimeZoneError:
+        return
+    forms = tz.forms(zone)  # a parsed zone is written in every form without an error
+    assert forms["posix_full"] and forms["yealink"]["time_zone"]
+
+
+@hsettings(max_examples=800, deadline=None)
+@given(st.text(max_size=300), st.text(max_size=300))
+def test_any_requested_name_and_user_agent_are_recorded_or_ignored(name, user_agent):
+    registry = seen.PhoneRegistry.__new__(seen.PhoneRegistry)  # memory only: no file for each example
+    registry.phones, registry.clock, registry._changed = OrderedDict(), lambda: 1.0, lambda: None
+    phone = registry.note(name, "192.0.2.1", "served", "tftp", user_agent)
+    if phone is not None:
+        assert all(len(f) <= seen.MAX_NAME for f in phone["files"]) and len(phone["user_agent"]) <= seen.MAX_USER_AGENT
