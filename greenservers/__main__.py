@@ -7,6 +7,7 @@ import getpass
 import os
 import sys
 
+from .files import make_private_dir, tighten_install, use_private_umask
 from .passwords import hash_password
 from .phones.profiles import VENDORS
 from .settings import DECLARATIONS, GROUPS, SettingsError
@@ -54,7 +55,7 @@ def passwd(store: ConfigStore) -> int:
         first = sys.stdin.readline().rstrip("\r\n")
     try:
         store.update({"admin_password_hash": hash_password(first)})
-    except (ValueError, ConfigFileError) as exc:
+    except (ValueError, ConfigFileError, OSError) as exc:  # OSError: ForeignFileError, a full disk
         print(f"password not set: {exc}", file=sys.stderr)
         return 1
     print(f"admin password set in {store.path}")
@@ -90,9 +91,12 @@ def setup(store: ConfigStore) -> int:
     rc = check_config(store) if "-v" in sys.argv else 0
     try:
         settings = store.ensure_generated()
-        (settings.data_path / "tftp").mkdir(parents=True, exist_ok=True)
+        tightened = tighten_install(store.path, settings.data_path)
+        if tightened.changed or tightened.not_ours:
+            print(f"greenservers: {tightened.summary()}")
+        make_private_dir(settings.data_path / "tftp")
         pair = ensure_certificate(settings)
-    except (SettingsError, ConfigFileError, CertificateError) as exc:
+    except (SettingsError, ConfigFileError, CertificateError, OSError) as exc:
         print(f"greenservers: {exc}", file=sys.stderr)
         return 1
     print(f"greenservers: data in {settings.data_path}; TLS certificate {pair.cert_path}")
@@ -124,7 +128,7 @@ def phones_export(store: ConfigStore, vendor: str | None) -> int:
         print(f"greenservers: {exc}", file=sys.stderr)
         return 1
     root = tftp_root(settings)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dir(root)
     written = kept = 0
     for name, source in export_plan(vendor):
         target = root / name
@@ -132,7 +136,7 @@ def phones_export(store: ConfigStore, vendor: str | None) -> int:
             print(f"kept     {target} (exists)")
             kept += 1
             continue
-        atomic_write(target, source.read_bytes(), mode=0o600)
+        atomic_write(target, source.read_bytes())
         print(f"written  {target}")
         written += 1
     print(f"{written} template(s) written, {kept} kept; they are served instead of the stock profiles from now on")
@@ -150,6 +154,7 @@ def main(argv=None) -> int:
     export = phones.add_parser("export", help="write the stock profiles into data_dir/tftp/ as templates to customise")
     export.add_argument("vendor", nargs="?", choices=[v.key for v in VENDORS], help="one vendor (default: all)")
     args = parser.parse_args(argv)
+    use_private_umask()
     store = ConfigStore(args.config)
     if args.command == "phones":
         return phones_export(store, args.vendor)

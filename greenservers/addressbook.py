@@ -34,6 +34,7 @@ from dataclasses import dataclass, fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .files import ensure_private_file, make_private_dir
 from .offload import build_off_loop, run_off_loop
 
 log = logging.getLogger("greenservers.addressbook")
@@ -321,7 +322,8 @@ class AddressBook:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
+        ensure_private_file(self.path)  # SQLite makes -wal and -shm with the database file's mode and owner
         # Autocommit mode; writes open their own BEGIN IMMEDIATE transaction.
         self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")

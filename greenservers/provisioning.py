@@ -46,6 +46,7 @@ from pathlib import Path, PurePosixPath
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from .files import make_private_dir, open_private
 from .phones import profiles
 from .ratelog import RateLimitedLog
 from .store import remove_orphans
@@ -331,7 +332,7 @@ def upload_target(settings, name: str) -> Path:
         raise Refused("uploads go straight into uploads/ and are not templates")
     root = tftp_root(settings).resolve()
     folder = root / UPLOAD_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_dir(folder)
     folder = folder.resolve()
     if not folder.is_relative_to(root) or folder == root:
         raise Refused("the uploads folder leads outside the TFTP root")
@@ -358,7 +359,7 @@ class Upload:
     def __init__(self, target: Path):
         self.target = target
         self.temp = target.with_name(f".partial-{os.getpid()}-{secrets.token_hex(8)}")
-        self.fd: int | None = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        self.fd: int | None = open_private(self.temp, os.O_WRONLY, exclusive=True)
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)

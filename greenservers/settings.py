@@ -2,7 +2,8 @@
 
 A declaration gives the name, the group it is shown in, the default, a pure
 validator (raw value -> typed value, or ValueError quoting the bad value),
-the description shown on the Ports page and by check-config, whether a
+the label the Ports page shows it by (the name administrators know from phone
+systems, with the key beside it), the description shown on the Ports page and by check-config, whether a
 change needs the listening sockets to be redone, and whether it is a secret
 (never shown, logged or answered by the API).
 
@@ -204,6 +205,7 @@ class Setting:
     secret: bool = False
     transport: str | None = None  # "tcp"/"udp" for binding lists
     on_ports_page: bool = True
+    label: str = ""  # the name administrators know it by from phone systems' Ports pages
 
     @property
     def is_bindings(self) -> bool:
@@ -220,36 +222,36 @@ GROUPS = {
 }
 
 DECLARATIONS: tuple[Setting, ...] = (
-    Setting("ip_http_port", "http", "80", _bindings, "HTTP bindings (TCP): admin interface, API and provisioning.", rebind=True, transport="tcp"),
-    Setting("ip_https_port", "http", "443", _bindings, "HTTPS bindings (TCP, TLS 1.2 and newer).", rebind=True, transport="tcp"),
-    Setting("http_max_conn_rate", "http", 100, _int_in(1, 100_000), "New HTTP(S) connections accepted per second, all bindings together; more are turned away (503), but a tenth more is kept for clients other than one using it all."),
-    Setting("http_max_conn", "http", 1000, _int_in(1, 100_000), "HTTP(S) connections open at a time, all bindings together; more are turned away (503), unless a client holding over half gives up an idle one."),
-    Setting("http_redirect_https", "http", False, _bool, "Redirect plain-HTTP requests to HTTPS (only where an HTTPS binding exists; /prov/, /healthz and ACME challenges are exempt)."),
-    Setting("ip_snmp_port", "snmp", "161", _bindings, "SNMP v1 agent bindings (UDP).", rebind=True, transport="udp"),
-    Setting("snmp_trusted", "snmp", "", _addresses, "Addresses or networks (IPv4/IPv6, space separated, no DNS names) allowed to query; empty: nobody."),
-    Setting("snmp_community", "snmp", "public", _community, "The read community.", secret=True),
-    Setting("snmp_contact", "snmp", "", _text(255), "sysContact: who looks after this system."),
-    Setting("snmp_name", "snmp", "", _text(255), "sysName; empty: the host name."),
-    Setting("snmp_location", "snmp", "", _text(255), "sysLocation: where this system stands."),
-    Setting("ip_tftp_port", "tftp", "69", _bindings, "TFTP provisioning bindings (UDP).", rebind=True, transport="udp"),
-    Setting("tftp_write", "tftp", False, _bool, "Allow TFTP write requests (new files under uploads/ only, e.g. phones' logs)."),
-    Setting("tftp_max_transfers", "tftp", 500, _int_in(1, 100_000), "TFTP transfers in progress at a time, all clients together; more are refused (the phone retries)."),
-    Setting("tftp_max_per_client", "tftp", 8, _int_in(1, 100_000), "TFTP transfers in progress at a time from one address; more are refused."),
-    Setting("ip_ntp_port", "ntp", "123", _bindings, "NTP server bindings (UDP); empty: no NTP server, phones are given ntp_server.", rebind=True, transport="udp"),
-    Setting("ntp_server", "ntp", "", _host, "External NTP server (IP or DNS name) given to phones when ip_ntp_port is empty."),
-    Setting("ntp_local_stratum", "ntp", 0, _int_in(0, 15), "Serve the local clock at this stratum even when it is not synchronised (like chrony's 'local stratum'); 0: off, answer 'unsynchronised' instead."),
-    Setting("phone_timezone", "ntp", server_timezone(), _timezone, "Time zone provisioned to phones: an IANA name such as Europe/Berlin, written in each vendor's form with its daylight-saving rules; default: this server's zone."),
-    Setting("ip_ldap_port", "ldap", "2389", _bindings, "LDAP address book bindings (TCP, StartTLS offered).", rebind=True, transport="tcp"),
-    Setting("ip_ldaps_port", "ldap", "2636", _bindings, "LDAP over TLS bindings (TCP).", rebind=True, transport="tcp"),
-    Setting("ldap_base", "ldap", "dc=pbx", _dn, "The address book's base DN."),
-    Setting("ldap_user", "ldap", "phonebook", _text(64, allow_empty=False), "The user phones bind with (bare name, or as cn=NAME under the base DN)."),
-    Setting("ldap_password", "ldap", GENERATED, _secret, "The password phones bind with (generated at first start).", secret=True),
-    Setting("ldap_anonymous", "ldap", False, _bool, "Allow anonymous searches."),
-    Setting("ldap_plain_bind", "ldap", True, _bool, "Allow password binds over plain LDAP (many phones cannot do TLS)."),
-    Setting("data_dir", "system", "data", _path, "Folder of the TFTP root (tftp/), the address book and the TLS files; relative to the configuration file.", rebind=True),
-    Setting("tls_cert", "system", "", _path, "PEM certificate (chain) for HTTPS and LDAPS; empty: a self-signed one is generated into data_dir."),
-    Setting("tls_key", "system", "", _path, "PEM private key of tls_cert."),
-    Setting("admin_password_hash", "system", "", _password_hash, "Hash of the admin password; set with 'python -m greenservers passwd'.", secret=True, on_ports_page=False),
+    Setting("ip_http_port", "http", "80", _bindings, "HTTP bindings (TCP): admin interface, API and provisioning.", rebind=True, transport="tcp", label="HTTP Port"),
+    Setting("ip_https_port", "http", "443", _bindings, "HTTPS bindings (TCP, TLS 1.2 and newer).", rebind=True, transport="tcp", label="HTTPS Port"),
+    Setting("http_max_conn_rate", "http", 100, _int_in(1, 100_000), "New HTTP(S) connections accepted per second, all bindings together; more are turned away (503), but a tenth more is kept for clients other than one using it all.", label="Maximum number of HTTP connections per second"),
+    Setting("http_max_conn", "http", 1000, _int_in(1, 100_000), "HTTP(S) connections open at a time, all bindings together; more are turned away (503), unless a client holding over half gives up an idle one.", label="Maximum number of HTTP connections (total)"),
+    Setting("http_redirect_https", "http", False, _bool, "Redirect plain-HTTP requests to HTTPS (only where an HTTPS binding exists; /prov/, /healthz and ACME challenges are exempt).", label="Redirect to HTTPS"),
+    Setting("ip_snmp_port", "snmp", "161", _bindings, "SNMP v1 agent bindings (UDP).", rebind=True, transport="udp", label="SNMP Port"),
+    Setting("snmp_trusted", "snmp", "", _addresses, "Addresses or networks (IPv4/IPv6, space separated, no DNS names) allowed to query; empty: nobody.", label="SNMP Trusted Addresses"),
+    Setting("snmp_community", "snmp", "public", _community, "The read community.", secret=True, label="SNMP Community"),
+    Setting("snmp_contact", "snmp", "", _text(255), "sysContact: who looks after this system.", label="SNMP Contact"),
+    Setting("snmp_name", "snmp", "", _text(255), "sysName; empty: the host name.", label="SNMP System Name"),
+    Setting("snmp_location", "snmp", "", _text(255), "sysLocation: where this system stands.", label="SNMP Location"),
+    Setting("ip_tftp_port", "tftp", "69", _bindings, "TFTP provisioning bindings (UDP).", rebind=True, transport="udp", label="TFTP Port"),
+    Setting("tftp_write", "tftp", False, _bool, "Allow TFTP write requests (new files under uploads/ only, e.g. phones' logs).", label="Allow TFTP Write"),
+    Setting("tftp_max_transfers", "tftp", 500, _int_in(1, 100_000), "TFTP transfers in progress at a time, all clients together; more are refused (the phone retries).", label="Maximum number of TFTP transfers (total)"),
+    Setting("tftp_max_per_client", "tftp", 8, _int_in(1, 100_000), "TFTP transfers in progress at a time from one address; more are refused.", label="Maximum number of TFTP transfers per client"),
+    Setting("ip_ntp_port", "ntp", "123", _bindings, "NTP server bindings (UDP); empty: no NTP server, phones are given ntp_server.", rebind=True, transport="udp", label="NTP Port"),
+    Setting("ntp_server", "ntp", "", _host, "External NTP server (IP or DNS name) given to phones when ip_ntp_port is empty.", label="NTP Server"),
+    Setting("ntp_local_stratum", "ntp", 0, _int_in(0, 15), "Serve the local clock at this stratum even when it is not synchronised (like chrony's 'local stratum'); 0: off, answer 'unsynchronised' instead.", label="Local Clock Stratum"),
+    Setting("phone_timezone", "ntp", server_timezone(), _timezone, "Time zone provisioned to phones: an IANA name such as Europe/Berlin, written in each vendor's form with its daylight-saving rules; default: this server's zone.", label="Phone Time Zone"),
+    Setting("ip_ldap_port", "ldap", "2389", _bindings, "LDAP address book bindings (TCP, StartTLS offered).", rebind=True, transport="tcp", label="LDAP Port (TCP, StartTLS)"),
+    Setting("ip_ldaps_port", "ldap", "2636", _bindings, "LDAP over TLS bindings (TCP).", rebind=True, transport="tcp", label="LDAP Port (TLS)"),
+    Setting("ldap_base", "ldap", "dc=pbx", _dn, "The address book's base DN.", label="LDAP Base DN"),
+    Setting("ldap_user", "ldap", "phonebook", _text(64, allow_empty=False), "The user phones bind with (bare name, or as cn=NAME under the base DN).", label="LDAP User"),
+    Setting("ldap_password", "ldap", GENERATED, _secret, "The password phones bind with (generated at first start).", secret=True, label="LDAP Password"),
+    Setting("ldap_anonymous", "ldap", False, _bool, "Allow anonymous searches.", label="Allow Anonymous LDAP Searches"),
+    Setting("ldap_plain_bind", "ldap", True, _bool, "Allow password binds over plain LDAP (many phones cannot do TLS).", label="Allow LDAP Passwords without TLS"),
+    Setting("data_dir", "system", "data", _path, "Folder of the TFTP root (tftp/), the address book and the TLS files; relative to the configuration file.", rebind=True, label="Data Folder"),
+    Setting("tls_cert", "system", "", _path, "PEM certificate (chain) for HTTPS and LDAPS; empty: a self-signed one is generated into data_dir.", label="TLS Certificate"),
+    Setting("tls_key", "system", "", _path, "PEM private key of tls_cert.", label="TLS Private Key"),
+    Setting("admin_password_hash", "system", "", _password_hash, "Hash of the admin password; set with 'python -m greenservers passwd'.", secret=True, on_ports_page=False, label="Admin Password"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in DECLARATIONS}

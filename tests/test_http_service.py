@@ -307,10 +307,10 @@ def test_sighup_rereads_the_file_and_survives_a_broken_one(service):
     svc = service({"ip_http_port": str(free_port()), "http_max_conn": 1000})
     text = svc.config_path.read_text()
     svc.config_path.write_text(text.replace("http_max_conn = 1000", "http_max_conn = 7"))
-    svc.signal_master(signal.SIGHUP)
-    assert "http_max_conn" in svc.wait_for_log("SIGHUP: configuration reloaded")
+    svc.signal_master(signal.SIGHUP)  # the server also notices the change by itself: whichever reload comes first
+    svc.wait_for_log("configuration reloaded; changed: http_max_conn")
     svc.config_path.write_text('ip_http_port = "oops"\n')
     svc.signal_master(signal.SIGHUP)
-    svc.wait_for_log("SIGHUP: configuration not reloaded")
+    svc.wait_for_log("configuration not reloaded")
     assert svc.proc.poll() is None
     assert curl("-o", "/dev/null", "-w", "%{http_code}", svc.url("/healthz")).stdout == "200"

@@ -31,6 +31,7 @@ from pathlib import Path
 import gevent
 from gevent import monkey
 
+from ..files import make_private_dir
 from ..offload import run_off_loop
 from ..store import atomic_write
 from . import profiles
@@ -155,8 +156,8 @@ class PhoneRegistry:
     def _write(self, items) -> None:
         data = json.dumps({"version": 1, "phones": [{"key": key, **phone} for key, phone in items]}, separators=(",", ":"))
         with self._lock:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            atomic_write(self.path, data.encode("utf-8"), mode=0o600)
+            make_private_dir(self.path.parent)
+            atomic_write(self.path, data.encode("utf-8"))
 
     def _load(self) -> None:
         try:

@@ -53,6 +53,8 @@ def apply_settings_changes(changes: dict[str, Any], via: str, note: str = "") ->
         raise ChangeRefused({exc.setting: str(exc)}, status=409) from None
     except ConfigFileError as exc:
         raise ChangeRefused({"_file": str(exc)}, status=409) from None
+    except OSError as exc:  # the file could not be written: another user's (ForeignFileError), a full disk
+        raise ChangeRefused({"_file": f"the configuration file was not written: {exc}"}, status=409) from None
     if result.changed:
         AuditLog.for_settings(old).record(
             ADMIN_USER, request.remote_addr or "-", via, masked_changes(old.raw, result.settings.raw, result.changed), note

@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..audit import AuditLog
 from ..runtime import SERVICE_OF_SETTING
+from ..files import make_private_dir
 from ..settings import DECLARATIONS, GROUPS, Setting
 from ..store import atomic_write
 from ..tls import CertificateError, check_pem, ensure_certificate, server_context
@@ -260,11 +261,11 @@ def upload_certificate():
     except CertificateError as exc:
         return _render(400, cert_error=str(exc))
     tls_dir = settings.data_path / "tls"
-    tls_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(tls_dir)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     cert_path, key_path = tls_dir / f"{UPLOADED_PREFIX}{stamp}.crt", tls_dir / f"{UPLOADED_PREFIX}{stamp}.key"
-    atomic_write(key_path, key_pem, mode=0o600)
-    atomic_write(cert_path, cert_pem, mode=0o644)
+    atomic_write(key_path, key_pem)
+    atomic_write(cert_path, cert_pem)
     changes = {"tls_cert": _config_relative(settings, cert_path), "tls_key": _config_relative(settings, key_path)}
     try:
         pair = ensure_certificate(settings.with_changes(changes))
