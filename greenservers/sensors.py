@@ -149,7 +149,7 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("http_connections_accepted", 11, C, "HTTP(S) connections accepted and served."),
     Sensor("http_rejected_max_conn", 12, C, "HTTP(S) connections turned away by http_max_conn."),
     Sensor("http_rejected_max_conn_rate", 13, C, "HTTP(S) connections turned away by http_max_conn_rate."),
-    Sensor("http_timeouts", 14, C, "HTTP(S) connections closed for a slow or idle client (header, keep-alive or TLS handshake timeout)."),
+    Sensor("http_timeouts", 14, C, "HTTP(S) connections closed for a slow or idle client (header, keep-alive, TLS handshake or read/write timeout)."),
     Sensor("http_redirects", 15, C, "Plain-HTTP requests redirected to HTTPS."),
     Sensor("http_crowded_out", 16, C, "Idle HTTP(S) connections closed to let another client in, their client holding over half of http_max_conn."),
     # TFTP

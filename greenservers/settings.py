@@ -1,11 +1,17 @@
 """Every setting, declared once (like gunicorn's config.py).
 
 A declaration gives the name, the group it is shown in, the default, a pure
-validator (raw value -> typed value, or ValueError quoting the bad value),
-the label the Ports page shows it by (the name administrators know from phone
-systems, with the key beside it), the description shown on the Ports page and by check-config, whether a
+validator (raw value -> typed value, or `Invalid`: the reason, and apart
+from it the bad value or the bad part of it), the label the Ports page shows
+it by (the name administrators know from phone systems, with the key beside
+it), the description shown on the Ports page and by check-config, whether a
 change needs the listening sockets to be redone, and whether it is a secret
 (never shown, logged or answered by the API).
+
+A refusal is worded in one place, `Setting.refusal`: the reason with the bad
+value quoted in front of it, or for a secret the reason alone. Every error
+about a setting (API answers, the Ports page, check-config, the log of a
+start or a SIGHUP) comes from there, so none holds any part of a secret.
 
 `Settings` is an immutable, fully validated set of values. Every write goes
 through `Settings.with_changes`, which validates all fields and the rules
@@ -33,6 +39,26 @@ class SettingsError(ValueError):
         super().__init__("; ".join(f"{name}: {msg}" for name, msg in self.errors.items()))
 
 
+_NOTHING = object()
+QUOTED_CHARS = 20  # of a long bad value quoted in a message
+
+
+def quote(value: Any) -> str:
+    """A bad value as a message shows it: repr, a long text cut short."""
+    if isinstance(value, str) and len(value) > 2 * QUOTED_CHARS:
+        return f"{value[:QUOTED_CHARS]!r}..."
+    return repr(value)
+
+
+class Invalid(ValueError):
+    """A validator's refusal: `reason` (which never holds the value) and, apart from it, the
+    `value` or the part of it that is wrong; shown as "<value> <reason>" (see Setting.refusal)."""
+
+    def __init__(self, reason: str, value: Any = _NOTHING):
+        self.reason, self.value = reason, value
+        super().__init__(reason if value is _NOTHING else f"{quote(value)} {reason}")
+
+
 # -- pure validators: raw (TOML / JSON / form) value -> typed value ---------
 
 
@@ -42,7 +68,7 @@ def _bindings(raw: Any) -> tuple[Binding, ...]:
     try:
         return parse_bindings(raw)
     except PortSpecError as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(str(exc)) from None  # quotes the bad token
 
 
 def _int_in(low: int, high: int) -> Callable[[Any], int]:
@@ -50,9 +76,9 @@ def _int_in(low: int, high: int) -> Callable[[Any], int]:
         if isinstance(raw, str) and re.fullmatch(r"\s*\d+\s*", raw):
             raw = int(raw)
         if isinstance(raw, bool) or not isinstance(raw, int):
-            raise ValueError(f"{raw!r} is not a whole number")
+            raise Invalid("is not a whole number", raw)
         if not low <= raw <= high:
-            raise ValueError(f"{raw!r} is out of range {low}..{high}")
+            raise Invalid(f"is out of range {low}..{high}", raw)
         return raw
 
     return validate
@@ -67,19 +93,19 @@ def _bool(raw: Any) -> bool:
         return raw
     if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
         return raw.strip().lower() in _TRUE
-    raise ValueError(f"{raw!r} is not true or false")
+    raise Invalid("is not true or false", raw)
 
 
 def _text(max_len: int, allow_empty: bool = True) -> Callable[[Any], str]:
     def validate(raw: Any) -> str:
         if not isinstance(raw, str):
-            raise ValueError(f"{raw!r} is not text")
+            raise Invalid("is not text", raw)
         if not allow_empty and not raw:
-            raise ValueError("must not be empty")
+            raise Invalid("must not be empty")
         if len(raw) > max_len:
-            raise ValueError(f"{raw[:20]!r}... is longer than {max_len} characters")
+            raise Invalid(f"is longer than {max_len} characters", raw)
         if any(ord(c) < 32 or ord(c) == 127 for c in raw):
-            raise ValueError(f"{raw!r} contains control characters")
+            raise Invalid("contains control characters", raw)
         return raw
 
     return validate
@@ -88,27 +114,27 @@ def _text(max_len: int, allow_empty: bool = True) -> Callable[[Any], str]:
 def _community(raw: Any) -> str:
     value = _text(64, allow_empty=False)(raw)
     if not value.isascii() or " " in value:
-        raise ValueError("must be printable ASCII without spaces")
+        raise Invalid("must be printable ASCII without spaces", raw)
     return value
 
 
 def _secret(raw: Any) -> str:
     if not isinstance(raw, str):
-        raise ValueError("is not text")
+        raise Invalid("is not text", raw)
     if not 1 <= len(raw) <= 128 or any(ord(c) < 32 for c in raw):
-        raise ValueError("must be 1 to 128 printable characters")
+        raise Invalid("must be 1 to 128 printable characters", raw)
     return raw
 
 
 def _addresses(raw: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     if not isinstance(raw, str):
-        raise ValueError(f"{raw!r} is not a space-separated list of addresses")
+        raise Invalid("is not a space-separated list of addresses", raw)
     networks = []
     for token in raw.split():
         try:
             networks.append(ipaddress.ip_network(token, strict=False))
         except ValueError:
-            raise ValueError(f"{token!r} is not an IPv4 or IPv6 address (DNS names are not accepted)") from None
+            raise Invalid("is not an IPv4 or IPv6 address (DNS names are not accepted)", token) from None
     return tuple(networks)
 
 
@@ -117,7 +143,7 @@ _HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9]
 
 def _host(raw: Any) -> str:
     if not isinstance(raw, str):
-        raise ValueError(f"{raw!r} is not an address or a host name")
+        raise Invalid("is not an address or a host name", raw)
     value = raw.strip()
     if not value:
         return ""
@@ -126,7 +152,7 @@ def _host(raw: Any) -> str:
     except ValueError:
         pass
     if not _HOSTNAME.fullmatch(value) or value.replace(".", "").isdigit():
-        raise ValueError(f"{raw!r} is neither an IP address nor a valid DNS name")
+        raise Invalid("is neither an IP address nor a valid DNS name", raw)
     return value
 
 
@@ -167,25 +193,25 @@ _DN_PART = re.compile(r"\s*[A-Za-z][A-Za-z0-9-]*\s*=\s*[^,=+<>#;\\\"]+")
 
 def _dn(raw: Any) -> str:
     if not isinstance(raw, str) or not raw.strip():
-        raise ValueError(f"{raw!r} is not a DN like dc=pbx")
+        raise Invalid("is not a DN like dc=pbx", raw)
     if not all(_DN_PART.fullmatch(part) for part in raw.split(",")):
-        raise ValueError(f"{raw!r} is not a DN like dc=pbx or ou=phonebook,dc=example,dc=com")
+        raise Invalid("is not a DN like dc=pbx or ou=phonebook,dc=example,dc=com", raw)
     return ",".join(part.strip().replace(" = ", "=") for part in raw.split(","))
 
 
 def _path(raw: Any) -> str:
     if not isinstance(raw, str):
-        raise ValueError(f"{raw!r} is not a path")
+        raise Invalid("is not a path", raw)
     if "\0" in raw:
-        raise ValueError("contains a NUL byte")
+        raise Invalid("contains a NUL byte", raw)
     return raw
 
 
 def _password_hash(raw: Any) -> str:
     if not isinstance(raw, str):
-        raise ValueError("is not a password hash")
+        raise Invalid("is not a password hash", raw)
     if raw and not raw.startswith("scrypt$"):
-        raise ValueError("is not a password hash made by 'python -m greenservers passwd'")
+        raise Invalid("is not a password hash made by 'python -m greenservers passwd'", raw)
     return raw
 
 
@@ -210,6 +236,13 @@ class Setting:
     @property
     def is_bindings(self) -> bool:
         return self.transport is not None
+
+    def refusal(self, exc: ValueError) -> str:
+        """What an error about this setting says: the bad value and the reason; for a secret the
+        reason alone, and nothing but a fixed sentence from a validator that did not give one apart."""
+        if not self.secret:
+            return str(exc)
+        return exc.reason if isinstance(exc, Invalid) else "is not valid"
 
 
 GROUPS = {
@@ -293,7 +326,7 @@ class Settings:
             try:
                 values[setting.name] = setting.validate(value)
             except ValueError as exc:
-                errors[setting.name] = str(exc)
+                errors[setting.name] = setting.refusal(exc)
         errors.update(_cross_checks(values, errors))
         if errors:
             raise SettingsError(errors)

@@ -8,6 +8,8 @@ The file holds secrets, so it is written with mode 0600, and it keeps
 its owner and group (a command run as root beside the service). A temporary file
 is named after the process writing it, so one left by a crashed process is
 recognised and removed (`remove_orphans`) when the file is next opened.
+A file that cannot be read or parsed is reported by line and column, never
+with the character at fault (it may be one of a secret's).
 
 A running server notices when another process changes the file (`ChangeWatch`,
 polled by the worker): the store remembers the signature (device, inode,
@@ -36,6 +38,19 @@ DEFAULT_FILE = "greenservers.toml"
 
 class ConfigFileError(ValueError):
     """The file cannot be read or is not valid TOML; the message says where."""
+
+
+# tomlkit's messages for these quote the character at fault; the others hold no value
+_CHARACTER_ERRORS = {
+    tomlkit.exceptions.InvalidCharInStringError: "invalid character in a string",
+    tomlkit.exceptions.UnexpectedCharError: "unexpected character",
+    tomlkit.exceptions.InvalidControlChar: "a control character in a string (write it as \\uXXXX)",
+}
+
+
+def _parse_problem(exc: tomlkit.exceptions.ParseError) -> str:
+    what = _CHARACTER_ERRORS.get(type(exc))
+    return f"{what} at line {exc.line} col {exc.col}" if what else str(exc)
 
 
 MISSING = ("missing",)  # the signature of a file that is not there
@@ -147,12 +162,15 @@ class ConfigStore:
         except FileNotFoundError:
             self.seen = MISSING
             return tomlkit.document()
-        except (OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            line = exc.object[:exc.start].count(b"\n") + 1
+            raise ConfigFileError(f"{self.path}: not UTF-8 text (line {line})") from None
+        except OSError as exc:
             raise ConfigFileError(f"{self.path}: cannot read: {exc}") from None
         try:
             return tomlkit.parse(text)
         except tomlkit.exceptions.ParseError as exc:
-            raise ConfigFileError(f"{self.path}: not valid TOML: {exc}") from None
+            raise ConfigFileError(f"{self.path}: not valid TOML: {_parse_problem(exc)}") from None
 
     def load(self) -> Settings:
         """The effective settings of the file (defaults for what it lacks)."""

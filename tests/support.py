@@ -87,7 +87,10 @@ class ServiceProcess:
     # -- life cycle -------------------------------------------------------
 
     def start(self, timeout: float = 30.0, expect_ready: bool = True) -> "ServiceProcess":
-        self._ready.clear()  # a restart waits for the new process's ready line
+        """Start (or start again after stop()) and, unless told otherwise, wait for the ready line."""
+        if self._reader is not None:
+            self._reader.join(timeout)  # the last run's reader is done: it cannot set the event again
+        self._ready.clear()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "app:app"],
             cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

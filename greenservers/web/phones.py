@@ -19,7 +19,7 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 from ..phones import profiles
 from ..phones.seen import DAY, registry_for
 from . import get_runtime
-from .auth import admin_required
+from .auth import NO_BODY, admin_required, takes
 
 bp = Blueprint("phones", __name__)
 log = logging.getLogger("greenservers.web")
@@ -43,6 +43,7 @@ def phones_api():
 
 @bp.delete("/api/phones/<phone_id>")
 @admin_required
+@takes(NO_BODY)
 def forget_api(phone_id: str):
     if not _registry().forget(phone_id):
         return jsonify(error=f"no phone {phone_id[:40]}"), 404

@@ -20,7 +20,7 @@ from flask import Blueprint, Response, request, send_file
 
 from .. import provisioning
 from ..phones import seen
-from ..ratelog import RateLimitedLog
+from ..ratelog import RateLimitedLog, printable
 from . import get_runtime
 
 bp = Blueprint("prov", __name__)
@@ -58,7 +58,7 @@ def provision(name: str):
     try:
         content = provisioning.provide(runtime.settings, name, request_server())
     except provisioning.ProvisioningError as exc:
-        ratelog.warning("prov-refused", client, "GET /prov/%s refused: %s", name, exc.message)
+        ratelog.warning("prov-refused", client, "GET /prov/%s refused: %s", printable(name), printable(exc.message))
         result = {404: "not found", 403: "refused"}.get(exc.http_status, "failed")
         seen.note_fetch(runtime, name, client, result, request.scheme, user_agent)
         return Response(f"{exc.message}\n", status=exc.http_status, mimetype="text/plain")

@@ -9,6 +9,10 @@ share validation and auditing). Secrets are never put in the page: their
 field is empty, says whether a value is set, and an empty submission keeps
 it. The certificate upload (PEM chain + key) is checked with tls.check_pem
 before any file or setting is replaced.
+
+/settings/password changes the admin password (current one, new one twice),
+through api.change_admin_password like the API; every session ends and this
+browser gets a new one.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from ..settings import DECLARATIONS, GROUPS, Setting
 from ..store import atomic_write
 from ..tls import CertificateError, check_pem, ensure_certificate, server_context
 from . import get_runtime
-from .api import VIA, ChangeRefused, apply_settings_changes, canonical
-from .auth import admin_required, auth_method, wants_html
+from .api import VIA, ChangeRefused, apply_settings_changes, canonical, change_admin_password
+from .auth import PasswordRefused, admin_required, auth_method, begin_session, stored_hash, wants_html
 
 bp = Blueprint("ui", __name__)
 log = logging.getLogger("greenservers.web")
@@ -37,7 +41,7 @@ log = logging.getLogger("greenservers.web")
 MAX_PEM_BYTES = 64 * 1024
 AUDIT_SHOWN = 20
 UPLOADED_PREFIX = "uploaded-"
-NAV = (("/settings/ports", "Ports"), ("/sensors", "Sensors"), ("/addressbook", "Address book"), ("/phones", "Phones"))
+NAV = (("/settings/ports", "Ports"), ("/sensors", "Sensors"), ("/addressbook", "Address book"), ("/phones", "Phones"), ("/settings/password", "Password"))
 ON_PAGE = frozenset(s.name for s in DECLARATIONS if s.on_ports_page)
 SERVICE_LABELS = {"http": "HTTP", "https": "HTTPS", "snmp": "SNMP", "tftp": "TFTP", "ntp": "NTP", "ldap": "LDAP", "ldaps": "LDAPS"}
 
@@ -212,6 +216,25 @@ def save_ports():
         flash("Saved: " + ", ".join(applied) + ". In effect now.", "ok")
     if result.needs_restart:
         flash("Saved; takes effect after restart: " + ", ".join(result.needs_restart) + ".", "warning")
+    return redirect(url_for("ui.settings_ports"), code=303)
+
+
+@bp.get("/settings/password")
+@admin_required
+def password_page():
+    return render_template("password.html", errors={})
+
+
+@bp.post("/settings/password")
+@admin_required
+def change_password():
+    form = request.form
+    try:
+        change_admin_password(form.get("current_password", ""), form.get("new_password", ""), form.get("new_password_again", ""))
+    except (PasswordRefused, ChangeRefused) as exc:
+        return render_template("password.html", errors=exc.errors), exc.status
+    begin_session(stored_hash())
+    flash("Admin password changed. Every other session has ended.", "ok")
     return redirect(url_for("ui.settings_ports"), code=303)
 
 
