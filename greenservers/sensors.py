@@ -142,6 +142,12 @@ def _open_fds() -> int:
         return 0
 
 
+def _phones_seen_last_day() -> int:
+    from .phones.seen import seen_last_day  # lazily: the record lives with the phones package
+
+    return seen_last_day()
+
+
 C, G = "counter", "gauge"
 DECLARED: tuple[Sensor, ...] = (
     # process and machine (on /metrics the process's are the standard metrics every exporter has;
@@ -184,6 +190,8 @@ DECLARED: tuple[Sensor, ...] = (
            _certificate_days_left, DAYS),
     Sensor("acme_certificates_issued", 61, C, "Certificates obtained from the ACME authority (each key type counts; renewals included)."),
     Sensor("acme_attempts_failed", 62, C, "ACME issuance or renewal attempts that failed (retried later; the working certificate stays)."),
+    # phones (indexes 70-74)
+    Sensor("phones_seen_24h", 70, G, "Phones that fetched a provisioning file (TFTP or /prov/) in the last 24 hours.", _phones_seen_last_day),
 )
 
 

@@ -21,6 +21,7 @@ from gevent.pool import Group
 
 from . import provisioning
 from .binder import local_address
+from .phones import seen
 from .proto import tftp as proto
 from .proto.peers import plain_address
 from .ratelog import RateLimitedLog
@@ -55,6 +56,7 @@ class TftpService(Service):
         self.segmentation = Segmentation(self.log)
         self.send_batch = SendBatch()
         self.tokens, self.tokens_at = float(REQUEST_BURST), time.monotonic()
+        seen.registry_for(runtime)  # the record of phones read now, before its sensor is first asked for
         removed = provisioning.remove_orphan_uploads(runtime.settings)
         if removed:
             self.log.warning("removed %d partial upload(s) left by a process that ended mid-upload", len(removed))
@@ -79,8 +81,9 @@ class TftpService(Service):
         self.tokens -= 1.0
 
     def close(self) -> None:
-        """At shutdown: end the transfers still running (their uploads are aborted)."""
+        """At shutdown: end the transfers still running (their uploads are aborted); keep the record of phones."""
         self.transfers.kill(timeout=1)
+        seen.save_all()
 
     # -- requests -----------------------------------------------------------
 
@@ -127,6 +130,8 @@ class TftpService(Service):
         except proto.TftpError as exc:
             self.ratelog.warning("refused", client, "%s %s refused: %s", "WRQ" if request.write else "RRQ", request.filename, exc.message)
             self._send_quietly(sock, exc.datagram())
+            if not request.write:
+                seen.note_fetch(self.runtime, request.filename, client, "not found" if exc.code == 1 else "refused", "tftp")
         except OSError as exc:  # the peer vanished (ICMP unreachable) or a socket of ours failed
             self.log.debug("%s: transfer of %s ended: %s", client, request.filename, exc)
         except Exception:
@@ -169,6 +174,8 @@ class TftpService(Service):
         sensors = self.runtime.sensors
         done = machine is not None and machine.state is proto.State.DONE
         sensors.add("tftp_transfers_done" if done else "tftp_transfers_failed")
+        if isinstance(machine, proto.ReadTransfer):
+            seen.note_fetch(self.runtime, request.filename, client, "served" if done else "failed", "tftp")
         if isinstance(machine, proto.ReadTransfer):
             sensors.add("tftp_bytes_sent", machine.bytes_sent)
         if machine is not None and machine.failure and not machine.peer_vanished:
