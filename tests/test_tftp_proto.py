@@ -162,8 +162,10 @@ def test_blksize_8_sends_8_byte_blocks():
     assert machine.last_block == 6  # 5 full blocks and an empty final one
 
 
-@pytest.mark.parametrize("asked, granted", [("1", "1"), ("255", "255"), ("0", None), ("256", None), ("soon", None)])
-def test_timeout_option(asked, granted):
+@pytest.mark.parametrize("asked, granted", [
+    ("1", "1"), ("10", "10"), ("11", None), ("255", None), ("0", None), ("256", None), ("soon", None),
+])
+def test_timeout_option_over_ten_seconds_is_declined(asked, granted):
     negotiated = t.negotiate(t.parse_request(rrq(timeout=asked)), 1, LIMITS)
     assert negotiated.oack.get("timeout") == granted
     assert negotiated.timeout == (float(granted) if granted else LIMITS.timeout)

@@ -20,7 +20,13 @@ Options (RFC 2347 OACK) understood here:
 - blksize (RFC 2348): 8..65464 octets; larger requests are lowered to our maximum.
 - tsize (RFC 2349): the file size for a read; the announced size for a write
   (refused with "disk full" when over the upload limit).
-- timeout (RFC 2349): 1..255 s, our retransmission timeout.
+- timeout (RFC 2349): 1..MAX_TIMEOUT (10) s, our retransmission timeout once
+  the transfer is established. RFC 2349 allows 1..255, and so do tftp-hpa's
+  in.tftpd and atftpd; but the server must use the client's value or leave the
+  option out of the OACK, and 255 s x 6 attempts let one never-answered request
+  hold a transfer for 25 minutes (in.tftpd backs off to 63 x the timeout: 4.5
+  hours). Clients ask for little: curl 6 s, U-Boot 5 s; one that asks for more
+  is served with our own 1 s, which only means earlier retransmissions.
 - windowsize (RFC 7440): blocks sent per acknowledgement, 1..MAX_WINDOWSIZE.
 Unknown or out-of-range options are left out of the OACK (RFC 2347); when no
 option is left, the transfer starts as in plain RFC 1350 (DATA 1 or ACK 0).
@@ -73,7 +79,7 @@ DEFAULT_BLKSIZE = 512
 MIN_BLKSIZE = 8
 MAX_BLKSIZE = 65464  # RFC 2348: the largest that fits a UDP datagram
 MAX_WINDOWSIZE = 64  # bounds the burst one ACK can cause
-MAX_TIMEOUT = 255
+MAX_TIMEOUT = 10  # seconds; larger timeout options are declined (see the module docstring)
 MAX_NETASCII_BYTES = 16 * 1024 * 1024  # converting needs one pass over the file: text files only
 BLOCK_MODULO = 1 << 16
 MODES = ("octet", "netascii")
