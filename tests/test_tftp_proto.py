@@ -12,6 +12,7 @@ import struct
 import pytest
 
 from greenservers.proto import tftp as t
+from greenservers.proto.peers import TokenBuckets
 from vectors import tftp_vectors as v
 
 LIMITS = t.Limits(timeout=1.0, max_retries=3)
@@ -171,11 +172,14 @@ def test_timeout_option_over_ten_seconds_is_declined(asked, granted):
     assert negotiated.timeout == (float(granted) if granted else LIMITS.timeout)
 
 
-def test_negotiated_timeout_drives_retransmission():
-    machine = read_machine(b"abc", rrq(timeout=5))
-    machine.start(0.0)
-    assert machine.timeout(4.9) == []
-    assert machine.timeout(5.0) == [machine.start(0.0)[0]]
+def test_negotiated_timeout_applies_once_the_oack_is_acknowledged():
+    machine = read_machine(b"abc" * 300, rrq(timeout=5))
+    oack = machine.start(0.0)
+    assert machine.timeout(1.0) == oack  # not agreed yet: our own 1 s
+    first = machine.receive(ack(0), 1.5)
+    assert [data_of(d)[0] for d in first] == [1]
+    assert machine.timeout(6.4) == []
+    assert machine.timeout(6.5) == first
 
 
 def test_tsize_option_reports_the_size_for_reads_and_checks_it_for_writes():
@@ -259,16 +263,119 @@ def test_duplicate_acks_never_cause_retransmission():
     assert [data_of(d)[0] for d in sent] == [2, 3]
 
 
-def test_timeouts_are_bounded_then_the_transfer_fails_silently():
-    machine = read_machine(b"x" * 100, rrq())
-    machine.start(0.0)
-    now, resent = 0.0, 0
+def run_timeouts(machine, now: float, step: float = 0.5) -> tuple[list[float], float]:
+    """Let the clock run until the machine gives up: when it sent something, and when it failed."""
+    sent_at = []
     while not machine.finished:
-        now += 1.0
-        resent += len(machine.timeout(now))
-        assert now < 100
-    assert resent == LIMITS.max_retries
-    assert machine.state is t.State.FAILED and machine.peer_vanished
+        now += step
+        if machine.timeout(now):
+            sent_at.append(now)
+        assert now < 1000
+    return sent_at, now
+
+
+def test_established_transfer_retransmits_max_retries_times_then_fails_silently():
+    machine = read_machine(b"x" * 1000, rrq())
+    machine.start(0.0)
+    machine.receive(ack(1), 0.1)  # established: DATA 2 is out
+    sent_at, failed_at = run_timeouts(machine, 0.1, step=1.0)
+    assert len(sent_at) == LIMITS.max_retries
+    assert machine.state is t.State.FAILED and machine.peer_vanished and not machine.unacknowledged
+
+
+@pytest.mark.parametrize("request_, first", [
+    (rrq(), t.OP_DATA),  # a plain request: DATA 1 is the first packet
+    (rrq(timeout=255, blksize=1428, tsize=0), t.OP_OACK),  # the attack: timeout 255, never acknowledged
+])
+def test_unacknowledged_first_packet_is_sent_twice_then_given_up_after_the_hold(request_, first):
+    machine = read_machine(b"x" * 4000, request_)
+    out = machine.start(0.0)
+    assert struct.unpack("!H", out[0][:2])[0] == first
+    assert "timeout" not in (oack_options(out[0]) if first == t.OP_OACK else {})
+    sent_at, failed_at = run_timeouts(machine, 0.0, step=0.25)
+    assert sent_at == [LIMITS.timeout] * LIMITS.first_packet_retries  # once more, after our own 1 s
+    assert failed_at == LIMITS.first_packet_hold
+    assert machine.state is t.State.FAILED and machine.peer_vanished and machine.unacknowledged
+
+
+def test_a_late_acknowledgement_within_the_hold_still_establishes_the_transfer():
+    """The client's own retransmission (its ACK again after 5-6 s) finds the transfer waiting."""
+    machine = read_machine(b"A" * 512 + b"B", rrq())
+    machine.start(0.0)
+    assert [data_of(d)[0] for d in machine.timeout(1.0)] == [1]
+    assert machine.timeout(6.0) == []
+    assert [data_of(d)[0] for d in machine.receive(ack(1), 6.0)] == [2]
+    assert machine.verified and machine.rto == LIMITS.timeout
+    assert machine.receive(ack(2), 6.1) == [] and machine.state is t.State.DONE
+
+
+def test_write_handshake_never_answered_is_given_up_like_a_read():
+    sink = Collector()
+    machine = write_machine(sink, blksize=1024)
+    assert oack_options(machine.start(0.0)[0]) == {"blksize": "1024"}
+    sent_at, failed_at = run_timeouts(machine, 0.0)
+    assert (sent_at, failed_at) == ([1.0], LIMITS.first_packet_hold)
+    assert machine.unacknowledged and sink.aborted
+
+
+# -- the allowance of unacknowledged bytes per source ------------------------------------
+
+
+def allowance(buckets: TokenBuckets, key: str = "192.0.2.9") -> t.Allowance:
+    return t.Allowance(buckets, key)
+
+
+def test_first_packets_are_taken_from_the_sources_bucket_and_refused_when_it_is_spent():
+    buckets = TokenBuckets(rate=0.0, capacity=1000)
+    machines = [read_machine(b"x" * 4000, rrq()) for _ in range(3)]
+    for machine in machines:
+        machine.allowance = allowance(buckets)
+    assert len(machines[0].start(0.0)[0]) == 516 and len(machines[1].start(0.0)[0]) == 516  # 1000 - 1032 < 0
+    assert machines[2].start(0.0) == []  # nothing sent: the transfer ends at once
+    assert machines[2].state is t.State.FAILED and machines[2].unacknowledged
+    assert machines[0].timeout(1.0) == []  # the retransmission is withheld, as if lost...
+    assert machines[0].state is t.State.SENDING and machines[0].deadline == LIMITS.first_packet_hold  # ...the hold runs on
+    assert buckets.level("192.0.2.9", 1.0) == 1000 - 1032
+
+
+def test_an_acknowledgement_gives_the_bytes_back_and_established_transfers_take_none():
+    buckets = TokenBuckets(rate=0.0, capacity=10_000)
+    machine = read_machine(b"x" * 4000, rrq(blksize=1024))
+    machine.allowance = allowance(buckets)
+    oack = machine.start(0.0)
+    assert machine.timeout(1.0) == oack
+    assert buckets.level("192.0.2.9", 1.0) == 10_000 - 2 * len(oack[0])
+    machine.receive(ack(0), 1.1)
+    assert buckets.level("192.0.2.9", 1.1) == 10_000
+    machine.timeout(2.1)  # DATA 1 again: an established transfer is not charged
+    assert buckets.level("192.0.2.9", 2.1) == 10_000
+
+
+def test_a_write_is_verified_by_its_first_data_block():
+    buckets = TokenBuckets(rate=0.0, capacity=100)
+    sink = Collector()
+    machine = write_machine(sink)
+    machine.allowance = allowance(buckets)
+    assert machine.start(0.0) == [ack(0)] and buckets.level("192.0.2.9", 0.0) == 96
+    assert machine.receive(data(1, b"a" * 512), 0.1) == [ack(1)]
+    assert machine.verified and buckets.level("192.0.2.9", 0.1) == 100
+
+
+class RefusingSink(Collector):
+    def write(self, chunk: bytes) -> None:
+        if len(self.data) + len(chunk) > 600:
+            raise t.DiskFull("the upload budget is full")
+        super().write(chunk)
+
+
+def test_a_sink_refusing_a_write_aborts_the_upload_with_its_error():
+    sink = RefusingSink()
+    machine = write_machine(sink)
+    machine.start(0.0)
+    assert machine.receive(data(1, b"a" * 512), 0.0) == [ack(1)]
+    out = machine.receive(data(2, b"a" * 512), 0.1)
+    assert out == [t.encode_error(3, "the upload budget is full")]
+    assert sink.aborted and not sink.committed and machine.state is t.State.FAILED
 
 
 def test_oack_is_resent_on_timeout():

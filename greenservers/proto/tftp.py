@@ -49,8 +49,22 @@ commit answers an ERROR instead; any failure aborts the sink.
 
 Block numbers are 16 bits on the wire and kept unbounded inside; past 65535
 they roll over to 0, as tftp-hpa, curl and atftp expect. A timeout resends
-the last window (or OACK / ACK) at most `max_retries` times, then the
-transfer fails silently (the peer has vanished).
+the last window (or ACK) at most `max_retries` times, then the transfer
+fails silently (the peer has vanished).
+
+The first packet (the OACK, DATA 1 of a request without options, or a
+write's ACK 0) goes to an address nobody has verified: a request's source is
+trivially spoofed, and whatever we send it is reflected at whoever owns that
+address. Until the peer acknowledges it (ACK 0 or 1, or DATA 1), a transfer
+is *unverified*: the first packet is sent again `first_packet_retries` (1)
+times after our own 1 s timeout (a negotiated timeout takes effect with the
+OACK's acknowledgement), the transfer then waits for a late acknowledgement
+until `first_packet_hold` (8 s: a client's own retransmission, after its 5 or
+6 s timeout, still finds it) and gives up. Every byte sent while unverified
+is taken from an `Allowance`: the source's bucket of unacknowledged bytes,
+shared by all its transfers (see the shell); what the bucket refuses is not
+sent (as if lost; a first packet refused ends the transfer at once), and the
+bytes come back to the bucket when the peer acknowledges.
 
 Each machine's dispatch is a table (state, event) -> handler with a named
 fallback, `_on_unexpected`.
@@ -226,6 +240,8 @@ class Limits:
     max_windowsize: int = MAX_WINDOWSIZE
     timeout: float = 1.0  # retransmission timeout unless the client negotiates one
     max_retries: int = 5
+    first_packet_retries: int = 1  # the unacknowledged first packet is sent again this often...
+    first_packet_hold: float = 8.0  # ... and a late acknowledgement is awaited this long in all
     upload_max_bytes: int = 16 * 1024 * 1024
 
 
@@ -298,7 +314,8 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes) -> None:
+        """Keep the next piece; raise TftpError to refuse it (a budget or quota): the transfer is aborted."""
 
     def commit(self) -> None:
         """Make the upload visible; raise TftpError to refuse it."""
@@ -410,20 +427,52 @@ FINISHED = (State.DONE, State.FAILED)
 STREAMING = (State.SENDING, State.RECEIVING)  # the states a transfer spends its packets in
 
 
+class Allowance:
+    """What one transfer may send its peer before the peer acknowledges anything.
+
+    Bytes are taken from the peer's bucket in `buckets` (a peers.TokenBuckets
+    shared by all transfers of that source) while it is above zero, and given
+    back when the peer acknowledges: an honest client never runs short, a
+    spoofed source can draw only what its bucket holds and what refills.
+    """
+
+    def __init__(self, buckets, key: str):
+        self.buckets, self.key, self.taken = buckets, key, 0
+
+    def permits(self, now: float) -> bool:
+        """Whether anything more may be sent (the bucket may then go below zero by that one send)."""
+        return self.buckets.level(self.key, now) > 0
+
+    def take(self, size: int, now: float) -> None:
+        self.buckets.take(self.key, size, now)
+        self.taken += size
+
+    def refund(self, now: float) -> None:
+        if self.taken:
+            self.buckets.give(self.key, self.taken, now)
+            self.taken = 0
+
+
 class Transfer:
-    """Common part of both machines: dispatch, retransmission bookkeeping, failure."""
+    """Common part of both machines: dispatch, the first packet's schedule, retransmission bookkeeping, failure."""
 
     TABLE: dict[tuple[State, Event], str] = {}
 
-    def __init__(self, negotiated: Negotiated, limits: Limits):
+    def __init__(self, negotiated: Negotiated, limits: Limits, allowance: Allowance | None = None):
         self.blksize = negotiated.blksize
         self.windowsize = negotiated.windowsize
-        self.rto = negotiated.timeout
+        self.rto = limits.timeout  # ours until the peer acknowledges: the options are not agreed before
+        self.negotiated_rto = negotiated.timeout
         self.oack = negotiated.oack
         self.max_retries = limits.max_retries
+        self.first_retries, self.first_hold = limits.first_packet_retries, limits.first_packet_hold
+        self.allowance = allowance
         self.state: State | None = None
         self.deadline: float | None = None
+        self.started_at = 0.0
         self.retries = 0
+        self.verified = False  # the peer acknowledged our first packet: it is at the address it claims
+        self.unacknowledged = False  # failed because the first packet was never acknowledged (or not sent)
         self.failure: str | None = None  # why it failed, for the log
         self.peer_vanished = False  # failed by timeouts or the peer's own ERROR: nothing to log loudly
         self._handlers = {key: getattr(self, name) for key, name in self.TABLE.items()}  # bound once: a hot path
@@ -432,6 +481,28 @@ class Transfer:
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
+
+    def start(self, now: float) -> list[bytes]:
+        """The first packet (the OACK, DATA 1 or ACK 0), if the source's allowance permits it."""
+        self.started_at = now
+        if self.allowance is None:
+            return self._first_packet(now)
+        if not self.allowance.permits(now):
+            self._fail("nothing sent: the source's allowance of unacknowledged bytes is spent", vanished=True)
+            self.unacknowledged = True
+            return []
+        out = self._first_packet(now)
+        self.allowance.take(sum(map(len, out)), now)
+        return out
+
+    def _first_packet(self, now: float) -> list[bytes]:
+        raise NotImplementedError
+
+    def _verify(self, now: float) -> None:
+        """The peer acknowledged our first packet: the negotiated timeout applies, the allowance comes back."""
+        self.verified, self.rto, self.retries = True, self.negotiated_rto, 0
+        if self.allowance is not None:
+            self.allowance.refund(now)
 
     def receive(self, datagram: bytes, now: float) -> list[bytes]:
         try:
@@ -444,7 +515,15 @@ class Transfer:
     def timeout(self, now: float) -> list[bytes]:
         if self.deadline is None or now < self.deadline:
             return []
-        return self._dispatch(Event.TIMEOUT, None, now)
+        if self.verified or self.allowance is None:
+            return self._dispatch(Event.TIMEOUT, None, now)
+        # unverified: a timeout sends the first packet again, if the allowance permits
+        if not self.allowance.permits(now):
+            self._retry(now)  # the schedule runs on as if this copy were lost on the way
+            return []
+        out = self._dispatch(Event.TIMEOUT, None, now)
+        self.allowance.take(sum(map(len, out)), now)
+        return out
 
     def _dispatch(self, event: Event, packet, now: float) -> list[bytes]:
         return self._handlers.get((self.state, event), self._on_unexpected)(packet, now)
@@ -464,6 +543,14 @@ class Transfer:
     def _retry(self, now: float) -> bool:
         """Count one retransmission; False (and failed) when the retries are used up."""
         self.retries += 1
+        if not self.verified:
+            if self.retries > self.first_retries:
+                self._fail(f"first packet not acknowledged within {self.first_hold:g} s", vanished=True)
+                self.unacknowledged = True
+                return False
+            # the last retransmission of the first packet: then only wait, until the hold is over
+            self.deadline = now + self.rto if self.retries < self.first_retries else self.started_at + self.first_hold
+            return True
         if self.retries > self.max_retries:
             self._fail(f"no answer after {self.max_retries} retransmissions", vanished=True)
             return False
@@ -486,8 +573,8 @@ class ReadTransfer(Transfer):
         (State.SENDING, Event.ERROR): "_on_peer_error",
     }
 
-    def __init__(self, source: Source, negotiated: Negotiated, limits: Limits = Limits()):
-        super().__init__(negotiated, limits)
+    def __init__(self, source: Source, negotiated: Negotiated, limits: Limits = Limits(), allowance: Allowance | None = None):
+        super().__init__(negotiated, limits, allowance)
         self.source = source
         self.last_block = source.size // self.blksize + 1  # the first short block ends the file
         self.acked = 0  # highest block the client acknowledged
@@ -495,9 +582,10 @@ class ReadTransfer(Transfer):
         self.bytes_sent = 0
         self._data_packet = TftpPacketDAT()
 
-    def start(self, now: float) -> list[bytes]:
+    def _first_packet(self, now: float) -> list[bytes]:
+        self.deadline = now + self.rto
         if self.oack:
-            self.state, self.deadline = State.AWAIT_OACK_ACK, now + self.rto
+            self.state = State.AWAIT_OACK_ACK
             return [encode_oack(self.oack)]
         self.state = State.SENDING
         return self._send_window(now)
@@ -505,7 +593,6 @@ class ReadTransfer(Transfer):
     def _send_window(self, now: float) -> list[bytes]:
         first, last = self.acked + 1, min(self.acked + self.windowsize, self.last_block)
         offset = (first - 1) * self.blksize
-        self.deadline = now + self.rto
         if first == last:  # lock-step, the common case (windowsize 1)
             data = self.source.read(offset, self.blksize)
             self.sent, self.bytes_sent = last, self.bytes_sent + len(data)
@@ -528,17 +615,21 @@ class ReadTransfer(Transfer):
     def _on_oack_acknowledged(self, packet, now: float) -> list[bytes]:
         if packet.blocknumber != 0:
             return []
-        self.state, self.retries = State.SENDING, 0
+        self._verify(now)
+        self.state, self.deadline = State.SENDING, now + self.rto
         return self._send_window(now)
 
     def _on_ack(self, packet, now: float) -> list[bytes]:
         block = self._block_of(packet.blocknumber)
         if block is None or block == self.acked:
             return []  # old or repeated ACK: only a timeout retransmits (Sorcerer's Apprentice)
+        if not self.verified:
+            self._verify(now)
         self.acked, self.retries = block, 0
         if block == self.last_block:
             self.state, self.deadline = State.DONE, None
             return []
+        self.deadline = now + self.rto
         return self._send_window(now)
 
     def _on_timeout(self, packet, now: float) -> list[bytes]:
@@ -561,8 +652,9 @@ class WriteTransfer(Transfer):
         (State.DALLYING, Event.ERROR): "_on_dally_over",
     }
 
-    def __init__(self, sink: Sink, negotiated: Negotiated, limits: Limits = Limits(), netascii: bool = False):
-        super().__init__(negotiated, limits)
+    def __init__(self, sink: Sink, negotiated: Negotiated, limits: Limits = Limits(), netascii: bool = False,
+                 allowance: Allowance | None = None):
+        super().__init__(negotiated, limits, allowance)
         self.sink = NetasciiDecoder(sink) if netascii else sink
         self.max_bytes = limits.upload_max_bytes
         self.expected = 1  # next block wanted
@@ -570,7 +662,7 @@ class WriteTransfer(Transfer):
         self.gap_answered_for = 0  # `expected` value whose gap was already answered
         self.bytes_received = 0
 
-    def start(self, now: float) -> list[bytes]:
+    def _first_packet(self, now: float) -> list[bytes]:
         self.state, self.deadline = State.RECEIVING, now + self.rto
         return [self._handshake()]
 
@@ -592,7 +684,12 @@ class WriteTransfer(Transfer):
         self.bytes_received += len(data)
         if self.bytes_received > self.max_bytes:
             return self._abort(DiskFull(f"upload is over the limit of {self.max_bytes} bytes"))
-        self.sink.write(data)
+        if not self.verified:
+            self._verify(now)
+        try:
+            self.sink.write(data)
+        except TftpError as exc:  # the sink refuses more (a budget or a quota)
+            return self._abort(exc)
         block = self.expected
         self.expected, self.retries, self.unacked = block + 1, 0, self.unacked + 1
         self.deadline = now + self.rto
