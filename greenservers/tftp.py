@@ -6,15 +6,22 @@ socket learns the local address each request came in on). An admitted
 request gets its own greenlet and its own ephemeral UDP socket, bound to
 that local address and connected to the client (a new transfer ID, RFC 1350
 §4); the protocol itself is greenservers.proto.tftp's state machines, the file
-names and templates are greenservers.provisioning's. Transfers are limited
-per client address (`tftp_max_per_client`) and in total (`tftp_max_transfers`).
+names and templates are greenservers.provisioning's. Who gets a transfer is
+the core's `Admission`: limited per client address (`tftp_max_per_client`)
+and in total (`tftp_max_transfers`), where an unverified transfer (its first
+packet not acknowledged) gives its slot to a new request once it is past its
+first retransmission; and every source (IPv4 address, IPv6 /64) may be sent
+only so much that it has not acknowledged, as a request's source address may
+be spoofed and whatever we send goes to that address. A request from a source
+whose allowance is spent is dropped unread, before the request pacing, and
+counted (`tftp_sends_withheld`); an honest client gets its bytes back with each
+acknowledgement and never runs short.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from collections import Counter
 
 import gevent
 from gevent.pool import Group
@@ -22,7 +29,7 @@ from gevent.pool import Group
 from . import provisioning
 from .binder import local_address
 from .proto import tftp as proto
-from .proto.peers import plain_address
+from .proto.peers import TokenBuckets, client_key, plain_address
 from .ratelog import RateLimitedLog
 from .service import Service
 from .tftp_transfer import Segmentation, SendBatch, TransferDriver, transfer_socket
@@ -31,6 +38,7 @@ MAX_REQUEST = 1024  # an RRQ/WRQ with its options; longer ones are truncated and
 ANCILLARY_SIZE = socket.CMSG_SPACE(32)
 REQUEST_RATE = 1000.0  # requests handled per second, all listeners together (see pace_requests)
 REQUEST_BURST = 256.0
+CHECK_AGAIN_AFTER = 64  # datagrams of one dropped source counted without looking at its bucket again
 
 
 class UploadSink(provisioning.Upload):
@@ -49,8 +57,8 @@ class TftpService(Service):
     def __init__(self, runtime):
         super().__init__(runtime)
         self.ratelog = RateLimitedLog(self.log)
-        self.per_client: Counter[str] = Counter()
-        self.active = 0
+        self.limits = proto.Limits()
+        self.admission = proto.Admission(self.limits, TokenBuckets(rate=0.0, capacity=0))  # sized by configure()
         self.transfers = Group()  # all listeners': a transfer outlives its listener (a port change)
         self.segmentation = Segmentation(self.log)
         self.send_batch = SendBatch()
@@ -84,57 +92,85 @@ class TftpService(Service):
 
     # -- requests -----------------------------------------------------------
 
+    def admits(self, host: str) -> bool:
+        """Whether a request from `host` is read at all: not if its allowance of unacknowledged bytes is spent."""
+        settings = self.runtime.settings
+        self.admission.configure(settings.tftp_max_transfers, settings.tftp_max_per_client)
+        if self.admission.hears(client_key(host), time.monotonic()):
+            return True
+        self.runtime.sensors.add("tftp_sends_withheld")
+        self.ratelog.warning("withheld", plain_address(host), "request dropped: what was sent to this address is not "
+                             "acknowledged (a spoofed source?); it is sent more as it acknowledges or as time passes")
+        return False
+
+    def dropped_again(self, host: str, count: int) -> None:
+        """What admits() would have counted and logged for `count` more requests from a source it just refused."""
+        self.runtime.sensors.add("tftp_sends_withheld", count)
+        self.ratelog.suppressed("withheld", plain_address(host), count)
+
+    def _send_unverified(self, send, datagram: bytes, host: str) -> None:
+        """An answer to a peer that has not acknowledged anything (an ERROR): from its allowance, or not at all."""
+        if not self.admission.spend(client_key(host), len(datagram), time.monotonic()):
+            self.runtime.sensors.add("tftp_sends_withheld")
+            return
+        try:
+            send(datagram)
+        except OSError:
+            pass  # a full send buffer or a vanished peer: UDP answers may be lost
+
     def handle_request(self, datagram: bytes, local: tuple[str, int], peer, listener: "TftpListener") -> None:
         client = plain_address(peer[0])
         try:
             request = proto.parse_request(datagram)
         except proto.TftpError as exc:
             self.ratelog.warning("bad-request", client, "refused: %s", exc.message)
-            listener.sock.sendto(exc.datagram(), peer)
+            self._send_unverified(lambda d: listener.sock.sendto(d, peer), exc.datagram(), peer[0])
             self.runtime.sensors.add("tftp_transfers_failed")
             return
-        settings = self.runtime.settings
-        if self.active >= settings.tftp_max_transfers or self.per_client[client] >= settings.tftp_max_per_client:
+        slot, evicted = self.admission.admit(client, time.monotonic())
+        for victim in evicted:
+            self._evict(victim)
+        if slot is None:
             self.ratelog.warning("busy", client, "refused %s: too many transfers (%d in all, %d from this client)",
-                                 request.filename, self.active, self.per_client[client])
-            listener.sock.sendto(proto.encode_error(0, "server busy, retry later"), peer)
+                                 request.filename, self.admission.active, self.admission.per_client[client])
+            self._send_unverified(lambda d: listener.sock.sendto(d, peer), proto.encode_error(0, "server busy, retry later"), peer[0])
             self.runtime.sensors.add("tftp_transfers_failed")
             return
-        self._hold(client, +1)
-        self.transfers.spawn(self._transfer, request, local, peer, client, listener.sock.family)
+        self.runtime.sensors.set("tftp_transfers_active", self.admission.active)
+        slot.owner = self.transfers.spawn(self._transfer, request, local, peer, client, listener.sock.family, slot)
 
-    def _hold(self, client: str, change: int) -> None:
-        """Count a transfer slot in (+1) or out (-1), for the limits and the sensor."""
-        self.active += change
-        self.per_client[client] += change
-        if self.per_client[client] <= 0:
-            del self.per_client[client]
-        self.runtime.sensors.set("tftp_transfers_active", self.active)
+    def _evict(self, slot: proto.Slot) -> None:
+        """An unverified transfer gives its slot to a new request: ended now, counted as never acknowledged."""
+        self.ratelog.info("evicted", slot.client, "a transfer whose first packet was not acknowledged gave its slot to a new request")
+        self.runtime.sensors.add("tftp_first_packets_unacknowledged")
+        self.runtime.sensors.add("tftp_transfers_failed")
+        if slot.owner is not None:
+            slot.owner.kill(block=False)
 
-    def _transfer(self, request, local, peer, client: str, family: int) -> None:
+    def _release(self, slot: proto.Slot) -> None:
+        self.admission.release(slot)
+        self.runtime.sensors.set("tftp_transfers_active", self.admission.active)
+
+    def _transfer(self, request, local, peer, client: str, family: int, slot: proto.Slot) -> None:
         sock = machine = resource = None
-        holding = [True]
-
-        def release_slot():  # early once only courtesy retransmissions remain (a write's dally)
-            if holding:
-                holding.clear()
-                self._hold(client, -1)
-
         try:
             sock = self._transfer_socket(local, peer, family)
-            machine, resource = self._start(request, local, client)
-            TransferDriver(sock, machine, self.segmentation, self.send_batch, release_slot).run()
+            machine, resource = self._start(request, local, client, peer[0])
+            # the slot is given up early once only courtesy retransmissions remain (a write's dally)
+            TransferDriver(sock, machine, self.segmentation, self.send_batch, lambda: self._release(slot),
+                           lambda: self.admission.verified(slot)).run()
         except proto.TftpError as exc:
             self.ratelog.warning("refused", client, "%s %s refused: %s", "WRQ" if request.write else "RRQ", request.filename, exc.message)
-            self._send_quietly(sock, exc.datagram())
+            if sock is not None:
+                self._send_unverified(sock.send, exc.datagram(), peer[0])
         except OSError as exc:  # the peer vanished (ICMP unreachable) or a socket of ours failed
             self.log.debug("%s: transfer of %s ended: %s", client, request.filename, exc)
         except Exception:
             self.log.exception("%s: transfer of %s failed", client, request.filename)
             self._send_quietly(sock, proto.encode_error(0, "internal error"))
         finally:
-            release_slot()
-            self._finish(request, client, sock, machine, resource)
+            self._release(slot)
+            self._finish(request, client, sock, machine, resource, slot)
 
     @staticmethod
     def _transfer_socket(local, peer, family: int):
@@ -143,10 +179,10 @@ class TftpService(Service):
             family, peer = socket.AF_INET, (plain_address(peer[0]), peer[1])
         return transfer_socket(family, (host, 0, 0, interface) if family == socket.AF_INET6 else (host, 0), peer)
 
-    def _start(self, request, local, client: str):
+    def _start(self, request, local, client: str, host: str):
         """The machine for a request and the resource to release after it."""
-        settings = self.runtime.settings
-        limits = proto.Limits()
+        settings, limits = self.runtime.settings, self.limits
+        allowance = self.admission.allowance(client_key(host))
         try:
             if request.write:
                 if not settings.tftp_write:
@@ -154,7 +190,7 @@ class TftpService(Service):
                 negotiated = proto.negotiate(request, None, limits)
                 sink = UploadSink(provisioning.upload_target(settings, request.filename))
                 self.ratelog.info("upload", client, "upload of %s started", request.filename)
-                return proto.WriteTransfer(sink, negotiated, limits, netascii=request.mode == "netascii"), sink
+                return proto.WriteTransfer(sink, negotiated, limits, netascii=request.mode == "netascii", allowance=allowance), sink
             content = provisioning.provide(settings, request.filename, plain_address(local[0]))
         except provisioning.ProvisioningError as exc:
             raise proto.TftpError(exc.message, exc.tftp_code) from None
@@ -163,12 +199,15 @@ class TftpService(Service):
         resource = source = provisioning.FileReader(content.path) if content.path else proto.BytesSource(content.data)
         if request.mode == "netascii":
             source = proto.NetasciiSource(source)
-        return proto.ReadTransfer(source, proto.negotiate(request, source.size, limits), limits), resource
+        return proto.ReadTransfer(source, proto.negotiate(request, source.size, limits), limits, allowance), resource
 
-    def _finish(self, request, client: str, sock, machine, resource) -> None:
+    def _finish(self, request, client: str, sock, machine, resource, slot: proto.Slot) -> None:
         sensors = self.runtime.sensors
         done = machine is not None and machine.state is proto.State.DONE
-        sensors.add("tftp_transfers_done" if done else "tftp_transfers_failed")
+        if not slot.evicted:  # an evicted transfer was counted when its slot was taken
+            sensors.add("tftp_transfers_done" if done else "tftp_transfers_failed")
+            if machine is not None and (machine.withheld or machine.unacknowledged):
+                sensors.add("tftp_sends_withheld" if machine.withheld else "tftp_first_packets_unacknowledged")
         if isinstance(machine, proto.ReadTransfer):
             sensors.add("tftp_bytes_sent", machine.bytes_sent)
         if machine is not None and machine.failure and not machine.peer_vanished:
@@ -206,17 +245,29 @@ class TftpListener:
             self.greenlet.kill(timeout=timeout)
 
     def _serve(self) -> None:
-        bound_host = self.bound.binding.host
+        bound_host, service = self.bound.binding.host, self.service
         served = 0
+        dropped_host, again = None, 0  # a source just dropped, and how often it came again since
         while True:
             served += 1
-            if served % 64 == 0:  # a socket that always has data never blocks: yield, or a storm starves every other service
+            if served % CHECK_AGAIN_AFTER == 0:  # a socket that always has data never blocks: yield, or a storm starves every other service
+                if again:
+                    service.dropped_again(dropped_host, again)
+                dropped_host, again = None, 0  # and look at its bucket again: it refills
                 gevent.sleep(0)
-            self.service.pace_requests()
             try:
                 datagram, ancillary, _flags, peer = self.sock.recvmsg(MAX_REQUEST, ANCILLARY_SIZE)
+                if peer[0] == dropped_host:  # a flood from one source: counted, not looked up again
+                    again += 1
+                    continue
+                if not service.admits(peer[0]):
+                    if again:
+                        service.dropped_again(dropped_host, again)
+                    dropped_host, again = peer[0], 0
+                    continue
+                service.pace_requests()  # only requests that will be answered wait for their turn
                 local = local_address(ancillary, bound_host)
-                self.service.handle_request(datagram, local, peer, self)
+                service.handle_request(datagram, local, peer, self)
             except OSError as exc:  # e.g. a send to a vanished peer; the socket itself stays usable
                 if self.sock.fileno() < 0:
                     return  # closed under us: the binding is going away

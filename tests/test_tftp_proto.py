@@ -332,7 +332,7 @@ def test_first_packets_are_taken_from_the_sources_bucket_and_refused_when_it_is_
         machine.allowance = allowance(buckets)
     assert len(machines[0].start(0.0)[0]) == 516 and len(machines[1].start(0.0)[0]) == 516  # 1000 - 1032 < 0
     assert machines[2].start(0.0) == []  # nothing sent: the transfer ends at once
-    assert machines[2].state is t.State.FAILED and machines[2].unacknowledged
+    assert machines[2].state is t.State.FAILED and machines[2].withheld
     assert machines[0].timeout(1.0) == []  # the retransmission is withheld, as if lost...
     assert machines[0].state is t.State.SENDING and machines[0].deadline == LIMITS.first_packet_hold  # ...the hold runs on
     assert buckets.level("192.0.2.9", 1.0) == 1000 - 1032
@@ -572,3 +572,60 @@ def test_write_peer_error_aborts():
 def test_request_with_options_tftpy_cannot_decode_is_served_without_options():
     req = t.parse_request(b"\x00\x01f\x00octet\x00multicast\x00\x00blksize\x001024\x00")
     assert (req.filename, req.mode, req.options) == ("f", "octet", {})
+
+
+# -- admission: slots and the sources' allowances -------------------------------------
+
+
+def admission(max_total: int = 4, max_per_client: int = 2) -> t.Admission:
+    gate = t.Admission(LIMITS, TokenBuckets(rate=0.0, capacity=0))
+    gate.configure(max_total, max_per_client)
+    return gate
+
+
+def test_a_client_over_its_limit_is_busy_until_its_oldest_unverified_transfer_is_past_its_retransmission():
+    gate = admission()
+    first, _ = gate.admit("a", 0.0)
+    second, _ = gate.admit("a", 0.5)
+    assert gate.admit("a", 0.9) == (None, [])  # a client's own burst: busy, as before
+    third, evicted = gate.admit("a", 1.0)  # the first has had its retransmission: its slot goes
+    assert third is not None and evicted == [first] and first.evicted and first.released
+    assert (gate.active, gate.per_client["a"]) == (2, 2)
+    gate.release(first)  # its owner ends later and releases again: nothing changes
+    assert (gate.active, gate.per_client["a"]) == (2, 2)
+
+
+def test_verified_transfers_are_never_evicted():
+    gate = admission()
+    for slot in (gate.admit("a", 0.0)[0], gate.admit("a", 0.0)[0]):
+        gate.verified(slot)
+    assert gate.admit("a", 100.0) == (None, [])
+
+
+def test_when_all_slots_are_taken_the_oldest_unverified_of_any_client_goes():
+    gate = admission(max_total=3)
+    a1, _ = gate.admit("a", 0.0)
+    gate.verified(a1)
+    b1, _ = gate.admit("b", 0.2)
+    c1, _ = gate.admit("c", 0.4)
+    slot, evicted = gate.admit("d", 1.3)
+    assert slot.client == "d" and evicted == [b1]  # a1 is verified, c1 too young
+    assert dict(gate.per_client) == {"a": 1, "c": 1, "d": 1}
+
+
+def test_the_per_client_limit_takes_the_clients_own_slot_not_anothers():
+    gate = admission(max_total=10)
+    b1, _ = gate.admit("b", 0.0)
+    a1, _ = gate.admit("a", 0.1)
+    gate.admit("a", 0.2)
+    assert gate.admit("a", 5.0)[1] == [a1]
+
+
+def test_a_sources_allowance_holds_its_first_packets_sent_twice_and_refills_over_the_hold():
+    gate = admission(max_per_client=8)
+    assert gate.buckets.capacity == 8 * 2 * 516 and gate.buckets.rate == 8 * 2 * 516 / LIMITS.first_packet_hold
+    assert gate.hears("192.0.2.9", 0.0)
+    assert gate.spend("192.0.2.9", 8 * 2 * 516, 0.0)
+    assert not gate.hears("192.0.2.9", 0.0) and not gate.spend("192.0.2.9", 20, 0.0)
+    assert gate.hears("192.0.2.10", 0.0)  # another source has its own
+    assert gate.hears("192.0.2.9", 0.1)

@@ -62,12 +62,21 @@ OACK's acknowledgement), the transfer then waits for a late acknowledgement
 until `first_packet_hold` (8 s: a client's own retransmission, after its 5 or
 6 s timeout, still finds it) and gives up. Every byte sent while unverified
 is taken from an `Allowance`: the source's bucket of unacknowledged bytes,
-shared by all its transfers (see the shell); what the bucket refuses is not
+shared by all its transfers (see `Admission`); what the bucket refuses is not
 sent (as if lost; a first packet refused ends the transfer at once), and the
 bytes come back to the bucket when the peer acknowledges.
 
 Each machine's dispatch is a table (state, event) -> handler with a named
 fallback, `_on_unexpected`.
+
+`Admission` is the admission policy of the whole server: transfers per
+client and in total are limited, but an unverified transfer past its first
+retransmission (a real client would have answered by then) holds its slot
+only until someone needs it: a request that finds the limits reached takes
+the slot of the oldest such transfer (of the same client when the per-client
+limit is what is reached), and is refused as busy only when every slot is
+held by a verified or a younger transfer. It also keeps the sources'
+allowances: a request from a source whose allowance is spent is not read.
 """
 
 from __future__ import annotations
@@ -76,6 +85,7 @@ import bisect
 import enum
 import logging
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -472,7 +482,8 @@ class Transfer:
         self.started_at = 0.0
         self.retries = 0
         self.verified = False  # the peer acknowledged our first packet: it is at the address it claims
-        self.unacknowledged = False  # failed because the first packet was never acknowledged (or not sent)
+        self.unacknowledged = False  # failed because the first packet was never acknowledged
+        self.withheld = False  # failed at once: the source's allowance did not permit the first packet
         self.failure: str | None = None  # why it failed, for the log
         self.peer_vanished = False  # failed by timeouts or the peer's own ERROR: nothing to log loudly
         self._handlers = {key: getattr(self, name) for key, name in self.TABLE.items()}  # bound once: a hot path
@@ -489,7 +500,7 @@ class Transfer:
             return self._first_packet(now)
         if not self.allowance.permits(now):
             self._fail("nothing sent: the source's allowance of unacknowledged bytes is spent", vanished=True)
-            self.unacknowledged = True
+            self.withheld = True
             return []
         out = self._first_packet(now)
         self.allowance.take(sum(map(len, out)), now)
@@ -729,3 +740,107 @@ class WriteTransfer(Transfer):
         if self.state is State.RECEIVING:
             self.sink.abort()
         super()._fail(reason, vanished)
+
+
+# -- admission: transfer slots and what unverified sources may be sent ---------------------
+
+
+FIRST_PACKET_MAX = DEFAULT_BLKSIZE + 4  # DATA 1 of a request without options; an OACK or ERROR is smaller
+
+
+class Slot:
+    """One admitted transfer: whose it is, when it began, whether it was verified or released;
+    `owner` is the shell's handle (its greenlet) for ending it when its slot is taken."""
+
+    __slots__ = ("client", "started", "verified", "released", "evicted", "owner")
+
+    def __init__(self, client: str, started: float):
+        self.client, self.started = client, started
+        self.verified = self.released = self.evicted = False
+        self.owner = None
+
+
+class Admission:
+    """Which requests get a transfer (see the module docstring), and what unverified sources may be sent.
+
+    Slots: at most `max_total` transfers, `max_per_client` per client (its
+    address); a request over either limit takes the slot of the oldest
+    unverified transfer past its first retransmission (of the same client for
+    the per-client limit), else it is refused. Allowance: a peers.TokenBuckets
+    of bytes per source key (IPv4 address, IPv6 /64) with room for
+    `max_per_client` first packets sent 1 + first_packet_retries times,
+    refilled over one first_packet_hold.
+    """
+
+    def __init__(self, limits: Limits, buckets):
+        self.limits, self.buckets = limits, buckets
+        self.max_total = self.max_per_client = 1
+        self.active = 0
+        self.per_client: Counter[str] = Counter()
+        self._unverified: dict[Slot, None] = {}  # in order of admission: the oldest first
+
+    def configure(self, max_total: int, max_per_client: int) -> None:
+        """The limits in force (settings change at run time)."""
+        self.max_total, self.max_per_client = max_total, max_per_client
+        self.buckets.capacity = max_per_client * (1 + self.limits.first_packet_retries) * FIRST_PACKET_MAX
+        self.buckets.rate = self.buckets.capacity / self.limits.first_packet_hold
+
+    # -- the allowance of a source that has acknowledged nothing yet
+
+    def hears(self, key: str, now: float) -> bool:
+        """Whether a request from `key` is read at all: not when its allowance is spent."""
+        return self.buckets.level(key, now) > 0
+
+    def allowance(self, key: str) -> Allowance:
+        return Allowance(self.buckets, key)
+
+    def spend(self, key: str, size: int, now: float) -> bool:
+        """Whether an answer of `size` bytes (an ERROR) may go to `key`; if so it is taken from its allowance."""
+        if self.buckets.level(key, now) <= 0:
+            return False
+        self.buckets.take(key, size, now)
+        return True
+
+    # -- slots
+
+    def admit(self, client: str, now: float) -> tuple[Slot | None, list[Slot]]:
+        """A slot for a new transfer of `client` (None: busy) and the slots taken for it from
+        unverified transfers (their owners must be ended)."""
+        cutoff, evicted = now - self.limits.timeout, []  # past the first retransmission
+        if self.per_client[client] >= self.max_per_client:
+            evicted.append(self._oldest_unverified(cutoff, client))
+        elif self.active >= self.max_total:
+            evicted.append(self._oldest_unverified(cutoff, None))
+        if evicted == [None]:
+            return None, []
+        for slot in evicted:
+            slot.evicted = True
+            self.release(slot)
+        slot = Slot(client, now)
+        self.active += 1
+        self.per_client[client] += 1
+        self._unverified[slot] = None
+        return slot, evicted
+
+    def _oldest_unverified(self, cutoff: float, client: str | None) -> Slot | None:
+        for slot in self._unverified:
+            if slot.started > cutoff:
+                return None  # the rest are younger still
+            if client is None or slot.client == client:
+                return slot
+        return None
+
+    def verified(self, slot: Slot) -> None:
+        slot.verified = True
+        self._unverified.pop(slot, None)
+
+    def release(self, slot: Slot) -> None:
+        """The transfer is over (or evicted); a second call does nothing."""
+        if slot.released:
+            return
+        slot.released = True
+        self._unverified.pop(slot, None)
+        self.active -= 1
+        self.per_client[slot.client] -= 1
+        if self.per_client[slot.client] <= 0:
+            del self.per_client[slot.client]
