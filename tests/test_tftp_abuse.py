@@ -157,7 +157,7 @@ def test_a_flood_from_one_source_that_never_acknowledges_draws_no_more_than_its_
             sock.close()
     elapsed = time.monotonic() - started
     capacity = PER_CLIENT * (1 + LIMITS.first_packet_retries) * proto.FIRST_PACKET_MAX
-    allowed = capacity + elapsed * capacity / LIMITS.first_packet_hold + proto.FIRST_PACKET_MAX
+    allowed = capacity + elapsed * capacity / proto.ALLOWANCE_REFILL + proto.FIRST_PACKET_MAX
     received = sum(map(len, got))
     assert 0 < received <= allowed, (received, allowed)
     kinds = {d[:4] for d in got}

@@ -621,11 +621,39 @@ def test_the_per_client_limit_takes_the_clients_own_slot_not_anothers():
     assert gate.admit("a", 5.0)[1] == [a1]
 
 
-def test_a_sources_allowance_holds_its_first_packets_sent_twice_and_refills_over_the_hold():
+def test_a_sources_allowance_holds_its_first_packets_sent_twice_and_refills_in_a_minute():
     gate = admission(max_per_client=8)
-    assert gate.buckets.capacity == 8 * 2 * 516 and gate.buckets.rate == 8 * 2 * 516 / LIMITS.first_packet_hold
-    assert gate.hears("192.0.2.9", 0.0)
-    assert gate.spend("192.0.2.9", 8 * 2 * 516, 0.0)
-    assert not gate.hears("192.0.2.9", 0.0) and not gate.spend("192.0.2.9", 20, 0.0)
-    assert gate.hears("192.0.2.10", 0.0)  # another source has its own
-    assert gate.hears("192.0.2.9", 0.1)
+    assert gate.buckets.capacity == 8 * 2 * 516 and gate.buckets.rate == 8 * 2 * 516 / t.ALLOWANCE_REFILL
+    assert gate.hears("192.0.2.9", "192.0.2.9", 0.0)
+    gate.buckets.take("192.0.2.9", 8 * 2 * 516, 0.0)
+    assert not gate.hears("192.0.2.9", "192.0.2.9", 0.0)
+    assert not gate.allowance("192.0.2.9", 0.0, transfer=False).permits(0.0)
+    assert gate.hears("192.0.2.10", "192.0.2.10", 0.0)  # another source has its own
+    assert gate.hears("192.0.2.9", "192.0.2.9", 0.1)
+
+
+def test_the_first_packet_is_paid_for_at_admission_so_a_burst_is_held_to_the_bucket():
+    gate = admission(max_total=100, max_per_client=100)
+    allowances = []
+    while gate.hears("192.0.2.9", "192.0.2.9", 0.0):  # a burst: none of its first packets is sent yet
+        allowances.append(gate.allowance("192.0.2.9", 0.0))
+    assert len(allowances) == 100 * 2  # capacity / FIRST_PACKET_MAX
+    machine = read_machine(b"x" * 4000, rrq(blksize=1024))
+    machine.allowance = allowances[0]
+    oack = machine.start(0.0)[0]  # a small OACK: the rest of its reservation goes back
+    assert gate.buckets.level("192.0.2.9", 0.0) == 516 - len(oack)
+    allowances[1].release(0.0)  # a transfer that ended without sending: its reservation goes back
+    assert gate.buckets.level("192.0.2.9", 0.0) == 2 * 516 - len(oack)
+
+
+def test_a_client_whose_slots_all_await_acknowledgement_is_not_heard_until_one_may_be_given_up():
+    gate = admission(max_per_client=2)
+    gate.admit("192.0.2.9", 0.0)
+    gate.admit("192.0.2.9", 0.2)
+    assert not gate.hears("192.0.2.9", "192.0.2.9", 0.5)  # not even "busy": it acknowledged nothing yet
+    assert gate.hears("192.0.2.9", "192.0.2.9", 1.0)  # the oldest is past its retransmission: its slot may go
+    verified, _ = gate.admit("192.0.2.8", 0.0)
+    gate.verified(verified)
+    gate.admit("192.0.2.8", 0.0)
+    assert gate.hears("192.0.2.8", "192.0.2.8", 0.5)  # a client that acknowledges is answered, if only "busy"
+    assert gate.admit("192.0.2.8", 0.5) == (None, [])
