@@ -26,7 +26,7 @@ import time
 import gevent
 from gevent.pool import Group
 
-from . import provisioning
+from . import provisioning, uploads
 from .binder import local_address
 from .proto import tftp as proto
 from .proto.peers import TokenBuckets, client_key, plain_address
@@ -44,14 +44,31 @@ YIELD_EVERY = 64  # datagrams read before other greenlets get a turn
 CHECK_AGAIN_AFTER = 1024  # datagrams read before the sources dropped meanwhile are looked at again (their buckets refill)
 
 
-class UploadSink(provisioning.Upload):
-    """An upload as the write machine's Sink: a refused commit becomes its TFTP error."""
+REFUSAL_SENSORS = {uploads.UploadsFull: "tftp_uploads_refused_full", uploads.QuotaSpent: "tftp_uploads_refused_rate"}
+
+
+class UploadSink:
+    """An upload (greenservers.uploads) as the write machine's Sink: its refusals become their TFTP errors."""
+
+    def __init__(self, upload: uploads.Upload, service: "TftpService"):
+        self.upload, self.service = upload, service
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.upload.write(data)
+        except provisioning.ProvisioningError as exc:
+            raise self.service.tftp_error(exc) from None
 
     def commit(self) -> None:
         try:
-            super().commit()
+            self.upload.commit()
         except provisioning.ProvisioningError as exc:
-            raise proto.TftpError(exc.message, exc.tftp_code) from None
+            raise self.service.tftp_error(exc) from None
+
+    def abort(self) -> None:
+        self.upload.abort()
+
+    close = abort
 
 
 class TftpService(Service):
@@ -62,11 +79,12 @@ class TftpService(Service):
         self.ratelog = RateLimitedLog(self.log)
         self.limits = proto.Limits()
         self.admission = proto.Admission(self.limits, TokenBuckets(rate=0.0, capacity=0))  # sized by configure()
+        self.upload_quota = TokenBuckets(rate=0.0, capacity=0)  # bytes per client and hour, sized at each upload
         self.transfers = Group()  # all listeners': a transfer outlives its listener (a port change)
         self.segmentation = Segmentation(self.log)
         self.send_batch = SendBatch()
         self.tokens, self.tokens_at = float(REQUEST_BURST), time.monotonic()
-        removed = provisioning.remove_orphan_uploads(runtime.settings)
+        removed = uploads.remove_orphan_uploads(runtime.settings)
         if removed:
             self.log.warning("removed %d partial upload(s) left by a process that ended mid-upload", len(removed))
 
@@ -206,18 +224,43 @@ class TftpService(Service):
                 if not settings.tftp_write:
                     raise proto.AccessViolation("writing is disabled (tftp_write)")
                 negotiated = proto.negotiate(request, None, limits)
-                sink = UploadSink(provisioning.upload_target(settings, request.filename))
+                announced = int(negotiated.oack["tsize"]) if "tsize" in negotiated.oack else None
+                upload = uploads.begin(settings, request.filename, client, announced, self._quota_of(allowance.key))
+                sink = UploadSink(upload, self)
                 self.ratelog.info("upload", client, "upload of %s started", request.filename)
                 return proto.WriteTransfer(sink, negotiated, limits, netascii=request.mode == "netascii", allowance=allowance), sink
             content = provisioning.provide(settings, request.filename, plain_address(local[0]))
         except provisioning.ProvisioningError as exc:
-            raise proto.TftpError(exc.message, exc.tftp_code) from None
+            raise self.tftp_error(exc) from None
         if request.mode == "netascii" and content.size > proto.MAX_NETASCII_BYTES:
             raise proto.AccessViolation(f"netascii is for text files up to {proto.MAX_NETASCII_BYTES} bytes; use octet")
         resource = source = provisioning.FileReader(content.path) if content.path else proto.BytesSource(content.data)
         if request.mode == "netascii":
             source = proto.NetasciiSource(source)
         return proto.ReadTransfer(source, proto.negotiate(request, source.size, limits), limits, allowance), resource
+
+    def _quota_of(self, key: str):
+        """The upload quota of a client (IPv4 address, IPv6 /64): `quota(size)` takes `size` bytes of
+        its hour's tftp_upload_mib_per_hour if it has them (any, for size 0), else answers False."""
+        buckets = self.upload_quota
+        buckets.capacity = self.runtime.settings.tftp_upload_mib_per_hour * uploads.MIB
+        buckets.rate = buckets.capacity / 3600
+
+        def quota(size: int) -> bool:
+            now = time.monotonic()
+            if buckets.level(key, now) < max(size, 1):
+                return False
+            buckets.take(key, size, now)
+            return True
+
+        return quota
+
+    def tftp_error(self, exc: provisioning.ProvisioningError) -> proto.TftpError:
+        """A refusal of greenservers.provisioning or .uploads as its TFTP error (counted when a sensor counts it)."""
+        sensor = REFUSAL_SENSORS.get(type(exc))
+        if sensor:
+            self.runtime.sensors.add(sensor)
+        return proto.TftpError(exc.message, exc.tftp_code)
 
     def _finish(self, request, client: str, sock, machine, resource, slot: proto.Slot) -> None:
         sensors = self.runtime.sensors
