@@ -1,4 +1,4 @@
-"""The Flask application factory: blueprints ui (pages), api (JSON), prov (provisioning)."""
+"""The Flask application factory: blueprints ui (pages), api (JSON), prov (provisioning), and those of the address book, the sensors and the uploads."""
 
 from __future__ import annotations
 
@@ -69,6 +69,9 @@ def create_app(runtime=None) -> Flask:
     from . import sensors
 
     app.register_blueprint(sensors.bp)
+    from . import uploads
+
+    app.register_blueprint(uploads.bp)
     return app
 
 
