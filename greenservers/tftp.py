@@ -13,9 +13,11 @@ packet not acknowledged) gives its slot to a new request once it is past its
 first retransmission; and every source (IPv4 address, IPv6 /64) may be sent
 only so much that it has not acknowledged, as a request's source address may
 be spoofed and whatever we send goes to that address. A request from a source
-whose allowance is spent is dropped unread, before the request pacing, and
-counted (`tftp_sends_withheld`); an honest client gets its bytes back with each
-acknowledgement and never runs short.
+whose allowance is spent, or from a client whose every slot awaits an
+acknowledgement, is dropped unread (paced at DROP_COST of a handled request)
+and counted (`tftp_sends_withheld`); an honest client gets its bytes back with
+each acknowledgement and never runs short. Uploads go through
+greenservers.uploads (budget, and each client's tftp_upload_mib_per_hour).
 """
 
 from __future__ import annotations
@@ -42,8 +44,6 @@ REQUEST_BURST = 256.0
 BUSY = proto.encode_error(0, "server busy, retry later")
 YIELD_EVERY = 64  # datagrams read before other greenlets get a turn
 CHECK_AGAIN_AFTER = 1024  # datagrams read before the sources dropped meanwhile are looked at again (their buckets refill)
-
-
 REFUSAL_SENSORS = {uploads.UploadsFull: "tftp_uploads_refused_full", uploads.QuotaSpent: "tftp_uploads_refused_rate"}
 
 

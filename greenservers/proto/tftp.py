@@ -75,7 +75,8 @@ retransmission (a real client would have answered by then) holds its slot
 only until someone needs it: a request that finds the limits reached takes
 the slot of the oldest such transfer (of the same client when the per-client
 limit is what is reached), and is refused as busy only when every slot is
-held by a verified or a younger transfer. It also keeps the sources'
+held by a verified or a younger transfer (not even answered when every slot
+of its own client awaits an acknowledgement). It also keeps the sources'
 allowances: a request from a source whose allowance is spent is not read.
 """
 
