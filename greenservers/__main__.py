@@ -7,6 +7,7 @@ import getpass
 import os
 import sys
 
+from .files import make_private_dir, tighten_install, use_private_umask
 from .passwords import hash_password
 from .settings import DECLARATIONS, GROUPS, SettingsError
 from .store import ConfigFileError, ConfigStore
@@ -53,7 +54,7 @@ def passwd(store: ConfigStore) -> int:
         first = sys.stdin.readline().rstrip("\r\n")
     try:
         store.update({"admin_password_hash": hash_password(first)})
-    except (ValueError, ConfigFileError) as exc:
+    except (ValueError, ConfigFileError, OSError) as exc:  # OSError: ForeignFileError, a full disk
         print(f"password not set: {exc}", file=sys.stderr)
         return 1
     print(f"admin password set in {store.path}")
@@ -89,9 +90,12 @@ def setup(store: ConfigStore) -> int:
     rc = check_config(store) if "-v" in sys.argv else 0
     try:
         settings = store.ensure_generated()
-        (settings.data_path / "tftp").mkdir(parents=True, exist_ok=True)
+        tightened = tighten_install(store.path, settings.data_path)
+        if tightened.changed or tightened.not_ours:
+            print(f"greenservers: {tightened.summary()}")
+        make_private_dir(settings.data_path / "tftp")
         pair = ensure_certificate(settings)
-    except (SettingsError, ConfigFileError, CertificateError) as exc:
+    except (SettingsError, ConfigFileError, CertificateError, OSError) as exc:
         print(f"greenservers: {exc}", file=sys.stderr)
         return 1
     print(f"greenservers: data in {settings.data_path}; TLS certificate {pair.cert_path}")
@@ -119,6 +123,7 @@ def main(argv=None) -> int:
     sub.add_parser("passwd", help="set the admin password (read from standard input)")
     sub.add_parser("setup", help="first start: create the file, data folders and certificate")
     args = parser.parse_args(argv)
+    use_private_umask()
     store = ConfigStore(args.config)
     return {"check-config": check_config, "passwd": passwd, "setup": setup}[args.command](store)
 

@@ -12,6 +12,15 @@ within HEADER_TIMEOUT (a total deadline, so a drip-feeding slow-loris does
 not reset it), an idle keep-alive connection is closed after
 KEEPALIVE_TIMEOUT, a TLS handshake must finish within HANDSHAKE_TIMEOUT and
 each read or write of a body within IO_TIMEOUT.
+
+What a client's bad bytes make happen is logged like every other line a peer
+can trigger (greenservers.ratelog): at INFO, one line per client and interval
+with the count of those held back, never the socket's repr nor more than a
+short, escaped sample of what the client sent. That is a request gevent
+could not parse (answered 400: garbage, a TLS ClientHello sent to the plain
+HTTP port, a bad header) and a TLS handshake that failed on the client's
+data (garbage, or plain HTTP sent to the HTTPS port). A peer that merely
+went away, or timed out, is closed silently.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from gunicorn.workers.ggevent import PyWSGIHandler
 
 from .proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
 from .proto.peers import client_key
-from .ratelog import RateLimitedLog
+from .ratelog import RateLimitedLog, printable
 
 def _seconds(name: str, default: float) -> float:
     """A timeout, overridable from the environment (tuning, and short ones in tests)."""
@@ -42,6 +51,13 @@ HANDSHAKE_TIMEOUT = _seconds("HANDSHAKE_TIMEOUT", 10.0)
 IO_TIMEOUT = _seconds("IO_TIMEOUT", 30.0)
 MAX_REJECTING = 256  # rejections being written at once; beyond, close at once
 
+REJECT_400 = (
+    b"HTTP/1.1 400 Bad Request\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 12\r\n"
+    b"Connection: close\r\n\r\n"
+    b"Bad request\n"
+)
 REJECT_503 = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"Retry-After: 1\r\n"
@@ -52,6 +68,7 @@ REJECT_503 = (
 )
 
 log = logging.getLogger("greenservers.http")
+TLS_RECORD = "\x16\x03"  # how a TLS ClientHello starts
 
 
 class HeaderTimeout(gevent.Timeout):
@@ -98,6 +115,37 @@ class CappedHandler(PyWSGIHandler):
             self._head_timer.close()  # the head is in: the application runs without it
             self.server.gate.serving(self.connection)
 
+    def _handle_client_error(self, ex):
+        """A request head gevent could not parse: 400, and one rate-limited line (see the module docstring)."""
+        if isinstance(ex, (ConnectionError, socket.timeout, ssl.SSLError)):
+            return None  # the peer went away or broke its TLS mid-head: nothing to answer
+        if not isinstance(ex, (ValueError, OSError)):  # not the client's bytes: our bug, with its traceback
+            return super()._handle_client_error(ex)
+        reason = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
+        tls_on_plain = self.server.tls_holder is None and (self.requestline or "").startswith(TLS_RECORD)
+        hint = " (a TLS handshake sent to the plain-HTTP port: use https://)" if tls_on_plain else ""
+        self._peer_line("bad HTTP request, answered 400%s: %s", hint, printable(reason))
+        return "400", REJECT_400
+
+    def log_error(self, msg, *args):
+        """gevent's way to log what a client did wrong, should it use it elsewhere: the same rate-limited line."""
+        self._peer_line("%s", printable(msg % args if args else msg))
+
+    def _peer_line(self, message: str, *args) -> None:
+        """A line the client caused: rate-limited per client, at INFO, without the socket's repr."""
+        source = self.connection.source if self.connection is not None else client_key(self.client_address[0])
+        self.server.peer_log.info("bad-request", source, message, *args)
+
+    def handle_error(self, t, v, tb):
+        """An error while answering. A socket error is the peer's doing (it stopped reading, timed out,
+        broke its TLS): the connection is closed without a traceback. Anything else is ours: logged as gevent does."""
+        if issubclass(t, OSError):
+            if issubclass(t, socket.timeout):
+                self.server.sensors.add("http_timeouts")
+            self.close_connection = True
+            return
+        super().handle_error(t, v, tb)
+
     _local_addr = None
 
     def get_environ(self):
@@ -122,6 +170,7 @@ class CappedWSGIServer(pywsgi.WSGIServer):
         self.connections = Group()
         self.rejecting = Group()
         self.room_log = RateLimitedLog(log)
+        self.peer_log = RateLimitedLog(log)  # a client's bad requests and failed handshakes
         if tls_holder is not None:
             self.environ["wsgi.url_scheme"] = "https"
             self.environ["HTTPS"] = "on"
@@ -157,7 +206,15 @@ class CappedWSGIServer(pywsgi.WSGIServer):
                 # handshake never started can be shut down to make room
                 client = self.tls_holder.context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
                 connection.sock = client
-                client.do_handshake()
+                try:
+                    client.do_handshake()
+                except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                    return  # the peer went away (or was closed to make room)
+                except ssl.SSLError as exc:
+                    hint = " (plain HTTP sent to the HTTPS port: use https://)" if exc.reason == "HTTP_REQUEST" else ""
+                    self.peer_log.info("tls-handshake", connection.source, "TLS handshake failed%s: %s", hint,
+                                       exc.reason or type(exc).__name__)
+                    return
             client.settimeout(IO_TIMEOUT)
             handler = self.handler_class(client, address, self)
             handler.connection = connection

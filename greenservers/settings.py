@@ -1,10 +1,17 @@
 """Every setting, declared once (like gunicorn's config.py).
 
 A declaration gives the name, the group it is shown in, the default, a pure
-validator (raw value -> typed value, or ValueError quoting the bad value),
-the description shown on the Ports page and by check-config, whether a
+validator (raw value -> typed value, or `Invalid`: the reason, and apart
+from it the bad value or the bad part of it), the label the Ports page shows
+it by (the name administrators know from phone systems, with the key beside
+it), the description shown on the Ports page and by check-config, whether a
 change needs the listening sockets to be redone, and whether it is a secret
 (never shown, logged or answered by the API).
+
+A refusal is worded in one place, `Setting.refusal`: the reason with the bad
+value quoted in front of it, or for a secret the reason alone. Every error
+about a setting (API answers, the Ports page, check-config, the log of a
+start or a SIGHUP) comes from there, so none holds any part of a secret.
 
 `Settings` is an immutable, fully validated set of values. Every write goes
 through `Settings.with_changes`, which validates all fields and the rules
@@ -31,6 +38,26 @@ class SettingsError(ValueError):
         super().__init__("; ".join(f"{name}: {msg}" for name, msg in self.errors.items()))
 
 
+_NOTHING = object()
+QUOTED_CHARS = 20  # of a long bad value quoted in a message
+
+
+def quote(value: Any) -> str:
+    """A bad value as a message shows it: repr, a long text cut short."""
+    if isinstance(value, str) and len(value) > 2 * QUOTED_CHARS:
+        return f"{value[:QUOTED_CHARS]!r}..."
+    return repr(value)
+
+
+class Invalid(ValueError):
+    """A validator's refusal: `reason` (which never holds the value) and, apart from it, the
+    `value` or the part of it that is wrong; shown as "<value> <reason>" (see Setting.refusal)."""
+
+    def __init__(self, reason: str, value: Any = _NOTHING):
+        self.reason, self.value = reason, value
+        super().__init__(reason if value is _NOTHING else f"{quote(value)} {reason}")
+
+
 # -- pure validators: raw (TOML / JSON / form) value -> typed value ---------
 
 
@@ -40,7 +67,7 @@ def _bindings(raw: Any) -> tuple[Binding, ...]:
     try:
         return parse_bindings(raw)
     except PortSpecError as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(str(exc)) from None  # quotes the bad token
 
 
 def _int_in(low: int, high: int) -> Callable[[Any], int]:
@@ -48,9 +75,9 @@ def _int_in(low: int, high: int) -> Callable[[Any], int]:
         if isinstance(raw, str) and re.fullmatch(r"\s*\d+\s*", raw):
             raw = int(raw)
         if isinstance(raw, bool) or not isinstance(raw, int):
-            raise ValueError(f"{raw!r} is not a whole number")
+            raise Invalid("is not a whole number", raw)
         if not low <= raw <= high:
-            raise ValueError(f"{raw!r} is out of range {low}..{high}")
+            raise Invalid(f"is out of range {low}..{high}", raw)
         return raw
 
     return validate
@@ -65,19 +92,19 @@ def _bool(raw: Any) -> bool:
         return raw
     if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
         return raw.strip().lower() in _TRUE
-    raise ValueError(f"{raw!r} is not true or false")
+    raise Invalid("is not true or false", raw)
 
 
 def _text(max_len: int, allow_empty: bool = True) -> Callable[[Any], str]:
     def validate(raw: Any) -> str:
         if not isinstance(raw, str):
-            raise ValueError(f"{raw!r} is not text")
+            raise Invalid("is not text", raw)
         if not allow_empty and not raw:
-            raise ValueError("must not be empty")
+            raise Invalid("must not be empty")
         if len(raw) > max_len:
-            raise ValueError(f"{raw[:20]!r}... is longer than {max_len} characters")
+            raise Invalid(f"is longer than {max_len} characters", raw)
         if any(ord(c) < 32 or ord(c) == 127 for c in raw):
-            raise ValueError(f"{raw!r} contains control characters")
+            raise Invalid("contains control characters", raw)
         return raw
 
     return validate
@@ -86,27 +113,27 @@ def _text(max_len: int, allow_empty: bool = True) -> Callable[[Any], str]:
 def _community(raw: Any) -> str:
     value = _text(64, allow_empty=False)(raw)
     if not value.isascii() or " " in value:
-        raise ValueError("must be printable ASCII without spaces")
+        raise Invalid("must be printable ASCII without spaces", raw)
     return value
 
 
 def _secret(raw: Any) -> str:
     if not isinstance(raw, str):
-        raise ValueError("is not text")
+        raise Invalid("is not text", raw)
     if not 1 <= len(raw) <= 128 or any(ord(c) < 32 for c in raw):
-        raise ValueError("must be 1 to 128 printable characters")
+        raise Invalid("must be 1 to 128 printable characters", raw)
     return raw
 
 
 def _addresses(raw: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     if not isinstance(raw, str):
-        raise ValueError(f"{raw!r} is not a space-separated list of addresses")
+        raise Invalid("is not a space-separated list of addresses", raw)
     networks = []
     for token in raw.split():
         try:
             networks.append(ipaddress.ip_network(token, strict=False))
         except ValueError:
-            raise ValueError(f"{token!r} is not an IPv4 or IPv6 address (DNS names are not accepted)") from None
+            raise Invalid("is not an IPv4 or IPv6 address (DNS names are not accepted)", token) from None
     return tuple(networks)
 
 
@@ -115,7 +142,7 @@ _HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9]
 
 def _host(raw: Any) -> str:
     if not isinstance(raw, str):
-        raise ValueError(f"{raw!r} is not an address or a host name")
+        raise Invalid("is not an address or a host name", raw)
     value = raw.strip()
     if not value:
         return ""
@@ -124,7 +151,7 @@ def _host(raw: Any) -> str:
     except ValueError:
         pass
     if not _HOSTNAME.fullmatch(value) or value.replace(".", "").isdigit():
-        raise ValueError(f"{raw!r} is neither an IP address nor a valid DNS name")
+        raise Invalid("is neither an IP address nor a valid DNS name", raw)
     return value
 
 
@@ -133,25 +160,25 @@ _DN_PART = re.compile(r"\s*[A-Za-z][A-Za-z0-9-]*\s*=\s*[^,=+<>#;\\\"]+")
 
 def _dn(raw: Any) -> str:
     if not isinstance(raw, str) or not raw.strip():
-        raise ValueError(f"{raw!r} is not a DN like dc=pbx")
+        raise Invalid("is not a DN like dc=pbx", raw)
     if not all(_DN_PART.fullmatch(part) for part in raw.split(",")):
-        raise ValueError(f"{raw!r} is not a DN like dc=pbx or ou=phonebook,dc=example,dc=com")
+        raise Invalid("is not a DN like dc=pbx or ou=phonebook,dc=example,dc=com", raw)
     return ",".join(part.strip().replace(" = ", "=") for part in raw.split(","))
 
 
 def _path(raw: Any) -> str:
     if not isinstance(raw, str):
-        raise ValueError(f"{raw!r} is not a path")
+        raise Invalid("is not a path", raw)
     if "\0" in raw:
-        raise ValueError("contains a NUL byte")
+        raise Invalid("contains a NUL byte", raw)
     return raw
 
 
 def _password_hash(raw: Any) -> str:
     if not isinstance(raw, str):
-        raise ValueError("is not a password hash")
+        raise Invalid("is not a password hash", raw)
     if raw and not raw.startswith("scrypt$"):
-        raise ValueError("is not a password hash made by 'python -m greenservers passwd'")
+        raise Invalid("is not a password hash made by 'python -m greenservers passwd'", raw)
     return raw
 
 
@@ -171,10 +198,18 @@ class Setting:
     secret: bool = False
     transport: str | None = None  # "tcp"/"udp" for binding lists
     on_ports_page: bool = True
+    label: str = ""  # the name administrators know it by from phone systems' Ports pages
 
     @property
     def is_bindings(self) -> bool:
         return self.transport is not None
+
+    def refusal(self, exc: ValueError) -> str:
+        """What an error about this setting says: the bad value and the reason; for a secret the
+        reason alone, and nothing but a fixed sentence from a validator that did not give one apart."""
+        if not self.secret:
+            return str(exc)
+        return exc.reason if isinstance(exc, Invalid) else "is not valid"
 
 
 GROUPS = {
@@ -187,37 +222,37 @@ GROUPS = {
 }
 
 DECLARATIONS: tuple[Setting, ...] = (
-    Setting("ip_http_port", "http", "80", _bindings, "HTTP bindings (TCP): admin interface, API and provisioning.", rebind=True, transport="tcp"),
-    Setting("ip_https_port", "http", "443", _bindings, "HTTPS bindings (TCP, TLS 1.2 and newer).", rebind=True, transport="tcp"),
-    Setting("http_max_conn_rate", "http", 100, _int_in(1, 100_000), "New HTTP(S) connections accepted per second, all bindings together; more are turned away (503), but a tenth more is kept for clients other than one using it all."),
-    Setting("http_max_conn", "http", 1000, _int_in(1, 100_000), "HTTP(S) connections open at a time, all bindings together; more are turned away (503), unless a client holding over half gives up an idle one."),
-    Setting("http_redirect_https", "http", False, _bool, "Redirect plain-HTTP requests to HTTPS (only where an HTTPS binding exists; /prov/, /healthz and ACME challenges are exempt)."),
-    Setting("ip_snmp_port", "snmp", "161", _bindings, "SNMP v1 agent bindings (UDP).", rebind=True, transport="udp"),
-    Setting("snmp_trusted", "snmp", "", _addresses, "Addresses or networks (IPv4/IPv6, space separated, no DNS names) allowed to query; empty: nobody."),
-    Setting("snmp_community", "snmp", "public", _community, "The read community.", secret=True),
-    Setting("snmp_contact", "snmp", "", _text(255), "sysContact: who looks after this system."),
-    Setting("snmp_name", "snmp", "", _text(255), "sysName; empty: the host name."),
-    Setting("snmp_location", "snmp", "", _text(255), "sysLocation: where this system stands."),
-    Setting("ip_tftp_port", "tftp", "69", _bindings, "TFTP provisioning bindings (UDP).", rebind=True, transport="udp"),
-    Setting("tftp_write", "tftp", False, _bool, "Allow TFTP write requests (new files under uploads/ only, e.g. phones' logs; never served back, administrators find them on the Uploads page)."),
-    Setting("tftp_upload_budget_mib", "tftp", 256, _int_in(1, 1_000_000), "MiB that uploads/ may hold in all; when it is full, uploads are refused (TFTP \"disk full\") and nothing is deleted to make room."),
-    Setting("tftp_upload_mib_per_hour", "tftp", 16, _int_in(1, 100_000), "MiB one address (IPv6: one /64) may upload per hour (all of it at once, if it likes); more is refused as \"disk full\"."),
-    Setting("tftp_max_transfers", "tftp", 500, _int_in(1, 100_000), "TFTP transfers in progress at a time, all clients together; more are refused (the phone retries)."),
-    Setting("tftp_max_per_client", "tftp", 8, _int_in(1, 100_000), "TFTP transfers in progress at a time from one address; more are refused."),
-    Setting("ip_ntp_port", "ntp", "123", _bindings, "NTP server bindings (UDP); empty: no NTP server, phones are given ntp_server.", rebind=True, transport="udp"),
-    Setting("ntp_server", "ntp", "", _host, "External NTP server (IP or DNS name) given to phones when ip_ntp_port is empty."),
-    Setting("ntp_local_stratum", "ntp", 0, _int_in(0, 15), "Serve the local clock at this stratum even when it is not synchronised (like chrony's 'local stratum'); 0: off, answer 'unsynchronised' instead."),
-    Setting("ip_ldap_port", "ldap", "2389", _bindings, "LDAP address book bindings (TCP, StartTLS offered).", rebind=True, transport="tcp"),
-    Setting("ip_ldaps_port", "ldap", "2636", _bindings, "LDAP over TLS bindings (TCP).", rebind=True, transport="tcp"),
-    Setting("ldap_base", "ldap", "dc=pbx", _dn, "The address book's base DN."),
-    Setting("ldap_user", "ldap", "phonebook", _text(64, allow_empty=False), "The user phones bind with (bare name, or as cn=NAME under the base DN)."),
-    Setting("ldap_password", "ldap", GENERATED, _secret, "The password phones bind with (generated at first start).", secret=True),
-    Setting("ldap_anonymous", "ldap", False, _bool, "Allow anonymous searches."),
-    Setting("ldap_plain_bind", "ldap", True, _bool, "Allow password binds over plain LDAP (many phones cannot do TLS)."),
-    Setting("data_dir", "system", "data", _path, "Folder of the TFTP root (tftp/), the address book and the TLS files; relative to the configuration file.", rebind=True),
-    Setting("tls_cert", "system", "", _path, "PEM certificate (chain) for HTTPS and LDAPS; empty: a self-signed one is generated into data_dir."),
-    Setting("tls_key", "system", "", _path, "PEM private key of tls_cert."),
-    Setting("admin_password_hash", "system", "", _password_hash, "Hash of the admin password; set with 'python -m greenservers passwd'.", secret=True, on_ports_page=False),
+    Setting("ip_http_port", "http", "80", _bindings, "HTTP bindings (TCP): admin interface, API and provisioning.", rebind=True, transport="tcp", label="HTTP Port"),
+    Setting("ip_https_port", "http", "443", _bindings, "HTTPS bindings (TCP, TLS 1.2 and newer).", rebind=True, transport="tcp", label="HTTPS Port"),
+    Setting("http_max_conn_rate", "http", 100, _int_in(1, 100_000), "New HTTP(S) connections accepted per second, all bindings together; more are turned away (503), but a tenth more is kept for clients other than one using it all.", label="Maximum number of HTTP connections per second"),
+    Setting("http_max_conn", "http", 1000, _int_in(1, 100_000), "HTTP(S) connections open at a time, all bindings together; more are turned away (503), unless a client holding over half gives up an idle one.", label="Maximum number of HTTP connections (total)"),
+    Setting("http_redirect_https", "http", False, _bool, "Redirect plain-HTTP requests to HTTPS (only where an HTTPS binding exists; /prov/, /healthz and ACME challenges are exempt).", label="Redirect to HTTPS"),
+    Setting("ip_snmp_port", "snmp", "161", _bindings, "SNMP v1 agent bindings (UDP).", rebind=True, transport="udp", label="SNMP Port"),
+    Setting("snmp_trusted", "snmp", "", _addresses, "Addresses or networks (IPv4/IPv6, space separated, no DNS names) allowed to query; empty: nobody.", label="SNMP Trusted Addresses"),
+    Setting("snmp_community", "snmp", "public", _community, "The read community.", secret=True, label="SNMP Community"),
+    Setting("snmp_contact", "snmp", "", _text(255), "sysContact: who looks after this system.", label="SNMP Contact"),
+    Setting("snmp_name", "snmp", "", _text(255), "sysName; empty: the host name.", label="SNMP System Name"),
+    Setting("snmp_location", "snmp", "", _text(255), "sysLocation: where this system stands.", label="SNMP Location"),
+    Setting("ip_tftp_port", "tftp", "69", _bindings, "TFTP provisioning bindings (UDP).", rebind=True, transport="udp", label="TFTP Port"),
+    Setting("tftp_write", "tftp", False, _bool, "Allow TFTP write requests (new files under uploads/ only, e.g. phones' logs; never served back, administrators find them on the Uploads page).", label="Allow TFTP Write"),
+    Setting("tftp_upload_budget_mib", "tftp", 256, _int_in(1, 1_000_000), "MiB that uploads/ may hold in all; when it is full, uploads are refused (TFTP \"disk full\") and nothing is deleted to make room.", label="TFTP Upload Budget (MiB)"),
+    Setting("tftp_upload_mib_per_hour", "tftp", 16, _int_in(1, 100_000), "MiB one address (IPv6: one /64) may upload per hour (all of it at once, if it likes); more is refused as \"disk full\".", label="TFTP Uploads per Client and Hour (MiB)"),
+    Setting("tftp_max_transfers", "tftp", 500, _int_in(1, 100_000), "TFTP transfers in progress at a time, all clients together; more are refused (the phone retries).", label="Maximum number of TFTP transfers (total)"),
+    Setting("tftp_max_per_client", "tftp", 8, _int_in(1, 100_000), "TFTP transfers in progress at a time from one address; more are refused.", label="Maximum number of TFTP transfers per client"),
+    Setting("ip_ntp_port", "ntp", "123", _bindings, "NTP server bindings (UDP); empty: no NTP server, phones are given ntp_server.", rebind=True, transport="udp", label="NTP Port"),
+    Setting("ntp_server", "ntp", "", _host, "External NTP server (IP or DNS name) given to phones when ip_ntp_port is empty.", label="NTP Server"),
+    Setting("ntp_local_stratum", "ntp", 0, _int_in(0, 15), "Serve the local clock at this stratum even when it is not synchronised (like chrony's 'local stratum'); 0: off, answer 'unsynchronised' instead.", label="Local Clock Stratum"),
+    Setting("ip_ldap_port", "ldap", "2389", _bindings, "LDAP address book bindings (TCP, StartTLS offered).", rebind=True, transport="tcp", label="LDAP Port (TCP, StartTLS)"),
+    Setting("ip_ldaps_port", "ldap", "2636", _bindings, "LDAP over TLS bindings (TCP).", rebind=True, transport="tcp", label="LDAP Port (TLS)"),
+    Setting("ldap_base", "ldap", "dc=pbx", _dn, "The address book's base DN.", label="LDAP Base DN"),
+    Setting("ldap_user", "ldap", "phonebook", _text(64, allow_empty=False), "The user phones bind with (bare name, or as cn=NAME under the base DN).", label="LDAP User"),
+    Setting("ldap_password", "ldap", GENERATED, _secret, "The password phones bind with (generated at first start).", secret=True, label="LDAP Password"),
+    Setting("ldap_anonymous", "ldap", False, _bool, "Allow anonymous searches.", label="Allow Anonymous LDAP Searches"),
+    Setting("ldap_plain_bind", "ldap", True, _bool, "Allow password binds over plain LDAP (many phones cannot do TLS).", label="Allow LDAP Passwords without TLS"),
+    Setting("data_dir", "system", "data", _path, "Folder of the TFTP root (tftp/), the address book and the TLS files; relative to the configuration file.", rebind=True, label="Data Folder"),
+    Setting("tls_cert", "system", "", _path, "PEM certificate (chain) for HTTPS and LDAPS; empty: a self-signed one is generated into data_dir.", label="TLS Certificate"),
+    Setting("tls_key", "system", "", _path, "PEM private key of tls_cert.", label="TLS Private Key"),
+    Setting("admin_password_hash", "system", "", _password_hash, "Hash of the admin password; set with 'python -m greenservers passwd'.", secret=True, on_ports_page=False, label="Admin Password"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in DECLARATIONS}
@@ -259,7 +294,7 @@ class Settings:
             try:
                 values[setting.name] = setting.validate(value)
             except ValueError as exc:
-                errors[setting.name] = str(exc)
+                errors[setting.name] = setting.refusal(exc)
         errors.update(_cross_checks(values, errors))
         if errors:
             raise SettingsError(errors)

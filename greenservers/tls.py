@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .files import make_private_dir
 from .store import atomic_write
 
 SELF_SIGNED_DAYS = 825
@@ -96,10 +97,10 @@ def generate_self_signed(cert_path: Path, key_path: Path, hostname: str | None =
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(cert_path.parent)
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    atomic_write(key_path, key_pem, mode=0o600)
-    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    atomic_write(key_path, key_pem)
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def self_signed_paths(data_dir: Path) -> tuple[Path, Path]:

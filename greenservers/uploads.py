@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from .files import make_private_dir, open_private
 from .offload import run_off_loop
 from .provisioning import (
     TEMPLATE_SUFFIX, UPLOAD_DIR, NotFound, ProvisioningError, Refused, check_name, tftp_root,
@@ -180,7 +181,7 @@ def upload_target(settings, name: str) -> Path:
         raise Refused("uploads go straight into uploads/ and are not templates")
     root = tftp_root(settings).resolve()
     folder = root / UPLOAD_DIR
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dir(folder)
     folder = folder.resolve()
     if not folder.is_relative_to(root) or folder == root:
         raise Refused("the uploads folder leads outside the TFTP root")
@@ -225,7 +226,7 @@ class Upload:
         self.quota, self.quota_message = quota, quota_message
         self.written = 0
         self.temp = target.with_name(f".partial-{os.getpid()}-{secrets.token_hex(8)}")
-        self.fd: int | None = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.fd: int | None = open_private(self.temp, os.O_WRONLY, exclusive=True)
         if client:
             try:  # the inode keeps it through the link to its name
                 os.setxattr(self.fd, CLIENT_ATTRIBUTE, client.encode())

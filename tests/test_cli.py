@@ -8,12 +8,10 @@ import time
 import tomlkit
 
 from greenservers.passwords import verify_password
-from support import REPO
+from support import REPO, run_cli
 
 
-def run(args, config, stdin=None, env=None):
-    return subprocess.run([sys.executable, "-m", "greenservers", *args], cwd=REPO, input=stdin, capture_output=True, text=True,
-                          env=dict(os.environ, GREENSERVERS_CONFIG=str(config), **(env or {})), timeout=60)
+run = run_cli
 
 
 def test_check_config_prints_effective_settings_without_secrets(tmp_path):

@@ -8,6 +8,7 @@ import secrets
 from flask import Flask, current_app, request
 
 from .. import runtime as runtime_module
+from ..files import make_private_dir, open_private
 
 
 def _secret_key(runtime) -> bytes:
@@ -16,9 +17,9 @@ def _secret_key(runtime) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         key = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = open_private(path, os.O_WRONLY, exclusive=True)
         with os.fdopen(fd, "wb") as out:
             out.write(key)
         return key

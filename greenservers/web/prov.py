@@ -23,7 +23,7 @@ from pathlib import PurePosixPath
 from flask import Blueprint, Response, request, send_file
 
 from .. import provisioning
-from ..ratelog import RateLimitedLog
+from ..ratelog import RateLimitedLog, printable
 from . import get_runtime
 
 bp = Blueprint("prov", __name__)
@@ -69,7 +69,7 @@ def provision(name: str):
     try:
         content = provisioning.provide(runtime.settings, name, request_server())
     except provisioning.ProvisioningError as exc:
-        ratelog.warning("prov-refused", client, "GET /prov/%s refused: %s", name, exc.message)
+        ratelog.warning("prov-refused", client, "GET /prov/%s refused: %s", printable(name), printable(exc.message))
         return Response(f"{exc.message}\n", status=exc.http_status, mimetype="text/plain")
     if content.path is not None:
         response = send_file(content.path, mimetype=_media_type(name), conditional=True, etag=True)

@@ -6,8 +6,8 @@ address it came from (newest first, the first MAX_LISTED) and how much of
 tftp_upload_budget_mib they use; `GET /uploads/<name>` sends one as an
 attachment, typed application/octet-stream with nosniff, so that whatever a
 phone wrote is never shown as a page on this origin; `POST
-/uploads/<name>/delete` deletes one (the page's form, with the CSRF token,
-which this view always requires). The folder is read off the event loop.
+/uploads/<name>/delete` deletes one (the page's form: like every form post,
+it needs the CSRF token). The folder is read off the event loop.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, s
 from .. import uploads
 from ..provisioning import ProvisioningError
 from . import get_runtime
-from .auth import admin_required, csrf_protect
+from .auth import admin_required
 
 bp = Blueprint("uploads", __name__)
 log = logging.getLogger("greenservers.web.uploads")
@@ -66,7 +66,6 @@ def download(name: str):
 
 @bp.post("/uploads/<name>/delete")
 @admin_required
-@csrf_protect
 def delete(name: str):
     try:
         size = uploads.delete_upload(get_runtime().settings, name)
