@@ -70,7 +70,7 @@ def provision(name: str):
         content = provisioning.provide(runtime.settings, name, request_server())
     except provisioning.ProvisioningError as exc:
         ratelog.warning("prov-refused", client, "GET /prov/%s refused: %s", printable(name), printable(exc.message))
-        return Response(f"{exc.message}\n", status=exc.http_status, mimetype="text/plain")
+        return Response(f"{exc.message}\n", status=exc.http_status, mimetype="text/plain", headers=NO_SNIFFING)
     if content.path is not None:
         response = send_file(content.path, mimetype=_media_type(name), conditional=True, etag=True)
         response.headers.update(NO_SNIFFING)
