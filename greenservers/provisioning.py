@@ -7,7 +7,9 @@ a phone gets the same bytes either way. A request for NAME is served from
 2. the template NAME.j2, else
 3. when NAME holds a MAC address (a run of exactly 12 hex digits, any case),
    the template named like NAME with that run replaced by ``{mac}`` and
-   ``.j2`` appended (``0004F2ABCDEF.cfg`` -> ``{mac}.cfg.j2``).
+   ``.j2`` appended (``0004F2ABCDEF.cfg`` -> ``{mac}.cfg.j2``), else
+4. the stock profile of that name shipped in the package
+   (greenservers.phones.profiles): so the administrator's files always win.
 
 Names are checked before the file system is asked: NUL bytes, control
 characters, backslashes, absolute paths, empty, ``.``/``..`` or hidden
@@ -20,7 +22,8 @@ Templates are rendered by a sandboxed Jinja2 environment (StrictUndefined:
 a misspelt variable is an error, not an empty string) with `mac`, `server`
 (the address the phone reached us on), `ntp_server`, `ldap_port`,
 `ldaps_port`, `ldap_base`, `ldap_user`, `ldap_password`, `http_url` and
-`https_url`. A template error is logged (rate-limited) with the template
+`https_url`, and `tz` and `phonebook` (the phone time zone and address
+book in each vendor's form, greenservers.phones.profiles). A template error is logged (rate-limited) with the template
 and line, and answered as an error: never half a file.
 
 Nothing under ``uploads/`` is ever served, by name or through a link, nor
@@ -41,6 +44,7 @@ from pathlib import Path, PurePosixPath
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from .phones import profiles
 from .ratelog import RateLimitedLog
 
 log = logging.getLogger("greenservers.provisioning")
@@ -122,8 +126,9 @@ class Found:
 
     name: str
     path: Path
-    template: str | None = None  # template name relative to the root
+    template: str | None = None  # template name relative to the root (or to the stock templates)
     mac: str = ""
+    stock: object = None  # the phones.profiles.StockMatch of a stock profile
 
 
 def lookup(settings, name: str) -> Found:
@@ -147,6 +152,9 @@ def lookup(settings, name: str) -> Found:
         path = _inside(root, candidate)
         if path is not None:
             return Found(name, path, candidate, mac)
+    stock = profiles.stock_match(str(relative))
+    if stock is not None:
+        return Found(name, stock.path, stock.file.template, stock.mac, stock)
     raise NotFound(f"{name}: no such file or template")
 
 
@@ -167,16 +175,19 @@ class _RootLoader(jinja2.BaseLoader):
         return path.read_text(encoding="utf-8"), str(path), lambda: path.exists() and path.stat().st_mtime == mtime
 
 
-_environments: dict[Path, SandboxedEnvironment] = {}
+_environments: dict[Path | None, SandboxedEnvironment] = {}
 
 
-def _environment(root: Path) -> SandboxedEnvironment:
+def _environment(root: Path | None) -> SandboxedEnvironment:
+    """The administrator's templates under `root`; None: the stock profiles (the same rules, so an
+    exported stock template renders the same bytes)."""
     env = _environments.get(root)
     if env is None:
         if len(_environments) > 8:  # data_dir changes are rare; keep the cache bounded anyway
             _environments.clear()
+        loader = _RootLoader(root) if root is not None else jinja2.FileSystemLoader(profiles.TEMPLATES)
         env = SandboxedEnvironment(
-            loader=_RootLoader(root), undefined=jinja2.StrictUndefined, autoescape=False,
+            loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
             keep_trailing_newline=True, cache_size=200, auto_reload=True,
         )
         _environments[root] = env
@@ -216,6 +227,7 @@ def template_context(settings, server: str, mac: str = "") -> dict:
         "ldap_password": settings.ldap_password or "",
         "http_url": _url("http", server, settings.ip_http_port, 80),
         "https_url": _url("https", server, settings.ip_https_port, 443),
+        **profiles.template_values(settings, server, _port_for),
     }
 
 
@@ -231,7 +243,7 @@ def _error_line(exc: BaseException, filename: str) -> int | str:
 
 def render(settings, found: Found, server: str) -> bytes:
     """The rendered template as UTF-8, or TemplateFailed (logged with template and line)."""
-    root = tftp_root(settings).resolve()
+    root = None if found.stock else tftp_root(settings).resolve()
     try:
         template = _environment(root).get_template(found.template)
         pieces, total = [], 0
@@ -257,6 +269,11 @@ class Content:
     @property
     def path(self) -> Path | None:
         return None if self.found.template else self.found.path
+
+    @property
+    def media_type(self) -> str:
+        """The stock profile's media type ("" for the administrator's files: named by their extension)."""
+        return self.found.stock.file.media_type if self.found.stock else ""
 
     @property
     def size(self) -> int:

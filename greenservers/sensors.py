@@ -126,6 +126,12 @@ def _open_fds() -> int:
         return 0
 
 
+def _phones_seen_last_day() -> int:
+    from .phones.seen import seen_last_day  # lazily: the record lives with the phones package
+
+    return seen_last_day()
+
+
 C, G = "counter", "gauge"
 DECLARED: tuple[Sensor, ...] = (
     # process and machine (on /metrics the process's are the standard metrics every exporter has;
@@ -167,6 +173,8 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("snmp_rejected_address", 51, C, "SNMP requests dropped: source not in snmp_trusted."),
     Sensor("snmp_rejected_community", 52, C, "SNMP requests dropped: wrong community."),
     Sensor("snmp_rejected_version", 53, C, "SNMP requests dropped: not SNMP v1 (v2c, v3) or not decodable."),
+    # phones (indexes 70-74)
+    Sensor("phones_seen_24h", 70, G, "Phones that fetched a provisioning file (TFTP or /prov/) in the last 24 hours.", _phones_seen_last_day),
 )
 
 

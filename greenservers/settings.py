@@ -21,6 +21,7 @@ between them and refuses the whole change if any field is bad.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -155,6 +156,38 @@ def _host(raw: Any) -> str:
     return value
 
 
+def _timezone(raw: Any) -> str:
+    from .phones.timezones import TimeZoneError, load  # reads the zone's tzdata file: the phones need its rules
+
+    if not isinstance(raw, str):
+        raise ValueError(f"{raw!r} is not an IANA time zone name like Europe/Berlin")
+    try:
+        return load(raw.strip()).name
+    except TimeZoneError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def server_timezone() -> str:
+    """This machine's own zone name (TZ, /etc/localtime's link, /etc/timezone), or UTC."""
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    try:
+        link = os.readlink("/etc/localtime")
+        candidates.append(link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else "")
+    except OSError:
+        pass
+    try:
+        with open("/etc/timezone", encoding="utf-8") as f:
+            candidates.append(f.read(100).strip())
+    except OSError:
+        pass
+    for name in candidates:
+        try:
+            return _timezone(name)
+        except ValueError:
+            continue
+    return "UTC"
+
+
 _DN_PART = re.compile(r"\s*[A-Za-z][A-Za-z0-9-]*\s*=\s*[^,=+<>#;\\\"]+")
 
 
@@ -242,6 +275,7 @@ DECLARATIONS: tuple[Setting, ...] = (
     Setting("ip_ntp_port", "ntp", "123", _bindings, "NTP server bindings (UDP); empty: no NTP server, phones are given ntp_server.", rebind=True, transport="udp", label="NTP Port"),
     Setting("ntp_server", "ntp", "", _host, "External NTP server (IP or DNS name) given to phones when ip_ntp_port is empty.", label="NTP Server"),
     Setting("ntp_local_stratum", "ntp", 0, _int_in(0, 15), "Serve the local clock at this stratum even when it is not synchronised (like chrony's 'local stratum'); 0: off, answer 'unsynchronised' instead.", label="Local Clock Stratum"),
+    Setting("phone_timezone", "ntp", server_timezone(), _timezone, "Time zone provisioned to phones: an IANA name such as Europe/Berlin, written in each vendor's form with its daylight-saving rules; default: this server's zone.", label="Phone Time Zone"),
     Setting("ip_ldap_port", "ldap", "2389", _bindings, "LDAP address book bindings (TCP, StartTLS offered).", rebind=True, transport="tcp", label="LDAP Port (TCP, StartTLS)"),
     Setting("ip_ldaps_port", "ldap", "2636", _bindings, "LDAP over TLS bindings (TCP).", rebind=True, transport="tcp", label="LDAP Port (TLS)"),
     Setting("ldap_base", "ldap", "dc=pbx", _dn, "The address book's base DN.", label="LDAP Base DN"),

@@ -30,6 +30,7 @@ from gevent.pool import Group
 
 from . import provisioning, uploads
 from .binder import local_address
+from .phones import seen
 from .proto import tftp as proto
 from .proto.peers import TokenBuckets, client_key, plain_address
 from .ratelog import RateLimitedLog
@@ -84,6 +85,7 @@ class TftpService(Service):
         self.segmentation = Segmentation(self.log)
         self.send_batch = SendBatch()
         self.tokens, self.tokens_at = float(REQUEST_BURST), time.monotonic()
+        seen.registry_for(runtime)  # the record of phones read now, before its sensor is first asked for
         removed = uploads.remove_orphan_uploads(runtime.settings)
         if removed:
             self.log.warning("removed %d partial upload(s) left by a process that ended mid-upload", len(removed))
@@ -113,8 +115,9 @@ class TftpService(Service):
         self.tokens -= cost
 
     def close(self) -> None:
-        """At shutdown: end the transfers still running (their uploads are aborted)."""
+        """At shutdown: end the transfers still running (their uploads are aborted); keep the record of phones."""
         self.transfers.kill(timeout=1)
+        seen.save_all()
 
     # -- requests -----------------------------------------------------------
 
@@ -199,6 +202,8 @@ class TftpService(Service):
             self.ratelog.warning("refused", client, "%s %s refused: %s", "WRQ" if request.write else "RRQ", request.filename, exc.message)
             if sock is not None:  # the error is paid for by the first packet's reservation
                 self._send_unverified(sock.send, exc.datagram(), allowance)
+            if not request.write:
+                seen.note_fetch(self.runtime, request.filename, client, "not found" if exc.code == 1 else "refused", "tftp")
         except OSError as exc:  # the peer vanished (ICMP unreachable) or a socket of ours failed
             self.log.debug("%s: transfer of %s ended: %s", client, request.filename, exc)
         except Exception:
@@ -269,6 +274,8 @@ class TftpService(Service):
             sensors.add("tftp_transfers_done" if done else "tftp_transfers_failed")
             if machine is not None and (machine.withheld or machine.unacknowledged):
                 sensors.add("tftp_sends_withheld" if machine.withheld else "tftp_first_packets_unacknowledged")
+        if isinstance(machine, proto.ReadTransfer):
+            seen.note_fetch(self.runtime, request.filename, client, "served" if done else "failed", "tftp")
         if isinstance(machine, proto.ReadTransfer):
             sensors.add("tftp_bytes_sent", machine.bytes_sent)
         if machine is not None and machine.failure and not machine.peer_vanished:

@@ -1,4 +1,4 @@
-"""The Flask application factory: blueprints ui (pages), api (JSON), prov (provisioning), and those of the address book, the sensors and the uploads."""
+"""The Flask application factory: blueprints ui (pages), api (JSON), prov (provisioning), and those of the address book, the sensors, the phones and the uploads."""
 
 from __future__ import annotations
 
@@ -67,9 +67,10 @@ def create_app(runtime=None) -> Flask:
     from . import addressbook
 
     app.register_blueprint(addressbook.bp)
-    from . import sensors
+    from . import phones, sensors
 
     app.register_blueprint(sensors.bp)
+    app.register_blueprint(phones.bp)
     from . import uploads
 
     app.register_blueprint(uploads.bp)
