@@ -89,6 +89,10 @@ def markdown(summary: dict) -> str:
                 own = " (flooded itself, not judged)" if service == case.get("flooded") else ""
                 cells.append("—" if probe is None else f"{probe['p99_ms']:.1f} ms, {probe['lost']} lost{own}")
             lines.append(f"| {case['flood']} | " + " | ".join(cells) + " |")
+        for case in flood["cases"]:
+            if "reply_bytes" in case:
+                lines += ["", f"{case['flood']}: {case['reply_bytes']:,} bytes came back to the flooding sources for "
+                              f"{case['request_bytes']:,} sent (x{case['reply_bytes'] / max(1, case['request_bytes']):.4f})."]
     soak = summary.get("soak")
     if soak:
         lines += ["", f"Soak: {soak['minutes']} min of mixed traffic from the real clients ({soak['requests']:,} requests, "

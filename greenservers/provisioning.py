@@ -26,10 +26,9 @@ a misspelt variable is an error, not an empty string) with `mac`, `server`
 book in each vendor's form, greenservers.phones.profiles). A template error is logged (rate-limited) with the template
 and line, and answered as an error: never half a file.
 
-Uploads (TFTP write, when `tftp_write` is on) only create new files in
-``uploads/``: written to a hidden temporary file and linked to their name
-only when complete (`os.link` fails if the name exists, so nothing is ever
-overwritten), size-limited by the transfer.
+Nothing under ``uploads/`` is ever served, by name or through a link, nor
+reachable from a template: that is where phones' uploads land
+(greenservers.uploads), and administrators alone read them (the /uploads page).
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 import stat
 import traceback
 from dataclasses import dataclass
@@ -46,18 +44,15 @@ from pathlib import Path, PurePosixPath
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from .files import make_private_dir, open_private
 from .phones import profiles
 from .ratelog import RateLimitedLog
-from .store import remove_orphans
 
 log = logging.getLogger("greenservers.provisioning")
 ratelog = RateLimitedLog(log)
 
 MAX_NAME_LENGTH = 255
 MAX_RENDERED_BYTES = 4 * 1024 * 1024
-MAX_UPLOAD_FILES = 10000
-UPLOAD_DIR = "uploads"
+UPLOAD_DIR = "uploads"  # phones' uploads (greenservers.uploads): never served
 TEMPLATE_SUFFIX = ".j2"
 MAC_RUN = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{12}(?![0-9A-Fa-f])")
 FORBIDDEN_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\{}]")
@@ -84,14 +79,6 @@ class Refused(ProvisioningError):
 
 class TemplateFailed(ProvisioningError):
     tftp_code, http_status = 0, 500
-
-
-class AlreadyExists(ProvisioningError):
-    tftp_code, http_status = 6, 409
-
-
-class UploadsFull(ProvisioningError):
-    tftp_code, http_status = 3, 507
 
 
 # -- names and paths ---------------------------------------------------------
@@ -123,6 +110,8 @@ def _inside(root: Path, relative: PurePosixPath | str) -> Path | None:
         return None
     if not real.is_relative_to(root):
         raise Refused("the path leads outside the TFTP root")
+    if real.is_relative_to((root / UPLOAD_DIR).resolve()):
+        raise Refused("uploads are not served")
     try:
         if not stat.S_ISREG(real.stat().st_mode):
             return None
@@ -147,6 +136,8 @@ def lookup(settings, name: str) -> Found:
     relative = check_name(name)
     if relative.name.endswith(TEMPLATE_SUFFIX):
         raise NotFound(f"{name}: templates are not served raw")
+    if relative.parts[0] == UPLOAD_DIR:
+        raise Refused("uploads are not served")
     root = tftp_root(settings).resolve()
     match = MAC_RUN.search(relative.name)
     mac = match.group(0).lower() if match else ""
@@ -318,78 +309,3 @@ class FileReader:
 
     def close(self) -> None:
         os.close(self.fd)
-
-
-# -- uploads ---------------------------------------------------------------------
-
-
-def upload_target(settings, name: str) -> Path:
-    """Where a write of `name` lands: uploads/NAME (a leading "uploads/" is accepted), new files only."""
-    relative = check_name(name)
-    if relative.parts[0] == UPLOAD_DIR:
-        relative = PurePosixPath(*relative.parts[1:])
-    if len(relative.parts) != 1 or relative.name.endswith(TEMPLATE_SUFFIX):
-        raise Refused("uploads go straight into uploads/ and are not templates")
-    root = tftp_root(settings).resolve()
-    folder = root / UPLOAD_DIR
-    make_private_dir(folder)
-    folder = folder.resolve()
-    if not folder.is_relative_to(root) or folder == root:
-        raise Refused("the uploads folder leads outside the TFTP root")
-    target = folder / relative.name
-    if os.path.lexists(target):
-        raise AlreadyExists(f"{UPLOAD_DIR}/{relative.name} exists; uploads never overwrite")
-    with os.scandir(folder) as entries:
-        if sum(1 for _ in entries) >= MAX_UPLOAD_FILES:
-            raise UploadsFull(f"{UPLOAD_DIR}/ already holds {MAX_UPLOAD_FILES} files")
-    return target
-
-
-PARTIAL_UPLOAD = re.compile(r"\.partial-(?P<pid>\d+)-[0-9a-f]+")
-
-
-def remove_orphan_uploads(settings) -> list[str]:
-    """Partial uploads whose process is gone (a crash mid-upload): removed, so none is ever left behind."""
-    return remove_orphans(tftp_root(settings) / UPLOAD_DIR, PARTIAL_UPLOAD)
-
-
-class Upload:
-    """A new file written to a hidden temporary name and linked into place only when complete."""
-
-    def __init__(self, target: Path):
-        self.target = target
-        self.temp = target.with_name(f".partial-{os.getpid()}-{secrets.token_hex(8)}")
-        self.fd: int | None = open_private(self.temp, os.O_WRONLY, exclusive=True)
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
-
-    def commit(self) -> None:
-        """Make the file visible; AlreadyExists if the name appeared meanwhile (it is never replaced)."""
-        os.fsync(self.fd)
-        self._close()
-        try:
-            os.link(self.temp, self.target)
-        except FileExistsError:
-            raise AlreadyExists(f"{self.target.name} appeared during the upload; not overwritten") from None
-        finally:
-            self._remove_temp()
-
-    def abort(self) -> None:
-        self._close()
-        self._remove_temp()
-
-    close = abort  # after a commit there is nothing left to remove
-
-    def _close(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            os.close(fd)
-
-    def _remove_temp(self) -> None:
-        try:
-            os.unlink(self.temp)
-        except FileNotFoundError:
-            pass

@@ -173,6 +173,10 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("tftp_transfers_done", 21, C, "TFTP transfers completed."),
     Sensor("tftp_transfers_failed", 22, C, "TFTP transfers failed or refused."),
     Sensor("tftp_bytes_sent", 23, C, "Bytes of file data sent over TFTP (Counter32 wraps at 4 GiB)."),
+    Sensor("tftp_uploads_refused_full", 24, C, "TFTP uploads refused as disk full: the upload budget (tftp_upload_budget_mib) or the 10,000 files of uploads/ used up; nothing is deleted to make room."),
+    Sensor("tftp_uploads_refused_rate", 25, C, "TFTP uploads refused because their client had uploaded its tftp_upload_mib_per_hour."),
+    Sensor("tftp_first_packets_unacknowledged", 27, C, "TFTP transfers whose first packet (OACK, DATA 1 or ACK 0) was never acknowledged: given up 8 s after the request, or sooner to let another request have the slot."),
+    Sensor("tftp_sends_withheld", 28, C, "TFTP requests dropped and answers not sent because their source had not acknowledged what it was sent already (a spoofed source cannot draw more)."),
     # NTP
     Sensor("ntp_requests_answered", 30, C, "NTP requests answered."),
     Sensor("ntp_requests_refused", 31, C, "NTP requests dropped or answered with a kiss-o'-death (malformed, not mode 3, rate limited)."),

@@ -1,4 +1,4 @@
-"""The Flask application factory: blueprints ui (pages), api (JSON), prov (provisioning), addressbook, sensors, phones."""
+"""The Flask application factory: blueprints ui (pages), api (JSON), prov (provisioning), and those of the address book, the sensors, the phones and the uploads."""
 
 from __future__ import annotations
 
@@ -71,6 +71,9 @@ def create_app(runtime=None) -> Flask:
 
     app.register_blueprint(sensors.bp)
     app.register_blueprint(phones.bp)
+    from . import uploads
+
+    app.register_blueprint(uploads.bp)
     return app
 
 

@@ -41,7 +41,8 @@ log = logging.getLogger("greenservers.web")
 MAX_PEM_BYTES = 64 * 1024
 AUDIT_SHOWN = 20
 UPLOADED_PREFIX = "uploaded-"
-NAV = (("/settings/ports", "Ports"), ("/sensors", "Sensors"), ("/addressbook", "Address book"), ("/phones", "Phones"), ("/settings/password", "Password"))
+NAV = (("/settings/ports", "Ports"), ("/sensors", "Sensors"), ("/addressbook", "Address book"), ("/phones", "Phones"),
+       ("/uploads", "Uploads"), ("/settings/password", "Password"))
 ON_PAGE = frozenset(s.name for s in DECLARATIONS if s.on_ports_page)
 SERVICE_LABELS = {"http": "HTTP", "https": "HTTPS", "snmp": "SNMP", "tftp": "TFTP", "ntp": "NTP", "ldap": "LDAP", "ldaps": "LDAPS"}
 
