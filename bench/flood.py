@@ -16,8 +16,11 @@ every flood is bounded in count and in time:
   snmp  GetRequests from an untrusted source (127.0.0.2; snmp_trusted is 127.0.0.1) at full speed
   ntp   mode-3 requests from one source (127.0.0.4) at full speed: its rate limit answers a KoD now and then
   ldap  1,000 idle connections (from 127.0.2.1-8: the per-address cap is 256), held for the phase
-  tftp  a read-request storm for a real file from 64 sources (127.0.3.x) that never acknowledge,
-        so every admitted transfer retransmits until it gives up
+  tftp  a read-request storm for a real file (plain requests: DATA 1 is the answer) from 64
+        sources (127.0.3.x) that never acknowledge, as spoofed requests would: each source is
+        answered until its allowance of unacknowledged bytes is spent, then dropped unread.
+        The bytes that come back to the sources are counted (reflection: bytes back / bytes
+        sent, over the phase and the 10 s after it)
   tftp-boot  a boot storm: 100 phones (127.0.4.x) each fetching a 2 MiB file in lock-step
         (512-byte blocks) as fast as they can, and again, for the phase
   ldap-filters  the costliest searches that fit the request limits, against 100,000 contacts
@@ -152,7 +155,8 @@ def flood_ntp(port: int, seconds: float, counter) -> None:
     _datagram_flood(port, "127.0.0.4", lambda n: services.NTP_REQUEST[:40] + n.to_bytes(8, "big"), seconds, counter)
 
 
-def flood_tftp(port: int, seconds: float, counter) -> None:
+def flood_tftp(port: int, seconds: float, counter, replies) -> None:
+    """Plain read requests from TFTP_SOURCES sources at full speed; `replies` counts the bytes that come back."""
     request = b"\x00\x01" + services.PROBE_FILE.encode() + b"\x00octet\x00"
     socks = []
     for i in range(TFTP_SOURCES):
@@ -161,7 +165,7 @@ def flood_tftp(port: int, seconds: float, counter) -> None:
         sock.setblocking(False)
         socks.append(sock)
     deadline = time.monotonic() + seconds
-    sent = 0
+    sent = back = rounds = 0
     while sent < MAX_DATAGRAMS and time.monotonic() < deadline:
         for sock in socks:
             try:
@@ -169,9 +173,26 @@ def flood_tftp(port: int, seconds: float, counter) -> None:
             except (BlockingIOError, ConnectionRefusedError):
                 pass
             sent += 1
+        rounds += 1
+        if rounds % 64 == 0:  # now and then, so that counting what comes back slows the flood little
+            back += sum(_received(sock) for sock in socks)
+    settle = time.monotonic() + 10  # what the transfers started last still send (a first packet's retransmission)
+    while time.monotonic() < settle:
+        back += sum(_received(sock) for sock in socks)
+        time.sleep(0.05)
     for sock in socks:
         sock.close()
-    counter.value = sent
+    counter.value, replies.value = sent, back
+
+
+def _received(sock: socket.socket) -> int:
+    """Bytes waiting on a non-blocking socket (read and counted)."""
+    total = 0
+    while True:
+        try:
+            total += len(sock.recv(70000))
+        except (BlockingIOError, ConnectionRefusedError):
+            return total
 
 
 def flood_tftp_boot(port: int, seconds: float, counter) -> None:
@@ -324,6 +345,7 @@ FLOODS = {
 UNIT = {"http": "connections", "http-login": "wrong passwords", "snmp": "datagrams", "ntp": "datagrams", "ldap": "connections held to the end", "tftp": "requests",
         "tftp-boot": "blocks acknowledged", "ldap-filters": "searches answered"}
 SERVICE_OF_FLOOD = {"tftp-boot": "tftp", "http-login": "http", "ldap-filters": "ldap"}  # a flood is named after the service it floods, unless listed here
+REQUEST_BYTES = {"tftp": 2 + len(services.PROBE_FILE) + 1 + len("octet") + 1}  # floods that count the bytes sent back
 # what a phase needs before it and puts back after it
 PREPARE = {"ldap-filters": lambda server: with_contacts(server, memory.contacts_csv(LDAP_FLOOD_CONTACTS))}
 RESTORE = {"ldap-filters": lambda server: with_contacts(server, services.CONTACTS_CSV)}
@@ -334,12 +356,13 @@ LDAP_SENSORS = ("ldap_searches", "ldap_searches_time_limited", "ldap_searches_de
 def measure(server: services.Greenservers, flood: str | None, seconds: float) -> dict:
     """One phase: the flood (if any) in a child process, the probes here, both for `seconds`."""
     context = multiprocessing.get_context("spawn")
-    counter = context.Value("q", 0)
+    counter, replies = context.Value("q", 0), context.Value("q", 0)
     child = None
     if flood:
         function, _ = FLOODS[flood]
         port = server.ports[SERVICE_OF_FLOOD.get(flood, flood)]
-        child = context.Process(target=function, args=(port, seconds + 1.0, counter), daemon=True)
+        extra = (replies,) if flood in REQUEST_BYTES else ()
+        child = context.Process(target=function, args=(port, seconds + 1.0, counter, *extra), daemon=True)
         child.start()
         time.sleep(1.0)  # the flood reaches full strength (and the idle connections are open) before we measure
     try:
@@ -350,7 +373,7 @@ def measure(server: services.Greenservers, flood: str | None, seconds: float) ->
             if child.is_alive():
                 child.terminate()
                 child.join(5)
-    return {"probes": probes, "flood_count": counter.value if flood else 0}
+    return {"probes": probes, "flood_count": counter.value if flood else 0, "reply_bytes": replies.value}
 
 
 def main() -> int:
@@ -397,6 +420,11 @@ def main() -> int:
                     mark = " (flooded)" if name == flooded else ""
                     print(f"   {name:5}{mark:10} p99 {p['p99_ms']:7.2f} ms  median {p['median_ms']} ms  lost {p['lost']:3}"
                           f" {p['lost_reasons'] or ''}", flush=True)
+                if flood in REQUEST_BYTES:
+                    case["request_bytes"] = phase["flood_count"] * REQUEST_BYTES[flood]
+                    case["reply_bytes"] = phase["reply_bytes"]
+                    print(f"   bytes back to the flooding sources: {case['reply_bytes']:,} for {case['request_bytes']:,} sent "
+                          f"(x{case['reply_bytes'] / max(1, case['request_bytes']):.4f})", flush=True)
                 if flood:
                     print(f"   flood sent: {phase['flood_count']:,} {UNIT[flood]}; target (p99 < {target:.0f} ms) "
                           f"{'met' if verdict_ok else 'MISSED'}", flush=True)
@@ -429,6 +457,8 @@ def table(results: dict) -> str:
             star = "*" if name == case["flooded"] else ""
             cells.append("—" if p is None else f"{p['p99_ms']:.1f} ms / {p['lost']}{star}")
         sent = f"{case['flood_count']:,} {case['flood_unit']}" if case["flooded"] else ""
+        if "reply_bytes" in case:
+            sent += f"; {case['reply_bytes']:,} bytes back for {case['request_bytes']:,}"
         target = f" (target p99 < {case['target_p99_ms']:.0f} ms)" if case.get("target_p99_ms", results["target_p99_ms"]) != results["target_p99_ms"] else ""
         lines.append(f"| {case['flood']}{target} | " + " | ".join(cells) + f" | {sent} |")
     return "\n".join(lines)

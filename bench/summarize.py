@@ -91,6 +91,10 @@ def markdown(summary: dict) -> str:
             target = case.get("target_p99_ms", flood["target_p99_ms"])
             label = case["flood"] + (f" (target p99 < {target:.0f} ms)" if target != flood["target_p99_ms"] else "")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        for case in flood["cases"]:
+            if "reply_bytes" in case:
+                lines += ["", f"{case['flood']}: {case['reply_bytes']:,} bytes came back to the flooding sources for "
+                              f"{case['request_bytes']:,} sent (x{case['reply_bytes'] / max(1, case['request_bytes']):.4f})."]
     soak = summary.get("soak")
     if soak:
         lines += ["", f"Soak: {soak['minutes']} min of mixed traffic from the real clients ({soak['requests']:,} requests, "

@@ -1,4 +1,4 @@
-"""Command line: check-config, passwd, setup (python -m greenservers COMMAND)."""
+"""Command line: check-config, passwd, setup, phones export (python -m greenservers COMMAND)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import getpass
 import os
 import sys
 
+from .files import make_private_dir, tighten_install, use_private_umask
 from .passwords import hash_password
+from .phones.profiles import VENDORS
 from .settings import DECLARATIONS, GROUPS, SettingsError
 from .store import ConfigFileError, ConfigStore
 
@@ -53,7 +55,7 @@ def passwd(store: ConfigStore) -> int:
         first = sys.stdin.readline().rstrip("\r\n")
     try:
         store.update({"admin_password_hash": hash_password(first)})
-    except (ValueError, ConfigFileError) as exc:
+    except (ValueError, ConfigFileError, OSError) as exc:  # OSError: ForeignFileError, a full disk
         print(f"password not set: {exc}", file=sys.stderr)
         return 1
     print(f"admin password set in {store.path}")
@@ -89,9 +91,12 @@ def setup(store: ConfigStore) -> int:
     rc = check_config(store) if "-v" in sys.argv else 0
     try:
         settings = store.ensure_generated()
-        (settings.data_path / "tftp").mkdir(parents=True, exist_ok=True)
+        tightened = tighten_install(store.path, settings.data_path)
+        if tightened.changed or tightened.not_ours:
+            print(f"greenservers: {tightened.summary()}")
+        make_private_dir(settings.data_path / "tftp")
         pair = ensure_certificate(settings)
-    except (SettingsError, ConfigFileError, CertificateError) as exc:
+    except (SettingsError, ConfigFileError, CertificateError, OSError) as exc:
         print(f"greenservers: {exc}", file=sys.stderr)
         return 1
     print(f"greenservers: data in {settings.data_path}; TLS certificate {pair.cert_path}")
@@ -111,6 +116,33 @@ def setup(store: ConfigStore) -> int:
     return rc
 
 
+def phones_export(store: ConfigStore, vendor: str | None) -> int:
+    """Write the stock profiles into data_dir/tftp/ as templates to customise; existing files are kept."""
+    from .phones.profiles import export_plan
+    from .provisioning import tftp_root
+    from .store import atomic_write
+
+    try:
+        settings = store.load()
+    except (SettingsError, ConfigFileError) as exc:
+        print(f"greenservers: {exc}", file=sys.stderr)
+        return 1
+    root = tftp_root(settings)
+    make_private_dir(root)
+    written = kept = 0
+    for name, source in export_plan(vendor):
+        target = root / name
+        if os.path.lexists(target):
+            print(f"kept     {target} (exists)")
+            kept += 1
+            continue
+        atomic_write(target, source.read_bytes())
+        print(f"written  {target}")
+        written += 1
+    print(f"{written} template(s) written, {kept} kept; they are served instead of the stock profiles from now on")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m greenservers")
     parser.add_argument("--config", help="configuration file (default: $GREENSERVERS_CONFIG or ./greenservers.toml)")
@@ -118,8 +150,14 @@ def main(argv=None) -> int:
     sub.add_parser("check-config", help="validate the file and print the effective settings")
     sub.add_parser("passwd", help="set the admin password (read from standard input)")
     sub.add_parser("setup", help="first start: create the file, data folders and certificate")
+    phones = sub.add_parser("phones", help="the stock phone profiles").add_subparsers(dest="action", required=True)
+    export = phones.add_parser("export", help="write the stock profiles into data_dir/tftp/ as templates to customise")
+    export.add_argument("vendor", nargs="?", choices=[v.key for v in VENDORS], help="one vendor (default: all)")
     args = parser.parse_args(argv)
+    use_private_umask()
     store = ConfigStore(args.config)
+    if args.command == "phones":
+        return phones_export(store, args.vendor)
     return {"check-config": check_config, "passwd": passwd, "setup": setup}[args.command](store)
 
 

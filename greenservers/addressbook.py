@@ -15,6 +15,15 @@ whole before anything is written and then inserted in one transaction;
 `ImportRejected.errors` lists `{row, field, message}` (row 1 is the header,
 so row numbers match a spreadsheet's).
 
+No exported cell starts a formula (OWASP's CSV injection): a cell that would
+start with one of FORMULA_STARTS (= + - @, tab, CR, LF, or the full-width
+＝ ＋ － ＠), or with an apostrophe, gets one apostrophe in front, which
+spreadsheets read as "this is text". An import takes one leading apostrophe
+off a cell exactly where it is followed by one of those characters, which is
+where an export put it: an export imported again gives the same contacts
+("+49-30-1234" -> "'+49-30-1234" -> "+49-30-1234"; "'s-Hertogenbosch" keeps
+its apostrophe either way).
+
 Phone numbers match regardless of formatting: `number_key` keeps the digits
 only, with a leading `+` written as `00` ("+49 (30) 123-4" -> "0049301234").
 `fold` is the case-insensitive form of names. The LDAP server uses both, so
@@ -34,6 +43,7 @@ from dataclasses import dataclass, fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .files import ensure_private_file, make_private_dir
 from .offload import build_off_loop, run_off_loop
 
 log = logging.getLogger("greenservers.addressbook")
@@ -58,8 +68,12 @@ _NON_DIGITS = re.compile(r"[^0-9]+")
 _EXTENSION_RE = re.compile(r"[0-9*#]+")
 _DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
 _EMAIL_RE = re.compile(rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~.\-]+@{_DNS_LABEL}(?:\.{_DNS_LABEL})+")
-# A cell starting with one of these is a formula to a spreadsheet (CSV injection).
-_FORMULA_STARTS = ("=", "+", "-", "@")
+# A cell starting with one of these is a formula to a spreadsheet (CSV injection, as OWASP
+# lists them); the full-width forms as a precaution: a spreadsheet that normalises what it
+# reads (NFKC) would take them for the ASCII ones.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+TEXT_MARK = "'"  # what makes a spreadsheet take a cell as text
+_MARKED_STARTS = FORMULA_STARTS + (TEXT_MARK,)
 
 
 @dataclass(frozen=True)
@@ -141,7 +155,7 @@ def looks_like_number(text: str) -> bool:
 def _check_text(field: str, value: str) -> str | None:
     if len(value) > MAX_NAME:
         return f"{field} is longer than {MAX_NAME} characters"
-    if value.startswith(_FORMULA_STARTS):
+    if value.startswith(FORMULA_STARTS):
         return f"{field} must not start with = + - or @ (a spreadsheet would run it as a formula)"
     return None
 
@@ -230,6 +244,16 @@ def validate(fields: dict[str, Any], base: dict[str, str] | None = None) -> dict
 # -- CSV ---------------------------------------------------------------------------
 
 
+def csv_cell(value: str) -> str:
+    """A value as an exported cell: an apostrophe in front where it would start a formula, or with an apostrophe."""
+    return TEXT_MARK + value if value.startswith(_MARKED_STARTS) else value
+
+
+def csv_value(cell: str) -> str:
+    """An imported cell's value: without the apostrophe csv_cell put in front (and only that one)."""
+    return cell[1:] if cell.startswith(TEXT_MARK) and cell[1:].startswith(_MARKED_STARTS) else cell
+
+
 def _dialect_of(header_line: str) -> str:
     """',' unless the header is clearly ';'- or tab-separated (spreadsheets in many locales)."""
     counts = {d: header_line.count(d) for d in (",", ";", "\t")}
@@ -283,7 +307,7 @@ def parse_csv(text: str, max_rows: int = MAX_CONTACTS) -> list[dict[str, str]]:
                 problem(row_number, "", f"{len(record)} columns where the header has {len(header)}")
                 continue
             try:
-                rows.append(validate({h: v for h, v in zip(header, record) if h != "id"}))
+                rows.append(validate({h: csv_value(v) for h, v in zip(header, record) if h != "id"}))
             except ContactError as exc:
                 for field, message in exc.errors.items():
                     problem(row_number, field, message)
@@ -299,7 +323,7 @@ def to_csv(contacts: Iterable[Contact]) -> str:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(FIELDS)
     for contact in contacts:
-        writer.writerow([getattr(contact, f) for f in FIELDS])
+        writer.writerow([csv_cell(getattr(contact, f)) for f in FIELDS])
     return out.getvalue()
 
 
@@ -321,7 +345,8 @@ class AddressBook:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
+        ensure_private_file(self.path)  # SQLite makes -wal and -shm with the database file's mode and owner
         # Autocommit mode; writes open their own BEGIN IMMEDIATE transaction.
         self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")

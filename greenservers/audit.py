@@ -1,4 +1,4 @@
-"""The audit log: every settings change, appended to data_dir/audit.log.
+"""The audit log: every settings change (and every certificate ACME issues), appended to data_dir/audit.log.
 
 One JSON object per line: when (UTC, ISO 8601), who, from which address,
 through which way (web form, API), and for each changed setting the old and
@@ -6,7 +6,8 @@ the new value. Secret settings are masked before anything is written, so
 the file (and the page that shows it) never holds a password or community.
 
 The file is only ever appended to (O_APPEND, one write per entry, mode
-0600); reading takes the tail only, so a long history costs nothing to show.
+0600, which its rotations keep); reading takes the tail only, so a long
+history costs nothing to show.
 Its size is bounded: past ROTATE_BYTES it becomes audit.log.1 (the older
 ones move to .2 ... .KEEP_ROTATED, the oldest is dropped), as logrotate would.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .files import make_private_dir, open_private
 from .settings import BY_NAME
 
 AUDIT_FILE = "audit.log"
@@ -98,15 +100,18 @@ class AuditLog:
         )
         line = json.dumps(entry.__dict__, ensure_ascii=False, default=str) + "\n"
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.path.parent)
             self._rotate_if_full()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
             try:
                 os.write(fd, line.encode("utf-8"))
             finally:
                 os.close(fd)
         suffix = f" ({note})" if note else ""
-        log.info("settings changed by %s from %s via %s: %s%s", who, entry.address, via, describe(changes) or "-", suffix)
+        if changes:
+            log.info("settings changed by %s from %s via %s: %s%s", who, entry.address, via, describe(changes), suffix)
+        else:  # an event the service recorded by itself (a certificate issued by ACME)
+            log.info("audit: %s (by %s via %s)", note or "-", who, via)
         return entry
 
     def _rotate_if_full(self) -> None:

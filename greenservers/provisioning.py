@@ -7,7 +7,9 @@ a phone gets the same bytes either way. A request for NAME is served from
 2. the template NAME.j2, else
 3. when NAME holds a MAC address (a run of exactly 12 hex digits, any case),
    the template named like NAME with that run replaced by ``{mac}`` and
-   ``.j2`` appended (``0004F2ABCDEF.cfg`` -> ``{mac}.cfg.j2``).
+   ``.j2`` appended (``0004F2ABCDEF.cfg`` -> ``{mac}.cfg.j2``), else
+4. the stock profile of that name shipped in the package
+   (greenservers.phones.profiles): so the administrator's files always win.
 
 Names are checked before the file system is asked: NUL bytes, control
 characters, backslashes, absolute paths, empty, ``.``/``..`` or hidden
@@ -20,13 +22,13 @@ Templates are rendered by a sandboxed Jinja2 environment (StrictUndefined:
 a misspelt variable is an error, not an empty string) with `mac`, `server`
 (the address the phone reached us on), `ntp_server`, `ldap_port`,
 `ldaps_port`, `ldap_base`, `ldap_user`, `ldap_password`, `http_url` and
-`https_url`. A template error is logged (rate-limited) with the template
+`https_url`, and `tz` and `phonebook` (the phone time zone and address
+book in each vendor's form, greenservers.phones.profiles). A template error is logged (rate-limited) with the template
 and line, and answered as an error: never half a file.
 
-Uploads (TFTP write, when `tftp_write` is on) only create new files in
-``uploads/``: written to a hidden temporary file and linked to their name
-only when complete (`os.link` fails if the name exists, so nothing is ever
-overwritten), size-limited by the transfer.
+Nothing under ``uploads/`` is ever served, by name or through a link, nor
+reachable from a template: that is where phones' uploads land
+(greenservers.uploads), and administrators alone read them (the /uploads page).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 import stat
 import traceback
 from dataclasses import dataclass
@@ -43,16 +44,15 @@ from pathlib import Path, PurePosixPath
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from .phones import profiles
 from .ratelog import RateLimitedLog
-from .store import remove_orphans
 
 log = logging.getLogger("greenservers.provisioning")
 ratelog = RateLimitedLog(log)
 
 MAX_NAME_LENGTH = 255
 MAX_RENDERED_BYTES = 4 * 1024 * 1024
-MAX_UPLOAD_FILES = 10000
-UPLOAD_DIR = "uploads"
+UPLOAD_DIR = "uploads"  # phones' uploads (greenservers.uploads): never served
 TEMPLATE_SUFFIX = ".j2"
 MAC_RUN = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{12}(?![0-9A-Fa-f])")
 FORBIDDEN_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\{}]")
@@ -79,14 +79,6 @@ class Refused(ProvisioningError):
 
 class TemplateFailed(ProvisioningError):
     tftp_code, http_status = 0, 500
-
-
-class AlreadyExists(ProvisioningError):
-    tftp_code, http_status = 6, 409
-
-
-class UploadsFull(ProvisioningError):
-    tftp_code, http_status = 3, 507
 
 
 # -- names and paths ---------------------------------------------------------
@@ -118,6 +110,8 @@ def _inside(root: Path, relative: PurePosixPath | str) -> Path | None:
         return None
     if not real.is_relative_to(root):
         raise Refused("the path leads outside the TFTP root")
+    if real.is_relative_to((root / UPLOAD_DIR).resolve()):
+        raise Refused("uploads are not served")
     try:
         if not stat.S_ISREG(real.stat().st_mode):
             return None
@@ -132,8 +126,9 @@ class Found:
 
     name: str
     path: Path
-    template: str | None = None  # template name relative to the root
+    template: str | None = None  # template name relative to the root (or to the stock templates)
     mac: str = ""
+    stock: object = None  # the phones.profiles.StockMatch of a stock profile
 
 
 def lookup(settings, name: str) -> Found:
@@ -141,6 +136,8 @@ def lookup(settings, name: str) -> Found:
     relative = check_name(name)
     if relative.name.endswith(TEMPLATE_SUFFIX):
         raise NotFound(f"{name}: templates are not served raw")
+    if relative.parts[0] == UPLOAD_DIR:
+        raise Refused("uploads are not served")
     root = tftp_root(settings).resolve()
     match = MAC_RUN.search(relative.name)
     mac = match.group(0).lower() if match else ""
@@ -155,6 +152,9 @@ def lookup(settings, name: str) -> Found:
         path = _inside(root, candidate)
         if path is not None:
             return Found(name, path, candidate, mac)
+    stock = profiles.stock_match(str(relative))
+    if stock is not None:
+        return Found(name, stock.path, stock.file.template, stock.mac, stock)
     raise NotFound(f"{name}: no such file or template")
 
 
@@ -175,16 +175,19 @@ class _RootLoader(jinja2.BaseLoader):
         return path.read_text(encoding="utf-8"), str(path), lambda: path.exists() and path.stat().st_mtime == mtime
 
 
-_environments: dict[Path, SandboxedEnvironment] = {}
+_environments: dict[Path | None, SandboxedEnvironment] = {}
 
 
-def _environment(root: Path) -> SandboxedEnvironment:
+def _environment(root: Path | None) -> SandboxedEnvironment:
+    """The administrator's templates under `root`; None: the stock profiles (the same rules, so an
+    exported stock template renders the same bytes)."""
     env = _environments.get(root)
     if env is None:
         if len(_environments) > 8:  # data_dir changes are rare; keep the cache bounded anyway
             _environments.clear()
+        loader = _RootLoader(root) if root is not None else jinja2.FileSystemLoader(profiles.TEMPLATES)
         env = SandboxedEnvironment(
-            loader=_RootLoader(root), undefined=jinja2.StrictUndefined, autoescape=False,
+            loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
             keep_trailing_newline=True, cache_size=200, auto_reload=True,
         )
         _environments[root] = env
@@ -224,6 +227,7 @@ def template_context(settings, server: str, mac: str = "") -> dict:
         "ldap_password": settings.ldap_password or "",
         "http_url": _url("http", server, settings.ip_http_port, 80),
         "https_url": _url("https", server, settings.ip_https_port, 443),
+        **profiles.template_values(settings, server, _port_for),
     }
 
 
@@ -239,7 +243,7 @@ def _error_line(exc: BaseException, filename: str) -> int | str:
 
 def render(settings, found: Found, server: str) -> bytes:
     """The rendered template as UTF-8, or TemplateFailed (logged with template and line)."""
-    root = tftp_root(settings).resolve()
+    root = None if found.stock else tftp_root(settings).resolve()
     try:
         template = _environment(root).get_template(found.template)
         pieces, total = [], 0
@@ -265,6 +269,11 @@ class Content:
     @property
     def path(self) -> Path | None:
         return None if self.found.template else self.found.path
+
+    @property
+    def media_type(self) -> str:
+        """The stock profile's media type ("" for the administrator's files: named by their extension)."""
+        return self.found.stock.file.media_type if self.found.stock else ""
 
     @property
     def size(self) -> int:
@@ -300,78 +309,3 @@ class FileReader:
 
     def close(self) -> None:
         os.close(self.fd)
-
-
-# -- uploads ---------------------------------------------------------------------
-
-
-def upload_target(settings, name: str) -> Path:
-    """Where a write of `name` lands: uploads/NAME (a leading "uploads/" is accepted), new files only."""
-    relative = check_name(name)
-    if relative.parts[0] == UPLOAD_DIR:
-        relative = PurePosixPath(*relative.parts[1:])
-    if len(relative.parts) != 1 or relative.name.endswith(TEMPLATE_SUFFIX):
-        raise Refused("uploads go straight into uploads/ and are not templates")
-    root = tftp_root(settings).resolve()
-    folder = root / UPLOAD_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    folder = folder.resolve()
-    if not folder.is_relative_to(root) or folder == root:
-        raise Refused("the uploads folder leads outside the TFTP root")
-    target = folder / relative.name
-    if os.path.lexists(target):
-        raise AlreadyExists(f"{UPLOAD_DIR}/{relative.name} exists; uploads never overwrite")
-    with os.scandir(folder) as entries:
-        if sum(1 for _ in entries) >= MAX_UPLOAD_FILES:
-            raise UploadsFull(f"{UPLOAD_DIR}/ already holds {MAX_UPLOAD_FILES} files")
-    return target
-
-
-PARTIAL_UPLOAD = re.compile(r"\.partial-(?P<pid>\d+)-[0-9a-f]+")
-
-
-def remove_orphan_uploads(settings) -> list[str]:
-    """Partial uploads whose process is gone (a crash mid-upload): removed, so none is ever left behind."""
-    return remove_orphans(tftp_root(settings) / UPLOAD_DIR, PARTIAL_UPLOAD)
-
-
-class Upload:
-    """A new file written to a hidden temporary name and linked into place only when complete."""
-
-    def __init__(self, target: Path):
-        self.target = target
-        self.temp = target.with_name(f".partial-{os.getpid()}-{secrets.token_hex(8)}")
-        self.fd: int | None = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
-
-    def commit(self) -> None:
-        """Make the file visible; AlreadyExists if the name appeared meanwhile (it is never replaced)."""
-        os.fsync(self.fd)
-        self._close()
-        try:
-            os.link(self.temp, self.target)
-        except FileExistsError:
-            raise AlreadyExists(f"{self.target.name} appeared during the upload; not overwritten") from None
-        finally:
-            self._remove_temp()
-
-    def abort(self) -> None:
-        self._close()
-        self._remove_temp()
-
-    close = abort  # after a commit there is nothing left to remove
-
-    def _close(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            os.close(fd)
-
-    def _remove_temp(self) -> None:
-        try:
-            os.unlink(self.temp)
-        except FileNotFoundError:
-            pass

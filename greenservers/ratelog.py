@@ -2,7 +2,8 @@
 
 One line per (kind, source) per interval; what was suppressed meanwhile is
 reported as a count on the next line, so a flood cannot fill the disk and
-the administrator still learns how much happened.
+the administrator still learns how much happened. What a peer sent is
+quoted through `printable`: short, on one line, so it cannot forge others.
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ import time
 from typing import Callable
 
 MAX_TRACKED = 4096  # sources remembered at once; beyond it the oldest are forgotten
+SAMPLE_CHARS = 100  # of a peer's text quoted in a line
+
+
+def printable(text: str, limit: int = SAMPLE_CHARS) -> str:
+    """`text` cut to `limit` characters, control and non-ASCII characters escaped."""
+    shown = "".join(c if c.isascii() and c.isprintable() else ascii(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 class RateLimitedLog:

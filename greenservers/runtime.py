@@ -2,7 +2,7 @@
 
 One Runtime per process (workers = 1): the current settings (replaced whole
 on a change, so a reader never sees half of one), the sensors, the TLS
-context, and the state of each binding. Servers read `runtime.settings` at
+context, the ACME manager, and the state of each binding. Servers read `runtime.settings` at
 the moment they need a value, which is how changes that need no rebind
 apply without a restart.
 """
@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .offload import run_off_loop
 from .sensors import SENSORS, SensorRegistry
 from .settings import BINDING_SETTINGS, Settings, SettingsError
 from .store import ConfigStore
@@ -49,6 +50,7 @@ class Runtime:
         self.settings = settings if settings is not None else store.load()
         self.sensors = sensors
         self.tls = None  # TLSContextHolder, set by the worker
+        self.acme = None  # greenservers.acme.AcmeManager, set by the worker
         self.bindings: dict[str, list[BindingState]] = {}
         self.started = time.time()
         self.pending_restart: set[str] = set()
@@ -93,14 +95,19 @@ class Runtime:
             return self._applied(new, reload_certificate=True)
 
     def _check_certificate(self, proposed: Settings) -> None:
+        from .tls import CertificateError, check_ca_bundle, ensure_certificate
+
+        if proposed.acme_ca_bundle and proposed.acme_ca_bundle != self.settings.acme_ca_bundle:
+            try:
+                check_ca_bundle(proposed.resolve(proposed.acme_ca_bundle))
+            except CertificateError as exc:
+                raise SettingsError({"acme_ca_bundle": str(exc)}) from None
         if self.tls is None:
             return
         if proposed.certificate_source == self.settings.certificate_source:
             return
-        from .tls import CertificateError, ensure_certificate
-
         try:
-            ensure_certificate(proposed)
+            run_off_loop(ensure_certificate, proposed)  # a custom RSA key's check alone takes 40 ms
         except CertificateError as exc:
             raise SettingsError({"tls_cert": str(exc)}) from None
 
@@ -118,7 +125,9 @@ class Runtime:
         if self.tls is not None and (cert_changed or reload_certificate):
             from .tls import ensure_certificate
 
-            self.tls.replace(ensure_certificate(new))
+            self.tls.replace(run_off_loop(ensure_certificate, new))
+        if self.acme is not None and any(name.startswith("acme_") or name == "data_dir" for name in changed):
+            self.acme.reconfigure()
         self.pending_restart.update(pending)
         return ChangeResult(new, changed, pending)
 
@@ -140,8 +149,24 @@ class Runtime:
             "status": "ok",
             "uptime_seconds": int(time.time() - self.started),
             "services": services,
+            "certificate": self.certificate_view(),
             "restart_needed_for": sorted(self.pending_restart),
         }
+
+    def certificate_view(self) -> dict[str, Any] | None:
+        """The served certificate and ACME's state, as /healthz and the Ports page show them (no secrets)."""
+        pair = getattr(self.tls, "pair", None)
+        if pair is None:
+            return None
+        view: dict[str, Any] = {
+            "source": pair.source,
+            "days_left": self.sensors.value("tls_certificate_days_left"),
+            "chains": [{"kind": c.kind, "subject": c.subject, "issuer": c.issuer, "names": list(c.names), "serial": f"{c.serial:x}",
+                        "not_before": c.not_before.isoformat(), "not_after": c.not_after.isoformat()} for c in pair.chains],
+        }
+        if self.acme is not None:
+            view["acme"] = self.acme.view()
+        return view
 
 
 _current: Runtime | None = None

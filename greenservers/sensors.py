@@ -1,11 +1,14 @@
 """The one sensor registry: every counter and gauge, declared once.
 
-Each sensor has a name (used by /api/sensors and /metrics), a fixed index
-under the sensors subtree (its SNMP OID, listed in the MIB file under
-deploy/mibs/), a kind (counter: only grows, Counter32 on SNMP; gauge: a
-level, Gauge32) and a description. Services count with
-`SENSORS.add("tftp_bytes_sent", n)`; gauges read a function when asked.
-Adding a sensor is one line in DECLARED below.
+Each sensor has a name (used by /api/sensors), a fixed index under the
+sensors subtree (its SNMP OID, listed in the MIB file under deploy/mibs/), a
+kind (counter: only grows, Counter32 on SNMP; gauge: a level, Gauge32) and a
+description. Values are integers in SNMP's own units (hundredths of a second,
+KiB); a sensor in such a unit declares it (`unit`), and /metrics shows it in
+Prometheus' base units (seconds, bytes) under a name derived from it
+(`metric_name`), or leaves it to the standard process metric that stands for
+it (`standard`). Services count with `SENSORS.add("tftp_bytes_sent", n)`;
+gauges read a function when asked. Adding a sensor is one line in DECLARED below.
 """
 
 from __future__ import annotations
@@ -25,6 +28,33 @@ SENSORS_OID = PRODUCT_OID + (1,)
 _STARTED = time.monotonic()
 
 
+METRIC_PREFIX = "greenservers_"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit SNMP values are counted in, and how it becomes Prometheus' base unit.
+
+    A sensor in this unit ends its name with `suffix` and says `words` in its description;
+    on /metrics the name ends with `base_suffix`, the help says `base_words` instead, and
+    the value is multiplied by `scale`.
+    """
+
+    suffix: str
+    words: str
+    base_suffix: str
+    base_words: str
+    scale: float
+
+
+CENTISECONDS = Unit("_centiseconds", "in hundredths of a second", "_seconds", "in seconds", 0.01)
+KIB = Unit("_kib", "in KiB", "_bytes", "in bytes", 1024)
+HUNDREDTHS = Unit("_x100", ", times 100", "", "", 0.01)
+DAYS = Unit("_days_left", "in whole days", "_seconds_left", "in seconds (counted in whole days)", 86400)
+MICROSECONDS = Unit("_microseconds", "in microseconds", "_seconds", "in seconds", 1e-6)
+UNITS = (CENTISECONDS, KIB, HUNDREDTHS, DAYS, MICROSECONDS)
+
+
 @dataclass(frozen=True)
 class Sensor:
     name: str
@@ -32,10 +62,31 @@ class Sensor:
     kind: str  # "counter" | "gauge"
     description: str
     read: Callable[[], int] | None = None  # gauges computed on demand
+    unit: Unit | None = None  # None: a count, or already a base unit (bytes)
+    standard: str = ""  # the standard Prometheus metric that shows it on /metrics instead (process_*)
 
     @property
     def oid(self) -> tuple[int, ...]:
         return SENSORS_OID + (self.index, 0)
+
+    @property
+    def metric_name(self) -> str:
+        """Its name on /metrics: base unit, greenservers_ prefix, _total for counters; or the standard one."""
+        if self.standard:
+            return self.standard
+        base = self.name
+        if self.unit is not None:
+            base = base.removesuffix(self.unit.suffix) + self.unit.base_suffix
+        return METRIC_PREFIX + base + ("_total" if self.kind == "counter" else "")
+
+    @property
+    def metric_help(self) -> str:
+        if self.unit is None:
+            return self.description
+        return self.description.replace(self.unit.words, self.unit.base_words)
+
+    def metric_value(self, value: int) -> float:
+        return value * self.unit.scale if self.unit is not None else value
 
 
 def _process_uptime_cs() -> int:
@@ -70,6 +121,21 @@ def _mem_available_kib() -> int:
     return 0
 
 
+_certificate_expiry: list[float] = []  # the served certificate's notAfter (POSIX time), set by greenservers.tls
+
+
+def watch_certificate_expiry(not_after) -> None:
+    """The certificate served from now on expires at `not_after` (an aware datetime)."""
+    _certificate_expiry[:] = [not_after.timestamp()]
+
+
+def _certificate_days_left() -> int:
+    """Whole days left (0 in its last day and once expired: a Gauge32 has no negative values)."""
+    if not _certificate_expiry:
+        return 0
+    return max(0, int((_certificate_expiry[0] - time.time()) // 86400))
+
+
 def _open_fds() -> int:
     try:
         return len(os.listdir("/proc/self/fd"))
@@ -77,21 +143,30 @@ def _open_fds() -> int:
         return 0
 
 
+def _phones_seen_last_day() -> int:
+    from .phones.seen import seen_last_day  # lazily: the record lives with the phones package
+
+    return seen_last_day()
+
+
 C, G = "counter", "gauge"
 DECLARED: tuple[Sensor, ...] = (
-    # process and machine
-    Sensor("process_uptime_centiseconds", 1, G, "Time since this process started, in hundredths of a second.", _process_uptime_cs),
-    Sensor("process_cpu_centiseconds", 2, C, "CPU time (user + system) used by this process, in hundredths of a second.", _process_cpu_cs),
-    Sensor("process_resident_kib", 3, G, "Resident memory of this process, in KiB.", _process_rss_kib),
-    Sensor("machine_load1_x100", 4, G, "The machine's 1-minute load average, times 100.", _load_avg_x100),
-    Sensor("machine_mem_available_kib", 5, G, "The machine's available memory, in KiB.", _mem_available_kib),
-    Sensor("process_open_fds", 6, G, "File descriptors open in this process.", _open_fds),
+    # process and machine (on /metrics the process's are the standard metrics every exporter has;
+    # an uptime is time() - process_start_time_seconds there)
+    Sensor("process_uptime_centiseconds", 1, G, "Time since this process started, in hundredths of a second.", _process_uptime_cs,
+           CENTISECONDS, standard="process_start_time_seconds"),
+    Sensor("process_cpu_centiseconds", 2, C, "CPU time (user + system) used by this process, in hundredths of a second.", _process_cpu_cs,
+           CENTISECONDS, standard="process_cpu_seconds_total"),
+    Sensor("process_resident_kib", 3, G, "Resident memory of this process, in KiB.", _process_rss_kib, KIB, standard="process_resident_memory_bytes"),
+    Sensor("machine_load1_x100", 4, G, "The machine's 1-minute load average, times 100.", _load_avg_x100, HUNDREDTHS),
+    Sensor("machine_mem_available_kib", 5, G, "The machine's available memory, in KiB.", _mem_available_kib, KIB),
+    Sensor("process_open_fds", 6, G, "File descriptors open in this process.", _open_fds, standard="process_open_fds"),
     # HTTP / HTTPS
     Sensor("http_connections_open", 10, G, "HTTP(S) connections open now, all bindings together."),
     Sensor("http_connections_accepted", 11, C, "HTTP(S) connections accepted and served."),
     Sensor("http_rejected_max_conn", 12, C, "HTTP(S) connections turned away by http_max_conn."),
     Sensor("http_rejected_max_conn_rate", 13, C, "HTTP(S) connections turned away by http_max_conn_rate."),
-    Sensor("http_timeouts", 14, C, "HTTP(S) connections closed for a slow or idle client (header, keep-alive or TLS handshake timeout)."),
+    Sensor("http_timeouts", 14, C, "HTTP(S) connections closed for a slow or idle client (header, keep-alive, TLS handshake or read/write timeout)."),
     Sensor("http_redirects", 15, C, "Plain-HTTP requests redirected to HTTPS."),
     Sensor("http_crowded_out", 16, C, "Idle HTTP(S) connections closed to let another client in, their client holding over half of http_max_conn."),
     # TFTP
@@ -99,6 +174,10 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("tftp_transfers_done", 21, C, "TFTP transfers completed."),
     Sensor("tftp_transfers_failed", 22, C, "TFTP transfers failed or refused."),
     Sensor("tftp_bytes_sent", 23, C, "Bytes of file data sent over TFTP (Counter32 wraps at 4 GiB)."),
+    Sensor("tftp_uploads_refused_full", 24, C, "TFTP uploads refused as disk full: the upload budget (tftp_upload_budget_mib) or the 10,000 files of uploads/ used up; nothing is deleted to make room."),
+    Sensor("tftp_uploads_refused_rate", 25, C, "TFTP uploads refused because their client had uploaded its tftp_upload_mib_per_hour."),
+    Sensor("tftp_first_packets_unacknowledged", 27, C, "TFTP transfers whose first packet (OACK, DATA 1 or ACK 0) was never acknowledged: given up 8 s after the request, or sooner to let another request have the slot."),
+    Sensor("tftp_sends_withheld", 28, C, "TFTP requests dropped and answers not sent because their source had not acknowledged what it was sent already (a spoofed source cannot draw more)."),
     # NTP
     Sensor("ntp_requests_answered", 30, C, "NTP requests answered."),
     Sensor("ntp_requests_refused", 31, C, "NTP requests dropped or answered with a kiss-o'-death (malformed, not mode 3, rate limited)."),
@@ -112,12 +191,20 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("ldap_searches_running", 46, G, "LDAP searches in progress now."),
     Sensor("ldap_oversize_closed", 47, C, "LDAP connections closed for a message over the size limit (small before a bind) or for unfinished input over the server's cap."),
     Sensor("ldap_buffered_bytes", 48, G, "Bytes of unfinished LDAP messages held now, all connections together."),
-    Sensor("ldap_longest_hold_microseconds", 49, G, "The most CPU time one piece of LDAP work (a slice of a search, or answering received messages) held the event loop for since the start, in microseconds."),
+    Sensor("ldap_longest_hold_microseconds", 49, G, "The most CPU time one piece of LDAP work (a slice of a search, or answering received messages) held the event loop for since the start, in microseconds.",
+           unit=MICROSECONDS),
     # SNMP
     Sensor("snmp_requests_answered", 50, C, "SNMP requests answered."),
     Sensor("snmp_rejected_address", 51, C, "SNMP requests dropped: source not in snmp_trusted."),
     Sensor("snmp_rejected_community", 52, C, "SNMP requests dropped: wrong community."),
     Sensor("snmp_rejected_version", 53, C, "SNMP requests dropped: not SNMP v1 (v2c, v3) or not decodable."),
+    # certificates (HTTPS and LDAPS)
+    Sensor("tls_certificate_days_left", 60, G, "Time until the served HTTPS/LDAPS certificate expires (the earliest of its ECDSA and RSA chains), in whole days; 0 in its last day or once expired.",
+           _certificate_days_left, DAYS),
+    Sensor("acme_certificates_issued", 61, C, "Certificates obtained from the ACME authority (each key type counts; renewals included)."),
+    Sensor("acme_attempts_failed", 62, C, "ACME issuance or renewal attempts that failed (retried later; the working certificate stays)."),
+    # phones (indexes 70-74)
+    Sensor("phones_seen_24h", 70, G, "Phones that fetched a provisioning file (TFTP or /prov/) in the last 24 hours.", _phones_seen_last_day),
 )
 
 

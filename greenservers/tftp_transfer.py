@@ -71,12 +71,14 @@ class Segmentation:
 
 
 class TransferDriver:
-    """Runs `machine` over `sock` until it is finished; `settled()` is called once only a dally remains."""
+    """Runs `machine` over `sock` until it is finished; `verified()` is called once the peer has
+    acknowledged the first packet, `settled()` once only a dally remains."""
 
     def __init__(self, sock: _socket.socket, machine: proto.Transfer, segmentation: Segmentation,
-                 batch: "SendBatch", settled):
+                 batch: "SendBatch", settled, verified=None):
         self.sock, self.fd, self.machine = sock, sock.fileno(), machine
         self.segmentation, self.batch, self.settled = segmentation, batch, settled
+        self.verified = verified  # None once called (or if nobody asked)
         self.backlog: list[bytes] = []  # datagrams a full socket buffer refused, sent by the greenlet
         self.paced: list[bytes] = []  # the rest of a big window, sent by the greenlet after PACE_SECONDS
         self.failure: BaseException | None = None  # raised in the callback, re-raised in the greenlet
@@ -125,6 +127,9 @@ class TransferDriver:
                 return
             now = time.monotonic()
             out = machine.receive(datagram, now)
+            if self.verified is not None and machine.verified:
+                verified, self.verified = self.verified, None
+                verified()
             overdue = machine.timeout(now)  # a stream of stray packets must not stall retransmission
             if overdue:
                 out += overdue

@@ -3,12 +3,13 @@
 gunicorn's master binds nothing (`bind = []` in gunicorn.conf.py); this one
 gevent worker binds every socket of every service through the binder,
 before anything serves, then serves HTTP and HTTPS side by side behind one
-connection gate and starts the UDP/TCP services. A bind failure exits with
+connection gate, starts the UDP/TCP services and the ACME manager. A bind failure exits with
 gunicorn's boot-error code, so the master stops at once with our message.
 
 Port changes apply live (`rebind`, called by Runtime.update for the API and
-the Ports page, and on SIGHUP — forwarded by the master, see
-greenservers.launch — after a hand edit of the file): new bindings are bound
+the Ports page, and when the file was changed by another process: noticed by
+`watch_config_file` within a second, or on SIGHUP, forwarded by the master,
+see greenservers.launch): new bindings are bound
 first and start serving, removed ones stop accepting (HTTP requests in
 flight finish), unchanged ones are not touched, so their connections and
 transfers carry on. If any new binding cannot be bound, nothing changes and
@@ -21,7 +22,9 @@ master binds nothing).
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 
@@ -31,16 +34,33 @@ from gunicorn.workers.ggevent import GeventWorker
 from . import binder, runtime as runtime_module
 from .allocator import return_large_blocks
 from .binder import BindError, Bound
-from .httpserver import CappedWSGIServer, https_redirect
+from .acme import AcmeManager
+from .files import tighten_install, user_name
+from .httpserver import CappedWSGIServer, plain_http_app
 from .proto.http import ConnectionGate
 from .runtime import BindingState, Runtime
 from .service import SERVICES, load_service_class
 from .settings import SettingsError
-from .store import ConfigFileError, ConfigStore
+from .store import ChangeWatch, ConfigFileError, ConfigStore
 from .tls import CertificateError, TLSContextHolder, ensure_certificate
 
 HTTP_SETTINGS = ("ip_http_port", "ip_https_port")
 WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR: the master stops instead of respawning
+
+
+def admin_page_url(settings, hostname: str) -> str | None:
+    """Where an administrator opens the Ports page: the first HTTPS binding (else HTTP).
+
+    A binding on every address is named by this host's name (the self-signed certificate
+    holds it); one on a single address by that address; the scheme's own port is left out.
+    """
+    for scheme, bindings, default_port in (("https", settings.ip_https_port, 443), ("http", settings.ip_http_port, 80)):
+        if bindings:
+            binding = bindings[0]
+            host = hostname if binding.is_wildcard else binding.display.rsplit(":", 1)[0]
+            port = "" if binding.port == default_port else f":{binding.port}"
+            return f"{scheme}://{host}{port}/settings/ports"
+    return None
 
 
 def _attach_to_gunicorn_log(gunicorn_log) -> None:
@@ -63,8 +83,12 @@ class GreenWorker(GeventWorker):
             settings = store.ensure_generated()
             for warning in settings.warnings:
                 self.log.warning("%s: %s", store.path, warning)
+            tightened = tighten_install(store.path, settings.data_path)
+            if tightened.changed or tightened.not_ours:
+                self.log.warning("%s and %s: %s", store.path, settings.data_path, tightened.summary())
             self.runtime = runtime_module.install(Runtime(store, settings))
             self.runtime.tls = TLSContextHolder(ensure_certificate(settings))
+            self.runtime.acme = AcmeManager(self.runtime)
             self.served_settings = set(HTTP_SETTINGS) | set(SERVICES)
             plan = binder.plan_for(settings, self.served_settings)
             self.bound = binder.bind_all(plan)
@@ -85,8 +109,11 @@ class GreenWorker(GeventWorker):
         for bound in self.bound:
             self._start(bound)
         runtime.rebinder = self.rebind
-        gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload_config))
-        self.log.info("greenservers serving: %s", ", ".join(f"{b.setting}={b.address}" for b in self.bound) or "nothing")
+        runtime.acme.start()
+        gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload_config, "SIGHUP"))
+        self.watcher = gevent.spawn(self.watch_config_file)
+        self.log.info("greenservers serving: %s; %s", ", ".join(f"{b.setting}={b.address}" for b in self.bound) or "nothing",
+                      self._where_to_go())
         while self.alive:
             self.notify()
             gevent.sleep(1.0)
@@ -158,27 +185,63 @@ class GreenWorker(GeventWorker):
         return lambda: self.rebind(old_settings)
 
     def _http_server(self, bound: Bound):
-        tls = self.runtime.tls if bound.setting == "ip_https_port" else None
-        app = self.wsgi if tls else https_redirect(self.wsgi, self.runtime)
-        return CappedWSGIServer(bound.sock, app, self.gate, self.runtime.sensors, tls_holder=tls, log=self.log, error_log=self.log)
+        if bound.setting == "ip_https_port":
+            return CappedWSGIServer(bound.sock, self.wsgi, self.gate, self.runtime.sensors, tls_holder=self.runtime.tls,
+                                    log=self.log, error_log=self.log)
+        acme = self.runtime.acme
+        return CappedWSGIServer(bound.sock, plain_http_app(self.wsgi, self.runtime), self.gate, self.runtime.sensors,
+                                challenges=lambda: acme.pending, log=self.log, error_log=self.log)
 
     def _service_for(self, setting: str):
         return self.services[SERVICES[setting]]
 
-    def reload_config(self):
+    def reload_config(self, cause: str):
         try:
             result = self.runtime.reload_from_file()
         except (SettingsError, ConfigFileError) as exc:
-            self.log.error("SIGHUP: configuration not reloaded, the running settings stay: %s", exc)
+            self.log.error("%s: configuration not reloaded, the running settings stay: %s", cause, exc)
             return
         except BindError as exc:
-            self.log.error("SIGHUP: bindings not changed, the old ones keep serving: %s", exc)
+            self.log.error("%s: bindings not changed, the old ones keep serving: %s", cause, exc)
             return
-        self.log.info("SIGHUP: configuration reloaded; changed: %s", ", ".join(result.changed) or "nothing")
+        self.log.info("%s: configuration reloaded; changed: %s", cause, ", ".join(result.changed) or "nothing")
+        if "admin_password_hash" in result.changed:
+            self.log.info("%s", self._where_to_go())
+
+    def _where_to_go(self) -> str:
+        """The admin page's URL on this host and whether its password is set (how to set it if not)."""
+        settings = self.runtime.settings
+        url = admin_page_url(settings, socket.gethostname())
+        where = f"admin page: {url}" if url else "admin page: none (no HTTP or HTTPS binding)"
+        if settings.admin_password_hash:
+            return f"{where} (user admin)"
+        command = f"{sys.executable} -m greenservers --config {self.runtime.store.path} passwd"
+        who = "" if os.geteuid() == 0 else f" (as {user_name(os.geteuid())} or root)"
+        return f"{where}; no admin password is set yet: run `{command}`{who}, the running server takes it within a second"
+
+    def watch_config_file(self):
+        """Apply what another process writes into the file (`passwd`, `setup`, a hand edit), as SIGHUP would.
+
+        Why the server looks rather than the command telling it: a command would need the
+        server's PID and the right to signal it (root beside a service user, `docker exec`,
+        another container sharing the volume), or a control socket to secure; a stat of one
+        file twice a second costs microseconds and also catches hand edits and any future
+        command. The store's ChangeWatch decides when a change is complete enough to read.
+        """
+        watch = ChangeWatch(self.runtime.store)
+        while self.alive:
+            gevent.sleep(watch.POLL_SECONDS)
+            change = watch.poll()
+            if change == watch.CHANGED:
+                self.reload_config("configuration file changed")
+            elif change == watch.GONE:
+                self.log.warning("%s is gone; the running settings stay until it is back", self.runtime.store.path)
 
     def _stop_all(self):
         deadline = time.monotonic() + self.cfg.graceful_timeout
         self.runtime.rebinder = None
+        self.runtime.acme.stop()
+        self.watcher.kill(block=False)
         for bound, server in self.servers:
             if isinstance(server, CappedWSGIServer):
                 server.close()

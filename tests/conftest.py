@@ -1,6 +1,10 @@
-"""Shared fixtures: `service` starts the real service with given settings and stops it after the test."""
+"""Shared fixtures: `service` starts the real service with given settings and stops it after the test; `open_tmp`."""
 
 from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -19,3 +23,12 @@ def service(tmp_path):
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def open_tmp():
+    """A temporary folder other users can reach (pytest's own is root's only): for tests that run as another user."""
+    path = Path(tempfile.mkdtemp(prefix="greenservers-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

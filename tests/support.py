@@ -60,11 +60,18 @@ def free_udp_port() -> int:
     return free_port(socket.SOCK_DGRAM)
 
 
+def run_cli(args: list[str], config: Path, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m greenservers ARGS` as a separate process on the configuration file `config`."""
+    return subprocess.run([sys.executable, "-m", "greenservers", *args], cwd=REPO, input=stdin, capture_output=True, text=True,
+                          env=dict(os.environ, GREENSERVERS_CONFIG=str(config), **(env or {})), timeout=60)
+
+
 class ServiceProcess:
     """greenservers run exactly as in production: gunicorn -c gunicorn.conf.py app:app."""
 
-    def __init__(self, directory: Path, settings: dict, env: dict | None = None):
+    def __init__(self, directory: Path, settings: dict, env: dict | None = None, umask: int = -1):
         self.directory = Path(directory)
+        self.umask = umask  # -1: the test's own
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path = self.directory / "greenservers.toml"
         full = {key: "" for key in BINDING_KEYS}
@@ -80,10 +87,14 @@ class ServiceProcess:
     # -- life cycle -------------------------------------------------------
 
     def start(self, timeout: float = 30.0, expect_ready: bool = True) -> "ServiceProcess":
+        """Start (or start again after stop()) and, unless told otherwise, wait for the ready line."""
+        if self._reader is not None:
+            self._reader.join(timeout)  # the last run's reader is done: it cannot set the event again
+        self._ready.clear()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "app:app"],
             cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
+            start_new_session=True, umask=self.umask,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -105,10 +116,11 @@ class ServiceProcess:
     def wait_exit(self, timeout: float = 15.0) -> int:
         return self.proc.wait(timeout)
 
-    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+    def wait_for_log(self, text: str, timeout: float = 10.0, since: int = 0) -> str:
+        """The first line holding `text`, among the lines from number `since` on (`len(self.lines)` before an action)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in list(self.lines):
+            for line in self.lines[since:]:
                 if text in line:
                     return line
             time.sleep(0.02)

@@ -266,6 +266,58 @@ def test_export_round_trip(filled, tmp_path):
         other.close()
 
 
+# -- CSV injection (issue 15, item 9) -------------------------------------------------
+
+
+FORMULA_CONTACTS = [
+    {"last_name": "Plus", "work": "+49-30-1234", "mobile": "-1-2", "home": "+ 49 (30) 5"},
+    {"company": "'s-Hertogenbosch Telecom", "email": "'quoted@example.com"},
+    {"last_name": "Marked", "work": "030 1"},
+]
+
+
+def test_no_exported_cell_starts_a_formula_and_the_export_imports_as_it_was(book, tmp_path):
+    for fields in FORMULA_CONTACTS:
+        book.add(fields)
+    exported = book.export_csv()
+    rows = list(csv.reader(io.StringIO(exported)))
+    cells = [cell for row in rows for cell in row]
+    assert not any(cell.startswith(ab.FORMULA_STARTS) for cell in cells)
+    plus = dict(zip(rows[0], rows[1]))
+    assert (plus["work"], plus["mobile"], plus["home"]) == ("'+49-30-1234", "'-1-2", "'+ 49 (30) 5")
+    quoted = dict(zip(rows[0], rows[2]))
+    assert (quoted["company"], quoted["email"]) == ("''s-Hertogenbosch Telecom", "''quoted@example.com")
+    assert rows[3][rows[0].index("work")] == "030 1"  # nothing added where nothing starts a formula
+    other = AddressBook(tmp_path / "other.sqlite3")
+    try:
+        assert other.import_csv(exported) == len(FORMULA_CONTACTS)
+        assert [c.fields() for c in other.contacts()] == [c.fields() for c in book.contacts()]
+        assert other.export_csv() == exported
+    finally:
+        other.close()
+
+
+def test_import_removes_only_the_apostrophe_an_export_adds(book):
+    # a file from elsewhere: a typed apostrophe before a number goes, one before a letter stays
+    book.import_csv("company,work\n's-Hertogenbosch,'+49 30 1\n")
+    contact = book.contacts()[0]
+    assert (contact.company, contact.work) == ("'s-Hertogenbosch", "+49 30 1")
+    with pytest.raises(ImportRejected, match="not a phone number"):
+        ab.parse_csv("last_name,work\nA,'0301\n")  # an apostrophe before a digit is not ours: kept, and refused
+
+
+@pytest.mark.parametrize("value", ["", "a", "'", "''", "'a", "'=", "=", "==", "\uff0b1", "@", "-", "\t1", "'\uff20", "''+"])
+def test_csv_cell_and_csv_value_undo_each_other(value):
+    cell = ab.csv_cell(value)
+    assert ab.csv_value(cell) == value
+    assert not cell.startswith(ab.FORMULA_STARTS)
+
+
+def test_names_may_not_start_a_formula_in_full_width_either(book):
+    with pytest.raises(ContactError, match="formula"):
+        book.add({"company": "\uff1dHYPERLINK(1)"})
+
+
 # -- version, subscribers, other processes ------------------------------------------
 
 

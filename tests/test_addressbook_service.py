@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import subprocess
 
 import requests
 
-from greenservers.addressbook import AddressBook
+from greenservers.addressbook import FORMULA_STARTS, AddressBook
 from greenservers.passwords import hash_password
 from support import free_port
 
@@ -45,8 +48,8 @@ def test_import_search_export_through_the_running_service(service, tmp_path):
     exported = curl("--fail", f"{api}/export")
     assert exported.returncode == 0
     assert exported.stdout.splitlines() == ["first_name,last_name,display_name,company,work,mobile,home,extension,email"] + [
-        f"First{i},Last{i},,Company {i % 7},+49 30 {i:07d},0171 {i:07d},,{100 + i},user{i}@example.com" for i in range(1000)
-    ]
+        f"First{i},Last{i},,Company {i % 7},'+49 30 {i:07d},0171 {i:07d},,{100 + i},user{i}@example.com" for i in range(1000)
+    ]  # a cell that would start a formula in a spreadsheet gets an apostrophe in front
 
     # The service keeps the contacts in data_dir; a change made to that file by
     # another process (here: this test) is seen by the service at once.
@@ -58,3 +61,29 @@ def test_import_search_export_through_the_running_service(service, tmp_path):
         outside.close()
     found = requests.get(api, params={"q": "elsewhere"}, auth=auth, timeout=10).json()
     assert [c["display_name"] for c in found] == ["Added Elsewhere"]
+
+
+def test_export_over_https_starts_no_formula_and_imports_back_the_same(service):
+    """Issue 15, item 9, with the real export: curl over HTTPS, then the export imported again."""
+    svc = service({"ip_https_port": f"127.0.0.1:{free_port()}", "admin_password_hash": hash_password(PASSWORD)})
+    api = svc.url("/api/addressbook", "https")
+    tls = ("--cacert", str(svc.cert_path))
+    contacts = [
+        {"last_name": "Plus", "work": "+49-30-1234", "mobile": "-1-2", "home": "+1 (555) 010-0100"},
+        {"company": "'s-Hertogenbosch Telecom", "email": "'quoted@example.com", "extension": "12#"},
+        {"first_name": "Plain", "work": "030 1234"},
+    ]
+    for fields in contacts:
+        added = curl(*tls, "--fail", "-H", "Content-Type: application/json", "--data-binary", json.dumps(fields), api)
+        assert added.returncode == 0, added.stderr
+    before = requests.get(api, auth=("admin", PASSWORD), verify=str(svc.cert_path), timeout=10).json()
+    exported = curl(*tls, "--fail", f"{api}/export")
+    assert exported.returncode == 0, exported.stderr
+    rows = list(csv.reader(io.StringIO(exported.stdout)))
+    assert not any(cell.startswith(FORMULA_STARTS) for row in rows for cell in row), rows
+    assert rows[1][4:6] == ["'+49-30-1234", "'-1-2"]
+    replaced = curl(*tls, "--fail", "-H", "Content-Type: text/csv", "--data-binary", exported.stdout, f"{api}/import?replace=1")
+    assert json.loads(replaced.stdout) == {"imported": 3, "total": 3}, replaced.stderr
+    after = requests.get(api, auth=("admin", PASSWORD), verify=str(svc.cert_path), timeout=10).json()
+    assert [{k: v for k, v in c.items() if k != "id"} for c in after] == [{k: v for k, v in c.items() if k != "id"} for c in before]
+    assert curl(*tls, "--fail", f"{api}/export").stdout == exported.stdout

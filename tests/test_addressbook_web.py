@@ -151,7 +151,8 @@ def test_change_invalid_and_missing(client, book):
     assert bad.status_code == 400 and "email" in bad.get_json()["errors"]["email"]
     assert book.get(anna.id) == anna
     assert client.put("/api/addressbook/9999", json={"company": "X"}, headers=AUTH).status_code == 404
-    assert client.put(f"/api/addressbook/{anna.id}", data="x", headers=AUTH).status_code == 400
+    assert client.put(f"/api/addressbook/{anna.id}", data="x", headers=AUTH).status_code == 415  # no Content-Type
+    assert client.put(f"/api/addressbook/{anna.id}", data="x", headers={**AUTH, "Content-Type": "application/json"}).status_code == 400
 
 
 def test_delete(client, book):

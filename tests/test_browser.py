@@ -3,11 +3,14 @@
 It logs in, enters a bad port list and sees the inline error, saves good
 changes, sees them on reload and in the configuration file, and saves
 screenshots of the Ports page to test-artifacts/ (desktop and phone width).
+A server started without an admin password opens its pages to the browser
+once `python -m greenservers passwd` has run beside it, without a restart.
 No downloads: the Debian chromium and chromedriver binaries are used.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from support import REPO, free_port, free_udp_port
+from support import REPO, free_port, free_udp_port, run_cli
 from test_web_auth import PASSWORD, PASSWORD_HASH
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -31,15 +34,21 @@ CHROMIUM_FLAGS = (
 )
 
 
-@pytest.fixture
-def browser(tmp_path):
+def start_chromium(profile: Path):
+    """Debian's headless Chromium through chromedriver, with its profile in `profile`; quit() ends both."""
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.add_argument(f"--user-data-dir={profile}")
     driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
     driver.set_page_load_timeout(20)
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = start_chromium(tmp_path / "chromium-profile")
     try:
         yield driver
     finally:
@@ -163,6 +172,12 @@ def test_ports_page_in_a_real_browser(service, browser):
     screenshot(browser, ARTIFACTS / "ports-page.png", 1100)
     screenshot(browser, ARTIFACTS / "ports-page-phone.png", 390, 844)
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), "page wider than a phone screen"
+    # the Certificate section: the generated pair, one row per key type, and the order of precedence
+    assert browser.find_element(By.ID, "cert-source").text == "self-signed"
+    rows = browser.find_element(By.ID, "cert-chains").text
+    assert "ECDSA" in rows and "RSA" in rows and "Served in this order" in browser.find_element(By.ID, "certificate").text
+    browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.ID, "certificate"))
+    browser.save_screenshot(str(ARTIFACTS / "ports-page-certificate.png"))
 
     # the address book page (rendered off the event loop in this request's context): a contact added
     # through the form, its flash message shown once
@@ -177,3 +192,22 @@ def test_ports_page_in_a_real_browser(service, browser):
     wait_for(browser, (By.ID, "f-display_name"))
     assert browser.find_elements(By.CSS_SELECTOR, ".flash") == []
     assert "Browser Added" in browser.find_element(By.ID, "contacts").text
+
+
+def test_passwd_opens_the_admin_pages_in_a_browser_without_a_restart(service, browser):
+    """The page says no password is set; `passwd` runs beside the server; reloading the page offers the login."""
+    svc = service({"ip_https_port": f"127.0.0.1:{free_port()}"})
+    page = svc.url("/settings/ports", scheme="https")
+    browser.get(page)
+    assert "No admin password is set yet" in wait_for(browser, (By.TAG_NAME, "h1")).text
+
+    result = run_cli(["passwd"], svc.config_path, stdin="browser password 7\n")
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 30
+    while not browser.find_elements(By.ID, "password") and time.monotonic() < deadline:
+        browser.get(page)  # what the page tells a person to do: reload it
+    assert "/login" in browser.current_url, browser.page_source[:500]
+    set_field(browser, "password", "browser password 7")
+    submit_login(browser)
+    wait_for(browser, (By.ID, "ip_https_port"))
+    assert browser.current_url == page

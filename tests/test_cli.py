@@ -8,12 +8,10 @@ import time
 import tomlkit
 
 from greenservers.passwords import verify_password
-from support import REPO
+from support import REPO, run_cli
 
 
-def run(args, config, stdin=None, env=None):
-    return subprocess.run([sys.executable, "-m", "greenservers", *args], cwd=REPO, input=stdin, capture_output=True, text=True,
-                          env=dict(os.environ, GREENSERVERS_CONFIG=str(config), **(env or {})), timeout=60)
+run = run_cli
 
 
 def test_check_config_prints_effective_settings_without_secrets(tmp_path):
@@ -99,3 +97,43 @@ def test_setup_at_a_terminal_asks_for_the_admin_password(tmp_path):
     os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0 and b"first-pw-1" not in screen
     assert verify_password("first-pw-1", tomlkit.parse(config.read_text())["admin_password_hash"])
+
+
+def test_phones_export_writes_templates_that_render_the_stock_bytes(tmp_path):
+    from greenservers import provisioning
+    from greenservers.phones import profiles
+    from greenservers.settings import Settings
+
+    config = tmp_path / "g.toml"
+    config.write_text('data_dir = "data"\nldap_password = "pw-1"\nphone_timezone = "Europe/Berlin"\n')
+    settings = Settings.from_raw({"data_dir": "data", "ldap_password": "pw-1", "phone_timezone": "Europe/Berlin"}, tmp_path)
+    names = ["y000000000000.boot", "001565abcdef.boot", "y000000000066.cfg", "snomD785.htm", "000000000000.cfg", "greenservers-poly.cfg",
+             "0004f2abcdef-phone.cfg", "cfg000b82abcdef.xml", "cfggxp2170.xml", "cfg.xml", "F0V00X600000.cfg", "spa504G.cfg",
+             "ConfigCommon.cfg", "ConfigKX-HDV130.cfg", "7c2f80abcdef.xml"]
+    stock = {name: provisioning.provide(settings, name, "192.0.2.1").data for name in names}
+    (tmp_path / "data" / "tftp").mkdir(parents=True)
+    (tmp_path / "data" / "tftp" / "cfg.xml.j2").write_text("mine\n")
+    result = run(["phones", "export"], config)
+    assert result.returncode == 0, result.stderr
+    assert "kept" in result.stdout and "cfg.xml.j2 (exists)" in result.stdout
+    assert (tmp_path / "data" / "tftp" / "cfg.xml.j2").read_text() == "mine\n"
+    assert (tmp_path / "data" / "tftp" / "snomD785.htm.j2").stat().st_mode & 0o777 == 0o600
+    for name in names:
+        content = provisioning.provide(settings, name, "192.0.2.1")
+        if name == "cfg.xml":
+            assert content.data == b"mine\n"
+            continue
+        assert content.found.stock is None, name  # now the administrator's template
+        assert content.data == stock[name], name
+    assert len(list((tmp_path / "data" / "tftp").glob("*.j2"))) == len(profiles.export_plan())
+
+
+def test_phones_export_one_vendor_and_a_wrong_one(tmp_path):
+    config = tmp_path / "g.toml"
+    config.write_text('data_dir = "data"\n')
+    result = run(["phones", "export", "cisco"], config)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "data" / "tftp").iterdir())[0] == "spa301.cfg.j2"
+    assert all(p.name.startswith("spa") for p in (tmp_path / "data" / "tftp").iterdir())
+    result = run(["phones", "export", "acme"], config)
+    assert result.returncode == 2 and "invalid choice: 'acme'" in result.stderr

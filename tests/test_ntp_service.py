@@ -234,8 +234,8 @@ def test_ntp_local_stratum_change_applies_without_restart(service):
     svc = service({"ip_ntp_port": f"127.0.0.1:{port}", "ntp_local_stratum": 8})
     first = ntplib.NTPClient().request("127.0.0.1", port=port, version=4, timeout=5).stratum
     svc.config_path.write_text(svc.config_path.read_text().replace("ntp_local_stratum = 8", "ntp_local_stratum = 9"))
-    svc.signal_master(signal.SIGHUP)
-    assert "ntp_local_stratum" in svc.wait_for_log("SIGHUP: configuration reloaded")
+    svc.signal_master(signal.SIGHUP)  # the server also notices the change by itself: whichever reload comes first
+    svc.wait_for_log("configuration reloaded; changed: ntp_local_stratum")
     expected = 9 if not read_kernel_clock().synchronised else first  # a synchronised clock ignores the setting
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # the clock state is rebuilt at most once a second

@@ -1,4 +1,9 @@
-"""deploy/mibs/GREENSERVERS-MIB.txt: rendered from the sensor registry, passes smilint, and net-snmp resolves every sensor."""
+"""deploy/mibs/GREENSERVERS-MIB.txt: rendered from the sensor registry, passes smilint, and net-snmp resolves every sensor.
+
+The IETF base modules it imports (SNMPv2-SMI, -TC, -CONF, -MIB) come from npm's
+net-snmp package, fetched by ./run-tests (tests/fetch-base-mibs) into the
+checkout's .test-cache/: nothing outside the checkout is used.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,14 @@ from greenservers.sensors import DECLARED
 from support import REPO
 
 MIB_FILE = REPO / "deploy" / "mibs" / "GREENSERVERS-MIB.txt"
-BASE_MIBS = REPO.parent / "shared" / "mibs"  # SNMPv2-SMI, -TC, -CONF (not copied into the project)
+BASE_MIBS = REPO / ".test-cache" / "base-mibs"  # SNMPv2-SMI, -TC, -CONF, -MIB (not copied into the project)
 REGENERATE = 'python -c "from greenservers.proto.snmp import render_mib; from greenservers.sensors import DECLARED; print(render_mib(DECLARED), end=\'\')" > deploy/mibs/GREENSERVERS-MIB.txt'
 
 
 @pytest.fixture
 def base_mibs():
-    """The IETF base modules beside the checkout (Debian ships them only in non-free); a clear failure without them."""
-    assert (BASE_MIBS / "SNMPv2-SMI.txt").is_file(), f"the base MIBs are not at {BASE_MIBS}: the checkout needs ../shared beside it, as on CI"
+    """The IETF base modules (Debian ships them only in non-free); a clear failure without them."""
+    assert (BASE_MIBS / "SNMPv2-SMI.mib").is_file(), f"the base MIBs are not in {BASE_MIBS}: run ./run-tests, which fetches them (tests/fetch-base-mibs)"
     return BASE_MIBS
 
 

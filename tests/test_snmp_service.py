@@ -244,19 +244,37 @@ def test_api_sensors_lists_every_sensor_with_oid_value_and_description(svc):
     assert sensor_value(svc, "snmp_requests_answered") >= answered  # the same counter over SNMP
 
 
-def test_metrics_in_the_prometheus_text_format(svc):
+def metric_samples(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_metrics_pass_promtool_in_base_units_with_the_standard_process_metrics(svc):
     assert requests.get(svc.url("/metrics"), timeout=10).status_code == 401
     response = api(svc, "GET", "/metrics")
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     text = response.text
-    for sensor in DECLARED:
-        metric = f"greenservers_{sensor.name}" + ("_total" if sensor.kind == "counter" else "")
-        assert f"# TYPE {metric} {sensor.kind}\n" in text
-        assert re.search(rf"^{metric} \d+$", text, re.M), metric
-    samples = [line for line in text.splitlines() if not line.startswith("#")]
-    assert len(samples) == len(DECLARED)
-    assert all(re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]* \d+", line) for line in samples)
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and check.stdout + check.stderr == "", check.stdout + check.stderr
+    samples = metric_samples(text)
+    snmp = {row["name"]: row["value"] for row in api(svc, "GET", "/api/sensors").json()["sensors"]}
+    for sensor in DECLARED:  # every sensor, under the name its declaration gives it
+        assert sensor.metric_name in samples, sensor.metric_name
+        assert f"# TYPE {sensor.metric_name} {sensor.kind}\n" in text
+    assert not [name for name in samples if re.search(r"centiseconds|_kib|_x100", name)]
+    # base units: the standard process metrics, and our own scaled ones
+    assert time.time() - 3600 < samples["process_start_time_seconds"] <= time.time()
+    assert samples["process_cpu_seconds_total"] > 0 and samples["process_open_fds"] > 0
+    assert 0.5 < samples["process_resident_memory_bytes"] / (snmp["process_resident_kib"] * 1024) < 2
+    assert 0.5 < samples["greenservers_machine_mem_available_bytes"] / (snmp["machine_mem_available_kib"] * 1024) < 2
+    assert samples["greenservers_snmp_requests_answered_total"] >= 1
+
+
+def test_metrics_in_openmetrics_when_the_scraper_asks_for_it(svc):
+    response = api(svc, "GET", "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"})
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert response.text.endswith("# EOF\n")
+    assert "# UNIT greenservers_machine_mem_available_bytes bytes\n" in response.text
 
 
 def test_sensors_page_shows_each_sensor(svc):

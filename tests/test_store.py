@@ -1,4 +1,4 @@
-"""The configuration file: comments survive rewrites; writes are atomic."""
+"""The configuration file: comments survive rewrites; writes are atomic; a change by another process is noticed."""
 
 import os
 import signal
@@ -10,7 +10,8 @@ import pytest
 import tomlkit
 
 from greenservers.settings import SettingsError
-from greenservers.store import ConfigFileError, ConfigStore
+from greenservers.passwords import hash_password
+from greenservers.store import ChangeWatch, ConfigFileError, ConfigStore
 
 HAND_WRITTEN = textwrap.dedent(
     """\
@@ -150,3 +151,67 @@ def test_temporary_files_of_ended_writers_are_removed_and_live_ones_kept(tmp_pat
         temp.write_text("half")
     ConfigStore(path)
     assert not orphan.exists() and live.exists() and other.exists()
+
+
+# -- a running server noticing that another process changed the file (ChangeWatch) ---------------
+
+
+def test_watch_reads_a_change_by_another_process_after_one_quiet_poll(tmp_path):
+    path = tmp_path / "g.toml"
+    ours = ConfigStore(path)
+    ours.create()
+    watch = ChangeWatch(ours)
+    assert watch.poll() is None
+    ours.update({"http_max_conn": 5})  # the server's own write: nothing to read again
+    assert watch.poll() is None
+    ConfigStore(path).update({"admin_password_hash": hash_password("pw")})  # `passwd`, an atomic rename
+    assert watch.poll() is None  # first seen: it might still be being written
+    assert watch.poll() == ChangeWatch.CHANGED
+    ours.load()
+    assert watch.poll() is None
+
+
+def test_watch_never_reads_a_hand_edit_while_it_is_being_written_in_place(tmp_path):
+    path = tmp_path / "g.toml"
+    ours = ConfigStore(path)
+    ours.create()
+    watch = ChangeWatch(ours)
+    whole = path.read_bytes().replace(b"http_max_conn = 1000", b"http_max_conn = 12")
+    with open(path, "r+b") as editor:  # an editor writing in place, slowly: valid TOML after every line
+        editor.truncate(0)
+        for line in whole.splitlines(keepends=True)[:40]:
+            editor.write(line)
+            editor.flush()
+            assert watch.poll() is None  # the file changed since the last look
+        editor.write(whole[editor.tell():])
+    assert watch.poll() is None
+    assert watch.poll() == ChangeWatch.CHANGED
+    assert ours.load().http_max_conn == 12
+
+
+def test_watch_tries_a_refused_file_again_only_when_it_changes_again(tmp_path):
+    path = tmp_path / "g.toml"
+    ours = ConfigStore(path)
+    ours.create()
+    watch = ChangeWatch(ours)
+    good = path.read_text()
+    path.write_text(good + "http_max_conn = \n")
+    assert (watch.poll(), watch.poll()) == (None, ChangeWatch.CHANGED)
+    with pytest.raises(ConfigFileError):
+        ours.load()
+    assert [watch.poll() for _ in range(5)] == [None] * 5  # logged once by the server, not again
+    path.write_text(good.replace("http_max_conn = 1000", "http_max_conn = 3"))
+    assert (watch.poll(), watch.poll()) == (None, ChangeWatch.CHANGED)
+    assert ours.load().http_max_conn == 3
+
+
+def test_watch_keeps_the_settings_when_the_file_is_gone_and_reads_it_when_back(tmp_path):
+    path = tmp_path / "g.toml"
+    ours = ConfigStore(path)
+    ours.create({"http_max_conn": 4})
+    watch = ChangeWatch(ours)
+    kept = path.read_bytes()
+    path.unlink()  # never taken for "all defaults": that would clear the password and move every port
+    assert [watch.poll() for _ in range(4)] == [ChangeWatch.GONE, None, None, None]
+    path.write_bytes(kept)
+    assert (watch.poll(), watch.poll()) == (None, ChangeWatch.CHANGED)

@@ -12,6 +12,7 @@ import struct
 import pytest
 
 from greenservers.proto import tftp as t
+from greenservers.proto.peers import TokenBuckets
 from vectors import tftp_vectors as v
 
 LIMITS = t.Limits(timeout=1.0, max_retries=3)
@@ -162,18 +163,23 @@ def test_blksize_8_sends_8_byte_blocks():
     assert machine.last_block == 6  # 5 full blocks and an empty final one
 
 
-@pytest.mark.parametrize("asked, granted", [("1", "1"), ("255", "255"), ("0", None), ("256", None), ("soon", None)])
-def test_timeout_option(asked, granted):
+@pytest.mark.parametrize("asked, granted", [
+    ("1", "1"), ("10", "10"), ("11", None), ("255", None), ("0", None), ("256", None), ("soon", None),
+])
+def test_timeout_option_over_ten_seconds_is_declined(asked, granted):
     negotiated = t.negotiate(t.parse_request(rrq(timeout=asked)), 1, LIMITS)
     assert negotiated.oack.get("timeout") == granted
     assert negotiated.timeout == (float(granted) if granted else LIMITS.timeout)
 
 
-def test_negotiated_timeout_drives_retransmission():
-    machine = read_machine(b"abc", rrq(timeout=5))
-    machine.start(0.0)
-    assert machine.timeout(4.9) == []
-    assert machine.timeout(5.0) == [machine.start(0.0)[0]]
+def test_negotiated_timeout_applies_once_the_oack_is_acknowledged():
+    machine = read_machine(b"abc" * 300, rrq(timeout=5))
+    oack = machine.start(0.0)
+    assert machine.timeout(1.0) == oack  # not agreed yet: our own 1 s
+    first = machine.receive(ack(0), 1.5)
+    assert [data_of(d)[0] for d in first] == [1]
+    assert machine.timeout(6.4) == []
+    assert machine.timeout(6.5) == first
 
 
 def test_tsize_option_reports_the_size_for_reads_and_checks_it_for_writes():
@@ -257,16 +263,119 @@ def test_duplicate_acks_never_cause_retransmission():
     assert [data_of(d)[0] for d in sent] == [2, 3]
 
 
-def test_timeouts_are_bounded_then_the_transfer_fails_silently():
-    machine = read_machine(b"x" * 100, rrq())
-    machine.start(0.0)
-    now, resent = 0.0, 0
+def run_timeouts(machine, now: float, step: float = 0.5) -> tuple[list[float], float]:
+    """Let the clock run until the machine gives up: when it sent something, and when it failed."""
+    sent_at = []
     while not machine.finished:
-        now += 1.0
-        resent += len(machine.timeout(now))
-        assert now < 100
-    assert resent == LIMITS.max_retries
-    assert machine.state is t.State.FAILED and machine.peer_vanished
+        now += step
+        if machine.timeout(now):
+            sent_at.append(now)
+        assert now < 1000
+    return sent_at, now
+
+
+def test_established_transfer_retransmits_max_retries_times_then_fails_silently():
+    machine = read_machine(b"x" * 1000, rrq())
+    machine.start(0.0)
+    machine.receive(ack(1), 0.1)  # established: DATA 2 is out
+    sent_at, failed_at = run_timeouts(machine, 0.1, step=1.0)
+    assert len(sent_at) == LIMITS.max_retries
+    assert machine.state is t.State.FAILED and machine.peer_vanished and not machine.unacknowledged
+
+
+@pytest.mark.parametrize("request_, first", [
+    (rrq(), t.OP_DATA),  # a plain request: DATA 1 is the first packet
+    (rrq(timeout=255, blksize=1428, tsize=0), t.OP_OACK),  # the attack: timeout 255, never acknowledged
+])
+def test_unacknowledged_first_packet_is_sent_twice_then_given_up_after_the_hold(request_, first):
+    machine = read_machine(b"x" * 4000, request_)
+    out = machine.start(0.0)
+    assert struct.unpack("!H", out[0][:2])[0] == first
+    assert "timeout" not in (oack_options(out[0]) if first == t.OP_OACK else {})
+    sent_at, failed_at = run_timeouts(machine, 0.0, step=0.25)
+    assert sent_at == [LIMITS.timeout] * LIMITS.first_packet_retries  # once more, after our own 1 s
+    assert failed_at == LIMITS.first_packet_hold
+    assert machine.state is t.State.FAILED and machine.peer_vanished and machine.unacknowledged
+
+
+def test_a_late_acknowledgement_within_the_hold_still_establishes_the_transfer():
+    """The client's own retransmission (its ACK again after 5-6 s) finds the transfer waiting."""
+    machine = read_machine(b"A" * 512 + b"B", rrq())
+    machine.start(0.0)
+    assert [data_of(d)[0] for d in machine.timeout(1.0)] == [1]
+    assert machine.timeout(6.0) == []
+    assert [data_of(d)[0] for d in machine.receive(ack(1), 6.0)] == [2]
+    assert machine.verified and machine.rto == LIMITS.timeout
+    assert machine.receive(ack(2), 6.1) == [] and machine.state is t.State.DONE
+
+
+def test_write_handshake_never_answered_is_given_up_like_a_read():
+    sink = Collector()
+    machine = write_machine(sink, blksize=1024)
+    assert oack_options(machine.start(0.0)[0]) == {"blksize": "1024"}
+    sent_at, failed_at = run_timeouts(machine, 0.0)
+    assert (sent_at, failed_at) == ([1.0], LIMITS.first_packet_hold)
+    assert machine.unacknowledged and sink.aborted
+
+
+# -- the allowance of unacknowledged bytes per source ------------------------------------
+
+
+def allowance(buckets: TokenBuckets, key: str = "192.0.2.9") -> t.Allowance:
+    return t.Allowance(buckets, key)
+
+
+def test_first_packets_are_taken_from_the_sources_bucket_and_refused_when_it_is_spent():
+    buckets = TokenBuckets(rate=0.0, capacity=1000)
+    machines = [read_machine(b"x" * 4000, rrq()) for _ in range(3)]
+    for machine in machines:
+        machine.allowance = allowance(buckets)
+    assert len(machines[0].start(0.0)[0]) == 516 and len(machines[1].start(0.0)[0]) == 516  # 1000 - 1032 < 0
+    assert machines[2].start(0.0) == []  # nothing sent: the transfer ends at once
+    assert machines[2].state is t.State.FAILED and machines[2].withheld
+    assert machines[0].timeout(1.0) == []  # the retransmission is withheld, as if lost...
+    assert machines[0].state is t.State.SENDING and machines[0].deadline == LIMITS.first_packet_hold  # ...the hold runs on
+    assert buckets.level("192.0.2.9", 1.0) == 1000 - 1032
+
+
+def test_an_acknowledgement_gives_the_bytes_back_and_established_transfers_take_none():
+    buckets = TokenBuckets(rate=0.0, capacity=10_000)
+    machine = read_machine(b"x" * 4000, rrq(blksize=1024))
+    machine.allowance = allowance(buckets)
+    oack = machine.start(0.0)
+    assert machine.timeout(1.0) == oack
+    assert buckets.level("192.0.2.9", 1.0) == 10_000 - 2 * len(oack[0])
+    machine.receive(ack(0), 1.1)
+    assert buckets.level("192.0.2.9", 1.1) == 10_000
+    machine.timeout(2.1)  # DATA 1 again: an established transfer is not charged
+    assert buckets.level("192.0.2.9", 2.1) == 10_000
+
+
+def test_a_write_is_verified_by_its_first_data_block():
+    buckets = TokenBuckets(rate=0.0, capacity=100)
+    sink = Collector()
+    machine = write_machine(sink)
+    machine.allowance = allowance(buckets)
+    assert machine.start(0.0) == [ack(0)] and buckets.level("192.0.2.9", 0.0) == 96
+    assert machine.receive(data(1, b"a" * 512), 0.1) == [ack(1)]
+    assert machine.verified and buckets.level("192.0.2.9", 0.1) == 100
+
+
+class RefusingSink(Collector):
+    def write(self, chunk: bytes) -> None:
+        if len(self.data) + len(chunk) > 600:
+            raise t.DiskFull("the upload budget is full")
+        super().write(chunk)
+
+
+def test_a_sink_refusing_a_write_aborts_the_upload_with_its_error():
+    sink = RefusingSink()
+    machine = write_machine(sink)
+    machine.start(0.0)
+    assert machine.receive(data(1, b"a" * 512), 0.0) == [ack(1)]
+    out = machine.receive(data(2, b"a" * 512), 0.1)
+    assert out == [t.encode_error(3, "the upload budget is full")]
+    assert sink.aborted and not sink.committed and machine.state is t.State.FAILED
 
 
 def test_oack_is_resent_on_timeout():
@@ -463,3 +572,88 @@ def test_write_peer_error_aborts():
 def test_request_with_options_tftpy_cannot_decode_is_served_without_options():
     req = t.parse_request(b"\x00\x01f\x00octet\x00multicast\x00\x00blksize\x001024\x00")
     assert (req.filename, req.mode, req.options) == ("f", "octet", {})
+
+
+# -- admission: slots and the sources' allowances -------------------------------------
+
+
+def admission(max_total: int = 4, max_per_client: int = 2) -> t.Admission:
+    gate = t.Admission(LIMITS, TokenBuckets(rate=0.0, capacity=0))
+    gate.configure(max_total, max_per_client)
+    return gate
+
+
+def test_a_client_over_its_limit_is_busy_until_its_oldest_unverified_transfer_is_past_its_retransmission():
+    gate = admission()
+    first, _ = gate.admit("a", 0.0)
+    second, _ = gate.admit("a", 0.5)
+    assert gate.admit("a", 0.9) == (None, [])  # a client's own burst: busy, as before
+    third, evicted = gate.admit("a", 1.0)  # the first has had its retransmission: its slot goes
+    assert third is not None and evicted == [first] and first.evicted and first.released
+    assert (gate.active, gate.per_client["a"]) == (2, 2)
+    gate.release(first)  # its owner ends later and releases again: nothing changes
+    assert (gate.active, gate.per_client["a"]) == (2, 2)
+
+
+def test_verified_transfers_are_never_evicted():
+    gate = admission()
+    for slot in (gate.admit("a", 0.0)[0], gate.admit("a", 0.0)[0]):
+        gate.verified(slot)
+    assert gate.admit("a", 100.0) == (None, [])
+
+
+def test_when_all_slots_are_taken_the_oldest_unverified_of_any_client_goes():
+    gate = admission(max_total=3)
+    a1, _ = gate.admit("a", 0.0)
+    gate.verified(a1)
+    b1, _ = gate.admit("b", 0.2)
+    c1, _ = gate.admit("c", 0.4)
+    slot, evicted = gate.admit("d", 1.3)
+    assert slot.client == "d" and evicted == [b1]  # a1 is verified, c1 too young
+    assert dict(gate.per_client) == {"a": 1, "c": 1, "d": 1}
+
+
+def test_the_per_client_limit_takes_the_clients_own_slot_not_anothers():
+    gate = admission(max_total=10)
+    b1, _ = gate.admit("b", 0.0)
+    a1, _ = gate.admit("a", 0.1)
+    gate.admit("a", 0.2)
+    assert gate.admit("a", 5.0)[1] == [a1]
+
+
+def test_a_sources_allowance_holds_its_first_packets_sent_twice_and_refills_in_a_minute():
+    gate = admission(max_per_client=8)
+    assert gate.buckets.capacity == 8 * 2 * 516 and gate.buckets.rate == 8 * 2 * 516 / t.ALLOWANCE_REFILL
+    assert gate.hears("192.0.2.9", "192.0.2.9", 0.0)
+    gate.buckets.take("192.0.2.9", 8 * 2 * 516, 0.0)
+    assert not gate.hears("192.0.2.9", "192.0.2.9", 0.0)
+    assert not gate.allowance("192.0.2.9", 0.0, transfer=False).permits(0.0)
+    assert gate.hears("192.0.2.10", "192.0.2.10", 0.0)  # another source has its own
+    assert gate.hears("192.0.2.9", "192.0.2.9", 0.1)
+
+
+def test_the_first_packet_is_paid_for_at_admission_so_a_burst_is_held_to_the_bucket():
+    gate = admission(max_total=100, max_per_client=100)
+    allowances = []
+    while gate.hears("192.0.2.9", "192.0.2.9", 0.0):  # a burst: none of its first packets is sent yet
+        allowances.append(gate.allowance("192.0.2.9", 0.0))
+    assert len(allowances) == 100 * 2  # capacity / FIRST_PACKET_MAX
+    machine = read_machine(b"x" * 4000, rrq(blksize=1024))
+    machine.allowance = allowances[0]
+    oack = machine.start(0.0)[0]  # a small OACK: the rest of its reservation goes back
+    assert gate.buckets.level("192.0.2.9", 0.0) == 516 - len(oack)
+    allowances[1].release(0.0)  # a transfer that ended without sending: its reservation goes back
+    assert gate.buckets.level("192.0.2.9", 0.0) == 2 * 516 - len(oack)
+
+
+def test_a_client_whose_slots_all_await_acknowledgement_is_not_heard_until_one_may_be_given_up():
+    gate = admission(max_per_client=2)
+    gate.admit("192.0.2.9", 0.0)
+    gate.admit("192.0.2.9", 0.2)
+    assert not gate.hears("192.0.2.9", "192.0.2.9", 0.5)  # not even "busy": it acknowledged nothing yet
+    assert gate.hears("192.0.2.9", "192.0.2.9", 1.0)  # the oldest is past its retransmission: its slot may go
+    verified, _ = gate.admit("192.0.2.8", 0.0)
+    gate.verified(verified)
+    gate.admit("192.0.2.8", 0.0)
+    assert gate.hears("192.0.2.8", "192.0.2.8", 0.5)  # a client that acknowledges is answered, if only "busy"
+    assert gate.admit("192.0.2.8", 0.5) == (None, [])

@@ -110,39 +110,28 @@ def test_template_error_names_template_and_line_and_yields_nothing(settings, nam
     assert f"{name}.j2" in caplog.text and f"line {line}" in caplog.text
 
 
-def test_uploads_create_new_files_only(settings):
-    target = p.upload_target(settings, "0004f2abcdef-app.log")
-    assert target == p.tftp_root(settings).resolve() / "uploads" / "0004f2abcdef-app.log"
-    upload = p.Upload(target)
-    upload.write(b"log line\n")
-    assert not target.exists()  # nothing visible before the end
-    upload.commit()
-    assert target.read_bytes() == b"log line\n"
-    with pytest.raises(p.AlreadyExists):
-        p.upload_target(settings, "uploads/0004f2abcdef-app.log")
-    assert os.listdir(target.parent) == ["0004f2abcdef-app.log"]
+@pytest.mark.parametrize("name", ["uploads/phone.log", "uploads/0004f2abcdef.cfg", "uploads/sub/x", "uploads"])
+def test_nothing_under_uploads_is_served(settings, name):
+    folder = p.tftp_root(settings) / "uploads"
+    (folder / "sub").mkdir(parents=True)
+    for upload in ("phone.log", "{mac}.cfg.j2", "sub/x"):
+        (folder / upload).write_text("<html>uploaded by a phone</html>\n")
+    with pytest.raises((p.Refused, p.NotFound)):
+        p.provide(settings, name, "192.0.2.10")
 
 
-def test_upload_racing_for_the_same_name_never_overwrites(settings):
-    first = p.Upload(p.upload_target(settings, "race.log"))
-    second = p.Upload(p.upload_target(settings, "race.log"))
-    first.write(b"first")
-    second.write(b"second")
-    first.commit()
-    with pytest.raises(p.AlreadyExists):
-        second.commit()
-    assert (first.target).read_bytes() == b"first"
-    assert sorted(os.listdir(first.target.parent)) == ["race.log"]
-
-
-def test_aborted_upload_leaves_nothing(settings):
-    upload = p.Upload(p.upload_target(settings, "gone.log"))
-    upload.write(b"half")
-    upload.abort()
-    assert os.listdir(upload.target.parent) == []
-
-
-@pytest.mark.parametrize("name", ["../x.log", "sub/x.log", "uploads/sub/x.log", "x.cfg.j2", "/tmp/x"])
-def test_upload_names_are_checked(settings, name):
-    with pytest.raises(p.Refused):
-        p.upload_target(settings, name)
+def test_a_link_into_uploads_is_not_served_and_templates_cannot_include_uploads(settings, caplog):
+    root = p.tftp_root(settings)
+    (root / "uploads").mkdir()
+    (root / "uploads" / "phone.log").write_text("uploaded\n")
+    os.symlink(root / "uploads" / "phone.log", root / "innocent.cfg")
+    os.symlink(root / "uploads", root / "logs")
+    for name in ("innocent.cfg", "logs/phone.log"):
+        with pytest.raises(p.Refused):
+            p.provide(settings, name, "192.0.2.10")
+    (root / "include.cfg.j2").write_text('{% include "uploads/phone.log" %}\n')
+    (root / "mac-include-{mac}.cfg.j2").write_text('{% include "logs/" ~ mac ~ ".log" %}\n')
+    (root / "uploads" / "0004f2abcdef.log").write_text("{{ ldap_password }}\n")
+    for name in ("include.cfg", "mac-include-0004f2abcdef.cfg"):
+        with pytest.raises(p.TemplateFailed):
+            p.provide(settings, name, "192.0.2.10")

@@ -254,18 +254,26 @@ def test_aborted_and_oversized_uploads_leave_no_file(writable):
 
 @pytest.mark.real_client
 def test_simultaneous_transfers_per_client_are_limited(writable):
+    """tftp_max_per_client is 2: with one transfer established and one awaiting its acknowledgement,
+    a third request is refused as busy. (A client whose every slot awaits an acknowledgement gets no
+    answer at all, and takes an old slot once it is past its retransmission: see test_tftp_abuse.)"""
     port = writable.port("ip_tftp_port")
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
     try:
-        answers = []
-        for sock in socks:  # each RRQ is left unacknowledged, so its transfer stays open
+        for sock in socks:
             sock.settimeout(5)
-            sock.sendto(rrq(b"big.bin"), ("127.0.0.1", port))
-            answers.append(sock.recvfrom(2000))
-        assert [reply[:4] for reply, _ in answers[:2]] == [b"\x00\x03\x00\x01"] * 2
-        assert answers[2][0][:4] == b"\x00\x05\x00\x00" and b"busy" in answers[2][0]
-        for sock, (_, tid) in zip(socks, answers[:2]):  # end the two so later tests start clean
-            sock.sendto(b"\x00\x05\x00\x00done\x00", tid)
+        socks[0].sendto(rrq(b"big.bin"), ("127.0.0.1", port))
+        first, tid = socks[0].recvfrom(2000)
+        socks[0].sendto(b"\x00\x04\x00\x01", tid)  # established; then left waiting for the ACK of DATA 2
+        assert first[:4] == b"\x00\x03\x00\x01" and socks[0].recv(2000)[:4] == b"\x00\x03\x00\x02"
+        socks[1].sendto(rrq(b"big.bin"), ("127.0.0.1", port))
+        second, tid2 = socks[1].recvfrom(2000)
+        assert second[:4] == b"\x00\x03\x00\x01"
+        socks[2].sendto(rrq(b"big.bin"), ("127.0.0.1", port))
+        busy = socks[2].recv(2000)
+        assert busy[:4] == b"\x00\x05\x00\x00" and b"busy" in busy
+        for sock, peer in ((socks[0], tid), (socks[1], tid2)):  # end the two so later tests start clean
+            sock.sendto(b"\x00\x05\x00\x00done\x00", peer)
         writable.wait_for_log("too many transfers")
     finally:
         for sock in socks:

@@ -28,7 +28,7 @@ def client_socket() -> gsocket.socket:
 
 def read_machine(data: bytes, max_retries: int = 2, **options) -> proto.ReadTransfer:
     request = proto.Request(False, "f", "octet", {k: str(v) for k, v in options.items()})
-    limits = proto.Limits(timeout=0.2, max_retries=max_retries)
+    limits = proto.Limits(timeout=0.2, max_retries=max_retries, first_packet_hold=0.6)
     return proto.ReadTransfer(proto.BytesSource(data), proto.negotiate(request, len(data), limits), limits)
 
 
@@ -129,15 +129,22 @@ def test_vanished_peer_ends_the_transfer_with_the_os_error():
     sock.close()
 
 
-def test_silent_peer_gets_bounded_retransmissions_then_the_transfer_fails():
+@pytest.mark.parametrize("acknowledged", [True, False])
+def test_silent_peer_gets_bounded_retransmissions_then_the_transfer_fails(acknowledged):
+    """Established (DATA 1 acknowledged): max_retries copies of DATA 2; never acknowledged: DATA 1 twice."""
     client = client_socket()
     machine = read_machine(os.urandom(2048))
     greenlet, sock = start_driver(machine, client)
     client.settimeout(5)
-    copies = [client.recvfrom(600)[0] for _ in range(1 + machine.max_retries)]
-    assert len(set(copies)) == 1 and copies[0][:4] == b"\x00\x03\x00\x01"
+    if acknowledged:
+        client.sendto(b"\x00\x04\x00\x01", client.recvfrom(600)[1])
+    copies = [client.recvfrom(600)[0] for _ in range(1 + (machine.max_retries if acknowledged else machine.first_retries))]
+    assert len(set(copies)) == 1 and copies[0][:4] == (b"\x00\x03\x00\x02" if acknowledged else b"\x00\x03\x00\x01")
     greenlet.get(timeout=5)
-    assert machine.state is proto.State.FAILED and machine.peer_vanished
+    assert machine.state is proto.State.FAILED and machine.peer_vanished and machine.unacknowledged is not acknowledged
+    client.settimeout(0.1)  # the transfer has ended: nothing more comes
+    with pytest.raises(TimeoutError):
+        client.recvfrom(600)
     sock.close()
 
 

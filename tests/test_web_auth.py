@@ -7,12 +7,14 @@ fresh configuration file in a temporary folder and the app around it.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 from pathlib import Path
 
 import pytest
 
+from greenservers.audit import AUDIT_FILE
 from greenservers.passwords import hash_password
 from greenservers.runtime import Runtime
 from greenservers.store import ConfigStore
@@ -195,6 +197,98 @@ def test_a_new_password_ends_existing_sessions(web):
     assert web.client.get("/settings/ports", headers=HTML).status_code == 302
 
 
+def _copy_of_session(web):
+    """Another client holding a copy of web.client's session cookie (as a thief would)."""
+    thief = web.app.test_client()
+    thief.set_cookie("greenservers_session", web.client.get_cookie("greenservers_session").value)
+    return thief
+
+
+def test_logout_ends_the_session_on_the_server_not_only_in_this_browser(web):
+    web.login()
+    thief = _copy_of_session(web)
+    assert thief.get("/settings/ports", headers=HTML).status_code == 200
+    assert web.client.post("/logout", data={"csrf_token": web.page_token()}).status_code == 303
+    assert thief.get("/settings/ports", headers=HTML).status_code == 302
+    assert thief.get("/api/settings/ports").status_code == 401
+    assert len(web.app.extensions["greenservers_auth"]["sessions"]) == 0
+
+
+def test_changing_the_password_on_the_page_ends_every_other_session(web):
+    other = web.app.test_client()
+    web.login(client=other)
+    web.login()
+    thief = _copy_of_session(web)
+    form = {"csrf_token": web.page_token(), "current_password": PASSWORD, "new_password": "a new one", "new_password_again": "a new one"}
+    answer = web.client.post("/settings/password", data=form, headers=HTML)
+    assert answer.status_code == 303 and answer.location == "/settings/ports"
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 200  # the changer stays, with a new session
+    for client in (other, thief):
+        assert client.get("/settings/ports", headers=HTML).status_code == 302
+    script = web.app.test_client()  # HTTP Basic, no session
+    assert script.get("/api/settings/ports", headers=basic()).status_code == 401
+    assert script.get("/api/settings/ports", headers=basic(password="a new one")).status_code == 200
+    audit = json.loads((web.runtime.settings.data_path / AUDIT_FILE).read_text().splitlines()[-1])
+    assert audit["changes"] == [{"setting": "admin_password_hash", "old": "(set)", "new": "(changed)"}] and audit["via"] == "web page"
+    assert "a new one" not in web.config_text
+
+
+@pytest.mark.parametrize(("form", "field"), [
+    ({"current_password": "wrong", "new_password": "n", "new_password_again": "n"}, "current_password"),
+    ({"current_password": PASSWORD, "new_password": "n", "new_password_again": "m"}, "new_password_again"),
+    ({"current_password": PASSWORD, "new_password": "", "new_password_again": ""}, "new_password"),
+])
+def test_a_refused_password_change_changes_nothing(web, form, field):
+    web.login()
+    before = web.config_text
+    answer = web.client.post("/settings/password", data={"csrf_token": web.page_token(), **form}, headers=HTML)
+    assert answer.status_code == 400 and f'id="e-{field}"' in answer.text
+    assert PASSWORD not in answer.text and "wrong" not in answer.text.replace("is wrong", "")
+    assert web.config_text == before
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 200
+
+
+def test_the_password_api_checks_the_current_one_and_counts_failures(web):
+    url = "/api/settings/password"
+    for _ in range(LOGIN_LIMIT):
+        answer = web.client.put(url, json={"current_password": "guess", "new_password": "mine now"}, headers=basic())
+        assert answer.status_code == 400 and "current_password" in answer.json["errors"]
+    assert web.client.put(url, json={"current_password": PASSWORD, "new_password": "x"}, headers=basic()).status_code == 429
+    web.clock.now += LOGIN_WINDOW + 1
+    answer = web.client.put(url, json={"current_password": PASSWORD, "new_password": "mine now"}, headers=basic())
+    assert answer.status_code == 200 and answer.json == {"changed": True, "sessions_ended": True}
+    assert web.client.get("/api/settings/ports", headers=basic(password="mine now")).status_code == 200
+    assert "mine now" not in web.config_text
+
+
+def test_a_password_set_in_the_file_by_passwd_ends_every_session_once_read(web):
+    web.login()
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 200
+    ConfigStore(web.store.path).update({"admin_password_hash": hash_password("from the shell")})  # as the CLI does
+    web.runtime.reload_from_file()  # as the worker does when it sees the file changed
+    assert web.client.get("/settings/ports", headers=HTML).status_code == 302
+    script = web.app.test_client()
+    assert script.get("/api/settings/ports", headers=basic(password="from the shell")).status_code == 200
+    assert script.get("/api/settings/ports", headers=basic()).status_code == 401
+
+
+def test_admin_sessions_are_bounded_and_end_with_age_password_or_close():
+    from greenservers.web.sessions import AdminSessions
+
+    clock = FakeClock()
+    sessions = AdminSessions(max_age=100, limit=3, clock=clock)
+    first, second, third = (sessions.open("fp") for _ in range(3))
+    assert all(sessions.valid(sid, "fp") for sid in (first, second, third))
+    assert sessions.valid(first, "fp")  # now the most recently used: the second goes first
+    fourth = sessions.open("fp")
+    assert len(sessions) == 3 and not sessions.valid(second, "fp") and sessions.valid(first, "fp")
+    assert not sessions.valid(third, "another password") and not sessions.valid(third, "fp")
+    sessions.close(fourth)
+    assert not sessions.valid(fourth, "fp") and not sessions.valid(None, "fp") and not sessions.valid(["x"], "fp")
+    clock.now += 100
+    assert not sessions.valid(first, "fp") and len(sessions) == 0
+
+
 # -- failed-login rate limit ------------------------------------------------------------
 
 
@@ -257,6 +351,52 @@ def test_api_put_with_session_cookie_needs_the_csrf_header(web):
     assert web.runtime.settings.http_max_conn == 1000
     answer = web.client.put("/api/settings/ports", json={"http_max_conn": 5}, headers={"X-CSRF-Token": web.page_token()})
     assert answer.status_code == 200 and web.runtime.settings.http_max_conn == 5
+
+
+def test_a_view_added_later_is_guarded_without_saying_so(tmp_path):
+    """The check is not per view: a new route that changes state needs the token like every form."""
+    web = WebFixture(tmp_path)
+    calls = []
+    web.app.add_url_rule("/later", "later", lambda: calls.append(1) or "done", methods=["POST", "DELETE"])
+    for method in ("POST", "DELETE"):
+        for headers in ({}, basic(), {**basic(), "Content-Type": "application/json"}):
+            assert web.client.open("/later", method=method, headers=headers, data="{}").status_code == 403
+    web.login()
+    assert web.client.post("/later", data={"csrf_token": web.page_token()}).status_code == 200
+    assert calls == [1]
+
+
+def test_until_a_password_is_set_nothing_changes_state(tmp_path):
+    web = WebFixture(tmp_path, password=False)
+    web.app.add_url_rule("/later", "later", lambda: "done", methods=["POST"])
+    assert web.client.post("/later").status_code == 503
+    assert web.client.post("/logout").status_code == 503
+
+
+@pytest.mark.parametrize(("origin", "host", "same"), [
+    ("https://pbx.example:8443", "pbx.example:8443", True),
+    ("https://PBX.example:443", "pbx.example", True),
+    ("https://pbx.example", "pbx.example:443", True),
+    ("https://[::1]:8443", "[::1]:8443", True),
+    ("http://pbx.example:8443", "pbx.example:8443", False),
+    ("https://pbx.example:8444", "pbx.example:8443", False),
+    ("https://pbx.example.evil.example", "pbx.example", False),
+    ("null", "pbx.example", False),
+])
+def test_origin_is_compared_as_scheme_host_and_port(web, origin, host, same):
+    answer = web.client.put("/api/settings/ports", json={"http_max_conn": 7}, base_url=f"https://{host}",
+                            headers={**basic(), "Origin": origin})
+    assert answer.status_code == (200 if same else 403), answer.text
+    assert (web.runtime.settings.http_max_conn == 7) == same
+
+
+def test_an_api_body_is_checked_whatever_carries_the_token(web):
+    web.login()
+    token = {"X-CSRF-Token": web.page_token()}
+    answer = web.client.put("/api/settings/ports", data='{"http_max_conn": 7}', headers={**token, "Content-Type": "text/plain"})
+    assert answer.status_code == 415 and "application/json" in answer.json["error"]
+    assert web.runtime.settings.http_max_conn == 1000
+    assert web.client.put("/api/settings/ports", json={"http_max_conn": 7}, headers=token).status_code == 200
 
 
 # -- headers ------------------------------------------------------------------------------

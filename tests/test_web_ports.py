@@ -71,6 +71,32 @@ def test_page_lists_every_ports_setting_grouped_with_descriptions(web):
     assert 'value="1000"' in page  # http_max_conn's current value
 
 
+KNOWN_LABELS = {  # as phone systems' Ports pages name them
+    "ip_http_port": "HTTP Port", "ip_https_port": "HTTPS Port",
+    "http_max_conn_rate": "Maximum number of HTTP connections per second",
+    "http_max_conn": "Maximum number of HTTP connections (total)", "http_redirect_https": "Redirect to HTTPS",
+    "ip_snmp_port": "SNMP Port", "snmp_trusted": "SNMP Trusted Addresses", "snmp_community": "SNMP Community",
+    "ip_tftp_port": "TFTP Port", "tftp_write": "Allow TFTP Write", "ip_ntp_port": "NTP Port", "ntp_server": "NTP Server",
+    "ip_ldap_port": "LDAP Port (TCP, StartTLS)", "ip_ldaps_port": "LDAP Port (TLS)",
+}
+
+
+def test_every_setting_is_declared_with_a_label_of_its_own():
+    labels = {s.name: s.label for s in DECLARATIONS}
+    assert all(labels.values()), [name for name, label in labels.items() if not label]
+    assert len(set(labels.values())) == len(labels)
+    assert {name: labels[name] for name in KNOWN_LABELS} == KNOWN_LABELS
+
+
+def test_each_field_is_labelled_by_its_label_with_the_key_beside_it(web):
+    page = web.client.get("/settings/ports", headers=HTML).text
+    for setting in (s for s in DECLARATIONS if s.on_ports_page):
+        match = re.search(rf'<label[^>]* for="{setting.name}">(.*?)</label>', page, re.S)
+        assert match, setting.name
+        text = html.unescape(re.sub(r"<input[^>]*>", "", match.group(1))).strip()
+        assert text.startswith(f'{setting.label} <code class="key">{setting.name}</code>'), text
+
+
 def test_page_shows_whether_each_service_is_on(web):
     page = web.client.get("/settings/ports", headers=HTML).text
     assert "NTP: on" in page and "<code>[::]:1123</code>" in page
@@ -83,7 +109,7 @@ def test_page_never_contains_secret_values(web):
     page = web.client.get("/settings/ports", headers=HTML).text
     assert COMMUNITY not in page and LDAP_PASSWORD not in page
     assert "admin_password_hash" not in page and "scrypt$" not in page
-    assert re.search(r'<code>snmp_community</code> <span class="secret-state">\(set\)</span>', page)
+    assert re.search(r'<code class="key">snmp_community</code> <span class="secret-state">\(set\)</span>', page)
     assert re.search(r'<input type="password" id="snmp_community" name="snmp_community" value=""', page)
 
 

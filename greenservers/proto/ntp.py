@@ -47,12 +47,11 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, NamedTuple
 
-from .peers import client_key
+from .peers import TokenBuckets, client_key
 
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 (NTP era 0) to 1970-01-01
 PACKET_LEN = 48
@@ -253,34 +252,26 @@ LIMIT_TABLE = {
 }
 
 
-class RateLimiter:
-    """Token bucket per client in bounded memory; `check(key, now)` gives the Verdict.
+class RateLimiter(TokenBuckets):
+    """A token bucket of requests per client (see peers.TokenBuckets); `check(key, now)` gives the Verdict.
 
     Every request takes a token, answered or not, and the bucket may go as
     far into debt as it can hold: a client sending faster than the rate
     stays limited; one that slows down is answered again after at most
-    2 * burst / rate seconds.
+    2 * burst / rate seconds. Each entry also keeps when the client's next KoD is due.
     """
 
     def __init__(self, rate: float = RATE_PER_SECOND, burst: int = BURST, kod_interval: float = KOD_INTERVAL,
                  max_clients: int = MAX_CLIENTS):
-        self.rate, self.burst, self.kod_interval, self.max_clients = rate, burst, kod_interval, max_clients
-        self._clients: OrderedDict[str, list[float]] = OrderedDict()  # key -> [tokens, last seen, next KoD at]
+        super().__init__(rate, burst, max_clients)
+        self.kod_interval = kod_interval
 
-    def __len__(self) -> int:
-        return len(self._clients)
+    def new_entry(self, now: float) -> list:
+        return [float(self.capacity), now, now]  # tokens, last refill, next KoD at
 
     def check(self, key: str, now: float) -> Verdict:
-        entry = self._clients.get(key)
-        if entry is None:
-            if len(self._clients) >= self.max_clients:
-                self._clients.popitem(last=False)  # forget the least recently seen client
-            entry = self._clients[key] = [float(self.burst), now, now]
-        else:
-            self._clients.move_to_end(key)
-            entry[0] = min(float(self.burst), entry[0] + max(0.0, now - entry[1]) * self.rate)
-            entry[1] = now
-        entry[0] = max(-float(self.burst), entry[0] - 1.0)
+        entry = self.entry(key, now)
+        entry[0] = max(-float(self.capacity), entry[0] - 1.0)
         kod_due = now >= entry[2]
         verdict = LIMIT_TABLE[(entry[0] >= 0.0, kod_due)]
         if verdict is Verdict.KISS:

@@ -20,7 +20,13 @@ Options (RFC 2347 OACK) understood here:
 - blksize (RFC 2348): 8..65464 octets; larger requests are lowered to our maximum.
 - tsize (RFC 2349): the file size for a read; the announced size for a write
   (refused with "disk full" when over the upload limit).
-- timeout (RFC 2349): 1..255 s, our retransmission timeout.
+- timeout (RFC 2349): 1..MAX_TIMEOUT (10) s, our retransmission timeout once
+  the transfer is established. RFC 2349 allows 1..255, and so do tftp-hpa's
+  in.tftpd and atftpd; but the server must use the client's value or leave the
+  option out of the OACK, and 255 s x 6 attempts let one never-answered request
+  hold a transfer for 25 minutes (in.tftpd backs off to 63 x the timeout: 4.5
+  hours). Clients ask for little: curl 6 s, U-Boot 5 s; one that asks for more
+  is served with our own 1 s, which only means earlier retransmissions.
 - windowsize (RFC 7440): blocks sent per acknowledgement, 1..MAX_WINDOWSIZE.
 Unknown or out-of-range options are left out of the OACK (RFC 2347); when no
 option is left, the transfer starts as in plain RFC 1350 (DATA 1 or ACK 0).
@@ -43,11 +49,35 @@ commit answers an ERROR instead; any failure aborts the sink.
 
 Block numbers are 16 bits on the wire and kept unbounded inside; past 65535
 they roll over to 0, as tftp-hpa, curl and atftp expect. A timeout resends
-the last window (or OACK / ACK) at most `max_retries` times, then the
-transfer fails silently (the peer has vanished).
+the last window (or ACK) at most `max_retries` times, then the transfer
+fails silently (the peer has vanished).
+
+The first packet (the OACK, DATA 1 of a request without options, or a
+write's ACK 0) goes to an address nobody has verified: a request's source is
+trivially spoofed, and whatever we send it is reflected at whoever owns that
+address. Until the peer acknowledges it (ACK 0 or 1, or DATA 1), a transfer
+is *unverified*: the first packet is sent again `first_packet_retries` (1)
+times after our own 1 s timeout (a negotiated timeout takes effect with the
+OACK's acknowledgement), the transfer then waits for a late acknowledgement
+until `first_packet_hold` (8 s: a client's own retransmission, after its 5 or
+6 s timeout, still finds it) and gives up. Every byte sent while unverified
+is taken from an `Allowance`: the source's bucket of unacknowledged bytes,
+shared by all its transfers (see `Admission`); what the bucket refuses is not
+sent (as if lost; a first packet refused ends the transfer at once), and the
+bytes come back to the bucket when the peer acknowledges.
 
 Each machine's dispatch is a table (state, event) -> handler with a named
 fallback, `_on_unexpected`.
+
+`Admission` is the admission policy of the whole server: transfers per
+client and in total are limited, but an unverified transfer past its first
+retransmission (a real client would have answered by then) holds its slot
+only until someone needs it: a request that finds the limits reached takes
+the slot of the oldest such transfer (of the same client when the per-client
+limit is what is reached), and is refused as busy only when every slot is
+held by a verified or a younger transfer (not even answered when every slot
+of its own client awaits an acknowledgement). It also keeps the sources'
+allowances: a request from a source whose allowance is spent is not read.
 """
 
 from __future__ import annotations
@@ -56,6 +86,7 @@ import bisect
 import enum
 import logging
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -73,7 +104,7 @@ DEFAULT_BLKSIZE = 512
 MIN_BLKSIZE = 8
 MAX_BLKSIZE = 65464  # RFC 2348: the largest that fits a UDP datagram
 MAX_WINDOWSIZE = 64  # bounds the burst one ACK can cause
-MAX_TIMEOUT = 255
+MAX_TIMEOUT = 10  # seconds; larger timeout options are declined (see the module docstring)
 MAX_NETASCII_BYTES = 16 * 1024 * 1024  # converting needs one pass over the file: text files only
 BLOCK_MODULO = 1 << 16
 MODES = ("octet", "netascii")
@@ -220,6 +251,8 @@ class Limits:
     max_windowsize: int = MAX_WINDOWSIZE
     timeout: float = 1.0  # retransmission timeout unless the client negotiates one
     max_retries: int = 5
+    first_packet_retries: int = 1  # the unacknowledged first packet is sent again this often...
+    first_packet_hold: float = 8.0  # ... and a late acknowledgement is awaited this long in all
     upload_max_bytes: int = 16 * 1024 * 1024
 
 
@@ -292,7 +325,8 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes) -> None:
+        """Keep the next piece; raise TftpError to refuse it (a budget or quota): the transfer is aborted."""
 
     def commit(self) -> None:
         """Make the upload visible; raise TftpError to refuse it."""
@@ -404,20 +438,74 @@ FINISHED = (State.DONE, State.FAILED)
 STREAMING = (State.SENDING, State.RECEIVING)  # the states a transfer spends its packets in
 
 
+class Allowance:
+    """What one transfer may send its peer before the peer acknowledges anything.
+
+    Bytes are taken from the peer's bucket in `buckets` (a peers.TokenBuckets
+    shared by all transfers of that source) while it is above zero, and given
+    back when the peer acknowledges: an honest client never runs short, a
+    spoofed source can draw only what its bucket holds and what refills. The
+    first packet is paid for in advance (`reserved`, see Admission.allowance),
+    when the request is admitted: a burst of requests from one source is
+    then held to what its bucket holds, though their first packets are sent later.
+    """
+
+    def __init__(self, buckets, key: str):
+        self.buckets, self.key, self.taken, self.reserved = buckets, key, 0, 0
+
+    def reserve(self, size: int, now: float) -> None:
+        self.buckets.take(self.key, size, now)
+        self.reserved += size
+
+    def permits(self, now: float) -> bool:
+        """Whether anything more may be sent (the bucket may then go below zero by that one send)."""
+        return self.reserved > 0 or self.buckets.level(self.key, now) > 0
+
+    def take(self, size: int, now: float) -> None:
+        """Pay for a send: from the reservation (what it does not need goes back), else from the bucket."""
+        change = self.reserved - size
+        self.reserved = 0
+        if change > 0:
+            self.buckets.give(self.key, change, now)
+        elif change < 0:
+            self.buckets.take(self.key, -change, now)
+        self.taken += size
+
+    def refund(self, now: float) -> None:
+        """The peer acknowledged: all it was sent, and any reservation left, go back to its bucket."""
+        self.release(now)
+        if self.taken:
+            self.buckets.give(self.key, self.taken, now)
+            self.taken = 0
+
+    def release(self, now: float) -> None:
+        """The transfer is over: a reservation it did not use goes back."""
+        if self.reserved:
+            self.buckets.give(self.key, self.reserved, now)
+            self.reserved = 0
+
+
 class Transfer:
-    """Common part of both machines: dispatch, retransmission bookkeeping, failure."""
+    """Common part of both machines: dispatch, the first packet's schedule, retransmission bookkeeping, failure."""
 
     TABLE: dict[tuple[State, Event], str] = {}
 
-    def __init__(self, negotiated: Negotiated, limits: Limits):
+    def __init__(self, negotiated: Negotiated, limits: Limits, allowance: Allowance | None = None):
         self.blksize = negotiated.blksize
         self.windowsize = negotiated.windowsize
-        self.rto = negotiated.timeout
+        self.rto = limits.timeout  # ours until the peer acknowledges: the options are not agreed before
+        self.negotiated_rto = negotiated.timeout
         self.oack = negotiated.oack
         self.max_retries = limits.max_retries
+        self.first_retries, self.first_hold = limits.first_packet_retries, limits.first_packet_hold
+        self.allowance = allowance
         self.state: State | None = None
         self.deadline: float | None = None
+        self.started_at = 0.0
         self.retries = 0
+        self.verified = False  # the peer acknowledged our first packet: it is at the address it claims
+        self.unacknowledged = False  # failed because the first packet was never acknowledged
+        self.withheld = False  # failed at once: the source's allowance did not permit the first packet
         self.failure: str | None = None  # why it failed, for the log
         self.peer_vanished = False  # failed by timeouts or the peer's own ERROR: nothing to log loudly
         self._handlers = {key: getattr(self, name) for key, name in self.TABLE.items()}  # bound once: a hot path
@@ -426,6 +514,28 @@ class Transfer:
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
+
+    def start(self, now: float) -> list[bytes]:
+        """The first packet (the OACK, DATA 1 or ACK 0), if the source's allowance permits it."""
+        self.started_at = now
+        if self.allowance is None:
+            return self._first_packet(now)
+        if not self.allowance.permits(now):
+            self._fail("nothing sent: the source's allowance of unacknowledged bytes is spent", vanished=True)
+            self.withheld = True
+            return []
+        out = self._first_packet(now)
+        self.allowance.take(sum(map(len, out)), now)
+        return out
+
+    def _first_packet(self, now: float) -> list[bytes]:
+        raise NotImplementedError
+
+    def _verify(self, now: float) -> None:
+        """The peer acknowledged our first packet: the negotiated timeout applies, the allowance comes back."""
+        self.verified, self.rto, self.retries = True, self.negotiated_rto, 0
+        if self.allowance is not None:
+            self.allowance.refund(now)
 
     def receive(self, datagram: bytes, now: float) -> list[bytes]:
         try:
@@ -438,7 +548,15 @@ class Transfer:
     def timeout(self, now: float) -> list[bytes]:
         if self.deadline is None or now < self.deadline:
             return []
-        return self._dispatch(Event.TIMEOUT, None, now)
+        if self.verified or self.allowance is None:
+            return self._dispatch(Event.TIMEOUT, None, now)
+        # unverified: a timeout sends the first packet again, if the allowance permits
+        if not self.allowance.permits(now):
+            self._retry(now)  # the schedule runs on as if this copy were lost on the way
+            return []
+        out = self._dispatch(Event.TIMEOUT, None, now)
+        self.allowance.take(sum(map(len, out)), now)
+        return out
 
     def _dispatch(self, event: Event, packet, now: float) -> list[bytes]:
         return self._handlers.get((self.state, event), self._on_unexpected)(packet, now)
@@ -458,6 +576,14 @@ class Transfer:
     def _retry(self, now: float) -> bool:
         """Count one retransmission; False (and failed) when the retries are used up."""
         self.retries += 1
+        if not self.verified:
+            if self.retries > self.first_retries:
+                self._fail(f"first packet not acknowledged within {self.first_hold:g} s", vanished=True)
+                self.unacknowledged = True
+                return False
+            # the last retransmission of the first packet: then only wait, until the hold is over
+            self.deadline = now + self.rto if self.retries < self.first_retries else self.started_at + self.first_hold
+            return True
         if self.retries > self.max_retries:
             self._fail(f"no answer after {self.max_retries} retransmissions", vanished=True)
             return False
@@ -480,8 +606,8 @@ class ReadTransfer(Transfer):
         (State.SENDING, Event.ERROR): "_on_peer_error",
     }
 
-    def __init__(self, source: Source, negotiated: Negotiated, limits: Limits = Limits()):
-        super().__init__(negotiated, limits)
+    def __init__(self, source: Source, negotiated: Negotiated, limits: Limits = Limits(), allowance: Allowance | None = None):
+        super().__init__(negotiated, limits, allowance)
         self.source = source
         self.last_block = source.size // self.blksize + 1  # the first short block ends the file
         self.acked = 0  # highest block the client acknowledged
@@ -489,9 +615,10 @@ class ReadTransfer(Transfer):
         self.bytes_sent = 0
         self._data_packet = TftpPacketDAT()
 
-    def start(self, now: float) -> list[bytes]:
+    def _first_packet(self, now: float) -> list[bytes]:
+        self.deadline = now + self.rto
         if self.oack:
-            self.state, self.deadline = State.AWAIT_OACK_ACK, now + self.rto
+            self.state = State.AWAIT_OACK_ACK
             return [encode_oack(self.oack)]
         self.state = State.SENDING
         return self._send_window(now)
@@ -499,7 +626,6 @@ class ReadTransfer(Transfer):
     def _send_window(self, now: float) -> list[bytes]:
         first, last = self.acked + 1, min(self.acked + self.windowsize, self.last_block)
         offset = (first - 1) * self.blksize
-        self.deadline = now + self.rto
         if first == last:  # lock-step, the common case (windowsize 1)
             data = self.source.read(offset, self.blksize)
             self.sent, self.bytes_sent = last, self.bytes_sent + len(data)
@@ -522,17 +648,21 @@ class ReadTransfer(Transfer):
     def _on_oack_acknowledged(self, packet, now: float) -> list[bytes]:
         if packet.blocknumber != 0:
             return []
-        self.state, self.retries = State.SENDING, 0
+        self._verify(now)
+        self.state, self.deadline = State.SENDING, now + self.rto
         return self._send_window(now)
 
     def _on_ack(self, packet, now: float) -> list[bytes]:
         block = self._block_of(packet.blocknumber)
         if block is None or block == self.acked:
             return []  # old or repeated ACK: only a timeout retransmits (Sorcerer's Apprentice)
+        if not self.verified:
+            self._verify(now)
         self.acked, self.retries = block, 0
         if block == self.last_block:
             self.state, self.deadline = State.DONE, None
             return []
+        self.deadline = now + self.rto
         return self._send_window(now)
 
     def _on_timeout(self, packet, now: float) -> list[bytes]:
@@ -555,8 +685,9 @@ class WriteTransfer(Transfer):
         (State.DALLYING, Event.ERROR): "_on_dally_over",
     }
 
-    def __init__(self, sink: Sink, negotiated: Negotiated, limits: Limits = Limits(), netascii: bool = False):
-        super().__init__(negotiated, limits)
+    def __init__(self, sink: Sink, negotiated: Negotiated, limits: Limits = Limits(), netascii: bool = False,
+                 allowance: Allowance | None = None):
+        super().__init__(negotiated, limits, allowance)
         self.sink = NetasciiDecoder(sink) if netascii else sink
         self.max_bytes = limits.upload_max_bytes
         self.expected = 1  # next block wanted
@@ -564,7 +695,7 @@ class WriteTransfer(Transfer):
         self.gap_answered_for = 0  # `expected` value whose gap was already answered
         self.bytes_received = 0
 
-    def start(self, now: float) -> list[bytes]:
+    def _first_packet(self, now: float) -> list[bytes]:
         self.state, self.deadline = State.RECEIVING, now + self.rto
         return [self._handshake()]
 
@@ -586,7 +717,12 @@ class WriteTransfer(Transfer):
         self.bytes_received += len(data)
         if self.bytes_received > self.max_bytes:
             return self._abort(DiskFull(f"upload is over the limit of {self.max_bytes} bytes"))
-        self.sink.write(data)
+        if not self.verified:
+            self._verify(now)
+        try:
+            self.sink.write(data)
+        except TftpError as exc:  # the sink refuses more (a budget or a quota)
+            return self._abort(exc)
         block = self.expected
         self.expected, self.retries, self.unacked = block + 1, 0, self.unacked + 1
         self.deadline = now + self.rto
@@ -626,3 +762,135 @@ class WriteTransfer(Transfer):
         if self.state is State.RECEIVING:
             self.sink.abort()
         super()._fail(reason, vanished)
+
+
+# -- admission: transfer slots and what unverified sources may be sent ---------------------
+
+
+FIRST_PACKET_MAX = DEFAULT_BLKSIZE + 4  # DATA 1 of a request without options; an OACK or ERROR is smaller
+ALLOWANCE_REFILL = 60.0  # seconds for an empty allowance to fill again (see Admission)
+
+
+class Slot:
+    """One admitted transfer: whose it is, when it began, whether it was verified or released;
+    `owner` is the shell's handle (its greenlet) for ending it when its slot is taken."""
+
+    __slots__ = ("client", "started", "verified", "released", "evicted", "owner")
+
+    def __init__(self, client: str, started: float):
+        self.client, self.started = client, started
+        self.verified = self.released = self.evicted = False
+        self.owner = None
+
+
+class Admission:
+    """Which requests get a transfer (see the module docstring), and what unverified sources may be sent.
+
+    Slots: at most `max_total` transfers, `max_per_client` per client (its
+    address). A request over either limit takes the slot of the oldest
+    unverified transfer past its first retransmission (of the same client for
+    the per-client limit); failing that, it is refused as busy, or not answered
+    at all when every slot of its client awaits an acknowledgement (the client
+    has acknowledged nothing it was sent: it is spoofed or it has what it
+    needs). Allowance: a peers.TokenBuckets of bytes per source key (IPv4
+    address, IPv6 /64) with room for `max_per_client` first packets sent 1 +
+    first_packet_retries times, filled again over ALLOWANCE_REFILL: honest
+    clients are given back what they acknowledge and never wait for it, so the
+    refill is what a spoofed source draws for as long as it is spoofed (here
+    137 bytes a second by default, each spent evicting and starting a transfer:
+    slower refills cost a flood less work); a bucket is never more than one
+    packet below empty, so a victim is heard again seconds after the flood stops.
+    """
+
+    def __init__(self, limits: Limits, buckets):
+        self.limits, self.buckets = limits, buckets
+        self.max_total = self.max_per_client = 1
+        self.active = 0
+        self.per_client: Counter[str] = Counter()
+        self.verified_per_client: Counter[str] = Counter()
+        self._unverified: dict[Slot, None] = {}  # in order of admission: the oldest first
+        self._unverified_of: dict[str, dict[Slot, None]] = {}  # the same, per client
+
+    def configure(self, max_total: int, max_per_client: int) -> None:
+        """The limits in force (settings change at run time)."""
+        self.max_total, self.max_per_client = max_total, max_per_client
+        self.buckets.capacity = max_per_client * (1 + self.limits.first_packet_retries) * FIRST_PACKET_MAX
+        self.buckets.rate = self.buckets.capacity / ALLOWANCE_REFILL
+
+    # -- what a source may be sent before it acknowledges anything
+
+    def hears(self, key: str, client: str, now: float) -> bool:
+        """Whether a request is read at all: not when the source's allowance (`key`) is spent, nor
+        while every slot of the client awaits an acknowledgement and none may be given up yet."""
+        if self.buckets.level(key, now) <= 0:
+            return False
+        return not (self.per_client[client] >= self.max_per_client and not self.verified_per_client[client]
+                    and self._oldest_unverified(client, now) is None)
+
+    def allowance(self, key: str, now: float, transfer: bool = True) -> Allowance:
+        """The allowance of a source: for an admitted request's transfer, its first packet paid for at once
+        (see Allowance); else for a refusal (an ERROR) to it."""
+        allowance = Allowance(self.buckets, key)
+        if transfer:
+            allowance.reserve(FIRST_PACKET_MAX, now)
+        return allowance
+
+    # -- slots
+
+    def admit(self, client: str, now: float) -> tuple[Slot | None, list[Slot]]:
+        """A slot for a new transfer of `client` (None: busy) and the slots taken for it from
+        unverified transfers (their owners must be ended)."""
+        evicted = []
+        if self.per_client[client] >= self.max_per_client:
+            evicted.append(self._oldest_unverified(client, now))
+        elif self.active >= self.max_total:
+            evicted.append(self._oldest_unverified(None, now))
+        if evicted == [None]:
+            return None, []
+        for slot in evicted:
+            slot.evicted = True
+            self.release(slot)
+        slot = Slot(client, now)
+        self.active += 1
+        self.per_client[client] += 1
+        self._unverified[slot] = None
+        self._unverified_of.setdefault(client, {})[slot] = None
+        return slot, evicted
+
+    def _oldest_unverified(self, client: str | None, now: float) -> Slot | None:
+        """The oldest unverified transfer (of `client`, or of anyone) if it is past its first retransmission."""
+        slots = self._unverified if client is None else self._unverified_of.get(client, {})
+        oldest = next(iter(slots), None)
+        return oldest if oldest is not None and oldest.started <= now - self.limits.timeout else None
+
+    def verified(self, slot: Slot) -> None:
+        if slot.verified or slot.released:
+            return
+        slot.verified = True
+        self.verified_per_client[slot.client] += 1
+        self._forget_unverified(slot)
+
+    def release(self, slot: Slot) -> None:
+        """The transfer is over (or evicted); a second call does nothing."""
+        if slot.released:
+            return
+        slot.released = True
+        self._forget_unverified(slot)
+        self.active -= 1
+        _decrement(self.per_client, slot.client)
+        if slot.verified:
+            _decrement(self.verified_per_client, slot.client)
+
+    def _forget_unverified(self, slot: Slot) -> None:
+        self._unverified.pop(slot, None)
+        mine = self._unverified_of.get(slot.client)
+        if mine is not None:
+            mine.pop(slot, None)
+            if not mine:
+                del self._unverified_of[slot.client]
+
+
+def _decrement(counter: Counter, key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

@@ -1,4 +1,4 @@
-"""The Flask application factory: blueprints ui (pages), api (JSON), prov (provisioning)."""
+"""The Flask application factory: blueprints ui (pages), api (JSON), prov (provisioning), and those of the address book, the sensors, the phones and the uploads."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import secrets
 from flask import Flask, current_app, request
 
 from .. import runtime as runtime_module
+from ..files import make_private_dir, open_private
 
 
 def _secret_key(runtime) -> bytes:
@@ -16,9 +17,9 @@ def _secret_key(runtime) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         key = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = open_private(path, os.O_WRONLY, exclusive=True)
         with os.fdopen(fd, "wb") as out:
             out.write(key)
         return key
@@ -66,9 +67,13 @@ def create_app(runtime=None) -> Flask:
     from . import addressbook
 
     app.register_blueprint(addressbook.bp)
-    from . import sensors
+    from . import phones, sensors
 
     app.register_blueprint(sensors.bp)
+    app.register_blueprint(phones.bp)
+    from . import uploads
+
+    app.register_blueprint(uploads.bp)
     return app
 
 

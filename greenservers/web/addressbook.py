@@ -24,7 +24,7 @@ from ..addressbook import (
 )
 from ..offload import run_off_loop
 from . import get_runtime
-from .auth import admin_required
+from .auth import CSV_BODY, JSON_BODY, NO_BODY, admin_required, takes
 
 bp = Blueprint("addressbook", __name__)
 log = logging.getLogger("greenservers.addressbook")
@@ -73,10 +73,8 @@ def _rejected(exc: ImportRejected):
     return jsonify(error="nothing imported", errors=exc.errors, total_errors=exc.total), 400
 
 
-def _csv_body() -> str | ImportRejected:
-    """The request's CSV text: the raw body, or the `file` of a form upload."""
-    upload = request.files.get("file")
-    data = upload.read(MAX_IMPORT_BYTES + 1) if upload is not None else request.get_data(cache=False)
+def _csv_text(data: bytes) -> str | ImportRejected:
+    """The CSV text of an import (the API's body, or the page's uploaded file)."""
     if len(data) > MAX_IMPORT_BYTES:
         return ImportRejected([{"row": 0, "field": "", "message": f"the file is larger than {MAX_IMPORT_BYTES} bytes"}])
     try:
@@ -117,8 +115,9 @@ def _json_list(contacts: list) -> str:
 
 @bp.post("/api/addressbook")
 @admin_required
+@takes(JSON_BODY)
 def add_contact():
-    fields = request.get_json(force=True, silent=True)  # a missing Content-Type is forgiven
+    fields = request.get_json(silent=True)
     if not isinstance(fields, dict):
         return jsonify(error="send one contact as a JSON object", errors={"contact": "the body is not a JSON object"}), 400
     try:
@@ -143,9 +142,10 @@ def get_contact(contact_id: int):
 
 @bp.put("/api/addressbook/<int:contact_id>")
 @admin_required
+@takes(JSON_BODY)
 def change_contact(contact_id: int):
     """Change the fields given (others keep their values; "" clears one)."""
-    fields = request.get_json(force=True, silent=True)
+    fields = request.get_json(silent=True)
     if not isinstance(fields, dict):
         return jsonify(error="send the fields as a JSON object", errors={"contact": "the body is not a JSON object"}), 400
     try:
@@ -160,6 +160,7 @@ def change_contact(contact_id: int):
 
 @bp.delete("/api/addressbook/<int:contact_id>")
 @admin_required
+@takes(NO_BODY)
 def delete_contact(contact_id: int):
     if not _book().delete(contact_id):
         return jsonify(error=f"no contact {contact_id}"), 404
@@ -169,12 +170,13 @@ def delete_contact(contact_id: int):
 
 @bp.post("/api/addressbook/import")
 @admin_required
+@takes(CSV_BODY)
 def import_contacts():
     """CSV with a header row; all rows are added, or none (400 lists each problem by row and field).
 
     ?replace=1 makes the file replace the whole address book (still all or nothing).
     """
-    text = _csv_body()
+    text = _csv_text(request.get_data(cache=False))
     if isinstance(text, ImportRejected):
         return _rejected(text)
     replace = request.args.get("replace", "").lower() in ("1", "true", "yes", "on")
@@ -295,7 +297,8 @@ def page_delete(contact_id: int):
 @bp.post("/addressbook/import")
 @admin_required
 def page_import():
-    text = _csv_body()
+    upload = request.files.get("file")
+    text = _csv_text(upload.read(MAX_IMPORT_BYTES + 1) if upload is not None else b"")
     if isinstance(text, ImportRejected):
         return _render(400, import_rejected=text)
     replace = request.form.get("replace") == "1"

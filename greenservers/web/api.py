@@ -1,4 +1,7 @@
-"""The JSON API blueprint: health check (no auth) and, behind auth, the Ports settings.
+"""The JSON API blueprint: health check (no auth) and, behind auth, the Ports settings and the admin password.
+
+PUT /api/settings/password takes {"current_password", "new_password"} and
+sets the admin password (ending every session); 400 names each bad field.
 
 GET /api/settings/ports answers the Ports page's settings as
 `Settings.public_view()` (secrets as {"set": true|false}). PUT takes a JSON
@@ -23,7 +26,7 @@ from ..runtime import ChangeResult
 from ..settings import BY_NAME, DECLARATIONS, SettingsError
 from ..store import ConfigFileError
 from . import get_runtime
-from .auth import ADMIN_USER, admin_required, auth_method
+from .auth import ADMIN_USER, JSON_BODY, PasswordRefused, admin_required, auth_method, end_every_session, new_password_hash, takes
 
 bp = Blueprint("api", __name__)
 
@@ -37,6 +40,14 @@ class ChangeRefused(Exception):
     def __init__(self, errors: dict[str, str], status: int = 400):
         super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
         self.errors, self.status = errors, status
+
+
+def change_admin_password(current, new, again=None) -> None:
+    """Check and set a new admin password (the one way, for the page and the API), then end every
+    session; PasswordRefused (nothing changed) or ChangeRefused (the file could not be written)."""
+    hashed = new_password_hash(current, new, again)
+    apply_settings_changes({"admin_password_hash": hashed}, VIA.get(auth_method(), "API"), note="admin password changed")
+    end_every_session()
 
 
 def apply_settings_changes(changes: dict[str, Any], via: str, note: str = "") -> ChangeResult:
@@ -53,6 +64,8 @@ def apply_settings_changes(changes: dict[str, Any], via: str, note: str = "") ->
         raise ChangeRefused({exc.setting: str(exc)}, status=409) from None
     except ConfigFileError as exc:
         raise ChangeRefused({"_file": str(exc)}, status=409) from None
+    except OSError as exc:  # the file could not be written: another user's (ForeignFileError), a full disk
+        raise ChangeRefused({"_file": f"the configuration file was not written: {exc}"}, status=409) from None
     if result.changed:
         AuditLog.for_settings(old).record(
             ADMIN_USER, request.remote_addr or "-", via, masked_changes(old.raw, result.settings.raw, result.changed), note
@@ -112,11 +125,24 @@ def get_ports():
     return jsonify(ports_view(get_runtime().settings))
 
 
+@bp.put("/api/settings/password")
+@admin_required
+@takes(JSON_BODY)
+def put_password():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return jsonify(error="send {\"current_password\": ..., \"new_password\": ...}", errors={"_body": "not a JSON object"}), 400
+    try:
+        change_admin_password(body.get("current_password"), body.get("new_password"))
+    except (PasswordRefused, ChangeRefused) as exc:
+        return jsonify(error="the password was not changed", errors=exc.errors), exc.status
+    return jsonify(changed=True, sessions_ended=True)
+
+
 @bp.put("/api/settings/ports")
 @admin_required
+@takes(JSON_BODY)
 def put_ports():
-    if not request.is_json:
-        return jsonify(error="send the settings as JSON (Content-Type: application/json)"), 415
     try:
         changes = _changes_from_json(request.get_json(silent=True), get_runtime().settings)
         result = apply_settings_changes(changes, VIA.get(auth_method(), "API")) if changes else None

@@ -1,23 +1,41 @@
 """Admin authentication and form safety: login session, HTTP Basic, CSRF, login rate limit.
 
 Browsers log in with the form at /login and then carry a signed session
-cookie (HttpOnly, SameSite=Strict, Secure when the request came over HTTPS,
-expires after SESSION_MAX_AGE; changing the password ends every session).
+cookie (HttpOnly, SameSite=Strict, Secure when the request came over HTTPS)
+that names a session open on the server (greenservers.web.sessions): logout
+closes it, so a copy of the cookie is worthless afterwards; it ends after
+SESSION_MAX_AGE, and a new admin password (from the page, the API, or
+`python -m greenservers passwd` in the file) ends every session.
 Scripts send HTTP Basic (user "admin") on the same endpoints.
 
 `admin_required` protects every admin-facing view:
   - no admin password set yet: instructions to run `python -m greenservers
     passwd` (503), never an open form that the first visitor could claim;
   - not authenticated: browsers asking for HTML are sent to the login page,
-    everything else gets 401 with a Basic challenge;
-  - an unsafe method (POST, PUT, DELETE, ...) must carry the CSRF token when
-    the request is authenticated by the session cookie, or when its body is
-    one a cross-site HTML form can send (form, multipart, text/plain), so a
-    browser's cached credentials cannot be used by another site.
+    everything else gets 401 with a Basic challenge.
 
-Other blueprints use `csrf_field()` inside every <form method="post"> (it is
-a template global) and `check_csrf()` in views that are not behind
-`admin_required`. Failed logins (form or Basic) are limited per client
+Every request that may change state (any method but GET, HEAD, OPTIONS, on
+every route) passes `check_state_change` once: in `admin_required` after
+authentication, or before any other view runs (login, logout, whatever is
+added later; until an admin password is set these answer 503 as admin views
+do). A browser may hold Basic credentials for this site and send them with
+any request another site makes it send (a form post, `fetch` in `no-cors`
+mode, `sendBeacon`), so what the request carries must prove it came from here:
+  - a view declares the body it takes with `@takes(...)`; undeclared, it is
+    a form (FORM_BODY), which must carry this session's CSRF token (the
+    hidden field `csrf_field()` puts in every <form method="post">, or the
+    X-CSRF-Token header);
+  - an API write (JSON_BODY, CSV_BODY, NO_BODY for DELETE) must carry a body
+    of exactly that media type (only a `charset=utf-8` parameter besides;
+    a missing Content-Type too is refused, 415 naming the type), which no
+    other site can make a browser send without a CORS preflight that is
+    never granted, and, unless it carries the CSRF token, it must not be
+    authenticated by the session cookie and a browser's `Origin` and
+    `Sec-Fetch-Site` headers, when sent, must say this very origin (403).
+Views then read only the body they declared (`request.get_json()` without
+`force`).
+
+Failed logins (form or Basic) are limited per client
 address (IPv6: per /64): after LOGIN_LIMIT failures within LOGIN_WINDOW
 seconds the address gets 429 without its password being checked; failures
 are logged rate-limited, never with the password tried.
@@ -43,10 +61,11 @@ from gevent.lock import BoundedSemaphore
 from markupsafe import Markup
 
 from ..offload import run_off_loop
-from ..passwords import verify_password
+from ..passwords import MAX_PASSWORD, hash_password, verify_password
 from ..proto.peers import client_key
-from ..ratelog import RateLimitedLog
+from ..ratelog import RateLimitedLog, printable
 from . import get_runtime
+from .sessions import AdminSessions
 
 ADMIN_USER = "admin"
 LOGIN_LIMIT = 5  # failed logins per address ...
@@ -54,8 +73,9 @@ LOGIN_WINDOW = 60.0  # ... within this many seconds
 MAX_TRACKED_ADDRESSES = 4096
 SESSION_MAX_AGE = 8 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# bodies a cross-site <form> can send without a CORS preflight
-FORM_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+FORM_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")  # where the token field is read
+FORM_BODY, NO_BODY = "form", "none"  # what a view takes (see `takes`), besides a media type:
+JSON_BODY, CSV_BODY = "application/json", "text/csv"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 PASSWD_COMMAND = "python -m greenservers passwd"
@@ -172,15 +192,62 @@ def _password_ok(password: str, stored: str) -> bool:
     return True
 
 
+def stored_hash() -> str:
+    """The admin password hash in force (the worker applies one set in the file by passwd within a second)."""
+    return get_runtime().settings.admin_password_hash
+
+
 def _fingerprint(stored: str) -> str:
     """Ties a session to the password hash: a new password ends old sessions."""
     return hmac.new(current_app.secret_key, stored.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _session_admin(stored: str) -> bool:
-    if session.get("admin") != ADMIN_USER or session.get("pw") != _fingerprint(stored):
-        return False
-    return time.time() - float(session.get("since", 0)) < SESSION_MAX_AGE
+    return session.get("admin") == ADMIN_USER and _state()["sessions"].valid(session.get("sid"), _fingerprint(stored))
+
+
+def begin_session(stored: str) -> None:
+    """Log this browser in: a new session on the server, a new cookie naming it and a new CSRF token."""
+    _state()["sessions"].close(session.get("sid"))
+    session.clear()
+    session.permanent = True
+    session.update(admin=ADMIN_USER, sid=_state()["sessions"].open(_fingerprint(stored)), csrf=secrets.token_urlsafe(32))
+
+
+def end_every_session() -> None:
+    """After the password changed: no session stays (each would fail its fingerprint anyway)."""
+    _state()["sessions"].close_all()
+
+
+class PasswordRefused(Exception):
+    """A password change that was not made: `errors` maps a field to why; `status` is 400 or 429."""
+
+    def __init__(self, errors: dict[str, str], status: int = 400):
+        super().__init__("; ".join(errors.values()))
+        self.errors, self.status = errors, status
+
+
+def new_password_hash(current, new, again=None) -> str:
+    """The hash of the new admin password, once the current one is right (checked as a login is,
+    failures counted against the address) and the new one is usable (twice the same when `again`
+    is given). Raises PasswordRefused; no message holds a password."""
+    wait = _state()["limiter"].retry_after(client_key(_client()))
+    if wait:
+        raise PasswordRefused({"current_password": f"too many failed logins from your address; try again in {max(1, int(wait + 0.999))} s"}, 429)
+    errors = {}
+    if not isinstance(new, str) or not new:
+        errors["new_password"] = "the new password must not be empty"
+    elif len(new) > MAX_PASSWORD:
+        errors["new_password"] = f"the new password is longer than {MAX_PASSWORD} characters"
+    elif again is not None and again != new:
+        errors["new_password_again"] = "the two new passwords differ"
+    if not isinstance(current, str) or not _password_ok(current, stored_hash()):
+        _note_failure("password change")
+        errors["current_password"] = "the current password is wrong"
+    if errors:
+        raise PasswordRefused(errors)
+    with _state()["verifying"]:  # scrypt, like a check: one at a time, off the event loop
+        return run_off_loop(hash_password, new)
 
 
 def auth_method() -> str:
@@ -211,38 +278,88 @@ def csrf_field() -> Markup:
     return Markup('<input type="hidden" name="%s" value="%s">') % (CSRF_FIELD, csrf_token())
 
 
-def csrf_valid() -> bool:
+def csrf_valid(form_field: bool = True) -> bool:
+    """The request carries this session's token: in the X-CSRF-Token header, or (a form) in its field."""
     expected = session.get("csrf")
     sent = request.headers.get(CSRF_HEADER)
-    if sent is None and request.mimetype in FORM_CONTENT_TYPES:
+    if sent is None and form_field and request.mimetype in FORM_CONTENT_TYPES:
         sent = request.form.get(CSRF_FIELD)
     return bool(expected and sent and hmac.compare_digest(str(sent), str(expected)))
+
+
+def _refuse(status: int, kind: str, why: str, message: str):
+    _state()["ratelog"].warning(kind, _client(), "%s %s refused: %s", request.method, printable(request.path), printable(why))
+    abort(status, description=message)
 
 
 def check_csrf() -> None:
     """Abort with 403 unless the request carries this session's CSRF token."""
     if not csrf_valid():
-        _state()["ratelog"].warning("csrf", _client(), "%s %s refused: missing or wrong CSRF token", request.method, request.path)
-        abort(403, description="The form was out of date or did not come from this site (CSRF token missing or wrong). "
-                               "Reload the page and try again.")
+        _refuse(403, "csrf", "missing or wrong CSRF token",
+                "The form was out of date or did not come from this site (CSRF token missing or wrong). "
+                "Reload the page and try again.")
 
 
-def csrf_protect(view):
-    """Decorator form of `check_csrf` for unsafe methods (admin_required already does it)."""
+def takes(body: str):
+    """Declare the body a view's state-changing requests take: FORM_BODY (the default), NO_BODY,
+    or a media type (JSON_BODY, CSV_BODY). Put it under the route decorator."""
 
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        if request.method not in SAFE_METHODS:
-            check_csrf()
-        return view(*args, **kwargs)
+    def declare(view):
+        view.greenservers_takes = body
+        return view
 
-    return wrapper
+    return declare
 
 
-def _needs_csrf(via: str) -> bool:
+def _body_type_problem(expected: str) -> str | None:
+    """Why the request's Content-Type is not exactly `expected` (None when it is)."""
+    params = {k.lower(): v.lower() for k, v in request.mimetype_params.items()}
+    if request.mimetype == expected and set(params) <= {"charset"} and params.get("charset", "utf-8") == "utf-8":
+        return None
+    sent = request.headers.get("Content-Type", "")
+    what = f"not {sent[:80]!r}" if sent else "the request had none"
+    return f"{request.method} {request.path} takes a {expected} body (UTF-8): send 'Content-Type: {expected}' ({what})"
+
+
+def _origin_of(url: str) -> str:
+    """scheme://host[:port] in one spelling: lower case, without the scheme's default port."""
+    scheme, _, host = url.lower().partition("://")
+    default_port = {"https": ":443", "http": ":80"}.get(scheme, "")
+    return f"{scheme}://{host.removesuffix(default_port) if default_port else host}"
+
+
+def _cross_site() -> str | None:
+    """What says the request came from another site (None: nothing does; a script sends neither header)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site.lower() != "same-origin":
+        return f"Sec-Fetch-Site: {site[:40]}"
+    origin = request.headers.get("Origin")
+    if origin is not None and _origin_of(origin) != _origin_of(request.host_url.rstrip("/")):
+        return f"Origin: {origin[:100]}"
+    return None
+
+
+def check_state_change(via: str) -> None:
+    """The one check of a request that may change state (see the module docstring); aborts when refused.
+    `via` is how it was authenticated ("session", "basic", or "" for views open to all)."""
     if request.method in SAFE_METHODS:
-        return False
-    return via == "session" or request.mimetype in FORM_CONTENT_TYPES
+        return
+    view = current_app.view_functions.get(request.endpoint)
+    body = getattr(view, "greenservers_takes", FORM_BODY)
+    if body == FORM_BODY:
+        check_csrf()
+        return
+    if body != NO_BODY:
+        problem = _body_type_problem(body)
+        if problem:
+            abort(415, description=problem)
+    if csrf_valid(form_field=False):
+        return
+    if via == "session":
+        _refuse(403, "csrf", "session without CSRF token", f"a logged-in browser must send the {CSRF_HEADER} header")
+    reason = _cross_site()
+    if reason:
+        _refuse(403, "cross-site", reason, f"refused: the request came from another site ({reason})")
 
 
 # -- the decorator -------------------------------------------------------------
@@ -260,7 +377,7 @@ def admin_required(view):
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        stored = get_runtime().settings.admin_password_hash
+        stored = stored_hash()
         if not stored:
             return no_password_response()
         via = ""
@@ -284,10 +401,10 @@ def admin_required(view):
             response.headers["WWW-Authenticate"] = 'Basic realm="greenservers", charset="UTF-8"'
             return response
         g.greenservers_auth_via = via
-        if _needs_csrf(via):
-            check_csrf()
+        check_state_change(via)
         return view(*args, **kwargs)
 
+    wrapper.greenservers_admin = True  # check_state_change runs here, once authenticated
     return wrapper
 
 
@@ -304,14 +421,13 @@ def _safe_next() -> str:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    stored = get_runtime().settings.admin_password_hash
+    stored = stored_hash()
     if not stored:
         return no_password_response()
     if request.method == "GET":
         if _session_admin(stored):
             return redirect(_safe_next())
         return render_template("login.html", next_url=_safe_next(), user=ADMIN_USER)
-    check_csrf()
     key = client_key(_client())
     wait = _state()["limiter"].retry_after(key)
     if wait:
@@ -322,16 +438,14 @@ def login():
         _note_failure("login form")
         return render_template("login.html", error="Wrong user name or password.", next_url=_safe_next(), user=user[:64]), 401
     _state()["limiter"].succeeded(key)
-    session.clear()
-    session.permanent = True
-    session.update(admin=ADMIN_USER, pw=_fingerprint(stored), since=time.time(), csrf=secrets.token_urlsafe(32))
+    begin_session(stored)
     log.info("admin logged in from %s", _client())
     return redirect(_safe_next(), code=303)
 
 
 @bp.post("/logout")
 def logout():
-    check_csrf()
+    _state()["sessions"].close(session.get("sid"))
     session.clear()
     return redirect(url_for("auth.login"), code=303)
 
@@ -357,12 +471,23 @@ def init_app(app) -> None:
         "verified": collections.OrderedDict(),
         "cache_key": secrets.token_bytes(32),
         "verifying": BoundedSemaphore(1),  # one password check at a time: the other core stays with the event loop
+        "sessions": AdminSessions(SESSION_MAX_AGE),
     }
     app.jinja_env.globals.update(csrf_field=csrf_field, csrf_token=csrf_token)
 
+    @app.before_request
+    def _state_changes_outside_admin_views():
+        view = current_app.view_functions.get(request.endpoint)
+        if view is None or getattr(view, "greenservers_admin", False) or request.method in SAFE_METHODS:
+            return None
+        if not stored_hash():
+            return no_password_response()  # nothing changes state before there is an admin
+        check_state_change("")
+        return None
+
     @app.context_processor
     def _auth_context():
-        stored = get_runtime().settings.admin_password_hash
+        stored = stored_hash()
         return {"logged_in": bool(stored) and _session_admin(stored)}
 
     app.register_blueprint(bp)

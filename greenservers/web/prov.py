@@ -5,20 +5,27 @@ credentials. Names resolve through greenservers.provisioning (the same
 checks, files and templates); templates are rendered with the HTTP
 request's host as `server` (validated: an IP address or a DNS name, else the
 server's own name, SERVER_NAME). Refusals answer 404/403/500 and are
-logged rate-limited with the client's address.
+logged rate-limited with the client's address. Every request is noted in the
+record of phones (greenservers.phones.seen) with its User-Agent.
+
+These answers are on the admin interface's origin, so none may be taken for
+a page there: the type is explicit and inert (MEDIA_TYPES by extension, else
+application/octet-stream; never text/html, a Snom `.htm` profile included),
+with `X-Content-Type-Options: nosniff` so that no browser guesses otherwise.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import mimetypes
 import re
+from pathlib import PurePosixPath
 
 from flask import Blueprint, Response, request, send_file
 
 from .. import provisioning
-from ..ratelog import RateLimitedLog
+from ..phones import seen
+from ..ratelog import RateLimitedLog, printable
 from . import get_runtime
 
 bp = Blueprint("prov", __name__)
@@ -44,19 +51,34 @@ def request_server() -> str:
     return request.environ.get("SERVER_NAME", "")
 
 
+TEXT = "text/plain"  # Flask adds "; charset=utf-8"
+MEDIA_TYPES = {
+    ".xml": "application/xml", ".json": "application/json",
+    ".cfg": TEXT, ".conf": TEXT, ".cnf": TEXT, ".ini": TEXT, ".txt": TEXT, ".csv": TEXT, ".boot": TEXT,
+    ".htm": TEXT, ".html": TEXT,  # phone profiles (Snom's snom<model>.htm), not pages
+}
+NO_SNIFFING = {"X-Content-Type-Options": "nosniff"}
+
+
 def _media_type(name: str) -> str:
-    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return MEDIA_TYPES.get(PurePosixPath(name).suffix.lower(), "application/octet-stream")
 
 
 @bp.get("/prov/<path:name>")
 def provision(name: str):
     runtime = get_runtime()
     client = request.remote_addr or "?"
+    user_agent = request.headers.get("User-Agent", "")
     try:
         content = provisioning.provide(runtime.settings, name, request_server())
     except provisioning.ProvisioningError as exc:
-        ratelog.warning("prov-refused", client, "GET /prov/%s refused: %s", name, exc.message)
-        return Response(f"{exc.message}\n", status=exc.http_status, mimetype="text/plain")
+        ratelog.warning("prov-refused", client, "GET /prov/%s refused: %s", printable(name), printable(exc.message))
+        result = {404: "not found", 403: "refused"}.get(exc.http_status, "failed")
+        seen.note_fetch(runtime, name, client, result, request.scheme, user_agent)
+        return Response(f"{exc.message}\n", status=exc.http_status, mimetype="text/plain", headers=NO_SNIFFING)
+    seen.note_fetch(runtime, name, client, "served", request.scheme, user_agent)
     if content.path is not None:
-        return send_file(content.path, mimetype=_media_type(name), conditional=True, etag=True)
-    return Response(content.data, mimetype=_media_type(name), headers={"Cache-Control": "no-store"})
+        response = send_file(content.path, mimetype=_media_type(name), conditional=True, etag=True)
+        response.headers.update(NO_SNIFFING)
+        return response
+    return Response(content.data, mimetype=content.media_type or _media_type(name), headers={"Cache-Control": "no-store", **NO_SNIFFING})

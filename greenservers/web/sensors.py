@@ -1,15 +1,22 @@
-"""The sensors blueprint: the one sensor registry shown as a page, as JSON and in the Prometheus text format.
+"""The sensors blueprint: the one sensor registry shown as a page, as JSON and for Prometheus.
 
-`/sensors` (HTML), `GET /api/sensors` (JSON) and `GET /metrics` (Prometheus
-exposition format 0.0.4) list every sensor of greenservers.sensors with its
-name, SNMP OID (as answered by the SNMP agent and named in
-deploy/mibs/GREENSERVERS-MIB.txt), current value and description. All are
+`/sensors` (HTML) and `GET /api/sensors` (JSON) list every sensor of
+greenservers.sensors with its name, SNMP OID (as answered by the SNMP agent
+and named in deploy/mibs/GREENSERVERS-MIB.txt), current value in SNMP's units
+and description. `GET /metrics` is written by the official prometheus_client
+library (text format 0.0.4, or OpenMetrics when the scraper asks for it):
+the sensors in base units under the names `Sensor.metric_name` derives from
+their declaration, and the standard process_* and python_* metrics of
+prometheus_client's own collectors, so existing dashboards work. All are
 admin-only: HTTP Basic works for a scraper or a script.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, render_template
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 
 from ..proto.snmp import mib_name
 from ..sensors import SENSORS_OID
@@ -18,15 +25,14 @@ from .auth import admin_required
 
 bp = Blueprint("sensors", __name__)
 
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-METRIC_PREFIX = "greenservers_"
-
 
 def _rows() -> list[dict]:
     rows = get_runtime().sensors.snapshot()
+    by_name = get_runtime().sensors.by_name
     for row in rows:
         row["mib_name"] = mib_name(row["name"])
         row["snmp_type"] = "Counter32" if row["kind"] == "counter" else "Gauge32"
+        row["metric"] = by_name[row["name"]].metric_name
     return rows
 
 
@@ -42,19 +48,37 @@ def sensors_api():
     return jsonify(sensors=_rows(), subtree=".".join(map(str, SENSORS_OID)), mib="GREENSERVERS-MIB")
 
 
-def prometheus_text(rows: list[dict]) -> str:
-    """The exposition format: HELP, TYPE and one sample per sensor; counters get the _total suffix."""
-    lines = []
-    for row in rows:
-        metric = METRIC_PREFIX + row["name"] + ("_total" if row["kind"] == "counter" else "")
-        help_text = row["description"].replace("\\", "\\\\").replace("\n", "\\n")
-        lines.append(f"# HELP {metric} {help_text} (SNMP .{row['oid']})")
-        lines.append(f"# TYPE {metric} {row['kind']}")
-        lines.append(f"{metric} {int(row['value'])}")
-    return "\n".join(lines) + "\n"
+class SensorCollector:
+    """The declared sensors as Prometheus metric families, in base units (see greenservers.sensors).
+
+    Sensors with a `standard` metric are left to prometheus_client's ProcessCollector.
+    """
+
+    def collect(self):
+        sensors = get_runtime().sensors
+        for sensor in sensors.declared:
+            if sensor.standard:
+                continue
+            family = CounterMetricFamily if sensor.kind == "counter" else GaugeMetricFamily
+            unit = sensor.unit.base_suffix.lstrip("_") if sensor.unit is not None else ""
+            yield family(sensor.metric_name, f"{sensor.metric_help} (SNMP .{'.'.join(map(str, sensor.oid))})",
+                         value=sensor.metric_value(sensors.value(sensor.name)), unit=unit)
+
+
+def _metrics_registry() -> CollectorRegistry:
+    """This app's registry: our sensors beside the standard process, platform and GC collectors."""
+    registry = current_app.extensions.get("greenservers_metrics")
+    if registry is None:
+        registry = CollectorRegistry(auto_describe=False)
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=registry)
+        registry.register(SensorCollector())
+        current_app.extensions["greenservers_metrics"] = registry
+    return registry
 
 
 @bp.get("/metrics")
 @admin_required
 def metrics():
-    return Response(prometheus_text(get_runtime().sensors.snapshot()), content_type=PROMETHEUS_CONTENT_TYPE)
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encode(_metrics_registry()), content_type=content_type)

@@ -9,6 +9,10 @@ share validation and auditing). Secrets are never put in the page: their
 field is empty, says whether a value is set, and an empty submission keeps
 it. The certificate upload (PEM chain + key) is checked with tls.check_pem
 before any file or setting is replaced.
+
+/settings/password changes the admin password (current one, new one twice),
+through api.change_admin_password like the API; every session ends and this
+browser gets a new one.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from werkzeug.exceptions import HTTPException
 
 from ..audit import AuditLog
 from ..runtime import SERVICE_OF_SETTING
+from ..files import make_private_dir
 from ..settings import DECLARATIONS, GROUPS, Setting
 from ..store import atomic_write
-from ..tls import CertificateError, check_pem, ensure_certificate, server_context
+from ..tls import ACME, CertificateError, check_pem, ensure_certificate, server_context
 from . import get_runtime
-from .api import VIA, ChangeRefused, apply_settings_changes, canonical
-from .auth import admin_required, auth_method, wants_html
+from .api import VIA, ChangeRefused, apply_settings_changes, canonical, change_admin_password
+from .auth import PasswordRefused, admin_required, auth_method, begin_session, stored_hash, wants_html
 
 bp = Blueprint("ui", __name__)
 log = logging.getLogger("greenservers.web")
@@ -36,7 +41,8 @@ log = logging.getLogger("greenservers.web")
 MAX_PEM_BYTES = 64 * 1024
 AUDIT_SHOWN = 20
 UPLOADED_PREFIX = "uploaded-"
-NAV = (("/settings/ports", "Ports"), ("/sensors", "Sensors"), ("/addressbook", "Address book"))
+NAV = (("/settings/ports", "Ports"), ("/sensors", "Sensors"), ("/addressbook", "Address book"), ("/phones", "Phones"),
+       ("/uploads", "Uploads"), ("/settings/password", "Password"))
 ON_PAGE = frozenset(s.name for s in DECLARATIONS if s.on_ports_page)
 SERVICE_LABELS = {"http": "HTTP", "https": "HTTPS", "snmp": "SNMP", "tftp": "TFTP", "ntp": "NTP", "ldap": "LDAP", "ldaps": "LDAPS"}
 
@@ -130,16 +136,27 @@ def _ntp_for_phones(settings) -> str:
     return value or "none: set ntp_server or turn the NTP server on"
 
 
+def _when(iso: str | None) -> str:
+    if not iso:
+        return ""
+    return datetime.datetime.fromisoformat(iso).astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _certificate_info(runtime) -> dict[str, Any] | None:
-    pair = getattr(runtime.tls, "pair", None)
-    if pair is None:
+    """The Certificate section: what is served, from where, and ACME's state (runtime.certificate_view)."""
+    view = runtime.certificate_view()
+    if view is None:
         return None
-    return {
-        "subject": pair.subject,
-        "not_after": pair.not_after.strftime("%Y-%m-%d %H:%M UTC"),
-        "self_signed": pair.self_signed,
-        "path": str(pair.cert_path),
-    }
+    settings = runtime.settings
+    for chain in view["chains"]:
+        chain["until"] = _when(chain["not_after"])
+    acme = view.get("acme")
+    if acme is not None:
+        for key in ("last_attempt", "last_success", "next_check"):
+            acme[key + "_shown"] = _when(acme[key])
+    view["uploaded_set"] = bool(settings.tls_cert)
+    view["acme_on"] = bool(settings.acme_domains)
+    return view
 
 
 def _render(status: int = 200, form: dict | None = None, errors: dict | None = None, cert_error: str = ""):
@@ -214,6 +231,25 @@ def save_ports():
     return redirect(url_for("ui.settings_ports"), code=303)
 
 
+@bp.get("/settings/password")
+@admin_required
+def password_page():
+    return render_template("password.html", errors={})
+
+
+@bp.post("/settings/password")
+@admin_required
+def change_password():
+    form = request.form
+    try:
+        change_admin_password(form.get("current_password", ""), form.get("new_password", ""), form.get("new_password_again", ""))
+    except (PasswordRefused, ChangeRefused) as exc:
+        return render_template("password.html", errors=exc.errors), exc.status
+    begin_session(stored_hash())
+    flash("Admin password changed. Every other session has ended.", "ok")
+    return redirect(url_for("ui.settings_ports"), code=303)
+
+
 def _secret_names() -> set[str]:
     return {s.name for s in DECLARATIONS if s.secret}
 
@@ -260,11 +296,11 @@ def upload_certificate():
     except CertificateError as exc:
         return _render(400, cert_error=str(exc))
     tls_dir = settings.data_path / "tls"
-    tls_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(tls_dir)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     cert_path, key_path = tls_dir / f"{UPLOADED_PREFIX}{stamp}.crt", tls_dir / f"{UPLOADED_PREFIX}{stamp}.key"
-    atomic_write(key_path, key_pem, mode=0o600)
-    atomic_write(cert_path, cert_pem, mode=0o644)
+    atomic_write(key_path, key_pem)
+    atomic_write(cert_path, cert_pem)
     changes = {"tls_cert": _config_relative(settings, cert_path), "tls_key": _config_relative(settings, key_path)}
     try:
         pair = ensure_certificate(settings.with_changes(changes))
@@ -282,6 +318,10 @@ def upload_certificate():
         if getattr(settings, name):
             keep.add(settings.resolve(getattr(settings, name)).resolve())  # the previous pair, for going back by hand
     _remove_old_uploads(tls_dir, keep)
-    flash(f"Certificate installed: {leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}. "
-          "New HTTPS and LDAPS connections use it now.", "ok")
+    if pair.source == ACME:
+        flash(f"Certificate stored: {leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}. "
+              "The ACME certificate comes first while acme_domains is set; this one serves when ACME is turned off.", "warning")
+    else:
+        flash(f"Certificate installed: {leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}. "
+              "New HTTPS and LDAPS connections use it now.", "ok")
     return redirect(url_for("ui.settings_ports"), code=303)
