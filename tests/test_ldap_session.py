@@ -573,7 +573,7 @@ def test_sorting_in_slices_is_stable_and_puts_entries_without_the_key_last():
 
 
 def test_the_client_that_used_the_least_search_time_goes_first():
-    fair = ldap.FairShare(half_life=10.0)
+    fair = ldap.FairShare()
     heavy, light = fair.start("10.0.0.1"), fair.start("10.0.0.2")
     fair.charge("10.0.0.1", 5.0, now=100.0)  # the heavy client has used 5 s of search time
     fair.want(heavy)
@@ -587,19 +587,19 @@ def test_the_client_that_used_the_least_search_time_goes_first():
     assert fair.next(100.0) is first
 
 
-def test_search_time_used_is_forgotten_by_half_every_half_life():
-    fair = ldap.FairShare(half_life=10.0)
+def test_search_time_used_is_given_back_at_the_refill_rate():
+    fair = ldap.FairShare(budget=10.0, refill=0.5)
     fair.charge("a", 8.0, now=0.0)
-    assert fair.usage("a", 0.0) == 8.0 and fair.usage("a", 10.0) == 4.0 and fair.usage("a", 30.0) == 1.0
-    fair.charge("a", 1.0, now=10.0)
-    assert fair.usage("a", 10.0) == 5.0
+    assert fair.usage("a", 0.0) == 8.0 and fair.usage("a", 4.0) == 6.0 and fair.usage("a", 20.0) == 0.0
+    fair.charge("a", 30.0, now=20.0)
+    assert fair.usage("a", 20.0) == 10.0  # at most the budget: it comes back in 20 s whatever was spent
     a, b = fair.start("a"), fair.start("b")
-    fair.charge("b", 4.0, now=10.0)
+    fair.charge("b", 4.0, now=20.0)
     fair.want(a)
     fair.want(b)
-    assert fair.next(10.0) is b  # b has used less (4 s against 5 s)
+    assert fair.next(20.0) is b  # b has used less (4 s against 10 s)
     fair.want(b)
-    assert fair.next(1000.0) is a  # long after, both near nothing: the first to arrive
+    assert fair.next(1000.0) is a  # long after, both have it all back: the first to arrive
 
 
 def test_searches_in_progress_are_capped_per_client_and_in_total():
@@ -616,8 +616,8 @@ def test_searches_in_progress_are_capped_per_client_and_in_total():
 def test_the_clients_remembered_are_bounded():
     fair = ldap.FairShare(max_clients=3)
     for n in range(10):
-        fair.charge(f"10.0.0.{n}", 1.0, now=float(n))
-    assert len(fair._usage) == 3 and fair.usage("10.0.0.9", 9.0) == 1.0 and fair.usage("10.0.0.0", 9.0) == 0.0
+        fair.charge(f"10.0.0.{n}", 1.0, now=9.0)
+    assert len(fair._budgets) == 3 and fair.usage("10.0.0.9", 9.0) == 1.0 and fair.usage("10.0.0.0", 9.0) == 0.0
 
 
 def test_paged_results_cover_everything_once_and_sort_across_pages():

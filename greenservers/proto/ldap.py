@@ -81,6 +81,7 @@ from typing import Callable, Iterable, Iterator
 
 from . import ber
 from .ber import BerError, Incomplete
+from .peers import TokenBuckets
 
 # -- result codes (RFC 4511 §4.1.9, Appendix A) ---------------------------------
 
@@ -1526,7 +1527,8 @@ def encode_entries(message_id: int, selection: "Selection", entries: Iterable[En
 
 MAX_SEARCHES_PER_CLIENT = 4  # searches in progress per client (IPv4 address or IPv6 /64)
 MAX_SEARCHES = 32  # in total: each holds its filter and, sorted or paged, every match
-USAGE_HALF_LIFE = 10.0  # seconds: how fast a client's search time is forgotten
+SEARCH_BUDGET = 10.0  # seconds of search time a client may use before it waits behind lighter clients
+SEARCH_REFILL = 0.5  # seconds of it given back per second
 USAGE_GRAIN = 0.01  # seconds: usages compared in these (a phone's search takes about 0.2 ms)
 MAX_CLIENTS_REMEMBERED = 10000
 
@@ -1544,22 +1546,23 @@ class SearchTicket:
 class FairShare:
     """Which search runs its next slice, so one client's expensive searches cannot starve others' cheap ones.
 
-    Slices run one at a time (the shell's gate). Each client has a usage: the slice
-    time its searches used, halving every `half_life` seconds. Of the searches
+    Slices run one at a time (the shell's gate). Each client has a budget of
+    search time (a token bucket: `budget` seconds, `refill` seconds given back per
+    second); its usage is what it has spent and not got back. Of the searches
     waiting for a slice, the one whose client has the least usage goes first (the
-    earliest among equals, to USAGE_GRAIN), so a client that has used much recent search time
-    waits behind the others, and a phone that has used none goes next. When a
-    search is passed over for another client's it counts once in `delayed`.
+    earliest among equals, to USAGE_GRAIN), so a client that has used much recent
+    search time waits behind the others, and a phone that has used none goes next.
+    When a search is passed over for another client's it counts once in `delayed`.
     Searches in progress are capped per client and in total (`start` refuses).
     """
 
-    def __init__(self, per_client: int = MAX_SEARCHES_PER_CLIENT, total: int = MAX_SEARCHES,
-                 half_life: float = USAGE_HALF_LIFE, max_clients: int = MAX_CLIENTS_REMEMBERED):
-        self.per_client, self.total, self.half_life, self.max_clients = per_client, total, half_life, max_clients
+    def __init__(self, per_client: int = MAX_SEARCHES_PER_CLIENT, total: int = MAX_SEARCHES, budget: float = SEARCH_BUDGET,
+                 refill: float = SEARCH_REFILL, max_clients: int = MAX_CLIENTS_REMEMBERED):
+        self.per_client, self.total = per_client, total
         self.running = 0
         self.delayed = 0
         self._running_by_client: dict[str, int] = {}
-        self._usage: dict[str, tuple[float, float]] = {}  # client -> (seconds, when)
+        self._budgets = TokenBuckets(refill, budget, max_clients)
         self._waiting: list[SearchTicket] = []  # in order of arrival
         self._arrivals = 0
 
@@ -1595,8 +1598,8 @@ class FairShare:
         return self._running_by_client.get(client, 0)
 
     def usage(self, client: str, now: float) -> float:
-        seconds, when = self._usage.get(client, (0.0, now))
-        return seconds * 0.5 ** ((now - when) / self.half_life)
+        """Seconds of search time `client` has spent and not got back (at most the budget)."""
+        return self._budgets.capacity - self._budgets.level(client, now)
 
     def next(self, now: float) -> SearchTicket | None:
         """The waiting ticket to run now (removed from the waiting), or None."""
@@ -1617,11 +1620,7 @@ class FairShare:
 
     def charge(self, client: str, seconds: float, now: float) -> None:
         """A slice of `seconds` ran for `client`."""
-        total = self.usage(client, now) + seconds
-        self._usage.pop(client, None)
-        if len(self._usage) >= self.max_clients:
-            self._usage.pop(next(iter(self._usage)))  # the client charged longest ago
-        self._usage[client] = (total, now)
+        self._budgets.take(client, seconds, now, floor=0.0)
 
 
 MAX_BUFFERED = 16 * 1024 * 1024  # bytes of unfinished messages held across all connections
