@@ -266,11 +266,8 @@ ALIASES = {
     "2.5.4.0": "objectclass",
 }
 NUMBER_KEYS = tuple(k for k, (_, kind) in ATTRIBUTE_TYPES.items() if kind == K_NUMBER)
-INDEXED_KEYS = ("cn", "sn", "givenname", "displayname", "o", "mail") + NUMBER_KEYS
 PERSON_CLASSES = ("top", "person", "organizationalPerson", "inetOrgPerson")
 PERSON_CLASSES_FOLDED = tuple(c.lower() for c in PERSON_CLASSES)
-TRIGRAM = 3  # substring pieces this long or longer are looked up in the trigram index
-TRIGRAM_KEYS = ("cn", "sn")  # the names phones search with "*typed*"; other keys' substrings are scanned
 
 # matching rules an extensible filter may name (RFC 4517 §4.2): -> how values compare
 RULE_DEFAULT, RULE_EXACT, RULE_SUBSTRING = "default", "exact", "substring"
@@ -385,6 +382,62 @@ def same_number(a: str, b: str) -> bool:
     if a.startswith("00") and b.startswith("0") and not b.startswith("00") and len(b) >= 6:
         return a.endswith(b[1:]) and 1 <= len(a) - 2 - (len(b) - 1) <= 3
     return False
+
+
+# E.164 country codes form a prefix code: the first one or two digits tell a code's length
+_COUNTRY_ONE_DIGIT = frozenset("17")
+_COUNTRY_TWO_DIGITS = frozenset(
+    "20 27 30 31 32 33 34 36 39 40 41 43 44 45 46 47 48 49 51 52 53 54 55 56 57 58 60 61 62 63 64 65 66 "
+    "81 82 84 86 90 91 92 93 94 95 98".split())
+
+
+def country_code_length(digits: str) -> int:
+    """How many leading digits of an international number (without its 00) are the country code."""
+    if digits[:1] in _COUNTRY_ONE_DIGIT:
+        return 1
+    return 2 if digits[:2] in _COUNTRY_TWO_DIGITS else 3
+
+
+def is_national(number: str) -> bool:
+    """A folded number that starts with exactly one 0 (a trunk prefix: 030 1234567)."""
+    return number.startswith("0") and not number.startswith("00")
+
+
+def national_form(number: str) -> str:
+    """An international folded number written as a national one ("0049301234" -> "0301234"): its country
+    code (by E.164's prefix code) replaced by a 0. Other numbers, and one that ends within its code, as they are."""
+    if number.startswith("00"):
+        code = 2 + country_code_length(number[2:])
+        if len(number) > code:
+            return "0" + number[code:]
+    return number
+
+
+def number_prefix_national(prefix: str) -> str | None:
+    """The national form a number prefix is looked up by (national_form), None when it has none: an
+    international prefix that ends within its country code ("0049") only matches literally."""
+    if prefix.startswith("00"):
+        national = national_form(prefix)
+        return national if national != prefix else None
+    return prefix
+
+
+def number_prefix_match(value: str, prefix: str, national: str | None) -> bool:
+    """A folded number starts with a folded prefix, in either form.
+
+    Literally; or a national number (one 0) against an international prefix, with the
+    prefix's country code dropped ("030 12345" starts with "+49 30 1234": the rule of
+    same_number, where a national number is the same as its international form in any
+    country); or an international number against a national prefix, in its national form
+    ("+49 30 12345" starts with "030 12"). `national` is number_prefix_national(prefix).
+    """
+    if value.startswith(prefix):
+        return True
+    if national is None:
+        return False
+    if prefix.startswith("00"):
+        return is_national(value) and value.startswith(national)
+    return is_national(prefix) and value.startswith("00") and national_form(value).startswith(prefix)
 
 
 FOLDERS: dict[str, Callable[[str], str]] = {K_NAME: fold_name, K_NUMBER: fold_number, K_OCLASS: fold_name}
@@ -573,228 +626,6 @@ def base_entry_values(base_ndn) -> dict[str, tuple[str, ...]]:
     return values
 
 
-SORT_SLICE = 8192  # items sorted in one call: about 5 ms
-DISMANTLE_STEP = 2048  # items freed per step when an old snapshot is dropped: about 2 ms
-
-
-def sorted_in_slices(items: list) -> list:
-    """`sorted(items)`, without holding the interpreter for long.
-
-    One sort of 100,000 strings is a single C call of about 100 ms, and a build
-    thread holds the GIL all that time, so every other service waits. Slices
-    sorted apart and merged by `heapq.merge` (Python code, which yields the GIL
-    between items) cost about a third more and never hold it for long.
-    """
-    if len(items) <= SORT_SLICE:
-        return sorted(items)
-    return list(heapq.merge(*(sorted(items[i:i + SORT_SLICE]) for i in range(0, len(items), SORT_SLICE))))
-
-
-class Directory:
-    """An immutable snapshot: the Root DSE, the base entry, the contacts' entries and their indexes."""
-
-    def __init__(self, base: str, contacts: Iterable, version: int = 0):
-        self.base = base
-        self.version = version
-        self.base_ndn = parse_dn(base)
-        contacts = list(contacts)
-        pairs = [contact_values(c) for c in contacts]
-        seen: dict[str, int] = {}
-        for _, f in pairs:
-            seen[f["cn"][0]] = seen.get(f["cn"][0], 0) + 1
-        entries = []
-        base_ndn = self.base_ndn
-        for v, f in pairs:
-            folded_cn = f["cn"][0]
-            rdn = "cn=" + escape_rdn_value(v["cn"][0])
-            if seen[folded_cn] > 1:  # same name twice: add the id so every DN stays unique
-                uid = v["uid"][0]
-                rdn += "+uid=" + escape_rdn_value(uid)
-                ndn = ((("cn", folded_cn), ("uid", f["uid"][0])),) + base_ndn
-            else:
-                ndn = ((("cn", folded_cn),),) + base_ndn
-            entries.append(Entry(f"{rdn},{base}", v, ndn, f))
-        self.entries: list[Entry] = entries
-        self.by_ndn = {e.ndn: e for e in entries}
-        base_values = base_entry_values(self.base_ndn)
-        if self.base_ndn:
-            for key, _ in self.base_ndn[0]:
-                if key in ATTRIBUTE_TYPES:
-                    base_values[key] = (_rdn_raw_value(base, key),)
-        self.base_entry = Entry(base, base_values)
-        self.root_dse = RootDSE(base)
-        self._build_indexes()
-
-    def _build_indexes(self) -> None:
-        # per attribute: sorted (folded value, entry index) for equality/prefix, and one
-        # "\n"-joined string of the folded values for substrings (str.find is C-fast)
-        self.sorted_keys: dict[str, list[str]] = {}
-        self.sorted_ids: dict[str, array] = {}  # entry ids as 4-byte ints: a list held an int object each
-        self.haystack: dict[str, str] = {}
-        self.hay_starts: dict[str, array] = {}
-        self.hay_ids: dict[str, array] = {}
-        self.number_suffix: dict[str, list[int]] = {}  # last 6 digits of any number -> entry ids
-        self._trigrams: dict[str, dict[str, array]] = {}  # for TRIGRAM_KEYS
-        self._sounds: dict[str, str] = {}  # folded value -> padded_sounds(value), filled by approximate matches
-        for key in INDEXED_KEYS:
-            pairs = [(v, i) for i, e in enumerate(self.entries) for v in e.folded.get(key, ())]  # in entry order
-            by_value = sorted_in_slices(pairs)
-            self.sorted_keys[key] = [p[0] for p in by_value]
-            self.sorted_ids[key] = array("i", [p[1] for p in by_value])
-            del by_value
-            starts, pos = array("q"), 0
-            for value, _ in pairs:
-                starts.append(pos)
-                pos += len(value) + 1
-            self.haystack[key] = "\n" + "\n".join(p[0] for p in pairs) + "\n"
-            self.hay_starts[key] = starts
-            self.hay_ids[key] = array("i", [p[1] for p in pairs])
-            if ATTRIBUTE_TYPES[key][1] == K_NUMBER:
-                for value, i in pairs:
-                    self.number_suffix.setdefault(value[-6:], []).append(i)
-        # per key, each entry's folded values joined by "\n" (a substring check is one `in`)
-        self.columns = {key: ["\n".join(e.folded.get(key, ())) for e in self.entries] for key in INDEXED_KEYS}
-        for key in TRIGRAM_KEYS:  # built with the rest (off the event loop), not at the first search
-            self.trigram_postings(key)
-
-    def dismantle(self, per_step: int = DISMANTLE_STEP) -> Iterator[None]:
-        """Empty this snapshot a slice at a time, yielding between slices, for a caller that holds
-        the only reference: dropping 100,000 entries at once is one deallocation of about 100 ms."""
-        containers = [self.by_ndn, self.number_suffix, *self._trigrams.values(), self._trigrams, self._sounds, self.entries,
-                      *self.sorted_keys.values(), *self.sorted_ids.values(), *self.hay_starts.values(),
-                      *self.hay_ids.values(), *self.columns.values()]
-        for container in containers:
-            while container:
-                if isinstance(container, dict):
-                    for _ in range(min(per_step, len(container))):
-                        container.popitem()
-                else:
-                    del container[-per_step:]
-                yield
-        self.haystack.clear()
-
-    # -- candidate lookups: lazy, so a search that stops at its size limit pays only for what it used --
-
-    def _range(self, key: str, lo: int, hi: int) -> tuple[Iterator[int], int]:
-        return map(self.sorted_ids[key].__getitem__, range(lo, hi)), hi - lo
-
-    def equal_ids(self, key: str, value: str) -> tuple[Iterator[int], int]:
-        if ATTRIBUTE_TYPES[key][1] == K_NUMBER:
-            ids = self.number_suffix.get(value[-6:], [])
-            return iter(ids), len(ids)
-        keys = self.sorted_keys[key]
-        lo = bisect_left(keys, value)
-        return self._range(key, lo, bisect_right(keys, value, lo))
-
-    def prefix_ids(self, key: str, prefix: str) -> tuple[Iterator[int], int]:
-        keys = self.sorted_keys[key]
-        lo = bisect_left(keys, prefix)
-        return self._range(key, lo, bisect_left(keys, prefix + "\U0010ffff", lo))
-
-    def trigram_postings(self, key: str) -> dict[str, array]:
-        """Per trigram, the ids of entries whose `key` holds it (built with the directory, off the event loop)."""
-        index = self._trigrams.get(key)
-        if index is None:
-            index = self._trigrams[key] = {}
-            for value, i in zip(self.sorted_keys[key], self.sorted_ids[key]):
-                for gram in {value[j:j + TRIGRAM] for j in range(len(value) - TRIGRAM + 1)}:
-                    postings = index.get(gram)
-                    if postings is None:
-                        postings = index[gram] = array("i")
-                    postings.append(i)
-        return index
-
-    def trigram_ids(self, key: str, piece: str) -> tuple[Iterator[int], int]:
-        """Entries holding the rarest trigram of `piece` (a superset: verified by the filter)."""
-        index = self._trigrams[key]
-        rarest = min((index.get(piece[j:j + TRIGRAM], _NO_IDS) for j in range(len(piece) - TRIGRAM + 1)), key=len)
-        return iter(rarest), len(rarest)
-
-    def contains_ids(self, key: str, piece: str, final: bool) -> Iterator[int]:
-        """Entries whose `key` contains `piece` (at the end when `final`): a scan of the joined values,
-        FIND_WINDOW characters per call, with NO_ENTRY between windows (a point to look at the clock)."""
-        if "\n" in piece:  # no value holds one; the joined values do, between values
-            return
-        hay, starts, ids = self.haystack[key], self.hay_starts[key], self.hay_ids[key]
-        needle = piece + "\n" if final else piece
-        find, size, count = hay.find, len(hay), len(starts)
-        pos = 1
-        while pos < size:
-            window_end = min(size, pos + FIND_WINDOW + len(needle))
-            found = find(needle, pos, window_end)
-            if found < 0:
-                if window_end == size:
-                    return
-                pos = window_end - len(needle) + 1  # a match across the window's end is in the next one
-                yield NO_ENTRY
-                continue
-            index = bisect_right(starts, found - 1) - 1
-            yield ids[index]
-            pos = (starts[index + 1] if index + 1 < count else size) + 1  # the next value
-
-    def sounds(self, value: str) -> str:
-        """`padded_sounds(value)` for approximate matching, computed once per distinct value."""
-        code = self._sounds.get(value)
-        if code is None:
-            code = self._sounds[value] = padded_sounds(value)
-        return code
-
-    def candidates(self, f) -> tuple[Iterator[int] | None, bool, int]:
-        """(entry ids that may match, whether exactly those match, about how many); None: scan everything.
-
-        Exact lookups (a name's equality or prefix, a number's prefix) need no
-        verification; the others (number equality by suffix, trigrams, AND) are
-        supersets that the compiled filter checks. An id may come more than once;
-        NO_ENTRY (-1) stands for a stretch of work that found none.
-        """
-        op = f[0]
-        if op == F_AND:
-            best: tuple = (None, False, 0)
-            for child in f[1]:
-                ids, _, size = self.candidates(child)
-                if ids is not None and (best[0] is None or size < best[2]):
-                    best = (ids, False, size)
-            return best
-        if op == F_OR:
-            parts, exact, total = [], True, 0
-            for child in f[1]:
-                ids, child_exact, size = self.candidates(child)
-                if ids is None:
-                    return None, False, 0
-                parts.append(ids)
-                exact = exact and child_exact
-                total += size
-            return itertools.chain.from_iterable(parts), exact, total
-        key = f[1] if op in (F_EQ, F_SUB) else None
-        if key not in self.sorted_keys:
-            return None, False, 0
-        is_number = ATTRIBUTE_TYPES[key][1] == K_NUMBER
-        if op == F_EQ:
-            ids, size = self.equal_ids(key, f[2])
-            return ids, not is_number, size
-        initial, anys, final = f[2], f[3], f[4]
-        if initial:
-            ids, size = self.prefix_ids(key, initial)
-            return ids, not anys and not final, size
-        pieces = [(a, False) for a in anys] + ([(final, True)] if final else [])
-        if not pieces:
-            return None, False, 0
-        piece, is_final = max(pieces, key=lambda p: len(p[0]))
-        if len(piece) >= TRIGRAM and key in self._trigrams:
-            ids, size = self.trigram_ids(key, piece)
-            if len(pieces) == 1 and not is_final:
-                # "*typed*": checked here with one `in` per candidate, which makes the lookup exact
-                column = self.columns[key]
-                return (i if piece in column[i] else NO_ENTRY for i in ids), True, size
-            return ids, False, size
-        return self.contains_ids(key, piece, is_final), len(pieces) == 1, len(self.entries)
-
-
-_NO_IDS = array("i")
-NO_ENTRY = -1  # in a lookup's ids: no entry, but time passed (the search may end its slice here)
-FIND_WINDOW = 1 << 16  # characters of joined values searched per call: about 50 us
-
-
 def _rdn_raw_value(dn: str, key: str) -> str:
     first = dn.split(",", 1)[0]
     name, _, value = first.partition("=")
@@ -821,34 +652,6 @@ class RootDSE(Entry):
             "namingcontexts": extra[0], "supportedldapversion": extra[1], "supportedextension": extra[2],
             "supportedcontrol": extra[3], "supportedsaslmechanisms": extra[4], "vendorname": extra[5],
         }
-
-
-class DirectoryCache:
-    """The current Directory, rebuilt when the address book's version or the base changes.
-
-    `run(build, *args)` runs the rebuild; the shell passes one that uses a thread, so a
-    large address book does not stall the other connections while it is indexed.
-    `retire(old)` is given the snapshot a rebuild replaced (the shell frees it in steps).
-    """
-
-    def __init__(self, version: Callable[[], int], contacts: Callable[[], list]):
-        self._version, self._contacts = version, contacts
-        self.directory: Directory | None = None
-
-    def stale(self, base: str) -> bool:
-        directory = self.directory
-        return directory is None or directory.version != self._version() or directory.base != base
-
-    def current(self, base: str, run: Callable = lambda build, *args: build(*args),
-                retire: Callable[[Directory], None] = lambda old: None) -> Directory:
-        version = self._version()
-        directory = self.directory
-        if directory is None or directory.version != version or directory.base != base:
-            old, directory = directory, run(Directory, base, self._contacts(), version)
-            self.directory = directory
-            if old is not None:
-                retire(old)
-        return directory
 
 
 # -- filters: decode (§4.5.1.7) and compile to a three-valued predicate ----------
@@ -1010,42 +813,59 @@ def _always(result):
     return lambda entry: result
 
 
-def compile_filter(f, sounds: Callable[[str], str] = padded_sounds) -> Callable[[Entry], bool | None]:
+class EntryAccess:
+    """How compile_filter's predicates read an Entry (the Root DSE, the base entry, a reference's entries).
+
+    A Directory gives its own (ldapindex.BlobAccess) for its contacts, read by id.
+    """
+
+    @staticmethod
+    def values(key: str) -> Callable[[Entry], tuple[str, ...]]:
+        empty: tuple = ()
+        return lambda entry: entry.folded.get(key, empty)
+
+    @staticmethod
+    def present(key: str) -> Callable[[Entry], bool]:
+        return lambda entry: key in entry.values
+
+    @staticmethod
+    def contains(key: str, piece: str) -> Callable[[Entry], bool] | None:
+        return None  # the general substring match serves
+
+    @staticmethod
+    def entry(entry: Entry) -> Entry:
+        return entry
+
+
+ENTRIES = EntryAccess()
+
+
+def compile_filter(f, sounds: Callable[[str], str] = padded_sounds, access=ENTRIES) -> Callable[[object], bool | None]:
     """A predicate entry -> True / False / None (Undefined, RFC 4511 §4.5.1.7).
 
     Everything that depends only on the filter is computed here, once; what depends
     on a value is folded with the entry (or, for approximate matching, by `sounds`,
     which a Directory answers from a cache: once per value, not per evaluation).
+    `access` reads an entry's folded values (EntryAccess; a Directory's reads its
+    blobs by id), and gives the whole Entry where a match needs it (extensible).
     """
     op = f[0]
-    if op == F_AND:
-        parts = [compile_filter(c, sounds) for c in f[1]]
+    if op in (F_AND, F_OR):
+        parts = [compile_filter(c, sounds, access) for c in f[1]]
+        decisive = op == F_OR  # the result that ends the loop: True for OR, False for AND
 
-        def match_and(entry):
-            result = True
+        def match_all(entry):
+            result = not decisive
             for part in parts:
                 r = part(entry)
-                if r is False:
-                    return False
+                if r is decisive:
+                    return decisive
                 if r is None:
                     result = None
             return result
-        return match_and
-    if op == F_OR:
-        parts = [compile_filter(c, sounds) for c in f[1]]
-
-        def match_or(entry):
-            result = False
-            for part in parts:
-                r = part(entry)
-                if r:
-                    return True
-                if r is None:
-                    result = None
-            return result
-        return match_or
+        return match_all
     if op == F_NOT:
-        inner = compile_filter(f[1], sounds)
+        inner = compile_filter(f[1], sounds, access)
 
         def match_not(entry):
             r = inner(entry)
@@ -1057,20 +877,35 @@ def compile_filter(f, sounds: Callable[[str], str] = padded_sounds) -> Callable[
             return _always(False)
         if key == "objectclass":
             return _always(True)
-        return lambda entry: key in entry.values
+        return access.present(key)
     if op == F_EXT:
-        return _compile_extensible(*f[1:])
+        match = _compile_extensible(*f[1:])
+        whole = access.entry
+        return lambda entry: (lambda e: e is not None and match(e))(whole(entry))
     key = f[1]
     if key is None:
         return _always(None)
     kind = ATTRIBUTE_TYPES[key][1]
-    empty: tuple = ()
+    get = access.values(key)
     # loops, not any(generator): a generator made per value checked would cost more than the check
     if op == F_SUB:
         initial, anys, final = f[2], f[3], f[4]
+        if kind == K_NUMBER and initial and not anys and not final:
+            national = number_prefix_national(initial)
+
+            def match_number_prefix(entry):
+                for v in get(entry):
+                    if number_prefix_match(v, initial, national):
+                        return True
+                return False
+            return match_number_prefix
+        if not initial and not final and len(anys) == 1:
+            contains = access.contains(key, anys[0])
+            if contains is not None:
+                return contains
 
         def match_substrings(entry):
-            for v in entry.folded.get(key, empty):
+            for v in get(entry):
                 if _substring_match(v, initial, anys, final):
                     return True
             return False
@@ -1079,29 +914,29 @@ def compile_filter(f, sounds: Callable[[str], str] = padded_sounds) -> Callable[
     if op == F_EQ or (op == F_APPROX and kind != K_NAME):
         if kind == K_NUMBER:
             def match_number(entry):
-                for v in entry.folded.get(key, empty):
+                for v in get(entry):
                     if same_number(v, value):
                         return True
                 return False
             return match_number
-        return lambda entry: value in entry.folded.get(key, empty)
+        return lambda entry: value in get(entry)
     if op == F_APPROX:  # value: the assertion's codes (sound_codes)
         def match_approx(entry):
-            for v in entry.folded.get(key, empty):
+            for v in get(entry):
                 if approx_match(sounds(v), value):
                     return True
             return False
         return match_approx
     if op == F_GE:
         def match_ge(entry):
-            for v in entry.folded.get(key, empty):
+            for v in get(entry):
                 if v >= value:
                     return True
             return False
         return match_ge
 
     def match_le(entry):
-        for v in entry.folded.get(key, empty):
+        for v in get(entry):
             if v <= value:
                 return True
         return False
@@ -1336,8 +1171,8 @@ MAX_BODIES_PER_ENTRY = 2  # encoded answers an entry keeps (a phone asks with on
 @dataclass
 class PagedSearch:
     identity: bytes
-    results: array  # ids, for entry_of (entry_getter)
-    entry_of: Callable[[int], Entry]
+    results: array  # ids (Entries)
+    entries: "Entries"
     position: int
     size_exceeded: bool
     sort_control: bytes
@@ -1382,6 +1217,7 @@ class SearchCursor:
         self.done = False
         self.time_limited = False
         self.sent = 0  # entries sent
+        self.given = 0  # found ids given to the encoder (a contact deleted since it was found is not sent)
         self.out: list = []  # filled by the steps, emptied by run()
         self.steps: Iterator[bool] = iter(())
 
@@ -1421,60 +1257,93 @@ def resolve_scope(directory: "Directory", ndn, scope: int) -> tuple[list[Entry],
             raise LdapError(NO_SUCH_OBJECT, "", "")
         include_base = scope == SCOPE_SUB or len(base_ndn) - len(ndn) == 1
         return ([directory.base_entry] if include_base else []), scope == SCOPE_SUB
-    entry = directory.by_ndn.get(ndn)
-    if entry is None:
+    found = directory.find(ndn)
+    if found is None:
         matched = directory.base if ndn[len(ndn) - len(base_ndn):] == base_ndn else ""
         raise LdapError(NO_SUCH_OBJECT, "", matched)
-    return ([entry] if scope != SCOPE_ONE else []), False
+    return ([directory.entry(found)] if scope != SCOPE_ONE else []), False
 
 
-def entry_getter(directory: "Directory", first: list[Entry]) -> Callable[[int], Entry]:
-    """The entry of a search's id: a contact's index in the directory, or len(contacts) + k for first[k].
+class Entries:
+    """What a search's ids stand for: a contact's id (1 and up) in the directory, or -1 - k for first[k].
 
     A search keeps what it found as ids in an array('i'): 4 bytes each, and not a
     list the cyclic collector walks (a young list of 100,000 entries made every
-    collection visit each of them, scattered in memory: 50 ms)."""
-    entries, count = directory.entries, len(directory.entries)
-    return lambda i: entries[i] if i < count else first[i - count]
+    collection visit each of them, scattered in memory: 50 ms). A contact deleted
+    after it was found is no longer answered; one changed is answered as it is now.
+    """
+
+    def __init__(self, directory: "Directory", first: list[Entry]):
+        self.directory, self.first = directory, first
+
+    def entry(self, i: int) -> Entry | None:
+        return self.first[-1 - i] if i < 0 else self.directory.entry(i)
+
+    def sort_value(self, i: int, key: str) -> str | None:
+        """The value an entry sorts by (its least folded value of `key`), None if it has none."""
+        if i < 0:
+            values = self.first[-1 - i].folded.get(key)
+            return min(values) if values else None
+        return self.directory.folded(i, key)
+
+    def body(self, i: int, selection: "Selection") -> bytes | None:
+        """The SearchResultEntry of an id for `selection`, None if the contact is gone."""
+        if i >= 0:
+            return self.directory.answer(i, selection)
+        entry = self.first[-1 - i]
+        cache = entry._bodies
+        body = cache.get(selection.key) if cache is not None else None
+        if body is None:
+            body = ber.tlv(SEARCH_RESULT_ENTRY, entry.encoded_dn + ber.tlv(0x30, selection.encode(entry)))
+            if cache is None:
+                cache = entry._bodies = {}
+            if len(cache) < MAX_BODIES_PER_ENTRY:
+                cache[selection.key] = body
+        return body
 
 
 def find_entries(directory: "Directory", first: list[Entry], contacts: bool, flt, found: array,
                  limit: int | None = None) -> Iterator[None]:
-    """Append to `found` the ids (entry_getter) of the entries of `first`, then of the contacts (if
+    """Append to `found` the ids (Entries) of the entries of `first`, then of the contacts (if
     `contacts`), that match filter `flt`; stop at `limit`. Yields between small units of work
     (MATCH_STEP_UNITS filter units).
 
     Contacts come from the directory's indexes when the filter allows (in index order,
-    alphabetical for name lookups; exact lookups skip the filter), else from a scan.
+    alphabetical for name lookups; exact lookups skip the filter while the directory
+    has not changed since the search began), else from a scan in id order.
     """
-    predicate = compile_filter(flt, directory.sounds)  # here, in the search's first slice
-    stride = max(1, MATCH_STEP_UNITS // filter_units(flt))
-    entries = directory.entries
+    check_first = compile_filter(flt, directory.sounds)  # here, in the search's first slice
     for k, entry in enumerate(first):
-        if predicate(entry):
-            found.append(len(entries) + k)
+        if check_first(entry):
+            found.append(-1 - k)
     if not contacts or (limit is not None and len(found) >= limit):
         return
+    predicate = directory.predicate(flt)
+    stride = max(1, MATCH_STEP_UNITS // filter_units(flt))
     ids, exact, _ = directory.candidates(flt)
+    seen: set[int] | None = set()  # an id may come more than once from a lookup
     if ids is None:
-        ids, exact = range(len(entries)), False
-    seen = bytearray(len(entries))  # an id may come more than once
+        ids, exact, seen = directory.scan(), False, None
+    blobs, version = directory.blobs, directory.version
     countdown = stride
     for i in ids:
         countdown -= 1
         if countdown <= 0:
             countdown = stride
             yield
-        if i < 0 or seen[i]:  # NO_ENTRY: a window of a scan that found none
+        if seen is not None:
+            if i in seen:
+                continue
+            seen.add(i)
+        if i not in blobs:  # deleted since the lookup began
             continue
-        seen[i] = 1
-        if exact or predicate(entries[i]):
+        if (exact and directory.version == version) or predicate(i):
             found.append(i)
             if limit is not None and len(found) >= limit:
                 return
 
 
-def sort_steps(ids: array, keys: list[tuple[str, bool]], entry_of: Callable[[int], Entry], result: array) -> Iterator[bool]:
+def sort_steps(ids: array, keys: list[tuple[str, bool]], entries: Entries, result: array) -> Iterator[bool]:
     """Sort the entries of `ids` into `result` by `keys` [(attribute key, reverse)], SORT_STEP entries per step
     (`result` stays empty if the steps are stopped before the end).
 
@@ -1484,13 +1353,14 @@ def sort_steps(ids: array, keys: list[tuple[str, bool]], entry_of: Callable[[int
     values, the earlier slice's come first).
     """
     ordered = ids
+    sort_value = entries.sort_value
     for key, reverse in reversed(keys):
         def value(i: int, key=key) -> str:
-            return min(entry_of(i).folded[key])
+            return sort_value(i, key) or ""  # "": a contact deleted while it was sorted
         present, absent = array("i"), array("i")
         for start in range(0, len(ordered), SORT_STEP):
             for i in ordered[start:start + SORT_STEP]:
-                (present if key in entry_of(i).folded else absent).append(i)
+                (present if sort_value(i, key) is not None else absent).append(i)
             yield True
         runs = []
         for start in range(0, len(present), SORT_STEP):
@@ -1505,22 +1375,16 @@ def sort_steps(ids: array, keys: list[tuple[str, bool]], entry_of: Callable[[int
     result[:] = ordered
 
 
-def encode_entries(message_id: int, selection: "Selection", entries: Iterable[Entry]) -> bytes:
-    """SearchResultEntry messages; each entry's encoded body is cached per attribute selection."""
+def encode_entries(message_id: int, selection: "Selection", ids: Iterable[int], entries: Entries) -> tuple[bytes, int]:
+    """SearchResultEntry messages of `ids` (those still there), and how many."""
     head = ber.integer(message_id)
     tlv = ber.tlv
     chunks = []
-    for entry in entries:
-        cache = entry._bodies
-        body = cache.get(selection.key) if cache is not None else None
-        if body is None:
-            body = tlv(SEARCH_RESULT_ENTRY, entry.encoded_dn + tlv(0x30, selection.encode(entry)))
-            if cache is None:
-                cache = entry._bodies = {}
-            if len(cache) < MAX_BODIES_PER_ENTRY:
-                cache[selection.key] = body
-        chunks.append(tlv(0x30, head + body))
-    return b"".join(chunks)
+    for i in ids:
+        body = entries.body(i, selection)
+        if body is not None:
+            chunks.append(tlv(0x30, head + body))
+    return b"".join(chunks), len(chunks)
 
 
 # -- fair shares of search time, and buffered bytes (pure bookkeeping for the shell) ----
@@ -2032,10 +1896,10 @@ class LdapSession:
             raise LdapError(INVALID_DN_SYNTAX, str(exc)) from None
         if ndn == directory.base_ndn:
             return directory.base_entry
-        entry = directory.by_ndn.get(ndn)
-        if entry is None:
+        found = directory.find(ndn)
+        if found is None:
             raise LdapError(NO_SUCH_OBJECT, "", directory.base if ndn[1:] == directory.base_ndn else "")
-        return entry
+        return directory.entry(found)
 
     # -- search ---------------------------------------------------------------
 
@@ -2112,7 +1976,7 @@ class LdapSession:
                       critical_sort: bool) -> Iterator[bool]:
         """Find, then (sorted) send; unsorted entries are sent as they are found. Stops at the size limit."""
         found = array("i")
-        entry_of = entry_getter(directory, first)
+        entries = Entries(directory, first)
         timed_out = False
         stream = sort_keys is None
         # one more than the limit tells "exceeded" apart; a sorted result needs every match
@@ -2120,33 +1984,33 @@ class LdapSession:
                               None if not stream or size_limit is None else size_limit + 1)
         try:
             for _ in finder:
-                if stream and len(found) > cursor.sent:
-                    self._send_found(cursor, selection, found, entry_of, size_limit)
+                if stream and len(found) > cursor.given:
+                    self._send_found(cursor, selection, found, entries, size_limit)
                 yield True
         except TimeUp:
             timed_out = True
             finder.close()
         exceeded = size_limit is not None and len(found) > size_limit
         if stream:
-            self._send_found(cursor, selection, found, entry_of, size_limit)
+            self._send_found(cursor, selection, found, entries, size_limit)
         else:
-            ordered, sort_control, timed_out = yield from self._sorted(found, sort_keys, entry_of, sort_control,
+            ordered, sort_control, timed_out = yield from self._sorted(found, sort_keys, entries, sort_control,
                                                                        critical_sort, timed_out)
             del found
             try:
-                yield from self._send_steps(cursor, selection, ordered[:size_limit], entry_of)
+                yield from self._send_steps(cursor, selection, ordered[:size_limit], entries)
             except TimeUp:
                 timed_out = True
         code = TIME_LIMIT_EXCEEDED if timed_out else SIZE_LIMIT_EXCEEDED if exceeded else SUCCESS
         self._finish(cursor, code, sort_control)
 
     @staticmethod
-    def _sorted(found: array, sort_keys, entry_of, sort_control: bytes, critical: bool, timed_out: bool):
+    def _sorted(found: array, sort_keys, entries: Entries, sort_control: bytes, critical: bool, timed_out: bool):
         """Steps that sort `found` unless the time is up: (the ids to send, the sort control, timed out)."""
         ordered = array("i")
         if not timed_out:
             try:
-                yield from sort_steps(found, sort_keys, entry_of, ordered)
+                yield from sort_steps(found, sort_keys, entries, ordered)
                 return ordered, sort_control, False
             except TimeUp:
                 pass
@@ -2154,18 +2018,21 @@ class LdapSession:
         return (array("i") if critical else found), unsorted, True
 
     @staticmethod
-    def _send_found(cursor: SearchCursor, selection: Selection, found: array, entry_of, size_limit: int | None) -> None:
+    def _send_found(cursor: SearchCursor, selection: Selection, found: array, entries: Entries, size_limit: int | None) -> None:
         end = len(found) if size_limit is None else min(len(found), size_limit)
-        if end > cursor.sent:
-            cursor.out.append(encode_entries(cursor.message_id, selection, map(entry_of, found[cursor.sent:end])))
-            cursor.sent = end
+        if end > cursor.given:
+            encoded, count = encode_entries(cursor.message_id, selection, found[cursor.given:end], entries)
+            cursor.out.append(encoded)
+            cursor.given = end
+            cursor.sent += count
 
     @staticmethod
-    def _send_steps(cursor: SearchCursor, selection: Selection, ids: array, entry_of) -> Iterator[bool]:
+    def _send_steps(cursor: SearchCursor, selection: Selection, ids: array, entries: Entries) -> Iterator[bool]:
         for start in range(0, len(ids), EMIT_STEP):
-            chunk = ids[start:start + EMIT_STEP]
-            cursor.out.append(encode_entries(cursor.message_id, selection, map(entry_of, chunk)))
-            cursor.sent += len(chunk)
+            encoded, count = encode_entries(cursor.message_id, selection, ids[start:start + EMIT_STEP], entries)
+            cursor.out.append(encoded)
+            cursor.given += min(EMIT_STEP, len(ids) - start)
+            cursor.sent += count
             yield True
 
     @staticmethod
@@ -2183,7 +2050,7 @@ class LdapSession:
                      page_size: int, identity: bytes, sorted_request: bool, policy: Policy) -> Iterator[bool]:
         """The first page: every match found (and sorted) and kept for the pages after it."""
         found = array("i")
-        entry_of = entry_getter(directory, first)
+        entries = Entries(directory, first)
         timed_out = False
         limit = request.size_limit + 1 if request.size_limit and sort_keys is None else None
         finder = find_entries(directory, first, contacts, request.filter, found, limit)
@@ -2194,7 +2061,7 @@ class LdapSession:
             timed_out = True
             finder.close()
         if sort_keys is not None:
-            found, sort_control, timed_out = yield from self._sorted(found, sort_keys, entry_of, sort_control,
+            found, sort_control, timed_out = yield from self._sorted(found, sort_keys, entries, sort_control,
                                                                      critical_sort, timed_out)
         exceeded = bool(request.size_limit) and len(found) > request.size_limit
         if exceeded:
@@ -2203,17 +2070,17 @@ class LdapSession:
         cookie = str(self._cookies).encode()
         if len(self._paged) >= MAX_PAGED_SEARCHES:
             self._paged.pop(next(iter(self._paged)))
-        state = self._paged[cookie] = PagedSearch(identity, found, entry_of, 0, exceeded, sort_control, cursor.message_id)
+        state = self._paged[cookie] = PagedSearch(identity, found, entries, 0, exceeded, sort_control, cursor.message_id)
         yield from self._page_steps(cursor, state, cookie, page_size, selection, sorted_request, policy, timed_out)
 
     def _page_steps(self, cursor: SearchCursor, state: PagedSearch, cookie: bytes, page_size: int, selection: Selection,
                     sorted_request: bool, policy: Policy, timed_out: bool) -> Iterator[bool]:
         size = min(page_size, policy.size_limit)
         try:
-            yield from self._send_steps(cursor, selection, state.results[state.position:state.position + size], state.entry_of)
+            yield from self._send_steps(cursor, selection, state.results[state.position:state.position + size], state.entries)
         except TimeUp:
             timed_out = True
-        state.position += cursor.sent
+        state.position += cursor.given
         done = state.position >= len(state.results) or timed_out
         if done:
             self._paged.pop(cookie, None)
@@ -2259,3 +2126,6 @@ OPERATIONS: dict[int, Callable] = {
     DEL_REQUEST: LdapSession._write,
     MODDN_REQUEST: LdapSession._write,
 }
+
+
+from .ldapindex import Directory  # noqa: E402  (the index reads this module's schema and filters)

@@ -1,0 +1,790 @@
+"""The address book's LDAP entries and their indexes, changed one contact at a time (sans-IO).
+
+`Directory` holds, per contact, ONE immutable `bytes` blob (`make_blob`): a
+header of uint16 end offsets, the encoded DN, each attribute's encoded
+PartialAttribute and each attribute's folded value. displayName (always cn's
+value), uid (the id) and objectClass (constant) are made when answering. The
+indexes hold no Python object per value:
+
+- `SortedKeys` per attribute: (folded value, id) pairs sorted in packed blocks
+  of about BLOCK pairs (one str and two arrays a block). Names are keyed by
+  their folded value (equality, prefix); numbers by their national form
+  (`national_form`, prefix in either form) and, reversed, by their digits
+  from the end (a number's equality by its last TAIL characters, "*4711").
+- `Trigrams` per name attribute: array('i') postings, append-only between
+  compactions (a stale id costs one check against the current value).
+- `order`: every id, ascending (what a scan walks).
+- a bounded cache of encoded answers per attribute selection (`answer`).
+
+Every change (`put`, `delete`) touches its own keys only: one block per
+attribute is rewritten, a posting appended to. A bulk add (`merge`, an
+import's slice) merges each attribute's keys in one pass. The structures
+searches iterate are copy-on-write at the level of their block lists (an
+iterator keeps the lists it started with), so a search that runs in slices
+while contacts change sees a consistent set of keys; ids it finds are then
+checked against the current blob (a deleted contact is skipped, a changed
+one verified again).
+
+Namesakes: two contacts with the same folded cn get "+uid=ID" in their RDN
+(DNs stay unique); only a count going 1 <-> 2 rewrites another entry's DN.
+
+Filter semantics are `compile_filter`'s (greenservers/proto/ldap.py); the
+Directory gives it an accessor that reads folded values out of blobs.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from bisect import bisect_left, bisect_right
+from heapq import merge as heap_merge
+from itertools import accumulate, islice
+from typing import Callable, Iterable, Iterator
+
+from . import ber
+from .ldap import (
+    ATTRIBUTE_TYPES,
+    F_AND,
+    F_EQ,
+    F_OR,
+    F_SUB,
+    K_NUMBER,
+    PERSON_CLASSES,
+    PERSON_CLASSES_FOLDED,
+    Entry,
+    RootDSE,
+    _rdn_raw_value,
+    base_entry_values,
+    compile_filter,
+    contact_values,
+    encode_attribute,
+    escape_rdn_value,
+    national_form,
+    number_prefix_national,
+    padded_sounds,
+    parse_dn,
+)
+
+KEYS = ("cn", "sn", "givenname", "mail", "o", "telephonenumber", "mobile", "homephone", "ipphone")
+NUMBER_KEYS = tuple(k for k in KEYS if ATTRIBUTE_TYPES[k][1] == K_NUMBER)
+NAME_KEYS = tuple(k for k in KEYS if k not in NUMBER_KEYS)
+ALIAS = {"displayname": "cn"}  # displayName's value is always cn's
+AT = {k: i for i, k in enumerate(KEYS)}
+HEADER = struct.Struct("<" + "H" * (1 + 2 * len(KEYS)))  # ends of: DN, encoded attributes, folded values
+HEAD = HEADER.size
+FOLDED_AT = 1 + len(KEYS)  # header index of the first folded value's end
+_PAIR = struct.Struct("<HH")
+TOP = "\U0010ffff"
+BLOCK = 128  # pairs per block: a change rewrites one block of about this many
+TAIL = 5  # a number's equality candidates share its last 5 characters: a national number has at least 6
+# (same_number), so at least 5 remain after its 0, common to both forms
+MAX_ANSWERS = 30_000  # encoded answers cached (about 200 bytes each)
+MAX_SOUNDS = 50_000  # folded values whose Soundex codes are cached
+OBJECTCLASS_ENCODED = encode_attribute("objectClass", PERSON_CLASSES)
+_CN_TYPE = ber.octets("cn")
+_DISPLAY_TYPE = ber.octets("displayName")
+_UID_TYPE = ber.octets("uid")
+_NO_IDS = array("i")
+
+
+def _length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(b),)) + b
+
+
+def _partial_attribute(type_element: bytes, value: str) -> bytes:
+    """PartialAttribute of one value (the build makes about a million: no general tlv())."""
+    v = value.encode()
+    inner = b"\x04" + _length(len(v)) + v
+    body = type_element + b"\x31" + _length(len(inner)) + inner
+    return b"\x30" + _length(len(body)) + body
+
+
+_TYPE_ELEMENTS = {k: ber.octets(ATTRIBUTE_TYPES[k][0]) for k in KEYS}
+
+
+def make_blob(contact, namesake: bool, base: str) -> bytes:
+    """A contact's blob: header, DN element, encoded attributes, folded values (see the module's docstring)."""
+    values, folded = contact_values(contact)
+    rdn = "cn=" + escape_rdn_value(values["cn"][0])
+    if namesake:
+        rdn += "+uid=" + str(contact.id)
+    parts = [ber.octets(f"{rdn},{base}")]
+    parts += [_partial_attribute(_TYPE_ELEMENTS[k], values[k][0]) if k in values else b"" for k in KEYS]
+    parts += [folded[k][0].encode() if k in folded else b"" for k in KEYS]
+    ends = list(accumulate(map(len, parts), initial=HEAD))[1:]
+    return HEADER.pack(*ends) + b"".join(parts)
+
+
+def folded_value(blob: bytes, key: str) -> str | None:
+    """The folded value of `key` (one of KEYS) in a blob, None when the contact has none."""
+    start, end = _PAIR.unpack_from(blob, 2 * (FOLDED_AT + AT[key] - 1))
+    return blob[start:end].decode() if end > start else None
+
+
+def blob_dn(blob: bytes) -> str:
+    end = HEADER.unpack_from(blob)[0]
+    _, s, e = ber.read_header(blob, HEAD, end)
+    return blob[s:e].decode()
+
+
+def _with_dn(blob: bytes, dn: str) -> bytes:
+    ends = HEADER.unpack_from(blob)
+    element = ber.octets(dn)
+    shift = len(element) - (ends[0] - HEAD)
+    return HEADER.pack(*(x + shift for x in ends)) + element + blob[ends[0]:]
+
+
+def _display_from_cn(cn_attribute: bytes) -> bytes:
+    """displayName's PartialAttribute: cn's, with the type renamed (their values are always equal)."""
+    _, s, e = ber.read_header(cn_attribute, 0, len(cn_attribute))
+    body = _DISPLAY_TYPE + cn_attribute[s + len(_CN_TYPE):e]
+    return b"\x30" + _length(len(body)) + body
+
+
+def _raw_value(attribute: bytes) -> str:
+    """The one value of a PartialAttribute made by _partial_attribute."""
+    _, s, e = ber.read_header(attribute, 0, len(attribute))
+    _, ts, te = ber.read_header(attribute, s, e)
+    _, ss, se = ber.read_header(attribute, te, e)
+    _, vs, ve = ber.read_header(attribute, ss, se)
+    return attribute[vs:ve].decode()
+
+
+# -- sorted keys in packed blocks ------------------------------------------------------
+
+
+class SortedKeys:
+    """(key, id) pairs in (key, id) order, in blocks of about BLOCK: per block one "\\0"-joined str of its
+    keys, an array of their offsets and an array of their ids.
+
+    Changes replace the lists of blocks (copy-on-write), never a block in place:
+    an iterator from `range` goes on over the blocks it started with.
+    """
+
+    __slots__ = ("heads", "blocks")
+
+    def __init__(self, pairs: Iterable[tuple[str, int]] = ()):
+        """From pairs already in (key, id) order (read a block at a time)."""
+        heads, blocks = [], []
+        pairs = iter(pairs)
+        while chunk := list(islice(pairs, BLOCK)):
+            block = _pack([k for k, _ in chunk], [i for _, i in chunk])
+            heads.append(chunk[0])
+            blocks.append(block)
+        self.heads: list[tuple[str, int]] = heads
+        self.blocks: list[tuple[str, array, array]] = blocks
+
+    def __len__(self) -> int:
+        return sum(len(ids) for _, _, ids in self.blocks)
+
+    def pairs(self) -> Iterator[tuple[str, int]]:
+        for text, _, ids in self.blocks:
+            yield from zip(text[:-1].split("\0"), ids)
+
+    def range(self, lo: str, hi: str) -> Iterator[int]:
+        """Ids of the keys in [lo, hi), in key order, lazily."""
+        heads, blocks = self.heads, self.blocks
+        b = max(0, bisect_left(heads, (lo, -1)) - 1)
+        if b >= len(blocks):
+            return
+        text, offsets, ids = blocks[b]
+        j = bisect_left(range(len(ids)), lo, key=lambda j: text[offsets[j]:offsets[j + 1] - 1])
+        while True:
+            n = len(ids)
+            while j < n:
+                if text[offsets[j]:offsets[j + 1] - 1] >= hi:
+                    return
+                yield ids[j]
+                j += 1
+            b += 1
+            if b >= len(blocks):
+                return
+            text, offsets, ids = blocks[b]
+            j = 0
+
+    def count(self, lo: str, hi: str, cap: int) -> int:
+        """How many keys lie in [lo, hi), counted up to `cap`."""
+        return sum(1 for _ in islice(self.range(lo, hi), cap))
+
+    def add(self, key: str, id_: int) -> None:
+        pair = (key, id_)
+        heads, blocks = list(self.heads), list(self.blocks)
+        if not blocks:
+            self.heads, self.blocks = [pair], [_pack([key], [id_])]
+            return
+        b = max(0, bisect_right(heads, pair) - 1)
+        keys, ids = _unpack(blocks[b])
+        j = bisect_left(list(zip(keys, ids)), pair)
+        keys.insert(j, key)
+        ids.insert(j, id_)
+        if len(keys) > 2 * BLOCK:
+            half = len(keys) // 2
+            heads[b:b + 1] = [(keys[0], ids[0]), (keys[half], ids[half])]
+            blocks[b:b + 1] = [_pack(keys[:half], ids[:half]), _pack(keys[half:], ids[half:])]
+        else:
+            heads[b] = (keys[0], ids[0])
+            blocks[b] = _pack(keys, ids)
+        self.heads, self.blocks = heads, blocks
+
+    def remove(self, key: str, id_: int) -> None:
+        pair = (key, id_)
+        b = max(0, bisect_right(self.heads, pair) - 1)
+        if b >= len(self.blocks):
+            return
+        keys, ids = _unpack(self.blocks[b])
+        pairs = list(zip(keys, ids))
+        j = bisect_left(pairs, pair)
+        if j >= len(pairs) or pairs[j] != pair:
+            return
+        del keys[j], ids[j]
+        heads, blocks = list(self.heads), list(self.blocks)
+        if keys:
+            heads[b], blocks[b] = (keys[0], ids[0]), _pack(keys, ids)
+        else:
+            del heads[b], blocks[b]
+        self.heads, self.blocks = heads, blocks
+
+
+def _pack(keys: list[str], ids: list[int]) -> tuple[str, array, array]:
+    offsets = array("I", accumulate((len(k) + 1 for k in keys), initial=0))
+    return "\0".join(keys) + "\0", offsets, array("i", ids)
+
+
+def _unpack(block: tuple[str, array, array]) -> tuple[list[str], list[int]]:
+    text, _, ids = block
+    return text[:-1].split("\0"), ids.tolist()
+
+
+# -- trigram postings ----------------------------------------------------------------------
+
+
+class Trigrams:
+    """Trigram postings of one attribute (array('i') each), append-only between compactions.
+
+    Postings are supersets: the search verifies each id against the contact's
+    current value, so an id left by a change or a delete costs one check; a
+    posting is rebuilt when a quarter of it is stale. A 2-character piece chains
+    the postings of the trigrams that hold it; values shorter than 3 characters
+    are listed in `short`.
+    """
+
+    __slots__ = ("postings", "stale", "by_pair", "short")
+
+    def __init__(self):
+        self.postings: dict[str, array] = {}
+        self.stale: dict[str, int] = {}
+        self.by_pair: dict[str, list[str]] = {}
+        self.short = array("i")
+
+    def add(self, value: str, id_: int) -> None:
+        if len(value) < 3:
+            self.short.append(id_)  # appended in place: an iterator over it goes on safely
+            return
+        postings = self.postings
+        for gram in {value[j:j + 3] for j in range(len(value) - 2)}:
+            posting = postings.get(gram)
+            if posting is None:
+                posting = postings[gram] = array("i")
+                for pair in {gram[:2], gram[1:]}:
+                    self.by_pair.setdefault(pair, []).append(gram)
+            posting.append(id_)
+
+    def removed(self, value: str, current: Callable[[int], str | None]) -> None:
+        """`value` is no longer an id's; compact the postings that became a quarter stale."""
+        if len(value) < 3:
+            if len(self.short) > 64:
+                self.short = array("i", sorted({i for i in self.short if (v := current(i)) is not None and len(v) < 3}))
+            return
+        for gram in {value[j:j + 3] for j in range(len(value) - 2)}:
+            stale = self.stale[gram] = self.stale.get(gram, 0) + 1
+            posting = self.postings.get(gram)
+            if posting is not None and stale * 4 > len(posting):
+                self.postings[gram] = array("i", sorted({i for i in posting if (v := current(i)) is not None and gram in v}))
+                del self.stale[gram]
+
+    def candidates(self, piece: str) -> tuple[Iterable[int], int]:
+        """Ids that may hold `piece` (2 or more characters), and about how many."""
+        if len(piece) >= 3:
+            rarest = min((self.postings.get(piece[j:j + 3], _NO_IDS) for j in range(len(piece) - 2)), key=len)
+            return rarest, len(rarest)
+        lists = [self.short] + [self.postings[g] for g in self.by_pair.get(piece, ())]
+        return _chain(lists), sum(map(len, lists))
+
+
+def _lookup(keys: SortedKeys, lo: str, hi: str, exact: bool) -> tuple[Iterator[int], bool, int]:
+    """A range of keys as candidates, with a size estimate (counted up to 64: enough to pick an AND's rarest child)."""
+    return keys.range(lo, hi), exact, keys.count(lo, hi, 64)
+
+
+def _chain(parts: Iterable[Iterable[int]]) -> Iterator[int]:
+    for part in parts:
+        yield from part
+
+
+# -- the directory --------------------------------------------------------------------------
+
+
+class Directory:
+    """The Root DSE, the base entry and the contacts' entries with their indexes, changed in place.
+
+    Only one caller changes it (the event loop's greenlet); searches read it between changes.
+    """
+
+    def __init__(self, base: str, contacts: Iterable = ()):
+        self.base = base
+        self.base_ndn = parse_dn(base)
+        base_values = base_entry_values(self.base_ndn)
+        if self.base_ndn:
+            for key, _ in self.base_ndn[0]:
+                if key in ATTRIBUTE_TYPES:
+                    base_values[key] = (_rdn_raw_value(base, key),)
+        self.base_entry = Entry(base, base_values)
+        self.root_dse = RootDSE(base)
+        self.version = 0  # counts changes: a search that saw it move verifies what exact lookups give it
+        self.blobs: dict[int, bytes] = {}
+        self.order = array("i")  # every id, ascending
+        self.keys = {k: SortedKeys() for k in KEYS}  # numbers: by national_form
+        self.reversed = {k: SortedKeys() for k in NUMBER_KEYS}
+        self.grams = {k: Trigrams() for k in NAME_KEYS}
+        self.answers: dict[tuple, dict[int, bytes]] = {}
+        self.answered = 0
+        self._sounds: dict[str, str] = {}
+        self.merge(contacts)
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    # -- changes --------------------------------------------------------------------------------
+
+    def put(self, contact) -> None:
+        """Add or change one contact: its old keys out, its new keys in, namesakes' DNs kept right."""
+        id_ = contact.id
+        old = self.blobs.get(id_)
+        old_cn = None
+        if old is not None:
+            old_cn = folded_value(old, "cn")
+            self._unindex(id_, old)
+            del self.blobs[id_]
+        else:
+            self._add_order(id_)
+        cn = contact_values(contact)[1]["cn"][0]
+        namesakes = self._with_cn(cn)
+        blob = self.blobs[id_] = make_blob(contact, bool(namesakes), self.base)
+        self._index(id_, blob)
+        if len(namesakes) == 1:
+            self._set_namesake(namesakes[0], True)
+        if old_cn is not None and old_cn != cn:
+            self._lone_namesake(old_cn)
+        self._changed(id_)
+
+    def delete(self, id_: int) -> None:
+        old = self.blobs.pop(id_, None)
+        if old is None:
+            return
+        self._unindex(id_, old)
+        at = bisect_left(self.order, id_)
+        self.order = self.order[:at] + self.order[at + 1:]  # a new array: a scan goes on over the old one
+        self._lone_namesake(folded_value(old, "cn"))
+        self._changed(id_)
+
+    def merge(self, contacts: Iterable) -> None:
+        """merge_steps(contacts), run to its end."""
+        for _ in self.merge_steps(contacts):
+            pass
+
+    def merge_steps(self, contacts: Iterable) -> Iterator[None]:
+        """Add many contacts (an import, or the first build), yielding between units of about a
+        millisecond: blobs made, then each attribute's new keys sorted in slices and merged with
+        the old ones in one pass (no block rewritten per contact). A contact already here is put.
+
+        The caller changes nothing else until the steps end (the old keys are read meanwhile)."""
+        made = array("i")
+        for n, contact in enumerate(contacts, 1):
+            if contact.id in self.blobs:
+                self.put(contact)
+            else:
+                self.blobs[contact.id] = make_blob(contact, False, self.base)
+                made.append(contact.id)
+            if n % MERGE_STEP == 0:
+                yield
+        if not made:
+            return
+        made = array("i", sorted(made))
+        if self.order and made[0] < self.order[-1]:
+            self.order = array("i", heap_merge(self.order, made))
+        else:
+            self.order.extend(made)
+        yield
+        for key in KEYS:
+            if key in NUMBER_KEYS:
+                new = yield from _sorted_steps(made, lambda i, key=key: _national_key(self.blobs[i], key))
+                self.keys[key] = yield from _merged_steps(self.keys[key], new)
+                new = yield from _sorted_steps(made, lambda i, key=key: _reversed_key(self.blobs[i], key))
+                self.reversed[key] = yield from _merged_steps(self.reversed[key], new)
+            else:
+                new = yield from _sorted_steps(made, lambda i, key=key: folded_value(self.blobs[i], key))
+                self.keys[key] = yield from _merged_steps(self.keys[key], new)
+                grams = self.grams[key]
+                for n, (value, i) in enumerate(new, 1):
+                    grams.add(value, i)
+                    if n % MERGE_STEP == 0:
+                        yield
+            del new
+        # namesakes: among the new ones, and between the new and the old ones
+        cns: set[str] = set()
+        for n, i in enumerate(made, 1):
+            cn = folded_value(self.blobs[i], "cn")
+            if cn not in cns and len(self._with_cn(cn)) > 1:
+                cns.add(cn)
+                for other in self._with_cn(cn, cap=None):
+                    self._set_namesake(other, True)
+            if n % MERGE_STEP == 0:
+                yield
+        self.version += 1
+
+    def _changed(self, id_: int) -> None:
+        self.version += 1
+        for answers in self.answers.values():
+            if answers.pop(id_, None) is not None:
+                self.answered -= 1
+
+    def _add_order(self, id_: int) -> None:
+        order = self.order
+        if not order or id_ > order[-1]:
+            order.append(id_)  # in place: a scan iterating it by index may see it, and no other changes
+        else:
+            at = bisect_left(order, id_)
+            self.order = order[:at] + array("i", [id_]) + order[at:]
+
+    def _index(self, id_: int, blob: bytes) -> None:
+        for key in KEYS:
+            value = folded_value(blob, key)
+            if value is None:
+                continue
+            if key in NUMBER_KEYS:
+                self.keys[key].add(national_form(value), id_)
+                self.reversed[key].add(value[::-1], id_)
+            else:
+                self.keys[key].add(value, id_)
+                self.grams[key].add(value, id_)
+
+    def _unindex(self, id_: int, blob: bytes) -> None:
+        for key in KEYS:
+            value = folded_value(blob, key)
+            if value is None:
+                continue
+            if key in NUMBER_KEYS:
+                self.keys[key].remove(national_form(value), id_)
+                self.reversed[key].remove(value[::-1], id_)
+            else:
+                self.keys[key].remove(value, id_)
+                self.grams[key].removed(value, lambda i, key=key: self.folded(i, key))
+
+    def _with_cn(self, cn: str, cap: int | None = 3) -> list[int]:
+        found = self.keys["cn"].range(cn, cn + "\0")
+        return list(found if cap is None else islice(found, cap))
+
+    def _lone_namesake(self, cn: str) -> None:
+        left = self._with_cn(cn)
+        if len(left) == 1:
+            self._set_namesake(left[0], False)
+
+    def _set_namesake(self, id_: int, namesake: bool) -> None:
+        """Give or take "+uid=ID" in a contact's RDN."""
+        blob = self.blobs[id_]
+        ends = HEADER.unpack_from(blob)
+        rdn = "cn=" + escape_rdn_value(_raw_value(blob[ends[0]:ends[1]])) + (f"+uid={id_}" if namesake else "")
+        dn = f"{rdn},{self.base}"
+        if dn != blob_dn(blob):
+            self.blobs[id_] = _with_dn(blob, dn)
+            self._changed(id_)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def folded(self, id_: int, key: str) -> str | None:
+        """A contact's folded value of `key` (any key a contact has; None if it has none, or is gone)."""
+        blob = self.blobs.get(id_)
+        if blob is None:
+            return None
+        key = ALIAS.get(key, key)
+        if key in AT:
+            return folded_value(blob, key)
+        if key == "uid":
+            return str(id_)
+        if key == "objectclass":
+            return min(PERSON_CLASSES_FOLDED)
+        return None
+
+    def dn(self, id_: int) -> str:
+        return blob_dn(self.blobs[id_])
+
+    def entry(self, id_: int) -> Entry | None:
+        """A contact's entry as an Entry (for what reads whole entries: extensible matches, Compare, rare selections)."""
+        blob = self.blobs.get(id_)
+        if blob is None:
+            return None
+        ends = HEADER.unpack_from(blob)
+        values: dict[str, tuple[str, ...]] = {"objectclass": PERSON_CLASSES}
+        folded: dict[str, tuple[str, ...]] = {"objectclass": PERSON_CLASSES_FOLDED}
+        for n, key in enumerate(KEYS):
+            start, end = ends[n], ends[n + 1]
+            if end > start:
+                values[key] = (_raw_value(blob[start:end]),)
+                folded[key] = (blob[ends[FOLDED_AT + n - 1]:ends[FOLDED_AT + n]].decode(),)
+            if key == "sn":
+                values["displayname"], folded["displayname"] = values["cn"], folded["cn"]
+                values["uid"] = folded["uid"] = (str(id_),)
+        return Entry(blob_dn(blob), values, self.ndn(id_, blob), folded)
+
+    def ndn(self, id_: int, blob: bytes) -> tuple:
+        cn = folded_value(blob, "cn")
+        rdn = (("cn", cn), ("uid", str(id_))) if len(self._with_cn(cn)) > 1 else (("cn", cn),)
+        return (rdn,) + self.base_ndn
+
+    def find(self, ndn) -> int | None:
+        """The id of the contact whose DN is `ndn` (normalized), None if there is none."""
+        if len(ndn) != len(self.base_ndn) + 1 or ndn[1:] != self.base_ndn:
+            return None
+        avas = dict(ndn[0])
+        cn = avas.get("cn")
+        if cn is None or len(avas) > 2 or (len(avas) == 2 and "uid" not in avas):
+            return None
+        ids = self._with_cn(cn)
+        if "uid" in avas:
+            return next((i for i in ids if str(i) == avas["uid"] and len(ids) > 1), None)
+        return ids[0] if len(ids) == 1 else None
+
+    def scan(self) -> Iterator[int]:
+        """Every id, ascending (over the ids there were when it began, and those added since)."""
+        return iter(self.order)
+
+    def sounds(self, value: str) -> str:
+        """`padded_sounds(value)` for approximate matching, cached per distinct value (bounded)."""
+        code = self._sounds.get(value)
+        if code is None:
+            if len(self._sounds) >= MAX_SOUNDS:
+                self._sounds.clear()
+            code = self._sounds[value] = padded_sounds(value)
+        return code
+
+    # -- searching --------------------------------------------------------------------------------
+
+    def predicate(self, f) -> Callable[[int], bool | None]:
+        """compile_filter's predicate for ids of this directory's contacts."""
+        return compile_filter(f, self.sounds, BlobAccess(self))
+
+    def candidates(self, f) -> tuple[Iterator[int] | None, bool, int]:
+        """(ids that may match, whether exactly those match, about how many); None: scan every contact.
+
+        Exact lookups (a name's equality or prefix, a number's prefix or "*4711")
+        need no verification; the rest (a number's equality by its tail, trigrams,
+        AND) are supersets the predicate checks. An id may come more than once.
+        """
+        op = f[0]
+        if op == F_AND:
+            best: tuple = (None, False, 0)
+            for child in f[1]:
+                ids, _, size = self.candidates(child)
+                if ids is not None and (best[0] is None or size < best[2]):
+                    best = (ids, False, size)
+            return best
+        if op == F_OR:
+            parts, exact, total = [], True, 0
+            for child in f[1]:
+                ids, child_exact, size = self.candidates(child)
+                if ids is None:
+                    return None, False, 0
+                parts.append(ids)
+                exact = exact and child_exact
+                total += size
+            return _chain(parts), exact, total
+        if op not in (F_EQ, F_SUB) or f[1] is None:
+            return None, False, 0
+        key = ALIAS.get(f[1], f[1])
+        if key not in AT:
+            return None, False, 0
+        if op == F_EQ:
+            value = f[2]
+            if key in NUMBER_KEYS:
+                tail = value[::-1][:TAIL]
+                return _lookup(self.reversed[key], tail, tail + TOP, False)
+            return _lookup(self.keys[key], value, value + "\0", True)
+        initial, anys, final = f[2], f[3], f[4]
+        if initial:
+            if key in NUMBER_KEYS:
+                national = number_prefix_national(initial)
+                if national is None:
+                    return None, False, 0
+                return _lookup(self.keys[key], national, national + TOP, not anys and not final and not initial.startswith("00"))
+            return _lookup(self.keys[key], initial, initial + TOP, not anys and not final)
+        if key in NUMBER_KEYS:
+            if final:
+                tail = final[::-1]
+                return _lookup(self.reversed[key], tail, tail + TOP, not anys)
+            return None, False, 0
+        pieces = list(anys) + ([final] if final else [])
+        piece = max(pieces, key=len) if pieces else ""
+        if len(piece) < 2:
+            return None, False, 0
+        ids, size = self.grams[key].candidates(piece)
+        return iter(ids), False, size
+
+    def answer(self, id_: int, selection) -> bytes | None:
+        """The SearchResultEntry body of a contact for an attribute selection (cached), None if it is gone."""
+        answers = self.answers.get(selection.key)
+        if answers is not None:
+            body = answers.get(id_)
+            if body is not None:
+                return body
+        blob = self.blobs.get(id_)
+        if blob is None:
+            return None
+        ends = HEADER.unpack_from(blob)
+        attributes = self._attributes(id_, blob, ends, selection)
+        inner = blob[HEAD:ends[0]] + b"\x30" + _length(len(attributes)) + attributes
+        body = b"\x64" + _length(len(inner)) + inner
+        if answers is None:
+            if len(self.answers) >= 8:  # selections cached at once (phones use one or two)
+                self._forget_answers(next(iter(self.answers)))
+            answers = self.answers[selection.key] = {}
+        if self.answered >= MAX_ANSWERS:
+            self._evict()
+        answers[id_] = body
+        self.answered += 1
+        return body
+
+    def _attributes(self, id_: int, blob: bytes, ends, selection) -> bytes:
+        if selection.types_only or any(alias for _, alias in selection.keys):
+            return selection.encode(self.entry(id_))
+        if selection.all_user:  # in Entry order: objectClass, cn, sn, displayName, uid, the others
+            return (OBJECTCLASS_ENCODED + blob[ends[0]:ends[2]] + _display_from_cn(blob[ends[0]:ends[1]])
+                    + _partial_attribute(_UID_TYPE, str(id_)) + blob[ends[2]:ends[len(KEYS)]])
+        parts = []
+        for key, _ in selection.keys:
+            if key in AT:
+                n = AT[key]
+                parts.append(blob[ends[n]:ends[n + 1]])
+            elif key == "displayname":
+                parts.append(_display_from_cn(blob[ends[0]:ends[1]]))
+            elif key == "uid":
+                parts.append(_partial_attribute(_UID_TYPE, str(id_)))
+            elif key == "objectclass":
+                parts.append(OBJECTCLASS_ENCODED)
+        return b"".join(parts)
+
+    def _forget_answers(self, key: tuple) -> None:
+        self.answered -= len(self.answers.pop(key))
+
+    def _evict(self) -> None:
+        """Drop the oldest eighth of the cached answers (dicts keep insertion order)."""
+        drop = MAX_ANSWERS // 8
+        for answers in list(self.answers.values()):
+            oldest = list(islice(answers, drop))
+            for id_ in oldest:
+                del answers[id_]
+            self.answered -= len(oldest)
+            drop -= len(oldest)
+            if drop <= 0:
+                return
+
+
+MERGE_STEP = 256  # contacts made, or keys added to trigrams, between two yields of merge_steps
+SORT_STEP = 2048  # pairs sorted by one call, or merged, between two yields
+
+
+def _national_key(blob: bytes, key: str) -> str | None:
+    value = folded_value(blob, key)
+    return None if value is None else national_form(value)
+
+
+def _reversed_key(blob: bytes, key: str) -> str | None:
+    value = folded_value(blob, key)
+    return None if value is None else value[::-1]
+
+
+def _sorted_steps(ids: array, key_of: Callable[[int], str | None]):
+    """Steps that sort the (key, id) pairs of `ids` (a slice per call, then merged); returns the list."""
+    runs = []
+    for start in range(0, len(ids), SORT_STEP):
+        run = [(k, i) for i in ids[start:start + SORT_STEP] if (k := key_of(i)) is not None]
+        run.sort()
+        runs.append(run)
+        yield
+    if len(runs) == 1:
+        return runs[0]
+    merged = []
+    for n, pair in enumerate(heap_merge(*runs), 1):
+        merged.append(pair)
+        if n % SORT_STEP == 0:
+            yield
+    return merged
+
+
+def _merged_steps(keys: SortedKeys, new: list[tuple[str, int]]):
+    """Steps that merge `new` (sorted pairs) with `keys` into new SortedKeys; returns them."""
+    if not new:
+        return keys
+    merged = SortedKeys()
+    pairs = heap_merge(keys.pairs(), new)
+    heads, blocks = [], []
+    while chunk := list(islice(pairs, BLOCK)):
+        heads.append(chunk[0])
+        blocks.append(_pack([k for k, _ in chunk], [i for _, i in chunk]))
+        if len(blocks) % (SORT_STEP // BLOCK) == 0:
+            yield
+    merged.heads, merged.blocks = heads, blocks
+    return merged
+
+
+class BlobAccess:
+    """How compile_filter's predicates read a contact of a Directory, by id."""
+
+    def __init__(self, directory: Directory):
+        self.directory = directory
+
+    def values(self, key: str) -> Callable[[int], tuple[str, ...]]:
+        blobs = self.directory.blobs
+        key = ALIAS.get(key, key)
+        if key in AT:
+            at = 2 * (FOLDED_AT + AT[key] - 1)
+            unpack = _PAIR.unpack_from
+
+            def values(id_: int) -> tuple[str, ...]:
+                blob = blobs.get(id_)
+                if blob is None:
+                    return ()
+                start, end = unpack(blob, at)
+                return (blob[start:end].decode(),) if end > start else ()
+            return values
+        if key == "uid":
+            return lambda id_: (str(id_),) if id_ in blobs else ()
+        if key == "objectclass":
+            return lambda id_: PERSON_CLASSES_FOLDED if id_ in blobs else ()
+        return lambda id_: ()
+
+    def present(self, key: str) -> Callable[[int], bool]:
+        values = self.values(key)
+        return lambda id_: bool(values(id_))
+
+    def contains(self, key: str, piece: str) -> Callable[[int], bool] | None:
+        """"*piece*": the value's UTF-8 bytes searched in place, nothing decoded."""
+        key = ALIAS.get(key, key)
+        if key not in AT or not piece:
+            return None
+        blobs, needle = self.directory.blobs, piece.encode()
+        at = 2 * (FOLDED_AT + AT[key] - 1)
+        unpack = _PAIR.unpack_from
+
+        def contains(id_: int) -> bool:
+            blob = blobs.get(id_)
+            if blob is None:
+                return False
+            start, end = unpack(blob, at)
+            return end > start and blob.find(needle, start, end) >= 0
+        return contains
+
+    def entry(self, id_: int) -> Entry | None:
+        return self.directory.entry(id_)
