@@ -17,9 +17,16 @@ slices. Searches in progress are capped per client and in total (the rest
 are answered busy). Connections are capped per client and in total, the
 bytes of unfinished messages are capped across connections (BufferBudget),
 and a connection idle for `idle_timeout` seconds is closed. A client is an
-IPv4 address or an IPv6 /64. The address book is indexed off the event loop
-(greenservers/offload.py) when it changed, so a large rebuild does not stall
-other connections.
+IPv4 address or an IPv6 /64.
+
+The directory follows the address book (`DirectoryFollower`, one greenlet per
+book): it is built once, a slice of work at a time between turns of the event
+loop, then changed a contact at a time as the book's change log says
+(greenservers/addressbook.py). A change this process commits wakes it at once;
+one by another process (the CLI) is noticed by polling the book every POLL
+seconds. A large backlog (an import) is merged in slices. Only a new base DN,
+or a log pruned past what the follower read, builds a new directory; the one it
+replaces is freed in steps once no search holds it.
 """
 
 from __future__ import annotations
@@ -34,11 +41,9 @@ from functools import partial
 import gevent
 from gevent.event import Event
 from gevent.hub import Waiter
-from gevent.lock import Semaphore
 from gevent.server import StreamServer
 
-from .addressbook import addressbook_for
-from .offload import build_off_loop
+from .addressbook import AddressBook, ChangeReader, addressbook_for
 from .proto import ldap as proto
 from .proto.peers import client_key, plain_address
 from .ratelog import RateLimitedLog
@@ -53,6 +58,13 @@ DISMANTLE_PAUSE = 0.001  # seconds between the steps that free a replaced direct
 DISMANTLE_WAIT = 1.0  # seconds between looks at whether a search still reads a replaced directory
 DISMANTLE_PATIENCE = 600.0  # seconds it waits for them (a client's paged search may go on)
 SLICE = 0.002  # seconds one search runs before the event loop serves the others
+POLL = 0.015  # seconds between looks for changes another process committed to the address book
+FRESH = 0.001  # a search looks too, if the last look is older than this (about 6 us a look)
+CATCH_UP = 0.1  # seconds a search waits for a change it noticed to be applied (an import takes longer)
+APPLY_SLICE = 0.002  # seconds of directory changes between two turns of the event loop
+APPLY_PAUSE = 0.0005  # seconds the follower lets the loop serve others between two slices
+READ_PAGE = 500  # contacts read from the book per query
+LOG_PAGE = 5000  # changes read from the log per query
 
 
 def _total_cap() -> int:
@@ -144,6 +156,136 @@ class SearchGate:
             self._turn_the_loop()
 
 
+class DirectoryFollower:
+    """Keeps the Directory of one address book current (see the module's docstring): `current(base)`."""
+
+    def __init__(self, book: AddressBook, base: str, log):
+        self.book, self.base, self.log = book, base, log
+        self.directory: proto.Directory | None = None
+        self.applied = 0  # contacts added, changed or deleted since the directory was built
+        self._built = Event()
+        self._wake = Event()
+        self._caught_up = Event()
+        self._reader: ChangeReader | None = None
+        self._looked = 0.0
+        self._noticed = False
+        self._hub = gevent.get_hub()
+        book.subscribe(self._notified)
+        self._greenlet = gevent.spawn(self._run)
+
+    def current(self, base: str) -> proto.Directory | None:
+        """The directory of `base` if it is built, else None (then `wait()` for it).
+
+        A change committed since the last look (by this process or another) is
+        applied first, unless that takes longer than CATCH_UP (an import)."""
+        directory = self.directory
+        if directory is not None and directory.base == base:
+            now = time.monotonic()
+            if now - self._looked >= FRESH and self._reader is not None:
+                self._looked = now
+                if self._reader.changed():
+                    self._noticed = True
+                    self._caught_up.clear()
+                    self._wake.set()
+                    self._caught_up.wait(CATCH_UP)
+            return directory
+        if base != self.base:
+            self.base = base
+            self._built.clear()
+            self._wake.set()
+        return None
+
+    def wait(self, base: str) -> proto.Directory:
+        while True:
+            directory = self.current(base)
+            if directory is not None:
+                return directory
+            self._built.wait()
+
+    def _notified(self) -> None:
+        """The book committed a change (called in the thread that made it)."""
+        self._hub.loop.run_callback_threadsafe(self._wake.set)
+
+    def _run(self) -> None:
+        reader = self._reader = self.book.reader()
+        try:
+            while True:
+                try:
+                    self._follow(reader)
+                except Exception:
+                    self.log.exception("could not index the address book; trying again")
+                    gevent.sleep(1.0)
+        finally:
+            reader.close()
+
+    def _follow(self, reader: ChangeReader) -> None:
+        """Build a directory, then apply changes until it must be built again."""
+        base = self.base
+        reader.changed()
+        seq = reader.last_change()  # changes from here on are applied after the build
+        directory = proto.Directory(base)
+        self._run_steps(directory.merge_steps(self._each(reader)))
+        old, self.directory, self.applied = self.directory, directory, 0
+        if old is not None:
+            LdapService.retire(old)
+            del old
+        self._built.set()
+        while True:
+            self._wake.wait(POLL)
+            self._wake.clear()
+            if self.base != directory.base:
+                return
+            if not (reader.changed() or self._noticed):
+                self._caught_up.set()
+                continue
+            self._noticed = False
+            ids: dict[int, None] = {}
+            while True:
+                got = reader.changes_after(seq, LOG_PAGE)
+                if got is None:
+                    return  # the log was pruned past what was read: build anew
+                changed, seq = got
+                if not changed:
+                    break
+                ids.update(dict.fromkeys(changed))
+            self._apply(reader, directory, list(ids))
+            self._caught_up.set()
+
+    def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: list[int]) -> None:
+        """The contacts of `ids` as they are in the book now (absent: deleted) into the directory. Many
+        (an import) are merged; a few are put one by one: either way the work is in proportion to them."""
+        present: set[int] = set()
+
+        def contacts():
+            for start in range(0, len(ids), READ_PAGE):
+                for contact in reader.contacts(ids[start:start + READ_PAGE]):
+                    present.add(contact.id)
+                    yield contact
+
+        if len(ids) > max(256, len(directory) // 16):
+            self._run_steps(directory.merge_steps(contacts()))
+        else:
+            self._run_steps(directory.put(c) for c in contacts())
+        self._run_steps(directory.delete(i) for i in ids if i not in present)
+        self.applied += len(ids)
+
+    @staticmethod
+    def _each(reader: ChangeReader):
+        after = 0
+        while page := reader.after(after, READ_PAGE):
+            yield from page
+            after = page[-1].id
+
+    @staticmethod
+    def _run_steps(steps) -> None:
+        """Run an iterator's steps, letting the loop serve the others every APPLY_SLICE seconds."""
+        deadline = time.monotonic() + APPLY_SLICE
+        for _ in steps:
+            if time.monotonic() >= deadline:
+                gevent.sleep(APPLY_PAUSE)
+                deadline = time.monotonic() + APPLY_SLICE
+
+
 class LdapService(Service):
     name = "ldap"
 
@@ -159,21 +301,12 @@ class LdapService(Service):
         self.longest_hold = 0.0
         self.waits = 0  # times a greenlet waited for the directory (its receive() did not hold the loop meanwhile)
         self._policy_of: tuple[object, proto.Policy] | None = None
-        self._cache_of: tuple[object, proto.DirectoryCache] | None = None
-        self._caches: dict[object, proto.DirectoryCache] = {}
-        self._rebuild = Semaphore(1)
-        self._prebuilt = None
+        self._follower_of: tuple[object, DirectoryFollower] | None = None
+        self._followers: dict[AddressBook, DirectoryFollower] = {}
 
     def make_server(self, bound):
-        if not self._prebuilt:  # index a large address book now, not at the first phone's search
-            self._prebuilt = gevent.spawn(self._prebuild)
+        self.follower()  # index a large address book now, not at the first phone's search
         return StreamServer(bound.sock, partial(self.handle, bound.setting == "ip_ldaps_port"))
-
-    def _prebuild(self) -> None:
-        try:
-            self.directory(self.runtime.settings.ldap_base)
-        except Exception:  # the first search will try again and report it
-            self.log.exception("could not index the address book")
 
     # -- what the sessions read --------------------------------------------
 
@@ -186,30 +319,34 @@ class LdapService(Service):
             self._policy_of = cached = (settings, policy)
         return cached[1]
 
-    def directory(self, base: str) -> proto.Directory:
+    def follower(self) -> DirectoryFollower:
         settings = self.runtime.settings
-        cached = self._cache_of
+        cached = self._follower_of
         if cached is None or cached[0] is not settings:
             book = addressbook_for(self.runtime)
-            cache = self._caches.get(book)
-            if cache is None:
-                cache = self._caches[book] = proto.DirectoryCache(lambda: book.version, book.contacts)
-            self._cache_of = cached = (settings, cache)
-        cache = cached[1]
-        if not cache.stale(base):
-            return cache.directory
-        self.waits += 1
-        with self._rebuild:  # one rebuild at a time; the others wait for its result
-            return cache.current(base, run=build_off_loop, retire=self._retire)
+            follower = self._followers.get(book)
+            if follower is None:
+                follower = self._followers[book] = DirectoryFollower(book, settings.ldap_base, self.log)
+            self._follower_of = cached = (settings, follower)
+        return cached[1]
 
-    def _retire(self, old: proto.Directory) -> None:
+    def directory(self, base: str) -> proto.Directory:
+        follower = self.follower()
+        directory = follower.current(base)
+        if directory is None:
+            self.waits += 1  # this receive() waits (cooperatively) while the directory is built
+            directory = follower.wait(base)
+        return directory
+
+    @staticmethod
+    def retire(old: proto.Directory) -> None:
         holder = [old]
         del old
-        gevent.spawn(self._dismantle, holder)
+        gevent.spawn(LdapService._dismantle, holder)
 
     @staticmethod
     def _dismantle(holder: list) -> None:
-        """Free a replaced snapshot in steps between other greenlets' turns, once nothing else uses it."""
+        """Free a replaced directory in steps between other greenlets' turns, once nothing else uses it."""
         directory = holder.pop()
         # searches in progress, and paged results a client still reads, hold it: wait for them
         for _ in range(int(DISMANTLE_PATIENCE / DISMANTLE_WAIT)):
