@@ -267,6 +267,7 @@ class DirectoryFollower:
         else:
             self._run_steps(directory.put(c) for c in contacts())
         self._run_steps(directory.delete(i) for i in ids if i not in present)
+        self._run_steps(directory.tidy_steps())
         self.applied += len(ids)
 
     @staticmethod

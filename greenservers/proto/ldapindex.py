@@ -68,6 +68,7 @@ from .ldap import (
 KEYS = ("cn", "sn", "givenname", "mail", "o", "telephonenumber", "mobile", "homephone", "ipphone")
 NUMBER_KEYS = tuple(k for k in KEYS if ATTRIBUTE_TYPES[k][1] == K_NUMBER)
 NAME_KEYS = tuple(k for k in KEYS if k not in NUMBER_KEYS)
+TRIGRAM_KEYS = ("cn", "sn")  # the names phones search with "*typed*"; other names' substrings are scanned
 ALIAS = {"displayname": "cn"}  # displayName's value is always cn's
 AT = {k: i for i, k in enumerate(KEYS)}
 HEADER = struct.Struct("<" + "H" * (1 + 2 * len(KEYS)))  # ends of: DN, encoded attributes, folded values
@@ -265,45 +266,60 @@ class Trigrams:
     """Trigram postings of one attribute (array('i') each), append-only between compactions.
 
     Postings are supersets: the search verifies each id against the contact's
-    current value, so an id left by a change or a delete costs one check; a
-    posting is rebuilt when a quarter of it is stale. A 2-character piece chains
-    the postings of the trigrams that hold it; values shorter than 3 characters
-    are listed in `short`.
+    current value, so an id left by a change or a delete costs one check. A
+    posting a quarter stale is listed in `untidy`, and `tidy_steps` rebuilds it a
+    slice at a time. A 2-character piece chains the postings of the trigrams that
+    hold it; values shorter than 3 characters are listed in `short` (under "").
     """
 
-    __slots__ = ("postings", "stale", "by_pair", "short")
+    __slots__ = ("postings", "stale", "by_pair", "untidy")
 
     def __init__(self):
-        self.postings: dict[str, array] = {}
+        self.postings: dict[str, array] = {"": array("i")}
         self.stale: dict[str, int] = {}
         self.by_pair: dict[str, list[str]] = {}
-        self.short = array("i")
+        self.untidy: set[str] = set()
+
+    @property
+    def short(self) -> array:
+        return self.postings[""]
+
+    @staticmethod
+    def grams(value: str) -> set[str]:
+        return {value[j:j + 3] for j in range(len(value) - 2)} if len(value) >= 3 else {""}
 
     def add(self, value: str, id_: int) -> None:
-        if len(value) < 3:
-            self.short.append(id_)  # appended in place: an iterator over it goes on safely
-            return
         postings = self.postings
-        for gram in {value[j:j + 3] for j in range(len(value) - 2)}:
+        for gram in self.grams(value):
             posting = postings.get(gram)
             if posting is None:
                 posting = postings[gram] = array("i")
                 for pair in {gram[:2], gram[1:]}:
                     self.by_pair.setdefault(pair, []).append(gram)
-            posting.append(id_)
+            posting.append(id_)  # in place: an iterator over it goes on safely
 
-    def removed(self, value: str, current: Callable[[int], str | None]) -> None:
-        """`value` is no longer an id's; compact the postings that became a quarter stale."""
-        if len(value) < 3:
-            if len(self.short) > 64:
-                self.short = array("i", sorted({i for i in self.short if (v := current(i)) is not None and len(v) < 3}))
-            return
-        for gram in {value[j:j + 3] for j in range(len(value) - 2)}:
+    def removed(self, value: str) -> None:
+        """`value` is no longer an id's: its postings hold one more stale id."""
+        for gram in self.grams(value):
             stale = self.stale[gram] = self.stale.get(gram, 0) + 1
+            if stale * 4 > len(self.postings.get(gram, _NO_IDS)):
+                self.untidy.add(gram)
+
+    def tidy_steps(self, holds: Callable[[int, str], bool]) -> Iterator[None]:
+        """Rebuild the postings listed as untidy without their stale ids (`holds(id, gram)`), a slice per step.
+        Nothing else changes them meanwhile (the caller's other changes wait)."""
+        while self.untidy:
+            gram = self.untidy.pop()
             posting = self.postings.get(gram)
-            if posting is not None and stale * 4 > len(posting):
-                self.postings[gram] = array("i", sorted({i for i in posting if (v := current(i)) is not None and gram in v}))
-                del self.stale[gram]
+            if posting is None:
+                continue
+            kept: set[int] = set()
+            for start in range(0, len(posting), TIDY_STEP):
+                kept.update(i for i in posting[start:start + TIDY_STEP] if holds(i, gram))
+                yield
+            self.postings[gram] = array("i", sorted(kept))  # a new array: a search goes on over the old one
+            self.stale.pop(gram, None)
+            yield
 
     def candidates(self, piece: str) -> tuple[Iterable[int], int]:
         """Ids that may hold `piece` (2 or more characters), and about how many."""
@@ -312,6 +328,9 @@ class Trigrams:
             return rarest, len(rarest)
         lists = [self.short] + [self.postings[g] for g in self.by_pair.get(piece, ())]
         return _chain(lists), sum(map(len, lists))
+
+
+TIDY_STEP = 1024  # posting ids checked between two yields of tidy_steps
 
 
 def _lookup(keys: SortedKeys, lo: str, hi: str, exact: bool) -> tuple[Iterator[int], bool, int]:
@@ -348,7 +367,7 @@ class Directory:
         self.order = array("i")  # every id, ascending
         self.keys = {k: SortedKeys() for k in KEYS}  # numbers: by national_form
         self.reversed = {k: SortedKeys() for k in NUMBER_KEYS}
-        self.grams = {k: Trigrams() for k in NAME_KEYS}
+        self.grams = {k: Trigrams() for k in TRIGRAM_KEYS}
         self.answers: dict[tuple, dict[int, bytes]] = {}
         self.answered = 0
         self._sounds: dict[str, str] = {}
@@ -427,8 +446,8 @@ class Directory:
             else:
                 new = yield from _sorted_steps(made, lambda i, key=key: folded_value(self.blobs[i], key))
                 self.keys[key] = yield from _merged_steps(self.keys[key], new)
-                grams = self.grams[key]
-                for n, (value, i) in enumerate(new, 1):
+                grams = self.grams.get(key)
+                for n, (value, i) in enumerate(new if grams is not None else (), 1):
                     grams.add(value, i)
                     if n % MERGE_STEP == 0:
                         yield
@@ -469,7 +488,8 @@ class Directory:
                 self.reversed[key].add(value[::-1], id_)
             else:
                 self.keys[key].add(value, id_)
-                self.grams[key].add(value, id_)
+                if key in self.grams:
+                    self.grams[key].add(value, id_)
 
     def _unindex(self, id_: int, blob: bytes) -> None:
         for key in KEYS:
@@ -481,7 +501,8 @@ class Directory:
                 self.reversed[key].remove(value[::-1], id_)
             else:
                 self.keys[key].remove(value, id_)
-                self.grams[key].removed(value, lambda i, key=key: self.folded(i, key))
+                if key in self.grams:
+                    self.grams[key].removed(value)
 
     def _with_cn(self, cn: str, cap: int | None = 3) -> list[int]:
         found = self.keys["cn"].range(cn, cn + "\0")
@@ -501,6 +522,25 @@ class Directory:
         if dn != blob_dn(blob):
             self.blobs[id_] = _with_dn(blob, dn)
             self._changed(id_)
+
+    def tidy_steps(self) -> Iterator[None]:
+        """Rebuild the trigram postings that became a quarter stale, a slice per step."""
+        blobs = self.blobs
+        unpack = _PAIR.unpack_from
+        for key, grams in self.grams.items():
+            if not grams.untidy:
+                continue
+            at = 2 * (FOLDED_AT + AT[key] - 1)
+
+            def holds(id_: int, gram: str) -> bool:
+                blob = blobs.get(id_)
+                if blob is None:
+                    return False
+                start, end = unpack(blob, at)
+                if not gram:
+                    return 0 < end - start and len(blob[start:end].decode()) < 3
+                return blob.find(gram.encode(), start, end) >= 0
+            yield from grams.tidy_steps(holds)
 
     def dismantle(self, per_step: int = 2048) -> Iterator[None]:
         """Empty this directory a slice at a time, yielding between slices, for a caller that holds the
@@ -577,10 +617,15 @@ class Directory:
         cn = avas.get("cn")
         if cn is None or len(avas) > 2 or (len(avas) == 2 and "uid" not in avas):
             return None
-        ids = self._with_cn(cn)
-        if "uid" in avas:
-            return next((i for i in ids if str(i) == avas["uid"] and len(ids) > 1), None)
-        return ids[0] if len(ids) == 1 else None
+        if "uid" not in avas:
+            ids = self._with_cn(cn, cap=2)
+            return ids[0] if len(ids) == 1 else None
+        uid = avas["uid"]
+        id_ = int(uid) if uid.isdigit() else -1
+        blob = self.blobs.get(id_)
+        if blob is None or str(id_) != uid or folded_value(blob, "cn") != cn:
+            return None
+        return id_ if len(self._with_cn(cn, cap=2)) > 1 else None
 
     def scan(self) -> Iterator[int]:
         """Every id, ascending (over the ids there were when it began, and those added since)."""
@@ -652,7 +697,7 @@ class Directory:
             return None, False, 0
         pieces = list(anys) + ([final] if final else [])
         piece = max(pieces, key=len) if pieces else ""
-        if len(piece) < 2:
+        if len(piece) < 2 or key not in self.grams:
             return None, False, 0
         ids, size = self.grams[key].candidates(piece)
         return iter(ids), False, size
