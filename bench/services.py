@@ -315,8 +315,10 @@ class ProbeResult:
                 "p99_ms": round(p99, 2), "max_ms": round(values[-1], 2) if values else None, "lost_reasons": self.reasons}
 
 
-def run_probes(server: Greenservers, seconds: float, interval: float = 0.05, services=None) -> dict[str, dict]:
-    """Every probe in its own thread, one request each `interval` seconds for `seconds`; per-service summary."""
+def run_probes(server: Greenservers, seconds: float, interval: float = 0.05, services=None,
+               until: threading.Event | None = None) -> dict[str, dict]:
+    """Every probe in its own thread, one request each `interval` seconds for `seconds` (or until `until` is set);
+    per-service summary."""
     chosen = [s for s in (services or PROBES) if server.has(s)]
     results = {name: ProbeResult() for name in chosen}
     stop_at = time.monotonic() + seconds
@@ -326,7 +328,7 @@ def run_probes(server: Greenservers, seconds: float, interval: float = 0.05, ser
         result = results[name]
         next_at = time.monotonic()
         try:
-            while next_at < stop_at:
+            while next_at < stop_at and not (until is not None and until.is_set()):
                 started = time.perf_counter()
                 try:
                     probe.once()
