@@ -287,9 +287,20 @@ ORDERING_RULES = {"2.5.13.3", "caseignoreorderingmatch", "2.5.13.6", "caseexacto
 
 def attribute_key(description: str) -> str | None:
     """The schema key of an attribute description ("CN;lang-de" -> "cn"), None if unknown."""
-    name = description.split(";", 1)[0].strip().lower()
-    name = ALIASES.get(name, name)
-    return name if name in ATTRIBUTE_TYPES else None
+    key = _KEYS.get(description, _UNSEEN)
+    if key is _UNSEEN:
+        name = description.split(";", 1)[0].strip().lower()
+        name = ALIASES.get(name, name)
+        key = name if name in ATTRIBUTE_TYPES else None
+        if len(_KEYS) >= MAX_CACHED:
+            _KEYS.clear()
+        _KEYS[description] = key
+    return key
+
+
+_UNSEEN = object()
+MAX_CACHED = 1024  # attribute descriptions (and attribute lists) decoded before: phones repeat theirs
+_KEYS: dict[str, str | None] = {}
 
 
 def fold_name(text: str) -> str:
@@ -671,6 +682,13 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
     _spend(budget, 1)
     if depth > MAX_FILTER_DEPTH:
         raise BerError(f"filter nested deeper than {MAX_FILTER_DEPTH}")
+    if tag == F_EQ and stop - start < 0x80 and data[start] == ber.OCTET_STRING:
+        # the phones' item, short lengths (one byte each): read in place (the general path reads the same)
+        value_at = start + 2 + data[start + 1]
+        if value_at + 2 <= stop and data[value_at] == ber.OCTET_STRING and value_at + 2 + data[value_at + 1] == stop:
+            key = attribute_key(_text(data, start + 2, value_at))
+            raw = _assertion(data, value_at + 2, stop, budget)
+            return (F_EQ, None, raw, raw) if key is None else (F_EQ, key, fold_for(key)(raw), raw)
     if tag in (F_AND, F_OR):
         children = ber.children(data, start, stop, budget[0] + 1, _TOO_MANY_ITEMS)
         items = [decode_filter(data, t, s, e, depth + 1, budget) for t, s, e in children]
@@ -995,7 +1013,40 @@ class SearchRequest:
 
 
 def decode_search(data: bytes, start: int, stop: int) -> SearchRequest:
+    head = _search_head(data, start, stop)  # the parts before the filter: a phone sends the same every time
+    e6 = start + len(head[0])
+    base, scope, size_limit, time_limit, types_only, e = head[1]
+    tag, fs, fe = ber.read_header(data, e6, stop)
+    flt = decode_filter(data, tag, fs, fe, 0, [MAX_FILTER_ITEMS])
+    s, e7 = ber.expect(data, fe, stop, 0x30, "attributes")
+    listed = data[s:e7]
+    attributes = _ATTRIBUTE_LISTS.get(listed)
+    if attributes is None:
+        attributes = []
+        for t, a, b in ber.children(data, s, e7, MAX_REQUESTED_ATTRIBUTES, f"more than {MAX_REQUESTED_ATTRIBUTES} attributes requested"):
+            if t != ber.OCTET_STRING:
+                raise BerError("attribute selector is not an OCTET STRING")
+            attributes.append(_description(data, a, b))
+        if len(_ATTRIBUTE_LISTS) >= MAX_CACHED:
+            _ATTRIBUTE_LISTS.clear()
+        _ATTRIBUTE_LISTS[listed] = attributes  # shared: no caller changes it
+    if scope not in (SCOPE_BASE, SCOPE_ONE, SCOPE_SUB) or size_limit < 0 or time_limit < 0:
+        raise BerError("scope or limits out of range")
+    return SearchRequest(base, scope, size_limit, time_limit, types_only, flt, attributes, data[start + e:fe] + listed)
+
+
+def _search_head(data: bytes, start: int, stop: int) -> tuple[bytes, tuple]:
+    """(the bytes of baseObject to typesOnly, (base, scope, sizeLimit, timeLimit, typesOnly, scope's offset in them))."""
     s, e = ber.expect(data, start, stop, ber.OCTET_STRING, "baseObject")
+    end = e
+    for _ in range(5):  # scope, derefAliases, sizeLimit, timeLimit, typesOnly: where they end, if their lengths are short
+        if end + 1 >= stop or data[end + 1] >= 0x80:
+            break
+        end += 2 + data[end + 1]
+    else:
+        cached = _SEARCH_HEADS.get(data[start:end])
+        if cached is not None:
+            return data[start:end], cached
     base = _text(data, s, e)
     s, e2 = ber.expect(data, e, stop, ber.ENUMERATED, "scope")
     scope = ber.read_integer(data, s, e2)
@@ -1006,17 +1057,19 @@ def decode_search(data: bytes, start: int, stop: int) -> SearchRequest:
     time_limit = ber.read_integer(data, s, e5)
     s, e6 = ber.expect(data, e5, stop, ber.BOOLEAN, "typesOnly")
     types_only = ber.read_boolean(data, s, e6)
-    tag, fs, fe = ber.read_header(data, e6, stop)
-    flt = decode_filter(data, tag, fs, fe, 0, [MAX_FILTER_ITEMS])
-    s, e7 = ber.expect(data, fe, stop, 0x30, "attributes")
-    attributes = []
-    for t, a, b in ber.children(data, s, e7, MAX_REQUESTED_ATTRIBUTES, f"more than {MAX_REQUESTED_ATTRIBUTES} attributes requested"):
-        if t != ber.OCTET_STRING:
-            raise BerError("attribute selector is not an OCTET STRING")
-        attributes.append(_description(data, a, b))
-    if scope not in (SCOPE_BASE, SCOPE_ONE, SCOPE_SUB) or size_limit < 0 or time_limit < 0:
-        raise BerError("scope or limits out of range")
-    return SearchRequest(base, scope, size_limit, time_limit, types_only, flt, attributes, data[e:fe] + data[s:e7])
+    decoded = (base, scope, size_limit, time_limit, types_only, e - start)
+    if e6 - start <= MAX_CACHED_HEAD:
+        if len(_SEARCH_HEADS) >= MAX_CACHED:
+            _SEARCH_HEADS.clear()
+        _SEARCH_HEADS[data[start:e6]] = decoded
+    return data[start:e6], decoded
+
+
+_SEARCH_HEADS: dict[bytes, tuple] = {}
+MAX_CACHED_HEAD = 128  # bytes of a search's head worth keeping decoded
+
+
+_ATTRIBUTE_LISTS: dict[bytes, list[str]] = {}
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,13 @@ class SortedKeys:
         if b >= len(blocks):
             return
         text, offsets, ids = blocks[b]
-        j = bisect_left(range(len(ids)), lo, key=lambda j: text[offsets[j]:offsets[j + 1] - 1])
+        j, high = 0, len(ids)
+        while j < high:  # the first key >= lo (a loop: bisect with a key function calls it per step)
+            middle = (j + high) // 2
+            if text[offsets[middle]:offsets[middle + 1] - 1] < lo:
+                j = middle + 1
+            else:
+                high = middle
         while True:
             n = len(ids)
             while j < n:
@@ -333,9 +339,36 @@ class Trigrams:
 TIDY_STEP = 1024  # posting ids checked between two yields of tidy_steps
 
 
-def _lookup(keys: SortedKeys, lo: str, hi: str, exact: bool) -> tuple[Iterator[int], bool, int]:
-    """A range of keys as candidates, with a size estimate (counted up to 64: enough to pick an AND's rarest child)."""
-    return keys.range(lo, hi), exact, keys.count(lo, hi, 64)
+_WHOLE_ENTRY, _DISPLAY, _UID = object(), object(), object()
+
+
+def _plan(selection) -> object:
+    """How a selection's attributes are cut from a blob: (first, last) header indexes of encoded
+    attributes in a row, _DISPLAY, _UID, or bytes; _WHOLE_ENTRY when Selection.encode must read an Entry."""
+    if selection.types_only or any(alias for _, alias in selection.keys):
+        return _WHOLE_ENTRY
+    if selection.all_user:  # in Entry order: objectClass, cn, sn, displayName, uid, the others
+        return (OBJECTCLASS_ENCODED, (0, 2), _DISPLAY, _UID, (2, len(KEYS)))
+    plan: list = []
+    for key, _ in selection.keys:
+        if key in AT:
+            n = AT[key]
+            if plan and plan[-1].__class__ is tuple and plan[-1][1] == n:
+                plan[-1] = (plan[-1][0], n + 1)  # next to the one before it in the blob: one slice
+            else:
+                plan.append((n, n + 1))
+        elif key == "displayname":
+            plan.append(_DISPLAY)
+        elif key == "uid":
+            plan.append(_UID)
+        elif key == "objectclass":
+            plan.append(OBJECTCLASS_ENCODED)
+    return tuple(plan)
+
+
+def _lookup(keys: SortedKeys, lo: str, hi: str, exact: bool, sized: bool) -> tuple[Iterator[int], bool, int]:
+    """A range of keys as candidates, with a size estimate if `sized` (counted up to 64: enough to pick an AND's rarest child)."""
+    return keys.range(lo, hi), exact, keys.count(lo, hi, 64) if sized else 0
 
 
 def _chain(parts: Iterable[Iterable[int]]) -> Iterator[int]:
@@ -371,6 +404,7 @@ class Directory:
         self.answers: dict[tuple, dict[int, bytes]] = {}
         self.answered = 0
         self._sounds: dict[str, str] = {}
+        self._plans: dict[tuple, object] = {}
         self.merge(contacts)
 
     def __len__(self) -> int:
@@ -646,25 +680,26 @@ class Directory:
         """compile_filter's predicate for ids of this directory's contacts."""
         return compile_filter(f, self.sounds, BlobAccess(self))
 
-    def candidates(self, f) -> tuple[Iterator[int] | None, bool, int]:
+    def candidates(self, f, sized: bool = False) -> tuple[Iterator[int] | None, bool, int]:
         """(ids that may match, whether exactly those match, about how many); None: scan every contact.
 
         Exact lookups (a name's equality or prefix, a number's prefix or "*4711")
         need no verification; the rest (a number's equality by its tail, trigrams,
         AND) are supersets the predicate checks. An id may come more than once.
+        Sizes are estimated only when `sized` (an AND's children: the rarest is used).
         """
         op = f[0]
         if op == F_AND:
             best: tuple = (None, False, 0)
             for child in f[1]:
-                ids, _, size = self.candidates(child)
+                ids, _, size = self.candidates(child, True)
                 if ids is not None and (best[0] is None or size < best[2]):
                     best = (ids, False, size)
             return best
         if op == F_OR:
             parts, exact, total = [], True, 0
             for child in f[1]:
-                ids, child_exact, size = self.candidates(child)
+                ids, child_exact, size = self.candidates(child, sized)
                 if ids is None:
                     return None, False, 0
                 parts.append(ids)
@@ -680,26 +715,29 @@ class Directory:
             value = f[2]
             if key in NUMBER_KEYS:
                 tail = value[::-1][:TAIL]
-                return _lookup(self.reversed[key], tail, tail + TOP, False)
-            return _lookup(self.keys[key], value, value + "\0", True)
+                return _lookup(self.reversed[key], tail, tail + TOP, False, sized)
+            return _lookup(self.keys[key], value, value + "\0", True, sized)
         initial, anys, final = f[2], f[3], f[4]
         if initial:
             if key in NUMBER_KEYS:
                 national = number_prefix_national(initial)
                 if national is None:
                     return None, False, 0
-                return _lookup(self.keys[key], national, national + TOP, not anys and not final and not initial.startswith("00"))
-            return _lookup(self.keys[key], initial, initial + TOP, not anys and not final)
+                return _lookup(self.keys[key], national, national + TOP, not anys and not final and not initial.startswith("00"), sized)
+            return _lookup(self.keys[key], initial, initial + TOP, not anys and not final, sized)
         if key in NUMBER_KEYS:
             if final:
                 tail = final[::-1]
-                return _lookup(self.reversed[key], tail, tail + TOP, not anys)
+                return _lookup(self.reversed[key], tail, tail + TOP, not anys, sized)
             return None, False, 0
         pieces = list(anys) + ([final] if final else [])
         piece = max(pieces, key=len) if pieces else ""
         if len(piece) < 2 or key not in self.grams:
             return None, False, 0
         ids, size = self.grams[key].candidates(piece)
+        if len(pieces) == 1 and not final:  # "*typed*": checked here, in the blob's bytes, which makes the lookup exact
+            contains = BlobAccess(self).contains(key, piece)
+            return (i for i in ids if contains(i)), True, size
         return iter(ids), False, size
 
     def answer(self, id_: int, selection) -> bytes | None:
@@ -727,22 +765,23 @@ class Directory:
         return body
 
     def _attributes(self, id_: int, blob: bytes, ends, selection) -> bytes:
-        if selection.types_only or any(alias for _, alias in selection.keys):
+        plan = self._plans.get(selection.key)
+        if plan is None:
+            if len(self._plans) >= 64:
+                self._plans.clear()
+            plan = self._plans[selection.key] = _plan(selection)
+        if plan is _WHOLE_ENTRY:
             return selection.encode(self.entry(id_))
-        if selection.all_user:  # in Entry order: objectClass, cn, sn, displayName, uid, the others
-            return (OBJECTCLASS_ENCODED + blob[ends[0]:ends[2]] + _display_from_cn(blob[ends[0]:ends[1]])
-                    + _partial_attribute(_UID_TYPE, str(id_)) + blob[ends[2]:ends[len(KEYS)]])
         parts = []
-        for key, _ in selection.keys:
-            if key in AT:
-                n = AT[key]
-                parts.append(blob[ends[n]:ends[n + 1]])
-            elif key == "displayname":
+        for part in plan:
+            if part.__class__ is tuple:
+                parts.append(blob[ends[part[0]]:ends[part[1]]])
+            elif part is _DISPLAY:
                 parts.append(_display_from_cn(blob[ends[0]:ends[1]]))
-            elif key == "uid":
+            elif part is _UID:
                 parts.append(_partial_attribute(_UID_TYPE, str(id_)))
-            elif key == "objectclass":
-                parts.append(OBJECTCLASS_ENCODED)
+            else:
+                parts.append(part)
         return b"".join(parts)
 
     def _forget_answers(self, key: tuple) -> None:
