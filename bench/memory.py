@@ -55,6 +55,7 @@ SEARCHES = ["(|(cn=Jo*)(sn=Jo*))", "(|(cn=*mann*)(sn=*mann*))", "(|(cn=*ber*)(sn
             "(|(telephoneNumber=*4711)(mobile=*4711))"]
 OTHERS = ("http", "snmp", "tftp", "ntp")  # probed while the directory of a big address book is built
 SINGLE_CHANGES = 1000
+IDLE_PROBE = 3.0  # seconds
 CHANGES_TIMED = 10
 
 
@@ -245,6 +246,8 @@ def main() -> int:
             # while the directory is built off the event loop, the other services keep answering: measured
             rows.append(while_probing(server, f"{args.contacts:,} contacts, after the first LDAP search (directory built)",
                                       lambda: first_search(server)))
+            rows.append(while_probing(server, f"{args.contacts:,} contacts, idle for {IDLE_PROBE:.0f} s (the other services' "
+                                              "latency on this machine without LDAP work)", lambda: time.sleep(IDLE_PROBE)))
             book_path = Path(tmp) / "big" / "data" / "addressbook.sqlite3"
             rows.append(visibility_row(server, "a change by another process (as the CLI), until LDAP finds it",
                                        partial(change_in_another_process, book_path)))

@@ -45,21 +45,29 @@ Operations (dispatch map OPERATIONS, fallback `_unknown_operation`):
 - Anything else, or a malformed message -> Notice of Disconnection with
   protocolError (§4.1.1, §4.4.1), then Close.
 
-Searches are served from a `Directory`: an immutable snapshot of the address
-book (entries with folded values; attributes encoded on first use and each
-entry's answer cached per attribute selection) with indexes for the lookups
+Searches are served from a `Directory` (greenservers/proto/ldapindex.py): the
+Root DSE, the base entry and one inetOrgPerson entry per contact, kept as one
+blob each and changed a contact at a time, with indexes for the lookups
 phones make: sorted folded values for equality and prefix, trigram postings
-of cn and sn for "*typed*", one joined string per attribute for other
-substrings (scanned a window at a time), and the last six digits of every
-number (a national number equals its international form: 030 1234567 =
-+49 30 1234567). Lookups are lazy and stop at the size limit, so a common
-prefix costs what is returned, not what exists; results come in index order
-(alphabetical for name lookups). Exact lookups skip verification; the rest
-are checked by the compiled filter, whose approximate matches read each
-value's Soundex codes from the directory's cache. A search keeps what it
-found as ids in an array (`entry_getter`), not as a list of entries.
-`DirectoryCache` rebuilds the snapshot when the address book's version or
-the base DN changes (the shell runs the rebuild in a thread).
+of cn and sn for "*typed*", numbers by their national form (a prefix typed in
+either form) and reversed (equality by the last five characters, verified by
+`same_number`; "*4711"). Lookups are lazy and stop at the size limit, so a
+common prefix costs what is returned, not what exists; results come in index
+order (alphabetical for name lookups); a filter no index narrows is a scan in
+id order, run a step at a time like the rest. Exact lookups skip
+verification; the rest are checked by the compiled filter (`compile_filter`,
+one compiler for Entry objects and for blobs), whose approximate matches read
+each value's Soundex codes from the directory's cache. A search keeps what it
+found as ids in an array (`Entries`), not as a list of entries; a contact
+changed or deleted while a search runs is checked again or skipped.
+
+Phone numbers: folded by `fold_number` (formatting removed, "+" written
+"00"); equal when `same_number` says so (a national number 030 1234567 is
+the same as +49 30 1234567, in any country); a number prefix matches in
+either form (`number_prefix_match`): "+49 30 12*" finds 030 1234567 and
+"030 12*" finds +49 30 1234567, where an international number's country code
+is told apart by E.164's prefix code; a prefix that ends within its country
+code ("+49*") matches only literally.
 
 Session state machine (TRANSITIONS): ANONYMOUS -bind ok-> BOUND,
 BOUND -bind failed-> ANONYMOUS, any -unbind/fatal error-> CLOSED.
