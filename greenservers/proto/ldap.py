@@ -1373,13 +1373,14 @@ def find_entries(directory: "Directory", first: list[Entry], contacts: bool, flt
     alphabetical for name lookups; exact lookups skip the filter while the directory
     has not changed since the search began), else from a scan in id order.
     """
-    check_first = compile_filter(flt, directory.sounds)  # here, in the search's first slice
-    for k, entry in enumerate(first):
-        if check_first(entry):
-            found.append(-1 - k)
+    if first:
+        check_first = compile_filter(flt, directory.sounds)  # here, in the search's first slice
+        for k, entry in enumerate(first):
+            if check_first(entry):
+                found.append(-1 - k)
     if not contacts or (limit is not None and len(found) >= limit):
         return
-    predicate = directory.predicate(flt)
+    predicate = None  # compiled when a candidate needs it (an exact lookup needs none)
     stride = max(1, MATCH_STEP_UNITS // filter_units(flt))
     ids, exact, _ = directory.candidates(flt)
     seen: set[int] | None = set()  # an id may come more than once from a lookup
@@ -1398,10 +1399,14 @@ def find_entries(directory: "Directory", first: list[Entry], contacts: bool, flt
             seen.add(i)
         if i not in blobs:  # deleted since the lookup began
             continue
-        if (exact and directory.version == version) or predicate(i):
-            found.append(i)
-            if limit is not None and len(found) >= limit:
-                return
+        if not (exact and directory.version == version):
+            if predicate is None:
+                predicate = directory.predicate(flt)
+            if not predicate(i):
+                continue
+        found.append(i)
+        if limit is not None and len(found) >= limit:
+            return
 
 
 def sort_steps(ids: array, keys: list[tuple[str, bool]], entries: Entries, result: array) -> Iterator[bool]:

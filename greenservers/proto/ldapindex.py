@@ -713,9 +713,11 @@ class Directory:
             return None, False, 0
         if op == F_EQ:
             value = f[2]
-            if key in NUMBER_KEYS:
+            if key in NUMBER_KEYS:  # by its last characters, then checked here (which makes the lookup exact)
                 tail = value[::-1][:TAIL]
-                return _lookup(self.reversed[key], tail, tail + TOP, False, sized)
+                ids, _, size = _lookup(self.reversed[key], tail, tail + TOP, False, sized)
+                same = compile_filter(f, access=BlobAccess(self))
+                return (i for i in ids if same(i)), True, size
             return _lookup(self.keys[key], value, value + "\0", True, sized)
         initial, anys, final = f[2], f[3], f[4]
         if initial:
