@@ -167,16 +167,9 @@ class SortedKeys:
 
     __slots__ = ("heads", "blocks")
 
-    def __init__(self, pairs: Iterable[tuple[str, int]] = ()):
-        """From pairs already in (key, id) order (read a block at a time)."""
-        heads, blocks = [], []
-        pairs = iter(pairs)
-        while chunk := list(islice(pairs, BLOCK)):
-            block = _pack([k for k, _ in chunk], [i for _, i in chunk])
-            heads.append(chunk[0])
-            blocks.append(block)
-        self.heads: list[tuple[str, int]] = heads
-        self.blocks: list[tuple[str, array, array]] = blocks
+    def __init__(self):
+        self.heads: list[tuple[str, int]] = []
+        self.blocks: list[tuple[str, array, array]] = []
 
     def __len__(self) -> int:
         return sum(len(ids) for _, _, ids in self.blocks)
@@ -835,19 +828,38 @@ def _sorted_steps(ids: array, key_of: Callable[[int], str | None]):
 
 
 def _merged_steps(keys: SortedKeys, new: list[tuple[str, int]]):
-    """Steps that merge `new` (sorted pairs) with `keys` into new SortedKeys; returns them."""
+    """Steps that merge `new` (sorted pairs) into new SortedKeys, block by block: a block no new pair
+    falls into is kept as it is, one that some do is packed again with them; returns the new SortedKeys."""
     if not new:
         return keys
+    heads, blocks = keys.heads, keys.blocks
     merged = SortedKeys()
-    pairs = heap_merge(keys.pairs(), new)
-    heads, blocks = [], []
-    while chunk := list(islice(pairs, BLOCK)):
-        heads.append(chunk[0])
-        blocks.append(_pack([k for k, _ in chunk], [i for _, i in chunk]))
-        if len(blocks) % (SORT_STEP // BLOCK) == 0:
+    taken = 0
+    for b, block in enumerate(blocks):
+        upto = len(new) if b + 1 == len(blocks) else bisect_left(new, heads[b + 1], taken)
+        if upto == taken:
+            merged.heads.append(heads[b])
+            merged.blocks.append(block)
+        else:
+            old_keys, old_ids = _unpack(block)
+            pairs = sorted(list(zip(old_keys, old_ids)) + new[taken:upto])  # two sorted runs: one pass of timsort
+            yield from _packed_steps(pairs, merged)
+            taken = upto
+        if b % 16 == 15:
             yield
-    merged.heads, merged.blocks = heads, blocks
+    if not blocks:
+        yield from _packed_steps(new, merged)
     return merged
+
+
+def _packed_steps(pairs: list[tuple[str, int]], into: SortedKeys):
+    """Append sorted `pairs` to `into` in blocks of BLOCK, yielding every 16 blocks."""
+    for n, start in enumerate(range(0, len(pairs), BLOCK), 1):
+        chunk = pairs[start:start + BLOCK]
+        into.heads.append(chunk[0])
+        into.blocks.append(_pack([k for k, _ in chunk], [i for _, i in chunk]))
+        if n % 16 == 0:
+            yield
 
 
 class BlobAccess:
