@@ -479,16 +479,20 @@ class Directory:
                     if n % MERGE_STEP == 0:
                         yield
             del new
-        # namesakes: among the new ones, and between the new and the old ones
-        cns: set[str] = set()
-        for n, i in enumerate(made, 1):
-            cn = folded_value(self.blobs[i], "cn")
-            if cn not in cns and len(self._with_cn(cn)) > 1:
-                cns.add(cn)
-                for other in self._with_cn(cn, cap=None):
-                    self._set_namesake(other, True)
-            if n % MERGE_STEP == 0:
+        # namesakes: among the new ones, and between the new and the old ones (equal cn keys are neighbours)
+        previous, group = None, []
+        for n, (cn, i) in enumerate(self.keys["cn"].pairs(), 1):
+            if cn != previous:
+                if len(group) > 1:
+                    for other in group:
+                        self._set_namesake(other, True)
+                previous, group = cn, []
+            group.append(i)
+            if n % SORT_STEP == 0:
                 yield
+        if len(group) > 1:
+            for other in group:
+                self._set_namesake(other, True)
         self.version += 1
 
     def _changed(self, id_: int) -> None:
