@@ -112,6 +112,22 @@ def count_entries(probe, message_id: int, text: str) -> int:
         probe.buffer += chunk
 
 
+def wait_for_ldap(server, filter_text: str, timeout: float = 300.0) -> None:
+    """Search until `filter_text` finds an entry (the directory of a replaced book is indexed anew)."""
+    probe = services.LdapProbe(server.ports["ldap"])
+    try:
+        probe._connect()
+        deadline = time.monotonic() + timeout
+        message_id = 2
+        while count_entries(probe, message_id, filter_text) == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"LDAP did not find {filter_text} in {timeout:.0f} s")
+            message_id += 1
+            time.sleep(0.05)  # a poll: the index is built meanwhile
+    finally:
+        probe.close()
+
+
 class Api:
     """The address book's JSON API over one keep-alive HTTP connection."""
 

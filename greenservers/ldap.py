@@ -25,8 +25,9 @@ loop, then changed a contact at a time as the book's change log says
 (greenservers/addressbook.py). A change this process commits wakes it at once;
 one by another process (the CLI) is noticed by polling the book every POLL
 seconds. A large backlog (an import) is merged in slices. Only a new base DN,
-or a log pruned past what the follower read, builds a new directory; the one it
-replaces is freed in steps once no search holds it.
+a log pruned past what the follower read, or a change of most of the book (an
+import replacing it) builds a new directory, which replaces the old one when it
+is complete; the old one is freed in steps once no search holds it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ APPLY_SLICE = 0.002  # seconds of directory changes between two turns of the eve
 APPLY_PAUSE = 0.0005  # seconds the follower lets the loop serve others between two slices
 READ_PAGE = 500  # contacts read from the book per query
 LOG_PAGE = 5000  # changes read from the log per query
+REBUILD_SHARE = 0.5  # more changed contacts than this share of the directory: built anew rather than changed
 
 
 def _coalesced(outputs: list) -> list:
@@ -261,6 +263,8 @@ class DirectoryFollower:
                 if not changed:
                     break
                 ids.update(dict.fromkeys(changed))
+                if len(ids) > REBUILD_SHARE * max(len(directory), 1000):
+                    return  # most of the book changed (a replacing import): build it anew, then swap
             self._apply(reader, directory, list(ids))
             self._caught_up.set()
 

@@ -448,19 +448,27 @@ class Directory:
 
         The caller changes nothing else until the steps end (the old keys are read meanwhile)."""
         made = array("i")
+        ascending = True  # ids read from the book in order need no sort
         for n, contact in enumerate(contacts, 1):
             if contact.id in self.blobs:
                 self.put(contact)
             else:
                 self.blobs[contact.id] = make_blob(contact, False, self.base)
+                ascending = ascending and (not made or contact.id > made[-1])
                 made.append(contact.id)
             if n % MERGE_STEP == 0:
                 yield
         if not made:
             return
-        made = array("i", sorted(made))
+        if not ascending:
+            made = yield from _sorted_steps(made, None)
         if self.order and made[0] < self.order[-1]:
-            self.order = array("i", heap_merge(self.order, made))
+            order = array("i")
+            for n, i in enumerate(heap_merge(self.order, made), 1):
+                order.append(i)
+                if n % SORT_STEP == 0:
+                    yield
+            self.order = order
         else:
             self.order.extend(made)
         yield
@@ -468,6 +476,7 @@ class Directory:
             if key in NUMBER_KEYS:
                 new = yield from _sorted_steps(made, lambda i, key=key: _national_key(self.blobs[i], key))
                 self.keys[key] = yield from _merged_steps(self.keys[key], new)
+                yield from _freed_steps(new)
                 new = yield from _sorted_steps(made, lambda i, key=key: _reversed_key(self.blobs[i], key))
                 self.reversed[key] = yield from _merged_steps(self.reversed[key], new)
             else:
@@ -478,7 +487,7 @@ class Directory:
                     grams.add(value, i)
                     if n % MERGE_STEP == 0:
                         yield
-            del new
+            yield from _freed_steps(new)
         # namesakes: among the new ones, and between the new and the old ones (equal cn keys are neighbours)
         previous, group = None, []
         for n, (cn, i) in enumerate(self.keys["cn"].pairs(), 1):
@@ -799,8 +808,8 @@ class Directory:
                 return
 
 
-MERGE_STEP = 64  # contacts made (about 20 us each), or keys added to trigrams, between two yields of merge_steps
-SORT_STEP = 2048  # pairs sorted by one call, or merged, between two yields
+MERGE_STEP = 32  # contacts made (about 20 us each), or keys added to trigrams, between two yields of merge_steps
+SORT_STEP = 1024  # pairs sorted by one call, or merged, between two yields
 
 
 def _national_key(blob: bytes, key: str) -> str | None:
@@ -813,22 +822,33 @@ def _reversed_key(blob: bytes, key: str) -> str | None:
     return None if value is None else value[::-1]
 
 
-def _sorted_steps(ids: array, key_of: Callable[[int], str | None]):
-    """Steps that sort the (key, id) pairs of `ids` (a slice per call, then merged); returns the list."""
+def _sorted_steps(ids: array, key_of: Callable[[int], str | None] | None):
+    """Steps that sort `ids` (key_of None: an array of them), or the (key, id) pairs of `ids`, a slice
+    per call, then merged; returns the sorted array or list."""
     runs = []
     for start in range(0, len(ids), SORT_STEP):
-        run = [(k, i) for i in ids[start:start + SORT_STEP] if (k := key_of(i)) is not None]
-        run.sort()
+        if key_of is None:
+            run = sorted(ids[start:start + SORT_STEP])
+        else:
+            run = [(k, i) for i in ids[start:start + SORT_STEP] if (k := key_of(i)) is not None]
+            run.sort()
         runs.append(run)
         yield
-    if len(runs) == 1:
-        return runs[0]
-    merged = []
-    for n, pair in enumerate(heap_merge(*runs), 1):
-        merged.append(pair)
+    merged = array("i") if key_of is None else []
+    for n, item in enumerate(heap_merge(*runs), 1):
+        merged.append(item)
         if n % SORT_STEP == 0:
             yield
+    for run in runs:
+        yield from _freed_steps(run)
     return merged
+
+
+def _freed_steps(items: list):
+    """Empty a large list a slice at a time (freeing 100,000 tuples at once takes tens of milliseconds)."""
+    while items:
+        del items[-SORT_STEP:]
+        yield
 
 
 def _merged_steps(keys: SortedKeys, new: list[tuple[str, int]]):
@@ -838,30 +858,36 @@ def _merged_steps(keys: SortedKeys, new: list[tuple[str, int]]):
         return keys
     heads, blocks = keys.heads, keys.blocks
     merged = SortedKeys()
-    taken = 0
+    taken = work = 0
     for b, block in enumerate(blocks):
         upto = len(new) if b + 1 == len(blocks) else bisect_left(new, heads[b + 1], taken)
+        work += 1 if upto == taken else 8  # a block packed again costs about eight kept ones
+        if work >= 32:
+            work = 0
+            yield
         if upto == taken:
             merged.heads.append(heads[b])
             merged.blocks.append(block)
         else:
             old_keys, old_ids = _unpack(block)
-            pairs = sorted(list(zip(old_keys, old_ids)) + new[taken:upto])  # two sorted runs: one pass of timsort
-            yield from _packed_steps(pairs, merged)
+            if upto - taken <= BLOCK:
+                yield from _packed_steps(sorted(list(zip(old_keys, old_ids)) + new[taken:upto]), merged)  # timsort: two runs
+            else:  # many (an import's numbers, all above the old ones): merged lazily, a block at a time
+                yield from _packed_steps(heap_merge(zip(old_keys, old_ids), new[taken:upto]), merged)
             taken = upto
-        if b % 16 == 15:
-            yield
     if not blocks:
         yield from _packed_steps(new, merged)
     return merged
 
 
-def _packed_steps(pairs: list[tuple[str, int]], into: SortedKeys):
+def _packed_steps(pairs: Iterable[tuple[str, int]], into: SortedKeys):
     """Append sorted `pairs` to `into` in blocks of BLOCK, yielding every 16 blocks."""
-    for n, start in enumerate(range(0, len(pairs), BLOCK), 1):
-        chunk = pairs[start:start + BLOCK]
+    pairs = iter(pairs)
+    n = 0
+    while chunk := list(islice(pairs, BLOCK)):
         into.heads.append(chunk[0])
         into.blocks.append(_pack([k for k, _ in chunk], [i for _, i in chunk]))
+        n += 1
         if n % 16 == 0:
             yield
 
