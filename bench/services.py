@@ -4,7 +4,7 @@ legitimate client ("probe") per service that measures each answer's latency and 
 The service is started exactly as in production (gunicorn -c gunicorn.conf.py
 app:app, via tests/support.py's ServiceProcess) on free loopback ports, with
 a small TFTP file, a few contacts and SNMP trusting 127.0.0.1 only. Services
-not registered yet in greenservers/service.py are left off (and not probed).
+not registered yet in greenservers/services.py are left off (and not probed).
 
 The probes speak the wire protocols directly (pre-encoded requests, one
 outstanding at a time, 1 s timeout = a lost answer), so what they time is the
@@ -52,7 +52,7 @@ CONTACTS_CSV = ("first_name,last_name,work,mobile\n" + "".join(
 
 
 def registered_services() -> set[str]:
-    """Binding settings served by this checkout (greenservers/service.py SERVICES), plus HTTP."""
+    """Binding settings served by this checkout (greenservers/services.py SERVICES), plus HTTP."""
     text = (REPO / "greenservers" / "service.py").read_text()
     return set(re.findall(r'"(ip_\w+_port)":\s*"greenservers', text)) | {"ip_http_port"}
 

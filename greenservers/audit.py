@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .files import make_private_dir, open_private
-from .settings import BY_NAME
+from .config.private import make_private_dir, open_private
+from .config.settings import BY_NAME
 
 AUDIT_FILE = "audit.log"
 TAIL_BYTES = 256 * 1024  # how much of the file's end is read to show recent entries

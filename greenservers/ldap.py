@@ -29,9 +29,9 @@ from gevent.server import StreamServer
 from .addressbook import addressbook_for
 from .offload import build_off_loop
 from .proto import ldap as proto
-from .proto.peers import plain_address
+from .proto.clients import plain_address
 from .ratelog import RateLimitedLog
-from .service import Service
+from .services import Service
 
 IDLE_TIMEOUT = 120.0  # phones keep a connection between searches; longer is a leak
 HANDSHAKE_TIMEOUT = 10.0

@@ -120,7 +120,7 @@ def _mem_available_kib() -> int:
     return 0
 
 
-_certificate_expiry: list[float] = []  # the served certificate's notAfter (POSIX time), set by greenservers.tls
+_certificate_expiry: list[float] = []  # the served certificate's notAfter (POSIX time), set by greenservers.tls.certificates
 
 
 def watch_certificate_expiry(not_after) -> None:
@@ -143,7 +143,7 @@ def _open_fds() -> int:
 
 
 def _phones_seen_last_day() -> int:
-    from .phones.seen import seen_last_day  # lazily: the record lives with the phones package
+    from .provisioning.phones.seen import seen_last_day  # lazily: the record lives with the phones package
 
     return seen_last_day()
 

@@ -23,7 +23,7 @@ if str(TESTS) not in sys.path:
 if str(TESTS.parent) not in sys.path:
     sys.path.insert(0, str(TESTS.parent))
 
-from greenservers import portspec, settings as settings_module  # noqa: E402
+from greenservers.config import portspec, settings as settings_module  # noqa: E402
 from greenservers.proto import ber, http, ldap, snmp, tftp  # noqa: E402
 from greenservers.sensors import DECLARED, Sensor, SensorRegistry  # noqa: E402
 

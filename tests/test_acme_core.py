@@ -8,7 +8,7 @@ import datetime
 import pytest
 
 from greenservers.proto import acme as core
-from greenservers.settings import Settings, SettingsError
+from greenservers.config.settings import Settings, SettingsError
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)

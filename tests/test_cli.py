@@ -54,7 +54,7 @@ def test_passwd_stores_only_a_salted_hash(tmp_path):
 
 def test_setup_as_ordinary_user_writes_unprivileged_ports(tmp_path):
     config = tmp_path / "g.toml"
-    script = "import greenservers.__main__ as m; m.can_bind_low_ports = lambda: False; raise SystemExit(m.main(['setup']))"
+    script = "import greenservers.cli as m; m.can_bind_low_ports = lambda: False; raise SystemExit(m.main(['setup']))"
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
                             env=dict(os.environ, GREENSERVERS_CONFIG=str(config)), timeout=60)
     assert result.returncode == 0, result.stderr
@@ -100,9 +100,9 @@ def test_setup_at_a_terminal_asks_for_the_admin_password(tmp_path):
 
 
 def test_phones_export_writes_templates_that_render_the_stock_bytes(tmp_path):
-    from greenservers import provisioning
-    from greenservers.phones import profiles
-    from greenservers.settings import Settings
+    from greenservers.provisioning import files as provisioning
+    from greenservers.provisioning.phones import profiles
+    from greenservers.config.settings import Settings
 
     config = tmp_path / "g.toml"
     config.write_text('data_dir = "data"\nldap_password = "pw-1"\nphone_timezone = "Europe/Berlin"\n')

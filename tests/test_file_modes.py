@@ -196,7 +196,7 @@ def test_setup_as_root_gives_what_it_makes_the_owner_of_its_folder(as_root, tmp_
 
 def test_passwd_as_another_user_refuses_to_take_the_file_and_names_its_owner(as_root, open_tmp):
     """A user who may write in the folder could rename a new file over root's: it refuses instead."""
-    from greenservers.__main__ import main
+    from greenservers.cli import main
 
     folder = open_tmp / "shared"
     folder.mkdir()

@@ -29,9 +29,9 @@ import pytest
 from support import ServiceProcess, free_udp_port
 from vectors.ntp_vectors import REQUESTS
 
-from greenservers.ntp import adjtimex, provisioned_ntp_server, read_kernel_clock
+from greenservers.shells.ntp import adjtimex, provisioned_ntp_server, read_kernel_clock
 from greenservers.proto import ntp
-from greenservers.settings import Settings
+from greenservers.config.settings import Settings
 
 pytestmark = pytest.mark.real_client
 LOCAL_STRATUM = 8

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from greenservers.proto.peers import TokenBuckets
+from greenservers.proto.clients import TokenBuckets
 
 
 def test_a_new_key_starts_full_and_refills_at_the_rate_up_to_the_capacity():

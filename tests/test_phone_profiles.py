@@ -1,4 +1,4 @@
-"""Unit tests of the stock phone profiles (greenservers.phones.profiles through greenservers.provisioning): every
+"""Unit tests of the stock phone profiles (greenservers.provisioning.phones.profiles through greenservers.provisioning.files): every
 boot name answered in its vendor's format, the administrator's files first, transports chosen from the settings."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from greenservers import provisioning as p
-from greenservers.phones import profiles
-from greenservers.settings import Settings
+from greenservers.provisioning import files as p
+from greenservers.provisioning.phones import profiles
+from greenservers.config.settings import Settings
 
 SERVER = "192.0.2.10"
 # one name of each stock file, and what it must hold besides the header

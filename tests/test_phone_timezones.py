@@ -1,4 +1,4 @@
-"""Unit tests of greenservers.phones.timezones: tzdata footers read and parsed, every vendor form; hypothesis on the
+"""Unit tests of greenservers.provisioning.phones.timezones: tzdata footers read and parsed, every vendor form; hypothesis on the
 parser and on the record of phones (no sockets)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections import OrderedDict
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from greenservers.phones import seen, timezones as tz
+from greenservers.provisioning.phones import seen, timezones as tz
 
 
 def test_footer_of_the_system_tzdata_files():

@@ -1,4 +1,4 @@
-"""The record of phones (greenservers.phones.seen) and the Phones page and API through Flask's test client (no sockets)."""
+"""The record of phones (greenservers.provisioning.phones.seen) and the Phones page and API through Flask's test client (no sockets)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from greenservers.phones import seen
-from greenservers.runtime import Runtime
-from greenservers.settings import Settings
-from greenservers.store import ConfigStore
+from greenservers.provisioning.phones import seen
+from greenservers.process.runtime import Runtime
+from greenservers.config.settings import Settings
+from greenservers.config.store import ConfigStore
 from greenservers.web import create_app
 from test_addressbook_web import AUTH, BROWSER, PASSWORD, PASSWORD_HASH, TOKEN_RE
 

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from greenservers.portspec import Binding, PortSpecError, format_bindings, parse_bindings
+from greenservers.config.portspec import Binding, PortSpecError, format_bindings, parse_bindings
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 

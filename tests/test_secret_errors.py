@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from greenservers.settings import DECLARATIONS, Invalid, Setting, Settings, SettingsError
+from greenservers.config.settings import DECLARATIONS, Invalid, Setting, Settings, SettingsError
 from support import free_port
 from test_cli import run as cli
 from test_web_auth import HTML, PASSWORD, PASSWORD_HASH, WebFixture, basic

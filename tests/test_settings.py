@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from greenservers.settings import BY_NAME, DECLARATIONS, GROUPS, Settings, SettingsError
+from greenservers.config.settings import BY_NAME, DECLARATIONS, GROUPS, Settings, SettingsError
 
 DESIGN_DEFAULTS = {
     "ip_http_port": "80", "ip_https_port": "443", "http_max_conn_rate": 100, "http_max_conn": 1000,

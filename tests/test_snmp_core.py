@@ -12,7 +12,7 @@ from pyasn1.codec.ber import decoder, encoder
 
 from greenservers.proto import snmp
 from greenservers.sensors import DECLARED, PRODUCT_OID, SensorRegistry, Sensor
-from greenservers.settings import Settings
+from greenservers.config.settings import Settings
 from vectors.snmp_requests import REQUESTS
 
 V1 = snmp.V1

@@ -9,11 +9,11 @@ import gevent
 import gevent.socket
 import pytest
 
-from greenservers.binder import Bound, open_socket
-from greenservers.portspec import Binding
+from greenservers.process.binder import Bound, open_socket
+from greenservers.config.portspec import Binding
 from greenservers.sensors import SensorRegistry
-from greenservers.settings import Settings
-from greenservers.snmp import SnmpService
+from greenservers.config.settings import Settings
+from greenservers.shells.snmp import SnmpService
 from test_snmp_core import FIXED_SENSORS, bad_inputs
 from vectors.snmp_requests import REQUESTS
 

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from greenservers.settings import Settings
-from greenservers.worker import admin_page_url
+from greenservers.config.settings import Settings
+from greenservers.process.worker import admin_page_url
 from support import READY_LINE, free_port
 from test_web_auth import PASSWORD_HASH
 

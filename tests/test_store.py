@@ -9,9 +9,9 @@ import textwrap
 import pytest
 import tomlkit
 
-from greenservers.settings import SettingsError
+from greenservers.config.settings import SettingsError
 from greenservers.passwords import hash_password
-from greenservers.store import ChangeWatch, ConfigFileError, ConfigStore
+from greenservers.config.store import ChangeWatch, ConfigFileError, ConfigStore
 
 HAND_WRITTEN = textwrap.dedent(
     """\
@@ -70,7 +70,7 @@ def test_created_file_lists_every_setting_with_a_comment(tmp_path):
     store = ConfigStore(tmp_path / "g.toml")
     store.create({"ip_http_port": "8080"})
     document = tomlkit.parse((tmp_path / "g.toml").read_text())
-    from greenservers.settings import DECLARATIONS
+    from greenservers.config.settings import DECLARATIONS
 
     assert [s.name for s in DECLARATIONS if s.name not in document] == []
     assert document["ip_http_port"] == "8080" and len(document["ldap_password"]) >= 16
@@ -112,7 +112,7 @@ def test_failure_at_any_step_leaves_the_old_file(tmp_path, monkeypatch, failing)
 WRITER = textwrap.dedent(
     """\
     import sys
-    from greenservers.store import ConfigStore
+    from greenservers.config.store import ConfigStore
     store = ConfigStore(sys.argv[1])
     n = 1
     print("ready", flush=True)

@@ -12,7 +12,7 @@ import struct
 import pytest
 
 from greenservers.proto import tftp as t
-from greenservers.proto.peers import TokenBuckets
+from greenservers.proto.clients import TokenBuckets
 from vectors import tftp_vectors as v
 
 LIMITS = t.Limits(timeout=1.0, max_retries=3)

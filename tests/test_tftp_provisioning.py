@@ -1,4 +1,4 @@
-"""Unit tests of greenservers.provisioning: name resolution, path safety, templates, uploads (no sockets)."""
+"""Unit tests of greenservers.provisioning.files: name resolution, path safety, templates, uploads (no sockets)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from greenservers import provisioning as p
-from greenservers.settings import Settings
+from greenservers.provisioning import files as p
+from greenservers.config.settings import Settings
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
-from greenservers.provisioning import FileReader
+from greenservers.provisioning.files import FileReader
 from greenservers.proto import tftp as proto
-from greenservers.tftp_transfer import Segmentation, SendBatch, TransferDriver, transfer_socket
+from greenservers.shells.tftp_transfer import Segmentation, SendBatch, TransferDriver, transfer_socket
 
 
 def client_socket() -> gsocket.socket:

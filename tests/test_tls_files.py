@@ -9,8 +9,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from greenservers.settings import Settings
-from greenservers.tls import CertificateError, check_pem, ensure_certificate, server_context
+from greenservers.config.settings import Settings
+from greenservers.tls.certificates import CertificateError, check_pem, ensure_certificate, server_context
 
 
 def make_pair(days_valid=30, start_offset_days=-1):

@@ -1,4 +1,4 @@
-"""Unit tests of greenservers.uploads: new files only, the budget, the client's quota, what administrators see (no sockets)."""
+"""Unit tests of greenservers.provisioning.uploads: new files only, the budget, the client's quota, what administrators see (no sockets)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from greenservers import uploads as u
-from greenservers.settings import Settings
+from greenservers.provisioning.files import uploads as u
+from greenservers.config.settings import Settings
 
 MIB = 1024 * 1024
 

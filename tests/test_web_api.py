@@ -9,7 +9,7 @@ import pytest
 import tomlkit
 
 from greenservers.audit import AUDIT_FILE
-from greenservers.settings import DECLARATIONS
+from greenservers.config.settings import DECLARATIONS
 from test_web_auth import WebFixture, basic
 
 COMMUNITY = "api-c0mmunity-s3cret"

@@ -16,8 +16,8 @@ import pytest
 
 from greenservers.audit import AUDIT_FILE
 from greenservers.passwords import hash_password
-from greenservers.runtime import Runtime
-from greenservers.store import ConfigStore
+from greenservers.process.runtime import Runtime
+from greenservers.config.store import ConfigStore
 from greenservers.web import create_app
 from greenservers.web.auth import LOGIN_LIMIT, LOGIN_WINDOW
 

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from greenservers.audit import AUDIT_FILE
-from greenservers.settings import DECLARATIONS, GROUPS
-from greenservers.tls import TLSContextHolder, ensure_certificate
+from greenservers.config.settings import DECLARATIONS, GROUPS
+from greenservers.tls.certificates import TLSContextHolder, ensure_certificate
 from test_web_auth import HTML, WebFixture
 
 COMMUNITY = "c0mmunity-s3cret"

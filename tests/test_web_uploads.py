@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from greenservers import uploads
+from greenservers.provisioning.files import uploads
 from test_web_auth import HTML, WebFixture, basic, csrf_of
 
 EVIL = "<img src=x onerror=alert(1)>.html"

@@ -39,7 +39,7 @@ Abuse (RFC 5905 §7.4, §9.2; RFC 8633 §3 "mode 6 and 7"):
   KOD_INTERVAL and is otherwise ignored; its requests while limited keep
   the bucket empty, so a flood stays silenced until it slows down.
 
-Nothing here imports a socket, gevent or time: the shell (greenservers/ntp.py)
+Nothing here imports a socket, gevent or time: the shell (greenservers/shells/ntp.py)
 passes the clock readings in, and tests drive it with a fake clock.
 """
 
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, NamedTuple
 
-from .peers import TokenBuckets, client_key
+from .clients import TokenBuckets, client_key
 
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 (NTP era 0) to 1970-01-01
 PACKET_LEN = 48

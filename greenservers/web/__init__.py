@@ -7,8 +7,8 @@ import secrets
 
 from flask import Flask, current_app, request
 
-from .. import runtime as runtime_module
-from ..files import make_private_dir, open_private
+from ..process import runtime as runtime_module
+from ..config.private import make_private_dir, open_private
 
 
 def _secret_key(runtime) -> bytes:

@@ -22,9 +22,9 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from ..audit import AuditLog, masked_changes
-from ..runtime import ChangeResult
-from ..settings import BY_NAME, DECLARATIONS, SettingsError
-from ..store import ConfigFileError
+from ..process.runtime import ChangeResult
+from ..config.settings import BY_NAME, DECLARATIONS, SettingsError
+from ..config.store import ConfigFileError
 from . import get_runtime
 from .auth import ADMIN_USER, JSON_BODY, PasswordRefused, admin_required, auth_method, end_every_session, new_password_hash, takes
 
@@ -52,7 +52,7 @@ def change_admin_password(current, new, again=None) -> None:
 
 def apply_settings_changes(changes: dict[str, Any], via: str, note: str = "") -> ChangeResult:
     """Apply `changes` all or nothing, audit them; ChangeRefused when nothing was written."""
-    from ..binder import BindError  # only live rebinding raises it
+    from ..process.binder import BindError  # only live rebinding raises it
 
     runtime = get_runtime()
     old = runtime.settings

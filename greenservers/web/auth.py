@@ -62,7 +62,7 @@ from markupsafe import Markup
 
 from ..offload import run_off_loop
 from ..passwords import MAX_PASSWORD, hash_password, verify_password
-from ..proto.peers import client_key
+from ..proto.clients import client_key
 from ..ratelog import RateLimitedLog, printable
 from . import get_runtime
 from .sessions import AdminSessions

@@ -26,11 +26,11 @@ from flask import Blueprint, current_app, flash, jsonify, redirect, render_templ
 from werkzeug.exceptions import HTTPException
 
 from ..audit import AuditLog
-from ..runtime import SERVICE_OF_SETTING
-from ..files import make_private_dir
-from ..settings import DECLARATIONS, GROUPS, Setting
-from ..store import atomic_write
-from ..tls import ACME, CertificateError, check_pem, ensure_certificate, server_context
+from ..process.runtime import SERVICE_OF_SETTING
+from ..config.private import make_private_dir
+from ..config.settings import DECLARATIONS, GROUPS, Setting
+from ..config.store import atomic_write
+from ..tls.certificates import ACME, CertificateError, check_pem, ensure_certificate, server_context
 from . import get_runtime
 from .api import VIA, ChangeRefused, apply_settings_changes, canonical, change_admin_password
 from .auth import PasswordRefused, admin_required, auth_method, begin_session, stored_hash, wants_html
@@ -122,10 +122,10 @@ def _changes_from_form(form, current) -> dict[str, Any]:
 
 
 def _ntp_for_phones(settings) -> str:
-    """What the phones are given as their NTP server (greenservers.ntp decides)."""
+    """What the phones are given as their NTP server (greenservers.shells.ntp decides)."""
     this_server = "this server (the address each phone reaches it on)"
     try:
-        from ..ntp import provisioned_ntp_server
+        from ..shells.ntp import provisioned_ntp_server
     except ImportError:
         return this_server if settings.ip_ntp_port else (settings.ntp_server or "none")
     try:

@@ -12,15 +12,15 @@ import importlib
 import logging
 from typing import Protocol
 
-from .binder import Bound
+from .process.binder import Bound
 
 # binding setting -> "module:Class"; a setting absent here is not served yet
 SERVICES: dict[str, str] = {
     "ip_ldap_port": "greenservers.ldap:LdapService",
     "ip_ldaps_port": "greenservers.ldap:LdapService",
-    "ip_ntp_port": "greenservers.ntp:NtpService",
-    "ip_snmp_port": "greenservers.snmp:SnmpService",
-    "ip_tftp_port": "greenservers.tftp:TftpService",
+    "ip_ntp_port": "greenservers.shells.ntp:NtpService",
+    "ip_snmp_port": "greenservers.shells.snmp:SnmpService",
+    "ip_tftp_port": "greenservers.shells.tftp:TftpService",
 }
 
 

@@ -34,7 +34,7 @@ import gevent
 from gevent.event import Event
 from gevent.socket import wait_write
 
-from .proto import tftp as proto
+from ..proto import tftp as proto
 
 RECV_SIZE = proto.MAX_BLKSIZE + 4
 UDP_SEGMENT = getattr(_socket, "UDP_SEGMENT", 103)  # Linux 4.18+: one send, many datagrams

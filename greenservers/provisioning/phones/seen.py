@@ -5,7 +5,7 @@ phone is keyed by the MAC in the file name (``001565abcdef.boot``), or,
 for a file without one (``cfg.xml``, ``snomD785.htm``), by its address and
 vendor; a request that names neither a MAC nor a vendor we know (from the
 file name or the HTTP User-Agent) is not recorded. The vendor and model
-come from the stock profile the name matches (greenservers.phones.profiles)
+come from the stock profile the name matches (greenservers.provisioning.phones.profiles)
 and from the User-Agent.
 
 Bounded whatever a device sends: at most MAX_PHONES phones (the one seen
@@ -31,9 +31,9 @@ from pathlib import Path
 import gevent
 from gevent import monkey
 
-from ..files import make_private_dir
-from ..offload import run_off_loop
-from ..store import atomic_write
+from ...config.private import make_private_dir
+from ...offload import run_off_loop
+from ...config.store import atomic_write
 from . import profiles
 
 log = logging.getLogger("greenservers.phones")
@@ -220,7 +220,7 @@ def save_all() -> None:
 def seen_last_day() -> int:
     """For the sensor: phones of the process's data_dir seen in the last 24 hours. It is read in event-loop
     callbacks (SNMP), where nothing may block: a record not loaded yet (the worker loads it at start) counts 0."""
-    from .. import runtime
+    from ...process import runtime
 
     if runtime._current is None:
         return 0

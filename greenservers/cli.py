@@ -7,11 +7,11 @@ import getpass
 import os
 import sys
 
-from .files import make_private_dir, tighten_install, use_private_umask
+from .config.private import make_private_dir, tighten_install, use_private_umask
 from .passwords import hash_password
-from .phones.profiles import VENDORS
-from .settings import DECLARATIONS, GROUPS, SettingsError
-from .store import ConfigFileError, ConfigStore
+from .provisioning.phones.profiles import VENDORS
+from .config.settings import DECLARATIONS, GROUPS, SettingsError
+from .config.store import ConfigFileError, ConfigStore
 
 UNPRIVILEGED = {"ip_http_port": "8080", "ip_https_port": "8443", "ip_snmp_port": "1161", "ip_tftp_port": "1069", "ip_ntp_port": "1123"}
 
@@ -80,7 +80,7 @@ def can_bind_low_ports() -> bool:
 
 def setup(store: ConfigStore) -> int:
     """First start: the configuration file, data folders and certificate."""
-    from .tls import CertificateError, ensure_certificate
+    from .tls.certificates import CertificateError, ensure_certificate
 
     if not store.path.exists():
         overrides = {} if can_bind_low_ports() else UNPRIVILEGED
@@ -118,9 +118,9 @@ def setup(store: ConfigStore) -> int:
 
 def phones_export(store: ConfigStore, vendor: str | None) -> int:
     """Write the stock profiles into data_dir/tftp/ as templates to customise; existing files are kept."""
-    from .phones.profiles import export_plan
-    from .provisioning import tftp_root
-    from .store import atomic_write
+    from .provisioning.phones.profiles import export_plan
+    from .provisioning.files import tftp_root
+    from .config.store import atomic_write
 
     try:
         settings = store.load()

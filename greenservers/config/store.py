@@ -29,7 +29,7 @@ from typing import Any
 import tomlkit
 import tomlkit.exceptions
 
-from .files import keep_owner, make_private_dir, open_private, replacement_owner
+from .private import keep_owner, make_private_dir, open_private, replacement_owner
 from .settings import DECLARATIONS, GENERATED, GROUPS, Settings, SettingsError, generate_secret
 
 CONFIG_ENV = "GREENSERVERS_CONFIG"
@@ -69,7 +69,7 @@ def atomic_write(path: Path, data: bytes) -> os.stat_result:
     """Replace `path` with `data` so that readers see the old or the new file only; the new file's stat.
 
     The new file is private (0600) and keeps the owner and group of the one it replaces
-    (greenservers.files: a non-root process refuses to replace another user's file).
+    (greenservers.config.private: a non-root process refuses to replace another user's file).
     """
     path = Path(path)
     replaced = replacement_owner(path)

@@ -19,12 +19,12 @@ import time
 
 from gevent.server import DatagramServer
 
-from . import __version__
-from .binder import pktinfo_of
-from .proto import snmp as core
-from .proto.peers import plain_address
-from .ratelog import RateLimitedLog
-from .service import Service
+from .. import __version__
+from ..process.binder import pktinfo_of
+from ..proto import snmp as core
+from ..proto.clients import plain_address
+from ..ratelog import RateLimitedLog
+from ..services import Service
 
 READ_SIZE = core.MAX_REQUEST + 1  # one octet more than decodable, so an oversized datagram shows
 ANCILLARY_SIZE = socket.CMSG_SPACE(20) * 2  # IPV6_PKTINFO (20) and/or IP_PKTINFO (12)

@@ -42,10 +42,10 @@ from gevent import pywsgi
 from gevent.pool import Group
 from gunicorn.workers.ggevent import PyWSGIHandler
 
-from .proto.acme import challenge_answer, http_response, request_target
-from .proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
-from .proto.peers import client_key
-from .ratelog import RateLimitedLog, printable
+from ..proto.acme import challenge_answer, http_response, request_target
+from ..proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
+from ..proto.clients import client_key
+from ..ratelog import RateLimitedLog, printable
 
 def _seconds(name: str, default: float) -> float:
     """A timeout, overridable from the environment (tuning, and short ones in tests)."""

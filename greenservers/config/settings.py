@@ -158,7 +158,7 @@ def _host(raw: Any) -> str:
 
 
 def _timezone(raw: Any) -> str:
-    from .phones.timezones import TimeZoneError, load  # reads the zone's tzdata file: the phones need its rules
+    from ..provisioning.phones.timezones import TimeZoneError, load  # reads the zone's tzdata file: the phones need its rules
 
     if not isinstance(raw, str):
         raise ValueError(f"{raw!r} is not an IANA time zone name like Europe/Berlin")

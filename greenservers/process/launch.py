@@ -15,9 +15,9 @@ import os
 import signal
 import sys
 
-from .files import use_private_umask
-from .settings import SettingsError
-from .store import ConfigFileError, ConfigStore
+from ..config.private import use_private_umask
+from ..config.settings import SettingsError
+from ..config.store import ConfigFileError, ConfigStore
 
 
 def check_config_or_exit() -> None:

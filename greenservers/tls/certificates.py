@@ -2,7 +2,7 @@
 
 HTTPS and LDAPS share one certificate. What is served, in this order
 (README, "Certificates"): the ACME certificates, when acme_domains is set and
-they have been issued (data_dir/tls/acme/, see greenservers.acme); else the
+they have been issued (data_dir/tls/acme/, see greenservers.tls.acme); else the
 uploaded or configured one (tls_cert, tls_key); else the generated self-signed
 one. A custom certificate is refused with a clear message when it cannot be
 read, does not parse, has expired, or its key does not match.
@@ -35,14 +35,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from .files import make_private_dir
-from .sensors import watch_certificate_expiry
-from .store import atomic_write
+from ..config.private import make_private_dir
+from ..sensors import watch_certificate_expiry
+from ..config.store import atomic_write
 
 SELF_SIGNED_DAYS = 825
 RSA_BITS = 2048
 ACME_FOLDER = ("tls", "acme")
-ACME_CURRENT = "current.json"  # which files of ACME_FOLDER hold the certificates in use (greenservers.acme writes it)
+ACME_CURRENT = "current.json"  # which files of ACME_FOLDER hold the certificates in use (greenservers.tls.acme writes it)
 
 SELF_SIGNED, UPLOADED, ACME = "self-signed", "uploaded", "ACME"
 

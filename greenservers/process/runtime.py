@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .offload import run_off_loop
-from .sensors import SENSORS, SensorRegistry
-from .settings import BINDING_SETTINGS, Settings, SettingsError
-from .store import ConfigStore
+from ..offload import run_off_loop
+from ..sensors import SENSORS, SensorRegistry
+from ..config.settings import BINDING_SETTINGS, Settings, SettingsError
+from ..config.store import ConfigStore
 
 
 SERVICE_OF_SETTING = {
@@ -50,7 +50,7 @@ class Runtime:
         self.settings = settings if settings is not None else store.load()
         self.sensors = sensors
         self.tls = None  # TLSContextHolder, set by the worker
-        self.acme = None  # greenservers.acme.AcmeManager, set by the worker
+        self.acme = None  # greenservers.tls.acme.AcmeManager, set by the worker
         self.bindings: dict[str, list[BindingState]] = {}
         self.started = time.time()
         self.pending_restart: set[str] = set()
@@ -95,7 +95,7 @@ class Runtime:
             return self._applied(new, reload_certificate=True)
 
     def _check_certificate(self, proposed: Settings) -> None:
-        from .tls import CertificateError, check_ca_bundle, ensure_certificate
+        from ..tls.certificates import CertificateError, check_ca_bundle, ensure_certificate
 
         if proposed.acme_ca_bundle and proposed.acme_ca_bundle != self.settings.acme_ca_bundle:
             try:
@@ -123,7 +123,7 @@ class Runtime:
         changed = self.apply(new)
         self.binding_errors = {}
         if self.tls is not None and (cert_changed or reload_certificate):
-            from .tls import ensure_certificate
+            from ..tls.certificates import ensure_certificate
 
             self.tls.replace(run_off_loop(ensure_certificate, new))
         if self.acme is not None and any(name.startswith("acme_") or name == "data_dir" for name in changed):

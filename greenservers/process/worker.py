@@ -9,7 +9,7 @@ gunicorn's boot-error code, so the master stops at once with our message.
 Port changes apply live (`rebind`, called by Runtime.update for the API and
 the Ports page, and when the file was changed by another process: noticed by
 `watch_config_file` within a second, or on SIGHUP, forwarded by the master,
-see greenservers.launch): new bindings are bound
+see greenservers.process.launch): new bindings are bound
 first and start serving, removed ones stop accepting (HTTP requests in
 flight finish), unchanged ones are not touched, so their connections and
 transfers carry on. If any new binding cannot be bound, nothing changes and
@@ -33,15 +33,15 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from . import binder, runtime as runtime_module
 from .binder import BindError, Bound
-from .acme import AcmeManager
-from .files import tighten_install, user_name
-from .httpserver import CappedWSGIServer, plain_http_app
-from .proto.http import ConnectionGate
+from ..tls.acme import AcmeManager
+from ..config.private import tighten_install, user_name
+from ..shells.http import CappedWSGIServer, plain_http_app
+from ..proto.http import ConnectionGate
 from .runtime import BindingState, Runtime
-from .service import SERVICES, load_service_class
-from .settings import SettingsError
-from .store import ChangeWatch, ConfigFileError, ConfigStore
-from .tls import CertificateError, TLSContextHolder, ensure_certificate
+from ..services import SERVICES, load_service_class
+from ..config.settings import SettingsError
+from ..config.store import ChangeWatch, ConfigFileError, ConfigStore
+from ..tls.certificates import CertificateError, TLSContextHolder, ensure_certificate
 
 HTTP_SETTINGS = ("ip_http_port", "ip_https_port")
 WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR: the master stops instead of respawning

@@ -26,11 +26,10 @@ import time
 import gevent
 from gevent.server import DatagramServer
 
-from .binder import PKTINFO_KINDS
-from .proto.ntp import (LEAP_DELETE, LEAP_INSERT, LEAP_NONE, KernelClock, NtpResponder, Outcome,
-                        parse_chronyc_tracking, server_state)
-from .ratelog import RateLimitedLog
-from .service import Service
+from ..process.binder import PKTINFO_KINDS
+from ..proto.ntp import LEAP_DELETE, LEAP_INSERT, LEAP_NONE, KernelClock, NtpResponder, Outcome, parse_chronyc_tracking, server_state
+from ..ratelog import RateLimitedLog
+from ..services import Service
 
 STATE_CACHE_SECONDS = 1.0
 UPSTREAM_INTERVAL = 64.0

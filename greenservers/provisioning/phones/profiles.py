@@ -8,11 +8,11 @@ use, the bind user's form), how a file name and an HTTP User-Agent name the
 model, and the keys and names that no vendor document we could read
 confirms (`unconfirmed`; see also the comments in the templates).
 
-greenservers.provisioning asks `stock_match(name)` only after the
+greenservers.provisioning.files asks `stock_match(name)` only after the
 administrator's file, NAME.j2 and {mac} template were not found, so an
 administrator's file always wins. The templates get the usual provisioning
 variables plus `tz` (the `phone_timezone` in every vendor's form,
-greenservers.phones.timezones) and `phonebook` (per vendor: server, port,
+greenservers.provisioning.phones.timezones) and `phonebook` (per vendor: server, port,
 transport, base, user, password and filters, from the live settings and the
 address the request came in on), so an exported template renders the same
 bytes as the stock one.

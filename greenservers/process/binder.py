@@ -18,7 +18,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from .portspec import Binding
+from ..config.portspec import Binding
 
 TCP_BACKLOG = 1024
 UDP_BUFFER = 1 << 20  # room for a burst of requests (a boot storm of phones)
@@ -137,7 +137,7 @@ def bind_all(plan: list[tuple[str, str, Binding]]) -> list[Bound]:
 
 def plan_for(settings, setting_names=None) -> list[tuple[str, str, Binding]]:
     """The (setting, transport, binding) triples of the given binding settings."""
-    from .settings import BINDING_SETTINGS
+    from ..config.settings import BINDING_SETTINGS
 
     plan = []
     for setting in BINDING_SETTINGS:

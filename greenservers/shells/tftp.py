@@ -6,7 +6,7 @@ socket learns the local address each request came in on). An admitted
 request gets its own greenlet and its own ephemeral UDP socket, bound to
 that local address and connected to the client (a new transfer ID, RFC 1350
 §4); the protocol itself is greenservers.proto.tftp's state machines, the file
-names and templates are greenservers.provisioning's. Who gets a transfer is
+names and templates are greenservers.provisioning.files'. Who gets a transfer is
 the core's `Admission`: limited per client address (`tftp_max_per_client`)
 and in total (`tftp_max_transfers`), where an unverified transfer (its first
 packet not acknowledged) gives its slot to a new request once it is past its
@@ -17,7 +17,7 @@ whose allowance is spent, or from a client whose every slot awaits an
 acknowledgement, is dropped unread (paced at DROP_COST of a handled request)
 and counted (`tftp_sends_withheld`); an honest client gets its bytes back with
 each acknowledgement and never runs short. Uploads go through
-greenservers.uploads (budget, and each client's tftp_upload_mib_per_hour).
+greenservers.provisioning.uploads (budget, and each client's tftp_upload_mib_per_hour).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ import time
 import gevent
 from gevent.pool import Group
 
-from . import provisioning, uploads
-from .binder import local_address
-from .phones import seen
-from .proto import tftp as proto
-from .proto.peers import TokenBuckets, client_key, plain_address
-from .ratelog import RateLimitedLog
-from .service import Service
+from ..provisioning import files as provisioning, uploads
+from ..process.binder import local_address
+from ..provisioning.phones import seen
+from ..proto import tftp as proto
+from ..proto.clients import TokenBuckets, client_key, plain_address
+from ..ratelog import RateLimitedLog
+from ..services import Service
 from .tftp_transfer import Segmentation, SendBatch, TransferDriver, transfer_socket
 
 MAX_REQUEST = 1024  # an RRQ/WRQ with its options; longer ones are truncated and refused
@@ -49,7 +49,7 @@ REFUSAL_SENSORS = {uploads.UploadsFull: "tftp_uploads_refused_full", uploads.Quo
 
 
 class UploadSink:
-    """An upload (greenservers.uploads) as the write machine's Sink: its refusals become their TFTP errors."""
+    """An upload (greenservers.provisioning.uploads) as the write machine's Sink: its refusals become their TFTP errors."""
 
     def __init__(self, upload: uploads.Upload, service: "TftpService"):
         self.upload, self.service = upload, service
@@ -261,7 +261,7 @@ class TftpService(Service):
         return quota
 
     def tftp_error(self, exc: provisioning.ProvisioningError) -> proto.TftpError:
-        """A refusal of greenservers.provisioning or .uploads as its TFTP error (counted when a sensor counts it)."""
+        """A refusal of greenservers.provisioning.files or .uploads as its TFTP error (counted when a sensor counts it)."""
         sensor = REFUSAL_SENSORS.get(type(exc))
         if sensor:
             self.runtime.sensors.add(sensor)

@@ -1,6 +1,6 @@
 """Phone provisioning files: what a requested name means inside data_dir/tftp (DESIGN.md §6).
 
-Used by both TFTP (greenservers.tftp) and HTTP (greenservers.web.prov), so
+Used by both TFTP (greenservers.shells.tftp) and HTTP (greenservers.web.prov), so
 a phone gets the same bytes either way. A request for NAME is served from
 
 1. the file NAME, else
@@ -9,7 +9,7 @@ a phone gets the same bytes either way. A request for NAME is served from
    the template named like NAME with that run replaced by ``{mac}`` and
    ``.j2`` appended (``0004F2ABCDEF.cfg`` -> ``{mac}.cfg.j2``), else
 4. the stock profile of that name shipped in the package
-   (greenservers.phones.profiles): so the administrator's files always win.
+   (greenservers.provisioning.phones.profiles): so the administrator's files always win.
 
 Names are checked before the file system is asked: NUL bytes, control
 characters, backslashes, absolute paths, empty, ``.``/``..`` or hidden
@@ -23,12 +23,12 @@ a misspelt variable is an error, not an empty string) with `mac`, `server`
 (the address the phone reached us on), `ntp_server`, `ldap_port`,
 `ldaps_port`, `ldap_base`, `ldap_user`, `ldap_password`, `http_url` and
 `https_url`, and `tz` and `phonebook` (the phone time zone and address
-book in each vendor's form, greenservers.phones.profiles). A template error is logged (rate-limited) with the template
+book in each vendor's form, greenservers.provisioning.phones.profiles). A template error is logged (rate-limited) with the template
 and line, and answered as an error: never half a file.
 
 Nothing under ``uploads/`` is ever served, by name or through a link, nor
 reachable from a template: that is where phones' uploads land
-(greenservers.uploads), and administrators alone read them (the /uploads page).
+(greenservers.provisioning.uploads), and administrators alone read them (the /uploads page).
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from .phones import profiles
-from .ratelog import RateLimitedLog
+from ..ratelog import RateLimitedLog
 
 log = logging.getLogger("greenservers.provisioning")
 ratelog = RateLimitedLog(log)
 
 MAX_NAME_LENGTH = 255
 MAX_RENDERED_BYTES = 4 * 1024 * 1024
-UPLOAD_DIR = "uploads"  # phones' uploads (greenservers.uploads): never served
+UPLOAD_DIR = "uploads"  # phones' uploads (greenservers.provisioning.uploads): never served
 TEMPLATE_SUFFIX = ".j2"
 MAC_RUN = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{12}(?![0-9A-Fa-f])")
 FORBIDDEN_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\{}]")
@@ -214,7 +214,7 @@ def _url(scheme: str, server: str, bindings, default_port: int) -> str:
 
 
 def template_context(settings, server: str, mac: str = "") -> dict:
-    from .ntp import provisioned_ntp_server  # lazily: the NTP service imports gevent-side modules
+    from ..shells.ntp import provisioned_ntp_server  # lazily: the NTP service imports gevent-side modules
 
     return {
         "mac": mac,

@@ -6,7 +6,7 @@ a hidden temporary file and linked to their name only when complete
 (`os.link` fails if the name exists, so nothing is ever overwritten),
 size-limited by the transfer; the uploading client's address is kept in the
 file's extended attribute ``user.greenservers.client`` where the file system
-has them. They are never served back: greenservers.provisioning refuses every
+has them. They are never served back: greenservers.provisioning.files refuses every
 name under uploads/ (TFTP, /prov/ and templates' includes alike), and
 administrators list, download and delete them on the /uploads page
 (greenservers.web.uploads).
@@ -37,12 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from .files import make_private_dir, open_private
-from .offload import run_off_loop
-from .provisioning import (
-    TEMPLATE_SUFFIX, UPLOAD_DIR, NotFound, ProvisioningError, Refused, check_name, tftp_root,
-)
-from .store import remove_orphans
+from ..config.private import make_private_dir, open_private
+from ..offload import run_off_loop
+from .files import TEMPLATE_SUFFIX, UPLOAD_DIR, NotFound, ProvisioningError, Refused, check_name, tftp_root
+from ..config.store import remove_orphans
 
 MAX_UPLOAD_FILES = 10000
 MAX_LISTED = 1000  # the page shows the newest this many

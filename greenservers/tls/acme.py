@@ -38,13 +38,12 @@ from pathlib import Path
 import gevent
 from gevent.event import Event
 
-from .audit import AuditLog
-from .files import PRIVATE_DIR, make_private_dir
-from .offload import run_off_loop
-from .store import atomic_write
-from .proto import acme as core
-from .tls import (ACME_CURRENT, CertificateError, acme_certificate, acme_current, acme_files, acme_folder, check_pem, dns_names,
-                  new_private_key, private_key_pem, server_context)
+from ..audit import AuditLog
+from ..config.private import PRIVATE_DIR, make_private_dir
+from ..offload import run_off_loop
+from ..config.store import atomic_write
+from ..proto import acme as core
+from .certificates import ACME_CURRENT, CertificateError, acme_certificate, acme_current, acme_files, acme_folder, check_pem, dns_names, new_private_key, private_key_pem, server_context
 
 log = logging.getLogger("greenservers.acme")
 
