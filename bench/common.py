@@ -15,10 +15,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+sys.path.insert(0, str(REPO))
+from greenservers.services import BINDING_KEYS  # noqa: E402
 
 
-BINDINGS_OFF = {key: "" for key in ("ip_http_port", "ip_https_port", "ip_snmp_port", "ip_tftp_port",
-                                     "ip_ntp_port", "ip_ldap_port", "ip_ldaps_port")}
+BINDINGS_OFF = {key: "" for key in BINDING_KEYS}
 
 
 def start_greenservers(directory: Path, settings: dict, app: str = "app:app") -> subprocess.Popen:

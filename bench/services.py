@@ -3,8 +3,7 @@ legitimate client ("probe") per service that measures each answer's latency and 
 
 The service is started exactly as in production (gunicorn -c gunicorn.conf.py
 app:app, via tests/support.py's ServiceProcess) on free loopback ports, with
-a small TFTP file, a few contacts and SNMP trusting 127.0.0.1 only. Services
-not registered yet in greenservers/services.py are left off (and not probed).
+a small TFTP file, a few contacts and SNMP trusting 127.0.0.1 only.
 
 The probes speak the wire protocols directly (pre-encoded requests, one
 outstanding at a time, 1 s timeout = a lost answer), so what they time is the
@@ -19,7 +18,6 @@ server, not a client program's start-up:
 from __future__ import annotations
 
 import http.client
-import re
 import resource
 import socket
 import statistics
@@ -38,6 +36,7 @@ for path in (BENCH, REPO / "tests", REPO):
 import ldap_wire  # noqa: E402
 from greenservers.addressbook import AddressBook  # noqa: E402
 from greenservers.proto import ber  # noqa: E402
+from greenservers.services import SERVICES  # noqa: E402
 from support import ServiceProcess, free_port  # noqa: E402
 
 LDAP_PASSWORD = "bench-secret"
@@ -49,12 +48,6 @@ NTP_REQUEST = bytes.fromhex("23" + "00" * 39) + b"probe-tx"  # v4 mode 3; the tr
 CONTACTS_CSV = ("first_name,last_name,work,mobile\n" + "".join(
     f"{first},{last},+49 30 {1000 + i},+49 171 {2000 + i}\n"
     for i, (first, last) in enumerate([("John", "Smith"), ("Anna", "Müller"), ("Jonas", "Schmitt"), ("Petra", "Jansen")])))
-
-
-def registered_services() -> set[str]:
-    """Binding settings served by this checkout (greenservers/services.py SERVICES), plus HTTP."""
-    text = (REPO / "greenservers" / "service.py").read_text()
-    return set(re.findall(r'"(ip_\w+_port)":\s*"greenservers', text)) | {"ip_http_port"}
 
 
 def raise_fd_limit(wanted: int = 8192) -> int:
@@ -91,18 +84,13 @@ def start_greenservers(directory: Path, extra: dict | None = None, contacts_csv:
         book = AddressBook(data / "addressbook.sqlite3")
         book.import_csv(contacts_csv)
         book.close()
-    wanted = registered_services()
     ports: dict[str, int] = {}
     settings: dict = {"snmp_trusted": "127.0.0.1", "snmp_community": "public", "ldap_password": LDAP_PASSWORD,
-                      "data_dir": str(data), "ip_ldaps_port": "", "ip_https_port": ""}
-    for service, key, kind in (("http", "ip_http_port", socket.SOCK_STREAM), ("snmp", "ip_snmp_port", socket.SOCK_DGRAM),
-                               ("tftp", "ip_tftp_port", socket.SOCK_DGRAM), ("ntp", "ip_ntp_port", socket.SOCK_DGRAM),
-                               ("ldap", "ip_ldap_port", socket.SOCK_STREAM)):
-        if key in wanted:
-            ports[service] = free_port(kind)
-            settings[key] = f"127.0.0.1:{ports[service]}"
-    if "ntp" in ports:
-        settings["ntp_local_stratum"] = 8  # answer even when this machine's clock is not synchronised
+                      "data_dir": str(data), "ntp_local_stratum": 8}  # NTP answers even when this clock is not synchronised
+    for spec in SERVICES:
+        if spec.name in PROBES:
+            ports[spec.name] = free_port(socket.SOCK_STREAM if spec.transport == "tcp" else socket.SOCK_DGRAM)
+            settings[spec.setting] = f"127.0.0.1:{ports[spec.name]}"
     settings.update(extra or {})
     proc = ServiceProcess(directory, settings)
     proc.start(timeout=timeout)

@@ -9,11 +9,10 @@ import sys
 
 from .config.private import make_private_dir, tighten_install, use_private_umask
 from .passwords import hash_password
+from .services import UNPRIVILEGED_PORTS
 from .provisioning.phones.profiles import VENDORS
 from .config.settings import DECLARATIONS, GROUPS, SettingsError
 from .config.store import ConfigFileError, ConfigStore
-
-UNPRIVILEGED = {"ip_http_port": "8080", "ip_https_port": "8443", "ip_snmp_port": "1161", "ip_tftp_port": "1069", "ip_ntp_port": "1123"}
 
 
 def check_config(store: ConfigStore) -> int:
@@ -83,7 +82,7 @@ def setup(store: ConfigStore) -> int:
     from .tls.certificates import CertificateError, ensure_certificate
 
     if not store.path.exists():
-        overrides = {} if can_bind_low_ports() else UNPRIVILEGED
+        overrides = {} if can_bind_low_ports() else UNPRIVILEGED_PORTS
         store.create(overrides)
         print(f"greenservers: created {store.path} with every setting and its default")
         if overrides:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import tomlkit
 
+from greenservers.services import BINDING_KEYS
+
 REPO = Path(__file__).resolve().parent.parent
-BINDING_KEYS = ("ip_http_port", "ip_https_port", "ip_snmp_port", "ip_tftp_port", "ip_ntp_port", "ip_ldap_port", "ip_ldaps_port")
 READY_LINE = "greenservers serving:"
 
 

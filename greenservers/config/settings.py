@@ -6,7 +6,8 @@ from it the bad value or the bad part of it), the label the Ports page shows
 it by (the name administrators know from phone systems, with the key beside
 it), the description shown on the Ports page and by check-config, whether a
 change needs the listening sockets to be redone, and whether it is a secret
-(never shown, logged or answered by the API).
+(never shown, logged or answered by the API). A binding list's transport is
+its service's, from the registry of services (greenservers.services).
 
 A refusal is worded in one place, `Setting.refusal`: the reason with the bad
 value quoted in front of it, or for a secret the reason alone. Every error
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
+from ..services import BY_SETTING as SERVICE_OF_BINDING
 from .portspec import Binding, PortSpecError, parse_bindings
 
 
@@ -306,6 +308,11 @@ class Setting:
         return exc.reason if isinstance(exc, Invalid) else "is not valid"
 
 
+def _binding_list(name: str, group: str, default: str, description: str, label: str) -> Setting:
+    """A binding-list setting; its transport is its service's (greenservers.services)."""
+    return Setting(name, group, default, _bindings, description, rebind=True, transport=SERVICE_OF_BINDING[name].transport, label=label)
+
+
 GROUPS = {
     "http": "HTTP / HTTPS",
     "snmp": "SNMP",
@@ -317,29 +324,29 @@ GROUPS = {
 }
 
 DECLARATIONS: tuple[Setting, ...] = (
-    Setting("ip_http_port", "http", "80", _bindings, "HTTP bindings (TCP): admin interface, API and provisioning.", rebind=True, transport="tcp", label="HTTP Port"),
-    Setting("ip_https_port", "http", "443", _bindings, "HTTPS bindings (TCP, TLS 1.2 and newer).", rebind=True, transport="tcp", label="HTTPS Port"),
+    _binding_list("ip_http_port", "http", "80", "HTTP bindings (TCP): admin interface, API and provisioning.", label="HTTP Port"),
+    _binding_list("ip_https_port", "http", "443", "HTTPS bindings (TCP, TLS 1.2 and newer).", label="HTTPS Port"),
     Setting("http_max_conn_rate", "http", 100, _int_in(1, 100_000), "New HTTP(S) connections accepted per second, all bindings together; more are turned away (503), but a tenth more is kept for clients other than one using it all.", label="Maximum number of HTTP connections per second"),
     Setting("http_max_conn", "http", 1000, _int_in(1, 100_000), "HTTP(S) connections open at a time, all bindings together; more are turned away (503), unless a client holding over half gives up an idle one.", label="Maximum number of HTTP connections (total)"),
     Setting("http_redirect_https", "http", False, _bool, "Redirect plain-HTTP requests to HTTPS (only where an HTTPS binding exists; /prov/, /healthz and ACME challenges are exempt).", label="Redirect to HTTPS"),
-    Setting("ip_snmp_port", "snmp", "161", _bindings, "SNMP v1 agent bindings (UDP).", rebind=True, transport="udp", label="SNMP Port"),
+    _binding_list("ip_snmp_port", "snmp", "161", "SNMP v1 agent bindings (UDP).", label="SNMP Port"),
     Setting("snmp_trusted", "snmp", "", _addresses, "Addresses or networks (IPv4/IPv6, space separated, no DNS names) allowed to query; empty: nobody.", label="SNMP Trusted Addresses"),
     Setting("snmp_community", "snmp", "public", _community, "The read community.", secret=True, label="SNMP Community"),
     Setting("snmp_contact", "snmp", "", _text(255), "sysContact: who looks after this system.", label="SNMP Contact"),
     Setting("snmp_name", "snmp", "", _text(255), "sysName; empty: the host name.", label="SNMP System Name"),
     Setting("snmp_location", "snmp", "", _text(255), "sysLocation: where this system stands.", label="SNMP Location"),
-    Setting("ip_tftp_port", "tftp", "69", _bindings, "TFTP provisioning bindings (UDP).", rebind=True, transport="udp", label="TFTP Port"),
+    _binding_list("ip_tftp_port", "tftp", "69", "TFTP provisioning bindings (UDP).", label="TFTP Port"),
     Setting("tftp_write", "tftp", False, _bool, "Allow TFTP write requests (new files under uploads/ only, e.g. phones' logs; never served back, administrators find them on the Uploads page).", label="Allow TFTP Write"),
     Setting("tftp_upload_budget_mib", "tftp", 256, _int_in(1, 1_000_000), "MiB that uploads/ may hold in all; when it is full, uploads are refused (TFTP \"disk full\") and nothing is deleted to make room.", label="TFTP Upload Budget (MiB)"),
     Setting("tftp_upload_mib_per_hour", "tftp", 16, _int_in(1, 100_000), "MiB one address (IPv6: one /64) may upload per hour (all of it at once, if it likes); more is refused as \"disk full\".", label="TFTP Uploads per Client and Hour (MiB)"),
     Setting("tftp_max_transfers", "tftp", 500, _int_in(1, 100_000), "TFTP transfers in progress at a time, all clients together; more are refused (the phone retries).", label="Maximum number of TFTP transfers (total)"),
     Setting("tftp_max_per_client", "tftp", 8, _int_in(1, 100_000), "TFTP transfers in progress at a time from one address; more are refused.", label="Maximum number of TFTP transfers per client"),
-    Setting("ip_ntp_port", "ntp", "123", _bindings, "NTP server bindings (UDP); empty: no NTP server, phones are given ntp_server.", rebind=True, transport="udp", label="NTP Port"),
+    _binding_list("ip_ntp_port", "ntp", "123", "NTP server bindings (UDP); empty: no NTP server, phones are given ntp_server.", label="NTP Port"),
     Setting("ntp_server", "ntp", "", _host, "External NTP server (IP or DNS name) given to phones when ip_ntp_port is empty.", label="NTP Server"),
     Setting("ntp_local_stratum", "ntp", 0, _int_in(0, 15), "Serve the local clock at this stratum even when it is not synchronised (like chrony's 'local stratum'); 0: off, answer 'unsynchronised' instead.", label="Local Clock Stratum"),
     Setting("phone_timezone", "ntp", server_timezone(), _timezone, "Time zone provisioned to phones: an IANA name such as Europe/Berlin, written in each vendor's form with its daylight-saving rules; default: this server's zone.", label="Phone Time Zone"),
-    Setting("ip_ldap_port", "ldap", "2389", _bindings, "LDAP address book bindings (TCP, StartTLS offered).", rebind=True, transport="tcp", label="LDAP Port (TCP, StartTLS)"),
-    Setting("ip_ldaps_port", "ldap", "2636", _bindings, "LDAP over TLS bindings (TCP).", rebind=True, transport="tcp", label="LDAP Port (TLS)"),
+    _binding_list("ip_ldap_port", "ldap", "2389", "LDAP address book bindings (TCP, StartTLS offered).", label="LDAP Port (TCP, StartTLS)"),
+    _binding_list("ip_ldaps_port", "ldap", "2636", "LDAP over TLS bindings (TCP).", label="LDAP Port (TLS)"),
     Setting("ldap_base", "ldap", "dc=pbx", _dn, "The address book's base DN.", label="LDAP Base DN"),
     Setting("ldap_user", "ldap", "phonebook", _text(64, allow_empty=False), "The user phones bind with (bare name, or as cn=NAME under the base DN).", label="LDAP User"),
     Setting("ldap_password", "ldap", GENERATED, _secret, "The password phones bind with (generated at first start).", secret=True, label="LDAP Password"),

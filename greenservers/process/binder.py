@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 
 from ..config.portspec import Binding
+from ..services import SERVICES
 
 TCP_BACKLOG = 1024
 UDP_BUFFER = 1 << 20  # room for a burst of requests (a boot storm of phones)
@@ -135,14 +136,6 @@ def bind_all(plan: list[tuple[str, str, Binding]]) -> list[Bound]:
     return bound
 
 
-def plan_for(settings, setting_names=None) -> list[tuple[str, str, Binding]]:
-    """The (setting, transport, binding) triples of the given binding settings."""
-    from ..config.settings import BINDING_SETTINGS
-
-    plan = []
-    for setting in BINDING_SETTINGS:
-        if setting_names is not None and setting.name not in setting_names:
-            continue
-        for binding in getattr(settings, setting.name):
-            plan.append((setting.name, setting.transport, binding))
-    return plan
+def plan_for(settings) -> list[tuple[str, str, Binding]]:
+    """The (setting, transport, binding) triples of every service's binding list (greenservers.services)."""
+    return [(spec.setting, spec.transport, binding) for spec in SERVICES for binding in getattr(settings, spec.setting)]

@@ -2,7 +2,7 @@
 
 One Runtime per process (workers = 1): the current settings (replaced whole
 on a change, so a reader never sees half of one), the sensors, the TLS
-context, the ACME manager, and the state of each binding. Servers read `runtime.settings` at
+context, the ACME manager, the web application, and the state of each binding. Servers read `runtime.settings` at
 the moment they need a value, which is how changes that need no rebind
 apply without a restart.
 """
@@ -16,19 +16,9 @@ from typing import Any, Callable
 
 from ..offload import run_off_loop
 from ..sensors import SENSORS, SensorRegistry
-from ..config.settings import BINDING_SETTINGS, Settings, SettingsError
+from ..services import SERVICES
+from ..config.settings import Settings, SettingsError
 from ..config.store import ConfigStore
-
-
-SERVICE_OF_SETTING = {
-    "ip_http_port": "http",
-    "ip_https_port": "https",
-    "ip_snmp_port": "snmp",
-    "ip_tftp_port": "tftp",
-    "ip_ntp_port": "ntp",
-    "ip_ldap_port": "ldap",
-    "ip_ldaps_port": "ldaps",
-}
 
 
 @dataclass
@@ -51,6 +41,8 @@ class Runtime:
         self.sensors = sensors
         self.tls = None  # TLSContextHolder, set by the worker
         self.acme = None  # greenservers.tls.acme.AcmeManager, set by the worker
+        self.web_app = None  # the WSGI application the HTTP servers serve, set by the worker...
+        self.access_log = None  # ...and gunicorn's log, which writes their access log
         self.bindings: dict[str, list[BindingState]] = {}
         self.started = time.time()
         self.pending_restart: set[str] = set()
@@ -133,15 +125,14 @@ class Runtime:
 
     def health(self) -> dict[str, Any]:
         services: dict[str, Any] = {}
-        for setting in BINDING_SETTINGS:
-            name = SERVICE_OF_SETTING[setting.name]
-            states = self.bindings.get(setting.name)
+        for spec in SERVICES:
+            states = self.bindings.get(spec.setting)
             if states is None:
-                states = [BindingState(b.display, "not implemented yet") for b in getattr(self.settings, setting.name)]
-            if setting.name in self.binding_errors:
-                states = states + [BindingState("(new)", self.binding_errors[setting.name])]
-            services[name] = {
-                "setting": setting.name,
+                states = [BindingState(b.display, "not implemented yet") for b in getattr(self.settings, spec.setting)]
+            if spec.setting in self.binding_errors:
+                states = states + [BindingState("(new)", self.binding_errors[spec.setting])]
+            services[spec.name] = {
+                "setting": spec.setting,
                 "on": bool(states),
                 "bindings": [{"address": s.address, "state": s.state} for s in states],
             }

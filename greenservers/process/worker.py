@@ -2,9 +2,11 @@
 
 gunicorn's master binds nothing (`bind = []` in gunicorn.conf.py); this one
 gevent worker binds every socket of every service through the binder,
-before anything serves, then serves HTTP and HTTPS side by side behind one
-connection gate, starts the UDP/TCP services and the ACME manager. A bind failure exits with
-gunicorn's boot-error code, so the master stops at once with our message.
+before anything serves, then starts a server for each bound socket through
+its service's shell (the registry, greenservers.services: HTTP and HTTPS side
+by side behind one connection gate, SNMP, TFTP, NTP, LDAP) and the ACME
+manager. A bind failure exits with gunicorn's boot-error code, so the master
+stops at once with our message.
 
 Port changes apply live (`rebind`, called by Runtime.update for the API and
 the Ports page, and when the file was changed by another process: noticed by
@@ -31,19 +33,16 @@ import time
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
-from . import binder, runtime as runtime_module
-from .binder import BindError, Bound
-from ..tls.acme import AcmeManager
 from ..config.private import tighten_install, user_name
-from ..shells.http import CappedWSGIServer, plain_http_app
-from ..proto.http import ConnectionGate
-from .runtime import BindingState, Runtime
-from ..services import SERVICES, load_service_class
 from ..config.settings import SettingsError
 from ..config.store import ChangeWatch, ConfigFileError, ConfigStore
+from ..services import SERVICES, load_shell
+from ..tls.acme import AcmeManager
 from ..tls.certificates import CertificateError, TLSContextHolder, ensure_certificate
+from . import binder, runtime as runtime_module
+from .binder import BindError, Bound
+from .runtime import BindingState, Runtime
 
-HTTP_SETTINGS = ("ip_http_port", "ip_https_port")
 WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR: the master stops instead of respawning
 
 
@@ -87,22 +86,22 @@ class GreenWorker(GeventWorker):
             self.runtime = runtime_module.install(Runtime(store, settings))
             self.runtime.tls = TLSContextHolder(ensure_certificate(settings))
             self.runtime.acme = AcmeManager(self.runtime)
-            self.served_settings = set(HTTP_SETTINGS) | set(SERVICES)
-            plan = binder.plan_for(settings, self.served_settings)
+            plan = binder.plan_for(settings)
             self.bound = binder.bind_all(plan)
         except (SettingsError, ConfigFileError, CertificateError, BindError, OSError) as exc:
             self.log.error("%s", exc)
             sys.exit(WORKER_BOOT_ERROR)
+        super().load_wsgi()
+        self.runtime.web_app, self.runtime.access_log = self.wsgi, self.log
         try:  # a broken service module stops the start once, not a respawn loop
-            self.services = {path: load_service_class(path)(self.runtime) for path in sorted(set(SERVICES.values()))}
+            shells = {path: load_shell(path)(self.runtime) for path in sorted({spec.shell for spec in SERVICES})}
         except Exception:
             self.log.exception("a service could not be loaded")
             sys.exit(WORKER_BOOT_ERROR)
-        super().load_wsgi()
+        self.services = {spec.setting: shells[spec.shell] for spec in SERVICES}
 
     def run(self):
         runtime = self.runtime
-        self.gate = ConnectionGate(lambda: (runtime.settings.http_max_conn, runtime.settings.http_max_conn_rate), time.monotonic)
         self.servers: list[tuple[Bound, object]] = []
         for bound in self.bound:
             self._start(bound)
@@ -118,22 +117,16 @@ class GreenWorker(GeventWorker):
         self._stop_all()
 
     def _start(self, bound: Bound):
-        if bound.setting in HTTP_SETTINGS:
-            server = self._http_server(bound)
-        else:
-            server = self._service_for(bound.setting).make_server(bound)
+        server = self.services[bound.setting].make_server(bound)
         server.start()
         self.servers.append((bound, server))
         self._publish_states()
         return server
 
     def _stop(self, bound: Bound, server, timeout: float = 1.0) -> None:
-        """Stop accepting on one binding; HTTP requests in flight finish on their own."""
+        """Stop accepting on one binding; what is in flight finishes as its service says (HTTP requests on their own)."""
         self.servers.remove((bound, server))
-        if isinstance(server, CappedWSGIServer):
-            server.close()
-        else:
-            server.stop(timeout=timeout)
+        self.services[bound.setting].stop_server(server, timeout=timeout)
         bound.close()
         self._publish_states()
 
@@ -151,7 +144,7 @@ class GreenWorker(GeventWorker):
         old one closes first and is bound again if the new one fails.
         """
         old_settings = self.runtime.settings
-        wanted = binder.plan_for(new_settings, self.served_settings)
+        wanted = binder.plan_for(new_settings)
         current = {(b.setting, b.transport, b.binding): (b, srv) for b, srv in self.servers}
         to_add = [item for item in wanted if item not in current]
         to_remove = [pair for key, pair in current.items() if key not in set(wanted)]
@@ -181,17 +174,6 @@ class GreenWorker(GeventWorker):
             self.log.info("bindings changed: +%s -%s", ", ".join(f"{b.setting}={b.address}" for b in fresh) or "none",
                           ", ".join(f"{o.setting}={o.address}" for o, _ in to_remove) or "none")
         return lambda: self.rebind(old_settings)
-
-    def _http_server(self, bound: Bound):
-        if bound.setting == "ip_https_port":
-            return CappedWSGIServer(bound.sock, self.wsgi, self.gate, self.runtime.sensors, tls_holder=self.runtime.tls,
-                                    log=self.log, error_log=self.log)
-        acme = self.runtime.acme
-        return CappedWSGIServer(bound.sock, plain_http_app(self.wsgi, self.runtime), self.gate, self.runtime.sensors,
-                                challenges=lambda: acme.pending, log=self.log, error_log=self.log)
-
-    def _service_for(self, setting: str):
-        return self.services[SERVICES[setting]]
 
     def reload_config(self, cause: str):
         try:
@@ -241,13 +223,9 @@ class GreenWorker(GeventWorker):
         self.runtime.acme.stop()
         self.watcher.kill(block=False)
         for bound, server in self.servers:
-            if isinstance(server, CappedWSGIServer):
-                server.close()
-            else:
-                server.stop(timeout=1)
+            self.services[bound.setting].stop_server(server, timeout=1)
         for bound, server in self.servers:
-            if isinstance(server, CappedWSGIServer):
-                server.stop_gracefully(max(0.0, deadline - time.monotonic()))
+            self.services[bound.setting].drain(server, max(0.0, deadline - time.monotonic()))
             bound.close()
-        for service in self.services.values():
+        for service in set(self.services.values()):
             service.close()

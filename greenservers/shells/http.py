@@ -1,4 +1,9 @@
-"""The HTTP and HTTPS servers: gevent's pywsgi behind one process-wide gate.
+"""The HTTP and HTTPS service: gevent's pywsgi servers behind one process-wide gate.
+
+One HttpService serves every `ip_http_port` and `ip_https_port` binding (the
+registry, greenservers.services, says which speak TLS), each with a
+CappedWSGIServer around the web application (greenservers.web), plain HTTP
+with the ACME answers and the HTTPS redirect in front of it (plain_http_app).
 
 Every accepted connection asks the shared ConnectionGate first. Over a cap,
 plain HTTP gets a canned `503` with `Retry-After` and TLS connections are
@@ -43,9 +48,10 @@ from gevent.pool import Group
 from gunicorn.workers.ggevent import PyWSGIHandler
 
 from ..proto.acme import challenge_answer, http_response, request_target
-from ..proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
 from ..proto.clients import client_key
+from ..proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
 from ..ratelog import RateLimitedLog, printable
+from ..services import BY_SETTING, Service
 
 def _seconds(name: str, default: float) -> float:
     """A timeout, overridable from the environment (tuning, and short ones in tests)."""
@@ -329,3 +335,31 @@ def plain_http_app(app, runtime):
         return app(environ, start_response)
 
     return application
+
+
+class HttpService(Service):
+    """Every HTTP and HTTPS binding: a CappedWSGIServer each, all behind one ConnectionGate whose
+    caps (http_max_conn, http_max_conn_rate) are read from the settings at each admission."""
+
+    name = "http"
+
+    def __init__(self, runtime):
+        super().__init__(runtime)
+        self.gate = ConnectionGate(lambda: (runtime.settings.http_max_conn, runtime.settings.http_max_conn_rate), time.monotonic)
+
+    def make_server(self, bound) -> CappedWSGIServer:
+        runtime = self.runtime
+        log = runtime.access_log
+        if BY_SETTING[bound.setting].tls:
+            return CappedWSGIServer(bound.sock, runtime.web_app, self.gate, runtime.sensors, tls_holder=runtime.tls,
+                                    log=log, error_log=log)
+        acme = runtime.acme
+        return CappedWSGIServer(bound.sock, plain_http_app(runtime.web_app, runtime), self.gate, runtime.sensors,
+                                challenges=lambda: acme.pending, log=log, error_log=log)
+
+    def stop_server(self, server: CappedWSGIServer, timeout: float = 1.0) -> None:
+        """Stop accepting; requests in flight finish on their own."""
+        server.close()
+
+    def drain(self, server: CappedWSGIServer, timeout: float) -> None:
+        server.stop_gracefully(timeout)

@@ -26,10 +26,10 @@ from flask import Blueprint, current_app, flash, jsonify, redirect, render_templ
 from werkzeug.exceptions import HTTPException
 
 from ..audit import AuditLog
-from ..process.runtime import SERVICE_OF_SETTING
 from ..config.private import make_private_dir
 from ..config.settings import DECLARATIONS, GROUPS, Setting
 from ..config.store import atomic_write
+from ..services import BY_SETTING as SERVICE_OF_BINDING
 from ..tls.certificates import ACME, CertificateError, check_pem, ensure_certificate, server_context
 from . import get_runtime
 from .api import VIA, ChangeRefused, apply_settings_changes, canonical, change_admin_password
@@ -44,7 +44,6 @@ UPLOADED_PREFIX = "uploaded-"
 NAV = (("/settings/ports", "Ports"), ("/sensors", "Sensors"), ("/addressbook", "Address book"), ("/phones", "Phones"),
        ("/uploads", "Uploads"), ("/settings/password", "Password"))
 ON_PAGE = frozenset(s.name for s in DECLARATIONS if s.on_ports_page)
-SERVICE_LABELS = {"http": "HTTP", "https": "HTTPS", "snmp": "SNMP", "tftp": "TFTP", "ntp": "NTP", "ldap": "LDAP", "ldaps": "LDAPS"}
 
 
 @bp.app_context_processor
@@ -182,10 +181,10 @@ def _render(status: int = 200, form: dict | None = None, errors: dict | None = N
                 value, state = settings.raw.get(setting.name), ""
             fields.append({"setting": setting, "kind": kind, "value": value if kind == "bool" else _shown(value),
                            "secret_state": state, "error": (errors or {}).get(setting.name, "")})
-            if setting.name in SERVICE_OF_SETTING:
-                service = SERVICE_OF_SETTING[setting.name]
-                entry = health["services"].get(service, {"on": False, "bindings": []})
-                services.append({"label": SERVICE_LABELS.get(service, service), "on": entry["on"], "bindings": entry["bindings"]})
+            spec = SERVICE_OF_BINDING.get(setting.name)
+            if spec is not None:
+                entry = health["services"].get(spec.name, {"on": False, "bindings": []})
+                services.append({"label": spec.label, "on": entry["on"], "bindings": entry["bindings"]})
         if fields:
             groups.append({"id": group, "title": title, "fields": fields, "services": services})
     page = render_template(
