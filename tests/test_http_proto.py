@@ -74,7 +74,7 @@ def test_the_spare_share_is_only_for_clients_admitted_rarely_lately():
         assert g.admit("192.0.2.66", n) is None
     assert g.admit("192.0.2.66", "x") == OVER_MAX_CONN_RATE
     assert [g.admit("198.51.100.1", n) for n in range(100, 103)] == [None, None, OVER_MAX_CONN_RATE]  # 2 a second at most
-    clock.now += 2.5  # the windows have moved on: all are newcomers again, and the bucket is full
+    clock.now += 2.5  # time has moved on: all are newcomers again, and the bucket is full
     assert g.admit("198.51.100.1", "y") is None
 
 
@@ -110,7 +110,7 @@ def test_bookkeeping_is_bounded_by_what_is_open_and_the_rate():
         if g.admit(f"10.{n % 250}.{n % 199}.{n % 7}", connection) is None:
             g.release(connection)
     assert g.open == 0 and not g._source_of and not g._open_from and not g._waiting
-    assert len(g._admitted_now) + len(g._admitted_before) <= 2 * (1000 + 100) * 2
+    assert len(g.lately) <= 2 * (1000 + 100) * 2
 
 
 @pytest.mark.parametrize(

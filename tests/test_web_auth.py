@@ -59,7 +59,7 @@ class WebFixture:
         self.app.config["TESTING"] = True
         self.client = self.app.test_client()
         self.clock = FakeClock()
-        self.app.extensions["greenservers_auth"]["limiter"].clock = self.clock
+        self.app.extensions["greenservers_auth"]["clock"] = self.clock
 
     @property
     def config_text(self) -> str:

@@ -66,6 +66,7 @@ from pysnmp.proto import api
 from pysnmp.proto.error import ProtocolError
 
 from ..sensors import ENTERPRISE_OID, PRODUCT_OID, SENSORS_OID, Sensor
+from .clients import plain_address
 
 V1 = api.PROTOCOL_MODULES[api.SNMP_VERSION_1]
 
@@ -377,12 +378,9 @@ class TrustFilter:
 def address_in(host: str, networks: Iterable) -> bool:
     """True when `host` (as recvfrom gives it) is in one of `networks`; ::ffff:a.b.c.d matches a.b.c.d."""
     try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
+        candidates = {ipaddress.ip_address(text.split("%", 1)[0]) for text in (host, plain_address(host))}
     except ValueError:
         return False
-    candidates = [address]
-    if address.version == 6 and address.ipv4_mapped is not None:
-        candidates.append(address.ipv4_mapped)
     return any(candidate.version == net.version and candidate in net for candidate in candidates for net in networks)
 
 

@@ -48,7 +48,7 @@ from gevent.pool import Group
 from gunicorn.workers.ggevent import PyWSGIHandler
 
 from ..proto.acme import challenge_answer, http_response, request_target
-from ..proto.clients import client_key
+from ..proto.clients import client_key, plain_address
 from ..proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
 from ..ratelog import RateLimitedLog, printable
 from ..services import BY_SETTING, Service
@@ -316,9 +316,7 @@ def plain_http_app(app, runtime):
         settings = runtime.settings
         https = settings.ip_https_port
         if settings.http_redirect_https and https:
-            local = environ.get("greenservers.local_addr", "")
-            if local.startswith("::ffff:"):
-                local = local[7:]
+            local = plain_address(environ.get("greenservers.local_addr", ""))
             port = next((b.port for b in https if b.is_wildcard or b.host == local), https[0].port)
             target = redirect_target(
                 environ.get("REQUEST_METHOD", "GET"),
