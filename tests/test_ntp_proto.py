@@ -48,6 +48,11 @@ class FakeClock:
         return NOW_NS + 30_000
 
 
+def reply_of(outputs: list) -> bytes | None:
+    """The datagram among the responder's outputs (proto.results): the reply or the KoD; None when dropped."""
+    return next((item for item in outputs if isinstance(item, bytes)), None)
+
+
 def answer(data: bytes, state=SYNCED, client="192.0.2.10", clock=None, responder=None):
     clock = clock or FakeClock()
     responder = responder or ntp.NtpResponder()
@@ -62,9 +67,9 @@ def test_every_real_client_request_is_answered_by_the_field_rules(client):
     request = bytes.fromhex(REQUESTS[client])
     clock = FakeClock()
     result = answer(request, clock=clock)
-    assert result.outcome is ntp.Outcome.ANSWERED
-    reply = fields(result.reply)
-    assert len(result.reply) == 48 <= len(request)
+    assert ntp.verdict_of(result) == ntp.ANSWERED
+    reply = fields(reply_of(result))
+    assert len(reply_of(result)) == 48 <= len(request)
     assert reply["mode"] == ntp.MODE_SERVER
     assert reply["version"] == (request[0] >> 3) & 7  # echoed: ntplib v3 gets v3
     assert reply["origin"] == request[40:48]  # byte for byte (chronyd's is random)
@@ -84,7 +89,7 @@ def test_every_real_client_request_is_answered_by_the_field_rules(client):
 def test_reply_has_the_same_shape_as_chronyd_local_stratum_reply():
     request = bytes.fromhex(REQUESTS["ntplib_v4"])
     local = ntp.server_state(kernel(synchronised=False), None, 8, -25)
-    ours = fields(answer(request, state=local).reply)
+    ours = fields(reply_of(answer(request, state=local)))
     chronyd = fields(bytes.fromhex(CHRONYD_REPLY_TO_NTPLIB_V4))
     same = ("leap", "version", "mode", "stratum", "poll", "precision", "root_delay", "root_dispersion",
             "reference_id", "origin")
@@ -107,7 +112,7 @@ def test_transmit_clock_is_read_last(monkeypatch):
     monkeypatch.setattr(ntp, "ntp_timestamp", spy_timestamp)
     result = ntp.NtpResponder().respond(bytes.fromhex(REQUESTS["sntp"]), "192.0.2.1", NOW_NS, SYNCED, 0.0, transmit)
     assert order == [("convert", NOW_NS), "clock", ("convert", NOW_NS + 1)]
-    assert fields(result.reply)["transmit"] == convert(NOW_NS + 1)
+    assert fields(reply_of(result))["transmit"] == convert(NOW_NS + 1)
 
 
 def test_timestamp_formats():
@@ -126,7 +131,7 @@ def test_timestamp_formats():
 
 
 def test_unsynchronised_clock_answers_alarm_and_stratum_16():
-    reply = fields(answer(bytes.fromhex(REQUESTS["chronyd"]), state=UNSYNCED).reply)
+    reply = fields(reply_of(answer(bytes.fromhex(REQUESTS["chronyd"]), state=UNSYNCED)))
     assert reply["leap"] == ntp.LEAP_ALARM and reply["stratum"] == ntp.STRATUM_UNSYNCHRONISED
     assert reply["reference_time"] == 0
     assert not UNSYNCED.synchronised
@@ -191,35 +196,35 @@ MODE7_MONLIST = bytes.fromhex("1700032a") + bytes(44)  # the monlist amplificati
 ])
 def test_anything_but_a_v3_v4_client_request_is_dropped(data, reason):
     result = answer(data)
-    assert result.outcome is ntp.Outcome.DROPPED and result.reply is None
-    assert reason in result.reason
+    assert ntp.verdict_of(result) == ntp.DROPPED and reply_of(result) is None
+    assert reason in result[0].reason
 
 
 def test_mode6_short_header_is_dropped_too():
-    assert answer(MODE6_READVAR).outcome is ntp.Outcome.DROPPED
+    assert ntp.verdict_of(answer(MODE6_READVAR)) == ntp.DROPPED
 
 
 def test_extension_fields_are_not_echoed():
     request = bytes.fromhex(REQUESTS["ntplib_v4"]) + bytes(20)  # a v4 request with a MAC
     result = answer(request)
-    assert result.outcome is ntp.Outcome.ANSWERED and len(result.reply) == 48
+    assert ntp.verdict_of(result) == ntp.ANSWERED and len(reply_of(result)) == 48
 
 
 # -- rate limiting on a fake clock ---------------------------------------------------
 
 
 def flood(responder, client, count, clock):
-    return [responder.respond(bytes.fromhex(REQUESTS["sntp"]), client, NOW_NS, SYNCED, clock.mono, clock.transmit).outcome
+    return [ntp.verdict_of(responder.respond(bytes.fromhex(REQUESTS["sntp"]), client, NOW_NS, SYNCED, clock.mono, clock.transmit))
             for _ in range(count)]
 
 
 def test_flood_gets_burst_then_one_kod_then_silence_while_others_are_answered():
     clock, responder = FakeClock(), ntp.NtpResponder()
     outcomes = flood(responder, "192.0.2.66", 100, clock)
-    assert outcomes[:ntp.BURST] == [ntp.Outcome.ANSWERED] * ntp.BURST
-    assert outcomes[ntp.BURST] is ntp.Outcome.KISSED
-    assert set(outcomes[ntp.BURST + 1:]) == {ntp.Outcome.DROPPED}
-    assert flood(responder, "192.0.2.67", 1, clock) == [ntp.Outcome.ANSWERED]
+    assert outcomes[:ntp.BURST] == [ntp.ANSWERED] * ntp.BURST
+    assert outcomes[ntp.BURST] == ntp.KISSED
+    assert set(outcomes[ntp.BURST + 1:]) == {ntp.DROPPED}
+    assert flood(responder, "192.0.2.67", 1, clock) == [ntp.ANSWERED]
 
 
 def test_kod_packet_fields():
@@ -228,8 +233,8 @@ def test_kod_packet_fields():
     for _ in range(ntp.BURST):
         responder.respond(request, "192.0.2.66", NOW_NS, SYNCED, clock.mono, clock.transmit)
     result = responder.respond(request, "192.0.2.66", NOW_NS, SYNCED, clock.mono, clock.transmit)
-    kod = fields(result.reply)
-    assert result.outcome is ntp.Outcome.KISSED and len(result.reply) == 48
+    kod = fields(reply_of(result))
+    assert ntp.verdict_of(result) == ntp.KISSED and len(reply_of(result)) == 48
     assert (kod["leap"], kod["stratum"], kod["reference_id"], kod["mode"]) == (3, 0, b"RATE", 4)
     assert kod["origin"] == request[40:48]
     assert kod["receive"] == kod["transmit"] == int.from_bytes(request[40:48], "big")  # carries no time
@@ -239,24 +244,24 @@ def test_kod_packet_fields():
 def test_limited_client_gets_another_kod_only_after_the_interval():
     clock = FakeClock()
     responder = ntp.NtpResponder(ntp.RateLimiter(rate=1.0, burst=16, kod_interval=8.0))
-    assert flood(responder, "192.0.2.66", 100, clock).count(ntp.Outcome.KISSED) == 1  # in debt: -16 tokens
+    assert flood(responder, "192.0.2.66", 100, clock).count(ntp.KISSED) == 1  # in debt: -16 tokens
     clock.mono += 4.0  # -12
-    assert set(flood(responder, "192.0.2.66", 10, clock)) == {ntp.Outcome.DROPPED}  # floor: -16
+    assert set(flood(responder, "192.0.2.66", 10, clock)) == {ntp.DROPPED}  # floor: -16
     clock.mono += 4.0  # -12, and 8 s since the KoD
-    assert flood(responder, "192.0.2.66", 2, clock) == [ntp.Outcome.KISSED, ntp.Outcome.DROPPED]
+    assert flood(responder, "192.0.2.66", 2, clock) == [ntp.KISSED, ntp.DROPPED]
 
 
 def test_limited_client_is_answered_again_after_slowing_down():
     clock, responder = FakeClock(), ntp.NtpResponder()
     flood(responder, "192.0.2.66", 200, clock)
     clock.mono += 2 * ntp.BURST / ntp.RATE_PER_SECOND
-    assert flood(responder, "192.0.2.66", 1, clock) == [ntp.Outcome.ANSWERED]
+    assert flood(responder, "192.0.2.66", 1, clock) == [ntp.ANSWERED]
 
 
 def test_polite_client_is_never_limited():
     clock, responder = FakeClock(), ntp.NtpResponder()
     for _ in range(500):
-        assert flood(responder, "192.0.2.5", 1, clock) == [ntp.Outcome.ANSWERED]
+        assert flood(responder, "192.0.2.5", 1, clock) == [ntp.ANSWERED]
         clock.mono += 1.0 / ntp.RATE_PER_SECOND
 
 
@@ -268,7 +273,7 @@ def test_ipv6_clients_are_limited_per_64_and_mapped_ipv4_as_ipv4():
     assert ntp.client_key("192.0.2.1") != ntp.client_key("192.0.2.2")
     clock, responder = FakeClock(), ntp.NtpResponder()
     flood(responder, "2001:db8:1:2::1", ntp.BURST, clock)
-    assert flood(responder, "2001:db8:1:2::2", 1, clock) == [ntp.Outcome.KISSED]
+    assert flood(responder, "2001:db8:1:2::2", 1, clock) == [ntp.KISSED]
 
 
 def test_limiter_memory_is_bounded():
@@ -282,7 +287,7 @@ def test_dropped_modes_do_not_use_the_limiter():
     clock, responder = FakeClock(), ntp.NtpResponder()
     for _ in range(100):
         responder.respond(MODE7_MONLIST, "192.0.2.66", NOW_NS, SYNCED, clock.mono, clock.transmit)
-    assert flood(responder, "192.0.2.66", 1, clock) == [ntp.Outcome.ANSWERED]
+    assert flood(responder, "192.0.2.66", 1, clock) == [ntp.ANSWERED]
 
 
 # -- any bytes at all -----------------------------------------------------------------
@@ -295,6 +300,6 @@ def test_any_datagram_is_answered_by_the_rules_or_dropped(data, client):
     result = ntp.NtpResponder().respond(data, client, NOW_NS, SYNCED, 0.0, lambda: NOW_NS)
     answerable = 48 <= len(data) <= ntp.MAX_REQUEST_LEN and len(data) % 4 == 0 and data[0] & 7 == 3 \
         and (data[0] >> 3) & 7 in (3, 4)
-    assert (result.outcome is ntp.Outcome.ANSWERED) == answerable
-    if result.reply is not None:
-        assert len(result.reply) == 48 <= len(data) and result.reply[24:32] == data[40:48]
+    assert (ntp.verdict_of(result) == ntp.ANSWERED) == answerable
+    if reply_of(result) is not None:
+        assert len(reply_of(result)) == 48 <= len(data) and reply_of(result)[24:32] == data[40:48]

@@ -29,7 +29,8 @@ import pytest
 from support import ServiceProcess, free_udp_port
 from vectors.ntp_vectors import REQUESTS
 
-from greenservers.shells.ntp import adjtimex, provisioned_ntp_server, read_kernel_clock
+from greenservers.provisioning.files import provisioned_ntp_server
+from greenservers.shells.ntp import adjtimex, read_kernel_clock
 from greenservers.proto import ntp
 from greenservers.config.settings import Settings
 

@@ -131,7 +131,7 @@ def test_ntp_and_time_zone_follow_the_settings(tmp_path):
 ])
 def test_transport_and_port_never_a_port_that_is_off(tmp_path, changes, expected):
     settings = make_settings(tmp_path, **changes)
-    books = profiles.template_values(settings, SERVER, p._port_for)["phonebook"]
+    books = profiles.template_values(settings, SERVER, p.port_for)["phonebook"]
     for vendor, (transport, port) in expected.items():
         assert (books[vendor]["transport"], books[vendor]["port"]) == (transport, port), vendor
         assert books[vendor]["enabled"] == bool(transport)

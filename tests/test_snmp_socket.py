@@ -41,10 +41,10 @@ def agent_server():
 
 def reference_verdict(datagram: bytes) -> str:
     """What the sans-IO core makes of a datagram (read past the shell's 8193-octet buffer: the size check still fires)."""
-    from greenservers.proto.snmp import Agent
+    from greenservers.proto import snmp
 
-    agent = Agent(SensorRegistry(FIXED_SENSORS), 0.0, "h", "d")
-    return agent.handle(datagram[:8193], "127.0.0.1", 1.0, FakeRuntime().settings).verdict
+    agent = snmp.Agent(SensorRegistry(FIXED_SENSORS), 0.0, "h", "d")
+    return snmp.verdict_of(agent.handle(datagram[:8193], "127.0.0.1", 1.0, FakeRuntime().settings))
 
 
 def ask(port: int, datagram: bytes, source: str = "127.0.0.1", timeout: float = 1.0) -> bytes | None:
@@ -62,6 +62,22 @@ def test_answers_on_a_port_0_socket(agent_server):
     reply = ask(port, GET)
     assert reply is not None and b"greenservers" in reply
     assert service.runtime.sensors.value("snmp_requests_answered") == 1
+
+
+def test_every_datagram_is_counted_in_the_sensor_of_its_verdict(agent_server):
+    """The counts the agent core leaves to its shell (proto.results): answered, community, version, address."""
+    service, port = agent_server
+    sensors = service.runtime.sensors
+    assert ask(port, GET) is not None
+    assert sensors.value("snmp_requests_answered") == 1
+    for name in ("get_wrong_community", "get_v2c", "get_v3"):
+        assert ask(port, bytes.fromhex(REQUESTS[name]), timeout=0.2) is None
+    assert ask(port, GET, source="127.0.0.2", timeout=0.2) is None
+    assert ask(port, GET) is not None  # read after the others: every one of them was handled
+    assert sensors.value("snmp_rejected_community") == 1
+    assert sensors.value("snmp_rejected_version") == 2
+    assert sensors.value("snmp_rejected_address") == 1
+    assert sensors.value("snmp_requests_answered") == 2
 
 
 def test_a_bug_is_logged_once_per_source_with_its_traceback_and_serving_goes_on(agent_server, caplog, monkeypatch):

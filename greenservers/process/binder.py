@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import errno
 import socket
-import sys
 from dataclasses import dataclass
 
 from ..config.portspec import Binding
 from ..services import SERVICES
+from ..shells.udp import enable_pktinfo
 
 TCP_BACKLOG = 1024
 UDP_BUFFER = 1 << 20  # room for a burst of requests (a boot storm of phones)
@@ -70,7 +70,7 @@ def open_socket(binding: Binding, transport: str) -> socket.socket:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
             except OSError:
                 pass
-            _enable_pktinfo(sock, binding.family)
+            enable_pktinfo(sock, binding.family)  # a wildcard socket's replies leave from the address asked
         if binding.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if binding.v6only else 0)
         sock.bind((binding.host, binding.port))
@@ -81,42 +81,6 @@ def open_socket(binding: Binding, transport: str) -> socket.socket:
     except BaseException:
         sock.close()
         raise
-
-
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not export it
-PKTINFO_KINDS = {(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO), (socket.IPPROTO_IP, IP_PKTINFO)}
-
-
-def pktinfo_of(ancillary) -> list:
-    """The IP_PKTINFO / IPV6_PKTINFO item of a datagram's ancillary data (as a list of at most
-    one, ready for sendmsg): a reply sent with it leaves from the address the request came to."""
-    return [item for item in ancillary if (item[0], item[1]) in PKTINFO_KINDS][:1]
-
-
-def local_address(ancillary, bound_host: str) -> tuple[str, int]:
-    """(local address, interface index) a datagram came in on, from its pktinfo; else the bound host."""
-    for level, kind, data in ancillary:
-        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
-            # ipi_spec_dst: the local address to answer from (also right for a broadcast request)
-            return socket.inet_ntop(socket.AF_INET, data[4:8]), int.from_bytes(data[:4], sys.byteorder)
-        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
-            return socket.inet_ntop(socket.AF_INET6, data[:16]), int.from_bytes(data[16:20], sys.byteorder)
-    return bound_host, 0
-
-
-def _enable_pktinfo(sock: socket.socket, family: int) -> None:
-    """Ask for each datagram's local address (a wildcard socket must answer from it)."""
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-            try:  # IPv4 clients of a dual-stack socket
-                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            except OSError:
-                pass
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-    except (OSError, AttributeError):
-        pass
 
 
 def bind_all(plan: list[tuple[str, str, Binding]]) -> list[Bound]:

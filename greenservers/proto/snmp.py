@@ -67,6 +67,7 @@ from pysnmp.proto.error import ProtocolError
 
 from ..sensors import ENTERPRISE_OID, PRODUCT_OID, SENSORS_OID, Sensor
 from .clients import plain_address
+from .results import Event, Output
 
 V1 = api.PROTOCOL_MODULES[api.SNMP_VERSION_1]
 
@@ -79,7 +80,7 @@ MAX_CACHED_SOURCES = 4096
 MIB2_SYSTEM = (1, 3, 6, 1, 2, 1, 1)
 SYS_SERVICES = 72  # RFC 1213: layers 4 (end-to-end) and 7 (applications): 2**3 + 2**6
 
-# verdicts: what became of a datagram (the shell counts and logs by them)
+# verdicts: what became of a datagram (the shell counts by them, SENSOR_OF_VERDICT, and logs them)
 ANSWERED = "answered"
 UNTRUSTED = "untrusted"
 BAD_COMMUNITY = "bad_community"
@@ -125,20 +126,25 @@ class ReadOnly(SnmpError):
     status = READ_ONLY
 
 
-class Dropped(Exception):
-    """The datagram gets no reply; `verdict` says why (the wire code of a silent drop)."""
+class Dropped(Event, Exception):
+    """The datagram gets no reply; `verdict` says why (the wire code of a silent drop). Raised
+    inside the agent, it is also the event the agent returns for the shell to count and log."""
 
-    def __init__(self, verdict: str, detail: str):
+    def __init__(self, verdict: str, detail: str = ""):
         super().__init__(detail)
         self.verdict = verdict
         self.detail = detail
 
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Dropped) and (self.verdict, self.detail) == (other.verdict, other.detail)
 
-@dataclass(frozen=True)
-class Outcome:
-    verdict: str
-    reply: bytes | None = None
-    detail: str = ""
+    __hash__ = None
+
+
+def verdict_of(outputs: list) -> str:
+    """The verdict of a datagram from what the agent returned: ANSWERED, or why it was dropped."""
+    first = outputs[0]
+    return ANSWERED if isinstance(first, bytes) else first.verdict
 
 
 # -- BER reading: a strict definite-length TLV walker for the envelope ------
@@ -402,37 +408,28 @@ class Agent:
         self._community = b""
         self._bindings_cache: dict[tuple[int, bytes], tuple[tuple[int, ...], ...]] = {}
 
-    def handle(self, datagram: bytes, host: str, now: float, settings) -> Outcome:
-        """The outcome of one datagram from `host`; counted in the sensors. Bugs propagate to the shell."""
+    def handle(self, datagram: bytes, host: str, now: float, settings) -> list[Output]:
+        """One datagram from `host`: [reply] or [Dropped]. Bugs propagate to the shell."""
         if not self.admits(host, settings):
-            return Outcome(UNTRUSTED)
+            return [Dropped(UNTRUSTED)]
         return self.respond(datagram, now, settings)
 
     def admits(self, host: str, settings) -> bool:
-        """Step 1 alone (a shell may run it before anything else): is `host` trusted? A refusal is counted."""
+        """Step 1 alone (a shell runs it before anything else, and counts a refusal): is `host` trusted?"""
         # the hot path of a flood is this one dict lookup
         answer = self.trust.answers.get(host) if settings is self._trust_settings else None
         if answer is None:
             if settings is not self._trust_settings:
                 self._trust_settings, self._trusted = settings, settings.snmp_trusted
             answer = self.trust.allows(host, self._trusted)
-        if not answer:
-            self.refused(1)
         return answer
 
-    def refused(self, count: int) -> None:
-        """Count `count` datagrams from an untrusted source (a shell may count a run of them at once)."""
-        self.sensors.add("snmp_rejected_address", count)
-
-    def respond(self, datagram: bytes, now: float, settings) -> Outcome:
-        """Steps 2-6 for a datagram from an admitted source."""
+    def respond(self, datagram: bytes, now: float, settings) -> list[Output]:
+        """Steps 2-6 for a datagram from an admitted source: [reply] or [Dropped]."""
         try:
-            reply = self._answer(datagram, now, settings)
+            return [self._answer(datagram, now, settings)]
         except Dropped as dropped:
-            self.sensors.add(SENSOR_OF_VERDICT[dropped.verdict])
-            return Outcome(dropped.verdict, None, dropped.detail)
-        self.sensors.add("snmp_requests_answered")
-        return Outcome(ANSWERED, reply)
+            return [dropped.with_traceback(None)]
 
     def _answer(self, datagram: bytes, now: float, settings) -> bytes:
         if len(datagram) > MAX_REQUEST:

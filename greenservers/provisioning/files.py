@@ -194,8 +194,21 @@ def _environment(root: Path | None) -> SandboxedEnvironment:
     return env
 
 
-def _port_for(bindings, server: str) -> int | str:
-    """The port of the binding a phone at `server` reaches best: same address, else a wildcard, else the first."""
+def provisioned_ntp_server(settings, server_address: str) -> str:
+    """The NTP server phones are told to use.
+
+    Our own server (`server_address`, the local address the phone reached us
+    on) when `ip_ntp_port` has bindings; otherwise the external `ntp_server`
+    setting (may be "" when none is configured).
+    """
+    if settings.ip_ntp_port:
+        return server_address
+    return settings.ntp_server
+
+
+def port_for(bindings, server: str) -> int | str:
+    """The port of the binding a client that reached us at `server` reaches best: same address, else a
+    wildcard, else the first ("" when there is none). Also the HTTPS redirect's port (shells.http)."""
     for binding in bindings:
         if binding.host == server:
             return binding.port
@@ -206,7 +219,7 @@ def _port_for(bindings, server: str) -> int | str:
 
 
 def _url(scheme: str, server: str, bindings, default_port: int) -> str:
-    port = _port_for(bindings, server)
+    port = port_for(bindings, server)
     if port == "":
         return ""
     host = f"[{server}]" if ":" in server else server
@@ -214,20 +227,18 @@ def _url(scheme: str, server: str, bindings, default_port: int) -> str:
 
 
 def template_context(settings, server: str, mac: str = "") -> dict:
-    from ..shells.ntp import provisioned_ntp_server  # lazily: the NTP service imports gevent-side modules
-
     return {
         "mac": mac,
         "server": server,
         "ntp_server": provisioned_ntp_server(settings, server),
-        "ldap_port": _port_for(settings.ip_ldap_port, server),
-        "ldaps_port": _port_for(settings.ip_ldaps_port, server),
+        "ldap_port": port_for(settings.ip_ldap_port, server),
+        "ldaps_port": port_for(settings.ip_ldaps_port, server),
         "ldap_base": settings.ldap_base,
         "ldap_user": settings.ldap_user,
         "ldap_password": settings.ldap_password or "",
         "http_url": _url("http", server, settings.ip_http_port, 80),
         "https_url": _url("https", server, settings.ip_https_port, 443),
-        **profiles.template_values(settings, server, _port_for),
+        **profiles.template_values(settings, server, port_for),
     }
 
 

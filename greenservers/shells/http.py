@@ -50,6 +50,7 @@ from gunicorn.workers.ggevent import PyWSGIHandler
 from ..proto.acme import challenge_answer, http_response, request_target
 from ..proto.clients import client_key, plain_address
 from ..proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
+from ..provisioning.files import port_for
 from ..ratelog import RateLimitedLog, printable
 from ..services import BY_SETTING, Service
 
@@ -317,7 +318,7 @@ def plain_http_app(app, runtime):
         https = settings.ip_https_port
         if settings.http_redirect_https and https:
             local = plain_address(environ.get("greenservers.local_addr", ""))
-            port = next((b.port for b in https if b.is_wildcard or b.host == local), https[0].port)
+            port = port_for(https, local)  # the HTTPS binding this client reaches best, as provisioning picks it
             target = redirect_target(
                 environ.get("REQUEST_METHOD", "GET"),
                 environ.get("PATH_INFO", "/"),

@@ -1,4 +1,4 @@
-"""The NTP server shell (UDP), and the rule for which time source phones are given.
+"""The NTP server's gevent shell: one UdpServer (shells.udp) per ip_ntp_port socket.
 
 Thin on purpose: the packet logic is in greenservers/proto/ntp.py. Here:
 reading the kernel clock state (adjtimex through ctypes, cached for a
@@ -7,9 +7,8 @@ second) and the local daemon's upstream (`chronyc -c tracking`, every
 its kernel receive timestamp (SO_TIMESTAMPNS) and the local address it came
 in on (IP_PKTINFO / IPV6_PKTINFO, so a wildcard socket answers from the
 address the phone asked); sending the reply; counting and rate-limited logging.
-
-`provisioned_ntp_server` is what the provisioning templates (TFTP, HTTP) and
-the admin page use.
+Which NTP server phones are told to use is provisioning's rule
+(greenservers.provisioning.files.provisioned_ntp_server).
 """
 
 from __future__ import annotations
@@ -24,12 +23,12 @@ import subprocess
 import time
 
 import gevent
-from gevent.server import DatagramServer
 
-from ..process.binder import PKTINFO_KINDS
-from ..proto.ntp import LEAP_DELETE, LEAP_INSERT, LEAP_NONE, KernelClock, NtpResponder, Outcome, parse_chronyc_tracking, server_state
+from ..proto.ntp import (ANSWERED, LEAP_DELETE, LEAP_INSERT, LEAP_NONE, KernelClock, NtpResponder,
+                         parse_chronyc_tracking, server_state, verdict_of)
 from ..ratelog import RateLimitedLog
 from ..services import Service
+from .udp import PKTINFO_KINDS, PKTINFO_SPACE, UdpServer
 
 STATE_CACHE_SECONDS = 1.0
 UPSTREAM_INTERVAL = 64.0
@@ -38,23 +37,11 @@ RECV_SIZE = 2048  # more than proto.ntp.MAX_REQUEST_LEN, so an oversized datagra
 LOG_LINES_PER_SECOND = 5  # refusals logged, all peers together (spoofed sources are endless)
 # Linux values; Python 3.11's socket module lacks the names
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-ANCILLARY_SIZE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)
+ANCILLARY_SIZE = socket.CMSG_SPACE(16) + PKTINFO_SPACE  # the receive timestamp, and the local address
 _TIMESPEC = struct.Struct("@qq")
 # adjtimex status bits and states (linux/timex.h)
 STA_INS, STA_DEL, STA_UNSYNC = 0x10, 0x20, 0x40
 TIME_ERROR = 5
-
-
-def provisioned_ntp_server(settings, server_address: str) -> str:
-    """The NTP server phones are told to use.
-
-    Our own server (`server_address`, the local address the phone reached us
-    on) when `ip_ntp_port` has bindings; otherwise the external `ntp_server`
-    setting (may be "" when none is configured).
-    """
-    if settings.ip_ntp_port:
-        return server_address
-    return settings.ntp_server
 
 
 # -- the kernel clock ------------------------------------------------------------------
@@ -144,13 +131,12 @@ class ClockWatch:
 # -- the server --------------------------------------------------------------------------
 
 
-class NtpServer(DatagramServer):
+class NtpServer(UdpServer):
     """Reads each datagram with its ancillary data and answers it inline (no greenlet per packet)."""
 
-    def __init__(self, sock, service: "NtpService", wildcard: bool):
-        super().__init__(sock, spawn=None)
+    def __init__(self, bound, service: "NtpService"):
+        super().__init__(bound)
         self.service = service
-        self.wildcard = wildcard  # answer from the address asked (pktinfo) only where the socket has many
 
     def do_read(self):
         try:
@@ -170,7 +156,7 @@ class NtpServer(DatagramServer):
         return data, address, received_ns or time.time_ns(), pktinfo
 
     def handle(self, data, address, received_ns, pktinfo):
-        self.service.answer(self._socket, data, address, received_ns, pktinfo)
+        self.service.answer(self, data, address, received_ns, pktinfo)
 
 
 class NtpService(Service):
@@ -187,31 +173,28 @@ class NtpService(Service):
         self._watcher = gevent.spawn(self.clock.watch_upstream)
 
     def make_server(self, bound):
-        sock = bound.sock
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # (the binder asked for each datagram's local address)
-        return NtpServer(sock, self, wildcard=bound.binding.host in ("0.0.0.0", "::", ""))
+        bound.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # (the binder asked for each datagram's local address)
+        return NtpServer(bound, self)
 
-    def answer(self, sock, data: bytes, address, received_ns: int, pktinfo: list) -> None:
+    def answer(self, server: NtpServer, data: bytes, address, received_ns: int, pktinfo: list) -> None:
         sensors = self.runtime.sensors
         try:
             now = time.monotonic()
-            result = self.responder.respond(data, address[0], received_ns, self.clock.current(now), now, time.time_ns)
+            outputs = self.responder.respond(data, address[0], received_ns, self.clock.current(now), now, time.time_ns)
         except Exception:
             self.log.exception("NTP: failed to answer %s", address[0])
             return
-        if result.outcome is Outcome.ANSWERED:
+        if verdict_of(outputs) == ANSWERED:
             sensors.add("ntp_requests_answered", 1)
-        else:
+            reply = outputs[0]
+        else:  # [Refused] or [Refused, kiss-o'-death]
             sensors.add("ntp_requests_refused", 1)
-            self._log_refusal(int(now), address[0], result.reason)
-        if result.reply is None:
-            return
-        try:
-            sock.sendmsg([result.reply], pktinfo, 0, address)
-        except BlockingIOError:
-            pass  # the send buffer is full: a lost reply, as on the wire
-        except OSError as exc:
-            self.peer_log.warning("ntp send", address[0], "NTP reply not sent: %s", exc)
+            self._log_refusal(int(now), address[0], outputs[0].reason)
+            reply = outputs[1] if len(outputs) > 1 else None
+        if reply is not None:
+            error = server.reply(reply, address, pktinfo)  # a full send buffer: a lost reply, as on the wire
+            if error is not None:
+                self.peer_log.warning("ntp send", address[0], "NTP reply not sent: %s", error)
 
     def _log_refusal(self, second: int, peer: str, reason: str) -> None:
         if second != self._log_second:

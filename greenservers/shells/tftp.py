@@ -2,7 +2,7 @@
 
 Each `ip_tftp_port` socket gets a listener greenlet that reads requests with
 recvmsg (the binder enabled IP_PKTINFO/IPV6_RECVPKTINFO, so a wildcard
-socket learns the local address each request came in on). An admitted
+socket learns the local address each request came in on: shells.udp). An admitted
 request gets its own greenlet and its own ephemeral UDP socket, bound to
 that local address and connected to the client (a new transfer ID, RFC 1350
 §4); the protocol itself is greenservers.proto.tftp's state machines, the file
@@ -29,16 +29,15 @@ import gevent
 from gevent.pool import Group
 
 from ..provisioning import files as provisioning, uploads
-from ..process.binder import local_address
 from ..provisioning.phones import seen
 from ..proto import tftp as proto
 from ..proto.clients import TokenBuckets, client_key, plain_address
 from ..ratelog import RateLimitedLog
 from ..services import Service
 from .tftp_transfer import Segmentation, SendBatch, TransferDriver, transfer_socket
+from .udp import PKTINFO_SPACE, local_address
 
 MAX_REQUEST = 1024  # an RRQ/WRQ with its options; longer ones are truncated and refused
-ANCILLARY_SIZE = socket.CMSG_SPACE(32)
 REQUEST_RATE = 1000.0  # requests handled per second, all listeners together (see pace_requests)
 DROP_COST = 1 / 8  # a request dropped unread, as a share of one handled: 8,000 a second at most
 REQUEST_BURST = 256.0
@@ -324,7 +323,7 @@ class TftpListener:
                     dropped.clear()
                 gevent.sleep(0)
             try:
-                datagram, ancillary, _flags, peer = self.sock.recvmsg(MAX_REQUEST, ANCILLARY_SIZE)
+                datagram, ancillary, _flags, peer = self.sock.recvmsg(MAX_REQUEST, PKTINFO_SPACE)
                 host = peer[0]
                 if host in dropped:
                     dropped[host] += 1

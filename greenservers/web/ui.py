@@ -18,7 +18,6 @@ browser gets a new one.
 from __future__ import annotations
 
 import datetime
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from ..audit import AuditLog
 from ..config.private import make_private_dir
 from ..config.settings import DECLARATIONS, GROUPS, Setting
 from ..config.store import atomic_write
+from ..provisioning.files import provisioned_ntp_server
 from ..services import BY_SETTING as SERVICE_OF_BINDING
 from ..tls.certificates import ACME, CertificateError, check_pem, ensure_certificate, server_context
 from . import get_runtime
@@ -36,7 +36,6 @@ from .api import VIA, ChangeRefused, apply_settings_changes, canonical, change_a
 from .auth import PasswordRefused, admin_required, auth_method, begin_session, stored_hash, wants_html
 
 bp = Blueprint("ui", __name__)
-log = logging.getLogger("greenservers.web")
 
 MAX_PEM_BYTES = 64 * 1024
 AUDIT_SHOWN = 20
@@ -121,17 +120,8 @@ def _changes_from_form(form, current) -> dict[str, Any]:
 
 
 def _ntp_for_phones(settings) -> str:
-    """What the phones are given as their NTP server (greenservers.shells.ntp decides)."""
-    this_server = "this server (the address each phone reaches it on)"
-    try:
-        from ..shells.ntp import provisioned_ntp_server
-    except ImportError:
-        return this_server if settings.ip_ntp_port else (settings.ntp_server or "none")
-    try:
-        value = provisioned_ntp_server(settings, this_server)
-    except Exception:  # the page must render even if that helper has a bug
-        log.exception("provisioned_ntp_server failed")
-        return "unknown"
+    """What the phones are given as their NTP server (provisioning's rule)."""
+    value = provisioned_ntp_server(settings, "this server (the address each phone reaches it on)")
     return value or "none: set ntp_server or turn the NTP server on"
 
 
