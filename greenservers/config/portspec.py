@@ -1,4 +1,4 @@
-"""Port binding lists: the one place that knows their syntax (DESIGN.md §3).
+"""Port binding lists: the one place that knows their syntax.
 
 A list is space separated; each token is one of
 
@@ -22,6 +22,9 @@ from dataclasses import dataclass
 _PORT_ONLY = re.compile(r"[0-9]+")
 _IPV4_AND_PORT = re.compile(r"([0-9.]+):([0-9]+)")
 _BRACKETED_AND_PORT = re.compile(r"\[([^\]]+)\]:([0-9]+)")
+# [IPv6]:PORT binds that address alone (IPV6_V6ONLY); IPv4:PORT an IPv4 address
+_HOST_FORMS = ((_BRACKETED_AND_PORT, ipaddress.IPv6Address, "IPv6", socket.AF_INET6, True),
+               (_IPV4_AND_PORT, ipaddress.IPv4Address, "IPv4", socket.AF_INET, False))
 
 
 class PortSpecError(ValueError):
@@ -80,22 +83,15 @@ def parse_binding(token: str) -> Binding:
     """Parse one token of a binding list."""
     if _PORT_ONLY.fullmatch(token):
         return Binding(socket.AF_INET6, "::", _port(token, token), v6only=False)
-    match = _BRACKETED_AND_PORT.fullmatch(token)
-    if match:
-        host, port = match.groups()
-        try:
-            address = ipaddress.IPv6Address(host)
-        except ValueError:
-            raise PortSpecError(f"{token!r}: {host!r} is not an IPv6 address") from None
-        return Binding(socket.AF_INET6, str(address), _port(token, port), v6only=True)
-    match = _IPV4_AND_PORT.fullmatch(token)
-    if match:
-        host, port = match.groups()
-        try:
-            address = ipaddress.IPv4Address(host)
-        except ValueError:
-            raise PortSpecError(f"{token!r}: {host!r} is not an IPv4 address") from None
-        return Binding(socket.AF_INET, str(address), _port(token, port), v6only=False)
+    for pattern, address_type, kind, family, v6only in _HOST_FORMS:
+        match = pattern.fullmatch(token)
+        if match:
+            host, port = match.groups()
+            try:
+                address = address_type(host)
+            except ValueError:
+                raise PortSpecError(f"{token!r}: {host!r} is not an {kind} address") from None
+            return Binding(family, str(address), _port(token, port), v6only=v6only)
     raise PortSpecError(f"{token!r}: {_why_not(token)}")
 
 

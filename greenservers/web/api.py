@@ -26,7 +26,8 @@ from ..process.runtime import ChangeResult
 from ..config.settings import BY_NAME, DECLARATIONS, SettingsError
 from ..config.store import ConfigFileError
 from . import get_runtime
-from .auth import ADMIN_USER, JSON_BODY, PasswordRefused, admin_required, auth_method, end_every_session, new_password_hash, takes
+from .auth import (ADMIN_USER, JSON_BODY, PasswordRefused, admin_required, auth_method, end_every_session, json_object,
+                   new_password_hash, takes)
 
 bp = Blueprint("api", __name__)
 
@@ -129,8 +130,8 @@ def get_ports():
 @admin_required
 @takes(JSON_BODY)
 def put_password():
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
+    body = json_object()
+    if body is None:
         return jsonify(error="send {\"current_password\": ..., \"new_password\": ...}", errors={"_body": "not a JSON object"}), 400
     try:
         change_admin_password(body.get("current_password"), body.get("new_password"))

@@ -271,6 +271,12 @@ def takes(body: str):
     return declare
 
 
+def json_object() -> dict | None:
+    """The body of a view that takes JSON_BODY, if it is a JSON object (None: it is not)."""
+    body = request.get_json(silent=True)
+    return body if isinstance(body, dict) else None
+
+
 def _body_type_problem(expected: str) -> str | None:
     """Why the request's Content-Type is not exactly `expected` (None when it is)."""
     params = {k.lower(): v.lower() for k, v in request.mimetype_params.items()}

@@ -85,6 +85,11 @@ class Event(enum.Enum):
 
 
 EVENT_OF_OPCODE = {OP_DATA: Event.DATA, OP_ACK: Event.ACK, OP_ERROR: Event.ERROR}
+
+
+def dispatch_table(handlers: dict[State, dict[Event, str]]) -> dict[tuple[State, Event], str]:
+    """A machine's dispatch table, (state, event) -> handler name, written state by state."""
+    return {(state, event): name for state, of_state in handlers.items() for event, name in of_state.items()}
 FINISHED = (State.DONE, State.FAILED)
 STREAMING = (State.SENDING, State.RECEIVING)  # the states a transfer spends its packets in
 
@@ -201,14 +206,10 @@ class Transfer:
 class ReadTransfer(Transfer):
     """The server side of an RRQ: sends `source` in windows of blocks."""
 
-    TABLE = {
-        (State.AWAIT_OACK_ACK, Event.ACK): "_on_oack_acknowledged",
-        (State.AWAIT_OACK_ACK, Event.TIMEOUT): "_on_timeout",
-        (State.AWAIT_OACK_ACK, Event.ERROR): "_on_peer_error",
-        (State.SENDING, Event.ACK): "_on_ack",
-        (State.SENDING, Event.TIMEOUT): "_on_timeout",
-        (State.SENDING, Event.ERROR): "_on_peer_error",
-    }
+    TABLE = dispatch_table({
+        State.AWAIT_OACK_ACK: {Event.ACK: "_on_oack_acknowledged", Event.TIMEOUT: "_on_timeout", Event.ERROR: "_on_peer_error"},
+        State.SENDING: {Event.ACK: "_on_ack", Event.TIMEOUT: "_on_timeout", Event.ERROR: "_on_peer_error"},
+    })
 
     def __init__(self, source: Source, negotiated: Negotiated, limits: Limits = Limits(), allowance: Allowance | None = None):
         super().__init__(negotiated, limits, allowance)
@@ -280,14 +281,10 @@ class ReadTransfer(Transfer):
 class WriteTransfer(Transfer):
     """The server side of a WRQ: receives blocks into `sink`."""
 
-    TABLE = {
-        (State.RECEIVING, Event.DATA): "_on_data",
-        (State.RECEIVING, Event.TIMEOUT): "_on_timeout",
-        (State.RECEIVING, Event.ERROR): "_on_peer_error",
-        (State.DALLYING, Event.DATA): "_on_data_after_end",
-        (State.DALLYING, Event.TIMEOUT): "_on_dally_over",
-        (State.DALLYING, Event.ERROR): "_on_dally_over",
-    }
+    TABLE = dispatch_table({
+        State.RECEIVING: {Event.DATA: "_on_data", Event.TIMEOUT: "_on_timeout", Event.ERROR: "_on_peer_error"},
+        State.DALLYING: {Event.DATA: "_on_data_after_end", Event.TIMEOUT: "_on_dally_over", Event.ERROR: "_on_dally_over"},
+    })
 
     def __init__(self, sink: Sink, negotiated: Negotiated, limits: Limits = Limits(), netascii: bool = False,
                  allowance: Allowance | None = None):
