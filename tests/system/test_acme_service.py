@@ -25,6 +25,7 @@ from cryptography import x509
 
 from support.pebble import PebbleCA
 from support import eventually, free_port
+from support.http import held_connection
 from support.certs import make_cert
 from support.web import PASSWORD, PASSWORD_HASH
 
@@ -192,7 +193,7 @@ def http_get_on(tls: ssl.SSLSocket, name: str) -> bytes:
 
 def test_renewal_is_served_without_restart_and_open_connections_carry_on(service, pebble, tmp_path):
     import ldap_wire as w
-    from test_ldap_shell import read_until_done
+    from support.ldap import read_until_done
 
     # pebble issues certificates valid for 30 s: renewal is due after 20 s (a third of the lifetime left)
     svc, ca = acme_service(service, pebble, validity_seconds=30, env={"GREENSERVERS_HTTP_KEEPALIVE_TIMEOUT": "120"})
@@ -272,11 +273,9 @@ def test_a_failing_challenge_leaves_the_certificate_in_use_and_names_the_name(se
 
 
 def test_challenge_gets_through_when_the_connection_caps_are_full(service, pebble, tmp_path):
-    from test_web_live import _held_connection
-
     svc, ca = acme_service(service, pebble, env={"GREENSERVERS_HTTP_KEEPALIVE_TIMEOUT": "120"}, acme_domains="", http_max_conn=1)
     port = svc.port("ip_http_port")
-    with _held_connection(port):  # the only slot is taken: other connections are turned away
+    with held_connection(port):  # the only slot is taken: other connections are turned away
         assert _get(port, "/healthz").startswith(b"HTTP/1.1 503")
         assert _get(port, "/.well-known/acme-challenge/no-such-token").startswith(b"HTTP/1.1 503")  # no validation: no way in
         svc.settings["acme_domains"] = " ".join(NAMES)  # turned on by a hand edit and SIGHUP: the API is behind the caps too
@@ -284,9 +283,13 @@ def test_challenge_gets_through_when_the_connection_caps_are_full(service, pebbl
         svc.signal_master(1)
         svc.wait_for_log("new HTTPS and LDAPS connections use it now", timeout=ISSUE_TIMEOUT)
     assert ca.validations() >= 2
-    # the held connection's slot is freed when the server notices the close
-    answer = eventually(lambda: (got := requests.get(svc.url("/api/sensors"), auth=AUTH, timeout=10)).status_code != 503 and got)
-    sensors = {s["name"]: s["value"] for s in answer.json()["sensors"]}
+    def sensors_once_admitted() -> dict | None:
+        """The sensors, once the held connection's slot is freed (when the server notices the close). The answer is
+        dropped here: its keep-alive connection would hold the one slot for as long as it lives."""
+        answer = requests.get(svc.url("/api/sensors"), auth=AUTH, timeout=10)
+        return None if answer.status_code == 503 else {s["name"]: s["value"] for s in answer.json()["sensors"]}
+
+    sensors = eventually(sensors_once_admitted)
     assert sensors["http_rejected_max_conn"] >= 2 + ca.validations()  # pebble's checks came in through the refusal
     # the cap of one: the connection just closed may still hold the slot
     answer = eventually(lambda: not (got := _get(port, "/.well-known/acme-challenge/no-such-token")).startswith(b"HTTP/1.1 503") and got)

@@ -401,7 +401,7 @@ def test_exported_templates_serve_the_same_bytes(svc, tmp_path):
 def test_the_phones_page_shows_the_fetches_in_chromium(svc, tmp_path):
     from selenium.webdriver.common.by import By
 
-    from test_browser import ARTIFACTS, click_and_wait_for_new_page, screenshot, set_field, start_chromium, submit_login, wait_for
+    from support.browser import ARTIFACTS, click_and_wait_for_new_page, screenshot, set_field, start_chromium, submit_login, wait_for
 
     api = requests.get(svc.url("/api/phones", "https"), auth=("admin", PASSWORD), verify=str(svc.cert_path), timeout=10).json()
     macs = {phone["mac"] for phone in api["phones"]}

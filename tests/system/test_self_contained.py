@@ -25,7 +25,7 @@ def test_a_clone_alone_in_an_empty_folder_passes_the_mib_tests(tmp_path):
     assert fetched.returncode == 0, fetched.stderr
     assert sorted(p.name for p in (clone / ".test-cache" / "base-mibs").glob("*.mib")) == [
         "SNMPv2-CONF.mib", "SNMPv2-MIB.mib", "SNMPv2-SMI.mib", "SNMPv2-TC.mib"]
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_snmp_mib.py"],
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/core/test_snmp_mib.py"],
                             cwd=clone, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "4 passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-1000:]

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-
 import requests
 
 from support import eventually, free_port
+from support.http import held_connection
 from support.web import PASSWORD, PASSWORD_HASH
 
 AUTH = ("admin", PASSWORD)
-
-
-def _request_on(sock: socket.socket) -> bytes:
-    """One keep-alive GET /healthz on an open connection; the status line."""
-    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.split(b"\r\n", 1)[0]
 
 
 def _status_of_new_connection(port: int) -> int:
@@ -43,19 +30,6 @@ def _put(url: str, changes: dict, timeout: float = 10.0) -> requests.Response:
     return eventually(answered, timeout, what=f"PUT {changes} admitted")
 
 
-def _held_connection(port: int, timeout: float = 10.0) -> socket.socket:
-    """A connection the gate admitted and that stays open (keep-alive); retried while a slot is
-    still held by a connection the client already closed but the server has not yet noticed."""
-    def admitted() -> socket.socket | None:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        if _request_on(sock) == b"HTTP/1.1 200 OK":
-            return sock
-        sock.close()
-        return None
-
-    return eventually(admitted, timeout, what="a connection admitted")
-
-
 def test_changed_connection_cap_applies_without_restart(service):
     svc = service({"ip_http_port": f"127.0.0.1:{free_port()}", "admin_password_hash": PASSWORD_HASH})
     port = svc.port("ip_http_port")
@@ -63,11 +37,11 @@ def test_changed_connection_cap_applies_without_restart(service):
     api = svc.url("/api/settings/ports")
 
     assert _put(api, {"http_max_conn": 1}).status_code == 200
-    with _held_connection(port):  # the one slot is taken ...
+    with held_connection(port):  # the one slot is taken ...
         assert _status_of_new_connection(port) == 503  # ... so a second connection is turned away
 
     assert _put(api, {"http_max_conn": 2}).json()["http_max_conn"] == 2
-    with _held_connection(port):
+    with held_connection(port):
         _wait_for_status(port, 200)  # the raised cap admits a second one (under 1 this never succeeds)
 
     assert svc.worker_pids == workers  # same worker: nothing was restarted
