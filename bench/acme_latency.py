@@ -4,7 +4,7 @@
     python bench/acme_latency.py [--runs 3]
 
 Every service on loopback (bench/services.py) and Debian's pebble as the ACME
-authority (tests/pebble_ca.py: its own DNS, http-01 checked on the service's
+authority (tests/support/pebble.py: its own DNS, http-01 checked on the service's
 HTTP port). Each run turns ACME on for new names through the settings API
 (so an ECDSA and an RSA-2048 certificate are ordered: keys, two orders,
 validation, finalization) while a client of every other service sends a
@@ -33,7 +33,7 @@ import requests  # noqa: E402
 import services  # noqa: E402
 from common import RESULTS, machine  # noqa: E402
 from greenservers.passwords import hash_password  # noqa: E402
-from pebble_ca import PebbleCA  # noqa: E402
+from support.pebble import PebbleCA  # noqa: E402
 
 ADMIN_PASSWORD = "bench admin password"
 PROBED = ("http", "snmp", "tftp", "ntp", "ldap")

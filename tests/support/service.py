@@ -32,10 +32,12 @@ def run_cli(args: list[str], config: Path, stdin: str | None = None, env: dict |
 
 
 class ServiceProcess:
-    """greenservers run exactly as in production: gunicorn -c gunicorn.conf.py app:app."""
+    """greenservers run exactly as in production: gunicorn -c gunicorn.conf.py app:app (a benchmark may
+    name another WSGI application, `app`, found on the PYTHONPATH its `env` gives)."""
 
-    def __init__(self, directory: Path, settings: dict, env: dict | None = None, umask: int = -1):
+    def __init__(self, directory: Path, settings: dict, env: dict | None = None, umask: int = -1, app: str = "app:app"):
         self.directory = Path(directory)
+        self.app = app
         self.umask = umask  # -1: the test's own
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path = self.directory / "greenservers.toml"
@@ -57,7 +59,7 @@ class ServiceProcess:
             self._reader.join(timeout)  # the last run's reader is done: it cannot set the event again
         self._ready.clear()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), "app:app"],
+            [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), self.app],
             cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, umask=self.umask,
         )
@@ -89,6 +91,11 @@ class ServiceProcess:
     @property
     def log(self) -> str:
         return "\n".join(self.lines)
+
+    @property
+    def pid(self) -> int:
+        """The master's PID (the worker's: worker_pids)."""
+        return self.proc.pid
 
     @property
     def worker_pids(self) -> list[int]:
