@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ for _path in (BENCH, REPO / "tests", REPO):
         sys.path.insert(0, str(_path))
 
 from support import ServiceProcess, eventually, free_port, free_udp_port  # noqa: E402, F401 -- the benchmarks take their ports here
+from support.service import stop_process  # noqa: E402
 
 
 def start_greenservers(directory: Path, settings: dict, app: str = "app:app", timeout: float = 60.0) -> ServiceProcess:
@@ -47,14 +47,8 @@ def stop(process) -> None:
     """End a server: greenservers (a ServiceProcess) or a reference daemon (a Popen), by its PID."""
     if isinstance(process, ServiceProcess):
         process.stop()
-        return
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(5)
+    else:
+        stop_process(process)
 
 
 def wait_tcp(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:

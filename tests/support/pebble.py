@@ -15,7 +15,6 @@ import datetime
 import ipaddress
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from .ports import free_port, free_udp_port
+from .service import stop_process
 from .wait import eventually
 
 PEBBLE = "/usr/bin/pebble"
@@ -130,11 +130,11 @@ class PebbleCA:
         return self
 
     def stop_pebble(self) -> None:
-        _stop(self.pebble)
+        stop_process(self.pebble)
 
     def stop(self) -> None:
-        _stop(self.pebble)
-        _stop(self.dns)
+        stop_process(self.pebble)
+        stop_process(self.dns)
 
     def _get(self, url: str) -> bytes:
         context = ssl.create_default_context(cafile=str(self.bundle))
@@ -157,17 +157,6 @@ class PebbleCA:
     def validations(self) -> int:
         """How many http-01 checks pebble has made so far."""
         return self.pebble_log.read_text(errors="replace").count("Attempting to validate w/ HTTP")
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 class RenewalInfo:

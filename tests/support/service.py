@@ -31,6 +31,21 @@ def run_cli(args: list[str], config: Path, stdin: str | None = None, env: dict |
                           env=dict(os.environ, GREENSERVERS_CONFIG=str(config), **(env or {})), timeout=60)
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 15.0, group: bool = False) -> None:
+    """End a process we started, by its PID: SIGTERM, then SIGKILL (to its whole process group with `group`)
+    if it has not ended within `timeout` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        (os.killpg if group else os.kill)(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
+
+
 class ServiceProcess:
     """greenservers run exactly as in production: gunicorn -c gunicorn.conf.py app:app (a benchmark may
     name another WSGI application, `app`, found on the PYTHONPATH its `env` gives)."""
@@ -106,16 +121,7 @@ class ServiceProcess:
         os.kill(self.proc.pid, sig)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-        except ProcessLookupError:
-            pass
+        stop_process(self.proc, group=True)
 
     # -- addresses -------------------------------------------------------
 
