@@ -10,6 +10,7 @@ support.eventually.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -95,10 +96,8 @@ def cpu_seconds(pid: int) -> float:
     """CPU time of every thread of `pid`, in ns resolution (schedstat; /proc/PID/stat counts 10 ms ticks)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a thread that ended meanwhile
             total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError):
-            pass  # a thread that ended meanwhile
     return total / 1e9
 
 
@@ -136,10 +135,8 @@ def median_spread(values: list[float]) -> tuple[float, float, float]:
 def machine() -> str:
     model = ""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {model or platform.processor()}"

@@ -85,7 +85,9 @@ def main() -> int:
         row = {"target": name, "inputs": inputs, "seconds": round(seconds, 1), "exec_per_s": round(inputs / seconds) if seconds else 0,
                "peak_rss_mb": int(peak[-1]) if peak else None, "verdict": verdict}
         results.append(row)
-        print(f"{name:10} {inputs:>10} inputs {seconds:8.1f} s {row['exec_per_s']:>7}/s peak {row['peak_rss_mb']} MB  {verdict}", flush=True)
+        print(
+            f"{name:10} {inputs:>10} inputs {seconds:8.1f} s {row['exec_per_s']:>7}/s peak {row['peak_rss_mb']} MB  {verdict}", flush=True
+        )
         if proc.returncode != 0:
             print("\n".join(text.splitlines()[-40:]))
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,18 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import collect, cpu_seconds, drain, free_udp_port, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
+from common import (
+    collect,
+    cpu_seconds,
+    drain,
+    free_udp_port,
+    ratio_row,
+    start_greenservers,
+    stop,
+    wait_udp_answer,
+    worker_pid,
+    write_results,
+)
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = float(os.environ.get("BENCH_DURATION", 3.0))
@@ -59,7 +70,9 @@ SOURCE_CMSG = [[(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("@i4s4s", 0, bytes([
 
 
 def start_project(port: int, directory: Path):
-    server = start_greenservers(directory, {"ip_ntp_port": f"127.0.0.1:{port}", "ntp_local_stratum": 8, "data_dir": str(directory / "data")})
+    server = start_greenservers(
+        directory, {"ip_ntp_port": f"127.0.0.1:{port}", "ntp_local_stratum": 8, "data_dir": str(directory / "data")}
+    )
     return server, worker_pid(server)
 
 

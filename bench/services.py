@@ -28,15 +28,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import free_port, start_greenservers as start_service  # noqa: E402 (common puts tests/ and the checkout on the path)
+BENCH = Path(__file__).resolve().parent
+for path in (BENCH, BENCH.parent / "tests", BENCH.parent):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 import ldap_wire  # noqa: E402
+from common import free_port, start_greenservers as start_service  # noqa: E402
+from support import ServiceProcess  # noqa: E402
+from support.contacts import CONTACTS_CSV  # noqa: E402
+
 from greenservers.addressbook import AddressBook  # noqa: E402
 from greenservers.proto import ber  # noqa: E402
 from greenservers.services import SERVICES  # noqa: E402
-from support import ServiceProcess  # noqa: E402
-from support.contacts import CONTACTS_CSV  # noqa: E402
 
 LDAP_PASSWORD = "bench-secret"
 PROBE_FILE = "probe.cfg"

@@ -27,7 +27,19 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import collect, cpu_seconds, drain, free_udp_port, median_spread, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
+from common import (
+    collect,
+    cpu_seconds,
+    drain,
+    free_udp_port,
+    median_spread,
+    ratio_row,
+    start_greenservers,
+    stop,
+    wait_udp_answer,
+    worker_pid,
+    write_results,
+)
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = float(os.environ.get("BENCH_DURATION", 3.0))

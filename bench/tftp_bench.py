@@ -156,7 +156,7 @@ def machine_cpu() -> list[float]:
 
 
 def cpu_split(before: list[float], after: list[float]) -> dict[str, float]:
-    spent = [b - a for a, b in zip(before, after)]
+    spent = [b - a for a, b in zip(before, after, strict=True)]
     return {kind: sum(spent[column] for column in columns) for kind, columns in CPU_KINDS.items()}
 
 

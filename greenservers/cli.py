@@ -8,11 +8,11 @@ import os
 import sys
 
 from .config.private import make_private_dir, tighten_install, use_private_umask
-from .passwords import hash_password
-from .services import UNPRIVILEGED_PORTS
-from .provisioning.phones.profiles import VENDORS
 from .config.settings import DECLARATIONS, GROUPS, SettingsError
 from .config.store import ConfigFileError, ConfigStore
+from .passwords import hash_password
+from .provisioning.phones.profiles import VENDORS
+from .services import UNPRIVILEGED_PORTS
 
 
 def check_config(store: ConfigStore) -> int:
@@ -37,7 +37,8 @@ def check_config(store: ConfigStore) -> int:
             if setting.group == group:
                 value = view[setting.name]
                 if setting.secret:
-                    shown = "(set)" if value["set"] else ("(generated at first start)" if settings.raw[setting.name] is not None and setting.name == "ldap_password" else "(not set)")
+                    generated = setting.name == "ldap_password" and settings.raw[setting.name] is not None
+                    shown = "(set)" if value["set"] else ("(generated at first start)" if generated else "(not set)")
                 else:
                     shown = repr(value) if not isinstance(value, bool) else str(value).lower()
                 print(f"{setting.name} = {shown}")
@@ -117,9 +118,9 @@ def setup(store: ConfigStore) -> int:
 
 def phones_export(store: ConfigStore, vendor: str | None) -> int:
     """Write the stock profiles into data_dir/tftp/ as templates to customise; existing files are kept."""
-    from .provisioning.phones.profiles import export_plan
-    from .provisioning.files import tftp_root
     from .config.store import atomic_write
+    from .provisioning.files import tftp_root
+    from .provisioning.phones.profiles import export_plan
 
     try:
         settings = store.load()

@@ -48,7 +48,7 @@ class Binding:
     def is_wildcard(self) -> bool:
         return self.host in ("0.0.0.0", "::")
 
-    def covers(self, other: "Binding") -> bool:
+    def covers(self, other: Binding) -> bool:
         """True when binding both on one machine would collide (same port)."""
         if self.port != other.port:
             return False

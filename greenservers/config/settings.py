@@ -25,9 +25,10 @@ import ipaddress
 import os
 import re
 import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..services import BY_SETTING as SERVICE_OF_BINDING
@@ -326,40 +327,80 @@ GROUPS = {
 DECLARATIONS: tuple[Setting, ...] = (
     _binding_list("ip_http_port", "http", "80", "HTTP bindings (TCP): admin interface, API and provisioning.", label="HTTP Port"),
     _binding_list("ip_https_port", "http", "443", "HTTPS bindings (TCP, TLS 1.2 and newer).", label="HTTPS Port"),
-    Setting("http_max_conn_rate", "http", 100, _int_in(1, 100_000), "New HTTP(S) connections accepted per second, all bindings together; more are turned away (503), but a tenth more is kept for clients other than one using it all.", label="Maximum number of HTTP connections per second"),
-    Setting("http_max_conn", "http", 1000, _int_in(1, 100_000), "HTTP(S) connections open at a time, all bindings together; more are turned away (503), unless a client holding over half gives up an idle one.", label="Maximum number of HTTP connections (total)"),
-    Setting("http_redirect_https", "http", False, _bool, "Redirect plain-HTTP requests to HTTPS (only where an HTTPS binding exists; /prov/, /healthz and ACME challenges are exempt).", label="Redirect to HTTPS"),
+    Setting("http_max_conn_rate", "http", 100, _int_in(1, 100_000),
+            "New HTTP(S) connections accepted per second, all bindings together; more are turned away (503), but a tenth more is kept "
+            "for clients other than one using it all.", label="Maximum number of HTTP connections per second"),
+    Setting("http_max_conn", "http", 1000, _int_in(1, 100_000),
+            "HTTP(S) connections open at a time, all bindings together; more are turned away (503), unless a client holding over half "
+            "gives up an idle one.", label="Maximum number of HTTP connections (total)"),
+    Setting("http_redirect_https", "http", False, _bool,
+            "Redirect plain-HTTP requests to HTTPS (only where an HTTPS binding exists; /prov/, /healthz and ACME challenges are "
+            "exempt).", label="Redirect to HTTPS"),
     _binding_list("ip_snmp_port", "snmp", "161", "SNMP v1 agent bindings (UDP).", label="SNMP Port"),
-    Setting("snmp_trusted", "snmp", "", _addresses, "Addresses or networks (IPv4/IPv6, space separated, no DNS names) allowed to query; empty: nobody.", label="SNMP Trusted Addresses"),
+    Setting("snmp_trusted", "snmp", "", _addresses,
+            "Addresses or networks (IPv4/IPv6, space separated, no DNS names) allowed to query; empty: nobody.",
+            label="SNMP Trusted Addresses"),
     Setting("snmp_community", "snmp", "public", _community, "The read community.", secret=True, label="SNMP Community"),
     Setting("snmp_contact", "snmp", "", _text(255), "sysContact: who looks after this system.", label="SNMP Contact"),
     Setting("snmp_name", "snmp", "", _text(255), "sysName; empty: the host name.", label="SNMP System Name"),
     Setting("snmp_location", "snmp", "", _text(255), "sysLocation: where this system stands.", label="SNMP Location"),
     _binding_list("ip_tftp_port", "tftp", "69", "TFTP provisioning bindings (UDP).", label="TFTP Port"),
-    Setting("tftp_write", "tftp", False, _bool, "Allow TFTP write requests (new files under uploads/ only, e.g. phones' logs; never served back, administrators find them on the Uploads page).", label="Allow TFTP Write"),
-    Setting("tftp_upload_budget_mib", "tftp", 256, _int_in(1, 1_000_000), "MiB that uploads/ may hold in all; when it is full, uploads are refused (TFTP \"disk full\") and nothing is deleted to make room.", label="TFTP Upload Budget (MiB)"),
-    Setting("tftp_upload_mib_per_hour", "tftp", 16, _int_in(1, 100_000), "MiB one address (IPv6: one /64) may upload per hour (all of it at once, if it likes); more is refused as \"disk full\".", label="TFTP Uploads per Client and Hour (MiB)"),
-    Setting("tftp_max_transfers", "tftp", 500, _int_in(1, 100_000), "TFTP transfers in progress at a time, all clients together; more are refused (the phone retries).", label="Maximum number of TFTP transfers (total)"),
-    Setting("tftp_max_per_client", "tftp", 8, _int_in(1, 100_000), "TFTP transfers in progress at a time from one address; more are refused.", label="Maximum number of TFTP transfers per client"),
-    _binding_list("ip_ntp_port", "ntp", "123", "NTP server bindings (UDP); empty: no NTP server, phones are given ntp_server.", label="NTP Port"),
-    Setting("ntp_server", "ntp", "", _host, "External NTP server (IP or DNS name) given to phones when ip_ntp_port is empty.", label="NTP Server"),
-    Setting("ntp_local_stratum", "ntp", 0, _int_in(0, 15), "Serve the local clock at this stratum even when it is not synchronised (like chrony's 'local stratum'); 0: off, answer 'unsynchronised' instead.", label="Local Clock Stratum"),
-    Setting("phone_timezone", "ntp", server_timezone(), _timezone, "Time zone provisioned to phones: an IANA name such as Europe/Berlin, written in each vendor's form with its daylight-saving rules; default: this server's zone.", label="Phone Time Zone"),
+    Setting("tftp_write", "tftp", False, _bool,
+            "Allow TFTP write requests (new files under uploads/ only, e.g. phones' logs; never served back, administrators find them on "
+            "the Uploads page).", label="Allow TFTP Write"),
+    Setting("tftp_upload_budget_mib", "tftp", 256, _int_in(1, 1_000_000),
+            "MiB that uploads/ may hold in all; when it is full, uploads are refused (TFTP \"disk full\") and nothing is deleted to make "
+            "room.", label="TFTP Upload Budget (MiB)"),
+    Setting("tftp_upload_mib_per_hour", "tftp", 16, _int_in(1, 100_000),
+            "MiB one address (IPv6: one /64) may upload per hour (all of it at once, if it likes); more is refused as \"disk full\".",
+            label="TFTP Uploads per Client and Hour (MiB)"),
+    Setting("tftp_max_transfers", "tftp", 500, _int_in(1, 100_000),
+            "TFTP transfers in progress at a time, all clients together; more are refused (the phone retries).",
+            label="Maximum number of TFTP transfers (total)"),
+    Setting("tftp_max_per_client", "tftp", 8, _int_in(1, 100_000),
+            "TFTP transfers in progress at a time from one address; more are refused.",
+            label="Maximum number of TFTP transfers per client"),
+    _binding_list("ip_ntp_port", "ntp", "123",
+                  "NTP server bindings (UDP); empty: no NTP server, phones are given ntp_server.", label="NTP Port"),
+    Setting("ntp_server", "ntp", "", _host,
+            "External NTP server (IP or DNS name) given to phones when ip_ntp_port is empty.", label="NTP Server"),
+    Setting("ntp_local_stratum", "ntp", 0, _int_in(0, 15),
+            "Serve the local clock at this stratum even when it is not synchronised (like chrony's 'local stratum'); 0: off, answer "
+            "'unsynchronised' instead.", label="Local Clock Stratum"),
+    Setting("phone_timezone", "ntp", server_timezone(), _timezone,
+            "Time zone provisioned to phones: an IANA name such as Europe/Berlin, written in each vendor's form with its daylight-saving "
+            "rules; default: this server's zone.", label="Phone Time Zone"),
     _binding_list("ip_ldap_port", "ldap", "2389", "LDAP address book bindings (TCP, StartTLS offered).", label="LDAP Port (TCP, StartTLS)"),
     _binding_list("ip_ldaps_port", "ldap", "2636", "LDAP over TLS bindings (TCP).", label="LDAP Port (TLS)"),
     Setting("ldap_base", "ldap", "dc=pbx", _dn, "The address book's base DN.", label="LDAP Base DN"),
-    Setting("ldap_user", "ldap", "phonebook", _text(64, allow_empty=False), "The user phones bind with (bare name, or as cn=NAME under the base DN).", label="LDAP User"),
-    Setting("ldap_password", "ldap", GENERATED, _secret, "The password phones bind with (generated at first start).", secret=True, label="LDAP Password"),
+    Setting("ldap_user", "ldap", "phonebook", _text(64, allow_empty=False),
+            "The user phones bind with (bare name, or as cn=NAME under the base DN).", label="LDAP User"),
+    Setting("ldap_password", "ldap", GENERATED, _secret,
+            "The password phones bind with (generated at first start).", secret=True, label="LDAP Password"),
     Setting("ldap_anonymous", "ldap", False, _bool, "Allow anonymous searches.", label="Allow Anonymous LDAP Searches"),
-    Setting("ldap_plain_bind", "ldap", True, _bool, "Allow password binds over plain LDAP (many phones cannot do TLS).", label="Allow LDAP Passwords without TLS"),
-    Setting("acme_domains", "acme", "", _dns_names, "DNS names (space separated) to get a trusted certificate for from the ACME authority (e.g. Let's Encrypt) with the http-01 challenge: port 80 of each name must reach an HTTP binding. Empty: off. Once issued, it is served instead of an uploaded certificate.", label="ACME Domain Names"),
-    Setting("acme_email", "acme", "", _email, "Contact address given to the ACME authority (expiry warnings, policy changes); may be empty.", label="ACME Contact E-mail"),
-    Setting("acme_directory", "acme", LETS_ENCRYPT_DIRECTORY, _https_url, "The ACME authority's directory URL (https). Default: Let's Encrypt's production directory.", label="ACME Directory URL"),
-    Setting("acme_ca_bundle", "acme", "", _path, "PEM file of the CA certificates the ACME authority's own HTTPS is checked against (a private authority such as step-ca); empty: the system's trust store.", label="ACME Server CA Bundle"),
-    Setting("data_dir", "system", "data", _path, "Folder of the TFTP root (tftp/), the address book and the TLS files; relative to the configuration file.", rebind=True, label="Data Folder"),
-    Setting("tls_cert", "system", "", _path, "PEM certificate (chain) for HTTPS and LDAPS; empty: a self-signed ECDSA + RSA pair is generated into data_dir.", label="TLS Certificate"),
+    Setting("ldap_plain_bind", "ldap", True, _bool,
+            "Allow password binds over plain LDAP (many phones cannot do TLS).", label="Allow LDAP Passwords without TLS"),
+    Setting("acme_domains", "acme", "", _dns_names,
+            "DNS names (space separated) to get a trusted certificate for from the ACME authority (e.g. Let's Encrypt) with the http-01 "
+            "challenge: port 80 of each name must reach an HTTP binding. Empty: off. Once issued, it is served instead of an uploaded "
+            "certificate.", label="ACME Domain Names"),
+    Setting("acme_email", "acme", "", _email,
+            "Contact address given to the ACME authority (expiry warnings, policy changes); may be empty.", label="ACME Contact E-mail"),
+    Setting("acme_directory", "acme", LETS_ENCRYPT_DIRECTORY, _https_url,
+            "The ACME authority's directory URL (https). Default: Let's Encrypt's production directory.", label="ACME Directory URL"),
+    Setting("acme_ca_bundle", "acme", "", _path,
+            "PEM file of the CA certificates the ACME authority's own HTTPS is checked against (a private authority such as step-ca); "
+            "empty: the system's trust store.", label="ACME Server CA Bundle"),
+    Setting("data_dir", "system", "data", _path,
+            "Folder of the TFTP root (tftp/), the address book and the TLS files; relative to the configuration file.",
+            rebind=True, label="Data Folder"),
+    Setting("tls_cert", "system", "", _path,
+            "PEM certificate (chain) for HTTPS and LDAPS; empty: a self-signed ECDSA + RSA pair is generated into data_dir.",
+            label="TLS Certificate"),
     Setting("tls_key", "system", "", _path, "PEM private key of tls_cert.", label="TLS Private Key"),
-    Setting("admin_password_hash", "system", "", _password_hash, "Hash of the admin password; set with 'python -m greenservers passwd'.", secret=True, on_ports_page=False, label="Admin Password"),
+    Setting("admin_password_hash", "system", "", _password_hash,
+            "Hash of the admin password; set with 'python -m greenservers passwd'.",
+            secret=True, on_ports_page=False, label="Admin Password"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in DECLARATIONS}
@@ -386,7 +427,7 @@ class Settings:
             raise AttributeError(name) from None
 
     @classmethod
-    def from_raw(cls, raw: dict[str, Any], base_dir: Path | str = ".") -> "Settings":
+    def from_raw(cls, raw: dict[str, Any], base_dir: Path | str = ".") -> Settings:
         """Validate a mapping read from the file; missing keys take defaults."""
         errors: dict[str, str] = {}
         warnings = [f"unknown setting {key!r} ignored" for key in raw if key not in BY_NAME]
@@ -407,7 +448,7 @@ class Settings:
             raise SettingsError(errors)
         return cls(merged, values, Path(base_dir), tuple(warnings))
 
-    def with_changes(self, changes: dict[str, Any]) -> "Settings":
+    def with_changes(self, changes: dict[str, Any]) -> Settings:
         """All-or-nothing: a new Settings with `changes`, or SettingsError per field."""
         unknown = {k: "no such setting" for k in changes if k not in BY_NAME}
         if unknown:
@@ -416,10 +457,10 @@ class Settings:
         raw.update(changes)
         return Settings.from_raw(raw, self.base_dir)
 
-    def changed_names(self, other: "Settings") -> list[str]:
+    def changed_names(self, other: Settings) -> list[str]:
         return [s.name for s in DECLARATIONS if self.raw.get(s.name) != other.raw.get(s.name)]
 
-    def changed_bindings(self, other: "Settings") -> list[str]:
+    def changed_bindings(self, other: Settings) -> list[str]:
         """The binding-list settings that differ: what a change must rebind."""
         return [n for n in self.changed_names(other) if BY_NAME[n].is_bindings]
 
@@ -460,9 +501,8 @@ def _cross_checks(values: dict[str, Any], already: Iterable[str]) -> dict[str, s
         for binding in values[setting.name]:
             for other_name, other in seen[setting.transport]:
                 if other.covers(binding) and setting.name not in errors:
-                    errors[setting.name] = (
-                        f"{str(binding)!r} overlaps {str(other)!r} of {other_name} ({setting.transport.upper()} port {binding.port} is taken)"
-                    )
+                    errors[setting.name] = (f"{str(binding)!r} overlaps {str(other)!r} of {other_name} "
+                                            f"({setting.transport.upper()} port {binding.port} is taken)")
             seen[setting.transport].append((setting.name, binding))
     if (values.get("tls_cert") or "") and not (values.get("tls_key") or ""):
         # a PEM file can hold both; only an empty key with an empty cert is the default

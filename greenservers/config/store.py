@@ -20,6 +20,7 @@ never taken for "all defaults" then.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -84,10 +85,8 @@ def atomic_write(path: Path, data: bytes) -> os.stat_result:
             written = os.fstat(out.fileno())  # before the rename: what a stat of `path` then finds (ctime aside)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -13,6 +13,7 @@ CAP_NET_BIND_SERVICE on the process (see deploy/greenservers.service).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 from dataclasses import dataclass
@@ -44,10 +45,8 @@ class Bound:
         return self.binding.display
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 def open_socket(binding: Binding, transport: str) -> socket.socket:
@@ -66,10 +65,8 @@ def open_socket(binding: Binding, transport: str) -> socket.socket:
             # accepted sockets inherit it: small answers go out at once, not after a delayed ACK
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         else:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
-            except OSError:
-                pass
             enable_pktinfo(sock, binding.family)  # a wildcard socket's replies leave from the address asked
         if binding.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if binding.v6only else 0)

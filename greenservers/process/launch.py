@@ -10,6 +10,7 @@ holds, and exit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -51,9 +52,7 @@ def on_starting(arbiter) -> None:
     def forward_hup():
         arbiter.log.info("SIGHUP: asking the worker to re-read %s", ConfigStore().path)
         for pid in list(arbiter.WORKERS):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGHUP)
-            except ProcessLookupError:
-                pass
 
     arbiter.handle_hup = forward_hup

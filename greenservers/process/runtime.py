@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+from ..config.settings import Settings, SettingsError
+from ..config.store import ConfigStore
 from ..offload import run_off_loop
 from ..sensors import SENSORS, SensorRegistry
 from ..services import SERVICES
-from ..config.settings import Settings, SettingsError
-from ..config.store import ConfigStore
 
 
 @dataclass

@@ -29,6 +29,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
@@ -136,7 +137,7 @@ class GreenWorker(GeventWorker):
             states.setdefault(bound.setting, []).append(BindingState(bound.address, "serving"))
         self.runtime.bindings = states
 
-    def rebind(self, new_settings) -> "callable":
+    def rebind(self, new_settings) -> Callable[[], None]:
         """Make the listening sockets match `new_settings`, all or nothing (see module docstring).
 
         Unchanged bindings are left alone. New ones are bound before old ones

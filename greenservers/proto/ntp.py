@@ -49,9 +49,10 @@ tests drive it with a fake clock.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from .clients import TokenBuckets, client_key
 from .results import Event, Output

@@ -57,8 +57,9 @@ import bisect
 import hmac
 import ipaddress
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from pyasn1.codec.ber import decoder as ber_decoder
 from pyasn1.error import PyAsn1Error
@@ -309,7 +310,7 @@ class MibObject:
     oid: tuple[int, ...]
     name: str
     syntax: str  # a key of VALUE_ENCODERS
-    read: Callable[["Agent", float], Any]
+    read: Callable[[Agent, float], Any]
     oid_tlv: bytes = field(init=False, repr=False)  # encoded once: the name part of every binding
 
     def __post_init__(self):

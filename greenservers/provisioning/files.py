@@ -44,8 +44,8 @@ from pathlib import Path, PurePosixPath
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from .phones import profiles
 from ..ratelog import RateLimitedLog
+from .phones import profiles
 
 log = logging.getLogger("greenservers.provisioning")
 ratelog = RateLimitedLog(log)
@@ -311,7 +311,7 @@ class FileReader:
 
     def read(self, offset: int, length: int) -> bytes:
         start = offset - self.chunk_offset
-        if 0 <= start and start + length <= len(self.chunk):
+        if start >= 0 and start + length <= len(self.chunk):
             return self.chunk[start:start + length]
         if length >= self.CHUNK:
             return os.pread(self.fd, length, offset)

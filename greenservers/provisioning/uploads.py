@@ -28,19 +28,20 @@ which refuses a block the quota does not allow (QuotaSpent, also error 3).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from ..config.private import make_private_dir, open_private
+from ..config.store import remove_orphans
 from ..offload import run_off_loop
 from .files import TEMPLATE_SUFFIX, UPLOAD_DIR, NotFound, ProvisioningError, Refused, check_name, tftp_root
-from ..config.store import remove_orphans
 
 MAX_UPLOAD_FILES = 10000
 MAX_LISTED = 1000  # the page shows the newest this many
@@ -190,7 +191,7 @@ def upload_target(settings, name: str) -> Path:
 
 
 def begin(settings, name: str, client: str = "", announced: int | None = None,
-          quota: Callable[[int], bool] | None = None) -> "Upload":
+          quota: Callable[[int], bool] | None = None) -> Upload:
     """A new upload of `name` from `client`, if it may start (Refused, AlreadyExists, UploadsFull, QuotaSpent)."""
     target = upload_target(settings, name)
     space = space_of(settings)
@@ -226,10 +227,9 @@ class Upload:
         self.temp = target.with_name(f".partial-{os.getpid()}-{secrets.token_hex(8)}")
         self.fd: int | None = open_private(self.temp, os.O_WRONLY, exclusive=True)
         if client:
-            try:  # the inode keeps it through the link to its name
+            # the inode keeps it through the link to its name; a file system without extended attributes: the page shows no address
+            with contextlib.suppress(OSError):
                 os.setxattr(self.fd, CLIENT_ATTRIBUTE, client.encode())
-            except OSError:
-                pass  # a file system without extended attributes: the page shows no address
         if space is not None:
             space.changed_by_us()
 
@@ -273,10 +273,8 @@ class Upload:
             os.close(fd)
 
     def _remove_temp(self) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.temp)
-        except FileNotFoundError:
-            pass
 
 
 # -- what administrators see ------------------------------------------------------------------

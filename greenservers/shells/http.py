@@ -36,6 +36,7 @@ went away, or timed out, is closed silently.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -53,6 +54,7 @@ from ..proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
 from ..provisioning.files import port_for
 from ..ratelog import RateLimitedLog, printable
 from ..services import BY_SETTING, Service
+
 
 def _seconds(name: str, default: float) -> float:
     """A timeout, overridable from the environment (tuning, and short ones in tests)."""
@@ -101,10 +103,8 @@ class Connection:
 
     def close_for_room(self) -> None:
         """Its greenlet reads end-of-file (or a TLS error) and ends the connection the usual way."""
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 class CappedHandler(PyWSGIHandler):
@@ -241,7 +241,7 @@ class CappedWSGIServer(pywsgi.WSGIServer):
             handler = self.handler_class(client, address, self)
             handler.connection = connection
             handler.handle()
-        except (HeaderTimeout, socket.timeout):
+        except (TimeoutError, HeaderTimeout):
             self.sensors.add("http_timeouts")
         except (ssl.SSLError, ConnectionError, OSError):
             pass  # a peer that vanished or spoke no TLS: close silently
@@ -261,10 +261,8 @@ class CappedWSGIServer(pywsgi.WSGIServer):
 
 
 def _close(sock) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.close()
-    except OSError:
-        pass
 
 
 def _answer_challenge_or_503(client, pending) -> None:
@@ -312,7 +310,9 @@ def plain_http_app(app, runtime):
         acme = runtime.acme
         answer = challenge_answer(method, path, acme.pending if acme is not None else {})
         if answer is not None:
-            start_response(answer[0], [("Content-Type", "text/plain"), ("Content-Length", str(len(answer[1]))), ("Cache-Control", "no-store")])
+            start_response(
+                answer[0], [("Content-Type", "text/plain"), ("Content-Length", str(len(answer[1]))), ("Cache-Control", "no-store")]
+            )
             return [b""] if method == "HEAD" else [answer[1]]
         settings = runtime.settings
         https = settings.ip_https_port

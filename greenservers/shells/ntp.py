@@ -24,8 +24,17 @@ import time
 
 import gevent
 
-from ..proto.ntp import (ANSWERED, LEAP_DELETE, LEAP_INSERT, LEAP_NONE, KernelClock, NtpResponder,
-                         parse_chronyc_tracking, server_state, verdict_of)
+from ..proto.ntp import (
+    ANSWERED,
+    LEAP_DELETE,
+    LEAP_INSERT,
+    LEAP_NONE,
+    KernelClock,
+    NtpResponder,
+    parse_chronyc_tracking,
+    server_state,
+    verdict_of,
+)
 from ..ratelog import RateLimitedLog
 from ..services import Service
 from .udp import PKTINFO_KINDS, PKTINFO_SPACE, UdpServer
@@ -134,7 +143,7 @@ class ClockWatch:
 class NtpServer(UdpServer):
     """Reads each datagram with its ancillary data and answers it inline (no greenlet per packet)."""
 
-    def __init__(self, bound, service: "NtpService"):
+    def __init__(self, bound, service: NtpService):
         super().__init__(bound)
         self.service = service
 

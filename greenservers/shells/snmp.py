@@ -38,7 +38,7 @@ UNTRUSTED_SENSOR = core.SENSOR_OF_VERDICT[core.UNTRUSTED]
 
 
 class SnmpServer(UdpServer):
-    def __init__(self, bound, service: "SnmpService"):
+    def __init__(self, bound, service: SnmpService):
         super().__init__(bound)
         self.service = service
         # a wildcard socket must learn each datagram's destination to answer from it

@@ -22,16 +22,17 @@ greenservers.provisioning.uploads (budget, and each client's tftp_upload_mib_per
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
 import gevent
 from gevent.pool import Group
 
-from ..provisioning import files as provisioning, uploads
-from ..provisioning.phones import seen
 from ..proto import tftp as proto
 from ..proto.clients import TokenBuckets, client_key, plain_address
+from ..provisioning import files as provisioning, uploads
+from ..provisioning.phones import seen
 from ..ratelog import RateLimitedLog
 from ..services import Service
 from .tftp_transfer import Segmentation, SendBatch, TransferDriver, transfer_socket
@@ -50,7 +51,7 @@ REFUSAL_SENSORS = {uploads.UploadsFull: "tftp_uploads_refused_full", uploads.Quo
 class UploadSink:
     """An upload (greenservers.provisioning.uploads) as the write machine's Sink: its refusals become their TFTP errors."""
 
-    def __init__(self, upload: uploads.Upload, service: "TftpService"):
+    def __init__(self, upload: uploads.Upload, service: TftpService):
         self.upload, self.service = upload, service
 
     def write(self, data: bytes) -> None:
@@ -145,12 +146,10 @@ class TftpService(Service):
             self.runtime.sensors.add("tftp_sends_withheld")
             return
         allowance.take(len(datagram), now)
-        try:
+        with contextlib.suppress(OSError):  # a full send buffer or a vanished peer: UDP answers may be lost
             send(datagram)
-        except OSError:
-            pass  # a full send buffer or a vanished peer: UDP answers may be lost
 
-    def handle_request(self, datagram: bytes, local: tuple[str, int], peer, listener: "TftpListener") -> None:
+    def handle_request(self, datagram: bytes, local: tuple[str, int], peer, listener: TftpListener) -> None:
         """A request admits() let through: a slot first (a refusal is then one send, nothing parsed), then the request."""
         client = plain_address(peer[0])
         slot, evicted = self.admission.admit(client, time.monotonic())
@@ -172,7 +171,7 @@ class TftpService(Service):
         allowance = self.admission.allowance(client_key(peer[0]), time.monotonic())
         slot.owner = self.transfers.spawn(self._transfer, request, local, peer, client, listener.sock.family, slot, allowance)
 
-    def _refuse(self, error: bytes, peer, listener: "TftpListener") -> None:
+    def _refuse(self, error: bytes, peer, listener: TftpListener) -> None:
         allowance = self.admission.allowance(client_key(peer[0]), time.monotonic(), transfer=False)
         self._send_unverified(lambda d: listener.sock.sendto(d, peer), error, allowance)
         self.runtime.sensors.add("tftp_transfers_failed")

@@ -75,7 +75,7 @@ class TransferDriver:
     acknowledged the first packet, `settled()` once only a dally remains."""
 
     def __init__(self, sock: _socket.socket, machine: proto.Transfer, segmentation: Segmentation,
-                 batch: "SendBatch", settled, verified=None):
+                 batch: SendBatch, settled, verified=None):
         self.sock, self.fd, self.machine = sock, sock.fileno(), machine
         self.segmentation, self.batch, self.settled = segmentation, batch, settled
         self.verified = verified  # None once called (or if nobody asked)

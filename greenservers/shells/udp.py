@@ -21,6 +21,7 @@ error of the next receive on the socket (ICMP_ERRORS): nothing to answer.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import sys
@@ -36,17 +37,13 @@ SEND_BUFFER_FULL = (errno.EAGAIN, errno.ENOBUFS)
 
 def enable_pktinfo(sock: socket.socket, family: int) -> None:
     """Ask for each datagram's local address (a wildcard socket must answer from it)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # a kernel without them: replies leave as routing says
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-            try:  # IPv4 clients of a dual-stack socket
+            with contextlib.suppress(OSError):  # IPv4 clients of a dual-stack socket
                 sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            except OSError:
-                pass
         else:
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-    except (OSError, AttributeError):
-        pass
 
 
 def pktinfo_of(ancillary) -> list:

@@ -40,10 +40,22 @@ from gevent.event import Event
 
 from ..audit import AuditLog
 from ..config.private import PRIVATE_DIR, make_private_dir
-from ..offload import run_off_loop
 from ..config.store import atomic_write
+from ..offload import run_off_loop
 from ..proto import acme as core
-from .certificates import ACME_CURRENT, CertificateError, acme_certificate, acme_current, acme_files, acme_folder, check_pem, dns_names, new_private_key, private_key_pem, server_context
+from .certificates import (
+    ACME_CURRENT,
+    CertificateError,
+    acme_certificate,
+    acme_current,
+    acme_files,
+    acme_folder,
+    check_pem,
+    dns_names,
+    new_private_key,
+    private_key_pem,
+    server_context,
+)
 
 log = logging.getLogger("greenservers.acme")
 
@@ -54,7 +66,7 @@ USER_AGENT = "greenservers"
 
 
 def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 @dataclass
@@ -139,7 +151,9 @@ class AcmeManager:
                 leaf = x509.load_pem_x509_certificates(acme_files(request.folder, files)[0].read_bytes())[0]
             except (OSError, ValueError):
                 continue  # unreadable: ordered again
-            held[kind] = core.Held(frozenset(dns_names(leaf)), str(files.get("directory", "")), leaf.not_valid_before_utc, leaf.not_valid_after_utc)
+            held[kind] = core.Held(
+                frozenset(dns_names(leaf)), str(files.get("directory", "")), leaf.not_valid_before_utc, leaf.not_valid_after_utc
+            )
         return held
 
     def _turn(self) -> float:
@@ -165,7 +179,13 @@ class AcmeManager:
     def _attempt(self, request: OrderRequest, plan: core.Plan) -> None:
         status = self.status
         status.state, status.last_attempt = "ordering", self.clock()
-        log.info("ACME: ordering %s certificate(s) for %s from %s (%s)", " and ".join(plan.renew), " ".join(request.names), request.directory, plan.reason)
+        log.info(
+            "ACME: ordering %s certificate(s) for %s from %s (%s)",
+            " and ".join(plan.renew),
+            " ".join(request.names),
+            request.directory,
+            plan.reason,
+        )
         issued, error = run_off_loop(order_certificates, request, plan.renew, self.pending)
         if issued:
             self._install(request, issued, plan)
@@ -177,8 +197,13 @@ class AcmeManager:
             status.last_result, status.last_error = "failed", error
             self.runtime.sensors.add("acme_attempts_failed")
             retry = core.retry_delay(status.failures)
-            log.warning("ACME: ordering a certificate for %s failed (attempt %d in a row; next try in %s; the certificate in use stays): %s",
-                        " ".join(request.names), status.failures, _human(retry), error)
+            log.warning(
+                "ACME: ordering a certificate for %s failed (attempt %d in a row; next try in %s; the certificate in use stays): %s",
+                " ".join(request.names),
+                status.failures,
+                _human(retry),
+                error,
+            )
         else:
             status.failures, status.last_result, status.last_error = 0, "issued", ""
             status.last_success = self.clock()
@@ -386,7 +411,7 @@ def _order_one(acme_client, net, request: OrderRequest, kind: str, pending: dict
 
 def _store(request: OrderRequest, kind: str, cert_pem: bytes, key_pem: bytes) -> None:
     """New files for `kind`, then current.json points at them (one rename), then the old ones go."""
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
     stem = f"{kind.lower()}-{stamp}"
     _write_private(request.folder / f"{stem}.key", key_pem)
     _write_private(request.folder / f"{stem}.crt", cert_pem)

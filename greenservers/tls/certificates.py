@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from ..config.private import make_private_dir
-from ..sensors import watch_certificate_expiry
 from ..config.store import atomic_write
+from ..sensors import watch_certificate_expiry
 
 SELF_SIGNED_DAYS = 825
 RSA_BITS = 2048
@@ -122,7 +122,7 @@ def check_pem(cert_pem: bytes, key_pem: bytes, now: datetime.datetime | None = N
 
     `own_key`: a key this service made (generated, or ordered by ACME and checked then): its RSA
     consistency check, 40 ms of CPU, is skipped; it must still match the certificate."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError as exc:
@@ -173,7 +173,7 @@ def generate_self_signed(cert_path: Path, key_path: Path, hostname: str | None =
     key = new_private_key(kind)
     names = [x509.DNSName(n) for n in dict.fromkeys([hostname, socket.getfqdn(), "localhost"]) if n]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "greenservers")])
     cert = (
         x509.CertificateBuilder()

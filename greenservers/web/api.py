@@ -22,12 +22,21 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from ..audit import AuditLog, masked_changes
-from ..process.runtime import ChangeResult
 from ..config.settings import BY_NAME, DECLARATIONS, SettingsError
 from ..config.store import ConfigFileError
+from ..process.runtime import ChangeResult
 from . import get_runtime
-from .auth import (ADMIN_USER, JSON_BODY, PasswordRefused, admin_required, auth_method, end_every_session, json_object,
-                   new_password_hash, takes)
+from .auth import (
+    ADMIN_USER,
+    JSON_BODY,
+    PasswordRefused,
+    admin_required,
+    auth_method,
+    end_every_session,
+    json_object,
+    new_password_hash,
+    takes,
+)
 
 bp = Blueprint("api", __name__)
 

@@ -52,9 +52,7 @@ import logging
 import secrets
 import time
 
-from flask import (
-    Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session, url_for,
-)
+from flask import Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from gevent.lock import BoundedSemaphore
 from markupsafe import Markup
@@ -193,7 +191,9 @@ def new_password_hash(current, new, again=None) -> str:
     is given). Raises PasswordRefused; no message holds a password."""
     wait = _login_wait(client_key(_client()))
     if wait:
-        raise PasswordRefused({"current_password": f"too many failed logins from your address; try again in {max(1, int(wait + 0.999))} s"}, 429)
+        raise PasswordRefused(
+            {"current_password": f"too many failed logins from your address; try again in {max(1, int(wait + 0.999))} s"}, 429
+        )
     errors = {}
     if not isinstance(new, str) or not new:
         errors["new_password"] = "the new password must not be empty"

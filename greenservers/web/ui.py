@@ -17,6 +17,7 @@ browser gets a new one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ def _ntp_for_phones(settings) -> str:
 def _when(iso: str | None) -> str:
     if not iso:
         return ""
-    return datetime.datetime.fromisoformat(iso).astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.datetime.fromisoformat(iso).astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _certificate_info(runtime) -> dict[str, Any] | None:
@@ -265,10 +266,8 @@ def _config_relative(settings, path: Path) -> str:
 def _remove_old_uploads(tls_dir: Path, keep: set[Path]) -> None:
     for path in tls_dir.glob(UPLOADED_PREFIX + "*"):
         if path.resolve() not in keep:
-            try:
+            with contextlib.suppress(OSError):
                 path.unlink()
-            except OSError:
-                pass
 
 
 @bp.post("/settings/ports/certificate")
@@ -286,7 +285,7 @@ def upload_certificate():
         return _render(400, cert_error=str(exc))
     tls_dir = settings.data_path / "tls"
     make_private_dir(tls_dir)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
     cert_path, key_path = tls_dir / f"{UPLOADED_PREFIX}{stamp}.crt", tls_dir / f"{UPLOADED_PREFIX}{stamp}.key"
     atomic_write(key_path, key_pem)
     atomic_write(cert_path, cert_pem)

@@ -7,10 +7,10 @@ import datetime
 
 import pytest
 
-from greenservers.proto import acme as core
 from greenservers.config.settings import Settings, SettingsError
+from greenservers.proto import acme as core
 
-T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)
 NAMES = ("pbx.example.com", "phones.example.com")
 DIRECTORY = "https://ca.example/dir"
@@ -107,7 +107,7 @@ def test_the_next_ari_poll_wakes_the_shell():
 
 def test_parse_window_and_its_bounds():
     window = core.parse_window({"suggestedWindow": {"start": "2026-02-01T00:00:00Z", "end": "2026-02-03T00:00:00Z"}}, 0.25)
-    assert window.chosen == datetime.datetime(2026, 2, 1, 12, tzinfo=datetime.timezone.utc)
+    assert window.chosen == datetime.datetime(2026, 2, 1, 12, tzinfo=datetime.UTC)
     for bad in ({}, {"suggestedWindow": {"start": "2026-02-03T00:00:00Z", "end": "2026-02-01T00:00:00Z"}},
                 {"suggestedWindow": {"start": "2026-02-01T00:00:00", "end": "2026-02-03T00:00:00"}}, [1]):
         with pytest.raises(ValueError):
@@ -138,7 +138,10 @@ def test_challenge_answers_only_pending_tokens():
 
 
 def test_request_target_reads_only_a_whole_request_line():
-    assert core.request_target(b"GET /.well-known/acme-challenge/abc?x=1 HTTP/1.1\r\nHost: a\r\n") == ("GET", "/.well-known/acme-challenge/abc")
+    assert core.request_target(b"GET /.well-known/acme-challenge/abc?x=1 HTTP/1.1\r\nHost: a\r\n") == (
+        "GET",
+        "/.well-known/acme-challenge/abc",
+    )
     for head in (b"GET /.well-known/acme-challenge/abc HTTP/1.1", b"", b"\x16\x03\x01", b"GET http://x/ HTTP/1.1\r\n",
                  b"GET / HTTP/2\r\n", b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n"):
         assert core.request_target(head) is None

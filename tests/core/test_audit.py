@@ -6,9 +6,10 @@ import json
 import os
 from pathlib import Path
 
+from support.files import assert_private
+
 from greenservers import audit
 from greenservers.audit import AuditLog
-from support.files import assert_private
 
 
 def test_rotation_keeps_the_newest_entries_in_a_bounded_number_of_files(tmp_path, monkeypatch):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-
 from support import fuzz_targets
 from vectors.fuzz_regressions import HOSTILE, REGRESSIONS
 
@@ -72,7 +71,7 @@ def test_seeds_pass_every_target(name):
 def test_regressions_and_hostile_inputs(name):
     """Inputs that once crashed a core, and hand-made worst cases: each gives an error reply, a drop or a protocol exception."""
     cases = REGRESSIONS.get(name, []) + HOSTILE.get(name, [])
-    for what, hex_input in cases:
+    for _what, hex_input in cases:
         fuzz_targets.TARGETS[name](bytes.fromhex(hex_input))
 
 

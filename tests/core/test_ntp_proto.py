@@ -6,9 +6,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given
-from hypothesis import settings as hypothesis_settings
-from hypothesis import strategies as st
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 from vectors.ntp_vectors import CHRONYD_REPLY_TO_NTPLIB_V4, REQUESTS
 
 from greenservers.proto import ntp

@@ -7,9 +7,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from greenservers.config.settings import Settings
 from greenservers.provisioning import files as p
 from greenservers.provisioning.phones import profiles
-from greenservers.config.settings import Settings
 
 SERVER = "192.0.2.10"
 # one name of each stock file, and what it must hold besides the header
@@ -152,5 +152,9 @@ def test_secrets_are_escaped_in_xml(settings):
 
 
 def test_filters_use_each_vendors_placeholder(settings):
-    assert "(cn=$VALUE*)" in text(settings, "spa504G.cfg") and "(cn=%)" in text(settings, "cfg.xml") and "%" not in text(settings, "spa504G.cfg").split("LDAP_Display")[0]
+    assert (
+        "(cn=$VALUE*)" in text(settings, "spa504G.cfg")
+        and "(cn=%)" in text(settings, "cfg.xml")
+        and "%" not in text(settings, "spa504G.cfg").split("LDAP_Display")[0]
+    )
     assert "(|(telephoneNumber=%)(mobile=%)(homePhone=%)(ipPhone=%))" in text(settings, "snomD785.htm")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from support.clock import FakeClock
 
 from greenservers.provisioning.phones import seen
-from support.clock import FakeClock
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from greenservers.provisioning import files as p
 from greenservers.config.settings import Settings
+from greenservers.provisioning import files as p
 
 
 @pytest.fixture
@@ -75,7 +75,8 @@ def test_mac_template_in_a_subfolder(settings):
     assert text(settings, "sub/0004F2ABCDEF-phone.cfg") == "sub 0004f2abcdef\n"
 
 
-@pytest.mark.parametrize("name", ["0004f2abcde.cfg", "0004f2abcdef0.cfg", "nothing.cfg", "sub", "model.cfg.j2", "{mac}.cfg.j2", "sub/nothing"])
+@pytest.mark.parametrize("name", ["0004f2abcde.cfg", "0004f2abcdef0.cfg", "nothing.cfg", "sub", "model.cfg.j2", "{mac}.cfg.j2",
+                                  "sub/nothing"])
 def test_not_found(settings, name):
     with pytest.raises((p.NotFound, p.Refused)) as info:
         p.provide(settings, name, "192.0.2.10")

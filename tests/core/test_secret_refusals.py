@@ -5,9 +5,9 @@ tests/shell/test_secret_errors.py, check-config's and the running service's in t
 from __future__ import annotations
 
 import pytest
+from support.secret_values import SECRETS, leaks, refused
 
 from greenservers.config.settings import Invalid, Setting, Settings, SettingsError
-from support.secret_values import SECRETS, leaks, refused
 
 
 def test_the_values_are_refused_where_it_matters():

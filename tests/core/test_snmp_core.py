@@ -9,12 +9,13 @@ import random
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 from pyasn1.codec.ber import decoder, encoder
-
-from greenservers.proto import snmp
-from greenservers.sensors import DECLARED, PRODUCT_OID, SensorRegistry
-from greenservers.config.settings import Settings
 from support.snmp import FIXED_SENSORS, SYS, V1, bad_inputs, build_request, decode_reply, reply_of, request_id, vector
 from vectors.snmp_requests import REQUESTS
+
+from greenservers.config.settings import Settings
+from greenservers.proto import snmp
+from greenservers.sensors import DECLARED, PRODUCT_OID, SensorRegistry
+
 
 def make_settings(**raw) -> Settings:
     raw.setdefault("snmp_trusted", "127.0.0.1 ::1")
@@ -58,7 +59,9 @@ def test_whole_system_group(agent):
 
 
 def test_sysname_setting_wins_over_the_host_name(agent):
-    _, _, _, _, bindings = decode_reply(reply_of(agent.handle(vector("get_system_group"), "::1", 101, make_settings(snmp_name="pbx.example"))))
+    _, _, _, _, bindings = decode_reply(
+        reply_of(agent.handle(vector("get_system_group"), "::1", 101, make_settings(snmp_name="pbx.example")))
+    )
     assert bytes(bindings[4][1]) == b"pbx.example"
 
 
@@ -79,7 +82,9 @@ def test_getnext_from_the_system_prefix_and_past_the_last_sensor(agent):
 def test_walk_visits_every_object_once_in_strictly_increasing_order(agent):
     seen, oid = [], (1, 3)
     for _ in range(200):
-        _, _, status, _, bindings = decode_reply(reply_of(agent.handle(build_request([oid], V1.GetNextRequestPDU), "127.0.0.1", 101, make_settings())))
+        _, _, status, _, bindings = decode_reply(
+            reply_of(agent.handle(build_request([oid], V1.GetNextRequestPDU), "127.0.0.1", 101, make_settings()))
+        )
         if status == snmp.NO_SUCH_NAME:
             break
         oid = bindings[0][0]
@@ -188,7 +193,7 @@ def test_every_sensor_is_answered_at_its_registry_oid_with_its_kind(sensors, age
     request = build_request([s.oid for s in DECLARED])
     _, _, status, _, bindings = decode_reply(reply_of(agent.handle(request, "127.0.0.1", 101, make_settings())))
     assert status == 0
-    for index, (sensor, (oid, value)) in enumerate(zip(DECLARED, bindings)):
+    for index, (sensor, (oid, value)) in enumerate(zip(DECLARED, bindings, strict=True)):
         assert oid == sensor.oid
         assert value.tagSet == (V1.Counter if sensor.kind == "counter" else V1.Gauge).tagSet
         assert int(value) == index + 1

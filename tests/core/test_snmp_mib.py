@@ -11,20 +11,23 @@ import os
 import subprocess
 
 import pytest
+from support import REPO
 
 from greenservers.proto.snmp import mib_name, render_mib
 from greenservers.sensors import DECLARED
-from support import REPO
 
 MIB_FILE = REPO / "deploy" / "mibs" / "GREENSERVERS-MIB.txt"
 BASE_MIBS = REPO / ".test-cache" / "base-mibs"  # SNMPv2-SMI, -TC, -CONF, -MIB (not copied into the project)
-REGENERATE = 'python -c "from greenservers.proto.snmp import render_mib; from greenservers.sensors import DECLARED; print(render_mib(DECLARED), end=\'\')" > deploy/mibs/GREENSERVERS-MIB.txt'
+REGENERATE = ("python -c \"from greenservers.proto.snmp import render_mib; from greenservers.sensors import DECLARED; "
+              "print(render_mib(DECLARED), end='')\" > deploy/mibs/GREENSERVERS-MIB.txt")
 
 
 @pytest.fixture
 def base_mibs():
     """The IETF base modules (Debian ships them only in non-free); a clear failure without them."""
-    assert (BASE_MIBS / "SNMPv2-SMI.mib").is_file(), f"the base MIBs are not in {BASE_MIBS}: run ./run-tests, which fetches them (tests/fetch-base-mibs)"
+    assert (BASE_MIBS / "SNMPv2-SMI.mib").is_file(), (
+        f"the base MIBs are not in {BASE_MIBS}: run ./run-tests, which fetches them (tests/fetch-base-mibs)"
+    )
     return BASE_MIBS
 
 

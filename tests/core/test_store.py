@@ -10,8 +10,8 @@ import pytest
 import tomlkit
 
 from greenservers.config.settings import SettingsError
-from greenservers.passwords import hash_password
 from greenservers.config.store import ChangeWatch, ConfigFileError, ConfigStore
+from greenservers.passwords import hash_password
 
 HAND_WRITTEN = textwrap.dedent(
     """\

@@ -10,10 +10,10 @@ from __future__ import annotations
 import struct
 
 import pytest
+from vectors import tftp_vectors as v
 
 from greenservers.proto import tftp as t
 from greenservers.proto.clients import TokenBuckets
-from vectors import tftp_vectors as v
 
 LIMITS = t.Limits(timeout=1.0, max_retries=3)
 
@@ -149,7 +149,8 @@ def test_malformed_requests_raise_illegal_operation(garbage):
 # -- options ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("asked, granted", [("8", "8"), ("1428", "1428"), ("65464", "65464"), ("70000", "65464"), ("7", None), ("x", None), ("-5", None)])
+@pytest.mark.parametrize("asked, granted", [("8", "8"), ("1428", "1428"), ("65464", "65464"), ("70000", "65464"), ("7", None), ("x", None),
+                                             ("-5", None)])
 def test_blksize_option(asked, granted):
     negotiated = t.negotiate(t.parse_request(rrq(blksize=asked)), 100, LIMITS)
     assert negotiated.oack.get("blksize") == granted

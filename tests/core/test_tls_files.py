@@ -4,10 +4,10 @@ import ipaddress
 
 import pytest
 from cryptography import x509
+from support.certs import make_cert
 
 from greenservers.config.settings import Settings
 from greenservers.tls.certificates import CertificateError, check_pem, ensure_certificate, server_context
-from support.certs import make_cert
 
 PBX = "pbx.test"
 

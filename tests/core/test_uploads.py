@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from greenservers.provisioning import uploads as u
 from greenservers.config.settings import Settings
+from greenservers.provisioning import uploads as u
 
 MIB = 1024 * 1024
 

@@ -4,7 +4,6 @@ Flask's test client, in this process. `web`: the app on a fresh configuration fi
 from __future__ import annotations
 
 import pytest
-
 from support.web import WebFixture
 
 

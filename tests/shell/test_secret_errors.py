@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-
 from support.secret_values import GOOD_COMMUNITY, GOOD_LDAP_PASSWORD, leaks, refused
 from support.web import HTML, WebFixture, basic
 

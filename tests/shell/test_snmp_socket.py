@@ -8,14 +8,14 @@ import socket
 import gevent
 import gevent.socket
 import pytest
-
-from greenservers.process.binder import Bound, open_socket
-from greenservers.config.portspec import Binding
-from greenservers.sensors import SensorRegistry
-from greenservers.config.settings import Settings
-from greenservers.shells.snmp import SnmpService
 from support.snmp import FIXED_SENSORS, bad_inputs
 from vectors.snmp_requests import REQUESTS
+
+from greenservers.config.portspec import Binding
+from greenservers.config.settings import Settings
+from greenservers.process.binder import Bound, open_socket
+from greenservers.sensors import SensorRegistry
+from greenservers.shells.snmp import SnmpService
 
 GET = bytes.fromhex(REQUESTS["get_sysdescr"])
 

@@ -15,8 +15,8 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
-from greenservers.provisioning.files import FileReader
 from greenservers.proto import tftp as proto
+from greenservers.provisioning.files import FileReader
 from greenservers.shells.tftp_transfer import Segmentation, SendBatch, TransferDriver, transfer_socket
 
 
@@ -152,7 +152,7 @@ def test_many_transfers_at_once_share_one_send_batch():
     batch = SendBatch()
     files = [os.urandom(64 * 512 + n) for n in range(40)]
     clients = [client_socket() for _ in files]
-    started = [start_driver(read_machine(data), client, batch) for data, client in zip(files, clients)]
+    started = [start_driver(read_machine(data), client, batch) for data, client in zip(files, clients, strict=True)]
     downloads = [gevent.spawn(download, client) for client in clients]
     gevent.joinall(downloads, timeout=20, raise_error=True)
     assert [d.value for d in downloads] == files

@@ -7,10 +7,10 @@ import logging
 
 import pytest
 import tomlkit
+from support.web import WebFixture, basic
 
 from greenservers.audit import AUDIT_FILE
 from greenservers.config.settings import DECLARATIONS
-from support.web import WebFixture, basic
 
 COMMUNITY = "api-c0mmunity-s3cret"
 URL = "/api/settings/ports"

@@ -6,13 +6,13 @@ import json
 import logging
 
 import pytest
-
-from greenservers.audit import AUDIT_FILE
-from greenservers.passwords import hash_password
-from greenservers.config.store import ConfigStore
-from greenservers.web.auth import LOGIN_LIMIT, LOGIN_WINDOW
 from support.clock import FakeClock
 from support.web import HTML, PASSWORD, WebFixture, basic, csrf_of
+
+from greenservers.audit import AUDIT_FILE
+from greenservers.config.store import ConfigStore
+from greenservers.passwords import hash_password
+from greenservers.web.auth import LOGIN_LIMIT, LOGIN_WINDOW
 
 # -- no password yet -----------------------------------------------------------------
 

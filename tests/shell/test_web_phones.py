@@ -6,9 +6,9 @@ import json
 import re
 
 import pytest
+from support.web import HTML, PASSWORD, WebFixture, basic, csrf_of
 
 from greenservers.provisioning.phones import seen
-from support.web import HTML, PASSWORD, WebFixture, basic, csrf_of
 
 AUTH = basic()
 
@@ -29,7 +29,11 @@ def test_prov_fetches_show_on_the_api_and_the_page(app):
     assert body["seen_last_24h"] == 2
     by_mac = {p["mac"]: p for p in body["phones"]}
     assert by_mac["000413abcdef"]["files"][0]["result"] == "not found" and by_mac["000413abcdef"]["model"] == "D785"
-    assert by_mac[""]["vendor"] == "snom" and by_mac[""]["files"][0] == {**by_mac[""]["files"][0], "name": "snomD785.htm", "result": "served"}
+    assert by_mac[""]["vendor"] == "snom" and by_mac[""]["files"][0] == {
+        **by_mac[""]["files"][0],
+        "name": "snomD785.htm",
+        "result": "served",
+    }
     page = client.get("/phones", headers={**AUTH, **HTML}).get_data(as_text=True)
     assert "000413abcdef" in page and "not found" in page and "Snom D7xx D785" in page
 

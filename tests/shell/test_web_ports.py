@@ -12,12 +12,12 @@ import re
 import pytest
 import tomlkit
 from markupsafe import escape
+from support.certs import make_cert
+from support.web import HTML, WebFixture
 
 from greenservers.audit import AUDIT_FILE
 from greenservers.config.settings import DECLARATIONS, GROUPS
 from greenservers.tls.certificates import TLSContextHolder, ensure_certificate
-from support.certs import make_cert
-from support.web import HTML, WebFixture
 
 COMMUNITY = "c0mmunity-s3cret"
 LDAP_PASSWORD = "ldap-pa55word-s3cret"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from support.web import HTML, WebFixture, basic, csrf_of
 
 from greenservers.provisioning import uploads
-from support.web import HTML, WebFixture, basic, csrf_of
 
 EVIL = "<img src=x onerror=alert(1)>.html"
 

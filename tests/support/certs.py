@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID
 def make_cert(name: str = "pbx.example.org", from_days: float = -5 / 1440, until_days: float = 30.0) -> tuple[bytes, bytes]:
     """(certificate, key) as PEM: P-256, `name` as its CN and DNS name, valid from `from_days` to `until_days` from now."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     cert = (
         x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())

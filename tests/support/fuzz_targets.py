@@ -13,6 +13,7 @@ fuzzers mutate, so they start deep inside each protocol.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -204,16 +205,12 @@ def fuzz_settings(data: bytes) -> None:
         assert portspec.parse_bindings(portspec.format_bindings(bindings)) == bindings  # round trip
     for setting in settings_module.DECLARATIONS:
         for raw in (text, text.strip()):
-            try:
+            with contextlib.suppress(ValueError):
                 setting.validate(raw)
-            except ValueError:
-                pass
     if data[:1]:
         name = settings_module.DECLARATIONS[data[0] % len(settings_module.DECLARATIONS)].name
-        try:
+        with contextlib.suppress(settings_module.SettingsError):
             settings_module.Settings.from_raw({name: text[1:]})
-        except settings_module.SettingsError:
-            pass
     http.split_host(text)
     http.redirect_target("GET", "/" + text, "", text, "127.0.0.1", 8443)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ldap_wire as w
+
 from greenservers.proto import ber, ldap
 
 

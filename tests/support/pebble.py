@@ -40,7 +40,7 @@ def _name(cn: str) -> x509.Name:
 
 def make_server_tls(folder: Path) -> tuple[Path, Path, Path]:
     """A CA and a leaf for 127.0.0.1/localhost: (ca.pem, cert.pem, key.pem) in `folder`."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
         x509.CertificateBuilder().subject_name(_name("pebble test CA")).issuer_name(_name("pebble test CA"))
@@ -53,10 +53,16 @@ def make_server_tls(folder: Path) -> tuple[Path, Path, Path]:
     )
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
-        x509.CertificateBuilder().subject_name(_name("127.0.0.1")).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        x509.CertificateBuilder()
+        .subject_name(_name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
@@ -114,7 +120,7 @@ class PebbleCA:
     def directory(self) -> str:
         return f"https://127.0.0.1:{self.port}/dir"
 
-    def start(self) -> "PebbleCA":
+    def start(self) -> PebbleCA:
         if self.dns is None:
             self.dns = subprocess.Popen(
                 [CHALLTESTSRV, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "", "-dns01", f"127.0.0.1:{self.dns_port}",
@@ -228,8 +234,12 @@ class RenewalInfo:
         self.asked.append(serial)
         if len(self.first_serials) < 2:
             self.first_serials.add(serial)
-        now = datetime.datetime.now(datetime.timezone.utc)
-        start, end = self.first_window(now) if serial in self.first_serials else (now + datetime.timedelta(days=30), now + datetime.timedelta(days=31))
+        now = datetime.datetime.now(datetime.UTC)
+        start, end = (
+            self.first_window(now)
+            if serial in self.first_serials
+            else (now + datetime.timedelta(days=30), now + datetime.timedelta(days=31))
+        )
         return {"suggestedWindow": {"start": start.isoformat().replace("+00:00", "Z"), "end": end.isoformat().replace("+00:00", "Z")}}
 
     def stop(self) -> None:

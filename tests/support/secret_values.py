@@ -19,10 +19,7 @@ GOOD_COMMUNITY, GOOD_LDAP_PASSWORD = "Gd5Rm8Tc1", "Lp4Nq6Hs2"
 
 def leaks(text: str, value) -> bool:
     """True when `text` holds any five characters in a row of `value` (as text or as its repr)."""
-    for shown in {str(value), repr(value)[1:-1]}:
-        if any(shown[i:i + 5] in text for i in range(len(shown) - 4)):
-            return True
-    return False
+    return any(shown[i:i + 5] in text for shown in {str(value), repr(value)[1:-1]} for i in range(len(shown) - 4))
 
 
 def refused(name: str) -> dict[str, object]:

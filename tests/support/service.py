@@ -68,7 +68,7 @@ class ServiceProcess:
 
     # -- life cycle -------------------------------------------------------
 
-    def start(self, timeout: float = 30.0, expect_ready: bool = True) -> "ServiceProcess":
+    def start(self, timeout: float = 30.0, expect_ready: bool = True) -> ServiceProcess:
         """Start (or start again after stop()) and, unless told otherwise, wait for the ready line."""
         if self._reader is not None:
             self._reader.join(timeout)  # the last run's reader is done: it cannot set the event again

@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 
 from pyasn1.codec.ber import decoder, encoder
+from vectors.snmp_requests import REQUESTS
 
 from greenservers.proto import snmp
 from greenservers.sensors import DECLARED, Sensor
-from vectors.snmp_requests import REQUESTS
 
 V1 = snmp.V1
 SYS = (1, 3, 6, 1, 2, 1, 1)

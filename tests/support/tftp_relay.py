@@ -16,10 +16,11 @@ Runs in a thread of the test process, on loopback; `close()` stops it.
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 Drop = Callable[[str, int, int], bool]
 
@@ -79,10 +80,8 @@ class LossyRelay:
         if self.drop(direction, state["serial"], index):
             self.dropped.append((direction, state["serial"], index))
             return
-        try:
+        with contextlib.suppress(OSError):
             out.sendto(datagram, to)
-        except OSError:
-            pass
 
     def close(self) -> None:
         self.stopping.set()

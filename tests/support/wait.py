@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 INTERVAL = 0.02  # seconds between two probes: short, so a test waits no longer than the thing it waits for
 

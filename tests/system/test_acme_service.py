@@ -22,11 +22,10 @@ from pathlib import Path
 import pytest
 import requests
 from cryptography import x509
-
-from support.pebble import PebbleCA
 from support import eventually, free_port
-from support.http import held_connection
 from support.certs import make_cert
+from support.http import held_connection
+from support.pebble import PebbleCA
 from support.web import PASSWORD, PASSWORD_HASH
 
 pytestmark = pytest.mark.real_client
@@ -147,7 +146,9 @@ def test_issuance_for_two_names_is_trusted_by_https_and_ldap_without_restart(ser
         for port, starttls in ((svc.port("ip_https_port"), False), (svc.port("ip_ldaps_port"), False), (svc.port("ip_ldap_port"), True)):
             leaf = served_leaf(port, NAMES[0], sigalgs, starttls)
             assert kind_of(leaf) == kind, (port, sigalgs)
-            assert set(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)) == set(NAMES)
+            assert set(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)) == set(
+                NAMES
+            )
 
     # files: private folder, private files
     folder = svc.directory / "data" / "tls" / "acme"
@@ -157,7 +158,9 @@ def test_issuance_for_two_names_is_trusted_by_https_and_ldap_without_restart(ser
 
     # visible: audit log, sensors, the page
     audit = [json.loads(line) for line in (svc.directory / "data" / "audit.log").read_text().splitlines()]
-    assert any(entry["who"] == "acme" and "ECDSA" in entry["note"] and "RSA" in entry["note"] and "issued" in entry["note"] for entry in audit)
+    assert any(
+        entry["who"] == "acme" and "ECDSA" in entry["note"] and "RSA" in entry["note"] and "issued" in entry["note"] for entry in audit
+    )
     metrics = requests.get(svc.url("/metrics"), auth=AUTH, timeout=10).text
     assert re.search(r"^greenservers_acme_certificates_issued_total 2(\.0)?$", metrics, re.M)
     assert re.search(r"^greenservers_tls_certificate_seconds_left \d", metrics, re.M)
@@ -208,7 +211,9 @@ def test_renewal_is_served_without_restart_and_open_connections_carry_on(service
     ldaps.sendall(w.bind(1, "phonebook", LDAP_PASSWORD))
     assert [r.code for r in read_until_done(ldaps)] == [0]
 
-    renewed = wait_for(svc, lambda c: issued(c) and not first_serials & {ch["serial"] for ch in c["chains"]}, "the renewed certificates", 90)
+    renewed = wait_for(
+        svc, lambda c: issued(c) and not first_serials & {ch["serial"] for ch in c["chains"]}, "the renewed certificates", 90
+    )
     assert renewed["acme"]["last_result"] == "issued" and renewed["acme"]["last_error"] == ""
     with tls_connection(svc.port("ip_https_port"), root, NAMES[0]) as fresh:  # new connections: the new certificate
         assert serial_of(fresh) in {c["serial"] for c in renewed["chains"]} | set(_later_serials(svc))
@@ -238,7 +243,9 @@ def test_authority_down_keeps_the_working_certificate_shows_the_error_and_retrie
     root = write_root(ca, tmp_path)
     ca.stop_pebble()
 
-    answer = requests.put(svc.url("/api/settings/ports"), auth=AUTH, timeout=10, json={"acme_domains": " ".join(NAMES + ("new.acme.test",))})
+    answer = requests.put(
+        svc.url("/api/settings/ports"), auth=AUTH, timeout=10, json={"acme_domains": " ".join(NAMES + ("new.acme.test",))}
+    )
     assert answer.status_code == 200
     failed = wait_for(svc, lambda c: c["acme"]["failures_in_a_row"] >= 1, "the failed attempt", 60)
     acme = failed["acme"]

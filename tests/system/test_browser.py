@@ -10,15 +10,14 @@ No downloads: the Debian chromium and chromedriver binaries are used.
 
 from __future__ import annotations
 
-
 import pytest
 import requests
 import tomlkit
 from selenium.webdriver.common.by import By
-
 from support import eventually, free_port, free_udp_port, run_cli
 from support.browser import ARTIFACTS, screenshot, set_field, start_chromium, submit_login, submit_section, wait_for
 from support.web import PASSWORD, PASSWORD_HASH
+
 
 @pytest.fixture
 def browser(tmp_path):

@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import tomlkit
-
-from greenservers.passwords import verify_password
 from support import REPO, eventually, run_cli
 
+from greenservers.passwords import verify_password
 
 run = run_cli
 
@@ -58,7 +57,13 @@ def test_setup_as_ordinary_user_writes_unprivileged_ports(tmp_path):
                             env=dict(os.environ, GREENSERVERS_CONFIG=str(config)), timeout=60)
     assert result.returncode == 0, result.stderr
     document = tomlkit.parse(config.read_text())
-    assert (document["ip_http_port"], document["ip_https_port"], document["ip_snmp_port"], document["ip_tftp_port"], document["ip_ntp_port"]) == ("8080", "8443", "1161", "1069", "1123")
+    assert (
+        document["ip_http_port"],
+        document["ip_https_port"],
+        document["ip_snmp_port"],
+        document["ip_tftp_port"],
+        document["ip_ntp_port"],
+    ) == ("8080", "8443", "1161", "1069", "1123")
     assert "unprivileged ports" in result.stdout
     assert (tmp_path / "data" / "tls" / "selfsigned.crt").exists() and (tmp_path / "data" / "tftp").is_dir()
 
@@ -100,9 +105,9 @@ def test_setup_at_a_terminal_asks_for_the_admin_password(tmp_path):
 
 
 def test_phones_export_writes_templates_that_render_the_stock_bytes(tmp_path):
+    from greenservers.config.settings import Settings
     from greenservers.provisioning import files as provisioning
     from greenservers.provisioning.phones import profiles
-    from greenservers.config.settings import Settings
 
     config = tmp_path / "g.toml"
     config.write_text('data_dir = "data"\nldap_password = "pw-1"\nphone_timezone = "Europe/Berlin"\n')

@@ -14,7 +14,6 @@ import subprocess
 import time
 
 import pytest
-
 from support import eventually, free_port, run_cli
 
 pytestmark = pytest.mark.real_client
@@ -28,7 +27,9 @@ def curl(svc, *args: str) -> subprocess.CompletedProcess:
 
 def basic_status(svc, password: str) -> str:
     """The status of an API request over HTTPS with HTTP Basic as admin."""
-    return curl(svc, "-u", f"admin:{password}", "-o", "/dev/null", "-w", "%{http_code}", svc.url("/api/settings/ports", scheme="https")).stdout
+    return curl(
+        svc, "-u", f"admin:{password}", "-o", "/dev/null", "-w", "%{http_code}", svc.url("/api/settings/ports", scheme="https")
+    ).stdout
 
 
 def form_login(svc, password: str, jar) -> tuple[str, str]:

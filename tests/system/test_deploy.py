@@ -24,7 +24,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from support import READY_LINE, REPO
 from support.netns import in_network_namespace
 
@@ -59,11 +58,15 @@ def test_install_script_and_unit_bring_the_service_up_below_1024_as_an_unprivile
     assert found["setup_rc"] == 0, found["log"]
     ports = {service: sorted(int(b["address"].rsplit(":", 1)[1]) for b in entry["bindings"] if b["state"] == "serving")
              for service, entry in found["health"]["services"].items()}
-    assert ports == {"http": [80], "https": [443], "snmp": [161], "tftp": [69], "ntp": [123], "ldap": [2389], "ldaps": [2636]}, found["health"]
+    assert ports == {"http": [80], "https": [443], "snmp": [161], "tftp": [69], "ntp": [123], "ldap": [2389], "ldaps": [2636]}, found[
+        "health"
+    ]
     assert found["https"] == "200" and found["ntp_answered"] and found["ldap_connected"], found
     assert found["tftp"] == "00050001", found["tftp"]  # TFTP ERROR "file not found", from port 69
     assert found["worker_uid"] == int(user[2]) and found["worker_caps"] == CAP_NET_BIND_SERVICE, found
-    assert found["state_files"] and all(owner == int(user[2]) and mode in ("0o600", "0o700") for owner, mode in found["state_files"].values()), found
+    assert found["state_files"] and all(
+        owner == int(user[2]) and mode in ("0o600", "0o700") for owner, mode in found["state_files"].values()
+    ), found
     assert "Traceback" not in found["log"]
 
 

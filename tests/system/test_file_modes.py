@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 import requests
 import tomlkit
-
-from greenservers.passwords import verify_password
 from support import ServiceProcess, free_port, free_udp_port, run_cli as cli
+from support.certs import make_cert
 from support.files import assert_private, modes_under
 from support.web import PASSWORD, PASSWORD_HASH, csrf_of
-from support.certs import make_cert
+
+from greenservers.passwords import verify_password
 
 NOBODY = 65534  # uid and gid of Debian's "nobody" / "nogroup"
 
@@ -70,7 +70,9 @@ def test_fresh_start_and_every_kind_of_write_leave_only_private_files(started, t
     svc = started
     data = svc.directory / "data"
     first = assert_private(svc.config_path, data)
-    assert {"tls/selfsigned.key", "tls/selfsigned.crt", "session.key"} <= {str(Path(p).relative_to(data)) for p in first if p.startswith(f"{data}/")}
+    assert {"tls/selfsigned.key", "tls/selfsigned.crt", "session.key"} <= {
+        str(Path(p).relative_to(data)) for p in first if p.startswith(f"{data}/")
+    }
 
     https, auth = svc.url("", scheme="https"), ("admin", PASSWORD)
     answer = requests.put(https + "/api/settings/ports", json={"http_max_conn": 77}, auth=auth, verify=str(svc.cert_path), timeout=10)

@@ -10,9 +10,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from support import eventually, free_port
 
 from greenservers.passwords import hash_password
-from support import eventually, free_port
 
 
 def curl(*args, timeout=20):
@@ -24,7 +24,15 @@ def test_http_and_https_side_by_side_on_ipv4_and_ipv6(service):
     for host in ("127.0.0.1", "::1"):
         plain = curl("-w", "%{http_code}", "-o", "/dev/null", svc.url("/healthz", host=host))
         assert plain.stdout == "200", plain.stderr
-        secure = curl("--cacert", str(svc.cert_path), "-w", "%{http_code} %{ssl_verify_result}", "-o", "/dev/null", svc.url("/healthz", "https", host=host))
+        secure = curl(
+            "--cacert",
+            str(svc.cert_path),
+            "-w",
+            "%{http_code} %{ssl_verify_result}",
+            "-o",
+            "/dev/null",
+            svc.url("/healthz", "https", host=host),
+        )
         assert secure.stdout == "200 0", secure.stderr
     health = json.loads(curl("--cacert", str(svc.cert_path), svc.url("/healthz", "https")).stdout)
     assert health["services"]["https"]["bindings"] == [{"address": f"[::]:{svc.port('ip_https_port')}", "state": "serving"}]
@@ -93,7 +101,7 @@ def _read_some(sock, wait):
     sock.settimeout(wait)
     try:
         return sock.recv(4096)
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return None
     except ConnectionResetError:
         return b""
@@ -120,7 +128,7 @@ def test_max_conn_20_of_50_served_the_rest_get_503_fast(service):
         time.sleep(0.5)  # not a readiness wait: the time within which refusals must have arrived
         answers = [_read_some(s, 0.01) for s in sockets]
         rejected = [a for a in answers if a]
-        waiting = [s for s, a in zip(sockets, answers) if a is None]
+        waiting = [s for s, a in zip(sockets, answers, strict=True) if a is None]
         assert len(waiting) == 20 and len(rejected) == 30, [a[:20] if a else a for a in answers]
         for answer in rejected:
             assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") and b"Retry-After: 1\r\n" in answer
@@ -238,19 +246,22 @@ def test_tls_connection_over_the_cap_is_closed_and_caps_are_process_wide(service
         time.sleep(0.3)  # the time within which a refusal would have arrived
         assert all(_read_some(s, 0.01) is None for s in held)
         context = ssl.create_default_context(cafile=str(svc.cert_path))
-        with socket.create_connection(("127.0.0.1", svc.port("ip_https_port")), timeout=5) as raw:
-            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-                with context.wrap_socket(raw, server_hostname="localhost") as tls:
-                    tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-                    assert tls.recv(100) == b""
-                    raise ConnectionError("closed")
+        with (socket.create_connection(("127.0.0.1", svc.port("ip_https_port")), timeout=5) as raw,
+              pytest.raises((ssl.SSLError, ConnectionError, OSError)),
+              context.wrap_socket(raw, server_hostname="localhost") as tls):
+            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert tls.recv(100) == b""
+            raise ConnectionError("closed")
     finally:
         for s in held:
             s.close()
 
 
 def test_slow_loris_is_timed_out(service):
-    svc = service({"ip_http_port": str(free_port()), "http_max_conn": 2}, env={"GREENSERVERS_HTTP_HEADER_TIMEOUT": "1", "GREENSERVERS_HTTP_KEEPALIVE_TIMEOUT": "1"})
+    svc = service(
+        {"ip_http_port": str(free_port()), "http_max_conn": 2},
+        env={"GREENSERVERS_HTTP_HEADER_TIMEOUT": "1", "GREENSERVERS_HTTP_KEEPALIVE_TIMEOUT": "1"},
+    )
     port = svc.port("ip_http_port")
     started = time.monotonic()
     with _connect(port) as s:
@@ -280,7 +291,20 @@ def test_redirect_to_https(service):
     https = svc.port("ip_https_port")
     head = curl("-sI", svc.url("/settings/ports?x=1"))
     assert head.stdout.startswith("HTTP/1.1 301") and f"Location: https://127.0.0.1:{https}/settings/ports?x=1" in head.stdout
-    post = curl("-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-X", "POST", "-d", "a=1", "-H", "Host: pbx.example.com:8080", svc.url("/api/x"))
+    post = curl(
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-X",
+        "POST",
+        "-d",
+        "a=1",
+        "-H",
+        "Host: pbx.example.com:8080",
+        svc.url("/api/x"),
+    )
     assert post.stdout == f"308 https://pbx.example.com:{https}/api/x"
     v6 = curl("-sI", svc.url("/", host="::1"))
     assert f"Location: https://[::1]:{https}/" in v6.stdout

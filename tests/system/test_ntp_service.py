@@ -26,8 +26,8 @@ from support import ServiceProcess, eventually, free_udp_port
 from support.netns import in_network_namespace
 from vectors.ntp_vectors import REQUESTS
 
-from greenservers.shells.ntp import read_kernel_clock
 from greenservers.proto import ntp
+from greenservers.shells.ntp import read_kernel_clock
 
 pytestmark = pytest.mark.real_client
 LOCAL_STRATUM = 8

@@ -28,10 +28,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-
-from greenservers.addressbook import AddressBook
 from support import REPO, ServiceProcess, free_port, free_udp_port
 from support.web import PASSWORD, PASSWORD_HASH
+
+from greenservers.addressbook import AddressBook
 
 HOSTS = ("127.0.0.1", "::1")
 LDAP_PASSWORD = "phones-live-pw"
@@ -147,9 +147,17 @@ def read_profile(vendor: str, body: bytes) -> dict:
         assert text.startswith("#!version:1.0.0.1\n")
         v = key_values(text, "=", "\n")
         if v.get("ldap.enable") == "1":
-            ldap = {"host": v["ldap.host"], "port": int(v["ldap.port"]), "transport": ["plain", "starttls", "ldaps"][int(v["ldap.tls_mode"])],
-                    "base": v["ldap.base"], "user": v["ldap.user"], "password": v["ldap.password"],
-                    "name": v["ldap.name_filter"], "number": v["ldap.number_filter"], "placeholder": "%"}
+            ldap = {
+                "host": v["ldap.host"],
+                "port": int(v["ldap.port"]),
+                "transport": ["plain", "starttls", "ldaps"][int(v["ldap.tls_mode"])],
+                "base": v["ldap.base"],
+                "user": v["ldap.user"],
+                "password": v["ldap.password"],
+                "name": v["ldap.name_filter"],
+                "number": v["ldap.number_filter"],
+                "placeholder": "%",
+            }
         tz = (v["local_time.time_zone"], v["local_time.summer_time"], v.get("local_time.start_time"), v.get("local_time.end_time"))
         return {"ntp": v.get("local_time.ntp_server1"), "ldap": ldap, "tz": tz}
     if vendor == "panasonic":
@@ -177,11 +185,18 @@ def read_profile(vendor: str, body: bytes) -> dict:
             url = urlsplit(d["dir.corp.address"])
             searchable = [d[f"dir.corp.attribute.{i}.name"] for i in range(1, 10)
                           if d.get(f"dir.corp.attribute.{i}.searchable") == "1"]
-            ldap = {"host": url.hostname, "port": int(d["dir.corp.port"]), "transport": "ldaps" if d["dir.corp.transport"] == "TLS" else "plain",
-                    "base": d["dir.corp.baseDN"], "user": d["dir.corp.user"], "password": d["dir.corp.password"],
-                    # Poly has no filter keys: it searches its searchable attributes under the filter prefix
-                    "name": "(&" + d["dir.corp.filterPrefix"] + "(|" + "".join(f"({a}=%)" for a in searchable) + "))",
-                    "number": None, "placeholder": "%"}
+            ldap = {
+                "host": url.hostname,
+                "port": int(d["dir.corp.port"]),
+                "transport": "ldaps" if d["dir.corp.transport"] == "TLS" else "plain",
+                "base": d["dir.corp.baseDN"],
+                "user": d["dir.corp.user"],
+                "password": d["dir.corp.password"],
+                # Poly has no filter keys: it searches its searchable attributes under the filter prefix
+                "name": "(&" + d["dir.corp.filterPrefix"] + "(|" + "".join(f"({a}=%)" for a in searchable) + "))",
+                "number": None,
+                "placeholder": "%",
+            }
         dst = t["tcpIpApp.sntp.daylightSavings.enable"]
         rules = tuple(t.get(f"tcpIpApp.sntp.daylightSavings.{k}.{f}") for k in ("start", "stop")
                       for f in ("month", "date", "dayOfWeek", "dayOfWeek.lastInMonth", "time"))
@@ -338,7 +353,9 @@ def test_an_incoming_number_looked_up_as_it_came_finds_it_in_any_formatting(svc)
 
 
 def set_setting(svc, **changes) -> None:
-    response = requests.put(svc.url("/api/settings/ports", "https"), json=changes, auth=("admin", PASSWORD), verify=str(svc.cert_path), timeout=10)
+    response = requests.put(
+        svc.url("/api/settings/ports", "https"), json=changes, auth=("admin", PASSWORD), verify=str(svc.cert_path), timeout=10
+    )
     assert response.status_code == 200, response.text
 
 
@@ -400,7 +417,6 @@ def test_exported_templates_serve_the_same_bytes(svc, tmp_path):
 @pytest.mark.real_client
 def test_the_phones_page_shows_the_fetches_in_chromium(svc, tmp_path):
     from selenium.webdriver.common.by import By
-
     from support.browser import ARTIFACTS, click_and_wait_for_new_page, screenshot, set_field, start_chromium, submit_login, wait_for
 
     api = requests.get(svc.url("/api/phones", "https"), auth=("admin", PASSWORD), verify=str(svc.cert_path), timeout=10).json()

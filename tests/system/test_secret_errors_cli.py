@@ -8,11 +8,9 @@ import signal
 import subprocess
 
 import pytest
-
 from support import free_port, run_cli as cli
 from support.secret_values import BAD_VALUES, GOOD_COMMUNITY, leaks
 from support.web import PASSWORD, PASSWORD_HASH
-
 
 # -- check-config --------------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ import socket
 import subprocess
 
 import pytest
-
 from support import ServiceProcess, free_udp_port
 from support.netns import in_network_namespace
 

@@ -7,6 +7,7 @@ them back. Calls that must time out use -t 0.5 -r 0.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import socket
@@ -15,13 +16,13 @@ import time
 
 import pytest
 import requests
+from support import ServiceProcess, eventually, free_port, free_udp_port
+from support.snmp import bad_inputs
+from vectors.snmp_requests import REQUESTS
 
 from greenservers.passwords import hash_password
 from greenservers.proto.snmp import mib_name
 from greenservers.sensors import DECLARED
-from support import ServiceProcess, eventually, free_port, free_udp_port
-from support.snmp import bad_inputs
-from vectors.snmp_requests import REQUESTS
 
 pytestmark = pytest.mark.real_client
 
@@ -111,7 +112,7 @@ def test_snmpwalk_of_the_whole_tree_ends_cleanly_in_strictly_increasing_order(sv
     assert "Timeout" not in result.stderr and "Error" not in result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if " = " in line]
     oids = [tuple(int(arc) for arc in line.split(" = ")[0].strip(".").split(".")) for line in lines]
-    assert all(a < b for a, b in zip(oids, oids[1:])), "OIDs not strictly increasing"
+    assert all(a < b for a, b in itertools.pairwise(oids)), "OIDs not strictly increasing"
     assert oids[:7] == [(1, 3, 6, 1, 2, 1, 1, i, 0) for i in range(1, 8)]
     assert oids[7:] == [s.oid for s in sorted(DECLARED, key=lambda s: s.oid)]
     kinds = {line.split(" = ")[0]: line.split(" = ")[1].split(":")[0] for line in lines}

@@ -10,11 +10,11 @@ import re
 import subprocess
 
 import pytest
+from support import READY_LINE, free_port
+from support.web import PASSWORD_HASH
 
 from greenservers.config.settings import Settings
 from greenservers.process.worker import admin_page_url
-from support import READY_LINE, free_port
-from support.web import PASSWORD_HASH
 
 
 @pytest.mark.parametrize("https, http, url", [

@@ -18,11 +18,11 @@ import time
 
 import pytest
 import requests
+from support import ServiceProcess, eventually, free_port, free_udp_port
+from support.tftp_relay import LossyRelay
+from support.web import PASSWORD, PASSWORD_HASH
 
 from greenservers.proto import tftp as proto
-from support import ServiceProcess, eventually, free_port, free_udp_port
-from support.web import PASSWORD, PASSWORD_HASH
-from support.tftp_relay import LossyRelay
 
 FILE, FILE_SIZE = "firmware.bin", 20 * 512 + 100  # 21 blocks of 512
 PER_CLIENT = 8
@@ -199,7 +199,8 @@ def fetch_through(svc, drop, client: str, name: str, out) -> tuple[subprocess.Co
 
 
 @pytest.mark.real_client
-@pytest.mark.parametrize("client, loss", [(c, l) for c in sorted(CLIENTS) for l in sorted(LOSSES) if (c, l) not in CLIENT_LIMITATIONS])
+@pytest.mark.parametrize("client, loss", [(client, loss) for client in sorted(CLIENTS) for loss in sorted(LOSSES)
+                                          if (client, loss) not in CLIENT_LIMITATIONS])
 def test_real_clients_fetch_when_their_first_packets_are_lost(tftp, tmp_path, client, loss):
     result, relay = fetch_through(tftp, LOSSES[loss], client, FILE, tmp_path / "out")
     assert result.returncode == 0, (client, loss, result.stdout + result.stderr, relay.dropped)

@@ -19,13 +19,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from support import ServiceProcess, eventually, free_port, free_udp_port
 from support.netns import in_network_namespace
 
 HOSTS = ["127.0.0.1", "::1"]
 BIG = 10 * 1024 * 1024
-TEMPLATE = "ntp={{ ntp_server }} ldap={{ server }}:{{ ldap_port }} ldaps={{ ldaps_port }} base={{ ldap_base }} user={{ ldap_user }} pw={{ ldap_password }} mac={{ mac }}\n"
+TEMPLATE = ("ntp={{ ntp_server }} ldap={{ server }}:{{ ldap_port }} ldaps={{ ldaps_port }} base={{ ldap_base }} user={{ ldap_user }} "
+            "pw={{ ldap_password }} mac={{ mac }}\n")
 
 
 def populate(root: Path) -> dict[str, bytes]:
@@ -74,12 +74,44 @@ def url_host(host: str) -> str:
 
 CLIENTS = {
     "curl": lambda host, port, name, out: ["curl", "-sS", "-g", "-o", out, f"tftp://{url_host(host)}:{port}/{name}"],
-    "curl-blksize": lambda host, port, name, out: ["curl", "-sS", "-g", "--tftp-blksize", "1428", "-o", out, f"tftp://{url_host(host)}:{port}/{name}"],
+    "curl-blksize": lambda host, port, name, out: [
+        "curl",
+        "-sS",
+        "-g",
+        "--tftp-blksize",
+        "1428",
+        "-o",
+        out,
+        f"tftp://{url_host(host)}:{port}/{name}",
+    ],
     "atftp-blksize": lambda host, port, name, out: ["atftp", "-g", "-r", name, "-l", out, "--option", "blksize 1428", host, str(port)],
     "atftp-windowsize": lambda host, port, name, out: ["atftp", "-g", "-r", name, "-l", out, "--option", "windowsize 8", host, str(port)],
-    "atftp-largest": lambda host, port, name, out: ["atftp", "-g", "-r", name, "-l", out, "--option", "blksize 65464", "--option", "windowsize 4",
-                                                    host, str(port)],
-    "tftp-hpa": lambda host, port, name, out: ["tftp", "-6" if ":" in host else "-4", "-m", "binary", host, str(port), "-c", "get", name, out],
+    "atftp-largest": lambda host, port, name, out: [
+        "atftp",
+        "-g",
+        "-r",
+        name,
+        "-l",
+        out,
+        "--option",
+        "blksize 65464",
+        "--option",
+        "windowsize 4",
+        host,
+        str(port),
+    ],
+    "tftp-hpa": lambda host, port, name, out: [
+        "tftp",
+        "-6" if ":" in host else "-4",
+        "-m",
+        "binary",
+        host,
+        str(port),
+        "-c",
+        "get",
+        name,
+        out,
+    ],
 }
 
 
@@ -169,9 +201,17 @@ def test_traversal_and_bad_names_answer_a_tftp_error(tftp, name, code):
 
 @pytest.mark.real_client
 def test_traversal_with_tftp_hpa_is_refused_and_logged(tftp, tmp_path):
-    result = subprocess.run(["tftp", "-m", "binary", "127.0.0.1", str(tftp.port("ip_tftp_port")), "-c", "get", "../secret.txt", str(tmp_path / "s")],
-                            capture_output=True, text=True, timeout=20)
-    assert "Access violation" in result.stdout + result.stderr or "outside" in result.stdout + result.stderr or "not served" in result.stdout + result.stderr
+    result = subprocess.run(
+        ["tftp", "-m", "binary", "127.0.0.1", str(tftp.port("ip_tftp_port")), "-c", "get", "../secret.txt", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert (
+        "Access violation" in result.stdout + result.stderr
+        or "outside" in result.stdout + result.stderr
+        or "not served" in result.stdout + result.stderr
+    )
     assert not (tmp_path / "s").exists() or (tmp_path / "s").read_bytes() == b""
     tftp.wait_for_log("../secret.txt refused")
     tftp.wait_for_log("broken.cfg.j2: line 2")
@@ -180,8 +220,12 @@ def test_traversal_with_tftp_hpa_is_refused_and_logged(tftp, tmp_path):
 @pytest.mark.real_client
 def test_upload_refused_by_default(tftp, tmp_path):
     (tmp_path / "log.txt").write_text("phone log\n")
-    result = subprocess.run(["tftp", "-m", "binary", "127.0.0.1", str(tftp.port("ip_tftp_port")), "-c", "put", str(tmp_path / "log.txt"), "phone.log"],
-                            capture_output=True, text=True, timeout=20)
+    result = subprocess.run(
+        ["tftp", "-m", "binary", "127.0.0.1", str(tftp.port("ip_tftp_port")), "-c", "put", str(tmp_path / "log.txt"), "phone.log"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert "disabled" in result.stdout + result.stderr
     assert not (tftp.directory / "data" / "tftp" / "uploads" / "phone.log").exists()
 
@@ -189,7 +233,9 @@ def test_upload_refused_by_default(tftp, tmp_path):
 @pytest.fixture(scope="module")
 def writable(tmp_path_factory):
     port = free_udp_port()
-    svc = ServiceProcess(tmp_path_factory.mktemp("tftpw"), {"ip_tftp_port": f"127.0.0.1:{port} [::1]:{port}", "tftp_write": True, "tftp_max_per_client": 2})
+    svc = ServiceProcess(
+        tmp_path_factory.mktemp("tftpw"), {"ip_tftp_port": f"127.0.0.1:{port} [::1]:{port}", "tftp_write": True, "tftp_max_per_client": 2}
+    )
     svc.files = populate(svc.directory / "data" / "tftp")
     svc.start()
     yield svc

@@ -14,7 +14,6 @@ import subprocess
 
 import pytest
 import requests
-
 from support import ServiceProcess, free_port, free_udp_port
 from support.web import HTML, PASSWORD, PASSWORD_HASH, csrf_of
 
@@ -66,9 +65,27 @@ def tftp_error(answer: bytes) -> tuple[int, str]:
 
 
 UPLOADERS = {
-    "tftp-hpa": lambda host, port, local, name: ["tftp", "-6" if ":" in host else "-4", "-m", "binary", host, str(port), "-c", "put", local, name],
+    "tftp-hpa": lambda host, port, local, name: [
+        "tftp",
+        "-6" if ":" in host else "-4",
+        "-m",
+        "binary",
+        host,
+        str(port),
+        "-c",
+        "put",
+        local,
+        name,
+    ],
     "atftp": lambda host, port, local, name: ["atftp", "-p", "-l", local, "-r", name, host, str(port)],
-    "curl": lambda host, port, local, name: ["curl", "-sS", "-g", "-T", local, f"tftp://{'[' + host + ']' if ':' in host else host}:{port}/{name}"],
+    "curl": lambda host, port, local, name: [
+        "curl",
+        "-sS",
+        "-g",
+        "-T",
+        local,
+        f"tftp://{'[' + host + ']' if ':' in host else host}:{port}/{name}",
+    ],
 }
 
 

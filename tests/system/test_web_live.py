@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import requests
-
 from support import eventually, free_port
 from support.http import held_connection
 from support.web import PASSWORD, PASSWORD_HASH

@@ -14,9 +14,29 @@ from .admission import ALLOWANCE_REFILL, FIRST_PACKET_MAX, Admission, Allowance,
 from .content import MAX_NETASCII_BYTES, BytesSource, NetasciiDecoder, NetasciiSource, Sink, Source
 from .options import MAX_TIMEOUT, MAX_WINDOWSIZE, Limits, Negotiated, Request, negotiate, parse_request
 from .packets import (
-    BLOCK_MODULO, DEFAULT_BLKSIZE, MAX_BLKSIZE, MIN_BLKSIZE, MODES, OP_ACK, OP_DATA, OP_ERROR, OP_OACK, OP_RRQ,
-    OP_WRQ, AccessViolation, DiskFull, FileExists, FileNotFound, IllegalOperation, OptionRefused, TftpError,
-    decode, encode_ack, encode_data, encode_error, encode_oack,
+    BLOCK_MODULO,
+    DEFAULT_BLKSIZE,
+    MAX_BLKSIZE,
+    MIN_BLKSIZE,
+    MODES,
+    OP_ACK,
+    OP_DATA,
+    OP_ERROR,
+    OP_OACK,
+    OP_RRQ,
+    OP_WRQ,
+    AccessViolation,
+    DiskFull,
+    FileExists,
+    FileNotFound,
+    IllegalOperation,
+    OptionRefused,
+    TftpError,
+    decode,
+    encode_ack,
+    encode_data,
+    encode_error,
+    encode_oack,
 )
 from .transfers import EVENT_OF_OPCODE, FINISHED, STREAMING, Event, ReadTransfer, State, Transfer, WriteTransfer
 

@@ -19,7 +19,6 @@ from collections import Counter
 from .options import Limits
 from .packets import DEFAULT_BLKSIZE
 
-
 FIRST_PACKET_MAX = DEFAULT_BLKSIZE + 4  # DATA 1 of a request without options; an OACK or ERROR is smaller
 ALLOWANCE_REFILL = 60.0  # seconds for an empty allowance to fill again (see Admission)
 

@@ -70,6 +70,9 @@ class Limits:
     upload_max_bytes: int = 16 * 1024 * 1024
 
 
+DEFAULT_LIMITS = Limits()
+
+
 @dataclass
 class Negotiated:
     blksize: int = DEFAULT_BLKSIZE

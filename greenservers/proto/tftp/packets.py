@@ -4,17 +4,34 @@ They are picked by opcode as tftpy's factory does; their decode() raises
 TftpException, UnicodeDecodeError or struct.error on bad input, and all of
 them become IllegalOperation ("malformed"). Every error carries its TFTP
 error code, so a refusal is answered with the right ERROR packet.
+
+tftpy's two modules used here import nothing but logging, struct and sys, but
+the package's __init__ imports tftpy's own client and server (socket, select),
+which a sans-IO core must not: unless tftpy is imported already, the package
+is entered without running its __init__ (`_packets_only`), so that
+`tftpy.TftpPacketTypes` and `tftpy.TftpShared` are the usual modules, and
+nothing else of tftpy is loaded.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import struct
+import sys
 
-from tftpy.TftpPacketTypes import (
-    TftpPacketACK, TftpPacketDAT, TftpPacketERR, TftpPacketOACK, TftpPacketRRQ, TftpPacketWRQ,
-)
-from tftpy.TftpShared import TftpException
+
+def _packets_only() -> None:
+    """Make `import tftpy.X` load tftpy's submodule X alone, if tftpy is not imported yet."""
+    if "tftpy" not in sys.modules:
+        spec = importlib.util.find_spec("tftpy")
+        sys.modules["tftpy"] = importlib.util.module_from_spec(spec)  # the package with its path, its __init__ not run
+
+
+_packets_only()
+
+from tftpy.TftpPacketTypes import TftpPacketACK, TftpPacketDAT, TftpPacketERR, TftpPacketOACK, TftpPacketRRQ, TftpPacketWRQ  # noqa: E402
+from tftpy.TftpShared import TftpException  # noqa: E402
 
 # tftpy logs every ERROR packet it decodes at level ERROR: a peer could flood the log through it.
 logging.getLogger("tftpy").setLevel(logging.CRITICAL)

@@ -51,14 +51,23 @@ from __future__ import annotations
 
 import enum
 
-from tftpy.TftpPacketTypes import TftpPacketDAT
-
 from .admission import Allowance
 from .content import NetasciiDecoder, Sink, Source
-from .options import Limits, Negotiated
+from .options import DEFAULT_LIMITS, Limits, Negotiated
 from .packets import (
-    BLOCK_MODULO, OP_ACK, OP_DATA, OP_ERROR, DiskFull, IllegalOperation, TftpError, decode, encode_ack, encode_data,
-    encode_error, encode_oack,
+    BLOCK_MODULO,
+    OP_ACK,
+    OP_DATA,
+    OP_ERROR,
+    DiskFull,
+    IllegalOperation,
+    TftpError,
+    TftpPacketDAT,
+    decode,
+    encode_ack,
+    encode_data,
+    encode_error,
+    encode_oack,
 )
 
 
@@ -211,7 +220,7 @@ class ReadTransfer(Transfer):
         State.SENDING: {Event.ACK: "_on_ack", Event.TIMEOUT: "_on_timeout", Event.ERROR: "_on_peer_error"},
     })
 
-    def __init__(self, source: Source, negotiated: Negotiated, limits: Limits = Limits(), allowance: Allowance | None = None):
+    def __init__(self, source: Source, negotiated: Negotiated, limits: Limits = DEFAULT_LIMITS, allowance: Allowance | None = None):
         super().__init__(negotiated, limits, allowance)
         self.source = source
         self.last_block = source.size // self.blksize + 1  # the first short block ends the file
@@ -286,7 +295,7 @@ class WriteTransfer(Transfer):
         State.DALLYING: {Event.DATA: "_on_data_after_end", Event.TIMEOUT: "_on_dally_over", Event.ERROR: "_on_dally_over"},
     })
 
-    def __init__(self, sink: Sink, negotiated: Negotiated, limits: Limits = Limits(), netascii: bool = False,
+    def __init__(self, sink: Sink, negotiated: Negotiated, limits: Limits = DEFAULT_LIMITS, netascii: bool = False,
                  allowance: Allowance | None = None):
         super().__init__(negotiated, limits, allowance)
         self.sink = NetasciiDecoder(sink) if netascii else sink

@@ -19,6 +19,7 @@ not the disk rate; elsewhere (the CLI, tests) at once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,8 +33,8 @@ import gevent
 from gevent import monkey
 
 from ...config.private import make_private_dir
-from ...offload import run_off_loop
 from ...config.store import atomic_write
+from ...offload import run_off_loop
 from . import profiles
 
 log = logging.getLogger("greenservers.phones")
@@ -180,10 +181,8 @@ class PhoneRegistry:
             aside = self.path.with_name(f"{self.path.name}.broken-{int(self.clock())}")
             log.warning("%s is not a record of phones (%s); kept as %s, starting with none", self.path, exc, aside.name)
             self.phones.clear()
-            try:
+            with contextlib.suppress(OSError):
                 self.path.rename(aside)
-            except OSError:
-                pass
 
 
 _registries: dict[Path, PhoneRegistry] = {}

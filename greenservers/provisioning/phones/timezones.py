@@ -113,7 +113,9 @@ def load(name: str) -> Zone:
 _ABBR = r"(?:<[A-Za-z0-9+-]{3,}>|[A-Za-z]{3,})"
 _OFFSET = r"[+-]?\d{1,3}(?::\d{1,2}){0,2}"
 _RULE = r"M\d{1,2}\.\d\.\d(?:/" + _OFFSET + r")?"
-_POSIX = re.compile(rf"(?P<std>{_ABBR})(?P<stdoff>{_OFFSET})(?:(?P<dst>{_ABBR})(?P<dstoff>{_OFFSET})?,(?P<start>{_RULE}),(?P<end>{_RULE}))?")
+_POSIX = re.compile(
+    rf"(?P<std>{_ABBR})(?P<stdoff>{_OFFSET})(?:(?P<dst>{_ABBR})(?P<dstoff>{_OFFSET})?,(?P<start>{_RULE}),(?P<end>{_RULE}))?"
+)
 
 
 def _seconds(text: str) -> int:
