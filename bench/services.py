@@ -274,7 +274,7 @@ class LdapProbe:
         except (OSError, ber.BerError) as exc:
             self.close()
             raise Lost(str(exc)) from None
-        if code != 0:
+        if code not in (0, 4):  # 4, sizeLimitExceeded: the first 50 of a large book, as a phone asks
             raise Lost(f"resultCode {code}")
 
     def close(self) -> None:

@@ -92,7 +92,9 @@ def markdown(summary: dict) -> str:
                 probe = case["probes"].get(service)
                 own = " (flooded itself, not judged)" if service == case.get("flooded") else ""
                 cells.append("—" if probe is None else f"{probe['p99_ms']:.1f} ms, {probe['lost']} lost{own}")
-            lines.append(f"| {case['flood']} | " + " | ".join(cells) + " |")
+            target = case.get("target_p99_ms", flood["target_p99_ms"])
+            label = case["flood"] + (f" (target p99 < {target:.0f} ms)" if target != flood["target_p99_ms"] else "")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         for case in flood["cases"]:
             if "reply_bytes" in case:
                 lines += ["", f"{case['flood']}: {case['reply_bytes']:,} bytes came back to the flooding sources for "

@@ -51,7 +51,8 @@ CENTISECONDS = Unit("_centiseconds", "in hundredths of a second", "_seconds", "i
 KIB = Unit("_kib", "in KiB", "_bytes", "in bytes", 1024)
 HUNDREDTHS = Unit("_x100", ", times 100", "", "", 0.01)
 DAYS = Unit("_days_left", "in whole days", "_seconds_left", "in seconds (counted in whole days)", 86400)
-UNITS = (CENTISECONDS, KIB, HUNDREDTHS, DAYS)
+MICROSECONDS = Unit("_microseconds", "in microseconds", "_seconds", "in seconds", 1e-6)
+UNITS = (CENTISECONDS, KIB, HUNDREDTHS, DAYS, MICROSECONDS)
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,19 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("ldap_connections_open", 40, G, "LDAP connections open now."),
     Sensor("ldap_binds_failed", 41, C, "LDAP binds refused (wrong credentials, anonymous, plain bind refused)."),
     Sensor("ldap_searches", 42, C, "LDAP search requests served."),
+    Sensor("ldap_searches_time_limited", 43, C,
+           "LDAP searches ended by their time limit (the client's or the server's), answered with the entries found so far."),
+    Sensor("ldap_searches_delayed", 44, C,
+           "LDAP searches that waited behind another client's, their own client having used more recent search time."),
+    Sensor("ldap_searches_busy", 45, C, "LDAP searches refused as busy: too many in progress from their client or in total."),
+    Sensor("ldap_searches_running", 46, G, "LDAP searches in progress now."),
+    Sensor("ldap_oversize_closed", 47, C,
+           "LDAP connections closed for a message over the size limit (small before a bind) or for unfinished input over the server's "
+           "cap."),
+    Sensor("ldap_buffered_bytes", 48, G, "Bytes of unfinished LDAP messages held now, all connections together."),
+    Sensor("ldap_longest_hold_microseconds", 49, G,
+           "The most CPU time one piece of LDAP work (a slice of a search, or answering received messages) held the event loop for since "
+           "the start, in microseconds.", unit=MICROSECONDS),
     # SNMP
     Sensor("snmp_requests_answered", 50, C, "SNMP requests answered."),
     Sensor("snmp_rejected_address", 51, C, "SNMP requests dropped: source not in snmp_trusted."),

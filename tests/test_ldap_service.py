@@ -23,9 +23,8 @@ import requests
 
 import ldap_wire as w
 from greenservers.addressbook import AddressBook
-from greenservers.passwords import hash_password
 from greenservers.proto import ldap
-from support import ServiceProcess, free_port
+from support import ldap_service
 
 pytestmark = pytest.mark.real_client
 
@@ -54,22 +53,11 @@ def contacts() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ldap")
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(contacts()[0]))
     writer.writeheader()
     writer.writerows(contacts())
-    book = AddressBook(directory / "data" / "addressbook.sqlite3")
-    book.import_csv(out.getvalue())
-    book.close()
-    proc = ServiceProcess(directory, {
-        "ip_ldap_port": str(free_port()),
-        "ip_ldaps_port": str(free_port()),
-        "ip_http_port": f"127.0.0.1:{free_port()}",
-        "ldap_password": PASSWORD,
-        "admin_password_hash": hash_password(ADMIN_PASSWORD),
-    })
-    proc.start()
+    proc = ldap_service(tmp_path_factory.mktemp("ldap"), out.getvalue(), PASSWORD, ADMIN_PASSWORD, ldaps=True)
     yield proc
     proc.stop()
 
@@ -100,8 +88,7 @@ def dns(result: subprocess.CompletedProcess) -> list[str]:
 
 
 def sensors(svc) -> dict[str, int]:
-    body = requests.get(f"http://127.0.0.1:{svc.port('ip_http_port')}/api/sensors", auth=("admin", ADMIN_PASSWORD), timeout=10).json()
-    return {row["name"]: row["value"] for row in body["sensors"]}
+    return svc.sensors(ADMIN_PASSWORD)
 
 
 def assert_still_answering(svc) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from array import array
 from dataclasses import replace
 
 import pytest
@@ -35,6 +36,18 @@ CONTACTS = [
 ]
 
 
+def run_searches(outputs: list) -> list:
+    """The outputs with each SearchCursor run to its end (in slices of the cursor's own clock), as the shell does."""
+    done = []
+    for item in outputs:
+        if isinstance(item, ldap.SearchCursor):
+            while not item.done:
+                done += item.run(item.clock() + 0.002)
+        else:
+            done.append(item)
+    return done
+
+
 class Harness:
     def __init__(self, contacts=CONTACTS, **policy):
         self.policy = ldap.Policy(password=PASSWORD, **policy)
@@ -43,7 +56,11 @@ class Harness:
         self.session = ldap.LdapSession(lambda: self.policy, lambda base: self.directory, self.clock)
 
     def send(self, data: bytes) -> list:
-        return self.session.receive(data)
+        """Everything the session answers to `data`, the backlog included (as the shell would send it)."""
+        outputs = run_searches(self.session.receive(data))
+        while self.session.backlog and not any(isinstance(o, ldap.Close) for o in outputs):
+            outputs += run_searches(self.session.receive(b""))
+        return outputs
 
     def answers(self, data: bytes) -> list[w.Response]:
         return w.parse_responses(b"".join(x for x in self.send(data) if isinstance(x, bytes)))
@@ -75,7 +92,7 @@ def replay(name: str) -> tuple[list, list[w.Response]]:
     session = ldap.LdapSession(lambda: ldap.Policy(password=PASSWORD), lambda base: directory, Clock())
     outputs = []
     for hex_message in CAPTURED[name]:
-        outputs += session.receive(bytes.fromhex(hex_message))
+        outputs += run_searches(session.receive(bytes.fromhex(hex_message)))
     return outputs, w.parse_responses(b"".join(x for x in outputs if isinstance(x, bytes)))
 
 
@@ -346,6 +363,23 @@ def test_filters(filter_text, expected):
     assert {int(e.attributes["uid"][0]) for e in entries} == expected
 
 
+def test_soundex_codes_and_each_value_folded_once_for_approximate_matching(monkeypatch):
+    words = ("Robert", "Rupert", "Ashcraft", "Tymczak", "Pfister", "Honeyman", "Lloyd", "Jon Müller", "1234", "Hhh")
+    assert [ldap.fold_loose(word) for word in words] == [
+        "r163", "r163", "a261", "t522", "p236", "h555", "l300", "j500 m460", "1234", "h000"]
+    h = bound()
+    folded = []
+    real = ldap.padded_sounds
+    monkeypatch.setattr(ldap, "padded_sounds", lambda value: folded.append(value) or real(value))
+    text = "(|(cn~=jon smit)" + "(cn~=zzyzx)" * 50 + "(sn~=myller))"
+    entries, done = h.search(text, scope=1)
+    assert done.code == 0 and sorted(e.dn for e in entries) == ["cn=Anna Müller,dc=pbx", "cn=John Smith+uid=1,dc=pbx",
+                                                                 "cn=John Smith+uid=5,dc=pbx"]
+    assert len(folded) == len(set(folded)) <= 2 * len(CONTACTS)  # each cn and sn value once, not once per item
+    h.search(text, scope=1)
+    assert len(folded) == len(set(folded))  # and not again
+
+
 def test_folding_agrees_with_the_address_book():
     for text in ["Müller", "JOHN  Smith", "ǅemal", "ＡＢＣ"]:
         assert ldap.fold_name(text) == " ".join(fold(text).split())
@@ -415,6 +449,175 @@ def test_time_limit_with_a_fake_clock():
     h.clock.step = 0.5  # every clock read advances half a second
     entries, done = h.search("(sn=*)", scope=1, time_limit=1, size_limit=1000)
     assert done.code == ldap.TIME_LIMIT_EXCEEDED and 0 < len(entries) < 1000
+
+
+EXPENSIVE = "(|" + "(cn~=zzyzx)" * 100 + "(sn=*7))"  # a scan, each entry checked against 101 items
+
+
+def start_search(h: Harness, *args, **kwargs) -> ldap.SearchCursor:
+    (cursor,) = [o for o in h.session.receive(w.search(2, *args, **kwargs)) if isinstance(o, ldap.SearchCursor)]
+    return cursor
+
+
+def test_a_search_runs_in_slices_that_end_when_the_clock_passes_their_end():
+    h = Harness(contacts=many(2000))
+    h.bind()
+    h.clock.step = 0.0001  # every clock read: 0.1 ms
+    cursor = start_search(h, EXPENSIVE, scope=1, size_limit=500)
+    slices, outputs = 0, []
+    while not cursor.done:
+        until = h.clock.now + 0.002
+        outputs += cursor.run(until)
+        slices += 1
+        assert cursor.done or until <= h.clock.now <= until + 0.0002  # ended at the first look past its end
+    assert slices > 50  # 2,000 entries of 101 items: not in one go
+    responses = w.parse_responses(b"".join(o for o in outputs if isinstance(o, bytes)))
+    assert [r.tag for r in responses] == [ldap.SEARCH_RESULT_ENTRY] * 200 + [ldap.SEARCH_RESULT_DONE]
+    assert responses[-1].code == 0 and outputs[-1] == ldap.Searched(200)
+    # the same entries as one unsliced run
+    again = start_search(h, EXPENSIVE, scope=1, size_limit=500).run(float("inf"))
+    assert b"".join(o for o in again if isinstance(o, bytes)) == b"".join(o for o in outputs if isinstance(o, bytes))
+
+
+def test_entries_are_sent_as_they_are_found():
+    h = Harness(contacts=many(2000))
+    h.bind()
+    h.clock.step = 0.0001
+    cursor = start_search(h, EXPENSIVE, scope=1)
+    first = cursor.run(h.clock.now + 0.002)
+    assert not cursor.done and first and all(r.tag == ldap.SEARCH_RESULT_ENTRY for r in w.parse_responses(b"".join(first)))
+
+
+@pytest.mark.parametrize("client_limit, server_limit", [(1, 10.0), (0, 1.0), (5, 1.0)])
+def test_the_time_limit_ends_matching_with_what_was_found(client_limit, server_limit):
+    """The client's limit or the server's, whichever is shorter, counted from the request's arrival (RFC 4511 §4.5.1.5)."""
+    h = Harness(contacts=many(2000), time_limit=server_limit)
+    h.bind()
+    h.clock.step = 0.001
+    started = h.clock.now
+    cursor = start_search(h, EXPENSIVE, scope=1, size_limit=500, time_limit=client_limit)
+    outputs = []
+    while not cursor.done:
+        outputs += cursor.run(h.clock.now + 0.002)
+    responses = w.parse_responses(b"".join(o for o in outputs if isinstance(o, bytes)))
+    assert responses[-1].code == ldap.TIME_LIMIT_EXCEEDED
+    assert 0 < len(responses) - 1 < 200 and outputs[-1] == ldap.Searched(len(responses) - 1, True)
+    assert h.clock.now - started < 1.01  # it stopped at the limit, not after the whole search
+
+
+@pytest.mark.parametrize("critical", [False, True])
+def test_a_sort_the_time_limit_cuts_is_given_up(critical):
+    """RFC 2891: the entries found so far go unsorted with sortResult timeLimitExceeded, none if the control was critical."""
+    h = Harness(contacts=many(2000))
+    h.bind()
+    h.clock.step = 0.001
+    cursor = start_search(h, EXPENSIVE, scope=1, time_limit=1, attributes=["sn"], controls=[w.sort("-sn", critical=critical)])
+    outputs = []
+    while not cursor.done:
+        outputs += cursor.run(h.clock.now + 0.002)
+    responses = w.parse_responses(b"".join(o for o in outputs if isinstance(o, bytes)))
+    surnames = [r.attributes["sn"][0] for r in responses[:-1]]
+    assert responses[-1].code == ldap.TIME_LIMIT_EXCEEDED
+    assert responses[-1].controls[ldap.OID_SORT_RESPONSE] == b"\x30\x03\x0a\x01\x03"
+    if critical:
+        assert surnames == []
+    else:
+        assert 0 < len(surnames) < 200 and surnames == sorted(surnames)  # as found: in the directory's order
+    # a sort that finished in time is sent sorted even if sending it runs out of time
+    h.clock.step = 0.0
+    _, done = h.search("(sn=*7)", scope=1, time_limit=1, attributes=["sn"], controls=[w.sort("-sn")])
+    assert done.code == 0 and done.controls[ldap.OID_SORT_RESPONSE] == b"\x30\x03\x0a\x01\x00"
+
+
+def test_a_paged_search_cut_by_its_time_limit_ends_without_a_cookie():
+    h = Harness(contacts=many(2000))
+    h.bind()
+    h.clock.step = 0.001
+    cursor = start_search(h, EXPENSIVE, scope=1, time_limit=1, controls=[w.paged(10)])
+    outputs = []
+    while not cursor.done:
+        outputs += cursor.run(h.clock.now + 0.002)
+    responses = w.parse_responses(b"".join(o for o in outputs if isinstance(o, bytes)))
+    assert responses[-1].code == ldap.TIME_LIMIT_EXCEEDED and len(responses) - 1 == 10
+    assert w.paged_cookie(responses[-1].controls[ldap.OID_PAGED_RESULTS])[1] == b"" and not h.session._paged
+
+
+def test_a_search_refused_as_busy_answers_at_once():
+    h = bound()
+    cursor = start_search(h, "(cn=*)")
+    outputs = cursor.refuse(ldap.BUSY, "too many searches in progress; try again")
+    assert cursor.done and outputs[-1] == ldap.Searched(0)
+    (done,) = w.parse_responses(outputs[0])
+    assert (done.tag, done.code) == (ldap.SEARCH_RESULT_DONE, ldap.BUSY)
+
+
+def test_sorting_in_slices_is_stable_and_puts_entries_without_the_key_last():
+    rng = random.Random(4)
+    contacts = [Contact(i, "", rng.choice(["Ann", "Bob", "Cy", ""]), "", rng.choice(["ACME", "Widgets", ""]), f"+1 555 {i:07d}",
+                        "", "", "", "") for i in range(1, 3001)]
+    directory = ldap.Directory("dc=pbx", contacts)
+    for keys in ([("o", False)], [("o", True)], [("o", False), ("sn", True)], [("sn", True), ("o", False), ("uid", False)]):
+        expected = list(directory.entries)
+        for key, reverse in reversed(keys):  # the definition: one stable sort per key, least significant first
+            present = sorted((e for e in expected if key in e.folded), key=lambda e: min(e.folded[key]), reverse=reverse)
+            absent = [e for e in expected if key not in e.folded]
+            expected = absent + present if reverse else present + absent
+        result = array("i")
+        entry_of = ldap.entry_getter(directory, [])
+        steps = sum(1 for _ in ldap.sort_steps(array("i", range(len(directory.entries))), keys, entry_of, result))
+        assert [entry_of(i).dn for i in result] == [e.dn for e in expected], keys
+        assert steps >= 3 * len(keys)  # slices, not one call
+
+
+# -- fair shares of search time -------------------------------------------------------
+
+
+def test_the_client_that_used_the_least_search_time_goes_first():
+    fair = ldap.FairShare()
+    heavy, light = fair.start("10.0.0.1"), fair.start("10.0.0.2")
+    fair.charge("10.0.0.1", 5.0, now=100.0)  # the heavy client has used 5 s of search time
+    fair.want(heavy)
+    fair.want(light)  # arrives after
+    assert fair.next(100.0) is light and fair.delayed == 1 and heavy.delayed
+    assert fair.next(100.0) is heavy and fair.next(100.0) is None
+    # among equals, the first to arrive
+    first, second = fair.start("10.0.0.3"), fair.start("10.0.0.4")
+    fair.want(first)
+    fair.want(second)
+    assert fair.next(100.0) is first
+
+
+def test_search_time_used_is_given_back_at_the_refill_rate():
+    fair = ldap.FairShare(budget=10.0, refill=0.5)
+    fair.charge("a", 8.0, now=0.0)
+    assert fair.usage("a", 0.0) == 8.0 and fair.usage("a", 4.0) == 6.0 and fair.usage("a", 20.0) == 0.0
+    fair.charge("a", 30.0, now=20.0)
+    assert fair.usage("a", 20.0) == 10.0  # at most the budget: it comes back in 20 s whatever was spent
+    a, b = fair.start("a"), fair.start("b")
+    fair.charge("b", 4.0, now=20.0)
+    fair.want(a)
+    fair.want(b)
+    assert fair.next(20.0) is b  # b has used less (4 s against 10 s)
+    fair.want(b)
+    assert fair.next(1000.0) is a  # long after, both have it all back: the first to arrive
+
+
+def test_searches_in_progress_are_capped_per_client_and_in_total():
+    fair = ldap.FairShare(per_client=2, total=3)
+    a1, a2 = fair.start("a"), fair.start("a")
+    assert a1 and a2 and fair.start("a") is None and fair.running_from("a") == 2
+    b1 = fair.start("b")
+    assert b1 and fair.start("c") is None and fair.running == 3
+    fair.want(a1)
+    fair.end(a1)  # ended while waiting (its connection closed): no longer chosen
+    assert fair.next(0.0) is None and fair.start("c") is not None
+
+
+def test_the_clients_remembered_are_bounded():
+    fair = ldap.FairShare(max_clients=3)
+    for n in range(10):
+        fair.charge(f"10.0.0.{n}", 1.0, now=9.0)
+    assert len(fair._budgets) == 3 and fair.usage("10.0.0.9", 9.0) == 1.0 and fair.usage("10.0.0.0", 9.0) == 0.0
 
 
 def test_paged_results_cover_everything_once_and_sort_across_pages():
@@ -560,6 +763,118 @@ def test_deeply_nested_and_oversized_filters():
     assert_disconnected(bound().send(w.search(2, wide)), "items")
 
 
+N = ldap.MAX_FILTER_ITEMS  # 256 units
+
+
+@pytest.mark.parametrize("over, at_limit", [
+    # every item costs one; a substring filter one per piece, an approximate match one per word,
+    # an extensible match without a type one per attribute type (14), plus two for the DN
+    ("(|" + "(cn=x)" * (N - 1) + "(cn=y))", "(|" + "(cn=x)" * (N - 2) + "(cn=y))"),
+    ("(|" + "(cn=*a*b*c*d)" * ((N - 4) // 4) + "(cn=*a*b*c*d*e))", "(|" + "(cn=*a*b*c*d)" * ((N - 4) // 4) + "(cn=*a*b*c))"),
+    ("(|" + "(cn~=al bo ci di)" * ((N - 4) // 4) + "(cn~=al bo ci di e))", "(|" + "(cn~=al bo ci di)" * ((N - 4) // 4) + "(cn~=al bo c))"),
+    ("(|" + "(:dn:2.5.13.2:=x)" * ((N - 16) // 16) + "(:2.5.13.2:=x)(cn=x)(cn=y))",
+     "(|" + "(:dn:2.5.13.2:=x)" * ((N - 16) // 16) + "(:2.5.13.2:=x)(cn=x))"),
+])
+def test_filter_items_count_what_checking_an_entry_costs(over, at_limit):
+    h = bound()
+    _, done = h.search(at_limit, attributes=["1.1"])
+    assert done.code == 0
+    assert_disconnected(bound().send(w.search(2, over)), f"more than {N} items")
+
+
+def test_an_assertion_value_or_piece_over_1_kib_is_refused():
+    for text in ("(cn=" + "x" * 1025 + ")", "(cn=*" + "x" * 1025 + "*)", "(:2.5.13.2:=" + "x" * 1025 + ")", "(sn~=" + "x" * 1025 + ")"):
+        assert_disconnected(bound().send(w.search(2, text)), "over the limit of 1024")
+    _, done = bound().search("(cn=" + "x" * 1024 + ")")
+    assert done.code == 0
+
+
+def test_assertion_bytes_count_as_filter_items_and_long_names_are_refused():
+    long_values = "(|" + ("(cn=" + "x" * 992 + ")") * ((N - 32) // 32) + "(cn=y)" * 31  # 1 + 32 x (1 + 992 // 32) + 31 = N
+    _, done = bound().search(long_values + ")")
+    assert done.code == 0
+    assert_disconnected(bound().send(w.search(2, long_values + "(cn=z))")), f"more than {N} items")
+    assert_disconnected(bound().send(w.search(2, f"({'c' * 257}=x)")), "over the limit of 256")
+    assert_disconnected(bound().send(w.search(2, attributes=["x" * 257])), "over the limit of 256")
+    _, done = bound().search(base="cn=" + "x" * 1100 + ",dc=pbx")  # parsing a DN is a step per character
+    assert done.code == ldap.INVALID_DN_SYNTAX and "over the limit of 1024" in done.diagnostic
+    assert Harness().bind("cn=" + "x" * 1100 + ",dc=pbx", PASSWORD).code == ldap.INVALID_CREDENTIALS
+
+
+def test_lists_in_a_request_are_refused_at_the_first_element_over_their_limit():
+    many_attributes = w.search(2, attributes=[""] * 20000)
+    assert_disconnected(bound().send(many_attributes), "more than 128 attributes")
+    many_controls = w.search(2, controls=[w.control("1.2.3")] * 20000)
+    assert_disconnected(bound().send(many_controls), "more than 16 controls")
+    h = bound()
+    many_keys = w.control("1.2.840.113556.1.4.473", ber.sequence(*[ber.sequence(ber.octets("sn"))] * 20000))
+    _, done = h.search(controls=[many_keys])
+    assert done.code == ldap.PROTOCOL_ERROR and "sort keys" in done.diagnostic  # a search error: the connection stays
+    assert h.search("(cn=reception)")[1].code == 0
+
+
+def test_before_a_bind_a_message_over_8_kib_is_refused_from_its_header():
+    h = Harness()
+    outputs = h.send(b"\x30\x83\x03\xff\xfb")  # a header announcing 255 KiB, before any bind
+    assert isinstance(outputs[-1], ldap.Close) and outputs[-1].oversize and "before a bind" in outputs[-1].reason
+    assert h.session.closed and h.session.held == 0
+    # what clients send before binding fits: a bind with a long DN and password, StartTLS, the Root DSE
+    h = Harness()
+    long_name = "cn=" + "x" * 3000 + ",dc=pbx"
+    assert h.bind(long_name, "p" * 3000).code == ldap.INVALID_CREDENTIALS
+    assert h.answers(w.search(3, base="", scope=0, attributes=["supportedExtension"] * 100))[-1].code == 0
+    assert h.bind().code == 0
+    _, done = h.search("(cn=x)", controls=[w.control("1.2.3.4", b"x" * 100_000)])  # 100 KiB once bound
+    assert done.code == 0
+    assert h.bind("cn=phonebook,dc=pbx", "wrong").code == ldap.INVALID_CREDENTIALS  # not bound any more: small again
+    assert isinstance(h.send(w.search(4, controls=[w.control("1.2.3.4", b"x" * 9000)]))[-1], ldap.Close)
+
+
+def test_a_bind_and_a_large_search_sent_together_are_both_answered():
+    h = Harness()
+    responses = h.answers(w.bind(1, "cn=phonebook,dc=pbx", PASSWORD) + w.search(2, "(cn=reception)", attributes=["1.1"], controls=[w.control("1.2.3.4", b"x" * 20_000)]))
+    assert [(r.tag, r.code) for r in responses] == [(ldap.BIND_RESPONSE, 0), (ldap.SEARCH_RESULT_ENTRY, None), (ldap.SEARCH_RESULT_DONE, 0)]
+
+
+def test_the_buffer_budget_caps_unfinished_input_in_total_and_per_client():
+    budget = ldap.BufferBudget(total=100, per_client=60)
+    a, b, c = object(), object(), object()
+    assert budget.hold(a, "10.0.0.1", 50) and budget.hold(b, "10.0.0.2", 40)
+    assert not budget.hold(c, "10.0.0.3", 20) and budget.held == 110  # over the total: refused
+    budget.release(c)
+    assert not budget.hold(c, "10.0.0.1", 20)  # over its client's share
+    budget.release(c)
+    assert budget.hold(a, "10.0.0.1", 10)  # shrinking is always fine
+    assert budget.hold(c, "10.0.0.3", 40) and budget.held == 90
+    for holder in (a, b, c):
+        budget.release(holder)
+    assert budget.held == 0 and not budget._by_client and not budget._by_holder
+
+
+def test_a_session_over_the_buffer_budget_is_closed_busy_and_gives_its_bytes_back():
+    budget = ldap.BufferBudget(total=150_000, per_client=150_000)
+    directory = ldap.Directory("dc=pbx", CONTACTS)
+    policy = ldap.Policy(password=PASSWORD)
+    sessions = [ldap.LdapSession(lambda: policy, lambda base: directory, Clock(), client=f"10.0.0.{n}", buffers=budget)
+                for n in range(3)]
+    big = w.search(2, "(cn=reception)", controls=[w.control("1.2.3.4", b"x" * 200_000)])  # an unknown control, ignored
+    for session in sessions[:2]:
+        assert session.receive(w.bind(1, "phonebook", PASSWORD))[-1]
+        assert session.receive(big[:70_000]) == [] and session.held == 70_000
+    assert budget.held == 140_000
+    sessions[2].receive(w.bind(1, "phonebook", PASSWORD))
+    outputs = sessions[2].receive(big[:70_000])
+    assert isinstance(outputs[-1], ldap.Close) and outputs[-1].oversize and sessions[2].closed
+    (notice,) = w.parse_responses(outputs[-2])
+    assert notice.name == ldap.OID_NOTICE_OF_DISCONNECTION and notice.code == ldap.BUSY
+    assert budget.held == 140_000  # the refused one holds nothing
+    outputs = run_searches(sessions[0].receive(big[70_000:]))  # the message completes: answered, nothing held
+    assert w.parse_responses(b"".join(o for o in outputs if isinstance(o, bytes)))[-1].code == 0
+    assert sessions[0].held == 0 and budget.held == 70_000
+    sessions[1].close()
+    assert budget.held == 0
+
+
 def test_truncated_message_waits_then_completes():
     h = bound()
     data = w.search(2, "(cn=reception)")
@@ -624,13 +939,24 @@ def test_connection_caps():
 
 def test_pipelined_requests_are_answered_in_bounded_batches():
     h = bound()
-    data = b"".join(w.search(10 + i, "(cn=reception)", attributes=["cn"]) for i in range(40))
-    answered = [r.message_id for r in h.answers(data) if r.tag == ldap.SEARCH_RESULT_DONE]
-    assert len(answered) == ldap.MAX_BATCH and h.session.backlog
+    binds = b"".join(w.bind(10 + i, "cn=phonebook,dc=pbx", PASSWORD) for i in range(40))
+    answered = [r.message_id for r in w.parse_responses(b"".join(h.session.receive(binds)))]
+    assert answered == list(range(10, 10 + ldap.MAX_BATCH)) and h.session.backlog
     while h.session.backlog:
-        answered += [r.message_id for r in h.answers(b"") if r.tag == ldap.SEARCH_RESULT_DONE]
+        answered += [r.message_id for r in w.parse_responses(b"".join(h.session.receive(b"")))]
     assert answered == list(range(10, 50))
-    assert not h.session.backlog
+    # a search ends the batch: the shell runs its cursor before the messages after it are answered
+    searches = b"".join(w.search(100 + i, "(cn=reception)", attributes=["cn"]) for i in range(40))
+    outputs = h.session.receive(searches)
+    assert isinstance(outputs[-1], ldap.SearchCursor) and sum(isinstance(o, ldap.SearchCursor) for o in outputs) == 1
+    assert h.session.backlog
+    outputs = run_searches(outputs)
+    while h.session.backlog:
+        outputs += run_searches(h.session.receive(b""))
+    done = [r.message_id for r in w.parse_responses(b"".join(x for x in outputs if isinstance(x, bytes)))
+            if r.tag == ldap.SEARCH_RESULT_DONE]
+    assert done == list(range(100, 140))
+    assert not h.session.backlog and h.session.held == 0
 
 
 def test_indexed_lookups_agree_with_evaluating_every_entry():
@@ -674,11 +1000,13 @@ def test_indexed_lookups_agree_with_evaluating_every_entry():
         encoded = w.encode_filter(text)
         tag, s, e = ber.read_header(encoded, 0, len(encoded))
         flt = ldap.decode_filter(encoded, tag, s, e, 0, [ldap.MAX_FILTER_ITEMS])
-        request = ldap.SearchRequest("dc=pbx", ldap.SCOPE_ONE, 0, 0, False, flt, [], b"")
-        session = ldap.LdapSession(lambda: ldap.Policy(), lambda base: directory, Clock())
-        found = session._matching(directory, directory.base_ndn, request)
-        predicate = ldap.compile_filter(flt)
-        assert {e.dn for e in found} == {e.dn for e in directory.entries if predicate(e)}, text
-        assert len(found) == len({e.dn for e in found}), text
-        limited = session._matching(directory, directory.base_ndn, request, limit=3)
-        assert len(limited) == min(3, len(found)) and {e.dn for e in limited} <= {e.dn for e in found}, text
+        predicate = ldap.compile_filter(flt, directory.sounds)
+        found = array("i")
+        for _ in ldap.find_entries(directory, [], True, flt, found):
+            pass
+        assert {directory.entries[i].dn for i in found} == {e.dn for e in directory.entries if predicate(e)}, text
+        assert len(found) == len(set(found)), text
+        limited = array("i")
+        for _ in ldap.find_entries(directory, [], True, flt, limited, limit=3):
+            pass
+        assert len(limited) == min(3, len(found)) and set(limited) <= set(found), text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import gevent
@@ -169,4 +170,86 @@ def test_pipelined_searches_beyond_one_batch_are_all_answered(served):
         if _complete(data):
             done = [r.message_id for r in w.parse_responses(data) if r.tag == ldap.SEARCH_RESULT_DONE]
     assert done == list(range(10, 50))
+    sock.close()
+
+
+EXPENSIVE = "(|" + "(cn~=zzyzx)" * 100 + "(sn=*7))"  # a scan: every contact checked against 101 items
+
+
+def add_contacts(runtime, count: int) -> None:
+    rows = "".join(f"Person{i},Name{i:05d},+1 555 {i:07d}\n" for i in range(count))
+    addressbook_for(runtime).import_csv("first_name,last_name,work\n" + rows)
+
+
+def bound_connection(port: int, source: str = "127.0.0.1"):
+    sock = gsocket.socket()
+    sock.bind((source, 0))
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(w.bind(1, "phonebook", PASSWORD))
+    assert read_until_done(sock)[0].code == 0
+    return sock
+
+
+def read_search(sock) -> list[w.Response]:
+    responses = []
+    while not responses or responses[-1].tag == ldap.SEARCH_RESULT_ENTRY:
+        responses += read_until_done(sock)
+    return responses
+
+
+def test_a_long_search_runs_in_slices_and_another_clients_search_goes_first(served):
+    service, runtime, start = served
+    add_contacts(runtime, 3000)
+    port = start()
+    heavy = bound_connection(port, "127.0.0.1")
+    light = bound_connection(port, "127.0.0.2")  # another client
+    heavy.sendall(w.search(2, EXPENSIVE, attributes=["sn"]))
+    while service.fair.usage("127.0.0.1", time.monotonic()) < 0.05:  # the heavy search has run a while
+        gevent.sleep(0.001)
+    light.sendall(w.search(2, "(sn=name00042)", attributes=["sn"]))
+    answer = read_search(light)
+    assert [r.attributes["sn"] for r in answer[:-1]] == [["Name00042"]] and answer[-1].code == 0
+    assert service.fair.running == 1  # answered while the heavy search still runs
+    responses = read_search(heavy)
+    assert responses[-1].code == 0 and len(responses) - 1 == 300  # Name...7: one in ten
+    assert runtime.sensors.value("ldap_searches_delayed") >= 1  # the heavy one waited behind the light one
+    assert runtime.sensors.value("ldap_searches_running") == 0 and runtime.sensors.value("ldap_longest_hold_microseconds") > 0
+    heavy.close()
+    light.close()
+
+
+def test_searches_over_the_per_client_cap_are_answered_busy(served):
+    service, runtime, start = served
+    add_contacts(runtime, 2000)
+    service.fair = service.gate.fair = ldap.FairShare(per_client=1)
+    port = start()
+    first, second = bound_connection(port), bound_connection(port)
+    first.sendall(w.search(2, EXPENSIVE, attributes=["1.1"]))
+    while service.fair.running == 0:
+        gevent.sleep(0.001)
+    second.sendall(w.search(2, "(sn=name00042)", attributes=["1.1"]))
+    assert read_search(second)[-1].code == ldap.BUSY
+    assert read_search(first)[-1].code == 0
+    assert runtime.sensors.value("ldap_searches_busy") == 1
+    second.sendall(w.search(3, "(sn=name00042)", attributes=["1.1"]))  # its turn now
+    assert read_search(second)[-1].code == 0
+    first.close()
+    second.close()
+
+
+def test_a_bug_in_a_slice_ends_its_connection_only(served, caplog, monkeypatch):
+    service, runtime, start = served
+    port = start()
+    real = ldap.SearchCursor.run
+    monkeypatch.setattr(ldap.SearchCursor, "run", lambda self, until: 1 / 0)
+    broken = bound_connection(port)
+    broken.sendall(w.search(2, "(cn=*)"))
+    assert broken.recv(10) == b""
+    assert "LDAP connection from 127.0.0.1 failed" in caplog.text and "ZeroDivisionError" in caplog.text
+    monkeypatch.setattr(ldap.SearchCursor, "run", real)
+    sock = bound_connection(port)
+    sock.sendall(w.search(2, "(ipPhone=9)", attributes=["cn"]))
+    assert read_search(sock)[0].attributes == {"cn": ["Reception"]}
+    assert service.fair.running == 0
     sock.close()

@@ -99,17 +99,21 @@ def test_a_replaced_directory_is_handed_over_and_dismantled_to_nothing():
     assert len(second.entries) == 300  # the new one is untouched
 
 
-def test_the_ldap_shell_frees_a_replaced_directory_only_when_nothing_else_holds_it():
-    from greenservers.ldap import LdapService
+def test_the_ldap_shell_frees_a_replaced_directory_once_nothing_else_holds_it(monkeypatch):
+    from greenservers import ldap as shell
+    monkeypatch.setattr(shell, "DISMANTLE_WAIT", 0.001)
+    monkeypatch.setattr(shell, "DISMANTLE_PATIENCE", 0.01)
     directory = ldap.Directory("dc=pbx", contacts(50), 1)
-    reader = directory  # a search still using it
-    gevent.spawn(LdapService._dismantle, [directory]).join()
-    assert len(reader.entries) == 50
-    del reader
-    gevent.spawn(LdapService._dismantle, [directory]).join()
-    assert len(directory.entries) == 50  # the test itself holds it: still left alone
+    reader = directory  # a search (or a client's paged results) still using it, longer than the shell waits
+    gevent.spawn(shell.LdapService._dismantle, [directory]).join()
+    assert len(reader.entries) == 50  # left alone: it is freed whole when the reader lets go
+    monkeypatch.setattr(shell, "DISMANTLE_PATIENCE", 60.0)
     holder = [directory]
     del directory
-    kept = holder[0].entries
-    gevent.spawn(LdapService._dismantle, holder).join()
-    assert kept == []  # emptied in place
+    kept = reader.entries
+    waiting = gevent.spawn(shell.LdapService._dismantle, holder)
+    gevent.sleep(0)  # it looks, finds the reader, and waits
+    assert len(kept) == 50 and not waiting.dead
+    del reader  # the search ends
+    waiting.join()
+    assert kept == []  # then it is emptied in place

@@ -41,6 +41,7 @@ from ..services import SERVICES, load_shell
 from ..tls.acme import AcmeManager
 from ..tls.certificates import CertificateError, TLSContextHolder, ensure_certificate
 from . import binder, runtime as runtime_module
+from .allocator import return_large_blocks
 from .binder import BindError, Bound
 from .runtime import BindingState, Runtime
 
@@ -76,6 +77,7 @@ class GreenWorker(GeventWorker):
 
     def load_wsgi(self):
         _attach_to_gunicorn_log(self.log)
+        return_large_blocks()  # connections' large buffers go back to the system when freed
         try:
             store = ConfigStore()
             settings = store.ensure_generated()

@@ -39,6 +39,10 @@ class BerError(ValueError):
         self.result_code = result_code
 
 
+class TooMany(BerError):
+    """More elements than the caller's limit (`children(..., limit)`)."""
+
+
 class Incomplete(Exception):
     """More bytes are needed before the header can be read (framing only)."""
 
@@ -111,11 +115,17 @@ def read_boolean(data: bytes, start: int, stop: int) -> bool:
     return data[start] != 0
 
 
-def children(data: bytes, start: int, stop: int) -> list[tuple[int, int, int]]:
-    """The (tag, start, end) of every element inside a constructed content span."""
+def children(data: bytes, start: int, stop: int, limit: int | None = None, too_many: str = "") -> list[tuple[int, int, int]]:
+    """The (tag, start, end) of every element inside a constructed content span.
+
+    With `limit`, more elements than that raise TooMany(too_many) as soon as the
+    one over it is read: a 256 KiB message of empty elements is not listed first.
+    """
     out = []
     pos = start
     while pos < stop:
+        if limit is not None and len(out) >= limit:
+            raise TooMany(too_many or f"more than {limit} elements")
         tag, s, e = read_header(data, pos, stop)
         out.append((tag, s, e))
         pos = e

@@ -2,17 +2,24 @@
 
 Theory of operation
 -------------------
-`LdapSession.receive(data)` appends bytes to a bounded buffer, cuts complete
+`LdapSession.receive(data)` appends bytes to a buffer, cuts complete
 LDAPMessages off it (RFC 4511 §4.1.1, BER framing in ber.py; a length over
-`Policy.max_message` is refused from the header), and answers up to
+`Policy.max_message`, or before a successful bind over the much smaller
+`max_unbound_message`, is refused from the header), and answers up to
 MAX_BATCH of them in order (`backlog` tells the shell to call again before
-reading more, so pipelined requests cannot pile up answers in memory).
+reading more, so pipelined requests cannot pile up answers in memory). The
+bytes it holds between calls count against a `BufferBudget` shared by all
+sessions; past it, the connection is closed.
 It returns a list of outputs: `bytes` to send, and events
 the shell acts on — `BindFailed` (count, log, delay), `Searched` (count),
 `StartTLS` (wrap the socket now, after sending what came before), `Close`
-(send what came before, then close; `reason` is set for a peer's fault).
-The session never reads a clock except through the `clock` it is given
-(used for the client's time limit), and imports no socket, ssl or time.
+(send what came before, then close; `reason` is set for a peer's fault),
+and last, for a search, a `SearchCursor`: the shell runs it a slice at a
+time (`run(until)`), sending what each slice returns, and calls `receive`
+again when it is done. `FairShare` is the bookkeeping that orders the slices
+of all searches (the client that used the least search time first) and caps
+how many run. The session never reads a clock except through the `clock` it
+is given (used for time limits), and imports no socket, ssl or time.
 
 Operations (dispatch map OPERATIONS, fallback `_unknown_operation`):
 - Bind (§4.2, RFC 4513 §5.1): simple only; `ldap_user` as a bare name or as
@@ -27,8 +34,10 @@ Operations (dispatch map OPERATIONS, fallback `_unknown_operation`):
   match case-insensitively, phone numbers regardless of formatting (spaces,
   dashes, dots, brackets, "+" = "00"); requested attributes with "*", "+",
   "1.1" and case-insensitive names; size limit (client's and the server's)
-  and time limit -> sizeLimitExceeded/timeLimitExceeded after the entries
-  found so far; paged results (RFC 2696) and server-side sorting (RFC 2891).
+  and time limit (enforced while the search runs) -> sizeLimitExceeded /
+  timeLimitExceeded after the entries found so far; paged results (RFC 2696)
+  and server-side sorting (RFC 2891). Filters are limited in units that
+  measure what checking an entry and decoding the request cost (MAX_FILTER_ITEMS).
 - Compare (§4.10), Abandon (§4.11), Unbind (§4.3), Extended (§4.12):
   StartTLS (RFC 4511 §4.14; refused when already on TLS or with more
   messages pending) and Who am I? (RFC 4532).
@@ -40,12 +49,15 @@ Searches are served from a `Directory`: an immutable snapshot of the address
 book (entries with folded values; attributes encoded on first use and each
 entry's answer cached per attribute selection) with indexes for the lookups
 phones make: sorted folded values for equality and prefix, trigram postings
-for "*typed*", one joined string per attribute for short substrings, and
-the last six digits of every number (a national number equals its
-international form: 030 1234567 = +49 30 1234567). Lookups are lazy and
-stop at the size limit, so a common prefix costs what is returned, not what
-exists; results come in index order (alphabetical for name lookups). Exact
-lookups skip verification; the rest are checked by the compiled filter.
+of cn and sn for "*typed*", one joined string per attribute for other
+substrings (scanned a window at a time), and the last six digits of every
+number (a national number equals its international form: 030 1234567 =
++49 30 1234567). Lookups are lazy and stop at the size limit, so a common
+prefix costs what is returned, not what exists; results come in index order
+(alphabetical for name lookups). Exact lookups skip verification; the rest
+are checked by the compiled filter, whose approximate matches read each
+value's Soundex codes from the directory's cache. A search keeps what it
+found as ids in an array (`entry_getter`), not as a list of entries.
 `DirectoryCache` rebuilds the snapshot when the address book's version or
 the base DN changes (the shell runs the rebuild in a thread).
 
@@ -62,12 +74,14 @@ import itertools
 import re
 import unicodedata
 from array import array
+from collections import deque
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from . import ber
 from .ber import BerError, Incomplete
+from .clients import TokenBuckets
 
 # -- result codes (RFC 4511 §4.1.9, Appendix A) ---------------------------------
 
@@ -89,6 +103,7 @@ INVALID_DN_SYNTAX = 34
 INAPPROPRIATE_AUTHENTICATION = 48
 INVALID_CREDENTIALS = 49
 INSUFFICIENT_ACCESS_RIGHTS = 50
+BUSY = 51
 UNWILLING_TO_PERFORM = 53
 
 # -- protocol op tags (RFC 4511 §4.2-§4.12, [APPLICATION n]) --------------------
@@ -123,16 +138,21 @@ SUPPORTED_EXTENSIONS = (OID_STARTTLS, OID_WHOAMI)
 # -- limits -------------------------------------------------------------------
 
 MAX_MESSAGE = 256 * 1024  # a phone's request is < 1 KiB; this leaves room for long filters
+MAX_UNBOUND_MESSAGE = 8 * 1024  # before a bind: a bind with a long DN and password, StartTLS, the Root DSE search
 MAX_FILTER_DEPTH = 32
-MAX_FILTER_ITEMS = 512
+MAX_FILTER_ITEMS = 256  # units of a filter (item_units; and assertion bytes): bounds checking an entry, and decoding
+MAX_ASSERTION = 1024  # bytes in one assertion value or substring piece (a contact's values have at most 254 characters)
+ASSERTION_UNIT = 32  # bytes of assertion values that count as one more filter item (folding them costs)
+MAX_DESCRIPTION = 256  # bytes in an attribute description or a matching rule's name
+MAX_DN = 1024  # characters in a DN a request names: parsing one is a step per character
 MAX_REQUESTED_ATTRIBUTES = 128
 MAX_CONTROLS = 16
 MAX_SORT_KEYS = 8
 MAX_PAGED_SEARCHES = 8  # open paged searches per connection; the oldest is dropped
 SERVER_SIZE_LIMIT = 500  # entries per search (per page for paged searches), like slapd's default
 SERVER_TIME_LIMIT = 10.0  # seconds per search
-TIME_CHECK_EVERY = 64  # entries between clock reads
 MAX_BATCH = 16  # messages answered per receive() call: bounds the output held in memory at once
+MAX_BATCH_BYTES = 64 * 1024  # and their bytes: decoding is bounded per call too
 
 # -- session states and their table -----------------------------------------
 
@@ -177,6 +197,7 @@ class BindFailed:
 @dataclass(frozen=True)
 class Searched:
     entries: int
+    time_limited: bool = False  # ended by its time limit (timeLimitExceeded)
 
 
 @dataclass(frozen=True)
@@ -189,6 +210,7 @@ class Close:
     """Send everything before this event, then close; `reason` is set when the peer misbehaved."""
 
     reason: str | None = None
+    oversize: bool = False  # a message over the size limit, or more unfinished input than the server holds
 
 
 @dataclass(frozen=True)
@@ -203,6 +225,7 @@ class Policy:
     size_limit: int = SERVER_SIZE_LIMIT
     time_limit: float = SERVER_TIME_LIMIT
     max_message: int = MAX_MESSAGE
+    max_unbound_message: int = MAX_UNBOUND_MESSAGE
 
 
 # -- schema: attribute types, aliases, normalization ----------------------------
@@ -247,7 +270,7 @@ INDEXED_KEYS = ("cn", "sn", "givenname", "displayname", "o", "mail") + NUMBER_KE
 PERSON_CLASSES = ("top", "person", "organizationalPerson", "inetOrgPerson")
 PERSON_CLASSES_FOLDED = tuple(c.lower() for c in PERSON_CLASSES)
 TRIGRAM = 3  # substring pieces this long or longer are looked up in the trigram index
-EAGER_TRIGRAM_KEYS = ("cn", "sn")  # the names phones search with "*typed*"; others are indexed on first use
+TRIGRAM_KEYS = ("cn", "sn")  # the names phones search with "*typed*"; other keys' substrings are scanned
 
 # matching rules an extensible filter may name (RFC 4517 §4.2): -> how values compare
 RULE_DEFAULT, RULE_EXACT, RULE_SUBSTRING = "default", "exact", "substring"
@@ -284,32 +307,63 @@ def fold_loose(text: str) -> str:
 
     "Jon Muller" ~ "john müller" (RFC 4511 leaves approxMatch to the server; like
     OpenLDAP's, every word of the assertion must sound like a word of the value).
+    Each pass over the text is one C call (translate, a regular expression, groupby),
+    so a long value costs microseconds, not a Python step per character.
     """
-    decomposed = unicodedata.normalize("NFKD", fold_name(text))
-    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return " ".join(_soundex(word) for word in plain.split())
+    folded = fold_name(text)
+    if not folded.isascii():
+        folded = unicodedata.normalize("NFKD", folded)  # "ü" -> "u" + a combining mark, dropped below
+    words = folded.split()
+    spaced = " ".join(words)
+    letters = _NOT_A_TO_Z.sub("", spaced).split(" ")  # per word, only a-z ("" if none)
+    codes = []
+    for word, plain in zip(words, letters):
+        if plain:
+            codes.append(_soundex(plain))
+        else:  # digits, CJK...: the word's letters and digits (accents and punctuation dropped)
+            codes.append(_NOT_A_LETTER_OR_DIGIT.sub("", word) or word)
+    return " ".join(codes)
 
 
 _SOUNDEX = {c: d for letters, d in (("bfpv", "1"), ("cgjkqsxz", "2"), ("dt", "3"), ("l", "4"), ("mn", "5"), ("r", "6")) for c in letters}
+# vowels (and y) separate equal digits ("0" here, never written), h and w do not, so they are removed
+_SOUNDEX_DIGITS = str.maketrans({c: _SOUNDEX.get(c, "" if c in "hw" else "0") for c in "abcdefghijklmnopqrstuvwxyz"})
+_NOT_A_TO_Z = re.compile(r"[^a-z ]+")
+_NOT_A_LETTER_OR_DIGIT = re.compile(r"\W+")  # combining marks are not word characters either
 
 
-def _soundex(word: str) -> str:
-    letters = [c for c in word if "a" <= c <= "z"]
-    if not letters:
-        return word
-    code, last = letters[0], _SOUNDEX.get(letters[0], "")
-    for c in letters[1:]:
-        digit = _SOUNDEX.get(c, "")
-        if digit and digit != last:
-            code += digit
-        if c not in "hw":
+def _soundex(letters: str) -> str:
+    """American Soundex of a word of a-z: its first letter and up to three digits."""
+    digits = letters.translate(_SOUNDEX_DIGITS)
+    code, last, rest = letters[0], "0", digits
+    if letters[0] not in "hw":  # the first letter stands for its own digit
+        last, rest = digits[0], digits[1:]
+    for digit, _ in itertools.groupby(rest):  # a run of one digit counts once: "bbbb..." is one step, not one per letter
+        if digit != last:
+            if digit != "0":
+                code += digit
+                if len(code) == 4:
+                    return code
             last = digit
     return (code + "000")[:4]
 
 
-def approx_match(value_code: str, assertion_code: str) -> bool:
-    words = value_code.split()
-    return all(word in words for word in assertion_code.split())
+@functools.lru_cache(maxsize=1024)
+def sound_codes(assertion: str) -> tuple[str, ...]:
+    """The distinct codes an approximate assertion needs, each padded to be found in `padded_sounds` of a value."""
+    return tuple(dict.fromkeys(f" {code} " for code in fold_loose(assertion).split()))
+
+
+def padded_sounds(value: str) -> str:
+    """A value's codes as " c1 c2 ... ": a code is one of its words exactly when " code " is in it."""
+    return f" {fold_loose(value)} "
+
+
+def approx_match(value_sounds: str, codes: tuple[str, ...]) -> bool:
+    for code in codes:
+        if code not in value_sounds:
+            return False
+    return True
 
 
 _NUMBER_FORMATTING = str.maketrans("", "", " \t-.()[]/")
@@ -368,6 +422,8 @@ def parse_dn(dn: str) -> tuple[tuple[tuple[str, str], ...], ...]:
     """Normalized DN: a tuple of RDNs, each a sorted tuple of (attribute key, folded value)."""
     if not dn.strip():
         return ()
+    if len(dn) > MAX_DN:
+        raise DnError(f"DN of {len(dn)} characters is over the limit of {MAX_DN}")
     rdns: list[tuple[tuple[str, str], ...]] = []
     avas: list[tuple[str, str]] = []
     i, n = 0, len(dn)
@@ -578,7 +634,8 @@ class Directory:
         self.hay_starts: dict[str, array] = {}
         self.hay_ids: dict[str, array] = {}
         self.number_suffix: dict[str, list[int]] = {}  # last 6 digits of any number -> entry ids
-        self._trigrams: dict[str, dict[str, array]] = {}  # built on the first substring search of a key
+        self._trigrams: dict[str, dict[str, array]] = {}  # for TRIGRAM_KEYS
+        self._sounds: dict[str, str] = {}  # folded value -> padded_sounds(value), filled by approximate matches
         for key in INDEXED_KEYS:
             pairs = [(v, i) for i, e in enumerate(self.entries) for v in e.folded.get(key, ())]  # in entry order
             by_value = sorted_in_slices(pairs)
@@ -597,13 +654,13 @@ class Directory:
                     self.number_suffix.setdefault(value[-6:], []).append(i)
         # per key, each entry's folded values joined by "\n" (a substring check is one `in`)
         self.columns = {key: ["\n".join(e.folded.get(key, ())) for e in self.entries] for key in INDEXED_KEYS}
-        for key in EAGER_TRIGRAM_KEYS:  # built with the rest (off the event loop), not at the first search
+        for key in TRIGRAM_KEYS:  # built with the rest (off the event loop), not at the first search
             self.trigram_postings(key)
 
     def dismantle(self, per_step: int = DISMANTLE_STEP) -> Iterator[None]:
         """Empty this snapshot a slice at a time, yielding between slices, for a caller that holds
         the only reference: dropping 100,000 entries at once is one deallocation of about 100 ms."""
-        containers = [self.by_ndn, self.number_suffix, *self._trigrams.values(), self._trigrams, self.entries,
+        containers = [self.by_ndn, self.number_suffix, *self._trigrams.values(), self._trigrams, self._sounds, self.entries,
                       *self.sorted_keys.values(), *self.sorted_ids.values(), *self.hay_starts.values(),
                       *self.hay_ids.values(), *self.columns.values()]
         for container in containers:
@@ -635,6 +692,7 @@ class Directory:
         return self._range(key, lo, bisect_left(keys, prefix + "\U0010ffff", lo))
 
     def trigram_postings(self, key: str) -> dict[str, array]:
+        """Per trigram, the ids of entries whose `key` holds it (built with the directory, off the event loop)."""
         index = self._trigrams.get(key)
         if index is None:
             index = self._trigrams[key] = {}
@@ -648,29 +706,46 @@ class Directory:
 
     def trigram_ids(self, key: str, piece: str) -> tuple[Iterator[int], int]:
         """Entries holding the rarest trigram of `piece` (a superset: verified by the filter)."""
-        index = self.trigram_postings(key)
+        index = self._trigrams[key]
         rarest = min((index.get(piece[j:j + TRIGRAM], _NO_IDS) for j in range(len(piece) - TRIGRAM + 1)), key=len)
         return iter(rarest), len(rarest)
 
     def contains_ids(self, key: str, piece: str, final: bool) -> Iterator[int]:
-        """Entries whose `key` contains `piece` (at the end when `final`): a scan of the joined values."""
+        """Entries whose `key` contains `piece` (at the end when `final`): a scan of the joined values,
+        FIND_WINDOW characters per call, with NO_ENTRY between windows (a point to look at the clock)."""
+        if "\n" in piece:  # no value holds one; the joined values do, between values
+            return
         hay, starts, ids = self.haystack[key], self.hay_starts[key], self.hay_ids[key]
         needle = piece + "\n" if final else piece
-        find = hay.find
-        pos = find(needle, 1)
-        count = len(starts)
-        while pos >= 0:
-            index = bisect_right(starts, pos - 1) - 1
+        find, size, count = hay.find, len(hay), len(starts)
+        pos = 1
+        while pos < size:
+            window_end = min(size, pos + FIND_WINDOW + len(needle))
+            found = find(needle, pos, window_end)
+            if found < 0:
+                if window_end == size:
+                    return
+                pos = window_end - len(needle) + 1  # a match across the window's end is in the next one
+                yield NO_ENTRY
+                continue
+            index = bisect_right(starts, found - 1) - 1
             yield ids[index]
-            nxt = starts[index + 1] if index + 1 < count else len(hay)
-            pos = find(needle, nxt + 1)
+            pos = (starts[index + 1] if index + 1 < count else size) + 1  # the next value
+
+    def sounds(self, value: str) -> str:
+        """`padded_sounds(value)` for approximate matching, computed once per distinct value."""
+        code = self._sounds.get(value)
+        if code is None:
+            code = self._sounds[value] = padded_sounds(value)
+        return code
 
     def candidates(self, f) -> tuple[Iterator[int] | None, bool, int]:
         """(entry ids that may match, whether exactly those match, about how many); None: scan everything.
 
         Exact lookups (a name's equality or prefix, a number's prefix) need no
         verification; the others (number equality by suffix, trigrams, AND) are
-        supersets that the compiled filter checks. An id may come more than once.
+        supersets that the compiled filter checks. An id may come more than once;
+        NO_ENTRY (-1) stands for a stretch of work that found none.
         """
         op = f[0]
         if op == F_AND:
@@ -705,17 +780,19 @@ class Directory:
         if not pieces:
             return None, False, 0
         piece, is_final = max(pieces, key=lambda p: len(p[0]))
-        if len(piece) >= TRIGRAM:
+        if len(piece) >= TRIGRAM and key in self._trigrams:
             ids, size = self.trigram_ids(key, piece)
             if len(pieces) == 1 and not is_final:
                 # "*typed*": checked here with one `in` per candidate, which makes the lookup exact
                 column = self.columns[key]
-                return (i for i in ids if piece in column[i]), True, size
+                return (i if piece in column[i] else NO_ENTRY for i in ids), True, size
             return ids, False, size
         return self.contains_ids(key, piece, is_final), len(pieces) == 1, len(self.entries)
 
 
 _NO_IDS = array("i")
+NO_ENTRY = -1  # in a lookup's ids: no entry, but time passed (the search may end its slice here)
+FIND_WINDOW = 1 << 16  # characters of joined values searched per call: about 50 us
 
 
 def _rdn_raw_value(dn: str, key: str) -> str:
@@ -782,14 +859,18 @@ def _text(data: bytes, start: int, stop: int) -> str:
 
 
 def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budget: list[int]):
-    """A filter as a tuple: (F_AND, [..]), (F_EQ, key, folded value, raw), (F_SUB, key, initial, anys, final), ..."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise BerError(f"filter has more than {MAX_FILTER_ITEMS} items")
+    """A filter as a tuple: (F_AND, [..]), (F_EQ, key, folded value, raw), (F_SUB, key, initial, anys, final), ...
+
+    `budget` is what is left of MAX_FILTER_ITEMS: every item takes what checking an
+    entry against it costs (item_units), and every ASSERTION_UNIT bytes of assertion
+    values one more (folding them), so both checking an entry and decoding stay bounded.
+    """
+    _spend(budget, 1)
     if depth > MAX_FILTER_DEPTH:
         raise BerError(f"filter nested deeper than {MAX_FILTER_DEPTH}")
     if tag in (F_AND, F_OR):
-        items = [decode_filter(data, t, s, e, depth + 1, budget) for t, s, e in ber.children(data, start, stop)]
+        children = ber.children(data, start, stop, budget[0] + 1, _TOO_MANY_ITEMS)
+        items = [decode_filter(data, t, s, e, depth + 1, budget) for t, s, e in children]
         if not items:  # RFC 4526 absolute true/false
             return (F_AND, []) if tag == F_AND else (F_OR, [])
         return (tag, items)
@@ -799,29 +880,30 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
             raise BerError("not: more than one filter")
         return (F_NOT, decode_filter(data, t, s, e, depth + 1, budget))
     if tag == F_PRESENT:
-        return (F_PRESENT, attribute_key(_text(data, start, stop)))
+        return (F_PRESENT, attribute_key(_description(data, start, stop)))
     if tag in (F_EQ, F_GE, F_LE, F_APPROX):
         s1, e1 = ber.expect(data, start, stop, ber.OCTET_STRING, "attributeDesc")
         s2, e2 = ber.expect(data, e1, stop, ber.OCTET_STRING, "assertionValue")
         if e2 != stop:
             raise BerError("trailing bytes in attribute value assertion")
-        key = attribute_key(_text(data, s1, e1))
-        raw = _text(data, s2, e2)
+        key = attribute_key(_description(data, s1, e1))
+        raw = _assertion(data, s2, e2, budget)
         if key is None:
             return (tag, None, raw, raw)
-        folded = fold_loose(raw) if tag == F_APPROX and ATTRIBUTE_TYPES[key][1] == K_NAME else fold_for(key)(raw)
-        return (tag, key, folded, raw)
+        if tag == F_APPROX and ATTRIBUTE_TYPES[key][1] == K_NAME:
+            return _spent((tag, key, sound_codes(raw), raw), budget)
+        return (tag, key, fold_for(key)(raw), raw)
     if tag == F_SUB:
         s1, e1 = ber.expect(data, start, stop, ber.OCTET_STRING, "attributeDesc")
         s2, e2 = ber.expect(data, e1, stop, 0x30, "substrings")
-        key = attribute_key(_text(data, s1, e1))
+        key = attribute_key(_description(data, s1, e1))
         folder = fold_for(key) if key else fold_name
         initial, anys, final = "", [], ""
-        parts = ber.children(data, s2, e2)
+        parts = ber.children(data, s2, e2, budget[0] + 1, _TOO_MANY_ITEMS)
         if not parts:
             raise BerError("substrings filter without substrings")
         for index, (t, s, e) in enumerate(parts):
-            piece = _text(data, s, e)
+            piece = _assertion(data, s, e, budget)
             piece = folder(piece) if not (key and ATTRIBUTE_TYPES[key][1] == K_NUMBER) or t == 0x80 else piece.translate(_NUMBER_FORMATTING)
             if t == 0x80 and index == 0:
                 initial = piece
@@ -832,17 +914,17 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
                 final = piece
             else:
                 raise BerError(f"substring choice 0x{t:02x} out of place")
-        return (F_SUB, key, initial, tuple(anys), final)
+        return _spent((F_SUB, key, initial, tuple(anys), final), budget)
     if tag == F_EXT:
         rule = key = None
         value, dn_attributes = "", False
-        for t, s, e in ber.children(data, start, stop):
+        for t, s, e in ber.children(data, start, stop, 4, "extensible match: more than four elements"):
             if t == 0x81:
-                rule = _text(data, s, e).strip().lower()
+                rule = _description(data, s, e).strip().lower()
             elif t == 0x82:
-                key = _text(data, s, e)
+                key = _description(data, s, e)
             elif t == 0x83:
-                value = _text(data, s, e)
+                value = _assertion(data, s, e, budget)
             elif t == 0x84:
                 dn_attributes = ber.read_boolean(data, s, e)
             else:
@@ -850,8 +932,60 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
         if rule is None and key is None:
             raise BerError("extensible match needs a matching rule or a type")
         resolved = attribute_key(key) if key is not None else None
-        return (F_EXT, rule, resolved, value, dn_attributes, key is not None)
+        return _spent((F_EXT, rule, resolved, value, dn_attributes, key is not None), budget)
     raise BerError(f"unknown filter choice 0x{tag:02x}")
+
+
+_TOO_MANY_ITEMS = (f"filter has more than {MAX_FILTER_ITEMS} items (substring pieces, approximate words, untyped extensible "
+                   f"matches and every {ASSERTION_UNIT} bytes of values count too)")
+
+
+def _spend(budget: list[int], units: int) -> None:
+    budget[0] -= units
+    if budget[0] < 0:
+        raise BerError(_TOO_MANY_ITEMS)
+
+
+def _spent(item: tuple, budget: list[int]) -> tuple:
+    _spend(budget, item_units(item) - 1)  # its first unit was spent when it was begun
+    return item
+
+
+def item_units(f) -> int:
+    """What checking one entry against the filter item `f` costs (AND, OR and NOT: 1 each, besides
+    their items): a substring filter a unit per piece, an approximate match one per word, an
+    extensible match without a type one per attribute type it tries, and two for the DN's values."""
+    op = f[0]
+    if op == F_SUB:
+        return max(1, bool(f[2]) + len(f[3]) + bool(f[4]))
+    if op == F_APPROX and isinstance(f[2], tuple):
+        return max(1, len(f[2]))
+    if op == F_EXT:
+        _, _, key, _, dn_attributes, has_type = f
+        return (1 if key or has_type else len(ATTRIBUTE_TYPES)) + (2 if dn_attributes else 0)
+    return 1
+
+
+def filter_units(f) -> int:
+    """What checking one entry against filter `f` costs, in the units MAX_FILTER_ITEMS counts."""
+    if f[0] in (F_AND, F_OR):
+        return 1 + sum(filter_units(c) for c in f[1])
+    if f[0] == F_NOT:
+        return 1 + filter_units(f[1])
+    return item_units(f)
+
+
+def _assertion(data: bytes, start: int, stop: int, budget: list[int]) -> str:
+    if stop - start > MAX_ASSERTION:
+        raise BerError(f"assertion value of {stop - start} bytes is over the limit of {MAX_ASSERTION}")
+    _spend(budget, (stop - start) // ASSERTION_UNIT)
+    return _text(data, start, stop)
+
+
+def _description(data: bytes, start: int, stop: int) -> str:
+    if stop - start > MAX_DESCRIPTION:
+        raise BerError(f"attribute description or rule of {stop - start} bytes is over the limit of {MAX_DESCRIPTION}")
+    return _text(data, start, stop)
 
 
 def _substring_match(value: str, initial: str, anys: tuple, final: str) -> bool:
@@ -876,11 +1010,16 @@ def _always(result):
     return lambda entry: result
 
 
-def compile_filter(f) -> Callable[[Entry], bool | None]:
-    """A predicate entry -> True / False / None (Undefined, RFC 4511 §4.5.1.7)."""
+def compile_filter(f, sounds: Callable[[str], str] = padded_sounds) -> Callable[[Entry], bool | None]:
+    """A predicate entry -> True / False / None (Undefined, RFC 4511 §4.5.1.7).
+
+    Everything that depends only on the filter is computed here, once; what depends
+    on a value is folded with the entry (or, for approximate matching, by `sounds`,
+    which a Directory answers from a cache: once per value, not per evaluation).
+    """
     op = f[0]
     if op == F_AND:
-        parts = [compile_filter(c) for c in f[1]]
+        parts = [compile_filter(c, sounds) for c in f[1]]
 
         def match_and(entry):
             result = True
@@ -893,7 +1032,7 @@ def compile_filter(f) -> Callable[[Entry], bool | None]:
             return result
         return match_and
     if op == F_OR:
-        parts = [compile_filter(c) for c in f[1]]
+        parts = [compile_filter(c, sounds) for c in f[1]]
 
         def match_or(entry):
             result = False
@@ -906,7 +1045,7 @@ def compile_filter(f) -> Callable[[Entry], bool | None]:
             return result
         return match_or
     if op == F_NOT:
-        inner = compile_filter(f[1])
+        inner = compile_filter(f[1], sounds)
 
         def match_not(entry):
             r = inner(entry)
@@ -926,19 +1065,47 @@ def compile_filter(f) -> Callable[[Entry], bool | None]:
         return _always(None)
     kind = ATTRIBUTE_TYPES[key][1]
     empty: tuple = ()
+    # loops, not any(generator): a generator made per value checked would cost more than the check
     if op == F_SUB:
         initial, anys, final = f[2], f[3], f[4]
-        return lambda entry: any(_substring_match(v, initial, anys, final) for v in entry.folded.get(key, empty))
+
+        def match_substrings(entry):
+            for v in entry.folded.get(key, empty):
+                if _substring_match(v, initial, anys, final):
+                    return True
+            return False
+        return match_substrings
     value = f[2]
     if op == F_EQ or (op == F_APPROX and kind != K_NAME):
         if kind == K_NUMBER:
-            return lambda entry: any(same_number(v, value) for v in entry.folded.get(key, empty))
+            def match_number(entry):
+                for v in entry.folded.get(key, empty):
+                    if same_number(v, value):
+                        return True
+                return False
+            return match_number
         return lambda entry: value in entry.folded.get(key, empty)
-    if op == F_APPROX:
-        return lambda entry: any(approx_match(fold_loose(v), value) for v in entry.folded.get(key, empty))
+    if op == F_APPROX:  # value: the assertion's codes (sound_codes)
+        def match_approx(entry):
+            for v in entry.folded.get(key, empty):
+                if approx_match(sounds(v), value):
+                    return True
+            return False
+        return match_approx
     if op == F_GE:
-        return lambda entry: any(v >= value for v in entry.folded.get(key, empty))
-    return lambda entry: any(v <= value for v in entry.folded.get(key, empty))  # F_LE
+        def match_ge(entry):
+            for v in entry.folded.get(key, empty):
+                if v >= value:
+                    return True
+            return False
+        return match_ge
+
+    def match_le(entry):
+        for v in entry.folded.get(key, empty):
+            if v <= value:
+                return True
+        return False
+    return match_le
 
 
 def _compile_extensible(rule, key, value, dn_attributes, has_type):
@@ -946,27 +1113,32 @@ def _compile_extensible(rule, key, value, dn_attributes, has_type):
     how = MATCHING_RULES.get(rule, None) if rule is not None else RULE_DEFAULT
     if how is None or (has_type and key is None):
         return _always(None)  # unknown rule or attribute type: Undefined
+    needles = {kind: folder(value) for kind, folder in FOLDERS.items()}  # the assertion folded for each kind, once
 
     def test(k: str, raw_values: tuple, folded_values: tuple) -> bool:
         if how == RULE_EXACT:
             return value in raw_values
+        kind = ATTRIBUTE_TYPES[k][1]
+        needle = needles[kind]
         if how == RULE_SUBSTRING:
-            needle = fold_for(k)(value)
             return any(needle in v for v in folded_values)
-        needle = fold_for(k)(value)
-        if ATTRIBUTE_TYPES[k][1] == K_NUMBER:
+        if kind == K_NUMBER:
             return any(same_number(v, needle) for v in folded_values)
         return needle in folded_values
 
     def match(entry):
-        keys = [key] if key else list(entry.values)
-        for k in keys:
-            if k in entry.values and test(k, entry.values[k], entry.folded[k]):
+        if key:
+            if key in entry.values and test(key, entry.values[key], entry.folded[key]):
                 return True
+        else:
+            folded = entry.folded
+            for k, raw_values in entry.values.items():
+                if test(k, raw_values, folded[k]):
+                    return True
         if dn_attributes:
             for rdn in entry.ndn:
-                for k, folded in rdn:
-                    if (key is None or k == key) and k in ATTRIBUTE_TYPES and test(k, (folded,), (folded,)):
+                for k, folded_value in rdn:
+                    if (key is None or k == key) and k in ATTRIBUTE_TYPES and test(k, (folded_value,), (folded_value,)):
                         return True
         return False
     return match
@@ -1003,12 +1175,10 @@ def decode_search(data: bytes, start: int, stop: int) -> SearchRequest:
     flt = decode_filter(data, tag, fs, fe, 0, [MAX_FILTER_ITEMS])
     s, e7 = ber.expect(data, fe, stop, 0x30, "attributes")
     attributes = []
-    for t, a, b in ber.children(data, s, e7):
+    for t, a, b in ber.children(data, s, e7, MAX_REQUESTED_ATTRIBUTES, f"more than {MAX_REQUESTED_ATTRIBUTES} attributes requested"):
         if t != ber.OCTET_STRING:
             raise BerError("attribute selector is not an OCTET STRING")
-        attributes.append(_text(data, a, b))
-    if len(attributes) > MAX_REQUESTED_ATTRIBUTES:
-        raise BerError(f"more than {MAX_REQUESTED_ATTRIBUTES} attributes requested")
+        attributes.append(_description(data, a, b))
     if scope not in (SCOPE_BASE, SCOPE_ONE, SCOPE_SUB) or size_limit < 0 or time_limit < 0:
         raise BerError("scope or limits out of range")
     return SearchRequest(base, scope, size_limit, time_limit, types_only, flt, attributes, data[e:fe] + data[s:e7])
@@ -1023,10 +1193,10 @@ class Control:
 
 def decode_controls(data: bytes, start: int, stop: int) -> list[Control]:
     controls = []
-    for tag, s, e in ber.children(data, start, stop):
+    for tag, s, e in ber.children(data, start, stop, MAX_CONTROLS, f"more than {MAX_CONTROLS} controls"):
         if tag != 0x30:
             raise BerError("control is not a SEQUENCE")
-        parts = ber.children(data, s, e)
+        parts = ber.children(data, s, e, 3, "control: more than three elements")
         if not parts or parts[0][0] != ber.OCTET_STRING:
             raise BerError("control without a controlType")
         oid = _text(data, parts[0][1], parts[0][2])
@@ -1039,8 +1209,6 @@ def decode_controls(data: bytes, start: int, stop: int) -> list[Control]:
             else:
                 raise BerError("control: unexpected element")
         controls.append(Control(oid, critical, value))
-    if len(controls) > MAX_CONTROLS:
-        raise BerError(f"more than {MAX_CONTROLS} controls")
     return controls
 
 
@@ -1060,22 +1228,26 @@ def decode_sort(value: bytes | None) -> list[tuple[str, str | None, bool]]:
         raise LdapError(PROTOCOL_ERROR, "sort control without a value")
     s, e = ber.expect(value, 0, len(value), 0x30, "sort keys")
     keys = []
-    for tag, a, b in ber.children(value, s, e):
+    try:
+        listed = ber.children(value, s, e, MAX_SORT_KEYS)
+    except ber.TooMany:
+        listed = []  # refused below, as a search error
+    for tag, a, b in listed:
         if tag != 0x30:
             raise BerError("sort key is not a SEQUENCE")
-        parts = ber.children(value, a, b)
+        parts = ber.children(value, a, b, 3, "sort key: more than three elements")
         if not parts or parts[0][0] != ber.OCTET_STRING:
             raise BerError("sort key without an attribute type")
-        attr, rule, reverse = _text(value, parts[0][1], parts[0][2]), None, False
+        attr, rule, reverse = _description(value, parts[0][1], parts[0][2]), None, False
         for t, x, y in parts[1:]:
             if t == 0x80:
-                rule = _text(value, x, y).lower()
+                rule = _description(value, x, y).lower()
             elif t == 0x81:
                 reverse = ber.read_boolean(value, x, y)
             else:
                 raise BerError("sort key: unexpected element")
         keys.append((attr, rule, reverse))
-    if not keys or len(keys) > MAX_SORT_KEYS:
+    if not keys:
         raise LdapError(PROTOCOL_ERROR, f"1 to {MAX_SORT_KEYS} sort keys")
     return keys
 
@@ -1164,11 +1336,327 @@ MAX_BODIES_PER_ENTRY = 2  # encoded answers an entry keeps (a phone asks with on
 @dataclass
 class PagedSearch:
     identity: bytes
-    results: list[Entry]
+    results: array  # ids, for entry_of (entry_getter)
+    entry_of: Callable[[int], Entry]
     position: int
     size_exceeded: bool
     sort_control: bytes
     message_id: int
+
+
+# -- search execution: a resumable cursor, run in slices ---------------------------
+
+MATCH_STEP_UNITS = 64  # filter units checked between two yields (about 10-60 us)
+SORT_STEP = 256  # entries partitioned, sorted by one call, or merged between two yields (about 0.3 ms)
+EMIT_STEP = 32  # entries encoded between two yields
+
+
+class TimeUp(Exception):
+    """Thrown into a search's steps (once) when its time limit has passed."""
+
+
+class SearchCursor:
+    """A search in progress, to be run a slice at a time until it is `done`.
+
+    `run(until)` does the search's work until the clock reaches `until` and
+    returns what to send: SearchResultEntry bytes as they are found (or, for a
+    sorted or paged search, as they are encoded), then the SearchResultDone and
+    a `Searched` event. The shell calls it again, one slice per turn, so no
+    search holds the event loop longer than a slice plus one unit of work, and
+    several searches share it in whatever order the shell chooses (FairShare).
+
+    The work is a generator (`steps`) that yields between small units of work:
+    True where the search may stop for its time limit, False where it may not.
+    When the clock passes `deadline` (the client's time limit or the server's,
+    from the request's arrival), TimeUp is thrown into the steps at the next such
+    point, and they finish with the entries found so far and timeLimitExceeded
+    (RFC 4511 §4.5.1.5, §4.1.9); a sort not finished by then is given up, and
+    the entries go unsorted with sortResult timeLimitExceeded (RFC 2891 §1.2),
+    or not at all if the sort control was critical.
+    """
+
+    def __init__(self, message_id: int, clock: Callable[[], float], deadline: float):
+        self.message_id = message_id
+        self.clock = clock
+        self.deadline = deadline
+        self.done = False
+        self.time_limited = False
+        self.sent = 0  # entries sent
+        self.out: list = []  # filled by the steps, emptied by run()
+        self.steps: Iterator[bool] = iter(())
+
+    def run(self, until: float) -> list:
+        """Work until the clock reaches `until` (at least one step); what to send, in order."""
+        steps, clock = self.steps, self.clock
+        try:
+            while True:
+                interruptible = next(steps)
+                now = clock()
+                if interruptible and now >= self.deadline and not self.time_limited:
+                    self.time_limited = True
+                    steps.throw(TimeUp())
+                if now >= until:
+                    break
+        except StopIteration:
+            self.done = True
+            self.steps = iter(())  # its frame refers to this cursor: no cycle left for the collector
+        out, self.out = self.out, []
+        return out
+
+    def refuse(self, code: int, diagnostic: str) -> list:
+        """End the search before it ran (the server is too busy): its SearchResultDone."""
+        self.steps.close()
+        self.done = True
+        return [message(self.message_id, result(SEARCH_RESULT_DONE, code, diagnostic)), Searched(0)]
+
+
+def resolve_scope(directory: "Directory", ndn, scope: int) -> tuple[list[Entry], bool]:
+    """(entries to check besides the contacts, whether to search the contacts) for a search's base and scope."""
+    base_ndn = directory.base_ndn
+    if ndn == base_ndn:
+        return ([directory.base_entry] if scope != SCOPE_ONE else []), scope != SCOPE_BASE
+    if ndn == base_ndn[len(base_ndn) - len(ndn):] and len(ndn) < len(base_ndn):
+        # an ancestor of the base (e.g. "" or dc=com): subtree covers all, one-level its child
+        if scope == SCOPE_BASE:
+            raise LdapError(NO_SUCH_OBJECT, "", "")
+        include_base = scope == SCOPE_SUB or len(base_ndn) - len(ndn) == 1
+        return ([directory.base_entry] if include_base else []), scope == SCOPE_SUB
+    entry = directory.by_ndn.get(ndn)
+    if entry is None:
+        matched = directory.base if ndn[len(ndn) - len(base_ndn):] == base_ndn else ""
+        raise LdapError(NO_SUCH_OBJECT, "", matched)
+    return ([entry] if scope != SCOPE_ONE else []), False
+
+
+def entry_getter(directory: "Directory", first: list[Entry]) -> Callable[[int], Entry]:
+    """The entry of a search's id: a contact's index in the directory, or len(contacts) + k for first[k].
+
+    A search keeps what it found as ids in an array('i'): 4 bytes each, and not a
+    list the cyclic collector walks (a young list of 100,000 entries made every
+    collection visit each of them, scattered in memory: 50 ms)."""
+    entries, count = directory.entries, len(directory.entries)
+    return lambda i: entries[i] if i < count else first[i - count]
+
+
+def find_entries(directory: "Directory", first: list[Entry], contacts: bool, flt, found: array,
+                 limit: int | None = None) -> Iterator[None]:
+    """Append to `found` the ids (entry_getter) of the entries of `first`, then of the contacts (if
+    `contacts`), that match filter `flt`; stop at `limit`. Yields between small units of work
+    (MATCH_STEP_UNITS filter units).
+
+    Contacts come from the directory's indexes when the filter allows (in index order,
+    alphabetical for name lookups; exact lookups skip the filter), else from a scan.
+    """
+    predicate = compile_filter(flt, directory.sounds)  # here, in the search's first slice
+    stride = max(1, MATCH_STEP_UNITS // filter_units(flt))
+    entries = directory.entries
+    for k, entry in enumerate(first):
+        if predicate(entry):
+            found.append(len(entries) + k)
+    if not contacts or (limit is not None and len(found) >= limit):
+        return
+    ids, exact, _ = directory.candidates(flt)
+    if ids is None:
+        ids, exact = range(len(entries)), False
+    seen = bytearray(len(entries))  # an id may come more than once
+    countdown = stride
+    for i in ids:
+        countdown -= 1
+        if countdown <= 0:
+            countdown = stride
+            yield
+        if i < 0 or seen[i]:  # NO_ENTRY: a window of a scan that found none
+            continue
+        seen[i] = 1
+        if exact or predicate(entries[i]):
+            found.append(i)
+            if limit is not None and len(found) >= limit:
+                return
+
+
+def sort_steps(ids: array, keys: list[tuple[str, bool]], entry_of: Callable[[int], Entry], result: array) -> Iterator[bool]:
+    """Sort the entries of `ids` into `result` by `keys` [(attribute key, reverse)], SORT_STEP entries per step
+    (`result` stays empty if the steps are stopped before the end).
+
+    One stable pass per key, least significant first; an entry without the key
+    sorts after all others (before them when reversed: RFC 2891 §2.2). Each pass
+    sorts slices by one call each and merges them (heapq.merge is stable: of equal
+    values, the earlier slice's come first).
+    """
+    ordered = ids
+    for key, reverse in reversed(keys):
+        def value(i: int, key=key) -> str:
+            return min(entry_of(i).folded[key])
+        present, absent = array("i"), array("i")
+        for start in range(0, len(ordered), SORT_STEP):
+            for i in ordered[start:start + SORT_STEP]:
+                (present if key in entry_of(i).folded else absent).append(i)
+            yield True
+        runs = []
+        for start in range(0, len(present), SORT_STEP):
+            runs.append(array("i", sorted(present[start:start + SORT_STEP], key=value, reverse=reverse)))
+            yield True
+        merged = array("i")
+        for count, i in enumerate(heapq.merge(*runs, key=value, reverse=reverse), 1):
+            merged.append(i)
+            if count % SORT_STEP == 0:
+                yield True
+        ordered = absent + merged if reverse else merged + absent
+    result[:] = ordered
+
+
+def encode_entries(message_id: int, selection: "Selection", entries: Iterable[Entry]) -> bytes:
+    """SearchResultEntry messages; each entry's encoded body is cached per attribute selection."""
+    head = ber.integer(message_id)
+    tlv = ber.tlv
+    chunks = []
+    for entry in entries:
+        cache = entry._bodies
+        body = cache.get(selection.key) if cache is not None else None
+        if body is None:
+            body = tlv(SEARCH_RESULT_ENTRY, entry.encoded_dn + tlv(0x30, selection.encode(entry)))
+            if cache is None:
+                cache = entry._bodies = {}
+            if len(cache) < MAX_BODIES_PER_ENTRY:
+                cache[selection.key] = body
+        chunks.append(tlv(0x30, head + body))
+    return b"".join(chunks)
+
+
+# -- fair shares of search time, and buffered bytes (pure bookkeeping for the shell) ----
+
+MAX_SEARCHES_PER_CLIENT = 4  # searches in progress per client (IPv4 address or IPv6 /64)
+MAX_SEARCHES = 32  # in total: each holds its filter and, sorted or paged, every match
+SEARCH_BUDGET = 10.0  # seconds of search time a client may use before it waits behind lighter clients
+SEARCH_REFILL = 0.5  # seconds of it given back per second
+USAGE_GRAIN = 0.01  # seconds: usages compared in these (a phone's search takes about 0.2 ms)
+MAX_CLIENTS_REMEMBERED = 10000
+
+
+@dataclass(eq=False)
+class SearchTicket:
+    """A search admitted by FairShare; `turn` is the shell's handle to wake it."""
+
+    client: str
+    turn: object = None
+    delayed: bool = False
+    arrival: int = 0
+
+
+class FairShare:
+    """Which search runs its next slice, so one client's expensive searches cannot starve others' cheap ones.
+
+    Slices run one at a time (the shell's gate). Each client has a budget of
+    search time (a token bucket: `budget` seconds, `refill` seconds given back per
+    second); its usage is what it has spent and not got back. Of the searches
+    waiting for a slice, the one whose client has the least usage goes first (the
+    earliest among equals, to USAGE_GRAIN), so a client that has used much recent
+    search time waits behind the others, and a phone that has used none goes next.
+    When a search is passed over for another client's it counts once in `delayed`.
+    Searches in progress are capped per client and in total (`start` refuses).
+    """
+
+    def __init__(self, per_client: int = MAX_SEARCHES_PER_CLIENT, total: int = MAX_SEARCHES, budget: float = SEARCH_BUDGET,
+                 refill: float = SEARCH_REFILL, max_clients: int = MAX_CLIENTS_REMEMBERED):
+        self.per_client, self.total = per_client, total
+        self.running = 0
+        self.delayed = 0
+        self._running_by_client: dict[str, int] = {}
+        self._budgets = TokenBuckets(refill, budget, max_clients)
+        self._waiting: list[SearchTicket] = []  # in order of arrival
+        self._arrivals = 0
+
+    def start(self, client: str) -> SearchTicket | None:
+        """A ticket for a new search, or None when its client or the server has too many in progress."""
+        if self.running >= self.total or self._running_by_client.get(client, 0) >= self.per_client:
+            return None
+        self.running += 1
+        self._running_by_client[client] = self._running_by_client.get(client, 0) + 1
+        return SearchTicket(client)
+
+    def end(self, ticket: SearchTicket) -> None:
+        if ticket in self._waiting:
+            self._waiting.remove(ticket)
+        self.running -= 1
+        left = self._running_by_client.get(ticket.client, 1) - 1
+        if left > 0:
+            self._running_by_client[ticket.client] = left
+        else:
+            self._running_by_client.pop(ticket.client, None)
+
+    def want(self, ticket: SearchTicket) -> None:
+        """The ticket's search waits for its next slice."""
+        self._arrivals += 1
+        ticket.arrival = self._arrivals
+        self._waiting.append(ticket)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def running_from(self, client: str) -> int:
+        return self._running_by_client.get(client, 0)
+
+    def usage(self, client: str, now: float) -> float:
+        """Seconds of search time `client` has spent and not got back (at most the budget)."""
+        return self._budgets.capacity - self._budgets.level(client, now)
+
+    def next(self, now: float) -> SearchTicket | None:
+        """The waiting ticket to run now (removed from the waiting), or None."""
+        if not self._waiting:
+            return None
+        usage = {ticket.client: 0 for ticket in self._waiting}
+        for client in usage:  # in grains: clients that used about as little (phones) go in order of arrival
+            usage[client] = int(self.usage(client, now) / USAGE_GRAIN)
+        chosen = min(self._waiting, key=lambda t: (usage[t.client], t.arrival))
+        for ticket in self._waiting:
+            if ticket is chosen:
+                break
+            if ticket.client != chosen.client and not ticket.delayed:  # passed over for a lighter client
+                ticket.delayed = True
+                self.delayed += 1
+        self._waiting.remove(chosen)
+        return chosen
+
+    def charge(self, client: str, seconds: float, now: float) -> None:
+        """A slice of `seconds` ran for `client`."""
+        self._budgets.take(client, seconds, now, floor=0.0)
+
+
+MAX_BUFFERED = 16 * 1024 * 1024  # bytes of unfinished messages held across all connections
+MAX_BUFFERED_PER_CLIENT = 4 * 1024 * 1024
+
+
+class BufferBudget:
+    """Bytes that sessions hold between reads (unfinished messages), capped in total and per client."""
+
+    def __init__(self, total: int = MAX_BUFFERED, per_client: int = MAX_BUFFERED_PER_CLIENT):
+        self.total, self.per_client = total, per_client
+        self.held = 0
+        self._by_holder: dict[object, tuple[str, int]] = {}
+        self._by_client: dict[str, int] = {}
+
+    def hold(self, holder: object, client: str, size: int) -> bool:
+        """`holder` now holds `size` bytes; False if that grew past a cap (the holder is then refused)."""
+        _, before = self._by_holder.get(holder, (client, 0))
+        grew = size > before
+        self._set(holder, client, size)
+        return not grew or (self.held <= self.total and self._by_client.get(client, 0) <= self.per_client)
+
+    def release(self, holder: object) -> None:
+        client, _ = self._by_holder.get(holder, ("", 0))
+        self._set(holder, client, 0)
+
+    def _set(self, holder: object, client: str, size: int) -> None:
+        _, before = self._by_holder.pop(holder, (client, 0))
+        self.held += size - before
+        by_client = self._by_client.get(client, 0) + size - before
+        if by_client > 0:
+            self._by_client[client] = by_client
+        else:
+            self._by_client.pop(client, None)
+        if size:
+            self._by_holder[holder] = (client, size)
 
 
 # -- failed-bind throttle and connection caps (pure bookkeeping for the shell) ----
@@ -1229,21 +1717,32 @@ class FatalProtocolError(Exception):
     """The connection must end with a Notice of Disconnection (§4.1.1)."""
 
 
+class TooLarge(BerError):
+    """A message longer than the session accepts now, refused from its header."""
+
+
 class LdapSession:
-    """One client connection's LDAP state; feed it bytes, send what it returns."""
+    """One client connection's LDAP state; feed it bytes, send what it returns.
+
+    `client` names the connection's client (IPv4 address or IPv6 /64) for `buffers`,
+    the budget of bytes held across all connections (None: not capped).
+    """
 
     def __init__(self, policy: Callable[[], Policy], directory: Callable[[str], Directory],
-                 clock: Callable[[], float], tls: bool = False):
+                 clock: Callable[[], float], tls: bool = False, client: str = "-", buffers: BufferBudget | None = None):
         self.policy = policy
         self.directory = directory
         self.clock = clock
         self.tls = tls
+        self.client = client
+        self.buffers = buffers
         self.state = ANONYMOUS
         self.bound_dn = ""
         self._buffer = bytearray()
+        self._queue: deque[bytes] = deque()  # messages cut from the buffer, not answered yet
+        self._abandoned: set[int] = set()  # message ids abandoned by a request queued with them
         self._paged: dict[bytes, PagedSearch] = {}
         self._cookies = 0
-        self._started = 0.0  # clock reading when the current search began
 
     @property
     def closed(self) -> bool:
@@ -1255,62 +1754,120 @@ class LdapSession:
     def tls_started(self) -> None:
         self.tls = True
 
+    def close(self) -> None:
+        """The connection is gone: give back what this session held."""
+        if self.state != CLOSED:
+            self._transition(EV_FATAL)
+        self._drop_input()
+
     # -- framing -------------------------------------------------------------
 
     def receive(self, data: bytes) -> list:
-        """Answer every complete message in `data` (plus what was buffered)."""
+        """Answer the complete messages in `data` (plus what was buffered), up to MAX_BATCH of them.
+
+        A search ends the list as a `SearchCursor` for the shell to run; the
+        messages after it wait (`backlog`) until the shell calls again.
+        """
         if self.state == CLOSED:
             return []
-        self._buffer += data
+        if data:
+            self._buffer += data
         out: list = []
-        max_message = self.policy().max_message
-        messages: list[bytes] = []
-        try:
-            while self._buffer and len(messages) < MAX_BATCH:
+        handled = handled_bytes = 0
+        while handled < MAX_BATCH and handled_bytes < MAX_BATCH_BYTES:
+            if not self._queue:
                 try:
-                    total = ber.frame_length(self._buffer)
-                except Incomplete:
+                    self._frame()
+                except BerError as exc:
+                    return self._fatal(out, str(exc), oversize=isinstance(exc, TooLarge))
+                if not self._queue:
                     break
-                if self._buffer[0] != 0x30:
-                    raise BerError(f"message starts with tag 0x{self._buffer[0]:02x}, not SEQUENCE")
-                if total > max_message:
-                    raise BerError(f"message of {total} bytes is over the limit of {max_message}")
-                if len(self._buffer) < total:
-                    break
-                messages.append(bytes(self._buffer[:total]))
-                del self._buffer[:total]
-        except BerError as exc:
-            return self._fatal(out, str(exc))
-        # abandon requests (§4.11) take effect on the messages queued with them
-        abandoned = self._abandoned_ids(messages)
-        for index, raw in enumerate(messages):
+            raw = self._queue.popleft()
+            handled += 1
+            handled_bytes += len(raw)
             try:
-                self._handle(raw, out, pending=index + 1 < len(messages) or bool(self._buffer), abandoned=abandoned)
+                self._handle(raw, out, pending=bool(self._queue or self._buffer))
             except (BerError, FatalProtocolError) as exc:
                 return self._fatal(out, str(exc))
-            if self.state == CLOSED or any(isinstance(o, StartTLS) for o in out[-1:]):
+            if self.state == CLOSED or (out and isinstance(out[-1], (StartTLS, SearchCursor))):
                 break
+        if self.buffers is not None and not self.buffers.hold(self, self.client, self.held):
+            if out and isinstance(out[-1], SearchCursor):
+                out.pop()  # not run: the connection ends here
+            return self._fatal(out, "the server holds too much unfinished input; try again later", code=BUSY, oversize=True)
         return out
 
     @property
+    def held(self) -> int:
+        """Bytes of input held between calls: the unfinished message and those waiting to be answered."""
+        return len(self._buffer) + sum(len(raw) for raw in self._queue)
+
+    def _frame(self) -> None:
+        """Cut up to MAX_BATCH complete messages off the buffer into the queue.
+
+        Before a successful bind a message may be only `max_unbound_message` long, and
+        a longer one is refused from its header, before its bytes arrive.
+        """
+        policy = self.policy()
+        limit = policy.max_message if self.state == BOUND else policy.max_unbound_message
+        buffer = self._buffer
+        view = memoryview(buffer)
+        pos, size, frames = 0, len(buffer), []
+        try:
+            while pos < size and len(frames) < MAX_BATCH:
+                try:
+                    total = ber.frame_length(view[pos:pos + 6])
+                except Incomplete:
+                    break
+                if buffer[pos] != 0x30:
+                    raise BerError(f"message starts with tag 0x{buffer[pos]:02x}, not SEQUENCE")
+                if total > limit:
+                    if frames and self.state != BOUND:
+                        break  # a bind before it may allow it: answered first
+                    raise TooLarge(f"message of {total} bytes is over the limit of {limit} bytes"
+                                   + ("" if self.state == BOUND else " before a bind"))
+                if pos + total > size:
+                    break
+                frames.append(bytes(view[pos:pos + total]))
+                pos += total
+        finally:
+            view.release()
+        if pos == size:
+            self._buffer = bytearray()  # not the emptied one: it would keep its size
+        elif pos:
+            del buffer[:pos]
+        self._queue.extend(frames)
+        # abandon requests (§4.11) take effect on the messages queued with them
+        self._abandoned = self._abandoned_ids(frames)
+
+    @property
     def backlog(self) -> bool:
-        """True when a complete message waits in the buffer: call `receive(b"")` before reading more."""
+        """True when a complete message waits: call `receive(b"")` before reading more."""
         if self.state == CLOSED:
             return False
+        if self._queue:
+            return True
         try:
-            return len(self._buffer) >= ber.frame_length(self._buffer)
+            return len(self._buffer) >= ber.frame_length(self._buffer[:6])
         except Incomplete:
             return False
         except BerError:
             return True  # the next receive() answers it with a Notice of Disconnection
 
-    def _fatal(self, out: list, reason: str) -> list:
-        out.append(notice_of_disconnection(PROTOCOL_ERROR, reason))
-        out.append(Close(reason))
+    def _fatal(self, out: list, reason: str, code: int = PROTOCOL_ERROR, oversize: bool = False) -> list:
+        out.append(notice_of_disconnection(code, reason))
+        out.append(Close(reason, oversize))
         if self.state != CLOSED:
             self._transition(EV_FATAL)
-        self._buffer.clear()
+        self._drop_input()
         return out
+
+    def _drop_input(self) -> None:
+        self._buffer = bytearray()
+        self._queue.clear()
+        self._paged.clear()
+        if self.buffers is not None:
+            self.buffers.release(self)
 
     def _abandoned_ids(self, messages: list[bytes]) -> set[int]:
         ids = set()
@@ -1326,7 +1883,7 @@ class LdapSession:
                     pass  # reported when the message itself is handled
         return ids
 
-    def _handle(self, raw: bytes, out: list, pending: bool, abandoned: set[int]) -> None:
+    def _handle(self, raw: bytes, out: list, pending: bool) -> None:
         _, s, e = ber.read_header(raw, 0, len(raw))
         a, b = ber.expect(raw, s, e, ber.INTEGER, "messageID")
         message_id = ber.read_integer(raw, a, b)
@@ -1339,7 +1896,7 @@ class LdapSession:
             if t != CONTROLS_TAG or d != e:
                 raise BerError("unexpected element after the protocolOp")
             controls = decode_controls(raw, c, d)
-        if message_id == 0 or (message_id in abandoned and tag != ABANDON_REQUEST):
+        if message_id == 0 or (message_id in self._abandoned and tag != ABANDON_REQUEST):
             if message_id == 0:
                 raise BerError("messageID 0 is reserved for unsolicited notifications")
             return  # abandoned before it ran: no response at all (§4.11)
@@ -1459,7 +2016,7 @@ class LdapSession:
                 raise LdapError(INSUFFICIENT_ACCESS_RIGHTS, ANONYMOUS_REFUSED)
             directory = self.directory(policy.base)
             entry = self._find_entry(directory, dn)
-            key = attribute_key(_text(raw, x, y))
+            key = attribute_key(_description(raw, x, y))
             if key is None or key not in entry.values:
                 raise LdapError(NO_SUCH_ATTRIBUTE, "")
             predicate = compile_filter((F_EQ, key, fold_for(key)(_text(raw, p, q)), ""))
@@ -1484,38 +2041,18 @@ class LdapSession:
 
     def _search(self, message_id, tag, raw, start, stop, controls, out, pending):
         request = decode_search(raw, start, stop)
-        policy = self.policy()
-        response_controls = b""
         try:
-            entries, response_controls, code, diagnostic = self._run_search(message_id, request, controls, policy)
+            cursor = self._start_search(message_id, request, controls, self.policy())
         except LdapError as exc:
             if exc.result_code == INSUFFICIENT_ACCESS_RIGHTS:
                 out.append(BindFailed("", INSUFFICIENT_ACCESS_RIGHTS))  # an anonymous read: counted and slowed like a bad bind
             out.append(message(message_id, result(SEARCH_RESULT_DONE, exc.result_code, str(exc), exc.matched_dn)))
             out.append(Searched(0))
             return
-        selection = self._selection(request)
-        head = ber.integer(message_id)
-        tlv = ber.tlv
-        chunks = []
-        for entry in entries:
-            cache = entry._bodies
-            body = cache.get(selection.key) if cache is not None else None
-            if body is None:
-                body = tlv(SEARCH_RESULT_ENTRY, entry.encoded_dn + tlv(0x30, selection.encode(entry)))
-                if cache is None:
-                    cache = entry._bodies = {}
-                if len(cache) < MAX_BODIES_PER_ENTRY:
-                    cache[selection.key] = body
-            chunks.append(tlv(0x30, head + body))
-        if response_controls:
-            response_controls = ber.tlv(CONTROLS_TAG, response_controls)
-        chunks.append(message(message_id, result(SEARCH_RESULT_DONE, code, diagnostic), response_controls))
-        out.append(b"".join(chunks))
-        out.append(Searched(len(entries)))
+        out.append(cursor)
 
-    def _run_search(self, message_id: int, request: SearchRequest, controls: list[Control], policy: Policy):
-        """(entries to send, response controls, resultCode, diagnostic) or LdapError."""
+    def _start_search(self, message_id: int, request: SearchRequest, controls: list[Control], policy: Policy) -> SearchCursor:
+        """The search as a cursor whose steps do the work, or LdapError for what is refused at once."""
         paged = sort = None
         for control in controls:
             if control.oid == OID_PAGED_RESULTS:
@@ -1529,28 +2066,174 @@ class LdapSession:
         except DnError as exc:
             raise LdapError(INVALID_DN_SYNTAX, str(exc)) from None
         directory = self.directory(policy.base)
+        time_limit = min(request.time_limit or policy.time_limit, policy.time_limit)
+        cursor = SearchCursor(message_id, self.clock, self.clock() + time_limit)
+        selection = self._selection(request)
         if not ndn and request.scope == SCOPE_BASE:
             # the Root DSE: readable before a bind, so clients can find StartTLS (RFC 4513 §3.1.1)
-            matches = [directory.root_dse] if compile_filter(request.filter)(directory.root_dse) else []
-            return matches, b"", SUCCESS, ""
+            cursor.steps = self._search_steps(cursor, directory, [directory.root_dse], False, request.filter, selection,
+                                              None, None, b"", False)
+            return cursor
         if not self._may_read(policy):
             raise LdapError(INSUFFICIENT_ACCESS_RIGHTS, ANONYMOUS_REFUSED)
-        if paged is not None:
-            return self._paged_search(message_id, request, paged, sort, directory, policy)
-        size_limit = min(request.size_limit or policy.size_limit, policy.size_limit)
+        sort_keys, sort_control = self._sort_keys(sort) if sort is not None else (None, b"")
+        critical_sort = sort is not None and sort[1]
+        if paged is None:
+            first, contacts = resolve_scope(directory, ndn, request.scope)
+            size_limit = min(request.size_limit or policy.size_limit, policy.size_limit)
+            cursor.steps = self._search_steps(cursor, directory, first, contacts, request.filter, selection, size_limit,
+                                              sort_keys, sort_control, critical_sort)
+            return cursor
+        # paged results (RFC 2696): the whole result is found (and sorted) once; pages are cut from it
+        page_size, cookie = paged
+        # a cookie continues only the very search it came from, sort order included
+        identity = request.base.lower().encode() + bytes([request.scope]) + request.filter_bytes + (sort[2] if sort else b"")
+        if cookie:
+            state = self._paged.get(cookie)
+            if state is None or state.identity != identity:
+                raise LdapError(UNWILLING_TO_PERFORM, "paged results cookie is invalid")
+            if page_size == 0:  # the client gives up on the rest (RFC 2696 §3)
+                del self._paged[cookie]
+            state.message_id = message_id
+        elif page_size != 0:
+            first, contacts = resolve_scope(directory, ndn, request.scope)
+            cursor.steps = self._paged_steps(cursor, directory, first, contacts, request, selection, sort_keys,
+                                             sort_control, critical_sort, page_size, identity, sort is not None, policy)
+            return cursor
+        if page_size == 0:
+            cursor.steps = self._done_steps(cursor, SUCCESS, encode_control(
+                OID_PAGED_RESULTS, ber.sequence(ber.integer(0), ber.octets(b""))))
+            return cursor
+        cursor.steps = self._page_steps(cursor, state, cookie, page_size, selection, sort is not None, policy, False)
+        return cursor
+
+    def _search_steps(self, cursor: SearchCursor, directory: Directory, first: list[Entry], contacts: bool, flt,
+                      selection: Selection, size_limit: int | None, sort_keys, sort_control: bytes,
+                      critical_sort: bool) -> Iterator[bool]:
+        """Find, then (sorted) send; unsorted entries are sent as they are found. Stops at the size limit."""
+        found = array("i")
+        entry_of = entry_getter(directory, first)
+        timed_out = False
+        stream = sort_keys is None
         # one more than the limit tells "exceeded" apart; a sorted result needs every match
-        matches = self._matching(directory, ndn, request, None if sort is not None else size_limit + 1)
-        sort_control = b""
-        if sort is not None:
-            matches, sort_control = self._sort(matches, sort)
-        code, diagnostic = SUCCESS, ""
-        if len(matches) > size_limit:
-            matches = matches[:size_limit]
-            code, diagnostic = SIZE_LIMIT_EXCEEDED, ""
-        matches, timed_out = self._within_time(matches, request, policy)
-        if timed_out:
-            code, diagnostic = TIME_LIMIT_EXCEEDED, ""
-        return matches, sort_control, code, diagnostic
+        finder = find_entries(directory, first, contacts, flt, found,
+                              None if not stream or size_limit is None else size_limit + 1)
+        try:
+            for _ in finder:
+                if stream and len(found) > cursor.sent:
+                    self._send_found(cursor, selection, found, entry_of, size_limit)
+                yield True
+        except TimeUp:
+            timed_out = True
+            finder.close()
+        exceeded = size_limit is not None and len(found) > size_limit
+        if stream:
+            self._send_found(cursor, selection, found, entry_of, size_limit)
+        else:
+            ordered, sort_control, timed_out = yield from self._sorted(found, sort_keys, entry_of, sort_control,
+                                                                       critical_sort, timed_out)
+            del found
+            try:
+                yield from self._send_steps(cursor, selection, ordered[:size_limit], entry_of)
+            except TimeUp:
+                timed_out = True
+        code = TIME_LIMIT_EXCEEDED if timed_out else SIZE_LIMIT_EXCEEDED if exceeded else SUCCESS
+        self._finish(cursor, code, sort_control)
+
+    @staticmethod
+    def _sorted(found: array, sort_keys, entry_of, sort_control: bytes, critical: bool, timed_out: bool):
+        """Steps that sort `found` unless the time is up: (the ids to send, the sort control, timed out)."""
+        ordered = array("i")
+        if not timed_out:
+            try:
+                yield from sort_steps(found, sort_keys, entry_of, ordered)
+                return ordered, sort_control, False
+            except TimeUp:
+                pass
+        unsorted = encode_control(OID_SORT_RESPONSE, ber.sequence(ber.enumerated(TIME_LIMIT_EXCEEDED)))
+        return (array("i") if critical else found), unsorted, True
+
+    @staticmethod
+    def _send_found(cursor: SearchCursor, selection: Selection, found: array, entry_of, size_limit: int | None) -> None:
+        end = len(found) if size_limit is None else min(len(found), size_limit)
+        if end > cursor.sent:
+            cursor.out.append(encode_entries(cursor.message_id, selection, map(entry_of, found[cursor.sent:end])))
+            cursor.sent = end
+
+    @staticmethod
+    def _send_steps(cursor: SearchCursor, selection: Selection, ids: array, entry_of) -> Iterator[bool]:
+        for start in range(0, len(ids), EMIT_STEP):
+            chunk = ids[start:start + EMIT_STEP]
+            cursor.out.append(encode_entries(cursor.message_id, selection, map(entry_of, chunk)))
+            cursor.sent += len(chunk)
+            yield True
+
+    @staticmethod
+    def _finish(cursor: SearchCursor, code: int, controls: bytes) -> None:
+        cursor.out.append(message(cursor.message_id, result(SEARCH_RESULT_DONE, code, ""),
+                                  ber.tlv(CONTROLS_TAG, controls) if controls else b""))
+        cursor.out.append(Searched(cursor.sent, code == TIME_LIMIT_EXCEEDED))
+
+    def _done_steps(self, cursor: SearchCursor, code: int, controls: bytes) -> Iterator[bool]:
+        self._finish(cursor, code, controls)
+        yield False
+
+    def _paged_steps(self, cursor: SearchCursor, directory: Directory, first: list[Entry], contacts: bool,
+                     request: SearchRequest, selection: Selection, sort_keys, sort_control: bytes, critical_sort: bool,
+                     page_size: int, identity: bytes, sorted_request: bool, policy: Policy) -> Iterator[bool]:
+        """The first page: every match found (and sorted) and kept for the pages after it."""
+        found = array("i")
+        entry_of = entry_getter(directory, first)
+        timed_out = False
+        limit = request.size_limit + 1 if request.size_limit and sort_keys is None else None
+        finder = find_entries(directory, first, contacts, request.filter, found, limit)
+        try:
+            for _ in finder:
+                yield True
+        except TimeUp:
+            timed_out = True
+            finder.close()
+        if sort_keys is not None:
+            found, sort_control, timed_out = yield from self._sorted(found, sort_keys, entry_of, sort_control,
+                                                                     critical_sort, timed_out)
+        exceeded = bool(request.size_limit) and len(found) > request.size_limit
+        if exceeded:
+            del found[request.size_limit:]
+        self._cookies += 1
+        cookie = str(self._cookies).encode()
+        if len(self._paged) >= MAX_PAGED_SEARCHES:
+            self._paged.pop(next(iter(self._paged)))
+        state = self._paged[cookie] = PagedSearch(identity, found, entry_of, 0, exceeded, sort_control, cursor.message_id)
+        yield from self._page_steps(cursor, state, cookie, page_size, selection, sorted_request, policy, timed_out)
+
+    def _page_steps(self, cursor: SearchCursor, state: PagedSearch, cookie: bytes, page_size: int, selection: Selection,
+                    sorted_request: bool, policy: Policy, timed_out: bool) -> Iterator[bool]:
+        size = min(page_size, policy.size_limit)
+        try:
+            yield from self._send_steps(cursor, selection, state.results[state.position:state.position + size], state.entry_of)
+        except TimeUp:
+            timed_out = True
+        state.position += cursor.sent
+        done = state.position >= len(state.results) or timed_out
+        if done:
+            self._paged.pop(cookie, None)
+        code = TIME_LIMIT_EXCEEDED if timed_out else (SIZE_LIMIT_EXCEEDED if done and state.size_exceeded else SUCCESS)
+        control = encode_control(OID_PAGED_RESULTS, ber.sequence(ber.integer(len(state.results)), ber.octets(b"" if done else cookie)))
+        self._finish(cursor, code, control + (state.sort_control if sorted_request else b""))
+
+    def _sort_keys(self, sort) -> tuple[list[tuple[str, bool]] | None, bytes]:
+        """(attribute keys with their direction, the sort response control); None: sent unsorted (RFC 2891 §2.2)."""
+        keys, critical, _ = sort
+        resolved = []
+        for attr, rule, reverse in keys:
+            key = attribute_key(attr)
+            if key is None or (rule is not None and rule not in ORDERING_RULES):
+                code = NO_SUCH_ATTRIBUTE if key is None else INAPPROPRIATE_MATCHING
+                if critical:
+                    raise LdapError(UNAVAILABLE_CRITICAL_EXTENSION, f"cannot sort by {attr}")
+                return None, encode_control(OID_SORT_RESPONSE, ber.sequence(ber.enumerated(code)))
+            resolved.append((key, reverse))
+        return resolved, encode_control(OID_SORT_RESPONSE, ber.sequence(ber.enumerated(SUCCESS)))
 
     def _selection(self, request: SearchRequest) -> "Selection":
         key = (tuple(request.attributes), request.types_only)
@@ -1562,126 +2245,6 @@ class LdapSession:
                 _SELECTIONS.pop(next(iter(_SELECTIONS)))
             _SELECTIONS[key] = selection
         return selection
-
-    def _within_time(self, matches: list[Entry], request: SearchRequest, policy: Policy) -> tuple[list[Entry], bool]:
-        """Cut the result where the time limit ran out (the clock is read every TIME_CHECK_EVERY entries)."""
-        limit = min(request.time_limit or policy.time_limit, policy.time_limit)
-        started = self._started
-        for index in range(0, len(matches), TIME_CHECK_EVERY):
-            if self.clock() - started > limit:
-                return matches[:index], True
-        return matches, False
-
-    def _matching(self, directory: Directory, ndn, request: SearchRequest, limit: int | None = None) -> list[Entry]:
-        """Entries in scope that match the filter, in directory order; at most `limit` (None: all)."""
-        self._started = self.clock()
-        scope, base_ndn = request.scope, directory.base_ndn
-        predicate = compile_filter(request.filter)
-        include_base = False
-        search_contacts = False
-        if ndn == base_ndn:
-            include_base = scope != SCOPE_ONE
-            search_contacts = scope != SCOPE_BASE
-        elif ndn == base_ndn[len(base_ndn) - len(ndn):] and len(ndn) < len(base_ndn):
-            # an ancestor of the base (e.g. "" or dc=com): subtree covers all, one-level its child
-            if scope == SCOPE_BASE:
-                raise LdapError(NO_SUCH_OBJECT, "", "")
-            include_base = scope == SCOPE_SUB or len(base_ndn) - len(ndn) == 1
-            search_contacts = scope == SCOPE_SUB
-        else:
-            entry = directory.by_ndn.get(ndn)
-            if entry is None:
-                matched = directory.base if ndn[len(ndn) - len(base_ndn):] == base_ndn else ""
-                raise LdapError(NO_SUCH_OBJECT, "", matched)
-            return [entry] if scope != SCOPE_ONE and predicate(entry) else []
-        matches = [directory.base_entry] if include_base and predicate(directory.base_entry) else []
-        if search_contacts:
-            ids, exact, _ = directory.candidates(request.filter)
-            entries = directory.entries
-            limit = len(entries) + 1 if limit is None else limit
-            if len(matches) >= limit:
-                return matches
-            if ids is None:
-                for entry in entries:
-                    if predicate(entry):
-                        matches.append(entry)
-                        if len(matches) >= limit:
-                            break
-                return matches
-            # index order (alphabetical for name lookups); stops at the size limit, so a
-            # phone's search for a common prefix costs what it returns, not what exists
-            seen: set[int] = set()
-            for i in ids:
-                if i in seen:
-                    continue
-                seen.add(i)
-                entry = entries[i]
-                if exact or predicate(entry):
-                    matches.append(entry)
-                    if len(matches) >= limit:
-                        break
-        return matches
-
-    def _sort(self, matches: list[Entry], sort) -> tuple[list[Entry], bytes]:
-        keys, critical, _ = sort
-        resolved = []
-        for attr, rule, reverse in keys:
-            key = attribute_key(attr)
-            if key is None or (rule is not None and rule not in ORDERING_RULES):
-                code = NO_SUCH_ATTRIBUTE if key is None else INAPPROPRIATE_MATCHING
-                if critical:
-                    raise LdapError(UNAVAILABLE_CRITICAL_EXTENSION, f"cannot sort by {attr}")
-                return matches, encode_control(OID_SORT_RESPONSE, ber.sequence(ber.enumerated(code)))
-            resolved.append((key, reverse))
-        ordered = list(matches)
-        for key, reverse in reversed(resolved):  # stable sorts, least significant key first
-            present = [e for e in ordered if key in e.folded]
-            absent = [e for e in ordered if key not in e.folded]
-            present.sort(key=lambda e: min(e.folded[key]), reverse=reverse)
-            # entries without the attribute sort after all others (RFC 2891 §2.2)
-            ordered = absent + present if reverse else present + absent
-        return ordered, encode_control(OID_SORT_RESPONSE, ber.sequence(ber.enumerated(SUCCESS)))
-
-    def _paged_search(self, message_id, request, paged_value, sort, directory, policy):
-        """RFC 2696: the whole result is computed (and sorted) once; pages are cut from it."""
-        page_size, cookie = paged_value
-        sort_value = sort[2] if sort else b""
-        # a cookie continues only the very search it came from, sort order included
-        identity = request.base.lower().encode() + bytes([request.scope]) + request.filter_bytes + sort_value
-        if cookie:
-            state = self._paged.get(cookie)
-            if state is None or state.identity != identity:
-                raise LdapError(UNWILLING_TO_PERFORM, "paged results cookie is invalid")
-            if page_size == 0:  # the client gives up on the rest (RFC 2696 §3)
-                del self._paged[cookie]
-                return [], encode_control(OID_PAGED_RESULTS, ber.sequence(ber.integer(0), ber.octets(b""))), SUCCESS, ""
-            state.message_id = message_id
-            self._started = self.clock()
-        else:
-            if page_size == 0:
-                return [], encode_control(OID_PAGED_RESULTS, ber.sequence(ber.integer(0), ber.octets(b""))), SUCCESS, ""
-            matches = self._matching(directory, parse_dn_cached(request.base), request)
-            sort_control = b""
-            if sort is not None:
-                matches, sort_control = self._sort(matches, sort)
-            exceeded = bool(request.size_limit) and len(matches) > request.size_limit
-            if exceeded:
-                matches = matches[:request.size_limit]
-            self._cookies += 1
-            cookie = str(self._cookies).encode()
-            if len(self._paged) >= MAX_PAGED_SEARCHES:
-                self._paged.pop(next(iter(self._paged)))
-            state = self._paged[cookie] = PagedSearch(identity, matches, 0, exceeded, sort_control, message_id)
-        size = min(page_size, policy.size_limit)
-        page = state.results[state.position:state.position + size]
-        page, timed_out = self._within_time(page, request, policy)
-        state.position += len(page)
-        done = state.position >= len(state.results) or timed_out
-        if done:
-            self._paged.pop(cookie, None)
-        code = TIME_LIMIT_EXCEEDED if timed_out else (SIZE_LIMIT_EXCEEDED if done and state.size_exceeded else SUCCESS)
-        control = encode_control(OID_PAGED_RESULTS, ber.sequence(ber.integer(len(state.results)), ber.octets(b"" if done else cookie)))
-        return page, control + (state.sort_control if sort is not None else b""), code, ""
 
 
 OPERATIONS: dict[int, Callable] = {

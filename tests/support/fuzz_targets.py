@@ -157,7 +157,13 @@ def fuzz_ldap(data: bytes) -> None:
     if bound:
         session.receive(_LDAP_BIND)
     for chunk in parts(data[1:]):
-        for output in session.receive(chunk):
+        outputs = session.receive(chunk)
+        while outputs:
+            output = outputs.pop(0)
+            if isinstance(output, ldap.SearchCursor):  # run as the shell does, a slice at a time
+                while not output.done:
+                    outputs += output.run(session.clock() + 0.002)
+                continue
             assert isinstance(output, (bytes, ldap.BindFailed, ldap.Searched, ldap.StartTLS, ldap.Close)), output
         assert len(session._buffer) <= _LDAP_POLICY.max_message  # the buffer stays bounded
         if session.closed:

@@ -139,3 +139,10 @@ class ServiceProcess:
     @property
     def cert_path(self) -> Path:
         return self.directory / "data" / "tls" / "selfsigned.crt"
+
+    def sensors(self, admin_password: str) -> dict[str, int]:
+        """Every sensor's value, from /api/sensors on the plain HTTP binding."""
+        import requests
+
+        body = requests.get(self.url("/api/sensors"), auth=("admin", admin_password), timeout=10).json()
+        return {row["name"]: row["value"] for row in body["sensors"]}

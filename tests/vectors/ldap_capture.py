@@ -79,11 +79,18 @@ def serve_once(listener: socket.socket, record: list[bytes]) -> None:
                     break
                 record.append(buffer[:size])
                 buffer = buffer[size:]
-            for item in session.receive(data):
-                if isinstance(item, bytes):
+            items = session.receive(data)
+            while items:
+                item = items.pop(0)
+                if isinstance(item, ldap.SearchCursor):
+                    while not item.done:
+                        items += item.run(float("inf"))
+                elif isinstance(item, bytes):
                     conn.sendall(item)
                 elif isinstance(item, ldap.Close):
                     return
+                if not items and session.backlog:
+                    items = session.receive(b"")
 
 
 def capture(program: str, args: list[str], stdin: str | None = None) -> list[bytes]:

@@ -91,7 +91,7 @@ class Admission:
     the per-client limit); failing that, it is refused as busy, or not answered
     at all when every slot of its client awaits an acknowledgement (the client
     has acknowledged nothing it was sent: it is spoofed or it has what it
-    needs). Allowance: a peers.TokenBuckets of bytes per source key (IPv4
+    needs). Allowance: a proto.clients.TokenBuckets of bytes per source key (IPv4
     address, IPv6 /64) with room for `max_per_client` first packets sent 1 +
     first_packet_retries times, filled again over ALLOWANCE_REFILL: honest
     clients are given back what they acknowledge and never wait for it, so the
