@@ -6,8 +6,9 @@ already bound are closed and `BindError` names the setting, the address and
 the OS error, e.g. ``ip_https_port: cannot bind [::]:443: Address already in use``.
 
 Sockets are bound in the worker process, after gevent's monkey-patching, so
-they are gevent sockets from the start (DESIGN.md §7: an inherited blocking
-socket hangs a DatagramServer). Ports below 1024 need root or
+they are gevent sockets from the start (an inherited blocking socket hangs a
+DatagramServer). UDP sockets are asked for each datagram's local address
+(shells.udp.enable_pktinfo): a wildcard socket answers from it. Ports below 1024 need root or
 CAP_NET_BIND_SERVICE on the process (see deploy/greenservers.service).
 """
 

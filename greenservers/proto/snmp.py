@@ -1,4 +1,4 @@
-"""SNMP v1 agent core, sans-IO: a datagram, its source address and `now` in; a reply (or none) out.
+"""SNMP v1 agent core, sans-IO: a datagram, its source address and `now` in; the reply or a Dropped event out.
 
 Theory of operation (RFC 1157 §4; BER per X.690 as restricted by RFC 1157 §3.2.2)
 -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Phone provisioning files: what a requested name means inside data_dir/tftp (DESIGN.md §6).
+"""Phone provisioning files: what a requested name means inside data_dir/tftp, and the rules of what phones are told.
 
 Used by both TFTP (greenservers.shells.tftp) and HTTP (greenservers.web.prov), so
 a phone gets the same bytes either way. A request for NAME is served from
@@ -25,6 +25,12 @@ a misspelt variable is an error, not an empty string) with `mac`, `server`
 `https_url`, and `tz` and `phonebook` (the phone time zone and address
 book in each vendor's form, greenservers.provisioning.phones.profiles). A template error is logged (rate-limited) with the template
 and line, and answered as an error: never half a file.
+
+The rules of what phones are told live here too, for the templates and the
+admin page alike: `provisioned_ntp_server` (this server where the NTP
+server is on, else the `ntp_server` setting) and `port_for` (the binding a
+client that reached us at an address reaches best; the HTTPS redirect's
+port too).
 
 Nothing under ``uploads/`` is ever served, by name or through a link, nor
 reachable from a template: that is where phones' uploads land

@@ -10,7 +10,7 @@ the event loop keeps serving meanwhile.
 An order per key type (ECDSA P-256, RSA-2048) for all of acme_domains, with
 the http-01 challenge: while the authority validates, `pending` maps the
 token to its key authorization, and every HTTP binding answers it
-(httpserver.plain_http_app, and httpserver's refusal path when the caps are
+(shells.http.plain_http_app, and shells.http's refusal path when the caps are
 full). What the authority issues is checked (parses, key matches, names,
 loads into OpenSSL) before it is stored and served.
 

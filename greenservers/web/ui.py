@@ -7,7 +7,7 @@ fields whose value differs from the current one become changes, applied all
 or nothing through api.apply_settings_changes (so the page and the JSON API
 share validation and auditing). Secrets are never put in the page: their
 field is empty, says whether a value is set, and an empty submission keeps
-it. The certificate upload (PEM chain + key) is checked with tls.check_pem
+it. The certificate upload (PEM chain + key) is checked with tls.certificates.check_pem
 before any file or setting is replaced.
 
 /settings/password changes the admin password (current one, new one twice),

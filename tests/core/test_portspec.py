@@ -1,4 +1,4 @@
-"""Binding-list parser: every form of DESIGN.md §3 and every kind of bad token."""
+"""Binding-list parser: every form the README's "Port bindings" table documents and every kind of bad token."""
 
 import socket
 

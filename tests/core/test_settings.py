@@ -6,7 +6,7 @@ import pytest
 
 from greenservers.config.settings import BY_NAME, DECLARATIONS, GROUPS, Settings, SettingsError
 
-DESIGN_DEFAULTS = {
+DOCUMENTED_DEFAULTS = {
     "ip_http_port": "80", "ip_https_port": "443", "http_max_conn_rate": 100, "http_max_conn": 1000,
     "http_redirect_https": False, "ip_snmp_port": "161", "snmp_trusted": "", "snmp_community": "public",
     "ip_tftp_port": "69", "tftp_write": False, "ip_ntp_port": "123", "ntp_server": "",
@@ -18,7 +18,7 @@ DESIGN_DEFAULTS = {
 def test_every_setting_of_the_design_is_declared_once_with_its_default():
     names = [s.name for s in DECLARATIONS]
     assert len(names) == len(set(names))
-    for name, default in DESIGN_DEFAULTS.items():
+    for name, default in DOCUMENTED_DEFAULTS.items():
         assert BY_NAME[name].default == default, name
     assert "ldap_password" in BY_NAME and BY_NAME["ldap_password"].secret
 
