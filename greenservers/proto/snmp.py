@@ -40,10 +40,12 @@ the log line the shell writes, rate-limited):
    when the reply would exceed MAX_RESPONSE (§4.1.2 (3); if even the echo
    would not fit, with no bindings at all).
 
-The reply encoder is a small BER writer for exactly the types this agent
-sends (INTEGER, OCTET STRING, OBJECT IDENTIFIER, NULL, Counter, Gauge,
-TimeTicks; RFC 1155 §3.2.3); tests check it byte for byte against pysnmp's
-encoder.
+The reply is encoded with proto.ber's encoder (the LDAP server's too), for
+exactly the types this agent sends (INTEGER, OCTET STRING, OBJECT IDENTIFIER,
+NULL, Counter, Gauge, TimeTicks; RFC 1155 §3.2.3); tests check it byte for
+byte against pysnmp's encoder. The envelope is read with a walker of its own,
+stricter than the LDAP decoder (lengths of at most three octets) and
+answering with this agent's verdicts.
 
 The MIB view: the MIB-2 system group (RFC 1213 §6.1: sysDescr .. sysServices)
 and the sensors subtree (`greenservers.sensors`; deploy/mibs/GREENSERVERS-MIB.txt,
@@ -67,6 +69,7 @@ from pysnmp.proto import api
 from pysnmp.proto.error import ProtocolError
 
 from ..sensors import ENTERPRISE_OID, PRODUCT_OID, SENSORS_OID, Sensor
+from .ber import integer as encode_integer, tlv
 from .clients import plain_address
 from .results import Event, Output
 
@@ -245,22 +248,7 @@ def decode_bindings(datagram: bytes) -> tuple[tuple[int, ...], ...]:
         raise Dropped(MALFORMED, f"undecodable: {type(exc).__name__}") from None
 
 
-# -- BER writing: exactly the types this agent sends ------------------------
-
-
-def _header(tag: int, length: int) -> bytes:
-    if length < 0x80:
-        return bytes((tag, length))
-    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(octets))) + octets
-
-
-def _tlv_out(tag: int, content: bytes) -> bytes:
-    return _header(tag, len(content)) + content
-
-
-def encode_integer(value: int, tag: int = TAG_INTEGER) -> bytes:
-    return _tlv_out(tag, value.to_bytes(max(1, (value + (value < 0)).bit_length() // 8 + 1), "big", signed=True))
+# -- BER writing: exactly the types this agent sends (proto.ber's encoder) -------
 
 
 def encode_oid(oid: tuple[int, ...]) -> bytes:
@@ -274,7 +262,7 @@ def encode_oid(oid: tuple[int, ...]) -> bytes:
             chunk.append(0x80 | (arc & 0x7F))
             arc >>= 7
         content.extend(reversed(chunk))
-    return _tlv_out(TAG_OID, bytes(content))
+    return tlv(TAG_OID, bytes(content))
 
 
 NULL = bytes((TAG_NULL, 0))
@@ -282,7 +270,7 @@ EMPTY_BINDINGS = bytes((TAG_SEQUENCE, 0))
 
 # the SNMP type of a MIB value -> its BER encoder (RFC 1155 §3.2.3)
 VALUE_ENCODERS: dict[str, Callable[[Any], bytes]] = {
-    "octets": lambda v: _tlv_out(TAG_OCTETS, v),
+    "octets": lambda v: tlv(TAG_OCTETS, v),
     "integer": encode_integer,
     "oid": encode_oid,
     "timeticks": lambda v: encode_integer(v % 2**32, TAG_TIMETICKS),
@@ -297,9 +285,9 @@ SMALL_INTEGERS = [encode_integer(i) for i in range(256)]  # error-status and err
 def encode_response(community: bytes, request_id: bytes, status: int, index: int, bindings: bytes) -> bytes:
     """A whole v1 Message carrying a GetResponse-PDU; `request_id` and `bindings` are encoded TLVs."""
     small = SMALL_INTEGERS
-    pdu = _tlv_out(PDU_RESPONSE, request_id + (small[status] if status < 256 else encode_integer(status))
+    pdu = tlv(PDU_RESPONSE, request_id + (small[status] if status < 256 else encode_integer(status))
                    + (small[index] if index < 256 else encode_integer(index)) + bindings)
-    return _tlv_out(TAG_SEQUENCE, b"\x02\x01\x00" + _tlv_out(TAG_OCTETS, community) + pdu)
+    return tlv(TAG_SEQUENCE, b"\x02\x01\x00" + tlv(TAG_OCTETS, community) + pdu)
 
 
 # -- the MIB view -------------------------------------------------------------
@@ -473,7 +461,7 @@ class Agent:
     # -- PDU handlers: requested OIDs -> encoded VarBindList, or SnmpError ------
 
     def _binding(self, obj: MibObject, now: float) -> bytes:
-        return _tlv_out(TAG_SEQUENCE, obj.oid_tlv + VALUE_ENCODERS[obj.syntax](obj.read(self, now)))
+        return tlv(TAG_SEQUENCE, obj.oid_tlv + VALUE_ENCODERS[obj.syntax](obj.read(self, now)))
 
     def _get(self, oids, now: float) -> bytes:
         parts = []
@@ -482,7 +470,7 @@ class Agent:
             if obj is None:
                 raise NoSuchName(index)
             parts.append(self._binding(obj, now))
-        return _tlv_out(TAG_SEQUENCE, b"".join(parts))
+        return tlv(TAG_SEQUENCE, b"".join(parts))
 
     def _get_next(self, oids, now: float) -> bytes:
         parts = []
@@ -491,7 +479,7 @@ class Agent:
             if obj is None:  # past the end of the view: how a v1 walk ends
                 raise NoSuchName(index)
             parts.append(self._binding(obj, now))
-        return _tlv_out(TAG_SEQUENCE, b"".join(parts))
+        return tlv(TAG_SEQUENCE, b"".join(parts))
 
     def _set(self, oids, now: float) -> bytes:
         """Nothing is writable, so the first variable fails (RFC 1157 §4.1.5): readOnly if it exists, else noSuchName."""

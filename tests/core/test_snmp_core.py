@@ -13,7 +13,7 @@ from support.snmp import FIXED_SENSORS, SYS, V1, bad_inputs, build_request, deco
 from vectors.snmp_requests import REQUESTS
 
 from greenservers.config.settings import Settings
-from greenservers.proto import snmp
+from greenservers.proto import ber, snmp
 from greenservers.sensors import DECLARED, PRODUCT_OID, SensorRegistry
 
 
@@ -272,8 +272,8 @@ values = st.one_of(
 def test_encoder_matches_pysnmp_byte_for_byte(oid, value, rid, status, index):
     """Every type the agent sends; negative INTEGERs are left out: the agent sends none (request-ids are copied)."""
     syntax, raw, pysnmp_value = value
-    binding = snmp._tlv_out(snmp.TAG_SEQUENCE, snmp.encode_oid(oid) + snmp.VALUE_ENCODERS[syntax](raw))
-    ours = snmp.encode_response(b"public", snmp.encode_integer(rid), status, index, snmp._tlv_out(snmp.TAG_SEQUENCE, binding))
+    binding = ber.tlv(snmp.TAG_SEQUENCE, snmp.encode_oid(oid) + snmp.VALUE_ENCODERS[syntax](raw))
+    ours = snmp.encode_response(b"public", snmp.encode_integer(rid), status, index, ber.tlv(snmp.TAG_SEQUENCE, binding))
     assert ours == pysnmp_response(b"public", rid, status, index, [(oid, pysnmp_value)])
 
 

@@ -8,7 +8,7 @@ import random
 from pyasn1.codec.ber import decoder, encoder
 from vectors.snmp_requests import REQUESTS
 
-from greenservers.proto import snmp
+from greenservers.proto import ber, snmp
 from greenservers.sensors import DECLARED, Sensor
 
 V1 = snmp.V1
@@ -57,15 +57,15 @@ def build_request(oids, pdu_class=None, community="public", request_id=7, values
 
 
 def message(pdu: bytes, community: bytes = b"public", version: bytes = b"\x02\x01\x00") -> bytes:
-    return snmp._tlv_out(0x30, version + snmp._tlv_out(0x04, community) + pdu)
+    return ber.tlv(0x30, version + ber.tlv(0x04, community) + pdu)
 
 
 def get_pdu(bindings: bytes, request_id: bytes = b"\x02\x01\x07", tag: int = 0xA0) -> bytes:
-    return snmp._tlv_out(tag, request_id + b"\x02\x01\x00\x02\x01\x00" + snmp._tlv_out(0x30, bindings))
+    return ber.tlv(tag, request_id + b"\x02\x01\x00\x02\x01\x00" + ber.tlv(0x30, bindings))
 
 
 def binding(oid_tlv: bytes, value_tlv: bytes = b"\x05\x00") -> bytes:
-    return snmp._tlv_out(0x30, oid_tlv + value_tlv)
+    return ber.tlv(0x30, oid_tlv + value_tlv)
 
 
 SYSDESCR_OID = snmp.encode_oid(SYS + (1, 0))
@@ -76,7 +76,7 @@ def bad_inputs() -> dict[str, bytes]:
     rng = random.Random(4)
     deep = b"\x05\x00"
     for _ in range(1500):  # stays under MAX_REQUEST, so pysnmp's decoder meets it
-        deep = snmp._tlv_out(0x30, deep)
+        deep = ber.tlv(0x30, deep)
     return {
         "empty": b"",
         "one octet": b"\x30",
@@ -91,16 +91,16 @@ def bad_inputs() -> dict[str, bytes]:
         "indefinite length": b"\x30\x80" + good[2:] + b"\x00\x00",
         "huge community length": good[:5] + b"\x04\x84\x7f\xff\xff\xff" + good[13:],
         "varbind length beyond its list": message(get_pdu(b"\x30\x7f" + SYSDESCR_OID + b"\x05\x00")),
-        "oid length beyond its varbind": message(get_pdu(snmp._tlv_out(0x30, b"\x06\x20" + SYSDESCR_OID[2:] + b"\x05\x00"))),
+        "oid length beyond its varbind": message(get_pdu(ber.tlv(0x30, b"\x06\x20" + SYSDESCR_OID[2:] + b"\x05\x00"))),
         "trailing octets": good + b"\x00",
         "deeply nested value": message(get_pdu(binding(SYSDESCR_OID, deep))),
-        "deeply nested, over the size limit": snmp._tlv_out(0x30, deep * 6),
+        "deeply nested, over the size limit": ber.tlv(0x30, deep * 6),
         "indefinite lengths inside a binding": message(get_pdu(binding(SYSDESCR_OID, b"\x30\x80\x30\x80\x00\x00\x00\x00"))),
         "value of an unknown type": message(get_pdu(binding(SYSDESCR_OID, b"\x47\x01\x00"))),
         "1000 varbinds": build_request([(1, 3)] * 1000),
-        "64 KiB": snmp._tlv_out(0x30, b"\x02\x01\x00\x04\x06public" + b"\x00" * (65536 - 20)),
+        "64 KiB": ber.tlv(0x30, b"\x02\x01\x00\x04\x06public" + b"\x00" * (65536 - 20)),
         "get-response sent to us": message(get_pdu(binding(SYSDESCR_OID), tag=0xA2)),
-        "trap sent to us": message(snmp._tlv_out(0xA4, b"\x06\x01\x2b")),
+        "trap sent to us": message(ber.tlv(0xA4, b"\x06\x01\x2b")),
         "getbulk in a v1 message": message(get_pdu(binding(SYSDESCR_OID), tag=0xA5)),
         "oid arc over 64 bits": message(get_pdu(binding(b"\x06\x0b\x2b" + b"\xff" * 9 + b"\x7f"))),
         "oid not an oid": message(get_pdu(binding(b"\x04\x03abc"))),
