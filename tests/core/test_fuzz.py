@@ -1,6 +1,6 @@
 """The short fuzzing pass: every protocol core and the port/settings parsers under hypothesis (~1 minute in all).
 
-The targets (tests/fuzz_targets.py) are the ones bench/fuzz_long.py runs for
+The targets (tests/support/fuzz_targets.py) are the ones bench/fuzz_long.py runs for
 millions of inputs under atheris. Inputs are random octets and real-client
 traffic (the golden vectors) with random edits: flipped, inserted and
 deleted octets and BER-significant values (long lengths, 0x80, 0xff), so the

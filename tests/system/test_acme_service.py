@@ -1,4 +1,4 @@
-"""ACME in the running service against a real authority: pebble on loopback (tests/pebble_ca.py).
+"""ACME in the running service against a real authority: pebble on loopback (tests/support/pebble.py).
 
 Each test starts its own pebble (its http-01 checks go to the service's HTTP
 binding) and the service as in production, with acme_ca_bundle trusting

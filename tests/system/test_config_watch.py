@@ -4,7 +4,7 @@ The server is started with no admin password; `python -m greenservers passwd`
 runs as a separate process; curl then logs in over HTTPS with the new
 password, polled until it works within a generous deadline, and the old
 password is refused. A bad hand edit is logged and ignored, the next good one
-applies. (The same in headless Chromium: tests/test_browser.py.)
+applies. (The same in headless Chromium: tests/system/test_browser.py.)
 """
 
 from __future__ import annotations
