@@ -4,7 +4,7 @@
     python bench/acme_latency.py [--runs 3]
 
 Every service on loopback (bench/services.py) and Debian's pebble as the ACME
-authority (tests/pebble_ca.py: its own DNS, http-01 checked on the service's
+authority (tests/support/pebble.py: its own DNS, http-01 checked on the service's
 HTTP port). Each run turns ACME on for new names through the settings API
 (so an ECDSA and an RSA-2048 certificate are ordered: keys, two orders,
 validation, finalization) while a client of every other service sends a
@@ -29,11 +29,11 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(BENCH.parent / "tests"))
 
 import requests  # noqa: E402
-
 import services  # noqa: E402
 from common import RESULTS, machine  # noqa: E402
+from support.pebble import PebbleCA  # noqa: E402
+
 from greenservers.passwords import hash_password  # noqa: E402
-from pebble_ca import PebbleCA  # noqa: E402
 
 ADMIN_PASSWORD = "bench admin password"
 PROBED = ("http", "snmp", "tftp", "ntp", "ldap")
@@ -79,7 +79,7 @@ def main() -> int:
         try:
             for run in range(args.runs):
                 idle, _ = probed(server, lambda: time.sleep(PROBE_SECONDS))  # the same probes with nothing going on
-                during, seconds = probed(server, lambda: issue(server, ca, f"pbx{run}.bench.test phones{run}.bench.test"))
+                during, seconds = probed(server, lambda run=run: issue(server, ca, f"pbx{run}.bench.test phones{run}.bench.test"))
                 rows.append({"run": run + 1, "issuance_seconds": round(seconds, 2), "idle": idle, "during_issuance": during})
                 print(f"run {run + 1}: issuance {seconds:.2f} s; p99 / max ms idle -> during: " + ", ".join(
                     f"{name} {idle[name]['p99_ms']}/{idle[name]['max_ms']} -> {during[name]['p99_ms']}/{during[name]['max_ms']}"

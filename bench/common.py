@@ -1,11 +1,19 @@
-"""Shared pieces of the benchmarks: free ports, process control, medians, the results table."""
+"""Shared pieces of the benchmarks: greenservers started as in production, process control, medians, the results table.
+
+Built on the tests' support code (tests/support): greenservers is configured and
+started one way, support.ServiceProcess (`gunicorn -c gunicorn.conf.py`, every
+binding off but those given, ready once the worker says it serves), and every
+port comes from support.ports.free_port (never in the kernel's ephemeral range,
+never twice). The reference daemons are plain processes, waited for with
+support.eventually.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -13,54 +21,47 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
 RESULTS = REPO / "bench" / "results"
+for _path in (BENCH, REPO / "tests", REPO):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from support import ServiceProcess, eventually, free_port, free_udp_port  # noqa: E402, F401 -- the benchmarks take their ports here
+from support.service import stop_process  # noqa: E402
 
 
-BINDINGS_OFF = {key: "" for key in ("ip_http_port", "ip_https_port", "ip_snmp_port", "ip_tftp_port",
-                                     "ip_ntp_port", "ip_ldap_port", "ip_ldaps_port")}
+def start_greenservers(directory: Path, settings: dict, app: str = "app:app", timeout: float = 60.0) -> ServiceProcess:
+    """greenservers as in production, every binding off but those in `settings`, once it serves (stop() ends it).
+    `app` may name a WSGI application of bench/ (hello_app:app, for the HTTP comparison)."""
+    env = {"PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO)])}
+    return ServiceProcess(directory, settings, env=env, app=app).start(timeout=timeout)
 
 
-def start_greenservers(directory: Path, settings: dict, app: str = "app:app") -> subprocess.Popen:
-    """greenservers as in production (gunicorn -c gunicorn.conf.py), every binding off but those in `settings`."""
-    import tomlkit
-
-    config = directory / "greenservers.toml"
-    config.write_text(tomlkit.dumps({**BINDINGS_OFF, **settings}))
-    env = dict(os.environ, GREENSERVERS_CONFIG=str(config), PYTHONPATH=f"{REPO / 'bench'}:{REPO}")
-    return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), app],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def worker_pid(server: ServiceProcess) -> int:
+    """The PID of greenservers' one worker (where its CPU time is spent)."""
+    return server.worker_pids[0]
 
 
-def worker_pid(master: subprocess.Popen) -> int:
-    return int(subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout.split()[0])
-
-
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def stop(process) -> None:
+    """End a server: greenservers (a ServiceProcess) or a reference daemon (a Popen), by its PID."""
+    if isinstance(process, ServiceProcess):
+        process.stop()
+    else:
+        stop_process(process)
 
 
 def wait_tcp(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Until something accepts connections on host:port."""
+    def accepts() -> bool:
         try:
             socket.create_connection((host, port), timeout=0.2).close()
-            return
+            return True
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {host}:{port}")
+            return False
 
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+    eventually(accepts, timeout, what=f"a listener on {host}:{port}")
 
 
 def drain(sock: socket.socket, quiet: float = 0.2) -> None:
@@ -73,32 +74,30 @@ def drain(sock: socket.socket, quiet: float = 0.2) -> None:
         pass
 
 
-def wait_udp_answer(port: int, proc: subprocess.Popen, request: bytes, what: str, timeout: float = 30.0) -> None:
-    """Until a UDP server on 127.0.0.1:port answers `request` (raises if it exits or stays silent)."""
-    deadline = time.monotonic() + timeout
+def wait_udp_answer(port: int, process: subprocess.Popen, request: bytes, what: str, timeout: float = 30.0) -> None:
+    """Until a reference daemon on 127.0.0.1:port answers `request` (raises if it exits or stays silent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect(("127.0.0.1", port))
         sock.settimeout(0.2)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
+
+        def answered() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
             try:
                 sock.send(request)
-                if sock.recv(2048):
-                    return
+                return bool(sock.recv(2048))
             except OSError:
-                time.sleep(0.05)
-    raise RuntimeError(f"no {what} answer on 127.0.0.1:{port}")
+                return False
+
+        eventually(answered, timeout, what=f"a {what} answer on 127.0.0.1:{port}")
 
 
 def cpu_seconds(pid: int) -> float:
     """CPU time of every thread of `pid`, in ns resolution (schedstat; /proc/PID/stat counts 10 ms ticks)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a thread that ended meanwhile
             total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError):
-            pass  # a thread that ended meanwhile
     return total / 1e9
 
 
@@ -136,10 +135,8 @@ def median_spread(values: list[float]) -> tuple[float, float, float]:
 def machine() -> str:
     model = ""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {model or platform.processor()}"

@@ -4,8 +4,8 @@
 Usage:  bench/fuzz_long.py [TARGET ...] [--count N] [--max-len BYTES] [--rss-mb MB] [--timeout S]
         TARGET: snmp, tftp, ber, ldap, ntp, settings (default: all); --count is per target (default 1,000,000).
 
-The targets and their seed corpora (real-client traffic) are tests/fuzz_targets.py,
-the same the short pass in tests/test_fuzz.py runs under hypothesis. Each target
+The targets and their seed corpora (real-client traffic) are tests/support/fuzz_targets.py,
+the same the short pass in tests/core/test_fuzz.py runs under hypothesis. Each target
 runs in its own process with libFuzzer's limits: -timeout (a hang is an input
 slower than that), -rss_limit_mb (memory must stay bounded), -runs (the count).
 A crash leaves crash-<sha1> under bench/results/fuzz/<target>/ and a non-zero
@@ -34,7 +34,7 @@ def run_one(name: str, count: int, max_len: int, rss_mb: int, timeout: int) -> d
     import atheris
 
     with atheris.instrument_imports(include=["greenservers"]):
-        import fuzz_targets
+        from support import fuzz_targets
     target = fuzz_targets.TARGETS[name]
     corpus = OUT / name / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ def run_one(name: str, count: int, max_len: int, rss_mb: int, timeout: int) -> d
 
 
 def available_targets() -> list[str]:
-    import fuzz_targets
+    from support import fuzz_targets
     return list(fuzz_targets.TARGETS)
 
 
@@ -85,7 +85,9 @@ def main() -> int:
         row = {"target": name, "inputs": inputs, "seconds": round(seconds, 1), "exec_per_s": round(inputs / seconds) if seconds else 0,
                "peak_rss_mb": int(peak[-1]) if peak else None, "verdict": verdict}
         results.append(row)
-        print(f"{name:10} {inputs:>10} inputs {seconds:8.1f} s {row['exec_per_s']:>7}/s peak {row['peak_rss_mb']} MB  {verdict}", flush=True)
+        print(
+            f"{name:10} {inputs:>10} inputs {seconds:8.1f} s {row['exec_per_s']:>7}/s peak {row['peak_rss_mb']} MB  {verdict}", flush=True
+        )
         if proc.returncode != 0:
             print("\n".join(text.splitlines()[-40:]))
     OUT.parent.mkdir(parents=True, exist_ok=True)

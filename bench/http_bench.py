@@ -21,7 +21,7 @@ DURATION = os.environ.get("BENCH_DURATION", "5s")
 CONNECTIONS = 50
 
 
-def start_project(port: int, directory: Path) -> subprocess.Popen:
+def start_project(port: int, directory: Path):
     return start_greenservers(directory, {"ip_http_port": f"127.0.0.1:{port}", "http_max_conn": 1000, "http_max_conn_rate": 100},
                               app="hello_app:app")
 
@@ -48,7 +48,7 @@ def main() -> None:
         for run in range(RUNS):
             for name in alternated(run):
                 port = free_port()
-                proc = start_project(port, Path(tmp)) if name == "project" else start_reference(port)
+                proc = start_project(port, Path(tmp) / f"project{run}") if name == "project" else start_reference(port)
                 try:
                     wait_tcp(port)
                     wrk(port)  # warm-up

@@ -35,7 +35,18 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import collect, cpu_seconds, drain, free_port, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
+from common import (
+    collect,
+    cpu_seconds,
+    drain,
+    free_udp_port,
+    ratio_row,
+    start_greenservers,
+    stop,
+    wait_udp_answer,
+    worker_pid,
+    write_results,
+)
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = float(os.environ.get("BENCH_DURATION", 3.0))
@@ -58,10 +69,11 @@ SOURCE_CMSG = [[(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("@i4s4s", 0, bytes([
 # -- the two servers ---------------------------------------------------------------------------
 
 
-def start_project(port: int, directory: Path) -> tuple[subprocess.Popen, int]:
-    proc = start_greenservers(directory, {"ip_ntp_port": f"127.0.0.1:{port}", "ntp_local_stratum": 8, "data_dir": str(directory / "data")})
-    wait_ntp(port, proc)
-    return proc, worker_pid(proc)
+def start_project(port: int, directory: Path):
+    server = start_greenservers(
+        directory, {"ip_ntp_port": f"127.0.0.1:{port}", "ntp_local_stratum": 8, "data_dir": str(directory / "data")}
+    )
+    return server, worker_pid(server)
 
 
 def start_reference(port: int, directory: Path) -> tuple[subprocess.Popen, int]:
@@ -147,7 +159,7 @@ def serial_delays(port: int, count: int) -> tuple[list[float], list[float]]:
 
 
 def measure(name: str, directory: Path) -> dict:
-    port = free_port(socket.SOCK_DGRAM)
+    port = free_udp_port()
     proc, pid = (start_project if name == "project" else start_reference)(port, directory)
     try:
         throughput(port, 1.0, IN_FLIGHT)  # warm-up

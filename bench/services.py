@@ -1,10 +1,10 @@
 """Shared by flood.py, soak.py and memory.py: greenservers with every service on loopback, and one
 legitimate client ("probe") per service that measures each answer's latency and counts lost answers.
 
-The service is started exactly as in production (gunicorn -c gunicorn.conf.py
-app:app, via tests/support.py's ServiceProcess) on free loopback ports, with
-a small TFTP file, a few contacts and SNMP trusting 127.0.0.1 only. Services
-not registered yet in greenservers/service.py are left off (and not probed).
+The service is started exactly as in production, the one way the benchmarks
+start it (common.start_greenservers), with every service of the registry
+(greenservers.services) that has a probe on a free loopback port, a small TFTP
+file, a few contacts (tests/support/contacts.py) and SNMP trusting 127.0.0.1 only.
 
 The probes speak the wire protocols directly (pre-encoded requests, one
 outstanding at a time, 1 s timeout = a lost answer), so what they time is the
@@ -19,7 +19,6 @@ server, not a client program's start-up:
 from __future__ import annotations
 
 import http.client
-import re
 import resource
 import socket
 import statistics
@@ -30,15 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-for path in (BENCH, REPO / "tests", REPO):
+for path in (BENCH, BENCH.parent / "tests", BENCH.parent):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
 import ldap_wire  # noqa: E402
+from common import free_port, start_greenservers as start_service  # noqa: E402
+from support import ServiceProcess  # noqa: E402
+from support.contacts import CONTACTS_CSV  # noqa: E402
+
 from greenservers.addressbook import AddressBook  # noqa: E402
 from greenservers.proto import ber  # noqa: E402
-from support import ServiceProcess, free_port  # noqa: E402
+from greenservers.services import SERVICES  # noqa: E402
 
 LDAP_PASSWORD = "bench-secret"
 PROBE_FILE = "probe.cfg"
@@ -46,17 +48,6 @@ PROBE_CONTENT = b"# provisioning probe\n" * 10  # 210 octets: one TFTP block
 TIMEOUT = 1.0
 SNMP_GET_UPTIME = bytes.fromhex("302902010004067075626c6963a01c020400000000020100020100300e300c06082b060102010103000500")
 NTP_REQUEST = bytes.fromhex("23" + "00" * 39) + b"probe-tx"  # v4 mode 3; the transmit stamp is echoed as origin
-CONTACTS_CSV = ("first_name,last_name,work,mobile\n" + "".join(
-    f"{first},{last},+49 30 {1000 + i},+49 171 {2000 + i}\n"
-    for i, (first, last) in enumerate([("John", "Smith"), ("Anna", "Müller"), ("Jonas", "Schmitt"), ("Petra", "Jansen")])))
-
-
-def registered_services() -> set[str]:
-    """Binding settings served by this checkout (greenservers/service.py SERVICES), plus HTTP."""
-    text = (REPO / "greenservers" / "service.py").read_text()
-    return set(re.findall(r'"(ip_\w+_port)":\s*"greenservers', text)) | {"ip_http_port"}
-
-
 def raise_fd_limit(wanted: int = 8192) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
@@ -83,7 +74,7 @@ class Greenservers:
 
 def start_greenservers(directory: Path, extra: dict | None = None, contacts_csv: str = CONTACTS_CSV,
                        timeout: float = 60.0) -> Greenservers:
-    """All registered services on 127.0.0.1, free ports; the data dir prepared before the start."""
+    """Every probed service on 127.0.0.1, on free ports; the data dir prepared before the start."""
     data = directory / "data"
     (data / "tftp").mkdir(parents=True, exist_ok=True)
     (data / "tftp" / PROBE_FILE).write_bytes(PROBE_CONTENT)
@@ -91,22 +82,15 @@ def start_greenservers(directory: Path, extra: dict | None = None, contacts_csv:
         book = AddressBook(data / "addressbook.sqlite3")
         book.import_csv(contacts_csv)
         book.close()
-    wanted = registered_services()
     ports: dict[str, int] = {}
     settings: dict = {"snmp_trusted": "127.0.0.1", "snmp_community": "public", "ldap_password": LDAP_PASSWORD,
-                      "data_dir": str(data), "ip_ldaps_port": "", "ip_https_port": ""}
-    for service, key, kind in (("http", "ip_http_port", socket.SOCK_STREAM), ("snmp", "ip_snmp_port", socket.SOCK_DGRAM),
-                               ("tftp", "ip_tftp_port", socket.SOCK_DGRAM), ("ntp", "ip_ntp_port", socket.SOCK_DGRAM),
-                               ("ldap", "ip_ldap_port", socket.SOCK_STREAM)):
-        if key in wanted:
-            ports[service] = free_port(kind)
-            settings[key] = f"127.0.0.1:{ports[service]}"
-    if "ntp" in ports:
-        settings["ntp_local_stratum"] = 8  # answer even when this machine's clock is not synchronised
+                      "data_dir": str(data), "ntp_local_stratum": 8}  # NTP answers even when this clock is not synchronised
+    for spec in SERVICES:
+        if spec.name in PROBES:
+            ports[spec.name] = free_port(socket.SOCK_STREAM if spec.transport == "tcp" else socket.SOCK_DGRAM)
+            settings[spec.setting] = f"127.0.0.1:{ports[spec.name]}"
     settings.update(extra or {})
-    proc = ServiceProcess(directory, settings)
-    proc.start(timeout=timeout)
-    return Greenservers(proc, ports)
+    return Greenservers(start_service(directory, settings, timeout=timeout), ports)
 
 
 # -- resident memory and open files of a process --------------------------------------------

@@ -27,7 +27,19 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import collect, cpu_seconds, drain, free_port, median_spread, ratio_row, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
+from common import (
+    collect,
+    cpu_seconds,
+    drain,
+    free_udp_port,
+    median_spread,
+    ratio_row,
+    start_greenservers,
+    stop,
+    wait_udp_answer,
+    worker_pid,
+    write_results,
+)
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 DURATION = float(os.environ.get("BENCH_DURATION", 3.0))
@@ -52,11 +64,10 @@ REQUESTS = requests_with_ids(65536)
 # -- the two servers -------------------------------------------------------------------------
 
 
-def start_project(port: int, directory: Path) -> tuple[subprocess.Popen, int]:
-    proc = start_greenservers(directory, {"ip_snmp_port": f"127.0.0.1:{port}", "snmp_trusted": "127.0.0.1",
-                                          "snmp_community": "public", "data_dir": str(directory / "data")})
-    wait_snmp(port, proc)
-    return proc, worker_pid(proc)
+def start_project(port: int, directory: Path):
+    server = start_greenservers(directory, {"ip_snmp_port": f"127.0.0.1:{port}", "snmp_trusted": "127.0.0.1",
+                                            "snmp_community": "public", "data_dir": str(directory / "data")})
+    return server, worker_pid(server)
 
 
 def start_reference(port: int, directory: Path) -> tuple[subprocess.Popen, int]:
@@ -127,7 +138,7 @@ def drop_cost(port: int, server_pid: int, count: int, get_cpu: float) -> float:
 
 
 def measure(name: str, directory: Path) -> dict:
-    port = free_port(socket.SOCK_DGRAM)
+    port = free_udp_port()
     proc, pid = (start_project if name == "project" else start_reference)(port, directory)
     try:
         get_throughput(port, 1.0)  # warm-up (and the agent's request cache)

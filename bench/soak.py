@@ -53,8 +53,10 @@ def client_kinds(ports: dict[str, int], password: str) -> list[tuple[str, float,
     http, snmp, tftp, ldap, ntp = (ports.get(k) for k in ("http", "snmp", "tftp", "ldap", "ntp"))
     kinds = []
     if http:
-        kinds += [("curl http /healthz", 0.25, ["curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{http}/healthz"], True),
-                  ("curl http /prov/", 1.0, ["curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{http}/prov/{services.PROBE_FILE}"], True)]
+        kinds += [
+            ("curl http /healthz", 0.25, ["curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{http}/healthz"], True),
+            ("curl http /prov/", 1.0, ["curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{http}/prov/{services.PROBE_FILE}"], True),
+        ]
     if tftp:
         kinds += [("curl tftp", 0.5, ["curl", "-sf", "-o", "/dev/null", f"tftp://127.0.0.1:{tftp}/{services.PROBE_FILE}"], True),
                   ("curl tftp missing (rejected)", 5.0, ["curl", "-sf", "-o", "/dev/null", f"tftp://127.0.0.1:{tftp}/missing.cfg"], False)]
@@ -74,8 +76,10 @@ def client_kinds(ports: dict[str, int], password: str) -> list[tuple[str, float,
     if ntp:
         ntplib_code = ("import ntplib,sys; r=ntplib.NTPClient().request('127.0.0.1', port=int(sys.argv[1]), version=4, timeout=2); "
                        "sys.exit(0 if r.stratum > 0 else 1)")
-        kinds += [("ntplib", 2.0, [sys.executable, "-c", ntplib_code, str(ntp)], True),
-                  ("chronyd -Q", 30.0, ["chronyd", "-f", "/dev/null", "-Q", "-t", "5", f"server 127.0.0.1 port {ntp} iburst maxsamples 1"], True)]
+        kinds += [
+            ("ntplib", 2.0, [sys.executable, "-c", ntplib_code, str(ntp)], True),
+            ("chronyd -Q", 30.0, ["chronyd", "-f", "/dev/null", "-Q", "-t", "5", f"server 127.0.0.1 port {ntp} iburst maxsamples 1"], True),
+        ]
     return kinds
 
 
@@ -141,7 +145,10 @@ def main() -> int:
                 samples.append({"t": round(elapsed, 1), "rss_mb": round(services.rss_mb(pid), 2), "fds": services.open_fds(pid)})
                 if time.monotonic() >= next_print:
                     runs = sum(tally.runs.values())
-                    print(f"  {elapsed:7.0f} s  RSS {samples[-1]['rss_mb']:7.1f} MiB  fds {samples[-1]['fds']:4}  client runs {runs}", flush=True)
+                    print(
+                        f"  {elapsed:7.0f} s  RSS {samples[-1]['rss_mb']:7.1f} MiB  fds {samples[-1]['fds']:4}  client runs {runs}",
+                        flush=True,
+                    )
                     next_print += 60
                 if elapsed >= seconds:
                     break
@@ -172,7 +179,10 @@ def main() -> int:
     (RESULTS / "soak.json").write_text(json.dumps(result, indent=2))
     print(f"\nsoak — {result['date']} — {result['machine']} — {args.minutes} min")
     print(f"client runs {result['requests']:,}, unexpected outcomes {result['failures']} {result['failures_by_client'] or ''}")
-    print(f"RSS {result['rss_start_mb']:.1f} -> {result['rss_end_mb']:.1f} MiB ({result['rss_growth_pct']:+.2f} %, max {result['rss_max_mb']:.1f})")
+    print(
+        f"RSS {result['rss_start_mb']:.1f} -> {result['rss_end_mb']:.1f} MiB "
+        f"({result['rss_growth_pct']:+.2f} %, max {result['rss_max_mb']:.1f})"
+    )
     print(f"open fds {result['fds_start']} -> {result['fds_end']} (max {result['fds_max']})")
     print(f"log: {result['log_lines']} lines, {result['expected_rejection_lines']} expected rejections, {len(unexpected)} unexpected")
     for line in unexpected[:20]:

@@ -1,13 +1,15 @@
-"""Merges the benchmarks' JSON (bench/results/<name>.json) into ONE table: summary.json and summary.md.
+"""Merges the benchmarks' JSON (bench/results/<name>.json) into ONE table: summary.json, summary.md and bench/RESULTS.md.
 
-Usage (bench/run calls it):  python bench/summarize.py [--since UNIX_TIME] [--runs N] [NAME ...]
+Usage (bench/run calls it):  python bench/summarize.py [--since UNIX_TIME] [--runs N] [--results-file PATH] [NAME ...]
 
 NAME: the comparison benchmarks to merge (default: every results file with rows).
-The Markdown is what the README's performance section pastes: the date, the
-machine (cores, CPU model), the comparison table (figure, project, reference,
-ratio = project / reference, medians and the min-max spread of the runs),
-then the memory, flood-isolation, soak and fuzzing figures when those were
-measured in the same run (their files newer than --since).
+The Markdown holds the date, the machine (cores, CPU model), the comparison
+table (figure, project, reference, ratio = project / reference, medians and
+the min-max spread of the runs), then the memory, flood-isolation, soak and
+fuzzing figures when those were measured in the same run (their files newer
+than --since). It is written to bench/results/summary.md and, with
+--results-file (bench/run gives bench/RESULTS.md after a whole run), between
+the markers of that file; what stands around the markers is kept.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from common import RESULTS, machine
 
 SPECIAL = ("summary", "fuzz", "flood", "memory", "soak")
+BEGIN, END = "<!-- bench/summarize.py writes from here -->", "<!-- to here -->"
 
 
 def number(value) -> str:
@@ -122,6 +126,7 @@ def main() -> None:
     parser.add_argument("names", nargs="*")
     parser.add_argument("--since", type=float, default=0.0)
     parser.add_argument("--runs", default="5")
+    parser.add_argument("--results-file", type=Path, help="a Markdown file whose marked part is replaced (bench/RESULTS.md)")
     args = parser.parse_args()
     names = args.names or sorted(p.stem for p in RESULTS.glob("*.json") if p.stem not in SPECIAL)
     summary = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "runs": args.runs, "rows": comparison_rows(names)}
@@ -133,7 +138,19 @@ def main() -> None:
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2))
     text = markdown(summary)
     (RESULTS / "summary.md").write_text(text)
+    if args.results_file:
+        write_between_markers(args.results_file, text)
     print("\n" + text)
+
+
+def write_between_markers(path: Path, text: str) -> None:
+    """Replace what stands between BEGIN and END in `path` with `text`."""
+    document = path.read_text()
+    head, found, rest = document.partition(BEGIN)
+    _, found_end, tail = rest.partition(END)
+    if not (found and found_end):
+        raise SystemExit(f"{path}: no {BEGIN} ... {END} markers to write between")
+    path.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
 
 
 if __name__ == "__main__":

@@ -49,14 +49,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import alternated, free_port, median_spread, start_greenservers, stop, worker_pid, write_results
+from common import alternated, free_udp_port, median_spread, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 STORM_RUNS = int(os.environ.get("BENCH_STORM_RUNS", 3))
@@ -65,20 +64,15 @@ BIG, SMALL = 10 * 1024 * 1024, 2 * 1024 * 1024
 NICE = os.environ.get("BENCH_CLIENT_NICE", "").split() and ["nice", "-n", os.environ["BENCH_CLIENT_NICE"]]
 
 
-def free_udp_port() -> int:
-    return free_port(socket.SOCK_DGRAM)
-
-
 # -- the two servers -------------------------------------------------------------------------
 
 
-def start_project(port: int, directory: Path, root: Path) -> subprocess.Popen:
+def start_project(port: int, directory: Path, root: Path):
     data = directory / "data"
-    data.mkdir()
+    data.mkdir(parents=True)
     os.symlink(root, data / "tftp")
-    proc = start_greenservers(directory, {"ip_tftp_port": f"127.0.0.1:{port}", "data_dir": str(data),
+    return start_greenservers(directory, {"ip_tftp_port": f"127.0.0.1:{port}", "data_dir": str(data),
                                           "tftp_max_per_client": STORM * 2, "tftp_max_transfers": STORM * 2})
-    return ready(proc, port)
 
 
 def start_reference(port: int, directory: Path, root: Path) -> subprocess.Popen:
@@ -96,7 +90,7 @@ def ready(proc: subprocess.Popen, port: int) -> subprocess.Popen:
     """`proc` once it answers TFTP on 127.0.0.1:port; stopped, never left behind, if it does not."""
     try:
         wait_tftp(port, proc)
-    except RuntimeError:
+    except (RuntimeError, AssertionError):
         stop(proc)
         raise
     return proc
@@ -104,19 +98,7 @@ def ready(proc: subprocess.Popen, port: int) -> subprocess.Popen:
 
 def wait_tftp(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     """Poll with an RRQ for a missing file until an ERROR comes back."""
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(0.2)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            sock.sendto(b"\x00\x01no-such-file\x00octet\x00", ("127.0.0.1", port))
-            try:
-                if sock.recvfrom(600)[0][:2] == b"\x00\x05":
-                    return
-            except OSError:
-                time.sleep(0.05)
-    raise RuntimeError(f"no TFTP answer on 127.0.0.1:{port}")
+    wait_udp_answer(port, proc, b"\x00\x01no-such-file\x00octet\x00", "TFTP", timeout)
 
 
 # -- clients -------------------------------------------------------------------------------------
@@ -174,7 +156,7 @@ def machine_cpu() -> list[float]:
 
 
 def cpu_split(before: list[float], after: list[float]) -> dict[str, float]:
-    spent = [b - a for a, b in zip(before, after)]
+    spent = [b - a for a, b in zip(before, after, strict=True)]
     return {kind: sum(spent[column] for column in columns) for kind, columns in CPU_KINDS.items()}
 
 

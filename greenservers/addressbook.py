@@ -48,7 +48,7 @@ from dataclasses import dataclass, fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .files import ensure_private_file, make_private_dir
+from .config.private import ensure_private_file, make_private_dir
 from .offload import build_off_loop, run_off_loop
 from .proto.ldap import fold_name, fold_number
 

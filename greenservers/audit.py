@@ -19,12 +19,13 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from .files import make_private_dir, open_private
-from .settings import BY_NAME
+from .config.private import make_private_dir, open_private
+from .config.settings import BY_NAME
 
 AUDIT_FILE = "audit.log"
 TAIL_BYTES = 256 * 1024  # how much of the file's end is read to show recent entries
@@ -89,13 +90,13 @@ class AuditLog:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_settings(cls, settings) -> "AuditLog":
+    def for_settings(cls, settings) -> AuditLog:
         return cls(settings.data_path / AUDIT_FILE)
 
     def record(self, who: str, address: str, via: str, changes: list[dict[str, Any]], note: str = "") -> AuditEntry:
         """Append one entry (changes already masked by `masked_changes`) and log it."""
         entry = AuditEntry(
-            time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            time=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             who=who, address=address or "-", via=via, changes=changes, note=note,
         )
         line = json.dumps(entry.__dict__, ensure_ascii=False, default=str) + "\n"

@@ -46,9 +46,9 @@ from gevent.server import StreamServer
 
 from .addressbook import AddressBook, ChangeReader, addressbook_for
 from .proto import ldap as proto
-from .proto.peers import client_key, plain_address
+from .proto.clients import client_key, plain_address
 from .ratelog import RateLimitedLog
-from .service import Service
+from .services import Service
 
 IDLE_TIMEOUT = 120.0  # phones keep a connection between searches; longer is a leak
 HANDSHAKE_TIMEOUT = 10.0

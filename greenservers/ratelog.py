@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 MAX_TRACKED = 4096  # sources remembered at once; beyond it the oldest are forgotten
 SAMPLE_CHARS = 100  # of a peer's text quoted in a line

@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 # 32473 is the IANA enterprise number reserved for documentation (RFC 5612);
 # a deployment with its own number changes this one line and the MIB file.
@@ -121,7 +121,7 @@ def _mem_available_kib() -> int:
     return 0
 
 
-_certificate_expiry: list[float] = []  # the served certificate's notAfter (POSIX time), set by greenservers.tls
+_certificate_expiry: list[float] = []  # the served certificate's notAfter (POSIX time), set by greenservers.tls.certificates
 
 
 def watch_certificate_expiry(not_after) -> None:
@@ -144,7 +144,7 @@ def _open_fds() -> int:
 
 
 def _phones_seen_last_day() -> int:
-    from .phones.seen import seen_last_day  # lazily: the record lives with the phones package
+    from .provisioning.phones.seen import seen_last_day  # lazily: the record lives with the phones package
 
     return seen_last_day()
 
@@ -157,7 +157,8 @@ DECLARED: tuple[Sensor, ...] = (
            CENTISECONDS, standard="process_start_time_seconds"),
     Sensor("process_cpu_centiseconds", 2, C, "CPU time (user + system) used by this process, in hundredths of a second.", _process_cpu_cs,
            CENTISECONDS, standard="process_cpu_seconds_total"),
-    Sensor("process_resident_kib", 3, G, "Resident memory of this process, in KiB.", _process_rss_kib, KIB, standard="process_resident_memory_bytes"),
+    Sensor("process_resident_kib", 3, G,
+           "Resident memory of this process, in KiB.", _process_rss_kib, KIB, standard="process_resident_memory_bytes"),
     Sensor("machine_load1_x100", 4, G, "The machine's 1-minute load average, times 100.", _load_avg_x100, HUNDREDTHS),
     Sensor("machine_mem_available_kib", 5, G, "The machine's available memory, in KiB.", _mem_available_kib, KIB),
     Sensor("process_open_fds", 6, G, "File descriptors open in this process.", _open_fds, standard="process_open_fds"),
@@ -166,18 +167,26 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("http_connections_accepted", 11, C, "HTTP(S) connections accepted and served."),
     Sensor("http_rejected_max_conn", 12, C, "HTTP(S) connections turned away by http_max_conn."),
     Sensor("http_rejected_max_conn_rate", 13, C, "HTTP(S) connections turned away by http_max_conn_rate."),
-    Sensor("http_timeouts", 14, C, "HTTP(S) connections closed for a slow or idle client (header, keep-alive, TLS handshake or read/write timeout)."),
+    Sensor("http_timeouts", 14, C,
+           "HTTP(S) connections closed for a slow or idle client (header, keep-alive, TLS handshake or read/write timeout)."),
     Sensor("http_redirects", 15, C, "Plain-HTTP requests redirected to HTTPS."),
-    Sensor("http_crowded_out", 16, C, "Idle HTTP(S) connections closed to let another client in, their client holding over half of http_max_conn."),
+    Sensor("http_crowded_out", 16, C,
+           "Idle HTTP(S) connections closed to let another client in, their client holding over half of http_max_conn."),
     # TFTP
     Sensor("tftp_transfers_active", 20, G, "TFTP transfers in progress."),
     Sensor("tftp_transfers_done", 21, C, "TFTP transfers completed."),
     Sensor("tftp_transfers_failed", 22, C, "TFTP transfers failed or refused."),
     Sensor("tftp_bytes_sent", 23, C, "Bytes of file data sent over TFTP (Counter32 wraps at 4 GiB)."),
-    Sensor("tftp_uploads_refused_full", 24, C, "TFTP uploads refused as disk full: the upload budget (tftp_upload_budget_mib) or the 10,000 files of uploads/ used up; nothing is deleted to make room."),
+    Sensor("tftp_uploads_refused_full", 24, C,
+           "TFTP uploads refused as disk full: the upload budget (tftp_upload_budget_mib) or the 10,000 files of uploads/ used up; "
+           "nothing is deleted to make room."),
     Sensor("tftp_uploads_refused_rate", 25, C, "TFTP uploads refused because their client had uploaded its tftp_upload_mib_per_hour."),
-    Sensor("tftp_first_packets_unacknowledged", 27, C, "TFTP transfers whose first packet (OACK, DATA 1 or ACK 0) was never acknowledged: given up 8 s after the request, or sooner to let another request have the slot."),
-    Sensor("tftp_sends_withheld", 28, C, "TFTP requests dropped and answers not sent because their source had not acknowledged what it was sent already (a spoofed source cannot draw more)."),
+    Sensor("tftp_first_packets_unacknowledged", 27, C,
+           "TFTP transfers whose first packet (OACK, DATA 1 or ACK 0) was never acknowledged: given up 8 s after the request, or sooner "
+           "to let another request have the slot."),
+    Sensor("tftp_sends_withheld", 28, C,
+           "TFTP requests dropped and answers not sent because their source had not acknowledged what it was sent already (a spoofed "
+           "source cannot draw more)."),
     # NTP
     Sensor("ntp_requests_answered", 30, C, "NTP requests answered."),
     Sensor("ntp_requests_refused", 31, C, "NTP requests dropped or answered with a kiss-o'-death (malformed, not mode 3, rate limited)."),
@@ -185,26 +194,31 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("ldap_connections_open", 40, G, "LDAP connections open now."),
     Sensor("ldap_binds_failed", 41, C, "LDAP binds refused (wrong credentials, anonymous, plain bind refused)."),
     Sensor("ldap_searches", 42, C, "LDAP search requests served."),
-    Sensor("ldap_searches_time_limited", 43, C, "LDAP searches ended by their time limit (the client's or the server's), answered with the entries found so far."),
-    Sensor("ldap_searches_delayed", 44, C, "LDAP searches that waited behind another client's, their own client having used more recent search time."),
+    Sensor("ldap_searches_time_limited", 43, C,
+           "LDAP searches ended by their time limit (the client's or the server's), answered with the entries found so far."),
+    Sensor("ldap_searches_delayed", 44, C,
+           "LDAP searches that waited behind another client's, their own client having used more recent search time."),
     Sensor("ldap_searches_busy", 45, C, "LDAP searches refused as busy: too many in progress from their client or in total."),
     Sensor("ldap_searches_running", 46, G, "LDAP searches in progress now."),
-    Sensor("ldap_oversize_closed", 47, C, "LDAP connections closed for a message over the size limit (small before a bind) or for unfinished input over the server's cap."),
+    Sensor("ldap_oversize_closed", 47, C, "LDAP connections closed for a message over the size limit (small before a bind) "
+           "or for unfinished input over the server's cap."),
     Sensor("ldap_buffered_bytes", 48, G, "Bytes of unfinished LDAP messages held now, all connections together."),
-    Sensor("ldap_longest_hold_microseconds", 49, G, "The most CPU time one piece of LDAP work (a slice of a search, or answering received messages) held the event loop for since the start, in microseconds.",
-           unit=MICROSECONDS),
+    Sensor("ldap_longest_hold_microseconds", 49, G, "The most CPU time one piece of LDAP work (a slice of a search, or "
+           "answering received messages) held the event loop for since the start, in microseconds.", unit=MICROSECONDS),
     # SNMP
     Sensor("snmp_requests_answered", 50, C, "SNMP requests answered."),
     Sensor("snmp_rejected_address", 51, C, "SNMP requests dropped: source not in snmp_trusted."),
     Sensor("snmp_rejected_community", 52, C, "SNMP requests dropped: wrong community."),
     Sensor("snmp_rejected_version", 53, C, "SNMP requests dropped: not SNMP v1 (v2c, v3) or not decodable."),
     # certificates (HTTPS and LDAPS)
-    Sensor("tls_certificate_days_left", 60, G, "Time until the served HTTPS/LDAPS certificate expires (the earliest of its ECDSA and RSA chains), in whole days; 0 in its last day or once expired.",
-           _certificate_days_left, DAYS),
+    Sensor("tls_certificate_days_left", 60, G,
+           "Time until the served HTTPS/LDAPS certificate expires (the earliest of its ECDSA and RSA chains), in whole days; 0 in its "
+           "last day or once expired.", _certificate_days_left, DAYS),
     Sensor("acme_certificates_issued", 61, C, "Certificates obtained from the ACME authority (each key type counts; renewals included)."),
     Sensor("acme_attempts_failed", 62, C, "ACME issuance or renewal attempts that failed (retried later; the working certificate stays)."),
     # phones (indexes 70-74)
-    Sensor("phones_seen_24h", 70, G, "Phones that fetched a provisioning file (TFTP or /prov/) in the last 24 hours.", _phones_seen_last_day),
+    Sensor("phones_seen_24h", 70, G,
+           "Phones that fetched a provisioning file (TFTP or /prov/) in the last 24 hours.", _phones_seen_last_day),
 )
 
 

@@ -1,4 +1,14 @@
-"""Shared fixtures: `service` starts the real service with given settings and stops it after the test; `open_tmp`."""
+"""Fixtures for every tier of tests: `service` starts the real service with given settings and stops it after the
+test; `open_tmp` is a folder other users can reach.
+
+The tiers: tests/core/ (no sockets, no server: the sans-IO cores and the pure and
+file-level modules), tests/shell/ (the gevent shells on loopback sockets and the
+web application through Flask's test client, in this process), tests/system/
+(the service as in production, gunicorn in a subprocess, driven by real
+clients; the command line). Shared helpers are in tests/support/; the golden
+vectors in tests/vectors/. The LDAP and address-book tests stay in tests/ until
+issue 20 moves them into the tiers.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from support import ServiceProcess
 
 

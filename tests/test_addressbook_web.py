@@ -11,9 +11,9 @@ import pytest
 
 from greenservers import addressbook as ab
 from greenservers.passwords import hash_password
-from greenservers.runtime import Runtime
-from greenservers.settings import Settings
-from greenservers.store import ConfigStore
+from greenservers.process.runtime import Runtime
+from greenservers.config.settings import Settings
+from greenservers.config.store import ConfigStore
 from greenservers.web import create_app
 
 PASSWORD = "correct horse"

@@ -15,8 +15,8 @@ from greenservers import ldap as shell
 from greenservers.addressbook import addressbook_for
 from greenservers.proto import ldap
 from greenservers.sensors import SensorRegistry
-from greenservers.settings import Settings
-from greenservers.tls import ensure_certificate
+from greenservers.config.settings import Settings
+from greenservers.tls.certificates import ensure_certificate
 
 PASSWORD = "shell-secret"
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 import base64
 import datetime
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 KINDS = ("ECDSA", "RSA")
 CHECK_INTERVAL = datetime.timedelta(hours=12)
@@ -108,7 +108,9 @@ def plan(now: datetime.datetime, names: tuple[str, ...], directory: str, held: M
         else:
             due[kind] = due_time(certificate, windows.get(kind))
     renew = tuple(kind for kind in KINDS if due[kind][0] <= now)
-    wake_at = min([now + CHECK_INTERVAL] + [when for when, _ in due.values() if when > now] + ([ari_next] if ari_next and ari_next > now else []))
+    wake_at = min(
+        [now + CHECK_INTERVAL] + [when for when, _ in due.values() if when > now] + ([ari_next] if ari_next and ari_next > now else [])
+    )
     if renew and failures:
         retry_at = (last_failure or now) + retry_delay(failures)
         if now < retry_at:

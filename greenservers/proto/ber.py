@@ -11,7 +11,8 @@ answer with (protocolError, RFC 4511 §4.1.1).
 Decoding works on offsets into one immutable `bytes` object (no copies of
 sub-structures): `read_header(data, pos, end)` returns the tag and the
 content's [start, end) span, and the typed readers take such spans.
-Encoding builds `bytes` bottom-up with `tlv(tag, content)`.
+Encoding builds `bytes` bottom-up with `tlv(tag, content)`; the SNMP agent
+(proto.snmp) encodes its replies with it too.
 """
 
 from __future__ import annotations

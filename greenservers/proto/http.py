@@ -7,8 +7,10 @@ has a token. The limits are read at each admission, so a settings change
 applies to the next connection. One client (an IPv4 address or IPv6 /64)
 flooding either cap must not shut the others out:
 - when the bucket is empty, a client admitted fewer than `max_conn_rate / 10`
-  times (at least once) in the last one to two seconds may still come in,
-  from a spare bucket of that rate: the flooding client never can;
+  times (at least once) in about the last second may still come in, from a
+  spare bucket of that rate: the flooding client never can. Each client's
+  admissions lately are a token bucket of its own (proto.clients.TokenBuckets,
+  of that rate and size, never below empty), in bounded memory;
 - when every slot is taken, a client holding more than half of them gives
   up its oldest connection that waits for a request (idle keep-alive, a
   request head or TLS handshake still coming) to another client.
@@ -24,9 +26,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import quote
+
+from .clients import TokenBuckets
 
 REDIRECT_EXEMPT_PREFIXES = ("/.well-known/acme-challenge/", "/prov/")
 REDIRECT_EXEMPT_PATHS = ("/healthz",)
@@ -52,24 +56,22 @@ class ConnectionGate:
         self._open_from: dict[str, int] = {}
         self._heaviest = ""  # the client that last overtook the one holding most
         self._waiting: dict[str, dict] = {}  # client -> its connections waiting for a request, oldest first
-        self._admitted_now: dict[str, int] = {}  # admissions per client in this window and the one before
-        self._admitted_before: dict[str, int] = {}
-        self._window_start = 0.0
+        self.lately = TokenBuckets(rate=0.0, capacity=0)  # per client: admissions it may still have lately (sized by the rate)
 
     def admit(self, source: str, connection) -> str | None:
         """ADMITTED (None), or the name of the cap that turns this connection away. An admitted
         connection counts as waiting for a request until `serving`."""
         max_conn, rate = self.limits()
-        self._refill(rate)
+        now = self._refill(rate)
         if self.open >= max_conn:
             return OVER_MAX_CONN
         if self._tokens >= 1.0:
             self._tokens -= 1.0
-        elif self._spare >= 1.0 and self._admitted(source) < _spare_rate(rate):
+        elif self._spare >= 1.0 and self.lately.level(source, now) >= 1.0:
             self._spare -= 1.0  # a client that has had (next to) nothing lately, while another takes the rate
         else:
             return OVER_MAX_CONN_RATE
-        self._admitted_now[source] = self._admitted_now.get(source, 0) + 1
+        self.lately.take(source, 1.0, now, floor=0.0)
         self.open += 1
         held = self._open_from[source] = self._open_from.get(source, 0) + 1
         if held > self._open_from.get(self._heaviest, 0):
@@ -125,21 +127,19 @@ class ConnectionGate:
             if not waiting:
                 del self._waiting[source]
 
-    def _refill(self, rate: int) -> None:
+    def _refill(self, rate: int) -> float:
+        """Refill the buckets of `rate` (it may have changed); the time now."""
         now = self.clock()
+        spare = _spare_rate(rate)
         if self._tokens is None:
-            self._tokens, self._spare, self._last, self._window_start = float(rate), _spare_rate(rate), now, now
+            self._tokens, self._spare, self._last = float(rate), spare, now
         else:
             elapsed = now - self._last
             self._tokens = min(float(rate), self._tokens + elapsed * rate)
-            self._spare = min(_spare_rate(rate), self._spare + elapsed * _spare_rate(rate))
+            self._spare = min(spare, self._spare + elapsed * spare)
             self._last = now
-        if now - self._window_start >= 1.0:  # who was admitted lately: this second and the one before
-            self._admitted_before = self._admitted_now if now - self._window_start < 2.0 else {}
-            self._admitted_now, self._window_start = {}, now
-
-    def _admitted(self, source: str) -> int:
-        return self._admitted_now.get(source, 0) + self._admitted_before.get(source, 0)
+        self.lately.rate = self.lately.capacity = spare
+        return now
 
 
 def _spare_rate(rate: int) -> float:

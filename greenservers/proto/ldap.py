@@ -89,7 +89,7 @@ from typing import Callable, Iterable, Iterator
 
 from . import ber
 from .ber import BerError, Incomplete
-from .peers import TokenBuckets
+from .clients import TokenBuckets
 
 # -- result codes (RFC 4511 §4.1.9, Appendix A) ---------------------------------
 

@@ -1,4 +1,4 @@
-"""NTP server core, sans-IO: request bytes + receive time + clock state in, reply bytes or None out.
+"""NTP server core, sans-IO: request bytes + receive time + clock state in, the reply or a refusal out.
 
 Theory of operation
 -------------------
@@ -39,19 +39,23 @@ Abuse (RFC 5905 §7.4, §9.2; RFC 8633 §3 "mode 6 and 7"):
   KOD_INTERVAL and is otherwise ignored; its requests while limited keep
   the bucket empty, so a flood stays silenced until it slows down.
 
-Nothing here imports a socket, gevent or time: the shell (greenservers/ntp.py)
-passes the clock readings in, and tests drive it with a fake clock.
+What the responder returns is the cores' one shape (proto.results): the reply,
+or a `Refused` event (its reason) followed by the KoD when one is sent; the
+shell counts and logs from it. Nothing here imports a socket, gevent or time:
+the shell (greenservers/shells/ntp.py) passes the clock readings in, and
+tests drive it with a fake clock.
 """
 
 from __future__ import annotations
 
-import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
-from .peers import TokenBuckets, client_key
+from .clients import TokenBuckets, client_key
+from .results import Event, Output
 
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 (NTP era 0) to 1970-01-01
 PACKET_LEN = 48
@@ -201,8 +205,9 @@ def parse_chronyc_tracking(text: str) -> Upstream | None:
 # -- requests ----------------------------------------------------------------------
 
 
-class NtpRefusal(Exception):
-    """A request not answered normally; `kiss_code` is the wire reference ID of a KoD, None: dropped."""
+class Refused(Event, Exception):
+    """A request not answered normally; `kiss_code` is the wire reference ID of a KoD, None: dropped.
+    Raised inside the responder, it is also the event the responder returns for the shell to count and log."""
 
     def __init__(self, reason: str, kiss_code: bytes | None = None):
         super().__init__(reason)
@@ -218,42 +223,40 @@ class Request(NamedTuple):
 
 
 def parse_request(data: bytes) -> Request:
-    """Split the header; raises NtpRefusal (drop) for anything but a well-formed v3/v4 packet."""
+    """Split the header; raises Refused (drop) for anything but a well-formed v3/v4 packet."""
     if len(data) < PACKET_LEN:
-        raise NtpRefusal(f"short packet ({len(data)} bytes)")
+        raise Refused(f"short packet ({len(data)} bytes)")
     if len(data) > MAX_REQUEST_LEN or len(data) % 4:
-        raise NtpRefusal(f"malformed packet ({len(data)} bytes)")
+        raise Refused(f"malformed packet ({len(data)} bytes)")
     first, poll = data[0], data[2]
     return Request((first >> 3) & 7, first & 7, poll - 256 if poll > 127 else poll, bytes(data[40:48]))
 
 
-Outcome = enum.Enum("Outcome", "ANSWERED KISSED DROPPED")
+ANSWERED, KISSED, DROPPED = "answered", "kissed", "dropped"  # verdicts (verdict_of)
 
 
-class Result(NamedTuple):
-    """What to do with one request: send `reply` (if any); `reason` says why when refused."""
-
-    outcome: Outcome
-    reply: bytes | None = None
-    reason: str = ""
+def verdict_of(outputs: list) -> str:
+    """What became of a request, from what the responder returned (see NtpResponder.respond)."""
+    first = outputs[0]
+    if isinstance(first, bytes):
+        return ANSWERED
+    return KISSED if len(outputs) > 1 else DROPPED
 
 
 # -- rate limiting -------------------------------------------------------------------
 
 
-Verdict = enum.Enum("Verdict", "ANSWER KISS DROP")
-
-# (within its rate, a KoD is due) -> what the client gets
+# (within its rate, a KoD is due) -> what the client gets (a verdict, see verdict_of)
 LIMIT_TABLE = {
-    (True, True): Verdict.ANSWER,
-    (True, False): Verdict.ANSWER,
-    (False, True): Verdict.KISS,
-    (False, False): Verdict.DROP,
+    (True, True): ANSWERED,
+    (True, False): ANSWERED,
+    (False, True): KISSED,
+    (False, False): DROPPED,
 }
 
 
 class RateLimiter(TokenBuckets):
-    """A token bucket of requests per client (see peers.TokenBuckets); `check(key, now)` gives the Verdict.
+    """A token bucket of requests per client (proto.clients.TokenBuckets); `check(key, now)` gives the verdict.
 
     Every request takes a token, answered or not, and the bucket may go as
     far into debt as it can hold: a client sending faster than the rate
@@ -269,12 +272,12 @@ class RateLimiter(TokenBuckets):
     def new_entry(self, now: float) -> list:
         return [float(self.capacity), now, now]  # tokens, last refill, next KoD at
 
-    def check(self, key: str, now: float) -> Verdict:
+    def check(self, key: str, now: float) -> str:
         entry = self.entry(key, now)
         entry[0] = max(-float(self.capacity), entry[0] - 1.0)
         kod_due = now >= entry[2]
         verdict = LIMIT_TABLE[(entry[0] >= 0.0, kod_due)]
-        if verdict is Verdict.KISS:
+        if verdict is KISSED:
             entry[2] = now + self.kod_interval
         return verdict
 
@@ -304,19 +307,19 @@ def build_kiss(request: Request, state: ServerState, code: bytes) -> bytes:
 def _answer_client(request: Request, client: str, limiter: RateLimiter | None, now: float) -> None:
     """Mode 3: check the version and the client's rate; returns normally when it is to be answered."""
     if request.version not in SUPPORTED_VERSIONS:
-        raise NtpRefusal(f"unsupported version {request.version}")
+        raise Refused(f"unsupported version {request.version}")
     if limiter is None:
         return
     verdict = limiter.check(client_key(client), now)
-    if verdict is Verdict.KISS:
-        raise NtpRefusal("rate limited, kiss-o'-death sent", KISS_RATE)
-    if verdict is Verdict.DROP:
-        raise NtpRefusal("rate limited")
+    if verdict is KISSED:
+        raise Refused("rate limited, kiss-o'-death sent", KISS_RATE)
+    if verdict is DROPPED:
+        raise Refused("rate limited")
 
 
 def _refuse_mode(request: Request, client: str, limiter: RateLimiter | None, now: float) -> None:
     """The named fallback: every mode but 3 is dropped unanswered."""
-    raise NtpRefusal(MODE_NAMES.get(request.mode, f"mode {request.mode}") + " request")
+    raise Refused(MODE_NAMES.get(request.mode, f"mode {request.mode}") + " request")
 
 
 MODE_NAMES = {0: "reserved (mode 0)", 1: "symmetric active (mode 1)", 2: "symmetric passive (mode 2)",
@@ -332,8 +335,9 @@ class NtpResponder:
         self.limiter = limiter if limiter is not None else RateLimiter()
 
     def respond(self, data: bytes, client: str, received_ns: int, state: ServerState, now: float,
-                transmit_clock: Callable[[], int]) -> Result:
-        """One datagram from `client` (address text) received at `received_ns` (Unix ns).
+                transmit_clock: Callable[[], int]) -> list[Output]:
+        """One datagram from `client` (address text) received at `received_ns` (Unix ns): [reply],
+        or [Refused] followed by the kiss-o'-death when one is due (proto.results).
 
         `now` is a monotonic time for the rate limiter; `transmit_clock()`
         returns the Unix time in ns and is called as late as possible.
@@ -341,8 +345,9 @@ class NtpResponder:
         try:
             request = parse_request(data)
             MODE_HANDLERS.get(request.mode, _refuse_mode)(request, client, self.limiter, now)
-        except NtpRefusal as refusal:
+        except Refused as refusal:
+            refusal.__traceback__ = None
             if refusal.kiss_code is None:
-                return Result(Outcome.DROPPED, None, refusal.reason)
-            return Result(Outcome.KISSED, build_kiss(request, state, refusal.kiss_code), refusal.reason)
-        return Result(Outcome.ANSWERED, build_reply(request, state, received_ns, transmit_clock))
+                return [refusal]
+            return [refusal, build_kiss(request, state, refusal.kiss_code)]
+        return [build_reply(request, state, received_ns, transmit_clock)]

@@ -1,4 +1,4 @@
-"""SNMP v1 agent core, sans-IO: a datagram, its source address and `now` in; a reply (or none) out.
+"""SNMP v1 agent core, sans-IO: a datagram, its source address and `now` in; the reply or a Dropped event out.
 
 Theory of operation (RFC 1157 §4; BER per X.690 as restricted by RFC 1157 §3.2.2)
 -------------------------------------------------------------------------------
@@ -40,10 +40,12 @@ the log line the shell writes, rate-limited):
    when the reply would exceed MAX_RESPONSE (§4.1.2 (3); if even the echo
    would not fit, with no bindings at all).
 
-The reply encoder is a small BER writer for exactly the types this agent
-sends (INTEGER, OCTET STRING, OBJECT IDENTIFIER, NULL, Counter, Gauge,
-TimeTicks; RFC 1155 §3.2.3); tests check it byte for byte against pysnmp's
-encoder.
+The reply is encoded with proto.ber's encoder (the LDAP server's too), for
+exactly the types this agent sends (INTEGER, OCTET STRING, OBJECT IDENTIFIER,
+NULL, Counter, Gauge, TimeTicks; RFC 1155 §3.2.3); tests check it byte for
+byte against pysnmp's encoder. The envelope is read with a walker of its own,
+stricter than the LDAP decoder (lengths of at most three octets) and
+answering with this agent's verdicts.
 
 The MIB view: the MIB-2 system group (RFC 1213 §6.1: sysDescr .. sysServices)
 and the sensors subtree (`greenservers.sensors`; deploy/mibs/GREENSERVERS-MIB.txt,
@@ -57,8 +59,9 @@ import bisect
 import hmac
 import ipaddress
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from pyasn1.codec.ber import decoder as ber_decoder
 from pyasn1.error import PyAsn1Error
@@ -66,6 +69,9 @@ from pysnmp.proto import api
 from pysnmp.proto.error import ProtocolError
 
 from ..sensors import ENTERPRISE_OID, PRODUCT_OID, SENSORS_OID, Sensor
+from .ber import integer as encode_integer, tlv
+from .clients import plain_address
+from .results import Event, Output
 
 V1 = api.PROTOCOL_MODULES[api.SNMP_VERSION_1]
 
@@ -78,7 +84,7 @@ MAX_CACHED_SOURCES = 4096
 MIB2_SYSTEM = (1, 3, 6, 1, 2, 1, 1)
 SYS_SERVICES = 72  # RFC 1213: layers 4 (end-to-end) and 7 (applications): 2**3 + 2**6
 
-# verdicts: what became of a datagram (the shell counts and logs by them)
+# verdicts: what became of a datagram (the shell counts by them, SENSOR_OF_VERDICT, and logs them)
 ANSWERED = "answered"
 UNTRUSTED = "untrusted"
 BAD_COMMUNITY = "bad_community"
@@ -124,20 +130,25 @@ class ReadOnly(SnmpError):
     status = READ_ONLY
 
 
-class Dropped(Exception):
-    """The datagram gets no reply; `verdict` says why (the wire code of a silent drop)."""
+class Dropped(Event, Exception):
+    """The datagram gets no reply; `verdict` says why (the wire code of a silent drop). Raised
+    inside the agent, it is also the event the agent returns for the shell to count and log."""
 
-    def __init__(self, verdict: str, detail: str):
+    def __init__(self, verdict: str, detail: str = ""):
         super().__init__(detail)
         self.verdict = verdict
         self.detail = detail
 
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Dropped) and (self.verdict, self.detail) == (other.verdict, other.detail)
 
-@dataclass(frozen=True)
-class Outcome:
-    verdict: str
-    reply: bytes | None = None
-    detail: str = ""
+    __hash__ = None
+
+
+def verdict_of(outputs: list) -> str:
+    """The verdict of a datagram from what the agent returned: ANSWERED, or why it was dropped."""
+    first = outputs[0]
+    return ANSWERED if isinstance(first, bytes) else first.verdict
 
 
 # -- BER reading: a strict definite-length TLV walker for the envelope ------
@@ -237,22 +248,7 @@ def decode_bindings(datagram: bytes) -> tuple[tuple[int, ...], ...]:
         raise Dropped(MALFORMED, f"undecodable: {type(exc).__name__}") from None
 
 
-# -- BER writing: exactly the types this agent sends ------------------------
-
-
-def _header(tag: int, length: int) -> bytes:
-    if length < 0x80:
-        return bytes((tag, length))
-    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(octets))) + octets
-
-
-def _tlv_out(tag: int, content: bytes) -> bytes:
-    return _header(tag, len(content)) + content
-
-
-def encode_integer(value: int, tag: int = TAG_INTEGER) -> bytes:
-    return _tlv_out(tag, value.to_bytes(max(1, (value + (value < 0)).bit_length() // 8 + 1), "big", signed=True))
+# -- BER writing: exactly the types this agent sends (proto.ber's encoder) -------
 
 
 def encode_oid(oid: tuple[int, ...]) -> bytes:
@@ -266,7 +262,7 @@ def encode_oid(oid: tuple[int, ...]) -> bytes:
             chunk.append(0x80 | (arc & 0x7F))
             arc >>= 7
         content.extend(reversed(chunk))
-    return _tlv_out(TAG_OID, bytes(content))
+    return tlv(TAG_OID, bytes(content))
 
 
 NULL = bytes((TAG_NULL, 0))
@@ -274,7 +270,7 @@ EMPTY_BINDINGS = bytes((TAG_SEQUENCE, 0))
 
 # the SNMP type of a MIB value -> its BER encoder (RFC 1155 §3.2.3)
 VALUE_ENCODERS: dict[str, Callable[[Any], bytes]] = {
-    "octets": lambda v: _tlv_out(TAG_OCTETS, v),
+    "octets": lambda v: tlv(TAG_OCTETS, v),
     "integer": encode_integer,
     "oid": encode_oid,
     "timeticks": lambda v: encode_integer(v % 2**32, TAG_TIMETICKS),
@@ -289,9 +285,9 @@ SMALL_INTEGERS = [encode_integer(i) for i in range(256)]  # error-status and err
 def encode_response(community: bytes, request_id: bytes, status: int, index: int, bindings: bytes) -> bytes:
     """A whole v1 Message carrying a GetResponse-PDU; `request_id` and `bindings` are encoded TLVs."""
     small = SMALL_INTEGERS
-    pdu = _tlv_out(PDU_RESPONSE, request_id + (small[status] if status < 256 else encode_integer(status))
+    pdu = tlv(PDU_RESPONSE, request_id + (small[status] if status < 256 else encode_integer(status))
                    + (small[index] if index < 256 else encode_integer(index)) + bindings)
-    return _tlv_out(TAG_SEQUENCE, b"\x02\x01\x00" + _tlv_out(TAG_OCTETS, community) + pdu)
+    return tlv(TAG_SEQUENCE, b"\x02\x01\x00" + tlv(TAG_OCTETS, community) + pdu)
 
 
 # -- the MIB view -------------------------------------------------------------
@@ -302,7 +298,7 @@ class MibObject:
     oid: tuple[int, ...]
     name: str
     syntax: str  # a key of VALUE_ENCODERS
-    read: Callable[["Agent", float], Any]
+    read: Callable[[Agent, float], Any]
     oid_tlv: bytes = field(init=False, repr=False)  # encoded once: the name part of every binding
 
     def __post_init__(self):
@@ -377,12 +373,9 @@ class TrustFilter:
 def address_in(host: str, networks: Iterable) -> bool:
     """True when `host` (as recvfrom gives it) is in one of `networks`; ::ffff:a.b.c.d matches a.b.c.d."""
     try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
+        candidates = {ipaddress.ip_address(text.split("%", 1)[0]) for text in (host, plain_address(host))}
     except ValueError:
         return False
-    candidates = [address]
-    if address.version == 6 and address.ipv4_mapped is not None:
-        candidates.append(address.ipv4_mapped)
     return any(candidate.version == net.version and candidate in net for candidate in candidates for net in networks)
 
 
@@ -404,37 +397,28 @@ class Agent:
         self._community = b""
         self._bindings_cache: dict[tuple[int, bytes], tuple[tuple[int, ...], ...]] = {}
 
-    def handle(self, datagram: bytes, host: str, now: float, settings) -> Outcome:
-        """The outcome of one datagram from `host`; counted in the sensors. Bugs propagate to the shell."""
+    def handle(self, datagram: bytes, host: str, now: float, settings) -> list[Output]:
+        """One datagram from `host`: [reply] or [Dropped]. Bugs propagate to the shell."""
         if not self.admits(host, settings):
-            return Outcome(UNTRUSTED)
+            return [Dropped(UNTRUSTED)]
         return self.respond(datagram, now, settings)
 
     def admits(self, host: str, settings) -> bool:
-        """Step 1 alone (a shell may run it before anything else): is `host` trusted? A refusal is counted."""
+        """Step 1 alone (a shell runs it before anything else, and counts a refusal): is `host` trusted?"""
         # the hot path of a flood is this one dict lookup
         answer = self.trust.answers.get(host) if settings is self._trust_settings else None
         if answer is None:
             if settings is not self._trust_settings:
                 self._trust_settings, self._trusted = settings, settings.snmp_trusted
             answer = self.trust.allows(host, self._trusted)
-        if not answer:
-            self.refused(1)
         return answer
 
-    def refused(self, count: int) -> None:
-        """Count `count` datagrams from an untrusted source (a shell may count a run of them at once)."""
-        self.sensors.add("snmp_rejected_address", count)
-
-    def respond(self, datagram: bytes, now: float, settings) -> Outcome:
-        """Steps 2-6 for a datagram from an admitted source."""
+    def respond(self, datagram: bytes, now: float, settings) -> list[Output]:
+        """Steps 2-6 for a datagram from an admitted source: [reply] or [Dropped]."""
         try:
-            reply = self._answer(datagram, now, settings)
+            return [self._answer(datagram, now, settings)]
         except Dropped as dropped:
-            self.sensors.add(SENSOR_OF_VERDICT[dropped.verdict])
-            return Outcome(dropped.verdict, None, dropped.detail)
-        self.sensors.add("snmp_requests_answered")
-        return Outcome(ANSWERED, reply)
+            return [dropped.with_traceback(None)]
 
     def _answer(self, datagram: bytes, now: float, settings) -> bytes:
         if len(datagram) > MAX_REQUEST:
@@ -477,7 +461,7 @@ class Agent:
     # -- PDU handlers: requested OIDs -> encoded VarBindList, or SnmpError ------
 
     def _binding(self, obj: MibObject, now: float) -> bytes:
-        return _tlv_out(TAG_SEQUENCE, obj.oid_tlv + VALUE_ENCODERS[obj.syntax](obj.read(self, now)))
+        return tlv(TAG_SEQUENCE, obj.oid_tlv + VALUE_ENCODERS[obj.syntax](obj.read(self, now)))
 
     def _get(self, oids, now: float) -> bytes:
         parts = []
@@ -486,7 +470,7 @@ class Agent:
             if obj is None:
                 raise NoSuchName(index)
             parts.append(self._binding(obj, now))
-        return _tlv_out(TAG_SEQUENCE, b"".join(parts))
+        return tlv(TAG_SEQUENCE, b"".join(parts))
 
     def _get_next(self, oids, now: float) -> bytes:
         parts = []
@@ -495,7 +479,7 @@ class Agent:
             if obj is None:  # past the end of the view: how a v1 walk ends
                 raise NoSuchName(index)
             parts.append(self._binding(obj, now))
-        return _tlv_out(TAG_SEQUENCE, b"".join(parts))
+        return tlv(TAG_SEQUENCE, b"".join(parts))
 
     def _set(self, oids, now: float) -> bytes:
         """Nothing is writable, so the first variable fails (RFC 1157 §4.1.5): readOnly if it exists, else noSuchName."""

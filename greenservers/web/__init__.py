@@ -1,4 +1,5 @@
-"""The Flask application factory: blueprints ui (pages), api (JSON), prov (provisioning), and those of the address book, the sensors, the phones and the uploads."""
+"""The Flask application factory: blueprints ui (pages), api (JSON), prov (provisioning), and those of the address
+book, the sensors, the phones and the uploads."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import secrets
 
 from flask import Flask, current_app, request
 
-from .. import runtime as runtime_module
-from ..files import make_private_dir, open_private
+from ..config.private import make_private_dir, open_private
+from ..process import runtime as runtime_module
 
 
 def _secret_key(runtime) -> bytes:

@@ -22,11 +22,21 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from ..audit import AuditLog, masked_changes
-from ..runtime import ChangeResult
-from ..settings import BY_NAME, DECLARATIONS, SettingsError
-from ..store import ConfigFileError
+from ..config.settings import BY_NAME, DECLARATIONS, SettingsError
+from ..config.store import ConfigFileError
+from ..process.runtime import ChangeResult
 from . import get_runtime
-from .auth import ADMIN_USER, JSON_BODY, PasswordRefused, admin_required, auth_method, end_every_session, new_password_hash, takes
+from .auth import (
+    ADMIN_USER,
+    JSON_BODY,
+    PasswordRefused,
+    admin_required,
+    auth_method,
+    end_every_session,
+    json_object,
+    new_password_hash,
+    takes,
+)
 
 bp = Blueprint("api", __name__)
 
@@ -52,7 +62,7 @@ def change_admin_password(current, new, again=None) -> None:
 
 def apply_settings_changes(changes: dict[str, Any], via: str, note: str = "") -> ChangeResult:
     """Apply `changes` all or nothing, audit them; ChangeRefused when nothing was written."""
-    from ..binder import BindError  # only live rebinding raises it
+    from ..process.binder import BindError  # only live rebinding raises it
 
     runtime = get_runtime()
     old = runtime.settings
@@ -129,8 +139,8 @@ def get_ports():
 @admin_required
 @takes(JSON_BODY)
 def put_password():
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
+    body = json_object()
+    if body is None:
         return jsonify(error="send {\"current_password\": ..., \"new_password\": ...}", errors={"_body": "not a JSON object"}), 400
     try:
         change_admin_password(body.get("current_password"), body.get("new_password"))

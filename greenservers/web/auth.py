@@ -35,10 +35,10 @@ mode, `sendBeacon`), so what the request carries must prove it came from here:
 Views then read only the body they declared (`request.get_json()` without
 `force`).
 
-Failed logins (form or Basic) are limited per client
-address (IPv6: per /64): after LOGIN_LIMIT failures within LOGIN_WINDOW
-seconds the address gets 429 without its password being checked; failures
-are logged rate-limited, never with the password tried.
+Failed logins (form or Basic) are limited per client (an IPv4 address or an
+IPv6 /64, proto.clients.FailureBackoff): after LOGIN_LIMIT failures within
+LOGIN_WINDOW seconds the client gets 429 without its password being checked;
+failures are logged rate-limited, never with the password tried.
 """
 
 from __future__ import annotations
@@ -51,18 +51,15 @@ import hmac
 import logging
 import secrets
 import time
-from typing import Callable
 
-from flask import (
-    Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session, url_for,
-)
+from flask import Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from gevent.lock import BoundedSemaphore
 from markupsafe import Markup
 
 from ..offload import run_off_loop
 from ..passwords import MAX_PASSWORD, hash_password, verify_password
-from ..proto.peers import client_key
+from ..proto.clients import FailureBackoff, client_key
 from ..ratelog import RateLimitedLog, printable
 from . import get_runtime
 from .sessions import AdminSessions
@@ -84,53 +81,14 @@ log = logging.getLogger("greenservers.web.auth")
 bp = Blueprint("auth", __name__)
 
 
-# -- failed-login limiter ----------------------------------------------------
-
-
-class FailedLoginLimiter:
-    """At most `limit` failures per key within `window` seconds; bounded memory."""
-
-    def __init__(self, limit: int = LOGIN_LIMIT, window: float = LOGIN_WINDOW, clock: Callable[[], float] = time.monotonic):
-        self.limit, self.window, self.clock = limit, window, clock
-        self._failures: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
-
-    def _recent(self, key: str) -> collections.deque | None:
-        times = self._failures.get(key)
-        if times is None:
-            return None
-        cutoff = self.clock() - self.window
-        while times and times[0] <= cutoff:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-            return None
-        return times
-
-    def retry_after(self, key: str) -> float:
-        """Seconds until `key` may try again; 0 when it may now."""
-        times = self._recent(key)
-        if times is None or len(times) < self.limit:
-            return 0.0
-        return max(0.0, times[0] + self.window - self.clock())
-
-    def failed(self, key: str) -> int:
-        """Note one failure; the number within the window."""
-        times = self._recent(key)
-        if times is None:
-            if len(self._failures) >= MAX_TRACKED_ADDRESSES:
-                self._failures.popitem(last=False)
-            times = self._failures[key] = collections.deque(maxlen=self.limit)
-        times.append(self.clock())
-        self._failures.move_to_end(key)
-        return len(times)
-
-    def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
-
-
 def _state() -> dict:
-    """Per-app auth state (limiter, rate-limited log, verified-credentials cache)."""
+    """Per-app auth state (failed-login limiter and its clock, rate-limited log, verified-credentials cache)."""
     return current_app.extensions["greenservers_auth"]
+
+
+def _login_wait(key: str) -> float:
+    """Seconds until the client `key` may try a password again (0: now)."""
+    return _state()["limiter"].retry_after(key, _state()["clock"]())
 
 
 def _client() -> str:
@@ -139,7 +97,7 @@ def _client() -> str:
 
 def _note_failure(how: str) -> None:
     key = client_key(_client())
-    count = _state()["limiter"].failed(key)
+    count = _state()["limiter"].failed(key, _state()["clock"]())
     _state()["ratelog"].warning("login-failed", _client(), "failed admin login (%s); %d within %ds", how, count, int(LOGIN_WINDOW))
     if count >= LOGIN_LIMIT:
         _state()["ratelog"].warning(
@@ -231,9 +189,11 @@ def new_password_hash(current, new, again=None) -> str:
     """The hash of the new admin password, once the current one is right (checked as a login is,
     failures counted against the address) and the new one is usable (twice the same when `again`
     is given). Raises PasswordRefused; no message holds a password."""
-    wait = _state()["limiter"].retry_after(client_key(_client()))
+    wait = _login_wait(client_key(_client()))
     if wait:
-        raise PasswordRefused({"current_password": f"too many failed logins from your address; try again in {max(1, int(wait + 0.999))} s"}, 429)
+        raise PasswordRefused(
+            {"current_password": f"too many failed logins from your address; try again in {max(1, int(wait + 0.999))} s"}, 429
+        )
     errors = {}
     if not isinstance(new, str) or not new:
         errors["new_password"] = "the new password must not be empty"
@@ -311,6 +271,12 @@ def takes(body: str):
     return declare
 
 
+def json_object() -> dict | None:
+    """The body of a view that takes JSON_BODY, if it is a JSON object (None: it is not)."""
+    body = request.get_json(silent=True)
+    return body if isinstance(body, dict) else None
+
+
 def _body_type_problem(expected: str) -> str | None:
     """Why the request's Content-Type is not exactly `expected` (None when it is)."""
     params = {k.lower(): v.lower() for k, v in request.mimetype_params.items()}
@@ -386,7 +352,7 @@ def admin_required(view):
         else:
             creds = _basic_credentials()
             if creds is not None:
-                wait = _state()["limiter"].retry_after(client_key(_client()))
+                wait = _login_wait(client_key(_client()))
                 if wait:
                     return _too_many(wait)
                 if creds[0] == ADMIN_USER and _password_ok(creds[1], stored):
@@ -429,7 +395,7 @@ def login():
             return redirect(_safe_next())
         return render_template("login.html", next_url=_safe_next(), user=ADMIN_USER)
     key = client_key(_client())
-    wait = _state()["limiter"].retry_after(key)
+    wait = _login_wait(key)
     if wait:
         return _too_many(wait)
     user = request.form.get("username", ADMIN_USER)
@@ -466,7 +432,8 @@ def init_app(app) -> None:
     app.config["PERMANENT_SESSION_LIFETIME"] = SESSION_MAX_AGE
     app.session_interface = SessionInterface()
     app.extensions["greenservers_auth"] = {
-        "limiter": FailedLoginLimiter(),
+        "limiter": FailureBackoff(LOGIN_LIMIT, LOGIN_WINDOW, MAX_TRACKED_ADDRESSES),
+        "clock": time.monotonic,
         "ratelog": RateLimitedLog(log, interval=LOGIN_WINDOW),
         "verified": collections.OrderedDict(),
         "cache_key": secrets.token_bytes(32),

@@ -1,4 +1,4 @@
-"""The Phones page and API: every device that fetched a provisioning file, from greenservers.phones.seen.
+"""The Phones page and API: every device that fetched a provisioning file, from greenservers.provisioning.phones.seen.
 
 `/phones` (HTML) and `GET /api/phones` (JSON) list the phones, last seen
 first: MAC (or none, for a device known by address and vendor), vendor and
@@ -16,8 +16,8 @@ import logging
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 
-from ..phones import profiles
-from ..phones.seen import DAY, registry_for
+from ..provisioning.phones import profiles
+from ..provisioning.phones.seen import DAY, registry_for
 from . import get_runtime
 from .auth import NO_BODY, admin_required, takes
 
@@ -31,7 +31,7 @@ def _registry():
 
 
 def _when(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @bp.get("/api/phones")

@@ -1,12 +1,12 @@
 """Phone provisioning over HTTP(S): GET /prov/<path> serves exactly what TFTP would.
 
 No authentication, like TFTP: phones fetch these before they know any
-credentials. Names resolve through greenservers.provisioning (the same
+credentials. Names resolve through greenservers.provisioning.files (the same
 checks, files and templates); templates are rendered with the HTTP
 request's host as `server` (validated: an IP address or a DNS name, else the
 server's own name, SERVER_NAME). Refusals answer 404/403/500 and are
 logged rate-limited with the client's address. Every request is noted in the
-record of phones (greenservers.phones.seen) with its User-Agent.
+record of phones (greenservers.provisioning.phones.seen) with its User-Agent.
 
 These answers are on the admin interface's origin, so none may be taken for
 a page there: the type is explicit and inert (MEDIA_TYPES by extension, else
@@ -23,8 +23,8 @@ from pathlib import PurePosixPath
 
 from flask import Blueprint, Response, request, send_file
 
-from .. import provisioning
-from ..phones import seen
+from ..provisioning import files as provisioning
+from ..provisioning.phones import seen
 from ..ratelog import RateLimitedLog, printable
 from . import get_runtime
 

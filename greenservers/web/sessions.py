@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import secrets
 import time
-from typing import Callable
+from collections.abc import Callable
 
 MAX_SESSIONS = 64
 

@@ -7,7 +7,7 @@ fields whose value differs from the current one become changes, applied all
 or nothing through api.apply_settings_changes (so the page and the JSON API
 share validation and auditing). Secrets are never put in the page: their
 field is empty, says whether a value is set, and an empty submission keeps
-it. The certificate upload (PEM chain + key) is checked with tls.check_pem
+it. The certificate upload (PEM chain + key) is checked with tls.certificates.check_pem
 before any file or setting is replaced.
 
 /settings/password changes the admin password (current one, new one twice),
@@ -17,8 +17,8 @@ browser gets a new one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +26,17 @@ from flask import Blueprint, current_app, flash, jsonify, redirect, render_templ
 from werkzeug.exceptions import HTTPException
 
 from ..audit import AuditLog
-from ..runtime import SERVICE_OF_SETTING
-from ..files import make_private_dir
-from ..settings import DECLARATIONS, GROUPS, Setting
-from ..store import atomic_write
-from ..tls import ACME, CertificateError, check_pem, ensure_certificate, server_context
+from ..config.private import make_private_dir
+from ..config.settings import DECLARATIONS, GROUPS, Setting
+from ..config.store import atomic_write
+from ..provisioning.files import provisioned_ntp_server
+from ..services import BY_SETTING as SERVICE_OF_BINDING
+from ..tls.certificates import ACME, CertificateError, check_pem, ensure_certificate, server_context
 from . import get_runtime
 from .api import VIA, ChangeRefused, apply_settings_changes, canonical, change_admin_password
 from .auth import PasswordRefused, admin_required, auth_method, begin_session, stored_hash, wants_html
 
 bp = Blueprint("ui", __name__)
-log = logging.getLogger("greenservers.web")
 
 MAX_PEM_BYTES = 64 * 1024
 AUDIT_SHOWN = 20
@@ -44,7 +44,6 @@ UPLOADED_PREFIX = "uploaded-"
 NAV = (("/settings/ports", "Ports"), ("/sensors", "Sensors"), ("/addressbook", "Address book"), ("/phones", "Phones"),
        ("/uploads", "Uploads"), ("/settings/password", "Password"))
 ON_PAGE = frozenset(s.name for s in DECLARATIONS if s.on_ports_page)
-SERVICE_LABELS = {"http": "HTTP", "https": "HTTPS", "snmp": "SNMP", "tftp": "TFTP", "ntp": "NTP", "ldap": "LDAP", "ldaps": "LDAPS"}
 
 
 @bp.app_context_processor
@@ -122,24 +121,15 @@ def _changes_from_form(form, current) -> dict[str, Any]:
 
 
 def _ntp_for_phones(settings) -> str:
-    """What the phones are given as their NTP server (greenservers.ntp decides)."""
-    this_server = "this server (the address each phone reaches it on)"
-    try:
-        from ..ntp import provisioned_ntp_server
-    except ImportError:
-        return this_server if settings.ip_ntp_port else (settings.ntp_server or "none")
-    try:
-        value = provisioned_ntp_server(settings, this_server)
-    except Exception:  # the page must render even if that helper has a bug
-        log.exception("provisioned_ntp_server failed")
-        return "unknown"
+    """What the phones are given as their NTP server (provisioning's rule)."""
+    value = provisioned_ntp_server(settings, "this server (the address each phone reaches it on)")
     return value or "none: set ntp_server or turn the NTP server on"
 
 
 def _when(iso: str | None) -> str:
     if not iso:
         return ""
-    return datetime.datetime.fromisoformat(iso).astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.datetime.fromisoformat(iso).astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _certificate_info(runtime) -> dict[str, Any] | None:
@@ -182,10 +172,10 @@ def _render(status: int = 200, form: dict | None = None, errors: dict | None = N
                 value, state = settings.raw.get(setting.name), ""
             fields.append({"setting": setting, "kind": kind, "value": value if kind == "bool" else _shown(value),
                            "secret_state": state, "error": (errors or {}).get(setting.name, "")})
-            if setting.name in SERVICE_OF_SETTING:
-                service = SERVICE_OF_SETTING[setting.name]
-                entry = health["services"].get(service, {"on": False, "bindings": []})
-                services.append({"label": SERVICE_LABELS.get(service, service), "on": entry["on"], "bindings": entry["bindings"]})
+            spec = SERVICE_OF_BINDING.get(setting.name)
+            if spec is not None:
+                entry = health["services"].get(spec.name, {"on": False, "bindings": []})
+                services.append({"label": spec.label, "on": entry["on"], "bindings": entry["bindings"]})
         if fields:
             groups.append({"id": group, "title": title, "fields": fields, "services": services})
     page = render_template(
@@ -276,10 +266,8 @@ def _config_relative(settings, path: Path) -> str:
 def _remove_old_uploads(tls_dir: Path, keep: set[Path]) -> None:
     for path in tls_dir.glob(UPLOADED_PREFIX + "*"):
         if path.resolve() not in keep:
-            try:
+            with contextlib.suppress(OSError):
                 path.unlink()
-            except OSError:
-                pass
 
 
 @bp.post("/settings/ports/certificate")
@@ -297,7 +285,7 @@ def upload_certificate():
         return _render(400, cert_error=str(exc))
     tls_dir = settings.data_path / "tls"
     make_private_dir(tls_dir)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
     cert_path, key_path = tls_dir / f"{UPLOADED_PREFIX}{stamp}.crt", tls_dir / f"{UPLOADED_PREFIX}{stamp}.key"
     atomic_write(key_path, key_pem)
     atomic_write(cert_path, cert_pem)

@@ -1,6 +1,6 @@
 """The phones' uploads, for administrators only: the /uploads page lists them, downloads and deletes them.
 
-Uploads (TFTP writes, greenservers.uploads) are served to nobody else. Here,
+Uploads (TFTP writes, greenservers.provisioning.uploads) are served to nobody else. Here,
 behind admin_required: the page lists each upload's name, size, time and the
 address it came from (newest first, the first MAX_LISTED) and how much of
 tftp_upload_budget_mib they use; `GET /uploads/<name>` sends one as an
@@ -17,8 +17,8 @@ import logging
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
 
-from .. import uploads
-from ..provisioning import ProvisioningError
+from ..provisioning import uploads
+from ..provisioning.files import ProvisioningError
 from . import get_runtime
 from .auth import admin_required
 
@@ -34,7 +34,7 @@ def _size(size: int) -> str:
 
 
 def _when(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @bp.get("/uploads")

@@ -1,6 +1,6 @@
-"""Inputs for the fuzz targets (tests/fuzz_targets.py) replayed by tests/test_fuzz.py, as hex.
+"""Inputs for the fuzz targets (tests/support/fuzz_targets.py) replayed by tests/core/test_fuzz.py, as hex.
 
-REGRESSIONS: inputs the fuzzers (tests/test_fuzz.py, bench/fuzz_long.py) found crashing a core;
+REGRESSIONS: inputs the fuzzers (tests/core/test_fuzz.py, bench/fuzz_long.py) found crashing a core;
 each entry says what broke and how it was fixed. HOSTILE: hand-made worst cases (deep nesting, huge
 lengths, out-of-range options) every core must turn into an error reply, a drop or its own exception.
 The datagrams of one conversation are joined by fuzz_targets.SEPARATOR (fefd).

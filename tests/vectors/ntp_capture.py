@@ -55,7 +55,7 @@ def capture_chronyd_reply(request: bytes) -> bytes:
                     sock.sendto(request, ("127.0.0.1", 123))
                     try:
                         return sock.recvfrom(2048)[0]
-                    except socket.timeout:
+                    except TimeoutError:
                         continue
                 raise RuntimeError("chronyd did not answer")
         finally:

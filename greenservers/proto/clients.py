@@ -1,0 +1,163 @@
+"""Who a client is, and the one per-client limiter: every service that limits clients keys its limits here.
+
+A client is its IPv4 address, or its IPv6 /64: one host gets a whole /64
+and can pick any address in it, so limits on IPv6 addresses one by one
+would not hold it. An IPv4 client of a dual-stack socket (`::ffff:a.b.c.d`)
+is that IPv4 address (`client_key`), and is shown as it (`plain_address`).
+
+`ClientTable` keeps one entry per client in bounded memory (the least
+recently seen client is forgotten beyond `max_keys`); the caller passes the
+monotonic time in (sans-IO). Two limits are built on it:
+
+- `TokenBuckets`: a bucket per client that fills at `rate` up to `capacity`.
+  Users: NTP's request rate (proto.ntp.RateLimiter), TFTP's unacknowledged
+  bytes per source (proto.tftp.Admission) and upload volume per hour
+  (shells.tftp), and the HTTP gate's spare share for clients admitted
+  rarely lately (proto.http.ConnectionGate).
+- `FailureBackoff`: each client's last `limit` failures within `window`
+  seconds, and the wait they earn. Users: the failed-login limit
+  (web.auth: `retry_after` once `limit` failures fall within the window).
+  The LDAP bind throttle fits it too (a delay doubling with each recent
+  failure: ``min(cap, first * 2 ** (failed(key, now) - 1))``); it moves onto
+  it with the LDAP rewrite (issue 20).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict, deque
+
+
+def client_key(address: str | None) -> str:
+    """The identity a per-client limit applies to ("-" when the address is unknown).
+
+    `address` is the text the socket layer gives, canonical already, so an
+    IPv4 address is used as it is (parsing it would cost more than an NTP answer).
+    """
+    if not address:
+        return "-"
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return f"{ipaddress.IPv6Address(ip.packed[:8] + bytes(8))}/64"
+
+
+def plain_address(host: str) -> str:
+    """An IPv4 client of a dual-stack socket (`::ffff:192.0.2.1`) as the IPv4 address the
+    administrator knows; any other address as it is."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+class ClientTable:
+    """An entry per client key; the least recently seen keys are forgotten beyond `max_keys`.
+
+    An entry is a list made by `new_entry(now)` and brought up to date by
+    `refresh(entry, now)` whenever it is looked up (subclasses define both).
+    """
+
+    def __init__(self, max_keys: int = 4096):
+        self.max_keys = max_keys
+        self._entries: OrderedDict[str, list] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def new_entry(self, now: float) -> list:
+        raise NotImplementedError
+
+    def refresh(self, entry: list, now: float) -> None:
+        """Bring `entry` up to `now` (a refill, failures forgotten)."""
+
+    def entry(self, key: str, now: float) -> list:
+        """The key's entry, up to date at `now` (made if it is new or was forgotten)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            if len(self._entries) >= self.max_keys:
+                self._entries.popitem(last=False)
+            entry = self._entries[key] = self.new_entry(now)
+        else:
+            self._entries.move_to_end(key)
+            self.refresh(entry, now)
+        return entry
+
+    def forget(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+
+class TokenBuckets(ClientTable):
+    """A token bucket per key, starting full. `rate` and `capacity` may be changed at any time
+    (a setting changed). Each entry is a list [tokens, time of the last refill, ...]: a subclass
+    may keep more per key after those two (see `new_entry`)."""
+
+    def __init__(self, rate: float, capacity: float, max_keys: int = 4096):
+        super().__init__(max_keys)
+        self.rate, self.capacity = rate, capacity
+
+    def new_entry(self, now: float) -> list:
+        return [float(self.capacity), now]
+
+    def refresh(self, entry: list, now: float) -> None:
+        if now > entry[1]:
+            entry[0] = min(float(self.capacity), entry[0] + (now - entry[1]) * self.rate)
+        entry[1] = now
+
+    def level(self, key: str, now: float) -> float:
+        return self.entry(key, now)[0]
+
+    def take(self, key: str, amount: float, now: float, floor: float | None = None) -> float:
+        """Take `amount` (down to `floor` at most, if given); the level left."""
+        entry = self.entry(key, now)
+        entry[0] -= amount
+        if floor is not None and entry[0] < floor:
+            entry[0] = floor
+        return entry[0]
+
+    def give(self, key: str, amount: float, now: float) -> None:
+        """Return `amount` taken before (never above the capacity)."""
+        entry = self.entry(key, now)
+        entry[0] = min(float(self.capacity), entry[0] + amount)
+
+
+class FailureBackoff(ClientTable):
+    """The times of each key's last `limit` failures within `window` seconds, and the wait they earn."""
+
+    def __init__(self, limit: int, window: float, max_keys: int = 4096):
+        super().__init__(max_keys)
+        self.limit, self.window = limit, window
+
+    def new_entry(self, now: float) -> list:
+        return [deque(maxlen=self.limit)]
+
+    def refresh(self, entry: list, now: float) -> None:
+        times, cutoff = entry[0], now - self.window
+        while times and times[0] <= cutoff:
+            times.popleft()
+
+    def failed(self, key: str, now: float) -> int:
+        """Note one failure; the number within the window (at most `limit`)."""
+        times = self.entry(key, now)[0]
+        times.append(now)
+        return len(times)
+
+    def failures(self, key: str, now: float) -> int:
+        """The failures of `key` within the window (without noting one, or keeping a key that has none)."""
+        if key not in self._entries:
+            return 0
+        times = self.entry(key, now)[0]
+        if not times:
+            self.forget(key)
+        return len(times)
+
+    def retry_after(self, key: str, now: float) -> float:
+        """Seconds until `key` may try again: 0 while it has fewer than `limit` failures in the window."""
+        if self.failures(key, now) < self.limit:
+            return 0.0
+        return max(0.0, self._entries[key][0][0] + self.window - now)
+
+    def succeeded(self, key: str) -> None:
+        self.forget(key)

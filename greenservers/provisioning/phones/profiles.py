@@ -1,0 +1,320 @@
+"""The stock provisioning profiles: which file names each vendor's phones ask for, and what we answer.
+
+One declarative table, VENDORS: per vendor, the files it asks for at boot
+(a pattern on the requested name, the template under templates/, its media
+type, the names `phones export` writes it as), how its phones reach the
+address book (LDAP transports they support, the placeholder their filters
+use, the bind user's form), how a file name and an HTTP User-Agent name the
+model, and the keys and names that no vendor document we could read
+confirms (`unconfirmed`; see also the comments in the templates).
+
+greenservers.provisioning.files asks `stock_match(name)` only after the
+administrator's file, NAME.j2 and {mac} template were not found, so an
+administrator's file always wins. The templates get the usual provisioning
+variables plus `tz` (the `phone_timezone` in every vendor's form,
+greenservers.provisioning.phones.timezones) and `phonebook` (per vendor: server, port,
+transport, base, user, password and filters, from the live settings and the
+address the request came in on), so an exported template renders the same
+bytes as the stock one.
+
+What the files set: the NTP server, the time zone with its DST rules, the
+LDAP phone book (enabled, with the lookup of incoming callers where the
+vendor has it). Nothing else: no SIP accounts, no firmware, nothing that
+would fight the administrator's own files.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import timezones
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+MAC = r"(?P<mac>[0-9A-Fa-f]{12})"
+
+# Attributes our LDAP server answers (greenservers.proto.ldap): names match case-insensitively,
+# numbers regardless of formatting ("+49 30 1234-5" = "030 12345").
+NAME_ATTRIBUTES = ("cn", "sn", "givenName", "displayName", "o")
+NUMBER_ATTRIBUTES = ("telephoneNumber", "mobile", "homePhone", "ipPhone")
+MAX_HITS = 50
+
+
+def name_filter(placeholder: str, phone_adds_wildcard: bool) -> str:
+    """Names starting with what the user typed. Where the vendor documents `%` as "starting with the
+    entered prefix", the phone puts "typed*" in its place: a "*" of ours would make "typed**", which
+    OpenLDAP's client library refuses as a bad filter. Cisco's $VALUE is the text alone."""
+    wildcard = "" if phone_adds_wildcard else "*"
+    return "(|" + "".join(f"({a}={placeholder}{wildcard})" for a in NAME_ATTRIBUTES) + ")"
+
+
+def number_filter(placeholder: str) -> str:
+    """The number that was typed or came in, in any formatting (our server compares numbers without
+    spaces, dashes and brackets, "+" as "00"; equal numbers also national = international form)."""
+    return "(|" + "".join(f"({a}={placeholder})" for a in NUMBER_ATTRIBUTES) + ")"
+
+
+@dataclass(frozen=True)
+class StockFile:
+    pattern: str  # full match on the requested name (no folders); a (?P<mac>) group makes it per phone
+    template: str  # under templates/
+    media_type: str
+    export_names: tuple[str, ...]  # what `phones export` writes (NAME.j2), each found by the usual lookup
+    model_group: str = ""  # the pattern's group that names the model, if any
+
+    def __post_init__(self):
+        object.__setattr__(self, "regex", re.compile(self.pattern))
+
+
+@dataclass(frozen=True)
+class Vendor:
+    key: str
+    label: str
+    files: tuple[StockFile, ...]
+    transports: tuple[str, ...]  # LDAP transports the phones can use: "starttls", "ldaps", "plain"; () = no phone book
+    placeholder: str = "%"  # what the phone replaces by what was typed
+    phone_adds_wildcard: bool = True  # "%" becomes "typed*" (the vendors' "starting with the entered prefix")
+    user_agent: str = ""  # regex with a (?P<model>) group
+    models: dict = field(default_factory=dict)  # model code in a file name -> model
+    confirmed: tuple[str, ...] = ()  # what a vendor document confirms, and which
+    unconfirmed: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "ua_regex", re.compile(self.user_agent) if self.user_agent else None)
+
+
+XML, TEXT = "application/xml", "text/plain"
+
+YEALINK_MODELS = {"68": "T41S", "67": "T42S", "66": "T46S", "65": "T48S", "116": "T42U", "107": "T43U", "108": "T46U",
+                  "109": "T48U", "95": "T53", "96": "T54W", "97": "T57W"}
+SNOM_MODELS = ("D710", "D712", "D713", "D715", "D717", "D725", "D735", "D745", "D765", "D785")
+GRANDSTREAM_MODELS = ("gxp1610", "gxp1615", "gxp1620", "gxp1625", "gxp1628", "gxp1630", "gxp2130", "gxp2135", "gxp2140",
+                      "gxp2160", "gxp2170", "grp2601", "grp2602", "grp2603", "grp2604", "grp2612", "grp2613", "grp2614",
+                      "grp2615", "grp2616", "grp2624", "grp2634", "grp2636", "grp2650", "grp2670")
+FANVIL_MODELS = {"F0V00X200000": "X2", "F0V00X300000": "X3", "f0X3shw1.100": "X3S", "f0X4hw1.100": "X4", "f0X5hw1.100": "X5",
+                 "F0V00X5S0000": "X5S", "F0V00X600000": "X6", "F0000X600000": "X6V2", "F0V00X700000": "X7",
+                 "F0V0X7C00000": "X7C"}
+CISCO_MODELS = ("301", "303", "501G", "502G", "504G", "508G", "509G", "512G", "514G", "525G", "525G2")
+PANASONIC_MODELS = ("KX-HDV100", "KX-HDV130", "KX-HDV230", "KX-HDV330", "KX-HDV340", "KX-HDV430", "KX-HDV800")
+
+VENDORS: tuple[Vendor, ...] = (
+    Vendor(
+        "yealink", "Yealink T4x/T5x",
+        files=(
+            StockFile(r"y000000000000\.boot", "yealink/boot.j2", TEXT, ("y000000000000.boot",)),
+            StockFile(MAC + r"\.boot", "yealink/boot.j2", TEXT, ("{mac}.boot",)),
+            # the common file of every model (y000000000000.cfg and the per-model y0000000000XX.cfg)
+            StockFile(r"y0{9}(?P<model>\d{3})\.cfg", "yealink/common.cfg.j2", TEXT, ("y{mac}.cfg",), "model"),
+        ),
+        transports=("starttls", "ldaps", "plain"),
+        user_agent=r"Yealink\s+(?:SIP[-_])?(?P<model>[A-Z]+\d+[A-Z]*)",
+        models={k.zfill(3): v for k, v in YEALINK_MODELS.items()},
+        confirmed=("local_time.summer_time 0/1/2, dst_time_type 1 (by week), start_time/end_time month/week(5 = last)/"
+                   "weekday(1 Monday .. 7 Sunday)/hour, offset_time in minutes, time_zone as +h[:mm]: Yealink Administrator's "
+                   "Guide for SIP-T2/T4/T5 Series (DST configuration, AutoDST attributes)",
+                   "name filter % = the entered prefix: Yealink Administrator's Guide (LDAP)"),
+        unconfirmed=("ldap.* keys (ldap.tls_mode 0/1/2 in particular), directory_setting.ldap.enable, "
+                     "search_in_dialing.ldap.enable", "time_zone_name taking the IANA name (Yealink's own list names "
+                     "'Country(City)'; the rules are given explicitly with summer_time = 1)", "boot file include lines",
+                     "User-Agent form"),
+    ),
+    Vendor(
+        "snom", "Snom D7xx",
+        files=(StockFile(r"snom(?P<model>[Dd]7\d\d)\.htm", "snom/settings.xml.j2", XML,
+                         tuple(f"snom{m}.htm" for m in SNOM_MODELS), "model"),),
+        transports=("ldaps", "plain"),
+        user_agent=r"snom(?P<model>D\d{3}\w*)",
+        confirmed=("filters with %, the filters during call (10.1.27 and later): service.snom.com, LDAP Directory",
+                   "<settings><phone-settings> with `timezone` codes such as ITA+1: Gigaset's wiki for its Snom-format "
+                   "desk phones (not Snom's own)"),
+        unconfirmed=("ldap_over_tls", "ldap_name_attributes / ldap_number_attributes / ldap_display_name value forms",
+                     "the timezone codes (a third-party list)", "User-Agent form"),
+    ),
+    Vendor(
+        "poly", "Poly VVX (UC Software)",
+        files=(
+            StockFile(r"000000000000\.cfg", "poly/master.cfg.j2", XML, ("000000000000.cfg",)),
+            StockFile(r"greenservers-poly\.cfg", "poly/site.cfg.j2", XML, ("greenservers-poly.cfg",)),
+            StockFile(MAC + r"-phone\.cfg", "poly/phone.cfg.j2", XML, ("{mac}-phone.cfg",)),
+        ),
+        transports=("ldaps", "plain"),
+        user_agent=r"Polycom[A-Za-z]*-(?P<model>[A-Za-z]+_\d+)",
+        confirmed=("tcpIpApp.sntp.address, gmtOffset in seconds, daylightSavings.enable / fixedDayEnable / start|stop.month, "
+                   ".date (1, 8, 15, 22 = n-th weekday), .dayOfWeek (1 Sunday .. 7 Saturday), .dayOfWeek.lastInMonth, "
+                   ".time in hours: Polycom SoundPoint IP / UC Software Administrator's Guides",),
+        unconfirmed=("dir.corp.* keys (transport TLS as LDAPS in particular)", "feature.corporateDirectory.enabled",
+                     "tcpIpApp.sntp.address.overrideDHCP", "a missing file in CONFIG_FILES (hence the stock per-phone file)",
+                     "User-Agent form"),
+    ),
+    Vendor(
+        "grandstream", "Grandstream GXP/GRP",
+        files=(
+            StockFile(r"cfg" + MAC + r"\.xml", "grandstream/config.xml.j2", XML, ("cfg{mac}.xml",)),
+            StockFile(r"cfg(?P<model>g[xr]p\d{4}\w*)\.xml", "grandstream/config.xml.j2", XML,
+                      tuple(f"cfg{m}.xml" for m in GRANDSTREAM_MODELS), "model"),
+            StockFile(r"cfg\.xml", "grandstream/config.xml.j2", XML, ("cfg.xml",)),
+        ),
+        transports=("ldaps", "plain"),
+        user_agent=r"Grandstream Model HW (?P<model>[A-Z]+\d+\w*)",
+        confirmed=("LDAP or LDAPS (no StartTLS), server, port, base, user, password, name and number filters with % as the "
+                   "entered prefix, version 3, name and number attributes, display: Grandstream GRP26xx, GXV, DP750 "
+                   "Administration Guides", "self-defined time zone as a POSIX string: Grandstream UCM guide"),
+        unconfirmed=("every P-value number (P30, P64 = customize, P246, P143, P144, P8020-P8037, P1526)",
+                     "P8027 = 3 for LDAP version 3", "the order in which cfg<mac>, cfg<model> and cfg.xml apply",
+                     "User-Agent form"),
+    ),
+    Vendor(
+        "fanvil", "Fanvil X",
+        files=(StockFile(r"(?P<model>F0V00X\w{6}|F0000X\w{6}|F0V0X7C\w{5}|f0X\w{1,3}hw\d\.\d{3})\.cfg",
+                         "fanvil/common.xml.j2", XML, tuple(f"{name}.cfg" for name in FANVIL_MODELS), "model"),),
+        transports=("ldaps", "plain"),
+        user_agent=r"Fanvil (?P<model>[A-Z]+\d+[A-Z0-9]*)",
+        models=FANVIL_MODELS,
+        unconfirmed=("every key of <date> and <ldap> (TimeZone as decimal hours in particular)", "per-model file names",
+                     "the order of the common and the <mac>.cfg files", "User-Agent form"),
+    ),
+    Vendor(
+        "cisco", "Cisco SPA5xx",
+        files=(StockFile(r"spa(?P<model>\d{3}\w*)\.cfg", "cisco/spa.xml.j2", XML,
+                         tuple(f"spa{m}.cfg" for m in CISCO_MODELS), "model"),),
+        transports=("plain",),
+        placeholder="$VALUE", phone_adds_wildcard=False,
+        user_agent=r"(?:Cisco|Linksys)/(?P<model>SPA\d+\w*)",
+        confirmed=("Daylight_Saving_Time_Rule start=m/d/w/HH:mm:ss;end=...;save=... (day -1 = last, weekday 1 Monday .. 7 "
+                   "Sunday), Time_Zone, LDAP Search Item 3 / Item 3 Filter, LDAP Display Attrs a=/n=/t=p: Cisco SPA300/SPA500 "
+                   "Administration Guide",),
+        unconfirmed=("LDAP_Server with host:port", "the attr:(filter) form of the name filters",
+                     "LDAP_Search_Item_3 / LDAP_Item_3_Filter for numbers", "User-Agent form"),
+    ),
+    Vendor(
+        "panasonic", "Panasonic KX-HDV",
+        files=(
+            StockFile(r"ConfigCommon\.cfg", "panasonic/config.cfg.j2", TEXT, ("ConfigCommon.cfg",)),
+            StockFile(r"Config(?P<model>KX-HDV\d+\w*)\.cfg", "panasonic/config.cfg.j2", TEXT,
+                      tuple(f"Config{m}.cfg" for m in PANASONIC_MODELS), "model"),
+        ),
+        transports=("ldaps", "plain"),
+        user_agent=r"Panasonic[_ -]?(?P<model>KX-[A-Z]+\d+\w*)",
+        unconfirmed=("the first file asked for", "every LDAP_* key", "DST_* keys", "LOCAL_TIME_ZONE_POSIX",
+                     "User-Agent form"),
+    ),
+    Vendor(
+        "gigaset", "Gigaset N670/N870 IP PRO",
+        # lower case only: Snom's <MAC>.xml is upper case
+        files=(StockFile(r"(?P<mac>[0-9a-f]{12})\.xml", "gigaset/provisioning.xml.j2", XML, ("{mac}.xml",)),),
+        transports=(),  # time only until its LDAP keys are confirmed
+        user_agent=r"Gigaset (?P<model>N\d{3}\w*)",
+        confirmed=("<provisioning version=\"1.1\" productID=\"e2\"><nvm><param name value/>: Gigaset's wiki (N610/N670/N870)",),
+        unconfirmed=("DmGlobal.0.NtpServer", "DmGlobal.0.TimeZone taking the IANA name", "User-Agent form"),
+    ),
+)
+BY_KEY = {v.key: v for v in VENDORS}
+
+
+# -- requested names -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StockMatch:
+    vendor: Vendor
+    file: StockFile
+    mac: str  # lower case; "" for a file that is not per phone
+    model: str
+
+    @property
+    def path(self) -> Path:
+        return TEMPLATES / self.file.template
+
+
+def stock_match(name: str) -> StockMatch | None:
+    """The stock file a requested name (relative, checked by provisioning.check_name) is answered with."""
+    if "/" in name:
+        return None
+    for vendor in VENDORS:
+        for stock in vendor.files:
+            match = stock.regex.fullmatch(name)
+            if match:
+                mac = (match.groupdict().get("mac") or "").lower()
+                code = match.group(stock.model_group) if stock.model_group else ""
+                return StockMatch(vendor, stock, mac, _model(vendor, code))
+    return None
+
+
+def _model(vendor: Vendor, code: str) -> str:
+    if not code:
+        return ""
+    if vendor.key == "yealink":
+        return vendor.models.get(code, "")  # y000000000000.cfg is every model's
+    if vendor.key == "cisco":
+        return "SPA" + code
+    return vendor.models.get(code, code.upper())
+
+
+def from_user_agent(user_agent: str) -> tuple[str, str]:
+    """(vendor key, model) named by an HTTP User-Agent, or ("", "")."""
+    for vendor in VENDORS:
+        if vendor.ua_regex is not None:
+            match = vendor.ua_regex.search(user_agent or "")
+            if match:
+                return vendor.key, match.group("model").replace("_", " ")
+    return "", ""
+
+
+# -- template values ---------------------------------------------------------------------------
+
+
+def _transport(vendor: Vendor, settings, server: str, port_for) -> tuple[str, int | str]:
+    """StartTLS on ip_ldap_port where the phones can, LDAPS on ip_ldaps_port where they can only that,
+    else plain; never a port that is off, and never plain when plain binds are refused."""
+    ldap_port = port_for(settings.ip_ldap_port, server) if settings.ip_ldap_port else ""
+    ldaps_port = port_for(settings.ip_ldaps_port, server) if settings.ip_ldaps_port else ""
+    if "starttls" in vendor.transports and ldap_port != "":
+        return "starttls", ldap_port
+    if "ldaps" in vendor.transports and ldaps_port != "":
+        return "ldaps", ldaps_port
+    if "plain" in vendor.transports and ldap_port != "" and settings.ldap_plain_bind:
+        return "plain", ldap_port
+    return "", ""
+
+
+def phonebook(vendor: Vendor, settings, server: str, port_for) -> dict:
+    """What one vendor's phones are told about the address book."""
+    transport, port = _transport(vendor, settings, server, port_for)
+    host = f"[{server}]" if ":" in server else server
+    scheme = "ldaps" if transport == "ldaps" else "ldap"
+    p = vendor.placeholder
+    return {
+        "enabled": bool(transport) and bool(server), "transport": transport, "port": port,
+        "host": server, "url": f"{scheme}://{host}" if transport else "", "url_with_port": f"{scheme}://{host}:{port}" if transport else "",
+        "base": settings.ldap_base, "user": settings.ldap_user, "user_dn": f"cn={settings.ldap_user},{settings.ldap_base}",
+        "password": settings.ldap_password or "",
+        "name_filter": name_filter(p, vendor.phone_adds_wildcard), "number_filter": number_filter(p),
+        "name_attributes": NAME_ATTRIBUTES, "number_attributes": NUMBER_ATTRIBUTES, "max_hits": MAX_HITS,
+    }
+
+
+def _copied(value):
+    """A copy of nested dicts (of plain values): what deepcopy does, at a tenth of its cost."""
+    return {k: _copied(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
+@functools.lru_cache(maxsize=16)
+def _zone_forms(name: str) -> dict:
+    return timezones.forms(timezones.load(name))  # reading and parsing the tzdata file is most of a render's cost
+
+
+def template_values(settings, server: str, port_for) -> dict:
+    """`tz` and `phonebook` for every template (stock or the administrator's); copies, which a template may change."""
+    return {"tz": _copied(_zone_forms(settings.phone_timezone)),
+            "phonebook": {v.key: phonebook(v, settings, server, port_for) for v in VENDORS}}
+
+
+# -- export --------------------------------------------------------------------------------------
+
+
+def export_plan(vendor_key: str | None = None) -> list[tuple[str, Path]]:
+    """(template name to write under the TFTP root, stock template) for one vendor or all."""
+    vendors = VENDORS if vendor_key is None else (BY_KEY[vendor_key],)
+    return [(name + ".j2", TEMPLATES / stock.template) for vendor in vendors for stock in vendor.files for name in stock.export_names]

@@ -1,0 +1,364 @@
+"""The HTTP and HTTPS service: gevent's pywsgi servers behind one process-wide gate.
+
+One HttpService serves every `ip_http_port` and `ip_https_port` binding (the
+registry, greenservers.services, says which speak TLS), each with a
+CappedWSGIServer around the web application (greenservers.web), plain HTTP
+with the ACME answers and the HTTPS redirect in front of it (plain_http_app).
+
+Every accepted connection asks the shared ConnectionGate first. Over a cap,
+plain HTTP gets a canned `503` with `Retry-After` and TLS connections are
+closed before any handshake: turning a connection away costs one send, never
+a request parse or a TLS handshake, so it cannot slow the ones being served.
+When every slot is taken, the gate may name an idle connection of the
+client holding most of them: it is shut down, and the newcomer takes its slot.
+
+A plain-HTTP connection turned away while an ACME http-01 validation is
+under way gets its request line read first (at most CHALLENGE_PEEK_BYTES,
+within CHALLENGE_PEEK_TIMEOUT, among the MAX_REJECTING refusals being
+written): a token being validated is answered, anything else gets the 503.
+Outside a validation a refusal stays one send.
+
+Slow clients cannot hold slots: the request line and headers must arrive
+within HEADER_TIMEOUT (a total deadline, so a drip-feeding slow-loris does
+not reset it), an idle keep-alive connection is closed after
+KEEPALIVE_TIMEOUT, a TLS handshake must finish within HANDSHAKE_TIMEOUT and
+each read or write of a body within IO_TIMEOUT.
+
+What a client's bad bytes make happen is logged like every other line a peer
+can trigger (greenservers.ratelog): at INFO, one line per client and interval
+with the count of those held back, never the socket's repr nor more than a
+short, escaped sample of what the client sent. That is a request gevent
+could not parse (answered 400: garbage, a TLS ClientHello sent to the plain
+HTTP port, a bad header) and a TLS handshake that failed on the client's
+data (garbage, or plain HTTP sent to the HTTPS port). A peer that merely
+went away, or timed out, is closed silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import ssl
+import time
+
+import gevent
+from gevent import pywsgi
+from gevent.pool import Group
+from gunicorn.workers.ggevent import PyWSGIHandler
+
+from ..proto.acme import challenge_answer, http_response, request_target
+from ..proto.clients import client_key, plain_address
+from ..proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
+from ..provisioning.files import port_for
+from ..ratelog import RateLimitedLog, printable
+from ..services import BY_SETTING, Service
+
+
+def _seconds(name: str, default: float) -> float:
+    """A timeout, overridable from the environment (tuning, and short ones in tests)."""
+    return float(os.environ.get(f"GREENSERVERS_HTTP_{name}", default))
+
+
+HEADER_TIMEOUT = _seconds("HEADER_TIMEOUT", 10.0)
+KEEPALIVE_TIMEOUT = _seconds("KEEPALIVE_TIMEOUT", 15.0)
+HANDSHAKE_TIMEOUT = _seconds("HANDSHAKE_TIMEOUT", 10.0)
+IO_TIMEOUT = _seconds("IO_TIMEOUT", 30.0)
+MAX_REJECTING = 256  # rejections being written at once; beyond, close at once
+CHALLENGE_PEEK_BYTES = 2048  # a validation's request line fits many times over
+CHALLENGE_PEEK_TIMEOUT = 2.0
+
+REJECT_400 = (
+    b"HTTP/1.1 400 Bad Request\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 12\r\n"
+    b"Connection: close\r\n\r\n"
+    b"Bad request\n"
+)
+REJECT_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Retry-After: 1\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 35\r\n"
+    b"Connection: close\r\n\r\n"
+    b"Too many connections; retry later.\n"
+)
+
+log = logging.getLogger("greenservers.http")
+TLS_RECORD = "\x16\x03"  # how a TLS ClientHello starts
+
+
+class HeaderTimeout(gevent.Timeout):
+    """The client did not send a complete request head in time."""
+
+
+class Connection:
+    """An admitted connection, as the gate knows it: closed from outside to make room for another client."""
+
+    __slots__ = ("sock", "source")
+
+    def __init__(self, sock, source: str):
+        self.sock, self.source = sock, source
+
+    def close_for_room(self) -> None:
+        """Its greenlet reads end-of-file (or a TLS error) and ends the connection the usual way."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class CappedHandler(PyWSGIHandler):
+    """gunicorn's pywsgi handler (its access log) with deadlines on the request head; it tells
+    the gate when its connection waits for a request and when it is serving one."""
+
+    _requests_seen = 0
+    connection: Connection | None = None
+
+    def handle_one_request(self):
+        limit = HEADER_TIMEOUT if self._requests_seen == 0 else KEEPALIVE_TIMEOUT
+        self._requests_seen += 1
+        self.server.gate.waiting(self.connection)
+        self._head_timer = HeaderTimeout.start_new(limit)
+        try:
+            return super().handle_one_request()
+        finally:
+            self._head_timer.close()
+
+    def read_request(self, raw_requestline):
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._head_timer.close()  # the head is in: the application runs without it
+            self.server.gate.serving(self.connection)
+
+    def _handle_client_error(self, ex):
+        """A request head gevent could not parse: 400, and one rate-limited line (see the module docstring)."""
+        if isinstance(ex, (ConnectionError, socket.timeout, ssl.SSLError)):
+            return None  # the peer went away or broke its TLS mid-head: nothing to answer
+        if not isinstance(ex, (ValueError, OSError)):  # not the client's bytes: our bug, with its traceback
+            return super()._handle_client_error(ex)
+        reason = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
+        tls_on_plain = self.server.tls_holder is None and (self.requestline or "").startswith(TLS_RECORD)
+        hint = " (a TLS handshake sent to the plain-HTTP port: use https://)" if tls_on_plain else ""
+        self._peer_line("bad HTTP request, answered 400%s: %s", hint, printable(reason))
+        return "400", REJECT_400
+
+    def log_error(self, msg, *args):
+        """gevent's way to log what a client did wrong, should it use it elsewhere: the same rate-limited line."""
+        self._peer_line("%s", printable(msg % args if args else msg))
+
+    def _peer_line(self, message: str, *args) -> None:
+        """A line the client caused: rate-limited per client, at INFO, without the socket's repr."""
+        source = self.connection.source if self.connection is not None else client_key(self.client_address[0])
+        self.server.peer_log.info("bad-request", source, message, *args)
+
+    def handle_error(self, t, v, tb):
+        """An error while answering. A socket error is the peer's doing (it stopped reading, timed out,
+        broke its TLS): the connection is closed without a traceback. Anything else is ours: logged as gevent does."""
+        if issubclass(t, OSError):
+            if issubclass(t, socket.timeout):
+                self.server.sensors.add("http_timeouts")
+            self.close_connection = True
+            return
+        super().handle_error(t, v, tb)
+
+    _local_addr = None
+
+    def get_environ(self):
+        env = super().get_environ()
+        if self._local_addr is None:  # once per connection, not per request
+            try:
+                self._local_addr = self.socket.getsockname()[0]
+            except OSError:
+                self._local_addr = ""
+        env["greenservers.local_addr"] = self._local_addr
+        return env
+
+
+class CappedWSGIServer(pywsgi.WSGIServer):
+    """One listening socket; connections admitted by the shared gate."""
+
+    def __init__(self, listener, application, gate: ConnectionGate, sensors, tls_holder=None, challenges=None, **kwargs):
+        """`challenges()`: the ACME http-01 tokens being validated now (plain HTTP only)."""
+        super().__init__(listener, application, handler_class=CappedHandler, **kwargs)
+        self.gate = gate
+        self.sensors = sensors
+        self.tls_holder = tls_holder
+        self.challenges = challenges or dict
+        self.connections = Group()
+        self.rejecting = Group()
+        self.room_log = RateLimitedLog(log)
+        self.peer_log = RateLimitedLog(log)  # a client's bad requests and failed handshakes
+        if tls_holder is not None:
+            self.environ["wsgi.url_scheme"] = "https"
+            self.environ["HTTPS"] = "on"
+
+    def do_handle(self, client, address):
+        source = client_key(address[0])
+        connection = Connection(client, source)
+        refused = self.gate.admit(source, connection)
+        if refused == OVER_MAX_CONN:
+            crowded_out = self.gate.make_room(source)  # one client holding most slots gives up an idle one
+            if crowded_out is not None:
+                crowded_out.close_for_room()
+                self.sensors.add("http_crowded_out")
+                self.room_log.info("room", crowded_out.source, "holds most of http_max_conn: its idle HTTP connections "
+                                   "are closed to let other clients in")
+                refused = self.gate.admit(source, connection)
+        if refused is not None:
+            self.sensors.add(f"http_rejected_{refused}")
+            if self.tls_holder is None and len(self.rejecting) < MAX_REJECTING:
+                pending = self.challenges()
+                if pending:
+                    self.rejecting.spawn(_answer_challenge_or_503, client, pending)
+                else:
+                    self.rejecting.spawn(_write_503, client)
+            else:
+                _close(client)
+            return
+        self.sensors.add("http_connections_accepted")
+        self.sensors.set("http_connections_open", self.gate.open)
+        self.connections.spawn(self._serve, client, address, connection)
+
+    def _serve(self, client, address, connection: Connection):
+        try:
+            if self.tls_holder is not None:
+                client.settimeout(HANDSHAKE_TIMEOUT)
+                # the TLS socket takes the connection's place before the handshake, so that a
+                # handshake never started can be shut down to make room
+                client = self.tls_holder.context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+                connection.sock = client
+                try:
+                    client.do_handshake()
+                except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                    return  # the peer went away (or was closed to make room)
+                except ssl.SSLError as exc:
+                    hint = " (plain HTTP sent to the HTTPS port: use https://)" if exc.reason == "HTTP_REQUEST" else ""
+                    self.peer_log.info("tls-handshake", connection.source, "TLS handshake failed%s: %s", hint,
+                                       exc.reason or type(exc).__name__)
+                    return
+            client.settimeout(IO_TIMEOUT)
+            handler = self.handler_class(client, address, self)
+            handler.connection = connection
+            handler.handle()
+        except (TimeoutError, HeaderTimeout):
+            self.sensors.add("http_timeouts")
+        except (ssl.SSLError, ConnectionError, OSError):
+            pass  # a peer that vanished or spoke no TLS: close silently
+        except Exception:
+            log.exception("error serving %s", address)
+        finally:
+            _close(client)
+            self.gate.release(connection)
+            self.sensors.set("http_connections_open", self.gate.open)
+
+    def stop_gracefully(self, timeout: float) -> None:
+        """Stop accepting; let requests in flight finish for up to `timeout` seconds."""
+        self.close()
+        self.connections.join(timeout=timeout)
+        self.connections.kill(block=False)
+        self.rejecting.kill(block=False)
+
+
+def _close(sock) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _answer_challenge_or_503(client, pending) -> None:
+    """A refused connection during an ACME validation: the challenge answer if that is what it
+    asks for (the authority's check must not fail because the caps are full), else the 503."""
+    head = b""
+    try:
+        client.settimeout(CHALLENGE_PEEK_TIMEOUT)
+        deadline = time.monotonic() + CHALLENGE_PEEK_TIMEOUT
+        while b"\n" not in head and len(head) < CHALLENGE_PEEK_BYTES and time.monotonic() < deadline:
+            data = client.recv(CHALLENGE_PEEK_BYTES - len(head))
+            if not data:
+                break
+            head += data
+    except OSError:
+        pass
+    target = request_target(head)
+    answer = challenge_answer(target[0], target[1], pending) if target else None
+    if answer is None or not answer[0].startswith("200"):
+        _write_503(client)
+        return
+    _write_503(client, http_response(answer[0], answer[1], head_only=target[0] == "HEAD"))
+
+
+def _write_503(client, answer: bytes = REJECT_503) -> None:
+    """Answer 503 (or `answer`), then drain a little so the close does not reset the answer away."""
+    try:
+        client.settimeout(1.0)
+        client.sendall(answer)
+        client.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and client.recv(65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        _close(client)
+
+
+def plain_http_app(app, runtime):
+    """WSGI middleware of the plain-HTTP servers: ACME http-01 answers, then 301/308 to HTTPS when it is on."""
+
+    def application(environ, start_response):
+        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")
+        acme = runtime.acme
+        answer = challenge_answer(method, path, acme.pending if acme is not None else {})
+        if answer is not None:
+            start_response(
+                answer[0], [("Content-Type", "text/plain"), ("Content-Length", str(len(answer[1]))), ("Cache-Control", "no-store")]
+            )
+            return [b""] if method == "HEAD" else [answer[1]]
+        settings = runtime.settings
+        https = settings.ip_https_port
+        if settings.http_redirect_https and https:
+            local = plain_address(environ.get("greenservers.local_addr", ""))
+            port = port_for(https, local)  # the HTTPS binding this client reaches best, as provisioning picks it
+            target = redirect_target(
+                environ.get("REQUEST_METHOD", "GET"),
+                environ.get("PATH_INFO", "/"),
+                environ.get("QUERY_STRING", ""),
+                environ.get("HTTP_HOST"),
+                local or "localhost",
+                port,
+            )
+            if target is not None:
+                runtime.sensors.add("http_redirects")
+                start_response(target.status, [("Location", target.location), ("Content-Length", "0"), ("Cache-Control", "no-store")])
+                return [b""]
+        return app(environ, start_response)
+
+    return application
+
+
+class HttpService(Service):
+    """Every HTTP and HTTPS binding: a CappedWSGIServer each, all behind one ConnectionGate whose
+    caps (http_max_conn, http_max_conn_rate) are read from the settings at each admission."""
+
+    name = "http"
+
+    def __init__(self, runtime):
+        super().__init__(runtime)
+        self.gate = ConnectionGate(lambda: (runtime.settings.http_max_conn, runtime.settings.http_max_conn_rate), time.monotonic)
+
+    def make_server(self, bound) -> CappedWSGIServer:
+        runtime = self.runtime
+        log = runtime.access_log
+        if BY_SETTING[bound.setting].tls:
+            return CappedWSGIServer(bound.sock, runtime.web_app, self.gate, runtime.sensors, tls_holder=runtime.tls,
+                                    log=log, error_log=log)
+        acme = runtime.acme
+        return CappedWSGIServer(bound.sock, plain_http_app(runtime.web_app, runtime), self.gate, runtime.sensors,
+                                challenges=lambda: acme.pending, log=log, error_log=log)
+
+    def stop_server(self, server: CappedWSGIServer, timeout: float = 1.0) -> None:
+        """Stop accepting; requests in flight finish on their own."""
+        server.close()
+
+    def drain(self, server: CappedWSGIServer, timeout: float) -> None:
+        server.stop_gracefully(timeout)

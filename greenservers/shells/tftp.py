@@ -1,0 +1,343 @@
+"""The TFTP provisioning server's gevent shell: sockets, greenlets, limits and logging.
+
+Each `ip_tftp_port` socket gets a listener greenlet that reads requests with
+recvmsg (the binder enabled IP_PKTINFO/IPV6_RECVPKTINFO, so a wildcard
+socket learns the local address each request came in on: shells.udp). An admitted
+request gets its own greenlet and its own ephemeral UDP socket, bound to
+that local address and connected to the client (a new transfer ID, RFC 1350
+§4); the protocol itself is greenservers.proto.tftp's state machines, the file
+names and templates are greenservers.provisioning.files'. Who gets a transfer is
+the core's `Admission`: limited per client address (`tftp_max_per_client`)
+and in total (`tftp_max_transfers`), where an unverified transfer (its first
+packet not acknowledged) gives its slot to a new request once it is past its
+first retransmission; and every source (IPv4 address, IPv6 /64) may be sent
+only so much that it has not acknowledged, as a request's source address may
+be spoofed and whatever we send goes to that address. A request from a source
+whose allowance is spent, or from a client whose every slot awaits an
+acknowledgement, is dropped unread (paced at DROP_COST of a handled request)
+and counted (`tftp_sends_withheld`); an honest client gets its bytes back with
+each acknowledgement and never runs short. Uploads go through
+greenservers.provisioning.uploads (budget, and each client's tftp_upload_mib_per_hour).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+
+import gevent
+from gevent.pool import Group
+
+from ..proto import tftp as proto
+from ..proto.clients import TokenBuckets, client_key, plain_address
+from ..provisioning import files as provisioning, uploads
+from ..provisioning.phones import seen
+from ..ratelog import RateLimitedLog
+from ..services import Service
+from .tftp_transfer import Segmentation, SendBatch, TransferDriver, transfer_socket
+from .udp import PKTINFO_SPACE, local_address
+
+MAX_REQUEST = 1024  # an RRQ/WRQ with its options; longer ones are truncated and refused
+REQUEST_RATE = 1000.0  # requests handled per second, all listeners together (see pace_requests)
+DROP_COST = 1 / 8  # a request dropped unread, as a share of one handled: 8,000 a second at most
+REQUEST_BURST = 256.0
+BUSY = proto.encode_error(0, "server busy, retry later")
+YIELD_EVERY = 64  # datagrams read before other greenlets get a turn
+CHECK_AGAIN_AFTER = 1024  # datagrams read before the sources dropped meanwhile are looked at again (their buckets refill)
+REFUSAL_SENSORS = {uploads.UploadsFull: "tftp_uploads_refused_full", uploads.QuotaSpent: "tftp_uploads_refused_rate"}
+
+
+class UploadSink:
+    """An upload (greenservers.provisioning.uploads) as the write machine's Sink: its refusals become their TFTP errors."""
+
+    def __init__(self, upload: uploads.Upload, service: TftpService):
+        self.upload, self.service = upload, service
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.upload.write(data)
+        except provisioning.ProvisioningError as exc:
+            raise self.service.tftp_error(exc) from None
+
+    def commit(self) -> None:
+        try:
+            self.upload.commit()
+        except provisioning.ProvisioningError as exc:
+            raise self.service.tftp_error(exc) from None
+
+    def abort(self) -> None:
+        self.upload.abort()
+
+    close = abort
+
+
+class TftpService(Service):
+    name = "tftp"
+
+    def __init__(self, runtime):
+        super().__init__(runtime)
+        self.ratelog = RateLimitedLog(self.log)
+        self.limits = proto.Limits()
+        self.admission = proto.Admission(self.limits, TokenBuckets(rate=0.0, capacity=0))  # sized by configure()
+        self.upload_quota = TokenBuckets(rate=0.0, capacity=0)  # bytes per client and hour, sized at each upload
+        self.transfers = Group()  # all listeners': a transfer outlives its listener (a port change)
+        self.segmentation = Segmentation(self.log)
+        self.send_batch = SendBatch()
+        self.tokens, self.tokens_at = float(REQUEST_BURST), time.monotonic()
+        seen.registry_for(runtime)  # the record of phones read now, before its sensor is first asked for
+        removed = uploads.remove_orphan_uploads(runtime.settings)
+        if removed:
+            self.log.warning("removed %d partial upload(s) left by a process that ended mid-upload", len(removed))
+
+    def make_server(self, bound):
+        return TftpListener(self, bound)
+
+    def pace_requests(self, cost: float = 1.0) -> None:
+        """At most REQUEST_RATE requests a second (burst REQUEST_BURST), all listeners together,
+        a request dropped unread counting as DROP_COST of one.
+
+        A read-request storm otherwise starts transfers back to back for as long
+        as it lasts and every other service waits; paced, the excess waits in the
+        socket's buffer (and is dropped by the kernel when that is full), and a
+        boot storm of a few hundred phones still starts within a fraction of a second.
+        A dropped request costs a lookup: many more are read, so that a phone's
+        request among them is less likely to be dropped by the kernel, but not
+        without bound: reading everything of a storm took the whole process
+        (on 2 busy cores the other services' p99 rose from 20 to 130 ms).
+        """
+        now = time.monotonic()
+        self.tokens = min(REQUEST_BURST, self.tokens + (now - self.tokens_at) * REQUEST_RATE)
+        self.tokens_at = now
+        if self.tokens < cost:
+            gevent.sleep((cost - self.tokens) / REQUEST_RATE)
+            self.tokens, self.tokens_at = cost, time.monotonic()
+        self.tokens -= cost
+
+    def close(self) -> None:
+        """At shutdown: end the transfers still running (their uploads are aborted); keep the record of phones."""
+        self.transfers.kill(timeout=1)
+        seen.save_all()
+
+    # -- requests -----------------------------------------------------------
+
+    def admits(self, host: str) -> bool:
+        """Whether a request from `host` is read at all: not while it has not acknowledged what it was sent."""
+        settings = self.runtime.settings
+        self.admission.configure(settings.tftp_max_transfers, settings.tftp_max_per_client)
+        if self.admission.hears(client_key(host), plain_address(host), time.monotonic()):
+            return True
+        self.runtime.sensors.add("tftp_sends_withheld")
+        self.ratelog.warning("withheld", plain_address(host), "request dropped: what was sent to this address is not "
+                             "acknowledged (a spoofed source?); it is sent more as it acknowledges or as time passes")
+        return False
+
+    def dropped_again(self, dropped: dict[str, int]) -> None:
+        """What admits() would have counted and logged for more requests of sources it just refused (host -> count)."""
+        for host, count in dropped.items():
+            if count:
+                self.runtime.sensors.add("tftp_sends_withheld", count)
+                self.ratelog.suppressed("withheld", plain_address(host), count)
+
+    def _send_unverified(self, send, datagram: bytes, allowance: proto.Allowance) -> None:
+        """An answer to a peer that has not acknowledged anything (an ERROR): from its allowance, or not at all."""
+        now = time.monotonic()
+        if not allowance.permits(now):
+            self.runtime.sensors.add("tftp_sends_withheld")
+            return
+        allowance.take(len(datagram), now)
+        with contextlib.suppress(OSError):  # a full send buffer or a vanished peer: UDP answers may be lost
+            send(datagram)
+
+    def handle_request(self, datagram: bytes, local: tuple[str, int], peer, listener: TftpListener) -> None:
+        """A request admits() let through: a slot first (a refusal is then one send, nothing parsed), then the request."""
+        client = plain_address(peer[0])
+        slot, evicted = self.admission.admit(client, time.monotonic())
+        for victim in evicted:
+            self._evict(victim)
+        if slot is None:
+            self.ratelog.warning("busy", client, "request refused: too many transfers (%d in all, %d from this client)",
+                                 self.admission.active, self.admission.per_client[client])
+            self._refuse(BUSY, peer, listener)
+            return
+        try:
+            request = proto.parse_request(datagram)
+        except proto.TftpError as exc:
+            self._release(slot)
+            self.ratelog.warning("bad-request", client, "refused: %s", exc.message)
+            self._refuse(exc.datagram(), peer, listener)
+            return
+        self.runtime.sensors.set("tftp_transfers_active", self.admission.active)
+        allowance = self.admission.allowance(client_key(peer[0]), time.monotonic())
+        slot.owner = self.transfers.spawn(self._transfer, request, local, peer, client, listener.sock.family, slot, allowance)
+
+    def _refuse(self, error: bytes, peer, listener: TftpListener) -> None:
+        allowance = self.admission.allowance(client_key(peer[0]), time.monotonic(), transfer=False)
+        self._send_unverified(lambda d: listener.sock.sendto(d, peer), error, allowance)
+        self.runtime.sensors.add("tftp_transfers_failed")
+
+    def _evict(self, slot: proto.Slot) -> None:
+        """An unverified transfer gives its slot to a new request: ended now, counted as never acknowledged."""
+        self.ratelog.info("evicted", slot.client, "a transfer whose first packet was not acknowledged gave its slot to a new request")
+        self.runtime.sensors.add("tftp_first_packets_unacknowledged")
+        self.runtime.sensors.add("tftp_transfers_failed")
+        if slot.owner is not None:
+            slot.owner.kill(block=False)
+
+    def _release(self, slot: proto.Slot) -> None:
+        self.admission.release(slot)
+        self.runtime.sensors.set("tftp_transfers_active", self.admission.active)
+
+    def _transfer(self, request, local, peer, client: str, family: int, slot: proto.Slot, allowance: proto.Allowance) -> None:
+        sock = machine = resource = None
+        try:
+            sock = self._transfer_socket(local, peer, family)
+            machine, resource = self._start(request, local, client, allowance)
+            # the slot is given up early once only courtesy retransmissions remain (a write's dally)
+            TransferDriver(sock, machine, self.segmentation, self.send_batch, lambda: self._release(slot),
+                           lambda: self.admission.verified(slot)).run()
+        except proto.TftpError as exc:
+            self.ratelog.warning("refused", client, "%s %s refused: %s", "WRQ" if request.write else "RRQ", request.filename, exc.message)
+            if sock is not None:  # the error is paid for by the first packet's reservation
+                self._send_unverified(sock.send, exc.datagram(), allowance)
+            if not request.write:
+                seen.note_fetch(self.runtime, request.filename, client, "not found" if exc.code == 1 else "refused", "tftp")
+        except OSError as exc:  # the peer vanished (ICMP unreachable) or a socket of ours failed
+            self.log.debug("%s: transfer of %s ended: %s", client, request.filename, exc)
+        except Exception:
+            self.log.exception("%s: transfer of %s failed", client, request.filename)
+            self._send_quietly(sock, proto.encode_error(0, "internal error"))
+        finally:
+            allowance.release(time.monotonic())  # the first packet's reservation, if nothing used it
+            self._release(slot)
+            self._finish(request, client, sock, machine, resource, slot)
+
+    @staticmethod
+    def _transfer_socket(local, peer, family: int):
+        host, interface = plain_address(local[0]), local[1]
+        if ":" not in host:  # IPv4, possibly reached through a dual-stack [::] socket
+            family, peer = socket.AF_INET, (plain_address(peer[0]), peer[1])
+        return transfer_socket(family, (host, 0, 0, interface) if family == socket.AF_INET6 else (host, 0), peer)
+
+    def _start(self, request, local, client: str, allowance: proto.Allowance):
+        """The machine for a request and the resource to release after it."""
+        settings, limits = self.runtime.settings, self.limits
+        try:
+            if request.write:
+                if not settings.tftp_write:
+                    raise proto.AccessViolation("writing is disabled (tftp_write)")
+                negotiated = proto.negotiate(request, None, limits)
+                announced = int(negotiated.oack["tsize"]) if "tsize" in negotiated.oack else None
+                upload = uploads.begin(settings, request.filename, client, announced, self._quota_of(allowance.key))
+                sink = UploadSink(upload, self)
+                self.ratelog.info("upload", client, "upload of %s started", request.filename)
+                return proto.WriteTransfer(sink, negotiated, limits, netascii=request.mode == "netascii", allowance=allowance), sink
+            content = provisioning.provide(settings, request.filename, plain_address(local[0]))
+        except provisioning.ProvisioningError as exc:
+            raise self.tftp_error(exc) from None
+        if request.mode == "netascii" and content.size > proto.MAX_NETASCII_BYTES:
+            raise proto.AccessViolation(f"netascii is for text files up to {proto.MAX_NETASCII_BYTES} bytes; use octet")
+        resource = source = provisioning.FileReader(content.path) if content.path else proto.BytesSource(content.data)
+        if request.mode == "netascii":
+            source = proto.NetasciiSource(source)
+        return proto.ReadTransfer(source, proto.negotiate(request, source.size, limits), limits, allowance), resource
+
+    def _quota_of(self, key: str):
+        """The upload quota of a client (IPv4 address, IPv6 /64): `quota(size)` takes `size` bytes of
+        its hour's tftp_upload_mib_per_hour if it has them (any, for size 0), else answers False."""
+        buckets = self.upload_quota
+        buckets.capacity = self.runtime.settings.tftp_upload_mib_per_hour * uploads.MIB
+        buckets.rate = buckets.capacity / 3600
+
+        def quota(size: int) -> bool:
+            now = time.monotonic()
+            if buckets.level(key, now) < max(size, 1):
+                return False
+            buckets.take(key, size, now)
+            return True
+
+        return quota
+
+    def tftp_error(self, exc: provisioning.ProvisioningError) -> proto.TftpError:
+        """A refusal of greenservers.provisioning.files or .uploads as its TFTP error (counted when a sensor counts it)."""
+        sensor = REFUSAL_SENSORS.get(type(exc))
+        if sensor:
+            self.runtime.sensors.add(sensor)
+        return proto.TftpError(exc.message, exc.tftp_code)
+
+    def _finish(self, request, client: str, sock, machine, resource, slot: proto.Slot) -> None:
+        sensors = self.runtime.sensors
+        done = machine is not None and machine.state is proto.State.DONE
+        if not slot.evicted:  # an evicted transfer was counted when its slot was taken
+            sensors.add("tftp_transfers_done" if done else "tftp_transfers_failed")
+            if machine is not None and (machine.withheld or machine.unacknowledged):
+                sensors.add("tftp_sends_withheld" if machine.withheld else "tftp_first_packets_unacknowledged")
+        if isinstance(machine, proto.ReadTransfer):
+            seen.note_fetch(self.runtime, request.filename, client, "served" if done else "failed", "tftp")
+        if isinstance(machine, proto.ReadTransfer):
+            sensors.add("tftp_bytes_sent", machine.bytes_sent)
+        if machine is not None and machine.failure and not machine.peer_vanished:
+            self.ratelog.warning("failed", client, "transfer of %s failed: %s", request.filename, machine.failure)
+        elif done and request.write:
+            self.ratelog.info("uploaded", client, "upload of %s complete (%d bytes)", request.filename, machine.bytes_received)
+        if resource is not None:  # a file closed; an upload's temporary file removed (after a commit: nothing)
+            resource.close()
+        if sock is not None:
+            sock.close()
+
+    @staticmethod
+    def _send_quietly(sock, datagram: bytes) -> None:
+        try:
+            if sock is not None:
+                sock.send(datagram)
+        except OSError:
+            pass
+
+
+class TftpListener:
+    """One bound `ip_tftp_port` socket: reads requests and starts transfers."""
+
+    def __init__(self, service: TftpService, bound):
+        self.service, self.bound, self.sock = service, bound, bound.sock
+        self.greenlet = None
+
+    def start(self) -> None:
+        self.sock.settimeout(None)  # the binder left it non-blocking: gevent would raise EAGAIN instead of waiting
+        self.greenlet = gevent.spawn(self._serve)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking requests; transfers in flight carry on over their own sockets."""
+        if self.greenlet is not None:
+            self.greenlet.kill(timeout=timeout)
+
+    def _serve(self) -> None:
+        bound_host, service = self.bound.binding.host, self.service
+        served = 0
+        dropped: dict[str, int] = {}  # sources admits() refused lately -> their requests since: counted, not looked up
+        while True:
+            served += 1
+            if served % YIELD_EVERY == 0:  # a socket that always has data never blocks: yield, or a storm starves every other service
+                if served % CHECK_AGAIN_AFTER == 0:
+                    service.dropped_again(dropped)
+                    dropped.clear()
+                gevent.sleep(0)
+            try:
+                datagram, ancillary, _flags, peer = self.sock.recvmsg(MAX_REQUEST, PKTINFO_SPACE)
+                host = peer[0]
+                if host in dropped:
+                    dropped[host] += 1
+                    service.pace_requests(DROP_COST)
+                    continue
+                if not service.admits(host):
+                    dropped[host] = 0
+                    service.pace_requests(DROP_COST)
+                    continue
+                service.pace_requests()
+                local = local_address(ancillary, bound_host)
+                service.handle_request(datagram, local, peer, self)
+            except OSError as exc:  # e.g. a send to a vanished peer; the socket itself stays usable
+                if self.sock.fileno() < 0:
+                    return  # closed under us: the binding is going away
+                self.service.log.debug("tftp listener %s: %s", self.bound.address, exc)
+            except Exception:
+                self.service.log.exception("tftp listener %s: request failed", self.bound.address)

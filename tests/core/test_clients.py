@@ -1,0 +1,68 @@
+"""proto.clients on a fake clock: TokenBuckets (refill, capacity, floor, refunds, bounded memory) and
+FailureBackoff (the failures within the window, the wait they earn, bounded memory)."""
+
+from __future__ import annotations
+
+from greenservers.proto.clients import FailureBackoff, TokenBuckets
+
+
+def test_a_new_key_starts_full_and_refills_at_the_rate_up_to_the_capacity():
+    buckets = TokenBuckets(rate=10.0, capacity=100)
+    assert buckets.level("a", 0.0) == 100.0
+    assert buckets.take("a", 150, 0.0) == -50.0  # no floor: a debt
+    assert buckets.level("a", 10.0) == 50.0
+    assert buckets.level("a", 1000.0) == 100.0
+
+
+def test_a_floor_bounds_the_debt_and_a_refund_never_exceeds_the_capacity():
+    buckets = TokenBuckets(rate=1.0, capacity=10)
+    assert buckets.take("a", 100, 0.0, floor=-10) == -10.0
+    buckets.give("a", 5, 0.0)
+    assert buckets.level("a", 0.0) == -5.0
+    buckets.give("a", 500, 0.0)
+    assert buckets.level("a", 0.0) == 10.0
+
+
+def test_keys_are_independent_and_the_least_recently_seen_are_forgotten():
+    buckets = TokenBuckets(rate=1.0, capacity=10, max_keys=3)
+    for key in "abc":
+        buckets.take(key, 10, 0.0)
+    buckets.level("a", 0.0)  # seen again: "b" is now the least recent
+    buckets.take("d", 1, 0.0)
+    assert len(buckets) == 3
+    assert buckets.level("a", 0.0) == 0.0 and buckets.level("b", 0.0) == 10.0  # forgotten: full again
+
+
+def test_a_changed_rate_and_capacity_apply_from_the_next_refill():
+    buckets = TokenBuckets(rate=1.0, capacity=10)
+    buckets.take("a", 10, 0.0)
+    buckets.rate, buckets.capacity = 100.0, 1000
+    assert buckets.level("a", 5.0) == 500.0
+
+
+def test_failures_within_the_window_earn_a_wait_until_the_oldest_of_them_is_past():
+    backoff = FailureBackoff(limit=3, window=60.0)
+    assert [backoff.failed("a", t) for t in (0.0, 10.0, 20.0)] == [1, 2, 3]
+    assert backoff.retry_after("a", 30.0) == 30.0 and backoff.retry_after("b", 30.0) == 0.0
+    assert backoff.retry_after("a", 60.0) == 0.0  # the first failure is out of the window: two are left
+    assert backoff.failures("a", 60.0) == 2 and backoff.failed("a", 61.0) == 3
+    assert backoff.failed("a", 62.0) == 3  # at most `limit` are kept: the wait is that of the last three
+    assert backoff.retry_after("a", 62.0) == 20.0 + 60.0 - 62.0  # until the oldest kept (20 s) is past
+
+
+def test_a_success_forgets_the_failures_and_quiet_keys_are_not_kept():
+    backoff = FailureBackoff(limit=2, window=10.0)
+    backoff.failed("a", 0.0)
+    backoff.failed("a", 1.0)
+    backoff.succeeded("a")
+    assert backoff.retry_after("a", 1.0) == 0.0 and len(backoff) == 0
+    backoff.failed("b", 0.0)
+    assert backoff.failures("b", 100.0) == 0 and len(backoff) == 0
+
+
+def test_failure_records_are_bounded_the_least_recent_forgotten():
+    backoff = FailureBackoff(limit=2, window=10.0, max_keys=3)
+    for key in "abcd":
+        backoff.failed(key, 0.0)
+        backoff.failed(key, 0.0)
+    assert len(backoff) == 3 and backoff.retry_after("a", 0.0) == 0.0 and backoff.retry_after("d", 0.0) == 10.0

@@ -1,0 +1,172 @@
+"""Connection caps and the HTTPS redirect, decided without sockets (fake clock)."""
+
+import pytest
+
+from greenservers.proto.http import OVER_MAX_CONN, OVER_MAX_CONN_RATE, ConnectionGate, redirect_target, split_host
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def gate(max_conn=1000, rate=100):
+    clock = Clock()
+    limits = {"max_conn": max_conn, "rate": rate}
+    return ConnectionGate(lambda: (limits["max_conn"], limits["rate"]), clock), clock, limits
+
+
+def test_open_connections_are_capped_and_released():
+    g, clock, _ = gate(max_conn=20)
+    connections = [object() for _ in range(22)]
+    assert [g.admit("192.0.2.1", c) for c in connections[:20]] == [None] * 20
+    assert g.admit("192.0.2.1", connections[20]) == OVER_MAX_CONN
+    assert g.make_room("192.0.2.1") is None  # one client alone meets exactly the cap
+    g.release(connections[3])
+    g.release(connections[3])  # twice: once counted
+    assert g.admit("192.0.2.1", connections[21]) is None and g.open == 20
+
+
+def test_rate_allows_a_one_second_burst_then_the_rate():
+    g, clock, _ = gate(rate=10)
+    results = []
+    for _ in range(100):
+        connection = object()
+        results.append(g.admit("192.0.2.1", connection))
+        g.release(connection)
+    assert results.count(None) == 10 and results.count(OVER_MAX_CONN_RATE) == 90
+    admitted = 0
+    for _ in range(300):  # 3 seconds, a try every 10 ms
+        clock.now += 0.01
+        connection = object()
+        if g.admit("192.0.2.1", connection) is None:
+            admitted += 1
+            g.release(connection)
+    assert 29 <= admitted <= 31  # one client alone meets exactly the rate
+
+
+def test_limits_are_read_at_each_admission():
+    g, clock, limits = gate(max_conn=1)
+    assert g.admit("192.0.2.1", 1) is None and g.admit("192.0.2.1", 2) == OVER_MAX_CONN
+    limits["max_conn"] = 2
+    assert g.admit("192.0.2.1", 2) is None
+
+
+def test_a_client_flooding_the_rate_leaves_a_spare_share_to_the_others():
+    g, clock, _ = gate(rate=100)
+    flood = newcomers = 0
+    for step in range(25):  # 5 seconds: the flood tries every millisecond, two other clients in turn every 200 ms
+        for _ in range(200):
+            clock.now += 0.001
+            flood += g.admit("192.0.2.66", object()) is None
+        newcomers += g.admit(f"198.51.100.{step % 2}", object()) is None
+    assert newcomers == 25  # every one of the others' connections, while...
+    assert 100 * 5 <= flood <= 100 * 6  # ...the flood gets the rate (and the first second's burst), never the spare
+    assert g.admit("198.51.100.7", object()) is None  # a client new to the gate too
+
+
+def test_the_spare_share_is_only_for_clients_admitted_rarely_lately():
+    g, clock, _ = gate(rate=20)  # spare: 2 a second
+    for n in range(20):
+        assert g.admit("192.0.2.66", n) is None
+    assert g.admit("192.0.2.66", "x") == OVER_MAX_CONN_RATE
+    assert [g.admit("198.51.100.1", n) for n in range(100, 103)] == [None, None, OVER_MAX_CONN_RATE]  # 2 a second at most
+    clock.now += 2.5  # time has moved on: all are newcomers again, and the bucket is full
+    assert g.admit("198.51.100.1", "y") is None
+
+
+def test_a_client_holding_most_slots_gives_up_an_idle_one_to_another_client():
+    g, clock, _ = gate(max_conn=10)
+    hog = [object() for _ in range(8)]
+    for connection in hog:
+        assert g.admit("192.0.2.66", connection) is None
+    for connection in hog[:5]:
+        g.serving(connection)  # these have a request: never closed to make room
+    other = [object() for _ in range(4)]
+    assert g.admit("198.51.100.1", other[0]) is None and g.admit("198.51.100.1", other[1]) is None
+    assert g.admit("198.51.100.2", other[2]) == OVER_MAX_CONN
+    assert g.make_room("192.0.2.66") is None  # the hog itself gets nothing from itself
+    assert g.make_room("198.51.100.2") is hog[5]  # the oldest idle one of the client holding most
+    assert g.open == 9 and g.admit("198.51.100.2", other[2]) is None
+    g.release(hog[5])  # the shell closes it later: not counted twice
+    assert g.open == 10
+    g.waiting(hog[0])  # its response is done: it waits for the next request, now the newest idle one
+    given = []
+    for n in range(3):
+        given.append(g.make_room("198.51.100.3"))
+        g.admit("198.51.100.3", n)
+    assert given == [hog[6], hog[7], None]  # 5 of 10 left with the hog: not more than half
+    assert g.open == 10
+
+
+def test_bookkeeping_is_bounded_by_what_is_open_and_the_rate():
+    g, clock, _ = gate(max_conn=50, rate=1000)
+    for n in range(100_000):
+        clock.now += 0.0005
+        connection = (n,)
+        if g.admit(f"10.{n % 250}.{n % 199}.{n % 7}", connection) is None:
+            g.release(connection)
+    assert g.open == 0 and not g._source_of and not g._open_from and not g._waiting
+    assert len(g.lately) <= 2 * (1000 + 100) * 2
+
+
+@pytest.mark.parametrize(
+    "method, path, query, host, port, status, location",
+    [
+        ("GET", "/settings/ports", "", "pbx.example.com", 443, "301", "https://pbx.example.com/settings/ports"),
+        ("HEAD", "/", "", "pbx.example.com:8080", 8443, "301", "https://pbx.example.com:8443/"),
+        ("POST", "/api/x", "a=1&b=2", "10.0.0.5:80", 443, "308", "https://10.0.0.5/api/x?a=1&b=2"),
+        ("PUT", "/a b", "", "[2001:db8::5]:8080", 8443, "308", "https://[2001:db8::5]:8443/a%20b"),
+        ("GET", "/x", "", None, 443, "301", "https://192.0.2.1/x"),
+        ("GET", "/x", "", "evil.com/\r\nX: y", 443, "301", "https://192.0.2.1/x"),
+        ("GET", "/x", "", "a@b.com", 443, "301", "https://192.0.2.1/x"),
+    ],
+)
+def test_redirect_target(method, path, query, host, port, status, location):
+    target = redirect_target(method, path, query, host, "192.0.2.1", port)
+    assert target.status.startswith(status) and target.location == location
+
+
+@pytest.mark.parametrize("path", ["/.well-known/acme-challenge/token", "/prov/y000000000025.cfg", "/healthz"])
+def test_exempt_paths_are_not_redirected(path):
+    assert redirect_target("GET", path, "", "pbx", "192.0.2.1", 443) is None
+
+
+def test_split_host():
+    assert split_host("[::1]:8080") == "[::1]" and split_host("[::1") is None and split_host("h:xx") is None
+
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_client_holding_more_than_half_is_always_found(seed):
+    """Against a search of every client, through random admissions and releases."""
+    import random
+    rng = random.Random(seed)
+    g, clock, _ = gate(max_conn=12, rate=10**6)
+    open_now: list = []
+    for step in range(3000):
+        clock.now += 0.001
+        if open_now and rng.random() < 0.45:
+            g.release(open_now.pop(rng.randrange(len(open_now))))
+            continue
+        source = f"192.0.2.{rng.choice([1, 1, 1, 2, 2, 3, 4])}"
+        connection = (source, step)
+        if g.admit(source, connection) is None:
+            open_now.append(connection)
+            continue
+        counts = {s: sum(1 for c in open_now if c[0] == s) for s in {c[0] for c in open_now}}
+        majority = [s for s, n in counts.items() if n * 2 > len(open_now) and s != source]
+        victim = g.make_room(source)
+        assert (victim is not None) == bool(majority), (step, counts, source)
+        if victim is not None:
+            assert victim[0] == majority[0]
+            open_now.remove(victim)
+            assert g.admit(source, connection) is None
+            open_now.append(connection)
+
+
+def test_redirect_to_port_443_leaves_the_port_out():
+    assert redirect_target("GET", "/", "", "pbx:80", "10.0.0.1", 443).location == "https://pbx/"

@@ -1,0 +1,139 @@
+"""Unit tests of greenservers.provisioning.phones.timezones: tzdata footers read and parsed, every vendor form; hypothesis on the
+parser and on the record of phones (no sockets)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from greenservers.provisioning.phones import seen, timezones as tz
+
+
+def test_footer_of_the_system_tzdata_files():
+    assert tz.load("Europe/Berlin").posix == "CET-1CEST,M3.5.0,M10.5.0/3"
+    assert tz.load("Asia/Kolkata").posix == "IST-5:30"
+
+
+@pytest.mark.parametrize("name", ["", "Mars/Olympus", "../../etc/passwd", "/usr/share/zoneinfo/UTC", " Europe/Berlin", 5])
+def test_bad_names_are_refused(name):
+    with pytest.raises(tz.TimeZoneError):
+        tz.load(name)
+
+
+def test_footer_needs_a_version_2_file():
+    with pytest.raises(tz.TimeZoneError):
+        tz.footer(b"TZif\x00" + b"\x00" * 40 + b"\nUTC0\n")
+    assert tz.footer(b"TZif2" + b"\x00" * 40 + b"\nCET-1CEST,M3.5.0,M10.5.0/3\n") == "CET-1CEST,M3.5.0,M10.5.0/3"
+
+
+def test_parse_posix_with_rules_and_defaults():
+    zone = tz.parse_posix("CET-1CEST,M3.5.0,M10.5.0/3", "Europe/Berlin")
+    assert (zone.std_abbr, zone.std_offset, zone.dst_abbr, zone.dst_offset) == ("CET", 3600, "CEST", 7200)
+    assert zone.start == tz.Rule(3, 5, 0, 7200) and zone.end == tz.Rule(10, 5, 0, 10800)
+    assert zone.dst_shift == 3600 and zone.has_dst
+
+
+def test_parse_posix_bracketed_and_fractional_offsets():
+    zone = tz.parse_posix("<+1030>-10:30<+11>-11,M10.1.0,M4.1.0", "Australia/Lord_Howe")
+    assert zone.std_offset == 37800 and zone.dst_offset == 39600 and zone.dst_shift == 1800
+    assert tz.parse_posix("<-03>3").std_offset == -3 * 3600 and not tz.parse_posix("<-03>3").has_dst
+
+
+def test_negative_dst_is_turned_round():
+    zone = tz.load("Europe/Dublin")  # IST-1GMT0,M10.5.0,M3.5.0/1
+    assert (zone.std_abbr, zone.std_offset, zone.dst_abbr, zone.dst_offset) == ("GMT", 0, "IST", 3600)
+    assert zone.start == tz.Rule(3, 5, 0, 3600) and zone.end == tz.Rule(10, 5, 0, 7200)
+
+
+@pytest.mark.parametrize("text", ["", "CET", "CET-1CEST,M13.5.0,M10.5.0", "CET-1CEST,J60,J300", "CET-1CEST,M3.5.0"])
+def test_unparsable_posix_strings(text):
+    with pytest.raises(tz.TimeZoneError):
+        tz.parse_posix(text)
+
+
+def test_berlin_in_every_form():
+    forms = tz.forms(tz.load("Europe/Berlin"))
+    assert forms["posix_full"] == "CET-1CEST-2,M3.5.0/02:00:00,M10.5.0/03:00:00"
+    assert forms["yealink"] == {"time_zone": "+1", "time_zone_name": "Europe/Berlin", "summer_time": 1, "dst_time_type": 1,
+                                "start_time": "3/5/7/2", "end_time": "10/5/7/3", "offset_time": 60, "approximate": False}
+    poly = forms["poly"]
+    assert poly["gmtOffset"] == 3600 and poly["enable"] == 1
+    assert poly["start"] == {"month": 3, "date": 1, "dayOfWeek": 1, "lastInMonth": 1, "time": 2}
+    assert poly["stop"] == {"month": 10, "date": 1, "dayOfWeek": 1, "lastInMonth": 1, "time": 3}
+    assert forms["cisco"]["time_zone"] == "GMT+01:00"
+    assert forms["cisco"]["dst_rule"] == "start=3/-1/7/2:0:0;end=10/-1/7/3:0:0;save=1:0:0"
+    assert forms["minutes"]["offset_minutes"] == 60 and forms["minutes"]["start"]["minutes"] == 120
+    assert forms["snom"] == "GER+1"
+
+
+def test_kolkata_in_every_form():
+    forms = tz.forms(tz.load("Asia/Kolkata"))
+    assert forms["posix_full"] == "IST-5:30" and not forms["dst"]
+    assert forms["yealink"] == {"time_zone": "+5:30", "time_zone_name": "Asia/Kolkata", "summer_time": 0, "approximate": False}
+    assert forms["poly"] == {"gmtOffset": 19800, "enable": 0, "approximate": False}
+    assert forms["cisco"] == {"time_zone": "GMT+05:30", "dst_enable": "no", "dst_rule": "", "approximate": False}
+    assert forms["minutes"]["offset_minutes"] == 330 and forms["minutes"]["offset_hours"] == "5.5"
+    assert forms["snom"] == "IND+5.5"
+
+
+def test_new_york_week_rules():
+    forms = tz.forms(tz.load("America/New_York"))  # EST5EDT,M3.2.0,M11.1.0
+    assert forms["yealink"]["start_time"] == "3/2/7/2" and forms["yealink"]["end_time"] == "11/1/7/2"
+    assert forms["poly"]["start"]["date"] == 8 and forms["poly"]["start"]["lastInMonth"] == 0
+    assert forms["cisco"]["dst_rule"] == "start=3/8/7/2:0:0;end=11/1/7/2:0:0;save=1:0:0"
+    assert forms["cisco"]["time_zone"] == "GMT-05:00" and forms["posix_full"] == "EST5EDT4,M3.2.0/02:00:00,M11.1.0/02:00:00"
+
+
+def test_a_change_at_24_00_moves_to_the_next_day_and_says_so():
+    forms = tz.forms(tz.load("America/Santiago"))  # <-04>4<-03>,M9.1.6/24,M4.1.6/24
+    assert forms["yealink"]["start_time"] == "9/1/7/0" and forms["yealink"]["approximate"]
+    assert forms["posix_full"].startswith("STD4DST3,M9.1.6/24:00:00")
+
+
+def test_every_snom_code_matches_the_zones_standard_offset():
+    for name, code in tz.SNOM_ZONES.items():
+        number = code[code.index("+") if "+" in code else code.index("-", 3):]
+        assert round(float(number) * 3600) == tz.load(name).std_offset, (name, code)
+
+
+def test_zone_without_snom_code():
+    assert tz.forms(tz.load("Asia/Kathmandu"))["snom"] == ""
+
+
+def test_the_tzdata_package_serves_where_the_system_has_no_zoneinfo():
+    import zoneinfo
+
+    saved = zoneinfo.TZPATH
+    zoneinfo.reset_tzpath(to=[])
+    try:
+        assert tz.load("America/Argentina/Buenos_Aires").posix == "<-03>3"
+        assert tz.load("Europe/Berlin").posix == "CET-1CEST,M3.5.0,M10.5.0/3"
+    finally:
+        zoneinfo.reset_tzpath(to=saved)
+
+
+
+POSIX_ALPHABET = "CESTIMJ<>+-,./:0123456789"
+
+
+@hsettings(max_examples=1500, deadline=None)
+@given(st.one_of(st.text(POSIX_ALPHABET, max_size=60), st.text(max_size=40)))
+def test_any_text_parses_or_is_refused_with_a_clear_error(text):
+    try:
+        zone = tz.parse_posix(text)
+    except tz.TimeZoneError:
+        return
+    forms = tz.forms(zone)  # a parsed zone is written in every form without an error
+    assert forms["posix_full"] and forms["yealink"]["time_zone"]
+
+
+@hsettings(max_examples=800, deadline=None)
+@given(st.text(max_size=300), st.text(max_size=300))
+def test_any_requested_name_and_user_agent_are_recorded_or_ignored(name, user_agent):
+    registry = seen.PhoneRegistry.__new__(seen.PhoneRegistry)  # memory only: no file for each example
+    registry.phones, registry.clock, registry._changed = OrderedDict(), lambda: 1.0, lambda: None
+    phone = registry.note(name, "192.0.2.1", "served", "tftp", user_agent)
+    if phone is not None:
+        assert all(len(f) <= seen.MAX_NAME for f in phone["files"]) and len(phone["user_agent"]) <= seen.MAX_USER_AGENT

@@ -1,0 +1,147 @@
+"""Unit tests of greenservers.provisioning.files: name resolution, path safety, templates, uploads (no sockets)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from greenservers.config.settings import Settings
+from greenservers.provisioning import files as p
+
+
+@pytest.fixture
+def settings(tmp_path):
+    raw = {
+        "data_dir": "data", "ip_http_port": "127.0.0.1:8080 [::1]:8080", "ip_https_port": "443", "ip_ntp_port": "",
+        "ntp_server": "ntp.example.org", "ip_ldap_port": "127.0.0.1:2389 [::]:3389", "ip_ldaps_port": "2636",
+        "ldap_base": "dc=example,dc=com", "ldap_user": "phonebook", "ldap_password": "pw-123",
+    }
+    settings = Settings.from_raw(raw, tmp_path)
+    root = p.tftp_root(settings)
+    root.mkdir(parents=True)
+    (root / "plain.cfg").write_text("plain\n")
+    (root / "model.cfg.j2").write_text("server={{ server }}\n")
+    (root / "{mac}.cfg.j2").write_text(
+        "mac={{ mac }} server={{ server }} ntp={{ ntp_server }} ldap={{ ldap_port }}/{{ ldaps_port }} "
+        "base={{ ldap_base }} user={{ ldap_user }} pw={{ ldap_password }} http={{ http_url }} https={{ https_url }}\n"
+    )
+    (root / "sub").mkdir()
+    (root / "sub" / "{mac}-phone.cfg.j2").write_text("sub {{ mac }}\n")
+    (tmp_path / "secret.txt").write_text("secret\n")
+    os.symlink(tmp_path / "secret.txt", root / "leak.cfg")
+    os.symlink(root / "plain.cfg", root / "alias.cfg")  # a symlink that stays inside is fine
+    (root / "broken.cfg.j2").write_text("fine line\n{{ no_such_variable }}\n")
+    (root / "syntax.cfg.j2").write_text("ok\nok\n{% if %}\n")
+    (root / "sandbox.cfg.j2").write_text("{{ ''.__class__.__mro__ }}\n")
+    return settings
+
+
+def text(settings, name, server="192.0.2.10"):
+    content = p.provide(settings, name, server)
+    return content.data.decode() if content.data is not None else content.path.read_text()
+
+
+def test_plain_file_is_served_as_is(settings):
+    content = p.provide(settings, "plain.cfg", "192.0.2.10")
+    assert content.data is None and content.path.read_text() == "plain\n"
+    assert text(settings, "alias.cfg") == "plain\n"
+
+
+def test_name_j2_template_is_rendered(settings):
+    assert text(settings, "model.cfg") == "server=192.0.2.10\n"
+
+
+@pytest.mark.parametrize("name", ["0004F2ABCDEF.cfg", "0004f2abcdef.cfg", "0004f2AbCdEf.cfg"])
+def test_mac_template_in_any_case_with_every_variable(settings, name):
+    assert text(settings, name, "127.0.0.1") == (
+        "mac=0004f2abcdef server=127.0.0.1 ntp=ntp.example.org ldap=2389/2636 base=dc=example,dc=com "
+        "user=phonebook pw=pw-123 http=http://127.0.0.1:8080 https=https://127.0.0.1\n"
+    )
+
+
+def test_mac_template_for_ipv6_server_brackets_urls_and_picks_the_wildcard_binding(settings):
+    out = text(settings, "0004f2abcdef.cfg", "2001:db8::4")
+    assert "server=2001:db8::4 " in out and "ldap=3389/2636" in out
+    assert "https=https://[2001:db8::4]" in out and "http=http://[2001:db8::4]:8080" in out
+
+
+def test_ntp_server_is_our_address_when_the_ntp_server_is_on(settings):
+    on = settings.with_changes({"ip_ntp_port": "127.0.0.1:1123"})
+    assert "ntp=198.51.100.7 " in text(on, "0004f2abcdef.cfg", "198.51.100.7")
+
+
+def test_mac_template_in_a_subfolder(settings):
+    assert text(settings, "sub/0004F2ABCDEF-phone.cfg") == "sub 0004f2abcdef\n"
+
+
+@pytest.mark.parametrize("name", ["0004f2abcde.cfg", "0004f2abcdef0.cfg", "nothing.cfg", "sub", "model.cfg.j2", "{mac}.cfg.j2",
+                                  "sub/nothing"])
+def test_not_found(settings, name):
+    with pytest.raises((p.NotFound, p.Refused)) as info:
+        p.provide(settings, name, "192.0.2.10")
+    assert info.value.tftp_code in (1, 2)
+
+
+@pytest.mark.parametrize("name", [
+    "../secret.txt", "/etc/passwd", "sub/../../secret.txt", "sub/../plain.cfg", "..\\secret.txt", "a\\b", "plain.cfg\0.txt",
+    "leak.cfg", "x" * 256, "", ".hidden", "sub//x", "./plain.cfg", "bad\nname",
+])
+def test_unsafe_names_are_refused(settings, name):
+    with pytest.raises(p.Refused) as info:
+        p.provide(settings, name, "192.0.2.10")
+    assert (info.value.tftp_code, info.value.http_status) == (2, 403)
+
+
+def test_symlinked_root_subfolder_leading_out_is_refused(settings, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.cfg").write_text("x")
+    os.symlink(outside, p.tftp_root(settings) / "escape")
+    with pytest.raises(p.Refused):
+        p.provide(settings, "escape/x.cfg", "192.0.2.10")
+
+
+@pytest.mark.parametrize("name, line", [("broken.cfg", 2), ("syntax.cfg", 3), ("sandbox.cfg", 1)])
+def test_template_error_names_template_and_line_and_yields_nothing(settings, name, line, caplog):
+    p.ratelog._last.clear()
+    with pytest.raises(p.TemplateFailed) as info:
+        p.provide(settings, name, "192.0.2.10")
+    assert info.value.tftp_code == 0 and info.value.http_status == 500
+    assert f"{name}.j2" in caplog.text and f"line {line}" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["uploads/phone.log", "uploads/0004f2abcdef.cfg", "uploads/sub/x", "uploads"])
+def test_nothing_under_uploads_is_served(settings, name):
+    folder = p.tftp_root(settings) / "uploads"
+    (folder / "sub").mkdir(parents=True)
+    for upload in ("phone.log", "{mac}.cfg.j2", "sub/x"):
+        (folder / upload).write_text("<html>uploaded by a phone</html>\n")
+    with pytest.raises((p.Refused, p.NotFound)):
+        p.provide(settings, name, "192.0.2.10")
+
+
+def test_a_link_into_uploads_is_not_served_and_templates_cannot_include_uploads(settings, caplog):
+    root = p.tftp_root(settings)
+    (root / "uploads").mkdir()
+    (root / "uploads" / "phone.log").write_text("uploaded\n")
+    os.symlink(root / "uploads" / "phone.log", root / "innocent.cfg")
+    os.symlink(root / "uploads", root / "logs")
+    for name in ("innocent.cfg", "logs/phone.log"):
+        with pytest.raises(p.Refused):
+            p.provide(settings, name, "192.0.2.10")
+    (root / "include.cfg.j2").write_text('{% include "uploads/phone.log" %}\n')
+    (root / "mac-include-{mac}.cfg.j2").write_text('{% include "logs/" ~ mac ~ ".log" %}\n')
+    (root / "uploads" / "0004f2abcdef.log").write_text("{{ ldap_password }}\n")
+    for name in ("include.cfg", "mac-include-0004f2abcdef.cfg"):
+        with pytest.raises(p.TemplateFailed):
+            p.provide(settings, name, "192.0.2.10")
+
+
+def test_provisioned_ntp_server_follows_ip_ntp_port():
+    ours = Settings.from_raw({"ip_ntp_port": "123", "ntp_server": "pool.ntp.org"})
+    external = Settings.from_raw({"ip_ntp_port": "", "ntp_server": "pool.ntp.org"})
+    none = Settings.from_raw({"ip_ntp_port": ""})
+    assert p.provisioned_ntp_server(ours, "192.0.2.1") == "192.0.2.1"
+    assert p.provisioned_ntp_server(external, "192.0.2.1") == "pool.ntp.org"
+    assert p.provisioned_ntp_server(none, "192.0.2.1") == ""

@@ -1,0 +1,660 @@
+"""Session tests of the TFTP state machines (greenservers.proto.tftp): no sockets, a fake clock.
+
+Requests come from the golden vectors captured from curl, atftp and tftp-hpa;
+the machines are driven packet by packet, losing, repeating and delaying
+what a real network would.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from vectors import tftp_vectors as v
+
+from greenservers.proto import tftp as t
+from greenservers.proto.clients import TokenBuckets
+
+LIMITS = t.Limits(timeout=1.0, max_retries=3)
+
+
+def data_of(datagram: bytes) -> tuple[int, bytes]:
+    opcode, block = struct.unpack("!HH", datagram[:4])
+    assert opcode == t.OP_DATA, datagram[:40]
+    return block, datagram[4:]
+
+
+def ack(block: int) -> bytes:
+    return struct.pack("!HH", t.OP_ACK, block % 65536)
+
+
+def data(block: int, payload: bytes) -> bytes:
+    return struct.pack("!HH", t.OP_DATA, block % 65536) + payload
+
+
+def oack_options(datagram: bytes) -> dict[str, str]:
+    assert datagram[:2] == b"\x00\x06"
+    parts = datagram[2:].split(b"\0")[:-1]
+    return {parts[i].decode(): parts[i + 1].decode() for i in range(0, len(parts), 2)}
+
+
+def read_machine(content: bytes, request: bytes, limits: t.Limits = LIMITS, netascii: bool = False) -> t.ReadTransfer:
+    req = t.parse_request(request)
+    source = t.BytesSource(content)
+    if netascii or req.mode == "netascii":
+        source = t.NetasciiSource(source)
+    return t.ReadTransfer(source, t.negotiate(req, source.size, limits), limits)
+
+
+def rrq(name: str = "f", mode: str = "octet", **options) -> bytes:
+    out = b"\x00\x01" + name.encode() + b"\0" + mode.encode() + b"\0"
+    for key, value in options.items():
+        out += key.encode() + b"\0" + str(value).encode() + b"\0"
+    return out
+
+
+def run_read(machine: t.ReadTransfer, clock: float = 0.0) -> bytes:
+    """A perfect client: acknowledges every window's last block; returns the file it got."""
+    received = bytearray()
+    out = machine.start(clock)
+    if out and out[0][:2] == b"\x00\x06":
+        out = machine.receive(ack(0), clock)
+    while not machine.finished:
+        assert out, "the machine stalled"
+        for datagram in out:
+            block, payload = data_of(datagram)
+            received += payload
+        out = machine.receive(ack(block), clock)
+    assert machine.state is t.State.DONE
+    return bytes(received)
+
+
+class Collector:
+    def __init__(self):
+        self.data = bytearray()
+        self.committed = self.aborted = False
+        self.refuse: t.TftpError | None = None
+
+    def write(self, chunk: bytes) -> None:
+        self.data += chunk
+
+    def commit(self) -> None:
+        if self.refuse:
+            raise self.refuse
+        self.committed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+# -- golden vectors: decode what the real clients send ---------------------------
+
+
+def test_curl_request_decodes_with_its_default_options():
+    req = t.parse_request(v.CURL_RRQ[0])
+    assert (req.write, req.filename, req.mode) == (False, "y000000000025.cfg", "octet")
+    assert req.options == {"tsize": "0", "blksize": "512", "timeout": "6"}
+    negotiated = t.negotiate(req, 1234, LIMITS)
+    assert negotiated.oack == {"tsize": "1234", "blksize": "512", "timeout": "6"}
+    assert negotiated.timeout == 6.0
+
+
+def test_atftp_window_request_negotiates_blksize_and_windowsize():
+    req = t.parse_request(v.ATFTP_RRQ_OPTIONS[0])
+    negotiated = t.negotiate(req, 10, LIMITS)
+    assert (negotiated.blksize, negotiated.windowsize) == (1428, 8)
+    machine = t.ReadTransfer(t.BytesSource(b"x" * 20000), negotiated, LIMITS)
+    assert machine.start(0.0) == [bytes.fromhex("0006") + b"blksize\x001428\x00windowsize\x008\x00"]
+    window = machine.receive(v.ATFTP_RRQ_OPTIONS[1], 0.0)
+    assert [data_of(d)[0] for d in window] == list(range(1, 9))
+    assert all(len(d) == 4 + 1428 for d in window)
+
+
+def test_tftp_hpa_plain_request_gets_data_without_oack():
+    machine = read_machine(b"hi\n", v.TFTP_HPA_RRQ_BINARY[0])
+    assert machine.start(0.0) == [data(1, b"hi\n")]
+    assert machine.receive(v.TFTP_HPA_RRQ_BINARY[1], 0.1) == []
+    assert machine.state is t.State.DONE
+
+
+def test_tftp_hpa_ascii_request_is_netascii():
+    req = t.parse_request(v.TFTP_HPA_RRQ_ASCII[0])
+    assert req.mode == "netascii"
+    machine = read_machine(b"a\nb\rc", v.TFTP_HPA_RRQ_ASCII[0])
+    assert machine.start(0.0) == [data(1, b"a\r\nb\r\0c")]
+
+
+def test_tftp_hpa_write_request_and_data():
+    req = t.parse_request(v.TFTP_HPA_WRQ[0])
+    assert req.write and req.filename == "0004f2abcdef-app.log"
+    sink = Collector()
+    machine = t.WriteTransfer(sink, t.negotiate(req, None, LIMITS), LIMITS)
+    assert machine.start(0.0) == [ack(0)]
+    assert machine.receive(v.TFTP_HPA_WRQ[1], 0.1) == [ack(1)]
+    assert sink.data == b"hello\n" and sink.committed and machine.state is t.State.DALLYING
+    assert machine.timeout(1.2) == [] and machine.state is t.State.DONE
+
+
+@pytest.mark.parametrize("garbage", [
+    b"", b"\x00", b"\x00\x01", b"\x00\x01name", b"\x00\x01name\x00", b"\x00\x09x\x00octet\x00",
+    b"\x00\x01\xff\xfe\x00octet\x00", b"\x00\x01f\x00mail\x00",
+    b"\x00\x03\x00\x01data", b"\x00\x01f\x00\x00",
+])
+def test_malformed_requests_raise_illegal_operation(garbage):
+    with pytest.raises(t.IllegalOperation) as info:
+        t.parse_request(garbage)
+    assert info.value.datagram()[:4] == b"\x00\x05\x00\x04"
+
+
+# -- options ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("asked, granted", [("8", "8"), ("1428", "1428"), ("65464", "65464"), ("70000", "65464"), ("7", None), ("x", None),
+                                             ("-5", None)])
+def test_blksize_option(asked, granted):
+    negotiated = t.negotiate(t.parse_request(rrq(blksize=asked)), 100, LIMITS)
+    assert negotiated.oack.get("blksize") == granted
+    assert negotiated.blksize == (int(granted) if granted else 512)
+
+
+def test_blksize_8_sends_8_byte_blocks():
+    content = bytes(range(40))
+    machine = read_machine(content, rrq(blksize=8))
+    assert run_read(machine) == content
+    assert machine.last_block == 6  # 5 full blocks and an empty final one
+
+
+@pytest.mark.parametrize("asked, granted", [
+    ("1", "1"), ("10", "10"), ("11", None), ("255", None), ("0", None), ("256", None), ("soon", None),
+])
+def test_timeout_option_over_ten_seconds_is_declined(asked, granted):
+    negotiated = t.negotiate(t.parse_request(rrq(timeout=asked)), 1, LIMITS)
+    assert negotiated.oack.get("timeout") == granted
+    assert negotiated.timeout == (float(granted) if granted else LIMITS.timeout)
+
+
+def test_negotiated_timeout_applies_once_the_oack_is_acknowledged():
+    machine = read_machine(b"abc" * 300, rrq(timeout=5))
+    oack = machine.start(0.0)
+    assert machine.timeout(1.0) == oack  # not agreed yet: our own 1 s
+    first = machine.receive(ack(0), 1.5)
+    assert [data_of(d)[0] for d in first] == [1]
+    assert machine.timeout(6.4) == []
+    assert machine.timeout(6.5) == first
+
+
+def test_tsize_option_reports_the_size_for_reads_and_checks_it_for_writes():
+    assert t.negotiate(t.parse_request(rrq(tsize=0)), 10485760, LIMITS).oack == {"tsize": "10485760"}
+    wrq = rrq(tsize=100).replace(b"\x00\x01", b"\x00\x02", 1)
+    assert t.negotiate(t.parse_request(wrq), None, LIMITS).oack == {"tsize": "100"}
+    too_big = rrq(tsize=LIMITS.upload_max_bytes + 1).replace(b"\x00\x01", b"\x00\x02", 1)
+    with pytest.raises(t.DiskFull):
+        t.negotiate(t.parse_request(too_big), None, LIMITS)
+
+
+def test_tsize_is_left_out_for_an_empty_file():
+    """curl 7.88 treats "tsize 0" in an OACK as an illegal operation (so it cannot fetch an empty file from in.tftpd)."""
+    assert t.negotiate(t.parse_request(v.CURL_RRQ[0]), 0, LIMITS).oack == {"blksize": "512", "timeout": "6"}
+
+
+def test_netascii_tsize_is_the_converted_size():
+    machine = read_machine(b"a\nb\n", rrq(mode="netascii", tsize=0))
+    assert oack_options(machine.start(0.0)[0]) == {"tsize": "6"}
+
+
+@pytest.mark.parametrize("asked, granted", [("1", "1"), ("16", "16"), ("65535", str(t.MAX_WINDOWSIZE)), ("0", None), ("many", None)])
+def test_windowsize_option(asked, granted):
+    negotiated = t.negotiate(t.parse_request(rrq(windowsize=asked)), 1, LIMITS)
+    assert negotiated.oack.get("windowsize") == granted
+
+
+def test_unknown_options_are_ignored_and_option_names_are_case_insensitive():
+    negotiated = t.negotiate(t.parse_request(rrq(BLKSIZE=1024, rollover="0", utimeout=5000)), 1, LIMITS)
+    assert negotiated.oack == {"blksize": "1024"}
+
+
+def test_client_refusing_the_oack_ends_the_transfer_silently():
+    machine = read_machine(b"abc", rrq(blksize=1024))
+    machine.start(0.0)
+    assert machine.receive(t.encode_error(8, "no"), 0.1) == []
+    assert machine.state is t.State.FAILED and machine.peer_vanished
+
+
+# -- reads: losses, duplicates, timeouts -------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 513, 1024, 5000])
+def test_read_sizes_around_block_boundaries(size):
+    content = bytes(i % 251 for i in range(size))
+    machine = read_machine(content, rrq())
+    assert run_read(machine) == content
+    assert machine.last_block == size // 512 + 1
+
+
+def test_lost_data_is_resent_after_the_timeout_only():
+    machine = read_machine(b"A" * 512 + b"B" * 10, rrq())
+    assert [data_of(d)[0] for d in machine.start(0.0)] == [1]
+    # DATA 1 lost: nothing before the timeout, then DATA 1 again
+    assert machine.timeout(0.5) == []
+    assert [data_of(d)[0] for d in machine.timeout(1.0)] == [1]
+    assert [data_of(d)[0] for d in machine.receive(ack(1), 1.1)] == [2]
+    assert machine.receive(ack(2), 1.2) == [] and machine.state is t.State.DONE
+
+
+def test_lost_ack_resends_the_block_once_per_timeout():
+    machine = read_machine(b"A" * 600, rrq())
+    machine.start(0.0)
+    assert [data_of(d)[0] for d in machine.receive(ack(1), 0.1)] == [2]
+    # the ACK of block 2 is lost: block 2 again after 1 s, and again after 1 s more
+    assert [data_of(d)[0] for d in machine.timeout(1.1)] == [2]
+    assert [data_of(d)[0] for d in machine.timeout(2.1)] == [2]
+    assert machine.receive(ack(2), 2.2) == [] and machine.state is t.State.DONE
+
+
+def test_duplicate_acks_never_cause_retransmission():
+    """The Sorcerer's Apprentice bug: a delayed duplicate ACK must not send the next block twice."""
+    machine = read_machine(b"x" * 512 * 4, rrq())
+    machine.start(0.0)
+    sent = []
+    sent += machine.receive(ack(1), 0.1)      # -> DATA 2
+    sent += machine.receive(ack(1), 0.2)      # duplicate: nothing
+    sent += machine.receive(ack(2), 0.3)      # -> DATA 3
+    sent += machine.receive(ack(2), 0.4)      # duplicate: nothing
+    sent += machine.receive(ack(1), 0.5)      # stale: nothing
+    assert [data_of(d)[0] for d in sent] == [2, 3]
+
+
+def run_timeouts(machine, now: float, step: float = 0.5) -> tuple[list[float], float]:
+    """Let the clock run until the machine gives up: when it sent something, and when it failed."""
+    sent_at = []
+    while not machine.finished:
+        now += step
+        if machine.timeout(now):
+            sent_at.append(now)
+        assert now < 1000
+    return sent_at, now
+
+
+def test_established_transfer_retransmits_max_retries_times_then_fails_silently():
+    machine = read_machine(b"x" * 1000, rrq())
+    machine.start(0.0)
+    machine.receive(ack(1), 0.1)  # established: DATA 2 is out
+    sent_at, failed_at = run_timeouts(machine, 0.1, step=1.0)
+    assert len(sent_at) == LIMITS.max_retries
+    assert machine.state is t.State.FAILED and machine.peer_vanished and not machine.unacknowledged
+
+
+@pytest.mark.parametrize("request_, first", [
+    (rrq(), t.OP_DATA),  # a plain request: DATA 1 is the first packet
+    (rrq(timeout=255, blksize=1428, tsize=0), t.OP_OACK),  # the attack: timeout 255, never acknowledged
+])
+def test_unacknowledged_first_packet_is_sent_twice_then_given_up_after_the_hold(request_, first):
+    machine = read_machine(b"x" * 4000, request_)
+    out = machine.start(0.0)
+    assert struct.unpack("!H", out[0][:2])[0] == first
+    assert "timeout" not in (oack_options(out[0]) if first == t.OP_OACK else {})
+    sent_at, failed_at = run_timeouts(machine, 0.0, step=0.25)
+    assert sent_at == [LIMITS.timeout] * LIMITS.first_packet_retries  # once more, after our own 1 s
+    assert failed_at == LIMITS.first_packet_hold
+    assert machine.state is t.State.FAILED and machine.peer_vanished and machine.unacknowledged
+
+
+def test_a_late_acknowledgement_within_the_hold_still_establishes_the_transfer():
+    """The client's own retransmission (its ACK again after 5-6 s) finds the transfer waiting."""
+    machine = read_machine(b"A" * 512 + b"B", rrq())
+    machine.start(0.0)
+    assert [data_of(d)[0] for d in machine.timeout(1.0)] == [1]
+    assert machine.timeout(6.0) == []
+    assert [data_of(d)[0] for d in machine.receive(ack(1), 6.0)] == [2]
+    assert machine.verified and machine.rto == LIMITS.timeout
+    assert machine.receive(ack(2), 6.1) == [] and machine.state is t.State.DONE
+
+
+def test_write_handshake_never_answered_is_given_up_like_a_read():
+    sink = Collector()
+    machine = write_machine(sink, blksize=1024)
+    assert oack_options(machine.start(0.0)[0]) == {"blksize": "1024"}
+    sent_at, failed_at = run_timeouts(machine, 0.0)
+    assert (sent_at, failed_at) == ([1.0], LIMITS.first_packet_hold)
+    assert machine.unacknowledged and sink.aborted
+
+
+# -- the allowance of unacknowledged bytes per source ------------------------------------
+
+
+def allowance(buckets: TokenBuckets, key: str = "192.0.2.9") -> t.Allowance:
+    return t.Allowance(buckets, key)
+
+
+def test_first_packets_are_taken_from_the_sources_bucket_and_refused_when_it_is_spent():
+    buckets = TokenBuckets(rate=0.0, capacity=1000)
+    machines = [read_machine(b"x" * 4000, rrq()) for _ in range(3)]
+    for machine in machines:
+        machine.allowance = allowance(buckets)
+    assert len(machines[0].start(0.0)[0]) == 516 and len(machines[1].start(0.0)[0]) == 516  # 1000 - 1032 < 0
+    assert machines[2].start(0.0) == []  # nothing sent: the transfer ends at once
+    assert machines[2].state is t.State.FAILED and machines[2].withheld
+    assert machines[0].timeout(1.0) == []  # the retransmission is withheld, as if lost...
+    assert machines[0].state is t.State.SENDING and machines[0].deadline == LIMITS.first_packet_hold  # ...the hold runs on
+    assert buckets.level("192.0.2.9", 1.0) == 1000 - 1032
+
+
+def test_an_acknowledgement_gives_the_bytes_back_and_established_transfers_take_none():
+    buckets = TokenBuckets(rate=0.0, capacity=10_000)
+    machine = read_machine(b"x" * 4000, rrq(blksize=1024))
+    machine.allowance = allowance(buckets)
+    oack = machine.start(0.0)
+    assert machine.timeout(1.0) == oack
+    assert buckets.level("192.0.2.9", 1.0) == 10_000 - 2 * len(oack[0])
+    machine.receive(ack(0), 1.1)
+    assert buckets.level("192.0.2.9", 1.1) == 10_000
+    machine.timeout(2.1)  # DATA 1 again: an established transfer is not charged
+    assert buckets.level("192.0.2.9", 2.1) == 10_000
+
+
+def test_a_write_is_verified_by_its_first_data_block():
+    buckets = TokenBuckets(rate=0.0, capacity=100)
+    sink = Collector()
+    machine = write_machine(sink)
+    machine.allowance = allowance(buckets)
+    assert machine.start(0.0) == [ack(0)] and buckets.level("192.0.2.9", 0.0) == 96
+    assert machine.receive(data(1, b"a" * 512), 0.1) == [ack(1)]
+    assert machine.verified and buckets.level("192.0.2.9", 0.1) == 100
+
+
+class RefusingSink(Collector):
+    def write(self, chunk: bytes) -> None:
+        if len(self.data) + len(chunk) > 600:
+            raise t.DiskFull("the upload budget is full")
+        super().write(chunk)
+
+
+def test_a_sink_refusing_a_write_aborts_the_upload_with_its_error():
+    sink = RefusingSink()
+    machine = write_machine(sink)
+    machine.start(0.0)
+    assert machine.receive(data(1, b"a" * 512), 0.0) == [ack(1)]
+    out = machine.receive(data(2, b"a" * 512), 0.1)
+    assert out == [t.encode_error(3, "the upload budget is full")]
+    assert sink.aborted and not sink.committed and machine.state is t.State.FAILED
+
+
+def test_oack_is_resent_on_timeout():
+    machine = read_machine(b"x", rrq(blksize=1024))
+    oack = machine.start(0.0)
+    assert machine.timeout(1.0) == oack
+    assert machine.receive(ack(5), 1.1) == []  # not the ACK of the OACK: ignored
+    assert [data_of(d)[0] for d in machine.receive(ack(0), 1.2)] == [1]
+
+
+def test_unexpected_packet_answers_illegal_operation():
+    machine = read_machine(b"x" * 1000, rrq())
+    machine.start(0.0)
+    out = machine.receive(data(1, b"zz"), 0.1)
+    assert out[0][:4] == b"\x00\x05\x00\x04"
+    assert machine.state is t.State.FAILED and not machine.peer_vanished
+    assert machine.receive(b"\x00", 0.2) == []  # finished: silence
+
+
+def test_malformed_packet_during_transfer_answers_illegal_operation():
+    machine = read_machine(b"x" * 1000, rrq())
+    machine.start(0.0)
+    assert machine.receive(b"\x00\x04\x00", 0.1)[0][:4] == b"\x00\x05\x00\x04"
+
+
+def test_block_numbers_roll_over_past_65535():
+    blksize = 8
+    content = bytes(i % 253 for i in range(blksize * 65540 + 3))
+    machine = read_machine(content, rrq(blksize=blksize))
+    seen = []
+    received = bytearray()
+    out = machine.receive(ack(0), 0.0) if machine.start(0.0) else []
+    while not machine.finished:
+        block, payload = data_of(out[0])
+        seen.append(block)
+        received += payload
+        out = machine.receive(ack(block), 0.0)
+    assert bytes(received) == content
+    assert seen[65533:65538] == [65534, 65535, 0, 1, 2]
+    assert machine.last_block == 65541
+
+
+def test_rolled_over_duplicate_ack_is_still_ignored():
+    machine = read_machine(b"x" * 8 * 65540, rrq(blksize=8))
+    machine.start(0.0)
+    out = machine.receive(ack(0), 0.0)
+    for block in range(1, 65537):
+        out = machine.receive(ack(block), 0.0)
+    assert data_of(out[0])[0] == 1  # block 65537 on the wire
+    assert machine.receive(ack(65536), 0.0) == []  # block 65536 (wire 0) again: a duplicate
+
+
+# -- windowsize > 1 (RFC 7440) ---------------------------------------------------------
+
+
+def test_window_sends_windowsize_blocks_per_ack():
+    content = bytes(i % 249 for i in range(512 * 20 + 7))
+    machine = read_machine(content, rrq(windowsize=8))
+    assert run_read(machine) == content
+    machine = read_machine(content, rrq(windowsize=8))
+    machine.start(0.0)
+    assert [data_of(d)[0] for d in machine.receive(ack(0), 0.0)] == list(range(1, 9))
+    assert [data_of(d)[0] for d in machine.receive(ack(8), 0.0)] == list(range(9, 17))
+    assert [data_of(d)[0] for d in machine.receive(ack(16), 0.0)] == list(range(17, 22))
+
+
+def test_window_partial_ack_resends_from_the_gap():
+    machine = read_machine(b"y" * 512 * 30, rrq(windowsize=8))
+    machine.start(0.0)
+    machine.receive(ack(0), 0.0)  # blocks 1..8; the client lost block 6 and says so with ACK 5
+    assert [data_of(d)[0] for d in machine.receive(ack(5), 0.1)] == list(range(6, 14))
+    assert machine.receive(ack(5), 0.2) == []  # the same ACK again: no second burst
+
+
+def test_window_lost_entirely_is_resent_on_timeout():
+    machine = read_machine(b"y" * 512 * 30, rrq(windowsize=4))
+    machine.start(0.0)
+    machine.receive(ack(0), 0.0)
+    assert [data_of(d)[0] for d in machine.timeout(1.0)] == [1, 2, 3, 4]
+
+
+def test_window_larger_than_the_file():
+    machine = read_machine(b"z" * 1000, rrq(windowsize=16))
+    machine.start(0.0)
+    assert [data_of(d)[0] for d in machine.receive(ack(0), 0.0)] == [1, 2]
+    assert machine.receive(ack(2), 0.0) == [] and machine.state is t.State.DONE
+
+
+# -- netascii source -------------------------------------------------------------------
+
+
+def test_netascii_source_random_access_across_chunks():
+    raw = (b"line\nwith\rcr\r\n" * 20000)[: 3 * t.NetasciiSource.CHUNK + 77]
+    expected = raw.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+    source = t.NetasciiSource(t.BytesSource(raw))
+    assert source.size == len(expected)
+    for offset in (0, 1, t.NetasciiSource.CHUNK - 3, 100000, len(expected) - 5, len(expected)):
+        assert source.read(offset, 700) == expected[offset:offset + 700]
+
+
+# -- writes -----------------------------------------------------------------------------
+
+
+def write_machine(sink, limits: t.Limits = LIMITS, mode: str = "octet", **options) -> t.WriteTransfer:
+    req = t.parse_request(rrq(mode=mode, **options).replace(b"\x00\x01", b"\x00\x02", 1))
+    return t.WriteTransfer(sink, t.negotiate(req, None, limits), limits, netascii=req.mode == "netascii")
+
+
+def test_write_in_order_with_lost_ack_and_duplicate_data():
+    sink = Collector()
+    machine = write_machine(sink)
+    assert machine.start(0.0) == [ack(0)]
+    assert machine.receive(data(1, b"a" * 512), 0.1) == [ack(1)]
+    assert machine.receive(data(1, b"a" * 512), 1.1) == [ack(1)]  # our ACK was lost: acknowledge again
+    assert machine.receive(data(1, b"a" * 512), 1.2) == []  # once per gap
+    assert machine.receive(data(2, b"end"), 1.3) == [ack(2)]
+    assert sink.committed and bytes(sink.data) == b"a" * 512 + b"end"
+    assert machine.receive(data(2, b"end"), 1.4) == [ack(2)]  # final ACK lost: dally answers
+    assert machine.timeout(2.3) == [] and machine.state is t.State.DONE
+
+
+def test_write_timeout_reacks_then_fails_and_aborts():
+    sink = Collector()
+    machine = write_machine(sink)
+    machine.start(0.0)
+    machine.receive(data(1, b"a" * 512), 0.1)
+    assert machine.timeout(1.1) == [ack(1)]
+    now = 1.1
+    while not machine.finished:
+        now += 1.0
+        machine.timeout(now)
+    assert machine.state is t.State.FAILED and sink.aborted and not sink.committed
+
+
+def test_write_over_the_size_limit_is_refused_and_aborted():
+    sink = Collector()
+    machine = write_machine(sink, t.Limits(upload_max_bytes=1000))
+    machine.start(0.0)
+    machine.receive(data(1, b"a" * 512), 0.0)
+    out = machine.receive(data(2, b"a" * 512), 0.0)
+    assert out[0][:4] == b"\x00\x05\x00\x03" and sink.aborted and not sink.committed
+
+
+def test_write_refused_commit_answers_its_error_instead_of_the_final_ack():
+    sink = Collector()
+    sink.refuse = t.FileExists("already there")
+    machine = write_machine(sink)
+    machine.start(0.0)
+    out = machine.receive(data(1, b"short"), 0.0)
+    assert out[0][:4] == b"\x00\x05\x00\x06" and sink.aborted
+
+
+def test_write_with_window_acks_every_windowsize_blocks_and_answers_a_gap_once():
+    sink = Collector()
+    machine = write_machine(sink, blksize=8, windowsize=4)
+    assert oack_options(machine.start(0.0)[0]) == {"blksize": "8", "windowsize": "4"}
+    assert [machine.receive(data(n, b"%08d" % n), 0.0) for n in (1, 2, 3)] == [[], [], []]
+    assert machine.receive(data(4, b"%08d" % 4), 0.0) == [ack(4)]
+    machine.receive(data(5, b"%08d" % 5), 0.0)
+    # block 6 lost: 7 and 8 answered by one ACK 5
+    assert machine.receive(data(7, b"%08d" % 7), 0.0) == [ack(5)]
+    assert machine.receive(data(8, b"%08d" % 8), 0.0) == []
+    for n in (6, 7, 8):
+        machine.receive(data(n, b"%08d" % n), 0.0)
+    assert machine.receive(data(9, b"x"), 0.0) == [ack(9)]
+    assert bytes(sink.data) == b"".join(b"%08d" % n for n in range(1, 9)) + b"x"
+
+
+def test_write_netascii_is_converted_even_across_blocks():
+    sink = Collector()
+    machine = write_machine(sink, mode="netascii", blksize=8)
+    machine.start(0.0)
+    machine.receive(data(1, b"ab\r\ncd\r\r"), 0.0)  # the trailing CR pairs with the next block's NUL
+    machine.receive(data(2, b"\0x\r\n"), 0.0)
+    assert sink.committed and bytes(sink.data) == b"ab\ncd\r\rx\n"
+
+
+def test_write_oversized_block_is_illegal():
+    sink = Collector()
+    machine = write_machine(sink)
+    machine.start(0.0)
+    out = machine.receive(data(1, b"q" * 600), 0.0)
+    assert out[0][:4] == b"\x00\x05\x00\x04" and sink.aborted
+
+
+def test_write_peer_error_aborts():
+    sink = Collector()
+    machine = write_machine(sink)
+    machine.start(0.0)
+    assert machine.receive(t.encode_error(0, "bye"), 0.0) == []
+    assert sink.aborted and machine.state is t.State.FAILED
+
+
+def test_request_with_options_tftpy_cannot_decode_is_served_without_options():
+    req = t.parse_request(b"\x00\x01f\x00octet\x00multicast\x00\x00blksize\x001024\x00")
+    assert (req.filename, req.mode, req.options) == ("f", "octet", {})
+
+
+# -- admission: slots and the sources' allowances -------------------------------------
+
+
+def admission(max_total: int = 4, max_per_client: int = 2) -> t.Admission:
+    gate = t.Admission(LIMITS, TokenBuckets(rate=0.0, capacity=0))
+    gate.configure(max_total, max_per_client)
+    return gate
+
+
+def test_a_client_over_its_limit_is_busy_until_its_oldest_unverified_transfer_is_past_its_retransmission():
+    gate = admission()
+    first, _ = gate.admit("a", 0.0)
+    second, _ = gate.admit("a", 0.5)
+    assert gate.admit("a", 0.9) == (None, [])  # a client's own burst: busy, as before
+    third, evicted = gate.admit("a", 1.0)  # the first has had its retransmission: its slot goes
+    assert third is not None and evicted == [first] and first.evicted and first.released
+    assert (gate.active, gate.per_client["a"]) == (2, 2)
+    gate.release(first)  # its owner ends later and releases again: nothing changes
+    assert (gate.active, gate.per_client["a"]) == (2, 2)
+
+
+def test_verified_transfers_are_never_evicted():
+    gate = admission()
+    for slot in (gate.admit("a", 0.0)[0], gate.admit("a", 0.0)[0]):
+        gate.verified(slot)
+    assert gate.admit("a", 100.0) == (None, [])
+
+
+def test_when_all_slots_are_taken_the_oldest_unverified_of_any_client_goes():
+    gate = admission(max_total=3)
+    a1, _ = gate.admit("a", 0.0)
+    gate.verified(a1)
+    b1, _ = gate.admit("b", 0.2)
+    c1, _ = gate.admit("c", 0.4)
+    slot, evicted = gate.admit("d", 1.3)
+    assert slot.client == "d" and evicted == [b1]  # a1 is verified, c1 too young
+    assert dict(gate.per_client) == {"a": 1, "c": 1, "d": 1}
+
+
+def test_the_per_client_limit_takes_the_clients_own_slot_not_anothers():
+    gate = admission(max_total=10)
+    b1, _ = gate.admit("b", 0.0)
+    a1, _ = gate.admit("a", 0.1)
+    gate.admit("a", 0.2)
+    assert gate.admit("a", 5.0)[1] == [a1]
+
+
+def test_a_sources_allowance_holds_its_first_packets_sent_twice_and_refills_in_a_minute():
+    gate = admission(max_per_client=8)
+    assert gate.buckets.capacity == 8 * 2 * 516 and gate.buckets.rate == 8 * 2 * 516 / t.ALLOWANCE_REFILL
+    assert gate.hears("192.0.2.9", "192.0.2.9", 0.0)
+    gate.buckets.take("192.0.2.9", 8 * 2 * 516, 0.0)
+    assert not gate.hears("192.0.2.9", "192.0.2.9", 0.0)
+    assert not gate.allowance("192.0.2.9", 0.0, transfer=False).permits(0.0)
+    assert gate.hears("192.0.2.10", "192.0.2.10", 0.0)  # another source has its own
+    assert gate.hears("192.0.2.9", "192.0.2.9", 0.1)
+
+
+def test_the_first_packet_is_paid_for_at_admission_so_a_burst_is_held_to_the_bucket():
+    gate = admission(max_total=100, max_per_client=100)
+    allowances = []
+    while gate.hears("192.0.2.9", "192.0.2.9", 0.0):  # a burst: none of its first packets is sent yet
+        allowances.append(gate.allowance("192.0.2.9", 0.0))
+    assert len(allowances) == 100 * 2  # capacity / FIRST_PACKET_MAX
+    machine = read_machine(b"x" * 4000, rrq(blksize=1024))
+    machine.allowance = allowances[0]
+    oack = machine.start(0.0)[0]  # a small OACK: the rest of its reservation goes back
+    assert gate.buckets.level("192.0.2.9", 0.0) == 516 - len(oack)
+    allowances[1].release(0.0)  # a transfer that ended without sending: its reservation goes back
+    assert gate.buckets.level("192.0.2.9", 0.0) == 2 * 516 - len(oack)
+
+
+def test_a_client_whose_slots_all_await_acknowledgement_is_not_heard_until_one_may_be_given_up():
+    gate = admission(max_per_client=2)
+    gate.admit("192.0.2.9", 0.0)
+    gate.admit("192.0.2.9", 0.2)
+    assert not gate.hears("192.0.2.9", "192.0.2.9", 0.5)  # not even "busy": it acknowledged nothing yet
+    assert gate.hears("192.0.2.9", "192.0.2.9", 1.0)  # the oldest is past its retransmission: its slot may go
+    verified, _ = gate.admit("192.0.2.8", 0.0)
+    gate.verified(verified)
+    gate.admit("192.0.2.8", 0.0)
+    assert gate.hears("192.0.2.8", "192.0.2.8", 0.5)  # a client that acknowledges is answered, if only "busy"
+    assert gate.admit("192.0.2.8", 0.5) == (None, [])

@@ -1,0 +1,76 @@
+"""The /uploads page with Flask's test client: only the admin sees, downloads and deletes phones' uploads."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from support.web import HTML, WebFixture, basic, csrf_of
+
+from greenservers.provisioning import uploads
+
+EVIL = "<img src=x onerror=alert(1)>.html"
+
+
+@pytest.fixture
+def web(tmp_path):
+    uploads._spaces.clear()
+    fixture = WebFixture(tmp_path, {"data_dir": "data", "tftp_write": True})
+    settings = fixture.runtime.settings
+    for name, data, client in (("0004f2abcdef-app.log", b"log line\n" * 100, "192.0.2.7"), (EVIL, b"<html>phish</html>", "2001:db8::9")):
+        upload = uploads.begin(settings, name, client)
+        upload.write(data)
+        upload.commit()
+    fixture.folder = uploads.uploads_folder(settings)
+    return fixture
+
+
+def test_without_credentials_nothing_is_listed_downloaded_or_deleted(web):
+    assert web.client.get("/uploads", headers=HTML).status_code == 302  # to the login page
+    for path in ("/uploads", "/uploads/0004f2abcdef-app.log"):
+        answer = web.client.get(path)
+        assert answer.status_code == 401 and b"log line" not in answer.data
+    assert web.client.post("/uploads/0004f2abcdef-app.log/delete").status_code == 401
+    assert web.client.get("/uploads/0004f2abcdef-app.log", headers=basic(password="wrong")).status_code == 401
+    assert sorted(os.listdir(web.folder)) == sorted(["0004f2abcdef-app.log", EVIL])
+
+
+def test_the_page_lists_name_size_time_and_address_escaped_and_is_in_the_navigation(web):
+    web.login()
+    page = web.client.get("/uploads", headers=HTML)
+    assert page.status_code == 200
+    text = page.text
+    assert "0004f2abcdef-app.log" in text and "900 bytes" in text and "192.0.2.7" in text and "UTC" in text
+    assert "2001:db8::9" in text and "2 files" in text
+    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt;.html" in text
+    assert '<a href="/uploads"' in text  # the navigation
+
+
+def test_download_is_an_attachment_never_a_page(web):
+    web.login()
+    for name, body in (("0004f2abcdef-app.log", b"log line\n" * 100), (EVIL, b"<html>phish</html>")):
+        answer = web.client.get(f"/uploads/{name}")
+        assert answer.status_code == 200 and answer.data == body
+        assert answer.headers["Content-Type"] == "application/octet-stream"
+        assert answer.headers["Content-Disposition"].startswith("attachment;")
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert web.client.get("/uploads/nothing.log").status_code == 404
+    assert web.client.get("/uploads/.partial-1-aa").status_code in (403, 404)
+    assert web.client.get("/uploads/..%2F..%2Fgreenservers.toml").status_code == 404
+
+
+def test_delete_needs_the_forms_csrf_token(web):
+    web.login()
+    token = csrf_of(web.client.get("/uploads", headers=HTML).text)
+    assert web.client.post("/uploads/0004f2abcdef-app.log/delete", headers=HTML).status_code == 403
+    assert web.client.post("/uploads/0004f2abcdef-app.log/delete", data={"csrf_token": "forged"}, headers=HTML).status_code == 403
+    assert web.client.post("/uploads/0004f2abcdef-app.log/delete", headers=basic()).status_code == 403  # Basic alone is not enough
+    assert "0004f2abcdef-app.log" in os.listdir(web.folder)
+    used = uploads.space_of(web.runtime.settings).used
+    answer = web.client.post("/uploads/0004f2abcdef-app.log/delete", data={"csrf_token": token}, headers=HTML)
+    assert answer.status_code == 303 and answer.location == "/uploads"
+    assert os.listdir(web.folder) == [EVIL]
+    assert uploads.space_of(web.runtime.settings).used == used - 900
+    assert "Deleted 0004f2abcdef-app.log" in web.client.get("/uploads", headers=HTML).text
+    again = web.client.post("/uploads/0004f2abcdef-app.log/delete", data={"csrf_token": token}, headers=HTML)
+    assert again.status_code == 303 and "already deleted" in web.client.get("/uploads", headers=HTML).text

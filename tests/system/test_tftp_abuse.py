@@ -1,0 +1,242 @@
+"""TFTP as an attacker uses it, against the running service: raw UDP requests that are never
+acknowledged (timeout 255, spoofed-looking sources), what they hold and what they draw; and the
+real clients (curl, atftp, tftp-hpa) through a relay that loses their first packets.
+
+Spoofing is simulated the only way a test can: sources that never acknowledge
+(a spoofed request's answer goes to someone who never asked). Bytes are
+counted on the attacker's sockets: amplification = bytes received / bytes sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+import requests
+from support import ServiceProcess, eventually, free_port, free_udp_port
+from support.tftp_relay import LossyRelay
+from support.web import PASSWORD, PASSWORD_HASH
+
+from greenservers.proto import tftp as proto
+
+FILE, FILE_SIZE = "firmware.bin", 20 * 512 + 100  # 21 blocks of 512
+PER_CLIENT = 8
+PLAIN_REQUEST = b"\x00\x01ab.cfg\x00octet\x00"  # 15 bytes, as in the issue
+LIMITS = proto.Limits()
+
+
+@pytest.fixture(scope="module")
+def tftp(tmp_path_factory):
+    port = free_udp_port()
+    svc = ServiceProcess(tmp_path_factory.mktemp("tftp-abuse"), {
+        "ip_tftp_port": f"127.0.0.1:{port}", "ip_http_port": f"127.0.0.1:{free_port()}",
+        "admin_password_hash": PASSWORD_HASH, "tftp_max_per_client": PER_CLIENT,
+    })
+    root = svc.directory / "data" / "tftp"
+    root.mkdir(parents=True)
+    svc.files = {FILE: os.urandom(FILE_SIZE), "ab.cfg": os.urandom(4096)}
+    for name, content in svc.files.items():
+        (root / name).write_bytes(content)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def sensors(svc) -> dict[str, int]:
+    answer = requests.get(svc.url("/api/sensors"), auth=("admin", PASSWORD), timeout=10)
+    answer.raise_for_status()
+    return {row["name"]: row["value"] for row in answer.json()["sensors"]}
+
+
+def wait_until(condition, svc, timeout: float = 30.0) -> dict[str, int]:
+    """The sensors once `condition(sensors)` holds (polled; fails after `timeout`)."""
+    return eventually(lambda: condition(values := sensors(svc)) and values, timeout, interval=0.1, what=lambda: sensors(svc))
+
+
+def wait_for_sensor(svc, name: str, at_least: int) -> dict[str, int]:
+    return wait_until(lambda values: values[name] >= at_least, svc)
+
+
+def attacker(source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((source, 0))
+    sock.settimeout(5)
+    return sock
+
+
+def rrq(name: str, **options) -> bytes:
+    out = b"\x00\x01" + name.encode() + b"\x00octet\x00"
+    for key, value in options.items():
+        out += key.encode() + b"\x00" + str(value).encode() + b"\x00"
+    return out
+
+
+def drain(sock: socket.socket, wait: float = 0.5) -> list[bytes]:
+    """What is still arriving on `sock` (nothing more comes once its transfer has ended)."""
+    sock.settimeout(wait)
+    got = []
+    try:
+        while True:
+            got.append(sock.recv(70000))
+    except TimeoutError:
+        return got
+
+
+@pytest.mark.real_client
+def test_timeout_255_never_acknowledged_holds_no_slot_for_long_and_draws_two_small_oacks(tftp):
+    """The issue's attack: eight requests with timeout 255 from one address, never acknowledged."""
+    port, before = tftp.port("ip_tftp_port"), sensors(tftp)
+    request = rrq(FILE, timeout=255, blksize=1428, tsize=0)
+    socks = [attacker() for _ in range(PER_CLIENT)]
+    try:
+        for sock in socks:
+            sock.sendto(request, ("127.0.0.1", port))
+        first = [sock.recv(70000) for sock in socks]
+        assert all(d[:2] == b"\x00\x06" and b"timeout" not in d and b"blksize\x001428" in d for d in first), first[0]
+        assert [sock.recv(70000) for sock in socks] == first  # the one retransmission, after 1 s
+        # a ninth request from the same address is served at once: it takes the oldest unverified slot
+        with attacker() as ninth:
+            ninth.sendto(rrq(FILE, blksize=1428), ("127.0.0.1", port))
+            oack, tid = ninth.recvfrom(70000)
+            assert oack[:2] == b"\x00\x06", oack
+            ninth.sendto(b"\x00\x04\x00\x00", tid)
+            assert ninth.recv(70000)[:4] == b"\x00\x03\x00\x01"
+            ninth.sendto(b"\x00\x05\x00\x00done\x00", tid)
+        after = wait_for_sensor(tftp, "tftp_first_packets_unacknowledged", before["tftp_first_packets_unacknowledged"] + PER_CLIENT)
+        received = [first[i] * 2 + b"".join(drain(sock)) for i, sock in enumerate(socks)]
+        assert all(len(r) == 2 * len(first[0]) for r in received)  # nothing after the retransmission
+        amplification = sum(map(len, received)) / (len(request) * len(socks))
+        assert amplification < 2, amplification  # two OACKs smaller than the request
+        assert after["tftp_transfers_active"] == 0
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@pytest.mark.real_client
+def test_a_plain_request_never_acknowledged_draws_data_1_twice(tftp):
+    with attacker() as sock:
+        sock.sendto(PLAIN_REQUEST, ("127.0.0.1", tftp.port("ip_tftp_port")))
+        got = [sock.recv(70000), sock.recv(70000)]
+        before = sensors(tftp)["tftp_first_packets_unacknowledged"]
+        wait_for_sensor(tftp, "tftp_first_packets_unacknowledged", before + 1)
+        got += drain(sock)
+    assert [d[:4] for d in got] == [b"\x00\x03\x00\x01"] * 2  # was six times: 3,096 bytes
+    assert sum(map(len, got)) == 2 * 516
+
+
+@pytest.mark.real_client
+def test_a_flood_from_one_source_that_never_acknowledges_draws_no_more_than_its_allowance(tftp):
+    """200 plain requests from one address (spoofed, as far as the server can tell): eight transfers start
+    (tftp_max_per_client), the next are refused as busy until the address's allowance is spent, and the
+    rest are dropped unread."""
+    port, source = tftp.port("ip_tftp_port"), "127.0.0.77"
+    before = sensors(tftp)
+    socks = [attacker(source) for _ in range(200)]
+    started = time.monotonic()
+    try:
+        for sock in socks:
+            sock.sendto(PLAIN_REQUEST, ("127.0.0.1", port))
+        # the allowance is spent (requests are dropped), and the eight transfers have given up
+        wait_for_sensor(tftp, "tftp_sends_withheld", before["tftp_sends_withheld"] + 1)
+        wait_for_sensor(tftp, "tftp_first_packets_unacknowledged", before["tftp_first_packets_unacknowledged"] + PER_CLIENT)
+        got = [d for _ in range(2) for sock in socks for d in drain(sock, wait=0.01)]  # twice: the retransmissions, if allowed
+    finally:
+        for sock in socks:
+            sock.close()
+    elapsed = time.monotonic() - started
+    capacity = PER_CLIENT * (1 + LIMITS.first_packet_retries) * proto.FIRST_PACKET_MAX
+    allowed = capacity + elapsed * capacity / proto.ALLOWANCE_REFILL + proto.FIRST_PACKET_MAX
+    received = sum(map(len, got))
+    assert 0 < received <= allowed, (received, allowed)
+    kinds = {d[:4] for d in got}
+    assert kinds <= {b"\x00\x03\x00\x01", b"\x00\x05\x00\x00"}, kinds  # DATA 1 and "busy": nothing else, nothing more
+    tftp.wait_for_log("127.0.0.77: request dropped: what was sent to this address is not acknowledged")
+
+
+@pytest.mark.real_client
+def test_an_honest_client_is_never_short_of_allowance(tftp, tmp_path):
+    """Fifty sequential downloads from one address: each acknowledgement gives its bytes back."""
+    port = tftp.port("ip_tftp_port")
+    for n in range(50):
+        result = subprocess.run(["tftp", "-m", "binary", "127.0.0.1", str(port), "-c", "get", "ab.cfg", str(tmp_path / "x")],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0 and (tmp_path / "x").read_bytes() == tftp.files["ab.cfg"], (n, result.stderr)
+
+
+# -- the real clients through a relay that loses packets -----------------------------------------------
+
+
+CLIENTS = {  # each fetches `name` through the relay at `port`
+    "curl": lambda port, name, out: ["curl", "-sS", "-o", out, f"tftp://127.0.0.1:{port}/{name}"],  # OACK first (blksize, tsize, timeout)
+    "atftp": lambda port, name, out: ["atftp", "-g", "-r", name, "-l", out, "--option", "blksize 1428", "127.0.0.1", str(port)],
+    "tftp-hpa": lambda port, name, out: ["tftp", "-4", "-m", "binary", "127.0.0.1", str(port), "-c", "get", name, out],  # DATA 1 first
+    # the option is declined, no other is asked for: no OACK, DATA 1 first
+    "atftp-timeout-255": lambda port, name, out: ["atftp", "-g", "-r", name, "-l", out, "--option", "timeout 255", "127.0.0.1", str(port)],
+}
+LOSSES = {
+    "first packet lost": lambda direction, transfer, index: direction == "down" and index == 0,
+    "first acknowledgement lost": lambda direction, transfer, index: direction == "up" and index == 0,
+    # both copies of the first packet: only the client's own retransmission of its request can help
+    "first packet and its retransmission lost": lambda direction, transfer, index: direction == "down" and transfer == 0 and index < 2,
+}
+# atftp aborts on a second OACK ("tftp: unexpected OACK": its client accepts one OACK only outside multicast),
+# so a lost ACK of the OACK ends its download against any server that retransmits the OACK, in.tftpd too
+CLIENT_LIMITATIONS = {("atftp", "first acknowledgement lost")}
+
+
+def fetch_through(svc, drop, client: str, name: str, out) -> tuple[subprocess.CompletedProcess, LossyRelay]:
+    relay = LossyRelay(svc.port("ip_tftp_port"), drop)
+    try:
+        return subprocess.run(CLIENTS[client](relay.port, name, str(out)), capture_output=True, text=True, timeout=120), relay
+    finally:
+        relay.close()
+
+
+@pytest.mark.real_client
+@pytest.mark.parametrize("client, loss", [(client, loss) for client in sorted(CLIENTS) for loss in sorted(LOSSES)
+                                          if (client, loss) not in CLIENT_LIMITATIONS])
+def test_real_clients_fetch_when_their_first_packets_are_lost(tftp, tmp_path, client, loss):
+    result, relay = fetch_through(tftp, LOSSES[loss], client, FILE, tmp_path / "out")
+    assert result.returncode == 0, (client, loss, result.stdout + result.stderr, relay.dropped)
+    assert hashlib.sha256((tmp_path / "out").read_bytes()).digest() == hashlib.sha256(tftp.files[FILE]).digest()
+    assert relay.dropped, "the relay lost nothing: the case was not exercised"
+
+
+@pytest.mark.real_client
+@pytest.mark.parametrize("client", ["curl", "atftp", "tftp-hpa"])
+def test_real_clients_fetch_when_packets_are_lost_mid_transfer(tftp, tmp_path, client):
+    """The third datagram towards the client and the fourth towards the service are lost: each loss
+    costs a timeout (curl's 6 s, as it asks for timeout 6; 1 s for the others)."""
+    def drop(direction, transfer, index):
+        return index == (2 if direction == "down" else 3)
+    result, relay = fetch_through(tftp, drop, client, "ab.cfg", tmp_path / "out")
+    assert result.returncode == 0, (client, result.stdout + result.stderr, relay.dropped)
+    assert (tmp_path / "out").read_bytes() == tftp.files["ab.cfg"]
+    assert {d for d, _, _ in relay.dropped} == {"down", "up"}
+
+
+def test_the_relay_counts_per_transfer_and_direction():
+    """The relay itself: a request passes, the n-th datagram of a transfer is the one the policy sees."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server, attacker() as client:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(5)
+        seen = []
+        relay = LossyRelay(server.getsockname()[1], lambda *key: seen.append(key) or key == ("down", 0, 1))
+        try:
+            client.sendto(b"request", ("127.0.0.1", relay.port))
+            request, upstream = server.recvfrom(100)
+            for n in range(3):
+                server.sendto(struct.pack("!H", n), upstream)
+            got = [client.recvfrom(100) for _ in range(2)]
+            assert [d for d, _ in got] == [struct.pack("!H", 0), struct.pack("!H", 2)] and got[0][1][1] != relay.port
+            client.sendto(b"ack", got[0][1])
+            assert server.recvfrom(100) == (b"ack", upstream)
+        finally:
+            relay.close()
+    assert request == b"request" and seen == [("down", 0, 0), ("down", 0, 1), ("down", 0, 2), ("up", 0, 0)]
