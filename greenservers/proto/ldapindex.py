@@ -37,9 +37,9 @@ from __future__ import annotations
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator
 from heapq import merge as heap_merge
 from itertools import accumulate, islice
-from typing import Callable, Iterable, Iterator
 
 from . import ber
 from .ldap import (
@@ -176,7 +176,7 @@ class SortedKeys:
 
     def pairs(self) -> Iterator[tuple[str, int]]:
         for text, _, ids in self.blocks:
-            yield from zip(text[:-1].split("\0"), ids)
+            yield from zip(text[:-1].split("\0"), ids, strict=True)
 
     def range(self, lo: str, hi: str) -> Iterator[int]:
         """Ids of the keys in [lo, hi), in key order, lazily."""
@@ -217,7 +217,7 @@ class SortedKeys:
             return
         b = max(0, bisect_right(heads, pair) - 1)
         keys, ids = _unpack(blocks[b])
-        j = bisect_left(list(zip(keys, ids)), pair)
+        j = bisect_left(list(zip(keys, ids, strict=True)), pair)
         keys.insert(j, key)
         ids.insert(j, id_)
         if len(keys) > 2 * BLOCK:
@@ -235,7 +235,7 @@ class SortedKeys:
         if b >= len(self.blocks):
             return
         keys, ids = _unpack(self.blocks[b])
-        pairs = list(zip(keys, ids))
+        pairs = list(zip(keys, ids, strict=True))
         j = bisect_left(pairs, pair)
         if j >= len(pairs) or pairs[j] != pair:
             return
@@ -572,13 +572,13 @@ class Directory:
                 continue
             at = 2 * (FOLDED_AT + AT[key] - 1)
 
-            def holds(id_: int, gram: str) -> bool:
+            def holds(id_: int, gram: str, at: int = at) -> bool:
                 blob = blobs.get(id_)
                 if blob is None:
                     return False
                 start, end = unpack(blob, at)
                 if not gram:
-                    return 0 < end - start and len(blob[start:end].decode()) < 3
+                    return end > start and len(blob[start:end].decode()) < 3
                 return blob.find(gram.encode(), start, end) >= 0
             yield from grams.tidy_steps(holds)
 
@@ -871,9 +871,9 @@ def _merged_steps(keys: SortedKeys, new: list[tuple[str, int]]):
         else:
             old_keys, old_ids = _unpack(block)
             if upto - taken <= BLOCK:
-                yield from _packed_steps(sorted(list(zip(old_keys, old_ids)) + new[taken:upto]), merged)  # timsort: two runs
+                yield from _packed_steps(sorted(list(zip(old_keys, old_ids, strict=True)) + new[taken:upto]), merged)  # timsort: two runs
             else:  # many (an import's numbers, all above the old ones): merged lazily, a block at a time
-                yield from _packed_steps(heap_merge(zip(old_keys, old_ids), new[taken:upto]), merged)
+                yield from _packed_steps(heap_merge(zip(old_keys, old_ids, strict=True), new[taken:upto]), merged)
             taken = upto
     if not blocks:
         yield from _packed_steps(new, merged)
