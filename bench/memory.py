@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
 import http.client
 import io
@@ -44,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import services  # noqa: E402
 from common import RESULTS, machine  # noqa: E402
+
 from greenservers.passwords import hash_password  # noqa: E402
 
 ADMIN_PASSWORD = "bench admin password"
@@ -94,10 +96,8 @@ def count_entries(probe, message_id: int, text: str) -> int:
     probe.sock.sendall(services.ldap_wire.search(message_id, text, attributes=["cn", "telephoneNumber"], size_limit=50))
     while True:
         total = None
-        try:
+        with contextlib.suppress(services.ber.Incomplete):
             total = services.ber.frame_length(probe.buffer)
-        except services.ber.Incomplete:
-            pass
         if total is not None and len(probe.buffer) >= total:
             message, probe.buffer = probe.buffer[:total], probe.buffer[total:]
             tag = services.ldap_wire.parse_responses(message)[0].tag
@@ -201,7 +201,8 @@ def while_probing(server, state: str, action) -> dict:
 
 def web_import(server, csv_path: Path, count: int) -> None:
     """`count` more contacts through the JSON API with curl, as an administrator's script would."""
-    done = subprocess.run(["curl", "-sS", "--fail", "--max-time", "120", "--user", f"admin:{ADMIN_PASSWORD}", "-H", "Content-Type: text/csv",
+    done = subprocess.run(["curl", "-sS", "--fail", "--max-time", "120", "--user", f"admin:{ADMIN_PASSWORD}",
+                           "-H", "Content-Type: text/csv",
                            "--data-binary", f"@{csv_path}", f"http://127.0.0.1:{server.ports['http']}/api/addressbook/import"],
                           capture_output=True, text=True)
     if done.returncode != 0 or f'"imported":{count}' not in done.stdout.replace(" ", ""):

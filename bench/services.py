@@ -33,9 +33,8 @@ for path in (BENCH, BENCH.parent / "tests", BENCH.parent):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-import ldap_wire  # noqa: E402
 from common import free_port, start_greenservers as start_service  # noqa: E402
-from support import ServiceProcess  # noqa: E402
+from support import ServiceProcess, ldap_wire  # noqa: E402
 from support.contacts import CONTACTS_CSV  # noqa: E402
 
 from greenservers.addressbook import AddressBook  # noqa: E402

@@ -13,16 +13,8 @@ from functools import partial
 
 from flask import Blueprint, Response, copy_current_request_context, flash, jsonify, redirect, render_template, request, url_for
 
-from ..addressbook import (
-    FIELDS,
-    MAX_IMPORT_BYTES,
-    NUMBER_FIELDS,
-    ContactError,
-    ContactNotFound,
-    ImportRejected,
-    addressbook_for,
-)
-from ..offload import run_off_loop
+from ..addressbook import FIELDS, MAX_IMPORT_BYTES, NUMBER_FIELDS, ContactError, ContactNotFound, ImportRejected, addressbook_for
+from ..process.offload import run_off_loop
 from . import get_runtime
 from .auth import CSV_BODY, JSON_BODY, NO_BODY, admin_required, takes
 

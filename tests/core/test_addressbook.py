@@ -10,7 +10,7 @@ import time
 import pytest
 
 from greenservers import addressbook as ab
-from greenservers.addressbook import AddressBook, Contact, ContactError, ContactNotFound, ImportRejected
+from greenservers.addressbook import AddressBook, Contact, ContactError, ContactNotFound, ImportRejected, store as ab_store
 
 
 @pytest.fixture
@@ -283,9 +283,9 @@ def test_no_exported_cell_starts_a_formula_and_the_export_imports_as_it_was(book
     rows = list(csv.reader(io.StringIO(exported)))
     cells = [cell for row in rows for cell in row]
     assert not any(cell.startswith(ab.FORMULA_STARTS) for cell in cells)
-    plus = dict(zip(rows[0], rows[1]))
+    plus = dict(zip(rows[0], rows[1], strict=True))
     assert (plus["work"], plus["mobile"], plus["home"]) == ("'+49-30-1234", "'-1-2", "'+ 49 (30) 5")
-    quoted = dict(zip(rows[0], rows[2]))
+    quoted = dict(zip(rows[0], rows[2], strict=True))
     assert (quoted["company"], quoted["email"]) == ("''s-Hertogenbosch Telecom", "''quoted@example.com")
     assert rows[3][rows[0].index("work")] == "030 1"  # nothing added where nothing starts a formula
     other = AddressBook(tmp_path / "other.sqlite3")
@@ -397,7 +397,7 @@ def test_addressbook_for_gives_one_per_data_dir(tmp_path):
         assert ab.addressbook_for(FakeRuntime) is first
         assert first.path == tmp_path / "data" / "addressbook.sqlite3" and first.path.exists()
     finally:
-        ab._books.pop(first.path).close()
+        ab_store._books.pop(first.path).close()
 
 
 # -- size -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The address book's LDAP entries and their indexes, changed one contact at a time (sans-IO).
+"""The directory: the address book's LDAP entries and their indexes, changed one contact at a time (sans-IO).
 
 `Directory` holds, per contact, ONE immutable `bytes` blob (`make_blob`): a
 header of uint16 end offsets, the encoded DN, each attribute's encoded
@@ -28,309 +28,61 @@ one verified again).
 Namesakes: two contacts with the same folded cn get "+uid=ID" in their RDN
 (DNs stay unique); only a count going 1 <-> 2 rewrites another entry's DN.
 
-Filter semantics are `compile_filter`'s (greenservers/proto/ldap.py); the
-Directory gives it an accessor that reads folded values out of blobs.
+The structures are index.py's. Filter semantics are `compile_filter`'s
+(filters.py); the Directory gives it an accessor (BlobAccess) that reads
+folded values out of blobs by id.
 """
 
 from __future__ import annotations
 
-import struct
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from heapq import merge as heap_merge
-from itertools import accumulate, islice
+from itertools import islice
 
-from . import ber
-from .ldap import (
-    ATTRIBUTE_TYPES,
-    F_AND,
-    F_EQ,
-    F_OR,
-    F_SUB,
-    K_NUMBER,
-    PERSON_CLASSES,
-    PERSON_CLASSES_FOLDED,
-    Entry,
-    RootDSE,
-    _rdn_raw_value,
-    base_entry_values,
-    compile_filter,
-    contact_values,
-    encode_attribute,
-    escape_rdn_value,
-    national_form,
-    number_prefix_national,
-    padded_sounds,
-    parse_dn,
+from .codes import F_AND, F_EQ, F_OR, F_SUB
+from .dn import escape_rdn_value, parse_dn
+from .entries import Entry, RootDSE, base_entry_values, contact_values, rdn_raw_value
+from .filters import compile_filter
+from .index import (
+    ALIAS,
+    AT,
+    BLOCK,
+    FOLDED_AT,
+    HEAD,
+    HEADER,
+    KEYS,
+    MAX_ANSWERS,
+    MAX_SOUNDS,
+    MERGE_STEP,
+    NUMBER_KEYS,
+    OBJECTCLASS_ENCODED,
+    PAIR,
+    SORT_STEP,
+    TAIL,
+    TOP,
+    TRIGRAM_KEYS,
+    UID_TYPE,
+    SortedKeys,
+    Trigrams,
+    ber_length,
+    blob_dn,
+    chain,
+    display_from_cn,
+    folded_value,
+    freed_steps,
+    lookup,
+    make_blob,
+    merged_steps,
+    national_key,
+    partial_attribute,
+    raw_value,
+    reversed_key,
+    sorted_steps,
+    with_dn,
 )
-
-KEYS = ("cn", "sn", "givenname", "mail", "o", "telephonenumber", "mobile", "homephone", "ipphone")
-NUMBER_KEYS = tuple(k for k in KEYS if ATTRIBUTE_TYPES[k][1] == K_NUMBER)
-NAME_KEYS = tuple(k for k in KEYS if k not in NUMBER_KEYS)
-TRIGRAM_KEYS = ("cn", "sn")  # the names phones search with "*typed*"; other names' substrings are scanned
-ALIAS = {"displayname": "cn"}  # displayName's value is always cn's
-AT = {k: i for i, k in enumerate(KEYS)}
-HEADER = struct.Struct("<" + "H" * (1 + 2 * len(KEYS)))  # ends of: DN, encoded attributes, folded values
-HEAD = HEADER.size
-FOLDED_AT = 1 + len(KEYS)  # header index of the first folded value's end
-_PAIR = struct.Struct("<HH")
-TOP = "\U0010ffff"
-BLOCK = 128  # pairs per block: a change rewrites one block of about this many
-TAIL = 5  # a number's equality candidates share its last 5 characters: a national number has at least 6
-# (same_number), so at least 5 remain after its 0, common to both forms
-MAX_ANSWERS = 30_000  # encoded answers cached (about 200 bytes each)
-MAX_SOUNDS = 50_000  # folded values whose Soundex codes are cached
-OBJECTCLASS_ENCODED = encode_attribute("objectClass", PERSON_CLASSES)
-_CN_TYPE = ber.octets("cn")
-_DISPLAY_TYPE = ber.octets("displayName")
-_UID_TYPE = ber.octets("uid")
-_NO_IDS = array("i")
-
-
-def _length(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(b),)) + b
-
-
-def _partial_attribute(type_element: bytes, value: str) -> bytes:
-    """PartialAttribute of one value (the build makes about a million: no general tlv())."""
-    v = value.encode()
-    inner = b"\x04" + _length(len(v)) + v
-    body = type_element + b"\x31" + _length(len(inner)) + inner
-    return b"\x30" + _length(len(body)) + body
-
-
-_TYPE_ELEMENTS = {k: ber.octets(ATTRIBUTE_TYPES[k][0]) for k in KEYS}
-
-
-def make_blob(contact, namesake: bool, base: str) -> bytes:
-    """A contact's blob: header, DN element, encoded attributes, folded values (see the module's docstring)."""
-    values, folded = contact_values(contact)
-    rdn = "cn=" + escape_rdn_value(values["cn"][0])
-    if namesake:
-        rdn += "+uid=" + str(contact.id)
-    parts = [ber.octets(f"{rdn},{base}")]
-    parts += [_partial_attribute(_TYPE_ELEMENTS[k], values[k][0]) if k in values else b"" for k in KEYS]
-    parts += [folded[k][0].encode() if k in folded else b"" for k in KEYS]
-    ends = list(accumulate(map(len, parts), initial=HEAD))[1:]
-    return HEADER.pack(*ends) + b"".join(parts)
-
-
-def folded_value(blob: bytes, key: str) -> str | None:
-    """The folded value of `key` (one of KEYS) in a blob, None when the contact has none."""
-    start, end = _PAIR.unpack_from(blob, 2 * (FOLDED_AT + AT[key] - 1))
-    return blob[start:end].decode() if end > start else None
-
-
-def blob_dn(blob: bytes) -> str:
-    end = HEADER.unpack_from(blob)[0]
-    _, s, e = ber.read_header(blob, HEAD, end)
-    return blob[s:e].decode()
-
-
-def _with_dn(blob: bytes, dn: str) -> bytes:
-    ends = HEADER.unpack_from(blob)
-    element = ber.octets(dn)
-    shift = len(element) - (ends[0] - HEAD)
-    return HEADER.pack(*(x + shift for x in ends)) + element + blob[ends[0]:]
-
-
-def _display_from_cn(cn_attribute: bytes) -> bytes:
-    """displayName's PartialAttribute: cn's, with the type renamed (their values are always equal)."""
-    _, s, e = ber.read_header(cn_attribute, 0, len(cn_attribute))
-    body = _DISPLAY_TYPE + cn_attribute[s + len(_CN_TYPE):e]
-    return b"\x30" + _length(len(body)) + body
-
-
-def _raw_value(attribute: bytes) -> str:
-    """The one value of a PartialAttribute made by _partial_attribute."""
-    _, s, e = ber.read_header(attribute, 0, len(attribute))
-    _, ts, te = ber.read_header(attribute, s, e)
-    _, ss, se = ber.read_header(attribute, te, e)
-    _, vs, ve = ber.read_header(attribute, ss, se)
-    return attribute[vs:ve].decode()
-
-
-# -- sorted keys in packed blocks ------------------------------------------------------
-
-
-class SortedKeys:
-    """(key, id) pairs in (key, id) order, in blocks of about BLOCK: per block one "\\0"-joined str of its
-    keys, an array of their offsets and an array of their ids.
-
-    Changes replace the lists of blocks (copy-on-write), never a block in place:
-    an iterator from `range` goes on over the blocks it started with.
-    """
-
-    __slots__ = ("heads", "blocks")
-
-    def __init__(self):
-        self.heads: list[tuple[str, int]] = []
-        self.blocks: list[tuple[str, array, array]] = []
-
-    def __len__(self) -> int:
-        return sum(len(ids) for _, _, ids in self.blocks)
-
-    def pairs(self) -> Iterator[tuple[str, int]]:
-        for text, _, ids in self.blocks:
-            yield from zip(text[:-1].split("\0"), ids, strict=True)
-
-    def range(self, lo: str, hi: str) -> Iterator[int]:
-        """Ids of the keys in [lo, hi), in key order, lazily."""
-        heads, blocks = self.heads, self.blocks
-        b = max(0, bisect_left(heads, (lo, -1)) - 1)
-        if b >= len(blocks):
-            return
-        text, offsets, ids = blocks[b]
-        j, high = 0, len(ids)
-        while j < high:  # the first key >= lo (a loop: bisect with a key function calls it per step)
-            middle = (j + high) // 2
-            if text[offsets[middle]:offsets[middle + 1] - 1] < lo:
-                j = middle + 1
-            else:
-                high = middle
-        while True:
-            n = len(ids)
-            while j < n:
-                if text[offsets[j]:offsets[j + 1] - 1] >= hi:
-                    return
-                yield ids[j]
-                j += 1
-            b += 1
-            if b >= len(blocks):
-                return
-            text, offsets, ids = blocks[b]
-            j = 0
-
-    def count(self, lo: str, hi: str, cap: int) -> int:
-        """How many keys lie in [lo, hi), counted up to `cap`."""
-        return sum(1 for _ in islice(self.range(lo, hi), cap))
-
-    def add(self, key: str, id_: int) -> None:
-        pair = (key, id_)
-        heads, blocks = list(self.heads), list(self.blocks)
-        if not blocks:
-            self.heads, self.blocks = [pair], [_pack([key], [id_])]
-            return
-        b = max(0, bisect_right(heads, pair) - 1)
-        keys, ids = _unpack(blocks[b])
-        j = bisect_left(list(zip(keys, ids, strict=True)), pair)
-        keys.insert(j, key)
-        ids.insert(j, id_)
-        if len(keys) > 2 * BLOCK:
-            half = len(keys) // 2
-            heads[b:b + 1] = [(keys[0], ids[0]), (keys[half], ids[half])]
-            blocks[b:b + 1] = [_pack(keys[:half], ids[:half]), _pack(keys[half:], ids[half:])]
-        else:
-            heads[b] = (keys[0], ids[0])
-            blocks[b] = _pack(keys, ids)
-        self.heads, self.blocks = heads, blocks
-
-    def remove(self, key: str, id_: int) -> None:
-        pair = (key, id_)
-        b = max(0, bisect_right(self.heads, pair) - 1)
-        if b >= len(self.blocks):
-            return
-        keys, ids = _unpack(self.blocks[b])
-        pairs = list(zip(keys, ids, strict=True))
-        j = bisect_left(pairs, pair)
-        if j >= len(pairs) or pairs[j] != pair:
-            return
-        del keys[j], ids[j]
-        heads, blocks = list(self.heads), list(self.blocks)
-        if keys:
-            heads[b], blocks[b] = (keys[0], ids[0]), _pack(keys, ids)
-        else:
-            del heads[b], blocks[b]
-        self.heads, self.blocks = heads, blocks
-
-
-def _pack(keys: list[str], ids: list[int]) -> tuple[str, array, array]:
-    offsets = array("I", accumulate((len(k) + 1 for k in keys), initial=0))
-    return "\0".join(keys) + "\0", offsets, array("i", ids)
-
-
-def _unpack(block: tuple[str, array, array]) -> tuple[list[str], list[int]]:
-    text, _, ids = block
-    return text[:-1].split("\0"), ids.tolist()
-
-
-# -- trigram postings ----------------------------------------------------------------------
-
-
-class Trigrams:
-    """Trigram postings of one attribute (array('i') each), append-only between compactions.
-
-    Postings are supersets: the search verifies each id against the contact's
-    current value, so an id left by a change or a delete costs one check. A
-    posting a quarter stale is listed in `untidy`, and `tidy_steps` rebuilds it a
-    slice at a time. A 2-character piece chains the postings of the trigrams that
-    hold it; values shorter than 3 characters are listed in `short` (under "").
-    """
-
-    __slots__ = ("postings", "stale", "by_pair", "untidy")
-
-    def __init__(self):
-        self.postings: dict[str, array] = {"": array("i")}
-        self.stale: dict[str, int] = {}
-        self.by_pair: dict[str, list[str]] = {}
-        self.untidy: set[str] = set()
-
-    @property
-    def short(self) -> array:
-        return self.postings[""]
-
-    @staticmethod
-    def grams(value: str) -> set[str]:
-        return {value[j:j + 3] for j in range(len(value) - 2)} if len(value) >= 3 else {""}
-
-    def add(self, value: str, id_: int) -> None:
-        postings = self.postings
-        for gram in self.grams(value):
-            posting = postings.get(gram)
-            if posting is None:
-                posting = postings[gram] = array("i")
-                for pair in {gram[:2], gram[1:]}:
-                    self.by_pair.setdefault(pair, []).append(gram)
-            posting.append(id_)  # in place: an iterator over it goes on safely
-
-    def removed(self, value: str) -> None:
-        """`value` is no longer an id's: its postings hold one more stale id."""
-        for gram in self.grams(value):
-            stale = self.stale[gram] = self.stale.get(gram, 0) + 1
-            if stale * 4 > len(self.postings.get(gram, _NO_IDS)):
-                self.untidy.add(gram)
-
-    def tidy_steps(self, holds: Callable[[int, str], bool]) -> Iterator[None]:
-        """Rebuild the postings listed as untidy without their stale ids (`holds(id, gram)`), a slice per step.
-        Nothing else changes them meanwhile (the caller's other changes wait)."""
-        while self.untidy:
-            gram = self.untidy.pop()
-            posting = self.postings.get(gram)
-            if posting is None:
-                continue
-            kept: set[int] = set()
-            for start in range(0, len(posting), TIDY_STEP):
-                kept.update(i for i in posting[start:start + TIDY_STEP] if holds(i, gram))
-                yield
-            self.postings[gram] = array("i", sorted(kept))  # a new array: a search goes on over the old one
-            self.stale.pop(gram, None)
-            yield
-
-    def candidates(self, piece: str) -> tuple[Iterable[int], int]:
-        """Ids that may hold `piece` (2 or more characters), and about how many."""
-        if len(piece) >= 3:
-            rarest = min((self.postings.get(piece[j:j + 3], _NO_IDS) for j in range(len(piece) - 2)), key=len)
-            return rarest, len(rarest)
-        lists = [self.short] + [self.postings[g] for g in self.by_pair.get(piece, ())]
-        return _chain(lists), sum(map(len, lists))
-
-
-TIDY_STEP = 1024  # posting ids checked between two yields of tidy_steps
-
+from .schema import ATTRIBUTE_TYPES, PERSON_CLASSES, PERSON_CLASSES_FOLDED, national_form, number_prefix_national, padded_sounds
 
 _WHOLE_ENTRY, _DISPLAY, _UID = object(), object(), object()
 
@@ -359,19 +111,6 @@ def _plan(selection) -> object:
     return tuple(plan)
 
 
-def _lookup(keys: SortedKeys, lo: str, hi: str, exact: bool, sized: bool) -> tuple[Iterator[int], bool, int]:
-    """A range of keys as candidates, with a size estimate if `sized` (counted up to 64: enough to pick an AND's rarest child)."""
-    return keys.range(lo, hi), exact, keys.count(lo, hi, 64) if sized else 0
-
-
-def _chain(parts: Iterable[Iterable[int]]) -> Iterator[int]:
-    for part in parts:
-        yield from part
-
-
-# -- the directory --------------------------------------------------------------------------
-
-
 class Directory:
     """The Root DSE, the base entry and the contacts' entries with their indexes, changed in place.
 
@@ -385,7 +124,7 @@ class Directory:
         if self.base_ndn:
             for key, _ in self.base_ndn[0]:
                 if key in ATTRIBUTE_TYPES:
-                    base_values[key] = (_rdn_raw_value(base, key),)
+                    base_values[key] = (rdn_raw_value(base, key),)
         self.base_entry = Entry(base, base_values)
         self.root_dse = RootDSE(base)
         self.version = 0  # counts changes: a search that saw it move verifies what exact lookups give it
@@ -461,7 +200,7 @@ class Directory:
         if not made:
             return
         if not ascending:
-            made = yield from _sorted_steps(made, None)
+            made = yield from sorted_steps(made, None)
         if self.order and made[0] < self.order[-1]:
             order = array("i")
             for n, i in enumerate(heap_merge(self.order, made), 1):
@@ -474,20 +213,20 @@ class Directory:
         yield
         for key in KEYS:
             if key in NUMBER_KEYS:
-                new = yield from _sorted_steps(made, lambda i, key=key: _national_key(self.blobs[i], key))
-                self.keys[key] = yield from _merged_steps(self.keys[key], new)
-                yield from _freed_steps(new)
-                new = yield from _sorted_steps(made, lambda i, key=key: _reversed_key(self.blobs[i], key))
-                self.reversed[key] = yield from _merged_steps(self.reversed[key], new)
+                new = yield from sorted_steps(made, lambda i, key=key: national_key(self.blobs[i], key))
+                self.keys[key] = yield from merged_steps(self.keys[key], new)
+                yield from freed_steps(new)
+                new = yield from sorted_steps(made, lambda i, key=key: reversed_key(self.blobs[i], key))
+                self.reversed[key] = yield from merged_steps(self.reversed[key], new)
             else:
-                new = yield from _sorted_steps(made, lambda i, key=key: folded_value(self.blobs[i], key))
-                self.keys[key] = yield from _merged_steps(self.keys[key], new)
+                new = yield from sorted_steps(made, lambda i, key=key: folded_value(self.blobs[i], key))
+                self.keys[key] = yield from merged_steps(self.keys[key], new)
                 grams = self.grams.get(key)
                 for n, (value, i) in enumerate(new if grams is not None else (), 1):
                     grams.add(value, i)
                     if n % MERGE_STEP == 0:
                         yield
-            yield from _freed_steps(new)
+            yield from freed_steps(new)
         # namesakes: among the new ones, and between the new and the old ones (equal cn keys are neighbours)
         previous, group = None, []
         for n, (cn, i) in enumerate(self.keys["cn"].pairs(), 1):
@@ -557,16 +296,16 @@ class Directory:
         """Give or take "+uid=ID" in a contact's RDN."""
         blob = self.blobs[id_]
         ends = HEADER.unpack_from(blob)
-        rdn = "cn=" + escape_rdn_value(_raw_value(blob[ends[0]:ends[1]])) + (f"+uid={id_}" if namesake else "")
+        rdn = "cn=" + escape_rdn_value(raw_value(blob[ends[0]:ends[1]])) + (f"+uid={id_}" if namesake else "")
         dn = f"{rdn},{self.base}"
         if dn != blob_dn(blob):
-            self.blobs[id_] = _with_dn(blob, dn)
+            self.blobs[id_] = with_dn(blob, dn)
             self._changed(id_)
 
     def tidy_steps(self) -> Iterator[None]:
         """Rebuild the trigram postings that became a quarter stale, a slice per step."""
         blobs = self.blobs
-        unpack = _PAIR.unpack_from
+        unpack = PAIR.unpack_from
         for key, grams in self.grams.items():
             if not grams.untidy:
                 continue
@@ -637,7 +376,7 @@ class Directory:
         for n, key in enumerate(KEYS):
             start, end = ends[n], ends[n + 1]
             if end > start:
-                values[key] = (_raw_value(blob[start:end]),)
+                values[key] = (raw_value(blob[start:end]),)
                 folded[key] = (blob[ends[FOLDED_AT + n - 1]:ends[FOLDED_AT + n]].decode(),)
             if key == "sn":
                 values["displayname"], folded["displayname"] = values["cn"], folded["cn"]
@@ -711,7 +450,7 @@ class Directory:
                 parts.append(ids)
                 exact = exact and child_exact
                 total += size
-            return _chain(parts), exact, total
+            return chain(parts), exact, total
         if op not in (F_EQ, F_SUB) or f[1] is None:
             return None, False, 0
         key = ALIAS.get(f[1], f[1])
@@ -721,22 +460,22 @@ class Directory:
             value = f[2]
             if key in NUMBER_KEYS:  # by its last characters, then checked here (which makes the lookup exact)
                 tail = value[::-1][:TAIL]
-                ids, _, size = _lookup(self.reversed[key], tail, tail + TOP, False, sized)
+                ids, _, size = lookup(self.reversed[key], tail, tail + TOP, False, sized)
                 same = compile_filter(f, access=BlobAccess(self))
                 return (i for i in ids if same(i)), True, size
-            return _lookup(self.keys[key], value, value + "\0", True, sized)
+            return lookup(self.keys[key], value, value + "\0", True, sized)
         initial, anys, final = f[2], f[3], f[4]
         if initial:
             if key in NUMBER_KEYS:
                 national = number_prefix_national(initial)
                 if national is None:
                     return None, False, 0
-                return _lookup(self.keys[key], national, national + TOP, not anys and not final and not initial.startswith("00"), sized)
-            return _lookup(self.keys[key], initial, initial + TOP, not anys and not final, sized)
+                return lookup(self.keys[key], national, national + TOP, not anys and not final and not initial.startswith("00"), sized)
+            return lookup(self.keys[key], initial, initial + TOP, not anys and not final, sized)
         if key in NUMBER_KEYS:
             if final:
                 tail = final[::-1]
-                return _lookup(self.reversed[key], tail, tail + TOP, not anys, sized)
+                return lookup(self.reversed[key], tail, tail + TOP, not anys, sized)
             return None, False, 0
         pieces = list(anys) + ([final] if final else [])
         piece = max(pieces, key=len) if pieces else ""
@@ -760,8 +499,8 @@ class Directory:
             return None
         ends = HEADER.unpack_from(blob)
         attributes = self._attributes(id_, blob, ends, selection)
-        inner = blob[HEAD:ends[0]] + b"\x30" + _length(len(attributes)) + attributes
-        body = b"\x64" + _length(len(inner)) + inner
+        inner = blob[HEAD:ends[0]] + b"\x30" + ber_length(len(attributes)) + attributes
+        body = b"\x64" + ber_length(len(inner)) + inner
         if answers is None:
             if len(self.answers) >= 8:  # selections cached at once (phones use one or two)
                 self._forget_answers(next(iter(self.answers)))
@@ -785,9 +524,9 @@ class Directory:
             if part.__class__ is tuple:
                 parts.append(blob[ends[part[0]]:ends[part[1]]])
             elif part is _DISPLAY:
-                parts.append(_display_from_cn(blob[ends[0]:ends[1]]))
+                parts.append(display_from_cn(blob[ends[0]:ends[1]]))
             elif part is _UID:
-                parts.append(_partial_attribute(_UID_TYPE, str(id_)))
+                parts.append(partial_attribute(UID_TYPE, str(id_)))
             else:
                 parts.append(part)
         return b"".join(parts)
@@ -808,90 +547,6 @@ class Directory:
                 return
 
 
-MERGE_STEP = 32  # contacts made (about 20 us each), or keys added to trigrams, between two yields of merge_steps
-SORT_STEP = 1024  # pairs sorted by one call, or merged, between two yields
-
-
-def _national_key(blob: bytes, key: str) -> str | None:
-    value = folded_value(blob, key)
-    return None if value is None else national_form(value)
-
-
-def _reversed_key(blob: bytes, key: str) -> str | None:
-    value = folded_value(blob, key)
-    return None if value is None else value[::-1]
-
-
-def _sorted_steps(ids: array, key_of: Callable[[int], str | None] | None):
-    """Steps that sort `ids` (key_of None: an array of them), or the (key, id) pairs of `ids`, a slice
-    per call, then merged; returns the sorted array or list."""
-    runs = []
-    for start in range(0, len(ids), SORT_STEP):
-        if key_of is None:
-            run = sorted(ids[start:start + SORT_STEP])
-        else:
-            run = [(k, i) for i in ids[start:start + SORT_STEP] if (k := key_of(i)) is not None]
-            run.sort()
-        runs.append(run)
-        yield
-    merged = array("i") if key_of is None else []
-    for n, item in enumerate(heap_merge(*runs), 1):
-        merged.append(item)
-        if n % SORT_STEP == 0:
-            yield
-    for run in runs:
-        yield from _freed_steps(run)
-    return merged
-
-
-def _freed_steps(items: list):
-    """Empty a large list a slice at a time (freeing 100,000 tuples at once takes tens of milliseconds)."""
-    while items:
-        del items[-SORT_STEP:]
-        yield
-
-
-def _merged_steps(keys: SortedKeys, new: list[tuple[str, int]]):
-    """Steps that merge `new` (sorted pairs) into new SortedKeys, block by block: a block no new pair
-    falls into is kept as it is, one that some do is packed again with them; returns the new SortedKeys."""
-    if not new:
-        return keys
-    heads, blocks = keys.heads, keys.blocks
-    merged = SortedKeys()
-    taken = work = 0
-    for b, block in enumerate(blocks):
-        upto = len(new) if b + 1 == len(blocks) else bisect_left(new, heads[b + 1], taken)
-        work += 1 if upto == taken else 8  # a block packed again costs about eight kept ones
-        if work >= 32:
-            work = 0
-            yield
-        if upto == taken:
-            merged.heads.append(heads[b])
-            merged.blocks.append(block)
-        else:
-            old_keys, old_ids = _unpack(block)
-            if upto - taken <= BLOCK:
-                yield from _packed_steps(sorted(list(zip(old_keys, old_ids, strict=True)) + new[taken:upto]), merged)  # timsort: two runs
-            else:  # many (an import's numbers, all above the old ones): merged lazily, a block at a time
-                yield from _packed_steps(heap_merge(zip(old_keys, old_ids, strict=True), new[taken:upto]), merged)
-            taken = upto
-    if not blocks:
-        yield from _packed_steps(new, merged)
-    return merged
-
-
-def _packed_steps(pairs: Iterable[tuple[str, int]], into: SortedKeys):
-    """Append sorted `pairs` to `into` in blocks of BLOCK, yielding every 16 blocks."""
-    pairs = iter(pairs)
-    n = 0
-    while chunk := list(islice(pairs, BLOCK)):
-        into.heads.append(chunk[0])
-        into.blocks.append(_pack([k for k, _ in chunk], [i for _, i in chunk]))
-        n += 1
-        if n % 16 == 0:
-            yield
-
-
 class BlobAccess:
     """How compile_filter's predicates read a contact of a Directory, by id."""
 
@@ -903,7 +558,7 @@ class BlobAccess:
         key = ALIAS.get(key, key)
         if key in AT:
             at = 2 * (FOLDED_AT + AT[key] - 1)
-            unpack = _PAIR.unpack_from
+            unpack = PAIR.unpack_from
 
             def values(id_: int) -> tuple[str, ...]:
                 blob = blobs.get(id_)
@@ -929,7 +584,7 @@ class BlobAccess:
             return None
         blobs, needle = self.directory.blobs, piece.encode()
         at = 2 * (FOLDED_AT + AT[key] - 1)
-        unpack = _PAIR.unpack_from
+        unpack = PAIR.unpack_from
 
         def contains(id_: int) -> bool:
             blob = blobs.get(id_)
@@ -941,3 +596,4 @@ class BlobAccess:
 
     def entry(self, id_: int) -> Entry | None:
         return self.directory.entry(id_)
+

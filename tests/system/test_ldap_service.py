@@ -20,11 +20,10 @@ import time
 
 import pytest
 import requests
+from support import ldap_service, ldap_wire as w
 
-import ldap_wire as w
 from greenservers.addressbook import AddressBook
 from greenservers.proto import ldap
-from support import ldap_service
 
 pytestmark = pytest.mark.real_client
 
@@ -136,7 +135,8 @@ def test_ldaps_over_ipv6(svc):
 
 
 def test_root_dse(svc):
-    result = subprocess.run(["ldapsearch", "-x", "-H", url(svc), "-b", "", "-s", "base", "-LLL", "+"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(["ldapsearch", "-x", "-H", url(svc), "-b", "", "-s", "base", "-LLL", "+"],
+                            capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "namingContexts: dc=pbx" in result.stdout
     assert "supportedLDAPVersion: 3" in result.stdout
@@ -220,7 +220,7 @@ def exchange(svc, data: bytes, wait: float = 3.0) -> bytes:
             sock.sendall(data)
             while chunk := sock.recv(65536):
                 received += chunk
-        except (socket.timeout, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
     return received
 

@@ -3,7 +3,7 @@
 One LdapService serves every `ip_ldap_port` binding (plain, StartTLS offered)
 and every `ip_ldaps_port` binding (TLS from the first byte), with gevent
 StreamServers. Each connection runs one greenlet that feeds received bytes
-to a sans-IO `LdapSession` (greenservers/proto/ldap.py) and acts on what it
+to a sans-IO `LdapSession` (greenservers/proto/ldap/) and acts on what it
 returns: bytes are sent, `StartTLS` wraps the socket with the current
 certificate (`runtime.tls.context`, read per connection), `BindFailed` is
 counted, logged (rate-limited) and answered only after a per-client delay,
@@ -22,7 +22,7 @@ IPv4 address or an IPv6 /64.
 The directory follows the address book (`DirectoryFollower`, one greenlet per
 book): it is built once, a slice of work at a time between turns of the event
 loop, then changed a contact at a time as the book's change log says
-(greenservers/addressbook.py). A change this process commits wakes it at once;
+(greenservers/addressbook/store.py). A change this process commits wakes it at once;
 one by another process (the CLI) is noticed by polling the book every POLL
 seconds. A large backlog (an import) is merged in slices. Only a new base DN,
 a log pruned past what the follower read, or a change of most of the book (an
@@ -44,11 +44,11 @@ from gevent.event import Event
 from gevent.hub import Waiter
 from gevent.server import StreamServer
 
-from .addressbook import AddressBook, ChangeReader, addressbook_for
-from .proto import ldap as proto
-from .proto.clients import client_key, plain_address
-from .ratelog import RateLimitedLog
-from .services import Service
+from ..addressbook import AddressBook, ChangeReader, addressbook_for
+from ..proto import ldap as proto
+from ..proto.clients import client_key, plain_address
+from ..ratelog import RateLimitedLog
+from ..services import Service
 
 IDLE_TIMEOUT = 120.0  # phones keep a connection between searches; longer is a leak
 HANDSHAKE_TIMEOUT = 10.0
@@ -396,7 +396,7 @@ class LdapService(Service):
             self._serve(sock, session, peer, tls_first)
         except ssl.SSLError as exc:  # a client that speaks no (or bad) TLS: its fault, logged rate-limited
             self.peer_log.warning("tls", peer, "LDAP TLS failed: %s", exc.reason or exc)
-        except (socket.timeout, ConnectionError, OSError):
+        except (TimeoutError, ConnectionError, OSError):
             pass  # vanished or silent peer: close quietly
         except Exception:
             self.log.exception("LDAP connection from %s failed", peer)
@@ -449,7 +449,7 @@ class LdapService(Service):
         elif isinstance(item, proto.BindFailed):
             sensors.add("ldap_binds_failed")
             self.peer_log.warning("bind", peer, "LDAP bind as %r refused (resultCode %d)", item.name[:80], item.result_code)
-            gevent.sleep(self.throttle.failed(client, time.monotonic()))
+            gevent.sleep(self.throttle.delay(client, time.monotonic()))
         elif isinstance(item, proto.StartTLS):
             sock = self._start_tls(sock)
             session.tls_started()

@@ -7,13 +7,15 @@ import gc
 import random
 import sys
 import time
+from array import array
 
 import gevent
 import pytest
 
-from greenservers import offload
 from greenservers.addressbook import Contact
-from greenservers.proto import ldap, ldapindex
+from greenservers.process import offload
+from greenservers.proto import ldap
+from greenservers.proto.ldap import index
 
 
 def contacts(count: int) -> list[Contact]:
@@ -75,11 +77,11 @@ def test_an_error_in_the_work_is_raised_and_the_settings_restored(as_in_the_work
         getattr(offload, kind)(lambda: 1 / 0)
 
 
-@pytest.mark.parametrize("size", [0, 1, ldapindex.SORT_STEP, ldapindex.SORT_STEP + 1, 5 * ldapindex.SORT_STEP + 17])
+@pytest.mark.parametrize("size", [0, 1, index.SORT_STEP, index.SORT_STEP + 1, 5 * index.SORT_STEP + 17])
 def test_sorting_in_slices_sorts(size):
     rng = random.Random(size)
     keys = {i: rng.choice("abc") * rng.randrange(1, 4) for i in range(size)}
-    steps = ldapindex._sorted_steps(ldapindex.array("i", keys), keys.get)
+    steps = index.sorted_steps(array("i", keys), keys.get)
     slices = 0
     try:
         while True:
@@ -87,7 +89,7 @@ def test_sorting_in_slices_sorts(size):
             slices += 1
     except StopIteration as done:
         assert done.value == sorted((k, i) for i, k in keys.items())
-    assert slices >= size // ldapindex.SORT_STEP  # a slice at a time
+    assert slices >= size // index.SORT_STEP  # a slice at a time
 
 
 def test_a_replaced_directory_is_handed_over_and_dismantled_to_nothing():
@@ -101,7 +103,7 @@ def test_a_replaced_directory_is_handed_over_and_dismantled_to_nothing():
 
 
 def test_the_ldap_shell_frees_a_replaced_directory_once_nothing_else_holds_it(monkeypatch):
-    from greenservers import ldap as shell
+    from greenservers.shells import ldap as shell
     monkeypatch.setattr(shell, "DISMANTLE_WAIT", 0.001)
     monkeypatch.setattr(shell, "DISMANTLE_PATIENCE", 0.01)
     directory = ldap.Directory("dc=pbx", contacts(50))

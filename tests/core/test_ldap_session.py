@@ -9,13 +9,13 @@ from array import array
 from dataclasses import replace
 
 import pytest
+from support import ldap_wire as w
+from vectors.ldap_capture import CONTACTS as CAPTURE_CONTACTS
+from vectors.ldap_vectors import CAPTURED
 
-import ldap_wire as w
 from greenservers import addressbook
 from greenservers.addressbook import Contact
 from greenservers.proto import ber, ldap
-from vectors.ldap_capture import CONTACTS as CAPTURE_CONTACTS
-from vectors.ldap_vectors import CAPTURED
 
 PASSWORD = "secret"
 
@@ -549,7 +549,7 @@ def test_a_paged_search_cut_by_its_time_limit_ends_without_a_cookie():
         outputs += cursor.run(h.clock.now + 0.002)
     responses = w.parse_responses(b"".join(o for o in outputs if isinstance(o, bytes)))
     assert responses[-1].code == ldap.TIME_LIMIT_EXCEEDED and len(responses) - 1 == 10
-    assert w.paged_cookie(responses[-1].controls[ldap.OID_PAGED_RESULTS])[1] == b"" and not h.session._paged
+    assert w.paged_cookie(responses[-1].controls[ldap.OID_PAGED_RESULTS])[1] == b"" and not h.session.searches.paged
 
 
 def test_a_search_refused_as_busy_answers_at_once():
@@ -842,7 +842,9 @@ def test_before_a_bind_a_message_over_8_kib_is_refused_from_its_header():
 
 def test_a_bind_and_a_large_search_sent_together_are_both_answered():
     h = Harness()
-    responses = h.answers(w.bind(1, "cn=phonebook,dc=pbx", PASSWORD) + w.search(2, "(cn=reception)", attributes=["1.1"], controls=[w.control("1.2.3.4", b"x" * 20_000)]))
+    unknown = w.control("1.2.3.4", b"x" * 20_000)
+    search = w.search(2, "(cn=reception)", attributes=["1.1"], controls=[unknown])
+    responses = h.answers(w.bind(1, "cn=phonebook,dc=pbx", PASSWORD) + search)
     assert [(r.tag, r.code) for r in responses] == [(ldap.BIND_RESPONSE, 0), (ldap.SEARCH_RESULT_ENTRY, None), (ldap.SEARCH_RESULT_DONE, 0)]
 
 
@@ -932,13 +934,13 @@ def test_the_directory_is_changed_in_place_a_contact_at_a_time():
 
 def test_bind_throttle_doubles_and_forgets():
     throttle = ldap.BindThrottle(first=0.25, cap=2.0, forget_after=60)
-    assert [throttle.failed("10.0.0.1", 0) for _ in range(5)] == [0.25, 0.5, 1.0, 2.0, 2.0]
-    assert throttle.failed("10.0.0.2", 0) == 0.25
-    assert throttle.failed("10.0.0.1", 1000) == 0.25
-    small = ldap.BindThrottle(max_addresses=2)
+    assert [throttle.delay("10.0.0.1", 0) for _ in range(5)] == [0.25, 0.5, 1.0, 2.0, 2.0]
+    assert throttle.delay("10.0.0.2", 0) == 0.25
+    assert throttle.delay("10.0.0.1", 1000) == 0.25
+    small = ldap.BindThrottle(max_clients=2)
     for address in ("a", "b", "c"):
-        small.failed(address, 0)
-    assert len(small._failures) == 2
+        small.delay(address, 0)
+    assert len(small) == 2
 
 
 def test_connection_caps():
