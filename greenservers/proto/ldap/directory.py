@@ -257,31 +257,24 @@ class Directory:
             at = bisect_left(order, id_)
             self.order = order[:at] + array("i", [id_]) + order[at:]
 
-    def _index(self, id_: int, blob: bytes) -> None:
+    def _index(self, id_: int, blob: bytes, adding: bool = True) -> None:
+        """A contact's keys into the indexes (or, not `adding`, out of them)."""
         for key in KEYS:
             value = folded_value(blob, key)
             if value is None:
                 continue
             if key in NUMBER_KEYS:
-                self.keys[key].add(national_form(value), id_)
-                self.reversed[key].add(value[::-1], id_)
+                places = ((self.keys[key], national_form(value)), (self.reversed[key], value[::-1]))
             else:
-                self.keys[key].add(value, id_)
-                if key in self.grams:
-                    self.grams[key].add(value, id_)
+                places = ((self.keys[key], value),)
+            for keys, indexed in places:
+                (keys.add if adding else keys.remove)(indexed, id_)
+            grams = self.grams.get(key)
+            if grams is not None:
+                (grams.add(value, id_) if adding else grams.removed(value))
 
     def _unindex(self, id_: int, blob: bytes) -> None:
-        for key in KEYS:
-            value = folded_value(blob, key)
-            if value is None:
-                continue
-            if key in NUMBER_KEYS:
-                self.keys[key].remove(national_form(value), id_)
-                self.reversed[key].remove(value[::-1], id_)
-            else:
-                self.keys[key].remove(value, id_)
-                if key in self.grams:
-                    self.grams[key].removed(value)
+        self._index(id_, blob, adding=False)
 
     def _with_cn(self, cn: str, cap: int | None = 3) -> list[int]:
         found = self.keys["cn"].range(cn, cn + "\0")
