@@ -24,7 +24,8 @@ book): it is built once, a slice of work at a time between turns of the event
 loop, then changed a contact at a time as the book's change log says
 (greenservers/addressbook/store.py). A change this process commits wakes it at once;
 one by another process (the CLI) is noticed by polling the book every POLL
-seconds. A large backlog (an import) is merged in slices. Only a new base DN,
+seconds. A large backlog (an import) is merged in slices, and other contacts'
+changes are applied between them. Only a new base DN,
 a log pruned past what the follower read, or a change of most of the book (an
 import replacing it) builds a new directory, which replaces the old one when it
 is complete; the old one is freed in steps once no search holds it.
@@ -67,6 +68,7 @@ APPLY_PAUSE = 0.0005  # seconds the follower lets the loop serve others between 
 READ_PAGE = 500  # contacts read from the book per query
 LOG_PAGE = 5000  # changes read from the log per query
 REBUILD_SHARE = 0.5  # more changed contacts than this share of the directory: built anew rather than changed
+MEANWHILE = 64  # changes of other contacts applied between a merge's slices; more wait for it to end
 
 
 def _coalesced(outputs: list) -> list:
@@ -184,6 +186,7 @@ class DirectoryFollower:
         self._reader: ChangeReader | None = None
         self._looked = 0.0
         self._noticed = False
+        self._seq = 0  # the last change of the book's log applied
         self._hub = gevent.get_hub()
         book.subscribe(self._notified)
         self._greenlet = gevent.spawn(self._run)
@@ -237,7 +240,7 @@ class DirectoryFollower:
         """Build a directory, then apply changes until it must be built again."""
         base = self.base
         reader.changed()
-        seq = reader.last_change()  # changes from here on are applied after the build
+        self._seq = reader.last_change()  # changes from here on are applied after the build
         directory = proto.Directory(base)
         self._run_steps(directory.merge_steps(self._each(reader)))
         old, self.directory, self.applied = self.directory, directory, 0
@@ -254,23 +257,32 @@ class DirectoryFollower:
                 self._caught_up.set()
                 continue
             self._noticed = False
-            ids: dict[int, None] = {}
-            while True:
-                got = reader.changes_after(seq, LOG_PAGE)
-                if got is None:
-                    return  # the log was pruned past what was read: build anew
-                changed, seq = got
-                if not changed:
-                    break
-                ids.update(dict.fromkeys(changed))
-                if len(ids) > REBUILD_SHARE * max(len(directory), 1000):
-                    return  # most of the book changed (a replacing import): build it anew, then swap
-            self._apply(reader, directory, list(ids))
+            ids = self._changed_ids(reader, directory)
+            if ids is None or not self._apply(reader, directory, ids):
+                return  # build anew
             self._caught_up.set()
 
-    def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: list[int]) -> None:
+    def _changed_ids(self, reader: ChangeReader, directory: proto.Directory) -> list[int] | None:
+        """The ids of the contacts changed since the last change read (which moves on); None when the
+        directory must be built anew: the log was pruned past it, or most of the book changed (an
+        import replacing it: built anew, then swapped in)."""
+        ids: dict[int, None] = {}
+        while True:
+            got = reader.changes_after(self._seq, LOG_PAGE)
+            if got is None:
+                return None
+            changed, self._seq = got
+            if not changed:
+                return list(ids)
+            ids.update(dict.fromkeys(changed))
+            if len(ids) > REBUILD_SHARE * max(len(directory), 1000):
+                return None
+
+    def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: list[int]) -> bool:
         """The contacts of `ids` as they are in the book now (absent: deleted) into the directory. Many
-        (an import) are merged; a few are put one by one: either way the work is in proportion to them."""
+        (an import) are merged; a few are put one by one: either way the work is in proportion to them.
+        While a merge runs, changes of other contacts are applied between its slices. False: the
+        directory must be built anew."""
         present: set[int] = set()
 
         def contacts():
@@ -279,13 +291,44 @@ class DirectoryFollower:
                     present.add(contact.id)
                     yield contact
 
+        rebuild = False
         if len(ids) > max(256, len(directory) // 16):
-            self._run_steps(directory.merge_steps(contacts()))
+            merging, later = set(ids), {}
+
+            def meanwhile() -> None:
+                nonlocal rebuild
+                if rebuild or not (reader.changed() or self._noticed):
+                    return
+                self._noticed = False
+                more = self._changed_ids(reader, directory)
+                if more is None:
+                    rebuild = True
+                    return
+                now = [i for i in more if i not in merging]
+                if len(now) > MEANWHILE:  # another import: after this one
+                    later.update(dict.fromkeys(more))
+                    return
+                later.update(dict.fromkeys(i for i in more if i in merging))  # changed again: after the merge
+                self._put_or_delete(reader, directory, now)
+                self._caught_up.set()
+
+            self._run_steps(directory.merge_steps(contacts()), meanwhile)
+            self._run_steps(directory.delete(i) for i in ids if i not in present)
+            if later and not rebuild:
+                rebuild = not self._apply(reader, directory, list(later))
         else:
-            self._run_steps(directory.put(c) for c in contacts())
-        self._run_steps(directory.delete(i) for i in ids if i not in present)
+            self._put_or_delete(reader, directory, ids)
         self._run_steps(directory.tidy_steps())
         self.applied += len(ids)
+        return not rebuild
+
+    def _put_or_delete(self, reader: ChangeReader, directory: proto.Directory, ids: list[int]) -> None:
+        present: set[int] = set()
+        for start in range(0, len(ids), READ_PAGE):
+            contacts = reader.contacts(ids[start:start + READ_PAGE])
+            present.update(c.id for c in contacts)
+            self._run_steps(directory.put(c) for c in contacts)
+        self._run_steps(directory.delete(i) for i in ids if i not in present)
 
     @staticmethod
     def _each(reader: ChangeReader):
@@ -295,12 +338,15 @@ class DirectoryFollower:
             after = page[-1].id
 
     @staticmethod
-    def _run_steps(steps) -> None:
-        """Run an iterator's steps, letting the loop serve the others every APPLY_SLICE seconds."""
+    def _run_steps(steps, meanwhile=None) -> None:
+        """Run an iterator's steps, letting the loop serve the others every APPLY_SLICE seconds
+        (and calling `meanwhile()` then, if given)."""
         deadline = time.monotonic() + APPLY_SLICE
         for _ in steps:
             if time.monotonic() >= deadline:
                 gevent.sleep(APPLY_PAUSE)
+                if meanwhile is not None:
+                    meanwhile()
                 deadline = time.monotonic() + APPLY_SLICE
 
 

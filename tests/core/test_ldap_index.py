@@ -217,3 +217,38 @@ def test_a_number_is_found_in_either_form_whatever_its_length():
     assert sorted(found_dns(directory, decoded("(telephoneNumber=+49 30 12*)"))) == ["cn=A,dc=pbx", "cn=B,dc=pbx", "cn=C,dc=pbx"]
     assert sorted(found_dns(directory, decoded("(telephoneNumber=030 12*)"))) == ["cn=A,dc=pbx", "cn=B,dc=pbx", "cn=C,dc=pbx"]
     assert found_dns(directory, decoded("(ipPhone=12)")) == ["cn=D,dc=pbx"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(start=st.lists(contacts_strategy(), min_size=1, max_size=40), imported=st.lists(contacts_strategy(), min_size=1, max_size=60),
+       changes=st.lists(st.tuples(st.integers(0, 10**6), st.one_of(st.none(), contacts_strategy())), max_size=30),
+       filters=st.lists(FILTERS, min_size=3, max_size=8))
+def test_contacts_changed_while_an_import_is_merged_end_as_if_changed_after_it(start, imported, changes, filters):
+    contacts = {i: Contact(i, **fields) for i, fields in enumerate(start, 1)}
+    directory = ldap.Directory(BASE, contacts.values())
+    new = [Contact(len(start) + 1 + k, **fields) for k, fields in enumerate(imported)]
+    steps = directory.merge_steps(new)
+    others = sorted(contacts)
+    for n, _ in enumerate(steps):
+        if n < len(changes):  # between two steps of the merge: a change (or a delete) of a contact not in it
+            chosen, fields = changes[n]
+            if chosen % 5 == 0:  # a contact added meanwhile, with an id above the import's
+                added = Contact(10_000 + n, **(fields or {"last_name": "New"}))
+                contacts[added.id] = added
+                directory.put(added)
+            elif others:
+                contact_id = others[chosen % len(others)]
+                if fields is None:
+                    contacts.pop(contact_id, None)
+                    directory.delete(contact_id)
+                else:
+                    contacts[contact_id] = Contact(contact_id, **fields)
+                    directory.put(contacts[contact_id])
+    assert not directory.merging
+    contacts.update((c.id, c) for c in new)
+    entries = reference(contacts)
+    assert list(directory.order) == sorted(contacts)
+    for text in VENDOR_FILTERS + filters:
+        flt = decoded(text)
+        predicate = ldap.compile_filter(flt)
+        assert set(found_dns(directory, flt)) == {e.dn for e in entries.values() if predicate(e)}, text

@@ -137,6 +137,7 @@ class Directory:
         self.answered = 0
         self._sounds: dict[str, str] = {}
         self._plans: dict[tuple, object] = {}
+        self._journal: list | None = None  # while a merge runs: (id, blob, added or not) of each change made meanwhile
         self.merge(contacts)
 
     def __len__(self) -> int:
@@ -185,7 +186,16 @@ class Directory:
         millisecond: blobs made, then each attribute's new keys sorted in slices and merged with
         the old ones in one pass (no block rewritten per contact). A contact already here is put.
 
-        The caller changes nothing else until the steps end (the old keys are read meanwhile)."""
+        Other contacts may be changed between the steps (`put`, `delete`): what that does to the
+        keys being merged is recorded and done again to the merged keys. The contacts of this
+        merge must not be changed before its steps end."""
+        self._journal = []
+        try:
+            yield from self._merge_steps(contacts)
+        finally:
+            self._journal = None
+
+    def _merge_steps(self, contacts: Iterable) -> Iterator[None]:
         made = array("i")
         ascending = True  # ids read from the book in order need no sort
         for n, contact in enumerate(contacts, 1):
@@ -201,26 +211,21 @@ class Directory:
             return
         if not ascending:
             made = yield from sorted_steps(made, None)
-        if self.order and made[0] < self.order[-1]:
-            order = array("i")
-            for n, i in enumerate(heap_merge(self.order, made), 1):
-                order.append(i)
-                if n % SORT_STEP == 0:
-                    yield
-            self.order = order
+        if self.order and made[0] < self.order[-1]:  # in one step: a change between steps would be lost
+            self.order = array("i", heap_merge(self.order, made))
         else:
             self.order.extend(made)
         yield
         for key in KEYS:
             if key in NUMBER_KEYS:
                 new = yield from sorted_steps(made, lambda i, key=key: national_key(self.blobs[i], key))
-                self.keys[key] = yield from merged_steps(self.keys[key], new)
+                yield from self._merged_into(self.keys, key, new)
                 yield from freed_steps(new)
                 new = yield from sorted_steps(made, lambda i, key=key: reversed_key(self.blobs[i], key))
-                self.reversed[key] = yield from merged_steps(self.reversed[key], new)
+                yield from self._merged_into(self.reversed, key, new)
             else:
                 new = yield from sorted_steps(made, lambda i, key=key: folded_value(self.blobs[i], key))
-                self.keys[key] = yield from merged_steps(self.keys[key], new)
+                yield from self._merged_into(self.keys, key, new)
                 grams = self.grams.get(key)
                 for n, (value, i) in enumerate(new if grams is not None else (), 1):
                     grams.add(value, i)
@@ -243,6 +248,18 @@ class Directory:
                 self._set_namesake(other, True)
         self.version += 1
 
+    def _merged_into(self, structures: dict[str, SortedKeys], key: str, new: list[tuple[str, int]]) -> Iterator[None]:
+        """Steps that merge `new` into structures[key], then do again to the merged keys what changes
+        made meanwhile (recorded in the journal) did to the old ones."""
+        old, mark = structures[key], len(self._journal)
+        merged = yield from merged_steps(old, new)
+        if merged is not old:
+            for id_, blob, adding in self._journal[mark:]:
+                for keys, indexed in self._places(key, blob):
+                    if keys is old:
+                        (merged.add if adding else merged.remove)(indexed, id_)
+            structures[key] = merged
+
     def _changed(self, id_: int) -> None:
         self.version += 1
         for answers in self.answers.values():
@@ -258,20 +275,26 @@ class Directory:
             self.order = order[:at] + array("i", [id_]) + order[at:]
 
     def _index(self, id_: int, blob: bytes, adding: bool = True) -> None:
-        """A contact's keys into the indexes (or, not `adding`, out of them)."""
+        """A contact's keys into the indexes (or, not `adding`, out of them); noted in the journal while a merge runs."""
         for key in KEYS:
-            value = folded_value(blob, key)
-            if value is None:
-                continue
-            if key in NUMBER_KEYS:
-                places = ((self.keys[key], national_form(value)), (self.reversed[key], value[::-1]))
-            else:
-                places = ((self.keys[key], value),)
-            for keys, indexed in places:
+            for keys, indexed in self._places(key, blob):
                 (keys.add if adding else keys.remove)(indexed, id_)
             grams = self.grams.get(key)
             if grams is not None:
-                (grams.add(value, id_) if adding else grams.removed(value))
+                value = folded_value(blob, key)
+                if value is not None:
+                    (grams.add(value, id_) if adding else grams.removed(value))
+        if self._journal is not None:
+            self._journal.append((id_, blob, adding))
+
+    def _places(self, key: str, blob: bytes) -> tuple[tuple[SortedKeys, str], ...]:
+        """Where a contact's value of `key` is indexed: (sorted keys, the key it has there) for each."""
+        value = folded_value(blob, key)
+        if value is None:
+            return ()
+        if key in NUMBER_KEYS:
+            return (self.keys[key], national_form(value)), (self.reversed[key], value[::-1])
+        return ((self.keys[key], value),)
 
     def _unindex(self, id_: int, blob: bytes) -> None:
         self._index(id_, blob, adding=False)
@@ -294,6 +317,11 @@ class Directory:
         if dn != blob_dn(blob):
             self.blobs[id_] = with_dn(blob, dn)
             self._changed(id_)
+
+    @property
+    def merging(self) -> bool:
+        """A merge is running: only contacts not in it may be changed until it ends."""
+        return self._journal is not None
 
     def tidy_steps(self) -> Iterator[None]:
         """Rebuild the trigram postings that became a quarter stale, a slice per step."""

@@ -40,7 +40,7 @@ TOP = "\U0010ffff"
 BLOCK = 128  # pairs per block: a change rewrites one block of about this many
 TAIL = 5  # a number's equality candidates share its last 5 characters: a national number has at least 6
 # (same_number), so at least 5 remain after its 0, common to both forms
-MAX_ANSWERS = 30_000  # encoded answers cached (about 200 bytes each)
+MAX_ANSWERS = 60_000  # encoded answers cached (about 220 bytes each with their place in the cache: 13 MiB)
 MAX_SOUNDS = 50_000  # folded values whose Soundex codes are cached
 OBJECTCLASS_ENCODED = encode_attribute("objectClass", PERSON_CLASSES)
 _CN_TYPE = ber.octets("cn")
