@@ -65,8 +65,8 @@ FRESH = 0.005  # a search looks first too, if the last look is older than this (
 CATCH_UP = 0.1  # seconds a search waits for a change it noticed to be applied (an import takes longer)
 APPLY_SLICE = 0.002  # seconds of directory changes between two turns of the event loop
 APPLY_PAUSE = 0.0005  # seconds the follower lets the loop serve others between two slices
-READ_PAGE = 500  # contacts read from the book per query
-LOG_PAGE = 5000  # changes read from the log per query
+READ_PAGE = 250  # contacts read from the book per query (about a millisecond)
+LOG_PAGE = 2000  # changes read from the log per query (about a millisecond)
 REBUILD_SHARE = 0.5  # more changed contacts than this share of the directory: built anew rather than changed
 MEANWHILE = 64  # changes of other contacts applied between a merge's slices; more wait for it to end
 
@@ -277,6 +277,7 @@ class DirectoryFollower:
             ids.update(dict.fromkeys(changed))
             if len(ids) > REBUILD_SHARE * max(len(directory), 1000):
                 return None
+            gevent.sleep(APPLY_PAUSE)  # a page of the log read: the loop serves the others before the next
 
     def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: list[int]) -> bool:
         """The contacts of `ids` as they are in the book now (absent: deleted) into the directory. Many
