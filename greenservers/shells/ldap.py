@@ -50,6 +50,7 @@ from ..proto import ldap as proto
 from ..proto.clients import client_key, plain_address
 from ..ratelog import RateLimitedLog
 from ..services import Service
+from .loop import after_the_loop_turns
 
 IDLE_TIMEOUT = 120.0  # phones keep a connection between searches; longer is a leak
 HANDSHAKE_TIMEOUT = 10.0
@@ -95,7 +96,7 @@ class SearchGate:
 
     After each slice the loop must poll and serve every ready request (an NTP
     query, a phone's search arriving) before the next slice runs: a zero timer of
-    lower priority than the sockets' watchers marks that turn. Handing the turn to
+    lower priority than the sockets' watchers marks that turn (shells.loop). Handing the turn to
     the next greenlet directly would not: gevent runs up to 50 ready callbacks
     before it polls again.
 
@@ -141,12 +142,10 @@ class SearchGate:
             self.longest = max(self.longest, time.thread_time() - cpu)
 
     def _turn_the_loop(self) -> None:
-        """Busy until the loop has polled and served what is ready (a timer of lower priority than the sockets')."""
-        timer = gevent.get_hub().loop.timer(0.0, priority=-1)  # libev runs pending watchers by priority
-        timer.start(self._turned, timer)
+        """Busy until the loop has polled and served what is ready."""
+        after_the_loop_turns(self._turned)
 
-    def _turned(self, timer) -> None:
-        timer.close()
+    def _turned(self) -> None:
         self._busy = False
         if self.fair.waiting:
             self._work.set()
