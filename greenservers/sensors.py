@@ -199,12 +199,18 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("ldap_searches_delayed", 44, C,
            "LDAP searches that waited behind another client's, their own client having used more recent search time."),
     Sensor("ldap_searches_busy", 45, C, "LDAP searches refused as busy: too many in progress from their client or in total."),
-    Sensor("ldap_searches_running", 46, G, "LDAP searches in progress now."),
+    Sensor("ldap_searches_running", 46, G, "LDAP searches running now (not those waiting for their client to read what they sent)."),
     Sensor("ldap_oversize_closed", 47, C, "LDAP connections closed for a message over the size limit (small before a bind) "
            "or for unfinished input over the server's cap."),
     Sensor("ldap_buffered_bytes", 48, G, "Bytes of unfinished LDAP messages held now, all connections together."),
     Sensor("ldap_longest_hold_microseconds", 49, G, "The most CPU time one piece of LDAP work (a slice of a search, or "
            "answering received messages) held the event loop for since the start, in microseconds.", unit=MICROSECONDS),
+    Sensor("ldap_searches_waiting_on_clients", 54, G,
+           "LDAP searches in progress whose answer waits for their client to read it (they hold no search slot meanwhile)."),
+    Sensor("ldap_write_stalled_closed", 55, C,
+           "LDAP connections closed because their client read nothing of what it was sent for 10 s."),
+    Sensor("ldap_paged_searches_open", 56, G,
+           "Unfinished LDAP paged searches whose results are kept for their next page, all connections together."),
     # SNMP
     Sensor("snmp_requests_answered", 50, C, "SNMP requests answered."),
     Sensor("snmp_rejected_address", 51, C, "SNMP requests dropped: source not in snmp_trusted."),

@@ -13,11 +13,23 @@ Searches never hold the event loop for long: a `SearchGate` runs one slice
 (SLICE seconds of matching, sorting or encoding) at a time, in the order
 `FairShare` chooses (the client that used the least recent search time
 first), and lets the loop poll and serve whatever is ready between two
-slices. Searches in progress are capped per client and in total (the rest
-are answered busy). Connections are capped per client and in total, the
-bytes of unfinished messages are capped across connections (BufferBudget),
-and a connection idle for `idle_timeout` seconds is closed. A client is an
-IPv4 address or an IPv6 /64.
+slices. Searches in progress are capped per client and the running ones in
+total (the rest are answered busy); a search whose answer waits for its
+client to read is suspended meanwhile (it holds no slot of the total), and
+some slots are kept for clients with no search in progress.
+
+Nor does a connection whose socket always has data (requests pipelined
+without end): its greenlet gives the loop a turn (shells.loop) after
+TURN_MESSAGES messages or TURN_WORK seconds of work, whichever comes first.
+It reads no more while a request it read is unanswered, so what a connection
+has outstanding is at most one read (RECV_SIZE bytes), one search at a time.
+
+Connections are capped per client and in total, the bytes of unfinished
+messages are capped across connections (BufferBudget), unfinished paged
+searches per client, in total and in idle time (PagedBudget), a connection
+idle for `idle_timeout` seconds is closed, and so is one whose client reads
+nothing of what it is sent for WRITE_STALL seconds. A client is an IPv4
+address or an IPv6 /64.
 
 The directory follows the address book (`DirectoryFollower`, one greenlet per
 book): it is built once, a slice of work at a time between turns of the event
@@ -50,13 +62,16 @@ from ..proto import ldap as proto
 from ..proto.clients import client_key, plain_address
 from ..ratelog import RateLimitedLog
 from ..services import Service
-from .loop import after_the_loop_turns
+from .loop import after_the_loop_turns, serve_ready_then_continue
 
 IDLE_TIMEOUT = 120.0  # phones keep a connection between searches; longer is a leak
 HANDSHAKE_TIMEOUT = 10.0
 MAX_PER_CLIENT = 256  # a NAT can hide many phones behind one address
 MAX_TOTAL = 4096
-RECV_SIZE = 65536
+RECV_SIZE = 65536  # also what one connection may have read and not answered yet
+WRITE_STALL = 10.0  # seconds a send may wait without its client reading a byte; then the connection closes
+TURN_MESSAGES = 256  # messages a connection answers before the loop serves others
+TURN_WORK = 0.001  # seconds of CPU a connection works before the loop serves others
 DISMANTLE_PAUSE = 0.001  # seconds between the steps that free a replaced directory
 DISMANTLE_WAIT = 1.0  # seconds between looks at whether a search still reads a replaced directory
 DISMANTLE_PATIENCE = 600.0  # seconds it waits for them (a client's paged search may go on)
@@ -83,6 +98,10 @@ def _coalesced(outputs: list) -> list:
         else:
             joined.append(item)
     return joined
+
+
+class WriteStalled(Exception):
+    """The client read nothing of an answer for WRITE_STALL seconds."""
 
 
 def _total_cap() -> int:
@@ -360,6 +379,7 @@ class LdapService(Service):
         self.fair = proto.FairShare()
         self.gate = SearchGate(self.fair)
         self.buffers = proto.BufferBudget()
+        self.paged = proto.PagedBudget()
         self.peer_log = RateLimitedLog(self.log)
         self.idle_timeout = IDLE_TIMEOUT
         self.longest_hold = 0.0
@@ -436,10 +456,15 @@ class LdapService(Service):
             sock.close()
             return
         sensors.set("ldap_connections_open", self.caps.open)
-        session = proto.LdapSession(self.policy, self.directory, time.monotonic, tls=tls_first, client=client, buffers=self.buffers)
+        session = proto.LdapSession(self.policy, self.directory, time.monotonic, tls=tls_first, client=client, buffers=self.buffers,
+                                    paged=self.paged)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers go out whole; no Nagle delay
             self._serve(sock, session, peer, tls_first)
+        except WriteStalled:
+            sensors.add("ldap_write_stalled_closed")
+            self.peer_log.warning("stalled", peer, "LDAP connection from %s closed: it read nothing of its answers for %g s",
+                                  peer, WRITE_STALL)
         except ssl.SSLError as exc:  # a client that speaks no (or bad) TLS: its fault, logged rate-limited
             self.peer_log.warning("tls", peer, "LDAP TLS failed: %s", exc.reason or exc)
         except (TimeoutError, ConnectionError, OSError):
@@ -452,6 +477,7 @@ class LdapService(Service):
             self.caps.release(client)
             sensors.set("ldap_connections_open", self.caps.open)
             sensors.set("ldap_buffered_bytes", self.buffers.held)
+            sensors.set("ldap_paged_searches_open", self.paged.open)
 
     def _start_tls(self, sock):
         sock.settimeout(HANDSHAKE_TIMEOUT)
@@ -461,7 +487,14 @@ class LdapService(Service):
         if tls_first:
             sock = self._start_tls(sock)
         sensors = self.runtime.sensors
+        # answered, and the thread's CPU seconds, since the loop last served others (waiting for a search's slices
+        # counts the others' work too: that only brings the next turn sooner)
+        messages, work = 0, 0.0
         while True:
+            if messages >= TURN_MESSAGES or work >= TURN_WORK:
+                # a socket that always has data never blocks, so the greenlet would never give the loop back
+                serve_ready_then_continue()
+                messages, work = 0, 0.0
             if session.backlog:  # pipelined messages beyond one batch: answer them before reading more
                 data = b""
             else:
@@ -473,6 +506,7 @@ class LdapService(Service):
             items = session.receive(data)
             if self.waits == waits:  # it ran without a pause: all that time, the loop served nothing else
                 self._held(time.thread_time() - started)
+            messages += session.answered
             sensors.set("ldap_buffered_bytes", self.buffers.held)
             for item in items:
                 if isinstance(item, proto.SearchCursor):
@@ -482,12 +516,13 @@ class LdapService(Service):
                 sock = self._act(item, sock, session, session.client, peer)
                 if sock is None:
                     return
+            work += time.thread_time() - started
 
     def _act(self, item, sock, session: proto.LdapSession | None, client: str, peer: str):
         """Do what one output says; the socket to go on with (another after StartTLS), None to close."""
         sensors = self.runtime.sensors
         if isinstance(item, bytes):
-            sock.sendall(item)
+            self._send(sock, item)
         elif isinstance(item, proto.Searched):
             sensors.add("ldap_searches")
             if item.time_limited:
@@ -508,8 +543,21 @@ class LdapService(Service):
             return None
         return sock
 
+    @staticmethod
+    def _send(sock, data: bytes) -> None:
+        """All of `data`, or WriteStalled when the client reads none of it for WRITE_STALL seconds (gevent's
+        sendall timeout is for the whole send: a phone reading a long answer slowly is no fault)."""
+        sock.settimeout(WRITE_STALL)
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[sock.send(view):]
+        except TimeoutError:
+            raise WriteStalled from None
+
     def _search(self, cursor: proto.SearchCursor, sock, client: str, peer: str) -> bool:
-        """Run a search to its end, a slice per turn, sending as it goes; True if the connection must close."""
+        """Run a search to its end, a slice per turn, sending as it goes; True if the connection must close.
+        While what a slice found is sent, the search is suspended: a client that does not read holds no slot."""
         sensors = self.runtime.sensors
         ticket = self.fair.start(client)
         if ticket is None:
@@ -519,12 +567,20 @@ class LdapService(Service):
             outputs = cursor.refuse(proto.BUSY, "too many searches in progress; try again")
         else:
             outputs = []
-        sensors.set("ldap_searches_running", self.fair.running)
+        self._count_searches()
         try:
             while True:
-                for item in _coalesced(outputs):
-                    if self._act(item, sock, None, client, peer) is None:
-                        return True
+                if ticket is not None:
+                    self.fair.suspend(ticket)
+                    self._count_searches()
+                try:
+                    for item in _coalesced(outputs):
+                        if self._act(item, sock, None, client, peer) is None:
+                            return True
+                finally:
+                    if ticket is not None:
+                        self.fair.resume(ticket)
+                        self._count_searches()
                 if cursor.done:
                     return False
                 outputs = self.gate.run(ticket, cursor)
@@ -532,8 +588,14 @@ class LdapService(Service):
         finally:
             if ticket is not None:
                 self.fair.end(ticket)
-                sensors.set("ldap_searches_running", self.fair.running)
+                self._count_searches()
                 sensors.set("ldap_searches_delayed", self.fair.delayed)
+            sensors.set("ldap_paged_searches_open", self.paged.open)
+
+    def _count_searches(self) -> None:
+        sensors = self.runtime.sensors
+        sensors.set("ldap_searches_running", self.fair.running)
+        sensors.set("ldap_searches_waiting_on_clients", self.fair.suspended)
 
     def _held(self, seconds: float) -> None:
         """Count the CPU time one piece of LDAP work took without letting the loop serve others

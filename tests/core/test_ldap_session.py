@@ -623,6 +623,101 @@ def test_searches_in_progress_are_capped_per_client_and_in_total():
     assert fair.next(0.0) is None and fair.start("c") is not None
 
 
+def test_a_search_waiting_for_its_client_to_read_holds_no_slot_but_counts_for_its_client():
+    fair = ldap.FairShare(per_client=2, total=4, reserved=1)
+    held = [fair.start(c) for c in ("a", "a", "b")]
+    assert all(held) and fair.start("a") is None  # a has its two in progress
+    for ticket in held:
+        fair.suspend(ticket)
+    assert fair.running == 0 and fair.suspended == 3 and fair.running_from("a") == 2
+    assert fair.start("a") is None  # suspended, they still count for their client
+    others = [fair.start(c) for c in ("c", "d", "e", "f")]  # but hold no slot of the total
+    assert all(others) and fair.running == 4
+    fair.resume(held[0])  # let go on past the total: it was admitted
+    assert fair.running == 5 and fair.suspended == 2
+    for ticket in held + others:
+        fair.end(ticket)
+    assert fair.running == fair.suspended == 0 and fair.running_from("a") == 0
+
+
+def test_the_last_slots_are_kept_for_clients_with_no_search_in_progress():
+    fair = ldap.FairShare(per_client=4, total=8)  # a quarter kept: 2
+    assert fair.reserved == 2
+    mine = [fair.start(c) for c in ("a", "a", "b", "b", "c", "c")]
+    assert all(mine) and fair.running == 6
+    assert fair.start("a") is None and fair.start("b") is None  # a second, third... search: not into the reserve
+    assert fair.start("d") is not None and fair.start("e") is not None  # a first one: yes
+    assert fair.start("f") is None  # and no further than the total
+
+
+class Owner:
+    """Stands for a session's searches: what the budget gave up."""
+
+    def __init__(self):
+        self.dropped: list[bytes] = []
+
+    def drop(self, cookie: bytes) -> None:
+        self.dropped.append(cookie)
+
+
+def test_paged_budget_bounds_each_client_across_its_connections():
+    budget = ldap.PagedBudget(per_client=3, total_ids=10**6, idle=60.0)
+    connections = [Owner() for _ in range(4)]
+    for n, owner in enumerate(connections):
+        budget.keep(owner, b"1", "10.0.0.1", 100, now=float(n))
+    assert budget.open == 3 and connections[0].dropped == [b"1"]  # its oldest given up
+    budget.keep(Owner(), b"1", "10.0.0.2", 100, now=5.0)  # another client has its own share
+    assert budget.open == 4 and budget.ids == 400
+    for owner in connections[1:]:
+        budget.release(owner, b"1")
+    assert budget.open == 1 and budget.ids == 100 and not any(o.dropped for o in connections[1:])
+
+
+def test_paged_budget_gives_up_the_heaviest_clients_oldest_past_the_total():
+    budget = ldap.PagedBudget(per_client=8, total_ids=1000, idle=60.0)
+    heavy, light = Owner(), Owner()
+    budget.keep(heavy, b"1", "10.0.0.1", 400, now=0.0)
+    budget.keep(light, b"1", "10.0.0.2", 100, now=1.0)
+    budget.keep(heavy, b"2", "10.0.0.1", 400, now=2.0)
+    budget.keep(light, b"2", "10.0.0.2", 200, now=3.0)  # 1,100: the heavy client's oldest goes
+    assert heavy.dropped == [b"1"] and light.dropped == [] and budget.ids == 700
+
+
+def test_paged_budget_gives_up_idle_searches():
+    budget = ldap.PagedBudget(per_client=8, total_ids=10**6, idle=60.0)
+    early, late = Owner(), Owner()
+    budget.keep(early, b"1", "10.0.0.1", 10, now=0.0)
+    budget.keep(late, b"1", "10.0.0.2", 10, now=30.0)
+    budget.touch(early, b"1", now=50.0)  # a page asked for: idle from then
+    budget.expire(100.0)
+    assert early.dropped == [] and late.dropped == [b"1"] and budget.open == 1
+    budget.expire(110.0)
+    assert early.dropped == [b"1"] and budget.open == 0 and budget.ids == 0
+
+
+def test_paged_results_a_client_leaves_idle_are_given_up_and_closing_gives_back_the_rest():
+    budget = ldap.PagedBudget(per_client=2, idle=60.0)
+    sessions = []
+    for _ in range(3):  # three connections of one client, each leaving a paged search unfinished
+        h = Harness(contacts=many(30))
+        h.session = ldap.LdapSession(lambda h=h: h.policy, lambda base, h=h: h.directory, h.clock, client="10.0.0.1", paged=budget)
+        h.bind()
+        _, done = h.search(scope=1, controls=[w.paged(10)])
+        sessions.append((h, w.paged_cookie(done.controls[ldap.OID_PAGED_RESULTS])[1]))
+    assert budget.open == 2 and budget.ids == 60
+    (first, cookie1), (second, cookie2), (third, cookie3) = sessions
+    assert first.search(scope=1, controls=[w.paged(10, cookie1)])[1].code == ldap.UNWILLING_TO_PERFORM  # given up
+    entries, done = second.search(scope=1, controls=[w.paged(10, cookie2)])
+    assert len(entries) == 10 and done.code == 0
+    third.clock.now += 61  # idle past the limit (the second one was asked for a page since)
+    assert third.search(scope=1, controls=[w.paged(10, cookie3)])[1].code == ldap.UNWILLING_TO_PERFORM
+    assert budget.open == 0  # the second one was idle too
+    _, done = third.search(scope=1, controls=[w.paged(10)])
+    assert w.paged_cookie(done.controls[ldap.OID_PAGED_RESULTS])[1] and budget.open == 1
+    third.session.close()
+    assert budget.open == 0 and budget.ids == 0
+
+
 def test_the_clients_remembered_are_bounded():
     fair = ldap.FairShare(max_clients=3)
     for n in range(10):

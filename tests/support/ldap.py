@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from greenservers.proto import ber, ldap
@@ -9,6 +10,22 @@ from greenservers.proto import ber, ldap
 from . import ldap_wire as w
 from .ports import free_port
 from .service import ServiceProcess
+
+
+def connection_from(port: int, source: str, timeout: float = 10.0, receive_buffer: int | None = None) -> socket.socket:
+    """A plain connection to the LDAP port on 127.0.0.1 from `source` (a loopback address: another client),
+    with a receive buffer of `receive_buffer` bytes if given (set before the connect, so the window is small)."""
+    sock = socket.socket()
+    try:
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.bind((source, 0))
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def read_until_done(sock) -> list[w.Response]:

@@ -3,8 +3,10 @@
 The phone book's password is in every provisioning file, so an attacker can
 bind. Expensive filters through OpenLDAP's ldapsearch (time limits, the other
 clients and services served meanwhile); unfinished messages over raw sockets,
-before and after a bind (the memory they may hold, and that it comes back).
-Ordering and counts are asserted, never a duration.
+before and after a bind (the memory they may hold, and that it comes back);
+requests pipelined without end on one connection; connections that ask for
+much and read nothing; paged searches left unfinished. Ordering and counts
+are asserted, never a duration.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 from support import ldap_service, ldap_wire as w
+from support.ldap import connection_from, read_until_done
 
-from greenservers.proto import ldap
+from greenservers.proto import ber, ldap
 
 pytestmark = pytest.mark.real_client
 
@@ -128,18 +132,20 @@ MESSAGE = 255 * 1024
 HEADER = b"\x30\x83" + (MESSAGE - 5).to_bytes(3, "big")  # a message announcing 255 KiB
 
 
+def bound_from(svc, source: str, receive_buffer: int | None = None) -> socket.socket:
+    """A connection from `source`, bound as the phones are."""
+    sock = connection_from(svc.port("ip_ldap_port"), source, receive_buffer=receive_buffer)
+    sock.sendall(w.bind(1, "phonebook", PASSWORD))
+    assert w.parse_responses(sock.recv(100))[0].code == 0
+    return sock
+
+
 def flood(svc, sources: list[str], bind: bool) -> list[socket.socket]:
     """From each source address, a connection that announces 255 KiB and sends all but its last 1 KiB."""
     socks = []
     for source in sources:
-        sock = socket.socket()
+        sock = bound_from(svc, source) if bind else connection_from(svc.port("ip_ldap_port"), source)
         socks.append(sock)
-        sock.bind((source, 0))
-        sock.settimeout(10)
-        sock.connect(("127.0.0.1", svc.port("ip_ldap_port")))
-        if bind:
-            sock.sendall(w.bind(1, "phonebook", PASSWORD))
-            assert w.parse_responses(sock.recv(100))[0].code == 0
         with contextlib.suppress(OSError):  # closed by the server already
             sock.sendall(HEADER + b"\x02\x01\x02" + b"\x00" * (MESSAGE - 1024))
     return socks
@@ -200,4 +206,166 @@ def test_after_a_bind_unfinished_messages_are_capped_across_connections_and_thei
     wait_for(lambda: sensors(svc)["ldap_buffered_bytes"] == 0, "the held bytes given back")
     after = rss_mib(svc)
     assert after - before < 4, (before, during, after)  # and the memory with them
+    assert_still_answering(svc)
+
+
+# -- requests pipelined without end on one connection -----------------------------------------
+
+STORM_LIMIT = 512 * 2**20  # the storm stops here, or after STORM_SECONDS, or when the test is done
+STORM_SECONDS = 60.0
+
+
+class Storm:
+    """One connection pipelining a small request without end (bound first if `bind`), in chunks of 64 KiB that each
+    end with a Who am I? request: the answers to those, read by another thread, are the server's progress."""
+
+    def __init__(self, svc, request: bytes, bind: bool):
+        self.sock = socket.create_connection(("127.0.0.1", svc.port("ip_ldap_port")), timeout=10)
+        if bind:
+            self.sock.sendall(w.bind(1, "phonebook", PASSWORD))
+            assert w.parse_responses(self.sock.recv(100))[0].code == 0
+        self.sent, self.stop, self.ended = 0, threading.Event(), threading.Event()
+        marker = w.extended(7, ldap.OID_WHOAMI)
+        self.chunk = request * ((65536 - len(marker)) // len(request)) + marker
+        self.answers = 0
+        threading.Thread(target=self._drain, daemon=True).start()
+        threading.Thread(target=self._send, daemon=True).start()
+
+    def _drain(self) -> None:
+        data = b""
+        with contextlib.suppress(OSError):
+            while chunk := self.sock.recv(1 << 20):
+                data += chunk
+                responses, data = _split(data)
+                self.answers += sum(1 for r in responses if r.message_id == 7)
+
+    def _send(self) -> None:
+        deadline = time.monotonic() + STORM_SECONDS
+        try:
+            while not self.stop.is_set() and self.sent < STORM_LIMIT and time.monotonic() < deadline:
+                self.sock.sendall(self.chunk)
+                self.sent += len(self.chunk)
+        except OSError:
+            pass
+        finally:
+            self.ended.set()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.ended.wait(STORM_SECONDS)
+        self.sock.close()
+
+
+def _split(data: bytes) -> tuple[list[w.Response], bytes]:
+    """The whole responses at the start of `data`, and the rest."""
+    pos = 0
+    while pos < len(data):
+        try:
+            size = ber.frame_length(data[pos:pos + 6])
+        except ber.Incomplete:
+            break
+        if pos + size > len(data):
+            break
+        pos += size
+    return w.parse_responses(data[:pos]), data[pos:]
+
+
+@pytest.mark.parametrize("kind", ["abandon, unbound", "who am I, bound"])
+def test_a_connection_pipelining_without_end_does_not_hold_the_other_clients_and_services(svc, kind):
+    if kind.startswith("abandon"):
+        request, bind = w.message(5, ber.integer(3, 0x50)), False
+    else:
+        request, bind = w.extended(5, ldap.OID_WHOAMI), True
+    storm = Storm(svc, request, bind)
+    try:
+        wait_for(lambda: storm.answers >= 4 or storm.ended.is_set(), "the storm served")
+        # more is sent than is answered: from here on, the server's socket always has data
+        wait_for(lambda: storm.sent >= (storm.answers + 32) * len(storm.chunk) or storm.ended.is_set(), "the storm ahead")
+        answered = storm.answers
+        # another LDAP client, and HTTP, are answered while the storm goes on (and it is served too)
+        assert_still_answering(svc)
+        health = requests.get(f"http://127.0.0.1:{svc.port('ip_http_port')}/healthz", timeout=30)
+        assert health.status_code == 200
+        assert not storm.ended.is_set(), "the others were answered only once the storm ended"
+        wait_for(lambda: storm.answers > answered, "the storm served on")
+    finally:
+        storm.close()
+    assert_still_answering(svc)
+
+
+# -- connections that ask for much and read nothing ---------------------------------------------
+
+
+def test_connections_that_read_nothing_hold_no_search_slot_and_are_closed_when_their_answers_stall(svc):
+    """8 sources x 4 connections with a tiny receive buffer, each pipelining 40 searches for everything and
+    reading nothing: a phone's search is answered (not busy), and they are closed once nothing moves."""
+    before = sensors(svc)
+    held = []
+    try:
+        for source in range(8):
+            for _ in range(4):
+                sock = bound_from(svc, f"127.0.10.{source + 1}", receive_buffer=1024)
+                held.append(sock)
+                sock.sendall(b"".join(w.search(2 + n, "(objectClass=*)") for n in range(40)))
+        # each connection's search waits for its client to read, holding no slot; the server has nothing to do (those
+        # refused busy, for the slots kept for clients with no search in progress, went through their 40 searches)
+        def settled():
+            first, second = sensors(svc), sensors(svc)
+            return second if (second["ldap_searches_running"] == 0 and second["ldap_searches_waiting_on_clients"] >= 8
+                              and second["ldap_searches"] == first["ldap_searches"]) else None
+
+        state = wait_for(settled, "the searches waiting on their clients")
+        waiting = state["ldap_searches_waiting_on_clients"]
+        phone = ldapsearch(svc, "-LLL", "(sn=name00017)", "cn")
+        assert phone.returncode == 0 and "cn: Person17 Name00017" in phone.stdout, (phone.returncode, phone.stderr)
+        # nothing moves on those connections: each is closed after the write deadline
+        after = wait_for(lambda: (lambda s: s if s["ldap_write_stalled_closed"] >= before["ldap_write_stalled_closed"] + waiting
+                                  else None)(sensors(svc)), "the stalled connections closed", timeout=60)
+        assert after["ldap_searches_waiting_on_clients"] == 0 and after["ldap_searches_running"] == 0
+        assert after["ldap_connections_open"] == 32 - waiting
+    finally:
+        for sock in held:
+            sock.close()
+    assert_still_answering(svc)
+
+
+# -- paged searches left unfinished ---------------------------------------------------------------
+
+
+def test_unfinished_paged_searches_are_bounded_per_client_and_their_memory_comes_back(svc):
+    """One address opens 64 connections x 8 paged searches (page size 1) over everything and never finishes them."""
+    assert_still_answering(svc)
+    before = rss_mib(svc)
+    conns, cookies = [], []
+    try:
+        for _ in range(64):
+            sock = bound_from(svc, "127.0.11.1")
+            conns.append(sock)
+            for n in range(8):
+                sock.sendall(w.search(2 + n, "(objectClass=*)" if n % 2 else "(cn=*)", controls=[w.paged(1)]))
+                done = read_until_done(sock)[-1]
+                assert done.code == 0
+                cookies.append((sock, 2 + n, "(objectClass=*)" if n % 2 else "(cn=*)",
+                                w.paged_cookie(done.controls[ldap.OID_PAGED_RESULTS])[1]))
+        state = sensors(svc)
+        assert state["ldap_paged_searches_open"] == ldap.MAX_PAGED_PER_CLIENT  # not 512
+        during = rss_mib(svc)
+        # the first ones were given up (an invalid cookie: the client starts again); the last ones go on
+        sock, message_id, text, cookie = cookies[0]
+        sock.sendall(w.search(100, text, controls=[w.paged(1, cookie)]))
+        assert read_until_done(sock)[-1].code == ldap.UNWILLING_TO_PERFORM
+        sock, message_id, text, cookie = cookies[-1]
+        sock.sendall(w.search(100, text, controls=[w.paged(1, cookie)]))
+        responses = read_until_done(sock)
+        assert len(responses) == 2 and responses[-1].code == 0
+        # another client pages through everything meanwhile
+        other = ldapsearch(svc, "-E", "pr=1000/noprompt", "(sn=*)", "sn", host="[::1]")
+        assert other.returncode == 0 and other.stdout.count("\nsn: ") == COUNT, other.stderr
+    finally:
+        for sock in conns:
+            sock.close()
+    wait_for(lambda: sensors(svc)["ldap_paged_searches_open"] == 0 and sensors(svc)["ldap_connections_open"] == 0,
+             "the paged searches given back")
+    after = rss_mib(svc)
+    assert during - before < 4 and after - before < 4, (before, during, after)  # 512 would have kept ~16 MiB
     assert_still_answering(svc)

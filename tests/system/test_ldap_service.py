@@ -21,6 +21,7 @@ import time
 import pytest
 import requests
 from support import ldap_service, ldap_wire as w
+from support.ldap import connection_from
 
 from greenservers.addressbook import AddressBook
 from greenservers.proto import ldap
@@ -270,11 +271,7 @@ def test_many_idle_connections_are_capped_and_others_still_answered(svc):
     try:
         for _ in range(1000):
             # all from 127.0.0.3, so that ldapsearch (from 127.0.0.1 and ::1) is another client
-            sock = socket.socket()
-            opened.append(sock)
-            sock.bind(("127.0.0.3", 0))
-            sock.settimeout(5)
-            sock.connect(("127.0.0.1", svc.port("ip_ldap_port")))
+            opened.append(connection_from(svc.port("ip_ldap_port"), "127.0.0.3", timeout=5))
         # the connections over the per-address cap are closed by the server at once
         deadline = time.monotonic() + 20
         alive = list(opened)

@@ -11,7 +11,7 @@ The package, module by module:
 - `index`: the directory's storage (a blob per contact) and index structures.
 - `directory`: `Directory`, the contacts' entries and indexes, changed one contact at a time.
 - `search`: `SearchCursor` and the steps of a search (find, sort, encode), paged results.
-- `limits`: fair shares of search time, buffered bytes, the bind throttle, connection caps.
+- `limits`: fair shares of search time, buffered bytes, unfinished paged searches, the bind throttle, connection caps.
 - `session`: `LdapSession`, one connection's state machine and operations.
 
 A shell (greenservers/shells/ldap.py) feeds a session the bytes it receives,

@@ -1,10 +1,11 @@
-"""Bookkeeping for the shell, per client and in total (sans-IO): fair shares of search time, bytes held, failed binds
-and connections. A client is an IPv4 address or an IPv6 /64 (proto/clients.py's `client_key`); the tables per
-client are proto/clients.py's."""
+"""Bookkeeping for the shell, per client and in total (sans-IO): fair shares of search time, bytes held,
+unfinished paged searches, failed binds and connections. A client is an IPv4 address or an IPv6 /64
+(proto/clients.py's `client_key`); the tables per client are proto/clients.py's."""
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..clients import ClientCounts, FailureBackoff, TokenBuckets
@@ -12,7 +13,8 @@ from ..clients import ClientCounts, FailureBackoff, TokenBuckets
 # -- fair shares of search time, and buffered bytes (pure bookkeeping for the shell) ----
 
 MAX_SEARCHES_PER_CLIENT = 4  # searches in progress per client (IPv4 address or IPv6 /64)
-MAX_SEARCHES = 32  # in total: each holds its filter and, sorted or paged, every match
+MAX_SEARCHES = 32  # running in total: each holds its filter and, sorted or paged, every match
+RESERVED_SHARE = 4  # a quarter of MAX_SEARCHES is started only for clients with no search in progress
 SEARCH_BUDGET = 10.0  # seconds of search time a client may use before it waits behind lighter clients
 SEARCH_REFILL = 0.5  # seconds of it given back per second
 USAGE_GRAIN = 0.01  # seconds: usages compared in these (a phone's search takes about 0.2 ms)
@@ -27,6 +29,7 @@ class SearchTicket:
     turn: object = None
     delayed: bool = False
     arrival: int = 0
+    suspended: bool = False  # waiting for its client to read what it was sent: not running
 
 
 class FairShare:
@@ -39,28 +42,55 @@ class FairShare:
     earliest among equals, to USAGE_GRAIN), so a client that has used much recent
     search time waits behind the others, and a phone that has used none goes next.
     When a search is passed over for another client's it counts once in `delayed`.
-    Searches in progress are capped per client and in total (`start` refuses).
+
+    Searches in progress are capped per client and the running ones in total
+    (`start` refuses). A search whose answer waits for its client to read it
+    is suspended (`suspend`, `resume`): it still counts for its client, but
+    holds no slot of the total, so clients that read nothing cannot take every
+    slot. The last `reserved` slots are kept for clients with no search in
+    progress. A search resumed is let go on even past the total: it was
+    admitted, and holds what it holds already.
     """
 
     def __init__(self, per_client: int = MAX_SEARCHES_PER_CLIENT, total: int = MAX_SEARCHES, budget: float = SEARCH_BUDGET,
-                 refill: float = SEARCH_REFILL, max_clients: int = MAX_CLIENTS_REMEMBERED):
+                 refill: float = SEARCH_REFILL, max_clients: int = MAX_CLIENTS_REMEMBERED, reserved: int | None = None):
         self.per_client, self.total = per_client, total
+        self.reserved = total // RESERVED_SHARE if reserved is None else reserved
         self.delayed = 0
         self._running = ClientCounts()
+        self._suspended = ClientCounts()
         self._budgets = TokenBuckets(refill, budget, max_clients)
         self._waiting: list[SearchTicket] = []  # in order of arrival
         self._arrivals = 0
 
     def start(self, client: str) -> SearchTicket | None:
-        """A ticket for a new search, or None when its client or the server has too many in progress."""
-        if not self._running.admit(client, self.per_client, self.total):
+        """A ticket for a new search, or None when its client has too many in progress or the server too many running."""
+        held = self.running_from(client)
+        total = self.total if held == 0 else self.total - self.reserved
+        if held >= self.per_client or self._running.total >= total:
             return None
+        self._running.add(client)
         return SearchTicket(client)
 
     def end(self, ticket: SearchTicket) -> None:
         if ticket in self._waiting:
             self._waiting.remove(ticket)
-        self._running.add(ticket.client, -1)
+        (self._suspended if ticket.suspended else self._running).add(ticket.client, -1)
+        ticket.suspended = False
+
+    def suspend(self, ticket: SearchTicket) -> None:
+        """The ticket's search waits for its client to read: it gives its slot up meanwhile."""
+        if not ticket.suspended:
+            ticket.suspended = True
+            self._running.add(ticket.client, -1)
+            self._suspended.add(ticket.client)
+
+    def resume(self, ticket: SearchTicket) -> None:
+        """Its client has read what it was sent: the search runs again."""
+        if ticket.suspended:
+            ticket.suspended = False
+            self._suspended.add(ticket.client, -1)
+            self._running.add(ticket.client)
 
     def want(self, ticket: SearchTicket) -> None:
         """The ticket's search waits for its next slice."""
@@ -76,8 +106,13 @@ class FairShare:
     def running(self) -> int:
         return self._running.total
 
+    @property
+    def suspended(self) -> int:
+        return self._suspended.total
+
     def running_from(self, client: str) -> int:
-        return self._running.of(client)
+        """The client's searches in progress, running or suspended."""
+        return self._running.of(client) + self._suspended.of(client)
 
     def usage(self, client: str, now: float) -> float:
         """Seconds of search time `client` has spent and not got back (at most the budget)."""
@@ -137,6 +172,88 @@ class BufferBudget:
         self._by_client.add(client, size - before)
         if size:
             self._by_holder[holder] = (client, size)
+
+
+# -- unfinished paged searches of every session ----
+
+MAX_PAGED_PER_CLIENT = 8  # unfinished paged searches per client, across its connections; its oldest is given up
+MAX_PAGED_IDS = 2_000_000  # ids all unfinished paged searches keep together (4 bytes each: 8 MB)
+PAGED_IDLE = 60.0  # seconds an unfinished paged search is kept while no page of it is asked for
+
+
+class PagedBudget:
+    """Unfinished paged searches (RFC 2696: the results kept between two pages) of every session, bounded.
+
+    Each is known by (owner, cookie); the owner is a session's searches, and
+    `owner.drop(cookie)` forgets one the budget gives up. At most `per_client`
+    per client (its oldest is given up for a new one), at most `total_ids`
+    found ids kept altogether (the oldest of the client keeping the most is
+    given up), and none kept `idle` seconds after its last page was asked for
+    (looked at whenever a paged search starts or goes on). A client sees a
+    search given up as an invalid cookie, and starts again.
+    """
+
+    def __init__(self, per_client: int = MAX_PAGED_PER_CLIENT, total_ids: int = MAX_PAGED_IDS, idle: float = PAGED_IDLE):
+        self.per_client, self.total_ids, self.idle = per_client, total_ids, idle
+        self._kept: OrderedDict[tuple, tuple[str, int, float]] = OrderedDict()  # by last use: (client, ids, last use)
+        self._of_client: dict[str, OrderedDict[tuple, None]] = {}  # each client's, oldest first
+        self._ids = ClientCounts()
+
+    @property
+    def open(self) -> int:
+        return len(self._kept)
+
+    @property
+    def ids(self) -> int:
+        return self._ids.total
+
+    def keep(self, owner, cookie: bytes, client: str, ids: int, now: float) -> None:
+        """`owner` keeps `ids` found ids for the pages after the first, under `cookie`."""
+        self.expire(now)
+        while len(self._of_client.get(client, ())) >= self.per_client:
+            self._give_up(next(iter(self._of_client[client])))
+        while self._kept and self._ids.total + ids > self.total_ids:
+            heaviest = max(self._of_client, key=self._ids.of)
+            self._give_up(next(iter(self._of_client[heaviest])))
+        key = (owner, cookie)
+        self._kept[key] = (client, ids, now)
+        self._of_client.setdefault(client, OrderedDict())[key] = None
+        self._ids.add(client, ids)
+
+    def touch(self, owner, cookie: bytes, now: float) -> None:
+        """A page of it is asked for: idle from now."""
+        key = (owner, cookie)
+        kept = self._kept.get(key)
+        if kept is not None:
+            self._kept[key] = (kept[0], kept[1], now)
+            self._kept.move_to_end(key)
+
+    def release(self, owner, cookie: bytes) -> None:
+        """`owner` forgot it (its last page sent, abandoned, the connection closed)."""
+        key = (owner, cookie)
+        kept = self._kept.pop(key, None)
+        if kept is None:
+            return
+        client, ids, _ = kept
+        mine = self._of_client[client]
+        del mine[key]
+        if not mine:
+            del self._of_client[client]
+        self._ids.add(client, -ids)
+
+    def expire(self, now: float) -> None:
+        """Give up those idle for longer than `idle`."""
+        cutoff = now - self.idle
+        while self._kept:
+            key, (_, _, used) = next(iter(self._kept.items()))
+            if used > cutoff:
+                break
+            self._give_up(key)
+
+    def _give_up(self, key: tuple) -> None:
+        owner, cookie = key
+        self.release(owner, cookie)
+        owner.drop(cookie)
 
 
 # -- failed-bind throttle and connection caps (pure bookkeeping for the shell) ----

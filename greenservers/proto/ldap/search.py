@@ -291,10 +291,14 @@ def encode_entries(message_id: int, selection: Selection, ids: Iterable[int], en
 
 
 class Searches:
-    """A session's searches: each started as a SearchCursor, and the paged results a client still reads."""
+    """A session's searches: each started as a SearchCursor, and the paged results a client still reads.
 
-    def __init__(self, clock: Callable[[], float]):
+    Those paged results count in `budget` (a PagedBudget shared by every
+    session, if given) under `client`; it may give one up (`drop`)."""
+
+    def __init__(self, clock: Callable[[], float], client: str = "-", budget=None):
         self.clock = clock
+        self.client, self.budget = client, budget
         self.paged: dict[bytes, PagedSearch] = {}
         self.cookies = 0
 
@@ -302,7 +306,20 @@ class Searches:
         """Drop the paged results of a search (by the message id of its last page)."""
         for cookie, paged in list(self.paged.items()):
             if paged.message_id == message_id:
-                del self.paged[cookie]
+                self._forget(cookie)
+
+    def drop(self, cookie: bytes) -> None:
+        """The budget gave these paged results up."""
+        self.paged.pop(cookie, None)
+
+    def drop_all(self) -> None:
+        """Forget every paged result (a new bind, the connection closed)."""
+        for cookie in list(self.paged):
+            self._forget(cookie)
+
+    def _forget(self, cookie: bytes) -> None:
+        if self.paged.pop(cookie, None) is not None and self.budget is not None:
+            self.budget.release(self, cookie)
 
     def start(self, message_id: int, request: SearchRequest, controls: list[Control], policy, directory: Directory,
               may_read: bool) -> SearchCursor:
@@ -342,12 +359,16 @@ class Searches:
         page_size, cookie = paged
         # a cookie continues only the very search it came from, sort order included
         identity = request.base.lower().encode() + bytes([request.scope]) + request.filter_bytes + (sort[2] if sort else b"")
+        if self.budget is not None:
+            self.budget.expire(self.clock())
         if cookie:
             state = self.paged.get(cookie)
             if state is None or state.identity != identity:
-                raise LdapError(UNWILLING_TO_PERFORM, "paged results cookie is invalid")
+                raise LdapError(UNWILLING_TO_PERFORM, "paged results cookie is invalid (or given up: idle, or too many)")
             if page_size == 0:  # the client gives up on the rest (RFC 2696 §3)
-                del self.paged[cookie]
+                self._forget(cookie)
+            elif self.budget is not None:
+                self.budget.touch(self, cookie, self.clock())
             state.message_id = message_id
         elif page_size != 0:
             first, contacts = resolve_scope(directory, ndn, request.scope)
@@ -459,8 +480,12 @@ class Searches:
         self.cookies += 1
         cookie = str(self.cookies).encode()
         if len(self.paged) >= MAX_PAGED_SEARCHES:
-            self.paged.pop(next(iter(self.paged)))
-        state = self.paged[cookie] = PagedSearch(identity, found, entries, 0, exceeded, sort_control, cursor.message_id)
+            self._forget(next(iter(self.paged)))
+        state = PagedSearch(identity, found, entries, 0, exceeded, sort_control, cursor.message_id)
+        if len(found) > min(page_size, policy.size_limit):  # pages to come: kept for them
+            self.paged[cookie] = state
+            if self.budget is not None:
+                self.budget.keep(self, cookie, self.client, len(found), self.clock())
         yield from self._page_steps(cursor, state, cookie, page_size, selection, sorted_request, policy, timed_out)
 
     def _page_steps(self, cursor: SearchCursor, state: PagedSearch, cookie: bytes, page_size: int, selection: Selection,
@@ -473,7 +498,7 @@ class Searches:
         state.position += cursor.given
         done = state.position >= len(state.results) or timed_out
         if done:
-            self.paged.pop(cookie, None)
+            self._forget(cookie)
         code = TIME_LIMIT_EXCEEDED if timed_out else (SIZE_LIMIT_EXCEEDED if done and state.size_exceeded else SUCCESS)
         control = encode_control(OID_PAGED_RESULTS, ber.sequence(ber.integer(len(state.results)), ber.octets(b"" if done else cookie)))
         self._finish(cursor, code, control + (state.sort_control if sorted_request else b""))

@@ -7,8 +7,10 @@ LDAPMessages off it (RFC 4511 §4.1.1, BER framing in ber.py; a length over
 MAX_BATCH of them in order (`backlog` tells the shell to call again before
 reading more, so pipelined requests cannot pile up answers in memory). The
 bytes it holds between calls count against a `BufferBudget` shared by all
-sessions; past it, the connection is closed. It returns a list of outputs
-(proto/results.py): `bytes` to send and events — `BindFailed`, `Searched`,
+sessions; past it, the connection is closed. Paged results kept between
+pages count against a `PagedBudget` shared by all sessions, which may give
+them up. It returns a list of outputs (proto/results.py): `bytes` to send
+and events — `BindFailed`, `Searched`,
 `StartTLS`, `Close` — and last, for a search, a `SearchCursor` the shell runs
 a slice at a time before it calls `receive` again. The session reads no clock
 but the `clock` it is given (for time limits).
@@ -91,7 +93,7 @@ from .directory import Directory
 from .dn import DnError, escape_rdn_value, parse_dn
 from .entries import Entry
 from .filters import compile_filter
-from .limits import BufferBudget
+from .limits import BufferBudget, PagedBudget
 from .messages import (
     _WRITE_RESPONSES,
     BindFailed,
@@ -164,7 +166,8 @@ class LdapSession:
     """
 
     def __init__(self, policy: Callable[[], Policy], directory: Callable[[str], Directory],
-                 clock: Callable[[], float], tls: bool = False, client: str = "-", buffers: BufferBudget | None = None):
+                 clock: Callable[[], float], tls: bool = False, client: str = "-", buffers: BufferBudget | None = None,
+                 paged: PagedBudget | None = None):
         self.policy = policy
         self.directory = directory
         self.clock = clock
@@ -176,7 +179,8 @@ class LdapSession:
         self._buffer = bytearray()
         self._queue: deque[bytes] = deque()  # messages cut from the buffer, not answered yet
         self._abandoned: set[int] = set()  # message ids abandoned by a request queued with them
-        self.searches = Searches(clock)
+        self.searches = Searches(clock, client, paged)
+        self.answered = 0  # messages the last receive() call answered
 
     @property
     def closed(self) -> bool:
@@ -202,6 +206,7 @@ class LdapSession:
         A search ends the list as a `SearchCursor` for the shell to run; the
         messages after it wait (`backlog`) until the shell calls again.
         """
+        self.answered = 0
         if self.state == CLOSED:
             return []
         if data:
@@ -218,6 +223,7 @@ class LdapSession:
                     break
             raw = self._queue.popleft()
             handled += 1
+            self.answered = handled
             handled_bytes += len(raw)
             try:
                 self._handle(raw, out, pending=bool(self._queue or self._buffer))
@@ -299,7 +305,7 @@ class LdapSession:
     def _drop_input(self) -> None:
         self._buffer = bytearray()
         self._queue.clear()
-        self.searches.paged.clear()
+        self.searches.drop_all()
         if self.buffers is not None:
             self.buffers.release(self)
 
@@ -345,7 +351,7 @@ class LdapSession:
 
     def _bind(self, message_id: int, request: BindRequest, controls, out: list, pending: bool) -> None:
         policy = self.policy()
-        self.searches.paged.clear()
+        self.searches.drop_all()
         code, diagnostic = self._check_bind(policy, request)
         if code == ANONYMOUS_BIND:
             code = SUCCESS
