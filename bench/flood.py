@@ -31,6 +31,12 @@ every flood is bounded in count and in time:
         30 nested NOTs, 254 ordering matches, 7 values of 1 KiB non-ASCII (decoding), and every
         contact sorted by 8 keys in pages of 500; half with a 1 s time limit, half with the
         server's. The LDAP server's sensors after the phase are printed too.
+  ldap-pipeline  requests pipelined without end, 64 KiB per send, answers read and dropped:
+        Abandon requests on one connection that never binds (127.0.12.1) and Who am I? requests
+        on 4 bound connections (127.0.12.2-5)
+  ldap-hold  8 sources (127.0.13.1-8) x 4 connections, each bound with a 1 KiB receive buffer,
+        pipelining 40 searches for everything (all attributes) and reading nothing, held for the
+        phase (the server closes each once its client has read nothing for 10 s)
 
 The probes (services.py) send 20 requests/s each with a 1 s timeout. Target:
 under every flood, the *other* services' p99 < 50 ms and nothing lost (ldap-filters:
@@ -71,6 +77,8 @@ BOOT_FILE, BOOT_FILE_SIZE = "firmware.bin", 2 * 1024 * 1024
 LOGIN_SOURCES, LOGIN_GUESSES = 200, 5  # 5: the failed logins an address may make before it is refused a while
 LDAP_FLOOD_CONTACTS = 100_000
 LDAP_FLOOD_CONNECTIONS = 8  # two from each of four addresses (the cap is four searches in progress per client)
+PIPELINE_WHOAMI = 4  # bound connections pipelining Who am I? (one more pipelines Abandon unbound)
+HOLD_SOURCES, HOLD_PER_SOURCE, HOLD_SEARCHES = 8, 4, 40
 ADMIN_PASSWORD = "the flood bench's admin password"
 
 
@@ -321,6 +329,76 @@ def flood_ldap_filters(port: int, seconds: float, counter) -> None:
     counter.value = done[0]
 
 
+def flood_ldap_pipeline(port: int, seconds: float, counter) -> None:
+    """One unbound connection pipelining Abandon, PIPELINE_WHOAMI bound ones pipelining Who am I?; the answers dropped."""
+    import threading
+
+    wire = services.ldap_wire
+    abandon = wire.message(5, services.ber.integer(3, 0x50))
+    whoami = wire.extended(5, "1.3.6.1.4.1.4203.1.11.3")
+    deadline, lock, sent = time.monotonic() + seconds, threading.Lock(), [0]
+
+    def connection(source: str, request: bytes, bind: bool) -> None:
+        chunk = request * (65536 // len(request))
+        sock = socket.socket()
+        try:
+            sock.bind((source, 0))
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", port))
+            if bind:
+                sock.sendall(wire.bind(1, "phonebook", services.LDAP_PASSWORD))
+                sock.recv(100)
+            threading.Thread(target=_drop_answers, args=(sock,), daemon=True).start()
+            while time.monotonic() < deadline:
+                sock.sendall(chunk)
+                with lock:
+                    sent[0] += len(chunk) // len(request)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    threads = [threading.Thread(target=connection, args=("127.0.12.1", abandon, False))]
+    threads += [threading.Thread(target=connection, args=(f"127.0.12.{2 + n}", whoami, True)) for n in range(PIPELINE_WHOAMI)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counter.value = sent[0]
+
+
+def _drop_answers(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while sock.recv(1 << 20):
+            pass
+
+
+def flood_ldap_hold(port: int, seconds: float, counter) -> None:
+    """HOLD_SOURCES x HOLD_PER_SOURCE bound connections with a 1 KiB receive buffer, each pipelining HOLD_SEARCHES
+    searches for everything and reading nothing, for the phase."""
+    wire = services.ldap_wire
+    searches = b"".join(wire.search(2 + n, "(objectClass=*)") for n in range(HOLD_SEARCHES))
+    deadline, held = time.monotonic() + seconds, []
+    for source in range(HOLD_SOURCES):
+        for _ in range(HOLD_PER_SOURCE):
+            sock = socket.socket()
+            held.append(sock)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+                sock.bind((f"127.0.13.{source + 1}", 0))
+                sock.settimeout(5)
+                sock.connect(("127.0.0.1", port))
+                sock.sendall(wire.bind(1, "phonebook", services.LDAP_PASSWORD))
+                sock.recv(100)
+                sock.sendall(searches)
+                counter.value += HOLD_SEARCHES
+            except OSError:
+                pass
+    time.sleep(max(0.0, deadline - time.monotonic()))
+    for sock in held:
+        sock.close()
+
+
 def with_contacts(server: services.Greenservers, csv_text: str) -> None:
     """Replace the address book from this process (the service notices it) and wait until LDAP serves the new one:
     the last contact imported is found (a replacing import is indexed anew and swapped in whole)."""
@@ -343,17 +421,22 @@ FLOODS = {
     "tftp-boot": (flood_tftp_boot, f"boot storm: {BOOT_PHONES} phones fetching 2 MiB in lock-step, again and again"),
     "ldap-filters": (flood_ldap_filters, f"the costliest searches within the limits, {LDAP_FLOOD_CONNECTIONS} connections at once, "
                                          f"{LDAP_FLOOD_CONTACTS:,} contacts"),
+    "ldap-pipeline": (flood_ldap_pipeline, f"Abandon pipelined unbound on one connection, Who am I? bound on {PIPELINE_WHOAMI}"),
+    "ldap-hold": (flood_ldap_hold, f"{HOLD_SOURCES} sources x {HOLD_PER_SOURCE} connections pipelining {HOLD_SEARCHES} searches "
+                                   "for everything, reading nothing"),
 }
 UNIT = {"http": "connections", "http-login": "wrong passwords", "snmp": "datagrams", "ntp": "datagrams",
-        "ldap": "connections held to the end", "tftp": "requests", "tftp-boot": "blocks acknowledged", "ldap-filters": "searches answered"}
+        "ldap": "connections held to the end", "tftp": "requests", "tftp-boot": "blocks acknowledged", "ldap-filters": "searches answered",
+        "ldap-pipeline": "requests pipelined", "ldap-hold": "searches pipelined"}
 # a flood is named after the service it floods, unless listed here
-SERVICE_OF_FLOOD = {"tftp-boot": "tftp", "http-login": "http", "ldap-filters": "ldap"}
+SERVICE_OF_FLOOD = {"tftp-boot": "tftp", "http-login": "http", "ldap-filters": "ldap", "ldap-pipeline": "ldap", "ldap-hold": "ldap"}
 REQUEST_BYTES = {"tftp": 2 + len(services.PROBE_FILE) + 1 + len("octet") + 1}  # floods that count the bytes sent back
 # what a phase needs before it and puts back after it
 PREPARE = {"ldap-filters": lambda server: with_contacts(server, memory.contacts_csv(LDAP_FLOOD_CONTACTS))}
 RESTORE = {"ldap-filters": lambda server: with_contacts(server, services.CONTACTS_CSV)}
 LDAP_SENSORS = ("ldap_searches", "ldap_searches_time_limited", "ldap_searches_delayed", "ldap_searches_busy",
-                "ldap_longest_hold_microseconds")
+                "ldap_write_stalled_closed", "ldap_longest_hold_microseconds")
+LDAP_SENSOR_PHASES = ("ldap-filters", "ldap-pipeline", "ldap-hold")  # phases that print the LDAP sensors' change
 
 
 def measure(server: services.Greenservers, flood: str | None, seconds: float) -> dict:
@@ -401,7 +484,7 @@ def main() -> int:
                 print(f"-- flood: {label}", flush=True)
                 if flood in PREPARE:
                     PREPARE[flood](server)
-                before = sensors(server) if flood == "ldap-filters" else {}
+                before = sensors(server) if flood in LDAP_SENSOR_PHASES else {}
                 phase = measure(server, flood, args.seconds)
                 flooded = SERVICE_OF_FLOOD.get(flood, flood)
                 target = TARGETS_P99_MS.get(flood, TARGET_P99_MS)
@@ -411,7 +494,7 @@ def main() -> int:
                         "flood_unit": UNIT.get(flood, ""), "probes": phase["probes"], "target_met": verdict_ok,
                         "target_p99_ms": target, "worker_rss_mb": round(services.rss_mb(server.worker_pid), 1),
                         "worker_fds": services.open_fds(server.worker_pid)}
-                if flood == "ldap-filters":
+                if flood in LDAP_SENSOR_PHASES:
                     after = sensors(server)
                     case["ldap_sensors"] = {name: after[name] - (0 if name.startswith("ldap_longest") else before[name])
                                             for name in LDAP_SENSORS}

@@ -19,10 +19,12 @@ client to read is suspended meanwhile (it holds no slot of the total), and
 some slots are kept for clients with no search in progress.
 
 Nor does a connection whose socket always has data (requests pipelined
-without end): its greenlet gives the loop a turn (shells.loop) after
-TURN_MESSAGES messages or TURN_WORK seconds of work, whichever comes first.
-It reads no more while a request it read is unanswered, so what a connection
-has outstanding is at most one read (RECV_SIZE bytes), one search at a time.
+without end): after TURN_MESSAGES messages or TURN_WORK seconds of work
+without waiting for its client, its greenlet gets in line (shells.loop's
+Turns), and one such connection goes on per turn of the loop, however many
+there are. It reads no more while a request it read is unanswered, so what a
+connection has outstanding is at most one read (RECV_SIZE bytes), one search
+at a time.
 
 Connections are capped per client and in total, the bytes of unfinished
 messages are capped across connections (BufferBudget), unfinished paged
@@ -62,7 +64,7 @@ from ..proto import ldap as proto
 from ..proto.clients import client_key, plain_address
 from ..ratelog import RateLimitedLog
 from ..services import Service
-from .loop import after_the_loop_turns, serve_ready_then_continue
+from .loop import Turns, after_the_loop_turns
 
 IDLE_TIMEOUT = 120.0  # phones keep a connection between searches; longer is a leak
 HANDSHAKE_TIMEOUT = 10.0
@@ -72,6 +74,7 @@ RECV_SIZE = 65536  # also what one connection may have read and not answered yet
 WRITE_STALL = 10.0  # seconds a send may wait without its client reading a byte; then the connection closes
 TURN_MESSAGES = 256  # messages a connection answers before the loop serves others
 TURN_WORK = 0.001  # seconds of CPU a connection works before the loop serves others
+WAITED = 0.0002  # a read that took longer than this (seconds) waited for data: the loop served the others meanwhile
 DISMANTLE_PAUSE = 0.001  # seconds between the steps that free a replaced directory
 DISMANTLE_WAIT = 1.0  # seconds between looks at whether a search still reads a replaced directory
 DISMANTLE_PATIENCE = 600.0  # seconds it waits for them (a client's paged search may go on)
@@ -380,6 +383,7 @@ class LdapService(Service):
         self.gate = SearchGate(self.fair)
         self.buffers = proto.BufferBudget()
         self.paged = proto.PagedBudget()
+        self.turns = Turns()  # connections that worked their share without waiting for their client
         self.peer_log = RateLimitedLog(self.log)
         self.idle_timeout = IDLE_TIMEOUT
         self.longest_hold = 0.0
@@ -487,28 +491,29 @@ class LdapService(Service):
         if tls_first:
             sock = self._start_tls(sock)
         sensors = self.runtime.sensors
-        # answered, and the thread's CPU seconds, since the loop last served others (waiting for a search's slices
-        # counts the others' work too: that only brings the next turn sooner)
-        messages, work = 0, 0.0
+        messages, work = 0, 0.0  # answered, and CPU seconds spent, since this connection last let others go first
         while True:
             if messages >= TURN_MESSAGES or work >= TURN_WORK:
                 # a socket that always has data never blocks, so the greenlet would never give the loop back
-                serve_ready_then_continue()
+                self.turns.take()
                 messages, work = 0, 0.0
             if session.backlog:  # pipelined messages beyond one batch: answer them before reading more
                 data = b""
             else:
                 sock.settimeout(self.idle_timeout)
+                asked = time.monotonic()
                 data = sock.recv(RECV_SIZE)
                 if not data:
                     return
+                if time.monotonic() - asked > WAITED:  # a client that waits for its answers never waits in line
+                    messages, work = 0, 0.0
             started, waits = time.thread_time(), self.waits
             items = session.receive(data)
             if self.waits == waits:  # it ran without a pause: all that time, the loop served nothing else
                 self._held(time.thread_time() - started)
             messages += session.answered
             sensors.set("ldap_buffered_bytes", self.buffers.held)
-            for item in items:
+            for item in _coalesced(items):  # one send for a batch's answers
                 if isinstance(item, proto.SearchCursor):
                     if self._search(item, sock, session.client, peer):
                         return
@@ -516,6 +521,8 @@ class LdapService(Service):
                 sock = self._act(item, sock, session, session.client, peer)
                 if sock is None:
                     return
+            # the thread's CPU time: where this greenlet waited (a search's turn, a failed bind's delay), the others'
+            # work counts too, which only brings its next wait in line sooner
             work += time.thread_time() - started
 
     def _act(self, item, sock, session: proto.LdapSession | None, client: str, peer: str):

@@ -10,15 +10,20 @@ What marks a turn is a zero timer of lower priority than the sockets'
 watchers: libev starts a timer's countdown at its next poll, and runs the
 ready watchers of higher priority first. So when it fires, the loop has
 polled and served every socket that was ready (an NTP query, another
-client's request). Two forms of the same turn:
+client's request). Three forms of the same turn:
 
 - `serve_ready_then_continue()`: the calling greenlet waits for the turn;
 - `after_the_loop_turns(callback, *args)`: `callback(*args)` runs in the hub
-  after the turn (for code that hands work on instead of waiting itself).
+  after the turn (for code that hands work on instead of waiting itself);
+- `Turns.take()`: many greenlets of one kind (connections pipelining
+  requests) wait in line, and one of them goes on per turn of the loop: if
+  each waited for a turn of its own, they would all go on after the same
+  poll, and the loop would wait for all their work before it polled again.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 import gevent
@@ -43,3 +48,39 @@ def serve_ready_then_continue() -> None:
     waiter = Waiter()
     after_the_loop_turns(waiter.switch, None)
     waiter.get()
+
+
+class Turns:
+    """Greenlets that take turns with the loop: one goes on per turn, in the order they asked (`take`)."""
+
+    def __init__(self):
+        self._line: deque[Waiter] = deque()
+        self._turning = False  # a turn is on its way for the first in line
+
+    def __len__(self) -> int:
+        return len(self._line)
+
+    def take(self) -> None:
+        """Wait (this greenlet) until the loop has served what was ready and those ahead in line had their turn."""
+        waiter = Waiter()
+        self._line.append(waiter)
+        if not self._turning:
+            self._turning = True
+            after_the_loop_turns(self._next)
+        try:
+            waiter.get()
+        except BaseException:  # killed in line (its server stopped): out of the line
+            if waiter in self._line:
+                self._line.remove(waiter)
+            raise
+
+    def _next(self) -> None:
+        if not self._line:  # the only one in line was killed
+            self._turning = False
+            return
+        waiter = self._line.popleft()
+        if self._line:
+            after_the_loop_turns(self._next)  # counts down from the next poll: after this one's work
+        else:
+            self._turning = False
+        gevent.get_hub().loop.run_callback(waiter.switch, None)

@@ -8,7 +8,7 @@ import time
 import gevent
 from gevent import socket
 
-from greenservers.shells.loop import after_the_loop_turns, serve_ready_then_continue
+from greenservers.shells.loop import Turns, after_the_loop_turns, serve_ready_then_continue
 
 STEPS = 5
 
@@ -73,3 +73,47 @@ def test_the_callback_runs_in_the_hub_after_the_ready_sockets():
     finally:
         server.close()
         client.close()
+
+
+def test_greenlets_in_line_go_on_one_per_turn_with_the_ready_sockets_served_between():
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    order: list = []
+    turns = Turns()
+
+    def serve() -> None:
+        while True:
+            server.recvfrom(100)
+            order.append("served")
+
+    def work(name: str) -> None:
+        for _ in range(3):
+            turns.take()
+            _busy(1)
+            order.append(name)
+            client.sendto(b"ping", server.getsockname())  # ready at the next poll
+
+    serving = gevent.spawn(serve)
+    try:
+        gevent.idle()  # it waits in recvfrom now
+        workers = [gevent.spawn(work, name) for name in "abc"]
+        gevent.joinall(workers, timeout=30, raise_error=True)
+        turns.take()  # the last datagram served meanwhile
+        # waiting each for a turn of its own, all three would go on after the same poll: a, b, c, served x 3
+        assert order == ["a", "served", "b", "served", "c", "served"] * 3
+        assert len(turns) == 0
+    finally:
+        serving.kill()
+        server.close()
+        client.close()
+
+
+def test_a_greenlet_killed_in_line_leaves_it():
+    turns = Turns()
+    gone = [gevent.spawn(turns.take) for _ in range(2)]
+    gevent.idle()
+    assert len(turns) == 2
+    gevent.killall(gone)
+    assert len(turns) == 0
+    turns.take()  # the line goes on
