@@ -36,7 +36,8 @@ every flood is bounded in count and in time:
         on 4 bound connections (127.0.12.2-5)
   ldap-hold  8 sources (127.0.13.1-8) x 4 connections, each bound with a 1 KiB receive buffer,
         pipelining 40 searches for everything (all attributes) and reading nothing, held for the
-        phase (the server closes each once its client has read nothing for 10 s)
+        phase (the server closes each once its client has read nothing for 10 s), against 5,000
+        contacts (imported for the phase: the answers must not fit in the sockets' buffers)
 
 The probes (services.py) send 20 requests/s each with a 1 s timeout. Target:
 under every flood, the *other* services' p99 < 50 ms and nothing lost (ldap-filters:
@@ -78,7 +79,7 @@ LOGIN_SOURCES, LOGIN_GUESSES = 200, 5  # 5: the failed logins an address may mak
 LDAP_FLOOD_CONTACTS = 100_000
 LDAP_FLOOD_CONNECTIONS = 8  # two from each of four addresses (the cap is four searches in progress per client)
 PIPELINE_WHOAMI = 4  # bound connections pipelining Who am I? (one more pipelines Abandon unbound)
-HOLD_SOURCES, HOLD_PER_SOURCE, HOLD_SEARCHES = 8, 4, 40
+HOLD_SOURCES, HOLD_PER_SOURCE, HOLD_SEARCHES, HOLD_CONTACTS = 8, 4, 40, 5000
 ADMIN_PASSWORD = "the flood bench's admin password"
 
 
@@ -432,8 +433,10 @@ UNIT = {"http": "connections", "http-login": "wrong passwords", "snmp": "datagra
 SERVICE_OF_FLOOD = {"tftp-boot": "tftp", "http-login": "http", "ldap-filters": "ldap", "ldap-pipeline": "ldap", "ldap-hold": "ldap"}
 REQUEST_BYTES = {"tftp": 2 + len(services.PROBE_FILE) + 1 + len("octet") + 1}  # floods that count the bytes sent back
 # what a phase needs before it and puts back after it
-PREPARE = {"ldap-filters": lambda server: with_contacts(server, memory.contacts_csv(LDAP_FLOOD_CONTACTS))}
-RESTORE = {"ldap-filters": lambda server: with_contacts(server, services.CONTACTS_CSV)}
+PREPARE = {"ldap-filters": lambda server: with_contacts(server, memory.contacts_csv(LDAP_FLOOD_CONTACTS)),
+           "ldap-hold": lambda server: with_contacts(server, memory.contacts_csv(HOLD_CONTACTS))}
+RESTORE = {"ldap-filters": lambda server: with_contacts(server, services.CONTACTS_CSV),
+           "ldap-hold": lambda server: with_contacts(server, services.CONTACTS_CSV)}
 LDAP_SENSORS = ("ldap_searches", "ldap_searches_time_limited", "ldap_searches_delayed", "ldap_searches_busy",
                 "ldap_write_stalled_closed", "ldap_longest_hold_microseconds")
 LDAP_SENSOR_PHASES = ("ldap-filters", "ldap-pipeline", "ldap-hold")  # phases that print the LDAP sensors' change

@@ -201,6 +201,7 @@ class DirectoryFollower:
         self.book, self.base, self.log = book, base, log
         self.directory: proto.Directory | None = None
         self.applied = 0  # contacts added, changed or deleted since the directory was built
+        self.catch_ups = 0  # times a search waited for a change it noticed to be applied
         self._built = Event()
         self._wake = Event()
         self._caught_up = Event()
@@ -226,6 +227,7 @@ class DirectoryFollower:
                     self._noticed = True
                     self._caught_up.clear()
                     self._wake.set()
+                    self.catch_ups += 1
                     self._caught_up.wait(CATCH_UP)
             return directory
         if base != self.base:
@@ -420,9 +422,11 @@ class LdapService(Service):
 
     def directory(self, base: str) -> proto.Directory:
         follower = self.follower()
+        catch_ups = follower.catch_ups
         directory = follower.current(base)
+        if directory is None or follower.catch_ups != catch_ups:
+            self.waits += 1  # this receive() waits (cooperatively) for the directory: built, or a change applied
         if directory is None:
-            self.waits += 1  # this receive() waits (cooperatively) while the directory is built
             directory = follower.wait(base)
         return directory
 
