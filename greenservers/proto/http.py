@@ -15,6 +15,11 @@ flooding either cap must not shut the others out:
   up its oldest connection that waits for a request (idle keep-alive, a
   request head or TLS handshake still coming) to another client.
 A single client alone meets exactly the two caps.
+The gate also paces requests on each connection it admitted: a token bucket
+of `requests_per_second` (burst: one second's worth), so that one keep-alive
+connection pipelining requests cannot take the process's time without end
+(`serving` says whether a request is within it; the shell answers 429 and
+closes the connection when it is not).
 
 redirect_target: where a plain-HTTP request goes when http_redirect_https
 is on: 301 for GET/HEAD, 308 otherwise (keeps the method and body), the same
@@ -38,16 +43,20 @@ REDIRECT_EXEMPT_PATHS = ("/healthz",)
 ADMITTED = None
 OVER_MAX_CONN = "max_conn"
 OVER_MAX_CONN_RATE = "max_conn_rate"
+REQUESTS_PER_SECOND = 200  # on one connection: far above a phone, a browser or a script's, far below a pipelining flood
 
 
 class ConnectionGate:
     """Admits connections under the two caps, fairly between clients. A client is a `client_key`
     (an IPv4 address or an IPv6 /64); a connection is any hashable handle the shell chooses."""
 
-    def __init__(self, limits: Callable[[], tuple[int, int]], clock: Callable[[], float]):
+    def __init__(self, limits: Callable[[], tuple[int, int]], clock: Callable[[], float],
+                 requests_per_second: float = REQUESTS_PER_SECOND):
         """`limits()` gives (max_conn, max_conn_rate) now; `clock()` a monotonic time in seconds."""
         self.limits = limits
         self.clock = clock
+        # per open connection (forgotten when it is released): the requests it may still make
+        self.pace = TokenBuckets(rate=requests_per_second, capacity=requests_per_second, max_keys=1 << 20)
         self.open = 0
         self._tokens: float | None = None
         self._spare = 0.0
@@ -104,11 +113,14 @@ class ConnectionGate:
         if source is not None:
             self._waiting.setdefault(source, {})[connection] = None
 
-    def serving(self, connection) -> None:
-        """`connection` has a request: it is not closed to make room until it waits again."""
+    def serving(self, connection) -> bool:
+        """`connection` has a request: it is not closed to make room until it waits again.
+        False when the request is over the connection's pace (it is to be refused, and the connection closed)."""
         source = self._source_of.get(connection)
-        if source is not None:
-            self._waiting.get(source, {}).pop(connection, None)
+        if source is None:
+            return True
+        self._waiting.get(source, {}).pop(connection, None)
+        return self.pace.take(connection, 1.0, self.clock(), floor=-1.0) >= 0.0
 
     def release(self, connection) -> None:
         """`connection` is closed (again: nothing happens)."""
@@ -116,6 +128,7 @@ class ConnectionGate:
         if source is None:
             return
         self.open -= 1
+        self.pace.forget(connection)
         left = self._open_from[source] - 1
         if left:
             self._open_from[source] = left

@@ -2,7 +2,7 @@
 
 import pytest
 
-from greenservers.proto.http import OVER_MAX_CONN, OVER_MAX_CONN_RATE, ConnectionGate, redirect_target, split_host
+from greenservers.proto.http import OVER_MAX_CONN, OVER_MAX_CONN_RATE, REQUESTS_PER_SECOND, ConnectionGate, redirect_target, split_host
 
 
 class Clock:
@@ -111,6 +111,26 @@ def test_bookkeeping_is_bounded_by_what_is_open_and_the_rate():
             g.release(connection)
     assert g.open == 0 and not g._source_of and not g._open_from and not g._waiting
     assert len(g.lately) <= 2 * (1000 + 100) * 2
+
+
+def test_each_connection_is_paced_a_second_s_worth_at_once_then_the_rate():
+    g, clock, _ = gate()
+    piped, other = object(), object()
+    assert g.admit("192.0.2.1", piped) is None and g.admit("192.0.2.1", other) is None
+    answered = [g.serving(piped) for _ in range(3 * REQUESTS_PER_SECOND)]  # pipelined: all at once
+    assert answered.count(True) == REQUESTS_PER_SECOND and answered[REQUESTS_PER_SECOND:] == [False] * (2 * REQUESTS_PER_SECOND)
+    assert g.serving(other)  # another connection of the same client has its own pace
+    g.release(piped)
+    g.admit("192.0.2.1", piped)  # closed and opened again: a new connection, a full bucket
+    clock.now += 10.0
+    allowed = 0
+    for _ in range(3 * REQUESTS_PER_SECOND):  # three seconds at the pace itself
+        clock.now += 1.0 / REQUESTS_PER_SECOND
+        allowed += g.serving(other)
+    assert allowed == 3 * REQUESTS_PER_SECOND  # never refused
+    for connection in (piped, other):
+        g.release(connection)
+    assert len(g.pace) == 0  # nothing kept of a closed connection
 
 
 @pytest.mark.parametrize(

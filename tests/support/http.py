@@ -1,8 +1,12 @@
-"""Raw HTTP connections for the tests of the connection caps: one held open (keep-alive) to take a slot."""
+"""Raw HTTP connections for the tests of the connection caps: one held open (keep-alive) to take a slot;
+one pipelining requests (Pipeline)."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import socket
+import threading
 
 from .wait import eventually
 
@@ -30,3 +34,50 @@ def held_connection(port: int, timeout: float = 10.0) -> socket.socket:
         return None
 
     return eventually(admitted, timeout, what="a connection admitted")
+
+
+class Pipeline:
+    """One connection pipelining requests: all of them written at once by a thread (then its write side shut),
+    and, with `read`, every answer read by another thread as it comes."""
+
+    def __init__(self, port: int, requests: bytes, read: bool = True, receive_buffer: int | None = None):
+        self.sock = socket.socket()
+        if receive_buffer is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(60)
+        self.sock.connect(("127.0.0.1", port))
+        self._requests = requests
+        self._chunks: list[bytes] = []
+        self.ended = threading.Event()  # the server closed the connection (all read)
+        self._threads = [threading.Thread(target=self._write, daemon=True)]
+        if read:
+            self._threads.append(threading.Thread(target=self._read, daemon=True))
+
+    def __enter__(self) -> Pipeline:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
+        for thread in self._threads:
+            thread.join(10)
+
+    def _write(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(self._requests)
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := self.sock.recv(1 << 20):
+                self._chunks.append(chunk)
+        self.ended.set()
+
+    @property
+    def received(self) -> bytes:
+        return b"".join(list(self._chunks))
+
+    def statuses(self) -> list[bytes]:
+        """The status line of every answer read so far."""
+        return re.findall(rb"HTTP/1\.1 \d\d\d [^\r]*", self.received)
