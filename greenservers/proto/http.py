@@ -21,6 +21,13 @@ connection pipelining requests cannot take the process's time without end
 (`serving` says whether a request is within it; the shell answers 429 and
 closes the connection when it is not).
 
+ChallengePeeks: the refused plain-HTTP connections whose first bytes are read
+while an ACME http-01 validation is under way (a validator's request must get
+through however full the caps are). Bounded in total and per client; when
+every place is taken, the oldest connection that has sent nothing yet gives
+its place to the newcomer (a validator sends its request at once, a flood of
+silent connections does not), so silent connections cannot crowd it out.
+
 redirect_target: where a plain-HTTP request goes when http_redirect_https
 is on: 301 for GET/HEAD, 308 otherwise (keeps the method and body), the same
 host and path, the HTTPS port unless it is 443. ACME challenges, phone
@@ -153,6 +160,52 @@ class ConnectionGate:
             self._last = now
         self.lately.rate = self.lately.capacity = spare
         return now
+
+
+class ChallengePeeks:
+    """The refused connections being read for an ACME challenge: at most `total`, at most `per_client`
+    of one client, and when every place is taken, the oldest silent one (nothing received yet) gives
+    its place up. A connection is any hashable handle the shell chooses."""
+
+    def __init__(self, total: int, per_client: int):
+        self.total, self.per_client = total, per_client
+        self._source_of: dict = {}  # every connection being read -> its client
+        self._silent: dict = {}  # those that have sent nothing yet, oldest first
+        self._held: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._source_of)
+
+    def admit(self, source: str, connection) -> tuple[bool, object | None]:
+        """(whether `connection` may be read, a silent connection to close to make room for it, or None)."""
+        if self._held.get(source, 0) >= self.per_client:
+            return False, None
+        evicted = None
+        if len(self._source_of) >= self.total:
+            if not self._silent:
+                return False, None
+            evicted = next(iter(self._silent))
+            self.done(evicted)
+        self._source_of[connection] = source
+        self._silent[connection] = None
+        self._held[source] = self._held.get(source, 0) + 1
+        return True, evicted
+
+    def heard(self, connection) -> None:
+        """`connection` sent its first bytes: it is no longer given up to make room."""
+        self._silent.pop(connection, None)
+
+    def done(self, connection) -> None:
+        """`connection` is answered or closed (again: nothing happens)."""
+        source = self._source_of.pop(connection, None)
+        if source is None:
+            return
+        self._silent.pop(connection, None)
+        left = self._held[source] - 1
+        if left:
+            self._held[source] = left
+        else:
+            del self._held[source]
 
 
 def _spare_rate(rate: int) -> float:

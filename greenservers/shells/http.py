@@ -14,9 +14,12 @@ client holding most of them: it is shut down, and the newcomer takes its slot.
 
 A plain-HTTP connection turned away while an ACME http-01 validation is
 under way gets its request line read first (at most CHALLENGE_PEEK_BYTES,
-within CHALLENGE_PEEK_TIMEOUT, among the MAX_REJECTING refusals being
-written): a token being validated is answered, anything else gets the 503.
-Outside a validation a refusal stays one send.
+within CHALLENGE_PEEK_TIMEOUT): a token being validated is answered, anything
+else gets the 503. At most MAX_PEEKING are read at once, MAX_PEEKS_PER_CLIENT
+of one client, and when all places are taken the oldest connection that has
+sent nothing yet is closed to make room (proto.http.ChallengePeeks): a
+validator sends its request at once, so silent connections cannot crowd it
+out. Outside a validation a refusal stays one send.
 
 One connection cannot hold the event loop: before each request after its
 first, the connection's greenlet lets the loop poll and serve whatever else
@@ -61,7 +64,7 @@ from gunicorn.workers.ggevent import PyWSGIHandler
 from ..proto import http as proto_http
 from ..proto.acme import challenge_answer, http_response, request_target
 from ..proto.clients import client_key, plain_address
-from ..proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
+from ..proto.http import OVER_MAX_CONN, ChallengePeeks, ConnectionGate, redirect_target
 from ..provisioning.files import port_for
 from ..ratelog import RateLimitedLog, printable
 from ..services import BY_SETTING, Service
@@ -79,8 +82,10 @@ HANDSHAKE_TIMEOUT = _tunable("HANDSHAKE_TIMEOUT", 10.0)
 IO_TIMEOUT = _tunable("IO_TIMEOUT", 30.0)
 REQUESTS_PER_SECOND = _tunable("REQUESTS_PER_SECOND", proto_http.REQUESTS_PER_SECOND)  # on one connection
 MAX_REJECTING = 256  # rejections being written at once; beyond, close at once
+MAX_PEEKING = 128  # refused connections read at once for an ACME challenge; beyond, the oldest silent one is closed
+MAX_PEEKS_PER_CLIENT = 8  # of one client (validators come from several addresses, one connection each)
 CHALLENGE_PEEK_BYTES = 2048  # a validation's request line fits many times over
-CHALLENGE_PEEK_TIMEOUT = 2.0
+CHALLENGE_PEEK_TIMEOUT = 0.5  # a validator sends its request as soon as it is connected
 LINGER_SECONDS = 1.0  # after a last answer, input read and dropped so that the close does not reset the answer away...
 LINGER_BYTES = 256 * 1024  # ...for at most this long and this much
 
@@ -220,6 +225,8 @@ class CappedWSGIServer(pywsgi.WSGIServer):
         self.challenges = challenges or dict
         self.connections = Group()
         self.rejecting = Group()
+        self.peeking = Group()
+        self.peeks = ChallengePeeks(MAX_PEEKING, MAX_PEEKS_PER_CLIENT)
         self.room_log = RateLimitedLog(log)
         self.peer_log = RateLimitedLog(log)  # a client's bad requests and failed handshakes
         if tls_holder is not None:
@@ -240,12 +247,10 @@ class CappedWSGIServer(pywsgi.WSGIServer):
                 refused = self.gate.admit(source, connection)
         if refused is not None:
             self.sensors.add(f"http_rejected_{refused}")
+            if self.tls_holder is None and self.challenges() and self._peek(source, client):
+                return
             if self.tls_holder is None and len(self.rejecting) < MAX_REJECTING:
-                pending = self.challenges()
-                if pending:
-                    self.rejecting.spawn(_answer_challenge_or_503, client, pending)
-                else:
-                    self.rejecting.spawn(_answer_and_close, client, REJECT_503)
+                self.rejecting.spawn(_answer_and_close, client, REJECT_503)
             else:
                 _close(client)
             return
@@ -291,33 +296,46 @@ class CappedWSGIServer(pywsgi.WSGIServer):
         self.connections.join(timeout=timeout)
         self.connections.kill(block=False)
         self.rejecting.kill(block=False)
+        self.peeking.kill(block=False)
+
+    def _peek(self, source: str, client) -> bool:
+        """Read a refused connection for an ACME challenge, if it gets a place (see the module docstring)."""
+        admitted, silent = self.peeks.admit(source, client)
+        if silent is not None:
+            with contextlib.suppress(OSError):
+                silent.shutdown(socket.SHUT_RDWR)  # its greenlet reads end-of-file and closes it
+        if admitted:
+            self.peeking.spawn(self._answer_challenge_or_503, client)
+        return admitted
+
+    def _answer_challenge_or_503(self, client) -> None:
+        """A refused connection during an ACME validation: the challenge answer if that is what it
+        asks for (the authority's check must not fail because the caps are full), else the 503."""
+        head = b""
+        try:
+            deadline = time.monotonic() + CHALLENGE_PEEK_TIMEOUT
+            while b"\n" not in head and len(head) < CHALLENGE_PEEK_BYTES and (left := deadline - time.monotonic()) > 0:
+                client.settimeout(left)
+                data = client.recv(CHALLENGE_PEEK_BYTES - len(head))
+                if not data:
+                    break
+                head += data
+                self.peeks.heard(client)
+        except OSError:
+            pass
+        finally:
+            self.peeks.done(client)
+        target = request_target(head)
+        answer = challenge_answer(target[0], target[1], self.challenges()) if target else None
+        if answer is None or not answer[0].startswith("200"):
+            _answer_and_close(client, REJECT_503)
+            return
+        _answer_and_close(client, http_response(answer[0], answer[1], head_only=target[0] == "HEAD"))
 
 
 def _close(sock) -> None:
     with contextlib.suppress(OSError):
         sock.close()
-
-
-def _answer_challenge_or_503(client, pending) -> None:
-    """A refused connection during an ACME validation: the challenge answer if that is what it
-    asks for (the authority's check must not fail because the caps are full), else the 503."""
-    head = b""
-    try:
-        client.settimeout(CHALLENGE_PEEK_TIMEOUT)
-        deadline = time.monotonic() + CHALLENGE_PEEK_TIMEOUT
-        while b"\n" not in head and len(head) < CHALLENGE_PEEK_BYTES and time.monotonic() < deadline:
-            data = client.recv(CHALLENGE_PEEK_BYTES - len(head))
-            if not data:
-                break
-            head += data
-    except OSError:
-        pass
-    target = request_target(head)
-    answer = challenge_answer(target[0], target[1], pending) if target else None
-    if answer is None or not answer[0].startswith("200"):
-        _answer_and_close(client, REJECT_503)
-        return
-    _answer_and_close(client, http_response(answer[0], answer[1], head_only=target[0] == "HEAD"))
 
 
 def _linger(sock) -> None:

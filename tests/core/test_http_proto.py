@@ -2,7 +2,15 @@
 
 import pytest
 
-from greenservers.proto.http import OVER_MAX_CONN, OVER_MAX_CONN_RATE, REQUESTS_PER_SECOND, ConnectionGate, redirect_target, split_host
+from greenservers.proto.http import (
+    OVER_MAX_CONN,
+    OVER_MAX_CONN_RATE,
+    REQUESTS_PER_SECOND,
+    ChallengePeeks,
+    ConnectionGate,
+    redirect_target,
+    split_host,
+)
 
 
 class Clock:
@@ -131,6 +139,25 @@ def test_each_connection_is_paced_a_second_s_worth_at_once_then_the_rate():
     for connection in (piped, other):
         g.release(connection)
     assert len(g.pace) == 0  # nothing kept of a closed connection
+
+
+def test_challenge_peeks_are_capped_per_client_and_the_oldest_silent_one_makes_room():
+    peeks = ChallengePeeks(total=4, per_client=2)
+    assert peeks.admit("203.0.113.9", "a1") == (True, None)
+    assert peeks.admit("203.0.113.9", "a2") == (True, None)
+    assert peeks.admit("203.0.113.9", "a3") == (False, None)  # the client's share is taken
+    assert peeks.admit("198.51.100.1", "b1") == (True, None)
+    peeks.heard("b1")  # it sent its request: it keeps its place
+    assert peeks.admit("198.51.100.2", "c1") == (True, None)
+    assert peeks.admit("192.0.2.7", "validator") == (True, "a1")  # full: the oldest silent one gives its place up
+    assert peeks.admit("203.0.113.9", "a3") == (True, "a2")  # a1 gone, its client may have another
+    peeks.heard("validator")
+    peeks.heard("a3")
+    peeks.heard("c1")
+    assert peeks.admit("192.0.2.8", "late") == (False, None)  # full, and nobody silent: the newcomer is refused
+    for connection in ("a1", "a2", "a3", "b1", "c1", "validator", "validator"):
+        peeks.done(connection)  # what was given up, and twice: nothing happens
+    assert len(peeks) == 0 and not peeks._held and not peeks._silent
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,8 @@ from .wait import eventually
 
 
 def request_on(sock: socket.socket) -> bytes:
-    """One keep-alive GET /healthz on an open connection; the status line."""
+    """One keep-alive GET /healthz on an open connection, its answer read to the end (so that the next
+    one starts clean); the status line."""
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
     data = b""
     while b"\r\n\r\n" not in data:
@@ -20,14 +21,19 @@ def request_on(sock: socket.socket) -> bytes:
         if not chunk:
             break
         data += chunk
-    return data.split(b"\r\n", 1)[0]
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+    while length and len(body) < int(length.group(1)) and (chunk := sock.recv(65536)):
+        body += chunk
+    return head.split(b"\r\n", 1)[0]
 
 
-def held_connection(port: int, timeout: float = 10.0) -> socket.socket:
-    """A connection the gate admitted and that stays open (keep-alive); retried while a slot is
-    still held by a connection the client already closed but the server has not yet noticed."""
+def held_connection(port: int, timeout: float = 10.0, source: str = "") -> socket.socket:
+    """A connection the gate admitted and that stays open (keep-alive), from `source` (a loopback
+    address) if given; retried while a slot is still held by a connection the client already
+    closed but the server has not yet noticed."""
     def admitted() -> socket.socket | None:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0) if source else None)
         if request_on(sock) == b"HTTP/1.1 200 OK":
             return sock
         sock.close()
