@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
+import sqlite3
 
 import pytest
 from support.web import HTML, PASSWORD, WebFixture, basic, csrf_of
@@ -57,5 +57,6 @@ def test_forget_over_the_api(app):
     client.get("/prov/cfg000b82abcdef.xml")
     assert client.delete("/api/phones/000b82abcdef", headers=AUTH).status_code == 204
     assert client.delete("/api/phones/000b82abcdef", headers=AUTH).status_code == 404
-    stored = json.loads((app.config["GREENSERVERS_RUNTIME"].settings.data_path / "phones.json").read_text())
-    assert stored["phones"] == []
+    stored = sqlite3.connect(app.config["GREENSERVERS_RUNTIME"].settings.data_path / "phones.sqlite3")
+    assert stored.execute("SELECT count(*) FROM phones").fetchone() == (0,)
+

@@ -466,7 +466,7 @@ def test_the_record_of_phones_survives_a_restart(svc):
     before = phones()
     assert before and "7c2f80abcdef" not in {p[0] for p in before}  # forgotten on the page
     svc.stop()
-    assert (svc.directory / "data" / "phones.json").stat().st_mode & 0o777 == 0o600
+    assert (svc.directory / "data" / "phones.sqlite3").stat().st_mode & 0o777 == 0o600
     svc.start()
     assert phones() == before
     snmp = subprocess.run(["snmpget", "-v1", "-c", "public", "-Oqv", f"127.0.0.1:{svc.port('ip_snmp_port')}", "1.3.6.1.4.1.32473.1.1.70.0"],
