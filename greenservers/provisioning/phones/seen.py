@@ -29,7 +29,8 @@ device sends:
 Kept across restarts in data_dir/phones.sqlite3 (greenservers.provisioning.phones.store;
 an older version's phones.json is carried over once and removed): in the
 gevent worker only the phones changed since the last save are written, at
-most once per SAVE_DELAY seconds, in a thread of the hub's pool; elsewhere
+most once per SAVE_DELAY seconds, copied ROWS_PER_STEP at a time with the loop
+serving between, written in a thread of the hub's pool; elsewhere
 (the CLI, tests) at once. Changed on the event loop only.
 """
 
@@ -50,6 +51,7 @@ from gevent import monkey
 
 from ...process.offload import run_off_loop
 from ...proto.clients import TokenBuckets, client_key
+from ...shells.loop import serve_ready_then_continue
 from . import profiles
 from .store import FILE_NAME, PhoneStore, legacy_phones, retire_legacy
 
@@ -63,6 +65,7 @@ MAX_PHONE_BYTES = 6 * MAX_TEXT + 2 * 20 + MAX_FILES * (MAX_TEXT + 10 + 6 + 20 + 
 NEW_PER_SOURCE, NEW_PER_SOURCE_RATE = 16, 1 / 15  # new phones a source may add at once, then per second
 NEW_UNVERIFIED, NEW_UNVERIFIED_RATE = 64, 1 / 5  # the same for every unanswered UDP source together
 SAVE_DELAY = 5.0
+ROWS_PER_STEP = 100  # rows of changed phones copied for a save between turns of the loop: well under a millisecond
 DAY = 86400
 RESULTS = ("served", "not found", "refused", "failed")
 TRUST = ("", "tftp", "http")  # verified_by, least trusted first
@@ -216,15 +219,23 @@ class PhoneRegistry:
             self._save_pending = True
             gevent.spawn_later(SAVE_DELAY, self._save_later)
 
-    def _take_changes(self) -> dict[str, tuple | None]:
-        changes = {key: self._row(key, self.phones[key]) if kept and key in self.phones else None
-                   for key, kept in self._dirty.items()}
-        self._dirty = {}
+    def _take_changes(self, step: int | None = None) -> dict[str, tuple | None]:
+        """The rows of the phones changed since the last save (None: forgotten). `step`: that many at a time, the
+        loop served between them (a row changed meanwhile is taken as it is then, and marked for the next save too)."""
+        dirty, self._dirty = list(self._dirty.items()), {}
+        step = step or max(1, len(dirty))
+        changes: dict[str, tuple | None] = {}
+        for start in range(0, len(dirty), step):
+            if start:
+                serve_ready_then_continue()
+            for key, kept in dirty[start:start + step]:
+                phone = self.phones.get(key) if kept else None
+                changes[key] = self._row(key, phone) if phone is not None else None
         return changes
 
     def _save_later(self) -> None:
         self._save_pending = False
-        changes = self._take_changes()  # what changed in 5 s: new phones are rate-limited, so ~0.1 ms a hundred
+        changes = self._take_changes(ROWS_PER_STEP)
         try:
             run_off_loop(self._write, changes)
         except Exception:
