@@ -84,8 +84,17 @@ def test_a_flood_of_new_macs_from_one_source_records_only_the_rate(registry):
     assert len(registry) == 2 * seen.NEW_PER_SOURCE + 60 * seen.NEW_PER_SOURCE_RATE
     registry.note("001565abcdef.boot", "192.0.2.67", "served", "http")  # another source is not held back
     assert registry.listing(0, 1)[0]["mac"] == "001565abcdef"
-    registry.note("001565000000.boot", "192.0.2.66", "served", "tftp")  # phones already recorded go on being updated
-    assert registry.listing(0, 1)[0]["mac"] == "001565000000"
+    registry.note("001565000000.boot", "192.0.2.67", "served", "tftp")  # phones already recorded go on being updated
+    phone = registry.listing(0, 1)[0]  # an acknowledged transfer proves the new address too; the trust stays the highest
+    assert (phone["mac"], phone["address"], phone["verified_by"]) == ("001565000000", "192.0.2.67", "http")
+
+
+def test_forged_requests_do_not_spend_the_allowance_of_the_address_they_name(registry):
+    for i in range(200):
+        registry.note(f"7c2f81{i:06x}.xml", "192.0.2.50", "not found", "tftp")
+    assert len(registry) == seen.NEW_UNVERIFIED
+    for i in range(seen.NEW_PER_SOURCE):
+        assert registry.note(f"0004f2{i:06x}-phone.cfg", "192.0.2.50", "served", "http") is not None
 
 
 def test_forged_tftp_sources_cannot_push_out_phones_that_answered(registry, monkeypatch):

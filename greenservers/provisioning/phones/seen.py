@@ -14,10 +14,11 @@ device sends:
   models and addresses cut to MAX_TEXT characters, control characters
   removed; so a phone takes at most MAX_PHONE_BYTES, and the record at most
   MAX_PHONES of them (under 2 MB);
-- new phones: each source (an IPv4 address, an IPv6 /64) may add
-  NEW_PER_SOURCE at once, then one every 1/NEW_PER_SOURCE_RATE seconds; a
-  fetch that could be spoofed (unanswered UDP) may add a new phone only from
-  a bucket shared by every source (NEW_UNVERIFIED, NEW_UNVERIFIED_RATE);
+- new phones: each source (an IPv4 address, an IPv6 /64) whose address
+  answered (see trust below) may add NEW_PER_SOURCE at once, then one every
+  1/NEW_PER_SOURCE_RATE seconds; fetches that could be forged (unanswered
+  UDP) name no real source, so they all share one bucket (NEW_UNVERIFIED,
+  NEW_UNVERIFIED_RATE) and spend nobody else's;
 - when full, a new phone takes the place of the least recently seen phone
   of the lowest trust, never of one trusted more than itself. Trust
   (`verified_by`): "http" for a fetch over HTTP or HTTPS (TCP: the address
@@ -129,10 +130,10 @@ class PhoneRegistry:
             self.phones.move_to_end(key)
         phone["vendor"] = vendor or phone["vendor"]
         phone["model"] = _clean(ua_model or found.model) or phone["model"]
-        if TRUST.index(trust) >= TRUST.index(phone["verified_by"]):  # a forged request does not move a trusted phone
-            phone["verified_by"] = trust
+        if trust or not phone["verified_by"]:  # a request that may be forged does not move a phone whose address answered
             phone["address"] = _clean(address)
             phone["user_agent"] = _clean(user_agent) or phone["user_agent"]
+        phone["verified_by"] = max(phone["verified_by"], trust, key=TRUST.index)
         phone["last_seen"] = now
         files = phone["files"]
         name = _clean(name)
@@ -145,16 +146,14 @@ class PhoneRegistry:
 
     def _admit(self, address: str, trust: str, now: float) -> bool:
         """Whether a new phone from `address` may be recorded now (a place made for it if the record is full)."""
-        source = client_key(address)
-        if self.new_per_source.level(source, now) < 1:
-            return False
-        if not trust and self.new_unverified.level("", now) < 1:
+        # the source of a request that may be forged says nothing: such requests share one bucket, and cannot spend
+        # the allowance of the address they name
+        buckets, source = (self.new_per_source, client_key(address)) if trust else (self.new_unverified, "")
+        if buckets.level(source, now) < 1:
             return False
         if len(self.phones) >= MAX_PHONES and not self._evict_for(trust):
             return False
-        self.new_per_source.take(source, 1, now)
-        if not trust:
-            self.new_unverified.take("", 1, now)
+        buckets.take(source, 1, now)
         return True
 
     def _evict_for(self, trust: str) -> bool:
