@@ -268,10 +268,11 @@ class PhoneFile:
 
 def phone_file(name: str) -> PhoneFile | None:
     """The phone a requested name belongs to, if it is a name phones ask for at boot: a stock profile, or a
-    per-phone file of a vendor's (`own_files`; a MAC starting with 000000 is no phone's). None for any other name."""
+    per-phone file of a vendor's (`own_files`). A MAC starting with 000000 is no phone's: a stock file of that
+    name is every phone's (mac ""), a per-phone name with it means none. None for any other name."""
     stock = stock_match(name)
     if stock is not None:
-        return PhoneFile(stock.vendor.key, stock.mac, stock.model, True)
+        return PhoneFile(stock.vendor.key, "" if stock.mac.startswith("000000") else stock.mac, stock.model, True)
     if "/" in name:
         return None
     found = [(vendor, match) for vendor in VENDORS for regex in vendor.own_regexes if (match := regex.fullmatch(name))]
