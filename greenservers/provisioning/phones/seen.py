@@ -157,7 +157,7 @@ class PhoneRegistry:
         return True
 
     def _evict_for(self, trust: str) -> bool:
-        """Forget the least recently seen phone of the lowest trust, if none is trusted more than `trust`."""
+        """Forget the least recently seen phone of the lowest trust recorded, unless that trust is above `trust`."""
         oldest: dict[str, str] = {}  # trust -> the least recently seen key of it
         for key, phone in self.phones.items():
             oldest.setdefault(phone["verified_by"], key)
