@@ -70,7 +70,7 @@ class Runtime:
             self._check_certificate(proposed)
             undo = self._rebind(proposed)
             try:
-                written = self.store.update(changes)
+                written = run_off_loop(self.store.update, changes)  # waits for another writer's lock; fsyncs
             except BaseException:
                 undo()
                 raise
