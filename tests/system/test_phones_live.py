@@ -67,7 +67,7 @@ CONTACTS = [  # first, last, display, company, work, mobile, home, extension
 ]
 NAME_HITS = {"Mark Meier", "Anna Marx", "Zoe Zander", "Maria Desk", "MARTIN Lowe"}  # "mar" over cn, sn, givenName, displayName, o
 NUMBER_HITS = {"Mark Meier", "Anna Marx", "Omar Ali", "MARTIN Lowe"}  # "+49 30 1234-5" in any formatting, national form too
-NUMBER_PREFIX_HITS = {"Mark Meier", "Omar Ali", "MARTIN Lowe"}  # starting with it: the international forms
+NUMBER_PREFIX_HITS = NUMBER_HITS | {"Zoe Zander"}  # starting with it in either form: 030 123456 too
 TYPED_NAME, TYPED_NUMBER = "mar", "+49 30 1234-5"
 # what a phone puts in place of its placeholder when the user types `typed`: the vendors document "%" as
 # "starting with the entered prefix" (the phone adds the "*"); Cisco's $VALUE is the text alone
