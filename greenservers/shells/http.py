@@ -54,6 +54,7 @@ from ..proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
 from ..provisioning.files import port_for
 from ..ratelog import RateLimitedLog, printable
 from ..services import BY_SETTING, Service
+from .loop import serve_ready_then_continue
 
 
 def _seconds(name: str, default: float) -> float:
@@ -115,6 +116,10 @@ class CappedHandler(PyWSGIHandler):
     connection: Connection | None = None
 
     def handle_one_request(self):
+        if self._requests_seen:
+            # a keep-alive client's next request may be here already (pipelined, or sent while this greenlet
+            # logged the last): then nothing blocks, and a chain of requests held the loop for tens of ms
+            serve_ready_then_continue()
         limit = HEADER_TIMEOUT if self._requests_seen == 0 else KEEPALIVE_TIMEOUT
         self._requests_seen += 1
         self.server.gate.waiting(self.connection)

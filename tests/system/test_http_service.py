@@ -1,6 +1,7 @@
 """The real service (gunicorn + GreenWorker) on loopback: HTTP and HTTPS side by side,
 binding forms, bind failures, connection caps, timeouts, redirect, SIGHUP. Clients: curl and raw sockets."""
 
+import contextlib
 import json
 import signal
 import socket
@@ -237,6 +238,24 @@ def test_a_client_flooding_the_rate_does_not_shut_out_another_client(service):
     assert len(other) >= 5 and other == ["200"] * len(other)
     served = flood_codes.count(b"HTTP/1.1 200") + flood_codes.count(b"HTTP/1.0 200")
     assert served < len(flood_codes) / 2 and served <= 100 * 4 + 100 + 10  # the flood met the rate, and only it
+
+
+def test_a_keep_alive_client_sending_request_after_request_does_not_hold_back_another(service):
+    """Requests already waiting on a keep-alive connection never make its greenlet block: between two of them
+    the loop serves the others, so another client is answered before the first one's requests are all done."""
+    svc = service({"ip_http_port": str(free_port())})
+    port = svc.port("ip_http_port")
+    pipelined = 100
+    with _connect(port) as first, _connect(port) as other:
+        first.sendall(b"GET /no-such-page HTTP/1.1\r\nHost: pbx\r\n\r\n" * pipelined)
+        other.sendall(b"GET /no-such-page HTTP/1.1\r\nHost: pbx\r\n\r\n")
+        assert _read_response(other).startswith(b"HTTP/1.1 404")
+        first.setblocking(False)
+        answered = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := first.recv(65536):  # what the first client had been sent by then
+                answered += chunk
+        assert answered.count(b"HTTP/1.1 404") < pipelined
 
 
 def test_tls_connection_over_the_cap_is_closed_and_caps_are_process_wide(service):
