@@ -34,6 +34,7 @@ from .model import FIELDS, MAX_CONTACTS, MAX_SEARCH_LENGTH, Contact, ContactErro
 log = logging.getLogger("greenservers.addressbook")
 
 PAGE = 1000  # contacts read from SQLite at a time (an export, the admin search, the LDAP index's build)
+CHECKPOINT_WRITES = 100  # this process's writes between two WAL checkpoints (a change writes about 8 pages; SQLite's own is 1,000 pages)
 LOG_KEEP = 250_000  # changes the log keeps: a replacing import of MAX_CONTACTS logs a delete and an add each
 
 # -- the store -------------------------------------------------------------------
@@ -59,12 +60,15 @@ _UPDATE = f"UPDATE contacts SET {', '.join(f'{name} = ?' for name in FIELDS)} WH
 _LAST_CHANGE = "SELECT seq FROM sqlite_sequence WHERE name = 'contact_changes'"
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    # autocommit mode; writes open their own BEGIN IMMEDIATE transaction
+def _connect(path: Path, checkpoints: bool = True) -> sqlite3.Connection:
+    """A connection in autocommit mode (writes open their own BEGIN IMMEDIATE transaction); unless
+    `checkpoints`, a commit on it never checkpoints the WAL (its owner does, off the event loop)."""
     db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against a process crash
     db.execute("PRAGMA busy_timeout=10000")
+    if not checkpoints:
+        db.execute("PRAGMA wal_autocheckpoint=0")
     return db
 
 
@@ -75,12 +79,13 @@ class AddressBook:
         self.path = Path(path)
         make_private_dir(self.path.parent)
         ensure_private_file(self.path)  # SQLite makes -wal and -shm with the database file's mode and owner
-        self._db = _connect(self.path)
+        self._db = _connect(self.path, checkpoints=False)  # its commits run on the event loop
         with _Transaction(self._db):
             for statement in _SCHEMA:
                 self._db.execute(statement)
         self._lock = threading.RLock()
         self._subscribers: list[Callable[[], None]] = []
+        self._writes = 0  # since the last checkpoint
 
     # -- reading ---------------------------------------------------------------
 
@@ -248,11 +253,24 @@ class AddressBook:
         return _Transaction(self._db)
 
     def _notify(self) -> None:
+        """A write committed: the subscribers are told, then the WAL is checkpointed if it is due."""
         for callback in list(self._subscribers):
             try:
                 callback()
             except Exception:  # one subscriber's bug must not undo or hide the change
                 log.exception("address book subscriber failed")
+        self._writes += 1
+        if self._writes >= CHECKPOINT_WRITES:
+            self._writes = 0
+            run_off_loop(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL's pages into the database file, on a connection of its own (readers and writers go on)."""
+        db = _connect(self.path)
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
 
 
 def _prune_log(db: sqlite3.Connection) -> None:

@@ -43,6 +43,7 @@ from ..tls.certificates import CertificateError, TLSContextHolder, ensure_certif
 from . import binder, runtime as runtime_module
 from .allocator import return_large_blocks
 from .binder import BindError, Bound
+from .offload import freeze_the_loaded
 from .runtime import BindingState, Runtime
 
 WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR: the master stops instead of respawning
@@ -112,6 +113,7 @@ class GreenWorker(GeventWorker):
         runtime.acme.start()
         gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload_config, "SIGHUP"))
         self.watcher = gevent.spawn(self.watch_config_file)
+        freeze_the_loaded()  # every module, the web app and the services are loaded: never scanned again
         self.log.info("greenservers serving: %s; %s", ", ".join(f"{b.setting}={b.address}" for b in self.bound) or "nothing",
                       self._where_to_go())
         while self.alive:

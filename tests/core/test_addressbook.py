@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sqlite3
 import threading
 import time
 
@@ -345,6 +346,26 @@ def test_a_failing_subscriber_does_not_undo_the_change(book):
     book.subscribe(lambda: calls.append(1))
     contact = book.add({"last_name": "A"})
     assert book.get(contact.id) == contact and calls == [1]
+
+
+def test_the_books_commits_leave_the_wal_to_a_checkpoint_every_few_writes(book, monkeypatch):
+    """The book's commits run on the event loop: none of them copies the WAL into the database file
+    (a checkpoint syncs it); every CHECKPOINT_WRITES writes the book does (off the loop in the worker)."""
+    monkeypatch.setattr(ab_store, "CHECKPOINT_WRITES", 5)
+
+    def in_the_database_file() -> int:  # what a reader sees without the WAL
+        db = sqlite3.connect(f"file:{book.path}?immutable=1", uri=True)
+        try:
+            return db.execute("SELECT count(*) FROM contacts").fetchone()[0]
+        except sqlite3.OperationalError:  # not even the table yet
+            return 0
+        finally:
+            db.close()
+
+    for n in range(1, 13):
+        book.add({"last_name": f"N{n}"})
+        assert in_the_database_file() == n // 5 * 5, n
+    assert len(book.contacts()) == 12
 
 
 def test_concurrent_writers(book):

@@ -71,6 +71,21 @@ def test_overlapping_work_restores_the_settings_once_the_last_ends(as_in_the_wor
     assert seen[1] == (True, offload.SWITCH_INTERVAL)
 
 
+def test_what_was_loaded_is_frozen_what_comes_later_is_collected_and_a_build_keeps_it_so(as_in_the_worker):
+    class Node:
+        pass
+
+    loaded = Node()
+    try:
+        offload.freeze_the_loaded()
+        later = Node()
+        offload.build_off_loop(lambda: [Node() for _ in range(100)])
+        tracked = {id(o) for o in gc.get_objects()}  # what a full collection scans
+        assert id(loaded) not in tracked and id(later) in tracked and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # the other tests' process as it was
+
+
 @pytest.mark.parametrize("kind", ["run_off_loop", "build_off_loop"])
 def test_an_error_in_the_work_is_raised_and_the_settings_restored(as_in_the_worker, kind):
     with pytest.raises(ZeroDivisionError):
