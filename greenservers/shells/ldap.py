@@ -64,7 +64,7 @@ from ..proto import ldap as proto
 from ..proto.clients import client_key, plain_address
 from ..ratelog import RateLimitedLog
 from ..services import Service
-from .loop import Turns, after_the_loop_turns
+from .loop import Turns, serve_ready_then_continue
 
 IDLE_TIMEOUT = 120.0  # phones keep a connection between searches; longer is a leak
 HANDSHAKE_TIMEOUT = 10.0
@@ -114,19 +114,23 @@ def _total_cap() -> int:
 
 
 class SearchGate:
-    """Runs searches' slices one at a time, in FairShare's order, with a turn of the event loop between two.
+    """Runs searches' slices one at a time, in FairShare's order, with a poll of the event loop between two.
 
-    After each slice the loop must poll and serve every ready request (an NTP
-    query, a phone's search arriving) before the next slice runs: a zero timer of
-    lower priority than the sockets' watchers marks that turn (shells.loop). Handing the turn to
-    the next greenlet directly would not: gevent runs up to 50 ready callbacks
-    before it polls again.
+    A slice runs only once the loop has polled since the last one ended (its
+    iteration count moved on), so every socket ready meanwhile (an NTP query, a
+    phone's search arriving) is served before or right beside the next slice,
+    never after two. When no slice runs or waits and the loop has polled since,
+    a connection's greenlet runs its slice itself: a phone's search, done in one
+    slice, costs no hand-over and no timer. A sequential client's next search
+    comes in through a poll, so it takes this way too.
 
-    When no slice is running or waiting, and the loop has turned since the last
-    one, a connection's greenlet runs its slice itself (a phone's search, done in
-    one slice, costs no hand-over). Otherwise `run()` queues the search, and one
-    greenlet (the dispatcher) runs the slices one after the other and hands each
-    slice's outputs back to the greenlet that sends them.
+    Otherwise `run()` queues the search, and one greenlet (the dispatcher) runs
+    the slices one after the other and hands each slice's outputs back to the
+    greenlet that sends them. Between two, it waits for a zero timer of lower
+    priority than the sockets' watchers (shells.loop): it fires once the loop
+    has polled and served every ready socket. Handing the turn to the next
+    greenlet directly would not do: gevent runs up to 50 ready callbacks before
+    it polls again.
     """
 
     def __init__(self, fair: proto.FairShare, slice_seconds: float = SLICE, clock=time.monotonic):
@@ -134,18 +138,19 @@ class SearchGate:
         self.slice_seconds = slice_seconds
         self.clock = clock
         self.longest = 0.0  # the most CPU time a slice took so far, in seconds
-        self._busy = False  # a slice runs, or the loop has not turned since the last one
+        self._running = False  # a slice runs
+        self._ended = -1  # the loop's iteration in which the last slice ended
         self._work = Event()
         self._dispatcher: gevent.Greenlet | None = None
 
+    def _may_run(self) -> bool:
+        """No slice runs, and the loop has polled since the last one ended."""
+        return not self._running and gevent.get_hub().loop.iteration != self._ended
+
     def run(self, ticket: proto.SearchTicket, cursor: proto.SearchCursor) -> list:
         """Wait for the search's turn; one slice of `cursor`; what it produced."""
-        if not self._busy and not self.fair.waiting:
-            self._busy = True
-            try:
-                return self._slice(ticket, cursor)
-            finally:
-                self._turn_the_loop()
+        if not self.fair.waiting and self._may_run():
+            return self._slice(ticket, cursor)
         waiter = Waiter()
         ticket.turn = (waiter, cursor)
         self.fair.want(ticket)
@@ -155,6 +160,7 @@ class SearchGate:
         return waiter.get()
 
     def _slice(self, ticket: proto.SearchTicket, cursor: proto.SearchCursor) -> list:
+        self._running = True
         started, cpu = self.clock(), time.thread_time()
         try:
             return cursor.run(started + self.slice_seconds)
@@ -162,36 +168,30 @@ class SearchGate:
             now = self.clock()
             self.fair.charge(ticket.client, now - started, now)
             self.longest = max(self.longest, time.thread_time() - cpu)
-
-    def _turn_the_loop(self) -> None:
-        """Busy until the loop has polled and served what is ready."""
-        after_the_loop_turns(self._turned)
-
-    def _turned(self) -> None:
-        self._busy = False
-        if self.fair.waiting:
-            self._work.set()
+            self._running = False
+            self._ended = gevent.get_hub().loop.iteration
 
     def _dispatch(self) -> None:
         hub = gevent.get_hub()
         while True:
-            self._work.wait()
-            self._work.clear()
-            if self._busy:
-                continue  # _turned() wakes it
+            if not self.fair.waiting:
+                self._work.wait()
+                self._work.clear()
+                continue
+            if not self._may_run():
+                serve_ready_then_continue()
+                continue
             ticket = self.fair.next(self.clock())
-            if ticket is None:
+            if ticket is None:  # it ended while waiting
                 continue
             waiter, cursor = ticket.turn
             ticket.turn = None
-            self._busy = True
             try:
                 outputs = self._slice(ticket, cursor)
             except Exception as exc:  # a bug: the connection's greenlet reports it
                 hub.loop.run_callback(waiter.throw, type(exc), exc, exc.__traceback__)
             else:
                 hub.loop.run_callback(waiter.switch, outputs)
-            self._turn_the_loop()
 
 
 class DirectoryFollower:

@@ -230,3 +230,74 @@ def test_a_bug_in_a_slice_ends_its_connection_only(served, caplog, monkeypatch):
     assert read_search(sock)[0].attributes == {"cn": ["Reception"]}
     assert service.fair.running == 0
     sock.close()
+
+
+class Slices:
+    """A search cursor's stand-in for the gate: each slice busies the CPU a millisecond and notes its name and greenlet."""
+
+    def __init__(self, name: str, order: list, before=None):
+        self.name, self.order, self.before = name, order, before
+        self.greenlets: list = []
+
+    def run(self, until: float) -> list:
+        if self.before is not None:
+            self.before()
+            self.before = None
+        end = time.perf_counter() + 0.001
+        while time.perf_counter() < end:  # never gives the loop a chance by itself
+            pass
+        self.order.append(self.name)
+        self.greenlets.append(gevent.getcurrent())
+        return [self.name]
+
+
+def test_the_gate_lets_the_loop_serve_a_ready_socket_between_two_slices():
+    gate = shell.SearchGate(ldap.FairShare())
+    ready, peer = gsocket.socketpair()
+    order: list = []
+
+    def serve_one() -> None:
+        ready.recv(10)
+        order.append("served")
+
+    def search(name: str, before=None) -> None:
+        ticket = gate.fair.start(name)
+        cursor = Slices(name, order, before)
+        for _ in range(3):
+            assert gate.run(ticket, cursor) == [name]
+        gate.fair.end(ticket)
+
+    try:
+        waiting = gevent.spawn(serve_one)
+        gevent.idle()  # it waits in recv now
+        searches = [gevent.spawn(search, "a", lambda: peer.send(b"x")), gevent.spawn(search, "b")]
+        gevent.joinall([waiting, *searches], timeout=30, raise_error=True)
+        assert order[:2] == ["a", "served"] and sorted(order[2:]) == ["a", "a", "b", "b", "b"]
+    finally:
+        ready.close()
+        peer.close()
+
+
+def test_a_search_after_a_wait_for_its_client_runs_in_its_own_greenlet():
+    gate = shell.SearchGate(ldap.FairShare())
+    ours, theirs = gsocket.socketpair()
+    order: list = []
+    cursor = Slices("a", order)
+
+    def sequential_client() -> None:  # a phone: a search, then a wait for its next request
+        ticket = gate.fair.start("a")
+        for _ in range(3):
+            gate.run(ticket, cursor)
+            # the client's next request is there at the loop's next poll, before the turn's timer fires
+            gevent.get_hub().loop.run_callback(theirs.send, b"x")
+            ours.recv(1)
+        gate.fair.end(ticket)
+
+    try:
+        serving = gevent.spawn(sequential_client)
+        serving.join(timeout=30)
+        assert serving.successful()
+        assert order == ["a"] * 3 and cursor.greenlets == [serving] * 3  # no hand-over to the dispatcher
+    finally:
+        ours.close()
+        theirs.close()
