@@ -116,13 +116,16 @@ def _total_cap() -> int:
 class SearchGate:
     """Runs searches' slices one at a time, in FairShare's order, with a poll of the event loop between two.
 
-    A slice runs only once the loop has polled since the last one ended (its
+    A slice runs once the loop has polled since the last one ended (its
     iteration count moved on), so every socket ready meanwhile (an NTP query, a
-    phone's search arriving) is served before or right beside the next slice,
-    never after two. When no slice runs or waits and the loop has polled since,
-    a connection's greenlet runs its slice itself: a phone's search, done in one
-    slice, costs no hand-over and no timer. A sequential client's next search
-    comes in through a poll, so it takes this way too.
+    phone's search arriving) is served before or right beside the next slice.
+    When no slice runs or waits, a connection's greenlet runs its slice itself:
+    a phone's search, done in one slice, costs no hand-over and no timer. It
+    does so too when the loop has not polled yet but the slices since its last
+    poll took less than half a slice's time: the new one shares that slice's
+    time (it ends when a whole slice would have), so the loop is held no longer
+    than by one slice. A sequential client's next request often arrives before
+    its connection has even asked for it.
 
     Otherwise `run()` queues the search, and one greenlet (the dispatcher) runs
     the slices one after the other and hands each slice's outputs back to the
@@ -140,6 +143,7 @@ class SearchGate:
         self.longest = 0.0  # the most CPU time a slice took so far, in seconds
         self._running = False  # a slice runs
         self._ended = -1  # the loop's iteration in which the last slice ended
+        self._first = 0.0  # when the first slice of that iteration started
         self._work = Event()
         self._dispatcher: gevent.Greenlet | None = None
 
@@ -147,10 +151,19 @@ class SearchGate:
         """No slice runs, and the loop has polled since the last one ended."""
         return not self._running and gevent.get_hub().loop.iteration != self._ended
 
+    def _shared_until(self) -> float | None:
+        """When a slice that shares the time of those since the loop's last poll must end; None: it must wait for a poll."""
+        if self._running:
+            return None
+        if gevent.get_hub().loop.iteration != self._ended:
+            return self.clock() + self.slice_seconds
+        until = self._first + self.slice_seconds
+        return until if until - self.clock() > self.slice_seconds / 2 else None
+
     def run(self, ticket: proto.SearchTicket, cursor: proto.SearchCursor) -> list:
         """Wait for the search's turn; one slice of `cursor`; what it produced."""
-        if not self.fair.waiting and self._may_run():
-            return self._slice(ticket, cursor)
+        if not self.fair.waiting and (until := self._shared_until()) is not None:
+            return self._slice(ticket, cursor, until)
         waiter = Waiter()
         ticket.turn = (waiter, cursor)
         self.fair.want(ticket)
@@ -159,17 +172,20 @@ class SearchGate:
         self._work.set()
         return waiter.get()
 
-    def _slice(self, ticket: proto.SearchTicket, cursor: proto.SearchCursor) -> list:
+    def _slice(self, ticket: proto.SearchTicket, cursor: proto.SearchCursor, until: float | None = None) -> list:
         self._running = True
         started, cpu = self.clock(), time.thread_time()
+        iteration = gevent.get_hub().loop.iteration
+        if iteration != self._ended:  # the first slice since the loop's last poll
+            self._first = started
         try:
-            return cursor.run(started + self.slice_seconds)
+            return cursor.run(started + self.slice_seconds if until is None else until)
         finally:
             now = self.clock()
             self.fair.charge(ticket.client, now - started, now)
             self.longest = max(self.longest, time.thread_time() - cpu)
             self._running = False
-            self._ended = gevent.get_hub().loop.iteration
+            self._ended = iteration
 
     def _dispatch(self) -> None:
         hub = gevent.get_hub()

@@ -235,20 +235,34 @@ def test_a_bug_in_a_slice_ends_its_connection_only(served, caplog, monkeypatch):
 class Slices:
     """A search cursor's stand-in for the gate: each slice busies the CPU a millisecond and notes its name and greenlet."""
 
-    def __init__(self, name: str, order: list, before=None):
+    def __init__(self, name: str, order: list, before=None, clock=None):
         self.name, self.order, self.before = name, order, before
+        self.clock = clock  # a SteppedClock: each slice takes its step instead of a millisecond of CPU
         self.greenlets: list = []
+        self.iterations: list[int] = []  # the loop's iteration each slice ran in
 
     def run(self, until: float) -> list:
         if self.before is not None:
             self.before()
             self.before = None
-        end = time.perf_counter() + 0.001
-        while time.perf_counter() < end:  # never gives the loop a chance by itself
-            pass
+        if self.clock is not None:
+            self.clock.now += self.clock.step
+        else:
+            end = time.perf_counter() + 0.001
+            while time.perf_counter() < end:  # never gives the loop a chance by itself
+                pass
         self.order.append(self.name)
         self.greenlets.append(gevent.getcurrent())
+        self.iterations.append(gevent.get_hub().loop.iteration)
         return [self.name]
+
+
+class SteppedClock:
+    def __init__(self, step: float):
+        self.now, self.step = 1000.0, step
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_the_gate_lets_the_loop_serve_a_ready_socket_between_two_slices():
@@ -301,3 +315,23 @@ def test_a_search_after_a_wait_for_its_client_runs_in_its_own_greenlet():
     finally:
         ours.close()
         theirs.close()
+
+
+def test_short_slices_without_a_poll_between_share_one_slice_s_time():
+    clock = SteppedClock(shell.SLICE / 5)  # each slice takes a fifth of a slice's time
+    gate = shell.SearchGate(ldap.FairShare(), clock=clock)
+    cursor = Slices("a", [], clock=clock)
+
+    def pipelining() -> None:  # its next request is always there: it never waits for the loop
+        ticket = gate.fair.start("a")
+        for _ in range(12):
+            gate.run(ticket, cursor)
+        gate.fair.end(ticket)
+
+    client = gevent.spawn(pipelining)
+    client.join(timeout=30)
+    assert client.successful()
+    # a new slice starts while less than half a slice's time went by since the loop's last poll: three, then a poll
+    per_iteration = [cursor.iterations.count(i) for i in sorted(set(cursor.iterations))]
+    assert per_iteration == [3, 3, 3, 3]
+    assert cursor.greenlets[:3] == [client] * 3 and cursor.greenlets[3] is not client  # then handed to the dispatcher
