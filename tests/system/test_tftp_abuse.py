@@ -27,6 +27,7 @@ from support.netns import in_network_namespace
 from support.tftp_relay import LossyRelay
 from support.web import PASSWORD, PASSWORD_HASH
 
+from greenservers import ratelog
 from greenservers.proto import tftp as proto
 
 FILE, FILE_SIZE = "firmware.bin", 20 * 512 + 100  # 21 blocks of 512
@@ -376,3 +377,21 @@ def test_a_file_name_with_a_newline_forges_no_log_line(tftp):
         assert sock.recv(1000)[:2] == b"\x00\x05"  # refused
     line = tftp.wait_for_log("127.0.0.66: RRQ x\\n" + forged + " refused: ", since=since)
     assert "\n" not in line and not any(line.startswith(forged) for line in tftp.lines[since:])
+
+
+def test_requests_for_missing_files_from_many_sources_write_at_most_the_kinds_budget_of_lines(tftp):
+    """The review's log flood (spoofed RRQs for missing files, each from another source): one line per client a
+    minute does not hold when every request has its own source; at most LINES_PER_KIND of the kind are written
+    (the rest are counted in one summary line when the minute is over)."""
+    port, since = tftp.port("ip_tftp_port"), len(tftp.lines)
+    before = sensors(tftp)["tftp_transfers_failed"]
+    socks = [attacker(f"127.0.1.{n}") for n in range(1, 201)]
+    try:
+        for sock in socks:
+            sock.sendto(rrq("nothing-here"), ("127.0.0.1", port))
+        wait_for_sensor(tftp, "tftp_transfers_failed", before + len(socks))
+    finally:
+        for sock in socks:
+            sock.close()
+    written = [line for line in tftp.lines[since:] if "RRQ nothing-here refused" in line]
+    assert 0 < len(written) <= ratelog.LINES_PER_KIND, len(written)
