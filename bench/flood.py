@@ -322,13 +322,15 @@ def flood_ldap_filters(port: int, seconds: float, counter) -> None:
 
 
 def with_contacts(server: services.Greenservers, csv_text: str) -> None:
-    """Replace the address book from this process (the service notices it) and wait for LDAP's index of it."""
+    """Replace the address book from this process (the service notices it) and wait until LDAP serves the new one:
+    the last contact imported is found (a replacing import is indexed anew and swapped in whole)."""
     book = services.AddressBook(Path(server.proc.settings["data_dir"]) / "addressbook.sqlite3")
     try:
         book.import_csv(csv_text, replace=True)
+        last = book.page(len(book) - 1, 1)[0]
     finally:
         book.close()
-    memory.ldap_search(server.ports["ldap"], memory.SEARCHES[:1])  # the first search waits for the new index
+    memory.wait_for_ldap(server, f"(uid={last.id})")
 
 
 FLOODS = {

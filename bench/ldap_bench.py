@@ -35,11 +35,11 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "tests"),
                 str(Path(__file__).resolve().parent.parent)]
 
-import ldap_wire as w  # noqa: E402
 from common import free_port, stop, wait_tcp, write_results  # noqa: E402
+from support import ServiceProcess, ldap_wire as w  # noqa: E402
+
 from greenservers.addressbook import AddressBook  # noqa: E402
 from greenservers.proto import ber  # noqa: E402
-from support import ServiceProcess  # noqa: E402
 
 PASSWORD = "bench-secret"
 ATTRIBUTES = ["cn", "sn", "telephoneNumber", "mobile"]
@@ -349,7 +349,8 @@ def main() -> None:
                 for port in (project_port, reference_port):  # the same warm-up as the mix had
                     run_load(port, False, cert, only, 1, 1.0)
                 ours = statistics.median(run_load(project_port, False, cert, only, 1, args.seconds / 2)["rate"] for _ in range(args.runs))
-                theirs = statistics.median(run_load(reference_port, False, cert, only, 1, args.seconds / 2)["rate"] for _ in range(args.runs))
+                theirs = statistics.median(run_load(reference_port, False, cert, only, 1, args.seconds / 2)["rate"]
+                                           for _ in range(args.runs))
                 results.append({"figure": f"searches per second, {kind} only, plain, sequential", "project": fmt(ours, "/s"),
                                 "reference": fmt(theirs, "/s"), "ratio": f"{ours / theirs:.2f}", "unit": "/s", "spread": []})
             for (tls, in_flight), by_server in measured.items():
@@ -358,7 +359,8 @@ def main() -> None:
                                                ("p99_ms", "ms", "p99 latency")):
                     ours = statistics.median(r[key_name] for r in by_server["project"])
                     theirs = statistics.median(r[key_name] for r in by_server["reference"])
-                    spread = [round(min(r[key_name] for r in by_server["project"]), 2), round(max(r[key_name] for r in by_server["project"]), 2)]
+                    values = [r[key_name] for r in by_server["project"]]
+                    spread = [round(min(values), 2), round(max(values), 2)]
                     results.append({"figure": f"{figure}, {label} ({args.contacts:,} contacts)", "project": fmt(ours, unit),
                                     "reference": fmt(theirs, unit), "ratio": f"{ours / theirs:.2f}", "unit": unit, "spread": spread})
         finally:
@@ -371,7 +373,8 @@ def main() -> None:
             project, project_port = start_project(tmp / "project-big", big_rows)
             reference = None
             try:
-                reference, reference_port = start_reference(tmp / "slapd-big", big_rows, project.cert_path, project.cert_path.with_suffix(".key"))
+                cert = project.cert_path
+                reference, reference_port = start_reference(tmp / "slapd-big", big_rows, cert, cert.with_suffix(".key"))
                 for port in (project_port, reference_port):
                     run_load(port, False, project.cert_path, big_queries, 1, 2.0)
                 ours = [run_load(project_port, False, project.cert_path, big_queries, 1, args.seconds) for _ in range(args.runs)]

@@ -7,36 +7,45 @@ Two fresh starts with every service on loopback (bench/services.py):
 1. a small address book: RSS right after the start, and after one request
    to each service (the first requests load templates and build caches);
 2. CONTACTS contacts imported through greenservers.addressbook.AddressBook
-   into the data dir before the start: RSS after the start, after one
-   search (the LDAP directory snapshot is built on first use), and after a
-   few phone-like searches of every kind (prefix, substring -- which builds
-   the trigram index -- and number). While the first search builds the
-   directory, a client of every other service measures its latency; and
-   again while the next search rebuilds it after one contact was changed
-   (by another process, as the CLI or a second worker would); and while
-   half as many contacts again are imported through the web API.
+   into the data dir before the start: RSS after the start, after the first
+   search (which waits for the directory if it is still being built), after
+   one contact was changed by another process (as the CLI would), after
+   1,000 single changes through the web API (one after the other, as an
+   administrator's script would), after a few phone-like searches of every
+   kind, and after half as many contacts again were imported through the web
+   API. While the directory is built, while the changes stream in and while
+   the import runs, a client of every other service measures its latency.
+   The time from a change (through the API, and by another process) to its
+   visibility over LDAP is measured with searches repeated until the change
+   shows (median and maximum of CHANGES_TIMED changes).
 RSS is VmRSS of the worker process (/proc/PID/status). Results: bench/results/memory.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import csv
+import http.client
 import io
 import json
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import services  # noqa: E402
 from common import RESULTS, machine  # noqa: E402
+
 from greenservers.passwords import hash_password  # noqa: E402
 
 ADMIN_PASSWORD = "bench admin password"
@@ -47,6 +56,9 @@ SEARCHES = ["(|(cn=Jo*)(sn=Jo*))", "(|(cn=*mann*)(sn=*mann*))", "(|(cn=*ber*)(sn
             "(|(telephoneNumber=+4930 1004711)(mobile=+4930 1004711))", "(|(cn=Ma*)(sn=Ma*))", "(displayName=*son*)",
             "(|(telephoneNumber=*4711)(mobile=*4711))"]
 OTHERS = ("http", "snmp", "tftp", "ntp")  # probed while the directory of a big address book is built
+SINGLE_CHANGES = 1000
+IDLE_PROBE = 3.0  # seconds
+CHANGES_TIMED = 10
 
 
 def contacts_csv(count: int, seed: int = 1) -> str:
@@ -70,50 +82,127 @@ def contacts_csv(count: int, seed: int = 1) -> str:
 def ldap_search(port: int, filters: list[str]) -> int:
     """Bind, run each search (size limit 50, like a phone), return the entries seen."""
     probe = services.LdapProbe(port)
-    entries = 0
     try:
         probe._connect()
-        for message_id, text in enumerate(filters, 2):
-            probe.sock.settimeout(120)  # the first search of a big book builds the directory
-            probe.sock.sendall(services.ldap_wire.search(message_id, text, attributes=["cn", "telephoneNumber"], size_limit=50))
-            while True:
-                total = None
-                try:
-                    total = services.ber.frame_length(probe.buffer)
-                except services.ber.Incomplete:
-                    pass
-                if total is not None and len(probe.buffer) >= total:
-                    message, probe.buffer = probe.buffer[:total], probe.buffer[total:]
-                    tag = services.ldap_wire.parse_responses(message)[0].tag
-                    if tag == 0x64:
-                        entries += 1
-                    if tag == 0x65:
-                        break
-                    continue
-                chunk = probe.sock.recv(65536)
-                if not chunk:
-                    raise RuntimeError("LDAP connection closed")
-                probe.buffer += chunk
+        return sum(count_entries(probe, message_id, text) for message_id, text in enumerate(filters, 2))
     finally:
         probe.close()
-    return entries
+
+
+def count_entries(probe, message_id: int, text: str) -> int:
+    """One search on a bound LdapProbe: how many entries it returned."""
+    entries = 0
+    probe.sock.settimeout(120)  # the first search of a big book waits for the directory
+    probe.sock.sendall(services.ldap_wire.search(message_id, text, attributes=["cn", "telephoneNumber"], size_limit=50))
+    while True:
+        total = None
+        with contextlib.suppress(services.ber.Incomplete):
+            total = services.ber.frame_length(probe.buffer)
+        if total is not None and len(probe.buffer) >= total:
+            message, probe.buffer = probe.buffer[:total], probe.buffer[total:]
+            tag = services.ldap_wire.parse_responses(message)[0].tag
+            if tag == 0x64:
+                entries += 1
+            if tag == 0x65:
+                return entries
+            continue
+        chunk = probe.sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("LDAP connection closed")
+        probe.buffer += chunk
+
+
+def wait_for_ldap(server, filter_text: str, timeout: float = 300.0) -> None:
+    """Search until `filter_text` finds an entry (the directory of a replaced book is indexed anew)."""
+    probe = services.LdapProbe(server.ports["ldap"])
+    try:
+        probe._connect()
+        deadline = time.monotonic() + timeout
+        message_id = 2
+        while count_entries(probe, message_id, filter_text) == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"LDAP did not find {filter_text} in {timeout:.0f} s")
+            message_id += 1
+            time.sleep(0.05)  # a poll: the index is built meanwhile
+    finally:
+        probe.close()
+
+
+class Api:
+    """The address book's JSON API over one keep-alive HTTP connection."""
+
+    def __init__(self, port: int):
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = {"Authorization": "Basic " + base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode(),
+                        "Content-Type": "application/json"}
+
+    def __call__(self, method: str, path: str, body: dict | None = None):
+        self.connection.request(method, path, body=json.dumps(body) if body is not None else None, headers=self.headers)
+        response = self.connection.getresponse()
+        data = response.read()
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {path}: {response.status} {data[:200]!r}")
+        return json.loads(data)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def time_to_visible(server, change) -> float:
+    """Seconds from the start of `change(last_name)` until an LDAP search finds that last name."""
+    probe = services.LdapProbe(server.ports["ldap"])
+    try:
+        probe._connect()
+        name = f"Visible{random.randrange(10**9)}"
+        started = time.monotonic()
+        change(name)
+        message_id = 2
+        while count_entries(probe, message_id, f"(sn={name})") == 0:
+            message_id += 1
+            if time.monotonic() - started > 30:
+                raise RuntimeError("a change did not reach LDAP in 30 s")
+        return time.monotonic() - started
+    finally:
+        probe.close()
+
+
+def visibility_row(server, state: str, change) -> dict:
+    times = sorted(time_to_visible(server, change) for _ in range(CHANGES_TIMED))
+    return {"state": state, "rss_mb": settle_rss(server.worker_pid, 0.2), "visible_median_ms": round(statistics.median(times) * 1000, 1),
+            "visible_max_ms": round(times[-1] * 1000, 1)}
+
+
+def api_changes(server, count: int) -> None:
+    """`count` single changes through the web API, one after the other: each a contact's mobile number."""
+    api = Api(server.ports["http"])
+    try:
+        ids = [c["id"] for c in api("GET", f"/api/addressbook?limit={count}")]
+        for n in range(count):
+            api("PUT", f"/api/addressbook/{ids[n % len(ids)]}", {"mobile": f"+49 171 {9000000 + n}"})
+    finally:
+        api.close()
 
 
 def while_probing(server, state: str, action) -> dict:
     """`action()`, timed, while a client of every other service measures its latency; the row of `state`."""
     during: dict = {}
-    probing = threading.Thread(target=lambda: during.update(services.run_probes(server, 6.0, services=OTHERS)))
+    done = threading.Event()
+    probing = threading.Thread(target=lambda: during.update(services.run_probes(server, 600.0, services=OTHERS, until=done)))
     probing.start()
     started = time.monotonic()
-    action()
-    seconds = time.monotonic() - started
-    probing.join(60)
+    try:
+        action()
+    finally:
+        seconds = time.monotonic() - started
+        done.set()
+        probing.join(60)
     return {"state": state, "rss_mb": settle_rss(server.worker_pid), "seconds": round(seconds, 2), "other_services_meanwhile": during}
 
 
 def web_import(server, csv_path: Path, count: int) -> None:
     """`count` more contacts through the JSON API with curl, as an administrator's script would."""
-    done = subprocess.run(["curl", "-sS", "--fail", "--max-time", "120", "--user", f"admin:{ADMIN_PASSWORD}", "-H", "Content-Type: text/csv",
+    done = subprocess.run(["curl", "-sS", "--fail", "--max-time", "120", "--user", f"admin:{ADMIN_PASSWORD}",
+                           "-H", "Content-Type: text/csv",
                            "--data-binary", f"@{csv_path}", f"http://127.0.0.1:{server.ports['http']}/api/addressbook/import"],
                           capture_output=True, text=True)
     if done.returncode != 0 or f'"imported":{count}' not in done.stdout.replace(" ", ""):
@@ -125,14 +214,22 @@ def first_search(server) -> None:
     ldap_search(server.ports["ldap"], SEARCHES[:1])
 
 
-def change_one_contact(book_path: Path) -> None:
-    """From this process, as the CLI would: the service notices it at its next read."""
+def change_in_another_process(book_path: Path, last_name: str) -> None:
+    """From this process, as the CLI would: the service notices it by polling the book."""
     book = services.AddressBook(book_path)
     try:
-        first = book.contacts()[0]
-        book.change(first.id, {**first.fields(), "last_name": first.last_name + "x"})
+        book.change(book.after(0, 1)[0].id, {"last_name": last_name})
     finally:
         book.close()
+
+
+def change_through_the_api(server, last_name: str) -> None:
+    api = Api(server.ports["http"])
+    try:
+        first = api("GET", "/api/addressbook?limit=1")[0]
+        api("PUT", f"/api/addressbook/{first['id']}", {"last_name": last_name})
+    finally:
+        api.close()
 
 
 def settle_rss(pid: int, seconds: float = 1.0) -> float:
@@ -166,9 +263,15 @@ def main() -> int:
             # while the directory is built off the event loop, the other services keep answering: measured
             rows.append(while_probing(server, f"{args.contacts:,} contacts, after the first LDAP search (directory built)",
                                       lambda: first_search(server)))
-            change_one_contact(Path(tmp) / "big" / "data" / "addressbook.sqlite3")
-            rows.append(while_probing(server, f"{args.contacts:,} contacts, after one was changed and the next search "
-                                              "rebuilt the directory", lambda: first_search(server)))
+            rows.append(while_probing(server, f"{args.contacts:,} contacts, idle for {IDLE_PROBE:.0f} s (the other services' "
+                                              "latency on this machine without LDAP work)", lambda: time.sleep(IDLE_PROBE)))
+            book_path = Path(tmp) / "big" / "data" / "addressbook.sqlite3"
+            rows.append(visibility_row(server, "a change by another process (as the CLI), until LDAP finds it",
+                                       partial(change_in_another_process, book_path)))
+            rows.append(visibility_row(server, "a change through the web API, until LDAP finds it",
+                                       partial(change_through_the_api, server)))
+            rows.append(while_probing(server, f"{args.contacts:,} contacts, after {SINGLE_CHANGES:,} single changes through the web API",
+                                      lambda: api_changes(server, SINGLE_CHANGES)))
             found = ldap_search(server.ports["ldap"], SEARCHES * 2)
             rows.append({"state": f"{args.contacts:,} contacts, after {len(SEARCHES) * 2} searches of every kind (indexes built)",
                          "rss_mb": settle_rss(pid), "entries_returned": found})
@@ -176,6 +279,8 @@ def main() -> int:
             more.write_text(contacts_csv(args.contacts // 2, seed=2), encoding="utf-8")
             rows.append(while_probing(server, f"{args.contacts // 2:,} more contacts imported through the web API",
                                       lambda: web_import(server, more, args.contacts // 2)))
+            rows.append(visibility_row(server, f"{args.contacts + args.contacts // 2:,} contacts: a change through the web API, "
+                                               "until LDAP finds it", partial(change_through_the_api, server)))
         finally:
             server.stop()
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "contacts": args.contacts,
@@ -185,6 +290,8 @@ def main() -> int:
     print(f"\nworker resident memory — {result['date']} — {result['machine']}")
     for row in rows:
         extra = f"  (took {row['seconds']} s)" if "seconds" in row else ""
+        if "visible_median_ms" in row:
+            extra = f"  visible after {row['visible_median_ms']} ms (median), {row['visible_max_ms']} ms at most"
         print(f"{row['state']:80} {row['rss_mb']:8.1f} MiB{extra}")
         for name, probe in row.get("other_services_meanwhile", {}).items():
             print(f"    meanwhile {name:5} p99 {probe['p99_ms']:7.1f} ms, max {probe['max_ms']} ms, lost {probe['lost']}")

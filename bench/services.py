@@ -33,9 +33,8 @@ for path in (BENCH, BENCH.parent / "tests", BENCH.parent):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-import ldap_wire  # noqa: E402
 from common import free_port, start_greenservers as start_service  # noqa: E402
-from support import ServiceProcess  # noqa: E402
+from support import ServiceProcess, ldap_wire  # noqa: E402
 from support.contacts import CONTACTS_CSV  # noqa: E402
 
 from greenservers.addressbook import AddressBook  # noqa: E402
@@ -299,8 +298,10 @@ class ProbeResult:
                 "p99_ms": round(p99, 2), "max_ms": round(values[-1], 2) if values else None, "lost_reasons": self.reasons}
 
 
-def run_probes(server: Greenservers, seconds: float, interval: float = 0.05, services=None) -> dict[str, dict]:
-    """Every probe in its own thread, one request each `interval` seconds for `seconds`; per-service summary."""
+def run_probes(server: Greenservers, seconds: float, interval: float = 0.05, services=None,
+               until: threading.Event | None = None) -> dict[str, dict]:
+    """Every probe in its own thread, one request each `interval` seconds for `seconds` (or until `until` is set);
+    per-service summary."""
     chosen = [s for s in (services or PROBES) if server.has(s)]
     results = {name: ProbeResult() for name in chosen}
     stop_at = time.monotonic() + seconds
@@ -310,7 +311,7 @@ def run_probes(server: Greenservers, seconds: float, interval: float = 0.05, ser
         result = results[name]
         next_at = time.monotonic()
         try:
-            while next_at < stop_at:
+            while next_at < stop_at and not (until is not None and until.is_set()):
                 started = time.perf_counter()
                 try:
                     probe.once()

@@ -46,8 +46,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("snmp", "SNMP", "ip_snmp_port", "udp", 1161, "greenservers.shells.snmp:SnmpService"),
     ServiceSpec("tftp", "TFTP", "ip_tftp_port", "udp", 1069, "greenservers.shells.tftp:TftpService"),
     ServiceSpec("ntp", "NTP", "ip_ntp_port", "udp", 1123, "greenservers.shells.ntp:NtpService"),
-    ServiceSpec("ldap", "LDAP", "ip_ldap_port", "tcp", None, "greenservers.ldap:LdapService"),
-    ServiceSpec("ldaps", "LDAPS", "ip_ldaps_port", "tcp", None, "greenservers.ldap:LdapService", tls=True),
+    ServiceSpec("ldap", "LDAP", "ip_ldap_port", "tcp", None, "greenservers.shells.ldap:LdapService"),
+    ServiceSpec("ldaps", "LDAPS", "ip_ldaps_port", "tcp", None, "greenservers.shells.ldap:LdapService", tls=True),
 )
 
 BY_SETTING: dict[str, ServiceSpec] = {spec.setting: spec for spec in SERVICES}

@@ -6,8 +6,7 @@ file-level modules), tests/shell/ (the gevent shells on loopback sockets and the
 web application through Flask's test client, in this process), tests/system/
 (the service as in production, gunicorn in a subprocess, driven by real
 clients; the command line). Shared helpers are in tests/support/; the golden
-vectors in tests/vectors/. The LDAP and address-book tests stay in tests/ until
-issue 20 moves them into the tiers.
+vectors in tests/vectors/.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ from typing import Any
 
 from ..config.settings import Settings, SettingsError
 from ..config.store import ConfigStore
-from ..offload import run_off_loop
 from ..sensors import SENSORS, SensorRegistry
 from ..services import SERVICES
+from .offload import run_off_loop
 
 
 @dataclass

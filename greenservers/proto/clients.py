@@ -16,10 +16,14 @@ monotonic time in (sans-IO). Two limits are built on it:
   rarely lately (proto.http.ConnectionGate).
 - `FailureBackoff`: each client's last `limit` failures within `window`
   seconds, and the wait they earn. Users: the failed-login limit
-  (web.auth: `retry_after` once `limit` failures fall within the window).
-  The LDAP bind throttle fits it too (a delay doubling with each recent
-  failure: ``min(cap, first * 2 ** (failed(key, now) - 1))``); it moves onto
-  it with the LDAP rewrite (issue 20).
+  (web.auth: `retry_after` once `limit` failures fall within the window),
+  and the LDAP bind throttle (proto.ldap.limits.BindThrottle: a delay
+  doubling with each recent failure).
+
+`ClientCounts` is what each client holds now — connections or searches in
+progress, bytes buffered — and the total; it keeps only clients that hold
+something, so it is bounded by what is held. Users: LDAP's connection caps,
+searches in progress and buffered bytes (proto.ldap.limits).
 """
 
 from __future__ import annotations
@@ -161,3 +165,37 @@ class FailureBackoff(ClientTable):
 
     def succeeded(self, key: str) -> None:
         self.forget(key)
+
+
+class ClientCounts:
+    """What each client holds now (connections, searches in progress, bytes), and the total.
+
+    A client holding nothing is not kept: the table is bounded by what is held,
+    never by how many clients came and went.
+    """
+
+    def __init__(self):
+        self.total = 0
+        self._held: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def of(self, key: str) -> int:
+        return self._held.get(key, 0)
+
+    def add(self, key: str, amount: int = 1) -> None:
+        """`key` holds `amount` more (less, if negative)."""
+        held = self._held.get(key, 0) + amount
+        self.total += amount
+        if held > 0:
+            self._held[key] = held
+        else:
+            self._held.pop(key, None)
+
+    def admit(self, key: str, per_client: int, total: int) -> bool:
+        """One more for `key` if that keeps it within `per_client` and everyone within `total`."""
+        if self.total >= total or self._held.get(key, 0) >= per_client:
+            return False
+        self.add(key)
+        return True

@@ -47,7 +47,7 @@ from pathlib import Path, PurePosixPath
 
 from ..config.private import make_private_dir, open_private
 from ..config.store import remove_orphans
-from ..offload import run_off_loop
+from ..process.offload import run_off_loop
 from ..proto.clients import client_key
 from .files import TEMPLATE_SUFFIX, UPLOAD_DIR, NotFound, ProvisioningError, Refused, check_name, tftp_root
 

@@ -41,7 +41,7 @@ from gevent.event import Event
 from ..audit import AuditLog
 from ..config.private import PRIVATE_DIR, make_private_dir
 from ..config.store import atomic_write
-from ..offload import run_off_loop
+from ..process.offload import run_off_loop
 from ..proto import acme as core
 from .certificates import (
     ACME_CURRENT,

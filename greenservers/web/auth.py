@@ -57,8 +57,8 @@ from flask.sessions import SecureCookieSessionInterface
 from gevent.lock import BoundedSemaphore
 from markupsafe import Markup
 
-from ..offload import run_off_loop
 from ..passwords import MAX_PASSWORD, hash_password, verify_password
+from ..process.offload import run_off_loop
 from ..proto.clients import FailureBackoff, client_key
 from ..ratelog import RateLimitedLog, printable
 from . import get_runtime

@@ -6,6 +6,7 @@
 - netns: `in_network_namespace`, the one way to use a private network namespace;
 - web: the web app in-process (WebFixture), the admin's credentials, CSRF tokens;
 - ldap: the service with an address book (ldap_service), LDAP answers off a socket;
+- ldap_wire: LDAP requests built (RFC 4515 filter strings included) and responses parsed, independently of the server;
 - clock, certs, contacts, snmp: a settable clock, certificates, the contacts, SNMP messages;
 - pebble (a real ACME authority), tftp_relay (a lossy TFTP relay), fuzz_targets (shared with bench/fuzz_long.py).
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import ldap_wire as w
-
 from greenservers.proto import ber, ldap
 
+from . import ldap_wire as w
 from .ports import free_port
 from .service import ServiceProcess
 
@@ -20,12 +19,13 @@ def read_until_done(sock) -> list[w.Response]:
         if not chunk:
             return w.parse_responses(data)
         data += chunk
-        responses = w.parse_responses(data) if _complete(data) else []
+        responses = w.parse_responses(data) if complete(data) else []
         if responses and responses[-1].tag != ldap.SEARCH_RESULT_ENTRY:
             return responses
 
 
-def _complete(data: bytes) -> bool:
+def complete(data: bytes) -> bool:
+    """Whether `data` is whole LDAP messages, none cut."""
     pos = 0
     while pos < len(data):
         try:

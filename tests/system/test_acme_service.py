@@ -195,7 +195,7 @@ def http_get_on(tls: ssl.SSLSocket, name: str) -> bytes:
 
 
 def test_renewal_is_served_without_restart_and_open_connections_carry_on(service, pebble, tmp_path):
-    import ldap_wire as w
+    from support import ldap_wire as w
     from support.ldap import read_until_done
 
     # pebble issues certificates valid for 30 s: renewal is due after 20 s (a third of the lifetime left)

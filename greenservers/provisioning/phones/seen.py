@@ -34,7 +34,7 @@ from gevent import monkey
 
 from ...config.private import make_private_dir
 from ...config.store import atomic_write
-from ...offload import run_off_loop
+from ...process.offload import run_off_loop
 from . import profiles
 
 log = logging.getLogger("greenservers.phones")

@@ -88,13 +88,13 @@ def _filter(text: str) -> tuple[bytes, str]:
         item, rest = _filter(text[2:])
         return ber.tlv(0xA2, item), rest[1:]
     depth, end = 0, 0
-    for end, ch in enumerate(text):
+    for end, ch in enumerate(text):  # noqa: B007 (where it stopped is used after the loop)
         depth += ch == "("
         depth -= ch == ")"
         if depth == 0:
             break
     item, rest = text[1:end], text[end + 1:]
-    for op, tag in ((">=", 0xA5), ("<=", 0xA6), ("~=", 0xA8), (":=", 0xA9), ("=", None)):
+    for op, tag in ((">=", 0xA5), ("<=", 0xA6), ("~=", 0xA8), (":=", 0xA9), ("=", None)):  # noqa: B007 (used after)
         if op in item:
             attr, value = item.split(op, 1)
             break

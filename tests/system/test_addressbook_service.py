@@ -8,10 +8,10 @@ import json
 import subprocess
 
 import requests
+from support import free_port
 
 from greenservers.addressbook import FORMULA_STARTS, AddressBook
 from greenservers.passwords import hash_password
-from support import free_port
 
 PASSWORD = "s3cret phone book"
 

@@ -20,11 +20,10 @@ import time
 
 import pytest
 import requests
+from support import ldap_service, ldap_wire as w
 
-import ldap_wire as w
 from greenservers.addressbook import AddressBook
 from greenservers.proto import ldap
-from support import ldap_service
 
 pytestmark = pytest.mark.real_client
 
@@ -136,7 +135,8 @@ def test_ldaps_over_ipv6(svc):
 
 
 def test_root_dse(svc):
-    result = subprocess.run(["ldapsearch", "-x", "-H", url(svc), "-b", "", "-s", "base", "-LLL", "+"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(["ldapsearch", "-x", "-H", url(svc), "-b", "", "-s", "base", "-LLL", "+"],
+                            capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "namingContexts: dc=pbx" in result.stdout
     assert "supportedLDAPVersion: 3" in result.stdout
@@ -220,7 +220,7 @@ def exchange(svc, data: bytes, wait: float = 3.0) -> bytes:
             sock.sendall(data)
             while chunk := sock.recv(65536):
                 received += chunk
-        except (socket.timeout, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
     return received
 
@@ -361,3 +361,29 @@ def test_python_ldap3_client_over_ldaps_with_paging(svc):
                                                                paged_size=4, generator=True))
         assert sorted(e["attributes"]["sn"][0] for e in entries) == sorted(["Krüger4"] + [f"Krüger{n}" for n in range(40, 50)])
         assert connection.search("dc=pbx", "(cn=reception)", attributes=["ipPhone"]) and connection.entries[0].ipPhone.value == "9"
+
+
+def test_a_change_through_the_web_api_is_visible_to_the_next_ldapsearch(svc):
+    api = svc.url("/api/addressbook")
+    auth = ("admin", ADMIN_PASSWORD)
+    added = requests.post(api, json={"first_name": "Webby", "last_name": "Zuse", "work": "030 7777 1234"}, auth=auth, timeout=10)
+    assert added.status_code == 201, added.text
+    contact_id = added.json()["id"]
+    try:
+        # the national number is found by its international prefix, as a phone types it
+        assert dns(ldapsearch(svc, "-LLL", "(telephoneNumber=+49 30 7777 12*)", "cn")) == ["cn=Webby Zuse,dc=pbx"]
+        changed = requests.put(f"{api}/{contact_id}", json={"last_name": "Zuser"}, auth=auth, timeout=10)
+        assert changed.status_code == 200
+        assert dns(ldapsearch(svc, "-LLL", "(sn=zuse)", "cn")) == []
+        assert dns(ldapsearch(svc, "-LLL", "(sn=zuser)", "cn")) == ["cn=Webby Zuser,dc=pbx"]
+        imported = requests.post(f"{api}/import", data="first_name,last_name\nWebby,Zuser\nImpy,Ort\n", auth=auth, timeout=30,
+                                 headers={"Content-Type": "text/csv"})
+        assert imported.status_code == 200, imported.text
+        found = dns(ldapsearch(svc, "-LLL", "(|(sn=zuser)(sn=ort))", "cn"))
+        assert sorted(found) == sorted([f"cn=Webby Zuser+uid={contact_id},dc=pbx", "cn=Impy Ort,dc=pbx",
+                                        f"cn=Webby Zuser+uid={contact_id + 1},dc=pbx"])
+    finally:
+        for found in requests.get(api, params={"q": "zuser"}, auth=auth, timeout=10).json() + \
+                requests.get(api, params={"q": "impy"}, auth=auth, timeout=10).json():
+            requests.delete(f"{api}/{found['id']}", auth=auth, timeout=10)
+    assert dns(ldapsearch(svc, "-LLL", "(|(sn=zuser)(sn=ort))", "cn")) == []

@@ -1,5 +1,5 @@
-"""Heavy work off the event loop: the thread, the interpreter settings while it runs and after,
-the address book's index sorted in slices, and a replaced index freed in steps."""
+"""Heavy work off the event loop: the thread, the interpreter settings while it runs and after;
+and work kept on the loop in slices: the address book's index sorted in slices, a replaced index freed in steps."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import gc
 import random
 import sys
 import time
+from array import array
 
 import gevent
 import pytest
 
-from greenservers import offload
 from greenservers.addressbook import Contact
+from greenservers.process import offload
 from greenservers.proto import ldap
+from greenservers.proto.ldap import index
 
 
 def contacts(count: int) -> list[Contact]:
@@ -75,45 +77,46 @@ def test_an_error_in_the_work_is_raised_and_the_settings_restored(as_in_the_work
         getattr(offload, kind)(lambda: 1 / 0)
 
 
-@pytest.mark.parametrize("size", [0, 1, ldap.SORT_SLICE, ldap.SORT_SLICE + 1, 5 * ldap.SORT_SLICE + 17])
+@pytest.mark.parametrize("size", [0, 1, index.SORT_STEP, index.SORT_STEP + 1, 5 * index.SORT_STEP + 17])
 def test_sorting_in_slices_sorts(size):
     rng = random.Random(size)
-    items = [(rng.choice("abc") * rng.randrange(1, 4), rng.randrange(size + 1)) for _ in range(size)]
-    assert ldap.sorted_in_slices(list(items)) == sorted(items)
+    keys = {i: rng.choice("abc") * rng.randrange(1, 4) for i in range(size)}
+    steps = index.sorted_steps(array("i", keys), keys.get)
+    slices = 0
+    try:
+        while True:
+            next(steps)
+            slices += 1
+    except StopIteration as done:
+        assert done.value == sorted((k, i) for i, k in keys.items())
+    assert slices >= size // index.SORT_STEP  # a slice at a time
 
 
 def test_a_replaced_directory_is_handed_over_and_dismantled_to_nothing():
-    book = contacts(300)
-    version = [1]
-    retired = []
-    cache = ldap.DirectoryCache(lambda: version[0], lambda: book)
-    first = cache.current("dc=pbx", retire=retired.append)
-    assert cache.current("dc=pbx", retire=retired.append) is first and retired == []
-    first.trigram_postings("cn")
-    version[0] = 2
-    second = cache.current("dc=pbx", retire=retired.append)
-    assert second is not first and retired == [first]
+    first = ldap.Directory("dc=pbx", contacts(300))
+    second = ldap.Directory("ou=book,dc=pbx", contacts(300))
     steps = sum(1 for _ in first.dismantle(per_step=64))
     assert steps >= 300 // 64  # a slice at a time
-    assert not first.entries and not first.by_ndn and not first.haystack and not any(first.sorted_keys.values())
-    assert len(second.entries) == 300  # the new one is untouched
+    assert not first.blobs and not len(first.order) and not any(len(k) for k in first.keys.values())
+    assert not any(g.postings for g in first.grams.values())
+    assert len(second) == 300 and len(second.keys["cn"]) == 300  # the other one is untouched
 
 
 def test_the_ldap_shell_frees_a_replaced_directory_once_nothing_else_holds_it(monkeypatch):
-    from greenservers import ldap as shell
+    from greenservers.shells import ldap as shell
     monkeypatch.setattr(shell, "DISMANTLE_WAIT", 0.001)
     monkeypatch.setattr(shell, "DISMANTLE_PATIENCE", 0.01)
-    directory = ldap.Directory("dc=pbx", contacts(50), 1)
+    directory = ldap.Directory("dc=pbx", contacts(50))
     reader = directory  # a search (or a client's paged results) still using it, longer than the shell waits
     gevent.spawn(shell.LdapService._dismantle, [directory]).join()
-    assert len(reader.entries) == 50  # left alone: it is freed whole when the reader lets go
+    assert len(reader) == 50  # left alone: it is freed whole when the reader lets go
     monkeypatch.setattr(shell, "DISMANTLE_PATIENCE", 60.0)
     holder = [directory]
     del directory
-    kept = reader.entries
+    kept = reader.blobs
     waiting = gevent.spawn(shell.LdapService._dismantle, holder)
     gevent.sleep(0)  # it looks, finds the reader, and waits
     assert len(kept) == 50 and not waiting.dead
     del reader  # the search ends
     waiting.join()
-    assert kept == []  # then it is emptied in place
+    assert kept == {}  # then it is emptied in place

@@ -3,7 +3,7 @@
 One LdapService serves every `ip_ldap_port` binding (plain, StartTLS offered)
 and every `ip_ldaps_port` binding (TLS from the first byte), with gevent
 StreamServers. Each connection runs one greenlet that feeds received bytes
-to a sans-IO `LdapSession` (greenservers/proto/ldap.py) and acts on what it
+to a sans-IO `LdapSession` (greenservers/proto/ldap/) and acts on what it
 returns: bytes are sent, `StartTLS` wraps the socket with the current
 certificate (`runtime.tls.context`, read per connection), `BindFailed` is
 counted, logged (rate-limited) and answered only after a per-client delay,
@@ -17,9 +17,18 @@ slices. Searches in progress are capped per client and in total (the rest
 are answered busy). Connections are capped per client and in total, the
 bytes of unfinished messages are capped across connections (BufferBudget),
 and a connection idle for `idle_timeout` seconds is closed. A client is an
-IPv4 address or an IPv6 /64. The address book is indexed off the event loop
-(greenservers/offload.py) when it changed, so a large rebuild does not stall
-other connections.
+IPv4 address or an IPv6 /64.
+
+The directory follows the address book (`DirectoryFollower`, one greenlet per
+book): it is built once, a slice of work at a time between turns of the event
+loop, then changed a contact at a time as the book's change log says
+(greenservers/addressbook/store.py). A change this process commits wakes it at once;
+one by another process (the CLI) is noticed by polling the book every POLL
+seconds. A large backlog (an import) is merged in slices, and other contacts'
+changes are applied between them. Only a new base DN,
+a log pruned past what the follower read, or a change of most of the book (an
+import replacing it) builds a new directory, which replaces the old one when it
+is complete; the old one is freed in steps once no search holds it.
 """
 
 from __future__ import annotations
@@ -34,15 +43,14 @@ from functools import partial
 import gevent
 from gevent.event import Event
 from gevent.hub import Waiter
-from gevent.lock import Semaphore
 from gevent.server import StreamServer
 
-from .addressbook import addressbook_for
-from .offload import build_off_loop
-from .proto import ldap as proto
-from .proto.clients import client_key, plain_address
-from .ratelog import RateLimitedLog
-from .services import Service
+from ..addressbook import AddressBook, ChangeReader, addressbook_for
+from ..proto import ldap as proto
+from ..proto.clients import client_key, plain_address
+from ..ratelog import RateLimitedLog
+from ..services import Service
+from .loop import after_the_loop_turns
 
 IDLE_TIMEOUT = 120.0  # phones keep a connection between searches; longer is a leak
 HANDSHAKE_TIMEOUT = 10.0
@@ -53,6 +61,28 @@ DISMANTLE_PAUSE = 0.001  # seconds between the steps that free a replaced direct
 DISMANTLE_WAIT = 1.0  # seconds between looks at whether a search still reads a replaced directory
 DISMANTLE_PATIENCE = 600.0  # seconds it waits for them (a client's paged search may go on)
 SLICE = 0.002  # seconds one search runs before the event loop serves the others
+POLL = 0.015  # seconds between looks for changes another process committed to the address book
+FRESH = 0.005  # a search looks first too, if the last look is older than this (a look: about 6 us and 3 system calls)
+CATCH_UP = 0.1  # seconds a search waits for a change it noticed to be applied (an import takes longer)
+APPLY_SLICE = 0.002  # seconds of directory changes between two turns of the event loop
+APPLY_PAUSE = 0.0005  # seconds the follower lets the loop serve others between two slices
+READ_PAGE = 250  # contacts read from the book per query (about a millisecond)
+LOG_PAGE = 2000  # changes read from the log per query (about a millisecond)
+REBUILD_SHARE = 0.5  # more changed contacts than this share of the directory: built anew rather than changed
+MEANWHILE = 64  # changes of other contacts applied between a merge's slices; more wait for it to end
+
+
+def _coalesced(outputs: list) -> list:
+    """The outputs with each run of bytes joined: one send (a system call) for a slice's entries and its SearchResultDone."""
+    if len(outputs) < 2:
+        return outputs
+    joined: list = []
+    for item in outputs:
+        if isinstance(item, bytes) and joined and isinstance(joined[-1], bytes):
+            joined[-1] += item
+        else:
+            joined.append(item)
+    return joined
 
 
 def _total_cap() -> int:
@@ -66,7 +96,7 @@ class SearchGate:
 
     After each slice the loop must poll and serve every ready request (an NTP
     query, a phone's search arriving) before the next slice runs: a zero timer of
-    lower priority than the sockets' watchers marks that turn. Handing the turn to
+    lower priority than the sockets' watchers marks that turn (shells.loop). Handing the turn to
     the next greenlet directly would not: gevent runs up to 50 ready callbacks
     before it polls again.
 
@@ -112,12 +142,10 @@ class SearchGate:
             self.longest = max(self.longest, time.thread_time() - cpu)
 
     def _turn_the_loop(self) -> None:
-        """Busy until the loop has polled and served what is ready (a timer of lower priority than the sockets')."""
-        timer = gevent.get_hub().loop.timer(0.0, priority=-1)  # libev runs pending watchers by priority
-        timer.start(self._turned, timer)
+        """Busy until the loop has polled and served what is ready."""
+        after_the_loop_turns(self._turned)
 
-    def _turned(self, timer) -> None:
-        timer.close()
+    def _turned(self) -> None:
         self._busy = False
         if self.fair.waiting:
             self._work.set()
@@ -144,6 +172,184 @@ class SearchGate:
             self._turn_the_loop()
 
 
+class DirectoryFollower:
+    """Keeps the Directory of one address book current (see the module's docstring): `current(base)`."""
+
+    def __init__(self, book: AddressBook, base: str, log):
+        self.book, self.base, self.log = book, base, log
+        self.directory: proto.Directory | None = None
+        self.applied = 0  # contacts added, changed or deleted since the directory was built
+        self._built = Event()
+        self._wake = Event()
+        self._caught_up = Event()
+        self._reader: ChangeReader | None = None
+        self._looked = 0.0
+        self._noticed = False
+        self._seq = 0  # the last change of the book's log applied
+        self._hub = gevent.get_hub()
+        book.subscribe(self._notified)
+        self._greenlet = gevent.spawn(self._run)
+
+    def current(self, base: str) -> proto.Directory | None:
+        """The directory of `base` if it is built, else None (then `wait()` for it).
+
+        A change committed since the last look (by this process or another) is
+        applied first, unless that takes longer than CATCH_UP (an import)."""
+        directory = self.directory
+        if directory is not None and directory.base == base:
+            now = time.monotonic()
+            if now - self._looked >= FRESH and self._reader is not None:
+                self._looked = now
+                if self._reader.changed():
+                    self._noticed = True
+                    self._caught_up.clear()
+                    self._wake.set()
+                    self._caught_up.wait(CATCH_UP)
+            return directory
+        if base != self.base:
+            self.base = base
+            self._built.clear()
+            self._wake.set()
+        return None
+
+    def wait(self, base: str) -> proto.Directory:
+        while True:
+            directory = self.current(base)
+            if directory is not None:
+                return directory
+            self._built.wait()
+
+    def _notified(self) -> None:
+        """The book committed a change (called in the thread that made it)."""
+        self._hub.loop.run_callback_threadsafe(self._wake.set)
+
+    def _run(self) -> None:
+        reader = self._reader = self.book.reader()
+        try:
+            while True:
+                try:
+                    self._follow(reader)
+                except Exception:
+                    self.log.exception("could not index the address book; trying again")
+                    gevent.sleep(1.0)
+        finally:
+            reader.close()
+
+    def _follow(self, reader: ChangeReader) -> None:
+        """Build a directory, then apply changes until it must be built again."""
+        base = self.base
+        reader.changed()
+        self._seq = reader.last_change()  # changes from here on are applied after the build
+        directory = proto.Directory(base)
+        self._run_steps(directory.merge_steps(self._each(reader)))
+        old, self.directory, self.applied = self.directory, directory, 0
+        if old is not None:
+            LdapService.retire(old)
+            del old
+        self._built.set()
+        while True:
+            self._wake.wait(POLL)
+            self._wake.clear()
+            if self.base != directory.base:
+                return
+            if not (reader.changed() or self._noticed):
+                self._caught_up.set()
+                continue
+            self._noticed = False
+            ids = self._changed_ids(reader, directory)
+            if ids is None or not self._apply(reader, directory, ids):
+                return  # build anew
+            self._caught_up.set()
+
+    def _changed_ids(self, reader: ChangeReader, directory: proto.Directory) -> list[int] | None:
+        """The ids of the contacts changed since the last change read (which moves on); None when the
+        directory must be built anew: the log was pruned past it, or most of the book changed (an
+        import replacing it: built anew, then swapped in)."""
+        ids: dict[int, None] = {}
+        while True:
+            got = reader.changes_after(self._seq, LOG_PAGE)
+            if got is None:
+                return None
+            changed, self._seq = got
+            if not changed:
+                return list(ids)
+            ids.update(dict.fromkeys(changed))
+            if len(ids) > REBUILD_SHARE * max(len(directory), 1000):
+                return None
+            gevent.sleep(APPLY_PAUSE)  # a page of the log read: the loop serves the others before the next
+
+    def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: list[int]) -> bool:
+        """The contacts of `ids` as they are in the book now (absent: deleted) into the directory. Many
+        (an import) are merged; a few are put one by one: either way the work is in proportion to them.
+        While a merge runs, changes of other contacts are applied between its slices. False: the
+        directory must be built anew."""
+        present: set[int] = set()
+
+        def contacts():
+            for start in range(0, len(ids), READ_PAGE):
+                for contact in reader.contacts(ids[start:start + READ_PAGE]):
+                    present.add(contact.id)
+                    yield contact
+
+        rebuild = False
+        if len(ids) > max(256, len(directory) // 16):
+            merging, later = set(ids), {}
+
+            def meanwhile() -> None:
+                nonlocal rebuild
+                if rebuild or not (reader.changed() or self._noticed):
+                    return
+                self._noticed = False
+                more = self._changed_ids(reader, directory)
+                if more is None:
+                    rebuild = True
+                    return
+                now = [i for i in more if i not in merging]
+                if len(now) > MEANWHILE:  # another import: after this one
+                    later.update(dict.fromkeys(more))
+                    return
+                later.update(dict.fromkeys(i for i in more if i in merging))  # changed again: after the merge
+                self._put_or_delete(reader, directory, now)
+                self._caught_up.set()
+
+            self._run_steps(directory.merge_steps(contacts()), meanwhile)
+            self._run_steps(directory.delete(i) for i in ids if i not in present)
+            if later and not rebuild:
+                rebuild = not self._apply(reader, directory, list(later))
+        else:
+            self._put_or_delete(reader, directory, ids)
+        self._run_steps(directory.tidy_steps())
+        self.applied += len(ids)
+        return not rebuild
+
+    def _put_or_delete(self, reader: ChangeReader, directory: proto.Directory, ids: list[int]) -> None:
+        present: set[int] = set()
+        for start in range(0, len(ids), READ_PAGE):
+            contacts = reader.contacts(ids[start:start + READ_PAGE])
+            present.update(c.id for c in contacts)
+            self._run_steps(directory.put(c) for c in contacts)
+        self._run_steps(directory.delete(i) for i in ids if i not in present)
+
+    @staticmethod
+    def _each(reader: ChangeReader):
+        after = 0
+        while page := reader.after(after, READ_PAGE):
+            yield from page
+            after = page[-1].id
+
+    @staticmethod
+    def _run_steps(steps, meanwhile=None) -> None:
+        """Run an iterator's steps, letting the loop serve the others every APPLY_SLICE seconds
+        (and calling `meanwhile()` then, if given)."""
+        deadline = time.monotonic() + APPLY_SLICE
+        for _ in steps:
+            if time.monotonic() >= deadline:
+                gevent.sleep(APPLY_PAUSE)
+                if meanwhile is not None:
+                    meanwhile()
+                deadline = time.monotonic() + APPLY_SLICE
+
+
 class LdapService(Service):
     name = "ldap"
 
@@ -159,21 +365,12 @@ class LdapService(Service):
         self.longest_hold = 0.0
         self.waits = 0  # times a greenlet waited for the directory (its receive() did not hold the loop meanwhile)
         self._policy_of: tuple[object, proto.Policy] | None = None
-        self._cache_of: tuple[object, proto.DirectoryCache] | None = None
-        self._caches: dict[object, proto.DirectoryCache] = {}
-        self._rebuild = Semaphore(1)
-        self._prebuilt = None
+        self._follower_of: tuple[object, DirectoryFollower] | None = None
+        self._followers: dict[AddressBook, DirectoryFollower] = {}
 
     def make_server(self, bound):
-        if not self._prebuilt:  # index a large address book now, not at the first phone's search
-            self._prebuilt = gevent.spawn(self._prebuild)
+        self.follower()  # index a large address book now, not at the first phone's search
         return StreamServer(bound.sock, partial(self.handle, bound.setting == "ip_ldaps_port"))
-
-    def _prebuild(self) -> None:
-        try:
-            self.directory(self.runtime.settings.ldap_base)
-        except Exception:  # the first search will try again and report it
-            self.log.exception("could not index the address book")
 
     # -- what the sessions read --------------------------------------------
 
@@ -186,30 +383,34 @@ class LdapService(Service):
             self._policy_of = cached = (settings, policy)
         return cached[1]
 
-    def directory(self, base: str) -> proto.Directory:
+    def follower(self) -> DirectoryFollower:
         settings = self.runtime.settings
-        cached = self._cache_of
+        cached = self._follower_of
         if cached is None or cached[0] is not settings:
             book = addressbook_for(self.runtime)
-            cache = self._caches.get(book)
-            if cache is None:
-                cache = self._caches[book] = proto.DirectoryCache(lambda: book.version, book.contacts)
-            self._cache_of = cached = (settings, cache)
-        cache = cached[1]
-        if not cache.stale(base):
-            return cache.directory
-        self.waits += 1
-        with self._rebuild:  # one rebuild at a time; the others wait for its result
-            return cache.current(base, run=build_off_loop, retire=self._retire)
+            follower = self._followers.get(book)
+            if follower is None:
+                follower = self._followers[book] = DirectoryFollower(book, settings.ldap_base, self.log)
+            self._follower_of = cached = (settings, follower)
+        return cached[1]
 
-    def _retire(self, old: proto.Directory) -> None:
+    def directory(self, base: str) -> proto.Directory:
+        follower = self.follower()
+        directory = follower.current(base)
+        if directory is None:
+            self.waits += 1  # this receive() waits (cooperatively) while the directory is built
+            directory = follower.wait(base)
+        return directory
+
+    @staticmethod
+    def retire(old: proto.Directory) -> None:
         holder = [old]
         del old
-        gevent.spawn(self._dismantle, holder)
+        gevent.spawn(LdapService._dismantle, holder)
 
     @staticmethod
     def _dismantle(holder: list) -> None:
-        """Free a replaced snapshot in steps between other greenlets' turns, once nothing else uses it."""
+        """Free a replaced directory in steps between other greenlets' turns, once nothing else uses it."""
         directory = holder.pop()
         # searches in progress, and paged results a client still reads, hold it: wait for them
         for _ in range(int(DISMANTLE_PATIENCE / DISMANTLE_WAIT)):
@@ -241,7 +442,7 @@ class LdapService(Service):
             self._serve(sock, session, peer, tls_first)
         except ssl.SSLError as exc:  # a client that speaks no (or bad) TLS: its fault, logged rate-limited
             self.peer_log.warning("tls", peer, "LDAP TLS failed: %s", exc.reason or exc)
-        except (socket.timeout, ConnectionError, OSError):
+        except (TimeoutError, ConnectionError, OSError):
             pass  # vanished or silent peer: close quietly
         except Exception:
             self.log.exception("LDAP connection from %s failed", peer)
@@ -294,7 +495,7 @@ class LdapService(Service):
         elif isinstance(item, proto.BindFailed):
             sensors.add("ldap_binds_failed")
             self.peer_log.warning("bind", peer, "LDAP bind as %r refused (resultCode %d)", item.name[:80], item.result_code)
-            gevent.sleep(self.throttle.failed(client, time.monotonic()))
+            gevent.sleep(self.throttle.delay(client, time.monotonic()))
         elif isinstance(item, proto.StartTLS):
             sock = self._start_tls(sock)
             session.tls_started()
@@ -321,7 +522,7 @@ class LdapService(Service):
         sensors.set("ldap_searches_running", self.fair.running)
         try:
             while True:
-                for item in outputs:
+                for item in _coalesced(outputs):
                     if self._act(item, sock, None, client, peer) is None:
                         return True
                 if cursor.done:

@@ -7,15 +7,15 @@ from types import SimpleNamespace
 
 import gevent
 import pytest
-from gevent import socket as gsocket
-from gevent import ssl as gssl
+from gevent import socket as gsocket, ssl as gssl
+from support import ldap_wire as w
+from support.ldap import complete, read_until_done
 
-import ldap_wire as w
-from greenservers import ldap as shell
 from greenservers.addressbook import addressbook_for
+from greenservers.config.settings import Settings
 from greenservers.proto import ldap
 from greenservers.sensors import SensorRegistry
-from greenservers.config.settings import Settings
+from greenservers.shells import ldap as shell
 from greenservers.tls.certificates import ensure_certificate
 
 PASSWORD = "shell-secret"
@@ -49,29 +49,6 @@ def served(tmp_path):
 
 def connect(port: int):
     return gsocket.create_connection(("127.0.0.1", port), timeout=5)
-
-
-def read_until_done(sock) -> list[w.Response]:
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return w.parse_responses(data)
-        data += chunk
-        responses = w.parse_responses(data) if _complete(data) else []
-        if responses and responses[-1].tag != ldap.SEARCH_RESULT_ENTRY:
-            return responses
-
-
-def _complete(data: bytes) -> bool:
-    pos = 0
-    while pos < len(data):
-        try:
-            size = ldap.ber.frame_length(data[pos:])
-        except ldap.ber.Incomplete:
-            return False
-        pos += size
-    return pos == len(data)
 
 
 def test_search_and_sensors(served):
@@ -108,7 +85,7 @@ def test_failed_binds_are_counted_and_throttled_per_address(served):
         sock.sendall(w.bind(message_id, "phonebook", "wrong"))
         assert read_until_done(sock)[0].code == ldap.INVALID_CREDENTIALS
     assert runtime.sensors.value("ldap_binds_failed") == 2
-    assert service.throttle._failures["127.0.0.1"][0] == 2
+    assert service.throttle.failures("127.0.0.1", time.monotonic()) == 2
 
 
 def test_starttls_then_search_and_ldaps(served):
@@ -167,7 +144,7 @@ def test_pipelined_searches_beyond_one_batch_are_all_answered(served):
         chunk = sock.recv(65536)
         assert chunk
         data += chunk
-        if _complete(data):
+        if complete(data):
             done = [r.message_id for r in w.parse_responses(data) if r.tag == ldap.SEARCH_RESULT_DONE]
     assert done == list(range(10, 50))
     sock.close()

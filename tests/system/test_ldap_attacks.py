@@ -9,6 +9,7 @@ Ordering and counts are asserted, never a duration.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -16,10 +17,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from support import ldap_service, ldap_wire as w
 
-import ldap_wire as w
 from greenservers.proto import ldap
-from support import ldap_service
 
 pytestmark = pytest.mark.real_client
 
@@ -97,7 +97,7 @@ def test_expensive_searches_are_cut_at_their_time_limit_while_other_clients_and_
             if hog.poll() is None:
                 hog.kill()
                 hog.wait()
-    for hog, (out, err) in zip(hogs, results):
+    for hog, (out, err) in zip(hogs, results, strict=True):
         found = out.count("\ndn: ")
         assert hog.returncode == ldap.TIME_LIMIT_EXCEEDED, err  # ldapsearch exits with the resultCode
         assert "Time limit exceeded" in out or "Time limit exceeded" in err
@@ -140,10 +140,8 @@ def flood(svc, sources: list[str], bind: bool) -> list[socket.socket]:
         if bind:
             sock.sendall(w.bind(1, "phonebook", PASSWORD))
             assert w.parse_responses(sock.recv(100))[0].code == 0
-        try:
+        with contextlib.suppress(OSError):  # closed by the server already
             sock.sendall(HEADER + b"\x02\x01\x02" + b"\x00" * (MESSAGE - 1024))
-        except OSError:
-            pass  # closed by the server already
     return socks
 
 

@@ -1,5 +1,5 @@
-"""Runs CPU-heavy work off the event loop: what a large address book costs (import, export,
-listing, the admin page, reloading it and indexing it for LDAP).
+"""Runs CPU-heavy work off the event loop: storing an address-book import, the export, the admin search,
+the JSON list and the page of a large book; scrypt; an RSA key.
 
 In the gevent worker such work goes to a thread of the hub's pool, so the
 other services keep answering while it runs. A thread alone is not enough:
@@ -8,10 +8,10 @@ other services keep answering while it runs. A thread alone is not enough:
   slice each time it releases the GIL for a system call, so every other
   request slowed down by tens of milliseconds; 0.5 ms slices while the work
   runs keep their latency low;
-- work that makes millions of objects (`build_off_loop`: indexing, reading
-  the whole book, an import) met full collections of the cyclic garbage
-  collector, each holding the GIL for up to 170 ms (a dozen during a
-  100,000-contact build). The collector is off while it runs, and what it
+- work that makes many objects (`build_off_loop`: an import) met full
+  collections of the cyclic garbage collector, each holding the GIL for up to
+  170 ms (a dozen while a 100,000-contact index was built in a thread, before
+  the LDAP directory was changed in place on the loop). The collector is off while it runs, and what it
   made is then moved straight to the oldest generation (freeze, unfreeze)
   instead of being scanned by the young ones on its way there; nothing is
   exempt from later collections. Lighter work (an export, a page) leaves the
@@ -44,7 +44,7 @@ def run_off_loop(function, *args):
 
 
 def build_off_loop(function, *args):
-    """The same, for work that makes millions of objects (indexing, reading the whole book):
+    """The same, for work that makes many objects (an import):
     the cyclic collector is paused meanwhile, and what the work made goes to the oldest generation."""
     return _off_loop(function, args, building=True)
 

@@ -10,10 +10,11 @@ import re
 import pytest
 
 from greenservers import addressbook as ab
-from greenservers.passwords import hash_password
-from greenservers.process.runtime import Runtime
+from greenservers.addressbook import store as ab_store
 from greenservers.config.settings import Settings
 from greenservers.config.store import ConfigStore
+from greenservers.passwords import hash_password
+from greenservers.process.runtime import Runtime
 from greenservers.web import create_app
 
 PASSWORD = "correct horse"
@@ -37,7 +38,7 @@ def app_and_book(tmp_path):
     app, runtime = make_app(tmp_path)
     book = ab.addressbook_for(runtime)
     yield app, book
-    ab._books.pop(book.path).close()
+    ab_store._books.pop(book.path).close()
 
 
 @pytest.fixture
@@ -219,7 +220,7 @@ def test_export_round_trip(client, book, tmp_path):
         assert imported.status_code == 200 and imported.get_json()["imported"] == 3
         assert [c.fields() for c in other.contacts()] == [c.fields() for c in book.contacts()]
     finally:
-        ab._books.pop(other.path).close()
+        ab_store._books.pop(other.path).close()
     # And replacing this book with its own export changes nothing but the ids.
     assert post_csv(client, text, replace="1").get_json() == {"imported": 3, "total": 3}
     assert client.get("/api/addressbook/export", headers=AUTH).get_data(as_text=True) == text
@@ -327,7 +328,7 @@ def test_page_import_upload(browser, book):
     html = response.get_data(as_text=True)
     assert "Nothing was imported" in html and "row 3, <code>work</code>" in html
     assert book.contacts() == []
-    good = {"csrf_token": browser.token, "file": (io.BytesIO("last_name,work\nA,1\nB,2\n".encode()), "book.csv")}
+    good = {"csrf_token": browser.token, "file": (io.BytesIO(b"last_name,work\nA,1\nB,2\n"), "book.csv")}
     assert browser.post("/addressbook/import", data=good, content_type="multipart/form-data", headers=BROWSER).status_code == 303
     assert [c.last_name for c in book.contacts()] == ["A", "B"]
     replace = {"csrf_token": browser.token, "replace": "1", "file": (io.BytesIO(b"last_name\nC\n"), "book.csv")}

@@ -1,0 +1,343 @@
+"""The address book's store: contacts in SQLite in data_dir, and the change log LDAP follows.
+
+One `AddressBook` per process and data_dir (`addressbook_for(runtime)`)
+owns one SQLite connection (WAL, busy timeout) behind a lock. It keeps no
+copy of the contacts: `get`, `page`, `find` (the admin search, off the event
+loop) and the export read SQLite a page at a time, so a book of 100,000
+contacts costs the worker no memory of its own.
+
+Every write commits in one transaction; triggers on the contacts table
+record each added, changed or deleted contact's id in `contact_changes`,
+whoever wrote it (this process, the CLI, an administrator's sqlite3 shell).
+`ChangeReader` (a connection of its own) is how the LDAP server follows the
+book: it notices a commit by `PRAGMA data_version` and reads the log after
+the last change it applied; the subscribers of this process's book are
+called after each of its commits, so the LDAP server applies it at once. The
+log keeps the last LOG_KEEP changes; a reader further behind reads the whole
+book again. An import runs off the event loop on a connection of its own:
+readers go on meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..config.private import ensure_private_file, make_private_dir
+from ..process.offload import build_off_loop, run_off_loop
+from .csv import csv_body, csv_rows, to_csv
+from .model import FIELDS, MAX_CONTACTS, MAX_SEARCH_LENGTH, Contact, ContactError, ContactNotFound, ImportRejected, matcher, validate
+
+log = logging.getLogger("greenservers.addressbook")
+
+PAGE = 1000  # contacts read from SQLite at a time (an export, the admin search, the LDAP index's build)
+LOG_KEEP = 250_000  # changes the log keeps: a replacing import of MAX_CONTACTS logs a delete and an add each
+
+# -- the store -------------------------------------------------------------------
+
+_SCHEMA = [
+    f"""CREATE TABLE IF NOT EXISTS contacts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    {", ".join(f"{name} TEXT NOT NULL DEFAULT ''" for name in FIELDS)}
+)""",
+    # the change log: every writer's changes, by trigger (AUTOINCREMENT: a seq is never used twice)
+    "CREATE TABLE IF NOT EXISTS contact_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, contact_id INTEGER NOT NULL)",
+    "CREATE TRIGGER IF NOT EXISTS contact_added AFTER INSERT ON contacts "
+    "BEGIN INSERT INTO contact_changes (contact_id) VALUES (new.id); END",
+    "CREATE TRIGGER IF NOT EXISTS contact_changed AFTER UPDATE ON contacts "
+    "BEGIN INSERT INTO contact_changes (contact_id) VALUES (new.id); END",
+    "CREATE TRIGGER IF NOT EXISTS contact_deleted AFTER DELETE ON contacts "
+    "BEGIN INSERT INTO contact_changes (contact_id) VALUES (old.id); END",
+]
+_COLUMNS = ", ".join(FIELDS)
+_SELECT = f"SELECT id, {_COLUMNS} FROM contacts"
+_INSERT = f"INSERT INTO contacts ({_COLUMNS}) VALUES ({', '.join('?' * len(FIELDS))})"
+_UPDATE = f"UPDATE contacts SET {', '.join(f'{name} = ?' for name in FIELDS)} WHERE id = ?"
+_LAST_CHANGE = "SELECT seq FROM sqlite_sequence WHERE name = 'contact_changes'"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # autocommit mode; writes open their own BEGIN IMMEDIATE transaction
+    db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against a process crash
+    db.execute("PRAGMA busy_timeout=10000")
+    return db
+
+
+class AddressBook:
+    """The contacts of one data_dir; safe to share between greenlets and threads."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        make_private_dir(self.path.parent)
+        ensure_private_file(self.path)  # SQLite makes -wal and -shm with the database file's mode and owner
+        self._db = _connect(self.path)
+        with _Transaction(self._db):
+            for statement in _SCHEMA:
+                self._db.execute(statement)
+        self._lock = threading.RLock()
+        self._subscribers: list[Callable[[], None]] = []
+
+    # -- reading ---------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """The last change's number in the log: it grows with every change, whichever process made it."""
+        with self._lock:
+            return _last_change(self._db)
+
+    def contacts(self) -> list[Contact]:
+        """Every contact, ordered by id (the whole book in memory: for small books, tests and the CLI)."""
+        return list(self.each())
+
+    def each(self) -> Iterator[Contact]:
+        """Every contact, ordered by id, read a page at a time."""
+        after = 0
+        while page := self.after(after, PAGE):
+            yield from page
+            after = page[-1].id
+
+    def after(self, id: int, limit: int) -> list[Contact]:
+        """Up to `limit` contacts with ids above `id`, ordered by id."""
+        return self._read(f"{_SELECT} WHERE id > ? ORDER BY id LIMIT ?", (id, limit))
+
+    def page(self, offset: int, limit: int | None) -> list[Contact]:
+        """Contacts `offset` to `offset + limit` in id order (limit None: to the end)."""
+        return self._read(f"{_SELECT} ORDER BY id LIMIT ? OFFSET ?", (-1 if limit is None else limit, offset))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM contacts").fetchone()[0]
+
+    def get(self, id: int) -> Contact | None:
+        try:
+            found = self._read(f"{_SELECT} WHERE id = ?", (int(id),))
+        except (TypeError, ValueError, OverflowError):
+            return None
+        return found[0] if found else None
+
+    def search(self, q: str, limit: int = 100) -> list[Contact]:
+        """Contacts whose names or company contain `q` (any case), or whose numbers contain its number."""
+        return self.find(q, 0, limit)[0]
+
+    def find(self, q: str, offset: int = 0, limit: int | None = 100) -> tuple[list[Contact], int]:
+        """(the contacts `offset` to `offset + limit` of those `search` matches, how many match in all);
+        every contact when `q` is empty. Read a page at a time, off the event loop."""
+        q = (q or "").strip()[:MAX_SEARCH_LENGTH]
+        if not q:
+            return self.page(offset, limit), len(self)
+        return run_off_loop(self._find, matcher(q), offset, limit)
+
+    def _find(self, matches: Callable[[Contact], bool], offset: int, limit: int | None) -> tuple[list[Contact], int]:
+        found: list[Contact] = []
+        total = 0
+        for contact in self.each():
+            if matches(contact):
+                if total >= offset and (limit is None or len(found) < limit):
+                    found.append(contact)
+                total += 1
+        return found, total
+
+    def export_csv(self) -> str:
+        return "".join(self.export_chunks())
+
+    def export_chunks(self) -> Iterator[str]:
+        """The CSV export, a page of contacts per chunk (each encoded off the event loop)."""
+        yield to_csv(())
+        after = 0
+        while page := self.after(after, PAGE):
+            yield run_off_loop(csv_body, page)
+            after = page[-1].id
+
+    def _read(self, sql: str, params: tuple) -> list[Contact]:
+        with self._lock:
+            return [Contact(*row) for row in self._db.execute(sql, params).fetchall()]
+
+    # -- writing ---------------------------------------------------------------
+
+    def add(self, fields: dict) -> Contact:
+        values = validate(fields)
+        with self._lock:
+            with self._transaction():
+                if self._db.execute("SELECT count(*) FROM contacts").fetchone()[0] >= MAX_CONTACTS:
+                    raise ContactError({"contact": f"the address book is full ({MAX_CONTACTS} contacts)"})
+                cursor = self._db.execute(_INSERT, [values[f] for f in FIELDS])
+                _prune_log(self._db)
+            contact = Contact(cursor.lastrowid, **values)
+        self._notify()
+        return contact
+
+    def change(self, id: int, fields: dict) -> Contact:
+        """Change the given fields of contact `id` (others keep their values)."""
+        with self._lock:
+            with self._transaction():
+                current = self.get(id)
+                if current is None:
+                    raise ContactNotFound(id)
+                values = validate(fields, base=current.fields())
+                self._db.execute(_UPDATE, [values[f] for f in FIELDS] + [current.id])
+                _prune_log(self._db)
+            contact = Contact(current.id, **values)
+        self._notify()
+        return contact
+
+    def delete(self, id: int) -> bool:
+        with self._lock, self._transaction():
+            deleted = self._db.execute("DELETE FROM contacts WHERE id = ?", (int(id),)).rowcount
+            _prune_log(self._db)
+        if deleted:
+            self._notify()
+        return bool(deleted)
+
+    def import_csv(self, text: str, replace: bool = False) -> int:
+        """Add every row of `text` (CSV, header row) in one transaction, or none of them.
+
+        With `replace`, the imported rows replace the whole address book. Raises
+        ImportRejected (nothing changed) listing the problems by row and field.
+        Rows are validated as they are inserted (none is kept in memory), off the
+        event loop and on a connection of the import's own: readers go on meanwhile,
+        other writers wait for the commit.
+        """
+        count = build_off_loop(self._import, text, replace)
+        self._notify()
+        return count
+
+    def _import(self, text: str, replace: bool) -> int:
+        db = _connect(self.path)
+        try:
+            with _Transaction(db):
+                kept = 0 if replace else db.execute("SELECT count(*) FROM contacts").fetchone()[0]
+                if replace:
+                    db.execute("DELETE FROM contacts")
+                count = 0
+
+                def rows():
+                    nonlocal count
+                    for row in csv_rows(text):
+                        count += 1
+                        yield [row[f] for f in FIELDS]
+                db.executemany(_INSERT, rows())
+                if kept + count > MAX_CONTACTS:
+                    message = f"the address book would hold {kept + count} contacts; the limit is {MAX_CONTACTS}"
+                    raise ImportRejected([{"row": 0, "field": "", "message": message}])
+                _prune_log(db)
+        finally:
+            db.close()
+        return count
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` after each change this process commits (from the thread that made it)."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def reader(self) -> ChangeReader:
+        """A connection of its own to follow the book's changes (for one greenlet or thread)."""
+        return ChangeReader(self.path)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- inside ------------------------------------------------------------------
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+    def _notify(self) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback()
+            except Exception:  # one subscriber's bug must not undo or hide the change
+                log.exception("address book subscriber failed")
+
+
+def _prune_log(db: sqlite3.Connection) -> None:
+    db.execute("DELETE FROM contact_changes WHERE seq <= ?", (_last_change(db) - LOG_KEEP,))
+
+
+def _last_change(db: sqlite3.Connection) -> int:
+    row = db.execute(_LAST_CHANGE).fetchone()
+    return row[0] if row else 0
+
+
+class ChangeReader:
+    """Reads what changed in a book since a point of its change log, on a connection of its own.
+
+    `changed()` is cheap (PRAGMA data_version: about 6 us) and true after any
+    connection's commit, this process's or another's.
+    """
+
+    def __init__(self, path: Path):
+        self._db = _connect(path)
+        self._data_version = -1
+
+    def changed(self) -> bool:
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return False
+        self._data_version = version
+        return True
+
+    def last_change(self) -> int:
+        return _last_change(self._db)
+
+    def changes_after(self, seq: int, limit: int) -> tuple[list[int], int] | None:
+        """(the ids of the contacts changed after change `seq`, the last change read), at most `limit` changes;
+        None if the log no longer reaches back to `seq` (pruned: the reader must read the whole book)."""
+        rows = self._db.execute("SELECT seq, contact_id FROM contact_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                                (seq, limit)).fetchall()
+        if not rows:
+            return [], seq
+        if rows[0][0] > seq + 1:
+            first = self._db.execute("SELECT min(seq) FROM contact_changes").fetchone()[0]
+            if first is not None and first > seq + 1:
+                return None  # pruned (a rollback leaves no hole: it gives its numbers back)
+        return list(dict.fromkeys(contact_id for _, contact_id in rows)), rows[-1][0]
+
+    def contacts(self, ids: list[int]) -> list[Contact]:
+        """The contacts of `ids` that exist (an id missing here was deleted)."""
+        found = []
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters is larger; this keeps a read short
+            part = ids[start:start + 500]
+            rows = self._db.execute(f"{_SELECT} WHERE id IN ({','.join('?' * len(part))})", part).fetchall()
+            found += [Contact(*row) for row in rows]
+        return found
+
+    def after(self, id: int, limit: int) -> list[Contact]:
+        return [Contact(*row) for row in self._db.execute(f"{_SELECT} WHERE id > ? ORDER BY id LIMIT ?", (id, limit)).fetchall()]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, kind, value, traceback):
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        return False
+
+
+_books: dict[Path, AddressBook] = {}
+_books_lock = threading.Lock()
+
+
+def addressbook_for(runtime) -> AddressBook:
+    """The process's AddressBook for the runtime's current data_dir, made on first use."""
+    path = runtime.settings.data_path / "addressbook.sqlite3"
+    with _books_lock:
+        book = _books.get(path)
+        if book is None:
+            book = _books[path] = AddressBook(path)
+        return book

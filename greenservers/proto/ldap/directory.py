@@ -1,0 +1,620 @@
+"""The directory: the address book's LDAP entries and their indexes, changed one contact at a time (sans-IO).
+
+`Directory` holds, per contact, ONE immutable `bytes` blob (`make_blob`): a
+header of uint16 end offsets, the encoded DN, each attribute's encoded
+PartialAttribute and each attribute's folded value. displayName (always cn's
+value), uid (the id) and objectClass (constant) are made when answering. The
+indexes hold no Python object per value:
+
+- `SortedKeys` per attribute: (folded value, id) pairs sorted in packed blocks
+  of about BLOCK pairs (one str and two arrays a block). Names are keyed by
+  their folded value (equality, prefix); numbers by their national form
+  (`national_form`, prefix in either form) and, reversed, by their digits
+  from the end (a number's equality by its last TAIL characters, "*4711").
+- `Trigrams` per name attribute: array('i') postings, append-only between
+  compactions (a stale id costs one check against the current value).
+- `order`: every id, ascending (what a scan walks).
+- a bounded cache of encoded answers per attribute selection (`answer`).
+
+Every change (`put`, `delete`) touches its own keys only: one block per
+attribute is rewritten, a posting appended to. A bulk add (`merge`, an
+import's slice) merges each attribute's keys in one pass. The structures
+searches iterate are copy-on-write at the level of their block lists (an
+iterator keeps the lists it started with), so a search that runs in slices
+while contacts change sees a consistent set of keys; ids it finds are then
+checked against the current blob (a deleted contact is skipped, a changed
+one verified again).
+
+Namesakes: two contacts with the same folded cn get "+uid=ID" in their RDN
+(DNs stay unique); only a count going 1 <-> 2 rewrites another entry's DN.
+
+The structures are index.py's. Filter semantics are `compile_filter`'s
+(filters.py); the Directory gives it an accessor (BlobAccess) that reads
+folded values out of blobs by id.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from heapq import merge as heap_merge
+from itertools import islice
+
+from .codes import F_AND, F_EQ, F_OR, F_SUB
+from .dn import escape_rdn_value, parse_dn
+from .entries import Entry, RootDSE, base_entry_values, contact_values, rdn_raw_value
+from .filters import compile_filter
+from .index import (
+    ALIAS,
+    AT,
+    BLOCK,
+    FOLDED_AT,
+    HEAD,
+    HEADER,
+    KEYS,
+    MAX_ANSWERS,
+    MAX_SOUNDS,
+    MERGE_STEP,
+    NUMBER_KEYS,
+    OBJECTCLASS_ENCODED,
+    PAIR,
+    SORT_STEP,
+    TAIL,
+    TOP,
+    TRIGRAM_KEYS,
+    UID_TYPE,
+    SortedKeys,
+    Trigrams,
+    ber_length,
+    blob_dn,
+    chain,
+    display_from_cn,
+    folded_value,
+    freed_steps,
+    lookup,
+    make_blob,
+    merged_steps,
+    national_key,
+    partial_attribute,
+    raw_value,
+    reversed_key,
+    sorted_steps,
+    with_dn,
+)
+from .schema import ATTRIBUTE_TYPES, PERSON_CLASSES, PERSON_CLASSES_FOLDED, national_form, number_prefix_national, padded_sounds
+
+_WHOLE_ENTRY, _DISPLAY, _UID = object(), object(), object()
+
+
+def _plan(selection) -> object:
+    """How a selection's attributes are cut from a blob: (first, last) header indexes of encoded
+    attributes in a row, _DISPLAY, _UID, or bytes; _WHOLE_ENTRY when Selection.encode must read an Entry."""
+    if selection.types_only or any(alias for _, alias in selection.keys):
+        return _WHOLE_ENTRY
+    if selection.all_user:  # in Entry order: objectClass, cn, sn, displayName, uid, the others
+        return (OBJECTCLASS_ENCODED, (0, 2), _DISPLAY, _UID, (2, len(KEYS)))
+    plan: list = []
+    for key, _ in selection.keys:
+        if key in AT:
+            n = AT[key]
+            if plan and plan[-1].__class__ is tuple and plan[-1][1] == n:
+                plan[-1] = (plan[-1][0], n + 1)  # next to the one before it in the blob: one slice
+            else:
+                plan.append((n, n + 1))
+        elif key == "displayname":
+            plan.append(_DISPLAY)
+        elif key == "uid":
+            plan.append(_UID)
+        elif key == "objectclass":
+            plan.append(OBJECTCLASS_ENCODED)
+    return tuple(plan)
+
+
+class Directory:
+    """The Root DSE, the base entry and the contacts' entries with their indexes, changed in place.
+
+    Only one caller changes it (the event loop's greenlet); searches read it between changes.
+    """
+
+    def __init__(self, base: str, contacts: Iterable = ()):
+        self.base = base
+        self.base_ndn = parse_dn(base)
+        base_values = base_entry_values(self.base_ndn)
+        if self.base_ndn:
+            for key, _ in self.base_ndn[0]:
+                if key in ATTRIBUTE_TYPES:
+                    base_values[key] = (rdn_raw_value(base, key),)
+        self.base_entry = Entry(base, base_values)
+        self.root_dse = RootDSE(base)
+        self.version = 0  # counts changes: a search that saw it move verifies what exact lookups give it
+        self.blobs: dict[int, bytes] = {}
+        self.order = array("i")  # every id, ascending
+        self.keys = {k: SortedKeys() for k in KEYS}  # numbers: by national_form
+        self.reversed = {k: SortedKeys() for k in NUMBER_KEYS}
+        self.grams = {k: Trigrams() for k in TRIGRAM_KEYS}
+        self.answers: dict[tuple, dict[int, bytes]] = {}
+        self.answered = 0
+        self._sounds: dict[str, str] = {}
+        self._plans: dict[tuple, object] = {}
+        self._journal: list | None = None  # while a merge runs: (id, blob, added or not) of each change made meanwhile
+        self.merge(contacts)
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    # -- changes --------------------------------------------------------------------------------
+
+    def put(self, contact) -> None:
+        """Add or change one contact: its old keys out, its new keys in, namesakes' DNs kept right."""
+        id_ = contact.id
+        old = self.blobs.get(id_)
+        old_cn = None
+        if old is not None:
+            old_cn = folded_value(old, "cn")
+            self._unindex(id_, old)
+            del self.blobs[id_]
+        else:
+            self._add_order(id_)
+        cn = contact_values(contact)[1]["cn"][0]
+        namesakes = self._with_cn(cn)
+        blob = self.blobs[id_] = make_blob(contact, bool(namesakes), self.base)
+        self._index(id_, blob)
+        if len(namesakes) == 1:
+            self._set_namesake(namesakes[0], True)
+        if old_cn is not None and old_cn != cn:
+            self._lone_namesake(old_cn)
+        self._changed(id_)
+
+    def delete(self, id_: int) -> None:
+        old = self.blobs.pop(id_, None)
+        if old is None:
+            return
+        self._unindex(id_, old)
+        at = bisect_left(self.order, id_)
+        self.order = self.order[:at] + self.order[at + 1:]  # a new array: a scan goes on over the old one
+        self._lone_namesake(folded_value(old, "cn"))
+        self._changed(id_)
+
+    def merge(self, contacts: Iterable) -> None:
+        """merge_steps(contacts), run to its end."""
+        for _ in self.merge_steps(contacts):
+            pass
+
+    def merge_steps(self, contacts: Iterable) -> Iterator[None]:
+        """Add many contacts (an import, or the first build), yielding between units of about a
+        millisecond: blobs made, then each attribute's new keys sorted in slices and merged with
+        the old ones in one pass (no block rewritten per contact). A contact already here is put.
+
+        Other contacts may be changed between the steps (`put`, `delete`): what that does to the
+        keys being merged is recorded and done again to the merged keys. The contacts of this
+        merge must not be changed before its steps end."""
+        self._journal = []
+        try:
+            yield from self._merge_steps(contacts)
+        finally:
+            self._journal = None
+
+    def _merge_steps(self, contacts: Iterable) -> Iterator[None]:
+        made = array("i")
+        ascending = True  # ids read from the book in order need no sort
+        for n, contact in enumerate(contacts, 1):
+            if contact.id in self.blobs:
+                self.put(contact)
+            else:
+                self.blobs[contact.id] = make_blob(contact, False, self.base)
+                ascending = ascending and (not made or contact.id > made[-1])
+                made.append(contact.id)
+            if n % MERGE_STEP == 0:
+                yield
+        if not made:
+            return
+        if not ascending:
+            made = yield from sorted_steps(made, None)
+        if self.order and made[0] < self.order[-1]:  # in one step: a change between steps would be lost
+            self.order = array("i", heap_merge(self.order, made))
+        else:
+            self.order.extend(made)
+        yield
+        for key in KEYS:
+            if key in NUMBER_KEYS:
+                new = yield from sorted_steps(made, lambda i, key=key: national_key(self.blobs[i], key))
+                yield from self._merged_into(self.keys, key, new)
+                yield from freed_steps(new)
+                new = yield from sorted_steps(made, lambda i, key=key: reversed_key(self.blobs[i], key))
+                yield from self._merged_into(self.reversed, key, new)
+            else:
+                new = yield from sorted_steps(made, lambda i, key=key: folded_value(self.blobs[i], key))
+                yield from self._merged_into(self.keys, key, new)
+                grams = self.grams.get(key)
+                for n, (value, i) in enumerate(new if grams is not None else (), 1):
+                    grams.add(value, i)
+                    if n % MERGE_STEP == 0:
+                        yield
+            yield from freed_steps(new)
+        # namesakes: among the new ones, and between the new and the old ones (equal cn keys are neighbours)
+        previous, group = None, []
+        for n, (cn, i) in enumerate(self.keys["cn"].pairs(), 1):
+            if cn != previous:
+                if len(group) > 1:
+                    for other in group:
+                        self._set_namesake(other, True)
+                previous, group = cn, []
+            group.append(i)
+            if n % SORT_STEP == 0:
+                yield
+        if len(group) > 1:
+            for other in group:
+                self._set_namesake(other, True)
+        self.version += 1
+
+    def _merged_into(self, structures: dict[str, SortedKeys], key: str, new: list[tuple[str, int]]) -> Iterator[None]:
+        """Steps that merge `new` into structures[key], then do again to the merged keys what changes
+        made meanwhile (recorded in the journal) did to the old ones."""
+        old, mark = structures[key], len(self._journal)
+        merged = yield from merged_steps(old, new)
+        if merged is not old:
+            for id_, blob, adding in self._journal[mark:]:
+                for keys, indexed in self._places(key, blob):
+                    if keys is old:
+                        (merged.add if adding else merged.remove)(indexed, id_)
+            structures[key] = merged
+
+    def _changed(self, id_: int) -> None:
+        self.version += 1
+        for answers in self.answers.values():
+            if answers.pop(id_, None) is not None:
+                self.answered -= 1
+
+    def _add_order(self, id_: int) -> None:
+        order = self.order
+        if not order or id_ > order[-1]:
+            order.append(id_)  # in place: a scan iterating it by index may see it, and no other changes
+        else:
+            at = bisect_left(order, id_)
+            self.order = order[:at] + array("i", [id_]) + order[at:]
+
+    def _index(self, id_: int, blob: bytes, adding: bool = True) -> None:
+        """A contact's keys into the indexes (or, not `adding`, out of them); noted in the journal while a merge runs."""
+        for key in KEYS:
+            for keys, indexed in self._places(key, blob):
+                (keys.add if adding else keys.remove)(indexed, id_)
+            grams = self.grams.get(key)
+            if grams is not None:
+                value = folded_value(blob, key)
+                if value is not None:
+                    (grams.add(value, id_) if adding else grams.removed(value))
+        if self._journal is not None:
+            self._journal.append((id_, blob, adding))
+
+    def _places(self, key: str, blob: bytes) -> tuple[tuple[SortedKeys, str], ...]:
+        """Where a contact's value of `key` is indexed: (sorted keys, the key it has there) for each."""
+        value = folded_value(blob, key)
+        if value is None:
+            return ()
+        if key in NUMBER_KEYS:
+            return (self.keys[key], national_form(value)), (self.reversed[key], value[::-1])
+        return ((self.keys[key], value),)
+
+    def _unindex(self, id_: int, blob: bytes) -> None:
+        self._index(id_, blob, adding=False)
+
+    def _with_cn(self, cn: str, cap: int | None = 3) -> list[int]:
+        found = self.keys["cn"].range(cn, cn + "\0")
+        return list(found if cap is None else islice(found, cap))
+
+    def _lone_namesake(self, cn: str) -> None:
+        left = self._with_cn(cn)
+        if len(left) == 1:
+            self._set_namesake(left[0], False)
+
+    def _set_namesake(self, id_: int, namesake: bool) -> None:
+        """Give or take "+uid=ID" in a contact's RDN."""
+        blob = self.blobs[id_]
+        ends = HEADER.unpack_from(blob)
+        rdn = "cn=" + escape_rdn_value(raw_value(blob[ends[0]:ends[1]])) + (f"+uid={id_}" if namesake else "")
+        dn = f"{rdn},{self.base}"
+        if dn != blob_dn(blob):
+            self.blobs[id_] = with_dn(blob, dn)
+            self._changed(id_)
+
+    @property
+    def merging(self) -> bool:
+        """A merge is running: only contacts not in it may be changed until it ends."""
+        return self._journal is not None
+
+    def tidy_steps(self) -> Iterator[None]:
+        """Rebuild the trigram postings that became a quarter stale, a slice per step."""
+        blobs = self.blobs
+        unpack = PAIR.unpack_from
+        for key, grams in self.grams.items():
+            if not grams.untidy:
+                continue
+            at = 2 * (FOLDED_AT + AT[key] - 1)
+
+            def holds(id_: int, gram: str, at: int = at) -> bool:
+                blob = blobs.get(id_)
+                if blob is None:
+                    return False
+                start, end = unpack(blob, at)
+                if not gram:
+                    return end > start and len(blob[start:end].decode()) < 3
+                return blob.find(gram.encode(), start, end) >= 0
+            yield from grams.tidy_steps(holds)
+
+    def dismantle(self, per_step: int = 2048) -> Iterator[None]:
+        """Empty this directory a slice at a time, yielding between slices, for a caller that holds the
+        only reference once it was replaced: dropping 100,000 blobs at once is one deallocation of many ms."""
+        blobs = self.blobs
+        while blobs:
+            for _ in range(min(per_step, len(blobs))):
+                blobs.popitem()
+            yield
+        blocks = max(1, per_step // BLOCK)
+        for keys in (*self.keys.values(), *self.reversed.values()):
+            while keys.blocks:
+                del keys.blocks[-blocks:], keys.heads[-blocks:]
+                yield
+        for grams in self.grams.values():
+            postings = grams.postings
+            while postings:
+                for _ in range(min(per_step, len(postings))):
+                    postings.popitem()
+                yield
+            grams.by_pair.clear()
+            grams.stale.clear()
+        self.order = array("i")
+        self.answers.clear()
+        self._sounds.clear()
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def folded(self, id_: int, key: str) -> str | None:
+        """A contact's folded value of `key` (any key a contact has; None if it has none, or is gone)."""
+        blob = self.blobs.get(id_)
+        if blob is None:
+            return None
+        key = ALIAS.get(key, key)
+        if key in AT:
+            return folded_value(blob, key)
+        if key == "uid":
+            return str(id_)
+        if key == "objectclass":
+            return min(PERSON_CLASSES_FOLDED)
+        return None
+
+    def dn(self, id_: int) -> str:
+        return blob_dn(self.blobs[id_])
+
+    def entry(self, id_: int) -> Entry | None:
+        """A contact's entry as an Entry (for what reads whole entries: extensible matches, Compare, rare selections)."""
+        blob = self.blobs.get(id_)
+        if blob is None:
+            return None
+        ends = HEADER.unpack_from(blob)
+        values: dict[str, tuple[str, ...]] = {"objectclass": PERSON_CLASSES}
+        folded: dict[str, tuple[str, ...]] = {"objectclass": PERSON_CLASSES_FOLDED}
+        for n, key in enumerate(KEYS):
+            start, end = ends[n], ends[n + 1]
+            if end > start:
+                values[key] = (raw_value(blob[start:end]),)
+                folded[key] = (blob[ends[FOLDED_AT + n - 1]:ends[FOLDED_AT + n]].decode(),)
+            if key == "sn":
+                values["displayname"], folded["displayname"] = values["cn"], folded["cn"]
+                values["uid"] = folded["uid"] = (str(id_),)
+        return Entry(blob_dn(blob), values, self.ndn(id_, blob), folded)
+
+    def ndn(self, id_: int, blob: bytes) -> tuple:
+        cn = folded_value(blob, "cn")
+        rdn = (("cn", cn), ("uid", str(id_))) if len(self._with_cn(cn)) > 1 else (("cn", cn),)
+        return (rdn,) + self.base_ndn
+
+    def find(self, ndn) -> int | None:
+        """The id of the contact whose DN is `ndn` (normalized), None if there is none."""
+        if len(ndn) != len(self.base_ndn) + 1 or ndn[1:] != self.base_ndn:
+            return None
+        avas = dict(ndn[0])
+        cn = avas.get("cn")
+        if cn is None or len(avas) > 2 or (len(avas) == 2 and "uid" not in avas):
+            return None
+        if "uid" not in avas:
+            ids = self._with_cn(cn, cap=2)
+            return ids[0] if len(ids) == 1 else None
+        uid = avas["uid"]
+        id_ = int(uid) if uid.isdigit() else -1
+        blob = self.blobs.get(id_)
+        if blob is None or str(id_) != uid or folded_value(blob, "cn") != cn:
+            return None
+        return id_ if len(self._with_cn(cn, cap=2)) > 1 else None
+
+    def scan(self) -> Iterator[int]:
+        """Every id, ascending (over the ids there were when it began, and those added since)."""
+        return iter(self.order)
+
+    def sounds(self, value: str) -> str:
+        """`padded_sounds(value)` for approximate matching, cached per distinct value (bounded)."""
+        code = self._sounds.get(value)
+        if code is None:
+            if len(self._sounds) >= MAX_SOUNDS:
+                self._sounds.clear()
+            code = self._sounds[value] = padded_sounds(value)
+        return code
+
+    # -- searching --------------------------------------------------------------------------------
+
+    def predicate(self, f) -> Callable[[int], bool | None]:
+        """compile_filter's predicate for ids of this directory's contacts."""
+        return compile_filter(f, self.sounds, BlobAccess(self))
+
+    def candidates(self, f, sized: bool = False) -> tuple[Iterator[int] | None, bool, int]:
+        """(ids that may match, whether exactly those match, about how many); None: scan every contact.
+
+        Exact lookups (a name's equality or prefix, a number's prefix or "*4711")
+        need no verification; the rest (a number's equality by its tail, trigrams,
+        AND) are supersets the predicate checks. An id may come more than once.
+        Sizes are estimated only when `sized` (an AND's children: the rarest is used).
+        """
+        op = f[0]
+        if op == F_AND:
+            best: tuple = (None, False, 0)
+            for child in f[1]:
+                ids, _, size = self.candidates(child, True)
+                if ids is not None and (best[0] is None or size < best[2]):
+                    best = (ids, False, size)
+            return best
+        if op == F_OR:
+            parts, exact, total = [], True, 0
+            for child in f[1]:
+                ids, child_exact, size = self.candidates(child, sized)
+                if ids is None:
+                    return None, False, 0
+                parts.append(ids)
+                exact = exact and child_exact
+                total += size
+            return chain(parts), exact, total
+        if op not in (F_EQ, F_SUB) or f[1] is None:
+            return None, False, 0
+        key = ALIAS.get(f[1], f[1])
+        if key not in AT:
+            return None, False, 0
+        if op == F_EQ:
+            value = f[2]
+            if key in NUMBER_KEYS:  # by its last characters, then checked here (which makes the lookup exact)
+                tail = value[::-1][:TAIL]
+                ids, _, size = lookup(self.reversed[key], tail, tail + TOP, False, sized)
+                same = compile_filter(f, access=BlobAccess(self))
+                return (i for i in ids if same(i)), True, size
+            return lookup(self.keys[key], value, value + "\0", True, sized)
+        initial, anys, final = f[2], f[3], f[4]
+        if initial:
+            if key in NUMBER_KEYS:
+                national = number_prefix_national(initial)
+                if national is None:
+                    return None, False, 0
+                return lookup(self.keys[key], national, national + TOP, not anys and not final and not initial.startswith("00"), sized)
+            return lookup(self.keys[key], initial, initial + TOP, not anys and not final, sized)
+        if key in NUMBER_KEYS:
+            if final:
+                tail = final[::-1]
+                return lookup(self.reversed[key], tail, tail + TOP, not anys, sized)
+            return None, False, 0
+        pieces = list(anys) + ([final] if final else [])
+        piece = max(pieces, key=len) if pieces else ""
+        if len(piece) < 2 or key not in self.grams:
+            return None, False, 0
+        ids, size = self.grams[key].candidates(piece)
+        if len(pieces) == 1 and not final:  # "*typed*": checked here, in the blob's bytes, which makes the lookup exact
+            contains = BlobAccess(self).contains(key, piece)
+            return (i for i in ids if contains(i)), True, size
+        return iter(ids), False, size
+
+    def answer(self, id_: int, selection) -> bytes | None:
+        """The SearchResultEntry body of a contact for an attribute selection (cached), None if it is gone."""
+        answers = self.answers.get(selection.key)
+        if answers is not None:
+            body = answers.get(id_)
+            if body is not None:
+                return body
+        blob = self.blobs.get(id_)
+        if blob is None:
+            return None
+        ends = HEADER.unpack_from(blob)
+        attributes = self._attributes(id_, blob, ends, selection)
+        inner = blob[HEAD:ends[0]] + b"\x30" + ber_length(len(attributes)) + attributes
+        body = b"\x64" + ber_length(len(inner)) + inner
+        if answers is None:
+            if len(self.answers) >= 8:  # selections cached at once (phones use one or two)
+                self._forget_answers(next(iter(self.answers)))
+            answers = self.answers[selection.key] = {}
+        if self.answered >= MAX_ANSWERS:
+            self._evict()
+        answers[id_] = body
+        self.answered += 1
+        return body
+
+    def _attributes(self, id_: int, blob: bytes, ends, selection) -> bytes:
+        plan = self._plans.get(selection.key)
+        if plan is None:
+            if len(self._plans) >= 64:
+                self._plans.clear()
+            plan = self._plans[selection.key] = _plan(selection)
+        if plan is _WHOLE_ENTRY:
+            return selection.encode(self.entry(id_))
+        parts = []
+        for part in plan:
+            if part.__class__ is tuple:
+                parts.append(blob[ends[part[0]]:ends[part[1]]])
+            elif part is _DISPLAY:
+                parts.append(display_from_cn(blob[ends[0]:ends[1]]))
+            elif part is _UID:
+                parts.append(partial_attribute(UID_TYPE, str(id_)))
+            else:
+                parts.append(part)
+        return b"".join(parts)
+
+    def _forget_answers(self, key: tuple) -> None:
+        self.answered -= len(self.answers.pop(key))
+
+    def _evict(self) -> None:
+        """Drop the oldest eighth of the cached answers (dicts keep insertion order)."""
+        drop = MAX_ANSWERS // 8
+        for answers in list(self.answers.values()):
+            oldest = list(islice(answers, drop))
+            for id_ in oldest:
+                del answers[id_]
+            self.answered -= len(oldest)
+            drop -= len(oldest)
+            if drop <= 0:
+                return
+
+
+class BlobAccess:
+    """How compile_filter's predicates read a contact of a Directory, by id."""
+
+    def __init__(self, directory: Directory):
+        self.directory = directory
+
+    def values(self, key: str) -> Callable[[int], tuple[str, ...]]:
+        blobs = self.directory.blobs
+        key = ALIAS.get(key, key)
+        if key in AT:
+            at = 2 * (FOLDED_AT + AT[key] - 1)
+            unpack = PAIR.unpack_from
+
+            def values(id_: int) -> tuple[str, ...]:
+                blob = blobs.get(id_)
+                if blob is None:
+                    return ()
+                start, end = unpack(blob, at)
+                return (blob[start:end].decode(),) if end > start else ()
+            return values
+        if key == "uid":
+            return lambda id_: (str(id_),) if id_ in blobs else ()
+        if key == "objectclass":
+            return lambda id_: PERSON_CLASSES_FOLDED if id_ in blobs else ()
+        return lambda id_: ()
+
+    def present(self, key: str) -> Callable[[int], bool]:
+        values = self.values(key)
+        return lambda id_: bool(values(id_))
+
+    def contains(self, key: str, piece: str) -> Callable[[int], bool] | None:
+        """"*piece*": the value's UTF-8 bytes searched in place, nothing decoded."""
+        key = ALIAS.get(key, key)
+        if key not in AT or not piece:
+            return None
+        blobs, needle = self.directory.blobs, piece.encode()
+        at = 2 * (FOLDED_AT + AT[key] - 1)
+        unpack = PAIR.unpack_from
+
+        def contains(id_: int) -> bool:
+            blob = blobs.get(id_)
+            if blob is None:
+                return False
+            start, end = unpack(blob, at)
+            return end > start and blob.find(needle, start, end) >= 0
+        return contains
+
+    def entry(self, id_: int) -> Entry | None:
+        return self.directory.entry(id_)
+

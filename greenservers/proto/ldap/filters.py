@@ -1,0 +1,384 @@
+"""Search filters (RFC 4511 §4.5.1.7): decoded from BER within a budget of units, compiled to a three-valued predicate.
+
+`decode_filter` gives a tuple per item ((F_EQ, key, folded value, raw), ...);
+every item costs the units checking an entry against it costs (`item_units`),
+and every ASSERTION_UNIT bytes of values one more, within MAX_FILTER_ITEMS.
+`compile_filter` is the one compiler: its predicate reads an entry through an
+accessor (EntryAccess for Entry objects; the directory's reads blobs by id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .. import ber
+from ..ber import BerError
+from .codes import (
+    ASSERTION_UNIT,
+    F_AND,
+    F_APPROX,
+    F_EQ,
+    F_EXT,
+    F_GE,
+    F_LE,
+    F_NOT,
+    F_OR,
+    F_PRESENT,
+    F_SUB,
+    MAX_ASSERTION,
+    MAX_DESCRIPTION,
+    MAX_FILTER_DEPTH,
+    MAX_FILTER_ITEMS,
+)
+from .entries import Entry
+from .schema import (
+    _NUMBER_FORMATTING,
+    ATTRIBUTE_TYPES,
+    FOLDERS,
+    K_NAME,
+    K_NUMBER,
+    MATCHING_RULES,
+    RULE_DEFAULT,
+    RULE_EXACT,
+    RULE_SUBSTRING,
+    approx_match,
+    attribute_key,
+    fold_for,
+    fold_name,
+    number_prefix_match,
+    number_prefix_national,
+    padded_sounds,
+    same_number,
+    sound_codes,
+)
+
+# -- filters: decode (§4.5.1.7) and compile to a three-valued predicate ----------
+
+
+def _text(data: bytes, start: int, stop: int) -> str:
+    return data[start:stop].decode("utf-8", "replace")
+
+
+def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budget: list[int]):
+    """A filter as a tuple: (F_AND, [..]), (F_EQ, key, folded value, raw), (F_SUB, key, initial, anys, final), ...
+
+    `budget` is what is left of MAX_FILTER_ITEMS: every item takes what checking an
+    entry against it costs (item_units), and every ASSERTION_UNIT bytes of assertion
+    values one more (folding them), so both checking an entry and decoding stay bounded.
+    """
+    _spend(budget, 1)
+    if depth > MAX_FILTER_DEPTH:
+        raise BerError(f"filter nested deeper than {MAX_FILTER_DEPTH}")
+    if tag == F_EQ and stop - start < 0x80 and data[start] == ber.OCTET_STRING:
+        # the phones' item, short lengths (one byte each): read in place (the general path reads the same)
+        value_at = start + 2 + data[start + 1]
+        if value_at + 2 <= stop and data[value_at] == ber.OCTET_STRING and value_at + 2 + data[value_at + 1] == stop:
+            key = attribute_key(_text(data, start + 2, value_at))
+            raw = _assertion(data, value_at + 2, stop, budget)
+            return (F_EQ, None, raw, raw) if key is None else (F_EQ, key, fold_for(key)(raw), raw)
+    if tag in (F_AND, F_OR):
+        children = ber.children(data, start, stop, budget[0] + 1, _TOO_MANY_ITEMS)
+        items = [decode_filter(data, t, s, e, depth + 1, budget) for t, s, e in children]
+        if not items:  # RFC 4526 absolute true/false
+            return (F_AND, []) if tag == F_AND else (F_OR, [])
+        return (tag, items)
+    if tag == F_NOT:
+        t, s, e = ber.read_header(data, start, stop)
+        if e != stop:
+            raise BerError("not: more than one filter")
+        return (F_NOT, decode_filter(data, t, s, e, depth + 1, budget))
+    if tag == F_PRESENT:
+        return (F_PRESENT, attribute_key(_description(data, start, stop)))
+    if tag in (F_EQ, F_GE, F_LE, F_APPROX):
+        s1, e1 = ber.expect(data, start, stop, ber.OCTET_STRING, "attributeDesc")
+        s2, e2 = ber.expect(data, e1, stop, ber.OCTET_STRING, "assertionValue")
+        if e2 != stop:
+            raise BerError("trailing bytes in attribute value assertion")
+        key = attribute_key(_description(data, s1, e1))
+        raw = _assertion(data, s2, e2, budget)
+        if key is None:
+            return (tag, None, raw, raw)
+        if tag == F_APPROX and ATTRIBUTE_TYPES[key][1] == K_NAME:
+            return _spent((tag, key, sound_codes(raw), raw), budget)
+        return (tag, key, fold_for(key)(raw), raw)
+    if tag == F_SUB:
+        s1, e1 = ber.expect(data, start, stop, ber.OCTET_STRING, "attributeDesc")
+        s2, e2 = ber.expect(data, e1, stop, 0x30, "substrings")
+        key = attribute_key(_description(data, s1, e1))
+        folder = fold_for(key) if key else fold_name
+        initial, anys, final = "", [], ""
+        parts = ber.children(data, s2, e2, budget[0] + 1, _TOO_MANY_ITEMS)
+        if not parts:
+            raise BerError("substrings filter without substrings")
+        for index, (t, s, e) in enumerate(parts):
+            piece = _assertion(data, s, e, budget)
+            piece = folder(piece) if not (key and ATTRIBUTE_TYPES[key][1] == K_NUMBER) or t == 0x80 else piece.translate(_NUMBER_FORMATTING)
+            if t == 0x80 and index == 0:
+                initial = piece
+            elif t == 0x81:
+                if piece:
+                    anys.append(piece)
+            elif t == 0x82 and index == len(parts) - 1:
+                final = piece
+            else:
+                raise BerError(f"substring choice 0x{t:02x} out of place")
+        return _spent((F_SUB, key, initial, tuple(anys), final), budget)
+    if tag == F_EXT:
+        rule = key = None
+        value, dn_attributes = "", False
+        for t, s, e in ber.children(data, start, stop, 4, "extensible match: more than four elements"):
+            if t == 0x81:
+                rule = _description(data, s, e).strip().lower()
+            elif t == 0x82:
+                key = _description(data, s, e)
+            elif t == 0x83:
+                value = _assertion(data, s, e, budget)
+            elif t == 0x84:
+                dn_attributes = ber.read_boolean(data, s, e)
+            else:
+                raise BerError(f"extensible match: unexpected tag 0x{t:02x}")
+        if rule is None and key is None:
+            raise BerError("extensible match needs a matching rule or a type")
+        resolved = attribute_key(key) if key is not None else None
+        return _spent((F_EXT, rule, resolved, value, dn_attributes, key is not None), budget)
+    raise BerError(f"unknown filter choice 0x{tag:02x}")
+
+
+_TOO_MANY_ITEMS = (f"filter has more than {MAX_FILTER_ITEMS} items (substring pieces, approximate words, untyped extensible "
+                   f"matches and every {ASSERTION_UNIT} bytes of values count too)")
+
+
+def _spend(budget: list[int], units: int) -> None:
+    budget[0] -= units
+    if budget[0] < 0:
+        raise BerError(_TOO_MANY_ITEMS)
+
+
+def _spent(item: tuple, budget: list[int]) -> tuple:
+    _spend(budget, item_units(item) - 1)  # its first unit was spent when it was begun
+    return item
+
+
+def item_units(f) -> int:
+    """What checking one entry against the filter item `f` costs (AND, OR and NOT: 1 each, besides
+    their items): a substring filter a unit per piece, an approximate match one per word, an
+    extensible match without a type one per attribute type it tries, and two for the DN's values."""
+    op = f[0]
+    if op == F_SUB:
+        return max(1, bool(f[2]) + len(f[3]) + bool(f[4]))
+    if op == F_APPROX and isinstance(f[2], tuple):
+        return max(1, len(f[2]))
+    if op == F_EXT:
+        _, _, key, _, dn_attributes, has_type = f
+        return (1 if key or has_type else len(ATTRIBUTE_TYPES)) + (2 if dn_attributes else 0)
+    return 1
+
+
+def filter_units(f) -> int:
+    """What checking one entry against filter `f` costs, in the units MAX_FILTER_ITEMS counts."""
+    if f[0] in (F_AND, F_OR):
+        return 1 + sum(filter_units(c) for c in f[1])
+    if f[0] == F_NOT:
+        return 1 + filter_units(f[1])
+    return item_units(f)
+
+
+def _assertion(data: bytes, start: int, stop: int, budget: list[int]) -> str:
+    if stop - start > MAX_ASSERTION:
+        raise BerError(f"assertion value of {stop - start} bytes is over the limit of {MAX_ASSERTION}")
+    _spend(budget, (stop - start) // ASSERTION_UNIT)
+    return _text(data, start, stop)
+
+
+def _description(data: bytes, start: int, stop: int) -> str:
+    if stop - start > MAX_DESCRIPTION:
+        raise BerError(f"attribute description or rule of {stop - start} bytes is over the limit of {MAX_DESCRIPTION}")
+    return _text(data, start, stop)
+
+
+def _substring_match(value: str, initial: str, anys: tuple, final: str) -> bool:
+    pos, end = 0, len(value)
+    if initial:
+        if not value.startswith(initial):
+            return False
+        pos = len(initial)
+    if final:
+        if not value.endswith(final) or end - len(final) < pos:
+            return False
+        end -= len(final)
+    for piece in anys:
+        found = value.find(piece, pos, end)
+        if found < 0:
+            return False
+        pos = found + len(piece)
+    return True
+
+
+def _always(result):
+    return lambda entry: result
+
+
+class EntryAccess:
+    """How compile_filter's predicates read an Entry (the Root DSE, the base entry, a reference's entries).
+
+    A Directory gives its own (directory.BlobAccess) for its contacts, read by id.
+    """
+
+    @staticmethod
+    def values(key: str) -> Callable[[Entry], tuple[str, ...]]:
+        empty: tuple = ()
+        return lambda entry: entry.folded.get(key, empty)
+
+    @staticmethod
+    def present(key: str) -> Callable[[Entry], bool]:
+        return lambda entry: key in entry.values
+
+    @staticmethod
+    def contains(key: str, piece: str) -> Callable[[Entry], bool] | None:
+        return None  # the general substring match serves
+
+    @staticmethod
+    def entry(entry: Entry) -> Entry:
+        return entry
+
+
+ENTRIES = EntryAccess()
+
+
+def compile_filter(f, sounds: Callable[[str], str] = padded_sounds, access=ENTRIES) -> Callable[[object], bool | None]:
+    """A predicate entry -> True / False / None (Undefined, RFC 4511 §4.5.1.7).
+
+    Everything that depends only on the filter is computed here, once; what depends
+    on a value is folded with the entry (or, for approximate matching, by `sounds`,
+    which a Directory answers from a cache: once per value, not per evaluation).
+    `access` reads an entry's folded values (EntryAccess; a Directory's reads its
+    blobs by id), and gives the whole Entry where a match needs it (extensible).
+    """
+    op = f[0]
+    if op in (F_AND, F_OR):
+        parts = [compile_filter(c, sounds, access) for c in f[1]]
+        decisive = op == F_OR  # the result that ends the loop: True for OR, False for AND
+
+        def match_all(entry):
+            result = not decisive
+            for part in parts:
+                r = part(entry)
+                if r is decisive:
+                    return decisive
+                if r is None:
+                    result = None
+            return result
+        return match_all
+    if op == F_NOT:
+        inner = compile_filter(f[1], sounds, access)
+
+        def match_not(entry):
+            r = inner(entry)
+            return None if r is None else not r
+        return match_not
+    if op == F_PRESENT:
+        key = f[1]
+        if key is None:
+            return _always(False)
+        if key == "objectclass":
+            return _always(True)
+        return access.present(key)
+    if op == F_EXT:
+        match = _compile_extensible(*f[1:])
+        whole = access.entry
+        return lambda entry: (lambda e: e is not None and match(e))(whole(entry))
+    key = f[1]
+    if key is None:
+        return _always(None)
+    kind = ATTRIBUTE_TYPES[key][1]
+    get = access.values(key)
+    # loops, not any(generator): a generator made per value checked would cost more than the check
+    if op == F_SUB:
+        initial, anys, final = f[2], f[3], f[4]
+        if kind == K_NUMBER and initial and not anys and not final:
+            national = number_prefix_national(initial)
+
+            def match_number_prefix(entry):
+                for v in get(entry):  # noqa: SIM110 (see above: no generator per value)
+                    if number_prefix_match(v, initial, national):
+                        return True
+                return False
+            return match_number_prefix
+        if not initial and not final and len(anys) == 1:
+            contains = access.contains(key, anys[0])
+            if contains is not None:
+                return contains
+
+        def match_substrings(entry):
+            for v in get(entry):  # noqa: SIM110 (see above: no generator per value)
+                if _substring_match(v, initial, anys, final):
+                    return True
+            return False
+        return match_substrings
+    value = f[2]
+    if op == F_EQ or (op == F_APPROX and kind != K_NAME):
+        if kind == K_NUMBER:
+            def match_number(entry):
+                for v in get(entry):  # noqa: SIM110 (see above: no generator per value)
+                    if same_number(v, value):
+                        return True
+                return False
+            return match_number
+        return lambda entry: value in get(entry)
+    if op == F_APPROX:  # value: the assertion's codes (sound_codes)
+        def match_approx(entry):
+            for v in get(entry):  # noqa: SIM110 (see above: no generator per value)
+                if approx_match(sounds(v), value):
+                    return True
+            return False
+        return match_approx
+    if op == F_GE:
+        def match_ge(entry):
+            for v in get(entry):  # noqa: SIM110 (see above: no generator per value)
+                if v >= value:
+                    return True
+            return False
+        return match_ge
+
+    def match_le(entry):
+        for v in get(entry):  # noqa: SIM110 (see above: no generator per value)
+            if v <= value:
+                return True
+        return False
+    return match_le
+
+
+def _compile_extensible(rule, key, value, dn_attributes, has_type):
+    """Extensible match (§4.5.1.7.7): a known rule compares like equality (or exactly, or as substrings)."""
+    how = MATCHING_RULES.get(rule, None) if rule is not None else RULE_DEFAULT
+    if how is None or (has_type and key is None):
+        return _always(None)  # unknown rule or attribute type: Undefined
+    needles = {kind: folder(value) for kind, folder in FOLDERS.items()}  # the assertion folded for each kind, once
+
+    def test(k: str, raw_values: tuple, folded_values: tuple) -> bool:
+        if how == RULE_EXACT:
+            return value in raw_values
+        kind = ATTRIBUTE_TYPES[k][1]
+        needle = needles[kind]
+        if how == RULE_SUBSTRING:
+            return any(needle in v for v in folded_values)
+        if kind == K_NUMBER:
+            return any(same_number(v, needle) for v in folded_values)
+        return needle in folded_values
+
+    def match(entry):
+        if key:
+            if key in entry.values and test(key, entry.values[key], entry.folded[key]):
+                return True
+        else:
+            folded = entry.folded
+            for k, raw_values in entry.values.items():
+                if test(k, raw_values, folded[k]):
+                    return True
+        if dn_attributes:
+            for rdn in entry.ndn:
+                for k, folded_value in rdn:
+                    if (key is None or k == key) and k in ATTRIBUTE_TYPES and test(k, (folded_value,), (folded_value,)):
+                        return True
+        return False
+    return match

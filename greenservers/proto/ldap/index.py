@@ -1,0 +1,392 @@
+"""The directory's storage and index structures (sans-IO): contact blobs, sorted keys in packed blocks, trigram
+postings, and the steps that build and merge them a slice of work at a time.
+
+A contact is ONE immutable `bytes` blob (`make_blob`): a header of uint16 end
+offsets, the encoded DN, each attribute's encoded PartialAttribute and each
+attribute's folded value, in KEYS order. `SortedKeys` holds (key, id) pairs
+in (key, id) order in blocks of about BLOCK (one str of the keys, an array of
+their offsets, an array of the ids); its changes replace the lists of blocks
+(copy-on-write), never a block in place, so an iterator goes on over the
+blocks it started with. `Trigrams` are array postings, append-only between
+compactions. The `*_steps` generators do large work (sorting, merging,
+freeing) in units of about a millisecond, yielding between them.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator
+from heapq import merge as heap_merge
+from itertools import accumulate, islice
+
+from .. import ber
+from .dn import escape_rdn_value
+from .entries import contact_values, encode_attribute
+from .schema import ATTRIBUTE_TYPES, K_NUMBER, PERSON_CLASSES, national_form
+
+KEYS = ("cn", "sn", "givenname", "mail", "o", "telephonenumber", "mobile", "homephone", "ipphone")
+NUMBER_KEYS = tuple(k for k in KEYS if ATTRIBUTE_TYPES[k][1] == K_NUMBER)
+NAME_KEYS = tuple(k for k in KEYS if k not in NUMBER_KEYS)
+TRIGRAM_KEYS = ("cn", "sn")  # the names phones search with "*typed*"; other names' substrings are scanned
+ALIAS = {"displayname": "cn"}  # displayName's value is always cn's
+AT = {k: i for i, k in enumerate(KEYS)}
+HEADER = struct.Struct("<" + "H" * (1 + 2 * len(KEYS)))  # ends of: DN, encoded attributes, folded values
+HEAD = HEADER.size
+FOLDED_AT = 1 + len(KEYS)  # header index of the first folded value's end
+PAIR = struct.Struct("<HH")
+TOP = "\U0010ffff"
+BLOCK = 128  # pairs per block: a change rewrites one block of about this many
+TAIL = 5  # a number's equality candidates share its last 5 characters: a national number has at least 6
+# (same_number), so at least 5 remain after its 0, common to both forms
+MAX_ANSWERS = 60_000  # encoded answers cached (about 220 bytes each with their place in the cache: 13 MiB)
+MAX_SOUNDS = 50_000  # folded values whose Soundex codes are cached
+OBJECTCLASS_ENCODED = encode_attribute("objectClass", PERSON_CLASSES)
+_CN_TYPE = ber.octets("cn")
+_DISPLAY_TYPE = ber.octets("displayName")
+UID_TYPE = ber.octets("uid")
+_NO_IDS = array("i")
+
+
+def ber_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(b),)) + b
+
+
+def partial_attribute(type_element: bytes, value: str) -> bytes:
+    """PartialAttribute of one value (the build makes about a million: no general tlv())."""
+    v = value.encode()
+    inner = b"\x04" + ber_length(len(v)) + v
+    body = type_element + b"\x31" + ber_length(len(inner)) + inner
+    return b"\x30" + ber_length(len(body)) + body
+
+
+_TYPE_ELEMENTS = {k: ber.octets(ATTRIBUTE_TYPES[k][0]) for k in KEYS}
+
+
+def make_blob(contact, namesake: bool, base: str) -> bytes:
+    """A contact's blob: header, DN element, encoded attributes, folded values (see the module's docstring)."""
+    values, folded = contact_values(contact)
+    rdn = "cn=" + escape_rdn_value(values["cn"][0])
+    if namesake:
+        rdn += "+uid=" + str(contact.id)
+    parts = [ber.octets(f"{rdn},{base}")]
+    parts += [partial_attribute(_TYPE_ELEMENTS[k], values[k][0]) if k in values else b"" for k in KEYS]
+    parts += [folded[k][0].encode() if k in folded else b"" for k in KEYS]
+    ends = list(accumulate(map(len, parts), initial=HEAD))[1:]
+    return HEADER.pack(*ends) + b"".join(parts)
+
+
+def folded_value(blob: bytes, key: str) -> str | None:
+    """The folded value of `key` (one of KEYS) in a blob, None when the contact has none."""
+    start, end = PAIR.unpack_from(blob, 2 * (FOLDED_AT + AT[key] - 1))
+    return blob[start:end].decode() if end > start else None
+
+
+def blob_dn(blob: bytes) -> str:
+    end = HEADER.unpack_from(blob)[0]
+    _, s, e = ber.read_header(blob, HEAD, end)
+    return blob[s:e].decode()
+
+
+def with_dn(blob: bytes, dn: str) -> bytes:
+    ends = HEADER.unpack_from(blob)
+    element = ber.octets(dn)
+    shift = len(element) - (ends[0] - HEAD)
+    return HEADER.pack(*(x + shift for x in ends)) + element + blob[ends[0]:]
+
+
+def display_from_cn(cn_attribute: bytes) -> bytes:
+    """displayName's PartialAttribute: cn's, with the type renamed (their values are always equal)."""
+    _, s, e = ber.read_header(cn_attribute, 0, len(cn_attribute))
+    body = _DISPLAY_TYPE + cn_attribute[s + len(_CN_TYPE):e]
+    return b"\x30" + ber_length(len(body)) + body
+
+
+def raw_value(attribute: bytes) -> str:
+    """The one value of a PartialAttribute made by _partial_attribute."""
+    _, s, e = ber.read_header(attribute, 0, len(attribute))
+    _, ts, te = ber.read_header(attribute, s, e)
+    _, ss, se = ber.read_header(attribute, te, e)
+    _, vs, ve = ber.read_header(attribute, ss, se)
+    return attribute[vs:ve].decode()
+
+
+# -- sorted keys in packed blocks ------------------------------------------------------
+
+
+class SortedKeys:
+    """(key, id) pairs in (key, id) order, in blocks of about BLOCK: per block one "\\0"-joined str of its
+    keys, an array of their offsets and an array of their ids.
+
+    Changes replace the lists of blocks (copy-on-write), never a block in place:
+    an iterator from `range` goes on over the blocks it started with.
+    """
+
+    __slots__ = ("heads", "blocks")
+
+    def __init__(self):
+        self.heads: list[tuple[str, int]] = []
+        self.blocks: list[tuple[str, array, array]] = []
+
+    def __len__(self) -> int:
+        return sum(len(ids) for _, _, ids in self.blocks)
+
+    def pairs(self) -> Iterator[tuple[str, int]]:
+        for text, _, ids in self.blocks:
+            yield from zip(text[:-1].split("\0"), ids, strict=True)
+
+    def range(self, lo: str, hi: str) -> Iterator[int]:
+        """Ids of the keys in [lo, hi), in key order, lazily."""
+        heads, blocks = self.heads, self.blocks
+        b = max(0, bisect_left(heads, (lo, -1)) - 1)
+        if b >= len(blocks):
+            return
+        text, offsets, ids = blocks[b]
+        j, high = 0, len(ids)
+        while j < high:  # the first key >= lo (a loop: bisect with a key function calls it per step)
+            middle = (j + high) // 2
+            if text[offsets[middle]:offsets[middle + 1] - 1] < lo:
+                j = middle + 1
+            else:
+                high = middle
+        while True:
+            n = len(ids)
+            while j < n:
+                if text[offsets[j]:offsets[j + 1] - 1] >= hi:
+                    return
+                yield ids[j]
+                j += 1
+            b += 1
+            if b >= len(blocks):
+                return
+            text, offsets, ids = blocks[b]
+            j = 0
+
+    def count(self, lo: str, hi: str, cap: int) -> int:
+        """How many keys lie in [lo, hi), counted up to `cap`."""
+        return sum(1 for _ in islice(self.range(lo, hi), cap))
+
+    def add(self, key: str, id_: int) -> None:
+        pair = (key, id_)
+        heads, blocks = list(self.heads), list(self.blocks)
+        if not blocks:
+            self.heads, self.blocks = [pair], [pack([key], [id_])]
+            return
+        b = max(0, bisect_right(heads, pair) - 1)
+        keys, ids = unpack(blocks[b])
+        j = bisect_left(list(zip(keys, ids, strict=True)), pair)
+        keys.insert(j, key)
+        ids.insert(j, id_)
+        if len(keys) > 2 * BLOCK:
+            half = len(keys) // 2
+            heads[b:b + 1] = [(keys[0], ids[0]), (keys[half], ids[half])]
+            blocks[b:b + 1] = [pack(keys[:half], ids[:half]), pack(keys[half:], ids[half:])]
+        else:
+            heads[b] = (keys[0], ids[0])
+            blocks[b] = pack(keys, ids)
+        self.heads, self.blocks = heads, blocks
+
+    def remove(self, key: str, id_: int) -> None:
+        pair = (key, id_)
+        b = max(0, bisect_right(self.heads, pair) - 1)
+        if b >= len(self.blocks):
+            return
+        keys, ids = unpack(self.blocks[b])
+        pairs = list(zip(keys, ids, strict=True))
+        j = bisect_left(pairs, pair)
+        if j >= len(pairs) or pairs[j] != pair:
+            return
+        del keys[j], ids[j]
+        heads, blocks = list(self.heads), list(self.blocks)
+        if keys:
+            heads[b], blocks[b] = (keys[0], ids[0]), pack(keys, ids)
+        else:
+            del heads[b], blocks[b]
+        self.heads, self.blocks = heads, blocks
+
+
+def pack(keys: list[str], ids: list[int]) -> tuple[str, array, array]:
+    offsets = array("I", accumulate((len(k) + 1 for k in keys), initial=0))
+    return "\0".join(keys) + "\0", offsets, array("i", ids)
+
+
+def unpack(block: tuple[str, array, array]) -> tuple[list[str], list[int]]:
+    text, _, ids = block
+    return text[:-1].split("\0"), ids.tolist()
+
+
+# -- trigram postings ----------------------------------------------------------------------
+
+
+class Trigrams:
+    """Trigram postings of one attribute (array('i') each), append-only between compactions.
+
+    Postings are supersets: the search verifies each id against the contact's
+    current value, so an id left by a change or a delete costs one check. A
+    posting a quarter stale is listed in `untidy`, and `tidy_steps` rebuilds it a
+    slice at a time. A 2-character piece chains the postings of the trigrams that
+    hold it; values shorter than 3 characters are listed in `short` (under "").
+    """
+
+    __slots__ = ("postings", "stale", "by_pair", "untidy")
+
+    def __init__(self):
+        self.postings: dict[str, array] = {"": array("i")}
+        self.stale: dict[str, int] = {}
+        self.by_pair: dict[str, list[str]] = {}
+        self.untidy: set[str] = set()
+
+    @property
+    def short(self) -> array:
+        return self.postings[""]
+
+    @staticmethod
+    def grams(value: str) -> set[str]:
+        return {value[j:j + 3] for j in range(len(value) - 2)} if len(value) >= 3 else {""}
+
+    def add(self, value: str, id_: int) -> None:
+        postings = self.postings
+        for gram in self.grams(value):
+            posting = postings.get(gram)
+            if posting is None:
+                posting = postings[gram] = array("i")
+                for pair in {gram[:2], gram[1:]}:
+                    self.by_pair.setdefault(pair, []).append(gram)
+            posting.append(id_)  # in place: an iterator over it goes on safely
+
+    def removed(self, value: str) -> None:
+        """`value` is no longer an id's: its postings hold one more stale id."""
+        for gram in self.grams(value):
+            stale = self.stale[gram] = self.stale.get(gram, 0) + 1
+            if stale * 4 > len(self.postings.get(gram, _NO_IDS)):
+                self.untidy.add(gram)
+
+    def tidy_steps(self, holds: Callable[[int, str], bool]) -> Iterator[None]:
+        """Rebuild the postings listed as untidy without their stale ids (`holds(id, gram)`), a slice per step.
+        Nothing else changes them meanwhile (the caller's other changes wait)."""
+        while self.untidy:
+            gram = self.untidy.pop()
+            posting = self.postings.get(gram)
+            if posting is None:
+                continue
+            kept: set[int] = set()
+            for start in range(0, len(posting), TIDY_STEP):
+                kept.update(i for i in posting[start:start + TIDY_STEP] if holds(i, gram))
+                yield
+            self.postings[gram] = array("i", sorted(kept))  # a new array: a search goes on over the old one
+            self.stale.pop(gram, None)
+            yield
+
+    def candidates(self, piece: str) -> tuple[Iterable[int], int]:
+        """Ids that may hold `piece` (2 or more characters), and about how many."""
+        if len(piece) >= 3:
+            rarest = min((self.postings.get(piece[j:j + 3], _NO_IDS) for j in range(len(piece) - 2)), key=len)
+            return rarest, len(rarest)
+        lists = [self.short] + [self.postings[g] for g in self.by_pair.get(piece, ())]
+        return chain(lists), sum(map(len, lists))
+
+
+TIDY_STEP = 1024  # posting ids checked between two yields of tidy_steps
+
+
+def lookup(keys: SortedKeys, lo: str, hi: str, exact: bool, sized: bool) -> tuple[Iterator[int], bool, int]:
+    """A range of keys as candidates, with a size estimate if `sized` (counted up to 64: enough to pick an AND's rarest child)."""
+    return keys.range(lo, hi), exact, keys.count(lo, hi, 64) if sized else 0
+
+
+def chain(parts: Iterable[Iterable[int]]) -> Iterator[int]:
+    for part in parts:
+        yield from part
+
+
+# -- the directory --------------------------------------------------------------------------
+
+
+MERGE_STEP = 32  # contacts made (about 20 us each), or keys added to trigrams, between two yields of merge_steps
+SORT_STEP = 1024  # pairs sorted by one call, or merged, between two yields
+
+
+def national_key(blob: bytes, key: str) -> str | None:
+    value = folded_value(blob, key)
+    return None if value is None else national_form(value)
+
+
+def reversed_key(blob: bytes, key: str) -> str | None:
+    value = folded_value(blob, key)
+    return None if value is None else value[::-1]
+
+
+def sorted_steps(ids: array, key_of: Callable[[int], str | None] | None):
+    """Steps that sort `ids` (key_of None: an array of them), or the (key, id) pairs of `ids`, a slice
+    per call, then merged; returns the sorted array or list."""
+    runs = []
+    for start in range(0, len(ids), SORT_STEP):
+        if key_of is None:
+            run = sorted(ids[start:start + SORT_STEP])
+        else:
+            run = [(k, i) for i in ids[start:start + SORT_STEP] if (k := key_of(i)) is not None]
+            run.sort()
+        runs.append(run)
+        yield
+    merged = array("i") if key_of is None else []
+    for n, item in enumerate(heap_merge(*runs), 1):
+        merged.append(item)
+        if n % SORT_STEP == 0:
+            yield
+    for run in runs:
+        yield from freed_steps(run)
+    return merged
+
+
+def freed_steps(items: list):
+    """Empty a large list a slice at a time (freeing 100,000 tuples at once takes tens of milliseconds)."""
+    while items:
+        del items[-SORT_STEP:]
+        yield
+
+
+def merged_steps(keys: SortedKeys, new: list[tuple[str, int]]):
+    """Steps that merge `new` (sorted pairs) into new SortedKeys, block by block: a block no new pair
+    falls into is kept as it is, one that some do is packed again with them; returns the new SortedKeys."""
+    if not new:
+        return keys
+    heads, blocks = keys.heads, keys.blocks
+    merged = SortedKeys()
+    taken = work = 0
+    for b, block in enumerate(blocks):
+        upto = len(new) if b + 1 == len(blocks) else bisect_left(new, heads[b + 1], taken)
+        work += 1 if upto == taken else 8  # a block packed again costs about eight kept ones
+        if work >= 32:
+            work = 0
+            yield
+        if upto == taken:
+            merged.heads.append(heads[b])
+            merged.blocks.append(block)
+        else:
+            old_keys, old_ids = unpack(block)
+            if upto - taken <= BLOCK:
+                yield from packed_steps(sorted(list(zip(old_keys, old_ids, strict=True)) + new[taken:upto]), merged)  # timsort: two runs
+            else:  # many (an import's numbers, all above the old ones): merged lazily, a block at a time
+                yield from packed_steps(heap_merge(zip(old_keys, old_ids, strict=True), new[taken:upto]), merged)
+            taken = upto
+    if not blocks:
+        yield from packed_steps(new, merged)
+    return merged
+
+
+def packed_steps(pairs: Iterable[tuple[str, int]], into: SortedKeys):
+    """Append sorted `pairs` to `into` in blocks of BLOCK, yielding every 16 blocks."""
+    pairs = iter(pairs)
+    n = 0
+    while chunk := list(islice(pairs, BLOCK)):
+        into.heads.append(chunk[0])
+        into.blocks.append(pack([k for k, _ in chunk], [i for _, i in chunk]))
+        n += 1
+        if n % 16 == 0:
+            yield
+
+

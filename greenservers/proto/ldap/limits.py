@@ -1,0 +1,177 @@
+"""Bookkeeping for the shell, per client and in total (sans-IO): fair shares of search time, bytes held, failed binds
+and connections. A client is an IPv4 address or an IPv6 /64 (proto/clients.py's `client_key`); the tables per
+client are proto/clients.py's."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..clients import ClientCounts, FailureBackoff, TokenBuckets
+
+# -- fair shares of search time, and buffered bytes (pure bookkeeping for the shell) ----
+
+MAX_SEARCHES_PER_CLIENT = 4  # searches in progress per client (IPv4 address or IPv6 /64)
+MAX_SEARCHES = 32  # in total: each holds its filter and, sorted or paged, every match
+SEARCH_BUDGET = 10.0  # seconds of search time a client may use before it waits behind lighter clients
+SEARCH_REFILL = 0.5  # seconds of it given back per second
+USAGE_GRAIN = 0.01  # seconds: usages compared in these (a phone's search takes about 0.2 ms)
+MAX_CLIENTS_REMEMBERED = 10000
+
+
+@dataclass(eq=False)
+class SearchTicket:
+    """A search admitted by FairShare; `turn` is the shell's handle to wake it."""
+
+    client: str
+    turn: object = None
+    delayed: bool = False
+    arrival: int = 0
+
+
+class FairShare:
+    """Which search runs its next slice, so one client's expensive searches cannot starve others' cheap ones.
+
+    Slices run one at a time (the shell's gate). Each client has a budget of
+    search time (a token bucket: `budget` seconds, `refill` seconds given back per
+    second); its usage is what it has spent and not got back. Of the searches
+    waiting for a slice, the one whose client has the least usage goes first (the
+    earliest among equals, to USAGE_GRAIN), so a client that has used much recent
+    search time waits behind the others, and a phone that has used none goes next.
+    When a search is passed over for another client's it counts once in `delayed`.
+    Searches in progress are capped per client and in total (`start` refuses).
+    """
+
+    def __init__(self, per_client: int = MAX_SEARCHES_PER_CLIENT, total: int = MAX_SEARCHES, budget: float = SEARCH_BUDGET,
+                 refill: float = SEARCH_REFILL, max_clients: int = MAX_CLIENTS_REMEMBERED):
+        self.per_client, self.total = per_client, total
+        self.delayed = 0
+        self._running = ClientCounts()
+        self._budgets = TokenBuckets(refill, budget, max_clients)
+        self._waiting: list[SearchTicket] = []  # in order of arrival
+        self._arrivals = 0
+
+    def start(self, client: str) -> SearchTicket | None:
+        """A ticket for a new search, or None when its client or the server has too many in progress."""
+        if not self._running.admit(client, self.per_client, self.total):
+            return None
+        return SearchTicket(client)
+
+    def end(self, ticket: SearchTicket) -> None:
+        if ticket in self._waiting:
+            self._waiting.remove(ticket)
+        self._running.add(ticket.client, -1)
+
+    def want(self, ticket: SearchTicket) -> None:
+        """The ticket's search waits for its next slice."""
+        self._arrivals += 1
+        ticket.arrival = self._arrivals
+        self._waiting.append(ticket)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return self._running.total
+
+    def running_from(self, client: str) -> int:
+        return self._running.of(client)
+
+    def usage(self, client: str, now: float) -> float:
+        """Seconds of search time `client` has spent and not got back (at most the budget)."""
+        return self._budgets.capacity - self._budgets.level(client, now)
+
+    def next(self, now: float) -> SearchTicket | None:
+        """The waiting ticket to run now (removed from the waiting), or None."""
+        if not self._waiting:
+            return None
+        usage = {ticket.client: 0 for ticket in self._waiting}
+        for client in usage:  # in grains: clients that used about as little (phones) go in order of arrival
+            usage[client] = int(self.usage(client, now) / USAGE_GRAIN)
+        chosen = min(self._waiting, key=lambda t: (usage[t.client], t.arrival))
+        for ticket in self._waiting:
+            if ticket is chosen:
+                break
+            if ticket.client != chosen.client and not ticket.delayed:  # passed over for a lighter client
+                ticket.delayed = True
+                self.delayed += 1
+        self._waiting.remove(chosen)
+        return chosen
+
+    def charge(self, client: str, seconds: float, now: float) -> None:
+        """A slice of `seconds` ran for `client`."""
+        self._budgets.take(client, seconds, now, floor=0.0)
+
+
+MAX_BUFFERED = 16 * 1024 * 1024  # bytes of unfinished messages held across all connections
+MAX_BUFFERED_PER_CLIENT = 4 * 1024 * 1024
+
+
+class BufferBudget:
+    """Bytes that sessions hold between reads (unfinished messages), capped in total and per client."""
+
+    def __init__(self, total: int = MAX_BUFFERED, per_client: int = MAX_BUFFERED_PER_CLIENT):
+        self.total, self.per_client = total, per_client
+        self._by_holder: dict[object, tuple[str, int]] = {}
+        self._by_client = ClientCounts()
+
+    def hold(self, holder: object, client: str, size: int) -> bool:
+        """`holder` now holds `size` bytes; False if that grew past a cap (the holder is then refused)."""
+        _, before = self._by_holder.get(holder, (client, 0))
+        grew = size > before
+        self._set(holder, client, size)
+        return not grew or (self.held <= self.total and self._by_client.of(client) <= self.per_client)
+
+    @property
+    def held(self) -> int:
+        return self._by_client.total
+
+    def release(self, holder: object) -> None:
+        client, _ = self._by_holder.get(holder, ("", 0))
+        self._set(holder, client, 0)
+
+    def _set(self, holder: object, client: str, size: int) -> None:
+        _, before = self._by_holder.pop(holder, (client, 0))
+        self._by_client.add(client, size - before)
+        if size:
+            self._by_holder[holder] = (client, size)
+
+
+# -- failed-bind throttle and connection caps (pure bookkeeping for the shell) ----
+
+
+class BindThrottle(FailureBackoff):
+    """Per-client delay before a failed bind is answered: doubles with each failure in the last `forget_after`
+    seconds, up to `cap`."""
+
+    def __init__(self, first: float = 0.25, cap: float = 8.0, forget_after: float = 600.0, max_clients: int = 10000):
+        doublings = max(0, math.ceil(math.log2(cap / first))) if cap > first else 0
+        super().__init__(doublings + 1, forget_after, max_clients)  # failures past these wait no longer
+        self.first, self.cap = first, cap
+
+    def delay(self, client: str, now: float) -> float:
+        """Note one failed bind of `client`; how long to wait before answering it."""
+        return min(self.cap, self.first * 2 ** (self.failed(client, now) - 1))
+
+
+class ConnectionCaps:
+    """Connections open per client and in total, both bounded."""
+
+    def __init__(self, per_client: int, total: int):
+        self.per_client, self.total = per_client, total
+        self._open = ClientCounts()
+
+    @property
+    def open(self) -> int:
+        return self._open.total
+
+    def admit(self, client: str) -> bool:
+        return self._open.admit(client, self.per_client, self.total)
+
+    def open_from(self, client: str) -> int:
+        return self._open.of(client)
+
+    def release(self, client: str) -> None:
+        self._open.add(client, -1)

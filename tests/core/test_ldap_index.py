@@ -1,0 +1,254 @@
+"""The LDAP directory changed a contact at a time (greenservers/proto/ldapindex.py) against a reference.
+
+The reference is built from scratch for every comparison and indexes nothing:
+each contact's Entry (contact_values, DNs with "+uid=" for namesakes) checked
+by compile_filter. Hypothesis drives sequences of adds, changes, deletes and
+imports (merges) into one Directory, then every filter type, the vendors'
+filters and random nested filters must find the same DNs in both; and the
+incremental directory must answer byte for byte as one built from scratch.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import Counter
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+from support import ldap_wire as w
+
+from greenservers.addressbook import Contact
+from greenservers.proto import ber, ldap
+
+BASE = "dc=pbx"
+FIRST = ["Anna", "Jon", "John", "Jörg", "Ann", "Ole", ""]
+LAST = ["Müller", "Muller", "Smith", "Smyth", "Schmitt", "Nor", "Norol", "O'Brien", "Ab,c", ""]
+COMPANY = ["", "ACME", "Acme GmbH", "Widgets", "Plumbers, Inc."]
+NUMBERS = ["", "+49 30 1234567", "030 1234567", "030-99887766", "+49 (30) 998 877 66", "0171 555", "+49 171 555",
+           "030 123", "+49 30 123", "+1 555 0100", "555-0100", "0041 44 123 45 67", "044 123 45 67", "+33 30 1234567"]
+EXTENSIONS = ["", "1", "100", "201", "12345"]
+MAIL = ["", "anna@example.com", "jon@example.org"]
+
+# the vendors' documented filters (shared/PHONES.md) with typed values, and the shapes phones send
+VENDOR_FILTERS = [
+    "(|(cn=Jo*)(sn=Jo*))", "(|(cn=*mül*)(sn=*mül*))", "(|(telephoneNumber=+49 30 1234567)(mobile=+49 30 1234567)(ipPhone=+49 30 1234567))",
+    "(&(telephoneNumber=*)(sn=Smi*))", "(&(telephoneNumber=030 1234567)(sn=*))", "(|(telephoneNumber=030*)(Mobile=030*))",
+    "(|(cn=Nor)(sn=Nor))", "(sn=Schmitt*)", "(|(telephoneNumber=*4567)(mobile=*4567))", "(telephoneNumber=+4930 1234*)",
+    "(|(telephoneNumber=0171555)(mobile=0171555)(homePhone=0171555))", "(objectClass=*)", "(&)", "(|)",
+]
+
+
+def contacts_strategy():
+    return st.builds(
+        lambda first, last, display, company, work, mobile, home, ext, mail: dict(
+            first_name=first, last_name=last, display_name=display, company=company, work=work, mobile=mobile,
+            home=home, extension=ext, email=mail),
+        st.sampled_from(FIRST), st.sampled_from(LAST), st.sampled_from(["", "", "", "Reception", "John Smith"]),
+        st.sampled_from(COMPANY), st.sampled_from(NUMBERS), st.sampled_from(NUMBERS), st.sampled_from(NUMBERS),
+        st.sampled_from(EXTENSIONS), st.sampled_from(MAIL))
+
+
+OPERATIONS = st.lists(st.one_of(
+    st.tuples(st.just("add"), contacts_strategy()),
+    st.tuples(st.just("change"), st.integers(0, 10**6), contacts_strategy()),
+    st.tuples(st.just("delete"), st.integers(0, 10**6)),
+    st.tuples(st.just("import"), st.lists(contacts_strategy(), min_size=1, max_size=12)),
+), min_size=1, max_size=30)
+
+ATTRIBUTES = ["cn", "sn", "givenName", "displayName", "o", "mail", "uid", "telephoneNumber", "mobile", "homePhone",
+              "ipPhone", "objectClass", "nosuch"]
+WORDS = ["jo", "john", "mül", "muller", "smith", "nor", "norol", "acme", "gmbh", "inc", "030", "+49 30", "1234",
+         "4567", "555", "0171", "inetorgperson", "person", "a", "ab", "1", "reception", "o'b", "\\2c"]
+
+
+def leaf():
+    attribute = st.sampled_from(ATTRIBUTES)
+    word = st.sampled_from(WORDS)
+    return st.one_of(
+        st.builds(lambda a, v: f"({a}={v})", attribute, word),
+        st.builds(lambda a, v: f"({a}={v}*)", attribute, word),
+        st.builds(lambda a, v: f"({a}=*{v}*)", attribute, word),
+        st.builds(lambda a, v: f"({a}=*{v})", attribute, word),
+        st.builds(lambda a, v, x: f"({a}={v}*{x}*)", attribute, word, word),
+        st.builds(lambda a, v, x: f"({a}=*{v}*{x})", attribute, word, word),
+        st.builds(lambda a: f"({a}=*)", attribute),
+        st.builds(lambda a, v: f"({a}~={v})", attribute, word),
+        st.builds(lambda a, v: f"({a}>={v})", attribute, word),
+        st.builds(lambda a, v: f"({a}<={v})", attribute, word),
+        st.builds(lambda a, r, v: f"({a}:{r}:={v})", attribute, st.sampled_from(["caseExactMatch", "caseIgnoreMatch", "2.5.13.4",
+                                                                             "telephoneNumberMatch", "nosuchrule"]), word),
+        st.builds(lambda a, v: f"({a}:dn:={v})", attribute, word),
+        st.builds(lambda v: f"(:caseIgnoreMatch:={v})", word),
+    )
+
+
+FILTERS = st.recursive(leaf(), lambda inner: st.one_of(
+    st.builds(lambda c: f"(!{c})", inner),
+    st.builds(lambda cs: f"(&{''.join(cs)})", st.lists(inner, min_size=1, max_size=3)),
+    st.builds(lambda cs: f"(|{''.join(cs)})", st.lists(inner, min_size=1, max_size=3)),
+), max_leaves=6)
+
+
+def reference(contacts: dict[int, Contact]) -> dict[int, ldap.Entry]:
+    """Every contact's entry, from scratch: its values and, for namesakes, "+uid=" in its DN."""
+    pairs = {i: ldap.contact_values(c) for i, c in contacts.items()}
+    names = Counter(folded["cn"][0] for _, folded in pairs.values())
+    base = ldap.parse_dn(BASE)
+    entries = {}
+    for i, (values, folded) in pairs.items():
+        rdn, ndn = "cn=" + ldap.escape_rdn_value(values["cn"][0]), (("cn", folded["cn"][0]),)
+        if names[folded["cn"][0]] > 1:
+            rdn, ndn = rdn + f"+uid={i}", (("cn", folded["cn"][0]), ("uid", str(i)))
+        entries[i] = ldap.Entry(f"{rdn},{BASE}", values, (ndn,) + base, folded)
+    return entries
+
+
+def decoded(text: str):
+    encoded = w.encode_filter(text)
+    tag, s, e = ber.read_header(encoded, 0, len(encoded))
+    return ldap.decode_filter(encoded, tag, s, e, 0, [ldap.MAX_FILTER_ITEMS])
+
+
+def found_dns(directory: ldap.Directory, flt, limit: int | None = None) -> list[str]:
+    found = array("i")
+    for _ in ldap.find_entries(directory, [], True, flt, found, limit):
+        pass
+    assert len(found) == len(set(found))
+    return [directory.dn(i) for i in found]
+
+
+def apply(directory: ldap.Directory, operations, contacts: dict[int, Contact]) -> None:
+    """The operations into `directory` one at a time (an import merged), and into `contacts`."""
+    next_id = max(contacts, default=0) + 1
+    for operation in operations:
+        kind = operation[0]
+        if kind == "add":
+            contacts[next_id] = contact = Contact(next_id, **operation[1])
+            directory.put(contact)
+            next_id += 1
+        elif kind == "change" and contacts:
+            chosen = sorted(contacts)[operation[1] % len(contacts)]
+            contacts[chosen] = contact = Contact(chosen, **operation[2])
+            directory.put(contact)
+        elif kind == "delete" and contacts:
+            chosen = sorted(contacts)[operation[1] % len(contacts)]
+            del contacts[chosen]
+            directory.delete(chosen)
+        elif kind == "import":
+            new = [Contact(next_id + k, **fields) for k, fields in enumerate(operation[1])]
+            next_id += len(new)
+            contacts.update((c.id, c) for c in new)
+            directory.merge(new)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(start=st.lists(contacts_strategy(), max_size=15), operations=OPERATIONS, filters=st.lists(FILTERS, min_size=5, max_size=15))
+def test_changed_in_place_it_finds_what_a_directory_built_from_scratch_finds(start, operations, filters):
+    contacts = {i: Contact(i, **fields) for i, fields in enumerate(start, 1)}
+    directory = ldap.Directory(BASE, contacts.values())
+    apply(directory, operations, contacts)
+    entries = reference(contacts)
+    scratch = ldap.Directory(BASE, sorted(contacts.values(), key=lambda c: c.id))
+    assert sorted(directory.order) == sorted(contacts) == list(directory.order)
+    for i, entry in entries.items():
+        assert directory.dn(i) == entry.dn
+        assert directory.find(entry.ndn) == i
+        assert directory.entry(i).values == entry.values and directory.entry(i).folded == entry.folded
+    for text in VENDOR_FILTERS + filters:
+        flt = decoded(text)
+        predicate = ldap.compile_filter(flt)
+        expected = {e.dn for e in entries.values() if predicate(e)}
+        assert set(found_dns(directory, flt)) == expected, text
+        assert set(found_dns(scratch, flt)) == expected, text
+        assert len(found_dns(directory, flt, limit=2)) == min(2, len(expected)), text
+    for key in (("*",), ("cn", "telephoneNumber"), ("displayName", "uid", "objectClass", "mobile")):
+        selection = ldap.Selection.of(list(key), False)
+        selection.key = key
+        for i in contacts:
+            assert directory.answer(i, selection) == scratch.answer(i, selection)
+            entry = entries[i]
+            expected = ber.tlv(ldap.SEARCH_RESULT_ENTRY, entry.encoded_dn + ber.tlv(0x30, selection.encode(entry)))
+            assert directory.answer(i, selection) == expected
+
+
+def test_a_search_in_progress_goes_on_over_the_keys_it_started_with():
+    contacts = [Contact(i, "Jo", f"Name{i:04d}", work=f"+49 30 {1000000 + i}") for i in range(1, 2001)]
+    directory = ldap.Directory(BASE, contacts)
+    found = array("i")
+    steps = ldap.find_entries(directory, [], True, decoded("(sn=name*)"), found)
+    for _ in range(5):
+        next(steps)
+    before = set(found)
+    for i in range(1, 2001, 3):  # every third contact renamed, a block split by many adds, some deleted
+        directory.put(Contact(i, "Jo", f"Other{i:04d}"))
+    for i in range(3000, 3400):
+        directory.put(Contact(i, "Jo", f"Name{i:04d}"))
+    for i in range(2, 2001, 7):
+        directory.delete(i)
+    for _ in steps:
+        pass
+    kept = {i for i in range(1, 2001) if i % 3 != 1 and (i - 2) % 7 != 0}
+    assert kept <= set(found)  # none of those unchanged was skipped
+    renamed = {i for i in range(1, 2001) if i % 3 == 1}
+    assert not (set(found) - before) & renamed  # renamed after the search began: checked again, no longer match
+    assert len(found) == len(set(found))
+
+
+def test_namesakes_get_and_lose_their_uid_one_change_at_a_time():
+    directory = ldap.Directory(BASE, [Contact(1, "John", "Smith")])
+    assert directory.dn(1) == "cn=John Smith,dc=pbx"
+    directory.put(Contact(2, "JOHN", "smith"))
+    assert [directory.dn(1), directory.dn(2)] == ["cn=John Smith+uid=1,dc=pbx", "cn=JOHN smith+uid=2,dc=pbx"]
+    directory.put(Contact(2, "Jane", "Smith"))
+    assert [directory.dn(1), directory.dn(2)] == ["cn=John Smith,dc=pbx", "cn=Jane Smith,dc=pbx"]
+    directory.merge([Contact(3, "John", "Smith"), Contact(4, "Jane", "Smith")])
+    assert [directory.dn(i) for i in (1, 2, 3, 4)] == ["cn=John Smith+uid=1,dc=pbx", "cn=Jane Smith+uid=2,dc=pbx",
+                                                       "cn=John Smith+uid=3,dc=pbx", "cn=Jane Smith+uid=4,dc=pbx"]
+    directory.delete(3)
+    assert directory.dn(1) == "cn=John Smith,dc=pbx"
+
+
+def test_a_number_is_found_in_either_form_whatever_its_length():
+    # six characters, the shortest national number same_number knows: its key is the last five
+    directory = ldap.Directory(BASE, [Contact(1, "A", work="030 123"), Contact(2, "B", work="+49 30 123"),
+                                      Contact(3, "C", work="+49 30 1234 567"), Contact(4, "D", extension="12")])
+    assert sorted(found_dns(directory, decoded("(telephoneNumber=+49 30 123)"))) == ["cn=A,dc=pbx", "cn=B,dc=pbx"]
+    assert sorted(found_dns(directory, decoded("(telephoneNumber=030 123)"))) == ["cn=A,dc=pbx", "cn=B,dc=pbx"]
+    assert sorted(found_dns(directory, decoded("(telephoneNumber=+49 30 1234*)"))) == ["cn=C,dc=pbx"]
+    assert sorted(found_dns(directory, decoded("(telephoneNumber=+49 30 12*)"))) == ["cn=A,dc=pbx", "cn=B,dc=pbx", "cn=C,dc=pbx"]
+    assert sorted(found_dns(directory, decoded("(telephoneNumber=030 12*)"))) == ["cn=A,dc=pbx", "cn=B,dc=pbx", "cn=C,dc=pbx"]
+    assert found_dns(directory, decoded("(ipPhone=12)")) == ["cn=D,dc=pbx"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(start=st.lists(contacts_strategy(), min_size=1, max_size=40), imported=st.lists(contacts_strategy(), min_size=1, max_size=60),
+       changes=st.lists(st.tuples(st.integers(0, 10**6), st.one_of(st.none(), contacts_strategy())), max_size=30),
+       filters=st.lists(FILTERS, min_size=3, max_size=8))
+def test_contacts_changed_while_an_import_is_merged_end_as_if_changed_after_it(start, imported, changes, filters):
+    contacts = {i: Contact(i, **fields) for i, fields in enumerate(start, 1)}
+    directory = ldap.Directory(BASE, contacts.values())
+    new = [Contact(len(start) + 1 + k, **fields) for k, fields in enumerate(imported)]
+    steps = directory.merge_steps(new)
+    others = sorted(contacts)
+    for n, _ in enumerate(steps):
+        if n < len(changes):  # between two steps of the merge: a change (or a delete) of a contact not in it
+            chosen, fields = changes[n]
+            if chosen % 5 == 0:  # a contact added meanwhile, with an id above the import's
+                added = Contact(10_000 + n, **(fields or {"last_name": "New"}))
+                contacts[added.id] = added
+                directory.put(added)
+            elif others:
+                contact_id = others[chosen % len(others)]
+                if fields is None:
+                    contacts.pop(contact_id, None)
+                    directory.delete(contact_id)
+                else:
+                    contacts[contact_id] = Contact(contact_id, **fields)
+                    directory.put(contacts[contact_id])
+    assert not directory.merging
+    contacts.update((c.id, c) for c in new)
+    entries = reference(contacts)
+    assert list(directory.order) == sorted(contacts)
+    for text in VENDOR_FILTERS + filters:
+        flt = decoded(text)
+        predicate = ldap.compile_filter(flt)
+        assert set(found_dns(directory, flt)) == {e.dn for e in entries.values() if predicate(e)}, text
