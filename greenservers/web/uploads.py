@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from urllib.parse import quote
 
 from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, send_file, url_for
 
@@ -52,8 +53,9 @@ def page():
     pages = max(1, -(-len(listed) // PAGE_SIZE))
     number = min(max(request.args.get("page", 1, type=int), 1), pages)
     first = (number - 1) * PAGE_SIZE
-    rows = [{"name": u.name, "size": _size(u.size), "bytes": u.size, "when": _when(u.modified), "client": u.client}
-            for u in listed[first:first + PAGE_SIZE]]
+    base = url_for(".page")  # the rows' links made here, not by url_for and a form each: half the page's render time
+    rows = [{"name": u.name, "size": _size(u.size), "bytes": u.size, "when": _when(u.modified), "client": u.client,
+             "href": f"{base}/{quote(u.name, safe='')}"} for u in listed[first:first + PAGE_SIZE]]
     return render_template("uploads.html", rows=rows, total=len(listed), page=number, pages=pages, first=first,
                            used=_size(space.used), budget=_size(uploads.budget_bytes(settings)),
                            per_hour=settings.tftp_upload_mib_per_hour, writing=settings.tftp_write)
