@@ -13,6 +13,9 @@ every flood is bounded in count and in time:
   http  new TCP connections from one source (127.0.0.5) at 10 x http_max_conn_rate, each
         sending a GET and closing (the cap is process-wide, but the gate keeps a spare share
         of it for the other clients, such as the HTTP probe)
+  http-pipeline  one client (127.0.0.7) pipelining GETs for a missing /prov/ file on one keep-alive
+        connection as fast as it can send them, reading every answer (a new connection when the
+        server closes one); counted: the answers it got
   snmp  GetRequests from an untrusted source (127.0.0.2; snmp_trusted is 127.0.0.1) at full speed
   ntp   mode-3 requests from one source (127.0.0.4) at full speed: its rate limit answers a KoD now and then
   ldap  1,000 idle connections (from 127.0.2.1-8: the per-address cap is 256), held for the phase
@@ -64,6 +67,7 @@ TARGET_P99_MS = 50.0
 TARGETS_P99_MS = {"ldap-filters": 10.0}  # phases judged against another target
 HTTP_MAX_CONN_RATE = 100
 MAX_DATAGRAMS = 3_000_000  # any UDP flood stops after this many, whatever the time
+MAX_PIPELINED = 3_000_000  # the pipelining flood stops after sending this many requests, whatever the time
 LDAP_IDLE = 1000
 TFTP_SOURCES = 64
 BOOT_PHONES = 100
@@ -96,6 +100,38 @@ def flood_http(port: int, seconds: float, counter) -> None:
             pass
         sent += 1
     counter.value = sent
+
+
+def flood_http_pipeline(port: int, seconds: float, counter) -> None:
+    """Keep-alive pipelining from one source: requests written back to back while a thread reads the answers."""
+    import threading
+
+    request = b"GET /prov/nothing.bin HTTP/1.1\r\nHost: flood\r\n\r\n"
+    chunk = request * (65536 // len(request))
+    deadline, answers, sent = time.monotonic() + seconds, [0], 0
+
+    def read_answers(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := sock.recv(1 << 20):
+                answers[0] += data.count(b"HTTP/1.1 ")
+
+    while time.monotonic() < deadline and sent < MAX_PIPELINED:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=1.0, source_address=("127.0.0.7", 0))
+        except OSError:
+            continue
+        sock.settimeout(10.0)  # a server stalled by the flood is still read from
+        reader = threading.Thread(target=read_answers, args=(sock,), daemon=True)
+        reader.start()
+        with contextlib.suppress(OSError):
+            while time.monotonic() < deadline and sent < MAX_PIPELINED:
+                sock.sendall(chunk)
+                sent += len(chunk) // len(request)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        reader.join(2.0)
+        sock.close()
+    counter.value = answers[0]
 
 
 def flood_http_login(port: int, seconds: float, counter) -> None:
@@ -335,6 +371,7 @@ def with_contacts(server: services.Greenservers, csv_text: str) -> None:
 
 FLOODS = {
     "http": (flood_http, f"{10 * HTTP_MAX_CONN_RATE} new connections/s (10 x http_max_conn_rate)"),
+    "http-pipeline": (flood_http_pipeline, "one keep-alive connection pipelining GETs as fast as it can"),
     "http-login": (flood_http_login, f"admin password guessing from {LOGIN_SOURCES} addresses, 4 at a time"),
     "snmp": (flood_snmp, "untrusted source at full speed"),
     "ntp": (flood_ntp, "one source at full speed"),
@@ -344,10 +381,11 @@ FLOODS = {
     "ldap-filters": (flood_ldap_filters, f"the costliest searches within the limits, {LDAP_FLOOD_CONNECTIONS} connections at once, "
                                          f"{LDAP_FLOOD_CONTACTS:,} contacts"),
 }
-UNIT = {"http": "connections", "http-login": "wrong passwords", "snmp": "datagrams", "ntp": "datagrams",
+UNIT = {"http": "connections", "http-pipeline": "answers received", "http-login": "wrong passwords",
+        "snmp": "datagrams", "ntp": "datagrams",
         "ldap": "connections held to the end", "tftp": "requests", "tftp-boot": "blocks acknowledged", "ldap-filters": "searches answered"}
 # a flood is named after the service it floods, unless listed here
-SERVICE_OF_FLOOD = {"tftp-boot": "tftp", "http-login": "http", "ldap-filters": "ldap"}
+SERVICE_OF_FLOOD = {"tftp-boot": "tftp", "http-login": "http", "http-pipeline": "http", "ldap-filters": "ldap"}
 REQUEST_BYTES = {"tftp": 2 + len(services.PROBE_FILE) + 1 + len("octet") + 1}  # floods that count the bytes sent back
 # what a phase needs before it and puts back after it
 PREPARE = {"ldap-filters": lambda server: with_contacts(server, memory.contacts_csv(LDAP_FLOOD_CONTACTS))}

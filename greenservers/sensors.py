@@ -172,6 +172,9 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("http_redirects", 15, C, "Plain-HTTP requests redirected to HTTPS."),
     Sensor("http_crowded_out", 16, C,
            "Idle HTTP(S) connections closed to let another client in, their client holding over half of http_max_conn."),
+    Sensor("http_requests_too_fast", 17, C,
+           "HTTP(S) requests answered 429 Too Many Requests, their connection then closed: one connection sent requests faster "
+           "than its pace allows (pipelining)."),
     # TFTP
     Sensor("tftp_transfers_active", 20, G, "TFTP transfers in progress."),
     Sensor("tftp_transfers_done", 21, C, "TFTP transfers completed."),

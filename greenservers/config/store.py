@@ -8,6 +8,9 @@ The file holds secrets, so it is written with mode 0600, and it keeps
 its owner and group (a command run as root beside the service). A temporary file
 is named after the process writing it, so one left by a crashed process is
 recognised and removed (`remove_orphans`) when the file is next opened.
+Every read-change-write holds an advisory lock (flock on the file's folder),
+so a command such as `passwd` and a save on the web page made at the same
+moment both land: neither rewrites the file from a stale reading.
 A file that cannot be read or parsed is reported by line and column, never
 with the character at fault (it may be one of a secret's).
 
@@ -21,9 +24,12 @@ never taken for "all defaults" then.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,7 @@ from .settings import DECLARATIONS, GENERATED, GROUPS, Settings, SettingsError, 
 
 CONFIG_ENV = "GREENSERVERS_CONFIG"
 DEFAULT_FILE = "greenservers.toml"
+LOCK_WAIT_SECONDS = 10  # a writer holds the lock for milliseconds; longer means a process is stuck
 
 
 class ConfigFileError(ValueError):
@@ -133,13 +140,33 @@ class ConfigStore:
 
     def __init__(self, path: Path | str | None = None):
         self.path = Path(path).absolute() if path else default_config_path()
-        self._lock = threading.Lock()
         self.seen: tuple | None = None  # signature of the content last read or written here; None: unknown
         remove_orphans(self.path.parent, re.compile(re.escape(f".{self.path.name}.") + r"(?P<pid>\d+)\.\d+\.tmp"))
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One writer at a time, of any process or thread: each locks the file's folder on a descriptor of
+        its own, and flock excludes every other open description (it may wait: call it off the event loop)."""
+        make_private_dir(self.path.parent)
+        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the close
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ConfigFileError(f"{self.path}: another process has been writing it for "
+                                              f"{LOCK_WAIT_SECONDS} s (its folder is locked); nothing was changed") from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)
 
     def signature_now(self) -> tuple | None:
         """The file's signature now (MISSING when absent, None when it cannot be looked at)."""
@@ -184,7 +211,7 @@ class ConfigStore:
 
     def update(self, changes: dict[str, Any]) -> Settings:
         """Validate `changes` against the file's current content and write them, all or nothing."""
-        with self._lock:
+        with self._writing():
             document = self.read_document()
             current = self._settings_of(document)
             new = current.with_changes(changes)
@@ -220,8 +247,8 @@ class ConfigStore:
                 document.add(tomlkit.comment(setting.description))
                 document.add(setting.name, value)
         settings = self._settings_of(document)
-        make_private_dir(self.path.parent)
-        self.seen = signature(atomic_write(self.path, tomlkit.dumps(document).encode("utf-8")))
+        with self._writing():
+            self.seen = signature(atomic_write(self.path, tomlkit.dumps(document).encode("utf-8")))
         return settings
 
 

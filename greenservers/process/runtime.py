@@ -19,6 +19,7 @@ from ..config.settings import Settings, SettingsError
 from ..config.store import ConfigStore
 from ..sensors import SENSORS, SensorRegistry
 from ..services import SERVICES
+from .binder import BindError
 from .offload import run_off_loop
 
 
@@ -69,7 +70,7 @@ class Runtime:
             self._check_certificate(proposed)
             undo = self._rebind(proposed)
             try:
-                written = self.store.update(changes)
+                written = run_off_loop(self.store.update, changes)  # waits for another writer's lock; fsyncs
             except BaseException:
                 undo()
                 raise
@@ -83,7 +84,9 @@ class Runtime:
             try:
                 self._rebind(new)
             except Exception as exc:
-                self.binding_errors = {getattr(exc, "setting", "?"): str(exc)}
+                # public on /healthz: the binder's own words (setting, address, the system's reason), nothing else
+                reason = str(exc) if isinstance(exc, BindError) else "could not be bound (the log says why)"
+                self.binding_errors = {getattr(exc, "setting", "?"): reason}
                 raise
             return self._applied(new, reload_certificate=True)
 
@@ -124,7 +127,9 @@ class Runtime:
         self.pending_restart.update(pending)
         return ChangeResult(new, changed, pending)
 
-    def health(self) -> dict[str, Any]:
+    def health(self, detail: bool = False) -> dict[str, Any]:
+        """Each service's bindings and the certificate: public (/healthz), so errors are only named by
+        category; `detail` (the Ports page, behind the login) gives them in full."""
         services: dict[str, Any] = {}
         for spec in SERVICES:
             states = self.bindings.get(spec.setting)
@@ -141,12 +146,12 @@ class Runtime:
             "status": "ok",
             "uptime_seconds": int(time.time() - self.started),
             "services": services,
-            "certificate": self.certificate_view(),
+            "certificate": self.certificate_view(detail),
             "restart_needed_for": sorted(self.pending_restart),
         }
 
-    def certificate_view(self) -> dict[str, Any] | None:
-        """The served certificate and ACME's state, as /healthz and the Ports page show them (no secrets)."""
+    def certificate_view(self, detail: bool = False) -> dict[str, Any] | None:
+        """The served certificate and ACME's state, as /healthz and (with `detail`, errors in full) the Ports page show them."""
         pair = getattr(self.tls, "pair", None)
         if pair is None:
             return None
@@ -157,7 +162,7 @@ class Runtime:
                         "not_before": c.not_before.isoformat(), "not_after": c.not_after.isoformat()} for c in pair.chains],
         }
         if self.acme is not None:
-            view["acme"] = self.acme.view()
+            view["acme"] = self.acme.view(detail)
         return view
 
 

@@ -15,6 +15,18 @@ flooding either cap must not shut the others out:
   up its oldest connection that waits for a request (idle keep-alive, a
   request head or TLS handshake still coming) to another client.
 A single client alone meets exactly the two caps.
+The gate also paces requests on each connection it admitted: a token bucket
+of `requests_per_second` (burst: one second's worth), so that one keep-alive
+connection pipelining requests cannot take the process's time without end
+(`serving` says whether a request is within it; the shell answers 429 and
+closes the connection when it is not).
+
+ChallengePeeks: the refused plain-HTTP connections whose first bytes are read
+while an ACME http-01 validation is under way (a validator's request must get
+through however full the caps are). Bounded in total and per client; when
+every place is taken, the oldest connection that has sent nothing yet gives
+its place to the newcomer (a validator sends its request at once, a flood of
+silent connections does not), so silent connections cannot crowd it out.
 
 redirect_target: where a plain-HTTP request goes when http_redirect_https
 is on: 301 for GET/HEAD, 308 otherwise (keeps the method and body), the same
@@ -38,16 +50,20 @@ REDIRECT_EXEMPT_PATHS = ("/healthz",)
 ADMITTED = None
 OVER_MAX_CONN = "max_conn"
 OVER_MAX_CONN_RATE = "max_conn_rate"
+REQUESTS_PER_SECOND = 200  # on one connection: far above a phone, a browser or a script's, far below a pipelining flood
 
 
 class ConnectionGate:
     """Admits connections under the two caps, fairly between clients. A client is a `client_key`
     (an IPv4 address or an IPv6 /64); a connection is any hashable handle the shell chooses."""
 
-    def __init__(self, limits: Callable[[], tuple[int, int]], clock: Callable[[], float]):
+    def __init__(self, limits: Callable[[], tuple[int, int]], clock: Callable[[], float],
+                 requests_per_second: float = REQUESTS_PER_SECOND):
         """`limits()` gives (max_conn, max_conn_rate) now; `clock()` a monotonic time in seconds."""
         self.limits = limits
         self.clock = clock
+        # per open connection (forgotten when it is released): the requests it may still make
+        self.pace = TokenBuckets(rate=requests_per_second, capacity=requests_per_second, max_keys=1 << 20)
         self.open = 0
         self._tokens: float | None = None
         self._spare = 0.0
@@ -104,11 +120,14 @@ class ConnectionGate:
         if source is not None:
             self._waiting.setdefault(source, {})[connection] = None
 
-    def serving(self, connection) -> None:
-        """`connection` has a request: it is not closed to make room until it waits again."""
+    def serving(self, connection) -> bool:
+        """`connection` has a request: it is not closed to make room until it waits again.
+        False when the request is over the connection's pace (it is to be refused, and the connection closed)."""
         source = self._source_of.get(connection)
-        if source is not None:
-            self._waiting.get(source, {}).pop(connection, None)
+        if source is None:
+            return True
+        self._waiting.get(source, {}).pop(connection, None)
+        return self.pace.take(connection, 1.0, self.clock(), floor=-1.0) >= 0.0
 
     def release(self, connection) -> None:
         """`connection` is closed (again: nothing happens)."""
@@ -116,6 +135,7 @@ class ConnectionGate:
         if source is None:
             return
         self.open -= 1
+        self.pace.forget(connection)
         left = self._open_from[source] - 1
         if left:
             self._open_from[source] = left
@@ -140,6 +160,52 @@ class ConnectionGate:
             self._last = now
         self.lately.rate = self.lately.capacity = spare
         return now
+
+
+class ChallengePeeks:
+    """The refused connections being read for an ACME challenge: at most `total`, at most `per_client`
+    of one client, and when every place is taken, the oldest silent one (nothing received yet) gives
+    its place up. A connection is any hashable handle the shell chooses."""
+
+    def __init__(self, total: int, per_client: int):
+        self.total, self.per_client = total, per_client
+        self._source_of: dict = {}  # every connection being read -> its client
+        self._silent: dict = {}  # those that have sent nothing yet, oldest first
+        self._held: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._source_of)
+
+    def admit(self, source: str, connection) -> tuple[bool, object | None]:
+        """(whether `connection` may be read, a silent connection to close to make room for it, or None)."""
+        if self._held.get(source, 0) >= self.per_client:
+            return False, None
+        evicted = None
+        if len(self._source_of) >= self.total:
+            if not self._silent:
+                return False, None
+            evicted = next(iter(self._silent))
+            self.done(evicted)
+        self._source_of[connection] = source
+        self._silent[connection] = None
+        self._held[source] = self._held.get(source, 0) + 1
+        return True, evicted
+
+    def heard(self, connection) -> None:
+        """`connection` sent its first bytes: it is no longer given up to make room."""
+        self._silent.pop(connection, None)
+
+    def done(self, connection) -> None:
+        """`connection` is answered or closed (again: nothing happens)."""
+        source = self._source_of.pop(connection, None)
+        if source is None:
+            return
+        self._silent.pop(connection, None)
+        left = self._held[source] - 1
+        if left:
+            self._held[source] = left
+        else:
+            del self._held[source]
 
 
 def _spare_rate(rate: int) -> float:

@@ -14,9 +14,22 @@ client holding most of them: it is shut down, and the newcomer takes its slot.
 
 A plain-HTTP connection turned away while an ACME http-01 validation is
 under way gets its request line read first (at most CHALLENGE_PEEK_BYTES,
-within CHALLENGE_PEEK_TIMEOUT, among the MAX_REJECTING refusals being
-written): a token being validated is answered, anything else gets the 503.
-Outside a validation a refusal stays one send.
+within CHALLENGE_PEEK_TIMEOUT): a token being validated is answered, anything
+else gets the 503. At most MAX_PEEKING are read at once, MAX_PEEKS_PER_CLIENT
+of one client, and when all places are taken the oldest connection that has
+sent nothing yet is closed to make room (proto.http.ChallengePeeks): a
+validator sends its request at once, so silent connections cannot crowd it
+out. Outside a validation a refusal stays one send.
+
+One connection cannot hold the event loop: before each request after its
+first, the connection's greenlet lets the loop poll and serve whatever else
+is ready (shells.loop), so a client pipelining requests gets one request per
+turn of the loop, like every other connection. It is also paced: over
+proto.http.REQUESTS_PER_SECOND requests a second on one connection (a burst of
+one second's worth), a request is answered `429` with `Retry-After` and the
+connection is closed. Answers are written as they are made, each with a
+deadline (IO_TIMEOUT): a client that pipelines and does not read finds the
+server waiting on its full socket, buffering nothing more, until it closes.
 
 Slow clients cannot hold slots: the request line and headers must arrive
 within HEADER_TIMEOUT (a total deadline, so a drip-feeding slow-loris does
@@ -48,26 +61,33 @@ from gevent import pywsgi
 from gevent.pool import Group
 from gunicorn.workers.ggevent import PyWSGIHandler
 
+from ..proto import http as proto_http
 from ..proto.acme import challenge_answer, http_response, request_target
 from ..proto.clients import client_key, plain_address
-from ..proto.http import OVER_MAX_CONN, ConnectionGate, redirect_target
+from ..proto.http import OVER_MAX_CONN, ChallengePeeks, ConnectionGate, redirect_target
 from ..provisioning.files import port_for
 from ..ratelog import RateLimitedLog, printable
 from ..services import BY_SETTING, Service
+from .loop import serve_ready_then_continue
 
 
-def _seconds(name: str, default: float) -> float:
-    """A timeout, overridable from the environment (tuning, and short ones in tests)."""
+def _tunable(name: str, default: float) -> float:
+    """A timeout or a rate, overridable from the environment (tuning, and other values in tests)."""
     return float(os.environ.get(f"GREENSERVERS_HTTP_{name}", default))
 
 
-HEADER_TIMEOUT = _seconds("HEADER_TIMEOUT", 10.0)
-KEEPALIVE_TIMEOUT = _seconds("KEEPALIVE_TIMEOUT", 15.0)
-HANDSHAKE_TIMEOUT = _seconds("HANDSHAKE_TIMEOUT", 10.0)
-IO_TIMEOUT = _seconds("IO_TIMEOUT", 30.0)
+HEADER_TIMEOUT = _tunable("HEADER_TIMEOUT", 10.0)
+KEEPALIVE_TIMEOUT = _tunable("KEEPALIVE_TIMEOUT", 15.0)
+HANDSHAKE_TIMEOUT = _tunable("HANDSHAKE_TIMEOUT", 10.0)
+IO_TIMEOUT = _tunable("IO_TIMEOUT", 30.0)
+REQUESTS_PER_SECOND = _tunable("REQUESTS_PER_SECOND", proto_http.REQUESTS_PER_SECOND)  # on one connection
 MAX_REJECTING = 256  # rejections being written at once; beyond, close at once
+MAX_PEEKING = 128  # refused connections read at once for an ACME challenge; beyond, the oldest silent one is closed
+MAX_PEEKS_PER_CLIENT = 8  # of one client (validators come from several addresses, one connection each)
 CHALLENGE_PEEK_BYTES = 2048  # a validation's request line fits many times over
-CHALLENGE_PEEK_TIMEOUT = 2.0
+CHALLENGE_PEEK_TIMEOUT = 0.5  # a validator sends its request as soon as it is connected
+LINGER_SECONDS = 1.0  # after a last answer, input read and dropped so that the close does not reset the answer away...
+LINGER_BYTES = 256 * 1024  # ...for at most this long and this much
 
 REJECT_400 = (
     b"HTTP/1.1 400 Bad Request\r\n"
@@ -76,6 +96,7 @@ REJECT_400 = (
     b"Connection: close\r\n\r\n"
     b"Bad request\n"
 )
+REJECT_429_BODY = b"Too many requests on one connection; retry later.\n"
 REJECT_503 = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"Retry-After: 1\r\n"
@@ -109,27 +130,44 @@ class Connection:
 
 class CappedHandler(PyWSGIHandler):
     """gunicorn's pywsgi handler (its access log) with deadlines on the request head; it tells
-    the gate when its connection waits for a request and when it is serving one."""
+    the gate when its connection waits for a request and when it is serving one, lets the loop
+    turn between two requests, and answers 429 to a request over the connection's pace."""
 
     _requests_seen = 0
+    _over_pace = False  # the request just read is over the connection's pace
+    _answered_too_fast = False
     connection: Connection | None = None
 
     def handle_one_request(self):
+        if self._requests_seen:
+            serve_ready_then_continue()  # a pipelined request waits behind whatever else is ready
         limit = HEADER_TIMEOUT if self._requests_seen == 0 else KEEPALIVE_TIMEOUT
         self._requests_seen += 1
         self.server.gate.waiting(self.connection)
         self._head_timer = HeaderTimeout.start_new(limit)
         try:
-            return super().handle_one_request()
+            result = super().handle_one_request()
         finally:
             self._head_timer.close()
+        if self._answered_too_fast:
+            self.server.sensors.add("http_requests_too_fast")
+            self._peer_line("more than %g requests a second on one connection: answered 429 and closed", REQUESTS_PER_SECOND)
+            _linger(self.socket)
+        return result
 
     def read_request(self, raw_requestline):
         try:
             return super().read_request(raw_requestline)
         finally:
             self._head_timer.close()  # the head is in: the application runs without it
-            self.server.gate.serving(self.connection)
+            if not self.server.gate.serving(self.connection):
+                self._over_pace = self.close_connection = True
+
+    def handle_one_response(self):
+        if self._over_pace:
+            self.application = _too_many_requests
+            self._answered_too_fast = True
+        return super().handle_one_response()
 
     def _handle_client_error(self, ex):
         """A request head gevent could not parse: 400, and one rate-limited line (see the module docstring)."""
@@ -187,6 +225,8 @@ class CappedWSGIServer(pywsgi.WSGIServer):
         self.challenges = challenges or dict
         self.connections = Group()
         self.rejecting = Group()
+        self.peeking = Group()
+        self.peeks = ChallengePeeks(MAX_PEEKING, MAX_PEEKS_PER_CLIENT)
         self.room_log = RateLimitedLog(log)
         self.peer_log = RateLimitedLog(log)  # a client's bad requests and failed handshakes
         if tls_holder is not None:
@@ -207,12 +247,10 @@ class CappedWSGIServer(pywsgi.WSGIServer):
                 refused = self.gate.admit(source, connection)
         if refused is not None:
             self.sensors.add(f"http_rejected_{refused}")
+            if self.tls_holder is None and self.challenges() and self._peek(source, client):
+                return
             if self.tls_holder is None and len(self.rejecting) < MAX_REJECTING:
-                pending = self.challenges()
-                if pending:
-                    self.rejecting.spawn(_answer_challenge_or_503, client, pending)
-                else:
-                    self.rejecting.spawn(_write_503, client)
+                self.rejecting.spawn(_answer_and_close, client, REJECT_503)
             else:
                 _close(client)
             return
@@ -258,6 +296,41 @@ class CappedWSGIServer(pywsgi.WSGIServer):
         self.connections.join(timeout=timeout)
         self.connections.kill(block=False)
         self.rejecting.kill(block=False)
+        self.peeking.kill(block=False)
+
+    def _peek(self, source: str, client) -> bool:
+        """Read a refused connection for an ACME challenge, if it gets a place (see the module docstring)."""
+        admitted, silent = self.peeks.admit(source, client)
+        if silent is not None:
+            with contextlib.suppress(OSError):
+                silent.shutdown(socket.SHUT_RDWR)  # its greenlet reads end-of-file and closes it
+        if admitted:
+            self.peeking.spawn(self._answer_challenge_or_503, client)
+        return admitted
+
+    def _answer_challenge_or_503(self, client) -> None:
+        """A refused connection during an ACME validation: the challenge answer if that is what it
+        asks for (the authority's check must not fail because the caps are full), else the 503."""
+        head = b""
+        try:
+            deadline = time.monotonic() + CHALLENGE_PEEK_TIMEOUT
+            while b"\n" not in head and len(head) < CHALLENGE_PEEK_BYTES and (left := deadline - time.monotonic()) > 0:
+                client.settimeout(left)
+                data = client.recv(CHALLENGE_PEEK_BYTES - len(head))
+                if not data:
+                    break
+                head += data
+                self.peeks.heard(client)
+        except OSError:
+            pass
+        finally:
+            self.peeks.done(client)
+        target = request_target(head)
+        answer = challenge_answer(target[0], target[1], self.challenges()) if target else None
+        if answer is None or not answer[0].startswith("200"):
+            _answer_and_close(client, REJECT_503)
+            return
+        _answer_and_close(client, http_response(answer[0], answer[1], head_only=target[0] == "HEAD"))
 
 
 def _close(sock) -> None:
@@ -265,41 +338,40 @@ def _close(sock) -> None:
         sock.close()
 
 
-def _answer_challenge_or_503(client, pending) -> None:
-    """A refused connection during an ACME validation: the challenge answer if that is what it
-    asks for (the authority's check must not fail because the caps are full), else the 503."""
-    head = b""
+def _linger(sock) -> None:
+    """After a connection's last answer: shut our side, then read and drop what the client still sends (at
+    most LINGER_BYTES within LINGER_SECONDS), so that closing with its input unread does not reset the
+    connection before the client has read the answer."""
     try:
-        client.settimeout(CHALLENGE_PEEK_TIMEOUT)
-        deadline = time.monotonic() + CHALLENGE_PEEK_TIMEOUT
-        while b"\n" not in head and len(head) < CHALLENGE_PEEK_BYTES and time.monotonic() < deadline:
-            data = client.recv(CHALLENGE_PEEK_BYTES - len(head))
+        sock.shutdown(socket.SHUT_WR)
+        deadline, drained = time.monotonic() + LINGER_SECONDS, 0
+        while drained < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            data = sock.recv(65536)
             if not data:
                 break
-            head += data
+            drained += len(data)
     except OSError:
         pass
-    target = request_target(head)
-    answer = challenge_answer(target[0], target[1], pending) if target else None
-    if answer is None or not answer[0].startswith("200"):
-        _write_503(client)
-        return
-    _write_503(client, http_response(answer[0], answer[1], head_only=target[0] == "HEAD"))
 
 
-def _write_503(client, answer: bytes = REJECT_503) -> None:
-    """Answer 503 (or `answer`), then drain a little so the close does not reset the answer away."""
+def _answer_and_close(client, answer: bytes) -> None:
+    """A refused connection's one answer (the 503, or an ACME challenge's), then the close."""
     try:
         client.settimeout(1.0)
         client.sendall(answer)
-        client.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline and client.recv(65536):
-            pass
+        _linger(client)
     except OSError:
         pass
     finally:
         _close(client)
+
+
+def _too_many_requests(environ, start_response):
+    """The answer to a request over its connection's pace (the connection closes after it)."""
+    start_response("429 Too Many Requests", [("Retry-After", "1"), ("Content-Type", "text/plain; charset=utf-8"),
+                                             ("Content-Length", str(len(REJECT_429_BODY))), ("Connection", "close")])
+    return [REJECT_429_BODY]
 
 
 def plain_http_app(app, runtime):
@@ -344,7 +416,8 @@ class HttpService(Service):
 
     def __init__(self, runtime):
         super().__init__(runtime)
-        self.gate = ConnectionGate(lambda: (runtime.settings.http_max_conn, runtime.settings.http_max_conn_rate), time.monotonic)
+        self.gate = ConnectionGate(lambda: (runtime.settings.http_max_conn, runtime.settings.http_max_conn_rate), time.monotonic,
+                                   REQUESTS_PER_SECOND)
 
     def make_server(self, bound) -> CappedWSGIServer:
         runtime = self.runtime

@@ -20,7 +20,10 @@ per directory), and per key type `<kind>-<time>.crt/.key`. current.json
 names the files in use; it is replaced last, in one rename, so a crash or a
 failure leaves the previous certificates in use. Each issuance is recorded
 in the audit log; a failure is logged once, shown on the Ports page and in
-/healthz, and retried after proto.acme.retry_delay.
+/healthz, and retried after proto.acme.retry_delay. What went wrong is
+described twice (`Problem`): in full for the log and the Ports page (it may
+name a local file or the authority's words), and as a fixed category for the
+public /healthz, which holds nothing the error itself carried.
 """
 
 from __future__ import annotations
@@ -69,6 +72,18 @@ def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+@dataclass(frozen=True)
+class Problem:
+    """What went wrong: `category`, a fixed phrase that is public (/healthz), and `detail`, one line in
+    full for the log and the Ports page (never a key, but it may name a local path)."""
+
+    category: str
+    detail: str
+
+
+NO_PROBLEM = Problem("", "")
+
+
 @dataclass
 class Status:
     """What the Ports page and /healthz show of ACME."""
@@ -76,12 +91,13 @@ class Status:
     state: str = "off"  # off, waiting, ordering
     last_attempt: datetime.datetime | None = None
     last_result: str = ""  # "issued", "failed"
-    last_error: str = ""
+    last_error: Problem = NO_PROBLEM
     last_success: datetime.datetime | None = None
     failures: int = 0
     next_check: datetime.datetime | None = None
     next_reason: str = ""
-    renewal_info: str = "not asked yet"  # what the authority said of ARI
+    renewal_info: str = "not asked yet"  # what the authority said of ARI (a fixed phrase)...
+    renewal_info_detail: str = ""  # ...and, when it went wrong, why in full
     windows: dict = field(default_factory=dict)
 
 
@@ -202,10 +218,10 @@ class AcmeManager:
                 " ".join(request.names),
                 status.failures,
                 _human(retry),
-                error,
+                error.detail,
             )
         else:
-            status.failures, status.last_result, status.last_error = 0, "issued", ""
+            status.failures, status.last_result, status.last_error = 0, "issued", NO_PROBLEM
             status.last_success = self.clock()
 
     def _install(self, request: OrderRequest, issued: dict, plan: core.Plan) -> None:
@@ -229,9 +245,10 @@ class AcmeManager:
         try:
             answers = run_off_loop(fetch_renewal_info, request)
         except Exception as exc:
-            self.status.renewal_info = f"could not be fetched: {describe_error(exc, request)}"
+            self.status.renewal_info, self.status.renewal_info_detail = "could not be fetched", describe_error(exc, request).detail
             self._ari_next = now + core.RETRY_MAX / 6  # an hour; the lifetime rule still applies meanwhile
             return
+        self.status.renewal_info_detail = ""
         if answers is None:
             self.status.renewal_info = "not offered by this authority"
             self._windows.clear()
@@ -246,7 +263,7 @@ class AcmeManager:
                     window = previous  # the same window: keep the point chosen in it
                 self._windows[kind] = window
             except ValueError as exc:
-                self.status.renewal_info = f"malformed answer: {exc}"
+                self.status.renewal_info, self.status.renewal_info_detail = "malformed answer", str(exc)
             waits.append(retry_after)
         self.status.windows = {k: (w.start, w.end, w.chosen) for k, w in self._windows.items()}
         if self._windows:
@@ -255,9 +272,14 @@ class AcmeManager:
 
     # -- what the page and /healthz show --------------------------------------------
 
-    def view(self) -> dict:
+    def view(self, detail: bool = False) -> dict:
+        """ACME's state; with `detail` (the Ports page, behind the login) errors in full, else (the
+        public /healthz) only their fixed categories."""
         status = self.status
         settings = self.runtime.settings
+        renewal_info = status.renewal_info
+        if detail and status.renewal_info_detail:
+            renewal_info = f"{renewal_info}: {status.renewal_info_detail}"
         return {
             "on": bool(settings.acme_domains),
             "names": list(settings.acme_domains),
@@ -265,12 +287,12 @@ class AcmeManager:
             "state": status.state,
             "last_attempt": _iso(status.last_attempt),
             "last_result": status.last_result,
-            "last_error": status.last_error,
+            "last_error": status.last_error.detail if detail else status.last_error.category,
             "last_success": _iso(status.last_success),
             "failures_in_a_row": status.failures,
             "next_check": _iso(status.next_check),
             "next_check_reason": status.next_reason,
-            "renewal_info": status.renewal_info,
+            "renewal_info": renewal_info,
             "renewal_windows": {k: {"start": _iso(s), "end": _iso(e), "chosen": _iso(c)} for k, (s, e, c) in status.windows.items()},
             "validating_now": len(self.pending),
         }
@@ -344,10 +366,10 @@ def _account_key(folder: Path):
         return key
 
 
-def order_certificates(request: OrderRequest, kinds: tuple[str, ...], pending: dict) -> tuple[dict, str]:
+def order_certificates(request: OrderRequest, kinds: tuple[str, ...], pending: dict) -> tuple[dict, Problem | None]:
     """Order a certificate per key type in `kinds`; store the good ones and make them current.
 
-    Returns ({kind: leaf subject, ..., "_served": (pair, context)} for what was stored, "" or why
+    Returns ({kind: leaf subject, ..., "_served": (pair, context)} for what was stored, None or why
     the rest failed). Runs in a pool thread; `pending` is shared with the HTTP servers."""
     issued: dict = {}
     try:
@@ -359,7 +381,7 @@ def order_certificates(request: OrderRequest, kinds: tuple[str, ...], pending: d
             cert_pem, key_pem = _order_one(acme_client, net, request, kind, pending)
             _store(request, kind, cert_pem, key_pem)
             issued[kind] = True
-        error = ""
+        error = None
     except Exception as exc:  # every failure is reported the same way: once, on the page, retried later
         error = describe_error(exc, request)
     if issued:
@@ -448,8 +470,8 @@ def fetch_renewal_info(request: OrderRequest) -> dict | None:
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 
 
-def describe_error(exc: BaseException, request: OrderRequest) -> str:
-    """One line saying what went wrong, for the log, the page and /healthz (never a key)."""
+def describe_error(exc: BaseException, request: OrderRequest) -> Problem:
+    """What went wrong: a fixed category, and one line in full for the log and the page (never a key)."""
     import requests
     from acme import errors, messages
 
@@ -459,19 +481,24 @@ def describe_error(exc: BaseException, request: OrderRequest) -> str:
             for challenge in authorization.body.challenges:
                 if challenge.error is not None:
                     problems.append(f"{authorization.body.identifier.value}: {challenge.error.detail or challenge.error.code}")
-        text = "validation failed: " + "; ".join(problems)
+        category, text = "the authority could not validate a name (http-01)", "validation failed: " + "; ".join(problems)
     elif isinstance(exc, messages.Error):
-        text = f"the authority refused: {exc.detail or exc.code or exc}"
+        category, text = "the authority refused the order", f"the authority refused: {exc.detail or exc.code or exc}"
     elif isinstance(exc, errors.TimeoutError):
+        category = "the authority did not finish the order in time"
         text = f"the authority did not finish the order within {int(ORDER_TIMEOUT.total_seconds())} s"
     elif isinstance(exc, requests.exceptions.SSLError):
+        category = "the authority's HTTPS certificate is not trusted"
         text = (f"the HTTPS certificate of {request.directory} is not trusted"
                 f"{' by acme_ca_bundle' if request.ca_bundle else ' (a private authority needs acme_ca_bundle)'}")
     elif isinstance(exc, requests.exceptions.RequestException):
         reason = _ERRNO.search(str(exc))
+        category = "the authority could not be reached"
         text = f"cannot reach {request.directory}: {reason.group(1).strip() if reason else type(exc).__name__}"
-    elif isinstance(exc, (CertificateError, OSError)):
-        text = str(exc)
+    elif isinstance(exc, CertificateError):
+        category, text = "what the authority issued could not be used", str(exc)
+    elif isinstance(exc, OSError):
+        category, text = "the certificates could not be stored (a local file error)", str(exc)
     else:
-        text = f"{type(exc).__name__}: {exc}"
-    return text[:MAX_ERROR_CHARS]
+        category, text = "an unexpected error (the log has it)", f"{type(exc).__name__}: {exc}"
+    return Problem(f"ACME: {category}", text[:MAX_ERROR_CHARS])

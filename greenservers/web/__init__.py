@@ -1,5 +1,5 @@
 """The Flask application factory: blueprints ui (pages), api (JSON), prov (provisioning), and those of the address
-book, the sensors, the phones and the uploads."""
+book, the sensors, the phones and the uploads; `whole_arg`, the one reading of a page's number, offset or limit."""
 
 from __future__ import annotations
 
@@ -81,3 +81,16 @@ def create_app(runtime=None) -> Flask:
 def get_runtime():
     """The runtime of the running app: the one given to create_app, else the process's."""
     return current_app.config.get("GREENSERVERS_RUNTIME") or runtime_module.current()
+
+
+def whole_arg(name: str, default: int | None, low: int = 0, high: int | None = None) -> int | None:
+    """The query parameter `name` as a whole number from `low` (to `high`); `default` when absent or empty.
+    ValueError, naming the parameter and what it must be, for anything else."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    value = int(raw) if raw.isdigit() and len(raw) <= 12 else -1
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of {low} or more"
+        raise ValueError(f"{name} must be a whole number {bounds}, not {raw[:32]!r}")
+    return value

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, copy_current_request_context, flash, json
 
 from ..addressbook import FIELDS, MAX_IMPORT_BYTES, NUMBER_FIELDS, ContactError, ContactNotFound, ImportRejected, addressbook_for
 from ..process.offload import run_off_loop
-from . import get_runtime
+from . import get_runtime, whole_arg
 from .auth import CSV_BODY, JSON_BODY, NO_BODY, admin_required, takes
 
 bp = Blueprint("addressbook", __name__)
@@ -45,16 +45,10 @@ def _note(action: str, what: str) -> None:
 
 
 def _int_arg(name: str, default: int | None) -> int | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
     try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ContactError({name: f"{name} must be a whole number of 0 or more, not {raw[:32]!r}"})
-    return value
+        return whole_arg(name, default)
+    except ValueError as exc:
+        raise ContactError({name: str(exc)}) from None
 
 
 def _invalid(exc: ContactError):

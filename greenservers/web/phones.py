@@ -2,9 +2,14 @@
 
 `/phones` (HTML) and `GET /api/phones` (JSON) list the phones, last seen
 first: MAC (or none, for a device known by address and vendor), vendor and
-model, address, User-Agent, the files it fetched with the last result
-(served, not found, refused, failed) and when, first and last seen, and how
-many were seen in the last 24 hours. A phone is forgotten with the form on
+model, address, User-Agent, what its address proved (`verified_by`: seen
+over HTTP(S), a TFTP transfer acknowledged, or only unanswered UDP), the
+files it fetched with the last result (served, not found, refused, failed)
+and when, first and last seen, and how many were seen in the last 24 hours.
+Both in pages, so no view costs more than a page's worth whatever the record
+holds: the page `?page=N` (PAGE_SIZE phones each), the API `?offset=&limit=`
+(limit up to MAX_LIMIT, DEFAULT_LIMIT if absent) with `total`; a page is rendered, the JSON
+encoded, off the event loop. A phone is forgotten with the form on
 the page (`POST /phones/forget`, CSRF-protected like every form) or with
 `DELETE /api/phones/<id>`. Admin only.
 """
@@ -12,18 +17,24 @@ the page (`POST /phones/forget`, CSRF-protected like every form) or with
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+from functools import partial
 
-from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, copy_current_request_context, flash, jsonify, redirect, render_template, request, url_for
 
+from ..process.offload import run_off_loop
 from ..provisioning.phones import profiles
 from ..provisioning.phones.seen import DAY, registry_for
-from . import get_runtime
+from . import get_runtime, whole_arg
 from .auth import NO_BODY, admin_required, takes
 
 bp = Blueprint("phones", __name__)
 log = logging.getLogger("greenservers.web")
 VENDOR_LABELS = {v.key: v.label for v in profiles.VENDORS}
+TRUST_LABELS = {"http": "seen over HTTP(S)", "tftp": "acknowledged a TFTP transfer", "": "unanswered UDP only: could be forged"}
+PAGE_SIZE = 50
+DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 
 
 def _registry():
@@ -38,7 +49,14 @@ def _when(timestamp: float) -> str:
 @admin_required
 def phones_api():
     registry = _registry()
-    return jsonify(phones=registry.listing(), seen_last_24h=registry.seen_since(DAY))
+    try:
+        offset, limit = whole_arg("offset", 0), whole_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    except ValueError as exc:
+        return jsonify(error=str(exc)), 400
+    answer = {"phones": registry.listing(offset, limit), "total": len(registry), "offset": offset, "limit": limit,
+              "seen_last_24h": registry.seen_since(DAY)}
+    body = run_off_loop(partial(json.dumps, answer, separators=(",", ":")))  # 200 phones: a few ms of encoding
+    return Response(body + "\n", mimetype="application/json")
 
 
 @bp.delete("/api/phones/<phone_id>")
@@ -55,14 +73,24 @@ def forget_api(phone_id: str):
 @admin_required
 def page():
     registry = _registry()
-    phones = registry.listing()
+    pages = max(1, -(-len(registry) // PAGE_SIZE))
+    try:
+        number = whole_arg("page", 1, 1)
+    except ValueError as exc:
+        return f"{exc}\n", 400, {"Content-Type": "text/plain; charset=utf-8"}
+    if number > pages:  # the record shrank (a phone forgotten on the last page): its last page
+        return redirect(url_for("phones.page", page=pages), code=303)
+    phones = registry.listing((number - 1) * PAGE_SIZE, PAGE_SIZE)
     for phone in phones:
+        phone["trust_label"] = TRUST_LABELS.get(phone["verified_by"], "")
         phone["vendor_label"] = VENDOR_LABELS.get(phone["vendor"], phone["vendor"] or "unknown")
         phone["first_seen_text"], phone["last_seen_text"] = _when(phone["first_seen"]), _when(phone["last_seen"])
         for entry in phone["files"]:
             entry["at_text"] = _when(entry["at"])
         phone["ok"] = bool(phone["files"]) and phone["files"][0]["result"] == "served"
-    return render_template("phones.html", phones=phones, seen_last_day=registry.seen_since(DAY))
+    # 50 phones take Jinja about 10 ms: rendered off the event loop, in this request's context
+    return run_off_loop(copy_current_request_context(partial(render_template, "phones.html", phones=phones, total=len(registry),
+                                                             page=number, pages=pages, seen_last_day=registry.seen_since(DAY))))
 
 
 @bp.post("/phones/forget")
@@ -74,4 +102,6 @@ def page_forget():
         flash("Forgotten; it appears again when it next fetches a file.", "ok")
     else:
         flash("That phone was already forgotten.", "info")
-    return redirect(url_for("phones.page"), code=303)
+    page = request.form.get("page", "")  # back to the page the form was on (past the end: the last page)
+    back = {"page": int(page)} if page.isdigit() and len(page) < 9 and int(page) > 1 else {}
+    return redirect(url_for("phones.page", **back), code=303)

@@ -134,7 +134,7 @@ def _when(iso: str | None) -> str:
 
 def _certificate_info(runtime) -> dict[str, Any] | None:
     """The Certificate section: what is served, from where, and ACME's state (runtime.certificate_view)."""
-    view = runtime.certificate_view()
+    view = runtime.certificate_view(detail=True)
     if view is None:
         return None
     settings = runtime.settings
@@ -152,7 +152,7 @@ def _certificate_info(runtime) -> dict[str, Any] | None:
 def _render(status: int = 200, form: dict | None = None, errors: dict | None = None, cert_error: str = ""):
     runtime = get_runtime()
     settings = runtime.settings
-    health = runtime.health()
+    health = runtime.health(detail=True)
     view = settings.public_view()
     form = form or {}
     groups = []

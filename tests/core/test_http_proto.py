@@ -2,7 +2,15 @@
 
 import pytest
 
-from greenservers.proto.http import OVER_MAX_CONN, OVER_MAX_CONN_RATE, ConnectionGate, redirect_target, split_host
+from greenservers.proto.http import (
+    OVER_MAX_CONN,
+    OVER_MAX_CONN_RATE,
+    REQUESTS_PER_SECOND,
+    ChallengePeeks,
+    ConnectionGate,
+    redirect_target,
+    split_host,
+)
 
 
 class Clock:
@@ -111,6 +119,45 @@ def test_bookkeeping_is_bounded_by_what_is_open_and_the_rate():
             g.release(connection)
     assert g.open == 0 and not g._source_of and not g._open_from and not g._waiting
     assert len(g.lately) <= 2 * (1000 + 100) * 2
+
+
+def test_each_connection_is_paced_a_second_s_worth_at_once_then_the_rate():
+    g, clock, _ = gate()
+    piped, other = object(), object()
+    assert g.admit("192.0.2.1", piped) is None and g.admit("192.0.2.1", other) is None
+    answered = [g.serving(piped) for _ in range(3 * REQUESTS_PER_SECOND)]  # pipelined: all at once
+    assert answered.count(True) == REQUESTS_PER_SECOND and answered[REQUESTS_PER_SECOND:] == [False] * (2 * REQUESTS_PER_SECOND)
+    assert g.serving(other)  # another connection of the same client has its own pace
+    g.release(piped)
+    g.admit("192.0.2.1", piped)  # closed and opened again: a new connection, a full bucket
+    clock.now += 10.0
+    allowed = 0
+    for _ in range(3 * REQUESTS_PER_SECOND):  # three seconds at the pace itself
+        clock.now += 1.0 / REQUESTS_PER_SECOND
+        allowed += g.serving(other)
+    assert allowed == 3 * REQUESTS_PER_SECOND  # never refused
+    for connection in (piped, other):
+        g.release(connection)
+    assert len(g.pace) == 0  # nothing kept of a closed connection
+
+
+def test_challenge_peeks_are_capped_per_client_and_the_oldest_silent_one_makes_room():
+    peeks = ChallengePeeks(total=4, per_client=2)
+    assert peeks.admit("203.0.113.9", "a1") == (True, None)
+    assert peeks.admit("203.0.113.9", "a2") == (True, None)
+    assert peeks.admit("203.0.113.9", "a3") == (False, None)  # the client's share is taken
+    assert peeks.admit("198.51.100.1", "b1") == (True, None)
+    peeks.heard("b1")  # it sent its request: it keeps its place
+    assert peeks.admit("198.51.100.2", "c1") == (True, None)
+    assert peeks.admit("192.0.2.7", "validator") == (True, "a1")  # full: the oldest silent one gives its place up
+    assert peeks.admit("203.0.113.9", "a3") == (True, "a2")  # a1 gone, its client may have another
+    peeks.heard("validator")
+    peeks.heard("a3")
+    peeks.heard("c1")
+    assert peeks.admit("192.0.2.8", "late") == (False, None)  # full, and nobody silent: the newcomer is refused
+    for connection in ("a1", "a2", "a3", "b1", "c1", "validator", "validator"):
+        peeks.done(connection)  # what was given up, and twice: nothing happens
+    assert len(peeks) == 0 and not peeks._held and not peeks._silent
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,30 @@ def test_per_phone_names_of_the_administrator_are_not_stock(settings, name):
         p.provide(settings, name, SERVER)
 
 
+@pytest.mark.parametrize(("name", "vendor", "mac", "model", "stock"), [
+    ("001565ABCDEF.boot", "yealink", "001565abcdef", "", True),
+    ("y000000000066.cfg", "yealink", "", "T46S", True),
+    ("cfg.xml", "grandstream", "", "", True),
+    ("000000000000.xml", "gigaset", "", "", True),  # no phone's MAC: a file of every phone
+    ("snomD785-000413ABCDEF.htm", "snom", "000413abcdef", "D785", False),
+    ("000413ABCDEF.xml", "", "000413abcdef", "", False),  # Snom's <MAC>.xml or Cisco's $MAU.xml
+    ("001565abcdef.cfg", "", "001565abcdef", "", False),  # Yealink's, Poly's or Fanvil's <mac>.cfg
+    ("0004F2ABCDEF.cfg", "poly", "0004f2abcdef", "", False),  # upper case: only Poly's
+    ("cfg000b82abcdef", "grandstream", "000b82abcdef", "", False),
+    ("cfg000b82abcdef.bin", "grandstream", "000b82abcdef", "", False),
+    ("ConfigABCDEF012345.cfg", "panasonic", "abcdef012345", "", False),
+])
+def test_names_that_mean_a_phone(name, vendor, mac, model, stock):
+    assert profiles.phone_file(name) == profiles.PhoneFile(vendor, mac, model, stock)
+
+
+@pytest.mark.parametrize("name", ["nothing.cfg", "000000000000.htm", "sub/001565abcdef.cfg", "001565abcdef-01-xxx.cfg",
+                                  "001565abcdef.cfg.bak", "cfg000b82abcdef.txt", "0015650000000.cfg",
+                                  "000000abcdef.cfg"])
+def test_names_that_mean_no_phone(name):
+    assert profiles.phone_file(name) is None
+
+
 def test_user_agents():
     assert profiles.from_user_agent("Yealink SIP-T46S 66.86.0.15 00:15:65:ab:cd:ef") == ("yealink", "T46S")
     assert profiles.from_user_agent("Mozilla/4.0 (compatible; snomD785-SIP 10.1.33.33)") == ("snom", "D785")

@@ -1,10 +1,12 @@
 """The configuration file: comments survive rewrites; writes are atomic; a change by another process is noticed."""
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 import tomlkit
@@ -139,6 +141,51 @@ def test_killed_writer_leaves_old_or_new_never_partial(tmp_path):
         settings = ConfigStore(path).load()
         assert text.startswith("# Our PBX in room 4")
         assert len(settings.snmp_location) == settings.http_max_conn % 5000 or text == HAND_WRITTEN
+
+
+PAUSED_WRITER = textwrap.dedent(
+    """\
+    import sys
+    from greenservers.config import store as module
+    real_write = module.atomic_write
+
+    def paused_write(path, data):
+        print("read, about to write", flush=True)
+        sys.stdin.readline()
+        return real_write(path, data)
+
+    module.atomic_write = paused_write
+    module.ConfigStore(sys.argv[1]).update({"snmp_location": "set by the command"})
+    """
+)
+
+
+def test_a_write_made_while_another_process_rewrites_the_file_is_not_lost(tmp_path):
+    """A command (passwd) and the web page saving at the same moment: the lock on the file's folder is held from
+    the command's read to its rename, so the other writer waits and then reads the command's change."""
+    path = tmp_path / "g.toml"
+    path.write_text(HAND_WRITTEN)
+    command = subprocess.Popen([sys.executable, "-c", PAUSED_WRITER, str(path)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert command.stdout.readline().strip() == "read, about to write"
+        probe = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(probe)
+        page = threading.Thread(target=ConfigStore(path).update, args=({"snmp_contact": "set by the page"},))
+        page.start()
+        command.stdin.write("go\n")
+        command.stdin.flush()
+        assert command.wait(timeout=30) == 0
+        page.join(timeout=30)
+    finally:
+        command.kill()
+        command.wait()
+    settings = ConfigStore(path).load()
+    assert (settings.snmp_location, settings.snmp_contact) == ("set by the command", "set by the page")
 
 
 def test_temporary_files_of_ended_writers_are_removed_and_live_ones_kept(tmp_path):

@@ -1,12 +1,17 @@
-"""Certificates: the generated one, and the checks that refuse an unusable custom one."""
+"""Certificates: the generated one, and the checks that refuse an unusable custom one; how an ACME failure is
+described (in full behind the login, by category alone on the public /healthz)."""
 
 import ipaddress
+import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
 from support.certs import make_cert
 
 from greenservers.config.settings import Settings
+from greenservers.tls.acme import AcmeManager, OrderRequest, describe_error
 from greenservers.tls.certificates import CertificateError, check_pem, ensure_certificate, server_context
 
 PBX = "pbx.test"
@@ -65,3 +70,21 @@ def test_unreadable_file_is_refused(tmp_path):
     settings = Settings.from_raw({"tls_cert": "missing.pem", "tls_key": "missing.key"}, tmp_path)
     with pytest.raises(CertificateError, match="cannot be read"):
         ensure_certificate(settings)
+
+
+def test_an_acme_failure_is_public_only_as_its_category(tmp_path):
+    """A local file error names a path: the log and the Ports page (detail) have it, /healthz only the category."""
+    folder = tmp_path / "secret-looking-folder" / "tls" / "acme"
+    request = OrderRequest(("pbx.test",), "", "https://ca.test/dir", None, folder)
+    problem = describe_error(PermissionError(13, "Permission denied", str(folder / "ecdsa-1.key")), request)
+    assert str(folder) in problem.detail and "Permission denied" in problem.detail
+    assert problem.category == "ACME: the certificates could not be stored (a local file error)"
+    manager = AcmeManager(SimpleNamespace(settings=Settings.from_raw({"acme_domains": "pbx.test"})))
+    manager.status.last_error = problem
+    manager.status.renewal_info, manager.status.renewal_info_detail = "could not be fetched", f"reading {folder}: denied"
+    public, behind_login = manager.view(), manager.view(detail=True)
+    assert public["last_error"] == problem.category and public["renewal_info"] == "could not be fetched"
+    assert str(tmp_path) not in json.dumps(public)
+    assert behind_login["last_error"] == problem.detail and str(folder) in behind_login["renewal_info"]
+    unexpected = describe_error(ValueError(f"odd value in {Path('/etc/greenservers/secret.toml')}"), request)
+    assert unexpected.category == "ACME: an unexpected error (the log has it)" and "/etc" in unexpected.detail

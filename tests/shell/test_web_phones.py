@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
+import sqlite3
 
 import pytest
 from support.web import HTML, PASSWORD, WebFixture, basic, csrf_of
@@ -57,5 +57,44 @@ def test_forget_over_the_api(app):
     client.get("/prov/cfg000b82abcdef.xml")
     assert client.delete("/api/phones/000b82abcdef", headers=AUTH).status_code == 204
     assert client.delete("/api/phones/000b82abcdef", headers=AUTH).status_code == 404
-    stored = json.loads((app.config["GREENSERVERS_RUNTIME"].settings.data_path / "phones.json").read_text())
-    assert stored["phones"] == []
+    stored = sqlite3.connect(app.config["GREENSERVERS_RUNTIME"].settings.data_path / "phones.sqlite3")
+    assert stored.execute("SELECT count(*) FROM phones").fetchone() == (0,)
+
+
+def fill(app, count: int) -> None:
+    registry = seen.registry_for(app.config["GREENSERVERS_RUNTIME"])
+    for i in range(count):
+        assert registry.note(f"0004f2{i:06x}-phone.cfg", f"192.0.2.{i % 250}", "served", "http")
+
+
+def test_the_api_answers_in_bounded_pages(app):
+    client = app.test_client()
+    fill(app, 130)
+    first = client.get("/api/phones", headers=AUTH).get_json()
+    assert (len(first["phones"]), first["total"], first["offset"], first["limit"]) == (50, 130, 0, 50)
+    assert first["phones"][0]["mac"] == "0004f2000081" and first["phones"][0]["verified_by"] == "http"
+    rest = client.get("/api/phones?offset=50&limit=200", headers=AUTH).get_json()
+    assert [p["mac"] for p in rest["phones"]] == [f"0004f2{i:06x}" for i in range(79, -1, -1)]
+    assert client.get("/api/phones?offset=130", headers=AUTH).get_json()["phones"] == []
+    for query, named in (("limit=201", "limit"), ("limit=0", "limit"), ("offset=-1", "offset"), ("limit=ten", "limit")):
+        response = client.get(f"/api/phones?{query}", headers=AUTH)
+        assert response.status_code == 400 and named in response.get_json()["error"], query
+
+
+def test_the_page_shows_a_page_at_a_time(app):
+    client = app.test_client()
+    fill(app, 120)
+    page = client.get("/phones", headers={**AUTH, **HTML}).get_data(as_text=True)
+    assert page.count('class="field phone"') == 50 and "120 phones recorded" in page and "page 1 of 3" in page
+    assert 'id="phone-0004f2000077"' in page and "seen over HTTP(S)" in page and 'href="/phones?page=2"' in page
+    last = client.get("/phones?page=3", headers={**AUTH, **HTML}).get_data(as_text=True)
+    assert last.count('class="field phone"') == 20 and 'id="phone-0004f2000000"' in last and 'rel="next"' not in last
+    assert client.get("/phones?page=4", headers={**AUTH, **HTML}).headers["Location"].endswith("/phones?page=3")
+    response = client.get("/phones?page=x", headers={**AUTH, **HTML})
+    assert response.status_code == 400 and "page must be a whole number of 1 or more" in response.get_data(as_text=True)
+
+
+def test_forged_tftp_phones_are_shown_as_such(app):
+    seen.registry_for(app.config["GREENSERVERS_RUNTIME"]).note("001565abcdef.boot", "192.0.2.5", "failed", "tftp")
+    page = app.test_client().get("/phones", headers={**AUTH, **HTML}).get_data(as_text=True)
+    assert "unanswered UDP only: could be forged" in page

@@ -140,9 +140,11 @@ class ServiceProcess:
     def cert_path(self) -> Path:
         return self.directory / "data" / "tls" / "selfsigned.crt"
 
-    def sensors(self, admin_password: str) -> dict[str, int]:
-        """Every sensor's value, from /api/sensors on the plain HTTP binding."""
+    def sensors(self, admin_password: str, scheme: str = "http") -> dict[str, int]:
+        """Every sensor's value, from /api/sensors on the plain HTTP binding (or the HTTPS one, trusting its
+        self-signed certificate)."""
         import requests
 
-        body = requests.get(self.url("/api/sensors"), auth=("admin", admin_password), timeout=10).json()
+        verify = str(self.cert_path) if scheme == "https" else True
+        body = requests.get(self.url("/api/sensors", scheme), auth=("admin", admin_password), timeout=10, verify=verify).json()
         return {row["name"]: row["value"] for row in body["sensors"]}

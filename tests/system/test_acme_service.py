@@ -10,6 +10,7 @@ only ECDSA signatures gets). Waiting is polling /healthz with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,8 @@ import socket
 import ssl
 import stat
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +27,7 @@ import requests
 from cryptography import x509
 from support import eventually, free_port
 from support.certs import make_cert
-from support.http import held_connection
+from support.http import held_connection, request_on
 from support.pebble import PebbleCA
 from support.web import PASSWORD, PASSWORD_HASH
 
@@ -249,7 +252,7 @@ def test_authority_down_keeps_the_working_certificate_shows_the_error_and_retrie
     assert answer.status_code == 200
     failed = wait_for(svc, lambda c: c["acme"]["failures_in_a_row"] >= 1, "the failed attempt", 60)
     acme = failed["acme"]
-    assert acme["last_result"] == "failed" and f"cannot reach {ca.directory}" in acme["last_error"]
+    assert acme["last_result"] == "failed" and acme["last_error"] == "ACME: the authority could not be reached"  # public: the category
     assert failed["source"] == "ACME" and failed["chains"] == first["chains"]  # the working certificate stays
     assert curl_https(svc, root, NAMES[0]).stdout == "200 0"
     # the retry is a minute later, not at once
@@ -258,7 +261,7 @@ def test_authority_down_keeps_the_working_certificate_shows_the_error_and_retrie
     assert 55 <= wait.total_seconds() <= 65, acme
     assert "retrying after 1 failed attempt" in acme["next_check_reason"]
     page = requests.get(svc.url("/settings/ports"), auth=AUTH, timeout=10).text
-    assert 'id="acme-error"' in page and "cannot reach" in page
+    assert 'id="acme-error"' in page and f"cannot reach {ca.directory}" in page  # behind the login: in full
     failures = [line for line in svc.lines if "ordering a certificate for" in line and "failed" in line]
     assert len(failures) == 1, failures  # logged once
     assert health(svc)["certificate"]["acme"]["failures_in_a_row"] == 1  # still one: nothing retried meanwhile
@@ -272,10 +275,13 @@ def test_a_failing_challenge_leaves_the_certificate_in_use_and_names_the_name(se
     svc = service({
         "ip_http_port": f"127.0.0.1:{http_port}", "ip_https_port": f"127.0.0.1:{free_port()}",
         "acme_domains": "pbx.acme.test elsewhere.acme.test", "acme_directory": ca.directory, "acme_ca_bundle": str(ca.bundle),
+        "admin_password_hash": PASSWORD_HASH,
     })
     failed = wait_for(svc, lambda c: c["acme"]["failures_in_a_row"] >= 1, "the failed attempt")
     assert failed["source"] == "self-signed" and failed["days_left"] > 700
-    assert failed["acme"]["last_error"].startswith("validation failed: elsewhere.acme.test")
+    assert failed["acme"]["last_error"] == "ACME: the authority could not validate a name (http-01)"
+    page = requests.get(svc.url("/settings/ports"), auth=AUTH, timeout=10).text
+    assert "validation failed: elsewhere.acme.test" in page
     assert not list((svc.directory / "data" / "tls" / "acme").glob("*.crt"))  # nothing half-stored
 
 
@@ -285,9 +291,7 @@ def test_challenge_gets_through_when_the_connection_caps_are_full(service, pebbl
     with held_connection(port):  # the only slot is taken: other connections are turned away
         assert _get(port, "/healthz").startswith(b"HTTP/1.1 503")
         assert _get(port, "/.well-known/acme-challenge/no-such-token").startswith(b"HTTP/1.1 503")  # no validation: no way in
-        svc.settings["acme_domains"] = " ".join(NAMES)  # turned on by a hand edit and SIGHUP: the API is behind the caps too
-        svc.config_path.write_text(svc.config_path.read_text().replace('acme_domains = ""', f'acme_domains = "{" ".join(NAMES)}"'))
-        svc.signal_master(1)
+        _turn_acme_on_by_hand(svc)
         svc.wait_for_log("new HTTPS and LDAPS connections use it now", timeout=ISSUE_TIMEOUT)
     assert ca.validations() >= 2
     def sensors_once_admitted() -> dict | None:
@@ -301,6 +305,73 @@ def test_challenge_gets_through_when_the_connection_caps_are_full(service, pebbl
     # the cap of one: the connection just closed may still hold the slot
     answer = eventually(lambda: not (got := _get(port, "/.well-known/acme-challenge/no-such-token")).startswith(b"HTTP/1.1 503") and got)
     assert answer.startswith(b"HTTP/1.1 404")  # admitted: a token not being validated is not found
+
+
+def _turn_acme_on_by_hand(svc) -> None:
+    """acme_domains set by a hand edit of the file and SIGHUP: the API is behind the caps too."""
+    svc.settings["acme_domains"] = " ".join(NAMES)
+    svc.config_path.write_text(svc.config_path.read_text().replace('acme_domains = ""', f'acme_domains = "{" ".join(NAMES)}"'))
+    svc.signal_master(1)
+
+
+FLOOD_SOURCES = [f"127.0.0.{n}" for n in range(2, 34)]  # enough clients to take every peek place (8 each)
+FLOOD_HELD = 2.5  # seconds each silent connection stays open: longer than a peek waits
+FLOOD_MAX_OPEN = 700
+
+
+def _silent_connections(port: int, stop: threading.Event, opened: list[int]) -> None:
+    """New connections from FLOOD_SOURCES in turn, about 400 a second, each left open and silent for FLOOD_HELD
+    seconds (at most FLOOD_MAX_OPEN at once), until `stop`."""
+    held: list[tuple[socket.socket, float]] = []
+    try:
+        while not stop.wait(0.1):
+            now = time.monotonic()
+            for sock, _ in [h for h in held if now - h[1] >= FLOOD_HELD]:
+                sock.close()
+            held = [h for h in held if now - h[1] < FLOOD_HELD]
+            for _ in range(min(40, FLOOD_MAX_OPEN - len(held))):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.bind((FLOOD_SOURCES[opened[0] % len(FLOOD_SOURCES)], 0))
+                with contextlib.suppress(BlockingIOError):
+                    sock.connect(("127.0.0.1", port))
+                held.append((sock, now))
+                opened[0] += 1
+    finally:
+        for sock, _ in held:
+            sock.close()
+
+
+def test_challenge_gets_through_a_flood_of_silent_refused_connections(service, pebble, tmp_path):
+    """Every connection is refused (both slots held, by two clients: neither holds most, so neither gives one up)
+    and many clients keep refused connections open without a word: the validator's request is still read and
+    answered (the oldest silent connection gives up its place)."""
+    svc, ca = acme_service(service, pebble, env={"GREENSERVERS_HTTP_KEEPALIVE_TIMEOUT": "120"}, acme_domains="", http_max_conn=2)
+    port = svc.port("ip_http_port")
+    stop, opened = threading.Event(), [0]
+    flood = threading.Thread(target=_silent_connections, args=(port, stop, opened))
+
+    def outcome() -> str | None:
+        for line in svc.lines:
+            if "new HTTPS and LDAPS connections use it now" in line:
+                return "issued"
+            if "ordering a certificate for" in line and "failed" in line:
+                return line
+        return None
+
+    with held_connection(port) as first, held_connection(port, source="127.0.0.200") as second:
+        flood.start()
+        try:
+            eventually(lambda: opened[0] >= 2 * FLOOD_MAX_OPEN, what="the flood under way")
+            _turn_acme_on_by_hand(svc)
+            result = eventually(outcome, ISSUE_TIMEOUT, interval=0.2, what="the order's outcome")
+        finally:
+            stop.set()
+            flood.join()
+        assert result == "issued", result
+        # both slots were held all along (they still answer): every validation came in through a refusal
+        assert request_on(first) == request_on(second) == b"HTTP/1.1 200 OK"
+    assert ca.validations() >= 2
 
 
 def _get(port: int, path: str) -> bytes:

@@ -1,6 +1,8 @@
 """The real service (gunicorn + GreenWorker) on loopback: HTTP and HTTPS side by side,
-binding forms, bind failures, connection caps, timeouts, redirect, SIGHUP. Clients: curl and raw sockets."""
+binding forms, bind failures, connection caps, timeouts, redirect, SIGHUP, keep-alive pipelining (the
+loop's turns, the pace per connection). Clients: curl and raw sockets."""
 
+import contextlib
 import json
 import signal
 import socket
@@ -10,9 +12,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support import eventually, free_port
+from support import eventually, free_port, free_udp_port
+from support.http import Pipeline
 
 from greenservers.passwords import hash_password
+from greenservers.proto.http import REQUESTS_PER_SECOND
 
 
 def curl(*args, timeout=20):
@@ -403,3 +407,72 @@ def test_a_client_that_stops_reading_is_timed_out_without_a_traceback(service):
 
         assert eventually(counted, 15, interval=0.2)["http_timeouts"] == 1
     assert "Traceback" not in svc.log and "[ERROR]" not in svc.log and "timed out" not in svc.log, svc.log
+
+
+ADMIN = ("admin", "pipeline admin")
+PIPELINED = 10_000
+
+
+def _ntp_answer(port: int) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        sock.sendto(b"\x23" + bytes(47), ("127.0.0.1", port))  # a client's mode-3 request
+        return sock.recv(100)
+
+
+def test_a_pipelining_client_does_not_hold_up_other_clients_or_ntp(service):
+    """Each pipelined request waits for a turn of the loop: another client's /healthz and an NTP query are
+    answered while the pipeline is still being served (the server counts it: every request is a redirect)."""
+    svc = service({"ip_http_port": f"127.0.0.1:{free_port()}", "ip_https_port": f"127.0.0.1:{free_port()}",
+                   "http_redirect_https": True, "ip_ntp_port": f"127.0.0.1:{free_udp_port()}",
+                   "admin_password_hash": hash_password(ADMIN[1])},
+                  env={"GREENSERVERS_HTTP_REQUESTS_PER_SECOND": "1000000"})  # the pace out of the way: the turns alone
+    port = svc.port("ip_http_port")
+    with Pipeline(port, b"GET /pipelined HTTP/1.1\r\nHost: t\r\n\r\n" * PIPELINED) as pipeline:
+        eventually(pipeline.statuses, what="the pipeline's first answers")  # the server is at it now
+        assert _healthz_code("127.0.0.1", port) == "200"
+        assert len(_ntp_answer(svc.port("ip_ntp_port"))) == 48
+        redirected = svc.sensors(ADMIN[1], "https")["http_redirects"]  # read after both were answered
+        assert redirected < PIPELINED, "the pipeline was served to its end before the others"
+        assert pipeline.ended.wait(60)
+        statuses = pipeline.statuses()
+    assert len(statuses) == PIPELINED and set(statuses) == {b"HTTP/1.1 301 Moved Permanently"}  # and all of it is served
+
+
+def test_a_connection_over_its_pace_gets_a_429_and_is_closed(service):
+    svc = service({"ip_http_port": f"127.0.0.1:{free_port()}", "admin_password_hash": hash_password(ADMIN[1])})
+    requests_sent = 5000
+    with Pipeline(svc.port("ip_http_port"), b"GET /prov/nothing.bin HTTP/1.1\r\nHost: t\r\n\r\n" * requests_sent) as pipeline:
+        assert pipeline.ended.wait(60)  # closed by the server
+        statuses = pipeline.statuses()
+        received = pipeline.received
+    assert REQUESTS_PER_SECOND <= len(statuses) - 1 < requests_sent - 1  # at least a second's worth, far from all of it
+    assert {status[:13] for status in statuses[:-1]} == {b"HTTP/1.1 404 "} and statuses[-1] == b"HTTP/1.1 429 Too Many Requests"
+    last = received[received.rindex(b"HTTP/1.1 429"):]
+    assert b"\r\nRetry-After: 1\r\n" in last and b"\r\nConnection: close\r\n" in last and last.endswith(b"retry later.\n")
+    assert svc.sensors(ADMIN[1])["http_requests_too_fast"] == 1
+    assert any("answered 429 and closed" in line for line in svc.lines)
+    assert curl("-o", "/dev/null", "-w", "%{http_code}", svc.url("/healthz")).stdout == "200"  # a new connection is served
+
+
+def test_a_pipelining_client_that_does_not_read_is_closed_by_the_io_timeout(service):
+    """Answers are written one at a time into the socket: a client that pipelines and reads nothing finds the
+    server waiting on its full socket (holding nothing more) until the I/O timeout closes the connection."""
+    svc = service({"ip_http_port": f"127.0.0.1:{free_port()}", "admin_password_hash": hash_password(ADMIN[1])},
+                  env={"GREENSERVERS_HTTP_IO_TIMEOUT": "1"})
+    tftp_root = svc.directory / "data" / "tftp"
+    tftp_root.mkdir(parents=True, exist_ok=True)
+    (tftp_root / "firmware.bin").write_bytes(bytes(1024 * 1024))
+    asked = 64
+    with Pipeline(svc.port("ip_http_port"), b"GET /prov/firmware.bin HTTP/1.1\r\nHost: t\r\n\r\n" * asked, read=False,
+                  receive_buffer=4096) as pipeline:
+        timed_out = eventually(lambda: svc.sensors(ADMIN[1])["http_timeouts"], 15, interval=0.2)
+        assert timed_out == 1
+        assert _healthz_code("127.0.0.1", svc.port("ip_http_port")) == "200"
+        delivered = 0
+        pipeline.sock.settimeout(5)
+        with contextlib.suppress(OSError):
+            while chunk := pipeline.sock.recv(1 << 20):
+                delivered += len(chunk)
+    assert delivered < asked * 1024 * 1024 / 4  # what the sockets' buffers held when the server gave up, not the answers
+    assert "Traceback" not in svc.log and "[ERROR]" not in svc.log, svc.log

@@ -2,11 +2,14 @@
 
 One declarative table, VENDORS: per vendor, the files it asks for at boot
 (a pattern on the requested name, the template under templates/, its media
-type, the names `phones export` writes it as), how its phones reach the
-address book (LDAP transports they support, the placeholder their filters
-use, the bind user's form), how a file name and an HTTP User-Agent name the
-model, and the keys and names that no vendor document we could read
+type, the names `phones export` writes it as), the per-phone files its
+phones ask for that the administrator writes (`own_files`), how its phones
+reach the address book (LDAP transports they support, the placeholder their
+filters use, the bind user's form), how a file name and an HTTP User-Agent
+name the model, and the keys and names that no vendor document we could read
 confirms (`unconfirmed`; see also the comments in the templates).
+`phone_file(name)` says which phone a name phones ask for belongs to (the
+record of phones, greenservers.provisioning.phones.seen, keeps no other).
 
 greenservers.provisioning.files asks `stock_match(name)` only after the
 administrator's file, NAME.j2 and {mac} template were not found, so an
@@ -74,6 +77,8 @@ class Vendor:
     label: str
     files: tuple[StockFile, ...]
     transports: tuple[str, ...]  # LDAP transports the phones can use: "starttls", "ldaps", "plain"; () = no phone book
+    own_files: tuple[str, ...] = ()  # full-match patterns (a (?P<mac>) group, maybe (?P<model>)) of the per-phone files
+    # the phones ask for that are the administrator's to write (SIP accounts): not stock, but names that mean a phone
     placeholder: str = "%"  # what the phone replaces by what was typed
     phone_adds_wildcard: bool = True  # "%" becomes "typed*" (the vendors' "starting with the entered prefix")
     user_agent: str = ""  # regex with a (?P<model>) group
@@ -83,9 +88,11 @@ class Vendor:
 
     def __post_init__(self):
         object.__setattr__(self, "ua_regex", re.compile(self.user_agent) if self.user_agent else None)
+        object.__setattr__(self, "own_regexes", tuple(re.compile(p) for p in self.own_files))
 
 
 XML, TEXT = "application/xml", "text/plain"
+MAC_LOWER, MAC_UPPER = r"(?P<mac>[0-9a-f]{12})", r"(?P<mac>[0-9A-F]{12})"
 
 YEALINK_MODELS = {"68": "T41S", "67": "T42S", "66": "T46S", "65": "T48S", "116": "T42U", "107": "T43U", "108": "T46U",
                   "109": "T48U", "95": "T53", "96": "T54W", "97": "T57W"}
@@ -109,6 +116,7 @@ VENDORS: tuple[Vendor, ...] = (
             StockFile(r"y0{9}(?P<model>\d{3})\.cfg", "yealink/common.cfg.j2", TEXT, ("y{mac}.cfg",), "model"),
         ),
         transports=("starttls", "ldaps", "plain"),
+        own_files=(MAC_LOWER + r"\.cfg",),
         user_agent=r"Yealink\s+(?:SIP[-_])?(?P<model>[A-Z]+\d+[A-Z]*)",
         models={k.zfill(3): v for k, v in YEALINK_MODELS.items()},
         confirmed=("local_time.summer_time 0/1/2, dst_time_type 1 (by week), start_time/end_time month/week(5 = last)/"
@@ -125,6 +133,7 @@ VENDORS: tuple[Vendor, ...] = (
         files=(StockFile(r"snom(?P<model>[Dd]7\d\d)\.htm", "snom/settings.xml.j2", XML,
                          tuple(f"snom{m}.htm" for m in SNOM_MODELS), "model"),),
         transports=("ldaps", "plain"),
+        own_files=(r"snom(?P<model>[Dd]7\d\d)-" + MAC + r"\.htm", MAC_UPPER + r"\.xml"),
         user_agent=r"snom(?P<model>D\d{3}\w*)",
         confirmed=("filters with %, the filters during call (10.1.27 and later): service.snom.com, LDAP Directory",
                    "<settings><phone-settings> with `timezone` codes such as ITA+1: Gigaset's wiki for its Snom-format "
@@ -140,6 +149,7 @@ VENDORS: tuple[Vendor, ...] = (
             StockFile(MAC + r"-phone\.cfg", "poly/phone.cfg.j2", XML, ("{mac}-phone.cfg",)),
         ),
         transports=("ldaps", "plain"),
+        own_files=(MAC + r"\.cfg",),
         user_agent=r"Polycom[A-Za-z]*-(?P<model>[A-Za-z]+_\d+)",
         confirmed=("tcpIpApp.sntp.address, gmtOffset in seconds, daylightSavings.enable / fixedDayEnable / start|stop.month, "
                    ".date (1, 8, 15, 22 = n-th weekday), .dayOfWeek (1 Sunday .. 7 Saturday), .dayOfWeek.lastInMonth, "
@@ -157,6 +167,7 @@ VENDORS: tuple[Vendor, ...] = (
             StockFile(r"cfg\.xml", "grandstream/config.xml.j2", XML, ("cfg.xml",)),
         ),
         transports=("ldaps", "plain"),
+        own_files=(r"cfg" + MAC_LOWER + r"(?:\.bin)?",),
         user_agent=r"Grandstream Model HW (?P<model>[A-Z]+\d+\w*)",
         confirmed=("LDAP or LDAPS (no StartTLS), server, port, base, user, password, name and number filters with % as the "
                    "entered prefix, version 3, name and number attributes, display: Grandstream GRP26xx, GXV, DP750 "
@@ -170,6 +181,7 @@ VENDORS: tuple[Vendor, ...] = (
         files=(StockFile(r"(?P<model>F0V00X\w{6}|F0000X\w{6}|F0V0X7C\w{5}|f0X\w{1,3}hw\d\.\d{3})\.cfg",
                          "fanvil/common.xml.j2", XML, tuple(f"{name}.cfg" for name in FANVIL_MODELS), "model"),),
         transports=("ldaps", "plain"),
+        own_files=(MAC_LOWER + r"\.cfg",),
         user_agent=r"Fanvil (?P<model>[A-Z]+\d+[A-Z0-9]*)",
         models=FANVIL_MODELS,
         unconfirmed=("every key of <date> and <ldap> (TimeZone as decimal hours in particular)", "per-model file names",
@@ -181,6 +193,7 @@ VENDORS: tuple[Vendor, ...] = (
                          tuple(f"spa{m}.cfg" for m in CISCO_MODELS), "model"),),
         transports=("plain",),
         placeholder="$VALUE", phone_adds_wildcard=False,
+        own_files=(MAC + r"\.xml",),  # Profile_Rule_B's conventional $MA.xml ($MAU.xml upper case)
         user_agent=r"(?:Cisco|Linksys)/(?P<model>SPA\d+\w*)",
         confirmed=("Daylight_Saving_Time_Rule start=m/d/w/HH:mm:ss;end=...;save=... (day -1 = last, weekday 1 Monday .. 7 "
                    "Sunday), Time_Zone, LDAP Search Item 3 / Item 3 Filter, LDAP Display Attrs a=/n=/t=p: Cisco SPA300/SPA500 "
@@ -196,6 +209,7 @@ VENDORS: tuple[Vendor, ...] = (
                       tuple(f"Config{m}.cfg" for m in PANASONIC_MODELS), "model"),
         ),
         transports=("ldaps", "plain"),
+        own_files=(r"Config" + MAC + r"\.cfg",),
         user_agent=r"Panasonic[_ -]?(?P<model>KX-[A-Z]+\d+\w*)",
         unconfirmed=("the first file asked for", "every LDAP_* key", "DST_* keys", "LOCAL_TIME_ZONE_POSIX",
                      "User-Agent form"),
@@ -240,6 +254,34 @@ def stock_match(name: str) -> StockMatch | None:
                 code = match.group(stock.model_group) if stock.model_group else ""
                 return StockMatch(vendor, stock, mac, _model(vendor, code))
     return None
+
+
+@dataclass(frozen=True)
+class PhoneFile:
+    """What a requested name says about the phone asking for it."""
+
+    vendor: str  # the vendor key; "" when several vendors' phones ask for this name (<mac>.cfg)
+    mac: str  # lower case; "" for a file of every phone
+    model: str
+    stock: bool  # a stock profile (else one of the per-phone files the administrator writes)
+
+
+def phone_file(name: str) -> PhoneFile | None:
+    """The phone a requested name belongs to, if it is a name phones ask for at boot: a stock profile, or a
+    per-phone file of a vendor's (`own_files`). A MAC starting with 000000 is no phone's: a stock file of that
+    name is every phone's (mac ""), a per-phone name with it means none. None for any other name."""
+    stock = stock_match(name)
+    if stock is not None:
+        return PhoneFile(stock.vendor.key, "" if stock.mac.startswith("000000") else stock.mac, stock.model, True)
+    if "/" in name:
+        return None
+    found = [(vendor, match) for vendor in VENDORS for regex in vendor.own_regexes if (match := regex.fullmatch(name))]
+    if not found or found[0][1].group("mac").startswith("000000"):
+        return None
+    vendor, match = found[0]
+    if len({v.key for v, _ in found}) > 1:
+        return PhoneFile("", match.group("mac").lower(), "", False)
+    return PhoneFile(vendor.key, match.group("mac").lower(), _model(vendor, match.groupdict().get("model") or ""), False)
 
 
 def _model(vendor: Vendor, code: str) -> str:

@@ -1,132 +1,196 @@
 """The phones that fetched provisioning files: which files, with what result, from where and when.
 
-The TFTP and /prov/ shells call `note_fetch` for every read request. A
-phone is keyed by the MAC in the file name (``001565abcdef.boot``), or,
-for a file without one (``cfg.xml``, ``snomD785.htm``), by its address and
-vendor; a request that names neither a MAC nor a vendor we know (from the
-file name or the HTTP User-Agent) is not recorded. The vendor and model
-come from the stock profile the name matches (greenservers.provisioning.phones.profiles)
-and from the User-Agent.
+The TFTP and /prov/ shells call `note_fetch` for every read request. Only
+names that mean a phone are recorded (profiles.phone_file: a stock profile,
+or a per-phone file a vendor's phones ask for); any other name is not. A
+phone is keyed by the MAC in the name (``001565abcdef.boot``), or, for a
+file of every phone (``cfg.xml``, ``snomD785.htm``), by its address and
+vendor. The vendor and model come from the name and the HTTP User-Agent.
 
-Bounded whatever a device sends: at most MAX_PHONES phones (the one seen
-longest ago is forgotten first), MAX_FILES files per phone (the oldest
-dropped), names and User-Agents cut and stripped of control characters.
-Kept across restarts in data_dir/phones.json (0600, written atomically):
-in the gevent worker at most once per SAVE_DELAY seconds, serialised and
-written off the event loop, so a device fetching in a loop changes memory,
-not the disk rate; elsewhere (the CLI, tests) at once.
+Nobody authenticates these requests, so the record is bounded whatever a
+device sends:
+
+- per phone: MAX_FILES files (the oldest dropped); names, User-Agents,
+  models and addresses cut to MAX_TEXT characters, control characters
+  removed; so a phone takes at most MAX_PHONE_BYTES, and the record at most
+  MAX_PHONES of them (under 2 MB);
+- new phones: each source (an IPv4 address, an IPv6 /64) whose address
+  answered (see trust below) may add NEW_PER_SOURCE at once, then one every
+  1/NEW_PER_SOURCE_RATE seconds; fetches that could be forged (unanswered
+  UDP) name no real source, so they all share one bucket (NEW_UNVERIFIED,
+  NEW_UNVERIFIED_RATE) and spend nobody else's;
+- when full, a new phone takes the place of the least recently seen phone
+  of the lowest trust, never of one trusted more than itself. Trust
+  (`verified_by`): "http" for a fetch over HTTP or HTTPS (TCP: the address
+  answered), "tftp" for a TFTP transfer acknowledged to its end (the
+  address got the data), "" for only unanswered TFTP requests, which anyone
+  can send with a forged source address. So spoofed TFTP requests can push
+  out only phones seen just as doubtfully, a dozen a minute.
+
+Kept across restarts in data_dir/phones.sqlite3 (greenservers.provisioning.phones.store;
+an older version's phones.json is carried over once and removed): in the
+gevent worker only the phones changed since the last save are written, at
+most once per SAVE_DELAY seconds, copied ROWS_PER_STEP at a time with the loop
+serving between, written in a thread of the hub's pool; elsewhere
+(the CLI, tests) at once. Changed on the event loop only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import logging
 import re
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from itertools import islice
 from pathlib import Path
 
 import gevent
 from gevent import monkey
 
-from ...config.private import make_private_dir
-from ...config.store import atomic_write
 from ...process.offload import run_off_loop
+from ...proto.clients import TokenBuckets, client_key
+from ...shells.loop import serve_ready_then_continue
 from . import profiles
+from .store import FILE_NAME, PhoneStore, legacy_phones, retire_legacy
 
 log = logging.getLogger("greenservers.phones")
 
 MAX_PHONES = 2000
-MAX_FILES = 16
-MAX_NAME = 128
-MAX_USER_AGENT = 200
+MAX_FILES = 4
+MAX_TEXT = 64  # file names, User-Agents, models, addresses
+# a phone's row at most: six texts, two times, 4 x (name, result, via, time) and the JSON around them
+MAX_PHONE_BYTES = 6 * MAX_TEXT + 2 * 20 + MAX_FILES * (MAX_TEXT + 10 + 6 + 20 + 16) + 64
+NEW_PER_SOURCE, NEW_PER_SOURCE_RATE = 16, 1 / 15  # new phones a source may add at once, then per second
+NEW_UNVERIFIED, NEW_UNVERIFIED_RATE = 64, 1 / 5  # the same for every unanswered UDP source together
 SAVE_DELAY = 5.0
+ROWS_PER_STEP = 100  # rows of changed phones copied for a save between turns of the loop: well under a millisecond
 DAY = 86400
-FILE_NAME = "phones.json"
 RESULTS = ("served", "not found", "refused", "failed")
-_MAC_RUN = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{12}(?![0-9A-Fa-f])")
+TRUST = ("", "tftp", "http")  # verified_by, least trusted first
+FIELDS = ("id", "mac", "vendor", "model", "address", "user_agent", "first_seen", "last_seen", "verified_by")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _clean(text: str, limit: int) -> str:
-    return _CONTROL.sub("", text or "")[:limit]
+def _clean(text: str, limit: int = MAX_TEXT) -> str:
+    return _CONTROL.sub("", (text or "")[:4 * limit])[:limit]
 
 
-def mac_in(name: str) -> str:
-    """The MAC a requested name holds (lower case), or "": no run of 12 hex digits, or one starting with
-    000000 (Yealink's y000000000066.cfg, Poly's 000000000000.cfg are files for every phone)."""
-    stock = profiles.stock_match(name)
-    if stock is not None:
-        return stock.mac
-    match = _MAC_RUN.search(name.rsplit("/", 1)[-1])
-    mac = match.group(0).lower() if match else ""
-    return "" if mac.startswith("000000") else mac
+def trust_of(via: str, result: str) -> str:
+    """What one fetch proves about its source address (see the module docstring)."""
+    if via in ("http", "https"):
+        return "http"
+    return "tftp" if result == "served" else ""
 
 
 class PhoneRegistry:
-    """The record of one data_dir (see the module docstring). Changed on the event loop only."""
+    """The record of one data_dir (see the module docstring)."""
 
     def __init__(self, path: Path, clock=time.time):
         self.path = Path(path)
         self.clock = clock
         self.phones: OrderedDict[str, dict] = OrderedDict()  # key -> phone, least recently seen first
+        self.new_per_source = TokenBuckets(NEW_PER_SOURCE_RATE, NEW_PER_SOURCE)
+        self.new_unverified = TokenBuckets(NEW_UNVERIFIED_RATE, NEW_UNVERIFIED, max_keys=1)
+        self.not_recorded = 0  # new phones refused by the rates or the bounds
+        self._dirty: dict[str, bool] = {}  # keys changed (True) or forgotten (False) since the last save
         self._save_pending = False
         self._lock = threading.Lock()  # one write at a time
-        self._load()
+        self.store = PhoneStore(self.path, clock())
+        for phone in self.store.rows():
+            self.phones[phone.pop("key")] = self._from_row(phone)
+        if not self.phones:
+            self._carry_over(legacy_phones(self.path, clock()))
 
     # -- recording ---------------------------------------------------------------
 
     def note(self, name: str, address: str, result: str, via: str, user_agent: str = "") -> dict | None:
-        """Record one fetch; the phone's entry, or None when the request names no MAC and no vendor."""
-        name = _clean(name, MAX_NAME)
-        user_agent = _clean(user_agent, MAX_USER_AGENT)
-        stock = profiles.stock_match(name)
-        mac = mac_in(name)
-        ua_vendor, ua_model = profiles.from_user_agent(user_agent)
-        vendor = stock.vendor.key if stock else ua_vendor
-        if not mac and not vendor:
+        """Record one fetch; the phone's entry, or None when it is not recorded (see the module docstring)."""
+        found = profiles.phone_file(name)
+        if found is None:
             return None
-        key = mac or f"{address} {vendor}"
+        ua_vendor, ua_model = profiles.from_user_agent(_clean(user_agent, 4 * MAX_TEXT))
+        vendor = found.vendor or ua_vendor
+        if not found.mac and not vendor:
+            return None
+        key = found.mac or f"{_clean(address)} {vendor}"
+        trust = trust_of(via, result)
         now = self.clock()
-        phone = self.phones.pop(key, None)
+        phone = self.phones.get(key)
         if phone is None:
-            phone = {"id": mac or "a" + hashlib.sha256(key.encode()).hexdigest()[:15], "mac": mac, "vendor": "", "model": "",
-                     "address": "", "user_agent": "", "first_seen": now, "files": {}}
-            while len(self.phones) >= MAX_PHONES:
-                self.phones.popitem(last=False)
+            if not self._admit(address, trust, now):
+                self.not_recorded += 1
+                return None
+            phone = {"id": found.mac or "a" + hashlib.sha256(key.encode()).hexdigest()[:15], "mac": found.mac, "vendor": "",
+                     "model": "", "address": "", "user_agent": "", "first_seen": now, "verified_by": trust, "files": {}}
+            self.phones[key] = phone
+        else:
+            self.phones.move_to_end(key)
         phone["vendor"] = vendor or phone["vendor"]
-        phone["model"] = ua_model or (stock.model if stock else "") or phone["model"]
-        phone["address"] = _clean(address, 64)
-        phone["user_agent"] = user_agent or phone["user_agent"]
+        phone["model"] = _clean(ua_model or found.model) or phone["model"]
+        if trust or not phone["verified_by"]:  # a request that may be forged does not move a phone whose address answered
+            phone["address"] = _clean(address)
+            phone["user_agent"] = _clean(user_agent) or phone["user_agent"]
+        phone["verified_by"] = max(phone["verified_by"], trust, key=TRUST.index)
         phone["last_seen"] = now
         files = phone["files"]
+        name = _clean(name)
         files.pop(name, None)
-        files[name] = {"result": result if result in RESULTS else "failed", "at": now, "via": via}
+        files[name] = {"result": result if result in RESULTS else "failed", "at": now, "via": _clean(via, 8)}
         while len(files) > MAX_FILES:
             files.pop(next(iter(files)))
-        self.phones[key] = phone
-        self._changed()
+        self._changed(key)
         return phone
+
+    def _admit(self, address: str, trust: str, now: float) -> bool:
+        """Whether a new phone from `address` may be recorded now (a place made for it if the record is full)."""
+        # the source of a request that may be forged says nothing: such requests share one bucket, and cannot spend
+        # the allowance of the address they name
+        buckets, source = (self.new_per_source, client_key(address)) if trust else (self.new_unverified, "")
+        if buckets.level(source, now) < 1:
+            return False
+        if len(self.phones) >= MAX_PHONES and not self._evict_for(trust):
+            return False
+        buckets.take(source, 1, now)
+        return True
+
+    def _evict_for(self, trust: str) -> bool:
+        """Forget the least recently seen phone of the lowest trust recorded, unless that trust is above `trust`."""
+        oldest: dict[str, str] = {}  # trust -> the least recently seen key of it
+        for key, phone in self.phones.items():
+            oldest.setdefault(phone["verified_by"], key)
+            if "" in oldest:
+                break
+        for level in TRUST[:TRUST.index(trust) + 1]:
+            if level in oldest:
+                self._forget_key(oldest[level])
+                return True
+        return False
+
+    def _forget_key(self, key: str) -> None:
+        del self.phones[key]
+        self._changed(key, kept=False)
 
     def forget(self, phone_id: str) -> bool:
         for key, phone in self.phones.items():
             if phone["id"] == phone_id:
-                del self.phones[key]
-                self._changed()
+                self._forget_key(key)
                 return True
         return False
 
-    def listing(self) -> list[dict]:
-        """Every phone, last seen first, each with its files newest first (copies: safe to hand out)."""
-        out = []
-        for phone in reversed(self.phones.values()):
-            entry = {k: v for k, v in phone.items() if k != "files"}
-            entry["files"] = [{"name": name, **info} for name, info in reversed(phone["files"].items())]
-            out.append(entry)
-        return out
+    # -- reading -----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.phones)
+
+    def listing(self, offset: int = 0, limit: int | None = None) -> list[dict]:
+        """Phones last seen first, from `offset`, at most `limit` (all: None), each with its files newest first
+        (copies: safe to hand out)."""
+        chosen = islice(reversed(self.phones.values()), offset, None if limit is None else offset + limit)
+        return [{**{f: phone[f] for f in FIELDS},
+                 "files": [{"name": name, **info} for name, info in reversed(phone["files"].items())]} for phone in chosen]
 
     def seen_since(self, seconds: float) -> int:
         cutoff = self.clock() - seconds
@@ -134,55 +198,81 @@ class PhoneRegistry:
 
     # -- keeping it ---------------------------------------------------------------
 
-    def _changed(self) -> None:
+    @staticmethod
+    def _row(key: str, phone: dict) -> tuple:
+        """A phone as the store's row (its COLUMNS' order), a copy the loop may change meanwhile."""
+        files = [[name, info["result"], info["at"], info["via"]] for name, info in phone["files"].items()]
+        return (key, *(phone[f] for f in FIELDS), files)
+
+    @staticmethod
+    def _from_row(row: dict) -> dict:
+        phone = {f: row[f] for f in FIELDS}
+        phone["files"] = {name: {"result": result, "at": at, "via": via} for name, result, at, via in row["files"][-MAX_FILES:]}
+        return phone
+
+    def _changed(self, key: str, kept: bool = True) -> None:
+        self._dirty[key] = kept
         if not monkey.is_module_patched("threading"):
             self.save()
         elif not self._save_pending:
             self._save_pending = True
             gevent.spawn_later(SAVE_DELAY, self._save_later)
 
+    def _take_changes(self, step: int | None = None) -> dict[str, tuple | None]:
+        """The rows of the phones changed since the last save (None: forgotten). `step`: that many at a time, the
+        loop served between them (a row changed meanwhile is taken as it is then, and marked for the next save too)."""
+        dirty, self._dirty = list(self._dirty.items()), {}
+        step = step or max(1, len(dirty))
+        changes: dict[str, tuple | None] = {}
+        for start in range(0, len(dirty), step):
+            if start:
+                serve_ready_then_continue()
+            for key, kept in dirty[start:start + step]:
+                phone = self.phones.get(key) if kept else None
+                changes[key] = self._row(key, phone) if phone is not None else None
+        return changes
+
     def _save_later(self) -> None:
         self._save_pending = False
-        snapshot = [(key, {**phone, "files": dict(phone["files"])}) for key, phone in self.phones.items()]  # ~1 ms for 2,000
+        changes = self._take_changes(ROWS_PER_STEP)
         try:
-            run_off_loop(self._write, snapshot)
+            run_off_loop(self._write, changes)
         except Exception:
             log.exception("could not save %s", self.path)
+            for key in changes:  # tried again with the next save
+                self._dirty.setdefault(key, key in self.phones)
 
     def save(self) -> None:
-        """Write the record now (at shutdown, or outside the gevent worker)."""
+        """Write what changed now (at shutdown, or outside the gevent worker)."""
         self._save_pending = False
-        self._write(list(self.phones.items()))
+        self._write(self._take_changes())
 
-    def _write(self, items) -> None:
-        data = json.dumps({"version": 1, "phones": [{"key": key, **phone} for key, phone in items]}, separators=(",", ":"))
+    def _write(self, changes: dict[str, tuple | None]) -> None:
+        if changes:
+            with self._lock:
+                self.store.write(changes)
+
+    def _carry_over(self, legacy: list) -> None:
+        """An older version's phones.json, under today's bounds: only files that mean a phone, MAX_FILES of them,
+        texts cut; a phone left with none is dropped. Written, then the old file removed."""
+        for old in legacy[-MAX_PHONES:]:
+            try:
+                kept = [(_clean(name), info) for name, info in dict(old["files"]).items() if profiles.phone_file(str(name))]
+                if not kept:
+                    continue
+                files = {name: {"result": str(info["result"]), "at": float(info["at"]), "via": _clean(str(info["via"]), 8)}
+                         for name, info in kept[-MAX_FILES:]}
+                phone = {f: _clean(str(old.get(f, ""))) for f in FIELDS if f not in ("first_seen", "last_seen", "verified_by")}
+                phone.update(first_seen=float(old["first_seen"]), last_seen=float(old["last_seen"]), files=files,
+                             verified_by=max((trust_of(i["via"], i["result"]) for i in files.values()), key=TRUST.index))
+                self.phones[_clean(str(old["key"]), 2 * MAX_TEXT)] = phone
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                log.warning("%s: a phone of phones.json not carried over (%s)", self.path.name, exc)
         with self._lock:
-            make_private_dir(self.path.parent)
-            atomic_write(self.path, data.encode("utf-8"))
-
-    def _load(self) -> None:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            log.warning("%s not read (%s); starting with no phones recorded", self.path, exc)
-            return
-        try:
-            phones = json.loads(raw)["phones"]
-            for phone in phones[-MAX_PHONES:]:
-                key = str(phone.pop("key"))
-                phone["files"] = dict(list(phone["files"].items())[-MAX_FILES:])
-                for field in ("id", "mac", "vendor", "model", "address", "user_agent"):
-                    phone[field] = str(phone.get(field, ""))
-                phone["first_seen"], phone["last_seen"] = float(phone["first_seen"]), float(phone["last_seen"])
-                self.phones[key] = phone
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            aside = self.path.with_name(f"{self.path.name}.broken-{int(self.clock())}")
-            log.warning("%s is not a record of phones (%s); kept as %s, starting with none", self.path, exc, aside.name)
-            self.phones.clear()
-            with contextlib.suppress(OSError):
-                self.path.rename(aside)
+            self.store.write({key: self._row(key, phone) for key, phone in self.phones.items()})
+        retire_legacy(self.path)
+        if legacy:
+            log.info("%d phones carried over from phones.json into %s; phones.json removed", len(self.phones), self.path.name)
 
 
 _registries: dict[Path, PhoneRegistry] = {}
@@ -197,6 +287,8 @@ def registry_for(runtime) -> PhoneRegistry:
         loaded = run_off_loop(PhoneRegistry, path)
         with _registries_lock:
             registry = _registries.setdefault(path, loaded)
+        if registry is not loaded:
+            loaded.store.close()
     return registry
 
 
@@ -205,14 +297,14 @@ def note_fetch(runtime, name: str, address: str, result: str, via: str, user_age
     try:
         registry_for(runtime).note(name, address, result, via, user_agent)
     except Exception:
-        log.exception("could not record the fetch of %s", name)
+        log.exception("could not record the fetch of %s", _clean(name))
 
 
 def save_all() -> None:
     for registry in list(_registries.values()):
         try:
             registry.save()
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             log.warning("could not save %s: %s", registry.path, exc)
 
 
