@@ -11,7 +11,8 @@ monotonic time in (sans-IO). Two limits are built on it:
 
 - `TokenBuckets`: a bucket per client that fills at `rate` up to `capacity`.
   Users: NTP's request rate (proto.ntp.RateLimiter), TFTP's unacknowledged
-  bytes per source (proto.tftp.Admission) and upload volume per hour
+  bytes per destination address (proto.tftp.Admission: keyed by the exact
+  address, not the client key) and upload volume per hour
   (shells.tftp), and the HTTP gate's spare share for clients admitted
   rarely lately (proto.http.ConnectionGate).
 - `FailureBackoff`: each client's last `limit` failures within `window`

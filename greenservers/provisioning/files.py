@@ -24,7 +24,12 @@ a misspelt variable is an error, not an empty string) with `mac`, `server`
 `ldaps_port`, `ldap_base`, `ldap_user`, `ldap_password`, `http_url` and
 `https_url`, and `tz` and `phonebook` (the phone time zone and address
 book in each vendor's form, greenservers.provisioning.phones.profiles). A template error is logged (rate-limited) with the template
-and line, and answered as an error: never half a file.
+and line, and answered as an error: never half a file. A stock profile's
+rendered bytes are kept (`RenderedStock`) per template, server address and
+MAC for as long as the settings object is the same, up to CACHE_SECONDS:
+each render cost about as much again as the lookup before it (the
+administrator's templates, whose includes may change under them, are
+rendered every time).
 
 The rules of what phones are told live here too, for the templates and the
 admin page alike: `provisioned_ntp_server` (this server where the NTP
@@ -43,7 +48,9 @@ import logging
 import os
 import re
 import stat
+import time
 import traceback
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -297,10 +304,45 @@ class Content:
         return len(self.data) if self.data is not None else self.found.path.stat().st_size
 
 
+class RenderedStock:
+    """Rendered stock profiles by (template, server, MAC), for one settings object, at most
+    CACHE_ENTRIES of them (the least recently used go) and none older than CACHE_SECONDS (a
+    time zone's rules are read for the current year)."""
+
+    CACHE_ENTRIES = 1024
+    CACHE_SECONDS = 300.0
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.entries: OrderedDict[tuple, bytes] = OrderedDict()
+        self.settings = None
+        self.since = 0.0
+
+    def get(self, settings, found: Found, server: str) -> bytes:
+        now = self.clock()
+        if settings is not self.settings or now - self.since > self.CACHE_SECONDS:
+            self.entries.clear()
+            self.settings, self.since = settings, now
+        key = (found.template, server, found.mac)
+        data = self.entries.get(key)
+        if data is None:
+            data = self.entries[key] = render(settings, found, server)
+            if len(self.entries) > self.CACHE_ENTRIES:
+                self.entries.popitem(last=False)
+        else:
+            self.entries.move_to_end(key)
+        return data
+
+
+rendered_stock = RenderedStock()
+
+
 def provide(settings, name: str, server: str) -> Content:
     found = lookup(settings, name)
     if found.template is None:
         return Content(found)
+    if found.stock:
+        return Content(found, rendered_stock.get(settings, found, server))
     return Content(found, render(settings, found, server))
 
 

@@ -13,17 +13,23 @@ administrators list, download and delete them on the /uploads page
 
 Space: everything in uploads/ together (complete files and uploads in
 progress) stays within `tftp_upload_budget_mib`, and at most MAX_UPLOAD_FILES
-files. An upload that would pass either is refused as "disk full" (TFTP error
-3), at once when its announced size (tsize) or the folder says so, else when
-the block that would pass it arrives: old uploads are never deleted to make
-room. `UploadSpace` keeps the count: a scan of the folder (off the event loop:
-10,000 files take about 70 ms) when it changed behind this process's back (its
-modification time) or a minute has passed, plus what this process added and
-removed since.
+files, of which one client (proto.clients' client key: an IPv4 address, an
+IPv6 /64) holds at most MAX_FILES_PER_CLIENT, so that no one client can fill
+the folder for every phone. An upload that would pass any of these is refused
+as "disk full" (TFTP error 3), at once when its announced size (tsize) or the
+folder says so, else when the block that would pass it arrives: old uploads
+are never deleted to make room (administrators delete them, many at once too:
+`delete_uploads`). `UploadSpace` keeps the count: a scan of the folder (off
+the event loop: 10,000 files take about 70 ms) when it changed behind this
+process's back (its modification time) or a minute has passed, plus what this
+process added and removed since.
 
 A client's volume is the TFTP service's business (`tftp_upload_mib_per_hour`,
 per address or IPv6 /64): it passes a `quota(size) -> bool` to each Upload,
 which refuses a block the quota does not allow (QuotaSpent, also error 3).
+Each file costs FILE_CHARGE of that volume besides its bytes (taken when it
+begins, with its announced size: those bytes are not charged again as they
+arrive), so that one-byte files cannot be uploaded by the thousand.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import re
 import secrets
 import stat
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -41,10 +48,12 @@ from pathlib import Path, PurePosixPath
 from ..config.private import make_private_dir, open_private
 from ..config.store import remove_orphans
 from ..process.offload import run_off_loop
+from ..proto.clients import client_key
 from .files import TEMPLATE_SUFFIX, UPLOAD_DIR, NotFound, ProvisioningError, Refused, check_name, tftp_root
 
 MAX_UPLOAD_FILES = 10000
-MAX_LISTED = 1000  # the page shows the newest this many
+MAX_FILES_PER_CLIENT = MAX_UPLOAD_FILES // 10
+FILE_CHARGE = 64 * 1024  # bytes of the hourly quota each file costs besides its size: 256 files an hour of 16 MiB
 RESCAN_SECONDS = 60.0
 CLIENT_ATTRIBUTE = "user.greenservers.client"
 PARTIAL_UPLOAD = re.compile(r"\.partial-(?P<pid>\d+)-[0-9a-f]+")
@@ -74,26 +83,29 @@ def uploads_folder(settings) -> Path:
 # -- what uploads/ holds ----------------------------------------------------------------
 
 
-def _scan(folder: Path) -> tuple[int, int]:
-    """Bytes and number of the complete uploads (hidden temporary files left out)."""
+def _scan(folder: Path) -> tuple[int, int, Counter[str]]:
+    """Bytes and number of the complete uploads (hidden temporary files left out), and their number per client."""
     size = files = 0
+    per_client: Counter[str] = Counter()
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
                 if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
                     size += entry.stat(follow_symlinks=False).st_size
                     files += 1
+                    per_client[client_key(_client_of(entry.path))] += 1
     except FileNotFoundError:
         pass
-    return size, files
+    return size, files, per_client
 
 
 class UploadSpace:
-    """The bytes and files uploads/ holds, and the bytes uploads in progress have written."""
+    """The bytes and files uploads/ holds (the files per client key too), and the bytes uploads in progress have written."""
 
     def __init__(self, folder: Path, clock: Callable[[], float] = time.monotonic):
         self.folder, self.clock = folder, clock
         self.stored = self.files = self.in_progress = 0
+        self.files_of: Counter[str] = Counter()
         self._seen_mtime: int | None = None
         self._scanned_at = float("-inf")
 
@@ -111,18 +123,22 @@ class UploadSpace:
         """Scan the folder again if it changed behind our back or a minute has passed."""
         if self._mtime() != self._seen_mtime or self.clock() - self._scanned_at > RESCAN_SECONDS:
             self._seen_mtime = self._mtime()  # before the scan: a change during it shows next time
-            self.stored, self.files = run_off_loop(_scan, self.folder)
+            self.stored, self.files, self.files_of = run_off_loop(_scan, self.folder)
             self._scanned_at = self.clock()
 
     def changed_by_us(self) -> None:
         """This process created or removed a file in the folder: not a change behind its back."""
         self._seen_mtime = self._mtime()
 
-    def check(self, budget: int, announced: int | None) -> None:
-        """At the start of an upload: UploadsFull if it cannot fit (its announced size, or a byte)."""
+    def check(self, budget: int, announced: int | None, client: str = "") -> None:
+        """At the start of an upload from `client` (an address): UploadsFull if it cannot fit (its announced
+        size, or a byte; a file more, of that client's too)."""
         self.refresh()
         if self.files >= MAX_UPLOAD_FILES:
             raise UploadsFull(f"disk full: {UPLOAD_DIR}/ already holds {MAX_UPLOAD_FILES} files")
+        if self.files_of[client_key(client)] >= MAX_FILES_PER_CLIENT:
+            raise UploadsFull(f"disk full: {UPLOAD_DIR}/ already holds {MAX_FILES_PER_CLIENT} files from this address, "
+                              "the most one may keep there")
         if self.used + (announced or 1) > budget:
             raise UploadsFull(_budget_message(budget))
 
@@ -131,17 +147,23 @@ class UploadSpace:
             raise UploadsFull(_budget_message(budget))
         self.in_progress += size
 
-    def settle(self, size: int, kept: bool) -> None:
-        """An upload of `size` bytes is over: kept (committed) or gone."""
+    def settle(self, size: int, kept: bool, client: str = "") -> None:
+        """An upload of `size` bytes from `client` is over: kept (committed) or gone."""
         self.in_progress -= size
         if kept:
             self.stored += size
             self.files += 1
+            self.files_of[client_key(client)] += 1
         self.changed_by_us()
 
-    def removed(self, size: int) -> None:
+    def removed(self, size: int, client: str = "") -> None:
+        """A file of `size` bytes uploaded by `client` was deleted."""
         self.stored = max(0, self.stored - size)
         self.files = max(0, self.files - 1)
+        key = client_key(client)
+        self.files_of[key] -= 1
+        if self.files_of[key] <= 0:
+            del self.files_of[key]
         self.changed_by_us()
 
 
@@ -195,11 +217,11 @@ def begin(settings, name: str, client: str = "", announced: int | None = None,
     """A new upload of `name` from `client`, if it may start (Refused, AlreadyExists, UploadsFull, QuotaSpent)."""
     target = upload_target(settings, name)
     space = space_of(settings)
-    space.check(budget_bytes(settings), announced)
-    if quota is not None and not quota(announced or 0):
+    space.check(budget_bytes(settings), announced, client)
+    if quota is not None and not quota(FILE_CHARGE + (announced or 0)):
         raise QuotaSpent(_quota_message(settings))
     return Upload(target, space, budget_bytes(settings), client, quota,
-                  lambda: _quota_message(settings))
+                  lambda: _quota_message(settings), prepaid=announced or 0)
 
 
 def _quota_message(settings) -> str:
@@ -215,14 +237,15 @@ def remove_orphan_uploads(settings) -> list[str]:
 class Upload:
     """A new file written to a hidden temporary name and linked into place only when complete.
 
-    Each write is counted against the space's budget and the client's quota
-    (raising UploadsFull or QuotaSpent); the caller aborts the upload then.
+    Each write is counted against the space's budget and the client's quota,
+    beyond the `prepaid` bytes its quota was charged at the start (raising
+    UploadsFull or QuotaSpent); the caller aborts the upload then.
     """
 
     def __init__(self, target: Path, space: UploadSpace | None = None, budget: int = 0, client: str = "",
-                 quota: Callable[[int], bool] | None = None, quota_message: Callable[[], str] = str):
-        self.target, self.space, self.budget = target, space, budget
-        self.quota, self.quota_message = quota, quota_message
+                 quota: Callable[[int], bool] | None = None, quota_message: Callable[[], str] = str, prepaid: int = 0):
+        self.target, self.space, self.budget, self.client = target, space, budget, client
+        self.quota, self.quota_message, self.prepaid = quota, quota_message, prepaid
         self.written = 0
         self.temp = target.with_name(f".partial-{os.getpid()}-{secrets.token_hex(8)}")
         self.fd: int | None = open_private(self.temp, os.O_WRONLY, exclusive=True)
@@ -234,7 +257,9 @@ class Upload:
             space.changed_by_us()
 
     def write(self, data: bytes) -> None:
-        if self.quota is not None and not self.quota(len(data)):
+        charge = max(0, len(data) - self.prepaid)
+        self.prepaid -= len(data) - charge
+        if charge and self.quota is not None and not self.quota(charge):
             raise QuotaSpent(self.quota_message())
         if self.space is not None:
             self.space.reserve(len(data), self.budget)
@@ -265,7 +290,7 @@ class Upload:
     def _settle(self, kept: bool) -> None:
         if self.space is not None:
             self.space, space = None, self.space  # once
-            space.settle(self.written, kept)
+            space.settle(self.written, kept, self.client)
 
     def _close(self) -> None:
         if self.fd is not None:
@@ -330,13 +355,36 @@ def upload_path(settings, name: str) -> Path:
     return path
 
 
-def delete_upload(settings, name: str) -> int:
-    """Delete an upload; its size. NotFound if there is none of that name."""
+def _unlink(settings, name: str) -> tuple[int, str]:
+    """Delete an upload; its size and uploading address. NotFound if there is none of that name."""
     path = upload_path(settings, name)
-    size = os.lstat(path).st_size
+    size, client = os.lstat(path).st_size, _client_of(str(path))
     try:
         os.unlink(path)
     except FileNotFoundError:
         raise NotFound(f"{name}: no such upload") from None
-    space_of(settings).removed(size)
+    return size, client
+
+
+def delete_upload(settings, name: str) -> int:
+    """Delete an upload; its size. NotFound if there is none of that name."""
+    size, client = _unlink(settings, name)
+    space_of(settings).removed(size, client)
     return size
+
+
+def delete_uploads(settings, names: list[str]) -> tuple[int, int]:
+    """Delete the uploads called `names` (at most MAX_UPLOAD_FILES of them), off the event loop: 10,000
+    unlinks take a while; how many were deleted, and their bytes (a name already gone is passed over)."""
+    def unlink_each() -> list[tuple[int, str]]:
+        gone = []
+        for name in names[:MAX_UPLOAD_FILES]:
+            with contextlib.suppress(ProvisioningError):
+                gone.append(_unlink(settings, name))
+        return gone
+
+    gone = run_off_loop(unlink_each)
+    space = space_of(settings)
+    for size, client in gone:
+        space.removed(size, client)
+    return len(gone), sum(size for size, _ in gone)

@@ -43,7 +43,6 @@ STATE_CACHE_SECONDS = 1.0
 UPSTREAM_INTERVAL = 64.0
 CHRONYC_TIMEOUT = 3.0
 RECV_SIZE = 2048  # more than proto.ntp.MAX_REQUEST_LEN, so an oversized datagram is seen as such
-LOG_LINES_PER_SECOND = 5  # refusals logged, all peers together (spoofed sources are endless)
 # Linux values; Python 3.11's socket module lacks the names
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 ANCILLARY_SIZE = socket.CMSG_SPACE(16) + PKTINFO_SPACE  # the receive timestamp, and the local address
@@ -178,7 +177,6 @@ class NtpService(Service):
         self.responder = NtpResponder()
         self.clock = ClockWatch(runtime, measure_precision(), self.log)
         self.peer_log = RateLimitedLog(self.log)
-        self._log_second, self._log_lines = 0, 0
         self._watcher = gevent.spawn(self.clock.watch_upstream)
 
     def make_server(self, bound):
@@ -198,18 +196,13 @@ class NtpService(Service):
             reply = outputs[0]
         else:  # [Refused] or [Refused, kiss-o'-death]
             sensors.add("ntp_requests_refused", 1)
-            self._log_refusal(int(now), address[0], outputs[0].reason)
+            reason = outputs[0].reason
+            self.peer_log.warning("ntp " + reason, address[0], "NTP request refused: %s", reason)
             reply = outputs[1] if len(outputs) > 1 else None
         if reply is not None:
             error = server.reply(reply, address, pktinfo)  # a full send buffer: a lost reply, as on the wire
             if error is not None:
                 self.peer_log.warning("ntp send", address[0], "NTP reply not sent: %s", error)
-
-    def _log_refusal(self, second: int, peer: str, reason: str) -> None:
-        if second != self._log_second:
-            self._log_second, self._log_lines = second, 0
-        if self._log_lines < LOG_LINES_PER_SECOND:
-            self._log_lines += self.peer_log.warning("ntp " + reason, peer, "NTP request refused: %s", reason)
 
     def close(self) -> None:
         self._watcher.kill(block=False)

@@ -7,17 +7,24 @@ request gets its own greenlet and its own ephemeral UDP socket, bound to
 that local address and connected to the client (a new transfer ID, RFC 1350
 §4); the protocol itself is greenservers.proto.tftp's state machines, the file
 names and templates are greenservers.provisioning.files'. Who gets a transfer is
-the core's `Admission`: limited per client address (`tftp_max_per_client`)
-and in total (`tftp_max_transfers`), where an unverified transfer (its first
-packet not acknowledged) gives its slot to a new request once it is past its
-first retransmission; and every source (IPv4 address, IPv6 /64) may be sent
-only so much that it has not acknowledged, as a request's source address may
-be spoofed and whatever we send goes to that address. A request from a source
-whose allowance is spent, or from a client whose every slot awaits an
-acknowledgement, is dropped unread (paced at DROP_COST of a handled request)
-and counted (`tftp_sends_withheld`); an honest client gets its bytes back with
-each acknowledgement and never runs short. Uploads go through
+the core's `Admission`: limited per client (`tftp_max_per_client`)
+and in total (`tftp_max_transfers`), a client being an IPv4 address or an
+IPv6 /64, where an unverified transfer (its first packet not acknowledged)
+gives its slot to a new request once it is past its first retransmission; and
+every address may be sent only so much that it has not acknowledged, as a
+request's source address may be spoofed and whatever we send goes to that
+address. A request from an address whose allowance is spent, or from a client
+whose every slot awaits an acknowledgement, is dropped unread (paced at
+DROP_COST of a handled request) and counted (`tftp_sends_withheld`); an honest
+client gets its bytes back with each acknowledgement and never runs short. A
+source whose allowance is spent is remembered by the listener for at most
+MEMO_SECONDS (its next requests are dropped without a look at its bucket), so
+it is heard again as soon as its allowance is above zero, on a quiet network
+too; the other refusal is never remembered. Uploads go through
 greenservers.provisioning.uploads (budget, and each client's tftp_upload_mib_per_hour).
+
+Every line a peer can cause goes through the rate-limited log, with what the
+peer named (a file name, a refusal that quotes it) escaped by ratelog.printable.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from ..proto import tftp as proto
 from ..proto.clients import TokenBuckets, client_key, plain_address
 from ..provisioning import files as provisioning, uploads
 from ..provisioning.phones import seen
-from ..ratelog import RateLimitedLog
+from ..ratelog import RateLimitedLog, printable
 from ..services import Service
 from .tftp_transfer import Segmentation, SendBatch, TransferDriver, transfer_socket
 from .udp import PKTINFO_SPACE, local_address
@@ -44,7 +51,7 @@ DROP_COST = 1 / 8  # a request dropped unread, as a share of one handled: 8,000 
 REQUEST_BURST = 256.0
 BUSY = proto.encode_error(0, "server busy, retry later")
 YIELD_EVERY = 64  # datagrams read before other greenlets get a turn
-CHECK_AGAIN_AFTER = 1024  # datagrams read before the sources dropped meanwhile are looked at again (their buckets refill)
+MEMO_SECONDS = 0.5  # longest a source whose allowance is spent is dropped without a look at its bucket (which refills)
 REFUSAL_SENSORS = {uploads.UploadsFull: "tftp_uploads_refused_full", uploads.QuotaSpent: "tftp_uploads_refused_rate"}
 
 
@@ -121,23 +128,29 @@ class TftpService(Service):
 
     # -- requests -----------------------------------------------------------
 
-    def admits(self, host: str) -> bool:
-        """Whether a request from `host` is read at all: not while it has not acknowledged what it was sent."""
+    def admits(self, host: str, now: float) -> float | None:
+        """None when a request from `host` is read; else for how long its next requests may be dropped
+        without a look (0: each is looked at), as it has not acknowledged what it was sent."""
         settings = self.runtime.settings
         self.admission.configure(settings.tftp_max_transfers, settings.tftp_max_per_client)
-        if self.admission.hears(client_key(host), plain_address(host), time.monotonic()):
-            return True
+        address = plain_address(host)
+        hearing = self.admission.hears(address, client_key(host), now)
+        if hearing is proto.Hearing.HEARD:
+            return None
         self.runtime.sensors.add("tftp_sends_withheld")
-        self.ratelog.warning("withheld", plain_address(host), "request dropped: what was sent to this address is not "
-                             "acknowledged (a spoofed source?); it is sent more as it acknowledges or as time passes")
-        return False
+        if hearing is proto.Hearing.SPENT:
+            self.ratelog.warning("withheld", address, "request dropped: what was sent to this address is not acknowledged "
+                                 "(a spoofed source?); it is sent more as it acknowledges or as time passes")
+            return min(MEMO_SECONDS, self.admission.refilled_in(address, now))
+        self.ratelog.warning("awaiting", address, "request dropped: every transfer slot of this client awaits an "
+                             "acknowledgement (a spoofed source?); one is given up to a new request after its retransmission")
+        return 0.0
 
-    def dropped_again(self, dropped: dict[str, int]) -> None:
-        """What admits() would have counted and logged for more requests of sources it just refused (host -> count)."""
-        for host, count in dropped.items():
-            if count:
-                self.runtime.sensors.add("tftp_sends_withheld", count)
-                self.ratelog.suppressed("withheld", plain_address(host), count)
+    def withheld(self, host: str, count: int) -> None:
+        """What admits() would have counted and logged for `count` more requests of a source it just refused."""
+        if count:
+            self.runtime.sensors.add("tftp_sends_withheld", count)
+            self.ratelog.suppressed("withheld", plain_address(host), count)
 
     def _send_unverified(self, send, datagram: bytes, allowance: proto.Allowance) -> None:
         """An answer to a peer that has not acknowledged anything (an ERROR): from its allowance, or not at all."""
@@ -151,28 +164,28 @@ class TftpService(Service):
 
     def handle_request(self, datagram: bytes, local: tuple[str, int], peer, listener: TftpListener) -> None:
         """A request admits() let through: a slot first (a refusal is then one send, nothing parsed), then the request."""
-        client = plain_address(peer[0])
+        address, client = plain_address(peer[0]), client_key(peer[0])
         slot, evicted = self.admission.admit(client, time.monotonic())
         for victim in evicted:
             self._evict(victim)
         if slot is None:
-            self.ratelog.warning("busy", client, "request refused: too many transfers (%d in all, %d from this client)",
+            self.ratelog.warning("busy", address, "request refused: too many transfers (%d in all, %d from this client)",
                                  self.admission.active, self.admission.per_client[client])
-            self._refuse(BUSY, peer, listener)
+            self._refuse(BUSY, address, peer, listener)
             return
         try:
             request = proto.parse_request(datagram)
         except proto.TftpError as exc:
             self._release(slot)
-            self.ratelog.warning("bad-request", client, "refused: %s", exc.message)
-            self._refuse(exc.datagram(), peer, listener)
+            self.ratelog.warning("bad-request", address, "refused: %s", printable(exc.message))
+            self._refuse(exc.datagram(), address, peer, listener)
             return
         self.runtime.sensors.set("tftp_transfers_active", self.admission.active)
-        allowance = self.admission.allowance(client_key(peer[0]), time.monotonic())
-        slot.owner = self.transfers.spawn(self._transfer, request, local, peer, client, listener.sock.family, slot, allowance)
+        allowance = self.admission.allowance(address, time.monotonic())
+        slot.owner = self.transfers.spawn(self._transfer, request, local, peer, address, listener.sock.family, slot, allowance)
 
-    def _refuse(self, error: bytes, peer, listener: TftpListener) -> None:
-        allowance = self.admission.allowance(client_key(peer[0]), time.monotonic(), transfer=False)
+    def _refuse(self, error: bytes, address: str, peer, listener: TftpListener) -> None:
+        allowance = self.admission.allowance(address, time.monotonic(), transfer=False)
         self._send_unverified(lambda d: listener.sock.sendto(d, peer), error, allowance)
         self.runtime.sensors.add("tftp_transfers_failed")
 
@@ -188,29 +201,30 @@ class TftpService(Service):
         self.admission.release(slot)
         self.runtime.sensors.set("tftp_transfers_active", self.admission.active)
 
-    def _transfer(self, request, local, peer, client: str, family: int, slot: proto.Slot, allowance: proto.Allowance) -> None:
+    def _transfer(self, request, local, peer, address: str, family: int, slot: proto.Slot, allowance: proto.Allowance) -> None:
         sock = machine = resource = None
         try:
             sock = self._transfer_socket(local, peer, family)
-            machine, resource = self._start(request, local, client, allowance)
+            machine, resource = self._start(request, local, address, slot.client, allowance)
             # the slot is given up early once only courtesy retransmissions remain (a write's dally)
             TransferDriver(sock, machine, self.segmentation, self.send_batch, lambda: self._release(slot),
                            lambda: self.admission.verified(slot)).run()
         except proto.TftpError as exc:
-            self.ratelog.warning("refused", client, "%s %s refused: %s", "WRQ" if request.write else "RRQ", request.filename, exc.message)
+            self.ratelog.warning("refused", address, "%s %s refused: %s", "WRQ" if request.write else "RRQ",
+                                 printable(request.filename), printable(exc.message))
             if sock is not None:  # the error is paid for by the first packet's reservation
                 self._send_unverified(sock.send, exc.datagram(), allowance)
             if not request.write:
-                seen.note_fetch(self.runtime, request.filename, client, "not found" if exc.code == 1 else "refused", "tftp")
+                seen.note_fetch(self.runtime, request.filename, address, "not found" if exc.code == 1 else "refused", "tftp")
         except OSError as exc:  # the peer vanished (ICMP unreachable) or a socket of ours failed
-            self.log.debug("%s: transfer of %s ended: %s", client, request.filename, exc)
+            self.log.debug("%s: transfer of %s ended: %s", address, printable(request.filename), exc)
         except Exception:
-            self.log.exception("%s: transfer of %s failed", client, request.filename)
+            self.log.exception("%s: transfer of %s failed", address, printable(request.filename))
             self._send_quietly(sock, proto.encode_error(0, "internal error"))
         finally:
             allowance.release(time.monotonic())  # the first packet's reservation, if nothing used it
             self._release(slot)
-            self._finish(request, client, sock, machine, resource, slot)
+            self._finish(request, address, sock, machine, resource, slot)
 
     @staticmethod
     def _transfer_socket(local, peer, family: int):
@@ -219,8 +233,8 @@ class TftpService(Service):
             family, peer = socket.AF_INET, (plain_address(peer[0]), peer[1])
         return transfer_socket(family, (host, 0, 0, interface) if family == socket.AF_INET6 else (host, 0), peer)
 
-    def _start(self, request, local, client: str, allowance: proto.Allowance):
-        """The machine for a request and the resource to release after it."""
+    def _start(self, request, local, address: str, client: str, allowance: proto.Allowance):
+        """The machine for a request from `address` (of `client`, its client key) and the resource to release after it."""
         settings, limits = self.runtime.settings, self.limits
         try:
             if request.write:
@@ -228,9 +242,9 @@ class TftpService(Service):
                     raise proto.AccessViolation("writing is disabled (tftp_write)")
                 negotiated = proto.negotiate(request, None, limits)
                 announced = int(negotiated.oack["tsize"]) if "tsize" in negotiated.oack else None
-                upload = uploads.begin(settings, request.filename, client, announced, self._quota_of(allowance.key))
+                upload = uploads.begin(settings, request.filename, address, announced, self._quota_of(client))
                 sink = UploadSink(upload, self)
-                self.ratelog.info("upload", client, "upload of %s started", request.filename)
+                self.ratelog.info("upload", address, "upload of %s started", printable(request.filename))
                 return proto.WriteTransfer(sink, negotiated, limits, netascii=request.mode == "netascii", allowance=allowance), sink
             content = provisioning.provide(settings, request.filename, plain_address(local[0]))
         except provisioning.ProvisioningError as exc:
@@ -265,7 +279,7 @@ class TftpService(Service):
             self.runtime.sensors.add(sensor)
         return proto.TftpError(exc.message, exc.tftp_code)
 
-    def _finish(self, request, client: str, sock, machine, resource, slot: proto.Slot) -> None:
+    def _finish(self, request, address: str, sock, machine, resource, slot: proto.Slot) -> None:
         sensors = self.runtime.sensors
         done = machine is not None and machine.state is proto.State.DONE
         if not slot.evicted:  # an evicted transfer was counted when its slot was taken
@@ -273,13 +287,14 @@ class TftpService(Service):
             if machine is not None and (machine.withheld or machine.unacknowledged):
                 sensors.add("tftp_sends_withheld" if machine.withheld else "tftp_first_packets_unacknowledged")
         if isinstance(machine, proto.ReadTransfer):
-            seen.note_fetch(self.runtime, request.filename, client, "served" if done else "failed", "tftp")
+            seen.note_fetch(self.runtime, request.filename, address, "served" if done else "failed", "tftp")
         if isinstance(machine, proto.ReadTransfer):
             sensors.add("tftp_bytes_sent", machine.bytes_sent)
         if machine is not None and machine.failure and not machine.peer_vanished:
-            self.ratelog.warning("failed", client, "transfer of %s failed: %s", request.filename, machine.failure)
+            self.ratelog.warning("failed", address, "transfer of %s failed: %s", printable(request.filename), printable(machine.failure))
         elif done and request.write:
-            self.ratelog.info("uploaded", client, "upload of %s complete (%d bytes)", request.filename, machine.bytes_received)
+            self.ratelog.info("uploaded", address, "upload of %s complete (%d bytes)", printable(request.filename),
+                              machine.bytes_received)
         if resource is not None:  # a file closed; an upload's temporary file removed (after a commit: nothing)
             resource.close()
         if sock is not None:
@@ -313,23 +328,34 @@ class TftpListener:
     def _serve(self) -> None:
         bound_host, service = self.bound.binding.host, self.service
         served = 0
-        dropped: dict[str, int] = {}  # sources admits() refused lately -> their requests since: counted, not looked up
+        # sources admits() refused for a spent allowance -> [until when their requests are dropped without a
+        # look, how many were]: at most MEMO_SECONDS, and all forgotten every MEMO_SECONDS (bounded memory)
+        dropped: dict[str, list] = {}
+        forget_at = 0.0
         while True:
             served += 1
             if served % YIELD_EVERY == 0:  # a socket that always has data never blocks: yield, or a storm starves every other service
-                if served % CHECK_AGAIN_AFTER == 0:
-                    service.dropped_again(dropped)
-                    dropped.clear()
                 gevent.sleep(0)
             try:
                 datagram, ancillary, _flags, peer = self.sock.recvmsg(MAX_REQUEST, PKTINFO_SPACE)
-                host = peer[0]
-                if host in dropped:
-                    dropped[host] += 1
-                    service.pace_requests(DROP_COST)
-                    continue
-                if not service.admits(host):
-                    dropped[host] = 0
+                host, now = peer[0], time.monotonic()
+                if now >= forget_at:
+                    for source, (_until, count) in dropped.items():
+                        service.withheld(source, count)
+                    dropped.clear()
+                    forget_at = now + MEMO_SECONDS
+                memo = dropped.get(host)
+                if memo is not None:
+                    if now < memo[0]:
+                        memo[1] += 1
+                        service.pace_requests(DROP_COST)
+                        continue
+                    del dropped[host]
+                    service.withheld(host, memo[1])
+                refused_for = service.admits(host, now)
+                if refused_for is not None:
+                    if refused_for > 0:
+                        dropped[host] = [now + refused_for, 0]
                     service.pace_requests(DROP_COST)
                     continue
                 service.pace_requests()

@@ -223,6 +223,8 @@ class SendBatch:
 
     def add(self, driver: TransferDriver, datagram: bytes) -> None:
         if not self.pending:
+            # Not shells.loop's turn: that waits for the next poll, and what is wanted is only the end of this
+            # round of ready watchers, which a hub callback gives without another poll or a timer per batch.
             gevent.get_hub().loop.run_callback(self.flush)
         self.pending.append((driver, datagram))
         if len(self.pending) >= self.FLUSH_AT:

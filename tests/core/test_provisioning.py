@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from support.clock import FakeClock
 
 from greenservers.config.settings import Settings
 from greenservers.provisioning import files as p
@@ -145,3 +146,24 @@ def test_provisioned_ntp_server_follows_ip_ntp_port():
     assert p.provisioned_ntp_server(ours, "192.0.2.1") == "192.0.2.1"
     assert p.provisioned_ntp_server(external, "192.0.2.1") == "pool.ntp.org"
     assert p.provisioned_ntp_server(none, "192.0.2.1") == ""
+
+
+def test_a_stock_profile_is_rendered_once_per_settings_server_and_mac(settings, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(p, "rendered_stock", p.RenderedStock(clock))
+    renders = []
+    real = p.render
+    monkeypatch.setattr(p, "render", lambda *args: renders.append(args[1].mac) or real(*args))
+    first = text(settings, "y000000000000.cfg")  # a Yealink stock profile
+    assert text(settings, "y000000000000.cfg") == first and len(renders) == 1
+    assert text(settings, "y000000000000.cfg", server="192.0.2.11") != first  # the server's address is in it
+    text(settings, "001565abcdef.boot")  # another phone's
+    assert renders == ["", "", "001565abcdef"]  # the common file names no phone
+    changed = settings.with_changes({"ldap_base": "dc=example,dc=net"})  # a new settings object: rendered anew
+    assert "dc=example,dc=net" in text(changed, "y000000000000.cfg") and len(renders) == 4
+    clock.now += p.RenderedStock.CACHE_SECONDS + 1
+    text(changed, "y000000000000.cfg")
+    assert len(renders) == 5
+    text(settings, "model.cfg")  # the administrator's templates are rendered each time
+    text(settings, "model.cfg")
+    assert len(renders) == 7

@@ -98,7 +98,7 @@ def test_space_is_counted_again_when_the_folder_changes_behind_our_back(settings
 
 
 def test_a_client_over_its_quota_is_refused_at_the_start_and_mid_upload(settings):
-    left = [1000]
+    left = [u.FILE_CHARGE + 1000]
 
     def quota(size: int) -> bool:
         if left[0] < max(size, 1):
@@ -146,3 +146,56 @@ def test_deleting_an_upload_frees_its_space(settings):
     with pytest.raises(u.NotFound):
         u.delete_upload(settings, "full.log")
     upload(settings, "again.log", b"b" * 1_000_000)
+
+
+def counting_quota(left: int):
+    """A quota of `left` bytes, and the list of what it was asked to take."""
+    taken = []
+
+    def quota(size: int) -> bool:
+        if sum(taken) + max(size, 1) > left:
+            return False
+        taken.append(size)
+        return True
+
+    return quota, taken
+
+
+def test_each_file_costs_a_charge_of_the_quota_and_an_announced_size_is_charged_once(settings):
+    quota, taken = counting_quota(10 * u.FILE_CHARGE)
+    upload(settings, "announced.log", b"x" * 1500, announced=1500, quota=quota)
+    assert taken == [u.FILE_CHARGE + 1500]  # the blocks were paid for at the start
+    taken.clear()
+    started = u.begin(settings, "longer.log", announced=100, quota=quota)
+    started.write(b"x" * 512)
+    started.commit()
+    assert taken == [u.FILE_CHARGE + 100, 412]  # what passes the announced size is charged as it arrives
+    quota, taken = counting_quota(3 * (u.FILE_CHARGE + 1))
+    for n in range(3):
+        upload(settings, f"tiny-{n}.log", b"x", quota=quota)
+    with pytest.raises(u.QuotaSpent):  # one-byte files: three of them spent three charges (and three bytes)
+        upload(settings, "tiny-3.log", b"x", quota=quota)
+
+
+def test_one_client_may_keep_only_its_share_of_the_files(settings, monkeypatch):
+    monkeypatch.setattr(u, "MAX_FILES_PER_CLIENT", 3)
+    for n in range(3):
+        upload(settings, f"a-{n}.log", b"x", client="2001:db8::1")
+    with pytest.raises(u.UploadsFull, match="already holds 3 files from this address"):
+        u.begin(settings, "a-3.log", "2001:db8::2")  # the same /64
+    upload(settings, "b-0.log", b"x", client="192.0.2.7")  # another client
+    u.delete_upload(settings, "a-0.log")
+    upload(settings, "a-3.log", b"x", client="2001:db8::3")
+    u._spaces.clear()  # another process: the share is counted from the folder (the files' addresses)
+    with pytest.raises(u.UploadsFull):
+        u.begin(settings, "a-4.log", "2001:db8::4")
+
+
+def test_many_uploads_are_deleted_at_once_and_their_space_and_share_freed(settings):
+    for n in range(5):
+        upload(settings, f"a-{n}.log", b"x" * 10, client="192.0.2.1")
+    space = u.space_of(settings)
+    assert (space.files, space.files_of["192.0.2.1"]) == (5, 5)
+    assert u.delete_uploads(settings, ["a-0.log", "a-1.log", "missing.log", "../x", "a-1.log"]) == (2, 20)
+    assert (space.files, space.used, space.files_of["192.0.2.1"]) == (3, 30, 3)
+    assert sorted(os.listdir(folder(settings))) == ["a-2.log", "a-3.log", "a-4.log"]

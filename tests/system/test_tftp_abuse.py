@@ -1,5 +1,7 @@
 """TFTP as an attacker uses it, against the running service: raw UDP requests that are never
-acknowledged (timeout 255, spoofed-looking sources), what they hold and what they draw; and the
+acknowledged (timeout 255, spoofed-looking sources), what they hold and what they draw; a spoofed
+burst followed by the phone whose address it used; a device of an IPv6 /64 against a phone of
+the same /64 (in a network namespace); a file name that tries to forge a log line; and the
 real clients (curl, atftp, tftp-hpa) through a relay that loses their first packets.
 
 Spoofing is simulated the only way a test can: sources that never acknowledge
@@ -14,14 +16,18 @@ import os
 import socket
 import struct
 import subprocess
+import tempfile
+import threading
 import time
 
 import pytest
 import requests
 from support import ServiceProcess, eventually, free_port, free_udp_port
+from support.netns import in_network_namespace
 from support.tftp_relay import LossyRelay
 from support.web import PASSWORD, PASSWORD_HASH
 
+from greenservers import ratelog
 from greenservers.proto import tftp as proto
 
 FILE, FILE_SIZE = "firmware.bin", 20 * 512 + 100  # 21 blocks of 512
@@ -133,8 +139,8 @@ def test_a_plain_request_never_acknowledged_draws_data_1_twice(tftp):
 @pytest.mark.real_client
 def test_a_flood_from_one_source_that_never_acknowledges_draws_no_more_than_its_allowance(tftp):
     """200 plain requests from one address (spoofed, as far as the server can tell): eight transfers start
-    (tftp_max_per_client), the next are refused as busy until the address's allowance is spent, and the
-    rest are dropped unread."""
+    (tftp_max_per_client); the rest are dropped unread, as every slot of that client awaits an acknowledgement
+    (later ones would be refused as busy until the address's allowance is spent, then dropped unread too)."""
     port, source = tftp.port("ip_tftp_port"), "127.0.0.77"
     before = sensors(tftp)
     socks = [attacker(source) for _ in range(200)]
@@ -156,7 +162,7 @@ def test_a_flood_from_one_source_that_never_acknowledges_draws_no_more_than_its_
     assert 0 < received <= allowed, (received, allowed)
     kinds = {d[:4] for d in got}
     assert kinds <= {b"\x00\x03\x00\x01", b"\x00\x05\x00\x00"}, kinds  # DATA 1 and "busy": nothing else, nothing more
-    tftp.wait_for_log("127.0.0.77: request dropped: what was sent to this address is not acknowledged")
+    tftp.wait_for_log("127.0.0.77: request dropped: ")
 
 
 @pytest.mark.real_client
@@ -240,3 +246,152 @@ def test_the_relay_counts_per_transfer_and_direction():
         finally:
             relay.close()
     assert request == b"request" and seen == [("down", 0, 0), ("down", 0, 1), ("down", 0, 2), ("up", 0, 0)]
+
+
+# -- a spoofed burst, then the phone whose address it used ---------------------------------------------
+
+
+def phone_service(service, tmp_path) -> ServiceProcess:
+    svc = service({"ip_tftp_port": f"127.0.0.1:{free_udp_port()}", "ip_http_port": f"127.0.0.1:{free_port()}",
+                   "admin_password_hash": PASSWORD_HASH, "tftp_max_per_client": PER_CLIENT})
+    root = svc.directory / "data" / "tftp"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "ab.cfg").write_bytes(b"phone settings\n" * 100)
+    return svc
+
+
+@pytest.mark.real_client
+@pytest.mark.parametrize("burst", [PER_CLIENT + 1, 40])
+def test_a_spoofed_burst_does_not_shut_out_the_phone_at_its_address(service, tmp_path, burst):
+    """The review's attack: a burst of RRQs "from" a phone's address (here 127.0.0.1, the address tftp-hpa's requests
+    come from), never acknowledged, then silence. The first PER_CLIENT take every slot of that client; the others
+    are dropped while those await their acknowledgement. Once the spoofed transfers have given up, the phone
+    (tftp-hpa) is heard at once: none of its requests is dropped, however quiet the network."""
+    svc = phone_service(service, tmp_path)
+    port = svc.port("ip_tftp_port")
+    socks = [attacker() for _ in range(burst)]  # open and never read: the answers go nowhere, as to a spoofed source
+    try:
+        for sock in socks:
+            sock.sendto(rrq("ab.cfg"), ("127.0.0.1", port))
+        spoofed = wait_for_sensor(svc, "tftp_first_packets_unacknowledged", PER_CLIENT)  # all gave up: the network is quiet
+        assert spoofed["tftp_sends_withheld"] >= burst - PER_CLIENT and spoofed["tftp_transfers_active"] == 0, spoofed
+        out = tmp_path / "ab.cfg"
+        result = subprocess.run(["tftp", "-4", "-m", "binary", "127.0.0.1", str(port), "-c", "get", "ab.cfg", str(out)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and out.read_bytes() == b"phone settings\n" * 100, result.stderr
+        after = wait_for_sensor(svc, "tftp_transfers_done", 1)
+        assert after["tftp_sends_withheld"] == spoofed["tftp_sends_withheld"], (spoofed, after)  # its request was read at once
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+# -- one device of an IPv6 /64 against a phone of the same /64 -----------------------------------------
+
+SERVER6, PHONE6 = "fd00:1::1", "fd00:1::5"
+ATTACKERS6 = [f"fd00:1::{0x100 + n:x}" for n in range(100)]
+ATTACK_RATE, PHONE_FETCHES = 5.0, 10
+
+
+def fetch_acknowledging(source: str, server: tuple[str, int], name: str) -> bytes | None:
+    """One download from `source`, acknowledging every block, no retry (None: no answer within 2 s, or an error)."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.settimeout(2)
+        sock.sendto(rrq(name), server)
+        content = b""
+        try:
+            while True:
+                data, peer = sock.recvfrom(1024)
+                if data[:2] != b"\x00\x03":
+                    return None
+                sock.sendto(b"\x00\x04" + data[2:4], peer)
+                content += data[4:]
+                if len(data) < 516:
+                    return content
+        except TimeoutError:
+            return None
+
+
+def slash64_probe() -> dict:
+    """Inside a private network namespace whose lo holds a /64 (support.netns): a device sends requests from
+    100 of its own addresses in turn (5 a second, never acknowledged, as the review did), and the phone at
+    another address of the /64 fetches its file ten times meanwhile."""
+    port = free_udp_port()
+    svc = ServiceProcess(tempfile.mkdtemp(), {"ip_tftp_port": f"[{SERVER6}]:{port}", "ip_http_port": f"127.0.0.1:{free_port()}",
+                                              "admin_password_hash": PASSWORD_HASH, "tftp_max_per_client": PER_CLIENT})
+    root = svc.directory / "data" / "tftp"
+    root.mkdir(parents=True)
+    content = os.urandom(1500)
+    (root / "ab.cfg").write_bytes(content)
+    svc.start()
+    socks, stop, sent = [], threading.Event(), [0]
+
+    def attack():
+        while not stop.is_set() and sent[0] < 600:  # bounded: 2 minutes at most
+            socks[sent[0] % len(socks)].sendto(rrq("ab.cfg"), (SERVER6, port))
+            sent[0] += 1
+            stop.wait(1 / ATTACK_RATE)
+
+    try:
+        for address in ATTACKERS6:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.bind((address, 0))  # open and never read
+            socks.append(sock)
+        thread = threading.Thread(target=attack, daemon=True)
+        thread.start()
+        eventually(lambda: sent[0] >= 3 * PER_CLIENT, timeout=60)  # the /64's slots taken and given up several times over
+        fetched = [fetch_acknowledging(PHONE6, (SERVER6, port), "ab.cfg") == content for _ in range(PHONE_FETCHES)]
+        attack_packets = sent[0]
+        stop.set()
+        thread.join()
+        values = sensors(svc)
+    finally:
+        stop.set()
+        for sock in socks:
+            sock.close()
+        svc.stop()
+    return {"fetched": fetched, "attack packets": attack_packets, "withheld": values["tftp_sends_withheld"],
+            "dropped lines": sum("request dropped" in line for line in svc.lines),
+            "evicted lines": sum("gave its slot" in line for line in svc.lines)}
+
+
+@pytest.mark.real_client
+def test_a_device_using_many_addresses_of_its_64_does_not_deny_the_phone_of_that_64():
+    """Slots are per /64 (fairness), the allowance of what may be sent unacknowledged per exact address (who
+    receives the bytes): the device spends only its own addresses' allowances, and the phone, whose requests
+    each take the oldest unacknowledged slot and acknowledge, completes every fetch. What it causes is logged
+    once per /64, not once per address."""
+    found = in_network_namespace(slash64_probe, addresses=tuple(f"{a}/64" for a in (SERVER6, PHONE6, *ATTACKERS6)), timeout=180)
+    assert found["fetched"] == [True] * PHONE_FETCHES, found
+    assert found["attack packets"] >= 3 * PER_CLIENT and found["withheld"] == 0, found
+    assert found["dropped lines"] == 0 and found["evicted lines"] == 1, found
+
+
+def test_a_file_name_with_a_newline_forges_no_log_line(tftp):
+    """The review's injection: the name is logged escaped, on its own line's end, never as a line of its own."""
+    forged = "[2026-12-01 10:00:00 +0000] [1] [INFO] admin logged in from 6.6.6.6"
+    since = len(tftp.lines)
+    with attacker("127.0.0.66") as sock:
+        sock.sendto(rrq("x\n" + forged), ("127.0.0.1", tftp.port("ip_tftp_port")))
+        assert sock.recv(1000)[:2] == b"\x00\x05"  # refused
+    line = tftp.wait_for_log("127.0.0.66: RRQ x\\n" + forged + " refused: ", since=since)
+    assert "\n" not in line and not any(line.startswith(forged) for line in tftp.lines[since:])
+
+
+def test_requests_for_missing_files_from_many_sources_write_at_most_the_kinds_budget_of_lines(tftp):
+    """The review's log flood (spoofed RRQs for missing files, each from another source): one line per client a
+    minute does not hold when every request has its own source; at most LINES_PER_KIND of the kind are written
+    (the rest are counted in one summary line when the minute is over)."""
+    port, since = tftp.port("ip_tftp_port"), len(tftp.lines)
+    before = sensors(tftp)["tftp_transfers_failed"]
+    socks = [attacker(f"127.0.1.{n}") for n in range(1, 201)]
+    try:
+        for sock in socks:
+            sock.sendto(rrq("nothing-here"), ("127.0.0.1", port))
+        wait_for_sensor(tftp, "tftp_transfers_failed", before + len(socks))
+    finally:
+        for sock in socks:
+            sock.close()
+    written = [line for line in tftp.lines[since:] if "RRQ nothing-here refused" in line]
+    assert 0 < len(written) <= ratelog.LINES_PER_KIND, len(written)

@@ -17,6 +17,8 @@ import requests
 from support import ServiceProcess, free_port, free_udp_port
 from support.web import HTML, PASSWORD, PASSWORD_HASH, csrf_of
 
+from greenservers.provisioning import uploads
+
 AUTH = ("admin", PASSWORD)
 KIB = 1024
 
@@ -178,5 +180,26 @@ def test_one_address_may_upload_only_its_hourly_quota_and_others_are_not_held_ba
         assert sensors(svc)["tftp_uploads_refused_rate"] == before + 2
         assert raw_upload(svc, "other.log", os.urandom(700 * KIB), "127.0.0.31")[:2] == b"\x00\x04"  # another phone
         assert sorted(os.listdir(svc.directory / "data" / "tftp" / "uploads")) == ["first.log", "other.log"]
+    finally:
+        svc.stop()
+
+
+@pytest.mark.real_client
+def test_one_address_cannot_fill_the_folder_with_one_byte_files(tmp_path_factory):
+    """The review's tiny uploads (9,750 one-byte files from one address in 12 s, then every phone refused): each
+    file costs FILE_CHARGE of the hourly quota, so one address stores 16 MiB / 64 KiB of them, and another
+    phone still uploads."""
+    svc = start(tmp_path_factory.mktemp("tiny"))
+    try:
+        stored = 0
+        for n in range(2 * uploads.MIB * 16 // uploads.FILE_CHARGE):  # bounded: twice what may pass
+            answer = raw_upload(svc, f"u2-{n:06d}.txt", b"x", "127.0.0.41")
+            if answer[:2] != b"\x00\x04":
+                break
+            stored += 1
+        assert tftp_error(answer) == (3, "disk full: this address has uploaded its 16 MiB for the hour (tftp_upload_mib_per_hour); "
+                                         "try again later")
+        assert stored <= 16 * uploads.MIB // uploads.FILE_CHARGE, stored
+        assert raw_upload(svc, "phone.log", b"log\n" * 1000, "127.0.0.42")[:2] == b"\x00\x04"
     finally:
         svc.stop()

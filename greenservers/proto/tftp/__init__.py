@@ -10,7 +10,7 @@ Each module's docstring tells its part of the theory of operation; this
 package exports what the shell and the tests use.
 """
 
-from .admission import ALLOWANCE_REFILL, FIRST_PACKET_MAX, Admission, Allowance, Slot
+from .admission import ALLOWANCE_REFILL, FIRST_PACKET_MAX, Admission, Allowance, Hearing, Slot
 from .content import MAX_NETASCII_BYTES, BytesSource, NetasciiDecoder, NetasciiSource, Sink, Source
 from .options import MAX_TIMEOUT, MAX_WINDOWSIZE, Limits, Negotiated, Request, negotiate, parse_request
 from .packets import (
@@ -43,7 +43,7 @@ from .transfers import EVENT_OF_OPCODE, FINISHED, STREAMING, Event, ReadTransfer
 __all__ = [
     "ALLOWANCE_REFILL", "AccessViolation", "Admission", "Allowance", "BLOCK_MODULO", "BytesSource",
     "DEFAULT_BLKSIZE", "DiskFull", "EVENT_OF_OPCODE", "Event", "FINISHED", "FIRST_PACKET_MAX", "FileExists",
-    "FileNotFound", "IllegalOperation", "Limits", "MAX_BLKSIZE", "MAX_NETASCII_BYTES", "MAX_TIMEOUT",
+    "FileNotFound", "Hearing", "IllegalOperation", "Limits", "MAX_BLKSIZE", "MAX_NETASCII_BYTES", "MAX_TIMEOUT",
     "MAX_WINDOWSIZE", "MIN_BLKSIZE", "MODES", "Negotiated", "NetasciiDecoder", "NetasciiSource", "OP_ACK",
     "OP_DATA", "OP_ERROR", "OP_OACK", "OP_RRQ", "OP_WRQ", "OptionRefused", "ReadTransfer", "Request", "STREAMING",
     "Sink", "Slot", "Source", "State", "TftpError", "Transfer", "WriteTransfer", "decode", "encode_ack",

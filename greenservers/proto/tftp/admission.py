@@ -7,20 +7,36 @@ only until someone needs it: a request that finds the limits reached takes
 the slot of the oldest such transfer (of the same client when the per-client
 limit is what is reached), and is refused as busy only when every slot is
 held by a verified or a younger transfer (not even answered when every slot
-of its own client awaits an acknowledgement). It also keeps the sources'
-allowances (`Allowance`, per source in a proto.clients.TokenBuckets): a
-request from a source whose allowance is spent is not read.
+of its own client awaits an acknowledgement). A client, for these fairness
+limits, is proto.clients' client key (an IPv4 address, an IPv6 /64).
+
+It also keeps the allowances (`Allowance`) of what may be sent unacknowledged,
+per destination address: the exact address that receives the bytes, as a
+request's source may be spoofed and whatever is sent goes there. A request
+whose source has spent its allowance is not read (`hears`) until it has some
+again; the bytes one /64 can be sent unacknowledged are bounded by its slots.
+Keyed by the /64, a device using many of its own addresses could spend the
+allowance of every phone of its /64.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from enum import Enum
 
 from .options import Limits
 from .packets import DEFAULT_BLKSIZE
 
 FIRST_PACKET_MAX = DEFAULT_BLKSIZE + 4  # DATA 1 of a request without options; an OACK or ERROR is smaller
 ALLOWANCE_REFILL = 60.0  # seconds for an empty allowance to fill again (see Admission)
+
+
+class Hearing(Enum):
+    """Whether a request is read (`Admission.hears`), and if not, why."""
+
+    HEARD = "heard"
+    SPENT = "its destination's allowance is spent"  # until it refills above zero (`Admission.refilled_in`)
+    AWAITING = "every slot of its client awaits an acknowledgement"  # until one may be given up: any new request
 
 
 class Allowance:
@@ -71,7 +87,7 @@ class Allowance:
 
 
 class Slot:
-    """One admitted transfer: whose it is, when it began, whether it was verified or released;
+    """One admitted transfer: whose it is (its client key), when it began, whether it was verified or released;
     `owner` is the shell's handle (its greenlet) for ending it when its slot is taken."""
 
     __slots__ = ("client", "started", "verified", "released", "evicted", "owner")
@@ -86,13 +102,13 @@ class Admission:
     """Which requests get a transfer (see the module docstring), and what unverified sources may be sent.
 
     Slots: at most `max_total` transfers, `max_per_client` per client (its
-    address). A request over either limit takes the slot of the oldest
+    client key). A request over either limit takes the slot of the oldest
     unverified transfer past its first retransmission (of the same client for
     the per-client limit); failing that, it is refused as busy, or not answered
     at all when every slot of its client awaits an acknowledgement (the client
     has acknowledged nothing it was sent: it is spoofed or it has what it
-    needs). Allowance: a proto.clients.TokenBuckets of bytes per source key (IPv4
-    address, IPv6 /64) with room for `max_per_client` first packets sent 1 +
+    needs). Allowance: a proto.clients.TokenBuckets of bytes per destination
+    address with room for `max_per_client` first packets sent 1 +
     first_packet_retries times, filled again over ALLOWANCE_REFILL: honest
     clients are given back what they acknowledge and never wait for it, so the
     refill is what a spoofed source draws for as long as it is spoofed (here
@@ -118,18 +134,28 @@ class Admission:
 
     # -- what a source may be sent before it acknowledges anything
 
-    def hears(self, key: str, client: str, now: float) -> bool:
-        """Whether a request is read at all: not when the source's allowance (`key`) is spent, nor
-        while every slot of the client awaits an acknowledgement and none may be given up yet."""
-        if self.buckets.level(key, now) <= 0:
-            return False
-        return not (self.per_client[client] >= self.max_per_client and not self.verified_per_client[client]
-                    and self._oldest_unverified(client, now) is None)
+    def hears(self, destination: str, client: str, now: float) -> Hearing:
+        """Whether a request is read at all: not when the allowance of its source address (`destination`,
+        where answers go) is spent, nor while every slot of its client awaits an acknowledgement and none
+        may be given up yet."""
+        if self.buckets.level(destination, now) <= 0:
+            return Hearing.SPENT
+        if (self.per_client[client] >= self.max_per_client and not self.verified_per_client[client]
+                and self._oldest_unverified(client, now) is None):
+            return Hearing.AWAITING
+        return Hearing.HEARD
 
-    def allowance(self, key: str, now: float, transfer: bool = True) -> Allowance:
-        """The allowance of a source: for an admitted request's transfer, its first packet paid for at once
-        (see Allowance); else for a refusal (an ERROR) to it."""
-        allowance = Allowance(self.buckets, key)
+    def refilled_in(self, destination: str, now: float) -> float:
+        """Seconds until the allowance of `destination` is above zero (0 if it is)."""
+        level = self.buckets.level(destination, now)
+        if level > 0:
+            return 0.0
+        return (1 - level) / self.buckets.rate if self.buckets.rate > 0 else float("inf")
+
+    def allowance(self, destination: str, now: float, transfer: bool = True) -> Allowance:
+        """The allowance of a destination address: for an admitted request's transfer, its first packet paid
+        for at once (see Allowance); else for a refusal (an ERROR) to it."""
+        allowance = Allowance(self.buckets, destination)
         if transfer:
             allowance.reserve(FIRST_PACKET_MAX, now)
         return allowance
