@@ -7,9 +7,8 @@ request gets its own greenlet and its own ephemeral UDP socket, bound to
 that local address and connected to the client (a new transfer ID, RFC 1350
 §4); the protocol itself is greenservers.proto.tftp's state machines, the file
 names and templates are greenservers.provisioning.files'. Who gets a transfer is
-the core's `Admission`: limited per client (`tftp_max_per_client`)
-and in total (`tftp_max_transfers`), a client being an IPv4 address or an
-IPv6 /64, where an unverified transfer (its first packet not acknowledged)
+the core's `Admission`: limited per client address (`tftp_max_per_client`),
+per IPv6 /64 (a quarter of all) and in total (`tftp_max_transfers`), where an unverified transfer (its first packet not acknowledged)
 gives its slot to a new request once it is past its first retransmission; and
 every address may be sent only so much that it has not acknowledged, as a
 request's source address may be spoofed and whatever we send goes to that
@@ -37,7 +36,7 @@ import gevent
 from gevent.pool import Group
 
 from ..proto import tftp as proto
-from ..proto.clients import TokenBuckets, client_key, plain_address
+from ..proto.clients import TokenBuckets, plain_address
 from ..provisioning import files as provisioning, uploads
 from ..provisioning.phones import seen
 from ..ratelog import RateLimitedLog, printable
@@ -134,7 +133,7 @@ class TftpService(Service):
         settings = self.runtime.settings
         self.admission.configure(settings.tftp_max_transfers, settings.tftp_max_per_client)
         address = plain_address(host)
-        hearing = self.admission.hears(address, client_key(host), now)
+        hearing = self.admission.hears(address, now)
         if hearing is proto.Hearing.HEARD:
             return None
         self.runtime.sensors.add("tftp_sends_withheld")
@@ -164,13 +163,13 @@ class TftpService(Service):
 
     def handle_request(self, datagram: bytes, local: tuple[str, int], peer, listener: TftpListener) -> None:
         """A request admits() let through: a slot first (a refusal is then one send, nothing parsed), then the request."""
-        address, client = plain_address(peer[0]), client_key(peer[0])
-        slot, evicted = self.admission.admit(client, time.monotonic())
+        address = plain_address(peer[0])
+        slot, evicted = self.admission.admit(address, time.monotonic())
         for victim in evicted:
             self._evict(victim)
         if slot is None:
             self.ratelog.warning("busy", address, "request refused: too many transfers (%d in all, %d from this client)",
-                                 self.admission.active, self.admission.per_client[client])
+                                 self.admission.active, self.admission.per_client[address])
             self._refuse(BUSY, address, peer, listener)
             return
         try:

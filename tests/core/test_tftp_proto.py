@@ -626,18 +626,18 @@ def test_the_per_client_limit_takes_the_clients_own_slot_not_anothers():
 def test_a_sources_allowance_holds_its_first_packets_sent_twice_and_refills_in_a_minute():
     gate = admission(max_per_client=8)
     assert gate.buckets.capacity == 8 * 2 * 516 and gate.buckets.rate == 8 * 2 * 516 / t.ALLOWANCE_REFILL
-    assert gate.hears("192.0.2.9", "192.0.2.9", 0.0) is HEARD
+    assert gate.hears("192.0.2.9", 0.0) is HEARD
     gate.buckets.take("192.0.2.9", 8 * 2 * 516, 0.0)
-    assert gate.hears("192.0.2.9", "192.0.2.9", 0.0) is t.Hearing.SPENT
+    assert gate.hears("192.0.2.9", 0.0) is t.Hearing.SPENT
     assert not gate.allowance("192.0.2.9", 0.0, transfer=False).permits(0.0)
-    assert gate.hears("192.0.2.10", "192.0.2.10", 0.0) is HEARD  # another source has its own
-    assert gate.hears("192.0.2.9", "192.0.2.9", 0.1) is HEARD
+    assert gate.hears("192.0.2.10", 0.0) is HEARD  # another source has its own
+    assert gate.hears("192.0.2.9", 0.1) is HEARD
 
 
 def test_the_first_packet_is_paid_for_at_admission_so_a_burst_is_held_to_the_bucket():
     gate = admission(max_total=100, max_per_client=100)
     allowances = []
-    while gate.hears("192.0.2.9", "192.0.2.9", 0.0) is HEARD:  # a burst: none of its first packets is sent yet
+    while gate.hears("192.0.2.9", 0.0) is HEARD:  # a burst: none of its first packets is sent yet
         allowances.append(gate.allowance("192.0.2.9", 0.0))
     assert len(allowances) == 100 * 2  # capacity / FIRST_PACKET_MAX
     machine = read_machine(b"x" * 4000, rrq(blksize=1024))
@@ -652,12 +652,12 @@ def test_a_client_whose_slots_all_await_acknowledgement_is_not_heard_until_one_m
     gate = admission(max_per_client=2)
     gate.admit("192.0.2.9", 0.0)
     gate.admit("192.0.2.9", 0.2)
-    assert gate.hears("192.0.2.9", "192.0.2.9", 0.5) is t.Hearing.AWAITING  # not even "busy": it acknowledged nothing yet
-    assert gate.hears("192.0.2.9", "192.0.2.9", 1.0) is HEARD  # the oldest is past its retransmission: its slot may go
+    assert gate.hears("192.0.2.9", 0.5) is t.Hearing.AWAITING  # not even "busy": it acknowledged nothing yet
+    assert gate.hears("192.0.2.9", 1.0) is HEARD  # the oldest is past its retransmission: its slot may go
     verified, _ = gate.admit("192.0.2.8", 0.0)
     gate.verified(verified)
     gate.admit("192.0.2.8", 0.0)
-    assert gate.hears("192.0.2.8", "192.0.2.8", 0.5) is HEARD  # a client that acknowledges is answered, if only "busy"
+    assert gate.hears("192.0.2.8", 0.5) is HEARD  # a client that acknowledges is answered, if only "busy"
     assert gate.admit("192.0.2.8", 0.5) == (None, [])
 
 
@@ -667,22 +667,37 @@ def test_a_spent_allowance_says_when_it_is_above_zero_again():
     gate.buckets.take("192.0.2.9", 8 * 2 * 516 + 516, 0.0)  # a packet below empty, the most a bucket goes
     wait = gate.refilled_in("192.0.2.9", 0.0)
     assert wait == pytest.approx(517 / gate.buckets.rate)  # 3.8 s at 137 bytes a second
-    assert gate.hears("192.0.2.9", "192.0.2.9", wait - 0.01) is t.Hearing.SPENT
-    assert gate.hears("192.0.2.9", "192.0.2.9", wait) is HEARD
+    assert gate.hears("192.0.2.9", wait - 0.01) is t.Hearing.SPENT
+    assert gate.hears("192.0.2.9", wait) is HEARD
 
 
-def test_slots_are_per_client_key_and_allowances_per_destination_address():
-    """An IPv6 device using many addresses of its /64 shares that /64's slots, but spends only its own
+def test_slots_and_allowances_are_per_address_and_a_64_holds_a_quarter_of_all_slots():
+    """An IPv6 device using many addresses of its /64 holds at most a quarter of all slots and spends only its own
     addresses' allowances: a phone at another address of the /64 is heard and takes an unverified slot."""
     gate = admission(max_total=100, max_per_client=8)
-    client = "fd00:1::/64"
+    prefix = "fd00:1::/64"
     for n in range(100):  # 5 requests a second, each from another address, never acknowledged
         attacker, now = f"fd00:1::{0x100 + n:x}", n * 0.2
-        assert gate.hears(attacker, client, now) is HEARD
-        assert gate.admit(client, now)[0] is not None  # past 8, each takes the slot of the oldest (1.6 s old)
+        assert gate.hears(attacker, now) is HEARD
+        assert gate.admit(attacker, now)[0] is not None  # past 25, each takes the slot of the oldest (1.6 s+ old)
         gate.allowance(attacker, now).take(516, now)
-    assert gate.per_client[client] == 8  # 100 x 516 bytes: keyed by the /64, the allowance would be spent
-    assert gate.hears("fd00:1::5", client, 20.0) is HEARD
-    slot, evicted = gate.admit(client, 20.0)
-    assert slot is not None and len(evicted) == 1
+    assert gate.per_client[prefix] == 25 and gate.active == 25  # 100 x 516 bytes: per /64, the allowance would be spent
+    assert gate.hears("fd00:1::5", 20.0) is HEARD
+    slot, evicted = gate.admit("fd00:1::5", 20.0)
+    assert slot is not None and len(evicted) == 1 and evicted[0].client != "fd00:1::5"
     assert gate.buckets.level("fd00:1::5", 20.0) == gate.buckets.capacity
+
+
+def test_phones_sharing_a_64_boot_together_each_with_its_own_slots():
+    """A LAN's phones share one /64: a hundred of them booting at once all get a transfer (of a quarter of 500),
+    each address its own eight."""
+    gate = admission(max_total=500, max_per_client=8)
+    phones = [f"2001:db8:0:1::{n + 1:x}" for n in range(100)]
+    slots = [gate.admit(phone, 0.0)[0] for phone in phones]
+    assert None not in slots and gate.per_client["2001:db8:0:1::/64"] == 100
+    for slot in slots:
+        gate.verified(slot)
+    assert [gate.admit(phones[0], 0.1)[0] is not None for _ in range(7)] == [True] * 7
+    assert gate.admit(phones[0], 0.1) == (None, [])  # its eight are taken and verified
+    assert gate.admit("192.0.2.1", 0.1)[0] is not None  # IPv4: the address is the client, counted once
+    assert gate.per_client["192.0.2.1"] == 1

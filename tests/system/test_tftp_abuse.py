@@ -319,7 +319,8 @@ def slash64_probe() -> dict:
     another address of the /64 fetches its file ten times meanwhile."""
     port = free_udp_port()
     svc = ServiceProcess(tempfile.mkdtemp(), {"ip_tftp_port": f"[{SERVER6}]:{port}", "ip_http_port": f"127.0.0.1:{free_port()}",
-                                              "admin_password_hash": PASSWORD_HASH, "tftp_max_per_client": PER_CLIENT})
+                                              "admin_password_hash": PASSWORD_HASH, "tftp_max_per_client": PER_CLIENT,
+                                              "tftp_max_transfers": 4 * PER_CLIENT})  # a /64 holds a quarter: PER_CLIENT
     root = svc.directory / "data" / "tftp"
     root.mkdir(parents=True)
     content = os.urandom(1500)
@@ -358,10 +359,10 @@ def slash64_probe() -> dict:
 
 @pytest.mark.real_client
 def test_a_device_using_many_addresses_of_its_64_does_not_deny_the_phone_of_that_64():
-    """Slots are per /64 (fairness), the allowance of what may be sent unacknowledged per exact address (who
-    receives the bytes): the device spends only its own addresses' allowances, and the phone, whose requests
-    each take the oldest unacknowledged slot and acknowledge, completes every fetch. What it causes is logged
-    once per /64, not once per address."""
+    """A /64 holds at most a quarter of the slots, the allowance of what may be sent unacknowledged is per exact
+    address (who receives the bytes): the device spends only its own addresses' allowances, and the phone, whose
+    requests each take the oldest unacknowledged slot of the /64 and acknowledge, completes every fetch. What it
+    causes is logged once per /64, not once per address."""
     found = in_network_namespace(slash64_probe, addresses=tuple(f"{a}/64" for a in (SERVER6, PHONE6, *ATTACKERS6)), timeout=180)
     assert found["fetched"] == [True] * PHONE_FETCHES, found
     assert found["attack packets"] >= 3 * PER_CLIENT and found["withheld"] == 0, found

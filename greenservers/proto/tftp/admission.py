@@ -7,8 +7,11 @@ only until someone needs it: a request that finds the limits reached takes
 the slot of the oldest such transfer (of the same client when the per-client
 limit is what is reached), and is refused as busy only when every slot is
 held by a verified or a younger transfer (not even answered when every slot
-of its own client awaits an acknowledgement). A client, for these fairness
-limits, is proto.clients' client key (an IPv4 address, an IPv6 /64).
+of its own client awaits an acknowledgement). A client, for these limits, is
+an address: phones on an IPv6 LAN share one /64, so a /64 as the client
+would give a hundred booting phones eight transfers. So that one device
+using many addresses of its /64 cannot take every slot, a /64 (proto.clients'
+client key) may hold at most a quarter of all slots (`max_per_prefix`).
 
 It also keeps the allowances (`Allowance`) of what may be sent unacknowledged,
 per destination address: the exact address that receives the bytes, as a
@@ -24,6 +27,7 @@ from __future__ import annotations
 from collections import Counter
 from enum import Enum
 
+from ..clients import client_key
 from .options import Limits
 from .packets import DEFAULT_BLKSIZE
 
@@ -87,13 +91,13 @@ class Allowance:
 
 
 class Slot:
-    """One admitted transfer: whose it is (its client key), when it began, whether it was verified or released;
-    `owner` is the shell's handle (its greenlet) for ending it when its slot is taken."""
+    """One admitted transfer: whose it is (its client's address), when it began, whether it was verified or
+    released; `owner` is the shell's handle (its greenlet) for ending it when its slot is taken."""
 
-    __slots__ = ("client", "started", "verified", "released", "evicted", "owner")
+    __slots__ = ("client", "groups", "started", "verified", "released", "evicted", "owner")
 
-    def __init__(self, client: str, started: float):
-        self.client, self.started = client, started
+    def __init__(self, client: str, groups: tuple[str, ...], started: float):
+        self.client, self.groups, self.started = client, groups, started  # groups: the address, maybe its /64
         self.verified = self.released = self.evicted = False
         self.owner = None
 
@@ -101,10 +105,10 @@ class Slot:
 class Admission:
     """Which requests get a transfer (see the module docstring), and what unverified sources may be sent.
 
-    Slots: at most `max_total` transfers, `max_per_client` per client (its
-    client key). A request over either limit takes the slot of the oldest
-    unverified transfer past its first retransmission (of the same client for
-    the per-client limit); failing that, it is refused as busy, or not answered
+    Slots: at most `max_total` transfers, `max_per_client` per client address,
+    `max_per_prefix` per IPv6 /64. A request over a limit takes the slot of the
+    oldest unverified transfer past its first retransmission (of the same
+    address, or /64, for those limits); failing that, it is refused as busy, or not answered
     at all when every slot of its client awaits an acknowledgement (the client
     has acknowledged nothing it was sent: it is spoofed or it has what it
     needs). Allowance: a proto.clients.TokenBuckets of bytes per destination
@@ -119,29 +123,30 @@ class Admission:
 
     def __init__(self, limits: Limits, buckets):
         self.limits, self.buckets = limits, buckets
-        self.max_total = self.max_per_client = 1
+        self.max_total = self.max_per_client = self.max_per_prefix = 1
         self.active = 0
-        self.per_client: Counter[str] = Counter()
-        self.verified_per_client: Counter[str] = Counter()
+        self.per_client: Counter[str] = Counter()  # slots held per address, and per IPv6 /64 ("x::/64")
+        self.verified_per_client: Counter[str] = Counter()  # per address
         self._unverified: dict[Slot, None] = {}  # in order of admission: the oldest first
-        self._unverified_of: dict[str, dict[Slot, None]] = {}  # the same, per client
+        self._unverified_of: dict[str, dict[Slot, None]] = {}  # the same, per address and per /64
 
     def configure(self, max_total: int, max_per_client: int) -> None:
         """The limits in force (settings change at run time)."""
         self.max_total, self.max_per_client = max_total, max_per_client
+        self.max_per_prefix = max(max_per_client, max_total // 4)
         self.buckets.capacity = max_per_client * (1 + self.limits.first_packet_retries) * FIRST_PACKET_MAX
         self.buckets.rate = self.buckets.capacity / ALLOWANCE_REFILL
 
     # -- what a source may be sent before it acknowledges anything
 
-    def hears(self, destination: str, client: str, now: float) -> Hearing:
-        """Whether a request is read at all: not when the allowance of its source address (`destination`,
-        where answers go) is spent, nor while every slot of its client awaits an acknowledgement and none
-        may be given up yet."""
-        if self.buckets.level(destination, now) <= 0:
+    def hears(self, address: str, now: float) -> Hearing:
+        """Whether a request is read at all: not when the allowance of its source address (where answers
+        go) is spent, nor while every slot of that address awaits an acknowledgement and none may be
+        given up yet."""
+        if self.buckets.level(address, now) <= 0:
             return Hearing.SPENT
-        if (self.per_client[client] >= self.max_per_client and not self.verified_per_client[client]
-                and self._oldest_unverified(client, now) is None):
+        if (self.per_client[address] >= self.max_per_client and not self.verified_per_client[address]
+                and self._oldest_unverified(address, now) is None):
             return Hearing.AWAITING
         return Hearing.HEARD
 
@@ -163,28 +168,32 @@ class Admission:
     # -- slots
 
     def admit(self, client: str, now: float) -> tuple[Slot | None, list[Slot]]:
-        """A slot for a new transfer of `client` (None: busy) and the slots taken for it from
-        unverified transfers (their owners must be ended)."""
-        evicted = []
-        if self.per_client[client] >= self.max_per_client:
-            evicted.append(self._oldest_unverified(client, now))
-        elif self.active >= self.max_total:
-            evicted.append(self._oldest_unverified(None, now))
-        if evicted == [None]:
-            return None, []
-        for slot in evicted:
-            slot.evicted = True
-            self.release(slot)
-        slot = Slot(client, now)
+        """A slot for a new transfer of the address `client` (None: busy) and the slots taken for it from
+        unverified transfers (their owners must be ended, even when the request is then busy)."""
+        prefix = client_key(client)
+        groups = (client,) if prefix == client else (client, prefix)
+        evicted: list[Slot] = []
+        limits = ((client, self.max_per_client), (prefix, self.max_per_prefix), (None, self.max_total))
+        for group, limit in limits[:len(groups)] + limits[2:]:
+            if (self.active if group is None else self.per_client[group]) < limit:
+                continue
+            victim = self._oldest_unverified(group, now)
+            if victim is None:
+                return None, evicted
+            victim.evicted = True
+            self.release(victim)
+            evicted.append(victim)
+        slot = Slot(client, groups, now)
         self.active += 1
-        self.per_client[client] += 1
         self._unverified[slot] = None
-        self._unverified_of.setdefault(client, {})[slot] = None
+        for group in groups:
+            self.per_client[group] += 1
+            self._unverified_of.setdefault(group, {})[slot] = None
         return slot, evicted
 
-    def _oldest_unverified(self, client: str | None, now: float) -> Slot | None:
-        """The oldest unverified transfer (of `client`, or of anyone) if it is past its first retransmission."""
-        slots = self._unverified if client is None else self._unverified_of.get(client, {})
+    def _oldest_unverified(self, group: str | None, now: float) -> Slot | None:
+        """The oldest unverified transfer (of an address or /64, or of anyone) if past its first retransmission."""
+        slots = self._unverified if group is None else self._unverified_of.get(group, {})
         oldest = next(iter(slots), None)
         return oldest if oldest is not None and oldest.started <= now - self.limits.timeout else None
 
@@ -202,17 +211,19 @@ class Admission:
         slot.released = True
         self._forget_unverified(slot)
         self.active -= 1
-        _decrement(self.per_client, slot.client)
+        for group in slot.groups:
+            _decrement(self.per_client, group)
         if slot.verified:
             _decrement(self.verified_per_client, slot.client)
 
     def _forget_unverified(self, slot: Slot) -> None:
         self._unverified.pop(slot, None)
-        mine = self._unverified_of.get(slot.client)
-        if mine is not None:
-            mine.pop(slot, None)
-            if not mine:
-                del self._unverified_of[slot.client]
+        for group in slot.groups:
+            mine = self._unverified_of.get(group)
+            if mine is not None:
+                mine.pop(slot, None)
+                if not mine:
+                    del self._unverified_of[group]
 
 
 def _decrement(counter: Counter, key: str) -> None:
