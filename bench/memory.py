@@ -140,6 +140,10 @@ class Api:
         self.connection.request(method, path, body=json.dumps(body) if body is not None else None, headers=self.headers)
         response = self.connection.getresponse()
         data = response.read()
+        if response.status == 429:  # a connection's pace (200 requests a second): as a client should, wait and reconnect
+            self.connection.close()
+            time.sleep(float(response.getheader("Retry-After", "1")))
+            return self(method, path, body)
         if response.status >= 300:
             raise RuntimeError(f"{method} {path}: {response.status} {data[:200]!r}")
         return json.loads(data)
