@@ -75,17 +75,18 @@ def drain(sock: socket.socket, quiet: float = 0.2) -> None:
 
 
 def wait_udp_answer(port: int, process: subprocess.Popen, request: bytes, what: str, timeout: float = 30.0) -> None:
-    """Until a reference daemon on 127.0.0.1:port answers `request` (raises if it exits or stays silent)."""
+    """Until a reference daemon on 127.0.0.1:port answers `request` (raises if it exits or stays silent).
+    Not a connected socket: a TFTP server answers from a port of the transfer's own (RFC 1350's TID)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect(("127.0.0.1", port))
         sock.settimeout(0.2)
 
         def answered() -> bool:
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}")
             try:
-                sock.send(request)
-                return bool(sock.recv(2048))
+                sock.sendto(request, ("127.0.0.1", port))
+                data, (host, _) = sock.recvfrom(2048)
+                return bool(data) and host == "127.0.0.1"
             except OSError:
                 return False
 
