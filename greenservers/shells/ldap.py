@@ -60,6 +60,7 @@ from gevent.hub import Waiter
 from gevent.server import StreamServer
 
 from ..addressbook import AddressBook, ChangeReader, addressbook_for
+from ..process.offload import freeze_the_built
 from ..proto import ldap as proto
 from ..proto.clients import client_key, plain_address
 from ..ratelog import RateLimitedLog
@@ -286,6 +287,7 @@ class DirectoryFollower:
         if old is not None:
             LdapService.retire(old)
             del old
+        freeze_the_built()
         self._built.set()
         while True:
             self._wake.wait(POLL)
@@ -354,6 +356,7 @@ class DirectoryFollower:
 
             self._run_steps(directory.merge_steps(contacts()), meanwhile)
             self._run_steps(directory.delete(i) for i in ids if i not in present)
+            freeze_the_built()
             if later and not rebuild:
                 rebuild = not self._apply(reader, directory, list(later))
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from types import SimpleNamespace
 
@@ -10,9 +11,11 @@ import pytest
 from gevent import socket as gsocket, ssl as gssl
 from support import ldap_wire as w
 from support.ldap import complete, read_until_done
+from support.wait import eventually
 
 from greenservers.addressbook import addressbook_for
 from greenservers.config.settings import Settings
+from greenservers.process import offload
 from greenservers.proto import ldap
 from greenservers.sensors import SensorRegistry
 from greenservers.shells import ldap as shell
@@ -25,7 +28,7 @@ PASSWORD = "shell-secret"
 def served(tmp_path):
     settings = Settings.from_raw({"ldap_password": PASSWORD, "data_dir": str(tmp_path / "data")}, tmp_path)
     pair = ensure_certificate(settings)
-    # gevent's SSLContext: this process is not monkey-patched (the worker is, DESIGN.md §7)
+    # gevent's SSLContext: this process is not monkey-patched (the worker is: ARCHITECTURE.md)
     context = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(pair.cert_path), str(pair.key_path))
     runtime = SimpleNamespace(settings=settings, sensors=SensorRegistry(), tls=SimpleNamespace(context=context, pair=pair))
@@ -335,3 +338,18 @@ def test_short_slices_without_a_poll_between_share_one_slice_s_time():
     per_iteration = [cursor.iterations.count(i) for i in sorted(set(cursor.iterations))]
     assert per_iteration == [3, 3, 3, 3]
     assert cursor.greenlets[:3] == [client] * 3 and cursor.greenlets[3] is not client  # then handed to the dispatcher
+
+
+def test_the_built_directory_and_a_merged_import_are_frozen_for_the_collector(served, monkeypatch):
+    """Full collections skip the directory: frozen once built and again once an import is merged into it."""
+    service, runtime, _ = served
+    monkeypatch.setattr(offload.monkey, "is_module_patched", lambda name: name == "threading")  # as in the worker
+    try:
+        directory = service.directory(runtime.settings.ldap_base)
+        assert id(directory) not in {id(o) for o in gc.get_objects()}
+        frozen = gc.get_freeze_count()
+        addressbook_for(runtime).import_csv("first_name,last_name\n" + "".join(f"F{i},L{i}\n" for i in range(300)))
+        eventually(lambda: len(service.directory(runtime.settings.ldap_base)) == 301)
+        assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()  # the other tests' process as it was
