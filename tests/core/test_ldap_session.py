@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 from support import ldap_wire as w
+from support.contacts import CONTACTS
 from vectors.ldap_capture import CONTACTS as CAPTURE_CONTACTS
 from vectors.ldap_vectors import CAPTURED
 
@@ -29,14 +30,6 @@ class Clock:
         return self.now
 
 
-CONTACTS = [
-    Contact(1, "John", "Smith", "", "ACME", "+49 30 1234567", "0171 555", "", "201", "john@example.org"),
-    Contact(2, "Anna", "Müller", "", "", "030-99887766", "", "", "202", ""),
-    Contact(3, "Jonas", "Schmitt", "", "Widgets", "", "+49 171 555", "", "", ""),
-    Contact(4, "", "", "Reception", "ACME", "(030) 111.222", "", "0041 44 123 45 67", "100", ""),
-    Contact(5, "John", "Smith", "", "Other", "", "", "", "", ""),
-    Contact(6, "", "", "", "Plumbers, Inc.", "555-0100", "", "", "", ""),
-]
 
 
 def run_searches(outputs: list) -> list:
