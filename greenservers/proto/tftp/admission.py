@@ -171,10 +171,13 @@ class Admission:
         """A slot for a new transfer of the address `client` (None: busy) and the slots taken for it from
         unverified transfers (their owners must be ended, even when the request is then busy)."""
         prefix = client_key(client)
-        groups = (client,) if prefix == client else (client, prefix)
+        limits: list[tuple[str | None, int]] = [(client, self.max_per_client)]
+        if prefix != client:  # IPv6: its /64 too (an IPv4 address is its own client key)
+            limits.append((prefix, self.max_per_prefix))
+        groups = tuple(group for group, _ in limits)
+        limits.append((None, self.max_total))
         evicted: list[Slot] = []
-        limits = ((client, self.max_per_client), (prefix, self.max_per_prefix), (None, self.max_total))
-        for group, limit in limits[:len(groups)] + limits[2:]:
+        for group, limit in limits:
             if (self.active if group is None else self.per_client[group]) < limit:
                 continue
             victim = self._oldest_unverified(group, now)
