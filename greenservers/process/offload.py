@@ -43,6 +43,11 @@ _saved_interval = 0.005
 _collecting = True
 
 
+def _in_the_worker() -> bool:
+    """The gevent worker has patched threading; a command or a test has not."""
+    return monkey.is_module_patched("threading")
+
+
 def freeze_the_loaded() -> None:
     """What the process has loaded lives as long as it does: the cyclic collector no longer scans it."""
     gc.collect()
@@ -54,7 +59,7 @@ def freeze_the_built() -> None:
     collections skip it (after an import they scanned it for 8-27 ms with the loop held). A young collection
     first, so that little garbage is frozen with it; what is frozen is still freed when its last reference goes.
     Only in the gevent worker (elsewhere the process is a command or a test)."""
-    if monkey.is_module_patched("threading"):
+    if _in_the_worker():
         gc.collect(1)
         gc.freeze()
 
@@ -70,7 +75,7 @@ def build_off_loop(function, *args):
 
 
 def _off_loop(function, args: tuple, building: bool):
-    if not monkey.is_module_patched("threading"):
+    if not _in_the_worker():
         return function(*args)
     _begin(building)
     try:
