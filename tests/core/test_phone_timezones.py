@@ -3,12 +3,13 @@ parser and on the record of phones (no sockets)."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from greenservers.provisioning.phones import seen, timezones as tz
+from greenservers.provisioning.phones import profiles, seen, timezones as tz
 
 
 def test_footer_of_the_system_tzdata_files():
@@ -129,11 +130,19 @@ def test_any_text_parses_or_is_refused_with_a_clear_error(text):
     assert forms["posix_full"] and forms["yealink"]["time_zone"]
 
 
-@hsettings(max_examples=800, deadline=None)
-@given(st.text(max_size=300), st.text(max_size=300))
+# names that mean a phone, so that every run records some (random text alone rarely does)
+PHONE_FILE_NAMES = st.sampled_from(["001565ABCDEF.boot", "000000000000.boot", "y000000000066.cfg", "cfg000b82abcdef",
+                                    "snomD785-000413ABCDEF.htm", "ConfigABCDEF012345.cfg", "000413ABCDEF.xml"])
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(st.one_of(PHONE_FILE_NAMES, st.text(max_size=300)), st.text(max_size=300))
 def test_any_requested_name_and_user_agent_are_recorded_or_ignored(name, user_agent):
-    registry = seen.PhoneRegistry.__new__(seen.PhoneRegistry)  # memory only: no file for each example
-    registry.phones, registry.clock, registry._changed = OrderedDict(), lambda: 1.0, lambda: None
-    phone = registry.note(name, "192.0.2.1", "served", "tftp", user_agent)
-    if phone is not None:
-        assert all(len(f) <= seen.MAX_NAME for f in phone["files"]) and len(phone["user_agent"]) <= seen.MAX_USER_AGENT
+    with tempfile.TemporaryDirectory() as folder:  # a fresh record for each example: no rate or bound carried over
+        registry = seen.PhoneRegistry(Path(folder) / "phones.sqlite3", clock=lambda: 1.0)
+        phone = registry.note(name, "192.0.2.1", "served", "tftp", user_agent)
+        if profiles.phone_file(name) is None:
+            assert phone is None and len(registry) == 0
+        elif phone is not None:
+            assert all(len(f) <= seen.MAX_TEXT for f in phone["files"]) and len(phone["user_agent"]) <= seen.MAX_TEXT
+            assert registry.listing()[0]["id"] == phone["id"]
