@@ -6,7 +6,8 @@ file-level modules), tests/shell/ (the gevent shells on loopback sockets and the
 web application through Flask's test client, in this process), tests/system/
 (the service as in production, gunicorn in a subprocess, driven by real
 clients; the command line). Shared helpers are in tests/support/; the golden
-vectors in tests/vectors/.
+vectors in tests/vectors/. The hypothesis profile (ci, dev or thorough) is loaded here, before any test
+module is imported: tests/support/hypothesis_profiles.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support import ServiceProcess
+from support import ServiceProcess, hypothesis_profiles
+
+hypothesis_profiles.load()
+
+
+def pytest_report_header(config):
+    return hypothesis_profiles.header()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from support import fuzz_targets
+from support.hypothesis_profiles import examples
 from vectors.fuzz_regressions import HOSTILE, REGRESSIONS
 
 SEEDS = fuzz_targets.seeds()
@@ -45,7 +46,7 @@ def inputs(name: str):
 def fuzz_test(name: str):
     target = fuzz_targets.TARGETS[name]
 
-    @settings(max_examples=EXAMPLES[name], deadline=None, database=None,
+    @settings(max_examples=examples(EXAMPLES[name]), deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(data=inputs(name))
     def test(data: bytes) -> None:

@@ -2,6 +2,7 @@
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from support.hypothesis_profiles import examples
 
 from greenservers.proto import ber
 from greenservers.proto.ber import BerError, Incomplete
@@ -66,7 +67,7 @@ def test_integer_and_boolean_sizes_are_bounded():
         ber.read_boolean(b"\x01\x01", 0, 2)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.binary(max_size=64))
 def test_random_bytes_decode_or_raise_ber_error_only(data):
     try:

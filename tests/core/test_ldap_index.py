@@ -15,6 +15,7 @@ from collections import Counter
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 from support import ldap_wire as w
+from support.hypothesis_profiles import examples
 
 from greenservers.addressbook import Contact
 from greenservers.proto import ber, ldap
@@ -140,7 +141,7 @@ def apply(directory: ldap.Directory, operations, contacts: dict[int, Contact]) -
             directory.merge(new)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(start=st.lists(contacts_strategy(), max_size=15), operations=OPERATIONS, filters=st.lists(FILTERS, min_size=5, max_size=15))
 def test_changed_in_place_it_finds_what_a_directory_built_from_scratch_finds(start, operations, filters):
     contacts = {i: Contact(i, **fields) for i, fields in enumerate(start, 1)}
@@ -219,7 +220,7 @@ def test_a_number_is_found_in_either_form_whatever_its_length():
     assert found_dns(directory, decoded("(ipPhone=12)")) == ["cn=D,dc=pbx"]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(start=st.lists(contacts_strategy(), min_size=1, max_size=40), imported=st.lists(contacts_strategy(), min_size=1, max_size=60),
        changes=st.lists(st.tuples(st.integers(0, 10**6), st.one_of(st.none(), contacts_strategy())), max_size=30),
        filters=st.lists(FILTERS, min_size=3, max_size=8))

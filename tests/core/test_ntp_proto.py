@@ -7,6 +7,7 @@ import struct
 
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
+from support.hypothesis_profiles import examples
 from vectors.ntp_vectors import CHRONYD_REPLY_TO_NTPLIB_V4, REQUESTS
 
 from greenservers.proto import ntp
@@ -291,7 +292,7 @@ def test_dropped_modes_do_not_use_the_limiter():
 # -- any bytes at all -----------------------------------------------------------------
 
 
-@hypothesis_settings(max_examples=400, deadline=None)
+@hypothesis_settings(max_examples=examples(400), deadline=None)
 @given(data=st.one_of(st.binary(max_size=200), st.binary(min_size=48, max_size=48)), client=st.sampled_from(
     ["192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1", "fe80::1%lo", "not an address"]))
 def test_any_datagram_is_answered_by_the_rules_or_dropped(data, client):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
+from support.hypothesis_profiles import examples
 
 from greenservers.provisioning.phones import profiles, seen, timezones as tz
 
@@ -119,7 +120,7 @@ def test_the_tzdata_package_serves_where_the_system_has_no_zoneinfo():
 POSIX_ALPHABET = "CESTIMJ<>+-,./:0123456789"
 
 
-@hsettings(max_examples=1500, deadline=None)
+@hsettings(max_examples=examples(1500), deadline=None)
 @given(st.one_of(st.text(POSIX_ALPHABET, max_size=60), st.text(max_size=40)))
 def test_any_text_parses_or_is_refused_with_a_clear_error(text):
     try:
@@ -135,7 +136,7 @@ PHONE_FILE_NAMES = st.sampled_from(["001565ABCDEF.boot", "000000000000.boot", "y
                                     "snomD785-000413ABCDEF.htm", "ConfigABCDEF012345.cfg", "000413ABCDEF.xml"])
 
 
-@hsettings(max_examples=400, deadline=None)
+@hsettings(max_examples=examples(400), deadline=None)
 @given(st.one_of(PHONE_FILE_NAMES, st.text(max_size=300)), st.text(max_size=300))
 def test_any_requested_name_and_user_agent_are_recorded_or_ignored(name, user_agent):
     with tempfile.TemporaryDirectory() as folder:  # a fresh record for each example: no rate or bound carried over

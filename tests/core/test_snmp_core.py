@@ -9,6 +9,7 @@ import random
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 from pyasn1.codec.ber import decoder, encoder
+from support.hypothesis_profiles import examples
 from support.snmp import FIXED_SENSORS, SYS, V1, bad_inputs, build_request, decode_reply, reply_of, request_id, vector
 from vectors.snmp_requests import REQUESTS
 
@@ -267,7 +268,7 @@ values = st.one_of(
 )
 
 
-@hsettings(max_examples=300, deadline=None)
+@hsettings(max_examples=examples(300), deadline=None)
 @given(oid=oids, value=values, rid=st.integers(0, 2**31 - 1), status=st.integers(0, 5), index=st.integers(0, 300))
 def test_encoder_matches_pysnmp_byte_for_byte(oid, value, rid, status, index):
     """Every type the agent sends; negative INTEGERs are left out: the agent sends none (request-ids are copied)."""
@@ -321,7 +322,7 @@ def test_1000_varbinds_are_answered_toobig(agent):
     assert (status, bindings) == (snmp.TOO_BIG, [])
 
 
-@hsettings(max_examples=400, deadline=None)
+@hsettings(max_examples=examples(400), deadline=None)
 @given(st.binary(max_size=200))
 def test_random_bytes_never_raise(datagram):
     agent = snmp.Agent(SensorRegistry(FIXED_SENSORS), 0.0, "h", "d")
@@ -329,7 +330,7 @@ def test_random_bytes_never_raise(datagram):
     assert snmp.verdict_of(outcome) in (snmp.MALFORMED, snmp.BAD_VERSION, snmp.BAD_COMMUNITY, snmp.ANSWERED)
 
 
-@hsettings(max_examples=300, deadline=None)
+@hsettings(max_examples=examples(300), deadline=None)
 @given(st.integers(0, 40), st.integers(0, 255), st.sampled_from(sorted(REQUESTS)))
 def test_mutated_captured_requests_never_raise(position, octet, name):
     datagram = bytearray(vector(name))
