@@ -11,7 +11,8 @@ client sees a new transfer ID as it must. What it loses is decided by
 first the relay saw), `index` the datagram's number within that transfer and
 direction (0 for the first). Requests themselves are never lost.
 
-Runs in a thread of the test process, on loopback; `close()` stops it.
+Runs in a thread of the test process, on loopback; `close()` stops it, once it has handled every
+datagram that reached it before.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import threading
 from collections.abc import Callable
 
 Drop = Callable[[str, int, int], bool]
+DRAIN_ROUNDS = 100  # at close, rounds of handling what is already waiting (each datagram passed on can draw an answer)
 
 
 class LossyRelay:
@@ -48,13 +50,24 @@ class LossyRelay:
 
     def _run(self) -> None:
         while not self.stopping.is_set():
-            for key, _ in self.selector.select(timeout=0.1):
-                handler, data = key.data
-                try:
-                    datagram, source = key.fileobj.recvfrom(70000)
-                except OSError:  # an ICMP error of an earlier send: the other side is gone
-                    continue
-                handler(key.fileobj, datagram, source, data)
+            self._handle_ready(timeout=0.1)
+        # what reached the relay before close() is handled too, so that `dropped` misses none of it
+        # (a client's last datagram, sent just before it exits, would otherwise race the closing)
+        for _ in range(DRAIN_ROUNDS):
+            if not self._handle_ready(timeout=0):
+                break
+
+    def _handle_ready(self, timeout: float) -> bool:
+        """Handles the datagrams waiting now (or within `timeout`); False when there were none."""
+        ready = self.selector.select(timeout=timeout)
+        for key, _ in ready:
+            handler, data = key.data
+            try:
+                datagram, source = key.fileobj.recvfrom(70000)
+            except OSError:  # an ICMP error of an earlier send: the other side is gone
+                continue
+            handler(key.fileobj, datagram, source, data)
+        return bool(ready)
 
     def _from_client_request(self, sock, datagram: bytes, client: tuple, data) -> None:
         upstream = self.upstream_of.get(client)
