@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import example, given, settings as hypothesis_settings, strategies as st
 from support.hypothesis_profiles import examples
 from vectors.ntp_vectors import CHRONYD_REPLY_TO_NTPLIB_V4, REQUESTS
 
@@ -292,9 +292,20 @@ def test_dropped_modes_do_not_use_the_limiter():
 # -- any bytes at all -----------------------------------------------------------------
 
 
+# datagrams shaped like requests, so that every run answers some (random octets of a right length are one in 32):
+# every version and mode, lengths in whole words from the header alone to past MAX_REQUEST_LEN, and the real clients'
+SHAPED = st.builds(lambda li, version, mode, rest: bytes([li << 6 | version << 3 | mode]) + rest,
+                   st.integers(0, 3), st.one_of(st.sampled_from([3, 4]), st.integers(0, 7)), st.one_of(st.just(3), st.integers(0, 7)),
+                   st.integers(11, ntp.MAX_REQUEST_LEN // 4 + 1).flatmap(lambda words: st.binary(min_size=4 * words + 3,
+                                                                                                  max_size=4 * words + 3)))
+REAL_REQUESTS = st.sampled_from([bytes.fromhex(h) for h in sorted(REQUESTS.values())])
+
+
 @hypothesis_settings(max_examples=examples(400), deadline=None)
-@given(data=st.one_of(st.binary(max_size=200), st.binary(min_size=48, max_size=48)), client=st.sampled_from(
+@given(data=st.one_of(st.binary(max_size=200), st.binary(min_size=48, max_size=48), SHAPED, REAL_REQUESTS), client=st.sampled_from(
     ["192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1", "fe80::1%lo", "not an address"]))
+@example(data=bytes([0x23]) + bytes(ntp.MAX_REQUEST_LEN - 1), client="192.0.2.1")  # the longest answered
+@example(data=bytes([0x23]) + bytes(ntp.MAX_REQUEST_LEN + 3), client="192.0.2.1")  # one word more: dropped
 def test_any_datagram_is_answered_by_the_rules_or_dropped(data, client):
     result = ntp.NtpResponder().respond(data, client, NOW_NS, SYNCED, 0.0, lambda: NOW_NS)
     answerable = 48 <= len(data) <= ntp.MAX_REQUEST_LEN and len(data) % 4 == 0 and data[0] & 7 == 3 \
