@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import example, given, settings as hsettings, strategies as st
 from support.hypothesis_profiles import examples
 
 from greenservers.provisioning.phones import profiles, seen, timezones as tz
@@ -49,7 +49,9 @@ def test_negative_dst_is_turned_round():
     assert zone.start == tz.Rule(3, 5, 0, 3600) and zone.end == tz.Rule(10, 5, 0, 7200)
 
 
-@pytest.mark.parametrize("text", ["", "CET", "CET-1CEST,M13.5.0,M10.5.0", "CET-1CEST,J60,J300", "CET-1CEST,M3.5.0"])
+@pytest.mark.parametrize("text", ["", "CET", "CET-1CEST,M13.5.0,M10.5.0", "CET-1CEST,J60,J300", "CET-1CEST,M3.5.0",
+                                  "CET-25", "CET-1:60", "CET-1:00:60", "CET-1CEST-25,M3.5.0,M10.5.0", "CET-24CEST,M3.5.0,M10.5.0",
+                                  "CET-1CEST,M3.5.0/168,M10.5.0"])
 def test_unparsable_posix_strings(text):
     with pytest.raises(tz.TimeZoneError):
         tz.parse_posix(text)
@@ -120,15 +122,41 @@ def test_the_tzdata_package_serves_where_the_system_has_no_zoneinfo():
 POSIX_ALPHABET = "CESTIMJ<>+-,./:0123456789"
 
 
+def _offset(sign: str, hours: int, minutes: int | None, seconds: int | None) -> str:
+    return sign + str(hours) + (f":{minutes:02d}" if minutes is not None else "") + (f":{seconds:02d}" if seconds is not None else "")
+
+
+# POSIX TZ strings put together from their parts, so that every run parses many (random text almost never does):
+# numbers in range and past it (hours, minutes, months, weeks, weekdays), with and without DST and rule times
+ABBREVIATIONS = st.one_of(st.sampled_from(["CET", "CEST", "EST", "IST", "GMT", "NZST"]),
+                          st.builds(lambda sign, hours: f"<{sign}{hours:02d}>", st.sampled_from("+-"), st.integers(0, 14)))
+OFFSETS = st.builds(_offset, st.sampled_from(["", "+", "-"]), st.integers(0, 30),
+                    st.one_of(st.none(), st.integers(0, 70)), st.one_of(st.none(), st.integers(0, 70)))
+RULE_TIMES = st.builds(_offset, st.sampled_from(["", "+", "-"]), st.integers(0, 200),
+                       st.one_of(st.none(), st.integers(0, 59)), st.one_of(st.none(), st.integers(0, 59)))
+RULES = st.builds(lambda month, week, day, time: f"M{month}.{week}.{day}" + (f"/{time}" if time else ""),
+                  st.integers(0, 13), st.integers(0, 6), st.integers(0, 7), st.one_of(st.none(), RULE_TIMES))
+POSIX_STRINGS = st.builds(lambda std, offset, dst: std + offset + dst, ABBREVIATIONS, OFFSETS, st.one_of(
+    st.just(""), st.builds(lambda abbr, offset, start, end: f"{abbr}{offset},{start},{end}", ABBREVIATIONS,
+                           st.one_of(st.just(""), OFFSETS), RULES, RULES)))
+
+
 @hsettings(max_examples=examples(1500), deadline=None)
-@given(st.one_of(st.text(POSIX_ALPHABET, max_size=60), st.text(max_size=40)))
+@given(st.one_of(POSIX_STRINGS, st.text(POSIX_ALPHABET, max_size=60), st.text(max_size=40)))
+@example("CET-24CEST,M3.5.0,M10.5.0")  # summer time implied an hour past the limit: was accepted, its full form unreadable
+@example("<+1245>-12:45<+1345>,M9.5.0/2:45,M4.1.0/3:45")  # Pacific/Chatham: brackets, minutes, rule times with minutes
 def test_any_text_parses_or_is_refused_with_a_clear_error(text):
     try:
         zone = tz.parse_posix(text)
     except tz.TimeZoneError:
         return
+    limit = tz.MAX_OFFSET_HOURS * 3600
+    assert abs(zone.std_offset) <= limit and (zone.dst_offset is None or abs(zone.dst_offset) <= limit)
+    assert all(abs(rule.seconds) <= tz.MAX_RULE_HOURS * 3600 for rule in (zone.start, zone.end) if rule)
     forms = tz.forms(zone)  # a parsed zone is written in every form without an error
     assert forms["posix_full"] and forms["yealink"]["time_zone"]
+    again = tz.parse_posix(forms["posix_full"])  # and the full form, read back, means the same clock
+    assert (again.std_offset, again.dst_offset, again.start, again.end) == (zone.std_offset, zone.dst_offset, zone.start, zone.end)
 
 
 # names that mean a phone, so that every run records some (random text alone rarely does)

@@ -118,10 +118,17 @@ _POSIX = re.compile(
 )
 
 
-def _seconds(text: str) -> int:
+MAX_OFFSET_HOURS = 24  # POSIX: a zone's offset is 0..24 hours
+MAX_RULE_HOURS = 167  # RFC 8536 §3.3.1: a rule's time is -167..167 hours
+
+
+def _seconds(text: str, max_hours: int = MAX_OFFSET_HOURS) -> int:
     sign = -1 if text.startswith("-") else 1
-    parts = [int(p) for p in text.lstrip("+-").split(":")] + [0, 0]
-    return sign * (parts[0] * 3600 + parts[1] * 60 + parts[2])
+    hours, minutes, seconds = ([int(p) for p in text.lstrip("+-").split(":")] + [0, 0])[:3]
+    total = hours * 3600 + minutes * 60 + seconds
+    if total > max_hours * 3600 or minutes > 59 or seconds > 59:
+        raise TimeZoneError(f"{text!r} is out of range (at most {max_hours} hours; minutes and seconds 0..59)")
+    return sign * total
 
 
 def _rule(text: str) -> Rule:
@@ -129,7 +136,7 @@ def _rule(text: str) -> Rule:
     month, week, weekday = (int(x) for x in date[1:].split("."))
     if not (1 <= month <= 12 and 1 <= week <= 5 and 0 <= weekday <= 6):
         raise TimeZoneError(f"rule {text!r} is out of range")
-    return Rule(month, week, weekday, _seconds(time) if time else 7200)
+    return Rule(month, week, weekday, _seconds(time, MAX_RULE_HOURS) if time else 7200)
 
 
 def parse_posix(text: str, name: str = "") -> Zone:
@@ -141,6 +148,8 @@ def parse_posix(text: str, name: str = "") -> Zone:
     zone = Zone(name or text, text, match["std"].strip("<>"), std_offset)
     if match["dst"]:
         dst_offset = -_seconds(match["dstoff"]) if match["dstoff"] else std_offset + 3600
+        if abs(dst_offset) > MAX_OFFSET_HOURS * 3600:  # an hour ahead of 24 hours: no offset can be written for it
+            raise TimeZoneError(f"{text!r}: its summer time would be more than {MAX_OFFSET_HOURS} hours from UTC")
         zone = replace(zone, dst_abbr=match["dst"].strip("<>"), dst_offset=dst_offset,
                        start=_rule(match["start"]), end=_rule(match["end"]))
         if dst_offset < std_offset:  # negative DST (Europe/Dublin): the same clock with the roles turned round
