@@ -156,7 +156,9 @@ def fuzz_ldap(data: bytes) -> None:
     session = ldap.LdapSession(lambda: _LDAP_POLICY, lambda base: _LDAP_DIRECTORY, _Clock())
     if bound:
         session.receive(_LDAP_BIND)
+    fed = len(_LDAP_BIND) if bound else 0
     for chunk in parts(data[1:]):
+        fed += len(chunk)
         outputs = session.receive(chunk)
         while outputs:
             output = outputs.pop(0)
@@ -165,7 +167,7 @@ def fuzz_ldap(data: bytes) -> None:
                     outputs += output.run(session.clock() + 0.002)
                 continue
             assert isinstance(output, (bytes, ldap.BindFailed, ldap.Searched, ldap.StartTLS, ldap.Close)), output
-        assert len(session._buffer) <= _LDAP_POLICY.max_message  # the buffer stays bounded
+        assert session.held <= fed  # what it holds between calls is never more than it was given
         if session.closed:
             break
 
