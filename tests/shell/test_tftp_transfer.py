@@ -26,9 +26,11 @@ def client_socket() -> gsocket.socket:
     return sock
 
 
-def read_machine(data: bytes, max_retries: int = 2, **options) -> proto.ReadTransfer:
+def read_machine(data: bytes, max_retries: int = 2, timeout: float = 5.0, **options) -> proto.ReadTransfer:
+    """A download's machine. Its retransmission `timeout` is long unless a test is about retransmissions:
+    a test process descheduled for 0.2 s on a loaded machine would otherwise send a block twice."""
     request = proto.Request(False, "f", "octet", {k: str(v) for k, v in options.items()})
-    limits = proto.Limits(timeout=0.2, max_retries=max_retries, first_packet_hold=0.6)
+    limits = proto.Limits(timeout=timeout, max_retries=max_retries, first_packet_hold=3 * timeout)
     return proto.ReadTransfer(proto.BytesSource(data), proto.negotiate(request, len(data), limits), limits)
 
 
@@ -117,11 +119,11 @@ def test_what_a_full_send_buffer_refuses_goes_out_later_in_order(windowsize):
 
 def test_vanished_peer_ends_the_transfer_with_the_os_error():
     client = client_socket()
-    machine = read_machine(os.urandom(10 * 512))
+    machine = read_machine(os.urandom(10 * 512), timeout=0.2)
     greenlet, sock = start_driver(machine, client)
     client.settimeout(5)
     datagram, peer = client.recvfrom(600)
-    client.close()  # the next DATA meets a closed port: ICMP unreachable, ECONNREFUSED
+    client.close()  # the next DATA (DATA 1 again, 0.2 s later) meets a closed port: ICMP unreachable, ECONNREFUSED
     with gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
         other.sendto(b"\x00\x04\x00\x01", peer)  # wrong transfer ID: the connected socket never sees it
     with pytest.raises(OSError):
@@ -133,7 +135,7 @@ def test_vanished_peer_ends_the_transfer_with_the_os_error():
 def test_silent_peer_gets_bounded_retransmissions_then_the_transfer_fails(acknowledged):
     """Established (DATA 1 acknowledged): max_retries copies of DATA 2; never acknowledged: DATA 1 twice."""
     client = client_socket()
-    machine = read_machine(os.urandom(2048))
+    machine = read_machine(os.urandom(2048), timeout=0.2)
     greenlet, sock = start_driver(machine, client)
     client.settimeout(5)
     if acknowledged:
@@ -225,14 +227,15 @@ def test_a_window_bigger_than_the_clients_receive_buffer_is_paced_not_lost():
     client = subprocess.Popen([sys.executable, "-c", SLOW_CLIENT, "65464", "8"], stdout=subprocess.PIPE, text=True)
     try:
         port = int(client.stdout.readline())
-        machine = read_machine(data, blksize=65464, windowsize=8, max_retries=5)
+        machine = read_machine(data, blksize=65464, windowsize=8, max_retries=5, timeout=1.0)
         sock = transfer_socket(socket.AF_INET, ("127.0.0.1", 0), ("127.0.0.1", port))
         driver = TransferDriver(sock, machine, Segmentation(logging.getLogger("test")), SendBatch(), lambda: None)
         gevent.spawn(driver.run).get(timeout=30)
         assert client.stdout.readline().strip() == hashlib.sha256(data).hexdigest()
         assert client.wait(timeout=10) == 0
         # without pacing every window loses its tail, every time, and the transfer fails; a client
-        # descheduled on a loaded machine may still lose a window now and then
+        # descheduled on a loaded machine may still lose a window now and then (a second's timeout, not
+        # 0.2 s, so that a short pause of the client is not taken for a loss)
         assert machine.state is proto.State.DONE and machine.bytes_sent < 1.5 * len(data)
         sock.close()
     finally:
