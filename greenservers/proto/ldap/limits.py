@@ -285,7 +285,7 @@ class ConnectionCaps:
         return self._open.total
 
     def admit(self, client: str) -> bool:
-        return self._open.admit(client, self.per_client, self.total)
+        return self._open.admit([(client, self.per_client)], self.total) is not None
 
     def open_from(self, client: str) -> int:
         return self._open.of(client)
