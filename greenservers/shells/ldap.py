@@ -31,8 +31,9 @@ messages are capped across connections (BufferBudget), unfinished paged
 searches per client, in total and in idle time (PagedBudget), a connection
 idle for `idle_timeout` seconds is closed, and so is one whose client reads
 nothing of what it is sent for WRITE_STALL seconds. A client is an IPv4
-address or an IPv6 /64, but connections and searches in progress are capped
-per address, an IPv6 /64 as a whole holding a larger share (proto.ldap.limits).
+address or an IPv6 /64, but connections, searches in progress and
+unfinished paged searches are capped per address, an IPv6 /64 as a whole
+holding a larger share (proto.ldap.limits).
 
 The directory follows the address book (`DirectoryFollower`, one greenlet per
 book): it is built once, a slice of work at a time between turns of the event
