@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import ServiceProcess, eventually, free_port, free_udp_port
-from support import ldap_wire as w
+from support import ServiceProcess, eventually, free_port, free_udp_port, ldap_wire as w
 from support.netns import in_network_namespace
 
 from greenservers.addressbook import AddressBook
