@@ -13,7 +13,7 @@ Searches never hold the event loop for long: a `SearchGate` runs one slice
 (SLICE seconds of matching, sorting or encoding) at a time, in the order
 `FairShare` chooses (the client that used the least recent search time
 first), and lets the loop poll and serve whatever is ready between two
-slices. Searches in progress are capped per client and the running ones in
+slices. Searches in progress are capped per address and per IPv6 /64 and the running ones in
 total (the rest are answered busy); a search whose answer waits for its
 client to read is suspended meanwhile (it holds no slot of the total), and
 some slots are kept for clients with no search in progress.
@@ -31,7 +31,8 @@ messages are capped across connections (BufferBudget), unfinished paged
 searches per client, in total and in idle time (PagedBudget), a connection
 idle for `idle_timeout` seconds is closed, and so is one whose client reads
 nothing of what it is sent for WRITE_STALL seconds. A client is an IPv4
-address or an IPv6 /64.
+address or an IPv6 /64, but connections and searches in progress are capped
+per address, an IPv6 /64 as a whole holding a larger share (proto.ldap.limits).
 
 The directory follows the address book (`DirectoryFollower`, one greenlet per
 book): it is built once, a slice of work at a time between turns of the event
@@ -69,7 +70,7 @@ from .loop import Turns, serve_ready_then_continue
 
 IDLE_TIMEOUT = 120.0  # phones keep a connection between searches; longer is a leak
 HANDSHAKE_TIMEOUT = 10.0
-MAX_PER_CLIENT = 256  # a NAT can hide many phones behind one address
+MAX_PER_CLIENT = 256  # per address: a NAT can hide many phones behind one (an IPv6 /64 may hold a quarter of all)
 MAX_TOTAL = 4096
 RECV_SIZE = 65536  # also what one connection may have read and not answered yet
 WRITE_STALL = 10.0  # seconds a send may wait without its client reading a byte; then the connection closes
@@ -479,9 +480,10 @@ class LdapService(Service):
         peer = plain_address(address[0])
         client = client_key(address[0])
         sensors = self.runtime.sensors
-        if not self.caps.admit(client):
-            self.peer_log.warning("cap", client, "LDAP connection refused: %d open from %s, %d in total",
-                                  self.caps.open_from(client), client, self.caps.open)
+        held = self.caps.admit(peer)
+        if held is None:
+            self.peer_log.warning("cap", client, "LDAP connection refused: %d open from %s, %d from %s, %d in total",
+                                  self.caps.open_from(peer), peer, self.caps.open_from(client), client, self.caps.open)
             sock.close()
             return
         sensors.set("ldap_connections_open", self.caps.open)
@@ -503,7 +505,7 @@ class LdapService(Service):
         finally:
             sock.close()
             session.close()
-            self.caps.release(client)
+            self.caps.release(held)
             sensors.set("ldap_connections_open", self.caps.open)
             sensors.set("ldap_buffered_bytes", self.buffers.held)
             sensors.set("ldap_paged_searches_open", self.paged.open)
@@ -591,11 +593,11 @@ class LdapService(Service):
         """Run a search to its end, a slice per turn, sending as it goes; True if the connection must close.
         While what a slice found is sent, the search is suspended: a client that does not read holds no slot."""
         sensors = self.runtime.sensors
-        ticket = self.fair.start(client)
+        ticket = self.fair.start(peer)
         if ticket is None:
             sensors.add("ldap_searches_busy")
-            self.peer_log.warning("busy", client, "LDAP search refused as busy: %d in progress from %s, %d in total",
-                                  self.fair.running_from(client), client, self.fair.running)
+            self.peer_log.warning("busy", client, "LDAP search refused as busy: %d in progress from %s, %d from %s, %d running in all",
+                                  self.fair.running_from(peer), peer, self.fair.running_from(client), client, self.fair.running)
             outputs = cursor.refuse(proto.BUSY, "too many searches in progress; try again")
         else:
             outputs = []
