@@ -81,7 +81,7 @@ class Shares(NamedTuple):
     def of(self, address: str | None) -> list[tuple[str, float]]:
         """The limits that apply to `address`: [(the address, per_address)], and for an IPv6 address
         (its /64, per_prefix) after it."""
-        return list(zip(address_groups(address), self))
+        return list(zip(address_groups(address), self, strict=False))  # an IPv4 address: its own limit only
 
 
 def plain_address(host: str) -> str:

@@ -62,7 +62,7 @@ from gevent.hub import Waiter
 from gevent.server import StreamServer
 
 from ..addressbook import AddressBook, ChangeReader, addressbook_for
-from ..process.offload import freeze_the_built
+from ..process.offload import freeze_the_built, no_full_collections
 from ..proto import ldap as proto
 from ..proto.clients import client_key, plain_address
 from ..ratelog import RateLimitedLog
@@ -85,10 +85,9 @@ SLICE = 0.002  # seconds one search runs before the event loop serves the others
 POLL = 0.015  # seconds between looks for changes another process committed to the address book
 FRESH = 0.005  # a search looks first too, if the last look is older than this (a look: about 6 us and 3 system calls)
 CATCH_UP = 0.1  # seconds a search waits for a change it noticed to be applied (an import takes longer)
-APPLY_SLICE = 0.002  # seconds of directory changes between two turns of the event loop
-APPLY_PAUSE = 0.0005  # seconds the follower lets the loop serve others between two slices
+APPLY_SLICE = 0.001  # seconds of directory changes between two turns of the event loop
 READ_PAGE = 250  # contacts read from the book per query (about a millisecond)
-LOG_PAGE = 2000  # changes read from the log per query (about a millisecond)
+LOG_PAGE = 1000  # changes read from the log per query (about a millisecond)
 REBUILD_SHARE = 0.5  # more changed contacts than this share of the directory: built anew rather than changed
 MEANWHILE = 64  # changes of other contacts applied between a merge's slices; more wait for it to end
 
@@ -284,12 +283,13 @@ class DirectoryFollower:
         reader.changed()
         self._seq = reader.last_change()  # changes from here on are applied after the build
         directory = proto.Directory(base)
-        self._run_steps(directory.merge_steps(self._each(reader)))
-        old, self.directory, self.applied = self.directory, directory, 0
-        if old is not None:
-            LdapService.retire(old)
-            del old
-        freeze_the_built()
+        with no_full_collections():  # a full collection would land in a slice
+            self._run_steps(directory.merge_steps(self._each(reader)))
+            old, self.directory, self.applied = self.directory, directory, 0
+            if old is not None:
+                LdapService.retire(old)
+                del old
+            freeze_the_built()
         self._built.set()
         while True:
             self._wake.wait(POLL)
@@ -320,7 +320,7 @@ class DirectoryFollower:
             ids.update(dict.fromkeys(changed))
             if len(ids) > REBUILD_SHARE * max(len(directory), 1000):
                 return None
-            gevent.sleep(APPLY_PAUSE)  # a page of the log read: the loop serves the others before the next
+            serve_ready_then_continue()  # a page of the log read: the loop serves the others before the next
 
     def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: list[int]) -> bool:
         """The contacts of `ids` as they are in the book now (absent: deleted) into the directory. Many
@@ -356,9 +356,10 @@ class DirectoryFollower:
                 self._put_or_delete(reader, directory, now)
                 self._caught_up.set()
 
-            self._run_steps(directory.merge_steps(contacts()), meanwhile)
-            self._run_steps(directory.delete(i) for i in ids if i not in present)
-            freeze_the_built()
+            with no_full_collections():  # a full collection would land in a slice
+                self._run_steps(directory.merge_steps(contacts()), meanwhile)
+                self._run_steps(directory.delete(i) for i in ids if i not in present)
+                freeze_the_built()
             if later and not rebuild:
                 rebuild = not self._apply(reader, directory, list(later))
         else:
@@ -384,12 +385,13 @@ class DirectoryFollower:
 
     @staticmethod
     def _run_steps(steps, meanwhile=None) -> None:
-        """Run an iterator's steps, letting the loop serve the others every APPLY_SLICE seconds
-        (and calling `meanwhile()` then, if given)."""
+        """Run an iterator's steps, letting the loop serve what is ready every APPLY_SLICE seconds
+        (and calling `meanwhile()` then, if given). A turn, not a sleep: the follower takes the time
+        no one else needs, and a build is not stretched by pauses while nothing else waits."""
         deadline = time.monotonic() + APPLY_SLICE
         for _ in steps:
             if time.monotonic() >= deadline:
-                gevent.sleep(APPLY_PAUSE)
+                serve_ready_then_continue()
                 if meanwhile is not None:
                     meanwhile()
                 deadline = time.monotonic() + APPLY_SLICE

@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import ServiceProcess, eventually, free_port, free_udp_port
-from support import ldap_wire as w
+from support import ServiceProcess, eventually, free_port, free_udp_port, ldap_wire as w
 from support.ldap import read_until_done
 from support.netns import in_network_namespace
 
@@ -281,7 +280,7 @@ def paging_probe() -> dict:
         browsing = [paging(phone, port, prompt=False) for phone in BROWSERS]
         found["browsers"] = [every_entry(proc) for proc in browsing]
         # then the paused phones go on to their last page
-        found["paused"] = [every_entry(proc, told) for proc, told in zip(paused, said)]
+        found["paused"] = [every_entry(proc, told) for proc, told in zip(paused, said, strict=True)]
         for sock in socks:
             sock.close()
         socks.clear()
