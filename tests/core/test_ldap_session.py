@@ -643,6 +643,31 @@ def test_the_last_slots_are_kept_for_clients_with_no_search_in_progress():
     assert fair.start("f") is None  # and no further than the total
 
 
+def test_searches_in_progress_are_capped_per_address_and_a_64_may_fill_all_but_the_reserve():
+    fair = ldap.FairShare()  # 4 per address, 32 running, 8 of them kept
+    assert fair.per_prefix == ldap.MAX_SEARCHES - fair.reserved == 24
+    lan = [fair.start(f"2001:db8:1:2::{n:x}") for n in range(1, 31)]  # thirty phones of one LAN at once
+    assert all(lan[:24]) and not any(lan[24:]) and fair.running_from("2001:db8:1:2::/64") == 24
+    assert fair.running_from("2001:db8:1:2::1") == 1
+    others = [fair.start(f"192.0.2.{n}") for n in range(1, 10)]  # the reserve: other clients' first searches
+    assert all(others[:8]) and others[8] is None and fair.running == 32
+    for ticket in lan[:24] + others[:8]:
+        fair.end(ticket)
+    assert fair.running == 0 and fair.running_from("2001:db8:1:2::/64") == 0
+
+
+def test_one_address_of_a_64_holds_its_own_four_and_suspended_searches_count_for_the_64():
+    fair = ldap.FairShare(per_client=2, total=8, reserved=2, per_prefix=3)
+    mine = [fair.start("2001:db8::66") for _ in range(3)]
+    assert mine[0] and mine[1] and mine[2] is None  # its address's two
+    assert fair.start("2001:db8::1") is not None  # a phone beside it: its own
+    for ticket in mine[:2]:
+        fair.suspend(ticket)  # reading nothing: no running slot, but still the /64's
+    assert fair.running == 1 and fair.start("2001:db8::2") is None and fair.start("2001:db8:0:1::1") is not None
+    fair.end(mine[0])
+    assert fair.suspended == 1 and fair.start("2001:db8::2") is not None
+
+
 class Owner:
     """Stands for a session's searches: what the budget gave up."""
 
@@ -1033,9 +1058,22 @@ def test_bind_throttle_doubles_and_forgets():
 
 def test_connection_caps():
     caps = ldap.ConnectionCaps(per_client=2, total=3)
-    assert [caps.admit("a"), caps.admit("a"), caps.admit("a"), caps.admit("b"), caps.admit("c")] == [True, True, False, True, False]
-    caps.release("a")
+    held = [caps.admit("a"), caps.admit("a"), caps.admit("a"), caps.admit("b"), caps.admit("c")]
+    assert [h is not None for h in held] == [True, True, False, True, False]
+    caps.release(held[0])
     assert caps.admit("c") and caps.open == 3
+
+
+def test_connections_are_capped_per_address_and_a_64_holds_a_quarter_of_all():
+    caps = ldap.ConnectionCaps(per_client=2, total=16)
+    assert caps.per_prefix == 4
+    phones = [caps.admit(f"2001:db8:1:2::{n}") for n in range(1, 6)]  # one connection each
+    assert [h is not None for h in phones] == [True] * 4 + [False]
+    assert caps.open_from("2001:db8:1:2::/64") == 4 and caps.open_from("2001:db8:1:2::1") == 1
+    assert caps.admit("2001:db8:1:3::1") and caps.admit("192.0.2.1")  # the others keep the rest
+    caps.release(phones[0])
+    assert caps.admit("2001:db8:1:2::5") and caps.open_from("2001:db8:1:2::/64") == 4
+    assert caps.admit("2001:db8:1:2::5") is None  # the /64's quarter again
 
 
 def test_pipelined_requests_are_answered_in_bounded_batches():
