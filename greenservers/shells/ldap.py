@@ -13,7 +13,7 @@ Searches never hold the event loop for long: a `SearchGate` runs one slice
 (SLICE seconds of matching, sorting or encoding) at a time, in the order
 `FairShare` chooses (the client that used the least recent search time
 first), and lets the loop poll and serve whatever is ready between two
-slices. Searches in progress are capped per client and the running ones in
+slices. Searches in progress are capped per address and per IPv6 /64 and the running ones in
 total (the rest are answered busy); a search whose answer waits for its
 client to read is suspended meanwhile (it holds no slot of the total), and
 some slots are kept for clients with no search in progress.
@@ -31,7 +31,9 @@ messages are capped across connections (BufferBudget), unfinished paged
 searches per client, in total and in idle time (PagedBudget), a connection
 idle for `idle_timeout` seconds is closed, and so is one whose client reads
 nothing of what it is sent for WRITE_STALL seconds. A client is an IPv4
-address or an IPv6 /64.
+address or an IPv6 /64, but connections, searches in progress and
+unfinished paged searches are capped per address, an IPv6 /64 as a whole
+holding a larger share (proto.ldap.limits).
 
 The directory follows the address book (`DirectoryFollower`, one greenlet per
 book): it is built once, a slice of work at a time between turns of the event
@@ -60,7 +62,7 @@ from gevent.hub import Waiter
 from gevent.server import StreamServer
 
 from ..addressbook import AddressBook, ChangeReader, addressbook_for
-from ..process.offload import freeze_the_built
+from ..process.offload import freeze_the_built, no_full_collections
 from ..proto import ldap as proto
 from ..proto.clients import client_key, plain_address
 from ..ratelog import RateLimitedLog
@@ -69,7 +71,7 @@ from .loop import Turns, serve_ready_then_continue
 
 IDLE_TIMEOUT = 120.0  # phones keep a connection between searches; longer is a leak
 HANDSHAKE_TIMEOUT = 10.0
-MAX_PER_CLIENT = 256  # a NAT can hide many phones behind one address
+MAX_PER_CLIENT = 256  # per address: a NAT can hide many phones behind one (an IPv6 /64 may hold a quarter of all)
 MAX_TOTAL = 4096
 RECV_SIZE = 65536  # also what one connection may have read and not answered yet
 WRITE_STALL = 10.0  # seconds a send may wait without its client reading a byte; then the connection closes
@@ -82,10 +84,9 @@ SLICE = 0.002  # seconds one search runs before the event loop serves the others
 POLL = 0.015  # seconds between looks for changes another process committed to the address book
 FRESH = 0.005  # a search looks first too, if the last look is older than this (a look: about 6 us and 3 system calls)
 CATCH_UP = 0.1  # seconds a search waits for a change it noticed to be applied (an import takes longer)
-APPLY_SLICE = 0.002  # seconds of directory changes between two turns of the event loop
-APPLY_PAUSE = 0.0005  # seconds the follower lets the loop serve others between two slices
+APPLY_SLICE = 0.001  # seconds of directory changes between two turns of the event loop
 READ_PAGE = 250  # contacts read from the book per query (about a millisecond)
-LOG_PAGE = 2000  # changes read from the log per query (about a millisecond)
+LOG_PAGE = 1000  # changes read from the log per query (about a millisecond)
 REBUILD_SHARE = 0.5  # more changed contacts than this share of the directory: built anew rather than changed
 MEANWHILE = 64  # changes of other contacts applied between a merge's slices; more wait for it to end
 
@@ -282,12 +283,13 @@ class DirectoryFollower:
         reader.changed()
         self._seq = reader.last_change()  # changes from here on are applied after the build
         directory = proto.Directory(base)
-        self._run_steps(directory.merge_steps(self._each(reader)))
-        old, self.directory, self.applied = self.directory, directory, 0
-        if old is not None:
-            LdapService.retire(old)
-            del old
-        freeze_the_built()
+        with no_full_collections():  # a full collection would land in a slice
+            self._run_steps(directory.merge_steps(self._each(reader)))
+            old, self.directory, self.applied = self.directory, directory, 0
+            if old is not None:
+                LdapService.retire(old)
+                del old
+            freeze_the_built()
         self._built.set()
         while True:
             self._wake.wait(POLL)
@@ -318,7 +320,7 @@ class DirectoryFollower:
             ids.update(dict.fromkeys(changed))
             if len(ids) > REBUILD_SHARE * max(len(directory), 1000):
                 return None
-            gevent.sleep(APPLY_PAUSE)  # a page of the log read: the loop serves the others before the next
+            serve_ready_then_continue()  # a page of the log read: the loop serves the others before the next
 
     def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: list[int]) -> bool:
         """The contacts of `ids` as they are in the book now (absent: deleted) into the directory. Many
@@ -354,9 +356,10 @@ class DirectoryFollower:
                 self._put_or_delete(reader, directory, now)
                 self._caught_up.set()
 
-            self._run_steps(directory.merge_steps(contacts()), meanwhile)
-            self._run_steps(directory.delete(i) for i in ids if i not in present)
-            freeze_the_built()
+            with no_full_collections():  # a full collection would land in a slice
+                self._run_steps(directory.merge_steps(contacts()), meanwhile)
+                self._run_steps(directory.delete(i) for i in ids if i not in present)
+                freeze_the_built()
             if later and not rebuild:
                 rebuild = not self._apply(reader, directory, list(later))
         else:
@@ -382,12 +385,13 @@ class DirectoryFollower:
 
     @staticmethod
     def _run_steps(steps, meanwhile=None) -> None:
-        """Run an iterator's steps, letting the loop serve the others every APPLY_SLICE seconds
-        (and calling `meanwhile()` then, if given)."""
+        """Run an iterator's steps, letting the loop serve what is ready every APPLY_SLICE seconds
+        (and calling `meanwhile()` then, if given). A turn, not a sleep: the follower takes the time
+        no one else needs, and a build is not stretched by pauses while nothing else waits."""
         deadline = time.monotonic() + APPLY_SLICE
         for _ in steps:
             if time.monotonic() >= deadline:
-                gevent.sleep(APPLY_PAUSE)
+                serve_ready_then_continue()
                 if meanwhile is not None:
                     meanwhile()
                 deadline = time.monotonic() + APPLY_SLICE
@@ -477,13 +481,14 @@ class LdapService(Service):
         peer = plain_address(address[0])
         client = client_key(address[0])
         sensors = self.runtime.sensors
-        if not self.caps.admit(client):
-            self.peer_log.warning("cap", client, "LDAP connection refused: %d open from %s, %d in total",
-                                  self.caps.open_from(client), client, self.caps.open)
+        held = self.caps.admit(peer)
+        if held is None:
+            self.peer_log.warning("cap", client, "LDAP connection refused: %d open from %s, %d from %s, %d in total",
+                                  self.caps.open_from(peer), peer, self.caps.open_from(client), client, self.caps.open)
             sock.close()
             return
         sensors.set("ldap_connections_open", self.caps.open)
-        session = proto.LdapSession(self.policy, self.directory, time.monotonic, tls=tls_first, client=client, buffers=self.buffers,
+        session = proto.LdapSession(self.policy, self.directory, time.monotonic, tls=tls_first, address=peer, buffers=self.buffers,
                                     paged=self.paged)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers go out whole; no Nagle delay
@@ -501,7 +506,7 @@ class LdapService(Service):
         finally:
             sock.close()
             session.close()
-            self.caps.release(client)
+            self.caps.release(held)
             sensors.set("ldap_connections_open", self.caps.open)
             sensors.set("ldap_buffered_bytes", self.buffers.held)
             sensors.set("ldap_paged_searches_open", self.paged.open)
@@ -592,11 +597,11 @@ class LdapService(Service):
         """Run a search to its end, a slice per turn, sending as it goes; True if the connection must close.
         While what a slice found is sent, the search is suspended: a client that does not read holds no slot."""
         sensors = self.runtime.sensors
-        ticket = self.fair.start(client)
+        ticket = self.fair.start(peer)
         if ticket is None:
             sensors.add("ldap_searches_busy")
-            self.peer_log.warning("busy", client, "LDAP search refused as busy: %d in progress from %s, %d in total",
-                                  self.fair.running_from(client), client, self.fair.running)
+            self.peer_log.warning("busy", client, "LDAP search refused as busy: %d in progress from %s, %d from %s, %d running in all",
+                                  self.fair.running_from(peer), peer, self.fair.running_from(client), client, self.fair.running)
             outputs = cursor.refuse(proto.BUSY, "too many searches in progress; try again")
         else:
             outputs = []

@@ -86,6 +86,25 @@ def test_what_was_loaded_is_frozen_what_comes_later_is_collected_and_a_build_kee
         gc.unfreeze()  # the other tests' process as it was
 
 
+def test_no_full_collections_while_merging_young_ones_go_on_and_all_as_before_however_it_ends(as_in_the_worker):
+    before = gc.get_threshold()
+    with offload.no_full_collections():
+        assert gc.get_threshold() == (before[0], before[1], offload.NEVER) and gc.isenabled()
+        with pytest.raises(RuntimeError), offload.no_full_collections():  # nested: a merge and a build
+            raise RuntimeError("a bug in the merge")
+        assert gc.get_threshold()[2] == offload.NEVER  # the outer one still runs
+    assert gc.get_threshold() == before
+    with pytest.raises(RuntimeError), offload.no_full_collections():
+        raise RuntimeError("a bug in the merge")
+    assert gc.get_threshold() == before
+
+
+def test_outside_the_worker_the_collector_is_left_alone():
+    before = gc.get_threshold()
+    with offload.no_full_collections():
+        assert gc.get_threshold() == before
+
+
 @pytest.mark.parametrize("kind", ["run_off_loop", "build_off_loop"])
 def test_an_error_in_the_work_is_raised_and_the_settings_restored(as_in_the_worker, kind):
     with pytest.raises(ZeroDivisionError):
