@@ -10,8 +10,8 @@ client would serve a LAN of hundreds of phones as one. Such a limit applies
 per address instead, and a /64 as a whole holds at most a larger share of it
 (`Shares`: the limits that apply to an address are its own and, for an IPv6
 address, its /64's; `address_groups` names what it counts under). Users:
-TFTP's transfer slots, NTP's request rate, LDAP's searches in progress and
-connections.
+TFTP's transfer slots, NTP's request rate, LDAP's searches in progress,
+unfinished paged searches and connections.
 
 `ClientTable` keeps one entry per client in bounded memory (the least
 recently seen client is forgotten beyond `max_keys`); the caller passes the
@@ -33,8 +33,8 @@ monotonic time in (sans-IO). Two limits are built on it:
 `ClientCounts` is what each client holds now — connections or searches in
 progress, bytes buffered — and the total; it keeps only clients that hold
 something, so it is bounded by what is held. Users: LDAP's connection caps,
-searches in progress (both counted per address and per /64, `Shares`) and
-buffered bytes (proto.ldap.limits).
+searches in progress, unfinished paged searches (all three counted per
+address and per /64, `Shares`) and buffered bytes (proto.ldap.limits).
 """
 
 from __future__ import annotations

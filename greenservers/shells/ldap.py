@@ -31,8 +31,9 @@ messages are capped across connections (BufferBudget), unfinished paged
 searches per client, in total and in idle time (PagedBudget), a connection
 idle for `idle_timeout` seconds is closed, and so is one whose client reads
 nothing of what it is sent for WRITE_STALL seconds. A client is an IPv4
-address or an IPv6 /64, but connections and searches in progress are capped
-per address, an IPv6 /64 as a whole holding a larger share (proto.ldap.limits).
+address or an IPv6 /64, but connections, searches in progress and
+unfinished paged searches are capped per address, an IPv6 /64 as a whole
+holding a larger share (proto.ldap.limits).
 
 The directory follows the address book (`DirectoryFollower`, one greenlet per
 book): it is built once, a slice of work at a time between turns of the event
@@ -487,7 +488,7 @@ class LdapService(Service):
             sock.close()
             return
         sensors.set("ldap_connections_open", self.caps.open)
-        session = proto.LdapSession(self.policy, self.directory, time.monotonic, tls=tls_first, client=client, buffers=self.buffers,
+        session = proto.LdapSession(self.policy, self.directory, time.monotonic, tls=tls_first, address=peer, buffers=self.buffers,
                                     paged=self.paged)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers go out whole; no Nagle delay

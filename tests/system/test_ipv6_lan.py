@@ -1,15 +1,18 @@
-"""A LAN of phones in one IPv6 /64, in a private network namespace: NTP's rate and LDAP's searches in progress
-are limited per address, and the /64 as a whole holds a larger share.
+"""A LAN of phones in one IPv6 /64, in a private network namespace: NTP's rate, LDAP's searches in progress and
+its unfinished paged searches are limited per address, and the /64 as a whole holds a larger share.
 
 Real clients from many addresses of one /64: chronyd -Q (its `bindacqaddress`) and ldapsearch (OpenLDAP's
 SOCKET_BIND_ADDRESSES) all get answers, while one address of the /64 flooding is limited on its own, and a
 device using many addresses of another /64 (NTP) or many addresses of the phones' /64 (LDAP) stays within
-the /64's share while the others are served.
+the /64's share while the others are served. Phones of the LAN paging through the directory at once
+(ldapsearch -E pr=) each get every entry, while one address keeping many paged searches gives up only its
+own, and a device cycling the addresses of its /64 keeps no more than the /64's share in memory.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import tempfile
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from support import ServiceProcess, eventually, free_port, free_udp_port, ldap_wire as w
+from support.ldap import read_until_done
 from support.netns import in_network_namespace
 
 from greenservers.addressbook import AddressBook
@@ -34,6 +38,9 @@ HOLDERS = [f"fd00:64::2:{n:x}" for n in range(1, 11)]  # addresses of the LAN ho
 NEIGHBOUR = "fd00:65::1"  # a phone of another /64
 DEVICE = [f"fd00:66::{n:x}" for n in range(1, 41)]  # one device using 40 addresses of its own /64
 WITNESS = "fd00:67::1"  # asks last: its answer means every request before it was handled
+PAGERS = [f"fd00:64::3:{n:x}" for n in range(1, 17)]  # phones of the LAN paused between two pages
+BROWSERS = [f"fd00:64::4:{n:x}" for n in range(1, 13)]  # phones of the LAN paging straight through, meanwhile
+CYCLER = [f"fd00:68::{n:x}" for n in range(1, 65)]  # one device using 64 addresses of its /64, 8 paged searches each
 SHARE = limits.MAX_SEARCHES - limits.MAX_SEARCHES // limits.RESERVED_SHARE  # searches in progress a /64 may hold
 PASSWORD, ADMIN_PASSWORD = "lan-phones-pw", "lan-admin-pw"
 CONTACTS = 2000
@@ -182,3 +189,139 @@ def test_a_lan_of_phones_in_one_64_is_served_while_an_address_or_a_64_over_its_s
     flood_sent, flood_answered = found["flood"][:2]
     device_sent, device_answered = found["device"][:2]
     assert found["ntp refused counted"] == flood_sent - flood_answered + device_sent - device_answered
+
+
+# -- paged searches (RFC 2696) from the phones of one /64 ------------------------------------------
+
+PAGED_CONTACTS = 8000  # a paged search of everyone with pages of one keeps 8,000 ids (32 KB)
+PAGE = 500
+PROMPT = "Enter for the next"
+
+
+def paging(source: str, port: int, prompt: bool) -> subprocess.Popen:
+    """ldapsearch paging through every contact from `source`; with `prompt`, it asks on its stdout (line-buffered
+    by stdbuf, so the prompt is seen) and waits for a line on its stdin before each page after the first."""
+    env = dict(os.environ, LDAPSOCKET_BIND_ADDRESSES=source)
+    mode = "prompt" if prompt else "noprompt"
+    return subprocess.Popen(["stdbuf", "-oL", "ldapsearch", "-x", "-H", f"ldap://[{SERVER}]:{port}", "-D", "phonebook",
+                             "-w", PASSWORD, "-b", "dc=pbx", "-LLL", "-E", f"pr={PAGE}/{mode}", "(sn=*)", "sn"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def asked_for_next_page(proc: subprocess.Popen, timeout: float = 30.0) -> bytes:
+    """What `proc` wrote up to its prompt for the next page (its first page read: its cookie is held)."""
+    said, deadline = b"", time.monotonic() + timeout
+    while PROMPT.encode() not in said:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+        assert chunk, f"no prompt for the next page: {said[-300:]!r}"
+        said += chunk
+    return said
+
+
+def every_entry(proc: subprocess.Popen, said: bytes = b"") -> tuple[int, int, str]:
+    """(exit code, entries read, what it said on stderr)."""
+    out, err = proc.communicate(b"\n" * (PAGED_CONTACTS // PAGE + 2), timeout=60)
+    return proc.returncode, sum(line.startswith("sn: ") for line in (said + out).decode().splitlines()), err.decode()
+
+
+def paged_from(source: str, port: int, count: int) -> tuple[socket.socket, list[bytes]]:
+    """A connection from `source` starting `count` paged searches of everyone with pages of one: their cookies."""
+    sock = socket.socket(socket.AF_INET6)
+    sock.bind((source, 0))
+    sock.settimeout(10)
+    sock.connect((SERVER, port))
+    sock.sendall(w.bind(1, "phonebook", PASSWORD))
+    assert w.parse_responses(sock.recv(100))[0].code == 0
+    cookies = []
+    for n in range(count):
+        sock.sendall(w.search(2 + n, "(sn=*)", controls=[w.paged(1)]))
+        done = read_until_done(sock)[-1]
+        assert done.code == 0, done
+        cookies.append(w.paged_cookie(done.controls[ldap.OID_PAGED_RESULTS])[1])
+    return sock, cookies
+
+
+def next_page(sock: socket.socket, cookie: bytes) -> int:
+    sock.sendall(w.search(100, "(sn=*)", controls=[w.paged(1, cookie)]))
+    return read_until_done(sock)[-1].code
+
+
+
+def paging_probe() -> dict:
+    directory = Path(tempfile.mkdtemp())
+    book = AddressBook(directory / "data" / "addressbook.sqlite3")
+    book.import_csv("first_name,last_name,work\n" + "".join(f"Person{i},Name{i:05d},+1 555 {i:07d}\n" for i in range(PAGED_CONTACTS)))
+    book.close()
+    port = free_port()
+    svc = ServiceProcess(directory, {"ip_ldap_port": f"[{SERVER}]:{port}", "ip_http_port": f"127.0.0.1:{free_port()}",
+                                     "ldap_password": PASSWORD, "admin_password_hash": hash_password(ADMIN_PASSWORD)})
+    svc.start()
+    found: dict = {}
+    socks: list[socket.socket] = []
+
+    def kept(count: int):
+        state = svc.sensors(ADMIN_PASSWORD)
+        return state if state["ldap_paged_searches_open"] == count else None
+
+    try:
+        # 16 phones of the LAN read their first page and pause: 16 paged searches held at once
+        paused = [paging(phone, port, prompt=True) for phone in PAGERS]
+        said = [asked_for_next_page(proc) for proc in paused]
+        found["held by the paused"] = svc.sensors(ADMIN_PASSWORD)["ldap_paged_searches_open"]
+        # one address of the LAN keeps 12 over two connections: it gives up its own 4 oldest, no phone's
+        first, first_cookies = paged_from(FLOODER, port, 6)
+        second, second_cookies = paged_from(FLOODER, port, 6)
+        socks += [first, second]
+        found["greedy pages"] = [next_page(first, cookie) for cookie in first_cookies] + \
+                                [next_page(second, cookie) for cookie in second_cookies]
+        found["held with the greedy"] = svc.sensors(ADMIN_PASSWORD)["ldap_paged_searches_open"]
+        # 12 more phones page straight through meanwhile, all at once
+        browsing = [paging(phone, port, prompt=False) for phone in BROWSERS]
+        found["browsers"] = [every_entry(proc) for proc in browsing]
+        # then the paused phones go on to their last page
+        found["paused"] = [every_entry(proc, told) for proc, told in zip(paused, said, strict=True)]
+        for sock in socks:
+            sock.close()
+        socks.clear()
+        eventually(lambda: kept(0), timeout=30, what="every paged search given back")
+        # a device cycling the addresses of its /64, 8 paged searches of everyone on each: the /64's share is kept
+        before = svc.worker_rss_mib
+        cookies = []
+        for source in CYCLER:
+            sock, mine = paged_from(source, port, 8)
+            socks.append(sock)
+            cookies += [(sock, cookie) for cookie in mine]
+        found["kept for the device"] = svc.sensors(ADMIN_PASSWORD)["ldap_paged_searches_open"]
+        during = svc.worker_rss_mib
+        found["device's first and last"] = [next_page(*cookies[0]), next_page(*cookies[-1])]
+        found["lan phone meanwhile"] = every_entry(paging(PHONES[0], port, prompt=False))
+        for sock in socks:
+            sock.close()
+        socks.clear()
+        eventually(lambda: kept(0), timeout=30, what="the device's paged searches given back")
+        found["memory"] = [before, during, svc.worker_rss_mib]
+    finally:
+        for sock in socks:
+            sock.close()
+        svc.stop()
+    return found
+
+
+def test_phones_of_one_64_page_through_the_directory_at_once_and_an_address_or_a_64_keeps_only_its_share():
+    addresses = (SERVER, *PHONES, *PAGERS, *BROWSERS, FLOODER, *CYCLER)
+    found = in_network_namespace(paging_probe, addresses=tuple(f"{a}/64" for a in addresses), timeout=240)
+    # 16 phones of one /64 each hold a paged search at once (8 per /64 gave up their oldest)
+    assert found["held by the paused"] == len(PAGERS)
+    # one address keeping 12 gives up its own oldest 4 (an invalid cookie), keeps 8, and takes no phone's
+    assert found["greedy pages"] == [ldap.UNWILLING_TO_PERFORM] * 4 + [0] * 8, found["greedy pages"]
+    assert found["held with the greedy"] == len(PAGERS) + limits.MAX_PAGED_PER_CLIENT
+    # every phone, paused or paging straight through meanwhile, got every entry
+    assert found["browsers"] == [[0, PAGED_CONTACTS, ""]] * len(BROWSERS), found["browsers"]
+    assert found["paused"] == [[0, PAGED_CONTACTS, ""]] * len(PAGERS), found["paused"]
+    # a device cycling 64 addresses of its /64 (512 paged searches) keeps the /64's share: its oldest went
+    assert found["kept for the device"] == limits.MAX_PAGED_PER_PREFIX
+    assert found["device's first and last"] == [ldap.UNWILLING_TO_PERFORM, 0]
+    assert found["lan phone meanwhile"] == [0, PAGED_CONTACTS, ""]
+    before, during, after = found["memory"]
+    assert during - before < 4 and after - before < 4, found["memory"]  # 512 would have kept ~16 MiB

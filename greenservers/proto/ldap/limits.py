@@ -1,8 +1,9 @@
 """Bookkeeping for the shell, per client and in total (sans-IO): fair shares of search time, bytes held,
 unfinished paged searches, failed binds and connections. A client is an IPv4 address or an IPv6 /64
-(proto/clients.py's `client_key`), except for searches in progress and connections: those are limited
-per address, and an IPv6 /64 as a whole holds a larger share (proto/clients.py's `Shares`), as the
-phones of an IPv6 LAN share one /64. The tables per client are proto/clients.py's."""
+(proto/clients.py's `client_key`), except for searches in progress, unfinished paged searches and
+connections: those are limited per address, and an IPv6 /64 as a whole holds a larger share
+(proto/clients.py's `Shares`), as the phones of an IPv6 LAN share one /64. The tables per client are
+proto/clients.py's."""
 
 from __future__ import annotations
 
@@ -189,7 +190,15 @@ class BufferBudget:
 
 # -- unfinished paged searches of every session ----
 
-MAX_PAGED_PER_CLIENT = 8  # unfinished paged searches per client, across its connections; its oldest is given up
+MAX_PAGED_PER_CLIENT = 8  # unfinished paged searches per address, across its connections; its oldest is given up
+# An IPv6 /64 as a whole (a LAN of phones; or one device with 2^64 addresses) may keep 64: a phone
+# browsing the directory keeps one while its user reads a page (PAGED_IDLE at most once left), so 64
+# phones of a LAN, or 8 addresses at their own 8, page at once without giving up each other's; a
+# device cycling its /64 keeps at most 64 (of the whole book, 64 x 200,000 ids would be 51 MB, so
+# MAX_PAGED_IDS still bounds it; its new ones give up the /64's oldest, and never another client's
+# unless the total is reached, when the client keeping the most ids gives up first); and sessions
+# holding them are bounded by the /64's share of connections (ConnectionCaps) anyway.
+MAX_PAGED_PER_PREFIX = 64
 MAX_PAGED_IDS = 2_000_000  # ids all unfinished paged searches keep together (4 bytes each: 8 MB)
 PAGED_IDLE = 60.0  # seconds an unfinished paged search is kept while no page of it is asked for
 
@@ -199,18 +208,23 @@ class PagedBudget:
 
     Each is known by (owner, cookie); the owner is a session's searches, and
     `owner.drop(cookie)` forgets one the budget gives up. At most `per_client`
-    per client (its oldest is given up for a new one), at most `total_ids`
-    found ids kept altogether (the oldest of the client keeping the most is
-    given up), and none kept `idle` seconds after its last page was asked for
-    (looked at whenever a paged search starts or goes on). A client sees a
-    search given up as an invalid cookie, and starts again.
+    per address and `per_prefix` per IPv6 /64 as a whole (`Shares`: a new one
+    gives up the oldest of its address, or of its /64, at its limit), at most
+    `total_ids` found ids kept altogether (the oldest of the client, an IPv4
+    address or an IPv6 /64, keeping the most is given up), and none kept
+    `idle` seconds after its last page was asked for (looked at whenever a
+    paged search starts or goes on). A client sees a search given up as an
+    invalid cookie, and starts again.
     """
 
-    def __init__(self, per_client: int = MAX_PAGED_PER_CLIENT, total_ids: int = MAX_PAGED_IDS, idle: float = PAGED_IDLE):
+    def __init__(self, per_client: int = MAX_PAGED_PER_CLIENT, total_ids: int = MAX_PAGED_IDS, idle: float = PAGED_IDLE,
+                 per_prefix: int = MAX_PAGED_PER_PREFIX):
         self.per_client, self.total_ids, self.idle = per_client, total_ids, idle
-        self._kept: OrderedDict[tuple, tuple[str, int, float]] = OrderedDict()  # by last use: (client, ids, last use)
-        self._of_client: dict[str, OrderedDict[tuple, None]] = {}  # each client's, oldest first
-        self._ids = ClientCounts()
+        self.per_prefix = max(per_client, per_prefix)
+        self._kept: OrderedDict[tuple, tuple[tuple[str, ...], int, float]] = OrderedDict()  # by last use: (groups, ids, last use)
+        self._of_group: dict[str, OrderedDict[tuple, None]] = {}  # each address's and each /64's, oldest first
+        self._held = ClientCounts()  # how many each address and each /64 keeps
+        self._ids = ClientCounts()  # the ids each client (IPv4 address, IPv6 /64) keeps
 
     @property
     def open(self) -> int:
@@ -220,18 +234,25 @@ class PagedBudget:
     def ids(self) -> int:
         return self._ids.total
 
-    def keep(self, owner, cookie: bytes, client: str, ids: int, now: float) -> None:
-        """`owner` keeps `ids` found ids for the pages after the first, under `cookie`."""
+    def kept_by(self, key: str) -> int:
+        """The unfinished paged searches of an address or an IPv6 /64 ("x::/64")."""
+        return self._held.of(key)
+
+    def keep(self, owner, cookie: bytes, address: str, ids: int, now: float) -> None:
+        """`owner` (a session of `address`) keeps `ids` found ids for the pages after the first, under `cookie`."""
         self.expire(now)
-        while len(self._of_client.get(client, ())) >= self.per_client:
-            self._give_up(next(iter(self._of_client[client])))
+        limits = Shares(self.per_client, self.per_prefix).of(address)
+        while (groups := self._held.admit(limits, math.inf)) is None:  # its address's, or its /64's, oldest goes
+            full = next(key for key, limit in limits if self._held.of(key) >= limit)
+            self._give_up(next(iter(self._of_group[full])))
         while self._kept and self._ids.total + ids > self.total_ids:
-            heaviest = max(self._of_client, key=self._ids.of)
-            self._give_up(next(iter(self._of_client[heaviest])))
+            heaviest = max(self._of_group, key=self._ids.of)
+            self._give_up(next(iter(self._of_group[heaviest])))
         key = (owner, cookie)
-        self._kept[key] = (client, ids, now)
-        self._of_client.setdefault(client, OrderedDict())[key] = None
-        self._ids.add(client, ids)
+        self._kept[key] = (groups, ids, now)
+        for group in groups:
+            self._of_group.setdefault(group, OrderedDict())[key] = None
+        self._ids.add(groups[-1], ids)
 
     def touch(self, owner, cookie: bytes, now: float) -> None:
         """A page of it is asked for: idle from now."""
@@ -247,12 +268,14 @@ class PagedBudget:
         kept = self._kept.pop(key, None)
         if kept is None:
             return
-        client, ids, _ = kept
-        mine = self._of_client[client]
-        del mine[key]
-        if not mine:
-            del self._of_client[client]
-        self._ids.add(client, -ids)
+        groups, ids, _ = kept
+        for group in groups:
+            mine = self._of_group[group]
+            del mine[key]
+            if not mine:
+                del self._of_group[group]
+        self._held.add(groups, -1)
+        self._ids.add(groups[-1], -ids)
 
     def expire(self, now: float) -> None:
         """Give up those idle for longer than `idle`."""
