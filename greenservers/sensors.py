@@ -192,7 +192,8 @@ DECLARED: tuple[Sensor, ...] = (
            "source cannot draw more)."),
     # NTP
     Sensor("ntp_requests_answered", 30, C, "NTP requests answered."),
-    Sensor("ntp_requests_refused", 31, C, "NTP requests dropped or answered with a kiss-o'-death (malformed, not mode 3, rate limited)."),
+    Sensor("ntp_requests_refused", 31, C, "NTP requests dropped or answered with a kiss-o'-death (malformed, not mode 3, "
+           "over the rate of their address or of their IPv6 /64)."),
     # LDAP
     Sensor("ldap_connections_open", 40, G, "LDAP connections open now."),
     Sensor("ldap_binds_failed", 41, C, "LDAP binds refused (wrong credentials, anonymous, plain bind refused)."),
@@ -201,7 +202,8 @@ DECLARED: tuple[Sensor, ...] = (
            "LDAP searches ended by their time limit (the client's or the server's), answered with the entries found so far."),
     Sensor("ldap_searches_delayed", 44, C,
            "LDAP searches that waited behind another client's, their own client having used more recent search time."),
-    Sensor("ldap_searches_busy", 45, C, "LDAP searches refused as busy: too many in progress from their client or in total."),
+    Sensor("ldap_searches_busy", 45, C,
+           "LDAP searches refused as busy: too many in progress from their address or their IPv6 /64, or running in total."),
     Sensor("ldap_searches_running", 46, G, "LDAP searches running now (not those waiting for their client to read what they sent)."),
     Sensor("ldap_oversize_closed", 47, C, "LDAP connections closed for a message over the size limit (small before a bind) "
            "or for unfinished input over the server's cap."),

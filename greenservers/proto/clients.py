@@ -5,12 +5,21 @@ and can pick any address in it, so limits on IPv6 addresses one by one
 would not hold it. An IPv4 client of a dual-stack socket (`::ffff:a.b.c.d`)
 is that IPv4 address (`client_key`), and is shown as it (`plain_address`).
 
+But every phone of an IPv6 LAN is in the same /64, so a limit sized for one
+client would serve a LAN of hundreds of phones as one. Such a limit applies
+per address instead, and a /64 as a whole holds at most a larger share of it
+(`Shares`: the limits that apply to an address are its own and, for an IPv6
+address, its /64's; `address_groups` names what it counts under). Users:
+TFTP's transfer slots, NTP's request rate, LDAP's searches in progress,
+unfinished paged searches and connections.
+
 `ClientTable` keeps one entry per client in bounded memory (the least
 recently seen client is forgotten beyond `max_keys`); the caller passes the
 monotonic time in (sans-IO). Two limits are built on it:
 
 - `TokenBuckets`: a bucket per client that fills at `rate` up to `capacity`.
-  Users: NTP's request rate (proto.ntp.RateLimiter), TFTP's unacknowledged
+  Users: NTP's request rate (proto.ntp.RateLimiter: a table of addresses
+  and one of /64s, `Shares`), TFTP's unacknowledged
   bytes per destination address (proto.tftp.Admission: keyed by the exact
   address, not the client key) and upload volume per hour
   (shells.tftp), and the HTTP gate's spare share for clients admitted
@@ -24,13 +33,15 @@ monotonic time in (sans-IO). Two limits are built on it:
 `ClientCounts` is what each client holds now — connections or searches in
 progress, bytes buffered — and the total; it keeps only clients that hold
 something, so it is bounded by what is held. Users: LDAP's connection caps,
-searches in progress and buffered bytes (proto.ldap.limits).
+searches in progress, unfinished paged searches (all three counted per
+address and per /64, `Shares`) and buffered bytes (proto.ldap.limits).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict, deque
+from typing import NamedTuple
 
 
 def client_key(address: str | None) -> str:
@@ -50,6 +61,27 @@ def client_key(address: str | None) -> str:
     if ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return f"{ipaddress.IPv6Address(ip.packed[:8] + bytes(8))}/64"
+
+
+def address_groups(address: str | None) -> tuple[str, ...]:
+    """What a per-address limit counts `address` under: the address as the socket gives it (an IPv4 client of
+    a dual-stack socket as its IPv4 address) and, for an IPv6 address, its /64 as a whole (`client_key`)."""
+    key = client_key(address)
+    if not key.endswith("/64"):
+        return (key,)
+    return (address, key)
+
+
+class Shares(NamedTuple):
+    """A limit per address, and the larger share an IPv6 /64 as a whole may hold of what it limits."""
+
+    per_address: float
+    per_prefix: float
+
+    def of(self, address: str | None) -> list[tuple[str, float]]:
+        """The limits that apply to `address`: [(the address, per_address)], and for an IPv6 address
+        (its /64, per_prefix) after it."""
+        return list(zip(address_groups(address), self, strict=False))  # an IPv4 address: its own limit only
 
 
 def plain_address(host: str) -> str:
@@ -185,18 +217,22 @@ class ClientCounts:
     def of(self, key: str) -> int:
         return self._held.get(key, 0)
 
-    def add(self, key: str, amount: int = 1) -> None:
-        """`key` holds `amount` more (less, if negative)."""
-        held = self._held.get(key, 0) + amount
+    def add(self, key: str | tuple[str, ...], amount: int = 1) -> None:
+        """`key` holds `amount` more (less, if negative); a tuple of keys (`address_groups`) is one holder
+        counted under each of them, and once in the total."""
         self.total += amount
-        if held > 0:
-            self._held[key] = held
-        else:
-            self._held.pop(key, None)
+        for one in (key,) if isinstance(key, str) else key:
+            held = self._held.get(one, 0) + amount
+            if held > 0:
+                self._held[one] = held
+            else:
+                self._held.pop(one, None)
 
-    def admit(self, key: str, per_client: int, total: int) -> bool:
-        """One more for `key` if that keeps it within `per_client` and everyone within `total`."""
-        if self.total >= total or self._held.get(key, 0) >= per_client:
-            return False
-        self.add(key)
-        return True
+    def admit(self, limits: list[tuple[str, float]], total: int) -> tuple[str, ...] | None:
+        """One more under every key of `limits` (`Shares.of`) if that keeps each within its limit and everyone
+        within `total`: the keys it is counted under (to `add` back, negative, when it ends), or None."""
+        if self.total >= total or any(self._held.get(key, 0) >= limit for key, limit in limits):
+            return None
+        keys = tuple(key for key, _ in limits)
+        self.add(keys)
+        return keys

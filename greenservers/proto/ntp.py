@@ -32,12 +32,14 @@ Abuse (RFC 5905 §7.4, §9.2; RFC 8633 §3 "mode 6 and 7"):
   chain cannot have are dropped. The answer is always 48 bytes, never larger
   than the request, so the server cannot amplify.
 * A per-client rate limiter (chrony's `ratelimit`): a token bucket per
-  client address (IPv6 per /64, so one host cannot dodge it by rotating
-  addresses), in bounded memory (least recently seen clients forgotten). A
-  client over its limit gets a Kiss-o'-Death `RATE` packet (stratum 0, LI 3,
-  the timestamps carrying no time, as ntpd does) at most once per
-  KOD_INTERVAL and is otherwise ignored; its requests while limited keep
-  the bucket empty, so a flood stays silenced until it slows down.
+  address, and one per IPv6 /64 as a whole, PREFIX_SHARE times larger (the
+  phones of an IPv6 LAN share one /64; one host can rotate through all its
+  addresses, and then meets the /64's), in bounded memory (least recently
+  seen clients forgotten). A client over its limit gets a Kiss-o'-Death
+  `RATE` packet (stratum 0, LI 3, the timestamps carrying no time, as ntpd
+  does) at most once per KOD_INTERVAL and is otherwise ignored; its requests
+  while limited keep the bucket empty, so a flood stays silenced until it
+  slows down.
 
 What the responder returns is the cores' one shape (proto.results): the reply,
 or a `Refused` event (its reason) followed by the KoD when one is sent; the
@@ -54,7 +56,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
-from .clients import TokenBuckets, client_key
+from .clients import TokenBuckets, address_groups
 from .results import Event, Output
 
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 (NTP era 0) to 1970-01-01
@@ -73,14 +75,21 @@ KISS_RATE = b"RATE"
 # client that also has a better source prefers it
 STRATUM_WHEN_UPSTREAM_UNKNOWN = 4
 
-# rate limiter (per client address; IPv6 per /64). Sized for a site of phones behind one
-# address (a NAT, or one IPv6 LAN): 500 phones polling every 64 s make 8 requests a
-# second; a flood makes thousands. chronyd's default (1 per 8 s, burst 8) suits hosts.
-RATE_PER_SECOND = 8.0  # sustained requests a client may make
-BURST = 64  # requests a client may make at once (phones booting together)
-KOD_INTERVAL = 8.0  # seconds between two KoD packets to one limited client
+# rate limiter, per address: sized for a site of phones behind one IPv4 address (a NAT):
+# 500 phones polling every 64 s make 8 requests a second; a flood makes thousands.
+# chronyd's default (1 per 8 s, burst 8) suits hosts.
+RATE_PER_SECOND = 8.0  # sustained requests an address may make
+BURST = 64  # requests an address may make at once (phones booting together behind a NAT)
+# An IPv6 /64 as a whole: a LAN of phones, each with its own address, or one device using
+# as many of its 2^64 addresses as it likes. 16 times an address's: a LAN of 1,000 phones
+# booting together is answered at once (burst 1,024), and 8,000 polling every 64 s (128 a
+# second); a device owning the /64 gets 128 answers a second (about 12 KB/s of 48-byte
+# answers, and a victim of spoofed requests no more), a load the server does not notice,
+# while every other client keeps its own buckets.
+PREFIX_SHARE = 16
+KOD_INTERVAL = 8.0  # seconds between two KoD packets to one limited address or /64
 KOD_MIN_POLL = 4  # log2 seconds a KoD asks the client to wait at least
-MAX_CLIENTS = 8192  # clients remembered at once (about 1 MB)
+MAX_CLIENTS = 8192  # addresses remembered at once, and /64s as many (about 1 MB each)
 
 _HEADER = struct.Struct("!BBbbII4sQ8sQ")  # everything up to the transmit timestamp
 _STATE = struct.Struct("!bII4sQ")  # precision .. reference time: the clock's part of the header
@@ -255,18 +264,17 @@ LIMIT_TABLE = {
 }
 
 
-class RateLimiter(TokenBuckets):
-    """A token bucket of requests per client (proto.clients.TokenBuckets); `check(key, now)` gives the verdict.
+class RequestBuckets(TokenBuckets):
+    """A token bucket of requests per key (proto.clients.TokenBuckets); `check(key, now)` gives the verdict.
 
     Every request takes a token, answered or not, and the bucket may go as
-    far into debt as it can hold: a client sending faster than the rate
-    stays limited; one that slows down is answered again after at most
-    2 * burst / rate seconds. Each entry also keeps when the client's next KoD is due.
+    far into debt as it can hold: a key sending faster than the rate stays
+    limited; one that slows down is answered again after at most
+    2 * burst / rate seconds. Each entry also keeps when the key's next KoD is due.
     """
 
-    def __init__(self, rate: float = RATE_PER_SECOND, burst: int = BURST, kod_interval: float = KOD_INTERVAL,
-                 max_clients: int = MAX_CLIENTS):
-        super().__init__(rate, burst, max_clients)
+    def __init__(self, rate: float, burst: float, kod_interval: float, max_keys: int):
+        super().__init__(rate, burst, max_keys)
         self.kod_interval = kod_interval
 
     def new_entry(self, now: float) -> list:
@@ -280,6 +288,34 @@ class RateLimiter(TokenBuckets):
         if verdict is KISSED:
             entry[2] = now + self.kod_interval
         return verdict
+
+
+class RateLimiter:
+    """The request rate of each address (`rate`, `burst`) and of each IPv6 /64 as a whole (`prefix_share` times
+    both), by proto.clients.Shares' rule; `check(address, now)` gives the verdict.
+
+    A request is counted against its /64 only when its address is within its own rate: one address
+    flooding spends its own bucket, not its neighbours'. A /64 in debt (a device cycling through its
+    addresses) is refused before its address is looked at, so such a flood adds a new address to the
+    table only as fast as the /64's bucket refills, and forgets no one else's.
+    """
+
+    def __init__(self, rate: float = RATE_PER_SECOND, burst: int = BURST, kod_interval: float = KOD_INTERVAL,
+                 max_clients: int = MAX_CLIENTS, prefix_share: float = PREFIX_SHARE):
+        self.addresses = RequestBuckets(rate, burst, kod_interval, max_clients)
+        self.prefixes = RequestBuckets(rate * prefix_share, burst * prefix_share, kod_interval, max_clients)
+
+    def __len__(self) -> int:
+        return len(self.addresses) + len(self.prefixes)
+
+    def check(self, address: str, now: float) -> str:
+        groups = address_groups(address)
+        prefix = groups[1] if len(groups) > 1 else None
+        if prefix is None or self.prefixes.level(prefix, now) >= 1.0:  # the /64 can pay for one more
+            verdict = self.addresses.check(groups[0], now)
+            if verdict is not ANSWERED or prefix is None:
+                return verdict
+        return self.prefixes.check(prefix, now)
 
 
 # -- answers -----------------------------------------------------------------------
@@ -310,7 +346,7 @@ def _answer_client(request: Request, client: str, limiter: RateLimiter | None, n
         raise Refused(f"unsupported version {request.version}")
     if limiter is None:
         return
-    verdict = limiter.check(client_key(client), now)
+    verdict = limiter.check(client, now)
     if verdict is KISSED:
         raise Refused("rate limited, kiss-o'-death sent", KISS_RATE)
     if verdict is DROPPED:

@@ -13,25 +13,27 @@ Searches never hold the event loop for long: a `SearchGate` runs one slice
 (SLICE seconds of matching, sorting or encoding) at a time, in the order
 `FairShare` chooses (the client that used the least recent search time
 first), and lets the loop poll and serve whatever is ready between two
-slices. Searches in progress are capped per client and the running ones in
+slices. Searches in progress are capped per address and per IPv6 /64 and the running ones in
 total (the rest are answered busy); a search whose answer waits for its
 client to read is suspended meanwhile (it holds no slot of the total), and
 some slots are kept for clients with no search in progress.
 
 Nor does a connection whose socket always has data (requests pipelined
 without end): after TURN_MESSAGES messages or TURN_WORK seconds of work
-without waiting for its client, its greenlet gets in line (shells.loop's
-Turns), and one such connection goes on per turn of the loop, however many
-there are. It reads no more while a request it read is unanswered, so what a
-connection has outstanding is at most one read (RECV_SIZE bytes), one search
-at a time.
+without waiting for its client (a read that found no data, so the loop
+polled meanwhile), its greenlet gets in line (shells.loop's Turns), and one
+such connection goes on per turn of the loop, however many there are. It
+reads no more while a request it read is unanswered, so what a connection
+has outstanding is at most one read (RECV_SIZE bytes), one search at a time.
 
 Connections are capped per client and in total, the bytes of unfinished
 messages are capped across connections (BufferBudget), unfinished paged
 searches per client, in total and in idle time (PagedBudget), a connection
 idle for `idle_timeout` seconds is closed, and so is one whose client reads
 nothing of what it is sent for WRITE_STALL seconds. A client is an IPv4
-address or an IPv6 /64.
+address or an IPv6 /64, but connections, searches in progress and
+unfinished paged searches are capped per address, an IPv6 /64 as a whole
+holding a larger share (proto.ldap.limits).
 
 The directory follows the address book (`DirectoryFollower`, one greenlet per
 book): it is built once, a slice of work at a time between turns of the event
@@ -60,7 +62,7 @@ from gevent.hub import Waiter
 from gevent.server import StreamServer
 
 from ..addressbook import AddressBook, ChangeReader, addressbook_for
-from ..process.offload import freeze_the_built
+from ..process.offload import freeze_the_built, no_full_collections
 from ..proto import ldap as proto
 from ..proto.clients import client_key, plain_address
 from ..ratelog import RateLimitedLog
@@ -69,13 +71,12 @@ from .loop import Turns, serve_ready_then_continue
 
 IDLE_TIMEOUT = 120.0  # phones keep a connection between searches; longer is a leak
 HANDSHAKE_TIMEOUT = 10.0
-MAX_PER_CLIENT = 256  # a NAT can hide many phones behind one address
+MAX_PER_CLIENT = 256  # per address: a NAT can hide many phones behind one (an IPv6 /64 may hold a quarter of all)
 MAX_TOTAL = 4096
 RECV_SIZE = 65536  # also what one connection may have read and not answered yet
 WRITE_STALL = 10.0  # seconds a send may wait without its client reading a byte; then the connection closes
 TURN_MESSAGES = 256  # messages a connection answers before the loop serves others
-TURN_WORK = 0.001  # seconds of CPU a connection works before the loop serves others
-WAITED = 0.0002  # a read that took longer than this (seconds) waited for data: the loop served the others meanwhile
+TURN_WORK = 0.001  # seconds a connection works before the loop serves others
 DISMANTLE_PAUSE = 0.001  # seconds between the steps that free a replaced directory
 DISMANTLE_WAIT = 1.0  # seconds between looks at whether a search still reads a replaced directory
 DISMANTLE_PATIENCE = 600.0  # seconds it waits for them (a client's paged search may go on)
@@ -83,10 +84,9 @@ SLICE = 0.002  # seconds one search runs before the event loop serves the others
 POLL = 0.015  # seconds between looks for changes another process committed to the address book
 FRESH = 0.005  # a search looks first too, if the last look is older than this (a look: about 6 us and 3 system calls)
 CATCH_UP = 0.1  # seconds a search waits for a change it noticed to be applied (an import takes longer)
-APPLY_SLICE = 0.002  # seconds of directory changes between two turns of the event loop
-APPLY_PAUSE = 0.0005  # seconds the follower lets the loop serve others between two slices
+APPLY_SLICE = 0.001  # seconds of directory changes between two turns of the event loop
 READ_PAGE = 250  # contacts read from the book per query (about a millisecond)
-LOG_PAGE = 2000  # changes read from the log per query (about a millisecond)
+LOG_PAGE = 1000  # changes read from the log per query (about a millisecond)
 REBUILD_SHARE = 0.5  # more changed contacts than this share of the directory: built anew rather than changed
 MEANWHILE = 64  # changes of other contacts applied between a merge's slices; more wait for it to end
 
@@ -184,7 +184,8 @@ class SearchGate:
         finally:
             now = self.clock()
             self.fair.charge(ticket.client, now - started, now)
-            self.longest = max(self.longest, time.thread_time() - cpu)
+            if now - started > self.longest:  # CPU time is at most the wall time: only then may it be the longest
+                self.longest = max(self.longest, time.thread_time() - cpu)
             self._running = False
             self._ended = iteration
 
@@ -282,12 +283,13 @@ class DirectoryFollower:
         reader.changed()
         self._seq = reader.last_change()  # changes from here on are applied after the build
         directory = proto.Directory(base)
-        self._run_steps(directory.merge_steps(self._each(reader)))
-        old, self.directory, self.applied = self.directory, directory, 0
-        if old is not None:
-            LdapService.retire(old)
-            del old
-        freeze_the_built()
+        with no_full_collections():  # a full collection would land in a slice
+            self._run_steps(directory.merge_steps(self._each(reader)))
+            old, self.directory, self.applied = self.directory, directory, 0
+            if old is not None:
+                LdapService.retire(old)
+                del old
+            freeze_the_built()
         self._built.set()
         while True:
             self._wake.wait(POLL)
@@ -318,7 +320,7 @@ class DirectoryFollower:
             ids.update(dict.fromkeys(changed))
             if len(ids) > REBUILD_SHARE * max(len(directory), 1000):
                 return None
-            gevent.sleep(APPLY_PAUSE)  # a page of the log read: the loop serves the others before the next
+            serve_ready_then_continue()  # a page of the log read: the loop serves the others before the next
 
     def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: list[int]) -> bool:
         """The contacts of `ids` as they are in the book now (absent: deleted) into the directory. Many
@@ -354,9 +356,10 @@ class DirectoryFollower:
                 self._put_or_delete(reader, directory, now)
                 self._caught_up.set()
 
-            self._run_steps(directory.merge_steps(contacts()), meanwhile)
-            self._run_steps(directory.delete(i) for i in ids if i not in present)
-            freeze_the_built()
+            with no_full_collections():  # a full collection would land in a slice
+                self._run_steps(directory.merge_steps(contacts()), meanwhile)
+                self._run_steps(directory.delete(i) for i in ids if i not in present)
+                freeze_the_built()
             if later and not rebuild:
                 rebuild = not self._apply(reader, directory, list(later))
         else:
@@ -382,12 +385,13 @@ class DirectoryFollower:
 
     @staticmethod
     def _run_steps(steps, meanwhile=None) -> None:
-        """Run an iterator's steps, letting the loop serve the others every APPLY_SLICE seconds
-        (and calling `meanwhile()` then, if given)."""
+        """Run an iterator's steps, letting the loop serve what is ready every APPLY_SLICE seconds
+        (and calling `meanwhile()` then, if given). A turn, not a sleep: the follower takes the time
+        no one else needs, and a build is not stretched by pauses while nothing else waits."""
         deadline = time.monotonic() + APPLY_SLICE
         for _ in steps:
             if time.monotonic() >= deadline:
-                gevent.sleep(APPLY_PAUSE)
+                serve_ready_then_continue()
                 if meanwhile is not None:
                     meanwhile()
                 deadline = time.monotonic() + APPLY_SLICE
@@ -477,13 +481,14 @@ class LdapService(Service):
         peer = plain_address(address[0])
         client = client_key(address[0])
         sensors = self.runtime.sensors
-        if not self.caps.admit(client):
-            self.peer_log.warning("cap", client, "LDAP connection refused: %d open from %s, %d in total",
-                                  self.caps.open_from(client), client, self.caps.open)
+        held = self.caps.admit(peer)
+        if held is None:
+            self.peer_log.warning("cap", client, "LDAP connection refused: %d open from %s, %d from %s, %d in total",
+                                  self.caps.open_from(peer), peer, self.caps.open_from(client), client, self.caps.open)
             sock.close()
             return
         sensors.set("ldap_connections_open", self.caps.open)
-        session = proto.LdapSession(self.policy, self.directory, time.monotonic, tls=tls_first, client=client, buffers=self.buffers,
+        session = proto.LdapSession(self.policy, self.directory, time.monotonic, tls=tls_first, address=peer, buffers=self.buffers,
                                     paged=self.paged)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers go out whole; no Nagle delay
@@ -501,7 +506,7 @@ class LdapService(Service):
         finally:
             sock.close()
             session.close()
-            self.caps.release(client)
+            self.caps.release(held)
             sensors.set("ldap_connections_open", self.caps.open)
             sensors.set("ldap_buffered_bytes", self.buffers.held)
             sensors.set("ldap_paged_searches_open", self.paged.open)
@@ -514,7 +519,8 @@ class LdapService(Service):
         if tls_first:
             sock = self._start_tls(sock)
         sensors = self.runtime.sensors
-        messages, work = 0, 0.0  # answered, and CPU seconds spent, since this connection last let others go first
+        loop = gevent.get_hub().loop
+        messages, work = 0, 0.0  # answered, and seconds spent, since this connection last let others go first
         while True:
             if messages >= TURN_MESSAGES or work >= TURN_WORK:
                 # a socket that always has data never blocks, so the greenlet would never give the loop back
@@ -524,16 +530,18 @@ class LdapService(Service):
                 data = b""
             else:
                 sock.settimeout(self.idle_timeout)
-                asked = time.monotonic()
+                asked = loop.iteration
                 data = sock.recv(RECV_SIZE)
                 if not data:
                     return
-                if time.monotonic() - asked > WAITED:  # a client that waits for its answers never waits in line
+                if loop.iteration != asked:  # it waited, and the loop polled: a client that waits for its answers never waits in line
                     messages, work = 0, 0.0
-            started, waits = time.thread_time(), self.waits
+            started, cpu, waits = time.perf_counter(), time.thread_time(), self.waits
             items = session.receive(data)
-            if self.waits == waits:  # it ran without a pause: all that time, the loop served nothing else
-                self._held(time.thread_time() - started)
+            # it ran without a pause: all that time, the loop served nothing else (its CPU time is read only
+            # when it may be the longest: it is at most the wall time, and reading it is a system call)
+            if self.waits == waits and time.perf_counter() - started > self.longest_hold:
+                self._held(time.thread_time() - cpu)
             messages += session.answered
             sensors.set("ldap_buffered_bytes", self.buffers.held)
             for item in _coalesced(items):  # one send for a batch's answers
@@ -544,9 +552,9 @@ class LdapService(Service):
                 sock = self._act(item, sock, session, session.client, peer)
                 if sock is None:
                     return
-            # the thread's CPU time: where this greenlet waited (a search's turn, a failed bind's delay), the others'
-            # work counts too, which only brings its next wait in line sooner
-            work += time.thread_time() - started
+            # wall time: where this greenlet waited (a search's turn, a failed bind's delay) or the kernel ran
+            # another process, that counts too, which only brings its next wait in line sooner
+            work += time.perf_counter() - started
 
     def _act(self, item, sock, session: proto.LdapSession | None, client: str, peer: str):
         """Do what one output says; the socket to go on with (another after StartTLS), None to close."""
@@ -589,28 +597,29 @@ class LdapService(Service):
         """Run a search to its end, a slice per turn, sending as it goes; True if the connection must close.
         While what a slice found is sent, the search is suspended: a client that does not read holds no slot."""
         sensors = self.runtime.sensors
-        ticket = self.fair.start(client)
+        ticket = self.fair.start(peer)
         if ticket is None:
             sensors.add("ldap_searches_busy")
-            self.peer_log.warning("busy", client, "LDAP search refused as busy: %d in progress from %s, %d in total",
-                                  self.fair.running_from(client), client, self.fair.running)
+            self.peer_log.warning("busy", client, "LDAP search refused as busy: %d in progress from %s, %d from %s, %d running in all",
+                                  self.fair.running_from(peer), peer, self.fair.running_from(client), client, self.fair.running)
             outputs = cursor.refuse(proto.BUSY, "too many searches in progress; try again")
         else:
             outputs = []
         self._count_searches()
         try:
             while True:
-                if ticket is not None:
-                    self.fair.suspend(ticket)
-                    self._count_searches()
-                try:
-                    for item in _coalesced(outputs):
-                        if self._act(item, sock, None, client, peer) is None:
-                            return True
-                finally:
+                if outputs:
                     if ticket is not None:
-                        self.fair.resume(ticket)
+                        self.fair.suspend(ticket)
                         self._count_searches()
+                    try:
+                        for item in _coalesced(outputs):
+                            if self._act(item, sock, None, client, peer) is None:
+                                return True
+                    finally:
+                        if ticket is not None and not cursor.done:  # one that is done ends below, suspended
+                            self.fair.resume(ticket)
+                            self._count_searches()
                 if cursor.done:
                     return False
                 outputs = self.gate.run(ticket, cursor)

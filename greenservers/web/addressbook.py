@@ -14,7 +14,7 @@ from functools import partial
 from flask import Blueprint, Response, copy_current_request_context, flash, jsonify, redirect, render_template, request, url_for
 
 from ..addressbook import FIELDS, MAX_IMPORT_BYTES, NUMBER_FIELDS, ContactError, ContactNotFound, ImportRejected, addressbook_for
-from ..process.offload import run_off_loop
+from ..process.offload import let_the_loop_turn, run_off_loop
 from . import get_runtime, whole_arg
 from .auth import CSV_BODY, JSON_BODY, NO_BODY, admin_required, takes
 
@@ -59,12 +59,24 @@ def _rejected(exc: ImportRejected):
     return jsonify(error="nothing imported", errors=exc.errors, total_errors=exc.total), 400
 
 
+BODY_PIECE = 65536  # bytes of an import read between two turns of the loop (2.5 MB at once held it 8 ms)
+
+
+def _request_body() -> bytes:
+    """The request's body, read a piece at a time with a turn of the loop between pieces."""
+    pieces = []
+    while piece := request.stream.read(BODY_PIECE):
+        pieces.append(piece)
+        let_the_loop_turn()
+    return b"".join(pieces)
+
+
 def _csv_text(data: bytes) -> str | ImportRejected:
     """The CSV text of an import (the API's body, or the page's uploaded file)."""
     if len(data) > MAX_IMPORT_BYTES:
         return ImportRejected([{"row": 0, "field": "", "message": f"the file is larger than {MAX_IMPORT_BYTES} bytes"}])
     try:
-        return data.decode("utf-8-sig")
+        return run_off_loop(data.decode, "utf-8-sig")  # 2.5 MB (50,000 contacts): 2 ms
     except UnicodeDecodeError as exc:
         return ImportRejected([{"row": 0, "field": "", "message": f"the file is not UTF-8 text (byte {exc.start})"}])
 
@@ -159,7 +171,7 @@ def import_contacts():
 
     ?replace=1 makes the file replace the whole address book (still all or nothing).
     """
-    text = _csv_text(request.get_data(cache=False))
+    text = _csv_text(_request_body())
     if isinstance(text, ImportRejected):
         return _rejected(text)
     replace = request.args.get("replace", "").lower() in ("1", "true", "yes", "on")
@@ -168,7 +180,7 @@ def import_contacts():
     except ImportRejected as exc:
         return _rejected(exc)
     _note("replaced with" if replace else "imported", f"{count} contacts")
-    return jsonify(imported=count, total=len(_book()))
+    return jsonify(imported=count, total=run_off_loop(len, _book()))  # count(*) reads every row: 150,000 take ms
 
 
 @bp.get("/api/addressbook/export")
@@ -205,7 +217,7 @@ def _render(
     page = run_off_loop(copy_current_request_context(partial(render_template,
         "addressbook.html",
         contacts=contacts,
-        total=len(book) if q else total,
+        total=run_off_loop(len, book) if q else total,
         q=q,
         fields=FIELDS,
         numbers=NUMBER_FIELDS,

@@ -3,7 +3,7 @@ FailureBackoff (the failures within the window, the wait they earn, bounded memo
 
 from __future__ import annotations
 
-from greenservers.proto.clients import FailureBackoff, TokenBuckets
+from greenservers.proto.clients import ClientCounts, FailureBackoff, Shares, TokenBuckets, address_groups, client_key
 
 
 def test_a_new_key_starts_full_and_refills_at_the_rate_up_to_the_capacity():
@@ -66,3 +66,33 @@ def test_failure_records_are_bounded_the_least_recent_forgotten():
         backoff.failed(key, 0.0)
         backoff.failed(key, 0.0)
     assert len(backoff) == 3 and backoff.retry_after("a", 0.0) == 0.0 and backoff.retry_after("d", 0.0) == 10.0
+
+
+def test_a_client_is_an_ipv4_address_or_an_ipv6_64():
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert client_key("fe80::1%eth0") == client_key("fe80::2")
+    assert client_key("192.0.2.1") != client_key("192.0.2.2")
+
+
+def test_a_per_address_limit_counts_an_ipv6_address_under_its_64_too():
+    assert address_groups("192.0.2.1") == ("192.0.2.1",)
+    assert address_groups("::ffff:192.0.2.1") == ("192.0.2.1",)  # an IPv4 client of a dual-stack socket
+    assert address_groups("2001:db8:1:2::1") == ("2001:db8:1:2::1", "2001:db8:1:2::/64")
+    shares = Shares(per_address=4, per_prefix=24)
+    assert shares.of("2001:db8:1:2::1") == [("2001:db8:1:2::1", 4), ("2001:db8:1:2::/64", 24)]
+    assert shares.of("192.0.2.1") == [("192.0.2.1", 4)]
+
+
+def test_counts_admit_per_address_within_the_64s_share_and_the_total():
+    counts, shares = ClientCounts(), Shares(per_address=2, per_prefix=5)
+    phones = [f"2001:db8::{n}" for n in range(1, 5)]
+    held = [counts.admit(shares.of(phone), total=8) for phone in phones for _ in range(3)]
+    assert [bool(h) for h in held] == [True, True, False, True, True, False, True, False, False, False, False, False]
+    assert counts.of("2001:db8::/64") == 5 and counts.of("2001:db8::1") == 2 and counts.total == 5
+    assert counts.admit(shares.of("2001:db8:0:1::1"), total=8) and counts.admit(shares.of("192.0.2.1"), total=8)
+    counts.add(held[0], -1)  # one ends: a place of its address and of its /64 again
+    assert counts.of("2001:db8::1") == 1 and counts.of("2001:db8::/64") == 4 and counts.total == 6
+    assert counts.admit(shares.of("2001:db8::4"), total=8)
+    assert counts.admit(shares.of("192.0.2.2"), total=8) and counts.admit(shares.of("192.0.2.3"), total=8) is None

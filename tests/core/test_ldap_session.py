@@ -643,6 +643,31 @@ def test_the_last_slots_are_kept_for_clients_with_no_search_in_progress():
     assert fair.start("f") is None  # and no further than the total
 
 
+def test_searches_in_progress_are_capped_per_address_and_a_64_may_fill_all_but_the_reserve():
+    fair = ldap.FairShare()  # 4 per address, 32 running, 8 of them kept
+    assert fair.per_prefix == ldap.MAX_SEARCHES - fair.reserved == 24
+    lan = [fair.start(f"2001:db8:1:2::{n:x}") for n in range(1, 31)]  # thirty phones of one LAN at once
+    assert all(lan[:24]) and not any(lan[24:]) and fair.running_from("2001:db8:1:2::/64") == 24
+    assert fair.running_from("2001:db8:1:2::1") == 1
+    others = [fair.start(f"192.0.2.{n}") for n in range(1, 10)]  # the reserve: other clients' first searches
+    assert all(others[:8]) and others[8] is None and fair.running == 32
+    for ticket in lan[:24] + others[:8]:
+        fair.end(ticket)
+    assert fair.running == 0 and fair.running_from("2001:db8:1:2::/64") == 0
+
+
+def test_one_address_of_a_64_holds_its_own_four_and_suspended_searches_count_for_the_64():
+    fair = ldap.FairShare(per_client=2, total=8, reserved=2, per_prefix=3)
+    mine = [fair.start("2001:db8::66") for _ in range(3)]
+    assert mine[0] and mine[1] and mine[2] is None  # its address's two
+    assert fair.start("2001:db8::1") is not None  # a phone beside it: its own
+    for ticket in mine[:2]:
+        fair.suspend(ticket)  # reading nothing: no running slot, but still the /64's
+    assert fair.running == 1 and fair.start("2001:db8::2") is None and fair.start("2001:db8:0:1::1") is not None
+    fair.end(mine[0])
+    assert fair.suspended == 1 and fair.start("2001:db8::2") is not None
+
+
 class Owner:
     """Stands for a session's searches: what the budget gave up."""
 
@@ -664,6 +689,50 @@ def test_paged_budget_bounds_each_client_across_its_connections():
     for owner in connections[1:]:
         budget.release(owner, b"1")
     assert budget.open == 1 and budget.ids == 100 and not any(o.dropped for o in connections[1:])
+
+
+def test_paged_budget_keeps_8_per_address_and_a_64_may_keep_its_larger_share():
+    budget = ldap.PagedBudget()  # 8 per address, 64 per /64
+    assert budget.per_client == ldap.MAX_PAGED_PER_CLIENT == 8 and budget.per_prefix == ldap.MAX_PAGED_PER_PREFIX == 64
+    phones = [Owner() for _ in range(40)]  # forty phones of one LAN paging at once: none gives up another's
+    for n, phone in enumerate(phones):
+        budget.keep(phone, b"1", f"2001:db8:1:2::{n + 1:x}", 100, now=0.0)
+    assert budget.open == 40 and budget.kept_by("2001:db8:1:2::/64") == 40 and not any(p.dropped for p in phones)
+    greedy = [Owner() for _ in range(12)]  # one address of the LAN keeps twelve: it gives up its own oldest four
+    for n, owner in enumerate(greedy):
+        budget.keep(owner, b"1", "2001:db8:1:2::66", 100, now=1.0 + n)
+    assert [bool(o.dropped) for o in greedy] == [True] * 4 + [False] * 8 and budget.kept_by("2001:db8:1:2::66") == 8
+    assert not any(p.dropped for p in phones) and budget.kept_by("2001:db8:1:2::/64") == 48
+    for owner in greedy[4:]:
+        budget.release(owner, b"1")
+    for phone in phones:
+        budget.release(phone, b"1")
+    assert budget.open == 0 and budget.ids == 0 and budget.kept_by("2001:db8:1:2::/64") == 0 and not budget._of_group
+
+
+def test_paged_budget_an_address_cycling_its_64_keeps_the_64s_share_and_gives_up_the_64s_oldest():
+    budget = ldap.PagedBudget(per_client=2, per_prefix=5, total_ids=10**6, idle=60.0)
+    owners = [Owner() for _ in range(20)]
+    for n, owner in enumerate(owners):  # a new address each time
+        budget.keep(owner, b"1", f"2001:db8::{n + 1:x}", 100, now=float(n))
+    assert budget.open == 5 and budget.kept_by("2001:db8::/64") == 5 and budget.ids == 500
+    assert [bool(o.dropped) for o in owners] == [True] * 15 + [False] * 5  # the /64's oldest each time
+    others = [Owner() for _ in range(3)]  # another /64 and an IPv4 address keep their own
+    budget.keep(others[0], b"1", "2001:db8:0:1::1", 100, now=30.0)
+    budget.keep(others[1], b"1", "2001:db8:0:1::1", 100, now=30.0)
+    budget.keep(others[2], b"1", "::ffff:192.0.2.1", 100, now=30.0)  # an IPv4 client of a dual-stack socket
+    assert budget.open == 8 and not any(o.dropped for o in others) and budget.kept_by("192.0.2.1") == 1
+
+
+def test_paged_budget_past_the_total_the_64_keeping_the_most_ids_gives_up_first():
+    budget = ldap.PagedBudget(per_client=8, per_prefix=64, total_ids=1000, idle=60.0)
+    lan = [Owner() for _ in range(3)]
+    for n, owner in enumerate(lan):  # three addresses of one /64: 600 ids between them
+        budget.keep(owner, b"1", f"2001:db8::{n + 1:x}", 200, now=float(n))
+    single = Owner()
+    budget.keep(single, b"1", "192.0.2.1", 300, now=5.0)  # more than any one address of the /64 keeps
+    budget.keep(Owner(), b"1", "192.0.2.2", 200, now=6.0)  # 1,100: the /64 keeps the most, its oldest goes
+    assert lan[0].dropped == [b"1"] and not lan[1].dropped and not single.dropped and budget.ids == 900
 
 
 def test_paged_budget_gives_up_the_heaviest_clients_oldest_past_the_total():
@@ -693,7 +762,7 @@ def test_paged_results_a_client_leaves_idle_are_given_up_and_closing_gives_back_
     sessions = []
     for _ in range(3):  # three connections of one client, each leaving a paged search unfinished
         h = Harness(contacts=many(30))
-        h.session = ldap.LdapSession(lambda h=h: h.policy, lambda base, h=h: h.directory, h.clock, client="10.0.0.1", paged=budget)
+        h.session = ldap.LdapSession(lambda h=h: h.policy, lambda base, h=h: h.directory, h.clock, address="10.0.0.1", paged=budget)
         h.bind()
         _, done = h.search(scope=1, controls=[w.paged(10)])
         sessions.append((h, w.paged_cookie(done.controls[ldap.OID_PAGED_RESULTS])[1]))
@@ -955,7 +1024,7 @@ def test_a_session_over_the_buffer_budget_is_closed_busy_and_gives_its_bytes_bac
     budget = ldap.BufferBudget(total=150_000, per_client=150_000)
     directory = ldap.Directory("dc=pbx", CONTACTS)
     policy = ldap.Policy(password=PASSWORD)
-    sessions = [ldap.LdapSession(lambda: policy, lambda base: directory, Clock(), client=f"10.0.0.{n}", buffers=budget)
+    sessions = [ldap.LdapSession(lambda: policy, lambda base: directory, Clock(), address=f"10.0.0.{n}", buffers=budget)
                 for n in range(3)]
     big = w.search(2, "(cn=reception)", controls=[w.control("1.2.3.4", b"x" * 200_000)])  # an unknown control, ignored
     for session in sessions[:2]:
@@ -1033,9 +1102,22 @@ def test_bind_throttle_doubles_and_forgets():
 
 def test_connection_caps():
     caps = ldap.ConnectionCaps(per_client=2, total=3)
-    assert [caps.admit("a"), caps.admit("a"), caps.admit("a"), caps.admit("b"), caps.admit("c")] == [True, True, False, True, False]
-    caps.release("a")
+    held = [caps.admit("a"), caps.admit("a"), caps.admit("a"), caps.admit("b"), caps.admit("c")]
+    assert [h is not None for h in held] == [True, True, False, True, False]
+    caps.release(held[0])
     assert caps.admit("c") and caps.open == 3
+
+
+def test_connections_are_capped_per_address_and_a_64_holds_a_quarter_of_all():
+    caps = ldap.ConnectionCaps(per_client=2, total=16)
+    assert caps.per_prefix == 4
+    phones = [caps.admit(f"2001:db8:1:2::{n}") for n in range(1, 6)]  # one connection each
+    assert [h is not None for h in phones] == [True] * 4 + [False]
+    assert caps.open_from("2001:db8:1:2::/64") == 4 and caps.open_from("2001:db8:1:2::1") == 1
+    assert caps.admit("2001:db8:1:3::1") and caps.admit("192.0.2.1")  # the others keep the rest
+    caps.release(phones[0])
+    assert caps.admit("2001:db8:1:2::5") and caps.open_from("2001:db8:1:2::/64") == 4
+    assert caps.admit("2001:db8:1:2::5") is None  # the /64's quarter again
 
 
 def test_pipelined_requests_are_answered_in_bounded_batches():

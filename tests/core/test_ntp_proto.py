@@ -264,15 +264,42 @@ def test_polite_client_is_never_limited():
         clock.mono += 1.0 / ntp.RATE_PER_SECOND
 
 
-def test_ipv6_clients_are_limited_per_64_and_mapped_ipv4_as_ipv4():
-    assert ntp.client_key("2001:db8:1:2::1") == ntp.client_key("2001:db8:1:2:ffff::9")
-    assert ntp.client_key("2001:db8:1:3::1") != ntp.client_key("2001:db8:1:2::1")
-    assert ntp.client_key("::ffff:192.0.2.1") == "192.0.2.1"
-    assert ntp.client_key("fe80::1%eth0") == ntp.client_key("fe80::2")
-    assert ntp.client_key("192.0.2.1") != ntp.client_key("192.0.2.2")
+def test_each_address_has_its_own_rate_and_mapped_ipv4_is_ipv4():
     clock, responder = FakeClock(), ntp.NtpResponder()
     flood(responder, "2001:db8:1:2::1", ntp.BURST, clock)
-    assert flood(responder, "2001:db8:1:2::2", 1, clock) == [ntp.KISSED]
+    assert flood(responder, "2001:db8:1:2::1", 1, clock) == [ntp.KISSED]
+    assert flood(responder, "2001:db8:1:2::2", 1, clock) == [ntp.ANSWERED]  # a phone beside it in its /64
+    flood(responder, "::ffff:192.0.2.1", ntp.BURST, clock)
+    assert flood(responder, "192.0.2.1", 1, clock) == [ntp.KISSED]  # one client, whichever socket it came in on
+
+
+def test_a_lan_of_phones_in_one_64_booting_together_is_answered():
+    clock, responder = FakeClock(), ntp.NtpResponder()
+    phones = [f"2001:db8:1:2::{n:x}" for n in range(1, 1001)]
+    assert {v for phone in phones for v in flood(responder, phone, 1, clock)} == {ntp.ANSWERED}
+    for _ in range(10):  # and polling, all of them every 8 s (each its own rate, the /64 within 16 times it)
+        clock.mono += 8.0
+        assert {v for phone in phones for v in flood(responder, phone, 1, clock)} == {ntp.ANSWERED}
+
+
+def test_a_device_cycling_the_addresses_of_its_64_meets_the_64s_share_and_no_one_else_does():
+    clock, responder = FakeClock(), ntp.NtpResponder()
+    share = ntp.BURST * ntp.PREFIX_SHARE
+    outcomes = [v for n in range(share + 500) for v in flood(responder, f"2001:db8:6:4::{n:x}", 1, clock)]
+    assert outcomes[:share] == [ntp.ANSWERED] * share
+    assert outcomes[share] == ntp.KISSED and set(outcomes[share + 1:]) == {ntp.DROPPED}  # one KoD for the /64
+    assert flood(responder, "2001:db8:6:5::1", 1, clock) == [ntp.ANSWERED]  # the next /64
+    assert flood(responder, "192.0.2.7", 1, clock) == [ntp.ANSWERED]
+    assert len(responder.limiter.addresses) == share + 2  # refused before its address was looked at
+    clock.mono += 2 * ntp.BURST / ntp.RATE_PER_SECOND  # slowed down: answered again
+    assert flood(responder, "2001:db8:6:4::1:1", 1, clock) == [ntp.ANSWERED]
+
+
+def test_one_address_flooding_does_not_spend_its_64s_share():
+    clock, responder = FakeClock(), ntp.NtpResponder()
+    flood(responder, "2001:db8:1:2::66", 100 * ntp.BURST, clock)
+    assert responder.limiter.prefixes.level("2001:db8:1:2::/64", clock.mono) == ntp.BURST * ntp.PREFIX_SHARE - ntp.BURST
+    assert flood(responder, "2001:db8:1:2::1", 1, clock) == [ntp.ANSWERED]
 
 
 def test_limiter_memory_is_bounded():

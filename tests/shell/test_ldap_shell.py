@@ -353,3 +353,29 @@ def test_the_built_directory_and_a_merged_import_are_frozen_for_the_collector(se
         assert gc.get_freeze_count() > frozen
     finally:
         gc.unfreeze()  # the other tests' process as it was
+
+
+def test_full_collections_are_off_while_an_import_is_merged_and_on_again_even_when_the_merge_fails(served, monkeypatch, caplog):
+    service, runtime, _ = served
+    monkeypatch.setattr(offload.monkey, "is_module_patched", lambda name: name == "threading")  # as in the worker
+    before = gc.get_threshold()
+    seen = []
+    merge_steps = ldap.Directory.merge_steps
+
+    def failing(self, contacts):
+        for n, step in enumerate(merge_steps(self, contacts)):
+            seen.append(gc.get_threshold()[2])
+            if n == 3:
+                raise RuntimeError("a bug in the merge")
+            yield step
+
+    try:
+        service.directory(runtime.settings.ldap_base)
+        monkeypatch.setattr(ldap.Directory, "merge_steps", failing)
+        addressbook_for(runtime).import_csv("first_name,last_name\n" + "".join(f"F{i},L{i}\n" for i in range(300)))
+        eventually(lambda: gevent.sleep(0.01) or "could not index the address book" in caplog.text)  # the hub runs the follower
+        assert seen and set(seen) == {offload.NEVER}
+        assert gc.get_threshold() == before
+    finally:
+        monkeypatch.setattr(ldap.Directory, "merge_steps", merge_steps)
+        gc.unfreeze()

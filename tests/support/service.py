@@ -117,6 +117,14 @@ class ServiceProcess:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]
 
+    @property
+    def worker_rss_mib(self) -> float:
+        """The worker's resident memory, in MiB."""
+        for line in Path(f"/proc/{self.worker_pids[0]}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
     def signal_master(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)
 

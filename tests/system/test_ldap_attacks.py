@@ -16,7 +16,6 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -65,13 +64,6 @@ def wait_for(condition, what: str, timeout: float = 30.0):
             return value
         time.sleep(0.02)
     raise AssertionError(f"not reached: {what}")
-
-
-def rss_mib(svc) -> float:
-    for line in Path(f"/proc/{svc.worker_pids[0]}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def assert_still_answering(svc) -> None:
@@ -169,11 +161,11 @@ def notices(socks: list[socket.socket]) -> list[w.Response]:
 
 def test_before_a_bind_a_large_message_is_refused_from_its_header_and_costs_no_memory(svc):
     assert_still_answering(svc)
-    before, oversize = rss_mib(svc), sensors(svc)["ldap_oversize_closed"]
+    before, oversize = svc.worker_rss_mib, sensors(svc)["ldap_oversize_closed"]
     socks = flood(svc, [f"127.0.7.{n}" for n in range(1, 201)], bind=False)
     try:
         wait_for(lambda: sensors(svc)["ldap_oversize_closed"] >= oversize + 200, "200 connections refused")
-        during = rss_mib(svc)
+        during = svc.worker_rss_mib
         got = notices(socks)
         assert len(got) == 200 and all(n is not None and n.name == ldap.OID_NOTICE_OF_DISCONNECTION for n in got)
         assert all(n.code == ldap.PROTOCOL_ERROR and "over the limit of 8192 bytes before a bind" in n.diagnostic for n in got)
@@ -186,7 +178,7 @@ def test_before_a_bind_a_large_message_is_refused_from_its_header_and_costs_no_m
 
 def test_after_a_bind_unfinished_messages_are_capped_across_connections_and_their_memory_comes_back(svc):
     assert_still_answering(svc)
-    before, oversize = rss_mib(svc), sensors(svc)["ldap_oversize_closed"]
+    before, oversize = svc.worker_rss_mib, sensors(svc)["ldap_oversize_closed"]
     socks = flood(svc, [f"127.0.8.{n}" for n in range(1, 201)], bind=True)
     try:
         held_each = MESSAGE - 1024
@@ -198,13 +190,13 @@ def test_after_a_bind_unfinished_messages_are_capped_across_connections_and_thei
         refused = [n for n in notices(socks) if n is not None]
         assert len(refused) == 200 - held // held_each
         assert all(n.code == ldap.BUSY and "unfinished input" in n.diagnostic for n in refused)
-        during = rss_mib(svc)
+        during = svc.worker_rss_mib
         assert during - before < ldap.MAX_BUFFERED / 2**20 + 8, (before, during)  # bounded by the cap, not 50 MiB
     finally:
         for sock in socks:
             sock.close()
     wait_for(lambda: sensors(svc)["ldap_buffered_bytes"] == 0, "the held bytes given back")
-    after = rss_mib(svc)
+    after = svc.worker_rss_mib
     assert after - before < 4, (before, during, after)  # and the memory with them
     assert_still_answering(svc)
 
@@ -335,7 +327,7 @@ def test_connections_that_read_nothing_hold_no_search_slot_and_are_closed_when_t
 def test_unfinished_paged_searches_are_bounded_per_client_and_their_memory_comes_back(svc):
     """One address opens 64 connections x 8 paged searches (page size 1) over everything and never finishes them."""
     assert_still_answering(svc)
-    before = rss_mib(svc)
+    before = svc.worker_rss_mib
     conns, cookies = [], []
     try:
         for _ in range(64):
@@ -349,7 +341,7 @@ def test_unfinished_paged_searches_are_bounded_per_client_and_their_memory_comes
                                 w.paged_cookie(done.controls[ldap.OID_PAGED_RESULTS])[1]))
         state = sensors(svc)
         assert state["ldap_paged_searches_open"] == ldap.MAX_PAGED_PER_CLIENT  # not 512
-        during = rss_mib(svc)
+        during = svc.worker_rss_mib
         # the first ones were given up (an invalid cookie: the client starts again); the last ones go on
         sock, message_id, text, cookie = cookies[0]
         sock.sendall(w.search(100, text, controls=[w.paged(1, cookie)]))
@@ -366,6 +358,6 @@ def test_unfinished_paged_searches_are_bounded_per_client_and_their_memory_comes
             sock.close()
     wait_for(lambda: sensors(svc)["ldap_paged_searches_open"] == 0 and sensors(svc)["ldap_connections_open"] == 0,
              "the paged searches given back")
-    after = rss_mib(svc)
+    after = svc.worker_rss_mib
     assert during - before < 4 and after - before < 4, (before, during, after)  # 512 would have kept ~16 MiB
     assert_still_answering(svc)

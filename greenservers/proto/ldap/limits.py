@@ -1,6 +1,9 @@
 """Bookkeeping for the shell, per client and in total (sans-IO): fair shares of search time, bytes held,
 unfinished paged searches, failed binds and connections. A client is an IPv4 address or an IPv6 /64
-(proto/clients.py's `client_key`); the tables per client are proto/clients.py's."""
+(proto/clients.py's `client_key`), except for searches in progress, unfinished paged searches and
+connections: those are limited per address, and an IPv6 /64 as a whole holds a larger share
+(proto/clients.py's `Shares`), as the phones of an IPv6 LAN share one /64. The tables per client are
+proto/clients.py's."""
 
 from __future__ import annotations
 
@@ -8,13 +11,20 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ..clients import ClientCounts, FailureBackoff, TokenBuckets
+from ..clients import ClientCounts, FailureBackoff, Shares, TokenBuckets
 
 # -- fair shares of search time, and buffered bytes (pure bookkeeping for the shell) ----
 
-MAX_SEARCHES_PER_CLIENT = 4  # searches in progress per client (IPv4 address or IPv6 /64)
+MAX_SEARCHES_PER_CLIENT = 4  # searches in progress per address (running, or waiting for their client to read)
 MAX_SEARCHES = 32  # running in total: each holds its filter and, sorted or paged, every match
-RESERVED_SHARE = 4  # a quarter of MAX_SEARCHES is started only for clients with no search in progress
+RESERVED_SHARE = 4  # a quarter of MAX_SEARCHES is started only for clients (IPv4 address, IPv6 /64) with none in progress
+# An IPv6 /64 as a whole (a LAN of phones; or one device with 2^64 addresses) may have in progress
+# every running slot but the reserve: 24. The phones of a ring group looking up a caller at the
+# same moment can then run as many searches at once as the server runs for anyone, while the
+# reserve stays for the other clients (a /64 with one in progress no longer takes from it), the
+# /64's searches take their turns by the search time it used as a whole (FairShare's budgets are per
+# client), and its searches its addresses do not read (suspended, holding no running slot) are 24
+# at most, not 4 for each of its addresses.
 SEARCH_BUDGET = 10.0  # seconds of search time a client may use before it waits behind lighter clients
 SEARCH_REFILL = 0.5  # seconds of it given back per second
 USAGE_GRAIN = 0.01  # seconds: usages compared in these (a phone's search takes about 0.2 ms)
@@ -25,7 +35,8 @@ MAX_CLIENTS_REMEMBERED = 10000
 class SearchTicket:
     """A search admitted by FairShare; `turn` is the shell's handle to wake it."""
 
-    client: str
+    client: str  # its client key (IPv4 address, IPv6 /64): its budget of search time
+    groups: tuple[str, ...] = ()  # what it is counted under: its address, and an IPv6 address's /64
     turn: object = None
     delayed: bool = False
     arrival: int = 0
@@ -43,54 +54,57 @@ class FairShare:
     search time waits behind the others, and a phone that has used none goes next.
     When a search is passed over for another client's it counts once in `delayed`.
 
-    Searches in progress are capped per client and the running ones in total
-    (`start` refuses). A search whose answer waits for its client to read it
-    is suspended (`suspend`, `resume`): it still counts for its client, but
-    holds no slot of the total, so clients that read nothing cannot take every
-    slot. The last `reserved` slots are kept for clients with no search in
-    progress. A search resumed is let go on even past the total: it was
-    admitted, and holds what it holds already.
+    Searches in progress are capped per address (`per_client`), per IPv6 /64
+    as a whole (`per_prefix`) and the running ones in total (`start`
+    refuses). A search whose answer waits for its client to read it is
+    suspended (`suspend`, `resume`): it still counts for its address and /64,
+    but holds no slot of the total, so clients that read nothing cannot take
+    every slot. The last `reserved` slots are kept for clients (an IPv4
+    address, an IPv6 /64) with no search in progress. A search resumed is let
+    go on even past the total: it was admitted, and holds what it holds already.
     """
 
     def __init__(self, per_client: int = MAX_SEARCHES_PER_CLIENT, total: int = MAX_SEARCHES, budget: float = SEARCH_BUDGET,
-                 refill: float = SEARCH_REFILL, max_clients: int = MAX_CLIENTS_REMEMBERED, reserved: int | None = None):
+                 refill: float = SEARCH_REFILL, max_clients: int = MAX_CLIENTS_REMEMBERED, reserved: int | None = None,
+                 per_prefix: int | None = None):
         self.per_client, self.total = per_client, total
         self.reserved = total // RESERVED_SHARE if reserved is None else reserved
+        self.per_prefix = max(per_client, total - self.reserved) if per_prefix is None else per_prefix
         self.delayed = 0
-        self._running = ClientCounts()
-        self._suspended = ClientCounts()
+        self._in_progress = ClientCounts()  # per address and per /64: running or suspended
+        self._suspended = 0
         self._budgets = TokenBuckets(refill, budget, max_clients)
         self._waiting: list[SearchTicket] = []  # in order of arrival
         self._arrivals = 0
 
-    def start(self, client: str) -> SearchTicket | None:
-        """A ticket for a new search, or None when its client has too many in progress or the server too many running."""
-        held = self.running_from(client)
-        total = self.total if held == 0 else self.total - self.reserved
-        if held >= self.per_client or self._running.total >= total:
+    def start(self, address: str) -> SearchTicket | None:
+        """A ticket for a new search from `address`, or None when its address or its /64 has too many in progress
+        or the server too many running."""
+        limits = Shares(self.per_client, self.per_prefix).of(address)
+        client = limits[-1][0]  # the client key: the IPv4 address, or the IPv6 address's /64
+        total = self.total if self.running_from(client) == 0 else self.total - self.reserved
+        if self.running >= total:
             return None
-        self._running.add(client)
-        return SearchTicket(client)
+        groups = self._in_progress.admit(limits, math.inf)
+        return None if groups is None else SearchTicket(client, groups)
 
     def end(self, ticket: SearchTicket) -> None:
         if ticket in self._waiting:
             self._waiting.remove(ticket)
-        (self._suspended if ticket.suspended else self._running).add(ticket.client, -1)
-        ticket.suspended = False
+        self._in_progress.add(ticket.groups, -1)
+        self.resume(ticket)
 
     def suspend(self, ticket: SearchTicket) -> None:
         """The ticket's search waits for its client to read: it gives its slot up meanwhile."""
         if not ticket.suspended:
             ticket.suspended = True
-            self._running.add(ticket.client, -1)
-            self._suspended.add(ticket.client)
+            self._suspended += 1
 
     def resume(self, ticket: SearchTicket) -> None:
         """Its client has read what it was sent: the search runs again."""
         if ticket.suspended:
             ticket.suspended = False
-            self._suspended.add(ticket.client, -1)
-            self._running.add(ticket.client)
+            self._suspended -= 1
 
     def want(self, ticket: SearchTicket) -> None:
         """The ticket's search waits for its next slice."""
@@ -104,15 +118,15 @@ class FairShare:
 
     @property
     def running(self) -> int:
-        return self._running.total
+        return self._in_progress.total - self._suspended
 
     @property
     def suspended(self) -> int:
-        return self._suspended.total
+        return self._suspended
 
-    def running_from(self, client: str) -> int:
-        """The client's searches in progress, running or suspended."""
-        return self._running.of(client) + self._suspended.of(client)
+    def running_from(self, key: str) -> int:
+        """The searches in progress, running or suspended, of an address or an IPv6 /64 ("x::/64")."""
+        return self._in_progress.of(key)
 
     def usage(self, client: str, now: float) -> float:
         """Seconds of search time `client` has spent and not got back (at most the budget)."""
@@ -176,7 +190,15 @@ class BufferBudget:
 
 # -- unfinished paged searches of every session ----
 
-MAX_PAGED_PER_CLIENT = 8  # unfinished paged searches per client, across its connections; its oldest is given up
+MAX_PAGED_PER_CLIENT = 8  # unfinished paged searches per address, across its connections; its oldest is given up
+# An IPv6 /64 as a whole (a LAN of phones; or one device with 2^64 addresses) may keep 64: a phone
+# browsing the directory keeps one while its user reads a page (PAGED_IDLE at most once left), so 64
+# phones of a LAN, or 8 addresses at their own 8, page at once without giving up each other's; a
+# device cycling its /64 keeps at most 64 (of the whole book, 64 x 200,000 ids would be 51 MB, so
+# MAX_PAGED_IDS still bounds it; its new ones give up the /64's oldest, and never another client's
+# unless the total is reached, when the client keeping the most ids gives up first); and sessions
+# holding them are bounded by the /64's share of connections (ConnectionCaps) anyway.
+MAX_PAGED_PER_PREFIX = 64
 MAX_PAGED_IDS = 2_000_000  # ids all unfinished paged searches keep together (4 bytes each: 8 MB)
 PAGED_IDLE = 60.0  # seconds an unfinished paged search is kept while no page of it is asked for
 
@@ -186,18 +208,23 @@ class PagedBudget:
 
     Each is known by (owner, cookie); the owner is a session's searches, and
     `owner.drop(cookie)` forgets one the budget gives up. At most `per_client`
-    per client (its oldest is given up for a new one), at most `total_ids`
-    found ids kept altogether (the oldest of the client keeping the most is
-    given up), and none kept `idle` seconds after its last page was asked for
-    (looked at whenever a paged search starts or goes on). A client sees a
-    search given up as an invalid cookie, and starts again.
+    per address and `per_prefix` per IPv6 /64 as a whole (`Shares`: a new one
+    gives up the oldest of its address, or of its /64, at its limit), at most
+    `total_ids` found ids kept altogether (the oldest of the client, an IPv4
+    address or an IPv6 /64, keeping the most is given up), and none kept
+    `idle` seconds after its last page was asked for (looked at whenever a
+    paged search starts or goes on). A client sees a search given up as an
+    invalid cookie, and starts again.
     """
 
-    def __init__(self, per_client: int = MAX_PAGED_PER_CLIENT, total_ids: int = MAX_PAGED_IDS, idle: float = PAGED_IDLE):
+    def __init__(self, per_client: int = MAX_PAGED_PER_CLIENT, total_ids: int = MAX_PAGED_IDS, idle: float = PAGED_IDLE,
+                 per_prefix: int = MAX_PAGED_PER_PREFIX):
         self.per_client, self.total_ids, self.idle = per_client, total_ids, idle
-        self._kept: OrderedDict[tuple, tuple[str, int, float]] = OrderedDict()  # by last use: (client, ids, last use)
-        self._of_client: dict[str, OrderedDict[tuple, None]] = {}  # each client's, oldest first
-        self._ids = ClientCounts()
+        self.per_prefix = max(per_client, per_prefix)
+        self._kept: OrderedDict[tuple, tuple[tuple[str, ...], int, float]] = OrderedDict()  # by last use: (groups, ids, last use)
+        self._of_group: dict[str, OrderedDict[tuple, None]] = {}  # each address's and each /64's, oldest first
+        self._held = ClientCounts()  # how many each address and each /64 keeps
+        self._ids = ClientCounts()  # the ids each client (IPv4 address, IPv6 /64) keeps
 
     @property
     def open(self) -> int:
@@ -207,18 +234,25 @@ class PagedBudget:
     def ids(self) -> int:
         return self._ids.total
 
-    def keep(self, owner, cookie: bytes, client: str, ids: int, now: float) -> None:
-        """`owner` keeps `ids` found ids for the pages after the first, under `cookie`."""
+    def kept_by(self, key: str) -> int:
+        """The unfinished paged searches of an address or an IPv6 /64 ("x::/64")."""
+        return self._held.of(key)
+
+    def keep(self, owner, cookie: bytes, address: str, ids: int, now: float) -> None:
+        """`owner` (a session of `address`) keeps `ids` found ids for the pages after the first, under `cookie`."""
         self.expire(now)
-        while len(self._of_client.get(client, ())) >= self.per_client:
-            self._give_up(next(iter(self._of_client[client])))
+        limits = Shares(self.per_client, self.per_prefix).of(address)
+        while (groups := self._held.admit(limits, math.inf)) is None:  # its address's, or its /64's, oldest goes
+            full = next(key for key, limit in limits if self._held.of(key) >= limit)
+            self._give_up(next(iter(self._of_group[full])))
         while self._kept and self._ids.total + ids > self.total_ids:
-            heaviest = max(self._of_client, key=self._ids.of)
-            self._give_up(next(iter(self._of_client[heaviest])))
+            heaviest = max(self._of_group, key=self._ids.of)
+            self._give_up(next(iter(self._of_group[heaviest])))
         key = (owner, cookie)
-        self._kept[key] = (client, ids, now)
-        self._of_client.setdefault(client, OrderedDict())[key] = None
-        self._ids.add(client, ids)
+        self._kept[key] = (groups, ids, now)
+        for group in groups:
+            self._of_group.setdefault(group, OrderedDict())[key] = None
+        self._ids.add(groups[-1], ids)
 
     def touch(self, owner, cookie: bytes, now: float) -> None:
         """A page of it is asked for: idle from now."""
@@ -234,12 +268,14 @@ class PagedBudget:
         kept = self._kept.pop(key, None)
         if kept is None:
             return
-        client, ids, _ = kept
-        mine = self._of_client[client]
-        del mine[key]
-        if not mine:
-            del self._of_client[client]
-        self._ids.add(client, -ids)
+        groups, ids, _ = kept
+        for group in groups:
+            mine = self._of_group[group]
+            del mine[key]
+            if not mine:
+                del self._of_group[group]
+        self._held.add(groups, -1)
+        self._ids.add(groups[-1], -ids)
 
     def expire(self, now: float) -> None:
         """Give up those idle for longer than `idle`."""
@@ -274,21 +310,29 @@ class BindThrottle(FailureBackoff):
 
 
 class ConnectionCaps:
-    """Connections open per client and in total, both bounded."""
+    """Connections open per address, per IPv6 /64 as a whole and in total, all bounded.
 
-    def __init__(self, per_client: int, total: int):
+    `per_client` is sized for an IPv4 address hiding a site behind a NAT. A /64 (a LAN of phones each
+    keeping a connection; or one device with 2^64 addresses) may hold a quarter of the total, as a /64
+    may hold a quarter of TFTP's transfers: three quarters stay for the other clients however a /64 is used.
+    """
+
+    def __init__(self, per_client: int, total: int, per_prefix: int | None = None):
         self.per_client, self.total = per_client, total
+        self.per_prefix = max(per_client, total // 4) if per_prefix is None else per_prefix
         self._open = ClientCounts()
 
     @property
     def open(self) -> int:
         return self._open.total
 
-    def admit(self, client: str) -> bool:
-        return self._open.admit(client, self.per_client, self.total)
+    def admit(self, address: str) -> tuple[str, ...] | None:
+        """A connection from `address`: what it is counted under (to `release`), or None when over a cap."""
+        return self._open.admit(Shares(self.per_client, self.per_prefix).of(address), self.total)
 
-    def open_from(self, client: str) -> int:
-        return self._open.of(client)
+    def open_from(self, key: str) -> int:
+        """Connections open from an address or an IPv6 /64 ("x::/64")."""
+        return self._open.of(key)
 
-    def release(self, client: str) -> None:
-        self._open.add(client, -1)
+    def release(self, held: tuple[str, ...]) -> None:
+        self._open.add(held, -1)

@@ -294,11 +294,11 @@ class Searches:
     """A session's searches: each started as a SearchCursor, and the paged results a client still reads.
 
     Those paged results count in `budget` (a PagedBudget shared by every
-    session, if given) under `client`; it may give one up (`drop`)."""
+    session, if given) under the connection's `address`; it may give one up (`drop`)."""
 
-    def __init__(self, clock: Callable[[], float], client: str = "-", budget=None):
+    def __init__(self, clock: Callable[[], float], address: str = "-", budget=None):
         self.clock = clock
-        self.client, self.budget = client, budget
+        self.address, self.budget = address, budget
         self.paged: dict[bytes, PagedSearch] = {}
         self.cookies = 0
 
@@ -485,7 +485,7 @@ class Searches:
         if len(found) > min(page_size, policy.size_limit):  # pages to come: kept for them
             self.paged[cookie] = state
             if self.budget is not None:
-                self.budget.keep(self, cookie, self.client, len(found), self.clock())
+                self.budget.keep(self, cookie, self.address, len(found), self.clock())
         yield from self._page_steps(cursor, state, cookie, page_size, selection, sorted_request, policy, timed_out)
 
     def _page_steps(self, cursor: SearchCursor, state: PagedSearch, cookie: bytes, page_size: int, selection: Selection,

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 from .. import ber
 from ..ber import BerError, Incomplete
+from ..clients import client_key
 from .codes import (
     ABANDON_REQUEST,
     ADD_REQUEST,
@@ -161,25 +162,26 @@ class TooLarge(BerError):
 class LdapSession:
     """One client connection's LDAP state; feed it bytes, send what it returns.
 
-    `client` names the connection's client (IPv4 address or IPv6 /64) for `buffers`,
-    the budget of bytes held across all connections (None: not capped).
+    `address` is the connection's address as the socket gives it: its paged results count under it (and an
+    IPv6 address's /64) in `paged`, and its client (`client`: the IPv4 address, or the IPv6 /64) holds its
+    bytes in `buffers`, the budget of bytes held across all connections (None: not capped).
     """
 
     def __init__(self, policy: Callable[[], Policy], directory: Callable[[str], Directory],
-                 clock: Callable[[], float], tls: bool = False, client: str = "-", buffers: BufferBudget | None = None,
+                 clock: Callable[[], float], tls: bool = False, address: str = "-", buffers: BufferBudget | None = None,
                  paged: PagedBudget | None = None):
         self.policy = policy
         self.directory = directory
         self.clock = clock
         self.tls = tls
-        self.client = client
+        self.client = client_key(address)
         self.buffers = buffers
         self.state = ANONYMOUS
         self.bound_dn = ""
         self._buffer = bytearray()
         self._queue: deque[bytes] = deque()  # messages cut from the buffer, not answered yet
         self._abandoned: set[int] = set()  # message ids abandoned by a request queued with them
-        self.searches = Searches(clock, client, paged)
+        self.searches = Searches(clock, address, paged)
         self.answered = 0  # messages the last receive() call answered
 
     @property

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import Counter
 from enum import Enum
 
-from ..clients import client_key
+from ..clients import Shares
 from .options import Limits
 from .packets import DEFAULT_BLKSIZE
 
@@ -170,11 +170,8 @@ class Admission:
     def admit(self, client: str, now: float) -> tuple[Slot | None, list[Slot]]:
         """A slot for a new transfer of the address `client` (None: busy) and the slots taken for it from
         unverified transfers (their owners must be ended, even when the request is then busy)."""
-        prefix = client_key(client)
-        limits: list[tuple[str | None, int]] = [(client, self.max_per_client)]
-        if prefix != client:  # IPv6: its /64 too (an IPv4 address is its own client key)
-            limits.append((prefix, self.max_per_prefix))
-        groups = tuple(group for group, _ in limits)
+        limits: list[tuple[str | None, int]] = Shares(self.max_per_client, self.max_per_prefix).of(client)
+        groups = tuple(group for group, _ in limits)  # the address, and an IPv6 address's /64
         limits.append((None, self.max_total))
         evicted: list[Slot] = []
         for group, limit in limits:
