@@ -105,7 +105,7 @@ def reference(contacts: dict[int, Contact]) -> dict[int, ldap.Entry]:
 def decoded(text: str):
     encoded = w.encode_filter(text)
     tag, s, e = ber.read_header(encoded, 0, len(encoded))
-    return ldap.decode_filter(encoded, tag, s, e, 0, [ldap.MAX_FILTER_ITEMS])
+    return ldap.decode_filter(encoded, tag, s, e, 0, ldap.decode_budget())
 
 
 def found_dns(directory: ldap.Directory, flt, limit: int | None = None) -> list[str]:
