@@ -24,12 +24,15 @@ the event loop: 10,000 files take about 70 ms) when it changed behind this
 process's back (its modification time) or a minute has passed, plus what this
 process added and removed since.
 
-A client's volume is the TFTP service's business (`tftp_upload_mib_per_hour`,
-per address or IPv6 /64): it passes a `quota(size) -> bool` to each Upload,
-which refuses a block the quota does not allow (QuotaSpent, also error 3).
-Each file costs FILE_CHARGE of that volume besides its bytes (taken when it
-begins, with its announced size: those bytes are not charged again as they
-arrive), so that one-byte files cannot be uploaded by the thousand.
+A client's volume per hour is `HourlyQuota`'s: `tftp_upload_mib_per_hour` per
+address, and QUOTA_PREFIX_SHARE times that for an IPv6 /64 as a whole
+(proto.clients.AddressBuckets). The TFTP service passes each Upload a
+`quota(size)` that answers None when it took `size` bytes, else what has
+spent its allowance (the address, or its /64); the Upload then refuses the
+block (QuotaSpent, also error 3). Each file costs FILE_CHARGE of that volume
+besides its bytes (taken when it begins, with its announced size: those bytes
+are not charged again as they arrive), so that one-byte files cannot be
+uploaded by the thousand.
 """
 
 from __future__ import annotations
@@ -48,12 +51,19 @@ from pathlib import Path, PurePosixPath
 from ..config.private import make_private_dir, open_private
 from ..config.store import remove_orphans
 from ..process.offload import run_off_loop
-from ..proto.clients import client_key
+from ..proto.clients import AddressBuckets, Shares, client_key
 from .files import TEMPLATE_SUFFIX, UPLOAD_DIR, NotFound, ProvisioningError, Refused, check_name, tftp_root
 
 MAX_UPLOAD_FILES = 10000
 MAX_FILES_PER_CLIENT = MAX_UPLOAD_FILES // 10
 FILE_CHARGE = 64 * 1024  # bytes of the hourly quota each file costs besides its size: 256 files an hour of 16 MiB
+# The hourly quota of an IPv6 /64 as a whole, in tftp_upload_mib_per_hour: every phone of an IPv6 LAN is in one
+# /64, and one host owning a /64 may upload from as many of its 2^64 addresses as it likes. 8 times an address's
+# (128 MiB, 2,048 files an hour by default): the 500 phones of a LAN rebooting together upload a boot and an app
+# log each within the hour (4 files a phone), while such a host takes at most half the default upload budget
+# (tftp_upload_budget_mib, 256 MiB) in an hour, reaches its /64's share of the files in little more, and every
+# other address and /64 keeps its own quota; the budget and the folder's 10,000 files bound everyone together.
+QUOTA_PREFIX_SHARE = 8
 RESCAN_SECONDS = 60.0
 CLIENT_ATTRIBUTE = "user.greenservers.client"
 PARTIAL_UPLOAD = re.compile(r"\.partial-(?P<pid>\d+)-[0-9a-f]+")
@@ -212,21 +222,48 @@ def upload_target(settings, name: str) -> Path:
     return target
 
 
-def begin(settings, name: str, client: str = "", announced: int | None = None,
-          quota: Callable[[int], bool] | None = None) -> Upload:
+Quota = Callable[[int], str | None]  # takes `size` bytes: None, or what has spent its allowance (see HourlyQuota)
+
+
+def begin(settings, name: str, client: str = "", announced: int | None = None, quota: Quota | None = None) -> Upload:
     """A new upload of `name` from `client`, if it may start (Refused, AlreadyExists, UploadsFull, QuotaSpent)."""
     target = upload_target(settings, name)
     space = space_of(settings)
     space.check(budget_bytes(settings), announced, client)
-    if quota is not None and not quota(FILE_CHARGE + (announced or 0)):
-        raise QuotaSpent(_quota_message(settings))
+    if quota is not None and (spent := quota(FILE_CHARGE + (announced or 0))) is not None:
+        raise QuotaSpent(quota_message(settings, spent))
     return Upload(target, space, budget_bytes(settings), client, quota,
-                  lambda: _quota_message(settings), prepaid=announced or 0)
+                  lambda spent: quota_message(settings, spent), prepaid=announced or 0)
 
 
-def _quota_message(settings) -> str:
+def quota_message(settings, spent: str) -> str:
+    """The refusal of an upload whose address (`spent` an address) or IPv6 /64 (`spent` a /64) spent its hour's quota."""
+    if spent.endswith("/64"):
+        return (f"disk full: this address's IPv6 /64 has uploaded its {QUOTA_PREFIX_SHARE * settings.tftp_upload_mib_per_hour} "
+                f"MiB for the hour ({QUOTA_PREFIX_SHARE} times tftp_upload_mib_per_hour); try again later")
     return (f"disk full: this address has uploaded its {settings.tftp_upload_mib_per_hour} MiB for the hour "
             "(tftp_upload_mib_per_hour); try again later")
+
+
+class HourlyQuota:
+    """The bytes each address, and each IPv6 /64 as a whole (QUOTA_PREFIX_SHARE times as many), may upload per hour,
+    all of it at once if it likes (proto.clients.AddressBuckets: the /64 looked at first)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.buckets = AddressBuckets(Shares(0.0, 0.0), Shares(0, 0))  # sized from the settings at each upload
+
+    def of(self, settings, address: str) -> Quota:
+        """The quota of `address`, sized by today's tftp_upload_mib_per_hour."""
+        per_hour = settings.tftp_upload_mib_per_hour * MIB
+        capacity = Shares(per_hour, per_hour * QUOTA_PREFIX_SHARE)
+        self.buckets.resize(Shares(capacity.per_address / 3600, capacity.per_prefix / 3600), capacity)
+
+        def quota(size: int) -> str | None:
+            refused = self.buckets.take(address, size, self.clock())
+            return None if refused is None else refused[1]
+
+        return quota
 
 
 def remove_orphan_uploads(settings) -> list[str]:
@@ -243,7 +280,7 @@ class Upload:
     """
 
     def __init__(self, target: Path, space: UploadSpace | None = None, budget: int = 0, client: str = "",
-                 quota: Callable[[int], bool] | None = None, quota_message: Callable[[], str] = str, prepaid: int = 0):
+                 quota: Quota | None = None, quota_message: Callable[[str], str] = str, prepaid: int = 0):
         self.target, self.space, self.budget, self.client = target, space, budget, client
         self.quota, self.quota_message, self.prepaid = quota, quota_message, prepaid
         self.written = 0
@@ -259,8 +296,8 @@ class Upload:
     def write(self, data: bytes) -> None:
         charge = max(0, len(data) - self.prepaid)
         self.prepaid -= len(data) - charge
-        if charge and self.quota is not None and not self.quota(charge):
-            raise QuotaSpent(self.quota_message())
+        if charge and self.quota is not None and (spent := self.quota(charge)) is not None:
+            raise QuotaSpent(self.quota_message(spent))
         if self.space is not None:
             self.space.reserve(len(data), self.budget)
         self.written += len(data)
