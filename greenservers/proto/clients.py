@@ -10,8 +10,8 @@ client would serve a LAN of hundreds of phones as one. Such a limit applies
 per address instead, and a /64 as a whole holds at most a larger share of it
 (`Shares`: the limits that apply to an address are its own and, for an IPv6
 address, its /64's; `address_groups` names what it counts under). Users:
-TFTP's transfer slots, NTP's request rate, LDAP's searches in progress,
-unfinished paged searches and connections.
+TFTP's transfer slots, upload quota and uploaded files kept, NTP's request
+rate, LDAP's searches in progress, unfinished paged searches and connections.
 
 `ClientTable` keeps one entry per client in bounded memory (the least
 recently seen client is forgotten beyond `max_keys`); the caller passes the
@@ -36,7 +36,8 @@ monotonic time in (sans-IO). Two limits are built on it:
 progress, bytes buffered — and the total; it keeps only clients that hold
 something, so it is bounded by what is held. Users: LDAP's connection caps,
 searches in progress, unfinished paged searches (all three counted per
-address and per /64, `Shares`) and buffered bytes (proto.ldap.limits).
+address and per /64, `Shares`) and buffered bytes (proto.ldap.limits); the
+files uploads/ keeps per address and per /64 (provisioning.uploads).
 """
 
 from __future__ import annotations
@@ -280,10 +281,14 @@ class ClientCounts:
             else:
                 self._held.pop(one, None)
 
+    def full(self, limits: list[tuple[str, float]]) -> str | None:
+        """The first key of `limits` (`Shares.of`) that holds its limit already, or None."""
+        return next((key for key, limit in limits if self._held.get(key, 0) >= limit), None)
+
     def admit(self, limits: list[tuple[str, float]], total: int) -> tuple[str, ...] | None:
         """One more under every key of `limits` (`Shares.of`) if that keeps each within its limit and everyone
         within `total`: the keys it is counted under (to `add` back, negative, when it ends), or None."""
-        if self.total >= total or any(self._held.get(key, 0) >= limit for key, limit in limits):
+        if self.total >= total or self.full(limits) is not None:
             return None
         keys = tuple(key for key, _ in limits)
         self.add(keys)

@@ -13,9 +13,10 @@ administrators list, download and delete them on the /uploads page
 
 Space: everything in uploads/ together (complete files and uploads in
 progress) stays within `tftp_upload_budget_mib`, and at most MAX_UPLOAD_FILES
-files, of which one client (proto.clients' client key: an IPv4 address, an
-IPv6 /64) holds at most MAX_FILES_PER_CLIENT, so that no one client can fill
-the folder for every phone. An upload that would pass any of these is refused
+files, of which one address holds at most MAX_FILES_PER_ADDRESS and an IPv6
+/64 as a whole MAX_FILES_PER_PREFIX (proto.clients.ClientCounts, counted
+under `address_groups`), so that no one client can fill the folder for every
+phone. An upload that would pass any of these is refused
 as "disk full" (TFTP error 3), at once when its announced size (tsize) or the
 folder says so, else when the block that would pass it arrives: old uploads
 are never deleted to make room (administrators delete them, many at once too:
@@ -43,7 +44,6 @@ import re
 import secrets
 import stat
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -51,11 +51,16 @@ from pathlib import Path, PurePosixPath
 from ..config.private import make_private_dir, open_private
 from ..config.store import remove_orphans
 from ..process.offload import run_off_loop
-from ..proto.clients import AddressBuckets, Shares, client_key
+from ..proto.clients import AddressBuckets, ClientCounts, Shares, address_groups
 from .files import TEMPLATE_SUFFIX, UPLOAD_DIR, NotFound, ProvisioningError, Refused, check_name, tftp_root
 
 MAX_UPLOAD_FILES = 10000
-MAX_FILES_PER_CLIENT = MAX_UPLOAD_FILES // 10
+MAX_FILES_PER_ADDRESS = MAX_UPLOAD_FILES // 10  # one phone, or a site of phones behind one IPv4 address (a NAT)
+# The files an IPv6 /64 as a whole may keep: every phone of an IPv6 LAN is in one /64, and one host owning a /64
+# may upload from as many of its 2^64 addresses as it likes. A quarter of the folder, as for TFTP's transfer slots:
+# the 500 phones of a LAN keep 5 files each (a boot and an app log, a backup) until an administrator deletes them,
+# while such a host leaves three quarters of the folder to everyone else; the budget bounds the bytes of all.
+MAX_FILES_PER_PREFIX = MAX_UPLOAD_FILES // 4
 FILE_CHARGE = 64 * 1024  # bytes of the hourly quota each file costs besides its size: 256 files an hour of 16 MiB
 # The hourly quota of an IPv6 /64 as a whole, in tftp_upload_mib_per_hour: every phone of an IPv6 LAN is in one
 # /64, and one host owning a /64 may upload from as many of its 2^64 addresses as it likes. 8 times an address's
@@ -93,35 +98,39 @@ def uploads_folder(settings) -> Path:
 # -- what uploads/ holds ----------------------------------------------------------------
 
 
-def _scan(folder: Path) -> tuple[int, int, Counter[str]]:
-    """Bytes and number of the complete uploads (hidden temporary files left out), and their number per client."""
-    size = files = 0
-    per_client: Counter[str] = Counter()
+def _scan(folder: Path) -> tuple[int, ClientCounts]:
+    """Bytes of the complete uploads (hidden temporary files left out), and their number per address and /64."""
+    size = 0
+    files = ClientCounts()
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
                 if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
                     size += entry.stat(follow_symlinks=False).st_size
-                    files += 1
-                    per_client[client_key(_client_of(entry.path))] += 1
+                    files.add(address_groups(_client_of(entry.path)))
     except FileNotFoundError:
         pass
-    return size, files, per_client
+    return size, files
 
 
 class UploadSpace:
-    """The bytes and files uploads/ holds (the files per client key too), and the bytes uploads in progress have written."""
+    """The bytes and files uploads/ holds (`files_of`: the files per address and per IPv6 /64, and in all), and the bytes
+    uploads in progress have written."""
 
     def __init__(self, folder: Path, clock: Callable[[], float] = time.monotonic):
         self.folder, self.clock = folder, clock
-        self.stored = self.files = self.in_progress = 0
-        self.files_of: Counter[str] = Counter()
+        self.stored = self.in_progress = 0
+        self.files_of = ClientCounts()
         self._seen_mtime: int | None = None
         self._scanned_at = float("-inf")
 
     @property
     def used(self) -> int:
         return self.stored + self.in_progress
+
+    @property
+    def files(self) -> int:
+        return self.files_of.total
 
     def _mtime(self) -> int | None:
         try:
@@ -133,7 +142,7 @@ class UploadSpace:
         """Scan the folder again if it changed behind our back or a minute has passed."""
         if self._mtime() != self._seen_mtime or self.clock() - self._scanned_at > RESCAN_SECONDS:
             self._seen_mtime = self._mtime()  # before the scan: a change during it shows next time
-            self.stored, self.files, self.files_of = run_off_loop(_scan, self.folder)
+            self.stored, self.files_of = run_off_loop(_scan, self.folder)
             self._scanned_at = self.clock()
 
     def changed_by_us(self) -> None:
@@ -146,8 +155,12 @@ class UploadSpace:
         self.refresh()
         if self.files >= MAX_UPLOAD_FILES:
             raise UploadsFull(f"disk full: {UPLOAD_DIR}/ already holds {MAX_UPLOAD_FILES} files")
-        if self.files_of[client_key(client)] >= MAX_FILES_PER_CLIENT:
-            raise UploadsFull(f"disk full: {UPLOAD_DIR}/ already holds {MAX_FILES_PER_CLIENT} files from this address, "
+        full = self.files_of.full(Shares(MAX_FILES_PER_ADDRESS, MAX_FILES_PER_PREFIX).of(client))
+        if full is not None and full.endswith("/64"):
+            raise UploadsFull(f"disk full: {UPLOAD_DIR}/ already holds {MAX_FILES_PER_PREFIX} files from this address's IPv6 /64, "
+                              "the most one /64 may keep there")
+        if full is not None:
+            raise UploadsFull(f"disk full: {UPLOAD_DIR}/ already holds {MAX_FILES_PER_ADDRESS} files from this address, "
                               "the most one may keep there")
         if self.used + (announced or 1) > budget:
             raise UploadsFull(_budget_message(budget))
@@ -162,18 +175,14 @@ class UploadSpace:
         self.in_progress -= size
         if kept:
             self.stored += size
-            self.files += 1
-            self.files_of[client_key(client)] += 1
+            self.files_of.add(address_groups(client))
         self.changed_by_us()
 
     def removed(self, size: int, client: str = "") -> None:
         """A file of `size` bytes uploaded by `client` was deleted."""
         self.stored = max(0, self.stored - size)
-        self.files = max(0, self.files - 1)
-        key = client_key(client)
-        self.files_of[key] -= 1
-        if self.files_of[key] <= 0:
-            del self.files_of[key]
+        if self.files_of.total > 0:  # a scan may have missed it already
+            self.files_of.add(address_groups(client), -1)
         self.changed_by_us()
 
 

@@ -97,6 +97,8 @@ def test_counts_admit_per_address_within_the_64s_share_and_the_total():
     assert counts.of("2001:db8::1") == 1 and counts.of("2001:db8::/64") == 4 and counts.total == 6
     assert counts.admit(shares.of("2001:db8::4"), total=8)
     assert counts.admit(shares.of("192.0.2.2"), total=8) and counts.admit(shares.of("192.0.2.3"), total=8) is None
+    assert counts.full(shares.of("2001:db8::1")) == "2001:db8::/64" and counts.full(shares.of("2001:db8:0:1::1")) is None
+    assert counts.full(shares.of("2001:db8::4")) == "2001:db8::/64"
 
 
 def lan_buckets(max_keys: int = 4096) -> AddressBuckets:

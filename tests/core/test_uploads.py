@@ -1,4 +1,5 @@
-"""Unit tests of greenservers.provisioning.uploads: new files only, the budget, the client's quota, what administrators see (no sockets)."""
+"""Unit tests of greenservers.provisioning.uploads: new files only, the budget, the files per address and per /64, the quota
+(per address and per /64), what administrators see (no sockets)."""
 
 from __future__ import annotations
 
@@ -177,27 +178,45 @@ def test_each_file_costs_a_charge_of_the_quota_and_an_announced_size_is_charged_
         upload(settings, "tiny-3.log", b"x", quota=quota)
 
 
-def test_one_client_may_keep_only_its_share_of_the_files(settings, monkeypatch):
-    monkeypatch.setattr(u, "MAX_FILES_PER_CLIENT", 3)
+def test_one_address_and_one_64_as_a_whole_may_keep_only_their_share_of_the_files(settings, monkeypatch):
+    monkeypatch.setattr(u, "MAX_FILES_PER_ADDRESS", 3)
+    monkeypatch.setattr(u, "MAX_FILES_PER_PREFIX", 5)
     for n in range(3):
         upload(settings, f"a-{n}.log", b"x", client="2001:db8::1")
-    with pytest.raises(u.UploadsFull, match="already holds 3 files from this address"):
-        u.begin(settings, "a-3.log", "2001:db8::2")  # the same /64
-    upload(settings, "b-0.log", b"x", client="192.0.2.7")  # another client
+    with pytest.raises(u.UploadsFull, match="already holds 3 files from this address, the most one may keep there"):
+        u.begin(settings, "a-3.log", "2001:db8::1")
+    upload(settings, "b-0.log", b"x", client="2001:db8::2")  # a phone beside it in its /64
+    upload(settings, "c-0.log", b"x", client="2001:db8::3")
+    with pytest.raises(u.UploadsFull, match="already holds 5 files from this address's IPv6 /64, the most one /64 may keep"):
+        u.begin(settings, "d-0.log", "2001:db8::4")  # the /64 at its share: a device cycling its addresses meets it
+    upload(settings, "e-0.log", b"x", client="2001:db8:0:1::1")  # another /64
+    upload(settings, "f-0.log", b"x", client="192.0.2.7")  # an IPv4 client: its own share only
     u.delete_upload(settings, "a-0.log")
-    upload(settings, "a-3.log", b"x", client="2001:db8::3")
-    u._spaces.clear()  # another process: the share is counted from the folder (the files' addresses)
-    with pytest.raises(u.UploadsFull):
-        u.begin(settings, "a-4.log", "2001:db8::4")
+    upload(settings, "d-0.log", b"x", client="2001:db8::4")
+    space = u.space_of(settings)
+    assert (space.files, space.files_of.of("2001:db8::/64"), space.files_of.of("2001:db8::1")) == (7, 5, 2)
+    u._spaces.clear()  # another process: the shares are counted from the folder (the files' addresses)
+    with pytest.raises(u.UploadsFull, match="IPv6 /64"):
+        u.begin(settings, "a-4.log", "2001:db8::5")
+    space = u.space_of(settings)
+    assert (space.files, space.files_of.of("2001:db8::/64"), space.files_of.of("2001:db8::4")) == (7, 5, 1)
+
+
+def test_the_folder_as_a_whole_holds_at_most_its_files(settings, monkeypatch):
+    monkeypatch.setattr(u, "MAX_UPLOAD_FILES", 4)
+    for n in range(4):
+        upload(settings, f"p-{n}.log", b"x", client=f"2001:db8:0:{n}::1")
+    with pytest.raises(u.UploadsFull, match="already holds 4 files"):
+        u.begin(settings, "q.log", "192.0.2.9")
 
 
 def test_many_uploads_are_deleted_at_once_and_their_space_and_share_freed(settings):
     for n in range(5):
         upload(settings, f"a-{n}.log", b"x" * 10, client="192.0.2.1")
     space = u.space_of(settings)
-    assert (space.files, space.files_of["192.0.2.1"]) == (5, 5)
+    assert (space.files, space.files_of.of("192.0.2.1")) == (5, 5)
     assert u.delete_uploads(settings, ["a-0.log", "a-1.log", "missing.log", "../x", "a-1.log"]) == (2, 20)
-    assert (space.files, space.used, space.files_of["192.0.2.1"]) == (3, 30, 3)
+    assert (space.files, space.used, space.files_of.of("192.0.2.1")) == (3, 30, 3)
     assert sorted(os.listdir(folder(settings))) == ["a-2.log", "a-3.log", "a-4.log"]
 
 
