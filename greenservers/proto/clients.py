@@ -11,7 +11,8 @@ per address instead, and a /64 as a whole holds at most a larger share of it
 (`Shares`: the limits that apply to an address are its own and, for an IPv6
 address, its /64's; `address_groups` names what it counts under). Users:
 TFTP's transfer slots, upload quota and uploaded files kept, NTP's request
-rate, LDAP's searches in progress, unfinished paged searches and connections.
+rate, the new phones a source adds to the Phones record, LDAP's searches in
+progress, unfinished paged searches and connections.
 
 `ClientTable` keeps one entry per client in bounded memory (the least
 recently seen client is forgotten beyond `max_keys`); the caller passes the
@@ -205,6 +206,13 @@ class AddressBuckets:
         if prefix is not None:
             prefix[0] -= amount
         return None
+
+    def give(self, address: str | None, amount: float, now: float) -> None:
+        """Return `amount` taken before from the buckets of `address` (never above their capacity)."""
+        groups = address_groups(address)
+        self.addresses.give(groups[0], amount, now)
+        if len(groups) > 1:
+            self.prefixes.give(groups[1], amount, now)
 
     @staticmethod
     def _refused(table: TokenBuckets, key: str, entry: list, amount: float, pays: bool) -> tuple[TokenBuckets, str]:
