@@ -4,6 +4,7 @@ and followed by the LDAP server.
 - `model`: a contact's fields, the limits, validation, the admin search's matching.
 - `csv`: import (validated row by row) and export (no cell starts a formula).
 - `store`: `AddressBook` (SQLite, no copy in memory), the change log and `ChangeReader`.
+- `search`: the admin search's index, a table of folded names and numbers in the same file, following the log.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 One `AddressBook` per process and data_dir (`addressbook_for(runtime)`)
 owns one SQLite connection (WAL, busy timeout) behind a lock. It keeps no
-copy of the contacts: `get`, `page`, `find` (the admin search, off the event
-loop) and the export read SQLite a page at a time, so a book of 100,000
+copy of the contacts: `get`, `page` and the export read SQLite a page at a time,
+`find` (the admin search, off the event loop) its search index (search.py), so a book of 100,000
 contacts costs the worker no memory of its own.
 
 Every write commits in one transaction; triggers on the contacts table
@@ -29,7 +29,7 @@ from pathlib import Path
 from ..config.private import ensure_private_file, make_private_dir
 from ..process.offload import build_off_loop, run_off_loop
 from .csv import csv_body, csv_rows, to_csv
-from .model import FIELDS, MAX_CONTACTS, MAX_SEARCH_LENGTH, Contact, ContactError, ContactNotFound, ImportRejected, matcher, validate
+from .model import FIELDS, MAX_CONTACTS, MAX_SEARCH_LENGTH, Contact, ContactError, ContactNotFound, ImportRejected, validate
 
 log = logging.getLogger("greenservers.addressbook")
 
@@ -131,21 +131,20 @@ class AddressBook:
 
     def find(self, q: str, offset: int = 0, limit: int | None = 100) -> tuple[list[Contact], int]:
         """(the contacts `offset` to `offset + limit` of those `search` matches, how many match in all);
-        every contact when `q` is empty. Read a page at a time, off the event loop."""
+        every contact when `q` is empty. Searched in the book's search index (search.py), off the event loop."""
         q = (q or "").strip()[:MAX_SEARCH_LENGTH]
         if not q:
             return self.page(offset, limit), run_off_loop(len, self)  # count(*) reads every row: 100,000 take ms
-        return run_off_loop(self._find, matcher(q), offset, limit)
+        return run_off_loop(self._find, q, offset, limit)
 
-    def _find(self, matches: Callable[[Contact], bool], offset: int, limit: int | None) -> tuple[list[Contact], int]:
-        found: list[Contact] = []
-        total = 0
-        for contact in self.each():
-            if matches(contact):
-                if total >= offset and (limit is None or len(found) < limit):
-                    found.append(contact)
-                total += 1
-        return found, total
+    def _find(self, q: str, offset: int, limit: int | None) -> tuple[list[Contact], int]:
+        from .search import SearchIndex  # search.py builds on this module
+
+        index = SearchIndex(self.path)
+        try:
+            return index.find(q, offset, limit)
+        finally:
+            index.close()
 
     def export_csv(self) -> str:
         return "".join(self.export_chunks())

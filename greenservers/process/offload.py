@@ -28,7 +28,11 @@ are loaded at the start (modules, the web app, the services, the MIB: about
 everything is loaded (`freeze_the_loaded`), so collections scan only what
 was made since; the LDAP directory is frozen likewise once it is built or an
 import is merged into it (`freeze_the_built`). Objects made later are
-collected as usual.
+collected as usual. Each freeze is followed by a full collection of what is
+left (next to nothing): CPython makes a full collection once the objects
+moved to the oldest generation since the last one exceed a quarter of those
+it kept then, and a freeze does not reset that count, so the objects of a
+merge, though frozen, made a full collection due as soon as the threshold allowed.
 
 Outside the gevent worker (the CLI, tests of the web app) the work simply runs.
 """
@@ -53,8 +57,10 @@ _building = 0
 _saved_interval = 0.005
 _collecting = True
 _unfull = 0  # merges on the loop under way: full collections are off while any runs
+_middle_threshold = 10
 _full_threshold = 10
 NEVER = 2**31 - 1  # a threshold of full collections that is never reached
+MERGE_MIDDLE = 3  # young collections between two of the middle generation while a merge runs (CPython's: 10)
 
 
 def _in_the_worker() -> bool:
@@ -65,7 +71,14 @@ def _in_the_worker() -> bool:
 def freeze_the_loaded() -> None:
     """What the process has loaded lives as long as it does: the cyclic collector no longer scans it."""
     gc.collect()
+    _freeze()
+
+
+def _freeze() -> None:
+    """Everything tracked now is frozen; then a full collection, of nothing, so that no full one is due because
+    of what was frozen (see the module's docstring)."""
     gc.freeze()
+    gc.collect()
 
 
 def freeze_the_built() -> None:
@@ -75,29 +88,29 @@ def freeze_the_built() -> None:
     Only in the gevent worker (elsewhere the process is a command or a test)."""
     if _in_the_worker():
         gc.collect(1)
-        gc.freeze()
+        _freeze()
 
 
 @contextmanager
 def no_full_collections():
     """The cyclic collector makes no full collection while the block runs (work on the loop that makes
-    many objects, in slices); young ones go on. As it was again when the last such block ends, however
-    it ends. Only in the gevent worker."""
-    global _unfull, _full_threshold
+    many objects, in slices); young ones go on, the middle generation's more often (MERGE_MIDDLE). As it
+    was again when the last such block ends, however it ends. Only in the gevent worker."""
+    global _unfull, _middle_threshold, _full_threshold
     if not _in_the_worker():
         yield
         return
     if _unfull == 0:
-        young, middle, _full_threshold = gc.get_threshold()
-        gc.set_threshold(young, middle, NEVER)
+        young, _middle_threshold, _full_threshold = gc.get_threshold()
+        gc.set_threshold(young, min(MERGE_MIDDLE, _middle_threshold), NEVER)
     _unfull += 1
     try:
         yield
     finally:
         _unfull -= 1
         if _unfull == 0:
-            young, middle, _ = gc.get_threshold()
-            gc.set_threshold(young, middle, _full_threshold)
+            young, _, _ = gc.get_threshold()
+            gc.set_threshold(young, _middle_threshold, _full_threshold)
 
 
 def let_the_loop_turn() -> None:

@@ -20,11 +20,11 @@ some slots are kept for clients with no search in progress.
 
 Nor does a connection whose socket always has data (requests pipelined
 without end): after TURN_MESSAGES messages or TURN_WORK seconds of work
-without waiting for its client, its greenlet gets in line (shells.loop's
-Turns), and one such connection goes on per turn of the loop, however many
-there are. It reads no more while a request it read is unanswered, so what a
-connection has outstanding is at most one read (RECV_SIZE bytes), one search
-at a time.
+without waiting for its client (a read that found no data, so the loop
+polled meanwhile), its greenlet gets in line (shells.loop's Turns), and one
+such connection goes on per turn of the loop, however many there are. It
+reads no more while a request it read is unanswered, so what a connection
+has outstanding is at most one read (RECV_SIZE bytes), one search at a time.
 
 Connections are capped per client and in total, the bytes of unfinished
 messages are capped across connections (BufferBudget), unfinished paged
@@ -76,8 +76,7 @@ MAX_TOTAL = 4096
 RECV_SIZE = 65536  # also what one connection may have read and not answered yet
 WRITE_STALL = 10.0  # seconds a send may wait without its client reading a byte; then the connection closes
 TURN_MESSAGES = 256  # messages a connection answers before the loop serves others
-TURN_WORK = 0.001  # seconds of CPU a connection works before the loop serves others
-WAITED = 0.0002  # a read that took longer than this (seconds) waited for data: the loop served the others meanwhile
+TURN_WORK = 0.001  # seconds a connection works before the loop serves others
 DISMANTLE_PAUSE = 0.001  # seconds between the steps that free a replaced directory
 DISMANTLE_WAIT = 1.0  # seconds between looks at whether a search still reads a replaced directory
 DISMANTLE_PATIENCE = 600.0  # seconds it waits for them (a client's paged search may go on)
@@ -185,7 +184,8 @@ class SearchGate:
         finally:
             now = self.clock()
             self.fair.charge(ticket.client, now - started, now)
-            self.longest = max(self.longest, time.thread_time() - cpu)
+            if now - started > self.longest:  # CPU time is at most the wall time: only then may it be the longest
+                self.longest = max(self.longest, time.thread_time() - cpu)
             self._running = False
             self._ended = iteration
 
@@ -519,7 +519,8 @@ class LdapService(Service):
         if tls_first:
             sock = self._start_tls(sock)
         sensors = self.runtime.sensors
-        messages, work = 0, 0.0  # answered, and CPU seconds spent, since this connection last let others go first
+        loop = gevent.get_hub().loop
+        messages, work = 0, 0.0  # answered, and seconds spent, since this connection last let others go first
         while True:
             if messages >= TURN_MESSAGES or work >= TURN_WORK:
                 # a socket that always has data never blocks, so the greenlet would never give the loop back
@@ -529,16 +530,18 @@ class LdapService(Service):
                 data = b""
             else:
                 sock.settimeout(self.idle_timeout)
-                asked = time.monotonic()
+                asked = loop.iteration
                 data = sock.recv(RECV_SIZE)
                 if not data:
                     return
-                if time.monotonic() - asked > WAITED:  # a client that waits for its answers never waits in line
+                if loop.iteration != asked:  # it waited, and the loop polled: a client that waits for its answers never waits in line
                     messages, work = 0, 0.0
-            started, waits = time.thread_time(), self.waits
+            started, cpu, waits = time.perf_counter(), time.thread_time(), self.waits
             items = session.receive(data)
-            if self.waits == waits:  # it ran without a pause: all that time, the loop served nothing else
-                self._held(time.thread_time() - started)
+            # it ran without a pause: all that time, the loop served nothing else (its CPU time is read only
+            # when it may be the longest: it is at most the wall time, and reading it is a system call)
+            if self.waits == waits and time.perf_counter() - started > self.longest_hold:
+                self._held(time.thread_time() - cpu)
             messages += session.answered
             sensors.set("ldap_buffered_bytes", self.buffers.held)
             for item in _coalesced(items):  # one send for a batch's answers
@@ -549,9 +552,9 @@ class LdapService(Service):
                 sock = self._act(item, sock, session, session.client, peer)
                 if sock is None:
                     return
-            # the thread's CPU time: where this greenlet waited (a search's turn, a failed bind's delay), the others'
-            # work counts too, which only brings its next wait in line sooner
-            work += time.thread_time() - started
+            # wall time: where this greenlet waited (a search's turn, a failed bind's delay) or the kernel ran
+            # another process, that counts too, which only brings its next wait in line sooner
+            work += time.perf_counter() - started
 
     def _act(self, item, sock, session: proto.LdapSession | None, client: str, peer: str):
         """Do what one output says; the socket to go on with (another after StartTLS), None to close."""
@@ -605,17 +608,18 @@ class LdapService(Service):
         self._count_searches()
         try:
             while True:
-                if ticket is not None:
-                    self.fair.suspend(ticket)
-                    self._count_searches()
-                try:
-                    for item in _coalesced(outputs):
-                        if self._act(item, sock, None, client, peer) is None:
-                            return True
-                finally:
+                if outputs:
                     if ticket is not None:
-                        self.fair.resume(ticket)
+                        self.fair.suspend(ticket)
                         self._count_searches()
+                    try:
+                        for item in _coalesced(outputs):
+                            if self._act(item, sock, None, client, peer) is None:
+                                return True
+                    finally:
+                        if ticket is not None and not cursor.done:  # one that is done ends below, suspended
+                            self.fair.resume(ticket)
+                            self._count_searches()
                 if cursor.done:
                     return False
                 outputs = self.gate.run(ticket, cursor)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import random
 import re
 
 import pytest
@@ -232,6 +233,31 @@ def test_a_change_through_the_api_reaches_subscribers_at_once(client, book):
     client.post("/api/addressbook", json=ANNA, headers=AUTH)
     post_csv(client, "last_name\nA\n")
     assert len(seen) == 2 and seen[0] < seen[1]
+
+
+def test_search_pages_and_counts_through_the_api_as_a_scan_of_the_book_does(client, book):
+    """A book of random contacts (a fixed seed), searched through the API page by page: each page and
+    X-Total-Count are what matching every contact with the documented rules (`matcher`) gives."""
+    rng = random.Random(20261201)
+    people = ["Anna", "Jürgen", "Straße", "Zoë", "O'Brien", "Müller", "Schmidt", "Acme GmbH", "Ｗidgets"]
+    rows = ["first_name,last_name,display_name,company,work,mobile,home,extension"]
+    for _ in range(600):
+        first, last, company = (rng.choice(people + [""]) for _ in range(3))
+        numbers = [rng.choice(["", f"+49 30 {rng.randrange(10 ** 6):06d}", f"(0171) {rng.randrange(10 ** 5)}-1"]) for _ in range(3)]
+        rows.append(",".join([first, last or "Lastly", rng.choice(["", "Reception"]), company, *numbers, rng.choice(["", "1", "201"])]))
+    imported = client.post("/api/addressbook/import", data="\n".join(rows) + "\n", headers={**AUTH, "Content-Type": "text/csv"})
+    assert imported.status_code == 200
+    contacts = book.contacts()
+    for q in ["anna", "STRASSE", "ü", "o'b", "ｗid", "0049 30 1", "+49-30", "0171 ", "1-1", "201", "e", "nobody"]:
+        matches = ab.matcher(q)
+        expected = [c.as_dict() for c in contacts if matches(c)]
+        for offset, limit in [(0, None), (0, 50), (37, 25), (len(expected), 10)]:
+            paging = {"offset": offset, **({"limit": limit} if limit else {})}
+            got = client.get("/api/addressbook", query_string={"q": q, **paging}, headers=AUTH)
+            assert got.status_code == 200
+            assert got.get_json() == expected[offset:None if limit is None else offset + limit], (q, offset, limit)
+            assert got.headers["X-Total-Count"] == str(len(expected))
+    assert sum(1 for c in contacts if ab.matcher("anna")(c)) > 50  # the pages above were full ones
 
 
 # -- the page ---------------------------------------------------------------------

@@ -4,6 +4,7 @@ and work kept on the loop in slices: the address book's index sorted in slices, 
 from __future__ import annotations
 
 import gc
+import heapq
 import random
 import sys
 import time
@@ -86,10 +87,25 @@ def test_what_was_loaded_is_frozen_what_comes_later_is_collected_and_a_build_kee
         gc.unfreeze()  # the other tests' process as it was
 
 
+def test_what_was_built_is_frozen_then_the_rest_collected_whole(as_in_the_worker):
+    class Node:
+        pass
+
+    built = [Node() for _ in range(100)]
+    full = gc.get_stats()[2]["collections"]
+    try:
+        offload.freeze_the_built()
+        tracked = {id(o) for o in gc.get_objects()}
+        assert id(built[0]) not in tracked and gc.get_freeze_count() > 0
+        assert gc.get_stats()[2]["collections"] == full + 1  # what was frozen no longer makes a full collection due
+    finally:
+        gc.unfreeze()
+
+
 def test_no_full_collections_while_merging_young_ones_go_on_and_all_as_before_however_it_ends(as_in_the_worker):
     before = gc.get_threshold()
     with offload.no_full_collections():
-        assert gc.get_threshold() == (before[0], before[1], offload.NEVER) and gc.isenabled()
+        assert gc.get_threshold() == (before[0], offload.MERGE_MIDDLE, offload.NEVER) and gc.isenabled()
         with pytest.raises(RuntimeError), offload.no_full_collections():  # nested: a merge and a build
             raise RuntimeError("a bug in the merge")
         assert gc.get_threshold()[2] == offload.NEVER  # the outer one still runs
@@ -115,14 +131,15 @@ def test_an_error_in_the_work_is_raised_and_the_settings_restored(as_in_the_work
 def test_sorting_in_slices_sorts(size):
     rng = random.Random(size)
     keys = {i: rng.choice("abc") * rng.randrange(1, 4) for i in range(size)}
-    steps = index.sorted_steps(array("i", keys), keys.get)
+    steps = index.sorted_runs_steps(array("i", keys), keys.get)
     slices = 0
     try:
         while True:
             next(steps)
             slices += 1
     except StopIteration as done:
-        assert done.value == sorted((k, i) for i, k in keys.items())
+        assert list(heapq.merge(*done.value)) == sorted((k, i) for i, k in keys.items())
+        assert all(len(run) <= index.SORT_STEP for run in done.value)  # no one list of all the pairs
     assert slices >= size // index.SORT_STEP  # a slice at a time
 
 
@@ -154,3 +171,20 @@ def test_the_ldap_shell_frees_a_replaced_directory_once_nothing_else_holds_it(mo
     del reader  # the search ends
     waiting.join()
     assert kept == {}  # then it is emptied in place
+
+
+def test_a_merge_makes_no_container_of_all_its_pairs():
+    """What a young collection scans in one go stays small: no list of every (key, id) pair of a merge."""
+    directory = ldap.Directory("dc=pbx", contacts(100))
+    more = contacts(3 * index.SORT_STEP + 100)[100:]
+    largest = 0
+    gc.disable()  # what the merge makes stays in the youngest generation, where it can be seen
+    try:
+        before = {id(o) for o in gc.get_objects()}
+        for _ in directory.merge_steps(more):
+            made = (o for o in gc.get_objects(0) if id(o) not in before and isinstance(o, list | tuple | dict))
+            largest = max([largest, *(len(o) for o in made)])
+    finally:
+        gc.enable()
+    assert len(directory) == len(more) + 100
+    assert largest <= index.SORT_STEP + 2 * index.BLOCK + 1

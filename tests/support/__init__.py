@@ -8,6 +8,7 @@
 - ldap: the service with an address book (ldap_service), LDAP answers off a socket;
 - ldap_wire: LDAP requests built (RFC 4515 filter strings included) and responses parsed, independently of the server;
 - clock, certs, contacts, snmp: a settable clock, certificates, the contacts, SNMP messages;
+- tftp_clients: the command lines of the real TFTP clients (tftp-hpa, atftp, curl);
 - pebble (a real ACME authority), tftp_relay (a lossy TFTP relay), fuzz_targets (shared with bench/fuzz_long.py).
 
 The names most tests use are importable from `support` itself.

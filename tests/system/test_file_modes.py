@@ -28,6 +28,7 @@ import tomlkit
 from support import ServiceProcess, free_port, free_udp_port, run_cli as cli
 from support.certs import make_cert
 from support.files import assert_private, modes_under
+from support.tftp_clients import tftp_hpa
 from support.web import PASSWORD, PASSWORD_HASH, csrf_of
 
 from greenservers.passwords import verify_password
@@ -83,7 +84,7 @@ def test_fresh_start_and_every_kind_of_write_leave_only_private_files(started, t
     _upload_certificate(svc)
     log = tmp_path / "phone.log"
     log.write_bytes(b"boot ok\n")
-    tftp = subprocess.run(["tftp", "-4", "-m", "binary", "127.0.0.1", str(svc.port("ip_tftp_port")), "-c", "put", str(log), "phone.log"],
+    tftp = subprocess.run(tftp_hpa("127.0.0.1", svc.port("ip_tftp_port"), "put", log, "phone.log"),
                           capture_output=True, text=True, timeout=30)
     assert tftp.stdout + tftp.stderr == ""
     result = cli(["passwd"], svc.config_path, stdin="new password 1\n")

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from support import REPO, ServiceProcess, free_port, free_udp_port
+from support.tftp_clients import curl_tftp, tftp_hpa, url_host
 from support.web import PASSWORD, PASSWORD_HASH
 
 from greenservers.addressbook import AddressBook
@@ -103,14 +104,9 @@ def svc(tmp_path_factory):
     proc.stop()
 
 
-def url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 CLIENTS = {
-    "tftp-hpa": lambda svc, host, name, out: ["tftp", "-6" if ":" in host else "-4", "-m", "binary", host,
-                                              str(svc.port("ip_tftp_port")), "-c", "get", name, str(out)],
-    "curl-tftp": lambda svc, host, name, out: ["curl", "-sS", "-g", "-o", str(out), f"tftp://{url_host(host)}:{svc.port('ip_tftp_port')}/{name}"],
+    "tftp-hpa": lambda svc, host, name, out: tftp_hpa(host, svc.port("ip_tftp_port"), "get", name, out),
+    "curl-tftp": lambda svc, host, name, out: curl_tftp(host, svc.port("ip_tftp_port"), name, "-o", out),
     "curl-http": lambda svc, host, name, out: ["curl", "-sS", "-g", "-f", "-A", "greenservers-test", "-o", str(out),
                                                svc.url(f"/prov/{name}", host=host)],
     "curl-https": lambda svc, host, name, out: ["curl", "-sS", "-g", "-f", "--cacert", str(svc.cert_path), "-o", str(out),

@@ -24,6 +24,7 @@ import pytest
 import requests
 from support import ServiceProcess, eventually, free_port, free_udp_port
 from support.netns import in_network_namespace
+from support.tftp_clients import atftp_get, curl_tftp, tftp_hpa
 from support.tftp_relay import LossyRelay
 from support.web import PASSWORD, PASSWORD_HASH
 
@@ -170,7 +171,7 @@ def test_an_honest_client_is_never_short_of_allowance(tftp, tmp_path):
     """Fifty sequential downloads from one address: each acknowledgement gives its bytes back."""
     port = tftp.port("ip_tftp_port")
     for n in range(50):
-        result = subprocess.run(["tftp", "-m", "binary", "127.0.0.1", str(port), "-c", "get", "ab.cfg", str(tmp_path / "x")],
+        result = subprocess.run(tftp_hpa("127.0.0.1", port, "get", "ab.cfg", tmp_path / "x"),
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 0 and (tmp_path / "x").read_bytes() == tftp.files["ab.cfg"], (n, result.stderr)
 
@@ -179,11 +180,11 @@ def test_an_honest_client_is_never_short_of_allowance(tftp, tmp_path):
 
 
 CLIENTS = {  # each fetches `name` through the relay at `port`
-    "curl": lambda port, name, out: ["curl", "-sS", "-o", out, f"tftp://127.0.0.1:{port}/{name}"],  # OACK first (blksize, tsize, timeout)
-    "atftp": lambda port, name, out: ["atftp", "-g", "-r", name, "-l", out, "--option", "blksize 1428", "127.0.0.1", str(port)],
-    "tftp-hpa": lambda port, name, out: ["tftp", "-4", "-m", "binary", "127.0.0.1", str(port), "-c", "get", name, out],  # DATA 1 first
+    "curl": lambda port, name, out: curl_tftp("127.0.0.1", port, name, "-o", out),  # OACK first (blksize, tsize, timeout)
+    "atftp": lambda port, name, out: atftp_get("127.0.0.1", port, name, out, "blksize 1428"),
+    "tftp-hpa": lambda port, name, out: tftp_hpa("127.0.0.1", port, "get", name, out),  # DATA 1 first
     # the option is declined, no other is asked for: no OACK, DATA 1 first
-    "atftp-timeout-255": lambda port, name, out: ["atftp", "-g", "-r", name, "-l", out, "--option", "timeout 255", "127.0.0.1", str(port)],
+    "atftp-timeout-255": lambda port, name, out: atftp_get("127.0.0.1", port, name, out, "timeout 255"),
 }
 LOSSES = {
     "first packet lost": lambda direction, transfer, index: direction == "down" and index == 0,
@@ -276,7 +277,7 @@ def test_a_spoofed_burst_does_not_shut_out_the_phone_at_its_address(service, tmp
         spoofed = wait_for_sensor(svc, "tftp_first_packets_unacknowledged", PER_CLIENT)  # all gave up: the network is quiet
         assert spoofed["tftp_sends_withheld"] >= burst - PER_CLIENT and spoofed["tftp_transfers_active"] == 0, spoofed
         out = tmp_path / "ab.cfg"
-        result = subprocess.run(["tftp", "-4", "-m", "binary", "127.0.0.1", str(port), "-c", "get", "ab.cfg", str(out)],
+        result = subprocess.run(tftp_hpa("127.0.0.1", port, "get", "ab.cfg", out),
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and out.read_bytes() == b"phone settings\n" * 100, result.stderr
         after = wait_for_sensor(svc, "tftp_transfers_done", 1)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from support import ServiceProcess, eventually, free_port, free_udp_port
 from support.netns import in_network_namespace
+from support.tftp_clients import atftp_get, curl_tftp, tftp_hpa
 
 HOSTS = ["127.0.0.1", "::1"]
 BIG = 10 * 1024 * 1024
@@ -68,50 +69,13 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 CLIENTS = {
-    "curl": lambda host, port, name, out: ["curl", "-sS", "-g", "-o", out, f"tftp://{url_host(host)}:{port}/{name}"],
-    "curl-blksize": lambda host, port, name, out: [
-        "curl",
-        "-sS",
-        "-g",
-        "--tftp-blksize",
-        "1428",
-        "-o",
-        out,
-        f"tftp://{url_host(host)}:{port}/{name}",
-    ],
-    "atftp-blksize": lambda host, port, name, out: ["atftp", "-g", "-r", name, "-l", out, "--option", "blksize 1428", host, str(port)],
-    "atftp-windowsize": lambda host, port, name, out: ["atftp", "-g", "-r", name, "-l", out, "--option", "windowsize 8", host, str(port)],
-    "atftp-largest": lambda host, port, name, out: [
-        "atftp",
-        "-g",
-        "-r",
-        name,
-        "-l",
-        out,
-        "--option",
-        "blksize 65464",
-        "--option",
-        "windowsize 4",
-        host,
-        str(port),
-    ],
-    "tftp-hpa": lambda host, port, name, out: [
-        "tftp",
-        "-6" if ":" in host else "-4",
-        "-m",
-        "binary",
-        host,
-        str(port),
-        "-c",
-        "get",
-        name,
-        out,
-    ],
+    "curl": lambda host, port, name, out: curl_tftp(host, port, name, "-o", out),
+    "curl-blksize": lambda host, port, name, out: curl_tftp(host, port, name, "--tftp-blksize", "1428", "-o", out),
+    "atftp-blksize": lambda host, port, name, out: atftp_get(host, port, name, out, "blksize 1428"),
+    "atftp-windowsize": lambda host, port, name, out: atftp_get(host, port, name, out, "windowsize 8"),
+    "atftp-largest": lambda host, port, name, out: atftp_get(host, port, name, out, "blksize 65464", "windowsize 4"),
+    "tftp-hpa": lambda host, port, name, out: tftp_hpa(host, port, "get", name, out),
 }
 
 
@@ -202,7 +166,7 @@ def test_traversal_and_bad_names_answer_a_tftp_error(tftp, name, code):
 @pytest.mark.real_client
 def test_traversal_with_tftp_hpa_is_refused_and_logged(tftp, tmp_path):
     result = subprocess.run(
-        ["tftp", "-m", "binary", "127.0.0.1", str(tftp.port("ip_tftp_port")), "-c", "get", "../secret.txt", str(tmp_path / "s")],
+        tftp_hpa("127.0.0.1", tftp.port("ip_tftp_port"), "get", "../secret.txt", tmp_path / "s"),
         capture_output=True,
         text=True,
         timeout=20,
@@ -221,7 +185,7 @@ def test_traversal_with_tftp_hpa_is_refused_and_logged(tftp, tmp_path):
 def test_upload_refused_by_default(tftp, tmp_path):
     (tmp_path / "log.txt").write_text("phone log\n")
     result = subprocess.run(
-        ["tftp", "-m", "binary", "127.0.0.1", str(tftp.port("ip_tftp_port")), "-c", "put", str(tmp_path / "log.txt"), "phone.log"],
+        tftp_hpa("127.0.0.1", tftp.port("ip_tftp_port"), "put", tmp_path / "log.txt", "phone.log"),
         capture_output=True,
         text=True,
         timeout=20,
@@ -243,9 +207,7 @@ def writable(tmp_path_factory):
 
 
 def put(svc, host: str, local: Path, remote: str) -> str:
-    family = "-6" if ":" in host else "-4"
-    result = subprocess.run(["tftp", family, "-m", "binary", host, str(svc.port("ip_tftp_port")), "-c", "put", str(local), remote],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(tftp_hpa(host, svc.port("ip_tftp_port"), "put", local, remote), capture_output=True, text=True, timeout=30)
     return result.stdout + result.stderr
 
 
@@ -328,7 +290,7 @@ def test_tftp_hpa_netascii_round_trip(tftp, tmp_path):
     text = b"line one\nline two\r\nbare cr\r end\n" * 100
     (tftp.directory / "data" / "tftp" / "notes.txt").write_bytes(text)
     out = tmp_path / "notes.txt"
-    result = subprocess.run(["tftp", "-m", "netascii", "127.0.0.1", str(tftp.port("ip_tftp_port")), "-c", "get", "notes.txt", str(out)],
+    result = subprocess.run(tftp_hpa("127.0.0.1", tftp.port("ip_tftp_port"), "get", "notes.txt", out, mode="netascii"),
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 0 and out.read_bytes() == text, result.stderr
 
@@ -355,8 +317,7 @@ def wildcard_probe() -> dict:
         (root / "window.bin").write_bytes(bytes(range(256)) * 400)
         subprocess.run(["ip", "link", "set", "lo", "mtu", "1280"], check=True)
         out = svc.directory / "window.out"
-        subprocess.run(["atftp", "-g", "-r", "window.bin", "-l", str(out), "--option", "blksize 1428", "--option", "windowsize 8",
-                        "127.0.0.1", "69"], capture_output=True, timeout=30)
+        subprocess.run(atftp_get("127.0.0.1", 69, "window.bin", out, "blksize 1428", "windowsize 8"), capture_output=True, timeout=30)
         results["small-mtu window"] = out.read_bytes() == (root / "window.bin").read_bytes()
     finally:
         svc.stop()

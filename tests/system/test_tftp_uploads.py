@@ -15,6 +15,7 @@ import subprocess
 import pytest
 import requests
 from support import ServiceProcess, free_port, free_udp_port
+from support.tftp_clients import atftp_put, curl_tftp, tftp_hpa
 from support.web import HTML, PASSWORD, PASSWORD_HASH, csrf_of
 
 from greenservers.provisioning import uploads
@@ -67,27 +68,9 @@ def tftp_error(answer: bytes) -> tuple[int, str]:
 
 
 UPLOADERS = {
-    "tftp-hpa": lambda host, port, local, name: [
-        "tftp",
-        "-6" if ":" in host else "-4",
-        "-m",
-        "binary",
-        host,
-        str(port),
-        "-c",
-        "put",
-        local,
-        name,
-    ],
-    "atftp": lambda host, port, local, name: ["atftp", "-p", "-l", local, "-r", name, host, str(port)],
-    "curl": lambda host, port, local, name: [
-        "curl",
-        "-sS",
-        "-g",
-        "-T",
-        local,
-        f"tftp://{'[' + host + ']' if ':' in host else host}:{port}/{name}",
-    ],
+    "tftp-hpa": lambda host, port, local, name: tftp_hpa(host, port, "put", local, name),
+    "atftp": atftp_put,
+    "curl": lambda host, port, local, name: curl_tftp(host, port, name, "-T", local),
 }
 
 
@@ -103,7 +86,7 @@ def test_real_clients_upload_and_nothing_serves_the_upload_back(tftp, tmp_path, 
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tftp.directory / "data" / "tftp" / "uploads" / name).read_bytes() == content
     # TFTP: refused like any forbidden file, by the clients and by a raw request
-    fetched = subprocess.run(["tftp", "-4", "-m", "binary", "127.0.0.1", str(port), "-c", "get", f"uploads/{name}", str(tmp_path / "back")],
+    fetched = subprocess.run(tftp_hpa("127.0.0.1", port, "get", f"uploads/{name}", tmp_path / "back"),
                              capture_output=True, text=True, timeout=30)
     assert "not served" in fetched.stdout + fetched.stderr
     assert not (tmp_path / "back").exists() or (tmp_path / "back").read_bytes() == b""

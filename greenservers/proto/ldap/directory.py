@@ -71,7 +71,7 @@ from .index import (
     chain,
     display_from_cn,
     folded_value,
-    freed_steps,
+    freed_runs,
     lookup,
     make_blob,
     merged_steps,
@@ -79,6 +79,7 @@ from .index import (
     partial_attribute,
     raw_value,
     reversed_key,
+    sorted_runs_steps,
     sorted_steps,
     with_dn,
 )
@@ -210,7 +211,7 @@ class Directory:
         if not made:
             return
         if not ascending:
-            made = yield from sorted_steps(made, None)
+            made = yield from sorted_steps(made)
         if self.order and made[0] < self.order[-1]:  # in one step: a change between steps would be lost
             self.order = array("i", heap_merge(self.order, made))
         else:
@@ -218,20 +219,20 @@ class Directory:
         yield
         for key in KEYS:
             if key in NUMBER_KEYS:
-                new = yield from sorted_steps(made, lambda i, key=key: national_key(self.blobs[i], key))
-                yield from self._merged_into(self.keys, key, new)
-                yield from freed_steps(new)
-                new = yield from sorted_steps(made, lambda i, key=key: reversed_key(self.blobs[i], key))
-                yield from self._merged_into(self.reversed, key, new)
+                runs = yield from sorted_runs_steps(made, lambda i, key=key: national_key(self.blobs[i], key))
+                yield from self._merged_into(self.keys, key, runs)
+                yield from freed_runs(runs)
+                runs = yield from sorted_runs_steps(made, lambda i, key=key: reversed_key(self.blobs[i], key))
+                yield from self._merged_into(self.reversed, key, runs)
             else:
-                new = yield from sorted_steps(made, lambda i, key=key: folded_value(self.blobs[i], key))
-                yield from self._merged_into(self.keys, key, new)
+                runs = yield from sorted_runs_steps(made, lambda i, key=key: folded_value(self.blobs[i], key))
+                yield from self._merged_into(self.keys, key, runs)
                 grams = self.grams.get(key)
-                for n, (value, i) in enumerate(new if grams is not None else (), 1):
+                for n, (value, i) in enumerate(heap_merge(*runs) if grams is not None else (), 1):
                     grams.add(value, i)
                     if n % MERGE_STEP == 0:
                         yield
-            yield from freed_steps(new)
+            yield from freed_runs(runs)
         # namesakes: among the new ones, and between the new and the old ones (equal cn keys are neighbours)
         previous, group = None, []
         for n, (cn, i) in enumerate(self.keys["cn"].pairs(), 1):
@@ -248,11 +249,11 @@ class Directory:
                 self._set_namesake(other, True)
         self.version += 1
 
-    def _merged_into(self, structures: dict[str, SortedKeys], key: str, new: list[tuple[str, int]]) -> Iterator[None]:
-        """Steps that merge `new` into structures[key], then do again to the merged keys what changes
+    def _merged_into(self, structures: dict[str, SortedKeys], key: str, runs: list[list[tuple[str, int]]]) -> Iterator[None]:
+        """Steps that merge the new pairs (sorted runs) into structures[key], then do again to the merged keys what changes
         made meanwhile (recorded in the journal) did to the old ones."""
         old, mark = structures[key], len(self._journal)
-        merged = yield from merged_steps(old, new)
+        merged = yield from merged_steps(old, runs)
         if merged is not old:
             for id_, blob, adding in self._journal[mark:]:
                 for keys, indexed in self._places(key, blob):

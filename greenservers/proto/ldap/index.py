@@ -307,7 +307,8 @@ def chain(parts: Iterable[Iterable[int]]) -> Iterator[int]:
 
 
 MERGE_STEP = 32  # contacts made (about 20 us each), or keys added to trigrams, between two yields of merge_steps
-SORT_STEP = 1024  # pairs sorted by one call, or merged, between two yields
+SORT_STEP = 512  # pairs sorted by one call, or merged, between two yields (about half a millisecond)
+PACK_STEP = 4  # blocks packed between two yields
 
 
 def national_key(blob: bytes, key: str) -> str | None:
@@ -320,73 +321,105 @@ def reversed_key(blob: bytes, key: str) -> str | None:
     return None if value is None else value[::-1]
 
 
-def sorted_steps(ids: array, key_of: Callable[[int], str | None] | None):
-    """Steps that sort `ids` (key_of None: an array of them), or the (key, id) pairs of `ids`, a slice
-    per call, then merged; returns the sorted array or list."""
+def sorted_steps(ids: array):
+    """Steps that sort an array of ids, a slice per call, then merged; returns the sorted array."""
     runs = []
     for start in range(0, len(ids), SORT_STEP):
-        if key_of is None:
-            run = sorted(ids[start:start + SORT_STEP])
-        else:
-            run = [(k, i) for i in ids[start:start + SORT_STEP] if (k := key_of(i)) is not None]
-            run.sort()
-        runs.append(run)
+        runs.append(sorted(ids[start:start + SORT_STEP]))
         yield
-    merged = array("i") if key_of is None else []
+    merged = array("i")
     for n, item in enumerate(heap_merge(*runs), 1):
         merged.append(item)
         if n % SORT_STEP == 0:
             yield
-    for run in runs:
-        yield from freed_steps(run)
     return merged
 
 
-def freed_steps(items: list):
-    """Empty a large list a slice at a time (freeing 100,000 tuples at once takes tens of milliseconds)."""
-    while items:
-        del items[-SORT_STEP:]
+def sorted_runs_steps(ids: array, key_of: Callable[[int], str | None]):
+    """Steps that make the (key, id) pairs of `ids` (those with a key) in sorted runs of up to SORT_STEP, a
+    run per call; returns the runs, for `heap_merge`. Never one list of them all: a list of 100,000 pairs
+    made on the loop was scanned whole by a young collection of the cyclic collector (15-22 ms)."""
+    runs = []
+    for start in range(0, len(ids), SORT_STEP):
+        run = [(k, i) for i in ids[start:start + SORT_STEP] if (k := key_of(i)) is not None]
+        run.sort()
+        runs.append(run)
+        yield
+    return runs
+
+
+def freed_runs(runs: list[list]):
+    """Drop sorted runs one at a time (freeing 100,000 pairs at once takes tens of milliseconds)."""
+    while runs:
+        del runs[-1]
         yield
 
 
-def merged_steps(keys: SortedKeys, new: list[tuple[str, int]]):
-    """Steps that merge `new` (sorted pairs) into new SortedKeys, block by block: a block no new pair
-    falls into is kept as it is, one that some do is packed again with them; returns the new SortedKeys."""
-    if not new:
+class _Ahead:
+    """A sorted iterator read ahead by one: what lies below a bound is taken, the rest waits."""
+
+    __slots__ = ("items", "next")
+    _DONE = object()
+
+    def __init__(self, items: Iterable):
+        self.items = iter(items)
+        self.next = next(self.items, self._DONE)
+
+    def take(self, bound, most: int) -> list:
+        """Up to `most` items below `bound` (None: no bound)."""
+        taken = []
+        while len(taken) < most and self.next is not self._DONE and (bound is None or self.next < bound):
+            taken.append(self.next)
+            self.next = next(self.items, self._DONE)
+        return taken
+
+    def below(self, bound) -> Iterator:
+        """The items below `bound` (None: all), lazily."""
+        while self.next is not self._DONE and (bound is None or self.next < bound):
+            item, self.next = self.next, next(self.items, self._DONE)
+            yield item
+
+
+def merged_steps(keys: SortedKeys, runs: list[list[tuple[str, int]]]):
+    """Steps that merge the new pairs (sorted runs, merged lazily) into new SortedKeys, block by block: a
+    block no new pair falls into is kept as it is, one that some do is packed again with them; returns the
+    new SortedKeys (`keys` itself when there are none)."""
+    if not any(runs):
         return keys
+    new = _Ahead(heap_merge(*runs))
     heads, blocks = keys.heads, keys.blocks
     merged = SortedKeys()
-    taken = work = 0
+    work = 0
     for b, block in enumerate(blocks):
-        upto = len(new) if b + 1 == len(blocks) else bisect_left(new, heads[b + 1], taken)
-        work += 1 if upto == taken else 8  # a block packed again costs about eight kept ones
+        bound = heads[b + 1] if b + 1 < len(blocks) else None
+        falling = new.take(bound, BLOCK + 1)
+        work += 8 if falling else 1  # a block packed again costs about eight kept ones
         if work >= 32:
             work = 0
             yield
-        if upto == taken:
+        if not falling:
             merged.heads.append(heads[b])
             merged.blocks.append(block)
-        else:
-            old_keys, old_ids = unpack(block)
-            if upto - taken <= BLOCK:
-                yield from packed_steps(sorted(list(zip(old_keys, old_ids, strict=True)) + new[taken:upto]), merged)  # timsort: two runs
-            else:  # many (an import's numbers, all above the old ones): merged lazily, a block at a time
-                yield from packed_steps(heap_merge(zip(old_keys, old_ids, strict=True), new[taken:upto]), merged)
-            taken = upto
+            continue
+        old = zip(*unpack(block), strict=True)
+        if len(falling) <= BLOCK:
+            yield from packed_steps(sorted([*old, *falling]), merged)  # timsort: two runs
+        else:  # many (an import's numbers, all above the old ones): merged lazily, a block at a time
+            yield from packed_steps(heap_merge(old, chain((falling, new.below(bound)))), merged)
     if not blocks:
-        yield from packed_steps(new, merged)
+        yield from packed_steps(new.below(None), merged)
     return merged
 
 
 def packed_steps(pairs: Iterable[tuple[str, int]], into: SortedKeys):
-    """Append sorted `pairs` to `into` in blocks of BLOCK, yielding every 16 blocks."""
+    """Append sorted `pairs` to `into` in blocks of BLOCK, yielding every PACK_STEP blocks."""
     pairs = iter(pairs)
     n = 0
     while chunk := list(islice(pairs, BLOCK)):
         into.heads.append(chunk[0])
         into.blocks.append(pack([k for k, _ in chunk], [i for _, i in chunk]))
         n += 1
-        if n % 16 == 0:
+        if n % PACK_STEP == 0:
             yield
 
 
