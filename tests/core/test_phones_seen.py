@@ -1,5 +1,6 @@
 """The record of phones (greenservers.provisioning.phones.seen) on a fake clock: what is kept, bounded, saved and forgotten;
-floods from one source, a LAN of phones and a device cycling the addresses of one /64, and forged TFTP sources; the store (phones.sqlite3) and the move from phones.json."""
+floods from one source, a LAN of phones and a device cycling the addresses of one /64, and forged TFTP sources;
+the store (phones.sqlite3) and the move from phones.json."""
 
 from __future__ import annotations
 
