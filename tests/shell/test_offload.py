@@ -201,7 +201,8 @@ def test_a_single_change_through_the_api_writes_the_store_in_a_pool_thread(as_in
 
     book = addressbook_for(web.runtime)
     writers, told = set(), []
-    book._db.set_trace_callback(lambda sql: writers.add(threading.get_ident()) if sql.split()[0] in ("INSERT", "UPDATE", "DELETE") else None)
+    writes = ("INSERT", "UPDATE", "DELETE")
+    book._db.set_trace_callback(lambda sql: writers.add(threading.get_ident()) if sql.split()[0] in writes else None)
     book.subscribe(lambda: told.append(threading.get_ident()))
     loop = threading.get_ident()
     try:
