@@ -181,9 +181,11 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("tftp_transfers_failed", 22, C, "TFTP transfers failed or refused."),
     Sensor("tftp_bytes_sent", 23, C, "Bytes of file data sent over TFTP (Counter32 wraps at 4 GiB)."),
     Sensor("tftp_uploads_refused_full", 24, C,
-           "TFTP uploads refused as disk full: the upload budget (tftp_upload_budget_mib) or the 10,000 files of uploads/ used up; "
-           "nothing is deleted to make room."),
-    Sensor("tftp_uploads_refused_rate", 25, C, "TFTP uploads refused because their client had uploaded its tftp_upload_mib_per_hour."),
+           "TFTP uploads refused as disk full: the upload budget (tftp_upload_budget_mib) or the 10,000 files of uploads/ used up, "
+           "or the 1,000 of them one address may keep (2,500 an IPv6 /64 as a whole); nothing is deleted to make room."),
+    Sensor("tftp_uploads_refused_rate", 25, C,
+           "TFTP uploads refused because their address had uploaded its tftp_upload_mib_per_hour, or its IPv6 /64 as a whole 8 "
+           "times that."),
     Sensor("tftp_first_packets_unacknowledged", 27, C,
            "TFTP transfers whose first packet (OACK, DATA 1 or ACK 0) was never acknowledged: given up 8 s after the request, or sooner "
            "to let another request have the slot."),

@@ -6,7 +6,8 @@ copy of the contacts: `get`, `page` and the export read SQLite a page at a time,
 `find` (the admin search, off the event loop) its search index (search.py), so a book of 100,000
 contacts costs the worker no memory of its own.
 
-Every write commits in one transaction; triggers on the contacts table
+Every write commits in one transaction, off the event loop (a single change's
+validation, reads and commit held it for milliseconds); triggers on the contacts table
 record each added, changed or deleted contact's id in `contact_changes`,
 whoever wrote it (this process, the CLI, an administrator's sqlite3 shell).
 `ChangeReader` (a connection of its own) is how the LDAP server follows the
@@ -79,7 +80,7 @@ class AddressBook:
         self.path = Path(path)
         make_private_dir(self.path.parent)
         ensure_private_file(self.path)  # SQLite makes -wal and -shm with the database file's mode and owner
-        self._db = _connect(self.path, checkpoints=False)  # its commits run on the event loop
+        self._db = _connect(self.path, checkpoints=False)  # the WAL is checkpointed by `_checkpoint`
         with _Transaction(self._db):
             for statement in _SCHEMA:
                 self._db.execute(statement)
@@ -164,6 +165,26 @@ class AddressBook:
     # -- writing ---------------------------------------------------------------
 
     def add(self, fields: dict) -> Contact:
+        contact = run_off_loop(self._add, fields)
+        self._notify()
+        return contact
+
+    def change(self, id: int, fields: dict) -> Contact:
+        """Change the given fields of contact `id` (others keep their values)."""
+        contact = run_off_loop(self._change, id, fields)
+        self._notify()
+        return contact
+
+    def delete(self, id: int) -> bool:
+        deleted = run_off_loop(self._delete, id)
+        if deleted:
+            self._notify()
+        return deleted
+
+    # A single change's validation and transaction (with the reads, the trigger, the log's pruning and, at
+    # a checkpoint, its fsync) run off the event loop: on the loop a change held it for milliseconds.
+
+    def _add(self, fields: dict) -> Contact:
         values = validate(fields)
         with self._lock:
             with self._transaction():
@@ -171,12 +192,9 @@ class AddressBook:
                     raise ContactError({"contact": f"the address book is full ({MAX_CONTACTS} contacts)"})
                 cursor = self._db.execute(_INSERT, [values[f] for f in FIELDS])
                 _prune_log(self._db)
-            contact = Contact(cursor.lastrowid, **values)
-        self._notify()
-        return contact
+            return Contact(cursor.lastrowid, **values)
 
-    def change(self, id: int, fields: dict) -> Contact:
-        """Change the given fields of contact `id` (others keep their values)."""
+    def _change(self, id: int, fields: dict) -> Contact:
         with self._lock:
             with self._transaction():
                 current = self.get(id)
@@ -185,16 +203,12 @@ class AddressBook:
                 values = validate(fields, base=current.fields())
                 self._db.execute(_UPDATE, [values[f] for f in FIELDS] + [current.id])
                 _prune_log(self._db)
-            contact = Contact(current.id, **values)
-        self._notify()
-        return contact
+            return Contact(current.id, **values)
 
-    def delete(self, id: int) -> bool:
+    def _delete(self, id: int) -> bool:
         with self._lock, self._transaction():
             deleted = self._db.execute("DELETE FROM contacts WHERE id = ?", (int(id),)).rowcount
             _prune_log(self._db)
-        if deleted:
-            self._notify()
         return bool(deleted)
 
     def import_csv(self, text: str, replace: bool = False) -> int:
@@ -234,7 +248,7 @@ class AddressBook:
         return count
 
     def subscribe(self, callback: Callable[[], None]) -> None:
-        """Call `callback()` after each change this process commits (from the thread that made it)."""
+        """Call `callback()` after each change this process commits (in the thread that asked for it: the loop's, in the worker)."""
         with self._lock:
             self._subscribers.append(callback)
 
@@ -348,11 +362,16 @@ class _Transaction:
 
 _books: dict[Path, AddressBook] = {}
 _books_lock = threading.Lock()
+_resolved: tuple[object, Path] | None = None  # (settings, its book's path): resolving data_dir reads the file system
 
 
 def addressbook_for(runtime) -> AddressBook:
     """The process's AddressBook for the runtime's current data_dir, made on first use."""
-    path = runtime.settings.data_path / "addressbook.sqlite3"
+    global _resolved
+    settings = runtime.settings
+    if _resolved is None or _resolved[0] is not settings:
+        _resolved = settings, settings.data_path / "addressbook.sqlite3"
+    path = _resolved[1]
     with _books_lock:
         book = _books.get(path)
         if book is None:

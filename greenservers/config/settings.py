@@ -352,8 +352,8 @@ DECLARATIONS: tuple[Setting, ...] = (
             "MiB that uploads/ may hold in all; when it is full, uploads are refused (TFTP \"disk full\") and nothing is deleted to make "
             "room.", label="TFTP Upload Budget (MiB)"),
     Setting("tftp_upload_mib_per_hour", "tftp", 16, _int_in(1, 100_000),
-            "MiB one address (IPv6: one /64) may upload per hour (all of it at once, if it likes), each file counting 64 KiB "
-            "besides its size; more is refused as \"disk full\".",
+            "MiB one address may upload per hour (all of it at once, if it likes), each file counting 64 KiB besides its size; "
+            "an IPv6 /64 as a whole (a LAN of phones) 8 times as much; more is refused as \"disk full\".",
             label="TFTP Uploads per Client and Hour (MiB)"),
     Setting("tftp_max_transfers", "tftp", 500, _int_in(1, 100_000),
             "TFTP transfers in progress at a time, all clients together; more are refused (the phone retries).",

@@ -1,4 +1,4 @@
-"""Runs CPU-heavy work off the event loop: storing an address-book import, the export, the admin search,
+"""Runs CPU-heavy work off the event loop: storing an address-book import or a single change, the export, the admin search,
 the JSON list and the page of a large book; scrypt; an RSA key. And keeps the cyclic collector's costly
 collections out of work that makes many objects, in a thread or on the loop.
 

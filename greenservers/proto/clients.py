@@ -10,20 +10,23 @@ client would serve a LAN of hundreds of phones as one. Such a limit applies
 per address instead, and a /64 as a whole holds at most a larger share of it
 (`Shares`: the limits that apply to an address are its own and, for an IPv6
 address, its /64's; `address_groups` names what it counts under). Users:
-TFTP's transfer slots, NTP's request rate, LDAP's searches in progress,
-unfinished paged searches and connections.
+TFTP's transfer slots, upload quota and uploaded files kept, NTP's request
+rate, the new phones a source adds to the Phones record, LDAP's searches in
+progress, unfinished paged searches and connections.
 
 `ClientTable` keeps one entry per client in bounded memory (the least
 recently seen client is forgotten beyond `max_keys`); the caller passes the
 monotonic time in (sans-IO). Two limits are built on it:
 
 - `TokenBuckets`: a bucket per client that fills at `rate` up to `capacity`.
-  Users: NTP's request rate (proto.ntp.RateLimiter: a table of addresses
-  and one of /64s, `Shares`), TFTP's unacknowledged
-  bytes per destination address (proto.tftp.Admission: keyed by the exact
-  address, not the client key) and upload volume per hour
-  (shells.tftp), and the HTTP gate's spare share for clients admitted
-  rarely lately (proto.http.ConnectionGate).
+  Users: TFTP's unacknowledged bytes per destination address
+  (proto.tftp.Admission: keyed by the exact address, not the client key),
+  the HTTP gate's spare share for clients admitted rarely lately
+  (proto.http.ConnectionGate), and through `AddressBuckets` (a table of
+  addresses and one of /64s, `Shares` of rate and capacity): NTP's request
+  rate (proto.ntp.RateLimiter), TFTP's upload volume per hour (shells.tftp)
+  and the new phones a source may add to the Phones record
+  (provisioning.phones.seen).
 - `FailureBackoff`: each client's last `limit` failures within `window`
   seconds, and the wait they earn. Users: the failed-login limit
   (web.auth: `retry_after` once `limit` failures fall within the window),
@@ -34,7 +37,8 @@ monotonic time in (sans-IO). Two limits are built on it:
 progress, bytes buffered — and the total; it keeps only clients that hold
 something, so it is bounded by what is held. Users: LDAP's connection caps,
 searches in progress, unfinished paged searches (all three counted per
-address and per /64, `Shares`) and buffered bytes (proto.ldap.limits).
+address and per /64, `Shares`) and buffered bytes (proto.ldap.limits); the
+files uploads/ keeps per address and per /64 (provisioning.uploads).
 """
 
 from __future__ import annotations
@@ -160,6 +164,63 @@ class TokenBuckets(ClientTable):
         entry[0] = min(float(self.capacity), entry[0] + amount)
 
 
+class AddressBuckets:
+    """A token bucket per address (`addresses`) and one per IPv6 /64 as a whole (`prefixes`), each its share of
+    `rate` and `capacity` (`Shares`: an IPv4 address meets its own bucket only); `take` draws on both at once.
+
+    The /64's bucket is looked at first: a /64 short of what is asked (a device cycling through its
+    addresses) is refused before its address is looked up, so such a device adds addresses to the
+    table only as fast as its /64's bucket refills, and pushes no one else's out. A request refused by
+    its address costs its /64 nothing: one address spending its own bucket leaves its neighbours theirs.
+    `table` makes each of the two tables (TokenBuckets, or a subclass keeping more per key).
+    """
+
+    def __init__(self, rate: Shares, capacity: Shares, max_keys: int = 4096, table=TokenBuckets):
+        self.addresses = table(rate.per_address, capacity.per_address, max_keys)
+        self.prefixes = table(rate.per_prefix, capacity.per_prefix, max_keys)
+
+    def __len__(self) -> int:
+        return len(self.addresses) + len(self.prefixes)
+
+    def resize(self, rate: Shares, capacity: Shares) -> None:
+        """New rates and capacities (a setting changed); every bucket keeps its level, within the new capacity."""
+        self.addresses.rate, self.addresses.capacity = rate.per_address, capacity.per_address
+        self.prefixes.rate, self.prefixes.capacity = rate.per_prefix, capacity.per_prefix
+
+    def take(self, address: str | None, amount: float, now: float, refused_pays: bool = False) -> tuple[TokenBuckets, str] | None:
+        """Take `amount` from the buckets of `address` (its own, its /64's) if each holds it, and at least one
+        unit: None. Else the (table, key) of the bucket that refused, and nothing is taken from the other;
+        with `refused_pays` the refusing bucket pays anyway, down to minus its capacity (a flood keeps
+        itself in debt until it slows down, as NTP's rate limit does)."""
+        need = max(amount, 1.0)
+        groups = address_groups(address)
+        prefix = None
+        if len(groups) > 1:
+            prefix = self.prefixes.entry(groups[1], now)
+            if prefix[0] < need:
+                return self._refused(self.prefixes, groups[1], prefix, amount, refused_pays)
+        own = self.addresses.entry(groups[0], now)
+        if own[0] < need:
+            return self._refused(self.addresses, groups[0], own, amount, refused_pays)
+        own[0] -= amount
+        if prefix is not None:
+            prefix[0] -= amount
+        return None
+
+    def give(self, address: str | None, amount: float, now: float) -> None:
+        """Return `amount` taken before from the buckets of `address` (never above their capacity)."""
+        groups = address_groups(address)
+        self.addresses.give(groups[0], amount, now)
+        if len(groups) > 1:
+            self.prefixes.give(groups[1], amount, now)
+
+    @staticmethod
+    def _refused(table: TokenBuckets, key: str, entry: list, amount: float, pays: bool) -> tuple[TokenBuckets, str]:
+        if pays:
+            entry[0] = max(-float(table.capacity), entry[0] - amount)
+        return table, key
+
+
 class FailureBackoff(ClientTable):
     """The times of each key's last `limit` failures within `window` seconds, and the wait they earn."""
 
@@ -228,10 +289,14 @@ class ClientCounts:
             else:
                 self._held.pop(one, None)
 
+    def full(self, limits: list[tuple[str, float]]) -> str | None:
+        """The first key of `limits` (`Shares.of`) that holds its limit already, or None."""
+        return next((key for key, limit in limits if self._held.get(key, 0) >= limit), None)
+
     def admit(self, limits: list[tuple[str, float]], total: int) -> tuple[str, ...] | None:
         """One more under every key of `limits` (`Shares.of`) if that keeps each within its limit and everyone
         within `total`: the keys it is counted under (to `add` back, negative, when it ends), or None."""
-        if self.total >= total or any(self._held.get(key, 0) >= limit for key, limit in limits):
+        if self.total >= total or self.full(limits) is not None:
             return None
         keys = tuple(key for key, _ in limits)
         self.add(keys)

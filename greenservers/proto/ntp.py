@@ -53,10 +53,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import NamedTuple
 
-from .clients import TokenBuckets, address_groups
+from .clients import AddressBuckets, Shares, TokenBuckets
 from .results import Event, Output
 
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 (NTP era 0) to 1970-01-01
@@ -255,67 +255,51 @@ def verdict_of(outputs: list) -> str:
 # -- rate limiting -------------------------------------------------------------------
 
 
-# (within its rate, a KoD is due) -> what the client gets (a verdict, see verdict_of)
-LIMIT_TABLE = {
-    (True, True): ANSWERED,
-    (True, False): ANSWERED,
-    (False, True): KISSED,
-    (False, False): DROPPED,
-}
-
-
 class RequestBuckets(TokenBuckets):
-    """A token bucket of requests per key (proto.clients.TokenBuckets); `check(key, now)` gives the verdict.
+    """A token bucket of requests per key (proto.clients.TokenBuckets) that also keeps when the key's next KoD is due."""
 
-    Every request takes a token, answered or not, and the bucket may go as
-    far into debt as it can hold: a key sending faster than the rate stays
-    limited; one that slows down is answered again after at most
-    2 * burst / rate seconds. Each entry also keeps when the key's next KoD is due.
-    """
-
-    def __init__(self, rate: float, burst: float, kod_interval: float, max_keys: int):
+    def __init__(self, rate: float, burst: float, max_keys: int, kod_interval: float):
         super().__init__(rate, burst, max_keys)
         self.kod_interval = kod_interval
 
     def new_entry(self, now: float) -> list:
         return [float(self.capacity), now, now]  # tokens, last refill, next KoD at
 
-    def check(self, key: str, now: float) -> str:
-        entry = self.entry(key, now)
-        entry[0] = max(-float(self.capacity), entry[0] - 1.0)
-        kod_due = now >= entry[2]
-        verdict = LIMIT_TABLE[(entry[0] >= 0.0, kod_due)]
-        if verdict is KISSED:
-            entry[2] = now + self.kod_interval
-        return verdict
+    def kod_due(self, key: str, now: float) -> bool:
+        """Whether the key, just refused, gets a KoD (then the next is due KOD_INTERVAL later)."""
+        entry = self._entries[key]
+        if now < entry[2]:
+            return False
+        entry[2] = now + self.kod_interval
+        return True
 
 
-class RateLimiter:
+class RateLimiter(AddressBuckets):
     """The request rate of each address (`rate`, `burst`) and of each IPv6 /64 as a whole (`prefix_share` times
-    both), by proto.clients.Shares' rule; `check(address, now)` gives the verdict.
+    both): proto.clients.AddressBuckets of RequestBuckets; `check(address, now)` gives the verdict.
 
-    A request is counted against its /64 only when its address is within its own rate: one address
-    flooding spends its own bucket, not its neighbours'. A /64 in debt (a device cycling through its
-    addresses) is refused before its address is looked at, so such a flood adds a new address to the
-    table only as fast as the /64's bucket refills, and forgets no one else's.
+    Every request takes a token, answered or not, and a bucket may go as far
+    into debt as it can hold: a client sending faster than the rate stays
+    limited; one that slows down is answered again after at most
+    2 * burst / rate seconds. A request is counted against its /64 only when
+    its address is within its own rate: one address flooding spends its own
+    bucket, not its neighbours'. A /64 in debt (a device cycling through its
+    addresses) is refused before its address is looked at, so such a flood
+    adds a new address to the table only as fast as the /64's bucket refills,
+    and forgets no one else's.
     """
 
     def __init__(self, rate: float = RATE_PER_SECOND, burst: int = BURST, kod_interval: float = KOD_INTERVAL,
                  max_clients: int = MAX_CLIENTS, prefix_share: float = PREFIX_SHARE):
-        self.addresses = RequestBuckets(rate, burst, kod_interval, max_clients)
-        self.prefixes = RequestBuckets(rate * prefix_share, burst * prefix_share, kod_interval, max_clients)
-
-    def __len__(self) -> int:
-        return len(self.addresses) + len(self.prefixes)
+        super().__init__(Shares(rate, rate * prefix_share), Shares(burst, burst * prefix_share), max_clients,
+                         table=partial(RequestBuckets, kod_interval=kod_interval))
 
     def check(self, address: str, now: float) -> str:
-        groups = address_groups(address)
-        prefix = groups[1] if len(groups) > 1 else None
-        if prefix is None or self.prefixes.level(prefix, now) >= 1.0:  # the /64 can pay for one more
-            verdict = self.addresses.check(groups[0], now)
-            if verdict is not ANSWERED or prefix is None:
-                return verdict
-        return self.prefixes.check(prefix, now)
+        refused = self.take(address, 1.0, now, refused_pays=True)
+        if refused is None:
+            return ANSWERED
+        table, key = refused
+        return KISSED if table.kod_due(key, now) else DROPPED
 
 
 # -- answers -----------------------------------------------------------------------

@@ -13,9 +13,10 @@ administrators list, download and delete them on the /uploads page
 
 Space: everything in uploads/ together (complete files and uploads in
 progress) stays within `tftp_upload_budget_mib`, and at most MAX_UPLOAD_FILES
-files, of which one client (proto.clients' client key: an IPv4 address, an
-IPv6 /64) holds at most MAX_FILES_PER_CLIENT, so that no one client can fill
-the folder for every phone. An upload that would pass any of these is refused
+files, of which one address holds at most MAX_FILES_PER_ADDRESS and an IPv6
+/64 as a whole MAX_FILES_PER_PREFIX (proto.clients.ClientCounts, counted
+under `address_groups`), so that no one client can fill the folder for every
+phone. An upload that would pass any of these is refused
 as "disk full" (TFTP error 3), at once when its announced size (tsize) or the
 folder says so, else when the block that would pass it arrives: old uploads
 are never deleted to make room (administrators delete them, many at once too:
@@ -24,12 +25,15 @@ the event loop: 10,000 files take about 70 ms) when it changed behind this
 process's back (its modification time) or a minute has passed, plus what this
 process added and removed since.
 
-A client's volume is the TFTP service's business (`tftp_upload_mib_per_hour`,
-per address or IPv6 /64): it passes a `quota(size) -> bool` to each Upload,
-which refuses a block the quota does not allow (QuotaSpent, also error 3).
-Each file costs FILE_CHARGE of that volume besides its bytes (taken when it
-begins, with its announced size: those bytes are not charged again as they
-arrive), so that one-byte files cannot be uploaded by the thousand.
+A client's volume per hour is `HourlyQuota`'s: `tftp_upload_mib_per_hour` per
+address, and QUOTA_PREFIX_SHARE times that for an IPv6 /64 as a whole
+(proto.clients.AddressBuckets). The TFTP service passes each Upload a
+`quota(size)` that answers None when it took `size` bytes, else what has
+spent its allowance (the address, or its /64); the Upload then refuses the
+block (QuotaSpent, also error 3). Each file costs FILE_CHARGE of that volume
+besides its bytes (taken when it begins, with its announced size: those bytes
+are not charged again as they arrive), so that one-byte files cannot be
+uploaded by the thousand.
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ import re
 import secrets
 import stat
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -48,12 +51,24 @@ from pathlib import Path, PurePosixPath
 from ..config.private import make_private_dir, open_private
 from ..config.store import remove_orphans
 from ..process.offload import run_off_loop
-from ..proto.clients import client_key
+from ..proto.clients import AddressBuckets, ClientCounts, Shares, address_groups
 from .files import TEMPLATE_SUFFIX, UPLOAD_DIR, NotFound, ProvisioningError, Refused, check_name, tftp_root
 
 MAX_UPLOAD_FILES = 10000
-MAX_FILES_PER_CLIENT = MAX_UPLOAD_FILES // 10
+MAX_FILES_PER_ADDRESS = MAX_UPLOAD_FILES // 10  # one phone, or a site of phones behind one IPv4 address (a NAT)
+# The files an IPv6 /64 as a whole may keep: every phone of an IPv6 LAN is in one /64, and one host owning a /64
+# may upload from as many of its 2^64 addresses as it likes. A quarter of the folder, as for TFTP's transfer slots:
+# the 500 phones of a LAN keep 5 files each (a boot and an app log, a backup) until an administrator deletes them,
+# while such a host leaves three quarters of the folder to everyone else; the budget bounds the bytes of all.
+MAX_FILES_PER_PREFIX = MAX_UPLOAD_FILES // 4
 FILE_CHARGE = 64 * 1024  # bytes of the hourly quota each file costs besides its size: 256 files an hour of 16 MiB
+# The hourly quota of an IPv6 /64 as a whole, in tftp_upload_mib_per_hour: every phone of an IPv6 LAN is in one
+# /64, and one host owning a /64 may upload from as many of its 2^64 addresses as it likes. 8 times an address's
+# (128 MiB, 2,048 files an hour by default): the 500 phones of a LAN rebooting together upload a boot and an app
+# log each within the hour (4 files a phone), while such a host takes at most half the default upload budget
+# (tftp_upload_budget_mib, 256 MiB) in an hour, reaches its /64's share of the files in little more, and every
+# other address and /64 keeps its own quota; the budget and the folder's 10,000 files bound everyone together.
+QUOTA_PREFIX_SHARE = 8
 RESCAN_SECONDS = 60.0
 CLIENT_ATTRIBUTE = "user.greenservers.client"
 PARTIAL_UPLOAD = re.compile(r"\.partial-(?P<pid>\d+)-[0-9a-f]+")
@@ -83,35 +98,39 @@ def uploads_folder(settings) -> Path:
 # -- what uploads/ holds ----------------------------------------------------------------
 
 
-def _scan(folder: Path) -> tuple[int, int, Counter[str]]:
-    """Bytes and number of the complete uploads (hidden temporary files left out), and their number per client."""
-    size = files = 0
-    per_client: Counter[str] = Counter()
+def _scan(folder: Path) -> tuple[int, ClientCounts]:
+    """Bytes of the complete uploads (hidden temporary files left out), and their number per address and /64."""
+    size = 0
+    files = ClientCounts()
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
                 if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
                     size += entry.stat(follow_symlinks=False).st_size
-                    files += 1
-                    per_client[client_key(_client_of(entry.path))] += 1
+                    files.add(address_groups(_client_of(entry.path)))
     except FileNotFoundError:
         pass
-    return size, files, per_client
+    return size, files
 
 
 class UploadSpace:
-    """The bytes and files uploads/ holds (the files per client key too), and the bytes uploads in progress have written."""
+    """The bytes and files uploads/ holds (`files_of`: the files per address and per IPv6 /64, and in all), and the bytes
+    uploads in progress have written."""
 
     def __init__(self, folder: Path, clock: Callable[[], float] = time.monotonic):
         self.folder, self.clock = folder, clock
-        self.stored = self.files = self.in_progress = 0
-        self.files_of: Counter[str] = Counter()
+        self.stored = self.in_progress = 0
+        self.files_of = ClientCounts()
         self._seen_mtime: int | None = None
         self._scanned_at = float("-inf")
 
     @property
     def used(self) -> int:
         return self.stored + self.in_progress
+
+    @property
+    def files(self) -> int:
+        return self.files_of.total
 
     def _mtime(self) -> int | None:
         try:
@@ -123,7 +142,7 @@ class UploadSpace:
         """Scan the folder again if it changed behind our back or a minute has passed."""
         if self._mtime() != self._seen_mtime or self.clock() - self._scanned_at > RESCAN_SECONDS:
             self._seen_mtime = self._mtime()  # before the scan: a change during it shows next time
-            self.stored, self.files, self.files_of = run_off_loop(_scan, self.folder)
+            self.stored, self.files_of = run_off_loop(_scan, self.folder)
             self._scanned_at = self.clock()
 
     def changed_by_us(self) -> None:
@@ -136,8 +155,12 @@ class UploadSpace:
         self.refresh()
         if self.files >= MAX_UPLOAD_FILES:
             raise UploadsFull(f"disk full: {UPLOAD_DIR}/ already holds {MAX_UPLOAD_FILES} files")
-        if self.files_of[client_key(client)] >= MAX_FILES_PER_CLIENT:
-            raise UploadsFull(f"disk full: {UPLOAD_DIR}/ already holds {MAX_FILES_PER_CLIENT} files from this address, "
+        full = self.files_of.full(Shares(MAX_FILES_PER_ADDRESS, MAX_FILES_PER_PREFIX).of(client))
+        if full is not None and full.endswith("/64"):
+            raise UploadsFull(f"disk full: {UPLOAD_DIR}/ already holds {MAX_FILES_PER_PREFIX} files from this address's IPv6 /64, "
+                              "the most one /64 may keep there")
+        if full is not None:
+            raise UploadsFull(f"disk full: {UPLOAD_DIR}/ already holds {MAX_FILES_PER_ADDRESS} files from this address, "
                               "the most one may keep there")
         if self.used + (announced or 1) > budget:
             raise UploadsFull(_budget_message(budget))
@@ -152,18 +175,14 @@ class UploadSpace:
         self.in_progress -= size
         if kept:
             self.stored += size
-            self.files += 1
-            self.files_of[client_key(client)] += 1
+            self.files_of.add(address_groups(client))
         self.changed_by_us()
 
     def removed(self, size: int, client: str = "") -> None:
         """A file of `size` bytes uploaded by `client` was deleted."""
         self.stored = max(0, self.stored - size)
-        self.files = max(0, self.files - 1)
-        key = client_key(client)
-        self.files_of[key] -= 1
-        if self.files_of[key] <= 0:
-            del self.files_of[key]
+        if self.files_of.total > 0:  # a scan may have missed it already
+            self.files_of.add(address_groups(client), -1)
         self.changed_by_us()
 
 
@@ -212,21 +231,48 @@ def upload_target(settings, name: str) -> Path:
     return target
 
 
-def begin(settings, name: str, client: str = "", announced: int | None = None,
-          quota: Callable[[int], bool] | None = None) -> Upload:
+Quota = Callable[[int], str | None]  # takes `size` bytes: None, or what has spent its allowance (see HourlyQuota)
+
+
+def begin(settings, name: str, client: str = "", announced: int | None = None, quota: Quota | None = None) -> Upload:
     """A new upload of `name` from `client`, if it may start (Refused, AlreadyExists, UploadsFull, QuotaSpent)."""
     target = upload_target(settings, name)
     space = space_of(settings)
     space.check(budget_bytes(settings), announced, client)
-    if quota is not None and not quota(FILE_CHARGE + (announced or 0)):
-        raise QuotaSpent(_quota_message(settings))
+    if quota is not None and (spent := quota(FILE_CHARGE + (announced or 0))) is not None:
+        raise QuotaSpent(quota_message(settings, spent))
     return Upload(target, space, budget_bytes(settings), client, quota,
-                  lambda: _quota_message(settings), prepaid=announced or 0)
+                  lambda spent: quota_message(settings, spent), prepaid=announced or 0)
 
 
-def _quota_message(settings) -> str:
+def quota_message(settings, spent: str) -> str:
+    """The refusal of an upload whose address (`spent` an address) or IPv6 /64 (`spent` a /64) spent its hour's quota."""
+    if spent.endswith("/64"):
+        return (f"disk full: this address's IPv6 /64 has uploaded its {QUOTA_PREFIX_SHARE * settings.tftp_upload_mib_per_hour} "
+                f"MiB for the hour ({QUOTA_PREFIX_SHARE} times tftp_upload_mib_per_hour); try again later")
     return (f"disk full: this address has uploaded its {settings.tftp_upload_mib_per_hour} MiB for the hour "
             "(tftp_upload_mib_per_hour); try again later")
+
+
+class HourlyQuota:
+    """The bytes each address, and each IPv6 /64 as a whole (QUOTA_PREFIX_SHARE times as many), may upload per hour,
+    all of it at once if it likes (proto.clients.AddressBuckets: the /64 looked at first)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.buckets = AddressBuckets(Shares(0.0, 0.0), Shares(0, 0))  # sized from the settings at each upload
+
+    def of(self, settings, address: str) -> Quota:
+        """The quota of `address`, sized by today's tftp_upload_mib_per_hour."""
+        per_hour = settings.tftp_upload_mib_per_hour * MIB
+        capacity = Shares(per_hour, per_hour * QUOTA_PREFIX_SHARE)
+        self.buckets.resize(Shares(capacity.per_address / 3600, capacity.per_prefix / 3600), capacity)
+
+        def quota(size: int) -> str | None:
+            refused = self.buckets.take(address, size, self.clock())
+            return None if refused is None else refused[1]
+
+        return quota
 
 
 def remove_orphan_uploads(settings) -> list[str]:
@@ -243,7 +289,7 @@ class Upload:
     """
 
     def __init__(self, target: Path, space: UploadSpace | None = None, budget: int = 0, client: str = "",
-                 quota: Callable[[int], bool] | None = None, quota_message: Callable[[], str] = str, prepaid: int = 0):
+                 quota: Quota | None = None, quota_message: Callable[[str], str] = str, prepaid: int = 0):
         self.target, self.space, self.budget, self.client = target, space, budget, client
         self.quota, self.quota_message, self.prepaid = quota, quota_message, prepaid
         self.written = 0
@@ -259,8 +305,8 @@ class Upload:
     def write(self, data: bytes) -> None:
         charge = max(0, len(data) - self.prepaid)
         self.prepaid -= len(data) - charge
-        if charge and self.quota is not None and not self.quota(charge):
-            raise QuotaSpent(self.quota_message())
+        if charge and self.quota is not None and (spent := self.quota(charge)) is not None:
+            raise QuotaSpent(self.quota_message(spent))
         if self.space is not None:
             self.space.reserve(len(data), self.budget)
         self.written += len(data)

@@ -20,7 +20,7 @@ source whose allowance is spent is remembered by the listener for at most
 MEMO_SECONDS (its next requests are dropped without a look at its bucket), so
 it is heard again as soon as its allowance is above zero, on a quiet network
 too; the other refusal is never remembered. Uploads go through
-greenservers.provisioning.uploads (budget, and each client's tftp_upload_mib_per_hour).
+greenservers.provisioning.uploads (budget, files, and each address's and /64's hourly quota).
 
 Every line a peer can cause goes through the rate-limited log, with what the
 peer named (a file name, a refusal that quotes it) escaped by ratelog.printable.
@@ -86,7 +86,7 @@ class TftpService(Service):
         self.ratelog = RateLimitedLog(self.log)
         self.limits = proto.Limits()
         self.admission = proto.Admission(self.limits, TokenBuckets(rate=0.0, capacity=0))  # sized by configure()
-        self.upload_quota = TokenBuckets(rate=0.0, capacity=0)  # bytes per client and hour, sized at each upload
+        self.upload_quota = uploads.HourlyQuota()
         self.transfers = Group()  # all listeners': a transfer outlives its listener (a port change)
         self.segmentation = Segmentation(self.log)
         self.send_batch = SendBatch()
@@ -204,7 +204,7 @@ class TftpService(Service):
         sock = machine = resource = None
         try:
             sock = self._transfer_socket(local, peer, family)
-            machine, resource = self._start(request, local, address, slot.client, allowance)
+            machine, resource = self._start(request, local, address, allowance)
             # the slot is given up early once only courtesy retransmissions remain (a write's dally)
             TransferDriver(sock, machine, self.segmentation, self.send_batch, lambda: self._release(slot),
                            lambda: self.admission.verified(slot)).run()
@@ -232,8 +232,8 @@ class TftpService(Service):
             family, peer = socket.AF_INET, (plain_address(peer[0]), peer[1])
         return transfer_socket(family, (host, 0, 0, interface) if family == socket.AF_INET6 else (host, 0), peer)
 
-    def _start(self, request, local, address: str, client: str, allowance: proto.Allowance):
-        """The machine for a request from `address` (of `client`, its client key) and the resource to release after it."""
+    def _start(self, request, local, address: str, allowance: proto.Allowance):
+        """The machine for a request from `address` and the resource to release after it."""
         settings, limits = self.runtime.settings, self.limits
         try:
             if request.write:
@@ -241,7 +241,7 @@ class TftpService(Service):
                     raise proto.AccessViolation("writing is disabled (tftp_write)")
                 negotiated = proto.negotiate(request, None, limits)
                 announced = int(negotiated.oack["tsize"]) if "tsize" in negotiated.oack else None
-                upload = uploads.begin(settings, request.filename, address, announced, self._quota_of(client))
+                upload = uploads.begin(settings, request.filename, address, announced, self.upload_quota.of(settings, address))
                 sink = UploadSink(upload, self)
                 self.ratelog.info("upload", address, "upload of %s started", printable(request.filename))
                 return proto.WriteTransfer(sink, negotiated, limits, netascii=request.mode == "netascii", allowance=allowance), sink
@@ -254,22 +254,6 @@ class TftpService(Service):
         if request.mode == "netascii":
             source = proto.NetasciiSource(source)
         return proto.ReadTransfer(source, proto.negotiate(request, source.size, limits), limits, allowance), resource
-
-    def _quota_of(self, key: str):
-        """The upload quota of a client (IPv4 address, IPv6 /64): `quota(size)` takes `size` bytes of
-        its hour's tftp_upload_mib_per_hour if it has them (any, for size 0), else answers False."""
-        buckets = self.upload_quota
-        buckets.capacity = self.runtime.settings.tftp_upload_mib_per_hour * uploads.MIB
-        buckets.rate = buckets.capacity / 3600
-
-        def quota(size: int) -> bool:
-            now = time.monotonic()
-            if buckets.level(key, now) < max(size, 1):
-                return False
-            buckets.take(key, size, now)
-            return True
-
-        return quota
 
     def tftp_error(self, exc: provisioning.ProvisioningError) -> proto.TftpError:
         """A refusal of greenservers.provisioning.files or .uploads as its TFTP error (counted when a sensor counts it)."""

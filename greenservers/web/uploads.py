@@ -58,7 +58,7 @@ def page():
              "href": f"{base}/{quote(u.name, safe='')}"} for u in listed[first:first + PAGE_SIZE]]
     return render_template("uploads.html", rows=rows, total=len(listed), page=number, pages=pages, first=first,
                            used=_size(space.used), budget=_size(uploads.budget_bytes(settings)),
-                           per_hour=settings.tftp_upload_mib_per_hour, writing=settings.tftp_write)
+                           per_hour=settings.tftp_upload_mib_per_hour, prefix_share=uploads.QUOTA_PREFIX_SHARE, writing=settings.tftp_write)
 
 
 @bp.get("/uploads/<name>")

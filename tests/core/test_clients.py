@@ -1,9 +1,10 @@
-"""proto.clients on a fake clock: TokenBuckets (refill, capacity, floor, refunds, bounded memory) and
+"""proto.clients on a fake clock: TokenBuckets (refill, capacity, floor, refunds, bounded memory),
+AddressBuckets (per address, per /64 as a whole, an address cycling its /64), ClientCounts with Shares and
 FailureBackoff (the failures within the window, the wait they earn, bounded memory)."""
 
 from __future__ import annotations
 
-from greenservers.proto.clients import ClientCounts, FailureBackoff, Shares, TokenBuckets, address_groups, client_key
+from greenservers.proto.clients import AddressBuckets, ClientCounts, FailureBackoff, Shares, TokenBuckets, address_groups, client_key
 
 
 def test_a_new_key_starts_full_and_refills_at_the_rate_up_to_the_capacity():
@@ -96,3 +97,58 @@ def test_counts_admit_per_address_within_the_64s_share_and_the_total():
     assert counts.of("2001:db8::1") == 1 and counts.of("2001:db8::/64") == 4 and counts.total == 6
     assert counts.admit(shares.of("2001:db8::4"), total=8)
     assert counts.admit(shares.of("192.0.2.2"), total=8) and counts.admit(shares.of("192.0.2.3"), total=8) is None
+    assert counts.full(shares.of("2001:db8::1")) == "2001:db8::/64" and counts.full(shares.of("2001:db8:0:1::1")) is None
+    assert counts.full(shares.of("2001:db8::4")) == "2001:db8::/64"
+
+
+def lan_buckets(max_keys: int = 4096) -> AddressBuckets:
+    return AddressBuckets(rate=Shares(1.0, 4.0), capacity=Shares(10, 40), max_keys=max_keys)
+
+
+def test_address_buckets_give_each_address_its_own_and_a_64_as_a_whole_its_larger_share():
+    buckets, now = lan_buckets(), 0.0
+    assert [buckets.take("192.0.2.1", 5, now) for _ in range(3)] == [None, None, (buckets.addresses, "192.0.2.1")]
+    assert buckets.take("::ffff:192.0.2.1", 1, now) == (buckets.addresses, "192.0.2.1")  # the same client
+    assert buckets.take("192.0.2.2", 10, now) is None  # another address: its own bucket
+    phones = [f"2001:db8:1:2::{n}" for n in range(1, 6)]
+    granted = [buckets.take(phone, 10, now) is None for phone in phones]
+    assert granted == [True, True, True, True, False]  # four phones of a /64 take their 10 each: the /64's 40
+    assert buckets.take("2001:db8:1:2::5", 1, now) == (buckets.prefixes, "2001:db8:1:2::/64")
+    assert buckets.take("2001:db8:1:3::1", 10, now) is None  # the next /64 is not held back
+    assert buckets.take("2001:db8:1:2::5", 4, now + 1.0) is None  # a second later: the /64 refilled 4
+
+
+def test_an_address_spending_its_own_bucket_leaves_its_64_and_a_refusal_costs_nothing_unless_it_pays():
+    buckets, now = lan_buckets(), 0.0
+    assert buckets.take("2001:db8::66", 10, now) is None
+    for _ in range(100):
+        assert buckets.take("2001:db8::66", 1, now) == (buckets.addresses, "2001:db8::66")
+    assert buckets.prefixes.level("2001:db8::/64", now) == 30  # only what was granted
+    assert buckets.addresses.level("2001:db8::66", now) == 0
+    for _ in range(100):
+        buckets.take("2001:db8::66", 1, now, refused_pays=True)
+    assert buckets.addresses.level("2001:db8::66", now) == -10  # in debt down to minus its capacity
+    assert buckets.prefixes.level("2001:db8::/64", now) == 30
+    assert buckets.take("2001:db8::66", 1, now + 20.0) is None  # 20 s at 1 a second: out of debt again
+
+
+def test_a_device_cycling_the_addresses_of_its_64_meets_its_share_and_does_not_fill_the_table():
+    buckets, now = lan_buckets(max_keys=100), 0.0
+    for n in range(50):
+        assert buckets.take(f"192.0.2.{n}", 1, now) is None  # others, remembered
+    outcomes = [buckets.take(f"2001:db8:6:4::{n:x}", 1, now) for n in range(10_000)]
+    assert outcomes[:40] == [None] * 40
+    assert set(outcomes[40:]) == {(buckets.prefixes, "2001:db8:6:4::/64")}
+    assert len(buckets.addresses) == 90  # 40 of its addresses were looked up, then none: nobody was forgotten
+    assert buckets.addresses.level("192.0.2.0", now) == 9
+    for n in range(1000):  # paying for its refusals too: still no address looked up
+        buckets.take(f"2001:db8:6:4::1:{n:x}", 1, now, refused_pays=True)
+    assert len(buckets.addresses) == 90 and buckets.prefixes.level("2001:db8:6:4::/64", now) == -40
+
+
+def test_address_buckets_may_be_resized_and_keep_their_levels_within_the_new_capacity():
+    buckets, now = lan_buckets(), 0.0
+    buckets.take("2001:db8::1", 6, now)
+    buckets.resize(rate=Shares(2.0, 8.0), capacity=Shares(5, 20))
+    assert buckets.addresses.level("2001:db8::1", now + 1.0) == 5  # 4 + 2, capped at 5
+    assert buckets.prefixes.level("2001:db8::/64", now + 1.0) == 20  # 34 + 8, capped at 20

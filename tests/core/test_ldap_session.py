@@ -1154,8 +1154,11 @@ def test_indexed_lookups_agree_with_evaluating_every_entry():
     numbers = [c.work for c in contacts if c.work] + [c.mobile for c in contacts if c.mobile]
 
     def item() -> str:
-        kind = rng.randrange(6)
+        kind = rng.randrange(7)
         attr = rng.choice(["cn", "sn", "givenName", "o"])
+        if kind == 6:  # what the base entry has (dc, objectClass), presence, and an unknown type
+            return rng.choice(["(dc=pbx)", "(dc=p*)", "(objectClass=top)", "(objectClass=*)", "(dc=*)", "(cn=*)",
+                               "(foo=bar)", "(dc>=a)", "(dc~=pbx)"])
         text = "".join(rng.choices(syllables, k=rng.randint(1, 2)))
         if kind == 0:
             return f"({attr}={text[:rng.randint(1, 4)]}*)"
@@ -1183,11 +1186,17 @@ def test_indexed_lookups_agree_with_evaluating_every_entry():
         text = random_filter()
         encoded = w.encode_filter(text)
         tag, s, e = ber.read_header(encoded, 0, len(encoded))
-        flt = ldap.decode_filter(encoded, tag, s, e, 0, [ldap.MAX_FILTER_ITEMS])
+        budget = ldap.decode_budget()
+        flt = ldap.decode_filter(encoded, tag, s, e, 0, budget)
+        assert ldap.decoded_units(budget) == ldap.filter_units(flt), text
         predicate = ldap.compile_filter(flt, directory.sounds)
+        for entry in (directory.base_entry, *entries.values()):  # False without its attributes: False indeed
+            assert not ldap.false_without(flt, entry.folded) or predicate(entry) is False, text
         found = array("i")
-        for _ in ldap.find_entries(directory, [], True, flt, found):
+        for _ in ldap.find_entries(directory, [directory.base_entry], True, flt, found):
             pass
+        assert (-1 in found) == bool(predicate(directory.base_entry)), text
+        found = array("i", (i for i in found if i != -1))
         assert {entries[i].dn for i in found} == {e.dn for e in entries.values() if predicate(e)}, text
         assert len(found) == len(set(found)), text
         limited = array("i")

@@ -1,5 +1,6 @@
 """The record of phones (greenservers.provisioning.phones.seen) on a fake clock: what is kept, bounded, saved and forgotten;
-floods from one source and forged TFTP sources; the store (phones.sqlite3) and the move from phones.json."""
+floods from one source, a LAN of phones and a device cycling the addresses of one /64, and forged TFTP sources;
+the store (phones.sqlite3) and the move from phones.json."""
 
 from __future__ import annotations
 
@@ -79,14 +80,49 @@ def test_a_flood_of_new_macs_from_one_source_records_only_the_rate(registry):
     for i in range(500, 1000):
         registry.note(f"0015650{i:05x}.boot", "192.0.2.66", "served", "http")
     assert len(registry) == seen.NEW_PER_SOURCE + 60 * seen.NEW_PER_SOURCE_RATE
-    for i in range(20):  # an IPv6 device is its /64, whichever address it picks
-        registry.note(f"0004f2{i:06x}-phone.cfg", f"2001:db8:5:6::{i + 1:x}", "served", "http")
+    for i in range(20):  # an IPv6 address has its own rate too
+        registry.note(f"0004f2{i:06x}-phone.cfg", "2001:db8:5:6::1", "served", "http")
     assert len(registry) == 2 * seen.NEW_PER_SOURCE + 60 * seen.NEW_PER_SOURCE_RATE
     registry.note("001565abcdef.boot", "192.0.2.67", "served", "http")  # another source is not held back
     assert registry.listing(0, 1)[0]["mac"] == "001565abcdef"
     registry.note("001565000000.boot", "192.0.2.67", "served", "tftp")  # phones already recorded go on being updated
     phone = registry.listing(0, 1)[0]  # an acknowledged transfer proves the new address too; the trust stays the highest
     assert (phone["mac"], phone["address"], phone["verified_by"]) == ("001565000000", "192.0.2.67", "http")
+
+
+def test_a_lan_of_phones_in_one_64_appears_at_once_and_the_64_as_a_whole_meets_its_share(registry):
+    lan = [f"2001:db8:1:2::{n:x}" for n in range(1, seen.NEW_PER_PREFIX + 1)]
+    for n, phone in enumerate(lan):  # the phones of an IPv6 LAN booting together, each with its own address
+        assert registry.note(f"001565{n:06x}.boot", phone, "served", "tftp") is not None
+    assert len(registry) == seen.NEW_PER_PREFIX == 500
+    # a device cycling the addresses of that /64 meets the /64's share: nothing more until it refills
+    for n in range(5000):
+        assert registry.note(f"0004f2{n:06x}-phone.cfg", f"2001:db8:1:2::1:{n:x}", "served", "http") is None
+    assert len(registry.new_per_source.addresses) == seen.NEW_PER_PREFIX  # refused before its addresses were looked up
+    assert registry.note("001565abcdef.boot", "2001:db8:1:3::1", "served", "http") is not None  # the next /64
+    assert registry.note("001565abcdee.boot", "192.0.2.1", "served", "http") is not None
+    registry.clock.now += 60  # a minute: the /64's rate
+    added = sum(registry.note(f"0004f2{n:06x}-phone.cfg", f"2001:db8:1:2::2:{n:x}", "served", "http") is not None
+                for n in range(100))
+    assert added == 60 * seen.NEW_PER_PREFIX_RATE
+
+
+def test_one_address_of_a_64_adding_phones_spends_only_its_own_allowance(registry):
+    for n in range(100):
+        registry.note(f"001565{n:06x}.boot", "2001:db8:1:2::66", "served", "http")
+    assert len(registry) == seen.NEW_PER_SOURCE
+    assert registry.new_per_source.prefixes.level("2001:db8:1:2::/64", registry.clock.now) == seen.NEW_PER_PREFIX - seen.NEW_PER_SOURCE
+    assert registry.note("0004f2abcdef-phone.cfg", "2001:db8:1:2::1", "served", "http") is not None  # its neighbour
+
+
+def test_a_full_record_nobody_may_leave_spends_no_allowance(registry, monkeypatch):
+    monkeypatch.setattr(seen, "MAX_PHONES", 3)
+    for n in range(3):
+        registry.note(f"001565{n:06x}.boot", f"192.0.2.{n}", "served", "http")
+    for n in range(50):  # answered over TFTP only: may replace none of the phones seen over HTTP
+        assert registry.note(f"0004f2{n:06x}-phone.cfg", "2001:db8::9", "served", "tftp") is None
+    assert registry.new_per_source.addresses.level("2001:db8::9", registry.clock.now) == seen.NEW_PER_SOURCE
+    assert registry.new_per_source.prefixes.level("2001:db8::/64", registry.clock.now) == seen.NEW_PER_PREFIX
 
 
 def test_forged_requests_do_not_spend_the_allowance_of_the_address_they_name(registry):

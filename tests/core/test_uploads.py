@@ -1,4 +1,5 @@
-"""Unit tests of greenservers.provisioning.uploads: new files only, the budget, the client's quota, what administrators see (no sockets)."""
+"""Unit tests of greenservers.provisioning.uploads: new files only, the budget, the files per address and per /64, the quota
+(per address and per /64), what administrators see (no sockets)."""
 
 from __future__ import annotations
 
@@ -100,11 +101,11 @@ def test_space_is_counted_again_when_the_folder_changes_behind_our_back(settings
 def test_a_client_over_its_quota_is_refused_at_the_start_and_mid_upload(settings):
     left = [u.FILE_CHARGE + 1000]
 
-    def quota(size: int) -> bool:
+    def quota(size: int) -> str | None:
         if left[0] < max(size, 1):
-            return False
+            return "192.0.2.7"
         left[0] -= size
-        return True
+        return None
 
     with pytest.raises(u.QuotaSpent):
         u.begin(settings, "announced.log", announced=2000, quota=quota)
@@ -152,11 +153,11 @@ def counting_quota(left: int):
     """A quota of `left` bytes, and the list of what it was asked to take."""
     taken = []
 
-    def quota(size: int) -> bool:
+    def quota(size: int) -> str | None:
         if sum(taken) + max(size, 1) > left:
-            return False
+            return "192.0.2.7"
         taken.append(size)
-        return True
+        return None
 
     return quota, taken
 
@@ -177,25 +178,94 @@ def test_each_file_costs_a_charge_of_the_quota_and_an_announced_size_is_charged_
         upload(settings, "tiny-3.log", b"x", quota=quota)
 
 
-def test_one_client_may_keep_only_its_share_of_the_files(settings, monkeypatch):
-    monkeypatch.setattr(u, "MAX_FILES_PER_CLIENT", 3)
+def test_one_address_and_one_64_as_a_whole_may_keep_only_their_share_of_the_files(settings, monkeypatch):
+    monkeypatch.setattr(u, "MAX_FILES_PER_ADDRESS", 3)
+    monkeypatch.setattr(u, "MAX_FILES_PER_PREFIX", 5)
     for n in range(3):
         upload(settings, f"a-{n}.log", b"x", client="2001:db8::1")
-    with pytest.raises(u.UploadsFull, match="already holds 3 files from this address"):
-        u.begin(settings, "a-3.log", "2001:db8::2")  # the same /64
-    upload(settings, "b-0.log", b"x", client="192.0.2.7")  # another client
+    with pytest.raises(u.UploadsFull, match="already holds 3 files from this address, the most one may keep there"):
+        u.begin(settings, "a-3.log", "2001:db8::1")
+    upload(settings, "b-0.log", b"x", client="2001:db8::2")  # a phone beside it in its /64
+    upload(settings, "c-0.log", b"x", client="2001:db8::3")
+    with pytest.raises(u.UploadsFull, match="already holds 5 files from this address's IPv6 /64, the most one /64 may keep"):
+        u.begin(settings, "d-0.log", "2001:db8::4")  # the /64 at its share: a device cycling its addresses meets it
+    upload(settings, "e-0.log", b"x", client="2001:db8:0:1::1")  # another /64
+    upload(settings, "f-0.log", b"x", client="192.0.2.7")  # an IPv4 client: its own share only
     u.delete_upload(settings, "a-0.log")
-    upload(settings, "a-3.log", b"x", client="2001:db8::3")
-    u._spaces.clear()  # another process: the share is counted from the folder (the files' addresses)
-    with pytest.raises(u.UploadsFull):
-        u.begin(settings, "a-4.log", "2001:db8::4")
+    upload(settings, "d-0.log", b"x", client="2001:db8::4")
+    space = u.space_of(settings)
+    assert (space.files, space.files_of.of("2001:db8::/64"), space.files_of.of("2001:db8::1")) == (7, 5, 2)
+    u._spaces.clear()  # another process: the shares are counted from the folder (the files' addresses)
+    with pytest.raises(u.UploadsFull, match="IPv6 /64"):
+        u.begin(settings, "a-4.log", "2001:db8::5")
+    space = u.space_of(settings)
+    assert (space.files, space.files_of.of("2001:db8::/64"), space.files_of.of("2001:db8::4")) == (7, 5, 1)
+
+
+def test_the_folder_as_a_whole_holds_at_most_its_files(settings, monkeypatch):
+    monkeypatch.setattr(u, "MAX_UPLOAD_FILES", 4)
+    for n in range(4):
+        upload(settings, f"p-{n}.log", b"x", client=f"2001:db8:0:{n}::1")
+    with pytest.raises(u.UploadsFull, match="already holds 4 files"):
+        u.begin(settings, "q.log", "192.0.2.9")
 
 
 def test_many_uploads_are_deleted_at_once_and_their_space_and_share_freed(settings):
     for n in range(5):
         upload(settings, f"a-{n}.log", b"x" * 10, client="192.0.2.1")
     space = u.space_of(settings)
-    assert (space.files, space.files_of["192.0.2.1"]) == (5, 5)
+    assert (space.files, space.files_of.of("192.0.2.1")) == (5, 5)
     assert u.delete_uploads(settings, ["a-0.log", "a-1.log", "missing.log", "../x", "a-1.log"]) == (2, 20)
-    assert (space.files, space.used, space.files_of["192.0.2.1"]) == (3, 30, 3)
+    assert (space.files, space.used, space.files_of.of("192.0.2.1")) == (3, 30, 3)
     assert sorted(os.listdir(folder(settings))) == ["a-2.log", "a-3.log", "a-4.log"]
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_hourly_quota_is_per_address_and_an_ipv6_64_as_a_whole_has_its_larger_share(settings):
+    clock = FakeClock()
+    hourly, per_hour = u.HourlyQuota(clock), settings.tftp_upload_mib_per_hour * MIB
+    files_an_hour = per_hour // u.FILE_CHARGE
+    spent = [hourly.of(settings, "192.0.2.7")(u.FILE_CHARGE) for _ in range(files_an_hour + 1)]
+    assert spent == [None] * files_an_hour + ["192.0.2.7"]  # an IPv4 address (a site behind a NAT): its own quota
+    assert hourly.of(settings, "::ffff:192.0.2.7")(u.FILE_CHARGE) == "192.0.2.7"  # however it came in
+    assert hourly.of(settings, "192.0.2.8")(u.FILE_CHARGE) is None
+    # a LAN of phones in one /64: each its own quota, the /64 as a whole QUOTA_PREFIX_SHARE times one
+    lan = [f"2001:db8:1:2::{n:x}" for n in range(1, 4 * u.QUOTA_PREFIX_SHARE * files_an_hour)]
+    granted = [hourly.of(settings, phone)(u.FILE_CHARGE) for phone in lan]
+    assert granted[:u.QUOTA_PREFIX_SHARE * files_an_hour] == [None] * (u.QUOTA_PREFIX_SHARE * files_an_hour)
+    assert set(granted[u.QUOTA_PREFIX_SHARE * files_an_hour:]) == {"2001:db8:1:2::/64"}
+    assert hourly.of(settings, "2001:db8:1:3::1")(u.FILE_CHARGE) is None  # the next /64 is not held back
+    clock.now += 3600 / (u.QUOTA_PREFIX_SHARE * files_an_hour)  # a file's worth of the /64's hour refilled
+    assert hourly.of(settings, "2001:db8:1:2::ffff")(u.FILE_CHARGE) is None
+
+
+def test_one_address_of_a_64_spends_only_its_own_quota_and_a_device_cycling_its_64_fills_no_table(settings):
+    clock = FakeClock()
+    hourly, per_hour = u.HourlyQuota(clock), settings.tftp_upload_mib_per_hour * MIB
+    assert hourly.of(settings, "2001:db8::66")(per_hour) is None
+    for _ in range(100):
+        assert hourly.of(settings, "2001:db8::66")(u.FILE_CHARGE) == "2001:db8::66"
+    assert hourly.of(settings, "2001:db8::1")(per_hour) is None  # its neighbour: its own quota, the /64 not spent by the refusals
+    for n in range(20_000):  # a device cycling its /64: its addresses are looked up only while the /64 has a quota left
+        hourly.of(settings, f"2001:db8::1:{n:x}")(u.FILE_CHARGE)
+    assert len(hourly.buckets.addresses) == 2 + (u.QUOTA_PREFIX_SHARE - 2) * per_hour // u.FILE_CHARGE
+
+
+def test_a_spent_quota_names_the_address_or_the_64_and_the_setting(settings):
+    hourly, per_hour = u.HourlyQuota(FakeClock()), 16 * MIB
+    assert hourly.of(settings, "2001:db8::7")(per_hour) is None
+    with pytest.raises(u.QuotaSpent, match=r"this address has uploaded its 16 MiB for the hour \(tftp_upload_mib_per_hour\)"):
+        u.begin(settings, "one.log", "2001:db8::7", quota=hourly.of(settings, "2001:db8::7"))
+    for n in range(1, u.QUOTA_PREFIX_SHARE):
+        assert hourly.of(settings, f"2001:db8::1:{n:x}")(per_hour) is None  # its neighbours
+    with pytest.raises(u.QuotaSpent, match=rf"this address's IPv6 /64 has uploaded its {16 * u.QUOTA_PREFIX_SHARE} MiB "
+                                           rf"for the hour \({u.QUOTA_PREFIX_SHARE} times tftp_upload_mib_per_hour\)"):
+        u.begin(settings, "more.log", "2001:db8::99", quota=hourly.of(settings, "2001:db8::99"))
+    assert os.listdir(folder(settings)) == []

@@ -188,3 +188,35 @@ def test_a_merge_makes_no_container_of_all_its_pairs():
         gc.enable()
     assert len(directory) == len(more) + 100
     assert largest <= index.SORT_STEP + 2 * index.BLOCK + 1
+
+
+def test_a_single_change_through_the_api_writes_the_store_in_a_pool_thread(as_in_the_worker, web):
+    """Validation, the transaction and its log run off the event loop; the book's subscribers (the LDAP
+    follower) are told on it; a refusal still comes back as the API's answer."""
+    import threading
+
+    from support.web import basic
+
+    from greenservers.addressbook import addressbook_for
+
+    book = addressbook_for(web.runtime)
+    writers, told = set(), []
+    writes = ("INSERT", "UPDATE", "DELETE")
+    book._db.set_trace_callback(lambda sql: writers.add(threading.get_ident()) if sql.split()[0] in writes else None)
+    book.subscribe(lambda: told.append(threading.get_ident()))
+    loop = threading.get_ident()
+    try:
+        added = web.client.post("/api/addressbook", json={"last_name": "Nagel", "work": "+49 30 1234"}, headers=basic())
+        assert added.status_code == 201
+        id_ = added.json["id"]
+        assert web.client.put(f"/api/addressbook/{id_}", json={"mobile": "+49 171 5"}, headers=basic()).json["mobile"] == "+49 171 5"
+        refused = web.client.put(f"/api/addressbook/{id_}", json={"work": "no number"}, headers=basic())
+        assert refused.status_code == 400 and "work" in refused.json["errors"]
+        assert web.client.put(f"/api/addressbook/{id_ + 1}", json={"mobile": "1"}, headers=basic()).status_code == 404
+        assert web.client.delete(f"/api/addressbook/{id_}", headers=basic()).status_code == 200
+        assert writers and loop not in writers
+        assert told == [loop] * 3
+        assert len(book) == 0
+    finally:
+        book._db.set_trace_callback(None)
+        book.close()

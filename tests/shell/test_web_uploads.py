@@ -112,7 +112,7 @@ def test_many_uploads_are_deleted_at_once_ticked_by_address_or_all_with_the_csrf
     assert answer.status_code == 303 and "Deleted 2 uploads" in web.client.get("/uploads", headers=HTML).text
     web.client.post("/uploads/delete", data={"csrf_token": token, "client": "192.0.2.66"}, headers=HTML)
     assert sorted(os.listdir(web.folder)) == sorted(["0004f2abcdef-app.log", EVIL, phone[2]])
-    assert uploads.space_of(web.runtime.settings).files_of["192.0.2.66"] == 0
+    assert uploads.space_of(web.runtime.settings).files_of.of("192.0.2.66") == 0
     web.client.post("/uploads/delete", data={"csrf_token": token, "client": "192.0.2.66"}, headers=HTML)
     assert "Nothing deleted: no uploads from 192.0.2.66 to delete" in web.client.get("/uploads", headers=HTML).text
     web.client.post("/uploads/delete", data={"csrf_token": token, "all": "1"}, headers=HTML)

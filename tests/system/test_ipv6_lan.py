@@ -1,5 +1,5 @@
 """A LAN of phones in one IPv6 /64, in a private network namespace: NTP's rate, LDAP's searches in progress and
-its unfinished paged searches are limited per address, and the /64 as a whole holds a larger share.
+its unfinished paged searches and TFTP uploads are limited per address, and the /64 as a whole holds a larger share.
 
 Real clients from many addresses of one /64: chronyd -Q (its `bindacqaddress`) and ldapsearch (OpenLDAP's
 SOCKET_BIND_ADDRESSES) all get answers, while one address of the /64 flooding is limited on its own, and a
@@ -325,3 +325,64 @@ def test_phones_of_one_64_page_through_the_directory_at_once_and_an_address_or_a
     assert found["lan phone meanwhile"] == [0, PAGED_CONTACTS, ""]
     before, during, after = found["memory"]
     assert during - before < 4 and after - before < 4, found["memory"]  # 512 would have kept ~16 MiB
+
+
+# -- TFTP uploads from the phones of one /64 -------------------------------------------------------
+
+UPLOAD_SERVER = "fd00:70::1"  # on no interface: a local route to its /64 names each client's source (`src`)
+UPLOADERS = [f"fd00:64::5:{n:x}" for n in range(1, 41)]  # 40 phones of the LAN, one log each
+UPLOAD_FLOODER = "fd00:64::5:66"  # one address of that LAN uploading until refused
+LOG_KIB, BIG_KIB = 100, 300
+
+
+def tftp_put_from(source: str, port: int, local: Path, name: str) -> str:
+    """tftp-hpa's `put` from `source` (it binds no address, so the route to the server names the source it uses):
+    what it said ("" when all went well; it exits 0 after an error too)."""
+    subprocess.run(["ip", "-6", "route", "replace", "local", "fd00:70::/64", "dev", "lo", "src", source], check=True)
+    result = subprocess.run(["tftp", "-6", "-m", "binary", UPLOAD_SERVER, str(port), "-c", "put", str(local), name],
+                            capture_output=True, text=True, timeout=30)
+    return (result.stdout + result.stderr).strip() or str(result.returncode or "")
+
+
+def upload_probe() -> dict:
+    Path("/proc/sys/net/ipv6/ip_nonlocal_bind").write_text("1")  # this namespace's: the server binds UPLOAD_SERVER
+    subprocess.run(["ip", "-6", "route", "add", "local", "fd00:70::/64", "dev", "lo", "src", UPLOADERS[0]], check=True)
+    directory = Path(tempfile.mkdtemp())
+    log, big = directory / "log", directory / "big"
+    log.write_bytes(os.urandom(LOG_KIB * 1024))
+    big.write_bytes(os.urandom(BIG_KIB * 1024))
+    tftp_port = free_udp_port()
+    svc = ServiceProcess(directory, {"ip_tftp_port": f"[{UPLOAD_SERVER}]:{tftp_port}", "ip_http_port": f"127.0.0.1:{free_port()}",
+                                     "tftp_write": True, "tftp_upload_mib_per_hour": 1,
+                                     "admin_password_hash": hash_password(ADMIN_PASSWORD)})
+    svc.start()
+    found: dict = {}
+    try:
+        found["phones"] = [tftp_put_from(phone, tftp_port, log, f"phone-{n}.log") for n, phone in enumerate(UPLOADERS)]
+        found["flooded"] = []
+        for n in range(8):  # bounded: 1 MiB an hour is three of these at most
+            found["flooded"].append(tftp_put_from(UPLOAD_FLOODER, tftp_port, big, f"big-{n}.log"))
+            if found["flooded"][-1]:
+                break
+        found["after"] = tftp_put_from(UPLOADERS[0].replace("5:1", "6:1"), tftp_port, log, "after.log")
+        found["stored"] = sorted(os.listdir(directory / "data" / "tftp" / "uploads"))
+        found["refused counted"] = svc.sensors(ADMIN_PASSWORD)["tftp_uploads_refused_rate"]
+    finally:
+        svc.stop()
+    return found
+
+
+def test_phones_of_one_64_upload_each_on_their_own_quota_and_an_address_over_its_quota_is_refused():
+    """40 phones of one /64 upload a 100 KiB log each with tftp-hpa, 6.4 MiB with the file charges: all are stored
+    (with the quota per /64 of before, 1 MiB for them all, six were); one address over its own 1 MiB is refused as
+    "disk full", and another phone of the /64 still uploads."""
+    addresses = (*UPLOADERS, UPLOAD_FLOODER, UPLOADERS[0].replace("5:1", "6:1"))
+    found = in_network_namespace(upload_probe, addresses=tuple(f"{a}/64" for a in addresses), timeout=240)
+    assert found["phones"] == [""] * len(UPLOADERS), found
+    *stored_big, refusal = found["flooded"]
+    assert stored_big == [""] * (1024 // (64 + BIG_KIB)), found  # two fit in its hour, the third is refused
+    assert refusal == ("Error code 3: disk full: this address has uploaded its 1 MiB for the hour (tftp_upload_mib_per_hour); "
+                       "try again later")
+    assert found["after"] == "" and found["refused counted"] == 1
+    stored = [f"phone-{n}.log" for n in range(len(UPLOADERS))] + [f"big-{n}.log" for n in range(len(found["flooded"]) - 1)]
+    assert found["stored"] == sorted([*stored, "after.log"])

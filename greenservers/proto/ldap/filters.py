@@ -62,9 +62,10 @@ def _text(data: bytes, start: int, stop: int) -> str:
 def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budget: list[int]):
     """A filter as a tuple: (F_AND, [..]), (F_EQ, key, folded value, raw), (F_SUB, key, initial, anys, final), ...
 
-    `budget` is what is left of MAX_FILTER_ITEMS: every item takes what checking an
-    entry against it costs (item_units), and every ASSERTION_UNIT bytes of assertion
-    values one more (folding them), so both checking an entry and decoding stay bounded.
+    `budget` is [what is left of MAX_FILTER_ITEMS, the units its assertion values took]: every
+    item takes what checking an entry against it costs (item_units), and every ASSERTION_UNIT
+    bytes of assertion values one more (folding them), so both checking an entry and decoding
+    stay bounded. What the items took (`decoded_units`) is the filter's `filter_units`.
     """
     _spend(budget, 1)
     if depth > MAX_FILTER_DEPTH:
@@ -183,10 +184,44 @@ def filter_units(f) -> int:
     return item_units(f)
 
 
+def false_without(f, present) -> bool:
+    """True when filter `f` is False (not Undefined) for every entry that has values of none of its attribute
+    types but those in `present`: each of its value items over another type is False, and ANDs and ORs
+    of them are too. Conservative (False: it may match, compile and check it); it reads no entry."""
+    op = f[0]
+    if op == F_OR:
+        for child in f[1]:  # noqa: SIM110 (loops, not all(generator): see compile_filter)
+            if not false_without(child, present):
+                return False
+        return True  # an empty OR is False too (RFC 4526)
+    if op == F_AND:
+        for child in f[1]:  # noqa: SIM110 (loops, not any(generator): see compile_filter)
+            if false_without(child, present):
+                return True
+        return False
+    return op in _VALUE_ITEMS and f[1] is not None and f[1] not in present
+
+
+_VALUE_ITEMS = frozenset((F_EQ, F_SUB, F_GE, F_LE, F_APPROX))  # False for an entry without values of their type
+
+
+def decode_budget() -> list[int]:
+    """A new budget for decode_filter: [MAX_FILTER_ITEMS left, no assertion units taken]."""
+    return [MAX_FILTER_ITEMS, 0]
+
+
+def decoded_units(budget: list[int]) -> int:
+    """What checking an entry against the filter decoded with `budget` costs (its filter_units)."""
+    return MAX_FILTER_ITEMS - budget[0] - budget[1]
+
+
 def _assertion(data: bytes, start: int, stop: int, budget: list[int]) -> str:
     if stop - start > MAX_ASSERTION:
         raise BerError(f"assertion value of {stop - start} bytes is over the limit of {MAX_ASSERTION}")
-    _spend(budget, (stop - start) // ASSERTION_UNIT)
+    units = (stop - start) // ASSERTION_UNIT
+    if units:
+        _spend(budget, units)
+        budget[1] += units
     return _text(data, start, stop)
 
 

@@ -23,7 +23,6 @@ from .codes import (
     DEL_RESPONSE,
     EXTENDED_RESPONSE,
     MAX_CONTROLS,
-    MAX_FILTER_ITEMS,
     MAX_REQUESTED_ATTRIBUTES,
     MAX_SORT_KEYS,
     MODDN_REQUEST,
@@ -38,7 +37,7 @@ from .codes import (
     LdapError,
 )
 from .entries import Entry, RootDSE, encode_attribute
-from .filters import _description, _text, decode_filter
+from .filters import _description, _text, decode_budget, decode_filter, decoded_units
 from .schema import ATTRIBUTE_TYPES, MAX_CACHED, attribute_key
 
 # -- events for the shell -------------------------------------------------------
@@ -86,6 +85,7 @@ class SearchRequest:
     filter: tuple
     attributes: list[str]
     filter_bytes: bytes  # identifies the search for a paged continuation
+    filter_units: int  # what checking one entry against the filter costs (filter_units), counted while decoding
 
 
 def decode_search(data: bytes, start: int, stop: int) -> SearchRequest:
@@ -93,7 +93,8 @@ def decode_search(data: bytes, start: int, stop: int) -> SearchRequest:
     e6 = start + len(head[0])
     base, scope, size_limit, time_limit, types_only, e = head[1]
     tag, fs, fe = ber.read_header(data, e6, stop)
-    flt = decode_filter(data, tag, fs, fe, 0, [MAX_FILTER_ITEMS])
+    budget = decode_budget()
+    flt = decode_filter(data, tag, fs, fe, 0, budget)
     s, e7 = ber.expect(data, fe, stop, 0x30, "attributes")
     listed = data[s:e7]
     attributes = _ATTRIBUTE_LISTS.get(listed)
@@ -108,7 +109,8 @@ def decode_search(data: bytes, start: int, stop: int) -> SearchRequest:
         _ATTRIBUTE_LISTS[listed] = attributes  # shared: no caller changes it
     if scope not in (SCOPE_BASE, SCOPE_ONE, SCOPE_SUB) or size_limit < 0 or time_limit < 0:
         raise BerError("scope or limits out of range")
-    return SearchRequest(base, scope, size_limit, time_limit, types_only, flt, attributes, data[start + e:fe] + listed)
+    return SearchRequest(base, scope, size_limit, time_limit, types_only, flt, attributes, data[start + e:fe] + listed,
+                         decoded_units(budget))
 
 
 def _search_head(data: bytes, start: int, stop: int) -> tuple[bytes, tuple]:

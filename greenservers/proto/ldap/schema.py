@@ -161,7 +161,10 @@ def approx_match(value_sounds: str, codes: tuple[str, ...]) -> bool:
     return True
 
 
-_NUMBER_FORMATTING = str.maketrans("", "", " \t-.()[]/")
+# a table by code point, not str.maketrans's dict: translate looks every character up, and each one a dict
+# lacks (every digit) raised KeyError (about 5,000 instructions a number); past its end (IndexError, a
+# LookupError) a character stays as it is
+_NUMBER_FORMATTING = [None if chr(c) in " \t-.()[]/" else chr(c) for c in range(128)]
 
 
 def fold_number(text: str) -> str:

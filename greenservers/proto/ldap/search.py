@@ -48,7 +48,7 @@ from .codes import (
 from .directory import Directory
 from .dn import DnError, parse_dn_cached
 from .entries import Entry
-from .filters import compile_filter, filter_units
+from .filters import compile_filter, false_without, filter_units
 from .messages import (
     _SELECTIONS,
     MAX_BODIES_PER_ENTRY,
@@ -201,24 +201,27 @@ class Entries:
 
 
 def find_entries(directory: Directory, first: list[Entry], contacts: bool, flt, found: array,
-                 limit: int | None = None) -> Iterator[None]:
+                 limit: int | None = None, units: int | None = None) -> Iterator[None]:
     """Append to `found` the ids (Entries) of the entries of `first`, then of the contacts (if
     `contacts`), that match filter `flt`; stop at `limit`. Yields between small units of work
-    (MATCH_STEP_UNITS filter units).
+    (MATCH_STEP_UNITS filter units; `units`, what one entry costs, is filter_units(flt) when not given).
 
     Contacts come from the directory's indexes when the filter allows (in index order,
     alphabetical for name lookups; exact lookups skip the filter while the directory
     has not changed since the search began), else from a scan in id order.
     """
-    if first:
-        check_first = compile_filter(flt, directory.sounds)  # here, in the search's first slice
-        for k, entry in enumerate(first):
-            if check_first(entry):
-                found.append(-1 - k)
+    check_first = None  # compiled here, in the search's first slice, unless no entry of `first` may match
+    for k, entry in enumerate(first):
+        if false_without(flt, entry.folded):  # a phone's filter names none of the base entry's attributes
+            continue
+        if check_first is None:
+            check_first = compile_filter(flt, directory.sounds)
+        if check_first(entry):
+            found.append(-1 - k)
     if not contacts or (limit is not None and len(found) >= limit):
         return
     predicate = None  # compiled when a candidate needs it (an exact lookup needs none)
-    stride = max(1, MATCH_STEP_UNITS // filter_units(flt))
+    stride = max(1, MATCH_STEP_UNITS // (filter_units(flt) if units is None else units))
     ids, exact, _ = directory.candidates(flt)
     seen: set[int] | None = set()  # an id may come more than once from a lookup
     if ids is None:
@@ -342,7 +345,7 @@ class Searches:
         selection = self._selection(request)
         if not ndn and request.scope == SCOPE_BASE:
             # the Root DSE: readable before a bind, so clients can find StartTLS (RFC 4513 §3.1.1)
-            cursor.steps = self._search_steps(cursor, directory, [directory.root_dse], False, request.filter, selection,
+            cursor.steps = self._search_steps(cursor, directory, [directory.root_dse], False, request, selection,
                                               None, None, b"", False)
             return cursor
         if not may_read:
@@ -352,7 +355,7 @@ class Searches:
         if paged is None:
             first, contacts = resolve_scope(directory, ndn, request.scope)
             size_limit = min(request.size_limit or policy.size_limit, policy.size_limit)
-            cursor.steps = self._search_steps(cursor, directory, first, contacts, request.filter, selection, size_limit,
+            cursor.steps = self._search_steps(cursor, directory, first, contacts, request, selection, size_limit,
                                               sort_keys, sort_control, critical_sort)
             return cursor
         # paged results (RFC 2696): the whole result is found (and sorted) once; pages are cut from it
@@ -382,7 +385,7 @@ class Searches:
         cursor.steps = self._page_steps(cursor, state, cookie, page_size, selection, sort is not None, policy, False)
         return cursor
 
-    def _search_steps(self, cursor: SearchCursor, directory: Directory, first: list[Entry], contacts: bool, flt,
+    def _search_steps(self, cursor: SearchCursor, directory: Directory, first: list[Entry], contacts: bool, request: SearchRequest,
                       selection: Selection, size_limit: int | None, sort_keys, sort_control: bytes,
                       critical_sort: bool) -> Iterator[bool]:
         """Find, then (sorted) send; unsorted entries are sent as they are found. Stops at the size limit."""
@@ -391,8 +394,8 @@ class Searches:
         timed_out = False
         stream = sort_keys is None
         # one more than the limit tells "exceeded" apart; a sorted result needs every match
-        finder = find_entries(directory, first, contacts, flt, found,
-                              None if not stream or size_limit is None else size_limit + 1)
+        finder = find_entries(directory, first, contacts, request.filter, found,
+                              None if not stream or size_limit is None else size_limit + 1, request.filter_units)
         try:
             for _ in finder:
                 if stream and len(found) > cursor.given:
@@ -464,7 +467,7 @@ class Searches:
         entries = Entries(directory, first)
         timed_out = False
         limit = request.size_limit + 1 if request.size_limit and sort_keys is None else None
-        finder = find_entries(directory, first, contacts, request.filter, found, limit)
+        finder = find_entries(directory, first, contacts, request.filter, found, limit, request.filter_units)
         try:
             for _ in finder:
                 yield True

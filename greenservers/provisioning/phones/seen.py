@@ -14,11 +14,13 @@ device sends:
   models and addresses cut to MAX_TEXT characters, control characters
   removed; so a phone takes at most MAX_PHONE_BYTES, and the record at most
   MAX_PHONES of them (under 2 MB);
-- new phones: each source (an IPv4 address, an IPv6 /64) whose address
-  answered (see trust below) may add NEW_PER_SOURCE at once, then one every
-  1/NEW_PER_SOURCE_RATE seconds; fetches that could be forged (unanswered
-  UDP) name no real source, so they all share one bucket (NEW_UNVERIFIED,
-  NEW_UNVERIFIED_RATE) and spend nobody else's;
+- new phones: each address that answered (see trust below) may add
+  NEW_PER_SOURCE at once, then one every 1/NEW_PER_SOURCE_RATE seconds, and
+  an IPv6 /64 as a whole (the phones of a LAN, or one device using as many
+  of its addresses as it likes) NEW_PER_PREFIX at once, then one every
+  1/NEW_PER_PREFIX_RATE seconds (proto.clients.AddressBuckets); fetches that
+  could be forged (unanswered UDP) name no real source, so they all share
+  one bucket (NEW_UNVERIFIED, NEW_UNVERIFIED_RATE) and spend nobody else's;
 - when full, a new phone takes the place of the least recently seen phone
   of the lowest trust, never of one trusted more than itself. Trust
   (`verified_by`): "http" for a fetch over HTTP or HTTPS (TCP: the address
@@ -51,7 +53,7 @@ import gevent
 from gevent import monkey
 
 from ...process.offload import run_off_loop
-from ...proto.clients import TokenBuckets, client_key
+from ...proto.clients import AddressBuckets, Shares
 from ...shells.loop import serve_ready_then_continue
 from . import profiles
 from .store import FILE_NAME, PhoneStore, legacy_phones, retire_legacy
@@ -63,7 +65,13 @@ MAX_FILES = 4
 MAX_TEXT = 64  # file names, User-Agents, models, addresses
 # a phone's row at most: six texts, two times, 4 x (name, result, via, time) and the JSON around them
 MAX_PHONE_BYTES = 6 * MAX_TEXT + 2 * 20 + MAX_FILES * (MAX_TEXT + 10 + 6 + 20 + 16) + 64
-NEW_PER_SOURCE, NEW_PER_SOURCE_RATE = 16, 1 / 15  # new phones a source may add at once, then per second
+NEW_PER_SOURCE, NEW_PER_SOURCE_RATE = 16, 1 / 15  # new phones an address may add at once, then per second
+# The same for an IPv6 /64 as a whole: every phone of an IPv6 LAN is in one /64, and one host owning a /64 may
+# fetch from as many of its 2^64 addresses as it likes. A quarter of the record at once, then 30 a minute: the
+# 500 phones of a LAN booting together appear at once, a LAN of 1,000 within 17 minutes; such a host replaces a
+# quarter of a full record at once, the whole record only after 50 minutes of fetches over TCP (a phone it pushed
+# out comes back with its next fetch, on its own source's allowance), while every other address and /64 keeps its own.
+NEW_PER_PREFIX, NEW_PER_PREFIX_RATE = MAX_PHONES // 4, 1 / 2
 NEW_UNVERIFIED, NEW_UNVERIFIED_RATE = 64, 1 / 5  # the same for every unanswered UDP source together
 SAVE_DELAY = 5.0
 ROWS_PER_STEP = 100  # rows of changed phones copied for a save between turns of the loop: well under a millisecond
@@ -92,8 +100,9 @@ class PhoneRegistry:
         self.path = Path(path)
         self.clock = clock
         self.phones: OrderedDict[str, dict] = OrderedDict()  # key -> phone, least recently seen first
-        self.new_per_source = TokenBuckets(NEW_PER_SOURCE_RATE, NEW_PER_SOURCE)
-        self.new_unverified = TokenBuckets(NEW_UNVERIFIED_RATE, NEW_UNVERIFIED, max_keys=1)
+        self.new_per_source = AddressBuckets(Shares(NEW_PER_SOURCE_RATE, NEW_PER_PREFIX_RATE), Shares(NEW_PER_SOURCE, NEW_PER_PREFIX))
+        # one bucket for every unanswered source together (its key "" is no IPv6 address: no /64 bucket is used)
+        self.new_unverified = AddressBuckets(Shares(NEW_UNVERIFIED_RATE, 0), Shares(NEW_UNVERIFIED, 0), max_keys=1)
         self.not_recorded = 0  # new phones refused by the rates or the bounds
         self._dirty: dict[str, bool] = {}  # keys changed (True) or forgotten (False) since the last save
         self._save_pending = False
@@ -148,12 +157,12 @@ class PhoneRegistry:
         """Whether a new phone from `address` may be recorded now (a place made for it if the record is full)."""
         # the source of a request that may be forged says nothing: such requests share one bucket, and cannot spend
         # the allowance of the address they name
-        buckets, source = (self.new_per_source, client_key(address)) if trust else (self.new_unverified, "")
-        if buckets.level(source, now) < 1:
+        buckets, source = (self.new_per_source, address) if trust else (self.new_unverified, "")
+        if buckets.take(source, 1, now) is not None:
             return False
         if len(self.phones) >= MAX_PHONES and not self._evict_for(trust):
+            buckets.give(source, 1, now)  # nobody it may replace: its allowance is not spent
             return False
-        buckets.take(source, 1, now)
         return True
 
     def _evict_for(self, trust: str) -> bool:
