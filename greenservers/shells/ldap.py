@@ -291,19 +291,26 @@ class DirectoryFollower:
                 del old
             freeze_the_built()
         self._built.set()
-        while True:
-            self._wake.wait(POLL)
-            self._wake.clear()
-            if self.base != directory.base:
-                return
-            if not (reader.changed() or self._noticed):
+        # a repeating timer wakes it to poll: a wait with a timeout would raise gevent.Timeout into this
+        # greenlet each time it ran out (an exception thrown through greenlet's C++ code, 66 times a second)
+        poll = self._hub.loop.timer(POLL, POLL)
+        poll.start(self._wake.set)
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self.base != directory.base:
+                    return
+                if not (reader.changed() or self._noticed):
+                    self._caught_up.set()
+                    continue
+                self._noticed = False
+                ids = self._changed_ids(reader, directory)
+                if ids is None or not self._apply(reader, directory, ids):
+                    return  # build anew
                 self._caught_up.set()
-                continue
-            self._noticed = False
-            ids = self._changed_ids(reader, directory)
-            if ids is None or not self._apply(reader, directory, ids):
-                return  # build anew
-            self._caught_up.set()
+        finally:
+            poll.close()
 
     def _changed_ids(self, reader: ChangeReader, directory: proto.Directory) -> list[int] | None:
         """The ids of the contacts changed since the last change read (which moves on); None when the
