@@ -18,6 +18,7 @@ from support import ldap_wire as w
 
 from greenservers.addressbook import Contact
 from greenservers.proto import ber, ldap
+from greenservers.proto.ldap.index import SortedKeys
 
 BASE = "dc=pbx"
 FIRST = ["Anna", "Jon", "John", "Jörg", "Ann", "Ole", ""]
@@ -191,6 +192,47 @@ def test_a_search_in_progress_goes_on_over_the_keys_it_started_with():
     renamed = {i for i in range(1, 2001) if i % 3 == 1}
     assert not (set(found) - before) & renamed  # renamed after the search began: checked again, no longer match
     assert len(found) == len(set(found))
+
+
+def test_a_contact_moved_behind_a_search_in_progress_is_still_found_once():
+    # changes that split no block: the blocks the search holds are not edited under it
+    contacts = [Contact(i, "Jo", f"Name{i:04d}") for i in range(1, 2001)]
+    directory = ldap.Directory(BASE, contacts)
+    found = array("i")
+    steps = ldap.find_entries(directory, [], True, decoded("(sn=name*)"), found)
+    while len(found) < 1000:
+        next(steps)
+    directory.put(Contact(1990, "Jo", "Name0000b"))  # from ahead of the search to behind it, still matching
+    directory.put(Contact(5, "Jo", "Name1999b"))  # from behind it to ahead
+    directory.put(Contact(1500, "Jo", "Other"))  # ahead, no longer matching
+    for _ in steps:
+        pass
+    assert sorted(found) == [i for i in range(1, 2001) if i != 1500]
+
+
+def test_sorted_keys_are_changed_in_place_unless_an_iterator_holds_them():
+    keys = SortedKeys()
+    for i in range(600):
+        keys.add(f"k{i:04d}", i)
+    heads, blocks = keys.heads, keys.blocks
+    reading = keys.range("k", "l")
+    first = [next(reading) for _ in range(10)]
+    keys.remove("k0300", 300)
+    keys.add("k0000a", 1000)
+    keys.add("k0599a", 1001)
+    assert keys.heads is not heads and keys.blocks is not blocks  # copied: the iterator keeps the old ones
+    assert first + list(reading) == list(range(600))
+    assert [i for i in keys.range("k", "l")] == [0, 1000, *range(1, 300), *range(301, 599), 599, 1001]
+    heads, blocks = keys.heads, keys.blocks
+    keys.remove("k0000a", 1000)
+    keys.add("k0300", 300)
+    abandoned = keys.range("k", "l")
+    next(abandoned)
+    del abandoned  # closed: it holds them no longer
+    keys.add("k0600", 600)
+    assert keys.heads is heads and keys.blocks is blocks  # no iterator held them: changed in place
+    assert list(keys.range("k", "l")) == [*range(600), 1001, 600]
+    assert list(keys.pairs()) == sorted([(f"k{i:04d}", i) for i in range(601)] + [("k0599a", 1001)])
 
 
 def test_namesakes_get_and_lose_their_uid_one_change_at_a_time():

@@ -16,14 +16,14 @@ indexes hold no Python object per value:
 - `order`: every id, ascending (what a scan walks).
 - a bounded cache of encoded answers per attribute selection (`answer`).
 
-Every change (`put`, `delete`) touches its own keys only: one block per
-attribute is rewritten, a posting appended to. A bulk add (`merge`, an
-import's slice) merges each attribute's keys in one pass. The structures
-searches iterate are copy-on-write at the level of their block lists (an
-iterator keeps the lists it started with), so a search that runs in slices
-while contacts change sees a consistent set of keys; ids it finds are then
-checked against the current blob (a deleted contact is skipped, a changed
-one verified again).
+Every change (`put`, `delete`) touches the keys it changes only: one block
+per changed attribute is replaced, a posting appended to. A bulk add
+(`merge`, an import's slice) merges each attribute's keys in one pass. The
+lists of blocks searches iterate are copy-on-write while an iterator holds
+them (it keeps the lists it started with; with none, a change edits them in
+place), so a search that runs in slices while contacts change sees a
+consistent set of keys; ids it finds are then checked against the current
+blob (a deleted contact is skipped, a changed one verified again).
 
 Namesakes: two contacts with the same folded cn get "+uid=ID" in their RDN
 (DNs stay unique); only a count going 1 <-> 2 rewrites another entry's DN.
@@ -155,20 +155,18 @@ class Directory:
     # -- changes --------------------------------------------------------------------------------
 
     def put(self, contact) -> None:
-        """Add or change one contact: its old keys out, its new keys in, namesakes' DNs kept right."""
+        """Add or change one contact: the keys it changes out and in (the others stay), namesakes' DNs kept right."""
         id_ = contact.id
         old = self.blobs.get(id_)
         old_cn = None
         if old is not None:
             old_cn = folded_value(old, "cn")
-            self._unindex(id_, old)
-            del self.blobs[id_]
         else:
             self._add_order(id_)
         cn = contact_values(contact)[1]["cn"][0]
-        namesakes = self._with_cn(cn)
+        namesakes = [i for i in self._with_cn(cn, 4) if i != id_]  # its own cn key may still be there
         blob = self.blobs[id_] = make_blob(contact, bool(namesakes), self.base)
-        self._index(id_, blob)
+        self._reindex(id_, old, blob)
         if len(namesakes) == 1:
             self._set_namesake(namesakes[0], True)
         if old_cn is not None and old_cn != cn:
@@ -179,7 +177,7 @@ class Directory:
         old = self.blobs.pop(id_, None)
         if old is None:
             return
-        self._unindex(id_, old)
+        self._reindex(id_, old, None)
         at = bisect_left(self.order, id_)
         self.order = self.order[:at] + self.order[at + 1:]  # a new array: a scan goes on over the old one
         self._lone_namesake(folded_value(old, "cn"))
@@ -264,7 +262,7 @@ class Directory:
         merged = yield from merged_steps(old, runs)
         if merged is not old:
             for id_, blob, adding in self._journal[mark:]:
-                for keys, indexed in self._places(key, blob):
+                for keys, indexed in self._places(key, folded_value(blob, key)):
                     if keys is old:
                         (merged.add if adding else merged.remove)(indexed, id_)
             structures[key] = merged
@@ -283,30 +281,38 @@ class Directory:
             at = bisect_left(order, id_)
             self.order = order[:at] + array("i", [id_]) + order[at:]
 
-    def _index(self, id_: int, blob: bytes, adding: bool = True) -> None:
-        """A contact's keys into the indexes (or, not `adding`, out of them); noted in the journal while a merge runs."""
+    def _reindex(self, id_: int, old: bytes | None, new: bytes | None) -> None:
+        """A contact's keys from its `old` blob out of the indexes and those of its `new` one in (None: no blob),
+        the values they share left as they are; noted in the journal while a merge runs."""
         for key in KEYS:
-            for keys, indexed in self._places(key, blob):
-                (keys.add if adding else keys.remove)(indexed, id_)
+            old_value = None if old is None else folded_value(old, key)
+            new_value = None if new is None else folded_value(new, key)
+            if old_value == new_value:
+                continue
             grams = self.grams.get(key)
-            if grams is not None:
-                value = folded_value(blob, key)
-                if value is not None:
-                    (grams.add(value, id_) if adding else grams.removed(value))
-        if self._journal is not None:
-            self._journal.append((id_, blob, adding))
+            if old_value is not None:
+                for keys, indexed in self._places(key, old_value):
+                    keys.remove(indexed, id_)
+                if grams is not None:
+                    grams.removed(old_value)
+            if new_value is not None:
+                for keys, indexed in self._places(key, new_value):
+                    keys.add(indexed, id_)
+                if grams is not None:
+                    grams.add(new_value, id_)
+        if self._journal is not None:  # done again, both, to keys merged meanwhile (a shared value: out, then in)
+            if old is not None:
+                self._journal.append((id_, old, False))
+            if new is not None:
+                self._journal.append((id_, new, True))
 
-    def _places(self, key: str, blob: bytes) -> tuple[tuple[SortedKeys, str], ...]:
-        """Where a contact's value of `key` is indexed: (sorted keys, the key it has there) for each."""
-        value = folded_value(blob, key)
+    def _places(self, key: str, value: str | None) -> tuple[tuple[SortedKeys, str], ...]:
+        """Where a contact's folded value of `key` is indexed: (sorted keys, the key it has there) for each."""
         if value is None:
             return ()
         if key in NUMBER_KEYS:
             return (self.keys[key], national_form(value)), (self.reversed[key], value[::-1])
         return ((self.keys[key], value),)
-
-    def _unindex(self, id_: int, blob: bytes) -> None:
-        self._index(id_, blob, adding=False)
 
     def _with_cn(self, cn: str, cap: int | None = 3) -> list[int]:
         found = self.keys["cn"].range(cn, cn + "\0")

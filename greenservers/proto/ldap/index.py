@@ -5,9 +5,10 @@ A contact is ONE immutable `bytes` blob (`make_blob`): a header of uint16 end
 offsets, the encoded DN, each attribute's encoded PartialAttribute and each
 attribute's folded value, in KEYS order. `SortedKeys` holds (key, id) pairs
 in (key, id) order in blocks of about BLOCK (one str of the keys, an array of
-their offsets, an array of the ids); its changes replace the lists of blocks
-(copy-on-write), never a block in place, so an iterator goes on over the
-blocks it started with. `Trigrams` are array postings, append-only between
+their offsets, an array of the ids); a change puts a new block in the place
+of one (never changes a block), in lists copied first only while an iterator
+holds them (copy-on-write), so an iterator goes on over the blocks it
+started with. `Trigrams` are array postings, append-only between
 compactions. The `*_steps` generators do large work (sorting, merging,
 freeing) in units of about a millisecond, yielding between them.
 """
@@ -122,49 +123,75 @@ class SortedKeys:
     """(key, id) pairs in (key, id) order, in blocks of about BLOCK: per block one "\\0"-joined str of its
     keys, an array of their offsets and an array of their ids.
 
-    Changes replace the lists of blocks (copy-on-write), never a block in place:
-    an iterator from `range` goes on over the blocks it started with.
+    A block is never changed in place: a change puts a new block in its place.
+    The lists of heads and blocks are changed in place unless an iterator
+    (`range`, `pairs`, `merged_steps`) goes on over them: then they are copied
+    first (copy-on-write), and the iterator keeps the lists it started with.
     """
 
-    __slots__ = ("heads", "blocks")
+    __slots__ = ("heads", "blocks", "readers")
 
     def __init__(self):
         self.heads: list[tuple[str, int]] = []
         self.blocks: list[tuple[str, array, array]] = []
+        self.readers = 0  # iterators going on over the lists as they are now
 
     def __len__(self) -> int:
         return sum(len(ids) for _, _, ids in self.blocks)
 
+    def hold(self) -> tuple[list[tuple[str, int]], list[tuple[str, array, array]]]:
+        """The lists of heads and blocks, for an iterator that goes on over them between changes: they are
+        left as they are (a change copies them) until `release(blocks)`."""
+        self.readers += 1
+        return self.heads, self.blocks
+
+    def release(self, blocks: list) -> None:
+        if self.blocks is blocks:  # else a change has copied them already
+            self.readers -= 1
+
+    def _own(self) -> tuple[list[tuple[str, int]], list[tuple[str, array, array]]]:
+        """The lists of heads and blocks, to be changed in place: copied first if an iterator holds them."""
+        if self.readers:
+            self.heads, self.blocks, self.readers = list(self.heads), list(self.blocks), 0
+        return self.heads, self.blocks
+
     def pairs(self) -> Iterator[tuple[str, int]]:
-        for text, _, ids in self.blocks:
-            yield from zip(text[:-1].split("\0"), ids, strict=True)
+        heads, blocks = self.hold()
+        try:
+            for text, _, ids in blocks:
+                yield from zip(text[:-1].split("\0"), ids, strict=True)
+        finally:
+            self.release(blocks)
 
     def range(self, lo: str, hi: str) -> Iterator[int]:
         """Ids of the keys in [lo, hi), in key order, lazily."""
-        heads, blocks = self.heads, self.blocks
-        b = max(0, bisect_left(heads, (lo, -1)) - 1)
-        if b >= len(blocks):
-            return
-        text, offsets, ids = blocks[b]
-        j, high = 0, len(ids)
-        while j < high:  # the first key >= lo (a loop: bisect with a key function calls it per step)
-            middle = (j + high) // 2
-            if text[offsets[middle]:offsets[middle + 1] - 1] < lo:
-                j = middle + 1
-            else:
-                high = middle
-        while True:
-            n = len(ids)
-            while j < n:
-                if text[offsets[j]:offsets[j + 1] - 1] >= hi:
-                    return
-                yield ids[j]
-                j += 1
-            b += 1
+        heads, blocks = self.hold()
+        try:
+            b = max(0, bisect_left(heads, (lo, -1)) - 1)
             if b >= len(blocks):
                 return
             text, offsets, ids = blocks[b]
-            j = 0
+            j, high = 0, len(ids)
+            while j < high:  # the first key >= lo (a loop: bisect with a key function calls it per step)
+                middle = (j + high) // 2
+                if text[offsets[middle]:offsets[middle + 1] - 1] < lo:
+                    j = middle + 1
+                else:
+                    high = middle
+            while True:
+                n = len(ids)
+                while j < n:
+                    if text[offsets[j]:offsets[j + 1] - 1] >= hi:
+                        return
+                    yield ids[j]
+                    j += 1
+                b += 1
+                if b >= len(blocks):
+                    return
+                text, offsets, ids = blocks[b]
+                j = 0
+        finally:
+            self.release(blocks)
 
     def count(self, lo: str, hi: str, cap: int) -> int:
         """How many keys lie in [lo, hi), counted up to `cap`."""
@@ -172,41 +199,43 @@ class SortedKeys:
 
     def add(self, key: str, id_: int) -> None:
         pair = (key, id_)
-        heads, blocks = list(self.heads), list(self.blocks)
+        heads, blocks = self._own()
         if not blocks:
-            self.heads, self.blocks = [pair], [pack([key], [id_])]
+            heads.append(pair)
+            blocks.append(pack([key], [id_]))
             return
         b = max(0, bisect_right(heads, pair) - 1)
-        keys, ids = unpack(blocks[b])
-        j = bisect_left(list(zip(keys, ids, strict=True)), pair)
+        block = blocks[b]
+        j = position(block, pair)
+        if len(block[2]) < 2 * BLOCK:
+            blocks[b] = inserted(block, j, key, id_)
+            if j == 0:
+                heads[b] = pair
+            return
+        keys, ids = unpack(block)  # split in two (once in about BLOCK adds to a block)
         keys.insert(j, key)
         ids.insert(j, id_)
-        if len(keys) > 2 * BLOCK:
-            half = len(keys) // 2
-            heads[b:b + 1] = [(keys[0], ids[0]), (keys[half], ids[half])]
-            blocks[b:b + 1] = [pack(keys[:half], ids[:half]), pack(keys[half:], ids[half:])]
-        else:
-            heads[b] = (keys[0], ids[0])
-            blocks[b] = pack(keys, ids)
-        self.heads, self.blocks = heads, blocks
+        half = len(keys) // 2
+        heads[b:b + 1] = [(keys[0], ids[0]), (keys[half], ids[half])]
+        blocks[b:b + 1] = [pack(keys[:half], ids[:half]), pack(keys[half:], ids[half:])]
 
     def remove(self, key: str, id_: int) -> None:
         pair = (key, id_)
         b = max(0, bisect_right(self.heads, pair) - 1)
         if b >= len(self.blocks):
             return
-        keys, ids = unpack(self.blocks[b])
-        pairs = list(zip(keys, ids, strict=True))
-        j = bisect_left(pairs, pair)
-        if j >= len(pairs) or pairs[j] != pair:
+        block = self.blocks[b]
+        text, offsets, ids = block
+        j = position(block, pair)
+        if j >= len(ids) or ids[j] != id_ or text[offsets[j]:offsets[j + 1] - 1] != key:
             return
-        del keys[j], ids[j]
-        heads, blocks = list(self.heads), list(self.blocks)
-        if keys:
-            heads[b], blocks[b] = (keys[0], ids[0]), pack(keys, ids)
-        else:
+        heads, blocks = self._own()
+        if len(ids) == 1:
             del heads[b], blocks[b]
-        self.heads, self.blocks = heads, blocks
+            return
+        blocks[b] = removed(block, j)
+        if j == 0:
+            heads[b] = (text[offsets[1]:offsets[2] - 1], ids[1])
 
 
 def pack(keys: list[str], ids: list[int]) -> tuple[str, array, array]:
@@ -217,6 +246,43 @@ def pack(keys: list[str], ids: list[int]) -> tuple[str, array, array]:
 def unpack(block: tuple[str, array, array]) -> tuple[list[str], list[int]]:
     text, _, ids = block
     return text[:-1].split("\0"), ids.tolist()
+
+
+def position(block: tuple[str, array, array], pair: tuple[str, int]) -> int:
+    """Where `pair` is, or would go, in a block (bisect_left, without unpacking it)."""
+    text, offsets, ids = block
+    key, id_ = pair
+    j, high = 0, len(ids)
+    while j < high:
+        middle = (j + high) // 2
+        found = text[offsets[middle]:offsets[middle + 1] - 1]
+        if found < key or (found == key and ids[middle] < id_):
+            j = middle + 1
+        else:
+            high = middle
+    return j
+
+
+def inserted(block: tuple[str, array, array], j: int, key: str, id_: int) -> tuple[str, array, array]:
+    """A new block: `block` with (key, id_) at position j."""
+    text, offsets, ids = block
+    at, length = offsets[j], len(key) + 1
+    new_offsets = offsets[:j + 1]
+    new_offsets.extend(map(length.__add__, offsets[j:]))
+    new_ids = ids[:]
+    new_ids.insert(j, id_)
+    return text[:at] + key + "\0" + text[at:], new_offsets, new_ids
+
+
+def removed(block: tuple[str, array, array], j: int) -> tuple[str, array, array]:
+    """A new block: `block` without its pair at position j."""
+    text, offsets, ids = block
+    start, end = offsets[j], offsets[j + 1]
+    new_offsets = offsets[:j]
+    new_offsets.extend(map((start - end).__add__, offsets[j + 1:]))
+    new_ids = ids[:]
+    del new_ids[j]
+    return text[:start] + text[end:], new_offsets, new_ids
 
 
 # -- trigram postings ----------------------------------------------------------------------
@@ -386,8 +452,15 @@ def merged_steps(keys: SortedKeys, runs: list[list[tuple[str, int]]]):
     new SortedKeys (`keys` itself when there are none)."""
     if not any(runs):
         return keys
+    heads, blocks = keys.hold()  # changes made between the steps copy them (they are done again to `merged`)
+    try:
+        return (yield from _merged_steps(heads, blocks, runs))
+    finally:
+        keys.release(blocks)
+
+
+def _merged_steps(heads: list[tuple[str, int]], blocks: list[tuple[str, array, array]], runs: list[list[tuple[str, int]]]):
     new = _Ahead(heap_merge(*runs))
-    heads, blocks = keys.heads, keys.blocks
     merged = SortedKeys()
     work = 0
     for b, block in enumerate(blocks):
