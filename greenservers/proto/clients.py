@@ -291,13 +291,17 @@ class ClientCounts:
 
     def full(self, limits: list[tuple[str, float]]) -> str | None:
         """The first key of `limits` (`Shares.of`) that holds its limit already, or None."""
-        return next((key for key, limit in limits if self._held.get(key, 0) >= limit), None)
+        held = self._held
+        for key, limit in limits:  # a loop, not next() over a generator: this is asked once per search, per connection
+            if held.get(key, 0) >= limit:
+                return key
+        return None
 
     def admit(self, limits: list[tuple[str, float]], total: int) -> tuple[str, ...] | None:
         """One more under every key of `limits` (`Shares.of`) if that keeps each within its limit and everyone
         within `total`: the keys it is counted under (to `add` back, negative, when it ends), or None."""
         if self.total >= total or self.full(limits) is not None:
             return None
-        keys = tuple(key for key, _ in limits)
+        keys = tuple([key for key, _ in limits])
         self.add(keys)
         return keys

@@ -130,15 +130,18 @@ class SearchGate:
 
     Otherwise `run()` queues the search, and one greenlet (the dispatcher) runs
     the slices one after the other and hands each slice's outputs back to the
-    greenlet that sends them. Between two, it waits for a zero timer of lower
+    greenlet that sends them. `counted()` is called when a search gets in line
+    and when one is taken from it (FairShare's counts changed, and others may
+    read them meanwhile). Between two, it waits for a zero timer of lower
     priority than the sockets' watchers (shells.loop): it fires once the loop
     has polled and served every ready socket. Handing the turn to the next
     greenlet directly would not do: gevent runs up to 50 ready callbacks before
     it polls again.
     """
 
-    def __init__(self, fair: proto.FairShare, slice_seconds: float = SLICE, clock=time.monotonic):
+    def __init__(self, fair: proto.FairShare, slice_seconds: float = SLICE, clock=time.monotonic, counted=lambda: None):
         self.fair = fair
+        self.counted = counted
         self.slice_seconds = slice_seconds
         self.clock = clock
         self.longest = 0.0  # the most CPU time a slice took so far, in seconds
@@ -168,6 +171,7 @@ class SearchGate:
         waiter = Waiter()
         ticket.turn = (waiter, cursor)
         self.fair.want(ticket)
+        self.counted()
         if self._dispatcher is None or self._dispatcher.dead:
             self._dispatcher = gevent.spawn(self._dispatch)
         self._work.set()
@@ -202,6 +206,7 @@ class SearchGate:
             ticket = self.fair.next(self.clock())
             if ticket is None:  # it ended while waiting
                 continue
+            self.counted()
             waiter, cursor = ticket.turn
             ticket.turn = None
             try:
@@ -291,19 +296,26 @@ class DirectoryFollower:
                 del old
             freeze_the_built()
         self._built.set()
-        while True:
-            self._wake.wait(POLL)
-            self._wake.clear()
-            if self.base != directory.base:
-                return
-            if not (reader.changed() or self._noticed):
+        # a repeating timer wakes it to poll: a wait with a timeout would raise gevent.Timeout into this
+        # greenlet each time it ran out (an exception thrown through greenlet's C++ code, 66 times a second)
+        poll = self._hub.loop.timer(POLL, POLL)
+        poll.start(self._wake.set)
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self.base != directory.base:
+                    return
+                if not (reader.changed() or self._noticed):
+                    self._caught_up.set()
+                    continue
+                self._noticed = False
+                ids = self._changed_ids(reader, directory)
+                if ids is None or not self._apply(reader, directory, ids):
+                    return  # build anew
                 self._caught_up.set()
-                continue
-            self._noticed = False
-            ids = self._changed_ids(reader, directory)
-            if ids is None or not self._apply(reader, directory, ids):
-                return  # build anew
-            self._caught_up.set()
+        finally:
+            poll.close()
 
     def _changed_ids(self, reader: ChangeReader, directory: proto.Directory) -> list[int] | None:
         """The ids of the contacts changed since the last change read (which moves on); None when the
@@ -405,7 +417,7 @@ class LdapService(Service):
         self.caps = proto.ConnectionCaps(MAX_PER_CLIENT, _total_cap())
         self.throttle = proto.BindThrottle()
         self.fair = proto.FairShare()
-        self.gate = SearchGate(self.fair)
+        self.gate = SearchGate(self.fair, counted=self._count_line)
         self.buffers = proto.BufferBudget()
         self.paged = proto.PagedBudget()
         self.turns = Turns()  # connections that worked their share without waiting for their client
@@ -605,7 +617,8 @@ class LdapService(Service):
             outputs = cursor.refuse(proto.BUSY, "too many searches in progress; try again")
         else:
             outputs = []
-        self._count_searches()
+        # the counts are shown before this greenlet lets others run (one may read them): when the gate
+        # queues the search, and when it is suspended to send; a search done in one slice sets them twice
         try:
             while True:
                 if outputs:
@@ -628,13 +641,17 @@ class LdapService(Service):
             if ticket is not None:
                 self.fair.end(ticket)
                 self._count_searches()
-                sensors.set("ldap_searches_delayed", self.fair.delayed)
             sensors.set("ldap_paged_searches_open", self.paged.open)
 
     def _count_searches(self) -> None:
         sensors = self.runtime.sensors
         sensors.set("ldap_searches_running", self.fair.running)
         sensors.set("ldap_searches_waiting_on_clients", self.fair.suspended)
+
+    def _count_line(self) -> None:
+        """The gate put a search in line or took one from it (FairShare.next counts the searches passed over)."""
+        self._count_searches()
+        self.runtime.sensors.set("ldap_searches_delayed", self.fair.delayed)
 
     def _held(self, seconds: float) -> None:
         """Count the CPU time one piece of LDAP work took without letting the loop serve others

@@ -76,11 +76,15 @@ class FairShare:
         self._budgets = TokenBuckets(refill, budget, max_clients)
         self._waiting: list[SearchTicket] = []  # in order of arrival
         self._arrivals = 0
+        self._limits_of: tuple[str, list[tuple[str, float]]] | None = None  # the last address's (a phone's next search)
 
     def start(self, address: str) -> SearchTicket | None:
         """A ticket for a new search from `address`, or None when its address or its /64 has too many in progress
         or the server too many running."""
-        limits = Shares(self.per_client, self.per_prefix).of(address)
+        cached = self._limits_of
+        if cached is None or cached[0] != address:
+            cached = self._limits_of = (address, Shares(self.per_client, self.per_prefix).of(address))
+        limits = cached[1]
         client = limits[-1][0]  # the client key: the IPv4 address, or the IPv6 address's /64
         total = self.total if self.running_from(client) == 0 else self.total - self.reserved
         if self.running >= total:
