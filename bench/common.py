@@ -31,12 +31,17 @@ for _path in (BENCH, REPO / "tests", REPO):
 from support import ServiceProcess, eventually, free_port, free_udp_port  # noqa: E402, F401 -- the benchmarks take their ports here
 from support.service import stop_process  # noqa: E402
 
+from greenservers.config.private import tighten_install  # noqa: E402
+
 
 def start_greenservers(directory: Path, settings: dict, app: str = "app:app", timeout: float = 60.0) -> ServiceProcess:
     """greenservers as in production, every binding off but those in `settings`, once it serves (stop() ends it).
     `app` may name a WSGI application of bench/ (hello_app:app, for the HTTP comparison)."""
     env = {"PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO)])}
-    return ServiceProcess(directory, settings, env=env, app=app).start(timeout=timeout)
+    server = ServiceProcess(directory, settings, env=env, app=app)
+    data_dir = settings.get("data_dir")
+    tighten_install(server.config_path, Path(data_dir) if data_dir else directory / "data")  # as an install leaves them:
+    return server.start(timeout=timeout)  # the service starts with nothing to make private (a warning the soak would count)
 
 
 def worker_pid(server: ServiceProcess) -> int:
