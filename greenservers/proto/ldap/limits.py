@@ -247,7 +247,7 @@ class PagedBudget:
         self.expire(now)
         limits = Shares(self.per_client, self.per_prefix).of(address)
         while (groups := self._held.admit(limits, math.inf)) is None:  # its address's, or its /64's, oldest goes
-            full = next(key for key, limit in limits if self._held.of(key) >= limit)
+            full = self._held.full(limits)
             self._give_up(next(iter(self._of_group[full])))
         while self._kept and self._ids.total + ids > self.total_ids:
             heaviest = max(self._of_group, key=self._ids.of)
