@@ -216,24 +216,38 @@ def test_sorted_keys_are_changed_in_place_unless_an_iterator_holds_them():
     for i in range(600):
         keys.add(f"k{i:04d}", i)
     heads, blocks = keys.heads, keys.blocks
-    reading = keys.range("k", "l")
+    reading = keys.starting("k")
     first = [next(reading) for _ in range(10)]
     keys.remove("k0300", 300)
     keys.add("k0000a", 1000)
     keys.add("k0599a", 1001)
     assert keys.heads is not heads and keys.blocks is not blocks  # copied: the iterator keeps the old ones
     assert first + list(reading) == list(range(600))
-    assert [i for i in keys.range("k", "l")] == [0, 1000, *range(1, 300), *range(301, 599), 599, 1001]
+    assert [i for i in keys.starting("k")] == [0, 1000, *range(1, 300), *range(301, 599), 599, 1001]
     heads, blocks = keys.heads, keys.blocks
     keys.remove("k0000a", 1000)
     keys.add("k0300", 300)
-    abandoned = keys.range("k", "l")
+    abandoned = keys.starting("k")
     next(abandoned)
     del abandoned  # closed: it holds them no longer
     keys.add("k0600", 600)
     assert keys.heads is heads and keys.blocks is blocks  # no iterator held them: changed in place
-    assert list(keys.range("k", "l")) == [*range(600), 1001, 600]
+    assert list(keys.starting("k")) == [*range(600), 1001, 600]
     assert list(keys.pairs()) == sorted([(f"k{i:04d}", i) for i in range(601)] + [("k0599a", 1001)])
+
+
+def test_sorted_keys_starting_with_a_prefix_are_those_of_a_scan_across_blocks():
+    keys = SortedKeys()
+    values = [f"{n % 37:02d}{n % 5}" for n in range(900)] + ["05"] * 600 + ["", "0", "00", "1x", "zz"]
+    for i, value in enumerate(values):
+        keys.add(value, i)
+    assert len(keys.blocks) > 4  # "05" spans blocks
+    pairs = list(keys.pairs())
+    for prefix in ["", "0", "05", "050", "00", "001", "0010", "1", "1x", "1y", "2", "36", "364", "37", "z", "zz", "zzz", "\0", "0\0", "~"]:
+        assert list(keys.starting(prefix)) == [i for k, i in pairs if k.startswith(prefix)], prefix
+        assert list(keys.starting(prefix, whole=True)) == [i for k, i in pairs if k == prefix], prefix
+        assert keys.count(prefix, False, 64) == min(64, sum(1 for k, _ in pairs if k.startswith(prefix)))
+    assert list(SortedKeys().starting("a")) == []
 
 
 def test_namesakes_get_and_lose_their_uid_one_change_at_a_time():

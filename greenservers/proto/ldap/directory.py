@@ -39,7 +39,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from heapq import merge as heap_merge
-from itertools import islice
+from itertools import chain, islice
 
 from .codes import F_AND, F_EQ, F_OR, F_SUB
 from .dn import escape_rdn_value, parse_dn
@@ -61,14 +61,12 @@ from .index import (
     PAIR,
     SORT_STEP,
     TAIL,
-    TOP,
     TRIGRAM_KEYS,
     UID_TYPE,
     SortedKeys,
     Trigrams,
     ber_length,
     blob_dn,
-    chain,
     display_from_cn,
     folded_value,
     freed_runs,
@@ -315,7 +313,7 @@ class Directory:
         return ((self.keys[key], value),)
 
     def _with_cn(self, cn: str, cap: int | None = 3) -> list[int]:
-        found = self.keys["cn"].range(cn, cn + "\0")
+        found = self.keys["cn"].starting(cn, True)
         return list(found if cap is None else islice(found, cap))
 
     def _lone_namesake(self, cn: str) -> None:
@@ -486,7 +484,7 @@ class Directory:
                 parts.append(ids)
                 exact = exact and child_exact
                 total += size
-            return chain(parts), exact, total
+            return chain.from_iterable(parts), exact, total
         if op not in (F_EQ, F_SUB) or f[1] is None:
             return None, False, 0
         key = ALIAS.get(f[1], f[1])
@@ -496,21 +494,21 @@ class Directory:
             value = f[2]
             if key in NUMBER_KEYS:  # by its last characters, then checked here (which makes the lookup exact)
                 tail = value[::-1][:TAIL]
-                ids, _, size = lookup(self.reversed[key], tail, tail + TOP, False, sized)
+                ids, _, size = lookup(self.reversed[key], tail, False, False, sized)
                 return _same_number(ids, self.blobs, 2 * (FOLDED_AT + AT[key] - 1), value), True, size
-            return lookup(self.keys[key], value, value + "\0", True, sized)
+            return lookup(self.keys[key], value, True, True, sized)
         initial, anys, final = f[2], f[3], f[4]
         if initial:
             if key in NUMBER_KEYS:
                 national = number_prefix_national(initial)
                 if national is None:
                     return None, False, 0
-                return lookup(self.keys[key], national, national + TOP, not anys and not final and not initial.startswith("00"), sized)
-            return lookup(self.keys[key], initial, initial + TOP, not anys and not final, sized)
+                return lookup(self.keys[key], national, False, not anys and not final and not initial.startswith("00"), sized)
+            return lookup(self.keys[key], initial, False, not anys and not final, sized)
         if key in NUMBER_KEYS:
             if final:
                 tail = final[::-1]
-                return lookup(self.reversed[key], tail, tail + TOP, not anys, sized)
+                return lookup(self.reversed[key], tail, False, not anys, sized)
             return None, False, 0
         pieces = list(anys) + ([final] if final else [])
         piece = max(pieces, key=len) if pieces else ""

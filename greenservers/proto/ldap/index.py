@@ -20,7 +20,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from heapq import merge as heap_merge
-from itertools import accumulate, islice
+from itertools import accumulate, chain, islice
 
 from .. import ber
 from .dn import escape_rdn_value
@@ -163,25 +163,47 @@ class SortedKeys:
         finally:
             self.release(blocks)
 
-    def range(self, lo: str, hi: str) -> Iterator[int]:
-        """Ids of the keys in [lo, hi), in key order, lazily."""
-        heads, blocks = self.hold()
+    def starting(self, prefix: str, whole: bool = False) -> Iterator[int]:
+        """Ids of the keys that start with `prefix` (`whole`: that are `prefix`), in key order, lazily.
+
+        The first key is found by one str.find in the block where it may be (no key holds "\\0": a key
+        starts after one), the end of a run within a block with startswith; a run that ends in its
+        first block (an exact lookup's one or few ids) is a slice of its ids, one that goes on
+        iterates over the lists as they are now (a change copies them meanwhile)."""
+        heads, blocks = self.heads, self.blocks
+        if "\0" in prefix or not blocks:
+            return iter(())
+        b = max(0, bisect_left(heads, (prefix, -1)) - 1)
+        text, offsets, ids = blocks[b]
+        needle = prefix + "\0" if whole else prefix
+        if text.startswith(needle):
+            j = 0
+        else:
+            at = text.find("\0" + needle)
+            if at >= 0:
+                j = bisect_left(offsets, at + 1)
+            else:  # none in this block: they could only begin the next one
+                b += 1
+                if b >= len(blocks) or not blocks[b][0].startswith(needle):
+                    return iter(())
+                text, offsets, ids = blocks[b]
+                j = 0
+        n, k = len(ids), j + 1
+        while k < n and text.startswith(needle, offsets[k]):
+            k += 1
+        if k < n or b + 1 == len(blocks) or not blocks[b + 1][0].startswith(needle):
+            return iter(ids[j:k])
+        run = self._run(self.hold()[1], b, j, needle)
+        first = next(run)  # its try entered: its finally lets the lists go however the run ends
+        return chain((first,), run)
+
+    def _run(self, blocks: list, b: int, j: int, needle: str) -> Iterator[int]:
         try:
-            b = max(0, bisect_left(heads, (lo, -1)) - 1)
-            if b >= len(blocks):
-                return
             text, offsets, ids = blocks[b]
-            j, high = 0, len(ids)
-            while j < high:  # the first key >= lo (a loop: bisect with a key function calls it per step)
-                middle = (j + high) // 2
-                if text[offsets[middle]:offsets[middle + 1] - 1] < lo:
-                    j = middle + 1
-                else:
-                    high = middle
             while True:
                 n = len(ids)
                 while j < n:
-                    if text[offsets[j]:offsets[j + 1] - 1] >= hi:
+                    if not text.startswith(needle, offsets[j]):
                         return
                     yield ids[j]
                     j += 1
@@ -193,9 +215,9 @@ class SortedKeys:
         finally:
             self.release(blocks)
 
-    def count(self, lo: str, hi: str, cap: int) -> int:
-        """How many keys lie in [lo, hi), counted up to `cap`."""
-        return sum(1 for _ in islice(self.range(lo, hi), cap))
+    def count(self, prefix: str, whole: bool, cap: int) -> int:
+        """How many keys start with `prefix` (`whole`: are it), counted up to `cap`."""
+        return sum(1 for _ in islice(self.starting(prefix, whole), cap))
 
     def add(self, key: str, id_: int) -> None:
         pair = (key, id_)
@@ -353,20 +375,18 @@ class Trigrams:
             rarest = min((self.postings.get(piece[j:j + 3], _NO_IDS) for j in range(len(piece) - 2)), key=len)
             return rarest, len(rarest)
         lists = [self.short] + [self.postings[g] for g in self.by_pair.get(piece, ())]
-        return chain(lists), sum(map(len, lists))
+        return chain.from_iterable(lists), sum(map(len, lists))
 
 
 TIDY_STEP = 1024  # posting ids checked between two yields of tidy_steps
 
 
-def lookup(keys: SortedKeys, lo: str, hi: str, exact: bool, sized: bool) -> tuple[Iterator[int], bool, int]:
-    """A range of keys as candidates, with a size estimate if `sized` (counted up to 64: enough to pick an AND's rarest child)."""
-    return keys.range(lo, hi), exact, keys.count(lo, hi, 64) if sized else 0
+def lookup(keys: SortedKeys, prefix: str, whole: bool, exact: bool, sized: bool) -> tuple[Iterator[int], bool, int]:
+    """The keys that start with `prefix` (`whole`: that are it) as candidates, with a size estimate if `sized`
+    (counted up to 64: enough to pick an AND's rarest child)."""
+    return keys.starting(prefix, whole), exact, keys.count(prefix, whole, 64) if sized else 0
 
 
-def chain(parts: Iterable[Iterable[int]]) -> Iterator[int]:
-    for part in parts:
-        yield from part
 
 
 # -- the directory --------------------------------------------------------------------------
@@ -478,7 +498,7 @@ def _merged_steps(heads: list[tuple[str, int]], blocks: list[tuple[str, array, a
         if len(falling) <= BLOCK:
             yield from packed_steps(sorted([*old, *falling]), merged)  # timsort: two runs
         else:  # many (an import's numbers, all above the old ones): merged lazily, a block at a time
-            yield from packed_steps(heap_merge(old, chain((falling, new.below(bound)))), merged)
+            yield from packed_steps(heap_merge(old, chain(falling, new.below(bound))), merged)
     if not blocks:
         yield from packed_steps(new.below(None), merged)
     return merged
