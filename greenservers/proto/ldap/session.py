@@ -121,6 +121,7 @@ from .search import SearchCursor, Searches
 ANONYMOUS, BOUND, CLOSED = "anonymous", "bound", "closed"
 EV_BIND_OK, EV_BIND_ANONYMOUS, EV_BIND_FAILED, EV_UNBIND, EV_FATAL = "bind ok", "anonymous bind", "bind failed", "unbind", "fatal"
 ANONYMOUS_BIND = -1  # internal: the bind was anonymous (answered as success)
+_NONE_ABANDONED: frozenset[int] = frozenset()
 TRANSITIONS = {
     (ANONYMOUS, EV_BIND_OK): BOUND,
     (ANONYMOUS, EV_BIND_ANONYMOUS): ANONYMOUS,
@@ -180,7 +181,7 @@ class LdapSession:
         self.bound_dn = ""
         self._buffer = bytearray()
         self._queue: deque[bytes] = deque()  # messages cut from the buffer, not answered yet
-        self._abandoned: set[int] = set()  # message ids abandoned by a request queued with them
+        self._abandoned: set[int] | frozenset[int] = _NONE_ABANDONED  # message ids abandoned by a request queued with them
         self.searches = Searches(clock, address, paged)
         self.answered = 0  # messages the last receive() call answered
 
@@ -242,6 +243,8 @@ class LdapSession:
     @property
     def held(self) -> int:
         """Bytes of input held between calls: the unfinished message and those waiting to be answered."""
+        if not self._queue:
+            return len(self._buffer)
         return len(self._buffer) + sum(len(raw) for raw in self._queue)
 
     def _frame(self) -> None:
@@ -279,8 +282,8 @@ class LdapSession:
         elif pos:
             del buffer[:pos]
         self._queue.extend(frames)
-        # abandon requests (§4.11) take effect on the messages queued with them
-        self._abandoned = self._abandoned_ids(frames)
+        # abandon requests (§4.11) take effect on the messages queued with them (a message alone: none)
+        self._abandoned = self._abandoned_ids(frames) if len(frames) > 1 else _NONE_ABANDONED
 
     @property
     def backlog(self) -> bool:
@@ -289,6 +292,8 @@ class LdapSession:
             return False
         if self._queue:
             return True
+        if len(self._buffer) < 2:  # no header yet (frame_length would raise Incomplete)
+            return False
         try:
             return len(self._buffer) >= ber.frame_length(self._buffer[:6])
         except Incomplete:
