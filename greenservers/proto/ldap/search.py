@@ -84,6 +84,9 @@ SORT_STEP = 256  # entries partitioned, sorted by one call, or merged between tw
 EMIT_STEP = 32  # entries encoded between two yields
 
 
+_ENDED = object()  # what next() gives when a search's steps have ended
+
+
 class TimeUp(Exception):
     """Thrown into a search's steps (once) when its time limit has passed."""
 
@@ -124,18 +127,24 @@ class SearchCursor:
         steps, clock = self.steps, self.clock
         try:
             while True:
-                interruptible = next(steps)
+                interruptible = next(steps, _ENDED)  # no StopIteration raised and caught per search
+                if interruptible is _ENDED:
+                    self._ended()
+                    break
                 now = clock()
                 if interruptible and now >= self.deadline and not self.time_limited:
                     self.time_limited = True
                     steps.throw(TimeUp())
                 if now >= until:
                     break
-        except StopIteration:
-            self.done = True
-            self.steps = iter(())  # its frame refers to this cursor: no cycle left for the collector
+        except StopIteration:  # the steps ended when TimeUp was thrown into them
+            self._ended()
         out, self.out = self.out, []
         return out
+
+    def _ended(self) -> None:
+        self.done = True
+        self.steps = iter(())  # its frame refers to this cursor: no cycle left for the collector
 
     def refuse(self, code: int, diagnostic: str) -> list:
         """End the search before it ran (the server is too busy): its SearchResultDone."""
