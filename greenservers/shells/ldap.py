@@ -57,6 +57,7 @@ import time
 from functools import partial
 
 import gevent
+from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.hub import Waiter
 from gevent.server import StreamServer
@@ -530,6 +531,7 @@ class LdapService(Service):
     def _serve(self, sock, session: proto.LdapSession, peer: str, tls_first: bool) -> None:
         if tls_first:
             sock = self._start_tls(sock)
+        sock.settimeout(self.idle_timeout)  # what a read waits at most (a send that waits changes it back)
         sensors = self.runtime.sensors
         loop = gevent.get_hub().loop
         messages, work = 0, 0.0  # answered, and seconds spent, since this connection last let others go first
@@ -541,7 +543,6 @@ class LdapService(Service):
             if session.backlog:  # pipelined messages beyond one batch: answer them before reading more
                 data = b""
             else:
-                sock.settimeout(self.idle_timeout)
                 asked = loop.iteration
                 data = sock.recv(RECV_SIZE)
                 if not data:
@@ -583,6 +584,7 @@ class LdapService(Service):
             gevent.sleep(self.throttle.delay(client, time.monotonic()))
         elif isinstance(item, proto.StartTLS):
             sock = self._start_tls(sock)
+            sock.settimeout(self.idle_timeout)
             session.tls_started()
         elif isinstance(item, proto.Close):
             if item.oversize:
@@ -593,17 +595,29 @@ class LdapService(Service):
             return None
         return sock
 
-    @staticmethod
-    def _send(sock, data: bytes) -> None:
+    def _send(self, sock, data: bytes) -> None:
         """All of `data`, or WriteStalled when the client reads none of it for WRITE_STALL seconds (gevent's
-        sendall timeout is for the whole send: a phone reading a long answer slowly is no fault)."""
-        sock.settimeout(WRITE_STALL)
+        sendall timeout is for the whole send: a phone reading a long answer slowly is no fault).
+
+        A plain socket tries first without waiting: most answers fit the kernel's buffer at once, and the
+        socket keeps the idle timeout its reads wait with (not changed and changed back per answer)."""
         view = memoryview(data)
+        if type(sock) is gsocket.socket:
+            try:
+                sent = sock.send(view, 0, 0.0)  # a timeout of 0: EAGAIN raised, not waited for
+            except BlockingIOError:
+                sent = 0
+            view = view[sent:]
+            if not view:
+                return
+        sock.settimeout(WRITE_STALL)
         try:
             while view:
                 view = view[sock.send(view):]
         except TimeoutError:
             raise WriteStalled from None
+        finally:
+            sock.settimeout(self.idle_timeout)
 
     def _search(self, cursor: proto.SearchCursor, sock, client: str, peer: str) -> bool:
         """Run a search to its end, a slice per turn, sending as it goes; True if the connection must close.
