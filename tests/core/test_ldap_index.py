@@ -276,6 +276,16 @@ def test_a_number_is_found_in_either_form_whatever_its_length():
     assert found_dns(directory, decoded("(ipPhone=12)")) == ["cn=D,dc=pbx"]
 
 
+def test_a_number_whose_last_digits_many_numbers_share_is_found_among_them():
+    # 700 numbers end in the same five digits: their keys' run spans blocks, checked a step at a time
+    contacts = [Contact(i, f"N{i}", work=f"+49 30 {i:04d}12345", mobile=f"0{i % 9 + 1}1 99912345") for i in range(1, 701)]
+    directory = ldap.Directory(BASE, contacts)
+    assert found_dns(directory, decoded("(telephoneNumber=030 065012345)")) == ["cn=N650,dc=pbx"]
+    assert found_dns(directory, decoded("(|(telephoneNumber=+49 30 000712345)(mobile=+49 30 000712345))")) == ["cn=N7,dc=pbx"]
+    assert len(found_dns(directory, decoded("(mobile=031 99912345)"))) == 78
+    assert found_dns(directory, decoded("(telephoneNumber=+49 30 070112345)")) == []
+
+
 @settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(start=st.lists(contacts_strategy(), min_size=1, max_size=40), imported=st.lists(contacts_strategy(), min_size=1, max_size=60),
        changes=st.lists(st.tuples(st.integers(0, 10**6), st.one_of(st.none(), contacts_strategy())), max_size=30),
