@@ -34,6 +34,7 @@ from .entries import Entry
 from .schema import (
     _NUMBER_FORMATTING,
     ATTRIBUTE_TYPES,
+    FOLDER_OF,
     FOLDERS,
     K_NAME,
     K_NUMBER,
@@ -67,16 +68,22 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
     bytes of assertion values one more (folding them), so both checking an entry and decoding
     stay bounded. What the items took (`decoded_units`) is the filter's `filter_units`.
     """
-    _spend(budget, 1)
+    budget[0] -= 1  # _spend(budget, 1), written out: every item passes here
+    if budget[0] < 0:
+        raise BerError(_TOO_MANY_ITEMS)
     if depth > MAX_FILTER_DEPTH:
         raise BerError(f"filter nested deeper than {MAX_FILTER_DEPTH}")
     if tag == F_EQ and stop - start < 0x80 and data[start] == ber.OCTET_STRING:
-        # the phones' item, short lengths (one byte each): read in place (the general path reads the same)
+        # the phones' item, short lengths (one byte each): read in place (the general path reads the same;
+        # a value shorter than ASSERTION_UNIT counts no unit, and is far below MAX_ASSERTION)
         value_at = start + 2 + data[start + 1]
         if value_at + 2 <= stop and data[value_at] == ber.OCTET_STRING and value_at + 2 + data[value_at + 1] == stop:
-            key = attribute_key(_text(data, start + 2, value_at))
-            raw = _assertion(data, value_at + 2, stop, budget)
-            return (F_EQ, None, raw, raw) if key is None else (F_EQ, key, fold_for(key)(raw), raw)
+            key = attribute_key(data[start + 2:value_at].decode("utf-8", "replace"))
+            if stop - value_at - 2 < ASSERTION_UNIT:
+                raw = data[value_at + 2:stop].decode("utf-8", "replace")
+            else:
+                raw = _assertion(data, value_at + 2, stop, budget)
+            return (F_EQ, None, raw, raw) if key is None else (F_EQ, key, FOLDER_OF[key](raw), raw)
     if tag in (F_AND, F_OR):
         children = ber.children(data, start, stop, budget[0] + 1, _TOO_MANY_ITEMS)
         items = [decode_filter(data, t, s, e, depth + 1, budget) for t, s, e in children]

@@ -246,5 +246,8 @@ def number_prefix_match(value: str, prefix: str, national: str | None) -> bool:
 FOLDERS: dict[str, Callable[[str], str]] = {K_NAME: fold_name, K_NUMBER: fold_number, K_OCLASS: fold_name}
 
 
+FOLDER_OF: dict[str, Callable[[str], str]] = {key: FOLDERS[kind] for key, (_, kind) in ATTRIBUTE_TYPES.items()}
+
+
 def fold_for(key: str) -> Callable[[str], str]:
-    return FOLDERS[ATTRIBUTE_TYPES[key][1]]
+    return FOLDER_OF[key]
