@@ -182,3 +182,11 @@ def test_filters_use_each_vendors_placeholder(settings):
         and "%" not in text(settings, "spa504G.cfg").split("LDAP_Display")[0]
     )
     assert "(|(telephoneNumber=%)(mobile=%)(homePhone=%)(ipPhone=%))" in text(settings, "snomD785.htm")
+
+
+def test_yealink_gets_no_iana_name_as_its_time_zone_name(settings):
+    """local_time.time_zone_name takes a name of Yealink's own list ("Germany(Berlin)") and only matters for automatic
+    DST; the rules are given explicitly, so the key is left out rather than sent an IANA name the phone does not know."""
+    body = text(settings, "y000000000000.cfg")
+    assert "time_zone_name" not in body and "Europe/Berlin" not in body
+    assert "local_time.summer_time = 1\n" in body and "local_time.start_time = 3/5/7/2\n" in body

@@ -122,11 +122,16 @@ VENDORS: tuple[Vendor, ...] = (
         confirmed=("local_time.summer_time 0/1/2, dst_time_type 1 (by week), start_time/end_time month/week(5 = last)/"
                    "weekday(1 Monday .. 7 Sunday)/hour, offset_time in minutes, time_zone as +h[:mm]: Yealink Administrator's "
                    "Guide for SIP-T2/T4/T5 Series (DST configuration, AutoDST attributes)",
-                   "name filter % = the entered prefix: Yealink Administrator's Guide (LDAP)"),
-        unconfirmed=("ldap.* keys (ldap.tls_mode 0/1/2 in particular), directory_setting.ldap.enable, "
-                     "search_in_dialing.ldap.enable", "time_zone_name taking the IANA name (Yealink's own list names "
-                     "'Country(City)'; the rules are given explicitly with summer_time = 1)", "boot file include lines",
-                     "User-Agent form"),
+                   "name filter % = the entered prefix: Yealink Administrator's Guide (LDAP)",
+                   "local_time.ntp_server1, ldap.enable/host/port/base/user/password/version/name_filter/number_filter/"
+                   "name_attr/numb_attr/display_name/max_hits/ldap_sort/call_in_lookup/call_out_lookup, "
+                   "directory_setting.ldap.enable, search_in_dialing.ldap.enable: fusionpbx/fusionpbx "
+                   "resources/templates/provision/yealink/t46u/y000000000108.cfg (Yealink's common-file layout) and "
+                   "nethesis/tancredi data/templates/yealink.tmpl",
+                   "ldap.tls_mode 0 plain, 1 StartTLS, 2 LDAPS: nethesis/tancredi data/templates/yealink.tmpl",
+                   "boot file of include:config lines: fusionpbx/fusionpbx resources/templates/provision/yealink/t46u/"
+                   "y000000000000.boot"),
+        unconfirmed=("User-Agent form",),
     ),
     Vendor(
         "snom", "Snom D7xx",

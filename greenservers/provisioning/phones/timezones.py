@@ -210,8 +210,10 @@ def posix_form(zone: Zone) -> str:
 
 def yealink_form(zone: Zone) -> dict:
     """local_time.*: time_zone "+1" / "+5:30", summer_time 1 with rules by week (dst_time_type 1),
-    start/end "month/week/weekday/hour" (week 5 = last, weekday 1 Monday .. 7 Sunday), offset_time minutes."""
-    form = {"time_zone": _hours_minutes(zone.std_offset) if zone.std_offset else "0", "time_zone_name": zone.name,
+    start/end "month/week/weekday/hour" (week 5 = last, weekday 1 Monday .. 7 Sunday), offset_time minutes.
+    No time_zone_name: it takes a name of Yealink's own list ("Germany(Berlin)"), which only picks the rules
+    when summer_time is 2 (automatic); ours are given with summer_time 1."""
+    form = {"time_zone": _hours_minutes(zone.std_offset) if zone.std_offset else "0",
             "summer_time": 1 if zone.has_dst else 0, "approximate": False}
     if zone.has_dst:
         rules = []
