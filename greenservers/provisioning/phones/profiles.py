@@ -158,10 +158,18 @@ VENDORS: tuple[Vendor, ...] = (
         user_agent=r"Polycom[A-Za-z]*-(?P<model>[A-Za-z]+_\d+)",
         confirmed=("tcpIpApp.sntp.address, gmtOffset in seconds, daylightSavings.enable / fixedDayEnable / start|stop.month, "
                    ".date (1, 8, 15, 22 = n-th weekday), .dayOfWeek (1 Sunday .. 7 Saturday), .dayOfWeek.lastInMonth, "
-                   ".time in hours: Polycom SoundPoint IP / UC Software Administrator's Guides",),
-        unconfirmed=("dir.corp.* keys (transport TLS as LDAPS in particular)", "feature.corporateDirectory.enabled",
-                     "tcpIpApp.sntp.address.overrideDHCP", "a missing file in CONFIG_FILES (hence the stock per-phone file)",
-                     "User-Agent form"),
+                   ".time in hours: Polycom SoundPoint IP / UC Software Administrator's Guides",
+                   "tcpIpApp.sntp.address.overrideDHCP: wazo-platform/wazo-provd-plugins plugins/wazo_polycom/common/templates/"
+                   "base.tpl and Polycom's own sip.cfg (plugins/wazo_polycom/v3_1_6/var/tftpboot/sip.cfg there)",
+                   "dir.corp.address/port/transport/baseDN/scope/filterPrefix/user/password, dir.corp.attribute.N.name/label/"
+                   "type (first_name, last_name)/filter/sticky/searchable, dir.corp.vlv.allow/sortOrder: Polycom's own sip.cfg "
+                   "(fusionpbx/fusionpbx resources/templates/provision/polycom/650/sip.cfg, wazo-platform/wazo-provd-plugins "
+                   "plugins/wazo_polycom/v3_1_6/var/tftpboot/sip.cfg)",
+                   "feature.corporateDirectory.enabled 0/1, dir.corp.address as an ldap:// URL: excaliburpartners/polycomphones "
+                   "views/polycomphones_corporate.php"),
+        unconfirmed=("dir.corp.transport TLS meaning LDAPS (not StartTLS): no source says which",
+                     "attribute type phone_number (the sources show first_name and last_name only)",
+                     "a missing file in CONFIG_FILES (hence the stock per-phone file)", "User-Agent form"),
     ),
     Vendor(
         "grandstream", "Grandstream GXP/GRP",
