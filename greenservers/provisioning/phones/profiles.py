@@ -183,11 +183,17 @@ VENDORS: tuple[Vendor, ...] = (
         own_files=(r"cfg" + MAC_LOWER + r"(?:\.bin)?",),
         user_agent=r"Grandstream Model HW (?P<model>[A-Z]+\d+\w*)",
         confirmed=("LDAP or LDAPS (no StartTLS), server, port, base, user, password, name and number filters with % as the "
-                   "entered prefix, version 3, name and number attributes, display: Grandstream GRP26xx, GXV, DP750 "
-                   "Administration Guides", "self-defined time zone as a POSIX string: Grandstream UCM guide"),
-        unconfirmed=("every P-value number (P30, P64 = customize, P246, P143, P144, P8020-P8037, P1526)",
-                     "P8027 = 3 for LDAP version 3", "the order in which cfg<mac>, cfg<model> and cfg.xml apply",
-                     "User-Agent form"),
+                   "entered prefix, version 3, name and number attributes, display as %attr fields (up to 3): Grandstream "
+                   "GRP26xx, GXV, DP750 Administration Guides", "self-defined time zone as a POSIX string: Grandstream UCM guide",
+                   "P30 NTP server, P144 (0: DHCP option 42 does not override), P64 = customize, P246 self-defined zone "
+                   "(at most 64 characters; Berlin written exactly as ours, explicit DST offset and rule times), P143 "
+                   "(0: DHCP option 2 does not override), P8037 0 LDAP / 1 LDAPS, P8020-P8024 server/port/base/user/password, "
+                   "P8025 number filter, P8026 name filter, P8027 3 = version 3, P8028/P8029 space-separated name/number "
+                   "attributes, P8030 display, P8031 max hits, P8032 timeout (0-180 s), P8033 sort, P8034 lookup of outgoing "
+                   "and P8035 of incoming calls, P1526 = 1 phone book key opens the LDAP search: Grandstream's own config "
+                   "templates as kept in fusionpbx/fusionpbx resources/templates/provision/grandstream/ (grp2614/{$mac}.xml "
+                   "names each P-value; gxp16xx and gxp21xx give the numeric values)"),
+        unconfirmed=("the order in which cfg<mac>, cfg<model> and cfg.xml apply", "User-Agent form"),
     ),
     Vendor(
         "fanvil", "Fanvil X",
