@@ -141,10 +141,14 @@ VENDORS: tuple[Vendor, ...] = (
         own_files=(r"snom(?P<model>[Dd]7\d\d)-" + MAC + r"\.htm", MAC_UPPER + r"\.xml"),
         user_agent=r"snom(?P<model>D\d{3}\w*)",
         confirmed=("filters with %, the filters during call (10.1.27 and later): service.snom.com, LDAP Directory",
-                   "<settings><phone-settings> with `timezone` codes such as ITA+1: Gigaset's wiki for its Snom-format "
-                   "desk phones (not Snom's own)"),
-        unconfirmed=("ldap_over_tls", "ldap_name_attributes / ldap_number_attributes / ldap_display_name value forms",
-                     "the timezone codes (a third-party list)", "User-Agent form"),
+                   "<settings><phone-settings> with `timezone` codes such as GER+1, USA-5, ITA+1: service.snom.com, "
+                   "<phone-settings> tag and Configuration files (also Gigaset's wiki for its Snom-format desk phones)",
+                   "ntp_server, ldap_server/port/base/username/password, ldap_over_tls on for LDAPS, ldap_search_filter, "
+                   "ldap_number_filter, space-separated ldap_name_attributes / ldap_number_attributes, ldap_display_name "
+                   "as %attr: nethesis/tancredi data/templates/snom.tmpl; ldap_max_hits, ldap_sort_results on/off: "
+                   "fusionpbx/fusionpbx resources/templates/provision/snom/720/{$mac}.xml"),
+        unconfirmed=("which code a zone gets: 72 of our 98 codes appear in nethesis/tancredi data/templates/snom.macros, "
+                     "which picks a neighbour's code of the same offset for the others (AUT+1, CHE+1 ...)", "User-Agent form"),
     ),
     Vendor(
         "poly", "Poly VVX (UC Software)",

@@ -274,7 +274,8 @@ def minutes_form(zone: Zone) -> dict:
 
 
 # Snom's own zone codes (country + standard offset in hours; the phone knows each one's DST rules).
-# From a third-party list of the values of the phones' `timezone` setting, not from Snom: unconfirmed.
+# From a third-party list of the values of the phones' `timezone` setting; the code form is Snom's (GER+1, USA-5),
+# which code each zone gets is unconfirmed (see profiles.VENDORS).
 # Entries whose offset no longer matches tzdata are left out (a test checks every entry).
 SNOM_ZONES = {
     "America/Los_Angeles": "USA-8", "America/Denver": "USA-7", "America/Phoenix": "USA2-7", "America/Chicago": "USA-6",
