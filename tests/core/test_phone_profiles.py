@@ -190,3 +190,23 @@ def test_yealink_gets_no_iana_name_as_its_time_zone_name(settings):
     body = text(settings, "y000000000000.cfg")
     assert "time_zone_name" not in body and "Europe/Berlin" not in body
     assert "local_time.summer_time = 1\n" in body and "local_time.start_time = 3/5/7/2\n" in body
+
+
+def fanvil_date_and_ldap(settings):
+    root = ET.fromstring(text(settings, "F0V00X600000.cfg"))
+    return {e.tag: e.text for e in root.find("phone/date")}, {e.tag: e.text for e in root.find("phone/ldap")}
+
+
+def test_fanvil_time_zone_in_quarter_hours_and_dst_by_week_with_week_5_last(settings):
+    date, ldap = fanvil_date_and_ldap(settings)
+    assert (date["TimeZone"], date["TimeZoneName"]) == ("4", "UTC+1")  # not decimal hours, not an IANA name
+    assert "EnableDST" not in date and (date["Enable_DST"], date["DST_Fixed_Type"]) == ("2", "2")  # manual, by week
+    assert (date["DSTStartMon"], date["DSTStartWeek"], date["DSTStartWday"], date["DSTStartHour"]) == ("3", "5", "0", "2")
+    assert (date["DSTEndMon"], date["DSTEndWeek"], date["DSTEndHour"]) == ("10", "5", "3")
+    assert ldap["Authenticate"] == "3" and ldap["UseSSL"] == "1"
+
+
+def test_fanvil_half_hour_zone_without_dst(tmp_path):
+    date, _ = fanvil_date_and_ldap(make_settings(tmp_path, phone_timezone="Asia/Kolkata"))
+    assert (date["TimeZone"], date["TimeZoneName"], date["Enable_DST"]) == ("22", "UTC+5:30", "0")
+    assert "DST_Fixed_Type" not in date and "DSTStartWeek" not in date

@@ -78,7 +78,7 @@ def test_kolkata_in_every_form():
     assert forms["yealink"] == {"time_zone": "+5:30", "summer_time": 0, "approximate": False}
     assert forms["poly"] == {"gmtOffset": 19800, "enable": 0, "approximate": False}
     assert forms["cisco"] == {"time_zone": "GMT+05:30", "dst_enable": "no", "dst_rule": "", "approximate": False}
-    assert forms["minutes"]["offset_minutes"] == 330 and forms["minutes"]["offset_hours"] == "5.5"
+    assert forms["minutes"]["offset_minutes"] == 330 and forms["minutes"]["quarter_hours"] == 22
     assert forms["snom"] == "IND+5.5"
 
 

@@ -214,7 +214,7 @@ def read_profile(vendor: str, body: bytes) -> dict:
             ldap = {"host": e["Server"], "port": int(e["port"]), "transport": "ldaps" if e["UseSSL"] == "1" else "plain",
                     "base": e["Base"], "user": e["Username"], "password": e["Password"], "name": e["NameFilter"],
                     "number": e["NumberFilter"], "placeholder": "%"}
-        tz = (date["TimeZone"], date["EnableDST"], date.get("DSTStartMon"), date.get("DSTStartWeek"), date.get("DSTStartWday"),
+        tz = (date["TimeZone"], date["Enable_DST"], date.get("DSTStartMon"), date.get("DSTStartWeek"), date.get("DSTStartWday"),
               date.get("DSTStartHour"), date.get("DSTEndMon"), date.get("DSTEndHour"))
         return {"ntp": date.get("SNTPServer"), "ldap": ldap, "tz": tz}
     if vendor == "cisco":
@@ -241,7 +241,7 @@ BERLIN = {
     "snom": "GER+1",
     "poly": ("3600", "1", ("3", "1", "1", "1", "2", "10", "1", "1", "1", "3")),
     "grandstream": ("customize", "CET-1CEST-2,M3.5.0/02:00:00,M10.5.0/03:00:00"),
-    "fanvil": ("1", "2", "3", "-1", "0", "2", "10", "3"),
+    "fanvil": ("4", "2", "3", "5", "0", "2", "10", "3"),
     "cisco": ("GMT+01:00", "Yes", "start=3/-1/7/2:0:0;end=10/-1/7/3:0:0;save=1:0:0"),
     "panasonic": ("60", "Y", "CET-1CEST-2,M3.5.0/02:00:00,M10.5.0/03:00:00"),
     "gigaset": "Europe/Berlin",
@@ -251,7 +251,7 @@ KOLKATA = {
     "snom": "IND+5.5",
     "poly": ("19800", "0", (None,) * 10),
     "grandstream": ("customize", "IST-5:30"),
-    "fanvil": ("5.5", "0", None, None, None, None, None, None),
+    "fanvil": ("22", "0", None, None, None, None, None, None),
     "cisco": ("GMT+05:30", "No", None),
     "panasonic": ("330", "N", "IST-5:30"),
     "gigaset": "Asia/Kolkata",

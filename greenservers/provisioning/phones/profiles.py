@@ -207,7 +207,19 @@ VENDORS: tuple[Vendor, ...] = (
         own_files=(MAC_LOWER + r"\.cfg",),
         user_agent=r"Fanvil (?P<model>[A-Z]+\d+[A-Z0-9]*)",
         models=FANVIL_MODELS,
-        unconfirmed=("every key of <date> and <ldap> (TimeZone as decimal hours in particular)", "per-model file names",
+        confirmed=("<sysConf><phone><date>: EnableSNTP, SNTPServer, TimeZone, TimeZoneName, Enable_DST 0 off / 1 automatic "
+                   "/ 2 manual, DST_Fixed_Type 2 = by week, DSTMinOffset, DST{Start,End}{Mon,Week,Wday,Hour} with week 5 for "
+                   "the last week and Wday 0 Sunday: fusionpbx/fusionpbx resources/templates/provision/fanvil/x6u/{$mac}.cfg "
+                   "(firmware 2.2.10 and later) and app/fanvil/app_config.php; the same week/weekday values in "
+                   "nethesis/tancredi data/templates/fanvil-X5.tmpl",
+                   "TimeZone in quarter hours named UTC+h (Europe/Rome: 4, UTC+1; UTC: 0): nethesis/tancredi "
+                   "data/templates/fanvil.macros (tz_map)",
+                   "<phone><ldap index=\"1\">: Title, Server, port, Base, UseSSL (0 plain, 1 LDAPS, 2 StartTLS), Version 3, "
+                   "Authenticate 3 with a user and password, Username, Password, TelAttr, MobileAttr, OtherAttr, NameAttr, "
+                   "SortAttr, Displayname without %, NameFilter/NumberFilter with %, MaxHits, InCallSearch, OutCallSearch: "
+                   "fusionpbx/fusionpbx resources/templates/provision/fanvil/x6u/{$mac}.cfg, nethesis/tancredi "
+                   "data/templates/fanvil-X5.tmpl"),
+        unconfirmed=("DST{Start,End}Min", "TimeZoneName for half-hour zones (UTC+5:30)", "per-model file names",
                      "the order of the common and the <mac>.cfg files", "User-Agent form"),
     ),
     Vendor(

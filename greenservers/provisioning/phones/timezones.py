@@ -261,8 +261,10 @@ def cisco_form(zone: Zone) -> dict:
 
 def minutes_form(zone: Zone) -> dict:
     """Offsets in minutes east and the rule fields one by one (Panasonic, Fanvil): month, week (1..5, 5 = last),
-    weekday (0 Sunday .. 6 Saturday), time as minutes after midnight and as hour + minute."""
-    form = {"offset_minutes": zone.std_offset // 60, "offset_hours": _decimal_hours(zone.std_offset),
+    weekday (0 Sunday .. 6 Saturday), time as minutes after midnight and as hour + minute. Fanvil counts the
+    offset in quarter hours (UTC+1 is 4) and names it "UTC+1"."""
+    form = {"offset_minutes": zone.std_offset // 60, "quarter_hours": zone.std_offset // 900,
+            "utc_name": "UTC" + _hours_minutes(zone.std_offset) if zone.std_offset else "UTC",
             "dst": 1 if zone.has_dst else 0, "dst_minutes": zone.dst_shift // 60, "approximate": False}
     if zone.has_dst:
         for key, r in (("start", zone.start), ("end", zone.end)):
@@ -311,11 +313,6 @@ SNOM_ZONES = {
 def snom_form(zone: Zone) -> str:
     """Snom's `timezone` code for the zone, or "" when the list has none (the template then leaves the key out)."""
     return SNOM_ZONES.get(zone.name, "")
-
-
-def _decimal_hours(seconds: int) -> str:
-    hours = seconds / 3600
-    return str(int(hours)) if hours == int(hours) else f"{hours:g}"
 
 
 def forms(zone: Zone) -> dict:
