@@ -210,3 +210,12 @@ def test_fanvil_half_hour_zone_without_dst(tmp_path):
     date, _ = fanvil_date_and_ldap(make_settings(tmp_path, phone_timezone="Asia/Kolkata"))
     assert (date["TimeZone"], date["TimeZoneName"], date["Enable_DST"]) == ("22", "UTC+5:30", "0")
     assert "DST_Fixed_Type" not in date and "DSTStartWeek" not in date
+
+
+def test_snom_name_filters_add_the_wildcard_the_phone_does_not(settings):
+    """Snom puts the typed text alone in place of "%": names beginning with it need "%*" (Snom's own examples)."""
+    s = {e.tag: e.text for e in ET.fromstring(text(settings, "snomD785.htm")).find("phone-settings")}
+    for key in ("ldap_search_filter", "ldap_search_filter_during_call"):
+        assert s[key] == "(|(cn=%*)(sn=%*)(givenName=%*)(displayName=%*)(o=%*))", key
+    assert s["ldap_number_filter"] == "(|(telephoneNumber=%)(mobile=%)(homePhone=%)(ipPhone=%))"
+    assert "(cn=%)" in text(settings, "cfg.xml")  # Grandstream's phone adds the "*" itself

@@ -71,9 +71,10 @@ NUMBER_HITS = {"Mark Meier", "Anna Marx", "Omar Ali", "MARTIN Lowe"}  # "+49 30 
 # starting with it in either form (+49 30 12345... or 030 12345...): Zoe's 030 123456 too
 NUMBER_PREFIX_HITS = NUMBER_HITS | {"Zoe Zander"}
 TYPED_NAME, TYPED_NUMBER = "mar", "+49 30 1234-5"
-# what a phone puts in place of its placeholder when the user types `typed`: the vendors document "%" as
-# "starting with the entered prefix" (the phone adds the "*"); Cisco's $VALUE is the text alone
+# what a phone puts in place of its placeholder when the user types `typed`: most vendors document "%" as
+# "starting with the entered prefix" (the phone adds the "*"); Cisco's $VALUE and Snom's "%" are the text alone
 PHONE_SENDS = {"%": "{}*", "$VALUE": "{}"}
+TEXT_ALONE = {"snom"}
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +332,7 @@ def test_each_vendors_filters_find_the_expected_contacts_with_its_credentials(sv
             if name not in SETTINGS_FILES or TRANSPORTS[vendor] is None:
                 continue
             ldap = read_profile(vendor, svc.fetched[(name, host)])["ldap"]
-            sends = PHONE_SENDS[ldap["placeholder"]]
+            sends = "{}" if vendor in TEXT_ALONE else PHONE_SENDS[ldap["placeholder"]]
             typed_name = ldap["name"].replace(ldap["placeholder"], sends.format(TYPED_NAME))
             expected = {"Mark Meier", "Anna Marx", "MARTIN Lowe"} if vendor == "poly" else NAME_HITS  # Poly: sn and givenName
             assert ldapsearch(svc, ldap, host, typed_name) == expected, (vendor, name, typed_name)

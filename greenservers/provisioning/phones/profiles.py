@@ -48,7 +48,7 @@ MAX_HITS = 50
 def name_filter(placeholder: str, phone_adds_wildcard: bool) -> str:
     """Names starting with what the user typed. Where the vendor documents `%` as "starting with the
     entered prefix", the phone puts "typed*" in its place: a "*" of ours would make "typed**", which
-    OpenLDAP's client library refuses as a bad filter. Cisco's $VALUE is the text alone."""
+    OpenLDAP's client library refuses as a bad filter. Cisco's $VALUE and Snom's % are the text alone."""
     wildcard = "" if phone_adds_wildcard else "*"
     return "(|" + "".join(f"({a}={placeholder}{wildcard})" for a in NAME_ATTRIBUTES) + ")"
 
@@ -138,9 +138,12 @@ VENDORS: tuple[Vendor, ...] = (
         files=(StockFile(r"snom(?P<model>[Dd]7\d\d)\.htm", "snom/settings.xml.j2", XML,
                          tuple(f"snom{m}.htm" for m in SNOM_MODELS), "model"),),
         transports=("ldaps", "plain"),
+        phone_adds_wildcard=False,  # "%" is the text alone: Snom's own examples write "(cn=%*)" for "beginning with"
         own_files=(r"snom(?P<model>[Dd]7\d\d)-" + MAC + r"\.htm", MAC_UPPER + r"\.xml"),
         user_agent=r"snom(?P<model>D\d{3}\w*)",
         confirmed=("filters with %, the filters during call (10.1.27 and later): service.snom.com, LDAP Directory",
+                   "% replaced by the text alone, a name filter of prefixes written (cn=%*): service.snom.com, "
+                   "ldap_search_filter; nethesis/tancredi scripts/upgrade.d/012.php (its Snom filter fix)",
                    "<settings><phone-settings> with `timezone` codes such as GER+1, USA-5, ITA+1: service.snom.com, "
                    "<phone-settings> tag and Configuration files (also Gigaset's wiki for its Snom-format desk phones)",
                    "ntp_server, ldap_server/port/base/username/password, ldap_over_tls on for LDAPS, ldap_search_filter, "
