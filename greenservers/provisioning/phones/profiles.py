@@ -235,9 +235,14 @@ VENDORS: tuple[Vendor, ...] = (
         user_agent=r"(?:Cisco|Linksys)/(?P<model>SPA\d+\w*)",
         confirmed=("Daylight_Saving_Time_Rule start=m/d/w/HH:mm:ss;end=...;save=... (day -1 = last, weekday 1 Monday .. 7 "
                    "Sunday), Time_Zone, LDAP Search Item 3 / Item 3 Filter, LDAP Display Attrs a=/n=/t=p: Cisco SPA300/SPA500 "
-                   "Administration Guide",),
-        unconfirmed=("LDAP_Server with host:port", "the attr:(filter) form of the name filters",
-                     "LDAP_Search_Item_3 / LDAP_Item_3_Filter for numbers", "User-Agent form"),
+                   "Administration Guide",
+                   "Primary_NTP_Server, Time_Zone as GMT-07:00, Daylight_Saving_Time_Enable, LDAP_Dir_Enable, "
+                   "LDAP_Corp_Dir_Name, LDAP_Server, LDAP_Auth_Method, LDAP_Client_DN, LDAP_Password, LDAP_Search_Base, "
+                   "LDAP_Last_Name_Filter, LDAP_First_Name_Filter, LDAP_Search_Item_3, LDAP_Item_3_Filter, LDAP_Display_Attrs "
+                   "as element names: the SPA's own profile as kept in fusionpbx/fusionpbx "
+                   "resources/templates/provision/cisco/spa504g/{$mac}.xml, app/cisco/app_config.php"),
+        unconfirmed=("LDAP_Server with host:port (no port key exists; no source shows a port)",
+                     "the attr:(filter) form of the name filters", "LDAP_Item_3_Filter used for numbers", "User-Agent form"),
     ),
     Vendor(
         "panasonic", "Panasonic KX-HDV",
