@@ -254,7 +254,14 @@ VENDORS: tuple[Vendor, ...] = (
         transports=("ldaps", "plain"),
         own_files=(r"Config" + MAC + r"\.cfg",),
         user_agent=r"Panasonic[_ -]?(?P<model>KX-[A-Z]+\d+\w*)",
-        unconfirmed=("the first file asked for", "every LDAP_* key", "DST_* keys", "LOCAL_TIME_ZONE_POSIX",
+        confirmed=("the header line, NTP_ADDR, LOCAL_TIME_ZONE_POSIX as a POSIX string, LDAP_ENABLE Y/N, LDAP_SERVER as "
+                   "ldap://host, LDAP_SERVER_PORT, LDAP_BASEDN, LDAP_USERID, LDAP_PASSWORD, LDAP_NAME_FILTER / LDAP_NUMB_FILTER "
+                   "with %, comma-separated LDAP_NAME_ATTRIBUTE / LDAP_NUMB_ATTRIBUTE, LDAP_MAXRECORD, LDAP_SSL_VERIFY: "
+                   "aelintra/sail opt/sark/db/db_v4_device.sql (its Panasonic KX-HDV range entry and Panasonic LDAP fragment)",
+                   "TIME_ZONE in minutes, DST_ENABLE Y/N, DST_OFFSET minutes, DST_START|STOP_MONTH, _ORDINAL_DAY, _DAY_OF_WEEK "
+                   "(0 Sunday), _TIME in minutes: Panasonic's sample file as kept in fusionpbx/fusionpbx "
+                   "resources/templates/provision/panasonic/tgp500/{$mac}.cfg (KX-TGP500, the same key set)"),
+        unconfirmed=("the first file asked for", "_ORDINAL_DAY 5 for the last week", "ldaps:// in LDAP_SERVER",
                      "User-Agent form"),
     ),
     Vendor(
