@@ -219,3 +219,14 @@ def test_snom_name_filters_add_the_wildcard_the_phone_does_not(settings):
         assert s[key] == "(|(cn=%*)(sn=%*)(givenName=%*)(displayName=%*)(o=%*))", key
     assert s["ldap_number_filter"] == "(|(telephoneNumber=%)(mobile=%)(homePhone=%)(ipPhone=%))"
     assert "(cn=%)" in text(settings, "cfg.xml")  # Grandstream's phone adds the "*" itself
+
+
+@pytest.mark.parametrize(("zone", "expected"), [
+    ("Europe/Berlin", "Europe/Berlin"),  # in the base station's list
+    ("America/Toronto", "America/New_York"),  # not listed: the listed zone that keeps the same time
+    ("Asia/Kolkata", None),  # nothing listed keeps +5:30: the key is left out
+])
+def test_gigaset_time_zone_only_from_its_own_list(tmp_path, zone, expected):
+    root = ET.fromstring(text(make_settings(tmp_path, phone_timezone=zone), "7c2f80abcdef.xml"))
+    params = {e.get("name"): e.get("value") for e in root.find("nvm")}
+    assert params.get("DmGlobal.0.TimeZone") == expected

@@ -233,7 +233,7 @@ def read_profile(vendor: str, body: bytes) -> dict:
     if vendor == "gigaset":
         assert root.tag == "provisioning" and root.get("productID") == "e2"
         p = {e.get("name"): e.get("value") for e in root.find("nvm")}
-        return {"ntp": p.get("DmGlobal.0.NtpServer"), "ldap": {}, "tz": p["DmGlobal.0.TimeZone"]}
+        return {"ntp": p.get("DmGlobal.0.NtpServer"), "ldap": {}, "tz": p.get("DmGlobal.0.TimeZone")}
     raise AssertionError(vendor)
 
 
@@ -255,7 +255,7 @@ KOLKATA = {
     "fanvil": ("22", "0", None, None, None, None, None, None),
     "cisco": ("GMT+05:30", "No", None),
     "panasonic": ("330", "N", "IST-5:30"),
-    "gigaset": "Asia/Kolkata",
+    "gigaset": None,  # not in the base station's list, and no listed zone keeps +5:30
 }
 
 

@@ -270,8 +270,11 @@ VENDORS: tuple[Vendor, ...] = (
         files=(StockFile(r"(?P<mac>[0-9a-f]{12})\.xml", "gigaset/provisioning.xml.j2", XML, ("{mac}.xml",)),),
         transports=(),  # time only until its LDAP keys are confirmed
         user_agent=r"Gigaset (?P<model>N\d{3}\w*)",
-        confirmed=("<provisioning version=\"1.1\" productID=\"e2\"><nvm><param name value/>: Gigaset's wiki (N610/N670/N870)",),
-        unconfirmed=("DmGlobal.0.NtpServer", "DmGlobal.0.TimeZone taking the IANA name", "User-Agent form"),
+        confirmed=("<provisioning version=\"1.1\" productID=\"e2\"><nvm><param name value/>: Gigaset's wiki (N610/N670/N870)",
+                   "DmGlobal.0.NtpServer, DmGlobal.0.TimeZone taking the IANA names of the base station's own list only: "
+                   "wazo-platform/wazo-provd-plugins plugins/wazo_gigaset/Nx70_83_v2_65_0/templates/base.tpl and common.py"),
+        unconfirmed=("LDAP keys (none found for the N670/N870; the Maxwell desk phones' NetDir.LDAP.0.* are another "
+                     "product's)", "User-Agent form"),
     ),
 )
 BY_KEY = {v.key: v for v in VENDORS}

@@ -14,6 +14,10 @@ A zone whose "daylight" time is behind its standard time (Europe/Dublin:
 IST in summer is its standard time, GMT in winter its negative DST) is
 turned round, so that every form has DST ahead of standard time; the
 clock the phone shows is the same.
+
+Gigaset's base stations take only the zone names of their own list; for
+any other zone the listed one that keeps the same time is found in a
+table read from tzdata once, on import.
 """
 
 from __future__ import annotations
@@ -315,11 +319,59 @@ def snom_form(zone: Zone) -> str:
     return SNOM_ZONES.get(zone.name, "")
 
 
+# The names Gigaset's N670/N870 IP PRO take for DmGlobal.0.TimeZone: a list of their own, not every IANA name
+# (as the N870/Nx70 provisioning of wazo-provd-plugins keeps it). Other zones get the first of these that keeps
+# the same time, or nothing.
+GIGASET_ZONES = (
+    "Africa/Cairo", "America/Anchorage", "America/Caracas", "America/Chicago", "America/Denver",
+    "America/Los_Angeles", "America/New_York", "America/Sao_Paulo", "Asia/Dhaka", "Asia/Dubai", "Asia/Hong_Kong",
+    "Asia/Karachi", "Asia/Tokyo", "Australia/Adelaide", "Australia/Brisbane", "Australia/Darwin", "Australia/Sydney",
+    "Europe/Amsterdam", "Europe/Andorra", "Europe/Astrakhan", "Europe/Athens", "Europe/Belfast", "Europe/Belgrade",
+    "Europe/Berlin", "Europe/Bratislava", "Europe/Brussels", "Europe/Bucharest", "Europe/Budapest",
+    "Europe/Busingen", "Europe/Chisinau", "Europe/Copenhagen", "Europe/Dublin", "Europe/Gibraltar",
+    "Europe/Guernsey", "Europe/Helsinki", "Europe/Isle_of_Man", "Europe/Istanbul", "Europe/Jersey",
+    "Europe/Kaliningrad", "Europe/Kiev", "Europe/Kirov", "Europe/Lisbon", "Europe/Ljubljana", "Europe/London",
+    "Europe/Luxembourg", "Europe/Madrid", "Europe/Malta", "Europe/Mariehamn", "Europe/Minsk", "Europe/Monaco",
+    "Europe/Moscow", "Europe/Nicosia", "Europe/Oslo", "Europe/Paris", "Europe/Podgorica", "Europe/Prague",
+    "Europe/Riga", "Europe/Rome", "Europe/Samara", "Europe/San_Marino", "Europe/Sarajevo", "Europe/Simferopol",
+    "Europe/Skopje", "Europe/Sofia", "Europe/Stockholm", "Europe/Tallinn", "Europe/Tirane", "Europe/Tiraspol",
+    "Europe/Ulyanovsk", "Europe/Uzhgorod", "Europe/Vaduz", "Europe/Vatican", "Europe/Vienna", "Europe/Vilnius",
+    "Europe/Volgograd", "Europe/Warsaw", "Europe/Zagreb", "Europe/Zaporozhye", "Europe/Zurich", "Greenwich",
+    "Pacific/Honolulu", "Pacific/Noumea",
+)
+
+
+def _rules(zone: Zone) -> tuple:
+    return zone.std_offset, zone.dst_offset, zone.start, zone.end
+
+
+def _gigaset_by_rules() -> dict:
+    by_rules = {}
+    for name in GIGASET_ZONES:
+        try:
+            by_rules.setdefault(_rules(load(name)), name)
+        except TimeZoneError:  # a name this system's tzdata no longer has
+            continue
+    return by_rules
+
+
+# Built on import (some 20 ms of tzdata reads), so that no request waits for it.
+GIGASET_BY_RULES = _gigaset_by_rules()
+
+
+def gigaset_form(zone: Zone) -> str:
+    """The zone's own name when Gigaset's list has it, else a listed zone with the same offsets and DST rules,
+    else "" (the template then leaves the key out and the base station keeps its own setting)."""
+    if zone.name in GIGASET_ZONES:
+        return zone.name
+    return GIGASET_BY_RULES.get(_rules(zone), "")
+
+
 def forms(zone: Zone) -> dict:
     """Every form, as the templates see it under ``tz``."""
     return {
         "name": zone.name, "posix": zone.posix, "posix_full": posix_form(zone),
         "offset_seconds": zone.std_offset, "dst": zone.has_dst, "dst_shift_seconds": zone.dst_shift,
         "yealink": yealink_form(zone), "poly": poly_form(zone), "cisco": cisco_form(zone),
-        "minutes": minutes_form(zone), "snom": snom_form(zone),
+        "minutes": minutes_form(zone), "snom": snom_form(zone), "gigaset": gigaset_form(zone),
     }
