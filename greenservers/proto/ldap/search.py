@@ -84,6 +84,7 @@ SORT_STEP = 256  # entries partitioned, sorted by one call, or merged between tw
 EMIT_STEP = 32  # entries encoded between two yields
 
 
+_DONE: dict[int, bytes] = {}  # SearchResultDone (without a diagnostic) by result code
 _ENDED = object()  # what next() gives when a search's steps have ended
 
 
@@ -460,8 +461,10 @@ class Searches:
 
     @staticmethod
     def _finish(cursor: SearchCursor, code: int, controls: bytes) -> None:
-        cursor.out.append(message(cursor.message_id, result(SEARCH_RESULT_DONE, code, ""),
-                                  ber.tlv(CONTROLS_TAG, controls) if controls else b""))
+        done = _DONE.get(code)
+        if done is None:
+            done = _DONE[code] = result(SEARCH_RESULT_DONE, code, "")  # a few codes: made once each
+        cursor.out.append(message(cursor.message_id, done, ber.tlv(CONTROLS_TAG, controls) if controls else b""))
         cursor.out.append(Searched(cursor.sent, code == TIME_LIMIT_EXCEEDED))
 
     def _done_steps(self, cursor: SearchCursor, code: int, controls: bytes) -> Iterator[bool]:
