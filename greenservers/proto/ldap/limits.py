@@ -172,10 +172,12 @@ class BufferBudget:
 
     def hold(self, holder: object, client: str, size: int) -> bool:
         """`holder` now holds `size` bytes; False if that grew past a cap (the holder is then refused)."""
-        _, before = self._by_holder.get(holder, (client, 0))
-        grew = size > before
+        held = self._by_holder.get(holder)
+        before = 0 if held is None else held[1]
+        if size == before:  # nothing changes (a request answered whole: nothing held before or after)
+            return True
         self._set(holder, client, size)
-        return not grew or (self.held <= self.total and self._by_client.of(client) <= self.per_client)
+        return size < before or (self.held <= self.total and self._by_client.of(client) <= self.per_client)
 
     @property
     def held(self) -> int:
