@@ -11,7 +11,7 @@ indexes hold no Python object per value:
   their folded value (equality, prefix); numbers by their national form
   (`national_form`, prefix in either form) and, reversed, by their digits
   from the end (a number's equality by its last TAIL characters, "*4711").
-- `Trigrams` per name attribute: array('i') postings, append-only between
+- `Grams` per name attribute: array('i') postings of 3- and 4-grams, append-only between
   compactions (a stale id costs one check against the current value).
 - `order`: every id, ascending (what a scan walks).
 - a bounded cache of encoded answers per attribute selection (`answer`).
@@ -50,6 +50,7 @@ from .index import (
     AT,
     BLOCK,
     FOLDED_AT,
+    GRAM_KEYS,
     HEAD,
     HEADER,
     KEYS,
@@ -62,10 +63,9 @@ from .index import (
     SORT_STEP,
     TAIL,
     TOP,
-    TRIGRAM_KEYS,
     UID_TYPE,
+    Grams,
     SortedKeys,
-    Trigrams,
     ber_length,
     blob_dn,
     chain,
@@ -141,7 +141,7 @@ class Directory:
         self.order = array("i")  # every id, ascending
         self.keys = {k: SortedKeys() for k in KEYS}  # numbers: by national_form
         self.reversed = {k: SortedKeys() for k in NUMBER_KEYS}
-        self.grams = {k: Trigrams() for k in TRIGRAM_KEYS}
+        self.grams = {k: Grams() for k in GRAM_KEYS}
         self.answers: dict[tuple, dict[int, bytes]] = {}
         self.answered = 0
         self._sounds: dict[str, str] = {}
@@ -337,7 +337,7 @@ class Directory:
         return self._journal is not None
 
     def tidy_steps(self) -> Iterator[None]:
-        """Rebuild the trigram postings that became a quarter stale, a slice per step."""
+        """Rebuild the gram postings that became a quarter stale, a slice per step."""
         blobs = self.blobs
         unpack = PAIR.unpack_from
         for key, grams in self.grams.items():
@@ -463,7 +463,7 @@ class Directory:
         """(ids that may match, whether exactly those match, about how many); None: scan every contact.
 
         Exact lookups (a name's equality or prefix, a number's prefix or "*4711")
-        need no verification; the rest (a number's equality by its tail, trigrams,
+        need no verification; the rest (a number's equality by its tail, grams,
         AND) are supersets the predicate checks. An id may come more than once.
         Sizes are estimated only when `sized` (an AND's children: the rarest is used).
         """
