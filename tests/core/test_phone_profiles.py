@@ -182,3 +182,51 @@ def test_filters_use_each_vendors_placeholder(settings):
         and "%" not in text(settings, "spa504G.cfg").split("LDAP_Display")[0]
     )
     assert "(|(telephoneNumber=%)(mobile=%)(homePhone=%)(ipPhone=%))" in text(settings, "snomD785.htm")
+
+
+def test_yealink_gets_no_iana_name_as_its_time_zone_name(settings):
+    """local_time.time_zone_name takes a name of Yealink's own list ("Germany(Berlin)") and only matters for automatic
+    DST; the rules are given explicitly, so the key is left out rather than sent an IANA name the phone does not know."""
+    body = text(settings, "y000000000000.cfg")
+    assert "time_zone_name" not in body and "Europe/Berlin" not in body
+    assert "local_time.summer_time = 1\n" in body and "local_time.start_time = 3/5/7/2\n" in body
+
+
+def fanvil_date_and_ldap(settings):
+    root = ET.fromstring(text(settings, "F0V00X600000.cfg"))
+    return {e.tag: e.text for e in root.find("phone/date")}, {e.tag: e.text for e in root.find("phone/ldap")}
+
+
+def test_fanvil_time_zone_in_quarter_hours_and_dst_by_week_with_week_5_last(settings):
+    date, ldap = fanvil_date_and_ldap(settings)
+    assert (date["TimeZone"], date["TimeZoneName"]) == ("4", "UTC+1")  # not decimal hours, not an IANA name
+    assert "EnableDST" not in date and (date["Enable_DST"], date["DST_Fixed_Type"]) == ("2", "2")  # manual, by week
+    assert (date["DSTStartMon"], date["DSTStartWeek"], date["DSTStartWday"], date["DSTStartHour"]) == ("3", "5", "0", "2")
+    assert (date["DSTEndMon"], date["DSTEndWeek"], date["DSTEndHour"]) == ("10", "5", "3")
+    assert ldap["Authenticate"] == "3" and ldap["UseSSL"] == "1"
+
+
+def test_fanvil_half_hour_zone_without_dst(tmp_path):
+    date, _ = fanvil_date_and_ldap(make_settings(tmp_path, phone_timezone="Asia/Kolkata"))
+    assert (date["TimeZone"], date["TimeZoneName"], date["Enable_DST"]) == ("22", "UTC+5:30", "0")
+    assert "DST_Fixed_Type" not in date and "DSTStartWeek" not in date
+
+
+def test_snom_name_filters_add_the_wildcard_the_phone_does_not(settings):
+    """Snom puts the typed text alone in place of "%": names beginning with it need "%*" (Snom's own examples)."""
+    s = {e.tag: e.text for e in ET.fromstring(text(settings, "snomD785.htm")).find("phone-settings")}
+    for key in ("ldap_search_filter", "ldap_search_filter_during_call"):
+        assert s[key] == "(|(cn=%*)(sn=%*)(givenName=%*)(displayName=%*)(o=%*))", key
+    assert s["ldap_number_filter"] == "(|(telephoneNumber=%)(mobile=%)(homePhone=%)(ipPhone=%))"
+    assert "(cn=%)" in text(settings, "cfg.xml")  # Grandstream's phone adds the "*" itself
+
+
+@pytest.mark.parametrize(("zone", "expected"), [
+    ("Europe/Berlin", "Europe/Berlin"),  # in the base station's list
+    ("America/Toronto", "America/New_York"),  # not listed: the listed zone that keeps the same time
+    ("Asia/Kolkata", None),  # nothing listed keeps +5:30: the key is left out
+])
+def test_gigaset_time_zone_only_from_its_own_list(tmp_path, zone, expected):
+    root = ET.fromstring(text(make_settings(tmp_path, phone_timezone=zone), "7c2f80abcdef.xml"))
+    params = {e.get("name"): e.get("value") for e in root.find("nvm")}
+    assert params.get("DmGlobal.0.TimeZone") == expected

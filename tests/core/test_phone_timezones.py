@@ -60,7 +60,7 @@ def test_unparsable_posix_strings(text):
 def test_berlin_in_every_form():
     forms = tz.forms(tz.load("Europe/Berlin"))
     assert forms["posix_full"] == "CET-1CEST-2,M3.5.0/02:00:00,M10.5.0/03:00:00"
-    assert forms["yealink"] == {"time_zone": "+1", "time_zone_name": "Europe/Berlin", "summer_time": 1, "dst_time_type": 1,
+    assert forms["yealink"] == {"time_zone": "+1", "summer_time": 1, "dst_time_type": 1,
                                 "start_time": "3/5/7/2", "end_time": "10/5/7/3", "offset_time": 60, "approximate": False}
     poly = forms["poly"]
     assert poly["gmtOffset"] == 3600 and poly["enable"] == 1
@@ -75,10 +75,10 @@ def test_berlin_in_every_form():
 def test_kolkata_in_every_form():
     forms = tz.forms(tz.load("Asia/Kolkata"))
     assert forms["posix_full"] == "IST-5:30" and not forms["dst"]
-    assert forms["yealink"] == {"time_zone": "+5:30", "time_zone_name": "Asia/Kolkata", "summer_time": 0, "approximate": False}
+    assert forms["yealink"] == {"time_zone": "+5:30", "summer_time": 0, "approximate": False}
     assert forms["poly"] == {"gmtOffset": 19800, "enable": 0, "approximate": False}
     assert forms["cisco"] == {"time_zone": "GMT+05:30", "dst_enable": "no", "dst_rule": "", "approximate": False}
-    assert forms["minutes"]["offset_minutes"] == 330 and forms["minutes"]["offset_hours"] == "5.5"
+    assert forms["minutes"]["offset_minutes"] == 330 and forms["minutes"]["quarter_hours"] == 22
     assert forms["snom"] == "IND+5.5"
 
 

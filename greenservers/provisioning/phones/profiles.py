@@ -48,7 +48,7 @@ MAX_HITS = 50
 def name_filter(placeholder: str, phone_adds_wildcard: bool) -> str:
     """Names starting with what the user typed. Where the vendor documents `%` as "starting with the
     entered prefix", the phone puts "typed*" in its place: a "*" of ours would make "typed**", which
-    OpenLDAP's client library refuses as a bad filter. Cisco's $VALUE is the text alone."""
+    OpenLDAP's client library refuses as a bad filter. Cisco's $VALUE and Snom's % are the text alone."""
     wildcard = "" if phone_adds_wildcard else "*"
     return "(|" + "".join(f"({a}={placeholder}{wildcard})" for a in NAME_ATTRIBUTES) + ")"
 
@@ -122,24 +122,36 @@ VENDORS: tuple[Vendor, ...] = (
         confirmed=("local_time.summer_time 0/1/2, dst_time_type 1 (by week), start_time/end_time month/week(5 = last)/"
                    "weekday(1 Monday .. 7 Sunday)/hour, offset_time in minutes, time_zone as +h[:mm]: Yealink Administrator's "
                    "Guide for SIP-T2/T4/T5 Series (DST configuration, AutoDST attributes)",
-                   "name filter % = the entered prefix: Yealink Administrator's Guide (LDAP)"),
-        unconfirmed=("ldap.* keys (ldap.tls_mode 0/1/2 in particular), directory_setting.ldap.enable, "
-                     "search_in_dialing.ldap.enable", "time_zone_name taking the IANA name (Yealink's own list names "
-                     "'Country(City)'; the rules are given explicitly with summer_time = 1)", "boot file include lines",
-                     "User-Agent form"),
+                   "name filter % = the entered prefix: Yealink Administrator's Guide (LDAP)",
+                   "local_time.ntp_server1, ldap.enable/host/port/base/user/password/version/name_filter/number_filter/"
+                   "name_attr/numb_attr/display_name/max_hits/ldap_sort/call_in_lookup/call_out_lookup, "
+                   "directory_setting.ldap.enable, search_in_dialing.ldap.enable: fusionpbx/fusionpbx "
+                   "resources/templates/provision/yealink/t46u/y000000000108.cfg (Yealink's common-file layout) and "
+                   "nethesis/tancredi data/templates/yealink.tmpl",
+                   "ldap.tls_mode 0 plain, 1 StartTLS, 2 LDAPS: nethesis/tancredi data/templates/yealink.tmpl",
+                   "boot file of include:config lines: fusionpbx/fusionpbx resources/templates/provision/yealink/t46u/"
+                   "y000000000000.boot"),
+        unconfirmed=("User-Agent form",),
     ),
     Vendor(
         "snom", "Snom D7xx",
         files=(StockFile(r"snom(?P<model>[Dd]7\d\d)\.htm", "snom/settings.xml.j2", XML,
                          tuple(f"snom{m}.htm" for m in SNOM_MODELS), "model"),),
         transports=("ldaps", "plain"),
+        phone_adds_wildcard=False,  # "%" is the text alone: Snom's own examples write "(cn=%*)" for "beginning with"
         own_files=(r"snom(?P<model>[Dd]7\d\d)-" + MAC + r"\.htm", MAC_UPPER + r"\.xml"),
         user_agent=r"snom(?P<model>D\d{3}\w*)",
         confirmed=("filters with %, the filters during call (10.1.27 and later): service.snom.com, LDAP Directory",
-                   "<settings><phone-settings> with `timezone` codes such as ITA+1: Gigaset's wiki for its Snom-format "
-                   "desk phones (not Snom's own)"),
-        unconfirmed=("ldap_over_tls", "ldap_name_attributes / ldap_number_attributes / ldap_display_name value forms",
-                     "the timezone codes (a third-party list)", "User-Agent form"),
+                   "% replaced by the text alone, a name filter of prefixes written (cn=%*): service.snom.com, "
+                   "ldap_search_filter; nethesis/tancredi scripts/upgrade.d/012.php (its Snom filter fix)",
+                   "<settings><phone-settings> with `timezone` codes such as GER+1, USA-5, ITA+1: service.snom.com, "
+                   "<phone-settings> tag and Configuration files (also Gigaset's wiki for its Snom-format desk phones)",
+                   "ntp_server, ldap_server/port/base/username/password, ldap_over_tls on for LDAPS, ldap_search_filter, "
+                   "ldap_number_filter, space-separated ldap_name_attributes / ldap_number_attributes, ldap_display_name "
+                   "as %attr: nethesis/tancredi data/templates/snom.tmpl; ldap_max_hits, ldap_sort_results on/off: "
+                   "fusionpbx/fusionpbx resources/templates/provision/snom/720/{$mac}.xml"),
+        unconfirmed=("which code a zone gets: 72 of our 98 codes appear in nethesis/tancredi data/templates/snom.macros, "
+                     "which picks a neighbour's code of the same offset for the others (AUT+1, CHE+1 ...)", "User-Agent form"),
     ),
     Vendor(
         "poly", "Poly VVX (UC Software)",
@@ -153,10 +165,18 @@ VENDORS: tuple[Vendor, ...] = (
         user_agent=r"Polycom[A-Za-z]*-(?P<model>[A-Za-z]+_\d+)",
         confirmed=("tcpIpApp.sntp.address, gmtOffset in seconds, daylightSavings.enable / fixedDayEnable / start|stop.month, "
                    ".date (1, 8, 15, 22 = n-th weekday), .dayOfWeek (1 Sunday .. 7 Saturday), .dayOfWeek.lastInMonth, "
-                   ".time in hours: Polycom SoundPoint IP / UC Software Administrator's Guides",),
-        unconfirmed=("dir.corp.* keys (transport TLS as LDAPS in particular)", "feature.corporateDirectory.enabled",
-                     "tcpIpApp.sntp.address.overrideDHCP", "a missing file in CONFIG_FILES (hence the stock per-phone file)",
-                     "User-Agent form"),
+                   ".time in hours: Polycom SoundPoint IP / UC Software Administrator's Guides",
+                   "tcpIpApp.sntp.address.overrideDHCP: wazo-platform/wazo-provd-plugins plugins/wazo_polycom/common/templates/"
+                   "base.tpl and Polycom's own sip.cfg (plugins/wazo_polycom/v3_1_6/var/tftpboot/sip.cfg there)",
+                   "dir.corp.address/port/transport/baseDN/scope/filterPrefix/user/password, dir.corp.attribute.N.name/label/"
+                   "type (first_name, last_name)/filter/sticky/searchable, dir.corp.vlv.allow/sortOrder: Polycom's own sip.cfg "
+                   "(fusionpbx/fusionpbx resources/templates/provision/polycom/650/sip.cfg, wazo-platform/wazo-provd-plugins "
+                   "plugins/wazo_polycom/v3_1_6/var/tftpboot/sip.cfg)",
+                   "feature.corporateDirectory.enabled 0/1, dir.corp.address as an ldap:// URL: excaliburpartners/polycomphones "
+                   "views/polycomphones_corporate.php"),
+        unconfirmed=("dir.corp.transport TLS meaning LDAPS (not StartTLS): no source says which",
+                     "attribute type phone_number (the sources show first_name and last_name only)",
+                     "a missing file in CONFIG_FILES (hence the stock per-phone file)", "User-Agent form"),
     ),
     Vendor(
         "grandstream", "Grandstream GXP/GRP",
@@ -170,11 +190,17 @@ VENDORS: tuple[Vendor, ...] = (
         own_files=(r"cfg" + MAC_LOWER + r"(?:\.bin)?",),
         user_agent=r"Grandstream Model HW (?P<model>[A-Z]+\d+\w*)",
         confirmed=("LDAP or LDAPS (no StartTLS), server, port, base, user, password, name and number filters with % as the "
-                   "entered prefix, version 3, name and number attributes, display: Grandstream GRP26xx, GXV, DP750 "
-                   "Administration Guides", "self-defined time zone as a POSIX string: Grandstream UCM guide"),
-        unconfirmed=("every P-value number (P30, P64 = customize, P246, P143, P144, P8020-P8037, P1526)",
-                     "P8027 = 3 for LDAP version 3", "the order in which cfg<mac>, cfg<model> and cfg.xml apply",
-                     "User-Agent form"),
+                   "entered prefix, version 3, name and number attributes, display as %attr fields (up to 3): Grandstream "
+                   "GRP26xx, GXV, DP750 Administration Guides", "self-defined time zone as a POSIX string: Grandstream UCM guide",
+                   "P30 NTP server, P144 (0: DHCP option 42 does not override), P64 = customize, P246 self-defined zone "
+                   "(at most 64 characters; Berlin written exactly as ours, explicit DST offset and rule times), P143 "
+                   "(0: DHCP option 2 does not override), P8037 0 LDAP / 1 LDAPS, P8020-P8024 server/port/base/user/password, "
+                   "P8025 number filter, P8026 name filter, P8027 3 = version 3, P8028/P8029 space-separated name/number "
+                   "attributes, P8030 display, P8031 max hits, P8032 timeout (0-180 s), P8033 sort, P8034 lookup of outgoing "
+                   "and P8035 of incoming calls, P1526 = 1 phone book key opens the LDAP search: Grandstream's own config "
+                   "templates as kept in fusionpbx/fusionpbx resources/templates/provision/grandstream/ (grp2614/{$mac}.xml "
+                   "names each P-value; gxp16xx and gxp21xx give the numeric values)"),
+        unconfirmed=("the order in which cfg<mac>, cfg<model> and cfg.xml apply", "User-Agent form"),
     ),
     Vendor(
         "fanvil", "Fanvil X",
@@ -184,7 +210,19 @@ VENDORS: tuple[Vendor, ...] = (
         own_files=(MAC_LOWER + r"\.cfg",),
         user_agent=r"Fanvil (?P<model>[A-Z]+\d+[A-Z0-9]*)",
         models=FANVIL_MODELS,
-        unconfirmed=("every key of <date> and <ldap> (TimeZone as decimal hours in particular)", "per-model file names",
+        confirmed=("<sysConf><phone><date>: EnableSNTP, SNTPServer, TimeZone, TimeZoneName, Enable_DST 0 off / 1 automatic "
+                   "/ 2 manual, DST_Fixed_Type 2 = by week, DSTMinOffset, DST{Start,End}{Mon,Week,Wday,Hour} with week 5 for "
+                   "the last week and Wday 0 Sunday: fusionpbx/fusionpbx resources/templates/provision/fanvil/x6u/{$mac}.cfg "
+                   "(firmware 2.2.10 and later) and app/fanvil/app_config.php; the same week/weekday values in "
+                   "nethesis/tancredi data/templates/fanvil-X5.tmpl",
+                   "TimeZone in quarter hours named UTC+h (Europe/Rome: 4, UTC+1; UTC: 0): nethesis/tancredi "
+                   "data/templates/fanvil.macros (tz_map)",
+                   "<phone><ldap index=\"1\">: Title, Server, port, Base, UseSSL (0 plain, 1 LDAPS, 2 StartTLS), Version 3, "
+                   "Authenticate 3 with a user and password, Username, Password, TelAttr, MobileAttr, OtherAttr, NameAttr, "
+                   "SortAttr, Displayname without %, NameFilter/NumberFilter with %, MaxHits, InCallSearch, OutCallSearch: "
+                   "fusionpbx/fusionpbx resources/templates/provision/fanvil/x6u/{$mac}.cfg, nethesis/tancredi "
+                   "data/templates/fanvil-X5.tmpl"),
+        unconfirmed=("DST{Start,End}Min", "TimeZoneName for half-hour zones (UTC+5:30)", "per-model file names",
                      "the order of the common and the <mac>.cfg files", "User-Agent form"),
     ),
     Vendor(
@@ -197,9 +235,14 @@ VENDORS: tuple[Vendor, ...] = (
         user_agent=r"(?:Cisco|Linksys)/(?P<model>SPA\d+\w*)",
         confirmed=("Daylight_Saving_Time_Rule start=m/d/w/HH:mm:ss;end=...;save=... (day -1 = last, weekday 1 Monday .. 7 "
                    "Sunday), Time_Zone, LDAP Search Item 3 / Item 3 Filter, LDAP Display Attrs a=/n=/t=p: Cisco SPA300/SPA500 "
-                   "Administration Guide",),
-        unconfirmed=("LDAP_Server with host:port", "the attr:(filter) form of the name filters",
-                     "LDAP_Search_Item_3 / LDAP_Item_3_Filter for numbers", "User-Agent form"),
+                   "Administration Guide",
+                   "Primary_NTP_Server, Time_Zone as GMT-07:00, Daylight_Saving_Time_Enable, LDAP_Dir_Enable, "
+                   "LDAP_Corp_Dir_Name, LDAP_Server, LDAP_Auth_Method, LDAP_Client_DN, LDAP_Password, LDAP_Search_Base, "
+                   "LDAP_Last_Name_Filter, LDAP_First_Name_Filter, LDAP_Search_Item_3, LDAP_Item_3_Filter, LDAP_Display_Attrs "
+                   "as element names: the SPA's own profile as kept in fusionpbx/fusionpbx "
+                   "resources/templates/provision/cisco/spa504g/{$mac}.xml, app/cisco/app_config.php"),
+        unconfirmed=("LDAP_Server with host:port (no port key exists; no source shows a port)",
+                     "the attr:(filter) form of the name filters", "LDAP_Item_3_Filter used for numbers", "User-Agent form"),
     ),
     Vendor(
         "panasonic", "Panasonic KX-HDV",
@@ -211,7 +254,14 @@ VENDORS: tuple[Vendor, ...] = (
         transports=("ldaps", "plain"),
         own_files=(r"Config" + MAC + r"\.cfg",),
         user_agent=r"Panasonic[_ -]?(?P<model>KX-[A-Z]+\d+\w*)",
-        unconfirmed=("the first file asked for", "every LDAP_* key", "DST_* keys", "LOCAL_TIME_ZONE_POSIX",
+        confirmed=("the header line, NTP_ADDR, LOCAL_TIME_ZONE_POSIX as a POSIX string, LDAP_ENABLE Y/N, LDAP_SERVER as "
+                   "ldap://host, LDAP_SERVER_PORT, LDAP_BASEDN, LDAP_USERID, LDAP_PASSWORD, LDAP_NAME_FILTER / LDAP_NUMB_FILTER "
+                   "with %, comma-separated LDAP_NAME_ATTRIBUTE / LDAP_NUMB_ATTRIBUTE, LDAP_MAXRECORD, LDAP_SSL_VERIFY: "
+                   "aelintra/sail opt/sark/db/db_v4_device.sql (its Panasonic KX-HDV range entry and Panasonic LDAP fragment)",
+                   "TIME_ZONE in minutes, DST_ENABLE Y/N, DST_OFFSET minutes, DST_START|STOP_MONTH, _ORDINAL_DAY, _DAY_OF_WEEK "
+                   "(0 Sunday), _TIME in minutes: Panasonic's sample file as kept in fusionpbx/fusionpbx "
+                   "resources/templates/provision/panasonic/tgp500/{$mac}.cfg (KX-TGP500, the same key set)"),
+        unconfirmed=("the first file asked for", "_ORDINAL_DAY 5 for the last week", "ldaps:// in LDAP_SERVER",
                      "User-Agent form"),
     ),
     Vendor(
@@ -220,8 +270,11 @@ VENDORS: tuple[Vendor, ...] = (
         files=(StockFile(r"(?P<mac>[0-9a-f]{12})\.xml", "gigaset/provisioning.xml.j2", XML, ("{mac}.xml",)),),
         transports=(),  # time only until its LDAP keys are confirmed
         user_agent=r"Gigaset (?P<model>N\d{3}\w*)",
-        confirmed=("<provisioning version=\"1.1\" productID=\"e2\"><nvm><param name value/>: Gigaset's wiki (N610/N670/N870)",),
-        unconfirmed=("DmGlobal.0.NtpServer", "DmGlobal.0.TimeZone taking the IANA name", "User-Agent form"),
+        confirmed=("<provisioning version=\"1.1\" productID=\"e2\"><nvm><param name value/>: Gigaset's wiki (N610/N670/N870)",
+                   "DmGlobal.0.NtpServer, DmGlobal.0.TimeZone taking the IANA names of the base station's own list only: "
+                   "wazo-platform/wazo-provd-plugins plugins/wazo_gigaset/Nx70_83_v2_65_0/templates/base.tpl and common.py"),
+        unconfirmed=("LDAP keys (none found for the N670/N870; the Maxwell desk phones' NetDir.LDAP.0.* are another "
+                     "product's)", "User-Agent form"),
     ),
 )
 BY_KEY = {v.key: v for v in VENDORS}

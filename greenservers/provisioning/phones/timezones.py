@@ -14,6 +14,10 @@ A zone whose "daylight" time is behind its standard time (Europe/Dublin:
 IST in summer is its standard time, GMT in winter its negative DST) is
 turned round, so that every form has DST ahead of standard time; the
 clock the phone shows is the same.
+
+Gigaset's base stations take only the zone names of their own list; for
+any other zone the listed one that keeps the same time is found in a
+table read from tzdata once, on import.
 """
 
 from __future__ import annotations
@@ -210,8 +214,10 @@ def posix_form(zone: Zone) -> str:
 
 def yealink_form(zone: Zone) -> dict:
     """local_time.*: time_zone "+1" / "+5:30", summer_time 1 with rules by week (dst_time_type 1),
-    start/end "month/week/weekday/hour" (week 5 = last, weekday 1 Monday .. 7 Sunday), offset_time minutes."""
-    form = {"time_zone": _hours_minutes(zone.std_offset) if zone.std_offset else "0", "time_zone_name": zone.name,
+    start/end "month/week/weekday/hour" (week 5 = last, weekday 1 Monday .. 7 Sunday), offset_time minutes.
+    No time_zone_name: it takes a name of Yealink's own list ("Germany(Berlin)"), which only picks the rules
+    when summer_time is 2 (automatic); ours are given with summer_time 1."""
+    form = {"time_zone": _hours_minutes(zone.std_offset) if zone.std_offset else "0",
             "summer_time": 1 if zone.has_dst else 0, "approximate": False}
     if zone.has_dst:
         rules = []
@@ -259,8 +265,10 @@ def cisco_form(zone: Zone) -> dict:
 
 def minutes_form(zone: Zone) -> dict:
     """Offsets in minutes east and the rule fields one by one (Panasonic, Fanvil): month, week (1..5, 5 = last),
-    weekday (0 Sunday .. 6 Saturday), time as minutes after midnight and as hour + minute."""
-    form = {"offset_minutes": zone.std_offset // 60, "offset_hours": _decimal_hours(zone.std_offset),
+    weekday (0 Sunday .. 6 Saturday), time as minutes after midnight and as hour + minute. Fanvil counts the
+    offset in quarter hours (UTC+1 is 4) and names it "UTC+1"."""
+    form = {"offset_minutes": zone.std_offset // 60, "quarter_hours": zone.std_offset // 900,
+            "utc_name": "UTC" + _hours_minutes(zone.std_offset) if zone.std_offset else "UTC",
             "dst": 1 if zone.has_dst else 0, "dst_minutes": zone.dst_shift // 60, "approximate": False}
     if zone.has_dst:
         for key, r in (("start", zone.start), ("end", zone.end)):
@@ -272,7 +280,8 @@ def minutes_form(zone: Zone) -> dict:
 
 
 # Snom's own zone codes (country + standard offset in hours; the phone knows each one's DST rules).
-# From a third-party list of the values of the phones' `timezone` setting, not from Snom: unconfirmed.
+# From a third-party list of the values of the phones' `timezone` setting; the code form is Snom's (GER+1, USA-5),
+# which code each zone gets is unconfirmed (see profiles.VENDORS).
 # Entries whose offset no longer matches tzdata are left out (a test checks every entry).
 SNOM_ZONES = {
     "America/Los_Angeles": "USA-8", "America/Denver": "USA-7", "America/Phoenix": "USA2-7", "America/Chicago": "USA-6",
@@ -310,9 +319,52 @@ def snom_form(zone: Zone) -> str:
     return SNOM_ZONES.get(zone.name, "")
 
 
-def _decimal_hours(seconds: int) -> str:
-    hours = seconds / 3600
-    return str(int(hours)) if hours == int(hours) else f"{hours:g}"
+# The names Gigaset's N670/N870 IP PRO take for DmGlobal.0.TimeZone: a list of their own, not every IANA name
+# (as the N870/Nx70 provisioning of wazo-provd-plugins keeps it). Other zones get the first of these that keeps
+# the same time, or nothing.
+GIGASET_ZONES = (
+    "Africa/Cairo", "America/Anchorage", "America/Caracas", "America/Chicago", "America/Denver",
+    "America/Los_Angeles", "America/New_York", "America/Sao_Paulo", "Asia/Dhaka", "Asia/Dubai", "Asia/Hong_Kong",
+    "Asia/Karachi", "Asia/Tokyo", "Australia/Adelaide", "Australia/Brisbane", "Australia/Darwin", "Australia/Sydney",
+    "Europe/Amsterdam", "Europe/Andorra", "Europe/Astrakhan", "Europe/Athens", "Europe/Belfast", "Europe/Belgrade",
+    "Europe/Berlin", "Europe/Bratislava", "Europe/Brussels", "Europe/Bucharest", "Europe/Budapest",
+    "Europe/Busingen", "Europe/Chisinau", "Europe/Copenhagen", "Europe/Dublin", "Europe/Gibraltar",
+    "Europe/Guernsey", "Europe/Helsinki", "Europe/Isle_of_Man", "Europe/Istanbul", "Europe/Jersey",
+    "Europe/Kaliningrad", "Europe/Kiev", "Europe/Kirov", "Europe/Lisbon", "Europe/Ljubljana", "Europe/London",
+    "Europe/Luxembourg", "Europe/Madrid", "Europe/Malta", "Europe/Mariehamn", "Europe/Minsk", "Europe/Monaco",
+    "Europe/Moscow", "Europe/Nicosia", "Europe/Oslo", "Europe/Paris", "Europe/Podgorica", "Europe/Prague",
+    "Europe/Riga", "Europe/Rome", "Europe/Samara", "Europe/San_Marino", "Europe/Sarajevo", "Europe/Simferopol",
+    "Europe/Skopje", "Europe/Sofia", "Europe/Stockholm", "Europe/Tallinn", "Europe/Tirane", "Europe/Tiraspol",
+    "Europe/Ulyanovsk", "Europe/Uzhgorod", "Europe/Vaduz", "Europe/Vatican", "Europe/Vienna", "Europe/Vilnius",
+    "Europe/Volgograd", "Europe/Warsaw", "Europe/Zagreb", "Europe/Zaporozhye", "Europe/Zurich", "Greenwich",
+    "Pacific/Honolulu", "Pacific/Noumea",
+)
+
+
+def _rules(zone: Zone) -> tuple:
+    return zone.std_offset, zone.dst_offset, zone.start, zone.end
+
+
+def _gigaset_by_rules() -> dict:
+    by_rules = {}
+    for name in GIGASET_ZONES:
+        try:
+            by_rules.setdefault(_rules(load(name)), name)
+        except TimeZoneError:  # a name this system's tzdata no longer has
+            continue
+    return by_rules
+
+
+# Built on import (some 20 ms of tzdata reads), so that no request waits for it.
+GIGASET_BY_RULES = _gigaset_by_rules()
+
+
+def gigaset_form(zone: Zone) -> str:
+    """The zone's own name when Gigaset's list has it, else a listed zone with the same offsets and DST rules,
+    else "" (the template then leaves the key out and the base station keeps its own setting)."""
+    if zone.name in GIGASET_ZONES:
+        return zone.name
+    return GIGASET_BY_RULES.get(_rules(zone), "")
 
 
 def forms(zone: Zone) -> dict:
@@ -321,5 +373,5 @@ def forms(zone: Zone) -> dict:
         "name": zone.name, "posix": zone.posix, "posix_full": posix_form(zone),
         "offset_seconds": zone.std_offset, "dst": zone.has_dst, "dst_shift_seconds": zone.dst_shift,
         "yealink": yealink_form(zone), "poly": poly_form(zone), "cisco": cisco_form(zone),
-        "minutes": minutes_form(zone), "snom": snom_form(zone),
+        "minutes": minutes_form(zone), "snom": snom_form(zone), "gigaset": gigaset_form(zone),
     }
