@@ -40,7 +40,9 @@ book): it is built once, a slice of work at a time between turns of the event
 loop, then changed a contact at a time as the book's change log says
 (greenservers/addressbook/store.py). A change this process commits wakes it at once;
 one by another process (the CLI) is noticed by polling the book every POLL
-seconds. A large backlog (an import) is merged in slices, and other contacts'
+seconds, and by a search (at most one look every FRESH seconds). A search
+waits until a few changes noticed are applied (a phone finds the contact it
+was just given), never for an import. A large backlog (an import) is merged in slices, and other contacts'
 changes are applied between them. Only a new base DN,
 a log pruned past what the follower read, or a change of most of the book (an
 import replacing it) builds a new directory, which replaces the old one when it
@@ -85,7 +87,8 @@ DISMANTLE_PATIENCE = 600.0  # seconds it waits for them (a client's paged search
 SLICE = 0.002  # seconds one search runs before the event loop serves the others
 POLL = 0.015  # seconds between looks for changes another process committed to the address book
 FRESH = 0.005  # a search looks first too, if the last look is older than this (a look: about 6 us and 3 system calls)
-CATCH_UP = 0.1  # seconds a search waits for a change it noticed to be applied (an import takes longer)
+CATCH_UP = 0.1  # seconds a search waits at a time for a change it noticed to be applied (and at most, for an import's)
+APPLIED_WITHIN = 2.0  # seconds it waits at most for a few changes (milliseconds of work, unless the machine is very busy)
 APPLY_SLICE = 0.001  # seconds of directory changes between two turns of the event loop
 READ_PAGE = 64  # contacts read from the book per query: a read of 250 held the loop 2.5-3 ms, past APPLY_SLICE
 LOG_PAGE = 1000  # changes read from the log per query (about a millisecond)
@@ -249,6 +252,7 @@ class DirectoryFollower:
         self._reader: ChangeReader | None = None
         self._looked = 0.0
         self._noticed = False
+        self._large = False  # the change being read or applied is large (an import): searches do not wait for it
         self._seq = 0  # the last change of the book's log applied
         self._hub = gevent.get_hub()
         book.subscribe(self._notified)
@@ -258,7 +262,7 @@ class DirectoryFollower:
         """The directory of `base` if it is built, else None (then `wait()` for it).
 
         A change committed since the last look (by this process or another) is
-        applied first, unless that takes longer than CATCH_UP (an import)."""
+        applied first (`_wait_applied`)."""
         directory = self.directory
         if directory is not None and directory.base == base:
             now = time.monotonic()
@@ -268,14 +272,27 @@ class DirectoryFollower:
                     self._noticed = True
                     self._caught_up.clear()
                     self._wake.set()
-                    self.catch_ups += 1
-                    self._caught_up.wait(CATCH_UP)
+            if not self._caught_up.is_set():  # noticed here, or by the follower, which is applying it
+                self._wait_applied()
             return directory
         if base != self.base:
             self.base = base
             self._built.clear()
             self._wake.set()
         return None
+
+    def _wait_applied(self) -> None:
+        """Until a change noticed is applied, so a phone finds the contact it was just given: a few changes
+        APPLIED_WITHIN at most (milliseconds of work, but a busy machine once stretched them past CATCH_UP);
+        a large change (an import: seconds of merging) not at all once the follower knows it is large, and
+        CATCH_UP at most before (it reads the first page of the log)."""
+        if self._large:
+            return
+        self.catch_ups += 1
+        deadline = time.monotonic() + APPLIED_WITHIN
+        while not self._caught_up.wait(CATCH_UP):
+            if self._large or time.monotonic() >= deadline:
+                return
 
     def wait(self, base: str) -> proto.Directory:
         while True:
@@ -313,6 +330,8 @@ class DirectoryFollower:
                 LdapService.retire(old)
                 del old
             freeze_the_built()
+        self._large = False
+        self._caught_up.set()  # what the build read is applied
         self._built.set()
         # a repeating timer wakes it to poll: a wait with a timeout would raise gevent.Timeout into this
         # greenlet each time it ran out (an exception thrown through greenlet's C++ code, 66 times a second)
@@ -327,10 +346,12 @@ class DirectoryFollower:
                 if not (reader.changed() or self._noticed):
                     self._caught_up.set()
                     continue
+                self._caught_up.clear()  # a search meanwhile waits for it too
                 self._noticed = False
                 ids = self._changed_ids(reader, directory)
                 if ids is None or not self._apply(reader, directory, ids):
                     return  # build anew
+                self._large = False
                 self._caught_up.set()
         finally:
             poll.close()
@@ -345,11 +366,14 @@ class DirectoryFollower:
         while True:
             got = reader.changes_after(self._seq, LOG_PAGE)
             if got is None:
+                self._large = True
                 return None
             changed, self._seq = got
             if not changed:
                 return ids
             ids.update(dict.fromkeys(changed))
+            if len(ids) > MEANWHILE:
+                self._large = True
             if len(ids) > REBUILD_SHARE * max(len(directory), 1000):
                 return None
             serve_ready_then_continue()  # a page of the log read: the loop serves the others before the next
