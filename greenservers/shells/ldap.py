@@ -40,7 +40,9 @@ book): it is built once, a slice of work at a time between turns of the event
 loop, then changed a contact at a time as the book's change log says
 (greenservers/addressbook/store.py). A change this process commits wakes it at once;
 one by another process (the CLI) is noticed by polling the book every POLL
-seconds. A large backlog (an import) is merged in slices, and other contacts'
+seconds, and by a search (at most one look every FRESH seconds). A search
+waits until a few changes noticed are applied (a phone finds the contact it
+was just given), never for an import. A large backlog (an import) is merged in slices, and other contacts'
 changes are applied between them. Only a new base DN,
 a log pruned past what the follower read, or a change of most of the book (an
 import replacing it) builds a new directory, which replaces the old one when it
@@ -54,7 +56,9 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from functools import partial
+from itertools import islice
 
 import gevent
 from gevent import socket as gsocket
@@ -84,7 +88,8 @@ DISMANTLE_PATIENCE = 600.0  # seconds it waits for them (a client's paged search
 SLICE = 0.002  # seconds one search runs before the event loop serves the others
 POLL = 0.015  # seconds between looks for changes another process committed to the address book
 FRESH = 0.005  # a search looks first too, if the last look is older than this (a look: about 6 us and 3 system calls)
-CATCH_UP = 0.1  # seconds a search waits for a change it noticed to be applied (an import takes longer)
+CATCH_UP = 0.1  # seconds a search waits at a time for a change it noticed to be applied (and at most, for an import's)
+APPLIED_WITHIN = 2.0  # seconds it waits at most for a few changes (milliseconds of work, unless the machine is very busy)
 APPLY_SLICE = 0.001  # seconds of directory changes between two turns of the event loop
 READ_PAGE = 64  # contacts read from the book per query: a read of 250 held the loop 2.5-3 ms, past APPLY_SLICE
 LOG_PAGE = 1000  # changes read from the log per query (about a millisecond)
@@ -218,6 +223,22 @@ class SearchGate:
                 hub.loop.run_callback(waiter.switch, outputs)
 
 
+def _pages(ids: Iterable[int]) -> Iterator[list[int]]:
+    """`ids` READ_PAGE at a time."""
+    each = iter(ids)
+    while page := list(islice(each, READ_PAGE)):
+        yield page
+
+
+def _deleted_steps(directory: proto.Directory, ids: Iterable[int], present: dict[int, None]) -> Iterator[None]:
+    """Steps that delete from the directory the contacts of `ids` the book no longer has (not `present`):
+    a step per id, so that looking through an import's ids is cut in slices too."""
+    for id_ in ids:
+        if id_ not in present:
+            directory.delete(id_)
+        yield
+
+
 class DirectoryFollower:
     """Keeps the Directory of one address book current (see the module's docstring): `current(base)`."""
 
@@ -232,6 +253,7 @@ class DirectoryFollower:
         self._reader: ChangeReader | None = None
         self._looked = 0.0
         self._noticed = False
+        self._large = False  # the change being read or applied is large (an import): searches do not wait for it
         self._seq = 0  # the last change of the book's log applied
         self._hub = gevent.get_hub()
         book.subscribe(self._notified)
@@ -241,7 +263,7 @@ class DirectoryFollower:
         """The directory of `base` if it is built, else None (then `wait()` for it).
 
         A change committed since the last look (by this process or another) is
-        applied first, unless that takes longer than CATCH_UP (an import)."""
+        applied first (`_wait_applied`)."""
         directory = self.directory
         if directory is not None and directory.base == base:
             now = time.monotonic()
@@ -251,14 +273,27 @@ class DirectoryFollower:
                     self._noticed = True
                     self._caught_up.clear()
                     self._wake.set()
-                    self.catch_ups += 1
-                    self._caught_up.wait(CATCH_UP)
+            if not self._caught_up.is_set():  # noticed here, or by the follower, which is applying it
+                self._wait_applied()
             return directory
         if base != self.base:
             self.base = base
             self._built.clear()
             self._wake.set()
         return None
+
+    def _wait_applied(self) -> None:
+        """Until a change noticed is applied, so a phone finds the contact it was just given: a few changes
+        APPLIED_WITHIN at most (milliseconds of work, but a busy machine once stretched them past CATCH_UP);
+        a large change (an import: seconds of merging) not at all once the follower knows it is large, and
+        CATCH_UP at most before (it reads the first page of the log)."""
+        if self._large:
+            return
+        self.catch_ups += 1
+        deadline = time.monotonic() + APPLIED_WITHIN
+        while not self._caught_up.wait(CATCH_UP):
+            if self._large or time.monotonic() >= deadline:
+                return
 
     def wait(self, base: str) -> proto.Directory:
         while True:
@@ -296,6 +331,8 @@ class DirectoryFollower:
                 LdapService.retire(old)
                 del old
             freeze_the_built()
+        self._large = False
+        self._caught_up.set()  # what the build read is applied
         self._built.set()
         # a repeating timer wakes it to poll: a wait with a timeout would raise gevent.Timeout into this
         # greenlet each time it ran out (an exception thrown through greenlet's C++ code, 66 times a second)
@@ -310,47 +347,54 @@ class DirectoryFollower:
                 if not (reader.changed() or self._noticed):
                     self._caught_up.set()
                     continue
+                self._caught_up.clear()  # a search meanwhile waits for it too
                 self._noticed = False
                 ids = self._changed_ids(reader, directory)
                 if ids is None or not self._apply(reader, directory, ids):
                     return  # build anew
+                self._large = False
                 self._caught_up.set()
         finally:
             poll.close()
 
-    def _changed_ids(self, reader: ChangeReader, directory: proto.Directory) -> list[int] | None:
-        """The ids of the contacts changed since the last change read (which moves on); None when the
-        directory must be built anew: the log was pruned past it, or most of the book changed (an
-        import replacing it: built anew, then swapped in)."""
+    def _changed_ids(self, reader: ChangeReader, directory: proto.Directory) -> dict[int, None] | None:
+        """The ids of the contacts changed since the last change read (which moves on), in the order of
+        their changes (keys of a dict of ints: the cyclic collector does not track it, where it scanned a
+        list or set of an import's 50,000 ids for milliseconds with the loop held); None when the directory
+        must be built anew: the log was pruned past it, or most of the book changed (an import replacing
+        it: built anew, then swapped in)."""
         ids: dict[int, None] = {}
         while True:
             got = reader.changes_after(self._seq, LOG_PAGE)
             if got is None:
+                self._large = True
                 return None
             changed, self._seq = got
             if not changed:
-                return list(ids)
+                return ids
             ids.update(dict.fromkeys(changed))
+            if len(ids) > MEANWHILE:
+                self._large = True
             if len(ids) > REBUILD_SHARE * max(len(directory), 1000):
                 return None
             serve_ready_then_continue()  # a page of the log read: the loop serves the others before the next
 
-    def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: list[int]) -> bool:
+    def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: dict[int, None]) -> bool:
         """The contacts of `ids` as they are in the book now (absent: deleted) into the directory. Many
         (an import) are merged; a few are put one by one: either way the work is in proportion to them.
         While a merge runs, changes of other contacts are applied between its slices. False: the
         directory must be built anew."""
-        present: set[int] = set()
+        present: dict[int, None] = {}  # as `ids`: not tracked by the collector
 
         def contacts():
-            for start in range(0, len(ids), READ_PAGE):
-                for contact in reader.contacts(ids[start:start + READ_PAGE]):
-                    present.add(contact.id)
+            for page in _pages(ids):
+                for contact in reader.contacts(page):
+                    present[contact.id] = None
                     yield contact
 
         rebuild = False
         if len(ids) > max(256, len(directory) // 16):
-            merging, later = set(ids), {}
+            later: dict[int, None] = {}
 
             def meanwhile() -> None:
                 nonlocal rebuild
@@ -361,33 +405,33 @@ class DirectoryFollower:
                 if more is None:
                     rebuild = True
                     return
-                now = [i for i in more if i not in merging]
+                now = dict.fromkeys(i for i in more if i not in ids)
                 if len(now) > MEANWHILE:  # another import: after this one
-                    later.update(dict.fromkeys(more))
+                    later.update(more)
                     return
-                later.update(dict.fromkeys(i for i in more if i in merging))  # changed again: after the merge
+                later.update(dict.fromkeys(i for i in more if i in ids))  # changed again: after the merge
                 self._put_or_delete(reader, directory, now)
                 self._caught_up.set()
 
             with no_full_collections():  # a full collection would land in a slice
                 self._run_steps(directory.merge_steps(contacts()), meanwhile)
-                self._run_steps(directory.delete(i) for i in ids if i not in present)
+                self._run_steps(_deleted_steps(directory, ids, present))
                 freeze_the_built()
             if later and not rebuild:
-                rebuild = not self._apply(reader, directory, list(later))
+                rebuild = not self._apply(reader, directory, later)
         else:
             self._put_or_delete(reader, directory, ids)
         self._run_steps(directory.tidy_steps())
         self.applied += len(ids)
         return not rebuild
 
-    def _put_or_delete(self, reader: ChangeReader, directory: proto.Directory, ids: list[int]) -> None:
-        present: set[int] = set()
-        for start in range(0, len(ids), READ_PAGE):
-            contacts = reader.contacts(ids[start:start + READ_PAGE])
-            present.update(c.id for c in contacts)
+    def _put_or_delete(self, reader: ChangeReader, directory: proto.Directory, ids: dict[int, None]) -> None:
+        present: dict[int, None] = {}
+        for page in _pages(ids):
+            contacts = reader.contacts(page)
+            present.update(dict.fromkeys(c.id for c in contacts))
             self._run_steps(directory.put(c) for c in contacts)
-        self._run_steps(directory.delete(i) for i in ids if i not in present)
+        self._run_steps(_deleted_steps(directory, ids, present))
 
     @staticmethod
     def _each(reader: ChangeReader):

@@ -9,11 +9,12 @@ from types import SimpleNamespace
 import gevent
 import pytest
 from gevent import socket as gsocket, ssl as gssl
+from gevent.event import Event
 from support import ldap_wire as w
 from support.ldap import complete, read_until_done
 from support.wait import eventually
 
-from greenservers.addressbook import addressbook_for
+from greenservers.addressbook import AddressBook, addressbook_for
 from greenservers.config.settings import Settings
 from greenservers.process import offload
 from greenservers.proto import ldap
@@ -379,3 +380,62 @@ def test_full_collections_are_off_while_an_import_is_merged_and_on_again_even_wh
     finally:
         monkeypatch.setattr(ldap.Directory, "merge_steps", merge_steps)
         gc.unfreeze()
+
+
+def _found(port: int, flt: str) -> list[str]:
+    """The cn of every entry a bound search for `flt` finds."""
+    sock = connect(port)
+    try:
+        sock.sendall(w.bind(1, "phonebook", PASSWORD) + w.search(2, flt, attributes=["cn"]))
+        responses = read_until_done(sock)
+        responses += read_until_done(sock) if len(responses) < 2 else []
+        return [r.attributes["cn"][0] for r in responses if r.tag == ldap.SEARCH_RESULT_ENTRY]
+    finally:
+        sock.close()
+
+
+def test_a_search_that_notices_a_change_waits_until_it_is_applied_even_on_a_busy_machine(served, monkeypatch):
+    """A change by another process (as the CLI makes it), applied slower than CATCH_UP (a busy machine),
+    is still found by the search that noticed it."""
+    service, runtime, start = served
+    monkeypatch.setattr(shell, "FRESH", 0.0)  # every search looks for changes (not only one in FRESH seconds)
+    port = start()
+    assert _found(port, "(sn=elsewhere)") == []  # the directory is built
+    put_or_delete = shell.DirectoryFollower._put_or_delete
+
+    def busy(self, *args):
+        gevent.sleep(3 * shell.CATCH_UP)
+        return put_or_delete(self, *args)
+
+    monkeypatch.setattr(shell.DirectoryFollower, "_put_or_delete", busy)
+    other = AddressBook(addressbook_for(runtime).path)  # another connection: no notification, only the search's look
+    try:
+        other.add({"first_name": "Added", "last_name": "Elsewhere"})
+    finally:
+        other.close()
+    assert _found(port, "(sn=elsewhere)") == ["Added Elsewhere"]
+
+
+def test_a_search_does_not_wait_for_an_import_to_be_merged(served, monkeypatch):
+    """While an import's merge is held back, a search that notices it answers from the directory as it was."""
+    service, runtime, start = served
+    port = start()
+    assert _found(port, "(sn=imported*)") == []
+    release = Event()
+    merge_steps = ldap.Directory.merge_steps
+
+    def held(self, contacts):
+        release.wait()
+        yield from merge_steps(self, contacts)
+
+    monkeypatch.setattr(ldap.Directory, "merge_steps", held)
+    try:
+        other = AddressBook(addressbook_for(runtime).path)
+        try:
+            other.import_csv("first_name,last_name\n" + "".join(f"F{i},Imported{i}\n" for i in range(300)))
+        finally:
+            other.close()
+        assert _found(port, "(sn=imported*)") == []  # answered while the merge waits (the client's timeout is 5 s)
+    finally:
+        release.set()
+    eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=imported*)")) == 300)

@@ -4,7 +4,6 @@ and work kept on the loop in slices: the address book's index sorted in slices, 
 from __future__ import annotations
 
 import gc
-import heapq
 import random
 import sys
 import time
@@ -41,13 +40,17 @@ def as_in_the_worker(monkeypatch):
 def test_in_the_worker_it_runs_in_a_pool_thread_with_short_gil_slices(as_in_the_worker):
     import threading
 
-    def observe():
-        return threading.get_ident(), gc.isenabled(), sys.getswitchinterval()
+    before = gc.get_threshold()
 
-    thread, collecting, interval = offload.run_off_loop(observe)
-    assert thread != threading.get_ident() and collecting and interval == offload.SWITCH_INTERVAL
-    thread, collecting, interval = offload.build_off_loop(observe)  # millions of objects: without the collector
-    assert thread != threading.get_ident() and not collecting and interval == offload.SWITCH_INTERVAL
+    def observe():
+        return threading.get_ident(), gc.isenabled(), gc.get_threshold(), sys.getswitchinterval()
+
+    thread, collecting, thresholds, interval = offload.run_off_loop(observe)
+    assert thread != threading.get_ident() and collecting and thresholds == before and interval == offload.SWITCH_INTERVAL
+    # millions of objects: without full collections; young ones go on (the loop's garbage meanwhile too)
+    thread, collecting, thresholds, interval = offload.build_off_loop(observe)
+    assert thread != threading.get_ident() and collecting and thresholds[2] == offload.NEVER
+    assert interval == offload.SWITCH_INTERVAL and gc.get_threshold() == before
 
 
 def test_overlapping_work_restores_the_settings_once_the_last_ends(as_in_the_worker):
@@ -55,21 +58,22 @@ def test_overlapping_work_restores_the_settings_once_the_last_ends(as_in_the_wor
 
     def work(seconds):
         time.sleep(seconds)  # in the pool thread: the hub goes on meanwhile
-        return gc.isenabled(), sys.getswitchinterval()
+        return gc.get_threshold()[2], sys.getswitchinterval()
 
+    full = gc.get_threshold()[2]
     building = gevent.spawn(offload.build_off_loop, work, 0.3)
     light = gevent.spawn(offload.run_off_loop, work, 0.05)
     light.join()
-    seen.append((gc.isenabled(), sys.getswitchinterval()))  # the build is still running
+    seen.append((gc.get_threshold()[2], sys.getswitchinterval()))  # the build is still running
     building.join()
-    assert seen == [(False, offload.SWITCH_INTERVAL)]
-    assert building.value == (False, offload.SWITCH_INTERVAL) and light.value == (False, offload.SWITCH_INTERVAL)
+    assert seen == [(offload.NEVER, offload.SWITCH_INTERVAL)]
+    assert building.value == light.value == (offload.NEVER, offload.SWITCH_INTERVAL)
     light = gevent.spawn(offload.run_off_loop, work, 0.3)
     building = gevent.spawn(offload.build_off_loop, work, 0.05)
     building.join()
-    seen.append((gc.isenabled(), sys.getswitchinterval()))  # the build is over, the light work is not
+    seen.append((gc.get_threshold()[2], sys.getswitchinterval()))  # the build is over, the light work is not
     light.join()
-    assert seen[1] == (True, offload.SWITCH_INTERVAL)
+    assert seen[1] == (full, offload.SWITCH_INTERVAL)
 
 
 def test_what_was_loaded_is_frozen_what_comes_later_is_collected_and_a_build_keeps_it_so(as_in_the_worker):
@@ -138,8 +142,8 @@ def test_sorting_in_slices_sorts(size):
             next(steps)
             slices += 1
     except StopIteration as done:
-        assert list(heapq.merge(*done.value)) == sorted((k, i) for i, k in keys.items())
-        assert all(len(run) <= index.SORT_STEP for run in done.value)  # no one list of all the pairs
+        assert list(index.merged_pairs(done.value)) == sorted((k, i) for i, k in keys.items())
+        assert all(0 < len(ids) <= index.SORT_STEP for _, _, ids in done.value)  # packed runs: no one list of all the pairs
     assert slices >= size // index.SORT_STEP  # a slice at a time
 
 

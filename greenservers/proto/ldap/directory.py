@@ -69,9 +69,9 @@ from .index import (
     blob_dn,
     display_from_cn,
     folded_value,
-    freed_runs,
     lookup,
     make_blob,
+    merged_pairs,
     merged_steps,
     national_key,
     partial_attribute,
@@ -225,18 +225,16 @@ class Directory:
             if key in NUMBER_KEYS:
                 runs = yield from sorted_runs_steps(made, lambda i, key=key: national_key(self.blobs[i], key))
                 yield from self._merged_into(self.keys, key, runs)
-                yield from freed_runs(runs)
                 runs = yield from sorted_runs_steps(made, lambda i, key=key: reversed_key(self.blobs[i], key))
                 yield from self._merged_into(self.reversed, key, runs)
             else:
                 runs = yield from sorted_runs_steps(made, lambda i, key=key: folded_value(self.blobs[i], key))
                 yield from self._merged_into(self.keys, key, runs)
                 grams = self.grams.get(key)
-                for n, (value, i) in enumerate(heap_merge(*runs) if grams is not None else (), 1):
+                for n, (value, i) in enumerate(merged_pairs(runs) if grams is not None else (), 1):
                     grams.add(value, i)
                     if n % MERGE_STEP == 0:
                         yield
-            yield from freed_runs(runs)
         # namesakes: among the new ones, and between the new and the old ones (equal cn keys are neighbours)
         previous, group = None, []
         for n, (cn, i) in enumerate(self.keys["cn"].pairs(), 1):
@@ -253,8 +251,8 @@ class Directory:
                 self._set_namesake(other, True)
         self.version += 1
 
-    def _merged_into(self, structures: dict[str, SortedKeys], key: str, runs: list[list[tuple[str, int]]]) -> Iterator[None]:
-        """Steps that merge the new pairs (sorted runs) into structures[key], then do again to the merged keys what changes
+    def _merged_into(self, structures: dict[str, SortedKeys], key: str, runs: list[tuple[str, array, array]]) -> Iterator[None]:
+        """Steps that merge the new pairs (sorted packed runs) into structures[key], then do again to the merged keys what changes
         made meanwhile (recorded in the journal) did to the old ones."""
         old, mark = structures[key], len(self._journal)
         merged = yield from merged_steps(old, runs)

@@ -9,8 +9,8 @@ their offsets, an array of the ids); a change puts a new block in the place
 of one (never changes a block), in lists copied first only while an iterator
 holds them (copy-on-write), so an iterator goes on over the blocks it
 started with. `Grams` are array postings, append-only between
-compactions. The `*_steps` generators do large work (sorting, merging,
-freeing) in units of about a millisecond, yielding between them.
+compactions. The `*_steps` generators do large work (sorting, merging) in
+units of about a millisecond, yielding between them.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ FOLDED_AT = 1 + len(KEYS)  # header index of the first folded value's end
 PAIR = struct.Struct("<HH")
 TOP = "\U0010ffff"
 BLOCK = 128  # pairs per block: a change rewrites one block of about this many
+PIECE = 32  # keys of a packed block split at once when its pairs are read in order
 TAIL = 5  # a number's equality candidates share its last 5 characters: a national number has at least 6
 # (same_number), so at least 5 remain after its 0, common to both forms
 MAX_ANSWERS = 60_000  # encoded answers cached (about 220 bytes each with their place in the cache: 13 MiB)
@@ -158,8 +159,8 @@ class SortedKeys:
     def pairs(self) -> Iterator[tuple[str, int]]:
         heads, blocks = self.hold()
         try:
-            for text, _, ids in blocks:
-                yield from zip(text[:-1].split("\0"), ids, strict=True)
+            for block in blocks:
+                yield from block_pairs(block)
         finally:
             self.release(blocks)
 
@@ -263,6 +264,14 @@ class SortedKeys:
 def pack(keys: list[str], ids: list[int]) -> tuple[str, array, array]:
     offsets = array("I", accumulate((len(k) + 1 for k in keys), initial=0))
     return "\0".join(keys) + "\0", offsets, array("i", ids)
+
+
+def block_pairs(block: tuple[str, array, array]) -> Iterator[tuple[str, int]]:
+    """A packed block's (key, id) pairs, lazily: its keys split a piece at a time (no list of them all)."""
+    text, offsets, ids = block
+    for start in range(0, len(ids), PIECE):
+        end = min(start + PIECE, len(ids))
+        yield from zip(text[offsets[start]:offsets[end] - 1].split("\0"), ids[start:end], strict=True)
 
 
 def unpack(block: tuple[str, array, array]) -> tuple[list[str], list[int]]:
@@ -419,7 +428,7 @@ def sorted_steps(ids: array):
     """Steps that sort an array of ids, a slice per call, then merged; returns the sorted array."""
     runs = []
     for start in range(0, len(ids), SORT_STEP):
-        runs.append(sorted(ids[start:start + SORT_STEP]))
+        runs.append(array("i", sorted(ids[start:start + SORT_STEP])))  # an array: no list for the collector to scan
         yield
     merged = array("i")
     for n, item in enumerate(heap_merge(*runs), 1):
@@ -431,22 +440,22 @@ def sorted_steps(ids: array):
 
 def sorted_runs_steps(ids: array, key_of: Callable[[int], str | None]):
     """Steps that make the (key, id) pairs of `ids` (those with a key) in sorted runs of up to SORT_STEP, a
-    run per call; returns the runs, for `heap_merge`. Never one list of them all: a list of 100,000 pairs
-    made on the loop was scanned whole by a young collection of the cyclic collector (15-22 ms)."""
+    run per call; returns the runs, packed like blocks (`pack`), for `merged_pairs`. Packed, not lists of
+    pairs: the cyclic collector's young collections scanned each pair of the runs made so far (two
+    objects each, no longer in the CPU's caches: 1,000-3,000 of them took 1.6-7 ms with the loop held)."""
     runs = []
     for start in range(0, len(ids), SORT_STEP):
-        run = [(k, i) for i in ids[start:start + SORT_STEP] if (k := key_of(i)) is not None]
-        run.sort()
-        runs.append(run)
+        run = sorted([(k, i) for i in ids[start:start + SORT_STEP] if (k := key_of(i)) is not None])
+        if run:
+            runs.append(pack([k for k, _ in run], [i for _, i in run]))
+        del run  # its pairs are freed now, while they are in the caches
         yield
     return runs
 
 
-def freed_runs(runs: list[list]):
-    """Drop sorted runs one at a time (freeing 100,000 pairs at once takes tens of milliseconds)."""
-    while runs:
-        del runs[-1]
-        yield
+def merged_pairs(runs: list[tuple[str, array, array]]) -> Iterator[tuple[str, int]]:
+    """The pairs of sorted packed runs, merged in order, lazily."""
+    return heap_merge(*map(block_pairs, runs))
 
 
 class _Ahead:
@@ -474,11 +483,11 @@ class _Ahead:
             yield item
 
 
-def merged_steps(keys: SortedKeys, runs: list[list[tuple[str, int]]]):
-    """Steps that merge the new pairs (sorted runs, merged lazily) into new SortedKeys, block by block: a
+def merged_steps(keys: SortedKeys, runs: list[tuple[str, array, array]]):
+    """Steps that merge the new pairs (sorted packed runs, merged lazily) into new SortedKeys, block by block: a
     block no new pair falls into is kept as it is, one that some do is packed again with them; returns the
     new SortedKeys (`keys` itself when there are none)."""
-    if not any(runs):
+    if not runs:
         return keys
     heads, blocks = keys.hold()  # changes made between the steps copy them (they are done again to `merged`)
     try:
@@ -487,8 +496,8 @@ def merged_steps(keys: SortedKeys, runs: list[list[tuple[str, int]]]):
         keys.release(blocks)
 
 
-def _merged_steps(heads: list[tuple[str, int]], blocks: list[tuple[str, array, array]], runs: list[list[tuple[str, int]]]):
-    new = _Ahead(heap_merge(*runs))
+def _merged_steps(heads: list[tuple[str, int]], blocks: list[tuple[str, array, array]], runs: list[tuple[str, array, array]]):
+    new = _Ahead(merged_pairs(runs))
     merged = SortedKeys()
     work = 0
     for b, block in enumerate(blocks):
