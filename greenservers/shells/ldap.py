@@ -35,18 +35,8 @@ address or an IPv6 /64, but connections, searches in progress and
 unfinished paged searches are capped per address, an IPv6 /64 as a whole
 holding a larger share (proto.ldap.limits).
 
-The directory follows the address book (`DirectoryFollower`, one greenlet per
-book): it is built once, a slice of work at a time between turns of the event
-loop, then changed a contact at a time as the book's change log says
-(greenservers/addressbook/store.py). A change this process commits wakes it at once;
-one by another process (the CLI) is noticed by polling the book every POLL
-seconds, and by a search (at most one look every FRESH seconds). A search
-waits until a few changes noticed are applied (a phone finds the contact it
-was just given), never for an import. A large backlog (an import) is merged in slices, and other contacts'
-changes are applied between them. Only a new base DN,
-a log pruned past what the follower read, or a change of most of the book (an
-import replacing it) builds a new directory, which replaces the old one when it
-is complete; the old one is freed in steps once no search holds it.
+The directory a search reads is kept current with the address book by a
+`DirectoryFollower` (shells/ldap_follower.py).
 """
 
 from __future__ import annotations
@@ -54,11 +44,8 @@ from __future__ import annotations
 import resource
 import socket
 import ssl
-import sys
 import time
-from collections.abc import Iterable, Iterator
 from functools import partial
-from itertools import islice
 
 import gevent
 from gevent import socket as gsocket
@@ -66,12 +53,12 @@ from gevent.event import Event
 from gevent.hub import Waiter
 from gevent.server import StreamServer
 
-from ..addressbook import AddressBook, ChangeReader, addressbook_for
-from ..process.offload import freeze_the_built, no_full_collections
+from ..addressbook import AddressBook, addressbook_for
 from ..proto import ldap as proto
 from ..proto.clients import client_key, plain_address
 from ..ratelog import RateLimitedLog
 from ..services import Service
+from .ldap_follower import DirectoryFollower
 from .loop import Turns, serve_ready_then_continue
 
 IDLE_TIMEOUT = 120.0  # phones keep a connection between searches; longer is a leak
@@ -82,19 +69,7 @@ RECV_SIZE = 65536  # also what one connection may have read and not answered yet
 WRITE_STALL = 10.0  # seconds a send may wait without its client reading a byte; then the connection closes
 TURN_MESSAGES = 256  # messages a connection answers before the loop serves others
 TURN_WORK = 0.001  # seconds a connection works before the loop serves others
-DISMANTLE_PAUSE = 0.001  # seconds between the steps that free a replaced directory
-DISMANTLE_WAIT = 1.0  # seconds between looks at whether a search still reads a replaced directory
-DISMANTLE_PATIENCE = 600.0  # seconds it waits for them (a client's paged search may go on)
 SLICE = 0.002  # seconds one search runs before the event loop serves the others
-POLL = 0.015  # seconds between looks for changes another process committed to the address book
-FRESH = 0.005  # a search looks first too, if the last look is older than this (a look: about 6 us and 3 system calls)
-CATCH_UP = 0.1  # seconds a search waits at a time for a change it noticed to be applied (and at most, for an import's)
-APPLIED_WITHIN = 2.0  # seconds it waits at most for a few changes (milliseconds of work, unless the machine is very busy)
-APPLY_SLICE = 0.001  # seconds of directory changes between two turns of the event loop
-READ_PAGE = 64  # contacts read from the book per query: a read of 250 held the loop 2.5-3 ms, past APPLY_SLICE
-LOG_PAGE = 1000  # changes read from the log per query (about a millisecond)
-REBUILD_SHARE = 0.5  # more changed contacts than this share of the directory: built anew rather than changed
-MEANWHILE = 64  # changes of other contacts applied between a merge's slices; more wait for it to end
 
 
 def _coalesced(outputs: list) -> list:
@@ -223,237 +198,6 @@ class SearchGate:
                 hub.loop.run_callback(waiter.switch, outputs)
 
 
-def _pages(ids: Iterable[int]) -> Iterator[list[int]]:
-    """`ids` READ_PAGE at a time."""
-    each = iter(ids)
-    while page := list(islice(each, READ_PAGE)):
-        yield page
-
-
-def _deleted_steps(directory: proto.Directory, ids: Iterable[int], present: dict[int, None]) -> Iterator[None]:
-    """Steps that delete from the directory the contacts of `ids` the book no longer has (not `present`):
-    a step per id, so that looking through an import's ids is cut in slices too."""
-    for id_ in ids:
-        if id_ not in present:
-            directory.delete(id_)
-        yield
-
-
-class DirectoryFollower:
-    """Keeps the Directory of one address book current (see the module's docstring): `current(base)`."""
-
-    def __init__(self, book: AddressBook, base: str, log):
-        self.book, self.base, self.log = book, base, log
-        self.directory: proto.Directory | None = None
-        self.applied = 0  # contacts added, changed or deleted since the directory was built
-        self.catch_ups = 0  # times a search waited for a change it noticed to be applied
-        self._built = Event()
-        self._wake = Event()
-        self._caught_up = Event()
-        self._reader: ChangeReader | None = None
-        self._looked = 0.0
-        self._noticed = False
-        self._large = False  # the change being read or applied is large (an import): searches do not wait for it
-        self._seq = 0  # the last change of the book's log applied
-        self._hub = gevent.get_hub()
-        book.subscribe(self._notified)
-        self._greenlet = gevent.spawn(self._run)
-
-    def current(self, base: str) -> proto.Directory | None:
-        """The directory of `base` if it is built, else None (then `wait()` for it).
-
-        A change committed since the last look (by this process or another) is
-        applied first (`_wait_applied`)."""
-        directory = self.directory
-        if directory is not None and directory.base == base:
-            now = time.monotonic()
-            if now - self._looked >= FRESH and self._reader is not None:
-                self._looked = now
-                if self._reader.changed():
-                    self._noticed = True
-                    self._caught_up.clear()
-                    self._wake.set()
-            if not self._caught_up.is_set():  # noticed here, or by the follower, which is applying it
-                self._wait_applied()
-            return directory
-        if base != self.base:
-            self.base = base
-            self._built.clear()
-            self._wake.set()
-        return None
-
-    def _wait_applied(self) -> None:
-        """Until a change noticed is applied, so a phone finds the contact it was just given: a few changes
-        APPLIED_WITHIN at most (milliseconds of work, but a busy machine once stretched them past CATCH_UP);
-        a large change (an import: seconds of merging) not at all once the follower knows it is large, and
-        CATCH_UP at most before (it reads the first page of the log)."""
-        if self._large:
-            return
-        self.catch_ups += 1
-        deadline = time.monotonic() + APPLIED_WITHIN
-        while not self._caught_up.wait(CATCH_UP):
-            if self._large or time.monotonic() >= deadline:
-                return
-
-    def wait(self, base: str) -> proto.Directory:
-        while True:
-            directory = self.current(base)
-            if directory is not None:
-                return directory
-            self._built.wait()
-
-    def _notified(self) -> None:
-        """The book committed a change (called in the thread that made it)."""
-        self._hub.loop.run_callback_threadsafe(self._wake.set)
-
-    def _run(self) -> None:
-        reader = self._reader = self.book.reader()
-        try:
-            while True:
-                try:
-                    self._follow(reader)
-                except Exception:
-                    self.log.exception("could not index the address book; trying again")
-                    gevent.sleep(1.0)
-        finally:
-            reader.close()
-
-    def _follow(self, reader: ChangeReader) -> None:
-        """Build a directory, then apply changes until it must be built again."""
-        base = self.base
-        reader.changed()
-        self._seq = reader.last_change()  # changes from here on are applied after the build
-        directory = proto.Directory(base)
-        with no_full_collections():  # a full collection would land in a slice
-            self._run_steps(directory.merge_steps(self._each(reader)))
-            old, self.directory, self.applied = self.directory, directory, 0
-            if old is not None:
-                LdapService.retire(old)
-                del old
-            freeze_the_built()
-        self._large = False
-        self._caught_up.set()  # what the build read is applied
-        self._built.set()
-        # a repeating timer wakes it to poll: a wait with a timeout would raise gevent.Timeout into this
-        # greenlet each time it ran out (an exception thrown through greenlet's C++ code, 66 times a second)
-        poll = self._hub.loop.timer(POLL, POLL)
-        poll.start(self._wake.set)
-        try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()
-                if self.base != directory.base:
-                    return
-                if not (reader.changed() or self._noticed):
-                    self._caught_up.set()
-                    continue
-                self._caught_up.clear()  # a search meanwhile waits for it too
-                self._noticed = False
-                ids = self._changed_ids(reader, directory)
-                if ids is None or not self._apply(reader, directory, ids):
-                    return  # build anew
-                self._large = False
-                self._caught_up.set()
-        finally:
-            poll.close()
-
-    def _changed_ids(self, reader: ChangeReader, directory: proto.Directory) -> dict[int, None] | None:
-        """The ids of the contacts changed since the last change read (which moves on), in the order of
-        their changes (keys of a dict of ints: the cyclic collector does not track it, where it scanned a
-        list or set of an import's 50,000 ids for milliseconds with the loop held); None when the directory
-        must be built anew: the log was pruned past it, or most of the book changed (an import replacing
-        it: built anew, then swapped in)."""
-        ids: dict[int, None] = {}
-        while True:
-            got = reader.changes_after(self._seq, LOG_PAGE)
-            if got is None:
-                self._large = True
-                return None
-            changed, self._seq = got
-            if not changed:
-                return ids
-            ids.update(dict.fromkeys(changed))
-            if len(ids) > MEANWHILE:
-                self._large = True
-            if len(ids) > REBUILD_SHARE * max(len(directory), 1000):
-                return None
-            serve_ready_then_continue()  # a page of the log read: the loop serves the others before the next
-
-    def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: dict[int, None]) -> bool:
-        """The contacts of `ids` as they are in the book now (absent: deleted) into the directory. Many
-        (an import) are merged; a few are put one by one: either way the work is in proportion to them.
-        While a merge runs, changes of other contacts are applied between its slices. False: the
-        directory must be built anew."""
-        present: dict[int, None] = {}  # as `ids`: not tracked by the collector
-
-        def contacts():
-            for page in _pages(ids):
-                for contact in reader.contacts(page):
-                    present[contact.id] = None
-                    yield contact
-
-        rebuild = False
-        if len(ids) > max(256, len(directory) // 16):
-            later: dict[int, None] = {}
-
-            def meanwhile() -> None:
-                nonlocal rebuild
-                if rebuild or not (reader.changed() or self._noticed):
-                    return
-                self._noticed = False
-                more = self._changed_ids(reader, directory)
-                if more is None:
-                    rebuild = True
-                    return
-                now = dict.fromkeys(i for i in more if i not in ids)
-                if len(now) > MEANWHILE:  # another import: after this one
-                    later.update(more)
-                    return
-                later.update(dict.fromkeys(i for i in more if i in ids))  # changed again: after the merge
-                self._put_or_delete(reader, directory, now)
-                self._caught_up.set()
-
-            with no_full_collections():  # a full collection would land in a slice
-                self._run_steps(directory.merge_steps(contacts()), meanwhile)
-                self._run_steps(_deleted_steps(directory, ids, present))
-                freeze_the_built()
-            if later and not rebuild:
-                rebuild = not self._apply(reader, directory, later)
-        else:
-            self._put_or_delete(reader, directory, ids)
-        self._run_steps(directory.tidy_steps())
-        self.applied += len(ids)
-        return not rebuild
-
-    def _put_or_delete(self, reader: ChangeReader, directory: proto.Directory, ids: dict[int, None]) -> None:
-        present: dict[int, None] = {}
-        for page in _pages(ids):
-            contacts = reader.contacts(page)
-            present.update(dict.fromkeys(c.id for c in contacts))
-            self._run_steps(directory.put(c) for c in contacts)
-        self._run_steps(_deleted_steps(directory, ids, present))
-
-    @staticmethod
-    def _each(reader: ChangeReader):
-        after = 0
-        while page := reader.after(after, READ_PAGE):
-            yield from page
-            after = page[-1].id
-
-    @staticmethod
-    def _run_steps(steps, meanwhile=None) -> None:
-        """Run an iterator's steps, letting the loop serve what is ready every APPLY_SLICE seconds
-        (and calling `meanwhile()` then, if given). A turn, not a sleep: the follower takes the time
-        no one else needs, and a build is not stretched by pauses while nothing else waits."""
-        deadline = time.monotonic() + APPLY_SLICE
-        for _ in steps:
-            if time.monotonic() >= deadline:
-                serve_ready_then_continue()
-                if meanwhile is not None:
-                    meanwhile()
-                deadline = time.monotonic() + APPLY_SLICE
-
-
 class LdapService(Service):
     name = "ldap"
 
@@ -509,28 +253,6 @@ class LdapService(Service):
         if directory is None:
             directory = follower.wait(base)
         return directory
-
-    @staticmethod
-    def retire(old: proto.Directory) -> None:
-        holder = [old]
-        del old
-        gevent.spawn(LdapService._dismantle, holder)
-
-    @staticmethod
-    def _dismantle(holder: list) -> None:
-        """Free a replaced directory in steps between other greenlets' turns, once nothing else uses it."""
-        directory = holder.pop()
-        # searches in progress, and paged results a client still reads, hold it: wait for them
-        for _ in range(int(DISMANTLE_PATIENCE / DISMANTLE_WAIT)):
-            if sys.getrefcount(directory) <= 2:  # this name and getrefcount's argument
-                break
-            gevent.sleep(DISMANTLE_WAIT)
-        else:
-            return  # someone keeps it: it is freed whole when they let go
-        for _ in directory.dismantle():
-            # a timer, not sleep(0): gevent runs 50 ready callbacks before it looks at the clock,
-            # and 50 steps of about a millisecond held every timer back by 50 ms
-            gevent.sleep(DISMANTLE_PAUSE)
 
     # -- connections ---------------------------------------------------------
 

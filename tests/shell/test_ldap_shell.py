@@ -19,7 +19,7 @@ from greenservers.config.settings import Settings
 from greenservers.process import offload
 from greenservers.proto import ldap
 from greenservers.sensors import SensorRegistry
-from greenservers.shells import ldap as shell
+from greenservers.shells import ldap as shell, ldap_follower
 from greenservers.tls.certificates import ensure_certificate
 
 PASSWORD = "shell-secret"
@@ -398,16 +398,16 @@ def test_a_search_that_notices_a_change_waits_until_it_is_applied_even_on_a_busy
     """A change by another process (as the CLI makes it), applied slower than CATCH_UP (a busy machine),
     is still found by the search that noticed it."""
     service, runtime, start = served
-    monkeypatch.setattr(shell, "FRESH", 0.0)  # every search looks for changes (not only one in FRESH seconds)
+    monkeypatch.setattr(ldap_follower, "FRESH", 0.0)  # every search looks for changes (not only one in FRESH seconds)
     port = start()
     assert _found(port, "(sn=elsewhere)") == []  # the directory is built
-    put_or_delete = shell.DirectoryFollower._put_or_delete
+    put_or_delete = ldap_follower.DirectoryFollower._put_or_delete
 
     def busy(self, *args):
-        gevent.sleep(3 * shell.CATCH_UP)
+        gevent.sleep(3 * ldap_follower.CATCH_UP)
         return put_or_delete(self, *args)
 
-    monkeypatch.setattr(shell.DirectoryFollower, "_put_or_delete", busy)
+    monkeypatch.setattr(ldap_follower.DirectoryFollower, "_put_or_delete", busy)
     other = AddressBook(addressbook_for(runtime).path)  # another connection: no notification, only the search's look
     try:
         other.add({"first_name": "Added", "last_name": "Elsewhere"})

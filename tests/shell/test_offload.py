@@ -158,18 +158,18 @@ def test_a_replaced_directory_is_handed_over_and_dismantled_to_nothing():
 
 
 def test_the_ldap_shell_frees_a_replaced_directory_once_nothing_else_holds_it(monkeypatch):
-    from greenservers.shells import ldap as shell
-    monkeypatch.setattr(shell, "DISMANTLE_WAIT", 0.001)
-    monkeypatch.setattr(shell, "DISMANTLE_PATIENCE", 0.01)
+    from greenservers.shells import ldap_follower as follower
+    monkeypatch.setattr(follower, "DISMANTLE_WAIT", 0.001)
+    monkeypatch.setattr(follower, "DISMANTLE_PATIENCE", 0.01)
     directory = ldap.Directory("dc=pbx", contacts(50))
     reader = directory  # a search (or a client's paged results) still using it, longer than the shell waits
-    gevent.spawn(shell.LdapService._dismantle, [directory]).join()
+    gevent.spawn(follower.dismantle, [directory]).join()
     assert len(reader) == 50  # left alone: it is freed whole when the reader lets go
-    monkeypatch.setattr(shell, "DISMANTLE_PATIENCE", 60.0)
+    monkeypatch.setattr(follower, "DISMANTLE_PATIENCE", 60.0)
     holder = [directory]
     del directory
     kept = reader.blobs
-    waiting = gevent.spawn(shell.LdapService._dismantle, holder)
+    waiting = gevent.spawn(follower.dismantle, holder)
     gevent.sleep(0)  # it looks, finds the reader, and waits
     assert len(kept) == 50 and not waiting.dead
     del reader  # the search ends
