@@ -134,6 +134,7 @@ class DirectoryFollower:
                 try:
                     self._follow(reader)
                 except Exception:
+                    self._large = True  # no search waits for what a failed follower will not apply soon
                     self.log.exception("could not index the address book; trying again")
                     gevent.sleep(1.0)
         finally:
@@ -142,6 +143,7 @@ class DirectoryFollower:
     def _follow(self, reader: ChangeReader) -> None:
         """Build a directory, then apply changes until it must be built again."""
         base = self.base
+        self._large = True  # a build: searches answer from the directory they have meanwhile
         reader.changed()
         self._seq = reader.last_change()  # changes from here on are applied after the build
         directory = proto.Directory(base)

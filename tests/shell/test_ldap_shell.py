@@ -439,3 +439,38 @@ def test_a_search_does_not_wait_for_an_import_to_be_merged(served, monkeypatch):
     finally:
         release.set()
     eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=imported*)")) == 300)
+
+
+def test_a_search_does_not_wait_for_a_change_the_follower_failed_to_apply(served, monkeypatch, caplog):
+    """A bug (or a failing read) while a change is applied: searches go on from the directory as it is,
+    without waiting for it (the bound on that wait is set out of reach here: only not waiting answers)."""
+    service, runtime, start = served
+    monkeypatch.setattr(ldap_follower, "FRESH", 0.0)
+    monkeypatch.setattr(ldap_follower, "APPLIED_WITHIN", 600.0)
+    port = start()
+    assert _found(port, "(sn=elsewhere)") == []
+
+    def failing(self, *args):
+        raise RuntimeError("a bug while applying a change")
+
+    release = Event()
+    merge_steps = ldap.Directory.merge_steps
+
+    def held(self, contacts):  # the build that follows the failure, held back while the search asks
+        release.wait()
+        yield from merge_steps(self, contacts)
+
+    monkeypatch.setattr(ldap_follower.DirectoryFollower, "_put_or_delete", failing)
+    monkeypatch.setattr(ldap.Directory, "merge_steps", held)
+    try:
+        other = AddressBook(addressbook_for(runtime).path)
+        try:
+            other.add({"first_name": "Added", "last_name": "Elsewhere"})
+        finally:
+            other.close()
+        eventually(lambda: gevent.sleep(0.01) or "could not index the address book" in caplog.text)
+        assert _found(port, "(sn=elsewhere)") == []  # answered (the client waits 5 s at most), from the directory as it was
+    finally:
+        release.set()
+        monkeypatch.undo()
+    eventually(lambda: gevent.sleep(0.01) or _found(port, "(sn=elsewhere)") == ["Added Elsewhere"])  # built anew
