@@ -291,13 +291,17 @@ class LdapService(Service):
             sensors.set("ldap_paged_searches_open", self.paged.open)
 
     def _start_tls(self, sock):
+        """The socket wrapped in TLS (the handshake within HANDSHAKE_TIMEOUT), its reads waiting the idle timeout."""
         sock.settimeout(HANDSHAKE_TIMEOUT)
-        return self.runtime.tls.context.wrap_socket(sock, server_side=True)
+        tls = self.runtime.tls.context.wrap_socket(sock, server_side=True)
+        tls.settimeout(self.idle_timeout)
+        return tls
 
     def _serve(self, sock, session: proto.LdapSession, peer: str, tls_first: bool) -> None:
         if tls_first:
             sock = self._start_tls(sock)
-        sock.settimeout(self.idle_timeout)  # what a read waits at most (a send that waits changes it back)
+        else:
+            sock.settimeout(self.idle_timeout)  # what a read waits at most (a send that waits changes it back)
         sensors = self.runtime.sensors
         loop = gevent.get_hub().loop
         messages, work = 0, 0.0  # answered, and seconds spent, since this connection last let others go first
@@ -350,7 +354,6 @@ class LdapService(Service):
             gevent.sleep(self.throttle.delay(client, time.monotonic()))
         elif isinstance(item, proto.StartTLS):
             sock = self._start_tls(sock)
-            sock.settimeout(self.idle_timeout)
             session.tls_started()
         elif isinstance(item, proto.Close):
             if item.oversize:

@@ -404,8 +404,6 @@ def lookup(keys: SortedKeys, prefix: str, whole: bool, exact: bool, sized: bool)
     return keys.starting(prefix, whole), exact, keys.count(prefix, whole, 64) if sized else 0
 
 
-
-
 # -- the directory --------------------------------------------------------------------------
 
 
