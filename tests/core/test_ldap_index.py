@@ -30,7 +30,7 @@ NUMBERS = ["", "+49 30 1234567", "030 1234567", "030-99887766", "+49 (30) 998 87
 EXTENSIONS = ["", "1", "100", "201", "12345"]
 MAIL = ["", "anna@example.com", "jon@example.org"]
 
-# the vendors' documented filters (shared/PHONES.md) with typed values, and the shapes phones send
+# the vendors' documented filters (their sources: provisioning/phones/profiles.py) with typed values, and the shapes phones send
 VENDOR_FILTERS = [
     "(|(cn=Jo*)(sn=Jo*))", "(|(cn=*mül*)(sn=*mül*))", "(|(telephoneNumber=+49 30 1234567)(mobile=+49 30 1234567)(ipPhone=+49 30 1234567))",
     "(&(telephoneNumber=*)(sn=Smi*))", "(&(telephoneNumber=030 1234567)(sn=*))", "(|(telephoneNumber=030*)(Mobile=030*))",
