@@ -13,8 +13,9 @@ Two fresh starts with every service on loopback (bench/services.py):
    1,000 single changes through the web API (one after the other, as an
    administrator's script would), after a few phone-like searches of every
    kind, and after half as many contacts again were imported through the web
-   API. While the directory is built, while the changes stream in and while
-   the import runs, a client of every other service measures its latency.
+   API (until LDAP finds the last of them: the request, then the merge into
+   the directory). While the directory is built, while the changes stream in
+   and while the import runs, a client of every other service measures its latency.
    The time from a change (through the API, and by another process) to its
    visibility over LDAP is measured with searches repeated until the change
    shows (median and maximum of CHANGES_TIMED changes).
@@ -203,6 +204,16 @@ def while_probing(server, state: str, action) -> dict:
     return {"state": state, "rss_mb": settle_rss(server.worker_pid), "seconds": round(seconds, 2), "other_services_meanwhile": during}
 
 
+LAST_IMPORTED = "Zuletztimportiert"  # the last name of an import's last contact: LDAP finding it ends the import's row
+
+
+def import_until_found(server, csv_path: Path, count: int) -> None:
+    """An import through the web API, then LDAP searches until its last contact is found: the row covers the
+    request (stored in the worker's child process) and the merge into the LDAP directory that follows it."""
+    web_import(server, csv_path, count)
+    wait_for_ldap(server, f"(sn={LAST_IMPORTED})")
+
+
 def web_import(server, csv_path: Path, count: int) -> None:
     """`count` more contacts through the JSON API with curl, as an administrator's script would."""
     done = subprocess.run(["curl", "-sS", "--fail", "--max-time", "120", "--user", f"admin:{ADMIN_PASSWORD}",
@@ -289,9 +300,11 @@ def main() -> int:
             rows.append({"state": f"{args.contacts:,} contacts, after {len(SEARCHES) * 2} searches of every kind (indexes built)",
                          "rss_mb": settle_rss(pid), "entries_returned": found})
             more = Path(tmp) / "more.csv"
-            more.write_text(contacts_csv(args.contacts // 2, seed=2), encoding="utf-8")
-            rows.append(while_probing(server, f"{args.contacts // 2:,} more contacts imported through the web API",
-                                      lambda: web_import(server, more, args.contacts // 2)))
+            more.write_text(contacts_csv(args.contacts // 2 - 1, seed=2) + f"Ada,{LAST_IMPORTED},,+49 30 9999999,,,\n",
+                            encoding="utf-8")
+            rows.append(while_probing(server, f"{args.contacts // 2:,} more contacts imported through the web API, until "
+                                              "LDAP finds the last of them",
+                                      lambda: import_until_found(server, more, args.contacts // 2)))
             rows.append(visibility_row(server, f"{args.contacts + args.contacts // 2:,} contacts: a change through the web API, "
                                                "until LDAP finds it", partial(change_through_the_api, server, first)))
         finally:

@@ -1,23 +1,21 @@
-"""Runs CPU-heavy work off the event loop: storing an address-book import or a single change, the export, the admin search,
-the JSON list and the page of a large book; scrypt; an RSA key. And keeps the cyclic collector's costly
-collections out of work that makes many objects, in a thread or on the loop.
+"""Runs CPU-heavy work off the event loop: a single change to the address book, the export, the admin search,
+the JSON list and the page of a large book; scrypt; an RSA key; an address-book import in a child process. And
+keeps the cyclic collector's costly collections out of work that makes many objects on the loop.
 
-In the gevent worker such work goes to a thread of the hub's pool, so the
-other services keep answering while it runs. A thread alone is not enough:
+In the gevent worker such work goes to a thread of the hub's pool
+(`run_off_loop`), so the other services keep answering while it runs. It
+holds the GIL in 5 ms slices by default, and the event loop waits a slice
+each time it releases the GIL for a system call, so every other request
+slowed down by tens of milliseconds; 0.5 ms slices while the work runs keep
+their latency low.
 
-- it holds the GIL in 5 ms slices by default, and the event loop waits a
-  slice each time it releases the GIL for a system call, so every other
-  request slowed down by tens of milliseconds; 0.5 ms slices while the work
-  runs keep their latency low;
-- work that makes many objects (`build_off_loop`: an import) met full
-  collections of the cyclic garbage collector, each holding the GIL for up to
-  170 ms (a dozen while a 100,000-contact index was built in a thread, before
-  the LDAP directory was changed in place on the loop). Full collections are
-  off while it runs (`no_full_collections`); young ones go on: with the
-  collector off altogether, the garbage every greenlet of the loop made
-  meanwhile waited for one young collection as the import ended (4.5 ms with
-  the loop held in the worker, 8.6 ms for 42,000 objects in a test). Lighter
-  work (an export, a page) leaves the collector alone.
+An import is seconds of CPU (50,000 contacts: about 2.5 s). In a thread, even
+with short slices, the loop's thread waited for the GIL and for a core while
+the import's thread held them: the other services' p99 read 13-31 ms during
+it. It runs in a child process instead (`run_in_child`, greenservers/process/child.py),
+of lower priority (CHILD_NICENESS): no GIL is shared, and the kernel gives the
+loop's thread a core first. The child is killed if the worker dies, and
+after CHILD_TIMEOUT.
 
 On the loop, while the LDAP directory is built or an import is merged into it
 (in slices), the collector's full collections landed in the slices: each
@@ -38,19 +36,24 @@ moved to the oldest generation since the last one exceed a quarter of those
 it kept then, and a freeze does not reset that count, so the objects of a
 merge, though frozen, made a full collection due as soon as the threshold allowed.
 
-Outside the gevent worker (the CLI, tests of the web app) the work simply runs.
-"""
+Outside the gevent worker (the CLI, tests of the web app) the work simply runs."""
 
 from __future__ import annotations
 
 import gc
+import logging
+import os
+import pickle
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import gevent
 from gevent import monkey
 
 from ..shells.loop import serve_ready_then_continue
+
+log = logging.getLogger("greenservers.offload")
 
 SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
 
@@ -63,6 +66,9 @@ _middle_threshold = 10
 _full_threshold = 10
 NEVER = 2**31 - 1  # a threshold of full collections that is never reached
 MERGE_MIDDLE = 3  # young collections between two of the middle generation while a merge runs (CPython's: 10)
+CHILD_NICENESS = 10  # added to the worker's: the child gets a core when the loop's thread does not want it
+CHILD_TIMEOUT = 600.0  # seconds a child may run (an import of the largest book allowed: about 10 s)
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # where the child finds the greenservers package
 
 
 def _in_the_worker() -> bool:
@@ -139,7 +145,36 @@ def run_off_loop(function, *args):
             sys.setswitchinterval(_saved_interval)
 
 
-def build_off_loop(function, *args):
-    """The same, for work that makes many objects (an import): no full collection meanwhile."""
-    with no_full_collections():
-        return run_off_loop(function, *args)
+class ChildFailed(RuntimeError):
+    """A child process ended without an answer (killed, crashed, or past CHILD_TIMEOUT)."""
+
+
+def run_in_child(function, *args):
+    """function(*args) in a child process of lower priority if this is the gevent worker (the caller's greenlet
+    waits; the loop goes on), else here. `function` is named by its module and name (a module's top level);
+    its arguments, result and exception travel pickled. Raises what it raised, or ChildFailed."""
+    if not _in_the_worker():
+        return function(*args)
+    from gevent import subprocess  # cooperative: the loop serves the others while the child runs
+
+    request = pickle.dumps((function.__module__, function.__qualname__, args, os.getpid(), CHILD_NICENESS),
+                           protocol=pickle.HIGHEST_PROTOCOL)
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (_PROJECT_ROOT, os.environ.get("PYTHONPATH")))))
+    child = subprocess.Popen([sys.executable, "-m", "greenservers.process.child"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment)
+    try:
+        answer, errors = child.communicate(request, timeout=CHILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise ChildFailed(f"{function.__qualname__} did not end within {CHILD_TIMEOUT:.0f} s; it was stopped") from None
+    finally:
+        if child.poll() is None:  # past its time, or the waiting greenlet was killed: the child goes too
+            child.kill()
+            child.wait()
+    if child.returncode != 0 or not answer:
+        last = errors.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+        log.error("child process for %s ended with code %s: %s", function.__qualname__, child.returncode, last[0][:300])
+        raise ChildFailed(f"{function.__qualname__} ended without an answer (code {child.returncode})")
+    succeeded, value = pickle.loads(answer)
+    if succeeded:
+        return value
+    raise value
