@@ -68,6 +68,8 @@ NEVER = 2**31 - 1  # a threshold of full collections that is never reached
 MERGE_MIDDLE = 3  # young collections between two of the middle generation while a merge runs (CPython's: 10)
 CHILD_NICENESS = 10  # added to the worker's: the child gets a core when the loop's thread does not want it
 CHILD_TIMEOUT = 600.0  # seconds a child may run (an import of the largest book allowed: about 10 s)
+CHILDREN = 1  # children at once; more wait their turn (imports wait for each other's commit anyway)
+_child_slots = None  # a gevent Semaphore(CHILDREN), made in the worker on first use
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # where the child finds the greenservers package
 
 
@@ -155,8 +157,17 @@ def run_in_child(function, *args):
     its arguments, result and exception travel pickled. Raises what it raised, or ChildFailed."""
     if not _in_the_worker():
         return function(*args)
+    global _child_slots
     from gevent import subprocess  # cooperative: the loop serves the others while the child runs
+    from gevent.lock import Semaphore
 
+    if _child_slots is None:
+        _child_slots = Semaphore(CHILDREN)
+    with _child_slots:
+        return _answer_of_child(subprocess, function, args)
+
+
+def _answer_of_child(subprocess, function, args):
     request = pickle.dumps((function.__module__, function.__qualname__, args, os.getpid(), CHILD_NICENESS),
                            protocol=pickle.HIGHEST_PROTOCOL)
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (_PROJECT_ROOT, os.environ.get("PYTHONPATH")))))

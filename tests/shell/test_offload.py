@@ -245,6 +245,16 @@ def test_in_the_worker_the_child_runs_apart_at_lower_priority_while_the_loop_goe
     assert not _children()
 
 
+def test_children_run_one_at_a_time_the_others_wait_their_turn(as_in_the_worker):
+    at_once = []
+    imports = [gevent.spawn(offload.run_in_child, time.sleep, 0.3) for _ in range(3)]
+    while not all(i.ready() for i in imports):
+        at_once.append(len(_children()))
+        gevent.sleep(0.01)
+    assert all(i.successful() for i in imports)
+    assert max(at_once) == offload.CHILDREN == 1
+
+
 def test_outside_the_worker_the_child_work_runs_here():
     assert offload.run_in_child(os.getpid) == os.getpid()
 
