@@ -19,6 +19,7 @@ import os
 import pickle
 import signal
 import sys
+from contextlib import suppress
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal the kernel sends this process when its parent dies
 
@@ -31,7 +32,16 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
+def _close_inherited() -> None:
+    """Only stdin, stdout and stderr stay open (the worker's sockets are not the child's business)."""
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            with suppress(OSError):  # the listing's own descriptor, closed already
+                os.close(int(name))
+
+
 def main() -> None:
+    _close_inherited()
     answer_to = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout = sys.stderr  # nothing the function prints can spoil the answer
     module, name, args, parent, niceness = pickle.load(sys.stdin.buffer)

@@ -44,8 +44,9 @@ import gc
 import logging
 import os
 import pickle
+import signal
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import gevent
@@ -69,6 +70,8 @@ MERGE_MIDDLE = 3  # young collections between two of the middle generation while
 CHILD_NICENESS = 10  # added to the worker's: the child gets a core when the loop's thread does not want it
 CHILD_TIMEOUT = 600.0  # seconds a child may run (an import of the largest book allowed: about 10 s)
 CHILDREN = 1  # children at once; more wait their turn (imports wait for each other's commit anyway)
+CHILD_ANSWER_LIMIT = 1 << 20  # bytes of a child's pickled answer (an import's: a count, or the problems it reports)
+CHILD_ERRORS_KEPT = 1 << 16  # bytes of a child's standard error read (its last line is logged if it fails)
 _child_slots = None  # a gevent Semaphore(CHILDREN), made in the worker on first use
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # where the child finds the greenservers package
 
@@ -158,34 +161,93 @@ def run_in_child(function, *args):
     if not _in_the_worker():
         return function(*args)
     global _child_slots
-    from gevent import subprocess  # cooperative: the loop serves the others while the child runs
-    from gevent.lock import Semaphore
-
     if _child_slots is None:
+        from gevent.lock import Semaphore
+
         _child_slots = Semaphore(CHILDREN)
     with _child_slots:
-        return _answer_of_child(subprocess, function, args)
-
-
-def _answer_of_child(subprocess, function, args):
-    request = pickle.dumps((function.__module__, function.__qualname__, args, os.getpid(), CHILD_NICENESS),
-                           protocol=pickle.HIGHEST_PROTOCOL)
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (_PROJECT_ROOT, os.environ.get("PYTHONPATH")))))
-    child = subprocess.Popen([sys.executable, "-m", "greenservers.process.child"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment)
-    try:
-        answer, errors = child.communicate(request, timeout=CHILD_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise ChildFailed(f"{function.__qualname__} did not end within {CHILD_TIMEOUT:.0f} s; it was stopped") from None
-    finally:
-        if child.poll() is None:  # past its time, or the waiting greenlet was killed: the child goes too
-            child.kill()
-            child.wait()
-    if child.returncode != 0 or not answer:
-        last = errors.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
-        log.error("child process for %s ended with code %s: %s", function.__qualname__, child.returncode, last[0][:300])
-        raise ChildFailed(f"{function.__qualname__} ended without an answer (code {child.returncode})")
-    succeeded, value = pickle.loads(answer)
+        # pickled in a thread: 2.5 MB of CSV take 2 ms
+        request = run_off_loop(pickle.dumps, (function.__module__, function.__qualname__, args, os.getpid(), CHILD_NICENESS),
+                               pickle.HIGHEST_PROTOCOL)
+        succeeded, value = _ask_child(function.__qualname__, request)
     if succeeded:
         return value
     raise value
+
+
+def _ask_child(what: str, request: bytes) -> tuple[bool, object]:
+    """Start the child with posix_spawn (vfork and exec: gevent's Popen forks the whole worker first, 12-40 ms
+    with the loop held at 150 MB), hand it `request`, read its answer; it is ended and reaped whatever happens."""
+    from gevent import os as gevent_os
+
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (_PROJECT_ROOT, os.environ.get("PYTHONPATH")))))
+    to_child, request_end = os.pipe()
+    answer_end, from_child = os.pipe()
+    errors_end, errors_from_child = os.pipe()
+    try:
+        pid = gevent_os.posix_spawn(sys.executable, [sys.executable, "-m", "greenservers.process.child"], environment,
+                                    file_actions=[(os.POSIX_SPAWN_DUP2, to_child, 0), (os.POSIX_SPAWN_DUP2, from_child, 1),
+                                                  (os.POSIX_SPAWN_DUP2, errors_from_child, 2)])
+    except BaseException:
+        for fd in (request_end, answer_end, errors_end):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (to_child, from_child, errors_from_child):
+            os.close(fd)
+    for fd in (request_end, answer_end, errors_end):
+        gevent_os.make_nonblocking(fd)
+    feeding = gevent.spawn(_write_all, request_end, request)
+    reading_errors = gevent.spawn(_read_all, errors_end, CHILD_ERRORS_KEPT, True)
+    exit_code = None
+    try:
+        with gevent.Timeout(CHILD_TIMEOUT, False):
+            answer = _read_all(answer_end, CHILD_ANSWER_LIMIT)
+            feeding.get()
+            errors = reading_errors.get()
+            exit_code = os.waitstatus_to_exitcode(gevent_os.waitpid(pid, 0)[1])
+        if exit_code is None:
+            raise ChildFailed(f"{what} did not end within {CHILD_TIMEOUT:.0f} s; it was stopped")
+    finally:
+        feeding.kill()
+        reading_errors.kill()
+        if exit_code is None:  # past its time, or the waiting greenlet was killed: the child goes too
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            gevent_os.waitpid(pid, 0)
+    if exit_code != 0 or not answer:
+        last = errors.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+        log.error("child process for %s ended with code %s: %s", what, exit_code, last[0][:300])
+        raise ChildFailed(f"{what} ended without an answer (code {exit_code})")
+    return pickle.loads(answer)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    from gevent import os as gevent_os
+
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[gevent_os.nb_write(fd, view[:65536]):]
+    except BrokenPipeError:  # the child ended before it read everything: its exit code tells why
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int, limit: int, keep_the_end: bool = False) -> bytes:
+    """What the child writes to `fd` until it closes it. Past `limit` bytes: ChildFailed, or with
+    `keep_the_end`, the last `limit` bytes (a long traceback's end)."""
+    from gevent import os as gevent_os
+
+    try:
+        kept = bytearray()
+        while chunk := gevent_os.nb_read(fd, 65536):
+            kept += chunk
+            if len(kept) > limit:
+                if not keep_the_end:
+                    raise ChildFailed(f"the child wrote more than {limit} bytes")
+                del kept[:-limit]
+        return bytes(kept)
+    finally:
+        os.close(fd)

@@ -284,6 +284,18 @@ def test_a_child_that_dies_or_overstays_is_a_clear_error_and_leaves_no_process(a
     assert not _children()
 
 
+def test_a_child_has_no_descriptor_of_the_worker_and_its_output_is_bounded(as_in_the_worker):
+    inheritable = os.dup2(sys.stdout.fileno(), 200, inheritable=True)  # as a socket a library left inheritable
+    try:
+        assert "200" not in offload.run_in_child(os.listdir, "/proc/self/fd")
+    finally:
+        os.close(inheritable)
+    assert offload.run_in_child(os.write, 2, b"x" * 200_000) == 200_000  # a long stderr: its end kept, nothing stuck
+    with pytest.raises(offload.ChildFailed, match="more than"):
+        offload.run_in_child(bytes, offload.CHILD_ANSWER_LIMIT + 1)
+    assert not _children()
+
+
 def test_a_child_dies_with_the_worker(tmp_path):
     """Killed outright, the worker leaves no import running behind it (its transaction rolls back)."""
     stand_in = subprocess.Popen([sys.executable, "-c", WORKER_STAND_IN], cwd=Path(offload.__file__).parents[2])
