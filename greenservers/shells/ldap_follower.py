@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 
 import gevent
 from gevent.event import Event
 
 from ..addressbook import AddressBook, ChangeReader
-from ..process.offload import freeze_the_built, no_full_collections
+from ..process.offload import freeze_the_built, no_full_collections, run_off_loop
 from ..proto import ldap as proto
 from .loop import serve_ready_then_continue
 
@@ -63,8 +63,9 @@ def _deleted_steps(directory: proto.Directory, ids: Iterable[int], present: dict
 class DirectoryFollower:
     """Keeps the Directory of one address book current (see the module's docstring): `current(base)`."""
 
-    def __init__(self, book: AddressBook, base: str, log):
+    def __init__(self, book: AddressBook, base: str, log, report: Callable[[DirectoryFollower, int, int], None] | None = None):
         self.book, self.base, self.log = book, base, log
+        self._report = report or (lambda follower, entries, pending: None)  # (entries, pending): the shell's sensors
         self.directory: proto.Directory | None = None
         self.applied = 0  # contacts added, changed or deleted since the directory was built
         self.catch_ups = 0  # times a search waited for a change it noticed to be applied
@@ -147,6 +148,7 @@ class DirectoryFollower:
         reader.changed()
         self._seq = reader.last_change()  # changes from here on are applied after the build
         directory = proto.Directory(base)
+        self._report(self, len(self.directory or ()), run_off_loop(len, self.book))  # count(*): milliseconds at 100,000
         with no_full_collections():  # a full collection would land in a slice
             self._run_steps(directory.merge_steps(self._each(reader)))
             old, self.directory, self.applied = self.directory, directory, 0
@@ -154,6 +156,7 @@ class DirectoryFollower:
                 retire(old)
                 del old
             freeze_the_built()
+        self._report(self, len(directory), 0)
         self._large = False
         self._caught_up.set()  # what the build read is applied
         self._built.set()
@@ -208,6 +211,7 @@ class DirectoryFollower:
         While a merge runs, changes of other contacts are applied between its slices. False: the
         directory must be built anew."""
         present: dict[int, None] = {}  # as `ids`: not tracked by the collector
+        self._report(self, len(directory), len(ids))
 
         def contacts():
             for page in _pages(ids):
@@ -246,6 +250,7 @@ class DirectoryFollower:
             self._put_or_delete(reader, directory, ids)
         self._run_steps(directory.tidy_steps())
         self.applied += len(ids)
+        self._report(self, len(directory), 0)
         return not rebuild
 
     def _put_or_delete(self, reader: ChangeReader, directory: proto.Directory, ids: dict[int, None]) -> None:
