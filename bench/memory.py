@@ -213,7 +213,7 @@ def import_until_applied(server, csv_path: Path, count: int, total: int) -> None
     try:
         deadline = time.monotonic() + 300
         while True:
-            sensors = {s["name"]: s["value"] for s in api("GET", "/api/sensors")}
+            sensors = {s["name"]: s["value"] for s in api("GET", "/api/sensors")["sensors"]}
             if sensors["ldap_directory_entries"] == total and sensors["ldap_directory_pending"] == 0:
                 return
             if time.monotonic() > deadline:
