@@ -208,8 +208,9 @@ class DirectoryFollower:
     def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: dict[int, None]) -> bool:
         """The contacts of `ids` as they are in the book now (absent: deleted) into the directory. Many
         (an import) are merged; a few are put one by one: either way the work is in proportion to them.
-        While a merge runs, changes of other contacts are applied between its slices. False: the
-        directory must be built anew."""
+        While a merge runs, and while the gram postings are tidied after it (117 ms after an import of
+        50,000 once the book had seen many changes), other changes are applied between the slices.
+        False: the directory must be built anew."""
         present: dict[int, None] = {}  # as `ids`: not tracked by the collector
         self._report(self, len(directory), len(ids))
 
@@ -219,36 +220,37 @@ class DirectoryFollower:
                     present[contact.id] = None
                     yield contact
 
-        rebuild = False
-        if len(ids) > max(256, len(directory) // 16):
-            later: dict[int, None] = {}
+        rebuild, merging = False, len(ids) > max(256, len(directory) // 16)
+        later: dict[int, None] = {}
 
-            def meanwhile() -> None:
-                nonlocal rebuild
-                if rebuild or not (reader.changed() or self._noticed):
-                    return
-                self._noticed = False
-                more = self._changed_ids(reader, directory)
-                if more is None:
-                    rebuild = True
-                    return
-                now = dict.fromkeys(i for i in more if i not in ids)
-                if len(now) > MEANWHILE:  # another import: after this one
-                    later.update(more)
-                    return
-                later.update(dict.fromkeys(i for i in more if i in ids))  # changed again: after the merge
-                self._put_or_delete(reader, directory, now)
-                self._caught_up.set()
+        def meanwhile() -> None:
+            nonlocal rebuild
+            if rebuild or not (reader.changed() or self._noticed):
+                return
+            self._noticed = False
+            more = self._changed_ids(reader, directory)
+            if more is None:
+                rebuild = True
+                return
+            now = dict.fromkeys(i for i in more if not (merging and i in ids))
+            if len(now) > MEANWHILE:  # another import: after this one
+                later.update(more)
+                return
+            later.update(dict.fromkeys(i for i in more if i not in now))  # contacts being merged, changed again: after it
+            self._put_or_delete(reader, directory, now)
+            self._caught_up.set()
 
+        if merging:
             with no_full_collections():  # a full collection would land in a slice
                 self._run_steps(directory.merge_steps(contacts()), meanwhile)
-                self._run_steps(_deleted_steps(directory, ids, present))
+                self._run_steps(_deleted_steps(directory, ids, present), meanwhile)
                 freeze_the_built()
-            if later and not rebuild:
-                rebuild = not self._apply(reader, directory, later)
+            merging = False
         else:
             self._put_or_delete(reader, directory, ids)
-        self._run_steps(directory.tidy_steps())
+        self._run_steps(directory.tidy_steps(), meanwhile)
+        if later and not rebuild:
+            rebuild = not self._apply(reader, directory, later)
         self.applied += len(ids)
         self._report(self, len(directory), 0)
         return not rebuild

@@ -371,15 +371,21 @@ class Grams:
 
     def tidy_steps(self, holds: Callable[[int, str], bool]) -> Iterator[None]:
         """Rebuild the postings listed as untidy without their stale ids (`holds(id, gram)`), a slice per step.
-        Nothing else changes them meanwhile (the caller's other changes wait)."""
+        Contacts may be changed between the steps: an id appended to a posting meanwhile is checked too (no
+        step ends between the last check and the posting's replacement)."""
         while self.untidy:
             gram = self.untidy.pop()
             posting = self.postings.get(gram)
             if posting is None:
                 continue
             kept: set[int] = set()
-            for start in range(0, len(posting), TIDY_STEP):
-                kept.update(i for i in posting[start:start + TIDY_STEP] if holds(i, gram))
+            start = 0
+            while True:
+                end = min(start + TIDY_STEP, len(posting))
+                kept.update(i for i in posting[start:end] if holds(i, gram))
+                start = end
+                if start >= len(posting):
+                    break
                 yield
             self.postings[gram] = array("i", sorted(kept))  # a new array: a search goes on over the old one
             self.stale.pop(gram, None)
