@@ -332,3 +332,21 @@ def test_contacts_changed_while_an_import_is_merged_end_as_if_changed_after_it(s
         flt = decoded(text)
         predicate = ldap.compile_filter(flt)
         assert set(found_dns(directory, flt)) == {e.dn for e in entries.values() if predicate(e)}, text
+
+
+def test_entries_are_framed_as_messages_whatever_their_length_and_message_id():
+    # answers of 100 to 400 bytes cross the one-byte (128) and two-byte (256) lengths; ids of one to four bytes
+    contacts = [Contact(i, "X", "n" * i, work="030 1234567") for i in range(1, 300, 7)]
+    directory = ldap.Directory(BASE, contacts)
+    selection = ldap.Selection.of(["cn", "sn", "telephoneNumber"], False)
+    selection.key = (("cn", "sn", "telephoneNumber"), False)
+    ids = [c.id for c in contacts]
+    entries = ldap.Entries(directory, [directory.base_entry])
+    for message_id in (1, 127, 128, 40000, 2**31 - 1):
+        expected = [ber.tlv(0x30, ber.integer(message_id) + entries.body(i, selection)) for i in [-1, *ids]]
+        for _ in range(2):  # answers made, then cached
+            encoded, count = ldap.encode_entries(message_id, selection, [-1, *ids], entries)
+            assert (encoded, count) == (b"".join(expected), len(expected))
+    directory.delete(ids[0])  # a contact gone since it was found is not sent
+    encoded, count = ldap.encode_entries(5, selection, ids[:2], entries)
+    assert (encoded, count) == (ber.tlv(0x30, ber.integer(5) + entries.body(ids[1], selection)), 1)

@@ -85,6 +85,7 @@ EMIT_STEP = 32  # entries encoded between two yields
 
 
 _DONE: dict[int, bytes] = {}  # SearchResultDone (without a diagnostic) by result code
+_NO_ANSWERS: dict[int, bytes] = {}
 _ENDED = object()  # what next() gives when a search's steps have ended
 
 
@@ -194,6 +195,10 @@ class Entries:
             return min(values) if values else None
         return self.directory.folded(i, key)
 
+    def cached(self, selection: Selection) -> dict[int, bytes]:
+        """The directory's cached answers for `selection` by contact id (those it has now; ids of `first` are not in it)."""
+        return self.directory.answers.get(selection.key, _NO_ANSWERS)
+
     def body(self, i: int, selection: Selection) -> bytes | None:
         """The SearchResultEntry of an id for `selection`, None if the contact is gone."""
         if i >= 0:
@@ -291,16 +296,26 @@ def sort_steps(ids: array, keys: list[tuple[str, bool]], entries: Entries, resul
     result[:] = ordered
 
 
+_SEQUENCE_HEADS = [bytes((0x30, n)) for n in range(128)] + [bytes((0x30, 0x81, n)) for n in range(128, 256)]
+
+
 def encode_entries(message_id: int, selection: Selection, ids: Iterable[int], entries: Entries) -> tuple[bytes, int]:
-    """SearchResultEntry messages of `ids` (those still there), and how many."""
+    """SearchResultEntry messages of `ids` (those still there), and how many: joined once, the answers the
+    directory has cached taken without a call per entry, a message's header from a table when it is short."""
     head = ber.integer(message_id)
-    tlv = ber.tlv
-    chunks = []
+    extra = len(head)
+    heads = _SEQUENCE_HEADS
+    cached, body_of = entries.cached(selection).get, entries.body
+    parts: list[bytes] = []
     for i in ids:
-        body = entries.body(i, selection)
-        if body is not None:
-            chunks.append(tlv(0x30, head + body))
-    return b"".join(chunks), len(chunks)
+        body = cached(i)
+        if body is None:
+            body = body_of(i, selection)
+            if body is None:
+                continue
+        size = extra + len(body)
+        parts += (heads[size] if size < 256 else b"\x30" + ber.encode_length(size)), head, body
+    return b"".join(parts), len(parts) // 3
 
 
 class Searches:
