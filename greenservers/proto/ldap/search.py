@@ -18,6 +18,7 @@ import heapq
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from .. import ber
 from .codes import (
@@ -242,26 +243,28 @@ def find_entries(directory: Directory, first: list[Entry], contacts: bool, flt, 
     if ids is None:
         ids, exact, seen = directory.scan(), False, None
     blobs, version = directory.blobs, directory.version
-    countdown = stride
-    for i in ids:
-        countdown -= 1
-        if countdown <= 0:
-            countdown = stride
-            yield
-        if seen is not None:
-            if i in seen:
+    ids = iter(ids)
+    while True:
+        # a slice of candidates at a time (no more than the limit still wants: a lazy lookup checks each it gives)
+        wanted = stride if limit is None else min(stride, limit - len(found))
+        chunk = list(islice(ids, wanted))
+        verify = not (exact and directory.version == version)  # nothing changes the directory within a slice
+        for i in chunk:
+            if seen is not None:
+                if i in seen:
+                    continue
+                seen.add(i)
+            if i not in blobs:  # deleted since the lookup began
                 continue
-            seen.add(i)
-        if i not in blobs:  # deleted since the lookup began
-            continue
-        if not (exact and directory.version == version):
-            if predicate is None:
-                predicate = directory.predicate(flt)
-            if not predicate(i):
-                continue
-        found.append(i)
-        if limit is not None and len(found) >= limit:
+            if verify:
+                if predicate is None:
+                    predicate = directory.predicate(flt)
+                if not predicate(i):
+                    continue
+            found.append(i)
+        if len(chunk) < wanted or (limit is not None and len(found) >= limit):
             return
+        yield
 
 
 def sort_steps(ids: array, keys: list[tuple[str, bool]], entries: Entries, result: array) -> Iterator[bool]:
