@@ -294,9 +294,19 @@ def test_a_piece_of_four_or_more_characters_is_looked_up_by_its_rarest_four_gram
         candidates, size = directory.grams["sn"].candidates(piece)
         assert set(candidates) == holders and size == len(holders)
         assert len(found_dns(directory, decoded(f"(sn=*{piece}*)"))) == len(holders)
+    grams = directory.grams["sn"]
+    assert grams.exact("mano") and grams.exact("man") and not grams.exact("manol") and not grams.exact("ma")
     directory.put(Contact(1, "X", "Zimanul"))  # a changed value: its old grams' postings keep a stale id, checked away
+    assert not grams.exact("mano") and not grams.exact("man") and grams.exact("manu")
     assert found_dns(directory, decoded("(sn=*imanol*)")) == []
+    assert found_dns(directory, decoded("(sn=*mano*)")) == ["cn=X Manolo0,dc=pbx", "cn=X Manolo1,dc=pbx", "cn=X Manolo2,dc=pbx"]
     assert found_dns(directory, decoded("(sn=*manu*)")) == ["cn=X Zimanul,dc=pbx"]
+    directory.delete(54)  # a deleted contact: its grams' postings keep a stale id too
+    assert not grams.exact("olo")
+    assert found_dns(directory, decoded("(sn=*olo*)")) == ["cn=X Manolo0,dc=pbx", "cn=X Manolo1,dc=pbx"]
+    for _ in directory.tidy_steps():
+        pass
+    assert grams.exact("olo") and found_dns(directory, decoded("(sn=*olo*)")) == ["cn=X Manolo0,dc=pbx", "cn=X Manolo1,dc=pbx"]
 
 
 @settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -512,8 +512,11 @@ class Directory:
         piece = max(pieces, key=len) if pieces else ""
         if len(piece) < 2 or key not in self.grams:
             return None, False, 0
-        ids, size = self.grams[key].candidates(piece)
-        if len(pieces) == 1 and not final:  # "*typed*": checked here, in the blob's bytes, which makes the lookup exact
+        grams = self.grams[key]
+        ids, size = grams.candidates(piece)
+        if len(pieces) == 1 and not final:  # "*typed*": exact as it is (a gram's posting), or checked here in the blob's bytes
+            if grams.exact(piece):
+                return iter(ids), True, size
             contains = BlobAccess(self).contains(key, piece)
             return (i for i in ids if contains(i)), True, size
         return iter(ids), False, size

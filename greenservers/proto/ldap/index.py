@@ -403,6 +403,11 @@ class Grams:
             self.stale.pop(gram, None)
             yield
 
+    def exact(self, piece: str) -> bool:
+        """Whether candidates(piece) are exactly the ids that hold `piece` now: a piece of 3 or 4 characters is a
+        gram, and its own posting holds no stale id (each id once, no change or delete since it was built or tidied)."""
+        return 3 <= len(piece) <= 4 and not self.stale.get(piece)
+
     def candidates(self, piece: str) -> tuple[Iterable[int], int]:
         """Ids that may hold `piece` (2 or more characters), and about how many."""
         if len(piece) >= 3:
