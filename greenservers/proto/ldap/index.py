@@ -191,8 +191,10 @@ class SortedKeys:
                     return iter(())
                 text, offsets, ids = blocks[b]
                 j = 0
-        k = run_end(text, offsets, len(ids), j, needle)
-        if k < len(ids) or b + 1 == len(blocks) or not blocks[b + 1][0].startswith(needle):
+        n = len(ids)
+        # an exact lookup's one id ends its run without a call
+        k = j + 1 if j + 1 < n and not text.startswith(needle, offsets[j + 1]) else run_end(text, offsets, n, j, needle)
+        if k < n or b + 1 == len(blocks) or not blocks[b + 1][0].startswith(needle):
             return iter(ids[j:k])
         run = self._run(self.hold()[1], b + 1, needle)
         first = next(run)  # its try entered: its finally lets the lists go however the run ends
