@@ -12,7 +12,8 @@ indexes hold no Python object per value:
   (`national_form`, prefix in either form) and, reversed, by their digits
   from the end (a number's equality by its last TAIL characters, "*4711").
 - `Grams` per name attribute: array('i') postings of 3- and 4-grams, append-only between
-  compactions (a stale id costs one check against the current value).
+  compactions (a stale id costs one check against the current value; "*typed*" of 3 or 4
+  characters is its gram's posting as it is while that holds no stale id).
 - `order`: every id, ascending (what a scan walks).
 - a bounded cache of encoded answers per attribute selection (`answer`).
 
