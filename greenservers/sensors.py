@@ -218,6 +218,10 @@ DECLARED: tuple[Sensor, ...] = (
            "LDAP connections closed because their client read nothing of what it was sent for 10 s."),
     Sensor("ldap_paged_searches_open", 56, G,
            "Unfinished LDAP paged searches whose results are kept for their next page, all connections together."),
+    Sensor("ldap_directory_entries", 57, G, "Contacts in the LDAP directory the phones search (the address book as it has applied it)."),
+    Sensor("ldap_directory_pending", 58, G,
+           "Contacts of the address book the LDAP directory is applying now (an import being merged; every contact while it "
+           "is built); 0 when it is current."),
     # SNMP
     Sensor("snmp_requests_answered", 50, C, "SNMP requests answered."),
     Sensor("snmp_rejected_address", 51, C, "SNMP requests dropped: source not in snmp_trusted."),

@@ -94,6 +94,9 @@ class ImportRejected(ValueError):
         more = f" (and {self.total - 1} more)" if self.total > 1 else ""
         super().__init__(f"row {first['row']}, {first['field'] or 'row'}: {first['message']}{more}")
 
+    def __reduce__(self):  # pickled as it was made (an import's child process sends it to the worker)
+        return type(self), (self.errors, self.total)
+
 
 # -- searching -------------------------------------------------------------------
 

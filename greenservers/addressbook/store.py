@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..config.private import ensure_private_file, make_private_dir
-from ..process.offload import build_off_loop, run_off_loop
+from ..process.offload import run_in_child, run_off_loop
 from .csv import csv_body, csv_rows, to_csv
 from .model import FIELDS, MAX_CONTACTS, MAX_SEARCH_LENGTH, Contact, ContactError, ContactNotFound, ImportRejected, validate
 
@@ -135,7 +135,8 @@ class AddressBook:
         every contact when `q` is empty. Searched in the book's search index (search.py), off the event loop."""
         q = (q or "").strip()[:MAX_SEARCH_LENGTH]
         if not q:
-            return self.page(offset, limit), run_off_loop(len, self)  # count(*) reads every row: 100,000 take ms
+            # off the loop: a page of 1,000 held it 7.6 ms (all 100,000: most of a second); count(*) reads every row
+            return run_off_loop(self.page, offset, limit), run_off_loop(len, self)
         return run_off_loop(self._find, q, offset, limit)
 
     def _find(self, q: str, offset: int, limit: int | None) -> tuple[list[Contact], int]:
@@ -151,10 +152,10 @@ class AddressBook:
         return "".join(self.export_chunks())
 
     def export_chunks(self) -> Iterator[str]:
-        """The CSV export, a page of contacts per chunk (each encoded off the event loop)."""
+        """The CSV export, a page of contacts per chunk (each read and encoded off the event loop: a page read on it held it 7 ms)."""
         yield to_csv(())
         after = 0
-        while page := self.after(after, PAGE):
+        while page := run_off_loop(self.after, after, PAGE):
             yield run_off_loop(csv_body, page)
             after = page[-1].id
 
@@ -216,35 +217,13 @@ class AddressBook:
 
         With `replace`, the imported rows replace the whole address book. Raises
         ImportRejected (nothing changed) listing the problems by row and field.
-        Rows are validated as they are inserted (none is kept in memory), off the
-        event loop and on a connection of the import's own: readers go on meanwhile,
-        other writers wait for the commit.
+        Rows are validated as they are inserted (none is kept in memory), on a
+        connection of the import's own, in a child process in the worker (seconds
+        of CPU: see process/offload.py): readers go on meanwhile, other writers
+        wait for the commit.
         """
-        count = build_off_loop(self._import, text, replace)
+        count = run_in_child(import_rows, self.path, text, replace)
         self._notify()
-        return count
-
-    def _import(self, text: str, replace: bool) -> int:
-        db = _connect(self.path)
-        try:
-            with _Transaction(db):
-                kept = 0 if replace else db.execute("SELECT count(*) FROM contacts").fetchone()[0]
-                if replace:
-                    db.execute("DELETE FROM contacts")
-                count = 0
-
-                def rows():
-                    nonlocal count
-                    for row in csv_rows(text):
-                        count += 1
-                        yield [row[f] for f in FIELDS]
-                db.executemany(_INSERT, rows())
-                if kept + count > MAX_CONTACTS:
-                    message = f"the address book would hold {kept + count} contacts; the limit is {MAX_CONTACTS}"
-                    raise ImportRejected([{"row": 0, "field": "", "message": message}])
-                _prune_log(db)
-        finally:
-            db.close()
         return count
 
     def subscribe(self, callback: Callable[[], None]) -> None:
@@ -284,6 +263,31 @@ class AddressBook:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
             db.close()
+
+
+def import_rows(path: Path, text: str, replace: bool) -> int:
+    """AddressBook.import_csv's work, on a connection of its own (in the worker's child process): the count imported."""
+    db = _connect(path)
+    try:
+        with _Transaction(db):
+            kept = 0 if replace else db.execute("SELECT count(*) FROM contacts").fetchone()[0]
+            if replace:
+                db.execute("DELETE FROM contacts")
+            count = 0
+
+            def rows():
+                nonlocal count
+                for row in csv_rows(text):
+                    count += 1
+                    yield [row[f] for f in FIELDS]
+            db.executemany(_INSERT, rows())
+            if kept + count > MAX_CONTACTS:
+                message = f"the address book would hold {kept + count} contacts; the limit is {MAX_CONTACTS}"
+                raise ImportRejected([{"row": 0, "field": "", "message": message}])
+            _prune_log(db)
+    finally:
+        db.close()
+    return count
 
 
 def _prune_log(db: sqlite3.Connection) -> None:

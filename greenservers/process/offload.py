@@ -1,23 +1,21 @@
-"""Runs CPU-heavy work off the event loop: storing an address-book import or a single change, the export, the admin search,
-the JSON list and the page of a large book; scrypt; an RSA key. And keeps the cyclic collector's costly
-collections out of work that makes many objects, in a thread or on the loop.
+"""Runs CPU-heavy work off the event loop: a single change to the address book, the export, the admin search,
+the JSON list and the page of a large book; scrypt; an RSA key; an address-book import in a child process. And
+keeps the cyclic collector's costly collections out of work that makes many objects on the loop.
 
-In the gevent worker such work goes to a thread of the hub's pool, so the
-other services keep answering while it runs. A thread alone is not enough:
+In the gevent worker such work goes to a thread of the hub's pool
+(`run_off_loop`), so the other services keep answering while it runs. It
+holds the GIL in 5 ms slices by default, and the event loop waits a slice
+each time it releases the GIL for a system call, so every other request
+slowed down by tens of milliseconds; 0.5 ms slices while the work runs keep
+their latency low.
 
-- it holds the GIL in 5 ms slices by default, and the event loop waits a
-  slice each time it releases the GIL for a system call, so every other
-  request slowed down by tens of milliseconds; 0.5 ms slices while the work
-  runs keep their latency low;
-- work that makes many objects (`build_off_loop`: an import) met full
-  collections of the cyclic garbage collector, each holding the GIL for up to
-  170 ms (a dozen while a 100,000-contact index was built in a thread, before
-  the LDAP directory was changed in place on the loop). Full collections are
-  off while it runs (`no_full_collections`); young ones go on: with the
-  collector off altogether, the garbage every greenlet of the loop made
-  meanwhile waited for one young collection as the import ended (4.5 ms with
-  the loop held in the worker, 8.6 ms for 42,000 objects in a test). Lighter
-  work (an export, a page) leaves the collector alone.
+An import is seconds of CPU (50,000 contacts: about 2.5 s). In a thread, even
+with short slices, the loop's thread waited for the GIL and for a core while
+the import's thread held them: the other services' p99 read 13-31 ms during
+it. It runs in a child process instead (`run_in_child`, greenservers/process/child.py),
+of lower priority (CHILD_NICENESS): no GIL is shared, and the kernel gives the
+loop's thread a core first. The child is killed if the worker dies, and
+after CHILD_TIMEOUT.
 
 On the loop, while the LDAP directory is built or an import is merged into it
 (in slices), the collector's full collections landed in the slices: each
@@ -38,19 +36,25 @@ moved to the oldest generation since the last one exceed a quarter of those
 it kept then, and a freeze does not reset that count, so the objects of a
 merge, though frozen, made a full collection due as soon as the threshold allowed.
 
-Outside the gevent worker (the CLI, tests of the web app) the work simply runs.
-"""
+Outside the gevent worker (the CLI, tests of the web app) the work simply runs."""
 
 from __future__ import annotations
 
 import gc
+import logging
+import os
+import pickle
+import signal
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import gevent
 from gevent import monkey
 
 from ..shells.loop import serve_ready_then_continue
+
+log = logging.getLogger("greenservers.offload")
 
 SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
 
@@ -63,6 +67,13 @@ _middle_threshold = 10
 _full_threshold = 10
 NEVER = 2**31 - 1  # a threshold of full collections that is never reached
 MERGE_MIDDLE = 3  # young collections between two of the middle generation while a merge runs (CPython's: 10)
+CHILD_NICENESS = 10  # added to the worker's: the child gets a core when the loop's thread does not want it
+CHILD_TIMEOUT = 600.0  # seconds a child may run (an import of the largest book allowed: about 10 s)
+CHILDREN = 1  # children at once; more wait their turn (imports wait for each other's commit anyway)
+CHILD_ANSWER_LIMIT = 1 << 20  # bytes of a child's pickled answer (an import's: a count, or the problems it reports)
+CHILD_ERRORS_KEPT = 1 << 16  # bytes of a child's standard error read (its last line is logged if it fails)
+_child_slots = None  # a gevent Semaphore(CHILDREN), made in the worker on first use
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # where the child finds the greenservers package
 
 
 def _in_the_worker() -> bool:
@@ -139,7 +150,104 @@ def run_off_loop(function, *args):
             sys.setswitchinterval(_saved_interval)
 
 
-def build_off_loop(function, *args):
-    """The same, for work that makes many objects (an import): no full collection meanwhile."""
-    with no_full_collections():
-        return run_off_loop(function, *args)
+class ChildFailed(RuntimeError):
+    """A child process ended without an answer (killed, crashed, or past CHILD_TIMEOUT)."""
+
+
+def run_in_child(function, *args):
+    """function(*args) in a child process of lower priority if this is the gevent worker (the caller's greenlet
+    waits; the loop goes on), else here. `function` is named by its module and name (a module's top level);
+    its arguments, result and exception travel pickled. Raises what it raised, or ChildFailed."""
+    if not _in_the_worker():
+        return function(*args)
+    global _child_slots
+    if _child_slots is None:
+        from gevent.lock import Semaphore
+
+        _child_slots = Semaphore(CHILDREN)
+    with _child_slots:
+        # pickled in a thread: 2.5 MB of CSV take 2 ms
+        request = run_off_loop(pickle.dumps, (function.__module__, function.__qualname__, args, os.getpid(), CHILD_NICENESS),
+                               pickle.HIGHEST_PROTOCOL)
+        succeeded, value = _ask_child(function.__qualname__, request)
+    if succeeded:
+        return value
+    raise value
+
+
+def _ask_child(what: str, request: bytes) -> tuple[bool, object]:
+    """Start the child with posix_spawn (vfork and exec: gevent's Popen forks the whole worker first, 12-40 ms
+    with the loop held at 150 MB), hand it `request`, read its answer; it is ended and reaped whatever happens."""
+    from gevent import os as gevent_os
+
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (_PROJECT_ROOT, os.environ.get("PYTHONPATH")))))
+    to_child, request_end = os.pipe()
+    answer_end, from_child = os.pipe()
+    errors_end, errors_from_child = os.pipe()
+    try:
+        pid = gevent_os.posix_spawn(sys.executable, [sys.executable, "-m", "greenservers.process.child"], environment,
+                                    file_actions=[(os.POSIX_SPAWN_DUP2, to_child, 0), (os.POSIX_SPAWN_DUP2, from_child, 1),
+                                                  (os.POSIX_SPAWN_DUP2, errors_from_child, 2)])
+    except BaseException:
+        for fd in (request_end, answer_end, errors_end):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (to_child, from_child, errors_from_child):
+            os.close(fd)
+    for fd in (request_end, answer_end, errors_end):
+        gevent_os.make_nonblocking(fd)
+    feeding = gevent.spawn(_write_all, request_end, request)
+    reading_errors = gevent.spawn(_read_all, errors_end, CHILD_ERRORS_KEPT, True)
+    exit_code = None
+    try:
+        with gevent.Timeout(CHILD_TIMEOUT, False):
+            answer = _read_all(answer_end, CHILD_ANSWER_LIMIT)
+            feeding.get()
+            errors = reading_errors.get()
+            exit_code = os.waitstatus_to_exitcode(gevent_os.waitpid(pid, 0)[1])
+        if exit_code is None:
+            raise ChildFailed(f"{what} did not end within {CHILD_TIMEOUT:.0f} s; it was stopped")
+    finally:
+        feeding.kill()
+        reading_errors.kill()
+        if exit_code is None:  # past its time, or the waiting greenlet was killed: the child goes too
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            gevent_os.waitpid(pid, 0)
+    if exit_code != 0 or not answer:
+        last = errors.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+        log.error("child process for %s ended with code %s: %s", what, exit_code, last[0][:300])
+        raise ChildFailed(f"{what} ended without an answer (code {exit_code})")
+    return pickle.loads(answer)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    from gevent import os as gevent_os
+
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[gevent_os.nb_write(fd, view[:65536]):]
+    except BrokenPipeError:  # the child ended before it read everything: its exit code tells why
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int, limit: int, keep_the_end: bool = False) -> bytes:
+    """What the child writes to `fd` until it closes it. Past `limit` bytes: ChildFailed, or with
+    `keep_the_end`, the last `limit` bytes (a long traceback's end)."""
+    from gevent import os as gevent_os
+
+    try:
+        kept = bytearray()
+        while chunk := gevent_os.nb_read(fd, 65536):
+            kept += chunk
+            if len(kept) > limit:
+                if not keep_the_end:
+                    raise ChildFailed(f"the child wrote more than {limit} bytes")
+                del kept[:-limit]
+        return bytes(kept)
+    finally:
+        os.close(fd)

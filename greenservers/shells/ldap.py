@@ -240,9 +240,15 @@ class LdapService(Service):
             book = addressbook_for(self.runtime)
             follower = self._followers.get(book)
             if follower is None:
-                follower = self._followers[book] = DirectoryFollower(book, settings.ldap_base, self.log)
+                follower = self._followers[book] = DirectoryFollower(book, settings.ldap_base, self.log, self._directory_state)
             self._follower_of = cached = (settings, follower)
         return cached[1]
+
+    def _directory_state(self, follower: DirectoryFollower, entries: int, pending: int) -> None:
+        """A follower's report: the sensors show the current book's (a former data_dir's follower may still run)."""
+        if self._follower_of is None or self._follower_of[1] is follower:
+            self.runtime.sensors.set("ldap_directory_entries", entries)
+            self.runtime.sensors.set("ldap_directory_pending", pending)
 
     def directory(self, base: str) -> proto.Directory:
         follower = self.follower()

@@ -417,10 +417,17 @@ def test_a_search_that_notices_a_change_waits_until_it_is_applied_even_on_a_busy
 
 
 def test_a_search_does_not_wait_for_an_import_to_be_merged(served, monkeypatch):
-    """While an import's merge is held back, a search that notices it answers from the directory as it was."""
+    """While an import's merge is held back, a search that notices it answers from the directory as it was;
+    the sensors say how many contacts the directory holds and how many it is applying."""
     service, runtime, start = served
     port = start()
     assert _found(port, "(sn=imported*)") == []
+
+    def directory_sensors():
+        gevent.sleep(0.01)  # the follower runs meanwhile (the probe's wait is not gevent's here)
+        return runtime.sensors.value("ldap_directory_entries"), runtime.sensors.value("ldap_directory_pending")
+
+    assert directory_sensors() == (1, 0)
     release = Event()
     merge_steps = ldap.Directory.merge_steps
 
@@ -436,9 +443,11 @@ def test_a_search_does_not_wait_for_an_import_to_be_merged(served, monkeypatch):
         finally:
             other.close()
         assert _found(port, "(sn=imported*)") == []  # answered while the merge waits (the client's timeout is 5 s)
+        eventually(lambda: directory_sensors() == (1, 300))
     finally:
         release.set()
     eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=imported*)")) == 300)
+    eventually(lambda: directory_sensors() == (301, 0))
 
 
 def test_a_search_does_not_wait_for_a_change_the_follower_failed_to_apply(served, monkeypatch, caplog):

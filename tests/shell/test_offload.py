@@ -1,18 +1,25 @@
-"""Heavy work off the event loop: the thread, the interpreter settings while it runs and after;
-and work kept on the loop in slices: the address book's index sorted in slices, a replaced index freed in steps."""
+"""Heavy work off the event loop: the thread, the interpreter settings while it runs and after; the child
+process (an import) and what comes back from it; and work kept on the loop in slices: the address book's
+index sorted in slices, a replaced index freed in steps."""
 
 from __future__ import annotations
 
 import gc
+import operator
+import os
 import random
+import signal
+import subprocess
 import sys
 import time
 from array import array
+from pathlib import Path
 
 import gevent
 import pytest
+from support.wait import eventually
 
-from greenservers.addressbook import Contact
+from greenservers.addressbook import AddressBook, Contact, ImportRejected
 from greenservers.process import offload
 from greenservers.proto import ldap
 from greenservers.proto.ldap import index
@@ -47,33 +54,21 @@ def test_in_the_worker_it_runs_in_a_pool_thread_with_short_gil_slices(as_in_the_
 
     thread, collecting, thresholds, interval = offload.run_off_loop(observe)
     assert thread != threading.get_ident() and collecting and thresholds == before and interval == offload.SWITCH_INTERVAL
-    # millions of objects: without full collections; young ones go on (the loop's garbage meanwhile too)
-    thread, collecting, thresholds, interval = offload.build_off_loop(observe)
-    assert thread != threading.get_ident() and collecting and thresholds[2] == offload.NEVER
-    assert interval == offload.SWITCH_INTERVAL and gc.get_threshold() == before
+    assert gc.get_threshold() == before and sys.getswitchinterval() != offload.SWITCH_INTERVAL
 
 
-def test_overlapping_work_restores_the_settings_once_the_last_ends(as_in_the_worker):
-    seen = []
-
+def test_overlapping_work_restores_the_switch_interval_once_the_last_ends(as_in_the_worker):
     def work(seconds):
         time.sleep(seconds)  # in the pool thread: the hub goes on meanwhile
-        return gc.get_threshold()[2], sys.getswitchinterval()
+        return sys.getswitchinterval()
 
-    full = gc.get_threshold()[2]
-    building = gevent.spawn(offload.build_off_loop, work, 0.3)
-    light = gevent.spawn(offload.run_off_loop, work, 0.05)
-    light.join()
-    seen.append((gc.get_threshold()[2], sys.getswitchinterval()))  # the build is still running
-    building.join()
-    assert seen == [(offload.NEVER, offload.SWITCH_INTERVAL)]
-    assert building.value == light.value == (offload.NEVER, offload.SWITCH_INTERVAL)
-    light = gevent.spawn(offload.run_off_loop, work, 0.3)
-    building = gevent.spawn(offload.build_off_loop, work, 0.05)
-    building.join()
-    seen.append((gc.get_threshold()[2], sys.getswitchinterval()))  # the build is over, the light work is not
-    light.join()
-    assert seen[1] == (full, offload.SWITCH_INTERVAL)
+    before = sys.getswitchinterval()
+    long = gevent.spawn(offload.run_off_loop, work, 0.3)
+    short = gevent.spawn(offload.run_off_loop, work, 0.05)
+    short.join()
+    during = sys.getswitchinterval()  # the long one is still running
+    long.join()
+    assert during == long.value == short.value == offload.SWITCH_INTERVAL and sys.getswitchinterval() == before
 
 
 def test_what_was_loaded_is_frozen_what_comes_later_is_collected_and_a_build_keeps_it_so(as_in_the_worker):
@@ -84,9 +79,9 @@ def test_what_was_loaded_is_frozen_what_comes_later_is_collected_and_a_build_kee
     try:
         offload.freeze_the_loaded()
         later = Node()
-        offload.build_off_loop(lambda: [Node() for _ in range(100)])
+        made = [Node() for _ in range(100)]
         tracked = {id(o) for o in gc.get_objects()}  # what a full collection scans
-        assert id(loaded) not in tracked and id(later) in tracked and gc.get_freeze_count() > 0
+        assert id(loaded) not in tracked and id(later) in tracked and id(made[0]) in tracked and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()  # the other tests' process as it was
 
@@ -125,10 +120,9 @@ def test_outside_the_worker_the_collector_is_left_alone():
         assert gc.get_threshold() == before
 
 
-@pytest.mark.parametrize("kind", ["run_off_loop", "build_off_loop"])
-def test_an_error_in_the_work_is_raised_and_the_settings_restored(as_in_the_worker, kind):
+def test_an_error_in_the_work_is_raised_and_the_settings_restored(as_in_the_worker):
     with pytest.raises(ZeroDivisionError):
-        getattr(offload, kind)(lambda: 1 / 0)
+        offload.run_off_loop(lambda: 1 / 0)
 
 
 @pytest.mark.parametrize("size", [0, 1, index.SORT_STEP, index.SORT_STEP + 1, 5 * index.SORT_STEP + 17])
@@ -224,3 +218,109 @@ def test_a_single_change_through_the_api_writes_the_store_in_a_pool_thread(as_in
     finally:
         book._db.set_trace_callback(None)
         book.close()
+
+
+# -- the child process (an import) ---------------------------------------------------
+
+
+def _children() -> set[int]:
+    """This process's child processes now."""
+    found = set()
+    for task in Path("/proc/self/task").iterdir():
+        found.update(int(pid) for pid in (task / "children").read_text().split())
+    return found
+
+
+def test_in_the_worker_the_child_runs_apart_at_lower_priority_while_the_loop_goes_on(as_in_the_worker):
+    ticks = []
+    ticking = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(1000)])
+    try:
+        assert offload.run_in_child(os.getpid) != os.getpid()
+        assert offload.run_in_child(os.nice, 0) == os.nice(0) + offload.CHILD_NICENESS
+        started = len(ticks)
+        assert offload.run_in_child(time.sleep, 0.3) is None
+        assert len(ticks) - started >= 5  # the hub went on while the child slept
+    finally:
+        ticking.kill()
+    assert not _children()
+
+
+def test_children_run_one_at_a_time_the_others_wait_their_turn(as_in_the_worker):
+    at_once = []
+    imports = [gevent.spawn(offload.run_in_child, time.sleep, 0.3) for _ in range(3)]
+    while not all(i.ready() for i in imports):
+        at_once.append(len(_children()))
+        gevent.sleep(0.01)
+    assert all(i.successful() for i in imports)
+    assert max(at_once) == offload.CHILDREN == 1
+
+
+def test_outside_the_worker_the_child_work_runs_here():
+    assert offload.run_in_child(os.getpid) == os.getpid()
+
+
+def test_what_the_child_raises_is_raised_here_as_it_was(as_in_the_worker, tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        offload.run_in_child(operator.truediv, 1, 0)
+    book = AddressBook(tmp_path / "book.sqlite3")
+    try:
+        csv = "first_name,last_name,work\nAnn,Lee,+49 30 1\nBo,,not a number\n"
+        with pytest.raises(ImportRejected) as rejected:
+            book.import_csv(csv)  # through the child: the worker's way
+        assert rejected.value.errors and rejected.value.errors[0]["row"] == 3 and rejected.value.total == 1
+        assert len(book) == 0  # nothing half-written
+        assert book.import_csv("first_name,last_name,work\nAnn,Lee,+49 30 1\n") == 1
+        assert [c.last_name for c in book.contacts()] == ["Lee"]
+    finally:
+        book.close()
+
+
+def test_a_child_that_dies_or_overstays_is_a_clear_error_and_leaves_no_process(as_in_the_worker, monkeypatch):
+    with pytest.raises(offload.ChildFailed, match=r"_exit ended without an answer \(code 3\)"):
+        offload.run_in_child(os._exit, 3)
+    monkeypatch.setattr(offload, "CHILD_TIMEOUT", 0.5)
+    with pytest.raises(offload.ChildFailed, match="did not end within"):
+        offload.run_in_child(time.sleep, 60)
+    assert not _children()
+
+
+def test_a_child_has_no_descriptor_of_the_worker_and_its_output_is_bounded(as_in_the_worker):
+    inheritable = os.dup2(sys.stdout.fileno(), 200, inheritable=True)  # as a socket a library left inheritable
+    try:
+        assert "200" not in offload.run_in_child(os.listdir, "/proc/self/fd")
+    finally:
+        os.close(inheritable)
+    assert offload.run_in_child(os.write, 2, b"x" * 200_000) == 200_000  # a long stderr: its end kept, nothing stuck
+    with pytest.raises(offload.ChildFailed, match="more than"):
+        offload.run_in_child(bytes, offload.CHILD_ANSWER_LIMIT + 1)
+    assert not _children()
+
+
+def test_a_child_dies_with_the_worker(tmp_path):
+    """Killed outright, the worker leaves no import running behind it (its transaction rolls back)."""
+    stand_in = subprocess.Popen([sys.executable, "-c", WORKER_STAND_IN], cwd=Path(offload.__file__).parents[2])
+    try:
+        child = eventually(lambda: next(iter(_children_of(stand_in.pid)), None), timeout=60)
+        os.kill(stand_in.pid, signal.SIGKILL)
+        stand_in.wait(10)
+        eventually(lambda: not Path(f"/proc/{child}").exists() or _state(child) == "Z", timeout=30)
+    finally:
+        if stand_in.poll() is None:
+            stand_in.kill()
+            stand_in.wait()
+
+
+WORKER_STAND_IN = """
+import time
+from greenservers.process import offload
+offload.monkey.is_module_patched = lambda name: name == "threading"
+offload.run_in_child(time.sleep, 120)
+"""
+
+
+def _children_of(pid: int) -> list[int]:
+    return [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

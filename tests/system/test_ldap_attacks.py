@@ -21,6 +21,7 @@ import pytest
 import requests
 from support import ldap_service, ldap_wire as w
 from support.ldap import connection_from, read_until_done
+from support.wait import eventually
 
 from greenservers.proto import ber, ldap
 
@@ -56,14 +57,8 @@ def sensors(svc) -> dict[str, int]:
 
 
 def wait_for(condition, what: str, timeout: float = 30.0):
-    """Poll `condition` (bounded by `timeout`) until it returns a true value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"not reached: {what}")
+    """`condition()`'s first true value within `timeout` seconds (the suite's one way to wait)."""
+    return eventually(condition, timeout, what=what)
 
 
 def assert_still_answering(svc) -> None:

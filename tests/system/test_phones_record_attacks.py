@@ -104,7 +104,9 @@ def test_forged_tftp_requests_add_only_the_shared_rates_worth_and_are_shown_as_s
             if i % 50 == 49:
                 time.sleep(0.01)  # as fast as the service's per-source allowance lets most of them in
         eventually(lambda: [p for p in phones(svc) if p["address"].startswith("127.0.9.")], 10, what="a forged phone recorded")
-        time.sleep(0.5)  # what is still on its way in
+        # a barrier, not a pause: the listener reads its datagrams in order and this phone's fetch takes several
+        # round trips, so every forged request sent before it has been read and handled once it ends
+        fetch_over_tftp(svc, "001565abcdef.boot", "127.0.0.12")
     finally:
         for sock in socks:
             sock.close()

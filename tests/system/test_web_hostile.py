@@ -127,6 +127,12 @@ def test_the_readme_scripts_keep_working(admin, tmp_path):
     assert code == 200 and json.loads(body)["imported"] == 2, body
     code, body = admin("GET", "/api/addressbook/export")
     assert code == 200 and "Müller" in body
+    # a refused import (stored in the worker's child process): each problem by row and field, nothing kept
+    code, body = admin("POST", "/api/addressbook/import", "-H", "Content-Type: text/csv",
+                       "--data-binary", "last_name,work\nZora,+49 1\nYann,no number\n")
+    refused = json.loads(body)
+    assert code == 400 and refused["total_errors"] == 1 and refused["errors"][0]["row"] == 3, body
+    assert refused["errors"][0]["field"] == "work" and "Zora" not in admin("GET", "/api/addressbook/export")[1]
     code, body = admin("GET", "/api/addressbook?q=0049%2030%201234")
     assert code == 200 and [c["last_name"] for c in json.loads(body)] == ["Müller"]
     # a charset parameter, and a browser's headers when they say this very origin

@@ -391,15 +391,21 @@ class Grams:
 
     def tidy_steps(self, holds: Callable[[int, str], bool]) -> Iterator[None]:
         """Rebuild the postings listed as untidy without their stale ids (`holds(id, gram)`), a slice per step.
-        Nothing else changes them meanwhile (the caller's other changes wait)."""
+        Contacts may be changed between the steps: an id appended to a posting meanwhile is checked too (no
+        step ends between the last check and the posting's replacement)."""
         while self.untidy:
             gram = self.untidy.pop()
             posting = self.postings.get(gram)
             if posting is None:
                 continue
             kept: set[int] = set()
-            for start in range(0, len(posting), TIDY_STEP):
-                kept.update(i for i in posting[start:start + TIDY_STEP] if holds(i, gram))
+            start = 0
+            while True:
+                end = min(start + TIDY_STEP, len(posting))
+                kept.update(i for i in posting[start:end] if holds(i, gram))
+                start = end
+                if start >= len(posting):
+                    break
                 yield
             self.postings[gram] = array("i", sorted(kept))  # a new array: a search goes on over the old one
             self.stale.pop(gram, None)
@@ -432,9 +438,11 @@ def lookup(keys: SortedKeys, prefix: str, whole: bool, exact: bool, sized: bool)
 # -- the directory --------------------------------------------------------------------------
 
 
-MERGE_STEP = 32  # contacts made (about 20 us each), or values added to grams, between two yields of merge_steps
+MERGE_STEP = 16  # contacts made (about 35 us each, a page read from the book included), or values added to grams, between two yields
+# of merge_steps: 32 made steps of 1.2 ms, and slices of APPLY_SLICE (1 ms) ran to 2-3 ms
 SORT_STEP = 512  # pairs sorted by one call, or merged, between two yields (about half a millisecond)
-PACK_STEP = 4  # blocks packed between two yields
+PACK_STEP = 2  # blocks packed between two yields (about 0.35 ms each)
+MERGED_WORK = 16  # blocks kept (a block packed again counts 8) between two yields of merged_steps (about 0.5 ms)
 
 
 def national_key(blob: bytes, key: str) -> str | None:
@@ -527,7 +535,7 @@ def _merged_steps(heads: list[tuple[str, int]], blocks: list[tuple[str, array, a
         bound = heads[b + 1] if b + 1 < len(blocks) else None
         falling = new.take(bound, BLOCK + 1)
         work += 8 if falling else 1  # a block packed again costs about eight kept ones
-        if work >= 32:
+        if work >= MERGED_WORK:
             work = 0
             yield
         if not falling:
