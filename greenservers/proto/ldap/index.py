@@ -347,7 +347,8 @@ class Grams:
     superset (at 100,000 contacts, "*mano*" had 1,015 candidates by its rarest
     trigram for 1 match, and checking them took most of a millisecond).
     Postings are supersets: the search verifies each id against the contact's
-    current value, so an id left by a change or a delete costs one check. A
+    current value, so an id left by a change or a delete costs one check (a
+    gram's own posting with no stale id counted is taken as it is: `exact`). A
     posting a quarter stale is listed in `untidy`, and `tidy_steps` rebuilds it a
     slice at a time. A 2-character piece chains the postings of the trigrams that
     hold it; values shorter than 3 characters are listed in `short` (under "").
@@ -399,6 +400,7 @@ class Grams:
             if posting is None:
                 continue
             kept: set[int] = set()
+            made_stale = self.stale.get(gram, 0)  # ids these are of are checked away below
             start = 0
             while True:
                 end = min(start + TIDY_STEP, len(posting))
@@ -408,12 +410,16 @@ class Grams:
                     break
                 yield
             self.postings[gram] = array("i", sorted(kept))  # a new array: a search goes on over the old one
-            self.stale.pop(gram, None)
+            # an id made stale meanwhile may have been checked before it was: still counted (exact() relies on it)
+            left = self.stale.pop(gram, 0) - made_stale
+            if left > 0:
+                self.stale[gram] = left
             yield
 
     def exact(self, piece: str) -> bool:
         """Whether candidates(piece) are exactly the ids that hold `piece` now: a piece of 3 or 4 characters is a
-        gram, and its own posting holds no stale id (each id once, no change or delete since it was built or tidied)."""
+        gram, and its own posting holds no stale id (`stale` counts, per gram, the values that lost it since its
+        posting was built, less those a tidy checked away; not those made stale while the tidy ran)."""
         return 3 <= len(piece) <= 4 and not self.stale.get(piece)
 
     def candidates(self, piece: str) -> tuple[Iterable[int], int]:
