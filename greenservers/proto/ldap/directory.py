@@ -12,7 +12,8 @@ indexes hold no Python object per value:
   (`national_form`, prefix in either form) and, reversed, by their digits
   from the end (a number's equality by its last TAIL characters, "*4711").
 - `Grams` per name attribute: array('i') postings of 3- and 4-grams, append-only between
-  compactions (a stale id costs one check against the current value).
+  compactions (a stale id costs one check against the current value; "*typed*" of 3 or 4
+  characters is its gram's posting as it is while that holds no stale id).
 - `order`: every id, ascending (what a scan walks).
 - a bounded cache of encoded answers per attribute selection (`answer`).
 
@@ -512,8 +513,11 @@ class Directory:
         piece = max(pieces, key=len) if pieces else ""
         if len(piece) < 2 or key not in self.grams:
             return None, False, 0
-        ids, size = self.grams[key].candidates(piece)
-        if len(pieces) == 1 and not final:  # "*typed*": checked here, in the blob's bytes, which makes the lookup exact
+        grams = self.grams[key]
+        ids, size = grams.candidates(piece)
+        if len(pieces) == 1 and not final:  # "*typed*": exact as it is (a gram's posting), or checked here in the blob's bytes
+            if grams.exact(piece):
+                return iter(ids), True, size
             contains = BlobAccess(self).contains(key, piece)
             return (i for i in ids if contains(i)), True, size
         return iter(ids), False, size

@@ -39,6 +39,7 @@ FOLDED_AT = 1 + len(KEYS)  # header index of the first folded value's end
 PAIR = struct.Struct("<HH")
 TOP = "\U0010ffff"
 BLOCK = 128  # pairs per block: a change rewrites one block of about this many
+RUN_STEPS = 4  # keys of a run checked one by one before its block's last key and a bisection
 PIECE = 32  # keys of a packed block split at once when its pairs are read in order
 TAIL = 5  # a number's equality candidates share its last 5 characters: a national number has at least 6
 # (same_number), so at least 5 remain after its 0, common to both forms
@@ -168,9 +169,10 @@ class SortedKeys:
         """Ids of the keys that start with `prefix` (`whole`: that are `prefix`), in key order, lazily.
 
         The first key is found by one str.find in the block where it may be (no key holds "\\0": a key
-        starts after one), the end of a run within a block with startswith; a run that ends in its
-        first block (an exact lookup's one or few ids) is a slice of its ids, one that goes on
-        iterates over the lists as they are now (a change copies them meanwhile)."""
+        starts after one), the end of a run within a block by `run_end` (a few keys, then a bisection: a
+        common prefix's run fills the block); a run that ends in its first block (an exact lookup's one
+        or few ids) is a slice of its ids, one that goes on iterates over the lists as they are now (a
+        change copies them meanwhile)."""
         heads, blocks = self.heads, self.blocks
         if "\0" in prefix or not blocks:
             return iter(())
@@ -189,30 +191,27 @@ class SortedKeys:
                     return iter(())
                 text, offsets, ids = blocks[b]
                 j = 0
-        n, k = len(ids), j + 1
-        while k < n and text.startswith(needle, offsets[k]):
-            k += 1
+        n = len(ids)
+        # an exact lookup's one id ends its run without a call
+        k = j + 1 if j + 1 < n and not text.startswith(needle, offsets[j + 1]) else run_end(text, offsets, n, j, needle)
         if k < n or b + 1 == len(blocks) or not blocks[b + 1][0].startswith(needle):
             return iter(ids[j:k])
-        run = self._run(self.hold()[1], b, j, needle)
+        run = self._run(self.hold()[1], b + 1, needle)
         first = next(run)  # its try entered: its finally lets the lists go however the run ends
-        return chain((first,), run)
+        return chain(ids[j:], (first,), run)
 
-    def _run(self, blocks: list, b: int, j: int, needle: str) -> Iterator[int]:
+    def _run(self, blocks: list, b: int, needle: str) -> Iterator[int]:
+        """The ids of the keys that start with `needle` from block b's first one on (which does)."""
         try:
-            text, offsets, ids = blocks[b]
-            while True:
-                n = len(ids)
-                while j < n:
-                    if not text.startswith(needle, offsets[j]):
-                        return
-                    yield ids[j]
-                    j += 1
-                b += 1
-                if b >= len(blocks):
-                    return
+            while b < len(blocks):
                 text, offsets, ids = blocks[b]
-                j = 0
+                if not text.startswith(needle):
+                    return
+                k = run_end(text, offsets, len(ids), 0, needle)
+                yield from ids[:k]
+                if k < len(ids):
+                    return
+                b += 1
         finally:
             self.release(blocks)
 
@@ -274,6 +273,27 @@ def block_pairs(block: tuple[str, array, array]) -> Iterator[tuple[str, int]]:
         yield from zip(text[offsets[start]:offsets[end] - 1].split("\0"), ids[start:end], strict=True)
 
 
+def run_end(text: str, offsets: array, n: int, j: int, needle: str) -> int:
+    """Where the run of keys that start with `needle` from key j on (which does) ends in a packed block of n
+    keys: a few steps, then the last key (the run may fill the block), then a bisection (keys are sorted, so
+    those that start with `needle` are side by side)."""
+    k, stop = j + 1, min(n, j + RUN_STEPS)
+    while k < stop:
+        if not text.startswith(needle, offsets[k]):
+            return k
+        k += 1
+    if k >= n or text.startswith(needle, offsets[n - 1]):
+        return n
+    high = n - 1  # does not start with it
+    while k < high:
+        middle = (k + high) // 2
+        if text.startswith(needle, offsets[middle]):
+            k = middle + 1
+        else:
+            high = middle
+    return k
+
+
 def unpack(block: tuple[str, array, array]) -> tuple[list[str], list[int]]:
     text, _, ids = block
     return text[:-1].split("\0"), ids.tolist()
@@ -327,7 +347,8 @@ class Grams:
     superset (at 100,000 contacts, "*mano*" had 1,015 candidates by its rarest
     trigram for 1 match, and checking them took most of a millisecond).
     Postings are supersets: the search verifies each id against the contact's
-    current value, so an id left by a change or a delete costs one check. A
+    current value, so an id left by a change or a delete costs one check (a
+    gram's own posting with no stale id counted is taken as it is: `exact`). A
     posting a quarter stale is listed in `untidy`, and `tidy_steps` rebuilds it a
     slice at a time. A 2-character piece chains the postings of the trigrams that
     hold it; values shorter than 3 characters are listed in `short` (under "").
@@ -379,6 +400,7 @@ class Grams:
             if posting is None:
                 continue
             kept: set[int] = set()
+            made_stale = self.stale.get(gram, 0)  # ids these are of are checked away below
             start = 0
             while True:
                 end = min(start + TIDY_STEP, len(posting))
@@ -388,8 +410,17 @@ class Grams:
                     break
                 yield
             self.postings[gram] = array("i", sorted(kept))  # a new array: a search goes on over the old one
-            self.stale.pop(gram, None)
+            # an id made stale meanwhile may have been checked before it was: still counted (exact() relies on it)
+            left = self.stale.pop(gram, 0) - made_stale
+            if left > 0:
+                self.stale[gram] = left
             yield
+
+    def exact(self, piece: str) -> bool:
+        """Whether candidates(piece) are exactly the ids that hold `piece` now: a piece of 3 or 4 characters is a
+        gram, and its own posting holds no stale id (`stale` counts, per gram, the values that lost it since its
+        posting was built, less those a tidy checked away; not those made stale while the tidy ran)."""
+        return 3 <= len(piece) <= 4 and not self.stale.get(piece)
 
     def candidates(self, piece: str) -> tuple[Iterable[int], int]:
         """Ids that may hold `piece` (2 or more characters), and about how many."""

@@ -18,6 +18,7 @@ import heapq
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from .. import ber
 from .codes import (
@@ -85,6 +86,7 @@ EMIT_STEP = 32  # entries encoded between two yields
 
 
 _DONE: dict[int, bytes] = {}  # SearchResultDone (without a diagnostic) by result code
+_NO_ANSWERS: dict[int, bytes] = {}
 _ENDED = object()  # what next() gives when a search's steps have ended
 
 
@@ -194,6 +196,10 @@ class Entries:
             return min(values) if values else None
         return self.directory.folded(i, key)
 
+    def cached(self, selection: Selection) -> dict[int, bytes]:
+        """The directory's cached answers for `selection` by contact id (those it has now; ids of `first` are not in it)."""
+        return self.directory.answers.get(selection.key, _NO_ANSWERS)
+
     def body(self, i: int, selection: Selection) -> bytes | None:
         """The SearchResultEntry of an id for `selection`, None if the contact is gone."""
         if i >= 0:
@@ -237,26 +243,28 @@ def find_entries(directory: Directory, first: list[Entry], contacts: bool, flt, 
     if ids is None:
         ids, exact, seen = directory.scan(), False, None
     blobs, version = directory.blobs, directory.version
-    countdown = stride
-    for i in ids:
-        countdown -= 1
-        if countdown <= 0:
-            countdown = stride
-            yield
-        if seen is not None:
-            if i in seen:
+    ids = iter(ids)
+    while True:
+        # a slice of candidates at a time (no more than the limit still wants: a lazy lookup checks each it gives)
+        wanted = stride if limit is None else min(stride, limit - len(found))
+        chunk = list(islice(ids, wanted))
+        verify = not (exact and directory.version == version)  # nothing changes the directory within a slice
+        for i in chunk:
+            if seen is not None:
+                if i in seen:
+                    continue
+                seen.add(i)
+            if i not in blobs:  # deleted since the lookup began
                 continue
-            seen.add(i)
-        if i not in blobs:  # deleted since the lookup began
-            continue
-        if not (exact and directory.version == version):
-            if predicate is None:
-                predicate = directory.predicate(flt)
-            if not predicate(i):
-                continue
-        found.append(i)
-        if limit is not None and len(found) >= limit:
+            if verify:
+                if predicate is None:
+                    predicate = directory.predicate(flt)
+                if not predicate(i):
+                    continue
+            found.append(i)
+        if len(chunk) < wanted or (limit is not None and len(found) >= limit):
             return
+        yield
 
 
 def sort_steps(ids: array, keys: list[tuple[str, bool]], entries: Entries, result: array) -> Iterator[bool]:
@@ -291,16 +299,26 @@ def sort_steps(ids: array, keys: list[tuple[str, bool]], entries: Entries, resul
     result[:] = ordered
 
 
+_SEQUENCE_HEADS = [bytes((0x30, n)) for n in range(128)] + [bytes((0x30, 0x81, n)) for n in range(128, 256)]
+
+
 def encode_entries(message_id: int, selection: Selection, ids: Iterable[int], entries: Entries) -> tuple[bytes, int]:
-    """SearchResultEntry messages of `ids` (those still there), and how many."""
+    """SearchResultEntry messages of `ids` (those still there), and how many: joined once, the answers the
+    directory has cached taken without a call per entry, a message's header from a table when it is short."""
     head = ber.integer(message_id)
-    tlv = ber.tlv
-    chunks = []
+    extra = len(head)
+    heads = _SEQUENCE_HEADS
+    cached, body_of = entries.cached(selection).get, entries.body
+    parts: list[bytes] = []
     for i in ids:
-        body = entries.body(i, selection)
-        if body is not None:
-            chunks.append(tlv(0x30, head + body))
-    return b"".join(chunks), len(chunks)
+        body = cached(i)
+        if body is None:
+            body = body_of(i, selection)
+            if body is None:
+                continue
+        size = extra + len(body)
+        parts += (heads[size] if size < 256 else b"\x30" + ber.encode_length(size)), head, body
+    return b"".join(parts), len(parts) // 3
 
 
 class Searches:
