@@ -60,6 +60,7 @@ OTHERS = ("http", "snmp", "tftp", "ntp")  # probed while the directory of a big 
 SINGLE_CHANGES = 1000
 IDLE_PROBE = 3.0  # seconds
 CHANGES_TIMED = 10
+MERGE_CHANGE_EVERY = 0.1  # seconds between two changes timed while an import is merged
 
 
 def contacts_csv(count: int, seed: int = 1) -> str:
@@ -137,9 +138,21 @@ class Api:
         self.headers = {"Authorization": "Basic " + base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode(),
                         "Content-Type": "application/json"}
 
+    dropped = 0  # GETs whose keep-alive connection was closed without an answer (retried once on a new one)
+
     def __call__(self, method: str, path: str, body: dict | None = None):
-        self.connection.request(method, path, body=json.dumps(body) if body is not None else None, headers=self.headers)
-        response = self.connection.getresponse()
+        try:
+            self.connection.request(method, path, body=json.dumps(body) if body is not None else None, headers=self.headers)
+            response = self.connection.getresponse()
+        except http.client.RemoteDisconnected:
+            if method != "GET":
+                raise
+            # as browsers and urllib3 do for an idempotent request on a reused connection; counted, not hidden: the
+            # worker was seen to lose a keep-alive connection right after an import (see bench/RESULTS.md)
+            Api.dropped += 1
+            self.connection.close()
+            self.connection.request(method, path, headers=self.headers)
+            response = self.connection.getresponse()
         data = response.read()
         if response.status == 429:  # a connection's pace (200 requests a second): as a client should, wait and reconnect
             self.connection.close()
@@ -204,21 +217,25 @@ def while_probing(server, state: str, action) -> dict:
     return {"state": state, "rss_mb": settle_rss(server.worker_pid), "seconds": round(seconds, 2), "other_services_meanwhile": during}
 
 
-def import_until_applied(server, csv_path: Path, count: int, total: int) -> None:
+def import_until_applied(server, csv_path: Path, count: int, total: int, change=None) -> list[float]:
     """An import through the web API, then until the LDAP directory holds `total` contacts and applies none (its
     sensors, read over the API): the row covers the request (stored in the worker's child process) and the merge
-    into the directory that follows it."""
+    into the directory that follows it. Meanwhile, every MERGE_CHANGE_EVERY seconds, `change(last_name)` as an
+    administrator editing a contact would: the seconds until LDAP found each."""
     web_import(server, csv_path, count)
     api = Api(server.ports["http"])
+    visible: list[float] = []
     try:
         deadline = time.monotonic() + 300
         while True:
             sensors = {s["name"]: s["value"] for s in api("GET", "/api/sensors")["sensors"]}
             if sensors["ldap_directory_entries"] == total and sensors["ldap_directory_pending"] == 0:
-                return
+                return visible
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the LDAP directory did not apply the import in 300 s: {sensors}")
-            time.sleep(0.05)  # a poll: the merge goes on meanwhile
+            if change is not None:
+                visible.append(time_to_visible(server, change))
+            time.sleep(MERGE_CHANGE_EVERY)  # a poll: the merge goes on meanwhile
     finally:
         api.close()
 
@@ -310,10 +327,18 @@ def main() -> int:
                          "rss_mb": settle_rss(pid), "entries_returned": found})
             more = Path(tmp) / "more.csv"
             more.write_text(contacts_csv(args.contacts // 2, seed=2), encoding="utf-8")
+            during_merge: list[float] = []
             rows.append(while_probing(server, f"{args.contacts // 2:,} more contacts imported through the web API, until "
-                                              "the LDAP directory has applied them",
-                                      lambda: import_until_applied(server, more, args.contacts // 2,
-                                                                   args.contacts + args.contacts // 2)))
+                                              "the LDAP directory has applied them (a change timed every 0.1 s meanwhile)",
+                                      lambda: during_merge.extend(import_until_applied(
+                                          server, more, args.contacts // 2, args.contacts + args.contacts // 2,
+                                          partial(change_through_the_api, server, first)))))
+            rows[-1]["keepalive_dropped"] = Api.dropped
+            during_merge.sort()
+            rows.append({"state": f"a change through the web API while those {args.contacts // 2:,} are merged, until LDAP "
+                                  f"finds it ({len(during_merge)} changes)", "rss_mb": rows[-1]["rss_mb"],
+                         "visible_median_ms": round(statistics.median(during_merge) * 1000, 1),
+                         "visible_max_ms": round(during_merge[-1] * 1000, 1)})
             rows.append(visibility_row(server, f"{args.contacts + args.contacts // 2:,} contacts: a change through the web API, "
                                                "until LDAP finds it", partial(change_through_the_api, server, first)))
         finally:
@@ -328,6 +353,8 @@ def main() -> int:
         if "visible_median_ms" in row:
             extra = f"  visible after {row['visible_median_ms']} ms (median), {row['visible_max_ms']} ms at most"
         print(f"{row['state']:80} {row['rss_mb']:8.1f} MiB{extra}")
+        if row.get("keepalive_dropped"):
+            print(f"    the API's keep-alive connection closed without an answer {row['keepalive_dropped']} time(s) (GET retried)")
         for name, probe in row.get("other_services_meanwhile", {}).items():
             print(f"    meanwhile {name:5} p99 {probe['p99_ms']:7.1f} ms, max {probe['max_ms']} ms, lost {probe['lost']}")
     return 0
