@@ -350,7 +350,8 @@ def test_the_built_directory_and_a_merged_import_are_frozen_for_the_collector(se
         assert id(directory) not in {id(o) for o in gc.get_objects()}
         before = directory.keys["sn"]
         addressbook_for(runtime).import_csv("first_name,last_name\n" + "".join(f"F{i},L{i}\n" for i in range(300)))
-        eventually(lambda: gevent.sleep(0.01) or len(service.directory(runtime.settings.ldap_base)) == 301)  # the hub merges
+        eventually(lambda: gevent.sleep(0.01) or (len(service.directory(runtime.settings.ldap_base)) == 301  # the hub merges
+                                                  and runtime.sensors.value("ldap_directory_pending") == 0))  # to its end
         merged = service.directory(runtime.settings.ldap_base).keys["sn"]  # made by the merge (the count of frozen objects
         assert merged is not before and id(merged) not in {id(o) for o in gc.get_objects()}  # falls as replaced ones go)
     finally:
