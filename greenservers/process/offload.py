@@ -50,7 +50,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import gevent
-from gevent import monkey
+from gevent import monkey, os as gevent_os
 
 from ..shells.loop import serve_ready_then_continue
 
@@ -178,8 +178,6 @@ def run_in_child(function, *args):
 def _ask_child(what: str, request: bytes) -> tuple[bool, object]:
     """Start the child with posix_spawn (vfork and exec: gevent's Popen forks the whole worker first, 12-40 ms
     with the loop held at 150 MB), hand it `request`, read its answer; it is ended and reaped whatever happens."""
-    from gevent import os as gevent_os
-
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (_PROJECT_ROOT, os.environ.get("PYTHONPATH")))))
     to_child, request_end = os.pipe()
     answer_end, from_child = os.pipe()
@@ -223,8 +221,6 @@ def _ask_child(what: str, request: bytes) -> tuple[bool, object]:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    from gevent import os as gevent_os
-
     try:
         view = memoryview(data)
         while view:
@@ -238,8 +234,6 @@ def _write_all(fd: int, data: bytes) -> None:
 def _read_all(fd: int, limit: int, keep_the_end: bool = False) -> bytes:
     """What the child writes to `fd` until it closes it. Past `limit` bytes: ChildFailed, or with
     `keep_the_end`, the last `limit` bytes (a long traceback's end)."""
-    from gevent import os as gevent_os
-
     try:
         kept = bytearray()
         while chunk := gevent_os.nb_read(fd, 65536):

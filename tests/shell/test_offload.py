@@ -223,12 +223,9 @@ def test_a_single_change_through_the_api_writes_the_store_in_a_pool_thread(as_in
 # -- the child process (an import) ---------------------------------------------------
 
 
-def _children() -> set[int]:
-    """This process's child processes now."""
-    found = set()
-    for task in Path("/proc/self/task").iterdir():
-        found.update(int(pid) for pid in (task / "children").read_text().split())
-    return found
+def _children(pid: int | str = "self") -> set[int]:
+    """The child processes of `pid` (this process) now, those of each of its threads."""
+    return {int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()}
 
 
 def test_in_the_worker_the_child_runs_apart_at_lower_priority_while_the_loop_goes_on(as_in_the_worker):
@@ -300,7 +297,7 @@ def test_a_child_dies_with_the_worker(tmp_path):
     """Killed outright, the worker leaves no import running behind it (its transaction rolls back)."""
     stand_in = subprocess.Popen([sys.executable, "-c", WORKER_STAND_IN], cwd=Path(offload.__file__).parents[2])
     try:
-        child = eventually(lambda: next(iter(_children_of(stand_in.pid)), None), timeout=60)
+        child = eventually(lambda: next(iter(_children(stand_in.pid)), None), timeout=60)
         os.kill(stand_in.pid, signal.SIGKILL)
         stand_in.wait(10)
         eventually(lambda: not Path(f"/proc/{child}").exists() or _state(child) == "Z", timeout=30)
@@ -316,10 +313,6 @@ from greenservers.process import offload
 offload.monkey.is_module_patched = lambda name: name == "threading"
 offload.run_in_child(time.sleep, 120)
 """
-
-
-def _children_of(pid: int) -> list[int]:
-    return [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
 
 
 def _state(pid: int) -> str:
