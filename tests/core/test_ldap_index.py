@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
+from itertools import count
 
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from support import ldap_wire as w
@@ -149,9 +150,36 @@ def test_changed_in_place_it_finds_what_a_directory_built_from_scratch_finds(sta
     contacts = {i: Contact(i, **fields) for i, fields in enumerate(start, 1)}
     directory = ldap.Directory(BASE, contacts.values())
     apply(directory, operations, contacts)
+    assert_as_built_from_scratch(directory, contacts, filters)
+
+
+def changed(directory: ldap.Directory, book: dict[int, Contact], contact_id: int, fields: dict | None) -> None:
+    """A contact changed to `fields` (None: deleted) in the book and in the directory."""
+    if fields is None:
+        del book[contact_id]
+        directory.delete(contact_id)
+    else:
+        book[contact_id] = Contact(contact_id, **fields)
+        directory.put(book[contact_id])
+
+
+def assert_as_built_from_scratch(directory: ldap.Directory, contacts: dict[int, Contact], filters: list[str]) -> None:
+    """`directory` holds `contacts` as one built from scratch does: entries, DNs, keys, answers, and what filters find."""
     entries = reference(contacts)
     scratch = ldap.Directory(BASE, sorted(contacts.values(), key=lambda c: c.id))
     assert sorted(directory.order) == sorted(contacts) == list(directory.order)
+    for structures, built in ((directory.keys, scratch.keys), (directory.reversed, scratch.reversed)):
+        for key, keys in structures.items():  # each (key, id) pair once, none left of an old value
+            assert list(keys.pairs()) == list(built[key].pairs()), key
+    for key, grams in directory.grams.items():  # postings are supersets: each contact is in those of its value's grams
+        for contact_id, blob in directory.blobs.items():
+            value = folded_value(blob, key)
+            for gram in grams.grams(value) if value is not None else ():
+                assert contact_id in grams.postings.get(gram, ()), (key, gram, contact_id)
+        for gram, posting in grams.postings.items():  # and those a lookup takes as they are hold no stale id
+            if grams.exact(gram):
+                assert all((blob := directory.blobs.get(i)) is not None and gram in (folded_value(blob, key) or "")
+                           for i in posting), (key, gram)
     for i, entry in entries.items():
         assert directory.dn(i) == entry.dn
         assert directory.find(entry.ndn) == i
@@ -310,39 +338,66 @@ def test_a_piece_of_four_or_more_characters_is_looked_up_by_its_rarest_four_gram
     assert grams.exact("olo") and found_dns(directory, decoded("(sn=*olo*)")) == ["cn=X Manolo0,dc=pbx", "cn=X Manolo1,dc=pbx"]
 
 
-@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(start=st.lists(contacts_strategy(), min_size=1, max_size=40), imported=st.lists(contacts_strategy(), min_size=1, max_size=60),
-       changes=st.lists(st.tuples(st.integers(0, 10**6), st.one_of(st.none(), contacts_strategy())), max_size=30),
+       reimported=st.lists(st.tuples(st.integers(0, 10**6), contacts_strategy()), max_size=4),
+       changes=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.one_of(st.none(), contacts_strategy())), max_size=30),
        filters=st.lists(FILTERS, min_size=3, max_size=8))
-def test_contacts_changed_while_an_import_is_merged_end_as_if_changed_after_it(start, imported, changes, filters):
-    contacts = {i: Contact(i, **fields) for i, fields in enumerate(start, 1)}
-    directory = ldap.Directory(BASE, contacts.values())
+def test_contacts_changed_while_an_import_is_merged_end_as_if_changed_after_it(start, imported, reimported, changes, filters):
+    """Between two steps of a merge chosen at random, a contact is added, changed or deleted: one of the import's
+    (read and held by the merge, or still to be read: the merge reads the book lazily, as the follower does) or
+    another; the merged directory must be the one built from scratch."""
+    book = {i: Contact(i, **fields) for i, fields in enumerate(start, 1)}
+    directory = ldap.Directory(BASE, book.values())
+    twin = ldap.Directory(BASE, book.values())  # the same merge without changes: how many steps it takes
     new = [Contact(len(start) + 1 + k, **fields) for k, fields in enumerate(imported)]
-    steps = directory.merge_steps(new)
-    others = sorted(contacts)
+    new += [Contact(sorted(book)[chosen % len(book)], **fields) for chosen, fields in reimported]  # the import changed these
+    steps_in_all = sum(1 for _ in twin.merge_steps(new))
+    book.update((c.id, c) for c in new)
+    in_merge = sorted({c.id for c in new})
+    fresh = count(10_000)  # ids of contacts added meanwhile: above the import's
+    at: dict[int, list] = {}
+    for step, chosen, fields in changes:
+        at.setdefault(step % steps_in_all, []).append((chosen, fields))
+
+    def change(chosen: int, fields) -> None:
+        if chosen % 3 == 0:  # a contact added meanwhile
+            added = Contact(next(fresh), **(fields or {"last_name": "New"}))
+            book[added.id] = added
+            directory.put(added)
+            return
+        pool = [i for i in in_merge if i in book] if chosen % 3 == 1 else sorted(book)  # the import's, or any
+        if not pool:
+            return
+        changed(directory, book, pool[chosen % len(pool)], fields)
+
+    steps = directory.merge_steps(book[i] for i in dict.fromkeys(c.id for c in new) if i in book)  # as it is when read
     for n, _ in enumerate(steps):
-        if n < len(changes):  # between two steps of the merge: a change (or a delete) of a contact not in it
-            chosen, fields = changes[n]
-            if chosen % 5 == 0:  # a contact added meanwhile, with an id above the import's
-                added = Contact(10_000 + n, **(fields or {"last_name": "New"}))
-                contacts[added.id] = added
-                directory.put(added)
-            elif others:
-                contact_id = others[chosen % len(others)]
-                if fields is None:
-                    contacts.pop(contact_id, None)
-                    directory.delete(contact_id)
-                else:
-                    contacts[contact_id] = Contact(contact_id, **fields)
-                    directory.put(contacts[contact_id])
+        for chosen, fields in at.pop(n, ()):  # between two steps of the merge
+            change(chosen, fields)
     assert not directory.merging
-    contacts.update((c.id, c) for c in new)
-    entries = reference(contacts)
-    assert list(directory.order) == sorted(contacts)
-    for text in VENDOR_FILTERS + filters:
-        flt = decoded(text)
-        predicate = ldap.compile_filter(flt)
-        assert set(found_dns(directory, flt)) == {e.dn for e in entries.values() if predicate(e)}, text
+    for later in at.values():  # the merge took fewer steps than its twin: after it
+        for chosen, fields in later:
+            change(chosen, fields)
+    assert_as_built_from_scratch(directory, book, filters)
+
+
+def test_namesakes_a_merge_finds_are_those_left_after_changes_made_while_it_looks():
+    """The merge's last steps look for namesakes over the cn keys as they were when it began to: a contact
+    renamed or deleted meanwhile (one of a pair of namesakes) leaves the other without "+uid=" at the end."""
+    book = {i: Contact(i, "Anna", f"N{i:04d}") for i in range(1, 601)}  # cn keys before "twin": the look yields first
+    directory, twin = ldap.Directory(BASE, book.values()), ldap.Directory(BASE, book.values())
+    new = [Contact(601, "Twin", "Y"), Contact(602, "Twin", "Y"), Contact(603, "Twin", "Z"), Contact(604, "Twin", "Z")]
+    last = sum(1 for _ in twin.merge_steps(new)) - 1  # the last yield: within the look for namesakes (over 512 keys)
+    book.update((c.id, c) for c in new)
+    for n, _ in enumerate(directory.merge_steps(new)):
+        if n == last:
+            book[602] = Contact(602, "Solo", "Y")
+            directory.put(book[602])
+            del book[604]
+            directory.delete(604)
+    assert [directory.dn(i) for i in (601, 602, 603)] == ["cn=Twin Y,dc=pbx", "cn=Solo Y,dc=pbx", "cn=Twin Z,dc=pbx"]
+    assert_as_built_from_scratch(directory, book, [])
 
 
 @settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -368,27 +423,8 @@ def test_contacts_changed_while_the_gram_postings_are_tidied_are_found_after(sta
                 contacts[added.id] = added
                 directory.put(added)
             elif contacts:
-                contact_id = sorted(contacts)[chosen % len(contacts)]
-                if fields is None:
-                    del contacts[contact_id]
-                    directory.delete(contact_id)
-                else:
-                    contacts[contact_id] = Contact(contact_id, **fields)
-                    directory.put(contacts[contact_id])
-    for key, grams in directory.grams.items():  # postings are supersets: each contact is in those of its values' grams
-        for contact_id, blob in directory.blobs.items():
-            value = folded_value(blob, key)
-            for gram in grams.grams(value) if value is not None else ():
-                assert contact_id in grams.postings.get(gram, ()), (key, gram, contact_id)
-        for gram, posting in grams.postings.items():  # and those a lookup takes as they are hold no stale id
-            if grams.exact(gram):
-                assert all((blob := directory.blobs.get(i)) is not None and gram in (folded_value(blob, key) or "")
-                           for i in posting), (key, gram)
-    entries = reference(contacts)
-    for text in VENDOR_FILTERS + ["(cn=*nor*)", "(sn=*ll*)", "(o=*me*)", "(cn=*o*)"] + filters:
-        flt = decoded(text)
-        predicate = ldap.compile_filter(flt)
-        assert set(found_dns(directory, flt)) == {e.dn for e in entries.values() if predicate(e)}, text
+                changed(directory, contacts, sorted(contacts)[chosen % len(contacts)], fields)
+    assert_as_built_from_scratch(directory, contacts, ["(cn=*nor*)", "(sn=*ll*)", "(o=*me*)", "(cn=*o*)"] + filters)
 
 
 def test_entries_are_framed_as_messages_whatever_their_length_and_message_id():

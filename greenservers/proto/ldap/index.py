@@ -520,15 +520,19 @@ class _Ahead:
             yield item
 
 
-def merged_steps(keys: SortedKeys, runs: list[tuple[str, array, array]]):
-    """Steps that merge the new pairs (sorted packed runs, merged lazily) into new SortedKeys, block by block: a
-    block no new pair falls into is kept as it is, one that some do is packed again with them; returns the
-    new SortedKeys (`keys` itself when there are none)."""
-    if not runs:
-        return keys
-    heads, blocks = keys.hold()  # changes made between the steps copy them (they are done again to `merged`)
+def merged_steps(keys: SortedKeys, runs_steps):
+    """Steps that make the new pairs (`runs_steps`: sorted_runs_steps), then merge them (sorted packed runs, merged
+    lazily) into new SortedKeys, block by block: a block no new pair falls into is kept as it is, one that some do
+    is packed again with them; returns (the new SortedKeys, or `keys` itself when there are none; the runs).
+
+    `keys` is held from the first step on: a change made meanwhile copies its lists, and is not in the new keys
+    (the caller does it again to them)."""
+    heads, blocks = keys.hold()
     try:
-        return (yield from _merged_steps(heads, blocks, runs))
+        runs = yield from runs_steps
+        if not runs:
+            return keys, runs
+        return (yield from _merged_steps(heads, blocks, runs)), runs
     finally:
         keys.release(blocks)
 
