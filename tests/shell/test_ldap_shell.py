@@ -452,6 +452,45 @@ def test_a_search_does_not_wait_for_an_import_to_be_merged(served, monkeypatch):
     eventually(lambda: directory_sensors() == (301, 0))
 
 
+def test_a_contact_of_an_import_changed_while_it_is_merged_is_found_changed_before_the_merge_ends(served, monkeypatch):
+    """An administrator imports, then fixes one of the imported contacts at once: the fix is found while the merge
+    goes on, whether the merge had read that contact (and holds it), holds it in a page read but not yet merged, or
+    has yet to read it; and the merge's end does not bring an older copy back."""
+    service, runtime, start = served
+    port = start()
+    assert _found(port, "(sn=imported*)") == []
+    release, holding = Event(), Event()
+    merge_steps = ldap.Directory.merge_steps
+
+    def held(self, contacts):  # 11 steps of 16 contacts merged (of pages of 64 read), then steps that wait
+        for n, step in enumerate(merge_steps(self, contacts)):
+            yield step
+            while n == 10 and not release.is_set():  # between steps: the follower applies changes meanwhile
+                holding.set()
+                yield
+
+    monkeypatch.setattr(ldap.Directory, "merge_steps", held)
+    book = addressbook_for(runtime)
+    try:
+        book.import_csv("first_name,last_name\n" + "".join(f"F{i},Imported{i}\n" for i in range(300)))
+        eventually(lambda: gevent.sleep(0.01) or holding.is_set())
+        imported = [c.id for c in book.contacts() if c.last_name.startswith("Imported")]
+        book.change(imported[0], {"last_name": "Fixed"})  # read and held by the merge
+        book.change(imported[180], {"last_name": "Paged"})  # read in a page the merge has yet to take
+        book.change(imported[250], {"last_name": "Unread"})  # not read yet
+        book.delete(imported[1])
+        for name, cn in (("fixed", "F0 Fixed"), ("paged", "F180 Paged"), ("unread", "F250 Unread")):
+            eventually(lambda name=name, cn=cn: gevent.sleep(0.01) or _found(port, f"(sn={name})") == [cn])
+        assert runtime.sensors.value("ldap_directory_pending") == 300  # the merge has not ended
+    finally:
+        release.set()
+    eventually(lambda: gevent.sleep(0.01) or (runtime.sensors.value("ldap_directory_entries"),
+                                              runtime.sensors.value("ldap_directory_pending")) == (300, 0))
+    assert len(_found(port, "(sn=imported*)")) == 296
+    assert [_found(port, f"(sn={name})") for name in ("fixed", "paged", "unread")] == [["F0 Fixed"], ["F180 Paged"], ["F250 Unread"]]
+    assert _found(port, "(sn=imported1)") == []
+
+
 def test_a_search_does_not_wait_for_a_change_the_follower_failed_to_apply(served, monkeypatch, caplog):
     """A bug (or a failing read) while a change is applied: searches go on from the directory as it is,
     without waiting for it (the bound on that wait is set out of reach here: only not waiting answers)."""
