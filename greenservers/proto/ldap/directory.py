@@ -39,7 +39,6 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from heapq import merge as heap_merge
 from itertools import chain, islice
 
 from .codes import F_AND, F_EQ, F_OR, F_SUB
@@ -228,8 +227,9 @@ class Directory:
         taken = self._taken
         if taken:
             made = _without(made, taken)
-        if made and self.order and made[0] < self.order[-1]:
-            self.order = array("i", heap_merge(self.order, made))
+        at = bisect_left(self.order, made[0]) if made else len(self.order)
+        if at < len(self.order):  # ids above the first made: added or taken out meanwhile (a few)
+            self.order = self.order[:at] + _merged_ids(self.order[at:], made)
         else:
             self.order.extend(made)
         self._made = made
@@ -634,6 +634,21 @@ def _without(ids: array, left_out: Iterable[int]) -> array:
         start = at + 1
     kept += ids[start:]
     return kept
+
+
+def _merged_ids(a: array, b: array) -> array:
+    """Two ascending arrays of ids merged, in slices of the longer between the ids of the shorter: a few ids
+    into many cost a bisection each, where a merge id by id (heapq) held the loop 45 ms for 150,000."""
+    if len(a) < len(b):
+        a, b = b, a
+    merged, start = array("i"), 0
+    for id_ in b:
+        at = bisect_left(a, id_, start)
+        merged += a[start:at]
+        merged.append(id_)
+        start = at
+    merged += a[start:]
+    return merged
 
 
 def _same_number(ids: Iterable[int], blobs: dict[int, bytes], at: int, number: str) -> Iterator[int]:
