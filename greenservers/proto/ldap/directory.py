@@ -157,12 +157,11 @@ class Directory:
     def put(self, contact) -> None:
         """Add or change one contact: the keys it changes out and in (the others stay), namesakes' DNs kept right."""
         id_ = contact.id
-        taken = self._taken_out(id_)
-        old = self.blobs.get(id_)
+        old, taken = self._indexed(id_)
         old_cn = None
         if old is not None:
             old_cn = folded_value(old, "cn")
-        if old is None or (taken and self._made is None):
+        else:
             self._add_order(id_)
         cn = contact_values(contact)[1]["cn"][0]
         namesakes = [i for i in self._with_cn(cn, 4) if i != id_]  # its own cn key may still be there
@@ -175,15 +174,14 @@ class Directory:
         self._changed(id_)
 
     def delete(self, id_: int) -> None:
-        taken = self._taken_out(id_)
-        old = self.blobs.pop(id_, None)
-        if old is None:
+        old, taken = self._indexed(id_)
+        if self.blobs.pop(id_, None) is None:
             return
-        self._reindex(id_, old, None, taken)
-        if not (taken and self._made is None):  # one the merge made while it read is not in `order` yet
+        if old is not None:
+            self._reindex(id_, old, None, taken)
             at = bisect_left(self.order, id_)
             self.order = self.order[:at] + self.order[at + 1:]  # a new array: a scan goes on over the old one
-        self._lone_namesake(folded_value(old, "cn"))
+            self._lone_namesake(folded_value(old, "cn"))
         self._changed(id_)
 
     def merge(self, contacts: Iterable) -> None:
@@ -198,7 +196,7 @@ class Directory:
 
         Any contact may be changed between the steps (`put`, `delete`): what that does to the keys
         being merged is recorded and done again to the merged keys. One this merge made (read, not
-        yet indexed) is taken out of it (`_taken_out`): from then on it is changed as any other,
+        yet indexed) is taken out of it (`_indexed`): from then on it is changed as any other,
         and the merge leaves it. `contacts` is read lazily: one it yields must be as it is then
         (the caller skips one it changed itself meanwhile, rather than yield an older copy)."""
         self._journal, self._taken = [], {}
@@ -275,22 +273,28 @@ class Directory:
             structures[key] = merged
         return runs
 
-    def _taken_out(self, id_: int) -> bool:
-        """Whether the running merge made this contact and has yet to index it: then it is taken out of the merge
-        (which leaves it from now on), and a change (`put`, `delete`) is made to it at once, as to any other.
+    def _indexed(self, id_: int) -> tuple[bytes | None, bool]:
+        """(a contact's blob as the indexes and `order` hold it, None if they do not; whether the running merge's new
+        pairs may hold it too), for a change: a contact the merge made and has yet to index is taken out of it, and
+        the merge leaves it from then on (changed at once as any other).
 
-        The alternative, a change kept until the merge ends, left an import's contact edited meanwhile as it
-        was for seconds (3.4 s in an import of 50,000 into 100,000). Taking one out costs a bisection and a few
-        block changes, and keeps no copy of what the merge holds: its pairs already made (with the merge's
-        blob, as the journal records it) are removed from the merged keys as any change's are."""
-        taken = self._taken
-        if taken is None or id_ in taken:
-            return False
-        made = self._made  # None: still reading, and what it made is in `blobs`, not in `order`
-        held = (id_ in self.blobs and not _holds(self.order, id_)) if made is None else _holds(made, id_)
-        if held:
+        The alternative, a change kept until the merge ends, left an import's contact edited meanwhile as it was
+        for seconds (3.4 s in an import of 50,000 into 100,000). Taking one out costs a bisection, and keeps no
+        copy of what the merge holds: made while the merge read, it is in no index yet; made before, its pairs
+        the merge made are removed as a change's are (the journal records its blob for the keys being merged)."""
+        old, taken = self.blobs.get(id_), self._taken
+        if old is None or taken is None or id_ in taken:
+            return old, False
+        made = self._made
+        if made is None:  # still reading: what it made is in `blobs`, in no index nor in `order` yet
+            if _holds(self.order, id_):
+                return old, False
             taken[id_] = None
-        return held
+            return None, False
+        if not _holds(made, id_):
+            return old, False
+        taken[id_] = None
+        return old, True
 
     def _changed(self, id_: int) -> None:
         self.version += 1
