@@ -19,7 +19,9 @@ indexes hold no Python object per value:
 
 Every change (`put`, `delete`) touches the keys it changes only: one block
 per changed attribute is replaced, a posting appended to. A bulk add
-(`merge`, an import's slice) merges each attribute's keys in one pass. The
+(`merge`, an import) merges each attribute's keys in one pass, in steps; any
+contact may change between them, one of the import too (taken out of it: a
+change is never kept waiting for the merge's end). The
 lists of blocks searches iterate are copy-on-write while an iterator holds
 them (it keeps the lists it started with; with none, a change edits them in
 place), so a search that runs in slices while contacts change sees a
