@@ -396,6 +396,24 @@ def _found(port: int, flt: str) -> list[str]:
         sock.close()
 
 
+def _held_merges(monkeypatch, after: int = 0) -> Event:
+    """Every merge into a directory (a build, an import) waits until the event returned is set: at its start (the
+    follower waits with it), or after `after` steps, in steps that do nothing (the follower applies changes between)."""
+    release = Event()
+    merge_steps = ldap.Directory.merge_steps
+
+    def held(self, contacts):
+        if not after:
+            release.wait()
+        for n, step in enumerate(merge_steps(self, contacts), 1):
+            yield step
+            while n == after and not release.is_set():
+                yield
+
+    monkeypatch.setattr(ldap.Directory, "merge_steps", held)
+    return release
+
+
 def test_a_search_that_notices_a_change_waits_until_it_is_applied_even_on_a_busy_machine(served, monkeypatch):
     """A change by another process (as the CLI makes it), applied slower than CATCH_UP (a busy machine),
     is still found by the search that noticed it."""
@@ -430,14 +448,7 @@ def test_a_search_does_not_wait_for_an_import_to_be_merged(served, monkeypatch):
         return runtime.sensors.value("ldap_directory_entries"), runtime.sensors.value("ldap_directory_pending")
 
     assert directory_sensors() == (1, 0)
-    release = Event()
-    merge_steps = ldap.Directory.merge_steps
-
-    def held(self, contacts):
-        release.wait()
-        yield from merge_steps(self, contacts)
-
-    monkeypatch.setattr(ldap.Directory, "merge_steps", held)
+    release = _held_merges(monkeypatch)
     try:
         other = AddressBook(addressbook_for(runtime).path)
         try:
@@ -452,6 +463,28 @@ def test_a_search_does_not_wait_for_an_import_to_be_merged(served, monkeypatch):
     eventually(lambda: directory_sensors() == (301, 0))
 
 
+def test_an_edit_read_from_the_log_with_an_import_does_not_wait_for_the_import_to_be_merged(served, monkeypatch):
+    """An import, then at once an edit of a contact the directory holds: the follower reads both from the log
+    together. The edit is applied before the merge, not as part of it: found while the merge is held back."""
+    service, runtime, start = served
+    port = start()
+    assert _found(port, "(ipPhone=77)") == []  # the directory is built
+    release = _held_merges(monkeypatch)
+    try:
+        other = AddressBook(addressbook_for(runtime).path)  # another process's writes: the follower reads them in one look
+        try:
+            other.import_csv("first_name,last_name\n" + "".join(f"F{i},Imported{i}\n" for i in range(300)))
+            other.change(other.after(0, 1)[0].id, {"extension": "77"})
+        finally:
+            other.close()
+        eventually(lambda: _found(port, "(ipPhone=77)") == ["Reception"])  # while the merge waits
+        assert _found(port, "(sn=imported*)") == []
+    finally:
+        release.set()
+    eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=imported*)")) == 300)
+    assert _found(port, "(ipPhone=77)") == ["Reception"]
+
+
 def test_a_contact_of_an_import_changed_while_it_is_merged_is_found_changed_before_the_merge_ends(served, monkeypatch):
     """An administrator imports, then fixes one of the imported contacts at once: the fix is found while the merge
     goes on, whether the merge had read that contact (and holds it), holds it in a page read but not yet merged, or
@@ -459,21 +492,11 @@ def test_a_contact_of_an_import_changed_while_it_is_merged_is_found_changed_befo
     service, runtime, start = served
     port = start()
     assert _found(port, "(sn=imported*)") == []
-    release, holding = Event(), Event()
-    merge_steps = ldap.Directory.merge_steps
-
-    def held(self, contacts):  # 11 steps of 16 contacts merged (of pages of 64 read), then steps that wait
-        for n, step in enumerate(merge_steps(self, contacts)):
-            yield step
-            while n == 10 and not release.is_set():  # between steps: the follower applies changes meanwhile
-                holding.set()
-                yield
-
-    monkeypatch.setattr(ldap.Directory, "merge_steps", held)
+    release = _held_merges(monkeypatch, after=11)  # 11 steps of 16 contacts read (of pages of 64), made, not indexed
     book = addressbook_for(runtime)
     try:
         book.import_csv("first_name,last_name\n" + "".join(f"F{i},Imported{i}\n" for i in range(300)))
-        eventually(lambda: gevent.sleep(0.01) or holding.is_set())
+        eventually(lambda: gevent.sleep(0.01) or len(service.directory(runtime.settings.ldap_base)) == 1 + 11 * 16)
         imported = [c.id for c in book.contacts() if c.last_name.startswith("Imported")]
         book.change(imported[0], {"last_name": "Fixed"})  # read and held by the merge
         book.change(imported[180], {"last_name": "Paged"})  # read in a page the merge has yet to take
@@ -503,15 +526,8 @@ def test_a_search_does_not_wait_for_a_change_the_follower_failed_to_apply(served
     def failing(self, *args):
         raise RuntimeError("a bug while applying a change")
 
-    release = Event()
-    merge_steps = ldap.Directory.merge_steps
-
-    def held(self, contacts):  # the build that follows the failure, held back while the search asks
-        release.wait()
-        yield from merge_steps(self, contacts)
-
     monkeypatch.setattr(ldap_follower.DirectoryFollower, "_put_or_delete", failing)
-    monkeypatch.setattr(ldap.Directory, "merge_steps", held)
+    release = _held_merges(monkeypatch)  # the build that follows the failure, held back while the search asks
     try:
         other = AddressBook(addressbook_for(runtime).path)
         try:
