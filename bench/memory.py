@@ -137,23 +137,27 @@ class Api:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         self.headers = {"Authorization": "Basic " + base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode(),
                         "Content-Type": "application/json"}
+        self.idle_since = time.monotonic()
 
-    dropped = 0  # GETs whose keep-alive connection was closed without an answer (retried once on a new one)
+    # GETs whose keep-alive connection the worker had closed (each retried once on a new one): the seconds it had
+    # been idle. The worker closes one idle for its keep-alive timeout (15 s); a drop after less would be its fault.
+    dropped: list[float] = []
 
     def __call__(self, method: str, path: str, body: dict | None = None):
+        idle = time.monotonic() - self.idle_since
         try:
             self.connection.request(method, path, body=json.dumps(body) if body is not None else None, headers=self.headers)
             response = self.connection.getresponse()
         except http.client.RemoteDisconnected:
             if method != "GET":
                 raise
-            # as browsers and urllib3 do for an idempotent request on a reused connection; counted, not hidden: the
-            # worker was seen to lose a keep-alive connection right after an import (see bench/RESULTS.md)
-            Api.dropped += 1
+            # as browsers and urllib3 do for an idempotent request on a reused connection; counted, not hidden
+            Api.dropped.append(round(idle, 1))
             self.connection.close()
             self.connection.request(method, path, headers=self.headers)
             response = self.connection.getresponse()
         data = response.read()
+        self.idle_since = time.monotonic()
         if response.status == 429:  # a connection's pace (200 requests a second): as a client should, wait and reconnect
             self.connection.close()
             time.sleep(float(response.getheader("Retry-After", "1")))
@@ -333,7 +337,8 @@ def main() -> int:
                                       lambda: during_merge.extend(import_until_applied(
                                           server, more, args.contacts // 2, args.contacts + args.contacts // 2,
                                           partial(change_through_the_api, server, first)))))
-            rows[-1]["keepalive_dropped"] = Api.dropped
+            rows[-1]["keepalive_dropped"] = len(Api.dropped)
+            rows[-1]["keepalive_dropped_idle_s"] = Api.dropped
             during_merge.sort()
             rows.append({"state": f"a change through the web API while those {args.contacts // 2:,} are merged, until LDAP "
                                   f"finds it ({len(during_merge)} changes)", "rss_mb": rows[-1]["rss_mb"],
@@ -354,7 +359,9 @@ def main() -> int:
             extra = f"  visible after {row['visible_median_ms']} ms (median), {row['visible_max_ms']} ms at most"
         print(f"{row['state']:80} {row['rss_mb']:8.1f} MiB{extra}")
         if row.get("keepalive_dropped"):
-            print(f"    the API's keep-alive connection closed without an answer {row['keepalive_dropped']} time(s) (GET retried)")
+            idle = row["keepalive_dropped_idle_s"]
+            print(f"    the API's keep-alive connection closed without an answer {row['keepalive_dropped']} time(s) (GET retried), "
+                  f"after {min(idle):g}-{max(idle):g} s idle (the worker closes a connection idle for 15 s)")
         for name, probe in row.get("other_services_meanwhile", {}).items():
             print(f"    meanwhile {name:5} p99 {probe['p99_ms']:7.1f} ms, max {probe['max_ms']} ms, lost {probe['lost']}")
     return 0

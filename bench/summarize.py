@@ -122,7 +122,9 @@ def meanwhile(row: dict) -> str:
     worst = max(probes.values(), key=lambda probe: probe["p99_ms"])
     lost = sum(probe["lost"] for probe in probes.values())
     drops = row.get("keepalive_dropped")
-    dropped = f"; the API's keep-alive connection closed without an answer {drops}x" if drops else ""
+    idle = row.get("keepalive_dropped_idle_s")
+    dropped = (f"; the API's keep-alive connection closed without an answer {drops}x"
+               + (f" (after {min(idle):g}-{max(idle):g} s idle)" if idle else "")) if drops else ""
     return f"{worst['p99_ms']:.1f} ms ({max(p['max_ms'] for p in probes.values()):.1f} ms); {lost} lost, during {row['seconds']} s{dropped}"
 
 

@@ -404,6 +404,19 @@ def _found(port: int, flt: str) -> list[str]:
         sock.close()
 
 
+def _held_merges(monkeypatch) -> Event:
+    """Every merge into a directory (a build, an import) waits at its start until the event returned is set."""
+    release = Event()
+    merge_steps = ldap.Directory.merge_steps
+
+    def held(self, contacts):
+        release.wait()
+        yield from merge_steps(self, contacts)
+
+    monkeypatch.setattr(ldap.Directory, "merge_steps", held)
+    return release
+
+
 def test_a_search_that_notices_a_change_waits_until_it_is_applied_even_on_a_busy_machine(served, monkeypatch):
     """A change by another process (as the CLI makes it), applied slower than CATCH_UP (a busy machine),
     is still found by the search that noticed it."""
@@ -438,14 +451,7 @@ def test_a_search_does_not_wait_for_an_import_to_be_merged(served, monkeypatch):
         return runtime.sensors.value("ldap_directory_entries"), runtime.sensors.value("ldap_directory_pending")
 
     assert directory_sensors() == (1, 0)
-    release = Event()
-    merge_steps = ldap.Directory.merge_steps
-
-    def held(self, contacts):
-        release.wait()
-        yield from merge_steps(self, contacts)
-
-    monkeypatch.setattr(ldap.Directory, "merge_steps", held)
+    release = _held_merges(monkeypatch)
     try:
         other = AddressBook(addressbook_for(runtime).path)
         try:
@@ -460,6 +466,28 @@ def test_a_search_does_not_wait_for_an_import_to_be_merged(served, monkeypatch):
     eventually(lambda: directory_sensors() == (301, 0))
 
 
+def test_an_edit_read_from_the_log_with_an_import_does_not_wait_for_the_import_to_be_merged(served, monkeypatch):
+    """An import, then at once an edit of a contact the directory holds: the follower reads both from the log
+    together. The edit is applied before the merge, not as part of it: found while the merge is held back."""
+    service, runtime, start = served
+    port = start()
+    assert _found(port, "(ipPhone=77)") == []  # the directory is built
+    release = _held_merges(monkeypatch)
+    try:
+        other = AddressBook(addressbook_for(runtime).path)  # another process's writes: the follower reads them in one look
+        try:
+            other.import_csv("first_name,last_name\n" + "".join(f"F{i},Imported{i}\n" for i in range(300)))
+            other.change(other.after(0, 1)[0].id, {"extension": "77"})
+        finally:
+            other.close()
+        eventually(lambda: _found(port, "(ipPhone=77)") == ["Reception"])  # while the merge waits
+        assert _found(port, "(sn=imported*)") == []
+    finally:
+        release.set()
+    eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=imported*)")) == 300)
+    assert _found(port, "(ipPhone=77)") == ["Reception"]
+
+
 def test_a_search_does_not_wait_for_a_change_the_follower_failed_to_apply(served, monkeypatch, caplog):
     """A bug (or a failing read) while a change is applied: searches go on from the directory as it is,
     without waiting for it (the bound on that wait is set out of reach here: only not waiting answers)."""
@@ -472,15 +500,8 @@ def test_a_search_does_not_wait_for_a_change_the_follower_failed_to_apply(served
     def failing(self, *args):
         raise RuntimeError("a bug while applying a change")
 
-    release = Event()
-    merge_steps = ldap.Directory.merge_steps
-
-    def held(self, contacts):  # the build that follows the failure, held back while the search asks
-        release.wait()
-        yield from merge_steps(self, contacts)
-
     monkeypatch.setattr(ldap_follower.DirectoryFollower, "_put_or_delete", failing)
-    monkeypatch.setattr(ldap.Directory, "merge_steps", held)
+    release = _held_merges(monkeypatch)  # the build that follows the failure, held back while the search asks
     try:
         other = AddressBook(addressbook_for(runtime).path)
         try:
