@@ -77,11 +77,17 @@ def _coalesced(outputs: list) -> list:
     if len(outputs) < 2:
         return outputs
     joined: list = []
+    run: list[bytes] = []  # joined once at its end: adding each entry to the bytes so far copied them all again
     for item in outputs:
-        if isinstance(item, bytes) and joined and isinstance(joined[-1], bytes):
-            joined[-1] += item
-        else:
-            joined.append(item)
+        if isinstance(item, bytes):
+            run.append(item)
+            continue
+        if run:
+            joined.append(b"".join(run))
+            run = []
+        joined.append(item)
+    if run:
+        joined.append(b"".join(run))
     return joined
 
 

@@ -154,6 +154,14 @@ def test_pipelined_searches_beyond_one_batch_are_all_answered(served):
     sock.close()
 
 
+def test_outputs_are_sent_with_each_run_of_bytes_joined_and_events_in_their_place():
+    searched, close = ldap.Searched(2), ldap.Close()
+    outputs = [b"e1", b"e2", b"e3", b"done", searched, b"next", close, b"x", b"y"]
+    assert shell._coalesced(outputs) == [b"e1e2e3done", searched, b"next", close, b"xy"]
+    assert shell._coalesced([searched, b"a"]) == [searched, b"a"]
+    assert shell._coalesced([b"a"]) == [b"a"]
+
+
 EXPENSIVE = "(|" + "(cn~=zzyzx)" * 100 + "(sn=*7))"  # a scan: every contact checked against 101 items
 
 
