@@ -95,7 +95,8 @@ class SearchIndex(ChangeReader):
             if changes is None:  # the log no longer reaches back to the last change folded
                 self._start_building()
                 return True
-            ids, last = changes
+            logged, last = changes
+            ids = list(dict.fromkeys(logged))  # a contact changed twice: folded once
             if not ids:
                 return False
             db.executemany("DELETE FROM contact_search WHERE id = ?", [(id_,) for id_ in ids])

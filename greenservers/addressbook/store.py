@@ -321,8 +321,9 @@ class ChangeReader:
         return _last_change(self._db)
 
     def changes_after(self, seq: int, limit: int) -> tuple[list[int], int] | None:
-        """(the ids of the contacts changed after change `seq`, the last change read), at most `limit` changes;
-        None if the log no longer reaches back to `seq` (pruned: the reader must read the whole book)."""
+        """(the ids of the contacts changed after change `seq`, one per change in their order: an id twice is a
+        contact changed again, the last change read), at most `limit` changes; None if the log no longer reaches
+        back to `seq` (pruned: the reader must read the whole book)."""
         rows = self._db.execute("SELECT seq, contact_id FROM contact_changes WHERE seq > ? ORDER BY seq LIMIT ?",
                                 (seq, limit)).fetchall()
         if not rows:
@@ -331,7 +332,7 @@ class ChangeReader:
             first = self._db.execute("SELECT min(seq) FROM contact_changes").fetchone()[0]
             if first is not None and first > seq + 1:
                 return None  # pruned (a rollback leaves no hole: it gives its numbers back)
-        return list(dict.fromkeys(contact_id for _, contact_id in rows)), rows[-1][0]
+        return [contact_id for _, contact_id in rows], rows[-1][0]
 
     def contacts(self, ids: list[int]) -> list[Contact]:
         """The contacts of `ids` that exist (an id missing here was deleted)."""

@@ -71,6 +71,15 @@ def _held_steps(directory: proto.Directory, ids: Iterable[int], held: dict[int, 
         yield
 
 
+def _logged_again(changed: list[int], ids: dict[int, None], again: dict[int, None]) -> None:
+    """Into `again` the ids of a page of the log (`changed`) that come twice in it or are in `ids` (read before)."""
+    seen: dict[int, None] = {}
+    for id_ in changed:
+        if id_ in ids or id_ in seen:
+            again[id_] = None
+        seen[id_] = None
+
+
 class DirectoryFollower:
     """Keeps the Directory of one address book current (see the module's docstring): `current(base)`."""
 
@@ -186,20 +195,23 @@ class DirectoryFollower:
                     continue
                 self._caught_up.clear()  # a search meanwhile waits for it too
                 self._noticed = False
-                ids = self._changed_ids(reader, directory)
-                if ids is None or not self._apply(reader, directory, ids):
+                again: dict[int, None] = {}
+                ids = self._changed_ids(reader, directory, again)
+                if ids is None or not self._apply(reader, directory, ids, again):
                     return  # build anew
                 self._large = False
                 self._caught_up.set()
         finally:
             poll.close()
 
-    def _changed_ids(self, reader: ChangeReader, directory: proto.Directory) -> dict[int, None] | None:
+    def _changed_ids(self, reader: ChangeReader, directory: proto.Directory,
+                     again: dict[int, None] | None = None) -> dict[int, None] | None:
         """The ids of the contacts changed since the last change read (which moves on), in the order of
         their changes (keys of a dict of ints: the cyclic collector does not track it, where it scanned a
-        list or set of an import's 50,000 ids for milliseconds with the loop held); None when the directory
-        must be built anew: the log was pruned past it, or most of the book changed (an import replacing
-        it: built anew, then swapped in)."""
+        list or set of an import's 50,000 ids for milliseconds with the loop held), and into `again` those
+        logged more than once (an import's contact edited since); None when the directory must be built
+        anew: the log was pruned past it, or most of the book changed (an import replacing it: built anew,
+        then swapped in)."""
         ids: dict[int, None] = {}
         while True:
             got = reader.changes_after(self._seq, LOG_PAGE)
@@ -209,18 +221,23 @@ class DirectoryFollower:
             changed, self._seq = got
             if not changed:
                 return ids
-            ids.update(dict.fromkeys(changed))
+            page = dict.fromkeys(changed)
+            if again is not None and (len(page) < len(changed) or not page.keys().isdisjoint(ids)):
+                _logged_again(changed, ids, again)
+            ids.update(page)
             if len(ids) > MEANWHILE:
                 self._large = True
             if len(ids) > REBUILD_SHARE * max(len(directory), 1000):
                 return None
             serve_ready_then_continue()  # a page of the log read: the loop serves the others before the next
 
-    def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: dict[int, None]) -> bool:
+    def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: dict[int, None],
+               again: dict[int, None] | None = None) -> bool:
         """The contacts of `ids` as they are in the book now (absent: deleted) into the directory. Many
         (an import) are merged; a few are put one by one: either way the work is in proportion to them.
-        Those of a merge's ids that the directory holds already are not the import's (an edit committed while
-        its log was read): they are put first, so that they do not wait for the merge's end. While a merge
+        Those of a merge's ids that the directory holds already, or that the log names `again`, were edited while
+        the import's log was read (an import adds each of its contacts once): they are put first, so that they
+        do not wait for the merge's end. While a merge
         runs, and while the gram postings are tidied after it (117 ms after an import of 50,000 once the book
         had seen many changes), a few changes are applied between the slices, those of the merge's own
         contacts too (an administrator fixing one just imported sees the fix at once: kept until the merge's
@@ -232,11 +249,12 @@ class DirectoryFollower:
         taken: dict[int, None] = {}
         self._report(self, len(directory), len(ids))
         rebuild, merging = False, len(ids) > max(256, len(directory) // 16)
-        held: dict[int, None] = {}  # of a merge's ids, those the directory already holds: not the import's
+        held: dict[int, None] = {}  # of a merge's ids, those edited: the directory holds them already, or logged again
         if merging:
             # an edit committed while the follower read the import's log comes in the same `ids`: put first, it is
             # found milliseconds later, not at the merge's end (seconds; more on a busy machine)
             self._run_steps(_held_steps(directory, ids, held))
+            held.update(again or ())
             self._put_or_delete(reader, directory, held)
             present.update(held)  # gone from the book: deleted just now
 

@@ -472,8 +472,9 @@ def test_a_search_does_not_wait_for_an_import_to_be_merged(served, monkeypatch):
 
 
 def test_an_edit_read_from_the_log_with_an_import_does_not_wait_for_the_import_to_be_merged(served, monkeypatch):
-    """An import, then at once an edit of a contact the directory holds: the follower reads both from the log
-    together. The edit is applied before the merge, not as part of it: found while the merge is held back."""
+    """An import, then at once an edit of a contact the directory holds and one of a contact just imported: the
+    follower reads them from the log together. The edits are applied before the merge, not as part of it: found
+    while the merge is held back."""
     service, runtime, start = served
     port = start()
     assert _found(port, "(ipPhone=77)") == []  # the directory is built
@@ -483,14 +484,17 @@ def test_an_edit_read_from_the_log_with_an_import_does_not_wait_for_the_import_t
         try:
             other.import_csv("first_name,last_name\n" + "".join(f"F{i},Imported{i}\n" for i in range(300)))
             other.change(other.after(0, 1)[0].id, {"extension": "77"})
+            other.change(other.after(0, 301)[-1].id, {"last_name": "Fixed"})  # the import's last contact
         finally:
             other.close()
         eventually(lambda: _found(port, "(ipPhone=77)") == ["Reception"])  # while the merge waits
+        eventually(lambda: _found(port, "(sn=fixed)") == ["F299 Fixed"])
         assert _found(port, "(sn=imported*)") == []
     finally:
         release.set()
-    eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=imported*)")) == 300)
+    eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=imported*)")) == 299)
     assert _found(port, "(ipPhone=77)") == ["Reception"]
+    assert _found(port, "(sn=fixed)") == ["F299 Fixed"]
 
 
 def test_a_contact_of_an_import_changed_while_it_is_merged_is_found_changed_before_the_merge_ends(served, monkeypatch):
