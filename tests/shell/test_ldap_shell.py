@@ -526,6 +526,33 @@ def test_a_contact_of_an_import_changed_while_it_is_merged_is_found_changed_befo
     assert _found(port, "(sn=imported1)") == []
 
 
+def test_changes_of_an_imported_contact_beyond_what_a_merge_lets_go_wait_for_its_end(served, monkeypatch):
+    """Each of a merge's own contacts taken out of it makes one of its steps longer (the loop held): past
+    TAKEN_MAX of them, a change of another waits for the merge's end, and is applied then."""
+    monkeypatch.setattr(ldap_follower, "TAKEN_MAX", 1)
+    service, runtime, start = served
+    port = start()
+    assert _found(port, "(sn=imported*)") == []
+    release = _held_merges(monkeypatch, after=11)
+    book = addressbook_for(runtime)
+    try:
+        book.import_csv("first_name,last_name\n" + "".join(f"F{i},Imported{i}\n" for i in range(300)))
+        eventually(lambda: gevent.sleep(0.01) or len(service.directory(runtime.settings.ldap_base)) == 1 + 11 * 16)
+        imported = [c.id for c in book.contacts() if c.last_name.startswith("Imported")]
+        book.change(imported[0], {"last_name": "Fixed"})
+        eventually(lambda: gevent.sleep(0.01) or _found(port, "(sn=fixed)") == ["F0 Fixed"])  # the one let go
+        book.change(imported[2], {"last_name": "Waiting"})
+        book.change(book.after(0, 1)[0].id, {"extension": "79"})  # after it in the log: once found, that one was read
+        eventually(lambda: gevent.sleep(0.01) or _found(port, "(ipPhone=79)") == ["Reception"])
+        assert _found(port, "(sn=waiting)") == []
+        assert runtime.sensors.value("ldap_directory_pending") == 300  # the merge has not ended
+    finally:
+        release.set()
+    eventually(lambda: gevent.sleep(0.01) or _found(port, "(sn=waiting)") == ["F2 Waiting"])
+    assert _found(port, "(sn=fixed)") == ["F0 Fixed"]
+    assert len(_found(port, "(sn=imported*)")) == 298
+
+
 def test_a_search_does_not_wait_for_a_change_the_follower_failed_to_apply(served, monkeypatch, caplog):
     """A bug (or a failing read) while a change is applied: searches go on from the directory as it is,
     without waiting for it (the bound on that wait is set out of reach here: only not waiting answers)."""

@@ -147,7 +147,8 @@ class Directory:
         self._sounds: dict[str, str] = {}
         self._plans: dict[tuple, object] = {}
         self._journal: list | None = None  # while a merge runs: (id, blob, added or not) of each change made meanwhile
-        self._taken: dict[int, None] | None = None  # while it indexes: contacts it made, changed or deleted meanwhile
+        self._taken: dict[int, None] | None = None  # while a merge runs (reads, then indexes): contacts it made, changed
+        # or deleted meanwhile
         self._made: array | None = None  # what it made, ascending, once they are in `order` (before: not in it)
         self.merge(contacts)
 
@@ -228,7 +229,9 @@ class Directory:
         if taken:
             made = _without(made, taken)
         at = bisect_left(self.order, made[0]) if made else len(self.order)
-        if at < len(self.order):  # ids above the first made: added or taken out meanwhile (a few)
+        # ids above the first made: added or taken out meanwhile, as many as edits came while the merge read (a few;
+        # 1-3 us each, in this one step: 2,000 cost 7 ms)
+        if at < len(self.order):
             self.order = self.order[:at] + _merged_ids(self.order[at:], made)
         else:
             self.order.extend(made)
