@@ -403,6 +403,7 @@ class Directory:
     def dismantle(self, per_step: int = 2048) -> Iterator[None]:
         """Empty this directory a slice at a time, yielding between slices, for a caller that holds the
         only reference once it was replaced: dropping 100,000 blobs at once is one deallocation of many ms."""
+        self.version += 1  # a search still going on over it checks each id it finds (and skips those gone)
         blobs = self.blobs
         while blobs:
             for _ in range(min(per_step, len(blobs))):

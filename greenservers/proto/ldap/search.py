@@ -223,8 +223,9 @@ def find_entries(directory: Directory, first: list[Entry], contacts: bool, flt, 
     (MATCH_STEP_UNITS filter units; `units`, what one entry costs, is filter_units(flt) when not given).
 
     Contacts come from the directory's indexes when the filter allows (in index order,
-    alphabetical for name lookups; exact lookups skip the filter while the directory
-    has not changed since the search began), else from a scan in id order.
+    alphabetical for name lookups; exact lookups skip the filter, and the check that a
+    contact is still there, while the directory has not changed since the search
+    began, and take MATCH_STEP_UNITS candidates a slice), else from a scan in id order.
     """
     check_first = None  # compiled here, in the search's first slice, unless no entry of `first` may match
     for k, entry in enumerate(first):
@@ -245,23 +246,29 @@ def find_entries(directory: Directory, first: list[Entry], contacts: bool, flt, 
     blobs, version = directory.blobs, directory.version
     ids = iter(ids)
     while True:
-        # a slice of candidates at a time (no more than the limit still wants: a lazy lookup checks each it gives)
-        wanted = stride if limit is None else min(stride, limit - len(found))
-        chunk = list(islice(ids, wanted))
         verify = not (exact and directory.version == version)  # nothing changes the directory within a slice
-        for i in chunk:
-            if seen is not None:
-                if i in seen:
+        # a slice of candidates at a time (no more than the limit still wants: a lazy lookup checks each it gives);
+        # a candidate that needs no check costs one unit, so a phone's exact lookup is found in one slice
+        wanted = stride if verify else MATCH_STEP_UNITS
+        if limit is not None:
+            wanted = min(wanted, limit - len(found))
+        chunk = list(islice(ids, wanted))
+        if not verify:
+            # unchanged since the lookup began: each candidate is a live contact that matches (indexes hold no
+            # other), so only the ids an OR's lookups both gave are left out, with no read of the directory
+            found.extend([i for i in chunk if not (i in seen or seen.add(i))])  # a scan is never exact: `seen` is a set
+        else:
+            for i in chunk:
+                if seen is not None:
+                    if i in seen:
+                        continue
+                    seen.add(i)
+                if i not in blobs:  # deleted since the lookup began
                     continue
-                seen.add(i)
-            if i not in blobs:  # deleted since the lookup began
-                continue
-            if verify:
                 if predicate is None:
                     predicate = directory.predicate(flt)
-                if not predicate(i):
-                    continue
-            found.append(i)
+                if predicate(i):
+                    found.append(i)
         if len(chunk) < wanted or (limit is not None and len(found) >= limit):
             return
         yield
