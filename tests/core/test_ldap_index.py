@@ -191,7 +191,8 @@ def assert_as_built_from_scratch(directory: ldap.Directory, contacts: dict[int, 
         assert set(found_dns(directory, flt)) == expected, text
         assert set(found_dns(scratch, flt)) == expected, text
         assert len(found_dns(directory, flt, limit=2)) == min(2, len(expected)), text
-    for key in (("*",), ("cn", "telephoneNumber"), ("displayName", "uid", "objectClass", "mobile")):
+    # stored attributes in blob order and out of it (cut from the blob), and those made when answering
+    for key in (("*",), ("cn", "telephoneNumber"), ("mobile", "sn", "cn"), ("displayName", "uid", "objectClass", "mobile")):
         selection = ldap.Selection.of(list(key), False)
         selection.key = key
         for i in contacts:
@@ -454,6 +455,7 @@ def test_entries_are_framed_as_messages_whatever_their_length_and_message_id():
         for _ in range(2):  # answers made, then cached
             encoded, count = ldap.encode_entries(message_id, selection, [-1, *ids], entries)
             assert (encoded, count) == (b"".join(expected), len(expected))
+    assert directory.answered == len(ids)  # each made once, for the one selection
     directory.delete(ids[0])  # a contact gone since it was found is not sent
     encoded, count = ldap.encode_entries(5, selection, ids[:2], entries)
     assert (encoded, count) == (ber.tlv(0x30, ber.integer(5) + entries.body(ids[1], selection)), 1)

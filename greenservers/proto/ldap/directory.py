@@ -15,7 +15,8 @@ indexes hold no Python object per value:
   compactions (a stale id costs one check against the current value; "*typed*" of 3 or 4
   characters is its gram's posting as it is while that holds no stale id).
 - `order`: every id, ascending (what a scan walks).
-- a bounded cache of encoded answers per attribute selection (`answer`).
+- a bounded cache of encoded answers per attribute selection (`answers_of`: a slice of a search's
+  answers at once, those not cached cut from their blobs).
 
 Every change (`put`, `delete`) touches the keys it changes only: one block
 per changed attribute is replaced, a posting appended to. A bulk add
@@ -38,9 +39,10 @@ folded values out of blobs by id.
 
 from __future__ import annotations
 
+import struct
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain, islice
 
 from .codes import F_AND, F_EQ, F_OR, F_SUB
@@ -117,7 +119,26 @@ def _plan(selection) -> object:
             plan.append(_UID)
         elif key == "objectclass":
             plan.append(OBJECTCLASS_ENCODED)
+    if all(part.__class__ is tuple for part in plan):
+        return _Cuts(plan)
     return tuple(plan)
+
+
+class _Cuts:
+    """The plan of a selection of stored attributes only (a phone's): the header's ends it needs (the DN's, then
+    the slices' bounds) read by one Struct, not all of them, and which of them bound each slice. A header of
+    19 ends made 19 ints (most above the small ones Python keeps) per answer made."""
+
+    __slots__ = ("ends", "spans")
+
+    def __init__(self, slices: list[tuple[int, int]]):
+        needed = sorted({0, *(n for pair in slices for n in pair)})  # 0: where the DN element ends
+        layout, position = "<", 0
+        for n in needed:
+            layout += f"{2 * (n - position)}xH" if n > position else "H"
+            position = n + 1
+        self.ends = struct.Struct(layout)
+        self.spans = tuple((needed.index(a), needed.index(b)) for a, b in slices)
 
 
 class Directory:
@@ -571,47 +592,67 @@ class Directory:
 
     def answer(self, id_: int, selection) -> bytes | None:
         """The SearchResultEntry body of a contact for an attribute selection (cached), None if it is gone."""
-        answers = self.answers.get(selection.key)
-        if answers is not None:
-            body = answers.get(id_)
-            if body is not None:
-                return body
-        blob = self.blobs.get(id_)
-        if blob is None:
-            return None
-        ends = HEADER.unpack_from(blob)
-        attributes = self._attributes(id_, blob, ends, selection)
-        inner = blob[HEAD:ends[0]] + b"\x30" + ber_length(len(attributes)) + attributes
-        body = b"\x64" + ber_length(len(inner)) + inner
-        if answers is None:
-            if len(self.answers) >= 8:  # selections cached at once (phones use one or two)
-                self._forget_answers(next(iter(self.answers)))
-            answers = self.answers[selection.key] = {}
-        if self.answered >= MAX_ANSWERS:
-            self._evict()
-        answers[id_] = body
-        self.answered += 1
-        return body
+        return self.answers_of((id_,), selection)[0]
 
-    def _attributes(self, id_: int, blob: bytes, ends, selection) -> bytes:
+    def answers_of(self, ids: Sequence[int], selection) -> list[bytes | None]:
+        """The SearchResultEntry bodies of contacts for an attribute selection (None: a contact gone, or an id of
+        none), cached: those cached taken by one call, the others made and cached with the selection's lookups
+        done once for all (a phone's 50 answers not cached cost about 5 us each when made one by one)."""
+        answers = self.answers.get(selection.key)
+        bodies = list(map(answers.get, ids)) if answers is not None else [None] * len(ids)
+        if all(bodies):  # a body is never empty: all cached
+            return bodies
+        blobs, plan = self.blobs, self._plan_of(selection)
+        for n, body in enumerate(bodies):
+            if body is not None:
+                continue
+            id_ = ids[n]
+            blob = blobs.get(id_)
+            if blob is None:
+                continue
+            body = bodies[n] = self._body(id_, blob, plan, selection)
+            if answers is None:
+                if len(self.answers) >= 8:  # selections cached at once (phones use one or two)
+                    self._forget_answers(next(iter(self.answers)))
+                answers = self.answers[selection.key] = {}
+            if self.answered >= MAX_ANSWERS:
+                self._evict()
+            answers[id_] = body
+            self.answered += 1
+        return bodies
+
+    def _plan_of(self, selection) -> object:
         plan = self._plans.get(selection.key)
         if plan is None:
             if len(self._plans) >= 64:
                 self._plans.clear()
             plan = self._plans[selection.key] = _plan(selection)
+        return plan
+
+    def _body(self, id_: int, blob: bytes, plan, selection) -> bytes:
+        """A contact's SearchResultEntry body: its DN element and the attributes `plan` cuts from its blob."""
+        if plan.__class__ is _Cuts:
+            ends = plan.ends.unpack_from(blob)
+            parts = []
+            for start, end in plan.spans:  # a loop, not a comprehension: no function made per answer
+                parts.append(blob[ends[start]:ends[end]])
+            return _framed(blob[HEAD:ends[0]], b"".join(parts))
+        ends = HEADER.unpack_from(blob)
         if plan is _WHOLE_ENTRY:
-            return selection.encode(self.entry(id_))
-        parts = []
-        for part in plan:
-            if part.__class__ is tuple:
-                parts.append(blob[ends[part[0]]:ends[part[1]]])
-            elif part is _DISPLAY:
-                parts.append(display_from_cn(blob[ends[0]:ends[1]]))
-            elif part is _UID:
-                parts.append(partial_attribute(UID_TYPE, str(id_)))
-            else:
-                parts.append(part)
-        return b"".join(parts)
+            attributes = selection.encode(self.entry(id_))
+        else:
+            parts = []
+            for part in plan:
+                if part.__class__ is tuple:
+                    parts.append(blob[ends[part[0]]:ends[part[1]]])
+                elif part is _DISPLAY:
+                    parts.append(display_from_cn(blob[ends[0]:ends[1]]))
+                elif part is _UID:
+                    parts.append(partial_attribute(UID_TYPE, str(id_)))
+                else:
+                    parts.append(part)
+            attributes = b"".join(parts)
+        return _framed(blob[HEAD:ends[0]], attributes)
 
     def _forget_answers(self, key: tuple) -> None:
         self.answered -= len(self.answers.pop(key))
@@ -627,6 +668,12 @@ class Directory:
             drop -= len(oldest)
             if drop <= 0:
                 return
+
+
+def _framed(dn: bytes, attributes: bytes) -> bytes:
+    """A SearchResultEntry body: the DN element, then the attributes' SEQUENCE."""
+    length = ber_length(len(attributes))
+    return b"".join((b"\x64", ber_length(len(dn) + 1 + len(length) + len(attributes)), dn, b"\x30", length, attributes))
 
 
 def _holds(ids: array, id_: int) -> bool:

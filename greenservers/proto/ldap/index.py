@@ -50,11 +50,12 @@ _CN_TYPE = ber.octets("cn")
 _DISPLAY_TYPE = ber.octets("displayName")
 UID_TYPE = ber.octets("uid")
 _NO_IDS = array("i")
+_SHORT_LENGTHS = [bytes((n,)) for n in range(0x80)]  # made once: answers and blobs are framed by the million
 
 
 def ber_length(n: int) -> bytes:
     if n < 0x80:
-        return bytes((n,))
+        return _SHORT_LENGTHS[n]
     b = n.to_bytes((n.bit_length() + 7) // 8, "big")
     return bytes((0x80 | len(b),)) + b
 

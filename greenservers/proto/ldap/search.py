@@ -7,8 +7,8 @@ microseconds, and when the clock passes the search's deadline TimeUp is
 thrown into them, so a search ends with the entries found so far and
 timeLimitExceeded (RFC 4511 §4.5.1.5). Matching (`find_entries`) takes
 candidates from the directory's indexes, or scans it; sorting (`sort_steps`)
-sorts slices and merges them; encoding (`encode_entries`) reads each entry's
-answer from the directory. A search keeps what it found as ids (`Entries`).
+sorts slices and merges them; encoding (`encode_entries`) reads a slice's
+answers from the directory at once. A search keeps what it found as ids (`Entries`).
 Paged results (RFC 2696) are found (and sorted) once and cut into pages.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -86,7 +86,6 @@ EMIT_STEP = 32  # entries encoded between two yields
 
 
 _DONE: dict[int, bytes] = {}  # SearchResultDone (without a diagnostic) by result code
-_NO_ANSWERS: dict[int, bytes] = {}
 _ENDED = object()  # what next() gives when a search's steps have ended
 
 
@@ -196,9 +195,15 @@ class Entries:
             return min(values) if values else None
         return self.directory.folded(i, key)
 
-    def cached(self, selection: Selection) -> dict[int, bytes]:
-        """The directory's cached answers for `selection` by contact id (those it has now; ids of `first` are not in it)."""
-        return self.directory.answers.get(selection.key, _NO_ANSWERS)
+    def bodies(self, ids: Sequence[int], selection: Selection) -> list[bytes | None]:
+        """The SearchResultEntry bodies of `ids` for `selection` (None: a contact gone): the contacts' from the
+        directory's cache by one call (`answers_of`), those of `first` one by one."""
+        bodies = self.directory.answers_of(ids, selection)
+        if self.first:
+            for n, i in enumerate(ids):
+                if i < 0:
+                    bodies[n] = self.body(i, selection)
+        return bodies
 
     def body(self, i: int, selection: Selection) -> bytes | None:
         """The SearchResultEntry of an id for `selection`, None if the contact is gone."""
@@ -309,20 +314,16 @@ def sort_steps(ids: array, keys: list[tuple[str, bool]], entries: Entries, resul
 _SEQUENCE_HEADS = [bytes((0x30, n)) for n in range(128)] + [bytes((0x30, 0x81, n)) for n in range(128, 256)]
 
 
-def encode_entries(message_id: int, selection: Selection, ids: Iterable[int], entries: Entries) -> tuple[bytes, int]:
-    """SearchResultEntry messages of `ids` (those still there), and how many: joined once, the answers the
-    directory has cached taken without a call per entry, a message's header from a table when it is short."""
+def encode_entries(message_id: int, selection: Selection, ids: Sequence[int], entries: Entries) -> tuple[bytes, int]:
+    """SearchResultEntry messages of `ids` (those still there), and how many: joined once, their bodies
+    taken from the directory all at once (`Entries.bodies`), a message's header from a table when it is short."""
     head = ber.integer(message_id)
     extra = len(head)
     heads = _SEQUENCE_HEADS
-    cached, body_of = entries.cached(selection).get, entries.body
     parts: list[bytes] = []
-    for i in ids:
-        body = cached(i)
+    for body in entries.bodies(ids, selection):
         if body is None:
-            body = body_of(i, selection)
-            if body is None:
-                continue
+            continue
         size = extra + len(body)
         parts += (heads[size] if size < 256 else b"\x30" + ber.encode_length(size)), head, body
     return b"".join(parts), len(parts) // 3
