@@ -86,6 +86,7 @@ EMIT_STEP = 32  # entries encoded between two yields
 
 
 _DONE: dict[int, bytes] = {}  # SearchResultDone (without a diagnostic) by result code
+_NO_ANSWERS: dict[int, bytes] = {}
 _ENDED = object()  # what next() gives when a search's steps have ended
 
 
@@ -195,11 +196,15 @@ class Entries:
             return min(values) if values else None
         return self.directory.folded(i, key)
 
+    def cached(self, selection: Selection) -> dict[int, bytes]:
+        """The directory's cached answers for `selection` by contact id (those it has now; ids of `first` are not in it)."""
+        return self.directory.answers.get(selection.key, _NO_ANSWERS)
+
     def bodies(self, ids: Sequence[int], selection: Selection) -> list[bytes | None]:
         """The SearchResultEntry bodies of `ids` for `selection` (None: a contact gone): the contacts' from the
         directory's cache by one call (`answers_of`), those of `first` one by one."""
         bodies = self.directory.answers_of(ids, selection)
-        if self.first:
+        if self.first and ids and min(ids) < 0:  # one call, not a step per id: the base entry is rarely found
             for n, i in enumerate(ids):
                 if i < 0:
                     bodies[n] = self.body(i, selection)
@@ -315,17 +320,33 @@ _SEQUENCE_HEADS = [bytes((0x30, n)) for n in range(128)] + [bytes((0x30, 0x81, n
 
 
 def encode_entries(message_id: int, selection: Selection, ids: Sequence[int], entries: Entries) -> tuple[bytes, int]:
-    """SearchResultEntry messages of `ids` (those still there), and how many: joined once, their bodies
-    taken from the directory all at once (`Entries.bodies`), a message's header from a table when it is short."""
+    """SearchResultEntry messages of `ids` (those still there), and how many: joined once, the answers the
+    directory has cached taken without a call per entry, the others made all at once after them (`Entries.bodies`),
+    a message's header from a table when it is short."""
     head = ber.integer(message_id)
     extra = len(head)
     heads = _SEQUENCE_HEADS
-    parts: list[bytes] = []
-    for body in entries.bodies(ids, selection):
+    cached = entries.cached(selection).get
+    parts: list = []
+    missing: list[int] = []  # where in `parts` an entry not cached goes (its id, for now)
+    for i in ids:
+        body = cached(i)
         if body is None:
+            missing.append(len(parts))
+            parts += i, head, None
             continue
         size = extra + len(body)
         parts += (heads[size] if size < 256 else b"\x30" + ber.encode_length(size)), head, body
+    if missing:
+        gone = False
+        for at, body in zip(missing, entries.bodies([parts[at] for at in missing], selection), strict=True):
+            if body is None:
+                gone = True
+                continue
+            size = extra + len(body)
+            parts[at], parts[at + 2] = (heads[size] if size < 256 else b"\x30" + ber.encode_length(size)), body
+        if gone:  # a contact deleted since it was found is not sent
+            parts = [part for n in range(0, len(parts), 3) if parts[n + 2] is not None for part in parts[n:n + 3]]
     return b"".join(parts), len(parts) // 3
 
 
