@@ -255,6 +255,21 @@ def test_a_search_in_progress_over_a_dismantled_directory_finds_no_contact_gone(
     assert 0 < before == len(found) < 2000
 
 
+def test_an_or_of_lookups_reads_its_later_lookups_only_when_the_limit_wants_them(monkeypatch):
+    directory = ldap.Directory(BASE, [Contact(i, "Jo", f"Name{i:04d}", work=f"+49 30 {1000000 + i}") for i in range(1, 201)])
+    looked_up = []
+    starting = SortedKeys.starting
+    monkeypatch.setattr(SortedKeys, "starting", lambda keys, prefix, whole=False: looked_up.append(prefix) or starting(keys, prefix, whole))
+    assert len(found_dns(directory, decoded("(|(cn=jo*)(sn=jo*))"), limit=51)) == 51
+    assert looked_up == ["jo"]  # cn's 200 were enough: sn's lookup was never made
+    looked_up.clear()
+    assert len(found_dns(directory, decoded("(|(cn=xy*)(sn=name000*))"), limit=51)) == 9
+    assert looked_up == ["xy", "name000"]
+    looked_up.clear()
+    assert len(found_dns(directory, decoded("(|(telephoneNumber=+49301000007)(mobile=+49301000007))"), limit=1)) == 1
+    assert looked_up == ["70000"]  # a number's equality: by its last digits, reversed, and mobile's never made
+
+
 def test_sorted_keys_are_changed_in_place_unless_an_iterator_holds_them():
     keys = SortedKeys()
     for i in range(600):

@@ -526,12 +526,14 @@ class Directory:
         """compile_filter's predicate for ids of this directory's contacts."""
         return compile_filter(f, self.sounds, BlobAccess(self))
 
-    def candidates(self, f, sized: bool = False) -> tuple[Iterator[int] | None, bool, int]:
+    def candidates(self, f, sized: bool = False) -> tuple[Iterable[int] | None, bool, int]:
         """(ids that may match, whether exactly those match, about how many); None: scan every contact.
 
         Exact lookups (a name's equality or prefix, a number's prefix or "*4711")
         need no verification; the rest (a number's equality by its tail, grams,
         AND) are supersets the predicate checks. An id may come more than once.
+        Keys are looked up when their ids are first asked for (`Lookup`): an OR's
+        later lookups cost nothing when the size limit is reached before them.
         Sizes are estimated only when `sized` (an AND's children: the rarest is used).
         """
         op = f[0]
@@ -560,9 +562,9 @@ class Directory:
         if op == F_EQ:
             value = f[2]
             if key in NUMBER_KEYS:  # by its last characters, then checked here (which makes the lookup exact)
-                tail = value[::-1][:TAIL]
-                ids, _, size = lookup(self.reversed[key], tail, False, False, sized)
-                return _same_number(ids, self.blobs, 2 * (FOLDED_AT + AT[key] - 1), value), True, size
+                tail, reversed_keys = value[::-1][:TAIL], self.reversed[key]
+                size = reversed_keys.count(tail, False, 64) if sized else 0
+                return _same_number(reversed_keys, tail, self.blobs, 2 * (FOLDED_AT + AT[key] - 1), value), True, size
             return lookup(self.keys[key], value, True, True, sized)
         initial, anys, final = f[2], f[3], f[4]
         if initial:
@@ -708,11 +710,12 @@ def _merged_ids(a: array, b: array) -> array:
     return merged
 
 
-def _same_number(ids: Iterable[int], blobs: dict[int, bytes], at: int, number: str) -> Iterator[int]:
-    """The ids whose folded number (its end offsets at `at` in the blob's header) is `number` (same_number):
-    compile_filter's equality of numbers, without compiling it per lookup."""
+def _same_number(reversed_keys: SortedKeys, tail: str, blobs: dict[int, bytes], at: int, number: str) -> Iterator[int]:
+    """The ids whose reversed number starts with `tail` and whose folded number (its end offsets at `at` in the
+    blob's header) is `number` (same_number): compile_filter's equality of numbers, without compiling it per
+    lookup; looked up when first asked for, like a `Lookup` (an OR's later lookups may never be)."""
     unpack = PAIR.unpack_from
-    for i in ids:
+    for i in reversed_keys.starting(tail):
         blob = blobs.get(i)
         if blob is not None:
             start, end = unpack(blob, at)

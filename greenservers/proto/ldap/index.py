@@ -436,10 +436,25 @@ class Grams:
 TIDY_STEP = 1024  # posting ids checked between two yields of tidy_steps
 
 
-def lookup(keys: SortedKeys, prefix: str, whole: bool, exact: bool, sized: bool) -> tuple[Iterator[int], bool, int]:
-    """The keys that start with `prefix` (`whole`: that are it) as candidates, with a size estimate if `sized`
-    (counted up to 64: enough to pick an AND's rarest child)."""
-    return keys.starting(prefix, whole), exact, keys.count(prefix, whole, 64) if sized else 0
+def lookup(keys: SortedKeys, prefix: str, whole: bool, exact: bool, sized: bool) -> tuple[Iterable[int], bool, int]:
+    """The keys that start with `prefix` (`whole`: that are it) as candidates (looked up when iterated: `Lookup`),
+    with a size estimate if `sized` (counted up to 64: enough to pick an AND's rarest child)."""
+    return Lookup(keys, prefix, whole), exact, keys.count(prefix, whole, 64) if sized else 0
+
+
+class Lookup:
+    """The ids of the keys that start with `prefix` (`whole`: that are it), found when iterated (`starting`): an OR's
+    lookups are chained, and a phone's size limit is often reached before its second is read (a name's prefix
+    in cn, then in sn), which then costs nothing. Found later, not as the keys were when the search began: an id
+    a change moved meanwhile is checked again (the directory's version moved), and one taken twice once."""
+
+    __slots__ = ("keys", "prefix", "whole")
+
+    def __init__(self, keys: SortedKeys, prefix: str, whole: bool):
+        self.keys, self.prefix, self.whole = keys, prefix, whole
+
+    def __iter__(self) -> Iterator[int]:
+        return self.keys.starting(self.prefix, self.whole)
 
 
 # -- the directory --------------------------------------------------------------------------
