@@ -268,6 +268,8 @@ def test_an_or_of_lookups_reads_its_later_lookups_only_when_the_limit_wants_them
     looked_up.clear()
     assert len(found_dns(directory, decoded("(|(telephoneNumber=+49301000007)(mobile=+49301000007))"), limit=1)) == 1
     assert looked_up == ["70000"]  # a number's equality: by its last digits, reversed, and mobile's never made
+    # each of these in both lookups: slices of new ids, of some taken before, of none new; each found once, in cn's order
+    assert found_dns(directory, decoded("(|(cn=jo name01*)(sn=name01*))")) == [f"cn=Jo Name{i:04d},{BASE}" for i in range(100, 200)]
 
 
 def test_sorted_keys_are_changed_in_place_unless_an_iterator_holds_them():
