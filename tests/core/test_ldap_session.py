@@ -1203,3 +1203,24 @@ def test_indexed_lookups_agree_with_evaluating_every_entry():
         for _ in ldap.find_entries(directory, [], True, flt, limited, limit=3):
             pass
         assert len(limited) == min(3, len(found)) and set(limited) <= set(found), text
+
+
+def test_the_phones_short_substring_items_decode_as_the_general_path_decodes_them(monkeypatch):
+    from greenservers.proto.ldap import filters
+
+    texts = ["(cn=Joha*)", "(sn=*schr*)", "(CN=Ü*)", "(displayName=  Jo  *)", "(telephoneNumber=+49 30*)",
+             "(telephoneNumber=*4711*)", "(foo=ab*)", "(cn=ab*cd)", "(cn=*ab*cd*)", "(cn=" + "x" * 40 + "*)",
+             "(|(cn=Joha*)(sn=Joha*))", "(|(cn=*schr*)(sn=*schr*))"]
+    encoded = [w.encode_filter(text) for text in texts]
+    # the same item with a length in its long form (0x81 0x04): valid BER, not the phones' encoding
+    encoded.append(bytes.fromhex("a40d0402636e3007808104") + b"Joha")
+
+    def decode(data: bytes):
+        tag, s, e = ber.read_header(data, 0, len(data))
+        budget = ldap.decode_budget()
+        return ldap.decode_filter(data, tag, s, e, 0, budget), ldap.decoded_units(budget)
+
+    fast = [decode(data) for data in encoded]
+    monkeypatch.setattr(filters, "_short_substring", lambda data, start, stop: None)
+    assert fast == [decode(data) for data in encoded]
+    assert fast[0][0] == (ldap.F_SUB, "cn", "joha", (), "") and fast[1][0] == (ldap.F_SUB, "sn", "", ("schr",), "")

@@ -84,6 +84,10 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
             else:
                 raw = _assertion(data, value_at + 2, stop, budget)
             return (F_EQ, None, raw, raw) if key is None else (F_EQ, key, FOLDER_OF[key](raw), raw)
+    if tag == F_SUB and stop - start < 0x80 and data[start] == ber.OCTET_STRING:
+        item = _short_substring(data, start, stop)
+        if item is not None:
+            return item
     if tag in (F_AND, F_OR):
         children = ber.children(data, start, stop, budget[0] + 1, _TOO_MANY_ITEMS)
         items = [decode_filter(data, t, s, e, depth + 1, budget) for t, s, e in children]
@@ -150,6 +154,23 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
         resolved = attribute_key(key) if key is not None else None
         return _spent((F_EXT, rule, resolved, value, dn_attributes, key is not None), budget)
     raise BerError(f"unknown filter choice 0x{tag:02x}")
+
+
+def _short_substring(data: bytes, start: int, stop: int) -> tuple | None:
+    """The phones' substring item, one piece ("X*" or "*X*") of a known attribute, every length one byte, read in
+    place; None for any other (the general path reads it, and reads this one the same: its one piece, shorter than
+    ASSERTION_UNIT, counts no unit, and the item costs the one unit its caller spent)."""
+    at = start + 2 + data[start + 1]  # the substrings' SEQUENCE
+    if at + 4 > stop or data[at] != 0x30 or at + 2 + data[at + 1] != stop:
+        return None
+    choice, length = data[at + 2], data[at + 3]
+    if choice not in (0x80, 0x81) or not 0 < length < ASSERTION_UNIT or at + 4 + length != stop:
+        return None
+    key = attribute_key(data[start + 2:at].decode("utf-8", "replace"))
+    if key is None or (choice == 0x81 and ATTRIBUTE_TYPES[key][1] == K_NUMBER):  # a number's inner piece is not folded
+        return None
+    piece = FOLDER_OF[key](data[at + 4:stop].decode("utf-8", "replace"))
+    return (F_SUB, key, piece, (), "") if choice == 0x80 else (F_SUB, key, "", (piece,), "")
 
 
 _TOO_MANY_ITEMS = (f"filter has more than {MAX_FILTER_ITEMS} items (substring pieces, approximate words, untyped extensible "
