@@ -199,17 +199,18 @@ class SortedKeys:
             return iter(ids[j:k])
         run = self._run(self.hold()[1], b + 1, needle)
         first = next(run)  # its try entered: its finally lets the lists go however the run ends
-        return chain(ids[j:], (first,), run)
+        return chain(ids[j:], first, chain.from_iterable(run))
 
-    def _run(self, blocks: list, b: int, needle: str) -> Iterator[int]:
-        """The ids of the keys that start with `needle` from block b's first one on (which does)."""
+    def _run(self, blocks: list, b: int, needle: str) -> Iterator[array]:
+        """The ids of the keys that start with `needle` from block b's first one on (which does), a block's at a
+        time (an array each: no step of this generator per id)."""
         try:
             while b < len(blocks):
                 text, offsets, ids = blocks[b]
                 if not text.startswith(needle):
                     return
                 k = run_end(text, offsets, len(ids), 0, needle)
-                yield from ids[:k]
+                yield ids[:k]
                 if k < len(ids):
                     return
                 b += 1
