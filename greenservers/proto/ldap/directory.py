@@ -64,6 +64,7 @@ from .index import (
     NUMBER_KEYS,
     OBJECTCLASS_ENCODED,
     PAIR,
+    SHORT_LENGTHS,
     SORT_STEP,
     TAIL,
     UID_TYPE,
@@ -673,9 +674,11 @@ class Directory:
 
 
 def _framed(dn: bytes, attributes: bytes) -> bytes:
-    """A SearchResultEntry body: the DN element, then the attributes' SEQUENCE."""
-    length = ber_length(len(attributes))
-    return b"".join((b"\x64", ber_length(len(dn) + 1 + len(length) + len(attributes)), dn, b"\x30", length, attributes))
+    """A SearchResultEntry body: the DN element, then the attributes' SEQUENCE (short lengths from a table)."""
+    n = len(attributes)
+    length = SHORT_LENGTHS[n] if n < 0x100 else ber_length(n)
+    n += len(dn) + 1 + len(length)
+    return b"".join((b"\x64", SHORT_LENGTHS[n] if n < 0x100 else ber_length(n), dn, b"\x30", length, attributes))
 
 
 def _holds(ids: array, id_: int) -> bool:

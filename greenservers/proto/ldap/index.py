@@ -50,12 +50,13 @@ _CN_TYPE = ber.octets("cn")
 _DISPLAY_TYPE = ber.octets("displayName")
 UID_TYPE = ber.octets("uid")
 _NO_IDS = array("i")
-_SHORT_LENGTHS = [bytes((n,)) for n in range(0x80)]  # made once: answers and blobs are framed by the million
+# BER lengths below 256, made once: blobs and answers are framed by the million
+SHORT_LENGTHS = [bytes((n,)) for n in range(0x80)] + [bytes((0x81, n)) for n in range(0x80, 0x100)]
 
 
 def ber_length(n: int) -> bytes:
-    if n < 0x80:
-        return _SHORT_LENGTHS[n]
+    if n < 0x100:
+        return SHORT_LENGTHS[n]
     b = n.to_bytes((n.bit_length() + 7) // 8, "big")
     return bytes((0x80 | len(b),)) + b
 
