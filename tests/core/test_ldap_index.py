@@ -478,6 +478,23 @@ def test_entries_are_framed_as_messages_whatever_their_length_and_message_id():
     assert (encoded, count) == (ber.tlv(0x30, ber.integer(5) + entries.body(ids[1], selection)), 1)
 
 
+def test_the_answers_cache_stays_within_its_bound_when_answers_are_made_a_slice_at_a_time(monkeypatch):
+    from greenservers.proto.ldap import directory as directory_module
+
+    monkeypatch.setattr(directory_module, "MAX_ANSWERS", 40)
+    contacts = [Contact(i, "Jo", f"Name{i:04d}", work=f"+49 30 {1000000 + i}") for i in range(1, 201)]
+    directory = ldap.Directory(BASE, contacts)
+    scratch = ldap.Directory(BASE, contacts)
+    selection = ldap.Selection.of(["cn", "telephoneNumber"], False)
+    selection.key = (("cn", "telephoneNumber"), False)
+    for start in range(1, 201, 30):  # slices of 30: the oldest eighth dropped when the cache is full
+        ids = list(range(start, min(start + 30, 201)))
+        bodies = directory.answers_of(ids, selection)
+        assert bodies == [scratch.answer(i, selection) for i in ids]
+        assert directory.answered == sum(map(len, directory.answers.values())) <= 40
+    assert directory.answers_of([5, 9999, 199], selection)[1] is None  # an id of none
+
+
 def test_a_contact_changed_while_its_gram_posting_is_tidied_is_not_taken_as_it_is(monkeypatch):
     # a change between two steps of a posting's rebuild, to an id already checked and kept: the rebuilt posting is
     # not taken as it is (Grams.exact), though the additions meanwhile keep it under a quarter stale (not tidied again)

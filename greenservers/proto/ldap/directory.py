@@ -605,23 +605,29 @@ class Directory:
         bodies = list(map(answers.get, ids)) if answers is not None else [None] * len(ids)
         if all(bodies):  # a body is never empty: all cached
             return bodies
-        blobs, plan = self.blobs, self._plan_of(selection)
-        for n, body in enumerate(bodies):
-            if body is not None:
+        if answers is None:
+            if len(self.answers) >= 8:  # selections cached at once (phones use one or two)
+                self._forget_answers(next(iter(self.answers)))
+            answers = self.answers[selection.key] = {}
+        blobs, plan, answered = self.blobs, self._plan_of(selection), self.answered
+        for n, id_ in enumerate(ids):
+            if bodies[n] is not None or (blob := blobs.get(id_)) is None:
                 continue
-            id_ = ids[n]
-            blob = blobs.get(id_)
-            if blob is None:
-                continue
-            body = bodies[n] = self._body(id_, blob, plan, selection)
-            if answers is None:
-                if len(self.answers) >= 8:  # selections cached at once (phones use one or two)
-                    self._forget_answers(next(iter(self.answers)))
-                answers = self.answers[selection.key] = {}
-            if self.answered >= MAX_ANSWERS:
+            if plan.__class__ is _Cuts:  # a phone's selection: cut here, with no call per answer but the framing
+                ends = plan.ends.unpack_from(blob)
+                parts = []
+                for start, end in plan.spans:  # a loop, not a comprehension: no function made per answer
+                    parts.append(blob[ends[start]:ends[end]])
+                body = _framed(blob[HEAD:ends[0]], b"".join(parts))
+            else:
+                body = self._body(id_, blob, plan, selection)
+            if answered >= MAX_ANSWERS:
+                self.answered = answered
                 self._evict()
-            answers[id_] = body
-            self.answered += 1
+                answered = self.answered
+            bodies[n] = answers[id_] = body
+            answered += 1
+        self.answered = answered
         return bodies
 
     def _plan_of(self, selection) -> object:
@@ -633,13 +639,8 @@ class Directory:
         return plan
 
     def _body(self, id_: int, blob: bytes, plan, selection) -> bytes:
-        """A contact's SearchResultEntry body: its DN element and the attributes `plan` cuts from its blob."""
-        if plan.__class__ is _Cuts:
-            ends = plan.ends.unpack_from(blob)
-            parts = []
-            for start, end in plan.spans:  # a loop, not a comprehension: no function made per answer
-                parts.append(blob[ends[start]:ends[end]])
-            return _framed(blob[HEAD:ends[0]], b"".join(parts))
+        """A contact's SearchResultEntry body for a plan that is not _Cuts (those `answers_of` cuts itself): its DN
+        element and the attributes `plan` cuts from its blob or makes."""
         ends = HEADER.unpack_from(blob)
         if plan is _WHOLE_ENTRY:
             attributes = selection.encode(self.entry(id_))
