@@ -320,12 +320,16 @@ class ChangeReader:
     def last_change(self) -> int:
         return _last_change(self._db)
 
-    def changes_after(self, seq: int, limit: int) -> tuple[list[int], int] | None:
+    def changes_after(self, seq: int, limit: int, through: int | None = None) -> tuple[list[int], int] | None:
         """(the ids of the contacts changed after change `seq`, one per change in their order: an id twice is a
-        contact changed again, the last change read), at most `limit` changes; None if the log no longer reaches
-        back to `seq` (pruned: the reader must read the whole book)."""
-        rows = self._db.execute("SELECT seq, contact_id FROM contact_changes WHERE seq > ? ORDER BY seq LIMIT ?",
-                                (seq, limit)).fetchall()
+        contact changed again, the last change read), at most `limit` changes, none after change `through` if
+        given; None if the log no longer reaches back to `seq` (pruned: the reader must read the whole book)."""
+        if through is None:
+            rows = self._db.execute("SELECT seq, contact_id FROM contact_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (seq, limit)).fetchall()
+        else:
+            rows = self._db.execute("SELECT seq, contact_id FROM contact_changes WHERE seq > ? AND seq <= ? "
+                                    "ORDER BY seq LIMIT ?", (seq, through, limit)).fetchall()
         if not rows:
             return [], seq
         if rows[0][0] > seq + 1:

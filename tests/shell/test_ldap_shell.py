@@ -14,7 +14,7 @@ from support import ldap_wire as w
 from support.ldap import complete, read_until_done
 from support.wait import eventually
 
-from greenservers.addressbook import AddressBook, addressbook_for
+from greenservers.addressbook import AddressBook, ChangeReader, addressbook_for
 from greenservers.config.settings import Settings
 from greenservers.process import offload
 from greenservers.proto import ldap
@@ -495,6 +495,77 @@ def test_an_edit_read_from_the_log_with_an_import_does_not_wait_for_the_import_t
     eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=imported*)")) == 299)
     assert _found(port, "(ipPhone=77)") == ["Reception"]
     assert _found(port, "(sn=fixed)") == ["F299 Fixed"]
+
+
+def test_an_edit_committed_while_an_import_s_log_is_read_is_found_before_that_read_ends(served, monkeypatch):
+    """An administrator's first edit after an import is committed while the follower reads the import's log,
+    page by page: it is applied between two of those pages, not after the last one (then after the merge too)."""
+    service, runtime, start = served
+    port = start()
+    assert _found(port, "(ipPhone=77)") == []  # the directory is built
+    monkeypatch.setattr(ldap_follower, "LOG_PAGE", 10)  # the import's 300 changes: 30 pages
+    reading, edited, found = Event(), Event(), Event()
+    changes_after = ChangeReader.changes_after
+    pages = []
+
+    def page_by_page(self, seq, limit, through=None):
+        if limit == ldap_follower.LOG_PAGE:  # a page of the import's log (not of the changes made meanwhile)
+            pages.append(seq)
+            if len(pages) == 8:  # past MEANWHILE (64) changes read: a large read
+                reading.set()
+                edited.wait()
+            elif len(pages) == 12:
+                found.wait()
+        return changes_after(self, seq, limit, through)
+
+    monkeypatch.setattr(ChangeReader, "changes_after", page_by_page)
+    book = addressbook_for(runtime)
+    try:
+        book.import_csv("first_name,last_name\n" + "".join(f"F{i},Imported{i}\n" for i in range(300)))
+        reading.wait(5)
+        book.change(book.after(0, 1)[0].id, {"extension": "77"})
+        edited.set()
+        eventually(lambda: gevent.sleep(0.01) or _found(port, "(ipPhone=77)") == ["Reception"])
+        assert len(pages) == 12  # the read of the import's log has not ended
+    finally:
+        edited.set()
+        found.set()
+    eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=imported*)")) == 300)
+    assert _found(port, "(ipPhone=77)") == ["Reception"]
+
+
+def test_another_import_committed_while_an_import_s_log_is_read_is_read_after_it(served, monkeypatch):
+    """Another process's import committed while the follower reads one's log is too large to apply between its
+    pages: it is read after it, though the follower's look at the book that saw it is spent."""
+    service, runtime, start = served
+    port = start()
+    assert _found(port, "(sn=second*)") == []
+    monkeypatch.setattr(ldap_follower, "LOG_PAGE", 10)
+    reading, imported = Event(), Event()
+    changes_after = ChangeReader.changes_after
+    pages = []
+
+    def page_by_page(self, seq, limit, through=None):
+        if limit == ldap_follower.LOG_PAGE:
+            pages.append(seq)
+            if len(pages) == 8:
+                reading.set()
+                imported.wait()
+        return changes_after(self, seq, limit, through)
+
+    monkeypatch.setattr(ChangeReader, "changes_after", page_by_page)
+    try:
+        addressbook_for(runtime).import_csv("first_name,last_name\n" + "".join(f"F{i},First{i}\n" for i in range(300)))
+        reading.wait(5)
+        other = AddressBook(addressbook_for(runtime).path)  # another process: no notification, only the follower's look
+        try:
+            other.import_csv("first_name,last_name\n" + "".join(f"S{i},Second{i}\n" for i in range(100)))
+        finally:
+            other.close()
+    finally:
+        imported.set()
+    eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=first*)")) == 300)
+    eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=second*)")) == 100)
 
 
 def test_a_contact_of_an_import_changed_while_it_is_merged_is_found_changed_before_the_merge_ends(served, monkeypatch):
