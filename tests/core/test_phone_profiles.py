@@ -78,6 +78,10 @@ def test_models_and_macs_from_names():
     assert profiles.stock_match("cfggxp2170.xml").model == "GXP2170"
     assert profiles.stock_match("spa504G.cfg").model == "SPA504G"
     assert profiles.stock_match("F0V00X600000.cfg").model == "X6"
+    # wazo-provd-plugins' Fanvil X list: F0V00X200000.cfg is the X210's, the X2 asks for f0X2hw1.100.cfg
+    assert profiles.stock_match("F0V00X200000.cfg").model == "X210"
+    assert profiles.stock_match("f0X2hw1.100.cfg").model == "X2"
+    assert profiles.stock_match("f0X3sghw1.100.cfg").model == "X3SG"
     assert profiles.stock_match("ConfigKX-HDV130.cfg").model == "KX-HDV130"
     assert profiles.stock_match("001565ABCDEF.boot").mac == "001565abcdef"
     assert profiles.stock_match("cfg000B82ABCDEF.xml").mac == "000b82abcdef"

@@ -100,9 +100,10 @@ SNOM_MODELS = ("D710", "D712", "D713", "D715", "D717", "D725", "D735", "D745", "
 GRANDSTREAM_MODELS = ("gxp1610", "gxp1615", "gxp1620", "gxp1625", "gxp1628", "gxp1630", "gxp2130", "gxp2135", "gxp2140",
                       "gxp2160", "gxp2170", "grp2601", "grp2602", "grp2603", "grp2604", "grp2612", "grp2613", "grp2614",
                       "grp2615", "grp2616", "grp2624", "grp2634", "grp2636", "grp2650", "grp2670")
-FANVIL_MODELS = {"F0V00X200000": "X2", "F0V00X300000": "X3", "f0X3shw1.100": "X3S", "f0X4hw1.100": "X4", "f0X5hw1.100": "X5",
-                 "F0V00X5S0000": "X5S", "F0V00X600000": "X6", "F0000X600000": "X6V2", "F0V00X700000": "X7",
-                 "F0V0X7C00000": "X7C"}
+# F0V00X200000 is the X210's (the X2 asks for f0X2hw1.100): wazo-provd-plugins plugins/wazo_fanvil/serie_x/entry.py
+FANVIL_MODELS = {"f0X2hw1.100": "X2", "F0V00X200000": "X210", "F0V00X300000": "X3", "f0X3shw1.100": "X3S",
+                 "f0X3sghw1.100": "X3SG", "f0X4hw1.100": "X4", "f0X5hw1.100": "X5", "F0V00X5S0000": "X5S",
+                 "F0V00X600000": "X6", "F0000X600000": "X6V2", "F0V00X700000": "X7", "F0V0X7C00000": "X7C"}
 CISCO_MODELS = ("301", "303", "501G", "502G", "504G", "508G", "509G", "512G", "514G", "525G", "525G2")
 PANASONIC_MODELS = ("KX-HDV100", "KX-HDV130", "KX-HDV230", "KX-HDV330", "KX-HDV340", "KX-HDV430", "KX-HDV800")
 
@@ -221,9 +222,17 @@ VENDORS: tuple[Vendor, ...] = (
                    "Authenticate 3 with a user and password, Username, Password, TelAttr, MobileAttr, OtherAttr, NameAttr, "
                    "SortAttr, Displayname without %, NameFilter/NumberFilter with %, MaxHits, InCallSearch, OutCallSearch: "
                    "fusionpbx/fusionpbx resources/templates/provision/fanvil/x6u/{$mac}.cfg, nethesis/tancredi "
-                   "data/templates/fanvil-X5.tmpl"),
-        unconfirmed=("DST{Start,End}Min", "TimeZoneName for half-hour zones (UTC+5:30)", "per-model file names",
-                     "the order of the common and the <mac>.cfg files", "User-Agent form"),
+                   "data/templates/fanvil-X5.tmpl",
+                   "per-model file names (F0V00X200000 the X210's, f0X2hw1.100 the X2's, F0V00X300000, f0X3shw1.100, "
+                   "f0X3sghw1.100, f0X4hw1.100, f0X5hw1.100, F0V00X5S0000, F0V00X600000, F0000X600000) and the User-Agent "
+                   "\"Fanvil <model> <version> <mac>\": wazo-platform/wazo-provd-plugins plugins/wazo_fanvil/serie_x/entry.py "
+                   "and common/common.py"),
+        unconfirmed=("DST{Start,End}Min (the sources give the hour only; the older flat format had DST_Start_Min)",
+                     "TimeZoneName for half-hour zones (UTC+5:30)",
+                     "the file names of the X7 and X7C (F0V00X700000, F0V0X7C00000)",
+                     "UseSSL 2 = StartTLS (one project only, nethesis/tancredi; unused while transports lacks starttls)",
+                     "Enable_DST / DST_Fixed_Type: wazo-provd-plugins writes EnableDST / DSTFixedType in the same <date>",
+                     "the order of the common and the <mac>.cfg files"),
     ),
     Vendor(
         "cisco", "Cisco SPA5xx",
