@@ -181,6 +181,8 @@ VENDORS: tuple[Vendor, ...] = (
     ),
     Vendor(
         "grandstream", "Grandstream GXP/GRP",
+        # the phone applies the first of these it gets, so it stops at cfg<mac>.xml: an administrator's cfg<model>.xml or
+        # cfg.xml is never asked for while the stock cfg<mac>.xml answers (cfg{mac}.xml.j2 is the way to replace it)
         files=(
             StockFile(r"cfg" + MAC + r"\.xml", "grandstream/config.xml.j2", XML, ("cfg{mac}.xml",)),
             StockFile(r"cfg(?P<model>g[xr]p\d{4}\w*)\.xml", "grandstream/config.xml.j2", XML,
@@ -200,8 +202,12 @@ VENDORS: tuple[Vendor, ...] = (
                    "attributes, P8030 display, P8031 max hits, P8032 timeout (0-180 s), P8033 sort, P8034 lookup of outgoing "
                    "and P8035 of incoming calls, P1526 = 1 phone book key opens the LDAP search: Grandstream's own config "
                    "templates as kept in fusionpbx/fusionpbx resources/templates/provision/grandstream/ (grp2614/{$mac}.xml "
-                   "names each P-value; gxp16xx and gxp21xx give the numeric values)"),
-        unconfirmed=("the order in which cfg<mac>, cfg<model> and cfg.xml apply", "User-Agent form"),
+                   "names each P-value; gxp16xx and gxp21xx give the numeric values)",
+                   "the phone asks for cfg<mac>.xml, then (if that fails) cfg<model>.xml, then cfg.xml, and applies the first "
+                   "it gets (fallbacks, not layers; the binary cfg<mac> comes before them all): Grandstream SIP Device "
+                   "Provisioning Guide (documentation.grandstream.com/knowledge-base/sip-device-provisioning-guide/)",
+                   "User-Agent \"Grandstream Model HW <model> [V<hw>] SW <version> DevId <MAC>\": wazo-platform/"
+                   "wazo-provd-plugins plugins/wazo_grandstream/common/common.py"),
     ),
     Vendor(
         "fanvil", "Fanvil X",
