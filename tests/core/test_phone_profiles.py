@@ -125,6 +125,10 @@ def test_user_agents():
     assert profiles.from_user_agent("Grandstream Model HW GXP2170 SW 1.0.11.3 DevId 000b82abcdef") == ("grandstream", "GXP2170")
     assert profiles.from_user_agent("Fanvil X4 2.10.2.6887 0c383e07e16c") == ("fanvil", "X4")
     assert profiles.from_user_agent("Cisco/SPA504G-7.6.2") == ("cisco", "SPA504G")
+    # the forms wazo-provd-plugins parses: with the MAC and serial, Panasonic's and Gigaset's
+    assert profiles.from_user_agent("Cisco/SPA525G2-7.5.5 (0018B9ABCDEF)(CBT1234567)") == ("cisco", "SPA525G2")
+    assert profiles.from_user_agent("Panasonic_KX-HDV130/01.133 (0080f0abcdef)") == ("panasonic", "KX-HDV130")
+    assert profiles.from_user_agent("Gigaset N870 IP PRO/83.V2.11.0+build.a546b91;7C2F80E0D605") == ("gigaset", "N870")
     assert profiles.from_user_agent("curl/8.0") == ("", "")
 
 

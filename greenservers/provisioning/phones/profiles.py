@@ -131,8 +131,9 @@ VENDORS: tuple[Vendor, ...] = (
                    "nethesis/tancredi data/templates/yealink.tmpl",
                    "ldap.tls_mode 0 plain, 1 StartTLS, 2 LDAPS: nethesis/tancredi data/templates/yealink.tmpl",
                    "boot file of include:config lines: fusionpbx/fusionpbx resources/templates/provision/yealink/t46u/"
-                   "y000000000000.boot"),
-        unconfirmed=("User-Agent form",),
+                   "y000000000000.boot",
+                   "User-Agent \"Yealink SIP-<model> <version> <MAC>\": wazo-platform/wazo-provd-plugins "
+                   "plugins/wazo_yealink/common/common.py (its User-Agent patterns and examples)"),
     ),
     Vendor(
         "snom", "Snom D7xx",
@@ -150,9 +151,11 @@ VENDORS: tuple[Vendor, ...] = (
                    "ntp_server, ldap_server/port/base/username/password, ldap_over_tls on for LDAPS, ldap_search_filter, "
                    "ldap_number_filter, space-separated ldap_name_attributes / ldap_number_attributes, ldap_display_name "
                    "as %attr: nethesis/tancredi data/templates/snom.tmpl; ldap_max_hits, ldap_sort_results on/off: "
-                   "fusionpbx/fusionpbx resources/templates/provision/snom/720/{$mac}.xml"),
+                   "fusionpbx/fusionpbx resources/templates/provision/snom/720/{$mac}.xml",
+                   "User-Agent with \"snom<model>-SIP <version>\": wazo-platform/wazo-provd-plugins "
+                   "plugins/wazo_snom/common/common.py"),
         unconfirmed=("which code a zone gets: 72 of our 98 codes appear in nethesis/tancredi data/templates/snom.macros, "
-                     "which picks a neighbour's code of the same offset for the others (AUT+1, CHE+1 ...)", "User-Agent form"),
+                     "which picks a neighbour's code of the same offset for the others (AUT+1, CHE+1 ...)",),
     ),
     Vendor(
         "poly", "Poly VVX (UC Software)",
@@ -174,10 +177,13 @@ VENDORS: tuple[Vendor, ...] = (
                    "(fusionpbx/fusionpbx resources/templates/provision/polycom/650/sip.cfg, wazo-platform/wazo-provd-plugins "
                    "plugins/wazo_polycom/v3_1_6/var/tftpboot/sip.cfg)",
                    "feature.corporateDirectory.enabled 0/1, dir.corp.address as an ldap:// URL: excaliburpartners/polycomphones "
-                   "views/polycomphones_corporate.php"),
+                   "views/polycomphones_corporate.php",
+                   "attribute type phone_number for telephoneNumber, mobile and homePhone: the public gist "
+                   "rpfilomeno/d641fabad8ccdb08e7f7 (a VVX directory.cfg)",
+                   "User-Agent \"FileTransport Polycom<family>-<model>-UA/<version>\": wazo-platform/wazo-provd-plugins "
+                   "plugins/wazo_polycom/common/common.py"),
         unconfirmed=("dir.corp.transport TLS meaning LDAPS (not StartTLS): no source says which",
-                     "attribute type phone_number (the sources show first_name and last_name only)",
-                     "a missing file in CONFIG_FILES (hence the stock per-phone file)", "User-Agent form"),
+                     "a missing file in CONFIG_FILES (hence the stock per-phone file)"),
     ),
     Vendor(
         "grandstream", "Grandstream GXP/GRP",
@@ -255,9 +261,15 @@ VENDORS: tuple[Vendor, ...] = (
                    "LDAP_Corp_Dir_Name, LDAP_Server, LDAP_Auth_Method, LDAP_Client_DN, LDAP_Password, LDAP_Search_Base, "
                    "LDAP_Last_Name_Filter, LDAP_First_Name_Filter, LDAP_Search_Item_3, LDAP_Item_3_Filter, LDAP_Display_Attrs "
                    "as element names: the SPA's own profile as kept in fusionpbx/fusionpbx "
-                   "resources/templates/provision/cisco/spa504g/{$mac}.xml, app/cisco/app_config.php"),
-        unconfirmed=("LDAP_Server with host:port (no port key exists; no source shows a port)",
-                     "the attr:(filter) form of the name filters", "LDAP_Item_3_Filter used for numbers", "User-Agent form"),
+                   "resources/templates/provision/cisco/spa504g/{$mac}.xml, app/cisco/app_config.php",
+                   "name filters written attr:(filter) with $VALUE, e.g. cn:(cn=*$VALUE*): aelintra/sail "
+                   "opt/sark/db/db_v4_device.sql (its Cisco SPA LDAP settings) and provisioner/Provisioner "
+                   "endpoint/cisco/spa5xx/spa$mac.xml",
+                   "LDAP Search Item 3 / Item 3 Filter as an additional search item of one's own (here: numbers): Cisco "
+                   "SPA300/SPA500 Administration Guide, Phone tab field reference",
+                   "User-Agent \"Cisco/<model>-<version> [(<MAC>)](<serial>)\" (Linksys/ on older firmware): wazo-platform/"
+                   "wazo-provd-plugins plugins/wazo_cisco_spa/common/common.py"),
+        unconfirmed=("LDAP_Server with host:port (no port key exists; no source shows a port)",),
     ),
     Vendor(
         "panasonic", "Panasonic KX-HDV",
@@ -275,9 +287,10 @@ VENDORS: tuple[Vendor, ...] = (
                    "aelintra/sail opt/sark/db/db_v4_device.sql (its Panasonic KX-HDV range entry and Panasonic LDAP fragment)",
                    "TIME_ZONE in minutes, DST_ENABLE Y/N, DST_OFFSET minutes, DST_START|STOP_MONTH, _ORDINAL_DAY, _DAY_OF_WEEK "
                    "(0 Sunday), _TIME in minutes: Panasonic's sample file as kept in fusionpbx/fusionpbx "
-                   "resources/templates/provision/panasonic/tgp500/{$mac}.cfg (KX-TGP500, the same key set)"),
-        unconfirmed=("the first file asked for", "_ORDINAL_DAY 5 for the last week", "ldaps:// in LDAP_SERVER",
-                     "User-Agent form"),
+                   "resources/templates/provision/panasonic/tgp500/{$mac}.cfg (KX-TGP500, the same key set)",
+                   "User-Agent \"Panasonic_<model>/<version> (<MAC>)\": wazo-platform/wazo-provd-plugins "
+                   "plugins/wazo_panasonic/common/common.py"),
+        unconfirmed=("the first file asked for", "_ORDINAL_DAY 5 for the last week", "ldaps:// in LDAP_SERVER"),
     ),
     Vendor(
         "gigaset", "Gigaset N670/N870 IP PRO",
@@ -287,9 +300,10 @@ VENDORS: tuple[Vendor, ...] = (
         user_agent=r"Gigaset (?P<model>N\d{3}\w*)",
         confirmed=("<provisioning version=\"1.1\" productID=\"e2\"><nvm><param name value/>: Gigaset's wiki (N610/N670/N870)",
                    "DmGlobal.0.NtpServer, DmGlobal.0.TimeZone taking the IANA names of the base station's own list only: "
-                   "wazo-platform/wazo-provd-plugins plugins/wazo_gigaset/Nx70_83_v2_65_0/templates/base.tpl and common.py"),
+                   "wazo-platform/wazo-provd-plugins plugins/wazo_gigaset/Nx70_83_v2_65_0/templates/base.tpl and common.py",
+                   "User-Agent \"Gigaset N870 IP PRO/<version>;<MAC>\": the same plugins' Nx70_83_v2_49_1/common.py"),
         unconfirmed=("LDAP keys (none found for the N670/N870; the Maxwell desk phones' NetDir.LDAP.0.* are another "
-                     "product's)", "User-Agent form"),
+                     "product's)",),
     ),
 )
 BY_KEY = {v.key: v for v in VENDORS}
