@@ -289,8 +289,15 @@ VENDORS: tuple[Vendor, ...] = (
                    "(0 Sunday), _TIME in minutes: Panasonic's sample file as kept in fusionpbx/fusionpbx "
                    "resources/templates/provision/panasonic/tgp500/{$mac}.cfg (KX-TGP500, the same key set)",
                    "User-Agent \"Panasonic_<model>/<version> (<MAC>)\": wazo-platform/wazo-provd-plugins "
-                   "plugins/wazo_panasonic/common/common.py"),
-        unconfirmed=("the first file asked for", "_ORDINAL_DAY 5 for the last week", "ldaps:// in LDAP_SERVER"),
+                   "plugins/wazo_panasonic/common/common.py",
+                   "the three files: master ConfigCommon.cfg (every phone), product Config{MODEL}.cfg, standard Config{MAC}.cfg, "
+                   "the standard file's settings winning over the product's over the master's: Panasonic KX-UTG200/300 and "
+                   "KX-HDV100/230 Administrator's Manuals (2.4.3 Device Configuration File Types, 2.4.4 priority table)"),
+        unconfirmed=("which of these a KX-HDV asks for when no CFG_*_FILE_PATH is set (the guides give them as examples "
+                     "of configured paths)",
+                     "_ORDINAL_DAY 5 for the last week (Panasonic's KX-TGP500 Administrator Guide: 1-5, 5 = \"the fifth "
+                     "week of the month\"; what a month with four such days does is not said)",
+                     "ldaps:// in LDAP_SERVER"),
     ),
     Vendor(
         "gigaset", "Gigaset N670/N870 IP PRO",
