@@ -251,6 +251,7 @@ class DirectoryFollower:
         early = dict.fromkeys(changed)
         self._put_or_delete(reader, directory, early)
         held.update(early)
+        self.applied += len(early)
         return last
 
     def _apply(self, reader: ChangeReader, directory: proto.Directory, ids: dict[int, None],
