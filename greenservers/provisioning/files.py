@@ -9,7 +9,10 @@ a phone gets the same bytes either way. A request for NAME is served from
    the template named like NAME with that run replaced by ``{mac}`` and
    ``.j2`` appended (``0004F2ABCDEF.cfg`` -> ``{mac}.cfg.j2``), else
 4. the stock profile of that name shipped in the package
-   (greenservers.provisioning.phones.profiles): so the administrator's files always win.
+   (greenservers.provisioning.phones.profiles): so the administrator's files always win. A
+   vendor's phones that apply only the first file they get (Grandstream: cfg<mac>.xml, then
+   cfg<model>.xml, then cfg.xml) are not answered a stock file while the administrator has one
+   they ask for later: it would stop them before theirs.
 
 Names are checked before the file system is asked: NUL bytes, control
 characters, backslashes, absolute paths, empty, ``.``/``..`` or hidden
@@ -166,9 +169,24 @@ def lookup(settings, name: str) -> Found:
         if path is not None:
             return Found(name, path, candidate, mac)
     stock = profiles.stock_match(str(relative))
-    if stock is not None:
+    if stock is not None and not (stock.vendor.first_wins and stock.steps_aside(_names_in(root))):
         return Found(name, stock.path, stock.file.template, stock.mac, stock)
     raise NotFound(f"{name}: no such file or template")
+
+
+_listings: dict[Path, tuple[int, frozenset[str]]] = {}  # a folder's names, as of its mtime
+
+
+def _names_in(folder: Path) -> frozenset[str]:
+    """The names in `folder`, listed again only once it changed (one stat per request, not a listing)."""
+    try:
+        changed = folder.stat().st_mtime_ns
+        listed = _listings.get(folder)
+        if listed is None or listed[0] != changed:
+            listed = _listings[folder] = (changed, frozenset(os.listdir(folder)))
+    except OSError:
+        return frozenset()
+    return listed[1]
 
 
 # -- templates -----------------------------------------------------------------

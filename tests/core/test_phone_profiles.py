@@ -140,7 +140,7 @@ def test_administrators_file_template_and_mac_template_win(settings):
     assert text(settings, "cfg.xml") == "<mine/>\n"
     assert text(settings, "spa504G.cfg") == f"<mine server='{SERVER}'/>\n"
     assert text(settings, "001565ABCDEF.boot") == "#!version:1.0.0.1\n# mine 001565abcdef\n"
-    assert "P8020" in text(settings, "cfggxp2170.xml")  # the other stock files still answer
+    assert "local_time.ntp_server1" in text(settings, "y000000000108.cfg")  # the other stock files still answer
     assert p.provide(settings, "cfg.xml", SERVER).found.stock is None
 
 

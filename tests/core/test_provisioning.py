@@ -167,3 +167,26 @@ def test_a_stock_profile_is_rendered_once_per_settings_server_and_mac(settings, 
     text(settings, "model.cfg")  # the administrator's templates are rendered each time
     text(settings, "model.cfg")
     assert len(renders) == 7
+
+
+def test_grandstream_stock_files_step_aside_for_an_administrator_s_later_fallback(settings):
+    """A Grandstream phone asks for cfg<mac>.xml, then cfg<model>.xml, then cfg.xml and applies the first it gets:
+    the stock answers all three, but not those the phone asks for before a file of the administrator's."""
+    root = p.tftp_root(settings)
+    mac, gxp, grp = "cfg000b82abcdef.xml", "cfggxp2170.xml", "cfggrp2614.xml"
+    assert all(p.lookup(settings, name).stock is not None for name in (mac, gxp, grp, "cfg.xml"))
+    (root / "cfggxp2170.xml.j2").write_text("<gs/>\n")  # the administrator's, for one model
+    with pytest.raises(p.NotFound):
+        p.lookup(settings, mac)  # the phone goes on to cfg<model>.xml
+    assert p.lookup(settings, gxp).template == "cfggxp2170.xml.j2"
+    assert p.lookup(settings, grp).stock is not None  # another model: the stock answers it
+    (root / "cfg.xml").write_text("<gs/>\n")  # the administrator's, for every phone
+    for name in (mac, grp):
+        with pytest.raises(p.NotFound):
+            p.lookup(settings, name)
+    assert p.lookup(settings, "cfg.xml").stock is None
+    (root / "cfg.xml").unlink()
+    (root / "cfggxp2170.xml.j2").unlink()
+    assert all(p.lookup(settings, name).stock is not None for name in (mac, gxp, grp, "cfg.xml"))
+    (root / "cfg000b82abcdef.xml").write_text("<gs/>\n")  # one phone's own file: the others keep the stock
+    assert p.lookup(settings, "cfg000b82000001.xml").stock is not None

@@ -85,6 +85,7 @@ class Vendor:
     models: dict = field(default_factory=dict)  # model code in a file name -> model
     confirmed: tuple[str, ...] = ()  # what a vendor document confirms, and which
     unconfirmed: tuple[str, ...] = ()
+    first_wins: bool = False  # the phone asks for `files` in their order and applies only the first it gets
 
     def __post_init__(self):
         object.__setattr__(self, "ua_regex", re.compile(self.user_agent) if self.user_agent else None)
@@ -187,8 +188,8 @@ VENDORS: tuple[Vendor, ...] = (
     ),
     Vendor(
         "grandstream", "Grandstream GXP/GRP",
-        # the phone applies the first of these it gets, so it stops at cfg<mac>.xml: an administrator's cfg<model>.xml or
-        # cfg.xml is never asked for while the stock cfg<mac>.xml answers (cfg{mac}.xml.j2 is the way to replace it)
+        # the phone applies the first of these it gets: the stock cfg<mac>.xml and cfg<model>.xml step aside when the
+        # administrator has a cfg<model>.xml or cfg.xml (first_wins), else the phone would stop before it
         files=(
             StockFile(r"cfg" + MAC + r"\.xml", "grandstream/config.xml.j2", XML, ("cfg{mac}.xml",)),
             StockFile(r"cfg(?P<model>g[xr]p\d{4}\w*)\.xml", "grandstream/config.xml.j2", XML,
@@ -197,6 +198,7 @@ VENDORS: tuple[Vendor, ...] = (
         ),
         transports=("ldaps", "plain"),
         own_files=(r"cfg" + MAC_LOWER + r"(?:\.bin)?",),
+        first_wins=True,
         user_agent=r"Grandstream Model HW (?P<model>[A-Z]+\d+\w*)",
         confirmed=("LDAP or LDAPS (no StartTLS), server, port, base, user, password, name and number filters with % as the "
                    "entered prefix, version 3, name and number attributes, display as %attr fields (up to 3): Grandstream "
@@ -329,6 +331,15 @@ class StockMatch:
     @property
     def path(self) -> Path:
         return TEMPLATES / self.file.template
+
+    def steps_aside(self, names: frozenset[str]) -> bool:
+        """Whether the administrator's files (`names`, in the folder of the request) hold one the phone asks for after
+        this one, for a vendor whose phones apply only the first file they get: answered, the stock file would stop
+        the phone before it (and the administrator's files always win)."""
+        if not self.vendor.first_wins:
+            return False
+        later = self.vendor.files[self.vendor.files.index(self.file) + 1:]
+        return any(stock.regex.fullmatch(name.removesuffix(".j2")) for name in names for stock in later)
 
 
 def stock_match(name: str) -> StockMatch | None:
