@@ -331,12 +331,16 @@ class ChangeReader:
             rows = self._db.execute("SELECT seq, contact_id FROM contact_changes WHERE seq > ? AND seq <= ? "
                                     "ORDER BY seq LIMIT ?", (seq, through, limit)).fetchall()
         if not rows:
+            if through is not None and seq < through and self._pruned_after(seq):  # the log has no holes
+                return None
             return [], seq
-        if rows[0][0] > seq + 1:
-            first = self._db.execute("SELECT min(seq) FROM contact_changes").fetchone()[0]
-            if first is not None and first > seq + 1:
-                return None  # pruned (a rollback leaves no hole: it gives its numbers back)
+        if rows[0][0] > seq + 1 and self._pruned_after(seq):
+            return None  # pruned (a rollback leaves no hole: it gives its numbers back)
         return [contact_id for _, contact_id in rows], rows[-1][0]
+
+    def _pruned_after(self, seq: int) -> bool:
+        first = self._db.execute("SELECT min(seq) FROM contact_changes").fetchone()[0]
+        return first is None or first > seq + 1
 
     def contacts(self, ids: list[int]) -> list[Contact]:
         """The contacts of `ids` that exist (an id missing here was deleted)."""
