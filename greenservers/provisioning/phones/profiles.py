@@ -332,14 +332,12 @@ class StockMatch:
     def path(self) -> Path:
         return TEMPLATES / self.file.template
 
-    def steps_aside(self, names: frozenset[str]) -> bool:
-        """Whether the administrator's files (`names`, in the folder of the request) hold one the phone asks for after
-        this one, for a vendor whose phones apply only the first file they get: answered, the stock file would stop
-        the phone before it (and the administrator's files always win)."""
-        if not self.vendor.first_wins:
-            return False
-        later = self.vendor.files[self.vendor.files.index(self.file) + 1:]
-        return any(stock.regex.fullmatch(name.removesuffix(".j2")) for name in names for stock in later)
+    def steps_aside(self, theirs: frozenset[StockFile]) -> bool:
+        """Whether the administrator has a file the phone asks for after this one (`theirs`: `first_wins_file` of
+        their names), for a vendor whose phones apply only the first file they get: answered, the stock file would
+        stop the phone before it (and the administrator's files always win)."""
+        files = self.vendor.files
+        return self.vendor.first_wins and not theirs.isdisjoint(files[files.index(self.file) + 1:])
 
 
 def stock_match(name: str) -> StockMatch | None:
@@ -354,6 +352,15 @@ def stock_match(name: str) -> StockMatch | None:
                 code = match.group(stock.model_group) if stock.model_group else ""
                 return StockMatch(vendor, stock, mac, _model(vendor, code))
     return None
+
+
+_FIRST_WINS = tuple(stock for vendor in VENDORS if vendor.first_wins for stock in vendor.files)
+
+
+def first_wins_file(name: str) -> StockFile | None:
+    """The stock file that a name in the provisioning folder (a file or a template's name without .j2) stands for,
+    of a vendor whose phones apply only the first file they get."""
+    return next((stock for stock in _FIRST_WINS if stock.regex.fullmatch(name)), None)
 
 
 @dataclass(frozen=True)
