@@ -107,6 +107,30 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+CPUS = sorted(os.sched_getaffinity(0))
+PINNED = len(CPUS) >= 2  # a server and its clients can each have a core of their own
+SERVER_CPU, CLIENT_CPU, ALL_CPUS = str(CPUS[0]), str(CPUS[-1]), ",".join(map(str, CPUS))
+
+
+def pin(pids: list[int], cpus: str) -> None:
+    """Every thread of these processes onto `cpus` (children forked later inherit it)."""
+    for pid in pids:
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], stdout=subprocess.DEVNULL, check=True)
+
+
+@contextlib.contextmanager
+def on_cores(pids: list[int]):
+    """The servers `pids` on SERVER_CPU and the calling thread (and the threads it starts) on CLIENT_CPU, for the
+    block; then every core for both again."""
+    pin(pids, SERVER_CPU)
+    os.sched_setaffinity(0, {int(CLIENT_CPU)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, set(CPUS))
+        pin(pids, ALL_CPUS)
+
+
 def alternated(run: int) -> tuple[str, str]:
     """The order of the two servers in run `run`: project first in even runs, so neither always goes first."""
     return ("project", "reference") if run % 2 == 0 else ("reference", "project")

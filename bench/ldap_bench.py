@@ -11,7 +11,8 @@ after StartTLS. Runs alternate between the servers; the figures are medians
 of the runs (searches per second, median and p99 latency). Then p99 with
 100,000 contacts, sequential, plain: of every search, and of each query's
 fastest answer over the runs (the server's own cost, without the moments
-another process held the CPU, which set the first on a shared machine).
+another process held the CPU, which set the first on a shared machine), and
+with the server on a core of its own and the client on the other.
 
     python bench/ldap_bench.py [--contacts 10000] [--runs 3] [--seconds 4] [--big 100000]
 
@@ -37,7 +38,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "tests"),
                 str(Path(__file__).resolve().parent.parent)]
 
-from common import free_port, stop, wait_tcp, write_results  # noqa: E402
+from common import PINNED, free_port, on_cores, stop, wait_tcp, worker_pid, write_results  # noqa: E402
 from support import ServiceProcess, ldap_wire as w  # noqa: E402
 
 from greenservers.addressbook import AddressBook  # noqa: E402
@@ -405,6 +406,20 @@ def main() -> None:
                 results.append({"figure": f"p99 over the queries of each one's fastest answer in the runs, plain, sequential "
                                           f"({args.big:,} contacts)", "project": fmt(a, "ms"), "reference": fmt(b, "ms"),
                                 "ratio": f"{a / b:.2f}", "unit": "ms", "spread": []})
+                if PINNED:  # the server on a core of its own, its client on the other: no preemption by each other
+                    pinned = {}
+                    for name, port, pids in (("project", project_port, [project.proc.pid, worker_pid(project)]),
+                                             ("reference", reference_port, [reference.pid])):
+                        with on_cores(pids):
+                            pinned[name] = [run_load(port, False, project.cert_path, big_queries, 1, args.seconds)
+                                            for _ in range(args.runs)]
+                    for key_name, unit, figure in (("rate", "/s", "searches per second"), ("p99_ms", "ms", "p99 latency")):
+                        a, b = (statistics.median(r[key_name] for r in pinned[name]) for name in ("project", "reference"))
+                        results.append({"figure": f"{figure}, plain, sequential ({args.big:,} contacts), server and client "
+                                                  f"on a core each", "project": fmt(a, unit), "reference": fmt(b, unit),
+                                        "ratio": f"{a / b:.2f}", "unit": unit,
+                                        "spread": [round(min(r[key_name] for r in pinned["project"]), 2),
+                                                   round(max(r[key_name] for r in pinned["project"]), 2)]})
             finally:
                 stop(project.proc)
                 if reference is not None:

@@ -55,7 +55,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import alternated, free_udp_port, median_spread, start_greenservers, stop, wait_udp_answer, worker_pid, write_results
+from common import (
+    ALL_CPUS,
+    CLIENT_CPU,
+    PINNED,
+    SERVER_CPU,
+    alternated,
+    free_udp_port,
+    median_spread,
+    pin,
+    start_greenservers,
+    stop,
+    wait_udp_answer,
+    worker_pid,
+    write_results,
+)
 
 RUNS = int(os.environ.get("BENCH_RUNS", 5))
 STORM_RUNS = int(os.environ.get("BENCH_STORM_RUNS", 3))
@@ -123,9 +137,6 @@ LOCK_STEP_STORMS = {
 STORM_CLIENTS = LOCK_STEP_STORMS | {  # in.tftpd ignores windowsize: lock-step for it
     "atftp blksize 1428 windowsize 16": lambda port, out: atftp(port, "small.bin", out, "blksize 1428", "windowsize 16"),
 }
-CPUS = sorted(os.sched_getaffinity(0))
-PINNED = len(CPUS) >= 2
-SERVER_CPU, CLIENT_CPU, ALL_CPUS = str(CPUS[0]), str(CPUS[-1]), ",".join(map(str, CPUS))
 STORMS = [(name, False) for name in STORM_CLIENTS] + [(name, True) for name in LOCK_STEP_STORMS if PINNED]
 FLOOR_STORM = "tftp-hpa, 512-byte blocks"  # the storm bench/tftp_floor.py also runs (it has no options)
 
@@ -158,12 +169,6 @@ def machine_cpu() -> list[float]:
 def cpu_split(before: list[float], after: list[float]) -> dict[str, float]:
     spent = [b - a for a, b in zip(before, after, strict=True)]
     return {kind: sum(spent[column] for column in columns) for kind, columns in CPU_KINDS.items()}
-
-
-def pin(pids: list[int], cpus: str) -> None:
-    """Every thread of these processes onto `cpus` (children forked later inherit it)."""
-    for pid in pids:
-        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], stdout=subprocess.DEVNULL, check=True)
 
 
 def timed_download(command: list[str], out: Path, expected: str) -> float:

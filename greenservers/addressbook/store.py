@@ -320,19 +320,27 @@ class ChangeReader:
     def last_change(self) -> int:
         return _last_change(self._db)
 
-    def changes_after(self, seq: int, limit: int) -> tuple[list[int], int] | None:
+    def changes_after(self, seq: int, limit: int, through: int | None = None) -> tuple[list[int], int] | None:
         """(the ids of the contacts changed after change `seq`, one per change in their order: an id twice is a
-        contact changed again, the last change read), at most `limit` changes; None if the log no longer reaches
-        back to `seq` (pruned: the reader must read the whole book)."""
-        rows = self._db.execute("SELECT seq, contact_id FROM contact_changes WHERE seq > ? ORDER BY seq LIMIT ?",
-                                (seq, limit)).fetchall()
+        contact changed again, the last change read), at most `limit` changes, none after change `through` if
+        given; None if the log no longer reaches back to `seq` (pruned: the reader must read the whole book)."""
+        if through is None:
+            rows = self._db.execute("SELECT seq, contact_id FROM contact_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (seq, limit)).fetchall()
+        else:
+            rows = self._db.execute("SELECT seq, contact_id FROM contact_changes WHERE seq > ? AND seq <= ? "
+                                    "ORDER BY seq LIMIT ?", (seq, through, limit)).fetchall()
         if not rows:
+            if through is not None and seq < through and self._pruned_after(seq):  # the log has no holes
+                return None
             return [], seq
-        if rows[0][0] > seq + 1:
-            first = self._db.execute("SELECT min(seq) FROM contact_changes").fetchone()[0]
-            if first is not None and first > seq + 1:
-                return None  # pruned (a rollback leaves no hole: it gives its numbers back)
+        if rows[0][0] > seq + 1 and self._pruned_after(seq):
+            return None  # pruned (a rollback leaves no hole: it gives its numbers back)
         return [contact_id for _, contact_id in rows], rows[-1][0]
+
+    def _pruned_after(self, seq: int) -> bool:
+        first = self._db.execute("SELECT min(seq) FROM contact_changes").fetchone()[0]
+        return first is None or first > seq + 1
 
     def contacts(self, ids: list[int]) -> list[Contact]:
         """The contacts of `ids` that exist (an id missing here was deleted)."""

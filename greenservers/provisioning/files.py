@@ -9,7 +9,10 @@ a phone gets the same bytes either way. A request for NAME is served from
    the template named like NAME with that run replaced by ``{mac}`` and
    ``.j2`` appended (``0004F2ABCDEF.cfg`` -> ``{mac}.cfg.j2``), else
 4. the stock profile of that name shipped in the package
-   (greenservers.provisioning.phones.profiles): so the administrator's files always win.
+   (greenservers.provisioning.phones.profiles): so the administrator's files always win. A
+   vendor's phones that apply only the first file they get (Grandstream: cfg<mac>.xml, then
+   cfg<model>.xml, then cfg.xml) are not answered a stock file while the administrator has one
+   they ask for later: it would stop them before theirs.
 
 Names are checked before the file system is asked: NUL bytes, control
 characters, backslashes, absolute paths, empty, ``.``/``..`` or hidden
@@ -133,6 +136,14 @@ def _inside(root: Path, relative: PurePosixPath | str) -> Path | None:
     return real
 
 
+def _served(root: Path, relative: str) -> bool:
+    """Whether a request for root/relative would be served from it."""
+    try:
+        return _inside(root, relative) is not None
+    except Refused:
+        return False
+
+
 @dataclass(frozen=True)
 class Found:
     """What a name resolved to: a plain file, or a template and the MAC it was chosen by."""
@@ -166,9 +177,37 @@ def lookup(settings, name: str) -> Found:
         if path is not None:
             return Found(name, path, candidate, mac)
     stock = profiles.stock_match(str(relative))
-    if stock is not None:
+    if stock is not None and not (stock.vendor.first_wins and stock.steps_aside(_theirs_of_first_wins(root))):
         return Found(name, stock.path, stock.file.template, stock.mac, stock)
     raise NotFound(f"{name}: no such file or template")
+
+
+RACY_NS = 2_000_000_000  # how coarse a folder's timestamp can be (FAT: 2 s; ext4 on older kernels: a jiffy)
+_wall_ns = time.time_ns
+_listings: dict[Path, tuple[tuple[int, int, int], int, frozenset]] = {}  # folder: (its identity, when listed, what)
+
+
+def _theirs_of_first_wins(root: Path) -> frozenset:
+    """The stock files of vendors whose phones apply only the first file they get (`profiles.first_wins_file`)
+    that the administrator has a file or template of, one a request would be served (inside the root, regular):
+    worked out once per change of the folder, so a request costs one stat. A listing taken within RACY_NS of
+    the folder's timestamp is taken once more after that time: two changes in one tick leave the stamp as it
+    was (a file written, then renamed)."""
+    try:
+        status = root.stat()
+        identity = (status.st_dev, status.st_ino, status.st_mtime_ns)
+        listed = _listings.get(root)
+        now = _wall_ns()
+        if listed is None or listed[0] != identity or (listed[1] - identity[2] < RACY_NS <= now - identity[2]):
+            theirs = set()
+            for name in os.listdir(root):
+                stock = profiles.first_wins_file(name.removesuffix(TEMPLATE_SUFFIX))
+                if stock is not None and _served(root, name):
+                    theirs.add(stock)
+            listed = _listings[root] = (identity, now, frozenset(theirs))
+    except OSError:
+        return frozenset()
+    return listed[2]
 
 
 # -- templates -----------------------------------------------------------------

@@ -34,7 +34,8 @@ server waiting on its full socket, buffering nothing more, until it closes.
 Slow clients cannot hold slots: the request line and headers must arrive
 within HEADER_TIMEOUT (a total deadline, so a drip-feeding slow-loris does
 not reset it), an idle keep-alive connection is closed after
-KEEPALIVE_TIMEOUT, a TLS handshake must finish within HANDSHAKE_TIMEOUT and
+KEEPALIVE_TIMEOUT (each answer that keeps its connection says so: `Keep-Alive:
+timeout=15`), a TLS handshake must finish within HANDSHAKE_TIMEOUT and
 each read or write of a body within IO_TIMEOUT.
 
 What a client's bad bytes make happen is logged like every other line a peer
@@ -168,6 +169,14 @@ class CappedHandler(PyWSGIHandler):
             self.application = _too_many_requests
             self._answered_too_fast = True
         return super().handle_one_response()
+
+    def start_response(self, status, headers, exc_info=None):
+        write = super().start_response(status, headers, exc_info)
+        if not self.close_connection:
+            # when the server closes an idle connection: a client that honours it does not send a request on a
+            # connection being closed (and need not retry it)
+            self.response_headers.append((b"Keep-Alive", b"timeout=%d" % int(KEEPALIVE_TIMEOUT)))
+        return write
 
     def _handle_client_error(self, ex):
         """A request head gevent could not parse: 400, and one rate-limited line (see the module docstring)."""

@@ -481,6 +481,25 @@ def test_a_change_by_another_process_is_noticed(book, tmp_path):
         other.close()
 
 
+def test_the_change_log_is_read_in_pages_up_to_a_given_change_and_a_prune_past_the_reader_is_told(book, monkeypatch):
+    reader = book.reader()
+    try:
+        ids = [book.add({"last_name": f"Logged{n}"}).id for n in range(5)]
+        book.change(ids[0], {"first_name": "Again"})
+        end = reader.last_change()
+        assert reader.changes_after(0, 4, through=end) == (ids[:4], 4)
+        assert reader.changes_after(4, 4, through=end) == ([ids[4], ids[0]], 6)  # a contact changed again: twice
+        book.add({"last_name": "Later"})
+        assert reader.changes_after(4, 10, through=end) == ([ids[4], ids[0]], 6)  # nothing past `through`
+        assert reader.changes_after(end, 10, through=end) == ([], end)
+        monkeypatch.setattr(ab_store, "LOG_KEEP", 1)
+        book.add({"last_name": "Pruning"})  # the log keeps its last change only
+        assert reader.changes_after(4, 10, through=end) is None  # what the reader had yet to read is gone
+        assert reader.changes_after(4, 10) is None
+    finally:
+        reader.close()
+
+
 def test_addressbook_for_gives_one_per_data_dir(tmp_path):
     class FakeRuntime:
         class settings:

@@ -78,6 +78,10 @@ def test_models_and_macs_from_names():
     assert profiles.stock_match("cfggxp2170.xml").model == "GXP2170"
     assert profiles.stock_match("spa504G.cfg").model == "SPA504G"
     assert profiles.stock_match("F0V00X600000.cfg").model == "X6"
+    # wazo-provd-plugins' Fanvil X list: F0V00X200000.cfg is the X210's, the X2 asks for f0X2hw1.100.cfg
+    assert profiles.stock_match("F0V00X200000.cfg").model == "X210"
+    assert profiles.stock_match("f0X2hw1.100.cfg").model == "X2"
+    assert profiles.stock_match("f0X3sghw1.100.cfg").model == "X3SG"
     assert profiles.stock_match("ConfigKX-HDV130.cfg").model == "KX-HDV130"
     assert profiles.stock_match("001565ABCDEF.boot").mac == "001565abcdef"
     assert profiles.stock_match("cfg000B82ABCDEF.xml").mac == "000b82abcdef"
@@ -121,6 +125,10 @@ def test_user_agents():
     assert profiles.from_user_agent("Grandstream Model HW GXP2170 SW 1.0.11.3 DevId 000b82abcdef") == ("grandstream", "GXP2170")
     assert profiles.from_user_agent("Fanvil X4 2.10.2.6887 0c383e07e16c") == ("fanvil", "X4")
     assert profiles.from_user_agent("Cisco/SPA504G-7.6.2") == ("cisco", "SPA504G")
+    # the forms wazo-provd-plugins parses: with the MAC and serial, Panasonic's and Gigaset's
+    assert profiles.from_user_agent("Cisco/SPA525G2-7.5.5 (0018B9ABCDEF)(CBT1234567)") == ("cisco", "SPA525G2")
+    assert profiles.from_user_agent("Panasonic_KX-HDV130/01.133 (0080f0abcdef)") == ("panasonic", "KX-HDV130")
+    assert profiles.from_user_agent("Gigaset N870 IP PRO/83.V2.11.0+build.a546b91;7C2F80E0D605") == ("gigaset", "N870")
     assert profiles.from_user_agent("curl/8.0") == ("", "")
 
 
@@ -132,7 +140,7 @@ def test_administrators_file_template_and_mac_template_win(settings):
     assert text(settings, "cfg.xml") == "<mine/>\n"
     assert text(settings, "spa504G.cfg") == f"<mine server='{SERVER}'/>\n"
     assert text(settings, "001565ABCDEF.boot") == "#!version:1.0.0.1\n# mine 001565abcdef\n"
-    assert "P8020" in text(settings, "cfggxp2170.xml")  # the other stock files still answer
+    assert "local_time.ntp_server1" in text(settings, "y000000000108.cfg")  # the other stock files still answer
     assert p.provide(settings, "cfg.xml", SERVER).found.stock is None
 
 

@@ -9,6 +9,7 @@ from support.clock import FakeClock
 
 from greenservers.config.settings import Settings
 from greenservers.provisioning import files as p
+from greenservers.provisioning.phones import profiles
 
 
 @pytest.fixture
@@ -167,3 +168,63 @@ def test_a_stock_profile_is_rendered_once_per_settings_server_and_mac(settings, 
     text(settings, "model.cfg")  # the administrator's templates are rendered each time
     text(settings, "model.cfg")
     assert len(renders) == 7
+
+
+def test_grandstream_stock_files_step_aside_for_an_administrator_s_later_fallback(settings):
+    """A Grandstream phone asks for cfg<mac>.xml, then cfg<model>.xml, then cfg.xml and applies the first it gets:
+    the stock answers all three, but not those the phone asks for before a file of the administrator's."""
+    root = p.tftp_root(settings)
+    mac, gxp, grp = "cfg000b82abcdef.xml", "cfggxp2170.xml", "cfggrp2614.xml"
+    assert all(p.lookup(settings, name).stock is not None for name in (mac, gxp, grp, "cfg.xml"))
+    (root / "cfggxp2170.xml.j2").write_text("<gs/>\n")  # the administrator's, for one model
+    with pytest.raises(p.NotFound):
+        p.lookup(settings, mac)  # the phone goes on to cfg<model>.xml
+    assert p.lookup(settings, gxp).template == "cfggxp2170.xml.j2"
+    assert p.lookup(settings, grp).stock is not None  # another model: the stock answers it
+    (root / "cfg.xml").write_text("<gs/>\n")  # the administrator's, for every phone
+    for name in (mac, grp):
+        with pytest.raises(p.NotFound):
+            p.lookup(settings, name)
+    assert p.lookup(settings, "cfg.xml").stock is None
+    (root / "cfg.xml").unlink()
+    (root / "cfggxp2170.xml.j2").unlink()
+    assert all(p.lookup(settings, name).stock is not None for name in (mac, gxp, grp, "cfg.xml"))
+    (root / "cfg000b82abcdef.xml").write_text("<gs/>\n")  # one phone's own file: the others keep the stock
+    assert p.lookup(settings, "cfg000b82000001.xml").stock is not None
+
+
+GRANDSTREAM_MAC_FILE = "cfg000b82abcdef.xml"
+
+
+def test_only_files_a_phone_would_be_served_make_the_grandstream_stock_step_aside(settings, tmp_path):
+    root = p.tftp_root(settings)
+    (root / "cfg.xml").mkdir()  # a folder
+    os.symlink(root / "missing.xml", root / "cfggxp2170.xml")  # a dangling link
+    os.symlink(tmp_path / "secret.txt", root / "cfggrp2614.xml")  # a link out of the root
+    assert p.lookup(settings, GRANDSTREAM_MAC_FILE).stock is not None
+
+
+def test_the_provisioning_folder_is_looked_through_once_per_change_not_per_request(settings, monkeypatch):
+    root = p.tftp_root(settings)
+    for n in range(3000):
+        (root / f"{n:012x}.cfg").write_text("phone\n")  # per-phone files: a folder of thousands
+    looked = []
+    first_wins_file = profiles.first_wins_file
+    monkeypatch.setattr(profiles, "first_wins_file", lambda name: looked.append(name) or first_wins_file(name))
+    for n in range(100):
+        assert p.lookup(settings, f"cfg000b82{n:06x}.xml").stock is not None
+    assert 3000 <= len(looked) <= 3020  # once per name, not once per name and request
+
+
+def test_a_name_changed_within_one_tick_of_the_folder_s_timestamp_is_seen_once_that_tick_is_past(settings, monkeypatch):
+    """A file written and renamed within one tick of a coarse timestamp (FAT: 2 s) leaves the folder's stamp as it was."""
+    root = p.tftp_root(settings)
+    (root / "cfg.xml.tmp").write_text("<gs/>\n")
+    tick = root.stat().st_mtime_ns
+    monkeypatch.setattr(p, "_wall_ns", lambda: tick)  # listed within the tick of that change
+    assert p.lookup(settings, GRANDSTREAM_MAC_FILE).stock is not None
+    (root / "cfg.xml.tmp").rename(root / "cfg.xml")
+    os.utime(root, ns=(tick, tick))  # the same tick
+    monkeypatch.setattr(p, "_wall_ns", lambda: tick + p.RACY_NS)
+    with pytest.raises(p.NotFound):
+        p.lookup(settings, GRANDSTREAM_MAC_FILE)

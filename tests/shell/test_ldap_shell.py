@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sqlite3
 import time
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ from support import ldap_wire as w
 from support.ldap import complete, read_until_done
 from support.wait import eventually
 
-from greenservers.addressbook import AddressBook, addressbook_for
+from greenservers.addressbook import AddressBook, ChangeReader, addressbook_for
 from greenservers.config.settings import Settings
 from greenservers.process import offload
 from greenservers.proto import ldap
@@ -495,6 +496,106 @@ def test_an_edit_read_from_the_log_with_an_import_does_not_wait_for_the_import_t
     eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=imported*)")) == 299)
     assert _found(port, "(ipPhone=77)") == ["Reception"]
     assert _found(port, "(sn=fixed)") == ["F299 Fixed"]
+
+
+class _HeldLogReads:
+    """The follower reads the log 10 changes a page (an import of 300: 30 pages); at each page number given it waits
+    until `go_on()`: `wait_for(n)` returns once it waits there. `ends`: the change each page was read up to."""
+
+    def __init__(self, monkeypatch, *at: int):
+        monkeypatch.setattr(ldap_follower, "LOG_PAGE", 10)
+        self.ends: list[int | None] = []
+        self._reached = {n: Event() for n in at}
+        self._go = {n: Event() for n in at}
+        changes_after = ChangeReader.changes_after
+
+        def page_by_page(reader, seq, limit, through=None):
+            if limit == ldap_follower.LOG_PAGE:  # a page of the import's log (not of the changes made meanwhile)
+                self.ends.append(through)
+                if len(self.ends) in self._reached:
+                    self._reached[len(self.ends)].set()
+                    self._go[len(self.ends)].wait()
+            return changes_after(reader, seq, limit, through)
+
+        monkeypatch.setattr(ChangeReader, "changes_after", page_by_page)
+
+    def wait_for(self, page: int) -> None:
+        assert self._reached[page].wait(5)
+
+    def go_on(self, page: int | None = None) -> None:
+        """Past `page`, or past every page it waits at."""
+        for n, event in self._go.items():
+            if page in (None, n):
+                event.set()
+
+
+def test_an_edit_committed_while_an_import_s_log_is_read_is_found_before_that_read_ends(served, monkeypatch):
+    """An administrator's first edit after an import is committed while the follower reads the import's log,
+    page by page: it is applied between two of those pages, not after the last one (then after the merge too)."""
+    service, runtime, start = served
+    port = start()
+    assert _found(port, "(ipPhone=77)") == []  # the directory is built
+    held = _HeldLogReads(monkeypatch, 8, 12)  # 8: past MEANWHILE (64) changes read, a large read
+    book = addressbook_for(runtime)
+    try:
+        book.import_csv("first_name,last_name\n" + "".join(f"F{i},Imported{i}\n" for i in range(300)))
+        held.wait_for(8)
+        book.change(book.after(0, 1)[0].id, {"extension": "77"})
+        gevent.sleep(2 * ldap_follower.FRESH)  # the next search looks at the book
+        assert _found(port, "(sn=nobody)") == []  # a phone's search, whose look sees the edit before the follower
+        held.go_on(8)
+        held.wait_for(12)
+        eventually(lambda: gevent.sleep(0.01) or _found(port, "(ipPhone=77)") == ["Reception"])
+        assert len(held.ends) == 12  # the read of the import's log has not ended
+    finally:
+        held.go_on()
+    eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=imported*)")) == 300)
+    assert _found(port, "(ipPhone=77)") == ["Reception"]
+
+
+def test_another_import_committed_while_an_import_s_log_is_read_is_read_after_it(served, monkeypatch):
+    """Another process's import committed while the follower reads one's log is too large to apply between its
+    pages: it is read after it, though the follower's look at the book that saw it is spent."""
+    service, runtime, start = served
+    port = start()
+    assert _found(port, "(sn=second*)") == []
+    held = _HeldLogReads(monkeypatch, 8)
+    try:
+        addressbook_for(runtime).import_csv("first_name,last_name\n" + "".join(f"F{i},First{i}\n" for i in range(300)))
+        held.wait_for(8)
+        other = AddressBook(addressbook_for(runtime).path)  # another process: no notification, only the follower's look
+        try:
+            other.import_csv("first_name,last_name\n" + "".join(f"S{i},Second{i}\n" for i in range(100)))
+        finally:
+            other.close()
+    finally:
+        held.go_on()
+    eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=first*)")) == 300)
+    eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=second*)")) == 100)
+
+
+def test_a_log_pruned_past_what_the_follower_read_while_it_read_an_import_builds_the_directory_anew(served, monkeypatch):
+    """The log is pruned ahead of the follower while it reads an import's (another process's import of more than
+    LOG_KEEP changes would do it): the rest of the import is not skipped, the directory is built anew."""
+    service, runtime, start = served
+    port = start()
+    assert _found(port, "(sn=imported*)") == []
+    held = _HeldLogReads(monkeypatch, 8)
+    book = addressbook_for(runtime)
+    try:
+        book.import_csv("first_name,last_name\n" + "".join(f"F{i},Imported{i}\n" for i in range(300)))
+        held.wait_for(8)
+        book.add({"display_name": "Late", "extension": "55"})
+        pruning = sqlite3.connect(book.path)  # what pruning does once the log runs LOG_KEEP changes past the read's end
+        try:
+            with pruning:
+                pruning.execute("DELETE FROM contact_changes WHERE seq <= ?", (held.ends[-1],))
+        finally:
+            pruning.close()
+    finally:
+        held.go_on()
+    eventually(lambda: gevent.sleep(0.01) or len(_found(port, "(sn=imported*)")) == 300)
+    assert _found(port, "(ipPhone=55)") == ["Late"]
 
 
 def test_a_contact_of_an_import_changed_while_it_is_merged_is_found_changed_before_the_merge_ends(served, monkeypatch):

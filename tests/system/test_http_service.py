@@ -297,7 +297,9 @@ def test_slow_loris_is_timed_out(service):
     # keep-alive: an idle connection after one request is closed too
     with _connect(port) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert _read_response(s).startswith(b"HTTP/1.1 200")
+        response = _read_response(s)
+        assert response.startswith(b"HTTP/1.1 200")
+        assert b"\r\nKeep-Alive: timeout=1\r\n" in response  # the client is told when an idle connection is closed
         s.settimeout(5)
         started = time.monotonic()
         assert s.recv(100) == b"" and time.monotonic() - started < 4

@@ -388,6 +388,10 @@ def test_the_administrators_files_win_and_mac_templates_hold(svc, tmp_path):
                 f"<mine server='{host}' tz='CET-1CEST-2,M3.5.0/02:00:00,M10.5.0/03:00:00'/>\n"
             assert fetch(svc, "tftp-hpa", host, "001565ABCDEF.boot", tmp_path).decode() == "#!version:1.0.0.1\n# mine 001565abcdef\n"
             assert fetch(svc, "tftp-hpa", host, "y000000000000.boot", tmp_path) == svc.fetched[("y000000000000.boot", host)]  # stock still
+            # a Grandstream phone applies the first of cfg<mac>.xml, cfg<model>.xml, cfg.xml it gets: not the stock ones now
+            for name in ("cfg000b82abcdef.xml", "cfggrp2614.xml"):
+                refused = subprocess.run(CLIENTS["curl-tftp"](svc, host, name, tmp_path / "refused"), capture_output=True)
+                assert refused.returncode != 0 and not (tmp_path / "refused").exists(), (host, name)
     finally:
         for name in mine:
             (root / name).unlink()

@@ -85,6 +85,7 @@ class Vendor:
     models: dict = field(default_factory=dict)  # model code in a file name -> model
     confirmed: tuple[str, ...] = ()  # what a vendor document confirms, and which
     unconfirmed: tuple[str, ...] = ()
+    first_wins: bool = False  # the phone asks for `files` in their order and applies only the first it gets
 
     def __post_init__(self):
         object.__setattr__(self, "ua_regex", re.compile(self.user_agent) if self.user_agent else None)
@@ -100,9 +101,10 @@ SNOM_MODELS = ("D710", "D712", "D713", "D715", "D717", "D725", "D735", "D745", "
 GRANDSTREAM_MODELS = ("gxp1610", "gxp1615", "gxp1620", "gxp1625", "gxp1628", "gxp1630", "gxp2130", "gxp2135", "gxp2140",
                       "gxp2160", "gxp2170", "grp2601", "grp2602", "grp2603", "grp2604", "grp2612", "grp2613", "grp2614",
                       "grp2615", "grp2616", "grp2624", "grp2634", "grp2636", "grp2650", "grp2670")
-FANVIL_MODELS = {"F0V00X200000": "X2", "F0V00X300000": "X3", "f0X3shw1.100": "X3S", "f0X4hw1.100": "X4", "f0X5hw1.100": "X5",
-                 "F0V00X5S0000": "X5S", "F0V00X600000": "X6", "F0000X600000": "X6V2", "F0V00X700000": "X7",
-                 "F0V0X7C00000": "X7C"}
+# F0V00X200000 is the X210's (the X2 asks for f0X2hw1.100): wazo-provd-plugins plugins/wazo_fanvil/serie_x/entry.py
+FANVIL_MODELS = {"f0X2hw1.100": "X2", "F0V00X200000": "X210", "F0V00X300000": "X3", "f0X3shw1.100": "X3S",
+                 "f0X3sghw1.100": "X3SG", "f0X4hw1.100": "X4", "f0X5hw1.100": "X5", "F0V00X5S0000": "X5S",
+                 "F0V00X600000": "X6", "F0000X600000": "X6V2", "F0V00X700000": "X7", "F0V0X7C00000": "X7C"}
 CISCO_MODELS = ("301", "303", "501G", "502G", "504G", "508G", "509G", "512G", "514G", "525G", "525G2")
 PANASONIC_MODELS = ("KX-HDV100", "KX-HDV130", "KX-HDV230", "KX-HDV330", "KX-HDV340", "KX-HDV430", "KX-HDV800")
 
@@ -130,8 +132,9 @@ VENDORS: tuple[Vendor, ...] = (
                    "nethesis/tancredi data/templates/yealink.tmpl",
                    "ldap.tls_mode 0 plain, 1 StartTLS, 2 LDAPS: nethesis/tancredi data/templates/yealink.tmpl",
                    "boot file of include:config lines: fusionpbx/fusionpbx resources/templates/provision/yealink/t46u/"
-                   "y000000000000.boot"),
-        unconfirmed=("User-Agent form",),
+                   "y000000000000.boot",
+                   "User-Agent \"Yealink SIP-<model> <version> <MAC>\": wazo-platform/wazo-provd-plugins "
+                   "plugins/wazo_yealink/common/common.py (its User-Agent patterns and examples)"),
     ),
     Vendor(
         "snom", "Snom D7xx",
@@ -149,9 +152,11 @@ VENDORS: tuple[Vendor, ...] = (
                    "ntp_server, ldap_server/port/base/username/password, ldap_over_tls on for LDAPS, ldap_search_filter, "
                    "ldap_number_filter, space-separated ldap_name_attributes / ldap_number_attributes, ldap_display_name "
                    "as %attr: nethesis/tancredi data/templates/snom.tmpl; ldap_max_hits, ldap_sort_results on/off: "
-                   "fusionpbx/fusionpbx resources/templates/provision/snom/720/{$mac}.xml"),
+                   "fusionpbx/fusionpbx resources/templates/provision/snom/720/{$mac}.xml",
+                   "User-Agent with \"snom<model>-SIP <version>\": wazo-platform/wazo-provd-plugins "
+                   "plugins/wazo_snom/common/common.py"),
         unconfirmed=("which code a zone gets: 72 of our 98 codes appear in nethesis/tancredi data/templates/snom.macros, "
-                     "which picks a neighbour's code of the same offset for the others (AUT+1, CHE+1 ...)", "User-Agent form"),
+                     "which picks a neighbour's code of the same offset for the others (AUT+1, CHE+1 ...)",),
     ),
     Vendor(
         "poly", "Poly VVX (UC Software)",
@@ -173,13 +178,18 @@ VENDORS: tuple[Vendor, ...] = (
                    "(fusionpbx/fusionpbx resources/templates/provision/polycom/650/sip.cfg, wazo-platform/wazo-provd-plugins "
                    "plugins/wazo_polycom/v3_1_6/var/tftpboot/sip.cfg)",
                    "feature.corporateDirectory.enabled 0/1, dir.corp.address as an ldap:// URL: excaliburpartners/polycomphones "
-                   "views/polycomphones_corporate.php"),
+                   "views/polycomphones_corporate.php",
+                   "attribute type phone_number for telephoneNumber, mobile and homePhone: the public gist "
+                   "rpfilomeno/d641fabad8ccdb08e7f7 (a VVX directory.cfg)",
+                   "User-Agent \"FileTransport Polycom<family>-<model>-UA/<version>\": wazo-platform/wazo-provd-plugins "
+                   "plugins/wazo_polycom/common/common.py"),
         unconfirmed=("dir.corp.transport TLS meaning LDAPS (not StartTLS): no source says which",
-                     "attribute type phone_number (the sources show first_name and last_name only)",
-                     "a missing file in CONFIG_FILES (hence the stock per-phone file)", "User-Agent form"),
+                     "a missing file in CONFIG_FILES (hence the stock per-phone file)"),
     ),
     Vendor(
         "grandstream", "Grandstream GXP/GRP",
+        # the phone applies the first of these it gets: the stock cfg<mac>.xml and cfg<model>.xml step aside when the
+        # administrator has a cfg<model>.xml or cfg.xml (first_wins), else the phone would stop before it
         files=(
             StockFile(r"cfg" + MAC + r"\.xml", "grandstream/config.xml.j2", XML, ("cfg{mac}.xml",)),
             StockFile(r"cfg(?P<model>g[xr]p\d{4}\w*)\.xml", "grandstream/config.xml.j2", XML,
@@ -188,6 +198,7 @@ VENDORS: tuple[Vendor, ...] = (
         ),
         transports=("ldaps", "plain"),
         own_files=(r"cfg" + MAC_LOWER + r"(?:\.bin)?",),
+        first_wins=True,
         user_agent=r"Grandstream Model HW (?P<model>[A-Z]+\d+\w*)",
         confirmed=("LDAP or LDAPS (no StartTLS), server, port, base, user, password, name and number filters with % as the "
                    "entered prefix, version 3, name and number attributes, display as %attr fields (up to 3): Grandstream "
@@ -199,8 +210,12 @@ VENDORS: tuple[Vendor, ...] = (
                    "attributes, P8030 display, P8031 max hits, P8032 timeout (0-180 s), P8033 sort, P8034 lookup of outgoing "
                    "and P8035 of incoming calls, P1526 = 1 phone book key opens the LDAP search: Grandstream's own config "
                    "templates as kept in fusionpbx/fusionpbx resources/templates/provision/grandstream/ (grp2614/{$mac}.xml "
-                   "names each P-value; gxp16xx and gxp21xx give the numeric values)"),
-        unconfirmed=("the order in which cfg<mac>, cfg<model> and cfg.xml apply", "User-Agent form"),
+                   "names each P-value; gxp16xx and gxp21xx give the numeric values)",
+                   "the phone asks for cfg<mac>.xml, then (if that fails) cfg<model>.xml, then cfg.xml, and applies the first "
+                   "it gets (fallbacks, not layers; the binary cfg<mac> comes before them all): Grandstream SIP Device "
+                   "Provisioning Guide (documentation.grandstream.com/knowledge-base/sip-device-provisioning-guide/)",
+                   "User-Agent \"Grandstream Model HW <model> [V<hw>] SW <version> DevId <MAC>\": wazo-platform/"
+                   "wazo-provd-plugins plugins/wazo_grandstream/common/common.py"),
     ),
     Vendor(
         "fanvil", "Fanvil X",
@@ -221,9 +236,17 @@ VENDORS: tuple[Vendor, ...] = (
                    "Authenticate 3 with a user and password, Username, Password, TelAttr, MobileAttr, OtherAttr, NameAttr, "
                    "SortAttr, Displayname without %, NameFilter/NumberFilter with %, MaxHits, InCallSearch, OutCallSearch: "
                    "fusionpbx/fusionpbx resources/templates/provision/fanvil/x6u/{$mac}.cfg, nethesis/tancredi "
-                   "data/templates/fanvil-X5.tmpl"),
-        unconfirmed=("DST{Start,End}Min", "TimeZoneName for half-hour zones (UTC+5:30)", "per-model file names",
-                     "the order of the common and the <mac>.cfg files", "User-Agent form"),
+                   "data/templates/fanvil-X5.tmpl",
+                   "per-model file names (F0V00X200000 the X210's, f0X2hw1.100 the X2's, F0V00X300000, f0X3shw1.100, "
+                   "f0X3sghw1.100, f0X4hw1.100, f0X5hw1.100, F0V00X5S0000, F0V00X600000, F0000X600000) and the User-Agent "
+                   "\"Fanvil <model> <version> <mac>\": wazo-platform/wazo-provd-plugins plugins/wazo_fanvil/serie_x/entry.py "
+                   "and common/common.py"),
+        unconfirmed=("DST{Start,End}Min (the sources give the hour only; the older flat format had DST_Start_Min)",
+                     "TimeZoneName for half-hour zones (UTC+5:30)",
+                     "the file names of the X7 and X7C (F0V00X700000, F0V0X7C00000)",
+                     "UseSSL 2 = StartTLS (one project only, nethesis/tancredi; unused while transports lacks starttls)",
+                     "Enable_DST / DST_Fixed_Type: wazo-provd-plugins writes EnableDST / DSTFixedType in the same <date>",
+                     "the order of the common and the <mac>.cfg files"),
     ),
     Vendor(
         "cisco", "Cisco SPA5xx",
@@ -240,9 +263,15 @@ VENDORS: tuple[Vendor, ...] = (
                    "LDAP_Corp_Dir_Name, LDAP_Server, LDAP_Auth_Method, LDAP_Client_DN, LDAP_Password, LDAP_Search_Base, "
                    "LDAP_Last_Name_Filter, LDAP_First_Name_Filter, LDAP_Search_Item_3, LDAP_Item_3_Filter, LDAP_Display_Attrs "
                    "as element names: the SPA's own profile as kept in fusionpbx/fusionpbx "
-                   "resources/templates/provision/cisco/spa504g/{$mac}.xml, app/cisco/app_config.php"),
-        unconfirmed=("LDAP_Server with host:port (no port key exists; no source shows a port)",
-                     "the attr:(filter) form of the name filters", "LDAP_Item_3_Filter used for numbers", "User-Agent form"),
+                   "resources/templates/provision/cisco/spa504g/{$mac}.xml, app/cisco/app_config.php",
+                   "name filters written attr:(filter) with $VALUE, e.g. cn:(cn=*$VALUE*): aelintra/sail "
+                   "opt/sark/db/db_v4_device.sql (its Cisco SPA LDAP settings) and provisioner/Provisioner "
+                   "endpoint/cisco/spa5xx/spa$mac.xml",
+                   "LDAP Search Item 3 / Item 3 Filter as an additional search item of one's own (here: numbers): Cisco "
+                   "SPA300/SPA500 Administration Guide, Phone tab field reference",
+                   "User-Agent \"Cisco/<model>-<version> [(<MAC>)](<serial>)\" (Linksys/ on older firmware): wazo-platform/"
+                   "wazo-provd-plugins plugins/wazo_cisco_spa/common/common.py"),
+        unconfirmed=("LDAP_Server with host:port (no port key exists; no source shows a port)",),
     ),
     Vendor(
         "panasonic", "Panasonic KX-HDV",
@@ -260,9 +289,17 @@ VENDORS: tuple[Vendor, ...] = (
                    "aelintra/sail opt/sark/db/db_v4_device.sql (its Panasonic KX-HDV range entry and Panasonic LDAP fragment)",
                    "TIME_ZONE in minutes, DST_ENABLE Y/N, DST_OFFSET minutes, DST_START|STOP_MONTH, _ORDINAL_DAY, _DAY_OF_WEEK "
                    "(0 Sunday), _TIME in minutes: Panasonic's sample file as kept in fusionpbx/fusionpbx "
-                   "resources/templates/provision/panasonic/tgp500/{$mac}.cfg (KX-TGP500, the same key set)"),
-        unconfirmed=("the first file asked for", "_ORDINAL_DAY 5 for the last week", "ldaps:// in LDAP_SERVER",
-                     "User-Agent form"),
+                   "resources/templates/provision/panasonic/tgp500/{$mac}.cfg (KX-TGP500, the same key set)",
+                   "User-Agent \"Panasonic_<model>/<version> (<MAC>)\": wazo-platform/wazo-provd-plugins "
+                   "plugins/wazo_panasonic/common/common.py",
+                   "the three files: master ConfigCommon.cfg (every phone), product Config{MODEL}.cfg, standard Config{MAC}.cfg, "
+                   "the standard file's settings winning over the product's over the master's: Panasonic KX-UTG200/300 and "
+                   "KX-HDV100/230 Administrator's Manuals (2.4.3 Device Configuration File Types, 2.4.4 priority table)"),
+        unconfirmed=("which of these a KX-HDV asks for when no CFG_*_FILE_PATH is set (the guides give them as examples "
+                     "of configured paths)",
+                     "_ORDINAL_DAY 5 for the last week (Panasonic's KX-TGP500 Administrator Guide: 1-5, 5 = \"the fifth "
+                     "week of the month\"; what a month with four such days does is not said)",
+                     "ldaps:// in LDAP_SERVER"),
     ),
     Vendor(
         "gigaset", "Gigaset N670/N870 IP PRO",
@@ -272,9 +309,10 @@ VENDORS: tuple[Vendor, ...] = (
         user_agent=r"Gigaset (?P<model>N\d{3}\w*)",
         confirmed=("<provisioning version=\"1.1\" productID=\"e2\"><nvm><param name value/>: Gigaset's wiki (N610/N670/N870)",
                    "DmGlobal.0.NtpServer, DmGlobal.0.TimeZone taking the IANA names of the base station's own list only: "
-                   "wazo-platform/wazo-provd-plugins plugins/wazo_gigaset/Nx70_83_v2_65_0/templates/base.tpl and common.py"),
+                   "wazo-platform/wazo-provd-plugins plugins/wazo_gigaset/Nx70_83_v2_65_0/templates/base.tpl and common.py",
+                   "User-Agent \"Gigaset N870 IP PRO/<version>;<MAC>\": the same plugins' Nx70_83_v2_49_1/common.py"),
         unconfirmed=("LDAP keys (none found for the N670/N870; the Maxwell desk phones' NetDir.LDAP.0.* are another "
-                     "product's)", "User-Agent form"),
+                     "product's)",),
     ),
 )
 BY_KEY = {v.key: v for v in VENDORS}
@@ -294,6 +332,13 @@ class StockMatch:
     def path(self) -> Path:
         return TEMPLATES / self.file.template
 
+    def steps_aside(self, theirs: frozenset[StockFile]) -> bool:
+        """Whether the administrator has a file the phone asks for after this one (`theirs`: `first_wins_file` of
+        their names), for a vendor whose phones apply only the first file they get: answered, the stock file would
+        stop the phone before it (and the administrator's files always win)."""
+        files = self.vendor.files
+        return self.vendor.first_wins and not theirs.isdisjoint(files[files.index(self.file) + 1:])
+
 
 def stock_match(name: str) -> StockMatch | None:
     """The stock file a requested name (relative, checked by provisioning.check_name) is answered with."""
@@ -307,6 +352,15 @@ def stock_match(name: str) -> StockMatch | None:
                 code = match.group(stock.model_group) if stock.model_group else ""
                 return StockMatch(vendor, stock, mac, _model(vendor, code))
     return None
+
+
+_FIRST_WINS = tuple(stock for vendor in VENDORS if vendor.first_wins for stock in vendor.files)
+
+
+def first_wins_file(name: str) -> StockFile | None:
+    """The stock file that a name in the provisioning folder (a file or a template's name without .j2) stands for,
+    of a vendor whose phones apply only the first file they get."""
+    return next((stock for stock in _FIRST_WINS if stock.regex.fullmatch(name)), None)
 
 
 @dataclass(frozen=True)
