@@ -213,23 +213,28 @@ DONE_HEAD = b"\x30\x0c\x02\x01\x02\x65\x07"
 
 def read_answer(sock, buffer: bytearray) -> None:
     """Read one search's answer. Cheap on purpose (the client shares the CPUs with the server):
-    the tail is compared with the usual SearchResultDone, else the messages are parsed."""
+    the tail is compared with the usual SearchResultDone, else the messages are walked, each once
+    over all the reads of the answer (slapd writes an entry at a time)."""
+    walked = 0  # the messages before it are whole, and none of them ends the answer
     while True:
         if len(buffer) >= 14 and buffer[-14:-7] == DONE_HEAD:
             buffer.clear()
             return
-        pos = 0
+        view = memoryview(buffer)
         try:
-            while pos < len(buffer):
-                size = ber.frame_length(buffer[pos:])
-                if pos + size > len(buffer):
+            while walked < len(buffer):
+                size = ber.frame_length(view[walked:])
+                if walked + size > len(buffer):
                     break
-                if op_tag(bytes(buffer[pos:pos + size])) == 0x65:
-                    del buffer[:pos + size]
+                if op_tag(bytes(view[walked:walked + size])) == 0x65:
+                    view.release()
+                    del buffer[:walked + size]
                     return
-                pos += size
+                walked += size
         except ber.Incomplete:
             pass
+        finally:
+            view.release()  # the buffer grows below: no view of it may be held
         chunk = sock.recv(262144)
         if not chunk:
             raise ConnectionError("server closed the connection")
