@@ -135,12 +135,12 @@ def children(data: bytes, start: int, stop: int, limit: int | None = None, too_m
 
 # -- encoding ------------------------------------------------------------------
 
-_SHORT_LENGTHS = [bytes([n]) for n in range(128)]
+SHORT_LENGTHS = [bytes((n,)) for n in range(0x80)] + [bytes((0x81, n)) for n in range(0x80, 0x100)]  # below 256
 
 
 def encode_length(length: int) -> bytes:
-    if length < 128:
-        return _SHORT_LENGTHS[length]
+    if length < 0x100:
+        return SHORT_LENGTHS[length]
     body = length.to_bytes((length.bit_length() + 7) // 8, "big")
     return bytes([0x80 | len(body)]) + body
 

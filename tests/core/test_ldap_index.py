@@ -259,7 +259,8 @@ def test_an_or_of_lookups_reads_its_later_lookups_only_when_the_limit_wants_them
     directory = ldap.Directory(BASE, [Contact(i, "Jo", f"Name{i:04d}", work=f"+49 30 {1000000 + i}") for i in range(1, 201)])
     looked_up = []
     starting = SortedKeys.starting
-    monkeypatch.setattr(SortedKeys, "starting", lambda keys, prefix, whole=False: looked_up.append(prefix) or starting(keys, prefix, whole))
+    monkeypatch.setattr(SortedKeys, "starting", lambda keys, prefix, whole=False, held=None:
+                        looked_up.append(prefix) or starting(keys, prefix, whole, held))
     assert len(found_dns(directory, decoded("(|(cn=jo*)(sn=jo*))"), limit=51)) == 51
     assert looked_up == ["jo"]  # cn's 200 were enough: sn's lookup was never made
     looked_up.clear()
@@ -515,3 +516,52 @@ def test_a_contact_changed_while_its_gram_posting_is_tidied_is_not_taken_as_it_i
     assert 1 in grams.postings["nor"] and "nor" not in grams.untidy and not grams.exact("nor")
     expected = [f"cn=X Nor{i},dc=pbx" for i in [*range(2, 12), *range(100, 110)]]
     assert sorted(found_dns(directory, decoded("(sn=*nor*)"))) == sorted(expected)
+
+
+def test_a_contact_moved_from_an_or_s_later_lookup_to_an_earlier_one_it_has_passed_is_still_found():
+    """It matches the filter before the change and after it: found, as one moved behind a single lookup is (the OR's
+    lookups read the keys as they were when the search began, though the later ones are read later)."""
+    directory = ldap.Directory(BASE, [Contact(i, "Jo", f"Name{i:04d}") for i in range(1, 2001)] + [Contact(5000, "Ab", "Zz")])
+    found = array("i")
+    steps = ldap.find_entries(directory, [], True, decoded("(|(cn=jo name*)(sn=zz*))"), found)
+    while len(found) < 1000:
+        next(steps)
+    directory.put(Contact(5000, "Jo", "Name0000b"))  # out of sn's lookup, into cn's behind the search
+    for _ in steps:
+        pass
+    assert 5000 in found
+    numbers = ldap.Directory(BASE, [Contact(i, "Jo", f"Name{i:04d}", work="+49 30 1234") for i in range(1, 2001)]
+                             + [Contact(5000, "Ab", "Zz", mobile="+49 30 1234")])
+    found = array("i")
+    steps = ldap.find_entries(numbers, [], True, decoded("(|(telephoneNumber=+49301234)(mobile=+49301234))"), found)
+    while len(found) < 1000:
+        next(steps)
+    numbers.put(Contact(5000, "Ab", "Zz", work="+49 30 1234"))  # the number moved from mobile to telephoneNumber
+    for _ in steps:
+        pass
+    assert 5000 in found
+
+
+def test_a_number_s_equality_takes_a_bounded_number_of_candidates_a_step():
+    """(telephoneNumber=0): every number ending in 0 is a candidate by its tail, and none is 0."""
+    directory = ldap.Directory(BASE, [Contact(i, "Jo", f"Name{i:05d}", work=f"+49 30 {1000000 + 10 * i}") for i in range(1, 5001)])
+    blobs, read = directory.blobs, []
+
+    class CountingBlobs(dict):
+        def get(self, key, default=None):
+            read.append(key)
+            return blobs.get(key, default)
+
+    directory.blobs = CountingBlobs(blobs)
+    for text in ("(telephoneNumber=0)", "(|(telephoneNumber=0)(mobile=0)(homePhone=0))"):
+        read.clear()
+        steps = ldap.find_entries(directory, [], True, decoded(text), array("i"))
+        next(steps, None)
+        assert len(read) <= ldap.MATCH_STEP_UNITS  # a step, not the 5,000 candidates
+        assert sum(1 for _ in steps) > 5000 // ldap.MATCH_STEP_UNITS - 2  # the rest in steps too
+
+
+def test_the_phones_short_substring_item_of_spaces_decodes_as_the_general_path_reads_it():
+    data = ber.tlv(ldap.F_SUB, ber.octets("cn") + ber.sequence(ber.tlv(0x81, b"  ")))  # (cn=*  *)
+    tag, start, stop = ber.read_header(data, 0, len(data))
+    assert ldap.decode_filter(data, tag, start, stop, 0, ldap.decode_budget()) == (ldap.F_SUB, "cn", "", (), "")

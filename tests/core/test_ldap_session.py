@@ -918,6 +918,10 @@ def test_unknown_operation_disconnects_with_a_notice():
     (b"\x30\x07\x02\x01\x01\x63\x02\x04\x05", "runs past"),
     (b"\x30\x05\x02\x01\x01\x60\x00", "truncated"),
     (w.message(1, b"\x42\x00", b"\x04\x00"), "after the protocolOp"),
+] + [  # a search's filter item cut short where the message ends (no attribute list after it), before a bind
+    (w.message(2, ber.tlv(0x63, ber.octets("dc=pbx") + ber.enumerated(2) + ber.enumerated(0) + ber.integer(0)
+                          + ber.integer(0) + ber.boolean(False) + item)), "")
+    for item in (b"\xa4\x00", b"\xa4\x01\x04", b"\xa3\x00", b"\xa3\x01\x04")
 ])
 def test_malformed_messages_disconnect(data, why):
     assert_disconnected(Harness().send(data), why)
@@ -1224,3 +1228,16 @@ def test_the_phones_short_substring_items_decode_as_the_general_path_decodes_the
     monkeypatch.setattr(filters, "_short_substring", lambda data, start, stop: None)
     assert fast == [decode(data) for data in encoded]
     assert fast[0][0] == (ldap.F_SUB, "cn", "joha", (), "") and fast[1][0] == (ldap.F_SUB, "sn", "", ("schr",), "")
+
+
+def test_a_slice_of_a_search_makes_a_bounded_number_of_answers_even_of_a_costly_selection():
+    """Answers made from whole entries (an alias or typesOnly: about 50 us each) are made EMIT_STEP a slice, though
+    a slice finds more (an exact OR's lookups: 64)."""
+    h = Harness(contacts=[Contact(i, "Anna", f"Name{i:04d}", work=f"+49 30 {1000000 + i}") for i in range(1, 301)])
+    assert h.bind().code == 0
+    cursor = h.session.receive(w.search(2, "(|(cn=anna*)(sn=anna*))", attributes=["commonName", "surname"]))[-1]
+    assert isinstance(cursor, ldap.SearchCursor)
+    made = []
+    while not cursor.done:
+        made.append(sum(len(w.parse_responses(out)) for out in cursor.run(float("-inf")) if isinstance(out, bytes)))
+    assert max(made) <= ldap.EMIT_STEP + 1 and sum(made) == 301  # 300 entries and the SearchResultDone

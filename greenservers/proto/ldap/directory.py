@@ -45,6 +45,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain, islice
 
+from .. import ber
 from .codes import F_AND, F_EQ, F_OR, F_SUB
 from .dn import escape_rdn_value, parse_dn
 from .entries import Entry, RootDSE, base_entry_values, contact_values, rdn_raw_value
@@ -64,13 +65,11 @@ from .index import (
     NUMBER_KEYS,
     OBJECTCLASS_ENCODED,
     PAIR,
-    SHORT_LENGTHS,
     SORT_STEP,
     TAIL,
     UID_TYPE,
     Grams,
     SortedKeys,
-    ber_length,
     blob_dn,
     display_from_cn,
     folded_value,
@@ -95,6 +94,9 @@ from .schema import (
     padded_sounds,
     same_number,
 )
+
+NOT_A_MATCH = 0  # what a lookup gives for a candidate it looked at that does not match (no contact, no base entry
+# has id 0), so that each counts in a search's step: a search takes a bounded number of candidates a step
 
 _WHOLE_ENTRY, _DISPLAY, _UID = object(), object(), object()
 
@@ -530,11 +532,13 @@ class Directory:
     def candidates(self, f, sized: bool = False) -> tuple[Iterable[int] | None, bool, int]:
         """(ids that may match, whether exactly those match, about how many); None: scan every contact.
 
-        Exact lookups (a name's equality or prefix, a number's prefix or "*4711")
-        need no verification; the rest (a number's equality by its tail, grams,
-        AND) are supersets the predicate checks. An id may come more than once.
-        Keys are looked up when their ids are first asked for (`Lookup`): an OR's
-        later lookups cost nothing when the size limit is reached before them.
+        Exact lookups (a name's equality or prefix, a number's prefix, "*4711" or
+        equality, checked by its tail here, and "*typed*") need no verification; the
+        rest (other grams, AND) are supersets the predicate checks. An id may come
+        more than once, and NOT_A_MATCH for a candidate an exact lookup looked at.
+        Keys are looked up, in their lists as they were when the search began, when
+        their ids are first asked for (`Lookup`): an OR's later lookups cost nothing
+        when the size limit is reached before them.
         Sizes are estimated only when `sized` (an AND's children: the rarest is used).
         """
         op = f[0]
@@ -565,7 +569,8 @@ class Directory:
             if key in NUMBER_KEYS:  # by its last characters, then checked here (which makes the lookup exact)
                 tail, reversed_keys = value[::-1][:TAIL], self.reversed[key]
                 size = reversed_keys.count(tail, False, 64) if sized else 0
-                return _same_number(reversed_keys, tail, self.blobs, 2 * (FOLDED_AT + AT[key] - 1), value), True, size
+                return _same_number(self, self.version, reversed_keys, reversed_keys.hold(), tail,
+                                    2 * (FOLDED_AT + AT[key] - 1), value), True, size
             return lookup(self.keys[key], value, True, True, sized)
         initial, anys, final = f[2], f[3], f[4]
         if initial:
@@ -589,8 +594,10 @@ class Directory:
         if len(pieces) == 1 and not final:  # "*typed*": exact as it is (a gram's posting), or checked here in the blob's bytes
             if grams.exact(piece):
                 return iter(ids), True, size
-            contains = BlobAccess(self).contains(key, piece)
-            return (i for i in ids if contains(i)), True, size
+            contains, version = BlobAccess(self).contains(key, piece), self.version
+            # once the directory changed, the search checks every candidate against the whole filter: one that no
+            # longer has the piece here may have it in another attribute an OR's lookup has passed
+            return (i if contains(i) or self.version != version else NOT_A_MATCH for i in ids), True, size
         return iter(ids), False, size
 
     def answer(self, id_: int, selection) -> bytes | None:
@@ -598,9 +605,10 @@ class Directory:
         return self.answers_of((id_,), selection)[0]
 
     def answers_of(self, ids: Sequence[int], selection) -> list[bytes | None]:
-        """The SearchResultEntry bodies of contacts for an attribute selection (None: a contact gone, or an id of
-        none), cached: those cached taken by one call, the others made and cached with the selection's lookups
-        done once for all (a phone's 50 answers not cached cost about 5 us each when made one by one)."""
+        """The SearchResultEntry bodies of contacts (`ids`, each once: the cache's count is kept by them) for an
+        attribute selection (None: a contact gone, or an id of none), cached: those cached taken by one call, the
+        others made and cached with the selection's lookups done once for all (a phone's 50 answers not cached
+        cost about 5 us each when made one by one)."""
         answers = self.answers.get(selection.key)
         bodies = list(map(answers.get, ids)) if answers is not None else [None] * len(ids)
         if all(bodies):  # a body is never empty: all cached
@@ -677,9 +685,9 @@ class Directory:
 def _framed(dn: bytes, attributes: bytes) -> bytes:
     """A SearchResultEntry body: the DN element, then the attributes' SEQUENCE (short lengths from a table)."""
     n = len(attributes)
-    length = SHORT_LENGTHS[n] if n < 0x100 else ber_length(n)
+    length = ber.SHORT_LENGTHS[n] if n < 0x100 else ber.encode_length(n)
     n += len(dn) + 1 + len(length)
-    return b"".join((b"\x64", SHORT_LENGTHS[n] if n < 0x100 else ber_length(n), dn, b"\x30", length, attributes))
+    return b"".join((b"\x64", ber.SHORT_LENGTHS[n] if n < 0x100 else ber.encode_length(n), dn, b"\x30", length, attributes))
 
 
 def _holds(ids: array, id_: int) -> bool:
@@ -714,17 +722,23 @@ def _merged_ids(a: array, b: array) -> array:
     return merged
 
 
-def _same_number(reversed_keys: SortedKeys, tail: str, blobs: dict[int, bytes], at: int, number: str) -> Iterator[int]:
+def _same_number(directory: Directory, version: int, reversed_keys: SortedKeys, held: tuple, tail: str, at: int,
+                 number: str) -> Iterator[int]:
     """The ids whose reversed number starts with `tail` and whose folded number (its end offsets at `at` in the
-    blob's header) is `number` (same_number): compile_filter's equality of numbers, without compiling it per
-    lookup; looked up when first asked for, like a `Lookup` (an OR's later lookups may never be)."""
-    unpack = PAIR.unpack_from
-    for i in reversed_keys.starting(tail):
+    blob's header) is `number` (same_number), NOT_A_MATCH for each other candidate: compile_filter's equality of
+    numbers, without compiling it per lookup; in reversed_keys as the search began (`held`), looked up when
+    first asked for, like a `Lookup` (an OR's later lookups may never be). Once the directory changed (from
+    `version`, as the search began), every candidate is given: the search checks each against the whole
+    filter (a number moved to another attribute, which an OR's lookup has passed, still matches)."""
+    blobs, unpack = directory.blobs, PAIR.unpack_from
+    for i in reversed_keys.starting(tail, False, held):
         blob = blobs.get(i)
         if blob is not None:
             start, end = unpack(blob, at)
             if end > start and same_number(blob[start:end].decode(), number):
                 yield i
+                continue
+        yield i if directory.version != version else NOT_A_MATCH
 
 
 class BlobAccess:

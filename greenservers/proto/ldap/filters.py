@@ -73,7 +73,7 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
         raise BerError(_TOO_MANY_ITEMS)
     if depth > MAX_FILTER_DEPTH:
         raise BerError(f"filter nested deeper than {MAX_FILTER_DEPTH}")
-    if tag == F_EQ and stop - start < 0x80 and data[start] == ber.OCTET_STRING:
+    if tag == F_EQ and 2 <= stop - start < 0x80 and data[start] == ber.OCTET_STRING:
         # the phones' item, short lengths (one byte each): read in place (the general path reads the same;
         # a value shorter than ASSERTION_UNIT counts no unit, and is far below MAX_ASSERTION)
         value_at = start + 2 + data[start + 1]
@@ -84,7 +84,7 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
             else:
                 raw = _assertion(data, value_at + 2, stop, budget)
             return (F_EQ, None, raw, raw) if key is None else (F_EQ, key, FOLDER_OF[key](raw), raw)
-    if tag == F_SUB and stop - start < 0x80 and data[start] == ber.OCTET_STRING:
+    if tag == F_SUB and 2 <= stop - start < 0x80 and data[start] == ber.OCTET_STRING:
         item = _short_substring(data, start, stop)
         if item is not None:
             return item
@@ -170,6 +170,8 @@ def _short_substring(data: bytes, start: int, stop: int) -> tuple | None:
     if key is None or (choice == 0x81 and ATTRIBUTE_TYPES[key][1] == K_NUMBER):  # a number's inner piece is not folded
         return None
     piece = FOLDER_OF[key](data[at + 4:stop].decode("utf-8", "replace"))
+    if not piece:  # folded away (spaces): the general path drops an empty inner piece
+        return None
     return (F_SUB, key, piece, (), "") if choice == 0x80 else (F_SUB, key, "", (piece,), "")
 
 

@@ -51,22 +51,14 @@ _DISPLAY_TYPE = ber.octets("displayName")
 UID_TYPE = ber.octets("uid")
 _NO_IDS = array("i")
 # BER lengths below 256, made once: blobs and answers are framed by the million
-SHORT_LENGTHS = [bytes((n,)) for n in range(0x80)] + [bytes((0x81, n)) for n in range(0x80, 0x100)]
-
-
-def ber_length(n: int) -> bytes:
-    if n < 0x100:
-        return SHORT_LENGTHS[n]
-    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(b),)) + b
 
 
 def partial_attribute(type_element: bytes, value: str) -> bytes:
     """PartialAttribute of one value (the build makes about a million: no general tlv())."""
     v = value.encode()
-    inner = b"\x04" + ber_length(len(v)) + v
-    body = type_element + b"\x31" + ber_length(len(inner)) + inner
-    return b"\x30" + ber_length(len(body)) + body
+    inner = b"\x04" + ber.encode_length(len(v)) + v
+    body = type_element + b"\x31" + ber.encode_length(len(inner)) + inner
+    return b"\x30" + ber.encode_length(len(body)) + body
 
 
 _TYPE_ELEMENTS = {k: ber.octets(ATTRIBUTE_TYPES[k][0]) for k in KEYS}
@@ -108,7 +100,7 @@ def display_from_cn(cn_attribute: bytes) -> bytes:
     """displayName's PartialAttribute: cn's, with the type renamed (their values are always equal)."""
     _, s, e = ber.read_header(cn_attribute, 0, len(cn_attribute))
     body = _DISPLAY_TYPE + cn_attribute[s + len(_CN_TYPE):e]
-    return b"\x30" + ber_length(len(body)) + body
+    return b"\x30" + ber.encode_length(len(body)) + body
 
 
 def raw_value(attribute: bytes) -> str:
@@ -167,16 +159,18 @@ class SortedKeys:
         finally:
             self.release(blocks)
 
-    def starting(self, prefix: str, whole: bool = False) -> Iterator[int]:
+    def starting(self, prefix: str, whole: bool = False, held: tuple | None = None) -> Iterator[int]:
         """Ids of the keys that start with `prefix` (`whole`: that are `prefix`), in key order, lazily.
 
         The first key is found by one str.find in the block where it may be (no key holds "\\0": a key
         starts after one), the end of a run within a block by `run_end` (a few keys, then a bisection: a
         common prefix's run fills the block); a run that ends in its first block (an exact lookup's one
         or few ids) is a slice of its ids, one that goes on iterates over the lists as they are now (a
-        change copies them meanwhile)."""
-        heads, blocks = self.heads, self.blocks
+        change copies them meanwhile), or over those `held` (from `hold()`, let go here or by the run)."""
+        heads, blocks = held if held is not None else (self.heads, self.blocks)
+        own = blocks if held is not None else None  # held lists, let go once read (by the run, if it goes on)
         if "\0" in prefix or not blocks:
+            self._let_go(own)
             return iter(())
         b = max(0, bisect_left(heads, (prefix, -1)) - 1)
         text, offsets, ids = blocks[b]
@@ -190,6 +184,7 @@ class SortedKeys:
             else:  # none in this block: they could only begin the next one
                 b += 1
                 if b >= len(blocks) or not blocks[b][0].startswith(needle):
+                    self._let_go(own)
                     return iter(())
                 text, offsets, ids = blocks[b]
                 j = 0
@@ -197,10 +192,15 @@ class SortedKeys:
         # an exact lookup's one id ends its run without a call
         k = j + 1 if j + 1 < n and not text.startswith(needle, offsets[j + 1]) else run_end(text, offsets, n, j, needle)
         if k < n or b + 1 == len(blocks) or not blocks[b + 1][0].startswith(needle):
+            self._let_go(own)
             return iter(ids[j:k])
-        run = self._run(self.hold()[1], b + 1, needle)
+        run = self._run(blocks if own is not None else self.hold()[1], b + 1, needle)
         first = next(run)  # its try entered: its finally lets the lists go however the run ends
         return chain(ids[j:], first, chain.from_iterable(run))
+
+    def _let_go(self, blocks: list | None) -> None:
+        if blocks is not None:
+            self.release(blocks)
 
     def _run(self, blocks: list, b: int, needle: str) -> Iterator[array]:
         """The ids of the keys that start with `needle` from block b's first one on (which does), a block's at a
@@ -445,18 +445,23 @@ def lookup(keys: SortedKeys, prefix: str, whole: bool, exact: bool, sized: bool)
 
 
 class Lookup:
-    """The ids of the keys that start with `prefix` (`whole`: that are it), found when iterated (`starting`): an OR's
-    lookups are chained, and a phone's size limit is often reached before its second is read (a name's prefix
-    in cn, then in sn), which then costs nothing. Found later, not as the keys were when the search began: an id
-    a change moved meanwhile is checked again (the directory's version moved), and one taken twice once."""
+    """The ids of the keys that start with `prefix` (`whole`: that are it), as the keys were when the search began
+    (their lists are held: a change copies them meanwhile), found when iterated (`starting`): an OR's lookups are
+    chained, and a phone's size limit is often reached before its second is read (a name's prefix in cn, then
+    in sn), which then costs nothing. Found later, a contact a change moved from a later lookup to an earlier
+    one already read is still found (in the keys as they were), and one taken twice once. A lookup never
+    iterated keeps its hold until the next change of the keys copies their lists (once)."""
 
-    __slots__ = ("keys", "prefix", "whole")
+    __slots__ = ("keys", "prefix", "whole", "held")
 
     def __init__(self, keys: SortedKeys, prefix: str, whole: bool):
-        self.keys, self.prefix, self.whole = keys, prefix, whole
+        self.keys, self.prefix, self.whole, self.held = keys, prefix, whole, keys.hold()
 
     def __iter__(self) -> Iterator[int]:
-        return self.keys.starting(self.prefix, self.whole)
+        held, self.held = self.held, None
+        if held is None:  # iterated again: the keys as they are now
+            return self.keys.starting(self.prefix, self.whole)
+        return self.keys.starting(self.prefix, self.whole, held)
 
 
 # -- the directory --------------------------------------------------------------------------

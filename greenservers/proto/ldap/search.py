@@ -46,7 +46,7 @@ from .codes import (
     UNWILLING_TO_PERFORM,
     LdapError,
 )
-from .directory import Directory
+from .directory import NOT_A_MATCH, Directory
 from .dn import DnError, parse_dn_cached
 from .entries import Entry
 from .filters import compile_filter, false_without, filter_units
@@ -263,10 +263,13 @@ def find_entries(directory: Directory, first: list[Entry], contacts: bool, flt, 
         if limit is not None:
             wanted = min(wanted, limit - len(found))
         chunk = list(islice(ids, wanted))
+        taken = len(chunk)  # a candidate that did not match (NOT_A_MATCH) counts too
+        if NOT_A_MATCH in chunk:
+            chunk = [i for i in chunk if i != NOT_A_MATCH]
         if not verify:
             # unchanged since the lookup began: each candidate is a live contact that matches (indexes hold no
-            # other), so only the ids an OR's lookups both gave are left out, with no read of the directory
-            # (a scan is never exact: `seen` is a set) no id taken twice, the common case, costs no step per id
+            # other), so only the ids an OR's lookups both gave are left out, with no read of the directory. A scan
+            # is never exact, so `seen` is a set; no id taken twice (the common case) costs no step per id
             unique = set(chunk)
             if len(unique) == len(chunk) and unique.isdisjoint(seen):
                 seen |= unique
@@ -285,7 +288,7 @@ def find_entries(directory: Directory, first: list[Entry], contacts: bool, flt, 
                     predicate = directory.predicate(flt)
                 if predicate(i):
                     found.append(i)
-        if len(chunk) < wanted or (limit is not None and len(found) >= limit):
+        if taken < wanted or (limit is not None and len(found) >= limit):
             return
         yield
 
@@ -322,7 +325,11 @@ def sort_steps(ids: array, keys: list[tuple[str, bool]], entries: Entries, resul
     result[:] = ordered
 
 
-_SEQUENCE_HEADS = [bytes((0x30, n)) for n in range(128)] + [bytes((0x30, 0x81, n)) for n in range(128, 256)]
+_SEQUENCE_HEADS = [b"\x30" + length for length in ber.SHORT_LENGTHS]  # a SEQUENCE's header, below 256
+
+
+def _sequence_head(size: int) -> bytes:
+    return _SEQUENCE_HEADS[size] if size < 0x100 else b"\x30" + ber.encode_length(size)
 
 
 def encode_entries(message_id: int, selection: Selection, ids: Sequence[int], entries: Entries) -> tuple[bytes, int]:
@@ -342,7 +349,7 @@ def encode_entries(message_id: int, selection: Selection, ids: Sequence[int], en
             parts += i, head, None
             continue
         size = extra + len(body)
-        parts += (heads[size] if size < 256 else b"\x30" + ber.encode_length(size)), head, body
+        parts += (heads[size] if size < 0x100 else _sequence_head(size)), head, body
     if missing:
         gone = False
         for at, body in zip(missing, entries.bodies([parts[at] for at in missing], selection), strict=True):
@@ -350,7 +357,7 @@ def encode_entries(message_id: int, selection: Selection, ids: Sequence[int], en
                 gone = True
                 continue
             size = extra + len(body)
-            parts[at], parts[at + 2] = (heads[size] if size < 256 else b"\x30" + ber.encode_length(size)), body
+            parts[at], parts[at + 2] = _sequence_head(size), body
         if gone:  # a contact deleted since it was found is not sent
             parts = [part for n in range(0, len(parts), 3) if parts[n + 2] is not None for part in parts[n:n + 3]]
     return b"".join(parts), len(parts) // 3
@@ -461,15 +468,17 @@ class Searches:
                               None if not stream or size_limit is None else size_limit + 1, request.filter_units)
         try:
             for _ in finder:
-                if stream and len(found) > cursor.given:
-                    self._send_found(cursor, selection, found, entries, size_limit)
+                # a slice finds up to MATCH_STEP_UNITS entries and makes EMIT_STEP answers (a whole entry's: 50 us)
+                while stream and self._send_found(cursor, selection, found, entries, size_limit):
+                    yield True
                 yield True
         except TimeUp:
             timed_out = True
             finder.close()
         exceeded = size_limit is not None and len(found) > size_limit
         if stream:
-            self._send_found(cursor, selection, found, entries, size_limit)
+            while self._send_found(cursor, selection, found, entries, size_limit):
+                yield False  # what was found is sent, whatever the time
         else:
             ordered, sort_control, timed_out = yield from self._sorted(found, sort_keys, entries, sort_control,
                                                                        critical_sort, timed_out)
@@ -495,13 +504,16 @@ class Searches:
         return (array("i") if critical else found), unsorted, True
 
     @staticmethod
-    def _send_found(cursor: SearchCursor, selection: Selection, found: array, entries: Entries, size_limit: int | None) -> None:
+    def _send_found(cursor: SearchCursor, selection: Selection, found: array, entries: Entries, size_limit: int | None) -> bool:
+        """The next EMIT_STEP entries found and not yet sent (within the size limit) encoded; whether more are left."""
         end = len(found) if size_limit is None else min(len(found), size_limit)
-        if end > cursor.given:
-            encoded, count = encode_entries(cursor.message_id, selection, found[cursor.given:end], entries)
+        stop = min(end, cursor.given + EMIT_STEP)
+        if stop > cursor.given:
+            encoded, count = encode_entries(cursor.message_id, selection, found[cursor.given:stop], entries)
             cursor.out.append(encoded)
-            cursor.given = end
+            cursor.given = stop
             cursor.sent += count
+        return stop < end
 
     @staticmethod
     def _send_steps(cursor: SearchCursor, selection: Selection, ids: array, entries: Entries) -> Iterator[bool]:
