@@ -101,10 +101,16 @@ NOT_A_MATCH = 0  # what a lookup gives for a candidate it looked at that does no
 _WHOLE_ENTRY, _DISPLAY, _UID = object(), object(), object()
 
 
+def made_from_entries(selection) -> bool:
+    """Whether a selection's answers are made by Selection.encode from a whole Entry (typesOnly, an alias such
+    as commonName), about ten times the cost of those cut from a contact's blob."""
+    return selection.types_only or any(alias for _, alias in selection.keys)
+
+
 def _plan(selection) -> object:
     """How a selection's attributes are cut from a blob: (first, last) header indexes of encoded
     attributes in a row, _DISPLAY, _UID, or bytes; _WHOLE_ENTRY when Selection.encode must read an Entry."""
-    if selection.types_only or any(alias for _, alias in selection.keys):
+    if made_from_entries(selection):
         return _WHOLE_ENTRY
     if selection.all_user:  # in Entry order: objectClass, cn, sn, displayName, uid, the others
         return (OBJECTCLASS_ENCODED, (0, 2), _DISPLAY, _UID, (2, len(KEYS)))
