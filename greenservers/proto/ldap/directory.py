@@ -573,10 +573,8 @@ class Directory:
         if op == F_EQ:
             value = f[2]
             if key in NUMBER_KEYS:  # by its last characters, then checked here (which makes the lookup exact)
-                tail, reversed_keys = value[::-1][:TAIL], self.reversed[key]
-                size = reversed_keys.count(tail, False, 64) if sized else 0
-                return _same_number(self, self.version, reversed_keys, reversed_keys.hold(), tail,
-                                    2 * (FOLDED_AT + AT[key] - 1), value), True, size
+                ids, _, size = lookup(self.reversed[key], value[::-1][:TAIL], False, False, sized)
+                return _same_number(self, self.version, ids, 2 * (FOLDED_AT + AT[key] - 1), value), True, size
             return lookup(self.keys[key], value, True, True, sized)
         initial, anys, final = f[2], f[3], f[4]
         if initial:
@@ -728,16 +726,14 @@ def _merged_ids(a: array, b: array) -> array:
     return merged
 
 
-def _same_number(directory: Directory, version: int, reversed_keys: SortedKeys, held: tuple, tail: str, at: int,
-                 number: str) -> Iterator[int]:
-    """The ids whose reversed number starts with `tail` and whose folded number (its end offsets at `at` in the
-    blob's header) is `number` (same_number), NOT_A_MATCH for each other candidate: compile_filter's equality of
-    numbers, without compiling it per lookup; in reversed_keys as the search began (`held`), looked up when
-    first asked for, like a `Lookup` (an OR's later lookups may never be). Once the directory changed (from
-    `version`, as the search began), every candidate is given: the search checks each against the whole
-    filter (a number moved to another attribute, which an OR's lookup has passed, still matches)."""
+def _same_number(directory: Directory, version: int, ids: Iterable[int], at: int, number: str) -> Iterator[int]:
+    """The ids (a `Lookup` of the number's tail) whose folded number (its end offsets at `at` in the blob's header)
+    is `number` (same_number), NOT_A_MATCH for each other candidate: compile_filter's equality of numbers, without
+    compiling it per lookup. Once the directory changed (from `version`, as the search began), every candidate is
+    given: the search checks each against the whole filter (a number moved to another attribute, which an OR's
+    lookup has passed, still matches)."""
     blobs, unpack = directory.blobs, PAIR.unpack_from
-    for i in reversed_keys.starting(tail, False, held):
+    for i in ids:
         blob = blobs.get(i)
         if blob is not None:
             start, end = unpack(blob, at)

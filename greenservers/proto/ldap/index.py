@@ -50,7 +50,6 @@ _CN_TYPE = ber.octets("cn")
 _DISPLAY_TYPE = ber.octets("displayName")
 UID_TYPE = ber.octets("uid")
 _NO_IDS = array("i")
-# BER lengths below 256, made once: blobs and answers are framed by the million
 
 
 def partial_attribute(type_element: bytes, value: str) -> bytes:
