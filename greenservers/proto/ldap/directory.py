@@ -104,7 +104,7 @@ _WHOLE_ENTRY, _DISPLAY, _UID = object(), object(), object()
 def made_from_entries(selection) -> bool:
     """Whether a selection's answers are made by Selection.encode from a whole Entry (typesOnly, an alias such
     as commonName), about ten times the cost of those cut from a contact's blob."""
-    return selection.types_only or any(alias for _, alias in selection.keys)
+    return selection.types_only or selection.aliased
 
 
 def _plan(selection) -> object:

@@ -44,6 +44,7 @@ from .schema import (
     RULE_SUBSTRING,
     approx_match,
     attribute_key,
+    attribute_key_sent,
     fold_for,
     fold_name,
     number_prefix_match,
@@ -78,7 +79,7 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
         # a value shorter than ASSERTION_UNIT counts no unit, and is far below MAX_ASSERTION)
         value_at = start + 2 + data[start + 1]
         if value_at + 2 <= stop and data[value_at] == ber.OCTET_STRING and value_at + 2 + data[value_at + 1] == stop:
-            key = attribute_key(data[start + 2:value_at].decode("utf-8", "replace"))
+            key = attribute_key_sent(data[start + 2:value_at])
             if stop - value_at - 2 < ASSERTION_UNIT:
                 raw = data[value_at + 2:stop].decode("utf-8", "replace")
             else:
@@ -89,8 +90,11 @@ def decode_filter(data: bytes, tag: int, start: int, stop: int, depth: int, budg
         if item is not None:
             return item
     if tag in (F_AND, F_OR):
-        children = ber.children(data, start, stop, budget[0] + 1, _TOO_MANY_ITEMS)
-        items = [decode_filter(data, t, s, e, depth + 1, budget) for t, s, e in children]
+        items = []
+        pos = start
+        while pos < stop:  # each item's budget is spent as it is decoded: a message of empty items ends at the first over it
+            t, s, pos = ber.read_header(data, pos, stop)
+            items.append(decode_filter(data, t, s, pos, depth + 1, budget))
         if not items:  # RFC 4526 absolute true/false
             return (F_AND, []) if tag == F_AND else (F_OR, [])
         return (tag, items)
@@ -166,7 +170,7 @@ def _short_substring(data: bytes, start: int, stop: int) -> tuple | None:
     choice, length = data[at + 2], data[at + 3]
     if choice not in (0x80, 0x81) or not 0 < length < ASSERTION_UNIT or at + 4 + length != stop:
         return None
-    key = attribute_key(data[start + 2:at].decode("utf-8", "replace"))
+    key = attribute_key_sent(data[start + 2:at])
     if key is None or (choice == 0x81 and ATTRIBUTE_TYPES[key][1] == K_NUMBER):  # a number's inner piece is not folded
         return None
     piece = FOLDER_OF[key](data[at + 4:stop].decode("utf-8", "replace"))
@@ -220,8 +224,11 @@ def false_without(f, present) -> bool:
     of them are too. Conservative (False: it may match, compile and check it); it reads no entry."""
     op = f[0]
     if op == F_OR:
-        for child in f[1]:  # noqa: SIM110 (loops, not all(generator): see compile_filter)
-            if not false_without(child, present):
+        for child in f[1]:  # a value item checked here: a phone's OR of them costs no call per item
+            if child[0] in _VALUE_ITEMS:
+                if child[1] is None or child[1] in present:
+                    return False
+            elif not false_without(child, present):
                 return False
         return True  # an empty OR is False too (RFC 4526)
     if op == F_AND:

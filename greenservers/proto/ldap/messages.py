@@ -295,6 +295,10 @@ class Selection:
     names: set[str]  # lower-case requested names (for Root DSE operational attributes)
     types_only: bool
     key: tuple = ()  # (requested attributes, types only): what an entry's encoded body is cached under
+    aliased: bool = False  # an attribute was asked for by an alias (commonName): answered under that name
+
+    def __post_init__(self):
+        self.aliased = any(alias for _, alias in self.keys)
 
     @classmethod
     def of(cls, requested: list[str], types_only: bool) -> Selection:
@@ -312,7 +316,7 @@ class Selection:
         return cls(all_user, "+" in lowered, keys, set(lowered), types_only)
 
     def encode(self, entry: Entry) -> bytes:
-        if self.all_user and not self.types_only and not any(alias for _, alias in self.keys):
+        if self.all_user and not self.types_only and not self.aliased:
             return entry.encoded_all
         if isinstance(entry, RootDSE):
             parts = [entry.encoded_all] if (self.all_user or self.operational) else [

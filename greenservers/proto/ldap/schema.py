@@ -85,9 +85,21 @@ def attribute_key(description: str) -> str | None:
     return key
 
 
+def attribute_key_sent(description: bytes) -> str | None:
+    """attribute_key of a description as it was sent (UTF-8), by its bytes: nothing decoded for one seen before."""
+    key = _KEYS_SENT.get(description, _UNSEEN)
+    if key is _UNSEEN:
+        key = attribute_key(description.decode("utf-8", "replace"))
+        if len(_KEYS_SENT) >= MAX_CACHED:
+            _KEYS_SENT.clear()
+        _KEYS_SENT[description] = key
+    return key
+
+
 _UNSEEN = object()
 MAX_CACHED = 1024  # attribute descriptions (and attribute lists) decoded before: phones repeat theirs
 _KEYS: dict[str, str | None] = {}
+_KEYS_SENT: dict[bytes, str | None] = {}
 
 
 def fold_name(text: str) -> str:
@@ -169,6 +181,10 @@ _NUMBER_FORMATTING = [None if chr(c) in " \t-.()[]/" else chr(c) for c in range(
 
 def fold_number(text: str) -> str:
     """Phone-number form: formatting removed, a leading '+' written '00' ("+49 (30) 12-3" -> "00493012 3")."""
+    if text.isdigit():  # what a phone sends: already folded (isdigit is true of other scripts' digits too: kept)
+        return text
+    if text[1:].isdigit() and text[0] == "+":
+        return "00" + text[1:]
     stripped = text.strip().translate(_NUMBER_FORMATTING)
     return "00" + stripped[1:] if stripped.startswith("+") else stripped.lower()
 
