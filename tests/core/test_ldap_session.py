@@ -927,6 +927,20 @@ def test_malformed_messages_disconnect(data, why):
     assert_disconnected(Harness().send(data), why)
 
 
+_NUMBERS = w.encode_filter("(|(telephoneNumber=4930123)(mobile=4930123)(homePhone=4930123))")  # a phone's, 71 bytes
+_HEAD = ber.octets("dc=pbx") + ber.enumerated(2) + ber.enumerated(0) + ber.integer(50) + ber.integer(0) + ber.boolean(False)
+
+
+@pytest.mark.parametrize("op, why", [
+    (_HEAD + _NUMBERS, "truncated"),  # no attribute list after the filter
+    (_HEAD + _NUMBERS + b"\x30", "truncated"),  # the attribute list's header cut after its tag
+    (_HEAD + _NUMBERS[:-5], "runs past"),  # the message ends inside the OR's last item
+    (_HEAD + bytes([_NUMBERS[0], len(_NUMBERS) - 7]) + _NUMBERS[2:-5], "runs past"),  # the OR itself ends inside it
+])
+def test_a_bound_search_cut_after_or_inside_its_filter_disconnects(op, why):
+    assert_disconnected(bound().send(w.message(2, ber.tlv(0x63, op))), why)
+
+
 def test_deeply_nested_and_oversized_filters():
     deep = "(!" * 40 + "(cn=x)" + ")" * 40
     assert_disconnected(bound().send(w.search(2, deep)), "deeper")
