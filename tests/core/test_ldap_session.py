@@ -929,13 +929,18 @@ def test_malformed_messages_disconnect(data, why):
 
 _NUMBERS = w.encode_filter("(|(telephoneNumber=4930123)(mobile=4930123)(homePhone=4930123))")  # a phone's, 71 bytes
 _HEAD = ber.octets("dc=pbx") + ber.enumerated(2) + ber.enumerated(0) + ber.integer(50) + ber.integer(0) + ber.boolean(False)
+# an OR whose length ends 5 bytes into its last item, and those 5 bytes (the item's value ends with them) an attribute
+# list: a reader of the OR's items bounded by the message, not by the OR, would take them for the search's attributes
+_ITEMS = w.encode_filter("(|(telephoneNumber=4930123)(mobile=4930123))")[2:] + ber.tlv(
+    0xA3, ber.octets("homePhone") + ber.octets(b"49" + ber.sequence(ber.octets("c"))))
+_OR_CUT_INSIDE_ITEM = bytes([0xA1, len(_ITEMS) - 5]) + _ITEMS
 
 
 @pytest.mark.parametrize("op, why", [
     (_HEAD + _NUMBERS, "truncated"),  # no attribute list after the filter
     (_HEAD + _NUMBERS + b"\x30", "truncated"),  # the attribute list's header cut after its tag
-    (_HEAD + _NUMBERS[:-5], "runs past"),  # the message ends inside the OR's last item
-    (_HEAD + bytes([_NUMBERS[0], len(_NUMBERS) - 7]) + _NUMBERS[2:-5], "runs past"),  # the OR itself ends inside it
+    (_HEAD + _NUMBERS[:-5], "runs past"),  # the message ends inside the OR's last item (refused from the OR's length)
+    (_HEAD + _OR_CUT_INSIDE_ITEM, "runs past"),  # its items are read within the OR
 ])
 def test_a_bound_search_cut_after_or_inside_its_filter_disconnects(op, why):
     assert_disconnected(bound().send(w.message(2, ber.tlv(0x63, op))), why)
@@ -965,6 +970,10 @@ def test_filter_items_count_what_checking_an_entry_costs(over, at_limit):
     _, done = h.search(at_limit, attributes=["1.1"])
     assert done.code == 0
     assert_disconnected(bound().send(w.search(2, over)), f"more than {N} items")
+
+
+def test_a_filter_of_many_empty_items_is_refused_at_the_first_over_the_limit():
+    assert_disconnected(bound().send(w.search(2, "(|" + "(&)" * 300 + ")")), f"more than {N} items")
 
 
 def test_an_assertion_value_or_piece_over_1_kib_is_refused():

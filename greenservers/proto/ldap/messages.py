@@ -11,7 +11,7 @@ shape): `BindFailed`, `Searched`, `StartTLS`, `Close`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import ber
 from ..ber import BerError
@@ -295,7 +295,7 @@ class Selection:
     names: set[str]  # lower-case requested names (for Root DSE operational attributes)
     types_only: bool
     key: tuple = ()  # (requested attributes, types only): what an entry's encoded body is cached under
-    aliased: bool = False  # an attribute was asked for by an alias (commonName): answered under that name
+    aliased: bool = field(default=False, init=False)  # an attribute asked for by an alias (commonName): answered under it
 
     def __post_init__(self):
         self.aliased = any(alias for _, alias in self.keys)

@@ -180,7 +180,7 @@ _NUMBER_FORMATTING = [None if chr(c) in " \t-.()[]/" else chr(c) for c in range(
 
 
 def fold_number(text: str) -> str:
-    """Phone-number form: formatting removed, a leading '+' written '00' ("+49 (30) 12-3" -> "00493012 3")."""
+    """Phone-number form: formatting removed, a leading '+' written '00' ("+49 (30) 12-3" -> "004930123")."""
     if text.isdigit():  # what a phone sends: already folded (isdigit is true of other scripts' digits too: kept)
         return text
     if text[1:].isdigit() and text[0] == "+":
