@@ -15,8 +15,7 @@ Two fresh starts with every service on loopback (bench/services.py):
    kind, and after half as many contacts again were imported through the web
    API (until the directory's sensors say it has applied them: the request,
    then the merge into the directory). While the directory is built, while the changes stream in
-   and while the import runs, a client of every other service measures its latency (in a process
-   of its own, so that it waits for no other client's work).
+   and while the import runs, a client of every other service measures its latency.
    The time from a change (through the API, and by another process) to its
    visibility over LDAP is measured with searches repeated until the change
    shows (median and maximum of CHANGES_TIMED changes).
@@ -38,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -206,12 +206,18 @@ def api_changes(server, count: int) -> None:
 
 
 def while_probing(server, state: str, action) -> dict:
-    """`action()`, timed, while a client of every other service measures its latency (in a process of its own: the
-    action's client may work without pause here); the row of `state`."""
-    with services.probes_apart(server, services=OTHERS) as during:
-        started = time.monotonic()
+    """`action()`, timed, while a client of every other service measures its latency; the row of `state`."""
+    during: dict = {}
+    done = threading.Event()
+    probing = threading.Thread(target=lambda: during.update(services.run_probes(server, 600.0, services=OTHERS, until=done)))
+    probing.start()
+    started = time.monotonic()
+    try:
         action()
+    finally:
         seconds = time.monotonic() - started
+        done.set()
+        probing.join(60)
     return {"state": state, "rss_mb": settle_rss(server.worker_pid), "seconds": round(seconds, 2), "other_services_meanwhile": during}
 
 

@@ -19,14 +19,12 @@ server, not a client program's start-up:
 from __future__ import annotations
 
 import http.client
-import multiprocessing
 import resource
 import socket
 import statistics
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -333,43 +331,3 @@ def run_probes(server: Greenservers, seconds: float, interval: float = 0.05, ser
     for thread in threads:
         thread.join(seconds + 30)
     return {name: results[name].summary() for name in chosen}
-
-
-@contextmanager
-def probes_apart(server: Greenservers, interval: float = 0.05, services=None):
-    """run_probes for as long as the block runs, in a process of its own (spawned); yields the dict that holds their
-    summary once the block has ended. In a thread of this process, a probe's latency would hold its waits for this
-    process's GIL (up to the 5 ms switch interval after each system call) while the block's own client works (one
-    that searches until a change shows, while an import is measured): the server's latency is what is measured."""
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_probes_child, args=(dict(server.ports), interval, services, stop, sender), daemon=True)
-    child.start()
-    sender.close()
-    summary: dict[str, dict] = {}
-    try:
-        if not receiver.poll(60) or receiver.recv() != "probing":
-            raise RuntimeError("the probes' process did not start")
-        yield summary
-        stop.set()
-        if not receiver.poll(60):
-            raise RuntimeError("the probes' process gave no results")
-        summary.update(receiver.recv())
-    finally:
-        stop.set()
-        child.join(30)
-        if child.is_alive():
-            child.terminate()
-            child.join(5)
-        receiver.close()
-
-
-def _probes_child(ports: dict[str, int], interval: float, services, stop, sender) -> None:
-    """probes_apart's process: probe until `stop` is set, then send the summary."""
-    until = threading.Event()
-    threading.Thread(target=lambda: (stop.wait(), until.set()), daemon=True).start()
-    server = Greenservers(None, ports)
-    run_probes(server, 0.3, interval, services)  # a new process's first requests load modules and caches: not counted
-    sender.send("probing")
-    sender.send(run_probes(server, 3600.0, interval, services, until))
