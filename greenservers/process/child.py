@@ -4,9 +4,8 @@
 
 The request is (module, function name, arguments, the worker's pid,
 niceness); the answer is (True, result) or (False, exception). The child
-lowers its own priority first (the niceness and, on Linux, the SCHED_IDLE
-policy: a core only when no other process wants one), so that the worker's
-event loop gets a core before it whenever both want one, and asks the kernel to kill it if the
+lowers its own priority first, so that the worker's event loop gets a core
+before it whenever both want one, and asks the kernel to kill it if the
 worker dies: an import cut short that way rolls back, as SQLite does with
 any transaction never committed. The worker is its only client (a pipe of
 its own), so the pickles are trusted.
@@ -48,8 +47,6 @@ def main() -> None:
     module, name, args, parent, niceness = pickle.load(sys.stdin.buffer)
     _die_with(parent)
     os.nice(niceness)
-    with suppress(AttributeError, OSError):  # not Linux: the niceness alone
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     function = importlib.import_module(module)
     for part in name.split("."):
         function = getattr(function, part)

@@ -13,13 +13,8 @@ An import is seconds of CPU (50,000 contacts: about 2.5 s). In a thread, even
 with short slices, the loop's thread waited for the GIL and for a core while
 the import's thread held them: the other services' p99 read 13-31 ms during
 it. It runs in a child process instead (`run_in_child`, greenservers/process/child.py),
-of lower priority: no GIL is shared, and the kernel gives the loop's thread a
-core first. With the niceness alone (CHILD_NICENESS) the other services' p99
-still read 13.5-16.8 ms during an import of 50,000 (bench/memory.py, 4 runs):
-a woken loop waited for the child's time on the core. The child also takes
-Linux's SCHED_IDLE policy, a core only when no other process wants one:
-6.4-9.6 ms (3 runs). Where the cores are busy all the time an import waits
-for them, CHILD_TIMEOUT at most. The child is killed if the worker dies, and
+of lower priority (CHILD_NICENESS): no GIL is shared, and the kernel gives the
+loop's thread a core first. The child is killed if the worker dies, and
 after CHILD_TIMEOUT.
 
 On the loop, while the LDAP directory is built or an import is merged into it
