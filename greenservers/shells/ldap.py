@@ -118,9 +118,10 @@ class SearchGate:
     Otherwise `run()` queues the search, and one greenlet (the dispatcher) runs
     the slices one after the other and hands each slice's outputs back to the
     greenlet that sends them; before a slice it lets the greenlets spawned
-    meanwhile start (gevent.sleep(0): the hub's callbacks run first). `counted()` is called when a search gets in line
-    and when one is taken from it (FairShare's counts changed, and others may
-    read them meanwhile). Between two, it waits for a zero timer of lower
+    meanwhile start (gevent.sleep(0): the hub's callbacks run first).
+    `counted()` is called when a search gets in line and when one is taken
+    from it (FairShare's counts changed, and others may read them meanwhile).
+    Between two, it waits for a zero timer of lower
     priority than the sockets' watchers (shells.loop): it fires once the loop
     has polled and served every ready socket. Handing the turn to the next
     greenlet directly would not do: gevent runs up to 50 ready callbacks before
@@ -183,21 +184,24 @@ class SearchGate:
 
     def _dispatch(self) -> None:
         hub = gevent.get_hub()
-        yielded_in = -1  # the loop's iteration in which the dispatcher last let the hub's callbacks go first
+        yielded = False  # since it was last woken, the dispatcher has let the hub's callbacks go first
         while True:
             if not self.fair.waiting:
                 self._work.wait()
                 self._work.clear()
+                yielded = False
                 continue
             if not self._may_run():
                 serve_ready_then_continue()
+                yielded = False
                 continue
-            if yielded_in != hub.loop.iteration:
+            if not yielded:
                 # a greenlet spawned meanwhile (a TFTP transfer, a new connection) starts as a callback of the hub,
                 # which runs them only after this slice otherwise: under costly searches a TFTP answer waited a
                 # slice more than the inline ones of SNMP and NTP (bench/flood.py ldap-filters, 5 runs each: its
-                # median 7.1 ms, 4.6 ms with this; p99 16.1 and 12.1 ms)
-                yielded_in = hub.loop.iteration
+                # median 7.1 ms, 4.6 ms with this; p99 16.1 and 12.1 ms). Once per wake-up: gevent may cut a pass
+                # of callbacks after 50, and a dispatcher that yielded again each time could be deferred for good
+                yielded = True
                 gevent.sleep(0)
                 continue
             ticket = self.fair.next(self.clock())
