@@ -11,9 +11,9 @@ after StartTLS. Runs alternate between the servers; the figures are medians
 of the runs (searches per second, median and p99 latency). Each kind alone
 (sequential, plain) is measured in KIND_PAIRS pairs of short runs (KIND_RUN
 seconds each, the servers alternated, each pair asking queries no pair
-before it asked, both of its runs the same); its ratio is the median of the pairs' ratios (a pair's two runs are a second
-apart, so this machine's speed, which drifts 2x over a minute, cancels out of
-each). Then p99 with
+before it asked, both of its runs the same); its ratio is the median of the
+pairs' ratios (a pair's two runs are a second apart, so this machine's
+speed, which drifts 2x over a minute, cancels out of each). Then p99 with
 100,000 contacts, sequential, plain: of every search, and of each query's
 fastest answer over the runs (the server's own cost, without the moments
 another process held the CPU, which set the first on a shared machine), and
