@@ -26,6 +26,7 @@ from .model import (
                     NAME_FIELDS,
                     NUMBER_FIELDS,
                     TEXT_MARK,
+                    BookBusy,
                     Contact,
                     ContactError,
                     ContactNotFound,
@@ -41,7 +42,7 @@ from .store import LOG_KEEP, PAGE, AddressBook, ChangeReader, addressbook_for
 __all__ = [
     "FIELD_CHECKS", "FIELDS", "FORMULA_STARTS", "LOG_KEEP", "MAX_CONTACTS", "MAX_EMAIL", "MAX_EXTENSION", "MAX_IMPORT_BYTES",
     "MAX_NAME", "MAX_NUMBER", "MAX_NUMBER_DIGITS", "MAX_REPORTED_ERRORS", "MAX_SEARCH_LENGTH", "NAME_FIELDS", "NUMBER_FIELDS",
-    "PAGE", "TEXT_MARK", "AddressBook", "ChangeReader", "Contact", "ContactError", "ContactNotFound", "ImportRejected",
+    "PAGE", "TEXT_MARK", "AddressBook", "BookBusy", "ChangeReader", "Contact", "ContactError", "ContactNotFound", "ImportRejected",
     "addressbook_for", "csv_body", "csv_cell", "csv_rows", "csv_value", "fold_name", "fold_number", "looks_like_number", "matcher",
     "parse_csv", "to_csv", "validate",
 ]

@@ -84,6 +84,17 @@ class ContactNotFound(KeyError):
     """No contact with that id."""
 
 
+class BookBusy(RuntimeError):
+    """Another writer held the book past the store's busy timeout; nothing was changed (the caller may try again)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"the address book is busy: another writer has held it for {seconds:g} s; nothing was changed, try again")
+        self.seconds = seconds
+
+    def __reduce__(self):  # pickled as it was made (an import's child process sends it to the worker)
+        return type(self), (self.seconds,)
+
+
 class ImportRejected(ValueError):
     """A CSV import was refused and nothing changed; `errors` is [{row, field, message}]."""
 

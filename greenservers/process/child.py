@@ -5,7 +5,8 @@
 The request is (module, function name, arguments, the worker's pid,
 niceness); the answer is (True, result) or (False, exception). The child
 lowers its own priority first, so that the worker's event loop gets a core
-before it whenever both want one, and asks the kernel to kill it if the
+before it whenever both want one (and the part of its work that holds no
+lock may wait for idle cores: offload.run_when_idle), and asks the kernel to kill it if the
 worker dies: an import cut short that way rolls back, as SQLite does with
 any transaction never committed. The worker is its only client (a pipe of
 its own), so the pickles are trusted.
@@ -20,6 +21,8 @@ import pickle
 import signal
 import sys
 from contextlib import suppress
+
+from greenservers.process import offload
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal the kernel sends this process when its parent dies
 
@@ -47,6 +50,7 @@ def main() -> None:
     module, name, args, parent, niceness = pickle.load(sys.stdin.buffer)
     _die_with(parent)
     os.nice(niceness)
+    offload.in_a_child = True  # work that may wait for idle cores asks for them (offload.run_when_idle)
     function = importlib.import_module(module)
     for part in name.split("."):
         function = getattr(function, part)

@@ -15,7 +15,9 @@ the import's thread held them: the other services' p99 read 13-31 ms during
 it. It runs in a child process instead (`run_in_child`, greenservers/process/child.py),
 of lower priority (CHILD_NICENESS): no GIL is shared, and the kernel gives the
 loop's thread a core first. The child is killed if the worker dies, and
-after CHILD_TIMEOUT.
+after CHILD_TIMEOUT. Its work that holds no lock may ask for idle cores only
+(`run_when_idle`: with the niceness alone the other services' p99 still read
+13.5-16.8 ms during an import of 50,000).
 
 On the loop, while the LDAP directory is built or an import is merged into it
 (in slices), the collector's full collections landed in the slices: each
@@ -46,6 +48,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -73,6 +76,7 @@ CHILDREN = 1  # children at once; more wait their turn (imports wait for each ot
 CHILD_ANSWER_LIMIT = 1 << 20  # bytes of a child's pickled answer (an import's: a count, or the problems it reports)
 CHILD_ERRORS_KEPT = 1 << 16  # bytes of a child's standard error read (its last line is logged if it fails)
 _child_slots = None  # a gevent Semaphore(CHILDREN), made in the worker on first use
+in_a_child = False  # set by greenservers/process/child.py: this process is the worker's child
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # where the child finds the greenservers package
 
 
@@ -170,6 +174,33 @@ def run_in_child(function, *args):
         request = run_off_loop(pickle.dumps, (function.__module__, function.__qualname__, args, os.getpid(), CHILD_NICENESS),
                                pickle.HIGHEST_PROTOCOL)
         succeeded, value = _ask_child(function.__qualname__, request)
+    if succeeded:
+        return value
+    raise value
+
+
+def run_when_idle(function, *args):
+    """In the worker's child process, function(*args) in a thread of Linux's SCHED_IDLE policy: a core only
+    when no other thread of the machine wants one (the worker's event loop above all). A thread's policy is
+    its own, and without privilege it cannot go back to the normal one: the caller goes on afterwards at its
+    niceness, so that work holding a lock that others wait for (an import's commit) never waits for idle
+    cores. Elsewhere, or without the policy, here."""
+    if not in_a_child or not hasattr(os, "SCHED_IDLE"):
+        return function(*args)
+    outcome: list = []
+
+    def idle():
+        with suppress(OSError):  # refused (a container's seccomp policy, say): the niceness alone
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread (Linux)
+        try:
+            outcome.append((True, function(*args)))
+        except BaseException as error:  # the caller raises it again
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=idle, name="idle")
+    thread.start()
+    thread.join()
+    succeeded, value = outcome[0]
     if succeeded:
         return value
     raise value

@@ -2,7 +2,8 @@
 
 Both are thin: every rule (validation, all-or-nothing import, search) lives
 in greenservers.addressbook; this module maps it to HTTP status codes
-(400 with per-field or per-row messages, 404, 413) and to a page.
+(400 with per-field or per-row messages, 404, 413, 503 while another writer
+holds the book) and to a page.
 """
 
 from __future__ import annotations
@@ -11,9 +12,21 @@ import json
 import logging
 from functools import partial
 
-from flask import Blueprint, Response, copy_current_request_context, flash, jsonify, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    copy_current_request_context,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from werkzeug.exceptions import ServiceUnavailable
 
-from ..addressbook import FIELDS, MAX_IMPORT_BYTES, NUMBER_FIELDS, ContactError, ContactNotFound, ImportRejected, addressbook_for
+from ..addressbook import FIELDS, MAX_IMPORT_BYTES, NUMBER_FIELDS, BookBusy, ContactError, ContactNotFound, ImportRejected, addressbook_for
 from ..process.offload import let_the_loop_turn, run_off_loop
 from . import get_runtime, whole_arg
 from .auth import CSV_BODY, JSON_BODY, NO_BODY, admin_required, takes
@@ -21,6 +34,7 @@ from .auth import CSV_BODY, JSON_BODY, NO_BODY, admin_required, takes
 bp = Blueprint("addressbook", __name__)
 log = logging.getLogger("greenservers.addressbook")
 
+BUSY_RETRY_AFTER = 5  # seconds a client is asked to wait when another writer holds the book (503)
 MAX_LIST = 1000  # the page shows at most this many rows; the API pages with ?limit=&offset=
 FIELD_LABELS = {
     "first_name": "First name",
@@ -49,6 +63,13 @@ def _int_arg(name: str, default: int | None) -> int | None:
         return whole_arg(name, default)
     except ValueError as exc:
         raise ContactError({name: str(exc)}) from None
+
+
+@bp.errorhandler(BookBusy)
+def _busy(exc: BookBusy):
+    """503 with Retry-After, as JSON for the API and as a page for browsers (the app's handler of HTTP errors)."""
+    log.warning("%s (admin from %s)", exc, request.remote_addr or "-")
+    return current_app.handle_http_exception(ServiceUnavailable(str(exc), retry_after=BUSY_RETRY_AFTER))
 
 
 def _invalid(exc: ContactError):

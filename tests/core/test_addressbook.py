@@ -327,6 +327,60 @@ def test_import_replace(book):
     assert [c.last_name for c in book.contacts()] == ["New"]
 
 
+def test_an_import_validates_its_rows_without_locking_the_book_then_stores_them_in_one_transaction(book, monkeypatch):
+    book.add({"last_name": "Before"})
+    staged = []
+
+    def stage_then_write_elsewhere(function, *args):
+        count = function(*args)
+        other = sqlite3.connect(book.path, timeout=0, isolation_level=None)  # waits for no one: fails if the book is locked
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("INSERT INTO contacts (last_name) VALUES ('Meanwhile')")
+            other.execute("COMMIT")
+        finally:
+            other.close()
+        staged.append(count)
+        return count
+
+    monkeypatch.setattr(ab_store, "run_when_idle", stage_then_write_elsewhere)
+    assert book.import_csv("last_name,work\nOne,1\nTwo,2\n") == 2
+    assert staged == [2]
+    assert [c.last_name for c in book.contacts()] == ["Before", "Meanwhile", "One", "Two"]  # in the file's order, after the write
+    assert book.import_csv("last_name\nOnly\n", replace=True) == 1
+    assert [c.last_name for c in book.contacts()] == ["Only"]  # the file replaces the book as it is at the commit
+
+
+def test_an_import_refused_at_its_commit_changes_nothing(book, monkeypatch):
+    book.add({"last_name": "Kept"})
+    version = book.version
+    monkeypatch.setattr(ab, "MAX_CONTACTS", 2)
+    monkeypatch.setattr(ab_store, "MAX_CONTACTS", 2)
+    with pytest.raises(ImportRejected, match="would hold 3 contacts; the limit is 2"):
+        book.import_csv("last_name\nA\nB\n")
+    assert [c.last_name for c in book.contacts()] == ["Kept"] and book.version == version
+
+
+def test_a_writer_kept_out_past_the_busy_timeout_is_told_the_book_is_busy_and_nothing_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(ab_store, "BUSY_TIMEOUT", 0.2)
+    book = AddressBook(tmp_path / "book.sqlite3")
+    anna = book.add({"last_name": "Anna"})
+    holder = sqlite3.connect(book.path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer (an import's commit, the CLI, a sqlite3 shell)
+        for write in (lambda: book.add({"last_name": "New"}), lambda: book.change(anna.id, {"last_name": "Changed"}),
+                      lambda: book.delete(anna.id), lambda: book.import_csv("last_name\nA\n")):
+            with pytest.raises(ab.BookBusy) as caught:
+                write()
+            assert str(caught.value) == "the address book is busy: another writer has held it for 0.2 s; nothing was changed, try again"
+        holder.execute("ROLLBACK")
+        assert [c.last_name for c in book.contacts()] == ["Anna"]
+        assert book.change(anna.id, {"last_name": "Changed"}).last_name == "Changed"  # free again: it goes through
+    finally:
+        holder.close()
+        book.close()
+
+
 def test_export_round_trip(filled, tmp_path):
     exported = filled.export_csv()
     rows = list(csv.reader(io.StringIO(exported)))

@@ -7,6 +7,7 @@ import csv
 import io
 import random
 import re
+import sqlite3
 
 import pytest
 
@@ -284,6 +285,10 @@ BROWSER = {"Accept": "text/html"}
 @pytest.fixture
 def browser(client):
     """A test client logged in through the login form; `.token` is its CSRF token."""
+    return log_in(client)
+
+
+def log_in(client):
     login_page = client.get("/login", headers=BROWSER).get_data(as_text=True)
     form = {"csrf_token": TOKEN_RE.search(login_page)[1], "username": "admin", "password": PASSWORD}
     response = client.post("/login", data=form, headers=BROWSER)
@@ -345,6 +350,34 @@ def test_page_edit_and_delete(browser, book):
     assert browser.post(f"/addressbook/{anna.id}/delete", data={"csrf_token": browser.token}, headers=BROWSER).status_code == 303
     assert book.contacts() == []
     assert "Deleted Anna Müller." in browser.get("/addressbook", headers=BROWSER).get_data(as_text=True)
+
+
+def test_while_another_writer_holds_the_book_every_write_answers_503_with_why_and_nothing_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(ab_store, "BUSY_TIMEOUT", 0.2)
+    app, runtime = make_app(tmp_path)
+    book = ab.addressbook_for(runtime)
+    client = app.test_client()
+    anna = book.add(ANNA)
+    holder = sqlite3.connect(book.path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer: the CLI, a sqlite3 shell, an import's commit
+        writes = [client.post("/api/addressbook", json={"last_name": "New"}, headers=AUTH),
+                  client.put(f"/api/addressbook/{anna.id}", json={"last_name": "Changed"}, headers=AUTH),
+                  client.delete(f"/api/addressbook/{anna.id}", headers=AUTH),
+                  post_csv(client, "last_name\nA\n")]
+        for response in writes:
+            assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+            assert response.get_json() == {"error": "the address book is busy: another writer has held it for 0.2 s; "
+                                                    "nothing was changed, try again"}
+        browsing = log_in(app.test_client())
+        page = browsing.post("/addressbook/add", data={**ANNA, "csrf_token": browsing.token}, headers=BROWSER)
+        assert page.status_code == 503 and "the address book is busy" in page.get_data(as_text=True)
+        holder.execute("ROLLBACK")
+        assert book.contacts() == [anna]
+        assert client.put(f"/api/addressbook/{anna.id}", json={"last_name": "Changed"}, headers=AUTH).status_code == 200
+    finally:
+        holder.close()
+        ab_store._books.pop(book.path).close()
 
 
 def test_page_import_upload(browser, book):

@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from array import array
 from pathlib import Path
@@ -240,6 +241,18 @@ def test_in_the_worker_the_child_runs_apart_at_lower_priority_while_the_loop_goe
     finally:
         ticking.kill()
     assert not _children()
+
+
+def test_in_the_child_work_asked_to_wait_for_idle_cores_runs_in_an_idle_thread_and_the_rest_does_not(as_in_the_worker):
+    assert offload.run_in_child(offload.run_when_idle, os.sched_getscheduler, 0) == os.SCHED_IDLE
+    assert offload.run_in_child(os.sched_getscheduler, 0) == os.SCHED_OTHER  # the child's own thread: its niceness only
+    with pytest.raises(ValueError, match="invalid literal"):
+        offload.run_in_child(offload.run_when_idle, int, "not a number")  # raised in the idle thread, raised here
+
+
+def test_outside_a_child_work_asked_to_wait_for_idle_cores_runs_here():
+    assert offload.run_when_idle(threading.get_ident) == threading.get_ident()
+    assert offload.run_when_idle(os.sched_getscheduler, 0) == os.SCHED_OTHER
 
 
 def test_children_run_one_at_a_time_the_others_wait_their_turn(as_in_the_worker):
