@@ -326,6 +326,27 @@ def test_namesakes_get_and_lose_their_uid_one_change_at_a_time():
     assert directory.dn(1) == "cn=John Smith,dc=pbx"
 
 
+def test_a_filter_compiled_once_reads_a_contact_anew_after_it_changed():
+    # a search in progress keeps its predicate across slices; a contact changed between two of them must be read
+    # as it is now, though the filter's items share what they read of the contact they check
+    directory = ldap.Directory(BASE, [Contact(1, "Anna", "Alt", work="030 1")])
+    items = ["(sn=Alt)", "(sn<=Alz)", "(&(sn>=Al)(sn=Alt))", "(:2.5.13.4:=alt)", "(cn:caseIgnoreMatch:=anna alt)",
+             "(|(:dn:2.5.13.4:=zz)(:2.5.13.4:=alt))", "(telephoneNumber=030 1)"]
+    checks = [directory.predicate(decoded(text)) for text in items]
+    assert [check(1) for check in checks] == [True] * len(items)
+    directory.put(Contact(1, "Bert", "Neu", work="030 2"))
+    assert [check(1) for check in checks] == [False] * len(items)
+    directory.put(Contact(1, "Anna", "Alt", work="030 1"))
+    assert [check(1) for check in checks] == [True] * len(items)
+    # a contact a merge adds between two slices (it does not change the directory's version until it ends)
+    assert [check(2) for check in checks] == [False] * len(items)
+    merging = directory.merge_steps([Contact(2, "Anna", "Alt", work="030 1")])
+    next(merging)
+    assert 2 in directory.blobs and [check(2) for check in checks] == [True] * len(items)
+    for _ in merging:
+        pass
+
+
 def test_a_number_is_found_in_either_form_whatever_its_length():
     # six characters, the shortest national number same_number knows: its key is the last five
     directory = ldap.Directory(BASE, [Contact(1, "A", work="030 123"), Contact(2, "B", work="+49 30 123"),

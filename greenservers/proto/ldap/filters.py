@@ -432,10 +432,17 @@ def _compile_extensible(rule, key, value, dn_attributes, has_type):
             return value in raw_values
         kind = ATTRIBUTE_TYPES[k][1]
         needle = needles[kind]
+        # loops, not any(generator): an untyped match tests every attribute of every contact
         if how == RULE_SUBSTRING:
-            return any(needle in v for v in folded_values)
+            for v in folded_values:  # noqa: SIM110
+                if needle in v:
+                    return True
+            return False
         if kind == K_NUMBER:
-            return any(same_number(v, needle) for v in folded_values)
+            for v in folded_values:  # noqa: SIM110
+                if same_number(v, needle):
+                    return True
+            return False
         return needle in folded_values
 
     def match(entry):
