@@ -3,7 +3,7 @@
 Both are thin: every rule (validation, all-or-nothing import, search) lives
 in greenservers.addressbook; this module maps it to HTTP status codes
 (400 with per-field or per-row messages, 404, 413, 503 while another writer
-holds the book) and to a page.
+holds the book or when an import's process ended without an answer) and to a page.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from flask import (
 from werkzeug.exceptions import ServiceUnavailable
 
 from ..addressbook import FIELDS, MAX_IMPORT_BYTES, NUMBER_FIELDS, BookBusy, ContactError, ContactNotFound, ImportRejected, addressbook_for
-from ..process.offload import let_the_loop_turn, run_off_loop
+from ..process.offload import ChildFailed, let_the_loop_turn, run_off_loop
 from . import get_runtime, whole_arg
 from .auth import CSV_BODY, JSON_BODY, NO_BODY, admin_required, takes
 
@@ -70,6 +70,14 @@ def _busy(exc: BookBusy):
     """503 with Retry-After, as JSON for the API and as a page for browsers (the app's handler of HTTP errors)."""
     log.warning("%s (admin from %s)", exc, request.remote_addr or "-")
     return current_app.handle_http_exception(ServiceUnavailable(str(exc), retry_after=BUSY_RETRY_AFTER))
+
+
+@bp.errorhandler(ChildFailed)
+def _import_unfinished(exc: ChildFailed):
+    """The import's child process ended without an answer: 503, and what the administrator can rely on."""
+    message = (f"the import did not finish: its process {exc.reason}. An import is stored whole or not at all; "
+               "look at the address book before you try again")
+    return current_app.handle_http_exception(ServiceUnavailable(message, retry_after=BUSY_RETRY_AFTER))
 
 
 def _invalid(exc: ContactError):
