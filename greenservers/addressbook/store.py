@@ -285,7 +285,7 @@ def import_rows(path: Path, text: str, replace: bool) -> int:
     db = _connect(path)
     try:
         db.execute("ATTACH ':memory:' AS staged")
-        run_when_idle(_stage_steps(db, text))
+        run_when_idle(_stage_steps(db, text))  # IDLE_PATIENCE at most
         count = db.execute("SELECT count(*) FROM staged.contacts").fetchone()[0]
         with _Transaction(db):
             kept = 0 if replace else db.execute("SELECT count(*) FROM contacts").fetchone()[0]
@@ -303,19 +303,18 @@ def import_rows(path: Path, text: str, replace: bool) -> int:
 
 def _stage_steps(db: sqlite3.Connection, text: str) -> Iterator[None]:
     """Steps that put the rows of `text`, validated, into the table staged.contacts (a database in memory: the
-    book is not locked), STAGE_STEP rows a step. Raises ImportRejected as csv_rows does."""
+    book is not locked), STAGE_STEP records of the file a step. Raises ImportRejected as csv_rows does."""
     db.execute(f"CREATE TABLE staged.contacts ({_COLUMNS})")
     db.execute("BEGIN")  # one transaction: a commit per row would cost more than the validation
     try:
-        rows = ([row[f] for f in FIELDS] for row in csv_rows(text))
-        while chunk := list(islice(rows, STAGE_STEP)):
-            db.executemany(_STAGE, chunk)
+        records = csv_rows(text)
+        while batch := list(islice(records, STAGE_STEP)):
+            db.executemany(_STAGE, [[row[f] for f in FIELDS] for row in batch if row is not None])
             yield
         db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:  # SQLite may have rolled back itself (out of memory)
+    finally:
+        if db.in_transaction:  # refused, or the steps were closed before their end; not if SQLite rolled back itself
             db.execute("ROLLBACK")
-        raise
 
 
 def _prune_log(db: sqlite3.Connection) -> None:
@@ -403,7 +402,10 @@ class _Transaction:
         return self.db
 
     def __exit__(self, kind, value, traceback):
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:  # not if SQLite rolled back itself (a full disk): its error is the one raised
+            self.db.execute("ROLLBACK")
         return False
 
 

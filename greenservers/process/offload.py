@@ -161,8 +161,11 @@ class ChildFailed(RuntimeError):
     """A child process ended without an answer (killed, crashed, or past CHILD_TIMEOUT); `reason` says how."""
 
     def __init__(self, what: str, reason: str):
-        super().__init__(f"{what} {reason}")
-        self.reason = reason
+        super().__init__(what, reason)  # its arguments, so that it pickles as it was made
+        self.what, self.reason = what, reason
+
+    def __str__(self) -> str:
+        return f"{self.what} {self.reason}"
 
 
 def run_in_child(function, *args):
@@ -186,39 +189,47 @@ def run_in_child(function, *args):
     raise value
 
 
-def run_when_idle(steps: Iterator, patience: float = IDLE_PATIENCE) -> None:
+def run_when_idle(steps: Iterator, patience: float | None = None) -> None:
     """Run `steps` (work that holds no lock, cut in steps) to their end. In the worker's child process they
     run in a thread of Linux's SCHED_IDLE policy, a core only when no other thread of the machine wants one
-    (the worker's event loop above all), for `patience` seconds at most; what is left runs here, at the
-    child's niceness, so that cores other programs keep busy delay the work, not starve it. A thread, because
-    a policy is a thread's own and an unprivileged one cannot go back to the normal one: the caller goes on
-    afterwards at its niceness (an import's commit, which other writers wait for, never waits for idle
-    cores). Elsewhere, or without the policy, all of it here."""
-    if in_a_child and hasattr(os, "SCHED_IDLE"):
-        failed: list[BaseException] = []
-
-        def idle():
-            with suppress(OSError):  # refused (a container's seccomp policy, say): the niceness alone
-                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread (Linux)
-            until = time.monotonic() + patience
-            try:
-                for _ in steps:
-                    if time.monotonic() >= until:
-                        return
-            except BaseException as error:  # the caller raises it again
-                failed.append(error)
-
-        thread = threading.Thread(target=idle, name="idle")
-        try:
-            thread.start()
-        except RuntimeError:  # no thread to be had (a limit on tasks): all of it here
+    (the worker's event loop above all), for `patience` seconds (IDLE_PATIENCE) at most; what is left runs
+    here, at the child's niceness, so that cores other programs keep busy delay the work, not starve it. A
+    thread, because a policy is a thread's own and an unprivileged one cannot go back to the normal one: the
+    caller goes on afterwards at its niceness (an import's commit, which other writers wait for, never waits
+    for idle cores). Elsewhere, or without the policy, all of it here. The steps are closed however it ends."""
+    try:
+        if in_a_child and hasattr(os, "SCHED_IDLE"):
+            _run_idle(steps, IDLE_PATIENCE if patience is None else patience)
+        for _ in steps:  # what is left: nothing, unless the patience ran out
             pass
-        else:
-            thread.join()
-        if failed:
-            raise failed[0]
-    for _ in steps:  # what is left: nothing, unless the patience ran out
-        pass
+    finally:
+        close = getattr(steps, "close", None)
+        if close is not None:
+            close()
+
+
+def _run_idle(steps: Iterator, patience: float) -> None:
+    failed: list[BaseException] = []
+
+    def idle():
+        with suppress(OSError):  # refused (a container's seccomp policy, say): the niceness alone
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread (Linux)
+        until = time.monotonic() + patience
+        try:
+            for _ in steps:
+                if time.monotonic() >= until:
+                    return
+        except BaseException as error:  # the caller raises it again
+            failed.append(error)
+
+    thread = threading.Thread(target=idle, name="idle")
+    try:
+        thread.start()
+    except RuntimeError:  # no thread to be had (a limit on tasks): all of it in the caller's
+        return
+    thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _ask_child(what: str, request: bytes) -> tuple[bool, object]:

@@ -3,7 +3,7 @@
 Both are thin: every rule (validation, all-or-nothing import, search) lives
 in greenservers.addressbook; this module maps it to HTTP status codes
 (400 with per-field or per-row messages, 404, 413, 503 while another writer
-holds the book or when an import's process ended without an answer) and to a page.
+holds the book, 500 when an import's process ended without an answer) and to a page.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from flask import (
     request,
     url_for,
 )
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import InternalServerError, ServiceUnavailable
 
 from ..addressbook import FIELDS, MAX_IMPORT_BYTES, NUMBER_FIELDS, BookBusy, ContactError, ContactNotFound, ImportRejected, addressbook_for
 from ..process.offload import ChildFailed, let_the_loop_turn, run_off_loop
@@ -73,11 +73,12 @@ def _busy(exc: BookBusy):
 
 
 @bp.errorhandler(ChildFailed)
-def _import_unfinished(exc: ChildFailed):
-    """The import's child process ended without an answer: 503, and what the administrator can rely on."""
-    message = (f"the import did not finish: its process {exc.reason}. An import is stored whole or not at all; "
-               "look at the address book before you try again")
-    return current_app.handle_http_exception(ServiceUnavailable(message, retry_after=BUSY_RETRY_AFTER))
+def _import_unanswered(exc: ChildFailed):
+    """The import's child process ended without an answer: 500 (no Retry-After: whether it was stored is not
+    known, and one retried at once would import its rows twice), and what the administrator can rely on."""
+    message = (f"the import's process {exc.reason}, so whether the import was stored is not known: an import is "
+               "stored whole or not at all; look at the address book before you try again")
+    return current_app.handle_http_exception(InternalServerError(message))
 
 
 def _invalid(exc: ContactError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import operator
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -262,6 +263,13 @@ def test_in_a_child_steps_wait_for_idle_cores_for_their_patience_then_go_on_at_t
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's thread never left its policy
     with pytest.raises(ValueError, match="row 7"):
         offload.run_when_idle(_recording([], then=ValueError("row 7")))  # raised in the idle thread, raised here
+    with pytest.raises(ValueError, match="row 8"):
+        offload.run_when_idle(_recording([], then=ValueError("row 8")), patience=0)  # raised in the caller's thread
+
+
+def test_a_failed_child_pickles_as_it_was_made():
+    again = pickle.loads(pickle.dumps(offload.ChildFailed("import_rows", "ended without an answer (code -9)")))
+    assert (str(again), again.reason) == ("import_rows ended without an answer (code -9)", "ended without an answer (code -9)")
 
 
 def test_outside_a_child_steps_run_here():
