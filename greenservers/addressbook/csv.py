@@ -61,13 +61,15 @@ def _dialect_of(header_line: str) -> str:
 
 def parse_csv(text: str, max_rows: int = MAX_CONTACTS) -> list[dict[str, str]]:
     """Validated rows of a CSV text with a header row; raises ImportRejected with every problem."""
-    return list(csv_rows(text, max_rows))
+    return [row for row in csv_rows(text, max_rows) if row is not None]
 
 
-def csv_rows(text: str, max_rows: int = MAX_CONTACTS) -> Iterator[dict[str, str]]:
-    """The validated rows of a CSV text with a header row, one at a time; at the end (or at the first
-    problem with the header) raises ImportRejected with every problem. Keeps no rows: a caller that
-    stores them as they come undoes that when it is raised (AddressBook.import_csv: one transaction)."""
+def csv_rows(text: str, max_rows: int = MAX_CONTACTS) -> Iterator[dict[str, str] | None]:
+    """The validated rows of a CSV text with a header row, one at a time, and None for each record that is not
+    one (blank, refused, or read after a problem: so a caller paces its work by records read, not rows kept);
+    at the end (or at the first problem with the header) raises ImportRejected with every problem. Keeps no
+    rows: a caller that stores them as they come undoes that when it is raised (AddressBook.import_csv: one
+    transaction)."""
     if len(text) > MAX_IMPORT_BYTES:
         raise ImportRejected([{"row": 0, "field": "", "message": f"the file is larger than {MAX_IMPORT_BYTES} bytes"}])
     text = text.removeprefix("\ufeff")  # a byte-order mark from spreadsheet programs
@@ -104,22 +106,24 @@ def csv_rows(text: str, max_rows: int = MAX_CONTACTS) -> Iterator[dict[str, str]
         for record in reader:
             row_number += 1
             if not any(cell.strip() for cell in record):
-                continue  # blank lines, and rows of empty cells left by spreadsheets
+                yield None  # blank lines, and rows of empty cells left by spreadsheets
+                continue
             if rows >= max_rows:
                 problem(row_number, "", f"more than {max_rows} contacts")
                 break
             if len(record) != len(header):
                 problem(row_number, "", f"{len(record)} columns where the header has {len(header)}")
+                yield None
                 continue
             try:
                 row = validate({h: csv_value(v) for h, v in zip(header, record, strict=True) if h != "id"})
             except ContactError as exc:
                 for field, message in exc.errors.items():
                     problem(row_number, field, message)
+                yield None
                 continue
             rows += 1
-            if not total_errors:
-                yield row
+            yield None if total_errors else row
     except csv.Error as exc:
         problem(row_number, "", f"not CSV: {exc}")
     if total_errors:

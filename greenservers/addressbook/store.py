@@ -26,6 +26,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 
 from ..config.private import ensure_private_file, make_private_dir
@@ -38,7 +39,9 @@ log = logging.getLogger("greenservers.addressbook")
 PAGE = 1000  # contacts read from SQLite at a time (an export, the admin search, the LDAP index's build)
 CHECKPOINT_WRITES = 100  # this process's writes between two WAL checkpoints (a change writes about 8 pages; SQLite's own is 1,000 pages)
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another's commit before it gives up (BookBusy)
-LOG_KEEP = 250_000  # changes the log keeps: a replacing import of MAX_CONTACTS logs a delete and an add each
+LOG_KEEP = 250_000  # changes the log keeps: an import of MAX_CONTACTS logs an add each (a replacing one a delete
+# each too: a reader that far behind reads the book anew, as it would once most of it changed)
+STAGE_STEP = 1000  # rows an import validates between two looks at its patience for idle cores (run_when_idle)
 
 # -- the store -------------------------------------------------------------------
 
@@ -56,10 +59,12 @@ _SCHEMA = [
     "CREATE TRIGGER IF NOT EXISTS contact_deleted AFTER DELETE ON contacts "
     "BEGIN INSERT INTO contact_changes (contact_id) VALUES (old.id); END",
 ]
+_SCHEMA_NAMES = tuple(statement.split()[5] for statement in _SCHEMA)  # CREATE TABLE|TRIGGER IF NOT EXISTS <name>
 _COLUMNS = ", ".join(FIELDS)
 _SELECT = f"SELECT id, {_COLUMNS} FROM contacts"
 _INSERT = f"INSERT INTO contacts ({_COLUMNS}) VALUES ({', '.join('?' * len(FIELDS))})"
 _UPDATE = f"UPDATE contacts SET {', '.join(f'{name} = ?' for name in FIELDS)} WHERE id = ?"
+_STAGE = f"INSERT INTO staged.contacts VALUES ({', '.join('?' * len(FIELDS))})"
 _LAST_CHANGE = "SELECT seq FROM sqlite_sequence WHERE name = 'contact_changes'"
 
 
@@ -82,9 +87,13 @@ class AddressBook:
         make_private_dir(self.path.parent)
         ensure_private_file(self.path)  # SQLite makes -wal and -shm with the database file's mode and owner
         self._db = _connect(self.path, checkpoints=False)  # the WAL is checkpointed by `_checkpoint`
-        with _Transaction(self._db):
-            for statement in _SCHEMA:
-                self._db.execute(statement)
+        # made once; a book that has them takes no write lock here (the LDAP server opens it on the event loop)
+        made = self._db.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' * len(_SCHEMA_NAMES))})",
+                                _SCHEMA_NAMES).fetchone()[0]
+        if made < len(_SCHEMA_NAMES):
+            with _Transaction(self._db):
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
         self._lock = threading.RLock()
         self._subscribers: list[Callable[[], None]] = []
         self._writes = 0  # since the last checkpoint
@@ -268,7 +277,7 @@ class AddressBook:
 def import_rows(path: Path, text: str, replace: bool) -> int:
     """AddressBook.import_csv's work, on a connection of its own (in the worker's child process): the count imported.
 
-    The rows are parsed and validated into a table in memory first, holding no lock on the book and at idle
+    The rows are parsed and validated into a table in memory first, holding no lock on the book, at idle
     priority (`run_when_idle`: 50,000 rows take about a second of CPU); then one short transaction stores
     them (50,000: about 0.1 s), so other writers (a change on the page, the admin search's index) wait for
     that, not for the whole import.
@@ -276,7 +285,8 @@ def import_rows(path: Path, text: str, replace: bool) -> int:
     db = _connect(path)
     try:
         db.execute("ATTACH ':memory:' AS staged")
-        count = run_when_idle(_stage, db, text)
+        run_when_idle(_stage_steps(db, text))  # IDLE_PATIENCE at most
+        count = db.execute("SELECT count(*) FROM staged.contacts").fetchone()[0]
         with _Transaction(db):
             kept = 0 if replace else db.execute("SELECT count(*) FROM contacts").fetchone()[0]
             if kept + count > MAX_CONTACTS:
@@ -291,19 +301,20 @@ def import_rows(path: Path, text: str, replace: bool) -> int:
     return count
 
 
-def _stage(db: sqlite3.Connection, text: str) -> int:
-    """The rows of `text`, validated, into the table staged.contacts (a database in memory: the book is not
-    locked); their count. Raises ImportRejected as csv_rows does."""
+def _stage_steps(db: sqlite3.Connection, text: str) -> Iterator[None]:
+    """Steps that put the rows of `text`, validated, into the table staged.contacts (a database in memory: the
+    book is not locked), STAGE_STEP records of the file a step. Raises ImportRejected as csv_rows does."""
     db.execute(f"CREATE TABLE staged.contacts ({_COLUMNS})")
     db.execute("BEGIN")  # one transaction: a commit per row would cost more than the validation
     try:
-        db.executemany(f"INSERT INTO staged.contacts VALUES ({', '.join('?' * len(FIELDS))})",
-                       ([row[f] for f in FIELDS] for row in csv_rows(text)))
+        records = csv_rows(text)
+        while batch := list(islice(records, STAGE_STEP)):
+            db.executemany(_STAGE, [[row[f] for f in FIELDS] for row in batch if row is not None])
+            yield
         db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    return db.execute("SELECT count(*) FROM staged.contacts").fetchone()[0]
+    finally:
+        if db.in_transaction:  # refused, or the steps were closed before their end; not if SQLite rolled back itself
+            db.execute("ROLLBACK")
 
 
 def _prune_log(db: sqlite3.Connection) -> None:
@@ -385,13 +396,16 @@ class _Transaction:
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # and its extended codes (BUSY_RECOVERY...)
                 raise BookBusy(BUSY_TIMEOUT) from None
             raise
         return self.db
 
     def __exit__(self, kind, value, traceback):
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:  # not if SQLite rolled back itself (a full disk): its error is the one raised
+            self.db.execute("ROLLBACK")
         return False
 
 

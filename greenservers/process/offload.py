@@ -49,6 +49,8 @@ import pickle
 import signal
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -72,6 +74,7 @@ NEVER = 2**31 - 1  # a threshold of full collections that is never reached
 MERGE_MIDDLE = 3  # young collections between two of the middle generation while a merge runs (CPython's: 10)
 CHILD_NICENESS = 10  # added to the worker's: the child gets a core when the loop's thread does not want it
 CHILD_TIMEOUT = 600.0  # seconds a child may run (an import of the largest book allowed: about 10 s)
+IDLE_PATIENCE = 30.0  # seconds a child's work waits for idle cores at most (run_when_idle), then goes on niced
 CHILDREN = 1  # children at once; more wait their turn (imports wait for each other's commit anyway)
 CHILD_ANSWER_LIMIT = 1 << 20  # bytes of a child's pickled answer (an import's: a count, or the problems it reports)
 CHILD_ERRORS_KEPT = 1 << 16  # bytes of a child's standard error read (its last line is logged if it fails)
@@ -155,7 +158,14 @@ def run_off_loop(function, *args):
 
 
 class ChildFailed(RuntimeError):
-    """A child process ended without an answer (killed, crashed, or past CHILD_TIMEOUT)."""
+    """A child process ended without an answer (killed, crashed, or past CHILD_TIMEOUT); `reason` says how."""
+
+    def __init__(self, what: str, reason: str):
+        super().__init__(what, reason)  # its arguments, so that it pickles as it was made
+        self.what, self.reason = what, reason
+
+    def __str__(self) -> str:
+        return f"{self.what} {self.reason}"
 
 
 def run_in_child(function, *args):
@@ -179,31 +189,47 @@ def run_in_child(function, *args):
     raise value
 
 
-def run_when_idle(function, *args):
-    """In the worker's child process, function(*args) in a thread of Linux's SCHED_IDLE policy: a core only
-    when no other thread of the machine wants one (the worker's event loop above all). A thread's policy is
-    its own, and without privilege it cannot go back to the normal one: the caller goes on afterwards at its
-    niceness, so that work holding a lock that others wait for (an import's commit) never waits for idle
-    cores. Elsewhere, or without the policy, here."""
-    if not in_a_child or not hasattr(os, "SCHED_IDLE"):
-        return function(*args)
-    outcome: list = []
+def run_when_idle(steps: Iterator, patience: float | None = None) -> None:
+    """Run `steps` (work that holds no lock, cut in steps) to their end. In the worker's child process they
+    run in a thread of Linux's SCHED_IDLE policy, a core only when no other thread of the machine wants one
+    (the worker's event loop above all), for `patience` seconds (IDLE_PATIENCE) at most; what is left runs
+    here, at the child's niceness, so that cores other programs keep busy delay the work, not starve it. A
+    thread, because a policy is a thread's own and an unprivileged one cannot go back to the normal one: the
+    caller goes on afterwards at its niceness (an import's commit, which other writers wait for, never waits
+    for idle cores). Elsewhere, or without the policy, all of it here. The steps are closed however it ends."""
+    try:
+        if in_a_child and hasattr(os, "SCHED_IDLE"):
+            _run_idle(steps, IDLE_PATIENCE if patience is None else patience)
+        for _ in steps:  # what is left: nothing, unless the patience ran out
+            pass
+    finally:
+        close = getattr(steps, "close", None)
+        if close is not None:
+            close()
+
+
+def _run_idle(steps: Iterator, patience: float) -> None:
+    failed: list[BaseException] = []
 
     def idle():
         with suppress(OSError):  # refused (a container's seccomp policy, say): the niceness alone
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread (Linux)
+        until = time.monotonic() + patience
         try:
-            outcome.append((True, function(*args)))
+            for _ in steps:
+                if time.monotonic() >= until:
+                    return
         except BaseException as error:  # the caller raises it again
-            outcome.append((False, error))
+            failed.append(error)
 
     thread = threading.Thread(target=idle, name="idle")
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError:  # no thread to be had (a limit on tasks): all of it in the caller's
+        return
     thread.join()
-    succeeded, value = outcome[0]
-    if succeeded:
-        return value
-    raise value
+    if failed:
+        raise failed[0]
 
 
 def _ask_child(what: str, request: bytes) -> tuple[bool, object]:
@@ -236,7 +262,7 @@ def _ask_child(what: str, request: bytes) -> tuple[bool, object]:
             errors = reading_errors.get()
             exit_code = os.waitstatus_to_exitcode(gevent_os.waitpid(pid, 0)[1])
         if exit_code is None:
-            raise ChildFailed(f"{what} did not end within {CHILD_TIMEOUT:.0f} s; it was stopped")
+            raise ChildFailed(what, f"did not end within {CHILD_TIMEOUT:.0f} s; it was stopped")
     finally:
         feeding.kill()
         reading_errors.kill()
@@ -247,7 +273,7 @@ def _ask_child(what: str, request: bytes) -> tuple[bool, object]:
     if exit_code != 0 or not answer:
         last = errors.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
         log.error("child process for %s ended with code %s: %s", what, exit_code, last[0][:300])
-        raise ChildFailed(f"{what} ended without an answer (code {exit_code})")
+        raise ChildFailed(what, f"ended without an answer (code {exit_code})")
     return pickle.loads(answer)
 
 
@@ -271,7 +297,7 @@ def _read_all(fd: int, limit: int, keep_the_end: bool = False) -> bytes:
             kept += chunk
             if len(kept) > limit:
                 if not keep_the_end:
-                    raise ChildFailed(f"the child wrote more than {limit} bytes")
+                    raise ChildFailed("the child", f"wrote more than {limit} bytes")
                 del kept[:-limit]
         return bytes(kept)
     finally:

@@ -3,7 +3,7 @@
 Both are thin: every rule (validation, all-or-nothing import, search) lives
 in greenservers.addressbook; this module maps it to HTTP status codes
 (400 with per-field or per-row messages, 404, 413, 503 while another writer
-holds the book) and to a page.
+holds the book, 500 when an import's process ended without an answer) and to a page.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from flask import (
     request,
     url_for,
 )
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import InternalServerError, ServiceUnavailable
 
 from ..addressbook import FIELDS, MAX_IMPORT_BYTES, NUMBER_FIELDS, BookBusy, ContactError, ContactNotFound, ImportRejected, addressbook_for
-from ..process.offload import let_the_loop_turn, run_off_loop
+from ..process.offload import ChildFailed, let_the_loop_turn, run_off_loop
 from . import get_runtime, whole_arg
 from .auth import CSV_BODY, JSON_BODY, NO_BODY, admin_required, takes
 
@@ -70,6 +70,15 @@ def _busy(exc: BookBusy):
     """503 with Retry-After, as JSON for the API and as a page for browsers (the app's handler of HTTP errors)."""
     log.warning("%s (admin from %s)", exc, request.remote_addr or "-")
     return current_app.handle_http_exception(ServiceUnavailable(str(exc), retry_after=BUSY_RETRY_AFTER))
+
+
+@bp.errorhandler(ChildFailed)
+def _import_unanswered(exc: ChildFailed):
+    """The import's child process ended without an answer: 500 (no Retry-After: whether it was stored is not
+    known, and one retried at once would import its rows twice), and what the administrator can rely on."""
+    message = (f"the import's process {exc.reason}, so whether the import was stored is not known: an import is "
+               "stored whole or not at all; look at the address book before you try again")
+    return current_app.handle_http_exception(InternalServerError(message))
 
 
 def _invalid(exc: ContactError):

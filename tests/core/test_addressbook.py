@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from greenservers import addressbook as ab
 from greenservers.addressbook import AddressBook, Contact, ContactError, ContactNotFound, ImportRejected, store as ab_store
+from greenservers.process import offload
 
 
 @pytest.fixture
@@ -329,26 +330,52 @@ def test_import_replace(book):
 
 def test_an_import_validates_its_rows_without_locking_the_book_then_stores_them_in_one_transaction(book, monkeypatch):
     book.add({"last_name": "Before"})
-    staged = []
+    checkpoints = []
+    validated = ab_store.csv_rows
 
-    def stage_then_write_elsewhere(function, *args):
-        count = function(*args)
-        other = sqlite3.connect(book.path, timeout=0, isolation_level=None)  # waits for no one: fails if the book is locked
-        try:
-            other.execute("BEGIN IMMEDIATE")
-            other.execute("INSERT INTO contacts (last_name) VALUES ('Meanwhile')")
-            other.execute("COMMIT")
-        finally:
-            other.close()
-        staged.append(count)
-        return count
+    def rows_with_a_write_between(text):
+        for n, row in enumerate(validated(text)):
+            if n == 2:  # two rows staged, the import validating: another writer commits at once, and the WAL can be emptied
+                other = sqlite3.connect(book.path, timeout=0, isolation_level=None)  # fails if the book is locked
+                try:
+                    other.execute("BEGIN IMMEDIATE")
+                    other.execute("INSERT INTO contacts (last_name) VALUES ('Meanwhile')")
+                    other.execute("COMMIT")
+                    checkpoints.append(other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])  # 1: a snapshot held
+                finally:
+                    other.close()
+            yield row
 
-    monkeypatch.setattr(ab_store, "run_when_idle", stage_then_write_elsewhere)
-    assert book.import_csv("last_name,work\nOne,1\nTwo,2\n") == 2
-    assert staged == [2]
-    assert [c.last_name for c in book.contacts()] == ["Before", "Meanwhile", "One", "Two"]  # in the file's order, after the write
-    assert book.import_csv("last_name\nOnly\n", replace=True) == 1
-    assert [c.last_name for c in book.contacts()] == ["Only"]  # the file replaces the book as it is at the commit
+    monkeypatch.setattr(ab_store, "csv_rows", rows_with_a_write_between)
+    monkeypatch.setattr(ab_store, "STAGE_STEP", 1)
+    assert book.import_csv("last_name,work\nOne,1\nTwo,2\nThree,3\n") == 3
+    assert checkpoints == [0]
+    assert [c.last_name for c in book.contacts()] == ["Before", "Meanwhile", "One", "Two", "Three"]  # the file's order, after
+    assert book.import_csv("last_name\nOnly\nAnd\n", replace=True) == 2
+    assert [c.last_name for c in book.contacts()] == ["Only", "And"]  # the file replaces the book as it is at the commit
+
+
+def test_an_import_validated_partly_at_idle_priority_and_partly_in_the_caller_s_thread_is_whole(book, monkeypatch):
+    # in the child, past IDLE_PATIENCE the staging goes on in the other thread, inside the same transaction
+    monkeypatch.setattr(offload, "in_a_child", True)
+    monkeypatch.setattr(offload, "IDLE_PATIENCE", 0)
+    monkeypatch.setattr(ab_store, "STAGE_STEP", 3)
+    rows = "".join(f"R{n},{n}\n" for n in range(10))
+    assert book.import_csv("last_name,work\n" + rows) == 10
+    assert [c.last_name for c in book.contacts()] == [f"R{n}" for n in range(10)]
+    with pytest.raises(ImportRejected) as caught:
+        book.import_csv("last_name,work\n" + rows + "Bad,x\n" + rows)
+    assert caught.value.errors[0]["row"] == 12 and len(book) == 10
+
+
+def test_csv_rows_give_one_item_per_record_read_even_after_a_problem():
+    # the import paces its steps by them: a file refused early is still read a step at a time
+    records = ab.csv_rows("last_name,work\nA,x\nB,1\n\nC,2\n")
+    assert [next(records) for _ in range(4)] == [None, None, None, None]
+    with pytest.raises(ImportRejected):
+        next(records)
+    assert list(ab.csv_rows("last_name\nA\n\nB\n")) == [{**dict.fromkeys(ab.FIELDS, ""), "last_name": "A"}, None,
+                                                           {**dict.fromkeys(ab.FIELDS, ""), "last_name": "B"}]
 
 
 def test_an_import_refused_at_its_commit_changes_nothing(book, monkeypatch):

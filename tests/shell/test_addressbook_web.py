@@ -16,6 +16,7 @@ from greenservers.addressbook import store as ab_store
 from greenservers.config.settings import Settings
 from greenservers.config.store import ConfigStore
 from greenservers.passwords import hash_password
+from greenservers.process import offload
 from greenservers.process.runtime import Runtime
 from greenservers.web import create_app
 
@@ -378,6 +379,18 @@ def test_while_another_writer_holds_the_book_every_write_answers_503_with_why_an
     finally:
         holder.close()
         ab_store._books.pop(book.path).close()
+
+
+def test_an_import_whose_process_ends_without_an_answer_answers_500_with_what_the_admin_can_rely_on(client, book, monkeypatch):
+    def stopped(*_):
+        raise offload.ChildFailed("import_rows", "did not end within 600 s; it was stopped")
+
+    monkeypatch.setattr(ab_store, "run_in_child", stopped)
+    response = post_csv(client, "last_name\nA\n")
+    assert response.status_code == 500 and "Retry-After" not in response.headers  # not known whether it was stored
+    assert response.get_json() == {"error": "the import's process did not end within 600 s; it was stopped, so whether the "
+                                            "import was stored is not known: an import is stored whole or not at all; "
+                                            "look at the address book before you try again"}
 
 
 def test_page_import_upload(browser, book):

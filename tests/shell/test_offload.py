@@ -7,11 +7,11 @@ from __future__ import annotations
 import gc
 import operator
 import os
+import pickle
 import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from array import array
 from pathlib import Path
@@ -243,16 +243,45 @@ def test_in_the_worker_the_child_runs_apart_at_lower_priority_while_the_loop_goe
     assert not _children()
 
 
-def test_in_the_child_work_asked_to_wait_for_idle_cores_runs_in_an_idle_thread_and_the_rest_does_not(as_in_the_worker):
-    assert offload.run_in_child(offload.run_when_idle, os.sched_getscheduler, 0) == os.SCHED_IDLE
-    assert offload.run_in_child(os.sched_getscheduler, 0) == os.SCHED_OTHER  # the child's own thread: its niceness only
-    with pytest.raises(ValueError, match="invalid literal"):
-        offload.run_in_child(offload.run_when_idle, int, "not a number")  # raised in the idle thread, raised here
+def _recording(policies: list, count: int = 3, then: Exception | None = None):
+    """Steps that note the scheduling policy of the thread that runs each; then raise `then` if given."""
+    for _ in range(count):
+        policies.append(os.sched_getscheduler(0))
+        yield
+    if then is not None:
+        raise then
 
 
-def test_outside_a_child_work_asked_to_wait_for_idle_cores_runs_here():
-    assert offload.run_when_idle(threading.get_ident) == threading.get_ident()
-    assert offload.run_when_idle(os.sched_getscheduler, 0) == os.SCHED_OTHER
+def test_in_a_child_steps_wait_for_idle_cores_for_their_patience_then_go_on_at_the_child_s_niceness(monkeypatch):
+    monkeypatch.setattr(offload, "in_a_child", True)
+    patient: list[int] = []
+    offload.run_when_idle(_recording(patient))
+    assert patient == [os.SCHED_IDLE] * 3
+    impatient: list[int] = []
+    offload.run_when_idle(_recording(impatient), patience=0)
+    assert impatient == [os.SCHED_IDLE, os.SCHED_OTHER, os.SCHED_OTHER]  # a step, then the rest in the caller's thread
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's thread never left its policy
+    with pytest.raises(ValueError, match="row 7"):
+        offload.run_when_idle(_recording([], then=ValueError("row 7")))  # raised in the idle thread, raised here
+    with pytest.raises(ValueError, match="row 8"):
+        offload.run_when_idle(_recording([], then=ValueError("row 8")), patience=0)  # raised in the caller's thread
+
+
+def test_a_failed_child_pickles_as_it_was_made():
+    again = pickle.loads(pickle.dumps(offload.ChildFailed("import_rows", "ended without an answer (code -9)")))
+    assert (str(again), again.reason) == ("import_rows ended without an answer (code -9)", "ended without an answer (code -9)")
+
+
+def test_outside_a_child_steps_run_here():
+    policies: list[int] = []
+    offload.run_when_idle(_recording(policies))
+    assert policies == [os.SCHED_OTHER] * 3
+
+
+def test_the_child_knows_it_is_one_and_its_own_thread_keeps_the_normal_policy(as_in_the_worker):
+    assert offload.run_in_child(eval, "__import__('greenservers.process.offload', fromlist=['_']).in_a_child") is True
+    assert offload.run_in_child(os.sched_getscheduler, 0) == os.SCHED_OTHER
+    assert offload.in_a_child is False
 
 
 def test_children_run_one_at_a_time_the_others_wait_their_turn(as_in_the_worker):
