@@ -347,6 +347,17 @@ def test_a_filter_compiled_once_reads_a_contact_anew_after_it_changed():
         pass
 
 
+def test_an_exact_rule_compares_a_dn_s_values_as_they_are_written():
+    directory = ldap.Directory("dc=PBX", [Contact(1, "Anna", "Alt"), Contact(2, "Bert", "Neu"), Contact(3, "Bert", "Neu")])
+    expected = {"(cn:dn:2.5.13.5:=Anna Alt)": [1], "(cn:dn:caseExactMatch:=anna alt)": [],
+                "(cn:dn:caseIgnoreMatch:=anna alt)": [1], "(uid:dn:caseExactMatch:=3)": [3],
+                "(dc:dn:caseExactMatch:=PBX)": [1, 2, 3], "(dc:dn:caseExactMatch:=pbx)": [],
+                "(:dn:caseExactMatch:=PBX)": [1, 2, 3], "(:dn:2.5.13.5:=Bert Neu)": [2, 3]}
+    for text, ids in expected.items():
+        check = directory.predicate(decoded(text))
+        assert [i for i in (1, 2, 3) if check(i)] == ids, text
+
+
 def test_a_number_is_found_in_either_form_whatever_its_length():
     # six characters, the shortest national number same_number knows: its key is the last five
     directory = ldap.Directory(BASE, [Contact(1, "A", work="030 123"), Contact(2, "B", work="+49 30 123"),

@@ -32,8 +32,9 @@ def escape_rdn_value(value: str) -> str:
     return "".join(out)
 
 
-def parse_dn(dn: str) -> tuple[tuple[tuple[str, str], ...], ...]:
-    """Normalized DN: a tuple of RDNs, each a sorted tuple of (attribute key, folded value)."""
+def parse_dn(dn: str, folded: bool = True) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """Normalized DN: a tuple of RDNs, each a sorted tuple of (attribute key, folded value); with `folded`
+    false, each value as it is written, unescaped (what an exact matching rule compares)."""
     if not dn.strip():
         return ()
     if len(dn) > MAX_DN:
@@ -86,8 +87,11 @@ def parse_dn(dn: str) -> tuple[tuple[tuple[str, str], ...], ...]:
             value.append(raw_bytes.decode("utf-8", "replace"))
         if quoted:
             raise DnError(f"unterminated quote in {dn!r}")
-        folder = fold_for(name) if name in ATTRIBUTE_TYPES else fold_name
-        avas.append((name, folder("".join(value))))
+        if folded:
+            folder = fold_for(name) if name in ATTRIBUTE_TYPES else fold_name
+            avas.append((name, folder("".join(value))))
+        else:
+            avas.append((name, "".join(value).rstrip(" ")))  # the spaces before a separator are not the value's
         if i >= n or dn[i] in ",;":
             rdns.append(tuple(sorted(avas)))
             avas = []

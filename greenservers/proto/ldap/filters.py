@@ -30,6 +30,7 @@ from .codes import (
     MAX_FILTER_DEPTH,
     MAX_FILTER_ITEMS,
 )
+from .dn import parse_dn
 from .entries import Entry
 from .schema import (
     _NUMBER_FORMATTING,
@@ -455,9 +456,10 @@ def _compile_extensible(rule, key, value, dn_attributes, has_type):
                 if test(k, raw_values, folded[k]):
                     return True
         if dn_attributes:
-            for rdn in entry.ndn:
-                for k, folded_value in rdn:
-                    if (key is None or k == key) and k in ATTRIBUTE_TYPES and test(k, (folded_value,), (folded_value,)):
+            # an exact rule compares the DN's values as they are written; the others, folded
+            for rdn in parse_dn(entry.dn, folded=False) if how == RULE_EXACT else entry.ndn:
+                for k, dn_value in rdn:
+                    if (key is None or k == key) and k in ATTRIBUTE_TYPES and test(k, (dn_value,), (dn_value,)):
                         return True
         return False
     return match
