@@ -68,8 +68,8 @@ def csv_rows(text: str, max_rows: int = MAX_CONTACTS) -> Iterator[dict[str, str]
     """The validated rows of a CSV text with a header row, one at a time, and None for each record that is not
     one (blank, refused, or read after a problem: so a caller paces its work by records read, not rows kept);
     at the end (or at the first problem with the header) raises ImportRejected with every problem. Keeps no
-    rows: a caller that stores them as they come undoes that when it is raised (AddressBook.import_csv: one
-    transaction)."""
+    rows: a caller that stores them as they come undoes that when it is raised (an import's staging: one
+    transaction, rolled back)."""
     if len(text) > MAX_IMPORT_BYTES:
         raise ImportRejected([{"row": 0, "field": "", "message": f"the file is larger than {MAX_IMPORT_BYTES} bytes"}])
     text = text.removeprefix("\ufeff")  # a byte-order mark from spreadsheet programs

@@ -196,7 +196,8 @@ def run_when_idle(steps: Iterator, patience: float | None = None) -> None:
     here, at the child's niceness, so that cores other programs keep busy delay the work, not starve it. A
     thread, because a policy is a thread's own and an unprivileged one cannot go back to the normal one: the
     caller goes on afterwards at its niceness (an import's commit, which other writers wait for, never waits
-    for idle cores). Elsewhere, or without the policy, all of it here. The steps are closed however it ends."""
+    for idle cores). Elsewhere, all of it here (where the policy is refused, the thread runs at the child's
+    niceness). The steps are closed however it ends."""
     try:
         if in_a_child and hasattr(os, "SCHED_IDLE"):
             _run_idle(steps, IDLE_PATIENCE if patience is None else patience)

@@ -408,6 +408,18 @@ def test_a_writer_kept_out_past_the_busy_timeout_is_told_the_book_is_busy_and_no
         book.close()
 
 
+def test_a_book_that_has_its_tables_opens_without_waiting_for_another_writer(tmp_path, monkeypatch):
+    # the LDAP server opens the book on the event loop: it must not wait out another writer's transaction
+    monkeypatch.setattr(ab_store, "BUSY_TIMEOUT", 0.2)
+    AddressBook(tmp_path / "book.sqlite3").close()
+    holder = sqlite3.connect(tmp_path / "book.sqlite3", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        AddressBook(tmp_path / "book.sqlite3").close()  # BookBusy if it took the write lock
+    finally:
+        holder.close()
+
+
 def test_export_round_trip(filled, tmp_path):
     exported = filled.export_csv()
     rows = list(csv.reader(io.StringIO(exported)))

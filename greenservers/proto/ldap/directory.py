@@ -159,6 +159,7 @@ class Directory:
     def __init__(self, base: str, contacts: Iterable = ()):
         self.base = base
         self.base_ndn = parse_dn(base)
+        self.base_written = parse_dn(base, folded=False)  # its values as written: contacts' Entries end with it
         base_values = base_entry_values(self.base_ndn)
         if self.base_ndn:
             for key, _ in self.base_ndn[0]:
@@ -491,7 +492,9 @@ class Directory:
             if key == "sn":
                 values["displayname"], folded["displayname"] = values["cn"], folded["cn"]
                 values["uid"] = folded["uid"] = (str(id_),)
-        return Entry(blob_dn(blob), values, self.ndn(id_, blob), folded)
+        ndn = self.ndn(id_, blob)
+        rdn = (("cn", values["cn"][0]),) + ndn[0][1:]  # the cn as written; a namesake's uid is written as it is
+        return Entry(blob_dn(blob), values, ndn, folded, (rdn,) + self.base_written)
 
     def ndn(self, id_: int, blob: bytes) -> tuple:
         cn = folded_value(blob, "cn")

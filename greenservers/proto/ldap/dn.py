@@ -1,4 +1,5 @@
-"""Distinguished names (RFC 4514): parsed to a normalized form (attribute keys, folded values), escaped for RDNs."""
+"""Distinguished names (RFC 4514): parsed to a normalized form (attribute keys, folded values, or the values as
+written for exact matching), escaped for RDNs."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def parse_dn(dn: str, folded: bool = True) -> tuple[tuple[tuple[str, str], ...],
         name = ALIASES.get(name, name)
         i = j + 1
         value: list[str] = []
+        written = 0  # pieces of `value` escaped, hex-coded or quoted: spaces among them are the value's own
         raw_bytes = bytearray()
         quoted = False
         while i < n and dn[i] == " ":
@@ -68,6 +70,7 @@ def parse_dn(dn: str, folded: bool = True) -> tuple[tuple[tuple[str, str], ...],
                 continue
             if not quoted and ch in ",+;":
                 break
+            escaped = quoted
             if ch == "\\":
                 if i + 1 >= n:
                     raise DnError(f"dangling escape in {dn!r}")
@@ -78,20 +81,27 @@ def parse_dn(dn: str, folded: bool = True) -> tuple[tuple[tuple[str, str], ...],
                     continue
                 ch = dn[i + 1]
                 i += 1
+                escaped = True
             if raw_bytes:
                 value.append(raw_bytes.decode("utf-8", "replace"))
                 raw_bytes.clear()
+                written = len(value)
             value.append(ch)
+            if escaped:
+                written = len(value)
             i += 1
         if raw_bytes:
             value.append(raw_bytes.decode("utf-8", "replace"))
+            written = len(value)
         if quoted:
             raise DnError(f"unterminated quote in {dn!r}")
         if folded:
             folder = fold_for(name) if name in ATTRIBUTE_TYPES else fold_name
             avas.append((name, folder("".join(value))))
         else:
-            avas.append((name, "".join(value).rstrip(" ")))  # the spaces before a separator are not the value's
+            while len(value) > written and value[-1] == " ":  # the spaces before a separator are not the value's
+                value.pop()
+            avas.append((name, "".join(value)))
         if i >= n or dn[i] in ",;":
             rdns.append(tuple(sorted(avas)))
             avas = []

@@ -25,11 +25,12 @@ def encode_attribute(name: str, values: Iterable[str]) -> bytes:
 class Entry:
     """One directory entry with its values folded for matching; attributes are encoded on first use."""
 
-    __slots__ = ("dn", "ndn", "values", "folded", "_encoded", "_encoded_all", "_encoded_dn", "_bodies")
+    __slots__ = ("dn", "ndn", "values", "folded", "_written", "_encoded", "_encoded_all", "_encoded_dn", "_bodies")
 
-    def __init__(self, dn: str, values: dict[str, tuple[str, ...]], ndn=None, folded=None):
+    def __init__(self, dn: str, values: dict[str, tuple[str, ...]], ndn=None, folded=None, written=None):
         self.dn = dn
         self.ndn = parse_dn(dn) if ndn is None else ndn
+        self._written = written  # the DN's values as written (written_dn), if its maker knows them
         if folded is None:
             values = {k: v for k, v in values.items() if v}
             folded = {k: tuple(FOLDERS[ATTRIBUTE_TYPES[k][1]](x) for x in v) for k, v in values.items()}
@@ -39,6 +40,13 @@ class Entry:
         self._encoded_all: bytes | None = None
         self._encoded_dn: bytes | None = None
         self._bodies: dict[tuple, bytes] | None = None  # SearchResultEntry bodies by selection key
+
+    @property
+    def written_dn(self) -> tuple:
+        """The DN as `ndn` is, with its values as written (what an exact matching rule compares)."""
+        if self._written is None:
+            self._written = parse_dn(self.dn, folded=False)
+        return self._written
 
     @property
     def encoded(self) -> dict[str, bytes]:

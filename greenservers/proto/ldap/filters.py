@@ -30,7 +30,6 @@ from .codes import (
     MAX_FILTER_DEPTH,
     MAX_FILTER_ITEMS,
 )
-from .dn import parse_dn
 from .entries import Entry
 from .schema import (
     _NUMBER_FORMATTING,
@@ -457,7 +456,7 @@ def _compile_extensible(rule, key, value, dn_attributes, has_type):
                     return True
         if dn_attributes:
             # an exact rule compares the DN's values as they are written; the others, folded
-            for rdn in parse_dn(entry.dn, folded=False) if how == RULE_EXACT else entry.ndn:
+            for rdn in entry.written_dn if how == RULE_EXACT else entry.ndn:
                 for k, dn_value in rdn:
                     if (key is None or k == key) and k in ATTRIBUTE_TYPES and test(k, (dn_value,), (dn_value,)):
                         return True
