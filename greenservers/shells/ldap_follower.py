@@ -14,13 +14,7 @@ together with the import, before it). Only a new base
 DN, a log pruned past what the follower read, or a change of more contacts than the
 directory holds (an import replacing the book) builds a new directory, which replaces the old one
 when it is complete; the old one is freed in steps once no search holds it
-(`retire`). The follower reads the book (the log's pages, the changed contacts,
-the whole book for a build) in a pool thread (`run_off_loop`), never on the
-loop: a read of a page waits for the GIL each time SQLite gives it back, and
-while a change's thread ran beside it such a read held the loop 4-9 ms. Besides
-opening its connections, only `PRAGMA data_version` (a look for changes:
-microseconds) runs on the loop, the searches' looks on a connection of their
-own, so that no connection is used by two threads at once.
+(`retire`).
 """
 
 from __future__ import annotations
@@ -46,7 +40,7 @@ FRESH = 0.005  # a search looks first too, if the last look is older than this (
 CATCH_UP = 0.1  # seconds a search waits at a time for a change it noticed to be applied (and at most, for an import's)
 APPLIED_WITHIN = 2.0  # seconds it waits at most for a few changes (milliseconds of work, unless the machine is very busy)
 APPLY_SLICE = 0.001  # seconds of directory changes between two turns of the event loop
-READ_PAGE = 256  # contacts read from the book per query, in a pool thread (on the loop a read of 250 held it 2.5-3 ms)
+READ_PAGE = 64  # contacts read from the book per query: a read of 250 held the loop 2.5-3 ms, past APPLY_SLICE
 LOG_PAGE = 1000  # changes read from the log per query (about a millisecond)
 REBUILD_SHARE = 1.0  # more changed contacts than this share of the directory (an import replacing the book: its old
 # and new ids): built anew rather than changed. At 0.5, an import of half the book and one edit made meanwhile built a
@@ -93,7 +87,7 @@ class DirectoryFollower:
         self._built = Event()
         self._wake = Event()
         self._caught_up = Event()
-        self._looker: ChangeReader | None = None  # the searches' look for changes (`current`)
+        self._reader: ChangeReader | None = None
         self._looked = 0.0
         self._noticed = False
         self._large = False  # the change being read or applied is large (an import): searches do not wait for it
@@ -110,9 +104,9 @@ class DirectoryFollower:
         directory = self.directory
         if directory is not None and directory.base == base:
             now = time.monotonic()
-            if now - self._looked >= FRESH and self._looker is not None:
+            if now - self._looked >= FRESH and self._reader is not None:
                 self._looked = now
-                if self._looker.changed():
+                if self._reader.changed():
                     self._noticed = True
                     self._caught_up.clear()
                     self._wake.set()
@@ -150,11 +144,8 @@ class DirectoryFollower:
         self._hub.loop.run_callback_threadsafe(self._wake.set)
 
     def _run(self) -> None:
-        reader = None
+        reader = self._reader = self.book.reader()
         try:
-            # the follower's own connection, its reads in a pool thread of the hub's (shared with the web's hashing
-            # and rendering: a pool busy with those delays a change's reads), and the searches' looks', on the loop
-            reader, self._looker = self.book.reader(), self.book.reader()
             while True:
                 try:
                     self._follow(reader)
@@ -163,19 +154,14 @@ class DirectoryFollower:
                     self.log.exception("could not index the address book; trying again")
                     gevent.sleep(1.0)
         finally:
-            looker, self._looker = self._looker, None  # no search looks through a closed connection
-            for connection in (reader, looker):
-                if connection is not None:
-                    connection.close()
+            reader.close()
 
     def _follow(self, reader: ChangeReader) -> None:
         """Build a directory, then apply changes until it must be built again."""
         base = self.base
         self._large = True  # a build: searches answer from the directory they have meanwhile
-        reader.changed()  # both connections' data_version taken now: what comes later is a change
-        if self._looker is not None:
-            self._looker.changed()
-        self._seq = run_off_loop(reader.last_change)  # changes from here on are applied after the build
+        reader.changed()
+        self._seq = reader.last_change()  # changes from here on are applied after the build
         directory = proto.Directory(base)
         self._report(self, len(self.directory or ()), run_off_loop(len, self.book))  # count(*): milliseconds at 100,000
         with no_full_collections():  # a full collection would land in a slice
@@ -227,11 +213,11 @@ class DirectoryFollower:
         edit after an import) are applied between its pages (`_applied_early`), not after its last one (50
         pages, 75-115 ms on a busy machine), and are held too."""
         ids: dict[int, None] = {}
-        seq, end = self._seq, run_off_loop(reader.last_change)
+        seq, end = self._seq, reader.last_change()
         last = end  # the last change read: the log's end as the read began, or past it once changes are applied early
         early = held is not None  # changes committed meanwhile are applied between pages, until a large batch comes
         while seq < end:
-            got = run_off_loop(reader.changes_after, seq, LOG_PAGE, end)
+            got = reader.changes_after(seq, LOG_PAGE, through=end)
             if got is None or not got[0]:  # pruned past `seq` (the log has no holes up to `end`)
                 self._large = True
                 return None
@@ -265,7 +251,7 @@ class DirectoryFollower:
         """The changes committed after change `after`, while a large one is read, applied now and `held`; None
         (nothing applied) if they are many (another import) or the log was pruned past `after`. The last
         change read."""
-        got = run_off_loop(reader.changes_after, after, MEANWHILE + 1)
+        got = reader.changes_after(after, MEANWHILE + 1)
         if got is None or len(got[0]) > MEANWHILE:
             return None
         changed, last = got
@@ -302,7 +288,7 @@ class DirectoryFollower:
 
         def contacts():
             for page in _pages(i for i in ids if i not in held):
-                for contact in run_off_loop(reader.contacts, page):  # the merge waits here as at its steps
+                for contact in reader.contacts(page):
                     if contact.id not in taken:
                         present[contact.id] = None
                         yield contact
@@ -349,7 +335,7 @@ class DirectoryFollower:
     def _put_or_delete(self, reader: ChangeReader, directory: proto.Directory, ids: dict[int, None]) -> None:
         present: dict[int, None] = {}
         for page in _pages(ids):
-            contacts = run_off_loop(reader.contacts, page)
+            contacts = reader.contacts(page)
             present.update(dict.fromkeys(c.id for c in contacts))
             self._run_steps(directory.put(c) for c in contacts)
         self._run_steps(_deleted_steps(directory, ids, present))
@@ -357,7 +343,7 @@ class DirectoryFollower:
     @staticmethod
     def _each(reader: ChangeReader):
         after = 0
-        while page := run_off_loop(reader.after, after, READ_PAGE):
+        while page := reader.after(after, READ_PAGE):
             yield from page
             after = page[-1].id
 

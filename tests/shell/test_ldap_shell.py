@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import sqlite3
-import threading
 import time
 from types import SimpleNamespace
 
@@ -447,42 +446,6 @@ def test_a_search_that_notices_a_change_waits_until_it_is_applied_even_on_a_busy
     finally:
         other.close()
     assert _found(port, "(sn=elsewhere)") == ["Added Elsewhere"]
-
-
-def test_the_follower_reads_the_book_in_a_pool_thread_and_only_looks_for_changes_on_the_loop(served, monkeypatch):
-    """A read of the book on the loop waited for the GIL at each row while a change's thread ran beside it (4-9 ms
-    with the loop held): the build, the log, a change's contacts and an import's are read off the loop."""
-    service, runtime, start = served
-    monkeypatch.setattr(offload.monkey, "is_module_patched", lambda name: name == "threading")  # as in the worker
-    loop = threading.get_ident()
-    on_loop: dict[str, set[bool]] = {}
-
-    def spied(name: str):
-        read = getattr(ChangeReader, name)
-
-        def spy(self, *args):
-            on_loop.setdefault(name, set()).add(threading.get_ident() == loop)
-            return read(self, *args)
-        return spy
-
-    for name in ("after", "last_change", "changes_after", "contacts", "changed"):
-        monkeypatch.setattr(ChangeReader, name, spied(name))
-    try:
-        port = start()
-        assert _found(port, "(sn=elsewhere)") == []  # the directory is built
-        follower = service.follower()
-        assert _found(port, "(sn=elsewhere)") == [] and follower.catch_ups == 0  # nothing changed: no search waited
-        other = AddressBook(addressbook_for(runtime).path)  # another process's change: the search's look notices it
-        try:
-            other.add({"first_name": "Added", "last_name": "Elsewhere"})
-            other.import_csv("first_name,last_name\n" + "".join(f"F{i},Elsewhere{i}\n" for i in range(300)))
-        finally:
-            other.close()
-        eventually(lambda: len(_found(port, "(sn=elsewhere*)")) == 301)  # a search does not wait for an import's merge
-        assert on_loop == {"after": {False}, "last_change": {False}, "changes_after": {False}, "contacts": {False},
-                           "changed": {True}}
-    finally:
-        gc.unfreeze()  # frozen as in the worker: the other tests' process as it was
 
 
 def test_a_search_does_not_wait_for_an_import_to_be_merged(served, monkeypatch):
