@@ -226,8 +226,9 @@ class AddressBook:
         """Add every row of `text` (CSV, header row) in one transaction, or none of them.
 
         With `replace`, the imported rows replace the whole address book. Raises
-        ImportRejected (nothing changed) listing the problems by row and field.
-        Runs in a child process in the worker (seconds of CPU: see process/offload.py
+        ImportRejected (nothing changed) listing the problems by row and field,
+        BookBusy if another writer held the book past BUSY_TIMEOUT (nothing changed),
+        or ChildFailed if the child ended without an answer. Runs in a child process in the worker (seconds of CPU: see process/offload.py
         and `import_rows`): readers go on meanwhile, other writers wait only for its
         short commit.
         """

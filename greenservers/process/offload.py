@@ -16,8 +16,10 @@ it. It runs in a child process instead (`run_in_child`, greenservers/process/chi
 of lower priority (CHILD_NICENESS): no GIL is shared, and the kernel gives the
 loop's thread a core first. The child is killed if the worker dies, and
 after CHILD_TIMEOUT. Its work that holds no lock may ask for idle cores only
-(`run_when_idle`: with the niceness alone the other services' p99 still read
-13.5-16.8 ms during an import of 50,000).
+(`run_when_idle`: during an import of 50,000 the other services' p99 read
+13.5-16.8 ms with the niceness alone, 6.4-10.6 ms with the whole child idle, in
+4 runs each; with the validation idle and the commit niced, 6.3-20.5 ms, median
+11.3, in 17 runs on a noisier host: bench/RESULTS.md).
 
 On the loop, while the LDAP directory is built or an import is merged into it
 (in slices), the collector's full collections landed in the slices: each
@@ -192,7 +194,8 @@ def run_in_child(function, *args):
 def run_when_idle(steps: Iterator, patience: float | None = None) -> None:
     """Run `steps` (work that holds no lock, cut in steps) to their end. In the worker's child process they
     run in a thread of Linux's SCHED_IDLE policy, a core only when no other thread of the machine wants one
-    (the worker's event loop above all), for `patience` seconds (IDLE_PATIENCE) at most; what is left runs
+    (the worker's event loop above all), for `patience` seconds (IDLE_PATIENCE; looked at between two steps,
+    so one step more at most); what is left runs
     here, at the child's niceness, so that cores other programs keep busy delay the work, not starve it. A
     thread, because a policy is a thread's own and an unprivileged one cannot go back to the normal one: the
     caller goes on afterwards at its niceness (an import's commit, which other writers wait for, never waits

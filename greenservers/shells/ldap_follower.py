@@ -41,6 +41,8 @@ CATCH_UP = 0.1  # seconds a search waits at a time for a change it noticed to be
 APPLIED_WITHIN = 2.0  # seconds it waits at most for a few changes (milliseconds of work, unless the machine is very busy)
 APPLY_SLICE = 0.001  # seconds of directory changes between two turns of the event loop
 READ_PAGE = 64  # contacts read from the book per query: a read of 250 held the loop 2.5-3 ms, past APPLY_SLICE
+# (a read on the loop waits for the GIL at each row while a change's thread runs: gevent's monitor caught reads of
+# the log and of contacts holding the loop 4-9 ms now and then; off the loop, see bench/RESULTS.md, they cost more)
 LOG_PAGE = 1000  # changes read from the log per query (about a millisecond)
 REBUILD_SHARE = 1.0  # more changed contacts than this share of the directory (an import replacing the book: its old
 # and new ids): built anew rather than changed. At 0.5, an import of half the book and one edit made meanwhile built a
