@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .model import FIELDS, NAME_FIELDS, NUMBER_FIELDS, Contact, fold_name, fold_number, looks_like_number
-from .store import ChangeReader, _Transaction
+from .store import ChangeReader, _Transaction, make_schema
 
 STEP = 500  # contacts folded per write transaction (about 5 ms of work): what a writer of the book waits at most
 
@@ -49,10 +49,7 @@ class SearchIndex(ChangeReader):
 
     def __init__(self, path: Path):
         super().__init__(path)
-        if self._db.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'contact_search%'").fetchone()[0] < len(_SCHEMA):
-            with _Transaction(self._db):
-                for statement in _SCHEMA:
-                    self._db.execute(statement)
+        make_schema(self._db, _SCHEMA)
 
     def find(self, q: str, offset: int, limit: int | None) -> tuple[list[Contact], int]:
         """(the contacts `offset` to `offset + limit` that match `q`, in id order; how many match in all).

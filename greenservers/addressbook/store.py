@@ -41,7 +41,7 @@ CHECKPOINT_WRITES = 100  # this process's writes between two WAL checkpoints (a 
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another's commit before it gives up (BookBusy)
 LOG_KEEP = 250_000  # changes the log keeps: an import of MAX_CONTACTS logs an add each (a replacing one a delete
 # each too: a reader that far behind reads the book anew, as it would once most of it changed)
-STAGE_STEP = 1000  # rows an import validates between two looks at its patience for idle cores (run_when_idle)
+STAGE_STEP = 1000  # records an import validates between two looks at its patience for idle cores (run_when_idle)
 
 # -- the store -------------------------------------------------------------------
 
@@ -59,7 +59,6 @@ _SCHEMA = [
     "CREATE TRIGGER IF NOT EXISTS contact_deleted AFTER DELETE ON contacts "
     "BEGIN INSERT INTO contact_changes (contact_id) VALUES (old.id); END",
 ]
-_SCHEMA_NAMES = tuple(statement.split()[5] for statement in _SCHEMA)  # CREATE TABLE|TRIGGER IF NOT EXISTS <name>
 _COLUMNS = ", ".join(FIELDS)
 _SELECT = f"SELECT id, {_COLUMNS} FROM contacts"
 _INSERT = f"INSERT INTO contacts ({_COLUMNS}) VALUES ({', '.join('?' * len(FIELDS))})"
@@ -87,13 +86,7 @@ class AddressBook:
         make_private_dir(self.path.parent)
         ensure_private_file(self.path)  # SQLite makes -wal and -shm with the database file's mode and owner
         self._db = _connect(self.path, checkpoints=False)  # the WAL is checkpointed by `_checkpoint`
-        # made once; a book that has them takes no write lock here (the LDAP server opens it on the event loop)
-        made = self._db.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' * len(_SCHEMA_NAMES))})",
-                                _SCHEMA_NAMES).fetchone()[0]
-        if made < len(_SCHEMA_NAMES):
-            with _Transaction(self._db):
-                for statement in _SCHEMA:
-                    self._db.execute(statement)
+        make_schema(self._db, _SCHEMA)  # the LDAP server opens the book on the event loop
         self._lock = threading.RLock()
         self._subscribers: list[Callable[[], None]] = []
         self._writes = 0  # since the last checkpoint
@@ -227,9 +220,10 @@ class AddressBook:
 
         With `replace`, the imported rows replace the whole address book. Raises
         ImportRejected (nothing changed) listing the problems by row and field,
-        BookBusy if another writer held the book past BUSY_TIMEOUT (nothing changed),
-        or ChildFailed if the child ended without an answer. Runs in a child process in the worker (seconds of CPU: see process/offload.py
-        and `import_rows`): readers go on meanwhile, other writers wait only for its
+        BookBusy if another writer held the book past BUSY_TIMEOUT (nothing
+        changed), or ChildFailed if the child ended without an answer. Runs in a
+        child process in the worker (seconds of CPU: see process/offload.py and
+        `import_rows`): readers go on meanwhile, other writers wait only for its
         short commit.
         """
         count = run_in_child(import_rows, self.path, text, replace)
@@ -316,6 +310,17 @@ def _stage_steps(db: sqlite3.Connection, text: str) -> Iterator[None]:
     finally:
         if db.in_transaction:  # refused, or the steps were closed before their end; not if SQLite rolled back itself
             db.execute("ROLLBACK")
+
+
+def make_schema(db: sqlite3.Connection, statements: list[str]) -> None:
+    """Run `statements` (each CREATE TABLE|TRIGGER IF NOT EXISTS <name> ...) in one transaction, unless every
+    name is in the file already: then no write lock is taken (another writer's transaction is not waited for)."""
+    names = [statement.split()[5] for statement in statements]
+    made = db.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' * len(names))})", names).fetchone()[0]
+    if made < len(names):
+        with _Transaction(db):
+            for statement in statements:
+                db.execute(statement)
 
 
 def _prune_log(db: sqlite3.Connection) -> None:

@@ -6,9 +6,9 @@ The request is (module, function name, arguments, the worker's pid,
 niceness); the answer is (True, result) or (False, exception). The child
 lowers its own priority first, so that the worker's event loop gets a core
 before it whenever both want one (and the part of its work that holds no
-lock may wait for idle cores: offload.run_when_idle), and asks the kernel to kill it if the
-worker dies: an import cut short that way rolls back, as SQLite does with
-any transaction never committed. The worker is its only client (a pipe of
+lock may wait for idle cores: offload.run_when_idle), and asks the kernel to
+kill it if the worker dies: an import cut short that way rolls back, as
+SQLite does with any transaction never committed. The worker is its only client (a pipe of
 its own), so the pickles are trusted.
 """
 

@@ -195,12 +195,11 @@ def run_when_idle(steps: Iterator, patience: float | None = None) -> None:
     """Run `steps` (work that holds no lock, cut in steps) to their end. In the worker's child process they
     run in a thread of Linux's SCHED_IDLE policy, a core only when no other thread of the machine wants one
     (the worker's event loop above all), for `patience` seconds (IDLE_PATIENCE; looked at between two steps,
-    so one step more at most); what is left runs
-    here, at the child's niceness, so that cores other programs keep busy delay the work, not starve it. A
-    thread, because a policy is a thread's own and an unprivileged one cannot go back to the normal one: the
-    caller goes on afterwards at its niceness (an import's commit, which other writers wait for, never waits
-    for idle cores). Elsewhere, all of it here (where the policy is refused, the thread runs at the child's
-    niceness). The steps are closed however it ends."""
+    so one step more at most); what is left runs here, at the child's niceness, so that cores other programs
+    keep busy delay the work, not starve it. A thread, because a policy is a thread's own and an unprivileged
+    one cannot go back to the normal one: the caller goes on afterwards at its niceness (an import's commit,
+    which other writers wait for, never waits for idle cores). Elsewhere, all of it here (where the policy is
+    refused, the thread runs at the child's niceness). The steps are closed however it ends."""
     try:
         if in_a_child and hasattr(os, "SCHED_IDLE"):
             _run_idle(steps, IDLE_PATIENCE if patience is None else patience)
