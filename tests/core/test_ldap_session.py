@@ -572,6 +572,29 @@ def test_sorting_in_slices_is_stable_and_puts_entries_without_the_key_last():
         assert steps >= 3 * len(keys)  # slices, not one call
 
 
+def test_merging_many_runs_reads_a_bounded_number_of_values_per_step():
+    """The first value of every run is read in steps too (heapq.merge read them all in its first step: with
+    100,000 entries, 390 reads in one step), and the merge is stable: of equal values, an earlier run's first."""
+    from greenservers.proto.ldap.search import SORT_STEP, merged_steps
+
+    rng = random.Random(7)
+    values = {i: rng.choice("abcde") for i in range(12 * SORT_STEP)}
+    runs = [array("i", sorted(range(start, start + 3), key=values.__getitem__)) for start in range(0, len(values), 3)]
+    reads = 0
+
+    def value(i: int) -> str:
+        nonlocal reads
+        reads += 1
+        return values[i]
+
+    merged, most = array("i"), 0
+    for _ in merged_steps(runs, value, merged):
+        most, reads = max(most, reads), 0
+    most = max(most, reads)
+    assert list(merged) == sorted(range(len(values)), key=values.__getitem__)  # sorted() is stable: ids ascending
+    assert most <= SORT_STEP + 1, most  # 4 * SORT_STEP runs: their first values were read 4 steps apart
+
+
 # -- fair shares of search time -------------------------------------------------------
 
 

@@ -299,8 +299,9 @@ def sort_steps(ids: array, keys: list[tuple[str, bool]], entries: Entries, resul
 
     One stable pass per key, least significant first; an entry without the key
     sorts after all others (before them when reversed: RFC 2891 §2.2). Each pass
-    sorts slices by one call each and merges them (heapq.merge is stable: of equal
-    values, the earlier slice's come first).
+    sorts slices by one call each and merges them (`merged_steps`). A reversed
+    pass sorts the entries in reverse order ascending and reverses the result:
+    the same order as a stable sort descending (of equal values, the first comes first).
     """
     ordered = ids
     sort_value = entries.sort_value
@@ -312,17 +313,42 @@ def sort_steps(ids: array, keys: list[tuple[str, bool]], entries: Entries, resul
             for i in ordered[start:start + SORT_STEP]:
                 (present if sort_value(i, key) is not None else absent).append(i)
             yield True
+        if reverse:
+            present.reverse()
         runs = []
         for start in range(0, len(present), SORT_STEP):
-            runs.append(array("i", sorted(present[start:start + SORT_STEP], key=value, reverse=reverse)))
+            runs.append(array("i", sorted(present[start:start + SORT_STEP], key=value)))
             yield True
         merged = array("i")
-        for count, i in enumerate(heapq.merge(*runs, key=value, reverse=reverse), 1):
-            merged.append(i)
-            if count % SORT_STEP == 0:
-                yield True
+        yield from merged_steps(runs, value, merged)
+        if reverse:
+            merged.reverse()
         ordered = absent + merged if reverse else merged + absent
     result[:] = ordered
+
+
+def merged_steps(runs: list[array], value: Callable[[int], str], merged: array) -> Iterator[bool]:
+    """Merge `runs` (each sorted by `value`) into `merged`, stably (of equal values, an earlier run's first),
+    SORT_STEP entries per step. heapq.merge read the first value of every run, then merged, in one step: with
+    100,000 entries (390 runs) that step took 1.5 ms, three times the others; here the first values too are read
+    SORT_STEP at a time."""
+    heap: list[tuple[str, int, int]] = []  # (the value of a run's next entry, the run, where the entry is in it)
+    for r, run in enumerate(runs, 1):
+        heap.append((value(run[0]), r - 1, 0))
+        if r % SORT_STEP == 0 or r == len(runs):
+            yield True
+    heapq.heapify(heap)
+    for count in range(1, sum(map(len, runs)) + 1):
+        _, r, at = heap[0]
+        run = runs[r]
+        merged.append(run[at])
+        at += 1
+        if at < len(run):
+            heapq.heapreplace(heap, (value(run[at]), r, at))
+        else:
+            heapq.heappop(heap)
+        if count % SORT_STEP == 0:
+            yield True
 
 
 _SEQUENCE_HEADS = [b"\x30" + length for length in ber.SHORT_LENGTHS]  # a SEQUENCE's header, below 256
