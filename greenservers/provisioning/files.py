@@ -393,7 +393,10 @@ class FileReader:
 
     def __init__(self, path: Path):
         self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        self.size = os.fstat(self.fd).st_size
+        stat = os.fstat(self.fd)
+        self.size = stat.st_size
+        # which file, as it is now: another file, or this one written again, has another
+        self.version = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         self.chunk_offset, self.chunk = 0, b""
 
     def read(self, offset: int, length: int) -> bytes:

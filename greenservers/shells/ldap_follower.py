@@ -30,7 +30,7 @@ from gevent.event import Event
 from ..addressbook import AddressBook, ChangeReader
 from ..process.offload import freeze_the_built, no_full_collections, run_off_loop
 from ..proto import ldap as proto
-from .loop import serve_ready_then_continue
+from .loop import run_in_turns, serve_ready_then_continue
 
 DISMANTLE_PAUSE = 0.001  # seconds between the steps that free a replaced directory
 DISMANTLE_WAIT = 1.0  # seconds between looks at whether a search still reads a replaced directory
@@ -167,7 +167,7 @@ class DirectoryFollower:
         directory = proto.Directory(base)
         self._report(self, len(self.directory or ()), run_off_loop(len, self.book))  # count(*): milliseconds at 100,000
         with no_full_collections():  # a full collection would land in a slice
-            self._run_steps(directory.merge_steps(self._each(reader)))
+            run_in_turns(directory.merge_steps(self._each(reader)), APPLY_SLICE)
             old, self.directory, self.applied = self.directory, directory, 0
             if old is not None:
                 retire(old)
@@ -321,13 +321,13 @@ class DirectoryFollower:
 
         if merging:
             with no_full_collections():  # a full collection would land in a slice
-                self._run_steps(directory.merge_steps(contacts()), meanwhile)
-                self._run_steps(_deleted_steps(directory, (i for i in ids if i not in taken), present), meanwhile)
+                run_in_turns(directory.merge_steps(contacts()), APPLY_SLICE, meanwhile)
+                run_in_turns(_deleted_steps(directory, (i for i in ids if i not in taken), present), APPLY_SLICE, meanwhile)
                 freeze_the_built()
             merging = False
         else:
             self._put_or_delete(reader, directory, ids)
-        self._run_steps(directory.tidy_steps(), meanwhile)
+        run_in_turns(directory.tidy_steps(), APPLY_SLICE, meanwhile)
         if later and not rebuild:
             rebuild = not self._apply(reader, directory, later)
         self.applied += len(ids)
@@ -339,8 +339,8 @@ class DirectoryFollower:
         for page in _pages(ids):
             contacts = reader.contacts(page)
             present.update(dict.fromkeys(c.id for c in contacts))
-            self._run_steps(directory.put(c) for c in contacts)
-        self._run_steps(_deleted_steps(directory, ids, present))
+            run_in_turns((directory.put(c) for c in contacts), APPLY_SLICE)
+        run_in_turns(_deleted_steps(directory, ids, present), APPLY_SLICE)
 
     @staticmethod
     def _each(reader: ChangeReader):
@@ -348,19 +348,6 @@ class DirectoryFollower:
         while page := reader.after(after, READ_PAGE):
             yield from page
             after = page[-1].id
-
-    @staticmethod
-    def _run_steps(steps, meanwhile=None) -> None:
-        """Run an iterator's steps, letting the loop serve what is ready every APPLY_SLICE seconds
-        (and calling `meanwhile()` then, if given). A turn, not a sleep: the follower takes the time
-        no one else needs, and a build is not stretched by pauses while nothing else waits."""
-        deadline = time.monotonic() + APPLY_SLICE
-        for _ in steps:
-            if time.monotonic() >= deadline:
-                serve_ready_then_continue()
-                if meanwhile is not None:
-                    meanwhile()
-                deadline = time.monotonic() + APPLY_SLICE
 
 
 def retire(old: proto.Directory) -> None:

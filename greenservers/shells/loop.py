@@ -12,7 +12,9 @@ ready watchers of higher priority first. So when it fires, the loop has
 polled and served every socket that was ready (an NTP query, another
 client's request). Three forms of the same turn:
 
-- `serve_ready_then_continue()`: the calling greenlet waits for the turn;
+- `serve_ready_then_continue()`: the calling greenlet waits for the turn
+  (`run_in_turns(steps)` runs work cut in steps, one such turn every
+  millisecond of it);
 - `after_the_loop_turns(callback, *args)`: `callback(*args)` runs in the hub
   after the turn (for code that hands work on instead of waiting itself);
 - `Turns.take()`: many greenlets of one kind (connections pipelining
@@ -23,8 +25,9 @@ client's request). Three forms of the same turn:
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import gevent
 from gevent.hub import Waiter
@@ -48,6 +51,23 @@ def serve_ready_then_continue() -> None:
     waiter = Waiter()
     after_the_loop_turns(waiter.switch, None)
     waiter.get()
+
+
+def run_in_turns(steps: Generator, slice_seconds: float = 0.001, meanwhile: Callable[[], None] | None = None):
+    """Run a generator's steps to its end and return what it returns, letting the loop serve what is ready
+    every `slice_seconds` (and calling `meanwhile()` then, if given). A turn, not a sleep: the work takes the
+    time no one else needs, and is not stretched by pauses while nothing else waits."""
+    deadline = time.monotonic() + slice_seconds
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+        if time.monotonic() >= deadline:
+            serve_ready_then_continue()
+            if meanwhile is not None:
+                meanwhile()
+            deadline = time.monotonic() + slice_seconds
 
 
 class Turns:

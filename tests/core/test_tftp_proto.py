@@ -470,11 +470,11 @@ def test_window_larger_than_the_file():
 
 
 def test_netascii_source_random_access_across_chunks():
-    raw = (b"line\nwith\rcr\r\n" * 20000)[: 3 * t.NetasciiSource.CHUNK + 77]
+    raw = (b"line\nwith\rcr\r\n" * 20000)[: 3 * t.NETASCII_CHUNK + 77]
     expected = raw.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
     source = t.NetasciiSource(t.BytesSource(raw))
     assert source.size == len(expected)
-    for offset in (0, 1, t.NetasciiSource.CHUNK - 3, 100000, len(expected) - 5, len(expected)):
+    for offset in (0, 1, t.NETASCII_CHUNK - 3, 100000, len(expected) - 5, len(expected)):
         assert source.read(offset, 700) == expected[offset:offset + 700]
 
 

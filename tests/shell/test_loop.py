@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 
 import gevent
+import pytest
 from gevent import socket
 
 from greenservers.shells import loop
-from greenservers.shells.loop import Turns, after_the_loop_turns, serve_ready_then_continue
+from greenservers.shells.loop import Turns, after_the_loop_turns, run_in_turns, serve_ready_then_continue
 
 STEPS = 5
 
@@ -21,10 +22,19 @@ def _busy(milliseconds: float) -> None:
         pass
 
 
-def test_a_datagram_that_arrives_during_a_step_is_served_before_the_next_step():
+@pytest.fixture
+def sockets():
+    """(a UDP server socket on loopback, a client socket), closed after the test."""
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    yield server, client
+    server.close()
+    client.close()
+
+
+def test_a_datagram_that_arrives_during_a_step_is_served_before_the_next_step(sockets):
+    server, client = sockets
     order: list = []
 
     def serve_one() -> None:
@@ -40,46 +50,58 @@ def test_a_datagram_that_arrives_during_a_step_is_served_before_the_next_step():
             order.append(step)
             serve_ready_then_continue()
 
-    try:
-        waiting = gevent.spawn(serve_one)  # started first: it waits in recvfrom when the steps begin
-        working = gevent.spawn(steps)
-        gevent.joinall([waiting, working], timeout=30, raise_error=True)
-        assert order == [0, "served", 1, 2, 3, 4]
-        client.settimeout(5)
-        assert client.recv(100) == b"ping"
-    finally:
-        server.close()
-        client.close()
+    waiting = gevent.spawn(serve_one)  # started first: it waits in recvfrom when the steps begin
+    working = gevent.spawn(steps)
+    gevent.joinall([waiting, working], timeout=30, raise_error=True)
+    assert order == [0, "served", 1, 2, 3, 4]
+    client.settimeout(5)
+    assert client.recv(100) == b"ping"
 
 
-def test_the_callback_runs_in_the_hub_after_the_ready_sockets():
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def test_work_run_in_turns_lets_a_datagram_be_served_between_its_steps_and_returns_its_value(sockets):
+    server, client = sockets
     order: list = []
 
     def serve_one() -> None:
         server.recvfrom(100)
         order.append("served")
 
-    try:
-        waiting = gevent.spawn(serve_one)
-        gevent.idle()  # it waits in recvfrom now
-        client.sendto(b"ping", server.getsockname())
-        after_the_loop_turns(order.append, "turned")
-        _busy(2)
-        waiting.join(timeout=30)
-        gevent.idle()
-        assert order == ["served", "turned"]
-    finally:
-        server.close()
-        client.close()
+    def steps():
+        for step in range(STEPS):
+            if step == 0:
+                client.sendto(b"ping", server.getsockname())  # ready at the next poll
+            _busy(2)  # past the slice: a turn after each step
+            order.append(step)
+            yield
+        return "counted"
+
+    waiting = gevent.spawn(serve_one)
+    working = gevent.spawn(run_in_turns, steps(), 0.001)
+    gevent.joinall([waiting, working], timeout=30, raise_error=True)
+    assert working.value == "counted"
+    assert order == [0, "served", 1, 2, 3, 4]
 
 
-def test_greenlets_in_line_go_on_one_per_turn_with_the_ready_sockets_served_between():
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def test_the_callback_runs_in_the_hub_after_the_ready_sockets(sockets):
+    server, client = sockets
+    order: list = []
+
+    def serve_one() -> None:
+        server.recvfrom(100)
+        order.append("served")
+
+    waiting = gevent.spawn(serve_one)
+    gevent.idle()  # it waits in recvfrom now
+    client.sendto(b"ping", server.getsockname())
+    after_the_loop_turns(order.append, "turned")
+    _busy(2)
+    waiting.join(timeout=30)
+    gevent.idle()
+    assert order == ["served", "turned"]
+
+
+def test_greenlets_in_line_go_on_one_per_turn_with_the_ready_sockets_served_between(sockets):
+    server, client = sockets
     order: list = []
     turns = Turns()
 
@@ -106,8 +128,6 @@ def test_greenlets_in_line_go_on_one_per_turn_with_the_ready_sockets_served_betw
         assert len(turns) == 0
     finally:
         serving.kill()
-        server.close()
-        client.close()
 
 
 def test_a_greenlet_killed_in_line_leaves_it(monkeypatch):

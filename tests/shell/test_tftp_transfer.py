@@ -1,5 +1,6 @@
 """The TFTP transfer driver in-process (gevent, loopback): the hot path, a full send buffer,
-a vanished peer, a peer that never answers, many transfers batched; and the chunked file reader."""
+a vanished peer, a peer that never answers, many transfers batched; the chunked file reader; and
+the netascii view of a file, counted once per version of the file."""
 
 from __future__ import annotations
 
@@ -242,3 +243,37 @@ def test_a_window_bigger_than_the_clients_receive_buffer_is_paced_not_lost():
         if client.poll() is None:
             client.kill()
             client.wait()
+
+
+def test_a_files_netascii_size_is_counted_once_per_version(tmp_path, monkeypatch):
+    """A client asking for a large file in netascii again and again costs its counting pass once (in turns of
+    the loop), until the file changes."""
+    from collections import OrderedDict
+    from types import SimpleNamespace
+
+    from greenservers.shells import tftp as shell
+
+    counted = []
+    real = proto.netascii_starts
+
+    def counting(source):
+        counted.append(source)
+        return (yield from real(source))
+
+    monkeypatch.setattr(shell.proto, "netascii_starts", counting)
+    service = SimpleNamespace(netascii_counted=OrderedDict())
+    path = tmp_path / "phone.cfg"
+    raw = b"line one\nline two\r\n" * 10000
+    path.write_bytes(raw)
+    views = []
+    for _ in range(3):
+        reader = FileReader(path)
+        views.append(shell.TftpService._netascii(service, reader))
+        reader.close()
+    assert len(counted) == 1 and views[0].size == views[2].size == len(raw) + raw.count(b"\n") + raw.count(b"\r")
+    path.write_bytes(b"a\n" * 5)  # written again: another version
+    reader = FileReader(path)
+    assert shell.TftpService._netascii(service, reader).read(0, 100) == b"a\r\n" * 5
+    reader.close()
+    assert len(counted) == 2
+
