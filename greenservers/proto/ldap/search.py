@@ -249,11 +249,12 @@ def find_entries(directory: Directory, first: list[Entry], contacts: bool, flt, 
         return
     predicate = None  # compiled when a candidate needs it (an exact lookup needs none)
     stride = max(1, MATCH_STEP_UNITS // (filter_units(flt) if units is None else units))
-    ids, exact, _ = directory.candidates(flt)
+    version = directory.version  # as the lookups began: one changed while they were made (between steps) is checked
+    ids, exact, _ = yield from directory.candidate_steps(flt)
     seen: set[int] | None = set()  # an id may come more than once from a lookup
     if ids is None:
         ids, exact, seen = directory.scan(), False, None
-    blobs, version = directory.blobs, directory.version
+    blobs = directory.blobs
     ids = iter(ids)
     while True:
         verify = not (exact and directory.version == version)  # nothing changes the directory within a slice

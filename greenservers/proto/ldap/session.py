@@ -4,8 +4,9 @@
 LDAPMessages off it (RFC 4511 §4.1.1, BER framing in ber.py; a length over
 `Policy.max_message`, or before a successful bind over the much smaller
 `max_unbound_message`, is refused from the header), and answers up to
-MAX_BATCH of them in order (`backlog` tells the shell to call again before
-reading more, so pipelined requests cannot pile up answers in memory). The
+MAX_BATCH of them in order, for BATCH_SECONDS of its clock at most (`backlog`
+tells the shell to call again before reading more, so pipelined requests
+cannot pile up answers in memory, nor hold the shell's loop for long). The
 bytes it holds between calls count against a `BufferBudget` shared by all
 sessions; past it, the connection is closed. Paged results kept between
 pages count against a `PagedBudget` shared by all sessions, which may give
@@ -53,6 +54,7 @@ from .codes import (
     ADD_REQUEST,
     ANONYMOUS_REFUSED,
     AUTH_METHOD_NOT_SUPPORTED,
+    BATCH_SECONDS,
     BIND_REQUEST,
     BIND_RESPONSE,
     BUSY,
@@ -204,7 +206,8 @@ class LdapSession:
     # -- framing -------------------------------------------------------------
 
     def receive(self, data: bytes) -> list:
-        """Answer the complete messages in `data` (plus what was buffered), up to MAX_BATCH of them.
+        """Answer the complete messages in `data` (plus what was buffered), up to MAX_BATCH of them (and as
+        many as BATCH_SECONDS allow, one at least).
 
         A search ends the list as a `SearchCursor` for the shell to run; the
         messages after it wait (`backlog`) until the shell calls again.
@@ -216,7 +219,8 @@ class LdapSession:
             self._buffer += data
         out: list = []
         handled = handled_bytes = 0
-        while handled < MAX_BATCH and handled_bytes < MAX_BATCH_BYTES:
+        until = self.clock() + BATCH_SECONDS
+        while handled < MAX_BATCH and handled_bytes < MAX_BATCH_BYTES and (handled == 0 or self.clock() < until):
             if not self._queue:
                 try:
                     self._frame()
