@@ -300,6 +300,47 @@ def test_repeated_request_shapes_are_served_from_the_cache_and_stay_bounded(agen
     assert len(agent._bindings_cache) <= snmp.MAX_CACHED_REQUESTS
 
 
+ARCS = st.integers(0, 2**32 - 1)
+OIDS = st.one_of(
+    st.tuples(st.integers(0, 1), st.integers(0, 39)).flatmap(lambda head: st.lists(ARCS, max_size=12).map(lambda rest: (*head, *rest))),
+    st.tuples(st.just(2), st.integers(0, 2**32 - 81)).flatmap(lambda head: st.lists(ARCS, max_size=12).map(lambda rest: (*head, *rest))),
+)
+
+
+def pysnmp_oids(datagram: bytes) -> tuple[tuple[int, ...], ...]:
+    """The OIDs of a request as pysnmp's decoder reads them (the oracle)."""
+    message, rest = decoder.decode(datagram, asn1Spec=V1.Message())
+    assert not rest
+    return tuple(tuple(oid) for oid, _ in V1.apiPDU.get_varbinds(V1.apiMessage.get_pdu(message)))
+
+
+def our_oids(datagram: bytes) -> tuple[tuple[int, ...], ...]:
+    return snmp.decode_bindings(snmp.skim_envelope(datagram, snmp.skim_version(datagram)[1]).bindings)
+
+
+@hsettings(max_examples=examples(300), deadline=None)
+@given(st.lists(OIDS, min_size=1, max_size=20))
+def test_bindings_are_decoded_as_pysnmp_decodes_them(oids):
+    datagram = build_request(oids)
+    assert our_oids(datagram) == pysnmp_oids(datagram) == tuple(oids)
+
+
+@hsettings(max_examples=examples(400), deadline=None)
+@given(st.lists(OIDS, min_size=1, max_size=4), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=3))
+def test_bindings_our_decoder_accepts_are_those_pysnmp_reads(oids, changes):
+    """Bytes of the bindings changed at random: what the strict walker accepts, pysnmp reads alike (the walker
+    refuses more: sub-identifiers not in their shortest form or over 2**32-1, values of no v1 type)."""
+    datagram = bytearray(build_request(oids))
+    start = len(datagram) - len(snmp.skim_envelope(bytes(datagram), snmp.skim_version(bytes(datagram))[1]).bindings)
+    for at, value in changes:
+        datagram[start + at % (len(datagram) - start)] = value
+    try:
+        ours = our_oids(bytes(datagram))
+    except snmp.Dropped:
+        return
+    assert ours == pysnmp_oids(bytes(datagram))
+
+
 # -- bad input: no answer or an error answer, never an exception, and the agent keeps answering ------
 
 

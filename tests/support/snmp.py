@@ -6,12 +6,13 @@ from __future__ import annotations
 import random
 
 from pyasn1.codec.ber import decoder, encoder
+from pysnmp.proto import api
 from vectors.snmp_requests import REQUESTS
 
 from greenservers.proto import ber, snmp
 from greenservers.sensors import DECLARED, Sensor
 
-V1 = snmp.V1
+V1 = api.PROTOCOL_MODULES[api.SNMP_VERSION_1]  # pysnmp's v1 codec: the oracle
 SYS = (1, 3, 6, 1, 2, 1, 1)
 FIXED_SENSORS = tuple(Sensor(s.name, s.index, s.kind, s.description) for s in DECLARED)  # no live readers: deterministic
 
