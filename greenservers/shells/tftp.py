@@ -220,7 +220,7 @@ class TftpService(Service):
             if not request.write:
                 seen.note_fetch(self.runtime, request.filename, address, "not found" if exc.code == 1 else "refused", "tftp")
         except OSError as exc:  # the peer vanished (ICMP unreachable) or a socket of ours failed
-            self.log.debug("%s: transfer of %s ended: %s", address, printable(request.filename), exc)
+            self.ratelog.info("ended", address, "%s: transfer of %s ended: %s", address, printable(request.filename), exc)
         except Exception:
             self.log.exception("%s: transfer of %s failed", address, printable(request.filename))
             self._send_quietly(sock, proto.encode_error(0, "internal error"))

@@ -79,10 +79,19 @@ CLIENTS = {
 }
 
 
-def fetch(client: str, host: str, port: int, name: str, out: Path) -> subprocess.CompletedProcess:
+def fetch(client: str, host: str, port: int, name: str, out: Path, server: ServiceProcess | None = None) -> subprocess.CompletedProcess:
+    """The client's download of `name` into `out`; a client that hangs fails the test with the end of its
+    output and, if given, of the server's log (atftp traces every packet it sends and receives)."""
     if out.exists():
         out.unlink()
-    return subprocess.run(CLIENTS[client](host, port, name, str(out)), capture_output=True, text=True, timeout=60)
+    command = CLIENTS[client](host, port, name, str(out)) + (["--trace"] if client.startswith("atftp") else [])
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as hung:
+        said = hung.stderr or b""  # bytes, whatever `text` asked
+        said = said.decode(errors="replace") if isinstance(said, bytes) else said
+        log = server.log[-4000:] if server is not None else "(not given)"
+        pytest.fail(f"{client} {name} from {host} hung for 60 s; its last output:\n{said[-3000:]}\nthe server's log:\n{log}")
 
 
 @pytest.mark.real_client
@@ -92,8 +101,8 @@ def test_real_clients_download_byte_identical(tftp, tmp_path, client, host):
     port = tftp.port("ip_tftp_port")
     for name in ("big.bin", "empty.bin", "exact512.bin"):
         out = tmp_path / name
-        result = fetch(client, host, port, name, out)
-        assert result.returncode == 0, (client, name, result.stderr)
+        result = fetch(client, host, port, name, out, tftp)
+        assert result.returncode == 0, (client, name, result.stderr[-3000:])
         got = out.read_bytes() if out.exists() else None
         if got is None and name == "empty.bin" and client.startswith("curl"):
             got = b""  # curl creates no output file for an empty body
