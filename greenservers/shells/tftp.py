@@ -36,6 +36,7 @@ from collections import OrderedDict
 import gevent
 from gevent.pool import Group
 
+from ..process.offload import run_off_loop
 from ..proto import tftp as proto
 from ..proto.clients import TokenBuckets, plain_address
 from ..provisioning import files as provisioning, uploads
@@ -71,7 +72,7 @@ class UploadSink:
 
     def commit(self) -> None:
         try:
-            self.upload.commit()
+            run_off_loop(self.upload.commit)  # fsync and link: called in the transfer's greenlet (commits_with)
         except provisioning.ProvisioningError as exc:
             raise self.service.tftp_error(exc) from None
 

@@ -82,6 +82,8 @@ class TransferDriver:
         self.backlog: list[bytes] = []  # datagrams a full socket buffer refused, sent by the greenlet
         self.paced: list[bytes] = []  # the rest of a big window, sent by the greenlet after PACE_SECONDS
         self.failure: BaseException | None = None  # raised in the callback, re-raised in the greenlet
+        self.held: bytes | None = None  # a datagram the callback left to the greenlet: an upload's last block,
+        # whose commit syncs the file to disk (15 MB: 12-16 ms here) off the loop
         self.wake = Event()
         self.watcher = None
 
@@ -101,6 +103,10 @@ class TransferDriver:
                     paced, self.paced = self.paced, []
                     self._send(paced)
                     continue
+                if self.held is not None:
+                    datagram, self.held = self.held, None
+                    self._received(datagram, clock())
+                    continue
                 if machine.finished:
                     return
                 if machine.state is proto.State.DALLYING:
@@ -118,14 +124,26 @@ class TransferDriver:
             self.watcher.close()
 
     def _on_readable(self) -> None:
-        """The hot path, in the hub: one datagram in, the machine's answer out."""
+        """The hot path, in the hub: one datagram in, the machine's answer out (one that may make the sink
+        commit is left to the greenlet)."""
+        try:
+            datagram = os.read(self.fd, RECV_SIZE)
+        except BlockingIOError:  # a spurious wake-up
+            return
+        except BaseException as exc:  # noqa: BLE001 -- nothing may escape into the hub; the greenlet re-raises it
+            self.failure = exc
+            self.hand_over()
+            return
+        if self.machine.commits_with(datagram):
+            self.held = datagram
+            self.hand_over()
+            return
+        self._received(datagram, time.monotonic())
+
+    def _received(self, datagram: bytes, now: float) -> None:
+        """One datagram in, the machine's answer out (in the hub, or in the greenlet for one it was left)."""
         machine = self.machine
         try:
-            try:
-                datagram = os.read(self.fd, RECV_SIZE)
-            except BlockingIOError:  # a spurious wake-up
-                return
-            now = time.monotonic()
             out = machine.receive(datagram, now)
             if self.verified is not None and machine.verified:
                 verified, self.verified = self.verified, None

@@ -1,6 +1,6 @@
 """The TFTP transfer driver in-process (gevent, loopback): the hot path, a full send buffer,
-a vanished peer, a peer that never answers, many transfers batched; the chunked file reader; and
-the netascii view of a file, counted once per version of the file."""
+a vanished peer, a peer that never answers, many transfers batched; an upload's commit off the hub;
+the chunked file reader; and the netascii view of a file, counted once per version of the file."""
 
 from __future__ import annotations
 
@@ -149,6 +149,43 @@ def test_silent_peer_gets_bounded_retransmissions_then_the_transfer_fails(acknow
     with pytest.raises(TimeoutError):
         client.recvfrom(600)
     sock.close()
+
+
+def test_an_uploads_last_block_is_received_in_the_greenlet_where_its_commit_may_wait():
+    """The commit syncs the file to disk (15 MB: 12-16 ms): the hub's fast path leaves the last block to the
+    transfer's greenlet, which may wait for a thread meanwhile; the other blocks stay on the fast path."""
+    committed_in, written = [], []
+
+    class Sink:
+        def write(self, data: bytes) -> None:
+            written.append(gevent.getcurrent())
+
+        def commit(self) -> None:
+            committed_in.append(gevent.getcurrent())
+            gevent.sleep(0)  # what waiting for a thread does: switch to the hub (refused in the hub itself)
+
+        def abort(self) -> None:
+            pass
+
+    request = proto.Request(True, "u.log", "octet", {})
+    limits = proto.Limits(timeout=5.0)
+    machine = proto.WriteTransfer(Sink(), proto.negotiate(request, None, limits), limits)
+    assert not machine.commits_with(proto.encode_data(1, b"x" * 10))  # not receiving yet
+    client = client_socket()
+    greenlet, sock = start_driver(machine, client)
+    try:
+        client.settimeout(10)
+        assert client.recv(100) == proto.encode_ack(0)
+        server = sock.getsockname()
+        client.sendto(proto.encode_data(1, b"a" * 512), server)
+        assert client.recv(100) == proto.encode_ack(1)
+        assert machine.commits_with(proto.encode_data(2, b"end")) and not machine.commits_with(proto.encode_data(2, b"b" * 512))
+        client.sendto(proto.encode_data(2, b"end"), server)
+        assert client.recv(100) == proto.encode_ack(2)
+        assert committed_in == [greenlet] and gevent.get_hub() in written  # the full block: on the fast path
+    finally:
+        greenlet.kill()
+        client.close()
 
 
 def test_many_transfers_at_once_share_one_send_batch():

@@ -133,6 +133,11 @@ class Transfer:
     def finished(self) -> bool:
         return self.state in FINISHED
 
+    def commits_with(self, datagram: bytes) -> bool:
+        """Whether receiving `datagram` may make the sink commit (sync a file to disk): a shell then receives
+        it where it may wait. A read never commits."""
+        return False
+
     def start(self, now: float) -> list[bytes]:
         """The first packet (the OACK, DATA 1 or ACK 0), if the source's allowance permits it."""
         self.started_at = now
@@ -304,6 +309,10 @@ class WriteTransfer(Transfer):
         self.unacked = 0  # in-order blocks received since the last ACK
         self.gap_answered_for = 0  # `expected` value whose gap was already answered
         self.bytes_received = 0
+
+    def commits_with(self, datagram: bytes) -> bool:
+        # a DATA shorter than a block ends the upload (whatever its number: a look, not a decode)
+        return self.state is State.RECEIVING and datagram[:2] == b"\x00\x03" and len(datagram) - 4 < self.blksize
 
     def _first_packet(self, now: float) -> list[bytes]:
         self.state, self.deadline = State.RECEIVING, now + self.rto
