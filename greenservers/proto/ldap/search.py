@@ -249,10 +249,12 @@ def find_entries(directory: Directory, first: list[Entry], contacts: bool, flt, 
         return
     predicate = None  # compiled when a candidate needs it (an exact lookup needs none)
     stride = max(1, MATCH_STEP_UNITS // (filter_units(flt) if units is None else units))
-    version = directory.version  # as the lookups began: one changed while they were made (between steps) is checked
+    version = directory.version  # as the lookups began
     ids, exact, _ = yield from directory.candidate_steps(flt)
     seen: set[int] | None = set()  # an id may come more than once from a lookup
-    if ids is None:
+    if ids is None or directory.version != version:
+        # lookups made on both sides of a change (it came between their steps) may each have missed a contact it
+        # moved from a later one to an earlier one: a scan, every contact checked, misses none
         ids, exact, seen = directory.scan(), False, None
     blobs = directory.blobs
     ids = iter(ids)
