@@ -73,6 +73,8 @@ class NetasciiSource:
         while length > 0 and offset < self.size:
             index = bisect.bisect_right(self.starts, offset) - 1
             piece = self._converted(index)[offset - self.starts[index]:][:length]
+            if not piece:  # the file is shorter than when it was counted (truncated meanwhile): no more to read
+                break
             out += piece
             offset += len(piece)
             length -= len(piece)
