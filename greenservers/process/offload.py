@@ -142,8 +142,12 @@ def let_the_loop_turn() -> None:
         serve_ready_then_continue()
 
 
-def run_off_loop(function, *args):
-    """function(*args) in a pool thread if this is the gevent worker (the caller's greenlet waits), else here."""
+def run_off_loop(function, *args, to_its_end: bool = False):
+    """function(*args) in a pool thread if this is the gevent worker (the caller's greenlet waits), else here.
+
+    `to_its_end`: a greenlet killed while it waits (its service stopped) still waits for the thread to finish,
+    then goes on with the kill: for work whose resources the caller's clean-up would release under it (an
+    upload's file, being synced and linked)."""
     global _running, _saved_interval
     if not _in_the_worker():
         return function(*args)
@@ -152,11 +156,30 @@ def run_off_loop(function, *args):
         sys.setswitchinterval(SWITCH_INTERVAL)
     _running += 1
     try:
-        return gevent.get_hub().threadpool.apply(function, args)
+        if not to_its_end:
+            return gevent.get_hub().threadpool.apply(function, args)
+        return _waited_through_kills(gevent.get_hub().threadpool.spawn(function, *args))
     finally:
         _running -= 1
         if _running == 0:
             sys.setswitchinterval(_saved_interval)
+
+
+def _waited_through_kills(done):
+    """The value of a thread's result (`done`), waited for whatever is thrown into the caller meanwhile; then
+    what was thrown goes on."""
+    killed = None
+    while True:
+        try:
+            value = done.get()
+        except BaseException as exc:  # noqa: BLE001 -- a kill (GreenletExit, or what the killer chose) is held back
+            if not done.ready():
+                killed = exc
+                continue
+            raise killed if killed is not None else exc  # noqa: B904 -- the kill, if any, is what goes on
+        if killed is not None:
+            raise killed
+        return value
 
 
 class ChildFailed(RuntimeError):

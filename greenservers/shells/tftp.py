@@ -72,7 +72,9 @@ class UploadSink:
 
     def commit(self) -> None:
         try:
-            run_off_loop(self.upload.commit)  # fsync and link: called in the transfer's greenlet (commits_with)
+            # fsync and link, in a thread, waited for even when the transfer is killed meanwhile (its clean-up
+            # would abort the upload under the thread); called in the transfer's greenlet (commits_with)
+            run_off_loop(self.upload.commit, to_its_end=True)
         except provisioning.ProvisioningError as exc:
             raise self.service.tftp_error(exc) from None
 

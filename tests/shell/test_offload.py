@@ -72,6 +72,34 @@ def test_overlapping_work_restores_the_switch_interval_once_the_last_ends(as_in_
     assert during == long.value == short.value == offload.SWITCH_INTERVAL and sys.getswitchinterval() == before
 
 
+def test_work_run_to_its_end_is_waited_for_by_a_greenlet_killed_meanwhile(as_in_the_worker):
+    """An upload's commit (fsync, link) in a thread: its transfer killed meanwhile (the service stopped) must not
+    go on to its clean-up, which would abort the upload under the thread; the kill goes on afterwards."""
+    events = []
+
+    def commit():
+        time.sleep(0.2)
+        events.append("committed")
+        return "linked"
+
+    def transfer():
+        try:
+            events.append(offload.run_off_loop(commit, to_its_end=True))
+        finally:
+            events.append("cleaned up")
+
+    greenlet = gevent.spawn(transfer)
+    gevent.sleep(0.05)  # it waits for the thread now
+    greenlet.kill(block=True)
+    assert events == ["committed", "cleaned up"] and isinstance(greenlet.value, gevent.GreenletExit)
+    quick = gevent.spawn(offload.run_off_loop, commit)  # without it, the kill ends the wait at once
+    gevent.sleep(0.05)
+    quick.kill(block=True)
+    assert events == ["committed", "cleaned up"]  # its thread goes on alone meanwhile
+    gevent.sleep(0.3)
+    assert events == ["committed", "cleaned up", "committed"]
+
+
 def test_what_was_loaded_is_frozen_what_comes_later_is_collected_and_a_build_keeps_it_so(as_in_the_worker):
     class Node:
         pass
