@@ -37,8 +37,12 @@ Views then read only the body they declared (`request.get_json()` without
 
 Failed logins (form or Basic) are limited per client (an IPv4 address or an
 IPv6 /64, proto.clients.FailureBackoff): after LOGIN_LIMIT failures within
-LOGIN_WINDOW seconds the client gets 429 without its password being checked;
-failures are logged rate-limited, never with the password tried.
+LOGIN_WINDOW seconds the client gets 429 without its password being checked,
+and its checks in progress count with its failures (guesses sent at once);
+failures are logged rate-limited, never with the password tried. A request to
+a view open to all (the login form) may carry OPEN_BODY_BYTES: Werkzeug reads
+a form whole, on the event loop, before its CSRF token can be looked at (an
+8 MB body of 2,000,000 fields held every service 2.5 s).
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ from .sessions import AdminSessions
 ADMIN_USER = "admin"
 LOGIN_LIMIT = 5  # failed logins per address ...
 LOGIN_WINDOW = 60.0  # ... within this many seconds
+CHECKING_WAIT = 1.0  # seconds a client waits when its password checks in progress fill its limit
+OPEN_BODY_BYTES = 16 * 1024  # the body of a request to a view open to all (a login form is under 1 KiB)
 MAX_TRACKED_ADDRESSES = 4096
 SESSION_MAX_AGE = 8 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -87,8 +93,22 @@ def _state() -> dict:
 
 
 def _login_wait(key: str) -> float:
-    """Seconds until the client `key` may try a password again (0: now)."""
-    return _state()["limiter"].retry_after(key, _state()["clock"]())
+    """Seconds until the client `key` may try a password again (0: now). Its checks still in progress count
+    with its failures: guesses sent at once on many connections were each checked (200 in 13 s, the limit 5)."""
+    state = _state()
+    now = state["clock"]()
+    wait = state["limiter"].retry_after(key, now)
+    if not wait and state["limiter"].failures(key, now) + state["checking"][key] >= LOGIN_LIMIT:
+        wait = CHECKING_WAIT
+    return wait
+
+
+class TooManyLogins(Exception):
+    """The client has tried too many passwords (failed, or being checked): `wait` seconds before the next."""
+
+    def __init__(self, wait: float):
+        super().__init__(wait)
+        self.wait = wait
 
 
 def _client() -> str:
@@ -136,14 +156,26 @@ def _password_ok(password: str, stored: str) -> bool:
     a script sending Basic on every request must not stall the whole process.
 
     The check itself (about 50 ms of CPU and 16 MiB) runs off the event loop, one at a time:
-    in the loop, every wrong guess held every service of the process for 50 ms."""
+    in the loop, every wrong guess held every service of the process for 50 ms. It is counted against
+    the client while it runs; TooManyLogins when the client's failures and checks fill its limit."""
     cache: collections.OrderedDict = _state()["verified"]
     key = hmac.new(_state()["cache_key"], f"{stored}\0{password}".encode(), hashlib.sha256).digest()
     if key in cache:
         return True
-    with _state()["verifying"]:
-        if not run_off_loop(verify_password, password, stored):
-            return False
+    client = client_key(_client())
+    wait = _login_wait(client)  # and, with nothing that lets others run between, this check counted
+    if wait:
+        raise TooManyLogins(wait)
+    checking = _state()["checking"]
+    checking[client] += 1
+    try:
+        with _state()["verifying"]:
+            if not run_off_loop(verify_password, password, stored):
+                return False  # the caller notes the failure before anything lets others run
+    finally:
+        checking[client] -= 1
+        if not checking[client]:
+            del checking[client]
     cache[key] = True
     while len(cache) > 8:
         cache.popitem(last=False)
@@ -201,7 +233,12 @@ def new_password_hash(current, new, again=None) -> str:
         errors["new_password"] = f"the new password is longer than {MAX_PASSWORD} characters"
     elif again is not None and again != new:
         errors["new_password_again"] = "the two new passwords differ"
-    if not isinstance(current, str) or not _password_ok(current, stored_hash()):
+    try:
+        right = isinstance(current, str) and _password_ok(current, stored_hash())
+    except TooManyLogins as too_many:
+        message = f"too many failed logins from your address; try again in {max(1, int(too_many.wait + 0.999))} s"
+        raise PasswordRefused({"current_password": message}, 429) from None
+    if not right:
         _note_failure("password change")
         errors["current_password"] = "the current password is wrong"
     if errors:
@@ -355,7 +392,11 @@ def admin_required(view):
                 wait = _login_wait(client_key(_client()))
                 if wait:
                     return _too_many(wait)
-                if creds[0] == ADMIN_USER and _password_ok(creds[1], stored):
+                try:
+                    right = creds[0] == ADMIN_USER and _password_ok(creds[1], stored)
+                except TooManyLogins as too_many:
+                    return _too_many(too_many.wait)
+                if right:
                     via = "basic"
                 else:
                     _note_failure("HTTP Basic")
@@ -400,7 +441,11 @@ def login():
         return _too_many(wait)
     user = request.form.get("username", ADMIN_USER)
     password = request.form.get("password", "")
-    if user != ADMIN_USER or not _password_ok(password, stored):
+    try:
+        right = user == ADMIN_USER and _password_ok(password, stored)
+    except TooManyLogins as too_many:
+        return _too_many(too_many.wait)
+    if not right:
         _note_failure("login form")
         return render_template("login.html", error="Wrong user name or password.", next_url=_safe_next(), user=user[:64]), 401
     _state()["limiter"].succeeded(key)
@@ -437,6 +482,7 @@ def init_app(app) -> None:
         "ratelog": RateLimitedLog(log, interval=LOGIN_WINDOW),
         "verified": collections.OrderedDict(),
         "cache_key": secrets.token_bytes(32),
+        "checking": collections.Counter(),  # password checks in progress, by client
         "verifying": BoundedSemaphore(1),  # one password check at a time: the other core stays with the event loop
         "sessions": AdminSessions(SESSION_MAX_AGE),
     }
@@ -449,6 +495,7 @@ def init_app(app) -> None:
             return None
         if not stored_hash():
             return no_password_response()  # nothing changes state before there is an admin
+        request.max_content_length = OPEN_BODY_BYTES  # 413 before a byte of the form is parsed
         check_state_change("")
         return None
 
