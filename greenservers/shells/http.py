@@ -21,10 +21,14 @@ sent nothing yet is closed to make room (proto.http.ChallengePeeks): a
 validator sends its request at once, so silent connections cannot crowd it
 out. Outside a validation a refusal stays one send.
 
-One connection cannot hold the event loop: before each request after its
-first, the connection's greenlet lets the loop poll and serve whatever else
-is ready (shells.loop), so a client pipelining requests gets one request per
-turn of the loop, like every other connection. It is also paced: over
+One connection cannot hold the event loop, nor can many: once a request's
+head is read, the connection's greenlet waits in one line with every other
+connection's (shells.loop's Turns), and one of them goes on per turn of the
+loop, after everything else that was ready has been served. A client pipelining requests
+gets one request per turn, and one client keeping 150 connections busy no
+longer has 150 requests served between two polls (each connection waiting
+for a turn of its own, or none for its first request, they all went on after
+the same poll: an NTP client's p99 read 95-220 ms, 4-6 ms in line). It is also paced: over
 proto.http.REQUESTS_PER_SECOND requests a second on one connection (a burst of
 one second's worth), a request is answered `429` with `Retry-After` and the
 connection is closed. Answers are written as they are made, each with a
@@ -69,7 +73,7 @@ from ..proto.http import OVER_MAX_CONN, ChallengePeeks, ConnectionGate, redirect
 from ..provisioning.files import port_for
 from ..ratelog import RateLimitedLog, printable
 from ..services import BY_SETTING, Service
-from .loop import serve_ready_then_continue
+from .loop import Turns
 
 
 def _tunable(name: str, default: float) -> float:
@@ -131,8 +135,8 @@ class Connection:
 
 class CappedHandler(PyWSGIHandler):
     """gunicorn's pywsgi handler (its access log) with deadlines on the request head; it tells
-    the gate when its connection waits for a request and when it is serving one, lets the loop
-    turn between two requests, and answers 429 to a request over the connection's pace."""
+    the gate when its connection waits for a request and when it is serving one, waits its turn in
+    line before it answers a request, and answers 429 to a request over the connection's pace."""
 
     _requests_seen = 0
     _over_pace = False  # the request just read is over the connection's pace
@@ -140,8 +144,6 @@ class CappedHandler(PyWSGIHandler):
     connection: Connection | None = None
 
     def handle_one_request(self):
-        if self._requests_seen:
-            serve_ready_then_continue()  # a pipelined request waits behind whatever else is ready
         limit = HEADER_TIMEOUT if self._requests_seen == 0 else KEEPALIVE_TIMEOUT
         self._requests_seen += 1
         self.server.gate.waiting(self.connection)
@@ -165,6 +167,9 @@ class CappedHandler(PyWSGIHandler):
                 self._over_pace = self.close_connection = True
 
     def handle_one_response(self):
+        # the request's head is in: it waits behind whatever else is ready, and the other connections' in line
+        # (waiting before the head is read would be spent while no request is there)
+        self.server.turns.take()
         if self._over_pace:
             self.application = _too_many_requests
             self._answered_too_fast = True
@@ -225,10 +230,12 @@ class CappedHandler(PyWSGIHandler):
 class CappedWSGIServer(pywsgi.WSGIServer):
     """One listening socket; connections admitted by the shared gate."""
 
-    def __init__(self, listener, application, gate: ConnectionGate, sensors, tls_holder=None, challenges=None, **kwargs):
-        """`challenges()`: the ACME http-01 tokens being validated now (plain HTTP only)."""
+    def __init__(self, listener, application, gate: ConnectionGate, turns: Turns, sensors, tls_holder=None, challenges=None,
+                 **kwargs):
+        """`challenges()`: the ACME http-01 tokens being validated now (plain HTTP only); `turns`: the line
+        every binding's connections wait in between two requests."""
         super().__init__(listener, application, handler_class=CappedHandler, **kwargs)
-        self.gate = gate
+        self.gate, self.turns = gate, turns
         self.sensors = sensors
         self.tls_holder = tls_holder
         self.challenges = challenges or dict
@@ -427,15 +434,16 @@ class HttpService(Service):
         super().__init__(runtime)
         self.gate = ConnectionGate(lambda: (runtime.settings.http_max_conn, runtime.settings.http_max_conn_rate), time.monotonic,
                                    REQUESTS_PER_SECOND)
+        self.turns = Turns()  # all bindings' connections, between two of their requests
 
     def make_server(self, bound) -> CappedWSGIServer:
         runtime = self.runtime
         log = runtime.access_log
         if BY_SETTING[bound.setting].tls:
-            return CappedWSGIServer(bound.sock, runtime.web_app, self.gate, runtime.sensors, tls_holder=runtime.tls,
+            return CappedWSGIServer(bound.sock, runtime.web_app, self.gate, self.turns, runtime.sensors, tls_holder=runtime.tls,
                                     log=log, error_log=log)
         acme = runtime.acme
-        return CappedWSGIServer(bound.sock, plain_http_app(runtime.web_app, runtime), self.gate, runtime.sensors,
+        return CappedWSGIServer(bound.sock, plain_http_app(runtime.web_app, runtime), self.gate, self.turns, runtime.sensors,
                                 challenges=lambda: acme.pending, log=log, error_log=log)
 
     def stop_server(self, server: CappedWSGIServer, timeout: float = 1.0) -> None:
