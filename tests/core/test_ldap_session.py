@@ -545,6 +545,22 @@ def test_a_paged_search_cut_by_its_time_limit_ends_without_a_cookie():
     assert w.paged_cookie(responses[-1].controls[ldap.OID_PAGED_RESULTS])[1] == b"" and not h.session.searches.paged
 
 
+def test_a_paged_search_over_a_replaced_directory_is_given_up_at_its_next_page():
+    """A book read anew (a replacing import) makes a new directory; a client asking for a page now and then kept the
+    old one for as long as it went on (twice the memory), answering contacts the book no longer had."""
+    h = bound()
+    entries, done = h.search("(objectClass=inetOrgPerson)", attributes=["cn"], controls=[w.paged(2)])
+    cookie = w.paged_cookie(done.controls[ldap.OID_PAGED_RESULTS])[1]
+    assert len(entries) == 2 and cookie
+    h.directory.retired = True  # as the LDAP shell marks one it replaced
+    h.directory = ldap.Directory("dc=pbx", CONTACTS[:3])
+    entries, done = h.search("(objectClass=inetOrgPerson)", attributes=["cn"], controls=[w.paged(2, cookie)])
+    assert entries == [] and done.code == ldap.UNWILLING_TO_PERFORM and "read anew" in done.diagnostic
+    assert not h.session.searches.paged  # let go: nothing holds the old directory
+    entries, done = h.search("(objectClass=inetOrgPerson)", attributes=["cn"], controls=[w.paged(2)])
+    assert len(entries) == 2 and done.code == ldap.SUCCESS  # starting again reads the new one
+
+
 def test_a_search_refused_as_busy_answers_at_once():
     h = bound()
     cursor = start_search(h, "(cn=*)")

@@ -169,6 +169,7 @@ class Directory:
         self.base_entry = Entry(base, base_values)
         self.root_dse = RootDSE(base)
         self.version = 0  # counts changes: a search that saw it move verifies what exact lookups give it
+        self.retired = False  # another replaced it (it follows the book no more): its paged searches are given up
         self.blobs: dict[int, bytes] = {}
         self.order = array("i")  # every id, ascending
         self.keys = {k: SortedKeys() for k in KEYS}  # numbers: by national_form

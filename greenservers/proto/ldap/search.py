@@ -465,8 +465,12 @@ class Searches:
             self.budget.expire(self.clock())
         if cookie:
             state = self.paged.get(cookie)
+            if state is not None and state.entries.directory.retired:  # the book was read anew: so must the results be
+                self._forget(cookie)
+                state = None
             if state is None or state.identity != identity:
-                raise LdapError(UNWILLING_TO_PERFORM, "paged results cookie is invalid (or given up: idle, or too many)")
+                raise LdapError(UNWILLING_TO_PERFORM, "paged results cookie is invalid (or given up: idle, or too many, "
+                                                      "or the address book was read anew)")
             if page_size == 0:  # the client gives up on the rest (RFC 2696 §3)
                 self._forget(cookie)
             elif self.budget is not None:
