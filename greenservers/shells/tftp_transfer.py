@@ -105,8 +105,8 @@ class TransferDriver:
                     continue
                 if self.held is not None:
                     datagram, self.held = self.held, None
-                    if self.verified is not None:  # a DATA from the peer's port: it heard us; its slot is not
-                        verified, self.verified = self.verified, None  # given up while the upload commits
+                    if self.verified is not None:  # the block expected, from the peer's port: it heard us; its
+                        verified, self.verified = self.verified, None  # slot is not given up while the upload commits
                         verified()
                     self._received(datagram, clock())
                     continue

@@ -180,6 +180,7 @@ def test_an_uploads_last_block_is_received_in_the_greenlet_where_its_commit_may_
         client.sendto(proto.encode_data(1, b"a" * 512), server)
         assert client.recv(100) == proto.encode_ack(1)
         assert machine.commits_with(proto.encode_data(2, b"end")) and not machine.commits_with(proto.encode_data(2, b"b" * 512))
+        assert not machine.commits_with(proto.encode_data(3, b"end"))  # not the block expected: answered on the fast path
         client.sendto(proto.encode_data(2, b"end"), server)
         assert client.recv(100) == proto.encode_ack(2)
         assert committed_in == [greenlet] and gevent.get_hub() in written  # the full block: on the fast path

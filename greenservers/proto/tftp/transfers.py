@@ -311,8 +311,9 @@ class WriteTransfer(Transfer):
         self.bytes_received = 0
 
     def commits_with(self, datagram: bytes) -> bool:
-        # a DATA shorter than a block ends the upload (whatever its number: a look, not a decode)
-        return self.state is State.RECEIVING and datagram[:2] == b"\x00\x03" and len(datagram) - 4 < self.blksize
+        # the block expected, shorter than a whole one, ends the upload (a look at its bytes, not a decode)
+        return (self.state is State.RECEIVING and datagram[:2] == b"\x00\x03" and len(datagram) - 4 < self.blksize
+                and int.from_bytes(datagram[2:4], "big") == self.expected % BLOCK_MODULO)
 
     def _first_packet(self, now: float) -> list[bytes]:
         self.state, self.deadline = State.RECEIVING, now + self.rto
