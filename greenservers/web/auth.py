@@ -58,6 +58,7 @@ import time
 
 from flask import Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
+from gevent.event import AsyncResult
 from gevent.lock import BoundedSemaphore
 from markupsafe import Markup
 
@@ -162,17 +163,29 @@ def _password_ok(password: str, stored: str) -> bool:
     key = hmac.new(_state()["cache_key"], f"{stored}\0{password}".encode(), hashlib.sha256).digest()
     if key in cache:
         return True
+    pending = _state()["pending"]
+    while key in pending:  # the same password is being checked (a script's requests sent at once): its answer
+        right = pending[key].get()
+        if right is not None:  # None: that check did not end (its request was killed): this one checks
+            return right
     client = client_key(_client())
     wait = _login_wait(client)  # and, with nothing that lets others run between, this check counted
     if wait:
         raise TooManyLogins(wait)
     checking = _state()["checking"]
     checking[client] += 1
+    answer = pending[key] = AsyncResult()
     try:
         with _state()["verifying"]:
-            if not run_off_loop(verify_password, password, stored):
-                return False  # the caller notes the failure before anything lets others run
+            right = run_off_loop(verify_password, password, stored)
+        answer.set(right)
+        if not right:
+            return False  # the caller notes the failure before anything lets others run
+    except BaseException:
+        answer.set(None)
+        raise
     finally:
+        del pending[key]
         checking[client] -= 1
         if not checking[client]:
             del checking[client]
@@ -483,6 +496,7 @@ def init_app(app) -> None:
         "verified": collections.OrderedDict(),
         "cache_key": secrets.token_bytes(32),
         "checking": collections.Counter(),  # password checks in progress, by client
+        "pending": {},  # the checks in progress by password (keyed as "verified"): requests sent at once share one
         "verifying": BoundedSemaphore(1),  # one password check at a time: the other core stays with the event loop
         "sessions": AdminSessions(SESSION_MAX_AGE),
     }

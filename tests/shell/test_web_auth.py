@@ -260,6 +260,32 @@ def test_password_checks_in_progress_count_with_the_failures(web):
     assert not checking  # no check left counted once it is done
 
 
+def test_requests_with_a_password_being_checked_share_that_check(web):
+    """A script's requests sent at once with the right password, before it is remembered: the first is checked,
+    the others wait for its answer (each counted as a check of its own, 3 of 8 were refused 429)."""
+    import hashlib
+    import hmac
+
+    from gevent.event import AsyncResult
+
+    state = web.app.extensions["greenservers_auth"]
+    stored = web.runtime.settings.admin_password_hash
+    key = hmac.new(state["cache_key"], f"{stored}\0{PASSWORD}".encode(), hashlib.sha256).digest()
+    being_checked = state["pending"][key] = AsyncResult()
+    being_checked.set(True)  # the first request's check, answered
+    state["checking"]["192.0.2.11"] = LOGIN_LIMIT - 1  # that client's other checks in progress: one more fits
+    try:
+        for _ in range(3):
+            answer = web.client.get("/api/settings/ports", headers=basic(), environ_base={"REMOTE_ADDR": "192.0.2.11"})
+            assert answer.status_code == 200  # the same password: the check's answer, not a check of its own
+        guess = web.client.get("/api/settings/ports", headers=basic(password="guess"), environ_base={"REMOTE_ADDR": "192.0.2.11"})
+        assert guess.status_code == 401  # another password: the one check of its own that fits, failed
+        again = web.client.get("/api/settings/ports", headers=basic(password="guess2"), environ_base={"REMOTE_ADDR": "192.0.2.11"})
+        assert again.status_code == 429
+    finally:
+        del state["pending"][key], state["checking"]["192.0.2.11"]
+
+
 def test_a_large_form_to_a_view_open_to_all_is_refused_before_it_is_parsed(web):
     """Werkzeug reads a form whole on the event loop before its CSRF token is looked at: 2,000,000 fields
     in 8 MB held every service 2.5 s. A view open to all (the login form) takes 16 KiB."""
