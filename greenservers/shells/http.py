@@ -21,14 +21,19 @@ sent nothing yet is closed to make room (proto.http.ChallengePeeks): a
 validator sends its request at once, so silent connections cannot crowd it
 out. Outside a validation a refusal stays one send.
 
-One connection cannot hold the event loop, nor can many: once a request's
-head is read, the connection's greenlet waits in one line with every other
+One connection cannot hold the event loop, nor can many (`RequestLine`): once
+a request's head is read, it is answered at once while nobody waits in line
+and the requests answered since the loop last polled took less than
+TURN_WORK; otherwise its greenlet waits in one line with every other
 connection's (shells.loop's Turns), and one of them goes on per turn of the
-loop, after everything else that was ready has been served. A client pipelining requests
-gets one request per turn, and one client keeping 150 connections busy no
-longer has 150 requests served between two polls (each connection waiting
-for a turn of its own, or none for its first request, they all went on after
-the same poll: an NTP client's p99 read 95-220 ms, 4-6 ms in line). It is also paced: over
+loop, after everything else that was ready has been served. A client
+pipelining requests, or one keeping 150 connections busy, no longer has its
+requests served back to back between two polls (each connection waiting for
+a turn of its own, or none for its first request, they all went on after the
+same poll: an NTP client's p99 read 95-220 ms; 1.5-3.8 ms in line), and a
+phone's or a browser's request, when the line is empty, waits for nothing
+(every request waiting for a turn added one turn of the loop to each: an
+LDAP search slice, under a flood of costly searches). A connection is also paced: over
 proto.http.REQUESTS_PER_SECOND requests a second on one connection (a burst of
 one second's worth), a request is answered `429` with `Retry-After` and the
 connection is closed. Answers are written as they are made, each with a
@@ -93,6 +98,7 @@ CHALLENGE_PEEK_BYTES = 2048  # a validation's request line fits many times over
 CHALLENGE_PEEK_TIMEOUT = 0.5  # a validator sends its request as soon as it is connected
 LINGER_SECONDS = 1.0  # after a last answer, input read and dropped so that the close does not reset the answer away...
 LINGER_BYTES = 256 * 1024  # ...for at most this long and this much
+TURN_WORK = 0.001  # seconds of answers between two polls of the loop; past it, requests wait in line
 
 REJECT_400 = (
     b"HTTP/1.1 400 Bad Request\r\n"
@@ -120,6 +126,27 @@ class HeaderTimeout(gevent.Timeout):
     """The client did not send a complete request head in time."""
 
 
+class RequestLine:
+    """When a request is answered: at once while nobody waits in line and the requests answered since the loop
+    last polled took less than TURN_WORK, else in line (shells.loop's Turns), one per turn of the loop."""
+
+    def __init__(self):
+        self.turns = Turns()
+        self.iteration = -1  # the loop's iteration in which `work` was spent
+        self.work = 0.0  # seconds of answers since that iteration's poll
+
+    def wait_for_turn(self) -> None:
+        if len(self.turns) or (gevent.get_hub().loop.iteration == self.iteration and self.work >= TURN_WORK):
+            self.turns.take()
+
+    def spent(self, seconds: float) -> None:
+        """A request was answered in `seconds` (wall time: an answer that waited meanwhile counts it all)."""
+        iteration = gevent.get_hub().loop.iteration
+        if iteration != self.iteration:
+            self.iteration, self.work = iteration, 0.0
+        self.work += seconds
+
+
 class Connection:
     """An admitted connection, as the gate knows it: closed from outside to make room for another client."""
 
@@ -136,8 +163,8 @@ class Connection:
 
 class CappedHandler(PyWSGIHandler):
     """gunicorn's pywsgi handler (its access log) with deadlines on the request head; it tells
-    the gate when its connection waits for a request and when it is serving one, waits its turn in
-    line before it answers a request, and answers 429 to a request over the connection's pace."""
+    the gate when its connection waits for a request and when it is serving one, answers a request
+    when the line says (RequestLine), and answers 429 to a request over the connection's pace."""
 
     _requests_seen = 0
     _over_pace = False  # the request just read is over the connection's pace
@@ -178,9 +205,15 @@ class CappedHandler(PyWSGIHandler):
         return read
 
     def handle_one_response(self):
-        # the request's head is in: it waits behind whatever else is ready, and the other connections' in line
-        # (waiting before the head is read would be spent while no request is there)
-        self.server.turns.take()
+        # the request's head is in (waiting before it is read would be spent while no request is there)
+        self.server.line.wait_for_turn()
+        started = time.perf_counter()
+        try:
+            return self._respond()
+        finally:
+            self.server.line.spent(time.perf_counter() - started)
+
+    def _respond(self):
         if self._length_required:
             self.application = _length_required
             self.wsgi_input.chunked_input, self.wsgi_input.content_length = False, 0  # not even discarded
@@ -244,12 +277,12 @@ class CappedHandler(PyWSGIHandler):
 class CappedWSGIServer(pywsgi.WSGIServer):
     """One listening socket; connections admitted by the shared gate."""
 
-    def __init__(self, listener, application, gate: ConnectionGate, turns: Turns, sensors, tls_holder=None, challenges=None,
-                 **kwargs):
-        """`challenges()`: the ACME http-01 tokens being validated now (plain HTTP only); `turns`: the line
-        every binding's connections wait in between two requests."""
+    def __init__(self, listener, application, gate: ConnectionGate, line: RequestLine, sensors, tls_holder=None,
+                 challenges=None, **kwargs):
+        """`challenges()`: the ACME http-01 tokens being validated now (plain HTTP only); `line`: when every
+        binding's requests are answered."""
         super().__init__(listener, application, handler_class=CappedHandler, **kwargs)
-        self.gate, self.turns = gate, turns
+        self.gate, self.line = gate, line
         self.sensors = sensors
         self.tls_holder = tls_holder
         self.challenges = challenges or dict
@@ -455,16 +488,16 @@ class HttpService(Service):
         super().__init__(runtime)
         self.gate = ConnectionGate(lambda: (runtime.settings.http_max_conn, runtime.settings.http_max_conn_rate), time.monotonic,
                                    REQUESTS_PER_SECOND)
-        self.turns = Turns()  # all bindings' connections, between two of their requests
+        self.line = RequestLine()  # all bindings' requests
 
     def make_server(self, bound) -> CappedWSGIServer:
         runtime = self.runtime
         log = runtime.access_log
         if BY_SETTING[bound.setting].tls:
-            return CappedWSGIServer(bound.sock, runtime.web_app, self.gate, self.turns, runtime.sensors, tls_holder=runtime.tls,
+            return CappedWSGIServer(bound.sock, runtime.web_app, self.gate, self.line, runtime.sensors, tls_holder=runtime.tls,
                                     log=log, error_log=log)
         acme = runtime.acme
-        return CappedWSGIServer(bound.sock, plain_http_app(runtime.web_app, runtime), self.gate, self.turns, runtime.sensors,
+        return CappedWSGIServer(bound.sock, plain_http_app(runtime.web_app, runtime), self.gate, self.line, runtime.sensors,
                                 challenges=lambda: acme.pending, log=log, error_log=log)
 
     def stop_server(self, server: CappedWSGIServer, timeout: float = 1.0) -> None:
