@@ -105,9 +105,7 @@ class TransferDriver:
                     continue
                 if self.held is not None:
                     datagram, self.held = self.held, None
-                    if self.verified is not None:  # the block expected, from the peer's port: it heard us; its
-                        verified, self.verified = self.verified, None  # slot is not given up while the upload commits
-                        verified()
+                    self._peer_heard()  # the block expected, from its port: its slot is kept while the upload commits
                     self._received(datagram, clock())
                     continue
                 if machine.finished:
@@ -130,40 +128,41 @@ class TransferDriver:
         """The hot path, in the hub: one datagram in, the machine's answer out (one that may make the sink
         commit is left to the greenlet)."""
         try:
-            datagram = os.read(self.fd, RECV_SIZE)
-        except BlockingIOError:  # a spurious wake-up
-            return
+            try:
+                datagram = os.read(self.fd, RECV_SIZE)
+            except BlockingIOError:  # a spurious wake-up
+                return
+            if self.machine.commits_with(datagram):
+                self.held = datagram
+                self.hand_over()
+                return
+            self._received(datagram, time.monotonic())
         except BaseException as exc:  # noqa: BLE001 -- nothing may escape into the hub; the greenlet re-raises it
             self.failure = exc
             self.hand_over()
-            return
-        if self.machine.commits_with(datagram):
-            self.held = datagram
-            self.hand_over()
-            return
-        self._received(datagram, time.monotonic())
 
     def _received(self, datagram: bytes, now: float) -> None:
         """One datagram in, the machine's answer out (in the hub, or in the greenlet for one it was left)."""
         machine = self.machine
-        try:
-            out = machine.receive(datagram, now)
-            if self.verified is not None and machine.verified:
-                verified, self.verified = self.verified, None
-                verified()
-            overdue = machine.timeout(now)  # a stream of stray packets must not stall retransmission
-            if overdue:
-                out += overdue
-            streaming = machine.state in proto.STREAMING
-            if len(out) == 1 and streaming:
-                self.batch.add(self, out[0])
-            else:  # a window (one segmented send), or a last word that must leave before the socket closes
-                self._send(out)
-            if self.backlog or self.paced or not streaming:
-                self.hand_over()
-        except BaseException as exc:  # noqa: BLE001 -- nothing may escape into the hub; the greenlet re-raises it
-            self.failure = exc
+        out = machine.receive(datagram, now)
+        if self.verified is not None and machine.verified:
+            self._peer_heard()
+        overdue = machine.timeout(now)  # a stream of stray packets must not stall retransmission
+        if overdue:
+            out += overdue
+        streaming = machine.state in proto.STREAMING
+        if len(out) == 1 and streaming:
+            self.batch.add(self, out[0])
+        else:  # a window (one segmented send), or a last word that must leave before the socket closes
+            self._send(out)
+        if self.backlog or self.paced or not streaming:
             self.hand_over()
+
+    def _peer_heard(self) -> None:
+        """The peer has shown it receives what we send: `verified()`, once."""
+        if self.verified is not None:
+            verified, self.verified = self.verified, None
+            verified()
 
     def hand_over(self) -> None:
         """Stop the fast path and let the greenlet deal with what just happened."""

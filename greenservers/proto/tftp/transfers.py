@@ -312,8 +312,8 @@ class WriteTransfer(Transfer):
 
     def commits_with(self, datagram: bytes) -> bool:
         # the block expected, shorter than a whole one, ends the upload (a look at its bytes, not a decode)
-        return (self.state is State.RECEIVING and datagram[:2] == b"\x00\x03" and len(datagram) - 4 < self.blksize
-                and int.from_bytes(datagram[2:4], "big") == self.expected % BLOCK_MODULO)
+        return (self.state is State.RECEIVING and int.from_bytes(datagram[:2], "big") == OP_DATA
+                and len(datagram) - 4 < self.blksize and int.from_bytes(datagram[2:4], "big") == self.expected % BLOCK_MODULO)
 
     def _first_packet(self, now: float) -> list[bytes]:
         self.state, self.deadline = State.RECEIVING, now + self.rto
