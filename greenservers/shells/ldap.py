@@ -95,6 +95,38 @@ class WriteStalled(Exception):
     """The client read nothing of an answer for WRITE_STALL seconds."""
 
 
+class IdleWatch:
+    """Ends a connection's read that waited `seconds` (TimeoutError thrown into its greenlet), with one timer per
+    idle period rather than one per read: a socket timeout makes and cancels a timer at every read that waits
+    (about 4 us, a twentieth of a phone's search). The greenlet marks its reads (`reading`); the timer, when it
+    fires, throws only into a read that has waited long enough, and is set again for what is left otherwise."""
+
+    __slots__ = ("seconds", "reading_since", "_greenlet", "_timer")
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.reading_since: float | None = None  # when the read in progress began (monotonic), None: not reading
+        self._greenlet = gevent.getcurrent()
+        self._timer = None
+        self._arm(seconds)
+
+    def _arm(self, after: float) -> None:
+        self._timer = gevent.get_hub().loop.timer(after)
+        self._timer.start(self._expired)
+
+    def _expired(self) -> None:
+        self._timer.close()
+        since = self.reading_since
+        left = self.seconds if since is None else since + self.seconds - time.monotonic()
+        if left <= 0:
+            self._greenlet.throw(TimeoutError(f"idle for {self.seconds:g} s"))
+        else:
+            self._arm(left)
+
+    def close(self) -> None:
+        self._timer.close()
+
+
 def _total_cap() -> int:
     """At most half the process's file descriptors go to LDAP connections."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -233,6 +265,7 @@ class LdapService(Service):
         self.peer_log = RateLimitedLog(self.log)
         self.idle_timeout = IDLE_TIMEOUT
         self.longest_hold = 0.0
+        self.counts_shown = 0  # times the searches' counts were shown (_count_searches)
         self.waits = 0  # times a greenlet waited for the directory (its receive() did not hold the loop meanwhile)
         self._policy_of: tuple[object, proto.Policy] | None = None
         self._follower_of: tuple[object, DirectoryFollower] | None = None
@@ -295,9 +328,10 @@ class LdapService(Service):
         sensors.set("ldap_connections_open", self.caps.open)
         session = proto.LdapSession(self.policy, self.directory, time.monotonic, tls=tls_first, address=peer, buffers=self.buffers,
                                     paged=self.paged)
+        idle = IdleWatch(self.idle_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers go out whole; no Nagle delay
-            self._serve(sock, session, peer, tls_first)
+            self._serve(sock, session, peer, tls_first, idle)
         except WriteStalled:
             sensors.add("ldap_write_stalled_closed")
             self.peer_log.warning("stalled", peer, "LDAP connection from %s closed: it read nothing of its answers for %g s",
@@ -309,6 +343,7 @@ class LdapService(Service):
         except Exception:
             self.log.exception("LDAP connection from %s failed", peer)
         finally:
+            idle.close()
             sock.close()
             session.close()
             self.caps.release(held)
@@ -317,17 +352,17 @@ class LdapService(Service):
             sensors.set("ldap_paged_searches_open", self.paged.open)
 
     def _start_tls(self, sock):
-        """The socket wrapped in TLS (the handshake within HANDSHAKE_TIMEOUT), its reads waiting the idle timeout."""
+        """The socket wrapped in TLS (the handshake within HANDSHAKE_TIMEOUT), its reads without a timeout (the IdleWatch's)."""
         sock.settimeout(HANDSHAKE_TIMEOUT)
         tls = self.runtime.tls.context.wrap_socket(sock, server_side=True)
-        tls.settimeout(self.idle_timeout)
+        tls.settimeout(None)
         return tls
 
-    def _serve(self, sock, session: proto.LdapSession, peer: str, tls_first: bool) -> None:
+    def _serve(self, sock, session: proto.LdapSession, peer: str, tls_first: bool, idle: IdleWatch) -> None:
         if tls_first:
             sock = self._start_tls(sock)
         else:
-            sock.settimeout(self.idle_timeout)  # what a read waits at most (a send that waits changes it back)
+            sock.settimeout(None)  # a read waits until the IdleWatch ends it (a send that waits sets a timeout, then this back)
         sensors = self.runtime.sensors
         loop = gevent.get_hub().loop
         messages, work = 0, 0.0  # answered, and seconds spent, since this connection last let others go first
@@ -340,7 +375,9 @@ class LdapService(Service):
                 data = b""
             else:
                 asked = loop.iteration
+                idle.reading_since = time.monotonic()
                 data = sock.recv(RECV_SIZE)
+                idle.reading_since = None
                 if not data:
                     return
                 if loop.iteration != asked:  # it waited, and the loop polled: a client that waits for its answers never waits in line
@@ -391,20 +428,29 @@ class LdapService(Service):
         return sock
 
     def _send(self, sock, data: bytes) -> None:
-        """All of `data`, or WriteStalled when the client reads none of it for WRITE_STALL seconds (gevent's
-        sendall timeout is for the whole send: a phone reading a long answer slowly is no fault).
+        """All of `data`, or WriteStalled when the client reads none of it for WRITE_STALL seconds."""
+        rest = self._send_now(sock, data)
+        if rest is not None:
+            self._send_rest(sock, rest)
 
-        A plain socket tries first without waiting: most answers fit the kernel's buffer at once, and the
-        socket keeps the idle timeout its reads wait with (not changed and changed back per answer)."""
+    @staticmethod
+    def _send_now(sock, data: bytes) -> memoryview | None:
+        """What of `data` the kernel did not take at once (a plain socket's send does not wait), None: all of it
+        (most answers fit the kernel's buffer: no timeout is set and set back for them)."""
         view = memoryview(data)
         if type(sock) is gsocket.socket:
             try:
                 sent = sock.send(view, 0, 0.0)  # a timeout of 0: EAGAIN raised, not waited for
             except BlockingIOError:
                 sent = 0
+            if sent == len(view):
+                return None
             view = view[sent:]
-            if not view:
-                return
+        return view
+
+    def _send_rest(self, sock, view: memoryview) -> None:
+        """Send `view` waiting for the client to read: WriteStalled when it reads none of it for WRITE_STALL
+        seconds (gevent's sendall timeout is for the whole send: a phone reading a long answer slowly is no fault)."""
         sock.settimeout(WRITE_STALL)
         try:
             while view:
@@ -412,11 +458,12 @@ class LdapService(Service):
         except TimeoutError:
             raise WriteStalled from None
         finally:
-            sock.settimeout(self.idle_timeout)
+            sock.settimeout(None)
 
     def _search(self, cursor: proto.SearchCursor, sock, client: str, peer: str) -> bool:
         """Run a search to its end, a slice per turn, sending as it goes; True if the connection must close.
-        While what a slice found is sent, the search is suspended: a client that does not read holds no slot."""
+        While the client is waited for to read what a slice found, the search is suspended: a client that does
+        not read holds no slot."""
         sensors = self.runtime.sensors
         ticket = self.fair.start(peer)
         if ticket is None:
@@ -426,22 +473,29 @@ class LdapService(Service):
             outputs = cursor.refuse(proto.BUSY, "too many searches in progress; try again")
         else:
             outputs = []
-        # the counts are shown before this greenlet lets others run (one may read them): when the gate
-        # queues the search, and when it is suspended to send; a search done in one slice sets them twice
+        # the counts are shown before this greenlet lets others run (one may read them): when the gate queues
+        # the search, and when it waits for its client to read; and again at its end if they were shown
+        # meanwhile (with it in them). A phone's search, one slice sent at once, shows nothing: the counts
+        # are what they were before it
+        shown = self.counts_shown
         try:
             while True:
-                if outputs:
-                    if ticket is not None:
-                        self.fair.suspend(ticket)
-                        self._count_searches()
-                    try:
-                        for item in _coalesced(outputs):
-                            if self._act(item, sock, None, client, peer) is None:
-                                return True
-                    finally:
-                        if ticket is not None and not cursor.done:  # one that is done ends below, suspended
-                            self.fair.resume(ticket)
+                for item in _coalesced(outputs):
+                    if type(item) is bytes:
+                        rest = self._send_now(sock, item)
+                        if rest is None:
+                            continue
+                        if ticket is not None:
+                            self.fair.suspend(ticket)
                             self._count_searches()
+                        try:
+                            self._send_rest(sock, rest)
+                        finally:
+                            if ticket is not None and not cursor.done:  # one that is done ends below, suspended
+                                self.fair.resume(ticket)
+                                self._count_searches()
+                    elif self._act(item, sock, None, client, peer) is None:
+                        return True
                 if cursor.done:
                     return False
                 outputs = self.gate.run(ticket, cursor)
@@ -449,10 +503,12 @@ class LdapService(Service):
         finally:
             if ticket is not None:
                 self.fair.end(ticket)
-                self._count_searches()
+                if self.counts_shown != shown:
+                    self._count_searches()
             sensors.set("ldap_paged_searches_open", self.paged.open)
 
     def _count_searches(self) -> None:
+        self.counts_shown += 1
         sensors = self.runtime.sensors
         sensors.set("ldap_searches_running", self.fair.running)
         sensors.set("ldap_searches_waiting_on_clients", self.fair.suspended)
