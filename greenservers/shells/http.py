@@ -21,7 +21,7 @@ sent nothing yet is closed to make room (proto.http.ChallengePeeks): a
 validator sends its request at once, so silent connections cannot crowd it
 out. Outside a validation a refusal stays one send.
 
-One connection cannot hold the event loop, nor can many (`RequestLine`): once
+One connection cannot hold the event loop, nor can many (a `WorkLine`, shells.loop): once
 a request's head is read, it is answered at once while nobody waits in line
 and the requests answered since the loop last polled took less than
 TURN_WORK; otherwise its greenlet waits in one line with every other
@@ -44,8 +44,9 @@ Slow clients cannot hold slots: the request line and headers must arrive
 within HEADER_TIMEOUT (a total deadline, so a drip-feeding slow-loris does
 not reset it), an idle keep-alive connection is closed after
 KEEPALIVE_TIMEOUT (each answer that keeps its connection says so: `Keep-Alive:
-timeout=15`), a TLS handshake must finish within HANDSHAKE_TIMEOUT and
-each read or write of a body within IO_TIMEOUT.
+timeout=15`), a TLS handshake must finish within HANDSHAKE_TIMEOUT (a total deadline too;
+its steps wait in the same line as requests: shells.handshake) and each read
+or write of a body within IO_TIMEOUT.
 
 What a client's bad bytes make happen is logged like every other line a peer
 can trigger (greenservers.ratelog): at INFO, one line per client and interval
@@ -78,7 +79,8 @@ from ..proto.http import OVER_MAX_CONN, ChallengePeeks, ConnectionGate, redirect
 from ..provisioning.files import port_for
 from ..ratelog import RateLimitedLog, printable
 from ..services import BY_SETTING, Service
-from .loop import Turns
+from .handshake import handshake
+from .loop import WorkLine
 
 
 def _tunable(name: str, default: float) -> float:
@@ -126,27 +128,6 @@ class HeaderTimeout(gevent.Timeout):
     """The client did not send a complete request head in time."""
 
 
-class RequestLine:
-    """When a request is answered: at once while nobody waits in line and the requests answered since the loop
-    last polled took less than TURN_WORK, else in line (shells.loop's Turns), one per turn of the loop."""
-
-    def __init__(self):
-        self.turns = Turns()
-        self.iteration = -1  # the loop's iteration in which `work` was spent
-        self.work = 0.0  # seconds of answers since that iteration's poll
-
-    def wait_for_turn(self) -> None:
-        if len(self.turns) or (gevent.get_hub().loop.iteration == self.iteration and self.work >= TURN_WORK):
-            self.turns.take()
-
-    def spent(self, seconds: float) -> None:
-        """A request was answered in `seconds` (wall time: an answer that waited meanwhile counts it all)."""
-        iteration = gevent.get_hub().loop.iteration
-        if iteration != self.iteration:
-            self.iteration, self.work = iteration, 0.0
-        self.work += seconds
-
-
 class Connection:
     """An admitted connection, as the gate knows it: closed from outside to make room for another client."""
 
@@ -164,7 +145,7 @@ class Connection:
 class CappedHandler(PyWSGIHandler):
     """gunicorn's pywsgi handler (its access log) with deadlines on the request head; it tells
     the gate when its connection waits for a request and when it is serving one, answers a request
-    when the line says (RequestLine), and answers 429 to a request over the connection's pace."""
+    when the line says (a WorkLine), and answers 429 to a request over the connection's pace."""
 
     _requests_seen = 0
     _over_pace = False  # the request just read is over the connection's pace
@@ -277,7 +258,7 @@ class CappedHandler(PyWSGIHandler):
 class CappedWSGIServer(pywsgi.WSGIServer):
     """One listening socket; connections admitted by the shared gate."""
 
-    def __init__(self, listener, application, gate: ConnectionGate, line: RequestLine, sensors, tls_holder=None,
+    def __init__(self, listener, application, gate: ConnectionGate, line: WorkLine, sensors, tls_holder=None,
                  challenges=None, **kwargs):
         """`challenges()`: the ACME http-01 tokens being validated now (plain HTTP only); `line`: when every
         binding's requests are answered."""
@@ -324,13 +305,12 @@ class CappedWSGIServer(pywsgi.WSGIServer):
     def _serve(self, client, address, connection: Connection):
         try:
             if self.tls_holder is not None:
-                client.settimeout(HANDSHAKE_TIMEOUT)
                 # the TLS socket takes the connection's place before the handshake, so that a
                 # handshake never started can be shut down to make room
                 client = self.tls_holder.context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
                 connection.sock = client
                 try:
-                    client.do_handshake()
+                    handshake(client, self.line, HANDSHAKE_TIMEOUT)
                 except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
                     return  # the peer went away (or was closed to make room)
                 except ssl.SSLError as exc:
@@ -488,7 +468,7 @@ class HttpService(Service):
         super().__init__(runtime)
         self.gate = ConnectionGate(lambda: (runtime.settings.http_max_conn, runtime.settings.http_max_conn_rate), time.monotonic,
                                    REQUESTS_PER_SECOND)
-        self.line = RequestLine()  # all bindings' requests
+        self.line = WorkLine(TURN_WORK)  # all bindings' requests
 
     def make_server(self, bound) -> CappedWSGIServer:
         runtime = self.runtime

@@ -58,8 +58,9 @@ from ..proto import ldap as proto
 from ..proto.clients import client_key, plain_address
 from ..ratelog import RateLimitedLog
 from ..services import Service
+from .handshake import handshake
 from .ldap_follower import DirectoryFollower
-from .loop import Turns, serve_ready_then_continue
+from .loop import Turns, WorkLine, serve_ready_then_continue
 
 IDLE_TIMEOUT = 120.0  # phones keep a connection between searches; longer is a leak
 HANDSHAKE_TIMEOUT = 10.0
@@ -262,6 +263,7 @@ class LdapService(Service):
         self.buffers = proto.BufferBudget()
         self.paged = proto.PagedBudget()
         self.turns = Turns()  # connections that worked their share without waiting for their client
+        self.handshakes = WorkLine()  # TLS handshakes' steps
         self.peer_log = RateLimitedLog(self.log)
         self.idle_timeout = IDLE_TIMEOUT
         self.longest_hold = 0.0
@@ -352,9 +354,10 @@ class LdapService(Service):
             sensors.set("ldap_paged_searches_open", self.paged.open)
 
     def _start_tls(self, sock):
-        """The socket wrapped in TLS (the handshake within HANDSHAKE_TIMEOUT), its reads without a timeout (the IdleWatch's)."""
-        sock.settimeout(HANDSHAKE_TIMEOUT)
-        tls = self.runtime.tls.context.wrap_socket(sock, server_side=True)
+        """The socket wrapped in TLS (the handshake within HANDSHAKE_TIMEOUT, its steps in line: shells.handshake),
+        its reads without a timeout (the IdleWatch's)."""
+        tls = self.runtime.tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        handshake(tls, self.handshakes, HANDSHAKE_TIMEOUT)
         tls.settimeout(None)
         return tls
 

@@ -21,6 +21,11 @@ client's request). Three forms of the same turn:
   requests) wait in line, and one of them goes on per turn of the loop: if
   each waited for a turn of its own, they would all go on after the same
   poll, and the loop would wait for all their work before it polled again.
+
+`WorkLine` puts Turns to work for many connections' small pieces of work (an
+HTTP request answered, a step of a TLS handshake): a piece runs at once while
+nobody waits and the pieces since the loop's last poll took less than a
+budget, else it waits in line.
 """
 
 from __future__ import annotations
@@ -104,3 +109,27 @@ class Turns:
         else:
             self._turning = False
         gevent.get_hub().loop.run_callback(waiter.switch, None)
+
+
+class WorkLine:
+    """Pieces of work of many connections, taking turns with the loop past `budget` seconds of them between two
+    of its polls: a piece runs at once while nobody waits in line and those since the last poll took less,
+    else it waits in line (Turns), one per turn of the loop. Call `wait_for_turn()` before a piece and
+    `spent(seconds)` after it."""
+
+    def __init__(self, budget: float = 0.001):
+        self.budget = budget
+        self.turns = Turns()
+        self.iteration = -1  # the loop's iteration in which `work` was spent
+        self.work = 0.0  # seconds of pieces since that iteration's poll
+
+    def wait_for_turn(self) -> None:
+        if len(self.turns) or (gevent.get_hub().loop.iteration == self.iteration and self.work >= self.budget):
+            self.turns.take()
+
+    def spent(self, seconds: float) -> None:
+        """A piece took `seconds` (wall time: one that waited meanwhile counts it all)."""
+        iteration = gevent.get_hub().loop.iteration
+        if iteration != self.iteration:
+            self.iteration, self.work = iteration, 0.0
+        self.work += seconds

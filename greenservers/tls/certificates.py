@@ -38,6 +38,7 @@ from cryptography.x509.oid import NameOID
 from ..config.private import make_private_dir
 from ..config.store import atomic_write
 from ..sensors import watch_certificate_expiry
+from .groups import only_elliptic_curves
 
 SELF_SIGNED_DAYS = 825
 RSA_BITS = 2048
@@ -258,10 +259,12 @@ def ensure_certificate(settings) -> CertificatePair:
 
 
 def server_context(pair: CertificatePair) -> ssl.SSLContext:
-    """A server-side context: TLS 1.2 and newer, every chain of the pair loaded (one per key type)."""
+    """A server-side context: TLS 1.2 and newer, key exchange on elliptic curves only (tls.groups), every chain
+    of the pair loaded (one per key type)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    only_elliptic_curves(context)
     for chain in pair.chains:
         try:
             context.load_cert_chain(str(chain.cert_path), str(chain.key_path))

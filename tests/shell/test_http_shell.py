@@ -13,7 +13,8 @@ from gevent import socket
 
 from greenservers.proto.http import ConnectionGate
 from greenservers.sensors import SensorRegistry
-from greenservers.shells.http import TURN_WORK, CappedWSGIServer, RequestLine
+from greenservers.shells.http import TURN_WORK, CappedWSGIServer
+from greenservers.shells.loop import WorkLine
 
 CONNECTIONS = 12
 
@@ -46,7 +47,7 @@ def served():
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     gate = ConnectionGate(lambda: (1000, 100_000), time.monotonic)
-    server = CappedWSGIServer(listener, app, gate, RequestLine(), SensorRegistry(), log=AccessLog(), error_log=AccessLog())
+    server = CappedWSGIServer(listener, app, gate, WorkLine(TURN_WORK), SensorRegistry(), log=AccessLog(), error_log=AccessLog())
     server.start()
     yield server, iterations
     server.stop(timeout=1)
