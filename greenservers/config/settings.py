@@ -267,6 +267,8 @@ def _https_url(raw: Any) -> str:
     parts = urlsplit(value) if len(value) <= 2000 and not any(ord(c) <= 32 for c in value) else None
     if parts is None or parts.scheme != "https" or not parts.hostname:
         raise Invalid("is not an https:// URL (ACME directories are served over HTTPS only)", raw)
+    if "@" in parts.netloc:  # the URL is shown on /healthz to anyone: no user name or password in it
+        raise Invalid("has a user name or password in it (ACME needs none: an account key signs each request)")
     return value
 
 

@@ -176,6 +176,7 @@ def test_acme_domains_are_normalised():
     ({"acme_directory": "http://ca.example/dir"}, "acme_directory", "https://"),
     ({"acme_directory": "https:///dir"}, "acme_directory", "https://"),
     ({"acme_directory": 5}, "acme_directory", "not a URL"),
+    ({"acme_directory": "https://user:pw@ca.example/dir"}, "acme_directory", "user name or password"),
     ({"acme_ca_bundle": "a\0b"}, "acme_ca_bundle", "NUL"),
 ])
 def test_bad_acme_settings_are_refused_with_their_reason(raw, field, reason):
