@@ -333,8 +333,8 @@ DECLARATIONS: tuple[Setting, ...] = (
             "New HTTP(S) connections accepted per second, all bindings together; more are turned away (503), but a tenth more is kept "
             "for clients other than one using it all.", label="Maximum number of HTTP connections per second"),
     Setting("http_max_conn", "http", 1000, _int_in(1, 100_000),
-            "HTTP(S) connections open at a time, all bindings together; more are turned away (503), unless a client holding over half "
-            "gives up an idle one.", label="Maximum number of HTTP connections (total)"),
+            "HTTP(S) connections open at a time, all bindings together; more are turned away (503), unless the client holding the most "
+            "(two more than the newcomer's) gives up an idle one.", label="Maximum number of HTTP connections (total)"),
     Setting("http_redirect_https", "http", False, _bool,
             "Redirect plain-HTTP requests to HTTPS (only where an HTTPS binding exists; /prov/, /healthz and ACME challenges are "
             "exempt).", label="Redirect to HTTPS"),

@@ -11,9 +11,11 @@ flooding either cap must not shut the others out:
   spare bucket of that rate: the flooding client never can. Each client's
   admissions lately are a token bucket of its own (proto.clients.TokenBuckets,
   of that rate and size, never below empty), in bounded memory;
-- when every slot is taken, a client holding more than half of them gives
-  up its oldest connection that waits for a request (idle keep-alive, a
-  request head or TLS handshake still coming) to another client.
+- when every slot is taken, the client holding the most (at least two more
+  than the newcomer's client) gives up its oldest connection that waits for
+  a request (idle keep-alive, a request head or TLS handshake still coming)
+  to the newcomer: three addresses holding a third each no longer shut out
+  the admin (only a client holding more than half gave one up before).
 A single client alone meets exactly the two caps.
 The gate also paces requests on each connection it admitted: a token bucket
 of `requests_per_second` (burst: one second's worth), so that one keep-alive
@@ -70,7 +72,8 @@ class ConnectionGate:
         self._last = 0.0
         self._source_of: dict = {}  # open connection -> its client
         self._open_from: dict[str, int] = {}
-        self._heaviest = ""  # the client that last overtook the one holding most
+        self._holding: dict[int, dict[str, None]] = {}  # n -> the clients holding n connections
+        self._most = 0  # the most connections a client holds
         self._waiting: dict[str, dict] = {}  # client -> its connections waiting for a request, oldest first
         self.lately = TokenBuckets(rate=0.0, capacity=0)  # per client: admissions it may still have lately (sized by the rate)
 
@@ -90,8 +93,8 @@ class ConnectionGate:
         self.lately.take(source, 1.0, now, floor=0.0)
         self.open += 1
         held = self._open_from[source] = self._open_from.get(source, 0) + 1
-        if held > self._open_from.get(self._heaviest, 0):
-            self._heaviest = source
+        self._holds(source, held - 1, held)
+        self._most = max(self._most, held)
         self._source_of[connection] = source
         self._waiting.setdefault(source, {})[connection] = None
         return ADMITTED
@@ -99,20 +102,35 @@ class ConnectionGate:
     def make_room(self, source: str):
         """When every slot is taken: a connection to close so that `source` can have its slot.
 
-        Only a client holding more than half the open connections gives one up, and only one that
-        waits for a request (idle keep-alive, a request head or a TLS handshake still coming), its
-        oldest; it is released here. None: nothing to give, `source` is turned away."""
+        The client holding the most connections, of those holding at least two more than `source`
+        (after the move it holds no fewer than `source`) and with one that waits for a request (idle
+        keep-alive, a request head or a TLS handshake still coming), gives up that one, its oldest;
+        it is released here. None: nothing to give, `source` is turned away. The clients are looked at
+        from the most held down, and only those holding enough: at most max_conn / 2 of them, when
+        every one of them has each of its connections serving a request."""
         if self.open < self.limits()[0]:
             return None
-        # A client holding more than half of a full gate is the one that last overtook the others:
-        # at its last admission any other held less than the rest, so less than it. No search of
-        # every client, then, however many connections arrive while the gate is full.
-        heaviest = self._heaviest
-        if heaviest == source or self._open_from.get(heaviest, 0) * 2 <= self.open or not self._waiting.get(heaviest):
-            return None
-        victim = next(iter(self._waiting[heaviest]))
-        self.release(victim)
-        return victim
+        enough = self._open_from.get(source, 0) + 2
+        for held in range(self._most, enough - 1, -1):
+            for client in self._holding.get(held, ()):
+                waiting = self._waiting.get(client)
+                if waiting:
+                    victim = next(iter(waiting))
+                    self.release(victim)
+                    return victim
+        return None
+
+    def _holds(self, source: str, before: int, now: int) -> None:
+        """`source` held `before` connections and holds `now`."""
+        if before:
+            holders = self._holding[before]
+            del holders[source]
+            if not holders:
+                del self._holding[before]
+                if self._most == before and now < before:
+                    self._most = now  # it was the last holding the most: now one less is the most
+        if now:
+            self._holding.setdefault(now, {})[source] = None
 
     def waiting(self, connection) -> None:
         """`connection` waits for its next request: it may be closed to make room."""
@@ -137,6 +155,7 @@ class ConnectionGate:
         self.open -= 1
         self.pace.forget(connection)
         left = self._open_from[source] - 1
+        self._holds(source, left + 1, left)
         if left:
             self._open_from[source] = left
         else:

@@ -211,6 +211,26 @@ def test_a_client_holding_every_slot_gives_an_idle_one_to_another_client(service
             s.close()
 
 
+def test_three_clients_sharing_every_slot_give_one_to_the_admin(service):
+    """Only a client holding more than half gave one up: three addresses holding a third each (idle keep-alive
+    connections, refreshed now and then) shut every other client out."""
+    svc = service({"ip_http_port": str(free_port()), "http_max_conn": 21, "http_max_conn_rate": 10000})
+    port = svc.port("ip_http_port")
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(f"127.0.0.{2 + n % 3}", 0))
+            for n in range(21)]
+    admin = None
+    try:
+        held[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")  # served in accept order: all 21 are in
+        assert _read_response(held[-1]).startswith(b"HTTP/1.1 200")
+        admin = _connect(port)  # 127.0.0.1: one of the three gives up its oldest idle connection
+        assert _read_some(held[0], 5) == b""
+        assert _healthz_code("127.0.0.1", port) == "200"  # and again: the admin holds 1, the three 7, 7 and 6
+    finally:
+        for s in [*held, admin]:
+            if s is not None:
+                s.close()
+
+
 def test_a_tls_handshake_never_started_makes_room_too(service):
     svc = service({"ip_https_port": str(free_port()), "http_max_conn": 5, "http_max_conn_rate": 10000})
     port = svc.port("ip_https_port")
