@@ -1,7 +1,12 @@
 """The address book's store: contacts in SQLite in data_dir, and the change log LDAP follows.
 
 One `AddressBook` per process and data_dir (`addressbook_for(runtime)`)
-owns one SQLite connection (WAL, busy timeout) behind a lock. It keeps no
+opens one SQLite connection (WAL, busy timeout) per thread that uses it: the
+event loop's and the pool's threads (run_off_loop) each read their own, WAL
+lets readers go on beside a writer, and SQLite's BEGIN IMMEDIATE puts writers
+one after the other. (One connection behind a lock shared by the loop and
+the pool's threads left requests without an answer for good: in the worker
+the lock was gevent's, which native threads cannot wait on safely.) It keeps no
 copy of the contacts: `get`, `page` and the export read SQLite a page at a time,
 `find` (the admin search, off the event loop) its search index (search.py), so a book of 100,000
 contacts costs the worker no memory of its own.
@@ -29,6 +34,8 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
+from gevent import monkey
+
 from ..config.private import ensure_private_file, make_private_dir
 from ..process.offload import run_in_child, run_off_loop, run_when_idle
 from .csv import csv_body, csv_rows, to_csv
@@ -41,7 +48,13 @@ CHECKPOINT_WRITES = 100  # this process's writes between two WAL checkpoints (a 
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another's commit before it gives up (BookBusy)
 LOG_KEEP = 250_000  # changes the log keeps: an import of MAX_CONTACTS logs an add each (a replacing one a delete
 # each too: a reader that far behind reads the book anew, as it would once most of it changed)
+CACHE_KIB = 512  # SQLite's page cache of each connection (a thread's; its default 2 MiB, times the pool's threads)
 STAGE_STEP = 1000  # records an import validates between two looks at its patience for idle cores (run_when_idle)
+
+# per OS thread, and a lock OS threads can share, whether or not gevent has patched threading (in the worker
+# its `local` is per greenlet, and its locks are gevent's)
+_ThreadLocal = monkey.get_original("threading", "local")
+_NativeLock = monkey.get_original("threading", "Lock")
 
 # -- the store -------------------------------------------------------------------
 
@@ -85,9 +98,10 @@ class AddressBook:
         self.path = Path(path)
         make_private_dir(self.path.parent)
         ensure_private_file(self.path)  # SQLite makes -wal and -shm with the database file's mode and owner
-        self._db = _connect(self.path, checkpoints=False)  # the WAL is checkpointed by `_checkpoint`
+        self._per_thread = _ThreadLocal()
+        self._connections: list[sqlite3.Connection] = []  # every thread's, for close()
+        self._connections_lock = _NativeLock()
         make_schema(self._db, _SCHEMA)  # the LDAP server opens the book on the event loop
-        self._lock = threading.RLock()
         self._subscribers: list[Callable[[], None]] = []
         self._writes = 0  # since the last checkpoint
 
@@ -96,8 +110,7 @@ class AddressBook:
     @property
     def version(self) -> int:
         """The last change's number in the log: it grows with every change, whichever process made it."""
-        with self._lock:
-            return _last_change(self._db)
+        return _last_change(self._db)
 
     def contacts(self) -> list[Contact]:
         """Every contact, ordered by id (the whole book in memory: for small books, tests and the CLI)."""
@@ -119,8 +132,7 @@ class AddressBook:
         return self._read(f"{_SELECT} ORDER BY id LIMIT ? OFFSET ?", (-1 if limit is None else limit, offset))
 
     def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM contacts").fetchone()[0]
+        return self._db.execute("SELECT count(*) FROM contacts").fetchone()[0]
 
     def get(self, id: int) -> Contact | None:
         try:
@@ -163,8 +175,7 @@ class AddressBook:
             after = page[-1].id
 
     def _read(self, sql: str, params: tuple) -> list[Contact]:
-        with self._lock:
-            return [Contact(*row) for row in self._db.execute(sql, params).fetchall()]
+        return [Contact(*row) for row in self._db.execute(sql, params).fetchall()]
 
     # -- writing ---------------------------------------------------------------
 
@@ -190,29 +201,27 @@ class AddressBook:
 
     def _add(self, fields: dict) -> Contact:
         values = validate(fields)
-        with self._lock:
-            with self._transaction():
-                if self._db.execute("SELECT count(*) FROM contacts").fetchone()[0] >= MAX_CONTACTS:
-                    raise ContactError({"contact": f"the address book is full ({MAX_CONTACTS} contacts)"})
-                cursor = self._db.execute(_INSERT, [values[f] for f in FIELDS])
-                _prune_log(self._db)
-            return Contact(cursor.lastrowid, **values)
+        with self._transaction() as db:
+            if db.execute("SELECT count(*) FROM contacts").fetchone()[0] >= MAX_CONTACTS:
+                raise ContactError({"contact": f"the address book is full ({MAX_CONTACTS} contacts)"})
+            cursor = db.execute(_INSERT, [values[f] for f in FIELDS])
+            _prune_log(db)
+        return Contact(cursor.lastrowid, **values)
 
     def _change(self, id: int, fields: dict) -> Contact:
-        with self._lock:
-            with self._transaction():
-                current = self.get(id)
-                if current is None:
-                    raise ContactNotFound(id)
-                values = validate(fields, base=current.fields())
-                self._db.execute(_UPDATE, [values[f] for f in FIELDS] + [current.id])
-                _prune_log(self._db)
-            return Contact(current.id, **values)
+        with self._transaction() as db:
+            current = self.get(id)  # on this thread's connection: in the transaction
+            if current is None:
+                raise ContactNotFound(id)
+            values = validate(fields, base=current.fields())
+            db.execute(_UPDATE, [values[f] for f in FIELDS] + [current.id])
+            _prune_log(db)
+        return Contact(current.id, **values)
 
     def _delete(self, id: int) -> bool:
-        with self._lock, self._transaction():
-            deleted = self._db.execute("DELETE FROM contacts WHERE id = ?", (int(id),)).rowcount
-            _prune_log(self._db)
+        with self._transaction() as db:
+            deleted = db.execute("DELETE FROM contacts WHERE id = ?", (int(id),)).rowcount
+            _prune_log(db)
         return bool(deleted)
 
     def import_csv(self, text: str, replace: bool = False) -> int:
@@ -232,18 +241,33 @@ class AddressBook:
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         """Call `callback()` after each change this process commits (in the thread that asked for it: the loop's, in the worker)."""
-        with self._lock:
-            self._subscribers.append(callback)
+        self._subscribers.append(callback)
 
     def reader(self) -> ChangeReader:
         """A connection of its own to follow the book's changes (for one greenlet or thread)."""
         return ChangeReader(self.path)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Close every thread's connection (a thread that reads the book afterwards opens one again)."""
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+            self._per_thread = _ThreadLocal()
+        for db in connections:
+            db.close()
 
     # -- inside ------------------------------------------------------------------
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection, opened at its first use."""
+        db = getattr(self._per_thread, "db", None)
+        if db is None:
+            db = _connect(self.path, checkpoints=False)  # the WAL is checkpointed by `_checkpoint`
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            with self._connections_lock:
+                self._connections.append(db)
+                self._per_thread.db = db
+        return db
 
     def _transaction(self):
         return _Transaction(self._db)

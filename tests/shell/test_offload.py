@@ -221,19 +221,27 @@ def test_a_merge_makes_no_container_of_all_its_pairs():
     assert largest <= index.SORT_STEP + 2 * index.BLOCK + 1
 
 
-def test_a_single_change_through_the_api_writes_the_store_in_a_pool_thread(as_in_the_worker, web):
+def test_a_single_change_through_the_api_writes_the_store_in_a_pool_thread(as_in_the_worker, web, monkeypatch):
     """Validation, the transaction and its log run off the event loop; the book's subscribers (the LDAP
     follower) are told on it; a refusal still comes back as the API's answer."""
     import threading
 
     from support.web import basic
 
-    from greenservers.addressbook import addressbook_for
+    from greenservers.addressbook import addressbook_for, store
 
-    book = addressbook_for(web.runtime)
     writers, told = set(), []
     writes = ("INSERT", "UPDATE", "DELETE")
-    book._db.set_trace_callback(lambda sql: writers.add(threading.get_ident()) if sql.split()[0] in writes else None)
+    connect = store._connect
+
+    def traced(*args, **kwargs):  # each thread's connection, as it is opened
+        db = connect(*args, **kwargs)
+        db.set_trace_callback(lambda sql: writers.add(threading.get_ident()) if sql.split()[0] in writes else None)
+        return db
+
+    monkeypatch.setattr(store, "_connect", traced)
+    book = addressbook_for(web.runtime)
+    book.close()  # its connections are opened again, traced
     book.subscribe(lambda: told.append(threading.get_ident()))
     loop = threading.get_ident()
     try:
@@ -249,8 +257,7 @@ def test_a_single_change_through_the_api_writes_the_store_in_a_pool_thread(as_in
         assert told == [loop] * 3
         assert len(book) == 0
     finally:
-        book._db.set_trace_callback(None)
-        book.close()
+        book.close()  # the traced connections
 
 
 # -- the child process (an import) ---------------------------------------------------
