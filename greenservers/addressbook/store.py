@@ -34,10 +34,8 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
-from gevent import monkey
-
 from ..config.private import ensure_private_file, make_private_dir
-from ..process.offload import run_in_child, run_off_loop, run_when_idle
+from ..process.offload import NativeLock, ThreadLocal, run_in_child, run_off_loop, run_when_idle
 from .csv import csv_body, csv_rows, to_csv
 from .model import FIELDS, MAX_CONTACTS, MAX_SEARCH_LENGTH, BookBusy, Contact, ContactError, ContactNotFound, ImportRejected, validate
 
@@ -50,11 +48,6 @@ LOG_KEEP = 250_000  # changes the log keeps: an import of MAX_CONTACTS logs an a
 # each too: a reader that far behind reads the book anew, as it would once most of it changed)
 CACHE_KIB = 512  # SQLite's page cache of each connection (a thread's; its default 2 MiB, times the pool's threads)
 STAGE_STEP = 1000  # records an import validates between two looks at its patience for idle cores (run_when_idle)
-
-# per OS thread, and a lock OS threads can share, whether or not gevent has patched threading (in the worker
-# its `local` is per greenlet, and its locks are gevent's)
-_ThreadLocal = monkey.get_original("threading", "local")
-_NativeLock = monkey.get_original("threading", "Lock")
 
 # -- the store -------------------------------------------------------------------
 
@@ -98,9 +91,9 @@ class AddressBook:
         self.path = Path(path)
         make_private_dir(self.path.parent)
         ensure_private_file(self.path)  # SQLite makes -wal and -shm with the database file's mode and owner
-        self._per_thread = _ThreadLocal()
+        self._per_thread = ThreadLocal()
         self._connections: list[sqlite3.Connection] = []  # every thread's, for close()
-        self._connections_lock = _NativeLock()
+        self._connections_lock = NativeLock()
         make_schema(self._db, _SCHEMA)  # the LDAP server opens the book on the event loop
         self._subscribers: list[Callable[[], None]] = []
         self._writes = 0  # since the last checkpoint
@@ -251,7 +244,7 @@ class AddressBook:
         """Close every thread's connection (a thread that reads the book afterwards opens one again)."""
         with self._connections_lock:
             connections, self._connections = self._connections, []
-            self._per_thread = _ThreadLocal()
+            self._per_thread = ThreadLocal()
         for db in connections:
             db.close()
 

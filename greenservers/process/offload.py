@@ -85,6 +85,14 @@ in_a_child = False  # set by greenservers/process/child.py: this process is the 
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # where the child finds the greenservers package
 
 
+# A lock, and storage per thread, that the loop's thread and the pool's share, whether or not gevent has patched
+# threading: in the worker, threading's locks are gevent's, which a native thread cannot wait on safely (waits that
+# never ended), and its `local` is per greenlet. The loop waiting on a NativeLock a thread holds waits whole: for
+# work that runs off the loop.
+NativeLock = monkey.get_original("threading", "Lock")
+ThreadLocal = monkey.get_original("threading", "local")
+
+
 def _in_the_worker() -> bool:
     """The gevent worker has patched threading; a command or a test has not."""
     return monkey.is_module_patched("threading")

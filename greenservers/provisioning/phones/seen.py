@@ -52,7 +52,7 @@ from pathlib import Path
 import gevent
 from gevent import monkey
 
-from ...process.offload import run_off_loop
+from ...process.offload import NativeLock, run_off_loop
 from ...proto.clients import AddressBuckets, Shares
 from ...shells.loop import serve_ready_then_continue
 from . import profiles
@@ -106,7 +106,7 @@ class PhoneRegistry:
         self.not_recorded = 0  # new phones refused by the rates or the bounds
         self._dirty: dict[str, bool] = {}  # keys changed (True) or forgotten (False) since the last save
         self._save_pending = False
-        self._lock = threading.Lock()  # one write at a time
+        self._lock = NativeLock()  # one write at a time (writes run in the pool's threads)
         self.store = PhoneStore(self.path, clock())
         for phone in self.store.rows():
             self.phones[phone.pop("key")] = self._from_row(phone)
