@@ -141,13 +141,14 @@ class AddressBook:
     def find(self, q: str, offset: int = 0, limit: int | None = 100) -> tuple[list[Contact], int]:
         """(the contacts `offset` to `offset + limit` of those `search` matches, how many match in all);
         every contact when `q` is empty. Searched in the book's search index (search.py), off the event loop."""
+        # off the loop: a page of 1,000 held it 7.6 ms (all 100,000: most of a second); count(*) reads every row
+        return run_off_loop(self.find_here, q, offset, limit)
+
+    def find_here(self, q: str, offset: int = 0, limit: int | None = 100) -> tuple[list[Contact], int]:
+        """`find`, in this thread (one of the pool's, in the worker)."""
         q = (q or "").strip()[:MAX_SEARCH_LENGTH]
         if not q:
-            # off the loop: a page of 1,000 held it 7.6 ms (all 100,000: most of a second); count(*) reads every row
-            return run_off_loop(self.page, offset, limit), run_off_loop(len, self)
-        return run_off_loop(self._find, q, offset, limit)
-
-    def _find(self, q: str, offset: int, limit: int | None) -> tuple[list[Contact], int]:
+            return self.page(offset, limit), len(self)
         from .search import SearchIndex  # search.py builds on this module
 
         index = SearchIndex(self.path)

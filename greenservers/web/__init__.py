@@ -53,12 +53,13 @@ def _add_security_headers(app: Flask) -> None:
 def create_app(runtime=None) -> Flask:
     app = Flask(__name__)
     app.config["GREENSERVERS_RUNTIME"] = runtime
-    app.config["MAX_CONTENT_LENGTH"] = 8 * 1024 * 1024
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Strict"
     app.secret_key = _secret_key(runtime or runtime_module.current())
 
     from . import api, auth, prov, ui
+
+    app.config["MAX_CONTENT_LENGTH"] = auth.BODY_BYTES  # an admin view may take more (auth.takes)
 
     auth.init_app(app)
     _add_security_headers(app)

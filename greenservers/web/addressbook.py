@@ -29,7 +29,7 @@ from werkzeug.exceptions import InternalServerError, ServiceUnavailable
 from ..addressbook import FIELDS, MAX_IMPORT_BYTES, NUMBER_FIELDS, BookBusy, ContactError, ContactNotFound, ImportRejected, addressbook_for
 from ..process.offload import ChildFailed, let_the_loop_turn, run_off_loop
 from . import get_runtime, whole_arg
-from .auth import CSV_BODY, JSON_BODY, NO_BODY, admin_required, takes
+from .auth import CSV_BODY, FORM_BODY, JSON_BODY, NO_BODY, admin_required, takes
 
 bp = Blueprint("addressbook", __name__)
 log = logging.getLogger("greenservers.addressbook")
@@ -89,6 +89,7 @@ def _rejected(exc: ImportRejected):
     return jsonify(error="nothing imported", errors=exc.errors, total_errors=exc.total), 400
 
 
+IMPORT_BODY_BYTES = MAX_IMPORT_BYTES + 64 * 1024  # room for the multipart framing
 BODY_PIECE = 65536  # bytes of an import read between two turns of the loop (2.5 MB at once held it 8 ms)
 
 
@@ -123,19 +124,27 @@ def list_contacts():
         limit = _int_arg("limit", None)
     except ContactError as exc:
         return jsonify(error="invalid query", errors=exc.errors), 400
-    found, total = _book().find(request.args.get("q", "").strip(), offset, limit)
-    body = run_off_loop(_json_list, found)  # 100,000 contacts: about 0.3 s of work
-    return Response(body, mimetype="application/json", headers={"X-Total-Count": str(total)})
+    # read, encoded and let go of in a pool thread (100,000 contacts: about 0.3 s of work; the list freed on the
+    # loop held it 25 ms, the answer encoded there 10 ms)
+    pieces, total = run_off_loop(_json_list, _book(), request.args.get("q", ""), offset, limit)
+    return Response(pieces, mimetype="application/json",
+                    headers={"X-Total-Count": str(total), "Content-Length": str(sum(map(len, pieces)))})
 
 
 JSON_SLICE = 1000  # contacts encoded per json.dumps call: one C call holds the GIL, 100,000 held it 0.2 s
 
 
-def _json_list(contacts: list) -> str:
-    """The contacts as a JSON array, encoded a slice at a time so a pool thread yields the GIL between slices."""
-    slices = (json.dumps([c.as_dict() for c in contacts[i:i + JSON_SLICE]], sort_keys=True, separators=(",", ":"))[1:-1]
-              for i in range(0, len(contacts), JSON_SLICE))  # as Flask's jsonify writes it
-    return "[" + ",".join(slices) + "]\n"
+def _json_list(book, q: str, offset: int, limit: int | None) -> tuple[list[bytes], int]:
+    """(the contacts `find` gives, as a JSON array in pieces of bytes; how many match), in this thread: encoded a
+    slice at a time, each slice's contacts let go of once encoded, so the thread yields the GIL between slices."""
+    contacts, total = book.find_here(q, offset, limit)
+    pieces = [b"["]
+    while contacts:
+        part = json.dumps([c.as_dict() for c in contacts[:JSON_SLICE]], sort_keys=True, separators=(",", ":"))[1:-1]
+        del contacts[:JSON_SLICE]
+        pieces.append((part if len(pieces) == 1 else "," + part).encode())  # as Flask's jsonify writes it
+    pieces.append(b"]\n")
+    return pieces, total
 
 
 @bp.post("/api/addressbook")
@@ -195,7 +204,7 @@ def delete_contact(contact_id: int):
 
 @bp.post("/api/addressbook/import")
 @admin_required
-@takes(CSV_BODY)
+@takes(CSV_BODY, max_bytes=IMPORT_BODY_BYTES)
 def import_contacts():
     """CSV with a header row; all rows are added, or none (400 lists each problem by row and field).
 
@@ -271,14 +280,6 @@ def _back(message: str):
     return redirect(url_for(".page"), code=303)
 
 
-@bp.before_request
-def _allow_large_imports():
-    # The app-wide body limit is smaller; this must be set before the form is parsed
-    # (admin_required parses it for the CSRF token).
-    if request.endpoint in ("addressbook.import_contacts", "addressbook.page_import"):
-        request.max_content_length = MAX_IMPORT_BYTES + 64 * 1024  # room for the multipart framing
-
-
 @bp.get("/addressbook")
 @admin_required
 def page():
@@ -321,6 +322,7 @@ def page_delete(contact_id: int):
 
 @bp.post("/addressbook/import")
 @admin_required
+@takes(FORM_BODY, max_bytes=IMPORT_BODY_BYTES)
 def page_import():
     upload = request.files.get("file")
     text = _csv_text(upload.read(MAX_IMPORT_BYTES + 1) if upload is not None else b"")

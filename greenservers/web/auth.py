@@ -42,7 +42,9 @@ and its checks in progress count with its failures (guesses sent at once);
 failures are logged rate-limited, never with the password tried. A request to
 a view open to all (the login form) may carry OPEN_BODY_BYTES: Werkzeug reads
 a form whole, on the event loop, before its CSRF token can be looked at (an
-8 MB body of 2,000,000 fields held every service 2.5 s).
+8 MB body of 2,000,000 fields held every service 2.5 s). An admin's view
+takes BODY_BYTES unless it says more (`takes`), and a form past
+FORM_ON_LOOP_BYTES is parsed in a pool thread.
 """
 
 from __future__ import annotations
@@ -56,7 +58,19 @@ import logging
 import secrets
 import time
 
-from flask import Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    copy_current_request_context,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask.sessions import SecureCookieSessionInterface
 from gevent.event import AsyncResult
 from gevent.lock import BoundedSemaphore
@@ -74,6 +88,8 @@ LOGIN_LIMIT = 5  # failed logins per address ...
 LOGIN_WINDOW = 60.0  # ... within this many seconds
 CHECKING_WAIT = 1.0  # seconds a client waits when its password checks in progress fill its limit
 OPEN_BODY_BYTES = 16 * 1024  # the body of a request to a view open to all (a login form is under 1 KiB)
+BODY_BYTES = 64 * 1024  # the body of an admin's request, unless its view says more (`takes`); the Ports form is about 8 KiB
+FORM_ON_LOOP_BYTES = 4096  # a form body up to this is parsed on the event loop (well under a millisecond); a larger one in a pool thread
 MAX_TRACKED_ADDRESSES = 4096
 SESSION_MAX_AGE = 8 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -310,12 +326,14 @@ def check_csrf() -> None:
                 "Reload the page and try again.")
 
 
-def takes(body: str):
+def takes(body: str, max_bytes: int = BODY_BYTES):
     """Declare the body a view's state-changing requests take: FORM_BODY (the default), NO_BODY,
-    or a media type (JSON_BODY, CSV_BODY). Put it under the route decorator."""
+    or a media type (JSON_BODY, CSV_BODY), and its size at most (413 past it, before a byte is parsed).
+    Put it under the route decorator."""
 
     def declare(view):
         view.greenservers_takes = body
+        view.greenservers_body_bytes = max_bytes
         return view
 
     return declare
@@ -421,11 +439,20 @@ def admin_required(view):
             response.headers["WWW-Authenticate"] = 'Basic realm="greenservers", charset="UTF-8"'
             return response
         g.greenservers_auth_via = via
+        _form_parsed_off_loop()
         check_state_change(via)
         return view(*args, **kwargs)
 
     wrapper.greenservers_admin = True  # check_state_change runs here, once authenticated
     return wrapper
+
+
+def _form_parsed_off_loop() -> None:
+    """A form body past FORM_ON_LOOP_BYTES is read on the loop (at most its view's limit) and parsed in a pool
+    thread before anything looks at it: Werkzeug parses a form whole, and 64 KiB of empty fields took 19 ms."""
+    if request.mimetype in FORM_CONTENT_TYPES and (request.content_length or 0) > FORM_ON_LOOP_BYTES:
+        request.get_data(cache=True, parse_form_data=False)  # parsing reads the form from these bytes
+        run_off_loop(copy_current_request_context(lambda: request.form))
 
 
 # -- login and logout ----------------------------------------------------------
@@ -501,6 +528,12 @@ def init_app(app) -> None:
         "sessions": AdminSessions(SESSION_MAX_AGE),
     }
     app.jinja_env.globals.update(csrf_field=csrf_field, csrf_token=csrf_token)
+
+    @app.before_request
+    def _admin_body_limit():
+        view = current_app.view_functions.get(request.endpoint)
+        if view is not None and getattr(view, "greenservers_admin", False):
+            request.max_content_length = getattr(view, "greenservers_body_bytes", BODY_BYTES)  # 413 before parsing
 
     @app.before_request
     def _state_changes_outside_admin_views():

@@ -37,7 +37,7 @@ from ..services import BY_SETTING as SERVICE_OF_BINDING
 from ..tls.certificates import ACME, CertificateError, CertificatePair, check_pem, ensure_certificate, server_context
 from . import get_runtime
 from .api import VIA, ChangeRefused, apply_settings_changes, canonical, change_admin_password
-from .auth import PasswordRefused, admin_required, auth_method, begin_session, stored_hash, wants_html
+from .auth import FORM_BODY, PasswordRefused, admin_required, auth_method, begin_session, stored_hash, takes, wants_html
 
 bp = Blueprint("ui", __name__)
 
@@ -281,6 +281,7 @@ def _remove_old_uploads(tls_dir: Path, keep: set[Path]) -> None:
 
 @bp.post("/settings/ports/certificate")
 @admin_required
+@takes(FORM_BODY, max_bytes=2 * MAX_PEM_BYTES + 64 * 1024)  # the chain and the key, and the multipart framing
 def upload_certificate():
     runtime = get_runtime()
     settings = runtime.settings
