@@ -5,7 +5,9 @@ HTTPS and LDAPS share one certificate. What is served, in this order
 they have been issued (data_dir/tls/acme/, see greenservers.tls.acme); else the
 uploaded or configured one (tls_cert, tls_key); else the generated self-signed
 one. A custom certificate is refused with a clear message when it cannot be
-read, does not parse, has expired, or its key does not match.
+read, does not parse, has expired, its key does not match, or its RSA key
+is shorter than 2048 or longer than 4096 bits; an uploaded RSA key is
+checked whole once, in a child process (`upload_problem`).
 
 The generated certificate is a pair, ECDSA P-256 and RSA-2048, with the host
 name, localhost and the loopback addresses in its subjectAltName (libldap
@@ -41,7 +43,8 @@ from ..sensors import watch_certificate_expiry
 from .groups import only_elliptic_curves
 
 SELF_SIGNED_DAYS = 825
-RSA_BITS = 2048
+RSA_BITS = 2048  # of the RSA keys we make
+RSA_MIN_BITS, RSA_MAX_BITS = 2048, 4096  # of those we serve
 ACME_FOLDER = ("tls", "acme")
 ACME_CURRENT = "current.json"  # which files of ACME_FOLDER hold the certificates in use (greenservers.tls.acme writes it)
 
@@ -118,23 +121,28 @@ def dns_names(cert: x509.Certificate) -> tuple[str, ...]:
 
 
 def check_pem(cert_pem: bytes, key_pem: bytes, now: datetime.datetime | None = None, label: str = "certificate",
-              own_key: bool = False) -> tuple[x509.Certificate, list[x509.Certificate]]:
-    """Parse a PEM chain and key; refuse expired, not-yet-valid or mismatched ones.
+              whole_key_check: bool = False) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    """Parse a PEM chain and key; refuse expired, not-yet-valid or mismatched ones, and RSA keys of fewer than
+    RSA_MIN_BITS or more than RSA_MAX_BITS (an 8192-bit key made every handshake cost 36-56 ms of the loop).
 
-    `own_key`: a key this service made (generated, or ordered by ACME and checked then): its RSA
-    consistency check, 40 ms of CPU, is skipped; it must still match the certificate."""
+    `whole_key_check`: an RSA key's consistency is checked too (its primes: 60 ms of CPU at 2048 bits, 0.5 s at
+    4096, 7 s at 8192, holding the GIL): for an upload, in a child process (`upload_problem`). A key loaded
+    from its file (ours, generated or from ACME, or the admin's, checked when uploaded) must match its
+    certificate, which is checked every time."""
     now = now or datetime.datetime.now(datetime.UTC)
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError as exc:
         raise CertificateError(f"{label}: not a PEM certificate ({exc})") from None
     leaf = chain[0]
+    _check_rsa_size(leaf.public_key(), label, "the certificate's")
     try:
-        key = serialization.load_pem_private_key(key_pem, password=None, unsafe_skip_rsa_key_validation=own_key)
+        key = serialization.load_pem_private_key(key_pem, password=None, unsafe_skip_rsa_key_validation=True)
     except TypeError:
         raise CertificateError(f"{label}: the private key is encrypted; give an unencrypted key") from None
     except ValueError as exc:
         raise CertificateError(f"{label}: not a PEM private key ({exc})") from None
+    _check_rsa_size(key, label, "the private")
     if leaf.not_valid_after_utc < now:
         raise CertificateError(f"{label}: expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
     if leaf.not_valid_before_utc > now:
@@ -143,7 +151,27 @@ def check_pem(cert_pem: bytes, key_pem: bytes, now: datetime.datetime | None = N
     der = serialization.Encoding.DER
     if key.public_key().public_bytes(der, pub) != leaf.public_key().public_bytes(der, pub):
         raise CertificateError(f"{label}: the private key does not match the certificate")
+    if whole_key_check and isinstance(key, rsa.RSAPrivateKey):
+        try:
+            serialization.load_pem_private_key(key_pem, password=None)
+        except ValueError as exc:
+            raise CertificateError(f"{label}: the RSA private key is damaged ({exc})") from None
     return leaf, chain
+
+
+def _check_rsa_size(key, label: str, whose: str) -> None:
+    if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)) and not RSA_MIN_BITS <= key.key_size <= RSA_MAX_BITS:
+        raise CertificateError(f"{label}: {whose} RSA key has {key.key_size} bits; use {RSA_MIN_BITS} to {RSA_MAX_BITS} "
+                               f"(or ECDSA): a larger key makes every TLS handshake cost the server tens of milliseconds")
+
+
+def upload_problem(cert_pem: bytes, key_pem: bytes) -> str | None:
+    """What is wrong with an uploaded pair, checked whole (None: nothing); for a child process (run_in_child)."""
+    try:
+        check_pem(cert_pem, key_pem, whole_key_check=True)
+    except CertificateError as exc:
+        return str(exc)
+    return None
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -153,9 +181,9 @@ def _read(path: Path, what: str) -> bytes:
         raise CertificateError(f"{what} {path}: cannot be read: {exc.strerror or exc}") from None
 
 
-def load_chain(cert_path: Path, key_path: Path, label: str, key_label: str | None = None, own_key: bool = False) -> Chain:
+def load_chain(cert_path: Path, key_path: Path, label: str, key_label: str | None = None) -> Chain:
     """A chain from its files, checked (check_pem)."""
-    leaf, _ = check_pem(_read(cert_path, label), _read(key_path, key_label or label), label=f"{label} {cert_path}", own_key=own_key)
+    leaf, _ = check_pem(_read(cert_path, label), _read(key_path, key_label or label), label=f"{label} {cert_path}")
     return Chain(key_kind(leaf.public_key()), cert_path, key_path, leaf.subject.rfc4514_string(), leaf.issuer.rfc4514_string(),
                  dns_names(leaf), leaf.serial_number, leaf.not_valid_before_utc, leaf.not_valid_after_utc)
 
@@ -204,10 +232,10 @@ def _self_signed(data_dir: Path) -> CertificatePair:
     for kind in ("ECDSA", "RSA"):
         cert_path, key_path = self_signed_paths(data_dir, kind)
         try:
-            chains.append(load_chain(cert_path, key_path, "generated certificate", own_key=True))
+            chains.append(load_chain(cert_path, key_path, "generated certificate"))
         except CertificateError:
             generate_self_signed(cert_path, key_path, kind=kind)
-            chains.append(load_chain(cert_path, key_path, "generated certificate", own_key=True))
+            chains.append(load_chain(cert_path, key_path, "generated certificate"))
     return CertificatePair(SELF_SIGNED, tuple(chains))
 
 
@@ -239,7 +267,7 @@ def acme_certificate(data_dir: Path) -> CertificatePair | None:
     chains = []
     for kind, files in sorted(acme_current(folder).get("chains", {}).items()):
         try:
-            chains.append(load_chain(*acme_files(folder, files), f"ACME {kind} certificate", own_key=True))
+            chains.append(load_chain(*acme_files(folder, files), f"ACME {kind} certificate"))
         except CertificateError as exc:
             log.warning("%s", exc)  # expired or damaged: the others (or the fallback) serve
     return CertificatePair(ACME, tuple(chains)) if chains else None

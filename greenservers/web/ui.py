@@ -8,8 +8,9 @@ or nothing through api.apply_settings_changes (so the page and the JSON API
 share validation and auditing). Secrets are never put in the page: their
 field is empty, says whether a value is set, and an empty submission keeps
 it. The certificate upload (PEM chain + key) is checked with tls.certificates.check_pem
-before any file or setting is replaced (in a pool thread, as is loading it: an
-RSA key's check takes 60 ms at 2048 bits, 0.5 s at 4096).
+before any file or setting is replaced (an RSA key's whole check in a child
+process: it takes 60 ms at 2048 bits, 0.5 s at 4096, holding the GIL; the
+loading in a pool thread).
 
 /settings/password changes the admin password (current one, new one twice),
 through api.change_admin_password like the API; every session ends and this
@@ -31,10 +32,10 @@ from ..audit import AuditLog
 from ..config.private import make_private_dir
 from ..config.settings import DECLARATIONS, GROUPS, Setting
 from ..config.store import atomic_write
-from ..process.offload import run_off_loop
+from ..process.offload import run_in_child, run_off_loop
 from ..provisioning.files import provisioned_ntp_server
 from ..services import BY_SETTING as SERVICE_OF_BINDING
-from ..tls.certificates import ACME, CertificateError, CertificatePair, check_pem, ensure_certificate, server_context
+from ..tls.certificates import ACME, CertificateError, CertificatePair, check_pem, ensure_certificate, server_context, upload_problem
 from . import get_runtime
 from .api import VIA, ChangeRefused, apply_settings_changes, canonical, change_admin_password
 from .auth import FORM_BODY, PasswordRefused, admin_required, auth_method, begin_session, stored_hash, takes, wants_html
@@ -290,7 +291,11 @@ def upload_certificate():
         key_pem = _pem_from_request("key_file", "key_pem")
         if not cert_pem or not key_pem:
             raise CertificateError("give both the certificate (chain) and its private key")
-        leaf, _ = run_off_loop(check_pem, cert_pem, key_pem)  # an RSA key's check: 60 ms at 2048 bits, 0.5 s at 4096
+        # checked whole in a child process: an RSA key's check holds the GIL (60 ms at 2048 bits, 0.5 s at 4096)
+        problem = run_in_child(upload_problem, cert_pem, key_pem)
+        if problem is not None:
+            raise CertificateError(problem)
+        leaf, _ = run_off_loop(check_pem, cert_pem, key_pem)
     except CertificateError as exc:
         return _render(400, cert_error=str(exc))
     tls_dir = settings.data_path / "tls"

@@ -12,7 +12,7 @@ from support.certs import make_cert
 
 from greenservers.config.settings import Settings
 from greenservers.tls.acme import AcmeManager, OrderRequest, describe_error
-from greenservers.tls.certificates import CertificateError, check_pem, ensure_certificate, server_context
+from greenservers.tls.certificates import CertificateError, check_pem, ensure_certificate, server_context, upload_problem
 
 PBX = "pbx.test"
 
@@ -44,6 +44,47 @@ def test_mismatched_key_is_refused():
     _, other_key = make_cert(PBX)
     with pytest.raises(CertificateError, match="does not match"):
         check_pem(cert, other_key)
+
+
+def rsa_pair(bits: int, damaged: bool = False) -> tuple[bytes, bytes]:
+    """(certificate, key) as PEM with an RSA key of `bits`; `damaged`: its private exponent is wrong (the public
+    key, so the match with the certificate, is right)."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(65537, bits)
+    if damaged:
+        n = key.private_numbers()
+        key = rsa.RSAPrivateNumbers(n.p, n.q, n.d + 2, n.dmp1, n.dmq1, n.iqmp, n.public_numbers).private_key(
+            unsafe_skip_rsa_key_validation=True)
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pbx.example.org")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=30))
+            .sign(rsa.generate_private_key(65537, 2048), hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+@pytest.mark.parametrize("bits", [1024, 4160])
+def test_an_rsa_key_outside_2048_to_4096_bits_is_refused(bits):
+    """An uploaded RSA-8192 key made every handshake, anyone's, cost 36-56 ms of the loop."""
+    cert, key = rsa_pair(bits)
+    with pytest.raises(CertificateError, match=f"RSA key has {bits} bits; use 2048 to 4096"):
+        check_pem(cert, key)
+
+
+def test_an_uploaded_rsa_key_is_checked_whole_a_loaded_one_is_not():
+    """The whole check (its primes) holds the GIL 60 ms at 2048 bits: an upload's runs in a child process
+    (upload_problem); a key loaded from its file must match its certificate, and is loaded as it is."""
+    cert, key = rsa_pair(2048, damaged=True)
+    assert "damaged" in upload_problem(cert, key)
+    check_pem(cert, key)  # it matches its certificate
+    good_cert, good_key = rsa_pair(2048)
+    assert upload_problem(good_cert, good_key) is None
 
 
 def test_expired_is_refused():
