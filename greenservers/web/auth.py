@@ -58,19 +58,7 @@ import logging
 import secrets
 import time
 
-from flask import (
-    Blueprint,
-    abort,
-    copy_current_request_context,
-    current_app,
-    g,
-    jsonify,
-    redirect,
-    render_template,
-    request,
-    session,
-    url_for,
-)
+from flask import Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from gevent.event import AsyncResult
 from gevent.lock import BoundedSemaphore
@@ -452,7 +440,10 @@ def _form_parsed_off_loop() -> None:
     thread before anything looks at it: Werkzeug parses a form whole, and 64 KiB of empty fields took 19 ms."""
     if request.mimetype in FORM_CONTENT_TYPES and (request.content_length or 0) > FORM_ON_LOOP_BYTES:
         request.get_data(cache=True, parse_form_data=False)  # parsing reads the form from these bytes
-        run_off_loop(copy_current_request_context(lambda: request.form))
+        # the request itself, not a copy of its context: popped in the thread, a context closes the request, and
+        # with it the form's uploaded files
+        parsed = request._get_current_object()
+        run_off_loop(lambda: parsed.form)
 
 
 # -- login and logout ----------------------------------------------------------

@@ -406,6 +406,12 @@ def test_page_import_upload(browser, book):
     replace = {"csrf_token": browser.token, "replace": "1", "file": (io.BytesIO(b"last_name\nC\n"), "book.csv")}
     assert browser.post("/addressbook/import", data=replace, content_type="multipart/form-data", headers=BROWSER).status_code == 303
     assert [c.last_name for c in book.contacts()] == ["C"]
+    # a larger form is parsed off the loop: its uploaded file stays open for the view (once it was closed: 500)
+    rows = "".join(f"Name{n},+49 30 {1000000 + n}\n" for n in range(400)).encode()
+    large = {"csrf_token": browser.token, "file": (io.BytesIO(b"last_name,work\n" + rows), "book.csv")}
+    assert len(rows) > 8192
+    assert browser.post("/addressbook/import", data=large, content_type="multipart/form-data", headers=BROWSER).status_code == 303
+    assert len(book.contacts()) == 401
 
 
 @pytest.mark.parametrize("count", [0, 1, 999, 1000, 1001, 2500])
