@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -261,6 +262,69 @@ class FailureBackoff(ClientTable):
 
     def succeeded(self, key: str) -> None:
         self.forget(key)
+
+
+class Holdings:
+    """The connections each client holds, oldest first, and which clients hold the most: who gives one up when
+    every slot is taken (`crowded_out`).
+
+    The client holding the most gives up one, of those holding at least two more than the newcomer's
+    client (after the move it holds no fewer); only a connection `idle(connection)` says may go (it waits for
+    its client's next request), its oldest. Clients are looked at from the most held down, and only those
+    holding enough (the counts held, sorted: fewer than sqrt(2 * connections) of them); at most
+    `look_at` connections are asked whether they are idle (when all are busy, the
+    newcomer is turned away: a gate full of busy connections makes no room). A client holding nothing is
+    not kept."""
+
+    def __init__(self, look_at: int = 64):
+        self.look_at = look_at
+        self._of: dict[str, dict] = {}  # client -> its connections, oldest first
+        self._by_count: dict[int, dict[str, None]] = {}  # n -> the clients holding n
+
+    def count(self, client: str) -> int:
+        connections = self._of.get(client)
+        return len(connections) if connections is not None else 0
+
+    def __len__(self) -> int:
+        return len(self._of)
+
+    def add(self, client: str, connection) -> None:
+        connections = self._of.setdefault(client, {})
+        connections[connection] = None
+        self._moved(client, len(connections) - 1, len(connections))
+
+    def remove(self, client: str, connection) -> None:
+        connections = self._of.get(client)
+        if connections is None or connection not in connections:
+            return
+        del connections[connection]
+        if not connections:
+            del self._of[client]
+        self._moved(client, len(connections) + 1, len(connections))
+
+    def crowded_out(self, newcomer: str, idle: Callable[[object], bool]):
+        """The connection (its client's) to give up for a connection of `newcomer`, or None; not removed here."""
+        enough, asked = self.count(newcomer) + 2, 0
+        for held in sorted(self._by_count, reverse=True):  # the counts held: fewer than sqrt(2 * connections)
+            if held < enough:
+                return None
+            for client in self._by_count[held]:
+                for connection in self._of[client]:
+                    if idle(connection):
+                        return connection
+                    asked += 1
+                    if asked >= self.look_at:
+                        return None
+        return None
+
+    def _moved(self, client: str, before: int, now: int) -> None:
+        if before:
+            clients = self._by_count[before]
+            del clients[client]
+            if not clients:
+                del self._by_count[before]
+        if now:
+            self._by_count.setdefault(now, {})[client] = None
 
 
 class ClientCounts:

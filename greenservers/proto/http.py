@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from .clients import TokenBuckets
+from .clients import Holdings, TokenBuckets
 
 REDIRECT_EXEMPT_PREFIXES = ("/.well-known/acme-challenge/", "/prov/")
 REDIRECT_EXEMPT_PATHS = ("/healthz",)
@@ -71,10 +71,8 @@ class ConnectionGate:
         self._spare = 0.0
         self._last = 0.0
         self._source_of: dict = {}  # open connection -> its client
-        self._open_from: dict[str, int] = {}
-        self._holding: dict[int, dict[str, None]] = {}  # n -> the clients holding n connections
-        self._most = 0  # the most connections a client holds
-        self._waiting: dict[str, dict] = {}  # client -> its connections waiting for a request, oldest first
+        self._holdings = Holdings()  # each client's open connections: who gives one up when all slots are taken
+        self._waiting: set = set()  # the open connections waiting for a request
         self.lately = TokenBuckets(rate=0.0, capacity=0)  # per client: admissions it may still have lately (sized by the rate)
 
     def admit(self, source: str, connection) -> str | None:
@@ -92,51 +90,28 @@ class ConnectionGate:
             return OVER_MAX_CONN_RATE
         self.lately.take(source, 1.0, now, floor=0.0)
         self.open += 1
-        held = self._open_from[source] = self._open_from.get(source, 0) + 1
-        self._holds(source, held - 1, held)
-        self._most = max(self._most, held)
+        self._holdings.add(source, connection)
         self._source_of[connection] = source
-        self._waiting.setdefault(source, {})[connection] = None
+        self._waiting.add(connection)
         return ADMITTED
 
     def make_room(self, source: str):
         """When every slot is taken: a connection to close so that `source` can have its slot.
 
-        The client holding the most connections, of those holding at least two more than `source`
-        (after the move it holds no fewer than `source`) and with one that waits for a request (idle
-        keep-alive, a request head or a TLS handshake still coming), gives up that one, its oldest;
-        it is released here. None: nothing to give, `source` is turned away. The clients are looked at
-        from the most held down, and only those holding enough: at most max_conn / 2 of them, when
-        every one of them has each of its connections serving a request."""
+        The client holding the most connections, of those holding at least two more than `source`, gives up
+        its oldest that waits for a request (idle keep-alive, a request head or a TLS handshake still
+        coming: proto.clients.Holdings); it is released here. None: nothing to give, `source` is turned away."""
         if self.open < self.limits()[0]:
             return None
-        enough = self._open_from.get(source, 0) + 2
-        for held in range(self._most, enough - 1, -1):
-            for client in self._holding.get(held, ()):
-                waiting = self._waiting.get(client)
-                if waiting:
-                    victim = next(iter(waiting))
-                    self.release(victim)
-                    return victim
-        return None
-
-    def _holds(self, source: str, before: int, now: int) -> None:
-        """`source` held `before` connections and holds `now`."""
-        if before:
-            holders = self._holding[before]
-            del holders[source]
-            if not holders:
-                del self._holding[before]
-                if self._most == before and now < before:
-                    self._most = now  # it was the last holding the most: now one less is the most
-        if now:
-            self._holding.setdefault(now, {})[source] = None
+        victim = self._holdings.crowded_out(source, self._waiting.__contains__)
+        if victim is not None:
+            self.release(victim)
+        return victim
 
     def waiting(self, connection) -> None:
         """`connection` waits for its next request: it may be closed to make room."""
-        source = self._source_of.get(connection)
-        if source is not None:
-            self._waiting.setdefault(source, {})[connection] = None
+        if connection in self._source_of:
+            self._waiting.add(connection)
 
     def serving(self, connection) -> bool:
         """`connection` has a request: it is not closed to make room until it waits again.
@@ -144,7 +119,7 @@ class ConnectionGate:
         source = self._source_of.get(connection)
         if source is None:
             return True
-        self._waiting.get(source, {}).pop(connection, None)
+        self._waiting.discard(connection)
         return self.pace.take(connection, 1.0, self.clock(), floor=-1.0) >= 0.0
 
     def release(self, connection) -> None:
@@ -154,17 +129,8 @@ class ConnectionGate:
             return
         self.open -= 1
         self.pace.forget(connection)
-        left = self._open_from[source] - 1
-        self._holds(source, left + 1, left)
-        if left:
-            self._open_from[source] = left
-        else:
-            del self._open_from[source]
-        waiting = self._waiting.get(source)
-        if waiting is not None:
-            waiting.pop(connection, None)
-            if not waiting:
-                del self._waiting[source]
+        self._holdings.remove(source, connection)
+        self._waiting.discard(connection)
 
     def _refill(self, rate: int) -> float:
         """Refill the buckets of `rate` (it may have changed); the time now."""

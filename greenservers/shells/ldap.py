@@ -41,6 +41,7 @@ The directory a search reads is kept current with the address book by a
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import socket
 import ssl
@@ -97,16 +98,19 @@ class WriteStalled(Exception):
 
 
 class IdleWatch:
-    """Ends a connection's read that waited `seconds` (TimeoutError thrown into its greenlet), with one timer per
-    idle period rather than one per read: a socket timeout makes and cancels a timer at every read that waits
-    (about 4 us, a twentieth of a phone's search). The greenlet marks its reads (`reading`); the timer, when it
-    fires, throws only into a read that has waited long enough, and is set again for what is left otherwise."""
+    """A connection's idleness. It ends a read that waited `seconds` (TimeoutError thrown into its greenlet), with
+    one timer per idle period rather than one per read: a socket timeout makes and cancels a timer at every read
+    that waits (about 4 us, a twentieth of a phone's search). The greenlet marks its reads (`reading_since`);
+    the timer, when it fires, throws only into a read that has waited long enough, and is set again for what is
+    left otherwise. It is also the connection as the caps know it: one waiting for its client's next request
+    may be closed to make room for another client (`idle`, `close_for_room`)."""
 
-    __slots__ = ("seconds", "reading_since", "_greenlet", "_timer")
+    __slots__ = ("seconds", "reading_since", "_greenlet", "_timer", "_sock")
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, sock):
         self.seconds = seconds
         self.reading_since: float | None = None  # when the read in progress began (monotonic), None: not reading
+        self._sock = sock  # the connection's own socket (under TLS too: shut down, TLS reads end as well)
         self._greenlet = gevent.getcurrent()
         self._timer = None
         self._arm(seconds)
@@ -126,6 +130,15 @@ class IdleWatch:
 
     def close(self) -> None:
         self._timer.close()
+
+    @staticmethod
+    def idle(watch: IdleWatch) -> bool:
+        return watch.reading_since is not None
+
+    def close_for_room(self) -> None:
+        """Its greenlet's read ends (end of file) and the connection ends the usual way."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
 
 def _total_cap() -> int:
@@ -321,8 +334,16 @@ class LdapService(Service):
         peer = plain_address(address[0])
         client = client_key(address[0])
         sensors = self.runtime.sensors
-        held = self.caps.admit(peer)
-        if held is None:
+        idle = IdleWatch(self.idle_timeout, sock)
+        admitted = self.caps.admit(peer, idle)
+        if not admitted and (crowded_out := self.caps.make_room(peer, IdleWatch.idle)) is not None:
+            crowded_out.close_for_room()
+            sensors.add("ldap_crowded_out")
+            self.peer_log.warning("room", client, "LDAP: every connection slot taken; an idle connection of the client "
+                                  "holding the most was closed to let %s in", client)
+            admitted = self.caps.admit(peer, idle)
+        if not admitted:
+            idle.close()
             self.peer_log.warning("cap", client, "LDAP connection refused: %d open from %s, %d from %s, %d in total",
                                   self.caps.open_from(peer), peer, self.caps.open_from(client), client, self.caps.open)
             sock.close()
@@ -330,7 +351,6 @@ class LdapService(Service):
         sensors.set("ldap_connections_open", self.caps.open)
         session = proto.LdapSession(self.policy, self.directory, time.monotonic, tls=tls_first, address=peer, buffers=self.buffers,
                                     paged=self.paged)
-        idle = IdleWatch(self.idle_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers go out whole; no Nagle delay
             self._serve(sock, session, peer, tls_first, idle)
@@ -348,7 +368,7 @@ class LdapService(Service):
             idle.close()
             sock.close()
             session.close()
-            self.caps.release(held)
+            self.caps.release(idle)
             sensors.set("ldap_connections_open", self.caps.open)
             sensors.set("ldap_buffered_bytes", self.buffers.held)
             sensors.set("ldap_paged_searches_open", self.paged.open)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import ssl
+import sys
 
 GROUPS = b"X25519:P-256:P-384"  # what browsers, phones and libldap offer first; each costs the server well under 1 ms
 FALLBACK_CURVE = "prime256v1"
@@ -45,6 +46,9 @@ def _openssl():
 
 def only_elliptic_curves(context: ssl.SSLContext) -> bool:
     """Make `context` accept GROUPS only; True if so, False if it fell back to P-256 alone."""
+    if sys.implementation.name != "cpython" or not (3, 8) <= sys.version_info[:2] <= (3, 13):
+        # the pointer is read before OpenSSL can confirm it: only where CPython's SSLContext is known to start so
+        return _fall_back(context)
     try:
         ctrl, get_options = _openssl()
         pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
@@ -52,6 +56,10 @@ def only_elliptic_curves(context: ssl.SSLContext) -> bool:
             return True
     except (OSError, AttributeError, ctypes.ArgumentError):
         pass
+    return _fall_back(context)
+
+
+def _fall_back(context: ssl.SSLContext) -> bool:
     log.warning("TLS: the key-exchange groups could not be set through OpenSSL; P-256 alone is accepted")
     context.set_ecdh_curve(FALLBACK_CURVE)
     return False

@@ -4,7 +4,16 @@ FailureBackoff (the failures within the window, the wait they earn, bounded memo
 
 from __future__ import annotations
 
-from greenservers.proto.clients import AddressBuckets, ClientCounts, FailureBackoff, Shares, TokenBuckets, address_groups, client_key
+from greenservers.proto.clients import (
+    AddressBuckets,
+    ClientCounts,
+    FailureBackoff,
+    Holdings,
+    Shares,
+    TokenBuckets,
+    address_groups,
+    client_key,
+)
 
 
 def test_a_new_key_starts_full_and_refills_at_the_rate_up_to_the_capacity():
@@ -152,3 +161,22 @@ def test_address_buckets_may_be_resized_and_keep_their_levels_within_the_new_cap
     buckets.resize(rate=Shares(2.0, 8.0), capacity=Shares(5, 20))
     assert buckets.addresses.level("2001:db8::1", now + 1.0) == 5  # 4 + 2, capped at 5
     assert buckets.prefixes.level("2001:db8::/64", now + 1.0) == 20  # 34 + 8, capped at 20
+
+
+def test_holdings_ask_a_bounded_number_of_connections_whatever_is_held():
+    """A review: walking every count from the most held down cost 10-15 ms at 100,000 connections, on every
+    refusal. Only the counts held are visited, and at most `look_at` connections are asked."""
+    holdings = Holdings(look_at=64)
+    for n in range(50_000):
+        holdings.add("10.0.0.1", ("hog", n))
+    for n in range(2_000):
+        holdings.add(f"10.1.{n // 250}.{n % 250}", ("phone", n))
+    asked = []
+    assert holdings.crowded_out("192.0.2.1", lambda c: asked.append(c) or False) is None  # all busy
+    assert len(asked) == 64
+    assert holdings.crowded_out("192.0.2.1", lambda c: c == ("hog", 3)) == ("hog", 3)
+    for n in range(50_000):
+        holdings.remove("10.0.0.1", ("hog", n))
+    holdings.remove("10.0.0.1", ("hog", 0))  # again: nothing happens
+    assert holdings.count("10.0.0.1") == 0 and len(holdings) == 2_000
+    assert holdings.crowded_out("192.0.2.1", lambda c: True) is None  # one each: nobody holds two more

@@ -1168,22 +1168,44 @@ def test_bind_throttle_doubles_and_forgets():
 
 def test_connection_caps():
     caps = ldap.ConnectionCaps(per_client=2, total=3)
-    held = [caps.admit("a"), caps.admit("a"), caps.admit("a"), caps.admit("b"), caps.admit("c")]
-    assert [h is not None for h in held] == [True, True, False, True, False]
-    caps.release(held[0])
-    assert caps.admit("c") and caps.open == 3
+    admitted = [caps.admit(address, n) for n, address in enumerate("aaabc")]
+    assert admitted == [True, True, False, True, False]
+    caps.release(0)
+    caps.release(0)  # again: nothing happens
+    assert caps.admit("c", 5) and caps.open == 3
+
+
+def test_when_every_slot_is_taken_the_client_holding_the_most_gives_up_an_idle_connection():
+    """Sixteen addresses holding 256 connections each (the per-address cap, for a NAT) took every slot: no phone
+    could connect. The client holding two more than the newcomer's gives up its oldest idle one."""
+    caps = ldap.ConnectionCaps(per_client=4, total=10)
+    busy = {"10.0.0.1#0"}  # a connection answering a request is never closed for room
+    for n in range(4):
+        assert caps.admit("10.0.0.1", f"10.0.0.1#{n}")
+    for n in range(3):
+        assert caps.admit("10.0.0.2", f"10.0.0.2#{n}") and caps.admit("10.0.0.3", f"10.0.0.3#{n}")
+    idle = lambda connection: connection not in busy  # noqa: E731
+    assert caps.admit("192.0.2.7", "phone") is False
+    assert caps.make_room("10.0.0.1", idle) is None  # it holds the most itself
+    assert caps.make_room("10.0.0.2", idle) is None  # 3 against 4: nothing to gain
+    assert caps.make_room("192.0.2.7", idle) == "10.0.0.1#1"  # the most (4), its oldest idle one
+    assert caps.open == 9 and caps.admit("192.0.2.7", "phone")
+    caps.release("10.0.0.1#1")  # its greenlet ends later: not released twice
+    assert caps.open == 10
+    assert caps.make_room("192.0.2.8", idle) in {"10.0.0.2#0", "10.0.0.3#0"}  # three each now, the oldest of one
+    assert caps.make_room("192.0.2.8", lambda connection: False) is None  # all busy: none
 
 
 def test_connections_are_capped_per_address_and_a_64_holds_a_quarter_of_all():
     caps = ldap.ConnectionCaps(per_client=2, total=16)
     assert caps.per_prefix == 4
-    phones = [caps.admit(f"2001:db8:1:2::{n}") for n in range(1, 6)]  # one connection each
-    assert [h is not None for h in phones] == [True] * 4 + [False]
+    phones = [caps.admit(f"2001:db8:1:2::{n}", n) for n in range(1, 6)]  # one connection each
+    assert phones == [True] * 4 + [False]
     assert caps.open_from("2001:db8:1:2::/64") == 4 and caps.open_from("2001:db8:1:2::1") == 1
-    assert caps.admit("2001:db8:1:3::1") and caps.admit("192.0.2.1")  # the others keep the rest
-    caps.release(phones[0])
-    assert caps.admit("2001:db8:1:2::5") and caps.open_from("2001:db8:1:2::/64") == 4
-    assert caps.admit("2001:db8:1:2::5") is None  # the /64's quarter again
+    assert caps.admit("2001:db8:1:3::1", "a") and caps.admit("192.0.2.1", "b")  # the others keep the rest
+    caps.release(1)
+    assert caps.admit("2001:db8:1:2::5", 6) and caps.open_from("2001:db8:1:2::/64") == 4
+    assert caps.admit("2001:db8:1:2::5", 7) is False  # the /64's quarter again
 
 
 def test_pipelined_requests_are_answered_in_bounded_batches():

@@ -126,6 +126,21 @@ def test_connection_cap_per_address(served):
         sock.close()
 
 
+def test_when_every_slot_is_taken_an_idle_connection_of_the_client_holding_most_makes_room(served):
+    service, runtime, start = served
+    service.caps = ldap.ConnectionCaps(per_client=4, total=4)
+    port = start()
+    hog = [gsocket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0)) for _ in range(4)]
+    eventually(lambda: gevent.sleep(0.001) or service.caps.open == 4)  # all four admitted, each waiting for a request
+    phone = connect(port)  # 127.0.0.1: the hog's oldest idle connection gives its place
+    phone.sendall(w.search(1, base="", scope=0, attributes=["supportedExtension"]))
+    assert read_until_done(phone)[-1].code == 0
+    assert hog[0].recv(10) == b""
+    assert runtime.sensors.value("ldap_crowded_out") == 1 and service.caps.open == 4
+    for sock in hog + [phone]:
+        sock.close()
+
+
 def test_a_bug_is_logged_and_the_server_keeps_serving(served, caplog, monkeypatch):
     service, runtime, start = served
     port = start()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..clients import ClientCounts, FailureBackoff, Shares, TokenBuckets
+from ..clients import ClientCounts, FailureBackoff, Holdings, Shares, TokenBuckets
 
 # -- fair shares of search time, and buffered bytes (pure bookkeeping for the shell) ----
 
@@ -321,24 +322,49 @@ class ConnectionCaps:
     `per_client` is sized for an IPv4 address hiding a site behind a NAT. A /64 (a LAN of phones each
     keeping a connection; or one device with 2^64 addresses) may hold a quarter of the total, as a /64
     may hold a quarter of TFTP's transfers: three quarters stay for the other clients however a /64 is used.
+    When the total is reached, the client holding the most (two more than the newcomer's: proto.clients.Holdings)
+    gives up an idle connection (`make_room`): sixteen addresses holding 256 each shut every phone out before.
+    A connection is any hashable handle the shell chooses.
     """
 
     def __init__(self, per_client: int, total: int, per_prefix: int | None = None):
         self.per_client, self.total = per_client, total
         self.per_prefix = max(per_client, total // 4) if per_prefix is None else per_prefix
         self._open = ClientCounts()
+        self._held_by: dict = {}  # connection -> what it is counted under (its client key last)
+        self._holdings = Holdings()
 
     @property
     def open(self) -> int:
         return self._open.total
 
-    def admit(self, address: str) -> tuple[str, ...] | None:
-        """A connection from `address`: what it is counted under (to `release`), or None when over a cap."""
-        return self._open.admit(Shares(self.per_client, self.per_prefix).of(address), self.total)
+    def admit(self, address: str, connection) -> bool:
+        """Count `connection` from `address`, unless that would pass a cap (False)."""
+        limits = Shares(self.per_client, self.per_prefix).of(address)
+        held = self._open.admit(limits, self.total)
+        if held is None:
+            return False
+        self._held_by[connection] = held
+        self._holdings.add(limits[-1][0], connection)
+        return True
+
+    def make_room(self, address: str, idle: Callable[[object], bool]):
+        """When the total is reached: an idle connection (`idle(connection)`) to close so that `address` may have
+        its place, released here; None: nothing to give (or `address` is over a cap of its own)."""
+        if self._open.total < self.total:
+            return None
+        victim = self._holdings.crowded_out(Shares(self.per_client, self.per_prefix).of(address)[-1][0], idle)
+        if victim is not None:
+            self.release(victim)
+        return victim
 
     def open_from(self, key: str) -> int:
         """Connections open from an address or an IPv6 /64 ("x::/64")."""
         return self._open.of(key)
 
-    def release(self, held: tuple[str, ...]) -> None:
-        self._open.add(held, -1)
+    def release(self, connection) -> None:
+        """`connection` is closed (again: nothing happens)."""
+        held = self._held_by.pop(connection, None)
+        if held is not None:
+            self._open.add(held, -1)
+            self._holdings.remove(held[-1], connection)
