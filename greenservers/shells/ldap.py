@@ -56,7 +56,7 @@ from gevent.server import StreamServer
 
 from ..addressbook import AddressBook, addressbook_for
 from ..proto import ldap as proto
-from ..proto.clients import client_key, plain_address
+from ..proto.clients import AddressBuckets, client_key, plain_address
 from ..ratelog import RateLimitedLog
 from ..services import Service
 from .handshake import handshake
@@ -277,6 +277,7 @@ class LdapService(Service):
         self.paged = proto.PagedBudget()
         self.turns = Turns()  # connections that worked their share without waiting for their client
         self.handshakes = WorkLine()  # TLS handshakes' steps
+        self.handshake_pace = AddressBuckets(proto.HANDSHAKES_PER_SECOND, proto.HANDSHAKE_BURST)
         self.peer_log = RateLimitedLog(self.log)
         self.idle_timeout = IDLE_TIMEOUT
         self.longest_hold = 0.0
@@ -373,9 +374,14 @@ class LdapService(Service):
             sensors.set("ldap_buffered_bytes", self.buffers.held)
             sensors.set("ldap_paged_searches_open", self.paged.open)
 
-    def _start_tls(self, sock):
+    def _start_tls(self, sock, peer: str):
         """The socket wrapped in TLS (the handshake within HANDSHAKE_TIMEOUT, its steps in line: shells.handshake),
-        its reads without a timeout (the IdleWatch's)."""
+        its reads without a timeout (the IdleWatch's). An address (a /64) beginning handshakes faster than its pace
+        (proto.ldap.HANDSHAKES_PER_SECOND) has its connection closed instead."""
+        if self.handshake_pace.take(peer, 1.0, time.monotonic()) is not None:
+            self.peer_log.warning("handshakes", client_key(peer), "LDAP TLS refused: %s begins TLS handshakes faster than "
+                                  "%g a second", peer, proto.HANDSHAKES_PER_SECOND.per_address)
+            raise ConnectionRefusedError("TLS handshakes too fast")
         tls = self.runtime.tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         handshake(tls, self.handshakes, HANDSHAKE_TIMEOUT)
         tls.settimeout(None)
@@ -383,7 +389,7 @@ class LdapService(Service):
 
     def _serve(self, sock, session: proto.LdapSession, peer: str, tls_first: bool, idle: IdleWatch) -> None:
         if tls_first:
-            sock = self._start_tls(sock)
+            sock = self._start_tls(sock, peer)
         else:
             sock.settimeout(None)  # a read waits until the IdleWatch ends it (a send that waits sets a timeout, then this back)
         sensors = self.runtime.sensors
@@ -439,7 +445,7 @@ class LdapService(Service):
             self.peer_log.warning("bind", peer, "LDAP bind as %r refused (resultCode %d)", item.name[:80], item.result_code)
             gevent.sleep(self.throttle.delay(client, time.monotonic()))
         elif isinstance(item, proto.StartTLS):
-            sock = self._start_tls(sock)
+            sock = self._start_tls(sock, peer)
             session.tls_started()
         elif isinstance(item, proto.Close):
             if item.oversize:

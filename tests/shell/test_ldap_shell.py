@@ -141,6 +141,28 @@ def test_when_every_slot_is_taken_an_idle_connection_of_the_client_holding_most_
         sock.close()
 
 
+def test_an_address_beginning_tls_handshakes_past_its_pace_is_closed_before_the_handshake(served):
+    """One address opening 800 LDAPS connections a second made every other client's handshake wait 120 ms in
+    line (each costs the server up to a millisecond). Past its pace, its connections close before one."""
+    from greenservers.proto.clients import AddressBuckets, Shares
+
+    service, runtime, start = served
+    service.handshake_pace = AddressBuckets(Shares(0.0, 0.0), Shares(2, 2))  # two, then none
+    port = start("ip_ldaps_port")
+    context = gssl.SSLContext(gssl.PROTOCOL_TLS_CLIENT)  # gevent's: its handshake lets the server run
+    context.load_verify_locations(cafile=str(runtime.tls.pair.cert_path))
+    shaken = [context.wrap_socket(connect(port), server_hostname="localhost") for _ in range(2)]
+    with pytest.raises((OSError, gssl.SSLError)):
+        context.wrap_socket(connect(port), server_hostname="localhost")  # the third: closed, no handshake
+    starttls = connect(start())  # StartTLS counts the same
+    starttls.sendall(w.extended(1, ldap.OID_STARTTLS))
+    assert read_until_done(starttls)[0].code == 0
+    with pytest.raises((OSError, gssl.SSLError)):
+        context.wrap_socket(starttls, server_hostname="localhost")
+    for sock in shaken:
+        sock.close()
+
+
 def test_a_bug_is_logged_and_the_server_keeps_serving(served, caplog, monkeypatch):
     service, runtime, start = served
     port = start()

@@ -316,6 +316,12 @@ class BindThrottle(FailureBackoff):
         return min(self.cap, self.first * 2 ** (self.failed(client, now) - 1))
 
 
+# TLS handshakes (LDAPS, StartTLS) an address (an IPv6 /64) may begin a second, and at once: far above phones
+# (a NAT's too), far below a flood (each costs the server up to a millisecond: one address beginning 800 a second
+# made every other client's handshake wait 120 ms in line)
+HANDSHAKES_PER_SECOND, HANDSHAKE_BURST = Shares(50.0, 200.0), Shares(100, 400)
+
+
 class ConnectionCaps:
     """Connections open per address, per IPv6 /64 as a whole and in total, all bounded.
 
