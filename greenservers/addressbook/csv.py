@@ -42,6 +42,17 @@ _MARKED_STARTS = FORMULA_STARTS + (TEXT_MARK,)
 # -- CSV ---------------------------------------------------------------------------
 
 
+def csv_text(data: bytes) -> str:
+    """An import's bytes as text (UTF-8; a byte order mark dropped); ImportRejected for a file over
+    MAX_IMPORT_BYTES or one that is not UTF-8 (naming the first byte that is not)."""
+    if len(data) > MAX_IMPORT_BYTES:
+        raise ImportRejected([{"row": 0, "field": "", "message": f"the file is larger than {MAX_IMPORT_BYTES} bytes"}])
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ImportRejected([{"row": 0, "field": "", "message": f"the file is not UTF-8 text (byte {exc.start})"}]) from None
+
+
 def csv_cell(value: str) -> str:
     """A value as an exported cell: an apostrophe in front where it would start a formula, or with an apostrophe."""
     return TEXT_MARK + value if value.startswith(_MARKED_STARTS) else value
