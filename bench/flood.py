@@ -37,6 +37,10 @@ every flood is bounded in count and in time:
   ldap-pipeline  requests pipelined without end, 64 KiB per send, answers read and dropped:
         Abandon requests on one connection that never binds (127.0.12.1) and Who am I? requests
         on 4 bound connections (127.0.12.2-5)
+  ldap-tls  TLS handshakes begun as fast as they can from 8 sources (127.0.14.1-8), 4 threads
+        each: connect, StartTLS, a ClientHello made once and replayed (the flood computes nothing;
+        the server makes a key exchange and a signature for each), read the server's first
+        flight, close; counted: the server's answers
   ldap-hold  8 sources (127.0.13.1-8) x 4 connections, each bound with a 1 KiB receive buffer,
         pipelining 40 searches for everything (all attributes) and reading nothing, held for the
         phase (the server closes each once its client has read nothing for 10 s), against 5,000
@@ -84,6 +88,7 @@ LDAP_FLOOD_CONTACTS = 100_000
 LDAP_FLOOD_CONNECTIONS = 8  # two from each of four addresses (the cap is four searches in progress per client)
 PIPELINE_WHOAMI = 4  # bound connections pipelining Who am I? (one more pipelines Abandon unbound)
 HOLD_SOURCES, HOLD_PER_SOURCE, HOLD_SEARCHES, HOLD_CONTACTS = 8, 4, 40, 5000
+TLS_SOURCES = 8
 ADMIN_PASSWORD = "the flood bench's admin password"
 
 
@@ -404,6 +409,45 @@ def flood_ldap_pipeline(port: int, seconds: float, counter) -> None:
     counter.value = sent[0]
 
 
+def flood_ldap_tls(port: int, seconds: float, counter) -> None:
+    """TLS_SOURCES x 4 threads beginning TLS handshakes (StartTLS, a replayed ClientHello) as fast as they can."""
+    import ssl
+    import threading
+
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    starttls = services.ldap_wire.extended(1, "1.3.6.1.4.1.1466.20037")
+    deadline, lock, answered = time.monotonic() + seconds, threading.Lock(), [0]
+
+    def source(address: str) -> None:
+        while time.monotonic() < deadline:
+            sock = socket.socket()
+            try:
+                sock.bind((address, 0))
+                sock.settimeout(2)
+                sock.connect(("127.0.0.1", port))
+                sock.sendall(starttls)
+                sock.recv(100)
+                sock.sendall(hello)
+                if sock.recv(65536):
+                    with lock:
+                        answered[0] += 1
+            except OSError:
+                pass
+            finally:
+                sock.close()
+
+    threads = [threading.Thread(target=source, args=(f"127.0.14.{1 + n % TLS_SOURCES}",)) for n in range(4 * TLS_SOURCES)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counter.value = answered[0]
+
+
 def _drop_answers(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         while sock.recv(1 << 20):
@@ -460,16 +504,17 @@ FLOODS = {
     "ldap-filters": (flood_ldap_filters, f"the costliest searches within the limits, {LDAP_FLOOD_CONNECTIONS} connections at once, "
                                          f"{LDAP_FLOOD_CONTACTS:,} contacts"),
     "ldap-pipeline": (flood_ldap_pipeline, f"Abandon pipelined unbound on one connection, Who am I? bound on {PIPELINE_WHOAMI}"),
+    "ldap-tls": (flood_ldap_tls, f"TLS handshakes (StartTLS, a replayed hello) from {TLS_SOURCES} sources as fast as they can"),
     "ldap-hold": (flood_ldap_hold, f"{HOLD_SOURCES} sources x {HOLD_PER_SOURCE} connections pipelining {HOLD_SEARCHES} searches "
                                    "for everything, reading nothing"),
 }
 UNIT = {"http": "connections", "http-pipeline": "answers received", "http-login": "wrong passwords",
         "snmp": "datagrams", "ntp": "datagrams",
         "ldap": "connections held to the end", "tftp": "requests", "tftp-boot": "blocks acknowledged", "ldap-filters": "searches answered",
-        "ldap-pipeline": "requests pipelined", "ldap-hold": "searches pipelined"}
+        "ldap-pipeline": "requests pipelined", "ldap-hold": "searches pipelined", "ldap-tls": "handshakes answered"}
 # a flood is named after the service it floods, unless listed here
 SERVICE_OF_FLOOD = {"tftp-boot": "tftp", "http-login": "http", "http-pipeline": "http", "ldap-filters": "ldap", "ldap-pipeline": "ldap",
-                    "ldap-hold": "ldap"}
+                    "ldap-hold": "ldap", "ldap-tls": "ldap"}
 REQUEST_BYTES = {"tftp": 2 + len(services.PROBE_FILE) + 1 + len("octet") + 1}  # floods that count the bytes sent back
 # what a phase needs before it and puts back after it
 PREPARE = {"ldap-filters": lambda server: with_contacts(server, memory.contacts_csv(LDAP_FLOOD_CONTACTS)),
