@@ -70,40 +70,49 @@ class ConnectionGate:
         self._tokens: float | None = None
         self._spare = 0.0
         self._last = 0.0
-        self._source_of: dict = {}  # open connection -> its client
-        self._holdings = Holdings()  # each client's open connections: who gives one up when all slots are taken
+        self._source_of: dict = {}  # open connection -> (its client, its address)
+        self._holdings = Holdings()  # each address's open connections: who gives one up when all slots are taken
         self._waiting: set = set()  # the open connections waiting for a request
         self.lately = TokenBuckets(rate=0.0, capacity=0)  # per client: admissions it may still have lately (sized by the rate)
 
-    def admit(self, source: str, connection) -> str | None:
+    def admit(self, source: str, connection, address: str | None = None) -> str | None:
         """ADMITTED (None), or the name of the cap that turns this connection away. An admitted
-        connection counts as waiting for a request until `serving`."""
+        connection counts as waiting for a request until `serving`. `address`: the connection's own (an
+        IPv6 client's, within its /64 `source`), as connections are held (`make_room`); `source` by default."""
         max_conn, rate = self.limits()
         now = self._refill(rate)
         if self.open >= max_conn:
             return OVER_MAX_CONN
         if self._tokens >= 1.0:
             self._tokens -= 1.0
-        elif self._spare >= 1.0 and self.lately.level(source, now) >= 1.0:
+        elif self._spare_for(source, now):
             self._spare -= 1.0  # a client that has had (next to) nothing lately, while another takes the rate
         else:
             return OVER_MAX_CONN_RATE
         self.lately.take(source, 1.0, now, floor=0.0)
         self.open += 1
-        self._holdings.add(source, connection)
-        self._source_of[connection] = source
+        address = address or source
+        self._holdings.add(address, connection)
+        self._source_of[connection] = (source, address)
         self._waiting.add(connection)
         return ADMITTED
 
-    def make_room(self, source: str):
+    def _spare_for(self, source: str, now: float) -> bool:
+        return self._spare >= 1.0 and self.lately.level(source, now) >= 1.0
+
+    def make_room(self, source: str, address: str | None = None):
         """When every slot is taken: a connection to close so that `source` can have its slot.
 
-        The client holding the most connections, of those holding at least two more than `source`, gives up
+        The address holding the most connections, of those holding at least two more than `address`, gives up
         its oldest that waits for a request (idle keep-alive, a request head or a TLS handshake still
-        coming: proto.clients.Holdings); it is released here. None: nothing to give, `source` is turned away."""
-        if self.open < self.limits()[0]:
+        coming: proto.clients.Holdings); it is released here. None: nothing to give, `source` is turned away,
+        and nothing is given for a newcomer the rate would turn away anyway. Addresses, not clients, are
+        compared: the phones of an IPv6 LAN, one connection each, are one /64, and were given up one by one."""
+        max_conn, rate = self.limits()
+        now = self._refill(rate)
+        if self.open < max_conn or not (self._tokens >= 1.0 or self._spare_for(source, now)):
             return None
-        victim = self._holdings.crowded_out(source, self._waiting.__contains__)
+        victim = self._holdings.crowded_out(address or source, self._waiting.__contains__)
         if victim is not None:
             self.release(victim)
         return victim
@@ -116,20 +125,19 @@ class ConnectionGate:
     def serving(self, connection) -> bool:
         """`connection` has a request: it is not closed to make room until it waits again.
         False when the request is over the connection's pace (it is to be refused, and the connection closed)."""
-        source = self._source_of.get(connection)
-        if source is None:
+        if connection not in self._source_of:
             return True
         self._waiting.discard(connection)
         return self.pace.take(connection, 1.0, self.clock(), floor=-1.0) >= 0.0
 
     def release(self, connection) -> None:
         """`connection` is closed (again: nothing happens)."""
-        source = self._source_of.pop(connection, None)
-        if source is None:
+        held = self._source_of.pop(connection, None)
+        if held is None:
             return
         self.open -= 1
         self.pace.forget(connection)
-        self._holdings.remove(source, connection)
+        self._holdings.remove(held[1], connection)
         self._waiting.discard(connection)
 
     def _refill(self, rate: int) -> float:

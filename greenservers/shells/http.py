@@ -279,16 +279,17 @@ class CappedWSGIServer(pywsgi.WSGIServer):
 
     def do_handle(self, client, address):
         source = client_key(address[0])
+        peer = plain_address(address[0])
         connection = Connection(client, source)
-        refused = self.gate.admit(source, connection)
+        refused = self.gate.admit(source, connection, peer)
         if refused == OVER_MAX_CONN:
-            crowded_out = self.gate.make_room(source)  # one client holding most slots gives up an idle one
+            crowded_out = self.gate.make_room(source, peer)  # the address holding the most slots gives up an idle one
             if crowded_out is not None:
                 crowded_out.close_for_room()
                 self.sensors.add("http_crowded_out")
                 self.room_log.info("room", crowded_out.source, "holds the most of http_max_conn: its idle HTTP connections "
                                    "are closed to let clients holding fewer in")
-                refused = self.gate.admit(source, connection)
+                refused = self.gate.admit(source, connection, peer)
         if refused is not None:
             self.sensors.add(f"http_rejected_{refused}")
             if self.tls_holder is None and self.challenges() and self._peek(source, client):

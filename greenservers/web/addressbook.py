@@ -27,9 +27,9 @@ from flask import (
 from werkzeug.exceptions import InternalServerError, ServiceUnavailable
 
 from ..addressbook import FIELDS, MAX_IMPORT_BYTES, NUMBER_FIELDS, BookBusy, ContactError, ContactNotFound, ImportRejected, addressbook_for
-from ..process.offload import ChildFailed, let_the_loop_turn, run_off_loop
+from ..process.offload import ChildFailed, run_off_loop
 from . import get_runtime, whole_arg
-from .auth import CSV_BODY, FORM_BODY, JSON_BODY, NO_BODY, admin_required, takes
+from .auth import CSV_BODY, FORM_BODY, JSON_BODY, NO_BODY, admin_required, read_body_in_turns, takes
 
 bp = Blueprint("addressbook", __name__)
 log = logging.getLogger("greenservers.addressbook")
@@ -90,18 +90,6 @@ def _rejected(exc: ImportRejected):
 
 
 IMPORT_BODY_BYTES = MAX_IMPORT_BYTES + 64 * 1024  # room for the multipart framing
-BODY_PIECE = 65536  # bytes of an import read between two turns of the loop (2.5 MB at once held it 8 ms)
-
-
-def _request_body() -> bytes:
-    """The request's body, read a piece at a time with a turn of the loop between pieces."""
-    pieces = []
-    while piece := request.stream.read(BODY_PIECE):
-        pieces.append(piece)
-        let_the_loop_turn()
-    return b"".join(pieces)
-
-
 # -- JSON API ------------------------------------------------------------------
 
 
@@ -200,7 +188,7 @@ def import_contacts():
 
     ?replace=1 makes the file replace the whole address book (still all or nothing).
     """
-    data = _request_body()  # its bytes, decoded in the import's child process
+    data = read_body_in_turns()  # its bytes, decoded in the import's child process
     replace = request.args.get("replace", "").lower() in ("1", "true", "yes", "on")
     try:
         count = _book().import_csv(data, replace=replace)

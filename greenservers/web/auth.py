@@ -54,6 +54,7 @@ import collections
 import functools
 import hashlib
 import hmac
+import io
 import logging
 import secrets
 import time
@@ -63,9 +64,10 @@ from flask.sessions import SecureCookieSessionInterface
 from gevent.event import AsyncResult
 from gevent.lock import BoundedSemaphore
 from markupsafe import Markup
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..passwords import MAX_PASSWORD, hash_password, verify_password
-from ..process.offload import run_off_loop
+from ..process.offload import let_the_loop_turn, run_off_loop
 from ..proto.clients import FailureBackoff, client_key
 from ..ratelog import RateLimitedLog, printable
 from . import get_runtime
@@ -78,6 +80,8 @@ CHECKING_WAIT = 1.0  # seconds a client waits when its password checks in progre
 OPEN_BODY_BYTES = 16 * 1024  # the body of a request to a view open to all (a login form is under 1 KiB)
 BODY_BYTES = 64 * 1024  # the body of an admin's request, unless its view says more (`takes`); the Ports form is about 8 KiB
 FORM_ON_LOOP_BYTES = 4096  # a form body up to this is parsed on the event loop (well under a millisecond); a larger one in a pool thread
+URLENCODED_BYTES = 160 * 1024  # an urlencoded form, whatever its view takes (two pasted PEMs): its split into fields is one C call
+BODY_PIECE = 65536  # bytes of a large body read between two turns of the loop (20 MB read at once held it 100-170 ms)
 MAX_TRACKED_ADDRESSES = 4096
 SESSION_MAX_AGE = 8 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -439,11 +443,29 @@ def _form_parsed_off_loop() -> None:
     """A form body past FORM_ON_LOOP_BYTES is read on the loop (at most its view's limit) and parsed in a pool
     thread before anything looks at it: Werkzeug parses a form whole, and 64 KiB of empty fields took 19 ms."""
     if request.mimetype in FORM_CONTENT_TYPES and (request.content_length or 0) > FORM_ON_LOOP_BYTES:
-        request.get_data(cache=True, parse_form_data=False)  # parsing reads the form from these bytes
+        read_body_in_turns()
         # the request itself, not a copy of its context: popped in the thread, a context closes the request, and
         # with it the form's uploaded files
         parsed = request._get_current_object()
         run_off_loop(lambda: parsed.form)
+
+
+def read_body_in_turns() -> bytes:
+    """The request's body (its Content-Length: a chunked one was refused by the shell), read BODY_PIECE at a time
+    with a turn of the loop between pieces, then put back as the request's input for Werkzeug to read; 413 for
+    one over the request's limit, before a byte is read."""
+    length = request.content_length or 0
+    if request.max_content_length is not None and length > request.max_content_length:
+        raise RequestEntityTooLarge()
+    environ = request.environ
+    pieces, left = [], length
+    while left > 0 and (piece := environ["wsgi.input"].read(min(BODY_PIECE, left))):
+        pieces.append(piece)
+        left -= len(piece)
+        let_the_loop_turn()
+    body = b"".join(pieces)
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
 
 
 # -- login and logout ----------------------------------------------------------
@@ -524,7 +546,10 @@ def init_app(app) -> None:
     def _admin_body_limit():
         view = current_app.view_functions.get(request.endpoint)
         if view is not None and getattr(view, "greenservers_admin", False):
-            request.max_content_length = getattr(view, "greenservers_body_bytes", BODY_BYTES)  # 413 before parsing
+            limit = getattr(view, "greenservers_body_bytes", BODY_BYTES)
+            if request.mimetype == "application/x-www-form-urlencoded":  # its large limit is for multipart files
+                limit = min(limit, URLENCODED_BYTES)
+            request.max_content_length = limit  # 413 before parsing
 
     @app.before_request
     def _state_changes_outside_admin_views():

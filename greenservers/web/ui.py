@@ -32,7 +32,7 @@ from ..audit import AuditLog
 from ..config.private import make_private_dir
 from ..config.settings import DECLARATIONS, GROUPS, Setting
 from ..config.store import atomic_write
-from ..process.offload import run_in_child, run_off_loop
+from ..process.offload import ChildFailed, run_in_child, run_off_loop
 from ..provisioning.files import provisioned_ntp_server
 from ..services import BY_SETTING as SERVICE_OF_BINDING
 from ..tls.certificates import ACME, CertificateError, CertificatePair, check_pem, ensure_certificate, server_context, upload_problem
@@ -298,6 +298,8 @@ def upload_certificate():
         leaf, _ = run_off_loop(check_pem, cert_pem, key_pem)
     except CertificateError as exc:
         return _render(400, cert_error=str(exc))
+    except ChildFailed as exc:
+        return _render(500, cert_error=f"the key could not be checked (its check's process {exc.reason}); try again")
     tls_dir = settings.data_path / "tls"
     make_private_dir(tls_dir)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")

@@ -112,6 +112,23 @@ def test_a_client_holding_most_slots_gives_up_an_idle_one_to_another_client():
     assert g.open == 10
 
 
+def test_a_newcomer_over_the_rate_gets_no_room_and_an_ipv6_lan_s_phones_are_not_given_up():
+    """A review: a newcomer the rate would turn away closed someone's connection first; and holdings keyed by
+    /64 made a LAN's phones, one connection each, one client holding them all."""
+    g, clock, _ = gate(max_conn=6, rate=10**6)
+    for n in range(4):
+        assert g.admit("2001:db8:1::/64", ("phone", n), f"2001:db8:1::{n + 1}") is None
+    for n in range(2):
+        assert g.admit("192.0.2.66", ("hog", n)) is None
+    assert g.make_room("198.51.100.1", "198.51.100.1") == ("hog", 0)  # the address holding the most: never a phone
+    assert g.admit("198.51.100.1", "newcomer") is None
+    assert g.make_room("198.51.100.2", "198.51.100.2") is None  # one each now
+    slow, _, _ = gate(max_conn=1, rate=1)
+    assert slow.admit("192.0.2.66", "a") is None  # full, and the bucket of one token spent
+    assert slow.make_room("198.51.100.1") is None  # the rate would refuse it: nothing closed for it
+    assert slow.open == 1
+
+
 def test_three_clients_holding_a_third_each_give_a_slot_to_a_fourth():
     """Only a client holding more than half gave one up: three addresses shut the admin out."""
     g, clock, _ = gate(max_conn=9)

@@ -1196,6 +1196,24 @@ def test_when_every_slot_is_taken_the_client_holding_the_most_gives_up_an_idle_c
     assert caps.make_room("192.0.2.8", lambda connection: False) is None  # all busy: none
 
 
+def test_phones_of_an_ipv6_lan_are_not_crowded_out_nor_by_a_newcomer_refused_anyway():
+    """A review: holdings keyed by /64 made a LAN's phones, one connection each, one client holding hundreds:
+    58 IPv4 addresses closed 430 of 500 phones' connections. And an address at its own cap closed one of
+    someone's connections at each attempt, to be refused anyway."""
+    caps = ldap.ConnectionCaps(per_client=4, total=12, per_prefix=8)
+    for n in range(8):
+        assert caps.admit(f"2001:db8:1::{n + 1}", ("phone", n))
+    for n in range(4):
+        assert caps.admit("10.0.0.1", ("hog", n))
+    idle = lambda connection: True  # noqa: E731
+    assert caps.make_room("2001:db8:1::99", idle) is None  # its /64 is at its cap: it would be refused anyway
+    for n, newcomer in enumerate(("192.0.2.7", "192.0.2.8", "192.0.2.9")):
+        assert caps.make_room(newcomer, idle) == ("hog", n)  # the address holding the most: never a phone
+        assert caps.admit(newcomer, newcomer)
+    assert caps.make_room("192.0.2.10", idle) is None  # one each now: nobody holds two more
+    assert caps.open == 12 and caps.open_from("2001:db8:1::/64") == 8
+
+
 def test_connections_are_capped_per_address_and_a_64_holds_a_quarter_of_all():
     caps = ldap.ConnectionCaps(per_client=2, total=16)
     assert caps.per_prefix == 4

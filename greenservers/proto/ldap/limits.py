@@ -337,7 +337,7 @@ class ConnectionCaps:
         self.per_client, self.total = per_client, total
         self.per_prefix = max(per_client, total // 4) if per_prefix is None else per_prefix
         self._open = ClientCounts()
-        self._held_by: dict = {}  # connection -> what it is counted under (its client key last)
+        self._held_by: dict = {}  # connection -> (what it is counted under, its address)
         self._holdings = Holdings()
 
     @property
@@ -350,16 +350,18 @@ class ConnectionCaps:
         held = self._open.admit(limits, self.total)
         if held is None:
             return False
-        self._held_by[connection] = held
-        self._holdings.add(limits[-1][0], connection)
+        self._held_by[connection] = held, address
+        self._holdings.add(address, connection)
         return True
 
     def make_room(self, address: str, idle: Callable[[object], bool]):
         """When the total is reached: an idle connection (`idle(connection)`) to close so that `address` may have
-        its place, released here; None: nothing to give (or `address` is over a cap of its own)."""
-        if self._open.total < self.total:
+        its place, released here; None: nothing to give, or `address` (its /64) is at a cap of its own (it would
+        be turned away anyway). Addresses, not clients, are compared: the phones of an IPv6 LAN, one connection
+        each, are one /64, and were given up one by one."""
+        if self._open.total < self.total or self._open.full(Shares(self.per_client, self.per_prefix).of(address)) is not None:
             return None
-        victim = self._holdings.crowded_out(Shares(self.per_client, self.per_prefix).of(address)[-1][0], idle)
+        victim = self._holdings.crowded_out(address, idle)
         if victim is not None:
             self.release(victim)
         return victim
@@ -372,5 +374,5 @@ class ConnectionCaps:
         """`connection` is closed (again: nothing happens)."""
         held = self._held_by.pop(connection, None)
         if held is not None:
-            self._open.add(held, -1)
-            self._holdings.remove(held[-1], connection)
+            self._open.add(held[0], -1)
+            self._holdings.remove(held[1], connection)
