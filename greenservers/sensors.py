@@ -171,7 +171,7 @@ DECLARED: tuple[Sensor, ...] = (
            "HTTP(S) connections closed for a slow or idle client (header, keep-alive, TLS handshake or read/write timeout)."),
     Sensor("http_redirects", 15, C, "Plain-HTTP requests redirected to HTTPS."),
     Sensor("http_crowded_out", 16, C,
-           "Idle HTTP(S) connections closed to let another client in, their client holding the most of http_max_conn."),
+           "Idle HTTP(S) connections closed to let another client in, their address holding the most of http_max_conn."),
     Sensor("http_requests_too_fast", 17, C,
            "HTTP(S) requests answered 429 Too Many Requests, their connection then closed: one connection sent requests faster "
            "than its pace allows (pipelining)."),
@@ -220,7 +220,7 @@ DECLARED: tuple[Sensor, ...] = (
            "Unfinished LDAP paged searches whose results are kept for their next page, all connections together."),
     Sensor("ldap_directory_entries", 57, G, "Contacts in the LDAP directory the phones search (the address book as it has applied it)."),
     Sensor("ldap_crowded_out", 59, C,
-           "Idle LDAP connections closed to let another client in while every connection slot was taken, their client "
+           "Idle LDAP connections closed to let another client in while every connection slot was taken, their address "
            "holding the most."),
     Sensor("ldap_directory_pending", 58, G,
            "Contacts of the address book the LDAP directory is applying now (an import being merged; every contact while it "

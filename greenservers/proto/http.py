@@ -11,11 +11,12 @@ flooding either cap must not shut the others out:
   spare bucket of that rate: the flooding client never can. Each client's
   admissions lately are a token bucket of its own (proto.clients.TokenBuckets,
   of that rate and size, never below empty), in bounded memory;
-- when every slot is taken, the client holding the most (at least two more
-  than the newcomer's client) gives up its oldest connection that waits for
+- when every slot is taken, the address holding the most (at least two more
+  than the newcomer's address) gives up its oldest connection that waits for
   a request (idle keep-alive, a request head or TLS handshake still coming)
-  to the newcomer: three addresses holding a third each no longer shut out
-  the admin (only a client holding more than half gave one up before).
+  to the newcomer, unless the rate would turn the newcomer away anyway: three
+  addresses holding a third each no longer shut out the admin (only a client
+  holding more than half gave one up before).
 A single client alone meets exactly the two caps.
 The gate also paces requests on each connection it admitted: a token bucket
 of `requests_per_second` (burst: one second's worth), so that one keep-alive

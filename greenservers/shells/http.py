@@ -10,7 +10,7 @@ plain HTTP gets a canned `503` with `Retry-After` and TLS connections are
 closed before any handshake: turning a connection away costs one send, never
 a request parse or a TLS handshake, so it cannot slow the ones being served.
 When every slot is taken, the gate may name an idle connection of the
-client holding the most of them: it is shut down, and the newcomer takes its slot.
+address holding the most of them: it is shut down, and the newcomer takes its slot.
 
 A plain-HTTP connection turned away while an ACME http-01 validation is
 under way gets its request line read first (at most CHALLENGE_PEEK_BYTES,
@@ -288,7 +288,7 @@ class CappedWSGIServer(pywsgi.WSGIServer):
                 crowded_out.close_for_room()
                 self.sensors.add("http_crowded_out")
                 self.room_log.info("room", crowded_out.source, "holds the most of http_max_conn: its idle HTTP connections "
-                                   "are closed to let clients holding fewer in")
+                                   "are closed to let addresses holding fewer in")
                 refused = self.gate.admit(source, connection, peer)
         if refused is not None:
             self.sensors.add(f"http_rejected_{refused}")
