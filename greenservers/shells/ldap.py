@@ -340,7 +340,7 @@ class LdapService(Service):
         if not admitted and (crowded_out := self.caps.make_room(peer, IdleWatch.idle)) is not None:
             crowded_out.close_for_room()
             sensors.add("ldap_crowded_out")
-            self.peer_log.warning("room", client, "LDAP: every connection slot taken; an idle connection of the client "
+            self.peer_log.warning("room", client, "LDAP: every connection slot taken; an idle connection of the address "
                                   "holding the most was closed to let %s in", client)
             admitted = self.caps.admit(peer, idle)
         if not admitted:
