@@ -266,7 +266,8 @@ class FailureBackoff(ClientTable):
 
 class Holdings:
     """The connections each client holds, oldest first, and which clients hold the most: who gives one up when
-    every slot is taken (`crowded_out`).
+    every slot is taken (`crowded_out`). A client here is whatever key the caller holds connections under (the
+    HTTP gate and LDAP's caps: an address, so that the phones of an IPv6 LAN are not one client holding many).
 
     The client holding the most gives up one, of those holding at least two more than the newcomer's
     client (after the move it holds no fewer); only a connection `idle(connection)` says may go (it waits for

@@ -71,7 +71,7 @@ class ConnectionGate:
         self._tokens: float | None = None
         self._spare = 0.0
         self._last = 0.0
-        self._source_of: dict = {}  # open connection -> (its client, its address)
+        self._address_of: dict = {}  # open connection -> its address (as `_holdings` holds it)
         self._holdings = Holdings()  # each address's open connections: who gives one up when all slots are taken
         self._waiting: set = set()  # the open connections waiting for a request
         self.lately = TokenBuckets(rate=0.0, capacity=0)  # per client: admissions it may still have lately (sized by the rate)
@@ -94,7 +94,7 @@ class ConnectionGate:
         self.open += 1
         address = address or source
         self._holdings.add(address, connection)
-        self._source_of[connection] = (source, address)
+        self._address_of[connection] = address
         self._waiting.add(connection)
         return ADMITTED
 
@@ -120,25 +120,25 @@ class ConnectionGate:
 
     def waiting(self, connection) -> None:
         """`connection` waits for its next request: it may be closed to make room."""
-        if connection in self._source_of:
+        if connection in self._address_of:
             self._waiting.add(connection)
 
     def serving(self, connection) -> bool:
         """`connection` has a request: it is not closed to make room until it waits again.
         False when the request is over the connection's pace (it is to be refused, and the connection closed)."""
-        if connection not in self._source_of:
+        if connection not in self._address_of:
             return True
         self._waiting.discard(connection)
         return self.pace.take(connection, 1.0, self.clock(), floor=-1.0) >= 0.0
 
     def release(self, connection) -> None:
         """`connection` is closed (again: nothing happens)."""
-        held = self._source_of.pop(connection, None)
-        if held is None:
+        address = self._address_of.pop(connection, None)
+        if address is None:
             return
         self.open -= 1
         self.pace.forget(connection)
-        self._holdings.remove(held[1], connection)
+        self._holdings.remove(address, connection)
         self._waiting.discard(connection)
 
     def _refill(self, rate: int) -> float:

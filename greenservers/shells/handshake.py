@@ -31,6 +31,7 @@ def handshake(tls_sock, line: WorkLine, seconds: float) -> None:
     """Complete the server side of `tls_sock`'s handshake (a gevent SSLSocket made with
     do_handshake_on_connect=False) within `seconds`, each step in `line`; its timeout is 0 afterwards."""
     deadline = time.monotonic() + seconds
+    late = f"TLS handshake not finished in {seconds:g} s"
     tls_sock.settimeout(0.0)  # a step that needs the client's bytes raises, and is waited for here
     while True:
         line.wait_for_turn()
@@ -46,5 +47,5 @@ def handshake(tls_sock, line: WorkLine, seconds: float) -> None:
             line.spent(time.perf_counter() - started)
         left = deadline - time.monotonic()
         if left <= 0:
-            raise HandshakeTimeout(f"TLS handshake not finished in {seconds:g} s")
-        wait(tls_sock.fileno(), timeout=left, timeout_exc=HandshakeTimeout(f"TLS handshake not finished in {seconds:g} s"))
+            raise HandshakeTimeout(late)
+        wait(tls_sock.fileno(), timeout=left, timeout_exc=HandshakeTimeout(late))

@@ -90,6 +90,8 @@ def _rejected(exc: ImportRejected):
 
 
 IMPORT_BODY_BYTES = MAX_IMPORT_BYTES + 64 * 1024  # room for the multipart framing
+
+
 # -- JSON API ------------------------------------------------------------------
 
 

@@ -147,7 +147,7 @@ def test_bookkeeping_is_bounded_by_what_is_open_and_the_rate():
         connection = (n,)
         if g.admit(f"10.{n % 250}.{n % 199}.{n % 7}", connection) is None:
             g.release(connection)
-    assert g.open == 0 and not g._source_of and not g._waiting and len(g._holdings) == 0
+    assert g.open == 0 and not g._address_of and not g._waiting and len(g._holdings) == 0
     assert len(g.lately) <= 2 * (1000 + 100) * 2
 
 

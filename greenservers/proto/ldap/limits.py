@@ -328,7 +328,7 @@ class ConnectionCaps:
     `per_client` is sized for an IPv4 address hiding a site behind a NAT. A /64 (a LAN of phones each
     keeping a connection; or one device with 2^64 addresses) may hold a quarter of the total, as a /64
     may hold a quarter of TFTP's transfers: three quarters stay for the other clients however a /64 is used.
-    When the total is reached, the client holding the most (two more than the newcomer's: proto.clients.Holdings)
+    When the total is reached, the address holding the most (two more than the newcomer's: proto.clients.Holdings)
     gives up an idle connection (`make_room`): sixteen addresses holding 256 each shut every phone out before.
     A connection is any hashable handle the shell chooses.
     """
