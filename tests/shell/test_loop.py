@@ -33,14 +33,17 @@ def sockets():
     client.close()
 
 
+def _serve_one(server, order: list, echo: bool = False) -> None:
+    """Wait for one datagram, note that it was served (and send it back if `echo`)."""
+    data, peer = server.recvfrom(100)
+    order.append("served")
+    if echo:
+        server.sendto(data, peer)
+
+
 def test_a_datagram_that_arrives_during_a_step_is_served_before_the_next_step(sockets):
     server, client = sockets
     order: list = []
-
-    def serve_one() -> None:
-        data, peer = server.recvfrom(100)
-        order.append("served")
-        server.sendto(data, peer)
 
     def steps() -> None:
         for step in range(STEPS):
@@ -50,7 +53,7 @@ def test_a_datagram_that_arrives_during_a_step_is_served_before_the_next_step(so
             order.append(step)
             serve_ready_then_continue()
 
-    waiting = gevent.spawn(serve_one)  # started first: it waits in recvfrom when the steps begin
+    waiting = gevent.spawn(_serve_one, server, order, echo=True)  # started first: it waits in recvfrom when the steps begin
     working = gevent.spawn(steps)
     gevent.joinall([waiting, working], timeout=30, raise_error=True)
     assert order == [0, "served", 1, 2, 3, 4]
@@ -62,10 +65,6 @@ def test_work_run_in_turns_lets_a_datagram_be_served_between_its_steps_and_retur
     server, client = sockets
     order: list = []
 
-    def serve_one() -> None:
-        server.recvfrom(100)
-        order.append("served")
-
     def steps():
         for step in range(STEPS):
             if step == 0:
@@ -75,7 +74,7 @@ def test_work_run_in_turns_lets_a_datagram_be_served_between_its_steps_and_retur
             yield
         return "counted"
 
-    waiting = gevent.spawn(serve_one)
+    waiting = gevent.spawn(_serve_one, server, order)
     working = gevent.spawn(run_in_turns, steps(), 0.001)
     gevent.joinall([waiting, working], timeout=30, raise_error=True)
     assert working.value == "counted"
@@ -86,11 +85,7 @@ def test_the_callback_runs_in_the_hub_after_the_ready_sockets(sockets):
     server, client = sockets
     order: list = []
 
-    def serve_one() -> None:
-        server.recvfrom(100)
-        order.append("served")
-
-    waiting = gevent.spawn(serve_one)
+    waiting = gevent.spawn(_serve_one, server, order)
     gevent.idle()  # it waits in recvfrom now
     client.sendto(b"ping", server.getsockname())
     after_the_loop_turns(order.append, "turned")
