@@ -7,7 +7,7 @@ uploaded or configured one (tls_cert, tls_key); else the generated self-signed
 one. A custom certificate is refused with a clear message when it cannot be
 read, does not parse, has expired, its key does not match, or its RSA key
 is shorter than 2048 or longer than 4096 bits; an uploaded RSA key is
-checked whole once, in a child process (`upload_problem`).
+checked whole once, in a child process (`check_upload`).
 
 The generated certificate is a pair, ECDSA P-256 and RSA-2048, with the host
 name, localhost and the loopback addresses in its subjectAltName (libldap
@@ -31,6 +31,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -126,7 +127,7 @@ def check_pem(cert_pem: bytes, key_pem: bytes, now: datetime.datetime | None = N
     RSA_MIN_BITS or more than RSA_MAX_BITS (an 8192-bit key made every handshake cost 36-56 ms of the loop).
 
     `whole_key_check`: an RSA key's consistency is checked too (its primes: 60 ms of CPU at 2048 bits, 0.5 s at
-    4096, 7 s at 8192, holding the GIL): for an upload, in a child process (`upload_problem`). A key loaded
+    4096, 7 s at 8192, holding the GIL): for an upload, in a child process (`check_upload`). A key loaded
     from its file (ours, generated or from ACME, or the admin's, checked when uploaded) must match its
     certificate, which is checked every time."""
     now = now or datetime.datetime.now(datetime.UTC)
@@ -165,13 +166,21 @@ def _check_rsa_size(key, label: str, whose: str) -> None:
                                f"(or ECDSA): a larger key makes every TLS handshake cost the server tens of milliseconds")
 
 
-def upload_problem(cert_pem: bytes, key_pem: bytes) -> str | None:
-    """What is wrong with an uploaded pair, checked whole (None: nothing); for a child process (run_in_child)."""
+class UploadChecked(NamedTuple):
+    """An uploaded pair checked whole: what is wrong with it (None: nothing), else its leaf's subject and end."""
+
+    problem: str | None
+    subject: str = ""
+    not_after: datetime.datetime | None = None
+
+
+def check_upload(cert_pem: bytes, key_pem: bytes) -> UploadChecked:
+    """An uploaded pair checked whole; for a child process (run_in_child), which answers what the page says of it."""
     try:
-        check_pem(cert_pem, key_pem, whole_key_check=True)
+        leaf, _ = check_pem(cert_pem, key_pem, whole_key_check=True)
     except CertificateError as exc:
-        return str(exc)
-    return None
+        return UploadChecked(str(exc))
+    return UploadChecked(None, leaf.subject.rfc4514_string(), leaf.not_valid_after_utc)
 
 
 def _read(path: Path, what: str) -> bytes:

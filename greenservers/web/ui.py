@@ -7,7 +7,7 @@ fields whose value differs from the current one become changes, applied all
 or nothing through api.apply_settings_changes (so the page and the JSON API
 share validation and auditing). Secrets are never put in the page: their
 field is empty, says whether a value is set, and an empty submission keeps
-it. The certificate upload (PEM chain + key) is checked with tls.certificates.check_pem
+it. The certificate upload (PEM chain + key) is checked (tls.certificates.check_upload)
 before any file or setting is replaced (an RSA key's whole check in a child
 process: it takes 60 ms at 2048 bits, 0.5 s at 4096, holding the GIL; the
 loading in a pool thread).
@@ -35,7 +35,7 @@ from ..config.store import atomic_write
 from ..process.offload import ChildFailed, run_in_child, run_off_loop
 from ..provisioning.files import provisioned_ntp_server
 from ..services import BY_SETTING as SERVICE_OF_BINDING
-from ..tls.certificates import ACME, CertificateError, CertificatePair, check_pem, ensure_certificate, server_context, upload_problem
+from ..tls.certificates import ACME, CertificateError, CertificatePair, check_upload, ensure_certificate, server_context
 from . import get_runtime
 from .api import VIA, ChangeRefused, apply_settings_changes, canonical, change_admin_password
 from .auth import FORM_BODY, PasswordRefused, admin_required, auth_method, begin_session, stored_hash, takes, wants_html
@@ -292,10 +292,9 @@ def upload_certificate():
         if not cert_pem or not key_pem:
             raise CertificateError("give both the certificate (chain) and its private key")
         # checked whole in a child process: an RSA key's check holds the GIL (60 ms at 2048 bits, 0.5 s at 4096)
-        problem = run_in_child(upload_problem, cert_pem, key_pem)
-        if problem is not None:
-            raise CertificateError(problem)
-        leaf, _ = run_off_loop(check_pem, cert_pem, key_pem)
+        checked = run_in_child(check_upload, cert_pem, key_pem)
+        if checked.problem is not None:
+            raise CertificateError(checked.problem)
     except CertificateError as exc:
         return _render(400, cert_error=str(exc))
     except ChildFailed as exc:
@@ -310,7 +309,7 @@ def upload_certificate():
     try:
         # checked again as it will be served, and loaded in OpenSSL, before anything switches over
         pair, context = run_off_loop(_served_as, settings.with_changes(changes))
-        note = f"certificate {leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}"
+        note = f"certificate {checked.subject}, valid until {checked.not_after:%Y-%m-%d}"
         apply_settings_changes(changes, VIA.get(auth_method(), "web page"), note=note)
     except (CertificateError, ChangeRefused) as exc:
         for path in (cert_path, key_path):
@@ -324,9 +323,9 @@ def upload_certificate():
             keep.add(settings.resolve(getattr(settings, name)).resolve())  # the previous pair, for going back by hand
     _remove_old_uploads(tls_dir, keep)
     if pair.source == ACME:
-        flash(f"Certificate stored: {leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}. "
+        flash(f"Certificate stored: {checked.subject}, valid until {checked.not_after:%Y-%m-%d}. "
               "The ACME certificate comes first while acme_domains is set; this one serves when ACME is turned off.", "warning")
     else:
-        flash(f"Certificate installed: {leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}. "
+        flash(f"Certificate installed: {checked.subject}, valid until {checked.not_after:%Y-%m-%d}. "
               "New HTTPS and LDAPS connections use it now.", "ok")
     return redirect(url_for("ui.settings_ports"), code=303)

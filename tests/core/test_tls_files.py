@@ -12,7 +12,7 @@ from support.certs import make_cert
 
 from greenservers.config.settings import Settings
 from greenservers.tls.acme import AcmeManager, OrderRequest, describe_error
-from greenservers.tls.certificates import CertificateError, check_pem, ensure_certificate, server_context, upload_problem
+from greenservers.tls.certificates import CertificateError, check_pem, check_upload, ensure_certificate, server_context
 
 PBX = "pbx.test"
 
@@ -79,12 +79,14 @@ def test_an_rsa_key_outside_2048_to_4096_bits_is_refused(bits):
 
 def test_an_uploaded_rsa_key_is_checked_whole_a_loaded_one_is_not():
     """The whole check (its primes) holds the GIL 60 ms at 2048 bits: an upload's runs in a child process
-    (upload_problem); a key loaded from its file must match its certificate, and is loaded as it is."""
+    (check_upload), which also answers what the page says of the pair; a key loaded from its file must match its
+    certificate, and is loaded as it is."""
     cert, key = rsa_pair(2048, damaged=True)
-    assert "damaged" in upload_problem(cert, key)
+    assert "damaged" in check_upload(cert, key).problem
     check_pem(cert, key)  # it matches its certificate
     good_cert, good_key = rsa_pair(2048)
-    assert upload_problem(good_cert, good_key) is None
+    leaf, _ = check_pem(good_cert, good_key)
+    assert check_upload(good_cert, good_key) == (None, leaf.subject.rfc4514_string(), leaf.not_valid_after_utc)
 
 
 def test_expired_is_refused():
