@@ -12,7 +12,10 @@ Theory of operation (RFC 8555, RFC 9773):
   names or from another directory is due at once; so is a missing one.
 - The shell looks again at least every CHECK_INTERVAL (twice a day), at the
   next due time, and when it should ask for renewal information again
-  (the server's Retry-After, held within ARI_POLL_MIN..ARI_POLL_MAX).
+  (the server's Retry-After, held within ARI_POLL_MIN..ARI_POLL_MAX). A window
+  is followed only for a certificate ARI_MIN_AGE old at least (from its
+  notBefore): an authority that always says "renew now" gets an order every
+  ARI_MIN_AGE, not one after the other.
 - After a failed attempt nothing is ordered before the retry time: a minute
   after the first failure, doubling up to six hours (`retry_delay`). The
   shell keeps the working certificate whatever fails.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +42,7 @@ RETRY_MAX = datetime.timedelta(hours=6)
 ARI_POLL_MIN = datetime.timedelta(minutes=5)
 ARI_POLL_MAX = datetime.timedelta(hours=12)
 ARI_POLL_DEFAULT = datetime.timedelta(hours=6)  # RFC 9773 §4.3 suggests six hours without a Retry-After
+ARI_MIN_AGE = datetime.timedelta(hours=6)  # a certificate younger than this is not renewed for a window (from its notBefore)
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")  # base64url without padding (RFC 8555 §8.3)
@@ -74,11 +79,12 @@ class Plan:
     wake_at: datetime.datetime  # when to look again
 
 
-def due_time(held: Held, window: Window | None) -> tuple[datetime.datetime, str]:
-    """When `held` should be renewed, and why."""
+def due_time(held: Held, window: Window | None, ari_min_age: datetime.timedelta = ARI_MIN_AGE) -> tuple[datetime.datetime, str]:
+    """When `held` should be renewed, and why. A window is followed for a certificate `ari_min_age` old at least:
+    an authority whose every window said "renew now" had a certificate issued again and again without pause."""
     own = held.not_before + (held.not_after - held.not_before) * 2 / 3
     if window is not None and window.chosen < own:
-        return window.chosen, "inside the renewal window the authority suggests (ARI)"
+        return max(window.chosen, held.not_before + ari_min_age), "inside the renewal window the authority suggests (ARI)"
     return own, "less than a third of its lifetime left"
 
 
@@ -91,7 +97,7 @@ def retry_delay(failures: int) -> datetime.timedelta:
 
 def plan(now: datetime.datetime, names: tuple[str, ...], directory: str, held: Mapping[str, Held | None],
          windows: Mapping[str, Window | None], failures: int = 0, last_failure: datetime.datetime | None = None,
-         ari_next: datetime.datetime | None = None) -> Plan:
+         ari_next: datetime.datetime | None = None, ari_min_age: datetime.timedelta = ARI_MIN_AGE) -> Plan:
     """What to do now: order the due key types, or wait until `wake_at`."""
     if not names:
         return Plan((), "off", now + CHECK_INTERVAL)
@@ -106,7 +112,7 @@ def plan(now: datetime.datetime, names: tuple[str, ...], directory: str, held: M
         elif certificate.directory != directory:
             due[kind] = (now, "the ACME directory changed")
         else:
-            due[kind] = due_time(certificate, windows.get(kind))
+            due[kind] = due_time(certificate, windows.get(kind), ari_min_age)
     renew = tuple(kind for kind in KINDS if due[kind][0] <= now)
     wake_at = min(
         [now + CHECK_INTERVAL] + [when for when, _ in due.values() if when > now] + ([ari_next] if ari_next and ari_next > now else [])
@@ -154,10 +160,21 @@ def _rfc3339(value: object) -> datetime.datetime:
     return when
 
 
-def ari_next_poll(now: datetime.datetime, retry_after_seconds: float | None) -> datetime.datetime:
-    """When to ask for renewal information again: the server's Retry-After, within bounds."""
-    wait = ARI_POLL_DEFAULT if retry_after_seconds is None else datetime.timedelta(seconds=retry_after_seconds)
-    return now + min(ARI_POLL_MAX, max(ARI_POLL_MIN, wait))
+def retry_after_seconds(value: str) -> int | None:
+    """The seconds of a Retry-After header given in seconds (RFC 9110 §10.2.3), at most a day; None for anything
+    else (an HTTP date, nothing, garbage): a value of 10^14 seconds overflowed the date arithmetic."""
+    value = value.strip()
+    if not value or len(value) > 12 or not (value.isascii() and value.isdigit()):
+        return None
+    return min(int(value), 86400)
+
+
+def ari_next_poll(now: datetime.datetime, retry_after: float | None) -> datetime.datetime:
+    """When to ask for renewal information again: the server's Retry-After (seconds), within bounds."""
+    if retry_after is None or math.isnan(retry_after):
+        return now + ARI_POLL_DEFAULT
+    seconds = min(ARI_POLL_MAX.total_seconds(), max(ARI_POLL_MIN.total_seconds(), retry_after))  # bounded before timedelta
+    return now + datetime.timedelta(seconds=seconds)
 
 
 # -- http-01 ----------------------------------------------------------------------

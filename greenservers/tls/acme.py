@@ -35,6 +35,7 @@ import os
 import random
 import re
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +64,14 @@ from .certificates import (
 log = logging.getLogger("greenservers.acme")
 
 ORDER_TIMEOUT = datetime.timedelta(seconds=120)  # polling an order's validation and finalization
-NETWORK_TIMEOUT = 30  # seconds per HTTP request to the authority
+READ_TIMEOUT = 10  # seconds one read of an answer of the authority may wait (and its connection)
+ANSWER_SECONDS = 30  # seconds a whole answer may take to arrive
+ANSWER_BYTES = 64 * 1024  # an answer's body at most (a directory, an order of 100 names, a chain: a few KiB each)
+REQUESTS_PER_SECOND = 1.0  # requests to the authority after a burst (an order polled as fast as it says)
+REQUESTS_BURST = 10
+# how old a certificate must be for a renewal window to renew it (proto.acme.ARI_MIN_AGE; shorter in tests, where
+# pebble's certificates are minutes old)
+ARI_MIN_AGE = datetime.timedelta(seconds=float(os.environ.get("GREENSERVERS_ACME_ARI_MIN_AGE", core.ARI_MIN_AGE.total_seconds())))
 MAX_ERROR_CHARS = 400
 USER_AGENT = "greenservers"
 
@@ -185,7 +193,7 @@ class AcmeManager:
             self._ask_renewal_info(request)
             now = self.clock()
         plan = core.plan(now, request.names, request.directory, held, self._windows, status.failures,
-                         status.last_attempt if status.failures else None, self._ari_next)
+                         status.last_attempt if status.failures else None, self._ari_next, ARI_MIN_AGE)
         if plan.renew:
             self._attempt(request, plan)
             return 0.0  # plan again: the next due time, or the retry time after a failure
@@ -240,7 +248,8 @@ class AcmeManager:
         AuditLog.for_settings(self.runtime.settings).record("acme", "-", "ACME", [], note=note)
 
     def _ask_renewal_info(self, request: OrderRequest) -> None:
-        """Fetch ARI for each held certificate where the authority offers it (RFC 9773)."""
+        """Fetch ARI for each held certificate where the authority offers it (RFC 9773). Whatever goes wrong
+        with it, the lifetime rule still plans: asked again in an hour."""
         now = self.clock()
         try:
             answers = run_off_loop(fetch_renewal_info, request)
@@ -248,6 +257,16 @@ class AcmeManager:
             self.status.renewal_info, self.status.renewal_info_detail = "could not be fetched", describe_error(exc, request).detail
             self._ari_next = now + core.RETRY_MAX / 6  # an hour; the lifetime rule still applies meanwhile
             return
+        try:
+            self._follow_renewal_info(answers, now)
+        except Exception as exc:  # an answer nothing above foresaw: the same as one that could not be read
+            self.status.renewal_info = "malformed answer"
+            self.status.renewal_info_detail = one_line(f"{type(exc).__name__}: {exc}")[:MAX_ERROR_CHARS]
+            self._windows.clear()
+            self._ari_next = now + core.RETRY_MAX / 6
+
+    def _follow_renewal_info(self, answers: dict | None, now: datetime.datetime) -> None:
+        """What the answers say: each key type's window, and when to ask again."""
         self.status.renewal_info_detail = ""
         if answers is None:
             self.status.renewal_info = "not offered by this authority"
@@ -263,7 +282,7 @@ class AcmeManager:
                     window = previous  # the same window: keep the point chosen in it
                 self._windows[kind] = window
             except ValueError as exc:
-                self.status.renewal_info, self.status.renewal_info_detail = "malformed answer", str(exc)
+                self.status.renewal_info, self.status.renewal_info_detail = "malformed answer", one_line(str(exc))[:MAX_ERROR_CHARS]
             waits.append(retry_after)
         self.status.windows = {k: (w.start, w.end, w.chosen) for k, w in self._windows.items()}
         if self._windows:
@@ -310,13 +329,69 @@ def _human(delta: datetime.timedelta) -> str:
 # -- in a pool thread: the network and the keys --------------------------------------
 
 
+class AuthorityMisbehaved(Exception):
+    """The authority answered what no authority should: too much, too slowly, too often, or elsewhere."""
+
+
+def _bounded_network():
+    """certbot's ClientNetwork with every answer bounded (made here: the acme package loads only when used).
+
+    Each answer is read as it streams in, at most ANSWER_BYTES within ANSWER_SECONDS (each read waits
+    READ_TIMEOUT at most): a review's authority sent a 200 MB directory (775 MB of memory, the loop held
+    955 ms while it was parsed) or dripped one a byte at a time for as long as it liked. Only https is
+    followed, and no redirect (one led the client to a plain-HTTP address of the LAN). Requests come at most
+    REQUESTS_PER_SECOND after a burst of REQUESTS_BURST: the library polls an order as often as its
+    Retry-After says, and one of 0 made 200 requests in 10 s."""
+    import requests
+    from acme import client
+
+    class BoundedNetwork(client.ClientNetwork):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._allowance, self._last = float(REQUESTS_BURST), time.monotonic()
+
+        def _pace(self) -> None:
+            now = time.monotonic()
+            self._allowance = min(float(REQUESTS_BURST), self._allowance + (now - self._last) * REQUESTS_PER_SECOND)
+            self._last = now
+            if self._allowance < 1.0:
+                time.sleep((1.0 - self._allowance) / REQUESTS_PER_SECOND)
+                self._allowance, self._last = 1.0, time.monotonic()
+            self._allowance -= 1.0
+
+        def _send_request(self, method: str, url: str, *args, **kwargs) -> requests.Response:
+            if not url.startswith("https://"):
+                raise AuthorityMisbehaved(f"the authority gave an address that is not https: {url[:100]}")
+            self._pace()
+            # the library's own reads the whole body at once (to log it): in its place, the same request streamed
+            kwargs.setdefault("headers", {}).setdefault("User-Agent", self.user_agent)
+            kwargs.update(verify=self.verify_ssl, stream=True, allow_redirects=False, timeout=(READ_TIMEOUT, READ_TIMEOUT))
+            response = self.session.request(method, url, *args, **kwargs)
+            with response:
+                if response.is_redirect:
+                    raise AuthorityMisbehaved(f"the authority redirected {url[:100]} elsewhere; give acme_directory its final address")
+                body, deadline = bytearray(), time.monotonic() + ANSWER_SECONDS
+                while piece := response.raw.read1(16384, decode_content=True):  # what has come, not 16 KiB
+                    body += piece
+                    if len(body) > ANSWER_BYTES:
+                        raise AuthorityMisbehaved(f"an answer of the authority is longer than {ANSWER_BYTES // 1024} KiB")
+                    if time.monotonic() > deadline:
+                        raise AuthorityMisbehaved(f"an answer of the authority took longer than {ANSWER_SECONDS} s to arrive")
+                response._content = bytes(body)  # what requests keeps of a body read whole: .content and .json() read it
+                if "Accept" not in kwargs["headers"]:
+                    response.encoding = "utf-8"  # as the library's: JSON is UTF-8 (RFC 8555 §5)
+            return response
+
+    return BoundedNetwork
+
+
 def _client(request: OrderRequest, account_key=None):
     import josepy as jose
     from acme import client
 
     verify: bool | str = str(request.ca_bundle) if request.ca_bundle else True
     jwk = jose.JWKEC(key=account_key) if account_key is not None else None
-    net = client.ClientNetwork(jwk, alg=jose.ES256, verify_ssl=verify, user_agent=USER_AGENT, timeout=NETWORK_TIMEOUT)
+    net = _bounded_network()(jwk, alg=jose.ES256, verify_ssl=verify, user_agent=USER_AGENT, timeout=READ_TIMEOUT)
     directory = client.ClientV2.get_directory(request.directory, net)
     return client.ClientV2(directory, net), net
 
@@ -391,10 +466,11 @@ def order_certificates(request: OrderRequest, kinds: tuple[str, ...], pending: d
 
 
 def _order_one(acme_client, net, request: OrderRequest, kind: str, pending: dict) -> tuple[bytes, bytes]:
-    from acme import challenges, crypto_util, messages
+    from acme import challenges, messages
 
-    key_pem = private_key_pem(new_private_key(kind))
-    order = acme_client.new_order(crypto_util.make_csr(key_pem, list(request.names)))
+    key = new_private_key(kind)
+    key_pem = private_key_pem(key)
+    order = acme_client.new_order(_signing_request(key, request.names))
     tokens = []
     try:
         for authorization in order.authorizations:
@@ -431,6 +507,18 @@ def _order_one(acme_client, net, request: OrderRequest, kind: str, pending: dict
     return cert_pem, key_pem
 
 
+def _signing_request(key, names: tuple[str, ...]) -> bytes:
+    """A PEM certificate signing request for `names` (subjectAltName), signed by `key`: made from the key in
+    hand (the acme package's make_csr loads it again from its PEM, which checks an RSA key whole: 50 ms of
+    the GIL, the loop held as long)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).add_extension(
+        x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
 def _store(request: OrderRequest, kind: str, cert_pem: bytes, key_pem: bytes) -> None:
     """New files for `kind`, then current.json points at them (one rename), then the old ones go."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
@@ -462,8 +550,7 @@ def fetch_renewal_info(request: OrderRequest) -> dict | None:
         leaf = x509.load_pem_x509_certificates(acme_files(request.folder, files)[0].read_bytes())[0]
         aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
         response = net.get(f"{base.rstrip('/')}/{core.certificate_id(aki, leaf.serial_number)}", content_type="application/json")
-        retry_after = response.headers.get("Retry-After", "")
-        answers[kind] = (response.json(), float(retry_after) if retry_after.isdigit() else None)
+        answers[kind] = (response.json(), core.retry_after_seconds(response.headers.get("Retry-After", "")))
     return answers
 
 
@@ -497,8 +584,16 @@ def describe_error(exc: BaseException, request: OrderRequest) -> Problem:
         text = f"cannot reach {request.directory}: {reason.group(1).strip() if reason else type(exc).__name__}"
     elif isinstance(exc, CertificateError):
         category, text = "what the authority issued could not be used", str(exc)
+    elif isinstance(exc, AuthorityMisbehaved):
+        category, text = "the authority's answers were refused", str(exc)
     elif isinstance(exc, OSError):
         category, text = "the certificates could not be stored (a local file error)", str(exc)
     else:
         category, text = "an unexpected error (the log has it)", f"{type(exc).__name__}: {exc}"
-    return Problem(f"ACME: {category}", text[:MAX_ERROR_CHARS])
+    return Problem(f"ACME: {category}", one_line(text)[:MAX_ERROR_CHARS])
+
+
+def one_line(text: str) -> str:
+    """`text` with each control character a space: the authority's words end up in the log, where a line break
+    in them made a line of their own (a forged log entry)."""
+    return "".join(c if c.isprintable() else " " for c in text)

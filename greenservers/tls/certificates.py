@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import itertools
 import json
 import logging
 import socket
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
@@ -46,6 +48,7 @@ from .groups import only_elliptic_curves
 SELF_SIGNED_DAYS = 825
 RSA_BITS = 2048  # of the RSA keys we make
 RSA_MIN_BITS, RSA_MAX_BITS = 2048, 4096  # of those we serve
+MAX_CHAIN = 6  # certificates of a chain served (a leaf, its intermediates, perhaps a cross-signed root)
 ACME_FOLDER = ("tls", "acme")
 ACME_CURRENT = "current.json"  # which files of ACME_FOLDER hold the certificates in use (greenservers.tls.acme writes it)
 
@@ -135,6 +138,7 @@ def check_pem(cert_pem: bytes, key_pem: bytes, now: datetime.datetime | None = N
         chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError as exc:
         raise CertificateError(f"{label}: not a PEM certificate ({exc})") from None
+    _check_chain(chain, label)
     leaf = chain[0]
     _check_rsa_size(leaf.public_key(), label, "the certificate's")
     try:
@@ -158,6 +162,22 @@ def check_pem(cert_pem: bytes, key_pem: bytes, now: datetime.datetime | None = N
         except ValueError as exc:
             raise CertificateError(f"{label}: the RSA private key is damaged ({exc})") from None
     return leaf, chain
+
+
+def _check_chain(chain: list[x509.Certificate], label: str) -> None:
+    """At most MAX_CHAIN certificates, each signed by the next (a review's authority issued a chain of 300,
+    stored and served: every client's handshake failed; and one whose intermediate had not signed the leaf)."""
+    if len(chain) > MAX_CHAIN:
+        raise CertificateError(f"{label}: a chain of {len(chain)} certificates; at most {MAX_CHAIN} (the certificate, "
+                               "then the intermediates that signed it, in order)")
+    for number, (child, parent) in enumerate(itertools.pairwise(chain), start=1):
+        try:
+            child.verify_directly_issued_by(parent)
+        except UnsupportedAlgorithm:
+            continue  # a signature this library cannot check (RSA-PSS, say): the clients will
+        except (ValueError, TypeError, InvalidSignature):
+            raise CertificateError(f"{label}: certificate {number} of the chain is not signed by certificate {number + 1}; "
+                                   "give the certificate first, then each intermediate that signed the one before") from None
 
 
 def _check_rsa_size(key, label: str, whose: str) -> None:

@@ -99,6 +99,16 @@ def test_a_window_in_the_past_means_now():
     assert core.plan(T0 + DAY, NAMES, DIRECTORY, certs, {"RSA": past}).renew == ("RSA",)
 
 
+def test_a_window_that_always_says_now_renews_a_certificate_once_it_is_six_hours_old_not_again_and_again():
+    """A review's authority answered every certificate, the new ones too, with a window already past: 21
+    renewals in 75 s. A certificate younger than ARI_MIN_AGE (from its notBefore) waits until it is that old."""
+    fresh = held(90, start=T0)
+    now_window = core.Window(T0 - datetime.timedelta(minutes=2), T0 - datetime.timedelta(minutes=1), fraction=0.5)
+    plan = core.plan(T0 + datetime.timedelta(minutes=1), NAMES, DIRECTORY, both(fresh), {"ECDSA": now_window, "RSA": now_window})
+    assert plan.renew == () and plan.wake_at == T0 + core.ARI_MIN_AGE
+    assert core.plan(T0 + core.ARI_MIN_AGE, NAMES, DIRECTORY, both(fresh), {"RSA": now_window}).renew == ("RSA",)
+
+
 def test_the_next_ari_poll_wakes_the_shell():
     certs = both(held(90))
     poll = T0 + DAY + datetime.timedelta(hours=1)
@@ -119,6 +129,17 @@ def test_ari_poll_follows_retry_after_within_bounds():
     assert core.ari_next_poll(T0, 1) == T0 + core.ARI_POLL_MIN
     assert core.ari_next_poll(T0, 7200) == T0 + datetime.timedelta(hours=2)
     assert core.ari_next_poll(T0, 10**9) == T0 + core.ARI_POLL_MAX
+    for huge in (10**14, 1e20, float("inf")):  # 10**14 seconds overflowed timedelta: renewals stopped for good
+        assert core.ari_next_poll(T0, huge) == T0 + core.ARI_POLL_MAX
+    assert core.ari_next_poll(T0, float("nan")) == T0 + core.ARI_POLL_DEFAULT
+
+
+def test_retry_after_is_read_as_seconds_within_a_day_or_not_at_all():
+    assert core.retry_after_seconds(" 120 ") == 120
+    assert core.retry_after_seconds("100000000000000") is None  # past 12 digits: not a wait anyone means
+    assert core.retry_after_seconds("99999999") == 86400
+    for other in ("", "-5", "1.5", "Wed, 21 Oct 2026 07:28:00 GMT", "\u0663\u0660", "12e3"):
+        assert core.retry_after_seconds(other) is None
 
 
 def test_certificate_id_is_rfc_9773s_example():

@@ -89,6 +89,20 @@ def test_an_uploaded_rsa_key_is_checked_whole_a_loaded_one_is_not():
     assert check_upload(good_cert, good_key) == (None, leaf.subject.rfc4514_string(), leaf.not_valid_after_utc)
 
 
+def test_a_chain_must_be_in_order_and_short():
+    """A review's authority issued a chain of 300 (stored and served: every client's handshake failed) and one
+    whose intermediate had not signed the leaf."""
+    ca = make_cert("Test CA")
+    leaf, key = make_cert("pbx.example.org", issuer=ca)
+    check_pem(leaf + ca[0], key)
+    with pytest.raises(CertificateError, match="certificate 1 of the chain is not signed by certificate 2"):
+        check_pem(leaf + make_cert("Other CA")[0], key)
+    with pytest.raises(CertificateError, match="certificate 2 of the chain is not signed by certificate 3"):
+        check_pem(leaf + ca[0] + make_cert("Other CA")[0], key)
+    with pytest.raises(CertificateError, match="a chain of 7 certificates; at most 6"):
+        check_pem(leaf + ca[0] * 6, key)
+
+
 def test_expired_is_refused():
     cert, key = make_cert(PBX, from_days=-10, until_days=-8)
     with pytest.raises(CertificateError, match="expired on"):

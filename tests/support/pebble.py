@@ -172,14 +172,16 @@ class RenewalInfo:
     Every other resource of the directory is pebble's own URL, so accounts, orders and
     certificates still come from pebble. A certificate ID is checked as a CA would: its
     authorityKeyIdentifier part must be the identifier of pebble's intermediate. The first
-    serials asked about get `first_window(now)`; any later one a window in a month."""
+    serials asked about get `first_window(now)`; any later one `later_window(now)`, a window in a month
+    unless given."""
 
-    def __init__(self, ca: PebbleCA, first_window):
+    def __init__(self, ca: PebbleCA, first_window, later_window=None):
         import http.server
         import threading
 
         self.ca = ca
         self.first_window = first_window
+        self.later_window = later_window or (lambda now: (now + datetime.timedelta(days=30), now + datetime.timedelta(days=31)))
         self.asked: list[int] = []  # serials, in the order asked about
         self.first_serials: set[int] = set()
         front = self
@@ -235,11 +237,7 @@ class RenewalInfo:
         if len(self.first_serials) < 2:
             self.first_serials.add(serial)
         now = datetime.datetime.now(datetime.UTC)
-        start, end = (
-            self.first_window(now)
-            if serial in self.first_serials
-            else (now + datetime.timedelta(days=30), now + datetime.timedelta(days=31))
-        )
+        start, end = self.first_window(now) if serial in self.first_serials else self.later_window(now)
         return {"suggestedWindow": {"start": start.isoformat().replace("+00:00", "Z"), "end": end.isoformat().replace("+00:00", "Z")}}
 
     def stop(self) -> None:

@@ -434,8 +434,11 @@ def test_a_renewal_window_from_the_authority_brings_renewal_forward(service, peb
     ca = pebble(http_port)
     ari = RenewalInfo(ca, lambda now: (now - timedelta(minutes=2), now - timedelta(minutes=1)))  # passed: renew now
     try:
+        # a window renews a certificate 6 hours old at least (an authority that always says "now" makes no storm
+        # of orders: tests/core/test_acme_core.py); pebble's are seconds old here
         svc = service({"ip_http_port": f"127.0.0.1:{http_port}", "ip_https_port": f"127.0.0.1:{free_port()}",
-                       "acme_domains": " ".join(NAMES), "acme_directory": ari.directory, "acme_ca_bundle": str(ca.bundle)})
+                       "acme_domains": " ".join(NAMES), "acme_directory": ari.directory, "acme_ca_bundle": str(ca.bundle)},
+                      env={"GREENSERVERS_ACME_ARI_MIN_AGE": "0"})
         audit = svc.directory / "data" / "audit.log"
         wait_for(svc, lambda c: audit.exists() and "renewed" in audit.read_text(), "the renewal ARI asked for")
         renewed = health(svc)["certificate"]  # read after the audit entry: the renewed certificates are served
@@ -455,6 +458,35 @@ def test_a_renewal_window_from_the_authority_brings_renewal_forward(service, peb
         assert {c["serial"] for c in later["chains"]} == {c["serial"] for c in renewed["chains"]}
         assert later["acme"]["state"] == "waiting" and later["acme"]["last_result"] == "issued"
         assert (svc.directory / "data" / "audit.log").read_text().count("renewed") == 1
+    finally:
+        ari.stop()
+
+
+def test_an_authority_whose_windows_always_say_now_gets_no_storm_of_orders(service, pebble, tmp_path):
+    """A review's authority answered every certificate, the new ones too, with a window already past: 21
+    renewals and 270 validations in 75 s. A certificate is renewed for a window once it is 6 hours old."""
+    from datetime import UTC, datetime, timedelta
+
+    from support.pebble import RenewalInfo
+
+    http_port = free_port()
+    ca = pebble(http_port)
+    now_window = lambda now: (now - timedelta(minutes=2), now - timedelta(minutes=1))  # noqa: E731
+    ari = RenewalInfo(ca, now_window, later_window=now_window)
+    try:
+        svc = service({"ip_http_port": f"127.0.0.1:{http_port}", "ip_https_port": f"127.0.0.1:{free_port()}",
+                       "acme_domains": " ".join(NAMES), "acme_directory": ari.directory, "acme_ca_bundle": str(ca.bundle)})
+
+        def waiting_with_the_windows_taken_in(certificate) -> bool:
+            acme = certificate["acme"]
+            return acme["state"] == "waiting" and acme["renewal_info"] == "offered" and len(acme["renewal_windows"]) == 2
+
+        settled = wait_for(svc, waiting_with_the_windows_taken_in, "the windows of the issued certificates taken in")
+        assert len(ari.asked) >= 2 and sum("ACME: ordering" in line for line in svc.lines) == 1
+        due = datetime.fromisoformat(settled["acme"]["next_check"])
+        assert due >= datetime.now(UTC) + timedelta(hours=5)  # the window's renewal waits for the certificates' age
+        audit = (svc.directory / "data" / "audit.log").read_text()
+        assert audit.count("issued") == 1 and "renewed" not in audit
     finally:
         ari.stop()
 
