@@ -61,6 +61,7 @@ went away, or timed out, is closed silently.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import socket
@@ -215,7 +216,8 @@ class CappedHandler(PyWSGIHandler):
         """A request head gevent could not parse: 400, and one rate-limited line (see the module docstring)."""
         if isinstance(ex, (ConnectionError, socket.timeout, ssl.SSLError)):
             return None  # the peer went away or broke its TLS mid-head: nothing to answer
-        if not isinstance(ex, (ValueError, OSError)):  # not the client's bytes: our bug, with its traceback
+        # http.client's HTTPException: more than 100 header lines, or one too long (gevent parses with it)
+        if not isinstance(ex, (ValueError, OSError, http.client.HTTPException)):  # not the client's bytes: our bug, with its traceback
             return super()._handle_client_error(ex)
         reason = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
         tls_on_plain = self.server.tls_holder is None and (self.requestline or "").startswith(TLS_RECORD)

@@ -403,6 +403,10 @@ def test_clients_bad_bytes_are_logged_rate_limited_at_info_without_the_socket(se
     for _ in range(300):  # garbage, then plain HTTP, to the HTTPS port: the handshake fails
         assert _send_and_drain(https, b"garbage\r\n\r\n") == b""
         assert _send_and_drain(https, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+    many_headers = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: b\r\n" % n for n in range(101)) + b"\r\n"
+    for data in (many_headers, b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n"):
+        for _ in range(30):  # more headers, or a longer line, than http.client reads: a traceback each, once
+            assert _send_and_drain(http, data).startswith(b"HTTP/1.1 400 ")
     for data in (b"\x16\x03\x01garbage\r\n\r\n", b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", b"GET / HTTP/7.1\r\n\r\n"):
         for _ in range(30):  # bad requests inside a good TLS connection
             assert _send_and_drain(https, data, tls=True).startswith(b"HTTP/1.1 400 ")
