@@ -209,6 +209,24 @@ def test_windowsize_option(asked, granted):
     assert negotiated.oack.get("windowsize") == granted
 
 
+@pytest.mark.parametrize("blksize, asked, granted", [(1428, 16, "16"), (8192, 16, "8"), (65464, 64, "1"), (1428, 64, "45")])
+def test_a_window_is_at_most_64_kib(blksize, asked, granted):
+    negotiated = t.negotiate(t.parse_request(rrq(windowsize=asked, blksize=blksize)), 1, LIMITS)
+    assert negotiated.oack["windowsize"] == granted and negotiated.windowsize * negotiated.blksize <= t.MAX_WINDOW_BYTES
+
+
+def test_a_blind_ack_of_the_oack_gets_its_spoofed_address_one_block_a_try_not_four_mib():
+    """A review acknowledged spoofed requests' OACKs blindly (every port): each transfer hit sent 64 blocks of
+    65464 octets, six times (222 times the attacker's bytes)."""
+    machine = read_machine(b"x" * (8 << 20), rrq(blksize=65464, windowsize=64))
+    machine.start(0.0)
+    sent = machine.receive(b"\x00\x04\x00\x00", 0.1)  # the ACK 0 the victim never sent
+    for second in range(1, 10):
+        sent += machine.timeout(0.1 + second * 1.0)
+    assert len(sent) == 1 + LIMITS.max_retries and sum(map(len, sent)) <= 6 * (65464 + 4)
+    assert machine.state is t.State.FAILED
+
+
 def test_unknown_options_are_ignored_and_option_names_are_case_insensitive():
     negotiated = t.negotiate(t.parse_request(rrq(BLKSIZE=1024, rollover="0", utimeout=5000)), 1, LIMITS)
     assert negotiated.oack == {"blksize": "1024"}
@@ -622,8 +640,20 @@ def test_when_all_slots_are_taken_the_oldest_unverified_of_any_client_goes():
     b1, _ = gate.admit("b", 0.2)
     c1, _ = gate.admit("c", 0.4)
     slot, evicted = gate.admit("d", 1.3)
-    assert slot.client == "d" and evicted == [b1]  # a1 is verified, c1 too young
+    assert slot.client == "d" and evicted == [b1]  # a1 is verified, c1 younger
     assert dict(gate.per_client) == {"a": 1, "c": 1, "d": 1}
+
+
+def test_a_flood_of_spoofed_requests_holding_every_slot_for_less_than_a_second_does_not_make_a_phone_busy():
+    """A review's 1,000 spoofed requests a second from 10,000 addresses held every slot with transfers younger
+    than their first retransmission, and half of the phones' requests were refused as busy."""
+    gate = admission(max_total=4, max_per_client=2)
+    flood = [gate.admit(f"198.51.100.{n}", 0.01 * n)[0] for n in range(4)]
+    slot, evicted = gate.admit("192.0.2.20", 0.05)
+    assert slot is not None and evicted == [flood[0]]
+    for taken in (slot, *flood[1:]):  # verified transfers are never given up
+        gate.verified(taken)
+    assert gate.admit("192.0.2.21", 0.06) == (None, [])
 
 
 def test_the_per_client_limit_takes_the_clients_own_slot_not_anothers():

@@ -1,13 +1,18 @@
 """TFTP admission without I/O: which requests get a transfer, and what unverified sources may be sent.
 
 `Admission` is the admission policy of the whole server: transfers per
-client and in total are limited, but an unverified transfer past its first
-retransmission (a real client would have answered by then) holds its slot
+client and in total are limited, but an unverified transfer holds its slot
 only until someone needs it: a request that finds the limits reached takes
-the slot of the oldest such transfer (of the same client when the per-client
-limit is what is reached), and is refused as busy only when every slot is
-held by a verified or a younger transfer (not even answered when every slot
-of its own client awaits an acknowledgement). A client, for these limits, is
+the slot of the oldest unverified transfer (of the same client when the
+per-client limit is what is reached), and is refused as busy only when
+verified transfers hold every slot (not even answered when every slot of its
+own client awaits an acknowledgement). Of its own address's transfers, it
+takes one only past its first retransmission (a real client would have
+answered by then: a client's own burst is busy); of its /64's or anyone's,
+whatever its age: spoofed requests from many addresses, 500 a second, held
+every slot for less than a second each and phones were refused as busy (the
+shell's REQUEST_RATE keeps a slot for half a second at least, longer than a
+phone takes to answer). A client, for these limits, is
 an address: phones on an IPv6 LAN share one /64, so a /64 as the client
 would give a hundred booting phones eight transfers. So that one device
 using many addresses of its /64 cannot take every slot, a /64 (proto.clients'
@@ -146,7 +151,7 @@ class Admission:
         if self.buckets.level(address, now) <= 0:
             return Hearing.SPENT
         if (self.per_client[address] >= self.max_per_client and not self.verified_per_client[address]
-                and self._oldest_unverified(address, now) is None):
+                and self._oldest_unverified(address, now, any_age=False) is None):
             return Hearing.AWAITING
         return Hearing.HEARD
 
@@ -177,7 +182,7 @@ class Admission:
         for group, limit in limits:
             if (self.active if group is None else self.per_client[group]) < limit:
                 continue
-            victim = self._oldest_unverified(group, now)
+            victim = self._oldest_unverified(group, now, any_age=group != client)
             if victim is None:
                 return None, evicted
             victim.evicted = True
@@ -191,11 +196,14 @@ class Admission:
             self._unverified_of.setdefault(group, {})[slot] = None
         return slot, evicted
 
-    def _oldest_unverified(self, group: str | None, now: float) -> Slot | None:
-        """The oldest unverified transfer (of an address or /64, or of anyone) if past its first retransmission."""
+    def _oldest_unverified(self, group: str | None, now: float, any_age: bool) -> Slot | None:
+        """The oldest unverified transfer (of an address or /64, or of anyone): past its first retransmission,
+        unless `any_age`."""
         slots = self._unverified if group is None else self._unverified_of.get(group, {})
         oldest = next(iter(slots), None)
-        return oldest if oldest is not None and oldest.started <= now - self.limits.timeout else None
+        if oldest is None or any_age:
+            return oldest
+        return oldest if oldest.started <= now - self.limits.timeout else None
 
     def verified(self, slot: Slot) -> None:
         if slot.verified or slot.released:

@@ -11,7 +11,11 @@ Options understood here:
   hold a transfer for 25 minutes (in.tftpd backs off to 63 x the timeout: 4.5
   hours). Clients ask for little: curl 6 s, U-Boot 5 s; one that asks for more
   is served with our own 1 s, which only means earlier retransmissions.
-- windowsize (RFC 7440): blocks sent per acknowledgement, 1..MAX_WINDOWSIZE.
+- windowsize (RFC 7440): blocks sent per acknowledgement, 1..MAX_WINDOWSIZE,
+  and no more than MAX_WINDOW_BYTES in a window: what one ACK makes us send
+  (a window sent again after a partial ACK or a timeout, or to a spoofed
+  address by a blind ACK of the OACK) is at most one largest block. 64 blocks
+  of 65464 octets made one 4-byte ACK cost 4 MiB, sent six times.
 Unknown or out-of-range options are left out of the OACK (RFC 2347); when no
 option is left, the transfer starts as in plain RFC 1350 (DATA 1 or ACK 0).
 tftpy cannot decode an empty option value (RFC 2090's "multicast"): such a
@@ -24,7 +28,8 @@ from dataclasses import dataclass, field
 
 from .packets import DEFAULT_BLKSIZE, MAX_BLKSIZE, MIN_BLKSIZE, MODES, OP_RRQ, OP_WRQ, DiskFull, IllegalOperation, decode
 
-MAX_WINDOWSIZE = 64  # bounds the burst one ACK can cause
+MAX_WINDOWSIZE = 64  # bounds the burst one ACK can cause...
+MAX_WINDOW_BYTES = 65536  # ...and so does this: a phone's 16 blocks of 1428 octets are 22 KiB
 MAX_TIMEOUT = 10  # seconds; larger timeout options are declined (see the module docstring)
 
 
@@ -129,4 +134,7 @@ def negotiate(request: Request, size: int | None, limits: Limits) -> Negotiated:
         handler = OPTION_HANDLERS.get(name)
         if handler is not None:
             handler(result, value, request, size, limits)
+    if result.windowsize * result.blksize > MAX_WINDOW_BYTES:  # RFC 7440 §4 lets the server answer a smaller one
+        result.windowsize = max(1, MAX_WINDOW_BYTES // result.blksize)
+        result.oack["windowsize"] = str(result.windowsize)
     return result
