@@ -12,11 +12,10 @@ The answers of the hot path go out through a `SendBatch`: sent together once
 the loop has handled every socket that was ready. Each DATA wakes a client, and
 on a busy machine a burst of wake-ups costs the kernel fewer inter-processor
 interrupts than the same wake-ups spread out (100-phone boot storm on 2 cores:
-5.9 s sent one by one, 5.05 s batched). A window of more than BURST_BYTES
-leaves in bursts PACE_SECONDS apart, about the wire time of a burst, so that a
-client's receive buffer is not overrun (atftp at blksize 65464, windowsize 4,
-lost each window's tail); a turn of the loop alone is microseconds on
-loopback, too little for a client in another process to read.
+5.9 s sent one by one, 5.05 s batched). A window is at most 64 KiB
+(proto.tftp.MAX_WINDOW_BYTES), which a client's default receive buffer holds
+whole: it goes out at once (a window of 8 x 64 KiB overran atftp's, which lost
+each window's tail, and had to be paced).
 
 The socket is a plain non-blocking one (not gevent's), because nothing may
 block or switch inside a hub callback.
@@ -41,8 +40,6 @@ UDP_SEGMENT = getattr(_socket, "UDP_SEGMENT", 103)  # Linux 4.18+: one send, man
 UDP_MAX_SEGMENTS = 64
 NO_SEGMENTATION = (errno.ENOPROTOOPT, errno.EOPNOTSUPP)  # the kernel has no UDP GSO at all
 NOT_THIS_WINDOW = (errno.EMSGSIZE, errno.EINVAL, errno.EIO) + NO_SEGMENTATION
-BURST_BYTES = 64 * 1024  # at most this much of a window at once: a default receive buffer (208 KiB) holds it
-PACE_SECONDS = 0.001  # between bursts: 64 KiB a millisecond is about 500 Mbit/s, as a wire would pace it
 
 
 def transfer_socket(family: int, local: tuple, peer: tuple) -> _socket.socket:
@@ -80,7 +77,6 @@ class TransferDriver:
         self.segmentation, self.batch, self.settled = segmentation, batch, settled
         self.verified = verified  # None once called (or if nobody asked)
         self.backlog: list[bytes] = []  # datagrams a full socket buffer refused, sent by the greenlet
-        self.paced: list[bytes] = []  # the rest of a big window, sent by the greenlet after PACE_SECONDS
         self.failure: BaseException | None = None  # raised in the callback, re-raised in the greenlet
         self.held: bytes | None = None  # a datagram the callback left to the greenlet: an upload's last block,
         # whose commit syncs the file to disk (15 MB: 12-16 ms here) off the loop
@@ -97,11 +93,6 @@ class TransferDriver:
                     raise self.failure
                 if self.backlog:
                     self._flush_backlog()
-                    continue
-                if self.paced:
-                    gevent.sleep(PACE_SECONDS)
-                    paced, self.paced = self.paced, []
-                    self._send(paced)
                     continue
                 if self.held is not None:
                     datagram, self.held = self.held, None
@@ -155,7 +146,7 @@ class TransferDriver:
             self.batch.add(self, out[0])
         else:  # a window (one segmented send), or a last word that must leave before the socket closes
             self._send(out)
-        if self.backlog or self.paced or not streaming:
+        if self.backlog or not streaming:
             self.hand_over()
 
     def _peer_heard(self) -> None:
@@ -170,15 +161,9 @@ class TransferDriver:
         self.wake.set()
 
     def _send(self, datagrams: list[bytes]) -> None:
-        """Send without blocking; what the socket buffer refuses goes to the backlog. (Nothing new
-        comes while a window is paced: the fast path is stopped until the greenlet has sent it all.)"""
+        """Send without blocking; what the socket buffer refuses goes to the backlog."""
         if not datagrams:
             return
-        if len(datagrams) > 1 and len(datagrams[0]) * len(datagrams) > BURST_BYTES:
-            # a window bigger than a client's receive buffer would lose its tail every time:
-            # the rest leaves in paced bursts, while the client reads
-            per_burst = max(1, BURST_BYTES // len(datagrams[0]))
-            datagrams, self.paced = datagrams[:per_burst], datagrams[per_burst:]
         if len(datagrams) > 1 and self.segmentation.available:
             sent = self._send_segmented(datagrams)
         else:

@@ -5,12 +5,9 @@ the chunked file reader; and the netascii view of a file, counted once per versi
 from __future__ import annotations
 
 import _socket
-import hashlib
 import logging
 import os
 import socket
-import subprocess
-import sys
 
 import gevent
 import pytest
@@ -229,58 +226,6 @@ def test_decoding_into_reused_packets_keeps_no_stale_fields():
     assert second is first and (second.opcode, second.blocknumber, second.data) == (3, 2, b"")
     with pytest.raises(proto.IllegalOperation):
         proto.decode(b"\x00\x04\x00", reusable)
-
-
-SLOW_CLIENT = r"""
-import hashlib, socket, sys, time
-blksize, windowsize = int(sys.argv[1]), int(sys.argv[2])
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the default receive buffer: three 64 KiB datagrams
-sock.bind(("127.0.0.1", 0))
-sock.settimeout(10)
-print(sock.getsockname()[1], flush=True)
-received, expected, in_window = bytearray(), 1, 0
-datagram, peer = sock.recvfrom(70000)
-assert datagram[:2] == b"\x00\x06", datagram[:2]
-sock.sendto(b"\x00\x04\x00\x00", peer)
-while True:
-    datagram, peer = sock.recvfrom(70000)
-    time.sleep(0.0002)  # a client that writes each block to its file before the next read
-    if datagram[:2] != b"\x00\x03" or int.from_bytes(datagram[2:4], "big") != expected:
-        continue
-    received += datagram[4:]
-    expected, in_window = expected + 1, in_window + 1
-    last = len(datagram) - 4 < blksize
-    if last or in_window == windowsize:
-        sock.sendto(b"\x00\x04" + datagram[2:4], peer)
-        in_window = 0
-    if last:
-        print(hashlib.sha256(received).hexdigest(), flush=True)
-        break
-"""
-
-
-def test_a_window_bigger_than_the_clients_receive_buffer_is_paced_not_lost():
-    """8 x 64 KiB blocks overflow a default receive buffer if sent at once, and a turn of the loop
-    is too short a pause for a client in another process (atftp over ::1 lost each window's tail)."""
-    data = os.urandom(80 * 65464 + 5)
-    client = subprocess.Popen([sys.executable, "-c", SLOW_CLIENT, "65464", "8"], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(client.stdout.readline())
-        machine = read_machine(data, blksize=65464, windowsize=8, max_retries=5, timeout=1.0)
-        sock = transfer_socket(socket.AF_INET, ("127.0.0.1", 0), ("127.0.0.1", port))
-        driver = TransferDriver(sock, machine, Segmentation(logging.getLogger("test")), SendBatch(), lambda: None)
-        gevent.spawn(driver.run).get(timeout=30)
-        assert client.stdout.readline().strip() == hashlib.sha256(data).hexdigest()
-        assert client.wait(timeout=10) == 0
-        # without pacing every window loses its tail, every time, and the transfer fails; a client
-        # descheduled on a loaded machine may still lose a window now and then (a second's timeout, not
-        # 0.2 s, so that a short pause of the client is not taken for a loss)
-        assert machine.state is proto.State.DONE and machine.bytes_sent < 1.5 * len(data)
-        sock.close()
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait()
 
 
 def test_a_files_netascii_size_is_counted_once_per_version(tmp_path, monkeypatch):
