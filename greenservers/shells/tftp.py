@@ -9,7 +9,7 @@ that local address and connected to the client (a new transfer ID, RFC 1350
 names and templates are greenservers.provisioning.files'. Who gets a transfer is
 the core's `Admission`: limited per client address (`tftp_max_per_client`),
 per IPv6 /64 (a quarter of all) and in total (`tftp_max_transfers`), where an unverified transfer (its first packet not acknowledged)
-gives its slot to a new request once it is past its first retransmission; and
+gives its slot to a new request (one of its own address only once it is past its first retransmission); and
 every address may be sent only so much that it has not acknowledged, as a
 request's source address may be spoofed and whatever we send goes to that
 address. A request from an address whose allowance is spent, or from a client
@@ -293,7 +293,7 @@ class TftpService(Service):
             if machine is not None and (machine.withheld or machine.unacknowledged):
                 sensors.add("tftp_sends_withheld" if machine.withheld else "tftp_first_packets_unacknowledged")
         if isinstance(machine, proto.ReadTransfer):
-            seen.note_fetch(self.runtime, request.filename, address, "served" if done else "failed", "tftp")
+            seen.note_fetch(self.runtime, request.filename, address, "served" if done else "failed", "tftp", answered=machine.verified)
         if isinstance(machine, proto.ReadTransfer):
             sensors.add("tftp_bytes_sent", machine.bytes_sent)
         if machine is not None and machine.failure and not machine.peer_vanished:

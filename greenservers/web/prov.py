@@ -23,6 +23,7 @@ from pathlib import PurePosixPath
 
 from flask import Blueprint, Response, request, send_file
 
+from ..proto.clients import plain_address
 from ..provisioning import files as provisioning
 from ..provisioning.phones import seen
 from ..ratelog import RateLimitedLog, printable
@@ -36,18 +37,28 @@ _DNS_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])
 
 
 def request_server() -> str:
-    """The host the phone used to reach us (without port or brackets), if it is a sane one."""
-    host = request.host
+    """The host the phone used to reach us (without port or brackets), if it is a sane one; else the address its
+    connection came to (as TFTP answers), which a request without a Host (HTTP/1.0) made "localhost" before.
+    An IPv6 address with a zone ("fe80::1%eth0") is none: the zone is ours, not the phone's, and any text may
+    follow the "%" (one put `" NTP_ADDR="6.6.6.6` into a profile wherever Werkzeug lets such a Host through)."""
+    host = request.host if request.environ.get("HTTP_HOST") else "%"  # without a Host, Werkzeug gives SERVER_NAME
     if host.startswith("["):
         host = host[1:].partition("]")[0]
     elif host.count(":") == 1:
         host = host.partition(":")[0]
+    if "%" not in host:
+        try:
+            return str(ipaddress.ip_address(host))
+        except ValueError:
+            pass
+        if _DNS_NAME.fullmatch(host):
+            return host
+    local = plain_address(request.environ.get("greenservers.local_addr", ""))
     try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
+        if "%" not in local and not ipaddress.ip_address(local).is_unspecified:
+            return local
+    except ValueError:  # none (outside the worker)
         pass
-    if _DNS_NAME.fullmatch(host):
-        return host
     return request.environ.get("SERVER_NAME", "")
 
 

@@ -51,11 +51,11 @@ def test_only_names_that_mean_a_phone_are_recorded(registry):
 def test_bounded_oldest_forgotten_first_and_files_per_phone(registry, monkeypatch):
     monkeypatch.setattr(seen, "MAX_PHONES", 5)
     for i in range(8):
-        registry.clock.now += 1
+        registry.clock.now += 1 if i != 5 else seen.KEEP_SEEN  # the first five unseen for a day when the sixth comes
         registry.note(f"0015650000{i:02x}.boot", "192.0.2.9", "served", "tftp")
     assert [p["mac"] for p in registry.listing()] == [f"0015650000{i:02x}" for i in range(7, 2, -1)]
     for name in ["001565000007.cfg", "cfg001565000007", "cfg001565000007.xml", "001565000007-phone.cfg", "snomD785-001565000007.htm"]:
-        registry.note(name, "192.0.2.9", "not found", "tftp")  # names of one MAC in every vendor's form: one phone
+        registry.note(name, "192.0.2.9", "not found", "tftp", answered=True)  # names of one MAC in every vendor's form: one phone
     files = registry.listing()[0]["files"]
     assert len(files) == seen.MAX_FILES == 4 and [f["name"] for f in files] == [
         "snomD785-001565000007.htm", "001565000007-phone.cfg", "cfg001565000007.xml", "cfg001565000007"]
@@ -85,9 +85,14 @@ def test_a_flood_of_new_macs_from_one_source_records_only_the_rate(registry):
     assert len(registry) == 2 * seen.NEW_PER_SOURCE + 60 * seen.NEW_PER_SOURCE_RATE
     registry.note("001565abcdef.boot", "192.0.2.67", "served", "http")  # another source is not held back
     assert registry.listing(0, 1)[0]["mac"] == "001565abcdef"
-    registry.note("001565000000.boot", "192.0.2.67", "served", "tftp")  # phones already recorded go on being updated
-    phone = registry.listing(0, 1)[0]  # an acknowledged transfer proves the new address too; the trust stays the highest
+    registry.note("001565000000.boot", "192.0.2.67", "served", "https")  # phones already recorded go on being updated
+    phone = registry.listing(0, 1)[0]
     assert (phone["mac"], phone["address"], phone["verified_by"]) == ("001565000000", "192.0.2.67", "http")
+    registry.note("001565000000.boot", "192.0.2.68", "served", "tftp")  # an acknowledged transfer proves its address too
+    phone = registry.listing(0, 1)[0]  # the trust stays the highest
+    assert (phone["mac"], phone["address"], phone["verified_by"]) == ("001565000000", "192.0.2.68", "http")
+    registry.note("001565000000.boot", "10.0.0.9", "failed", "tftp")  # an unanswered one (forgeable) proves nothing
+    assert registry.listing(0, 1)[0]["address"] == "192.0.2.68"
 
 
 def test_a_lan_of_phones_in_one_64_appears_at_once_and_the_64_as_a_whole_meets_its_share(registry):
@@ -150,18 +155,24 @@ def test_forged_tftp_sources_cannot_push_out_phones_that_answered(registry, monk
     assert "0004f2abcdef" not in phones  # as doubtful as the forged ones: it may go
     admitted = spoofed - registry.not_recorded  # each forged name was a new phone
     assert seen.NEW_UNVERIFIED <= admitted <= seen.NEW_UNVERIFIED + 30 * 60 * seen.NEW_UNVERIFIED_RATE
-    # a forged request for a trusted phone's name adds a file but moves neither its address nor its trust
-    registry.note("cfg000b82abcdef.xml", "10.9.9.9", "failed", "tftp")
-    phone = registry.listing(0, 1)[0]
-    assert (phone["address"], phone["verified_by"], phone["files"][0]["via"]) == ("192.0.2.10", "http", "tftp")
-    # a phone over HTTP takes the place of a doubtful one first, then of the least trusted that answered
+    # a forged request for a trusted phone's name changes nothing of it: no file, address, vendor, model or time
+    before = {p["mac"]: p for p in registry.listing()}["000b82abcdef"]
+    for name in ("cfg000b82abcdef.xml", "000b82abcdef.cfg", "cfg000b82abcdef", "000b82abcdef-phone.cfg"):
+        registry.note(name, "10.9.9.9", "failed", "tftp", "Poly VVX 400")
+    assert {p["mac"]: p for p in registry.listing()}["000b82abcdef"] == before
+    # a phone over HTTP takes the place of a doubtful one first; then, of those that answered, only of one unseen
+    # for a day (a device with 130 addresses replaced every phone of a full record in 3 s), the least trusted first
     trust = {}
     for i in range(20):
         registry.clock.now += 1
         registry.note(f"0004f2{i:06x}-phone.cfg", f"192.0.3.{i}", "served", "http")
         trust[i] = sorted(p["verified_by"] for p in registry.listing())
     assert trust[16] == [""] + ["http"] * 18 + ["tftp"]  # 17 of the 18 forged ones gone
-    assert trust[17] == ["http"] * 19 + ["tftp"] and trust[18] == ["http"] * 20  # then the TFTP-only phone
+    assert trust[17] == trust[19] == ["http"] * 19 + ["tftp"]  # then none: every phone left answered and was seen today
+    registry.clock.now += seen.KEEP_SEEN
+    registry.note("0004f2fffff0-phone.cfg", "192.0.3.100", "served", "http")
+    assert sorted(p["verified_by"] for p in registry.listing()) == ["http"] * 20  # the TFTP-only phone went
+    registry.note("0004f2fffff1-phone.cfg", "192.0.3.101", "served", "http")
     assert "000b82abcdef" not in {p["mac"] for p in registry.listing()}  # then the least recently seen over HTTP
 
 
@@ -228,3 +239,17 @@ def test_forget_and_seen_since(registry):
     assert registry.seen_since(seen.DAY) == 1 and len(registry.listing()) == 2
     assert registry.forget("001565abcdef") and not registry.forget("001565abcdef")
     assert [p["mac"] for p in registry.listing()] == ["000b82abcdef"]
+
+
+def test_a_device_with_many_ipv4_addresses_cannot_replace_the_phones_that_answered(registry, monkeypatch):
+    """A review's device fetched new MACs over TCP from 130 addresses of its own, 16 each: all 20 real phones of
+    a full record were gone in 3 s. Phones that answered and were seen in the last day stay."""
+    monkeypatch.setattr(seen, "MAX_PHONES", 100)
+    real = [f"001565{n:06x}" for n in range(20)]
+    for n, mac in enumerate(real):
+        registry.note(f"{mac}.boot", f"192.0.2.{n + 1}", "served", "http" if n % 2 else "tftp")
+    for source in range(130):
+        for n in range(16):
+            registry.note(f"0004f2{source:03x}{n:03x}-phone.cfg", f"198.51.{source // 250}.{source % 250 + 1}", "served", "http")
+    macs = {p["mac"] for p in registry.listing()}
+    assert set(real) <= macs and len(macs) == 100 and registry.not_recorded == 130 * 16 - 80

@@ -304,6 +304,25 @@ def test_every_boot_file_over_every_client_and_family(svc, tmp_path):
                 svc.fetched[(name, host)] = first
 
 
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_request_without_a_sane_host_is_told_the_address_it_came_to(svc, host):
+    """HTTP/1.0 without a Host made the profile name "localhost"; a Host with an IPv6 zone ("%" and any text
+    after it) is none a phone can use. Either way the profile names the address the connection came to."""
+    import socket
+
+    port = svc.port("ip_http_port")
+    for head in (b"GET /prov/y000000000000.cfg HTTP/1.0\r\n\r\n",
+                 b"GET /prov/y000000000000.cfg HTTP/1.1\r\nHost: [fe80::1%25x]\r\nConnection: close\r\n\r\n"):
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(head)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status, _, body = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 200"), status
+        assert read_profile("yealink", body)["ntp"] == host and b"fe80" not in body and b"localhost" not in body
+
+
 def ldapsearch(svc, ldap: dict, host: str, search: str) -> set[str]:
     scheme = "ldaps" if ldap["transport"] == "ldaps" else "ldap"
     args = ["ldapsearch", "-x", "-LLL", "-H", f"{scheme}://{url_host(host)}:{ldap['port']}", "-D", ldap["user"], "-w", ldap["password"],

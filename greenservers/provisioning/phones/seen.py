@@ -22,12 +22,17 @@ device sends:
   could be forged (unanswered UDP) name no real source, so they all share
   one bucket (NEW_UNVERIFIED, NEW_UNVERIFIED_RATE) and spend nobody else's;
 - when full, a new phone takes the place of the least recently seen phone
-  of the lowest trust, never of one trusted more than itself. Trust
+  of the lowest trust, never of one trusted more than itself, nor of one
+  whose address answered and that was seen in the last KEEP_SEEN (a day):
+  a review's device fetching from 130 IPv4 addresses of its own, 16 new
+  phones each, replaced every real phone of a full record in 3 s. Trust
   (`verified_by`): "http" for a fetch over HTTP or HTTPS (TCP: the address
-  answered), "tftp" for a TFTP transfer acknowledged to its end (the
-  address got the data), "" for only unanswered TFTP requests, which anyone
+  answered), "tftp" for a TFTP transfer whose first packet was acknowledged
+  (the address got it), "" for only unanswered TFTP requests, which anyone
   can send with a forged source address. So spoofed TFTP requests can push
-  out only phones seen just as doubtfully, a dozen a minute.
+  out only phones seen just as doubtfully, a dozen a minute; and they change
+  nothing of a phone whose address answered (its files, vendor, model,
+  address, when it was seen).
 
 Kept across restarts in data_dir/phones.sqlite3 (greenservers.provisioning.phones.store;
 an older version's phones.json is carried over once and removed): in the
@@ -73,6 +78,7 @@ NEW_PER_SOURCE, NEW_PER_SOURCE_RATE = 16, 1 / 15  # new phones an address may ad
 # out comes back with its next fetch, on its own source's allowance), while every other address and /64 keeps its own.
 NEW_PER_PREFIX, NEW_PER_PREFIX_RATE = MAX_PHONES // 4, 1 / 2
 NEW_UNVERIFIED, NEW_UNVERIFIED_RATE = 64, 1 / 5  # the same for every unanswered UDP source together
+KEEP_SEEN = 86400  # seconds a phone whose address answered is kept, however full the record
 SAVE_DELAY = 5.0
 ROWS_PER_STEP = 100  # rows of changed phones copied for a save between turns of the loop: well under a millisecond
 DAY = 86400
@@ -86,11 +92,12 @@ def _clean(text: str, limit: int = MAX_TEXT) -> str:
     return _CONTROL.sub("", (text or "")[:4 * limit])[:limit]
 
 
-def trust_of(via: str, result: str) -> str:
-    """What one fetch proves about its source address (see the module docstring)."""
+def trust_of(via: str, result: str, answered: bool = False) -> str:
+    """What one fetch proves about its source address (see the module docstring); `answered`: a TFTP transfer
+    whose first packet was acknowledged (it may have failed later)."""
     if via in ("http", "https"):
         return "http"
-    return "tftp" if result == "served" else ""
+    return "tftp" if result == "served" or answered else ""
 
 
 class PhoneRegistry:
@@ -115,7 +122,7 @@ class PhoneRegistry:
 
     # -- recording ---------------------------------------------------------------
 
-    def note(self, name: str, address: str, result: str, via: str, user_agent: str = "") -> dict | None:
+    def note(self, name: str, address: str, result: str, via: str, user_agent: str = "", answered: bool = False) -> dict | None:
         """Record one fetch; the phone's entry, or None when it is not recorded (see the module docstring)."""
         found = profiles.phone_file(name)
         if found is None:
@@ -125,7 +132,7 @@ class PhoneRegistry:
         if not found.mac and not vendor:
             return None
         key = found.mac or f"{_clean(address)} {vendor}"
-        trust = trust_of(via, result)
+        trust = trust_of(via, result, answered)
         now = self.clock()
         phone = self.phones.get(key)
         if phone is None:
@@ -135,13 +142,17 @@ class PhoneRegistry:
             phone = {"id": found.mac or "a" + hashlib.sha256(key.encode()).hexdigest()[:15], "mac": found.mac, "vendor": "",
                      "model": "", "address": "", "user_agent": "", "first_seen": now, "verified_by": trust, "files": {}}
             self.phones[key] = phone
+        elif not trust and phone["verified_by"]:
+            # what may be forged says nothing of a phone whose address answered: a review's unanswered requests
+            # turned its "got its configuration" into "last fetch: failed", its vendor into another, and kept it seen
+            return phone
         else:
             self.phones.move_to_end(key)
         phone["vendor"] = vendor or phone["vendor"]
-        phone["model"] = _clean(ua_model or found.model) or phone["model"]
-        if trust or not phone["verified_by"]:  # a request that may be forged does not move a phone whose address answered
-            phone["address"] = _clean(address)
-            phone["user_agent"] = _clean(user_agent) or phone["user_agent"]
+        # a User-Agent's model only with its own vendor's files (one naming another vendor made a "poly GXP2170")
+        phone["model"] = _clean(ua_model if ua_model and ua_vendor == vendor else found.model) or phone["model"]
+        phone["address"] = _clean(address)
+        phone["user_agent"] = _clean(user_agent) or phone["user_agent"]
         phone["verified_by"] = max(phone["verified_by"], trust, key=TRUST.index)
         phone["last_seen"] = now
         files = phone["files"]
@@ -160,21 +171,23 @@ class PhoneRegistry:
         buckets, source = (self.new_per_source, address) if trust else (self.new_unverified, "")
         if buckets.take(source, 1, now) is not None:
             return False
-        if len(self.phones) >= MAX_PHONES and not self._evict_for(trust):
+        if len(self.phones) >= MAX_PHONES and not self._evict_for(trust, now):
             buckets.give(source, 1, now)  # nobody it may replace: its allowance is not spent
             return False
         return True
 
-    def _evict_for(self, trust: str) -> bool:
-        """Forget the least recently seen phone of the lowest trust recorded, unless that trust is above `trust`."""
+    def _evict_for(self, trust: str, now: float) -> bool:
+        """Forget the least recently seen phone of the lowest trust recorded, unless that trust is above `trust`,
+        or the phone's address answered and it was seen within KEEP_SEEN (see the module docstring)."""
         oldest: dict[str, str] = {}  # trust -> the least recently seen key of it
         for key, phone in self.phones.items():
             oldest.setdefault(phone["verified_by"], key)
             if "" in oldest:
                 break
         for level in TRUST[:TRUST.index(trust) + 1]:
-            if level in oldest:
-                self._forget_key(oldest[level])
+            key = oldest.get(level)
+            if key is not None and (not level or self.phones[key]["last_seen"] <= now - KEEP_SEEN):
+                self._forget_key(key)
                 return True
         return False
 
@@ -301,10 +314,10 @@ def registry_for(runtime) -> PhoneRegistry:
     return registry
 
 
-def note_fetch(runtime, name: str, address: str, result: str, via: str, user_agent: str = "") -> None:
+def note_fetch(runtime, name: str, address: str, result: str, via: str, user_agent: str = "", answered: bool = False) -> None:
     """What the shells call; never raises (a record is not worth a failed transfer)."""
     try:
-        registry_for(runtime).note(name, address, result, via, user_agent)
+        registry_for(runtime).note(name, address, result, via, user_agent, answered)
     except Exception:
         log.exception("could not record the fetch of %s", _clean(name))
 
