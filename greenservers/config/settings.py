@@ -21,6 +21,7 @@ between them and refuses the whole change if any field is bad.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -478,8 +479,9 @@ class Settings:
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self.base_dir / path)
 
-    @property
+    @functools.cached_property
     def data_path(self) -> Path:
+        """data_dir, absolute, its links resolved: once per Settings (a TFTP request asked several times, 35 us each)."""
         return self.resolve(self.values["data_dir"]).resolve()
 
     def public_view(self) -> dict[str, Any]:

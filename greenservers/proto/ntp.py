@@ -216,11 +216,14 @@ def parse_chronyc_tracking(text: str) -> Upstream | None:
 
 class Refused(Event, Exception):
     """A request not answered normally; `kiss_code` is the wire reference ID of a KoD, None: dropped.
-    Raised inside the responder, it is also the event the responder returns for the shell to count and log."""
+    Raised inside the responder, it is also the event the responder returns for the shell to count and log.
+    `kind` is one of a few fixed words (the log's rate limit counts by it): the reason may hold a length or a
+    version, and as the kind it made 1,800 kinds of a line, each with its own budget."""
 
-    def __init__(self, reason: str, kiss_code: bytes | None = None):
+    def __init__(self, reason: str, kind: str, kiss_code: bytes | None = None):
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
         self.kiss_code = kiss_code
 
 
@@ -234,9 +237,9 @@ class Request(NamedTuple):
 def parse_request(data: bytes) -> Request:
     """Split the header; raises Refused (drop) for anything but a well-formed v3/v4 packet."""
     if len(data) < PACKET_LEN:
-        raise Refused(f"short packet ({len(data)} bytes)")
+        raise Refused(f"short packet ({len(data)} bytes)", "short")
     if len(data) > MAX_REQUEST_LEN or len(data) % 4:
-        raise Refused(f"malformed packet ({len(data)} bytes)")
+        raise Refused(f"malformed packet ({len(data)} bytes)", "malformed")
     first, poll = data[0], data[2]
     return Request((first >> 3) & 7, first & 7, poll - 256 if poll > 127 else poll, bytes(data[40:48]))
 
@@ -327,19 +330,19 @@ def build_kiss(request: Request, state: ServerState, code: bytes) -> bytes:
 def _answer_client(request: Request, client: str, limiter: RateLimiter | None, now: float) -> None:
     """Mode 3: check the version and the client's rate; returns normally when it is to be answered."""
     if request.version not in SUPPORTED_VERSIONS:
-        raise Refused(f"unsupported version {request.version}")
+        raise Refused(f"unsupported version {request.version}", "version")
     if limiter is None:
         return
     verdict = limiter.check(client, now)
     if verdict is KISSED:
-        raise Refused("rate limited, kiss-o'-death sent", KISS_RATE)
+        raise Refused("rate limited, kiss-o'-death sent", "rate", KISS_RATE)
     if verdict is DROPPED:
-        raise Refused("rate limited")
+        raise Refused("rate limited", "rate")
 
 
 def _refuse_mode(request: Request, client: str, limiter: RateLimiter | None, now: float) -> None:
     """The named fallback: every mode but 3 is dropped unanswered."""
-    raise Refused(MODE_NAMES.get(request.mode, f"mode {request.mode}") + " request")
+    raise Refused(MODE_NAMES.get(request.mode, f"mode {request.mode}") + " request", f"mode {request.mode}")  # 8 kinds
 
 
 MODE_NAMES = {0: "reserved (mode 0)", 1: "symmetric active (mode 1)", 2: "symmetric passive (mode 2)",

@@ -224,11 +224,12 @@ def skim_envelope(datagram: bytes, pos: int) -> Envelope:
     return Envelope(community, pdu_tag, datagram[rid_start:rid_end], datagram[pos:stop])
 
 
-def count_bindings(bindings: bytes) -> int:
-    """How many TLVs the VarBindList TLV holds (walks headers only)."""
+def count_bindings(bindings: bytes, most: int = MAX_BINDINGS) -> int:
+    """How many TLVs the VarBindList TLV holds, up to `most` + 1 (walks headers only, and no further: 4,000
+    empty ones took 1.7 ms)."""
     _, pos, end = _tlv(bindings, 0, len(bindings))
     count = 0
-    while pos < end:
+    while pos < end and count <= most:
         _, _, pos = _tlv(bindings, pos, end)
         count += 1
     return count
@@ -257,7 +258,8 @@ def decode_bindings(bindings: bytes) -> tuple[tuple[int, ...], ...]:
 
 
 def check_value(tag: int, content: bytes) -> None:
-    """Dropped(MALFORMED) unless `content` is a value of an SNMP v1 type (RFC 1155 §3.2: ObjectSyntax) as `tag` says."""
+    """Dropped(MALFORMED) unless `content` is a value of an SNMP v1 type (RFC 1155 §3.2: ObjectSyntax) as `tag` says
+    (an OBJECT IDENTIFIER only by its last octet)."""
     if tag == TAG_NULL:
         if content:
             raise Dropped(MALFORMED, "a NULL with content")
@@ -272,8 +274,9 @@ def check_value(tag: int, content: bytes) -> None:
     elif tag == TAG_IPADDRESS:
         if len(content) != 4:
             raise Dropped(MALFORMED, "an IpAddress of other than 4 octets")
-    elif tag == TAG_OID:
-        decode_oid(content)
+    elif tag == TAG_OID:  # its last octet ends a sub-identifier; not decoded: no request of ours reads a value
+        if not content or content[-1] & 0x80:
+            raise Dropped(MALFORMED, "an OBJECT IDENTIFIER value cut short")
     else:
         raise Dropped(MALFORMED, "a variable binding's value is of no SNMP v1 type")
 

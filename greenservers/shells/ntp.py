@@ -147,6 +147,8 @@ class NtpServer(UdpServer):
         self.service = service
 
     def do_read(self):
+        if not self.turn_left():
+            return None
         try:
             data, ancillary, _flags, address = self._socket.recvmsg(RECV_SIZE, ANCILLARY_SIZE)
         except BlockingIOError:
@@ -196,8 +198,8 @@ class NtpService(Service):
             reply = outputs[0]
         else:  # [Refused] or [Refused, kiss-o'-death]
             sensors.add("ntp_requests_refused", 1)
-            reason = outputs[0].reason
-            self.peer_log.warning("ntp " + reason, address[0], "NTP request refused: %s", reason)
+            refused = outputs[0]
+            self.peer_log.warning("ntp " + refused.kind, address[0], "NTP request refused: %s", refused.reason)
             reply = outputs[1] if len(outputs) > 1 else None
         if reply is not None:
             error = server.reply(reply, address, pktinfo)  # a full send buffer: a lost reply, as on the wire

@@ -57,6 +57,8 @@ class SnmpServer(UdpServer):
 
     def do_read(self):
         """The next datagram from a trusted source; untrusted ones are dropped here, before any parsing."""
+        if not self.turn_left():
+            return None
         admits, runtime, ratelog, receive = self.service.agent.admits, self.service.runtime, self.service.ratelog, self._receive
         sensors = runtime.sensors
         shown = plain_address if self.socket.family == socket.AF_INET6 else str

@@ -9,7 +9,10 @@ datagram's ancillary data:
 
 - `UdpServer`, the base of the SNMP and NTP servers, handles each datagram
   inline in the socket's read callback (spawn=None: the cores never block,
-  so the kernel's receive buffer is the only queue); `reply()` sends from
+  so the kernel's receive buffer is the only queue), for READ_TURN seconds
+  at most per callback (`turn_left`): then the loop polls and serves the
+  other sockets before this one's next datagrams (gevent's callback reads
+  up to 100, and 100 costly SNMP requests held the loop 100-300 ms); `reply()` sends from
   the request's local address on a wildcard socket (`pktinfo_of`), or lets
   routing choose where the kernel refuses that pktinfo.
 - TFTP answers each request from a socket of its own, bound to the
@@ -25,6 +28,7 @@ import contextlib
 import errno
 import socket
 import sys
+import time
 
 from gevent.server import DatagramServer
 
@@ -33,6 +37,7 @@ PKTINFO_KINDS = {(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO), (socket.IPPROTO_IP,
 PKTINFO_SPACE = socket.CMSG_SPACE(20) * 2  # room for IPV6_PKTINFO (20) and/or IP_PKTINFO (12)
 ICMP_ERRORS = (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 SEND_BUFFER_FULL = (errno.EAGAIN, errno.ENOBUFS)
+READ_TURN = 0.002  # seconds of datagrams one read callback handles
 
 
 def enable_pktinfo(sock: socket.socket, family: int) -> None:
@@ -70,6 +75,17 @@ class UdpServer(DatagramServer):
         super().__init__(bound.sock, spawn=None)
         self.bound = bound
         self.wildcard = bound.binding.is_wildcard  # only then may the reply's source need choosing
+        self._turn_iteration, self._turn_started = -1, 0.0  # the loop's iteration this socket's turn began in, and when
+
+    def turn_left(self) -> bool:
+        """Whether the read callback may handle another datagram: READ_TURN seconds since its first. A
+        subclass's do_read asks it first, and returns None (the callback ends) when it says no: the socket
+        stays readable, and the loop calls back once it has polled."""
+        iteration, now = self.loop.iteration, time.perf_counter()
+        if iteration != self._turn_iteration:
+            self._turn_iteration, self._turn_started = iteration, now
+            return True
+        return now - self._turn_started < READ_TURN
 
     def reply(self, data: bytes, address, ancillary=()) -> OSError | None:
         """Send `data` to `address`, from the request's local address on a wildcard socket. Returns the

@@ -116,6 +116,21 @@ def test_mode_6_and_7_and_malformed_requests_get_no_answer(server):
     server.wait_for_log("NTP request refused: private (mode 7) request")
 
 
+def test_refusals_of_every_length_write_a_line_or_two_not_one_each(server):
+    """A review sent a datagram of each length: each length was a kind of its own in the rate-limited log,
+    and every datagram wrote a line (1,800 from one address; 54,000 a minute from 30)."""
+    before = len(server.lines)
+    with udp_client(source="127.0.0.77") as sock:
+        for size in [*range(1, 48), *range(49, 400)]:
+            sock.sendto(bytes([0x23]) + bytes(size - 1), ("127.0.0.1", server.port("ip_ntp_port")))
+    with udp_client(source="127.0.0.78") as marker:  # read after them all (one socket's queue); this source is not rate limited
+        marker.sendto(request(transmit=b"MARKER!!"), ("127.0.0.1", server.port("ip_ntp_port")))
+        assert marker.recv(2048)[24:32] == b"MARKER!!"
+    server.wait_for_log("NTP request refused: short packet", since=before)
+    lines = [line for line in server.lines[before:] if "NTP request refused" in line and "127.0.0.77" in line]
+    assert 1 <= len(lines) <= 3, lines  # short, malformed, rate limited: a line per kind and source a minute
+
+
 def test_flood_gets_kod_then_silence_while_another_source_is_answered(server):
     port = server.port("ip_ntp_port")
     flood_count = 4 * ntp.BURST
