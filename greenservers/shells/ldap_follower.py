@@ -35,7 +35,7 @@ from .loop import run_in_turns, serve_ready_then_continue
 DISMANTLE_PAUSE = 0.001  # seconds between the steps that free a replaced directory
 DISMANTLE_WAIT = 1.0  # seconds between looks at whether a search still reads a replaced directory
 DISMANTLE_PATIENCE = 120.0  # seconds it waits for them (a paged search left unread is given up after 60 s)
-POLL = 0.015  # seconds between looks for changes another process committed to the address book
+POLL = 0.25  # seconds between looks for changes another process committed (a search looks first: FRESH)
 FRESH = 0.005  # a search looks first too, if the last look is older than this (a look: about 6 us and 3 system calls)
 CATCH_UP = 0.1  # seconds a search waits at a time for a change it noticed to be applied (and at most, for an import's)
 APPLIED_WITHIN = 2.0  # seconds it waits at most for a few changes (milliseconds of work, unless the machine is very busy)
