@@ -84,7 +84,8 @@ def due_time(held: Held, window: Window | None, ari_min_age: datetime.timedelta 
     an authority whose every window said "renew now" had a certificate issued again and again without pause."""
     own = held.not_before + (held.not_after - held.not_before) * 2 / 3
     if window is not None and window.chosen < own:
-        return max(window.chosen, held.not_before + ari_min_age), "inside the renewal window the authority suggests (ARI)"
+        # never later than the lifetime rule: a certificate of a few hours lives less than ari_min_age
+        return min(own, max(window.chosen, held.not_before + ari_min_age)), "inside the renewal window the authority suggests (ARI)"
     return own, "less than a third of its lifetime left"
 
 

@@ -28,13 +28,16 @@ public /healthz, which holds nothing the error itself carried.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import os
 import random
 import re
+import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,9 +72,20 @@ ANSWER_SECONDS = 30  # seconds a whole answer may take to arrive
 ANSWER_BYTES = 64 * 1024  # an answer's body at most (a directory, an order of 100 names, a chain: a few KiB each)
 REQUESTS_PER_SECOND = 1.0  # requests to the authority after a burst (an order polled as fast as it says)
 REQUESTS_BURST = 10
+
+
+def _seconds_from_environment(name: str, default: datetime.timedelta) -> datetime.timedelta:
+    """A duration from the environment, within 0..`default`; `default` when unset or malformed."""
+    try:
+        seconds = float(os.environ.get(name, ""))
+    except ValueError:  # unset or malformed
+        return default
+    return datetime.timedelta(seconds=seconds) if 0 <= seconds <= default.total_seconds() else default
+
+
 # how old a certificate must be for a renewal window to renew it (proto.acme.ARI_MIN_AGE; shorter in tests, where
 # pebble's certificates are minutes old)
-ARI_MIN_AGE = datetime.timedelta(seconds=float(os.environ.get("GREENSERVERS_ACME_ARI_MIN_AGE", core.ARI_MIN_AGE.total_seconds())))
+ARI_MIN_AGE = _seconds_from_environment("GREENSERVERS_ACME_ARI_MIN_AGE", core.ARI_MIN_AGE)
 MAX_ERROR_CHARS = 400
 USER_AGENT = "greenservers"
 
@@ -336,19 +350,35 @@ class AuthorityMisbehaved(Exception):
 def _bounded_network():
     """certbot's ClientNetwork with every answer bounded (made here: the acme package loads only when used).
 
-    Each answer is read as it streams in, at most ANSWER_BYTES within ANSWER_SECONDS (each read waits
-    READ_TIMEOUT at most): a review's authority sent a 200 MB directory (775 MB of memory, the loop held
-    955 ms while it was parsed) or dripped one a byte at a time for as long as it liked. Only https is
-    followed, and no redirect (one led the client to a plain-HTTP address of the LAN). Requests come at most
-    REQUESTS_PER_SECOND after a burst of REQUESTS_BURST: the library polls an order as often as its
-    Retry-After says, and one of 0 made 200 requests in 10 s."""
+    Each request, from its connection to the last byte of its answer, has ANSWER_SECONDS (each read waits
+    READ_TIMEOUT at most; at the deadline a watchdog shuts the connection's socket), and an answer's body
+    ANSWER_BYTES, read as it streams in: a review's authority sent a 200 MB directory (775 MB of memory, the
+    loop held 955 ms while it was parsed), or dripped an answer, its head too, a byte at a time for as long as
+    it liked. Only https is followed, and no redirect (one led the client to a plain-HTTP address of the
+    LAN). Requests come at most REQUESTS_PER_SECOND after a burst of REQUESTS_BURST: the library polls an
+    order as often as its Retry-After says, and one of 0 made 200 requests in 10 s."""
     import requests
+    import urllib3
     from acme import client
 
     class BoundedNetwork(client.ClientNetwork):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._allowance, self._last = float(REQUESTS_BURST), time.monotonic()
+            self._connection = None  # the connection the request under way uses
+            self._cut_short = False
+            network = self
+
+            class WatchedConnection(urllib3.connection.HTTPSConnection):
+                def request(self, *args, **kwargs):
+                    network._connection = self
+                    return super().request(*args, **kwargs)
+
+            class WatchedPool(urllib3.HTTPSConnectionPool):
+                ConnectionCls = WatchedConnection
+
+            pools = self.session.get_adapter("https://").poolmanager
+            pools.pool_classes_by_scheme = {**pools.pool_classes_by_scheme, "https": WatchedPool}
 
         def _pace(self) -> None:
             now = time.monotonic()
@@ -359,6 +389,14 @@ def _bounded_network():
                 self._allowance, self._last = 1.0, time.monotonic()
             self._allowance -= 1.0
 
+        def _cut(self) -> None:
+            """The watchdog: the request under way is over its deadline."""
+            self._cut_short = True
+            sock = getattr(self._connection, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # its read ends (end of file, or an error)
+
         def _send_request(self, method: str, url: str, *args, **kwargs) -> requests.Response:
             if not url.startswith("https://"):
                 raise AuthorityMisbehaved(f"the authority gave an address that is not https: {url[:100]}")
@@ -366,20 +404,33 @@ def _bounded_network():
             # the library's own reads the whole body at once (to log it): in its place, the same request streamed
             kwargs.setdefault("headers", {}).setdefault("User-Agent", self.user_agent)
             kwargs.update(verify=self.verify_ssl, stream=True, allow_redirects=False, timeout=(READ_TIMEOUT, READ_TIMEOUT))
-            response = self.session.request(method, url, *args, **kwargs)
-            with response:
-                if response.is_redirect:
-                    raise AuthorityMisbehaved(f"the authority redirected {url[:100]} elsewhere; give acme_directory its final address")
-                body, deadline = bytearray(), time.monotonic() + ANSWER_SECONDS
-                while piece := response.raw.read1(16384, decode_content=True):  # what has come, not 16 KiB
-                    body += piece
-                    if len(body) > ANSWER_BYTES:
-                        raise AuthorityMisbehaved(f"an answer of the authority is longer than {ANSWER_BYTES // 1024} KiB")
-                    if time.monotonic() > deadline:
-                        raise AuthorityMisbehaved(f"an answer of the authority took longer than {ANSWER_SECONDS} s to arrive")
-                response._content = bytes(body)  # what requests keeps of a body read whole: .content and .json() read it
-                if "Accept" not in kwargs["headers"]:
-                    response.encoding = "utf-8"  # as the library's: JSON is UTF-8 (RFC 8555 §5)
+            self._connection, self._cut_short = None, False
+            watchdog = threading.Timer(ANSWER_SECONDS, self._cut)
+            watchdog.start()
+            try:
+                response = self.session.request(method, url, *args, **kwargs)
+                with response:
+                    if response.is_redirect:
+                        raise AuthorityMisbehaved(f"the authority redirected {url[:100]} elsewhere; give acme_directory its final address")
+                    body = bytearray()
+                    try:
+                        while piece := response.raw.read1(16384, decode_content=True):  # what has come, not 16 KiB
+                            body += piece
+                            if len(body) > ANSWER_BYTES:
+                                raise AuthorityMisbehaved(f"an answer of the authority is longer than {ANSWER_BYTES // 1024} KiB")
+                    except urllib3.exceptions.HTTPError as exc:  # as requests' own reading reports it
+                        raise requests.exceptions.ConnectionError(exc, request=response.request) from None
+                    if self._cut_short or response.raw.length_remaining:  # cut, or ended before its Content-Length
+                        raise requests.exceptions.ConnectionError("the answer ended early", request=response.request)
+                    response._content = bytes(body)  # what requests keeps of a body read whole: .content and .json() read it
+                    if "Accept" not in kwargs["headers"]:
+                        response.encoding = "utf-8"  # as the library's: JSON is UTF-8 (RFC 8555 §5)
+            except requests.exceptions.RequestException:
+                if self._cut_short:
+                    raise AuthorityMisbehaved(f"an answer of the authority took longer than {ANSWER_SECONDS} s to arrive") from None
+                raise
+            finally:
+                watchdog.cancel()
             return response
 
     return BoundedNetwork
@@ -490,7 +541,7 @@ def _order_one(acme_client, net, request: OrderRequest, kind: str, pending: dict
         for token in tokens:
             pending.pop(token, None)
     cert_pem = order.fullchain_pem.encode("ascii")
-    leaf, _ = check_pem(cert_pem, key_pem, label=f"the {kind} certificate the authority issued")
+    leaf, _ = check_pem(cert_pem, key_pem, label=f"the {kind} certificate the authority issued", new_chain=True)
     missing = set(request.names) - set(dns_names(leaf))
     if missing:
         raise CertificateError(f"the {kind} certificate the authority issued lacks {' '.join(sorted(missing))}")

@@ -125,20 +125,25 @@ def dns_names(cert: x509.Certificate) -> tuple[str, ...]:
 
 
 def check_pem(cert_pem: bytes, key_pem: bytes, now: datetime.datetime | None = None, label: str = "certificate",
-              whole_key_check: bool = False) -> tuple[x509.Certificate, list[x509.Certificate]]:
+              whole_key_check: bool = False, new_chain: bool = False) -> tuple[x509.Certificate, list[x509.Certificate]]:
     """Parse a PEM chain and key; refuse expired, not-yet-valid or mismatched ones, and RSA keys of fewer than
     RSA_MIN_BITS or more than RSA_MAX_BITS (an 8192-bit key made every handshake cost 36-56 ms of the loop).
 
     `whole_key_check`: an RSA key's consistency is checked too (its primes: 60 ms of CPU at 2048 bits, 0.5 s at
     4096, 7 s at 8192, holding the GIL): for an upload, in a child process (`check_upload`). A key loaded
     from its file (ours, generated or from ACME, or the admin's, checked when uploaded) must match its
-    certificate, which is checked every time."""
+    certificate, which is checked every time.
+
+    `new_chain`: an upload's or an authority's chain, which must be in order and short (`_check_chain`); a
+    file already configured is served as it was (a chain with its root before its intermediate, which
+    OpenSSL loads and TLS 1.3 clients accept, must not stop the worker from starting after an upgrade)."""
     now = now or datetime.datetime.now(datetime.UTC)
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError as exc:
         raise CertificateError(f"{label}: not a PEM certificate ({exc})") from None
-    _check_chain(chain, label)
+    if new_chain:
+        _check_chain(chain, label)
     leaf = chain[0]
     _check_rsa_size(leaf.public_key(), label, "the certificate's")
     try:
@@ -197,7 +202,7 @@ class UploadChecked(NamedTuple):
 def check_upload(cert_pem: bytes, key_pem: bytes) -> UploadChecked:
     """An uploaded pair checked whole; for a child process (run_in_child), which answers what the page says of it."""
     try:
-        leaf, _ = check_pem(cert_pem, key_pem, whole_key_check=True)
+        leaf, _ = check_pem(cert_pem, key_pem, whole_key_check=True, new_chain=True)
     except CertificateError as exc:
         return UploadChecked(str(exc))
     return UploadChecked(None, leaf.subject.rfc4514_string(), leaf.not_valid_after_utc)

@@ -107,6 +107,8 @@ def test_a_window_that_always_says_now_renews_a_certificate_once_it_is_six_hours
     plan = core.plan(T0 + datetime.timedelta(minutes=1), NAMES, DIRECTORY, both(fresh), {"ECDSA": now_window, "RSA": now_window})
     assert plan.renew == () and plan.wake_at == T0 + core.ARI_MIN_AGE
     assert core.plan(T0 + core.ARI_MIN_AGE, NAMES, DIRECTORY, both(fresh), {"RSA": now_window}).renew == ("RSA",)
+    short = core.Held(frozenset(NAMES), DIRECTORY, T0, T0 + datetime.timedelta(hours=6))  # a private CA's 6 hours
+    assert core.due_time(short, now_window)[0] == T0 + datetime.timedelta(hours=4)  # the lifetime rule, not after expiry
 
 
 def test_the_next_ari_poll_wakes_the_shell():

@@ -12,7 +12,7 @@ from support.certs import make_cert
 
 from greenservers.config.settings import Settings
 from greenservers.tls.acme import AcmeManager, OrderRequest, describe_error
-from greenservers.tls.certificates import CertificateError, check_pem, check_upload, ensure_certificate, server_context
+from greenservers.tls.certificates import CertificateError, check_pem, check_upload, ensure_certificate, load_chain, server_context
 
 PBX = "pbx.test"
 
@@ -94,13 +94,26 @@ def test_a_chain_must_be_in_order_and_short():
     whose intermediate had not signed the leaf."""
     ca = make_cert("Test CA")
     leaf, key = make_cert("pbx.example.org", issuer=ca)
-    check_pem(leaf + ca[0], key)
+    check_pem(leaf + ca[0], key, new_chain=True)
     with pytest.raises(CertificateError, match="certificate 1 of the chain is not signed by certificate 2"):
-        check_pem(leaf + make_cert("Other CA")[0], key)
+        check_pem(leaf + make_cert("Other CA")[0], key, new_chain=True)
     with pytest.raises(CertificateError, match="certificate 2 of the chain is not signed by certificate 3"):
-        check_pem(leaf + ca[0] + make_cert("Other CA")[0], key)
+        check_pem(leaf + ca[0] + make_cert("Other CA")[0], key, new_chain=True)
     with pytest.raises(CertificateError, match="a chain of 7 certificates; at most 6"):
-        check_pem(leaf + ca[0] * 6, key)
+        check_pem(leaf + ca[0] * 6, key, new_chain=True)
+    assert "not signed" in check_upload(leaf + make_cert("Other CA")[0], key).problem  # an upload's is new
+
+
+def test_a_configured_chain_out_of_order_still_loads(tmp_path):
+    """A file configured before the chain checks (its root before its intermediate, as a CA bundle appended
+    makes it; OpenSSL loads it) must not stop the worker from starting after an upgrade."""
+    root = make_cert("Root CA")
+    intermediate = make_cert("Intermediate CA", issuer=root)
+    leaf, key = make_cert("pbx.example.org", issuer=intermediate)
+    cert_path, key_path = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert_path.write_bytes(leaf + root[0] + intermediate[0])
+    key_path.write_bytes(key)
+    assert load_chain(cert_path, key_path, "tls_cert").subject == "CN=pbx.example.org"
 
 
 def test_expired_is_refused():

@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+import requests
 from acme import messages
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -105,30 +106,49 @@ def test_an_answer_past_its_size_is_refused_without_reading_the_rest(authority, 
 
 
 def test_an_answer_dripped_slowly_is_given_up_at_its_deadline(authority, tmp_path, monkeypatch):
-    """Each read waits READ_TIMEOUT at most, the whole answer ANSWER_SECONDS: a byte every 0.2 s, which no read's
-    timeout ends, ends at the answer's deadline (shortened here to 0.5 s) rather than when the authority likes."""
+    """Each read waits READ_TIMEOUT at most, the whole request ANSWER_SECONDS (shortened here to 0.5 s): a byte
+    every 0.2 s, which no read's timeout ends, ends at the deadline rather than when the authority likes, in
+    the answer's head as in its body."""
     monkeypatch.setattr(acme, "ANSWER_SECONDS", 0.5)
-    sent = []
+    data = json.dumps(DIRECTORY).encode()
+    for where in ("head", "body"):
+        sent, done = [], threading.Event()
 
-    def drip(handler):
-        data = json.dumps(DIRECTORY).encode()
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        for byte in data:
-            try:
-                handler.wfile.write(bytes([byte]))
-                handler.wfile.flush()
-            except OSError:
-                return  # the client gave up
-            sent.append(byte)
-            time.sleep(0.2)
+        def drip(handler, where=where, sent=sent, done=done):
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(data)
+            slow = head + data if where == "head" else data
+            if where == "body":
+                handler.wfile.write(head)
+            for byte in slow:
+                if done.is_set():
+                    return
+                try:
+                    handler.wfile.write(bytes([byte]))
+                    handler.wfile.flush()
+                except OSError:
+                    return  # the client gave up
+                sent.append(byte)
+                time.sleep(0.2)
 
-    authority.answer = drip
-    with pytest.raises(AuthorityMisbehaved, match="took longer than 0.5 s"):
+        authority.answer = drip
+        try:
+            with pytest.raises(AuthorityMisbehaved, match="took longer than 0.5 s"):
+                acme._client(authority.request(tmp_path))
+            assert len(sent) < 20, where  # about 0.5 s of a byte every 0.2 s, not the whole answer
+        finally:
+            done.set()
+
+
+def test_an_answer_cut_short_is_the_authority_unreachable_not_a_bug(authority, tmp_path):
+    def cut(handler):
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"newNonce\"")
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    authority.answer = cut
+    with pytest.raises(requests.exceptions.RequestException) as failed:
         acme._client(authority.request(tmp_path))
-    assert len(sent) < len(json.dumps(DIRECTORY)) // 2
+    assert describe_error(failed.value, authority.request(tmp_path)).category == "ACME: the authority could not be reached"
 
 
 def test_a_redirect_is_not_followed(authority, tmp_path):
