@@ -742,3 +742,22 @@ def test_phones_sharing_a_64_boot_together_each_with_its_own_slots():
     assert gate.admit(phones[0], 0.1) == (None, [])  # its eight are taken and verified
     assert gate.admit("192.0.2.1", 0.1)[0] is not None  # IPv4: the address is the client, counted once
     assert gate.per_client["192.0.2.1"] == 1
+
+
+def test_a_transfer_machine_is_freed_by_its_last_reference_not_by_the_cyclic_collector():
+    """Its dispatch table held its own bound methods: a cycle per transfer, which under a flood of spoofed
+    requests only full collections freed (80,000 objects every 1.25 s, 93-179 ms with the loop held)."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        for make in (lambda: read_machine(b"x" * 3000, rrq(windowsize=4)), lambda: write_machine(Collector())):
+            machine = make()
+            machine.start(0.0)
+            machine.timeout(100.0)
+            gone = weakref.ref(machine)
+            del machine
+            assert gone() is None
+    finally:
+        gc.enable()
