@@ -252,4 +252,23 @@ def test_a_device_with_many_ipv4_addresses_cannot_replace_the_phones_that_answer
         for n in range(16):
             registry.note(f"0004f2{source:03x}{n:03x}-phone.cfg", f"198.51.{source // 250}.{source % 250 + 1}", "served", "http")
     macs = {p["mac"] for p in registry.listing()}
-    assert set(real) <= macs and len(macs) == 100 and registry.not_recorded == 130 * 16 - 80
+    assert set(real) <= macs and len(macs) == 100  # the device's newest phones took its oldest ones' places
+
+
+def test_a_device_that_filled_the_record_and_keeps_it_fresh_does_not_lock_new_phones_out(registry, monkeypatch):
+    """A review filled the record from a few addresses and fetched every entry again each day: no new phone
+    was recorded for days. The address recorded most often gives up a place to a newcomer that answered."""
+    monkeypatch.setattr(seen, "MAX_PHONES", 100)
+    for n in range(20):
+        registry.note(f"001565{n:06x}.boot", f"192.0.2.{n + 1}", "served", "http")
+    device = [f"198.51.100.{n + 1}" for n in range(10)]
+    for n in range(160):
+        registry.note(f"0004f2{n:06x}-phone.cfg", device[n % 10], "served", "http")
+    assert len(registry) == 100
+    registry.clock.now += 3600
+    for phone in registry.listing():  # every entry seen again
+        name = f"{phone['mac']}.boot" if phone["mac"].startswith("001565") else f"{phone['mac']}-phone.cfg"
+        registry.note(name, phone["address"], "served", "http")
+    assert registry.note("001565ffffff.boot", "192.0.2.200", "served", "tftp") is not None
+    kept = {p["mac"]: p["address"] for p in registry.listing()}
+    assert len(kept) == 100 and sum(address.startswith("192.0.2.") for address in kept.values()) == 21

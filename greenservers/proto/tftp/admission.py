@@ -10,9 +10,10 @@ own client awaits an acknowledgement). Of its own address's transfers, it
 takes one only past its first retransmission (a real client would have
 answered by then: a client's own burst is busy); of its /64's or anyone's,
 whatever its age: spoofed requests from many addresses, 500 a second, held
-every slot for less than a second each and phones were refused as busy (the
-shell's REQUEST_RATE keeps a slot for half a second at least, longer than a
-phone takes to answer). A client, for these limits, is
+every slot for less than a second each and phones were refused as busy. (At
+the shell's REQUEST_RATE, 1,000 a second, a transfer keeps its slot half a
+second at least with the default 500 slots, a /64's 125 ms: a phone on its LAN
+answers in milliseconds.) A client, for these limits, is
 an address: phones on an IPv6 LAN share one /64, so a /64 as the client
 would give a hundred booting phones eight transfers. So that one device
 using many addresses of its /64 cannot take every slot, a /64 (proto.clients'
