@@ -196,14 +196,9 @@ class TftpService(Service):
         self.runtime.sensors.add("tftp_transfers_failed")
 
     def _evict(self, slot: proto.Slot) -> None:
-        """A transfer gives its slot to a new request: an unverified one (counted as never acknowledged), or a
-        stalled one (see proto.tftp.admission). Ended now."""
-        if slot.stalled:
-            self.ratelog.info("stalled", slot.client, "every transfer slot taken: a transfer that moved less than %d KiB "
-                              "in %g s gave its slot to a new request", proto.PROGRESS_BYTES // 1024, proto.STALL_SECONDS)
-        else:
-            self.ratelog.info("evicted", slot.client, "a transfer whose first packet was not acknowledged gave its slot to a new request")
-            self.runtime.sensors.add("tftp_first_packets_unacknowledged")
+        """An unverified transfer gives its slot to a new request: ended now, counted as never acknowledged."""
+        self.ratelog.info("evicted", slot.client, "a transfer whose first packet was not acknowledged gave its slot to a new request")
+        self.runtime.sensors.add("tftp_first_packets_unacknowledged")
         self.runtime.sensors.add("tftp_transfers_failed")
         if slot.owner is not None:
             slot.owner.kill(block=False)
@@ -219,8 +214,7 @@ class TftpService(Service):
             machine, resource = self._start(request, local, address, allowance)
             # the slot is given up early once only courtesy retransmissions remain (a write's dally)
             TransferDriver(sock, machine, self.segmentation, self.send_batch, lambda: self._release(slot),
-                           lambda: self.admission.verified(slot, time.monotonic()),
-                           lambda now: self.admission.moved(slot, now)).run()
+                           lambda: self.admission.verified(slot)).run()
         except proto.TftpError as exc:
             self.ratelog.warning("refused", address, "%s %s refused: %s", "WRQ" if request.write else "RRQ",
                                  printable(request.filename), printable(exc.message))

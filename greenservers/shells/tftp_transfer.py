@@ -69,16 +69,13 @@ class Segmentation:
 
 class TransferDriver:
     """Runs `machine` over `sock` until it is finished; `verified()` is called once the peer has
-    acknowledged the first packet, `settled()` once only a dally remains, `moved(now)` each time the
-    transfer has moved another PROGRESS_BYTES on (what the admission's stalled transfers are told by)."""
+    acknowledged the first packet, `settled()` once only a dally remains."""
 
     def __init__(self, sock: _socket.socket, machine: proto.Transfer, segmentation: Segmentation,
-                 batch: SendBatch, settled, verified=None, moved=None):
+                 batch: SendBatch, settled, verified=None):
         self.sock, self.fd, self.machine = sock, sock.fileno(), machine
         self.segmentation, self.batch, self.settled = segmentation, batch, settled
         self.verified = verified  # None once called (or if nobody asked)
-        self.moved = moved
-        self.next_move = proto.PROGRESS_BYTES  # moved_bytes at which `moved` is called next
         self.backlog: list[bytes] = []  # datagrams a full socket buffer refused, sent by the greenlet
         self.failure: BaseException | None = None  # raised in the callback, re-raised in the greenlet
         self.held: bytes | None = None  # a datagram the callback left to the greenlet: an upload's last block,
@@ -141,10 +138,6 @@ class TransferDriver:
         out = machine.receive(datagram, now)
         if self.verified is not None and machine.verified:
             self._peer_heard()
-        if machine.moved_bytes >= self.next_move:
-            self.next_move = machine.moved_bytes + proto.PROGRESS_BYTES
-            if self.moved is not None:
-                self.moved(now)
         overdue = machine.timeout(now)  # a stream of stray packets must not stall retransmission
         if overdue:
             out += overdue

@@ -6,12 +6,7 @@ only until someone needs it: a request that finds the limits reached takes
 the slot of the oldest unverified transfer (of the same client when the
 per-client limit is what is reached), and is refused as busy only when
 verified transfers hold every slot (not even answered when every slot of its
-own client awaits an acknowledgement). When verified transfers hold every
-slot, the one that moved least lately gives its slot if it has not moved
-PROGRESS_BYTES on for STALL_SECONDS: a review's device held all 500 slots from
-63 addresses with a 4-byte acknowledgement every 5 s each (100 a second in
-all), and every phone was refused as busy; to keep a slot it must now take
-64 KiB every 2 s, 16 MB a second for 500 slots. Of its own address's transfers, it
+own client awaits an acknowledgement). Of its own address's transfers, it
 takes one only past its first retransmission (a real client would have
 answered by then: a client's own burst is busy); of its /64's or anyone's,
 whatever its age: spoofed requests from many addresses, 500 a second, held
@@ -43,8 +38,6 @@ from .options import Limits
 from .packets import DEFAULT_BLKSIZE
 
 FIRST_PACKET_MAX = DEFAULT_BLKSIZE + 4  # DATA 1 of a request without options; an OACK or ERROR is smaller
-PROGRESS_BYTES = 64 * 1024  # what a verified transfer moves (acknowledged or received) to count as moving...
-STALL_SECONDS = 2.0  # ...at least once in this long, or it gives its slot to a newcomer when every slot is taken
 ALLOWANCE_REFILL = 60.0  # seconds for an empty allowance to fill again (see Admission)
 
 
@@ -105,16 +98,14 @@ class Allowance:
 
 class Slot:
     """One admitted transfer: whose it is (its client's address), when it began, whether it was verified or
-    released; `owner` is the shell's handle (its greenlet) for ending it when its slot is taken; `moved_at`,
-    when it last moved PROGRESS_BYTES on (or was verified)."""
+    released; `owner` is the shell's handle (its greenlet) for ending it when its slot is taken."""
 
-    __slots__ = ("client", "groups", "started", "verified", "released", "evicted", "stalled", "owner", "moved_at")
+    __slots__ = ("client", "groups", "started", "verified", "released", "evicted", "owner")
 
     def __init__(self, client: str, groups: tuple[str, ...], started: float):
         self.client, self.groups, self.started = client, groups, started  # groups: the address, maybe its /64
-        self.verified = self.released = self.evicted = self.stalled = False
+        self.verified = self.released = self.evicted = False
         self.owner = None
-        self.moved_at = started
 
 
 class Admission:
@@ -143,7 +134,6 @@ class Admission:
         self.per_client: Counter[str] = Counter()  # slots held per address, and per IPv6 /64 ("x::/64")
         self.verified_per_client: Counter[str] = Counter()  # per address
         self._unverified: dict[Slot, None] = {}  # in order of admission: the oldest first
-        self._verified: dict[Slot, None] = {}  # in order of their last move: the longest still first
         self._unverified_of: dict[str, dict[Slot, None]] = {}  # the same, per address and per /64
 
     def configure(self, max_total: int, max_per_client: int) -> None:
@@ -194,8 +184,6 @@ class Admission:
             if (self.active if group is None else self.per_client[group]) < limit:
                 continue
             victim = self._oldest_unverified(group, now, any_age=group != client)
-            if victim is None and group is None:
-                victim = self._stalled(now)
             if victim is None:
                 return None, evicted
             victim.evicted = True
@@ -218,28 +206,12 @@ class Admission:
             return oldest
         return oldest if oldest.started <= now - self.limits.timeout else None
 
-    def _stalled(self, now: float) -> Slot | None:
-        """The verified transfer that moved least lately, if that was STALL_SECONDS ago or more."""
-        stalled = next(iter(self._verified), None)
-        if stalled is None or stalled.moved_at > now - STALL_SECONDS:
-            return None
-        stalled.stalled = True
-        return stalled
-
-    def verified(self, slot: Slot, now: float) -> None:
+    def verified(self, slot: Slot) -> None:
         if slot.verified or slot.released:
             return
-        slot.verified, slot.moved_at = True, now
+        slot.verified = True
         self.verified_per_client[slot.client] += 1
         self._forget_unverified(slot)
-        self._verified[slot] = None
-
-    def moved(self, slot: Slot, now: float) -> None:
-        """A verified transfer moved PROGRESS_BYTES on: it is the last to be given up as stalled."""
-        if slot.verified and not slot.released:
-            slot.moved_at = now
-            self._verified.pop(slot, None)
-            self._verified[slot] = None
 
     def release(self, slot: Slot) -> None:
         """The transfer is over (or evicted); a second call does nothing."""
@@ -247,7 +219,6 @@ class Admission:
             return
         slot.released = True
         self._forget_unverified(slot)
-        self._verified.pop(slot, None)
         self.active -= 1
         for group in slot.groups:
             _decrement(self.per_client, group)
