@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ from ..config.private import PRIVATE_DIR, make_private_dir
 from ..config.store import atomic_write
 from ..process.offload import run_off_loop
 from ..proto import acme as core
+from ..ratelog import printable
 from .certificates import (
     ACME_CURRENT,
     CertificateError,
@@ -275,7 +277,7 @@ class AcmeManager:
             self._follow_renewal_info(answers, now)
         except Exception as exc:  # an answer nothing above foresaw: the same as one that could not be read
             self.status.renewal_info = "malformed answer"
-            self.status.renewal_info_detail = one_line(f"{type(exc).__name__}: {exc}")[:MAX_ERROR_CHARS]
+            self.status.renewal_info_detail = printable(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
             self._windows.clear()
             self._ari_next = now + core.RETRY_MAX / 6
 
@@ -296,7 +298,7 @@ class AcmeManager:
                     window = previous  # the same window: keep the point chosen in it
                 self._windows[kind] = window
             except ValueError as exc:
-                self.status.renewal_info, self.status.renewal_info_detail = "malformed answer", one_line(str(exc))[:MAX_ERROR_CHARS]
+                self.status.renewal_info, self.status.renewal_info_detail = "malformed answer", printable(str(exc), MAX_ERROR_CHARS)
             waits.append(retry_after)
         self.status.windows = {k: (w.start, w.end, w.chosen) for k, w in self._windows.items()}
         if self._windows:
@@ -347,8 +349,9 @@ class AuthorityMisbehaved(Exception):
     """The authority answered what no authority should: too much, too slowly, too often, or elsewhere."""
 
 
+@functools.cache
 def _bounded_network():
-    """certbot's ClientNetwork with every answer bounded (made here: the acme package loads only when used).
+    """certbot's ClientNetwork with every answer bounded (made here, once: the acme package loads only when used).
 
     Each request, from its connection to the last byte of its answer, has ANSWER_SECONDS (each read waits
     READ_TIMEOUT at most; at the deadline a watchdog shuts the connection's socket), and an answer's body
@@ -641,10 +644,5 @@ def describe_error(exc: BaseException, request: OrderRequest) -> Problem:
         category, text = "the certificates could not be stored (a local file error)", str(exc)
     else:
         category, text = "an unexpected error (the log has it)", f"{type(exc).__name__}: {exc}"
-    return Problem(f"ACME: {category}", one_line(text)[:MAX_ERROR_CHARS])
-
-
-def one_line(text: str) -> str:
-    """`text` with each control character a space: the authority's words end up in the log, where a line break
-    in them made a line of their own (a forged log entry)."""
-    return "".join(c if c.isprintable() else " " for c in text)
+    # escaped as every peer's words in the log are: a line break in the authority's made a line of their own
+    return Problem(f"ACME: {category}", printable(text, MAX_ERROR_CHARS))
