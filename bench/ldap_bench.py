@@ -13,7 +13,10 @@ of the runs (searches per second, median and p99 latency). Each kind alone
 seconds each, the servers alternated, each pair asking queries no pair
 before it asked, both of its runs the same); its ratio is the median of the
 pairs' ratios (a pair's two runs are a second apart, so this machine's
-speed, which drifts 2x over a minute, cancels out of each). Then p99 with
+speed, which drifts 2x over a minute, cancels out of each). Beside each
+number-only pair, a bare CPython server that answers every search with a
+canned empty SearchResultDone runs the same queries: the most any Python
+server could reach on this machine, against slapd. Then p99 with
 100,000 contacts, sequential, plain: of every search, and of each query's
 fastest answer over the runs (the server's own cost, without the moments
 another process held the CPU, which set the first on a shared machine), and
@@ -172,6 +175,29 @@ def start_reference(directory: Path, rows: list[dict], cert: Path, key: Path) ->
     port = free_port()
     proc = subprocess.Popen(["slapd", "-d", "0", "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_tcp(port)
+    return proc, port
+
+
+# what any Python server costs at least: the number-only row's floor. It answers a bind with success and every
+# other message with an empty SearchResultDone, which the client reads as the end of an answer (DONE_HEAD)
+PYTHON_FLOOR = """
+import socket, sys
+listener = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+bound = bytes.fromhex("300c02010161070a010004000400")
+done = bytes.fromhex("300c02010265070a010004000400")
+while True:
+    sock, _ = listener.accept()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while data := sock.recv(65536):
+        sock.send(bound if data[5] == 0x60 else done)
+    sock.close()
+"""
+
+
+def start_python_floor() -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", PYTHON_FLOOR, str(port)])
     wait_tcp(port)
     return proc, port
 
@@ -348,7 +374,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ldap-bench-") as tmp:
         tmp = Path(tmp)
         project, project_port = start_project(tmp / "project", rows)
-        reference = None
+        reference = floor = None
         try:
             cert = project.cert_path
             key = cert.with_suffix(".key")
@@ -368,6 +394,7 @@ def main() -> None:
             theirs = statistics.median(connect_per_search(reference_port, queries, args.seconds / 2) for _ in range(args.runs))
             results.append({"figure": "searches per second, a connection and bind per search", "project": fmt(ours, "/s"),
                             "reference": fmt(theirs, "/s"), "ratio": f"{ours / theirs:.2f}", "unit": "/s", "spread": []})
+            floor, floor_port = start_python_floor()
             for kind in MIX:  # where the time goes: each kind alone, sequential, plain
                 # a row of one kind is what a change to its lookup is judged by: many short pairs of runs, each
                 # pair's ratio taken (see the module's docstring), and more queries than a run asks
@@ -375,17 +402,26 @@ def main() -> None:
                 slot = KIND_QUERIES // (KIND_PAIRS + 1)
                 for port in (project_port, reference_port):  # a warm-up, from the first slot
                     run_load(port, False, cert, only, 1, KIND_RUN)
-                rates: dict[int, list[float]] = {project_port: [], reference_port: []}
+                rates: dict[int, list[float]] = {project_port: [], reference_port: [], floor_port: []}
                 for pair in range(KIND_PAIRS):  # which goes first alternates too
                     start = (pair + 1) * slot
                     for port in ((project_port, reference_port) if pair % 2 == 0 else (reference_port, project_port)):
                         rates[port].append(run_load(port, False, cert, only, 1, KIND_RUN, start=start)["rate"])
+                    if kind == "number":  # the floor beside each pair: its ratio to slapd's run is as steady as theirs
+                        rates[floor_port].append(run_load(floor_port, False, cert, only, 1, KIND_RUN, start=start)["rate"])
                 ours, theirs = statistics.median(rates[project_port]), statistics.median(rates[reference_port])
                 ratio = statistics.median(a / b for a, b in zip(rates[project_port], rates[reference_port], strict=True))
                 results.append({"figure": f"searches per second, {kind} only, plain, sequential (ratio: the median "
                                           f"of {KIND_PAIRS} pairs' ratios)", "project": fmt(ours, "/s"),
                                 "reference": fmt(theirs, "/s"), "ratio": f"{ratio:.2f}", "unit": "/s",
                                 "spread": [round(min(rates[project_port])), round(max(rates[project_port]))]})
+                if kind == "number":
+                    ratio = statistics.median(a / b for a, b in zip(rates[floor_port], rates[reference_port], strict=True))
+                    results.append({"figure": "searches per second, number only: a bare CPython server answering every search "
+                                              "with a canned empty SearchResultDone (the most any Python server could reach)",
+                                    "project": fmt(statistics.median(rates[floor_port]), "/s"), "reference": fmt(theirs, "/s"),
+                                    "ratio": f"{ratio:.2f}", "unit": "/s",
+                                    "spread": [round(min(rates[floor_port])), round(max(rates[floor_port]))]})
             for (tls, in_flight), by_server in measured.items():
                 label = f"{'StartTLS' if tls else 'plain'}, {'sequential' if in_flight == 1 else f'{in_flight} in flight'}"
                 for key_name, unit, figure in (("rate", "/s", "searches per second"), ("median_ms", "ms", "median latency"),
@@ -398,8 +434,9 @@ def main() -> None:
                                     "reference": fmt(theirs, unit), "ratio": f"{ours / theirs:.2f}", "unit": unit, "spread": spread})
         finally:
             stop(project.proc)
-            if reference is not None:
-                stop(reference)
+            for process in (reference, floor):
+                if process is not None:
+                    stop(process)
         if args.big:
             big_rows = make_contacts(args.big, seed=3)
             big_queries = make_queries(big_rows, 5000, seed=4)
