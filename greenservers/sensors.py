@@ -192,6 +192,9 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("tftp_sends_withheld", 28, C,
            "TFTP requests dropped and answers not sent because their source had not acknowledged what it was sent already (a spoofed "
            "source cannot draw more)."),
+    Sensor("tftp_transfers_slow_ended", 29, C,
+           "TFTP transfers ended to give their slot to a new request whose peer answered: verified transfers held every slot "
+           "(tftp_max_transfers, or an IPv6 /64's quarter), and their client's moved less than 8 KiB a second each."),
     # NTP
     Sensor("ntp_requests_answered", 30, C, "NTP requests answered."),
     Sensor("ntp_requests_refused", 31, C, "NTP requests dropped or answered with a kiss-o'-death (malformed, not mode 3, "

@@ -52,6 +52,7 @@ REQUEST_RATE = 1000.0  # requests handled per second, all listeners together (se
 DROP_COST = 1 / 8  # a request dropped unread, as a share of one handled: 8,000 a second at most
 REQUEST_BURST = 256.0
 BUSY = proto.encode_error(0, "server busy, retry later")
+SLOW_ENDED = proto.encode_error(0, "server busy: this slow transfer gave its slot to another, retry later")
 YIELD_EVERY = 64  # datagrams read before other greenlets get a turn
 MEMO_SECONDS = 0.5  # longest a source whose allowance is spent is dropped without a look at its bucket (which refills)
 NETASCII_COUNTED = 32  # files whose netascii offsets are kept (counting 16 MiB takes about 20 ms)
@@ -196,15 +197,29 @@ class TftpService(Service):
         self.runtime.sensors.add("tftp_transfers_failed")
 
     def _evict(self, slot: proto.Slot) -> None:
-        """An unverified transfer gives its slot to a new request: ended now, counted as never acknowledged."""
-        self.ratelog.info("evicted", slot.client, "a transfer whose first packet was not acknowledged gave its slot to a new request")
-        self.runtime.sensors.add("tftp_first_packets_unacknowledged")
-        self.runtime.sensors.add("tftp_transfers_failed")
+        """A transfer gives its slot to a new request: an unverified one (counted as never acknowledged), or a
+        slow one to a probationer whose peer answered; ended now (the slow one's peer is told why)."""
+        sensors = self.runtime.sensors
+        if slot.verified:
+            self.ratelog.warning("slow", slot.client, "a transfer moving %d bytes a second gave its slot to a new request: verified "
+                                 "transfers held every slot, and this client's moved less than %d bytes a second each",
+                                 slot.rate(time.monotonic()), proto.MIN_PACE)
+            sensors.add("tftp_transfers_slow_ended")
+        else:
+            self.ratelog.info("evicted", slot.client, "a transfer whose first packet was not acknowledged gave its slot to a new request")
+            sensors.add("tftp_first_packets_unacknowledged")
+        sensors.add("tftp_transfers_failed")
         if slot.owner is not None:
             slot.owner.kill(block=False)
 
+    def _verified(self, slot: proto.Slot) -> None:
+        """The peer acknowledged the first packet: a transfer on probation may take a slow one's slot."""
+        for victim in self.admission.verified(slot, time.monotonic()):
+            self._evict(victim)
+        self.runtime.sensors.set("tftp_transfers_active", self.admission.active)
+
     def _release(self, slot: proto.Slot) -> None:
-        self.admission.release(slot)
+        self.admission.release(slot, time.monotonic())
         self.runtime.sensors.set("tftp_transfers_active", self.admission.active)
 
     def _transfer(self, request, local, peer, address: str, family: int, slot: proto.Slot, allowance: proto.Allowance) -> None:
@@ -212,9 +227,10 @@ class TftpService(Service):
         try:
             sock = self._transfer_socket(local, peer, family)
             machine, resource = self._start(request, local, address, allowance)
+            slot.transfer = machine
             # the slot is given up early once only courtesy retransmissions remain (a write's dally)
             TransferDriver(sock, machine, self.segmentation, self.send_batch, lambda: self._release(slot),
-                           lambda: self.admission.verified(slot)).run()
+                           lambda: self._verified(slot)).run()
         except proto.TftpError as exc:
             self.ratelog.warning("refused", address, "%s %s refused: %s", "WRQ" if request.write else "RRQ",
                                  printable(request.filename), printable(exc.message))
@@ -228,9 +244,11 @@ class TftpService(Service):
             self.log.exception("%s: transfer of %s failed", address, printable(request.filename))
             self._send_quietly(sock, proto.encode_error(0, "internal error"))
         except gevent.GreenletExit:
-            pass  # evicted (_evict). Ended here: raised on, it kept its traceback, whose frames and the greenlet
+            # evicted (_evict). Ended here: raised on, it kept its traceback, whose frames and the greenlet
             # hold each other, a cycle only a full collection frees (80,000 objects every 1.25 s under a flood
             # of spoofed requests, collected in 93-179 ms with the loop held)
+            if slot.verified and sock is not None:  # a real peer, slow: told, so that it does not wait out its retries
+                self._send_quietly(sock, SLOW_ENDED)
         finally:
             slot.owner = None  # the slot and the greenlet no longer hold each other
             allowance.release(time.monotonic())  # the first packet's reservation, if nothing used it

@@ -629,14 +629,14 @@ def test_a_client_over_its_limit_is_busy_until_its_oldest_unverified_transfer_is
 def test_verified_transfers_are_never_evicted():
     gate = admission()
     for slot in (gate.admit("a", 0.0)[0], gate.admit("a", 0.0)[0]):
-        gate.verified(slot)
-    assert gate.admit("a", 100.0) == (None, [])
+        gate.verified(slot, 0.0)
+    assert gate.admit("a", 100.0) == (None, [])  # its own limit: busy, whatever their pace
 
 
 def test_when_all_slots_are_taken_the_oldest_unverified_of_any_client_goes():
     gate = admission(max_total=3)
     a1, _ = gate.admit("a", 0.0)
-    gate.verified(a1)
+    gate.verified(a1, 0.0)
     b1, _ = gate.admit("b", 0.2)
     c1, _ = gate.admit("c", 0.4)
     slot, evicted = gate.admit("d", 1.3)
@@ -651,9 +651,132 @@ def test_a_flood_of_spoofed_requests_holding_every_slot_for_less_than_a_second_d
     flood = [gate.admit(f"198.51.100.{n}", 0.01 * n)[0] for n in range(4)]
     slot, evicted = gate.admit("192.0.2.20", 0.05)
     assert slot is not None and evicted == [flood[0]]
-    for taken in (slot, *flood[1:]):  # verified transfers are never given up
-        gate.verified(taken)
-    assert gate.admit("192.0.2.21", 0.06) == (None, [])
+    for taken in (slot, *flood[1:]):  # verified transfers are never given up to an unverified request
+        gate.verified(taken, 0.06)
+    probationer, evicted = gate.admit("192.0.2.21", 0.06)
+    assert probationer.probation and evicted == [] and gate.active == 5
+
+
+class Moving:
+    """What admission reads of a transfer machine: the bytes it moved."""
+
+    def __init__(self):
+        self.moved = 0
+
+
+def crawling(gate: t.Admission, addresses: list[str], now: float) -> list[t.Slot]:
+    """Every slot taken by verified transfers of `addresses`, each with a machine that has moved nothing yet."""
+    slots = []
+    while True:
+        slot, _ = gate.admit(addresses[len(slots) % len(addresses)], now)
+        if slot is None or slot.probation:
+            if slot is not None:
+                gate.release(slot, now)
+            return slots
+        slot.transfer = Moving()
+        gate.verified(slot, now)
+        slots.append(slot)
+
+
+def test_a_client_whose_transfers_crawl_gives_a_slot_to_a_newcomer_once_the_newcomer_answers():
+    """A review's device on 63 addresses, acknowledging a block every 5 s, held all 500 slots: every phone was
+    busy. A request that finds verified transfers holding every slot waits on probation; once its peer answers,
+    a transfer of the slowest client under MIN_PACE gives its slot (the slowest of that client's)."""
+    gate = admission(max_total=4, max_per_client=2)
+    held = crawling(gate, ["198.51.100.1", "198.51.100.2"], 0.0)
+    assert len(held) == 4
+    for n, slot in enumerate(held):
+        slot.transfer.moved = 512 * (n + 1) * 4  # a block every few seconds: 0.2-0.7 KiB/s at 20 s
+    phone, evicted = gate.admit("192.0.2.20", 20.0)
+    assert phone.probation and evicted == [] and gate.active == 5  # unanswered, it takes nothing
+    phone.transfer = Moving()
+    evicted = gate.verified(phone, 20.01)
+    assert evicted == [held[0]] and held[0].evicted and held[0].released  # 198.51.100.1 moved less
+    assert not phone.probation and not gate.probation and gate.active == 4
+    assert gate.per_client["198.51.100.1"] == 1
+
+
+def test_transfers_that_move_are_not_given_up_and_a_probationer_then_goes_on_beyond_the_limit():
+    gate = admission(max_total=4, max_per_client=2)
+    held = crawling(gate, ["198.51.100.1", "198.51.100.2"], 0.0)
+    for slot in held:
+        slot.transfer.moved = 20 * 16384  # 16 KiB a second: a phone over a slow link, not a crawl
+    phone, _ = gate.admit("192.0.2.20", 20.0)
+    assert gate.verified(phone, 20.01) == [] and phone.probation and gate.active == 5
+    assert gate.admit("192.0.2.20", 20.1) == (None, [])  # one probationer per client
+    others = [gate.admit(f"192.0.2.{30 + n}", 20.1) for n in range(3)]
+    assert all(slot.probation for slot, _ in others) and len(gate.probation) == 4  # max_probation, the phone's included
+    for n in range(20):  # beyond it, each takes the place of the oldest unanswered, on probation as it was
+        slot, evicted = gate.admit(f"192.0.2.{40 + n}", 20.2)
+        assert slot.probation and len(evicted) == 1 and evicted[0].probation
+        assert len(gate.probation) == 4 and gate.active == 4 + 4
+    gate.release(phone, 25.0)
+    assert len(gate.probation) == 3 and gate.active == 7
+
+
+def test_a_spoofed_request_on_probation_never_takes_a_verified_transfers_slot():
+    """A review showed a spoofed request that never answered ending a real phone's slow transfer (over a 25 ms link,
+    or waiting out its own 10 s timeout). Only an answered probationer takes a slot; unanswered ones give theirs to
+    the next request, as every unverified transfer does."""
+    gate = admission(max_total=4, max_per_client=2)
+    held = crawling(gate, ["198.51.100.1", "198.51.100.2"], 0.0)
+    spoofed = [gate.admit(f"203.0.113.{n}", 20.0 + n / 100)[0] for n in range(4)]
+    assert all(slot.probation for slot in spoofed) and not any(slot.released for slot in held)
+    phone, evicted = gate.admit("192.0.2.20", 20.1)
+    assert phone.probation and evicted == [spoofed[0]]  # the oldest unverified, on probation or not
+    assert gate.active == 8 and not any(slot.released for slot in held)
+
+
+def test_a_client_that_ends_its_transfers_and_asks_again_stays_slow():
+    """The reverted rule counted a newly verified transfer as moving: a device that ended its transfers and asked
+    again every 1.5 s held every slot for about 40 bytes a second each. A client's pace counts its ended
+    transfers too."""
+    gate = admission(max_total=4, max_per_client=2)
+    crawlers = ["198.51.100.1", "198.51.100.2"]
+    held = crawling(gate, crawlers, 0.0)
+    now = 0.0
+    while now < 30.0:  # every 1.5 s: each transfer acknowledged once more, ended, asked for again
+        now += 1.5
+        for slot in held:
+            slot.transfer.moved += 512
+            gate.release(slot, now)
+        held = crawling(gate, crawlers, now)
+    phone, _ = gate.admit("192.0.2.20", now)
+    phone.transfer = Moving()
+    assert len(gate.verified(phone, now + 0.01)) == 1 and not phone.probation
+
+
+def test_a_new_client_is_judged_only_after_its_grace():
+    """A phone's first seconds (its transfer just verified, or waiting out one retransmission) are not judged."""
+    gate = admission(max_total=4, max_per_client=2)
+    crawling(gate, ["198.51.100.1", "198.51.100.2"], 0.0)
+    phone, _ = gate.admit("192.0.2.20", 4.0)  # 2 slots x 4 s held each: under PACE_GRACE
+    assert gate.verified(phone, 4.01) == [] and phone.probation
+
+
+def test_in_a_64_a_probationer_takes_the_slot_of_the_64s_slowest_transfer():
+    """On IPv6 a device has as many addresses as it likes: a /64 is one client for its pace, and a phone of that
+    /64 on probation takes the slot of its slowest transfer when the /64 holds its quarter."""
+    gate = admission(max_total=16, max_per_client=2)
+    attacker = [f"fd00:1::{0x100 + n:x}" for n in range(4)]
+    held = crawling(gate, attacker, 0.0)
+    assert len(held) == 4 and gate.per_client["fd00:1::/64"] == 4  # its quarter of 16
+    held[2].transfer.moved = 4096
+    phone, _ = gate.admit("fd00:1::5", 20.0)
+    assert phone.probation and gate.per_client["fd00:1::/64"] == 5
+    phone.transfer = Moving()
+    assert gate.verified(phone, 20.01) in ([held[0]], [held[1]], [held[3]])  # one that moved nothing
+    assert gate.per_client["fd00:1::/64"] == 4 and not phone.probation
+
+
+def test_the_paces_remembered_are_bounded():
+    gate = admission(max_total=4, max_per_client=2)
+    for n in range(t.admission.PACES_KEPT + 100):
+        slot, _ = gate.admit(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", float(n))
+        slot.transfer = Moving()
+        gate.verified(slot, float(n))
+        gate.release(slot, float(n))
+    assert len(gate.paces) <= t.admission.PACES_KEPT
 
 
 def test_the_per_client_limit_takes_the_clients_own_slot_not_anothers():
@@ -696,7 +819,7 @@ def test_a_client_whose_slots_all_await_acknowledgement_is_not_heard_until_one_m
     assert gate.hears("192.0.2.9", 0.5) is t.Hearing.AWAITING  # not even "busy": it acknowledged nothing yet
     assert gate.hears("192.0.2.9", 1.0) is HEARD  # the oldest is past its retransmission: its slot may go
     verified, _ = gate.admit("192.0.2.8", 0.0)
-    gate.verified(verified)
+    gate.verified(verified, 0.0)
     gate.admit("192.0.2.8", 0.0)
     assert gate.hears("192.0.2.8", 0.5) is HEARD  # a client that acknowledges is answered, if only "busy"
     assert gate.admit("192.0.2.8", 0.5) == (None, [])
@@ -737,7 +860,7 @@ def test_phones_sharing_a_64_boot_together_each_with_its_own_slots():
     slots = [gate.admit(phone, 0.0)[0] for phone in phones]
     assert None not in slots and gate.per_client["2001:db8:0:1::/64"] == 100
     for slot in slots:
-        gate.verified(slot)
+        gate.verified(slot, 0.0)
     assert [gate.admit(phones[0], 0.1)[0] is not None for _ in range(7)] == [True] * 7
     assert gate.admit(phones[0], 0.1) == (None, [])  # its eight are taken and verified
     assert gate.admit("192.0.2.1", 0.1)[0] is not None  # IPv4: the address is the client, counted once

@@ -289,6 +289,52 @@ def test_a_spoofed_burst_does_not_shut_out_the_phone_at_its_address(service, tmp
             sock.close()
 
 
+# -- a device on several addresses whose transfers crawl --------------------------------------------------
+
+
+@pytest.mark.real_client
+def test_transfers_that_crawl_do_not_hold_every_slot_from_the_phones(service, tmp_path):
+    """A review's device held all 500 slots from 63 addresses, each transfer acknowledged once every 5 s (100
+    four-byte ACKs a second in all): every phone was refused as busy. Here 2 addresses hold the 4 slots with
+    transfers acknowledged once, then never. A phone (curl) is served on probation at once; once the crawlers have
+    held their slots for PACE_GRACE, the phone's answered request takes one of theirs, and that crawler is told."""
+    svc = service({"ip_tftp_port": f"127.0.0.1:{free_udp_port()}", "ip_http_port": f"127.0.0.1:{free_port()}",
+                   "admin_password_hash": PASSWORD_HASH, "tftp_max_transfers": 4, "tftp_max_per_client": 2})
+    root = svc.directory / "data" / "tftp"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "big.bin").write_bytes(os.urandom(1 << 20))
+    (root / "ab.cfg").write_bytes(b"phone settings\n" * 100)
+    port = svc.port("ip_tftp_port")
+    crawlers = [attacker(f"127.0.0.{60 + n // 2}") for n in range(4)]
+    try:
+        for sock in crawlers:  # each verified (ACK 0 of the OACK, ACK 1), then never a block more
+            sock.sendto(rrq("big.bin", timeout=10), ("127.0.0.1", port))
+            oack, peer = sock.recvfrom(70000)
+            assert oack[:2] == b"\x00\x06"
+            sock.sendto(b"\x00\x04\x00\x00", peer)
+            assert sock.recv(70000)[:4] == b"\x00\x03\x00\x01"
+            sock.sendto(b"\x00\x04\x00\x01", peer)
+        wait_until(lambda values: values["tftp_transfers_active"] == 4, svc)
+        out = tmp_path / "ab.cfg"
+
+        def phone_fetches() -> bool:
+            result = subprocess.run(curl_tftp("127.0.0.1", port, "ab.cfg", "-o", out), capture_output=True, timeout=30)
+            assert result.returncode == 0, result.stderr  # never busy: on probation while no crawler is judged yet
+            return sensors(svc)["tftp_transfers_slow_ended"] >= 1
+
+        eventually(phone_fetches, timeout=30, interval=0.25, what="a crawler's slot given to the phone")
+        assert out.read_bytes() == b"phone settings\n" * 100
+        assert any("gave its slot to a new request" in line and "bytes a second each" in line for line in svc.lines)
+        told = []
+        for sock in crawlers:  # the crawler whose transfer ended is told why (among its DATA 2's retransmissions)
+            told += [d for d in drain(sock, 0.2) if d[:2] == b"\x00\x05"]
+        assert len(told) == 1 and b"slow transfer gave its slot" in told[0], told
+        assert sensors(svc)["tftp_transfers_active"] == 3  # the crawlers' other three; the phone's is done
+    finally:
+        for sock in crawlers:
+            sock.close()
+
+
 # -- one device of an IPv6 /64 against a phone of the same /64 -----------------------------------------
 
 SERVER6, PHONE6 = "fd00:1::1", "fd00:1::5"

@@ -10,7 +10,7 @@ Each module's docstring tells its part of the theory of operation; this
 package exports what the shell and the tests use.
 """
 
-from .admission import ALLOWANCE_REFILL, FIRST_PACKET_MAX, Admission, Allowance, Hearing, Slot
+from .admission import ALLOWANCE_REFILL, FIRST_PACKET_MAX, MIN_PACE, Admission, Allowance, Hearing, Slot
 from .content import MAX_NETASCII_BYTES, NETASCII_CHUNK, BytesSource, NetasciiDecoder, NetasciiSource, Sink, Source, netascii_starts
 from .options import MAX_TIMEOUT, MAX_WINDOW_BYTES, MAX_WINDOWSIZE, Limits, Negotiated, Request, negotiate, parse_request
 from .packets import (
@@ -44,8 +44,8 @@ __all__ = [
     "ALLOWANCE_REFILL", "AccessViolation", "Admission", "Allowance", "BLOCK_MODULO", "BytesSource",
     "DEFAULT_BLKSIZE", "DiskFull", "EVENT_OF_OPCODE", "Event", "FINISHED", "FIRST_PACKET_MAX", "FileExists",
     "FileNotFound", "Hearing", "IllegalOperation", "Limits", "MAX_BLKSIZE", "MAX_NETASCII_BYTES", "MAX_TIMEOUT",
-    "MAX_WINDOW_BYTES", "MAX_WINDOWSIZE", "MIN_BLKSIZE", "MODES", "NETASCII_CHUNK", "Negotiated", "NetasciiDecoder", "NetasciiSource",
-    "OP_ACK", "OP_DATA", "OP_ERROR", "OP_OACK", "OP_RRQ", "OP_WRQ", "OptionRefused", "ReadTransfer", "Request",
+    "MAX_WINDOW_BYTES", "MAX_WINDOWSIZE", "MIN_BLKSIZE", "MIN_PACE", "MODES", "NETASCII_CHUNK", "Negotiated", "NetasciiDecoder",
+    "NetasciiSource", "OP_ACK", "OP_DATA", "OP_ERROR", "OP_OACK", "OP_RRQ", "OP_WRQ", "OptionRefused", "ReadTransfer", "Request",
     "STREAMING", "Sink", "Slot", "Source", "State", "TftpError", "Transfer", "WriteTransfer", "decode", "encode_ack",
     "encode_data", "encode_error", "encode_oack", "negotiate", "netascii_starts", "parse_request",
 ]

@@ -4,9 +4,9 @@
 client and in total are limited, but an unverified transfer holds its slot
 only until someone needs it: a request that finds the limits reached takes
 the slot of the oldest unverified transfer (of the same client when the
-per-client limit is what is reached), and is refused as busy only when
-verified transfers hold every slot (not even answered when every slot of its
-own client awaits an acknowledgement). Of its own address's transfers, it
+per-client limit is what is reached); when verified transfers hold them, it
+waits on probation (below) or is refused as busy (not even answered when
+every slot of its own client awaits an acknowledgement). Of its own address's transfers, it
 takes one only past its first retransmission (a real client would have
 answered by then: a client's own burst is busy); of its /64's or anyone's,
 whatever its age: spoofed requests from many addresses, 500 a second, held
@@ -19,6 +19,25 @@ would give a hundred booting phones eight transfers. So that one device
 using many addresses of its /64 cannot take every slot, a /64 (proto.clients'
 client key) may hold at most a quarter of all slots (`max_per_prefix`).
 
+Verified transfers are not given up to an unverified request, but they may
+be to a verified one. A device on many addresses of its own (63 IPv4
+addresses, or 4 /64s) acknowledging a block every few seconds held every slot
+with about a hundred four-byte ACKs a second, and every phone was busy. So a
+request that finds the limits reached by verified transfers is admitted on
+probation (slots beyond `max_total` and a /64's share: at most
+`max_probation` at once, a 32nd of `max_total` and 4 at least, one per
+client; once they are all taken, a newcomer takes the place of the oldest
+one not answered yet): once its peer acknowledges, a transfer of the
+slowest client whose `Pace` is below MIN_PACE gives its slot.
+A client's pace is what its verified transfers moved per second of slot held,
+over the last PACE_WINDOW seconds or so, ended transfers included (a device
+that ends its transfers and asks again stays slow), and it is judged only
+after PACE_GRACE seconds of slot held. A probationer that finds no slow client
+keeps its transfer beyond the limits until it ends. A spoofed request never
+acknowledges, so it never takes a verified transfer's slot: a phone over a
+slow link, or waiting out its own retransmission timeout, loses its slot only
+to a client that answers, and only while it moves less than MIN_PACE.
+
 It also keeps the allowances (`Allowance`) of what may be sent unacknowledged,
 per destination address: the exact address that receives the bytes, as a
 request's source may be spoofed and whatever is sent goes there. A request
@@ -30,6 +49,7 @@ allowance of every phone of its /64.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from enum import Enum
 
@@ -39,6 +59,13 @@ from .packets import DEFAULT_BLKSIZE
 
 FIRST_PACKET_MAX = DEFAULT_BLKSIZE + 4  # DATA 1 of a request without options; an OACK or ERROR is smaller
 ALLOWANCE_REFILL = 60.0  # seconds for an empty allowance to fill again (see Admission)
+PACE_WINDOW = 30.0  # seconds: a client's pace weighs what its transfers moved by e^(-age/PACE_WINDOW)
+PACE_GRACE = 10.0  # seconds of slot held (in that weighting) before a client's pace is judged
+MIN_PACE = 8192  # bytes a second per slot held: slower, a client's transfers may give their slots to a verified newcomer
+# (a 512-byte block every 62 ms: a phone 50 ms away in lock-step moves 10 KiB/s; to hold 500 slots, 32 Mbit/s)
+RANKING_SECONDS = 0.25  # one ranking of the slow clients serves the probationers verified this long (each costs a
+# look at every verified transfer: a device that makes its probationers answer at the request rate does not pay for more)
+PACES_KEPT = 4096  # clients whose pace is remembered; past it, half of those that hold no slot are forgotten
 
 
 class Hearing(Enum):
@@ -98,14 +125,65 @@ class Allowance:
 
 class Slot:
     """One admitted transfer: whose it is (its client's address), when it began, whether it was verified or
-    released; `owner` is the shell's handle (its greenlet) for ending it when its slot is taken."""
+    released, whether it is on probation; `owner` is the shell's handle (its greenlet) for ending it when its
+    slot is taken, `transfer` its machine (what it moved: `Transfer.moved`), once it has one."""
 
-    __slots__ = ("client", "groups", "started", "verified", "released", "evicted", "owner")
+    __slots__ = ("client", "groups", "started", "verified", "released", "evicted", "probation", "owner", "transfer",
+                 "verified_at", "moved_then")
 
     def __init__(self, client: str, groups: tuple[str, ...], started: float):
         self.client, self.groups, self.started = client, groups, started  # groups: the address, maybe its /64
-        self.verified = self.released = self.evicted = False
-        self.owner = None
+        self.verified = self.released = self.evicted = self.probation = False
+        self.owner = self.transfer = None
+        self.verified_at, self.moved_then = started, 0
+
+    @property
+    def pace_key(self) -> str:
+        """Whose pace it counts in: its IPv4 address, or its IPv6 /64 (a device has as many addresses there as it likes)."""
+        return self.groups[-1]
+
+    def moved(self) -> int:
+        return self.transfer.moved if self.transfer is not None else 0
+
+    def rate(self, now: float) -> float:
+        """Bytes a second it moved since it was verified."""
+        return (self.moved() - self.moved_then) / max(now - self.verified_at, 1e-3)
+
+
+class Pace:
+    """What one client's verified transfers moved per second of slot held, recent seconds weighing most
+    (each second by e^(-age/PACE_WINDOW)); `slots`: its verified transfers now, and what each had moved
+    when last counted."""
+
+    __slots__ = ("moved", "held", "at", "slots")
+
+    def __init__(self, now: float):
+        self.moved = self.held = 0.0
+        self.at = now
+        self.slots: dict[Slot, int] = {}
+
+    def age(self, now: float) -> None:
+        """Bring the sums to `now`: the time held since (the transfers held now held it)."""
+        if now > self.at:
+            keep = math.exp((self.at - now) / PACE_WINDOW)
+            self.held = self.held * keep + PACE_WINDOW * (1 - keep) * len(self.slots)
+            self.moved *= keep
+            self.at = now
+
+    def take(self, slot: Slot) -> None:
+        """Count what `slot` moved since it was last counted (as moved now: when in between is not known)."""
+        moved = slot.moved()
+        self.moved += moved - self.slots[slot]
+        self.slots[slot] = moved
+
+    def count(self, now: float) -> None:
+        """Bring the sums to `now`, every transfer's bytes counted (a look at each: for a ranking, not per event)."""
+        self.age(now)
+        for slot in self.slots:
+            self.take(slot)
+
+    def slow(self) -> bool:
+        return self.held >= PACE_GRACE and self.moved < MIN_PACE * self.held
 
 
 class Admission:
@@ -114,7 +192,8 @@ class Admission:
     Slots: at most `max_total` transfers, `max_per_client` per client address,
     `max_per_prefix` per IPv6 /64. A request over a limit takes the slot of the
     oldest unverified transfer past its first retransmission (of the same
-    address, or /64, for those limits); failing that, it is refused as busy, or not answered
+    address, or /64, for those limits); failing that, it waits on probation
+    for a slow client's slot (see the module docstring), or is refused as busy, or not answered
     at all when every slot of its client awaits an acknowledgement (the client
     has acknowledged nothing it was sent: it is spoofed or it has what it
     needs). Allowance: a proto.clients.TokenBuckets of bytes per destination
@@ -135,11 +214,17 @@ class Admission:
         self.verified_per_client: Counter[str] = Counter()  # per address
         self._unverified: dict[Slot, None] = {}  # in order of admission: the oldest first
         self._unverified_of: dict[str, dict[Slot, None]] = {}  # the same, per address and per /64
+        self.max_probation = 1
+        self.probation: dict[Slot, None] = {}  # the transfers on probation
+        self.paces: dict[str, Pace] = {}  # by client (pace_key): those with verified transfers, and recent others
+        self._slow: list[Pace] = []  # the slow clients, slowest first, as ranked at _ranked_at
+        self._ranked_at = -math.inf
 
     def configure(self, max_total: int, max_per_client: int) -> None:
         """The limits in force (settings change at run time)."""
         self.max_total, self.max_per_client = max_total, max_per_client
         self.max_per_prefix = max(max_per_client, max_total // 4)
+        self.max_probation = max(4, max_total // 32)
         self.buckets.capacity = max_per_client * (1 + self.limits.first_packet_retries) * FIRST_PACKET_MAX
         self.buckets.rate = self.buckets.capacity / ALLOWANCE_REFILL
 
@@ -180,16 +265,30 @@ class Admission:
         groups = tuple(group for group, _ in limits)  # the address, and an IPv6 address's /64
         limits.append((None, self.max_total))
         evicted: list[Slot] = []
+        probation = False
         for group, limit in limits:
             if (self.active if group is None else self.per_client[group]) < limit:
                 continue
-            victim = self._oldest_unverified(group, now, any_age=group != client)
+            if group == client:
+                victim = self._oldest_unverified(group, now, any_age=False)
+            else:
+                victim = self._oldest_unverified(group, now, any_age=True, probation=False)
+                if victim is None:
+                    # verified transfers hold the limit (of its /64 or of all): it may wait for an answer on probation
+                    if len(self.probation) < self.max_probation and not any(other.pace_key == groups[-1] for other in self.probation):
+                        probation = True
+                        continue
+                    victim = self._oldest_unverified(group, now, any_age=True, probation=True)
+                    probation = victim is not None  # in the place of one beyond the limits: beyond them too
             if victim is None:
                 return None, evicted
             victim.evicted = True
             self.release(victim)
             evicted.append(victim)
         slot = Slot(client, groups, now)
+        if probation:
+            slot.probation = True
+            self.probation[slot] = None
         self.active += 1
         self._unverified[slot] = None
         for group in groups:
@@ -197,24 +296,80 @@ class Admission:
             self._unverified_of.setdefault(group, {})[slot] = None
         return slot, evicted
 
-    def _oldest_unverified(self, group: str | None, now: float, any_age: bool) -> Slot | None:
+    def _oldest_unverified(self, group: str | None, now: float, any_age: bool, probation: bool | None = None) -> Slot | None:
         """The oldest unverified transfer (of an address or /64, or of anyone): past its first retransmission,
-        unless `any_age`."""
+        unless `any_age`; only those on probation, or only the others, unless `probation` is None."""
         slots = self._unverified if group is None else self._unverified_of.get(group, {})
-        oldest = next(iter(slots), None)
+        # passed over: at most the few on probation, or (admit asks for them only when no other is left) none
+        oldest = next((slot for slot in slots if probation is None or slot.probation == probation), None)
         if oldest is None or any_age:
             return oldest
         return oldest if oldest.started <= now - self.limits.timeout else None
 
-    def verified(self, slot: Slot) -> None:
+    def verified(self, slot: Slot, now: float) -> list[Slot]:
+        """The peer acknowledged the transfer's first packet; the slots taken for it if it was on probation
+        (their owners must be ended)."""
         if slot.verified or slot.released:
-            return
-        slot.verified = True
+            return []
+        slot.verified, slot.verified_at, slot.moved_then = True, now, slot.moved()
         self.verified_per_client[slot.client] += 1
         self._forget_unverified(slot)
+        pace = self._pace(slot.pace_key, now)
+        pace.age(now)
+        pace.slots[slot] = slot.moved_then
+        if not slot.probation:
+            return []
+        evicted: list[Slot] = []
+        limits = [(group, self.max_per_prefix) for group in slot.groups[1:]]  # an IPv6 address's /64
+        limits.append((None, self.max_total))
+        for group, limit in limits:
+            if (self.active if group is None else self.per_client[group]) > limit:  # one slot for it, not more
+                victim = self._slowest_transfer(group, slot, now)
+                if victim is None:
+                    return evicted  # it goes on beyond the limit, on probation
+                victim.evicted = True
+                self.release(victim, now)
+                evicted.append(victim)
+        del self.probation[slot]
+        slot.probation = False
+        return evicted
 
-    def release(self, slot: Slot) -> None:
-        """The transfer is over (or evicted); a second call does nothing."""
+    def _slowest_transfer(self, group: str | None, newcomer: Slot, now: float) -> Slot | None:
+        """A transfer of the slowest client below MIN_PACE (of the /64 `group`, or of anyone), not the newcomer:
+        its slowest since it was verified."""
+        if now - self._ranked_at > RANKING_SECONDS:
+            self._rank(now)
+        for pace in self._slow:
+            if group is not None and pace is not self.paces.get(group):
+                continue
+            held = [slot for slot in pace.slots if slot is not newcomer]
+            if held:
+                return min(held, key=lambda slot: slot.rate(now))
+        return None
+
+    def _rank(self, now: float) -> None:
+        slow = []
+        for pace in self.paces.values():
+            if pace.slots:
+                pace.count(now)
+                if pace.slow():
+                    slow.append(pace)
+        slow.sort(key=lambda pace: pace.moved / pace.held)
+        self._slow, self._ranked_at = slow, now
+
+    def _pace(self, key: str, now: float) -> Pace:
+        pace = self.paces.get(key)
+        if pace is None:
+            if len(self.paces) >= PACES_KEPT:
+                idle = sorted((p.at, k) for k, p in self.paces.items() if not p.slots)
+                for _, forgotten in idle[:max(1, len(idle) // 2)]:
+                    del self.paces[forgotten]
+            pace = self.paces[key] = Pace(now)
+        return pace
+
+    def release(self, slot: Slot, now: float | None = None) -> None:
+        """The transfer is over (or evicted); a second call does nothing. `now`: when, for its client's pace
+        (what it moved until then); None: when last counted."""
         if slot.released:
             return
         slot.released = True
@@ -222,8 +377,16 @@ class Admission:
         self.active -= 1
         for group in slot.groups:
             _decrement(self.per_client, group)
+        if slot.probation:
+            del self.probation[slot]
         if slot.verified:
             _decrement(self.verified_per_client, slot.client)
+            pace = self.paces.get(slot.pace_key)
+            if pace is not None and slot in pace.slots:
+                pace.age(pace.at if now is None else now)
+                pace.take(slot)
+                del pace.slots[slot]
+        slot.transfer = None
 
     def _forget_unverified(self, slot: Slot) -> None:
         self._unverified.pop(slot, None)

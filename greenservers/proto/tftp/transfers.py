@@ -245,6 +245,11 @@ class ReadTransfer(Transfer):
         self.bytes_sent = 0
         self._data_packet = TftpPacketDAT()
 
+    @property
+    def moved(self) -> int:
+        """Bytes the peer has acknowledged (for admission's pace: how fast it takes what it asked for)."""
+        return self.acked * self.blksize
+
     def _first_packet(self, now: float) -> list[bytes]:
         self.deadline = now + self.rto
         if self.oack:
@@ -320,6 +325,11 @@ class WriteTransfer(Transfer):
         self.unacked = 0  # in-order blocks received since the last ACK
         self.gap_answered_for = 0  # `expected` value whose gap was already answered
         self.bytes_received = 0
+
+    @property
+    def moved(self) -> int:
+        """Bytes received (for admission's pace)."""
+        return self.bytes_received
 
     def commits_with(self, datagram: bytes) -> bool:
         # the block expected, shorter than a whole one, ends the upload (a look at its bytes, not a decode)
