@@ -11,6 +11,7 @@ own, and a device cycling the addresses of its /64 keeps no more than the /64's 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -52,7 +53,10 @@ def ntp_request() -> bytes:
 
 def burst(sources: list[str], count: int, port: int) -> tuple[int, int, int, float]:
     """`count` requests from each of `sources` at once, then every answer that came: (sent, answered, kissed,
-    seconds from the first request to the last answer read)."""
+    seconds from the first request to the last answer read). After each source's requests the witness asks
+    too, and waits for its answer: the server answers in order, so each source's requests were all read
+    before the next one's are sent (all at once, a fast client filled the server's receive buffer, and the
+    kernel dropped what came after, whatever its source)."""
     socks = []
     for source in sources:
         sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -60,14 +64,12 @@ def burst(sources: list[str], count: int, port: int) -> tuple[int, int, int, flo
         sock.bind((source, 0))
         socks.append(sock)
     started = time.monotonic()
-    for sock in socks:
-        for _ in range(count):
-            sock.sendto(ntp_request(), (SERVER, port))
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as witness:  # the server answers in order
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as witness:
         witness.bind((WITNESS, 0))
-        witness.settimeout(10)
-        witness.sendto(ntp_request(), (SERVER, port))
-        witness.recv(2048)
+        for sock in socks:
+            for _ in range(count):
+                sock.sendto(ntp_request(), (SERVER, port))
+            witness_answered(witness, port)
     answered = kissed = 0
     for sock in socks:
         sock.setblocking(False)
@@ -80,6 +82,20 @@ def burst(sources: list[str], count: int, port: int) -> tuple[int, int, int, flo
             answered += reply[1] != 0
         sock.close()
     return len(sources) * count, answered, kissed, time.monotonic() - started
+
+
+def witness_answered(witness: socket.socket, port: int, tries: int = 20) -> None:
+    """The witness's request answered (asked again each half second, `tries` times at most)."""
+    request = ntp_request()
+    witness.settimeout(0.5)
+    for _ in range(tries):
+        witness.sendto(request, (SERVER, port))
+        with contextlib.suppress(TimeoutError):
+            while True:
+                reply = witness.recv(2048)
+                if reply[24:32] == request[40:48]:  # the answer's origin timestamp: this request's transmit time
+                    return
+    raise AssertionError(f"the witness got no answer to {tries} tries")
 
 
 def chronyd_query(directory: Path, source: str, port: int) -> subprocess.Popen:
