@@ -186,6 +186,9 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("tftp_uploads_refused_rate", 25, C,
            "TFTP uploads refused because their address had uploaded its tftp_upload_mib_per_hour, or its IPv6 /64 as a whole 8 "
            "times that."),
+    Sensor("tftp_requests_shed", 26, C,
+           "TFTP requests read and dropped during a storm of requests (over 1,000 a second): those of addresses that "
+           "acknowledged a transfer in the last day are handled first."),
     Sensor("tftp_first_packets_unacknowledged", 27, C,
            "TFTP transfers whose first packet (OACK, DATA 1 or ACK 0) was never acknowledged: given up 8 s after the request, or sooner "
            "to let another request have the slot."),

@@ -18,7 +18,6 @@ import ctypes.util
 import math
 import shutil
 import socket
-import struct
 import subprocess
 import time
 
@@ -37,16 +36,13 @@ from ..proto.ntp import (
 )
 from ..ratelog import RateLimitedLog
 from ..services import Service
-from .udp import PKTINFO_KINDS, PKTINFO_SPACE, UdpServer
+from .udp import PKTINFO_KINDS, PKTINFO_SPACE, SO_TIMESTAMPNS, TIMESTAMP_SPACE, UdpServer, received_ns
 
 STATE_CACHE_SECONDS = 1.0
 UPSTREAM_INTERVAL = 64.0
 CHRONYC_TIMEOUT = 3.0
 RECV_SIZE = 2048  # more than proto.ntp.MAX_REQUEST_LEN, so an oversized datagram is seen as such
-# Linux values; Python 3.11's socket module lacks the names
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-ANCILLARY_SIZE = socket.CMSG_SPACE(16) + PKTINFO_SPACE  # the receive timestamp, and the local address
-_TIMESPEC = struct.Struct("@qq")
+ANCILLARY_SIZE = TIMESTAMP_SPACE + PKTINFO_SPACE  # the receive timestamp, and the local address
 # adjtimex status bits and states (linux/timex.h)
 STA_INS, STA_DEL, STA_UNSYNC = 0x10, 0x20, 0x40
 TIME_ERROR = 5
@@ -155,15 +151,8 @@ class NtpServer(UdpServer):
             return None
         except OSError:
             return None  # e.g. ICMP errors reported on the socket: nothing to answer
-        received_ns = None
-        pktinfo = []
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
-                seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
-                received_ns = seconds * 1_000_000_000 + nanoseconds
-            elif self.wildcard and (level, kind) in PKTINFO_KINDS:
-                pktinfo.append((level, kind, payload))
-        return data, address, received_ns or time.time_ns(), pktinfo
+        pktinfo = [item for item in ancillary if (item[0], item[1]) in PKTINFO_KINDS] if self.wildcard else []
+        return data, address, received_ns(ancillary) or time.time_ns(), pktinfo
 
     def handle(self, data, address, received_ns, pktinfo):
         self.service.answer(self, data, address, received_ns, pktinfo)

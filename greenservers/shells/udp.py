@@ -18,6 +18,10 @@ datagram's ancillary data:
 - TFTP answers each request from a socket of its own, bound to the
   request's `local_address`.
 
+NTP and TFTP's listener also ask for each datagram's kernel receive time
+(SO_TIMESTAMPNS, `received_ns`): NTP's receive timestamp, and how long a
+TFTP request waited in the socket's buffer.
+
 An ICMP error caused by an earlier reply (a vanished peer) surfaces as an
 error of the next receive on the socket (ICMP_ERRORS): nothing to answer.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+import struct
 import sys
 import time
 
@@ -35,6 +40,9 @@ from gevent.server import DatagramServer
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not export it
 PKTINFO_KINDS = {(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO), (socket.IPPROTO_IP, IP_PKTINFO)}
 PKTINFO_SPACE = socket.CMSG_SPACE(20) * 2  # room for IPV6_PKTINFO (20) and/or IP_PKTINFO (12)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's value; Python 3.11 does not export it
+TIMESTAMP_SPACE = socket.CMSG_SPACE(16)  # a struct timespec
+_TIMESPEC = struct.Struct("@qq")
 ICMP_ERRORS = (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 SEND_BUFFER_FULL = (errno.EAGAIN, errno.ENOBUFS)
 READ_TURN = 0.002  # seconds of datagrams one read callback handles
@@ -55,6 +63,15 @@ def pktinfo_of(ancillary) -> list:
     """The IP_PKTINFO / IPV6_PKTINFO item of a datagram's ancillary data (as a list of at most
     one, ready for sendmsg): a reply sent with it leaves from the address the request came to."""
     return [item for item in ancillary if (item[0], item[1]) in PKTINFO_KINDS][:1]
+
+
+def received_ns(ancillary) -> int | None:
+    """When the kernel received the datagram (SO_TIMESTAMPNS, time.time_ns's clock), None if it did not say."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return seconds * 1_000_000_000 + nanoseconds
+    return None
 
 
 def local_address(ancillary, bound_host: str) -> tuple[str, int]:

@@ -769,6 +769,21 @@ def test_in_a_64_a_probationer_takes_the_slot_of_the_64s_slowest_transfer():
     assert gate.per_client["fd00:1::/64"] == 4 and not phone.probation
 
 
+def test_an_address_that_acknowledged_a_transfer_counts_as_answered_for_a_day():
+    gate = admission()
+    slot, _ = gate.admit("192.0.2.7", 0.0)
+    assert not gate.answered_lately("192.0.2.7", 0.0)  # asked, not answered: a spoofed source looks the same
+    gate.verified(slot, 0.5)
+    gate.release(slot, 1.0)
+    assert gate.answered_lately("192.0.2.7", 1.0) and not gate.answered_lately("192.0.2.8", 1.0)
+    assert not gate.answered_lately("192.0.2.7", 0.5 + t.admission.ANSWERED_FOR)
+    for n in range(t.admission.ANSWERED_KEPT):  # the least recently answered is forgotten first
+        other, _ = gate.admit(f"10.0.{n >> 8}.{n & 255}", 2.0)
+        gate.verified(other, 2.0)
+        gate.release(other, 2.0)
+    assert not gate.answered_lately("192.0.2.7", 2.0) and len(gate.answered) == t.admission.ANSWERED_KEPT
+
+
 def test_the_paces_remembered_are_bounded():
     gate = admission(max_total=4, max_per_client=2)
     for n in range(t.admission.PACES_KEPT + 100):

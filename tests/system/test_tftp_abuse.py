@@ -11,6 +11,7 @@ counted on the attacker's sockets: amplification = bytes received / bytes sent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -333,6 +334,60 @@ def test_transfers_that_crawl_do_not_hold_every_slot_from_the_phones(service, tm
     finally:
         for sock in crawlers:
             sock.close()
+
+
+# -- a storm of spoofed requests faster than the server reads -------------------------------------------
+
+
+def spoofed_storm(port: int, request: bytes, rate: float, seconds: float, stop: threading.Event) -> int:
+    """Send `request` from a new source of 127.20.0.0/16 each time (IP_PKTINFO picks the source of each datagram,
+    as a spoofer's raw socket would), `rate` a second, for `seconds` at most; the answers go nowhere. How many."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", 0))  # the answers come to this port of every 127.20.x.y: never read
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sent, started = 0, time.monotonic()
+    try:
+        while not stop.is_set() and sent < rate * seconds:
+            due = started + sent / rate
+            if due > time.monotonic():
+                stop.wait(due - time.monotonic())
+            source = socket.inet_aton(f"127.20.{sent >> 8 & 255}.{sent & 255 or 1}")
+            info = struct.pack("@i4s4s", 0, source, b"\0\0\0\0")
+            with contextlib.suppress(OSError):
+                sock.sendmsg([request], [(socket.IPPROTO_IP, 8, info)], 0, ("127.0.0.1", port))  # 8: IP_PKTINFO
+            sent += 1
+    finally:
+        sock.close()
+    return sent
+
+
+@pytest.mark.real_client
+def test_a_phone_that_booted_before_is_served_through_a_storm_of_spoofed_requests(service, tmp_path):
+    """A review's 3,000 spoofed requests a second from many sources: the server reads 1,000 a second, the rest
+    waited in the socket's buffer, the kernel dropped what came when it was full, and 3 of 3 phones got no
+    answer. Requests that waited past SHED_AFTER are now shed unless their address answered lately: the phone
+    (curl, from an address that fetched before the storm) is served every time, the storm's are counted shed."""
+    svc = phone_service(service, tmp_path)
+    port = svc.port("ip_tftp_port")
+    out = tmp_path / "ab.cfg"
+
+    def fetch() -> subprocess.CompletedProcess:
+        return subprocess.run(curl_tftp("127.0.0.1", port, "ab.cfg", "-o", out), capture_output=True, timeout=30)
+
+    assert fetch().returncode == 0  # before the storm: the phone's address has answered
+    stop = threading.Event()
+    storm = threading.Thread(target=spoofed_storm, args=(port, rrq("ab.cfg"), 3000.0, 20.0, stop), daemon=True)
+    storm.start()
+    try:
+        wait_for_sensor(svc, "tftp_requests_shed", 500)  # the server is behind: a quarter of a second of requests waits
+        results = [fetch() for _ in range(3)]
+        assert storm.is_alive()  # served during the storm (before, the phone's first answer came once it had ended)
+        assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
+        assert out.read_bytes() == b"phone settings\n" * 100
+    finally:
+        stop.set()
+        storm.join(30)
+    assert sensors(svc)["tftp_requests_shed"] >= 500
 
 
 # -- one device of an IPv6 /64 against a phone of the same /64 -----------------------------------------

@@ -50,7 +50,7 @@ allowance of every phone of its /64.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from enum import Enum
 
 from ..clients import Shares
@@ -66,6 +66,8 @@ MIN_PACE = 8192  # bytes a second per slot held: slower, a client's transfers ma
 RANKING_SECONDS = 0.25  # one ranking of the slow clients serves the probationers verified this long (each costs a
 # look at every verified transfer: a device that makes its probationers answer at the request rate does not pay for more)
 PACES_KEPT = 4096  # clients whose pace is remembered; past it, half of those that hold no slot are forgotten
+ANSWERED_FOR = 86400.0  # seconds an address that acknowledged a transfer counts as having answered (`answered_lately`)
+ANSWERED_KEPT = 8192  # such addresses remembered, the least recently answered forgotten first
 
 
 class Hearing(Enum):
@@ -219,6 +221,7 @@ class Admission:
         self.paces: dict[str, Pace] = {}  # by client (pace_key): those with verified transfers, and recent others
         self._slow: list[Pace] = []  # the slow clients, slowest first, as ranked at _ranked_at
         self._ranked_at = -math.inf
+        self.answered: OrderedDict[str, float] = OrderedDict()  # address -> when it last acknowledged a first packet
 
     def configure(self, max_total: int, max_per_client: int) -> None:
         """The limits in force (settings change at run time)."""
@@ -240,6 +243,12 @@ class Admission:
                 and self._oldest_unverified(address, now, any_age=False) is None):
             return Hearing.AWAITING
         return Hearing.HEARD
+
+    def answered_lately(self, address: str, now: float) -> bool:
+        """Whether `address` acknowledged a transfer in the last ANSWERED_FOR seconds (a phone that booted
+        here before: its requests go first when the server sheds a storm's)."""
+        at = self.answered.get(address)
+        return at is not None and now - at < ANSWERED_FOR
 
     def refilled_in(self, destination: str, now: float) -> float:
         """Seconds until the allowance of `destination` is above zero (0 if it is)."""
@@ -313,6 +322,10 @@ class Admission:
             return []
         slot.verified, slot.verified_at, slot.moved_then = True, now, slot.moved()
         self.verified_per_client[slot.client] += 1
+        self.answered[slot.client] = now
+        self.answered.move_to_end(slot.client)
+        if len(self.answered) > ANSWERED_KEPT:
+            self.answered.popitem(last=False)
         self._forget_unverified(slot)
         pace = self._pace(slot.pace_key, now)
         pace.age(now)
