@@ -45,7 +45,7 @@ from ..ratelog import RateLimitedLog, printable
 from ..services import Service
 from .loop import run_in_turns
 from .tftp_transfer import Segmentation, SendBatch, TransferDriver, transfer_socket
-from .udp import PKTINFO_SPACE, SO_TIMESTAMPNS, TIMESTAMP_SPACE, local_address, received_ns
+from .udp import PKTINFO_SPACE, SO_TIMESTAMPNS, TIMESTAMP_SPACE, local_address, received_ns, waited_since
 
 MAX_REQUEST = 1024  # an RRQ/WRQ with its options; longer ones are truncated and refused
 ANCILLARY_SPACE = PKTINFO_SPACE + TIMESTAMP_SPACE  # the local address a request came to, and when
@@ -103,34 +103,38 @@ class TftpService(Service):
         self.send_batch = SendBatch()
         self.tokens, self.tokens_at = float(REQUEST_BURST), time.monotonic()
         self.netascii_counted: OrderedDict[tuple, list[int]] = OrderedDict()  # by FileReader.version, the last used last
-        seen.registry_for(runtime)  # the record of phones read now, before its sensor is first asked for
+        # the record of phones read now, before its sensor is first asked for; the phones it trusts answered lately
+        # (a power cut that restarts the server too reboots them all: their requests go first in the storm)
+        monotonic, wall = time.monotonic(), time.time()
+        for address, last_seen in seen.registry_for(runtime).trusted_since(proto.ANSWERED_FOR):
+            self.admission.remember_answered(address, monotonic - (wall - last_seen))
         removed = uploads.remove_orphan_uploads(runtime.settings)
         if removed:
             self.log.warning("removed %d partial upload(s) left by a process that ended mid-upload", len(removed))
 
     def make_server(self, bound):
-        bound.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # how long each request waited (takes_request)
+        bound.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # how long each request waited (sheds)
         return TftpListener(self, bound)
 
-    def takes_request(self, address: str, now: float, waited: float) -> bool:
-        """Whether a request the admission hears is handled (paced), or shed: read and dropped, when it
-        `waited` in the socket's buffer more than SHED_AFTER and `address` has not acknowledged a transfer lately.
+    def sheds(self, address: str, now: float, waited: float) -> bool:
+        """Whether a request is shed (read and dropped, paced as a drop): when it `waited` in the socket's buffer
+        more than SHED_AFTER and `address` has not acknowledged a transfer lately.
 
         Paced alone, a storm's requests waited in the socket's buffer and the kernel dropped whatever came
         when it was full: during 3,000 spoofed requests a second, 3 of 3 phones got no answer. Shed, the
         buffer is read faster (a shed request costs DROP_COST) and stays short of full, and a phone that
-        booted here before (a power cut reboots them all) is handled within SHED_AFTER or so; a new phone's
-        request is handled when it comes as the wait falls below SHED_AFTER. A boot storm of a few hundred
-        phones waits less than that: none is shed.
+        booted here before (a power cut reboots them all; the record of phones says which, after a restart)
+        is handled within SHED_AFTER or so; a new phone's request is handled when it comes as the wait falls
+        below SHED_AFTER. A boot storm of phones never seen, more than REQUEST_BURST at once, may have its
+        last ones shed: they are served at their next try, a few seconds later.
         """
         if waited > SHED_AFTER and not self.admission.answered_lately(address, now):
             self.runtime.sensors.add("tftp_requests_shed")
             self.ratelog.warning("shed", address, "request dropped: the server is reading a storm of requests, and those of "
                                  "addresses that answered before go first")
             self.pace_requests(DROP_COST)
-            return False
-        self.pace_requests()
-        return True
+            return True
+        return False
 
     def pace_requests(self, cost: float = 1.0) -> None:
         """At most REQUEST_RATE requests a second (burst REQUEST_BURST), all listeners together,
@@ -138,7 +142,7 @@ class TftpService(Service):
 
         A read-request storm otherwise starts transfers back to back for as long
         as it lasts and every other service waits; paced, the excess waits in the
-        socket's buffer, what waited past SHED_AFTER is shed (`takes_request`), and a
+        socket's buffer, what waited past SHED_AFTER is shed (`sheds`), and a
         boot storm of a few hundred phones still starts within a fraction of a second.
         A dropped request costs a lookup: many more are read, so that a phone's
         request among them is less likely to be dropped by the kernel, but not
@@ -232,8 +236,8 @@ class TftpService(Service):
         sensors = self.runtime.sensors
         if slot.verified:
             self.ratelog.warning("slow", slot.client, "a transfer moving %d bytes a second gave its slot to a new request: verified "
-                                 "transfers held every slot, and this client's moved less than %d bytes a second each",
-                                 slot.rate(time.monotonic()), proto.MIN_PACE)
+                                 "transfers held every slot, and this one and its client's moved less than %d bytes a second each",
+                                 slot.pace(), proto.MIN_PACE)
             sensors.add("tftp_transfers_slow_ended")
         else:
             self.ratelog.info("evicted", slot.client, "a transfer whose first packet was not acknowledged gave its slot to a new request")
@@ -411,16 +415,17 @@ class TftpListener:
                         continue
                     del dropped[host]
                     service.withheld(host, memo[1])
+                # shed before the allowance is looked at: a look remembers the address, and thousands of shed
+                # requests a second would push a spent allowance (a spoofed phone's) out of its table, full again
+                if service.sheds(plain_address(host), now, waited_since(received_ns(ancillary))):
+                    continue
                 refused_for = service.admits(host, now)
                 if refused_for is not None:
                     if refused_for > 0:
                         dropped[host] = [now + refused_for, 0]
                     service.pace_requests(DROP_COST)
                     continue
-                arrived = received_ns(ancillary)
-                waited = (time.time_ns() - arrived) / 1e9 if arrived is not None else 0.0
-                if not service.takes_request(plain_address(host), now, waited):
-                    continue
+                service.pace_requests()
                 local = local_address(ancillary, bound_host)
                 service.handle_request(datagram, local, peer, self)
             except OSError as exc:  # e.g. a send to a vanished peer; the socket itself stays usable

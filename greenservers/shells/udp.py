@@ -45,6 +45,7 @@ TIMESTAMP_SPACE = socket.CMSG_SPACE(16)  # a struct timespec
 _TIMESPEC = struct.Struct("@qq")
 ICMP_ERRORS = (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 SEND_BUFFER_FULL = (errno.EAGAIN, errno.ENOBUFS)
+MAX_BUFFERED = 10.0  # seconds a datagram could have waited in a buffer being read: longer, the clock was stepped
 READ_TURN = 0.002  # seconds of datagrams one read callback handles
 
 
@@ -72,6 +73,15 @@ def received_ns(ancillary) -> int | None:
             seconds, nanoseconds = _TIMESPEC.unpack_from(data)
             return seconds * 1_000_000_000 + nanoseconds
     return None
+
+
+def waited_since(received: int | None) -> float:
+    """Seconds a datagram waited in its socket's buffer since the kernel received it (`received_ns`); 0 when the
+    kernel did not say, or when the wall clock was stepped meanwhile (negative, or longer than MAX_BUFFERED)."""
+    if received is None:
+        return 0.0
+    waited = (time.time_ns() - received) / 1e9
+    return waited if 0.0 <= waited <= MAX_BUFFERED else 0.0
 
 
 def local_address(ancillary, bound_host: str) -> tuple[str, int]:

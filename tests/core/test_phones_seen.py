@@ -272,3 +272,12 @@ def test_a_device_that_filled_the_record_and_keeps_it_fresh_does_not_lock_new_ph
     assert registry.note("001565ffffff.boot", "192.0.2.200", "served", "tftp") is not None
     kept = {p["mac"]: p["address"] for p in registry.listing()}
     assert len(kept) == 100 and sum(address.startswith("192.0.2.") for address in kept.values()) == 21
+
+
+def test_the_phones_trusted_lately_are_those_whose_address_answered_or_connected(registry):
+    registry.note("001565abcdef.cfg", "192.0.2.7", "served", "tftp", answered=True)
+    registry.note("001565abcde0.cfg", "192.0.2.8", "failed", "tftp")  # asked, never answered: may be spoofed
+    registry.note("001565abcde1.cfg", "192.0.2.9", "served", "http", "Yealink SIP-T46S 66.86.0.15")
+    registry.clock.now += 100
+    assert sorted(registry.trusted_since(3600)) == [("192.0.2.7", 1_800_000_000.0), ("192.0.2.9", 1_800_000_000.0)]
+    assert registry.trusted_since(50) == []

@@ -769,6 +769,62 @@ def test_in_a_64_a_probationer_takes_the_slot_of_the_64s_slowest_transfer():
     assert gate.per_client["fd00:1::/64"] == 4 and not phone.probation
 
 
+def test_a_phone_moving_fast_in_a_slow_64_keeps_its_slot():
+    """A review: a phone shares its /64's pace with a device there that moved 2.5 MB per transfer at once, then
+    crawled: the /64 was slow, but the phone's average since verified (20 KiB/s) was the /64's lowest, and its
+    transfer was the one ended. A transfer is ended only when it moves under MIN_PACE itself, lately."""
+    gate = admission(max_total=16, max_per_client=2)
+    held = crawling(gate, [f"fd00:1::{0x100 + n:x}" for n in range(3)], 0.0)
+    assert len(held) == 4 and gate.per_client["fd00:1::/64"] == 4  # its quarter of 16
+    for slot in held[:3]:
+        slot.transfer.moved = 2_500_000
+    gate._rank(1.0)  # counted then (as a probationer answering would have them counted): a burst, then a crawl
+    gate.release(held[3], 100.0)
+    phone, _ = gate.admit("fd00:1::5", 100.0)
+    phone.transfer = Moving()
+    gate.verified(phone, 100.0)
+    phone.transfer.moved = 20 * 20480
+    newcomer, _ = gate.admit("fd00:1::6", 120.0)
+    assert newcomer.probation
+    newcomer.transfer = Moving()
+    assert gate.verified(newcomer, 120.01) in ([held[0]], [held[1]], [held[2]]) and not phone.released
+
+
+def test_a_probationer_that_answered_then_crawls_gives_its_place_to_a_newcomer():
+    """A review: probationers that answered while nothing was slow kept their places beyond the limit for as long
+    as their transfers lasted; crawling then, they held every place and phones were busy again."""
+    gate = admission(max_total=4, max_per_client=2)
+    held = crawling(gate, ["198.51.100.1", "198.51.100.2"], 0.0)
+    for slot in held:
+        slot.transfer.moved = 20 * 16384  # moving well: no one to evict
+    places = []
+    for n in range(4):
+        slot, _ = gate.admit(f"203.0.113.{n}", 20.0)
+        slot.transfer = Moving()
+        assert gate.verified(slot, 20.0) == [] and slot.probation
+        places.append(slot)
+    assert len(gate.probation) == gate.max_probation == 4
+    assert gate.admit("192.0.2.20", 21.0) == (None, [])  # answered a second ago: not judged yet
+    for slot in places[1:]:
+        slot.transfer.moved = 10 * 16384  # the others move; places[0] crawls
+    for slot in held:
+        slot.transfer.moved = 40 * 16384
+    phone, evicted = gate.admit("192.0.2.20", 30.0)
+    assert evicted == [places[0]] and places[0].released and phone.probation and len(gate.probation) == 4
+
+
+def test_a_device_answering_on_many_addresses_of_its_64_forgets_its_own_not_the_phones():
+    gate = admission()
+    gate.remember_answered("192.0.2.7", 0.0)
+    gate.remember_answered("fd00:2::7", 0.0)  # a phone of another /64
+    gate.remember_answered("fd00:1::7", 0.0)  # a phone of the device's /64
+    for n in range(t.admission.ANSWERED_PER_PREFIX + 10):
+        gate.remember_answered(f"fd00:1::1:{n:x}", 1.0)
+    assert gate.answered_lately("192.0.2.7", 1.0) and gate.answered_lately("fd00:2::7", 1.0)
+    assert not gate.answered_lately("fd00:1::7", 1.0)  # its own /64's oldest goes first
+    assert len(gate.answered) == t.admission.ANSWERED_PER_PREFIX + 2
+
+
 def test_an_address_that_acknowledged_a_transfer_counts_as_answered_for_a_day():
     gate = admission()
     slot, _ = gate.admit("192.0.2.7", 0.0)

@@ -10,7 +10,7 @@ Each module's docstring tells its part of the theory of operation; this
 package exports what the shell and the tests use.
 """
 
-from .admission import ALLOWANCE_REFILL, FIRST_PACKET_MAX, MIN_PACE, Admission, Allowance, Hearing, Slot
+from .admission import ALLOWANCE_REFILL, ANSWERED_FOR, FIRST_PACKET_MAX, MIN_PACE, Admission, Allowance, Hearing, Slot
 from .content import MAX_NETASCII_BYTES, NETASCII_CHUNK, BytesSource, NetasciiDecoder, NetasciiSource, Sink, Source, netascii_starts
 from .options import MAX_TIMEOUT, MAX_WINDOW_BYTES, MAX_WINDOWSIZE, Limits, Negotiated, Request, negotiate, parse_request
 from .packets import (
@@ -41,7 +41,7 @@ from .packets import (
 from .transfers import EVENT_OF_OPCODE, FINISHED, STREAMING, Event, ReadTransfer, State, Transfer, WriteTransfer
 
 __all__ = [
-    "ALLOWANCE_REFILL", "AccessViolation", "Admission", "Allowance", "BLOCK_MODULO", "BytesSource",
+    "ALLOWANCE_REFILL", "ANSWERED_FOR", "AccessViolation", "Admission", "Allowance", "BLOCK_MODULO", "BytesSource",
     "DEFAULT_BLKSIZE", "DiskFull", "EVENT_OF_OPCODE", "Event", "FINISHED", "FIRST_PACKET_MAX", "FileExists",
     "FileNotFound", "Hearing", "IllegalOperation", "Limits", "MAX_BLKSIZE", "MAX_NETASCII_BYTES", "MAX_TIMEOUT",
     "MAX_WINDOW_BYTES", "MAX_WINDOWSIZE", "MIN_BLKSIZE", "MIN_PACE", "MODES", "NETASCII_CHUNK", "Negotiated", "NetasciiDecoder",

@@ -27,7 +27,8 @@ request that finds the limits reached by verified transfers is admitted on
 probation (slots beyond `max_total` and a /64's share: at most
 `max_probation` at once, a 32nd of `max_total` and 4 at least, one per
 client; once they are all taken, a newcomer takes the place of the oldest
-one not answered yet): once its peer acknowledges, a transfer of the
+one not answered yet, or of the slowest answered one below MIN_PACE itself):
+once its peer acknowledges, the slowest transfer below MIN_PACE itself of the
 slowest client whose `Pace` is below MIN_PACE gives its slot.
 A client's pace is what its verified transfers moved per second of slot held,
 over the last PACE_WINDOW seconds or so, ended transfers included (a device
@@ -53,7 +54,7 @@ import math
 from collections import Counter, OrderedDict
 from enum import Enum
 
-from ..clients import Shares
+from ..clients import Shares, client_key
 from .options import Limits
 from .packets import DEFAULT_BLKSIZE
 
@@ -61,6 +62,8 @@ FIRST_PACKET_MAX = DEFAULT_BLKSIZE + 4  # DATA 1 of a request without options; a
 ALLOWANCE_REFILL = 60.0  # seconds for an empty allowance to fill again (see Admission)
 PACE_WINDOW = 30.0  # seconds: a client's pace weighs what its transfers moved by e^(-age/PACE_WINDOW)
 PACE_GRACE = 10.0  # seconds of slot held (in that weighting) before a client's pace is judged
+SLOT_GRACE = PACE_GRACE / 4  # seconds of its own a transfer is judged after (`Slot.slow`); a new transfer of a known
+# client starts with that much of its client's pace, so one that ends its transfers and asks again stays slow
 MIN_PACE = 8192  # bytes a second per slot held: slower, a client's transfers may give their slots to a verified newcomer
 # (a 512-byte block every 62 ms: a phone 50 ms away in lock-step moves 10 KiB/s; to hold 500 slots, 32 Mbit/s)
 RANKING_SECONDS = 0.25  # one ranking of the slow clients serves the probationers verified this long (each costs a
@@ -68,6 +71,8 @@ RANKING_SECONDS = 0.25  # one ranking of the slow clients serves the probationer
 PACES_KEPT = 4096  # clients whose pace is remembered; past it, half of those that hold no slot are forgotten
 ANSWERED_FOR = 86400.0  # seconds an address that acknowledged a transfer counts as having answered (`answered_lately`)
 ANSWERED_KEPT = 8192  # such addresses remembered, the least recently answered forgotten first
+ANSWERED_PER_PREFIX = ANSWERED_KEPT // 4  # of one IPv6 /64: a device answering on many addresses of its /64 forgets
+# its own first, never the phones of every other /64 and IPv4 address
 
 
 class Hearing(Enum):
@@ -131,13 +136,14 @@ class Slot:
     slot is taken, `transfer` its machine (what it moved: `Transfer.moved`), once it has one."""
 
     __slots__ = ("client", "groups", "started", "verified", "released", "evicted", "probation", "owner", "transfer",
-                 "verified_at", "moved_then")
+                 "recent_moved", "recent_held", "paced_at")
 
     def __init__(self, client: str, groups: tuple[str, ...], started: float):
         self.client, self.groups, self.started = client, groups, started  # groups: the address, maybe its /64
         self.verified = self.released = self.evicted = self.probation = False
         self.owner = self.transfer = None
-        self.verified_at, self.moved_then = started, 0
+        self.recent_moved = self.recent_held = 0.0  # its own pace, weighted as its client's (`Pace`): since verified
+        self.paced_at = started
 
     @property
     def pace_key(self) -> str:
@@ -147,9 +153,23 @@ class Slot:
     def moved(self) -> int:
         return self.transfer.moved if self.transfer is not None else 0
 
-    def rate(self, now: float) -> float:
-        """Bytes a second it moved since it was verified."""
-        return (self.moved() - self.moved_then) / max(now - self.verified_at, 1e-3)
+    def count(self, moved: int, now: float) -> None:
+        """`moved` bytes more of its own pace, as of `now` (when its client's pace counts it)."""
+        if now > self.paced_at:
+            keep = math.exp((self.paced_at - now) / PACE_WINDOW)
+            self.recent_held = self.recent_held * keep + PACE_WINDOW * (1 - keep)
+            self.recent_moved *= keep
+            self.paced_at = now
+        self.recent_moved += moved
+
+    def slow(self) -> bool:
+        """It moves under MIN_PACE itself, its client's pace before it counting as SLOT_GRACE seconds: a phone that
+        shares a slow /64 moves itself out of reach within a second or two, and a device's transfer asked for
+        again starts as slow as its client."""
+        return self.recent_held >= SLOT_GRACE and self.recent_moved < MIN_PACE * self.recent_held
+
+    def pace(self) -> float:
+        return self.recent_moved / max(self.recent_held, 1e-9)
 
 
 class Pace:
@@ -173,9 +193,10 @@ class Pace:
             self.at = now
 
     def take(self, slot: Slot) -> None:
-        """Count what `slot` moved since it was last counted (as moved now: when in between is not known)."""
+        """Count what `slot` moved since it was last counted (as moved now, `at`: when in between is not known)."""
         moved = slot.moved()
         self.moved += moved - self.slots[slot]
+        slot.count(moved - self.slots[slot], self.at)
         self.slots[slot] = moved
 
     def count(self, now: float) -> None:
@@ -222,6 +243,7 @@ class Admission:
         self._slow: list[Pace] = []  # the slow clients, slowest first, as ranked at _ranked_at
         self._ranked_at = -math.inf
         self.answered: OrderedDict[str, float] = OrderedDict()  # address -> when it last acknowledged a first packet
+        self._answered_in: dict[str, OrderedDict[str, None]] = {}  # an IPv6 /64 -> its addresses in `answered`
 
     def configure(self, max_total: int, max_per_client: int) -> None:
         """The limits in force (settings change at run time)."""
@@ -243,6 +265,33 @@ class Admission:
                 and self._oldest_unverified(address, now, any_age=False) is None):
             return Hearing.AWAITING
         return Hearing.HEARD
+
+    def remember_answered(self, address: str, at: float) -> None:
+        """`address` acknowledged a transfer `at` (or did so then, by the record of phones, at start)."""
+        key = client_key(address)
+        if address in self.answered:
+            self.answered[address] = max(at, self.answered[address])
+            self.answered.move_to_end(address)
+            if key != address:
+                self._answered_in[key].move_to_end(address)
+            return
+        if key != address:
+            same = self._answered_in.setdefault(key, OrderedDict())
+            if len(same) >= ANSWERED_PER_PREFIX:
+                self._forget_answered(next(iter(same)))
+            same[address] = None
+        self.answered[address] = at
+        if len(self.answered) > ANSWERED_KEPT:
+            self._forget_answered(next(iter(self.answered)))
+
+    def _forget_answered(self, address: str) -> None:
+        del self.answered[address]
+        key = client_key(address)
+        same = self._answered_in.get(key)
+        if same is not None:
+            del same[address]
+            if not same:
+                del self._answered_in[key]
 
     def answered_lately(self, address: str, now: float) -> bool:
         """Whether `address` acknowledged a transfer in the last ANSWERED_FOR seconds (a phone that booted
@@ -287,7 +336,7 @@ class Admission:
                     if len(self.probation) < self.max_probation and not any(other.pace_key == groups[-1] for other in self.probation):
                         probation = True
                         continue
-                    victim = self._oldest_unverified(group, now, any_age=True, probation=True)
+                    victim = self._oldest_unverified(group, now, any_age=True, probation=True) or self._slow_probationer(now)
                     probation = victim is not None  # in the place of one beyond the limits: beyond them too
             if victim is None:
                 return None, evicted
@@ -320,16 +369,15 @@ class Admission:
         (their owners must be ended)."""
         if slot.verified or slot.released:
             return []
-        slot.verified, slot.verified_at, slot.moved_then = True, now, slot.moved()
+        slot.verified, slot.paced_at = True, now
         self.verified_per_client[slot.client] += 1
-        self.answered[slot.client] = now
-        self.answered.move_to_end(slot.client)
-        if len(self.answered) > ANSWERED_KEPT:
-            self.answered.popitem(last=False)
+        self.remember_answered(slot.client, now)
         self._forget_unverified(slot)
         pace = self._pace(slot.pace_key, now)
         pace.age(now)
-        pace.slots[slot] = slot.moved_then
+        pace.slots[slot] = slot.moved()
+        if pace.held > 0:
+            slot.recent_held, slot.recent_moved = SLOT_GRACE, SLOT_GRACE * pace.moved / pace.held
         if not slot.probation:
             return []
         evicted: list[Slot] = []
@@ -348,17 +396,25 @@ class Admission:
         return evicted
 
     def _slowest_transfer(self, group: str | None, newcomer: Slot, now: float) -> Slot | None:
-        """A transfer of the slowest client below MIN_PACE (of the /64 `group`, or of anyone), not the newcomer:
-        its slowest since it was verified."""
+        """The slowest transfer below MIN_PACE itself (`Slot.slow`) of the slowest client below it (of the /64
+        `group`, or of anyone), not the newcomer."""
         if now - self._ranked_at > RANKING_SECONDS:
             self._rank(now)
         for pace in self._slow:
             if group is not None and pace is not self.paces.get(group):
                 continue
-            held = [slot for slot in pace.slots if slot is not newcomer]
+            held = [slot for slot in pace.slots if slot is not newcomer and slot.slow()]
             if held:
-                return min(held, key=lambda slot: slot.rate(now))
+                return min(held, key=Slot.pace)
         return None
+
+    def _slow_probationer(self, now: float) -> Slot | None:
+        """The slowest answered probationer below MIN_PACE itself: its place beyond the limits goes to a newcomer
+        (else a device whose probationers answered, then crawled, kept every place, and phones were busy)."""
+        if now - self._ranked_at > RANKING_SECONDS:
+            self._rank(now)
+        slow = [slot for slot in self.probation if slot.verified and slot.slow()]
+        return min(slow, key=Slot.pace) if slow else None
 
     def _rank(self, now: float) -> None:
         slow = []

@@ -228,6 +228,13 @@ class PhoneRegistry:
         return [{**{f: phone[f] for f in FIELDS},
                  "files": [{"name": name, **info} for name, info in reversed(phone["files"].items())]} for phone in chosen]
 
+    def trusted_since(self, seconds: float) -> list[tuple[str, float]]:
+        """(address, when last seen) of the phones seen in the last `seconds` whose address answered over TFTP
+        or connected over HTTP (not spoofed), least recently seen first."""
+        cutoff = self.clock() - seconds
+        return [(phone["address"], phone["last_seen"]) for phone in self.phones.values()
+                if phone["verified_by"] and phone["address"] and phone["last_seen"] >= cutoff]
+
     def seen_since(self, seconds: float) -> int:
         cutoff = self.clock() - seconds
         return sum(1 for phone in self.phones.values() if phone["last_seen"] >= cutoff)
