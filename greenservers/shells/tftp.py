@@ -107,7 +107,7 @@ class TftpService(Service):
         # (a power cut that restarts the server too reboots them all: their requests go first in the storm)
         monotonic, wall = time.monotonic(), time.time()
         for address, last_seen in seen.registry_for(runtime).trusted_since(proto.ANSWERED_FOR):
-            self.admission.remember_answered(address, monotonic - (wall - last_seen))
+            self.admission.remember_answered(plain_address(address), monotonic - (wall - last_seen))  # as requests' sources
         removed = uploads.remove_orphan_uploads(runtime.settings)
         if removed:
             self.log.warning("removed %d partial upload(s) left by a process that ended mid-upload", len(removed))

@@ -809,8 +809,13 @@ def test_a_probationer_that_answered_then_crawls_gives_its_place_to_a_newcomer()
         slot.transfer.moved = 10 * 16384  # the others move; places[0] crawls
     for slot in held:
         slot.transfer.moved = 40 * 16384
-    phone, evicted = gate.admit("192.0.2.20", 30.0)
-    assert evicted == [places[0]] and places[0].released and phone.probation and len(gate.probation) == 4
+    spoofed, evicted = gate.admit("203.0.113.99", 30.0)  # a contender, one beyond the places: it ends nothing
+    assert evicted == [] and spoofed.probation and len(gate.probation) == 5 and not places[0].released
+    phone, evicted = gate.admit("192.0.2.20", 30.1)  # it takes the unanswered contender's place
+    assert evicted == [spoofed] and phone.probation and len(gate.probation) == 5
+    phone.transfer = Moving()
+    assert gate.verified(phone, 30.2) == [places[0]] and places[0].released  # answered: the crawler's place is its
+    assert phone.probation and len(gate.probation) == 4
 
 
 def test_a_device_answering_on_many_addresses_of_its_64_forgets_its_own_not_the_phones():
@@ -823,6 +828,8 @@ def test_a_device_answering_on_many_addresses_of_its_64_forgets_its_own_not_the_
     assert gate.answered_lately("192.0.2.7", 1.0) and gate.answered_lately("fd00:2::7", 1.0)
     assert not gate.answered_lately("fd00:1::7", 1.0)  # its own /64's oldest goes first
     assert len(gate.answered) == t.admission.ANSWERED_PER_PREFIX + 2
+    gate.remember_answered("fd00:2::7", 2.0)  # answering again keeps it longest
+    assert next(reversed(gate.answered)) == "fd00:2::7" and gate.answered["fd00:2::7"] == 2.0
 
 
 def test_an_address_that_acknowledged_a_transfer_counts_as_answered_for_a_day():

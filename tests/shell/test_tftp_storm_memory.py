@@ -18,8 +18,9 @@ def test_a_phone_the_record_trusts_is_not_shed_after_a_restart(tmp_path):
     record = seen.registry_for(runtime)
     record.note("001565abcdef.cfg", "192.0.2.7", "served", "tftp", answered=True)
     record.note("001565abcde0.cfg", "192.0.2.8", "failed", "tftp")  # never answered: may be spoofed
+    record.note("001565abcde1.cfg", "::ffff:192.0.2.9", "served", "http", "Yealink SIP-T46S 66.86.0.15")  # dual-stack
     service = TftpService(runtime)
     now = time.monotonic()
-    assert not service.sheds("192.0.2.7", now, 2 * SHED_AFTER)
+    assert not service.sheds("192.0.2.7", now, 2 * SHED_AFTER) and not service.sheds("192.0.2.9", now, 2 * SHED_AFTER)
     assert service.sheds("192.0.2.8", now, 2 * SHED_AFTER) and runtime.sensors.value("tftp_requests_shed") == 1
     assert not service.sheds("192.0.2.8", now, SHED_AFTER / 2)

@@ -27,7 +27,8 @@ request that finds the limits reached by verified transfers is admitted on
 probation (slots beyond `max_total` and a /64's share: at most
 `max_probation` at once, a 32nd of `max_total` and 4 at least, one per
 client; once they are all taken, a newcomer takes the place of the oldest
-one not answered yet, or of the slowest answered one below MIN_PACE itself):
+one not answered yet, or, when an answered one crawls below MIN_PACE itself,
+contends for its place, one beyond them, and takes it once it answers):
 once its peer acknowledges, the slowest transfer below MIN_PACE itself of the
 slowest client whose `Pace` is below MIN_PACE gives its slot.
 A client's pace is what its verified transfers moved per second of slot held,
@@ -71,8 +72,8 @@ RANKING_SECONDS = 0.25  # one ranking of the slow clients serves the probationer
 PACES_KEPT = 4096  # clients whose pace is remembered; past it, half of those that hold no slot are forgotten
 ANSWERED_FOR = 86400.0  # seconds an address that acknowledged a transfer counts as having answered (`answered_lately`)
 ANSWERED_KEPT = 8192  # such addresses remembered, the least recently answered forgotten first
-ANSWERED_PER_PREFIX = ANSWERED_KEPT // 4  # of one IPv6 /64: a device answering on many addresses of its /64 forgets
-# its own first, never the phones of every other /64 and IPv4 address
+ANSWERED_PER_PREFIX = ANSWERED_KEPT // 16  # of one IPv6 /64: a device answering on many addresses of its /64 forgets
+# its own first; to push out the phones of every other /64 and IPv4 address it must answer from 16 /64s
 
 
 class Hearing(Enum):
@@ -333,10 +334,17 @@ class Admission:
                 victim = self._oldest_unverified(group, now, any_age=True, probation=False)
                 if victim is None:
                     # verified transfers hold the limit (of its /64 or of all): it may wait for an answer on probation
-                    if len(self.probation) < self.max_probation and not any(other.pace_key == groups[-1] for other in self.probation):
+                    first_of_its_client = not any(other.pace_key == groups[-1] for other in self.probation)
+                    if len(self.probation) < self.max_probation and first_of_its_client:
                         probation = True
                         continue
-                    victim = self._oldest_unverified(group, now, any_age=True, probation=True) or self._slow_probationer(now)
+                    victim = self._oldest_unverified(group, now, any_age=True, probation=True)
+                    if victim is None and first_of_its_client and len(self.probation) == self.max_probation \
+                            and self._slow_probationer(now) is not None:
+                        # answered probationers hold every place, one of them crawling: this one contends for its
+                        # place, one beyond them, and takes it only once it answers (a spoofed request never does)
+                        probation = True
+                        continue
                     probation = victim is not None  # in the place of one beyond the limits: beyond them too
             if victim is None:
                 return None, evicted
@@ -373,14 +381,23 @@ class Admission:
         self.verified_per_client[slot.client] += 1
         self.remember_answered(slot.client, now)
         self._forget_unverified(slot)
+        if now - self._ranked_at > RANKING_SECONDS:
+            self._rank(now)  # every client's pace counted lately (its sums current: not a count missing its bytes)
         pace = self._pace(slot.pace_key, now)
+        if pace.slow():  # a device's transfer asked for again starts as slow as its client; a phone's, judged by itself
+            slot.recent_held, slot.recent_moved = SLOT_GRACE, SLOT_GRACE * pace.moved / pace.held
         pace.age(now)
         pace.slots[slot] = slot.moved()
-        if pace.held > 0:
-            slot.recent_held, slot.recent_moved = SLOT_GRACE, SLOT_GRACE * pace.moved / pace.held
         if not slot.probation:
             return []
         evicted: list[Slot] = []
+        if len(self.probation) > self.max_probation:  # a contender for a crawling probationer's place (admit)
+            crawling = self._slow_probationer(now, slot)
+            if crawling is None:
+                return evicted  # none crawls now: it waits beyond them, one contender at most, until it ends
+            crawling.evicted = True
+            self.release(crawling, now)
+            evicted.append(crawling)
         limits = [(group, self.max_per_prefix) for group in slot.groups[1:]]  # an IPv6 address's /64
         limits.append((None, self.max_total))
         for group, limit in limits:
@@ -408,21 +425,23 @@ class Admission:
                 return min(held, key=Slot.pace)
         return None
 
-    def _slow_probationer(self, now: float) -> Slot | None:
+    def _slow_probationer(self, now: float, newcomer: Slot | None = None) -> Slot | None:
         """The slowest answered probationer below MIN_PACE itself: its place beyond the limits goes to a newcomer
         (else a device whose probationers answered, then crawled, kept every place, and phones were busy)."""
         if now - self._ranked_at > RANKING_SECONDS:
             self._rank(now)
-        slow = [slot for slot in self.probation if slot.verified and slot.slow()]
+        slow = [slot for slot in self.probation if slot.verified and slot is not newcomer and slot.slow()]
         return min(slow, key=Slot.pace) if slow else None
 
     def _rank(self, now: float) -> None:
+        """The slow clients, slowest first: those holding no slot now too (counted when their last transfer
+        ended), as a device that ends its transfers and asks again holds slots again before the next ranking."""
         slow = []
         for pace in self.paces.values():
             if pace.slots:
                 pace.count(now)
-                if pace.slow():
-                    slow.append(pace)
+            if pace.slow():
+                slow.append(pace)
         slow.sort(key=lambda pace: pace.moved / pace.held)
         self._slow, self._ranked_at = slow, now
 
