@@ -36,7 +36,7 @@ from ..proto.ntp import (
 )
 from ..ratelog import RateLimitedLog
 from ..services import Service
-from .udp import PKTINFO_KINDS, PKTINFO_SPACE, SO_TIMESTAMPNS, TIMESTAMP_SPACE, UdpServer, received_ns
+from .udp import PKTINFO_SPACE, SO_TIMESTAMPNS, TIMESTAMP_SPACE, UdpServer, pktinfo_of, received_ns
 
 STATE_CACHE_SECONDS = 1.0
 UPSTREAM_INTERVAL = 64.0
@@ -151,7 +151,7 @@ class NtpServer(UdpServer):
             return None
         except OSError:
             return None  # e.g. ICMP errors reported on the socket: nothing to answer
-        pktinfo = [item for item in ancillary if (item[0], item[1]) in PKTINFO_KINDS] if self.wildcard else []
+        pktinfo = pktinfo_of(ancillary) if self.wildcard else []
         return data, address, received_ns(ancillary) or time.time_ns(), pktinfo
 
     def handle(self, data, address, received_ns, pktinfo):

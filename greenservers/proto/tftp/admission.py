@@ -196,8 +196,9 @@ class Pace:
     def take(self, slot: Slot) -> None:
         """Count what `slot` moved since it was last counted (as moved now, `at`: when in between is not known)."""
         moved = slot.moved()
-        self.moved += moved - self.slots[slot]
-        slot.count(moved - self.slots[slot], self.at)
+        more = moved - self.slots[slot]
+        self.moved += more
+        slot.count(more, self.at)
         self.slots[slot] = moved
 
     def count(self, now: float) -> None:
@@ -381,8 +382,7 @@ class Admission:
         self.verified_per_client[slot.client] += 1
         self.remember_answered(slot.client, now)
         self._forget_unverified(slot)
-        if now - self._ranked_at > RANKING_SECONDS:
-            self._rank(now)  # every client's pace counted lately (its sums current: not a count missing its bytes)
+        self._rank_if_stale(now)  # every client's pace counted lately (its sums current: not a count missing its bytes)
         pace = self._pace(slot.pace_key, now)
         if pace.slow():  # a device's transfer asked for again starts as slow as its client; a phone's, judged by itself
             slot.recent_held, slot.recent_moved = SLOT_GRACE, SLOT_GRACE * pace.moved / pace.held
@@ -415,8 +415,7 @@ class Admission:
     def _slowest_transfer(self, group: str | None, newcomer: Slot, now: float) -> Slot | None:
         """The slowest transfer below MIN_PACE itself (`Slot.slow`) of the slowest client below it (of the /64
         `group`, or of anyone), not the newcomer."""
-        if now - self._ranked_at > RANKING_SECONDS:
-            self._rank(now)
+        self._rank_if_stale(now)
         for pace in self._slow:
             if group is not None and pace is not self.paces.get(group):
                 continue
@@ -428,10 +427,14 @@ class Admission:
     def _slow_probationer(self, now: float, newcomer: Slot | None = None) -> Slot | None:
         """The slowest answered probationer below MIN_PACE itself: its place beyond the limits goes to a newcomer
         (else a device whose probationers answered, then crawled, kept every place, and phones were busy)."""
-        if now - self._ranked_at > RANKING_SECONDS:
-            self._rank(now)
+        self._rank_if_stale(now)
         slow = [slot for slot in self.probation if slot.verified and slot is not newcomer and slot.slow()]
         return min(slow, key=Slot.pace) if slow else None
+
+    def _rank_if_stale(self, now: float) -> None:
+        """Rank the slow clients again if the last ranking is older than RANKING_SECONDS."""
+        if now - self._ranked_at > RANKING_SECONDS:
+            self._rank(now)
 
     def _rank(self, now: float) -> None:
         """The slow clients, slowest first: those holding no slot now too (counted when their last transfer
