@@ -10,7 +10,9 @@ indexes hold no Python object per value:
   of about BLOCK pairs (one str and two arrays a block). Names are keyed by
   their folded value (equality, prefix); numbers by their national form
   (`national_form`, prefix in either form) and, reversed, by their digits
-  from the end (a number's equality by its last TAIL characters, "*4711").
+  from the end ("*4711").
+- `tails`: every number attribute's contacts by a number's last TAIL characters
+  (`NumberTails`, a dict): a number's equality in one probe.
 - `Grams` per name attribute: array('i') postings of 3- and 4-grams, append-only between
   compactions (a stale id costs one check against the current value; "*typed*" of 3 or 4
   characters is its gram's posting as it is while that holds no stale id).
@@ -66,9 +68,10 @@ from .index import (
     OBJECTCLASS_ENCODED,
     PAIR,
     SORT_STEP,
-    TAIL,
+    TAIL_STEP,
     UID_TYPE,
     Grams,
+    NumberTails,
     SortedKeys,
     blob_dn,
     display_from_cn,
@@ -174,6 +177,7 @@ class Directory:
         self.order = array("i")  # every id, ascending
         self.keys = {k: SortedKeys() for k in KEYS}  # numbers: by national_form
         self.reversed = {k: SortedKeys() for k in NUMBER_KEYS}
+        self.tails = NumberTails()
         self.grams = {k: Grams() for k in GRAM_KEYS}
         self.answers: dict[tuple, dict[int, bytes]] = {}
         self.answered = 0
@@ -271,6 +275,13 @@ class Directory:
         self._made = made
         yield
         blobs = self.blobs
+        tails = self.tails
+        for n, id_ in enumerate(made, 1):  # a contact taken out meanwhile has its tails from its change (`_reindex`)
+            if id_ not in taken:
+                for number in _numbers(blobs[id_]):
+                    tails.add(number, id_)
+            if n % TAIL_STEP == 0:
+                yield
         for key in KEYS:
             ways = ((self.keys, national_key), (self.reversed, reversed_key)) if key in NUMBER_KEYS else ((self.keys, folded_value),)
             for structures, key_of in ways:  # a contact taken out of the merge has no new pair (None)
@@ -369,6 +380,15 @@ class Directory:
                     keys.add(indexed, id_)
                 if grams is not None:
                     grams.add(new_value, id_)
+        # the tails of every number attribute share one dict: all the old ones out before the new ones in (a number
+        # moved from homePhone to mobile keeps its tail)
+        old_numbers = _numbers(old)
+        new_numbers = _numbers(new)
+        if old_numbers != new_numbers or taken:
+            for number in old_numbers:
+                self.tails.remove(number, id_)
+            for number in new_numbers:
+                self.tails.add(number, id_)
         if self._journal is not None:  # done again, both, to keys merged meanwhile (a shared value: out, then in)
             if old is not None:
                 self._journal.append((id_, old, False))
@@ -376,7 +396,7 @@ class Directory:
                 self._journal.append((id_, new, True))
 
     def _places(self, key: str, value: str | None) -> tuple[tuple[SortedKeys, str], ...]:
-        """Where a contact's folded value of `key` is indexed: (sorted keys, the key it has there) for each."""
+        """Where a contact's folded value of `key` is in sorted keys: (sorted keys, the key it has there) for each."""
         if value is None:
             return ()
         if key in NUMBER_KEYS:
@@ -447,6 +467,11 @@ class Directory:
             while keys.blocks:
                 del keys.blocks[-blocks:], keys.heads[-blocks:]
                 yield
+        tails = self.tails.ids
+        while tails:
+            for _ in range(min(per_step, len(tails))):
+                tails.popitem()
+            yield
         for grams in self.grams.values():
             postings = grams.postings
             while postings:
@@ -595,8 +620,8 @@ class Directory:
         if op == F_EQ:
             value = f[2]
             if key in NUMBER_KEYS:  # by its last characters, then checked here (which makes the lookup exact)
-                ids, _, size = lookup(self.reversed[key], value[::-1][:TAIL], False, False, sized)
-                return _same_number(self, self.version, ids, 2 * (FOLDED_AT + AT[key] - 1), value), True, size
+                ids = self.tails.candidates(value)
+                return _same_number(self, self.version, ids, 2 * (FOLDED_AT + AT[key] - 1), value), True, len(ids)
             return lookup(self.keys[key], value, True, True, sized)
         initial, anys, final = f[2], f[3], f[4]
         if initial:
@@ -708,6 +733,13 @@ class Directory:
                 return
 
 
+def _numbers(blob: bytes | None) -> list[str]:
+    """A contact's folded numbers (none for no blob)."""
+    if blob is None:
+        return []
+    return [number for key in NUMBER_KEYS if (number := folded_value(blob, key)) is not None]
+
+
 def _framed(dn: bytes, attributes: bytes) -> bytes:
     """A SearchResultEntry body: the DN element, then the attributes' SEQUENCE (short lengths from a table)."""
     n = len(attributes)
@@ -749,9 +781,9 @@ def _merged_ids(a: array, b: array) -> array:
 
 
 def _same_number(directory: Directory, version: int, ids: Iterable[int], at: int, number: str) -> Iterator[int]:
-    """The ids (a `Lookup` of the number's tail) whose folded number (its end offsets at `at` in the blob's header)
-    is `number` (same_number), NOT_A_MATCH for each other candidate: compile_filter's equality of numbers, without
-    compiling it per lookup. Once the directory changed (from `version`, as the search began), every candidate is
+    """The ids (the candidates of the number's tail: NumberTails) whose folded number (its end offsets at `at` in the
+    blob's header) is `number` (same_number), NOT_A_MATCH for each other candidate: compile_filter's equality of
+    numbers, without compiling it per lookup. Once the directory changed (from `version`, as the search began), every candidate is
     given: the search checks each against the whole filter (a number moved to another attribute, which an OR's
     lookup has passed, still matches)."""
     blobs, unpack = directory.blobs, PAIR.unpack_from

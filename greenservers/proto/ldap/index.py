@@ -434,6 +434,57 @@ class Grams:
         return chain.from_iterable(lists), sum(map(len, lists))
 
 
+class NumberTails:
+    """Contacts by the last TAIL characters of each of their numbers, in any number attribute: the candidates of
+    a number's equality in one dict probe (each is then checked against the whole number: same_number).
+
+    The reversed keys answered it before: a block of keys and several objects read per attribute, for a phone's
+    OR of three numbers 42 us of search warm (30 us with this), more with the caches cold between a phone's
+    requests. It costs about 11 MiB at 100,000 contacts (bench/memory.py). A tail of digits is held as an int
+    (half a str's memory; "04711" and "4711" sharing a key only adds a candidate to check). One id is held as
+    an int, more in an array: one added is appended in place (an iteration going on gives it too, a contact
+    that is there), one removed leaves a new array (an iteration goes on over the old)."""
+
+    __slots__ = ("ids",)
+
+    def __init__(self):
+        self.ids: dict[int | str, int | array] = {}
+
+    @staticmethod
+    def key(number: str) -> int | str:
+        tail = number[-TAIL:]
+        return int(tail) if tail.isdecimal() else tail  # isdecimal: what int() reads, in any script
+
+    def candidates(self, number: str) -> array | tuple[int, ...]:
+        held = self.ids.get(self.key(number))
+        return () if held is None else (held,) if held.__class__ is int else held
+
+    def add(self, number: str, id_: int) -> None:
+        key = self.key(number)
+        held = self.ids.get(key)
+        if held is None:
+            self.ids[key] = id_
+        elif held.__class__ is int:
+            self.ids[key] = array("i", (held, id_))
+        else:
+            held.append(id_)
+
+    def remove(self, number: str, id_: int) -> None:
+        key = self.key(number)
+        held = self.ids.get(key)
+        if held is None:
+            return
+        if held.__class__ is int:
+            if held == id_:
+                del self.ids[key]
+            return
+        if id_ in held:
+            at = held.index(id_)
+            rest = held[:at] + held[at + 1:]
+            self.ids[key] = rest[0] if len(rest) == 1 else rest
+
+
+TAIL_STEP = 256  # contacts whose number tails a merge adds between two yields (about 0.4 ms)
 TIDY_STEP = 1024  # posting ids checked between two yields of tidy_steps
 
 
