@@ -602,11 +602,12 @@ def test_a_change_between_the_steps_of_an_or_s_lookups_loses_no_contact():
     assert sorted(found) == [*range(1, 21), 5000]
 
 
-def test_a_contact_a_merge_made_and_changed_before_its_tails_were_added_keeps_its_number_s_tail():
-    """Its number moved from homePhone to mobile: the old tails go before the new come (the attributes share them)."""
+def test_a_number_moved_to_another_attribute_of_a_contact_a_merge_made_keeps_its_tail():
+    """From homePhone to mobile, before the merge indexed the contact: the old tails go before the new come (the
+    attributes share them)."""
     directory = ldap.Directory(BASE, [Contact(1, "Anna", "Alt")])
     steps = directory.merge_steps([Contact(2, "Bert", "Neu", home="+49 30 1234567")])
-    next(steps)  # the contact is made and in the order, its tails not added yet
+    next(steps)  # the contact is made and in the order, not in the sorted keys yet
     directory.put(Contact(2, "Bert", "Neu", mobile="+49 30 1234567"))
     for _ in steps:
         pass

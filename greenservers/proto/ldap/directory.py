@@ -12,7 +12,9 @@ indexes hold no Python object per value:
   (`national_form`, prefix in either form) and, reversed, by their digits
   from the end ("*4711").
 - `tails`: every number attribute's contacts by a number's last TAIL characters
-  (`NumberTails`, a dict): a number's equality in one probe.
+  (`NumberTails`, a dict): a number's equality in one probe. Changed with the
+  blobs themselves (an import's contacts as the merge reads them), so it always
+  holds the numbers `blobs` holds.
 - `Grams` per name attribute: array('i') postings of 3- and 4-grams, append-only between
   compactions (a stale id costs one check against the current value; "*typed*" of 3 or 4
   characters is its gram's posting as it is while that holds no stale id).
@@ -68,7 +70,6 @@ from .index import (
     OBJECTCLASS_ENCODED,
     PAIR,
     SORT_STEP,
-    TAIL_STEP,
     UID_TYPE,
     Grams,
     NumberTails,
@@ -205,7 +206,9 @@ class Directory:
             self._add_order(id_)
         cn = contact_values(contact)[1]["cn"][0]
         namesakes = [i for i in self._with_cn(cn, 4) if i != id_]  # its own cn key may still be there
-        blob = self.blobs[id_] = make_blob(contact, bool(namesakes), self.base)
+        blob = make_blob(contact, bool(namesakes), self.base)
+        self._number_tails(id_, self.blobs.get(id_), blob)
+        self.blobs[id_] = blob
         self._reindex(id_, old, blob, taken)
         if len(namesakes) == 1:
             self._set_namesake(namesakes[0], True)
@@ -215,8 +218,10 @@ class Directory:
 
     def delete(self, id_: int) -> None:
         old, taken = self._indexed(id_)
-        if self.blobs.pop(id_, None) is None:
+        gone = self.blobs.pop(id_, None)
+        if gone is None:
             return
+        self._number_tails(id_, gone, None)
         if old is not None:
             self._reindex(id_, old, None, taken)
             at = bisect_left(self.order, id_)
@@ -252,7 +257,8 @@ class Directory:
             if contact.id in self.blobs:
                 self.put(contact)
             else:
-                self.blobs[contact.id] = make_blob(contact, False, self.base)
+                blob = self.blobs[contact.id] = make_blob(contact, False, self.base)
+                self._number_tails(contact.id, None, blob)  # at once: the tails are the blobs' (no merge step)
                 ascending = ascending and (not made or contact.id > made[-1])
                 made.append(contact.id)
             if n % MERGE_STEP == 0:
@@ -275,13 +281,6 @@ class Directory:
         self._made = made
         yield
         blobs = self.blobs
-        tails = self.tails
-        for n, id_ in enumerate(made, 1):  # a contact taken out meanwhile has its tails from its change (`_reindex`)
-            if id_ not in taken:
-                for number in _numbers(blobs[id_]):
-                    tails.add(number, id_)
-            if n % TAIL_STEP == 0:
-                yield
         for key in KEYS:
             ways = ((self.keys, national_key), (self.reversed, reversed_key)) if key in NUMBER_KEYS else ((self.keys, folded_value),)
             for structures, key_of in ways:  # a contact taken out of the merge has no new pair (None)
@@ -380,20 +379,22 @@ class Directory:
                     keys.add(indexed, id_)
                 if grams is not None:
                     grams.add(new_value, id_)
-        # the tails of every number attribute share one dict: all the old ones out before the new ones in (a number
-        # moved from homePhone to mobile keeps its tail)
-        old_numbers = _numbers(old)
-        new_numbers = _numbers(new)
-        if old_numbers != new_numbers or taken:
-            for number in old_numbers:
-                self.tails.remove(number, id_)
-            for number in new_numbers:
-                self.tails.add(number, id_)
         if self._journal is not None:  # done again, both, to keys merged meanwhile (a shared value: out, then in)
             if old is not None:
                 self._journal.append((id_, old, False))
             if new is not None:
                 self._journal.append((id_, new, True))
+
+    def _number_tails(self, id_: int, old: bytes | None, new: bytes | None) -> None:
+        """A contact's blob goes from `old` to `new` (None: none): its numbers' tails follow. The number attributes
+        share the tails: all the old ones go before the new ones come (a number moved from homePhone to mobile keeps
+        its tail). Given the contact's own id, the int object a new contact's blob is keyed by: no int more per number."""
+        old_numbers, new_numbers = _numbers(old), _numbers(new)
+        if old_numbers != new_numbers:
+            for number in old_numbers:
+                self.tails.remove(number, id_)
+            for number in new_numbers:
+                self.tails.add(number, id_)
 
     def _places(self, key: str, value: str | None) -> tuple[tuple[SortedKeys, str], ...]:
         """Where a contact's folded value of `key` is in sorted keys: (sorted keys, the key it has there) for each."""
