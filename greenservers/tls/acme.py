@@ -51,6 +51,7 @@ from ..config.private import PRIVATE_DIR, make_private_dir
 from ..config.store import atomic_write
 from ..process.offload import run_off_loop
 from ..proto import acme as core
+from ..proto.clients import TokenBuckets
 from ..ratelog import printable
 from .certificates import (
     ACME_CURRENT,
@@ -367,7 +368,7 @@ def _bounded_network():
     class BoundedNetwork(client.ClientNetwork):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self._allowance, self._last = float(REQUESTS_BURST), time.monotonic()
+            self._requests = TokenBuckets(REQUESTS_PER_SECOND, REQUESTS_BURST, max_keys=1)
             self._connection = None  # the connection the request under way uses
             self._cut_short = False
             network = self
@@ -384,13 +385,10 @@ def _bounded_network():
             pools.pool_classes_by_scheme = {**pools.pool_classes_by_scheme, "https": WatchedPool}
 
         def _pace(self) -> None:
-            now = time.monotonic()
-            self._allowance = min(float(REQUESTS_BURST), self._allowance + (now - self._last) * REQUESTS_PER_SECOND)
-            self._last = now
-            if self._allowance < 1.0:
-                time.sleep((1.0 - self._allowance) / REQUESTS_PER_SECOND)
-                self._allowance, self._last = 1.0, time.monotonic()
-            self._allowance -= 1.0
+            """Wait until this request is within the pace: a request's debt at most, slept off (one at a time)."""
+            level = self._requests.take("authority", 1.0, time.monotonic(), floor=-1.0)
+            if level < 0:
+                time.sleep(-level / REQUESTS_PER_SECOND)
 
         def _cut(self) -> None:
             """The watchdog: the request under way is over its deadline."""
