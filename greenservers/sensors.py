@@ -245,6 +245,9 @@ DECLARED: tuple[Sensor, ...] = (
     # phones (indexes 70-74)
     Sensor("phones_seen_24h", 70, G,
            "Phones that fetched a provisioning file (TFTP or /prov/) in the last 24 hours.", _phones_seen_last_day),
+    Sensor("provisioning_refused_misses", 71, C,
+           "Requests for provisioning files (TFTP or /prov/) refused because their address, or its IPv6 /64, had asked for "
+           "prov_misses_per_hour absent files in the hour (guessing phones' MACs)."),
 )
 
 

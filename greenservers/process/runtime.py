@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config.settings import Settings, SettingsError
 from ..config.store import ConfigStore
+from ..provisioning.misses import MissBudget
 from ..sensors import SENSORS, SensorRegistry
 from ..services import SERVICES
 from .binder import BindError
@@ -51,6 +52,7 @@ class Runtime:
         # set by the worker: rebinder(new) binds what `new` adds and returns an undo; raises BindError
         self.rebinder: Callable[[Settings], Callable[[], None]] | None = None
         self.binding_errors: dict[str, str] = {}  # a refused SIGHUP: setting -> why
+        self.misses = MissBudget()  # absent provisioning files asked for, per address: TFTP's and /prov/'s together
         self._lock = threading.RLock()
 
     def apply(self, new: Settings) -> list[str]:

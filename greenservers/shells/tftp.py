@@ -40,6 +40,7 @@ from ..process.offload import run_off_loop
 from ..proto import tftp as proto
 from ..proto.clients import TokenBuckets, plain_address
 from ..provisioning import files as provisioning, uploads
+from ..provisioning.misses import TooManyMisses
 from ..provisioning.phones import seen
 from ..ratelog import RateLimitedLog, printable
 from ..services import Service
@@ -60,7 +61,8 @@ SLOW_ENDED = proto.encode_error(0, "server busy: this slow transfer gave its slo
 YIELD_EVERY = 64  # datagrams read before other greenlets get a turn
 MEMO_SECONDS = 0.5  # longest a source whose allowance is spent is dropped without a look at its bucket (which refills)
 NETASCII_COUNTED = 32  # files whose netascii offsets are kept (counting 16 MiB takes about 20 ms)
-REFUSAL_SENSORS = {uploads.UploadsFull: "tftp_uploads_refused_full", uploads.QuotaSpent: "tftp_uploads_refused_rate"}
+REFUSAL_SENSORS = {uploads.UploadsFull: "tftp_uploads_refused_full", uploads.QuotaSpent: "tftp_uploads_refused_rate",
+                   TooManyMisses: "provisioning_refused_misses"}
 
 
 class UploadSink:
@@ -309,7 +311,7 @@ class TftpService(Service):
                 sink = UploadSink(upload, self)
                 self.ratelog.info("upload", address, "upload of %s started", printable(request.filename))
                 return proto.WriteTransfer(sink, negotiated, limits, netascii=request.mode == "netascii", allowance=allowance), sink
-            content = provisioning.provide(settings, request.filename, plain_address(local[0]))
+            content = self.runtime.misses.provide(settings, request.filename, plain_address(local[0]), address)
         except provisioning.ProvisioningError as exc:
             raise self.tftp_error(exc) from None
         if request.mode == "netascii" and content.size > proto.MAX_NETASCII_BYTES:

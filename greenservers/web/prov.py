@@ -4,8 +4,9 @@ No authentication, like TFTP: phones fetch these before they know any
 credentials. Names resolve through greenservers.provisioning.files (the same
 checks, files and templates); templates are rendered with the HTTP
 request's host as `server` (validated: an IP address or a DNS name, else the
-server's own name, SERVER_NAME). Refusals answer 404/403/500 and are
-logged rate-limited with the client's address. Every request is noted in the
+server's own name, SERVER_NAME). Refusals answer 404/403/500, or 429 once the
+client has asked for its allowance of absent files (provisioning.misses, shared
+with TFTP), and are logged rate-limited with the client's address. Every request is noted in the
 record of phones (greenservers.provisioning.phones.seen) with its User-Agent.
 
 These answers are on the admin interface's origin, so none may be taken for
@@ -25,6 +26,7 @@ from flask import Blueprint, Response, request, send_file
 
 from ..proto.clients import plain_address
 from ..provisioning import files as provisioning
+from ..provisioning.misses import TooManyMisses
 from ..provisioning.phones import seen
 from ..ratelog import RateLimitedLog, printable
 from . import get_runtime
@@ -81,8 +83,10 @@ def provision(name: str):
     client = request.remote_addr or "?"
     user_agent = request.headers.get("User-Agent", "")
     try:
-        content = provisioning.provide(runtime.settings, name, request_server())
+        content = runtime.misses.provide(runtime.settings, name, request_server(), plain_address(client))
     except provisioning.ProvisioningError as exc:
+        if isinstance(exc, TooManyMisses):
+            runtime.sensors.add("provisioning_refused_misses")
         ratelog.warning("prov-refused", client, "GET /prov/%s refused: %s", printable(name), printable(exc.message))
         result = {404: "not found", 403: "refused"}.get(exc.http_status, "failed")
         seen.note_fetch(runtime, name, client, result, request.scheme, user_agent)

@@ -8,7 +8,7 @@ import pytest
 from support.clock import FakeClock
 
 from greenservers.config.settings import Settings
-from greenservers.provisioning import files as p
+from greenservers.provisioning import files as p, misses
 from greenservers.provisioning.phones import profiles
 
 
@@ -228,3 +228,61 @@ def test_a_name_changed_within_one_tick_of_the_folder_s_timestamp_is_seen_once_t
     monkeypatch.setattr(p, "_wall_ns", lambda: tick + p.RACY_NS)
     with pytest.raises(p.NotFound):
         p.lookup(settings, GRANDSTREAM_MAC_FILE)
+
+
+# -- absent files asked for per address (provisioning.misses) ----------------------------------
+
+
+def limited(settings, per_hour: int):
+    raw = {k: v for k, v in settings.raw.items() if k != "prov_misses_per_hour"}
+    return Settings.from_raw({**raw, "prov_misses_per_hour": per_hour}, settings.base_dir)
+
+
+def test_an_address_that_asked_for_its_allowance_of_absent_files_is_refused_what_it_was_not_served(settings):
+    clock, budget = FakeClock(), misses.MissBudget()
+    budget.clock = clock
+    settings = limited(settings, 3)
+    assert budget.provide(settings, "plain.cfg", "192.0.2.10", "192.0.2.50").path.read_text() == "plain\n"
+    for mac in ("0004f2000001", "0004f2000002", "0004f2000003"):
+        with pytest.raises(p.NotFound):
+            budget.provide(settings, f"SEP{mac}.cnf.xml", "192.0.2.10", "192.0.2.50")
+    # spent: a name it was not served is refused whether it is there or not (the refusal tells nothing)
+    for name in ("0004f2abcdef.cfg", "SEP0004f2000004.cnf.xml", "model.cfg"):
+        with pytest.raises(misses.TooManyMisses, match="prov_misses_per_hour") as refused:
+            budget.provide(settings, name, "192.0.2.10", "192.0.2.50")
+        assert refused.value.http_status == 429
+    assert budget.provide(settings, "plain.cfg", "192.0.2.10", "192.0.2.50")  # what it was served, it still is
+    assert budget.provide(settings, "model.cfg", "192.0.2.10", "192.0.2.51").data  # another address has its own
+    clock.now += 3600 / 3  # a third of an hour: one miss more
+    assert budget.provide(settings, "model.cfg", "192.0.2.10", "192.0.2.50").data
+    with pytest.raises(p.NotFound):
+        budget.provide(settings, "SEP0004f2000005.cnf.xml", "192.0.2.10", "192.0.2.50")
+    with pytest.raises(misses.TooManyMisses):
+        budget.provide(settings, "0004f2abcdef.cfg", "192.0.2.10", "192.0.2.50")
+
+
+def test_a_refused_name_counts_as_a_miss_and_an_ipv6_64_shares_eight_allowances(settings):
+    budget = misses.MissBudget(FakeClock())
+    settings = limited(settings, 2)
+    for _ in range(2):
+        with pytest.raises(p.Refused):
+            budget.provide(settings, "leak.cfg", "192.0.2.10", "192.0.2.60")
+    with pytest.raises(misses.TooManyMisses):
+        budget.provide(settings, "plain.cfg", "192.0.2.10", "192.0.2.60")
+    # a device cycling through the addresses of its /64: 16 misses in all, two from each address at most
+    for n in range(1, 9):
+        for _ in range(2):
+            with pytest.raises(p.NotFound):
+                budget.provide(settings, "SEP0004f2000001.cnf.xml", "192.0.2.10", f"2001:db8::{n}")
+    with pytest.raises(misses.TooManyMisses):
+        budget.provide(settings, "plain.cfg", "192.0.2.10", "2001:db8::99")
+    assert budget.provide(settings, "plain.cfg", "192.0.2.10", "2001:db8:1::1")  # another /64
+
+
+def test_no_limit_when_prov_misses_per_hour_is_0(settings):
+    budget = misses.MissBudget(FakeClock())
+    settings = limited(settings, 0)
+    for n in range(100):
+        with pytest.raises(p.NotFound):
+            budget.provide(settings, f"SEP0004f2{n:06x}.cnf.xml", "192.0.2.10", "192.0.2.70")
+    assert budget.provide(settings, "model.cfg", "192.0.2.10", "192.0.2.70").data

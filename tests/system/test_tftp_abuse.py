@@ -500,3 +500,46 @@ def test_requests_for_missing_files_from_many_sources_write_at_most_the_kinds_bu
             sock.close()
     written = [line for line in tftp.lines[since:] if "RRQ nothing-here refused" in line]
     assert 0 < len(written) <= ratelog.LINES_PER_KIND, len(written)
+
+
+@pytest.mark.real_client
+def test_an_address_guessing_macs_is_refused_every_new_name_once_it_asked_for_its_allowance_of_absent_ones(tmp_path):
+    """tftp-hpa and curl (TFTP and /prov/) from 127.0.0.1 ask for absent per-phone names until its allowance
+    (prov_misses_per_hour, 5 here) is spent; then a phone's file that is there is refused to it too (the refusal
+    tells nothing about which MACs exist), what it was served before still is, and another address is served."""
+    tftp_port, http_port = free_udp_port(), free_port()
+    svc = ServiceProcess(tmp_path / "svc", {"ip_tftp_port": f"127.0.0.1:{tftp_port}", "ip_http_port": f"127.0.0.1:{http_port}",
+                                            "ip_ntp_port": "", "ip_ldap_port": "", "ip_ldaps_port": "", "ip_snmp_port": "",
+                                            "admin_password_hash": PASSWORD_HASH, "prov_misses_per_hour": 5})
+    root = svc.directory / "data" / "tftp"
+    root.mkdir(parents=True)
+    (root / "common.cfg").write_text("common\n")
+    (root / "0004f2abcdef.cfg").write_text("sip password of one phone\n")
+    svc.start()
+    try:
+        out = tmp_path / "out"
+
+        def hpa(name: str) -> subprocess.CompletedProcess:
+            return subprocess.run(tftp_hpa("127.0.0.1", tftp_port, "get", name, out), capture_output=True, text=True, timeout=30)
+
+        def prov(name: str, source: str = "127.0.0.1") -> int:  # curl's status code of GET /prov/<name> from `source`
+            answer = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--interface", source,
+                                     f"http://127.0.0.1:{http_port}/prov/{name}"], capture_output=True, text=True, timeout=30)
+            return int(answer.stdout)
+
+        assert subprocess.run(curl_tftp("127.0.0.1", tftp_port, "common.cfg", "-o", out), timeout=30).returncode == 0
+        for n in range(3):  # five guesses, three over TFTP and two over HTTP: each "not found"
+            missed = hpa(f"SEP0004f2{n:06x}.cnf.xml")
+            assert "Error code 1" in missed.stdout + missed.stderr, missed
+        for n in range(3, 5):
+            assert prov(f"SEP0004f2{n:06x}.cnf.xml") == 404
+        refused = hpa("0004f2abcdef.cfg")
+        assert "prov_misses_per_hour" in refused.stdout + refused.stderr, refused
+        assert prov("0004f2abcdef.cfg") == 429
+        assert subprocess.run(curl_tftp("127.0.0.1", tftp_port, "common.cfg", "-o", out), timeout=30).returncode == 0
+        assert out.read_text() == "common\n"  # what it was served, it still is
+        assert prov("0004f2abcdef.cfg", "127.0.0.2") == 200  # another address: its own allowance
+        sensors = svc.sensors(PASSWORD)
+        assert sensors["provisioning_refused_misses"] == 2
+    finally:
+        svc.stop()

@@ -16,7 +16,7 @@ CAPTURES = [
     ("get_system_group", "snmpget", ["-v1", "-c", "public"], [f"1.3.6.1.2.1.1.{i}.0" for i in range(1, 8)]),
     ("get_missing", "snmpget", ["-v1", "-c", "public"], ["1.3.6.1.2.1.1.1.0", "1.3.6.1.2.1.2.1.0"]),
     ("getnext_system", "snmpgetnext", ["-v1", "-c", "public"], ["1.3.6.1.2.1.1"]),
-    ("getnext_last_sensor", "snmpgetnext", ["-v1", "-c", "public"], ["1.3.6.1.4.1.32473.1.1.70.0"]),
+    ("getnext_last_sensor", "snmpgetnext", ["-v1", "-c", "public"], ["1.3.6.1.4.1.32473.1.1.71.0"]),
     ("walk_start", "snmpwalk", ["-v1", "-c", "public"], []),
     ("set_syscontact", "snmpset", ["-v1", "-c", "public"], ["1.3.6.1.2.1.1.4.0", "s", "nobody"]),
     ("get_wrong_community", "snmpget", ["-v1", "-c", "private"], ["1.3.6.1.2.1.1.1.0"]),
