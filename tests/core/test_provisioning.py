@@ -286,3 +286,17 @@ def test_no_limit_when_prov_misses_per_hour_is_0(settings):
         with pytest.raises(p.NotFound):
             budget.provide(settings, f"SEP0004f2{n:06x}.cnf.xml", "192.0.2.10", "192.0.2.70")
     assert budget.provide(settings, "model.cfg", "192.0.2.10", "192.0.2.70").data
+
+
+def test_an_address_spent_is_served_its_last_16_names_only(settings):
+    budget = misses.MissBudget(FakeClock())
+    settings = limited(settings, 1)
+    names = [f"0004f2{n:06x}.cfg" for n in range(misses.SERVED_KEPT + 1)]  # the {mac}.cfg template: each is there
+    for name in names:
+        assert budget.provide(settings, name, "192.0.2.10", "192.0.2.80").data
+    with pytest.raises(p.NotFound):
+        budget.provide(settings, "SEP0004f2000001.cnf.xml", "192.0.2.10", "192.0.2.80")
+    with pytest.raises(misses.TooManyMisses):
+        budget.provide(settings, names[0], "192.0.2.10", "192.0.2.80")  # the oldest, forgotten
+    for name in names[1:]:
+        assert budget.provide(settings, name, "192.0.2.10", "192.0.2.80").data
