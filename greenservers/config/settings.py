@@ -359,9 +359,9 @@ DECLARATIONS: tuple[Setting, ...] = (
             "an IPv6 /64 as a whole (a LAN of phones) 8 times as much; more is refused as \"disk full\".",
             label="TFTP Uploads per Client and Hour (MiB)"),
     Setting("prov_misses_per_hour", "tftp", 2000, _int_in(0, 1_000_000),
-            "Provisioning files that are not there (TFTP or /prov/) one address may ask for per hour (all at once, if it likes), an "
-            "IPv6 /64 as a whole 8 times as many; past that, the address is refused every name it was not served lately, whether the "
-            "file exists or not (guessing phones' MACs for their files, slowed); 0: no limit.",
+            "Provisioning files whose names hold a MAC and that are not there (TFTP or /prov/) one address may ask for per hour (all at "
+            "once, if it likes), an IPv6 /64 as a whole 8 times as many; past that, the address is refused every such name it was not "
+            "served lately, whether the file exists or not (guessing phones' MACs for their files, slowed); 0: no limit.",
             label="Absent Provisioning Files per Client and Hour"),
     Setting("tftp_max_transfers", "tftp", 500, _int_in(1, 100_000),
             "TFTP transfers in progress at a time, all clients together; more are refused (the phone retries).",

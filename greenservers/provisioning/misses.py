@@ -3,15 +3,21 @@
 Both answer anyone (phones fetch their files before they know any credentials), so a per-phone
 file (a SIP password in `<mac>.cfg`) is kept only by its name: the vendor's prefix and 24 bits.
 Asking at the rate the servers answer (thousands of names a second), one device would try every
-MAC of a vendor prefix within hours. So each address may ask for `prov_misses_per_hour` names that
-are not there (all at once if it likes: a site of phones behind one NAT address asks for many
-absent per-phone names at a mass reboot), an IPv6 /64 as a whole PREFIX_SHARE times that (every
-phone of an IPv6 LAN is in one). A refused name (a path outside the folder) counts as a miss too.
+MAC of a vendor prefix within hours. So each address may ask for `prov_misses_per_hour` names
+holding a MAC (files.MAC_RUN, as the server reads them) that are not there (all at once if it
+likes: a site of phones behind one NAT address asks for many absent per-phone names at a mass
+reboot), an IPv6 /64 as a whole PREFIX_SHARE times that (every phone of an IPv6 LAN is in one).
 
-Once an address has spent them, it is refused every name it was not served lately, whether or
-not the file is there, so that a refusal tells nothing about which MACs exist; what it was served
-(its last SERVED_KEPT names) it goes on being served: a phone of that address rebooting gets its
-files. Its allowance refills at `prov_misses_per_hour` an hour. 0 turns the limit off.
+Once an address has spent them, it is refused every name holding a MAC that it was not served
+lately, whether or not the file is there, so that a refusal tells nothing about which MACs exist;
+what it was served (its last SERVED_KEPT names) it goes on being served: a phone of that address
+rebooting gets its files. Names without a MAC (the common files) are never counted nor refused.
+The allowance refills at `prov_misses_per_hour` an hour. 0 turns the limit off.
+
+Over TFTP a request's source is not proved (UDP): a device that sends requests for absent names
+in a phone's address spends that phone's allowance, and while it goes on, the phone is refused its
+own per-phone file unless it was served it lately. The trade is set by `prov_misses_per_hour`
+(0: no refusals, and no limit on guessing).
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ class MissBudget:
         """files.provide, for a request from `address`: TooManyMisses when its allowance is spent and it was not served
         `name` lately; a file that is not there (or refused) spends one of its allowance."""
         per_hour = settings.prov_misses_per_hour
-        if not per_hour:
+        if not per_hour or files.MAC_RUN.search(name) is None:
             return files.provide(settings, name, server)
         capacity = Shares(per_hour, per_hour * PREFIX_SHARE)
         self.buckets.resize(Shares(capacity.per_address / 3600, capacity.per_prefix / 3600), capacity)

@@ -246,19 +246,22 @@ def test_an_address_that_asked_for_its_allowance_of_absent_files_is_refused_what
     for mac in ("0004f2000001", "0004f2000002", "0004f2000003"):
         with pytest.raises(p.NotFound):
             budget.provide(settings, f"SEP{mac}.cnf.xml", "192.0.2.10", "192.0.2.50")
-    # spent: a name it was not served is refused whether it is there or not (the refusal tells nothing)
-    for name in ("0004f2abcdef.cfg", "SEP0004f2000004.cnf.xml", "model.cfg"):
+    # spent: a name holding a MAC it was not served is refused whether it is there or not (the refusal tells nothing)
+    for name in ("0004f2abcdef.cfg", "SEP0004f2000004.cnf.xml"):
         with pytest.raises(misses.TooManyMisses, match="prov_misses_per_hour") as refused:
             budget.provide(settings, name, "192.0.2.10", "192.0.2.50")
         assert refused.value.http_status == 429
-    assert budget.provide(settings, "plain.cfg", "192.0.2.10", "192.0.2.50")  # what it was served, it still is
-    assert budget.provide(settings, "model.cfg", "192.0.2.10", "192.0.2.51").data  # another address has its own
+    assert budget.provide(settings, "model.cfg", "192.0.2.10", "192.0.2.50").data  # no MAC: never refused...
+    with pytest.raises(p.NotFound):
+        budget.provide(settings, "absent.cfg", "192.0.2.10", "192.0.2.50")  # ...nor counted
+    assert budget.provide(settings, "0004f2abcdef.cfg", "192.0.2.10", "192.0.2.51").data  # another address has its own
     clock.now += 3600 / 3  # a third of an hour: one miss more
-    assert budget.provide(settings, "model.cfg", "192.0.2.10", "192.0.2.50").data
+    assert budget.provide(settings, "0004f2abcdef.cfg", "192.0.2.10", "192.0.2.50").data
+    assert budget.provide(settings, "0004f2abcdef.cfg", "192.0.2.10", "192.0.2.50").data  # served lately: served again
     with pytest.raises(p.NotFound):
         budget.provide(settings, "SEP0004f2000005.cnf.xml", "192.0.2.10", "192.0.2.50")
     with pytest.raises(misses.TooManyMisses):
-        budget.provide(settings, "0004f2abcdef.cfg", "192.0.2.10", "192.0.2.50")
+        budget.provide(settings, "0004f2abcdee.cfg", "192.0.2.10", "192.0.2.50")
 
 
 def test_a_refused_name_counts_as_a_miss_and_an_ipv6_64_shares_eight_allowances(settings):
@@ -266,17 +269,17 @@ def test_a_refused_name_counts_as_a_miss_and_an_ipv6_64_shares_eight_allowances(
     settings = limited(settings, 2)
     for _ in range(2):
         with pytest.raises(p.Refused):
-            budget.provide(settings, "leak.cfg", "192.0.2.10", "192.0.2.60")
+            budget.provide(settings, "../0004f2000001.cfg", "192.0.2.10", "192.0.2.60")
     with pytest.raises(misses.TooManyMisses):
-        budget.provide(settings, "plain.cfg", "192.0.2.10", "192.0.2.60")
+        budget.provide(settings, "0004f2abcdef.cfg", "192.0.2.10", "192.0.2.60")
     # a device cycling through the addresses of its /64: 16 misses in all, two from each address at most
     for n in range(1, 9):
         for _ in range(2):
             with pytest.raises(p.NotFound):
                 budget.provide(settings, "SEP0004f2000001.cnf.xml", "192.0.2.10", f"2001:db8::{n}")
     with pytest.raises(misses.TooManyMisses):
-        budget.provide(settings, "plain.cfg", "192.0.2.10", "2001:db8::99")
-    assert budget.provide(settings, "plain.cfg", "192.0.2.10", "2001:db8:1::1")  # another /64
+        budget.provide(settings, "0004f2abcdef.cfg", "192.0.2.10", "2001:db8::99")
+    assert budget.provide(settings, "0004f2abcdef.cfg", "192.0.2.10", "2001:db8:1::1").data  # another /64
 
 
 def test_no_limit_when_prov_misses_per_hour_is_0(settings):

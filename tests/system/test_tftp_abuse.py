@@ -506,7 +506,8 @@ def test_requests_for_missing_files_from_many_sources_write_at_most_the_kinds_bu
 def test_an_address_guessing_macs_is_refused_every_new_name_once_it_asked_for_its_allowance_of_absent_ones(tmp_path):
     """tftp-hpa and curl (TFTP and /prov/) from 127.0.0.1 ask for absent per-phone names until its allowance
     (prov_misses_per_hour, 5 here) is spent; then a phone's file that is there is refused to it too (the refusal
-    tells nothing about which MACs exist), what it was served before still is, and another address is served."""
+    tells nothing about which MACs exist), the per-phone file it was served before still is, and so are files
+    without a MAC; another address is served."""
     tftp_port, http_port = free_udp_port(), free_port()
     svc = ServiceProcess(tmp_path / "svc", {"ip_tftp_port": f"127.0.0.1:{tftp_port}", "ip_http_port": f"127.0.0.1:{http_port}",
                                             "ip_ntp_port": "", "ip_ldap_port": "", "ip_ldaps_port": "", "ip_snmp_port": "",
@@ -515,6 +516,7 @@ def test_an_address_guessing_macs_is_refused_every_new_name_once_it_asked_for_it
     root.mkdir(parents=True)
     (root / "common.cfg").write_text("common\n")
     (root / "0004f2abcdef.cfg").write_text("sip password of one phone\n")
+    (root / "0004f2000aaa.cfg").write_text("the phone at 127.0.0.1\n")
     svc.start()
     try:
         out = tmp_path / "out"
@@ -527,7 +529,7 @@ def test_an_address_guessing_macs_is_refused_every_new_name_once_it_asked_for_it
                                      f"http://127.0.0.1:{http_port}/prov/{name}"], capture_output=True, text=True, timeout=30)
             return int(answer.stdout)
 
-        assert subprocess.run(curl_tftp("127.0.0.1", tftp_port, "common.cfg", "-o", out), timeout=30).returncode == 0
+        assert subprocess.run(curl_tftp("127.0.0.1", tftp_port, "0004f2000aaa.cfg", "-o", out), timeout=30).returncode == 0
         for n in range(3):  # five guesses, three over TFTP and two over HTTP: each "not found"
             missed = hpa(f"SEP0004f2{n:06x}.cnf.xml")
             assert "Error code 1" in missed.stdout + missed.stderr, missed
@@ -536,8 +538,9 @@ def test_an_address_guessing_macs_is_refused_every_new_name_once_it_asked_for_it
         refused = hpa("0004f2abcdef.cfg")
         assert "prov_misses_per_hour" in refused.stdout + refused.stderr, refused
         assert prov("0004f2abcdef.cfg") == 429
-        assert subprocess.run(curl_tftp("127.0.0.1", tftp_port, "common.cfg", "-o", out), timeout=30).returncode == 0
-        assert out.read_text() == "common\n"  # what it was served, it still is
+        assert subprocess.run(curl_tftp("127.0.0.1", tftp_port, "0004f2000aaa.cfg", "-o", out), timeout=30).returncode == 0
+        assert out.read_text() == "the phone at 127.0.0.1\n"  # what it was served, it still is
+        assert prov("common.cfg") == 200  # no MAC in the name: never refused
         assert prov("0004f2abcdef.cfg", "127.0.0.2") == 200  # another address: its own allowance
         sensors = svc.sensors(PASSWORD)
         assert sensors["provisioning_refused_misses"] == 2
