@@ -10,13 +10,15 @@ reboot), an IPv6 /64 as a whole PREFIX_SHARE times that (every phone of an IPv6 
 
 Once an address has spent them, it is refused every name holding a MAC that it was not served
 lately, whether or not the file is there, so that a refusal tells nothing about which MACs exist;
-what it was served (its last SERVED_KEPT names) it goes on being served: a phone of that address
-rebooting gets its files. Names without a MAC (the common files) are never counted nor refused.
-The allowance refills at `prov_misses_per_hour` an hour. 0 turns the limit off.
+what it was served (its last SERVED_KEPT names) it goes on being served, and so is a name whose
+MAC the record of phones holds at that address from a fetch the address answered (`proven`: a
+phone of that address rebooting gets its files, after a restart too). Names without a MAC (the
+common files) are never counted nor refused. The allowance refills at `prov_misses_per_hour` an
+hour. 0 turns the limit off.
 
 Over TFTP a request's source is not proved (UDP): a device that sends requests for absent names
-in a phone's address spends that phone's allowance, and while it goes on, the phone is refused its
-own per-phone file unless it was served it lately. The trade is set by `prov_misses_per_hour`
+in a phone's address spends that phone's allowance, and while it goes on, a phone never recorded
+there (a new one) is refused its per-phone file. The trade is set by `prov_misses_per_hour`
 (0: no refusals, and no limit on guessing).
 """
 
@@ -54,17 +56,20 @@ class MissBudget:
         self.buckets = AddressBuckets(Shares(0.0, 0.0), Shares(0, 0))  # sized from the settings at each request
         self.served = _Served()
 
-    def provide(self, settings, name: str, server: str, address: str) -> files.Content:
-        """files.provide, for a request from `address`: TooManyMisses when its allowance is spent and it was not served
-        `name` lately; a file that is not there (or refused) spends one of its allowance."""
+    def provide(self, settings, name: str, server: str, address: str,
+                proven: Callable[[str], bool] = lambda mac: False) -> files.Content:
+        """files.provide, for a request from `address`: TooManyMisses when its allowance is spent, it was not served
+        `name` lately and the name's MAC (lower case) is not `proven` at the address; a file that is not there (or
+        refused) spends one of its allowance."""
         per_hour = settings.prov_misses_per_hour
-        if not per_hour or files.MAC_RUN.search(name) is None:
+        mac = files.MAC_RUN.search(name)
+        if not per_hour or mac is None:
             return files.provide(settings, name, server)
         capacity = Shares(per_hour, per_hour * PREFIX_SHARE)
         self.buckets.resize(Shares(capacity.per_address / 3600, capacity.per_prefix / 3600), capacity)
         now = self.clock()
         served, key = self.served.entry(address, now)[0], hash(name)
-        if key not in served and self._spent(address, now):
+        if key not in served and self._spent(address, now) and not proven(mac.group().lower()):
             raise TooManyMisses(f"this address asked for more than {per_hour} absent files in the hour "
                                 "(prov_misses_per_hour); try again later")
         try:

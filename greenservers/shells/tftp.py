@@ -311,7 +311,8 @@ class TftpService(Service):
                 sink = UploadSink(upload, self)
                 self.ratelog.info("upload", address, "upload of %s started", printable(request.filename))
                 return proto.WriteTransfer(sink, negotiated, limits, netascii=request.mode == "netascii", allowance=allowance), sink
-            content = self.runtime.misses.provide(settings, request.filename, plain_address(local[0]), address)
+            content = self.runtime.misses.provide(settings, request.filename, plain_address(local[0]), address,
+                                                  lambda mac: seen.proven_at(self.runtime, mac, address))
         except provisioning.ProvisioningError as exc:
             raise self.tftp_error(exc) from None
         if request.mode == "netascii" and content.size > proto.MAX_NETASCII_BYTES:

@@ -83,7 +83,9 @@ def provision(name: str):
     client = request.remote_addr or "?"
     user_agent = request.headers.get("User-Agent", "")
     try:
-        content = runtime.misses.provide(runtime.settings, name, request_server(), plain_address(client))
+        address = plain_address(client)
+        content = runtime.misses.provide(runtime.settings, name, request_server(), address,
+                                         lambda mac: seen.proven_at(runtime, mac, address))
     except provisioning.ProvisioningError as exc:
         if isinstance(exc, TooManyMisses):
             runtime.sensors.add("provisioning_refused_misses")

@@ -281,3 +281,15 @@ def test_the_phones_trusted_lately_are_those_whose_address_answered_or_connected
     registry.clock.now += 100
     assert sorted(registry.trusted_since(3600)) == [("192.0.2.7", 1_800_000_000.0), ("192.0.2.9", 1_800_000_000.0)]
     assert registry.trusted_since(50) == []
+
+
+def test_a_phone_is_proven_at_an_address_only_by_a_fetch_the_address_answered(registry):
+    registry.note("001565abcdef.cfg", "192.0.2.7", "not found", "tftp")  # unanswered: anyone may have sent it
+    assert not registry.proven_at("001565abcdef", "192.0.2.7")
+    registry.note("001565abcdef.cfg", "192.0.2.7", "served", "tftp", answered=True)
+    assert registry.proven_at("001565abcdef", "192.0.2.7") and registry.proven_at("001565abcdef", "::ffff:192.0.2.7")
+    assert not registry.proven_at("001565abcdef", "192.0.2.8") and not registry.proven_at("001565abcdee", "192.0.2.7")
+    registry.note("001565abcdef.cfg", "192.0.2.9", "not found", "tftp")  # a forged request moves nothing
+    assert registry.proven_at("001565abcdef", "192.0.2.7")
+    registry.note("001565abcdef.cfg", "192.0.2.9", "served", "http")  # the phone moved, as its own request shows
+    assert registry.proven_at("001565abcdef", "192.0.2.9") and not registry.proven_at("001565abcdef", "192.0.2.7")

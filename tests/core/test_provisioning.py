@@ -303,3 +303,16 @@ def test_an_address_spent_is_served_its_last_16_names_only(settings):
         budget.provide(settings, names[0], "192.0.2.10", "192.0.2.80")  # the oldest, forgotten
     for name in names[1:]:
         assert budget.provide(settings, name, "192.0.2.10", "192.0.2.80").data
+
+
+def test_an_address_spent_is_served_the_files_of_the_macs_proven_at_it(settings):
+    """The record of phones holds a MAC at the address from a fetch the address answered: a phone there gets its
+    files whatever a forged flood of misses in its address spent (after a restart too: the record is kept)."""
+    budget = misses.MissBudget(FakeClock())
+    settings = limited(settings, 1)
+    with pytest.raises(p.NotFound):
+        budget.provide(settings, "SEP0004f2000001.cnf.xml", "192.0.2.10", "192.0.2.90")
+    proven = {("0004f2abcdef", "192.0.2.90")}.__contains__
+    assert budget.provide(settings, "0004F2ABCDEF.cfg", "192.0.2.10", "192.0.2.90", lambda mac: proven((mac, "192.0.2.90"))).data
+    with pytest.raises(misses.TooManyMisses):
+        budget.provide(settings, "0004f2abcdee.cfg", "192.0.2.10", "192.0.2.90", lambda mac: proven((mac, "192.0.2.90")))

@@ -546,3 +546,39 @@ def test_an_address_guessing_macs_is_refused_every_new_name_once_it_asked_for_it
         assert sensors["provisioning_refused_misses"] == 2
     finally:
         svc.stop()
+
+
+@pytest.mark.real_client
+def test_a_phone_recorded_at_its_address_gets_its_file_after_a_restart_while_its_allowance_is_spent(tmp_path):
+    """curl fetches a phone's own file over TFTP (acknowledged: the record of phones holds its MAC at 127.0.0.1);
+    after a restart (the names served lately are forgotten), tftp-hpa spends the address's allowance of absent
+    names, as a device forging requests in the phone's address would: the phone still gets its file, another
+    MAC's file is refused."""
+    tftp_port = free_udp_port()
+    svc = ServiceProcess(tmp_path / "svc", {"ip_tftp_port": f"127.0.0.1:{tftp_port}", "ip_http_port": f"127.0.0.1:{free_port()}",
+                                            "ip_ntp_port": "", "ip_ldap_port": "", "ip_ldaps_port": "", "ip_snmp_port": "",
+                                            "prov_misses_per_hour": 3})
+    root = svc.directory / "data" / "tftp"
+    root.mkdir(parents=True)
+    (root / "0004f2000aaa.cfg").write_text("the phone at 127.0.0.1\n")
+    (root / "0004f2abcdef.cfg").write_text("another phone's\n")
+    out = tmp_path / "out"
+    svc.start()
+    try:
+        assert subprocess.run(curl_tftp("127.0.0.1", tftp_port, "0004f2000aaa.cfg", "-o", out), timeout=30).returncode == 0
+    finally:
+        svc.stop()
+    svc.start()
+    try:
+        for n in range(3):
+            missed = subprocess.run(tftp_hpa("127.0.0.1", tftp_port, "get", f"SEP0004f2{n:06x}.cnf.xml", out),
+                                    capture_output=True, text=True, timeout=30)
+            assert "Error code 1" in missed.stdout + missed.stderr, missed
+        refused = subprocess.run(tftp_hpa("127.0.0.1", tftp_port, "get", "0004f2abcdef.cfg", out), capture_output=True, text=True,
+                                 timeout=30)
+        assert "prov_misses_per_hour" in refused.stdout + refused.stderr, refused
+        out.unlink(missing_ok=True)
+        assert subprocess.run(curl_tftp("127.0.0.1", tftp_port, "0004f2000aaa.cfg", "-o", out), timeout=30).returncode == 0
+        assert out.read_text() == "the phone at 127.0.0.1\n"
+    finally:
+        svc.stop()

@@ -62,7 +62,7 @@ import gevent
 from gevent import monkey
 
 from ...process.offload import NativeLock, run_off_loop
-from ...proto.clients import AddressBuckets, Shares
+from ...proto.clients import AddressBuckets, Shares, plain_address
 from ...shells.loop import serve_ready_then_continue
 from . import profiles
 from .store import FILE_NAME, PhoneStore, legacy_phones, retire_legacy
@@ -235,6 +235,12 @@ class PhoneRegistry:
         return [(phone["address"], phone["last_seen"]) for phone in self.phones.values()
                 if phone["verified_by"] and phone["address"] and phone["last_seen"] >= cutoff]
 
+    def proven_at(self, mac: str, address: str) -> bool:
+        """Whether the phone of `mac` (lower case) is recorded at `address` by a fetch its address answered (TFTP
+        acknowledged, or HTTP): what a forged request cannot make."""
+        phone = self.phones.get(mac)
+        return phone is not None and bool(phone["verified_by"]) and plain_address(phone["address"]) == plain_address(_clean(address))
+
     def seen_since(self, seconds: float) -> int:
         cutoff = self.clock() - seconds
         return sum(1 for phone in self.phones.values() if phone["last_seen"] >= cutoff)
@@ -341,6 +347,15 @@ def note_fetch(runtime, name: str, address: str, result: str, via: str, user_age
         registry_for(runtime).note(name, address, result, via, user_agent, answered)
     except Exception:
         log.exception("could not record the fetch of %s", _clean(name))
+
+
+def proven_at(runtime, mac: str, address: str) -> bool:
+    """PhoneRegistry.proven_at of the runtime's record; False if it cannot be read."""
+    try:
+        return registry_for(runtime).proven_at(mac, address)
+    except Exception:
+        log.exception("could not read the record of phones")
+        return False
 
 
 def save_all() -> None:
