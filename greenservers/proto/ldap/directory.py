@@ -12,9 +12,11 @@ indexes hold no Python object per value:
   (`national_form`, prefix in either form) and, reversed, by their digits
   from the end ("*4711").
 - `tails`: every number attribute's contacts by a number's last TAIL characters
-  (`NumberTails`, a dict): a number's equality in one probe. Changed with the
-  blobs themselves (an import's contacts as the merge reads them), so it always
-  holds the numbers `blobs` holds.
+  (`NumberTails`, a dict): a number's equality in one probe; a tail shared by
+  more than CROWD contacts (a switchboard's number) is looked up in the
+  attribute's reversed keys instead. Changed with the blobs themselves (an
+  import's contacts as the merge reads them, left out of searches until they
+  are in `order`), so it always holds the numbers `blobs` holds.
 - `Grams` per name attribute: array('i') postings of 3- and 4-grams, append-only between
   compactions (a stale id costs one check against the current value; "*typed*" of 3 or 4
   characters is its gram's posting as it is while that holds no stale id).
@@ -70,6 +72,7 @@ from .index import (
     OBJECTCLASS_ENCODED,
     PAIR,
     SORT_STEP,
+    TAIL,
     UID_TYPE,
     Grams,
     NumberTails,
@@ -386,15 +389,9 @@ class Directory:
                 self._journal.append((id_, new, True))
 
     def _number_tails(self, id_: int, old: bytes | None, new: bytes | None) -> None:
-        """A contact's blob goes from `old` to `new` (None: none): its numbers' tails follow. The number attributes
-        share the tails: all the old ones go before the new ones come (a number moved from homePhone to mobile keeps
-        its tail). Given the contact's own id, the int object a new contact's blob is keyed by: no int more per number."""
-        old_numbers, new_numbers = _numbers(old), _numbers(new)
-        if old_numbers != new_numbers:
-            for number in old_numbers:
-                self.tails.remove(number, id_)
-            for number in new_numbers:
-                self.tails.add(number, id_)
+        """A contact's blob goes from `old` to `new` (None: none): its numbers' tails follow (NumberTails.change: the
+        attributes share them, so a number moved from homePhone to mobile keeps its tail untouched)."""
+        self.tails.change(id_, _numbers(old), _numbers(new))
 
     def _places(self, key: str, value: str | None) -> tuple[tuple[SortedKeys, str], ...]:
         """Where a contact's folded value of `key` is in sorted keys: (sorted keys, the key it has there) for each."""
@@ -574,9 +571,10 @@ class Directory:
         equality, checked by its tail here, and "*typed*") need no verification; the
         rest (other grams, AND) are supersets the predicate checks. An id may come
         more than once, and NOT_A_MATCH for a candidate an exact lookup looked at.
-        Keys are looked up, in their lists as they were when the search began, when
-        their ids are first asked for (`Lookup`): an OR's later lookups cost nothing
-        when the size limit is reached before them.
+        Sorted keys are looked up, in their lists as they were when the search began,
+        when their ids are first asked for (`Lookup`): an OR's later lookups cost
+        nothing when the size limit is reached before them. A number's tail gives its
+        ids as they are (an id added meanwhile too: a contact that is there).
         Sizes are estimated only for an AND's children (the rarest is used).
         """
         looked = 0
@@ -622,7 +620,11 @@ class Directory:
             value = f[2]
             if key in NUMBER_KEYS:  # by its last characters, then checked here (which makes the lookup exact)
                 ids = self.tails.candidates(value)
-                return _same_number(self, self.version, ids, 2 * (FOLDED_AT + AT[key] - 1), value), True, len(ids)
+                if ids is None:  # a Crowd: this attribute's contacts with the tail only
+                    ids, _, size = lookup(self.reversed[key], value[::-1][:TAIL], False, False, sized)
+                else:
+                    size = len(ids)
+                return _same_number(self, self.version, ids, 2 * (FOLDED_AT + AT[key] - 1), value), True, size
             return lookup(self.keys[key], value, True, True, sized)
         initial, anys, final = f[2], f[3], f[4]
         if initial:
@@ -784,13 +786,18 @@ def _merged_ids(a: array, b: array) -> array:
 def _same_number(directory: Directory, version: int, ids: Iterable[int], at: int, number: str) -> Iterator[int]:
     """The ids (the candidates of the number's tail: NumberTails) whose folded number (its end offsets at `at` in the
     blob's header) is `number` (same_number), NOT_A_MATCH for each other candidate: compile_filter's equality of
-    numbers, without compiling it per lookup. Once the directory changed (from `version`, as the search began), every candidate is
-    given: the search checks each against the whole filter (a number moved to another attribute, which an OR's
-    lookup has passed, still matches)."""
+    numbers, without compiling it per lookup. Once the directory changed (from `version`, as the search began), every
+    candidate is given: the search checks each against the whole filter (a number moved to another attribute, which
+    an OR's lookup has passed, still matches). While a merge reads, the tails hold contacts it made that are in no
+    other index nor in `order` yet (their DN without the namesakes' "+uid=" still to be found): those are left out,
+    as a scan leaves them."""
     blobs, unpack = directory.blobs, PAIR.unpack_from
     for i in ids:
         blob = blobs.get(i)
         if blob is not None:
+            if directory._made is None and directory._taken is not None and not _holds(directory.order, i):
+                yield NOT_A_MATCH  # made by a merge still reading
+                continue
             start, end = unpack(blob, at)
             if end > start and same_number(blob[start:end].decode(), number):
                 yield i

@@ -434,6 +434,21 @@ class Grams:
         return chain.from_iterable(lists), sum(map(len, lists))
 
 
+CROWD = 64  # ids a tail holds at most: beyond, a tail shared by many (a switchboard's number) is a Crowd
+
+
+class Crowd:
+    """A tail more than CROWD contacts share (a switchboard's number on every contact): only how many numbers have it
+    is kept. Its equality is looked up in the attribute's reversed keys instead (its contacts there only, where
+    the tail would give every contact that has it in any attribute), and a change costs a count, not a copy of
+    100,000 ids. It stays a Crowd until its last number goes (the ids are not kept to go back)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int):
+        self.count = count
+
+
 class NumberTails:
     """Contacts by the last TAIL characters of each of their numbers, in any number attribute: the candidates of
     a number's equality in one dict probe (each is then checked against the whole number: same_number).
@@ -441,45 +456,77 @@ class NumberTails:
     The reversed keys answered it before: a block of keys and several objects read per attribute, for a phone's
     OR of three numbers 42 us of search warm (30 us with this), more with the caches cold between a phone's
     requests. It holds about 11 MiB at 100,000 contacts (147,620 numbers). A tail of digits is held as an int
-    (half a str's memory; "04711" and "4711" sharing a key only adds a candidate to check). One id is held as
-    an int, more in an array: one added is appended in place (an iteration going on gives it too, a contact
-    that is there), one removed leaves a new array (an iteration goes on over the old)."""
+    (half a str's memory). The key conflates tails that read as the same int ("04711", "4711", "*4711" all 4711;
+    "00000" and "0" both 0): that only adds candidates to check, and a tail so common it passes CROWD ids is a
+    Crowd. One id is held as an int, two to CROWD in an array: one added is appended in place (an iteration going
+    on gives it too, a contact that is there), one removed leaves a new array (an iteration goes on over the old).
+    A contact with two numbers of one tail is held twice (its search gives it once)."""
 
     __slots__ = ("ids",)
 
     def __init__(self):
-        self.ids: dict[int | str, int | array] = {}
+        self.ids: dict[int | str, int | array | Crowd] = {}
 
     @staticmethod
     def key(number: str) -> int | str:
         tail = number[-TAIL:]
         return int(tail) if tail.isdecimal() else tail  # isdecimal: what int() reads, in any script
 
-    def candidates(self, number: str) -> array | tuple[int, ...]:
+    def candidates(self, number: str) -> array | tuple[int, ...] | None:
+        """The ids that may hold `number`, None if its tail is a Crowd (look it up in the reversed keys)."""
         held = self.ids.get(self.key(number))
-        return () if held is None else (held,) if held.__class__ is int else held
+        if held is None:
+            return ()
+        if held.__class__ is int:
+            return (held,)
+        return None if held.__class__ is Crowd else held
 
-    def add(self, number: str, id_: int) -> None:
-        key = self.key(number)
+    def change(self, id_: int, old: list[str], new: list[str]) -> None:
+        """A contact's numbers go from `old` to `new`: it leaves the tails it no longer has and joins those it now
+        has, each counted (two numbers, one tail: held twice); a tail it keeps is not touched (a switchboard's number
+        on every contact costs nothing when a mobile changes)."""
+        gone = [self.key(number) for number in old]
+        come = []
+        for number in new:
+            key = self.key(number)
+            if key in gone:
+                gone.remove(key)
+            else:
+                come.append(key)
+        for key in gone:
+            self._remove(key, id_)
+        for key in come:
+            self._add(key, id_)
+
+    def _add(self, key: int | str, id_: int) -> None:
         held = self.ids.get(key)
         if held is None:
             self.ids[key] = id_
         elif held.__class__ is int:
             self.ids[key] = array("i", (held, id_))
-        else:
+        elif held.__class__ is Crowd:
+            held.count += 1
+        elif len(held) < CROWD:
             held.append(id_)
+        else:
+            self.ids[key] = Crowd(len(held) + 1)
 
-    def remove(self, number: str, id_: int) -> None:
-        key = self.key(number)
+    def _remove(self, key: int | str, id_: int) -> None:
         held = self.ids.get(key)
         if held is None:
             return
         if held.__class__ is int:
             if held == id_:
                 del self.ids[key]
-            return
-        if id_ in held:
-            at = held.index(id_)
+        elif held.__class__ is Crowd:
+            held.count -= 1
+            if not held.count:
+                del self.ids[key]
+        else:
+            try:
+                at = held.index(id_)
+            except ValueError:
+                return
             rest = held[:at] + held[at + 1:]
             self.ids[key] = rest[0] if len(rest) == 1 else rest
 
