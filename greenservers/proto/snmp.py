@@ -42,6 +42,15 @@ the log line the shell writes, rate-limited):
    an existing object (this agent is read-only), tooBig (1) with index 0
    when the reply would exceed MAX_RESPONSE (§4.1.2 (3); if even the echo
    would not fit, with no bindings at all).
+7. **Reflection budget**: UDP sources are not proved, so a device that knows
+   the community can send requests in a trusted station's name and have the
+   replies land on it. A reply's octets beyond twice its request's are
+   drawn from a bucket per destination address (REFLECTION_RATE a second,
+   REFLECTION_BURST at once); a reply the bucket cannot pay is withheld (the
+   poller's retry, a second later, is answered). A poller's GETs and walks
+   stay within twice their requests and never pay; a forged stream of
+   GetNexts over sysDescr gets at most REFLECTION_RATE more octets to its
+   victim than it sends.  -> WITHHELD
 
 The reply is encoded with proto.ber's encoder (the LDAP server's too), for
 exactly the types this agent sends (INTEGER, OCTET STRING, OBJECT IDENTIFIER,
@@ -68,7 +77,7 @@ from typing import Any
 
 from ..sensors import ENTERPRISE_OID, PRODUCT_OID, SENSORS_OID, Sensor
 from .ber import integer as encode_integer, tlv
-from .clients import plain_address
+from .clients import TokenBuckets, plain_address
 from .results import Event, Output
 
 MAX_REQUEST = 8192  # octets decoded at most (gevent's own UDP read size)
@@ -77,6 +86,8 @@ MAX_ARC_OCTETS = 5  # octets of one OID sub-identifier at most: 35 bits hold 2**
 MAX_BINDINGS = 128  # more objects than MAX_RESPONSE can hold (each binding we send is >= 15 octets): tooBig, undecoded
 MAX_CACHED_REQUESTS = 1024
 MAX_CACHED_SOURCES = 4096
+REFLECTION_RATE = 65536  # reply octets beyond twice the requests' a destination gets a second (step 7)
+REFLECTION_BURST = 4 * REFLECTION_RATE
 
 MIB2_SYSTEM = (1, 3, 6, 1, 2, 1, 1)
 SYS_SERVICES = 72  # RFC 1213: layers 4 (end-to-end) and 7 (applications): 2**3 + 2**6
@@ -87,6 +98,7 @@ UNTRUSTED = "untrusted"
 BAD_COMMUNITY = "bad_community"
 BAD_VERSION = "bad_version"
 MALFORMED = "malformed"
+WITHHELD = "withheld"
 
 SENSOR_OF_VERDICT = {
     ANSWERED: "snmp_requests_answered",
@@ -94,6 +106,7 @@ SENSOR_OF_VERDICT = {
     BAD_COMMUNITY: "snmp_rejected_community",
     BAD_VERSION: "snmp_rejected_version",
     MALFORMED: "snmp_rejected_version",  # its description: "not v1 ... or not decodable"
+    WITHHELD: "snmp_replies_withheld",
 }
 
 # RFC 1157 §4.1.1 error-status values
@@ -455,12 +468,13 @@ class Agent:
         self.settings = None
         self._community = b""
         self._bindings_cache: dict[tuple[int, bytes], tuple[tuple[int, ...], ...]] = {}
+        self.reflection = TokenBuckets(REFLECTION_RATE, REFLECTION_BURST)  # step 7: octets per destination
 
     def handle(self, datagram: bytes, host: str, now: float, settings) -> list[Output]:
         """One datagram from `host`: [reply] or [Dropped]. Bugs propagate to the shell."""
         if not self.admits(host, settings):
             return [Dropped(UNTRUSTED)]
-        return self.respond(datagram, now, settings)
+        return self.respond(datagram, host, now, settings)
 
     def admits(self, host: str, settings) -> bool:
         """Step 1 alone (a shell runs it before anything else, and counts a refusal): is `host` trusted?"""
@@ -472,12 +486,19 @@ class Agent:
             answer = self.trust.allows(host, self._trusted)
         return answer
 
-    def respond(self, datagram: bytes, now: float, settings) -> list[Output]:
-        """Steps 2-6 for a datagram from an admitted source: [reply] or [Dropped]."""
+    def respond(self, datagram: bytes, host: str, now: float, settings) -> list[Output]:
+        """Steps 2-7 for a datagram from an admitted source: [reply] or [Dropped]."""
         try:
-            return [self._answer(datagram, now, settings)]
+            reply = self._answer(datagram, now, settings)
         except Dropped as dropped:
             return [dropped.with_traceback(None)]
+        beyond = len(reply) - 2 * len(datagram)
+        if beyond > 0:
+            bucket = self.reflection.entry(plain_address(host), now)  # an IPv4 host is one destination on either socket
+            if bucket[0] < beyond:
+                return [Dropped(WITHHELD, f"replies to it ran over {REFLECTION_RATE} octets a second beyond twice their requests")]
+            bucket[0] -= beyond
+        return [reply]
 
     def _answer(self, datagram: bytes, now: float, settings) -> bytes:
         if len(datagram) > MAX_REQUEST:

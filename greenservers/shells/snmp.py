@@ -32,6 +32,7 @@ DROP_MESSAGES = {
     core.BAD_COMMUNITY: "SNMP request dropped: wrong community",
     core.BAD_VERSION: "SNMP request dropped: %s (this agent speaks v1 only)",
     core.MALFORMED: "SNMP datagram dropped: %s",
+    core.WITHHELD: "SNMP reply withheld: %s (requests forged in its name?)",
 }
 UNTRUSTED_MESSAGE = DROP_MESSAGES[core.UNTRUSTED]
 UNTRUSTED_SENSOR = core.SENSOR_OF_VERDICT[core.UNTRUSTED]
@@ -97,7 +98,7 @@ class SnmpServer(UdpServer):
     def handle(self, data: bytes, address, ancillary) -> None:
         service = self.service
         try:
-            outputs = service.agent.respond(data, time.monotonic(), service.runtime.settings)
+            outputs = service.agent.respond(data, address[0], time.monotonic(), service.runtime.settings)
         except Exception:  # a bug: keep serving; the traceback at most once a minute per source
             if service.ratelog.warning("bug", plain_address(address[0]), "SNMP: error handling a datagram; serving on"):
                 service.log.exception("SNMP: the error was")

@@ -389,3 +389,24 @@ def test_random_datagrams_at_volume_never_raise(agent):
             base[rng.randrange(len(base))] = rng.getrandbits(8)
         agent.handle(bytes(base[: rng.randint(0, len(base))]), "127.0.0.1", 1, settings)
     assert snmp.verdict_of(agent.handle(vector("get_sysdescr"), "127.0.0.1", 1, settings)) == snmp.ANSWERED
+
+
+# -- reflection ----------------------------------------------------------------------
+
+# 19 GetNexts of .1.3 each answer sysDescr: the largest reply a short request buys (about 9 times its size)
+REFLECTED = build_request([(1, 3)] * 19, V1.GetNextRequestPDU)
+
+
+def test_replies_beyond_twice_their_requests_are_paid_from_their_destination_s_budget():
+    agent = snmp.Agent(SensorRegistry(FIXED_SENSORS), 100.0, "pbx1", "greenservers 1.0 SNMP v1 agent on Linux 6.1.0-28-amd64 x86_64")
+    settings = make_settings(snmp_trusted="127.0.0.0/8 ::ffff:127.0.0.0/104")
+    reply = reply_of(agent.handle(REFLECTED, "127.0.0.1", 101.0, settings))
+    beyond = len(reply) - 2 * len(REFLECTED)
+    assert len(reply) > 8 * len(REFLECTED) and beyond > 0
+    answered = 1 + sum(snmp.verdict_of(agent.handle(REFLECTED, "127.0.0.1", 101.0, settings)) == snmp.ANSWERED for _ in range(1000))
+    assert answered == snmp.REFLECTION_BURST // beyond
+    assert agent.handle(REFLECTED, "::ffff:127.0.0.1", 101.0, settings)[0].verdict == snmp.WITHHELD  # the same host
+    assert snmp.verdict_of(agent.handle(build_request([SYS + (3, 0)]), "127.0.0.1", 101.0, settings)) == snmp.ANSWERED  # within 2x
+    assert snmp.verdict_of(agent.handle(REFLECTED, "127.0.0.2", 101.0, settings)) == snmp.ANSWERED  # another destination
+    refilled = sum(snmp.verdict_of(agent.handle(REFLECTED, "127.0.0.1", 102.0, settings)) == snmp.ANSWERED for _ in range(1000))
+    assert refilled in (snmp.REFLECTION_RATE // beyond, snmp.REFLECTION_RATE // beyond + 1)  # a second's refill and the rest

@@ -17,11 +17,11 @@ import time
 import pytest
 import requests
 from support import ServiceProcess, eventually, free_port, free_udp_port
-from support.snmp import bad_inputs
+from support.snmp import V1, bad_inputs, build_request, request_id
 from vectors.snmp_requests import REQUESTS
 
 from greenservers.passwords import hash_password
-from greenservers.proto.snmp import mib_name
+from greenservers.proto.snmp import MAX_RESPONSE, REFLECTION_BURST, REFLECTION_RATE, mib_name
 from greenservers.sensors import DECLARED
 
 pytestmark = pytest.mark.real_client
@@ -219,6 +219,39 @@ def test_bad_datagrams_get_no_answer_or_an_error_and_the_agent_keeps_answering(s
                 reply = sock.recv(65536)
     assert "Traceback" not in svc.log
     assert snmp_value(svc, SYSDESCR).startswith('"greenservers ')
+
+
+def test_replies_to_forged_requests_are_withheld_beyond_the_reflection_budget_while_polls_go_on(svc):
+    """GetNexts of many short OIDs, each answered with sysDescr, come back about 9 times their size: sent in a
+    trusted station's name, what reaches it beyond twice what was sent is at most the budget's burst and its
+    refill over the run (loopback cannot forge a source: the station sends them itself here). A poll within twice
+    its request (snmpwalk's GetNexts, snmpget) is answered meanwhile."""
+    port, sysuptime = svc.port("ip_snmp_port"), build_request([(1, 3, 6, 1, 2, 1, 1, 3, 0)], request_id=1)
+    descr = snmp_value(svc, SYSDESCR)
+    count = (MAX_RESPONSE - 40) // (len(descr) + 14)  # as many sysDescr bindings as a reply holds
+    forged = build_request([(1, 3)] * count, V1.GetNextRequestPDU, request_id=2)
+    before = sensor_value(svc, "snmp_replies_withheld")
+    sent = received = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", port))
+        started = time.monotonic()
+        for _ in range(100):  # 2,000 forged requests in batches, each ended by a sysUpTime GET whose reply ends it
+            for datagram in [forged] * 20 + [sysuptime]:
+                sock.send(datagram)
+                sent += len(datagram)
+            while True:
+                reply = sock.recv(65536)
+                received += len(reply)
+                if request_id(reply) == 1:  # the sysUpTime reply: every forged one before it was answered or withheld
+                    break
+                assert len(reply) > 8 * len(forged), len(reply)
+        elapsed = time.monotonic() - started
+    assert received - 2 * sent <= REFLECTION_BURST + REFLECTION_RATE * elapsed, (received, sent, elapsed)
+    assert sensor_value(svc, "snmp_replies_withheld") - before > 1000
+    assert len(wait_for_log_count(svc, "SNMP reply withheld", 1)) == 1  # once a minute per source
+    walk = run("snmpwalk", "-v1", "-c", "public", agent(svc), ".1.3.6.1.2.1.1")
+    assert walk.returncode == 0 and "Timeout" not in walk.stderr and len(walk.stdout.splitlines()) == 7, walk.stderr
 
 
 # -- the sensors shown three ways --------------------------------------------------------------
