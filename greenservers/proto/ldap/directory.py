@@ -465,11 +465,7 @@ class Directory:
             while keys.blocks:
                 del keys.blocks[-blocks:], keys.heads[-blocks:]
                 yield
-        tails = self.tails.ids
-        while tails:
-            for _ in range(min(per_step, len(tails))):
-                tails.popitem()
-            yield
+        self.tails.clear()  # a few arrays
         for grams in self.grams.values():
             postings = grams.postings
             while postings:
@@ -574,7 +570,7 @@ class Directory:
         Sorted keys are looked up, in their lists as they were when the search began,
         when their ids are first asked for (`Lookup`): an OR's later lookups cost
         nothing when the size limit is reached before them. A number's tail gives its
-        ids as they are (an id added meanwhile too: a contact that is there).
+        ids as they are when it is looked up.
         Sizes are estimated only for an AND's children (the rarest is used).
         """
         looked = 0
