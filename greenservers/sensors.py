@@ -237,8 +237,8 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("snmp_rejected_community", 52, C, "SNMP requests dropped: wrong community."),
     Sensor("snmp_rejected_version", 53, C, "SNMP requests dropped: not SNMP v1 (v2c, v3) or not decodable."),
     Sensor("snmp_replies_withheld", 39, C,  # 54-59 are LDAP's
-           "SNMP replies withheld: their destination's replies ran over 64 KiB a second beyond twice their requests' size "
-           "(requests forged in a trusted address's name, reflected at it)."),
+           "SNMP replies withheld: their destination's replies ran over 64 KiB a second beyond twice their requests' size, "
+           "or all replies over 256 KiB (requests forged in trusted addresses' names, reflected at them)."),
     # certificates (HTTPS and LDAPS)
     Sensor("tls_certificate_days_left", 60, G,
            "Time until the served HTTPS/LDAPS certificate expires (the earliest of its ECDSA and RSA chains), in whole days; 0 in its "

@@ -46,11 +46,13 @@ the log line the shell writes, rate-limited):
    the community can send requests in a trusted station's name and have the
    replies land on it. A reply's octets beyond twice its request's are
    drawn from a bucket per destination address (REFLECTION_RATE a second,
-   REFLECTION_BURST at once); a reply the bucket cannot pay is withheld (the
-   poller's retry, a second later, is answered). A poller's GETs and walks
-   stay within twice their requests and never pay; a forged stream of
-   GetNexts over sysDescr gets at most REFLECTION_RATE more octets to its
-   victim than it sends.  -> WITHHELD
+   REFLECTION_BURST at once) and from one for all (four times those: forged
+   sources spread over a trusted network, each a bucket, or evicting a
+   victim's bucket from the table, are held by it); a reply the buckets
+   cannot pay is withheld (the poller's retry, a second later, is answered).
+   A poller's GETs and walks stay within twice their requests and never pay;
+   a forged stream of GetNexts over sysDescr gets at most REFLECTION_RATE
+   more octets to its victim than it sends.  -> WITHHELD
 
 The reply is encoded with proto.ber's encoder (the LDAP server's too), for
 exactly the types this agent sends (INTEGER, OCTET STRING, OBJECT IDENTIFIER,
@@ -88,6 +90,7 @@ MAX_CACHED_REQUESTS = 1024
 MAX_CACHED_SOURCES = 4096
 REFLECTION_RATE = 65536  # reply octets beyond twice the requests' a destination gets a second (step 7)
 REFLECTION_BURST = 4 * REFLECTION_RATE
+ALL_DESTINATIONS = "*"  # the key of the bucket every destination draws on too (no address is written so)
 
 MIB2_SYSTEM = (1, 3, 6, 1, 2, 1, 1)
 SYS_SERVICES = 72  # RFC 1213: layers 4 (end-to-end) and 7 (applications): 2**3 + 2**6
@@ -469,6 +472,7 @@ class Agent:
         self._community = b""
         self._bindings_cache: dict[tuple[int, bytes], tuple[tuple[int, ...], ...]] = {}
         self.reflection = TokenBuckets(REFLECTION_RATE, REFLECTION_BURST)  # step 7: octets per destination
+        self.reflection_total = TokenBuckets(4 * REFLECTION_RATE, 4 * REFLECTION_BURST, max_keys=1)
 
     def handle(self, datagram: bytes, host: str, now: float, settings) -> list[Output]:
         """One datagram from `host`: [reply] or [Dropped]. Bugs propagate to the shell."""
@@ -494,10 +498,14 @@ class Agent:
             return [dropped.with_traceback(None)]
         beyond = len(reply) - 2 * len(datagram)
         if beyond > 0:
+            total = self.reflection_total.entry(ALL_DESTINATIONS, now)
+            if total[0] < beyond:
+                return [Dropped(WITHHELD, f"replies to all ran over {4 * REFLECTION_RATE} octets a second beyond twice their requests")]
             bucket = self.reflection.entry(plain_address(host), now)  # an IPv4 host is one destination on either socket
             if bucket[0] < beyond:
                 return [Dropped(WITHHELD, f"replies to it ran over {REFLECTION_RATE} octets a second beyond twice their requests")]
             bucket[0] -= beyond
+            total[0] -= beyond
         return [reply]
 
     def _answer(self, datagram: bytes, now: float, settings) -> bytes:

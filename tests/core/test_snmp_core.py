@@ -410,3 +410,15 @@ def test_replies_beyond_twice_their_requests_are_paid_from_their_destination_s_b
     assert snmp.verdict_of(agent.handle(REFLECTED, "127.0.0.2", 101.0, settings)) == snmp.ANSWERED  # another destination
     refilled = sum(snmp.verdict_of(agent.handle(REFLECTED, "127.0.0.1", 102.0, settings)) == snmp.ANSWERED for _ in range(1000))
     assert refilled in (snmp.REFLECTION_RATE // beyond, snmp.REFLECTION_RATE // beyond + 1)  # a second's refill and the rest
+
+
+def test_replies_to_many_destinations_are_paid_from_a_budget_for_all_too():
+    """Forged sources spread over a trusted network each meet a full bucket of their own: the budget for all holds
+    them (four destinations' worth)."""
+    agent = snmp.Agent(SensorRegistry(FIXED_SENSORS), 100.0, "pbx1", "greenservers 1.0 SNMP v1 agent on Linux 6.1.0-28-amd64 x86_64")
+    settings = make_settings(snmp_trusted="10.0.0.0/8")
+    verdicts = [snmp.verdict_of(agent.handle(REFLECTED, f"10.0.{n // 250}.{n % 250}", 101.0, settings)) for n in range(5000)]
+    beyond = len(reply_of(agent.handle(build_request([(1, 3)] * 19, V1.GetNextRequestPDU), "10.1.0.1", 102.0, settings)))
+    beyond -= 2 * len(REFLECTED)
+    assert verdicts.count(snmp.ANSWERED) == 4 * snmp.REFLECTION_BURST // beyond
+    assert verdicts[-1] == snmp.WITHHELD
