@@ -686,6 +686,15 @@ def test_the_tails_entries_a_change_frees_are_used_again():
     assert found_dns(directory, decoded("(mobile=0171 900428)")) == []
 
 
+def test_a_number_is_answered_in_the_order_of_the_contacts_however_its_tail_was_made():
+    """Contacts whose numbers share a tail answer a number's search in ascending order, as a directory built from
+    scratch answers, after changes have added them to the tail in another order."""
+    directory = ldap.Directory(BASE, [Contact(i, "Jo", f"Name{i}", mobile=f"+49 171 {i}00555") for i in (1, 2, 3)])
+    for i in (2, 1, 3):  # each moves to the shared tail, the first contact in the middle
+        directory.put(Contact(i, "Jo", f"Name{i}", mobile="+49 171 555"))
+    assert found_dns(directory, decoded("(mobile=0171 555)")) == [f"cn=Jo Name{i},dc=pbx" for i in (1, 2, 3)]
+
+
 def test_a_crowded_number_is_looked_up_in_its_own_attribute():
     """(mobile=<the switchboard's number>): no contact's mobile has its tail, so no candidate is read, where the tail
     shared with telephoneNumber gave every contact; (telephoneNumber=<it>) finds them all."""

@@ -470,27 +470,28 @@ class NumberTails:
         return int(tail) if tail.isdecimal() else tail  # isdecimal: what int() reads, in any script
 
     def candidates(self, number: str) -> list[int] | None:
-        """The ids that may hold `number`, as they are now; None if its tail is a crowd (look it up in the reversed
-        keys)."""
+        """The ids that may hold `number`, as they are now, ascending (a search answers in the order of its lookups:
+        the same order however the chain was made); None if its tail is a crowd (look it up in the reversed keys)."""
         key = self.key(number)
         if key in self.crowds:
             return None
         if key.__class__ is str:
-            return list(self.lettered.get(key, ()))
+            return sorted(self.lettered.get(key, ()))
         if not self.heads:
             return []
         ids, links, found, entry = self.ids, self.links, [], self.heads[key]
         while entry:
             found.append(ids[entry - 1])
             entry = links[entry - 1]
+        found.sort()  # a chain is newest first
         return found
 
     def held(self) -> dict[int | str, list[int]]:
         """Every tail but the crowds with its ids, ascending (what a check compares)."""
-        held = {key: sorted(ids) for key, ids in self.lettered.items()}
+        held = {key: self.candidates(key) for key in self.lettered}
         for key, head in enumerate(self.heads):
             if head:
-                held[key] = sorted(self.candidates(str(key)))
+                held[key] = self.candidates(str(key))
         return held
 
     def change(self, id_: int, old: list[str], new: list[str]) -> None:
