@@ -15,8 +15,9 @@ rate, the new phones a source adds to the Phones record, LDAP's searches in
 progress, unfinished paged searches and connections.
 
 `ClientTable` keeps one entry per client in bounded memory (the least
-recently seen client is forgotten beyond `max_keys`); the caller passes the
-monotonic time in (sans-IO). Two limits are built on it:
+recently seen client is forgotten beyond `max_keys`, a bucket's debt kept
+behind it); the caller passes the monotonic time in (sans-IO). Two limits
+are built on it:
 
 - `TokenBuckets`: a bucket per client that fills at `rate` up to `capacity`.
   Users: TFTP's unacknowledged bytes per destination address
@@ -44,6 +45,7 @@ files uploads/ keeps per address and per /64 (provisioning.uploads).
 from __future__ import annotations
 
 import ipaddress
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from functools import lru_cache
@@ -97,6 +99,9 @@ def plain_address(host: str) -> str:
     return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
+DEBT_SLOTS = 1 << 16  # where TokenBuckets keep the debts of buckets pushed out of their table (512 KiB once used)
+
+
 class ClientTable:
     """An entry per client key; the least recently seen keys are forgotten beyond `max_keys`.
 
@@ -117,13 +122,20 @@ class ClientTable:
     def refresh(self, entry: list, now: float) -> None:
         """Bring `entry` up to `now` (a refill, failures forgotten)."""
 
+    def forgotten(self, key: str, entry: list, now: float) -> None:
+        """`key`'s entry was pushed out of the table (it was the least recently seen)."""
+
+    def made(self, key: str, entry: list, now: float) -> None:
+        """`key`'s entry was just made by `new_entry` (it was new, or forgotten)."""
+
     def entry(self, key: str, now: float) -> list:
         """The key's entry, up to date at `now` (made if it is new or was forgotten)."""
         entry = self._entries.get(key)
         if entry is None:
             if len(self._entries) >= self.max_keys:
-                self._entries.popitem(last=False)
+                self.forgotten(*self._entries.popitem(last=False), now)
             entry = self._entries[key] = self.new_entry(now)
+            self.made(key, entry, now)
         else:
             self._entries.move_to_end(key)
             self.refresh(entry, now)
@@ -136,14 +148,41 @@ class ClientTable:
 class TokenBuckets(ClientTable):
     """A token bucket per key, starting full. `rate` and `capacity` may be changed at any time
     (a setting changed). Each entry is a list [tokens, time of the last refill, ...]: a subclass
-    may keep more per key after those two (see `new_entry`)."""
+    may keep more per key after those two (see `new_entry`).
+
+    A bucket pushed out of the table while short of full leaves its debt behind: when it would be
+    full again, in a slot of `debts` chosen by a hash of its key (the str hash is keyed per process,
+    so no key can be made to fall in a chosen slot), and a bucket made in that slot starts that far
+    from full. Else one source seen again after the table filled (4,096 others: forged UDP sources
+    cost a packet each) would find its bucket full: a device guessing phones' MACs over TFTP would
+    have its allowance again for every 4,096 forged requests. A slot keeps the latest time it is
+    given, so a new key sharing a slot with a debt pays it (DEBT_SLOTS slots: to weigh on an
+    unknown newcomer a flood must keep most of them in debt). The slots are made at the first such
+    eviction (most tables never fill)."""
 
     def __init__(self, rate: float, capacity: float, max_keys: int = 4096):
         super().__init__(max_keys)
         self.rate, self.capacity = rate, capacity
+        self.debts: array | None = None  # per slot, when the bucket last pushed out in it is full again
 
     def new_entry(self, now: float) -> list:
         return [float(self.capacity), now]
+
+    def forgotten(self, key: str, entry: list, now: float) -> None:
+        self.refresh(entry, now)
+        owed = self.capacity - entry[0]
+        if owed <= 0 or self.rate <= 0:  # full, or a table that never refills (sized later): nothing to keep
+            return
+        if self.debts is None:
+            self.debts = array("d", bytes(8 * DEBT_SLOTS))
+        slot = hash(key) & (DEBT_SLOTS - 1)
+        self.debts[slot] = max(self.debts[slot], now + owed / self.rate)
+
+    def made(self, key: str, entry: list, now: float) -> None:
+        if self.debts is not None:
+            full_at = self.debts[hash(key) & (DEBT_SLOTS - 1)]
+            if full_at > now:
+                entry[0] = self.capacity - (full_at - now) * self.rate
 
     def refresh(self, entry: list, now: float) -> None:
         if now > entry[1]:

@@ -264,6 +264,26 @@ def test_an_address_that_asked_for_its_allowance_of_absent_files_is_refused_what
         budget.provide(settings, "0004f2abcdee.cfg", "192.0.2.10", "192.0.2.50")
 
 
+def test_an_address_spent_stays_spent_however_many_other_addresses_ask_after_it(settings):
+    """A device that spent its allowance and then forges requests for absent names from 5,000 other addresses
+    (pushing its own out of the table of 4,096) is still refused: without the debts kept, it was given a full
+    allowance again for every 4,096 forged requests."""
+    clock, budget = FakeClock(), misses.MissBudget()
+    budget.clock = clock
+    settings = limited(settings, 3)
+    for n in range(3):
+        with pytest.raises(p.NotFound):
+            budget.provide(settings, f"SEP0004f200000{n}.cnf.xml", "192.0.2.10", "192.0.2.50")
+    for n in range(5000):
+        with pytest.raises(p.NotFound):
+            budget.provide(settings, "SEP0004f2000009.cnf.xml", "192.0.2.10", f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}")
+    assert len(budget.buckets.addresses) == 4096
+    with pytest.raises(misses.TooManyMisses):
+        budget.provide(settings, "0004f2abcdef.cfg", "192.0.2.10", "192.0.2.50")
+    clock.now += 3600 / 3  # its refill goes on as it would have in the table
+    assert budget.provide(settings, "0004f2abcdef.cfg", "192.0.2.10", "192.0.2.50").data
+
+
 def test_a_refused_name_counts_as_a_miss_and_an_ipv6_64_shares_eight_allowances(settings):
     budget = misses.MissBudget(FakeClock())
     settings = limited(settings, 2)
