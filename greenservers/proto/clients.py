@@ -16,7 +16,7 @@ progress, unfinished paged searches and connections.
 
 `ClientTable` keeps one entry per client in bounded memory (the least
 recently seen client is forgotten beyond `max_keys`, a bucket's debt kept
-behind it); the caller passes the monotonic time in (sans-IO). Two limits
+behind it, for that key only); the caller passes the monotonic time in (sans-IO). Two limits
 are built on it:
 
 - `TokenBuckets`: a bucket per client that fills at `rate` up to `capacity`.
@@ -99,7 +99,8 @@ def plain_address(host: str) -> str:
     return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
-DEBT_SLOTS = 1 << 16  # where TokenBuckets keep the debts of buckets pushed out of their table (512 KiB once used)
+DEBT_SLOT_BITS = 16
+DEBT_SLOTS = 1 << DEBT_SLOT_BITS  # where TokenBuckets keep the debts of buckets pushed out of their table (1 MiB once used)
 
 
 class ClientTable:
@@ -151,19 +152,21 @@ class TokenBuckets(ClientTable):
     may keep more per key after those two (see `new_entry`).
 
     A bucket pushed out of the table while short of full leaves its debt behind: when it would be
-    full again, in a slot of `debts` chosen by a hash of its key (the str hash is keyed per process,
-    so no key can be made to fall in a chosen slot), and a bucket made in that slot starts that far
-    from full. Else one source seen again after the table filled (4,096 others: forged UDP sources
-    cost a packet each) would find its bucket full: a device guessing phones' MACs over TFTP would
-    have its allowance again for every 4,096 forged requests. A slot keeps the latest time it is
-    given, so a new key sharing a slot with a debt pays it (DEBT_SLOTS slots: to weigh on an
-    unknown newcomer a flood must keep most of them in debt). The slots are made at the first such
-    eviction (most tables never fill)."""
+    full again, in a slot of `full_at` chosen by the low bits of its key's hash, beside the hash's
+    other bits (`owed_by`), and a bucket made for the same key (slot and bits alike) starts that
+    far from full. Else a source seen again after the table filled (4,096 others: forged UDP
+    sources cost a packet each) found its bucket full: a device guessing phones' MACs over TFTP
+    had its allowance again for every 4,096 forged requests. The str hash is keyed per process, so
+    no key can be made to share another's slot and bits: a newcomer never pays another's debt. Two
+    debts in one slot: the one paid off later is kept (the other bucket comes back full, as all did
+    before). The slots are made at the first such eviction (most tables never fill).
+    """
 
     def __init__(self, rate: float, capacity: float, max_keys: int = 4096):
         super().__init__(max_keys)
         self.rate, self.capacity = rate, capacity
-        self.debts: array | None = None  # per slot, when the bucket last pushed out in it is full again
+        self.full_at: array | None = None  # per slot: when the debt left there is paid off
+        self.owed_by: array | None = None  # per slot: the bits of the key's hash that are not the slot's
 
     def new_entry(self, now: float) -> list:
         return [float(self.capacity), now]
@@ -173,16 +176,20 @@ class TokenBuckets(ClientTable):
         owed = self.capacity - entry[0]
         if owed <= 0 or self.rate <= 0:  # full, or a table that never refills (sized later): nothing to keep
             return
-        if self.debts is None:
-            self.debts = array("d", bytes(8 * DEBT_SLOTS))
-        slot = hash(key) & (DEBT_SLOTS - 1)
-        self.debts[slot] = max(self.debts[slot], now + owed / self.rate)
+        if self.full_at is None:
+            self.full_at, self.owed_by = array("d", bytes(8 * DEBT_SLOTS)), array("q", bytes(8 * DEBT_SLOTS))
+        hashed = hash(key)
+        slot, paid_off = hashed & (DEBT_SLOTS - 1), now + owed / self.rate
+        if paid_off >= self.full_at[slot] or self.owed_by[slot] == hashed >> DEBT_SLOT_BITS:
+            self.full_at[slot], self.owed_by[slot] = paid_off, hashed >> DEBT_SLOT_BITS
 
     def made(self, key: str, entry: list, now: float) -> None:
-        if self.debts is not None:
-            full_at = self.debts[hash(key) & (DEBT_SLOTS - 1)]
-            if full_at > now:
-                entry[0] = self.capacity - (full_at - now) * self.rate
+        if self.full_at is not None:
+            hashed = hash(key)
+            slot = hashed & (DEBT_SLOTS - 1)
+            if self.owed_by[slot] == hashed >> DEBT_SLOT_BITS and self.full_at[slot] > now:
+                entry[0] = self.capacity - (self.full_at[slot] - now) * self.rate
+                self.full_at[slot] = 0.0  # back in the table: its debt is its entry's again
 
     def refresh(self, entry: list, now: float) -> None:
         if now > entry[1]:
