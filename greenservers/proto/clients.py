@@ -103,6 +103,13 @@ DEBT_SLOT_BITS = 16
 DEBT_SLOTS = 1 << DEBT_SLOT_BITS  # where TokenBuckets keep the debts of buckets pushed out of their table (1 MiB once used)
 
 
+def _debt_slot(key: str) -> tuple[int, int]:
+    """Where a key's debt is kept (the low bits of its keyed hash) and the rest of the hash, which tells its debt
+    from another's in that slot."""
+    hashed = hash(key)
+    return hashed & (DEBT_SLOTS - 1), hashed >> DEBT_SLOT_BITS
+
+
 class ClientTable:
     """An entry per client key; the least recently seen keys are forgotten beyond `max_keys`.
 
@@ -178,16 +185,15 @@ class TokenBuckets(ClientTable):
             return
         if self.full_at is None:
             self.full_at, self.owed_by = array("d", bytes(8 * DEBT_SLOTS)), array("q", bytes(8 * DEBT_SLOTS))
-        hashed = hash(key)
-        slot, paid_off = hashed & (DEBT_SLOTS - 1), now + owed / self.rate
-        if paid_off >= self.full_at[slot] or self.owed_by[slot] == hashed >> DEBT_SLOT_BITS:
-            self.full_at[slot], self.owed_by[slot] = paid_off, hashed >> DEBT_SLOT_BITS
+        slot, owner = _debt_slot(key)
+        paid_off = now + owed / self.rate
+        if paid_off >= self.full_at[slot] or self.owed_by[slot] == owner:
+            self.full_at[slot], self.owed_by[slot] = paid_off, owner
 
     def made(self, key: str, entry: list, now: float) -> None:
         if self.full_at is not None:
-            hashed = hash(key)
-            slot = hashed & (DEBT_SLOTS - 1)
-            if self.owed_by[slot] == hashed >> DEBT_SLOT_BITS and self.full_at[slot] > now:
+            slot, owner = _debt_slot(key)
+            if self.owed_by[slot] == owner and self.full_at[slot] > now:
                 entry[0] = self.capacity - (self.full_at[slot] - now) * self.rate
                 self.full_at[slot] = 0.0  # back in the table: its debt is its entry's again
 
