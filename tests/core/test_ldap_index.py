@@ -739,3 +739,74 @@ def test_the_phones_short_substring_item_of_spaces_decodes_as_the_general_path_r
     data = ber.tlv(ldap.F_SUB, ber.octets("cn") + ber.sequence(ber.tlv(0x81, b"  ")))  # (cn=*  *)
     tag, start, stop = ber.read_header(data, 0, len(data))
     assert ldap.decode_filter(data, tag, start, stop, 0, ldap.decode_budget()) == (ldap.F_SUB, "cn", "", (), "")
+
+
+NUMBER_ATTRIBUTES = ["telephoneNumber", "mobile", "homePhone", "ipPhone"]
+
+
+def found_ids(directory: ldap.Directory, flt, limit: int | None = None) -> list[int]:
+    found = array("i")
+    for _ in ldap.find_entries(directory, [], True, flt, found, limit):
+        pass
+    return list(found)
+
+
+def found_in_steps(directory: ldap.Directory, flt, limit: int | None, monkeypatch) -> list[int]:
+    """What find_entries finds by candidate_steps' way, the one-call lookup of numbers turned off."""
+    with monkeypatch.context() as patched:
+        patched.setattr(ldap.Directory, "number_matches", lambda self, f, limit: None)
+        return found_ids(directory, flt, limit)
+
+
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                            HealthCheck.function_scoped_fixture])
+@given(start=st.lists(contacts_strategy(), max_size=20), operations=OPERATIONS, crowd=st.sampled_from([2, index.CROWD]),
+       asked=st.lists(st.lists(st.tuples(st.sampled_from(NUMBER_ATTRIBUTES), st.sampled_from(NUMBERS[1:] + ["0", "555"])),
+                               min_size=1, max_size=4), min_size=1, max_size=6),
+       same=st.booleans())
+def test_a_number_lookup_made_in_one_call_finds_what_the_stepped_lookup_finds_in_its_order(start, operations, crowd, asked,
+                                                                                         same, monkeypatch):
+    """Phones' number filters (one number in each attribute, or several numbers), after adds, changes, deletes and
+    imports, with tails crowded or not: the ids number_matches gives are those the stepped lookup finds, in the same
+    order, whole and cut at a size limit."""
+    crowd, index.CROWD = index.CROWD, crowd
+    try:
+        contacts = {i: Contact(i, **fields) for i, fields in enumerate(start, 1)}
+        directory = ldap.Directory(BASE, contacts.values())
+        apply(directory, operations, contacts)
+        for items in asked:
+            if same:
+                items = [(attribute, items[0][1]) for attribute, _ in items]
+            text = "".join(f"({attribute}={number})" for attribute, number in items)
+            flt = decoded(text if len(items) == 1 else f"(|{text})")
+            for limit in (None, 1, 2):
+                assert found_ids(directory, flt, limit) == found_in_steps(directory, flt, limit, monkeypatch), (text, limit)
+    finally:
+        index.CROWD = crowd
+
+
+def test_a_number_lookup_is_made_in_one_call_only_when_it_is_small_and_the_directory_settled():
+    """number_matches answers a phone's OR of numbers; a crowded tail, more candidates than NUMBER_CHECKS, a filter of
+    another kind and a merge under way are left to the stepped lookup (None)."""
+    directory = ldap.Directory(BASE, [Contact(i, "Jo", f"Name{i:04d}", work=f"+49 30 {i:07d}", mobile=f"+49 171 {i:07d}")
+                                      for i in range(1, 201)])
+    phone = "(|(telephoneNumber=0049300000007)(mobile=0049300000007)(homePhone=0049300000007))"
+    assert directory.number_matches(decoded(phone), None) == [7]
+    assert directory.number_matches(decoded("(mobile=0171 0000009)"), 5) == [9]
+    for other in ("(cn=Jo*)", "(|(telephoneNumber=030 0000007)(cn=jo))", "(telephoneNumber=*07)", "(|)",
+                  "(&(telephoneNumber=030 0000007))"):
+        assert directory.number_matches(decoded(other), None) is None, other
+    switchboard = switchboard_directory(index.CROWD + 1)
+    assert switchboard.number_matches(decoded(f"(telephoneNumber={SWITCHBOARD})"), None) is None
+    near = ldap.Directory(BASE, [Contact(i, "Jo", f"Name{i:04d}", work=f"+49 30 {i:02d}00000") for i in range(1, index.CROWD + 1)])
+    one = "(telephoneNumber=0)"  # every number ends in 00000: CROWD candidates (a tail's most), none of them 0
+    assert near.number_matches(decoded(one), None) == []
+    enough = f"(|{one * (ldap.NUMBER_CHECKS // index.CROWD)})"  # NUMBER_CHECKS candidates checked
+    assert near.number_matches(decoded(enough), None) == []
+    assert near.number_matches(decoded(f"(|{one}{enough[2:]}"), None) is None  # a tail's more
+    steps = directory.merge_steps([Contact(i, "Bert", "Neu", work=f"+49 30 555 {i:04d}") for i in range(300, 300 + index.MERGE_STEP + 3)])
+    next(steps)
+    assert directory.number_matches(decoded(phone), None) is None
+    for _ in steps:
+        pass
+    assert directory.number_matches(decoded(phone), None) == [7]

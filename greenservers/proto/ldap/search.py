@@ -236,6 +236,7 @@ def find_entries(directory: Directory, first: list[Entry], contacts: bool, flt, 
     alphabetical for name lookups; exact lookups skip the filter, and the check that a
     contact is still there, while the directory has not changed since the search
     began, and take MATCH_STEP_UNITS candidates a slice), else from a scan in id order.
+    A phone's number lookup, a bounded few candidates, is made at once (`number_matches`).
     """
     check_first = None  # compiled here, in the search's first slice, unless no entry of `first` may match
     for k, entry in enumerate(first):
@@ -246,6 +247,10 @@ def find_entries(directory: Directory, first: list[Entry], contacts: bool, flt, 
         if check_first(entry):
             found.append(-1 - k)
     if not contacts or (limit is not None and len(found) >= limit):
+        return
+    matches = directory.number_matches(flt, None if limit is None else limit - len(found))
+    if matches is not None:
+        found.extend(matches)
         return
     predicate = None  # compiled when a candidate needs it (an exact lookup needs none)
     stride = max(1, MATCH_STEP_UNITS // (filter_units(flt) if units is None else units))
