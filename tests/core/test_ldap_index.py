@@ -786,8 +786,8 @@ def test_a_number_lookup_made_in_one_call_finds_what_the_stepped_lookup_finds_in
 
 
 def test_a_number_lookup_is_made_in_one_call_only_when_it_is_small_and_the_directory_settled():
-    """number_matches answers a phone's OR of numbers; a crowded tail, more candidates than NUMBER_CHECKS, a filter of
-    another kind and a merge under way are left to the stepped lookup (None)."""
+    """number_matches answers a phone's OR of numbers; a crowded tail, more candidates than NUMBER_CHECKS, more
+    lookups than a step makes, a filter of another kind and a merge under way are left to the stepped lookup (None)."""
     directory = ldap.Directory(BASE, [Contact(i, "Jo", f"Name{i:04d}", work=f"+49 30 {i:07d}", mobile=f"+49 171 {i:07d}")
                                       for i in range(1, 201)])
     phone = "(|(telephoneNumber=0049300000007)(mobile=0049300000007)(homePhone=0049300000007))"
@@ -804,6 +804,9 @@ def test_a_number_lookup_is_made_in_one_call_only_when_it_is_small_and_the_direc
     enough = f"(|{one * (ldap.NUMBER_CHECKS // index.CROWD)})"  # NUMBER_CHECKS candidates checked
     assert near.number_matches(decoded(enough), None) == []
     assert near.number_matches(decoded(f"(|{one}{enough[2:]}"), None) is None  # a tail's more
+    lookups = "".join(f"(mobile=0171 {k:07d})" for k in range(ldap.LOOKUPS_PER_STEP))
+    assert directory.number_matches(decoded(f"(|{lookups})"), None) == list(range(1, ldap.LOOKUPS_PER_STEP))
+    assert directory.number_matches(decoded(f"(|{lookups}(mobile=0171 0000099))"), None) is None  # a step's lookups
     steps = directory.merge_steps([Contact(i, "Bert", "Neu", work=f"+49 30 555 {i:04d}") for i in range(300, 300 + index.MERGE_STEP + 3)])
     next(steps)
     assert directory.number_matches(decoded(phone), None) is None

@@ -609,11 +609,11 @@ class Directory:
     def number_matches(self, f, limit: int | None) -> list[int] | None:
         """A phone's number lookup whole, in one call: the ids that match `f`, an equality of a number attribute
         or an OR of them, in candidate_steps' order, each once, at most `limit` (None: all). None for any other
-        filter, a crowded tail, more than NUMBER_CHECKS candidates to check, or a merge under way: the search
-        then takes candidate_steps' way, in steps. A phone's search is cold between its requests, and the
+        filter, an OR of more than LOOKUPS_PER_STEP, a crowded tail, more than NUMBER_CHECKS candidates to check,
+        or a merge under way: the search then takes candidate_steps' way, in steps. A phone's search is cold between its requests, and the
         generators and checks of a search that runs in slices cost it a third of its time."""
         items = f[1] if f[0] == F_OR else (f,)
-        if not items or self._taken is not None:
+        if not items or len(items) > LOOKUPS_PER_STEP or self._taken is not None:
             return None
         for item in items:
             if item[0] != F_EQ or ALIAS.get(item[1], item[1]) not in NUMBER_KEYS:
