@@ -803,7 +803,9 @@ def test_a_number_lookup_is_made_in_one_call_only_when_it_is_small_and_the_direc
     assert near.number_matches(decoded(one), None) == []
     enough = f"(|{one * (ldap.NUMBER_CHECKS // index.CROWD)})"  # NUMBER_CHECKS candidates checked
     assert near.number_matches(decoded(enough), None) == []
+    read = counting_reads(near)
     assert near.number_matches(decoded(f"(|{one}{enough[2:]}"), None) is None  # a tail's more
+    assert read == []  # told before a candidate is read: the stepped lookup does not check them twice
     lookups = "".join(f"(mobile=0171 {k:07d})" for k in range(ldap.LOOKUPS_PER_STEP))
     assert directory.number_matches(decoded(f"(|{lookups})"), None) == list(range(1, ldap.LOOKUPS_PER_STEP))
     assert directory.number_matches(decoded(f"(|{lookups}(mobile=0171 0000099))"), None) is None  # a step's lookups

@@ -609,32 +609,36 @@ class Directory:
     def number_matches(self, f, limit: int | None) -> list[int] | None:
         """A phone's number lookup whole, in one call: the ids that match `f`, an equality of a number attribute
         or an OR of them, in candidate_steps' order, each once, at most `limit` (None: all). None for any other
-        filter, an OR of more than LOOKUPS_PER_STEP, a crowded tail, more than NUMBER_CHECKS candidates to check,
-        or a merge under way: the search then takes candidate_steps' way, in steps. A phone's search is cold between its requests, and the
-        generators and checks of a search that runs in slices cost it a third of its time."""
+        filter, an OR of more than LOOKUPS_PER_STEP, a crowded tail, more than NUMBER_CHECKS candidates to check
+        (told before any is), or a merge under way: the search then takes candidate_steps' way, in steps. A
+        phone's search is cold between its requests, and the generators and checks of a search that runs in
+        slices cost it a third of its time."""
         items = f[1] if f[0] == F_OR else (f,)
         if not items or len(items) > LOOKUPS_PER_STEP or self._taken is not None:
             return None
+        lookups = []  # (where the item's attribute is in a blob's header, its number, the number's candidates)
+        checks, number, ids = 0, None, None
         for item in items:
-            if item[0] != F_EQ or ALIAS.get(item[1], item[1]) not in NUMBER_KEYS:
+            if item[0] != F_EQ:
                 return None
-        blobs, unpack, tails = self.blobs, PAIR.unpack_from, self.tails
-        found: list[int] = []
-        checks = NUMBER_CHECKS
-        number = ids = None
-        for item in items:
+            key = ALIAS.get(item[1], item[1])
+            if key not in NUMBER_KEYS:
+                return None
             if item[2] != number:  # a phone asks for one number in each attribute: its tail is read once
                 number = item[2]
-                ids = tails.candidates(number)
+                ids = self.tails.candidates(number)
                 if ids is None:
                     return None
-            checks -= len(ids)
-            if checks < 0:
-                return None
-            at = 2 * (FOLDED_AT + AT[ALIAS.get(item[1], item[1])] - 1)
+            checks += len(ids)
+            lookups.append((2 * (FOLDED_AT + AT[key] - 1), number, ids))
+        if checks > NUMBER_CHECKS:
+            return None
+        blobs, unpack = self.blobs, PAIR.unpack_from
+        found: list[int] = []
+        for at, number, ids in lookups:
             for i in ids:
                 blob = blobs.get(i)
-                if blob is None or i in found:  # found holds few ids (a tail at most CROWD)
+                if blob is None or i in found:  # found holds few ids (NUMBER_CHECKS at most)
                     continue
                 start, end = unpack(blob, at)
                 if end > start and same_number(blob[start:end].decode(), number):
