@@ -277,8 +277,12 @@ def test_a_spoofed_burst_does_not_shut_out_the_phone_at_its_address(service, tmp
     try:
         for sock in socks:
             sock.sendto(rrq("ab.cfg"), ("127.0.0.1", port))
-        spoofed = wait_for_sensor(svc, "tftp_first_packets_unacknowledged", PER_CLIENT)  # all gave up: the network is quiet
-        assert spoofed["tftp_sends_withheld"] >= burst - PER_CLIENT and spoofed["tftp_transfers_active"] == 0, spoofed
+        # every request accounted for and every transfer given up (the network is quiet): begun (then given up
+        # unacknowledged), refused while the client's slots were taken, or, on a loaded machine where requests
+        # waited in the socket's buffer, shed
+        spoofed = wait_until(lambda v: v["tftp_transfers_active"] == 0 and v["tftp_first_packets_unacknowledged"]
+                             + v["tftp_sends_withheld"] + v["tftp_requests_shed"] >= burst, svc)
+        assert 0 < spoofed["tftp_first_packets_unacknowledged"] <= PER_CLIENT, spoofed  # never more than its slots
         out = tmp_path / "ab.cfg"
         result = subprocess.run(tftp_hpa("127.0.0.1", port, "get", "ab.cfg", out),
                                 capture_output=True, text=True, timeout=60)
