@@ -123,7 +123,7 @@ def test_move_snmp_while_polling_keeps_the_worker_and_answers_on_the_new_port(se
     a, b = free_udp_port(), free_udp_port()
     svc = service(admin_settings(ip_http_port=str(free_port()), ip_snmp_port=str(a), snmp_trusted="127.0.0.1 ::1"))
     svc.current_http = svc.port("ip_http_port")
-    eventually(lambda: snmp_answers(a), 5)
+    eventually(lambda: snmp_answers(a), 10)
     workers = svc.worker_pids
     answered: list[float] = []
     stop = threading.Event()
@@ -137,7 +137,7 @@ def test_move_snmp_while_polling_keeps_the_worker_and_answers_on_the_new_port(se
     poller = threading.Thread(target=poll)
     poller.start()
     try:
-        eventually(lambda: len(answered) > 5, 5)
+        eventually(lambda: len(answered) > 5, 10)
         changed_at = time.monotonic()
         code, _ = put(svc, {"ip_snmp_port": str(b)})
         assert code == 200
@@ -185,7 +185,7 @@ def test_hand_edit_and_sighup(service):
     text = svc.config_path.read_text()
     svc.config_path.write_text(text.replace(f'ip_http_port = "{a}"', f'ip_http_port = "{b}"'))
     svc.signal_master(signal.SIGHUP)
-    eventually(lambda: get(b) == "200", 5)
+    eventually(lambda: get(b) == "200", 10)
     eventually(lambda: refuses(a))
     # a broken hand edit is logged and ignored
     good = svc.config_path.read_text()
