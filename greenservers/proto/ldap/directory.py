@@ -633,15 +633,12 @@ class Directory:
             lookups.append((2 * (FOLDED_AT + AT[key] - 1), number, ids))
         if checks > NUMBER_CHECKS:
             return None
-        blobs, unpack = self.blobs, PAIR.unpack_from
+        blobs = self.blobs
         found: list[int] = []
         for at, number, ids in lookups:
             for i in ids:
                 blob = blobs.get(i)
-                if blob is None or i in found:  # found holds few ids (NUMBER_CHECKS at most)
-                    continue
-                start, end = unpack(blob, at)
-                if end > start and same_number(blob[start:end].decode(), number):
+                if blob is not None and i not in found and _has_number(blob, at, number):  # found: NUMBER_CHECKS ids at most
                     found.append(i)
                     if len(found) == limit:
                         return found
@@ -822,23 +819,28 @@ def _merged_ids(a: array, b: array) -> array:
     return merged
 
 
+def _has_number(blob: bytes, at: int, number: str) -> bool:
+    """Whether a contact's folded number (its end offsets at `at` in the blob's header) is `number` (same_number):
+    compile_filter's equality of numbers, without compiling it per lookup."""
+    start, end = PAIR.unpack_from(blob, at)
+    return end > start and same_number(blob[start:end].decode(), number)
+
+
 def _same_number(directory: Directory, version: int, ids: Iterable[int], at: int, number: str) -> Iterator[int]:
-    """The ids (the candidates of the number's tail: NumberTails) whose folded number (its end offsets at `at` in the
-    blob's header) is `number` (same_number), NOT_A_MATCH for each other candidate: compile_filter's equality of
-    numbers, without compiling it per lookup. Once the directory changed (from `version`, as the search began), every
+    """The ids (the candidates of the number's tail: NumberTails) whose folded number is `number` (_has_number),
+    NOT_A_MATCH for each other candidate. Once the directory changed (from `version`, as the search began), every
     candidate is given: the search checks each against the whole filter (a number moved to another attribute, which
     an OR's lookup has passed, still matches). While a merge reads, the tails hold contacts it made that are in no
     other index nor in `order` yet (their DN without the namesakes' "+uid=" still to be found): those are left out,
     as a scan leaves them."""
-    blobs, unpack = directory.blobs, PAIR.unpack_from
+    blobs = directory.blobs
     for i in ids:
         blob = blobs.get(i)
         if blob is not None:
             if directory._made is None and directory._taken is not None and not _holds(directory.order, i):
                 yield NOT_A_MATCH  # made by a merge still reading
                 continue
-            start, end = unpack(blob, at)
-            if end > start and same_number(blob[start:end].decode(), number):
+            if _has_number(blob, at, number):
                 yield i
                 continue
         yield i if directory.version != version else NOT_A_MATCH
