@@ -113,10 +113,15 @@ def decoded(text: str):
     return ldap.decode_filter(encoded, tag, s, e, 0, ldap.decode_budget())
 
 
-def found_dns(directory: ldap.Directory, flt, limit: int | None = None) -> list[str]:
+def found_ids(directory: ldap.Directory, flt, limit: int | None = None) -> list[int]:
     found = array("i")
     for _ in ldap.find_entries(directory, [], True, flt, found, limit):
         pass
+    return list(found)
+
+
+def found_dns(directory: ldap.Directory, flt, limit: int | None = None) -> list[str]:
+    found = found_ids(directory, flt, limit)
     assert len(found) == len(set(found))
     return [directory.dn(i) for i in found]
 
@@ -742,13 +747,6 @@ def test_the_phones_short_substring_item_of_spaces_decodes_as_the_general_path_r
 
 
 NUMBER_ATTRIBUTES = ["telephoneNumber", "mobile", "homePhone", "ipPhone"]
-
-
-def found_ids(directory: ldap.Directory, flt, limit: int | None = None) -> list[int]:
-    found = array("i")
-    for _ in ldap.find_entries(directory, [], True, flt, found, limit):
-        pass
-    return list(found)
 
 
 def found_in_steps(directory: ldap.Directory, flt, limit: int | None, monkeypatch) -> list[int]:
