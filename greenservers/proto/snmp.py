@@ -603,7 +603,7 @@ IMPORTS
         FROM SNMPv2-CONF;
 
 greenservers MODULE-IDENTITY
-    LAST-UPDATED "202612010000Z"
+    LAST-UPDATED "202612040000Z"
     ORGANIZATION "greenservers"
     CONTACT-INFO "The administrator of this phone system."
     DESCRIPTION
@@ -612,6 +612,8 @@ greenservers MODULE-IDENTITY
         enterprise number 32473 is reserved for documentation
         (RFC 5612); a deployment with its own number changes it here
         and in greenservers/sensors.py."
+    REVISION "202612040000Z"
+    DESCRIPTION "SNMP datagrams dropped in the kernel during a flood (38)."
     REVISION "202612010000Z"
     DESCRIPTION "The LDAP directory's entries and pending contacts (57, 58)."
     REVISION "202611260000Z"

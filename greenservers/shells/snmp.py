@@ -8,7 +8,11 @@ without restart), sends the reply from the address the request came to (a
 wildcard socket on a multi-homed host must not answer from another
 address), counts every datagram in the sensor of its verdict
 (proto.snmp.SENSOR_OF_VERDICT), and logs every dropped request rate-limited,
-one line per source and reason per minute with the count.
+one line per source and reason per minute with the count. A flood from
+addresses not in snmp_trusted (over a thousand datagrams a second) is then
+dropped by the kernel for a while, by a socket filter admitting only
+snmp_trusted (shells.source_filter), and counted from the socket's drop
+counter in snmp_dropped_in_kernel.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ..proto import snmp as core
 from ..proto.clients import plain_address
 from ..ratelog import RateLimitedLog
 from ..services import Service
+from .source_filter import SHED_SECONDS, KernelShed
 from .udp import ICMP_ERRORS, PKTINFO_SPACE, UdpServer
 
 READ_SIZE = core.MAX_REQUEST + 1  # one octet more than decodable, so an oversized datagram shows
@@ -36,6 +41,9 @@ DROP_MESSAGES = {
 }
 UNTRUSTED_MESSAGE = DROP_MESSAGES[core.UNTRUSTED]
 UNTRUSTED_SENSOR = core.SENSOR_OF_VERDICT[core.UNTRUSTED]
+KERNEL_SENSOR = "snmp_dropped_in_kernel"
+SHED_MESSAGE = ("SNMP: %d datagrams from addresses not in snmp_trusted within a second, the last from %s: the kernel drops "
+                "them for the next %d s (counted in snmp_dropped_in_kernel)")
 
 
 class SnmpServer(UdpServer):
@@ -46,6 +54,8 @@ class SnmpServer(UdpServer):
         self._receive = self._receive_with_destination if self.wildcard else self._receive_plain
         self._buffer = bytearray(READ_SIZE)
         self._view = memoryview(self._buffer)
+        self.shed = KernelShed(bound.sock, bound.binding.family)
+        self._shed_timer = None
 
     def _receive_plain(self):
         # into a buffer kept for the server: a dropped datagram then costs no allocation
@@ -64,6 +74,7 @@ class SnmpServer(UdpServer):
         sensors = runtime.sensors
         shown = plain_address if self.socket.family == socket.AF_INET6 else str
         refused, again = None, 0  # the untrusted source just seen, and how often it came again since
+        dropped = 0
         try:
             for _ in range(self.max_accept):  # bounded: a flood cannot keep the loop from other work
                 try:
@@ -77,10 +88,12 @@ class SnmpServer(UdpServer):
                 host = address[0]
                 if host == refused:  # a flood from one source: counted, not looked up again
                     again += 1
+                    dropped += 1
                     continue
                 if admits(host, runtime.settings):
                     return self._view[:size].tobytes(), address, ancillary
                 sensors.add(UNTRUSTED_SENSOR)
+                dropped += 1
                 if again:
                     self._count_refused(refused, again, shown)
                 refused, again = host, 0
@@ -89,6 +102,32 @@ class SnmpServer(UdpServer):
         finally:
             if again:
                 self._count_refused(refused, again, shown)
+            if dropped:
+                self._note_dropped(dropped, refused, shown)
+
+    def _note_dropped(self, count: int, last: str, shown) -> None:
+        """`count` untrusted datagrams dropped in user space: past a flood's rate the kernel drops them instead."""
+        shed = self.shed
+        if shed.attached or not shed.dropped(count, time.monotonic(), self.service.runtime.settings.snmp_trusted):
+            return
+        self.service.ratelog.warning("kernel", self.bound.address, SHED_MESSAGE, shed.window_dropped, shown(last), SHED_SECONDS)
+        if self._shed_timer is None:
+            self._shed_timer = self.loop.timer(1.0, 1.0)
+        self._shed_timer.start(self._shed_tick)
+
+    def _shed_tick(self) -> None:
+        """Once a second while the kernel drops: count what it dropped; the filter follows snmp_trusted, then comes off."""
+        shed = self.shed
+        self.service.runtime.sensors.add(KERNEL_SENSOR, shed.tick(time.monotonic(), self.service.runtime.settings.snmp_trusted))
+        if not shed.attached:
+            self._shed_timer.stop()
+
+    def close(self):
+        if self._shed_timer is not None:
+            self._shed_timer.close()
+        if self.shed.attached:  # off, and its last drops counted
+            self.service.runtime.sensors.add(KERNEL_SENSOR, self.shed.tick(float("inf"), ()))
+        super().close()
 
     def _count_refused(self, host: str, count: int, shown) -> None:
         """What the sensor and the log would have counted for `count` more datagrams from `host`."""

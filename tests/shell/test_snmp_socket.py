@@ -15,6 +15,7 @@ from greenservers.config.portspec import Binding
 from greenservers.config.settings import Settings
 from greenservers.process.binder import Bound, open_socket
 from greenservers.sensors import SensorRegistry
+from greenservers.shells import source_filter
 from greenservers.shells.snmp import SnmpService
 
 GET = bytes.fromhex(REQUESTS["get_sysdescr"])
@@ -27,16 +28,23 @@ class FakeRuntime:
 
 
 @pytest.fixture
-def agent_server():
+def served():
+    """(service, server, port) of an agent on a loopback socket trusting 127.0.0.1."""
     runtime = FakeRuntime()
     service = SnmpService(runtime)
     bound = Bound("ip_snmp_port", "udp", Binding(socket.AF_INET, "127.0.0.1", 0, False),
                   open_socket(Binding(socket.AF_INET, "127.0.0.1", 0, False), "udp"))
     server = service.make_server(bound)
     server.start()
-    yield service, bound.sock.getsockname()[1]
+    yield service, server, bound.sock.getsockname()[1]
     server.stop(timeout=1)
     bound.close()
+
+
+@pytest.fixture
+def agent_server(served):
+    service, _, port = served
+    return service, port
 
 
 def reference_verdict(datagram: bytes) -> str:
@@ -122,6 +130,52 @@ def test_an_untrusted_burst_is_counted_whole_though_handled_in_a_batch(agent_ser
     lines = [r.getMessage() for r in caplog.records if "address not in snmp_trusted" in r.getMessage()]
     assert lines == ["127.0.0.2: SNMP request dropped: address not in snmp_trusted",
                      "127.0.0.2: SNMP request dropped: address not in snmp_trusted (299 more since the last line)"]
+
+
+def flood(port: int, count: int, source: str = "127.0.0.2", chunk: int = 100) -> None:
+    """`count` GETs from `source`, a trusted GET answered after each `chunk` (the buffer never overflows)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.bind((source, 0))
+        for start in range(0, count, chunk):
+            for _ in range(min(chunk, count - start)):
+                sender.sendto(GET, ("127.0.0.1", port))
+            assert ask(port, GET) is not None  # the trusted are answered all along
+
+
+def test_a_flood_from_untrusted_addresses_is_shed_in_the_kernel_and_every_datagram_counted(served, caplog):
+    service, server, port = served
+    sensors = service.runtime.sensors
+    caplog.set_level(logging.WARNING, logger="greenservers.snmp")
+    flood(port, 5000)
+    assert server.shed.attached
+    server._shed_tick()  # the kernel's drops counted (once a second, on its own)
+    in_user_space, in_kernel = sensors.value("snmp_rejected_address"), sensors.value("snmp_dropped_in_kernel")
+    assert in_user_space > source_filter.FLOOD_DATAGRAMS and in_kernel > 0
+    assert in_user_space + in_kernel == 5000
+    lines = [r.getMessage() for r in caplog.records if "the kernel drops them" in r.getMessage()]
+    assert len(lines) == 1 and "the last from 127.0.0.2" in lines[0] and "next 10 s" in lines[0]
+    # the filter follows snmp_trusted at its next tick
+    assert ask(port, GET, source="127.0.0.3", timeout=0.2) is None
+    service.runtime.settings = Settings.from_raw({"snmp_trusted": "127.0.0.1 127.0.0.3"})
+    server._shed_tick()
+    assert ask(port, GET, source="127.0.0.3") is not None
+    assert sensors.value("snmp_dropped_in_kernel") == in_kernel + 1  # the one before the change
+    # and comes off after SHED_SECONDS: user space sees, logs and counts each source again
+    server.shed.until = 0.0
+    server._shed_tick()
+    assert not server.shed.attached
+    assert ask(port, GET, source="127.0.0.4", timeout=0.2) is None
+    assert ask(port, GET) is not None
+    assert sensors.value("snmp_rejected_address") == in_user_space + 1
+    assert any("127.0.0.4: SNMP request dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_few_untrusted_datagrams_a_second_stay_in_user_space(served):
+    """An ordinary mistake (a poller not yet in snmp_trusted) keeps its log line for each source: no kernel filter."""
+    service, server, port = served
+    flood(port, source_filter.FLOOD_DATAGRAMS)  # at the threshold, not over it
+    assert not server.shed.attached
+    assert service.runtime.sensors.value("snmp_rejected_address") == source_filter.FLOOD_DATAGRAMS
 
 
 def test_every_bad_datagram_leaves_the_server_answering(agent_server, caplog):

@@ -313,3 +313,39 @@ def test_sensors_page_shows_each_sensor(svc):
     for sensor in DECLARED:
         assert f'<tr id="{sensor.name}">' in response.text
         assert "." + ".".join(map(str, sensor.oid)) in response.text
+
+
+# -- a flood from untrusted addresses ------------------------------------------------------------
+
+
+def test_a_flood_from_untrusted_addresses_is_dropped_by_the_kernel_while_snmpget_is_answered(tmp_path):
+    """Over a thousand untrusted datagrams in a second: the kernel drops the rest (counted), snmpget from a
+    trusted address is answered all along, and an address trusted meanwhile is answered within the filter's next tick."""
+    snmp_port, http_port = free_udp_port(), free_port()
+    flooded = ServiceProcess(tmp_path, {
+        "ip_snmp_port": f"127.0.0.1:{snmp_port}", "ip_http_port": f"127.0.0.1:{http_port}",
+        "snmp_trusted": "127.0.0.1", "admin_password_hash": hash_password(PASSWORD),
+    })
+    flooded.start()
+    try:
+        get = bytes.fromhex(REQUESTS["get_sysdescr"])
+        sent = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.bind(("127.0.0.2", 0))
+            for _ in range(25):  # 200 at a time, then snmpget: the buffer never overflows
+                for _ in range(200):
+                    sender.sendto(get, ("127.0.0.1", snmp_port))
+                sent += 200
+                assert "greenservers" in snmp_value(flooded, SYSDESCR)
+        wait_for_log_count(flooded, "the kernel drops them for the next 10 s", 1)
+        # every datagram counted: read in user space, or dropped by the kernel (counted once a second)
+        eventually(lambda: sensor_value(flooded, "snmp_rejected_address") + sensor_value(flooded, "snmp_dropped_in_kernel")
+                   == sent, 10, what="every flood datagram counted")
+        assert sensor_value(flooded, "snmp_dropped_in_kernel") > 0
+        # trusted meanwhile: answered once the filter follows (its next tick, within a second)
+        set_settings(flooded, {"snmp_trusted": "127.0.0.1 127.0.0.2"})
+        result = run("snmpget", "-v1", "-c", "public", "-t", "1", "-r", "5", "--clientaddr=127.0.0.2",
+                     agent(flooded), SYSDESCR)
+        assert result.returncode == 0 and "greenservers" in result.stdout, result.stdout + result.stderr
+    finally:
+        flooded.stop()
