@@ -44,6 +44,7 @@ UNTRUSTED_SENSOR = core.SENSOR_OF_VERDICT[core.UNTRUSTED]
 KERNEL_SENSOR = "snmp_dropped_in_kernel"
 SHED_MESSAGE = ("SNMP: %d datagrams from addresses not in snmp_trusted within a second, the last from %s: the kernel drops "
                 "them for the next %d s (counted in snmp_dropped_in_kernel)")
+SHED_FAILED_MESSAGE = "SNMP: a flood from addresses not in snmp_trusted is dropped in user space: %s"
 
 
 class SnmpServer(UdpServer):
@@ -54,7 +55,7 @@ class SnmpServer(UdpServer):
         self._receive = self._receive_with_destination if self.wildcard else self._receive_plain
         self._buffer = bytearray(READ_SIZE)
         self._view = memoryview(self._buffer)
-        self.shed = KernelShed(bound.sock, bound.binding.family)
+        self.shed = KernelShed(bound.sock, bound.sock.family)  # the socket's: an IPv4 one where a host has no IPv6
         self._shed_timer = None
 
     def _receive_plain(self):
@@ -109,6 +110,7 @@ class SnmpServer(UdpServer):
         """`count` untrusted datagrams dropped in user space: past a flood's rate the kernel drops them instead."""
         shed = self.shed
         if shed.attached or not shed.dropped(count, time.monotonic(), self.service.runtime.settings.snmp_trusted):
+            self._log_shed_failure()
             return
         self.service.ratelog.warning("kernel", self.bound.address, SHED_MESSAGE, shed.window_dropped, shown(last), SHED_SECONDS)
         if self._shed_timer is None:
@@ -121,6 +123,12 @@ class SnmpServer(UdpServer):
         self.service.runtime.sensors.add(KERNEL_SENSOR, shed.tick(time.monotonic(), self.service.runtime.settings.snmp_trusted))
         if not shed.attached:
             self._shed_timer.stop()
+            self._log_shed_failure()
+
+    def _log_shed_failure(self) -> None:
+        failure, self.shed.failure = self.shed.failure, None
+        if failure:
+            self.service.ratelog.warning("kernel-refused", self.bound.address, SHED_FAILED_MESSAGE, failure)
 
     def close(self):
         if self._shed_timer is not None:

@@ -21,7 +21,8 @@ ordinary mistakes: a monitoring system not yet in the list). While it is
 on, `tick` (once a second) rebuilds it when the networks change and says how
 many datagrams the kernel dropped meanwhile (the socket's drop counter,
 SO_MEMINFO: a full receive buffer counts there too). Linux only: where the
-kernel refuses, the shell goes on dropping in user space.
+kernel refuses (or the list is too long for a program), the shell goes on
+dropping in user space and says why in its log (`failure`).
 """
 
 from __future__ import annotations
@@ -149,6 +150,10 @@ def drops(sock: socket.socket) -> int:
     return struct.unpack(f"={SK_MEMINFO_VARS}I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS))[SK_MEMINFO_DROPS]
 
 
+class TooLong(OSError):
+    """The networks make a program longer than the kernel takes."""
+
+
 class KernelShed:
     """One socket's flood shedding: when the kernel drops for its shell, and how much it dropped."""
 
@@ -158,7 +163,9 @@ class KernelShed:
         self.until: float | None = None  # while attached: when it comes off
         self.networks: tuple | None = None  # what the attached filter admits
         self.counted = 0  # the drop counter when last read
-        self.refused: tuple | None = None  # networks the kernel would not take as a filter (not asked again)
+        self.refused: tuple | None = None  # networks too many for a filter (not compiled again)
+        self.retry_at = -1e9  # after the kernel refused a filter: when to ask again
+        self.failure: str | None = None  # why the kernel does not drop (for the shell's log), until the shell takes it
 
     @property
     def attached(self) -> bool:
@@ -170,13 +177,16 @@ class KernelShed:
         if now - self.window_started >= 1.0:
             self.window_started, self.window_dropped = now, 0
         self.window_dropped += count
-        if self.window_dropped <= FLOOD_DATAGRAMS or self.attached or networks == self.refused:
+        if self.window_dropped <= FLOOD_DATAGRAMS or self.attached or networks == self.refused or now < self.retry_at:
             return False
         try:
             counted = drops(self.sock)
             self._attach(networks)
-        except OSError:  # not Linux, or the kernel refuses (an old one, optmem_max): go on in user space
-            self.refused = networks
+        except TooLong:
+            self.refused, self.failure = networks, "snmp_trusted holds too many networks for a kernel filter"
+            return False
+        except OSError as exc:  # not Linux, or the kernel refuses (optmem_max): user space drops; asked again in a minute
+            self.retry_at, self.failure = now + 60.0, f"the kernel refused the filter ({exc.strerror or exc})"
             return False
         self.until, self.counted = now + SHED_SECONDS, counted
         return True
@@ -192,9 +202,11 @@ class KernelShed:
         elif networks != self.networks:
             try:
                 self._attach(networks)
-            except OSError:  # a list too long for the kernel: every datagram to user space again
+            except OSError as exc:  # the new list refused: every datagram to user space again
                 detach(self.sock)
                 self.until, self.networks = None, None
+                self.failure = ("snmp_trusted holds too many networks for a kernel filter" if isinstance(exc, TooLong)
+                                else f"the kernel refused the filter ({exc.strerror or exc})")
         try:
             counted = drops(self.sock)
         except OSError:
@@ -205,6 +217,6 @@ class KernelShed:
     def _attach(self, networks: tuple) -> None:
         compiled = program(networks, self.family)
         if compiled is None:
-            raise OSError("too many networks for a socket filter")
+            raise TooLong("too many networks for a socket filter")
         attach(self.sock, compiled)
         self.networks = networks

@@ -170,6 +170,18 @@ def test_a_flood_from_untrusted_addresses_is_shed_in_the_kernel_and_every_datagr
     assert any("127.0.0.4: SNMP request dropped" in r.getMessage() for r in caplog.records)
 
 
+def test_a_flood_the_kernel_cannot_filter_is_dropped_in_user_space_and_says_why(served, caplog):
+    service, server, port = served
+    caplog.set_level(logging.WARNING, logger="greenservers.snmp")
+    many = " ".join(f"10.0.{i // 256}.{i % 256}" for i in range(1100))  # more than a program of 4,096 instructions holds
+    service.runtime.settings = Settings.from_raw({"snmp_trusted": f"127.0.0.1 {many}"})
+    flood(port, 2 * source_filter.FLOOD_DATAGRAMS)
+    assert not server.shed.attached
+    assert service.runtime.sensors.value("snmp_rejected_address") == 2 * source_filter.FLOOD_DATAGRAMS
+    lines = [r.getMessage() for r in caplog.records if "is dropped in user space" in r.getMessage()]
+    assert len(lines) == 1 and "too many networks for a kernel filter" in lines[0]
+
+
 def test_a_few_untrusted_datagrams_a_second_stay_in_user_space(served):
     """An ordinary mistake (a poller not yet in snmp_trusted) keeps its log line for each source: no kernel filter."""
     service, server, port = served

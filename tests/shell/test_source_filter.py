@@ -160,6 +160,18 @@ def test_a_shed_engages_past_a_flood_and_not_for_a_list_the_kernel_cannot_take()
         assert not shed.dropped(1, 1.0, few)  # a new second
         assert not shed.dropped(sf.FLOOD_DATAGRAMS + 1, 2.0, many) and not shed.attached
         assert shed.refused == many  # user space keeps dropping; the compiler is not asked again
+        assert "too many networks" in shed.failure
         assert shed.dropped(sf.FLOOD_DATAGRAMS + 1, 3.0, few) and shed.attached
         assert shed.tick(3.5, few) == 0 and shed.attached
         assert shed.tick(3.0 + sf.SHED_SECONDS, few) == 0 and not shed.attached
+
+
+def test_a_filter_the_kernel_refuses_is_asked_for_again_a_minute_later():
+    few = networks_of("127.0.0.1")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    shed = sf.KernelShed(sock, socket.AF_INET)
+    sock.close()  # every socket option now fails, as on a kernel that refuses them
+    assert not shed.dropped(sf.FLOOD_DATAGRAMS + 1, 0.0, few) and "the kernel refused the filter" in shed.failure
+    shed.failure = None
+    assert not shed.dropped(sf.FLOOD_DATAGRAMS + 1, 59.0, few) and shed.failure is None  # not asked again yet
+    assert not shed.dropped(sf.FLOOD_DATAGRAMS + 1, 60.0, few) and shed.failure is not None
