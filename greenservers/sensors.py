@@ -237,9 +237,9 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("snmp_rejected_community", 52, C, "SNMP requests dropped: wrong community."),
     Sensor("snmp_rejected_version", 53, C, "SNMP requests dropped: not SNMP v1 (v2c, v3) or not decodable."),
     Sensor("snmp_dropped_in_kernel", 38, C,
-           "SNMP datagrams the kernel dropped while a flood from addresses not in snmp_trusted was shed there (a socket filter "
-           "admitting only snmp_trusted, for 10 s after a thousand such datagrams in a second; a full receive buffer "
-           "meanwhile counts too)."),
+           "SNMP datagrams the kernel dropped: a flood from addresses not in snmp_trusted, shed there for 10 s after a "
+           "thousand such datagrams in a second (a socket filter admitting only snmp_trusted), and what a full receive "
+           "buffer lost (read from the socket's drop counter once a second while a flood is shed)."),
     Sensor("snmp_replies_withheld", 39, C,  # 54-59 are LDAP's
            "SNMP replies withheld: their destination's replies ran over 64 KiB a second beyond twice their requests' size, "
            "or all replies over 256 KiB (requests forged in trusted addresses' names, reflected at them)."),

@@ -19,8 +19,9 @@ filter for SHED_SECONDS, then takes it off to see whether the flood goes on
 (the user-space drop, with its log line naming each source, is kept for
 ordinary mistakes: a monitoring system not yet in the list). While it is
 on, `tick` (once a second) rebuilds it when the networks change and says how
-many datagrams the kernel dropped meanwhile (the socket's drop counter,
-SO_MEMINFO: a full receive buffer counts there too). Linux only: where the
+many datagrams the kernel dropped since it last looked (the socket's drop
+counter, SO_MEMINFO, counting a full receive buffer's losses too: a flood
+fills the buffer before it is a second old). Linux only: where the
 kernel refuses (or the list is too long for a program), the shell goes on
 dropping in user space and says why in its log (`failure`).
 """
@@ -162,7 +163,7 @@ class KernelShed:
         self.window_started, self.window_dropped = -1e9, 0  # the current second's drops in user space
         self.until: float | None = None  # while attached: when it comes off
         self.networks: tuple | None = None  # what the attached filter admits
-        self.counted = 0  # the drop counter when last read
+        self.counted = 0  # the drop counter when last read (a new socket's starts at 0)
         self.refused: tuple | None = None  # networks too many for a filter (not compiled again)
         self.retry_at = -1e9  # after the kernel refused a filter: when to ask again
         self.failure: str | None = None  # why the kernel does not drop (for the shell's log), until the shell takes it
@@ -180,7 +181,7 @@ class KernelShed:
         if self.window_dropped <= FLOOD_DATAGRAMS or self.attached or networks == self.refused or now < self.retry_at:
             return False
         try:
-            counted = drops(self.sock)
+            drops(self.sock)  # the counter must be readable: what the kernel drops is counted
             self._attach(networks)
         except TooLong:
             self.refused, self.failure = networks, "snmp_trusted holds too many networks for a kernel filter"
@@ -188,7 +189,7 @@ class KernelShed:
         except OSError as exc:  # not Linux, or the kernel refuses (optmem_max): user space drops; asked again in a minute
             self.retry_at, self.failure = now + 60.0, f"the kernel refused the filter ({exc.strerror or exc})"
             return False
-        self.until, self.counted = now + SHED_SECONDS, counted
+        self.until = now + SHED_SECONDS  # the next tick counts from the last reading: a full buffer's drops before it too
         return True
 
     def tick(self, now: float, networks: tuple) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 
@@ -9,6 +10,7 @@ import gevent
 import gevent.socket
 import pytest
 from support.snmp import FIXED_SENSORS, bad_inputs
+from support.wait import eventually
 from vectors.snmp_requests import REQUESTS
 
 from greenservers.config.portspec import Binding
@@ -168,6 +170,34 @@ def test_a_flood_from_untrusted_addresses_is_shed_in_the_kernel_and_every_datagr
     assert ask(port, GET) is not None
     assert sensors.value("snmp_rejected_address") == in_user_space + 1
     assert any("127.0.0.4: SNMP request dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_what_a_flood_overflowing_the_buffer_lost_before_the_filter_is_counted_too(served):
+    """Sent at once, with no turn for the server to read: the receive buffer overflows. Every datagram is then
+    read, or dropped by the filter, or lost to the full buffer: each is counted."""
+    service, server, port = served
+    sensors = service.runtime.sensors
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.bind(("127.0.0.2", 0))
+        sender.setblocking(False)
+        sent = 0
+        for _ in range(20000):
+            with contextlib.suppress(BlockingIOError):  # a full send buffer: not sent, not counted
+                sender.sendto(GET, ("127.0.0.1", port))
+                sent += 1
+    barriers = 0
+
+    def answered() -> bool:  # a trusted GET the full buffer may lose too (then counted in the kernel's drops)
+        nonlocal barriers
+        barriers += 1
+        return ask(port, GET, timeout=0.2) is not None
+
+    eventually(answered, 30, what="a trusted GET answered after the flood")
+    assert server.shed.attached
+    server._shed_tick()
+    in_kernel = sensors.value("snmp_dropped_in_kernel")
+    assert sensors.value("snmp_rejected_address") + in_kernel == sent + barriers - 1
+    assert in_kernel > 0
 
 
 def test_a_flood_the_kernel_cannot_filter_is_dropped_in_user_space_and_says_why(served, caplog):
