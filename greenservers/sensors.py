@@ -3,12 +3,15 @@
 Each sensor has a name (used by /api/sensors), a fixed index under the
 sensors subtree (its SNMP OID, listed in the MIB file under deploy/mibs/), a
 kind (counter: only grows, Counter32 on SNMP; gauge: a level, Gauge32) and a
-description. Values are integers in SNMP's own units (hundredths of a second,
-KiB); a sensor in such a unit declares it (`unit`), and /metrics shows it in
-Prometheus' base units (seconds, bytes) under a name derived from it
-(`metric_name`), or leaves it to the standard process metric that stands for
-it (`standard`). Services count with `SENSORS.add("tftp_bytes_sent", n)`;
-gauges read a function when asked. Adding a sensor is one line in DECLARED below.
+description. Values are integers in SNMP's units (hundredths of a second,
+KiB, microseconds, whole days, hundredths: UNITS); a sensor in such a unit
+declares it (`unit`), and /metrics shows it in Prometheus' base units (seconds,
+bytes) under a name derived from it (`metric_name`), or leaves it to the
+standard process metric that stands for it (`standard`). Services count through
+their runtime's registry (`runtime.sensors.add("tftp_bytes_sent", n)`) and set
+the levels of their gauges (`set`); the process's and the machine's gauges read
+a function when asked. Adding a sensor is one line in DECLARED below, and the
+MIB file rendered again from it (tests/core/test_snmp_mib.py says how).
 """
 
 from __future__ import annotations
@@ -239,7 +242,8 @@ DECLARED: tuple[Sensor, ...] = (
     Sensor("snmp_dropped_in_kernel", 38, C,
            "SNMP datagrams the kernel dropped: a flood from addresses not in snmp_trusted, shed there for 10 s after a "
            "thousand such datagrams in a second (a socket filter admitting only snmp_trusted), and what a full receive "
-           "buffer lost (read from the socket's drop counter once a second while a flood is shed)."),
+           "buffer lost (read from the socket's drop counter once a second while a flood is shed: the first reading counts every "
+           "loss since the socket was bound or the last shed ended)."),
     Sensor("snmp_replies_withheld", 39, C,  # 54-59 are LDAP's
            "SNMP replies withheld: their destination's replies ran over 64 KiB a second beyond twice their requests' size, "
            "or all replies over 256 KiB (requests forged in trusted addresses' names, reflected at them)."),

@@ -1,4 +1,4 @@
-"""The kernel's socket filter admitting only datagrams from trusted networks: how a UDP shell sheds a flood.
+"""The kernel's socket filter admitting only datagrams from trusted networks: how SNMP sheds an untrusted flood.
 
 A flood of datagrams from addresses a shell drops anyway (SNMP's sources
 not in `snmp_trusted`) still costs a system call and a turn of the loop for
@@ -21,7 +21,8 @@ ordinary mistakes: a monitoring system not yet in the list). While it is
 on, `tick` (once a second) rebuilds it when the networks change and says how
 many datagrams the kernel dropped since it last looked (the socket's drop
 counter, SO_MEMINFO, counting a full receive buffer's losses too: a flood
-fills the buffer before it is a second old). Linux only: where the
+fills the buffer before it is a second old; the first reading of a shed
+counts every loss since the socket was bound or the last shed ended). Linux only: where the
 kernel refuses (or the list is too long for a program), the shell goes on
 dropping in user space and says why in its log (`failure`).
 """
@@ -184,7 +185,7 @@ class KernelShed:
             drops(self.sock)  # the counter must be readable: what the kernel drops is counted
             self._attach(networks)
         except TooLong:
-            self.refused, self.failure = networks, "snmp_trusted holds too many networks for a kernel filter"
+            self.refused, self.failure = networks, "the trusted list holds too many networks for a kernel filter"
             return False
         except OSError as exc:  # not Linux, or the kernel refuses (optmem_max): user space drops; asked again in a minute
             self.retry_at, self.failure = now + 60.0, f"the kernel refused the filter ({exc.strerror or exc})"
@@ -206,7 +207,7 @@ class KernelShed:
             except OSError as exc:  # the new list refused: every datagram to user space again
                 detach(self.sock)
                 self.until, self.networks = None, None
-                self.failure = ("snmp_trusted holds too many networks for a kernel filter" if isinstance(exc, TooLong)
+                self.failure = ("the trusted list holds too many networks for a kernel filter" if isinstance(exc, TooLong)
                                 else f"the kernel refused the filter ({exc.strerror or exc})")
         try:
             counted = drops(self.sock)

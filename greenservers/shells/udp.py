@@ -1,4 +1,5 @@
-"""What the UDP shells share: each datagram's local address (pktinfo), replies sent from it, ICMP errors.
+"""What the UDP shells share: the read turn, each datagram's local address (pktinfo) and kernel receive time,
+replies sent from its local address, ICMP errors.
 
 A socket bound to a wildcard address ("PORT", 0.0.0.0:PORT, [::]:PORT,
 `Binding.is_wildcard`) on a host with several addresses must answer from the
