@@ -109,7 +109,7 @@ class SnmpServer(UdpServer):
     def _note_dropped(self, count: int, last: str, shown) -> None:
         """`count` untrusted datagrams dropped in user space: past a flood's rate the kernel drops them instead."""
         shed = self.shed
-        if shed.attached or not shed.dropped(count, time.monotonic(), self.service.runtime.settings.snmp_trusted):
+        if not shed.dropped(count, time.monotonic(), self.service.runtime.settings.snmp_trusted):
             self._log_shed_failure()
             return
         self.service.ratelog.warning("kernel", self.bound.address, SHED_MESSAGE, shed.window_dropped, shown(last), SHED_SECONDS)

@@ -156,6 +156,13 @@ class TooLong(OSError):
     """The networks make a program longer than the kernel takes."""
 
 
+def _why(refusal: OSError) -> str:
+    """Why the kernel does not drop, as the shell logs it."""
+    if isinstance(refusal, TooLong):
+        return "the trusted list holds too many networks for a kernel filter"
+    return f"the kernel refused the filter ({refusal.strerror or refusal})"
+
+
 class KernelShed:
     """One socket's flood shedding: when the kernel drops for its shell, and how much it dropped."""
 
@@ -184,11 +191,12 @@ class KernelShed:
         try:
             drops(self.sock)  # the counter must be readable: what the kernel drops is counted
             self._attach(networks)
-        except TooLong:
-            self.refused, self.failure = networks, "the trusted list holds too many networks for a kernel filter"
-            return False
-        except OSError as exc:  # not Linux, or the kernel refuses (optmem_max): user space drops; asked again in a minute
-            self.retry_at, self.failure = now + 60.0, f"the kernel refused the filter ({exc.strerror or exc})"
+        except OSError as exc:  # not Linux, or the kernel refuses (optmem_max): user space drops
+            self.failure = _why(exc)
+            if isinstance(exc, TooLong):
+                self.refused = networks  # not compiled again until the networks change
+            else:
+                self.retry_at = now + 60.0
             return False
         self.until = now + SHED_SECONDS  # the next tick counts from the last reading: a full buffer's drops before it too
         return True
@@ -199,22 +207,23 @@ class KernelShed:
         if not self.attached:
             return 0
         if now >= self.until:
-            detach(self.sock)
-            self.until, self.networks = None, None
+            self._off()
         elif networks != self.networks:
             try:
                 self._attach(networks)
             except OSError as exc:  # the new list refused: every datagram to user space again
-                detach(self.sock)
-                self.until, self.networks = None, None
-                self.failure = ("the trusted list holds too many networks for a kernel filter" if isinstance(exc, TooLong)
-                                else f"the kernel refused the filter ({exc.strerror or exc})")
+                self._off()
+                self.failure = _why(exc)
         try:
             counted = drops(self.sock)
         except OSError:
             return 0
         new, self.counted = (counted - self.counted) & 0xFFFFFFFF, counted
         return new
+
+    def _off(self) -> None:
+        detach(self.sock)
+        self.until, self.networks = None, None
 
     def _attach(self, networks: tuple) -> None:
         compiled = program(networks, self.family)
